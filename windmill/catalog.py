@@ -1,0 +1,165 @@
+"""The service catalog: service_config.json (the seed's format) → services, categories and selections."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from windmill.errors import CatalogError
+from windmill.packaged import packaged_dir
+
+CATEGORIES = ("primary", "spatial_only", "postprocessing")
+SELECTION_KEYWORDS = {
+    "all": "every primary service",
+    "primary": "every primary service",
+    "spatial_only": "the bbox-region services (face, pose)",
+    "full_catalog": "every service in the catalog",
+}
+DEFAULT_TIMEOUT_S = 30.0
+REQUEST_MODES = ("upload", "url")
+
+
+@dataclass(frozen=True)
+class Service:
+    """One Animal Farm service as the catalog describes it."""
+
+    name: str
+    host: str
+    port: int
+    endpoint: str
+    category: str
+    service_type: tuple[str, ...]
+    description: str = ""
+    queue_prefix: str = "queue_"
+    enable_triggers: bool = False
+    enable_caption_scoring: bool = False
+    enable_consensus_triggers: bool = False
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    request_mode: str = "upload"
+    prefetch: int = 4
+
+    @property
+    def queue_name(self) -> str:
+        return f"{self.queue_prefix}{self.name}"
+
+    @property
+    def is_detector(self) -> bool:
+        """A detector's boxes feed harmonization: its service_type lists `spatial`."""
+        return "spatial" in self.service_type
+
+    @property
+    def evidence_type(self) -> str:
+        """The voting evidence type is the first service_type item, as in the reference."""
+        return self.service_type[0] if self.service_type else "other"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @classmethod
+    def from_config(cls, name: str, entry: dict[str, Any]) -> Service:
+        try:
+            category = entry["category"]
+            if category not in CATEGORIES:
+                raise CatalogError(
+                    f"service {name!r} has category {category!r}; expected one of {', '.join(CATEGORIES)}"
+                )
+            mode = entry.get("request_mode", "upload")
+            if mode not in REQUEST_MODES:
+                raise CatalogError(
+                    f"service {name!r} has request_mode {mode!r}; expected one of {', '.join(REQUEST_MODES)}"
+                )
+            return cls(
+                name=name,
+                host=str(entry["host"]),
+                port=int(entry["port"]),
+                endpoint=str(entry["endpoint"]),
+                category=category,
+                service_type=tuple(
+                    part.strip() for part in str(entry.get("service_type", "other")).split(",") if part.strip()
+                ),
+                description=str(entry.get("description", "")),
+                queue_prefix=str(entry.get("queue_prefix", "queue_")),
+                enable_triggers=bool(entry.get("enable_triggers", False)),
+                enable_caption_scoring=bool(entry.get("enable_caption_scoring", False)),
+                enable_consensus_triggers=bool(entry.get("enable_consensus_triggers", False)),
+                timeout_s=float(entry.get("timeout_s", DEFAULT_TIMEOUT_S)),
+                request_mode=mode,
+                prefetch=int(entry.get("prefetch", 4)),
+            )
+        except KeyError as missing:
+            raise CatalogError(f"service {name!r} lacks the required field {missing.args[0]!r}") from None
+        except (TypeError, ValueError) as bad:
+            raise CatalogError(f"service {name!r} has an invalid field: {bad}") from None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every configured service, in the file's key order (the order the producer keeps)."""
+
+    services: tuple[Service, ...]
+
+    def __getitem__(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise CatalogError(f"unknown service {name!r}; valid services: {', '.join(self.names)}")
+
+    def __contains__(self, name: object) -> bool:
+        return any(service.name == name for service in self.services)
+
+    @property
+    def names(self) -> list[str]:
+        return [service.name for service in self.services]
+
+    def in_category(self, category: str) -> list[Service]:
+        return [service for service in self.services if service.category == category]
+
+    @property
+    def detectors(self) -> list[Service]:
+        return [service for service in self.services if service.is_detector]
+
+    def select(self, selection: str) -> list[Service]:
+        """Resolve `all`/`primary`, `spatial_only`, `full_catalog` or a comma list; unknown names are an error."""
+        keyword = selection.strip()
+        if keyword in ("all", "primary"):
+            return self.in_category("primary")
+        if keyword == "spatial_only":
+            return self.in_category("spatial_only")
+        if keyword == "full_catalog":
+            return list(self.services)
+        names = [part.strip() for part in keyword.split(",") if part.strip()]
+        if not names:
+            raise CatalogError("no service selected; name services or use all, primary, spatial_only, full_catalog")
+        unknown = [name for name in names if name not in self]
+        if unknown:
+            raise CatalogError(
+                f"unknown service {', '.join(map(repr, unknown))}; valid services: {', '.join(self.names)}"
+                f" (or the sets {', '.join(SELECTION_KEYWORDS)})"
+            )
+        return [self[name] for name in dict.fromkeys(names)]
+
+    @classmethod
+    def from_dict(cls, document: Any) -> Catalog:
+        if not isinstance(document, dict) or not isinstance(document.get("services"), dict):
+            raise CatalogError('the service catalog must be a JSON object with a "services" object')
+        return cls(tuple(Service.from_config(name, entry) for name, entry in document["services"].items()))
+
+
+def bundled_catalog_path() -> Path:
+    """The catalog shipped with Windmill (deploy/service_config.json, packaged as windmill.deploy)."""
+    return Path(str(packaged_dir("deploy").joinpath("service_config.json")))
+
+
+def load_catalog(path: Path | None = None) -> Catalog:
+    """Load a catalog file; without a path, the bundled one with the reference ports."""
+    path = path or bundled_catalog_path()
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CatalogError(f"service catalog {path} does not exist") from None
+    except json.JSONDecodeError as bad:
+        raise CatalogError(f"service catalog {path} is not valid JSON: {bad.msg} at line {bad.lineno}") from None
+    return Catalog.from_dict(document)

@@ -1,0 +1,1 @@
+"""Database access: connection settings, the migrations in sql/, and the embedded PostgreSQL cluster."""
