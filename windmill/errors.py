@@ -11,3 +11,9 @@ class ConfigError(WindmillError):
 
 class CatalogError(WindmillError):
     """The service catalog is unreadable, or a selection names an unknown service."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (or its type name): what a log line or the CLI shows."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

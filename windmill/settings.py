@@ -1,0 +1,170 @@
+"""Environment and optional .env file → one immutable Settings object; secrets are masked whenever shown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from dotenv import dotenv_values
+
+from windmill.errors import ConfigError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MASK = "****"
+DEFAULT_HOME = Path("~/.local/share/windmill").expanduser()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything Windmill reads from its environment. `database_url is None` means the embedded cluster."""
+
+    database_url: str | None = field(default=None, repr=False)
+    amqp_url: str | None = field(default=None, repr=False)
+    home: Path = DEFAULT_HOME
+    service_config: Path | None = None
+    service_name: str | None = None
+    worker_id: str = ""
+    log_level: str = "INFO"
+    image_roots: tuple[Path, ...] = ()
+    allow_private_urls: bool = False
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def uses_rabbitmq(self) -> bool:
+        return self.amqp_url is not None
+
+    def shown(self) -> dict[str, str]:
+        """The effective settings as text, passwords masked (for `windmill-cli config`)."""
+        shown: dict[str, str] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "database_url":
+                value = mask_url(value) if value else "(embedded PostgreSQL under home)"
+            elif item.name == "amqp_url":
+                value = mask_url(value) if value else "(none: per-service queues live in PostgreSQL)"
+            elif isinstance(value, tuple):
+                value = os.pathsep.join(map(str, value)) or "(any)"
+            elif value is None:
+                value = "(default)"
+            shown[item.name] = str(value)
+        return shown
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ****; safe to print or log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{netloc}"))
+
+
+def describe_url(url: str) -> str:
+    """Host, port and database/vhost only: what a log line may say about a connection."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or ''}{parts.path or ''}"
+
+
+def _url(scheme: str, user: str, password: str | None, host: str, port: str, path: str) -> str:
+    credentials = quote(user, safe="")
+    if password:
+        credentials += ":" + quote(password, safe="")
+    return f"{scheme}://{credentials}@{host}:{port}/{quote(path, safe='')}"
+
+
+def _port(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, default)
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ConfigError(f"{name} must be a port number between 1 and 65535, not {value!r}")
+    return value
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    if url := env.get("WINDMILL_DATABASE_URL"):
+        if urlsplit(url).scheme not in ("postgres", "postgresql"):
+            raise ConfigError("WINDMILL_DATABASE_URL must start with postgresql://")
+        return url
+    if not env.get("DB_HOST"):
+        return None
+    for required in ("DB_NAME", "DB_USER"):
+        if not env.get(required):
+            raise ConfigError(f"{required} is required when DB_HOST is set")
+    return _url(
+        "postgresql", env["DB_USER"], env.get("DB_PASSWORD"), env["DB_HOST"],
+        _port(env, "DB_PORT", "5432"), env["DB_NAME"],
+    )
+
+
+def _amqp_url(env: Mapping[str, str]) -> str | None:
+    if url := env.get("WINDMILL_AMQP_URL"):
+        if urlsplit(url).scheme not in ("amqp", "amqps"):
+            raise ConfigError("WINDMILL_AMQP_URL must start with amqp:// or amqps://")
+        return url
+    if not env.get("QUEUE_HOST"):
+        return None
+    if not env.get("QUEUE_USER"):
+        raise ConfigError("QUEUE_USER is required when QUEUE_HOST is set")
+    return _url(
+        "amqp", env["QUEUE_USER"], env.get("QUEUE_PASSWORD"), env["QUEUE_HOST"],
+        _port(env, "QUEUE_PORT", "5672"), env.get("QUEUE_VHOST", "/"),
+    )
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
+
+
+def settings_from_mapping(env: Mapping[str, str]) -> Settings:
+    """Build Settings from variables; each problem is one sentence naming the variable."""
+    env = {key: value.strip() for key, value in env.items() if value is not None}
+    level = env.get("LOG_LEVEL", "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {env['LOG_LEVEL']!r}")
+    service_config = Path(env["WINDMILL_SERVICE_CONFIG"]).expanduser() if env.get("WINDMILL_SERVICE_CONFIG") else None
+    if service_config is not None and not service_config.is_file():
+        raise ConfigError(f"WINDMILL_SERVICE_CONFIG points to {service_config}, which is not a file")
+    roots = tuple(Path(p).expanduser().resolve() for p in env.get("WINDMILL_IMAGE_ROOTS", "").split(os.pathsep) if p)
+    return Settings(
+        database_url=_database_url(env),
+        amqp_url=_amqp_url(env),
+        home=Path(env["WINDMILL_HOME"]).expanduser() if env.get("WINDMILL_HOME") else DEFAULT_HOME,
+        service_config=service_config,
+        service_name=env.get("SERVICE_NAME") or None,
+        worker_id=env.get("WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
+        log_level=level,
+        image_roots=roots,
+        allow_private_urls=_flag(env, "WINDMILL_ALLOW_PRIVATE_URLS"),
+    )
+
+
+def load_settings(env_file: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment over an optional .env file (default: ./.env when present)."""
+    environ = os.environ if environ is None else environ
+    path = env_file or Path(environ.get("WINDMILL_ENV_FILE", ".env"))
+    from_file: dict[str, str] = {}
+    if path.is_file():
+        from_file = {k: v for k, v in dotenv_values(path).items() if v is not None}
+    elif env_file is not None:
+        raise ConfigError(f"the env file {path} does not exist")
+    return settings_from_mapping({**from_file, **environ})
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
