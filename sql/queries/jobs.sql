@@ -1,0 +1,116 @@
+-- name: claim_jobs
+-- Lease up to %(limit)s claimable jobs of one queue, oldest first, plus running jobs whose lease expired
+-- (their worker died). An expired job that has used all its attempts goes dead instead. One queue per
+-- query so that the scan follows jobs_claimable_idx (queue, id) in order.
+WITH ready AS (
+    SELECT id FROM jobs
+     WHERE state IN ('queued', 'failed') AND queue = %(queue)s
+       AND run_after <= coalesce(%(now)s, now())
+     ORDER BY id
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), expired AS (
+    SELECT id FROM jobs
+     WHERE state = 'running' AND queue = %(queue)s
+       AND lease_expires_at < coalesce(%(now)s, now())
+     ORDER BY lease_expires_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE jobs
+       SET state = CASE WHEN jobs.state = 'running' AND jobs.attempts >= jobs.max_attempts
+                        THEN 'dead'::job_state ELSE 'running'::job_state END,
+           attempts = CASE WHEN jobs.state = 'running' AND jobs.attempts >= jobs.max_attempts
+                           THEN jobs.attempts ELSE jobs.attempts + 1 END,
+           last_error = CASE WHEN jobs.state = 'running'
+                             THEN 'lease of worker ' || coalesce(jobs.lease_owner, '?') || ' expired'
+                             ELSE jobs.last_error END,
+           lease_owner = %(worker)s,
+           lease_expires_at = coalesce(%(now)s, now()) + %(lease)s,
+           updated_at = coalesce(%(now)s, now())
+     WHERE jobs.id IN (SELECT id FROM ready UNION SELECT id FROM expired)
+    RETURNING jobs.id, jobs.queue, jobs.payload, jobs.image_id, jobs.state, jobs.attempts,
+              jobs.max_attempts, jobs.dedupe_key, jobs.last_error
+)
+SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_error
+  FROM claimed WHERE state = 'running'
+ ORDER BY id
+
+-- name: complete_jobs
+-- Mark jobs done, only those this worker still holds (a job whose lease was lost belongs to another worker now).
+UPDATE jobs
+   SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = coalesce(%(now)s, now())
+ WHERE id = ANY(%(ids)s) AND state = 'running' AND lease_owner = %(worker)s
+
+-- name: fail_job
+-- Record a failed attempt: back to the queue after the backoff, or dead when attempts are used up
+-- or the error is permanent.
+UPDATE jobs
+   SET state = CASE WHEN %(permanent)s OR attempts >= max_attempts THEN 'dead'::job_state
+                    ELSE 'failed'::job_state END,
+       run_after = coalesce(%(now)s, now()) + %(backoff)s,
+       last_error = %(error)s,
+       lease_owner = NULL,
+       lease_expires_at = NULL,
+       updated_at = coalesce(%(now)s, now())
+ WHERE id = %(id)s AND state = 'running' AND lease_owner = %(worker)s
+RETURNING state
+
+-- name: renew_leases
+-- Extend the leases of the jobs this worker is still running; returns the ids it still holds.
+UPDATE jobs
+   SET lease_expires_at = coalesce(%(now)s, now()) + %(lease)s
+ WHERE id = ANY(%(ids)s) AND state = 'running' AND lease_owner = %(worker)s
+RETURNING id
+
+-- name: enqueue_job
+-- Queue one job unless an identical one is waiting; returns its id or NULL when deduplicated.
+SELECT enqueue_job(%(queue)s, %(image_id)s, %(payload)s, %(dedupe_key)s, %(max_attempts)s,
+                   coalesce(%(run_after)s, now())) AS id
+
+-- name: enqueue_jobs
+-- Queue many jobs of one queue in one statement; duplicates of waiting jobs are skipped.
+INSERT INTO jobs (queue, image_id, payload, dedupe_key, max_attempts)
+SELECT %(queue)s, image_id, payload, dedupe_key, %(max_attempts)s
+  FROM unnest(%(image_ids)s::bigint[], %(payloads)s::jsonb[], %(dedupe_keys)s::text[])
+       AS batch (image_id, payload, dedupe_key)
+ON CONFLICT (queue, dedupe_key) WHERE state = 'queued' DO NOTHING
+
+-- name: retry_dead_jobs
+-- Put dead jobs back in the queue with fresh attempts; one per dedupe key, none that is already waiting.
+WITH picked AS (
+    SELECT DISTINCT ON (queue, coalesce(dedupe_key, id::text)) id
+      FROM jobs
+     WHERE state = 'dead'
+       AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+       AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s))
+       AND NOT EXISTS (SELECT 1 FROM jobs waiting
+                        WHERE waiting.state = 'queued' AND waiting.queue = jobs.queue
+                          AND waiting.dedupe_key = jobs.dedupe_key)
+     ORDER BY queue, coalesce(dedupe_key, id::text), id DESC
+)
+UPDATE jobs
+   SET state = 'queued', attempts = 0, run_after = now(), updated_at = now(),
+       last_error = 'retried after: ' || coalesce(last_error, '')
+  FROM picked
+ WHERE jobs.id = picked.id
+RETURNING jobs.id
+
+-- name: list_jobs
+-- Jobs by state and queue, newest first.
+SELECT id, queue, state::text AS state, image_id, attempts, max_attempts, run_after, lease_owner,
+       lease_expires_at, last_error, payload, created_at, updated_at
+  FROM jobs
+ WHERE (%(state)s::job_state IS NULL OR state = %(state)s::job_state)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+ ORDER BY id DESC
+ LIMIT %(limit)s
+
+-- name: queue_depths
+-- Per queue and state: how many jobs, and the age of the oldest waiting one.
+SELECT queue, state::text AS state, count(*) AS jobs,
+       extract(epoch FROM now() - min(created_at)) AS oldest_age_s
+  FROM jobs
+ WHERE state <> 'done'
+ GROUP BY queue, state
+ ORDER BY queue, state

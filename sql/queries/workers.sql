@@ -1,0 +1,17 @@
+-- name: register_worker
+-- A worker announces itself at start (a restarted worker with the same id starts a new life).
+INSERT INTO workers (worker_id, role, service, hostname, pid)
+VALUES (%(worker_id)s, %(role)s, %(service)s, %(hostname)s, %(pid)s)
+ON CONFLICT (worker_id) DO UPDATE
+   SET role = EXCLUDED.role, service = EXCLUDED.service, hostname = EXCLUDED.hostname, pid = EXCLUDED.pid,
+       started_at = now(), heartbeat_at = now(), stopped_at = NULL, jobs_done = 0, jobs_failed = 0
+
+-- name: worker_heartbeat
+UPDATE workers
+   SET heartbeat_at = now(), jobs_done = %(jobs_done)s, jobs_failed = %(jobs_failed)s
+ WHERE worker_id = %(worker_id)s
+
+-- name: worker_stopped
+UPDATE workers SET stopped_at = now(), heartbeat_at = now(), jobs_done = %(jobs_done)s,
+       jobs_failed = %(jobs_failed)s
+ WHERE worker_id = %(worker_id)s

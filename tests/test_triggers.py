@@ -1,0 +1,107 @@
+"""The pipeline's triggers: stored answers enqueue merge and consensus jobs, deduplicated per image."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+
+def add_image(conn: psycopg.Connection, name: str = "a.jpg") -> int:
+    return conn.execute("INSERT INTO images (image_filename, image_path) VALUES (%s, %s) RETURNING image_id",
+                        (name, f"/data/{name}")).fetchone()[0]
+
+
+def add_result(conn: psycopg.Connection, image_id: int, service: str, status: str = "success") -> int:
+    return conn.execute(
+        """INSERT INTO results (image_id, service, task_id, data, status, error_message)
+           VALUES (%s, %s, %s, %s, %s, %s) RETURNING result_id""",
+        (image_id, service, uuid.uuid4(), Jsonb({"predictions": []}), status,
+         None if status == "success" else "it failed"),
+    ).fetchone()[0]
+
+
+def queued(conn: psycopg.Connection) -> list[tuple[str, int]]:
+    return conn.execute("SELECT queue, image_id FROM jobs WHERE state = 'queued' ORDER BY queue, image_id").fetchall()
+
+
+@pytest.mark.parametrize(
+    ("service", "expected_queues"),
+    [
+        ("yolov8", ["consensus", "merge"]),
+        ("clip", ["consensus", "merge"]),
+        ("detectron2", ["consensus", "merge"]),
+        ("blip", ["consensus"]),
+        ("nsfw2", ["consensus"]),
+        ("colors", []),
+        ("metadata", []),
+    ],
+)
+def test_a_success_result_enqueues_the_right_follow_up(conn: psycopg.Connection, service: str,
+                                                      expected_queues: list[str]) -> None:
+    image_id = add_image(conn)
+    add_result(conn, image_id, service)
+    assert queued(conn) == [(queue, image_id) for queue in expected_queues]
+
+
+def test_failed_results_enqueue_nothing(conn: psycopg.Connection) -> None:
+    image_id = add_image(conn)
+    add_result(conn, image_id, "yolov8", status="error")
+    add_result(conn, image_id, "blip", status="timeout")
+    assert queued(conn) == []
+
+
+def test_follow_up_jobs_are_deduplicated_per_image(conn: psycopg.Connection) -> None:
+    first, second = add_image(conn, "a.jpg"), add_image(conn, "b.jpg")
+    for service in ("yolov8", "rtdetr", "detectron2", "blip"):
+        add_result(conn, first, service)
+    add_result(conn, second, "rtdetr")
+    assert queued(conn) == [("consensus", first), ("consensus", second), ("merge", first), ("merge", second)]
+
+
+def test_merged_box_changes_enqueue_consensus(conn: psycopg.Connection) -> None:
+    image_id = add_image(conn)
+    result_id = add_result(conn, image_id, "metadata")
+    merged_id = conn.execute(
+        "INSERT INTO merged_boxes (image_id, source_result_ids, merged_data) VALUES (%s, %s, '{}') RETURNING merged_id",
+        (image_id, [result_id])).fetchone()[0]
+    assert queued(conn) == [("consensus", image_id)]
+    conn.execute("DELETE FROM jobs")
+    conn.execute("DELETE FROM merged_boxes WHERE merged_id = %s", (merged_id,))
+    assert queued(conn) == [("consensus", image_id)]
+
+
+@pytest.mark.parametrize(("service", "enqueues"), [("face", True), ("pose", True), ("colors", False)])
+def test_face_and_pose_postprocessing_enqueue_consensus(conn: psycopg.Connection, service: str,
+                                                        enqueues: bool) -> None:
+    image_id = add_image(conn)
+    conn.execute("INSERT INTO postprocessing (image_id, service, data) VALUES (%s, %s, '{}')", (image_id, service))
+    assert queued(conn) == ([("consensus", image_id)] if enqueues else [])
+
+
+def test_deleting_an_image_cascades_without_enqueueing(conn: psycopg.Connection) -> None:
+    image_id = add_image(conn)
+    result_id = add_result(conn, image_id, "yolov8")
+    conn.execute("INSERT INTO merged_boxes (image_id, source_result_ids, merged_data) VALUES (%s, %s, '{}')",
+                 (image_id, [result_id]))
+    conn.execute("DELETE FROM images WHERE image_id = %s", (image_id,))
+    assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM merged_boxes").fetchone()[0] == 0
+
+
+def test_a_task_id_is_written_once(conn: psycopg.Connection) -> None:
+    image_id = add_image(conn)
+    task = uuid.uuid4()
+    insert = """INSERT INTO results (image_id, service, task_id, data, status) VALUES (%s, 'blip', %s, '{}', 'success')
+                ON CONFLICT (task_id) DO NOTHING"""
+    assert conn.execute(insert, (image_id, task)).rowcount == 1
+    assert conn.execute(insert, (image_id, task)).rowcount == 0
+
+
+def test_an_error_row_must_say_why(conn: psycopg.Connection) -> None:
+    image_id = add_image(conn)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("INSERT INTO results (image_id, service, task_id, data, status) VALUES (%s, 'blip', %s, '{}', "
+                     "'error')", (image_id, uuid.uuid4()))

@@ -1,0 +1,81 @@
+"""Where the database is (configured URL or the embedded cluster) and how Windmill connects to it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
+
+from windmill.db.migrations import SCHEMA
+from windmill.errors import WindmillError
+from windmill.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseUnavailable(WindmillError):
+    """PostgreSQL could not be reached; the message says where, never with credentials."""
+
+
+def describe_conninfo(conninfo: str) -> str:
+    """host:port/dbname of a conninfo, for messages and logs (no user, no password)."""
+    params = conninfo_to_dict(conninfo)
+    return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+
+
+def windmill_conninfo(conninfo: str, application_name: str = "windmill") -> str:
+    """The conninfo plus Windmill's session settings: its schema first on the search path."""
+    return make_conninfo(
+        conninfo,
+        options=f"-c search_path={SCHEMA},public",
+        application_name=application_name,
+        connect_timeout=10,
+    )
+
+
+class Database:
+    """A resolved PostgreSQL location. Hands out connections and pools bound to Windmill's schema."""
+
+    def __init__(self, conninfo: str, *, application_name: str = "windmill") -> None:
+        self.conninfo = windmill_conninfo(conninfo, application_name)
+        self.location = describe_conninfo(conninfo)
+
+    def connect(self, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self.conninfo, autocommit=autocommit, **kwargs)
+        except psycopg.OperationalError as error:
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else "connection refused"
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {self.location}: {reason}") from None
+
+    def pool(self, *, min_size: int = 1, max_size: int = 4, name: str = "windmill") -> ConnectionPool:
+        """A pool of autocommit connections; callers open transactions explicitly where they need one."""
+        return ConnectionPool(
+            self.conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            name=name,
+            open=True,
+            check=ConnectionPool.check_connection,
+        )
+
+
+@contextmanager
+def open_database(settings: Settings, *, application_name: str = "windmill") -> Iterator[Database]:
+    """The configured database, or the embedded cluster for as long as the block runs."""
+    if settings.database_url is not None:
+        yield Database(settings.database_url, application_name=application_name)
+        return
+    from windmill.db.embedded import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres(settings.home)
+    conninfo = embedded.acquire()
+    try:
+        yield Database(conninfo, application_name=application_name)
+    finally:
+        embedded.release()

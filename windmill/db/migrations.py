@@ -1,0 +1,77 @@
+"""Schema migrations: the numbered files in sql/, applied in order, each once, each in its own transaction."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import psycopg
+
+from windmill.packaged import packaged_dir
+
+log = logging.getLogger(__name__)
+SCHEMA = "windmill"
+_MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+# Any constant: concurrent `init-db` runs take turns instead of racing on CREATE TABLE.
+_MIGRATION_LOCK = 0x57494E44
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def available_migrations() -> list[Migration]:
+    found = []
+    for entry in packaged_dir("sql").iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise ValueError("two migrations in sql/ share a number")
+    return found
+
+
+def applied_versions(conn: psycopg.Connection) -> set[int]:
+    exists = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.schema_migrations",)).fetchone()
+    if not exists or exists[0] is None:
+        return set()
+    return {row[0] for row in conn.execute(f"SELECT version FROM {SCHEMA}.schema_migrations")}
+
+
+def migrate(conn: psycopg.Connection) -> list[Migration]:
+    """Apply every migration not yet recorded; return those applied now. Never drops anything."""
+    conn.autocommit = True
+    applied_now = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        conn.execute(
+            f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (
+                    version integer PRIMARY KEY,
+                    name text NOT NULL,
+                    applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+    done = applied_versions(conn)
+    for migration in available_migrations():
+        if migration.version in done:
+            continue
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            # Another process may have applied it while we waited for the lock.
+            if migration.version in applied_versions(conn):
+                continue
+            conn.execute(f"SET LOCAL search_path TO {SCHEMA}")
+            conn.execute(migration.sql)  # no parameters: psycopg sends it as is
+            conn.execute(
+                f"INSERT INTO {SCHEMA}.schema_migrations (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
+        log.info("applied migration %04d_%s", migration.version, migration.name, extra={"action": "migrated"})
+        applied_now.append(migration)
+    return applied_now
