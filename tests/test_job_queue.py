@@ -1,0 +1,168 @@
+"""The job queue against a real PostgreSQL: dedupe, SKIP LOCKED claims, leases, retry with backoff, dead,
+NOTIFY only for newly queued jobs, and the claim query's plan. Time is passed in, never slept."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from windmill.db.connect import Database
+from windmill.jobs import NOTIFY_CHANNEL, JobQueue, JobState, NewJob
+from windmill.jobs.backoff import retry_delay
+
+
+@pytest.fixture
+def jobs(pool: ConnectionPool) -> JobQueue:
+    return JobQueue(pool, lease=timedelta(seconds=30))
+
+
+def state_of(conn: psycopg.Connection, job_id: int) -> tuple[str, int, str | None]:
+    return conn.execute("SELECT state::text, attempts, last_error FROM jobs WHERE id = %s", (job_id,)).fetchone()
+
+
+def test_dedupe_key_is_unique_among_queued_jobs_only(jobs: JobQueue, conn: psycopg.Connection) -> None:
+    first = jobs.enqueue(NewJob("merge", {"image_id": 1}, dedupe_key="merge:1"))
+    assert first is not None
+    assert jobs.enqueue(NewJob("merge", {"image_id": 1}, dedupe_key="merge:1")) is None
+    assert jobs.enqueue(NewJob("consensus", {"image_id": 1}, dedupe_key="merge:1")) is not None
+    jobs.claim(["merge"], "w1", 10)
+    # The running job no longer blocks a new one: work that arrives during a run must run again.
+    assert jobs.enqueue(NewJob("merge", {"image_id": 1}, dedupe_key="merge:1")) is not None
+    assert conn.execute("SELECT count(*) FROM jobs WHERE queue = 'merge'").fetchone()[0] == 2
+
+
+def test_enqueue_many_skips_duplicates_of_waiting_jobs(jobs: JobQueue) -> None:
+    batch = [NewJob("q", {"n": n}, dedupe_key=f"k{n % 3}") for n in range(9)]
+    assert jobs.enqueue_many("q", batch) == 3
+
+
+def test_claim_takes_oldest_first_in_batches_and_skips_locked_rows(jobs: JobQueue, database: Database) -> None:
+    ids = [jobs.enqueue(NewJob("q", {"n": n})) for n in range(5)]
+    with database.connect(autocommit=False) as other:
+        other.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (ids[0],))
+        claimed = jobs.claim(["q"], "w1", 3)
+        other.rollback()
+    assert [job.id for job in claimed] == ids[1:4]
+    assert all(job.attempts == 1 for job in claimed)
+    assert [job.id for job in jobs.claim(["q"], "w2", 10)] == [ids[0], ids[4]]
+    assert jobs.claim(["q"], "w3", 10) == []
+
+
+def test_claim_only_reads_the_named_queues(jobs: JobQueue) -> None:
+    jobs.enqueue(NewJob("a", {}))
+    wanted = jobs.enqueue(NewJob("b", {}))
+    assert [job.id for job in jobs.claim(["b", "c"], "w", 10)] == [wanted]
+
+
+def test_expired_lease_is_reclaimed_by_the_same_query(jobs: JobQueue, conn: psycopg.Connection) -> None:
+    job_id = jobs.enqueue(NewJob("q", {}))
+    now = datetime.now(UTC) + timedelta(seconds=1)  # after the enqueue: its run_after is the DB clock
+    assert [job.id for job in jobs.claim(["q"], "dead-worker", 1, now=now)] == [job_id]
+    assert jobs.claim(["q"], "w2", 1, now=now + timedelta(seconds=29)) == []
+    [again] = jobs.claim(["q"], "w2", 1, now=now + timedelta(seconds=31))
+    assert (again.id, again.attempts) == (job_id, 2)
+    assert "dead-worker" in (again.last_error or "")
+    # The dead worker's late completion does not count: the job belongs to w2 now.
+    assert jobs.complete([job_id], "dead-worker") == 0
+    assert jobs.complete([job_id], "w2") == 1
+    assert state_of(conn, job_id)[0] == "done"
+
+
+def test_renewed_lease_is_not_reclaimed(jobs: JobQueue) -> None:
+    job_id = jobs.enqueue(NewJob("q", {}))
+    now = datetime.now(UTC) + timedelta(seconds=1)  # after the enqueue: its run_after is the DB clock
+    jobs.claim(["q"], "w1", 1, now=now)
+    assert jobs.renew_leases([job_id], "w1", now=now + timedelta(seconds=25)) == {job_id}
+    assert jobs.claim(["q"], "w2", 1, now=now + timedelta(seconds=40)) == []
+    assert jobs.renew_leases([job_id], "w2", now=now) == set()
+
+
+def test_failed_attempts_back_off_then_go_dead_with_the_reason(jobs: JobQueue, conn: psycopg.Connection) -> None:
+    job_id = jobs.enqueue(NewJob("q", {}, max_attempts=3))
+    now = datetime.now(UTC) + timedelta(seconds=1)  # after the enqueue: its run_after is the DB clock
+    moment = now
+    for attempt in (1, 2, 3):
+        [job] = jobs.claim(["q"], "w", 1, now=moment)
+        assert job.attempts == attempt
+        state = jobs.fail(job, "w", f"boom {attempt}", now=moment)
+        assert state is (JobState.FAILED if attempt < 3 else JobState.DEAD)
+        if attempt < 3:
+            assert jobs.claim(["q"], "w", 1, now=moment) == [], "claimable before its backoff ended"
+        moment += timedelta(minutes=10)
+    assert state_of(conn, job_id) == ("dead", 3, "boom 3")
+    assert jobs.claim(["q"], "w", 1, now=moment + timedelta(days=1)) == []
+
+
+def test_expired_lease_on_the_last_attempt_goes_dead(jobs: JobQueue, conn: psycopg.Connection) -> None:
+    job_id = jobs.enqueue(NewJob("q", {}, max_attempts=1))
+    now = datetime.now(UTC) + timedelta(seconds=1)  # after the enqueue: its run_after is the DB clock
+    jobs.claim(["q"], "w1", 1, now=now)
+    assert jobs.claim(["q"], "w2", 1, now=now + timedelta(minutes=5)) == []
+    state, attempts, reason = state_of(conn, job_id)
+    assert (state, attempts) == ("dead", 1)
+    assert "lease of worker w1 expired" in reason
+
+
+def test_permanent_error_goes_dead_at_once_and_retry_requeues(jobs: JobQueue, conn: psycopg.Connection) -> None:
+    job_id = jobs.enqueue(NewJob("q", {}, dedupe_key="k"))
+    [job] = jobs.claim(["q"], "w", 1)
+    assert jobs.fail(job, "w", "bad image", permanent=True) is JobState.DEAD
+    assert jobs.retry_dead(queue="q") == [job_id]
+    assert state_of(conn, job_id)[:2] == ("queued", 0)
+    assert jobs.retry_dead(queue="q") == []
+
+
+def test_retry_of_a_dead_job_whose_twin_is_waiting_leaves_it_dead(jobs: JobQueue, conn: psycopg.Connection) -> None:
+    dead_id = jobs.enqueue(NewJob("q", {}, dedupe_key="k"))
+    [job] = jobs.claim(["q"], "w", 1)
+    jobs.fail(job, "w", "bad", permanent=True)
+    jobs.enqueue(NewJob("q", {}, dedupe_key="k"))
+    assert jobs.retry_dead() == []
+    assert state_of(conn, dead_id)[0] == "dead"
+
+
+@pytest.mark.parametrize(("attempt", "expected_s"), [(1, 1), (2, 2), (3, 4), (6, 32), (20, 300)])
+def test_retry_delay_is_exponential_and_capped(attempt: int, expected_s: float) -> None:
+    assert retry_delay(attempt, jitter=0).total_seconds() == expected_s
+    assert abs(retry_delay(attempt).total_seconds() - expected_s) <= 0.2 * expected_s
+
+
+def _notifications(listener: psycopg.Connection) -> int:
+    return sum(1 for _ in listener.notifies(timeout=0.3))
+
+
+def test_notify_only_when_a_job_is_newly_queued(jobs: JobQueue, database: Database) -> None:
+    with database.connect() as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        jobs.enqueue(NewJob("q", {}, dedupe_key="same"))
+        assert _notifications(listener) == 1
+        jobs.enqueue(NewJob("q", {}, dedupe_key="same"))
+        assert _notifications(listener) == 0
+        [job] = jobs.claim(["q"], "w", 1)
+        jobs.complete([job.id], "w")
+        assert _notifications(listener) == 0
+
+
+def test_notify_payload_is_constant(jobs: JobQueue, database: Database) -> None:
+    with database.connect() as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        jobs.enqueue(NewJob("q", {"secret": "x"}, image_id=None))
+        [note] = list(listener.notifies(timeout=1, stop_after=1))
+    assert note.payload == ""
+
+
+def test_claim_query_uses_the_partial_index(jobs: JobQueue, conn: psycopg.Connection) -> None:
+    conn.execute("""INSERT INTO jobs (queue, payload, state)
+                    SELECT 'q' || (n % 20), '{}', CASE WHEN n % 10 = 0 THEN 'queued' ELSE 'done' END::job_state
+                      FROM generate_series(1, 20000) AS n""")
+    conn.execute("ANALYZE jobs")
+    from windmill.db.queries import query
+
+    plan = "\n".join(row[0] for row in conn.execute(
+        "EXPLAIN " + query("claim_jobs"),
+        {"queue": "q10", "worker": "w", "limit": 10, "lease": timedelta(seconds=30), "now": None}))
+    assert "jobs_claimable_idx" in plan
+    assert "Seq Scan on jobs" not in plan

@@ -1,0 +1,48 @@
+"""The job queue's vocabulary: states, a claimed job, and the errors a handler raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    """Mirrors the SQL enum job_state (a test compares the two)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"  # an attempt failed; claimable again after its backoff
+    DEAD = "dead"  # no attempts left, or a permanent error: waits for `jobs retry`
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job this worker holds a lease on."""
+
+    id: int
+    queue: str
+    payload: dict[str, Any]
+    image_id: int | None
+    attempts: int
+    max_attempts: int
+    dedupe_key: str | None = None
+    last_error: str | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        return cls(
+            id=row["id"],
+            queue=row["queue"],
+            payload=row["payload"] or {},
+            image_id=row["image_id"],
+            attempts=row["attempts"],
+            max_attempts=row["max_attempts"],
+            dedupe_key=row["dedupe_key"],
+            last_error=row["last_error"],
+        )
+
+
+class PermanentJobError(Exception):
+    """Raised by a handler when retrying cannot help (bad input): the job goes dead at once."""

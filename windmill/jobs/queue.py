@@ -1,0 +1,151 @@
+"""The PostgreSQL job queue: enqueue, claim with SKIP LOCKED under a lease, complete, fail, renew, retry."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from windmill.db.queries import query
+from windmill.jobs.backoff import retry_delay
+from windmill.jobs.model import Job, JobState
+
+log = logging.getLogger(__name__)
+NOTIFY_CHANNEL = "windmill_jobs"
+DEFAULT_LEASE = timedelta(seconds=30)
+DEFAULT_MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to enqueue. A dedupe_key makes it a no-op while an identical job is still waiting."""
+
+    queue: str
+    payload: dict[str, Any]
+    image_id: int | None = None
+    dedupe_key: str | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+
+class JobQueue:
+    """All job-table operations a worker or producer needs. `now` parameters exist for tests: None = the
+    database clock."""
+
+    def __init__(self, pool: ConnectionPool, *, lease: timedelta = DEFAULT_LEASE) -> None:
+        self.pool = pool
+        self.lease = lease
+
+    def enqueue(self, job: NewJob, *, run_after: datetime | None = None) -> int | None:
+        """Queue one job; returns its id, or None when an identical job was already waiting."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                query("enqueue_job"),
+                {
+                    "queue": job.queue,
+                    "image_id": job.image_id,
+                    "payload": Jsonb(job.payload),
+                    "dedupe_key": job.dedupe_key,
+                    "max_attempts": job.max_attempts,
+                    "run_after": run_after,
+                },
+            ).fetchone()
+        return row[0] if row else None
+
+    def enqueue_many(self, queue: str, jobs: Sequence[NewJob], *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> int:
+        """Queue a batch for one queue in one statement; returns how many were newly queued."""
+        if not jobs:
+            return 0
+        with self.pool.connection() as conn:
+            cursor = conn.execute(
+                query("enqueue_jobs"),
+                {
+                    "queue": queue,
+                    "max_attempts": max_attempts,
+                    "image_ids": [job.image_id for job in jobs],
+                    "payloads": [Jsonb(job.payload) for job in jobs],
+                    "dedupe_keys": [job.dedupe_key for job in jobs],
+                },
+            )
+            return cursor.rowcount
+
+    def claim(self, queues: Sequence[str], worker_id: str, limit: int, *, now: datetime | None = None) -> list[Job]:
+        """Lease up to `limit` jobs, taking from the queues in the order given."""
+        claimed: list[Job] = []
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            for queue in queues:
+                if len(claimed) >= limit:
+                    break
+                cursor.execute(
+                    query("claim_jobs"),
+                    {"queue": queue, "worker": worker_id, "limit": limit - len(claimed), "lease": self.lease,
+                     "now": now},
+                )
+                claimed.extend(Job.from_row(row) for row in cursor.fetchall())
+        return claimed
+
+    def complete(self, ids: Iterable[int], worker_id: str, *, now: datetime | None = None) -> int:
+        ids = list(ids)
+        if not ids:
+            return 0
+        with self.pool.connection() as conn:
+            return conn.execute(query("complete_jobs"), {"ids": ids, "worker": worker_id, "now": now}).rowcount
+
+    def fail(
+        self,
+        job: Job,
+        worker_id: str,
+        error: str,
+        *,
+        permanent: bool = False,
+        now: datetime | None = None,
+    ) -> JobState | None:
+        """Record a failed attempt; returns the new state (failed or dead), None if the lease was lost."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                query("fail_job"),
+                {
+                    "id": job.id,
+                    "worker": worker_id,
+                    "error": error[:2000],
+                    "permanent": permanent,
+                    "backoff": retry_delay(job.attempts),
+                    "now": now,
+                },
+            ).fetchone()
+        return JobState(row[0]) if row else None
+
+    def renew_leases(self, ids: Iterable[int], worker_id: str, *, now: datetime | None = None) -> set[int]:
+        """Extend the leases of running jobs; returns the ids still held by this worker."""
+        ids = list(ids)
+        if not ids:
+            return set()
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                query("renew_leases"), {"ids": ids, "worker": worker_id, "lease": self.lease, "now": now}
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def retry_dead(self, *, queue: str | None = None, ids: Sequence[int] | None = None) -> list[int]:
+        """Queue dead jobs again with fresh attempts; returns their ids."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(query("retry_dead_jobs"), {"queue": queue, "ids": list(ids) if ids else None})
+            retried = [row[0] for row in rows.fetchall()]
+            if retried:
+                conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+        return retried
+
+    def list(self, *, state: JobState | None = None, queue: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            cursor.execute(query("list_jobs"), {"state": state and str(state), "queue": queue, "limit": limit})
+            return cursor.fetchall()
+
+    def depths(self) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            cursor.execute(query("queue_depths"))
+            return cursor.fetchall()
