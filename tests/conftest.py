@@ -1,0 +1,121 @@
+"""Shared fixtures: a real PostgreSQL (a private cluster started for the session, or
+WINDMILL_TEST_DATABASE_URL), a migrated test database, and a clean slate per test."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from windmill.catalog import Catalog, load_catalog
+from windmill.db.connect import Database
+from windmill.db.schema import init_database
+
+TEST_DATABASE = "windmill_test"
+REPOSITORY = Path(__file__).resolve().parent.parent
+# Everything a test writes and commits lives in these tables; services stay (synced from the catalog).
+_WRITABLE_TABLES = "images, results, merged_boxes, consensus, postprocessing, jobs, workers"
+
+
+@pytest.fixture(scope="session")
+def server_conninfo() -> Iterator[str]:
+    """A PostgreSQL server for the whole session: configured, or a private cluster we start and stop."""
+    configured = os.environ.get("WINDMILL_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    from windmill.db.embedded import EmbeddedPostgres
+
+    with tempfile.TemporaryDirectory(prefix="windmill-test-") as home:
+        cluster = EmbeddedPostgres(Path(home), fast=True)
+        conninfo = cluster.acquire()
+        try:
+            yield conninfo
+        finally:
+            cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Catalog:
+    return load_catalog()
+
+
+def _fresh_database(server_conninfo: str, name: str) -> str:
+    with psycopg.connect(server_conninfo, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return make_conninfo(server_conninfo, dbname=name)
+
+
+@pytest.fixture(scope="session")
+def database_url(server_conninfo: str, catalog: Catalog) -> str:
+    """A migrated test database; its libpq URL is what worker subprocesses get as WINDMILL_DATABASE_URL."""
+    conninfo = _fresh_database(server_conninfo, TEST_DATABASE)
+    with Database(conninfo).connect() as conn:
+        init_database(conn, catalog)
+    params = conninfo_to_dict(conninfo)
+    credentials = params.get("user", "postgres") + (f":{params['password']}" if params.get("password") else "")
+    return f"postgresql://{credentials}@{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{TEST_DATABASE}"
+
+
+@pytest.fixture
+def empty_database(server_conninfo: str) -> str:
+    """A database with no schema at all (for migration tests)."""
+    return _fresh_database(server_conninfo, "windmill_migrations_test")
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    """The test database, emptied before each test (TRUNCATE: these tests commit, notify and lock)."""
+    db = Database(database_url, application_name="windmill-tests")
+    with db.connect() as conn:
+        conn.execute(f"TRUNCATE {_WRITABLE_TABLES} RESTART IDENTITY CASCADE")
+    yield db
+
+
+@pytest.fixture
+def conn(database: Database) -> Iterator[psycopg.Connection]:
+    with database.connect() as connection:
+        yield connection
+
+
+@pytest.fixture
+def pool(database: Database) -> Iterator:
+    with database.pool(max_size=4, name="tests") as connection_pool:
+        yield connection_pool
+
+
+@pytest.fixture
+def worker_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for windmill subprocesses: the test database, no broker, a private home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WINDMILL_", "DB_", "QUEUE_"))}
+    env.update({
+        "WINDMILL_DATABASE_URL": database_url,
+        "WINDMILL_HOME": str(tmp_path / "home"),
+        "PYTHONPATH": os.pathsep.join([str(REPOSITORY), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "LOG_LEVEL": "INFO",
+    })
+    return env
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> object:
+    """Poll a predicate until it is truthy; fail the test with `message` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+PYTHON = sys.executable

@@ -1,0 +1,3 @@
+"""Worker roles, one module each; importing this package registers them with the runtime."""
+
+from windmill.roles import noop  # noqa: F401

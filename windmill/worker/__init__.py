@@ -1,0 +1,1 @@
+"""The worker runtime shared by every role, and the registry roles plug into."""

@@ -1,0 +1,69 @@
+"""Starting a worker process: settings → database → role → runtime, with two-phase signal handling."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from types import FrameType
+
+from windmill.catalog import Catalog
+from windmill.db.connect import open_database
+from windmill.db.schema import ensure_schema
+from windmill.jobs import JobQueue
+from windmill.settings import Settings
+from windmill.worker.registry import RoleContext, build_role
+from windmill.worker.runtime import Worker, WorkerOptions
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def stop_on_signals(worker: Worker) -> Iterator[None]:
+    """SIGTERM/SIGINT once: drain. Twice: leave now. The previous handlers come back afterwards."""
+    received = 0
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        nonlocal received
+        received += 1
+        log.info("received %s: %s", signal.Signals(signum).name,
+                 "draining in-flight jobs" if received == 1 else "leaving now",
+                 extra={"action": "signal"})
+        worker.request_stop(immediately=received > 1)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_worker(
+    settings: Settings,
+    catalog: Catalog,
+    role_name: str,
+    *,
+    service: str | None = None,
+    options: WorkerOptions | None = None,
+    lease: timedelta | None = None,
+) -> int:
+    """Run one worker in this process until a signal stops it; returns the exit code."""
+    options = options or WorkerOptions()
+    with open_database(settings, application_name=f"windmill-{role_name}") as database:
+        with database.connect() as conn:
+            ensure_schema(conn, catalog, may_migrate=settings.uses_embedded_database)
+        pool = database.pool(min_size=1, max_size=options.concurrency + 2, name=f"worker-{role_name}")
+        try:
+            jobs = JobQueue(pool, lease=lease) if lease else JobQueue(pool)
+            context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=catalog,
+                                  worker_id=settings.worker_id, service=service or settings.service_name)
+            role = build_role(role_name, context)
+            worker = Worker(jobs, role, worker_id=settings.worker_id, listen_conninfo=database.conninfo,
+                            options=options)
+            with stop_on_signals(worker):
+                return worker.run()
+        finally:
+            pool.close()

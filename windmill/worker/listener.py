@@ -1,0 +1,43 @@
+"""The LISTEN side of NOTIFY: one dedicated connection that wakes the claim loop, reconnecting forever."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import psycopg
+
+from windmill.errors import first_line
+from windmill.jobs import NOTIFY_CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+class JobListener:
+    """Sets `wake` on every notification, and once after every (re)connect: a notification sent while we
+    were disconnected is lost, so the loop must poll after listening again."""
+
+    def __init__(self, conninfo: str, wake: threading.Event, stopping: threading.Event) -> None:
+        self.conninfo = conninfo
+        self.wake = wake
+        self.stopping = stopping
+        self.connected = threading.Event()
+
+    def run(self) -> None:
+        delay = 0.2
+        while not self.stopping.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.connected.set()
+                    self.wake.set()
+                    delay = 0.2
+                    while not self.stopping.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.wake.set()
+            except psycopg.OperationalError as error:
+                self.connected.clear()
+                log.warning("listen connection lost (%s); reconnecting in %.1fs", first_line(error), delay,
+                            extra={"action": "listener_reconnect"})
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 10.0)

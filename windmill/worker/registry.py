@@ -1,0 +1,61 @@
+"""Roles plug into the worker runtime by registration: a name, the queues it consumes, a handler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from psycopg_pool import ConnectionPool
+
+from windmill.catalog import Catalog
+from windmill.db.connect import Database
+from windmill.errors import WindmillError
+from windmill.jobs import Job, JobQueue
+from windmill.settings import Settings
+
+
+@dataclass(frozen=True)
+class RoleContext:
+    """What a role may use: it reaches the world only through these."""
+
+    settings: Settings
+    database: Database
+    pool: ConnectionPool
+    jobs: JobQueue
+    catalog: Catalog
+    worker_id: str
+    service: str | None = None
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    queues: tuple[str, ...]
+    handle: Callable[[Job], None]
+    close: Callable[[], None] = field(default=lambda: None)
+    service: str | None = None
+
+
+RoleFactory = Callable[[RoleContext], Role]
+_ROLES: dict[str, RoleFactory] = {}
+
+
+def register_role(name: str) -> Callable[[RoleFactory], RoleFactory]:
+    def decorator(factory: RoleFactory) -> RoleFactory:
+        _ROLES[name] = factory
+        return factory
+
+    return decorator
+
+
+def role_names() -> list[str]:
+    import windmill.roles  # noqa: F401  (importing the package registers the built-in roles)
+
+    return sorted(_ROLES)
+
+
+def build_role(name: str, context: RoleContext) -> Role:
+    names = role_names()
+    if name not in _ROLES:
+        raise WindmillError(f"unknown role {name!r}; valid roles: {', '.join(names)}")
+    return _ROLES[name](context)

@@ -1,0 +1,242 @@
+"""The runtime every role shares: claim → handle → complete or fail, leases renewed, drain on stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import psycopg
+
+from windmill.db.queries import query
+from windmill.errors import first_line
+from windmill.jobs import Job, JobQueue, JobState, PermanentJobError
+from windmill.worker.listener import JobListener
+from windmill.worker.registry import Role
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    concurrency: int = 4  # handler threads
+    batch_size: int = 32  # most jobs held (claimed, not yet recorded) at once
+    poll_interval_s: float = 1.0  # NOTIFY is a hint; this is the guarantee
+    drain_timeout_s: float = 30.0
+    heartbeat_interval_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class WorkerHooks:
+    """Test and metrics seams: called from the worker's threads, must be quick."""
+
+    on_claimed: Callable[[Job], None] | None = None
+    on_done: Callable[[Job, BaseException | None], None] | None = None
+
+
+class Worker:
+    def __init__(
+        self,
+        jobs: JobQueue,
+        role: Role,
+        *,
+        worker_id: str,
+        listen_conninfo: str,
+        options: WorkerOptions | None = None,
+        hooks: WorkerHooks | None = None,
+    ) -> None:
+        self.jobs = jobs
+        self.role = role
+        self.worker_id = worker_id
+        self.options = options or WorkerOptions()
+        self.hooks = hooks or WorkerHooks()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()  # stop claiming, drain
+        self._abandon = threading.Event()  # second signal: leave now
+        self._side_tasks_done = threading.Event()
+        self._lock = threading.Lock()
+        self._inflight: dict[int, Job] = {}
+        self._finished: deque[tuple[Job, BaseException | None]] = deque()
+        self._fatal: BaseException | None = None
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self._listener = JobListener(listen_conninfo, self._wake, self._side_tasks_done)
+
+    # -- control -------------------------------------------------------------------------------
+    def request_stop(self, *, immediately: bool = False) -> None:
+        """First call: stop claiming and drain. With immediately=True: leave without waiting; the
+        jobs still running keep their lease until it expires, then another worker runs them."""
+        if immediately:
+            self._abandon.set()
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def listening(self) -> threading.Event:
+        return self._listener.connected
+
+    # -- main loop -----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until stopped; returns the process exit code (non-zero when a side task died)."""
+        self._register()
+        side_tasks = [
+            threading.Thread(target=self._guard(self._listener.run), name="listener", daemon=True),
+            threading.Thread(target=self._guard(self._heartbeat_loop), name="heartbeat", daemon=True),
+        ]
+        for thread in side_tasks:
+            thread.start()
+        executor = ThreadPoolExecutor(self.options.concurrency, thread_name_prefix=f"{self.role.name}-handler")
+        try:
+            self._claim_loop(executor)
+            self._drain()
+        finally:
+            self._side_tasks_done.set()
+            executor.shutdown(wait=not self._abandon.is_set(), cancel_futures=True)
+            self._flush_finished()
+            self._mark_stopped()
+            self.role.close()
+        if self._fatal is not None:
+            log.error("worker stopped because a helper thread died: %r", self._fatal, extra={"action": "worker_fatal"})
+            return 1
+        return 0
+
+    def _claim_loop(self, executor: ThreadPoolExecutor) -> None:
+        delay = 0.2
+        while not self._stopping.is_set():
+            self._wake.clear()
+            self._flush_finished()
+            free = self.options.batch_size - len(self._inflight)
+            claimed: list[Job] = []
+            if free >= max(1, self.options.batch_size // 2) or not self._inflight:
+                try:
+                    claimed = self.jobs.claim(self.role.queues, self.worker_id, free)
+                    delay = 0.2
+                except psycopg.OperationalError as error:
+                    log.warning("cannot claim jobs (%s); retrying in %.1fs", first_line(error), delay,
+                                extra={"action": "claim_failed"})
+                    self._stopping.wait(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                with self._lock:
+                    for job in claimed:
+                        self._inflight[job.id] = job
+                for job in claimed:
+                    if self.hooks.on_claimed:
+                        self.hooks.on_claimed(job)
+                    executor.submit(self._run_one, job)
+                if claimed and len(claimed) == free:
+                    continue  # a full batch: more are probably waiting
+            self._wake.wait(self.options.poll_interval_s)
+
+    def _run_one(self, job: Job) -> None:
+        error: BaseException | None = None
+        try:
+            self.role.handle(job)
+        except BaseException as raised:  # a handler's failure is the job's, never the worker's
+            error = raised
+        self._finished.append((job, error))
+        self._wake.set()
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self.options.drain_timeout_s
+        while self._inflight and not self._abandon.is_set():
+            self._flush_finished()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("drain timeout: %d jobs still running keep their lease until it expires",
+                            len(self._inflight), extra={"action": "drain_timeout"})
+                return
+            self._wake.clear()
+            if self._inflight:
+                self._wake.wait(min(remaining, 0.5))
+
+    def _flush_finished(self) -> None:
+        """Record finished jobs: successes in one statement, failures one by one. A job stays in flight
+        (its lease renewed) until its outcome is stored."""
+        batch: list[tuple[Job, BaseException | None]] = []
+        while self._finished:
+            batch.append(self._finished.popleft())
+        if not batch:
+            return
+        done = [job for job, error in batch if error is None]
+        failed = [(job, error) for job, error in batch if error is not None]
+        try:
+            self.jobs.complete([job.id for job in done], self.worker_id)
+            for job, error in failed:
+                self._record_failure(job, error)
+        except psycopg.OperationalError as error:
+            log.warning("cannot record %d finished jobs (%s); will retry", len(batch), first_line(error),
+                        extra={"action": "record_failed"})
+            self._finished.extendleft(reversed(batch))
+            self._stopping.wait(0.5)
+            return
+        with self._lock:
+            for job, _ in batch:
+                self._inflight.pop(job.id, None)
+        self.jobs_done += len(done)
+        self.jobs_failed += len(failed)
+        for job, error in batch:
+            if self.hooks.on_done:
+                self.hooks.on_done(job, error)
+
+    def _record_failure(self, job: Job, error: BaseException) -> None:
+        permanent = isinstance(error, PermanentJobError)
+        reason = first_line(error) or type(error).__name__
+        state = self.jobs.fail(job, self.worker_id, reason, permanent=permanent)
+        level = logging.ERROR if state is JobState.DEAD else logging.WARNING
+        log.log(level, "job %d (%s) attempt %d/%d failed: %s → %s", job.id, job.queue, job.attempts,
+                job.max_attempts, reason, state, extra={"action": "job_failed"})
+
+    # -- side tasks ----------------------------------------------------------------------------
+    def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
+        def guarded() -> None:
+            try:
+                target()
+            except BaseException as error:
+                self._fatal = error
+                self.request_stop()
+
+        return guarded
+
+    def heartbeat_once(self) -> None:
+        with self._lock:
+            held = list(self._inflight)
+        self.jobs.renew_leases(held, self.worker_id)
+        with self.jobs.pool.connection() as conn:
+            conn.execute(query("worker_heartbeat"), self._counters())
+
+    def _heartbeat_loop(self) -> None:
+        interval = min(self.options.heartbeat_interval_s, self.jobs.lease.total_seconds() / 3)
+        while not self._side_tasks_done.wait(interval):
+            try:
+                self.heartbeat_once()
+            except psycopg.OperationalError as error:
+                log.warning("heartbeat failed (%s)", first_line(error), extra={"action": "heartbeat_failed"})
+
+    def _counters(self) -> dict[str, object]:
+        return {"worker_id": self.worker_id, "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed}
+
+    def _register(self) -> None:
+        with self.jobs.pool.connection() as conn:
+            conn.execute(
+                query("register_worker"),
+                {"worker_id": self.worker_id, "role": self.role.name, "service": self.role.service,
+                 "hostname": socket.gethostname(), "pid": os.getpid()},
+            )
+        log.info("worker %s started: role %s, queues %s", self.worker_id, self.role.name,
+                 ", ".join(self.role.queues), extra={"action": "worker_started"})
+
+    def _mark_stopped(self) -> None:
+        try:
+            with self.jobs.pool.connection(timeout=5) as conn:
+                conn.execute(query("worker_stopped"), self._counters())
+        except (psycopg.OperationalError, TimeoutError) as error:
+            log.warning("could not record the stop (%s)", first_line(error))
+        log.info("worker %s stopped after %d done, %d failed", self.worker_id, self.jobs_done, self.jobs_failed,
+                 extra={"action": "worker_stopped"})
