@@ -1,0 +1,357 @@
+"""windmill-cli: the command line of Windmill. Thin: parses, calls windmill.*, prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+
+from windmill.catalog import SELECTION_KEYWORDS, Catalog, load_catalog
+from windmill.errors import WindmillError, first_line
+from windmill.settings import Settings, configure_logging, load_settings
+
+# --------------------------------------------------------------------------------------------------
+# Shared plumbing
+
+
+class AppContext:
+    """Settings and catalog, loaded on first use so `--help` and `list-services` need no environment."""
+
+    def __init__(self, env_file: Path | None) -> None:
+        self.env_file = env_file
+
+    @cached_property
+    def settings(self) -> Settings:
+        settings = load_settings(self.env_file)
+        configure_logging(settings)
+        return settings
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        path = self.settings.service_config
+        if path is None and Path("service_config.json").is_file():
+            path = Path("service_config.json")  # the seed's habit: a catalog in the working directory
+        return load_catalog(path)
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A connection to an up-to-date schema (the embedded database is migrated on first use)."""
+        from windmill.db.connect import open_database
+        from windmill.db.schema import ensure_schema
+
+        with open_database(self.settings, application_name="windmill-cli") as database, database.connect() as conn:
+            ensure_schema(conn, self.catalog, may_migrate=self.settings.uses_embedded_database)
+            yield conn
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+class WindmillGroup(click.Group):
+    """User errors become one sentence on stderr and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WindmillError as error:
+            raise click.ClickException(str(error)) from None
+        except psycopg.OperationalError as error:
+            raise click.ClickException(f"database unavailable: {first_line(error)}") from None
+
+
+def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(function)
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+@click.group(cls=WindmillGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Read settings from this file (default: ./.env when present).")
+@click.version_option(package_name="windmill")
+@click.pass_context
+def main(ctx: click.Context, env_file: Path | None) -> None:
+    """Windmill: every image through every Animal Farm ML service, harmonized boxes and consensus in
+    PostgreSQL."""
+    ctx.obj = AppContext(env_file)
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings, catalog, schema
+
+
+@main.command()
+@json_option
+@pass_app
+def config(app: AppContext, as_json: bool) -> None:
+    """Print the effective settings (passwords masked)."""
+    shown = app.settings.shown()
+    if as_json:
+        echo_json(shown)
+        return
+    width = max(map(len, shown))
+    for key, value in shown.items():
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+def print_services(catalog: Catalog, as_json: bool) -> None:
+    if as_json:
+        echo_json([{**{k: v for k, v in vars(s).items()}, "queue_name": s.queue_name} for s in catalog.services])
+        return
+    for category in ("primary", "spatial_only", "postprocessing"):
+        click.echo(category.upper())
+        for service in sorted(catalog.in_category(category), key=lambda s: s.name):
+            kind = ",".join(service.service_type)
+            click.echo(f"  {service.name:<14} {service.host}:{service.port:<6} {kind:<24} {service.description}")
+    click.echo("Selections: " + "; ".join(f"{k} = {v}" for k, v in SELECTION_KEYWORDS.items())
+               + "; or a comma-separated list of names")
+
+
+@main.command("list-services")
+@json_option
+@pass_app
+def list_services(app: AppContext, as_json: bool) -> None:
+    """Print the service catalog by category."""
+    print_services(app.catalog, as_json)
+
+
+@main.command("init-db")
+@pass_app
+def init_db(app: AppContext) -> None:
+    """Create or upgrade the schema (idempotent, never drops data) and sync the services table."""
+    from windmill.db.connect import open_database
+    from windmill.db.schema import init_database
+
+    with open_database(app.settings, application_name="windmill-cli") as database, database.connect() as conn:
+        applied = init_database(conn, app.catalog)
+        where = database.location
+    if applied:
+        click.echo(f"Applied {len(applied)} migration(s) on {where}: "
+                   + ", ".join(f"{m.version:04d}_{m.name}" for m in applied))
+    else:
+        click.echo(f"Schema on {where} is up to date.")
+
+
+# --------------------------------------------------------------------------------------------------
+# The embedded database
+
+
+@main.group()
+def db() -> None:
+    """The embedded PostgreSQL cluster used when no database is configured."""
+
+
+@db.command("status")
+@json_option
+@pass_app
+def db_status(app: AppContext, as_json: bool) -> None:
+    """Say whether the embedded cluster runs, where, and how to reach it with psql."""
+    from windmill.db.embedded import EmbeddedPostgres
+
+    if not app.settings.uses_embedded_database:
+        click.echo("A database is configured (WINDMILL_DATABASE_URL or DB_HOST); the embedded cluster is unused.")
+        return
+    status = EmbeddedPostgres(app.settings.home).status()
+    if as_json:
+        echo_json({**vars(status), "psql": status.psql_command() if status.running else None})
+        return
+    click.echo(f"data directory: {status.data_dir}")
+    click.echo(f"log file:       {status.log_file}")
+    if status.running:
+        click.echo(f"running on port {status.port}, used by {len(status.clients)} windmill process(es)")
+        click.echo(f"connect with:   {status.psql_command()}")
+    else:
+        click.echo("not running (any windmill-cli command that needs it starts it)")
+
+
+@db.command("stop")
+@pass_app
+def db_stop(app: AppContext) -> None:
+    """Stop the embedded cluster now, even if workers still use it."""
+    from windmill.db.embedded import EmbeddedPostgres
+
+    EmbeddedPostgres(app.settings.home).stop()
+    click.echo("Embedded PostgreSQL stopped.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Images and submission
+
+
+@main.group()
+def images() -> None:
+    """Register images (files or URLs) in the collection."""
+
+
+@images.command("add")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--group", "-g", help="Group name stored with each image (submit --group selects it).")
+@click.option("--recursive", "-r", is_flag=True, help="Descend into sub-directories.")
+@click.option("--url-list", type=click.File("r", encoding="utf-8"), help="A file with one image URL per line.")
+@pass_app
+def images_add(app: AppContext, paths: tuple[Path, ...], group: str | None, recursive: bool,
+               url_list: Any) -> None:
+    """Add image files, directories of images, or a list of URLs. Known images are not added twice."""
+    from windmill.collection import add_paths, add_urls
+
+    if not paths and url_list is None:
+        raise click.UsageError("name image files or directories, or give --url-list FILE")
+    with app.connection() as conn:
+        report = add_urls(conn, url_list, group=group) if url_list else add_paths(
+            conn, paths, group=group, recursive=recursive)
+    for what, why in report.skipped:
+        click.echo(f"skipped {what}: {why}", err=True)
+    click.echo(f"Added {report.added} image(s); {report.already_known} already known; "
+               f"{len(report.skipped)} skipped.")
+    if report.skipped and not report.added and not report.already_known:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--services", "-s", default="all", show_default=True,
+              help="all, primary, spatial_only, full_catalog, or a comma-separated list of services.")
+@click.option("--limit", "-l", type=click.IntRange(min=1), help="Submit at most this many images.")
+@click.option("--group", "-g", help="Only images of this group.")
+@click.option("--force", is_flag=True, help="Submit pairs that already have a successful answer too.")
+@click.option("--list-services", "list_only", is_flag=True, help="Print the catalog and exit.")
+@pass_app
+def submit(app: AppContext, services: str, limit: int | None, group: str | None, force: bool,
+           list_only: bool) -> None:
+    """Queue one task per image × service for the service workers."""
+    if list_only:
+        print_services(app.catalog, as_json=False)
+        return
+    from windmill.broker import JobTableBroker
+    from windmill.db.connect import open_database
+    from windmill.db.schema import ensure_schema
+    from windmill.jobs import JobQueue
+    from windmill.producer import count_images
+    from windmill.producer import submit as submit_tasks
+
+    selected = app.catalog.select(services)
+    with (
+        open_database(app.settings, application_name="windmill-submit") as database,
+        database.connect() as read_conn,
+        database.connect() as lookup_conn,
+    ):
+        ensure_schema(lookup_conn, app.catalog, may_migrate=app.settings.uses_embedded_database)
+        total = count_images(lookup_conn, group=group, limit=limit)
+        if total == 0:
+            raise WindmillError("no images to submit; add some with `windmill-cli images add`")
+        with database.pool(max_size=2, name="submit") as pool:
+            broker = JobTableBroker(JobQueue(pool))
+            with click.progressbar(length=total, label="Submitting", file=sys.stderr) as bar:
+                report = submit_tasks(read_conn, lookup_conn, broker, selected, group=group, limit=limit,
+                                      force=force, progress=bar.update)
+    click.echo(f"Submitted {report.published} task(s) for {report.images} image(s) × {len(selected)} service(s); "
+               f"{report.skipped_answered} already answered.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Workers, status and jobs
+
+
+@main.command()
+@click.option("--role", required=True, help="The worker role (see `windmill-cli worker --list-roles`).")
+@click.option("--service", help="The service of a service or postprocess worker.")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Handler threads.")
+@click.option("--batch-size", type=click.IntRange(1, 5000), default=None,
+              help="Most jobs claimed and held at once (default: 8 × concurrency).")
+@click.option("--lease-seconds", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
+              help="Lease per claimed job; renewed while it runs.")
+@click.option("--drain-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Seconds to finish in-flight jobs after SIGTERM.")
+@pass_app
+def worker(app: AppContext, role: str, service: str | None, concurrency: int, batch_size: int | None,
+           lease_seconds: float, drain_timeout: float) -> None:
+    """Run a worker until SIGTERM/SIGINT (once: drain in-flight jobs; twice: leave now)."""
+    from windmill.worker.launch import run_worker
+    from windmill.worker.runtime import WorkerOptions
+
+    options = WorkerOptions(concurrency=concurrency, batch_size=batch_size or 8 * concurrency,
+                            drain_timeout_s=drain_timeout)
+    code = run_worker(app.settings, app.catalog, role, service=service, options=options,
+                      lease=timedelta(seconds=lease_seconds))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # handler threads abandoned by a second signal must not keep the process alive
+
+
+@main.command()
+@json_option
+@pass_app
+def status(app: AppContext, as_json: bool) -> None:
+    """Answers per service and state, queue depths with the oldest job, live workers."""
+    from windmill.monitor import collect_status, format_status
+
+    with app.connection() as conn:
+        report = collect_status(conn)
+    if as_json:
+        echo_json(report)
+    else:
+        click.echo(format_status(report))
+
+
+@main.group()
+def jobs() -> None:
+    """Inspect and retry jobs of the PostgreSQL job queue."""
+
+
+@contextmanager
+def job_queue(app: AppContext) -> Iterator[Any]:
+    from windmill.db.connect import open_database
+    from windmill.db.schema import ensure_schema
+    from windmill.jobs import JobQueue
+
+    with open_database(app.settings, application_name="windmill-cli") as database:
+        with database.connect() as conn:
+            ensure_schema(conn, app.catalog, may_migrate=app.settings.uses_embedded_database)
+        with database.pool(max_size=1, name="cli") as pool:
+            yield JobQueue(pool)
+
+
+@jobs.command("list")
+@click.option("--state", type=click.Choice(["queued", "running", "done", "failed", "dead"]))
+@click.option("--queue", help="Only this queue.")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@json_option
+@pass_app
+def jobs_list(app: AppContext, state: str | None, queue: str | None, limit: int, as_json: bool) -> None:
+    """List jobs, newest first."""
+    from windmill.jobs import JobState
+    from windmill.monitor import format_table
+
+    with job_queue(app) as queue_:
+        rows = queue_.list(state=JobState(state) if state else None, queue=queue, limit=limit)
+    if as_json:
+        echo_json(rows)
+    else:
+        click.echo(format_table(rows, ["id", "queue", "state", "image_id", "attempts", "max_attempts",
+                                       "updated_at", "last_error"]))
+
+
+@jobs.command("retry")
+@click.option("--queue", help="Only dead jobs of this queue.")
+@click.option("--id", "ids", type=int, multiple=True, help="Only this job (repeatable).")
+@pass_app
+def jobs_retry(app: AppContext, queue: str | None, ids: tuple[int, ...]) -> None:
+    """Queue dead jobs again with fresh attempts."""
+    with job_queue(app) as queue_:
+        retried = queue_.retry_dead(queue=queue, ids=ids or None)
+    click.echo(f"Queued {len(retried)} dead job(s) again.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The task message and the interface every ingest broker implements."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from windmill.catalog import Service
+
+
+@dataclass(frozen=True)
+class Task:
+    """One image × service task, with the reference producer's message fields plus a task id that makes
+    its result write idempotent."""
+
+    task_id: str
+    image_id: int
+    image_filename: str
+    image_path: str | None
+    image_url: str | None
+    submitted_at: str
+    service_name: str
+    queue_name: str
+
+    @classmethod
+    def for_image(cls, image: dict[str, Any], service: Service, submitted_at: datetime | None = None) -> Task:
+        return cls(
+            task_id=str(uuid.uuid4()),
+            image_id=image["image_id"],
+            image_filename=image["image_filename"],
+            image_path=image["image_path"],
+            image_url=image["image_url"],
+            submitted_at=(submitted_at or datetime.now(UTC)).isoformat(),
+            service_name=service.name,
+            queue_name=service.queue_name,
+        )
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Task:
+        return cls(**{name: message.get(name) for name in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+
+class Broker(Protocol):
+    """Where `submit` puts tasks and service workers take them from."""
+
+    def declare(self, services: Sequence[Service]) -> None:
+        """Make sure every service's queue exists (both sides declare)."""
+
+    def publish(self, tasks: Sequence[Task]) -> None:
+        """Store the tasks durably; when this returns, they survive a broker restart."""
+
+    def close(self) -> None: ...

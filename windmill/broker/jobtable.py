@@ -1,0 +1,36 @@
+"""Per-service queues in the PostgreSQL job table: one machine needs nothing but PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import groupby
+
+from windmill.broker.base import Task
+from windmill.catalog import Service
+from windmill.jobs import JobQueue, NewJob
+
+SERVICE_TASK_ATTEMPTS = 5
+
+
+class JobTableBroker:
+    def __init__(self, jobs: JobQueue) -> None:
+        self.jobs = jobs
+
+    def declare(self, services: Sequence[Service]) -> None:
+        """Job-table queues need no declaration: a queue is a column value."""
+
+    def publish(self, tasks: Sequence[Task]) -> None:
+        ordered = sorted(tasks, key=lambda task: task.queue_name)
+        for queue, group in groupby(ordered, key=lambda task: task.queue_name):
+            self.jobs.enqueue_many(
+                queue,
+                [
+                    NewJob(queue=queue, payload=task.to_message(), image_id=task.image_id,
+                           dedupe_key=f"{task.service_name}:{task.image_id}")
+                    for task in group
+                ],
+                max_attempts=SERVICE_TASK_ATTEMPTS,
+            )
+
+    def close(self) -> None:
+        """The pool belongs to the caller."""
