@@ -353,5 +353,33 @@ def jobs_retry(app: AppContext, queue: str | None, ids: tuple[int, ...]) -> None
     click.echo(f"Queued {len(retried)} dead job(s) again.")
 
 
+# --------------------------------------------------------------------------------------------------
+# Benchmarks
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks that print the figures quoted in the README."""
+
+
+@bench.command("queue")
+@click.option("--jobs", "job_count", type=click.IntRange(1000), default=100_000, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 5000), default=500, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 10), default=3, show_default=True)
+@pass_app
+def bench_queue(app: AppContext, job_count: int, workers: int, batch_size: int, runs: int) -> None:
+    """No-op jobs claimed and completed per second, and NOTIFY wake-up latency."""
+    from windmill.bench.queue import run as run_queue_bench
+    from windmill.db.connect import conninfo_to_url, open_database
+    from windmill.db.schema import ensure_schema
+
+    with open_database(app.settings, application_name="windmill-bench") as database:
+        with database.connect() as conn:
+            ensure_schema(conn, app.catalog, may_migrate=app.settings.uses_embedded_database)
+        url = app.settings.database_url or conninfo_to_url(database.conninfo)
+        run_queue_bench(database, url, jobs=job_count, workers=workers, batch_size=batch_size, runs=runs)
+
+
 if __name__ == "__main__":
     main()

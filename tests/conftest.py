@@ -12,10 +12,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from windmill.catalog import Catalog, load_catalog
-from windmill.db.connect import Database
+from windmill.db.connect import Database, conninfo_to_url
 from windmill.db.schema import init_database
 
 TEST_DATABASE = "windmill_test"
@@ -60,9 +60,7 @@ def database_url(server_conninfo: str, catalog: Catalog) -> str:
     conninfo = _fresh_database(server_conninfo, TEST_DATABASE)
     with Database(conninfo).connect() as conn:
         init_database(conn, catalog)
-    params = conninfo_to_dict(conninfo)
-    credentials = params.get("user", "postgres") + (f":{params['password']}" if params.get("password") else "")
-    return f"postgresql://{credentials}@{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{TEST_DATABASE}"
+    return conninfo_to_url(conninfo)
 
 
 @pytest.fixture

@@ -172,8 +172,8 @@ def test_worker_survives_its_connections_being_killed(database: Database, pool: 
         second = JobQueue(database.pool(max_size=1, name="after")).enqueue(NewJob("survivor", {}))
         wait_until(lambda: second in seen, timeout=20, message="the job queued after the connections died")
         wait_until(lambda: len(worker.done) == 2, message="both recorded")
-    assert count(admin_conn := database.connect(), "SELECT count(*) FROM jobs WHERE state = 'done'") == 2
-    admin_conn.close()
+    with database.connect() as conn:
+        assert count(conn, "SELECT count(*) FROM jobs WHERE state = 'done'") == 2
 
 
 def test_lease_of_a_long_job_is_renewed_while_it_runs(database: Database, pool: ConnectionPool) -> None:

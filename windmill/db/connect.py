@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -79,3 +80,13 @@ def open_database(settings: Settings, *, application_name: str = "windmill") -> 
         yield Database(conninfo, application_name=application_name)
     finally:
         embedded.release()
+
+
+def conninfo_to_url(conninfo: str) -> str:
+    """A postgresql:// URL for the same server, e.g. to hand to worker subprocesses in their environment."""
+    params = conninfo_to_dict(conninfo)
+    credentials = quote(str(params.get("user", "postgres")), safe="")
+    if params.get("password"):
+        credentials += ":" + quote(str(params["password"]), safe="")
+    host = params.get("host", "127.0.0.1")
+    return f"postgresql://{credentials}@{host}:{params.get('port', 5432)}/{params.get('dbname', '')}"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Install what the test suite needs and run it: the one test command of the README, also called by .ci/run.
+# Idempotent and safe on a brand-new Debian machine: system packages are installed only when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "tests/run.sh: please install $* (needs root)" >&2
+        exit 1
+    fi
+    if [ -z "${_APT_UPDATED:-}" ]; then
+        apt-get update -qq
+        _APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# PostgreSQL server binaries: the tests start a private cluster of their own (see tests/conftest.py).
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt_install postgresql
+fi
+
+# RabbitMQ: the broker tests talk to a real one on 127.0.0.1:5672 unless WINDMILL_TEST_AMQP_URL says otherwise.
+if [ -z "${WINDMILL_TEST_AMQP_URL:-}" ]; then
+    if ! command -v rabbitmq-server >/dev/null 2>&1; then
+        apt_install rabbitmq-server
+    fi
+    if ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+        rabbitmq-server -detached >/dev/null 2>&1 || true
+        for _ in $(seq 1 60); do
+            rabbitmq-diagnostics -q ping >/dev/null 2>&1 && break
+            sleep 1
+        done
+    fi
+fi
+
+# The project and its test dependencies in a virtual environment of its own.
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,148 @@
+"""The command line against a real database: images add, submit, status, jobs; user errors are one sentence."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from cli import main
+from tests.conftest import PYTHON, REPOSITORY
+from windmill.db.connect import Database
+
+
+@pytest.fixture
+def run(database: Database, worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.chdir(tmp_path)
+    for key in ("WINDMILL_DATABASE_URL", "WINDMILL_HOME"):
+        monkeypatch.setenv(key, worker_env[key])
+
+    def invoke(*args: str) -> Result:
+        return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    for name in ("a.jpg", "b.png", "nested/c.webp"):
+        Image.new("RGB", (8, 8), "red").save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_images_add_registers_each_file_once(run, photos: Path, conn: psycopg.Connection) -> None:
+    first = run("images", "add", str(photos), "--group", "g1")
+    assert first.exit_code == 0, first.output
+    assert "Added 2 image(s)" in first.output
+    again = run("images", "add", str(photos), "--recursive", "--group", "g1")
+    assert "Added 1 image(s); 2 already known" in again.output
+    assert conn.execute("SELECT count(*) FROM images WHERE image_group = 'g1'").fetchone()[0] == 3
+
+
+def test_images_add_reports_what_it_skipped(run, photos: Path) -> None:
+    result = run("images", "add", str(photos / "notes.txt"), str(photos / "missing.jpg"))
+    assert result.exit_code == 1
+    assert "skipped" in result.output and "no such file or directory" in result.output
+
+
+def test_images_add_url_list(run, tmp_path: Path, conn: psycopg.Connection) -> None:
+    urls = tmp_path / "urls.txt"
+    urls.write_text("# photos\nhttps://example.org/img/one.jpg\n\nftp://example.org/two.jpg\nhttp://h/x%20y.png\n")
+    result = run("images", "add", "--url-list", str(urls))
+    assert "Added 2 image(s)" in result.output
+    assert "only http:// and https://" in result.output
+    names = [row[0] for row in conn.execute("SELECT image_filename FROM images ORDER BY image_id")]
+    assert names == ["one.jpg", "x y.png"]
+
+
+def test_submit_queues_one_task_per_image_and_service_and_skips_answered_pairs(
+        run, photos: Path, conn: psycopg.Connection) -> None:
+    run("images", "add", str(photos), "-r")
+    result = run("submit", "--services", "yolov8,blip")
+    assert result.exit_code == 0, result.output
+    assert "Submitted 6 task(s) for 3 image(s)" in result.output
+    task = conn.execute("SELECT payload FROM jobs WHERE queue = 'queue_yolov8' ORDER BY id LIMIT 1").fetchone()[0]
+    assert set(task) == {"task_id", "image_id", "image_filename", "image_path", "image_url", "submitted_at",
+                         "service_name", "queue_name"}
+    # A second submit while the tasks wait adds nothing; an answered pair is skipped unless --force.
+    conn.execute("DELETE FROM jobs")
+    conn.execute("""INSERT INTO results (image_id, service, task_id, data, status)
+                    VALUES (1, 'blip', gen_random_uuid(), '{}', 'success')""")
+    conn.execute("DELETE FROM jobs")
+    assert "Submitted 5 task(s)" in run("submit", "-s", "yolov8,blip").output
+    conn.execute("DELETE FROM jobs")
+    assert "Submitted 6 task(s)" in run("submit", "-s", "yolov8,blip", "--force").output
+    conn.execute("DELETE FROM jobs")
+    assert "Submitted 2 task(s) for 1 image(s)" in run("submit", "-s", "yolov8,blip", "--limit", "1",
+                                                       "--force").output
+
+
+def test_submit_with_no_images_says_so(run) -> None:
+    result = run("submit")
+    assert result.exit_code == 1
+    assert "no images to submit" in result.output
+
+
+def test_status_and_jobs_commands(run, photos: Path, conn: psycopg.Connection) -> None:
+    run("images", "add", str(photos))
+    run("submit", "-s", "metadata")
+    status = json.loads(run("status", "--json").output)
+    [queue] = status["queues"]
+    assert (queue["queue"], queue["state"], queue["jobs"]) == ("queue_metadata", "queued", 2)
+    conn.execute("UPDATE jobs SET state = 'dead', last_error = 'gave up' WHERE id = 1")
+    listed = json.loads(run("jobs", "list", "--state", "dead", "--json").output)
+    assert [(job["id"], job["last_error"]) for job in listed] == [(1, "gave up")]
+    assert "Queued 1 dead job(s) again." in run("jobs", "retry").output
+    assert conn.execute("SELECT state::text FROM jobs WHERE id = 1").fetchone()[0] == "queued"
+    assert "queue_metadata" in run("status").output
+
+
+def test_unknown_role_is_one_sentence(run) -> None:
+    result = run("worker", "--role", "juggler")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: unknown role 'juggler'; valid roles:")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["submit", "-s", "nope"], {}, "Error: unknown service 'nope'"),
+        (["status"], {"WINDMILL_DATABASE_URL": "postgresql://nobody:pw@127.0.0.1:1/none"},
+         "Error: cannot connect to PostgreSQL at 127.0.0.1:1/none"),
+        (["config"], {"DB_HOST": "x", "WINDMILL_DATABASE_URL": ""}, "Error: DB_NAME is required when DB_HOST is set"),
+    ],
+)
+def test_user_errors_print_one_line_without_traceback(worker_env: dict[str, str], tmp_path: Path,
+                                                      args: list[str], env: dict[str, str], expected: str) -> None:
+    process = subprocess.run([PYTHON, "-m", "windmill", *args], env={**worker_env, **env}, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+    assert process.returncode == 1
+    assert "Traceback" not in process.stderr
+    assert process.stderr.strip().splitlines()[-1].startswith(expected)
+    assert "pw@" not in process.stderr
+
+
+def test_every_command_has_help() -> None:
+    def walk(group, path):
+        yield path
+        for name, command in getattr(group, "commands", {}).items():
+            yield from walk(command, [*path, name])
+
+    for path in walk(main, []):
+        result = CliRunner().invoke(main, [*path, "--help"])
+        assert result.exit_code == 0, path
+        assert "Usage:" in result.output
+
+
+def test_readme_documents_every_command() -> None:
+    readme = (REPOSITORY / "README.md").read_text(encoding="utf-8")
+    for name in main.commands:
+        assert f"windmill-cli {name}" in readme, name

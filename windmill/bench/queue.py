@@ -1,0 +1,118 @@
+"""Job-queue benchmark: no-op jobs claimed and completed per second by 2 worker processes, and the wake-up
+latency of an idle worker from a job's commit to its handler's start. Prints min/median/max of 3 runs."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from windmill.db.connect import Database
+from windmill.jobs import JobQueue
+from windmill.roles.noop import NOOP_QUEUE
+from windmill.worker.registry import Role
+from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
+
+_CLI = Path(__file__).resolve().parents[2] / "cli.py"
+
+
+def _count(database: Database, sql: str) -> int:
+    with database.connect() as conn:
+        return conn.execute(sql).fetchone()[0]
+
+
+def throughput_run(database: Database, database_url: str, jobs: int, workers: int, batch_size: int) -> float:
+    """Queue `jobs` no-op jobs, start `workers` processes, return jobs/s from first claim to last completion."""
+    with database.connect() as conn:
+        conn.execute("DELETE FROM jobs WHERE queue = %s", (NOOP_QUEUE,))
+        conn.execute("INSERT INTO jobs (queue, payload) SELECT %s, '{}' FROM generate_series(1, %s)",
+                      (NOOP_QUEUE, jobs))
+        conn.execute("VACUUM ANALYZE jobs")
+    env = {**os.environ, "WINDMILL_DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "windmill", "worker", "--role", "noop", "--concurrency", "2",
+             "--batch-size", str(batch_size)],
+            env={**env, "WORKER_ID": f"bench-noop-{n}"}, stdout=subprocess.DEVNULL,
+        )
+        for n in range(workers)
+    ]
+    try:
+        waiting = f"SELECT count(*) FROM jobs WHERE queue = '{NOOP_QUEUE}' AND state = 'queued'"
+        done = f"SELECT count(*) FROM jobs WHERE queue = '{NOOP_QUEUE}' AND state = 'done'"
+        while _count(database, waiting) == jobs:
+            time.sleep(0.002)
+        started = time.perf_counter()
+        while _count(database, done) < jobs:
+            time.sleep(0.01)
+        return jobs / (time.perf_counter() - started)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=60)
+        with database.connect() as conn:
+            conn.execute("DELETE FROM jobs WHERE queue = %s", (NOOP_QUEUE,))
+
+
+def wakeup_run(database: Database, samples: int) -> list[float]:
+    """Milliseconds from an enqueue's commit to the handler's start, for an idle in-process worker."""
+    started: list[float] = []
+    handler_started = threading.Event()
+
+    def handle(job: object) -> None:
+        started.append(time.perf_counter())
+        handler_started.set()
+
+    queue_name = "bench-wakeup"
+    role = Role(name="bench-wakeup", queues=(queue_name,), handle=handle)
+    with database.pool(max_size=4, name="bench") as pool:
+        queue = JobQueue(pool)
+        worker = Worker(queue, role, worker_id=f"bench-wakeup-{os.getpid()}", listen_conninfo=database.conninfo,
+                        options=WorkerOptions(poll_interval_s=1.0), hooks=WorkerHooks())
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        latencies = []
+        try:
+            while not worker.listening.is_set():
+                time.sleep(0.01)
+            with database.connect() as conn:
+                for _ in range(samples):
+                    time.sleep(0.02)  # idle: the worker waits on its LISTEN connection
+                    handler_started.clear()
+                    conn.execute("SELECT enqueue_job(%s, NULL, '{}', NULL)", (queue_name,))
+                    committed = time.perf_counter()
+                    if not handler_started.wait(5):
+                        raise RuntimeError("the worker never started the job")
+                    latencies.append((started[-1] - committed) * 1000)
+        finally:
+            worker.request_stop()
+            thread.join()
+            with database.connect() as conn:
+                conn.execute("DELETE FROM jobs WHERE queue = %s", (queue_name,))
+    return latencies
+
+
+def summary(values: list[float], unit: str) -> str:
+    return f"min {min(values):,.1f} / median {statistics.median(values):,.1f} / max {max(values):,.1f} {unit}"
+
+
+def run(database: Database, database_url: str, *, jobs: int = 100_000, workers: int = 2, batch_size: int = 500,
+        samples: int = 200, runs: int = 3) -> None:
+    print(f"Job queue throughput: {jobs:,} no-op jobs, {workers} worker processes, batches of {batch_size}")
+    rates = []
+    for n in range(runs):
+        rates.append(throughput_run(database, database_url, jobs, workers, batch_size))
+        print(f"  run {n + 1}: {rates[-1]:,.0f} jobs/s", flush=True)
+    print(f"  → {summary(rates, 'jobs/s')}")
+    print(f"Wake-up latency, idle worker, commit → handler start ({samples} samples per run):")
+    medians = []
+    for n in range(runs):
+        latencies = wakeup_run(database, samples)
+        medians.append(statistics.median(latencies))
+        print(f"  run {n + 1}: {summary(latencies, 'ms')}", flush=True)
+    print(f"  → median of runs: {summary(medians, 'ms')}")
