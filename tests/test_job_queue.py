@@ -154,15 +154,28 @@ def test_notify_payload_is_constant(jobs: JobQueue, database: Database) -> None:
     assert note.payload == ""
 
 
-def test_claim_query_uses_the_partial_index(jobs: JobQueue, conn: psycopg.Connection) -> None:
-    conn.execute("""INSERT INTO jobs (queue, payload, state)
-                    SELECT 'q' || (n % 20), '{}', CASE WHEN n % 10 = 0 THEN 'queued' ELSE 'done' END::job_state
-                      FROM generate_series(1, 20000) AS n""")
-    conn.execute("ANALYZE jobs")
+def _plan(conn: psycopg.Connection, name: str, **params: object) -> str:
     from windmill.db.queries import query
 
-    plan = "\n".join(row[0] for row in conn.execute(
-        "EXPLAIN " + query("claim_jobs"),
-        {"queue": "q10", "worker": "w", "limit": 10, "lease": timedelta(seconds=30), "now": None}))
-    assert "jobs_claimable_idx" in plan
-    assert "Seq Scan on jobs" not in plan
+    params = {"worker": "w", "limit": 10, "lease": timedelta(seconds=30), "now": None, **params}
+    return "\n".join(row[0] for row in conn.execute("EXPLAIN " + query(name), params))
+
+
+def test_claim_queries_use_the_claimable_partial_indexes(conn: psycopg.Connection) -> None:
+    # Many finished jobs, a big queue of waiting service tasks, and a few merge jobs.
+    conn.execute("""INSERT INTO jobs (queue, payload, state)
+                    SELECT CASE WHEN n <= 20000 THEN 'queue_yolov8' WHEN n <= 25000 THEN 'queue_blip' ELSE 'merge' END,
+                           '{}', CASE WHEN n <= 20000 THEN 'done' ELSE 'queued' END::job_state
+                      FROM generate_series(1, 25020) AS n""")
+    conn.execute("ANALYZE jobs")
+    merge = _plan(conn, "claim_jobs", queue="merge")
+    assert "jobs_claimable_idx" in merge
+    several = _plan(conn, "claim_jobs_any_queue", queues=["queue_blip", "queue_yolov8"])
+    assert "jobs_claimable" in several
+    for plan in (merge, several):
+        assert "Seq Scan on jobs" not in plan
+
+
+def test_claim_across_queues_takes_the_oldest_first(jobs: JobQueue) -> None:
+    ids = [jobs.enqueue(NewJob(queue, {})) for queue in ("a", "b", "a", "c", "b")]
+    assert [job.id for job in jobs.claim(["b", "a"], "w", 3)] == [ids[0], ids[1], ids[2]]

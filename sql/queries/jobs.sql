@@ -36,6 +36,42 @@ SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_er
   FROM claimed WHERE state = 'running'
  ORDER BY id
 
+-- name: claim_jobs_any_queue
+-- The same for several queues at once, oldest first across them (follows jobs_claimable_order_idx).
+WITH ready AS (
+    SELECT id FROM jobs
+     WHERE state IN ('queued', 'failed') AND queue = ANY(%(queues)s)
+       AND run_after <= coalesce(%(now)s, now())
+     ORDER BY id
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), expired AS (
+    SELECT id FROM jobs
+     WHERE state = 'running' AND queue = ANY(%(queues)s)
+       AND lease_expires_at < coalesce(%(now)s, now())
+     ORDER BY lease_expires_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE jobs
+       SET state = CASE WHEN jobs.state = 'running' AND jobs.attempts >= jobs.max_attempts
+                        THEN 'dead'::job_state ELSE 'running'::job_state END,
+           attempts = CASE WHEN jobs.state = 'running' AND jobs.attempts >= jobs.max_attempts
+                           THEN jobs.attempts ELSE jobs.attempts + 1 END,
+           last_error = CASE WHEN jobs.state = 'running'
+                             THEN 'lease of worker ' || coalesce(jobs.lease_owner, '?') || ' expired'
+                             ELSE jobs.last_error END,
+           lease_owner = %(worker)s,
+           lease_expires_at = coalesce(%(now)s, now()) + %(lease)s,
+           updated_at = coalesce(%(now)s, now())
+     WHERE jobs.id IN (SELECT id FROM ready UNION SELECT id FROM expired)
+    RETURNING jobs.id, jobs.queue, jobs.payload, jobs.image_id, jobs.state, jobs.attempts,
+              jobs.max_attempts, jobs.dedupe_key, jobs.last_error
+)
+SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_error
+  FROM claimed WHERE state = 'running'
+ ORDER BY id
+
 -- name: complete_jobs
 -- Mark jobs done, only those this worker still holds (a job whose lease was lost belongs to another worker now).
 UPDATE jobs

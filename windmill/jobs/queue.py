@@ -75,19 +75,15 @@ class JobQueue:
             return cursor.rowcount
 
     def claim(self, queues: Sequence[str], worker_id: str, limit: int, *, now: datetime | None = None) -> list[Job]:
-        """Lease up to `limit` jobs, taking from the queues in the order given."""
-        claimed: list[Job] = []
+        """Lease up to `limit` jobs of the given queues, oldest first."""
+        params: dict[str, Any] = {"worker": worker_id, "limit": limit, "lease": self.lease, "now": now}
+        if len(queues) == 1:
+            sql, params["queue"] = query("claim_jobs"), queues[0]
+        else:
+            sql, params["queues"] = query("claim_jobs_any_queue"), list(queues)
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-            for queue in queues:
-                if len(claimed) >= limit:
-                    break
-                cursor.execute(
-                    query("claim_jobs"),
-                    {"queue": queue, "worker": worker_id, "limit": limit - len(claimed), "lease": self.lease,
-                     "now": now},
-                )
-                claimed.extend(Job.from_row(row) for row in cursor.fetchall())
-        return claimed
+            cursor.execute(sql, params)
+            return [Job.from_row(row) for row in cursor.fetchall()]
 
     def complete(self, ids: Iterable[int], worker_id: str, *, now: datetime | None = None) -> int:
         ids = list(ids)
