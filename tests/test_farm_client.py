@@ -1,0 +1,515 @@
+"""The Animal Farm client over real HTTP on loopback: request shapes, pooling, and failure classification."""
+
+from __future__ import annotations
+
+import dataclasses
+import email.parser
+import email.policy
+import http.server
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from PIL import Image
+
+from windmill.catalog import Catalog, Service, load_catalog
+from windmill.farm import FarmClient, ServiceCallError, check_services, format_health_table
+from windmill.images import BadImage, PreparedImage, prepare_image
+
+CATALOG = load_catalog()
+
+
+def jpeg(width: int = 80, height: int = 60) -> PreparedImage:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 120, 200)).save(buffer, "JPEG")
+    return prepare_image(buffer.getvalue())
+
+
+IMAGE = jpeg()
+FLASK_500 = (
+    b"<!doctype html>\n<html lang=en>\n<title>500 Internal Server Error</title>\n<h1>Internal Server Error</h1>\n"
+    b"<p>The server encountered an internal error and was unable to complete your request.</p>\n"
+)
+
+
+def success(predictions: list, **extra: object) -> dict:
+    return {
+        "service": "yolo",
+        "status": "success",
+        "predictions": predictions,
+        "metadata": {"processing_time": 0.05, "model_info": {"framework": "Ultralytics YOLOv8"}},
+        **extra,
+    }
+
+
+def parse_multipart(content_type: str, body: bytes) -> dict[str, dict]:
+    message = email.parser.BytesParser(policy=email.policy.default).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    parts = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        parts[name] = {
+            "filename": part.get_filename(),
+            "content_type": part.get_content_type(),
+            "value": part.get_payload(decode=True),
+        }
+    return parts
+
+
+class FarmStandIn(http.server.BaseHTTPRequestHandler):
+    """Contract-shaped answers, one path per case; every request is recorded for inspection."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as Flask behind a real server
+    state: dict
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._answer("GET", b"")
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        self._answer("POST", self.rfile.read(length))
+
+    def _answer(self, method: str, body: bytes) -> None:
+        split = urlsplit(self.path)
+        query = {key: values[0] for key, values in parse_qs(split.query).items()}
+        parts = parse_multipart(self.headers["Content-Type"], body) if method == "POST" and body else {}
+        fields = {name: part["value"].decode() for name, part in parts.items() if part["filename"] is None}
+        upload = parts.get("file")
+        self.state["requests"].append(
+            {
+                "method": method,
+                "path": split.path,
+                "query": query,
+                "fields": fields,
+                "upload": upload,
+                "peer": self.client_address,
+            }
+        )
+        route = getattr(self, "route_" + split.path.strip("/").replace("/", "_").replace("-", "_"), None)
+        if route is None:
+            self._send(404, b"<!doctype html><title>404 Not Found</title><h1>Not Found</h1>", "text/html")
+        else:
+            route(query, fields, upload)
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except ConnectionError:  # the client stopped reading an oversized body, as it should
+            self.close_connection = True
+
+    def _json(self, status: int, payload: object) -> None:
+        self._send(status, json.dumps(payload, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+
+    # -- routes ---------------------------------------------------------------------------------
+
+    def route_v3_analyze(self, query, fields, upload):
+        if upload is None and "url" not in query:
+            return self._json(
+                400,
+                {
+                    "service": "yolo",
+                    "status": "error",
+                    "predictions": [],
+                    "error": {"message": "Must provide either 'url' or 'file' parameter, or POST a file"},
+                    "metadata": {"processing_time": 0.0},
+                },
+            )
+        box = {"x": 5, "y": 6, "width": 20, "height": 10}
+        self._json(200, success([{"label": "dog", "confidence": 0.874, "bbox": box, "emoji": "🐶"}]))
+
+    def route_score(self, query, fields, upload):
+        caption = fields.get("caption") or query.get("caption")
+        self._json(
+            200,
+            {
+                "service": "clip",
+                "status": "success",
+                "similarity_score": 0.297,
+                "caption": caption,
+                "image_source": "file",
+                "metadata": {"processing_time": 0.061},
+            },
+        )
+
+    def route_messy(self, query, fields, upload):
+        predictions = [
+            {"label": "face", "emoji": "🙂", "confidence": 0.9, "bbox": [-10, 50, 40, 40], "keypoints": {}},
+            {"label": "face", "confidence": float("nan"), "bbox": [1, 1, 5, 5]},
+            {"label": "face", "confidence": "0.4", "bbox": {"x": 70, "y": 5, "width": 50, "height": 5}},
+            {"label": "face", "confidence": 0.5, "bbox": {"x": 500, "y": 5, "width": 50, "height": 5}},
+        ]
+        self._send(200, json.dumps(success(predictions, service="face")).encode())  # allow_nan: a NaN literal
+
+    def route_html500(self, *_):
+        self._send(500, FLASK_500, "text/html; charset=utf-8")
+
+    def route_legacy500(self, *_):
+        self._json(500, {"error": "Internal server error", "status": "error"})
+
+    def route_busy(self, *_):
+        self._json(429, {"error": "Too many requests", "status": "error"})
+
+    def route_v3_400(self, *_):
+        self._json(
+            400,
+            {
+                "service": "face",
+                "status": "error",
+                "predictions": [],
+                "error": {"message": "Cannot provide both 'url' and 'file' parameters"},
+                "metadata": {"processing_time": 0.0},
+            },
+        )
+
+    def route_legacy413(self, *_):
+        self._json(413, {"error": "File too large", "status": "error"})
+
+    def route_type400(self, *_):
+        self._json(
+            400,
+            {
+                "service": "face",
+                "status": "error",
+                "predictions": [],
+                "error": {"message": "File type not allowed"},
+                "metadata": {"processing_time": 0.0},
+            },
+        )
+
+    def route_not_json(self, *_):
+        self._send(200, b"OK then", "text/plain")
+
+    def route_html200(self, *_):
+        self._send(200, b"<!doctype html><html><title>Welcome to nginx!</title></html>", "text/html")
+
+    def route_no_predictions(self, *_):
+        self._json(200, {"service": "yolo", "status": "success", "metadata": {}})
+
+    def route_error200(self, *_):
+        self._json(
+            200,
+            {
+                "service": "yolo",
+                "status": "error",
+                "predictions": [],
+                "error": {"message": "Detection failed: bad input"},
+            },
+        )
+
+    def route_huge(self, *_):
+        self._send(200, b'{"status":"success","predictions":[],"pad":"' + b"x" * (11 * 1024 * 1024) + b'"}')
+
+    def route_huge_stream(self, *_):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            self.wfile.write(b'{"status":"success","predictions":[],"pad":"')
+            for _ in range(11 * 16):
+                self.wfile.write(b"x" * 65536)
+        except OSError:
+            pass
+        self.close_connection = True
+
+    def route_slow(self, *_):
+        self.state["release"].wait(10)
+        self.close_connection = True
+
+    def route_drip(self, *_):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        try:
+            for _ in range(20):
+                if self.state["release"].wait(0.15):
+                    break
+                self.wfile.write(b" ")
+                self.wfile.flush()
+        except OSError:
+            pass
+        self.close_connection = True
+
+    def route_hang_up(self, *_):
+        self.close_connection = True  # no answer at all
+
+    def route_moved(self, *_):
+        self.send_response(302)
+        self.send_header("Location", "/v3/analyze")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def route_health(self, *_):
+        status, payload = self.state["health"]
+        self._json(status, payload)
+
+
+class StandIn:
+    def __init__(self, health: tuple[int, object] = (200, {"status": "healthy"})) -> None:
+        self.state = {"requests": [], "release": threading.Event(), "health": health}
+        handler = type("Handler", (FarmStandIn,), {"state": self.state})
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def requests(self) -> list[dict]:
+        return self.state["requests"]
+
+    def service(self, name: str = "yolov8", **changes: object) -> Service:
+        return dataclasses.replace(CATALOG[name], host="127.0.0.1", port=self.port, **changes)
+
+    def stop(self) -> None:
+        self.state["release"].set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def farm() -> Iterator[StandIn]:
+    stand_in = StandIn()
+    yield stand_in
+    stand_in.stop()
+
+
+@pytest.fixture
+def client(farm) -> Iterator[FarmClient]:
+    with FarmClient(CATALOG, allow_private_urls=True) as farm_client:
+        yield farm_client
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+
+
+def test_upload_sends_multipart_file_with_an_extension(farm, client):
+    answer = client.analyze(farm.service(), IMAGE)
+    request = farm.requests[-1]
+    assert request["method"] == "POST" and request["path"] == "/v3/analyze"
+    assert request["upload"]["filename"] == "image.jpg" and request["upload"]["content_type"] == "image/jpeg"
+    assert request["upload"]["value"] == IMAGE.data
+    assert answer.service == "yolov8" and answer.status_code == 200
+    assert answer.data["service"] == "yolov8" and answer.data["reported_service"] == "yolo"
+    assert answer.data["predictions"][0]["bbox"] == {"x": 5, "y": 6, "width": 20, "height": 10}
+    assert 0 < answer.processing_time < 5
+
+
+def test_extra_parameters_travel_as_form_fields_or_query(farm, client):
+    client.analyze(farm.service("colors"), IMAGE, extra={"regions": 4})
+    assert farm.requests[-1]["fields"] == {"regions": "4"}
+    client.analyze(
+        farm.service("ollama", request_mode="url"),
+        image_url="http://img.test/a.jpg",
+        extra={"prompt": "one word & no more"},
+    )
+    assert farm.requests[-1]["query"] == {"url": "http://img.test/a.jpg", "prompt": "one word & no more"}
+
+
+def test_url_mode_encodes_the_url_exactly(farm, client):
+    tricky = "http://images.test/a b/ü.jpg?x=1&y=2#frag"
+    client.analyze(farm.service(request_mode="url"), IMAGE, image_url=tricky)
+    request = farm.requests[-1]
+    assert request["method"] == "GET" and request["query"] == {"url": tricky} and request["upload"] is None
+
+
+def test_each_mode_falls_back_to_the_input_it_has(farm, client):
+    client.analyze(farm.service(request_mode="url"), IMAGE)
+    assert farm.requests[-1]["method"] == "POST"
+    client.analyze(farm.service(), image_url="http://images.test/x.jpg")
+    assert farm.requests[-1]["method"] == "GET"
+    with pytest.raises(ValueError, match="needs an image or an image_url"):
+        client.analyze(farm.service())
+
+
+def test_private_image_urls_are_refused_before_any_request(farm):
+    before = len(farm.requests)
+    with FarmClient(CATALOG) as strict, pytest.raises(BadImage, match="loopback address"):
+        strict.analyze(farm.service(request_mode="url"), image_url=f"http://127.0.0.1:{farm.port}/x.jpg")
+    with FarmClient(CATALOG) as strict, pytest.raises(BadImage, match="scheme 'file'"):
+        strict.analyze(farm.service(request_mode="url"), image_url="file:///etc/passwd")
+    assert len(farm.requests) == before
+
+
+def test_connections_are_kept_alive_and_shared(farm, client):
+    for _ in range(3):
+        client.analyze(farm.service(), IMAGE)
+    client.analyze(farm.service("rtdetr"), IMAGE)
+    peers = {request["peer"] for request in farm.requests[-4:]}
+    assert len(peers) == 1
+
+
+def test_services_are_found_by_catalog_name(farm):
+    catalog = Catalog(tuple(farm.service(service.name) for service in CATALOG.services))
+    with FarmClient(catalog) as named:
+        assert named.analyze("detectron2", IMAGE).service == "detectron2"
+
+
+def test_score_posts_file_and_caption(farm, client):
+    score = client.score(farm.service("caption_score"), IMAGE, "a man sitting on a couch with a dog")
+    request = farm.requests[-1]
+    assert score == pytest.approx(0.297)
+    assert request["path"] == "/score" and request["fields"] == {"caption": "a man sitting on a couch with a dog"}
+    assert request["upload"]["filename"] == "image.jpg"
+    answer = client.score_answer(
+        farm.service("caption_score", request_mode="url"), None, "a dog", image_url="http://images.test/1.jpg"
+    )
+    assert farm.requests[-1]["query"] == {"url": "http://images.test/1.jpg", "caption": "a dog"}
+    assert answer.data["caption"] == "a dog"
+    with pytest.raises(ServiceCallError, match="empty caption") as failure:
+        client.score(farm.service("caption_score"), IMAGE, "  ")
+    assert failure.value.kind == "rejected"
+
+
+def test_messy_boxes_are_clamped_to_the_uploaded_image(farm, client):
+    data = client.analyze(farm.service("face", endpoint="/messy"), IMAGE).data  # IMAGE is 80 × 60
+    assert [p["bbox"] for p in data["predictions"]] == [
+        {"x": 0, "y": 50, "width": 30, "height": 10},
+        {"x": 70, "y": 5, "width": 10, "height": 5},
+    ]
+    assert data["predictions"][1]["confidence"] == 0.4 and data["predictions"][0]["emoji"] == "🙂"
+    notes = " | ".join(data["normalization_notes"])
+    assert "prediction 1 dropped: confidence is NaN" in notes and "prediction 3 dropped" in notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Failure classification
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "kind", "retryable", "status", "message"),
+    [
+        ("/html500", "http_5xx", True, 500, "HTTP 500: HTML page: 500 Internal Server Error"),
+        ("/legacy500", "http_5xx", True, 500, "HTTP 500: Internal server error"),
+        ("/busy", "http_429", True, 429, "HTTP 429: Too many requests"),
+        ("/v3-400", "http_4xx", False, 400, "HTTP 400: Cannot provide both 'url' and 'file' parameters"),
+        ("/type400", "rejected", False, 400, "HTTP 400: File type not allowed"),
+        ("/legacy413", "rejected", False, 413, "HTTP 413: File too large"),
+        ("/nowhere", "http_4xx", False, 404, "HTTP 404: HTML page: 404 Not Found"),
+        ("/not-json", "malformed", False, 200, "malformed answer: not JSON"),
+        ("/html200", "malformed", False, 200, "HTML page: Welcome to nginx!"),
+        ("/no-predictions", "malformed", False, 200, "no predictions list"),
+        ("/error200", "rejected", False, 200, "Detection failed: bad input"),
+        ("/huge", "malformed", False, 200, "over the 8 MiB limit"),
+        ("/huge-stream", "malformed", False, 200, "body is over the 8 MiB limit"),
+        ("/hang-up", "network", True, None, "Server disconnected"),
+        ("/moved", "http_other", False, 302, "HTTP 302"),
+    ],
+)
+def test_failures_are_classified(farm, client, endpoint, kind, retryable, status, message):
+    with pytest.raises(ServiceCallError) as failure:
+        client.analyze(farm.service(endpoint=endpoint), IMAGE)
+    error = failure.value
+    assert (error.kind, error.retryable, error.status_code) == (kind, retryable, status)
+    assert message in error.message, error.message
+    assert error.message.startswith("yolov8: ") and "\n" not in error.message and len(error.message) < 340
+
+
+def test_a_refused_connection_is_a_retryable_connect_error():
+    service = dataclasses.replace(CATALOG["yolov8"], host="127.0.0.1", port=closed_port())
+    with FarmClient(CATALOG) as fresh, pytest.raises(ServiceCallError) as failure:
+        fresh.analyze(service, IMAGE)
+    assert failure.value.kind == "connect" and failure.value.retryable
+    assert "cannot connect to http://127.0.0.1:" in failure.value.message
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [("/slow", "no answer within 0.4 s"), ("/drip", "no complete answer within 0.4 s")],
+)
+def test_a_silent_or_dripping_service_times_out(farm, client, endpoint, message):
+    started = time.monotonic()
+    with pytest.raises(ServiceCallError) as failure:
+        client.analyze(farm.service(endpoint=endpoint, timeout_s=0.4), IMAGE)
+    assert time.monotonic() - started < 2.0
+    error = failure.value
+    assert error.kind == "timeout" and error.retryable and error.result_status == "timeout"
+    assert message in error.message
+
+
+def test_the_client_still_works_after_failures(farm, client):
+    for endpoint in ("/hang-up", "/html500", "/huge"):
+        with pytest.raises(ServiceCallError):
+            client.analyze(farm.service(endpoint=endpoint), IMAGE)
+    assert client.analyze(farm.service(), IMAGE).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Health
+
+
+def test_check_services_probes_every_service_and_formats_a_table(farm):
+    broken = StandIn(health=(500, {"error": "Internal server error", "status": "error"}))
+    unhealthy = StandIn(health=(503, {"status": "unhealthy", "reason": "model not loaded"}))
+    try:
+        services = (
+            farm.service("yolov8"),
+            broken.service("blip"),
+            unhealthy.service("rtdetr"),
+            dataclasses.replace(CATALOG["ollama"], host="127.0.0.1", port=closed_port()),
+        )
+        catalog = Catalog(services)
+        with FarmClient(catalog) as probe:
+            results = check_services(catalog, probe)
+    finally:
+        broken.stop()
+        unhealthy.stop()
+    assert [r.service for r in results] == ["yolov8", "blip", "rtdetr", "ollama"]
+    assert [r.ok for r in results] == [True, False, False, False]
+    assert [r.status_code for r in results] == [200, 500, 503, None]
+    assert results[0].detail == "healthy" and results[1].detail == "Internal server error"
+    assert results[2].detail == "unhealthy: model not loaded" and "cannot connect" in results[3].detail
+    table = format_health_table(results)
+    lines = table.splitlines()
+    assert lines[0].split() == ["SERVICE", "URL", "STATUS", "HTTP", "LATENCY", "DETAIL"]
+    assert lines[1].split()[:4] == ["yolov8", f"http://127.0.0.1:{farm.port}/health", "ok", "200"]
+    assert lines[4].split()[2:4] == ["DOWN", "-"]
+    assert lines[-1] == "1 of 4 services healthy"
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the Animal Farm stand-in (windmill.simfarm), when it is there
+
+
+def test_every_service_of_the_stand_in_answers_through_the_client():
+    simfarm = pytest.importorskip("windmill.simfarm")
+    sim_farm = getattr(simfarm, "SimFarm", None)
+    if sim_farm is None:
+        pytest.skip("windmill.simfarm has no SimFarm yet")
+    with sim_farm(CATALOG, port_offset=31_000) as sim:
+        services = tuple(
+            dataclasses.replace(service, host="127.0.0.1", port=urlsplit(sim.base_url(service)).port)
+            for service in CATALOG.services
+        )
+        catalog = Catalog(services)
+        with FarmClient(catalog) as stand_in_client:
+            assert all(result.ok for result in check_services(catalog, stand_in_client))
+            for service in services:
+                if service.name == "caption_score":
+                    assert -1.0 <= stand_in_client.score(service, IMAGE, "a dog on a couch") <= 1.0
+                    continue
+                answer = stand_in_client.analyze(service, IMAGE)
+                assert answer.data["service"] == service.name
+                assert isinstance(answer.data["predictions"], list)

@@ -1,0 +1,397 @@
+"""The Animal Farm HTTP client: one pooled keep-alive connection set for every service.
+
+Requests follow the contract (spec/animal-farm-api.md §2, §6): POST multipart `file` with a
+filename carrying the right extension by default, or `GET ?url=` (URL-encoded) for services whose
+catalog `request_mode` is "url". Each service's timeout comes from the catalog. Answers are read
+as a stream and refused beyond a size cap, then normalised (windmill.farm.normalize). Every
+failure is a `ServiceCallError` whose `kind`/`retryable` say what happened; retries are the
+worker runtime's business, never done here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+import windmill
+from windmill.catalog import Catalog, Service
+from windmill.farm.errors import ServiceCallError
+from windmill.farm.normalize import (
+    describe_body,
+    health_detail,
+    normalize_answer,
+    normalize_score_answer,
+    parse_json,
+)
+from windmill.images.load import check_image_url
+from windmill.images.validate import PreparedImage
+
+MIB = 1024 * 1024
+DEFAULT_MAX_CONNECTIONS = 32
+# The largest real answer (metadata with EXIF) is well under 1 MiB; 8 MiB matches the services'
+# own image limit and keeps a runaway body from filling a worker's memory.
+DEFAULT_MAX_BODY_BYTES = 8 * MIB
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_HEALTH_TIMEOUT_S = 10.0
+_ERROR_BODY_BYTES = 64 * 1024
+# 400 messages of the contract (§2.4) that mean "this image/URL is refused", not "bad request".
+_REJECTION_HINTS = (
+    "file too large",
+    "file type not allowed",
+    "no file selected",
+    "url does not point to an image",
+    "invalid url",
+    "downloaded file too large",
+    "failed to download",
+    "failed to load image",
+    "failed to process",
+    "file not found",
+    "cannot identify image",
+)
+
+
+@dataclass(frozen=True)
+class ServiceAnswer:
+    """A successful call: `data` is the normalised answer to store in results.data."""
+
+    service: str
+    data: dict[str, Any] = field(repr=False)
+    processing_time: float  # wall-clock seconds measured by the client, request to last byte
+    status_code: int
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    """One `/health` probe: only the status code is reliable across services (contract §2.8)."""
+
+    service: str
+    url: str
+    ok: bool
+    status_code: int | None
+    latency_s: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class _Exchange:
+    status_code: int
+    content_type: str
+    body: bytes
+    elapsed: float
+
+
+class FarmClient:
+    """Calls Animal Farm services; thread-safe, one connection pool shared by all of them."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        allow_private_urls: bool = False,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
+    ) -> None:
+        self.catalog = catalog
+        self.allow_private_urls = allow_private_urls
+        self.max_body_bytes = max_body_bytes
+        self.connect_timeout_s = connect_timeout_s
+        self.health_timeout_s = health_timeout_s
+        self._http = httpx.Client(
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={"User-Agent": f"windmill/{windmill.__version__}"},
+            follow_redirects=False,
+            # Services live on the cluster network: an HTTP(S)_PROXY meant for the internet must not capture them.
+            trust_env=False,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> FarmClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def analyze(
+        self,
+        service: Service | str,
+        image: PreparedImage | None = None,
+        *,
+        image_url: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> ServiceAnswer:
+        """Run one service on one image and return its normalised answer.
+
+        The service's `request_mode` picks the input: "upload" sends `image`, "url" sends
+        `image_url`; when the preferred input is missing the other is used. `extra` adds form
+        fields (upload) or query parameters (url), e.g. colors `regions`, ollama `prompt`.
+        """
+        target = self._resolve(service)
+        use_url = self._use_url(target, image, image_url)
+        if use_url:
+            assert image_url is not None
+            exchange = self._call(target, "GET", target.endpoint, params=self._url_params(image_url, extra))
+            image_size = None
+        else:
+            assert image is not None
+            exchange = self._call(target, "POST", target.endpoint, files=_upload(image), data=_form_fields(extra))
+            image_size = image.size
+        payload = self._payload(target, exchange)
+        data = normalize_answer(target.name, payload, image_size=image_size, status_code=exchange.status_code)
+        return ServiceAnswer(target.name, data, exchange.elapsed, exchange.status_code)
+
+    def score_answer(
+        self,
+        service: Service | str,
+        image: PreparedImage | None,
+        caption: str,
+        *,
+        image_url: str | None = None,
+    ) -> ServiceAnswer:
+        """Caption scoring (CLIP `/score`): multipart `file` + `caption` form field, or GET `?url=&caption=`."""
+        target = self._resolve(service)
+        if not caption or not caption.strip():
+            raise ServiceCallError("cannot score an empty caption", kind="rejected", service=target.name)
+        if self._use_url(target, image, image_url):
+            assert image_url is not None
+            params = self._url_params(image_url, {"caption": caption})
+            exchange = self._call(target, "GET", target.endpoint, params=params)
+        else:
+            assert image is not None
+            exchange = self._call(target, "POST", target.endpoint, files=_upload(image), data={"caption": caption})
+        payload = self._payload(target, exchange)
+        data = normalize_score_answer(target.name, payload, status_code=exchange.status_code)
+        return ServiceAnswer(target.name, data, exchange.elapsed, exchange.status_code)
+
+    def score(
+        self, service: Service | str, image: PreparedImage | None, caption: str, *, image_url: str | None = None
+    ) -> float:
+        """The CLIP similarity of `caption` to the image (cosine, typically 0.15–0.35)."""
+        answer = self.score_answer(service, image, caption, image_url=image_url)
+        return float(answer.data["similarity_score"])
+
+    def health(self, service: Service | str) -> HealthResult:
+        """Probe `GET /health`; never raises: a failure is a HealthResult with ok=False."""
+        target = self._resolve(service)
+        url = f"{target.base_url}/health"
+        timeout = httpx.Timeout(self.health_timeout_s, connect=min(self.health_timeout_s, self.connect_timeout_s))
+        started = time.monotonic()
+        try:
+            with self._http.stream("GET", url, timeout=timeout) as response:
+                body, _complete = _read(response, _ERROR_BODY_BYTES, deadline=started + self.health_timeout_s)
+                status = response.status_code
+                content_type = response.headers.get("content-type", "")
+        except httpx.HTTPError as problem:
+            failure = _transport_error(target, problem, timeout_s=self.health_timeout_s, elapsed=None)
+            return HealthResult(target.name, url, False, None, time.monotonic() - started, failure.reason)
+        except httpx.InvalidURL as problem:
+            return HealthResult(target.name, url, False, None, 0.0, f"invalid service URL: {problem}")
+        except _Overdue:
+            detail = f"no complete answer within {self.health_timeout_s:g} s"
+            return HealthResult(target.name, url, False, None, time.monotonic() - started, detail)
+        latency = time.monotonic() - started
+        return HealthResult(target.name, url, status == 200, status, latency, health_detail(body, content_type))
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _resolve(self, service: Service | str) -> Service:
+        return service if isinstance(service, Service) else self.catalog[service]
+
+    def _use_url(self, service: Service, image: PreparedImage | None, image_url: str | None) -> bool:
+        if image is None and not image_url:
+            raise ValueError(f"calling {service.name} needs an image or an image_url")
+        if service.request_mode == "url":
+            return bool(image_url)
+        return image is None
+
+    def _url_params(self, image_url: str, extra: Mapping[str, Any] | None) -> dict[str, str]:
+        # The service fetches the URL itself: refuse what the image loader would refuse.
+        check_image_url(image_url, allow_private_urls=self.allow_private_urls)
+        params = {"url": image_url}
+        params.update(_form_fields(extra))
+        return params
+
+    def _call(self, service: Service, method: str, path: str, **request: Any) -> _Exchange:
+        url = f"{service.base_url}{path}"
+        timeout = httpx.Timeout(service.timeout_s, connect=min(service.timeout_s, self.connect_timeout_s))
+        started = time.monotonic()
+        deadline = started + service.timeout_s
+        try:
+            with self._http.stream(method, url, timeout=timeout, **request) as response:
+                success = 200 <= response.status_code < 300
+                limit = self.max_body_bytes if success else _ERROR_BODY_BYTES
+                declared = response.headers.get("content-length", "")
+                if success and declared.isdigit() and int(declared) > limit:
+                    raise ServiceCallError(
+                        f"malformed answer: body of {int(declared)} bytes is over the {_size(limit)} limit",
+                        kind="malformed",
+                        service=service.name,
+                        status_code=response.status_code,
+                        elapsed=time.monotonic() - started,
+                    )
+                body, complete = _read(response, limit, deadline=deadline)
+                if success and not complete:
+                    raise ServiceCallError(
+                        f"malformed answer: body is over the {_size(limit)} limit",
+                        kind="malformed",
+                        service=service.name,
+                        status_code=response.status_code,
+                        elapsed=time.monotonic() - started,
+                    )
+                return _Exchange(
+                    response.status_code, response.headers.get("content-type", ""), body, time.monotonic() - started
+                )
+        except httpx.HTTPError as problem:
+            raise _transport_error(
+                service, problem, timeout_s=service.timeout_s, elapsed=time.monotonic() - started
+            ) from None
+        except _Overdue:
+            raise ServiceCallError(
+                f"no complete answer within {service.timeout_s:g} s",
+                kind="timeout",
+                service=service.name,
+                elapsed=time.monotonic() - started,
+            ) from None
+
+    def _payload(self, service: Service, exchange: _Exchange) -> Any:
+        status = exchange.status_code
+        if not 200 <= status < 300:
+            raise _status_error(service, exchange)
+        try:
+            return parse_json(exchange.body)
+        except ValueError as problem:
+            described = describe_body(exchange.body, exchange.content_type)
+            raise ServiceCallError(
+                f"malformed answer: {problem}: {described}",
+                kind="malformed",
+                service=service.name,
+                status_code=status,
+                elapsed=exchange.elapsed,
+            ) from None
+
+
+def check_services(
+    catalog: Catalog, client: FarmClient, *, services: Iterable[Service] | None = None, max_parallel: int = 8
+) -> list[HealthResult]:
+    """Probe `/health` of every catalog service (or the given ones) in parallel, in catalog order."""
+    targets = list(catalog.services if services is None else services)
+    if not targets:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(targets)))) as pool:
+        return list(pool.map(client.health, targets))
+
+
+def format_health_table(results: Iterable[HealthResult]) -> str:
+    """The `windmill-cli farm check` table: one row per service and a summary line."""
+    rows = [("SERVICE", "URL", "STATUS", "HTTP", "LATENCY", "DETAIL")]
+    listed = list(results)
+    for result in listed:
+        rows.append(
+            (
+                result.service,
+                result.url,
+                "ok" if result.ok else "DOWN",
+                "-" if result.status_code is None else str(result.status_code),
+                f"{result.latency_s * 1000:.0f} ms",
+                _clip(result.detail, 60),
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    healthy = sum(result.ok for result in listed)
+    lines.append(f"{healthy} of {len(listed)} services healthy")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _Overdue(Exception):
+    """The body kept trickling past the call's deadline."""
+
+
+def _read(response: httpx.Response, limit: int, *, deadline: float) -> tuple[bytes, bool]:
+    """Up to `limit` bytes of the (decoded) body; complete=False when there was more."""
+    chunks: list[bytes] = []
+    received = 0
+    for chunk in response.iter_bytes():
+        received += len(chunk)
+        if received > limit:
+            chunks.append(chunk[: len(chunk) - (received - limit)])
+            return b"".join(chunks), False
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise _Overdue
+    return b"".join(chunks), True
+
+
+def _upload(image: PreparedImage) -> dict[str, tuple[str, bytes, str]]:
+    return {"file": (image.filename, image.data, image.mime)}
+
+
+def _form_fields(extra: Mapping[str, Any] | None) -> dict[str, str]:
+    return {str(key): str(value) for key, value in (extra or {}).items() if value is not None}
+
+
+def _status_error(service: Service, exchange: _Exchange) -> ServiceCallError:
+    status = exchange.status_code
+    described = describe_body(exchange.body, exchange.content_type)
+    message = f"HTTP {status}: {described}"
+    if status == 429:
+        kind = "http_429"
+    elif status == 408:
+        kind = "timeout"
+    elif status >= 500:
+        kind = "http_5xx"
+    elif status == 413 or (status == 400 and any(hint in described.lower() for hint in _REJECTION_HINTS)):
+        kind = "rejected"
+    elif 400 <= status < 500:
+        kind = "http_4xx"
+    else:
+        kind = "http_other"
+    return ServiceCallError(message, kind=kind, service=service.name, status_code=status, elapsed=exchange.elapsed)
+
+
+def _transport_error(
+    service: Service, problem: httpx.HTTPError, *, timeout_s: float, elapsed: float | None
+) -> ServiceCallError:
+    detail = str(problem) or type(problem).__name__
+    if isinstance(problem, httpx.ConnectTimeout):
+        kind, message = "connect", f"no connection to {service.base_url} within the connect timeout"
+    elif isinstance(problem, httpx.ConnectError):
+        kind, message = "connect", f"cannot connect to {service.base_url}: {detail}"
+    elif isinstance(problem, httpx.PoolTimeout):
+        kind, message = "timeout", f"no free connection in the client pool within {timeout_s:g} s"
+    elif isinstance(problem, httpx.TimeoutException):
+        kind, message = "timeout", f"no answer within {timeout_s:g} s"
+    elif isinstance(problem, httpx.DecodingError):
+        kind, message = "malformed", f"malformed answer: undecodable body ({detail})"
+    else:
+        kind, message = "network", f"connection to {service.base_url} failed: {detail}"
+    return ServiceCallError(message, kind=kind, service=service.name, elapsed=elapsed)
+
+
+def _size(count: int) -> str:
+    return f"{count / MIB:g} MiB" if count >= MIB else f"{count} bytes"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,59 @@
+"""How a call to an Animal Farm service failed, and whether trying again can help.
+
+| kind         | retryable | when                                                               |
+|--------------|-----------|--------------------------------------------------------------------|
+| `connect`    | yes       | connection refused, DNS failure, no connection within the timeout  |
+| `timeout`    | yes       | connected, but no (complete) answer in time; HTTP 408              |
+| `network`    | yes       | the connection broke mid-exchange                                  |
+| `http_5xx`   | yes       | HTTP 500–599                                                       |
+| `http_429`   | yes       | HTTP 429 (too many requests)                                       |
+| `http_4xx`   | no        | any other HTTP 400–499                                             |
+| `rejected`   | no        | the service refused the image or the request: HTTP 413, a 400 whose |
+|              |           | message is about the image, `status: "error"` in a 2xx answer      |
+| `malformed`  | no        | not JSON, not an object, no predictions, body over the size cap    |
+| `http_other` | no        | an unexpected status (1xx, 3xx)                                    |
+
+The worker runtime does the bounded retries; the client only classifies.
+"""
+
+from __future__ import annotations
+
+from windmill.errors import WindmillError
+from windmill.images.errors import one_line
+
+RETRYABLE_KINDS = frozenset({"connect", "timeout", "network", "http_5xx", "http_429"})
+PERMANENT_KINDS = frozenset({"http_4xx", "rejected", "malformed", "http_other"})
+KINDS = RETRYABLE_KINDS | PERMANENT_KINDS
+MAX_MESSAGE_CHARS = 300
+
+
+class ServiceCallError(WindmillError):
+    """A failed service call: `kind` says what happened, `retryable` whether to try again."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        service: str | None = None,
+        status_code: int | None = None,
+        elapsed: float | None = None,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown service error kind {kind!r}")
+        self.kind = kind
+        self.retryable = kind in RETRYABLE_KINDS
+        self.service = service
+        self.status_code = status_code
+        self.elapsed = elapsed
+        self.reason = one_line(message, MAX_MESSAGE_CHARS)
+        self.message = f"{service}: {self.reason}" if service else self.reason
+        super().__init__(self.message)
+
+    @property
+    def result_status(self) -> str:
+        """The `results.status` this failure records once retries are exhausted: `timeout` or `error`."""
+        return "timeout" if self.kind == "timeout" else "error"
+
+    def __repr__(self) -> str:
+        return f"ServiceCallError({self.message!r}, kind={self.kind!r}, status_code={self.status_code!r})"

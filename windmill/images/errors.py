@@ -1,0 +1,26 @@
+"""The one error every image problem becomes: a permanent `BadImage` with a one-line reason."""
+
+from __future__ import annotations
+
+import re
+
+from windmill.errors import WindmillError
+
+MAX_REASON_CHARS = 300
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+
+
+def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """Collapse control characters and runs of spaces, then truncate with an ellipsis."""
+    flat = " ".join(_CONTROL.sub(" ", text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+class BadImage(WindmillError):
+    """The image cannot be loaded, decoded or sent: retrying the same input cannot help."""
+
+    retryable = False
+
+    def __init__(self, reason: str) -> None:
+        self.reason = one_line(reason)
+        super().__init__(self.reason)

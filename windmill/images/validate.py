@@ -1,0 +1,310 @@
+"""Validating image bytes with Pillow and turning them into what every Animal Farm service accepts.
+
+`prepare_image` decodes the whole image once (so truncation and corruption surface here, not in
+a service), refuses oversized dimensions before decoding anything, and then either passes the
+original bytes through untouched or re-encodes one upright RGB JPEG. The original bytes go out
+when they are a JPEG, PNG or WebP of 8-bit RGB pixels, single-frame and without an EXIF rotation
+to apply; anything else (CMYK, 16-bit, alpha, palette, grayscale, animation, other formats, a
+rotation) becomes a JPEG of quality 90 showing exactly what a viewer would show.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from windmill.images.errors import BadImage
+
+# Pillow's own default limit (Image.MAX_IMAGE_PIXELS): about 0.25 GiB of decoded RGB.
+DEFAULT_MAX_PIXELS = 89_478_485
+DEFAULT_JPEG_QUALITY = 90
+# Pillow reports camera multi-picture JPEGs as MPO through its JPEG opener.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+# The formats sent as they are; MPO is a camera JPEG with extra pictures appended.
+_PASS_THROUGH = {
+    "JPEG": ("JPEG", "image/jpeg", "jpg"),
+    "MPO": ("JPEG", "image/jpeg", "jpg"),
+    "PNG": ("PNG", "image/png", "png"),
+    "WEBP": ("WEBP", "image/webp", "webp"),
+}
+_WHITE = (255, 255, 255)
+_ORIENTATION_TAG = 0x0112
+_SNIFF_BYTES = 512
+
+# Image.open checks the pixel count against Pillow's global limit and *warns* between one and
+# two times that limit. Our own limit decides instead, so the warning is silenced while opening;
+# catch_warnings swaps process-wide state, hence the lock (held only while headers are parsed).
+_OPEN_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """Image bytes ready to send: a JPEG, PNG or WebP of upright RGB pixels."""
+
+    data: bytes = field(repr=False)
+    format: str
+    width: int
+    height: int
+    mime: str
+    filename_ext: str
+    sha256: str
+    source_format: str = ""
+    # What was done to the original, e.g. ("EXIF orientation 6 applied", "CMYK → RGB"); empty = passed through.
+    changes: tuple[str, ...] = ()
+
+    @property
+    def filename(self) -> str:
+        """The upload's filename: the services check its extension, so it always has the right one."""
+        return f"image.{self.filename_ext}"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+    @property
+    def passed_through(self) -> bool:
+        return not self.changes
+
+    def to_rgb(self) -> Image.Image:
+        """Decode the pixels (RGB, upright) afresh; decode once and reuse it when cropping many boxes."""
+        with _open(self.data, max_pixels=max(self.width * self.height, 1)) as image:
+            image.load()
+            return image.copy() if image.mode == "RGB" else image.convert("RGB")
+
+
+def prepared_jpeg(data: bytes, width: int, height: int, *, changes: tuple[str, ...] = ()) -> PreparedImage:
+    """Wrap JPEG bytes this process encoded itself (a crop) without decoding them again."""
+    return PreparedImage(
+        data=data,
+        format="JPEG",
+        width=width,
+        height=height,
+        mime="image/jpeg",
+        filename_ext="jpg",
+        sha256=hashlib.sha256(data).hexdigest(),
+        source_format="JPEG",
+        changes=changes,
+    )
+
+
+def prepare_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_send_bytes: int | None = None,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+) -> PreparedImage:
+    """Validate `data` and return what to send; any problem is a `BadImage` with a one-line reason.
+
+    `max_send_bytes`: when the original is larger than this (the services of 2025 refuse uploads
+    over 8 MiB), it is re-encoded as JPEG; if even that is too large, the image is refused.
+    """
+    if not data:
+        raise BadImage("the image is empty (0 bytes)")
+    with _open(data, max_pixels=max_pixels) as probe:
+        source_format = str(probe.format)
+        try:
+            probe.verify()  # structure and checksums (PNG CRCs) without decoding pixels
+        except Exception as problem:  # Pillow reports corruption with many exception types
+            raise _corrupt(source_format, problem) from None
+
+    with _open(data, max_pixels=max_pixels) as opened:
+        try:
+            opened.load()  # the full decode: truncated files fail here
+            # MPO is a camera JPEG whose first picture is the photo: Pillow calls it animated.
+            frames = 1 if source_format == "MPO" else _frame_count(opened)
+            image, changes = _upright_rgb(opened)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as problem:
+            # The warning arrives as an exception only when warnings are errors (tests).
+            raise BadImage(f"image refused as a decompression bomb: {problem}") from None
+        except Exception as problem:  # Pillow reports corruption with many exception types
+            raise _corrupt(source_format, problem) from None
+        if frames > 1:
+            changes.append(f"first frame of {frames}")
+        if source_format == "PNG" and opened.mode == "RGB" and _png_bit_depth(data) == 16:
+            changes.append("16-bit PNG → 8-bit")
+        if source_format not in _PASS_THROUGH:
+            changes.append(f"{source_format} → JPEG")
+        if not changes and max_send_bytes is not None and len(data) > max_send_bytes:
+            changes.append(f"re-encoded to fit {max_send_bytes} bytes")
+
+        width, height = image.size
+        if not changes:
+            out_format, mime, extension = _PASS_THROUGH[source_format]
+            return PreparedImage(
+                data=data,
+                format=out_format,
+                width=width,
+                height=height,
+                mime=mime,
+                filename_ext=extension,
+                sha256=hashlib.sha256(data).hexdigest(),
+                source_format=source_format,
+            )
+        # A colour profile stays valid only when the pixels were RGB to begin with.
+        icc_profile = opened.info.get("icc_profile") if opened.mode == "RGB" else None
+        encoded = encode_jpeg(
+            image, quality=jpeg_quality, icc_profile=icc_profile, exif=_exif_without_orientation(image)
+        )
+
+    if max_send_bytes is not None and len(encoded) > max_send_bytes:
+        raise BadImage(
+            f"image is {len(encoded)} bytes even as a JPEG of quality {jpeg_quality},"
+            f" over the {max_send_bytes}-byte limit"
+        )
+    return PreparedImage(
+        data=encoded,
+        format="JPEG",
+        width=width,
+        height=height,
+        mime="image/jpeg",
+        filename_ext="jpg",
+        sha256=hashlib.sha256(encoded).hexdigest(),
+        source_format=source_format,
+        changes=tuple(changes),
+    )
+
+
+def encode_jpeg(
+    image: Image.Image, *, quality: int = DEFAULT_JPEG_QUALITY, icc_profile: bytes | None = None, exif: bytes = b""
+) -> bytes:
+    """An RGB image as baseline JPEG bytes."""
+    buffer = io.BytesIO()
+    options: dict[str, object] = {"quality": quality}
+    if icc_profile:
+        options["icc_profile"] = icc_profile
+    if exif:
+        options["exif"] = exif
+    image.save(buffer, format="JPEG", **options)
+    return buffer.getvalue()
+
+
+def _open(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Identify the image among the accepted formats and refuse it before decoding if it is too big."""
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError:
+        raise BadImage(_unidentified(data)) from None
+    except Image.DecompressionBombError as problem:
+        raise BadImage(f"image refused as a decompression bomb: {problem}") from None
+    except Exception as problem:
+        raise BadImage(f"cannot read the image header: {type(problem).__name__}: {problem}") from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        image.close()
+        raise BadImage(f"image has no pixels ({width}×{height})")
+    if width * height > max_pixels:
+        image.close()
+        raise BadImage(
+            f"image is {width}×{height} = {width * height} pixels, over the limit of {max_pixels}"
+            " (possible decompression bomb)"
+        )
+    return image
+
+
+def _corrupt(source_format: str, problem: BaseException) -> BadImage:
+    text = str(problem) or type(problem).__name__
+    if "truncated" in text.lower() or isinstance(problem, EOFError):
+        return BadImage(f"{source_format} image is truncated: {text}")
+    return BadImage(f"{source_format} image is corrupt: {text}")
+
+
+def _unidentified(data: bytes) -> str:
+    head = data[:_SNIFF_BYTES]
+    stripped = head.lstrip().lower()
+    supported = "JPEG, PNG, GIF, WebP, BMP or TIFF"
+    if stripped.startswith(b"<svg") or (stripped.startswith(b"<?xml") and b"<svg" in stripped):
+        return f"SVG is not supported (expected {supported})"
+    if stripped.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return f"the data is an HTML page, not an image (expected {supported})"
+    if head.startswith(b"%PDF"):
+        return f"the data is a PDF document, not an image (expected {supported})"
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftypavif", b"ftypavis"):
+        return f"HEIF/HEIC and AVIF images are not supported (expected {supported})"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as problem:
+            if problem.start < len(head) - 4:  # not merely a character cut by the sniff window
+                return f"unrecognised image format (expected {supported})"
+        return f"the data is text, not an image (expected {supported})"
+    return f"unrecognised image format (expected {supported})"
+
+
+def _frame_count(image: Image.Image) -> int:
+    if not getattr(image, "is_animated", False):
+        return 1
+    frames = int(getattr(image, "n_frames", 1))
+    image.seek(0)
+    return frames
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # an unreadable EXIF block must not cost us the image
+        return 1
+    return value if isinstance(value, int) and 2 <= value <= 8 else 1
+
+
+def _upright_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
+    """Apply the EXIF rotation and convert to 8-bit RGB, naming each change made."""
+    changes: list[str] = []
+    orientation = _orientation(image)
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)
+        changes.append(f"EXIF orientation {orientation} applied")
+    mode = image.mode
+    if mode == "RGB":
+        return image, changes
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        flattened = Image.new("RGB", rgba.size, _WHITE)
+        flattened.paste(rgba, mask=rgba.getchannel("A"))
+        changes.append(f"{mode} alpha flattened over white")
+        return flattened, changes
+    if mode.startswith("I") or mode == "F":
+        changes.append(f"{mode} → 8-bit RGB")
+        return _high_depth_to_gray(image).convert("RGB"), changes
+    changes.append(f"{mode} → RGB")
+    return image.convert("RGB"), changes
+
+
+def _high_depth_to_gray(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float grayscale scaled into 8 bits (Pillow's convert clips instead)."""
+    pixels = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        scaled = pixels.astype(np.uint16) >> 8
+    elif image.mode == "F":
+        peak = float(np.nanmax(pixels)) if pixels.size else 0.0
+        scaled = np.nan_to_num(pixels) * (255.0 if peak <= 1.0 else 1.0)
+    else:
+        peak = int(pixels.max()) if pixels.size else 0
+        scaled = pixels >> 8 if peak > 255 else pixels
+    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
+
+
+def _exif_without_orientation(image: Image.Image) -> bytes:
+    """The EXIF block to keep in a re-encoded JPEG (camera data matters to the metadata service)."""
+    try:
+        exif = image.getexif()
+        if _ORIENTATION_TAG in exif:
+            del exif[_ORIENTATION_TAG]
+        return exif.tobytes() if len(exif) else b""
+    except Exception:
+        return b""
+
+
+def _png_bit_depth(data: bytes) -> int:
+    """The IHDR bit depth: Pillow reads 48-bit RGB as 8-bit "RGB", so only the header tells."""
+    if data[12:16] == b"IHDR" and len(data) > 24:
+        return data[24]
+    return 8
