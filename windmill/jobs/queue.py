@@ -20,6 +20,13 @@ log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "windmill_jobs"
 DEFAULT_LEASE = timedelta(seconds=30)
 DEFAULT_MAX_ATTEMPTS = 5
+_ONE_QUEUE = "queue = %(queue)s"
+
+
+def claim_query(queue_count: int) -> str:
+    """The claim statement for one queue, or its variant for several (same text, `queue = ANY(...)`)."""
+    sql = query("claim_jobs")
+    return sql if queue_count == 1 else sql.replace(_ONE_QUEUE, "queue = ANY(%(queues)s)")
 
 
 @dataclass(frozen=True)
@@ -76,13 +83,18 @@ class JobQueue:
 
     def claim(self, queues: Sequence[str], worker_id: str, limit: int, *, now: datetime | None = None) -> list[Job]:
         """Lease up to `limit` jobs of the given queues, oldest first."""
-        params: dict[str, Any] = {"worker": worker_id, "limit": limit, "lease": self.lease, "now": now}
-        if len(queues) == 1:
-            sql, params["queue"] = query("claim_jobs"), queues[0]
-        else:
-            sql, params["queues"] = query("claim_jobs_any_queue"), list(queues)
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-            cursor.execute(sql, params)
+        return self.complete_and_claim((), queues, worker_id, limit, now=now)
+
+    def complete_and_claim(self, done: Iterable[int], queues: Sequence[str], worker_id: str, limit: int, *,
+                           now: datetime | None = None) -> list[Job]:
+        """Mark `done` jobs done and lease up to `limit` new ones in one round trip (pipeline mode)."""
+        done = list(done)
+        params: dict[str, Any] = {"worker": worker_id, "limit": limit, "lease": self.lease, "now": now,
+                                  "queue": queues[0], "queues": list(queues), "ids": done}
+        with self.pool.connection() as conn, conn.pipeline(), conn.cursor(row_factory=dict_row) as cursor:
+            if done:
+                cursor.execute(query("complete_jobs"), params)
+            cursor.execute(claim_query(len(queues)), params)
             return [Job.from_row(row) for row in cursor.fetchall()]
 
     def complete(self, ids: Iterable[int], worker_id: str, *, now: datetime | None = None) -> int:

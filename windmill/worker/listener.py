@@ -37,6 +37,8 @@ class JobListener:
                             self.wake.set()
             except psycopg.OperationalError as error:
                 self.connected.clear()
+                if self.stopping.is_set():
+                    return
                 log.warning("listen connection lost (%s); reconnecting in %.1fs", first_line(error), delay,
                             extra={"action": "listener_reconnect"})
                 self.stopping.wait(delay)

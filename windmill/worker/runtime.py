@@ -21,6 +21,7 @@ from windmill.worker.listener import JobListener
 from windmill.worker.registry import Role
 
 log = logging.getLogger(__name__)
+FLUSH_AFTER_S = 0.05  # longest a finished job waits to be recorded with others
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Worker:
         self._side_tasks_done = threading.Event()
         self._lock = threading.Lock()
         self._inflight: dict[int, Job] = {}
-        self._finished: deque[tuple[Job, BaseException | None]] = deque()
+        self._finished: deque[tuple[Job, BaseException | None, float]] = deque()  # job, error, when
         self._fatal: BaseException | None = None
         self.jobs_done = 0
         self.jobs_failed = 0
@@ -110,12 +111,11 @@ class Worker:
         delay = 0.2
         while not self._stopping.is_set():
             self._wake.clear()
-            self._flush_finished()
-            free = self.options.batch_size - len(self._inflight)
-            claimed: list[Job] = []
-            if free >= max(1, self.options.batch_size // 2) or not self._inflight:
+            running = len(self._inflight) - len(self._finished)
+            free = self.options.batch_size - running
+            if free >= max(1, self.options.batch_size // 2) or running == 0:
                 try:
-                    claimed = self.jobs.claim(self.role.queues, self.worker_id, free)
+                    claimed = self._record_and_claim(free)
                     delay = 0.2
                 except psycopg.OperationalError as error:
                     log.warning("cannot claim jobs (%s); retrying in %.1fs", first_line(error), delay,
@@ -123,16 +123,15 @@ class Worker:
                     self._stopping.wait(delay)
                     delay = min(delay * 2, 10.0)
                     continue
-                with self._lock:
-                    for job in claimed:
-                        self._inflight[job.id] = job
                 for job in claimed:
                     if self.hooks.on_claimed:
                         self.hooks.on_claimed(job)
                     executor.submit(self._run_one, job)
                 if claimed and len(claimed) == free:
                     continue  # a full batch: more are probably waiting
-            self._wake.wait(self.options.poll_interval_s)
+            elif self._flush_due():
+                self._flush_finished()
+            self._wake.wait(FLUSH_AFTER_S if self._finished else self.options.poll_interval_s)
 
     def _run_one(self, job: Job) -> None:
         error: BaseException | None = None
@@ -140,7 +139,7 @@ class Worker:
             self.role.handle(job)
         except BaseException as raised:  # a handler's failure is the job's, never the worker's
             error = raised
-        self._finished.append((job, error))
+        self._finished.append((job, error, time.monotonic()))
         self._wake.set()
 
     def _drain(self) -> None:
@@ -153,35 +152,67 @@ class Worker:
                             len(self._inflight), extra={"action": "drain_timeout"})
                 return
             self._wake.clear()
-            if self._inflight:
+            if len(self._inflight) > len(self._finished):
                 self._wake.wait(min(remaining, 0.5))
 
-    def _flush_finished(self) -> None:
-        """Record finished jobs: successes in one statement, failures one by one. A job stays in flight
-        (its lease renewed) until its outcome is stored."""
-        batch: list[tuple[Job, BaseException | None]] = []
+    def _flush_due(self) -> bool:
+        """Outcomes are recorded in batches: when half a batch is waiting, or the oldest waited long enough."""
+        if not self._finished:
+            return False
+        return (len(self._finished) >= max(1, self.options.batch_size // 2)
+                or time.monotonic() - self._finished[0][2] >= FLUSH_AFTER_S)
+
+    def _take_finished(self) -> list[tuple[Job, BaseException | None, float]]:
+        batch = []
         while self._finished:
             batch.append(self._finished.popleft())
+        return batch
+
+    def _record_and_claim(self, limit: int) -> list[Job]:
+        """Record finished jobs and lease new ones: successes and the claim share one round trip, failures
+        are recorded one by one. A job stays in flight (its lease renewed) until its outcome is stored."""
+        batch = self._take_finished()
+        try:
+            for job, error, _ in batch:
+                if error is not None:
+                    self._record_failure(job, error)
+            done = [job.id for job, error, _ in batch if error is None]
+            claimed = self.jobs.complete_and_claim(done, self.role.queues, self.worker_id, limit)
+        except psycopg.OperationalError:
+            self._finished.extendleft(reversed(batch))
+            raise
+        self._forget(batch)
+        with self._lock:
+            for job in claimed:
+                self._inflight[job.id] = job
+        return claimed
+
+    def _flush_finished(self) -> None:
+        batch = self._take_finished()
         if not batch:
             return
-        done = [job for job, error in batch if error is None]
-        failed = [(job, error) for job, error in batch if error is not None]
         try:
-            self.jobs.complete([job.id for job in done], self.worker_id)
-            for job, error in failed:
-                self._record_failure(job, error)
+            for job, error, _ in batch:
+                if error is not None:
+                    self._record_failure(job, error)
+            self.jobs.complete([job.id for job, error, _ in batch if error is None], self.worker_id)
         except psycopg.OperationalError as error:
             log.warning("cannot record %d finished jobs (%s); will retry", len(batch), first_line(error),
                         extra={"action": "record_failed"})
             self._finished.extendleft(reversed(batch))
             self._stopping.wait(0.5)
             return
+        self._forget(batch)
+
+    def _forget(self, batch: list[tuple[Job, BaseException | None, float]]) -> None:
         with self._lock:
-            for job, _ in batch:
+            for job, _, _ in batch:
                 self._inflight.pop(job.id, None)
-        self.jobs_done += len(done)
-        self.jobs_failed += len(failed)
-        for job, error in batch:
+        for job, error, _ in batch:
+            if error is None:
+                self.jobs_done += 1
+            else:
+                self.jobs_failed += 1
             if self.hooks.on_done:
                 self.hooks.on_done(job, error)
 
