@@ -36,11 +36,16 @@ class AppContext:
         return settings
 
     @cached_property
-    def catalog(self) -> Catalog:
+    def catalog_as_configured(self) -> Catalog:
         path = self.settings.service_config
         if path is None and Path("service_config.json").is_file():
             path = Path("service_config.json")  # the seed's habit: a catalog in the working directory
         return load_catalog(path)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        """The catalog as clients use it: WINDMILL_PORT_OFFSET points them at a stand-in farm."""
+        return self.catalog_as_configured.with_port_offset(self.settings.port_offset)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
@@ -351,6 +356,57 @@ def jobs_retry(app: AppContext, queue: str | None, ids: tuple[int, ...]) -> None
     with job_queue(app) as queue_:
         retried = queue_.retry_dead(queue=queue, ids=ids or None)
     click.echo(f"Queued {len(retried)} dead job(s) again.")
+
+
+# --------------------------------------------------------------------------------------------------
+# The Animal Farm services
+
+
+@main.group()
+def farm() -> None:
+    """The Animal Farm services: probe them, or serve a stand-in for tests and demos."""
+
+
+@farm.command("check")
+@click.option("--services", "-s", default="full_catalog", show_default=True, help="Which services to probe.")
+@json_option
+@pass_app
+def farm_check(app: AppContext, services: str, as_json: bool) -> None:
+    """Probe /health of every selected service; exit status 1 when any is down."""
+    from windmill.farm import FarmClient, check_services, format_health_table
+
+    selected = app.catalog.select(services)
+    with FarmClient(app.catalog) as client:
+        results = check_services(app.catalog, client, services=[service.name for service in selected])
+    if as_json:
+        echo_json([vars(result) for result in results])
+    else:
+        click.echo(format_health_table(results))
+    if not all(result.ok for result in results):
+        sys.exit(1)
+
+
+@farm.command("serve")
+@click.option("--services", "-s", default="full_catalog", show_default=True, help="Which services to serve.")
+@click.option("--port-offset", type=int, default=0, show_default=True, help="Serve each service on port + N.")
+@click.option("--latency-ms", type=click.FloatRange(0), default=0.0, show_default=True)
+@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of requests answered with HTTP 500.")
+@click.option("--timeout-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of requests held open until the client gives up.")
+@click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of requests answered with a body that is not JSON.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
+@click.option("--annotations", "annotation_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directories of images with .boxes.json sidecars (default: the bundled samples).")
+@pass_app
+def farm_serve(app: AppContext, services: str, port_offset: int, latency_ms: float, error_rate: float,
+               timeout_rate: float, malformed_rate: float, seed: int, annotation_dirs: tuple[Path, ...]) -> None:
+    """Serve a contract-faithful stand-in of every selected service until Ctrl-C."""
+    from windmill.simfarm import serve_command
+
+    serve_command(app.catalog_as_configured, services, port_offset, latency_ms, error_rate,
+                  timeout_rate, malformed_rate, seed, list(annotation_dirs) or None, echo=click.echo)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,10 @@ class Catalog:
 
     def in_category(self, category: str) -> list[Service]:
         return [service for service in self.services if service.category == category]
+
+    def with_port_offset(self, offset: int) -> Catalog:
+        """The same services on port + offset (a stand-in farm started with --port-offset)."""
+        return Catalog(tuple(replace(service, port=service.port + offset) for service in self.services))
 
     @property
     def detectors(self) -> list[Service]:

@@ -30,6 +30,7 @@ class Settings:
     service_name: str | None = None
     worker_id: str = ""
     log_level: str = "INFO"
+    port_offset: int = 0  # added to every catalog port (a stand-in farm served with --port-offset)
     image_roots: tuple[Path, ...] = ()
     allow_private_urls: bool = False
 
@@ -119,6 +120,14 @@ def _amqp_url(env: Mapping[str, str]) -> str | None:
     )
 
 
+def _offset(env: Mapping[str, str]) -> int:
+    value = env.get("WINDMILL_PORT_OFFSET", "0") or "0"
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"WINDMILL_PORT_OFFSET must be a whole number, not {value!r}") from None
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     value = env.get(name, "").strip().lower()
     if value in ("", "0", "false", "no", "off"):
@@ -146,6 +155,7 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
         service_name=env.get("SERVICE_NAME") or None,
         worker_id=env.get("WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
         log_level=level,
+        port_offset=_offset(env),
         image_roots=roots,
         allow_private_urls=_flag(env, "WINDMILL_ALLOW_PRIVATE_URLS"),
     )

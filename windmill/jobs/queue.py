@@ -44,9 +44,10 @@ class JobQueue:
     """All job-table operations a worker or producer needs. `now` parameters exist for tests: None = the
     database clock."""
 
-    def __init__(self, pool: ConnectionPool, *, lease: timedelta = DEFAULT_LEASE) -> None:
+    def __init__(self, pool: ConnectionPool, *, lease: timedelta = DEFAULT_LEASE, retry_base_s: float = 1.0) -> None:
         self.pool = pool
         self.lease = lease
+        self.retry_base_s = retry_base_s  # first retry delay; doubles per attempt
 
     def enqueue(self, job: NewJob, *, run_after: datetime | None = None) -> int | None:
         """Queue one job; returns its id, or None when an identical job was already waiting."""
@@ -122,7 +123,7 @@ class JobQueue:
                     "worker": worker_id,
                     "error": error[:2000],
                     "permanent": permanent,
-                    "backoff": retry_delay(job.attempts),
+                    "backoff": retry_delay(job.attempts, base_s=self.retry_base_s),
                     "now": now,
                 },
             ).fetchone()
