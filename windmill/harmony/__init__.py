@@ -1,0 +1,12 @@
+"""Harmony: the detector answers of one image → one merged box per object the detectors agree on.
+
+Pure: plain data in, plain data out; imports only the stdlib, numpy and windmill.emoji. Which
+services count as detectors (service_type "spatial") is the catalog's business, not this package's.
+"""
+
+from .config import HarmonyConfig
+from .extract import Detection, DetectorResult
+from .geometry import overlap
+from .pipeline import MergedBox, harmonize
+
+__all__ = ["Detection", "DetectorResult", "HarmonyConfig", "MergedBox", "harmonize", "overlap"]
