@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from PIL import Image
 
+from tests.farm_fixtures import running_farm
 from windmill.catalog import Catalog, Service, load_catalog
 from windmill.farm import FarmClient, ServiceCallError, check_services, format_health_table
 from windmill.images import BadImage, PreparedImage, prepare_image
@@ -494,22 +495,12 @@ def test_check_services_probes_every_service_and_formats_a_table(farm):
 
 
 def test_every_service_of_the_stand_in_answers_through_the_client():
-    simfarm = pytest.importorskip("windmill.simfarm")
-    sim_farm = getattr(simfarm, "SimFarm", None)
-    if sim_farm is None:
-        pytest.skip("windmill.simfarm has no SimFarm yet")
-    with sim_farm(CATALOG, port_offset=31_000) as sim:
-        services = tuple(
-            dataclasses.replace(service, host="127.0.0.1", port=urlsplit(sim.base_url(service)).port)
-            for service in CATALOG.services
-        )
-        catalog = Catalog(services)
-        with FarmClient(catalog) as stand_in_client:
-            assert all(result.ok for result in check_services(catalog, stand_in_client))
-            for service in services:
-                if service.name == "caption_score":
-                    assert -1.0 <= stand_in_client.score(service, IMAGE, "a dog on a couch") <= 1.0
-                    continue
-                answer = stand_in_client.analyze(service, IMAGE)
-                assert answer.data["service"] == service.name
-                assert isinstance(answer.data["predictions"], list)
+    with running_farm(CATALOG) as (_, catalog), FarmClient(catalog) as stand_in_client:
+        assert all(result.ok for result in check_services(catalog, stand_in_client))
+        for service in catalog.services:
+            if service.name == "caption_score":
+                assert -1.0 <= stand_in_client.score(service, IMAGE, "a dog on a couch") <= 1.0
+                continue
+            answer = stand_in_client.analyze(service, IMAGE)
+            assert answer.data["service"] == service.name
+            assert isinstance(answer.data["predictions"], list)

@@ -1,0 +1,128 @@
+"""The colors service (contract §3.13), computed for real: a quantized palette named by the nearest marker."""
+
+from __future__ import annotations
+
+import colorsys
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+
+from windmill.simfarm.palettes import copic_temperature, nearest
+
+MAX_COLORS = 8
+REGION_GRIDS = {4: 2, 9: 3, 16: 4}
+_THUMBNAIL = (96, 96)
+
+RGB = tuple[int, int, int]
+
+
+def color_groups(image: Image.Image) -> list[tuple[int, RGB]]:
+    """Up to eight colour groups as (pixel count, mean colour), most frequent first (what Haishoku yields)."""
+    small = image.convert("RGB")
+    small.thumbnail(_THUMBNAIL, Image.Resampling.BILINEAR)
+    quantized = small.quantize(colors=MAX_COLORS, method=Image.Quantize.MEDIANCUT)
+    palette = quantized.getpalette() or []
+    counts = quantized.getcolors(MAX_COLORS) or []
+    groups = [(count, (palette[3 * i], palette[3 * i + 1], palette[3 * i + 2])) for count, i in counts]
+    return sorted(groups, key=lambda group: (-group[0], group[1]))
+
+
+def _names(rgb: RGB, systems: Sequence[str]) -> tuple[dict[str, str], list[str], str]:
+    """System → marker label, the matched hexes in system order, and the temperature (Copic only)."""
+    matches = {system: nearest(system, rgb) for system in systems}
+    temperature = copic_temperature(matches["copic"].code) if "copic" in matches else "neutral"
+    return {system: marker.label for system, marker in matches.items()}, [m.hex for m in matches.values()], temperature
+
+
+def _primary(rgb: RGB, systems: Sequence[str]) -> dict[str, Any]:
+    names, hexes, temperature = _names(rgb, systems)
+    return {"hex": hexes[-1], "temperature": temperature, **names}  # primary: the last system's hex
+
+
+def _entry(rgb: RGB, systems: Sequence[str]) -> dict[str, Any]:
+    names, hexes, temperature = _names(rgb, systems)
+    return {"hex": hexes[0], "temperature": temperature, **names}  # palette: the first system's hex
+
+
+def _palette_temperature(colors: list[dict[str, Any]]) -> str:
+    cool = sum(1 for color in colors if color["temperature"] == "cool")
+    warm = sum(1 for color in colors if color["temperature"] == "warm")
+    return "cool" if cool > warm else "warm" if warm > cool else "neutral"
+
+
+def _dedupe(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        seen.setdefault(entry["hex"], entry)
+    return list(seen.values())
+
+
+def analyze(image: Image.Image, systems: Sequence[str], regions: int | None = None) -> tuple[dict[str, Any], dict]:
+    """The prediction, and what multi-region mode adds to `metadata`."""
+    if regions in REGION_GRIDS:
+        return _analyze_regions(image, systems, REGION_GRIDS[regions], regions)
+    groups = color_groups(image)
+    colors = _dedupe([_entry(rgb, systems) for _, rgb in groups])[:MAX_COLORS]
+    prediction = {
+        "primary": _primary(groups[0][1], systems),
+        "palette": {"temperature": _palette_temperature(colors), "colors": colors},
+    }
+    return prediction, {}
+
+
+def _analyze_regions(image: Image.Image, systems: Sequence[str], grid: int, regions: int) -> tuple[dict, dict]:
+    width, height = image.size
+    weights: Counter[str] = Counter()
+    entries: dict[str, dict[str, Any]] = {}
+    dominants: list[tuple[str, RGB]] = []
+    for row in range(grid):
+        for column in range(grid):
+            box = (column * width // grid, row * height // grid,
+                   max((column + 1) * width // grid, column * width // grid + 1),
+                   max((row + 1) * height // grid, row * height // grid + 1))
+            groups = color_groups(image.crop(box))
+            for count, rgb in groups:
+                entry = _entry(rgb, systems)
+                entries.setdefault(entry["hex"], entry)
+                weights[entry["hex"]] += count
+            dominants.append((_entry(groups[0][1], systems)["hex"], groups[0][1]))
+    ranked = sorted(entries, key=lambda hex_value: (-weights[hex_value], hex_value))
+    colors = [entries[hex_value] for hex_value in ranked[:MAX_COLORS]]
+    common_hex = Counter(hex_value for hex_value, _ in dominants).most_common(1)[0][0]
+    primary_rgb = next(rgb for hex_value, rgb in dominants if hex_value == common_hex)
+    prediction = {
+        "primary": _primary(primary_rgb, systems),
+        "palette": {"temperature": _palette_temperature(colors), "colors": colors},
+    }
+    return prediction, {"regions_analyzed": regions, "unique_colors_found": len(entries)}
+
+
+def color_family(rgb: RGB) -> str:
+    """A plain colour word for a pixel colour, for captions of images nobody annotated."""
+    hue, saturation, value = colorsys.rgb_to_hsv(*(channel / 255 for channel in rgb))
+    if value < 0.18:
+        return "black"
+    if saturation < 0.15:
+        return "white" if value > 0.85 else "gray"
+    degrees = hue * 360
+    if degrees < 15 or degrees >= 345:
+        family = "red"
+    elif degrees < 40:
+        family = "orange"
+    elif degrees < 70:
+        family = "yellow"
+    elif degrees < 170:
+        family = "green"
+    elif degrees < 200:
+        family = "teal"
+    elif degrees < 260:
+        family = "blue"
+    elif degrees < 300:
+        family = "purple"
+    else:
+        family = "pink"
+    if family in ("red", "orange") and value < 0.6:
+        return "brown"
+    return family

@@ -1,0 +1,172 @@
+"""The metadata service (contract §3.16), computed for real from the pixels, the file and its EXIF.
+
+By default it behaves like the EXIF-preserving service (2026): the received file's size, format and
+EXIF. `reencode=True` reproduces df57b25, which re-encoded every image as JPEG q95 first: file type
+always "jpeg", the re-encoded size, no EXIF (its temp-file timestamps are left out to stay deterministic).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import ExifTags, Image
+
+# ExifTool's names for a few tags Pillow names differently.
+_EXIFTOOL_NAMES = {"ISOSpeedRatings": "ISO", "DateTime": "ModifyDate", "ExifImageWidth": "ExifImageWidth"}
+_BUCKETS = (
+    ("camera", ("camera", "lens", "focal", "aperture", "shutter", "iso", "flash", "exposure", "make", "model")),
+    ("image", ("width", "height", "resolution", "color", "orientation", "compression")),
+    ("gps", ("gps", "latitude", "longitude", "altitude", "location")),
+    ("datetime", ("date", "time", "created", "modified")),
+)
+
+
+def analyze(image: Image.Image, data: bytes, file_format: str, *, reencode: bool = False) -> dict[str, Any]:
+    rgb = image.convert("RGB")
+    width, height = rgb.size
+    if reencode:
+        buffer = io.BytesIO()
+        rgb.save(buffer, "JPEG", quality=95)
+        file_info = {"file_size": buffer.tell(), "file_type": "jpeg"}
+    else:
+        file_info = {"file_size": len(data), "file_type": file_format}
+    gray = np.asarray(rgb.convert("L"), dtype=np.float32)
+    saturation = float(np.asarray(rgb.convert("HSV"), dtype=np.float32)[..., 1].mean())
+    prediction: dict[str, Any] = {
+        "dimensions": {"height": height, "width": width},
+        "aspect_ratio": {
+            "category": "landscape" if width > height else "portrait" if height > width else "square",
+            "ratio": round(width / height, 1),
+        },
+        "file": file_info,
+        "color_properties": {
+            "saturation_analysis": {
+                "average_saturation": round(saturation, 1),
+                "saturation_level": round(saturation, 1),
+            }
+        },
+        "composition": _composition(gray),
+        "image_quality": _quality(gray),
+    }
+    if not reencode:
+        exif_data, gps_data = _exif(image)
+        if exif_data:
+            prediction["exif_data"] = exif_data
+        if gps_data:
+            prediction["gps_data"] = gps_data
+    return prediction
+
+
+def _composition(gray: np.ndarray) -> dict[str, Any]:
+    # Edge density: share of pixels whose central-difference gradient is strong (a stand-in for Canny).
+    gx = np.zeros_like(gray)
+    gy = np.zeros_like(gray)
+    gx[:, 1:-1] = gray[:, 2:] - gray[:, :-2]
+    gy[1:-1, :] = gray[2:, :] - gray[:-2, :]
+    edge_density = float((np.hypot(gx, gy) > 60).mean())
+    height, width = gray.shape
+    sections = [
+        gray[r * height // 3:(r + 1) * height // 3 or 1, c * width // 3:(c + 1) * width // 3 or 1]
+        for r in range(3) for c in range(3)
+    ]
+    brightness = [round(float(s.mean()), 1) if s.size else 0.0 for s in sections]
+    busiest = max(range(9), key=lambda i: float(sections[i].std()) if sections[i].size else 0.0)
+    symmetry = 1.0 - float(np.abs(gray - gray[:, ::-1]).mean()) / 255.0
+    return {
+        "complexity_analysis": {
+            "complexity_level": round(edge_density * 100, 1),
+            "edge_density": round(edge_density, 3),
+        },
+        "rule_of_thirds": {"most_interesting_section": busiest, "section_brightness": brightness},
+        "symmetry_analysis": {
+            "horizontal_symmetry_score": round(symmetry, 3),
+            "symmetry_level": round(symmetry * 100, 1),
+        },
+    }
+
+
+def _quality(gray: np.ndarray) -> dict[str, Any]:
+    laplacian = np.zeros_like(gray)
+    laplacian[1:-1, 1:-1] = (
+        gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:] - 4 * gray[1:-1, 1:-1]
+    )
+    variance = float(laplacian.var())
+    std = float(gray.std())
+    mean = float(gray.mean())
+    bright = float((gray >= 230).mean())
+    dark = float((gray < 25).mean())
+    return {
+        "blur_analysis": {
+            "laplacian_variance": round(variance, 2),
+            "sharpness_score": round(min(1.0, variance / 500), 3),
+        },
+        "contrast_analysis": {
+            "brightness_variation": round(std, 2),
+            "contrast_quality": round(std / 64 * 25, 1),
+            "contrast_score": round(std / 64, 2),
+            "dynamic_range": round(std, 2),
+        },
+        "exposure_analysis": {
+            "bright_pixel_ratio": round(bright, 3),
+            "dark_pixel_ratio": round(dark, 3),
+            "exposure_quality": round((1 - dark - bright) * 100, 1),
+            "histogram_balance": round(std, 2),
+        },
+        "lighting_analysis": {"lighting_quality": round(mean, 2), "mean_brightness": round(mean, 2)},
+    }
+
+
+def _json_value(value: Any) -> Any:
+    """EXIF values as JSON: rationals as floats, bytes as text when printable, sequences as lists."""
+    if isinstance(value, bytes):
+        text = value.rstrip(b"\x00").decode("ascii", "replace")
+        return text if text.isprintable() else None
+    if isinstance(value, tuple | list):
+        items = [_json_value(item) for item in value]
+        return None if any(item is None for item in items) else items
+    if isinstance(value, int | str):
+        return value.strip("\x00") if isinstance(value, str) else value
+    try:
+        return round(float(value), 6)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _bucket(key: str) -> str:
+    lowered = key.lower()
+    for bucket, words in _BUCKETS:
+        if any(word in lowered for word in words):
+            return bucket
+    return "other"
+
+
+def _exif(image: Image.Image) -> tuple[dict[str, Any], dict[str, Any]]:
+    """ExifTool-style keys ("EXIF:Make") bucketed as the service does: exif_data = camera ∪ datetime."""
+    exif = image.getexif()
+    tags: dict[str, Any] = {}
+    for tag, value in exif.items():
+        tags[ExifTags.TAGS.get(tag, f"Tag{tag:04x}")] = value
+    for tag, value in exif.get_ifd(ExifTags.IFD.Exif).items():
+        tags[ExifTags.TAGS.get(tag, f"Tag{tag:04x}")] = value
+    gps_ifd = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    gps = {ExifTags.GPSTAGS.get(tag, f"Tag{tag:04x}"): value for tag, value in gps_ifd.items()}
+    exif_data: dict[str, Any] = {}
+    for name, value in tags.items():
+        key = f"EXIF:{_EXIFTOOL_NAMES.get(name, name)}"
+        converted = _json_value(value)
+        if converted not in (None, "", []) and _bucket(key) in ("camera", "datetime"):
+            exif_data[key] = converted
+    gps_data: dict[str, Any] = {}
+    for name, value in gps.items():
+        converted = _json_value(value)
+        if converted not in (None, "", []):
+            gps_data[f"EXIF:{name}"] = converted
+    for axis, reference in (("Latitude", "S"), ("Longitude", "W")):
+        degrees = gps_data.get(f"EXIF:GPS{axis}")
+        if isinstance(degrees, list) and len(degrees) == 3:
+            decimal = degrees[0] + degrees[1] / 60 + degrees[2] / 3600
+            sign = -1 if gps_data.get(f"EXIF:GPS{axis}Ref") == reference else 1
+            gps_data[f"Composite:GPS{axis}"] = round(sign * decimal, 6)
+    return exif_data, gps_data
