@@ -7,7 +7,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from PIL import Image
+
+from windmill.images import PreparedImage, load_image_bytes, prepare_image
+from windmill.settings import Settings
 
 Key = TypeVar("Key")
 Value = TypeVar("Value")
@@ -48,3 +53,28 @@ class SingleFlightCache(Generic[Key, Value]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class ImageSource:
+    """Prepared images (and their decoded pixels, for cropping) by image, loaded once per process."""
+
+    def __init__(self, settings: Settings, *, capacity: int = 64, decoded_capacity: int = 8) -> None:
+        self.settings = settings
+        self.prepared_images: SingleFlightCache[tuple[Any, ...], PreparedImage] = SingleFlightCache(capacity)
+        # Decoded RGB costs width × height × 3 bytes: keep only the few images being cropped right now.
+        self.decoded_images: SingleFlightCache[tuple[Any, ...], Image.Image] = SingleFlightCache(decoded_capacity)
+
+    def prepared(self, image_id: int, image_path: str | None, image_url: str | None) -> PreparedImage:
+        """The image ready to send; BadImage (cached too: a bad image stays bad) when it cannot be."""
+
+        def load() -> PreparedImage:
+            data = load_image_bytes(image_path, image_url, roots=self.settings.image_roots or None,
+                                    allow_private_urls=self.settings.allow_private_urls)
+            return prepare_image(data)
+
+        return self.prepared_images.get((image_id, image_path, image_url), load)
+
+    def pixels(self, image_id: int, image_path: str | None, image_url: str | None) -> Image.Image:
+        """Upright RGB pixels of the image, to crop boxes from (do not modify: shared between threads)."""
+        key = (image_id, image_path, image_url)
+        return self.decoded_images.get(key, lambda: self.prepared(*key).to_rgb())

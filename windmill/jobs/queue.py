@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -40,6 +41,22 @@ class NewJob:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
 
 
+def enqueue_on(conn: psycopg.Connection, job: NewJob, *, run_after: datetime | None = None) -> int | None:
+    """Queue a job on this connection, inside the caller's transaction (atomic with the caller's writes)."""
+    row = conn.execute(
+        query("enqueue_job"),
+        {
+            "queue": job.queue,
+            "image_id": job.image_id,
+            "payload": Jsonb(job.payload),
+            "dedupe_key": job.dedupe_key,
+            "max_attempts": job.max_attempts,
+            "run_after": run_after,
+        },
+    ).fetchone()
+    return row[0] if row else None
+
+
 class JobQueue:
     """All job-table operations a worker or producer needs. `now` parameters exist for tests: None = the
     database clock."""
@@ -52,18 +69,7 @@ class JobQueue:
     def enqueue(self, job: NewJob, *, run_after: datetime | None = None) -> int | None:
         """Queue one job; returns its id, or None when an identical job was already waiting."""
         with self.pool.connection() as conn:
-            row = conn.execute(
-                query("enqueue_job"),
-                {
-                    "queue": job.queue,
-                    "image_id": job.image_id,
-                    "payload": Jsonb(job.payload),
-                    "dedupe_key": job.dedupe_key,
-                    "max_attempts": job.max_attempts,
-                    "run_after": run_after,
-                },
-            ).fetchone()
-        return row[0] if row else None
+            return enqueue_on(conn, job, run_after=run_after)
 
     def enqueue_many(self, queue: str, jobs: Sequence[NewJob], *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> int:
         """Queue a batch for one queue in one statement; returns how many were newly queued."""

@@ -1,0 +1,148 @@
+"""The service role over real HTTP against the Animal Farm stand-in, through the job-table queues: one result
+row per image × service, failures recorded with their reason after bounded retries, redeliveries harmless."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from tests.conftest import wait_until
+from tests.farm_fixtures import running_farm
+from windmill.broker import JobTableBroker, Task
+from windmill.catalog import Catalog
+from windmill.collection import add_paths
+from windmill.db.connect import Database
+from windmill.farm import FarmClient
+from windmill.jobs import JobQueue
+from windmill.producer import submit
+from windmill.roles.service import ServiceTaskHandler
+from windmill.settings import settings_from_mapping
+from windmill.worker.registry import RoleContext, build_role
+from windmill.worker.runtime import Worker, WorkerOptions
+
+SAMPLES = Path(__file__).resolve().parent.parent / "windmill" / "samples"
+SERVED = "primary"
+
+
+@pytest.fixture
+def farm_catalog(catalog: Catalog) -> Iterator[Catalog]:
+    with running_farm(catalog) as (_, shifted):
+        yield shifted
+
+
+def run_service_worker(database: Database, pool: ConnectionPool, catalog: Catalog, selection: str,
+                       until: callable, *, retry_base_s: float = 0.01) -> None:
+    """Run a service worker in this process until `until()` holds."""
+    settings = settings_from_mapping({"WORKER_ID": "service-test"})
+    jobs = JobQueue(pool, lease=timedelta(seconds=30), retry_base_s=retry_base_s)
+    context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=catalog,
+                          worker_id="service-test", service=selection)
+    role = build_role("service", context)
+    worker = Worker(jobs, role, worker_id="service-test", listen_conninfo=database.conninfo,
+                    options=WorkerOptions(concurrency=8, batch_size=32, poll_interval_s=0.1))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(until, timeout=60, message="the service worker to finish")
+    finally:
+        worker.request_stop()
+        thread.join(timeout=30)
+
+
+def submit_samples(conn: psycopg.Connection, pool: ConnectionPool, catalog: Catalog, selection: str,
+                   database: Database) -> int:
+    add_paths(conn, [SAMPLES])
+    with database.connect() as reader:
+        report = submit(reader, conn, JobTableBroker(JobQueue(pool)), catalog.select(selection))
+    return report.published
+
+
+def unfinished(conn: psycopg.Connection) -> bool:
+    return not conn.execute("SELECT EXISTS (SELECT 1 FROM jobs WHERE queue LIKE 'queue\\_%%' "
+                            "AND state IN ('queued', 'running', 'failed'))").fetchone()[0]
+
+
+def test_every_primary_service_answers_every_sample(database: Database, pool: ConnectionPool,
+                                                   conn: psycopg.Connection, farm_catalog: Catalog) -> None:
+    published = submit_samples(conn, pool, farm_catalog, SERVED, database)
+    images = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+    assert published == images * 11
+    run_service_worker(database, pool, farm_catalog, SERVED, lambda: unfinished(conn))
+    rows = conn.execute("SELECT service, status, count(*), min(processing_time) FROM results "
+                        "GROUP BY service, status ORDER BY service").fetchall()
+    assert [(service, status, count) for service, status, count, _ in rows] == [
+        (service.name, "success", images) for service in sorted(farm_catalog.select(SERVED), key=lambda s: s.name)]
+    assert all(fastest > 0 for *_, fastest in rows)
+    # The yolov8 answer is stored under our name, the service's own name kept beside it.
+    data = conn.execute("SELECT data FROM results WHERE service = 'yolov8' LIMIT 1").fetchone()[0]
+    assert data["service"] == "yolov8" and data["reported_service"] == "yolo"
+    # Detector answers enqueued merges, voters consensus: one of each per image.
+    follow_up = dict(conn.execute("SELECT queue, count(*) FROM jobs WHERE queue IN ('merge', 'consensus') "
+                                  "GROUP BY queue").fetchall())
+    assert follow_up == {"merge": images, "consensus": images}
+
+
+def test_a_service_that_is_down_ends_in_error_rows_after_bounded_retries(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection, catalog: Catalog) -> None:
+    with running_farm(catalog, services=["blip"]) as (_, shifted):
+        dead_port = shifted["yolov8"].port  # nothing listens there
+        published = submit_samples(conn, pool, shifted, "yolov8", database)
+        run_service_worker(database, pool, shifted, "yolov8", lambda: unfinished(conn))
+    rows = conn.execute("SELECT status, error_message FROM results").fetchall()
+    assert len(rows) == published
+    assert all(status == "error" and "yolov8" in message for status, message in rows)
+    attempts = {row[0] for row in conn.execute("SELECT attempts FROM jobs")}
+    assert attempts == {5}, "every task was retried to its limit, then recorded — no endless loop"
+    assert dead_port > 0
+
+
+def test_a_bad_image_is_recorded_once_without_retries(database: Database, pool: ConnectionPool,
+                                                     conn: psycopg.Connection, farm_catalog: Catalog,
+                                                     tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes((SAMPLES / "chelsea.jpg").read_bytes()[:2000])
+    add_paths(conn, [broken])
+    with database.connect() as reader:
+        submit(reader, conn, JobTableBroker(JobQueue(pool)), farm_catalog.select("blip,yolov8"))
+    run_service_worker(database, pool, farm_catalog, "blip,yolov8", lambda: unfinished(conn))
+    rows = conn.execute("SELECT service, status, error_message FROM results ORDER BY service").fetchall()
+    assert [(service, status) for service, status, _ in rows] == [("blip", "error"), ("yolov8", "error")]
+    assert all("truncated" in message or "corrupt" in message for *_, message in rows), rows
+    assert {row[0] for row in conn.execute("SELECT attempts FROM jobs")} == {1}
+
+
+def test_a_redelivered_task_writes_nothing_new(pool: ConnectionPool, conn: psycopg.Connection,
+                                              farm_catalog: Catalog) -> None:
+    add_paths(conn, [SAMPLES / "chelsea.jpg"])
+    image = conn.execute("SELECT image_id, image_filename, image_path, image_url FROM images").fetchone()
+    task = Task.for_image(dict(zip(("image_id", "image_filename", "image_path", "image_url"), image, strict=True)),
+                          farm_catalog["nsfw2"])
+    settings = settings_from_mapping({})
+    with FarmClient(farm_catalog) as client:
+        handler = ServiceTaskHandler(pool, client, farm_catalog, settings, "w")
+        first = handler.handle(task, final_attempt=True)
+        again = handler.handle(task, final_attempt=True)
+        other = handler.handle(replace(task, task_id="00000000-0000-0000-0000-000000000001"), final_attempt=True)
+    assert first.status == "success" and again.status is None and other.status == "success"
+    assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 2
+    assert handler.images.prepared_images.loads == 1, "the image was read and validated once for all three"
+
+
+def test_service_role_refuses_unknown_and_postprocessing_services(catalog: Catalog, pool: ConnectionPool,
+                                                                  database: Database) -> None:
+    from windmill.errors import WindmillError
+
+    settings = settings_from_mapping({})
+    for selection, message in (("yolo9", "unknown service"), ("caption_score", "not run by the service role"),
+                               (None, "needs --service")):
+        context = RoleContext(settings=settings, database=database, pool=pool, jobs=JobQueue(pool),
+                              catalog=catalog, worker_id="w", service=selection)
+        with pytest.raises(WindmillError, match=message):
+            build_role("service", context)

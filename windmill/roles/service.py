@@ -1,0 +1,124 @@
+"""The service role: one image × service task → one results row (success, or error/timeout with its reason).
+
+One process may serve several services (`--service yolov8` or `--service primary`); its services share one
+HTTP connection pool and one cache of prepared images, so an image is read and validated once per process,
+not once per service.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from windmill.broker.base import Task
+from windmill.catalog import Catalog, Service
+from windmill.db.queries import query
+from windmill.errors import WindmillError
+from windmill.farm import FarmClient, ServiceCallError
+from windmill.image_cache import ImageSource
+from windmill.images import BadImage
+from windmill.jobs import Job, PermanentJobError
+from windmill.settings import Settings
+from windmill.worker.registry import Role, RoleContext, register_role
+
+log = logging.getLogger(__name__)
+IMAGE_CACHE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a task wrote: the results status, or None when the task had already been answered."""
+
+    status: str | None
+    result_id: int | None = None
+
+
+class ServiceTaskHandler:
+    """Runs tasks; thread-safe. Retryable service failures are raised back to the queue while attempts
+    remain (it retries with backoff) and recorded as error/timeout rows on the final attempt."""
+
+    def __init__(self, pool: ConnectionPool, farm: FarmClient, catalog: Catalog, settings: Settings,
+                 worker_id: str, *, cache_size: int = IMAGE_CACHE_SIZE) -> None:
+        self.pool = pool
+        self.farm = farm
+        self.catalog = catalog
+        self.settings = settings
+        self.worker_id = worker_id
+        self.images = ImageSource(settings, capacity=cache_size)
+
+    def handle(self, task: Task, *, final_attempt: bool) -> Outcome:
+        if task.service_name not in self.catalog:
+            raise PermanentJobError(f"task for unknown service {task.service_name!r}")
+        service = self.catalog[task.service_name]
+        if self._answered(task):
+            log.info("task %s already answered; nothing to do", task.task_id, extra={"action": "task_duplicate"})
+            return Outcome(None)
+        try:
+            image = (None if self._by_url(service, task)
+                     else self.images.prepared(task.image_id, task.image_path, task.image_url))
+            answer = self.farm.analyze(service, image, image_url=task.image_url)
+        except BadImage as bad:
+            return self._record(task, "error", {"error": {"kind": "bad_image", "message": str(bad)}},
+                                error_message=str(bad))
+        except ServiceCallError as failure:
+            if failure.retryable and not final_attempt:
+                raise
+            detail = {"kind": failure.kind, "message": failure.reason, "status_code": failure.status_code}
+            return self._record(task, failure.result_status, {"error": detail}, error_message=failure.message,
+                                processing_time=failure.elapsed or 0.0)
+        return self._record(task, "success", answer.data, processing_time=answer.processing_time)
+
+    def _by_url(self, service: Service, task: Task) -> bool:
+        return service.request_mode == "url" and bool(task.image_url)
+
+    def _answered(self, task: Task) -> bool:
+        with self.pool.connection() as conn:
+            return conn.execute(query("task_result_exists"), {"task_id": task.task_id}).fetchone()[0]
+
+    def _record(self, task: Task, status: str, data: dict[str, Any], *, error_message: str | None = None,
+                processing_time: float = 0.0) -> Outcome:
+        with self.pool.connection() as conn:
+            row = conn.execute(query("insert_result"), {
+                "image_id": task.image_id, "service": task.service_name, "task_id": task.task_id,
+                "data": Jsonb(data), "status": status, "error_message": error_message,
+                "processing_time": processing_time, "worker_id": self.worker_id,
+            }).fetchone()
+        if status != "success":
+            log.warning("%s on image %d: %s", task.service_name, task.image_id, error_message,
+                        extra={"action": "service_failed"})
+        return Outcome(status, row[0] if row else None)
+
+
+def serviceable(catalog: Catalog, selection: str | None) -> list[Service]:
+    """The services a service worker may run: any image-analysing service (caption_score needs a caption)."""
+    if not selection:
+        raise WindmillError("the service role needs --service NAME (or a selection such as primary)")
+    services = catalog.select(selection)
+    postprocessing = [service.name for service in services if service.category == "postprocessing"]
+    if postprocessing:
+        raise WindmillError(f"{', '.join(postprocessing)} is not run by the service role (see the caption_score role)")
+    return services
+
+
+def task_from_job(job: Job) -> Task:
+    try:
+        return Task.from_message(job.payload)
+    except (TypeError, ValueError) as bad:
+        raise PermanentJobError(f"malformed task message: {bad}") from None
+
+
+@register_role("service")
+def service_role(context: RoleContext) -> Role:
+    services = serviceable(context.catalog, context.service)
+    farm = FarmClient(context.catalog, allow_private_urls=context.settings.allow_private_urls)
+    handler = ServiceTaskHandler(context.pool, farm, context.catalog, context.settings, context.worker_id)
+
+    def handle(job: Job) -> None:
+        handler.handle(task_from_job(job), final_attempt=job.attempts >= job.max_attempts)
+
+    return Role(name="service", queues=tuple(service.queue_name for service in services), handle=handle,
+                close=farm.close, service=",".join(service.name for service in services))
