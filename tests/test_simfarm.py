@@ -517,3 +517,14 @@ def test_injected_timeouts_hold_the_request_until_stop(catalog: Catalog) -> None
             assert (health.status_code, health.json()) == (500, {"error": "Internal server error", "status": "error"})
     finally:
         farm.stop()  # must release the held request promptly
+
+
+def test_a_re_encoded_sample_still_finds_its_sidecar(farm: SimFarm, client: httpx.Client) -> None:
+    # Clients convert grayscale JPEGs to RGB before sending: new bytes, same picture, same annotations.
+    with Image.open(SAMPLES_DIR / "camera.jpg") as original:
+        buffer = io.BytesIO()
+        original.convert("RGB").resize((256, 256)).save(buffer, "JPEG", quality=90)
+    labels = {p["label"] for p in analyze(client, farm, "yolov8", buffer.getvalue())["predictions"]}
+    assert "person" in labels
+    # A different picture of the same size does not borrow them.
+    assert analyze(client, farm, "yolov8", jpeg((90, 90, 90), size=(512, 512)))["predictions"] == []

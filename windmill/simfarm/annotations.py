@@ -17,6 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from windmill.errors import WindmillError
 from windmill.simfarm import lexicon
 
@@ -25,6 +28,11 @@ log = logging.getLogger(__name__)
 SIDECAR_SUFFIX = ".boxes.json"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 RESCAN_INTERVAL_S = 5.0
+# A client may re-encode an image before sending it (grayscale → RGB JPEG, EXIF rotation applied, resized):
+# its bytes change, its look does not. Look-alikes are matched on a small grayscale thumbnail.
+THUMBNAIL = (16, 16)
+LOOK_ALIKE_MAX_DIFFERENCE = 6.0  # mean absolute difference of thumbnail pixels, 0–255
+ASPECT_TOLERANCE = 0.01
 
 Box = tuple[int, int, int, int]
 
@@ -197,6 +205,7 @@ class AnnotationIndex:
         self._sidecars: dict[Path, tuple[int, Sidecar]] = {}  # sidecar → (mtime_ns, parsed)
         self._last_scan = float("-inf")
         self._lock = threading.Lock()
+        self._thumbnails: dict[str, tuple[float, np.ndarray]] = {}  # digest → (aspect ratio, thumbnail)
 
     def scan(self, *, strict: bool = True) -> None:
         """Index every image with a sidecar. Strict (at start): a bad sidecar is an error; lazy: it is skipped."""
@@ -250,6 +259,24 @@ class AnnotationIndex:
                 self._lock.release()
         return self._by_digest.get(digest)
 
+    def for_look_alike(self, image: Image.Image) -> Sidecar | None:
+        """The sidecar of an indexed image that looks the same as `image` (same aspect, same thumbnail)."""
+        aspect, thumbnail = _signature(image)
+        with self._lock:
+            for image_path, (_, _, digest) in self._seen.items():
+                if digest not in self._thumbnails:
+                    with Image.open(image_path) as indexed:
+                        self._thumbnails[digest] = _signature(indexed)
+            candidates = [(digest, *self._thumbnails[digest]) for _, _, digest in self._seen.values()]
+        best: tuple[float, str] | None = None
+        for digest, other_aspect, other in candidates:
+            if abs(other_aspect - aspect) > ASPECT_TOLERANCE * aspect:
+                continue
+            difference = float(np.abs(other - thumbnail).mean())
+            if difference <= LOOK_ALIKE_MAX_DIFFERENCE and (best is None or difference < best[0]):
+                best = (difference, digest)
+        return self._by_digest.get(best[1]) if best else None
+
     @staticmethod
     def beside(image: Path) -> Sidecar | None:
         """The sidecar next to a local file (`?file=`), or None; a broken one counts as absent."""
@@ -264,3 +291,8 @@ class AnnotationIndex:
 
     def __len__(self) -> int:
         return len(self._by_digest)
+
+
+def _signature(image: Image.Image) -> tuple[float, np.ndarray]:
+    gray = image.convert("L").resize(THUMBNAIL, Image.Resampling.BILINEAR)
+    return image.width / image.height, np.asarray(gray, dtype=np.float32)

@@ -128,6 +128,8 @@ class Answerer:
             sidecar = self.index.beside(picture.path)
         if sidecar is None:
             sidecar = self.index.for_digest(picture.digest)
+        if sidecar is None:
+            sidecar = self.index.for_look_alike(rgb)
         if sidecar is not None:
             sidecar = sidecar.fitted(*rgb.size)
         return Scene(picture, image, rgb, file_format, sidecar)
