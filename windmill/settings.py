@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -13,10 +14,12 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from dotenv import dotenv_values
 
 from windmill.errors import ConfigError
+from windmill.harmony import HarmonyConfig
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MASK = "****"
 DEFAULT_HOME = Path("~/.local/share/windmill").expanduser()
+DEFAULT_HARMONY = HarmonyConfig()
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Settings:
     port_offset: int = 0  # added to every catalog port (a stand-in farm served with --port-offset)
     image_roots: tuple[Path, ...] = ()
     allow_private_urls: bool = False
+    harmony: HarmonyConfig = DEFAULT_HARMONY
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -51,6 +55,8 @@ class Settings:
                 value = mask_url(value) if value else "(embedded PostgreSQL under home)"
             elif item.name == "amqp_url":
                 value = mask_url(value) if value else "(none: per-service queues live in PostgreSQL)"
+            elif item.name == "harmony":
+                value = json.dumps(value.params())
             elif isinstance(value, tuple):
                 value = os.pathsep.join(map(str, value)) or "(any)"
             elif value is None:
@@ -128,6 +134,20 @@ def _offset(env: Mapping[str, str]) -> int:
         raise ConfigError(f"WINDMILL_PORT_OFFSET must be a whole number, not {value!r}") from None
 
 
+def _harmony(env: Mapping[str, str]) -> HarmonyConfig:
+    """WINDMILL_HARMONY: a JSON object of HarmonyConfig fields, e.g. {"fusion": "union", "iou_threshold": 0.4}."""
+    text = env.get("WINDMILL_HARMONY", "")
+    if not text:
+        return DEFAULT_HARMONY
+    try:
+        options = json.loads(text)
+        if not isinstance(options, dict):
+            raise ValueError("expected a JSON object")
+        return DEFAULT_HARMONY.with_changes(**options)
+    except (ValueError, TypeError) as bad:
+        raise ConfigError(f"WINDMILL_HARMONY is not a valid harmony configuration: {bad}") from None
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     value = env.get(name, "").strip().lower()
     if value in ("", "0", "false", "no", "off"):
@@ -158,6 +178,7 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
         port_offset=_offset(env),
         image_roots=roots,
         allow_private_urls=_flag(env, "WINDMILL_ALLOW_PRIVATE_URLS"),
+        harmony=_harmony(env),
     )
 
 

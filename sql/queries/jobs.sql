@@ -1,7 +1,8 @@
 -- name: claim_jobs
 -- Lease up to %(limit)s claimable jobs of one queue, oldest first, plus running jobs whose lease expired
--- (their worker died). An expired job that has used all its attempts goes dead instead. One queue per
--- query so that the scan follows jobs_claimable_idx (queue, id) in order.
+-- (their worker died). An expired job that has used all its attempts goes dead instead. For one queue the
+-- scan follows jobs_claimable_idx (queue, id) in order; windmill.jobs.queue derives the several-queues
+-- variant (queue = ANY(...), which follows jobs_claimable_order_idx) from this text.
 WITH ready AS (
     SELECT id FROM jobs
      WHERE state IN ('queued', 'failed') AND queue = %(queue)s
@@ -12,42 +13,6 @@ WITH ready AS (
 ), expired AS (
     SELECT id FROM jobs
      WHERE state = 'running' AND queue = %(queue)s
-       AND lease_expires_at < coalesce(%(now)s, now())
-     ORDER BY lease_expires_at
-     LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE jobs
-       SET state = CASE WHEN jobs.state = 'running' AND jobs.attempts >= jobs.max_attempts
-                        THEN 'dead'::job_state ELSE 'running'::job_state END,
-           attempts = CASE WHEN jobs.state = 'running' AND jobs.attempts >= jobs.max_attempts
-                           THEN jobs.attempts ELSE jobs.attempts + 1 END,
-           last_error = CASE WHEN jobs.state = 'running'
-                             THEN 'lease of worker ' || coalesce(jobs.lease_owner, '?') || ' expired'
-                             ELSE jobs.last_error END,
-           lease_owner = %(worker)s,
-           lease_expires_at = coalesce(%(now)s, now()) + %(lease)s,
-           updated_at = coalesce(%(now)s, now())
-     WHERE jobs.id IN (SELECT id FROM ready UNION SELECT id FROM expired)
-    RETURNING jobs.id, jobs.queue, jobs.payload, jobs.image_id, jobs.state, jobs.attempts,
-              jobs.max_attempts, jobs.dedupe_key, jobs.last_error
-)
-SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_error
-  FROM claimed WHERE state = 'running'
- ORDER BY id
-
--- name: claim_jobs_any_queue
--- The same for several queues at once, oldest first across them (follows jobs_claimable_order_idx).
-WITH ready AS (
-    SELECT id FROM jobs
-     WHERE state IN ('queued', 'failed') AND queue = ANY(%(queues)s)
-       AND run_after <= coalesce(%(now)s, now())
-     ORDER BY id
-     LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
-), expired AS (
-    SELECT id FROM jobs
-     WHERE state = 'running' AND queue = ANY(%(queues)s)
        AND lease_expires_at < coalesce(%(now)s, now())
      ORDER BY lease_expires_at
      LIMIT %(limit)s

@@ -1,0 +1,26 @@
+-- name: latest_detector_results
+-- The latest successful answer of every detector for one image.
+SELECT DISTINCT ON (r.service) r.result_id, r.service, r.data
+  FROM results r
+  JOIN services s ON s.name = r.service
+ WHERE r.image_id = %(image_id)s AND r.status = 'success' AND s.is_detector
+ ORDER BY r.service, r.result_created DESC, r.result_id DESC
+
+-- name: image_boxes
+SELECT merged_id, crop_key FROM merged_boxes WHERE image_id = %(image_id)s
+
+-- name: delete_boxes
+-- Boxes gone from the recomputed set; their postprocessing rows go with them (ON DELETE CASCADE).
+DELETE FROM merged_boxes WHERE merged_id = ANY(%(merged_ids)s)
+
+-- name: update_box
+-- A box that crops the same pixels keeps its row (and its postprocessing); its agreement is refreshed.
+UPDATE merged_boxes
+   SET merged_data = %(merged_data)s, source_result_ids = %(source_result_ids)s, created = now(),
+       worker_id = %(worker_id)s
+ WHERE merged_id = %(merged_id)s AND merged_data IS DISTINCT FROM %(merged_data)s
+
+-- name: insert_box
+INSERT INTO merged_boxes (image_id, source_result_ids, merged_data, crop_key, worker_id)
+VALUES (%(image_id)s, %(source_result_ids)s, %(merged_data)s, %(crop_key)s, %(worker_id)s)
+RETURNING merged_id

@@ -1,0 +1,86 @@
+"""The merger role: recompute an image's harmonized boxes from the latest answer of every detector, replace
+the stored set in one transaction (serialised per image), and dispatch new boxes to postprocessing."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from windmill.db.queries import query
+from windmill.emoji import is_person
+from windmill.harmony import DetectorResult, HarmonyConfig, MergedBox, harmonize
+from windmill.jobs import Job, NewJob, enqueue_on
+from windmill.locks import Product, lock_image
+from windmill.worker.registry import Role, RoleContext, register_role
+
+log = logging.getLogger(__name__)
+MERGE_QUEUE = "merge"
+POSTPROCESS_SERVICES = ("colors", "face", "pose")
+
+
+def postprocess_queue(service: str) -> str:
+    return f"postprocess_{service}"
+
+
+def crop_key(box: MergedBox) -> str:
+    """Equal keys crop the same pixels for the same class: such a box needs no new postprocessing."""
+    x, y, width, height = box.bbox
+    return f"{box.emoji or box.label_class}:{x},{y},{width},{height}"
+
+
+def postprocessing_for(box: MergedBox) -> tuple[str, ...]:
+    """Colors for every box; face and pose for people."""
+    if is_person(box.emoji) or box.label_class == "person":
+        return POSTPROCESS_SERVICES
+    return ("colors",)
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    boxes: int
+    inserted: list[int]
+    kept: int
+    deleted: int
+
+
+def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, worker_id: str) -> MergeOutcome:
+    """Recompute and store one image's boxes; dispatch postprocessing of the new ones. One transaction."""
+    with conn.transaction():
+        lock_image(conn, Product.MERGED_BOXES, image_id)
+        rows = conn.execute(query("latest_detector_results"), {"image_id": image_id}).fetchall()
+        boxes = harmonize([DetectorResult(result_id, service, data) for result_id, service, data in rows], config)
+        stored = {key: merged_id for merged_id, key in conn.execute(query("image_boxes"), {"image_id": image_id})}
+        wanted = {crop_key(box): box for box in boxes}
+        gone = [merged_id for key, merged_id in stored.items() if key not in wanted]
+        if gone:
+            conn.execute(query("delete_boxes"), {"merged_ids": gone})
+        inserted = []
+        for key, box in wanted.items():
+            params = {"image_id": image_id, "merged_data": Jsonb(box.to_merged_data()), "crop_key": key,
+                      "source_result_ids": list(box.source_result_ids), "worker_id": worker_id}
+            if key in stored:
+                conn.execute(query("update_box"), {**params, "merged_id": stored[key]})
+                continue
+            merged_id = conn.execute(query("insert_box"), params).fetchone()[0]
+            inserted.append(merged_id)
+            for service in postprocessing_for(box):
+                enqueue_on(conn, NewJob(postprocess_queue(service), {"merged_box_id": merged_id, "image_id": image_id},
+                                        image_id=image_id, dedupe_key=f"{service}:{merged_id}"))
+    return MergeOutcome(len(boxes), inserted, len(wanted) - len(inserted), len(gone))
+
+
+@register_role("merger")
+def merger_role(context: RoleContext) -> Role:
+    config = context.settings.harmony
+
+    def handle(job: Job) -> None:
+        image_id = job.image_id if job.image_id is not None else int(job.payload["image_id"])
+        with context.pool.connection() as conn:
+            outcome = merge_image(conn, image_id, config, context.worker_id)
+        log.debug("image %d: %d boxes (%d new, %d kept, %d gone)", image_id, outcome.boxes, len(outcome.inserted),
+                  outcome.kept, outcome.deleted, extra={"action": "merged"})
+
+    return Role(name="merger", queues=(MERGE_QUEUE,), handle=handle)

@@ -1,0 +1,103 @@
+"""The postprocess roles: crop a merged box in memory and send it to colors, face or pose; store the answer
+with face boxes, keypoints and pose landmarks translated from the crop to the whole image."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from windmill.db.queries import query
+from windmill.errors import WindmillError
+from windmill.farm import FarmClient, ServiceCallError
+from windmill.image_cache import ImageSource
+from windmill.images import BadImage, CropBox, crop_for_service, face_prediction_to_image, pose_prediction_to_image
+from windmill.jobs import Job
+from windmill.roles.merger import POSTPROCESS_SERVICES, postprocess_queue
+from windmill.worker.registry import Role, RoleContext, register_role
+
+log = logging.getLogger(__name__)
+
+
+def to_image_coordinates(service: str, data: dict[str, Any], crop: CropBox, image_size: tuple[int, int]
+                         ) -> dict[str, Any]:
+    """The answer with predictions in full-image coordinates; the crop's own answer kept under `raw`."""
+    if service == "face":
+        predictions = [face_prediction_to_image(p, crop) for p in data.get("predictions", [])]
+    elif service == "pose":
+        predictions = [pose_prediction_to_image(p, crop, image_size) for p in data.get("predictions", [])]
+    else:
+        return {**data, "crop": crop.as_bbox()}
+    return {**data, "predictions": predictions, "crop": crop.as_bbox(), "raw": data}
+
+
+class PostprocessHandler:
+    def __init__(self, context: RoleContext, farm: FarmClient, images: ImageSource) -> None:
+        self.context = context
+        self.farm = farm
+        self.images = images
+
+    def handle(self, job: Job, service: str) -> str | None:
+        """Returns the stored status, or None when there was nothing (left) to do."""
+        box_id = int(job.payload["merged_box_id"])
+        with self.context.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            box = cursor.execute(query("box_to_postprocess"), {"merged_box_id": box_id, "service": service}).fetchone()
+        if box is None or box["already_done"]:
+            log.debug("box %d: %s", box_id, "replaced before postprocessing" if box is None else "already done",
+                      extra={"action": "postprocess_skipped"})
+            return None
+        final = job.attempts >= job.max_attempts
+        try:
+            pixels = self.images.pixels(box["image_id"], box["image_path"], box["image_url"])
+            crop_image, crop = crop_for_service(pixels, box["merged_data"]["merged_bbox"])
+            answer = self.farm.analyze(service, crop_image)
+        except BadImage as bad:
+            return self._store(box, service, "error", {"error": {"kind": "bad_image", "message": str(bad)}},
+                               error_message=str(bad))
+        except ServiceCallError as failure:
+            if failure.retryable and not final:
+                raise
+            return self._store(box, service, failure.result_status,
+                               {"error": {"kind": failure.kind, "message": failure.reason}},
+                               error_message=failure.message, processing_time=failure.elapsed or 0.0)
+        data = to_image_coordinates(service, answer.data, crop, pixels.size)
+        status = "success" if data.get("predictions") else "empty"
+        return self._store(box, service, status, data, processing_time=answer.processing_time)
+
+    def _store(self, box: dict[str, Any], service: str, status: str, data: dict[str, Any], *,
+               error_message: str | None = None, processing_time: float = 0.0) -> str | None:
+        try:
+            with self.context.pool.connection() as conn:
+                conn.execute(query("insert_postprocessing"), {
+                    "image_id": box["image_id"], "merged_box_id": box["merged_id"], "service": service,
+                    "data": Jsonb(data), "status": status, "error_message": error_message,
+                    "processing_time": processing_time, "worker_id": self.context.worker_id,
+                })
+        except psycopg.errors.ForeignKeyViolation:
+            # The box was replaced while its crop was analysed: the answer belongs to no box any more.
+            log.info("box %d was replaced during %s; answer dropped", box["merged_id"], service,
+                     extra={"action": "postprocess_orphan_dropped"})
+            return None
+        return status
+
+
+@register_role("postprocess")
+def postprocess_role(context: RoleContext) -> Role:
+    selection = context.service or ",".join(POSTPROCESS_SERVICES)
+    services = [name.strip() for name in selection.split(",") if name.strip()]
+    unknown = [name for name in services if name not in POSTPROCESS_SERVICES]
+    if unknown:
+        raise WindmillError(
+            f"unknown postprocess service {', '.join(unknown)}; valid: {', '.join(POSTPROCESS_SERVICES)}")
+    farm = FarmClient(context.catalog, allow_private_urls=context.settings.allow_private_urls)
+    handler = PostprocessHandler(context, farm, ImageSource(context.settings))
+    by_queue = {postprocess_queue(service): service for service in services}
+
+    def handle(job: Job) -> None:
+        handler.handle(job, by_queue[job.queue])
+
+    return Role(name="postprocess", queues=tuple(by_queue), handle=handle, close=farm.close,
+                service=",".join(services))

@@ -1,0 +1,89 @@
+"""Several roles in one process (`windmill-cli run`, the demo, pipeline tests): one worker thread per role,
+sharing the process's connection pool; one stop request drains them all."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from psycopg_pool import ConnectionPool
+
+from windmill.catalog import Catalog
+from windmill.db.connect import Database
+from windmill.jobs import JobQueue
+from windmill.settings import Settings
+from windmill.worker.registry import RoleContext, build_role
+from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    role: str
+    service: str | None = None
+    concurrency: int = 4
+
+
+# Everything a single machine runs: every primary service, then the products of their answers.
+SINGLE_MACHINE = (
+    RoleSpec("service", "primary", concurrency=8),
+    RoleSpec("merger", concurrency=2),
+    RoleSpec("postprocess", "colors,face,pose", concurrency=4),
+    RoleSpec("consensus", concurrency=2),
+    RoleSpec("caption_score", concurrency=2),
+)
+
+
+class WorkerGroup:
+    def __init__(self, settings: Settings, database: Database, pool: ConnectionPool, catalog: Catalog,
+                 specs: Sequence[RoleSpec] = SINGLE_MACHINE, *, jobs: JobQueue | None = None,
+                 options: WorkerOptions | None = None, hooks: WorkerHooks | None = None) -> None:
+        self.jobs = jobs or JobQueue(pool)
+        base = options or WorkerOptions()
+        self.workers: list[Worker] = []
+        for spec in specs:
+            worker_id = f"{settings.worker_id}-{spec.role}"
+            context = RoleContext(settings=settings, database=database, pool=pool, jobs=self.jobs, catalog=catalog,
+                                  worker_id=worker_id, service=spec.service)
+            role = build_role(spec.role, context)
+            opts = WorkerOptions(concurrency=spec.concurrency, batch_size=8 * spec.concurrency,
+                                 poll_interval_s=base.poll_interval_s, drain_timeout_s=base.drain_timeout_s,
+                                 heartbeat_interval_s=base.heartbeat_interval_s)
+            self.workers.append(Worker(self.jobs, role, worker_id=worker_id, listen_conninfo=database.conninfo,
+                                       options=opts, hooks=hooks))
+        self.threads = [threading.Thread(target=self._run, args=(worker,), name=worker.worker_id)
+                        for worker in self.workers]
+        self.exit_codes: list[int] = []
+
+    def _run(self, worker: Worker) -> None:
+        self.exit_codes.append(worker.run())
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def request_stop(self, *, immediately: bool = False) -> None:
+        for worker in self.workers:
+            worker.request_stop(immediately=immediately)
+
+    def join(self, timeout: float | None = None) -> int:
+        for thread in self.threads:
+            thread.join(timeout)
+        return max(self.exit_codes, default=0)
+
+    def __enter__(self) -> WorkerGroup:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.request_stop()
+        self.join(timeout=60)
+
+
+def pipeline_idle(pool: ConnectionPool, queues: Sequence[str] | None = None) -> bool:
+    """No job (of these queues) waits, runs or awaits a retry: everything submitted has been carried through."""
+    with pool.connection() as conn:
+        return not conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE state IN ('queued', 'running', 'failed')"
+            " AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s)))",
+            {"queues": list(queues) if queues else None}).fetchone()[0]
