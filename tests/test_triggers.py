@@ -33,7 +33,8 @@ def queued(conn: psycopg.Connection) -> list[tuple[str, int]]:
         ("yolov8", ["consensus", "merge"]),
         ("clip", ["consensus", "merge"]),
         ("detectron2", ["consensus", "merge"]),
-        ("blip", ["consensus"]),
+        ("blip", ["caption_score", "consensus"]),
+        ("ollama", ["caption_score", "consensus"]),
         ("nsfw2", ["consensus"]),
         ("colors", []),
         ("metadata", []),
@@ -58,7 +59,8 @@ def test_follow_up_jobs_are_deduplicated_per_image(conn: psycopg.Connection) -> 
     for service in ("yolov8", "rtdetr", "detectron2", "blip"):
         add_result(conn, first, service)
     add_result(conn, second, "rtdetr")
-    assert queued(conn) == [("consensus", first), ("consensus", second), ("merge", first), ("merge", second)]
+    assert queued(conn) == [("caption_score", first), ("consensus", first), ("consensus", second),
+                            ("merge", first), ("merge", second)]
 
 
 def test_merged_box_changes_enqueue_consensus(conn: psycopg.Connection) -> None:
