@@ -12,6 +12,7 @@ from psycopg_pool import ConnectionPool
 from windmill.db.connect import Database
 from windmill.jobs import NOTIFY_CHANNEL, JobQueue, JobState, NewJob
 from windmill.jobs.backoff import retry_delay
+from windmill.jobs.queue import claim_query
 
 
 @pytest.fixture
@@ -154,11 +155,10 @@ def test_notify_payload_is_constant(jobs: JobQueue, database: Database) -> None:
     assert note.payload == ""
 
 
-def _plan(conn: psycopg.Connection, name: str, **params: object) -> str:
-    from windmill.db.queries import query
-
-    params = {"worker": "w", "limit": 10, "lease": timedelta(seconds=30), "now": None, **params}
-    return "\n".join(row[0] for row in conn.execute("EXPLAIN " + query(name), params))
+def _plan(conn: psycopg.Connection, queues: list[str]) -> str:
+    params = {"worker": "w", "limit": 10, "lease": timedelta(seconds=30), "now": None, "queue": queues[0],
+              "queues": queues}
+    return "\n".join(row[0] for row in conn.execute("EXPLAIN " + claim_query(len(queues)), params))
 
 
 def test_claim_queries_use_the_claimable_partial_indexes(conn: psycopg.Connection) -> None:
@@ -168,12 +168,19 @@ def test_claim_queries_use_the_claimable_partial_indexes(conn: psycopg.Connectio
                            '{}', CASE WHEN n <= 20000 THEN 'done' ELSE 'queued' END::job_state
                       FROM generate_series(1, 25020) AS n""")
     conn.execute("ANALYZE jobs")
-    merge = _plan(conn, "claim_jobs", queue="merge")
+    merge = _plan(conn, ["merge"])
     assert "jobs_claimable_idx" in merge
-    several = _plan(conn, "claim_jobs_any_queue", queues=["queue_blip", "queue_yolov8"])
+    several = _plan(conn, ["queue_blip", "queue_yolov8"])
     assert "jobs_claimable" in several
     for plan in (merge, several):
         assert "Seq Scan on jobs" not in plan
+
+
+def test_complete_and_claim_in_one_round_trip(jobs: JobQueue, conn: psycopg.Connection) -> None:
+    first, second = jobs.enqueue(NewJob("q", {})), jobs.enqueue(NewJob("q", {}))
+    [job] = jobs.claim(["q"], "w", 1)
+    assert [j.id for j in jobs.complete_and_claim([job.id], ["q"], "w", 5)] == [second]
+    assert state_of(conn, first)[0] == "done"
 
 
 def test_claim_across_queues_takes_the_oldest_first(jobs: JobQueue) -> None:
