@@ -24,3 +24,13 @@ UPDATE merged_boxes
 INSERT INTO merged_boxes (image_id, source_result_ids, merged_data, crop_key, worker_id)
 VALUES (%(image_id)s, %(source_result_ids)s, %(merged_data)s, %(crop_key)s, %(worker_id)s)
 RETURNING merged_id
+
+-- name: record_merge
+-- Remember this recompute: the results it read, and whether the box set changed.
+INSERT INTO merged_images (image_id, boxes, source_result_ids, worker_id, merged_at, changed_at)
+SELECT %(image_id)s, %(boxes)s, %(source_result_ids)s, %(worker_id)s, now(), now()
+ WHERE EXISTS (SELECT 1 FROM images WHERE image_id = %(image_id)s)  -- deleted meanwhile: nothing to remember
+ON CONFLICT (image_id) DO UPDATE
+   SET merged_at = now(), boxes = EXCLUDED.boxes, source_result_ids = EXCLUDED.source_result_ids,
+       worker_id = EXCLUDED.worker_id,
+       changed_at = CASE WHEN %(changed)s THEN now() ELSE merged_images.changed_at END

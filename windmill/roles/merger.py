@@ -58,17 +58,21 @@ def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, 
         if gone:
             conn.execute(query("delete_boxes"), {"merged_ids": gone})
         inserted = []
+        updated = 0
         for key, box in wanted.items():
             params = {"image_id": image_id, "merged_data": Jsonb(box.to_merged_data()), "crop_key": key,
                       "source_result_ids": list(box.source_result_ids), "worker_id": worker_id}
             if key in stored:
-                conn.execute(query("update_box"), {**params, "merged_id": stored[key]})
+                updated += conn.execute(query("update_box"), {**params, "merged_id": stored[key]}).rowcount
                 continue
             merged_id = conn.execute(query("insert_box"), params).fetchone()[0]
             inserted.append(merged_id)
             for service in postprocessing_for(box):
                 enqueue_on(conn, NewJob(postprocess_queue(service), {"merged_box_id": merged_id, "image_id": image_id},
                                         image_id=image_id, dedupe_key=f"{service}:{merged_id}"))
+        conn.execute(query("record_merge"), {
+            "image_id": image_id, "boxes": len(boxes), "source_result_ids": sorted(row[0] for row in rows),
+            "worker_id": worker_id, "changed": bool(gone or inserted or updated)})
     return MergeOutcome(len(boxes), inserted, len(wanted) - len(inserted), len(gone))
 
 
