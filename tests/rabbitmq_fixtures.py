@@ -1,0 +1,41 @@
+"""A real RabbitMQ for tests: WINDMILL_TEST_AMQP_URL, else guest@127.0.0.1:5672. Tests fail, not skip, without
+it. `rabbitmqctl` drives restarts and connection kills (WINDMILL_TEST_RABBITMQCTL overrides the command)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+
+import pika
+import pytest
+from pika.adapters.blocking_connection import BlockingConnection
+
+from windmill.broker.rabbitmq import describe_error
+from windmill.settings import describe_url
+
+AMQP_URL = os.environ.get("WINDMILL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+RABBITMQCTL = shlex.split(os.environ.get("WINDMILL_TEST_RABBITMQCTL", "rabbitmqctl"))
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    try:
+        BlockingConnection(pika.URLParameters(AMQP_URL)).close()
+    except Exception as error:
+        unreachable = describe_error(error)
+    else:
+        return AMQP_URL
+    pytest.fail(f"RabbitMQ is not reachable at {describe_url(AMQP_URL)} ({unreachable}); "
+                "start it (tests/run.sh does) or set WINDMILL_TEST_AMQP_URL", pytrace=False)
+
+
+def rabbitmqctl(*arguments: str) -> str:
+    try:
+        done = subprocess.run([*RABBITMQCTL, *arguments], capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        pytest.fail(f"{RABBITMQCTL[0]} is not installed; set WINDMILL_TEST_RABBITMQCTL to a command that runs it",
+                    pytrace=False)
+    if done.returncode != 0:
+        pytest.fail(f"rabbitmqctl {' '.join(arguments)} failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout

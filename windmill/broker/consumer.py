@@ -1,0 +1,352 @@
+"""Consuming a RabbitMQ task queue: a handler thread pool, acks after the handler returns, bounded retries, DLQ.
+
+Retry and dead-letter policy:
+
+* the handler returned → ack (the handler has committed its result row);
+* the handler raised `PermanentJobError`, or the body is not a task → reject without requeue: RabbitMQ moves the
+  message, body intact, to `<queue>.dlq`;
+* any other exception on attempt n < max_attempts → the message is held (unacked, so a crash loses nothing) for
+  retry_delay · 2^(n-1) seconds (capped), then a copy with header `x-windmill-attempts: n` and the error's first
+  line in `x-windmill-last-error` is published to the same queue with a publisher confirm, and only then is the
+  original acked. A crash in between leaves both, which task ids make harmless. On attempt max_attempts → DLQ.
+  The count travels with the message, so it holds across workers and restarts; a redelivery after a lost
+  connection is not counted (nothing failed).
+
+pika's BlockingConnection is not thread-safe: only `run()`'s thread touches it. Handler threads hand their outcome
+back with `add_callback_threadsafe`, and an outcome is applied only if its delivery came on the channel that is
+still current: delivery tags belong to a channel, and acking a stale tag on a new channel acks the wrong message.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import reprlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+
+import pika
+import pika.exceptions
+import pika.spec
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+
+from windmill.broker.base import Task
+from windmill.broker.rabbitmq import (
+    ATTEMPTS_HEADER,
+    LAST_ERROR_HEADER,
+    MAX_RETRY_DELAY_S,
+    RECOVERABLE_ERRORS,
+    RabbitMQError,
+    backoff_delays,
+    connection_parameters,
+    declare_queue,
+    default_connection_name,
+    describe_error,
+    is_fatal,
+)
+from windmill.errors import first_line
+from windmill.jobs.model import PermanentJobError
+from windmill.settings import describe_url
+
+log = logging.getLogger(__name__)
+
+PUMP_INTERVAL_S = 0.25
+_LAST_ERROR_LIMIT = 500
+
+# Task fields and the JSON types each accepts; a test keeps this in step with the Task dataclass.
+_TASK_FIELDS: dict[str, tuple[type, ...]] = {
+    "task_id": (str,),
+    "image_id": (int,),
+    "image_filename": (str,),
+    "image_path": (str, type(None)),
+    "image_url": (str, type(None)),
+    "submitted_at": (str,),
+    "service_name": (str,),
+    "queue_name": (str,),
+}
+
+
+class MalformedTaskError(PermanentJobError):
+    """A message body that is not a task; retrying cannot fix it."""
+
+
+def parse_task(body: bytes) -> Task:
+    """The Task in a message body, or MalformedTaskError naming what is wrong."""
+    try:
+        message = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise MalformedTaskError(f"the body is not JSON: {first_line(error)}") from None
+    if not isinstance(message, dict):
+        raise MalformedTaskError(f"the body is a JSON {type(message).__name__}, not an object")
+    for name, types in _TASK_FIELDS.items():
+        value = message.get(name)
+        if not isinstance(value, types) or isinstance(value, bool) or (name == "task_id" and not value):
+            raise MalformedTaskError(
+                f"the field {name!r} is missing or not a {types[0].__name__}: {reprlib.repr(value)}")
+    return Task.from_message(message)
+
+
+def retry_delay_for(attempt: int, first: float, cap: float = MAX_RETRY_DELAY_S) -> float:
+    """Seconds to hold a message after its `attempt`-th failure: first, doubling, capped."""
+    return min(first * 2 ** max(attempt - 1, 0), cap)
+
+
+class _Outcome(Enum):
+    ACK = "ack"
+    DEAD_LETTER = "dead-letter"
+    RETRY = "retry"
+    REQUEUE = "requeue"
+
+
+@dataclass(eq=False)
+class _Delivery:
+    """One message as delivered on one channel; its tag means nothing on any other channel."""
+
+    connection: BlockingConnection
+    channel: BlockingChannel
+    tag: int
+    body: bytes
+    properties: pika.BasicProperties
+    attempt: int
+    error: str = ""
+
+
+def _attempts_made(properties: pika.BasicProperties) -> int:
+    value = (properties.headers or {}).get(ATTEMPTS_HEADER, 0)
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+class RabbitMQConsumer:
+    """Consumes one task queue with `concurrency` handler threads until `stopping` is set; then drains."""
+
+    def __init__(self, amqp_url: str, queue_name: str, handler: Callable[[Task], None], *, prefetch: int,
+                 concurrency: int, max_attempts: int = 5, stopping: threading.Event | None = None,
+                 heartbeat: int = 60, retry_delay: float = 1.0, drain_timeout: float = 60.0,
+                 on_dead_letter: Callable[[Task, BaseException], None] | None = None,
+                 connection_name: str | None = None, max_reconnect_delay: float = MAX_RETRY_DELAY_S) -> None:
+        """`retry_delay`: hold after a first failure (doubling per attempt, 30 s cap); `drain_timeout`: how long
+        a stop waits for running handlers; `on_dead_letter(task, error)`: called in the handler thread before a
+        parsed task goes to the DLQ (to record an error row); reconnects wait 0.5 s, doubling up to
+        `max_reconnect_delay`."""
+        self._parameters = connection_parameters(
+            amqp_url, heartbeat=heartbeat,
+            connection_name=connection_name or default_connection_name(f"consumer {queue_name}"))
+        self._where = describe_url(amqp_url)
+        self.queue_name = queue_name
+        self._handler = handler
+        self._prefetch = max(1, prefetch)
+        self._concurrency = max(1, concurrency)
+        self._max_attempts = max(1, max_attempts)
+        self._retry_delay = retry_delay
+        self._drain_timeout = drain_timeout
+        self._on_dead_letter = on_dead_letter
+        self._max_reconnect_delay = max_reconnect_delay
+        self.stopping = stopping if stopping is not None else threading.Event()
+        self.connections = 0  # connections that reached consuming (1 + reconnects)
+        # Touched only by run()'s thread:
+        self._channel: BlockingChannel | None = None
+        self._retry_channel: BlockingChannel | None = None
+        self._unsettled: dict[int, _Delivery] = {}
+        self._held: dict[int, object] = {}  # delivery tag → timer of a retry waiting for its delay
+        self._cancelled_by_broker = False
+        self._draining = False
+        self._executor: ThreadPoolExecutor | None = None
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        """Consume until `stopping` is set, reconnecting after every loss; raises RabbitMQError on fatal errors."""
+        self._executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix=f"windmill-{self.queue_name}")
+        delays = backoff_delays(cap=self._max_reconnect_delay)
+        lost_at: float | None = None
+        try:
+            while not self.stopping.is_set():
+                try:
+                    connection = BlockingConnection(self._parameters)
+                except Exception as error:
+                    if is_fatal(error) or not isinstance(error, RECOVERABLE_ERRORS):
+                        raise RabbitMQError(f"cannot consume {self.queue_name} from RabbitMQ at {self._where}: "
+                                            f"{describe_error(error)}") from None
+                    delay = next(delays)
+                    log.warning("cannot connect to RabbitMQ at %s (%s); trying again in %.1f s", self._where,
+                                describe_error(error), delay, extra={"action": "rabbitmq_connect_failed"})
+                    self.stopping.wait(delay)
+                    continue
+                consumed_before, pause = self.connections, 0.0
+                try:
+                    self._consume(connection, lost_at)
+                except Exception as error:
+                    if isinstance(error, RabbitMQError) or not isinstance(error, RECOVERABLE_ERRORS):
+                        raise
+                    if is_fatal(error):
+                        raise RabbitMQError(f"cannot consume {self.queue_name} from RabbitMQ at {self._where}: "
+                                            f"{describe_error(error)}") from error
+                    if self.connections > consumed_before:  # a new outage: back off from the start again
+                        delays, lost_at = backoff_delays(cap=self._max_reconnect_delay), time.monotonic()
+                    pause = next(delays)
+                    log.warning("lost RabbitMQ at %s while consuming %s (%s); %d unacked tasks will be "
+                                "redelivered; reconnecting in %.1f s", self._where, self.queue_name,
+                                describe_error(error), len(self._unsettled), pause,
+                                extra={"action": "rabbitmq_connection_lost"})
+                finally:
+                    self._forget(connection)
+                self.stopping.wait(pause)
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- the connection's thread -----------------------------------------------------------------------------------
+
+    def _consume(self, connection: BlockingConnection, lost_at: float | None) -> None:
+        channel = connection.channel()
+        declare_queue(channel, self.queue_name)
+        channel.basic_qos(prefetch_count=self._prefetch)
+        retry_channel = connection.channel()
+        retry_channel.confirm_delivery()
+        channel.add_on_cancel_callback(self._on_cancelled_by_broker)
+        self._channel, self._retry_channel = channel, retry_channel
+        self._unsettled, self._held = {}, {}
+        self._cancelled_by_broker = self._draining = False
+        consumer_tag = channel.basic_consume(self.queue_name, self._on_message)
+        self.connections += 1
+        if lost_at is None:
+            log.info("consuming %s from RabbitMQ at %s (prefetch %d, %d threads)", self.queue_name, self._where,
+                     self._prefetch, self._concurrency, extra={"action": "rabbitmq_consuming"})
+        else:
+            log.info("reconnected to RabbitMQ at %s after %.1f s; consuming %s again", self._where,
+                     time.monotonic() - lost_at, self.queue_name, extra={"action": "rabbitmq_reconnected"})
+        while not self.stopping.is_set():
+            connection.process_data_events(time_limit=PUMP_INTERVAL_S)
+            if self._cancelled_by_broker:
+                raise pika.exceptions.ConsumerCancelled(f"RabbitMQ cancelled the consumer of {self.queue_name}")
+            if not (channel.is_open and retry_channel.is_open):
+                raise pika.exceptions.ChannelWrongStateError(f"RabbitMQ closed a channel of {self.queue_name}")
+        self._drain(connection, channel, consumer_tag)
+
+    def _drain(self, connection: BlockingConnection, channel: BlockingChannel, consumer_tag: str) -> None:
+        """Stop deliveries, let running handlers finish and settle them, then close."""
+        self._draining = True
+        channel.basic_cancel(consumer_tag)  # pika requeues deliveries not yet handed to us
+        for tag, timer in list(self._held.items()):
+            connection.remove_timeout(timer)  # type: ignore[arg-type]
+            self._retry(self._unsettled[tag])
+        deadline = time.monotonic() + self._drain_timeout
+        while self._unsettled and time.monotonic() < deadline:
+            connection.process_data_events(time_limit=0.05)
+        if self._unsettled:
+            log.warning("%d tasks of %s still running after %.0f s; RabbitMQ will redeliver them",
+                        len(self._unsettled), self.queue_name, self._drain_timeout,
+                        extra={"action": "rabbitmq_drain_timeout"})
+        connection.close()
+        log.info("stopped consuming %s", self.queue_name, extra={"action": "rabbitmq_stopped"})
+
+    def _forget(self, connection: BlockingConnection) -> None:
+        self._channel = self._retry_channel = None
+        self._unsettled, self._held = {}, {}
+        if connection.is_open:
+            try:
+                connection.close()
+            except RECOVERABLE_ERRORS as error:
+                log.debug("closing the RabbitMQ connection: %s", first_line(error))
+
+    def _on_cancelled_by_broker(self, _method: object) -> None:
+        self._cancelled_by_broker = True  # e.g. the queue was deleted: reconnecting declares it again
+
+    def _on_message(self, channel: BlockingChannel, method: pika.spec.Basic.Deliver,
+                    properties: pika.BasicProperties, body: bytes) -> None:
+        assert self._executor is not None and self._channel is channel
+        delivery = _Delivery(connection=channel.connection, channel=channel, tag=method.delivery_tag, body=body,
+                             properties=properties, attempt=_attempts_made(properties) + 1)
+        self._unsettled[delivery.tag] = delivery
+        self._executor.submit(self._work, delivery)
+
+    def _settle(self, delivery: _Delivery, outcome: _Outcome) -> None:
+        channel = delivery.channel
+        if channel is not self._channel or not channel.is_open:
+            log.debug("not settling a delivery of a closed channel: RabbitMQ redelivers it")
+            return
+        if outcome is _Outcome.RETRY:
+            if self._draining:
+                self._retry(delivery)
+            else:
+                delay = retry_delay_for(delivery.attempt, self._retry_delay)
+                self._held[delivery.tag] = delivery.connection.call_later(
+                    delay, functools.partial(self._retry, delivery))
+            return
+        del self._unsettled[delivery.tag]
+        if outcome is _Outcome.ACK:
+            channel.basic_ack(delivery.tag)
+        elif outcome is _Outcome.DEAD_LETTER:
+            channel.basic_reject(delivery.tag, requeue=False)
+        else:
+            channel.basic_nack(delivery.tag, requeue=True)
+
+    def _retry(self, delivery: _Delivery) -> None:
+        """Publish the next attempt of a failed task (confirmed), then ack this one."""
+        self._held.pop(delivery.tag, None)
+        if delivery.channel is not self._channel or not delivery.channel.is_open or self._retry_channel is None:
+            return
+        headers = {**(delivery.properties.headers or {}), ATTEMPTS_HEADER: delivery.attempt,
+                   LAST_ERROR_HEADER: delivery.error[:_LAST_ERROR_LIMIT]}
+        properties = pika.BasicProperties(
+            content_type=delivery.properties.content_type, delivery_mode=pika.DeliveryMode.Persistent,
+            message_id=delivery.properties.message_id, headers=headers)
+        del self._unsettled[delivery.tag]
+        try:
+            self._retry_channel.basic_publish("", self.queue_name, delivery.body, properties, mandatory=True)
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as error:
+            log.warning("could not queue the retry of a task of %s (%s); requeueing it", self.queue_name,
+                        type(error).__name__, extra={"action": "task_retry_refused"})
+            delivery.channel.basic_nack(delivery.tag, requeue=True)
+            return
+        delivery.channel.basic_ack(delivery.tag)
+
+    # -- handler threads -------------------------------------------------------------------------------------------
+
+    def _work(self, delivery: _Delivery) -> None:
+        outcome = _Outcome.REQUEUE if self._draining else self._handle(delivery)
+        try:
+            delivery.connection.add_callback_threadsafe(functools.partial(self._settle, delivery, outcome))
+        except pika.exceptions.ConnectionWrongStateError:
+            log.debug("the connection of a finished task closed: RabbitMQ redelivers it")
+
+    def _handle(self, delivery: _Delivery) -> _Outcome:
+        try:
+            task = parse_task(delivery.body)
+        except MalformedTaskError as error:
+            log.error("dead-lettering a message of %s (message id %s): %s", self.queue_name,
+                      delivery.properties.message_id, error, extra={"action": "task_dead_lettered"})
+            return _Outcome.DEAD_LETTER
+        try:
+            self._handler(task)
+        except PermanentJobError as error:
+            log.error("dead-lettering task %s of %s: %s", task.task_id, self.queue_name, first_line(error),
+                      extra={"action": "task_dead_lettered"})
+            self._report_dead_letter(task, error)
+            return _Outcome.DEAD_LETTER
+        except Exception as error:
+            log.debug("task %s failed", task.task_id, exc_info=error)
+            delivery.error = f"{type(error).__name__}: {first_line(error)}"
+            if delivery.attempt >= self._max_attempts:
+                log.error("dead-lettering task %s of %s after %d attempts: %s", task.task_id, self.queue_name,
+                          delivery.attempt, delivery.error, extra={"action": "task_dead_lettered"})
+                self._report_dead_letter(task, error)
+                return _Outcome.DEAD_LETTER
+            log.warning("task %s of %s failed (attempt %d of %d): %s; retrying in %.1f s", task.task_id,
+                        self.queue_name, delivery.attempt, self._max_attempts, delivery.error,
+                        retry_delay_for(delivery.attempt, self._retry_delay), extra={"action": "task_retry"})
+            return _Outcome.RETRY
+        return _Outcome.ACK
+
+    def _report_dead_letter(self, task: Task, error: BaseException) -> None:
+        if self._on_dead_letter is None:
+            return
+        try:
+            self._on_dead_letter(task, error)
+        except Exception as hook_error:
+            log.exception("on_dead_letter failed for task %s: %s", task.task_id, first_line(hook_error))
