@@ -230,14 +230,17 @@ def images_add(app: AppContext, paths: tuple[Path, ...], group: str | None, recu
 @click.option("--group", "-g", help="Only images of this group.")
 @click.option("--force", is_flag=True, help="Submit pairs that already have a successful answer too.")
 @click.option("--list-services", "list_only", is_flag=True, help="Print the catalog and exit.")
+@click.option("--broker", type=click.Choice(["rabbitmq", "postgres"]),
+              help="Where the tasks go (default: RabbitMQ when configured, else the PostgreSQL job table).")
 @pass_app
 def submit(app: AppContext, services: str, limit: int | None, group: str | None, force: bool,
-           list_only: bool) -> None:
+           list_only: bool, broker: str | None) -> None:
     """Queue one task per image × service for the service workers."""
     if list_only:
         print_services(app.catalog, as_json=False)
         return
     from windmill.broker import JobTableBroker
+    from windmill.broker.rabbitmq import RabbitMQBroker
     from windmill.db.connect import open_database
     from windmill.db.schema import ensure_schema
     from windmill.jobs import JobQueue
@@ -254,12 +257,19 @@ def submit(app: AppContext, services: str, limit: int | None, group: str | None,
         total = count_images(lookup_conn, group=group, limit=limit)
         if total == 0:
             raise WindmillError("no images to submit; add some with `windmill-cli images add`")
+        use_rabbitmq = (broker or ("rabbitmq" if app.settings.uses_rabbitmq else "postgres")) == "rabbitmq"
+        if use_rabbitmq and app.settings.amqp_url is None:
+            raise WindmillError("--broker rabbitmq needs WINDMILL_AMQP_URL (or QUEUE_HOST and QUEUE_USER)")
         with database.pool(max_size=2, name="submit") as pool:
-            broker = JobTableBroker(JobQueue(pool))
-            with click.progressbar(length=total, label="Submitting", file=sys.stderr) as bar:
-                report = submit_tasks(read_conn, lookup_conn, broker, selected, group=group, limit=limit,
-                                      force=force, progress=bar.update)
-    click.echo(f"Submitted {report.published} task(s) for {report.images} image(s) × {len(selected)} service(s); "
+            sink = RabbitMQBroker(app.settings.amqp_url) if use_rabbitmq else JobTableBroker(JobQueue(pool))
+            try:
+                with click.progressbar(length=total, label="Submitting", file=sys.stderr) as bar:
+                    report = submit_tasks(read_conn, lookup_conn, sink, selected, group=group, limit=limit,
+                                          force=force, progress=bar.update)
+            finally:
+                sink.close()
+    click.echo(f"Submitted {report.published} task(s) for {report.images} image(s) × {len(selected)} service(s) "
+               f"to {'RabbitMQ' if use_rabbitmq else 'the PostgreSQL job table'}; "
                f"{report.skipped_answered} already answered.")
 
 

@@ -17,13 +17,13 @@ from psycopg_pool import ConnectionPool
 from windmill.broker.base import Task
 from windmill.catalog import Catalog, Service
 from windmill.db.queries import query
-from windmill.errors import WindmillError
+from windmill.errors import WindmillError, first_line
 from windmill.farm import FarmClient, ServiceCallError
 from windmill.image_cache import ImageSource
 from windmill.images import BadImage
 from windmill.jobs import Job, PermanentJobError
 from windmill.settings import Settings
-from windmill.worker.registry import Role, RoleContext, register_role
+from windmill.worker.registry import Role, RoleContext, TaskHandling, register_role
 
 log = logging.getLogger(__name__)
 IMAGE_CACHE_SIZE = 64
@@ -67,10 +67,17 @@ class ServiceTaskHandler:
         except ServiceCallError as failure:
             if failure.retryable and not final_attempt:
                 raise
+            return self.record_failure(task, failure)
+        return self._record(task, "success", answer.data, processing_time=answer.processing_time)
+
+    def record_failure(self, task: Task, failure: BaseException) -> Outcome:
+        """The final attempt failed: store it as the task's error/timeout row (every failure is a row)."""
+        if isinstance(failure, ServiceCallError):
             detail = {"kind": failure.kind, "message": failure.reason, "status_code": failure.status_code}
             return self._record(task, failure.result_status, {"error": detail}, error_message=failure.message,
                                 processing_time=failure.elapsed or 0.0)
-        return self._record(task, "success", answer.data, processing_time=answer.processing_time)
+        reason = first_line(failure)
+        return self._record(task, "error", {"error": {"kind": "worker", "message": reason}}, error_message=reason)
 
     def _by_url(self, service: Service, task: Task) -> bool:
         return service.request_mode == "url" and bool(task.image_url)
@@ -120,5 +127,12 @@ def service_role(context: RoleContext) -> Role:
     def handle(job: Job) -> None:
         handler.handle(task_from_job(job), final_attempt=job.attempts >= job.max_attempts)
 
+    def record_dead_letter(task: Task, error: BaseException) -> None:
+        if task.service_name in context.catalog:  # an unknown service has no row to hold the failure
+            handler.record_failure(task, error)
+
+    tasks = TaskHandling(handle=lambda task: handler.handle(task, final_attempt=False),
+                         on_dead_letter=record_dead_letter,
+                         prefetch={service.queue_name: service.prefetch for service in services})
     return Role(name="service", queues=tuple(service.queue_name for service in services), handle=handle,
-                close=farm.close, service=",".join(service.name for service in services))
+                close=farm.close, service=",".join(service.name for service in services), tasks=tasks)

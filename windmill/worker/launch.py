@@ -8,20 +8,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from types import FrameType
+from typing import Protocol
 
 from windmill.catalog import Catalog
 from windmill.db.connect import open_database
 from windmill.db.schema import ensure_schema
 from windmill.jobs import JobQueue
 from windmill.settings import Settings
+from windmill.worker.broker_worker import BrokerWorker
 from windmill.worker.registry import RoleContext, build_role
 from windmill.worker.runtime import Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
 
 
+class Stoppable(Protocol):
+    def request_stop(self, *, immediately: bool = False) -> None: ...
+
+    def run(self) -> int: ...
+
+
 @contextmanager
-def stop_on_signals(worker: Worker) -> Iterator[None]:
+def stop_on_signals(worker: Stoppable) -> Iterator[None]:
     """SIGTERM/SIGINT once: drain. Twice: leave now. The previous handlers come back afterwards."""
     received = 0
 
@@ -61,8 +69,13 @@ def run_worker(
             context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=catalog,
                                   worker_id=settings.worker_id, service=service or settings.service_name)
             role = build_role(role_name, context)
-            worker = Worker(jobs, role, worker_id=settings.worker_id, listen_conninfo=database.conninfo,
-                            options=options)
+            worker: Stoppable
+            if role.tasks is not None and settings.amqp_url is not None:
+                worker = BrokerWorker(settings.amqp_url, role, pool, worker_id=settings.worker_id,
+                                      concurrency=options.concurrency)
+            else:
+                worker = Worker(jobs, role, worker_id=settings.worker_id, listen_conninfo=database.conninfo,
+                                options=options)
             with stop_on_signals(worker):
                 return worker.run()
         finally:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from psycopg_pool import ConnectionPool
 
+from windmill.broker.base import Task
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.errors import WindmillError
@@ -28,12 +29,22 @@ class RoleContext:
 
 
 @dataclass(frozen=True)
+class TaskHandling:
+    """How a role takes image × service tasks straight from a broker (RabbitMQ) instead of the job table."""
+
+    handle: Callable[[Task], object]  # raises to have the task retried
+    on_dead_letter: Callable[[Task, BaseException], object]  # the last attempt failed: record it
+    prefetch: dict[str, int]  # per queue
+
+
+@dataclass(frozen=True)
 class Role:
     name: str
     queues: tuple[str, ...]
-    handle: Callable[[Job], None]
+    handle: Callable[[Job], object]
     close: Callable[[], None] = field(default=lambda: None)
     service: str | None = None
+    tasks: TaskHandling | None = None
 
 
 RoleFactory = Callable[[RoleContext], Role]

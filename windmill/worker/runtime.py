@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections import deque
@@ -14,10 +12,10 @@ from dataclasses import dataclass
 
 import psycopg
 
-from windmill.db.queries import query
 from windmill.errors import first_line
 from windmill.jobs import Job, JobQueue, JobState, PermanentJobError
 from windmill.worker.listener import JobListener
+from windmill.worker.presence import WorkerPresence
 from windmill.worker.registry import Role
 
 log = logging.getLogger(__name__)
@@ -68,6 +66,7 @@ class Worker:
         self.jobs_done = 0
         self.jobs_failed = 0
         self._listener = JobListener(listen_conninfo, self._wake, self._side_tasks_done)
+        self.presence = WorkerPresence(jobs.pool, worker_id, role.name, role.service)
 
     # -- control -------------------------------------------------------------------------------
     def request_stop(self, *, immediately: bool = False) -> None:
@@ -239,8 +238,7 @@ class Worker:
         with self._lock:
             held = list(self._inflight)
         self.jobs.renew_leases(held, self.worker_id)
-        with self.jobs.pool.connection() as conn:
-            conn.execute(query("worker_heartbeat"), self._counters())
+        self.presence.beat(self.jobs_done, self.jobs_failed)
 
     def _heartbeat_loop(self) -> None:
         interval = min(self.options.heartbeat_interval_s, self.jobs.lease.total_seconds() / 3)
@@ -250,24 +248,12 @@ class Worker:
             except psycopg.OperationalError as error:
                 log.warning("heartbeat failed (%s)", first_line(error), extra={"action": "heartbeat_failed"})
 
-    def _counters(self) -> dict[str, object]:
-        return {"worker_id": self.worker_id, "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed}
-
     def _register(self) -> None:
-        with self.jobs.pool.connection() as conn:
-            conn.execute(
-                query("register_worker"),
-                {"worker_id": self.worker_id, "role": self.role.name, "service": self.role.service,
-                 "hostname": socket.gethostname(), "pid": os.getpid()},
-            )
+        self.presence.announce()
         log.info("worker %s started: role %s, queues %s", self.worker_id, self.role.name,
                  ", ".join(self.role.queues), extra={"action": "worker_started"})
 
     def _mark_stopped(self) -> None:
-        try:
-            with self.jobs.pool.connection(timeout=5) as conn:
-                conn.execute(query("worker_stopped"), self._counters())
-        except (psycopg.OperationalError, TimeoutError) as error:
-            log.warning("could not record the stop (%s)", first_line(error))
+        self.presence.stopped(self.jobs_done, self.jobs_failed)
         log.info("worker %s stopped after %d done, %d failed", self.worker_id, self.jobs_done, self.jobs_failed,
                  extra={"action": "worker_stopped"})

@@ -1,0 +1,125 @@
+"""The service role fed by RabbitMQ: every primary service answers every sample exactly once, a broker restart
+mid-run loses and duplicates nothing, and a dead service ends in error rows after bounded retries."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pika
+import psycopg
+import pytest
+from pika.adapters.blocking_connection import BlockingConnection
+from psycopg_pool import ConnectionPool
+
+from tests.conftest import wait_until
+from tests.farm_fixtures import running_farm
+from tests.rabbitmq_fixtures import rabbitmqctl
+from tests.test_service_role import SAMPLES
+from windmill.broker.rabbitmq import RabbitMQBroker
+from windmill.catalog import Catalog
+from windmill.collection import add_paths
+from windmill.db.connect import Database
+from windmill.jobs import JobQueue
+from windmill.producer import submit
+from windmill.settings import settings_from_mapping
+from windmill.worker.broker_worker import BrokerWorker
+from windmill.worker.registry import RoleContext, build_role
+
+
+@pytest.fixture
+def private_queues(catalog: Catalog, amqp_url: str) -> Iterator[Catalog]:
+    """The catalog with queue names no other test run uses; the queues are deleted afterwards."""
+    prefix = f"test_{uuid.uuid4().hex[:8]}_queue_"
+    private = Catalog(tuple(replace(service, queue_prefix=prefix) for service in catalog.services))
+    yield private
+    connection = BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    for service in private.services:
+        for queue in (service.queue_name, service.queue_name + ".dlq"):
+            channel.queue_delete(queue)
+    connection.close()
+
+
+def start_worker(amqp_url: str, database: Database, pool: ConnectionPool, catalog: Catalog, selection: str,
+                 concurrency: int = 4) -> tuple[BrokerWorker, threading.Thread]:
+    settings = settings_from_mapping({"WORKER_ID": "rabbit-service-test"})
+    context = RoleContext(settings=settings, database=database, pool=pool, jobs=JobQueue(pool), catalog=catalog,
+                          worker_id="rabbit-service-test", service=selection)
+    worker = BrokerWorker(amqp_url, build_role("service", context), pool, worker_id="rabbit-service-test",
+                          concurrency=concurrency, retry_delay_s=0.05)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    return worker, thread
+
+
+def publish_samples(conn: psycopg.Connection, database: Database, amqp_url: str, catalog: Catalog,
+                    selection: str, folder: Path = SAMPLES) -> int:
+    add_paths(conn, [folder], recursive=True)
+    with database.connect() as reader, RabbitMQBroker(amqp_url) as broker:
+        return submit(reader, conn, broker, catalog.select(selection)).published
+
+
+def results_count(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM results").fetchone()[0]
+
+
+def test_every_primary_service_answers_every_sample_once_through_rabbitmq(
+        amqp_url: str, database: Database, pool: ConnectionPool, conn: psycopg.Connection,
+        private_queues: Catalog) -> None:
+    with running_farm(private_queues) as (_, catalog):
+        published = publish_samples(conn, database, amqp_url, catalog, "primary")
+        worker, thread = start_worker(amqp_url, database, pool, catalog, "primary")
+        try:
+            wait_until(lambda: results_count(conn) >= published, timeout=90, message="every answer")
+        finally:
+            worker.request_stop()
+            thread.join(timeout=60)
+    rows = conn.execute("SELECT service, status, count(*) FROM results GROUP BY service, status").fetchall()
+    images = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+    assert sorted(rows) == sorted((s.name, "success", images) for s in catalog.select("primary"))
+    assert conn.execute("SELECT count(*) FROM jobs WHERE queue = 'merge'").fetchone()[0] == images
+
+
+def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
+        amqp_url: str, database: Database, pool: ConnectionPool, conn: psycopg.Connection,
+        private_queues: Catalog, tmp_path: Path) -> None:
+    for copy in range(40):  # 240 images: enough work to be mid-run when the broker goes
+        shutil.copytree(SAMPLES, tmp_path / f"copy{copy}", ignore=shutil.ignore_patterns("*.py", "*.md"))
+    # Slow services keep the run going while the broker restarts.
+    with running_farm(private_queues, latency_ms=50) as (_, catalog):
+        published = publish_samples(conn, database, amqp_url, catalog, "primary", tmp_path)
+        worker, thread = start_worker(amqp_url, database, pool, catalog, "primary", concurrency=2)
+        try:
+            wait_until(lambda: results_count(conn) >= published // 20, message="the run to be under way")
+            rabbitmqctl("stop_app")
+            assert results_count(conn) < published, "the restart happened mid-run"
+            rabbitmqctl("start_app")
+            rabbitmqctl("await_startup")
+            wait_until(lambda: results_count(conn) >= published, timeout=120, message="every answer after restart")
+        finally:
+            worker.request_stop()
+            thread.join(timeout=60)
+    pairs = conn.execute("SELECT count(DISTINCT (image_id, service)) FROM results").fetchone()[0]
+    assert (results_count(conn), pairs) == (published, published)
+    assert conn.execute("SELECT count(*) FROM results WHERE status <> 'success'").fetchone()[0] == 0
+
+
+def test_a_dead_service_ends_in_error_rows_after_bounded_retries(
+        amqp_url: str, database: Database, pool: ConnectionPool, conn: psycopg.Connection,
+        private_queues: Catalog) -> None:
+    with running_farm(private_queues, services=["blip"]) as (_, catalog):  # nothing serves yolov8
+        published = publish_samples(conn, database, amqp_url, catalog, "yolov8")
+        worker, thread = start_worker(amqp_url, database, pool, catalog, "yolov8")
+        try:
+            wait_until(lambda: results_count(conn) >= published, timeout=60, message="an error row per task")
+        finally:
+            worker.request_stop()
+            thread.join(timeout=60)
+    rows = conn.execute("SELECT status, error_message FROM results").fetchall()
+    assert len(rows) == published
+    assert all(status == "error" and "yolov8" in message for status, message in rows)

@@ -1,0 +1,86 @@
+"""A task role fed by RabbitMQ: one consumer per queue, all sharing the role's handler, plus the same
+presence in the `workers` table as job-table workers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from psycopg_pool import ConnectionPool
+
+from windmill.broker.base import Task
+from windmill.broker.consumer import RabbitMQConsumer
+from windmill.errors import first_line
+from windmill.worker.presence import WorkerPresence
+from windmill.worker.registry import Role
+
+log = logging.getLogger(__name__)
+HEARTBEAT_S = 5.0
+
+
+class BrokerWorker:
+    def __init__(self, amqp_url: str, role: Role, pool: ConnectionPool, *, worker_id: str, concurrency: int,
+                 max_attempts: int = 5, retry_delay_s: float = 1.0) -> None:
+        if role.tasks is None:
+            raise ValueError(f"role {role.name} does not take tasks from a broker")
+        self.role = role
+        self.presence = WorkerPresence(pool, worker_id, role.name, role.service)
+        self.stopping = threading.Event()
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self._counter_lock = threading.Lock()
+        tasks = role.tasks
+        self.consumers = [
+            RabbitMQConsumer(amqp_url, queue, self._counted(tasks.handle), prefetch=tasks.prefetch.get(queue, 4),
+                             concurrency=concurrency, max_attempts=max_attempts, stopping=self.stopping,
+                             retry_delay=retry_delay_s, on_dead_letter=tasks.on_dead_letter,
+                             connection_name=f"windmill {worker_id} {queue}")
+            for queue in role.queues
+        ]
+
+    def _counted(self, handle: Callable[[Task], object]) -> Callable[[Task], None]:
+        def counted(task: Task) -> None:
+            try:
+                handle(task)
+            except BaseException:
+                with self._counter_lock:
+                    self.jobs_failed += 1
+                raise
+            with self._counter_lock:
+                self.jobs_done += 1
+
+        return counted
+
+    def request_stop(self, *, immediately: bool = False) -> None:
+        """Stop consuming; running handlers finish and are acked (unacked ones RabbitMQ redelivers)."""
+        self.stopping.set()
+
+    def run(self) -> int:
+        self.presence.announce()
+        log.info("worker %s consuming %s from RabbitMQ", self.presence.worker_id, ", ".join(self.role.queues),
+                 extra={"action": "worker_started"})
+        failures: list[BaseException] = []
+
+        def consume(consumer: RabbitMQConsumer) -> None:
+            try:
+                consumer.run()
+            except BaseException as error:  # a consumer that cannot go on stops the whole worker
+                failures.append(error)
+                self.stopping.set()
+
+        threads = [threading.Thread(target=consume, args=(c,), name=c.queue_name) for c in self.consumers]
+        for thread in threads:
+            thread.start()
+        while not self.stopping.wait(HEARTBEAT_S):
+            try:
+                self.presence.beat(self.jobs_done, self.jobs_failed)
+            except Exception as error:
+                log.warning("heartbeat failed (%s)", first_line(error), extra={"action": "heartbeat_failed"})
+        for thread in threads:
+            thread.join()
+        self.presence.stopped(self.jobs_done, self.jobs_failed)
+        self.role.close()
+        for error in failures:
+            log.error("consumer stopped: %s", first_line(error), extra={"action": "worker_fatal"})
+        return 1 if failures else 0

@@ -1,0 +1,44 @@
+"""A worker's row in the `workers` table: announced at start, a heartbeat while alive, marked at stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from windmill.db.queries import query
+from windmill.errors import first_line
+
+log = logging.getLogger(__name__)
+
+
+class WorkerPresence:
+    def __init__(self, pool: ConnectionPool, worker_id: str, role: str, service: str | None) -> None:
+        self.pool = pool
+        self.worker_id = worker_id
+        self.role = role
+        self.service = service
+
+    def announce(self) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(query("register_worker"), {"worker_id": self.worker_id, "role": self.role,
+                                                    "service": self.service, "hostname": socket.gethostname(),
+                                                    "pid": os.getpid()})
+
+    def beat(self, jobs_done: int, jobs_failed: int) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(query("worker_heartbeat"), self._counters(jobs_done, jobs_failed))
+
+    def stopped(self, jobs_done: int, jobs_failed: int) -> None:
+        """Best effort: a worker stopping because the database is gone cannot say so."""
+        try:
+            with self.pool.connection(timeout=5) as conn:
+                conn.execute(query("worker_stopped"), self._counters(jobs_done, jobs_failed))
+        except (psycopg.OperationalError, TimeoutError) as error:
+            log.warning("could not record the stop of %s (%s)", self.worker_id, first_line(error))
+
+    def _counters(self, jobs_done: int, jobs_failed: int) -> dict[str, object]:
+        return {"worker_id": self.worker_id, "jobs_done": jobs_done, "jobs_failed": jobs_failed}
