@@ -368,6 +368,65 @@ def jobs_retry(app: AppContext, queue: str | None, ids: tuple[int, ...]) -> None
     click.echo(f"Queued {len(retried)} dead job(s) again.")
 
 
+@contextmanager
+def bench_database(app: AppContext) -> Iterator[tuple[Any, str]]:
+    """The migrated database and a URL that bench subprocesses can use (held open for the whole run)."""
+    from windmill.db.connect import conninfo_to_url, open_database
+    from windmill.db.schema import ensure_schema
+
+    with open_database(app.settings, application_name="windmill-bench") as database:
+        with database.connect() as conn:
+            ensure_schema(conn, app.catalog, may_migrate=app.settings.uses_embedded_database)
+        yield database, app.settings.database_url or conninfo_to_url(database.conninfo)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inspecting products: one image's record and drawing, COCO evaluation
+
+
+@main.command()
+@click.argument("image_id", type=int)
+@click.option("--png", "png_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw the image with its merged boxes into this PNG file instead of printing the record.")
+@click.option("--detectors", is_flag=True, help="With --png: also draw each detector's raw boxes in its own colour.")
+@pass_app
+def show(app: AppContext, image_id: int, png_path: Path | None, detectors: bool) -> None:
+    """Print an image's full record as JSON (answers, boxes, postprocessing, consensus), or draw it with --png."""
+    if png_path is None:
+        if detectors:
+            raise click.UsageError("--detectors draws boxes: give --png FILE too")
+        from windmill.record import image_record
+
+        with app.connection() as conn:
+            echo_json(image_record(conn, image_id))
+        return
+    from windmill.render import render_image, save_png
+
+    with app.connection() as conn:
+        picture = render_image(conn, app.settings, image_id, detectors=detectors)
+    save_png(picture, png_path)
+    click.echo(f"Wrote {png_path} ({picture.width}×{picture.height}).")
+
+
+@main.command("eval")
+@click.option("--coco", "coco_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="COCO annotations (images with file_name, annotations with bbox and category_id, categories).")
+@click.option("--group", "-g", help="Only images of this group.")
+@json_option
+@pass_app
+def evaluate(app: AppContext, coco_path: Path, group: str | None, as_json: bool) -> None:
+    """COCO AP, AP50 and AP75 of the merged boxes and of each detector against ground truth."""
+    from windmill.evaluation import evaluate_collection, format_eval_table, load_coco_annotations
+
+    truth = load_coco_annotations(coco_path)
+    with app.connection() as conn:
+        rows = evaluate_collection(conn, truth, group=group)
+    if as_json:
+        echo_json(rows)
+    else:
+        click.echo(format_eval_table(rows))
+
+
 # --------------------------------------------------------------------------------------------------
 # The Animal Farm services
 
@@ -437,14 +496,36 @@ def bench() -> None:
 def bench_queue(app: AppContext, job_count: int, workers: int, batch_size: int, runs: int) -> None:
     """No-op jobs claimed and completed per second, and NOTIFY wake-up latency."""
     from windmill.bench.queue import run as run_queue_bench
-    from windmill.db.connect import conninfo_to_url, open_database
-    from windmill.db.schema import ensure_schema
 
-    with open_database(app.settings, application_name="windmill-bench") as database:
-        with database.connect() as conn:
-            ensure_schema(conn, app.catalog, may_migrate=app.settings.uses_embedded_database)
-        url = app.settings.database_url or conninfo_to_url(database.conninfo)
+    with bench_database(app) as (database, url):
         run_queue_bench(database, url, jobs=job_count, workers=workers, batch_size=batch_size, runs=runs)
+
+
+@bench.command("submit")
+@click.option("--images", type=click.IntRange(100), default=100_000, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 10), default=1, show_default=True)
+@pass_app
+def bench_submit(app: AppContext, images: int, runs: int) -> None:
+    """Tasks/s and peak memory of submit into RabbitMQ (when configured) and the job table."""
+    from windmill.bench.stage import run_submit
+
+    with bench_database(app) as (database, url):
+        run_submit(database, url, app.catalog_as_configured, app.settings.amqp_url, images=images, runs=runs)
+
+
+@bench.command("service")
+@click.option("--images", type=click.IntRange(6), default=300, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 10), default=3, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True)
+@pass_app
+def bench_service(app: AppContext, images: int, runs: int, workers: int, concurrency: int) -> None:
+    """Images/s through all 11 primary services against the stand-in at zero latency, both brokers."""
+    from windmill.bench.stage import run_service_stage
+
+    with bench_database(app) as (database, url):
+        run_service_stage(database, url, app.catalog_as_configured, app.settings.amqp_url, images=images, runs=runs,
+                          workers=workers, concurrency=concurrency)
 
 
 if __name__ == "__main__":
