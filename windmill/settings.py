@@ -199,5 +199,5 @@ def configure_logging(settings: Settings) -> None:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # pika narrates every connection at INFO; Windmill's own lines say what matters.
-    logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    for chatty in ("pika", "httpx"):  # a line per connection, a line per request
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
