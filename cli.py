@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -302,6 +303,48 @@ def worker(app: AppContext, role: str, service: str | None, concurrency: int, ba
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # handler threads abandoned by a second signal must not keep the process alive
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("windmill-demo"),
+              show_default=True, help="Where to write one PNG per photograph.")
+@pass_app
+def demo(app: AppContext, out_dir: Path) -> None:
+    """Run the whole pipeline on the bundled photographs against the stand-in farm and summarise it."""
+    from windmill.db.connect import open_database
+    from windmill.db.schema import ensure_schema
+    from windmill.demo import format_report, run_demo
+
+    if "LOG_LEVEL" not in os.environ:  # the progress lines tell the story; workers' INFO lines would drown them
+        logging.getLogger("windmill").setLevel(logging.WARNING)
+    click.echo("Windmill demo: every service, harmonized boxes, postprocessing and consensus on "
+               + ("the embedded PostgreSQL" if app.settings.uses_embedded_database else "the configured database"))
+    with open_database(app.settings, application_name="windmill-demo") as database:
+        with database.connect() as conn:
+            ensure_schema(conn, app.catalog, may_migrate=app.settings.uses_embedded_database)
+        report = run_demo(app.settings, database, app.catalog_as_configured, out_dir, progress=click.echo)
+    click.echo(format_report(report))
+
+
+@main.command("run")
+@pass_app
+def run_all(app: AppContext) -> None:
+    """Run every role in this process (a single machine): service workers for every primary service, merger,
+    postprocessing, consensus and caption scoring. SIGTERM/SIGINT drains; twice leaves now."""
+    from windmill.db.connect import open_database
+    from windmill.db.schema import ensure_schema
+    from windmill.worker.group import WorkerGroup
+    from windmill.worker.launch import stop_on_signals
+
+    with open_database(app.settings, application_name="windmill-run") as database:
+        with database.connect() as conn:
+            ensure_schema(conn, app.catalog, may_migrate=app.settings.uses_embedded_database)
+        with database.pool(min_size=2, max_size=32, name="run") as pool:
+            group = WorkerGroup(app.settings, database, pool, app.catalog)
+            with stop_on_signals(group):
+                group.start()
+                code = group.join()
+    sys.exit(code)
 
 
 @main.command()
