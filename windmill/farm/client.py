@@ -33,7 +33,10 @@ from windmill.images.load import check_image_url
 from windmill.images.validate import PreparedImage
 
 MIB = 1024 * 1024
-DEFAULT_MAX_CONNECTIONS = 32
+# More connections than a process ever has handler threads: when requests queue for a connection, httpcore
+# 1.0.9's sync pool can close a connection already handed to a waiting request, which then hangs until its
+# read timeout or fails with EBADF (encode/httpcore#1110; seen here with 88 threads and 32 connections).
+DEFAULT_MAX_CONNECTIONS = 256
 # The largest real answer (metadata with EXIF) is well under 1 MiB; 8 MiB matches the services'
 # own image limit and keeps a runaway body from filling a worker's memory.
 DEFAULT_MAX_BODY_BYTES = 8 * MIB
