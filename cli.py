@@ -289,17 +289,21 @@ def submit(app: AppContext, services: str, limit: int | None, group: str | None,
               help="Lease per claimed job; renewed while it runs.")
 @click.option("--drain-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
               help="Seconds to finish in-flight jobs after SIGTERM.")
+@click.option("--broker", type=click.Choice(["rabbitmq", "postgres"]),
+              help="Where a service worker takes its tasks (default: RabbitMQ when configured, else the job table).")
 @pass_app
 def worker(app: AppContext, role: str, service: str | None, concurrency: int, batch_size: int | None,
-           lease_seconds: float, drain_timeout: float) -> None:
+           lease_seconds: float, drain_timeout: float, broker: str | None) -> None:
     """Run a worker until SIGTERM/SIGINT (once: drain in-flight jobs; twice: leave now)."""
     from windmill.worker.launch import run_worker
     from windmill.worker.runtime import WorkerOptions
 
     options = WorkerOptions(concurrency=concurrency, batch_size=batch_size or 8 * concurrency,
                             drain_timeout_s=drain_timeout)
+    if broker == "rabbitmq" and app.settings.amqp_url is None:
+        raise WindmillError("--broker rabbitmq needs WINDMILL_AMQP_URL (or QUEUE_HOST and QUEUE_USER)")
     code = run_worker(app.settings, app.catalog, role, service=service, options=options,
-                      lease=timedelta(seconds=lease_seconds))
+                      lease=timedelta(seconds=lease_seconds), use_rabbitmq=broker != "postgres")
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # handler threads abandoned by a second signal must not keep the process alive

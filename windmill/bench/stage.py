@@ -161,7 +161,8 @@ def service_run(database: Database, bench: BenchEnvironment, broker: str, folder
     with database.connect() as conn:
         images = conn.execute("SELECT count(*) FROM images WHERE image_group = %s", (BENCH_GROUP,)).fetchone()[0]
     processes = [subprocess.Popen(_cli("worker", "--role", "service", "--service", "primary", "--concurrency",
-                                       str(concurrency)), env={**bench.env, "WORKER_ID": f"bench-service-{n}"},
+                                       str(concurrency), "--broker", broker),
+                                  env={**bench.env, "WORKER_ID": f"bench-service-{n}"},
                                   stdout=subprocess.DEVNULL) for n in range(workers)]
     cpu_before = _children_cpu()
     try:

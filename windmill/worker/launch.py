@@ -57,8 +57,10 @@ def run_worker(
     service: str | None = None,
     options: WorkerOptions | None = None,
     lease: timedelta | None = None,
+    use_rabbitmq: bool = True,
 ) -> int:
-    """Run one worker in this process until a signal stops it; returns the exit code."""
+    """Run one worker in this process until a signal stops it; returns the exit code. A role that takes
+    image × service tasks consumes RabbitMQ when it is configured and `use_rabbitmq`, else the job table."""
     options = options or WorkerOptions()
     with open_database(settings, application_name=f"windmill-{role_name}") as database:
         with database.connect() as conn:
@@ -70,7 +72,7 @@ def run_worker(
                                   worker_id=settings.worker_id, service=service or settings.service_name)
             role = build_role(role_name, context)
             worker: Stoppable
-            if role.tasks is not None and settings.amqp_url is not None:
+            if role.tasks is not None and settings.amqp_url is not None and use_rabbitmq:
                 worker = BrokerWorker(settings.amqp_url, role, pool, worker_id=settings.worker_id,
                                       concurrency=options.concurrency)
             else:
