@@ -353,17 +353,75 @@ def run_all(app: AppContext) -> None:
 
 @main.command()
 @json_option
+@click.option("--watch", is_flag=True, help="Redraw every --interval seconds until Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(0.5, 3600), default=2.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
+@click.option("--image", "image_id", type=int, help="Show one image's completeness instead.")
 @pass_app
-def status(app: AppContext, as_json: bool) -> None:
-    """Answers per service and state, queue depths with the oldest job, live workers."""
-    from windmill.monitor import collect_status, format_status
+def status(app: AppContext, as_json: bool, watch: bool, interval: float, image_id: int | None) -> None:
+    """Per-service progress, job and RabbitMQ queue depths, recent failures, live workers (views in psql:
+    service_progress, queue_depths, image_completeness, recent_failures, live_workers)."""
+    from windmill.db.connect import open_database
+    from windmill.db.schema import ensure_schema
+    from windmill.monitor import (
+        RabbitMQManagement,
+        collect_status,
+        format_status,
+        format_table,
+        image_status,
+        status_renderer,
+        watch_status,
+    )
+
+    if watch and (as_json or image_id is not None):
+        raise click.UsageError("--watch shows the status tables; leave out --json and --image")
+    if image_id is not None:
+        with app.connection() as conn:
+            row = image_status(conn, image_id)
+        if row is None:
+            raise WindmillError(f"there is no image {image_id}")
+        if as_json:
+            echo_json(row)
+        else:
+            click.echo(format_table([{"field": key, "value": value} for key, value in row.items()]))
+        return
+    rabbitmq = RabbitMQManagement.configured(app.settings.amqp_url, app.settings.amqp_management_url,
+                                             [service.queue_name for service in app.catalog.services])
+    if not watch:
+        with app.connection() as conn:
+            report = collect_status(conn, rabbitmq=rabbitmq)
+        if as_json:
+            echo_json(report)
+        else:
+            click.echo(format_status(report))
+        return
+    with open_database(app.settings, application_name="windmill-status") as database:
+        with database.connect() as conn:
+            ensure_schema(conn, app.catalog, may_migrate=app.settings.uses_embedded_database)
+        render, close = status_renderer(database.connect, rabbitmq=rabbitmq)
+        try:
+            watch_status(render, interval=interval)
+        finally:
+            close()
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True,
+              help="Most jobs queued per category (merge, consensus, each postprocessing, caption score).")
+@json_option
+@pass_app
+def backfill(app: AppContext, limit: int, as_json: bool) -> None:
+    """Queue the jobs that repair missing or stale products, once (what cron and the scheduler run)."""
+    from windmill.roles.scheduler import run_backfill
 
     with app.connection() as conn:
-        report = collect_status(conn)
+        queued = run_backfill(conn, limit=limit)
     if as_json:
-        echo_json(report)
+        echo_json(queued)
+    elif queued:
+        click.echo("Queued " + ", ".join(f"{count} {queue}" for queue, count in queued.items()) + ".")
     else:
-        click.echo(format_status(report))
+        click.echo("Nothing to repair.")
 
 
 @main.group()
@@ -425,6 +483,59 @@ def bench_database(app: AppContext) -> Iterator[tuple[Any, str]]:
         with database.connect() as conn:
             ensure_schema(conn, app.catalog, may_migrate=app.settings.uses_embedded_database)
         yield database, app.settings.database_url or conninfo_to_url(database.conninfo)
+
+
+@main.group()
+def cron() -> None:
+    """Run the backfill inside PostgreSQL with pg_cron (or use `worker --role scheduler`)."""
+
+
+@cron.command("install")
+@click.option("--schedule", default="* * * * *", show_default=True,
+              help="A cron schedule in the server's time zone (pg_cron 1.4: minute granularity).")
+@pass_app
+def cron_install(app: AppContext, schedule: str) -> None:
+    """Schedule `SELECT * FROM windmill.backfill()` in this database; a second install updates the schedule."""
+    from windmill.cron import install_cron
+
+    with app.connection() as conn:
+        click.echo(install_cron(conn, schedule=schedule))
+
+
+@cron.command("uninstall")
+@pass_app
+def cron_uninstall(app: AppContext) -> None:
+    """Remove the backfill job of this database (the pg_cron extension stays)."""
+    from windmill.cron import uninstall_cron
+
+    with app.connection() as conn:
+        click.echo(uninstall_cron(conn))
+
+
+@cron.command("status")
+@json_option
+@pass_app
+def cron_status_command(app: AppContext, as_json: bool) -> None:
+    """Whether pg_cron can run the backfill here, the job, and its latest runs."""
+    from windmill.cron import JOB_NAME, cron_status
+    from windmill.monitor import format_table
+
+    with app.connection() as conn:
+        report = cron_status(conn)
+    if as_json:
+        echo_json(vars(report))
+        return
+    if not report.available:
+        click.echo(report.reason)
+        return
+    click.echo(f"pg_cron {report.version or '(extension not created)'}; jobs live in database {report.cron_database}.")
+    if report.job is None:
+        click.echo(f"No {JOB_NAME} job for this database: `windmill-cli cron install` schedules one.")
+        return
+    columns = ["jobid", "jobname", "schedule", "database", "username", "active", "command"]
+    click.echo(format_table([report.job], columns))
+    click.echo("Latest runs:")
+    click.echo(format_table(report.runs, ["runid", "status", "start_time", "end_time", "return_message"]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -546,6 +657,19 @@ def bench_queue(app: AppContext, job_count: int, workers: int, batch_size: int, 
 
     with bench_database(app) as (database, url):
         run_queue_bench(database, url, jobs=job_count, workers=workers, batch_size=batch_size, runs=runs)
+
+
+@bench.command("merge")
+@click.option("--images", type=click.IntRange(5), default=60, show_default=True)
+@click.option("--boxes", type=click.IntRange(1, 200), default=10, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 10), default=3, show_default=True)
+@pass_app
+def bench_merge(app: AppContext, images: int, boxes: int, runs: int) -> None:
+    """Latency from a detector answer's commit to its image's merged boxes' commit, idle pipeline."""
+    from windmill.bench.merge_latency import run as run_merge_bench
+
+    with bench_database(app) as (database, url):
+        run_merge_bench(database, url, images=images, boxes=boxes, runs=runs)
 
 
 @bench.command("submit")

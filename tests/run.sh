@@ -21,6 +21,15 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
     apt_install postgresql
 fi
 
+# pg_cron for each Debian server major version found: tests/test_cron.py runs the backfill from a real pg_cron.
+for pg_bin in /usr/lib/postgresql/*/bin; do
+    [ -x "$pg_bin/postgres" ] || continue
+    pg_major="$(basename "$(dirname "$pg_bin")")"
+    if [ ! -e "/usr/lib/postgresql/$pg_major/lib/pg_cron.so" ]; then
+        apt_install "postgresql-$pg_major-cron"
+    fi
+done
+
 # RabbitMQ: the broker tests talk to a real one on 127.0.0.1:5672 unless WINDMILL_TEST_AMQP_URL says otherwise.
 if [ -z "${WINDMILL_TEST_AMQP_URL:-}" ]; then
     if ! command -v rabbitmq-server >/dev/null 2>&1; then

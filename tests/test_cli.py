@@ -96,7 +96,8 @@ def test_status_and_jobs_commands(run, photos: Path, conn: psycopg.Connection) -
     run("submit", "-s", "metadata")
     status = json.loads(run("status", "--json").output)
     [queue] = status["queues"]
-    assert (queue["queue"], queue["state"], queue["jobs"]) == ("queue_metadata", "queued", 2)
+    assert (queue["queue"], queue["queued"], queue["running"]) == ("queue_metadata", 2, 0)
+    assert {row["service"]: row["queued"] for row in status["services"]}["metadata"] == 2
     conn.execute("UPDATE jobs SET state = 'dead', last_error = 'gave up' WHERE id = 1")
     listed = json.loads(run("jobs", "list", "--state", "dead", "--json").output)
     assert [(job["id"], job["last_error"]) for job in listed] == [(1, "gave up")]

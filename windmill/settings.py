@@ -28,6 +28,7 @@ class Settings:
 
     database_url: str | None = field(default=None, repr=False)
     amqp_url: str | None = field(default=None, repr=False)
+    amqp_management_url: str | None = field(default=None, repr=False)  # RabbitMQ's HTTP API, for `status`
     home: Path = DEFAULT_HOME
     service_config: Path | None = None
     service_name: str | None = None
@@ -37,6 +38,7 @@ class Settings:
     image_roots: tuple[Path, ...] = ()
     allow_private_urls: bool = False
     harmony: HarmonyConfig = DEFAULT_HARMONY
+    backfill_interval_s: float = 60.0  # the scheduler role's period
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -53,6 +55,8 @@ class Settings:
             value = getattr(self, item.name)
             if item.name == "database_url":
                 value = mask_url(value) if value else "(embedded PostgreSQL under home)"
+            elif item.name == "amqp_management_url":
+                value = mask_url(value) if value else "(derived from the AMQP URL)"
             elif item.name == "amqp_url":
                 value = mask_url(value) if value else "(none: per-service queues live in PostgreSQL)"
             elif item.name == "harmony":
@@ -148,6 +152,19 @@ def _harmony(env: Mapping[str, str]) -> HarmonyConfig:
         raise ConfigError(f"WINDMILL_HARMONY is not a valid harmony configuration: {bad}") from None
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float, most: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= most:
+        raise ConfigError(f"{name} must be a number of seconds between 0 and {most:g}, not {text!r}")
+    return seconds
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     value = env.get(name, "").strip().lower()
     if value in ("", "0", "false", "no", "off"):
@@ -179,6 +196,8 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
         image_roots=roots,
         allow_private_urls=_flag(env, "WINDMILL_ALLOW_PRIVATE_URLS"),
         harmony=_harmony(env),
+        amqp_management_url=env.get("WINDMILL_AMQP_MANAGEMENT_URL") or None,
+        backfill_interval_s=_seconds(env, "WINDMILL_BACKFILL_INTERVAL_S", 60.0, 86_400),
     )
 
 

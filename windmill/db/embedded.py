@@ -34,7 +34,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,9 +113,12 @@ class _ServerAccount:
 class EmbeddedPostgres:
     """A private cluster under ``home``, started by the first process that needs it, stopped after the last."""
 
-    def __init__(self, home: Path, *, fast: bool = False) -> None:
+    def __init__(self, home: Path, *, fast: bool = False, settings: Mapping[str, str] | None = None) -> None:
         self.home = Path(home).expanduser().absolute()
         self.fast = fast  # tests only: trades crash safety for speed
+        # Extra server settings (e.g. shared_preload_libraries for pg_cron); they apply when this object starts
+        # the server, not to a server another process already runs.
+        self.settings = dict(settings or {})
         self._run_dir = self.home / "postgres"
         self._state_file = self._run_dir / "state.json"
         self._clients_dir = self._run_dir / "clients"
@@ -462,6 +465,7 @@ class EmbeddedPostgres:
         ]
         if self.fast:
             settings += ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
+        settings += [f"{key}={value}" for key, value in self.settings.items()]
         # pg_ctl hands -o to /bin/sh, so every value is quoted.
         return " ".join(f"-c {shlex.quote(setting)}" for setting in settings)
 

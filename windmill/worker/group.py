@@ -85,5 +85,6 @@ def pipeline_idle(pool: ConnectionPool, queues: Sequence[str] | None = None) -> 
     with pool.connection() as conn:
         return not conn.execute(
             "SELECT EXISTS (SELECT 1 FROM jobs WHERE state IN ('queued', 'running', 'failed')"
+            " AND queue <> 'scheduler'"  # the scheduler's next tick always waits: it is not work
             " AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s)))",
             {"queues": list(queues) if queues else None}).fetchone()[0]

@@ -1,0 +1,36 @@
+-- name: monitor_service_progress
+-- Per service: job-table tasks, images answered and failed, successes per minute (view service_progress).
+SELECT service, category, queued, running, done, failed, rate_1m, rate_1h, last_success_at
+  FROM service_progress
+ ORDER BY CASE category WHEN 'primary' THEN 0 WHEN 'spatial_only' THEN 1 ELSE 2 END, service
+
+-- name: monitor_queue_depths
+-- Per job queue: due, scheduled, retrying, running, expired leases, dead, oldest due job (view queue_depths).
+SELECT queue, queued, scheduled, retrying, running, expired_leases, dead, oldest_age_s
+  FROM queue_depths
+ ORDER BY queue
+
+-- name: monitor_recent_failures
+-- The newest failures of the last 24 hours (view recent_failures).
+SELECT failed_at, kind, source, image_id, state, attempts, reason
+  FROM recent_failures
+ LIMIT %(limit)s
+
+-- name: monitor_live_workers
+-- Workers that have not stopped, with their last heartbeat (view live_workers).
+SELECT worker_id, role, service, hostname, pid, alive, heartbeat_age_s, running_jobs, jobs_done, jobs_failed
+  FROM live_workers
+ ORDER BY role, worker_id
+
+-- name: monitor_image
+-- One image's completeness (view image_completeness).
+SELECT * FROM image_completeness WHERE image_id = %(image_id)s
+
+-- name: monitor_totals
+-- Row counts of the main tables and the database clock (the status' timestamp).
+SELECT now() AS collected_at,
+       (SELECT count(*) FROM images) AS images,
+       (SELECT count(*) FROM results) AS results,
+       (SELECT count(*) FROM merged_boxes) AS merged_boxes,
+       (SELECT count(*) FROM consensus) AS consensus,
+       (SELECT count(*) FROM postprocessing) AS postprocessing

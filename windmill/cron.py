@@ -1,0 +1,181 @@
+"""Scheduling the backfill inside PostgreSQL with pg_cron (`windmill-cli cron install|uninstall|status`).
+
+pg_cron keeps its jobs in one database of the server (`cron.database_name`) and can run them in any other
+(`cron.schedule_in_database`, pg_cron ≥ 1.4): when Windmill's database is not that one, the job is managed
+through a second connection to it, with the same credentials. Without pg_cron, `windmill-cli worker --role
+scheduler` runs the same backfill on the same period.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
+
+from windmill.db.migrations import SCHEMA
+from windmill.db.queries import query
+from windmill.errors import WindmillError, first_line
+
+log = logging.getLogger(__name__)
+
+JOB_NAME = "windmill-backfill"
+DEFAULT_SCHEDULE = "* * * * *"
+BACKFILL_COMMAND = f"SELECT * FROM {SCHEMA}.backfill()"
+_INSTEAD = "`windmill-cli worker --role scheduler` runs the same backfill periodically instead"
+
+
+@dataclass(frozen=True)
+class CronSetup:
+    """What the server says about pg_cron, as seen from Windmill's database."""
+
+    installed: bool
+    cron_database: str | None  # None: pg_cron is not loaded (not in shared_preload_libraries)
+    database: str
+    username: str
+
+
+@dataclass(frozen=True)
+class CronStatus:
+    available: bool
+    reason: str | None = None  # why pg_cron cannot be used, when it cannot
+    cron_database: str | None = None
+    version: str | None = None
+    job: dict[str, Any] | None = None
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def cron_setup(conn: psycopg.Connection) -> CronSetup:
+    with conn.cursor(row_factory=dict_row) as cursor:
+        row = cursor.execute(query("pg_cron_setup")).fetchone()
+    assert row is not None
+    return CronSetup(**row)
+
+
+def unavailable_reason(setup: CronSetup) -> str | None:
+    """One sentence saying why pg_cron cannot run the backfill here, or None when it can."""
+    if not setup.installed:
+        return f"pg_cron is not installed on this PostgreSQL server; {_INSTEAD}"
+    if setup.cron_database is None:
+        return ("pg_cron is installed but not loaded (add it to shared_preload_libraries and restart PostgreSQL); "
+                f"{_INSTEAD}")
+    return None
+
+
+def install_cron(conn: psycopg.Connection, *, schedule: str = DEFAULT_SCHEDULE) -> str:
+    """Create the pg_cron extension if needed and schedule (or reschedule) the backfill of this database.
+
+    Idempotent: pg_cron upserts a job by name and user, so a second install updates the schedule in place.
+    Returns a sentence saying what is scheduled.
+    """
+    setup = _usable_setup(conn)
+    with _cron_connection(conn, setup) as cron:
+        version = _ensure_extension(cron, setup)
+        other = _job(cron)
+        if other is not None and other["database"] != setup.database:
+            raise WindmillError(
+                f"the pg_cron job {JOB_NAME} of user {setup.username} already runs the backfill of database "
+                f"{other['database']}; uninstall it there first (`windmill-cli cron uninstall` against that database)")
+        try:
+            row = cron.execute(query("cron_schedule"), {"job_name": JOB_NAME, "schedule": schedule,
+                                                        "command": BACKFILL_COMMAND, "database": setup.database},
+                               ).fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            raise WindmillError(
+                f"user {setup.username} may not schedule pg_cron jobs in other databases (ask an administrator "
+                f"to GRANT EXECUTE ON FUNCTION cron.schedule_in_database to it in database {setup.cron_database}); "
+                f"{_INSTEAD}") from None
+        except psycopg.Error as error:
+            raise WindmillError(f"pg_cron refused the schedule {schedule!r}: {first_line(error)}") from None
+    assert row is not None
+    log.info("pg_cron job %s (%s) runs the backfill of %s", JOB_NAME, schedule, setup.database,
+             extra={"action": "cron_installed"})
+    return (f"pg_cron {version} runs `{BACKFILL_COMMAND}` in database {setup.database} on schedule "
+            f"'{schedule}' (job {JOB_NAME}, id {row[0]}).")
+
+
+def uninstall_cron(conn: psycopg.Connection) -> str:
+    """Remove the backfill job of this database; the extension stays (other jobs may use it)."""
+    setup = _usable_setup(conn)
+    with _cron_connection(conn, setup) as cron:
+        if _extension_version(cron) is None:
+            return "pg_cron has no windmill-backfill job here (the extension is not created)."
+        job = _job(cron)
+        if job is None or job["database"] != setup.database:
+            return f"No pg_cron job {JOB_NAME} runs the backfill of database {setup.database}."
+        cron.execute(query("cron_unschedule"), {"jobid": job["jobid"]})
+    log.info("pg_cron job %s removed", JOB_NAME, extra={"action": "cron_uninstalled"})
+    return f"Removed pg_cron job {JOB_NAME} (id {job['jobid']}) of database {setup.database}."
+
+
+def cron_status(conn: psycopg.Connection, *, runs: int = 5) -> CronStatus:
+    """Whether pg_cron can be used, and the backfill job with its latest runs when it is scheduled."""
+    setup = cron_setup(conn)
+    reason = unavailable_reason(setup)
+    if reason is not None:
+        return CronStatus(available=False, reason=reason)
+    with _cron_connection(conn, setup) as cron:
+        version = _extension_version(cron)
+        job = _job(cron) if version is not None else None
+        if job is not None and job["database"] != setup.database:
+            job = None
+        history: list[dict[str, Any]] = []
+        if job is not None:
+            with cron.cursor(row_factory=dict_row) as cursor:
+                history = cursor.execute(query("cron_runs"), {"jobid": job["jobid"], "limit": runs}).fetchall()
+    return CronStatus(available=True, cron_database=setup.cron_database, version=version, job=job, runs=history)
+
+
+def _usable_setup(conn: psycopg.Connection) -> CronSetup:
+    setup = cron_setup(conn)
+    reason = unavailable_reason(setup)
+    if reason is not None:
+        raise WindmillError(reason)
+    return setup
+
+
+@contextmanager
+def _cron_connection(conn: psycopg.Connection, setup: CronSetup) -> Iterator[psycopg.Connection]:
+    """A connection to the database pg_cron keeps its jobs in: this one, or a second one with the same login."""
+    if setup.cron_database == setup.database:
+        yield conn
+        return
+    conninfo = make_conninfo(conn.info.dsn, dbname=setup.cron_database, password=conn.info.password or None)
+    try:
+        other = psycopg.connect(conninfo, autocommit=True)
+    except psycopg.OperationalError as error:
+        raise WindmillError(f"cannot connect to database {setup.cron_database}, where pg_cron keeps its jobs: "
+                            f"{first_line(error)}") from None
+    with other:
+        yield other
+
+
+def _extension_version(cron: psycopg.Connection) -> str | None:
+    row = cron.execute(query("pg_cron_version")).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _ensure_extension(cron: psycopg.Connection, setup: CronSetup) -> str:
+    version = _extension_version(cron)
+    if version is not None:
+        return version
+    try:
+        cron.execute(query("create_pg_cron"))
+    except psycopg.errors.InsufficientPrivilege:
+        raise WindmillError(
+            f"user {setup.username} may not create the pg_cron extension (ask an administrator to run "
+            f"CREATE EXTENSION pg_cron in database {setup.cron_database}); {_INSTEAD}") from None
+    version = _extension_version(cron)
+    assert version is not None
+    log.info("created the pg_cron extension in %s", setup.cron_database, extra={"action": "cron_extension_created"})
+    return version
+
+
+def _job(cron: psycopg.Connection) -> dict[str, Any] | None:
+    with cron.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(query("cron_job"), {"job_name": JOB_NAME}).fetchone()
