@@ -54,7 +54,9 @@ class Database:
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {self.location}: {reason}") from None
 
     def pool(self, *, min_size: int = 1, max_size: int = 4, name: str = "windmill") -> ConnectionPool:
-        """A pool of autocommit connections; callers open transactions explicitly where they need one."""
+        """A pool of autocommit connections; callers open transactions explicitly where they need one.
+        Connections are not checked on checkout (that costs a round trip per use): a connection that died
+        raises OperationalError once, the pool drops it, and the caller's retry takes a fresh one."""
         return ConnectionPool(
             self.conninfo,
             min_size=min_size,
@@ -62,7 +64,6 @@ class Database:
             kwargs={"autocommit": True},
             name=name,
             open=True,
-            check=ConnectionPool.check_connection,
         )
 
 

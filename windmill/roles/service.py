@@ -50,11 +50,13 @@ class ServiceTaskHandler:
         self.worker_id = worker_id
         self.images = ImageSource(settings, capacity=cache_size)
 
-    def handle(self, task: Task, *, final_attempt: bool) -> Outcome:
+    def handle(self, task: Task, *, final_attempt: bool, first_delivery: bool = False) -> Outcome:
+        """`first_delivery`: the queue guarantees this task was never handed out before, so the check for an
+        earlier answer (a round trip per task) is skipped; the insert stays idempotent either way."""
         if task.service_name not in self.catalog:
             raise PermanentJobError(f"task for unknown service {task.service_name!r}")
         service = self.catalog[task.service_name]
-        if self._answered(task):
+        if not first_delivery and self._answered(task):
             log.info("task %s already answered; nothing to do", task.task_id, extra={"action": "task_duplicate"})
             return Outcome(None)
         try:
@@ -125,7 +127,8 @@ def service_role(context: RoleContext) -> Role:
     handler = ServiceTaskHandler(context.pool, farm, context.catalog, context.settings, context.worker_id)
 
     def handle(job: Job) -> None:
-        handler.handle(task_from_job(job), final_attempt=job.attempts >= job.max_attempts)
+        handler.handle(task_from_job(job), final_attempt=job.attempts >= job.max_attempts,
+                       first_delivery=job.attempts == 1 and job.last_error is None)
 
     def record_dead_letter(task: Task, error: BaseException) -> None:
         if task.service_name in context.catalog:  # an unknown service has no row to hold the failure
