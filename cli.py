@@ -672,6 +672,17 @@ def bench_merge(app: AppContext, images: int, boxes: int, runs: int) -> None:
         run_merge_bench(database, url, images=images, boxes=boxes, runs=runs)
 
 
+@bench.command("pipeline")
+@click.option("--images", type=click.IntRange(6), default=300, show_default=True)
+@pass_app
+def bench_pipeline(app: AppContext, images: int) -> None:
+    """The whole pipeline over N images, workers as separate processes: throughput, CPU, merge latency, waste."""
+    from windmill.bench.pipeline import run as run_pipeline_bench
+
+    with bench_database(app) as (database, url):
+        run_pipeline_bench(database, url, app.catalog_as_configured, images=images, amqp_url=app.settings.amqp_url)
+
+
 @bench.command("submit")
 @click.option("--images", type=click.IntRange(100), default=100_000, show_default=True)
 @click.option("--runs", type=click.IntRange(1, 10), default=1, show_default=True)

@@ -14,10 +14,10 @@ SELECT merged_id, crop_key FROM merged_boxes WHERE image_id = %(image_id)s
 DELETE FROM merged_boxes WHERE merged_id = ANY(%(merged_ids)s)
 
 -- name: update_box
--- A box that crops the same pixels keeps its row (and its postprocessing); its agreement is refreshed.
+-- A box seen again keeps its row (and its postprocessing); its position and agreement are refreshed.
 UPDATE merged_boxes
-   SET merged_data = %(merged_data)s, source_result_ids = %(source_result_ids)s, created = now(),
-       worker_id = %(worker_id)s
+   SET merged_data = %(merged_data)s, source_result_ids = %(source_result_ids)s, crop_key = %(crop_key)s,
+       created = now(), worker_id = %(worker_id)s
  WHERE merged_id = %(merged_id)s AND merged_data IS DISTINCT FROM %(merged_data)s
 
 -- name: insert_box

@@ -1,5 +1,7 @@
 """The merger role: recompute an image's harmonized boxes from the latest answer of every detector, replace
-the stored set in one transaction (serialised per image), and dispatch new boxes to postprocessing."""
+the stored set in one transaction (serialised per image), and dispatch new boxes to postprocessing. A box that
+is a stored one again (same class, IoU ≥ 0.85: one more detector nudged it) keeps its row and its
+postprocessing; only new boxes are analysed, and boxes that disappeared take their postprocessing with them."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from psycopg.types.json import Jsonb
 from windmill.db.queries import query
 from windmill.emoji import is_person
 from windmill.harmony import DetectorResult, HarmonyConfig, MergedBox, harmonize
+from windmill.harmony.identity import match_boxes
 from windmill.jobs import Job, NewJob, enqueue_on
 from windmill.locks import Product, lock_image
 from windmill.worker.registry import Role, RoleContext, register_role
@@ -26,9 +29,19 @@ def postprocess_queue(service: str) -> str:
 
 
 def crop_key(box: MergedBox) -> str:
-    """Equal keys crop the same pixels for the same class: such a box needs no new postprocessing."""
+    """The box's class and integer box: what it crops, and what tells it from the image's other boxes."""
     x, y, width, height = box.bbox
-    return f"{box.emoji or box.label_class}:{x},{y},{width},{height}"
+    return f"{box_class(box)}:{x},{y},{width},{height}"
+
+
+def box_class(box: MergedBox) -> str:
+    return box.emoji or box.label_class
+
+
+def parse_crop_key(key: str) -> tuple[str, tuple[int, int, int, int]]:
+    cls, _, numbers = key.rpartition(":")
+    x, y, width, height = (int(n) for n in numbers.split(","))
+    return cls, (x, y, width, height)
 
 
 def postprocessing_for(box: MergedBox) -> tuple[str, ...]:
@@ -52,18 +65,19 @@ def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, 
         lock_image(conn, Product.MERGED_BOXES, image_id)
         rows = conn.execute(query("latest_detector_results"), {"image_id": image_id}).fetchall()
         boxes = harmonize([DetectorResult(result_id, service, data) for result_id, service, data in rows], config)
-        stored = {key: merged_id for merged_id, key in conn.execute(query("image_boxes"), {"image_id": image_id})}
-        wanted = {crop_key(box): box for box in boxes}
-        gone = [merged_id for key, merged_id in stored.items() if key not in wanted]
+        stored = [(merged_id, parse_crop_key(key))
+                  for merged_id, key in conn.execute(query("image_boxes"), {"image_id": image_id})]
+        kept = match_boxes(stored, [(box_class(box), box.bbox) for box in boxes])
+        gone = [merged_id for merged_id, _ in stored if merged_id not in kept.values()]
         if gone:
             conn.execute(query("delete_boxes"), {"merged_ids": gone})
         inserted = []
         updated = 0
-        for key, box in wanted.items():
-            params = {"image_id": image_id, "merged_data": Jsonb(box.to_merged_data()), "crop_key": key,
+        for index, box in enumerate(boxes):
+            params = {"image_id": image_id, "merged_data": Jsonb(box.to_merged_data()), "crop_key": crop_key(box),
                       "source_result_ids": list(box.source_result_ids), "worker_id": worker_id}
-            if key in stored:
-                updated += conn.execute(query("update_box"), {**params, "merged_id": stored[key]}).rowcount
+            if index in kept:
+                updated += conn.execute(query("update_box"), {**params, "merged_id": kept[index]}).rowcount
                 continue
             merged_id = conn.execute(query("insert_box"), params).fetchone()[0]
             inserted.append(merged_id)
@@ -73,7 +87,7 @@ def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, 
         conn.execute(query("record_merge"), {
             "image_id": image_id, "boxes": len(boxes), "source_result_ids": sorted(row[0] for row in rows),
             "worker_id": worker_id, "changed": bool(gone or inserted or updated)})
-    return MergeOutcome(len(boxes), inserted, len(wanted) - len(inserted), len(gone))
+    return MergeOutcome(len(boxes), inserted, len(kept), len(gone))
 
 
 @register_role("merger")
