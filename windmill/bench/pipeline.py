@@ -76,6 +76,9 @@ SELECT extract(epoch FROM min(e.committed_at) - r.result_created) * 1000
  WHERE i.image_group = %s AND r.status = 'success'
  GROUP BY r.result_id, r.result_created
 """
+# Every insert into postprocessing takes an id, whether it is stored or fails (its box was gone).
+_IDS_USED = ("SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('postprocessing', 'postprocessing_id')),"
+             " 0)")
 _END_STATE = """
 SELECT
   (SELECT count(*) FROM postprocessing p JOIN images i USING (image_id)
@@ -107,8 +110,7 @@ def run(database: Database, database_url: str, catalog: Catalog, *, images: int,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with database.connect() as conn:
         conn.execute(_MERGE_EVENTS)
-        first_postprocessing_id = conn.execute("SELECT coalesce(max(postprocessing_id), 0) FROM postprocessing"
-                                               ).fetchone()[0]
+        first_postprocessing_id = conn.execute(_IDS_USED).fetchone()[0]
     processes: list[subprocess.Popen[bytes]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="windmill-bench-images-") as folder, \
@@ -140,8 +142,7 @@ def run(database: Database, database_url: str, catalog: Catalog, *, images: int,
                 end = dict(zip(("orphan_postprocessing", "missing_consensus", "stale_consensus", "stale_boxes",
                                 "stuck_jobs", "postprocessing_rows"),
                                conn.execute(_END_STATE, {"group": BENCH_GROUP}).fetchone(), strict=True))
-                allocated = conn.execute("SELECT coalesce(max(postprocessing_id), 0) FROM postprocessing"
-                                         ).fetchone()[0] - first_postprocessing_id
+                allocated = conn.execute(_IDS_USED).fetchone()[0] - first_postprocessing_id
                 stored, replaced, inserted = conn.execute(_WASTE).fetchone()
     finally:
         for process in processes:
