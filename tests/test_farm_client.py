@@ -354,12 +354,15 @@ def test_private_image_urls_are_refused_before_any_request(farm):
     assert len(farm.requests) == before
 
 
-def test_connections_are_kept_alive_and_shared(farm, client):
+def test_connections_are_kept_alive_per_service(farm, client):
     for _ in range(3):
         client.analyze(farm.service(), IMAGE)
+    assert len({request["peer"] for request in farm.requests[-3:]}) == 1
+    # Another service has a pool of its own (threads of one service never lock another's pool).
     client.analyze(farm.service("rtdetr"), IMAGE)
-    peers = {request["peer"] for request in farm.requests[-4:]}
-    assert len(peers) == 1
+    client.analyze(farm.service("rtdetr"), IMAGE)
+    rtdetr_peers = {request["peer"] for request in farm.requests[-2:]}
+    assert len(rtdetr_peers) == 1 and rtdetr_peers.isdisjoint({farm.requests[-3]["peer"]})
 
 
 def test_services_are_found_by_catalog_name(farm):

@@ -10,9 +10,11 @@ worker runtime's business, never done here.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -43,6 +45,12 @@ DEFAULT_MAX_BODY_BYTES = 8 * MIB
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_HEALTH_TIMEOUT_S = 10.0
 _ERROR_BODY_BYTES = 64 * 1024
+# Told of every analyze/score call: (service, seconds, outcome), outcome "success" or a ServiceCallError kind.
+# A plain callable keeps the client free of any metrics library.
+CallObserver = Callable[[str, float, str], None]
+# Observers of every client in this process: the roles build their own clients, so a process-wide metrics
+# exporter cannot hand each one an observer (see observing_calls).
+_process_observers: list[CallObserver] = []
 # 400 messages of the contract (§2.4) that mean "this image/URL is refused", not "bad request".
 _REJECTION_HINTS = (
     "file too large",
@@ -90,7 +98,8 @@ class _Exchange:
 
 
 class FarmClient:
-    """Calls Animal Farm services; thread-safe, one connection pool shared by all of them."""
+    """Calls Animal Farm services; thread-safe. Each service gets its own keep-alive connection pool: one pool
+    for all of them would make every request of every thread scan and lock the same pool."""
 
     def __init__(
         self,
@@ -101,24 +110,42 @@ class FarmClient:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
+        observer: CallObserver | None = None,
     ) -> None:
         self.catalog = catalog
+        self.observer = observer
         self.allow_private_urls = allow_private_urls
         self.max_body_bytes = max_body_bytes
         self.connect_timeout_s = connect_timeout_s
         self.health_timeout_s = health_timeout_s
-        self._http = httpx.Client(
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"User-Agent": f"windmill/{windmill.__version__}"},
-            follow_redirects=False,
-            # Services live on the cluster network: an HTTP(S)_PROXY meant for the internet must not capture them.
-            trust_env=False,
-        )
+        self._max_connections = max_connections
+        self._clients: dict[str, httpx.Client] = {}
+        self._clients_lock = threading.Lock()
+
+    def _http(self, service: Service) -> httpx.Client:
+        client = self._clients.get(service.name)
+        if client is None:
+            with self._clients_lock:
+                client = self._clients.get(service.name)
+                if client is None:
+                    client = self._clients[service.name] = httpx.Client(
+                        limits=httpx.Limits(max_connections=self._max_connections,
+                                            max_keepalive_connections=self._max_connections),
+                        headers={"User-Agent": f"windmill/{windmill.__version__}"},
+                        follow_redirects=False,
+                        # Services live on the cluster network: an HTTP(S)_PROXY meant for the internet must not
+                        # capture them.
+                        trust_env=False,
+                    )
+        return client
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._http.close()
+        with self._clients_lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
 
     def __enter__(self) -> FarmClient:
         return self
@@ -146,16 +173,18 @@ class FarmClient:
         """
         target = self._resolve(service)
         use_url = self._use_url(target, image, image_url)
-        if use_url:
-            assert image_url is not None
-            exchange = self._call(target, "GET", target.endpoint, params=self._url_params(image_url, extra))
-            image_size = None
-        else:
-            assert image is not None
-            exchange = self._call(target, "POST", target.endpoint, files=_upload(image), data=_form_fields(extra))
-            image_size = image.size
-        payload = self._payload(target, exchange)
-        data = normalize_answer(target.name, payload, image_size=image_size, status_code=exchange.status_code)
+        with self._observed(target.name):
+            if use_url:
+                assert image_url is not None
+                exchange = self._call(target, "GET", target.endpoint, params=self._url_params(image_url, extra))
+                image_size = None
+            else:
+                assert image is not None
+                exchange = self._call(target, "POST", target.endpoint, files=_upload(image),
+                                      data=_form_fields(extra))
+                image_size = image.size
+            payload = self._payload(target, exchange)
+            data = normalize_answer(target.name, payload, image_size=image_size, status_code=exchange.status_code)
         return ServiceAnswer(target.name, data, exchange.elapsed, exchange.status_code)
 
     def score_answer(
@@ -170,15 +199,18 @@ class FarmClient:
         target = self._resolve(service)
         if not caption or not caption.strip():
             raise ServiceCallError("cannot score an empty caption", kind="rejected", service=target.name)
-        if self._use_url(target, image, image_url):
-            assert image_url is not None
-            params = self._url_params(image_url, {"caption": caption})
-            exchange = self._call(target, "GET", target.endpoint, params=params)
-        else:
-            assert image is not None
-            exchange = self._call(target, "POST", target.endpoint, files=_upload(image), data={"caption": caption})
-        payload = self._payload(target, exchange)
-        data = normalize_score_answer(target.name, payload, status_code=exchange.status_code)
+        use_url = self._use_url(target, image, image_url)
+        with self._observed(target.name):
+            if use_url:
+                assert image_url is not None
+                params = self._url_params(image_url, {"caption": caption})
+                exchange = self._call(target, "GET", target.endpoint, params=params)
+            else:
+                assert image is not None
+                exchange = self._call(target, "POST", target.endpoint, files=_upload(image),
+                                      data={"caption": caption})
+            payload = self._payload(target, exchange)
+            data = normalize_score_answer(target.name, payload, status_code=exchange.status_code)
         return ServiceAnswer(target.name, data, exchange.elapsed, exchange.status_code)
 
     def score(
@@ -195,7 +227,7 @@ class FarmClient:
         timeout = httpx.Timeout(self.health_timeout_s, connect=min(self.health_timeout_s, self.connect_timeout_s))
         started = time.monotonic()
         try:
-            with self._http.stream("GET", url, timeout=timeout) as response:
+            with self._http(target).stream("GET", url, timeout=timeout) as response:
                 body, _complete = _read(response, _ERROR_BODY_BYTES, deadline=started + self.health_timeout_s)
                 status = response.status_code
                 content_type = response.headers.get("content-type", "")
@@ -211,6 +243,22 @@ class FarmClient:
         return HealthResult(target.name, url, status == 200, status, latency, health_detail(body, content_type))
 
     # -- internals ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _observed(self, service: str) -> Iterator[None]:
+        """Time the block and tell the observers its outcome. Only service outcomes count: a refusal before
+        any request (e.g. a private image URL) is not a service call."""
+        observers = [*([self.observer] if self.observer else []), *_process_observers]
+        if not observers:
+            yield
+            return
+        started = time.monotonic()
+        try:
+            yield
+        except ServiceCallError as failure:
+            _tell(observers, service, time.monotonic() - started, failure.kind)
+            raise
+        _tell(observers, service, time.monotonic() - started, "success")
 
     def _resolve(self, service: Service | str) -> Service:
         return service if isinstance(service, Service) else self.catalog[service]
@@ -235,7 +283,7 @@ class FarmClient:
         started = time.monotonic()
         deadline = started + service.timeout_s
         try:
-            with self._http.stream(method, url, timeout=timeout, **request) as response:
+            with self._http(service).stream(method, url, timeout=timeout, **request) as response:
                 success = 200 <= response.status_code < 300
                 limit = self.max_body_bytes if success else _ERROR_BODY_BYTES
                 declared = response.headers.get("content-length", "")
@@ -286,6 +334,21 @@ class FarmClient:
                 status_code=status,
                 elapsed=exchange.elapsed,
             ) from None
+
+
+@contextmanager
+def observing_calls(observer: CallObserver) -> Iterator[None]:
+    """Tell `observer` of every analyze/score call of every FarmClient in this process while the block runs."""
+    _process_observers.append(observer)
+    try:
+        yield
+    finally:
+        _process_observers.remove(observer)
+
+
+def _tell(observers: Iterable[CallObserver], service: str, seconds: float, outcome: str) -> None:
+    for observer in observers:
+        observer(service, seconds, outcome)
 
 
 def check_services(
