@@ -291,9 +291,12 @@ def submit(app: AppContext, services: str, limit: int | None, group: str | None,
               help="Seconds to finish in-flight jobs after SIGTERM.")
 @click.option("--broker", type=click.Choice(["rabbitmq", "postgres"]),
               help="Where a service worker takes its tasks (default: RabbitMQ when configured, else the job table).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus metrics on this port (http://HOST:PORT/metrics): jobs done and failed, "
+                   "handler and service-call latency, queue depths, NOTIFY queue usage.")
 @pass_app
 def worker(app: AppContext, role: str, service: str | None, concurrency: int, batch_size: int | None,
-           lease_seconds: float, drain_timeout: float, broker: str | None) -> None:
+           lease_seconds: float, drain_timeout: float, broker: str | None, metrics_port: int | None) -> None:
     """Run a worker until SIGTERM/SIGINT (once: drain in-flight jobs; twice: leave now)."""
     from windmill.worker.launch import run_worker
     from windmill.worker.runtime import WorkerOptions
@@ -303,7 +306,8 @@ def worker(app: AppContext, role: str, service: str | None, concurrency: int, ba
     if broker == "rabbitmq" and app.settings.amqp_url is None:
         raise WindmillError("--broker rabbitmq needs WINDMILL_AMQP_URL (or QUEUE_HOST and QUEUE_USER)")
     code = run_worker(app.settings, app.catalog, role, service=service, options=options,
-                      lease=timedelta(seconds=lease_seconds), use_rabbitmq=broker != "postgres")
+                      lease=timedelta(seconds=lease_seconds), use_rabbitmq=broker != "postgres",
+                      metrics_port=metrics_port)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # handler threads abandoned by a second signal must not keep the process alive

@@ -9,7 +9,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
@@ -90,6 +90,48 @@ def _url(scheme: str, user: str, password: str | None, host: str, port: str, pat
     if password:
         credentials += ":" + quote(password, safe="")
     return f"{scheme}://{credentials}@{host}:{port}/{quote(path, safe='')}"
+
+
+def _secret_file(env: Mapping[str, str], name: str) -> str | None:
+    """The secret in the file `name` points to (a Docker or systemd credential), so a password need not sit in
+    the environment or on a command line. One trailing line break is dropped; the secret never appears in an
+    error message."""
+    path_text = env.get(name)
+    if not path_text:
+        return None
+    path = Path(path_text).expanduser()
+    try:
+        secret = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as problem:
+        reason = getattr(problem, "strerror", None) or type(problem).__name__
+        raise ConfigError(f"{name} names {path}, which cannot be read ({reason})") from None
+    secret = secret.removesuffix("\n").removesuffix("\r")
+    if not secret:
+        raise ConfigError(f"{name} names {path}, which is empty")
+    return secret
+
+
+def _with_password(url: str, password: str) -> str:
+    """`url` with its password set to `password` (its user, host and the rest kept)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = quote(unquote(parts.username), safe="") if parts.username else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
+
+
+def _password_from_file(url: str | None, env: Mapping[str, str], name: str, *, url_variable: str,
+                        host_variable: str, inline: str) -> str | None:
+    """Apply the password file `name` (when set) to the server URL built from the environment: it replaces the
+    password of `url_variable`'s URL, or fills in the one of the URL built from the host variables, where a
+    password also given inline (`inline`, e.g. DB_PASSWORD) is a conflict: which one wins would be a guess."""
+    secret = _secret_file(env, name)
+    if secret is None:
+        return url
+    if url is None:
+        raise ConfigError(f"{name} is set but no server is configured ({url_variable} or {host_variable})")
+    if not env.get(url_variable) and env.get(inline):
+        raise ConfigError(f"{inline} and {name} are both set; keep one")
+    return _with_password(url, secret)
 
 
 def _port(env: Mapping[str, str], name: str, default: str) -> str:
@@ -185,8 +227,12 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
         raise ConfigError(f"WINDMILL_SERVICE_CONFIG points to {service_config}, which is not a file")
     roots = tuple(Path(p).expanduser().resolve() for p in env.get("WINDMILL_IMAGE_ROOTS", "").split(os.pathsep) if p)
     return Settings(
-        database_url=_database_url(env),
-        amqp_url=_amqp_url(env),
+        database_url=_password_from_file(_database_url(env), env, "WINDMILL_DATABASE_PASSWORD_FILE",
+                                         url_variable="WINDMILL_DATABASE_URL", host_variable="DB_HOST",
+                                         inline="DB_PASSWORD"),
+        amqp_url=_password_from_file(_amqp_url(env), env, "WINDMILL_AMQP_PASSWORD_FILE",
+                                     url_variable="WINDMILL_AMQP_URL", host_variable="QUEUE_HOST",
+                                     inline="QUEUE_PASSWORD"),
         home=Path(env["WINDMILL_HOME"]).expanduser() if env.get("WINDMILL_HOME") else DEFAULT_HOME,
         service_config=service_config,
         service_name=env.get("SERVICE_NAME") or None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from types import FrameType
 from typing import Protocol
@@ -58,27 +58,41 @@ def run_worker(
     options: WorkerOptions | None = None,
     lease: timedelta | None = None,
     use_rabbitmq: bool = True,
+    metrics_port: int | None = None,
 ) -> int:
     """Run one worker in this process until a signal stops it; returns the exit code. A role that takes
-    image × service tasks consumes RabbitMQ when it is configured and `use_rabbitmq`, else the job table."""
+    image × service tasks consumes RabbitMQ when it is configured and `use_rabbitmq`, else the job table.
+    With `metrics_port`, Prometheus metrics are served on that port for as long as the worker runs."""
     options = options or WorkerOptions()
     with open_database(settings, application_name=f"windmill-{role_name}") as database:
         with database.connect() as conn:
             ensure_schema(conn, catalog, may_migrate=settings.uses_embedded_database)
         pool = database.pool(min_size=1, max_size=options.concurrency + 2, name=f"worker-{role_name}")
+        extras = ExitStack()  # the metrics endpoint, when asked for: closed before the pool it reads through
         try:
+            metrics = None
+            if metrics_port is not None:
+                from windmill.metrics import serving_worker_metrics
+
+                metrics = extras.enter_context(serving_worker_metrics(metrics_port, pool))
             jobs = JobQueue(pool, lease=lease) if lease else JobQueue(pool)
             context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=catalog,
                                   worker_id=settings.worker_id, service=service or settings.service_name)
             role = build_role(role_name, context)
+            hooks = None
+            if metrics is not None:
+                metrics.start_role(role.name, role.service.split(",") if role.service else ())
+                hooks = metrics.hooks(role.name)
+                role = metrics.counting_tasks(role)
             worker: Stoppable
             if role.tasks is not None and settings.amqp_url is not None and use_rabbitmq:
                 worker = BrokerWorker(settings.amqp_url, role, pool, worker_id=settings.worker_id,
                                       concurrency=options.concurrency)
             else:
                 worker = Worker(jobs, role, worker_id=settings.worker_id, listen_conninfo=database.conninfo,
-                                options=options)
+                                options=options, hooks=hooks)
             with stop_on_signals(worker):
                 return worker.run()
         finally:
+            extras.close()
             pool.close()

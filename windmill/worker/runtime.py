@@ -37,6 +37,8 @@ class WorkerHooks:
 
     on_claimed: Callable[[Job], None] | None = None
     on_done: Callable[[Job, BaseException | None], None] | None = None
+    # Right after the handler returns or raises, with its wall-clock seconds (before the outcome is stored).
+    on_handled: Callable[[Job, BaseException | None, float], None] | None = None
 
 
 class Worker:
@@ -134,11 +136,18 @@ class Worker:
 
     def _run_one(self, job: Job) -> None:
         error: BaseException | None = None
+        started = time.monotonic()
         try:
             self.role.handle(job)
         except BaseException as raised:  # a handler's failure is the job's, never the worker's
             error = raised
-        self._finished.append((job, error, time.monotonic()))
+        finished = time.monotonic()
+        if self.hooks.on_handled:
+            try:
+                self.hooks.on_handled(job, error, finished - started)
+            except Exception:  # a broken metrics hook must not leave the job in flight forever
+                log.exception("on_handled hook failed", extra={"action": "hook_failed"})
+        self._finished.append((job, error, finished))
         self._wake.set()
 
     def _drain(self) -> None:

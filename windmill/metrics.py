@@ -1,0 +1,267 @@
+"""Prometheus metrics of a worker process (`worker --metrics-port`): job outcomes and handler latency by role and
+service, Animal Farm call latency, and — read from PostgreSQL when scraped — queue depths, the age of the oldest
+job due and how full the NOTIFY queue is.
+
+Counters and histograms live in the process and are fed by the worker's hooks and the farm client's observer;
+the queue figures are facts of the database shared by every worker, so they are read at scrape time instead of
+being kept up to date. Each WorkerMetrics has its own registry (never prometheus_client's global one), so a test
+or a process can hold several.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from windmill.broker.base import Task
+from windmill.db.queries import query
+from windmill.errors import WindmillError, first_line
+from windmill.farm.client import observing_calls
+from windmill.jobs import Job
+from windmill.worker.registry import Role
+from windmill.worker.runtime import WorkerHooks
+
+log = logging.getLogger(__name__)
+
+# Handlers range from a no-op (microseconds) to an Ollama caption (up to its 120 s timeout, retried inside).
+HANDLER_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+SERVICE_CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# A scrape must answer even when PostgreSQL is slow or away: Prometheus' own default scrape timeout is 10 s.
+SCRAPE_TIMEOUT_S = 2.0
+# The columns of the queue_depths view (sql/0007_monitoring_views.sql) exported as windmill_queue_jobs{state}.
+QUEUE_STATES = ("queued", "scheduled", "retrying", "running", "expired_leases", "dead")
+# Queue prefixes that name the service a job calls (queue_<service>, postprocess_<service>).
+_SERVICE_QUEUE_PREFIXES = ("queue_", "postprocess_")
+
+
+def job_service(job: Job) -> str:
+    """The service a job calls, for the `service` label: "" for jobs of no single service (merge, consensus)."""
+    for prefix in _SERVICE_QUEUE_PREFIXES:
+        if job.queue.startswith(prefix):
+            return job.queue[len(prefix):]
+    return ""
+
+
+class WorkerMetrics:
+    """The metrics of one worker process and the seams that feed them."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        labels = ("role", "service")
+        self.jobs_done = Counter("windmill_jobs_done", "Handler runs that succeeded.", labels,
+                                 registry=self.registry)
+        self.jobs_failed = Counter("windmill_jobs_failed", "Handler runs that raised (each failed attempt counts).",
+                                   labels, registry=self.registry)
+        self.job_duration = Histogram("windmill_job_duration_seconds", "Wall-clock seconds a handler ran.", labels,
+                                      buckets=HANDLER_BUCKETS, registry=self.registry)
+        self.service_calls = Histogram("windmill_service_call_duration_seconds",
+                                       "Seconds an Animal Farm call took, request to parsed answer; outcome is "
+                                       "success or the failure kind (timeout, http_5xx, connect, ...).",
+                                       ("service", "outcome"), buckets=SERVICE_CALL_BUCKETS, registry=self.registry)
+
+    # -- feeding --------------------------------------------------------------------------------------------
+
+    def handled(self, role: str, service: str, error: BaseException | None, seconds: float) -> None:
+        """One handler run finished."""
+        self.job_duration.labels(role, service).observe(seconds)
+        (self.jobs_done if error is None else self.jobs_failed).labels(role, service).inc()
+
+    def observe_service_call(self, service: str, seconds: float, outcome: str) -> None:
+        """A FarmClient CallObserver."""
+        self.service_calls.labels(service, outcome).observe(seconds)
+
+    def start_role(self, role: str, services: Iterable[str] = ()) -> None:
+        """Export zeros for the role's series before its first job, so rate() and alerts see them from the start."""
+        for service in list(services) or [""]:
+            for metric in (self.jobs_done, self.jobs_failed, self.job_duration):
+                metric.labels(role, service)
+
+    def hooks(self, role: str, base: WorkerHooks | None = None) -> WorkerHooks:
+        """Worker hooks that count and time every job of `role` (keeping `base`'s other hooks)."""
+
+        def on_handled(job: Job, error: BaseException | None, seconds: float) -> None:
+            self.handled(role, job_service(job), error, seconds)
+            if base is not None and base.on_handled is not None:
+                base.on_handled(job, error, seconds)
+
+        return replace(base or WorkerHooks(), on_handled=on_handled)
+
+    def counting_tasks(self, role: Role) -> Role:
+        """The role with its broker task handler counted and timed (a RabbitMQ-fed worker has no job hooks)."""
+        if role.tasks is None:
+            return role
+        handle = role.tasks.handle
+
+        def counted(task: Task) -> object:
+            started = time.monotonic()
+            try:
+                outcome = handle(task)
+            except BaseException as error:
+                self.handled(role.name, task.service_name, error, time.monotonic() - started)
+                raise
+            self.handled(role.name, task.service_name, None, time.monotonic() - started)
+            return outcome
+
+        return replace(role, tasks=replace(role.tasks, handle=counted))
+
+    def watch_database(self, pool: ConnectionPool, *, timeout_s: float = SCRAPE_TIMEOUT_S) -> QueueCollector:
+        """Read queue depths and the NOTIFY queue's fill from PostgreSQL on every scrape."""
+        collector = QueueCollector(pool, timeout_s=timeout_s)
+        self.registry.register(collector)
+        return collector
+
+
+# -- the database side, read per scrape -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatabaseReading:
+    queues: list[dict[str, Any]]
+    notification_queue_usage: float | None
+    complete: bool  # False when a part could not be read (the exported figures are then partial)
+
+
+class QueueCollector(Collector):
+    """Reads the queue_depths view and pg_notification_queue_usage() at scrape time, bounded by a short timeout.
+
+    Never raises: a scrape during a database outage still answers, with windmill_metrics_database_up 0, so the
+    outage is itself visible in Prometheus rather than as a failed scrape.
+    """
+
+    def __init__(self, pool: ConnectionPool, *, timeout_s: float = SCRAPE_TIMEOUT_S) -> None:
+        self.pool = pool
+        self.timeout_s = timeout_s
+        self._failing = False
+        self._lock = threading.Lock()
+
+    def describe(self) -> Iterable[Metric]:
+        """The families without reading the database: registering must not need PostgreSQL."""
+        return list(self._families(DatabaseReading([], None, complete=False)))
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families(self.read()))
+
+    def read(self) -> DatabaseReading:
+        problems: list[str] = []
+        queues: list[dict[str, Any]] = []
+        usage: float | None = None
+        try:
+            with self.pool.connection(timeout=self.timeout_s) as conn:
+                # Each read in its own transaction, so a refused view (a role without the right) spares the other.
+                try:
+                    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+                        self._bound(cursor)
+                        cursor.execute("SELECT pg_notification_queue_usage() AS usage")
+                        usage = float(cursor.fetchone()["usage"])  # type: ignore[index]
+                except Exception as error:
+                    problems.append(f"pg_notification_queue_usage: {first_line(error)}")
+                try:
+                    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+                        self._bound(cursor)
+                        cursor.execute(query("monitor_queue_depths"))
+                        queues = cursor.fetchall()
+                except Exception as error:
+                    problems.append(f"queue_depths: {first_line(error)}")
+        except Exception as error:  # no connection within the timeout, or the pool is closing
+            problems.append(f"no connection: {first_line(error) or type(error).__name__}")
+        self._report(problems)
+        return DatabaseReading(queues, usage, complete=not problems)
+
+    def _bound(self, cursor: Any) -> None:
+        cursor.execute("SELECT set_config('statement_timeout', %s, true)", (f"{int(self.timeout_s * 1000)}ms",))
+
+    def _report(self, problems: list[str]) -> None:
+        """Warn when reading starts failing and when it recovers, not on every scrape of an outage."""
+        with self._lock:
+            was_failing, self._failing = self._failing, bool(problems)
+        if problems and not was_failing:
+            log.warning("metrics: cannot read the queue figures from PostgreSQL (%s)", "; ".join(problems),
+                        extra={"action": "metrics_database_failed"})
+        elif problems:
+            log.debug("metrics: still cannot read the queue figures (%s)", "; ".join(problems),
+                      extra={"action": "metrics_database_failed"})
+        elif was_failing:
+            log.info("metrics: reading the queue figures from PostgreSQL again",
+                     extra={"action": "metrics_database_ok"})
+
+    @staticmethod
+    def _families(reading: DatabaseReading) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("windmill_queue_jobs", "Jobs per job-table queue and state (view queue_depths; "
+                                  "queued = due now).", labels=["queue", "state"])
+        oldest = GaugeMetricFamily("windmill_queue_oldest_age_seconds",
+                                   "Age of the oldest job of the queue that could run now (0 when none).",
+                                   labels=["queue"])
+        for row in reading.queues:
+            for state in QUEUE_STATES:
+                depth.add_metric([row["queue"], state], float(row[state] or 0))
+            oldest.add_metric([row["queue"]], float(row["oldest_age_s"] or 0))
+        yield depth
+        yield oldest
+        usage = GaugeMetricFamily("windmill_pg_notification_queue_usage",
+                                  "Fraction of PostgreSQL's NOTIFY queue in use (pg_notification_queue_usage()); "
+                                  "near 1, NOTIFY fails and so do the inserts that queue jobs.")
+        if reading.notification_queue_usage is not None:
+            usage.add_metric([], reading.notification_queue_usage)
+        yield usage
+        yield GaugeMetricFamily("windmill_metrics_database_up",
+                                "1 when the last scrape read every queue figure from PostgreSQL, else 0.",
+                                value=1.0 if reading.complete else 0.0)
+
+
+# -- serving -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MetricsServer:
+    """A running /metrics endpoint; `port` is the bound one (useful when asked for port 0)."""
+
+    server: WSGIServer
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def start_metrics_server(port: int, registry: CollectorRegistry, *, address: str = "0.0.0.0") -> MetricsServer:
+    """Serve `registry` at http://address:port/metrics from a daemon thread (every interface by default: the
+    Prometheus server scrapes from another machine)."""
+    try:
+        server, thread = start_http_server(port, addr=address, registry=registry)
+    except OSError as error:
+        raise WindmillError(f"cannot serve metrics on {address}:{port}: {error.strerror or error}") from None
+    log.info("serving Prometheus metrics on %s:%d", address, server.server_address[1],
+             extra={"action": "metrics_serving"})
+    return MetricsServer(server, thread)
+
+
+@contextmanager
+def serving_worker_metrics(port: int, pool: ConnectionPool, *, address: str = "0.0.0.0",
+                           timeout_s: float = SCRAPE_TIMEOUT_S) -> Iterator[WorkerMetrics]:
+    """A worker process's metrics for as long as the block runs: the endpoint, the database collector on the
+    worker's pool, and every Animal Farm call of the process observed."""
+    metrics = WorkerMetrics()
+    metrics.watch_database(pool, timeout_s=timeout_s)
+    server = start_metrics_server(port, metrics.registry, address=address)
+    try:
+        with observing_calls(metrics.observe_service_call):
+            yield metrics
+    finally:
+        server.close()
