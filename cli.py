@@ -355,6 +355,106 @@ def run_all(app: AppContext) -> None:
     sys.exit(code)
 
 
+def supervisor_for(app: AppContext) -> Any:
+    from windmill.supervisor import Supervisor
+
+    return Supervisor.configured(app.settings, app.catalog_as_configured, env_file=app.env_file)
+
+
+def echo_outcomes(outcomes: list[Any]) -> None:
+    """One line per worker; exit status 1 when one did not start, or did not drain and was killed."""
+    for outcome in outcomes:
+        click.echo(f"{outcome.name}: {outcome.message}", err=not outcome.ok)
+    if not all(outcome.ok for outcome in outcomes):
+        sys.exit(1)
+
+
+worker_names = click.argument("names", nargs=-1, metavar="[NAME]...")
+drain_timeout_option = click.option(
+    "--drain-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
+    help="Seconds each worker may take to finish its in-flight jobs after SIGTERM; then it is told to leave now "
+         "and, 5 s later, killed.")
+
+
+@main.group()
+def workers() -> None:
+    """Detached workers on this machine, by NAME: a service worker per primary and spatial_only catalog service
+    (blip, clip, …, yolov8, face, pose), merger, consensus, postprocess_colors, postprocess_face,
+    postprocess_pose, caption_score, scheduler. No NAME means all of them. Pid files live in WINDMILL_HOME/run,
+    logs are appended to WINDMILL_HOME/logs/NAME.log."""
+
+
+@workers.command("start")
+@worker_names
+@pass_app
+def workers_start(app: AppContext, names: tuple[str, ...]) -> None:
+    """Start the named workers (all without NAME) in the background; a running one is left alone."""
+    echo_outcomes(supervisor_for(app).start(names))
+
+
+@workers.command("stop")
+@worker_names
+@drain_timeout_option
+@pass_app
+def workers_stop(app: AppContext, names: tuple[str, ...], drain_timeout: float) -> None:
+    """Stop the named workers by their pid: SIGTERM, let them drain, kill only those that do not exit."""
+    echo_outcomes(supervisor_for(app).stop(names, drain_timeout=drain_timeout))
+
+
+@workers.command("restart")
+@worker_names
+@drain_timeout_option
+@pass_app
+def workers_restart(app: AppContext, names: tuple[str, ...], drain_timeout: float) -> None:
+    """Stop (draining) and start the named workers; one that was not running is started."""
+    echo_outcomes(supervisor_for(app).restart(names, drain_timeout=drain_timeout))
+
+
+@workers.command("status")
+@worker_names
+@json_option
+@pass_app
+def workers_status(app: AppContext, names: tuple[str, ...], as_json: bool) -> None:
+    """Each worker's pid, whether it runs, the age of its last heartbeat in the workers table, its log."""
+    from windmill.monitor import format_table
+
+    supervisor = supervisor_for(app)
+    rows = supervisor.status(names)  # unknown names are refused before any connection is made
+    note = None
+    if app.settings.uses_embedded_database and not any(row.running for row in rows):
+        note = "heartbeats not read: no worker started here runs, and the embedded database is not started for this"
+    else:
+        try:
+            with app.connection() as conn:
+                rows = supervisor.status(names, conn)
+        except (psycopg.OperationalError, WindmillError) as error:
+            note = f"heartbeats unavailable: {first_line(error)}"
+    if as_json:
+        echo_json({"workers": [row.as_dict() for row in rows], "note": note})
+        return
+    click.echo(format_table([{
+        "name": row.name,
+        "pid": row.pid,
+        "running": "yes" if row.running else "no (stale pid file)" if row.pid_file == "stale" else "no",
+        "heartbeat_age_s": row.heartbeat_age_s,
+        "log": row.log,
+    } for row in rows]))
+    if note:
+        click.echo(note)
+
+
+@workers.command("run")
+@click.argument("name")
+@pass_app
+def workers_run(app: AppContext, name: str) -> None:
+    """Run the named worker in the foreground, as the systemd unit windmill-worker@NAME does: this process becomes
+    `python -m windmill worker --role …` with WORKER_ID=NAME@HOSTNAME (the id `workers status` looks for)."""
+    argv, env = supervisor_for(app).command(name)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)
+
+
 @main.command()
 @json_option
 @click.option("--watch", is_flag=True, help="Redraw every --interval seconds until Ctrl-C.")

@@ -51,8 +51,13 @@ class CronStatus:
 
 
 def cron_setup(conn: psycopg.Connection) -> CronSetup:
-    with conn.cursor(row_factory=dict_row) as cursor:
-        row = cursor.execute(query("pg_cron_setup")).fetchone()
+    try:
+        with conn.cursor(row_factory=dict_row) as cursor:
+            row = cursor.execute(query("pg_cron_setup")).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        # cron.database_name is readable by superusers and pg_read_all_settings members only.
+        raise WindmillError("reading the pg_cron settings needs a superuser or a member of pg_read_all_settings; "
+                            "run `windmill-cli cron` as the database owner") from None
     assert row is not None
     return CronSetup(**row)
 

@@ -1,0 +1,149 @@
+-- Least-privilege PostgreSQL roles for Windmill.
+--
+--   windmill_owner    owns schema windmill and everything in it: runs `windmill-cli init-db` (migrations) and
+--                     the commands that change the collection itself (`images add`).
+--   windmill_worker   what workers do and nothing more: read the collection, write answers, merged boxes,
+--                     consensus, postprocessing, jobs and its own row in `workers`, run the backfill. It also
+--                     serves `submit`, `status`, `backfill`, `jobs` and `cron status`. No DDL, no TRUNCATE, no
+--                     temporary tables, nothing outside schema windmill.
+--   windmill_monitor  reads the five monitoring views (psql, Grafana) and nothing else.
+--
+-- Run it as a superuser (or, on a managed server, the admin role with CREATEROLE) in Windmill's database, before
+-- the first `init-db` (it creates the roles and the schema, owned by windmill_owner) and again after every
+-- `init-db` (it grants on what the migrations created; objects not there yet are skipped with a NOTICE).
+-- Idempotent, one transaction:
+--
+--     psql -1 -v ON_ERROR_STOP=1 -d windmill -f deploy/roles.sql
+--
+-- No password is in this file. Set them in psql with  \password windmill_worker  (and the other two), or from a
+-- variable without echoing it:   psql -d windmill -v pw="$WORKER_PASSWORD" <<< "ALTER ROLE windmill_worker PASSWORD :'pw'"
+--
+-- Every table, view and function of schema windmill is listed below, with what each role may do on it (an empty
+-- entry is a decision too); tests/test_deploy_files.py fails when a migration adds an object this file does not
+-- name, and runs each role's statements as that role.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'windmill_owner') THEN
+        CREATE ROLE windmill_owner LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'windmill_worker') THEN
+        CREATE ROLE windmill_worker LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'windmill_monitor') THEN
+        CREATE ROLE windmill_monitor LOGIN;
+    END IF;
+    -- A managed server's admin is no superuser: it must be a member of windmill_owner to hand objects to it.
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        EXECUTE format('GRANT windmill_owner TO %I', current_user);
+    END IF;
+END $$;
+
+-- The database: everyone may connect, nobody but the owner may create schemas (init-db's CREATE SCHEMA IF NOT
+-- EXISTS checks that privilege even when the schema exists), and nobody may create temporary tables.
+DO $$
+BEGIN
+    EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO windmill_owner, windmill_worker, windmill_monitor',
+                   current_database());
+    EXECUTE format('GRANT CREATE ON DATABASE %I TO windmill_owner', current_database());
+    -- The same search path the Windmill client sets, for people at psql (`SELECT * FROM live_workers`).
+    EXECUTE format('ALTER ROLE windmill_monitor IN DATABASE %I SET search_path = windmill', current_database());
+    EXECUTE format('ALTER ROLE windmill_worker IN DATABASE %I SET search_path = windmill, public',
+                   current_database());
+END $$;
+
+-- Nobody but its owner creates objects in schema public (PostgreSQL 15's default, spelled out for older servers).
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+
+CREATE SCHEMA IF NOT EXISTS windmill AUTHORIZATION windmill_owner;
+ALTER SCHEMA windmill OWNER TO windmill_owner;
+REVOKE ALL ON SCHEMA windmill FROM PUBLIC;
+GRANT USAGE ON SCHEMA windmill TO windmill_worker, windmill_monitor;
+
+-- Objects created before this file ran (init-db run by another user) are handed to windmill_owner, so that it can
+-- run the next migrations. Sequences of identity columns follow their tables.
+DO $$
+DECLARE
+    object record;
+BEGIN
+    FOR object IN
+        SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE'
+                              WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END AS kind,
+               format('windmill.%I', c.relname) AS name
+          FROM pg_class c
+         WHERE c.relnamespace = 'windmill'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+           AND c.relowner <> 'windmill_owner'::regrole
+           AND NOT (c.relkind = 'S' AND EXISTS (SELECT FROM pg_depend d
+                                                 WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')))
+        UNION ALL
+        SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
+               p.oid::regprocedure::text
+          FROM pg_proc p
+         WHERE p.pronamespace = 'windmill'::regnamespace AND p.proowner <> 'windmill_owner'::regrole
+        UNION ALL
+        SELECT 'TYPE', format('windmill.%I', t.typname)
+          FROM pg_type t
+         WHERE t.typnamespace = 'windmill'::regnamespace AND t.typtype IN ('e', 'd', 'r')
+           AND t.typowner <> 'windmill_owner'::regrole
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO windmill_owner', object.kind, object.name);
+    END LOOP;
+END $$;
+
+-- Start from nothing, so a privilege withdrawn from this file is withdrawn on the server too.
+REVOKE ALL ON ALL TABLES IN SCHEMA windmill FROM PUBLIC, windmill_worker, windmill_monitor;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA windmill FROM PUBLIC, windmill_worker, windmill_monitor;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA windmill FROM PUBLIC, windmill_worker, windmill_monitor;
+-- Functions a future migration creates are not executable by everyone either (PostgreSQL's default).
+ALTER DEFAULT PRIVILEGES FOR ROLE windmill_owner IN SCHEMA windmill REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+
+DO $$
+DECLARE
+    entry record;
+    found boolean;
+BEGIN
+    FOR entry IN SELECT * FROM (VALUES
+        -- kind,      object,                         windmill_worker,                  windmill_monitor
+        ('TABLE',    'schema_migrations',            'SELECT',                          NULL),  -- is the schema up to date?
+        ('TABLE',    'services',                     'SELECT, INSERT, UPDATE',          NULL),  -- every worker syncs the catalog at start
+        ('TABLE',    'images',                       'SELECT',                          NULL),
+        ('TABLE',    'results',                      'SELECT, INSERT',                  NULL),  -- service workers
+        ('TABLE',    'merged_boxes',                 'SELECT, INSERT, UPDATE, DELETE',  NULL),  -- the merger replaces boxes
+        ('TABLE',    'merged_images',                'SELECT, INSERT, UPDATE',          NULL),
+        ('TABLE',    'consensus',                    'SELECT, INSERT, UPDATE',          NULL),
+        ('TABLE',    'postprocessing',               'SELECT, INSERT, DELETE',          NULL),  -- caption scores are replaced
+        ('TABLE',    'jobs',                         'SELECT, INSERT, UPDATE',          NULL),  -- enqueue, claim, lease, finish
+        ('TABLE',    'workers',                      'SELECT, INSERT, UPDATE',          NULL),  -- presence and heartbeats
+        ('VIEW',     'service_progress',             'SELECT',                          'SELECT'),
+        ('VIEW',     'queue_depths',                 'SELECT',                          'SELECT'),
+        ('VIEW',     'image_completeness',           'SELECT',                          'SELECT'),
+        ('VIEW',     'recent_failures',              'SELECT',                          'SELECT'),
+        ('VIEW',     'live_workers',                 'SELECT',                          'SELECT'),
+        ('FUNCTION', 'enqueue_job(text, bigint, jsonb, text, integer, timestamp with time zone)', 'EXECUTE', NULL),
+        ('FUNCTION', 'backfill(integer)',            'EXECUTE',                         NULL),  -- the scheduler role, pg_cron
+        ('FUNCTION', 'is_person_box(jsonb, text)',   'EXECUTE',                         'EXECUTE'),  -- image_completeness calls it
+        ('FUNCTION', 'consensus_delay()',            'EXECUTE',                         NULL),  -- the triggers call it
+        -- Trigger functions: PostgreSQL checks EXECUTE when a trigger is created, not when it fires.
+        ('FUNCTION', 'notify_job_queued()',          NULL,                              NULL),
+        ('FUNCTION', 'enqueue_after_result()',       NULL,                              NULL),
+        ('FUNCTION', 'enqueue_consensus_for_image()', NULL,                             NULL)
+    ) AS grants (kind, object, worker, monitor)
+    LOOP
+        found := CASE WHEN entry.kind = 'FUNCTION' THEN to_regprocedure('windmill.' || entry.object) IS NOT NULL
+                      ELSE to_regclass('windmill.' || entry.object) IS NOT NULL END;
+        IF NOT found THEN
+            RAISE NOTICE 'windmill.% does not exist yet: run this file again after `windmill-cli init-db`',
+                entry.object;
+            CONTINUE;
+        END IF;
+        IF entry.worker IS NOT NULL THEN
+            EXECUTE format('GRANT %s ON %s windmill.%s TO windmill_worker', entry.worker,
+                           CASE entry.kind WHEN 'VIEW' THEN 'TABLE' ELSE entry.kind END, entry.object);
+        END IF;
+        IF entry.monitor IS NOT NULL THEN
+            EXECUTE format('GRANT %s ON %s windmill.%s TO windmill_monitor', entry.monitor,
+                           CASE entry.kind WHEN 'VIEW' THEN 'TABLE' ELSE entry.kind END, entry.object);
+        END IF;
+    END LOOP;
+END $$;

@@ -1,0 +1,424 @@
+"""Detached worker processes on one machine (`windmill-cli workers start|stop|restart|status`): which workers
+there are, their command lines, pid files under `<WINDMILL_HOME>/run` and logs appended under `<WINDMILL_HOME>/logs`.
+
+What the seed's workers.sh got wrong is what this module exists to get right (reference-behaviour §11–13): a
+worker is stopped by the pid it was started with, never by a `pkill -f` pattern that also hits other people's
+processes; it gets SIGTERM and its drain timeout before anything harsher; a pid file whose process is gone, or
+now belongs to something else, is removed and its pid never signalled; logs are appended, so the evidence of
+the last outage survives a restart; an unknown name is refused with the list of valid ones. Linux only: a pid
+is matched to its worker through /proc/<pid>/cmdline.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from windmill.catalog import Catalog
+from windmill.db.queries import query
+from windmill.errors import WindmillError
+from windmill.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Catalog categories whose services get a service worker each: spatial_only (face, pose) too, so tasks that
+# `submit --services spatial_only` queues have a consumer (the seed left queue_face and queue_pose without one).
+SERVICE_WORKER_CATEGORIES = ("primary", "spatial_only")
+# The workers of the pipeline after the answers, by name, with what follows `worker` on their command line.
+PIPELINE_WORKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("merger", ("--role", "merger")),
+    ("consensus", ("--role", "consensus")),
+    ("postprocess_colors", ("--role", "postprocess", "--service", "colors")),
+    ("postprocess_face", ("--role", "postprocess", "--service", "face")),
+    ("postprocess_pose", ("--role", "postprocess", "--service", "pose")),
+    ("caption_score", ("--role", "caption_score")),
+    ("scheduler", ("--role", "scheduler")),
+)
+DEFAULT_DRAIN_TIMEOUT_S = 30.0  # the worker's own --drain-timeout default: stop waits at least that long
+LEAVE_NOW_GRACE_S = 5.0  # after the second SIGTERM ("leave now"), before SIGKILL
+START_SETTLE_S = 2.0  # how long start watches new workers for an immediate exit (a bad setting, no schema)
+_POLL_S = 0.05
+# A name becomes a file name (pid file, log): no separators, no leading dot.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One named worker: its command line after `python -m windmill` (no credentials: those stay in the
+    environment the process inherits)."""
+
+    name: str
+    argv_tail: tuple[str, ...]
+
+
+def worker_specs(catalog: Catalog) -> dict[str, WorkerSpec]:
+    """Every worker a machine can run, by name: a service worker per primary or spatial_only catalog service
+    (named after the service), then merger, consensus, postprocess_colors/face/pose, caption_score, scheduler."""
+    specs = {
+        service.name: WorkerSpec(service.name, ("worker", "--role", "service", "--service", service.name))
+        for service in catalog.services
+        if service.category in SERVICE_WORKER_CATEGORIES
+    }
+    for name, arguments in PIPELINE_WORKERS:
+        if name in specs:
+            raise WindmillError(f"the catalog service {name!r} has the name of a pipeline worker; rename the service")
+        specs[name] = WorkerSpec(name, ("worker", *arguments))
+    unsafe = [name for name in specs if not _SAFE_NAME.match(name)]
+    if unsafe:
+        raise WindmillError(f"worker names must be letters, digits, '_', '.' or '-': {', '.join(map(repr, unsafe))}")
+    return specs
+
+
+def select_workers(specs: Mapping[str, WorkerSpec], names: Iterable[str]) -> list[WorkerSpec]:
+    """The named workers in the order given (no names: all of them); an unknown name is refused with the list."""
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return list(specs.values())
+    unknown = [name for name in wanted if name not in specs]
+    if unknown:
+        raise WindmillError(f"unknown worker {', '.join(map(repr, unknown))}; valid workers: {', '.join(specs)}")
+    return [specs[name] for name in wanted]
+
+
+def worker_id_for(name: str, hostname: str | None = None) -> str:
+    """`<name>@<hostname>`: the worker's row in the `workers` table, the same whoever started it (this module or
+    the systemd unit), so `workers status` finds its heartbeat."""
+    return f"{name}@{hostname or socket.gethostname()}"
+
+
+def process_argv(pid: int) -> list[str] | None:
+    """The command line of a live process, or None when there is none (gone, or a zombie awaiting its parent)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+        return None
+    if not raw:
+        return None  # a zombie's command line is empty: it runs nothing any more
+    return [part.decode(errors="replace") for part in raw.rstrip(b"\0").split(b"\0")]
+
+
+def runs_worker(argv: list[str] | None, spec: WorkerSpec) -> bool:
+    """Whether a command line is Windmill running this worker; anything else under a recycled pid is not."""
+    tail = list(spec.argv_tail)
+    return argv is not None and "windmill" in argv and argv[-len(tail):] == tail
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What start or stop did to one worker; `ok` is False when the operator must look (it did not start, or
+    it had to be killed)."""
+
+    name: str
+    action: str  # started, running, exited, stopped, killed, not_running, failed
+    message: str
+    pid: int | None = None
+    exit_code: int | None = None  # known when this process is the worker's parent
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    name: str
+    worker_id: str
+    pid: int | None  # the live worker's pid; None when it does not run
+    running: bool
+    pid_file: str  # "ok", "none" or "stale" (its process is gone or is not this worker)
+    heartbeat_age_s: float | None  # from the workers table; None when it has no live row
+    alive: bool | None  # a heartbeat in the last 30 s (the live_workers view's rule)
+    log: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+class Supervisor:
+    """Starts, stops and inspects the named workers of this machine.
+
+    Start and stop take a lock file in the run directory, so two operators (or a start racing a stop) take
+    turns instead of both spawning the same worker. Status only reads.
+    """
+
+    def __init__(self, home: Path, specs: Mapping[str, WorkerSpec], *, env_file: Path | None = None,
+                 python: str = sys.executable, environ: Mapping[str, str] | None = None,
+                 hostname: str | None = None, leave_now_grace_s: float = LEAVE_NOW_GRACE_S) -> None:
+        self.home = home
+        self.specs = dict(specs)
+        self.env_file = env_file.resolve() if env_file is not None else None
+        self.python = python
+        self.environ = dict(os.environ if environ is None else environ)
+        self.hostname = hostname or socket.gethostname()
+        self.leave_now_grace_s = leave_now_grace_s
+
+    @classmethod
+    def configured(cls, settings: Settings, catalog: Catalog, *, env_file: Path | None = None) -> Supervisor:
+        return cls(settings.home, worker_specs(catalog), env_file=env_file)
+
+    # -- where things are ------------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    def pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def log_file(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def worker_id(self, name: str) -> str:
+        return worker_id_for(name, self.hostname)
+
+    def command(self, name: str) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment of a worker: what `start` spawns and `workers run NAME` (systemd) execs."""
+        spec = select_workers(self.specs, [name])[0]
+        global_options = ["--env-file", str(self.env_file)] if self.env_file is not None else []
+        argv = [self.python, "-m", "windmill", *global_options, *spec.argv_tail]
+        return argv, {**self.environ, "WORKER_ID": self.worker_id(name)}
+
+    # -- the operations --------------------------------------------------------------------------
+    def start(self, names: Iterable[str] = (), *, settle_s: float = START_SETTLE_S) -> list[Outcome]:
+        """Start each named worker that does not run, detached (own session, stdin from /dev/null, output
+        appended to its log), then watch them for `settle_s` so one that exits at once is reported with the
+        last line it logged rather than announced as started."""
+        specs = select_workers(self.specs, names)
+        outcomes: dict[str, Outcome] = {}
+        spawned: dict[str, tuple[int, int]] = {}  # name → pid, log size before the start
+        with self._locked():
+            for spec in specs:
+                pid = self._running_pid(spec, clean=True)
+                if pid is not None:
+                    outcomes[spec.name] = Outcome(spec.name, "running", f"already running (pid {pid})", pid)
+                    continue
+                log_file = self.log_file(spec.name)
+                offset = log_file.stat().st_size if log_file.exists() else 0
+                pid = self._spawn(spec)
+                _write_atomically(self.pid_file(spec.name), f"{pid}\n")
+                spawned[spec.name] = (pid, offset)
+                log.debug("started worker %s (pid %d)", spec.name, pid, extra={"action": "worker_started"})
+            exited = _wait_for_exits({name: pid for name, (pid, _) in spawned.items()}, settle_s)
+            for name, (pid, offset) in spawned.items():
+                if name in exited:
+                    self._remove_pid_file(name, pid)
+                    code = exited[name]
+                    last = _last_line(self.log_file(name), offset) or "nothing logged"
+                    status = f"status {code}" if code is not None else "an unknown status"
+                    outcomes[name] = Outcome(name, "exited", f"exited at once with {status}: {last} "
+                                             f"(log: {self.log_file(name)})", pid, code, ok=False)
+                else:
+                    outcomes[name] = Outcome(name, "started", f"started (pid {pid}, log {self.log_file(name)})", pid)
+        return [outcomes[spec.name] for spec in specs]
+
+    def stop(self, names: Iterable[str] = (), *, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S) -> list[Outcome]:
+        """SIGTERM every named running worker at once (each stops claiming and finishes its in-flight jobs), wait
+        up to `drain_timeout` for them to exit; a worker still there gets a second SIGTERM (leave now: its
+        unfinished jobs return to the queue when their leases expire) and, LEAVE_NOW_GRACE_S later, SIGKILL."""
+        specs = select_workers(self.specs, names)
+        outcomes: dict[str, Outcome] = {}
+        signalled: dict[str, int] = {}
+        started = time.monotonic()
+        with self._locked():
+            for spec in specs:
+                pid = self._running_pid(spec, clean=True)
+                if pid is None:
+                    outcomes[spec.name] = Outcome(spec.name, "not_running", "not running")
+                    continue
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    self._remove_pid_file(spec.name, pid)
+                    outcomes[spec.name] = Outcome(spec.name, "not_running", "not running (exited meanwhile)")
+                    continue
+                except PermissionError:
+                    outcomes[spec.name] = Outcome(spec.name, "failed", f"may not signal pid {pid} (another user's "
+                                                  "worker?)", pid, ok=False)
+                    continue
+                signalled[spec.name] = pid
+            exited = _wait_for_exits(signalled, drain_timeout)
+            for name, pid in signalled.items():
+                if name in exited:
+                    outcomes[name] = Outcome(name, "stopped", f"stopped (pid {pid}, drained in "
+                                             f"{time.monotonic() - started:.1f} s)", pid, exited[name])
+            stubborn = {name: pid for name, pid in signalled.items() if name not in exited}
+            killed = self._force(stubborn, drain_timeout)
+            outcomes.update(killed)
+            for name, pid in signalled.items():
+                self._remove_pid_file(name, pid)
+        return [outcomes[spec.name] for spec in specs]
+
+    def restart(self, names: Iterable[str] = (), *, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
+                settle_s: float = START_SETTLE_S) -> list[Outcome]:
+        """Stop (draining) then start the named workers; a worker that did not run is simply started."""
+        names = list(names)
+        stopped = [outcome for outcome in self.stop(names, drain_timeout=drain_timeout)
+                   if outcome.action != "not_running"]
+        return stopped + self.start(names, settle_s=settle_s)
+
+    def status(self, names: Iterable[str] = (), conn: psycopg.Connection | None = None) -> list[WorkerStatus]:
+        """Per worker: its pid when it runs, the pid file's state, the age of its last heartbeat in the workers
+        table (with a connection), its log. Read-only: stale pid files are cleaned by start and stop."""
+        specs = select_workers(self.specs, names)
+        heartbeats: dict[str, dict[str, Any]] = {}
+        if conn is not None:
+            with conn.cursor(row_factory=dict_row) as cursor:
+                heartbeats = {row["worker_id"]: row for row in cursor.execute(query("monitor_live_workers"))}
+        report = []
+        for spec in specs:
+            recorded = _read_pid(self.pid_file(spec.name))
+            running = recorded is not None and runs_worker(process_argv(recorded), spec)
+            beat = heartbeats.get(self.worker_id(spec.name))
+            report.append(WorkerStatus(
+                name=spec.name, worker_id=self.worker_id(spec.name), pid=recorded if running else None,
+                running=running, pid_file="ok" if running else "stale" if self.pid_file(spec.name).exists() else "none",
+                heartbeat_age_s=None if beat is None else float(beat["heartbeat_age_s"]),
+                alive=None if beat is None else bool(beat["alive"]), log=str(self.log_file(spec.name))))
+        return report
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _running_pid(self, spec: WorkerSpec, *, clean: bool) -> int | None:
+        """The pid of the worker when its pid file names a live process running it. A pid file naming a
+        process that is gone or runs something else is stale: removed (with `clean`), its pid never touched."""
+        path = self.pid_file(spec.name)
+        pid = _read_pid(path)
+        if pid is not None and runs_worker(process_argv(pid), spec):
+            return pid
+        if clean and path.exists():
+            path.unlink(missing_ok=True)
+            log.info("removed the stale pid file of %s (pid %s is not this worker)", spec.name, pid,
+                     extra={"action": "stale_pid_file"})
+        return None
+
+    def _spawn(self, spec: WorkerSpec) -> int:
+        argv, env = self.command(spec.name)
+        log_file = self.log_file(spec.name)
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        with open(log_file, "a", encoding="utf-8") as header:
+            header.write(f"--- {stamp} windmill-cli workers start: {' '.join(spec.argv_tail)} "
+                         f"as {self.worker_id(spec.name)}\n")
+        # posix_spawn rather than Popen: the worker outlives this process, and a Popen object dropped while its
+        # child runs warns and is reaped behind our back. Our own descriptors are close-on-exec (PEP 446).
+        return os.posix_spawn(argv[0], argv, env, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(log_file), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ])
+
+    def _force(self, stubborn: dict[str, int], drain_timeout: float) -> dict[str, Outcome]:
+        """Workers that did not drain in time: a second SIGTERM (leave now), then SIGKILL."""
+        outcomes: dict[str, Outcome] = {}
+        for pid in stubborn.values():
+            _signal(pid, signal.SIGTERM)
+        left = _wait_for_exits(stubborn, self.leave_now_grace_s)
+        for name, pid in stubborn.items():
+            if name in left:
+                outcomes[name] = Outcome(name, "stopped", f"stopped (pid {pid}) without draining: still busy after "
+                                         f"{drain_timeout:g} s, told to leave now; its unfinished jobs return to "
+                                         "the queue when their leases expire", pid, left[name], ok=False)
+                continue
+            waited = drain_timeout + self.leave_now_grace_s
+            log.warning("worker %s (pid %d) did not stop within %g s; killing it", name, pid, waited,
+                        extra={"action": "worker_killed"})
+            _signal(pid, signal.SIGKILL)
+            with open(self.log_file(name), "a", encoding="utf-8") as note:
+                note.write(f"--- {datetime.now(UTC).isoformat(timespec='seconds')} windmill-cli workers stop: "
+                           f"killed (SIGKILL) after {waited:g} s without exiting\n")
+            killed = _wait_for_exits({name: pid}, LEAVE_NOW_GRACE_S)
+            outcomes[name] = Outcome(name, "killed", f"KILLED (pid {pid}): did not exit within {waited:g} s of "
+                                     "SIGTERM; its unfinished jobs return to the queue when their leases expire",
+                                     pid, killed.get(name), ok=False)
+        return outcomes
+
+    def _remove_pid_file(self, name: str, pid: int) -> None:
+        """Remove the pid file only if it still names this pid (a concurrent start may have replaced it)."""
+        path = self.pid_file(name)
+        if _read_pid(path) == pid:
+            path.unlink(missing_ok=True)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename it over: a reader sees the old pid or the new one,
+    never a half-written file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="ascii")
+    os.replace(temporary, path)
+
+
+def _signal(pid: int, signum: int) -> None:
+    with suppress(ProcessLookupError):  # it exited meanwhile: what the signal asked for
+        os.kill(pid, signum)
+
+
+def _exit_status(pid: int) -> tuple[bool, int | None]:
+    """(exited, exit code). The exit code is known only for our own children, which this also reaps (a worker
+    started by this process, e.g. in tests); for others, exited means /proc no longer shows it running."""
+    try:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return process_argv(pid) is None, None
+    if reaped == 0:
+        return False, None
+    return True, os.waitstatus_to_exitcode(status)
+
+
+def _wait_for_exits(pids: Mapping[str, int], timeout: float) -> dict[str, int | None]:
+    """Watch the processes for up to `timeout` seconds, returning as soon as all have exited; returns those
+    that exited, with their exit codes when known."""
+    exited: dict[str, int | None] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        for name, pid in pids.items():
+            if name not in exited:
+                done, code = _exit_status(pid)
+                if done:
+                    exited[name] = code
+        if len(exited) == len(pids) or time.monotonic() >= deadline:
+            return exited
+        time.sleep(_POLL_S)
+
+
+def _last_line(path: Path, offset: int) -> str | None:
+    """The last non-empty line written to a log after `offset` (what a worker that exited at once said)."""
+    try:
+        with open(path, "rb") as log_file:
+            log_file.seek(offset)
+            lines = [line.strip() for line in log_file.read().decode(errors="replace").splitlines()]
+    except FileNotFoundError:
+        return None
+    lines = [line for line in lines if line and not line.startswith("--- ")]
+    return lines[-1] if lines else None
