@@ -118,7 +118,7 @@ def seed_images(database: Database, count: int) -> None:
     with database.connect() as conn:
         conn.execute("DELETE FROM images WHERE image_group = %s", (BENCH_GROUP,))
         conn.execute("""INSERT INTO images (image_filename, image_path, image_group)
-                        SELECT format('bench_%%s.jpg', n), format('/bench/%%s/bench_%%s.jpg', %s, n), %s
+                        SELECT format('bench_%%s.jpg', n), format('/bench/%%s/bench_%%s.jpg', %s::text, n), %s
                           FROM generate_series(1, %s) AS n""", (uuid.uuid4().hex, BENCH_GROUP, count))
 
 
