@@ -115,8 +115,15 @@ def prepare_image(
             raise _corrupt(source_format, problem) from None
 
     with _open(data, max_pixels=max_pixels) as opened:
+        full_size = opened.size
+        # An upright RGB JPEG is sent as it is: its pixels are only decoded to prove the stream is whole, and a
+        # 1/8-scale decode (libjpeg's DCT scaling) reads every byte of it for an eighth of the work.
+        reduced = (source_format == "JPEG" and opened.mode == "RGB" and _orientation(opened) == 1
+                   and (max_send_bytes is None or len(data) <= max_send_bytes))
+        if reduced:
+            opened.draft("RGB", (max(1, opened.width // 8), max(1, opened.height // 8)))
         try:
-            opened.load()  # the full decode: truncated files fail here
+            opened.load()  # the decode: truncated files fail here
             # MPO is a camera JPEG whose first picture is the photo: Pillow calls it animated.
             frames = 1 if source_format == "MPO" else _frame_count(opened)
             image, changes = _upright_rgb(opened)
@@ -134,7 +141,7 @@ def prepare_image(
         if not changes and max_send_bytes is not None and len(data) > max_send_bytes:
             changes.append(f"re-encoded to fit {max_send_bytes} bytes")
 
-        width, height = image.size
+        width, height = full_size if reduced else image.size
         if not changes:
             out_format, mime, extension = _PASS_THROUGH[source_format]
             return PreparedImage(
