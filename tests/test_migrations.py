@@ -64,4 +64,4 @@ def test_services_table_mirrors_the_catalog(conn: psycopg.Connection, catalog: C
     rows = dict(conn.execute("SELECT name, is_detector FROM services").fetchall())
     assert rows == {service.name: service.is_detector for service in catalog.services}
     voters = {row[0] for row in conn.execute("SELECT name FROM services WHERE consensus_enabled")}
-    assert voters == {s.name for s in catalog.services if s.enable_consensus_triggers}
+    assert voters == {s.name for s in catalog.services if s.category != "postprocessing"}

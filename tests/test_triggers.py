@@ -36,8 +36,9 @@ def queued(conn: psycopg.Connection) -> list[tuple[str, int]]:
         ("blip", ["caption_score", "consensus"]),
         ("ollama", ["caption_score", "consensus"]),
         ("nsfw2", ["consensus"]),
-        ("colors", []),
-        ("metadata", []),
+        # The vote lists every answering service: colors and metadata answers recompute it too.
+        ("colors", ["consensus"]),
+        ("metadata", ["consensus"]),
     ],
 )
 def test_a_success_result_enqueues_the_right_follow_up(conn: psycopg.Connection, service: str,

@@ -50,6 +50,13 @@ class Service:
         return "spatial" in self.service_type
 
     @property
+    def feeds_consensus(self) -> bool:
+        """Every answer the vote reads must recompute it: the vote lists every answering service with its time.
+        (The reference's `enable_consensus_triggers` left colors and metadata out, so an image whose last answer
+        came from one of them kept a stale consensus; the flag is read but no longer decides.)"""
+        return self.category != "postprocessing"
+
+    @property
     def evidence_type(self) -> str:
         """The voting evidence type is the first service_type item, as in the reference."""
         return self.service_type[0] if self.service_type else "other"

@@ -31,7 +31,7 @@ def sync_services(conn: psycopg.Connection, catalog: Catalog) -> None:
                     "name": service.name,
                     "category": service.category,
                     "service_type": list(service.service_type),
-                    "consensus_enabled": service.enable_consensus_triggers,
+                    "consensus_enabled": service.feeds_consensus,
                     "caption_scoring": service.enable_caption_scoring,
                     "host": service.host,
                     "port": service.port,
