@@ -763,6 +763,33 @@ def bench_queue(app: AppContext, job_count: int, workers: int, batch_size: int, 
         run_queue_bench(database, url, jobs=job_count, workers=workers, batch_size=batch_size, runs=runs)
 
 
+@bench.command("chaos")
+@click.option("--images", type=click.IntRange(6), default=500, show_default=True)
+@click.option("--kill-interval", type=click.FloatRange(0.5), default=4.0, show_default=True,
+              help="Mean seconds between SIGKILLs of a random worker process.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Seed of the farm's faults and of the kills.")
+@click.option("--logs", "log_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the worker and farm logs in this directory (default: removed with the run).")
+@pass_app
+def bench_chaos(app: AppContext, images: int, kill_interval: float, seed: int, log_dir: Path | None) -> None:
+    """The whole pipeline under faults (farm 5 % HTTP 500, 2 % timeouts, 1 % malformed; random SIGKILLs; one
+    PostgreSQL and one RabbitMQ restart), then an audit of every product; exit status 1 when a condition fails.
+    Runs on a private PostgreSQL cluster and private RabbitMQ queues; RabbitMQ itself is restarted with
+    rabbitmqctl (WINDMILL_TEST_RABBITMQCTL overrides the command)."""
+    import shlex
+
+    from windmill.bench.chaos import ChaosPlan
+    from windmill.bench.chaos import run as run_chaos
+
+    if app.settings.amqp_url is None:
+        raise WindmillError("bench chaos needs RabbitMQ: set WINDMILL_AMQP_URL (or QUEUE_HOST and QUEUE_USER)")
+    rabbitmqctl = tuple(shlex.split(os.environ.get("WINDMILL_TEST_RABBITMQCTL", "rabbitmqctl")))
+    plan = ChaosPlan(images=images, kill_interval_s=kill_interval, seed=seed, rabbitmqctl=rabbitmqctl)
+    report = run_chaos(app.catalog_as_configured, app.settings.amqp_url, plan, log_dir=log_dir, echo=click.echo)
+    if report.problems:
+        sys.exit(1)
+
+
 @bench.command("merge")
 @click.option("--images", type=click.IntRange(5), default=60, show_default=True)
 @click.option("--boxes", type=click.IntRange(1, 200), default=10, show_default=True)
