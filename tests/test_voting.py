@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from windmill.catalog import load_catalog
 from windmill.emoji import normalize_emoji
 from windmill.voting import (
     MergedBoxRow,
@@ -26,22 +27,7 @@ from windmill.voting import (
 )
 
 # service_type of every catalog service (reference-behaviour.md §2.1); the caller builds this from the catalog.
-SERVICE_TYPES = {
-    "blip": ("semantic",),
-    "clip": ("spatial", "classification"),
-    "colors": ("other",),
-    "detectron2": ("spatial",),
-    "face": ("specialized",),
-    "xception": ("spatial", "classification"),
-    "metadata": ("other",),
-    "ocr": ("specialized",),
-    "nsfw2": ("specialized",),
-    "ollama": ("semantic",),
-    "pose": ("specialized",),
-    "rtdetr": ("spatial",),
-    "yolov8": ("spatial",),
-    "caption_score": ("other",),
-}
+SERVICE_TYPES = {service.name: service.service_type for service in load_catalog().services}
 FIXED = VotingConfig()
 REFERENCE = VotingConfig.reference()
 T0 = datetime(2025, 9, 3, 12, 0, 0)

@@ -13,25 +13,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from windmill.catalog import load_catalog
 from windmill.voting import MergedBoxRow, PostprocessingRow, ServiceResult, compute_consensus
 
 BUDGET_MS = 2.0
-SERVICE_TYPES = {
-    "blip": ("semantic",),
-    "clip": ("spatial", "classification"),
-    "colors": ("other",),
-    "detectron2": ("spatial",),
-    "face": ("specialized",),
-    "xception": ("spatial", "classification"),
-    "metadata": ("other",),
-    "ocr": ("specialized",),
-    "nsfw2": ("specialized",),
-    "ollama": ("semantic",),
-    "pose": ("specialized",),
-    "rtdetr": ("spatial",),
-    "yolov8": ("spatial",),
-    "caption_score": ("other",),
-}
+SERVICE_TYPES = {service.name: service.service_type for service in load_catalog().services}
 # The scene: (label, emoji, box) of ten objects; the first three are people.
 OBJECTS = [
     ("person", "🧑", (212, 48, 231, 371)),
