@@ -109,6 +109,23 @@ def worker_env(database_url: str, tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def run(database: Database, worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """`windmill-cli` in this process against the test database, from an empty working directory."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for key in ("WINDMILL_DATABASE_URL", "WINDMILL_HOME"):
+        monkeypatch.setenv(key, worker_env[key])
+
+    def invoke(*args: str):
+        return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+    return invoke
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
                message: str = "condition") -> object:
     """Poll a predicate until it is truthy; fail the test with `message` after `timeout` seconds."""

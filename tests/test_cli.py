@@ -8,24 +8,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
 from tests.conftest import PYTHON, REPOSITORY
-from windmill.db.connect import Database
-
-
-@pytest.fixture
-def run(database: Database, worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.chdir(tmp_path)
-    for key in ("WINDMILL_DATABASE_URL", "WINDMILL_HOME"):
-        monkeypatch.setenv(key, worker_env[key])
-
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-    return invoke
 
 
 @pytest.fixture

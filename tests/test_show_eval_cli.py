@@ -10,32 +10,17 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
-from click.testing import CliRunner, Result
 from PIL import Image
 from psycopg.types.json import Jsonb
 
-from cli import main
 from tests.test_pipeline import SETTINGS
 from windmill.collection import add_paths
-from windmill.db.connect import Database
 from windmill.roles.merger import merge_image
 from windmill.samples.coco import samples_to_coco
 
 SAMPLES = Path(__file__).resolve().parent.parent / "windmill" / "samples"
 # chelsea.jpg holds one cat: its sidecar box, as two detectors report it exactly.
 CAT = {"label": "cat", "emoji": "🐱", "confidence": 0.9, "bbox": {"x": 0, "y": 0, "width": 451, "height": 300}}
-
-
-@pytest.fixture
-def run(database: Database, worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.chdir(tmp_path)
-    for key in ("WINDMILL_DATABASE_URL", "WINDMILL_HOME"):
-        monkeypatch.setenv(key, worker_env[key])
-
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(main, list(args))
-
-    return invoke
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -39,7 +38,7 @@ import psycopg
 from pika.adapters.blocking_connection import BlockingConnection
 from psycopg_pool import ConnectionPool
 
-from windmill.bench.stage import copy_samples
+from windmill.bench.stage import cli_argv, copy_samples
 from windmill.catalog import Catalog, load_catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database, conninfo_to_url
@@ -104,10 +103,6 @@ def worker_specs(plan: ChaosPlan) -> list[WorkerSpec]:
             WorkerSpec("caption_score", ("worker", "--role", "caption_score", "--concurrency", "2", *lease))]
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "windmill", *args]
-
-
 # -- the supervisor ---------------------------------------------------------------------------------------------
 
 
@@ -133,7 +128,7 @@ class ChaosSupervisor:
         self.generations[spec.name] += 1
         with open(self.log_dir / f"{spec.name}.log", "ab") as log:
             self.processes[spec.name] = subprocess.Popen(
-                _cli(*spec.args), env={**self.env, "WORKER_ID": f"chaos-{spec.name}-{self.generations[spec.name]}"},
+                cli_argv(*spec.args), env={**self.env, "WORKER_ID": f"chaos-{spec.name}-{self.generations[spec.name]}"},
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
     def revive(self) -> None:
@@ -223,7 +218,7 @@ def running_farm(catalog: Catalog, catalog_path: Path, env: dict[str, str], plan
             continue
         with open(log_dir / "farm.log", "ab") as log:
             farm = subprocess.Popen(
-                _cli("farm", "serve", "--services", "full_catalog", "--error-rate", f"{plan.error_rate:g}",
+                cli_argv("farm", "serve", "--services", "full_catalog", "--error-rate", f"{plan.error_rate:g}",
                      "--timeout-rate", f"{plan.timeout_rate:g}", "--malformed-rate", f"{plan.malformed_rate:g}",
                      "--seed", str(plan.seed)),
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
@@ -617,7 +612,7 @@ def run(catalog: Catalog, amqp_url: str, plan: ChaosPlan | None = None, *, log_d
         supervisor = ChaosSupervisor(worker_specs(plan), env, logs, rng)
         stack.callback(supervisor.stop)
         supervisor.revive()
-        submitted = subprocess.run(_cli("submit", "--services", PRIMARY, "--broker", "rabbitmq"), env=env,
+        submitted = subprocess.run(cli_argv("submit", "--services", PRIMARY, "--broker", "rabbitmq"), env=env,
                                    stdin=subprocess.DEVNULL, capture_output=True, text=True)
         if submitted.returncode != 0:
             raise WindmillError(f"submit failed: {submitted.stderr.strip().splitlines()[-1:]}")

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from windmill.bench.stage import BENCH_GROUP, _cli, bench_environment, copy_samples, remove_bench_rows
+from windmill.bench.stage import BENCH_GROUP, bench_environment, cli_argv, copy_samples, remove_bench_rows
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
 
@@ -106,7 +106,7 @@ SELECT
 
 def run(database: Database, database_url: str, catalog: Catalog, *, images: int, amqp_url: str | None) -> None:
     offset = 21_000 + os.getpid() % 1000 * 10
-    farm = subprocess.Popen(_cli("farm", "serve", "--port-offset", str(offset)),
+    farm = subprocess.Popen(cli_argv("farm", "serve", "--port-offset", str(offset)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with database.connect() as conn:
         conn.execute(_MERGE_EVENTS)
@@ -117,18 +117,18 @@ def run(database: Database, database_url: str, catalog: Catalog, *, images: int,
                 bench_environment(catalog, database_url, None, port_offset=offset) as bench:
             copy_samples(Path(folder), images)
             remove_bench_rows(database)
-            subprocess.run(_cli("images", "add", folder, "--group", BENCH_GROUP), env=bench.env, check=True,
+            subprocess.run(cli_argv("images", "add", folder, "--group", BENCH_GROUP), env=bench.env, check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             cpu_before = _children_cpu()
             for n, (role, service, concurrency) in enumerate(ROLES):
                 args = ["worker", "--role", role, "--concurrency", str(concurrency), "--broker", "postgres"]
                 if service:
                     args += ["--service", service]
-                processes.append(subprocess.Popen(_cli(*args), env={**bench.env, "WORKER_ID": f"bench-{role}-{n}"},
+                processes.append(subprocess.Popen(cli_argv(*args), env={**bench.env, "WORKER_ID": f"bench-{role}-{n}"},
                                                   stdout=subprocess.DEVNULL))
             time.sleep(2.0)  # the stand-in binds its ports, workers connect
             started = time.perf_counter()
-            subprocess.run(_cli("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", "postgres"),
+            subprocess.run(cli_argv("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", "postgres"),
                            env=bench.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             _wait_until_idle(database, processes)
             elapsed = time.perf_counter() - started

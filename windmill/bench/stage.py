@@ -82,7 +82,7 @@ def _delete_queues(amqp_url: str, queues: list[str]) -> None:
     connection.close()
 
 
-def _cli(*args: str) -> list[str]:
+def cli_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "windmill", *args]
 
 
@@ -103,7 +103,7 @@ def submit_run(database: Database, bench: BenchEnvironment, broker: str) -> tupl
         images = conn.execute("SELECT count(*) FROM images WHERE image_group = %s", (BENCH_GROUP,)).fetchone()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
-    subprocess.run(_cli("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker, "--force"),
+    subprocess.run(cli_argv("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker, "--force"),
                    env=bench.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elapsed = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -156,18 +156,18 @@ def service_run(database: Database, bench: BenchEnvironment, broker: str, folder
     the steady state: images over the time from the first answer's commit to the last one's (process start-up
     and the submit command's own start are not the service stage)."""
     remove_bench_rows(database)
-    subprocess.run(_cli("images", "add", str(folder), "--group", BENCH_GROUP), env=bench.env, check=True,
+    subprocess.run(cli_argv("images", "add", str(folder), "--group", BENCH_GROUP), env=bench.env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with database.connect() as conn:
         images = conn.execute("SELECT count(*) FROM images WHERE image_group = %s", (BENCH_GROUP,)).fetchone()[0]
-    processes = [subprocess.Popen(_cli("worker", "--role", "service", "--service", "primary", "--concurrency",
+    processes = [subprocess.Popen(cli_argv("worker", "--role", "service", "--service", "primary", "--concurrency",
                                        str(concurrency), "--broker", broker),
                                   env={**bench.env, "WORKER_ID": f"bench-service-{n}"},
                                   stdout=subprocess.DEVNULL) for n in range(workers)]
     cpu_before = _children_cpu()
     try:
         time.sleep(1.0)  # workers connect and declare their queues
-        subprocess.run(_cli("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker),
+        subprocess.run(cli_argv("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker),
                        env=bench.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         expected = images * 11
         progress = ("SELECT count(*), extract(epoch FROM max(result_created) - min(result_created)) "
@@ -194,7 +194,7 @@ def _children_cpu() -> float:
 def run_service_stage(database: Database, database_url: str, catalog: Catalog, amqp_url: str | None, *,
                       images: int, runs: int, workers: int, concurrency: int) -> None:
     offset = 20_000 + os.getpid() % 1000 * 10
-    farm = subprocess.Popen(_cli("farm", "serve", "--services", "primary", "--port-offset", str(offset)),
+    farm = subprocess.Popen(cli_argv("farm", "serve", "--services", "primary", "--port-offset", str(offset)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with tempfile.TemporaryDirectory(prefix="windmill-bench-images-") as folder:
