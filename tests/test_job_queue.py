@@ -37,7 +37,16 @@ def test_dedupe_key_is_unique_among_queued_jobs_only(jobs: JobQueue, conn: psyco
 
 def test_enqueue_many_skips_duplicates_of_waiting_jobs(jobs: JobQueue) -> None:
     batch = [NewJob("q", {"n": n}, dedupe_key=f"k{n % 3}") for n in range(9)]
-    assert jobs.enqueue_many("q", batch) == 3
+    assert jobs.enqueue_many(batch) == 3
+
+
+def test_enqueue_many_numbers_jobs_of_several_queues_in_the_order_given(jobs: JobQueue) -> None:
+    batch = [NewJob(queue, {"image": image}, max_attempts=attempts)
+             for image in range(3) for queue, attempts in (("q_b", 2), ("q_a", 7))]
+    assert jobs.enqueue_many(batch) == 6
+    claimed = jobs.claim(["q_a", "q_b"], "w1", 10)
+    assert [(job.queue, job.payload["image"], job.max_attempts) for job in claimed] == [
+        (job.queue, job.payload["image"], job.max_attempts) for job in batch]
 
 
 def test_claim_takes_oldest_first_in_batches_and_skips_locked_rows(jobs: JobQueue, database: Database) -> None:

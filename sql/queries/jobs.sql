@@ -70,11 +70,14 @@ SELECT enqueue_job(%(queue)s, %(image_id)s, %(payload)s, %(dedupe_key)s, %(max_a
                    coalesce(%(run_after)s, now())) AS id
 
 -- name: enqueue_jobs
--- Queue many jobs of one queue in one statement; duplicates of waiting jobs are skipped.
+-- Queue many jobs in one statement, their ids in the order given (a worker serving several queues claims in id
+-- order, so one image's tasks queued together are run together); duplicates of waiting jobs are skipped.
 INSERT INTO jobs (queue, image_id, payload, dedupe_key, max_attempts)
-SELECT %(queue)s, image_id, payload, dedupe_key, %(max_attempts)s
-  FROM unnest(%(image_ids)s::bigint[], %(payloads)s::jsonb[], %(dedupe_keys)s::text[])
-       AS batch (image_id, payload, dedupe_key)
+SELECT queue, image_id, payload, dedupe_key, max_attempts
+  FROM unnest(%(queues)s::text[], %(image_ids)s::bigint[], %(payloads)s::jsonb[], %(dedupe_keys)s::text[],
+              %(max_attempts)s::integer[]) WITH ORDINALITY
+       AS batch (queue, image_id, payload, dedupe_key, max_attempts, position)
+ ORDER BY position
 ON CONFLICT (queue, dedupe_key) WHERE state = 'queued' DO NOTHING
 
 -- name: retry_dead_jobs

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import groupby
 
 from windmill.broker.base import Task
 from windmill.catalog import Service
@@ -20,17 +19,13 @@ class JobTableBroker:
         """Job-table queues need no declaration: a queue is a column value."""
 
     def publish(self, tasks: Sequence[Task]) -> None:
-        ordered = sorted(tasks, key=lambda task: task.queue_name)
-        for queue, group in groupby(ordered, key=lambda task: task.queue_name):
-            self.jobs.enqueue_many(
-                queue,
-                [
-                    NewJob(queue=queue, payload=task.to_message(), image_id=task.image_id,
-                           dedupe_key=f"{task.service_name}:{task.image_id}")
-                    for task in group
-                ],
-                max_attempts=SERVICE_TASK_ATTEMPTS,
-            )
+        """In the order given: the producer lists an image's tasks together, and so a worker serving several
+        services runs them together while the image is in its cache."""
+        self.jobs.enqueue_many([
+            NewJob(queue=task.queue_name, payload=task.to_message(), image_id=task.image_id,
+                   dedupe_key=f"{task.service_name}:{task.image_id}", max_attempts=SERVICE_TASK_ATTEMPTS)
+            for task in tasks
+        ])
 
     def close(self) -> None:
         """The pool belongs to the caller."""

@@ -71,19 +71,19 @@ class JobQueue:
         with self.pool.connection() as conn:
             return enqueue_on(conn, job, run_after=run_after)
 
-    def enqueue_many(self, queue: str, jobs: Sequence[NewJob], *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> int:
-        """Queue a batch for one queue in one statement; returns how many were newly queued."""
+    def enqueue_many(self, jobs: Sequence[NewJob]) -> int:
+        """Queue a batch in one statement, ids in the order given; returns how many were newly queued."""
         if not jobs:
             return 0
         with self.pool.connection() as conn:
             cursor = conn.execute(
                 query("enqueue_jobs"),
                 {
-                    "queue": queue,
-                    "max_attempts": max_attempts,
+                    "queues": [job.queue for job in jobs],
                     "image_ids": [job.image_id for job in jobs],
                     "payloads": [Jsonb(job.payload) for job in jobs],
                     "dedupe_keys": [job.dedupe_key for job in jobs],
+                    "max_attempts": [job.max_attempts for job in jobs],
                 },
             )
             return cursor.rowcount
