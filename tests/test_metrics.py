@@ -147,7 +147,7 @@ def test_a_scrape_answers_when_the_database_cannot() -> None:
 def test_broker_tasks_are_counted_by_their_service() -> None:
     metrics = WorkerMetrics()
 
-    def handle(task: Task) -> None:
+    def handle(task: Task, _first_delivery: bool) -> None:
         if task.image_id == 2:
             raise RuntimeError("service down")
 
@@ -159,9 +159,9 @@ def test_broker_tasks_are_counted_by_their_service() -> None:
         task = Task("t", image_id, "x.jpg", None, None, "2026-01-01", "blip", "queue_blip")
         if image_id == 2:
             with pytest.raises(RuntimeError):
-                counted.tasks.handle(task)
+                counted.tasks.handle(task, True)
         else:
-            counted.tasks.handle(task)
+            counted.tasks.handle(task, True)
     labels = {"role": "service", "service": "blip"}
     assert metrics.registry.get_sample_value("windmill_jobs_done_total", labels) == 1
     assert metrics.registry.get_sample_value("windmill_jobs_failed_total", labels) == 1

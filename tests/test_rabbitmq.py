@@ -98,12 +98,14 @@ class Recorder:
 
     def __init__(self, behave: Callable[[Task, int], None] | None = None) -> None:
         self.calls: list[str] = []
+        self.first_deliveries: list[bool] = []  # the consumer's first_delivery flag, call by call
         self._lock = threading.Lock()
         self._behave = behave
 
-    def __call__(self, task: Task) -> None:
+    def __call__(self, task: Task, first_delivery: bool) -> None:
         with self._lock:
             self.calls.append(task.task_id)
+            self.first_deliveries.append(first_delivery)
             call = self.calls.count(task.task_id)
         if self._behave is not None:
             self._behave(task, call)
@@ -111,6 +113,11 @@ class Recorder:
     def counts(self) -> Counter[str]:
         with self._lock:
             return Counter(self.calls)
+
+    def first_flags(self, task: Task) -> list[bool]:
+        with self._lock:
+            return [first for task_id, first in zip(self.calls, self.first_deliveries, strict=True)
+                    if task_id == task.task_id]
 
 
 @contextmanager
@@ -137,21 +144,28 @@ def running(consumer: RabbitMQConsumer) -> Iterator[RabbitMQConsumer]:
         raise errors[0]
 
 
-def consumer_for(amqp_url: str, queue_name: str, handler: Callable[[Task], None], **options: object
-                 ) -> RabbitMQConsumer:
-    settings = {"prefetch": 8, "concurrency": 4, "retry_delay": 0.05, **FAST, **options}
-    return RabbitMQConsumer(amqp_url, queue_name, handler, **settings)  # type: ignore[arg-type]
+def consumer_for(amqp_url: str, queue_name: str, handler: Callable[[Task, bool], None], *, prefetch: int = 8,
+                 **options: object) -> RabbitMQConsumer:
+    settings = {"concurrency": 4, "retry_delay": 0.05, **FAST, **options}
+    return RabbitMQConsumer(amqp_url, {queue_name: prefetch}, handler, **settings)  # type: ignore[arg-type]
+
+
+def connections_named(name: str) -> list[str]:
+    """The broker's ids of our connections called `name`."""
+    pids = []
+    for line in rabbitmqctl("list_connections", "pid", "client_properties", "-q", "--no-table-headers").splitlines():
+        pid, _, properties = line.partition("\t")
+        if f'{{"connection_name","{name}"}}' in properties:
+            pids.append(pid)
+    return pids
 
 
 def close_connections_named(name: str) -> int:
     """Make the broker close our connections called `name` (as a network drop or an operator would)."""
-    closed = 0
-    for line in rabbitmqctl("list_connections", "pid", "client_properties", "-q", "--no-table-headers").splitlines():
-        pid, _, properties = line.partition("\t")
-        if f'{{"connection_name","{name}"}}' in properties:
-            rabbitmqctl("close_connection", pid, "windmill test: connection killed")
-            closed += 1
-    return closed
+    pids = connections_named(name)
+    for pid in pids:
+        rabbitmqctl("close_connection", pid, "windmill test: connection killed")
+    return len(pids)
 
 
 # -- pure pieces ------------------------------------------------------------------------------------------------------
@@ -280,7 +294,7 @@ def test_wrong_credentials_fail_at_once_on_both_sides_without_showing_the_passwo
         amqp_url: str, caplog: pytest.LogCaptureFixture) -> None:
     parts = urlsplit(amqp_url)
     wrong = urlunsplit(parts._replace(netloc=f"windmill-nobody:not-the-password@{parts.hostname}:{parts.port or 5672}"))
-    consumer = RabbitMQConsumer(wrong, "queue_never_consumed", lambda _task: None, prefetch=1, concurrency=1)
+    consumer = RabbitMQConsumer(wrong, {"queue_never_consumed": 1}, lambda _task, _first: None, concurrency=1)
     with pytest.raises(RabbitMQError, match="ProbableAuthenticationError") as refused_consumer:
         consumer.run()  # raises instead of retrying forever
     with RabbitMQBroker(wrong) as broker, pytest.raises(RabbitMQError, match="refused") as refused_producer:
@@ -303,6 +317,31 @@ def test_each_published_task_is_handled_once_and_acked(amqp_url: str, admin: Blo
     assert handler.counts() == Counter(task.task_id for task in tasks)
     assert depth(admin, queue_name) == 0
     assert depth(admin, queue_name + ".dlq") == 0
+
+
+def test_one_consumer_serves_several_queues_over_one_connection(amqp_url: str, admin: BlockingChannel) -> None:
+    queues = [f"queue_test_{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    tasks = {queue: make_tasks(queue, 50) for queue in queues}
+    handler = Recorder()
+    name = f"windmill-test-{uuid.uuid4().hex[:8]}"
+    consumer = RabbitMQConsumer(amqp_url, {queue: 2 for queue in queues}, handler, concurrency=3,
+                                connection_name=name, **FAST)  # type: ignore[arg-type]
+    try:
+        with RabbitMQBroker(amqp_url) as broker:
+            broker.declare([service_for(queue) for queue in queues])
+            with running(consumer):
+                for queue in queues:
+                    broker.publish(tasks[queue])
+                wait_until(lambda: len(handler.calls) >= 150, message="the tasks of every queue handled")
+                assert len(connections_named(name)) == 1  # one connection for the three queues
+        assert handler.counts() == Counter(task.task_id for queue in queues for task in tasks[queue])
+        assert all(handler.first_deliveries)
+        for queue in queues:
+            assert depth(admin, queue) == 0
+    finally:
+        for queue in queues:
+            admin.queue_delete(queue)
+            admin.queue_delete(queue + ".dlq")
 
 
 def test_permanent_errors_and_malformed_bodies_go_to_the_dlq_intact(
@@ -347,6 +386,7 @@ def test_transient_errors_are_retried_a_bounded_number_of_times(
             wait_until(lambda: depth(admin, queue_name + ".dlq") == 1, message="the broken task in the DLQ")
             wait_until(lambda: handler.counts()[flaky.task_id] == 3, message="the flaky task's third attempt")
     assert handler.counts() == Counter({flaky.task_id: 3, broken.task_id: 3})
+    assert handler.first_flags(flaky) == [True, False, False]  # a retry is never a first delivery
     assert depth(admin, queue_name) == 0
     [(properties, body)] = drain_queue(admin, queue_name + ".dlq")
     assert parse_task(body) == broken
@@ -378,6 +418,7 @@ def test_a_task_whose_connection_died_mid_handler_is_redelivered_not_acked_on_th
             wait_until(lambda: handler.counts()[slow.task_id] == 2, message="the slow task redelivered")
             wait_until(lambda: set(handler.calls) == {task.task_id for task in tasks}, message="all tasks handled")
     assert handler.counts()[slow.task_id] == 2
+    assert handler.first_flags(slow) == [True, False]  # RabbitMQ marked the second delivery redelivered
     assert depth(admin, queue_name) == 0
     assert depth(admin, queue_name + ".dlq") == 0
 

@@ -104,10 +104,10 @@ class WorkerMetrics:
             return role
         handle = role.tasks.handle
 
-        def counted(task: Task) -> object:
+        def counted(task: Task, first_delivery: bool) -> object:
             started = time.monotonic()
             try:
-                outcome = handle(task)
+                outcome = handle(task, first_delivery)
             except BaseException as error:
                 self.handled(role.name, task.service_name, error, time.monotonic() - started)
                 raise

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -44,6 +44,11 @@ class Task:
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> Task:
         return cls(**{name: message.get(name) for name in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+
+# handle(task, first_delivery): raises to have the task retried. `first_delivery` is True when the broker knows
+# the task was never handed out before, so no earlier attempt can have answered it.
+TaskHandler = Callable[[Task, bool], object]
 
 
 class Broker(Protocol):

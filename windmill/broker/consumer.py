@@ -1,4 +1,9 @@
-"""Consuming a RabbitMQ task queue: a handler thread pool, acks after the handler returns, bounded retries, DLQ.
+"""Consuming RabbitMQ task queues: one connection, a channel per queue, one shared handler thread pool,
+acks after the handler returns, bounded retries, DLQ.
+
+One process consumes all its queues over one connection with `concurrency` handler threads in total (as the
+job-table worker does): a connection and a thread pool per queue cost a process serving the 11 primary services
+a hundred threads fighting for the GIL. Each queue keeps its own channel, so its prefetch stays its own.
 
 Retry and dead-letter policy:
 
@@ -25,7 +30,7 @@ import logging
 import reprlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -35,7 +40,7 @@ import pika.exceptions
 import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from windmill.broker.base import Task
+from windmill.broker.base import Task, TaskHandler
 from windmill.broker.rabbitmq import (
     ATTEMPTS_HEADER,
     LAST_ERROR_HEADER,
@@ -109,11 +114,18 @@ class _Delivery:
 
     connection: BlockingConnection
     channel: BlockingChannel
+    queue: str
     tag: int
     body: bytes
     properties: pika.BasicProperties
     attempt: int
+    redelivered: bool
     error: str = ""
+
+    @property
+    def first(self) -> bool:
+        """Never handed to any consumer before: neither redelivered by RabbitMQ nor a retry of ours."""
+        return self.attempt == 1 and not self.redelivered
 
 
 def _attempts_made(properties: pika.BasicProperties) -> int:
@@ -122,24 +134,30 @@ def _attempts_made(properties: pika.BasicProperties) -> int:
 
 
 class RabbitMQConsumer:
-    """Consumes one task queue with `concurrency` handler threads until `stopping` is set; then drains."""
+    """Consumes task queues with `concurrency` handler threads in all until `stopping` is set; then drains.
 
-    def __init__(self, amqp_url: str, queue_name: str, handler: Callable[[Task], None], *, prefetch: int,
-                 concurrency: int, max_attempts: int = 5, stopping: threading.Event | None = None,
-                 heartbeat: int = 60, retry_delay: float = 1.0, drain_timeout: float = 60.0,
+    `handler(task, first_delivery)`: `first_delivery` is True when the message was never handed out before, so
+    no earlier attempt can have answered it (a handler may skip looking for that answer; its write must stay
+    idempotent all the same, since a producer may publish a task twice)."""
+
+    def __init__(self, amqp_url: str, queues: Mapping[str, int], handler: TaskHandler, *, concurrency: int,
+                 max_attempts: int = 5, stopping: threading.Event | None = None, heartbeat: int = 60,
+                 retry_delay: float = 1.0, drain_timeout: float = 60.0,
                  on_dead_letter: Callable[[Task, BaseException], None] | None = None,
                  connection_name: str | None = None, max_reconnect_delay: float = MAX_RETRY_DELAY_S) -> None:
-        """`retry_delay`: hold after a first failure (doubling per attempt, 30 s cap); `drain_timeout`: how long
-        a stop waits for running handlers; `on_dead_letter(task, error)`: called in the handler thread before a
-        parsed task goes to the DLQ (to record an error row); reconnects wait 0.5 s, doubling up to
-        `max_reconnect_delay`."""
+        """`queues`: each queue's prefetch (unacked messages RabbitMQ hands out at once); `retry_delay`: hold
+        after a first failure (doubling per attempt, 30 s cap); `drain_timeout`: how long a stop waits for running
+        handlers; `on_dead_letter(task, error)`: called in the handler thread before a parsed task goes to the DLQ
+        (to record an error row); reconnects wait 0.5 s, doubling up to `max_reconnect_delay`."""
+        if not queues:
+            raise ValueError("a consumer needs at least one queue")
+        self.queues = {queue: max(1, prefetch) for queue, prefetch in queues.items()}
+        self._described = ", ".join(self.queues)
         self._parameters = connection_parameters(
             amqp_url, heartbeat=heartbeat,
-            connection_name=connection_name or default_connection_name(f"consumer {queue_name}"))
+            connection_name=connection_name or default_connection_name(f"consumer {self._described}"))
         self._where = describe_url(amqp_url)
-        self.queue_name = queue_name
         self._handler = handler
-        self._prefetch = max(1, prefetch)
         self._concurrency = max(1, concurrency)
         self._max_attempts = max(1, max_attempts)
         self._retry_delay = retry_delay
@@ -149,11 +167,12 @@ class RabbitMQConsumer:
         self.stopping = stopping if stopping is not None else threading.Event()
         self.connections = 0  # connections that reached consuming (1 + reconnects)
         # Touched only by run()'s thread:
-        self._channel: BlockingChannel | None = None
+        self._channels: dict[str, BlockingChannel] = {}
+        self._consumer_tags: dict[str, str] = {}
         self._retry_channel: BlockingChannel | None = None
-        self._unsettled: dict[int, _Delivery] = {}
-        self._held: dict[int, object] = {}  # delivery tag → timer of a retry waiting for its delay
-        self._cancelled_by_broker = False
+        self._unsettled: dict[tuple[str, int], _Delivery] = {}
+        self._held: dict[tuple[str, int], object] = {}  # (queue, delivery tag) → timer of a retry waiting
+        self._cancelled_by_broker: str | None = None
         self._draining = False
         self._executor: ThreadPoolExecutor | None = None
 
@@ -162,7 +181,7 @@ class RabbitMQConsumer:
 
     def run(self) -> None:
         """Consume until `stopping` is set, reconnecting after every loss; raises RabbitMQError on fatal errors."""
-        self._executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix=f"windmill-{self.queue_name}")
+        self._executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix="windmill-consumer")
         delays = backoff_delays(cap=self._max_reconnect_delay)
         lost_at: float | None = None
         try:
@@ -171,7 +190,7 @@ class RabbitMQConsumer:
                     connection = BlockingConnection(self._parameters)
                 except Exception as error:
                     if is_fatal(error) or not isinstance(error, RECOVERABLE_ERRORS):
-                        raise RabbitMQError(f"cannot consume {self.queue_name} from RabbitMQ at {self._where}: "
+                        raise RabbitMQError(f"cannot consume {self._described} from RabbitMQ at {self._where}: "
                                             f"{describe_error(error)}") from None
                     delay = next(delays)
                     log.warning("cannot connect to RabbitMQ at %s (%s); trying again in %.1f s", self._where,
@@ -185,13 +204,13 @@ class RabbitMQConsumer:
                     if isinstance(error, RabbitMQError) or not isinstance(error, RECOVERABLE_ERRORS):
                         raise
                     if is_fatal(error):
-                        raise RabbitMQError(f"cannot consume {self.queue_name} from RabbitMQ at {self._where}: "
+                        raise RabbitMQError(f"cannot consume {self._described} from RabbitMQ at {self._where}: "
                                             f"{describe_error(error)}") from error
                     if self.connections > consumed_before:  # a new outage: back off from the start again
                         delays, lost_at = backoff_delays(cap=self._max_reconnect_delay), time.monotonic()
                     pause = next(delays)
                     log.warning("lost RabbitMQ at %s while consuming %s (%s); %d unacked tasks will be "
-                                "redelivered; reconnecting in %.1f s", self._where, self.queue_name,
+                                "redelivered; reconnecting in %.1f s", self._where, self._described,
                                 describe_error(error), len(self._unsettled), pause,
                                 extra={"action": "rabbitmq_connection_lost"})
                 finally:
@@ -203,50 +222,57 @@ class RabbitMQConsumer:
     # -- the connection's thread -----------------------------------------------------------------------------------
 
     def _consume(self, connection: BlockingConnection, lost_at: float | None) -> None:
-        channel = connection.channel()
-        declare_queue(channel, self.queue_name)
-        channel.basic_qos(prefetch_count=self._prefetch)
+        self._unsettled, self._held = {}, {}
+        self._cancelled_by_broker, self._draining = None, False
+        self._channels, self._consumer_tags = {}, {}
+        for queue, prefetch in self.queues.items():
+            channel = connection.channel()
+            declare_queue(channel, queue)
+            channel.basic_qos(prefetch_count=prefetch)
+            channel.add_on_cancel_callback(functools.partial(self._on_cancelled_by_broker, queue))
+            self._channels[queue] = channel
         retry_channel = connection.channel()
         retry_channel.confirm_delivery()
-        channel.add_on_cancel_callback(self._on_cancelled_by_broker)
-        self._channel, self._retry_channel = channel, retry_channel
-        self._unsettled, self._held = {}, {}
-        self._cancelled_by_broker = self._draining = False
-        consumer_tag = channel.basic_consume(self.queue_name, self._on_message)
+        self._retry_channel = retry_channel
+        for queue, channel in self._channels.items():
+            self._consumer_tags[queue] = channel.basic_consume(queue, functools.partial(self._on_message, queue))
         self.connections += 1
         if lost_at is None:
-            log.info("consuming %s from RabbitMQ at %s (prefetch %d, %d threads)", self.queue_name, self._where,
-                     self._prefetch, self._concurrency, extra={"action": "rabbitmq_consuming"})
+            log.info("consuming %s from RabbitMQ at %s (prefetch %s, %d threads)", self._described, self._where,
+                     "/".join(str(prefetch) for prefetch in self.queues.values()), self._concurrency,
+                     extra={"action": "rabbitmq_consuming"})
         else:
             log.info("reconnected to RabbitMQ at %s after %.1f s; consuming %s again", self._where,
-                     time.monotonic() - lost_at, self.queue_name, extra={"action": "rabbitmq_reconnected"})
+                     time.monotonic() - lost_at, self._described, extra={"action": "rabbitmq_reconnected"})
+        channels = [*self._channels.values(), retry_channel]
         while not self.stopping.is_set():
             connection.process_data_events(time_limit=PUMP_INTERVAL_S)
-            if self._cancelled_by_broker:
-                raise pika.exceptions.ConsumerCancelled(f"RabbitMQ cancelled the consumer of {self.queue_name}")
-            if not (channel.is_open and retry_channel.is_open):
-                raise pika.exceptions.ChannelWrongStateError(f"RabbitMQ closed a channel of {self.queue_name}")
-        self._drain(connection, channel, consumer_tag)
+            if (cancelled := self._cancelled_by_broker) is not None:
+                raise pika.exceptions.ConsumerCancelled(f"RabbitMQ cancelled the consumer of {cancelled}")
+            if not all(channel.is_open for channel in channels):
+                raise pika.exceptions.ChannelWrongStateError(f"RabbitMQ closed a channel of {self._described}")
+        self._drain(connection)
 
-    def _drain(self, connection: BlockingConnection, channel: BlockingChannel, consumer_tag: str) -> None:
+    def _drain(self, connection: BlockingConnection) -> None:
         """Stop deliveries, let running handlers finish and settle them, then close."""
         self._draining = True
-        channel.basic_cancel(consumer_tag)  # pika requeues deliveries not yet handed to us
-        for tag, timer in list(self._held.items()):
+        for queue, channel in self._channels.items():
+            channel.basic_cancel(self._consumer_tags[queue])  # pika requeues deliveries not yet handed to us
+        for key, timer in list(self._held.items()):
             connection.remove_timeout(timer)  # type: ignore[arg-type]
-            self._retry(self._unsettled[tag])
+            self._retry(self._unsettled[key])
         deadline = time.monotonic() + self._drain_timeout
         while self._unsettled and time.monotonic() < deadline:
             connection.process_data_events(time_limit=0.05)
         if self._unsettled:
             log.warning("%d tasks of %s still running after %.0f s; RabbitMQ will redeliver them",
-                        len(self._unsettled), self.queue_name, self._drain_timeout,
+                        len(self._unsettled), self._described, self._drain_timeout,
                         extra={"action": "rabbitmq_drain_timeout"})
         connection.close()
-        log.info("stopped consuming %s", self.queue_name, extra={"action": "rabbitmq_stopped"})
+        log.info("stopped consuming %s", self._described, extra={"action": "rabbitmq_stopped"})
 
     def _forget(self, connection: BlockingConnection) -> None:
-        self._channel = self._retry_channel = None
+        self._channels, self._consumer_tags, self._retry_channel = {}, {}, None
         self._unsettled, self._held = {}, {}
         if connection.is_open:
             try:
@@ -254,20 +280,23 @@ class RabbitMQConsumer:
             except RECOVERABLE_ERRORS as error:
                 log.debug("closing the RabbitMQ connection: %s", first_line(error))
 
-    def _on_cancelled_by_broker(self, _method: object) -> None:
-        self._cancelled_by_broker = True  # e.g. the queue was deleted: reconnecting declares it again
+    def _on_cancelled_by_broker(self, queue: str, _method: object) -> None:
+        self._cancelled_by_broker = queue  # e.g. the queue was deleted: reconnecting declares it again
 
-    def _on_message(self, channel: BlockingChannel, method: pika.spec.Basic.Deliver,
+    def _on_message(self, queue: str, channel: BlockingChannel, method: pika.spec.Basic.Deliver,
                     properties: pika.BasicProperties, body: bytes) -> None:
-        assert self._executor is not None and self._channel is channel
-        delivery = _Delivery(connection=channel.connection, channel=channel, tag=method.delivery_tag, body=body,
-                             properties=properties, attempt=_attempts_made(properties) + 1)
-        self._unsettled[delivery.tag] = delivery
+        assert self._executor is not None and self._channels.get(queue) is channel
+        delivery = _Delivery(connection=channel.connection, channel=channel, queue=queue, tag=method.delivery_tag,
+                             body=body, properties=properties, attempt=_attempts_made(properties) + 1,
+                             redelivered=bool(method.redelivered))
+        self._unsettled[queue, delivery.tag] = delivery
         self._executor.submit(self._work, delivery)
 
+    def _current(self, delivery: _Delivery) -> bool:
+        return delivery.channel is self._channels.get(delivery.queue) and delivery.channel.is_open
+
     def _settle(self, delivery: _Delivery, outcome: _Outcome) -> None:
-        channel = delivery.channel
-        if channel is not self._channel or not channel.is_open:
+        if not self._current(delivery):
             log.debug("not settling a delivery of a closed channel: RabbitMQ redelivers it")
             return
         if outcome is _Outcome.RETRY:
@@ -275,10 +304,11 @@ class RabbitMQConsumer:
                 self._retry(delivery)
             else:
                 delay = retry_delay_for(delivery.attempt, self._retry_delay)
-                self._held[delivery.tag] = delivery.connection.call_later(
+                self._held[delivery.queue, delivery.tag] = delivery.connection.call_later(
                     delay, functools.partial(self._retry, delivery))
             return
-        del self._unsettled[delivery.tag]
+        del self._unsettled[delivery.queue, delivery.tag]
+        channel = delivery.channel
         if outcome is _Outcome.ACK:
             channel.basic_ack(delivery.tag)
         elif outcome is _Outcome.DEAD_LETTER:
@@ -288,19 +318,19 @@ class RabbitMQConsumer:
 
     def _retry(self, delivery: _Delivery) -> None:
         """Publish the next attempt of a failed task (confirmed), then ack this one."""
-        self._held.pop(delivery.tag, None)
-        if delivery.channel is not self._channel or not delivery.channel.is_open or self._retry_channel is None:
+        self._held.pop((delivery.queue, delivery.tag), None)
+        if not self._current(delivery) or self._retry_channel is None:
             return
         headers = {**(delivery.properties.headers or {}), ATTEMPTS_HEADER: delivery.attempt,
                    LAST_ERROR_HEADER: delivery.error[:_LAST_ERROR_LIMIT]}
         properties = pika.BasicProperties(
             content_type=delivery.properties.content_type, delivery_mode=pika.DeliveryMode.Persistent,
             message_id=delivery.properties.message_id, headers=headers)
-        del self._unsettled[delivery.tag]
+        del self._unsettled[delivery.queue, delivery.tag]
         try:
-            self._retry_channel.basic_publish("", self.queue_name, delivery.body, properties, mandatory=True)
+            self._retry_channel.basic_publish("", delivery.queue, delivery.body, properties, mandatory=True)
         except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as error:
-            log.warning("could not queue the retry of a task of %s (%s); requeueing it", self.queue_name,
+            log.warning("could not queue the retry of a task of %s (%s); requeueing it", delivery.queue,
                         type(error).__name__, extra={"action": "task_retry_refused"})
             delivery.channel.basic_nack(delivery.tag, requeue=True)
             return
@@ -319,13 +349,13 @@ class RabbitMQConsumer:
         try:
             task = parse_task(delivery.body)
         except MalformedTaskError as error:
-            log.error("dead-lettering a message of %s (message id %s): %s", self.queue_name,
+            log.error("dead-lettering a message of %s (message id %s): %s", delivery.queue,
                       delivery.properties.message_id, error, extra={"action": "task_dead_lettered"})
             return _Outcome.DEAD_LETTER
         try:
-            self._handler(task)
+            self._handler(task, delivery.first)
         except PermanentJobError as error:
-            log.error("dead-lettering task %s of %s: %s", task.task_id, self.queue_name, first_line(error),
+            log.error("dead-lettering task %s of %s: %s", task.task_id, delivery.queue, first_line(error),
                       extra={"action": "task_dead_lettered"})
             self._report_dead_letter(task, error)
             return _Outcome.DEAD_LETTER
@@ -333,12 +363,12 @@ class RabbitMQConsumer:
             log.debug("task %s failed", task.task_id, exc_info=error)
             delivery.error = f"{type(error).__name__}: {first_line(error)}"
             if delivery.attempt >= self._max_attempts:
-                log.error("dead-lettering task %s of %s after %d attempts: %s", task.task_id, self.queue_name,
+                log.error("dead-lettering task %s of %s after %d attempts: %s", task.task_id, delivery.queue,
                           delivery.attempt, delivery.error, extra={"action": "task_dead_lettered"})
                 self._report_dead_letter(task, error)
                 return _Outcome.DEAD_LETTER
             log.warning("task %s of %s failed (attempt %d of %d): %s; retrying in %.1f s", task.task_id,
-                        self.queue_name, delivery.attempt, self._max_attempts, delivery.error,
+                        delivery.queue, delivery.attempt, self._max_attempts, delivery.error,
                         retry_delay_for(delivery.attempt, self._retry_delay), extra={"action": "task_retry"})
             return _Outcome.RETRY
         return _Outcome.ACK

@@ -134,7 +134,7 @@ def service_role(context: RoleContext) -> Role:
         if task.service_name in context.catalog:  # an unknown service has no row to hold the failure
             handler.record_failure(task, error)
 
-    tasks = TaskHandling(handle=lambda task: handler.handle(task, final_attempt=False),
+    tasks = TaskHandling(handle=lambda task, first: handler.handle(task, final_attempt=False, first_delivery=first),
                          on_dead_letter=record_dead_letter,
                          prefetch={service.queue_name: service.prefetch for service in services})
     return Role(name="service", queues=tuple(service.queue_name for service in services), handle=handle,

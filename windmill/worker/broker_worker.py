@@ -1,15 +1,14 @@
-"""A task role fed by RabbitMQ: one consumer per queue, all sharing the role's handler, plus the same
-presence in the `workers` table as job-table workers."""
+"""A task role fed by RabbitMQ: one consumer for all the role's queues, plus the same presence in the
+`workers` table as job-table workers."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 
 from psycopg_pool import ConnectionPool
 
-from windmill.broker.base import Task
+from windmill.broker.base import Task, TaskHandler
 from windmill.broker.consumer import RabbitMQConsumer
 from windmill.errors import first_line
 from windmill.worker.presence import WorkerPresence
@@ -31,18 +30,15 @@ class BrokerWorker:
         self.jobs_failed = 0
         self._counter_lock = threading.Lock()
         tasks = role.tasks
-        self.consumers = [
-            RabbitMQConsumer(amqp_url, queue, self._counted(tasks.handle), prefetch=tasks.prefetch.get(queue, 4),
-                             concurrency=concurrency, max_attempts=max_attempts, stopping=self.stopping,
-                             retry_delay=retry_delay_s, on_dead_letter=tasks.on_dead_letter,
-                             connection_name=f"windmill {worker_id} {queue}")
-            for queue in role.queues
-        ]
+        self.consumer = RabbitMQConsumer(
+            amqp_url, {queue: tasks.prefetch.get(queue, 4) for queue in role.queues}, self._counted(tasks.handle),
+            concurrency=concurrency, max_attempts=max_attempts, stopping=self.stopping, retry_delay=retry_delay_s,
+            on_dead_letter=tasks.on_dead_letter, connection_name=f"windmill {worker_id}")
 
-    def _counted(self, handle: Callable[[Task], object]) -> Callable[[Task], None]:
-        def counted(task: Task) -> None:
+    def _counted(self, handle: TaskHandler) -> TaskHandler:
+        def counted(task: Task, first_delivery: bool) -> None:
             try:
-                handle(task)
+                handle(task, first_delivery)
             except BaseException:
                 with self._counter_lock:
                     self.jobs_failed += 1
@@ -62,23 +58,21 @@ class BrokerWorker:
                  extra={"action": "worker_started"})
         failures: list[BaseException] = []
 
-        def consume(consumer: RabbitMQConsumer) -> None:
+        def consume() -> None:
             try:
-                consumer.run()
+                self.consumer.run()
             except BaseException as error:  # a consumer that cannot go on stops the whole worker
                 failures.append(error)
                 self.stopping.set()
 
-        threads = [threading.Thread(target=consume, args=(c,), name=c.queue_name) for c in self.consumers]
-        for thread in threads:
-            thread.start()
+        thread = threading.Thread(target=consume, name="rabbitmq-consumer")
+        thread.start()
         while not self.stopping.wait(HEARTBEAT_S):
             try:
                 self.presence.beat(self.jobs_done, self.jobs_failed)
             except Exception as error:
                 log.warning("heartbeat failed (%s)", first_line(error), extra={"action": "heartbeat_failed"})
-        for thread in threads:
-            thread.join()
+        thread.join()
         self.presence.stopped(self.jobs_done, self.jobs_failed)
         self.role.close()
         for error in failures:

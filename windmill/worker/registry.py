@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from psycopg_pool import ConnectionPool
 
-from windmill.broker.base import Task
+from windmill.broker.base import Task, TaskHandler
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.errors import WindmillError
@@ -32,7 +32,7 @@ class RoleContext:
 class TaskHandling:
     """How a role takes image × service tasks straight from a broker (RabbitMQ) instead of the job table."""
 
-    handle: Callable[[Task], object]  # raises to have the task retried
+    handle: TaskHandler
     on_dead_letter: Callable[[Task, BaseException], object]  # the last attempt failed: record it
     prefetch: dict[str, int]  # per queue
 
