@@ -92,6 +92,7 @@ class FarmStandIn(http.server.BaseHTTPRequestHandler):
                 "query": query,
                 "fields": fields,
                 "upload": upload,
+                "content_type": self.headers.get("Content-Type", ""),
                 "peer": self.client_address,
             }
         )
@@ -316,6 +317,18 @@ def test_upload_sends_multipart_file_with_an_extension(farm, client):
     assert answer.data["service"] == "yolov8" and answer.data["reported_service"] == "yolo"
     assert answer.data["predictions"][0]["bbox"] == {"x": 5, "y": 6, "width": 20, "height": 10}
     assert 0 < answer.processing_time < 5
+
+
+def test_uploads_of_one_client_share_a_multipart_boundary_other_clients_do_not(farm, client):
+    client.analyze(farm.service("yolov8"), IMAGE)
+    client.score(farm.service("caption_score"), IMAGE, "a cat")
+    first, second = farm.requests[-2:]
+    assert first["content_type"].startswith("multipart/form-data; boundary=windmill-")
+    assert second["content_type"] == first["content_type"]
+    assert second["fields"] == {"caption": "a cat"} and second["upload"]["value"] == IMAGE.data
+    with FarmClient(CATALOG) as other:
+        other.analyze(farm.service("yolov8"), IMAGE)
+    assert farm.requests[-1]["content_type"] != first["content_type"]
 
 
 def test_extra_parameters_travel_as_form_fields_or_query(farm, client):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -119,6 +120,10 @@ class FarmClient:
         self.connect_timeout_s = connect_timeout_s
         self.health_timeout_s = health_timeout_s
         self._max_connections = max_connections
+        # One multipart boundary for all uploads of this client rather than one per request: a service's
+        # multipart parser may compile a pattern per boundary (Python's email parser does, behind http.server;
+        # so does werkzeug's), and a repeated boundary is compiled once. Random, so no image holds it.
+        self._upload_headers = {"Content-Type": f"multipart/form-data; boundary=windmill-{uuid.uuid4().hex}"}
         self._clients: dict[str, httpx.Client] = {}
         self._clients_lock = threading.Lock()
 
@@ -181,7 +186,7 @@ class FarmClient:
             else:
                 assert image is not None
                 exchange = self._call(target, "POST", target.endpoint, files=_upload(image),
-                                      data=_form_fields(extra))
+                                      data=_form_fields(extra), headers=self._upload_headers)
                 image_size = image.size
             payload = self._payload(target, exchange)
             data = normalize_answer(target.name, payload, image_size=image_size, status_code=exchange.status_code)
@@ -208,7 +213,7 @@ class FarmClient:
             else:
                 assert image is not None
                 exchange = self._call(target, "POST", target.endpoint, files=_upload(image),
-                                      data={"caption": caption})
+                                      data={"caption": caption}, headers=self._upload_headers)
             payload = self._payload(target, exchange)
             data = normalize_score_answer(target.name, payload, status_code=exchange.status_code)
         return ServiceAnswer(target.name, data, exchange.elapsed, exchange.status_code)
