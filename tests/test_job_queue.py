@@ -3,12 +3,14 @@ NOTIFY only for newly queued jobs, and the claim query's plan. Time is passed in
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from windmill.broker import JobTableBroker, Task
 from windmill.db.connect import Database
 from windmill.jobs import NOTIFY_CHANNEL, JobQueue, JobState, NewJob
 from windmill.jobs.backoff import retry_delay
@@ -183,6 +185,24 @@ def test_claim_queries_use_the_claimable_partial_indexes(conn: psycopg.Connectio
     assert "jobs_claimable" in several
     for plan in (merge, several):
         assert "Seq Scan on jobs" not in plan
+
+
+def test_a_bulk_submit_refreshes_statistics_so_claims_read_the_oldest_by_index(pool: ConnectionPool,
+                                                                             conn: psycopg.Connection) -> None:
+    queues = [f"queue_service_{n}" for n in range(11)]
+    images = [row[0] for row in conn.execute("INSERT INTO images (image_filename, image_path) SELECT n || '.jpg', "
+                                             "'/' || n || '.jpg' FROM generate_series(1, 100) AS n RETURNING image_id")]
+    tasks = [Task(str(uuid.uuid4()), image, f"{image}.jpg", f"/{image}.jpg", None, "2026-01-01", queue[6:], queue)
+             for image in images for queue in queues]
+    broker = JobTableBroker(JobQueue(pool))
+    broker.publish(tasks)
+    before = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'jobs'::regclass").fetchone()[0]
+    broker.close()
+    after = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'jobs'::regclass").fetchone()[0]
+    assert before != len(tasks) and after == len(tasks)  # the planner knows the backlog now
+    plan = _plan(conn, queues)
+    # The oldest few, read in id order by index; not every waiting task fetched and sorted.
+    assert "jobs_claimable_order_idx" in plan and "Bitmap Heap Scan" not in plan.split("CTE expired")[0]
 
 
 def test_complete_and_claim_in_one_round_trip(jobs: JobQueue, conn: psycopg.Connection) -> None:

@@ -118,3 +118,7 @@ SELECT queue, state::text AS state, count(*) AS jobs,
  WHERE state <> 'done'
  GROUP BY queue, state
  ORDER BY queue, state
+
+-- name: analyze_jobs
+-- Refresh the planner's statistics of the job table (after a bulk enqueue).
+ANALYZE jobs
