@@ -183,7 +183,9 @@ CORPUS = [
     case("animated-gif", write(animated_gif(), "anim.gif"), OK, ((40, 30), "JPEG", "first frame of 3")),
     case("exif-rotated-jpeg", write(rotated_jpeg()), OK, ((48, 64), "JPEG", "EXIF orientation 6")),
     case("bmp", write(encoded(photo(), "BMP"), "a.bmp"), OK, ((64, 48), "JPEG", "BMP → JPEG")),
-    case("grayscale-jpeg", write(encoded(photo().convert("L"), "JPEG")), OK, ((64, 48), "JPEG", "L → RGB")),
+    case("grayscale-jpeg", write(encoded(photo().convert("L"), "JPEG")), OK, ((64, 48), "JPEG", None)),
+    case("grayscale-png", write(encoded(photo().convert("L"), "PNG"), "g8.png"), OK, ((64, 48), "PNG", None)),
+    case("grayscale-bmp", write(encoded(photo().convert("L"), "BMP"), "g.bmp"), OK, ((64, 48), "JPEG", "BMP → JPEG")),
     case(
         "unicode-and-spaces", write(encoded(photo(), "JPEG"), "mañana café 🐶 photo.jpg"), OK, ((64, 48), "JPEG", None)
     ),
