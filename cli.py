@@ -805,13 +805,15 @@ def bench_merge(app: AppContext, images: int, boxes: int, runs: int) -> None:
 
 @bench.command("pipeline")
 @click.option("--images", type=click.IntRange(6), default=300, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 10), default=1, show_default=True)
 @pass_app
-def bench_pipeline(app: AppContext, images: int) -> None:
+def bench_pipeline(app: AppContext, images: int, runs: int) -> None:
     """The whole pipeline over N images, workers as separate processes: throughput, CPU, merge latency, waste."""
     from windmill.bench.pipeline import run as run_pipeline_bench
 
     with bench_database(app) as (database, url):
-        run_pipeline_bench(database, url, app.catalog_as_configured, images=images, amqp_url=app.settings.amqp_url)
+        run_pipeline_bench(database, url, app.catalog_as_configured, images=images, runs=runs,
+                           amqp_url=app.settings.amqp_url)
 
 
 @bench.command("submit")

@@ -132,8 +132,9 @@ class PipelineRun:
     dropped: int  # answers that found their box gone (their insert failed)
 
 
-def run(database: Database, database_url: str, catalog: Catalog, *, images: int, amqp_url: str | None) -> None:
-    """One run per broker the service tasks can travel by: RabbitMQ (when configured) and the job table."""
+def run(database: Database, database_url: str, catalog: Catalog, *, images: int, runs: int = 1,
+        amqp_url: str | None) -> None:
+    """`runs` runs per broker the service tasks can travel by: RabbitMQ (when configured) and the job table."""
     offset = 21_000 + os.getpid() % 1000 * 10
     farm = subprocess.Popen(cli_argv("farm", "serve", "--port-offset", str(offset)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -142,7 +143,8 @@ def run(database: Database, database_url: str, catalog: Catalog, *, images: int,
             copy_samples(Path(folder), images)
             for broker in (["rabbitmq"] if amqp_url else []) + ["postgres"]:
                 with bench_environment(catalog, database_url, amqp_url, port_offset=offset) as bench:
-                    _report(broker, images, _run_once(database, catalog, bench, broker, folder, images))
+                    for _ in range(runs):
+                        _report(broker, images, _run_once(database, catalog, bench, broker, folder, images))
     finally:
         farm.terminate()
         farm.wait(timeout=30)
