@@ -12,6 +12,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
+from windmill.db.jsonb import use_orjson
 from windmill.db.migrations import SCHEMA
 from windmill.errors import WindmillError
 from windmill.settings import Settings
@@ -48,10 +49,12 @@ class Database:
 
     def connect(self, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection:
         try:
-            return psycopg.connect(self.conninfo, autocommit=autocommit, **kwargs)
+            conn = psycopg.connect(self.conninfo, autocommit=autocommit, **kwargs)
         except psycopg.OperationalError as error:
             reason = str(error).strip().splitlines()[-1] if str(error).strip() else "connection refused"
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {self.location}: {reason}") from None
+        use_orjson(conn)
+        return conn
 
     def pool(self, *, min_size: int = 1, max_size: int = 4, name: str = "windmill") -> ConnectionPool:
         """A pool of autocommit connections; callers open transactions explicitly where they need one.
@@ -62,6 +65,7 @@ class Database:
             min_size=min_size,
             max_size=max_size,
             kwargs={"autocommit": True},
+            configure=use_orjson,
             name=name,
             open=True,
         )
