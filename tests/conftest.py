@@ -4,7 +4,6 @@ WINDMILL_TEST_DATABASE_URL), a migrated test database, and a clean slate per tes
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -41,11 +40,7 @@ def server_conninfo() -> Iterator[str]:
         try:
             yield conninfo
         finally:
-            data_root = cluster.status().data_dir.parent
-            cluster.stop()
-            cluster.release()  # drop the at-exit release too: the home is about to go
-            if data_root != Path(home) and data_root.name.startswith("windmill-pg-"):
-                shutil.rmtree(data_root, ignore_errors=True)  # relocated under /var/tmp when run as root
+            cluster.discard()
 
 
 @pytest.fixture(scope="session")

@@ -120,15 +120,8 @@ class Clusters:
         for client in self.clients:
             if client.proc.poll() is None:
                 client.kill()
-        relocated = set()
         for db in self.made:
-            db.release()
-            db.stop()
-            data_root = db.status().data_dir.parent
-            if data_root.is_relative_to(embedded.RELOCATED_PARENT):
-                relocated.add(data_root)
-        for data_root in relocated:
-            shutil.rmtree(data_root)
+            db.discard()
         for path in self.scratch:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -272,6 +265,19 @@ def test_stop_stops_the_server_whatever_its_clients_and_a_restart_keeps_the_data
         query(conninfo, "SELECT 1")
     assert db.acquire() == conninfo
     assert query(conninfo, "SELECT id FROM kept") == (42,)
+
+
+@needs_server
+def test_discard_stops_the_server_and_deletes_its_data_wherever_it_lives(clusters: Clusters) -> None:
+    db = clusters.open()  # a private home: as root the data lives under /var/tmp, outside it
+    conninfo = db.acquire()
+    data_root = db.status().data_dir.parent
+    assert data_root.is_dir()
+    db.discard()
+    assert not data_root.exists()
+    assert not db.status().running
+    with pytest.raises(psycopg.OperationalError):
+        query(conninfo, "SELECT 1")
 
 
 @needs_server

@@ -127,8 +127,7 @@ def link_database(worker_host: Link, catalog: Catalog) -> Iterator[str]:
                 init_database(conn, catalog)
             yield conninfo
         finally:
-            cluster.stop()
-            cluster.release()  # now, not at exit: by then `home` is gone and releasing would recreate its lock file
+            cluster.discard()
 
 
 def worker_environment(database_url: str, catalog_path: Path, home: Path) -> dict[str, str]:

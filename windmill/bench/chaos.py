@@ -261,8 +261,7 @@ def private_cluster(home: Path) -> Iterator[EmbeddedPostgres]:
     try:
         yield cluster
     finally:
-        cluster.stop()
-        cluster.release()  # now, not at exit: by then `home` is gone and releasing would recreate its lock file
+        cluster.discard()
 
 
 def restart_postgres(cluster: EmbeddedPostgres, conninfo: str, outage_s: float) -> float:

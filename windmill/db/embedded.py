@@ -198,6 +198,14 @@ class EmbeddedPostgres:
             for registration in self._registrations():
                 registration.unlink(missing_ok=True)
 
+    def discard(self) -> None:
+        """Stop the server, release it now and delete its data: a throwaway cluster (a test session, the chaos
+        run) whose home is about to go. Its data may live outside the home (under /var/tmp when run as root)."""
+        data_root = self.status().data_dir.parent
+        self.stop()
+        self.release()  # now, not at exit: by then the home is gone and releasing would recreate its lock file
+        shutil.rmtree(data_root, ignore_errors=True)
+
     def status(self) -> EmbeddedStatus:
         """Read-only: takes no lock and creates nothing, so it answers even while another process starts."""
         state = self._load_state()
