@@ -19,6 +19,7 @@ from windmill.broker import JobTableBroker, Task
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database
+from windmill.db.jsonb import as_stored
 from windmill.emoji import PERSON
 from windmill.farm import FarmClient
 from windmill.harmony import DetectorResult, harmonize
@@ -138,6 +139,32 @@ def test_boxes_are_right_after_each_detector_and_only_new_boxes_are_postprocesse
         seen_jobs |= set(jobs)
         previous = boxes
     assert len(previous) >= 2, "two people on the stairs"
+
+
+def test_a_merge_without_new_answers_writes_no_box_and_queues_nothing(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection, farm_catalog: Catalog) -> None:
+    add_paths(conn, [SAMPLES / "astronaut.jpg"])
+    image_id = image_id_of(conn, "astronaut.jpg")
+    for detector in ("yolov8", "rtdetr"):
+        answer(pool, farm_catalog, conn, image_id, detector)
+    merge_image(conn, image_id, SETTINGS.harmony, "test")
+    boxes = "SELECT merged_id, merged_data, created FROM merged_boxes WHERE image_id = %s ORDER BY merged_id"
+    before = conn.execute(boxes, (image_id,)).fetchall()
+    changed_at = "SELECT changed_at FROM merged_images WHERE image_id = %s"
+    first_change = conn.execute(changed_at, (image_id,)).fetchone()[0]
+    jobs = conn.execute("SELECT count(*) FROM jobs WHERE queue LIKE 'postprocess\\_%%'").fetchone()[0]
+    # The comparison that spares the UPDATE of an unchanged box: a recomputed box equals its stored row.
+    rows = conn.execute("SELECT result_id, service, data FROM results WHERE image_id = %s", (image_id,)).fetchall()
+    recomputed = harmonize([DetectorResult(*row) for row in rows], SETTINGS.harmony)
+    stored = [data for _, data, _ in before]
+    assert len(recomputed) == len(stored) and all(as_stored(box.to_merged_data()) in stored for box in recomputed)
+
+    outcome = merge_image(conn, image_id, SETTINGS.harmony, "test")
+
+    assert outcome.inserted == [] and outcome.deleted == 0 and outcome.kept == len(before) > 0
+    assert conn.execute(boxes, (image_id,)).fetchall() == before  # same rows, same data, not even touched
+    assert conn.execute(changed_at, (image_id,)).fetchone()[0] == first_change
+    assert conn.execute("SELECT count(*) FROM jobs WHERE queue LIKE 'postprocess\\_%%'").fetchone()[0] == jobs
 
 
 def test_an_image_without_detections_is_a_success_with_no_boxes(database: Database, pool: ConnectionPool,

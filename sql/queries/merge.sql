@@ -7,7 +7,7 @@ SELECT DISTINCT ON (r.service) r.result_id, r.service, r.data
  ORDER BY r.service, r.result_created DESC, r.result_id DESC
 
 -- name: image_boxes
-SELECT merged_id, crop_key FROM merged_boxes WHERE image_id = %(image_id)s
+SELECT merged_id, crop_key, merged_data FROM merged_boxes WHERE image_id = %(image_id)s
 
 -- name: delete_boxes
 -- Boxes gone from the recomputed set; their postprocessing rows go with them (ON DELETE CASCADE).

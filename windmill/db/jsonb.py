@@ -16,6 +16,11 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
+def as_stored(value: Any) -> Any:
+    """`value` as it reads back from a jsonb column (tuples become lists, keys strings): to compare with a row."""
+    return orjson.loads(dumps(value))
+
+
 def use_orjson(context: AdaptContext) -> None:
     """Make `context` (a connection, or a cursor) dump and load json/jsonb with orjson."""
     set_json_dumps(dumps, context)

@@ -57,6 +57,23 @@ def enqueue_on(conn: psycopg.Connection, job: NewJob, *, run_after: datetime | N
     return row[0] if row else None
 
 
+def enqueue_many_on(conn: psycopg.Connection, jobs: Sequence[NewJob]) -> int:
+    """Queue a batch in one statement on this connection (inside the caller's transaction), ids in the order
+    given; returns how many were newly queued (duplicates of waiting jobs are skipped)."""
+    if not jobs:
+        return 0
+    return conn.execute(
+        query("enqueue_jobs"),
+        {
+            "queues": [job.queue for job in jobs],
+            "image_ids": [job.image_id for job in jobs],
+            "payloads": [Jsonb(job.payload) for job in jobs],
+            "dedupe_keys": [job.dedupe_key for job in jobs],
+            "max_attempts": [job.max_attempts for job in jobs],
+        },
+    ).rowcount
+
+
 class JobQueue:
     """All job-table operations a worker or producer needs. `now` parameters exist for tests: None = the
     database clock."""
@@ -76,17 +93,7 @@ class JobQueue:
         if not jobs:
             return 0
         with self.pool.connection() as conn:
-            cursor = conn.execute(
-                query("enqueue_jobs"),
-                {
-                    "queues": [job.queue for job in jobs],
-                    "image_ids": [job.image_id for job in jobs],
-                    "payloads": [Jsonb(job.payload) for job in jobs],
-                    "dedupe_keys": [job.dedupe_key for job in jobs],
-                    "max_attempts": [job.max_attempts for job in jobs],
-                },
-            )
-            return cursor.rowcount
+            return enqueue_many_on(conn, jobs)
 
     def refresh_statistics(self) -> None:
         """ANALYZE the job table. A claim across several queues plans from the statistics: while they describe

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.types.json import Jsonb
 
+from windmill.db.jsonb import as_stored
 from windmill.db.queries import query
 from windmill.emoji import is_person
 from windmill.harmony import DetectorResult, HarmonyConfig, MergedBox, harmonize
 from windmill.harmony.identity import match_boxes
-from windmill.jobs import Job, NewJob, enqueue_on
+from windmill.jobs import Job, NewJob, enqueue_many_on
 from windmill.locks import Product, lock_image
 from windmill.worker.registry import Role, RoleContext, register_role
 
@@ -65,25 +66,30 @@ def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, 
         lock_image(conn, Product.MERGED_BOXES, image_id)
         rows = conn.execute(query("latest_detector_results"), {"image_id": image_id}).fetchall()
         boxes = harmonize([DetectorResult(result_id, service, data) for result_id, service, data in rows], config)
-        stored = [(merged_id, parse_crop_key(key))
-                  for merged_id, key in conn.execute(query("image_boxes"), {"image_id": image_id})]
+        stored_rows = conn.execute(query("image_boxes"), {"image_id": image_id}).fetchall()
+        stored = [(merged_id, parse_crop_key(key)) for merged_id, key, _ in stored_rows]
+        stored_data = {merged_id: data for merged_id, _, data in stored_rows}
         kept = match_boxes(stored, [(box_class(box), box.bbox) for box in boxes])
         gone = [merged_id for merged_id, _ in stored if merged_id not in kept.values()]
         if gone:
             conn.execute(query("delete_boxes"), {"merged_ids": gone})
         inserted = []
         updated = 0
+        postprocessing: list[NewJob] = []
         for index, box in enumerate(boxes):
-            params = {"image_id": image_id, "merged_data": Jsonb(box.to_merged_data()), "crop_key": crop_key(box),
+            merged_data = box.to_merged_data()
+            params = {"image_id": image_id, "merged_data": Jsonb(merged_data), "crop_key": crop_key(box),
                       "source_result_ids": list(box.source_result_ids), "worker_id": worker_id}
-            if index in kept:
-                updated += conn.execute(query("update_box"), {**params, "merged_id": kept[index]}).rowcount
+            if index in kept:  # an unchanged box costs no statement
+                if as_stored(merged_data) != stored_data[kept[index]]:
+                    updated += conn.execute(query("update_box"), {**params, "merged_id": kept[index]}).rowcount
                 continue
             merged_id = conn.execute(query("insert_box"), params).fetchone()[0]
             inserted.append(merged_id)
-            for service in postprocessing_for(box):
-                enqueue_on(conn, NewJob(postprocess_queue(service), {"merged_box_id": merged_id, "image_id": image_id},
-                                        image_id=image_id, dedupe_key=f"{service}:{merged_id}"))
+            postprocessing += [NewJob(postprocess_queue(service), {"merged_box_id": merged_id, "image_id": image_id},
+                                      image_id=image_id, dedupe_key=f"{service}:{merged_id}")
+                               for service in postprocessing_for(box)]
+        enqueue_many_on(conn, postprocessing)
         conn.execute(query("record_merge"), {
             "image_id": image_id, "boxes": len(boxes), "source_result_ids": sorted(row[0] for row in rows),
             "worker_id": worker_id, "changed": bool(gone or inserted or updated)})
