@@ -71,7 +71,7 @@ def cron_server(catalog: Catalog) -> Iterator[str]:
                 init_database(conn, catalog)
             yield windmill_conninfo
         finally:
-            cluster.stop()
+            cluster.discard()
 
 
 @pytest.fixture

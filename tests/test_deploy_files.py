@@ -245,7 +245,7 @@ def cron_server(catalog: Catalog) -> Iterator[str]:
                 apply_roles(conn)
             yield windmill_conninfo
         finally:
-            cluster.stop()
+            cluster.discard()
 
 
 def test_pg_cron_sql_schedules_the_job_cron_py_manages_to_run_as_the_worker_role(cron_server: str) -> None:
