@@ -43,6 +43,7 @@ from windmill.catalog import Catalog, load_catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database, conninfo_to_url
 from windmill.db.embedded import EmbeddedPostgres
+from windmill.db.jsonb import as_stored
 from windmill.db.queries import query
 from windmill.db.schema import init_database
 from windmill.errors import WindmillError
@@ -429,11 +430,6 @@ class Audit:
         return found
 
 
-def _plain(value: Any) -> Any:
-    """The value as JSON gives it back (tuples become lists), to compare a recompute with a stored jsonb."""
-    return json.loads(json.dumps(value))
-
-
 _EVIDENCE_TIMES = """
 SELECT (SELECT consensus_created FROM consensus WHERE image_id = %(image_id)s),
        (SELECT changed_at FROM merged_images WHERE image_id = %(image_id)s),
@@ -478,7 +474,7 @@ def audit(conn: psycopg.Connection, catalog: Catalog, harmony: HarmonyConfig) ->
     for image_id in images:
         rows = conn.execute(query("latest_detector_results"), {"image_id": image_id}).fetchall()
         recomputed = harmonize([DetectorResult(*row) for row in rows], harmony)
-        wanted = {crop_key(box): _plain(box.to_merged_data()) for box in recomputed}
+        wanted = {crop_key(box): as_stored(box.to_merged_data()) for box in recomputed}
         stored_rows = conn.execute("SELECT crop_key, merged_id, merged_data FROM merged_boxes WHERE image_id = %s",
                                    (image_id,)).fetchall()
         stored = {key: data for key, _, data in stored_rows}
@@ -492,7 +488,7 @@ def audit(conn: psycopg.Connection, catalog: Catalog, harmony: HarmonyConfig) ->
         row = conn.execute("SELECT consensus_data FROM consensus WHERE image_id = %s", (image_id,)).fetchone()
         if row is not None:
             found.consensus_present += 1
-            fresh = _plain(consensus_for_image(conn, image_id, service_types))
+            fresh = as_stored(consensus_for_image(conn, image_id, service_types))
             if row[0] == fresh:
                 found.consensus_equal += 1
             elif len(found.consensus_differences) < 5:

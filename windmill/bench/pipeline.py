@@ -9,7 +9,6 @@ boxes committed and which answers it read; both are dropped at the end.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import subprocess
@@ -30,6 +29,7 @@ from windmill.bench.stage import (
 )
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
+from windmill.db.jsonb import as_stored
 from windmill.roles.consensus import consensus_for_image
 
 ROLES = (
@@ -221,29 +221,31 @@ def _stale_consensus(conn: psycopg.Connection, catalog: Catalog) -> int:
     service_types = {service.name: service.service_type for service in catalog.services}
     stored = conn.execute("SELECT c.image_id, c.consensus_data FROM consensus c JOIN images i USING (image_id) "
                           "WHERE i.image_group = %s", (BENCH_GROUP,)).fetchall()
-    return sum(json.loads(json.dumps(consensus_for_image(conn, image_id, service_types))) != data
-               for image_id, data in stored)
+    return sum(as_stored(consensus_for_image(conn, image_id, service_types)) != data for image_id, data in stored)
 
 
 def _wait_until_idle(database: Database, processes: list[subprocess.Popen[bytes]], answers: int) -> None:
     """Until every task has its answer and no job is left (the last job's effects, new jobs, would show within
     half a second)."""
+    answered = """SELECT count(*) >= %(answers)s FROM results r JOIN images i USING (image_id)
+                   WHERE i.image_group = %(group)s"""
     # Driven by the unfinished jobs, each state set matching a partial index's predicate: scanning the whole
     # (growing) jobs table 20 times a second took a sixth of PostgreSQL's CPU from the pipeline it measures.
-    pending = """SELECT (SELECT count(*) FROM results r JOIN images i USING (image_id)
-                          WHERE i.image_group = %(group)s) < %(answers)s
-                     OR EXISTS (SELECT 1
-                                  FROM (SELECT image_id FROM jobs WHERE state IN ('queued', 'failed')
-                                        UNION ALL
-                                        SELECT image_id FROM jobs WHERE state = 'running') AS unfinished
-                                  JOIN images i USING (image_id)
-                                 WHERE i.image_group = %(group)s)"""
+    unfinished = """SELECT EXISTS (SELECT 1
+                                     FROM (SELECT image_id FROM jobs WHERE state IN ('queued', 'failed')
+                                           UNION ALL
+                                           SELECT image_id FROM jobs WHERE state = 'running') AS unfinished
+                                     JOIN images i USING (image_id)
+                                    WHERE i.image_group = %(group)s)"""
+    params = {"group": BENCH_GROUP, "answers": answers}
+    all_answered = False  # answers are never taken back: once all are in, stop counting them
     quiet_since = None
     with database.connect() as conn:
         while True:
             if any(process.poll() is not None for process in processes):
                 raise RuntimeError("a worker process died during the benchmark")
-            if conn.execute(pending, {"group": BENCH_GROUP, "answers": answers}).fetchone()[0]:
+            all_answered = all_answered or conn.execute(answered, params).fetchone()[0]
+            if not all_answered or conn.execute(unfinished, params).fetchone()[0]:
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = time.perf_counter()
