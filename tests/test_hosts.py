@@ -112,9 +112,12 @@ def link_database(worker_host: Link, catalog: Catalog) -> Iterator[str]:
         os.chmod(home, 0o755)  # the server's unprivileged user keeps its data inside, removed with the rest
         settings = {
             "listen_addresses": f"127.0.0.1,{worker_host.host_address}",
-            # A client cut off mid-transaction must not hold its locks until the kernel gives up on it.
+            # A client cut off mid-transaction must not hold its locks until the kernel gives up on it. Keepalives
+            # are not sent while sent data waits for an acknowledgement (a claim's rows sent just before the cut,
+            # its Sync lost): only the send timeout frees the claimed jobs then (the suite saw them held for 90 s).
             "idle_in_transaction_session_timeout": "10s",
             "tcp_keepalives_idle": "2", "tcp_keepalives_interval": "1", "tcp_keepalives_count": "3",
+            "tcp_user_timeout": "3000",
         }
         cluster = EmbeddedPostgres(Path(home), fast=True, settings=settings)
         conninfo = cluster.acquire()
