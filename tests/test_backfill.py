@@ -22,7 +22,8 @@ from windmill.jobs import JobQueue
 from windmill.producer import submit
 from windmill.roles.scheduler import run_backfill
 from windmill.settings import settings_from_mapping
-from windmill.worker.group import SINGLE_MACHINE, WorkerGroup, pipeline_idle
+from windmill.worker.group import WorkerGroup, pipeline_idle
+from windmill.worker.layout import SINGLE_MACHINE
 from windmill.worker.runtime import WorkerOptions
 
 SAMPLES = Path(__file__).resolve().parent.parent / "windmill" / "samples"

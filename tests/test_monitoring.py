@@ -28,7 +28,8 @@ from windmill.jobs import JobQueue
 from windmill.monitor import RabbitMQManagement, collect_status, format_status, image_status, watch_status
 from windmill.producer import submit
 from windmill.settings import settings_from_mapping
-from windmill.worker.group import SINGLE_MACHINE, WorkerGroup, pipeline_idle
+from windmill.worker.group import WorkerGroup, pipeline_idle
+from windmill.worker.layout import SINGLE_MACHINE
 from windmill.worker.runtime import WorkerOptions
 
 SAMPLES = Path(__file__).resolve().parent.parent / "windmill" / "samples"

@@ -29,7 +29,8 @@ from windmill.roles.consensus import consensus_for_image
 from windmill.roles.merger import crop_key, merge_image
 from windmill.roles.service import ServiceTaskHandler
 from windmill.settings import settings_from_mapping
-from windmill.worker.group import RoleSpec, WorkerGroup, pipeline_idle
+from windmill.worker.group import WorkerGroup, pipeline_idle
+from windmill.worker.layout import RoleSpec
 from windmill.worker.runtime import WorkerOptions
 
 SAMPLES = Path(__file__).resolve().parent.parent / "windmill" / "samples"

@@ -24,7 +24,8 @@ from windmill.roles.scheduler import (
     schedule_next_tick,
 )
 from windmill.settings import settings_from_mapping
-from windmill.worker.group import RoleSpec, WorkerGroup
+from windmill.worker.group import WorkerGroup
+from windmill.worker.layout import RoleSpec
 from windmill.worker.runtime import WorkerOptions
 
 INTERVAL_S = 1.0

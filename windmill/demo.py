@@ -24,7 +24,8 @@ from windmill.render import render_image, save_png
 from windmill.settings import Settings
 from windmill.simfarm import SimFarm
 from windmill.simfarm.server import SAMPLES_DIR
-from windmill.worker.group import SINGLE_MACHINE, WorkerGroup
+from windmill.worker.group import WorkerGroup
+from windmill.worker.layout import SINGLE_MACHINE
 from windmill.worker.runtime import WorkerOptions
 
 DEMO_GROUP = "demo"

@@ -19,8 +19,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,24 +31,12 @@ from psycopg.rows import dict_row
 
 from windmill.catalog import Catalog
 from windmill.db.queries import query
-from windmill.errors import WindmillError
+from windmill.errors import WindmillError, first_line
 from windmill.settings import Settings
+from windmill.worker.layout import machine_workers
 
 log = logging.getLogger(__name__)
 
-# Catalog categories whose services get a service worker each: spatial_only (face, pose) too, so tasks that
-# `submit --services spatial_only` queues have a consumer (the seed left queue_face and queue_pose without one).
-SERVICE_WORKER_CATEGORIES = ("primary", "spatial_only")
-# The workers of the pipeline after the answers, by name, with what follows `worker` on their command line.
-PIPELINE_WORKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("merger", ("--role", "merger")),
-    ("consensus", ("--role", "consensus")),
-    ("postprocess_colors", ("--role", "postprocess", "--service", "colors")),
-    ("postprocess_face", ("--role", "postprocess", "--service", "face")),
-    ("postprocess_pose", ("--role", "postprocess", "--service", "pose")),
-    ("caption_score", ("--role", "caption_score")),
-    ("scheduler", ("--role", "scheduler")),
-)
 DEFAULT_DRAIN_TIMEOUT_S = 30.0  # the worker's own --drain-timeout default: stop waits at least that long
 LEAVE_NOW_GRACE_S = 5.0  # after the second SIGTERM ("leave now"), before SIGKILL
 START_SETTLE_S = 2.0  # how long start watches new workers for an immediate exit (a bad setting, no schema)
@@ -67,17 +55,10 @@ class WorkerSpec:
 
 
 def worker_specs(catalog: Catalog) -> dict[str, WorkerSpec]:
-    """Every worker a machine can run, by name: a service worker per primary or spatial_only catalog service
-    (named after the service), then merger, consensus, postprocess_colors/face/pose, caption_score, scheduler."""
-    specs = {
-        service.name: WorkerSpec(service.name, ("worker", "--role", "service", "--service", service.name))
-        for service in catalog.services
-        if service.category in SERVICE_WORKER_CATEGORIES
-    }
-    for name, arguments in PIPELINE_WORKERS:
-        if name in specs:
-            raise WindmillError(f"the catalog service {name!r} has the name of a pipeline worker; rename the service")
-        specs[name] = WorkerSpec(name, ("worker", *arguments))
+    """Every worker a machine can run, by name (windmill.worker.layout.machine_workers), each with the worker
+    command's default thread count."""
+    specs = {name: WorkerSpec(name, ("worker", *role.worker_arguments()))
+             for name, role in machine_workers(catalog).items()}
     unsafe = [name for name in specs if not _SAFE_NAME.match(name)]
     if unsafe:
         raise WindmillError(f"worker names must be letters, digits, '_', '.' or '-': {', '.join(map(repr, unsafe))}")
@@ -290,6 +271,21 @@ class Supervisor:
                 heartbeat_age_s=None if beat is None else float(beat["heartbeat_age_s"]),
                 alive=None if beat is None else bool(beat["alive"]), log=str(self.log_file(spec.name))))
         return report
+
+    def status_with_heartbeats(self, names: Iterable[str], settings: Settings,
+                               connect: Callable[[], AbstractContextManager[psycopg.Connection]],
+                               ) -> tuple[list[WorkerStatus], str | None]:
+        """`status` with heartbeats when the database can tell them, and a note when it cannot. Unknown names are
+        refused before any connection is made; the embedded database is not started only to find no heartbeat."""
+        rows = self.status(names)
+        if settings.uses_embedded_database and not any(row.running for row in rows):
+            return rows, ("heartbeats not read: no worker started here runs, and the embedded database is not "
+                          "started for this")
+        try:
+            with connect() as conn:
+                return self.status(names, conn), None
+        except (psycopg.OperationalError, WindmillError) as error:
+            return rows, f"heartbeats unavailable: {first_line(error)}"
 
     # -- helpers ---------------------------------------------------------------------------------
     @contextmanager

@@ -31,15 +31,10 @@ from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.db.jsonb import as_stored
 from windmill.roles.consensus import consensus_for_image
+from windmill.worker.layout import ANSWER_STAGE, PRODUCT_STAGE
 
-ROLES = (
-    ("service", "primary", 8),
-    ("service", "primary", 8),
-    ("merger", None, 2),
-    ("postprocess", "colors,face,pose", 4),
-    ("consensus", None, 2),
-    ("caption_score", None, 2),
-)
+# The single-machine layout, each role in its own process, with two processes for the answer stage.
+ROLES = (ANSWER_STAGE, ANSWER_STAGE, *PRODUCT_STAGE)
 _MERGE_EVENTS = """
 CREATE TABLE IF NOT EXISTS bench_merge_events (
     image_id bigint, result_ids bigint[], committed_at timestamptz DEFAULT clock_timestamp());
@@ -161,11 +156,9 @@ def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, bro
         subprocess.run(cli_argv("images", "add", folder, "--group", BENCH_GROUP), env=bench.env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu_before = _children_cpu()
-        for n, (role, service, concurrency) in enumerate(ROLES):
-            args = ["worker", "--role", role, "--concurrency", str(concurrency), "--broker", broker]
-            if service:
-                args += ["--service", service]
-            processes.append(subprocess.Popen(cli_argv(*args), env={**bench.env, "WORKER_ID": f"bench-{role}-{n}"},
+        for n, spec in enumerate(ROLES):
+            args = ["worker", *spec.worker_arguments(), "--concurrency", str(spec.concurrency), "--broker", broker]
+            processes.append(subprocess.Popen(cli_argv(*args), env={**bench.env, "WORKER_ID": f"bench-{spec.role}-{n}"},
                                               stdout=subprocess.DEVNULL))
         time.sleep(2.0)  # the stand-in binds its ports, workers connect
         subprocess.run(cli_argv("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from psycopg_pool import ConnectionPool
 
@@ -13,25 +12,9 @@ from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.jobs import JobQueue
 from windmill.settings import Settings
+from windmill.worker.layout import SINGLE_MACHINE, RoleSpec
 from windmill.worker.registry import RoleContext, build_role
 from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
-
-
-@dataclass(frozen=True)
-class RoleSpec:
-    role: str
-    service: str | None = None
-    concurrency: int = 4
-
-
-# Everything a single machine runs: every primary service, then the products of their answers.
-SINGLE_MACHINE = (
-    RoleSpec("service", "primary", concurrency=8),
-    RoleSpec("merger", concurrency=2),
-    RoleSpec("postprocess", "colors,face,pose", concurrency=4),
-    RoleSpec("consensus", concurrency=2),
-    RoleSpec("caption_score", concurrency=2),
-)
 
 
 class WorkerGroup:
@@ -61,6 +44,11 @@ class WorkerGroup:
     def start(self) -> None:
         for thread in self.threads:
             thread.start()
+
+    def run(self) -> int:
+        """Start every worker and wait for all of them (a stop request ends them); the worst exit code."""
+        self.start()
+        return self.join()
 
     def request_stop(self, *, immediately: bool = False) -> None:
         for worker in self.workers:
