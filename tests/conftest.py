@@ -109,7 +109,7 @@ def run(database: Database, worker_env: dict[str, str], monkeypatch: pytest.Monk
     """`windmill-cli` in this process against the test database, from an empty working directory."""
     from click.testing import CliRunner
 
-    from cli import main
+    from windmill.commands import main
 
     monkeypatch.chdir(tmp_path)
     for key in ("WINDMILL_DATABASE_URL", "WINDMILL_HOME"):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main
 from windmill.catalog import Catalog, load_catalog
+from windmill.commands import main
 from windmill.errors import CatalogError
 
 PRIMARY = ["blip", "clip", "colors", "detectron2", "xception", "metadata", "ocr", "nsfw2", "ollama", "rtdetr",

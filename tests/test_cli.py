@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import main
 from tests.conftest import PYTHON, REPOSITORY
+from windmill.commands import main
 
 
 @pytest.fixture

@@ -34,7 +34,8 @@ from windmill.jobs import JobQueue
 from windmill.monitor import collect_status
 from windmill.settings import settings_from_mapping
 from windmill.supervisor import DEFAULT_DRAIN_TIMEOUT_S, worker_specs
-from windmill.worker.group import RoleSpec, WorkerGroup, pipeline_idle
+from windmill.worker.group import WorkerGroup, pipeline_idle
+from windmill.worker.layout import RoleSpec
 from windmill.worker.runtime import WorkerOptions
 
 DEPLOY = REPOSITORY / "deploy"
@@ -309,7 +310,7 @@ def test_the_systemd_units_have_what_operators_rely_on(name: str) -> None:
 
 def test_the_worker_unit_runs_the_named_worker_through_the_cli(catalog: Catalog) -> None:
     assert unit("windmill-worker@.service")["Service"]["ExecStart"].endswith(" workers run %i")
-    from cli import main
+    from windmill.commands import main
 
     workers = main.commands.get("workers")
     if workers is None:

@@ -28,13 +28,13 @@ from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from cli import main
 from tests.conftest import PYTHON, REPOSITORY, wait_until
 from tests.farm_fixtures import running_farm
 from windmill.broker import JobTableBroker, Task
 from windmill.broker.rabbitmq import connection_parameters
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
+from windmill.commands import main
 from windmill.db.connect import Database, DatabaseUnavailable
 from windmill.errors import ConfigError
 from windmill.farm import FarmClient
@@ -44,7 +44,8 @@ from windmill.jobs import JobQueue
 from windmill.producer import submit
 from windmill.roles.service import ServiceTaskHandler
 from windmill.settings import settings_from_mapping
-from windmill.worker.group import RoleSpec, WorkerGroup, pipeline_idle
+from windmill.worker.group import WorkerGroup, pipeline_idle
+from windmill.worker.layout import RoleSpec
 from windmill.worker.runtime import WorkerOptions
 
 ROLES_SQL = REPOSITORY / "deploy" / "roles.sql"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from windmill.commands import main
 from windmill.errors import ConfigError
 from windmill.settings import load_settings, mask_url, settings_from_mapping
 

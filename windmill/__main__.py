@@ -1,5 +1,5 @@
 """`python -m windmill` runs the same click application as `windmill-cli`."""
 
-from cli import main
+from windmill.commands import main
 
 main()

@@ -164,6 +164,14 @@ def bundled_catalog_path() -> Path:
     return Path(str(packaged_dir("deploy").joinpath("service_config.json")))
 
 
+def configured_catalog(service_config: Path | None) -> Catalog:
+    """The catalog a command uses: WINDMILL_SERVICE_CONFIG when set, else ./service_config.json when present (the
+    seed's habit), else the bundled one."""
+    if service_config is None and Path("service_config.json").is_file():
+        service_config = Path("service_config.json")
+    return load_catalog(service_config)
+
+
 def load_catalog(path: Path | None = None) -> Catalog:
     """Load a catalog file; without a path, the bundled one with the reference ports."""
     path = path or bundled_catalog_path()

@@ -17,10 +17,11 @@ import httpx
 import psycopg
 from psycopg.rows import dict_row
 
+from windmill.catalog import Catalog
 from windmill.db.connect import DatabaseUnavailable
 from windmill.db.queries import query
 from windmill.errors import first_line
-from windmill.settings import mask_url
+from windmill.settings import Settings, mask_url
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,12 @@ class RabbitMQManagement:
             base = f"{'https' if secure else 'http'}://{amqp.hostname or 'localhost'}:{15671 if secure else 15672}"
         names = tuple(queue_names)
         return cls(base, vhost, username, password, names + tuple(f"{name}.dlq" for name in names))
+
+    @classmethod
+    def for_settings(cls, settings: Settings, catalog: Catalog) -> RabbitMQManagement | None:
+        """The configured broker's management API, watching the catalog's queues and their dead-letter queues."""
+        return cls.configured(settings.amqp_url, settings.amqp_management_url,
+                              [service.queue_name for service in catalog.services])
 
     def queue_depths(self, *, timeout: float = MANAGEMENT_TIMEOUT_S) -> RabbitMQReport:
         """Messages ready and unacknowledged, consumers and rates per queue. Never raises: an unreachable or
@@ -284,3 +291,13 @@ def status_renderer(connect: Callable[[], psycopg.Connection], *, rabbitmq: Rabb
 
     return render, close
 
+
+
+def watch_database_status(connect: Callable[[], psycopg.Connection], *, rabbitmq: RabbitMQManagement | None,
+                          interval: float) -> None:
+    """`status --watch`: redraw the status every `interval` seconds until Ctrl-C, through one held connection."""
+    render, close = status_renderer(connect, rabbitmq=rabbitmq)
+    try:
+        watch_status(render, interval=interval)
+    finally:
+        close()

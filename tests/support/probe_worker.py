@@ -35,6 +35,6 @@ def probe_role(context: RoleContext) -> Role:
 
 
 if __name__ == "__main__":
-    from cli import main
+    from windmill.commands import main
 
     sys.exit(main(["worker", "--role", "probe", *sys.argv[1:]]))

@@ -9,15 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 from windmill.db.connect import Database
 from windmill.jobs import JobQueue
 from windmill.roles.noop import NOOP_QUEUE
 from windmill.worker.registry import Role
 from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
-
-_CLI = Path(__file__).resolve().parents[2] / "cli.py"
 
 
 def throughput_run(database: Database, database_url: str, jobs: int, workers: int, batch_size: int) -> float:

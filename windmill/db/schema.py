@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import psycopg
 
 from windmill.catalog import Catalog
 from windmill.db.catalog_sync import sync_services
+from windmill.db.connect import Database, open_database
 from windmill.db.migrations import Migration, applied_versions, available_migrations, migrate
 from windmill.errors import WindmillError
+from windmill.settings import Settings
 
 
 def init_database(conn: psycopg.Connection, catalog: Catalog) -> list[Migration]:
@@ -25,3 +30,13 @@ def ensure_schema(conn: psycopg.Connection, catalog: Catalog, *, may_migrate: bo
     if pending:
         migrate(conn)
     sync_services(conn, catalog)
+
+
+@contextmanager
+def open_migrated(settings: Settings, catalog: Catalog, *, application_name: str = "windmill") -> Iterator[Database]:
+    """The database (the configured one, or the embedded cluster while the block runs) with its schema checked
+    up to date and its services table synced: what every command and worker opens before its work."""
+    with open_database(settings, application_name=application_name) as database:
+        with database.connect() as conn:
+            ensure_schema(conn, catalog, may_migrate=settings.uses_embedded_database)
+        yield database

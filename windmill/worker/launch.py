@@ -10,9 +10,9 @@ from datetime import timedelta
 from types import FrameType
 from typing import Protocol
 
+from windmill.broker.choice import uses_rabbitmq
 from windmill.catalog import Catalog
-from windmill.db.connect import open_database
-from windmill.db.schema import ensure_schema
+from windmill.db.schema import open_migrated
 from windmill.jobs import JobQueue
 from windmill.settings import Settings
 from windmill.worker.broker_worker import BrokerWorker
@@ -49,6 +49,12 @@ def stop_on_signals(worker: Stoppable) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def run_until_stopped(worker: Stoppable) -> int:
+    """Run a worker (or a group of them) in the foreground until SIGTERM/SIGINT; returns its exit code."""
+    with stop_on_signals(worker):
+        return worker.run()
+
+
 def run_worker(
     settings: Settings,
     catalog: Catalog,
@@ -57,16 +63,15 @@ def run_worker(
     service: str | None = None,
     options: WorkerOptions | None = None,
     lease: timedelta | None = None,
-    use_rabbitmq: bool = True,
+    broker: str | None = None,
     metrics_port: int | None = None,
 ) -> int:
     """Run one worker in this process until a signal stops it; returns the exit code. A role that takes
-    image × service tasks consumes RabbitMQ when it is configured and `use_rabbitmq`, else the job table.
-    With `metrics_port`, Prometheus metrics are served on that port for as long as the worker runs."""
+    image × service tasks consumes them from `broker` (windmill.broker.choice: RabbitMQ when configured, else the
+    job table). With `metrics_port`, Prometheus metrics are served on that port for as long as the worker runs."""
     options = options or WorkerOptions()
-    with open_database(settings, application_name=f"windmill-{role_name}") as database:
-        with database.connect() as conn:
-            ensure_schema(conn, catalog, may_migrate=settings.uses_embedded_database)
+    rabbitmq = uses_rabbitmq(settings, broker)
+    with open_migrated(settings, catalog, application_name=f"windmill-{role_name}") as database:
         pool = database.pool(min_size=1, max_size=options.concurrency + 2, name=f"worker-{role_name}")
         extras = ExitStack()  # the metrics endpoint, when asked for: closed before the pool it reads through
         try:
@@ -85,14 +90,14 @@ def run_worker(
                 hooks = metrics.hooks(role.name)
                 role = metrics.counting_tasks(role)
             worker: Stoppable
-            if role.tasks is not None and settings.amqp_url is not None and use_rabbitmq:
+            if role.tasks is not None and rabbitmq:
+                assert settings.amqp_url is not None  # uses_rabbitmq() refused RabbitMQ without a URL
                 worker = BrokerWorker(settings.amqp_url, role, pool, worker_id=settings.worker_id,
                                       concurrency=options.concurrency)
             else:
                 worker = Worker(jobs, role, worker_id=settings.worker_id, listen_conninfo=database.conninfo,
                                 options=options, hooks=hooks)
-            with stop_on_signals(worker):
-                return worker.run()
+            return run_until_stopped(worker)
         finally:
             extras.close()
             pool.close()

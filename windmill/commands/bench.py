@@ -1,0 +1,118 @@
+"""`windmill-cli bench …`: the benchmarks whose figures the README quotes (the scripts live in windmill/bench)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from windmill.commands.context import AppContext, pass_app
+from windmill.errors import WindmillError
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks that print the figures quoted in the README."""
+
+
+@bench.command("queue")
+@click.option("--jobs", "job_count", type=click.IntRange(1000), default=100_000, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 5000), default=500, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 10), default=3, show_default=True)
+@pass_app
+def bench_queue(app: AppContext, job_count: int, workers: int, batch_size: int, runs: int) -> None:
+    """No-op jobs claimed and completed per second, and NOTIFY wake-up latency."""
+    from windmill.bench.database import bench_database
+    from windmill.bench.queue import run as run_queue_bench
+
+    with bench_database(app.settings, app.catalog) as (database, url):
+        run_queue_bench(database, url, jobs=job_count, workers=workers, batch_size=batch_size, runs=runs)
+
+
+@bench.command("chaos")
+@click.option("--images", type=click.IntRange(6), default=500, show_default=True)
+@click.option("--kill-interval", type=click.FloatRange(0.5), default=4.0, show_default=True,
+              help="Mean seconds between SIGKILLs of a random worker process.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Seed of the farm's faults and of the kills.")
+@click.option("--logs", "log_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the worker and farm logs in this directory (default: removed with the run).")
+@pass_app
+def bench_chaos(app: AppContext, images: int, kill_interval: float, seed: int, log_dir: Path | None) -> None:
+    """The whole pipeline under faults (farm 5 % HTTP 500, 2 % timeouts, 1 % malformed; random SIGKILLs; one
+    PostgreSQL and one RabbitMQ restart), then an audit of every product; exit status 1 when a condition fails.
+    Runs on a private PostgreSQL cluster and private RabbitMQ queues; RabbitMQ itself is restarted with
+    rabbitmqctl (WINDMILL_TEST_RABBITMQCTL overrides the command)."""
+    from windmill.bench.chaos import ChaosPlan
+    from windmill.bench.chaos import run as run_chaos
+
+    if app.settings.amqp_url is None:
+        raise WindmillError("bench chaos needs RabbitMQ: set WINDMILL_AMQP_URL (or QUEUE_HOST and QUEUE_USER)")
+    rabbitmqctl = tuple(shlex.split(os.environ.get("WINDMILL_TEST_RABBITMQCTL", "rabbitmqctl")))
+    plan = ChaosPlan(images=images, kill_interval_s=kill_interval, seed=seed, rabbitmqctl=rabbitmqctl)
+    report = run_chaos(app.catalog_as_configured, app.settings.amqp_url, plan, log_dir=log_dir, echo=click.echo)
+    if report.problems:
+        sys.exit(1)
+
+
+@bench.command("merge")
+@click.option("--images", type=click.IntRange(5), default=60, show_default=True)
+@click.option("--boxes", type=click.IntRange(1, 200), default=10, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 10), default=3, show_default=True)
+@pass_app
+def bench_merge(app: AppContext, images: int, boxes: int, runs: int) -> None:
+    """Latency from a detector answer's commit to its image's merged boxes' commit, idle pipeline."""
+    from windmill.bench.database import bench_database
+    from windmill.bench.merge_latency import run as run_merge_bench
+
+    with bench_database(app.settings, app.catalog) as (database, url):
+        run_merge_bench(database, url, images=images, boxes=boxes, runs=runs)
+
+
+@bench.command("pipeline")
+@click.option("--images", type=click.IntRange(6), default=300, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 10), default=1, show_default=True)
+@pass_app
+def bench_pipeline(app: AppContext, images: int, runs: int) -> None:
+    """The whole pipeline over N images, workers as separate processes: throughput, CPU, merge latency, waste."""
+    from windmill.bench.database import bench_database
+    from windmill.bench.pipeline import run as run_pipeline_bench
+
+    with bench_database(app.settings, app.catalog) as (database, url):
+        run_pipeline_bench(database, url, app.catalog_as_configured, images=images, runs=runs,
+                           amqp_url=app.settings.amqp_url)
+
+
+@bench.command("submit")
+@click.option("--images", type=click.IntRange(100), default=100_000, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 10), default=1, show_default=True)
+@pass_app
+def bench_submit(app: AppContext, images: int, runs: int) -> None:
+    """Tasks/s and peak memory of submit into RabbitMQ (when configured) and the job table."""
+    from windmill.bench.database import bench_database
+    from windmill.bench.stage import run_submit
+
+    with bench_database(app.settings, app.catalog) as (database, url):
+        run_submit(database, url, app.catalog_as_configured, app.settings.amqp_url, images=images, runs=runs)
+
+
+@bench.command("service")
+@click.option("--images", type=click.IntRange(6), default=300, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 10), default=3, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True)
+@pass_app
+def bench_service(app: AppContext, images: int, runs: int, workers: int, concurrency: int) -> None:
+    """Images/s through all 11 primary services against the stand-in at zero latency, both brokers."""
+    from windmill.bench.database import bench_database
+    from windmill.bench.stage import run_service_stage
+
+    with bench_database(app.settings, app.catalog) as (database, url):
+        run_service_stage(database, url, app.catalog_as_configured, app.settings.amqp_url, images=images, runs=runs,
+                          workers=workers, concurrency=concurrency)
+
+
+COMMANDS = (bench,)

@@ -1,0 +1,127 @@
+"""Commands for the collection: adding images, submitting them, one image's record, COCO evaluation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from windmill.broker.choice import BROKERS
+from windmill.commands.context import AppContext, echo_json, json_option, pass_app, print_services
+from windmill.errors import WindmillError
+
+
+@click.group()
+def images() -> None:
+    """Register images (files or URLs) in the collection."""
+
+
+@images.command("add")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--group", "-g", help="Group name stored with each image (submit --group selects it).")
+@click.option("--recursive", "-r", is_flag=True, help="Descend into sub-directories.")
+@click.option("--url-list", type=click.File("r", encoding="utf-8"), help="A file with one image URL per line.")
+@pass_app
+def images_add(app: AppContext, paths: tuple[Path, ...], group: str | None, recursive: bool,
+               url_list: Any) -> None:
+    """Add image files, directories of images, or a list of URLs. Known images are not added twice."""
+    from windmill.collection import add_paths, add_urls
+
+    if not paths and url_list is None:
+        raise click.UsageError("name image files or directories, or give --url-list FILE")
+    with app.connection() as conn:
+        report = add_urls(conn, url_list, group=group) if url_list else add_paths(
+            conn, paths, group=group, recursive=recursive)
+    for what, why in report.skipped:
+        click.echo(f"skipped {what}: {why}", err=True)
+    click.echo(f"Added {report.added} image(s); {report.already_known} already known; "
+               f"{len(report.skipped)} skipped.")
+    if report.skipped and not report.added and not report.already_known:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--services", "-s", default="all", show_default=True,
+              help="all, primary, spatial_only, full_catalog, or a comma-separated list of services.")
+@click.option("--limit", "-l", type=click.IntRange(min=1), help="Submit at most this many images.")
+@click.option("--group", "-g", help="Only images of this group.")
+@click.option("--force", is_flag=True, help="Submit pairs that already have a successful answer too.")
+@click.option("--list-services", "list_only", is_flag=True, help="Print the catalog and exit.")
+@click.option("--broker", type=click.Choice(BROKERS),
+              help="Where the tasks go (default: RabbitMQ when configured, else the PostgreSQL job table).")
+@pass_app
+def submit(app: AppContext, services: str, limit: int | None, group: str | None, force: bool,
+           list_only: bool, broker: str | None) -> None:
+    """Queue one task per image × service for the service workers."""
+    if list_only:
+        print_services(app.catalog, as_json=False)
+        return
+    from windmill.broker.choice import describe, open_task_broker, uses_rabbitmq
+    from windmill.producer import count_images
+    from windmill.producer import submit as submit_tasks
+
+    selected = app.catalog.select(services)
+    with app.database("windmill-submit") as database, database.connect() as read_conn, \
+            database.connect() as lookup_conn:
+        total = count_images(lookup_conn, group=group, limit=limit)
+        if total == 0:
+            raise WindmillError("no images to submit; add some with `windmill-cli images add`")
+        rabbitmq = uses_rabbitmq(app.settings, broker)
+        with database.pool(max_size=2, name="submit") as pool:
+            sink = open_task_broker(app.settings, pool, rabbitmq=rabbitmq)
+            try:
+                with click.progressbar(length=total, label="Submitting", file=sys.stderr) as bar:
+                    report = submit_tasks(read_conn, lookup_conn, sink, selected, group=group, limit=limit,
+                                          force=force, progress=bar.update)
+            finally:
+                sink.close()
+    click.echo(f"Submitted {report.published} task(s) for {report.images} image(s) × {len(selected)} service(s) "
+               f"to {describe(rabbitmq)}; {report.skipped_answered} already answered.")
+
+
+@click.command()
+@click.argument("image_id", type=int)
+@click.option("--png", "png_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw the image with its merged boxes into this PNG file instead of printing the record.")
+@click.option("--detectors", is_flag=True, help="With --png: also draw each detector's raw boxes in its own colour.")
+@pass_app
+def show(app: AppContext, image_id: int, png_path: Path | None, detectors: bool) -> None:
+    """Print an image's full record as JSON (answers, boxes, postprocessing, consensus), or draw it with --png."""
+    if png_path is None:
+        if detectors:
+            raise click.UsageError("--detectors draws boxes: give --png FILE too")
+        from windmill.record import image_record
+
+        with app.connection() as conn:
+            echo_json(image_record(conn, image_id))
+        return
+    from windmill.render import render_image, save_png
+
+    with app.connection() as conn:
+        picture = render_image(conn, app.settings, image_id, detectors=detectors)
+    save_png(picture, png_path)
+    click.echo(f"Wrote {png_path} ({picture.width}×{picture.height}).")
+
+
+@click.command("eval")
+@click.option("--coco", "coco_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="COCO annotations (images with file_name, annotations with bbox and category_id, categories).")
+@click.option("--group", "-g", help="Only images of this group.")
+@json_option
+@pass_app
+def evaluate(app: AppContext, coco_path: Path, group: str | None, as_json: bool) -> None:
+    """COCO AP, AP50 and AP75 of the merged boxes and of each detector against ground truth."""
+    from windmill.evaluation import evaluate_collection, format_eval_table, load_coco_annotations
+
+    truth = load_coco_annotations(coco_path)
+    with app.connection() as conn:
+        rows = evaluate_collection(conn, truth, group=group)
+    if as_json:
+        echo_json(rows)
+    else:
+        click.echo(format_eval_table(rows))
+
+
+COMMANDS = (images, submit, show, evaluate)

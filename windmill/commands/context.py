@@ -1,0 +1,89 @@
+"""What every command shares: settings and catalog loaded on first use, one-sentence user errors, JSON output."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+
+from windmill.catalog import SELECTION_KEYWORDS, Catalog, configured_catalog
+from windmill.errors import WindmillError, first_line
+from windmill.settings import Settings, configure_logging, load_settings
+
+
+class AppContext:
+    """Settings and catalog, loaded on first use so `--help` and `list-services` need no environment."""
+
+    def __init__(self, env_file: Path | None) -> None:
+        self.env_file = env_file
+
+    @cached_property
+    def settings(self) -> Settings:
+        settings = load_settings(self.env_file)
+        configure_logging(settings)
+        return settings
+
+    @cached_property
+    def catalog_as_configured(self) -> Catalog:
+        return configured_catalog(self.settings.service_config)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        """The catalog as clients use it: WINDMILL_PORT_OFFSET points them at a stand-in farm."""
+        return self.catalog_as_configured.with_port_offset(self.settings.port_offset)
+
+    @contextmanager
+    def database(self, application_name: str = "windmill-cli") -> Iterator[Any]:
+        """The database with an up-to-date schema (the embedded one is migrated on first use)."""
+        from windmill.db.schema import open_migrated
+
+        with open_migrated(self.settings, self.catalog, application_name=application_name) as database:
+            yield database
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A connection to an up-to-date schema."""
+        with self.database() as database, database.connect() as conn:
+            yield conn
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+class WindmillGroup(click.Group):
+    """User errors become one sentence on stderr and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WindmillError as error:
+            raise click.ClickException(str(error)) from None
+        except psycopg.OperationalError as error:
+            raise click.ClickException(f"database unavailable: {first_line(error)}") from None
+
+
+def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(function)
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+def print_services(catalog: Catalog, as_json: bool) -> None:
+    if as_json:
+        echo_json([{**{k: v for k, v in vars(s).items()}, "queue_name": s.queue_name} for s in catalog.services])
+        return
+    for category in ("primary", "spatial_only", "postprocessing"):
+        click.echo(category.upper())
+        for service in sorted(catalog.in_category(category), key=lambda s: s.name):
+            kind = ",".join(service.service_type)
+            click.echo(f"  {service.name:<14} {service.host}:{service.port:<6} {kind:<24} {service.description}")
+    click.echo("Selections: " + "; ".join(f"{k} = {v}" for k, v in SELECTION_KEYWORDS.items())
+               + "; or a comma-separated list of names")

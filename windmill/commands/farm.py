@@ -1,0 +1,79 @@
+"""Commands for the Animal Farm services: probing them, serving the stand-in, and the demo that runs on it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from windmill.commands.context import AppContext, echo_json, json_option, pass_app
+
+
+@click.group()
+def farm() -> None:
+    """The Animal Farm services: probe them, or serve a stand-in for tests and demos."""
+
+
+@farm.command("check")
+@click.option("--services", "-s", default="full_catalog", show_default=True, help="Which services to probe.")
+@json_option
+@pass_app
+def farm_check(app: AppContext, services: str, as_json: bool) -> None:
+    """Probe /health of every selected service; exit status 1 when any is down."""
+    from windmill.farm import FarmClient, check_services, format_health_table
+
+    selected = app.catalog.select(services)
+    with FarmClient(app.catalog) as client:
+        results = check_services(app.catalog, client, services=[service.name for service in selected])
+    if as_json:
+        echo_json([vars(result) for result in results])
+    else:
+        click.echo(format_health_table(results))
+    if not all(result.ok for result in results):
+        sys.exit(1)
+
+
+@farm.command("serve")
+@click.option("--services", "-s", default="full_catalog", show_default=True, help="Which services to serve.")
+@click.option("--port-offset", type=int, default=0, show_default=True, help="Serve each service on port + N.")
+@click.option("--latency-ms", type=click.FloatRange(0), default=0.0, show_default=True)
+@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of requests answered with HTTP 500.")
+@click.option("--timeout-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of requests held open until the client gives up.")
+@click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of requests answered with a body that is not JSON.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
+@click.option("--annotations", "annotation_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directories of images with .boxes.json sidecars (default: the bundled samples).")
+@pass_app
+def farm_serve(app: AppContext, services: str, port_offset: int, latency_ms: float, error_rate: float,
+               timeout_rate: float, malformed_rate: float, seed: int, annotation_dirs: tuple[Path, ...]) -> None:
+    """Serve a contract-faithful stand-in of every selected service until Ctrl-C."""
+    from windmill.simfarm import serve_command
+
+    serve_command(app.catalog_as_configured, services, port_offset, latency_ms, error_rate,
+                  timeout_rate, malformed_rate, seed, list(annotation_dirs) or None, echo=click.echo)
+
+
+@click.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("windmill-demo"),
+              show_default=True, help="Where to write one PNG per photograph.")
+@pass_app
+def demo(app: AppContext, out_dir: Path) -> None:
+    """Run the whole pipeline on the bundled photographs against the stand-in farm and summarise it."""
+    from windmill.demo import format_report, run_demo
+
+    if "LOG_LEVEL" not in os.environ:  # the progress lines tell the story; workers' INFO lines would drown them
+        logging.getLogger("windmill").setLevel(logging.WARNING)
+    click.echo("Windmill demo: every service, harmonized boxes, postprocessing and consensus on "
+               + ("the embedded PostgreSQL" if app.settings.uses_embedded_database else "the configured database"))
+    with app.database("windmill-demo") as database:
+        report = run_demo(app.settings, database, app.catalog_as_configured, out_dir, progress=click.echo)
+    click.echo(format_report(report))
+
+
+COMMANDS = (farm, demo)

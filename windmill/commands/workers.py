@@ -1,0 +1,151 @@
+"""Commands that run workers: one role in the foreground, every role in one process, detached named workers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+from typing import Any
+
+import click
+
+from windmill.broker.choice import BROKERS
+from windmill.commands.context import AppContext, echo_json, json_option, pass_app
+
+
+@click.command()
+@click.option("--role", required=True, help="The worker role (see `windmill-cli worker --list-roles`).")
+@click.option("--service", help="The service of a service or postprocess worker.")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Handler threads.")
+@click.option("--batch-size", type=click.IntRange(1, 5000), default=None,
+              help="Most jobs claimed and held at once (default: 8 × concurrency).")
+@click.option("--lease-seconds", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
+              help="Lease per claimed job; renewed while it runs.")
+@click.option("--drain-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Seconds to finish in-flight jobs after SIGTERM.")
+@click.option("--broker", type=click.Choice(BROKERS),
+              help="Where a service worker takes its tasks (default: RabbitMQ when configured, else the job table).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus metrics on this port (http://HOST:PORT/metrics): jobs done and failed, "
+                   "handler and service-call latency, queue depths, NOTIFY queue usage.")
+@pass_app
+def worker(app: AppContext, role: str, service: str | None, concurrency: int, batch_size: int | None,
+           lease_seconds: float, drain_timeout: float, broker: str | None, metrics_port: int | None) -> None:
+    """Run a worker until SIGTERM/SIGINT (once: drain in-flight jobs; twice: leave now)."""
+    from windmill.worker.launch import run_worker
+    from windmill.worker.runtime import WorkerOptions
+
+    options = WorkerOptions(concurrency=concurrency, batch_size=batch_size or 8 * concurrency,
+                            drain_timeout_s=drain_timeout)
+    code = run_worker(app.settings, app.catalog, role, service=service, options=options,
+                      lease=timedelta(seconds=lease_seconds), broker=broker, metrics_port=metrics_port)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # handler threads abandoned by a second signal must not keep the process alive
+
+
+@click.command("run")
+@pass_app
+def run_all(app: AppContext) -> None:
+    """Run every role in this process (a single machine): service workers for every primary service, merger,
+    postprocessing, consensus and caption scoring. SIGTERM/SIGINT drains; twice leaves now."""
+    from windmill.worker.group import WorkerGroup
+    from windmill.worker.launch import run_until_stopped
+
+    with app.database("windmill-run") as database, database.pool(min_size=2, max_size=32, name="run") as pool:
+        code = run_until_stopped(WorkerGroup(app.settings, database, pool, app.catalog))
+    sys.exit(code)
+
+
+def supervisor_for(app: AppContext) -> Any:
+    from windmill.supervisor import Supervisor
+
+    return Supervisor.configured(app.settings, app.catalog_as_configured, env_file=app.env_file)
+
+
+def echo_outcomes(outcomes: list[Any]) -> None:
+    """One line per worker; exit status 1 when one did not start, or did not drain and was killed."""
+    for outcome in outcomes:
+        click.echo(f"{outcome.name}: {outcome.message}", err=not outcome.ok)
+    if not all(outcome.ok for outcome in outcomes):
+        sys.exit(1)
+
+
+worker_names = click.argument("names", nargs=-1, metavar="[NAME]...")
+drain_timeout_option = click.option(
+    "--drain-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
+    help="Seconds each worker may take to finish its in-flight jobs after SIGTERM; then it is told to leave now "
+         "and, 5 s later, killed.")
+
+
+@click.group()
+def workers() -> None:
+    """Detached workers on this machine, by NAME: a service worker per primary and spatial_only catalog service
+    (blip, clip, …, yolov8, face, pose), merger, consensus, postprocess_colors, postprocess_face,
+    postprocess_pose, caption_score, scheduler. No NAME means all of them. Pid files live in WINDMILL_HOME/run,
+    logs are appended to WINDMILL_HOME/logs/NAME.log."""
+
+
+@workers.command("start")
+@worker_names
+@pass_app
+def workers_start(app: AppContext, names: tuple[str, ...]) -> None:
+    """Start the named workers (all without NAME) in the background; a running one is left alone."""
+    echo_outcomes(supervisor_for(app).start(names))
+
+
+@workers.command("stop")
+@worker_names
+@drain_timeout_option
+@pass_app
+def workers_stop(app: AppContext, names: tuple[str, ...], drain_timeout: float) -> None:
+    """Stop the named workers by their pid: SIGTERM, let them drain, kill only those that do not exit."""
+    echo_outcomes(supervisor_for(app).stop(names, drain_timeout=drain_timeout))
+
+
+@workers.command("restart")
+@worker_names
+@drain_timeout_option
+@pass_app
+def workers_restart(app: AppContext, names: tuple[str, ...], drain_timeout: float) -> None:
+    """Stop (draining) and start the named workers; one that was not running is started."""
+    echo_outcomes(supervisor_for(app).restart(names, drain_timeout=drain_timeout))
+
+
+@workers.command("status")
+@worker_names
+@json_option
+@pass_app
+def workers_status(app: AppContext, names: tuple[str, ...], as_json: bool) -> None:
+    """Each worker's pid, whether it runs, the age of its last heartbeat in the workers table, its log."""
+    from windmill.monitor import format_table
+
+    rows, note = supervisor_for(app).status_with_heartbeats(names, app.settings, app.connection)
+    if as_json:
+        echo_json({"workers": [row.as_dict() for row in rows], "note": note})
+        return
+    click.echo(format_table([{
+        "name": row.name,
+        "pid": row.pid,
+        "running": "yes" if row.running else "no (stale pid file)" if row.pid_file == "stale" else "no",
+        "heartbeat_age_s": row.heartbeat_age_s,
+        "log": row.log,
+    } for row in rows]))
+    if note:
+        click.echo(note)
+
+
+@workers.command("run")
+@click.argument("name")
+@pass_app
+def workers_run(app: AppContext, name: str) -> None:
+    """Run the named worker in the foreground, as the systemd unit windmill-worker@NAME does: this process becomes
+    `python -m windmill worker --role …` with WORKER_ID=NAME@HOSTNAME (the id `workers status` looks for)."""
+    argv, env = supervisor_for(app).command(name)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)
+
+
+COMMANDS = (worker, run_all, workers)
