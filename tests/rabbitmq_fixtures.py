@@ -1,17 +1,23 @@
 """A real RabbitMQ for tests: WINDMILL_TEST_AMQP_URL, else guest@127.0.0.1:5672. Tests fail, not skip, without
-it. `rabbitmqctl` drives restarts and connection kills (WINDMILL_TEST_RABBITMQCTL overrides the command)."""
+it. `rabbitmqctl` drives connection kills (WINDMILL_TEST_RABBITMQCTL overrides the command).
+
+Tests that crash or restart the broker use `private_rabbitmq` instead: a node of the session's own (started once,
+on free ports, its data in a temporary directory), so that nobody else sharing the machine's broker notices."""
 
 from __future__ import annotations
 
 import os
 import shlex
 import subprocess
+from collections.abc import Iterator
 
 import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingConnection
 
+from windmill.bench.private_rabbitmq import PrivateRabbitMQ
 from windmill.broker.rabbitmq import describe_error
+from windmill.errors import WindmillError
 from windmill.settings import describe_url
 
 AMQP_URL = os.environ.get("WINDMILL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -28,6 +34,25 @@ def amqp_url() -> str:
         return AMQP_URL
     pytest.fail(f"RabbitMQ is not reachable at {describe_url(AMQP_URL)} ({unreachable}); "
                 "start it (tests/run.sh does) or set WINDMILL_TEST_AMQP_URL", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def private_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRabbitMQ]:
+    node = PrivateRabbitMQ(tmp_path_factory.mktemp("rabbitmq"), prefix="windmill-test")
+    try:
+        node.start()
+    except WindmillError as error:
+        pytest.fail(f"cannot start a private RabbitMQ node: {error}", pytrace=False)
+    yield node
+    node.discard()
+
+
+@pytest.fixture
+def private_rabbitmq(private_node: PrivateRabbitMQ) -> PrivateRabbitMQ:
+    """The session's private RabbitMQ node, running (a test that failed while it was down left it stopped)."""
+    if not private_node.running():
+        private_node.start()
+    return private_node
 
 
 def rabbitmqctl(*arguments: str) -> str:

@@ -1,9 +1,9 @@
 """The RabbitMQ ingest queues against a real broker: topology, confirmed publishing, acks after the handler,
-bounded retries, dead-lettering, and surviving a killed connection and a broker restart.
+bounded retries, dead-lettering, and surviving a killed connection and a broker crash.
 
 The broker is WINDMILL_TEST_AMQP_URL, else guest@127.0.0.1:5672; these tests fail, not skip, without it.
-The restart and connection-kill tests drive the broker with `rabbitmqctl` (WINDMILL_TEST_RABBITMQCTL overrides the
-command, e.g. "docker exec rabbitmq rabbitmqctl").
+The connection-kill tests drive the broker with `rabbitmqctl` (WINDMILL_TEST_RABBITMQCTL overrides the command,
+e.g. "docker exec rabbitmq rabbitmqctl"); the crash test SIGKILLs a private node of the session's own.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 
 from tests.conftest import wait_until
 from tests.rabbitmq_fixtures import rabbitmqctl
+from windmill.bench.private_rabbitmq import PrivateRabbitMQ
 from windmill.broker.base import Task
 from windmill.broker.consumer import _TASK_FIELDS, MalformedTaskError, RabbitMQConsumer, parse_task, retry_delay_for
 from windmill.broker.rabbitmq import (
@@ -464,10 +465,16 @@ def test_a_stop_queues_a_retry_that_was_waiting_for_its_delay(amqp_url: str, adm
     assert handler.calls == [task.task_id]
 
 
-def test_a_broker_restart_during_a_run_loses_nothing(amqp_url: str, queue_name: str) -> None:
+def test_a_broker_restart_during_a_run_loses_nothing(private_rabbitmq: PrivateRabbitMQ) -> None:
+    """SIGKILL of the broker while a publish and a consumer run, then a restart on the same data."""
+    amqp_url = private_rabbitmq.amqp_url
+    queue_name = f"queue_windmill_test_{uuid.uuid4().hex[:10]}"  # the node is the session's: a name of our own
     tasks = make_tasks(queue_name, 20_000)
     later = [replace(task, task_id=str(uuid.uuid4())) for task in tasks[:100]]
-    handler = Recorder()
+    # Handlers hold their tasks until after the crash, so a backlog builds up in the queue: what the crash must
+    # not lose is on the broker's disk, not already in our hands.
+    release = threading.Event()
+    handler = Recorder(lambda _task, _call: release.wait(60))
     publish_errors: list[BaseException] = []
     broker = RabbitMQBroker(amqp_url, connection_attempts=60, **FAST)
 
@@ -484,12 +491,13 @@ def test_a_broker_restart_during_a_run_loses_nothing(amqp_url: str, queue_name: 
         with running(consumer):
             publisher.start()
             wait_until(lambda: handler.calls, message="the first task handled")
+            looking = _admin_connection(amqp_url)
+            wait_until(lambda: depth(looking.channel(), queue_name) >= 1000, message="a backlog in the queue")
+            looking.close()
             publishing_when_stopped = publisher.is_alive()
-            try:
-                rabbitmqctl("stop_app")
-            finally:
-                rabbitmqctl("start_app")
-                rabbitmqctl("await_startup")
+            private_rabbitmq.crash()
+            release.set()
+            private_rabbitmq.start()
             publisher.join(timeout=120)
             assert not publisher.is_alive() and not publish_errors, publish_errors
             broker.publish(later)  # the producer's connection died with the broker: it reconnects by itself

@@ -1,5 +1,6 @@
-"""The service role fed by RabbitMQ: every primary service answers every sample exactly once, a broker restart
-mid-run loses and duplicates nothing, and a dead service ends in error rows after bounded retries."""
+"""The service role fed by RabbitMQ: every primary service answers every sample exactly once, a broker crash
+(SIGKILL of a private node, then a restart on its data) mid-run loses and duplicates nothing, and a dead service
+ends in error rows after bounded retries."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from psycopg_pool import ConnectionPool
 
 from tests.conftest import wait_until
 from tests.farm_fixtures import running_farm
-from tests.rabbitmq_fixtures import rabbitmqctl
 from tests.test_service_role import SAMPLES
+from windmill.bench.private_rabbitmq import PrivateRabbitMQ
 from windmill.broker.rabbitmq import RabbitMQBroker
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
@@ -31,8 +32,7 @@ from windmill.worker.broker_worker import BrokerWorker
 from windmill.worker.registry import RoleContext, build_role
 
 
-@pytest.fixture
-def private_queues(catalog: Catalog, amqp_url: str) -> Iterator[Catalog]:
+def queues_of_our_own(catalog: Catalog, amqp_url: str) -> Iterator[Catalog]:
     """The catalog with queue names no other test run uses; the queues are deleted afterwards."""
     prefix = f"test_{uuid.uuid4().hex[:8]}_queue_"
     private = Catalog(tuple(replace(service, queue_prefix=prefix) for service in catalog.services))
@@ -43,6 +43,16 @@ def private_queues(catalog: Catalog, amqp_url: str) -> Iterator[Catalog]:
         for queue in (service.queue_name, service.queue_name + ".dlq"):
             channel.queue_delete(queue)
     connection.close()
+
+
+@pytest.fixture
+def private_queues(catalog: Catalog, amqp_url: str) -> Iterator[Catalog]:
+    yield from queues_of_our_own(catalog, amqp_url)
+
+
+@pytest.fixture
+def queues_on_private_node(catalog: Catalog, private_rabbitmq: PrivateRabbitMQ) -> Iterator[Catalog]:
+    yield from queues_of_our_own(catalog, private_rabbitmq.amqp_url)
 
 
 def start_worker(amqp_url: str, database: Database, pool: ConnectionPool, catalog: Catalog, selection: str,
@@ -86,20 +96,20 @@ def test_every_primary_service_answers_every_sample_once_through_rabbitmq(
 
 
 def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
-        amqp_url: str, database: Database, pool: ConnectionPool, conn: psycopg.Connection,
-        private_queues: Catalog, tmp_path: Path) -> None:
-    for copy in range(40):  # 240 images: enough work to be mid-run when the broker goes
+        private_rabbitmq: PrivateRabbitMQ, database: Database, pool: ConnectionPool, conn: psycopg.Connection,
+        queues_on_private_node: Catalog, tmp_path: Path) -> None:
+    amqp_url = private_rabbitmq.amqp_url
+    for copy in range(12):  # 72 images: enough work to be mid-run when the broker goes
         shutil.copytree(SAMPLES, tmp_path / f"copy{copy}", ignore=shutil.ignore_patterns("*.py", "*.md"))
     # Slow services keep the run going while the broker restarts.
-    with running_farm(private_queues, latency_ms=50) as (_, catalog):
+    with running_farm(queues_on_private_node, latency_ms=50) as (_, catalog):
         published = publish_samples(conn, database, amqp_url, catalog, "primary", tmp_path)
         worker, thread = start_worker(amqp_url, database, pool, catalog, "primary", concurrency=2)
         try:
             wait_until(lambda: results_count(conn) >= published // 20, message="the run to be under way")
-            rabbitmqctl("stop_app")
-            assert results_count(conn) < published, "the restart happened mid-run"
-            rabbitmqctl("start_app")
-            rabbitmqctl("await_startup")
+            private_rabbitmq.crash()  # unacked deliveries and the consumer's connections die with it
+            assert results_count(conn) < published, "the crash happened mid-run"
+            private_rabbitmq.start()
             wait_until(lambda: results_count(conn) >= published, timeout=120, message="every answer after restart")
         finally:
             worker.request_stop()

@@ -6,9 +6,9 @@ Why a run of its own rather than the unit tests' guarantees: each rule of the de
 under a per-image lock, bounded retries, backfill) is tested alone; only all faults at once show that they
 compose — that no kill, restart or retry leaves a pair without its answer, an answer twice, or a product stale.
 
-Everything it changes is its own: a private PostgreSQL cluster (so it may restart it), RabbitMQ queues under a
-private prefix (deleted afterwards), a stand-in farm on free ports, copies of the sample photographs. RabbitMQ
-itself is shared, so its outage is kept short and `start_app` always runs.
+Everything it changes is its own: a private PostgreSQL cluster (so it may restart it), a private RabbitMQ node (so
+it may crash it: windmill/bench/private_rabbitmq.py), a stand-in farm on free ports, copies of the sample
+photographs.
 
 Service tasks travel through RabbitMQ (the ingest path its restart tests); merge, postprocess, consensus and
 caption scores through the job table (the path the PostgreSQL restart and the kills test).
@@ -38,6 +38,7 @@ import psycopg
 from pika.adapters.blocking_connection import BlockingConnection
 from psycopg_pool import ConnectionPool
 
+from windmill.bench.private_rabbitmq import PrivateRabbitMQ
 from windmill.bench.stage import cli_argv, copy_samples
 from windmill.catalog import Catalog, load_catalog
 from windmill.collection import add_paths
@@ -79,7 +80,6 @@ class ChaosPlan:
     seed: int = 7
     deadline_s: float = 3600.0  # the whole run gives up after this
     stall_s: float = 60.0  # settling gives up when nothing moved for this long
-    rabbitmqctl: tuple[str, ...] = ("rabbitmqctl",)
 
 
 @dataclass(frozen=True)
@@ -276,19 +276,8 @@ def restart_postgres(cluster: EmbeddedPostgres, conninfo: str, outage_s: float) 
     return time.monotonic() - started
 
 
-def restart_rabbitmq(rabbitmqctl: Sequence[str], outage_s: float) -> float:
-    """stop_app, wait, start_app — start_app whatever happens, since other users share this broker."""
-    started = time.monotonic()
-    try:
-        subprocess.run([*rabbitmqctl, "stop_app"], check=True, capture_output=True, timeout=120)
-        time.sleep(outage_s)
-    finally:
-        subprocess.run([*rabbitmqctl, "start_app"], check=True, capture_output=True, timeout=120)
-    return time.monotonic() - started
-
-
-def dead_letters_and_delete(amqp_url: str, queues: Sequence[str]) -> int:
-    """Count the messages in our dead-letter queues, then delete our queues (only ours: the prefix is ours)."""
+def dead_letters(amqp_url: str, queues: Sequence[str]) -> int:
+    """Count the messages in the dead-letter queues."""
     connection = BlockingConnection(pika.URLParameters(amqp_url))
     try:
         channel = connection.channel()
@@ -298,9 +287,6 @@ def dead_letters_and_delete(amqp_url: str, queues: Sequence[str]) -> int:
                 dead += channel.queue_declare(queue + ".dlq", passive=True).method.message_count
             except pika.exceptions.ChannelClosedByBroker:
                 channel = connection.channel()  # never declared: nothing dead-lettered there
-        for queue in queues:
-            channel.queue_delete(queue)
-            channel.queue_delete(queue + ".dlq")
         return dead
     finally:
         connection.close()
@@ -569,7 +555,7 @@ def _seconds(value: float | None) -> str:
     return "never" if value is None else f"{value:.1f} s"
 
 
-def run(catalog: Catalog, amqp_url: str, plan: ChaosPlan | None = None, *, log_dir: Path | None = None,
+def run(catalog: Catalog, plan: ChaosPlan | None = None, *, log_dir: Path | None = None,
         echo: Callable[[str], object] = print) -> ChaosReport:
     """Run the chaos plan end to end, print its counts (through `echo`) and return them."""
     plan = plan or ChaosPlan()
@@ -582,6 +568,8 @@ def run(catalog: Catalog, amqp_url: str, plan: ChaosPlan | None = None, *, log_d
         logs = log_dir or work / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         cluster = stack.enter_context(private_cluster(work / "home"))
+        rabbitmq = stack.enter_context(PrivateRabbitMQ(work / "rabbitmq", prefix="windmill-chaos"))
+        amqp_url = rabbitmq.amqp_url
         conninfo = cluster.status().conninfo
         assert conninfo is not None
         prefix = f"chaos_{uuid.uuid4().hex[:8]}_queue_"
@@ -593,7 +581,7 @@ def run(catalog: Catalog, amqp_url: str, plan: ChaosPlan | None = None, *, log_d
         shifted = stack.enter_context(running_farm(catalog, work / "service_config.json", env, plan, logs,
                                                    queue_prefix=prefix))
         queues = [service.queue_name for service in shifted.select(PRIMARY)]
-        stack.callback(lambda: setattr(report, "dead_lettered", dead_letters_and_delete(amqp_url, queues)))
+        stack.callback(lambda: setattr(report, "dead_lettered", dead_letters(amqp_url, queues)))
         database = Database(conninfo, application_name="windmill-chaos")
         photos = work / "images"
         photos.mkdir()
@@ -613,7 +601,7 @@ def run(catalog: Catalog, amqp_url: str, plan: ChaosPlan | None = None, *, log_d
             raise WindmillError(f"submit failed: {submitted.stderr.strip().splitlines()[-1:]}")
         probe = Probe(database)
         stack.callback(probe.close)
-        _rampage(plan, report, supervisor, probe, cluster, conninfo, pairs, started, echo)
+        _rampage(plan, report, supervisor, probe, cluster, rabbitmq, conninfo, pairs, started, echo)
         report.kills, report.unexpected_exits = dict(supervisor.kills), dict(supervisor.unexpected_exits)
 
         with database.pool(max_size=2, name="chaos") as pool:
@@ -636,7 +624,8 @@ def _answered(probe: Probe) -> int | None:
 
 
 def _rampage(plan: ChaosPlan, report: ChaosReport, supervisor: ChaosSupervisor, probe: Probe, cluster: EmbeddedPostgres,
-             conninfo: str, pairs: int, started: float, echo: Callable[[str], object]) -> None:
+             rabbitmq: PrivateRabbitMQ, conninfo: str, pairs: int, started: float,
+             echo: Callable[[str], object]) -> None:
     """Kill, restart and keep the workers alive until every pair is answered and every planned fault happened."""
     next_kill = time.monotonic() + plan.kill_interval_s * supervisor.rng.uniform(0.5, 1.5)
     while time.monotonic() - started < plan.deadline_s:
@@ -647,8 +636,8 @@ def _rampage(plan: ChaosPlan, report: ChaosReport, supervisor: ChaosSupervisor, 
                 report.ingest_seconds = time.monotonic() - started
             share = answered / pairs
             if report.rabbitmq_outage_s is None and share >= plan.rabbitmq_restart_at:
-                echo(f"  {time.monotonic() - started:5.0f} s  {answered}/{pairs} answered: restarting RabbitMQ")
-                report.rabbitmq_outage_s = restart_rabbitmq(plan.rabbitmqctl, plan.outage_s)
+                echo(f"  {time.monotonic() - started:5.0f} s  {answered}/{pairs} answered: killing RabbitMQ")
+                report.rabbitmq_outage_s = rabbitmq.restart(crash=True, outage_s=plan.outage_s)
             elif report.postgres_outage_s is None and share >= plan.postgres_restart_at:
                 echo(f"  {time.monotonic() - started:5.0f} s  {answered}/{pairs} answered: restarting PostgreSQL")
                 probe.close()
