@@ -146,3 +146,30 @@ def test_service_role_refuses_unknown_and_postprocessing_services(catalog: Catal
                               catalog=catalog, worker_id="w", service=selection)
         with pytest.raises(WindmillError, match=message):
             build_role("service", context)
+
+
+def test_phone_photos_in_heic_and_avif_are_sent_as_jpeg(database: Database, pool: ConnectionPool,
+                                                      conn: psycopg.Connection, farm_catalog: Catalog,
+                                                      tmp_path: Path) -> None:
+    import pillow_heif  # test dependency: encodes HEIC; Windmill reads it with pi-heif
+    from PIL import Image
+
+    picture = Image.new("RGB", (80, 60), (30, 140, 60))
+    library = tmp_path / "DCIM"
+    library.mkdir()
+    pillow_heif.from_pillow(picture).save(library / "IMG_0001.HEIC", quality=90)
+    picture.save(library / "IMG_0002.avif", "AVIF")
+    report = add_paths(conn, [library])  # a directory of a phone's library: both are taken as images
+    assert report.skipped == []
+    with database.connect() as reader:
+        submit(reader, conn, JobTableBroker(JobQueue(pool)), farm_catalog.select("metadata"))
+    run_service_worker(database, pool, farm_catalog, "metadata", lambda: unfinished(conn))
+    rows = conn.execute("SELECT i.image_filename, r.status, r.data FROM results r JOIN images i USING (image_id) "
+                        "ORDER BY i.image_filename").fetchall()
+    assert [(name, status) for name, status, _ in rows] == [("IMG_0001.HEIC", "success"),
+                                                            ("IMG_0002.avif", "success")]
+    # The stand-in's metadata service reports the format of the bytes it received.
+    for _, _, data in rows:
+        received = data["predictions"][0]
+        assert received["file"]["file_type"] == "jpeg"
+        assert received["dimensions"] == {"width": 80, "height": 60}
