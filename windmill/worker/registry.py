@@ -11,6 +11,7 @@ from windmill.broker.base import Task, TaskHandler
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.errors import WindmillError
+from windmill.farm import FarmClient
 from windmill.jobs import Job, JobQueue
 from windmill.settings import Settings
 
@@ -25,6 +26,9 @@ class RoleContext:
     jobs: JobQueue
     catalog: Catalog
     worker_id: str
+    # The process's one Animal Farm client, shared by every role it runs: the catalog's per-service
+    # max_concurrency holds for the whole process only when every call goes through the same client.
+    farm: FarmClient
     service: str | None = None
 
 
@@ -45,6 +49,12 @@ class Role:
     close: Callable[[], None] = field(default=lambda: None)
     service: str | None = None
     tasks: TaskHandling | None = None
+
+
+def process_farm_client(settings: Settings, catalog: Catalog) -> FarmClient:
+    """The Animal Farm client a worker process builds once and hands every role (RoleContext.farm); the process
+    closes it after its roles."""
+    return FarmClient(catalog, allow_private_urls=settings.allow_private_urls)
 
 
 RoleFactory = Callable[[RoleContext], Role]
