@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,9 @@ from windmill.broker import JobTableBroker
 from windmill.catalog import Catalog, bundled_catalog_path, load_catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database
+from windmill.db.queries import query
 from windmill.farm import FarmClient
+from windmill.farm.fleet import FleetSlots
 from windmill.farm.limits import ConcurrencyLimits
 from windmill.images import prepare_image
 from windmill.jobs import JobQueue, NewJob
@@ -61,10 +64,15 @@ def queue_person_boxes(conn: psycopg.Connection, pool: ConnectionPool, service: 
     JobQueue(pool).enqueue_many(jobs)
 
 
-def catalog_file(folder: Path, *, pose_limit: bool) -> Path:
+def catalog_file(folder: Path, *, pose_limit: bool, pose_fleet_limit: bool = False) -> Path:
+    """The bundled catalog (pose: one request at a time per process and across the fleet), with pose's per-process
+    and fleet-wide limits kept or removed."""
     document = json.loads(bundled_catalog_path().read_text())
+    pose = document["services"]["pose"]
     if not pose_limit:
-        del document["services"]["pose"]["max_concurrency"]
+        del pose["max_concurrency"]
+    if not pose_fleet_limit:
+        del pose["fleet_max_concurrency"]
     path = folder / "service_config.json"
     path.write_text(json.dumps(document))
     return path
@@ -144,3 +152,76 @@ def test_a_place_is_given_back_when_the_call_fails() -> None:
             raise RuntimeError("the call failed")
         assert limits.available("pose") == 1
     assert limits.available("yolov8") is None, "an unlimited service has no places to count"
+
+
+# -- fleet-wide places (catalog fleet_max_concurrency, held in PostgreSQL) ---------------------------------------------
+
+
+def slots_held(conn: psycopg.Connection, service: str) -> int:
+    return conn.execute(query("service_slots_held"), {"service": service}).fetchone()[0]
+
+
+def test_a_fleet_place_is_taken_once_across_sessions_and_freed_when_its_holder_dies(
+        database: Database, conn: psycopg.Connection) -> None:
+    first, second = FleetSlots(database.connect), FleetSlots(database.connect)
+    got: list[int] = []
+    done = threading.Event()
+
+    def third_call() -> None:
+        with second.place("pose", 2) as slot:
+            got.append(slot)
+            done.wait(30)
+
+    waiter = threading.Thread(target=third_call)
+    try:
+        with first.place("pose", 2) as one, first.place("pose", 2) as two:
+            assert {one, two} == {0, 1}, "one session takes each place once, not the same lock twice"
+            waiter.start()
+            wait_until(lambda: slots_held(conn, "pose") == 2, message="both places held")
+            assert got == [], "a third call waits while both places are held"
+            first.close()  # the holder's connection ends, as when its process dies
+            wait_until(lambda: got, message="the waiting call to get a freed place")
+        assert got in ([0], [1]) and slots_held(conn, "pose") == 1
+    finally:
+        done.set()
+        if waiter.is_alive():
+            waiter.join(timeout=10)
+        first.close()
+        second.close()
+    # A backend ends (and frees its locks) just after its client hangs up.
+    wait_until(lambda: slots_held(conn, "pose") == 0, message="every place freed")
+
+
+@pytest.mark.parametrize("fleet_limit", [True, False], ids=["fleet-limit", "control-per-process-limit-only"])
+def test_pose_never_gets_two_requests_at_once_from_three_worker_processes(
+        conn: psycopg.Connection, pool: ConnectionPool, catalog: Catalog, worker_env: dict[str, str],
+        tmp_path: Path, fleet_limit: bool) -> None:
+    config = catalog_file(tmp_path, pose_limit=True, pose_fleet_limit=fleet_limit)
+    with running_farm(catalog, services=["pose"], latency_profile=slow({"pose": 60})) as (farm, shifted):
+        env = {**worker_env, "WINDMILL_SERVICE_CONFIG": str(config),
+               "WINDMILL_PORT_OFFSET": str(shifted["pose"].port - catalog["pose"].port)}
+        workers = [subprocess.Popen([PYTHON, "-m", "windmill", "worker", "--role", "postprocess", "--service", "pose",
+                                     "--concurrency", "4", "--batch-size", "1"],
+                                    env={**env, "WORKER_ID": f"fleet-pose-{n}"}, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL) for n in range(3)]
+        try:
+            # The jobs come once all three listen, so all three take some of them at the same moment.
+            wait_until(lambda: conn.execute("SELECT count(*) FROM workers WHERE worker_id LIKE 'fleet-pose-%%'")
+                       .fetchone()[0] == 3, timeout=60, interval=0.1, message="three pose workers to start")
+            queue_person_boxes(conn, pool)
+            wait_until(lambda: conn.execute("SELECT count(*) FROM postprocessing WHERE service = 'pose'").fetchone()[0]
+                       == BOXES, timeout=90, interval=0.1, message="a pose answer for every box")
+            takers = conn.execute("SELECT count(DISTINCT worker_id) FROM postprocessing").fetchone()[0]
+            # Each place went back after its call (before the row was stored), not when the processes end.
+            held_after = slots_held(conn, "pose")
+        finally:
+            for worker in workers:
+                worker.terminate()
+            assert [worker.wait(timeout=60) for worker in workers] == [0, 0, 0]
+        pose = farm.load_stats()["pose"]
+    assert pose.requests == BOXES and takers > 1, "the boxes were shared out between the processes"
+    if fleet_limit:
+        assert pose.peak_held == 1, f"pose held {pose.peak_held} requests at once"
+        assert held_after == 0
+    else:
+        assert pose.peak_held > 1, "three processes with one place each overlap: the test can see a violation"

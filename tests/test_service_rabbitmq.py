@@ -58,7 +58,7 @@ def queues_on_private_node(catalog: Catalog, private_rabbitmq: PrivateRabbitMQ) 
 def start_worker(amqp_url: str, database: Database, pool: ConnectionPool, catalog: Catalog, selection: str,
                  concurrency: int = 4) -> tuple[BrokerWorker, threading.Thread]:
     settings = settings_from_mapping({"WORKER_ID": "rabbit-service-test"})
-    farm = process_farm_client(settings, catalog)
+    farm = process_farm_client(settings, catalog, database)
     context = RoleContext(settings=settings, database=database, pool=pool, jobs=JobQueue(pool), catalog=catalog,
                           worker_id="rabbit-service-test", farm=farm, service=selection)
     worker = BrokerWorker(amqp_url, build_role("service", context), pool, worker_id="rabbit-service-test",

@@ -42,7 +42,7 @@ def run_service_worker(database: Database, pool: ConnectionPool, catalog: Catalo
     """Run a service worker in this process until `until()` holds."""
     settings = settings_from_mapping({"WORKER_ID": "service-test"})
     jobs = JobQueue(pool, lease=timedelta(seconds=30), retry_base_s=retry_base_s)
-    with process_farm_client(settings, catalog) as farm:
+    with process_farm_client(settings, catalog, database) as farm:
         context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=catalog,
                               worker_id="service-test", farm=farm, service=selection)
         role = build_role("service", context)

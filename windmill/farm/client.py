@@ -115,9 +115,10 @@ class FarmClient:
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
         observer: CallObserver | None = None,
+        limits: ConcurrencyLimits | None = None,
     ) -> None:
         self.catalog = catalog
-        self.limits = ConcurrencyLimits(catalog.services)
+        self.limits = limits or ConcurrencyLimits(catalog.services)
         self.observer = observer
         self.allow_private_urls = allow_private_urls
         self.max_body_bytes = max_body_bytes
@@ -155,6 +156,7 @@ class FarmClient:
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             client.close()
+        self.limits.close()
 
     def __enter__(self) -> FarmClient:
         return self

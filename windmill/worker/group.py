@@ -23,7 +23,7 @@ class WorkerGroup:
                  specs: Sequence[RoleSpec] = SINGLE_MACHINE, *, jobs: JobQueue | None = None,
                  options: WorkerOptions | None = None, hooks: WorkerHooks | None = None) -> None:
         self.jobs = jobs or JobQueue(pool)
-        self.farm = process_farm_client(settings, catalog)
+        self.farm = process_farm_client(settings, catalog, database)
         base = options or WorkerOptions()
         self.workers: list[Worker] = []
         for spec in specs:

@@ -74,7 +74,7 @@ def run_worker(
     with open_migrated(settings, catalog, application_name=f"windmill-{role_name}") as database:
         pool = database.pool(min_size=1, max_size=options.concurrency + 2, name=f"worker-{role_name}")
         extras = ExitStack()  # the farm client and the metrics endpoint (if asked for): closed before the pool
-        farm = extras.enter_context(process_farm_client(settings, catalog))
+        farm = extras.enter_context(process_farm_client(settings, catalog, database))
         try:
             metrics = None
             if metrics_port is not None:

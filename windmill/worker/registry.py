@@ -12,6 +12,8 @@ from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.errors import WindmillError
 from windmill.farm import FarmClient
+from windmill.farm.fleet import FleetSlots
+from windmill.farm.limits import ConcurrencyLimits
 from windmill.jobs import Job, JobQueue
 from windmill.settings import Settings
 
@@ -51,10 +53,14 @@ class Role:
     tasks: TaskHandling | None = None
 
 
-def process_farm_client(settings: Settings, catalog: Catalog) -> FarmClient:
+def process_farm_client(settings: Settings, catalog: Catalog, database: Database) -> FarmClient:
     """The Animal Farm client a worker process builds once and hands every role (RoleContext.farm); the process
-    closes it after its roles."""
-    return FarmClient(catalog, allow_private_urls=settings.allow_private_urls)
+    closes it after its roles. Services with a fleet_max_concurrency take their places through the database."""
+    fleet = None
+    if any(service.fleet_max_concurrency for service in catalog.services):
+        fleet = FleetSlots(lambda: database.connect(application_name="windmill-service-slots"))
+    return FarmClient(catalog, allow_private_urls=settings.allow_private_urls,
+                      limits=ConcurrencyLimits(catalog.services, fleet=fleet))
 
 
 RoleFactory = Callable[[RoleContext], Role]
