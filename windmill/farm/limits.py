@@ -44,7 +44,8 @@ class ConcurrencyLimits:
         return self._fleet_limits.get(service)
 
     def in_flight(self, service: str) -> int:
-        """Requests to a limited service holding a place right now (0 for an unlimited one: not counted)."""
+        """Calls to a limited service holding one of this process's places right now (some may still wait for a
+        fleet-wide one); 0 for an unlimited service, whose calls are not counted."""
         with self._lock:
             return self._in_flight.get(service, 0)
 
@@ -66,16 +67,14 @@ class ConcurrencyLimits:
             yield
             return
         places.acquire()
+        with self._lock:
+            self._in_flight[service] += 1
         try:
             with self._fleet_place(service):
-                with self._lock:
-                    self._in_flight[service] += 1
-                try:
-                    yield
-                finally:
-                    with self._lock:
-                        self._in_flight[service] -= 1
+                yield
         finally:
+            with self._lock:
+                self._in_flight[service] -= 1
             places.release()
 
     @contextmanager
