@@ -124,6 +124,8 @@ BEGIN
         ('FUNCTION', 'backfill(integer)',            'EXECUTE',                         NULL),  -- the scheduler role, pg_cron
         ('FUNCTION', 'is_person_box(jsonb, text)',   'EXECUTE',                         'EXECUTE'),  -- image_completeness calls it
         ('FUNCTION', 'consensus_delay()',            'EXECUTE',                         NULL),  -- the triggers call it
+        ('FUNCTION', 'take_service_slot(text, integer, integer[])', 'EXECUTE',          NULL),  -- fleet_max_concurrency
+        ('FUNCTION', 'give_back_service_slot(text, integer)',       'EXECUTE',          NULL),
         -- Trigger functions: PostgreSQL checks EXECUTE when a trigger is created, not when it fires.
         ('FUNCTION', 'notify_job_queued()',          NULL,                              NULL),
         ('FUNCTION', 'enqueue_after_result()',       NULL,                              NULL),

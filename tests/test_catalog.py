@@ -59,6 +59,11 @@ def test_detectors_are_the_services_whose_type_lists_spatial(catalog: Catalog) -
         ({"services": {"x": {"host": "h", "port": 1, "endpoint": "/"}}}, "'category'"),
         ({"services": {"x": {"host": "h", "port": "p", "endpoint": "/", "category": "primary"}}}, "invalid field"),
         ({"services": {"x": {"host": "h", "port": 1, "endpoint": "/", "category": "odd"}}}, "category 'odd'"),
+        *[({"services": {"x": {"host": "h", "port": 1, "endpoint": "/", "category": "primary",
+                               "max_concurrency": bad}}}, f"max_concurrency {bad!r}; expected a whole number")
+          for bad in (0, -2, 1.5, "1", True)],
+        ({"services": {"x": {"host": "h", "port": 1, "endpoint": "/", "category": "primary",
+                             "fleet_max_concurrency": 0}}}, "fleet_max_concurrency 0; expected a whole number"),
     ],
 )
 def test_malformed_catalog_is_a_clear_error(tmp_path: Path, document: object, fragment: str) -> None:
@@ -83,3 +88,9 @@ def test_list_services_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["list-services", "--json"])
     assert [entry["name"] for entry in json.loads(result.output)][:3] == ["blip", "clip", "colors"]
+
+
+def test_pose_ships_with_one_request_at_a_time(catalog: Catalog) -> None:
+    # The real pose service shares one MediaPipe graph across its threads without a lock (contract §2.7).
+    assert (catalog["pose"].max_concurrency, catalog["pose"].fleet_max_concurrency) == (1, 1)
+    assert catalog["yolov8"].max_concurrency is None and catalog["yolov8"].fleet_max_concurrency is None

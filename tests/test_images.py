@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+import pillow_heif  # test dependency: encodes HEIC (Windmill itself only decodes, with pi-heif)
 import pytest
 from PIL import Image
 
@@ -47,6 +48,22 @@ def photo(width: int = 64, height: int = 48) -> Image.Image:
     image = Image.new("RGB", (width, height), (220, 20, 20))
     image.paste((20, 20, 220), (width // 2, 0, width, height))
     return image
+
+
+def heic(image: Image.Image, **options: object) -> bytes:
+    """A HEIC as a phone writes it, encoded by pillow-heif's own API (it stays unregistered with Pillow, so
+    what reads it in Windmill is pi-heif's opener alone)."""
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buffer, quality=90, **options)
+    return buffer.getvalue()
+
+
+def rotated_heic() -> bytes:
+    """A phone's portrait shot: pillow-heif turns the EXIF orientation into the HEIF rotation (`irot`)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Apple"
+    return heic(photo(64, 48), exif=exif.tobytes())
 
 
 def noisy_jpeg(size: int = 256) -> bytes:
@@ -183,6 +200,14 @@ CORPUS = [
     case("animated-gif", write(animated_gif(), "anim.gif"), OK, ((40, 30), "JPEG", "first frame of 3")),
     case("exif-rotated-jpeg", write(rotated_jpeg()), OK, ((48, 64), "JPEG", "EXIF orientation 6")),
     case("bmp", write(encoded(photo(), "BMP"), "a.bmp"), OK, ((64, 48), "JPEG", "BMP → JPEG")),
+    case("heic", write(heic(photo()), "IMG_0001.HEIC"), OK, ((64, 48), "JPEG", "HEIF → JPEG")),
+    case("heic-rotated-by-the-phone", write(rotated_heic(), "IMG_0002.heic"), OK, ((48, 64), "JPEG", "HEIF → JPEG")),
+    case("avif", write(encoded(photo(), "AVIF"), "a.avif"), OK, ((64, 48), "JPEG", "AVIF → JPEG")),
+    case("truncated-heic", write(heic(photo())[:-40], "cut.heic"), BAD, "HEIF image is truncated"),
+    case("heic-header-only", write(heic(photo())[:40], "stub.heic"), BAD, "HEIC image is truncated or corrupt"),
+    case("truncated-avif", write(encoded(photo(), "AVIF")[:-10], "cut.avif"), BAD, "AVIF image is truncated"),
+    case("mp4-named-heic", write(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(64), "v.heic"),
+         BAD, "unsupported ISO media file (brand 'mp42'"),
     case("grayscale-jpeg", write(encoded(photo().convert("L"), "JPEG")), OK, ((64, 48), "JPEG", None)),
     case("grayscale-png", write(encoded(photo().convert("L"), "PNG"), "g8.png"), OK, ((64, 48), "PNG", None)),
     case("grayscale-bmp", write(encoded(photo().convert("L"), "BMP"), "g.bmp"), OK, ((64, 48), "JPEG", "BMP → JPEG")),
@@ -252,6 +277,21 @@ def test_exif_rotation_swaps_dimensions_and_keeps_pixels_upright():
 def test_conversions_keep_the_visible_colour(data, pixel, expected):
     actual = prepare_image(data).to_rgb().getpixel(pixel)
     assert all(abs(a - e) <= 3 for a, e in zip(actual, expected, strict=True)), actual
+
+
+@pytest.mark.parametrize("data", [heic(photo()), rotated_heic(), encoded(photo(), "AVIF")],
+                         ids=["heic", "heic-rotated", "avif"])
+def test_phone_formats_become_a_jpeg_of_the_same_picture(data):
+    prepared = prepare_image(data)
+    sent = Image.open(io.BytesIO(prepared.data))
+    assert sent.format == "JPEG" and sent.size == prepared.size
+    pixels = prepared.to_rgb()
+    width, height = pixels.size
+    # Red on the left half, blue on the right — or, for the portrait shot, red on top: rotated exactly once.
+    red_at, blue_at = ((width // 4, height // 2), (3 * width // 4, height // 2)) if width > height else (
+        (width // 2, height // 4), (width // 2, 3 * height // 4))
+    assert all(abs(a - e) <= 12 for a, e in zip(pixels.getpixel(red_at), (220, 20, 20), strict=True))
+    assert all(abs(a - e) <= 12 for a, e in zip(pixels.getpixel(blue_at), (20, 20, 220), strict=True))
 
 
 def test_passthrough_is_byte_identical_and_hashed():

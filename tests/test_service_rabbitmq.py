@@ -29,7 +29,7 @@ from windmill.jobs import JobQueue
 from windmill.producer import submit
 from windmill.settings import settings_from_mapping
 from windmill.worker.broker_worker import BrokerWorker
-from windmill.worker.registry import RoleContext, build_role
+from windmill.worker.registry import RoleContext, build_role, process_farm_client
 
 
 def queues_of_our_own(catalog: Catalog, amqp_url: str) -> Iterator[Catalog]:
@@ -58,11 +58,19 @@ def queues_on_private_node(catalog: Catalog, private_rabbitmq: PrivateRabbitMQ) 
 def start_worker(amqp_url: str, database: Database, pool: ConnectionPool, catalog: Catalog, selection: str,
                  concurrency: int = 4) -> tuple[BrokerWorker, threading.Thread]:
     settings = settings_from_mapping({"WORKER_ID": "rabbit-service-test"})
+    farm = process_farm_client(settings, catalog, database)
     context = RoleContext(settings=settings, database=database, pool=pool, jobs=JobQueue(pool), catalog=catalog,
-                          worker_id="rabbit-service-test", service=selection)
+                          worker_id="rabbit-service-test", farm=farm, service=selection)
     worker = BrokerWorker(amqp_url, build_role("service", context), pool, worker_id="rabbit-service-test",
                           concurrency=concurrency, retry_delay_s=0.05)
-    thread = threading.Thread(target=worker.run)
+
+    def run() -> None:
+        try:
+            worker.run()
+        finally:
+            farm.close()
+
+    thread = threading.Thread(target=run)
     thread.start()
     return worker, thread
 

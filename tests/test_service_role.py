@@ -24,7 +24,7 @@ from windmill.jobs import JobQueue
 from windmill.producer import submit
 from windmill.roles.service import ServiceTaskHandler
 from windmill.settings import settings_from_mapping
-from windmill.worker.registry import RoleContext, build_role
+from windmill.worker.registry import RoleContext, build_role, process_farm_client
 from windmill.worker.runtime import Worker, WorkerOptions
 
 SAMPLES = Path(__file__).resolve().parent.parent / "windmill" / "samples"
@@ -42,18 +42,19 @@ def run_service_worker(database: Database, pool: ConnectionPool, catalog: Catalo
     """Run a service worker in this process until `until()` holds."""
     settings = settings_from_mapping({"WORKER_ID": "service-test"})
     jobs = JobQueue(pool, lease=timedelta(seconds=30), retry_base_s=retry_base_s)
-    context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=catalog,
-                          worker_id="service-test", service=selection)
-    role = build_role("service", context)
-    worker = Worker(jobs, role, worker_id="service-test", listen_conninfo=database.conninfo,
-                    options=WorkerOptions(concurrency=8, batch_size=32, poll_interval_s=0.1))
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
-        wait_until(until, timeout=60, message="the service worker to finish")
-    finally:
-        worker.request_stop()
-        thread.join(timeout=30)
+    with process_farm_client(settings, catalog, database) as farm:
+        context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=catalog,
+                              worker_id="service-test", farm=farm, service=selection)
+        role = build_role("service", context)
+        worker = Worker(jobs, role, worker_id="service-test", listen_conninfo=database.conninfo,
+                        options=WorkerOptions(concurrency=8, batch_size=32, poll_interval_s=0.1))
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            wait_until(until, timeout=60, message="the service worker to finish")
+        finally:
+            worker.request_stop()
+            thread.join(timeout=30)
 
 
 def submit_samples(conn: psycopg.Connection, pool: ConnectionPool, catalog: Catalog, selection: str,
@@ -142,7 +143,33 @@ def test_service_role_refuses_unknown_and_postprocessing_services(catalog: Catal
     settings = settings_from_mapping({})
     for selection, message in (("yolo9", "unknown service"), ("caption_score", "not run by the service role"),
                                (None, "needs --service")):
-        context = RoleContext(settings=settings, database=database, pool=pool, jobs=JobQueue(pool),
-                              catalog=catalog, worker_id="w", service=selection)
-        with pytest.raises(WindmillError, match=message):
-            build_role("service", context)
+        with FarmClient(catalog) as farm, pytest.raises(WindmillError, match=message):
+            build_role("service", RoleContext(settings=settings, database=database, pool=pool, jobs=JobQueue(pool),
+                                              catalog=catalog, worker_id="w", farm=farm, service=selection))
+
+
+def test_phone_photos_in_heic_and_avif_are_sent_as_jpeg(database: Database, pool: ConnectionPool,
+                                                      conn: psycopg.Connection, farm_catalog: Catalog,
+                                                      tmp_path: Path) -> None:
+    import pillow_heif  # test dependency: encodes HEIC; Windmill reads it with pi-heif
+    from PIL import Image
+
+    picture = Image.new("RGB", (80, 60), (30, 140, 60))
+    library = tmp_path / "DCIM"
+    library.mkdir()
+    pillow_heif.from_pillow(picture).save(library / "IMG_0001.HEIC", quality=90)
+    picture.save(library / "IMG_0002.avif", "AVIF")
+    report = add_paths(conn, [library])  # a directory of a phone's library: both are taken as images
+    assert report.skipped == []
+    with database.connect() as reader:
+        submit(reader, conn, JobTableBroker(JobQueue(pool)), farm_catalog.select("metadata"))
+    run_service_worker(database, pool, farm_catalog, "metadata", lambda: unfinished(conn))
+    rows = conn.execute("SELECT i.image_filename, r.status, r.data FROM results r JOIN images i USING (image_id) "
+                        "ORDER BY i.image_filename").fetchall()
+    assert [(name, status) for name, status, _ in rows] == [("IMG_0001.HEIC", "success"),
+                                                            ("IMG_0002.avif", "success")]
+    # The stand-in's metadata service reports the format of the bytes it received.
+    for _, _, data in rows:
+        received = data["predictions"][0]
+        assert received["file"]["file_type"] == "jpeg"
+        assert received["dimensions"] == {"width": 80, "height": 60}

@@ -39,6 +39,10 @@ class Service:
     timeout_s: float = DEFAULT_TIMEOUT_S
     request_mode: str = "upload"
     prefetch: int = 4
+    # Requests in flight to this service from one worker process, whichever roles call it; None: no limit.
+    max_concurrency: int | None = None
+    # The same across every worker process of the database (places held in PostgreSQL); None: no limit.
+    fleet_max_concurrency: int | None = None
 
     @property
     def queue_name(self) -> str:
@@ -95,11 +99,22 @@ class Service:
                 timeout_s=float(entry.get("timeout_s", DEFAULT_TIMEOUT_S)),
                 request_mode=mode,
                 prefetch=int(entry.get("prefetch", 4)),
+                max_concurrency=_concurrency(name, "max_concurrency", entry.get("max_concurrency")),
+                fleet_max_concurrency=_concurrency(name, "fleet_max_concurrency", entry.get("fleet_max_concurrency")),
             )
         except KeyError as missing:
             raise CatalogError(f"service {name!r} lacks the required field {missing.args[0]!r}") from None
         except (TypeError, ValueError) as bad:
             raise CatalogError(f"service {name!r} has an invalid field: {bad}") from None
+
+
+def _concurrency(name: str, field: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CatalogError(f"service {name!r} has {field} {value!r}; expected a whole number of at least 1 "
+                           "(requests in flight at once), or no entry for no limit")
+    return value
 
 
 @dataclass(frozen=True)

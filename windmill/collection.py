@@ -9,7 +9,8 @@ from urllib.parse import unquote, urlsplit
 
 import psycopg
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif",
+                            ".avif"})
 _INSERT = """
 INSERT INTO images (image_filename, image_path, image_url, image_group)
 SELECT * FROM unnest(%(filenames)s::text[], %(paths)s::text[], %(urls)s::text[], %(groups)s::text[])

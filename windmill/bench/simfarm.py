@@ -1,9 +1,11 @@
 """Stand-in throughput (target ≥ 1,500 requests/s for cached images at zero latency, on 2 cores).
 
-Run: python -m windmill.bench.simfarm [--seconds 5] [--clients 2] [--threads 4]
+Run: python -m windmill.bench.simfarm [--seconds 5] [--clients 2] [--threads 4] [--no-cache]
 Every catalog service is served; client processes (lean keep-alive http.client, so the farm and not
 the client is measured) POST the bundled samples as multipart uploads, as Windmill does, round-robin
-over services and images, after one warm-up pass has filled the answer cache.
+over services and images, after one warm-up pass has filled the answer cache. With --no-cache the farm
+computes every answer per request (`farm serve --no-cache`, what the pipeline benchmarks use) and there
+is no warm-up.
 """
 
 from __future__ import annotations
@@ -87,10 +89,10 @@ def _client_process(host: str, requests: list[Request], threads: int, seconds: f
     queue.put(results)
 
 
-def _start_farm(catalog_offsets: Sequence[int]) -> SimFarm:
+def _start_farm(catalog_offsets: Sequence[int], *, cache: bool = True) -> SimFarm:
     catalog = load_catalog()
     for offset in catalog_offsets:
-        farm = SimFarm(catalog, port_offset=offset)
+        farm = SimFarm(catalog, port_offset=offset, cache=cache)
         try:
             farm.start()
             return farm
@@ -99,13 +101,13 @@ def _start_farm(catalog_offsets: Sequence[int]) -> SimFarm:
     raise WindmillError("no free block of ports found for the stand-in")
 
 
-def run(seconds: float, clients: int, threads: int) -> tuple[int, int, float]:
+def run(seconds: float, clients: int, threads: int, *, cache: bool = True) -> tuple[int, int, float]:
     """(successful requests, failed requests, wall seconds) of one measured run."""
-    farm = _start_farm([random.randrange(20000, 40000) for _ in range(10)])
+    farm = _start_farm([random.randrange(20000, 40000) for _ in range(10)], cache=cache)
     try:
         images = sorted(SAMPLES_DIR.glob("*.jpg"))
         requests = build_requests(farm, images)
-        for port, path, body in requests:  # one pass fills the cache
+        for port, path, body in requests if cache else ():  # one pass fills the cache
             connection = http.client.HTTPConnection(farm.host, port, timeout=30)
             connection.request("POST", path, body=body,
                                headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
@@ -132,10 +134,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--threads", type=int, default=4, help="keep-alive client threads per process")
+    parser.add_argument("--no-cache", action="store_true", help="compute every answer per request")
     args = parser.parse_args(argv)
-    ok, failed, wall = run(args.seconds, args.clients, args.threads)
+    ok, failed, wall = run(args.seconds, args.clients, args.threads, cache=not args.no_cache)
+    answers = "answers computed per request" if args.no_cache else "cached answers"
     print(f"simfarm: {ok} requests in {wall:.2f} s ({failed} failed): {ok / wall:,.0f} requests/s "
-          f"[{args.clients} client processes × {args.threads} threads, cached answers, zero latency]")
+          f"[{args.clients} client processes × {args.threads} threads, {answers}, zero latency]")
 
 
 if __name__ == "__main__":

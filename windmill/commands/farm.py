@@ -46,17 +46,22 @@ def farm_check(app: AppContext, services: str, as_json: bool) -> None:
               help="Share of requests held open until the client gives up.")
 @click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Share of requests answered with a body that is not JSON.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault and latency draws.")
 @click.option("--annotations", "annotation_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directories of images with .boxes.json sidecars (default: the bundled samples).")
+@click.option("--latency-profile", metavar="NAME|FILE",
+              help="Per-service latency and capacity: a bundled profile (gpu) or a JSON file (README).")
+@click.option("--no-cache", is_flag=True, help="Compute every answer per request (no per-image answer cache).")
 @pass_app
 def farm_serve(app: AppContext, services: str, port_offset: int, latency_ms: float, error_rate: float,
-               timeout_rate: float, malformed_rate: float, seed: int, annotation_dirs: tuple[Path, ...]) -> None:
+               timeout_rate: float, malformed_rate: float, seed: int, annotation_dirs: tuple[Path, ...],
+               latency_profile: str | None, no_cache: bool) -> None:
     """Serve a contract-faithful stand-in of every selected service until Ctrl-C."""
     from windmill.simfarm import serve_command
 
     serve_command(app.catalog_as_configured, services, port_offset, latency_ms, error_rate,
-                  timeout_rate, malformed_rate, seed, list(annotation_dirs) or None, echo=click.echo)
+                  timeout_rate, malformed_rate, seed, list(annotation_dirs) or None,
+                  latency_profile=latency_profile, cache=not no_cache, echo=click.echo)
 
 
 @click.command()

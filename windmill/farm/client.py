@@ -2,10 +2,11 @@
 
 Requests follow the contract (spec/animal-farm-api.md §2, §6): POST multipart `file` with a
 filename carrying the right extension by default, or `GET ?url=` (URL-encoded) for services whose
-catalog `request_mode` is "url". Each service's timeout comes from the catalog. Answers are read
-as a stream and refused beyond a size cap, then normalised (windmill.farm.normalize). Every
-failure is a `ServiceCallError` whose `kind`/`retryable` say what happened; retries are the
-worker runtime's business, never done here.
+catalog `request_mode` is "url". Each service's timeout comes from the catalog, and so does its
+`max_concurrency`: requests to a limited service wait for a place (windmill.farm.limits), so a process
+must call every service through one client. Answers are read as a stream and refused beyond a size cap,
+then normalised (windmill.farm.normalize). Every failure is a `ServiceCallError` whose
+`kind`/`retryable` say what happened; retries are the worker runtime's business, never done here.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import httpx
 import windmill
 from windmill.catalog import Catalog, Service
 from windmill.farm.errors import ServiceCallError
+from windmill.farm.limits import ConcurrencyLimits
 from windmill.farm.normalize import (
     describe_body,
     health_detail,
@@ -100,7 +102,8 @@ class _Exchange:
 
 class FarmClient:
     """Calls Animal Farm services; thread-safe. Each service gets its own keep-alive connection pool: one pool
-    for all of them would make every request of every thread scan and lock the same pool."""
+    for all of them would make every request of every thread scan and lock the same pool. The catalog's
+    per-service `max_concurrency` holds across every thread that calls through this client (`limits`)."""
 
     def __init__(
         self,
@@ -112,8 +115,10 @@ class FarmClient:
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
         observer: CallObserver | None = None,
+        limits: ConcurrencyLimits | None = None,
     ) -> None:
         self.catalog = catalog
+        self.limits = limits or ConcurrencyLimits(catalog.services)
         self.observer = observer
         self.allow_private_urls = allow_private_urls
         self.max_body_bytes = max_body_bytes
@@ -151,6 +156,7 @@ class FarmClient:
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             client.close()
+        self.limits.close()
 
     def __enter__(self) -> FarmClient:
         return self
@@ -178,7 +184,7 @@ class FarmClient:
         """
         target = self._resolve(service)
         use_url = self._use_url(target, image, image_url)
-        with self._observed(target.name):
+        with self.limits.place(target.name), self._observed(target.name):
             if use_url:
                 assert image_url is not None
                 exchange = self._call(target, "GET", target.endpoint, params=self._url_params(image_url, extra))
@@ -205,7 +211,7 @@ class FarmClient:
         if not caption or not caption.strip():
             raise ServiceCallError("cannot score an empty caption", kind="rejected", service=target.name)
         use_url = self._use_url(target, image, image_url)
-        with self._observed(target.name):
+        with self.limits.place(target.name), self._observed(target.name):
             if use_url:
                 assert image_url is not None
                 params = self._url_params(image_url, {"caption": caption})
@@ -226,8 +232,13 @@ class FarmClient:
         return float(answer.data["similarity_score"])
 
     def health(self, service: Service | str) -> HealthResult:
-        """Probe `GET /health`; never raises: a failure is a HealthResult with ok=False."""
+        """Probe `GET /health`; never raises: a failure is a HealthResult with ok=False. Several services run an
+        inference in /health (pose on its one shared graph), so a probe takes a place like any request."""
         target = self._resolve(service)
+        with self.limits.place(target.name):
+            return self._health(target)
+
+    def _health(self, target: Service) -> HealthResult:
         url = f"{target.base_url}/health"
         timeout = httpx.Timeout(self.health_timeout_s, connect=min(self.health_timeout_s, self.connect_timeout_s))
         started = time.monotonic()

@@ -7,7 +7,8 @@ they are a JPEG, PNG or WebP of 8-bit RGB or grayscale pixels, single-frame and 
 rotation to apply (every service reads grayscale; re-encoding it cost quality, and a tenth of a
 service worker's CPU when a third of the photographs were black and white); anything else (CMYK,
 16-bit, alpha, palette, animation, other formats, a rotation) becomes a JPEG of quality 90 showing
-exactly what a viewer would show.
+exactly what a viewer would show. Phone photo libraries are read too: AVIF by Pillow itself, HEIC/HEIF through
+pi-heif's Pillow plugin (decode-only); no service reads them, so they always go out as JPEG.
 """
 
 from __future__ import annotations
@@ -23,11 +24,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from windmill.images.errors import BadImage
 
+try:  # HEIC/HEIF: pi-heif registers its decoder with Pillow (absent only where it has no wheel, e.g. 32-bit ARM)
+    from pi_heif import register_heif_opener
+except ImportError:  # pragma: no cover - exercised only on platforms without pi-heif
+    HEIF_READABLE = False
+else:
+    register_heif_opener()
+    HEIF_READABLE = True
+
 # Pillow's own default limit (Image.MAX_IMAGE_PIXELS): about 0.25 GiB of decoded RGB.
 DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_JPEG_QUALITY = 90
 # Pillow reports camera multi-picture JPEGs as MPO through its JPEG opener.
-ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", *(("HEIF",) if HEIF_READABLE else ()))
+_SUPPORTED = "JPEG, PNG, GIF, WebP, BMP, TIFF, AVIF or HEIC"
 # The formats sent as they are; MPO is a camera JPEG with extra pictures appended.
 _PASS_THROUGH = {
     "JPEG": ("JPEG", "image/jpeg", "jpg"),
@@ -40,6 +50,9 @@ _SENT_MODES = ("RGB", "L")
 _WHITE = (255, 255, 255)
 _ORIENTATION_TAG = 0x0112
 _SNIFF_BYTES = 512
+# The `ftyp` brands of HEIF still images (ISO/IEC 23008-12), as phones write them.
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1")
+_AVIF_BRANDS = (b"avif", b"avis")
 
 # Image.open checks the pixel count against Pillow's global limit and *warns* between one and
 # two times that limit. Our own limit decides instead, so the warning is silenced while opening;
@@ -223,7 +236,7 @@ def _open(data: bytes, *, max_pixels: int) -> Image.Image:
 
 def _corrupt(source_format: str, problem: BaseException) -> BadImage:
     text = str(problem) or type(problem).__name__
-    if "truncated" in text.lower() or isinstance(problem, EOFError):
+    if "truncated" in text.lower() or "end of file" in text.lower() or isinstance(problem, EOFError):
         return BadImage(f"{source_format} image is truncated: {text}")
     return BadImage(f"{source_format} image is corrupt: {text}")
 
@@ -231,15 +244,21 @@ def _corrupt(source_format: str, problem: BaseException) -> BadImage:
 def _unidentified(data: bytes) -> str:
     head = data[:_SNIFF_BYTES]
     stripped = head.lstrip().lower()
-    supported = "JPEG, PNG, GIF, WebP, BMP or TIFF"
+    supported = _SUPPORTED
     if stripped.startswith(b"<svg") or (stripped.startswith(b"<?xml") and b"<svg" in stripped):
         return f"SVG is not supported (expected {supported})"
     if stripped.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
         return f"the data is an HTML page, not an image (expected {supported})"
     if head.startswith(b"%PDF"):
         return f"the data is a PDF document, not an image (expected {supported})"
-    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftypavif", b"ftypavis"):
-        return f"HEIF/HEIC and AVIF images are not supported (expected {supported})"
+    if head[4:8] == b"ftyp":  # an ISO media file (HEIC, AVIF, MP4…) that no opener could read
+        brand = head[8:12]
+        if brand in _HEIF_BRANDS and not HEIF_READABLE:
+            return "HEIC images need pi-heif, which has no wheel for this platform (install libheif-dev, then pi-heif)"
+        if brand in _HEIF_BRANDS or brand in _AVIF_BRANDS:
+            kind = "HEIC" if brand in _HEIF_BRANDS else "AVIF"
+            return f"{kind} image is truncated or corrupt: its header cannot be read"
+        return f"unsupported ISO media file (brand {brand.decode('ascii', 'replace')!r}; expected {supported})"
     if b"\x00" not in head:
         try:
             head.decode("utf-8")

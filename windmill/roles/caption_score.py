@@ -70,6 +70,5 @@ class CaptionScorer:
 def caption_score_role(context: RoleContext) -> Role:
     if SCORING_SERVICE not in context.catalog:
         raise WindmillError(f"the catalog has no {SCORING_SERVICE} service")
-    farm = FarmClient(context.catalog, allow_private_urls=context.settings.allow_private_urls)
-    scorer = CaptionScorer(context, farm, ImageSource(context.settings))
-    return Role(name="caption_score", queues=(CAPTION_SCORE_QUEUE,), handle=scorer.handle, close=farm.close)
+    scorer = CaptionScorer(context, context.farm, ImageSource(context.settings))
+    return Role(name="caption_score", queues=(CAPTION_SCORE_QUEUE,), handle=scorer.handle)

@@ -92,12 +92,10 @@ def postprocess_role(context: RoleContext) -> Role:
     if unknown:
         raise WindmillError(
             f"unknown postprocess service {', '.join(unknown)}; valid: {', '.join(POSTPROCESS_SERVICES)}")
-    farm = FarmClient(context.catalog, allow_private_urls=context.settings.allow_private_urls)
-    handler = PostprocessHandler(context, farm, ImageSource(context.settings))
+    handler = PostprocessHandler(context, context.farm, ImageSource(context.settings))
     by_queue = {postprocess_queue(service): service for service in services}
 
     def handle(job: Job) -> None:
         handler.handle(job, by_queue[job.queue])
 
-    return Role(name="postprocess", queues=tuple(by_queue), handle=handle, close=farm.close,
-                service=",".join(services))
+    return Role(name="postprocess", queues=tuple(by_queue), handle=handle, service=",".join(services))

@@ -123,8 +123,7 @@ def task_from_job(job: Job) -> Task:
 @register_role("service")
 def service_role(context: RoleContext) -> Role:
     services = serviceable(context.catalog, context.service)
-    farm = FarmClient(context.catalog, allow_private_urls=context.settings.allow_private_urls)
-    handler = ServiceTaskHandler(context.pool, farm, context.catalog, context.settings, context.worker_id)
+    handler = ServiceTaskHandler(context.pool, context.farm, context.catalog, context.settings, context.worker_id)
 
     def handle(job: Job) -> None:
         handler.handle(task_from_job(job), final_attempt=job.attempts >= job.max_attempts,
@@ -138,4 +137,4 @@ def service_role(context: RoleContext) -> Role:
                          on_dead_letter=record_dead_letter,
                          prefetch={service.queue_name: service.prefetch for service in services})
     return Role(name="service", queues=tuple(service.queue_name for service in services), handle=handle,
-                close=farm.close, service=",".join(service.name for service in services), tasks=tasks)
+                service=",".join(service.name for service in services), tasks=tasks)

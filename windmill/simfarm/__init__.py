@@ -22,6 +22,7 @@ body in separate writes meet delayed ACKs: ~180 requests/s).
         url = farm.base_url("yolov8") + "/v3/analyze"     # POST multipart field "file"
 """
 
-from windmill.simfarm.server import SimFarm, serve_command
+from windmill.simfarm.command import serve_command
+from windmill.simfarm.server import SimFarm
 
 __all__ = ["SimFarm", "serve_command"]

@@ -1,7 +1,8 @@
 """From image bytes to a service's answer body: decode, find the sidecar, run the simulated model, cache.
 
 Bodies are cached as bytes per (service, image digest, parameters), so a repeated image costs a
-SHA-256 and a dict lookup. Everything here is deterministic: the same bytes give the same body,
+SHA-256 and a dict lookup; with `cache=False` (`farm serve --no-cache`) every request decodes the image and
+computes its answer, as a real service does. Everything here is deterministic: the same bytes give the same body,
 `processing_time` included (a per-image spread around the service's typical time).
 """
 
@@ -76,14 +77,21 @@ class Answerer:
     """Computes and caches success bodies; raises Undecodable for bytes that are no image."""
 
     def __init__(self, index: AnnotationIndex, options: Options | None = None, *,
-                 max_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
+                 max_entries: int = DEFAULT_CACHE_ENTRIES, cache: bool = True) -> None:
         self.index = index
         self.options = options or Options()
+        self.cache = cache  # False: every answer computed per request, as a real service does (benchmarks)
+        self.computed = 0  # answers computed rather than taken from the cache
         self._cache: dict[tuple[Any, ...], bytes] = {}
         self._max_entries = max_entries
         self._lock = threading.Lock()
 
     def _cached(self, key: tuple[Any, ...], compute: Any) -> bytes:
+        if not self.cache:
+            body = encode(compute())
+            with self._lock:
+                self.computed += 1
+            return body
         body = self._cache.get(key)
         if body is None:
             body = encode(compute())
@@ -91,6 +99,7 @@ class Answerer:
                 while len(self._cache) >= self._max_entries:
                     del self._cache[next(iter(self._cache))]  # oldest first: dicts keep insertion order
                 self._cache[key] = body
+                self.computed += 1
         return body
 
     def analyze(self, profile: Profile, picture: Picture, params: dict[str, str]) -> bytes:

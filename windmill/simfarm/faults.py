@@ -1,4 +1,4 @@
-"""Fault injection: latency, HTTP 500s, requests held past any client timeout, malformed bodies.
+"""Fault injection: HTTP 500s, requests held past any client timeout, malformed bodies (latency: simfarm.latency).
 
 Decisions are per request, not per image: the k-th request to a service draws from (seed, service, k).
 Under concurrency which request is the k-th may vary, but the multiset of faults a run of N requests
@@ -31,14 +31,11 @@ class Decision:
 
 @dataclass(frozen=True)
 class FaultRates:
-    latency_ms: float = 0.0
     error_rate: float = 0.0
     timeout_rate: float = 0.0
     malformed_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.latency_ms < 0:
-            raise WindmillError(f"latency must not be negative, got {self.latency_ms} ms")
         rates = {"error": self.error_rate, "timeout": self.timeout_rate, "malformed": self.malformed_rate}
         for name, rate in rates.items():
             if not 0.0 <= rate <= 1.0:

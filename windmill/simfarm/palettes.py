@@ -231,7 +231,11 @@ def copic_temperature(code: str) -> str:
     return "neutral"
 
 
+# Each marker with its colour parsed once: `nearest` runs for every palette entry of every answer computed.
+_PARSED = {system: tuple((marker, *marker.rgb) for marker in markers) for system, markers in SYSTEMS.items()}
+
+
 def nearest(system: str, rgb: tuple[int, int, int]) -> Marker:
-    """The marker with the smallest squared RGB distance, as the service matches."""
+    """The marker with the smallest squared RGB distance (the first of equals), as the service matches."""
     r, g, b = rgb
-    return min(SYSTEMS[system], key=lambda m: (m.rgb[0] - r) ** 2 + (m.rgb[1] - g) ** 2 + (m.rgb[2] - b) ** 2)
+    return min(_PARSED[system], key=lambda m: (m[1] - r) ** 2 + (m[2] - g) ** 2 + (m[3] - b) ** 2)[0]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import signal
 import socket
 import socketserver
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
@@ -21,6 +20,7 @@ from windmill.errors import WindmillError
 from windmill.simfarm import contract
 from windmill.simfarm.annotations import AnnotationIndex
 from windmill.simfarm.answers import Answerer, Options, Undecodable
+from windmill.simfarm.capacity import LoadStats, ServiceLoad
 from windmill.simfarm.contract import MAX_IMAGE_BYTES, Profile, encode, profile_for
 from windmill.simfarm.faults import Decision, Fault, FaultPlan, FaultRates
 from windmill.simfarm.inputs import (
@@ -35,6 +35,7 @@ from windmill.simfarm.inputs import (
     resolve_for_score,
     undecodable,
 )
+from windmill.simfarm.latency import LatencyProfile
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class _ServiceServer(ThreadingHTTPServer):
         self.profile = profile
         self.routes = routes_for(profile)
         self.hold_s = farm.timeout_hold_s if farm.timeout_hold_s is not None else HOLD_FACTOR * service.timeout_s
+        self.load = farm.loads[service.name]
         self._open: dict[socket.socket, threading.Thread] = {}
         self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -218,16 +220,24 @@ class _Handler(BaseHTTPRequestHandler):
         if name == "health":
             self._health()
             return
-        profile = self.server.profile
         if body is None:  # over MAX_BODY_BYTES
             self._send_json(413, contract.legacy_error("File too large"))
+            return
+        with self.server.load.holding():
+            self._call(name, method, split.query, body)
+
+    def _call(self, name: str, method: str, query_string: str, body: bytes) -> None:
+        """An analyze or score request: its turn and service time, its fault if one is drawn, else its answer."""
+        profile = self.server.profile
+        if not self.server.load.serve(self.server.farm.stopping):
+            self.close_connection = True  # the farm is stopping: hang up
             return
         if self._inject_fault(profile, name == "score"):
             return
         if method == "POST" and profile.legacy_handlers and len(body) > MAX_IMAGE_BYTES:
             self._send_json(413, contract.legacy_error("File too large"))  # Flask MAX_CONTENT_LENGTH
             return
-        query = first_values(split.query)
+        query = first_values(query_string)
         if name == "v2_url":
             query = {"url": query.get("image_url", "")}
         elif name == "v2_file":
@@ -291,11 +301,8 @@ class _Handler(BaseHTTPRequestHandler):
     # -- faults -----------------------------------------------------------------------------------------
 
     def _inject_fault(self, profile: Profile, scoring: bool) -> bool:
-        """Apply latency and this request's fault; True when the request has been dealt with."""
+        """Apply this request's fault; True when the request has been dealt with."""
         farm = self.server.farm
-        if farm.rates.latency_ms > 0 and farm.stopping.wait(farm.rates.latency_ms / 1000.0):
-            self.close_connection = True
-            return True
         decision: Decision = farm.plan.decide(profile.key)
         if decision.fault is Fault.NONE:
             return False
@@ -343,6 +350,8 @@ class SimFarm:
         color_systems: tuple[str, ...] = ("copic",),
         metadata_reencode: bool = False,
         shiny_rate: float = 0.0,
+        latency_profile: LatencyProfile | None = None,
+        cache: bool = True,
     ) -> None:
         names = list(dict.fromkeys(services if services is not None else catalog.names))
         self.services: dict[str, Service] = {name: catalog[name] for name in names}
@@ -359,16 +368,25 @@ class SimFarm:
         unknown_systems = [s for s in color_systems if s not in ("copic", "prismacolor")]
         if unknown_systems or not color_systems:
             raise WindmillError(f"colour systems must be copic and/or prismacolor, got {', '.join(color_systems)}")
-        self.rates = FaultRates(latency_ms, error_rate, timeout_rate, malformed_rate)
+        if latency_profile is not None and latency_ms:
+            raise WindmillError("a fixed latency (--latency-ms) and a latency profile (--latency-profile) exclude "
+                               "each other")
+        self.latency = latency_profile or LatencyProfile.constant(latency_ms)
+        self.loads = {name: ServiceLoad(name, self.latency.timing(name), seed=seed) for name in names}
+        self.rates = FaultRates(error_rate, timeout_rate, malformed_rate)
         self.plan = FaultPlan(self.rates, seed)
         self.timeout_hold_s = timeout_hold_s
         self.broken_blip_health = broken_blip_health
         self.index = AnnotationIndex(annotation_dirs if annotation_dirs is not None else [SAMPLES_DIR])
-        self.answerer = Answerer(self.index, Options(tuple(color_systems), metadata_reencode, shiny_rate))
+        self.answerer = Answerer(self.index, Options(tuple(color_systems), metadata_reencode, shiny_rate), cache=cache)
         self.downloader = Downloader()
         self.stopping = threading.Event()
         self._servers: dict[str, _ServiceServer] = {}
         self._threads: list[threading.Thread] = []
+
+    def load_stats(self) -> dict[str, LoadStats]:
+        """Per service: requests held now and at most at once, the line in front of its capacity."""
+        return {name: load.stats() for name, load in self.loads.items()}
 
     def base_url(self, service: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -442,30 +460,3 @@ class SimFarm:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.stop()
-
-
-def serve_command(
-    catalog: Catalog,
-    selection: str = "full_catalog",
-    port_offset: int = 0,
-    latency_ms: float = 0.0,
-    error_rate: float = 0.0,
-    timeout_rate: float = 0.0,
-    malformed_rate: float = 0.0,
-    seed: int = 0,
-    annotation_dirs: list[Path] | None = None,
-    *,
-    host: str = "127.0.0.1",
-    echo: Callable[[str], None] | None = None,
-) -> None:
-    """`windmill-cli farm serve`: resolve the selection, serve it, print where, block until a signal."""
-    echo = echo or functools.partial(print, flush=True)
-    services = [service.name for service in catalog.select(selection)]
-    farm = SimFarm(catalog, services=services, host=host, port_offset=port_offset, latency_ms=latency_ms,
-                   error_rate=error_rate, timeout_rate=timeout_rate, malformed_rate=malformed_rate, seed=seed,
-                   annotation_dirs=annotation_dirs)
-    farm.start()
-    for name in services:
-        echo(f"{name:<14} {farm.base_url(name)}{farm.services[name].endpoint}")
-    echo(f"simulating {len(services)} services with {len(farm.index)} annotated images; Ctrl-C stops")
-    farm.serve_forever()

@@ -1,5 +1,6 @@
 """Several roles in one process (`windmill-cli run`, the demo, pipeline tests): one worker thread per role,
-sharing the process's connection pool; one stop request drains them all."""
+sharing the process's connection pool and Animal Farm client (so each service's max_concurrency holds across
+the roles); one stop request drains them all."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from windmill.db.connect import Database
 from windmill.jobs import JobQueue
 from windmill.settings import Settings
 from windmill.worker.layout import SINGLE_MACHINE, RoleSpec
-from windmill.worker.registry import RoleContext, build_role
+from windmill.worker.registry import RoleContext, build_role, process_farm_client
 from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
 
 
@@ -22,12 +23,13 @@ class WorkerGroup:
                  specs: Sequence[RoleSpec] = SINGLE_MACHINE, *, jobs: JobQueue | None = None,
                  options: WorkerOptions | None = None, hooks: WorkerHooks | None = None) -> None:
         self.jobs = jobs or JobQueue(pool)
+        self.farm = process_farm_client(settings, catalog, database)
         base = options or WorkerOptions()
         self.workers: list[Worker] = []
         for spec in specs:
             worker_id = f"{settings.worker_id}-{spec.role}"
             context = RoleContext(settings=settings, database=database, pool=pool, jobs=self.jobs, catalog=catalog,
-                                  worker_id=worker_id, service=spec.service)
+                                  worker_id=worker_id, farm=self.farm, service=spec.service)
             role = build_role(spec.role, context)
             opts = WorkerOptions(concurrency=spec.concurrency, batch_size=8 * spec.concurrency,
                                  poll_interval_s=base.poll_interval_s, drain_timeout_s=base.drain_timeout_s,
@@ -57,6 +59,8 @@ class WorkerGroup:
     def join(self, timeout: float | None = None) -> int:
         for thread in self.threads:
             thread.join(timeout)
+        if not any(thread.is_alive() for thread in self.threads):
+            self.farm.close()  # after the last role that could call it
         return max(self.exit_codes, default=0)
 
     def __enter__(self) -> WorkerGroup:

@@ -16,7 +16,7 @@ from windmill.db.schema import open_migrated
 from windmill.jobs import JobQueue
 from windmill.settings import Settings
 from windmill.worker.broker_worker import BrokerWorker
-from windmill.worker.registry import RoleContext, build_role
+from windmill.worker.registry import RoleContext, build_role, process_farm_client
 from windmill.worker.runtime import Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ def run_worker(
     rabbitmq = uses_rabbitmq(settings, broker)
     with open_migrated(settings, catalog, application_name=f"windmill-{role_name}") as database:
         pool = database.pool(min_size=1, max_size=options.concurrency + 2, name=f"worker-{role_name}")
-        extras = ExitStack()  # the metrics endpoint, when asked for: closed before the pool it reads through
+        extras = ExitStack()  # the farm client and the metrics endpoint (if asked for): closed before the pool
+        farm = extras.enter_context(process_farm_client(settings, catalog, database))
         try:
             metrics = None
             if metrics_port is not None:
@@ -82,7 +83,7 @@ def run_worker(
                 metrics = extras.enter_context(serving_worker_metrics(metrics_port, pool))
             jobs = JobQueue(pool, lease=lease) if lease else JobQueue(pool)
             context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=catalog,
-                                  worker_id=settings.worker_id, service=service or settings.service_name)
+                                  worker_id=settings.worker_id, farm=farm, service=service or settings.service_name)
             role = build_role(role_name, context)
             hooks = None
             if metrics is not None:

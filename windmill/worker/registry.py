@@ -11,6 +11,9 @@ from windmill.broker.base import Task, TaskHandler
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.errors import WindmillError
+from windmill.farm import FarmClient
+from windmill.farm.fleet import FleetSlots
+from windmill.farm.limits import ConcurrencyLimits
 from windmill.jobs import Job, JobQueue
 from windmill.settings import Settings
 
@@ -25,6 +28,9 @@ class RoleContext:
     jobs: JobQueue
     catalog: Catalog
     worker_id: str
+    # The process's one Animal Farm client, shared by every role it runs: the catalog's per-service
+    # max_concurrency holds for the whole process only when every call goes through the same client.
+    farm: FarmClient
     service: str | None = None
 
 
@@ -45,6 +51,16 @@ class Role:
     close: Callable[[], None] = field(default=lambda: None)
     service: str | None = None
     tasks: TaskHandling | None = None
+
+
+def process_farm_client(settings: Settings, catalog: Catalog, database: Database) -> FarmClient:
+    """The Animal Farm client a worker process builds once and hands every role (RoleContext.farm); the process
+    closes it after its roles. Services with a fleet_max_concurrency take their places through the database."""
+    fleet = None
+    if any(service.fleet_max_concurrency for service in catalog.services):
+        fleet = FleetSlots(lambda: database.connect(application_name="windmill-service-slots"))
+    return FarmClient(catalog, allow_private_urls=settings.allow_private_urls,
+                      limits=ConcurrencyLimits(catalog.services, fleet=fleet))
 
 
 RoleFactory = Callable[[RoleContext], Role]
