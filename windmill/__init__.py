@@ -12,7 +12,9 @@ if TYPE_CHECKING:
     from windmill.api import Windmill
 
 __version__ = "0.1.0"
-__all__ = ["Windmill", "__version__"]
+# The name on the package index (`windmill` there is an unrelated project); the import package stays `windmill`.
+DISTRIBUTION = "windmill-pipeline"
+__all__ = ["DISTRIBUTION", "Windmill", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
