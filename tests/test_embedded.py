@@ -19,8 +19,7 @@ from typing import LiteralString
 import psycopg
 import pytest
 
-from windmill.db import embedded
-from windmill.db.embedded import EmbeddedPostgres, find_server_binaries
+from windmill.db.embedded import EmbeddedPostgres, binaries, cluster, find_server_binaries
 from windmill.errors import WindmillError
 
 try:
@@ -180,7 +179,7 @@ def test_acquire_initialises_a_cluster_that_accepts_connections(clusters: Cluste
     assert state["port"] == status.port
     assert Path(state["data_root"]) == status.data_dir.parent
     if AS_ROOT and kind == "private":
-        assert status.data_dir.parent.parent == embedded.RELOCATED_PARENT
+        assert status.data_dir.parent.parent == cluster.RELOCATED_PARENT
         assert status.data_dir.parent.name.startswith("windmill-pg-")
         assert status.data_dir.parent.stat().st_mode & 0o777 == 0o700
     else:
@@ -352,7 +351,7 @@ def test_status_before_first_use_reports_nothing_running_and_creates_nothing(tmp
     assert not status.running
     assert (status.port, status.conninfo, status.clients) == (None, None, [])
     if AS_ROOT:  # tmp_path sits in a 0700 directory: the cluster would be relocated
-        assert status.data_dir.parent.parent == embedded.RELOCATED_PARENT
+        assert status.data_dir.parent.parent == cluster.RELOCATED_PARENT
     else:
         assert status.data_dir == home / "postgres" / "server" / "data"
     assert status.psql_command() == "psql -h 127.0.0.1 -U windmill windmill"
@@ -365,13 +364,13 @@ def search_nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "search"
     (root / "path").mkdir(parents=True)
     monkeypatch.setenv("PATH", str(root / "path"))
-    monkeypatch.setattr(embedded, "DEBIAN_ROOT", root / "debian")
-    monkeypatch.setattr(embedded, "RPM_PARENT", root / "rpm")
-    monkeypatch.setattr(embedded, "PIP_MODULE", "windmill_test_no_such_module")
+    monkeypatch.setattr(binaries, "DEBIAN_ROOT", root / "debian")
+    monkeypatch.setattr(binaries, "RPM_PARENT", root / "rpm")
+    monkeypatch.setattr(binaries, "PIP_MODULE", "windmill_test_no_such_module")
     return root
 
 
-def fake_bin(directory: Path, names: tuple[str, ...] = embedded.SERVER_BINARIES) -> Path:
+def fake_bin(directory: Path, names: tuple[str, ...] = binaries.SERVER_BINARIES) -> Path:
     directory.mkdir(parents=True)
     for name in names:
         (directory / name).write_text("#!/bin/sh\n")
@@ -391,7 +390,7 @@ def test_missing_binaries_raise_a_windmill_error_that_says_how_to_fix_it(search_
     assert str(acquired.value) == message
     assert "No PostgreSQL server" in message
     assert "apt-get install postgresql" in message
-    assert "pip install 'windmill[embedded]'" in message
+    assert "pip install 'windmill-pipeline[embedded]'" in message
     assert "WINDMILL_DATABASE_URL" in message
     assert not (home / "postgres" / "state.json").exists()
 

@@ -169,7 +169,7 @@ def test_without_the_evaluator_package_the_error_says_what_to_install(
         monkeypatch: pytest.MonkeyPatch) -> None:
     for module in ("pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
         monkeypatch.setitem(sys.modules, module, None)  # a third-party package missing: import fails
-    with pytest.raises(WindmillError, match=r"pip install 'windmill\[coco\]'"):
+    with pytest.raises(WindmillError, match=r"pip install 'windmill-pipeline\[coco\]'"):
         evaluate_collection(conn, parse_ground_truth(truth_document))
 
 

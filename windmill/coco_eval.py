@@ -1,6 +1,6 @@
 """COCO box evaluation of our predictions against ground truth, without I/O: the annotations document,
 label → category matching, and AP / AP@0.5 / AP@0.75 from the COCO evaluator (pycocotools, an optional
-dependency: `pip install 'windmill[coco]'`)."""
+dependency: `pip install 'windmill-pipeline[coco]'`)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from windmill.emoji import normalize_emoji
-from windmill.errors import WindmillError
+from windmill.errors import MissingExtra, WindmillError
 
-INSTALL_HINT = "pip install 'windmill[coco]'"
 AP_DECIMALS = 4
 _SEPARATORS = re.compile(r"[\s_\-]+")
 
@@ -215,7 +214,7 @@ def require_evaluator() -> tuple[Any, Any]:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     except ImportError:
-        raise WindmillError(f"COCO evaluation needs the pycocotools package: {INSTALL_HINT}") from None
+        raise MissingExtra("COCO evaluation", "pycocotools", "coco") from None
     return COCO, COCOeval
 
 

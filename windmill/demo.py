@@ -20,6 +20,7 @@ from windmill.db.queries import query
 from windmill.errors import WindmillError
 from windmill.jobs import JobQueue
 from windmill.producer import submit
+from windmill.progress import Progress, wait_for
 from windmill.render import render_image, save_png
 from windmill.settings import Settings
 from windmill.simfarm import SimFarm
@@ -67,12 +68,21 @@ def run_demo(settings: Settings, database: Database, catalog: Catalog, out_dir: 
                                 group=DEMO_GROUP, force=True)
             progress(f"submitted {report.published} tasks: {report.images} photographs × 11 services")
             started = time.perf_counter()
+            last_line = [""]
+
+            def show_progress(now: Progress) -> None:
+                line = f"{time.perf_counter() - started:5.1f}s  answers stored {now.answers}, jobs pending " \
+                       f"{now.pending_jobs}"
+                if line != last_line[0]:
+                    progress(line)
+                    last_line[0] = line
+
             with WorkerGroup(settings, database, pool, shifted, SINGLE_MACHINE,
                              options=WorkerOptions(poll_interval_s=0.2)):
-                _wait_for_group(conn, started, timeout_s, progress)
+                outcome = wait_for(conn, group=DEMO_GROUP, timeout_s=timeout_s, on_progress=show_progress)
             seconds = time.perf_counter() - started
+            services = [vars(row) for row in outcome.services]
             with conn.cursor(row_factory=dict_row) as cursor:
-                services = cursor.execute(query("group_service_outcomes"), {"group": DEMO_GROUP}).fetchall()
                 products = cursor.execute(query("group_image_products"), {"group": DEMO_GROUP}).fetchall()
             pictures = []
             for image in products:
@@ -82,23 +92,6 @@ def run_demo(settings: Settings, database: Database, catalog: Catalog, out_dir: 
     finally:
         farm.stop()
     return DemoReport(report.images, report.published, seconds, services, products, pictures)
-
-
-def _wait_for_group(conn: Any, started: float, timeout_s: float, progress: Callable[[str], None]) -> None:
-    last = None
-    while True:
-        pending = conn.execute(query("group_pending_jobs"), {"group": DEMO_GROUP}).fetchone()[0]
-        answers = conn.execute("SELECT count(*) FROM results r JOIN images i USING (image_id) "
-                               "WHERE i.image_group = %s", (DEMO_GROUP,)).fetchone()[0]
-        line = f"{time.perf_counter() - started:5.1f}s  answers stored {answers}, jobs pending {pending}"
-        if line != last:
-            progress(line)
-            last = line
-        if pending == 0:
-            return
-        if time.perf_counter() - started > timeout_s:
-            raise WindmillError(f"the demo did not finish within {timeout_s:.0f} s ({pending} jobs pending)")
-        time.sleep(0.5)
 
 
 def format_report(report: DemoReport) -> str:

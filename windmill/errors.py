@@ -1,5 +1,7 @@
 """Errors a user can act on: the CLI prints their message as one sentence, without a traceback."""
 
+from windmill import DISTRIBUTION
+
 
 class WindmillError(Exception):
     """Base of every error whose message is meant for the person at the command line."""
@@ -11,6 +13,13 @@ class ConfigError(WindmillError):
 
 class CatalogError(WindmillError):
     """The service catalog is unreadable, or a selection names an unknown service."""
+
+
+class MissingExtra(WindmillError):
+    """An optional part of Windmill needs a package that is not installed; the message names the extra to install."""
+
+    def __init__(self, what: str, package: str, extra: str) -> None:
+        super().__init__(f"{what} needs the {package} package: pip install '{DISTRIBUTION}[{extra}]'")
 
 
 def first_line(error: BaseException) -> str:

@@ -1,18 +1,6 @@
 -- name: group_image_ids
 SELECT image_id, image_filename FROM images WHERE image_group = %(group)s ORDER BY image_id
 
--- name: group_service_outcomes
--- Per service: how many images of the group have a successful latest answer, how many a failed one.
-SELECT service,
-       count(*) FILTER (WHERE status = 'success') AS done,
-       count(*) FILTER (WHERE status IN ('error', 'timeout')) AS failed
-  FROM (SELECT DISTINCT ON (r.image_id, r.service) r.service, r.status
-          FROM results r JOIN images i USING (image_id)
-         WHERE i.image_group = %(group)s
-         ORDER BY r.image_id, r.service, r.result_created DESC, r.result_id DESC) AS latest
- GROUP BY service
- ORDER BY service
-
 -- name: group_image_products
 -- Per image: merged boxes, postprocessing rows and the top emoji of its consensus.
 SELECT i.image_id, i.image_filename,
@@ -25,8 +13,3 @@ SELECT i.image_id, i.image_filename,
   FROM images i
  WHERE i.image_group = %(group)s
  ORDER BY i.image_id
-
--- name: group_pending_jobs
--- Work still to do for the group's images (any queue).
-SELECT count(*) FROM jobs j JOIN images i USING (image_id)
- WHERE i.image_group = %(group)s AND j.state IN ('queued', 'running', 'failed')

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from windmill import DISTRIBUTION
 from windmill.commands import bench, collection, configuration, farm, monitoring, workers
 from windmill.commands.context import AppContext, WindmillGroup
 
@@ -17,7 +18,7 @@ from windmill.commands.context import AppContext, WindmillGroup
 @click.group(cls=WindmillGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Read settings from this file (default: ./.env when present).")
-@click.version_option(package_name="windmill")
+@click.version_option(package_name=DISTRIBUTION)
 @click.pass_context
 def main(ctx: click.Context, env_file: Path | None) -> None:
     """Windmill: every image through every Animal Farm ML service, harmonized boxes and consensus in

@@ -27,13 +27,11 @@ def images() -> None:
 def images_add(app: AppContext, paths: tuple[Path, ...], group: str | None, recursive: bool,
                url_list: Any) -> None:
     """Add image files, directories of images, or a list of URLs. Known images are not added twice."""
-    from windmill.collection import add_paths, add_urls
-
     if not paths and url_list is None:
         raise click.UsageError("name image files or directories, or give --url-list FILE")
-    with app.connection() as conn:
-        report = add_urls(conn, url_list, group=group) if url_list else add_paths(
-            conn, paths, group=group, recursive=recursive)
+    with app.windmill() as windmill:
+        report = windmill.add_urls(url_list, group=group) if url_list else windmill.add_images(
+            paths, group=group, recursive=recursive)
     for what, why in report.skipped:
         click.echo(f"skipped {what}: {why}", err=True)
     click.echo(f"Added {report.added} image(s); {report.already_known} already known; "
@@ -58,27 +56,19 @@ def submit(app: AppContext, services: str, limit: int | None, group: str | None,
     if list_only:
         print_services(app.catalog, as_json=False)
         return
-    from windmill.broker.choice import describe, open_task_broker, uses_rabbitmq
-    from windmill.producer import count_images
-    from windmill.producer import submit as submit_tasks
+    from windmill.broker.choice import describe
 
-    selected = app.catalog.select(services)
-    with app.database("windmill-submit") as database, database.connect() as read_conn, \
-            database.connect() as lookup_conn:
-        total = count_images(lookup_conn, group=group, limit=limit)
+    selected = app.catalog.select(services)  # an unknown name is refused before any connection is made
+    with app.windmill("windmill-submit") as windmill:
+        total = windmill.count_images(group=group, limit=limit)
         if total == 0:
             raise WindmillError("no images to submit; add some with `windmill-cli images add`")
-        rabbitmq = uses_rabbitmq(app.settings, broker)
-        with database.pool(max_size=2, name="submit") as pool:
-            sink = open_task_broker(app.settings, pool, rabbitmq=rabbitmq)
-            try:
-                with click.progressbar(length=total, label="Submitting", file=sys.stderr) as bar:
-                    report = submit_tasks(read_conn, lookup_conn, sink, selected, group=group, limit=limit,
-                                          force=force, progress=bar.update)
-            finally:
-                sink.close()
+        with click.progressbar(length=total, label="Submitting", file=sys.stderr) as bar:
+            submitted = windmill.submit(selected, group=group, limit=limit, force=force, broker=broker,
+                                        progress=bar.update)
+    report = submitted.report
     click.echo(f"Submitted {report.published} task(s) for {report.images} image(s) × {len(selected)} service(s) "
-               f"to {describe(rabbitmq)}; {report.skipped_answered} already answered.")
+               f"to {describe(submitted.rabbitmq)}; {report.skipped_answered} already answered.")
 
 
 @click.command()
@@ -92,10 +82,8 @@ def show(app: AppContext, image_id: int, png_path: Path | None, detectors: bool)
     if png_path is None:
         if detectors:
             raise click.UsageError("--detectors draws boxes: give --png FILE too")
-        from windmill.record import image_record
-
-        with app.connection() as conn:
-            echo_json(image_record(conn, image_id))
+        with app.windmill() as windmill:
+            echo_json(windmill.image(image_id).as_dict())
         return
     from windmill.render import render_image, save_png
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import psycopg
@@ -15,6 +15,10 @@ import psycopg
 from windmill.catalog import SELECTION_KEYWORDS, Catalog, configured_catalog
 from windmill.errors import WindmillError, first_line
 from windmill.settings import Settings, configure_logging, load_settings
+
+if TYPE_CHECKING:
+    from windmill.api import Windmill
+    from windmill.db.connect import Database
 
 
 class AppContext:
@@ -38,18 +42,22 @@ class AppContext:
         """The catalog as clients use it: WINDMILL_PORT_OFFSET points them at a stand-in farm."""
         return self.catalog_as_configured.with_port_offset(self.settings.port_offset)
 
-    @contextmanager
-    def database(self, application_name: str = "windmill-cli") -> Iterator[Any]:
-        """The database with an up-to-date schema (the embedded one is migrated on first use)."""
-        from windmill.db.schema import open_migrated
+    def windmill(self, application_name: str = "windmill-cli") -> Windmill:
+        """The Python API over these settings, to use in a `with` block: commands share its code paths."""
+        from windmill.api import Windmill
 
-        with open_migrated(self.settings, self.catalog, application_name=application_name) as database:
-            yield database
+        return Windmill(self.settings, catalog=self.catalog, application_name=application_name)
+
+    @contextmanager
+    def database(self, application_name: str = "windmill-cli") -> Iterator[Database]:
+        """The database with an up-to-date schema (the embedded one is migrated on first use)."""
+        with self.windmill(application_name) as windmill:
+            yield windmill.database
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
         """A connection to an up-to-date schema."""
-        with self.database() as database, database.connect() as conn:
+        with self.windmill() as windmill, windmill.connection() as conn:
             yield conn
 
 

@@ -82,10 +82,8 @@ def jobs() -> None:
 
 @contextmanager
 def job_queue(app: AppContext) -> Iterator[Any]:
-    from windmill.jobs import JobQueue
-
-    with app.database() as database, database.pool(max_size=1, name="cli") as pool:
-        yield JobQueue(pool)
+    with app.windmill() as windmill:
+        yield windmill.jobs
 
 
 @jobs.command("list")

@@ -50,11 +50,10 @@ def worker(app: AppContext, role: str, service: str | None, concurrency: int, ba
 def run_all(app: AppContext) -> None:
     """Run every role in this process (a single machine): service workers for every primary service, merger,
     postprocessing, consensus and caption scoring. SIGTERM/SIGINT drains; twice leaves now."""
-    from windmill.worker.group import WorkerGroup
     from windmill.worker.launch import run_until_stopped
 
-    with app.database("windmill-run") as database, database.pool(min_size=2, max_size=32, name="run") as pool:
-        code = run_until_stopped(WorkerGroup(app.settings, database, pool, app.catalog))
+    with app.windmill("windmill-run") as windmill, windmill.worker_group() as group:
+        code = run_until_stopped(group)
     sys.exit(code)
 
 

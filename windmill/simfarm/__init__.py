@@ -20,9 +20,25 @@ body in separate writes meet delayed ACKs: ~180 requests/s).
 
     with SimFarm(load_catalog(), port_offset=1000, error_rate=0.05, seed=7) as farm:
         url = farm.base_url("yolov8") + "/v3/analyze"     # POST multipart field "file"
+
+SimFarm and serve_command are imported on first use: the annotation and lexicon modules (used by
+windmill.samples.coco) need none of the server's optional dependencies (`windmill-pipeline[simfarm]`).
 """
 
-from windmill.simfarm.command import serve_command
-from windmill.simfarm.server import SimFarm
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from windmill.simfarm.command import serve_command
+    from windmill.simfarm.server import SimFarm
 
 __all__ = ["SimFarm", "serve_command"]
+_HOMES = {"SimFarm": "windmill.simfarm.server", "serve_command": "windmill.simfarm.command"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'windmill.simfarm' has no attribute {name!r}")

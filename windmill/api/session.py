@@ -1,0 +1,210 @@
+"""`Windmill`: the pipeline from Python. One object opens the database (the embedded cluster when none is
+configured) and offers what the command line does: add images, submit them, follow and wait for the work, read
+the results. The CLI's commands call these same methods."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from windmill.api.records import Image, ImageRecord, from_row
+from windmill.catalog import Catalog, Service, configured_catalog
+from windmill.collection import AddReport
+from windmill.db.connect import Database
+from windmill.db.queries import query
+from windmill.errors import WindmillError
+from windmill.jobs import JobQueue
+from windmill.producer import SubmitReport
+from windmill.progress import Progress
+from windmill.settings import Settings, load_settings
+from windmill.worker.group import WorkerGroup
+from windmill.worker.layout import SINGLE_MACHINE, RoleSpec
+from windmill.worker.runtime import WorkerOptions
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What `submit` queued: the counts, where the tasks went, and for which services (pass them to `wait`)."""
+
+    report: SubmitReport
+    rabbitmq: bool
+    services: tuple[str, ...]
+
+
+class Windmill:
+    """The pipeline from Python, used as a context manager::
+
+        with Windmill() as windmill:  # settings from the environment and ./.env, as windmill-cli reads them
+            windmill.add_images(["photos"], group="holiday")
+            submission = windmill.submit("primary", group="holiday")
+            windmill.wait(group="holiday", services=submission.services, timeout_s=600)
+            for image in windmill.iter_images(group="holiday"):
+                print(image.image_filename, windmill.image(image.image_id).consensus)
+
+    Workers run elsewhere (`windmill-cli run`, `workers start`), or in this process inside `with
+    windmill.workers():`. Entering opens the database, migrating the embedded one on first use (a configured one
+    must be up to date: `windmill-cli init-db`); leaving closes the connections and releases the embedded cluster.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, catalog: Catalog | None = None,
+                 application_name: str = "windmill-api") -> None:
+        self.settings = settings if settings is not None else load_settings()
+        # The catalog as clients use it: WINDMILL_PORT_OFFSET points them at a stand-in farm.
+        self.catalog = catalog if catalog is not None else configured_catalog(
+            self.settings.service_config).with_port_offset(self.settings.port_offset)
+        self.application_name = application_name
+        self._stack: ExitStack | None = None
+        self._database: Database | None = None
+        self._pool: ConnectionPool | None = None
+
+    # -- opening and closing ------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Windmill:
+        from windmill.db.schema import open_migrated
+
+        with ExitStack() as stack:
+            self._database = stack.enter_context(
+                open_migrated(self.settings, self.catalog, application_name=self.application_name))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections and release the database (the embedded cluster stops with its last user)."""
+        stack, self._stack, self._database, self._pool = self._stack, None, None, None
+        if stack is not None:
+            stack.close()
+
+    @property
+    def database(self) -> Database:
+        if self._database is None:
+            raise WindmillError("this Windmill is not open: use it in a `with` block")
+        return self._database
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The connections the methods share, opened on first use."""
+        if self._pool is None:
+            database = self.database  # refuses a Windmill that is not open
+            assert self._stack is not None
+            self._pool = self._stack.enter_context(database.pool(min_size=1, max_size=4, name=self.application_name))
+        return self._pool
+
+    def connection(self) -> AbstractContextManager[psycopg.Connection]:
+        """A connection of the pool (autocommit; open a transaction where you need one), returned on exit."""
+        return self.pool.connection()
+
+    @property
+    def jobs(self) -> JobQueue:
+        """The PostgreSQL job queue: list and retry jobs."""
+        return JobQueue(self.pool)
+
+    # -- the collection -----------------------------------------------------------------------------------------
+
+    def add_images(self, paths: Iterable[str | Path], *, group: str | None = None,
+                   recursive: bool = False) -> AddReport:
+        """Register image files and directories of images (with `recursive`, their sub-directories too). A file
+        already known is not added twice; anything that is not an image file is skipped with its reason."""
+        from windmill.collection import add_paths
+
+        with self.connection() as conn:
+            return add_paths(conn, [Path(path) for path in paths], group=group, recursive=recursive)
+
+    def add_urls(self, urls: Iterable[str], *, group: str | None = None) -> AddReport:
+        """Register http(s) image URLs (blank lines and `#` comments are ignored, so a list file's lines do)."""
+        from windmill.collection import add_urls
+
+        with self.connection() as conn:
+            return add_urls(conn, urls, group=group)
+
+    def count_images(self, *, group: str | None = None, limit: int | None = None) -> int:
+        """How many images `submit` with this group and limit would send."""
+        from windmill.producer import count_images
+
+        with self.connection() as conn:
+            return count_images(conn, group=group, limit=limit)
+
+    def iter_images(self, *, group: str | None = None, after_id: int = 0, page_size: int = 1000) -> Iterator[Image]:
+        """The collection's images (of a group) by ascending id, read a page at a time."""
+        while True:
+            with self.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+                rows = cursor.execute(query("images_page"),
+                                      {"group": group, "after_id": after_id, "limit": page_size}).fetchall()
+            yield from (from_row(Image, row) for row in rows)
+            if len(rows) < page_size:
+                return
+            after_id = rows[-1]["image_id"]
+
+    def image(self, image_id: int) -> ImageRecord:
+        """Everything stored about one image (what `windmill-cli show` prints); WindmillError for an unknown id."""
+        from windmill.record import image_record
+
+        with self.connection() as conn:
+            return ImageRecord.from_dict(image_record(conn, image_id))
+
+    # -- the work -----------------------------------------------------------------------------------------------
+
+    def submit(self, services: str | Sequence[Service] = "all", *, group: str | None = None,
+               limit: int | None = None, force: bool = False, broker: str | None = None,
+               progress: Callable[[int], None] | None = None) -> Submission:
+        """Queue one task per image × service: `services` is a selection (`all`, `primary`, `spatial_only`,
+        `full_catalog`, or a comma list) or catalog services. Pairs that already have a successful answer are
+        skipped unless `force`. The tasks go to `broker` (`rabbitmq` or `postgres`; by default RabbitMQ when it is
+        configured, else the job table). `progress` is called with the number of images of each batch sent."""
+        from windmill.broker.choice import open_task_broker, uses_rabbitmq
+        from windmill.producer import submit
+
+        selected = self.catalog.select(services) if isinstance(services, str) else list(services)
+        rabbitmq = uses_rabbitmq(self.settings, broker)
+        with self.connection() as read_conn, self.connection() as lookup_conn:
+            sink = open_task_broker(self.settings, self.pool, rabbitmq=rabbitmq)
+            try:
+                report = submit(read_conn, lookup_conn, sink, selected, group=group, limit=limit, force=force,
+                                progress=progress)
+            finally:
+                sink.close()
+        return Submission(report, rabbitmq, tuple(service.name for service in selected))
+
+    def progress(self, *, group: str | None = None) -> Progress:
+        """How far the work on a group's images (all images without a group) got: per service answered and failed
+        images, answer rows, jobs pending. It reads every answer of the group: ask now and then."""
+        from windmill.progress import read_progress
+
+        with self.connection() as conn:
+            return read_progress(conn, group)
+
+    def wait(self, *, group: str | None = None, services: Iterable[str] = (), timeout_s: float | None = None,
+             poll_interval_s: float = 0.5, on_progress: Callable[[Progress], None] | None = None) -> Progress:
+        """Wait until no job for the group's images is pending and every image has a final answer from each of
+        `services` (name them when the tasks went through RabbitMQ: `submit(...).services`). Raises WindmillError
+        after `timeout_s`. Someone must run the workers meanwhile: another process, or `workers()` here."""
+        from windmill.progress import wait_for
+
+        with self.connection() as conn:
+            return wait_for(conn, group=group, services=services, timeout_s=timeout_s,
+                            poll_interval_s=poll_interval_s, on_progress=on_progress)
+
+    @contextmanager
+    def worker_group(self, specs: Sequence[RoleSpec] = SINGLE_MACHINE, *,
+                     options: WorkerOptions | None = None) -> Iterator[WorkerGroup]:
+        """The workers of `specs` (every role of a single machine by default) in this process, not started, on a
+        pool of their own that closes after the block (`run` starts them until a signal)."""
+        with self.database.pool(min_size=2, max_size=32, name="workers") as pool:
+            yield WorkerGroup(self.settings, self.database, pool, self.catalog, specs, options=options)
+
+    @contextmanager
+    def workers(self, specs: Sequence[RoleSpec] = SINGLE_MACHINE, *,
+                options: WorkerOptions | None = None) -> Iterator[WorkerGroup]:
+        """Run the workers of `specs` in this process while the block runs; leaving drains them."""
+        with self.worker_group(specs, options=options) as group, group:
+            yield group
