@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from windmill.db.queries import query
@@ -69,8 +70,10 @@ def image_pages(conn: psycopg.Connection, selection: Selection, *, detectors: bo
     so an image's boxes and their postprocessing agree) and released before the next page is read."""
     after_id = selection.after_id
     while True:
+        starts_transaction = conn.info.transaction_status == TransactionStatus.IDLE
         with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            if starts_transaction:  # (inside a caller's transaction, its snapshot rules)
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             images = _rows(conn, "export_image_page", {**selection.params(), "after_id": after_id, "limit": page_size})
             if not images:
                 return
