@@ -59,25 +59,25 @@ def build_record(
     """Assemble the record from rows (pure). Rows arrive ordered as the record_* queries order them."""
     ml_results: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in results:
-        ml_results[row["service"]].append(jsonable({k: v for k, v in row.items() if k != "service"}))
+        ml_results[row["service"]].append(_jsonable({k: v for k, v in row.items() if k != "service"}))
 
     by_box: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     caption_scores: dict[str, dict[str, Any]] = {}
     for row in postprocessing:
         service, box = row["service"], row["merged_box_id"]
-        entry = jsonable({k: v for k, v in row.items() if k != "service"})
+        entry = _jsonable({k: v for k, v in row.items() if k != "service"})
         if box is None and service.startswith(CAPTION_SCORE_PREFIX):
             caption_scores.setdefault(service, entry)  # latest first: keep the first seen
         else:
             by_box[WHOLE_IMAGE if box is None else str(box)].setdefault(service, entry)
 
     return {
-        "extraction_info": {"extracted_at": jsonable(extracted_at), "image_id": image["image_id"]},
-        "image": jsonable(image),
+        "extraction_info": {"extracted_at": _jsonable(extracted_at), "image_id": image["image_id"]},
+        "image": _jsonable(image),
         "ml_results": dict(sorted(ml_results.items())),
-        "merged_boxes": [jsonable(row) for row in boxes],
-        "merge": jsonable(merge) if merge is not None else None,
-        "consensus": jsonable(consensus) if consensus is not None else None,
+        "merged_boxes": [_jsonable(row) for row in boxes],
+        "merge": _jsonable(merge) if merge is not None else None,
+        "consensus": _jsonable(consensus) if consensus is not None else None,
         "postprocessing_results": dict(by_box),
         "caption_scores": dict(sorted(caption_scores.items())),
         "processing_summary": _summary(results, boxes, postprocessing),
@@ -109,12 +109,12 @@ def _rows(conn: psycopg.Connection, name: str, image_id: int) -> list[dict[str, 
         return cursor.fetchall()
 
 
-def jsonable(value: Any) -> Any:
+def _jsonable(value: Any) -> Any:
     """Column values as JSON types: instants as ISO 8601 strings, UUIDs as strings, numerics as floats."""
     if isinstance(value, dict):
-        return {key: jsonable(item) for key, item in value.items()}
+        return {key: _jsonable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [jsonable(item) for item in value]
+        return [_jsonable(item) for item in value]
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     if isinstance(value, uuid.UUID):

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from windmill.export.source import ImageExport, latest_postprocessing
-from windmill.record import jsonable
 from windmill.render import box_label
 
 BOX_SERVICES = ("colors", "face", "pose")  # postprocessing of a merged box
@@ -60,7 +60,7 @@ def box_fields(merged_data: Mapping[str, Any]) -> dict[str, Any]:
 def _outcome(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
-    return {"status": row["status"], "error": row.get("error_message"), "data": jsonable(row.get("data"))}
+    return {"status": row["status"], "error": row.get("error_message"), "data": row.get("data")}
 
 
 def image_fields(item: ImageExport) -> dict[str, Any]:
@@ -72,7 +72,7 @@ def image_fields(item: ImageExport) -> dict[str, Any]:
         "path": image.get("image_path"),
         "url": image.get("image_url"),
         "group": image.get("image_group"),
-        "created": jsonable(image.get("image_created")),
+        "created": image.get("image_created"),
         "width": size[0] if size else None,
         "height": size[1] if size else None,
     }
@@ -94,14 +94,14 @@ def jsonl_line(item: ImageExport) -> dict[str, Any]:
     per_box, whole_image = latest_postprocessing(item.postprocessing)
     answers = {row["service"]: {
         "status": row["status"], "error": row["error_message"], "result_id": row["result_id"],
-        "created": jsonable(row["result_created"]), "processing_time": row["processing_time"],
-        "data": jsonable(row["data"])} for row in item.answers}
+        "created": row["result_created"], "processing_time": row["processing_time"],
+        "data": row["data"]} for row in item.answers}
     boxes = []
     for row in item.boxes:
         post = per_box.get(row["merged_id"], {})
         boxes.append({"merged_id": row["merged_id"], **box_fields(row["merged_data"]),
                       **{service: _outcome(post.get(service)) for service in BOX_SERVICES},
-                      "merged_data": jsonable(row["merged_data"])})
+                      "merged_data": row["merged_data"]})
     consensus = item.consensus
     return {
         **image_fields(item),
@@ -109,13 +109,21 @@ def jsonl_line(item: ImageExport) -> dict[str, Any]:
         "boxes": boxes,
         "caption_scores": {service: _outcome(row) for service, row in sorted(whole_image.items())},
         "consensus": None if consensus is None else {
-            "top_emoji": top_emoji(consensus["consensus_data"]), "created": jsonable(consensus["consensus_created"]),
-            "data": jsonable(consensus["consensus_data"])},
+            "top_emoji": top_emoji(consensus["consensus_data"]), "created": consensus["consensus_created"],
+            "data": consensus["consensus_data"]},
     }
 
 
 def dumps(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    """JSON as the export writes it: instants in ISO 8601 (orjson's own), numerics as numbers. Row values are
+    written as they are: walking each answer's JSON to convert it would cost more than reading it."""
+    return orjson.dumps(value, default=_plain, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 # -- CSV -------------------------------------------------------------------------------------------------------------
@@ -180,7 +188,7 @@ def table_rows(item: ImageExport) -> dict[str, list[dict[str, Any]]]:
 
 
 def _json_text(value: Any) -> str:
-    return dumps(jsonable(value)).decode()
+    return dumps(value).decode()
 
 
 # -- COCO ------------------------------------------------------------------------------------------------------------
