@@ -56,7 +56,8 @@ def _require_web() -> None:
 
 @contextmanager
 def running_dashboard(settings: Settings, catalog: Catalog, database: Database, *, host: str = DEFAULT_HOST,
-                      port: int = DEFAULT_PORT, allow_actions: bool = False) -> Iterator[RunningDashboard]:
+                      port: int = DEFAULT_PORT, allow_actions: bool = False,
+                      gallery_page: int | None = None) -> Iterator[RunningDashboard]:
     """Serve the dashboard for as long as the block runs (port 0: any free port, see `.url`)."""
     _require_web()
     from waitress.server import create_server
@@ -67,7 +68,8 @@ def running_dashboard(settings: Settings, catalog: Catalog, database: Database, 
     rabbitmq = RabbitMQManagement.configured(settings.amqp_url, settings.amqp_management_url,
                                              [service.queue_name for service in catalog.services])
     with database.pool(min_size=1, max_size=THREADS, name="web") as pool:
-        dashboard = Dashboard(settings, catalog, pool, rabbitmq=rabbitmq)
+        dashboard = Dashboard(settings, catalog, pool, rabbitmq=rabbitmq,
+                              **({"gallery_page": gallery_page} if gallery_page else {}))
         # On a loopback address the Host header must name this server (DNS rebinding); filled in once bound.
         hosts: set[str] | None = set() if loopback_hosts(host, port) is not None else None
         app = create_app(dashboard, allow_actions=allow_actions, allowed_hosts=hosts)

@@ -54,8 +54,9 @@ class Dashboard:
     """The pages' data, read through a small pool (as the monitor role can: views and SELECTs only)."""
 
     def __init__(self, settings: Settings, catalog: Catalog, pool: ConnectionPool, *,
-                 rabbitmq: RabbitMQManagement | None = None) -> None:
+                 rabbitmq: RabbitMQManagement | None = None, gallery_page: int = GALLERY_PAGE) -> None:
         self.settings = settings
+        self.gallery_page = gallery_page
         self.catalog = catalog
         self.pool = pool
         self.rabbitmq = rabbitmq
@@ -78,9 +79,9 @@ class Dashboard:
     def gallery(self, selected: GalleryFilter) -> tuple[list[dict[str, Any]], int | None]:
         """A page of images and the position of the next (older) page, None on the last one."""
         with self._connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-            rows = cursor.execute(query("web_gallery_page"), selected.params(GALLERY_PAGE + 1)).fetchall()
-        more = len(rows) > GALLERY_PAGE
-        rows = rows[:GALLERY_PAGE]
+            rows = cursor.execute(query("web_gallery_page"), selected.params(self.gallery_page + 1)).fetchall()
+        more = len(rows) > self.gallery_page
+        rows = rows[:self.gallery_page]
         return rows, rows[-1]["image_id"] if more else None
 
     def groups(self) -> list[str]:
