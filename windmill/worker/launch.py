@@ -87,6 +87,10 @@ def run_worker(
             role = build_role(role_name, context)
             hooks = None
             if metrics is not None:
+                from windmill.metrics_targets import advertised
+
+                extras.enter_context(advertised(settings.home, settings.worker_id, metrics_port or 0,
+                                                {"role": role.name, "service": role.service or ""}))
                 metrics.start_role(role.name, role.service.split(",") if role.service else ())
                 hooks = metrics.hooks(role.name)
                 role = metrics.counting_tasks(role)
