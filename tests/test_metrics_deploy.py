@@ -161,4 +161,6 @@ def test_compose_and_systemd_switch_metrics_on_and_compose_prometheus_scrapes_ev
     for source in ("./prometheus/compose.yml", "./prometheus/alerts.yml", "./grafana/windmill-dashboard.json"):
         assert any(volume.startswith(source + ":") for volume in mounted) and (DEPLOY / source).is_file()
     for unit in ("windmill-worker@.service", "windmill-run.service"):
-        assert "Environment=WINDMILL_METRICS_PORT=9400" in (DEPLOY / unit).read_text(encoding="utf-8").splitlines()
+        environment = [line.removeprefix("Environment=").split() for line in
+                       (DEPLOY / unit).read_text(encoding="utf-8").splitlines() if line.startswith("Environment=")]
+        assert "WINDMILL_METRICS_PORT=9400" in [item for items in environment for item in items], unit

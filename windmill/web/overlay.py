@@ -5,7 +5,7 @@ skeletons from the postprocessing of person boxes. The template turns them into 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from windmill.render import MERGED_COLOUR, box_caption, detector_colours, raw_detector_boxes
@@ -35,6 +35,8 @@ class Rect:
     height: float
     caption: str = ""
     emoji: str = ""
+    tag_x: float = 0.0  # where the caption's baseline starts (merged boxes)
+    tag_y: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Layer:
 class Overlay:
     width: int
     height: int
+    font: int  # caption size in image pixels: readable whatever the picture's size
     merged: Layer
     detectors: tuple[Layer, ...] = ()
     faces: Layer = field(default_factory=lambda: Layer("faces", FACE_COLOUR))
@@ -113,8 +116,11 @@ def build_overlay(record: Mapping[str, Any], size: tuple[int, int], detectors: I
             joints = _pose_joints(prediction.get("landmarks"), size)
             pose_points.extend(joints.values())
             pose_lines.extend((*joints[a], *joints[b]) for a, b in POSE_BONES if a in joints and b in joints)
+    font = max(12, round(min(size) / 32))
+    merged = place_tags(merged, size, font)
     return Overlay(
-        width=size[0], height=size[1], merged=Layer("merged", hex_colour(MERGED_COLOUR), merged), detectors=layers,
+        width=size[0], height=size[1], font=font, merged=Layer("merged", hex_colour(MERGED_COLOUR), merged),
+        detectors=layers,
         faces=Layer("faces", FACE_COLOUR, tuple(face_rects), tuple(face_points)),
         poses=Layer("poses", POSE_COLOUR, (), tuple(pose_points), tuple(pose_lines)))
 
@@ -143,3 +149,24 @@ def _pose_joints(landmarks: Any, size: tuple[int, int]) -> dict[str, tuple[float
             continue
         joints[str(name)] = (float(mark["x"]) * size[0], float(mark["y"]) * size[1])
     return joints
+
+
+def place_tags(rects: Sequence[Rect], size: tuple[int, int], font: int) -> tuple[Rect, ...]:
+    """Each box's caption above its top edge (inside it when there is no room above), moved down a line at a time
+    while it would cover a caption already placed; widths are estimated (0.6 em a character, 1.3 em the emoji)."""
+    placed: list[tuple[float, float, float, float]] = []
+    line = font * 1.25
+    result = []
+    for rect in rects:
+        width = 0.6 * font * (len(rect.caption) + 1) + (1.3 * font if rect.emoji else 0)
+        x = max(0.0, min(rect.x, size[0] - width))
+        top = rect.y - line if rect.y >= line else rect.y
+        for _ in range(8):
+            box = (x, top, x + width, top + line)
+            if not any(box[0] < other[2] and other[0] < box[2] and box[1] < other[3] and other[1] < box[3]
+                       for other in placed):
+                break
+            top += line
+        placed.append((x, top, x + width, top + line))
+        result.append(replace(rect, tag_x=x + 2, tag_y=top + font))
+    return tuple(result)
