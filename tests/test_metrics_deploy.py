@@ -111,8 +111,10 @@ def test_started_workers_serve_metrics_on_their_own_ports_with_targets_and_what_
     ports = {name: worker_port(base, names, name) for name in ("merger", "caption_score")}
     assert ports == {"merger": base + names.index("merger"), "caption_score": base + names.index("caption_score")}
     for name, port in ports.items():
-        wait_until(lambda port=port: answering(port), timeout=30, message=f"{name}'s metrics on port {port}")
-        target = json.loads(target_path(supervisor.home, supervisor.worker_id(name)).read_text(encoding="utf-8"))
+        path = target_path(supervisor.home, supervisor.worker_id(name))
+        wait_until(lambda port=port, path=path: answering(port) and path.exists(), timeout=30,
+                   message=f"{name}'s metrics on port {port} and its target file")
+        target = json.loads(path.read_text(encoding="utf-8"))
         assert target == [{"targets": [f"{socket.gethostname()}:{port}"],
                            "labels": {"worker": supervisor.worker_id(name), "role": name}}]
     missing = queried_metrics() - exported(ports["merger"])

@@ -39,17 +39,19 @@ class AppContext:
         return self.catalog_as_configured.with_port_offset(self.settings.port_offset)
 
     @contextmanager
-    def database(self, application_name: str = "windmill-cli") -> Iterator[Any]:
-        """The database with an up-to-date schema (the embedded one is migrated on first use)."""
+    def database(self, application_name: str = "windmill-cli", *, reading_only: bool = False) -> Iterator[Any]:
+        """The database with an up-to-date schema (the embedded one is migrated on first use); `reading_only`:
+        for commands that write nothing, so the read-only monitor role can run them."""
         from windmill.db.schema import open_migrated
 
-        with open_migrated(self.settings, self.catalog, application_name=application_name) as database:
+        with open_migrated(self.settings, self.catalog, application_name=application_name,
+                           sync_catalog=not reading_only) as database:
             yield database
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
+    def connection(self, *, reading_only: bool = False) -> Iterator[psycopg.Connection]:
         """A connection to an up-to-date schema."""
-        with self.database() as database, database.connect() as conn:
+        with self.database(reading_only=reading_only) as database, database.connect() as conn:
             yield conn
 
 
