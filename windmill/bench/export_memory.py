@@ -18,8 +18,7 @@ import psycopg
 
 from windmill.bench.stage import BENCH_GROUP, cli_argv, remove_bench_rows, seed_images
 from windmill.db.connect import Database
-
-FORMATS = ("jsonl", "csv", "parquet", "coco")
+from windmill.export import FORMATS
 
 # One statement per table, each over every bench image (set-based: a million images seed in minutes).
 _SEED = (

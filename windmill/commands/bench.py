@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from windmill.commands.context import AppContext, pass_app
+from windmill.export import FORMATS as EXPORT_FORMATS
 
 
 @click.group()
@@ -95,17 +96,16 @@ def bench_submit(app: AppContext, images: int, runs: int) -> None:
 
 @bench.command("export")
 @click.option("--images", type=click.IntRange(10), default=1_000_000, show_default=True)
-@click.option("--format", "formats", multiple=True, type=click.Choice(["jsonl", "csv", "parquet", "coco"]),
+@click.option("--format", "formats", multiple=True, type=click.Choice(EXPORT_FORMATS),
               help="Only these formats (repeatable; default: all four).")
 @pass_app
 def bench_export(app: AppContext, images: int, formats: tuple[str, ...]) -> None:
     """Peak memory and time of `export` in each format over N synthetic bench images (target: ≤ 200 MB)."""
     from windmill.bench.database import bench_database
-    from windmill.bench.export_memory import FORMATS
     from windmill.bench.export_memory import run as run_export_bench
 
     with bench_database(app.settings, app.catalog) as (database, url):
-        run_export_bench(database, url, images=images, formats=formats or FORMATS)
+        run_export_bench(database, url, images=images, formats=formats or EXPORT_FORMATS)
 
 
 @bench.command("service")

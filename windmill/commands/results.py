@@ -8,10 +8,11 @@ from pathlib import Path
 import click
 
 from windmill.commands.context import AppContext, pass_app
+from windmill.export import FORMATS
 
 
 @click.command("export")
-@click.option("--format", "fmt", required=True, type=click.Choice(["coco", "jsonl", "parquet", "csv"]),
+@click.option("--format", "fmt", required=True, type=click.Choice(FORMATS),
               help="coco: a COCO detection file of the merged boxes; jsonl: one line per image; parquet: a "
                    "directory of tables (images, answers, boxes, postprocessing, consensus); csv: one row per box.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The file (a directory for parquet).")
