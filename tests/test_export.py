@@ -187,7 +187,7 @@ def test_group_since_after_id_and_services_select_what_sql_selects(conn, tmp_pat
     latest = scalar(conn, "SELECT greatest((SELECT max(result_created) FROM results), "
                           "(SELECT max(result_created) FROM postprocessing), "
                           "(SELECT max(consensus_created) FROM consensus), "
-                          "(SELECT max(changed_at) FROM merged_images))")
+                          "(SELECT max(changed_at) FROM merged_images), (SELECT max(image_created) FROM images))")
     run_export(conn, "jsonl", out, since=latest + dt.timedelta(microseconds=1))
     assert exported_ids(out) == []
     before = scalar(conn, "SELECT now()")

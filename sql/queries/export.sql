@@ -1,7 +1,7 @@
 -- name: export_image_page
 -- The next page of images to export, in image id order after a position (keyset: a page costs the same at
 -- image 10 and at image 1,000,000), of one group, and with `since`: only images with something new since
--- then (an answer, a change of its boxes, postprocessing, a consensus). `dimensions` is the metadata
+-- then (added, an answer, a change of its boxes, postprocessing, a consensus). `dimensions` is the metadata
 -- service's latest successful measure of the image as the services saw it (COCO's width and height).
 SELECT i.image_id, i.image_filename, i.image_path, i.image_url, i.image_group, i.image_created,
        (SELECT r.data #> '{predictions,0,dimensions}'
@@ -13,6 +13,7 @@ SELECT i.image_id, i.image_filename, i.image_path, i.image_url, i.image_group, i
  WHERE i.image_id > %(after_id)s
    AND (%(group)s::text IS NULL OR i.image_group = %(group)s::text)
    AND (%(since)s::timestamptz IS NULL
+        OR i.image_created >= %(since)s::timestamptz
         OR EXISTS (SELECT 1 FROM results r
                     WHERE r.image_id = i.image_id AND r.result_created >= %(since)s::timestamptz)
         OR EXISTS (SELECT 1 FROM merged_images m

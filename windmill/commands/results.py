@@ -18,7 +18,7 @@ from windmill.export import FORMATS
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The file (a directory for parquet).")
 @click.option("--group", "-g", help="Only images of this group.")
 @click.option("--since", help="Only images with something new since this instant (ISO 8601, e.g. 2026-11-29T05:00Z): "
-                              "an answer, a change of boxes, postprocessing, a consensus.")
+                              "added, an answer, a change of boxes, postprocessing, a consensus.")
 @click.option("--after-id", type=click.IntRange(0), default=0, help="Only images after this id; continues an "
               "interrupted jsonl, csv or parquet export in place.")
 @click.option("--services", "-s", help="Only these services' answers (jsonl, parquet; coco with --detectors: which "
