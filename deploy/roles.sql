@@ -6,7 +6,9 @@
 --                     consensus, postprocessing, jobs and its own row in `workers`, run the backfill. It also
 --                     serves `submit`, `status`, `backfill`, `jobs` and `cron status`. No DDL, no TRUNCATE, no
 --                     temporary tables, nothing outside schema windmill.
---   windmill_monitor  reads the five monitoring views (psql, Grafana) and nothing else.
+--   windmill_monitor  reads: the five monitoring views (psql, Grafana) and, for the dashboard (`windmill-cli web`)
+--                     and `export`, the collection and its answers and products (images, results, merged boxes,
+--                     consensus, postprocessing). Not jobs, workers or services (only through the views), no writes.
 --
 -- Run it as a superuser (or, on a managed server, the admin role with CREATEROLE) in Windmill's database, before
 -- the first `init-db` (it creates the roles and the schema, owned by windmill_owner) and again after every
@@ -105,14 +107,14 @@ DECLARE
 BEGIN
     FOR entry IN SELECT * FROM (VALUES
         -- kind,      object,                         windmill_worker,                  windmill_monitor
-        ('TABLE',    'schema_migrations',            'SELECT',                          NULL),  -- is the schema up to date?
+        ('TABLE',    'schema_migrations',            'SELECT',                          'SELECT'),  -- is the schema up to date?
         ('TABLE',    'services',                     'SELECT, INSERT, UPDATE',          NULL),  -- every worker syncs the catalog at start
-        ('TABLE',    'images',                       'SELECT',                          NULL),
-        ('TABLE',    'results',                      'SELECT, INSERT',                  NULL),  -- service workers
-        ('TABLE',    'merged_boxes',                 'SELECT, INSERT, UPDATE, DELETE',  NULL),  -- the merger replaces boxes
-        ('TABLE',    'merged_images',                'SELECT, INSERT, UPDATE',          NULL),
-        ('TABLE',    'consensus',                    'SELECT, INSERT, UPDATE',          NULL),
-        ('TABLE',    'postprocessing',               'SELECT, INSERT, DELETE',          NULL),  -- caption scores are replaced
+        ('TABLE',    'images',                       'SELECT',                          'SELECT'),  -- monitor: `web`, `export`
+        ('TABLE',    'results',                      'SELECT, INSERT',                  'SELECT'),  -- service workers
+        ('TABLE',    'merged_boxes',                 'SELECT, INSERT, UPDATE, DELETE',  'SELECT'),  -- the merger replaces boxes
+        ('TABLE',    'merged_images',                'SELECT, INSERT, UPDATE',          'SELECT'),
+        ('TABLE',    'consensus',                    'SELECT, INSERT, UPDATE',          'SELECT'),
+        ('TABLE',    'postprocessing',               'SELECT, INSERT, DELETE',          'SELECT'),  -- caption scores are replaced
         ('TABLE',    'jobs',                         'SELECT, INSERT, UPDATE',          NULL),  -- enqueue, claim, lease, finish
         ('TABLE',    'workers',                      'SELECT, INSERT, UPDATE',          NULL),  -- presence and heartbeats
         ('VIEW',     'service_progress',             'SELECT',                          'SELECT'),

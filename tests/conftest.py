@@ -18,7 +18,7 @@ from windmill.catalog import Catalog, load_catalog
 from windmill.db.connect import Database, conninfo_to_url
 from windmill.db.schema import init_database
 
-pytest_plugins = ["tests.rabbitmq_fixtures"]
+pytest_plugins = ["tests.rabbitmq_fixtures", "tests.browser_fixtures"]
 TEST_DATABASE = "windmill_test"
 REPOSITORY = Path(__file__).resolve().parent.parent
 # Everything a test writes and commits lives in these tables; services stay (synced from the catalog).

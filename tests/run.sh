@@ -44,6 +44,17 @@ if [ -z "${WINDMILL_TEST_AMQP_URL:-}" ]; then
     fi
 fi
 
+# A real browser for the dashboard's tests (tests/test_web.py): Debian's Chromium and its WebDriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    apt_install --no-install-recommends chromium chromium-driver
+fi
+
+# promtool validates the Prometheus alert rules in deploy/prometheus (tests/test_metrics_deploy.py); Debian ships it
+# in the prometheus package (the tests never start its server).
+if ! command -v promtool >/dev/null 2>&1; then
+    apt_install --no-install-recommends prometheus
+fi
+
 # The project and its test dependencies in a virtual environment of its own.
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

@@ -41,6 +41,8 @@ from windmill.worker.runtime import WorkerOptions
 DEPLOY = REPOSITORY / "deploy"
 ROLES = ("windmill_owner", "windmill_worker", "windmill_monitor")
 VIEWS = ("service_progress", "queue_depths", "image_completeness", "recent_failures", "live_workers")
+MONITOR_READS = ("schema_migrations", "images", "results", "merged_boxes", "merged_images", "consensus",
+                 "postprocessing")
 PERSON = {"label": "person", "emoji": "🧑", "confidence": 0.9, "bbox": {"x": 10, "y": 12, "width": 50, "height": 80}}
 
 
@@ -195,13 +197,19 @@ def test_the_worker_role_cannot_change_the_schema_or_read_outside_it(roles_datab
                 conn.execute(statement)
 
 
-def test_the_monitor_role_reads_the_views_and_nothing_else(roles_database: Callable[[str], str]) -> None:
+def test_the_monitor_role_reads_the_views_and_the_collection_and_nothing_else(
+        roles_database: Callable[[str], str]) -> None:
     with connect_as(roles_database, "windmill_monitor") as conn:
         for view in VIEWS:
             conn.execute(f"SELECT * FROM windmill.{view} LIMIT 1")
+        for table in MONITOR_READS:  # what the dashboard and export read
+            conn.execute(f"SELECT * FROM windmill.{table} LIMIT 1")
         for statement in (
-            "SELECT count(*) FROM windmill.results",
             "SELECT count(*) FROM windmill.jobs",
+            "SELECT count(*) FROM windmill.workers",
+            "SELECT count(*) FROM windmill.services",
+            "DELETE FROM windmill.results",
+            "UPDATE windmill.consensus SET consensus_data = '{}'",
             "INSERT INTO windmill.images (image_filename, image_path) VALUES ('x.jpg', '/x.jpg')",
             "UPDATE windmill.jobs SET state = 'dead'",
             "SELECT * FROM windmill.backfill()",

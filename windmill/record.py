@@ -104,7 +104,8 @@ def _counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 def _rows(conn: psycopg.Connection, name: str, image_id: int) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(query(name), {"image_id": image_id})
+        # The box, postprocessing and consensus queries read a list of images (export reads them by page).
+        cursor.execute(query(name), {"image_id": image_id, "image_ids": [image_id]})
         return cursor.fetchall()
 
 

@@ -113,15 +113,21 @@ def detector_colours(detector_boxes: Mapping[str, object]) -> dict[str, Colour]:
     return {service: DETECTOR_COLOURS[i % len(DETECTOR_COLOURS)] for i, service in enumerate(sorted(detector_boxes))}
 
 
-def box_caption(box: Mapping[str, Any], *, times: str = "×") -> str:
-    """The tag text, e.g. "person ×3": the label most detections gave, and how many detectors agree."""
+def box_label(box: Mapping[str, Any]) -> str:
+    """The name of a merged box (merged_data): the label most of its detections gave (the tag, the COCO category
+    of `export`); else its first listed label, else its cluster's class."""
     labels = [str(d.get("label")) for d in box.get("detections") or [] if isinstance(d, dict) and d.get("label")]
     label = Counter(labels).most_common(1)[0][0] if labels else ""
     if not label:
         listed = [str(item) for item in box.get("labels") or [] if item]
         label = listed[0] if listed else str(box.get("cluster_id") or "object").rsplit("_", 1)[0]
+    return label
+
+
+def box_caption(box: Mapping[str, Any], *, times: str = "×") -> str:
+    """The tag text, e.g. "person ×3": the label most detections gave, and how many detectors agree."""
     count = box.get("detection_count") or len(box.get("detections") or []) or 1
-    return f"{label} {times}{count}"
+    return f"{box_label(box)} {times}{count}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,7 +252,7 @@ def render_image(conn: psycopg.Connection, settings: Settings, image_id: int, *,
         image = cursor.execute(query("record_image"), {"image_id": image_id}).fetchone()
         if image is None:
             raise WindmillError(f"no image with id {image_id}")
-        boxes = [row["merged_data"] for row in cursor.execute(query("record_boxes"), {"image_id": image_id})]
+        boxes = [row["merged_data"] for row in cursor.execute(query("record_boxes"), {"image_ids": [image_id]})]
         answers = cursor.execute(query("latest_detector_results"), {"image_id": image_id}).fetchall() \
             if detectors else []
     data = load_image_bytes(image["image_path"], image["image_url"], roots=settings.image_roots or None,

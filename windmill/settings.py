@@ -39,6 +39,8 @@ class Settings:
     allow_private_urls: bool = False
     harmony: HarmonyConfig = DEFAULT_HARMONY
     backfill_interval_s: float = 60.0  # the scheduler role's period
+    # Prometheus metrics: a worker serves them on this port; `workers start` gives its workers this port + index.
+    metrics_port: int | None = None
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -59,6 +61,8 @@ class Settings:
                 value = mask_url(value) if value else "(derived from the AMQP URL)"
             elif item.name == "amqp_url":
                 value = mask_url(value) if value else "(none: per-service queues live in PostgreSQL)"
+            elif item.name == "metrics_port" and value is None:
+                value = "(off)"
             elif item.name == "harmony":
                 value = json.dumps(value.params())
             elif isinstance(value, tuple):
@@ -244,6 +248,7 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
         harmony=_harmony(env),
         amqp_management_url=env.get("WINDMILL_AMQP_MANAGEMENT_URL") or None,
         backfill_interval_s=_seconds(env, "WINDMILL_BACKFILL_INTERVAL_S", 60.0, 86_400),
+        metrics_port=int(_port(env, "WINDMILL_METRICS_PORT", "")) if env.get("WINDMILL_METRICS_PORT") else None,
     )
 
 

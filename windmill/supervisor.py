@@ -32,6 +32,7 @@ from psycopg.rows import dict_row
 from windmill.catalog import Catalog
 from windmill.db.queries import query
 from windmill.errors import WindmillError, first_line
+from windmill.metrics_targets import worker_port
 from windmill.settings import Settings
 from windmill.worker.layout import machine_workers
 
@@ -136,8 +137,10 @@ class Supervisor:
 
     def __init__(self, home: Path, specs: Mapping[str, WorkerSpec], *, env_file: Path | None = None,
                  python: str = sys.executable, environ: Mapping[str, str] | None = None,
-                 hostname: str | None = None, leave_now_grace_s: float = LEAVE_NOW_GRACE_S) -> None:
+                 hostname: str | None = None, leave_now_grace_s: float = LEAVE_NOW_GRACE_S,
+                 metrics_base_port: int | None = None) -> None:
         self.home = home
+        self.metrics_base_port = metrics_base_port
         self.specs = dict(specs)
         self.env_file = env_file.resolve() if env_file is not None else None
         self.python = python
@@ -147,7 +150,7 @@ class Supervisor:
 
     @classmethod
     def configured(cls, settings: Settings, catalog: Catalog, *, env_file: Path | None = None) -> Supervisor:
-        return cls(settings.home, worker_specs(catalog), env_file=env_file)
+        return cls(settings.home, worker_specs(catalog), env_file=env_file, metrics_base_port=settings.metrics_port)
 
     # -- where things are ------------------------------------------------------------------------
     @property
@@ -172,7 +175,10 @@ class Supervisor:
         spec = select_workers(self.specs, [name])[0]
         global_options = ["--env-file", str(self.env_file)] if self.env_file is not None else []
         argv = [self.python, "-m", "windmill", *global_options, *spec.argv_tail]
-        return argv, {**self.environ, "WORKER_ID": self.worker_id(name)}
+        env = {**self.environ, "WORKER_ID": self.worker_id(name)}
+        if self.metrics_base_port is not None:  # each worker its own port (they may share one host, or one netns)
+            env["WINDMILL_METRICS_PORT"] = str(worker_port(self.metrics_base_port, list(self.specs), name))
+        return argv, env
 
     # -- the operations --------------------------------------------------------------------------
     def start(self, names: Iterable[str] = (), *, settle_s: float = START_SETTLE_S) -> list[Outcome]:

@@ -12,11 +12,11 @@ SELECT service, result_id, task_id, status, error_message, processing_time, resu
  ORDER BY service, result_created DESC, result_id DESC
 
 -- name: record_boxes
--- The image's merged boxes in the order they were stored.
-SELECT merged_id, crop_key, status, created, worker_id, source_result_ids, merged_data
+-- The merged boxes of the images (one for `show`, a page of them for `export`) in the order they were stored.
+SELECT image_id, merged_id, crop_key, status, created, worker_id, source_result_ids, merged_data
   FROM merged_boxes
- WHERE image_id = %(image_id)s
- ORDER BY merged_id
+ WHERE image_id = ANY(%(image_ids)s)
+ ORDER BY image_id, merged_id
 
 -- name: record_merge_state
 -- When the boxes were last recomputed and last changed; no row before the first merge.
@@ -25,14 +25,16 @@ SELECT merged_at, changed_at, boxes, source_result_ids, worker_id
  WHERE image_id = %(image_id)s
 
 -- name: record_postprocessing
--- Postprocessing of the image's boxes and whole-image caption scores, latest first per box and service.
-SELECT postprocessing_id, merged_box_id, service, status, error_message, processing_time, result_created,
+-- Postprocessing of the images' boxes and whole-image caption scores, latest first per box and service.
+SELECT image_id, postprocessing_id, merged_box_id, service, status, error_message, processing_time, result_created,
        worker_id, data
   FROM postprocessing
- WHERE image_id = %(image_id)s
- ORDER BY merged_box_id NULLS LAST, service, result_created DESC, postprocessing_id DESC
+ WHERE image_id = ANY(%(image_ids)s)
+ ORDER BY image_id, merged_box_id NULLS LAST, service, result_created DESC, postprocessing_id DESC
 
 -- name: record_consensus
-SELECT consensus_id, consensus_data, processing_time, consensus_created, worker_id
+-- The images' consensus rows (one per image at most).
+SELECT image_id, consensus_id, consensus_data, processing_time, consensus_created, worker_id
   FROM consensus
- WHERE image_id = %(image_id)s
+ WHERE image_id = ANY(%(image_ids)s)
+ ORDER BY image_id

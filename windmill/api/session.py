@@ -54,12 +54,13 @@ class Windmill:
     """
 
     def __init__(self, settings: Settings | None = None, *, catalog: Catalog | None = None,
-                 application_name: str = "windmill-api") -> None:
+                 application_name: str = "windmill-api", reading_only: bool = False) -> None:
         self.settings = settings if settings is not None else load_settings()
         # The catalog as clients use it: WINDMILL_PORT_OFFSET points them at a stand-in farm.
         self.catalog = catalog if catalog is not None else configured_catalog(
             self.settings.service_config).with_port_offset(self.settings.port_offset)
         self.application_name = application_name
+        self.reading_only = reading_only  # writes nothing, not even the services table: the monitor role may open it
         self._stack: ExitStack | None = None
         self._database: Database | None = None
         self._pool: ConnectionPool | None = None
@@ -71,7 +72,8 @@ class Windmill:
 
         with ExitStack() as stack:
             self._database = stack.enter_context(
-                open_migrated(self.settings, self.catalog, application_name=self.application_name))
+                open_migrated(self.settings, self.catalog, application_name=self.application_name,
+                              sync_catalog=not self.reading_only))
             self._stack = stack.pop_all()
         return self
 

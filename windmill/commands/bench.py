@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from windmill.commands.context import AppContext, pass_app
+from windmill.export import FORMATS as EXPORT_FORMATS
 
 
 @click.group()
@@ -91,6 +92,20 @@ def bench_submit(app: AppContext, images: int, runs: int) -> None:
 
     with bench_database(app.settings, app.catalog) as (database, url):
         run_submit(database, url, app.catalog_as_configured, app.settings.amqp_url, images=images, runs=runs)
+
+
+@bench.command("export")
+@click.option("--images", type=click.IntRange(10), default=1_000_000, show_default=True)
+@click.option("--format", "formats", multiple=True, type=click.Choice(EXPORT_FORMATS),
+              help="Only these formats (repeatable; default: all four).")
+@pass_app
+def bench_export(app: AppContext, images: int, formats: tuple[str, ...]) -> None:
+    """Peak memory and time of `export` in each format over N synthetic bench images (target: ≤ 200 MB)."""
+    from windmill.bench.database import bench_database
+    from windmill.bench.export_memory import run as run_export_bench
+
+    with bench_database(app.settings, app.catalog) as (database, url):
+        run_export_bench(database, url, images=images, formats=formats or EXPORT_FORMATS)
 
 
 @bench.command("service")

@@ -42,22 +42,24 @@ class AppContext:
         """The catalog as clients use it: WINDMILL_PORT_OFFSET points them at a stand-in farm."""
         return self.catalog_as_configured.with_port_offset(self.settings.port_offset)
 
-    def windmill(self, application_name: str = "windmill-cli") -> Windmill:
-        """The Python API over these settings, to use in a `with` block: commands share its code paths."""
+    def windmill(self, application_name: str = "windmill-cli", *, reading_only: bool = False) -> Windmill:
+        """The Python API over these settings, to use in a `with` block: commands share its code paths.
+        `reading_only`: for commands that write nothing, so the read-only monitor role can run them."""
         from windmill.api import Windmill
 
-        return Windmill(self.settings, catalog=self.catalog, application_name=application_name)
+        return Windmill(self.settings, catalog=self.catalog, application_name=application_name,
+                        reading_only=reading_only)
 
     @contextmanager
-    def database(self, application_name: str = "windmill-cli") -> Iterator[Database]:
+    def database(self, application_name: str = "windmill-cli", *, reading_only: bool = False) -> Iterator[Database]:
         """The database with an up-to-date schema (the embedded one is migrated on first use)."""
-        with self.windmill(application_name) as windmill:
+        with self.windmill(application_name, reading_only=reading_only) as windmill:
             yield windmill.database
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
+    def connection(self, *, reading_only: bool = False) -> Iterator[psycopg.Connection]:
         """A connection to an up-to-date schema."""
-        with self.windmill() as windmill, windmill.connection() as conn:
+        with self.windmill(reading_only=reading_only) as windmill, windmill.connection() as conn:
             yield conn
 
 

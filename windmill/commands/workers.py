@@ -28,7 +28,8 @@ from windmill.commands.context import AppContext, echo_json, json_option, pass_a
               help="Where a service worker takes its tasks (default: RabbitMQ when configured, else the job table).")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Serve Prometheus metrics on this port (http://HOST:PORT/metrics): jobs done and failed, "
-                   "handler and service-call latency, queue depths, NOTIFY queue usage.")
+                   "handler and service-call latency, queue depths, NOTIFY queue usage (default: "
+                   "WINDMILL_METRICS_PORT; none: off).")
 @pass_app
 def worker(app: AppContext, role: str, service: str | None, concurrency: int, batch_size: int | None,
            lease_seconds: float, drain_timeout: float, broker: str | None, metrics_port: int | None) -> None:
@@ -39,7 +40,8 @@ def worker(app: AppContext, role: str, service: str | None, concurrency: int, ba
     options = WorkerOptions(concurrency=concurrency, batch_size=batch_size or 8 * concurrency,
                             drain_timeout_s=drain_timeout)
     code = run_worker(app.settings, app.catalog, role, service=service, options=options,
-                      lease=timedelta(seconds=lease_seconds), broker=broker, metrics_port=metrics_port)
+                      lease=timedelta(seconds=lease_seconds), broker=broker,
+                      metrics_port=metrics_port or app.settings.metrics_port)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # handler threads abandoned by a second signal must not keep the process alive
@@ -49,11 +51,12 @@ def worker(app: AppContext, role: str, service: str | None, concurrency: int, ba
 @pass_app
 def run_all(app: AppContext) -> None:
     """Run every role in this process (a single machine): service workers for every primary service, merger,
-    postprocessing, consensus and caption scoring. SIGTERM/SIGINT drains; twice leaves now."""
-    from windmill.worker.launch import run_until_stopped
+    postprocessing, consensus and caption scoring. SIGTERM/SIGINT drains; twice leaves now. WINDMILL_METRICS_PORT
+    serves every role's metrics on that port."""
+    from windmill.worker.launch import run_machine
 
-    with app.windmill("windmill-run") as windmill, windmill.worker_group() as group:
-        code = run_until_stopped(group)
+    with app.database("windmill-run") as database, database.pool(min_size=2, max_size=32, name="run") as pool:
+        code = run_machine(app.settings, app.catalog, database, pool)
     sys.exit(code)
 
 

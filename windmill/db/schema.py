@@ -21,7 +21,7 @@ def init_database(conn: psycopg.Connection, catalog: Catalog) -> list[Migration]
     return applied
 
 
-def ensure_schema(conn: psycopg.Connection, catalog: Catalog, *, may_migrate: bool) -> None:
+def ensure_schema(conn: psycopg.Connection, catalog: Catalog, *, may_migrate: bool, sync_catalog: bool = True) -> None:
     """Fail with a clear sentence when migrations are pending and this process may not apply them
     (a configured database is migrated by `init-db`; the embedded one is migrated on first use)."""
     pending = {m.version for m in available_migrations()} - applied_versions(conn)
@@ -29,14 +29,16 @@ def ensure_schema(conn: psycopg.Connection, catalog: Catalog, *, may_migrate: bo
         raise WindmillError("the database schema is not up to date; run `windmill-cli init-db` first")
     if pending:
         migrate(conn)
-    sync_services(conn, catalog)
+    if sync_catalog:  # readers that write nothing (`export`, `web`: the read-only monitor role) leave it alone
+        sync_services(conn, catalog)
 
 
 @contextmanager
-def open_migrated(settings: Settings, catalog: Catalog, *, application_name: str = "windmill") -> Iterator[Database]:
+def open_migrated(settings: Settings, catalog: Catalog, *, application_name: str = "windmill",
+                  sync_catalog: bool = True) -> Iterator[Database]:
     """The database (the configured one, or the embedded cluster while the block runs) with its schema checked
     up to date and its services table synced: what every command and worker opens before its work."""
     with open_database(settings, application_name=application_name) as database:
         with database.connect() as conn:
-            ensure_schema(conn, catalog, may_migrate=settings.uses_embedded_database)
+            ensure_schema(conn, catalog, may_migrate=settings.uses_embedded_database, sync_catalog=sync_catalog)
         yield database

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from psycopg_pool import ConnectionPool
 
@@ -17,11 +18,15 @@ from windmill.worker.layout import SINGLE_MACHINE, RoleSpec
 from windmill.worker.registry import RoleContext, build_role, process_farm_client
 from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
 
+if TYPE_CHECKING:
+    from windmill.metrics import WorkerMetrics
+
 
 class WorkerGroup:
     def __init__(self, settings: Settings, database: Database, pool: ConnectionPool, catalog: Catalog,
                  specs: Sequence[RoleSpec] = SINGLE_MACHINE, *, jobs: JobQueue | None = None,
-                 options: WorkerOptions | None = None, hooks: WorkerHooks | None = None) -> None:
+                 options: WorkerOptions | None = None, hooks: WorkerHooks | None = None,
+                 metrics: WorkerMetrics | None = None) -> None:
         self.jobs = jobs or JobQueue(pool)
         self.farm = process_farm_client(settings, catalog, database)
         base = options or WorkerOptions()
@@ -34,8 +39,12 @@ class WorkerGroup:
             opts = WorkerOptions(concurrency=spec.concurrency, batch_size=8 * spec.concurrency,
                                  poll_interval_s=base.poll_interval_s, drain_timeout_s=base.drain_timeout_s,
                                  heartbeat_interval_s=base.heartbeat_interval_s)
+            role_hooks = hooks
+            if metrics is not None:  # one endpoint for the process, series per role
+                metrics.start_role(role.name, role.service.split(",") if role.service else ())
+                role_hooks = metrics.hooks(role.name, hooks)
             self.workers.append(Worker(self.jobs, role, worker_id=worker_id, listen_conninfo=database.conninfo,
-                                       options=opts, hooks=hooks))
+                                       options=opts, hooks=role_hooks))
         self.threads = [threading.Thread(target=self._run, args=(worker,), name=worker.worker_id)
                         for worker in self.workers]
         self.exit_codes: list[int] = []

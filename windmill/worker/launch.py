@@ -10,8 +10,11 @@ from datetime import timedelta
 from types import FrameType
 from typing import Protocol
 
+from psycopg_pool import ConnectionPool
+
 from windmill.broker.choice import uses_rabbitmq
 from windmill.catalog import Catalog
+from windmill.db.connect import Database
 from windmill.db.schema import open_migrated
 from windmill.jobs import JobQueue
 from windmill.settings import Settings
@@ -87,6 +90,10 @@ def run_worker(
             role = build_role(role_name, context)
             hooks = None
             if metrics is not None:
+                from windmill.metrics_targets import advertised
+
+                extras.enter_context(advertised(settings.home, settings.worker_id, metrics_port or 0,
+                                                {"role": role.name, "service": role.service or ""}))
                 metrics.start_role(role.name, role.service.split(",") if role.service else ())
                 hooks = metrics.hooks(role.name)
                 role = metrics.counting_tasks(role)
@@ -102,3 +109,19 @@ def run_worker(
         finally:
             extras.close()
             pool.close()
+
+
+def run_machine(settings: Settings, catalog: Catalog, database: Database, pool: ConnectionPool) -> int:
+    """Every role in this process (`windmill-cli run`) until a signal stops them; returns the exit code. With
+    WINDMILL_METRICS_PORT, one metrics endpoint serves every role's series, advertised as a file_sd target."""
+    from windmill.worker.group import WorkerGroup
+
+    with ExitStack() as extras:
+        metrics = None
+        if settings.metrics_port is not None:
+            from windmill.metrics import serving_worker_metrics
+            from windmill.metrics_targets import advertised
+
+            metrics = extras.enter_context(serving_worker_metrics(settings.metrics_port, pool))
+            extras.enter_context(advertised(settings.home, settings.worker_id, settings.metrics_port, {"role": "run"}))
+        return run_until_stopped(WorkerGroup(settings, database, pool, catalog, metrics=metrics))

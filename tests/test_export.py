@@ -1,0 +1,286 @@
+"""`export`: each format loaded by the library that reads it (pycocotools and faster-coco-eval, pyarrow, csv, json)
+holds what SQL says the collection holds; the filters select what SQL selects; an interrupted export continues
+with --after-id into the same file and ends equal to an uninterrupted one; bad requests are one sentence."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from tests.results_fixtures import SAMPLE_GROUP, URL_GROUP, processed_collection
+from windmill.catalog import Catalog
+from windmill.db.connect import Database
+from windmill.errors import WindmillError
+from windmill.export import ExportRequest, ExportStop, ExportStopped, Selection, export
+from windmill.export.coco import results_path
+
+DETECTORS = ("clip", "detectron2", "rtdetr", "xception", "yolov8")
+
+
+@pytest.fixture(scope="module")
+def collection(database_url: str, catalog: Catalog) -> Iterator[Database]:
+    with processed_collection(database_url, catalog) as database:
+        yield database
+
+
+@pytest.fixture
+def conn(collection: Database) -> Iterator[psycopg.Connection]:
+    with collection.connect() as connection:
+        yield connection
+
+
+def scalar(conn: psycopg.Connection, statement: str, *params: Any) -> Any:
+    return conn.execute(statement, params).fetchone()[0]
+
+
+def run_export(conn: psycopg.Connection, fmt: str, out: Path, **options: Any) -> Any:
+    detectors = options.pop("detectors", False)
+    page_size = options.pop("page_size", 500)
+    return export(conn, ExportRequest(fmt, out, Selection(**options), detectors=detectors), page_size=page_size)
+
+
+# -- each format, read back ----------------------------------------------------------------------------------------
+
+
+def test_coco_loads_in_pycocotools_and_faster_coco_eval_with_every_box_and_detection(conn, tmp_path: Path) -> None:
+    from faster_coco_eval import COCO as FasterCOCO
+    from faster_coco_eval import COCOeval_faster
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "windmill.json"
+    report = run_export(conn, "coco", out, detectors=True)
+    truth = COCO(str(out))
+    assert sorted(truth.getImgIds()) == [row[0] for row in conn.execute("SELECT image_id FROM images ORDER BY 1")]
+    boxes = conn.execute("SELECT merged_id, merged_data FROM merged_boxes ORDER BY merged_id").fetchall()
+    assert sorted(truth.getAnnIds()) == [merged_id for merged_id, _ in boxes]
+    for merged_id, data in boxes:
+        [annotation] = truth.loadAnns([merged_id])
+        assert annotation["score"] == data.get("score", data["avg_confidence"])
+        assert annotation["bbox"] == [data["merged_bbox"][key] for key in ("x", "y", "width", "height")]
+        assert annotation["contributing_services"] == data["contributing_services"]
+        assert truth.loadCats([annotation["category_id"]])[0]["name"] in data["labels"]
+    widths = dict(conn.execute("SELECT image_id, (data #>> '{predictions,0,dimensions,width}')::int FROM results "
+                               "WHERE service = 'metadata' AND status = 'success'"))
+    assert {image["id"]: image.get("width") for image in truth.dataset["images"] if image["id"] in widths} == widths
+
+    # One results file per detector, with every box of its latest successful answers; loadable as results.
+    assert report.files == [out, *(results_path(out, service) for service in DETECTORS)]
+    for service in DETECTORS:
+        stored = scalar(conn, """SELECT count(*) FROM (SELECT DISTINCT ON (image_id) data FROM results
+                                  WHERE service = %s AND status = 'success'
+                                  ORDER BY image_id, result_created DESC) latest,
+                                 jsonb_array_elements(latest.data->'predictions') AS p WHERE p ? 'bbox'""", service)
+        detections = truth.loadRes(str(results_path(out, service)))
+        assert len(detections.getAnnIds()) == stored > 0
+        faster = FasterCOCO(str(out))
+        evaluation = COCOeval_faster(faster, faster.loadRes(str(results_path(out, service))), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+
+
+def test_jsonl_has_one_line_per_image_with_its_latest_answers_boxes_and_consensus(conn, tmp_path: Path) -> None:
+    out = tmp_path / "windmill.jsonl"
+    run_export(conn, "jsonl", out)
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [line["image_id"] for line in lines] == [row[0] for row in conn.execute("SELECT image_id FROM images "
+                                                                                  "ORDER BY image_id")]
+    for line in lines:
+        image_id = line["image_id"]
+        services = [row[0] for row in conn.execute("SELECT DISTINCT service FROM results WHERE image_id = %s "
+                                                   "ORDER BY 1", (image_id,))]
+        assert sorted(line["answers"]) == services
+        merged = [row[0] for row in conn.execute("SELECT merged_id FROM merged_boxes WHERE image_id = %s "
+                                                 "ORDER BY merged_id", (image_id,))]
+        assert [box["merged_id"] for box in line["boxes"]] == merged
+        for box in line["boxes"]:
+            colors = conn.execute("SELECT status, data FROM postprocessing WHERE merged_box_id = %s "
+                                  "AND service = 'colors'", (box["merged_id"],)).fetchone()
+            assert (box["colors"]["status"], box["colors"]["data"]) == tuple(colors)
+            person = box["emoji"] == "🧑"
+            assert (box["face"] is not None, box["pose"] is not None) == (person, person)
+        stored = conn.execute("SELECT consensus_data FROM consensus WHERE image_id = %s", (image_id,)).fetchone()
+        assert (line["consensus"] or {}).get("data") == (stored[0] if stored else None)
+        scores = [row[0] for row in conn.execute("SELECT service FROM postprocessing WHERE image_id = %s AND "
+                                                 "merged_box_id IS NULL ORDER BY 1", (image_id,))]
+        assert sorted(line["caption_scores"]) == scores
+    # The answer the boxes came from, not the failure that followed it; a service that only failed, as a failure.
+    assert lines[0]["answers"]["yolov8"]["status"] == "success"
+    [gone] = [line for line in lines if line["group"] == URL_GROUP]
+    assert gone["answers"] == {"blip": {**gone["answers"]["blip"], "status": "error",
+                                        "error": "blip: the image answered HTTP 404"}}
+    assert gone["boxes"] == [] and gone["consensus"] is None and gone["width"] is None
+
+
+def test_parquet_tables_hold_what_sql_holds(conn, tmp_path: Path) -> None:
+    import pyarrow.dataset
+
+    out = tmp_path / "windmill.parquet"
+    run_export(conn, "parquet", out)
+
+    def table(name: str) -> Any:
+        return pyarrow.dataset.dataset(out / name, format="parquet").to_table()
+
+    expected = {
+        "images": "SELECT count(*) FROM images",
+        "answers": "SELECT count(*) FROM (SELECT DISTINCT image_id, service FROM results) pairs",
+        "boxes": "SELECT count(*) FROM merged_boxes",
+        "postprocessing": "SELECT count(*) FROM postprocessing",
+        "consensus": "SELECT count(*) FROM consensus",
+    }
+    for name, statement in expected.items():
+        assert table(name).num_rows == scalar(conn, statement), name
+    boxes = table("boxes").to_pylist()
+    stored = dict(conn.execute("SELECT merged_id, merged_data FROM merged_boxes"))
+    for box in boxes:
+        data = stored[box["merged_id"]]
+        assert json.loads(box["merged_data"]) == data
+        assert (box["x"], box["y"], box["width"], box["height"]) == tuple(
+            data["merged_bbox"][key] for key in ("x", "y", "width", "height"))
+        assert box["contributing_services"] == data["contributing_services"]
+    consensus = {row["image_id"]: row for row in table("consensus").to_pylist()}
+    for image_id, data in conn.execute("SELECT image_id, consensus_data FROM consensus"):
+        assert consensus[image_id]["top_emoji"] == data["votes"]["consensus"][0]["emoji"]
+    created = table("images").column("created").type
+    assert str(created) == "timestamp[us, tz=UTC]"
+
+
+def test_csv_has_one_row_per_merged_box(conn, tmp_path: Path) -> None:
+    out = tmp_path / "boxes.csv"
+    run_export(conn, "csv", out)
+    with open(out, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    stored = conn.execute("SELECT b.merged_id, b.image_id, i.image_filename, b.merged_data FROM merged_boxes b "
+                          "JOIN images i USING (image_id) ORDER BY b.image_id, b.merged_id").fetchall()
+    assert [(int(row["merged_id"]), int(row["image_id"]), row["file_name"]) for row in rows] == [
+        (merged_id, image_id, name) for merged_id, image_id, name, _ in stored]
+    for row, (_, _, _, data) in zip(rows, stored, strict=True):
+        assert row["emoji"] == data["emoji"] and row["label"] in data["labels"]
+        assert row["contributing_services"].split(";") == data["contributing_services"]
+        assert row["primary_color"].startswith("#")
+
+
+# -- what is selected ------------------------------------------------------------------------------------------------
+
+
+def exported_ids(path: Path) -> list[int]:
+    return [json.loads(line)["image_id"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_group_since_after_id_and_services_select_what_sql_selects(conn, tmp_path: Path) -> None:
+    out = tmp_path / "selected.jsonl"
+    run_export(conn, "jsonl", out, group=URL_GROUP)
+    assert exported_ids(out) == [row[0] for row in conn.execute("SELECT image_id FROM images WHERE image_group = %s",
+                                                                (URL_GROUP,))]
+    after = tmp_path / "after.jsonl"  # --after-id into an existing file would continue it
+    run_export(conn, "jsonl", after, after_id=3)
+    assert exported_ids(after) == [row[0] for row in conn.execute("SELECT image_id FROM images WHERE image_id > 3 "
+                                                                "ORDER BY 1")]
+    # --since: only images with something new since then; one new answer brings its image back.
+    latest = scalar(conn, "SELECT greatest((SELECT max(result_created) FROM results), "
+                          "(SELECT max(result_created) FROM postprocessing), "
+                          "(SELECT max(consensus_created) FROM consensus), "
+                          "(SELECT max(changed_at) FROM merged_images), (SELECT max(image_created) FROM images))")
+    run_export(conn, "jsonl", out, since=latest + dt.timedelta(microseconds=1))
+    assert exported_ids(out) == []
+    before = scalar(conn, "SELECT now()")
+    with conn.transaction(force_rollback=True):
+        conn.execute("INSERT INTO results (image_id, service, task_id, data, status) "
+                     "VALUES (2, 'ocr', gen_random_uuid(), '{\"predictions\": []}', 'success')")
+        run_export(conn, "jsonl", out, since=before)
+        assert exported_ids(out) == [2]
+    run_export(conn, "jsonl", out, group=SAMPLE_GROUP, services=("blip", "yolov8"))
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert {service for line in lines for service in line["answers"]} == {"blip", "yolov8"}
+    assert sum(len(line["boxes"]) for line in lines) == scalar(conn, "SELECT count(*) FROM merged_boxes")
+
+
+# -- stopping and continuing -----------------------------------------------------------------------------------------
+
+
+class StopAfterPages(ExportStop):
+    def __init__(self, pages: int) -> None:
+        super().__init__()
+        self.pages = pages
+
+    def progress(self, images: int) -> None:
+        self.pages -= 1
+        if self.pages == 0:
+            self.request_stop()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_a_stopped_export_continues_with_after_id_into_the_same_output(conn, tmp_path: Path, fmt: str) -> None:
+    whole, parts = tmp_path / f"whole.{fmt}", tmp_path / f"parts.{fmt}"
+    run_export(conn, fmt, whole, page_size=2)
+    stop = StopAfterPages(2)
+    with pytest.raises(ExportStopped, match=r"holds every image up to id 4; continue with --after-id 4"):
+        export(conn, ExportRequest(fmt, parts, Selection()), progress=stop.progress, stop=stop, page_size=2)
+    if fmt != "parquet":
+        with open(parts, "ab") as handle:
+            handle.write(b'{"image_id": 5, "half a li')  # what a crash in the middle of a page leaves
+    with pytest.raises(WindmillError, match=r"already holds image(s up to)? 4, after --after-id 3; continue with "
+                                            r"--after-id 4"):
+        run_export(conn, fmt, parts, after_id=3, page_size=2)
+    run_export(conn, fmt, parts, after_id=4, page_size=2)
+    if fmt == "parquet":
+        import pyarrow.dataset
+
+        for table in ("images", "answers", "boxes", "postprocessing", "consensus"):
+            read = [pyarrow.dataset.dataset(folder / table, format="parquet").to_table().sort_by(
+                [(pyarrow.dataset.dataset(folder / table).schema.names[0], "ascending")]).to_pylist()
+                for folder in (whole, parts)]
+            assert read[0] == read[1], table
+        assert len(list((parts / "images").glob("part-*.parquet"))) == 2
+    else:
+        assert parts.read_bytes() == whole.read_bytes()
+
+
+def test_a_stopped_coco_export_writes_nothing(conn, tmp_path: Path) -> None:
+    out = tmp_path / "windmill.json"
+    stop = StopAfterPages(1)
+    with pytest.raises(ExportStopped, match="nothing was written"):
+        export(conn, ExportRequest("coco", out, Selection(), detectors=True), progress=stop.progress, stop=stop,
+               page_size=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- the command -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(collection: Database, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WINDMILL_DATABASE_URL", database_url)
+    monkeypatch.setenv("WINDMILL_HOME", str(tmp_path / "home"))
+
+    def invoke(*args: str) -> Any:
+        return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def test_the_command_exports_with_a_progress_bar_and_refuses_bad_requests_in_one_sentence(cli, conn,
+                                                                                           tmp_path: Path) -> None:
+    result = cli("export", "--format", "csv", "--out", "boxes.csv", "--group", SAMPLE_GROUP)
+    assert result.exit_code == 0, result.output
+    images = scalar(conn, "SELECT count(*) FROM images WHERE image_group = %s", SAMPLE_GROUP)
+    assert f"Exported {images} image(s)" in result.stdout and "Exporting" in result.stderr
+    for args, message in [
+        (("--format", "jsonl", "--detectors"), "--detectors adds COCO results files: use it with --format coco"),
+        (("--format", "csv", "--services", "blip"), "the csv format holds merged boxes only"),
+        (("--format", "jsonl", "--services", "nonsense"), "unknown service"),
+        (("--format", "jsonl", "--since", "yesterday"), "--since takes an ISO 8601 instant"),
+    ]:
+        result = cli("export", "--out", "x.out", *args)
+        assert result.exit_code == 1 and message in result.output, (args, result.output)
+        assert "Traceback" not in result.output

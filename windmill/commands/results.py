@@ -1,0 +1,75 @@
+"""Commands that hand the results out: `export` (files for COCO tools, pandas, DuckDB) and `web` (the dashboard)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from windmill.commands.context import AppContext, pass_app
+from windmill.export import FORMATS
+
+
+@click.command("export")
+@click.option("--format", "fmt", required=True, type=click.Choice(FORMATS),
+              help="coco: a COCO detection file of the merged boxes; jsonl: one line per image; parquet: a "
+                   "directory of tables (images, answers, boxes, postprocessing, consensus); csv: one row per box.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The file (a directory for parquet).")
+@click.option("--group", "-g", help="Only images of this group.")
+@click.option("--since", help="Only images with something new since this instant (ISO 8601, e.g. 2026-11-29T05:00Z): "
+                              "added, an answer, a change of boxes, postprocessing, a consensus.")
+@click.option("--after-id", type=click.IntRange(0), default=0, help="Only images after this id; continues an "
+              "interrupted jsonl, csv or parquet export in place.")
+@click.option("--services", "-s", help="Only these services' answers (jsonl, parquet; coco with --detectors: which "
+                                       "detectors): all, primary, … or a comma-separated list.")
+@click.option("--detectors", is_flag=True, help="coco: each detector's raw boxes as a results file beside it.")
+@pass_app
+def export_command(app: AppContext, fmt: str, out: Path, group: str | None, since: str | None, after_id: int,
+                   services: str | None, detectors: bool) -> None:
+    """Write the collection's answers and products to files for COCO tools, pandas, DuckDB, FiftyOne."""
+    from windmill.export import ExportRequest, ExportStop, Selection, count_images, export, parse_since
+    from windmill.worker.launch import stop_on_signals
+
+    selection = Selection(group=group, since=parse_since(since), after_id=after_id,
+                          services=tuple(s.name for s in app.catalog.select(services)) if services else None)
+    request = ExportRequest(fmt, out, selection, detectors=detectors)
+    request.check()
+    stop = ExportStop()
+    with (
+        app.connection(reading_only=True) as conn,
+        stop_on_signals(stop),  # type: ignore[arg-type]
+        click.progressbar(length=count_images(conn, selection), label="Exporting", file=sys.stderr) as bar,
+    ):
+        report = export(conn, request, progress=bar.update, stop=stop)
+    last = f", ids up to {report.last_image_id}" if report.last_image_id is not None else ""
+    click.echo(f"Exported {report.images} image(s){last} as {fmt}: " + ", ".join(map(str, report.files)))
+
+
+@click.command("web")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (another than loopback makes the dashboard reachable from the network).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--allow-actions", is_flag=True, help="Offer to retry dead jobs (needs a login that may: the monitor "
+                                                    "role only reads).")
+@pass_app
+def web(app: AppContext, host: str, port: int, allow_actions: bool) -> None:
+    """Serve the dashboard: overview (refreshing itself), gallery, each image with its boxes; read-only by default."""
+    import threading
+
+    from windmill.web import running_dashboard
+
+    with (
+        app.database("windmill-web", reading_only=True) as database,
+        running_dashboard(app.settings, app.catalog, database, host=host, port=port,
+                          allow_actions=allow_actions) as running,
+    ):
+        click.echo(f"Windmill dashboard on {running.url}/ ({'actions on' if allow_actions else 'read-only'}); "
+                   "Ctrl-C to stop.")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            click.echo("Stopped.")
+
+
+COMMANDS = [export_command, web]

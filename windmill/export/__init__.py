@@ -1,0 +1,135 @@
+"""`windmill-cli export`: the collection's answers and products as files other tools read — COCO (pycocotools,
+faster-coco-eval, FiftyOne), JSON Lines, Parquet (pandas, DuckDB) and CSV — streamed a page of images at a time
+in image id order, so memory stays flat at any size and an interrupted export continues with `--after-id`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import psycopg
+
+from windmill.errors import WindmillError
+from windmill.export.source import PAGE_SIZE, ImageExport, Selection, count_images, image_pages
+
+FORMATS = ("coco", "jsonl", "parquet", "csv")
+
+__all__ = ["FORMATS", "ExportReport", "ExportRequest", "ExportStop", "ExportStopped", "Selection", "count_images",
+           "export", "parse_since"]
+
+
+class Writer(Protocol):
+    def write_page(self, page: list[ImageExport]) -> None: ...
+
+    def finish(self) -> list[Path]: ...
+
+    def abort(self) -> list[Path]: ...
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    format: str
+    out: Path
+    selection: Selection = field(default_factory=Selection)
+    detectors: bool = False  # coco: each detector's raw boxes as a results file too
+
+    def check(self) -> None:
+        """Refuse combinations that would silently do nothing, in one sentence."""
+        if self.format not in FORMATS:
+            raise WindmillError(f"unknown export format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        if self.detectors and self.format != "coco":
+            raise WindmillError("--detectors adds COCO results files: use it with --format coco")
+        if self.selection.services is not None and self.format == "csv":
+            raise WindmillError("--services selects answers, and the csv format holds merged boxes only")
+        if self.selection.services is not None and self.format == "coco" and not self.detectors:
+            raise WindmillError("--services with --format coco selects the detectors of --detectors; add it")
+
+
+@dataclass
+class ExportReport:
+    images: int = 0
+    last_image_id: int | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+class ExportStopped(WindmillError):
+    """The export stopped before the end; the message says what was written and how to continue."""
+
+
+class ExportStop:
+    """Asked to stop (SIGINT/SIGTERM, see windmill.worker.launch.stop_on_signals): the export ends after the page
+    it is writing; asked twice, at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request_stop(self, *, immediately: bool = False) -> None:
+        if immediately:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def _writer(request: ExportRequest) -> Writer:
+    resume_after = request.selection.after_id or None
+    if request.format == "jsonl":
+        from windmill.export.lines import jsonl_writer
+
+        return jsonl_writer(request.out, resume_after)
+    if request.format == "csv":
+        from windmill.export.lines import csv_writer
+
+        return csv_writer(request.out, resume_after)
+    if request.format == "parquet":
+        from windmill.export.parquet import ParquetWriter
+
+        return ParquetWriter(request.out, resume_after)
+    from windmill.export.coco import CocoWriter
+
+    return CocoWriter(request.out, detectors=request.detectors)
+
+
+def export(conn: psycopg.Connection, request: ExportRequest, *, progress: Callable[[int], None] | None = None,
+           stop: ExportStop | None = None, page_size: int = PAGE_SIZE) -> ExportReport:
+    """Write the selected images to `request.out` in `request.format`; `progress` gets the number of images of
+    each page written. Stopping (or a failure) keeps every complete page of the line and Parquet formats and
+    raises ExportStopped naming the id to continue after; a COCO file is written whole or not at all."""
+    request.check()
+    writer = _writer(request)
+    report = ExportReport()
+    try:
+        for page in image_pages(conn, request.selection, detectors=request.detectors, page_size=page_size):
+            writer.write_page(page)
+            report.images += len(page)
+            report.last_image_id = page[-1].image_id
+            if progress is not None:
+                progress(len(page))
+            if stop is not None and stop.requested:
+                raise ExportStopped("on request")
+    except (Exception, KeyboardInterrupt) as error:
+        kept = writer.abort()
+        raise ExportStopped(_stopped_message(request, report, kept, error)) from error
+    report.files = writer.finish()
+    return report
+
+
+def _stopped_message(request: ExportRequest, report: ExportReport, kept: list[Path], error: BaseException) -> str:
+    cause = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error).strip().splitlines()[0] \
+        if str(error).strip() else type(error).__name__
+    if not kept or report.last_image_id is None:
+        return f"export stopped ({cause}); nothing was written to {request.out}"
+    return (f"export stopped ({cause}) after {report.images} image(s): {request.out} holds every image up to id "
+            f"{report.last_image_id}; continue with --after-id {report.last_image_id}")
+
+
+def parse_since(text: str | None) -> dt.datetime | None:
+    """`--since`: an ISO 8601 instant; without a zone, local time."""
+    if text is None:
+        return None
+    try:
+        instant = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise WindmillError(f"--since takes an ISO 8601 instant such as 2026-11-29T05:00:00Z, not {text!r}") from None
+    return instant if instant.tzinfo is not None else instant.astimezone()

@@ -1,0 +1,130 @@
+"""COCO export: one detection file of the merged boxes (images, annotations with score and the agreeing services,
+categories named by the boxes' labels) that pycocotools, faster-coco-eval and FiftyOne load as they are; with
+`--detectors`, each detector's raw boxes as a COCO results file beside it (`NAME.<service>.results.json`, a list of
+{image_id, category_id, bbox, score}, for `COCO.loadRes`), using the same category ids.
+
+The document is streamed: images go to the file as they are read, annotations and results to files of their own,
+joined at the end; only the categories stay in memory. Files appear under their names only when complete."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from windmill import __version__
+from windmill.errors import WindmillError
+from windmill.evaluation import detector_predictions
+from windmill.export.shapes import coco_box, coco_image, dumps
+from windmill.export.source import ImageExport
+from windmill.render import box_label
+
+
+def results_path(out: Path, service: str) -> Path:
+    """Where a detector's results file goes beside the COCO file."""
+    return out.with_name(f"{out.stem}.{service}.results.json")
+
+
+class _JsonArray:
+    """A JSON array written element by element to a hidden file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle: BinaryIO = open(path, "wb")  # noqa: SIM115  (closed by close)
+        self.count = 0
+
+    def append(self, value: Any) -> None:
+        self.handle.write((b",\n" if self.count else b"") + dumps(value))
+        self.count += 1
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class CocoWriter:
+    def __init__(self, out: Path, *, detectors: bool) -> None:
+        self.out = out
+        self.detectors = detectors
+        self.categories: dict[str, dict[str, Any]] = {}  # label → category
+        try:
+            self._images = _JsonArray(self._hidden(out, "images"))
+            self._annotations = _JsonArray(self._hidden(out, "annotations"))
+        except OSError as error:
+            raise WindmillError(f"cannot write {out}: {error.strerror or error}") from None
+        self._results: dict[str, _JsonArray] = {}
+
+    @staticmethod
+    def _hidden(out: Path, part: str) -> Path:
+        return out.with_name(f".{out.name}.{part}.tmp")
+
+    def category(self, label: str, emoji: str) -> int:
+        """The category id of a label, assigned in order of first appearance."""
+        if label not in self.categories:
+            self.categories[label] = {"id": len(self.categories) + 1, "name": label, "supercategory": "object",
+                                      "emoji": emoji}
+        return int(self.categories[label]["id"])
+
+    def write_page(self, page: list[ImageExport]) -> None:
+        for item in page:
+            self._images.append(coco_image(item))
+            for row in item.boxes:
+                data = row["merged_data"]
+                annotation = coco_box(item.image_id, row["merged_id"], data,
+                                      self.category(box_label(data), str(data.get("emoji") or "")))
+                if annotation is not None:
+                    self._annotations.append(annotation)
+            if self.detectors:
+                self._write_detections(item)
+
+    def _write_detections(self, item: ImageExport) -> None:
+        rows = [(item.image_id, row["result_id"], row["service"], row["data"]) for row in item.detector_answers]
+        for service, found in detector_predictions(rows, {item.image_id: item.image_id}).items():
+            if service not in self._results:
+                self._results[service] = _JsonArray(self._hidden(results_path(self.out, service), "results"))
+            for prediction in found.predictions:
+                label = prediction.labels[0] if prediction.labels else "object"
+                self._results[service].append({
+                    "image_id": item.image_id, "category_id": self.category(label, prediction.emoji),
+                    "bbox": list(prediction.bbox), "score": prediction.confidence})
+
+    def finish(self) -> list[Path]:
+        for part in (self._images, self._annotations, *self._results.values()):
+            part.close()
+        header = {"info": {"description": "Windmill export: harmonized boxes", "version": __version__,
+                           "date_created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
+                  "licenses": []}
+        hidden = self._hidden(self.out, "document")
+        with open(hidden, "wb") as document:
+            document.write(dumps(header)[:-1] + b',\n"images": [\n')
+            _copy(self._images.path, document)
+            document.write(b'\n],\n"annotations": [\n')
+            _copy(self._annotations.path, document)
+            document.write(b'\n],\n"categories": ' + dumps(list(self.categories.values())) + b"}\n")
+        hidden.rename(self.out)
+        written = [self.out]
+        for service, results in sorted(self._results.items()):
+            with open(results.path, "rb") as elements, open(results.path.with_suffix(".list"), "wb") as listing:
+                listing.write(b"[\n")
+                shutil.copyfileobj(elements, listing)
+                listing.write(b"\n]\n")
+            results.path.with_suffix(".list").rename(results_path(self.out, service))
+            results.path.unlink()
+            written.append(results_path(self.out, service))
+        self._images.path.unlink()
+        self._annotations.path.unlink()
+        return written
+
+    def abort(self) -> list[Path]:
+        """A COCO document is written whole or not at all."""
+        for part in (self._images, self._annotations, *self._results.values()):
+            part.close()
+            part.path.unlink(missing_ok=True)
+        self._hidden(self.out, "document").unlink(missing_ok=True)
+        return []
+
+
+def _copy(path: Path, into: BinaryIO) -> None:
+    with open(path, "rb") as source:
+        shutil.copyfileobj(source, into)
+

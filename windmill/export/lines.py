@@ -1,0 +1,123 @@
+"""Line formats (JSON Lines: one line per image; CSV: one row per merged box), written a page at a time and
+resumable: `--after-id N` appends to a file that ends at image N, after cutting off a line a crash left half-written."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from windmill.errors import WindmillError
+from windmill.export.shapes import CSV_COLUMNS, csv_rows, dumps, jsonl_line
+from windmill.export.source import ImageExport
+
+TAIL_CHUNK = 1 << 16
+
+
+class LineWriter:
+    """Writes `render(page)` bytes to `path`; with `resume_after`, continues a file that ends at that image."""
+
+    def __init__(self, path: Path, *, render: Callable[[list[ImageExport]], bytes], header: bytes,
+                 last_image_id: Callable[[bytes], int | None], resume_after: int | None) -> None:
+        self.path = path
+        self.render = render
+        self._file = _open(path, header, last_image_id, resume_after)
+
+    def write_page(self, page: list[ImageExport]) -> None:
+        self._file.write(self.render(page))
+        self._file.flush()  # a page is in the file before the next one is read
+
+    def finish(self) -> list[Path]:
+        self._file.close()
+        return [self.path]
+
+    def abort(self) -> list[Path]:
+        return self.finish()  # every page written so far is complete: keep them
+
+
+def jsonl_writer(path: Path, resume_after: int | None) -> LineWriter:
+    return LineWriter(path, render=_jsonl_page, header=b"", last_image_id=_jsonl_image_id, resume_after=resume_after)
+
+
+def csv_writer(path: Path, resume_after: int | None) -> LineWriter:
+    return LineWriter(path, render=_csv_page, header=_csv_bytes([list(CSV_COLUMNS)]), last_image_id=_csv_image_id,
+                      resume_after=resume_after)
+
+
+def _jsonl_page(page: list[ImageExport]) -> bytes:
+    return b"".join(dumps(jsonl_line(item)) + b"\n" for item in page)
+
+
+def _csv_page(page: list[ImageExport]) -> bytes:
+    return _csv_bytes([row for item in page for row in csv_rows(item)])
+
+
+def _csv_bytes(rows: list[list[Any]]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+def _jsonl_image_id(line: bytes) -> int | None:
+    try:
+        value = orjson.loads(line).get("image_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _csv_image_id(line: bytes) -> int | None:
+    try:
+        first = next(csv.reader([line.decode("utf-8")]))[0]
+    except (UnicodeDecodeError, StopIteration, IndexError, csv.Error):
+        return None
+    return int(first) if first.isdigit() else None
+
+
+def _open(path: Path, header: bytes, last_image_id: Callable[[bytes], int | None],
+          resume_after: int | None) -> BinaryIO:
+    try:
+        if resume_after is None or not path.exists() or path.stat().st_size == 0:
+            handle = open(path, "wb")  # noqa: SIM115  (closed by finish)
+            handle.write(header)
+            return handle
+        end, line = _last_complete_line(path)
+        found = last_image_id(line) if line else None
+        if line and line != header.rstrip(b"\n") and found is None:
+            raise WindmillError(f"{path} does not end with a line of this format; export to a new file instead")
+        if found is not None and found > resume_after:
+            raise WindmillError(f"{path} already holds image {found}, after --after-id {resume_after}; continue with "
+                                f"--after-id {found}")
+        handle = open(path, "r+b")  # noqa: SIM115
+        handle.truncate(end)  # a line a crash left half-written goes; the images it held follow again
+        handle.seek(end)
+        if end == 0:
+            handle.write(header)
+        return handle
+    except OSError as error:
+        raise WindmillError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def _last_complete_line(path: Path) -> tuple[int, bytes]:
+    """(where the file's last complete line ends, that line without its line break); (0, b"") for none."""
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        tail = b""
+        position = size
+        while position > 0:
+            step = min(TAIL_CHUNK, position)
+            position -= step
+            handle.seek(position)
+            tail = handle.read(step) + tail
+            last_break = tail.rfind(b"\n")
+            if last_break < 0:
+                continue
+            previous = tail.rfind(b"\n", 0, last_break)
+            if previous >= 0 or position == 0:
+                return position + last_break + 1, tail[previous + 1:last_break]
+        return 0, b""

@@ -1,0 +1,117 @@
+"""Parquet export (pyarrow, `pip install 'windmill-pipeline[parquet]'`): a directory with one dataset per table (images,
+answers, boxes, postprocessing, consensus), each a series of part files named by the image ids they hold:
+`boxes/part-000000000001-000000100000.parquet`. pandas, pyarrow and DuckDB read a table's directory as one table.
+
+A part is written under a hidden name and renamed when complete (readers skip hidden files), so a crash loses at
+most the part being written; `--after-id` adds parts after the last complete one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from windmill.errors import WindmillError
+from windmill.export.shapes import table_rows
+from windmill.export.source import ImageExport
+
+INSTALL_HINT = "pip install 'windmill-pipeline[parquet]'"
+PART_IMAGES = 100_000  # images per part file: a crash costs at most this many, and parts stay a few hundred MB
+_PART = re.compile(r"^part-(\d{12})-(\d{12})\.parquet$")
+TABLES = ("images", "answers", "boxes", "postprocessing", "consensus")
+
+
+def _schemas() -> dict[str, Any]:
+    import pyarrow as pa
+
+    instant = pa.timestamp("us", tz="UTC")
+    text, json_text, whole, real = pa.string(), pa.string(), pa.int64(), pa.float64()
+    return {
+        "images": pa.schema([("image_id", whole), ("file_name", text), ("path", text), ("url", text),
+                             ("group", text), ("created", instant), ("width", pa.int32()), ("height", pa.int32())]),
+        "answers": pa.schema([("result_id", whole), ("image_id", whole), ("service", text), ("status", text),
+                              ("error_message", text), ("processing_time", real), ("created", instant),
+                              ("worker_id", text), ("data", json_text)]),
+        "boxes": pa.schema([("merged_id", whole), ("image_id", whole), ("label", text), ("emoji", text),
+                            ("score", real), ("avg_confidence", real), ("detection_count", pa.int32()),
+                            ("contributing_services", pa.list_(text)), ("x", real), ("y", real), ("width", real),
+                            ("height", real), ("created", instant), ("merged_data", json_text)]),
+        "postprocessing": pa.schema([("postprocessing_id", whole), ("image_id", whole), ("merged_box_id", whole),
+                                     ("service", text), ("status", text), ("error_message", text),
+                                     ("processing_time", real), ("created", instant), ("data", json_text)]),
+        "consensus": pa.schema([("image_id", whole), ("top_emoji", text), ("emoji", pa.list_(text)),
+                                ("created", instant), ("consensus_data", json_text)]),
+    }
+
+
+class ParquetWriter:
+    def __init__(self, directory: Path, resume_after: int | None, *, part_images: int = PART_IMAGES) -> None:
+        try:
+            import pyarrow.parquet
+        except ImportError:
+            raise WindmillError(f"the parquet format needs pyarrow: {INSTALL_HINT}") from None
+        self._pq = pyarrow.parquet
+        self._pa = pyarrow
+        self.directory = directory
+        self.part_images = part_images
+        self.schemas = _schemas()
+        self.written: list[Path] = []
+        self._writers: dict[str, Any] = {}
+        self._part: tuple[int, int, int] | None = None  # first image id, last image id, images
+        self._prepare(resume_after)
+
+    def _prepare(self, resume_after: int | None) -> None:
+        try:
+            for table in TABLES:
+                folder = self.directory / table
+                folder.mkdir(parents=True, exist_ok=True)
+                for entry in folder.iterdir():
+                    if entry.name.startswith(".part-") and entry.name.endswith(".tmp"):
+                        entry.unlink()  # a part a crash left unfinished
+                    elif (match := _PART.match(entry.name)) and resume_after is None:
+                        entry.unlink()  # a new export replaces the old one
+                    elif match and resume_after is not None and int(match.group(2)) > resume_after:
+                        raise WindmillError(f"{folder} already holds images up to {int(match.group(2))}, after "
+                                            f"--after-id {resume_after}; continue with --after-id "
+                                            f"{int(match.group(2))}")
+        except OSError as error:
+            raise WindmillError(f"cannot write {self.directory}: {error.strerror or error}") from None
+
+    def write_page(self, page: list[ImageExport]) -> None:
+        rows: dict[str, list[dict[str, Any]]] = {table: [] for table in TABLES}
+        for item in page:
+            for table, found in table_rows(item).items():
+                rows[table].extend(found)
+        if self._part is None:
+            self._open(page[0].image_id)
+        for table in TABLES:
+            self._writers[table].write_table(self._pa.Table.from_pylist(rows[table], schema=self.schemas[table]))
+        first, _last, images = self._part  # type: ignore[misc]
+        self._part = (first, page[-1].image_id, images + len(page))
+        if self._part[2] >= self.part_images:
+            self._close_part()
+
+    def _open(self, first: int) -> None:
+        self._part = (first, first, 0)
+        for table in TABLES:
+            hidden = self.directory / table / f".part-{first:012d}.parquet.tmp"
+            self._writers[table] = self._pq.ParquetWriter(hidden, self.schemas[table], compression="zstd")
+
+    def _close_part(self) -> None:
+        if self._part is None:
+            return
+        first, last, _images = self._part
+        for table, writer in self._writers.items():
+            writer.close()
+            final = self.directory / table / f"part-{first:012d}-{last:012d}.parquet"
+            (self.directory / table / f".part-{first:012d}.parquet.tmp").rename(final)
+            self.written.append(final)
+        self._writers = {}
+        self._part = None
+
+    def finish(self) -> list[Path]:
+        self._close_part()
+        return [self.directory]
+
+    def abort(self) -> list[Path]:
+        return self.finish()  # pages are written whole: the part so far is complete

@@ -1,0 +1,172 @@
+"""What the image page draws over the picture, as plain shapes in image pixels (pure): the merged boxes with their
+tags, each detector's raw boxes in its own colour (switchable layers), faces with their keypoints and pose
+skeletons from the postprocessing of person boxes. The template turns them into SVG."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from windmill.render import MERGED_COLOUR, box_caption, detector_colours, raw_detector_boxes
+
+FACE_COLOUR = "#00e5ff"
+POSE_COLOUR = "#7cfc00"
+VISIBLE = 0.5  # pose landmarks below this visibility are not drawn
+# MediaPipe's body landmarks joined into a skeleton (the face and hand points are drawn as dots only).
+POSE_BONES = (
+    ("left_shoulder", "right_shoulder"), ("left_shoulder", "left_elbow"), ("left_elbow", "left_wrist"),
+    ("right_shoulder", "right_elbow"), ("right_elbow", "right_wrist"), ("left_shoulder", "left_hip"),
+    ("right_shoulder", "right_hip"), ("left_hip", "right_hip"), ("left_hip", "left_knee"),
+    ("left_knee", "left_ankle"), ("right_hip", "right_knee"), ("right_knee", "right_ankle"),
+    ("left_ankle", "left_heel"), ("right_ankle", "right_heel"),
+)
+
+
+def hex_colour(rgb: Sequence[int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb[:3])
+
+
+@dataclass(frozen=True)
+class Rect:
+    x: float
+    y: float
+    width: float
+    height: float
+    caption: str = ""
+    emoji: str = ""
+    tag_x: float = 0.0  # where the caption's baseline starts (merged boxes)
+    tag_y: float = 0.0
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Shapes drawn together in one colour, shown or hidden together."""
+
+    name: str
+    colour: str
+    rects: tuple[Rect, ...] = ()
+    points: tuple[tuple[float, float], ...] = ()
+    lines: tuple[tuple[float, float, float, float], ...] = ()
+
+    @property
+    def count(self) -> int:
+        return len(self.rects)
+
+
+@dataclass(frozen=True)
+class Overlay:
+    width: int
+    height: int
+    font: int  # caption size in image pixels: readable whatever the picture's size
+    merged: Layer
+    detectors: tuple[Layer, ...] = ()
+    faces: Layer = field(default_factory=lambda: Layer("faces", FACE_COLOUR))
+    poses: Layer = field(default_factory=lambda: Layer("poses", POSE_COLOUR))
+
+
+def _rect(bbox: Any, caption: str = "", emoji: str = "") -> Rect | None:
+    if isinstance(bbox, Mapping):
+        values = [bbox.get(key) for key in ("x", "y", "width", "height")]
+    elif isinstance(bbox, list | tuple) and len(bbox) == 4:
+        values = list(bbox)
+    else:
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values) or values[2] <= 0 \
+            or values[3] <= 0:
+        return None
+    return Rect(float(values[0]), float(values[1]), float(values[2]), float(values[3]), caption, emoji)
+
+
+def latest_successes(ml_results: Mapping[str, Sequence[Mapping[str, Any]]], services: Iterable[str]
+                     ) -> list[dict[str, Any]]:
+    """The latest successful answer of each of `services` from a record's ml_results (latest first per service),
+    as {result_id, service, data} rows."""
+    found = []
+    for service in sorted(services):
+        for answer in ml_results.get(service, ()):
+            if answer.get("status") == "success":
+                found.append({"result_id": answer["result_id"], "service": service, "data": answer["data"]})
+                break
+    return found
+
+
+def build_overlay(record: Mapping[str, Any], size: tuple[int, int], detectors: Iterable[str]) -> Overlay:
+    """The shapes of an image's record (windmill.record.image_record) on a picture of `size` (width, height)."""
+    merged = tuple(rect for box in record.get("merged_boxes", ())
+                   if (rect := _rect(box["merged_data"].get("merged_bbox"), box_caption(box["merged_data"]),
+                                     str(box["merged_data"].get("emoji") or ""))))
+    raw = raw_detector_boxes(latest_successes(record.get("ml_results", {}), detectors), size)
+    layers = tuple(
+        Layer(service, hex_colour(colour), tuple(rect for box in raw[service]
+                                                 if (rect := _rect(box["bbox"], box["label"]))))
+        for service, colour in detector_colours(raw).items())
+    face_rects: list[Rect] = []
+    face_points: list[tuple[float, float]] = []
+    pose_points: list[tuple[float, float]] = []
+    pose_lines: list[tuple[float, float, float, float]] = []
+    for services in record.get("postprocessing_results", {}).values():
+        for prediction in _predictions(services.get("face")):
+            if rect := _rect(prediction.get("bbox"), "face"):
+                face_rects.append(rect)
+            for point in (prediction.get("keypoints") or {}).values():
+                if _is_xy(point):
+                    face_points.append((float(point[0]), float(point[1])))
+        for prediction in _predictions(services.get("pose")):
+            joints = _pose_joints(prediction.get("landmarks"), size)
+            pose_points.extend(joints.values())
+            pose_lines.extend((*joints[a], *joints[b]) for a, b in POSE_BONES if a in joints and b in joints)
+    font = max(12, round(min(size) / 32))
+    merged = place_tags(merged, size, font)
+    return Overlay(
+        width=size[0], height=size[1], font=font, merged=Layer("merged", hex_colour(MERGED_COLOUR), merged),
+        detectors=layers,
+        faces=Layer("faces", FACE_COLOUR, tuple(face_rects), tuple(face_points)),
+        poses=Layer("poses", POSE_COLOUR, (), tuple(pose_points), tuple(pose_lines)))
+
+
+def _predictions(row: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    if not row or row.get("status") != "success" or not isinstance(row.get("data"), Mapping):
+        return []
+    return [p for p in row["data"].get("predictions") or [] if isinstance(p, Mapping)]
+
+
+def _is_xy(point: Any) -> bool:
+    return isinstance(point, list | tuple) and len(point) == 2 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in point)
+
+
+def _pose_joints(landmarks: Any, size: tuple[int, int]) -> dict[str, tuple[float, float]]:
+    """Visible landmarks in pixels (the stored ones are 0–1 of the whole image)."""
+    if not isinstance(landmarks, Mapping):
+        return {}
+    joints = {}
+    for name, mark in landmarks.items():
+        if not isinstance(mark, Mapping) or not _is_xy([mark.get("x"), mark.get("y")]):
+            continue
+        visibility = mark.get("visibility")
+        if isinstance(visibility, int | float) and visibility < VISIBLE:
+            continue
+        joints[str(name)] = (float(mark["x"]) * size[0], float(mark["y"]) * size[1])
+    return joints
+
+
+def place_tags(rects: Sequence[Rect], size: tuple[int, int], font: int) -> tuple[Rect, ...]:
+    """Each box's caption above its top edge (inside it when there is no room above), moved down a line at a time
+    while it would cover a caption already placed; widths are estimated (0.6 em a character, 1.3 em the emoji)."""
+    placed: list[tuple[float, float, float, float]] = []
+    line = font * 1.25
+    result = []
+    for rect in rects:
+        width = 0.6 * font * (len(rect.caption) + 1) + (1.3 * font if rect.emoji else 0)
+        x = max(0.0, min(rect.x, size[0] - width))
+        top = rect.y - line if rect.y >= line else rect.y
+        for _ in range(8):
+            box = (x, top, x + width, top + line)
+            if not any(box[0] < other[2] and other[0] < box[2] and box[1] < other[3] and other[1] < box[3]
+                       for other in placed):
+                break
+            top += line
+        placed.append((x, top, x + width, top + line))
+        result.append(replace(rect, tag_x=x + 2, tag_y=top + font))
+    return tuple(result)
