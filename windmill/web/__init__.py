@@ -1,6 +1,7 @@
-"""`windmill-cli web`: a read-only dashboard (Flask and Jinja2, served by waitress; `pip install 'windmill-pipeline[web]'`):
-the overview `status` shows, a gallery of thumbnails with their consensus, and each image with its boxes, faces and
-poses drawn over it, its consensus and every answer. It reads as the monitor role can (deploy/roles.sql)."""
+"""`windmill-cli web`: a read-only dashboard (Flask and Jinja2, served by waitress;
+`pip install 'windmill-pipeline[web]'`): the overview `status` shows, a gallery of thumbnails with their
+consensus, and each image with its boxes, faces and poses drawn over it, its consensus and every answer. It
+reads as the monitor role can (deploy/roles.sql)."""
 
 from __future__ import annotations
 
