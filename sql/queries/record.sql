@@ -19,20 +19,23 @@ SELECT merged_id, crop_key, status, created, worker_id, source_result_ids, merge
  ORDER BY merged_id
 
 -- name: record_merge_state
--- When the boxes were last recomputed and last changed; no row before the first merge.
-SELECT merged_at, changed_at, boxes, source_result_ids, worker_id
+-- When the boxes were last recomputed and last changed, from which answers, at which revision; no row before the
+-- first merge.
+SELECT merged_at, changed_at, boxes, source_result_ids, revision, worker_id
   FROM merged_images
  WHERE image_id = %(image_id)s
 
 -- name: record_postprocessing
 -- Postprocessing of the image's boxes and whole-image caption scores, latest first per box and service.
 SELECT postprocessing_id, merged_box_id, service, status, error_message, processing_time, result_created,
-       worker_id, data
+       worker_id, source_result_id, data
   FROM postprocessing
  WHERE image_id = %(image_id)s
  ORDER BY merged_box_id NULLS LAST, service, result_created DESC, postprocessing_id DESC
 
 -- name: record_consensus
-SELECT consensus_id, consensus_data, processing_time, consensus_created, worker_id
+-- The consensus with what it was computed from (answers, box revision, face/pose rows).
+SELECT consensus_id, consensus_data, processing_time, consensus_created, worker_id, source_result_ids,
+       boxes_revision, postprocessing_ids
   FROM consensus
  WHERE image_id = %(image_id)s
