@@ -39,6 +39,8 @@ class Settings:
     allow_private_urls: bool = False
     harmony: HarmonyConfig = DEFAULT_HARMONY
     backfill_interval_s: float = 60.0  # the scheduler role's period
+    backfill_page: int = 1000  # images the backfill looks at per run
+    job_retention_s: float = 3600.0  # done jobs older than this are pruned
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -207,6 +209,19 @@ def _seconds(env: Mapping[str, str], name: str, default: float, most: float) -> 
     return seconds
 
 
+def _count(env: Mapping[str, str], name: str, default: int, most: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 0 < count <= most:
+        raise ConfigError(f"{name} must be a whole number between 1 and {most:,}, not {text!r}")
+    return count
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     value = env.get(name, "").strip().lower()
     if value in ("", "0", "false", "no", "off"):
@@ -244,6 +259,8 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
         harmony=_harmony(env),
         amqp_management_url=env.get("WINDMILL_AMQP_MANAGEMENT_URL") or None,
         backfill_interval_s=_seconds(env, "WINDMILL_BACKFILL_INTERVAL_S", 60.0, 86_400),
+        backfill_page=_count(env, "WINDMILL_BACKFILL_PAGE", 1000, 1_000_000),
+        job_retention_s=_seconds(env, "WINDMILL_JOB_RETENTION_S", 3600.0, 30 * 86_400),
     )
 
 

@@ -51,8 +51,8 @@ from windmill.errors import WindmillError
 from windmill.harmony import DetectorResult, HarmonyConfig, harmonize
 from windmill.roles.consensus import consensus_for_image
 from windmill.roles.merger import crop_key, postprocessing_of
-from windmill.roles.scheduler import run_backfill
 from windmill.settings import settings_from_mapping
+from windmill.upkeep import run_backfill
 from windmill.worker.group import pipeline_idle
 
 PRIMARY = "primary"
