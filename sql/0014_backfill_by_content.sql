@@ -106,7 +106,7 @@ DECLARE
     page_images integer;
     queues text[];
     counts integer[];
-    truncated boolean;
+    more_work boolean;
 BEGIN
     IF p_limit IS NULL OR p_limit < 1 THEN
         RAISE EXCEPTION 'backfill: p_limit must be at least 1, not %', p_limit USING ERRCODE = 'invalid_parameter_value';
@@ -167,7 +167,7 @@ BEGIN
         SELECT array_agg(pq.queue ORDER BY pq.queue) FILTER (WHERE pq.n > 0),
                array_agg(pq.n ORDER BY pq.queue) FILTER (WHERE pq.n > 0),
                coalesce(bool_or(pq.more), false)
-          INTO queues, counts, truncated
+          INTO queues, counts, more_work
           FROM per_queue pq;
         FOR i IN 1..coalesce(cardinality(queues), 0) LOOP
             queue := queues[i]; queued := counts[i]; RETURN NEXT;
@@ -175,7 +175,7 @@ BEGIN
     END IF;
 
     -- Move on, unless this page still has work beyond p_limit; a short page ends the lap.
-    IF NOT coalesce(truncated, false) THEN
+    IF NOT coalesce(more_work, false) THEN
         UPDATE backfill_state
            SET after_image_id = CASE WHEN page_images < p_page THEN 0 ELSE page_upto END,
                laps = laps + CASE WHEN page_images < p_page THEN 1 ELSE 0 END,
