@@ -116,7 +116,7 @@ def test_a_voter_answer_committed_after_the_consensus_job_ran_is_voted_on(
 def scorer(pool: ConnectionPool, database: Database, jobs: JobQueue, catalog: Catalog) -> Iterator[CaptionScorer]:
     with running_farm(catalog) as (_, farm_catalog), FarmClient(farm_catalog) as farm:
         context = RoleContext(settings=SETTINGS, database=database, pool=pool, jobs=jobs, catalog=farm_catalog,
-                              worker_id=WORKER)
+                              worker_id=WORKER, farm=farm)
         yield CaptionScorer(context, farm, ImageSource(SETTINGS))
 
 

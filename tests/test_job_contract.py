@@ -13,6 +13,7 @@ from tests.test_monitoring import add_box, add_image
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.emoji import PERSON
+from windmill.farm import FarmClient
 from windmill.jobs import JobQueue
 from windmill.jobs.queues import (
     CAPTION_SCORE_QUEUE,
@@ -63,10 +64,11 @@ def test_postprocessing_is_colors_for_every_box_and_face_and_pose_for_people(
 
 
 def test_the_roles_consume_the_queues_sql_fills(database: Database, pool: ConnectionPool, catalog: Catalog) -> None:
-    context = RoleContext(settings=settings_from_mapping({"WORKER_ID": "contract"}), database=database, pool=pool,
-                          jobs=JobQueue(pool), catalog=catalog, worker_id="contract")
-    consumed = {name: build_role(name, context).queues for name in ("merger", "consensus", "caption_score",
-                                                                     "postprocess", "scheduler")}
+    with FarmClient(catalog) as farm:
+        context = RoleContext(settings=settings_from_mapping({"WORKER_ID": "contract"}), database=database,
+                              pool=pool, jobs=JobQueue(pool), catalog=catalog, worker_id="contract", farm=farm)
+        consumed = {name: build_role(name, context).queues for name in ("merger", "consensus", "caption_score",
+                                                                         "postprocess", "scheduler")}
     with pool.connection() as conn:
         image = add_image(conn, "a.jpg")
         box = add_box(conn, image, PERSON, f"{PERSON}:0,0,9,9")
