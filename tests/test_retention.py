@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from tests.test_monitoring import add_image, add_job, add_result
+from windmill.cron import BACKFILL_COMMAND, cron_command
 from windmill.errors import ConfigError
 from windmill.settings import settings_from_mapping
 from windmill.upkeep import prune_jobs, run_backfill, scheduled_pass
@@ -101,3 +102,11 @@ def test_page_and_retention_come_from_the_environment(environ: dict[str, str], p
 def test_a_bad_page_or_retention_is_one_sentence_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^{name} must be"):
         settings_from_mapping({name: value})
+
+
+def test_the_pg_cron_command_carries_the_settings_pg_cron_cannot_read(conn: psycopg.Connection,
+                                                                       history: None) -> None:
+    assert cron_command() == BACKFILL_COMMAND == "CALL windmill.scheduled_pass()"
+    command = cron_command(page=5, retention_s=90 * 60)
+    assert command == "CALL windmill.scheduled_pass(p_page => 5, p_retention => interval '5400 seconds')"
+    assert conn.execute(command).fetchone() == ({}, 3)  # what pg_cron runs: the recent done jobs stay
