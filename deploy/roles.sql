@@ -99,6 +99,8 @@ END $$;
 REVOKE ALL ON ALL TABLES IN SCHEMA windmill FROM PUBLIC, windmill_worker, windmill_monitor;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA windmill FROM PUBLIC, windmill_worker, windmill_monitor;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA windmill FROM PUBLIC, windmill_worker, windmill_monitor;
+-- (ALL FUNCTIONS leaves procedures out.)
+REVOKE ALL ON ALL PROCEDURES IN SCHEMA windmill FROM PUBLIC, windmill_worker, windmill_monitor;
 -- Functions a future migration creates are not executable by everyone either (PostgreSQL's default).
 ALTER DEFAULT PRIVILEGES FOR ROLE windmill_owner IN SCHEMA windmill REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 

@@ -213,9 +213,13 @@ def test_the_monitor_role_reads_the_views_and_nothing_else(roles_database: Calla
             "UPDATE windmill.jobs SET state = 'dead'",
             "SELECT * FROM windmill.backfill()",
             "SELECT windmill.enqueue_job('merge', NULL, '{}', NULL)",
+            "CALL windmill.scheduled_pass()",
         ):
             with pytest.raises(errors.InsufficientPrivilege):
                 conn.execute(statement)
+        # Refused at the door, not only by what the procedure calls.
+        assert conn.execute("SELECT has_function_privilege('windmill.prune_jobs(interval, boolean, integer, "
+                            "integer, bigint)', 'EXECUTE')").fetchone() == (False,)
     # At psql its search path is the schema: `SELECT * FROM live_workers`.
     with psycopg.connect(roles_database("windmill_monitor")) as conn:
         assert conn.execute("SHOW search_path").fetchone()[0] == "windmill"
