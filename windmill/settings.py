@@ -9,6 +9,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
@@ -196,30 +197,29 @@ def _harmony(env: Mapping[str, str]) -> HarmonyConfig:
         raise ConfigError(f"WINDMILL_HARMONY is not a valid harmony configuration: {bad}") from None
 
 
+_Number = TypeVar("_Number", int, float)
+
+
 def _seconds(env: Mapping[str, str], name: str, default: float, most: float) -> float:
-    text = env.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds <= most:
-        raise ConfigError(f"{name} must be a number of seconds between 0 and {most:g}, not {text!r}")
-    return seconds
+    return _positive(env, name, default, most, float, f"a number of seconds between 0 and {most:g}")
 
 
 def _count(env: Mapping[str, str], name: str, default: int, most: int) -> int:
+    return _positive(env, name, default, most, int, f"a whole number between 1 and {most:,}")
+
+
+def _positive(env: Mapping[str, str], name: str, default: _Number, most: _Number, parse: type[_Number],
+              what: str) -> _Number:
     text = env.get(name, "").strip()
     if not text:
         return default
     try:
-        count = int(text)
+        value = parse(text)
     except ValueError:
-        count = 0
-    if not 0 < count <= most:
-        raise ConfigError(f"{name} must be a whole number between 1 and {most:,}, not {text!r}")
-    return count
+        value = parse(0)
+    if not 0 < value <= most:
+        raise ConfigError(f"{name} must be {what}, not {text!r}")
+    return value
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
