@@ -1,7 +1,8 @@
--- pg_cron runs Windmill's backfill inside PostgreSQL every minute: the job `windmill-cli cron install` creates
--- (windmill/cron.py: job windmill-backfill, command SELECT * FROM windmill.backfill(), in Windmill's database),
--- scheduled here by a superuser to run as windmill_worker (deploy/roles.sql), which may run the backfill and
--- nothing more. (`windmill-cli cron install` schedules the same job to run as the login it uses, which must be
+-- pg_cron runs Windmill's periodic pass (a backfill page, then the job retention) inside PostgreSQL every minute:
+-- the job `windmill-cli cron install` creates (windmill/cron.py: job windmill-backfill, command
+-- CALL windmill.scheduled_pass(), in Windmill's database), scheduled here by a superuser to run as
+-- windmill_worker (deploy/roles.sql), which may run the backfill and the retention and nothing more.
+-- (`windmill-cli cron install` schedules the same job to run as the login it uses, which must be
 -- allowed to create the extension and call cron.schedule_in_database: usually a superuser.)
 -- Without pg_cron, run `windmill-cli worker --role scheduler` (or `windmill-cli workers start scheduler`) instead.
 --
@@ -18,7 +19,10 @@
 --        psql -v ON_ERROR_STOP=1 -d postgres -v windmill_database=windmill -f deploy/pg_cron.sql
 --
 --    psql variables: windmill_database (default windmill), schedule (default every minute; pg_cron 1.4 schedules
---    by the minute). Running it again updates the job in place (pg_cron upserts by job name and user).
+--    by the minute), command (default CALL windmill.scheduled_pass(); with another page size or retention, e.g.
+--    -v command="CALL windmill.scheduled_pass(p_page => 5000, p_retention => interval '7200 seconds')", what
+--    `windmill-cli cron install` writes for WINDMILL_BACKFILL_PAGE=5000 WINDMILL_JOB_RETENTION_S=7200).
+--    Running it again updates the job in place (pg_cron upserts by job name and user).
 --    See it and its runs, as a superuser in that database:
 --        SELECT jobid, schedule, database, username, active FROM cron.job WHERE jobname = 'windmill-backfill';
 --        SELECT status, start_time, return_message FROM cron.job_run_details ORDER BY runid DESC LIMIT 5;
@@ -34,13 +38,17 @@
 \else
 \set schedule '* * * * *'
 \endif
+\if :{?command}
+\else
+\set command 'CALL windmill.scheduled_pass()'
+\endif
 
 CREATE EXTENSION IF NOT EXISTS pg_cron;
 
 SELECT cron.schedule_in_database(
     'windmill-backfill',                  -- windmill.cron.JOB_NAME
     :'schedule',                          -- windmill.cron.DEFAULT_SCHEDULE
-    'SELECT * FROM windmill.backfill()',  -- windmill.cron.BACKFILL_COMMAND
+    :'command',                           -- windmill.cron.BACKFILL_COMMAND / cron_command()
     :'windmill_database',
     'windmill_worker'
 ) AS jobid;

@@ -3,9 +3,10 @@
 --   windmill_owner    owns schema windmill and everything in it: runs `windmill-cli init-db` (migrations) and
 --                     the commands that change the collection itself (`images add`).
 --   windmill_worker   what workers do and nothing more: read the collection, write answers, merged boxes,
---                     consensus, postprocessing, jobs and its own row in `workers`, run the backfill. It also
---                     serves `submit`, `status`, `backfill`, `jobs` and `cron status`. No DDL, no TRUNCATE, no
---                     temporary tables, nothing outside schema windmill.
+--                     consensus, postprocessing, jobs and its own row in `workers`, run the backfill and delete old
+--                     finished jobs (through prune_jobs, not DELETE). It also serves `submit`, `status`,
+--                     `backfill`, `jobs` and `cron status`. No DDL, no TRUNCATE, no temporary tables, nothing
+--                     outside schema windmill.
 --   windmill_monitor  reads: the five monitoring views (psql, Grafana) and, for the dashboard (`windmill-cli web`)
 --                     and `export`, the collection and its answers and products (images, results, merged boxes,
 --                     consensus, postprocessing). Not jobs, workers or services (only through the views), no writes.
@@ -20,9 +21,9 @@
 -- No password is in this file. Set them in psql with  \password windmill_worker  (and the other two), or from a
 -- variable without echoing it:   psql -d windmill -v pw="$WORKER_PASSWORD" <<< "ALTER ROLE windmill_worker PASSWORD :'pw'"
 --
--- Every table, view and function of schema windmill is listed below, with what each role may do on it (an empty
--- entry is a decision too); tests/test_deploy_files.py fails when a migration adds an object this file does not
--- name, and runs each role's statements as that role.
+-- Every table, view, function and procedure of schema windmill is listed below, with what each role may do on it
+-- (an empty entry is a decision too); tests/test_deploy_files.py fails when a migration adds an object this file
+-- does not name, and runs each role's statements as that role.
 
 DO $$
 BEGIN
@@ -86,7 +87,10 @@ BEGIN
         UNION ALL
         SELECT 'TYPE', format('windmill.%I', t.typname)
           FROM pg_type t
-         WHERE t.typnamespace = 'windmill'::regnamespace AND t.typtype IN ('e', 'd', 'r')
+         WHERE t.typnamespace = 'windmill'::regnamespace
+           AND (t.typtype IN ('e', 'd', 'r')
+                -- composite types of their own (CREATE TYPE ... AS), not the row types of tables
+                OR (t.typtype = 'c' AND EXISTS (SELECT FROM pg_class c WHERE c.oid = t.typrelid AND c.relkind = 'c')))
            AND t.typowner <> 'windmill_owner'::regrole
     LOOP
         EXECUTE format('ALTER %s %s OWNER TO windmill_owner', object.kind, object.name);
@@ -97,6 +101,8 @@ END $$;
 REVOKE ALL ON ALL TABLES IN SCHEMA windmill FROM PUBLIC, windmill_worker, windmill_monitor;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA windmill FROM PUBLIC, windmill_worker, windmill_monitor;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA windmill FROM PUBLIC, windmill_worker, windmill_monitor;
+-- (ALL FUNCTIONS leaves procedures out.)
+REVOKE ALL ON ALL PROCEDURES IN SCHEMA windmill FROM PUBLIC, windmill_worker, windmill_monitor;
 -- Functions a future migration creates are not executable by everyone either (PostgreSQL's default).
 ALTER DEFAULT PRIVILEGES FOR ROLE windmill_owner IN SCHEMA windmill REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 
@@ -115,7 +121,9 @@ BEGIN
         ('TABLE',    'merged_images',                'SELECT, INSERT, UPDATE',          'SELECT'),
         ('TABLE',    'consensus',                    'SELECT, INSERT, UPDATE',          'SELECT'),
         ('TABLE',    'postprocessing',               'SELECT, INSERT, DELETE',          'SELECT'),  -- caption scores are replaced
-        ('TABLE',    'jobs',                         'SELECT, INSERT, UPDATE',          NULL),  -- enqueue, claim, lease, finish
+        -- enqueue, claim, lease, finish; old done/dead jobs are deleted through prune_jobs_batch (no DELETE here)
+        ('TABLE',    'jobs',                         'SELECT, INSERT, UPDATE',          NULL),
+        ('TABLE',    'backfill_state',               'SELECT, UPDATE',                  NULL),  -- the backfill's position
         ('TABLE',    'workers',                      'SELECT, INSERT, UPDATE',          NULL),  -- presence and heartbeats
         ('VIEW',     'service_progress',             'SELECT',                          'SELECT'),
         ('VIEW',     'queue_depths',                 'SELECT',                          'SELECT'),
@@ -123,7 +131,26 @@ BEGIN
         ('VIEW',     'recent_failures',              'SELECT',                          'SELECT'),
         ('VIEW',     'live_workers',                 'SELECT',                          'SELECT'),
         ('FUNCTION', 'enqueue_job(text, bigint, jsonb, text, integer, timestamp with time zone)', 'EXECUTE', NULL),
-        ('FUNCTION', 'backfill(integer)',            'EXECUTE',                         NULL),  -- the scheduler role, pg_cron
+        -- The job contract (sql/0012): triggers, the merger, the scheduler and the backfill call these.
+        ('FUNCTION', 'enqueue(job_spec)',            'EXECUTE',                         NULL),
+        ('FUNCTION', 'job_pending(job_spec)',        'EXECUTE',                         NULL),
+        ('FUNCTION', 'merge_job(bigint)',            'EXECUTE',                         NULL),
+        ('FUNCTION', 'consensus_job(bigint)',        'EXECUTE',                         NULL),
+        ('FUNCTION', 'caption_score_job(bigint, text)', 'EXECUTE',                      NULL),
+        ('FUNCTION', 'postprocess_job(bigint, bigint, text)', 'EXECUTE',                NULL),
+        ('FUNCTION', 'scheduler_tick_job(interval)', 'EXECUTE',                         NULL),
+        ('FUNCTION', 'box_postprocessing(jsonb, text)', 'EXECUTE',                      NULL),
+        ('FUNCTION', 'enqueue_merge(bigint)',        'EXECUTE',                         NULL),
+        ('FUNCTION', 'enqueue_consensus(bigint)',    'EXECUTE',                         NULL),
+        ('FUNCTION', 'enqueue_caption_score(bigint, text)', 'EXECUTE',                  NULL),
+        ('FUNCTION', 'enqueue_postprocessing(bigint)', 'EXECUTE',                       NULL),
+        ('FUNCTION', 'latest_success_id(bigint, text)', 'EXECUTE',                      NULL),  -- caption scores
+        -- The periodic pass (sql/0014, 0015): the scheduler role, pg_cron, `backfill` and `jobs prune`.
+        ('FUNCTION', 'stale_products(bigint, bigint)', 'EXECUTE',                       NULL),
+        ('FUNCTION', 'backfill(integer, integer)',   'EXECUTE',                         NULL),
+        ('FUNCTION', 'prune_jobs_batch(interval, boolean, integer)', 'EXECUTE',         NULL),  -- SECURITY DEFINER
+        ('PROCEDURE', 'prune_jobs(interval, boolean, integer, integer, bigint)', 'EXECUTE', NULL),
+        ('PROCEDURE', 'scheduled_pass(integer, interval, integer, jsonb, bigint)', 'EXECUTE', NULL),
         ('FUNCTION', 'is_person_box(jsonb, text)',   'EXECUTE',                         'EXECUTE'),  -- image_completeness calls it
         ('FUNCTION', 'consensus_delay()',            'EXECUTE',                         NULL),  -- the triggers call it
         ('FUNCTION', 'take_service_slot(text, integer, integer[])', 'EXECUTE',          NULL),  -- fleet_max_concurrency
@@ -134,7 +161,7 @@ BEGIN
         ('FUNCTION', 'enqueue_consensus_for_image()', NULL,                             NULL)
     ) AS grants (kind, object, worker, monitor)
     LOOP
-        found := CASE WHEN entry.kind = 'FUNCTION' THEN to_regprocedure('windmill.' || entry.object) IS NOT NULL
+        found := CASE WHEN entry.kind IN ('FUNCTION', 'PROCEDURE') THEN to_regprocedure('windmill.' || entry.object) IS NOT NULL
                       ELSE to_regclass('windmill.' || entry.object) IS NOT NULL END;
         IF NOT found THEN
             RAISE NOTICE 'windmill.% does not exist yet: run this file again after `windmill-cli init-db`',

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from windmill.jobs import JobQueue
 from windmill.monitor import collect_status
 from windmill.settings import settings_from_mapping
 from windmill.supervisor import DEFAULT_DRAIN_TIMEOUT_S, worker_specs
+from windmill.upkeep import prune_jobs
 from windmill.worker.group import WorkerGroup, pipeline_idle
 from windmill.worker.layout import RoleSpec
 from windmill.worker.runtime import WorkerOptions
@@ -171,9 +173,13 @@ def test_the_worker_role_does_what_workers_do(roles_database: Callable[[str], st
         row = {"image_id": image_id, "data": Jsonb({}), "status": "empty", "error_message": None,
                "processing_time": 0.1, "worker_id": "roles-test"}
         conn.execute(query("insert_postprocessing"), {**row, "merged_box_id": box[0], "service": "face"})
-        conn.execute(query("replace_caption_score"), {**row, "service": "caption_score_blip"})
-        conn.execute(query("replace_caption_score"), {**row, "service": "caption_score_blip"})
-        conn.execute(BACKFILL_COMMAND)  # what pg_cron runs as windmill_worker
+        caption = conn.execute("SELECT latest_success_id(%s, 'blip')", (image_id,)).fetchone()[0]
+        for _ in range(2):  # the second replaces the first
+            assert conn.execute(query("store_caption_score"), {
+                **row, "service": "caption_score_blip", "source": "blip", "source_result_id": caption}).fetchone()
+        conn.execute(BACKFILL_COMMAND)  # what pg_cron runs as windmill_worker: a backfill page and the retention
+        conn.execute("UPDATE jobs SET updated_at = now() - interval '2 hours' WHERE state = 'done'")
+        assert prune_jobs(conn, timedelta(hours=1)) > 0  # `jobs prune`, through prune_jobs_batch
         assert collect_status(conn)["totals"]["merged_boxes"] >= 1  # `windmill-cli status` with its credentials
 
 
@@ -189,6 +195,7 @@ def test_the_worker_role_cannot_change_the_schema_or_read_outside_it(roles_datab
             "TRUNCATE windmill.jobs",
             "DELETE FROM windmill.results",
             "DELETE FROM windmill.images",
+            "DELETE FROM windmill.jobs",  # only old finished jobs, through prune_jobs
             "CREATE INDEX intruder ON windmill.jobs (queue)",
             "SELECT * FROM elsewhere.secrets",
             "SELECT * FROM public.secrets",
@@ -214,9 +221,13 @@ def test_the_monitor_role_reads_the_views_and_the_collection_and_nothing_else(
             "UPDATE windmill.jobs SET state = 'dead'",
             "SELECT * FROM windmill.backfill()",
             "SELECT windmill.enqueue_job('merge', NULL, '{}', NULL)",
+            "CALL windmill.scheduled_pass()",
         ):
             with pytest.raises(errors.InsufficientPrivilege):
                 conn.execute(statement)
+        # Refused at the door, not only by what the procedure calls.
+        assert conn.execute("SELECT has_function_privilege('windmill.prune_jobs(interval, boolean, integer, "
+                            "integer, bigint)', 'EXECUTE')").fetchone() == (False,)
     # At psql its search path is the schema: `SELECT * FROM live_workers`.
     with psycopg.connect(roles_database("windmill_monitor")) as conn:
         assert conn.execute("SHOW search_path").fetchone()[0] == "windmill"

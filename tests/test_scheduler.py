@@ -17,12 +17,8 @@ from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.errors import ConfigError
 from windmill.jobs import JobQueue
-from windmill.roles.scheduler import (
-    SCHEDULER_QUEUE,
-    TICK_KEY,
-    schedule_first_tick,
-    schedule_next_tick,
-)
+from windmill.jobs.queues import SCHEDULER_QUEUE
+from windmill.roles.scheduler import schedule_first_tick, schedule_next_tick
 from windmill.settings import settings_from_mapping
 from windmill.worker.group import WorkerGroup
 from windmill.worker.layout import RoleSpec
@@ -86,10 +82,10 @@ def test_a_starting_scheduler_leaves_a_waiting_or_running_tick_alone(conn: psyco
 def test_the_next_tick_is_one_interval_ahead_and_never_retried(conn: psycopg.Connection) -> None:
     tick = schedule_next_tick(conn, timedelta(seconds=90))
     assert schedule_next_tick(conn, timedelta(seconds=90)) is None  # one tick waits at a time
-    delay, attempts, key = conn.execute(
-        "SELECT extract(epoch FROM run_after - now()), max_attempts, dedupe_key FROM jobs WHERE id = %s",
+    delay, attempts, queue = conn.execute(
+        "SELECT extract(epoch FROM run_after - now()), max_attempts, queue FROM jobs WHERE id = %s",
         (tick,)).fetchone()
-    assert 89 <= delay <= 90 and attempts == 1 and key == TICK_KEY
+    assert 89 <= delay <= 90 and attempts == 1 and queue == SCHEDULER_QUEUE
 
 
 @pytest.mark.parametrize(("value", "seconds"), [(None, 60.0), ("", 60.0), ("2.5", 2.5), (" 300 ", 300.0)])

@@ -1,4 +1,5 @@
-"""Scheduling the backfill inside PostgreSQL with pg_cron (`windmill-cli cron install|uninstall|status`).
+"""Scheduling the periodic pass (the backfill and the job retention) inside PostgreSQL with pg_cron
+(`windmill-cli cron install|uninstall|status`).
 
 pg_cron keeps its jobs in one database of the server (`cron.database_name`) and can run them in any other
 (`cron.schedule_in_database`, pg_cron ≥ 1.4): when Windmill's database is not that one, the job is managed
@@ -21,12 +22,14 @@ from psycopg.rows import dict_row
 from windmill.db.migrations import SCHEMA
 from windmill.db.queries import query
 from windmill.errors import WindmillError, first_line
+from windmill.upkeep import DEFAULT_PAGE, DEFAULT_RETENTION
 
 log = logging.getLogger(__name__)
 
 JOB_NAME = "windmill-backfill"
 DEFAULT_SCHEDULE = "* * * * *"
-BACKFILL_COMMAND = f"SELECT * FROM {SCHEMA}.backfill()"
+# The periodic pass with its defaults; cron_command() adds the arguments a deployment changed.
+BACKFILL_COMMAND = f"CALL {SCHEMA}.scheduled_pass()"
 _INSTEAD = "`windmill-cli worker --role scheduler` runs the same backfill periodically instead"
 
 
@@ -72,8 +75,20 @@ def unavailable_reason(setup: CronSetup) -> str | None:
     return None
 
 
-def install_cron(conn: psycopg.Connection, *, schedule: str = DEFAULT_SCHEDULE) -> str:
-    """Create the pg_cron extension if needed and schedule (or reschedule) the backfill of this database.
+def cron_command(*, page: int = DEFAULT_PAGE, retention_s: float = DEFAULT_RETENTION.total_seconds()) -> str:
+    """What pg_cron runs: the periodic pass, with the page size and retention of the settings (pg_cron has no
+    environment to read them from)."""
+    arguments = []
+    if page != DEFAULT_PAGE:
+        arguments.append(f"p_page => {int(page)}")
+    if retention_s != DEFAULT_RETENTION.total_seconds():
+        arguments.append(f"p_retention => interval '{float(retention_s):g} seconds'")
+    return BACKFILL_COMMAND if not arguments else BACKFILL_COMMAND.replace("()", f"({', '.join(arguments)})")
+
+
+def install_cron(conn: psycopg.Connection, *, schedule: str = DEFAULT_SCHEDULE, command: str = BACKFILL_COMMAND
+                 ) -> str:
+    """Create the pg_cron extension if needed and schedule (or reschedule) the periodic pass of this database.
 
     Idempotent: pg_cron upserts a job by name and user, so a second install updates the schedule in place.
     Returns a sentence saying what is scheduled.
@@ -88,7 +103,7 @@ def install_cron(conn: psycopg.Connection, *, schedule: str = DEFAULT_SCHEDULE) 
                 f"{other['database']}; uninstall it there first (`windmill-cli cron uninstall` against that database)")
         try:
             row = cron.execute(query("cron_schedule"), {"job_name": JOB_NAME, "schedule": schedule,
-                                                        "command": BACKFILL_COMMAND, "database": setup.database},
+                                                        "command": command, "database": setup.database},
                                ).fetchone()
         except psycopg.errors.InsufficientPrivilege:
             raise WindmillError(
@@ -100,7 +115,7 @@ def install_cron(conn: psycopg.Connection, *, schedule: str = DEFAULT_SCHEDULE) 
     assert row is not None
     log.info("pg_cron job %s (%s) runs the backfill of %s", JOB_NAME, schedule, setup.database,
              extra={"action": "cron_installed"})
-    return (f"pg_cron {version} runs `{BACKFILL_COMMAND}` in database {setup.database} on schedule "
+    return (f"pg_cron {version} runs `{command}` in database {setup.database} on schedule "
             f"'{schedule}' (job {JOB_NAME}, id {row[0]}).")
 
 

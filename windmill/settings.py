@@ -9,6 +9,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
@@ -39,6 +40,8 @@ class Settings:
     allow_private_urls: bool = False
     harmony: HarmonyConfig = DEFAULT_HARMONY
     backfill_interval_s: float = 60.0  # the scheduler role's period
+    backfill_page: int = 1000  # images the backfill looks at per run
+    job_retention_s: float = 3600.0  # done jobs older than this are pruned
     # Prometheus metrics: a worker serves them on this port; `workers start` gives its workers this port + index.
     metrics_port: int | None = None
 
@@ -198,17 +201,29 @@ def _harmony(env: Mapping[str, str]) -> HarmonyConfig:
         raise ConfigError(f"WINDMILL_HARMONY is not a valid harmony configuration: {bad}") from None
 
 
+_Number = TypeVar("_Number", int, float)
+
+
 def _seconds(env: Mapping[str, str], name: str, default: float, most: float) -> float:
+    return _positive(env, name, default, most, float, f"a number of seconds between 0 and {most:g}")
+
+
+def _count(env: Mapping[str, str], name: str, default: int, most: int) -> int:
+    return _positive(env, name, default, most, int, f"a whole number between 1 and {most:,}")
+
+
+def _positive(env: Mapping[str, str], name: str, default: _Number, most: _Number, parse: type[_Number],
+              what: str) -> _Number:
     text = env.get(name, "").strip()
     if not text:
         return default
     try:
-        seconds = float(text)
+        value = parse(text)
     except ValueError:
-        seconds = -1.0
-    if not 0 < seconds <= most:
-        raise ConfigError(f"{name} must be a number of seconds between 0 and {most:g}, not {text!r}")
-    return seconds
+        value = parse(0)
+    if not 0 < value <= most:
+        raise ConfigError(f"{name} must be {what}, not {text!r}")
+    return value
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -249,6 +264,8 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
         amqp_management_url=env.get("WINDMILL_AMQP_MANAGEMENT_URL") or None,
         backfill_interval_s=_seconds(env, "WINDMILL_BACKFILL_INTERVAL_S", 60.0, 86_400),
         metrics_port=int(_port(env, "WINDMILL_METRICS_PORT", "")) if env.get("WINDMILL_METRICS_PORT") else None,
+        backfill_page=_count(env, "WINDMILL_BACKFILL_PAGE", 1000, 1_000_000),
+        job_retention_s=_seconds(env, "WINDMILL_JOB_RETENTION_S", 3600.0, 30 * 86_400),
     )
 
 

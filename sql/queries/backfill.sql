@@ -1,19 +1,29 @@
 -- name: run_backfill
--- Queue the jobs that repair missing or stale products (sql/0008_backfill.sql); one row per queue that got jobs.
-SELECT queue, queued FROM backfill(%(limit)s)
+-- Queue the jobs that repair stale products of the next page of images (sql/0014_backfill_by_content.sql); one
+-- row per queue that got jobs.
+SELECT queue, queued FROM backfill(%(limit)s, %(page)s)
+
+-- name: scheduled_pass
+-- The periodic pass of pg_cron and the scheduler role: one backfill page, then the job retention (sql/0015).
+CALL scheduled_pass(p_page => %(page)s, p_retention => %(retention)s)
+
+-- name: prune_jobs
+-- Delete old done (and with dead, dead) jobs, a batch per transaction, until none is left.
+CALL prune_jobs(p_older_than => %(older_than)s, p_dead => %(dead)s, p_batch => %(batch)s)
 
 -- name: schedule_first_tick
 -- A starting scheduler queues a tick to run now, unless a tick already waits or runs under a live lease (a
 -- running tick queues its successor itself). The dedupe key settles two schedulers starting at once.
-SELECT enqueue_job(%(queue)s, NULL, '{}'::jsonb, %(dedupe_key)s, 1, now()) AS id
+SELECT enqueue(tick)
+  FROM scheduler_tick_job(interval '0') AS tick
  WHERE NOT EXISTS (SELECT 1 FROM jobs
-                    WHERE queue = %(queue)s AND dedupe_key = %(dedupe_key)s
-                      AND (state = 'queued' OR (state = 'running' AND lease_expires_at > now())))
+                    WHERE jobs.queue = tick.queue AND jobs.dedupe_key = tick.dedupe_key
+                      AND (jobs.state = 'queued' OR (jobs.state = 'running' AND jobs.lease_expires_at > now())))
 
 -- name: schedule_next_tick
 -- The tick being run queues its successor one interval from now (one attempt: a failed tick is not retried,
 -- the next one is already waiting).
-SELECT enqueue_job(%(queue)s, NULL, '{}'::jsonb, %(dedupe_key)s, 1, now() + %(interval)s) AS id
+SELECT enqueue(scheduler_tick_job(%(interval)s)) AS id
 
 -- name: pg_cron_setup
 -- Whether pg_cron is installed on the server, loaded (its settings exist only then), and where it keeps its jobs.

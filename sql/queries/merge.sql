@@ -25,12 +25,23 @@ INSERT INTO merged_boxes (image_id, source_result_ids, merged_data, crop_key, wo
 VALUES (%(image_id)s, %(source_result_ids)s, %(merged_data)s, %(crop_key)s, %(worker_id)s)
 RETURNING merged_id
 
+-- name: enqueue_postprocessing
+-- Queue the postprocessing of new boxes, in the order given (sql/0012: which services a box gets, the job contract).
+SELECT coalesce(sum(enqueue_postprocessing(merged_id)), 0) FROM unnest(%(merged_ids)s::bigint[]) AS merged_id
+
 -- name: record_merge
--- Remember this recompute: the results it read, and whether the box set changed.
-INSERT INTO merged_images (image_id, boxes, source_result_ids, worker_id, merged_at, changed_at)
-SELECT %(image_id)s, %(boxes)s, %(source_result_ids)s, %(worker_id)s, now(), now()
+-- Remember this recompute: the results it read, and whether the box set changed (a change is a new revision, which
+-- the consensus records having counted).
+INSERT INTO merged_images (image_id, boxes, source_result_ids, worker_id, merged_at, changed_at, revision)
+SELECT %(image_id)s, %(boxes)s, %(source_result_ids)s, %(worker_id)s, now(), now(),
+       CASE WHEN %(changed)s THEN 1 ELSE 0 END
  WHERE EXISTS (SELECT 1 FROM images WHERE image_id = %(image_id)s)  -- deleted meanwhile: nothing to remember
 ON CONFLICT (image_id) DO UPDATE
    SET merged_at = now(), boxes = EXCLUDED.boxes, source_result_ids = EXCLUDED.source_result_ids,
        worker_id = EXCLUDED.worker_id,
-       changed_at = CASE WHEN %(changed)s THEN now() ELSE merged_images.changed_at END
+       changed_at = CASE WHEN %(changed)s THEN now() ELSE merged_images.changed_at END,
+       revision = merged_images.revision + CASE WHEN %(changed)s THEN 1 ELSE 0 END
+
+-- name: box_postprocessing
+-- The postprocessing services a box gets (sql/0012 box_postprocessing: colors, and face and pose for people).
+SELECT box_postprocessing(%(merged_data)s, %(crop_key)s)

@@ -19,22 +19,25 @@ SELECT image_id, merged_id, crop_key, status, created, worker_id, source_result_
  ORDER BY image_id, merged_id
 
 -- name: record_merge_state
--- When the boxes were last recomputed and last changed; no row before the first merge.
-SELECT merged_at, changed_at, boxes, source_result_ids, worker_id
+-- When the boxes were last recomputed and last changed, from which answers, at which revision; no row before the
+-- first merge.
+SELECT merged_at, changed_at, boxes, source_result_ids, revision, worker_id
   FROM merged_images
  WHERE image_id = %(image_id)s
 
 -- name: record_postprocessing
 -- Postprocessing of the images' boxes and whole-image caption scores, latest first per box and service.
 SELECT image_id, postprocessing_id, merged_box_id, service, status, error_message, processing_time, result_created,
-       worker_id, data
+       worker_id, source_result_id, data
   FROM postprocessing
  WHERE image_id = ANY(%(image_ids)s)
  ORDER BY image_id, merged_box_id NULLS LAST, service, result_created DESC, postprocessing_id DESC
 
 -- name: record_consensus
--- The images' consensus rows (one per image at most).
-SELECT image_id, consensus_id, consensus_data, processing_time, consensus_created, worker_id
+-- The images' consensus rows (one per image at most) with what each was computed from (answers, box revision,
+-- face/pose rows).
+SELECT image_id, consensus_id, consensus_data, processing_time, consensus_created, worker_id, source_result_ids,
+       boxes_revision, postprocessing_ids
   FROM consensus
  WHERE image_id = ANY(%(image_ids)s)
  ORDER BY image_id

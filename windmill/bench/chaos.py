@@ -50,9 +50,9 @@ from windmill.db.schema import init_database
 from windmill.errors import WindmillError
 from windmill.harmony import DetectorResult, HarmonyConfig, harmonize
 from windmill.roles.consensus import consensus_for_image
-from windmill.roles.merger import crop_key, postprocessing_for
-from windmill.roles.scheduler import run_backfill
+from windmill.roles.merger import crop_key, postprocessing_of
 from windmill.settings import settings_from_mapping
+from windmill.upkeep import run_backfill
 from windmill.worker.group import pipeline_idle
 
 PRIMARY = "primary"
@@ -470,7 +470,7 @@ def audit(conn: psycopg.Connection, catalog: Catalog, harmony: HarmonyConfig) ->
         done = set(conn.execute("SELECT merged_box_id, service FROM postprocessing "
                                 "WHERE image_id = %s AND merged_box_id IS NOT NULL", (image_id,)).fetchall())
         found.postprocessing_missing += sum((ids.get(crop_key(box)), service) not in done
-                                            for box in recomputed for service in postprocessing_for(box))
+                                            for box in recomputed for service in postprocessing_of(conn, box))
         row = conn.execute("SELECT consensus_data FROM consensus WHERE image_id = %s", (image_id,)).fetchone()
         if row is not None:
             found.consensus_present += 1

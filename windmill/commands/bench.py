@@ -67,6 +67,20 @@ def bench_merge(app: AppContext, images: int, boxes: int, runs: int) -> None:
         run_merge_bench(database, url, images=images, boxes=boxes, runs=runs)
 
 
+@bench.command("backfill")
+@click.option("--images", type=click.IntRange(100), default=100_000, show_default=True)
+@click.option("--page", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 100), default=5, show_default=True)
+@pass_app
+def bench_backfill(app: AppContext, images: int, page: int, runs: int) -> None:
+    """One backfill run and the job retention on a synthetic history of N images (adds them to the database)."""
+    from windmill.bench.backfill import run as run_backfill_bench
+    from windmill.bench.database import bench_database
+
+    with bench_database(app.settings, app.catalog) as (database, _):
+        run_backfill_bench(database, images=images, page=page, runs=runs, echo=click.echo)
+
+
 @bench.command("pipeline")
 @click.option("--images", type=click.IntRange(6), default=300, show_default=True)
 @click.option("--runs", type=click.IntRange(1, 10), default=1, show_default=True)

@@ -1,4 +1,5 @@
-"""Commands for operators: status, the backfill (once or from pg_cron), and the job queue's jobs."""
+"""Commands for operators: status, the backfill (once or from pg_cron), and the job queue's jobs (list, retry,
+prune)."""
 
 from __future__ import annotations
 
@@ -58,15 +59,18 @@ def status(app: AppContext, as_json: bool, watch: bool, interval: float, image_i
 
 @click.command()
 @click.option("--limit", type=click.IntRange(1), default=1000, show_default=True,
-              help="Most jobs queued per category (merge, consensus, each postprocessing, caption score).")
+              help="Most jobs queued per queue (merge, consensus, each postprocessing, caption score).")
+@click.option("--page", type=click.IntRange(1), default=None,
+              help="Images looked at, from where the last run stopped [default: WINDMILL_BACKFILL_PAGE, 1000].")
 @json_option
 @pass_app
-def backfill(app: AppContext, limit: int, as_json: bool) -> None:
-    """Queue the jobs that repair missing or stale products, once (what cron and the scheduler run)."""
-    from windmill.roles.scheduler import run_backfill
+def backfill(app: AppContext, limit: int, page: int | None, as_json: bool) -> None:
+    """Queue the jobs that repair missing or stale products of the next page of images, once (what cron and the
+    scheduler run every period)."""
+    from windmill.upkeep import run_backfill
 
     with app.connection() as conn:
-        queued = run_backfill(conn, limit=limit)
+        queued = run_backfill(conn, limit=limit, page=page or app.settings.backfill_page)
     if as_json:
         echo_json(queued)
     elif queued:
@@ -77,7 +81,7 @@ def backfill(app: AppContext, limit: int, as_json: bool) -> None:
 
 @click.group()
 def jobs() -> None:
-    """Inspect and retry jobs of the PostgreSQL job queue."""
+    """Inspect, retry and prune jobs of the PostgreSQL job queue."""
 
 
 @contextmanager
@@ -117,6 +121,23 @@ def jobs_retry(app: AppContext, queue: str | None, ids: tuple[int, ...]) -> None
     click.echo(f"Queued {len(retried)} dead job(s) again.")
 
 
+@jobs.command("prune")
+@click.option("--older-than", "older_than", type=click.FloatRange(0), default=None,
+              help="Seconds since the job finished [default: WINDMILL_JOB_RETENTION_S, 3600].")
+@click.option("--dead", is_flag=True, help="Prune dead jobs too (their work is then the backfill's again).")
+@pass_app
+def jobs_prune(app: AppContext, older_than: float | None, dead: bool) -> None:
+    """Delete done jobs (with --dead, dead ones too) that finished longer ago than the retention, in batches."""
+    from datetime import timedelta
+
+    from windmill.upkeep import prune_jobs
+
+    seconds = app.settings.job_retention_s if older_than is None else older_than
+    with app.connection() as conn:
+        pruned = prune_jobs(conn, timedelta(seconds=seconds), dead=dead)
+    click.echo(f"Pruned {pruned} {'done or dead' if dead else 'done'} job(s) older than {seconds:g} s.")
+
+
 @click.group()
 def cron() -> None:
     """Run the backfill inside PostgreSQL with pg_cron (or use `worker --role scheduler`)."""
@@ -127,11 +148,13 @@ def cron() -> None:
               help="A cron schedule in the server's time zone (pg_cron 1.4: minute granularity).")
 @pass_app
 def cron_install(app: AppContext, schedule: str) -> None:
-    """Schedule `SELECT * FROM windmill.backfill()` in this database; a second install updates the schedule."""
-    from windmill.cron import install_cron
+    """Schedule `CALL windmill.scheduled_pass()` (the backfill, then the job retention) in this database, with
+    WINDMILL_BACKFILL_PAGE and WINDMILL_JOB_RETENTION_S; a second install updates the job."""
+    from windmill.cron import cron_command, install_cron
 
+    command = cron_command(page=app.settings.backfill_page, retention_s=app.settings.job_retention_s)
     with app.connection() as conn:
-        click.echo(install_cron(conn, schedule=schedule))
+        click.echo(install_cron(conn, schedule=schedule, command=command))
 
 
 @cron.command("uninstall")

@@ -1,8 +1,10 @@
 """The caption_score role: score the latest caption of a caption source (blip, ollama) against its image with
-the caption score service, keeping one `caption_score_<source>` row per image and source."""
+the caption score service, keeping one `caption_score_<source>` row per image and source: the score of the
+source's newest caption (a score of an older caption that finishes later is not stored)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -13,10 +15,10 @@ from windmill.farm import FarmClient, ServiceCallError
 from windmill.image_cache import ImageSource
 from windmill.images import BadImage
 from windmill.jobs import Job
+from windmill.jobs.queues import CAPTION_SCORE_QUEUE
 from windmill.locks import Product, lock_image
 from windmill.worker.registry import Role, RoleContext, register_role
 
-CAPTION_SCORE_QUEUE = "caption_score"
 SCORING_SERVICE = "caption_score"
 
 
@@ -28,6 +30,19 @@ def caption_of(data: Any) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class CaptionScore:
+    """A scored (or failed) caption, not stored yet."""
+
+    image_id: int
+    source: str  # the caption service: blip, ollama
+    source_result_id: int  # the caption's results row
+    status: str
+    data: dict[str, Any]
+    error_message: str | None = None
+    processing_time: float = 0.0
+
+
 class CaptionScorer:
     def __init__(self, context: RoleContext, farm: FarmClient, images: ImageSource) -> None:
         self.context = context
@@ -35,11 +50,18 @@ class CaptionScorer:
         self.images = images
 
     def handle(self, job: Job) -> str | None:
-        image_id, source = int(job.payload["image_id"]), str(job.payload["service"])
+        """The stored status; None when there was nothing to score or the caption was superseded meanwhile."""
+        scored = self.score(int(job.payload["image_id"]), str(job.payload["service"]),
+                            final_attempt=job.attempts >= job.max_attempts)
+        return None if scored is None else self.store(scored)
+
+    def score(self, image_id: int, source: str, *, final_attempt: bool = True) -> CaptionScore | None:
+        """Score the source's latest caption of the image; None when the image is gone or the source never
+        succeeded. A retryable failure before the final attempt is raised (the job is retried)."""
         with self.context.pool.connection() as conn:
             row = conn.execute(query("latest_caption"), {"image_id": image_id, "service": source}).fetchone()
         if row is None:
-            return None  # the image is gone, or the caption source never succeeded
+            return None
         result_id, data, image_path, image_url = row
         caption = caption_of(data)
         record: dict[str, Any] = {"caption": caption, "caption_service": source, "source_result_id": result_id}
@@ -47,23 +69,26 @@ class CaptionScorer:
             image = self.images.prepared(image_id, image_path, image_url)
             answer = self.farm.score_answer(SCORING_SERVICE, image, caption)
         except BadImage as bad:
-            return self._store(image_id, source, "error", {**record, "error": str(bad)}, str(bad))
+            return CaptionScore(image_id, source, result_id, "error", {**record, "error": str(bad)}, str(bad))
         except ServiceCallError as failure:
-            if failure.retryable and job.attempts < job.max_attempts:
+            if failure.retryable and not final_attempt:
                 raise
-            return self._store(image_id, source, failure.result_status, {**record, "error": failure.reason},
-                               failure.message, failure.elapsed or 0.0)
-        return self._store(image_id, source, "success", {**record, **answer.data}, None, answer.processing_time)
+            return CaptionScore(image_id, source, result_id, failure.result_status,
+                                {**record, "error": failure.reason}, failure.message, failure.elapsed or 0.0)
+        return CaptionScore(image_id, source, result_id, "success", {**record, **answer.data}, None,
+                            answer.processing_time)
 
-    def _store(self, image_id: int, source: str, status: str, data: dict[str, Any], error_message: str | None,
-               processing_time: float = 0.0) -> str:
+    def store(self, scored: CaptionScore) -> str | None:
+        """Replace the image's score of this source, if the scored caption is still the source's latest; returns
+        the stored status, or None when a newer caption superseded it (that caption's own job scores it)."""
         with self.context.pool.connection() as conn, conn.transaction():
-            lock_image(conn, Product.CAPTION_SCORE, image_id)
-            conn.execute(query("replace_caption_score"), {
-                "image_id": image_id, "service": f"caption_score_{source}", "data": Jsonb(data), "status": status,
-                "error_message": error_message, "processing_time": processing_time,
-                "worker_id": self.context.worker_id})
-        return status
+            lock_image(conn, Product.CAPTION_SCORE, scored.image_id)
+            stored = conn.execute(query("store_caption_score"), {
+                "image_id": scored.image_id, "source": scored.source, "service": f"caption_score_{scored.source}",
+                "source_result_id": scored.source_result_id, "data": Jsonb(scored.data), "status": scored.status,
+                "error_message": scored.error_message, "processing_time": scored.processing_time,
+                "worker_id": self.context.worker_id}).fetchone()
+        return scored.status if stored else None
 
 
 @register_role("caption_score")

@@ -13,20 +13,14 @@ from psycopg.types.json import Jsonb
 
 from windmill.db.jsonb import as_stored
 from windmill.db.queries import query
-from windmill.emoji import is_person
 from windmill.harmony import DetectorResult, HarmonyConfig, MergedBox, harmonize
 from windmill.harmony.identity import match_boxes
-from windmill.jobs import Job, NewJob, enqueue_many_on
+from windmill.jobs import Job
+from windmill.jobs.queues import MERGE_QUEUE
 from windmill.locks import Product, lock_image
 from windmill.worker.registry import Role, RoleContext, register_role
 
 log = logging.getLogger(__name__)
-MERGE_QUEUE = "merge"
-POSTPROCESS_SERVICES = ("colors", "face", "pose")
-
-
-def postprocess_queue(service: str) -> str:
-    return f"postprocess_{service}"
 
 
 def crop_key(box: MergedBox) -> str:
@@ -39,17 +33,17 @@ def box_class(box: MergedBox) -> str:
     return box.emoji or box.label_class
 
 
+def postprocessing_of(conn: psycopg.Connection, box: MergedBox) -> tuple[str, ...]:
+    """The postprocessing services this box gets, by SQL's rule (what enqueue_postprocessing queues)."""
+    row = conn.execute(query("box_postprocessing"), {"merged_data": Jsonb(box.to_merged_data()),
+                                                     "crop_key": crop_key(box)}).fetchone()
+    return tuple(row[0])
+
+
 def parse_crop_key(key: str) -> tuple[str, tuple[int, int, int, int]]:
     cls, _, numbers = key.rpartition(":")
     x, y, width, height = (int(n) for n in numbers.split(","))
     return cls, (x, y, width, height)
-
-
-def postprocessing_for(box: MergedBox) -> tuple[str, ...]:
-    """Colors for every box; face and pose for people."""
-    if is_person(box.emoji) or box.label_class == "person":
-        return POSTPROCESS_SERVICES
-    return ("colors",)
 
 
 @dataclass(frozen=True)
@@ -61,7 +55,8 @@ class MergeOutcome:
 
 
 def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, worker_id: str) -> MergeOutcome:
-    """Recompute and store one image's boxes; dispatch postprocessing of the new ones. One transaction."""
+    """Recompute and store one image's boxes; queue postprocessing of the new ones (which services a box gets is
+    SQL's rule, enqueue_postprocessing). One transaction."""
     with conn.transaction():
         lock_image(conn, Product.MERGED_BOXES, image_id)
         rows = conn.execute(query("latest_detector_results"), {"image_id": image_id}).fetchall()
@@ -75,7 +70,6 @@ def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, 
             conn.execute(query("delete_boxes"), {"merged_ids": gone})
         inserted = []
         updated = 0
-        postprocessing: list[NewJob] = []
         for index, box in enumerate(boxes):
             merged_data = box.to_merged_data()
             params = {"image_id": image_id, "merged_data": Jsonb(merged_data), "crop_key": crop_key(box),
@@ -84,12 +78,9 @@ def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, 
                 if as_stored(merged_data) != stored_data[kept[index]]:
                     updated += conn.execute(query("update_box"), {**params, "merged_id": kept[index]}).rowcount
                 continue
-            merged_id = conn.execute(query("insert_box"), params).fetchone()[0]
-            inserted.append(merged_id)
-            postprocessing += [NewJob(postprocess_queue(service), {"merged_box_id": merged_id, "image_id": image_id},
-                                      image_id=image_id, dedupe_key=f"{service}:{merged_id}")
-                               for service in postprocessing_for(box)]
-        enqueue_many_on(conn, postprocessing)
+            inserted.append(conn.execute(query("insert_box"), params).fetchone()[0])
+        if inserted:
+            conn.execute(query("enqueue_postprocessing"), {"merged_ids": inserted})
         conn.execute(query("record_merge"), {
             "image_id": image_id, "boxes": len(boxes), "source_result_ids": sorted(row[0] for row in rows),
             "worker_id": worker_id, "changed": bool(gone or inserted or updated)})

@@ -16,7 +16,7 @@ from windmill.farm import FarmClient, ServiceCallError
 from windmill.image_cache import ImageSource
 from windmill.images import BadImage, CropBox, crop_for_service, face_prediction_to_image, pose_prediction_to_image
 from windmill.jobs import Job
-from windmill.roles.merger import POSTPROCESS_SERVICES, postprocess_queue
+from windmill.jobs.queues import POSTPROCESS_QUEUES
 from windmill.worker.registry import Role, RoleContext, register_role
 
 log = logging.getLogger(__name__)
@@ -86,14 +86,14 @@ class PostprocessHandler:
 
 @register_role("postprocess")
 def postprocess_role(context: RoleContext) -> Role:
-    selection = context.service or ",".join(POSTPROCESS_SERVICES)
+    selection = context.service or ",".join(POSTPROCESS_QUEUES)
     services = [name.strip() for name in selection.split(",") if name.strip()]
-    unknown = [name for name in services if name not in POSTPROCESS_SERVICES]
+    unknown = [name for name in services if name not in POSTPROCESS_QUEUES]
     if unknown:
         raise WindmillError(
-            f"unknown postprocess service {', '.join(unknown)}; valid: {', '.join(POSTPROCESS_SERVICES)}")
+            f"unknown postprocess service {', '.join(unknown)}; valid: {', '.join(POSTPROCESS_QUEUES)}")
     handler = PostprocessHandler(context, context.farm, ImageSource(context.settings))
-    by_queue = {postprocess_queue(service): service for service in services}
+    by_queue = {POSTPROCESS_QUEUES[service]: service for service in services}
 
     def handle(job: Job) -> None:
         handler.handle(job, by_queue[job.queue])
