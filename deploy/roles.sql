@@ -113,8 +113,9 @@ BEGIN
         ('TABLE',    'merged_images',                'SELECT, INSERT, UPDATE',          NULL),
         ('TABLE',    'consensus',                    'SELECT, INSERT, UPDATE',          NULL),
         ('TABLE',    'postprocessing',               'SELECT, INSERT, DELETE',          NULL),  -- caption scores are replaced
-        ('TABLE',    'jobs',                         'SELECT, INSERT, UPDATE',          NULL),  -- enqueue, claim, lease, finish
+        ('TABLE',    'jobs',                         'SELECT, INSERT, UPDATE, DELETE',  NULL),  -- enqueue, claim, lease, finish; submit drops tasks answered meanwhile
         ('TABLE',    'workers',                      'SELECT, INSERT, UPDATE',          NULL),  -- presence and heartbeats
+        ('TABLE',    'service_tasks_in_flight',      'SELECT, INSERT, UPDATE, DELETE',  NULL),  -- submit's ledger, dlq replay, tasks forget
         ('VIEW',     'service_progress',             'SELECT',                          'SELECT'),
         ('VIEW',     'queue_depths',                 'SELECT',                          'SELECT'),
         ('VIEW',     'image_completeness',           'SELECT',                          'SELECT'),
@@ -129,7 +130,8 @@ BEGIN
         -- Trigger functions: PostgreSQL checks EXECUTE when a trigger is created, not when it fires.
         ('FUNCTION', 'notify_job_queued()',          NULL,                              NULL),
         ('FUNCTION', 'enqueue_after_result()',       NULL,                              NULL),
-        ('FUNCTION', 'enqueue_consensus_for_image()', NULL,                             NULL)
+        ('FUNCTION', 'enqueue_consensus_for_image()', NULL,                             NULL),
+        ('FUNCTION', 'release_task_in_flight()',     NULL,                              NULL)
     ) AS grants (kind, object, worker, monitor)
     LOOP
         found := CASE WHEN entry.kind = 'FUNCTION' THEN to_regprocedure('windmill.' || entry.object) IS NOT NULL

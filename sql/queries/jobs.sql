@@ -57,6 +57,20 @@ UPDATE jobs
  WHERE id = %(id)s AND state = 'running' AND lease_owner = %(worker)s
 RETURNING state
 
+-- name: release_job
+-- Put back a job whose handler could not reach the database: claimable again after the backoff, the attempt not
+-- counted (PostgreSQL being away is not the job's failure, and its answer could not be stored).
+UPDATE jobs
+   SET state = 'failed'::job_state,
+       attempts = greatest(attempts - 1, 0),
+       run_after = coalesce(%(now)s, now()) + %(backoff)s,
+       last_error = %(error)s,
+       lease_owner = NULL,
+       lease_expires_at = NULL,
+       updated_at = coalesce(%(now)s, now())
+ WHERE id = %(id)s AND state = 'running' AND lease_owner = %(worker)s
+RETURNING state
+
 -- name: renew_leases
 -- Extend the leases of the jobs this worker is still running; returns the ids it still holds.
 UPDATE jobs
@@ -91,6 +105,11 @@ WITH picked AS (
        AND NOT EXISTS (SELECT 1 FROM jobs waiting
                         WHERE waiting.state = 'queued' AND waiting.queue = jobs.queue
                           AND waiting.dedupe_key = jobs.dedupe_key)
+       -- A service task whose pair has another task in flight stays dead (the unique index of sql/0020).
+       AND NOT (jobs.payload ? 'task_id' AND EXISTS (
+                SELECT 1 FROM jobs other
+                 WHERE other.queue = jobs.queue AND other.image_id = jobs.image_id
+                   AND other.state IN ('queued', 'running', 'failed') AND other.payload ? 'task_id'))
      ORDER BY queue, coalesce(dedupe_key, id::text), id DESC
 )
 UPDATE jobs
