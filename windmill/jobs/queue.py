@@ -149,6 +149,16 @@ class JobQueue:
             ).fetchone()
         return JobState(row[0]) if row else None
 
+    def release(self, job: Job, worker_id: str, error: str, *, now: datetime | None = None) -> JobState | None:
+        """Put back a job whose handler could not reach the database, its attempt not counted; claimable again
+        after the first retry delay. Returns the new state, None if the lease was lost."""
+        with self.pool.connection() as conn:
+            row = conn.execute(query("release_job"), {
+                "id": job.id, "worker": worker_id, "error": error[:2000], "now": now,
+                "backoff": retry_delay(1, base_s=self.retry_base_s),
+            }).fetchone()
+        return JobState(row[0]) if row else None
+
     def renew_leases(self, ids: Iterable[int], worker_id: str, *, now: datetime | None = None) -> set[int]:
         """Extend the leases of running jobs; returns the ids still held by this worker."""
         ids = list(ids)
