@@ -11,7 +11,7 @@ from windmill.db.queries import query
 from windmill.errors import WindmillError
 from windmill.farm import FarmClient, ServiceCallError
 from windmill.image_cache import ImageSource
-from windmill.images import BadImage
+from windmill.images import BadImage, ImageUnavailable
 from windmill.jobs import Job
 from windmill.locks import Product, lock_image
 from windmill.worker.registry import Role, RoleContext, register_role
@@ -48,6 +48,10 @@ class CaptionScorer:
             answer = self.farm.score_answer(SCORING_SERVICE, image, caption)
         except BadImage as bad:
             return self._store(image_id, source, "error", {**record, "error": str(bad)}, str(bad))
+        except ImageUnavailable as unavailable:  # a download that may succeed later: retried
+            if job.attempts < job.max_attempts:
+                raise
+            return self._store(image_id, source, "error", {**record, "error": str(unavailable)}, str(unavailable))
         except ServiceCallError as failure:
             if failure.retryable and job.attempts < job.max_attempts:
                 raise
