@@ -54,7 +54,9 @@ def run_all(app: AppContext) -> None:
 
     with app.windmill("windmill-run") as windmill, windmill.worker_group() as group:
         code = run_until_stopped(group)
-    sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # handler threads left running after the drain timeout must not keep the process alive
 
 
 def supervisor_for(app: AppContext) -> Any:
