@@ -5,6 +5,7 @@ final row."""
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from windmill.collection import add_paths
 from windmill.db.connect import Database
 from windmill.db.migrations import available_migrations
 from windmill.jobs import JobQueue
+from windmill.monitor import format_status, tasks_in_flight
 from windmill.producer import SubmitReport, submit
 from windmill.settings import settings_from_mapping
 from windmill.worker.registry import RoleContext, build_role
@@ -214,3 +216,22 @@ def test_migration_0020_keeps_one_in_flight_task_per_pair(empty_database: str) -
     assert states == [("queue_blip", "done"), ("queue_blip", "running"), ("queue_blip", "done"),
                       ("queue_yolov8", "failed"), ("queue_yolov8", "done"), ("queue_clip", "queued"),
                       ("merge", "running"), ("merge", "queued")]
+
+
+def test_status_shows_entries_without_a_message_and_tasks_forget_frees_their_pairs(
+        run, conn: psycopg.Connection, catalog: Catalog) -> None:
+    add_paths(conn, [SAMPLES / "chelsea.jpg"])
+    enter_in_flight(conn, [task_for(conn, 1, "blip", catalog), task_for(conn, 1, "clip", catalog)])
+    ledger = json.loads(run("status", "--json").output)["in_flight"]
+    assert [(row["service"], row["in_flight"]) for row in ledger] == [("blip", 1), ("clip", 1)]
+    # What RabbitMQ's management API says: queue_blip holds one message, queue_clip none (it was purged).
+    broker = {"available": True, "queues": [{"queue": "queue_blip", "ready": 0, "unacked": 1}]}
+    compared = tasks_in_flight(ledger, broker)
+    assert [(row["in_rabbitmq"], row["unaccounted"]) for row in compared] == [(1, 0), (0, 1)]
+    assert "windmill-cli tasks forget --service S" in format_status({
+        **json.loads(run("status", "--json").output), "in_flight": compared, "rabbitmq": {**broker, "url": "x"}})
+    assert len(json.loads(run("tasks", "list", "--json").output)) == 2
+    assert run("tasks", "forget").exit_code == 2, "forgetting everything needs --all"
+    assert "Forgot 0 task(s)" in run("tasks", "forget", "--all", "--older-than", "3600").output
+    assert "Forgot 1 task(s)" in run("tasks", "forget", "--service", "clip").output
+    assert [row["service"] for row in json.loads(run("tasks", "list", "--json").output)] == ["blip"]

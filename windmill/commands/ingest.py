@@ -105,4 +105,4 @@ def tasks_forget(app: AppContext, service: str | None, every_service: bool, olde
     click.echo(f"Forgot {forgotten} task(s) in flight; `windmill-cli submit` sends their pairs again.")
 
 
-COMMANDS = [dlq, tasks]
+COMMANDS = (dlq, tasks)
