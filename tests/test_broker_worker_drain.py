@@ -65,15 +65,20 @@ def blocked_worker(amqp_url: str, database_url: str, conn: psycopg.Connection, c
             process.wait(timeout=10)
 
 
+def leaves_and_hands_its_task_back(worker: BlockedWorker, admin: BlockingChannel, why_not: str) -> None:
+    """The process exits cleanly well before its blocked handler could return, and RabbitMQ redelivers the task."""
+    try:
+        assert worker.process.wait(timeout=30) == 0
+    except subprocess.TimeoutExpired:
+        pytest.fail(why_not)
+    wait_until(lambda: depth(admin, worker.queue) == 1, message="the unfinished task back in its queue")
+
+
 @pytest.mark.parametrize("blocked_worker", [1], indirect=True)
 def test_after_the_drain_timeout_a_rabbitmq_worker_leaves_and_its_task_is_redelivered(
         blocked_worker: BlockedWorker, admin: BlockingChannel) -> None:
     blocked_worker.process.send_signal(signal.SIGTERM)
-    try:
-        assert blocked_worker.process.wait(timeout=30) == 0
-    except subprocess.TimeoutExpired:
-        pytest.fail("the worker waited for its blocked handler past the drain timeout")
-    wait_until(lambda: depth(admin, blocked_worker.queue) == 1, message="the unfinished task back in its queue")
+    leaves_and_hands_its_task_back(blocked_worker, admin, "the worker waited for its handler past the drain timeout")
     assert "after the drain timeout (1 s)" in blocked_worker.log.read_text()
 
 
@@ -83,8 +88,4 @@ def test_a_second_sigterm_makes_a_rabbitmq_worker_leave_at_once(blocked_worker: 
     blocked_worker.process.send_signal(signal.SIGTERM)
     wait_until(lambda: "draining in-flight jobs" in blocked_worker.log.read_text(), message="the first signal seen")
     blocked_worker.process.send_signal(signal.SIGTERM)
-    try:
-        assert blocked_worker.process.wait(timeout=30) == 0
-    except subprocess.TimeoutExpired:
-        pytest.fail("the second SIGTERM did not make the worker leave")
-    wait_until(lambda: depth(admin, blocked_worker.queue) == 1, message="the unfinished task back in its queue")
+    leaves_and_hands_its_task_back(blocked_worker, admin, "the second SIGTERM did not make the worker leave")

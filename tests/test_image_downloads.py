@@ -17,6 +17,7 @@ from psycopg_pool import ConnectionPool
 
 from tests.conftest import wait_until
 from tests.farm_fixtures import running_farm
+from tests.test_images import _ImageHandler
 from tests.test_service_rabbitmq import results_count, start_worker
 from tests.test_service_role import SAMPLES, run_service_worker, unfinished
 from windmill.broker import JobTableBroker
@@ -34,16 +35,13 @@ JPEG = (SAMPLES / "chelsea.jpg").read_bytes()
 SETTINGS = settings_from_mapping({"WINDMILL_ALLOW_PRIVATE_URLS": "true", "WORKER_ID": "download-test"})
 
 
-class _FlakyHandler(http.server.BaseHTTPRequestHandler):
+class _FlakyHandler(_ImageHandler):
     """`/fail/<n>/<status>/<name>`: the first n requests of that path answer <status>, later ones the JPEG;
     `/cut/<n>/<name>`: the first n send half the body and close; `/silent`: no answer; anything else: 404."""
 
     hits: Counter[str]
     lock: threading.Lock
     release: threading.Event
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
     def do_GET(self) -> None:
         with self.lock:
@@ -65,13 +63,6 @@ class _FlakyHandler(http.server.BaseHTTPRequestHandler):
             self.release.wait(10)
         else:
             self._send(404, b"not found", "text/plain")
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 class FlakyServer:

@@ -45,24 +45,12 @@ UPDATE jobs
 
 -- name: fail_job
 -- Record a failed attempt: back to the queue after the backoff, or dead when attempts are used up
--- or the error is permanent.
+-- or the error is permanent. An attempt that does not count (its handler could not reach the database:
+-- PostgreSQL being away is not the job's failure) goes back to the queue and gives its attempt back.
 UPDATE jobs
-   SET state = CASE WHEN %(permanent)s OR attempts >= max_attempts THEN 'dead'::job_state
+   SET state = CASE WHEN %(counted)s AND (%(permanent)s OR attempts >= max_attempts) THEN 'dead'::job_state
                     ELSE 'failed'::job_state END,
-       run_after = coalesce(%(now)s, now()) + %(backoff)s,
-       last_error = %(error)s,
-       lease_owner = NULL,
-       lease_expires_at = NULL,
-       updated_at = coalesce(%(now)s, now())
- WHERE id = %(id)s AND state = 'running' AND lease_owner = %(worker)s
-RETURNING state
-
--- name: release_job
--- Put back a job whose handler could not reach the database: claimable again after the backoff, the attempt not
--- counted (PostgreSQL being away is not the job's failure, and its answer could not be stored).
-UPDATE jobs
-   SET state = 'failed'::job_state,
-       attempts = greatest(attempts - 1, 0),
+       attempts = CASE WHEN %(counted)s THEN attempts ELSE greatest(attempts - 1, 0) END,
        run_after = coalesce(%(now)s, now()) + %(backoff)s,
        last_error = %(error)s,
        lease_owner = NULL,

@@ -132,9 +132,11 @@ class JobQueue:
         error: str,
         *,
         permanent: bool = False,
+        counted: bool = True,
         now: datetime | None = None,
     ) -> JobState | None:
-        """Record a failed attempt; returns the new state (failed or dead), None if the lease was lost."""
+        """Record a failed attempt; returns the new state (failed or dead), None if the lease was lost. An attempt
+        not `counted` (the database was away) gives its attempt back and the job is claimable after the backoff."""
         with self.pool.connection() as conn:
             row = conn.execute(
                 query("fail_job"),
@@ -143,20 +145,11 @@ class JobQueue:
                     "worker": worker_id,
                     "error": error[:2000],
                     "permanent": permanent,
+                    "counted": counted,
                     "backoff": retry_delay(job.attempts, base_s=self.retry_base_s),
                     "now": now,
                 },
             ).fetchone()
-        return JobState(row[0]) if row else None
-
-    def release(self, job: Job, worker_id: str, error: str, *, now: datetime | None = None) -> JobState | None:
-        """Put back a job whose handler could not reach the database, its attempt not counted; claimable again
-        after the first retry delay. Returns the new state, None if the lease was lost."""
-        with self.pool.connection() as conn:
-            row = conn.execute(query("release_job"), {
-                "id": job.id, "worker": worker_id, "error": error[:2000], "now": now,
-                "backoff": retry_delay(1, base_s=self.retry_base_s),
-            }).fetchone()
         return JobState(row[0]) if row else None
 
     def renew_leases(self, ids: Iterable[int], worker_id: str, *, now: datetime | None = None) -> set[int]:

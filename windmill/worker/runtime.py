@@ -243,7 +243,7 @@ class Worker:
     def _record_failure(self, job: Job, error: BaseException) -> None:
         reason = first_line(error) or type(error).__name__
         if is_database_unavailable(error):
-            self.jobs.release(job, self.worker_id, f"database unavailable: {reason}")
+            self.jobs.fail(job, self.worker_id, f"database unavailable: {reason}", counted=False)
             log.warning("job %d (%s) could not reach the database (%s); back in the queue, not counted as an attempt",
                         job.id, job.queue, reason, extra={"action": "job_released"})
             return
