@@ -131,7 +131,8 @@ BEGIN
         ('FUNCTION', 'notify_job_queued()',          NULL,                              NULL),
         ('FUNCTION', 'enqueue_after_result()',       NULL,                              NULL),
         ('FUNCTION', 'enqueue_consensus_for_image()', NULL,                             NULL),
-        ('FUNCTION', 'release_task_in_flight()',     NULL,                              NULL)
+        ('FUNCTION', 'release_task_in_flight()',     NULL,                              NULL),
+        ('FUNCTION', 'forget_tasks_of_deleted_image()', NULL,                           NULL)
     ) AS grants (kind, object, worker, monitor)
     LOOP
         found := CASE WHEN entry.kind = 'FUNCTION' THEN to_regprocedure('windmill.' || entry.object) IS NOT NULL

@@ -27,7 +27,7 @@ from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.jobs import Job, JobQueue
 from windmill.settings import settings_from_mapping
-from windmill.worker.registry import RoleContext, build_role
+from windmill.worker.registry import RoleContext, build_role, process_farm_client
 from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
 
 WORKER_APPLICATION = "windmill-outage-worker"
@@ -185,11 +185,13 @@ def test_a_job_table_task_that_meets_the_database_away_is_put_back_without_using
         if error is not None:
             failed.append(error)
 
-    with running_farm(catalog, latency_ms=300) as (_, shifted):
+    settings = settings_from_mapping({"WORKER_ID": "outage"})
+    with running_farm(catalog, latency_ms=300) as (_, shifted), \
+            process_farm_client(settings, shifted, worker_database) as farm:
         published = submit_samples(conn, pool, shifted, "nsfw2", worker_database)
         jobs = JobQueue(worker_pool, lease=timedelta(seconds=60), retry_base_s=0.05)
-        context = RoleContext(settings=settings_from_mapping({"WORKER_ID": "outage"}), database=worker_database,
-                              pool=worker_pool, jobs=jobs, catalog=shifted, worker_id="outage", service="nsfw2")
+        context = RoleContext(settings=settings, database=worker_database, pool=worker_pool, jobs=jobs,
+                              catalog=shifted, worker_id="outage", farm=farm, service="nsfw2")
         worker = Worker(jobs, build_role("service", context), worker_id="outage",
                         listen_conninfo=worker_database.conninfo,
                         options=WorkerOptions(concurrency=published, batch_size=published, poll_interval_s=0.1),

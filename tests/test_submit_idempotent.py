@@ -33,7 +33,7 @@ from windmill.jobs import JobQueue
 from windmill.monitor import format_status, tasks_in_flight
 from windmill.producer import SubmitReport, submit
 from windmill.settings import settings_from_mapping
-from windmill.worker.registry import RoleContext, build_role
+from windmill.worker.registry import RoleContext, build_role, process_farm_client
 from windmill.worker.runtime import Worker, WorkerOptions
 
 SERVICES = "nsfw2,metadata,colors"
@@ -64,17 +64,20 @@ def answer(conn: psycopg.Connection, task: Task, status: str = "success") -> Non
 @contextmanager
 def job_table_worker(database: Database, pool: ConnectionPool, catalog: Catalog) -> Iterator[None]:
     jobs = JobQueue(pool, lease=timedelta(seconds=30), retry_base_s=0.01)
-    context = RoleContext(settings=settings_from_mapping({"WORKER_ID": "idempotent"}), database=database, pool=pool,
-                          jobs=jobs, catalog=catalog, worker_id="idempotent", service=SERVICES)
-    worker = Worker(jobs, build_role("service", context), worker_id="idempotent", listen_conninfo=database.conninfo,
-                    options=WorkerOptions(concurrency=2, batch_size=4, poll_interval_s=0.1))
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
-        yield
-    finally:
-        worker.request_stop()
-        thread.join(timeout=30)
+    settings = settings_from_mapping({"WORKER_ID": "idempotent"})
+    with process_farm_client(settings, catalog, database) as farm:
+        context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=catalog,
+                              worker_id="idempotent", farm=farm, service=SERVICES)
+        worker = Worker(jobs, build_role("service", context), worker_id="idempotent",
+                        listen_conninfo=database.conninfo,
+                        options=WorkerOptions(concurrency=2, batch_size=4, poll_interval_s=0.1))
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            yield
+        finally:
+            worker.request_stop()
+            thread.join(timeout=30)
 
 
 @contextmanager
@@ -138,6 +141,9 @@ def test_a_task_leaves_the_ledger_with_its_own_final_row_only(conn: psycopg.Conn
     answer(conn, task_for(conn, 1, "blip", catalog))  # a row of another task (an older duplicate)
     assert count(conn, "SELECT count(*) FROM service_tasks_in_flight") == 1
     answer(conn, task, status="error")  # its final row, even an error, frees the pair
+    assert count(conn, "SELECT count(*) FROM service_tasks_in_flight") == 0
+    assert enter_in_flight(conn, [task_for(conn, 1, "clip", catalog)])
+    conn.execute("DELETE FROM images")  # the entries of a deleted image go with it
     assert count(conn, "SELECT count(*) FROM service_tasks_in_flight") == 0
 
 
