@@ -125,6 +125,7 @@ BEGIN
         ('TABLE',    'jobs',                         'SELECT, INSERT, UPDATE',          NULL),
         ('TABLE',    'backfill_state',               'SELECT, UPDATE',                  NULL),  -- the backfill's position
         ('TABLE',    'workers',                      'SELECT, INSERT, UPDATE',          NULL),  -- presence and heartbeats
+        ('TABLE',    'service_tasks_in_flight',      'SELECT, INSERT, UPDATE, DELETE',  NULL),  -- submit's ledger, dlq replay, tasks forget
         ('VIEW',     'service_progress',             'SELECT',                          'SELECT'),
         ('VIEW',     'queue_depths',                 'SELECT',                          'SELECT'),
         ('VIEW',     'image_completeness',           'SELECT',                          'SELECT'),
@@ -158,7 +159,9 @@ BEGIN
         -- Trigger functions: PostgreSQL checks EXECUTE when a trigger is created, not when it fires.
         ('FUNCTION', 'notify_job_queued()',          NULL,                              NULL),
         ('FUNCTION', 'enqueue_after_result()',       NULL,                              NULL),
-        ('FUNCTION', 'enqueue_consensus_for_image()', NULL,                             NULL)
+        ('FUNCTION', 'enqueue_consensus_for_image()', NULL,                             NULL),
+        ('FUNCTION', 'release_task_in_flight()',     NULL,                              NULL),
+        ('FUNCTION', 'forget_tasks_of_deleted_image()', NULL,                           NULL)
     ) AS grants (kind, object, worker, monitor)
     LOOP
         found := CASE WHEN entry.kind IN ('FUNCTION', 'PROCEDURE') THEN to_regprocedure('windmill.' || entry.object) IS NOT NULL

@@ -22,7 +22,7 @@ pytest_plugins = ["tests.rabbitmq_fixtures", "tests.browser_fixtures"]
 TEST_DATABASE = "windmill_test"
 REPOSITORY = Path(__file__).resolve().parent.parent
 # Everything a test writes and commits lives in these tables; services stay (synced from the catalog).
-_WRITABLE_TABLES = "images, results, merged_boxes, consensus, postprocessing, jobs, workers"
+_WRITABLE_TABLES = "images, results, merged_boxes, consensus, postprocessing, jobs, workers, service_tasks_in_flight"
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pika
 import pytest
-from pika.adapters.blocking_connection import BlockingConnection
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from windmill.bench.private_rabbitmq import PrivateRabbitMQ
 from windmill.broker.rabbitmq import describe_error
+from windmill.catalog import Catalog
 from windmill.errors import WindmillError
 from windmill.settings import describe_url
 
@@ -55,6 +58,27 @@ def private_rabbitmq(private_node: PrivateRabbitMQ) -> PrivateRabbitMQ:
     return private_node
 
 
+@pytest.fixture
+def admin(amqp_url: str) -> Iterator[BlockingChannel]:
+    """A channel of our own for looking into queues and for injecting raw messages."""
+    connection = BlockingConnection(pika.URLParameters(amqp_url))
+    yield connection.channel()
+    if connection.is_open:
+        connection.close()
+
+
+@pytest.fixture
+def queue_name(amqp_url: str) -> Iterator[str]:
+    """A queue name no other test uses; the queue and its DLQ are deleted afterwards."""
+    name = f"queue_windmill_test_{uuid.uuid4().hex[:10]}"
+    yield name
+    connection = BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    for queue in (name, name + ".dlq"):
+        channel.queue_delete(queue)
+    connection.close()
+
+
 def rabbitmqctl(*arguments: str) -> str:
     try:
         done = subprocess.run([*RABBITMQCTL, *arguments], capture_output=True, text=True, timeout=120)
@@ -64,3 +88,26 @@ def rabbitmqctl(*arguments: str) -> str:
     if done.returncode != 0:
         pytest.fail(f"rabbitmqctl {' '.join(arguments)} failed: {done.stderr.strip() or done.stdout.strip()}")
     return done.stdout
+
+
+def queues_of_our_own(catalog: Catalog, amqp_url: str) -> Iterator[Catalog]:
+    """The catalog with queue names no other test run uses; the queues and their DLQs are deleted afterwards."""
+    prefix = f"test_{uuid.uuid4().hex[:8]}_queue_"
+    private = Catalog(tuple(replace(service, queue_prefix=prefix) for service in catalog.services))
+    yield private
+    connection = BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    for service in private.services:
+        for queue in (service.queue_name, service.queue_name + ".dlq"):
+            channel.queue_delete(queue)
+    connection.close()
+
+
+@pytest.fixture
+def private_queues(catalog: Catalog, amqp_url: str) -> Iterator[Catalog]:
+    yield from queues_of_our_own(catalog, amqp_url)
+
+
+@pytest.fixture
+def queues_on_private_node(catalog: Catalog, private_rabbitmq: PrivateRabbitMQ) -> Iterator[Catalog]:
+    yield from queues_of_our_own(catalog, private_rabbitmq.amqp_url)

@@ -59,15 +59,19 @@ def test_submit_queues_one_task_per_image_and_service_and_skips_answered_pairs(
     task = conn.execute("SELECT payload FROM jobs WHERE queue = 'queue_yolov8' ORDER BY id LIMIT 1").fetchone()[0]
     assert set(task) == {"task_id", "image_id", "image_filename", "image_path", "image_url", "submitted_at",
                          "service_name", "queue_name"}
-    # A second submit while the tasks wait adds nothing; an answered pair is skipped unless --force.
-    conn.execute("DELETE FROM jobs")
+    # A second submit while the tasks wait adds nothing, and says so.
+    again = run("submit", "--services", "yolov8,blip")
+    assert "Submitted 0 task(s) for 3 image(s)" in again.output
+    assert "0 already answered, 6 already in flight." in again.output
+    assert conn.execute("SELECT count(*) FROM jobs WHERE queue LIKE 'queue%%'").fetchone()[0] == 6
+    # Once the workers are done, an answered pair is skipped unless --force.
+    conn.execute("UPDATE jobs SET state = 'done'")
     conn.execute("""INSERT INTO results (image_id, service, task_id, data, status)
                     VALUES (1, 'blip', gen_random_uuid(), '{}', 'success')""")
-    conn.execute("DELETE FROM jobs")
     assert "Submitted 5 task(s)" in run("submit", "-s", "yolov8,blip").output
-    conn.execute("DELETE FROM jobs")
+    conn.execute("UPDATE jobs SET state = 'done'")
     assert "Submitted 6 task(s)" in run("submit", "-s", "yolov8,blip", "--force").output
-    conn.execute("DELETE FROM jobs")
+    conn.execute("UPDATE jobs SET state = 'done'")
     assert "Submitted 2 task(s) for 1 image(s)" in run("submit", "-s", "yolov8,blip", "--limit", "1",
                                                        "--force").output
 

@@ -24,6 +24,8 @@ from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
 from tests.conftest import REPOSITORY, _fresh_database, wait_until
+from windmill.broker import JobTableBroker, Task
+from windmill.broker.ledger import enter_in_flight, forget_in_flight
 from windmill.broker.rabbitmq import declare_queue
 from windmill.catalog import Catalog
 from windmill.cron import BACKFILL_COMMAND, DEFAULT_SCHEDULE, JOB_NAME
@@ -181,6 +183,22 @@ def test_the_worker_role_does_what_workers_do(roles_database: Callable[[str], st
         conn.execute("UPDATE jobs SET updated_at = now() - interval '2 hours' WHERE state = 'done'")
         assert prune_jobs(conn, timedelta(hours=1)) > 0  # `jobs prune`, through prune_jobs_batch
         assert collect_status(conn)["totals"]["merged_boxes"] >= 1  # `windmill-cli status` with its credentials
+        # Submit with its credentials: the job table's insert and second look (blip is answered above, so its new
+        # job is marked done at once), the RabbitMQ ledger (entered, taken over by a replay, freed by the task's
+        # row, the second look, forget).
+        image = {"image_id": image_id, "image_filename": "a.jpg", "image_path": "/data/a.jpg", "image_url": None}
+        with worker.pool(max_size=1, name="roles-submit") as pool:
+            assert JobTableBroker(JobQueue(pool)).publish([Task.for_image(image, catalog["blip"])],
+                                                          unless_answered=True) == []
+        dead, replayed = Task.for_image(image, catalog["ocr"]), Task.for_image(image, catalog["ocr"])
+        assert enter_in_flight(conn, [dead]) == [dead]
+        assert enter_in_flight(conn, [replayed], replaces=[dead.task_id]) == [replayed]
+        conn.execute(query("insert_result"), {**row, "status": "success", "service": "ocr",
+                                              "task_id": replayed.task_id})
+        blip = Task.for_image(image, catalog["blip"])
+        assert enter_in_flight(conn, [blip]) == [blip]
+        assert len(conn.execute(query("drop_answered_tasks_in_flight"), {"task_ids": [blip.task_id]}).fetchall()) == 1
+        assert forget_in_flight(conn, service="ocr") == 0
 
 
 def test_the_worker_role_cannot_change_the_schema_or_read_outside_it(roles_database: Callable[[str], str]) -> None:

@@ -6,15 +6,9 @@ from __future__ import annotations
 
 import shutil
 import threading
-import uuid
-from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
-import pika
 import psycopg
-import pytest
-from pika.adapters.blocking_connection import BlockingConnection
 from psycopg_pool import ConnectionPool
 
 from tests.conftest import wait_until
@@ -27,42 +21,20 @@ from windmill.collection import add_paths
 from windmill.db.connect import Database
 from windmill.jobs import JobQueue
 from windmill.producer import submit
-from windmill.settings import settings_from_mapping
+from windmill.settings import Settings, settings_from_mapping
 from windmill.worker.broker_worker import BrokerWorker
 from windmill.worker.registry import RoleContext, build_role, process_farm_client
 
 
-def queues_of_our_own(catalog: Catalog, amqp_url: str) -> Iterator[Catalog]:
-    """The catalog with queue names no other test run uses; the queues are deleted afterwards."""
-    prefix = f"test_{uuid.uuid4().hex[:8]}_queue_"
-    private = Catalog(tuple(replace(service, queue_prefix=prefix) for service in catalog.services))
-    yield private
-    connection = BlockingConnection(pika.URLParameters(amqp_url))
-    channel = connection.channel()
-    for service in private.services:
-        for queue in (service.queue_name, service.queue_name + ".dlq"):
-            channel.queue_delete(queue)
-    connection.close()
-
-
-@pytest.fixture
-def private_queues(catalog: Catalog, amqp_url: str) -> Iterator[Catalog]:
-    yield from queues_of_our_own(catalog, amqp_url)
-
-
-@pytest.fixture
-def queues_on_private_node(catalog: Catalog, private_rabbitmq: PrivateRabbitMQ) -> Iterator[Catalog]:
-    yield from queues_of_our_own(catalog, private_rabbitmq.amqp_url)
-
-
 def start_worker(amqp_url: str, database: Database, pool: ConnectionPool, catalog: Catalog, selection: str,
-                 concurrency: int = 4) -> tuple[BrokerWorker, threading.Thread]:
-    settings = settings_from_mapping({"WORKER_ID": "rabbit-service-test"})
+                 concurrency: int = 4, *, settings: Settings | None = None,
+                 max_attempts: int = 5) -> tuple[BrokerWorker, threading.Thread]:
+    settings = settings or settings_from_mapping({"WORKER_ID": "rabbit-service-test"})
     farm = process_farm_client(settings, catalog, database)
     context = RoleContext(settings=settings, database=database, pool=pool, jobs=JobQueue(pool), catalog=catalog,
                           worker_id="rabbit-service-test", farm=farm, service=selection)
     worker = BrokerWorker(amqp_url, build_role("service", context), pool, worker_id="rabbit-service-test",
-                          concurrency=concurrency, retry_delay_s=0.05)
+                          concurrency=concurrency, retry_delay_s=0.05, max_attempts=max_attempts)
 
     def run() -> None:
         try:

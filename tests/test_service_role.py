@@ -23,7 +23,7 @@ from windmill.farm import FarmClient
 from windmill.jobs import JobQueue
 from windmill.producer import submit
 from windmill.roles.service import ServiceTaskHandler
-from windmill.settings import settings_from_mapping
+from windmill.settings import Settings, settings_from_mapping
 from windmill.worker.registry import RoleContext, build_role, process_farm_client
 from windmill.worker.runtime import Worker, WorkerOptions
 
@@ -38,9 +38,9 @@ def farm_catalog(catalog: Catalog) -> Iterator[Catalog]:
 
 
 def run_service_worker(database: Database, pool: ConnectionPool, catalog: Catalog, selection: str,
-                       until: callable, *, retry_base_s: float = 0.01) -> None:
+                       until: callable, *, retry_base_s: float = 0.01, settings: Settings | None = None) -> None:
     """Run a service worker in this process until `until()` holds."""
-    settings = settings_from_mapping({"WORKER_ID": "service-test"})
+    settings = settings or settings_from_mapping({"WORKER_ID": "service-test"})
     jobs = JobQueue(pool, lease=timedelta(seconds=30), retry_base_s=retry_base_s)
     with process_farm_client(settings, catalog, database) as farm:
         context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=catalog,

@@ -109,6 +109,19 @@ def test_sigterm_drains_in_flight_jobs_and_exits_cleanly(probe_table: psycopg.Co
     assert count(conn, "SELECT count(*) FROM workers WHERE worker_id = 'drainer' AND stopped_at IS NOT NULL") == 1
 
 
+def test_after_the_drain_timeout_the_worker_leaves_without_waiting_for_its_handlers(
+        probe_table: psycopg.Connection, start_probe_worker) -> None:
+    conn = probe_table
+    enqueue_probes(conn, 1, {"sleep": 300})  # a handler that outlasts any test
+    worker = start_probe_worker("stuck", "--drain-timeout", "1")
+    wait_until(lambda: count(conn, "SELECT count(*) FROM public.probe_runs") == 1, message="the job to start")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, "the worker waited for its handler past the drain timeout"
+    # The job keeps its lease until it expires; then another worker runs it.
+    assert count(conn, "SELECT count(*) FROM jobs WHERE state = 'running' AND lease_owner = 'stuck'") == 1
+    assert count(conn, "SELECT count(*) FROM workers WHERE worker_id = 'stuck' AND stopped_at IS NOT NULL") == 1
+
+
 def test_failing_jobs_retry_then_go_dead_with_the_reason(probe_table: psycopg.Connection,
                                                         start_probe_worker) -> None:
     conn = probe_table

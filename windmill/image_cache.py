@@ -18,8 +18,15 @@ Key = TypeVar("Key")
 Value = TypeVar("Value")
 
 
+def _passing(error: BaseException) -> bool:
+    """A failure that may not happen again (ImageUnavailable and other errors marked `retryable`)."""
+    return bool(getattr(error, "retryable", False))
+
+
 class SingleFlightCache(Generic[Key, Value]):
-    """A bounded LRU of loaded values (or of the exception their load raised: a bad image stays bad)."""
+    """A bounded LRU of loaded values, or of the exception their load raised when it is permanent (a bad image stays
+    bad). A passing failure (an error with `retryable = True`, such as a download answered with HTTP 503) is not
+    kept: the callers that waited for that load try once more themselves, and later callers load afresh."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -31,25 +38,45 @@ class SingleFlightCache(Generic[Key, Value]):
         self.hits = 0
 
     def get(self, key: Key, load: Callable[[], Value]) -> Value:
+        for last_try in (False, True):
+            future, owner = self._entry(key)
+            if owner:
+                return self._load(key, future, load)
+            try:
+                return future.result()
+            except Exception as error:
+                # Failed in another caller's load for a reason that may pass: this caller tries once itself.
+                if last_try or not _passing(error):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _entry(self, key: Key) -> tuple[Future[Value], bool]:
+        """The key's future, and whether this caller created it (and so must load it)."""
         with self._lock:
             future = self._entries.get(key)
             if future is not None:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                owner = False
-            else:
-                future = Future()
-                self._entries[key] = future
-                while len(self._entries) > self.capacity:
-                    self._entries.popitem(last=False)
-                self.loads += 1
-                owner = True
-        if owner:
-            try:
-                future.set_result(load())
-            except Exception as error:
-                future.set_exception(error)
-        return future.result()
+                return future, False
+            future = Future()
+            self._entries[key] = future
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+            self.loads += 1
+            return future, True
+
+    def _load(self, key: Key, future: Future[Value], load: Callable[[], Value]) -> Value:
+        try:
+            value = load()
+        except Exception as error:
+            if _passing(error):
+                with self._lock:
+                    if self._entries.get(key) is future:
+                        del self._entries[key]
+            future.set_exception(error)
+            raise
+        future.set_result(value)
+        return value
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -65,7 +92,8 @@ class ImageSource:
         self.decoded_images: SingleFlightCache[tuple[Any, ...], Image.Image] = SingleFlightCache(decoded_capacity)
 
     def prepared(self, image_id: int, image_path: str | None, image_url: str | None) -> PreparedImage:
-        """The image ready to send; BadImage (cached too: a bad image stays bad) when it cannot be."""
+        """The image ready to send; BadImage (cached too: a bad image stays bad) when it cannot be, ImageUnavailable
+        (not cached: the next caller downloads again) when its download failed for a reason that may pass."""
 
         def load() -> PreparedImage:
             data = load_image_bytes(image_path, image_url, roots=self.settings.image_roots or None,

@@ -47,15 +47,28 @@ def collect_status(conn: psycopg.Connection, *, rabbitmq: RabbitMQManagement | N
                    failures: int = FAILURES_SHOWN) -> dict[str, Any]:
     """Everything `windmill-cli status` shows, as plain data (the --json output)."""
     totals = _rows(conn, "monitor_totals")[0]
+    broker = rabbitmq.queue_depths().as_dict() if rabbitmq is not None else None
     return {
         "collected_at": totals.pop("collected_at"),
         "totals": totals,
         "services": _rows(conn, "monitor_service_progress"),
         "queues": _rows(conn, "monitor_queue_depths"),
-        "rabbitmq": rabbitmq.queue_depths().as_dict() if rabbitmq is not None else None,
+        "rabbitmq": broker,
+        "in_flight": tasks_in_flight(_rows(conn, "monitor_tasks_in_flight"), broker),
         "failures": _rows(conn, "monitor_recent_failures", {"limit": failures}),
         "workers": _rows(conn, "monitor_live_workers"),
     }
+
+
+def tasks_in_flight(ledger: list[dict[str, Any]], rabbitmq: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Submit's ledger per service beside what RabbitMQ holds in that queue (ready + unacked, when its management
+    API answers): `unaccounted` entries have no message any more (a purged queue) and keep their pairs from being
+    submitted until `windmill-cli tasks forget` removes them. The API's counts lag a few seconds."""
+    held = {row["queue"]: row["ready"] + row["unacked"] for row in rabbitmq["queues"]} if (
+        rabbitmq and rabbitmq["available"]) else None
+    return [{**row, "in_rabbitmq": None if held is None else held.get(row["queue"], 0),
+             "unaccounted": None if held is None else max(0, row["in_flight"] - held.get(row["queue"], 0))}
+            for row in ledger]
 
 
 def image_status(conn: psycopg.Connection, image_id: int) -> dict[str, Any] | None:
@@ -215,6 +228,17 @@ def _rabbitmq_section(report: dict[str, Any] | None) -> list[str]:
     return [f"RabbitMQ queues ({report['url']}):", format_table(report["queues"])]
 
 
+def _in_flight_section(rows: list[dict[str, Any]] | None, rabbitmq: dict[str, Any] | None) -> list[str]:
+    if not rows and rabbitmq is None:
+        return []  # no broker, no ledger: nothing to say
+    lines = ["RabbitMQ tasks in flight (submit's ledger; in_rabbitmq = ready + unacked in the queue):",
+             format_table(rows or [])]
+    if any(row["unaccounted"] for row in rows or []):
+        lines.append("  Entries without a message (a purged queue) keep their pairs from being submitted: "
+                     "`windmill-cli tasks forget --service S`, then `windmill-cli submit`.")
+    return [*lines, ""]
+
+
 def format_status(status: dict[str, Any]) -> str:
     totals = status["totals"]
     workers = status["workers"]
@@ -231,6 +255,7 @@ def format_status(status: dict[str, Any]) -> str:
         "",
         *_rabbitmq_section(status.get("rabbitmq")),
         "",
+        *_in_flight_section(status.get("in_flight"), status.get("rabbitmq")),
         f"Recent failures (last 24 h, newest {len(status['failures'])}):",
         format_table(status["failures"]),
         "",

@@ -1,4 +1,5 @@
-"""Submitting image × service tasks: stream the images from PostgreSQL, skip answered pairs, publish in batches."""
+"""Submitting image × service tasks: stream the images from PostgreSQL, skip answered pairs and pairs with a task in
+flight, publish in batches."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from windmill.broker import Broker, Task
+from windmill.broker.ledger import publish_in_flight
 from windmill.catalog import Service
 from windmill.db.queries import query
 
@@ -21,7 +23,8 @@ BATCH_SIZE = 2000
 class SubmitReport:
     images: int = 0
     published: int = 0
-    skipped_answered: int = 0
+    skipped_answered: int = 0  # the pair has a successful answer (and --force was not given)
+    skipped_in_flight: int = 0  # the pair has a task queued, running or waiting for a retry
 
 
 def count_images(conn: psycopg.Connection, *, group: str | None, limit: int | None) -> int:
@@ -48,8 +51,9 @@ def submit(
     force: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> SubmitReport:
-    """Publish one task per image × service; pairs that already have a success are skipped unless force.
-    Two connections: one streams images inside its transaction, the other looks up answers."""
+    """Publish one task per image × service; pairs that already have a success are skipped unless force, and pairs
+    that have a task in flight (queued, running or waiting for a retry, in either broker) always are.
+    Two connections: one streams images inside its transaction, the other looks up answers and keeps the ledger."""
     broker.declare(services)
     report = SubmitReport()
     names = [service.name for service in services]
@@ -66,9 +70,10 @@ def submit(
             for service in services
             if (image["image_id"], service.name) not in answered
         ]
-        broker.publish(tasks)
+        published = publish_in_flight(lookup_conn, broker, tasks, unless_answered=not force)
         report.images += len(images)
-        report.published += len(tasks)
+        report.published += len(published)
+        report.skipped_in_flight += len(tasks) - len(published)
         report.skipped_answered += len(images) * len(services) - len(tasks)
         if progress:
             progress(len(images))

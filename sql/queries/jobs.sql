@@ -45,10 +45,12 @@ UPDATE jobs
 
 -- name: fail_job
 -- Record a failed attempt: back to the queue after the backoff, or dead when attempts are used up
--- or the error is permanent.
+-- or the error is permanent. An attempt that does not count (its handler could not reach the database:
+-- PostgreSQL being away is not the job's failure) goes back to the queue and gives its attempt back.
 UPDATE jobs
-   SET state = CASE WHEN %(permanent)s OR attempts >= max_attempts THEN 'dead'::job_state
+   SET state = CASE WHEN %(counted)s AND (%(permanent)s OR attempts >= max_attempts) THEN 'dead'::job_state
                     ELSE 'failed'::job_state END,
+       attempts = CASE WHEN %(counted)s THEN attempts ELSE greatest(attempts - 1, 0) END,
        run_after = coalesce(%(now)s, now()) + %(backoff)s,
        last_error = %(error)s,
        lease_owner = NULL,
@@ -91,6 +93,11 @@ WITH picked AS (
        AND NOT EXISTS (SELECT 1 FROM jobs waiting
                         WHERE waiting.state = 'queued' AND waiting.queue = jobs.queue
                           AND waiting.dedupe_key = jobs.dedupe_key)
+       -- A service task whose pair has another task in flight stays dead (the unique index of sql/0020).
+       AND NOT (jobs.payload ? 'task_id' AND EXISTS (
+                SELECT 1 FROM jobs other
+                 WHERE other.queue = jobs.queue AND other.image_id = jobs.image_id
+                   AND other.state IN ('queued', 'running', 'failed') AND other.payload ? 'task_id'))
      ORDER BY queue, coalesce(dedupe_key, id::text), id DESC
 )
 UPDATE jobs

@@ -34,3 +34,11 @@ SELECT now() AS collected_at,
        (SELECT count(*) FROM merged_boxes) AS merged_boxes,
        (SELECT count(*) FROM consensus) AS consensus,
        (SELECT count(*) FROM postprocessing) AS postprocessing
+
+-- name: monitor_tasks_in_flight
+-- Per service: RabbitMQ tasks in submit's ledger (published, not yet answered) and the age of the oldest.
+SELECT service, queue, count(*) AS in_flight,
+       round(extract(epoch FROM now() - min(submitted_at))::numeric, 1) AS oldest_age_s
+  FROM service_tasks_in_flight
+ GROUP BY service, queue
+ ORDER BY service

@@ -16,3 +16,95 @@ SELECT image_id, image_filename, image_path, image_url
 SELECT DISTINCT image_id, service
   FROM results
  WHERE status = 'success' AND image_id = ANY(%(image_ids)s) AND service = ANY(%(services)s)
+
+-- name: enqueue_service_tasks
+-- Queue submit's tasks in the job table, in the order given (an image's tasks together), skipping every pair that
+-- has a task in flight: a service-task job queued, running or failed (the unique index of sql/0020 refuses it) or
+-- a RabbitMQ task in the ledger. Returns the job id and task id of each task queued.
+INSERT INTO jobs (queue, image_id, payload, dedupe_key, max_attempts)
+SELECT batch.queue, batch.image_id, batch.payload, batch.dedupe_key, batch.max_attempts
+  FROM unnest(%(queues)s::text[], %(image_ids)s::bigint[], %(services)s::text[], %(payloads)s::jsonb[],
+              %(dedupe_keys)s::text[], %(max_attempts)s::integer[]) WITH ORDINALITY
+       AS batch (queue, image_id, service, payload, dedupe_key, max_attempts, position)
+ WHERE NOT EXISTS (SELECT 1 FROM service_tasks_in_flight ledger
+                    WHERE ledger.image_id = batch.image_id AND ledger.service = batch.service)
+ ORDER BY batch.position
+ON CONFLICT DO NOTHING
+RETURNING id, payload ->> 'task_id'
+
+-- name: register_tasks_in_flight
+-- Enter RabbitMQ tasks in the ledger before they are published; returns the ids of those entered (only these are
+-- published). A pair already in flight (in the ledger, or as a job-table task queued, running or failed) is
+-- skipped, unless the entry belongs to the task named in `replaces` (a dead-lettered task being replayed under a
+-- new id takes over its entry); so is a task whose image is gone (a replay of an old task).
+WITH batch AS (
+    SELECT * FROM unnest(%(image_ids)s::bigint[], %(services)s::text[], %(queues)s::text[], %(task_ids)s::uuid[],
+                         %(replaces)s::uuid[])
+                  AS batch (image_id, service, queue, task_id, replaces)
+), taken_over AS (
+    UPDATE service_tasks_in_flight ledger
+       SET task_id = batch.task_id, queue = batch.queue, submitted_at = now()
+      FROM batch
+     WHERE ledger.image_id = batch.image_id AND ledger.service = batch.service AND ledger.task_id = batch.replaces
+    RETURNING ledger.task_id
+), entered AS (
+    INSERT INTO service_tasks_in_flight (image_id, service, queue, task_id)
+    SELECT batch.image_id, batch.service, batch.queue, batch.task_id
+      FROM batch
+     WHERE NOT EXISTS (SELECT 1 FROM taken_over WHERE taken_over.task_id = batch.task_id)
+       AND EXISTS (SELECT 1 FROM images WHERE images.image_id = batch.image_id)
+       AND NOT EXISTS (SELECT 1 FROM jobs
+                        WHERE jobs.queue = batch.queue AND jobs.image_id = batch.image_id
+                          AND jobs.state IN ('queued', 'running', 'failed') AND jobs.payload ? 'task_id')
+    ON CONFLICT DO NOTHING
+    RETURNING task_id
+)
+SELECT task_id FROM taken_over
+UNION ALL
+SELECT task_id FROM entered
+
+-- name: drop_answered_tasks_in_flight
+-- Of the ledger entries just made, remove those whose pair has a successful answer by now, and return their task
+-- ids (they are not published). Run after the entries are committed, with a snapshot of its own: a task in flight
+-- whose entry was gone when this submit entered its own had written its row first (the trigger removes the entry in
+-- the row's transaction), so this statement sees that row.
+DELETE FROM service_tasks_in_flight ledger
+ WHERE ledger.task_id = ANY(%(task_ids)s::uuid[])
+   AND EXISTS (SELECT 1 FROM results
+                WHERE results.image_id = ledger.image_id AND results.service = ledger.service
+                  AND results.status = 'success')
+RETURNING ledger.task_id
+
+-- name: drop_answered_service_tasks
+-- The job table's twin of drop_answered_tasks_in_flight, in the inserting transaction (before any worker can see
+-- the jobs): a task in flight whose job was no longer queued, running or failed when the insert checked had
+-- committed its row first (the row is written before the job is marked done). Its new job is marked done at once
+-- (no worker ever sees it queued; the retention prunes it), so the worker role needs no DELETE on jobs.
+UPDATE jobs
+   SET state = 'done', last_error = 'answered while submit ran', updated_at = now()
+ WHERE jobs.id = ANY(%(ids)s::bigint[])
+   AND EXISTS (SELECT 1 FROM results
+                WHERE results.image_id = jobs.image_id AND results.service = jobs.payload ->> 'service_name'
+                  AND results.status = 'success')
+RETURNING jobs.payload ->> 'task_id'
+
+-- name: release_tasks_in_flight
+-- Remove ledger entries of tasks that were never published (submit failed or was interrupted before RabbitMQ
+-- confirmed them), so the next submit sends them.
+DELETE FROM service_tasks_in_flight WHERE task_id = ANY(%(task_ids)s::uuid[])
+
+-- name: list_tasks_in_flight
+-- Ledger entries, oldest first: what `tasks list` shows and `tasks forget` would remove.
+SELECT service, queue, image_id, task_id, submitted_at,
+       round(extract(epoch FROM now() - submitted_at)::numeric, 1) AS age_s
+  FROM service_tasks_in_flight
+ WHERE (%(service)s::text IS NULL OR service = %(service)s)
+   AND submitted_at <= now() - %(older_than)s::interval
+ ORDER BY submitted_at, image_id, service
+ LIMIT %(limit)s
+
+-- name: forget_tasks_in_flight
+-- Remove ledger entries (their messages were lost): the next submit sends their pairs again.
+DELETE FROM service_tasks_in_flight
+ WHERE (%(service)s::text IS NULL OR service = %(service)s)
+   AND submitted_at <= now() - %(older_than)s::interval

@@ -161,7 +161,8 @@ class Windmill:
                progress: Callable[[int], None] | None = None) -> Submission:
         """Queue one task per image × service: `services` is a selection (`all`, `primary`, `spatial_only`,
         `full_catalog`, or a comma list) or catalog services. Pairs that already have a successful answer are
-        skipped unless `force`. The tasks go to `broker` (`rabbitmq` or `postgres`; by default RabbitMQ when it is
+        skipped unless `force`; pairs with a task in flight (queued, running or waiting for a retry) always are.
+        The tasks go to `broker` (`rabbitmq` or `postgres`; by default RabbitMQ when it is
         configured, else the job table). `progress` is called with the number of images of each batch sent."""
         from windmill.broker.choice import open_task_broker, uses_rabbitmq
         from windmill.producer import submit

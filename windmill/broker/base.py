@@ -54,10 +54,19 @@ TaskHandler = Callable[[Task, bool], object]
 class Broker(Protocol):
     """Where `submit` puts tasks and service workers take them from."""
 
+    # True when the broker's own storage refuses a second task in flight per image × service (the job table: its
+    # rows are the ledger); False when submit must enter tasks in PostgreSQL's ledger first (RabbitMQ).
+    dedupes_in_flight: bool
+
     def declare(self, services: Sequence[Service]) -> None:
         """Make sure every service's queue exists (both sides declare)."""
 
-    def publish(self, tasks: Sequence[Task]) -> None:
-        """Store the tasks durably; when this returns, they survive a broker restart."""
+    def publish(self, tasks: Sequence[Task], *, unless_answered: bool = False) -> list[Task]:
+        """Store the tasks durably; when this returns, they survive a broker restart. Returns the tasks queued, in
+        the order given: a broker that dedupes skips the pairs it has in flight and, with `unless_answered`, those
+        answered successfully meanwhile (a broker that does not ignores both: submit's ledger does it)."""
+
+    def unconfirmed(self) -> list[str]:
+        """After `publish` raised: the ids of its tasks the broker did not confirm (they may be lost)."""
 
     def close(self) -> None: ...

@@ -8,14 +8,26 @@ a hundred threads fighting for the GIL. Each queue keeps its own channel, so its
 Retry and dead-letter policy:
 
 * the handler returned → ack (the handler has committed its result row);
-* the handler raised `PermanentJobError`, or the body is not a task → reject without requeue: RabbitMQ moves the
-  message, body intact, to `<queue>.dlq`;
+* the database is unavailable (`is_database_unavailable`: PostgreSQL away, a connection lost, an admin shutdown), in
+  the handler or while recording a final failure → not an attempt: the message stays unacked and is handled again
+  after retry_delay · 2^(k-1) seconds (k: the times it waited so, capped), however long the outage lasts. The row
+  cannot be written, so the message is neither acked nor dead-lettered; a stop meanwhile leaves it to RabbitMQ,
+  which redelivers it;
+* the body is not a task → reject without requeue: RabbitMQ moves the message, body intact, to `<queue>.dlq`;
+* the handler raised `PermanentJobError`, or any other exception on the last attempt → `on_dead_letter` records
+  the task's final row, and only once it is committed is a copy (body intact, headers `x-windmill-attempts` and
+  `x-windmill-last-error` saying how many attempts and why the last failed) published to `<queue>.dlq` with a
+  publisher confirm, then the original acked;
 * any other exception on attempt n < max_attempts → the message is held (unacked, so a crash loses nothing) for
   retry_delay · 2^(n-1) seconds (capped), then a copy with header `x-windmill-attempts: n` and the error's first
   line in `x-windmill-last-error` is published to the same queue with a publisher confirm, and only then is the
-  original acked. A crash in between leaves both, which task ids make harmless. On attempt max_attempts → DLQ.
+  original acked. A crash in between leaves both, which task ids make harmless.
   The count travels with the message, so it holds across workers and restarts; a redelivery after a lost
   connection is not counted (nothing failed).
+
+A stop drains: no new deliveries, held retries are published at once, messages waiting for the database go back to
+the queue, running handlers get `drain_timeout` seconds; then (or at once when told to leave now) the connection
+closes and RabbitMQ redelivers whatever is still unacked.
 
 pika's BlockingConnection is not thread-safe: only `run()`'s thread touches it. Handler threads hand their outcome
 back with `add_callback_threadsafe`, and an outcome is applied only if its delivery came on the channel that is
@@ -49,11 +61,13 @@ from windmill.broker.rabbitmq import (
     RabbitMQError,
     backoff_delays,
     connection_parameters,
+    dead_letter_queue,
     declare_queue,
     default_connection_name,
     describe_error,
     is_fatal,
 )
+from windmill.db.connect import is_database_unavailable
 from windmill.errors import first_line
 from windmill.jobs.model import PermanentJobError
 from windmill.settings import describe_url
@@ -106,6 +120,7 @@ class _Outcome(Enum):
     DEAD_LETTER = "dead-letter"
     RETRY = "retry"
     REQUEUE = "requeue"
+    WAIT_FOR_DATABASE = "wait for the database"
 
 
 @dataclass(eq=False)
@@ -121,11 +136,14 @@ class _Delivery:
     attempt: int
     redelivered: bool
     error: str = ""
+    task: Task | None = None  # None until parsed, and for a body that is not a task
+    database_waits: int = 0  # times this delivery was handled while the database was away
 
     @property
     def first(self) -> bool:
-        """Never handed to any consumer before: neither redelivered by RabbitMQ nor a retry of ours."""
-        return self.attempt == 1 and not self.redelivered
+        """Never handed to any handler before: neither redelivered by RabbitMQ, nor a retry of ours, nor handled
+        already by this consumer (a run that lost the database may have committed its row before it failed)."""
+        return self.attempt == 1 and not self.redelivered and self.database_waits == 0
 
 
 def _attempts_made(properties: pika.BasicProperties) -> int:
@@ -148,7 +166,8 @@ class RabbitMQConsumer:
         """`queues`: each queue's prefetch (unacked messages RabbitMQ hands out at once); `retry_delay`: hold
         after a first failure (doubling per attempt, 30 s cap); `drain_timeout`: how long a stop waits for running
         handlers; `on_dead_letter(task, error)`: called in the handler thread before a parsed task goes to the DLQ
-        (to record an error row); reconnects wait 0.5 s, doubling up to `max_reconnect_delay`."""
+        (to record its error row: the task goes to the DLQ only once the hook returned, and waits while the hook
+        finds the database away); reconnects wait 0.5 s, doubling up to `max_reconnect_delay`."""
         if not queues:
             raise ValueError("a consumer needs at least one queue")
         self.queues = {queue: max(1, prefetch) for queue, prefetch in queues.items()}
@@ -165,18 +184,24 @@ class RabbitMQConsumer:
         self._on_dead_letter = on_dead_letter
         self._max_reconnect_delay = max_reconnect_delay
         self.stopping = stopping if stopping is not None else threading.Event()
+        self._leave_now = threading.Event()  # a second stop: do not wait for running handlers
         self.connections = 0  # connections that reached consuming (1 + reconnects)
         # Touched only by run()'s thread:
         self._channels: dict[str, BlockingChannel] = {}
         self._consumer_tags: dict[str, str] = {}
         self._retry_channel: BlockingChannel | None = None
         self._unsettled: dict[tuple[str, int], _Delivery] = {}
-        self._held: dict[tuple[str, int], object] = {}  # (queue, delivery tag) → timer of a retry waiting
+        # (queue, delivery tag) → the timer of a delivery waiting, and what for (RETRY or WAIT_FOR_DATABASE)
+        self._held: dict[tuple[str, int], tuple[object, _Outcome]] = {}
         self._cancelled_by_broker: str | None = None
         self._draining = False
         self._executor: ThreadPoolExecutor | None = None
 
-    def request_stop(self) -> None:
+    def request_stop(self, *, immediately: bool = False) -> None:
+        """Stop consuming and drain (running handlers get `drain_timeout` seconds); `immediately`: leave without
+        waiting for them (RabbitMQ redelivers their messages)."""
+        if immediately:
+            self._leave_now.set()
         self.stopping.set()
 
     def run(self) -> None:
@@ -254,19 +279,26 @@ class RabbitMQConsumer:
         self._drain(connection)
 
     def _drain(self, connection: BlockingConnection) -> None:
-        """Stop deliveries, let running handlers finish and settle them, then close."""
+        """Stop deliveries, let running handlers finish and settle them (for at most `drain_timeout` seconds, or
+        not at all when told to leave now), then close: RabbitMQ redelivers whatever is still unacked."""
         self._draining = True
         for queue, channel in self._channels.items():
             channel.basic_cancel(self._consumer_tags[queue])  # pika requeues deliveries not yet handed to us
-        for key, timer in list(self._held.items()):
+        for key, (timer, waiting_for) in list(self._held.items()):
             connection.remove_timeout(timer)  # type: ignore[arg-type]
-            self._retry(self._unsettled[key])
+            delivery = self._unsettled[key]
+            if waiting_for is _Outcome.RETRY:
+                self._forward(delivery, delivery.queue)  # publish the next attempt now: its count is kept
+            else:
+                self._settle(delivery, _Outcome.REQUEUE)
+        self._held.clear()
         deadline = time.monotonic() + self._drain_timeout
-        while self._unsettled and time.monotonic() < deadline:
+        while self._unsettled and time.monotonic() < deadline and not self._leave_now.is_set():
             connection.process_data_events(time_limit=0.05)
         if self._unsettled:
-            log.warning("%d tasks of %s still running after %.0f s; RabbitMQ will redeliver them",
-                        len(self._unsettled), self._described, self._drain_timeout,
+            log.warning("%d tasks of %s still running %s; RabbitMQ will redeliver them", len(self._unsettled),
+                        self._described, "when told to leave now" if self._leave_now.is_set()
+                        else f"after the drain timeout ({self._drain_timeout:g} s)",
                         extra={"action": "rabbitmq_drain_timeout"})
         connection.close()
         log.info("stopped consuming %s", self._described, extra={"action": "rabbitmq_stopped"})
@@ -299,25 +331,40 @@ class RabbitMQConsumer:
         if not self._current(delivery):
             log.debug("not settling a delivery of a closed channel: RabbitMQ redelivers it")
             return
-        if outcome is _Outcome.RETRY:
-            if self._draining:
-                self._retry(delivery)
-            else:
-                delay = retry_delay_for(delivery.attempt, self._retry_delay)
-                self._held[delivery.queue, delivery.tag] = delivery.connection.call_later(
-                    delay, functools.partial(self._retry, delivery))
-            return
-        del self._unsettled[delivery.queue, delivery.tag]
-        channel = delivery.channel
-        if outcome is _Outcome.ACK:
-            channel.basic_ack(delivery.tag)
-        elif outcome is _Outcome.DEAD_LETTER:
-            channel.basic_reject(delivery.tag, requeue=False)
+        if outcome is _Outcome.RETRY and not self._draining:
+            delay = retry_delay_for(delivery.attempt, self._retry_delay)
+            self._hold(delivery, delay, outcome, functools.partial(self._forward, delivery, delivery.queue))
+        elif outcome is _Outcome.RETRY:
+            self._forward(delivery, delivery.queue)
+        elif outcome is _Outcome.WAIT_FOR_DATABASE and not self._draining:
+            delay = retry_delay_for(delivery.database_waits, self._retry_delay)
+            self._hold(delivery, delay, outcome, functools.partial(self._handle_again, delivery))
+        elif outcome is _Outcome.DEAD_LETTER and delivery.task is not None:
+            self._forward(delivery, dead_letter_queue(delivery.queue))  # its final row is committed
         else:
-            channel.basic_nack(delivery.tag, requeue=True)
+            del self._unsettled[delivery.queue, delivery.tag]
+            if outcome is _Outcome.ACK:
+                delivery.channel.basic_ack(delivery.tag)
+            elif outcome is _Outcome.DEAD_LETTER:  # not a task: RabbitMQ dead-letters the body as it came
+                delivery.channel.basic_reject(delivery.tag, requeue=False)
+            else:  # REQUEUE, and WAIT_FOR_DATABASE while draining: back to the queue for another consumer
+                delivery.channel.basic_nack(delivery.tag, requeue=True)
 
-    def _retry(self, delivery: _Delivery) -> None:
-        """Publish the next attempt of a failed task (confirmed), then ack this one."""
+    def _hold(self, delivery: _Delivery, delay: float, waiting_for: _Outcome, then: Callable[[], None]) -> None:
+        """Keep the delivery unacked for `delay` seconds, then run `then` on this thread."""
+        self._held[delivery.queue, delivery.tag] = (delivery.connection.call_later(delay, then), waiting_for)
+
+    def _handle_again(self, delivery: _Delivery) -> None:
+        """A delivery that waited for the database goes to a handler thread again (same attempt)."""
+        self._held.pop((delivery.queue, delivery.tag), None)
+        if not self._current(delivery):
+            return
+        assert self._executor is not None
+        self._executor.submit(self._work, delivery)
+
+    def _forward(self, delivery: _Delivery, queue: str) -> None:
+        """Publish a copy of the task to `queue` (its own for the next attempt, or its DLQ) with the attempts made
+        and the last error in its headers, confirmed; then ack this delivery."""
         self._held.pop((delivery.queue, delivery.tag), None)
         if not self._current(delivery) or self._retry_channel is None:
             return
@@ -328,10 +375,10 @@ class RabbitMQConsumer:
             message_id=delivery.properties.message_id, headers=headers)
         del self._unsettled[delivery.queue, delivery.tag]
         try:
-            self._retry_channel.basic_publish("", delivery.queue, delivery.body, properties, mandatory=True)
+            self._retry_channel.basic_publish("", queue, delivery.body, properties, mandatory=True)
         except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as error:
-            log.warning("could not queue the retry of a task of %s (%s); requeueing it", delivery.queue,
-                        type(error).__name__, extra={"action": "task_retry_refused"})
+            log.warning("could not publish a task of %s to %s (%s); requeueing it", delivery.queue, queue,
+                        type(error).__name__, extra={"action": "task_forward_refused"})
             delivery.channel.basic_nack(delivery.tag, requeue=True)
             return
         delivery.channel.basic_ack(delivery.tag)
@@ -347,36 +394,49 @@ class RabbitMQConsumer:
 
     def _handle(self, delivery: _Delivery) -> _Outcome:
         try:
-            task = parse_task(delivery.body)
+            task = delivery.task or parse_task(delivery.body)
         except MalformedTaskError as error:
             log.error("dead-lettering a message of %s (message id %s): %s", delivery.queue,
                       delivery.properties.message_id, error, extra={"action": "task_dead_lettered"})
             return _Outcome.DEAD_LETTER
+        delivery.task = task
         try:
             self._handler(task, delivery.first)
         except PermanentJobError as error:
-            log.error("dead-lettering task %s of %s: %s", task.task_id, delivery.queue, first_line(error),
-                      extra={"action": "task_dead_lettered"})
-            self._report_dead_letter(task, error)
-            return _Outcome.DEAD_LETTER
+            return self._dead_letter(delivery, task, error, "")
         except Exception as error:
+            if is_database_unavailable(error):
+                return self._wait_for_database(delivery, task, error)
             log.debug("task %s failed", task.task_id, exc_info=error)
-            delivery.error = f"{type(error).__name__}: {first_line(error)}"
             if delivery.attempt >= self._max_attempts:
-                log.error("dead-lettering task %s of %s after %d attempts: %s", task.task_id, delivery.queue,
-                          delivery.attempt, delivery.error, extra={"action": "task_dead_lettered"})
-                self._report_dead_letter(task, error)
-                return _Outcome.DEAD_LETTER
+                return self._dead_letter(delivery, task, error, f" after {delivery.attempt} attempts")
+            delivery.error = f"{type(error).__name__}: {first_line(error)}"
             log.warning("task %s of %s failed (attempt %d of %d): %s; retrying in %.1f s", task.task_id,
                         delivery.queue, delivery.attempt, self._max_attempts, delivery.error,
                         retry_delay_for(delivery.attempt, self._retry_delay), extra={"action": "task_retry"})
             return _Outcome.RETRY
         return _Outcome.ACK
 
-    def _report_dead_letter(self, task: Task, error: BaseException) -> None:
-        if self._on_dead_letter is None:
-            return
-        try:
-            self._on_dead_letter(task, error)
-        except Exception as hook_error:
-            log.exception("on_dead_letter failed for task %s: %s", task.task_id, first_line(hook_error))
+    def _dead_letter(self, delivery: _Delivery, task: Task, error: BaseException, after: str) -> _Outcome:
+        """Record the task's final failure through `on_dead_letter`, then dead-letter it. While the database is
+        away the record cannot be written: the task waits instead, so it never reaches the DLQ without its row."""
+        if self._on_dead_letter is not None:
+            try:
+                self._on_dead_letter(task, error)
+            except Exception as hook_error:
+                if is_database_unavailable(hook_error):
+                    return self._wait_for_database(delivery, task, hook_error)
+                log.exception("on_dead_letter failed for task %s: %s; dead-lettering it without its row",
+                              task.task_id, first_line(hook_error), extra={"action": "dead_letter_unrecorded"})
+        delivery.error = f"{type(error).__name__}: {first_line(error)}"
+        log.error("dead-lettering task %s of %s%s: %s", task.task_id, delivery.queue, after, delivery.error,
+                  extra={"action": "task_dead_lettered"})
+        return _Outcome.DEAD_LETTER
+
+    def _wait_for_database(self, delivery: _Delivery, task: Task, error: BaseException) -> _Outcome:
+        delivery.database_waits += 1
+        log.warning("task %s of %s: the database is unavailable (%s); not an attempt: the task waits, unacked, and "
+                    "is handled again in %.1f s", task.task_id, delivery.queue, first_line(error),
+                    retry_delay_for(delivery.database_waits, self._retry_delay),
+                    extra={"action": "task_waits_for_database"})
+        return _Outcome.WAIT_FOR_DATABASE

@@ -223,6 +223,8 @@ class RabbitMQBroker:
     One connection, opened on first use and reopened with backoff after a loss. Not thread-safe: one per thread.
     """
 
+    dedupes_in_flight = False  # RabbitMQ cannot be asked for a pair's message: submit keeps a ledger in PostgreSQL
+
     def __init__(self, amqp_url: str, *, heartbeat: int = 60, connection_attempts: int = 10,
                  confirm_window: int = 10_000, connection_name: str | None = None,
                  max_reconnect_delay: float = MAX_RETRY_DELAY_S) -> None:
@@ -240,6 +242,7 @@ class RabbitMQBroker:
         self._declared: set[str] = set()
         self.reconnects = 0  # connections opened after the first (for status and tests)
         self._connected_before = False
+        self._unconfirmed: list[str] = []
 
     # -- the Broker interface --------------------------------------------------------------------------------------
 
@@ -247,30 +250,39 @@ class RabbitMQBroker:
         names = [service.queue_name for service in services]
         self._retrying("declare queues", lambda: self._declare(names, force=True))
 
-    def publish(self, tasks: Sequence[Task]) -> None:
-        """Return once RabbitMQ confirmed every task (persisted to its durable queue).
+    def publish(self, tasks: Sequence[Task], *, unless_answered: bool = False) -> list[Task]:
+        """Return (the tasks) once RabbitMQ confirmed every one (persisted to its durable queue).
 
         On a connection loss, reconnect and publish again every task not yet confirmed: a few may arrive twice,
         which their task ids make harmless. A task no queue took (its queue was deleted since we declared it) is
         published again after declaring the queue again. Raises RabbitMQError when RabbitMQ stays unreachable or
-        refuses a task repeatedly.
+        refuses a task repeatedly; `unconfirmed()` then names the tasks RabbitMQ did not confirm. `unless_answered`
+        is for brokers that dedupe (see Broker.publish): RabbitMQ publishes what it is given.
         """
         pending = deque(range(len(tasks)))
         refusals: Counter[int] = Counter()
         failures = 0
         delays = self._delays()
-        while pending:
-            before = len(pending)
-            try:
-                self._declare({tasks[index].queue_name for index in pending}, force=False)
-                self._publish_pending(tasks, pending, refusals)
-            except Exception as error:
-                self._raise_unless_recoverable(error, "publish tasks")
-                if len(pending) < before:
-                    failures, delays = 0, self._delays()
-                failures += 1
-                self._lost(error, f"publishing the {len(pending)} tasks not yet confirmed after reconnecting")
-                self._give_up_or_wait(failures, next(delays), "publish tasks", error)
+        try:
+            while pending:
+                before = len(pending)
+                try:
+                    self._declare({tasks[index].queue_name for index in pending}, force=False)
+                    self._publish_pending(tasks, pending, refusals)
+                except Exception as error:
+                    self._raise_unless_recoverable(error, "publish tasks")
+                    if len(pending) < before:
+                        failures, delays = 0, self._delays()
+                    failures += 1
+                    self._lost(error, f"publishing the {len(pending)} tasks not yet confirmed after reconnecting")
+                    self._give_up_or_wait(failures, next(delays), "publish tasks", error)
+        finally:
+            self._unconfirmed = [tasks[index].task_id for index in pending]
+        return list(tasks)
+
+    def unconfirmed(self) -> list[str]:
+        """The tasks of the last `publish` RabbitMQ did not confirm (none unless it raised)."""
+        return list(self._unconfirmed)
 
     def queue_depths(self, queue_names: Iterable[str]) -> dict[str, int]:
         """Messages ready in each queue (not those delivered and unacked); queues that do not exist are left out."""
@@ -323,12 +335,12 @@ class RabbitMQBroker:
             self._declare(queues, force=True)
         publisher.nacked.clear()
         publisher.returned.clear()
+        pending.extend(refused)  # before a refusal raises: whatever raises leaves them unconfirmed
         for index in refused:
             refusals[index] += 1
             if refusals[index] > MAX_REFUSALS:
                 raise RabbitMQError(f"RabbitMQ at {self._where} refused task {tasks[index].task_id} for "
                                     f"{tasks[index].queue_name} {refusals[index]} times")
-            pending.append(index)
 
     def _ensure_connection(self) -> BlockingConnection:
         if self._connection is None or not self._connection.is_open:

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from windmill import DISTRIBUTION
-from windmill.commands import bench, collection, configuration, farm, monitoring, results, workers
+from windmill.commands import bench, collection, configuration, farm, ingest, monitoring, results, workers
 from windmill.commands.context import AppContext, WindmillGroup
 
 
@@ -26,7 +26,7 @@ def main(ctx: click.Context, env_file: Path | None) -> None:
     ctx.obj = AppContext(env_file)
 
 
-for _module in (configuration, collection, workers, monitoring, results, farm, bench):
+for _module in (configuration, collection, workers, monitoring, ingest, results, farm, bench):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

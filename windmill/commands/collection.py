@@ -68,7 +68,8 @@ def submit(app: AppContext, services: str, limit: int | None, group: str | None,
                                         progress=bar.update)
     report = submitted.report
     click.echo(f"Submitted {report.published} task(s) for {report.images} image(s) × {len(selected)} service(s) "
-               f"to {describe(submitted.rabbitmq)}; {report.skipped_answered} already answered.")
+               f"to {describe(submitted.rabbitmq)}; {report.skipped_answered} already answered, "
+               f"{report.skipped_in_flight} already in flight.")
 
 
 @click.command()

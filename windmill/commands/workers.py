@@ -57,7 +57,9 @@ def run_all(app: AppContext) -> None:
 
     with app.database("windmill-run") as database, database.pool(min_size=2, max_size=32, name="run") as pool:
         code = run_machine(app.settings, app.catalog, database, pool)
-    sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # handler threads left running after the drain timeout must not keep the process alive
 
 
 def supervisor_for(app: AppContext) -> Any:

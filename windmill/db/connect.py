@@ -18,10 +18,18 @@ from windmill.errors import WindmillError
 from windmill.settings import Settings
 
 log = logging.getLogger(__name__)
+RECONNECT_TIMEOUT_S = 30.0  # longest a pool keeps doubling the wait between attempts to reconnect
 
 
 class DatabaseUnavailable(WindmillError):
     """PostgreSQL could not be reached; the message says where, never with credentials."""
+
+
+def is_database_unavailable(error: BaseException) -> bool:
+    """True for a failure of the database rather than of the work: the server away or restarting, a connection
+    lost or shut down by an admin, no pooled connection in time (psycopg's OperationalError family, which includes
+    psycopg_pool.PoolTimeout). Work that failed so is not an attempt: it waits and runs again."""
+    return isinstance(error, psycopg.OperationalError | DatabaseUnavailable)
 
 
 def describe_conninfo(conninfo: str) -> str:
@@ -59,7 +67,10 @@ class Database:
     def pool(self, *, min_size: int = 1, max_size: int = 4, name: str = "windmill") -> ConnectionPool:
         """A pool of autocommit connections; callers open transactions explicitly where they need one.
         Connections are not checked on checkout (that costs a round trip per use): a connection that died
-        raises OperationalError once, the pool drops it, and the caller's retry takes a fresh one."""
+        raises OperationalError once, the pool drops it, and the caller's retry takes a fresh one.
+        While PostgreSQL is away the pool retries each connection 1, 2, 4, … s apart; an attempt gives up after
+        RECONNECT_TIMEOUT_S and the next checkout starts a new one from 1 s, so after a long outage the pool is back
+        within seconds, not after a doubling that had grown to minutes."""
         return ConnectionPool(
             self.conninfo,
             min_size=min_size,
@@ -67,6 +78,7 @@ class Database:
             kwargs={"autocommit": True},
             configure=use_orjson,
             name=name,
+            reconnect_timeout=RECONNECT_TIMEOUT_S,
             open=True,
         )
 

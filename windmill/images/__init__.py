@@ -11,7 +11,7 @@ from windmill.images.crop import (
     face_prediction_to_image,
     pose_prediction_to_image,
 )
-from windmill.images.errors import BadImage
+from windmill.images.errors import BadImage, ImageUnavailable
 from windmill.images.load import (
     DEFAULT_MAX_BYTES,
     check_image_url,
@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "BadImage",
     "CropBox",
+    "ImageUnavailable",
     "PreparedImage",
     "check_image_url",
     "clamp_crop",

@@ -1,4 +1,4 @@
-"""The one error every image problem becomes: a permanent `BadImage` with a one-line reason."""
+"""What an image problem becomes: a permanent `BadImage`, or a passing `ImageUnavailable`, with a one-line reason."""
 
 from __future__ import annotations
 
@@ -20,6 +20,17 @@ class BadImage(WindmillError):
     """The image cannot be loaded, decoded or sent: retrying the same input cannot help."""
 
     retryable = False
+
+    def __init__(self, reason: str) -> None:
+        self.reason = one_line(reason)
+        super().__init__(self.reason)
+
+
+class ImageUnavailable(WindmillError):
+    """The image could not be downloaded for a reason that may pass (HTTP 5xx, 429 or 408, a timeout, a connection
+    refused or broken, a DNS server not answering): the task is tried again later, a bounded number of times."""
+
+    retryable = True
 
     def __init__(self, reason: str) -> None:
         self.reason = one_line(reason)

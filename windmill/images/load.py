@@ -4,11 +4,14 @@ A path must stay inside the configured image roots (after resolving `..` and sym
 regular file; a URL must be http(s), and unless private addresses are allowed, every address its
 host resolves to must be public. The download connects to the address that was checked (so a DNS
 answer cannot change between the check and the connection), follows a bounded number of
-redirects, re-checking each hop, and stops at the size cap. Every refusal is a `BadImage`.
+redirects, re-checking each hop, and stops at the size cap. Every refusal is a `BadImage`; a download that failed
+for a reason that may pass (HTTP 5xx, 429 or 408, a timeout, a connection refused or broken, a DNS server not
+answering) is an `ImageUnavailable`, which the task retries with backoff.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from windmill.images.errors import BadImage
+from windmill.images.errors import BadImage, ImageUnavailable
 
 MIB = 1024 * 1024
 DEFAULT_MAX_BYTES = 32 * MIB
@@ -27,6 +30,9 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_REDIRECTS = 3
 ALLOWED_SCHEMES = ("http", "https")
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
+_PASSING_CODES = (408, 429)  # and every 5xx: the server may answer later
+# Transport failures that may pass; the others (an unsupported protocol, a malformed request) will not.
+_PASSING_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 _USER_AGENT = "windmill-image-loader"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -185,6 +191,8 @@ def public_addresses(host: str, port: int) -> list[IPAddress]:
     try:
         answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as problem:
+        if getattr(problem, "errno", None) == getattr(socket, "EAI_AGAIN", errno.EAGAIN):
+            raise ImageUnavailable(f"cannot resolve image URL host {host} now: {_os_reason(problem)}") from None
         raise BadImage(f"cannot resolve image URL host {host}: {_os_reason(problem)}") from None
     addresses: list[IPAddress] = []
     for _family, _type, _proto, _canonical, sockaddr in answers:
@@ -300,12 +308,14 @@ def _download(
                     continue
                 if response.status_code != 200:
                     status = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
-                    raise BadImage(f"image URL {_shown(url)} answered {status}")
+                    passing = response.status_code in _PASSING_CODES or response.status_code >= 500
+                    raise (ImageUnavailable if passing else BadImage)(f"image URL {_shown(url)} answered {status}")
                 return _read_capped(response, url, max_bytes=max_bytes, deadline=deadline, timeout=timeout)
         except httpx.TimeoutException:
-            raise BadImage(f"image URL {_shown(url)} did not answer within {timeout:g} s") from None
+            raise ImageUnavailable(f"image URL {_shown(url)} did not answer within {timeout:g} s") from None
         except httpx.HTTPError as problem:
-            raise BadImage(f"cannot download image URL {_shown(url)}: {problem or type(problem).__name__}") from None
+            failure = ImageUnavailable if isinstance(problem, _PASSING_TRANSPORT_ERRORS) else BadImage
+            raise failure(f"cannot download image URL {_shown(url)}: {problem or type(problem).__name__}") from None
     raise BadImage(f"image URL redirected more than {max_redirects} times (last: {_shown(url)})")
 
 
@@ -331,7 +341,7 @@ def _read_capped(response: httpx.Response, url: httpx.URL, *, max_bytes: int, de
             raise BadImage(f"image URL {_shown(url)} sends more than the {_size(max_bytes)} limit")
         chunks.append(chunk)
         if time.monotonic() > deadline:
-            raise BadImage(f"image URL {_shown(url)} took longer than {timeout:g} s to download")
+            raise ImageUnavailable(f"image URL {_shown(url)} took longer than {timeout:g} s to download")
     if not received:
         raise BadImage(f"image URL {_shown(url)} returned an empty body")
     return b"".join(chunks)

@@ -132,9 +132,11 @@ class JobQueue:
         error: str,
         *,
         permanent: bool = False,
+        counted: bool = True,
         now: datetime | None = None,
     ) -> JobState | None:
-        """Record a failed attempt; returns the new state (failed or dead), None if the lease was lost."""
+        """Record a failed attempt; returns the new state (failed or dead), None if the lease was lost. An attempt
+        not `counted` (the database was away) gives its attempt back and the job is claimable after the backoff."""
         with self.pool.connection() as conn:
             row = conn.execute(
                 query("fail_job"),
@@ -143,6 +145,7 @@ class JobQueue:
                     "worker": worker_id,
                     "error": error[:2000],
                     "permanent": permanent,
+                    "counted": counted,
                     "backoff": retry_delay(job.attempts, base_s=self.retry_base_s),
                     "now": now,
                 },

@@ -13,7 +13,7 @@ from windmill.db.queries import query
 from windmill.errors import WindmillError
 from windmill.farm import FarmClient, ServiceCallError
 from windmill.image_cache import ImageSource
-from windmill.images import BadImage
+from windmill.images import BadImage, ImageUnavailable
 from windmill.jobs import Job
 from windmill.jobs.queues import CAPTION_SCORE_QUEUE
 from windmill.locks import Product, lock_image
@@ -70,6 +70,11 @@ class CaptionScorer:
             answer = self.farm.score_answer(SCORING_SERVICE, image, caption)
         except BadImage as bad:
             return CaptionScore(image_id, source, result_id, "error", {**record, "error": str(bad)}, str(bad))
+        except ImageUnavailable as unavailable:  # a download that may succeed later: retried
+            if not final_attempt:
+                raise
+            return CaptionScore(image_id, source, result_id, "error", {**record, "error": str(unavailable)},
+                                str(unavailable))
         except ServiceCallError as failure:
             if failure.retryable and not final_attempt:
                 raise

@@ -15,6 +15,7 @@ from windmill.errors import WindmillError
 from windmill.farm import FarmClient, ServiceCallError
 from windmill.image_cache import ImageSource
 from windmill.images import BadImage, CropBox, crop_for_service, face_prediction_to_image, pose_prediction_to_image
+from windmill.images.errors import ImageUnavailable
 from windmill.jobs import Job
 from windmill.jobs.queues import POSTPROCESS_QUEUES
 from windmill.worker.registry import Role, RoleContext, register_role
@@ -57,6 +58,12 @@ class PostprocessHandler:
         except BadImage as bad:
             return self._store(box, service, "error", {"error": {"kind": "bad_image", "message": str(bad)}},
                                error_message=str(bad))
+        except ImageUnavailable as unavailable:  # a download that may succeed later: retried like the service
+            if not final:
+                raise
+            return self._store(box, service, "error",
+                               {"error": {"kind": "image_unavailable", "message": str(unavailable)}},
+                               error_message=str(unavailable))
         except ServiceCallError as failure:
             if failure.retryable and not final:
                 raise

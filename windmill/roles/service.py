@@ -20,7 +20,7 @@ from windmill.db.queries import query
 from windmill.errors import WindmillError, first_line
 from windmill.farm import FarmClient, ServiceCallError
 from windmill.image_cache import ImageSource
-from windmill.images import BadImage
+from windmill.images import BadImage, ImageUnavailable
 from windmill.jobs import Job, PermanentJobError
 from windmill.settings import Settings
 from windmill.worker.registry import Role, RoleContext, TaskHandling, register_role
@@ -38,8 +38,9 @@ class Outcome:
 
 
 class ServiceTaskHandler:
-    """Runs tasks; thread-safe. Retryable service failures are raised back to the queue while attempts
-    remain (it retries with backoff) and recorded as error/timeout rows on the final attempt."""
+    """Runs tasks; thread-safe. Retryable service failures and image downloads that failed for a passing reason
+    are raised back to the queue while attempts remain (it retries with backoff) and recorded as error/timeout rows
+    on the final attempt. Database errors are raised as they are: the queue does not count them as attempts."""
 
     def __init__(self, pool: ConnectionPool, farm: FarmClient, catalog: Catalog, settings: Settings,
                  worker_id: str, *, cache_size: int = IMAGE_CACHE_SIZE) -> None:
@@ -66,7 +67,7 @@ class ServiceTaskHandler:
         except BadImage as bad:
             return self._record(task, "error", {"error": {"kind": "bad_image", "message": str(bad)}},
                                 error_message=str(bad))
-        except ServiceCallError as failure:
+        except (ServiceCallError, ImageUnavailable) as failure:
             if failure.retryable and not final_attempt:
                 raise
             return self.record_failure(task, failure)
@@ -79,7 +80,8 @@ class ServiceTaskHandler:
             return self._record(task, failure.result_status, {"error": detail}, error_message=failure.message,
                                 processing_time=failure.elapsed or 0.0)
         reason = first_line(failure)
-        return self._record(task, "error", {"error": {"kind": "worker", "message": reason}}, error_message=reason)
+        kind = "image_unavailable" if isinstance(failure, ImageUnavailable) else "worker"
+        return self._record(task, "error", {"error": {"kind": kind, "message": reason}}, error_message=reason)
 
     def _by_url(self, service: Service, task: Task) -> bool:
         return service.request_mode == "url" and bool(task.image_url)

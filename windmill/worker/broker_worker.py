@@ -20,7 +20,7 @@ HEARTBEAT_S = 5.0
 
 class BrokerWorker:
     def __init__(self, amqp_url: str, role: Role, pool: ConnectionPool, *, worker_id: str, concurrency: int,
-                 max_attempts: int = 5, retry_delay_s: float = 1.0) -> None:
+                 max_attempts: int = 5, retry_delay_s: float = 1.0, drain_timeout_s: float = 30.0) -> None:
         if role.tasks is None:
             raise ValueError(f"role {role.name} does not take tasks from a broker")
         self.role = role
@@ -33,7 +33,8 @@ class BrokerWorker:
         self.consumer = RabbitMQConsumer(
             amqp_url, {queue: tasks.prefetch.get(queue, 4) for queue in role.queues}, self._counted(tasks.handle),
             concurrency=concurrency, max_attempts=max_attempts, stopping=self.stopping, retry_delay=retry_delay_s,
-            on_dead_letter=tasks.on_dead_letter, connection_name=f"windmill {worker_id}")
+            drain_timeout=drain_timeout_s, on_dead_letter=tasks.on_dead_letter,
+            connection_name=f"windmill {worker_id}")
 
     def _counted(self, handle: TaskHandler) -> TaskHandler:
         def counted(task: Task, first_delivery: bool) -> None:
@@ -49,8 +50,9 @@ class BrokerWorker:
         return counted
 
     def request_stop(self, *, immediately: bool = False) -> None:
-        """Stop consuming; running handlers finish and are acked (unacked ones RabbitMQ redelivers)."""
-        self.stopping.set()
+        """Stop consuming; running handlers get the drain timeout to finish and be acked, none with
+        `immediately`. RabbitMQ redelivers the messages of those that did not finish."""
+        self.consumer.request_stop(immediately=immediately)
 
     def run(self) -> int:
         self.presence.announce()

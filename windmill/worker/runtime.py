@@ -1,4 +1,9 @@
-"""The runtime every role shares: claim → handle → complete or fail, leases renewed, drain on stop."""
+"""The runtime every role shares: claim → handle → complete or fail, leases renewed, drain on stop.
+
+A handler that fails because the database is unavailable (`is_database_unavailable`) has not used an attempt: its
+job goes back to the queue uncounted once the database answers again. A stop drains: no new claims, running
+handlers get `drain_timeout_s`; then, or at once on a second stop, the worker leaves without waiting for them (their
+jobs keep their lease until it expires, then another worker runs them)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from windmill.db.connect import is_database_unavailable
 from windmill.errors import first_line
 from windmill.jobs import Job, JobQueue, JobState, PermanentJobError
 from windmill.worker.listener import JobListener
@@ -94,13 +100,16 @@ class Worker:
         for thread in side_tasks:
             thread.start()
         executor = ThreadPoolExecutor(self.options.concurrency, thread_name_prefix=f"{self.role.name}-handler")
+        drained = False
         try:
             self._claim_loop(executor)
-            self._drain()
+            drained = self._drain()
         finally:
             self._side_tasks_done.set()
-            executor.shutdown(wait=not self._abandon.is_set(), cancel_futures=True)
-            self._flush_finished()
+            # Drained: nothing runs, the pool's threads end at once. Otherwise leave the handlers running.
+            executor.shutdown(wait=drained, cancel_futures=True)
+            if not self._abandon.is_set():
+                self._flush_finished()
             self._mark_stopped()
             self.role.close()
         if self._fatal is not None:
@@ -150,18 +159,24 @@ class Worker:
         self._finished.append((job, error, finished))
         self._wake.set()
 
-    def _drain(self) -> None:
+    def _drain(self) -> bool:
+        """Record jobs as their handlers finish, for at most the drain timeout; True when none is left."""
         deadline = time.monotonic() + self.options.drain_timeout_s
         while self._inflight and not self._abandon.is_set():
             self._flush_finished()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                log.warning("drain timeout: %d jobs still running keep their lease until it expires",
-                            len(self._inflight), extra={"action": "drain_timeout"})
-                return
+                break
             self._wake.clear()
             if len(self._inflight) > len(self._finished):
                 self._wake.wait(min(remaining, 0.5))
+            elif self._finished:  # finished but not recorded: the database is away; try again shortly
+                self._abandon.wait(min(remaining, 0.5))
+        if self._inflight:
+            log.warning("%s: %d jobs still running keep their lease until it expires",
+                        "leaving now" if self._abandon.is_set() else "drain timeout", len(self._inflight),
+                        extra={"action": "drain_timeout"})
+        return not self._inflight
 
     def _flush_due(self) -> bool:
         """Outcomes are recorded in batches: when half a batch is waiting, or the oldest waited long enough."""
@@ -208,7 +223,8 @@ class Worker:
             log.warning("cannot record %d finished jobs (%s); will retry", len(batch), first_line(error),
                         extra={"action": "record_failed"})
             self._finished.extendleft(reversed(batch))
-            self._stopping.wait(0.5)
+            if not self._stopping.is_set():
+                self._stopping.wait(0.5)
             return
         self._forget(batch)
 
@@ -225,8 +241,13 @@ class Worker:
                 self.hooks.on_done(job, error)
 
     def _record_failure(self, job: Job, error: BaseException) -> None:
-        permanent = isinstance(error, PermanentJobError)
         reason = first_line(error) or type(error).__name__
+        if is_database_unavailable(error):
+            self.jobs.fail(job, self.worker_id, f"database unavailable: {reason}", counted=False)
+            log.warning("job %d (%s) could not reach the database (%s); back in the queue, not counted as an attempt",
+                        job.id, job.queue, reason, extra={"action": "job_released"})
+            return
+        permanent = isinstance(error, PermanentJobError)
         state = self.jobs.fail(job, self.worker_id, reason, permanent=permanent)
         level = logging.ERROR if state is JobState.DEAD else logging.WARNING
         log.log(level, "job %d (%s) attempt %d/%d failed: %s → %s", job.id, job.queue, job.attempts,

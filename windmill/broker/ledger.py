@@ -1,0 +1,77 @@
+"""Submit's ledger of RabbitMQ tasks in flight (table service_tasks_in_flight, sql/0020_tasks_in_flight.sql).
+
+RabbitMQ cannot say whether it holds a message for an image × service pair, so PostgreSQL keeps one entry per pair
+whose task is published and not yet answered. A task is entered (committed) before it is published, and only the
+tasks entered are published; its final results row removes the entry in the same transaction (a trigger). An entry
+whose message was lost stays until `forget` removes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from windmill.broker.base import Broker, Task
+from windmill.db.queries import query
+
+
+def enter_in_flight(conn: psycopg.Connection, tasks: Sequence[Task],
+                    replaces: Sequence[str | None] | None = None) -> list[Task]:
+    """Enter the tasks whose pair has no task in flight; returns those entered, in the order given. `replaces[i]`:
+    the id of a task whose entry tasks[i] may take over (a dead-lettered task replayed under a new id)."""
+    if not tasks:
+        return []
+    entered = {str(row[0]) for row in conn.execute(query("register_tasks_in_flight"), {
+        "image_ids": [task.image_id for task in tasks],
+        "services": [task.service_name for task in tasks],
+        "queues": [task.queue_name for task in tasks],
+        "task_ids": [task.task_id for task in tasks],
+        "replaces": list(replaces) if replaces is not None else [None] * len(tasks),
+    })}
+    return [task for task in tasks if task.task_id in entered]
+
+
+def release_in_flight(conn: psycopg.Connection, task_ids: Sequence[str]) -> None:
+    """Remove the entries of tasks that were never published, so the next submit sends their pairs."""
+    if task_ids:
+        conn.execute(query("release_tasks_in_flight"), {"task_ids": list(task_ids)})
+
+
+def publish_in_flight(conn: psycopg.Connection, broker: Broker, tasks: Sequence[Task], *, unless_answered: bool,
+                      replaces: Sequence[str | None] | None = None) -> list[Task]:
+    """Publish the tasks whose pair has no task in flight (and, with `unless_answered`, no successful answer when
+    they are entered) and return them. With a broker that keeps no ledger of its own, they are entered in
+    PostgreSQL's first; when publishing fails or is interrupted, the entries of the tasks RabbitMQ did not confirm
+    are removed again before the error goes on."""
+    if broker.dedupes_in_flight:
+        return broker.publish(tasks, unless_answered=unless_answered)
+    entered = enter_in_flight(conn, tasks, replaces)
+    if unless_answered and entered:
+        answered = {str(row[0]) for row in conn.execute(
+            query("drop_answered_tasks_in_flight"), {"task_ids": [task.task_id for task in entered]})}
+        entered = [task for task in entered if task.task_id not in answered]
+    try:
+        broker.publish(entered)
+    except BaseException:
+        release_in_flight(conn, broker.unconfirmed())
+        raise
+    return entered
+
+
+def list_in_flight(conn: psycopg.Connection, *, service: str | None = None, older_than: timedelta = timedelta(0),
+                   limit: int = 100) -> list[dict[str, Any]]:
+    """Ledger entries, oldest first."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(query("list_tasks_in_flight"), {"service": service, "older_than": older_than, "limit": limit})
+        return cursor.fetchall()
+
+
+def forget_in_flight(conn: psycopg.Connection, *, service: str | None = None,
+                     older_than: timedelta = timedelta(0)) -> int:
+    """Remove ledger entries whose messages were lost (a purged queue): their pairs are free for the next submit.
+    Returns how many were removed."""
+    return conn.execute(query("forget_tasks_in_flight"), {"service": service, "older_than": older_than}).rowcount
