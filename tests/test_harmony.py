@@ -319,6 +319,7 @@ def test_merged_data_has_the_reference_fields_and_deterministic_lists():
         "merged_bbox",
         "detection_count",
         "avg_confidence",
+        "score",
         "contributing_services",
         "detections",
         "harmonization_algorithm",

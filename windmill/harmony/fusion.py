@@ -1,4 +1,5 @@
-"""One box per cluster: confidence-weighted edges (default) or the reference's union envelope.
+"""One box and one score per cluster: confidence-weighted edges (default) or the reference's union envelope,
+and the fused score that ranks the boxes.
 
 "union" is min x1, min y1, max x2, max y2 (§7.8). It grows with every service that adds a looser
 box (§13.12); fractional edges round outwards so that it still covers every box.
@@ -6,9 +7,26 @@ box (§13.12); fractional edges round outwards so that it still covers every box
 fusion does, so one loose box moves the result in proportion to its confidence. A cluster whose
 confidences are all 0 weighs its boxes equally. Edges round half up.
 Either way the result is integer pixels (the contract's box shape, §2.10) and at least 1 px wide.
+
+The score ranks the boxes by the evidence for them: with n agreeing services (one detection each) of N
+detectors whose answers were read, and c_i their confidences,
+
+    score = (n + Σ c_i) / (2 N)  =  ½ · n / N  +  ½ · Σ c_i / N
+
+the mean of the share of detectors that agree and weighted boxes fusion's score (Solovyev et al., 2021;
+ensemble-boxes' conf_type "avg": the mean confidence rescaled by min(n, N) / N, which is Σ c_i / N when a
+service counts once). Each agreeing detector adds between 1/(2N) and 1/N: half for reporting the box at all
+(it passed that detector's own threshold), half in proportion to its confidence. So a box four detectors saw
+at 0.6 outranks one a single detector saw at 0.9, a detector that answered without seeing the object counts
+against it, and detectors whose confidences live on different scales (one says 0.9 to everything) weigh by
+their vote as much as by their number; the score is in [0, 1], 1 when every detector saw the box at 1.0.
+On the benchmark's synthetic scenes (windmill.bench.harmony) the vote half raises AP50 over WBF's score alone
+whether the detectors' confidences are calibrated alike or not.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -45,3 +63,20 @@ def fuse_clusters(edges: np.ndarray, confidences: np.ndarray, starts: np.ndarray
     boxes[:, :2] = low
     boxes[:, 2:] = np.maximum(high - low, 1)
     return boxes
+
+
+def fuse_scores(confidences: np.ndarray, starts: np.ndarray, answered: int) -> np.ndarray:
+    """Score of each cluster, (n + Σ c_i) / (2 N) (see the module's docstring).
+
+    The clusters' confidences (in [0, 1]) lie back to back, one per service, starting at `starts`; `answered`
+    is N, the number of detector services whose answers were read (at least the services of any one cluster).
+    """
+    votes = np.diff(np.append(starts, len(confidences)))
+    return (votes + np.add.reduceat(confidences, starts)) / (2 * max(answered, 1))
+
+
+def fused_score(confidences: Sequence[float], answered: int) -> float:
+    """The score of one cluster from its services' confidences, for rows stored before scores were."""
+    if not confidences:
+        return 0.0
+    return float(fuse_scores(np.asarray(confidences, dtype=float), np.array([0]), max(answered, len(confidences)))[0])
