@@ -22,7 +22,7 @@ from .clustering import class_pairs, connected_components, split_crowd
 from .config import HarmonyConfig
 from .democracy import elected, one_per_service
 from .extract import Detection, DetectorResult, extract_detections, label_key
-from .fusion import fuse_clusters, fuse_scores
+from .fusion import agreeing_core, fuse_clusters, fuse_scores
 from .geometry import linked, overlaps
 
 # Prefix of cluster ids for boxes with neither emoji nor label.
@@ -197,7 +197,10 @@ class _Naming:
             return []
         starts = np.flatnonzero(np.r_[True, self.clusters[voices][1:] != self.clusters[voices][:-1]])
         confidences = self.confidences[voices]
-        boxes = fuse_clusters(self.edges[voices], confidences, starts, self.config.fusion).tolist()
+        edges = self.edges[voices]
+        core = agreeing_core(edges, confidences, starts, self.config.iou_threshold) \
+            if self.config.fusion == "weighted" else None
+        boxes = fuse_clusters(edges, confidences, starts, self.config.fusion, core).tolist()
         scores = fuse_scores(confidences, starts, self.answered).tolist()
         members = voices.tolist()
         bounds = [*starts.tolist(), len(members)]
