@@ -8,9 +8,8 @@ import random
 
 import pytest
 
-from windmill.harmony import DetectorResult, HarmonyConfig, harmonize
+from windmill.harmony import DetectorResult, HarmonyConfig, harmonize, harmonize_with_rejected
 from windmill.harmony.fusion import fused_score
-from windmill.harmony.pipeline import harmonize_with_rejected
 
 DETECTORS = ("clip", "detectron2", "rtdetr", "xception", "yolov8")
 # Two places far apart: two objects of one class that never cluster together.

@@ -23,10 +23,9 @@ from windmill.coco_eval import (
 )
 from windmill.db.queries import query
 from windmill.errors import WindmillError
-from windmill.harmony import DetectorResult, HarmonyConfig
+from windmill.harmony import DetectorResult, HarmonyConfig, harmonize_with_rejected
 from windmill.harmony.extract import extract_detections
 from windmill.harmony.fusion import fused_score
-from windmill.harmony.pipeline import harmonize_with_rejected
 from windmill.monitor import format_table
 
 MERGED = "merged"

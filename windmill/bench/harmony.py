@@ -27,8 +27,7 @@ from windmill.coco_eval import GroundTruth, Prediction, SourcePredictions, parse
 from windmill.emoji import normalize_emoji
 from windmill.errors import WindmillError
 from windmill.evaluation import detector_predictions, merged_predictions
-from windmill.harmony import DetectorResult, HarmonyConfig, MergedBox, harmonize
-from windmill.harmony.pipeline import harmonize_with_rejected
+from windmill.harmony import DetectorResult, HarmonyConfig, MergedBox, harmonize, harmonize_with_rejected
 
 SERVICES = ("clip", "detectron2", "rtdetr", "xception", "yolov8")
 CLASSES = (

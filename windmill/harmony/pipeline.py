@@ -41,7 +41,7 @@ class MergedBox:
 
     `emoji` is the normalised emoji of the class ("" when the class is a label: `label_class`).
     `detections` holds one detection per contributing service, ordered by service name. `score` ranks
-    the box: its services' confidences over the number of detectors that answered (fusion.fuse_scores).
+    the box: (n + Σ confidences) / 2N, n its services, N the detectors that answered (fusion.fuse_scores).
     """
 
     cluster_id: str
@@ -141,6 +141,8 @@ def harmonize_with_rejected(
 
 @dataclass(frozen=True, slots=True)
 class Harmonization:
+    """The boxes a merge stores, and the clusters the democratic filter turned down (evaluation only)."""
+
     boxes: list[MergedBox]
     rejected: list[MergedBox]
 
