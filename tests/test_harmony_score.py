@@ -118,3 +118,15 @@ def test_rejected_clusters_are_scored_alike_and_leave_the_kept_set_alone() -> No
     assert (rejected.cluster_id, rejected.bbox[0], rejected.contributing_services) == (
         "🧑_rejected_1", 504, ("yolov8",))
     assert rejected.score == 0.15  # (1 + 0.5) / 10
+
+
+def test_with_the_default_thresholds_no_rejected_cluster_outranks_a_kept_box() -> None:
+    # Kept: two services (≥ 2/2N) or one at ≥ 0.85 (≥ 1.85/2N); turned down: one below 0.85 (< 1.85/2N). So the
+    # rejects only ever extend the ranking at its tail, and adding them to an evaluation cannot lower its AP.
+    rng = random.Random(5)
+    for _ in range(200):
+        objects = [((100 * k, 10, 60, 90), tuple(rng.choice([None, rng.random()]) for _ in range(5)))
+                   for k in range(6)]
+        found = harmonize_with_rejected(sightings(*objects))
+        if found.boxes and found.rejected:
+            assert max(box.score for box in found.rejected) <= min(box.score for box in found.boxes)
