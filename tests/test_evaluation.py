@@ -24,7 +24,8 @@ from windmill.coco_eval import CategoryMatcher, Prediction, SourcePredictions, p
 from windmill.collection import add_paths
 from windmill.db.connect import Database
 from windmill.errors import WindmillError
-from windmill.evaluation import box_score, evaluate_collection, format_eval_table, load_coco_annotations
+from windmill.evaluation import evaluate_collection, format_eval_table, load_coco_annotations
+from windmill.harmony import stored_score
 from windmill.roles.merger import merge_image
 from windmill.samples.coco import COCO_CATEGORY_IDS, samples_to_coco
 
@@ -154,7 +155,7 @@ def test_rejected_boxes_count_as_candidates_and_nothing_is_stored(coffee: int, c
     ({"avg_confidence": 0.9}, 0.0),
 ])
 def test_a_box_ranks_by_its_stored_score_or_the_same_formula(data: dict[str, Any], expected: float) -> None:
-    assert box_score(data) == pytest.approx(expected)
+    assert stored_score(data) == pytest.approx(expected)
 
 
 CAT_TRUTH = {"images": [{"id": 1, "file_name": "cats.jpg"}], "categories": [{"id": 1, "name": "cat"}],

@@ -23,9 +23,8 @@ from windmill.coco_eval import (
 )
 from windmill.db.queries import query
 from windmill.errors import WindmillError
-from windmill.harmony import DetectorResult, HarmonyConfig, harmonize_with_rejected
+from windmill.harmony import DetectorResult, HarmonyConfig, harmonize_with_rejected, stored_score
 from windmill.harmony.extract import extract_detections
-from windmill.harmony.fusion import fused_score
 from windmill.monitor import format_table
 
 MERGED = "merged"
@@ -98,20 +97,9 @@ def merged_predictions(rows: Iterable[Sequence[Any]], to_truth: Mapping[int, int
         votes = [str(d["label"]) for d in data.get("detections") or [] if isinstance(d, dict) and d.get("label")]
         labels = tuple(votes or [str(label) for label in data.get("labels") or []])
         found.append((image_id, str(data.get("cluster_id", "")), Prediction(
-            to_truth[image_id], labels, str(data.get("emoji") or ""), box_score(data), bbox)))
+            to_truth[image_id], labels, str(data.get("emoji") or ""), stored_score(data), bbox)))
     found.sort(key=lambda item: item[:2])
     return SourcePredictions(frozenset(images), tuple(prediction for *_key, prediction in found))
-
-
-def box_score(data: Mapping[str, Any]) -> float:
-    """A stored box's fused score; a row written before boxes had one gets it from its detections' confidences
-    and the number of answers its merge read, by the same formula."""
-    score = data.get("score")
-    if isinstance(score, int | float) and not isinstance(score, bool):
-        return float(score)
-    confidences = [float(d["confidence"]) for d in data.get("detections") or []
-                   if isinstance(d, dict) and isinstance(d.get("confidence"), int | float)]
-    return fused_score(confidences, len(data.get("source_result_ids") or []))
 
 
 def detector_predictions(rows: Iterable[Sequence[Any]], to_truth: Mapping[int, int]

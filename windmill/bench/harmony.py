@@ -217,7 +217,8 @@ def load_wbf() -> Callable[..., Any] | None:
     try:
         from ensemble_boxes import weighted_boxes_fusion
     except ImportError:
-        print("ensemble-boxes is not installed: pip install 'windmill-pipeline[bench]' to compare with weighted_boxes_fusion")
+        print("ensemble-boxes is not installed: pip install 'windmill-pipeline[bench]' to compare with "
+              "weighted_boxes_fusion")
         return None
     return weighted_boxes_fusion  # type: ignore[no-any-return]
 

@@ -30,7 +30,8 @@ whether the detectors' confidences are calibrated alike or not.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -118,3 +119,15 @@ def fused_score(confidences: Sequence[float], answered: int) -> float:
     if not confidences:
         return 0.0
     return float(fuse_scores(np.asarray(confidences, dtype=float), np.array([0]), max(answered, len(confidences)))[0])
+
+
+def stored_score(merged_data: Mapping[str, Any]) -> float:
+    """The score of a stored box (its merged_data): the one harmony stored, or, for a row stored before boxes had
+    one, the same formula from its detections' confidences and the number of answers its merge read."""
+    score = merged_data.get("score")
+    if isinstance(score, int | float) and not isinstance(score, bool):
+        return float(score)
+    confidences = [float(d["confidence"]) for d in merged_data.get("detections") or []
+                   if isinstance(d, Mapping) and isinstance(d.get("confidence"), int | float)
+                   and not isinstance(d.get("confidence"), bool)]
+    return fused_score(confidences, len(merged_data.get("source_result_ids") or []))
