@@ -1,6 +1,8 @@
 """COCO evaluation: ground truth from the sample sidecars, predictions injected with known geometry (perfect
 boxes score AP 1; boxes shifted by a fifth of their width have IoU 2/3, so they count at IoU 0.50–0.65 only:
-AP 0.4, AP50 1, AP75 0), labels matched to categories, and the errors a user can meet."""
+AP 0.4, AP50 1, AP75 0), merged boxes ranked by their fused score, the boxes the democratic filter turned
+down as candidates, the best F1 over score thresholds, labels matched to categories, and the errors a user
+can meet."""
 
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from psycopg_pool import ConnectionPool
 from tests.farm_fixtures import running_farm
 from tests.test_pipeline import SETTINGS, answer
 from windmill.catalog import Catalog
-from windmill.coco_eval import CategoryMatcher, parse_ground_truth
+from windmill.coco_eval import CategoryMatcher, Prediction, SourcePredictions, parse_ground_truth, score_sources
 from windmill.collection import add_paths
 from windmill.db.connect import Database
 from windmill.errors import WindmillError
 from windmill.evaluation import evaluate_collection, format_eval_table, load_coco_annotations
+from windmill.harmony import stored_score
 from windmill.roles.merger import merge_image
 from windmill.samples.coco import COCO_CATEGORY_IDS, samples_to_coco
 
@@ -42,9 +45,10 @@ def coffee_objects() -> list[tuple[str, list[int]]]:
 
 
 def store_answer(conn: psycopg.Connection, image_id: int, service: str, boxes: list[tuple[str, list[float]]],
-                 confidence: float = 0.9) -> None:
-    predictions = [{"label": label, "emoji": "", "confidence": confidence,
-                    "bbox": {"x": x, "y": y, "width": w, "height": h}} for label, (x, y, w, h) in boxes]
+                 confidence: float = 0.9, *, extra: tuple[tuple[str, list[float], float], ...] = ()) -> None:
+    """A detector's success row: `boxes` at `confidence`, and `extra` (label, box, confidence) besides."""
+    predictions = [{"label": label, "emoji": "", "confidence": score, "bbox": {"x": x, "y": y, "width": w, "height": h}}
+                   for label, (x, y, w, h), score in [*((label, box, confidence) for label, box in boxes), *extra]]
     conn.execute("INSERT INTO results (image_id, service, task_id, data, status) VALUES (%s, %s, %s, %s, 'success')",
                  (image_id, service, uuid.uuid4(), Jsonb({"predictions": predictions})))
 
@@ -92,11 +96,88 @@ def test_perfect_boxes_score_one_and_shifted_boxes_less(coffee: int, conn: psyco
 
     rows = by_source(evaluate_collection(conn, truth))
     assert list(rows) == ["merged", "detectron2", "rtdetr", "yolov8"]
-    for source in ("merged", "rtdetr", "yolov8"):
+    # Every box found at the source's only score: F1 1 with that score as the threshold; merged: (2 + 1.7) / 4.
+    for source, threshold in (("merged", 0.925), ("rtdetr", 0.8), ("yolov8", 0.9)):
         assert rows[source] == {"source": source, "images": 1, "predictions": 4, "unmatched": 0,
-                                "AP": 1.0, "AP50": 1.0, "AP75": 1.0}
+                                "AP": 1.0, "AP50": 1.0, "AP75": 1.0, "best_F1": 1.0, "F1_threshold": threshold,
+                                "F1_precision": 1.0, "F1_recall": 1.0}
     worse = rows["detectron2"]
     assert (worse["AP"], worse["AP50"], worse["AP75"]) == (pytest.approx(0.4), 1.0, 0.0)
+
+
+def test_merged_boxes_rank_by_their_fused_score(coffee: int, conn: psycopg.Connection,
+                                                truth_document: dict[str, Any]) -> None:
+    # Three detectors agree on the four objects at 0.5; detectron2 alone also sees a cup where there is none, at
+    # 0.95 (loud enough to be kept). By avg_confidence the false cup (0.95) would rank above the true one (0.5):
+    # the cup's AP50 would be 0.5 and the mean 0.875. By score, (3 + 1.5) / 6 beats (1 + 0.95) / 6.
+    objects = coffee_objects()
+    store_answer(conn, coffee, "yolov8", objects, 0.5)
+    store_answer(conn, coffee, "rtdetr", objects, 0.5)
+    store_answer(conn, coffee, "detectron2", objects, 0.5, extra=(("cup", [500, 300, 90, 90], 0.95),))
+    merge_image(conn, coffee, SETTINGS.harmony, "test")
+    merged = evaluate_collection(conn, parse_ground_truth(truth_document))[0]
+    assert (merged["predictions"], merged["AP50"]) == (5, 1.0)
+    assert (merged["best_F1"], merged["F1_threshold"]) == (1.0, 0.75)
+
+
+def test_rejected_boxes_count_as_candidates_and_nothing_is_stored(coffee: int, conn: psycopg.Connection,
+                                                                  truth_document: dict[str, Any]) -> None:
+    # yolov8 and rtdetr agree on three objects; the spoon only yolov8 saw, at 0.5: the filter turns it down.
+    objects = coffee_objects()
+    agreed = [obj for obj in objects if obj[0] != "spoon"]
+    spoon = next(obj for obj in objects if obj[0] == "spoon")
+    store_answer(conn, coffee, "rtdetr", agreed, 0.8)
+    store_answer(conn, coffee, "yolov8", agreed, 0.8, extra=((*spoon, 0.5),))
+    merge_image(conn, coffee, SETTINGS.harmony, "test")
+    # A newer yolov8 answer without the spoon, not merged yet: candidates come from what the merge read.
+    store_answer(conn, coffee, "yolov8", agreed, 0.8)
+    stored = conn.execute("SELECT merged_id, merged_data FROM merged_boxes ORDER BY merged_id").fetchall()
+    merge_state = conn.execute("SELECT * FROM merged_images").fetchall()
+
+    rows = by_source(evaluate_collection(conn, parse_ground_truth(truth_document), rejected_by=SETTINGS.harmony))
+    assert list(rows) == ["merged", "merged+rejected", "rtdetr", "yolov8"]
+    assert (rows["merged"]["predictions"], rows["merged"]["AP50"]) == (3, 0.75)  # the spoon missed
+    with_rejected = rows["merged+rejected"]
+    assert (with_rejected["predictions"], with_rejected["AP50"]) == (4, 1.0)
+    # The candidate ranks below the agreed boxes: (1 + 0.5) / 4 against (2 + 1.6) / 4.
+    assert (with_rejected["best_F1"], with_rejected["F1_threshold"]) == (1.0, 0.375)
+    assert conn.execute("SELECT merged_id, merged_data FROM merged_boxes ORDER BY merged_id").fetchall() == stored
+    assert conn.execute("SELECT * FROM merged_images").fetchall() == merge_state
+    assert "merged+rejected" not in by_source(evaluate_collection(conn, parse_ground_truth(truth_document)))
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"score": 0.42, "avg_confidence": 0.9}, 0.42),
+    # Stored before boxes had a score: the same formula from its detections and the answers its merge read.
+    ({"avg_confidence": 0.85, "detections": [{"confidence": 0.9}, {"confidence": 0.8}],
+      "source_result_ids": [1, 2, 3]}, (2 + 1.7) / 6),
+    ({"avg_confidence": 0.9, "detections": [{"confidence": 0.9}], "source_result_ids": []}, (1 + 0.9) / 2),
+    ({"avg_confidence": 0.9}, 0.0),
+])
+def test_a_box_ranks_by_its_stored_score_or_the_same_formula(data: dict[str, Any], expected: float) -> None:
+    assert stored_score(data) == pytest.approx(expected)
+
+
+CAT_TRUTH = {"images": [{"id": 1, "file_name": "cats.jpg"}], "categories": [{"id": 1, "name": "cat"}],
+             "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 100]},
+                             {"image_id": 1, "category_id": 1, "bbox": [200, 0, 100, 100]}]}
+
+
+@pytest.mark.parametrize(("predictions", "best"), [
+    # Cuts: 1 box (1 hit of 2): F1 2/3; 2 boxes (1 hit): 1/2; 3 boxes (2 hits): 4/5, precision 2/3.
+    ([(0.9, 0), (0.8, 500), (0.7, 200)], (0.8, 0.7, 0.6667, 1.0)),
+    # The false box ties with the first hit: no threshold keeps one without the other (without ties: 2/3).
+    ([(0.9, 0), (0.9, 500)], (0.5, 0.9, 0.5, 0.5)),
+    ([(0.9, 0), (0.5, 200), (0.4, 500)], (1.0, 0.5, 1.0, 1.0)),
+    ([], (0.0, None, None, None)),
+])
+def test_the_best_f1_is_cut_at_a_score_threshold(predictions: list[tuple[float, int]],
+                                                  best: tuple[float, float | None, float | None, float | None]
+                                                  ) -> None:
+    source = SourcePredictions(frozenset({1}), tuple(Prediction(1, ("cat",), "", score, (x, 0, 100, 100))
+                                                      for score, x in predictions))
+    [row] = score_sources(parse_ground_truth(CAT_TRUTH), {"cats": source})
+    assert (row["best_F1"], row["F1_threshold"], row["F1_precision"], row["F1_recall"]) == best
 
 
 def test_boxes_named_outside_the_categories_are_counted_as_unmatched(coffee: int, conn: psycopg.Connection,
@@ -125,7 +206,8 @@ def test_a_merged_image_without_boxes_counts_with_nothing_found(coffee: int, con
     merge_image(conn, coffee, SETTINGS.harmony, "test")
     merged = evaluate_collection(conn, parse_ground_truth(truth_document))[0]
     assert merged == {"source": "merged", "images": 1, "predictions": 0, "unmatched": 0,
-                      "AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+                      "AP": 0.0, "AP50": 0.0, "AP75": 0.0, "best_F1": 0.0, "F1_threshold": None,
+                      "F1_precision": None, "F1_recall": None}
 
 
 @pytest.mark.parametrize(("labels", "emoji", "expected"), [
@@ -161,7 +243,7 @@ def test_stand_in_detectors_are_scored_between_zero_and_one(database: Database, 
         assert row["images"] == 2 and row["predictions"] > 0
         assert 0.0 <= row["AP75"] <= row["AP50"] <= 1.0 and 0.0 <= row["AP"] <= row["AP50"]
     table = format_eval_table(rows)
-    assert table.splitlines()[0].split() == ["source", "images", "predictions", "unmatched", "AP", "AP50", "AP75"]
+    assert table.splitlines()[0].split()[:7] == ["source", "images", "predictions", "unmatched", "AP", "AP50", "AP75"]
 
 
 def test_without_the_evaluator_package_the_error_says_what_to_install(
@@ -197,9 +279,12 @@ def test_coco_file_names_with_directories_match_by_name() -> None:
 
 def test_the_table_shows_three_decimals_and_dashes() -> None:
     table = format_eval_table([
-        {"source": "merged", "images": 2, "predictions": 7, "unmatched": 1, "AP": 0.61234, "AP50": 1.0, "AP75": 0.5},
-        {"source": "ocr", "images": 0, "predictions": 0, "unmatched": 0, "AP": None, "AP50": None, "AP75": None},
+        {"source": "merged", "images": 2, "predictions": 7, "unmatched": 1, "AP": 0.61234, "AP50": 1.0, "AP75": 0.5,
+         "best_F1": 0.8, "F1_threshold": 0.4167, "F1_precision": 0.6667, "F1_recall": 1.0},
+        {"source": "ocr", "images": 0, "predictions": 0, "unmatched": 0, "AP": None, "AP50": None, "AP75": None,
+         "best_F1": None, "F1_threshold": None, "F1_precision": None, "F1_recall": None},
     ])
     lines = [line.split() for line in table.splitlines()]
-    assert lines[1] == ["merged", "2", "7", "1", "0.612", "1.000", "0.500"]
-    assert lines[2][-3:] == ["-", "-", "-"]
+    assert lines[0] == ["source", "images", "predictions", "unmatched", "AP", "AP50", "AP75", "best_F1", "at_score"]
+    assert lines[1] == ["merged", "2", "7", "1", "0.612", "1.000", "0.500", "0.800", "0.417"]
+    assert lines[2][-5:] == ["-", "-", "-", "-", "-"]

@@ -306,6 +306,36 @@ def test_a_small_object_inside_a_large_one_splits_when_each_service_saw_both():
     ]
 
 
+# The box of a cluster: only the boxes that agree shape it.
+
+# Four services agree on a person (IoU ≥ 0.8 with one another); xception reports a wide box around it (IoU 0.05,
+# containment 1), a hallucination or a part-for-whole: it links by containment and votes, but does not move the box.
+AGREED = [result(n, service, person(0.8, 400 + n, 300, 40, 80)) for n, service in
+          enumerate(("clip", "detectron2", "rtdetr", "yolov8"), 1)]
+
+
+@pytest.mark.parametrize(("outlier", "expected"), [
+    # x1 = (401 + 402 + 403 + 404) / 4 = 402.5 → 403 at equal confidences.
+    pytest.param(person(0.37, 200, 100, 460, 460), (403, 300, 40, 80), id="wide-box-around"),
+    # The outlier is the most confident box: the four that agree still anchor the cluster.
+    pytest.param(person(0.95, 200, 100, 460, 460), (403, 300, 40, 80), id="loud-wide-box"),
+    # A box that agrees (IoU ≥ 0.7 with each of the four) is weighed in: x1 = (1610 + 410) / 5 = 404.
+    pytest.param(person(0.8, 410, 300, 40, 80), (404, 300, 40, 80), id="agreeing-fifth"),
+])
+def test_a_box_that_does_not_agree_votes_but_does_not_drag_the_merged_box(outlier, expected):
+    [merged] = harmonize([*AGREED, result(5, "xception", outlier)])
+    assert merged.bbox == expected
+    assert merged.contributing_services == ("clip", "detectron2", "rtdetr", "xception", "yolov8")
+
+
+def test_two_boxes_joined_by_containment_alone_take_the_more_confident_box():
+    # A 20×20 box inside a 100×100 one (IoU 0.04): neither agrees with the other; the mean of both is neither.
+    pair = [result(1, "yolov8", person(0.6, 0, 0, 100, 100)), result(2, "rtdetr", person(0.9, 10, 10, 20, 20))]
+    [merged] = harmonize(pair)
+    assert (merged.bbox, merged.detection_count) == ((10, 10, 20, 20), 2)
+    assert harmonize(pair, REFERENCE.with_changes(containment_threshold=0.8))[0].bbox == (0, 0, 100, 100)  # union
+
+
 # The output.
 
 
@@ -319,6 +349,7 @@ def test_merged_data_has_the_reference_fields_and_deterministic_lists():
         "merged_bbox",
         "detection_count",
         "avg_confidence",
+        "score",
         "contributing_services",
         "detections",
         "harmonization_algorithm",
@@ -442,13 +473,3 @@ def test_harmony_imports_only_the_stdlib_numpy_and_emoji():
             for name in names:
                 allowed = name.split(".")[0] in sys.stdlib_module_names or name.split(".")[0] == "numpy"
                 assert allowed or name == "windmill.emoji", f"{path.name} imports {name}"
-
-
-def test_the_benchmark_script_runs_and_prints_its_figures(capsys):
-    from windmill.bench import harmony as bench
-
-    bench.main(["--images", "2", "--runs", "1"])
-    printed = capsys.readouterr().out
-    assert "harmony (weighted, default)" in printed
-    assert "harmony (reference, union)" in printed
-    assert "weighted_boxes_fusion" in printed or "WBF" in printed

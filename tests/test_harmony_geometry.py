@@ -10,7 +10,7 @@ import pytest
 
 from windmill.harmony import overlap
 from windmill.harmony.clustering import connected_components
-from windmill.harmony.fusion import fuse
+from windmill.harmony.fusion import agreeing_core, fuse
 
 
 @pytest.mark.parametrize(
@@ -77,6 +77,29 @@ def test_fusion_weighted_and_union(edges, confidences, weighted, union):
     edges_array, confidence_array = np.array(edges, dtype=float), np.array(confidences, dtype=float)
     assert fuse(edges_array, confidence_array, "weighted") == weighted
     assert fuse(edges_array, confidence_array, "union") == union
+
+
+# Clusters laid out back to back, as fuse_clusters takes them: (edges, confidences) per cluster → core rows.
+SMALL, NEAR, WIDE, FAR = (10, 10, 30, 30), (11, 10, 31, 30), (0, 0, 100, 100), (60, 60, 90, 90)
+
+
+@pytest.mark.parametrize(("clusters", "core"), [
+    pytest.param([([SMALL], [0.5])], [True], id="alone"),
+    pytest.param([([SMALL, NEAR], [0.5, 0.5])], [True, True], id="all-agree"),
+    # WIDE holds SMALL and NEAR (IoU 0.04): the two that agree carry 1.0 against its 0.9.
+    pytest.param([([SMALL, NEAR, WIDE], [0.5, 0.5, 0.9])], [True, True, False], id="wide-outvoted"),
+    # Alone against one: the more confident box is the anchor.
+    pytest.param([([SMALL, WIDE], [0.5, 0.9])], [False, True], id="pair-confidence"),
+    pytest.param([([SMALL, WIDE], [0.5, 0.5])], [True, False], id="pair-tie-first"),
+    # Each cluster has its own anchor. In the second no two boxes agree and all weigh alike: the first, WIDE.
+    pytest.param([([SMALL, NEAR], [0.2, 0.2]), ([WIDE, SMALL, FAR], [0.4, 0.4, 0.4])],
+                 [True, True, True, False, False], id="per-cluster"),
+])
+def test_only_the_boxes_that_agree_with_the_best_supported_one_shape_the_cluster(clusters, core):
+    edges = np.array([box for boxes, _ in clusters for box in boxes], dtype=float)
+    confidences = np.array([c for _, scores in clusters for c in scores], dtype=float)
+    starts = np.cumsum([0] + [len(boxes) for boxes, _ in clusters[:-1]])
+    assert agreeing_core(edges, confidences, starts, 0.3).tolist() == core
 
 
 def test_fusion_rejects_an_unknown_mode():

@@ -77,11 +77,14 @@ def test_eval_prints_ap_per_source(run, cat_image: int, tmp_path: Path) -> None:
     result = run("eval", "--coco", str(annotations), "--group", "pets")
     assert result.exit_code == 0, result.output
     lines = [line.split() for line in result.output.strip().splitlines()]
-    assert lines[0] == ["source", "images", "predictions", "unmatched", "AP", "AP50", "AP75"]
+    assert lines[0] == ["source", "images", "predictions", "unmatched", "AP", "AP50", "AP75", "best_F1", "at_score"]
     rows = {line[0]: line[1:] for line in lines[1:]}
-    # detectron2 reported the cat's box exactly: every threshold matches.
-    assert rows["detectron2"] == ["1", "1", "0", "1.000", "1.000", "1.000"]
+    # detectron2 reported the cat's box exactly: every threshold matches, from its confidence on.
+    assert rows["detectron2"] == ["1", "1", "0", "1.000", "1.000", "1.000", "1.000", "0.900"]
     assert set(rows) == {"merged", "detectron2", "rtdetr", "yolov8"}
+    with_rejected = run("eval", "--coco", str(annotations), "--group", "pets", "--include-rejected")
+    assert with_rejected.exit_code == 0, with_rejected.output
+    assert [line.split()[0] for line in with_rejected.output.strip().splitlines()[1:3]] == ["merged", "merged+rejected"]
 
     as_json = json.loads(run("eval", "--coco", str(annotations), "--json").output)
     assert {row["source"]: row["AP"] for row in as_json}["detectron2"] == 1.0

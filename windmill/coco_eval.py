@@ -1,6 +1,7 @@
 """COCO box evaluation of our predictions against ground truth, without I/O: the annotations document,
-label → category matching, and AP / AP@0.5 / AP@0.75 from the COCO evaluator (pycocotools, an optional
-dependency: `pip install 'windmill-pipeline[coco]'`)."""
+label → category matching, AP / AP@0.5 / AP@0.75 from the COCO evaluator (pycocotools, an optional
+dependency: `pip install 'windmill-pipeline[coco]'`) and the best F1 at IoU 0.5 over score thresholds, from the
+evaluator's own matches."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from contextlib import redirect_stdout
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
+
+import numpy as np
 
 from windmill.emoji import normalize_emoji
 from windmill.errors import MissingExtra, WindmillError
@@ -219,11 +222,14 @@ def require_evaluator() -> tuple[Any, Any]:
 
 
 def score_sources(truth: GroundTruth, sources: Mapping[str, SourcePredictions]) -> list[dict[str, Any]]:
-    """One row per source, in the given order: {source, images, predictions, unmatched, AP, AP50, AP75}.
+    """One row per source, in the given order: {source, images, predictions, unmatched, AP, AP50, AP75,
+    best_F1, F1_threshold, F1_precision, F1_recall}.
 
     Each source is scored on the images it has answered (an image still waiting for a detector does not
     count against it). `predictions` counts the boxes scored, `unmatched` those whose label names no
-    category of the file (left out). AP is None when those images hold no ground-truth box.
+    category of the file (left out). AP is None when those images hold no ground-truth box. best_F1 is
+    the F1 at IoU 0.5 of the boxes whose score reaches F1_threshold, the threshold that makes it best
+    (one threshold for all classes, as a user would pick it), with the precision and recall there.
     """
     coco_class, evaluator_class = require_evaluator()
     matcher = CategoryMatcher.for_categories(truth.categories).learning_emoji(
@@ -232,9 +238,10 @@ def score_sources(truth: GroundTruth, sources: Mapping[str, SourcePredictions]) 
     rows = []
     for name, source in sources.items():
         detections, unmatched = _detections(source.predictions, matcher)
-        ap, ap50, ap75 = _average_precision(coco_class, evaluator_class, truth, ground, source.image_ids, detections)
+        evaluator = _evaluated(coco_class, evaluator_class, truth, ground, source.image_ids, detections)
+        ap, ap50, ap75 = _average_precision(evaluator)
         rows.append({"source": name, "images": len(source.image_ids), "predictions": len(detections),
-                     "unmatched": unmatched, "AP": ap, "AP50": ap50, "AP75": ap75})
+                     "unmatched": unmatched, "AP": ap, "AP50": ap50, "AP75": ap75, **_best_f1(evaluator)})
     return rows
 
 
@@ -253,12 +260,11 @@ def _detections(predictions: Iterable[Prediction], matcher: CategoryMatcher) -> 
     return detections, unmatched
 
 
-def _average_precision(coco_class: Any, evaluator_class: Any, truth: GroundTruth, ground: Any,
-                       image_ids: frozenset[int], detections: list[dict[str, Any]]
-                       ) -> tuple[float | None, float | None, float | None]:
-    """AP@[.5:.95], AP@.5 and AP@.75 over all areas, at most 100 boxes per image (COCO's definitions)."""
+def _evaluated(coco_class: Any, evaluator_class: Any, truth: GroundTruth, ground: Any,
+               image_ids: frozenset[int], detections: list[dict[str, Any]]) -> Any:
+    """The COCO evaluator run over the source's images; None when those images hold no ground-truth box."""
     if not image_ids or not any(a["image_id"] in image_ids for a in truth.annotations):
-        return None, None, None
+        return None
     # Built directly rather than with COCO.loadRes, which refuses an empty list of detections.
     predicted = _coco(coco_class, {**truth.as_coco_dataset(), "annotations": detections})
     evaluator = evaluator_class(ground, predicted, "bbox")
@@ -267,9 +273,49 @@ def _average_precision(coco_class: Any, evaluator_class: Any, truth: GroundTruth
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
+    return evaluator
+
+
+def _average_precision(evaluator: Any) -> tuple[float | None, float | None, float | None]:
+    """AP@[.5:.95], AP@.5 and AP@.75 over all areas, at most 100 boxes per image (COCO's definitions)."""
+    if evaluator is None:
+        return None, None, None
     # Four decimals: the evaluator's sums leave 0.9999999999999999 where the answer is 1.
     return tuple(None if value < 0 else round(float(value), AP_DECIMALS)  # type: ignore[return-value]
                  for value in evaluator.stats[:3])
+
+
+def _best_f1(evaluator: Any) -> dict[str, float | None]:
+    """The best F1 at IoU 0.5 over score thresholds, from the evaluator's matches (all areas, ≤ 100 boxes per
+    image and class): the same matching as AP50, pooled over the classes and cut at one threshold."""
+    best: dict[str, float | None] = {"best_F1": None, "F1_threshold": None, "F1_precision": None, "F1_recall": None}
+    if evaluator is None:
+        return best
+    all_areas = list(evaluator.params.areaRng[0])
+    scores, hits = [], []
+    truths = 0
+    for image in evaluator.evalImgs:
+        if image is None or list(image["aRng"]) != all_areas:
+            continue
+        counted = ~np.asarray(image["dtIgnore"][0], dtype=bool)  # a box matched to a crowd region counts for nothing
+        scores.append(np.asarray(image["dtScores"], dtype=float)[counted])
+        hits.append(np.asarray(image["dtMatches"][0])[counted] > 0)
+        truths += int(np.count_nonzero(np.asarray(image["gtIgnore"]) == 0))
+    if not truths:
+        return best
+    score = np.concatenate(scores) if scores else np.empty(0)
+    order = np.argsort(-score, kind="mergesort")
+    score, true_positives = score[order], np.cumsum(np.concatenate(hits)[order] if hits else np.empty(0))
+    # A threshold keeps every box of its score: only the last box of a run of equal scores is a cut.
+    cuts = np.flatnonzero(np.r_[score[1:] != score[:-1], True]) if len(score) else np.empty(0, dtype=int)
+    if not len(cuts):
+        return {**best, "best_F1": 0.0}
+    kept = cuts + 1
+    f1 = 2 * true_positives[cuts] / (kept + truths)
+    at = int(np.argmax(f1))  # the first best: the highest threshold that reaches it
+    return {"best_F1": round(float(f1[at]), AP_DECIMALS), "F1_threshold": round(float(score[cuts[at]]), AP_DECIMALS),
+            "F1_precision": round(float(true_positives[cuts[at]] / kept[at]), AP_DECIMALS),
+            "F1_recall": round(float(true_positives[cuts[at]] / truths), AP_DECIMALS)}
 
 
 def _coco(coco_class: Any, dataset: dict[str, Any]) -> Any:

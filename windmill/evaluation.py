@@ -1,5 +1,6 @@
 """`windmill-cli eval`: COCO mAP of the merged boxes and of each detector on the images of the collection
-that a COCO annotations file describes (matched by file name). The scoring itself is windmill.coco_eval."""
+that a COCO annotations file describes (matched by file name), optionally with the boxes the democratic filter
+turned down as low-ranked candidates. The scoring itself is windmill.coco_eval."""
 
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ from windmill.coco_eval import (
 )
 from windmill.db.queries import query
 from windmill.errors import WindmillError
-from windmill.harmony import DetectorResult
+from windmill.harmony import DetectorResult, HarmonyConfig, harmonize_with_rejected, stored_score
 from windmill.harmony.extract import extract_detections
 from windmill.monitor import format_table
 
 MERGED = "merged"
+WITH_REJECTED = "merged+rejected"
 
 
 def load_coco_annotations(path: str | os.PathLike[str]) -> GroundTruth:
@@ -41,12 +43,15 @@ def load_coco_annotations(path: str | os.PathLike[str]) -> GroundTruth:
     return parse_ground_truth(document, shown)
 
 
-def evaluate_collection(conn: psycopg.Connection, truth: GroundTruth, *, group: str | None = None
-                        ) -> list[dict[str, Any]]:
-    """Rows {source, images, predictions, unmatched, AP, AP50, AP75}: "merged" first, then each detector.
+def evaluate_collection(conn: psycopg.Connection, truth: GroundTruth, *, group: str | None = None,
+                        rejected_by: HarmonyConfig | None = None) -> list[dict[str, Any]]:
+    """Rows of coco_eval.score_sources: "merged" first, then each detector.
 
-    A detector is scored on the latest successful answer it gave for each matched image; the merged boxes
-    on the images whose boxes were computed.
+    A detector is scored on the latest successful answer it gave for each matched image; the merged boxes,
+    ranked by their fused score, on the images whose boxes were computed. With `rejected_by` (the settings
+    the merger runs with), a "merged+rejected" row follows "merged": the stored boxes and, as further
+    candidates, the clusters the democratic filter turned down, recomputed from the very answers each
+    image's last merge read. Nothing is stored: users and the vote see the stored boxes only.
     """
     require_evaluator()  # before any query: a missing package is the first thing to say
     matched = dict(conn.execute(query("eval_images"), {"filenames": sorted(truth.by_filename), "group": group}))
@@ -56,9 +61,23 @@ def evaluate_collection(conn: psycopg.Connection, truth: GroundTruth, *, group: 
                             "(images are matched by file name)")
     to_truth = {image_id: truth.by_filename[filename] for image_id, filename in matched.items()}
     params = {"image_ids": sorted(to_truth)}
-    merged = merged_predictions(conn.execute(query("eval_merged_boxes"), params), to_truth)
+    merged_rows = conn.execute(query("eval_merged_boxes"), params).fetchall()
+    sources = {MERGED: merged_predictions(merged_rows, to_truth)}
+    if rejected_by is not None:
+        inputs = conn.execute(query("eval_merge_inputs"), params).fetchall()
+        sources[WITH_REJECTED] = merged_predictions([*merged_rows, *rejected_rows(inputs, rejected_by)], to_truth)
     detectors = detector_predictions(conn.execute(query("eval_detector_results"), params), to_truth)
-    return score_sources(truth, {MERGED: merged, **dict(sorted(detectors.items()))})
+    return score_sources(truth, {**sources, **dict(sorted(detectors.items()))})
+
+
+def rejected_rows(answers: Iterable[Sequence[Any]], config: HarmonyConfig) -> list[tuple[int, dict[str, Any]]]:
+    """(image_id, merged_data) of the clusters the democratic filter turned down, from (image_id, result_id,
+    service, data) answer rows: the merger's own harmonization, so the rule has one home."""
+    by_image: dict[int, list[DetectorResult]] = defaultdict(list)
+    for image_id, result_id, service, data in answers:
+        by_image[image_id].append(DetectorResult(result_id, service, data))
+    return [(image_id, box.to_merged_data()) for image_id, results in by_image.items()
+            for box in harmonize_with_rejected(results, config).rejected]
 
 
 def merged_predictions(rows: Iterable[Sequence[Any]], to_truth: Mapping[int, int]) -> SourcePredictions:
@@ -78,7 +97,7 @@ def merged_predictions(rows: Iterable[Sequence[Any]], to_truth: Mapping[int, int
         votes = [str(d["label"]) for d in data.get("detections") or [] if isinstance(d, dict) and d.get("label")]
         labels = tuple(votes or [str(label) for label in data.get("labels") or []])
         found.append((image_id, str(data.get("cluster_id", "")), Prediction(
-            to_truth[image_id], labels, str(data.get("emoji") or ""), float(data.get("avg_confidence") or 0.0), bbox)))
+            to_truth[image_id], labels, str(data.get("emoji") or ""), stored_score(data), bbox)))
     found.sort(key=lambda item: item[:2])
     return SourcePredictions(frozenset(images), tuple(prediction for *_key, prediction in found))
 
@@ -99,7 +118,9 @@ def detector_predictions(rows: Iterable[Sequence[Any]], to_truth: Mapping[int, i
 
 
 def format_eval_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The rows as an aligned table, AP values to three decimals ("-": no ground truth to score against)."""
-    shown = [{**row, **{key: "-" if row[key] is None else f"{row[key]:.3f}" for key in ("AP", "AP50", "AP75")}}
+    """The rows as an aligned table, AP and F1 values to three decimals ("-": no ground truth to score against);
+    `at_score` is the threshold of the best F1."""
+    figures = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "best_F1": "best_F1", "F1_threshold": "at_score"}
+    shown = [{**row, **{name: "-" if row[key] is None else f"{row[key]:.3f}" for key, name in figures.items()}}
              for row in rows]
-    return format_table(shown, ["source", "images", "predictions", "unmatched", "AP", "AP50", "AP75"])
+    return format_table(shown, ["source", "images", "predictions", "unmatched", *figures.values()])

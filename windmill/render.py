@@ -1,5 +1,7 @@
 """Drawing an image's boxes for people to look at: merged boxes labelled with class and agreement, and
-optionally every detector's raw boxes in its own colour, with a legend.
+optionally every detector's raw boxes in its own colour, with a legend. Labels never cover one another
+(windmill.label_placement) and each tag takes, of a light and a dark colour, the one that stands out more from
+the picture under it.
 
 `render_boxes` is pure (a Pillow image and plain data in, a new image out); `render_image` is the I/O
 glue that reads the boxes from PostgreSQL and the pixels from the image's path or URL.
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageStat
 from psycopg.rows import dict_row
 
 from windmill.db.queries import query
@@ -24,6 +26,7 @@ from windmill.errors import WindmillError
 from windmill.harmony import DetectorResult
 from windmill.harmony.extract import extract_detections
 from windmill.images import load_image_bytes, prepare_image
+from windmill.label_placement import Rect, place_labels
 from windmill.settings import Settings
 
 Colour = tuple[int, int, int]
@@ -32,6 +35,11 @@ Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 MERGED_COLOUR: Colour = (255, 214, 0)
 OUTLINE_SHADOW: Colour = (0, 0, 0)
 LEGEND_BACKGROUND: Colour = (24, 24, 24)
+# The two tags: yellow with black ink stands out on dark pictures, near-black with yellow ink on light ones.
+# Whichever the background, one of them differs from it by a contrast ratio of at least 3.5 (WCAG asks 3 of
+# graphics), and ink and tag differ by more than 10.
+LIGHT_TAG: tuple[Colour, Colour] = (MERGED_COLOUR, (0, 0, 0))
+DARK_TAG: tuple[Colour, Colour] = (LEGEND_BACKGROUND, MERGED_COLOUR)
 # Far from the merged yellow and from one another; cycled when there are more detectors.
 DETECTOR_COLOURS: tuple[Colour, ...] = (
     (230, 25, 75), (0, 130, 200), (60, 180, 75), (245, 130, 48), (145, 30, 180),
@@ -60,6 +68,7 @@ class _Style:
     fonts: FontChoice
     font_px: int = field(init=False)
     line: int = field(init=False)
+    pad: int = field(init=False)
     font: Font = field(init=False)
     _emoji: dict[str, Image.Image | None] = field(default_factory=dict)
 
@@ -67,6 +76,7 @@ class _Style:
         short_side = min(self.size)
         self.font_px = max(12, round(short_side / 30))
         self.line = max(2, round(short_side / 170))
+        self.pad = max(2, self.font_px // 5)
         self.font = _text_font(self.fonts.text, self.font_px)
 
     def emoji(self, emoji: str) -> Image.Image | None:
@@ -88,7 +98,8 @@ def render_boxes(
     service's boxes are drawn thin in its own colour under the merged ones, with a legend. Emoji are
     drawn only with a colour emoji font (`fonts`, found under the system font directories when None).
     """
-    canvas = image.convert("RGB")  # always a copy: the caller's image stays untouched
+    picture = image.convert("RGB")  # always a copy: the caller's image stays untouched
+    canvas = picture.copy()  # drawn on; `picture` stays clean, for the colours under each tag
     style = _Style(canvas.size, fonts if fonts is not None else system_fonts())
     draw = ImageDraw.Draw(canvas)
     colours = detector_colours(detector_boxes or {})
@@ -100,12 +111,49 @@ def render_boxes(
     placed = [(edges, box) for box in boxes if (edges := _edges(box.get("merged_bbox"), canvas.size))]
     for edges, _box in placed:
         _outline(draw, edges, MERGED_COLOUR, style.line)
-    for edges, box in placed:
-        _label(canvas, draw, edges, box, style)
+    legend = None
     if detector_boxes is not None:
-        _legend(canvas, draw, [("merged", MERGED_COLOUR, len(placed))]
-                + [(service, colour, len(detector_boxes[service])) for service, colour in colours.items()], style)
+        legend = _legend(canvas, draw, [("merged", MERGED_COLOUR, len(placed))]
+                         + [(service, colour, len(detector_boxes[service])) for service, colour in colours.items()],
+                         style)
+    tags, spots = _labels(draw, placed, style, [legend] if legend else [])
+    for tag, spot in zip(tags, spots, strict=True):
+        if spot is not None:
+            _draw_tag(canvas, draw, tag, spot, tag_colours(_mean_colour(picture, spot)), style)
     return canvas
+
+
+def label_rectangles(image_size: tuple[int, int], boxes: Sequence[Mapping[str, Any]], *,
+                     fonts: FontChoice | None = None) -> list[Rect | None]:
+    """Where render_boxes puts the label of each drawable box (in order; None: no free place), without drawing:
+    the same fonts, sizes and placement (without a legend: no detector boxes)."""
+    style = _Style(image_size, fonts if fonts is not None else system_fonts())
+    placed = [(edges, box) for box in boxes if (edges := _edges(box.get("merged_bbox"), image_size))]
+    return _labels(ImageDraw.Draw(Image.new("RGB", (1, 1))), placed, style, [])[1]
+
+
+def _labels(draw: ImageDraw.ImageDraw, placed: Sequence[tuple[tuple[int, int, int, int], Mapping[str, Any]]],
+            style: _Style, taken: Sequence[Rect]) -> tuple[list[_Tag], list[Rect | None]]:
+    """Each box's measured label and where it goes: next to its box, clear of the other labels and `taken`."""
+    tags = [_tag(draw, box, style) for _edges, box in placed]
+    return tags, place_labels([edges for edges, _box in placed], [tag.size for tag in tags], style.size, taken)
+
+
+def tag_colours(background: Colour) -> tuple[Colour, Colour]:
+    """(fill, ink) of a tag over a background of this colour: the tag that contrasts more with it."""
+    return max((LIGHT_TAG, DARK_TAG), key=lambda tag: contrast_ratio(tag[0], background))
+
+
+def contrast_ratio(a: Colour, b: Colour) -> float:
+    """WCAG 2 contrast ratio of two sRGB colours, from 1 (the same) to 21 (black on white)."""
+    light, dark = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def _luminance(colour: Colour) -> float:
+    """WCAG 2 relative luminance of an sRGB colour."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (v / 255 for v in colour)]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
 
 
 def detector_colours(detector_boxes: Mapping[str, object]) -> dict[str, Colour]:
@@ -159,27 +207,53 @@ def _outline(draw: ImageDraw.ImageDraw, edges: tuple[int, int, int, int], colour
     draw.rectangle(edges, outline=colour, width=width)
 
 
-def _label(canvas: Image.Image, draw: ImageDraw.ImageDraw, edges: tuple[int, int, int, int],
-           box: Mapping[str, Any], style: _Style) -> None:
-    """The caption on a tag above the box (inside its top edge when there is no room above)."""
+@dataclass(frozen=True)
+class _Tag:
+    """A box's label, measured: its caption, the emoji (when a colour emoji font draws it) and its size."""
+
+    text: str
+    emoji: Image.Image | None
+    size: tuple[int, int]
+    ink_offset: tuple[int, int]  # the text's own bearing, taken off where it is drawn
+
+
+def _tag(draw: ImageDraw.ImageDraw, box: Mapping[str, Any], style: _Style) -> _Tag:
     # Pillow's built-in font has no "×": an "x" reads the same.
     text = box_caption(box, times="×" if style.fonts.text is not None else "x")
     emoji = style.emoji(str(box.get("emoji") or "")) if box.get("emoji") else None
-    pad = max(2, style.font_px // 5)
+    pad = style.pad
     left, top, right, bottom = draw.textbbox((0, 0), text, font=style.font)
     icon = emoji.width + pad if emoji is not None else 0
-    width, height = icon + right - left + 2 * pad, max(bottom - top, emoji.height if emoji else 0) + 2 * pad
-    x = min(edges[0], max(0, canvas.width - width))
-    y = edges[1] - height if edges[1] - height >= 0 else edges[1]
-    draw.rectangle((x, y, x + width - 1, y + height - 1), fill=MERGED_COLOUR)
-    if emoji is not None:
-        canvas.paste(emoji, (x + pad, y + (height - emoji.height) // 2), emoji)
-    draw.text((x + pad + icon - left, y + pad - top), text, fill=(0, 0, 0), font=style.font)
+    size = (icon + right - left + 2 * pad, max(bottom - top, emoji.height if emoji else 0) + 2 * pad)
+    return _Tag(text, emoji, size, (left, top))
+
+
+def _draw_tag(canvas: Image.Image, draw: ImageDraw.ImageDraw, tag: _Tag, spot: Rect,
+              colours: tuple[Colour, Colour], style: _Style) -> None:
+    """The caption on its tag at the spot chosen for it, the emoji first."""
+    fill, ink = colours
+    x, y, right, bottom = spot
+    draw.rectangle((x, y, right - 1, bottom - 1), fill=fill)
+    pad = style.pad
+    icon = 0
+    if tag.emoji is not None:
+        canvas.paste(tag.emoji, (x + pad, y + (tag.size[1] - tag.emoji.height) // 2), tag.emoji)
+        icon = tag.emoji.width + pad
+    draw.text((x + pad + icon - tag.ink_offset[0], y + pad - tag.ink_offset[1]), tag.text, fill=ink, font=style.font)
+
+
+def _mean_colour(picture: Image.Image, spot: Rect) -> Colour:
+    """The mean colour of the picture under a tag and a margin around it: what the tag must stand out from."""
+    margin = 2
+    area = picture.crop((max(spot[0] - margin, 0), max(spot[1] - margin, 0),
+                         min(spot[2] + margin, picture.width), min(spot[3] + margin, picture.height)))
+    red, green, blue = (round(channel) for channel in ImageStat.Stat(area).mean[:3])
+    return red, green, blue
 
 
 def _legend(canvas: Image.Image, draw: ImageDraw.ImageDraw, entries: list[tuple[str, Colour, int]],
-            style: _Style) -> None:
-    """Which colour is which source, with its box count, in the bottom-left corner."""
+            style: _Style) -> Rect:
+    """Which colour is which source, with its box count, in the bottom-left corner; returns where it is."""
     pad = max(2, style.font_px // 4)
     lines = [f"{name} ({count})" for name, _colour, count in entries]
     boxes = [draw.textbbox((0, 0), line, font=style.font) for line in lines]
@@ -193,6 +267,7 @@ def _legend(canvas: Image.Image, draw: ImageDraw.ImageDraw, entries: list[tuple[
         y = y0 + pad + index * row
         draw.rectangle((x0 + pad, y, x0 + pad + swatch, y + swatch), fill=colour)
         draw.text((x0 + 2 * pad + swatch - bbox[0], y - bbox[1]), line, fill=(240, 240, 240), font=style.font)
+    return (x0, y0, x0 + width + 1, y0 + height + 1)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -27,3 +27,12 @@ SELECT b.image_id, b.merged_data
   FROM merged_boxes b
  WHERE b.image_id = ANY(%(image_ids)s)
    AND NOT EXISTS (SELECT 1 FROM merged_images m WHERE m.image_id = b.image_id)
+
+-- name: eval_merge_inputs
+-- The detector answers each image's last merge read (merged_images.source_result_ids): what the clusters
+-- its democratic filter turned down are recomputed from, for `eval --include-rejected`.
+SELECT m.image_id, r.result_id, r.service, r.data
+  FROM merged_images m
+  JOIN results r ON r.result_id = ANY(m.source_result_ids) AND r.image_id = m.image_id
+ WHERE m.image_id = ANY(%(image_ids)s)
+ ORDER BY m.image_id, r.service, r.result_id

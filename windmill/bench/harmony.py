@@ -1,8 +1,14 @@
-"""Harmony speed (target ≤ 2 ms per image for 5 services × 50 boxes), beside ensemble-boxes' WBF.
+"""Harmony benchmark: speed (target ≤ 2 ms per image for 5 services × 50 boxes) and quality (AP50 and best F1
+against ground truth, targets: at least weighted boxes fusion's), beside ensemble-boxes' WBF.
 
-Run: python -m windmill.bench.harmony [--images 500] [--runs 3] [--seed 7]
-Synthetic images: 50 ground-truth objects, each seen by every service with recall 0.9 and a few
+Run: python -m windmill.bench.harmony [--images 500] [--scenes 2000] [--runs 3] [--seed 7]
+
+Speed: synthetic images of 50 ground-truth objects, each seen by every service with recall 0.9 and a few
 percent of jitter per edge, plus false positives to make exactly 50 boxes per service.
+Quality: scenes of 2–6 objects seen by five detectors that disagree as real ones do (harmony_scenes), scored
+exactly as `windmill-cli eval --coco` scores stored boxes (COCO AP50, class-aware; best F1 at IoU 0.5 over
+score thresholds), each method ranked by its own confidence: harmony by its fused score, the reference by its
+only one (avg_confidence), WBF by its fused score.
 """
 
 from __future__ import annotations
@@ -10,14 +16,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from windmill.bench.harmony_scenes import CLASS_NAMES, HEIGHT, WIDTH, Scene, jittered_prediction, synthetic_scene
+from windmill.coco_eval import GroundTruth, Prediction, SourcePredictions, parse_ground_truth, score_sources
 from windmill.emoji import normalize_emoji
-from windmill.harmony import DetectorResult, HarmonyConfig, harmonize
+from windmill.errors import WindmillError
+from windmill.evaluation import detector_predictions, merged_predictions
+from windmill.harmony import DetectorResult, HarmonyConfig, MergedBox, harmonize, harmonize_with_rejected
 
 SERVICES = ("clip", "detectron2", "rtdetr", "xception", "yolov8")
 CLASSES = (
@@ -34,17 +44,16 @@ CLASSES = (
 )
 # Most objects in photos are people; the rest share what's left.
 CLASS_WEIGHTS = np.array([0.4] + [0.6 / 9] * 9)
-WIDTH, HEIGHT = 1280, 960
 OBJECTS, BOXES_PER_SERVICE, RECALL, JITTER = 50, 50, 0.9, 0.04
 
 
 @dataclass(frozen=True)
 class Image:
     results: list[DetectorResult]
-    truth: list[tuple[int, tuple[float, float, float, float]]]  # (class index, x1 y1 x2 y2)
 
 
 def synthetic_image(rng: np.random.Generator, image_id: int) -> Image:
+    """A crowded image for the speed figure: 5 services × 50 boxes."""
     sizes = rng.uniform(24, 320, size=(OBJECTS, 2))
     corners = rng.uniform(0, 1, size=(OBJECTS, 2)) * (np.array([WIDTH, HEIGHT]) - sizes)
     kinds = rng.choice(len(CLASSES), size=OBJECTS, p=CLASS_WEIGHTS)
@@ -54,39 +63,30 @@ def synthetic_image(rng: np.random.Generator, image_id: int) -> Image:
         predictions = []
         for kind, (x1, y1, x2, y2) in truth:
             if rng.random() < RECALL:
-                predictions.append(_prediction(rng, kind, x1, y1, x2, y2))
+                predictions.append(_speed_prediction(rng, kind, (x1, y1, x2, y2), JITTER))
         while len(predictions) < BOXES_PER_SERVICE:  # false positives
             w, h = rng.uniform(24, 200, size=2)
             x, y = rng.uniform(0, WIDTH - w), rng.uniform(0, HEIGHT - h)
-            predictions.append(_prediction(rng, int(rng.integers(len(CLASSES))), x, y, x + w, y + h, 0.0))
+            predictions.append(_speed_prediction(rng, int(rng.integers(len(CLASSES))), (x, y, x + w, y + h), 0.0))
         results.append(DetectorResult(image_id * 10 + s, service, {"predictions": predictions[:BOXES_PER_SERVICE]}))
-    return Image(results, truth)
+    return Image(results)
 
 
-def _prediction(
-    rng: np.random.Generator, kind: int, x1: float, y1: float, x2: float, y2: float, jitter: float = JITTER
-) -> dict[str, Any]:
-    w, h = x2 - x1, y2 - y1
-    dx1, dx2 = rng.normal(0, jitter * w, size=2)
-    dy1, dy2 = rng.normal(0, jitter * h, size=2)
-    left, top = int(max(x1 + dx1, 0)), int(max(y1 + dy1, 0))
-    right, bottom = int(min(x2 + dx2, WIDTH)), int(min(y2 + dy2, HEIGHT))
-    label, emoji = CLASSES[kind]
-    prediction: dict[str, Any] = {
-        "label": label,
-        "confidence": round(float(rng.uniform(0.3, 0.99)), 3),
-        "bbox": {"x": left, "y": top, "width": max(right - left, 1), "height": max(bottom - top, 1)},
-    }
-    if emoji:
-        prediction["emoji"] = emoji
-    return prediction
+def _speed_prediction(rng: np.random.Generator, kind: int, box: tuple[float, float, float, float], jitter: float
+                      ) -> dict[str, Any]:
+    return jittered_prediction(rng, CLASSES[kind], box, jitter, float(rng.uniform(0.3, 0.99)))
 
 
-def wbf_input(image: Image) -> tuple[list[list[list[float]]], list[list[float]], list[list[int]]]:
-    """The same detections in ensemble-boxes' shape: per service, boxes in 0–1 coordinates and label ids."""
+WbfInput = tuple[list[list[list[float]]], list[list[float]], list[list[int]]]
+
+
+def wbf_input(results: Sequence[DetectorResult]) -> tuple[WbfInput, list[tuple[str, str]]]:
+    """The same detections in ensemble-boxes' shape: per service, boxes in 0–1 coordinates and class ids; and
+    the (label, emoji) of each class id, so that WBF's boxes can be named again."""
     class_ids: dict[str, int] = {}
+    names: list[tuple[str, str]] = []
     boxes, scores, labels = [], [], []
-    for result in image.results:
+    for result in results:
         service_boxes, service_scores, service_labels = [], [], []
         for p in result.data["predictions"]:  # type: ignore[index]
             b = p["bbox"]
@@ -100,11 +100,18 @@ def wbf_input(image: Image) -> tuple[list[list[list[float]]], list[list[float]],
             )
             service_scores.append(p["confidence"])
             key = normalize_emoji(p.get("emoji")) or p["label"]
-            service_labels.append(class_ids.setdefault(key, len(class_ids)))
+            if key not in class_ids:
+                class_ids[key] = len(names)
+                names.append((p["label"], p.get("emoji", "")))
+            service_labels.append(class_ids[key])
         boxes.append(service_boxes)
         scores.append(service_scores)
         labels.append(service_labels)
-    return boxes, scores, labels
+    return (boxes, scores, labels), names
+
+
+# ------------------------------------------------------------------------------------------------
+# Speed
 
 
 def timed(function: Callable[[Any], Any], inputs: Sequence[Any], runs: int) -> tuple[list[float], list[float]]:
@@ -130,101 +137,120 @@ def report(name: str, per_image: list[float], run_means: list[float]) -> None:
     )
 
 
-def quality(name: str, found: list[list[tuple[int, tuple[float, float, float, float]]]], images: list[Image]) -> None:
-    """Precision and recall at IoU ≥ 0.5 against the ground truth, greedy one-to-one per class."""
-    hits = produced = expected = 0
-    for boxes, image in zip(found, images, strict=True):
-        produced += len(boxes)
-        expected += len(image.truth)
-        unmatched = list(image.truth)
-        for kind, box in boxes:
-            candidates = [(i, _iou(box, t)) for i, (k, t) in enumerate(unmatched) if k == kind]
-            best = max(candidates, key=lambda c: c[1], default=None)
-            if best is not None and best[1] >= 0.5:
-                hits += 1
-                unmatched.pop(best[0])
-    print(
-        f"{name:<34} boxes/image {produced / len(images):5.1f}  precision {hits / max(produced, 1):.3f}  "
-        f"recall {hits / max(expected, 1):.3f}"
-    )
-
-
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _class_index(box_emoji: str, box_label_class: str) -> int:
-    for index, (label, emoji) in enumerate(CLASSES):
-        if (emoji and normalize_emoji(emoji) == box_emoji) or (
-            not emoji and box_label_class == label.replace(" ", "_")
-        ):
-            return index
-    return -1
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=500)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args(argv)
-
-    rng = np.random.default_rng(args.seed)
-    images = [synthetic_image(rng, i) for i in range(args.images)]
-    print(f"{args.images} images × {len(SERVICES)} services × {BOXES_PER_SERVICE} boxes, {args.runs} runs")
-
+def speed(inputs: Sequence[Sequence[DetectorResult]], runs: int, wbf: Callable[..., Any] | None) -> None:
     configs = {"harmony (weighted, default)": HarmonyConfig(), "harmony (reference, union)": HarmonyConfig.reference()}
-    for image in images[:20]:  # warm-up: imports, caches, allocator
-        harmonize(image.results)
+    for results in inputs[:20]:  # warm-up: imports, caches, allocator
+        harmonize(results)
     for name, config in configs.items():
-        per_image, run_means = timed(lambda image, c=config: harmonize(image.results, c), images, args.runs)
-        report(name, per_image, run_means)
+        report(name, *timed(lambda results, c=config: harmonize(results, c), inputs, runs))
+    if wbf is not None:
+        prepared = [wbf_input(results)[0] for results in inputs]
+        report("ensemble-boxes WBF (iou_thr 0.55)", *timed(lambda arguments: wbf(*arguments), prepared, runs))
+        report("  … with conversion from answers", *timed(lambda results: wbf(*wbf_input(results)[0]), inputs, runs))
 
+
+# ------------------------------------------------------------------------------------------------
+# Quality
+
+
+def scenes_truth(scenes: Sequence[Scene]) -> GroundTruth:
+    """The scenes' objects as a COCO annotations document, image ids 1…n."""
+    return parse_ground_truth({
+        "images": [{"id": i, "file_name": f"scene{i}.jpg", "width": WIDTH, "height": HEIGHT}
+                   for i in range(1, len(scenes) + 1)],
+        "categories": [{"id": i, "name": name} for i, name in enumerate(CLASS_NAMES, 1)],
+        "annotations": [{"image_id": i, "category_id": kind + 1, "bbox": [x1, y1, x2 - x1, y2 - y1]}
+                        for i, scene in enumerate(scenes, 1) for kind, (x1, y1, x2, y2) in scene.truth],
+    }, "scenes")
+
+
+def merged_source(boxes_per_scene: Sequence[Iterable[MergedBox]], ranked_by: str = "score") -> SourcePredictions:
+    """Merged boxes read as `eval --coco` reads stored rows, ranked by `ranked_by` (score or avg_confidence);
+    a scene without boxes counts, with nothing found."""
+    rows: list[tuple[int, dict[str, Any] | None]] = [(i, None) for i in range(1, len(boxes_per_scene) + 1)]
+    rows += [(i, {**data, "score": data[ranked_by]}) for i, boxes in enumerate(boxes_per_scene, 1)
+             for data in (box.to_merged_data() for box in boxes)]
+    return merged_predictions(rows, {i: i for i in range(1, len(boxes_per_scene) + 1)})
+
+
+def wbf_source(scenes: Sequence[Scene], wbf: Callable[..., Any]) -> SourcePredictions:
+    predictions = []
+    for i, scene in enumerate(scenes, 1):
+        arguments, names = wbf_input(scene.results)
+        for box, score, label in zip(*wbf(*arguments), strict=True):
+            x1, y1, x2, y2 = box[0] * WIDTH, box[1] * HEIGHT, box[2] * WIDTH, box[3] * HEIGHT
+            name, emoji = names[int(label)]
+            predictions.append(Prediction(i, (name,), emoji, float(score), (x1, y1, x2 - x1, y2 - y1)))
+    return SourcePredictions(frozenset(range(1, len(scenes) + 1)), tuple(predictions))
+
+
+def quality_rows(scenes: Sequence[Scene], wbf: Callable[..., Any] | None) -> list[dict[str, Any]]:
+    """AP50 and best F1 of every method on the same scenes: harmony's final set, the same with its rejected
+    clusters as candidates, the same ranked by avg_confidence, the reference, WBF and each detector alone."""
+    default = [harmonize_with_rejected(scene.results) for scene in scenes]
+    reference = [harmonize(scene.results, HarmonyConfig.reference()) for scene in scenes]
+    sources = {
+        "harmony": merged_source([h.boxes for h in default]),
+        "harmony + rejected": merged_source([[*h.boxes, *h.rejected] for h in default]),
+        "harmony by avg_confidence": merged_source([h.boxes for h in default], "avg_confidence"),
+        "reference (union, avg_confidence)": merged_source(reference, "avg_confidence"),
+    }
+    if wbf is not None:
+        sources["WBF (ensemble-boxes)"] = wbf_source(scenes, wbf)
+    answers = [(i, result.result_id, result.service, result.data)
+               for i, scene in enumerate(scenes, 1) for result in scene.results]
+    sources.update(sorted(detector_predictions(answers, {i: i for i in range(1, len(scenes) + 1)}).items()))
+    return score_sources(scenes_truth(scenes), sources)
+
+
+def print_quality(rows: Sequence[dict[str, Any]]) -> None:
+    print(f"{'method':<34} boxes/image  AP50    best F1 (precision / recall at score ≥ threshold)")
+    for row in rows:
+        print(f"{row['source']:<34} {row['predictions'] / max(row['images'], 1):11.2f}  {row['AP50']:.4f}  "
+              f"{row['best_F1']:.4f} ({row['F1_precision']:.3f} / {row['F1_recall']:.3f} at ≥ {row['F1_threshold']})")
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def load_wbf() -> Callable[..., Any] | None:
     try:
         from ensemble_boxes import weighted_boxes_fusion
     except ImportError:
-        print("ensemble-boxes is not installed: pip install ensemble-boxes to compare with weighted_boxes_fusion")
-        weighted_boxes_fusion = None
-    if weighted_boxes_fusion is not None:
-        prepared = [wbf_input(image) for image in images]
-        per_image, run_means = timed(lambda inputs: weighted_boxes_fusion(*inputs), prepared, args.runs)
-        report("ensemble-boxes WBF (iou_thr 0.55)", per_image, run_means)
-        per_image, run_means = timed(lambda image: weighted_boxes_fusion(*wbf_input(image)), images, args.runs)
-        report("  … with conversion from answers", per_image, run_means)
+        print("ensemble-boxes is not installed: pip install 'windmill-pipeline[bench]' to compare with "
+              "weighted_boxes_fusion")
+        return None
+    return weighted_boxes_fusion  # type: ignore[no-any-return]
 
-    print("quality on the same images (IoU ≥ 0.5 with ground truth):")
-    for name, config in configs.items():
-        found = [
-            [
-                (
-                    _class_index(b.emoji, b.label_class),
-                    (b.bbox[0], b.bbox[1], b.bbox[0] + b.bbox[2], b.bbox[1] + b.bbox[3]),
-                )
-                for b in harmonize(image.results, config)
-            ]
-            for image in images
-        ]
-        quality(name, found, images)
-    if weighted_boxes_fusion is not None:
-        found = []
-        for image, inputs in zip(images, prepared, strict=True):
-            names = {}
-            for service_labels, result in zip(inputs[2], image.results, strict=True):
-                for label_id, p in zip(service_labels, result.data["predictions"], strict=True):  # type: ignore[index]
-                    names[label_id] = _class_index(normalize_emoji(p.get("emoji")), p["label"].replace(" ", "_"))
-            boxes, _, labels = weighted_boxes_fusion(*inputs)
-            found.append(
-                [
-                    (names[int(k)], (b[0] * WIDTH, b[1] * HEIGHT, b[2] * WIDTH, b[3] * HEIGHT))
-                    for b, k in zip(boxes, labels, strict=True)
-                ]
-            )
-        quality("ensemble-boxes WBF (unfiltered)", found, images)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--images", type=int, default=500, help="crowded images (5 × 50 boxes) for the speed figure")
+    parser.add_argument("--scenes", type=int, default=2000, help="scenes of 2-6 objects for the quality figures")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    wbf = load_wbf()
+
+    rng = np.random.default_rng(args.seed)
+    images = [synthetic_image(rng, i).results for i in range(args.images)]
+    print(f"speed: {args.images} images × {len(SERVICES)} services × {BOXES_PER_SERVICE} boxes, {args.runs} runs")
+    speed(images, args.runs, wbf)
+
+    scene_rng = np.random.default_rng([args.seed, 1])  # its own stream: the scenes do not depend on --images
+    scenes = [synthetic_scene(scene_rng, i) for i in range(args.scenes)]
+    boxes = sum(len(result.data["predictions"]) for scene in scenes for result in scene.results)  # type: ignore[index]
+    print(f"speed on scenes: {args.scenes} scenes of 2-6 objects, {boxes / max(args.scenes, 1):.1f} boxes each")
+    speed([scene.results for scene in scenes], args.runs, wbf)
+    try:
+        rows = quality_rows(scenes, wbf)
+    except WindmillError as error:  # pycocotools missing: the one sentence says what to install
+        print(f"quality: {error}")
+        return 1
+    print(f"quality on the {args.scenes} scenes (COCO AP50, class-aware; best F1 at IoU 0.5 over score thresholds):")
+    print_quality(rows)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -98,15 +98,19 @@ def show(app: AppContext, image_id: int, png_path: Path | None, detectors: bool)
 @click.option("--coco", "coco_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="COCO annotations (images with file_name, annotations with bbox and category_id, categories).")
 @click.option("--group", "-g", help="Only images of this group.")
+@click.option("--include-rejected", is_flag=True,
+              help="Add a merged+rejected row: the boxes the democratic filter turned down count as low-ranked "
+                   "candidates (nothing is stored).")
 @json_option
 @pass_app
-def evaluate(app: AppContext, coco_path: Path, group: str | None, as_json: bool) -> None:
-    """COCO AP, AP50 and AP75 of the merged boxes and of each detector against ground truth."""
+def evaluate(app: AppContext, coco_path: Path, group: str | None, include_rejected: bool, as_json: bool) -> None:
+    """COCO AP, AP50, AP75 and best F1 of the merged boxes and of each detector against ground truth."""
     from windmill.evaluation import evaluate_collection, format_eval_table, load_coco_annotations
 
     truth = load_coco_annotations(coco_path)
     with app.connection() as conn:
-        rows = evaluate_collection(conn, truth, group=group)
+        rows = evaluate_collection(conn, truth, group=group,
+                                   rejected_by=app.settings.harmony if include_rejected else None)
     if as_json:
         echo_json(rows)
     else:

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from windmill.export.source import ImageExport, latest_postprocessing
+from windmill.harmony import stored_score
 from windmill.render import box_label
 
 BOX_SERVICES = ("colors", "face", "pose")  # postprocessing of a merged box
@@ -24,13 +25,6 @@ def _number(value: Any) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return value
     return None
-
-
-def box_score(merged_data: Mapping[str, Any]) -> float:
-    """How sure Windmill is of a box, to rank it (COCO's score): the fused `score` when harmony stored one, else
-    the mean confidence of its detections."""
-    score = _number(merged_data.get("score"))
-    return score if score is not None else _number(merged_data.get("avg_confidence")) or 0.0
 
 
 def box_xywh(merged_data: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
@@ -50,7 +44,7 @@ def box_fields(merged_data: Mapping[str, Any]) -> dict[str, Any]:
         "label": box_label(merged_data),
         "emoji": str(merged_data.get("emoji") or ""),
         "bbox": list(box_xywh(merged_data) or ()),
-        "score": box_score(merged_data),
+        "score": stored_score(merged_data),  # how sure Windmill is of the box: what ranks it
         "avg_confidence": _number(merged_data.get("avg_confidence")),
         "detection_count": merged_data.get("detection_count"),
         "contributing_services": [str(s) for s in merged_data.get("contributing_services") or []],

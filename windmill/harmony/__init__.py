@@ -6,7 +6,11 @@ services count as detectors (service_type "spatial") is the catalog's business, 
 
 from .config import HarmonyConfig
 from .extract import Detection, DetectorResult
+from .fusion import stored_score
 from .geometry import overlap
-from .pipeline import MergedBox, harmonize
+from .pipeline import Harmonization, MergedBox, harmonize, harmonize_with_rejected
 
-__all__ = ["Detection", "DetectorResult", "HarmonyConfig", "MergedBox", "harmonize", "overlap"]
+__all__ = [
+    "Detection", "DetectorResult", "Harmonization", "HarmonyConfig", "MergedBox", "harmonize",
+    "harmonize_with_rejected", "overlap", "stored_score",
+]

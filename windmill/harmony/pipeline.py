@@ -22,11 +22,13 @@ from .clustering import class_pairs, connected_components, split_crowd
 from .config import HarmonyConfig
 from .democracy import elected, one_per_service
 from .extract import Detection, DetectorResult, extract_detections, label_key
-from .fusion import fuse_clusters
+from .fusion import agreeing_core, fuse_clusters, fuse_scores
 from .geometry import linked, overlaps
 
 # Prefix of cluster ids for boxes with neither emoji nor label.
 UNNAMED = "object"
+# One more decimal than avg_confidence: fewer ties when ranking thousands of boxes.
+SCORE_DECIMALS = 4
 _LABEL = itemgetter(2)
 _CONFIDENCE = itemgetter(4)
 _LABEL_AND_EMOJI = itemgetter(2, 3)
@@ -38,7 +40,8 @@ class MergedBox:
     """One object that the detectors agree on.
 
     `emoji` is the normalised emoji of the class ("" when the class is a label: `label_class`).
-    `detections` holds one detection per contributing service, ordered by service name.
+    `detections` holds one detection per contributing service, ordered by service name. `score` ranks
+    the box: (n + Σ confidences) / 2N, n its services, N the detectors that answered (fusion.fuse_scores).
     """
 
     cluster_id: str
@@ -47,6 +50,7 @@ class MergedBox:
     labels: tuple[str, ...]
     bbox: tuple[int, int, int, int]
     avg_confidence: float
+    score: float
     detections: tuple[Detection, ...]
     source_result_ids: tuple[int, ...]
     config: HarmonyConfig
@@ -88,6 +92,7 @@ class MergedBox:
             "merged_bbox": self.merged_bbox,
             "detection_count": self.detection_count,
             "avg_confidence": self.avg_confidence,
+            "score": self.score,
             "contributing_services": list(self.contributing_services),
             "detections": [
                 {
@@ -117,10 +122,40 @@ def harmonize(
     cluster ids are `<emoji>_<n>` (`<label>_<n>` for a class without emoji), numbered 1.. in that
     order without gaps, so they are unique within the image.
     """
+    return _harmonize(results, config, image_size, with_rejected=False).boxes
+
+
+def harmonize_with_rejected(
+    results: Iterable[DetectorResult],
+    config: HarmonyConfig | None = None,
+    *,
+    image_size: tuple[int, int] | None = None,
+) -> Harmonization:
+    """`harmonize`'s boxes, and the clusters its democratic filter turned down, fused and scored alike.
+
+    The rejected ones are evidence for evaluation only (AP at low precision counts them); they are
+    numbered `<prefix>_rejected_<n>` so they never pass for a stored box.
+    """
+    return _harmonize(results, config, image_size, with_rejected=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Harmonization:
+    """The boxes a merge stores, and the clusters the democratic filter turned down (evaluation only)."""
+
+    boxes: list[MergedBox]
+    rejected: list[MergedBox]
+
+
+def _harmonize(
+    results: Iterable[DetectorResult], config: HarmonyConfig | None, image_size: tuple[int, int] | None,
+    *, with_rejected: bool,
+) -> Harmonization:
     config = config or HarmonyConfig()
+    results = list(results)
     found, result_ids = extract_detections(results, image_size)
     if not found:
-        return []
+        return Harmonization([], [])
     classes, detections, service_ids, edges, confidences = _canonical_order(
         _classes(found, config.emoji_from_labels), found
     )
@@ -137,22 +172,47 @@ def harmonize(
         )
 
     # Vote: one detection per service per cluster, then the quorum or the loud single voice.
-    kept = one_per_service(clusters, service_ids, confidences)
-    kept = kept[elected(clusters[kept], confidences[kept], config.min_services, config.single_service_min_confidence)]
-    if not len(kept):
-        return []
+    voices = one_per_service(clusters, service_ids, confidences)
+    won = elected(clusters[voices], confidences[voices], config.min_services, config.single_service_min_confidence)
+    # The score's denominator: every detector whose answer was read, whether it saw anything or not.
+    answered = len({str(result.service) for result in results})
+    named = _Naming(classes, detections, edges, confidences, clusters, tuple(result_ids), answered, config)
+    return Harmonization(named.boxes(voices[won], ""), named.boxes(voices[~won], "_rejected") if with_rejected else [])
 
-    # Fuse every kept cluster at once, then name and number the boxes.
-    starts = np.flatnonzero(np.r_[True, clusters[kept][1:] != clusters[kept][:-1]])
-    boxes = fuse_clusters(edges[kept], confidences[kept], starts, config.fusion).tolist()
-    members = kept.tolist()
-    bounds = [*starts.tolist(), len(members)]
-    drafts = []
-    for start, stop, box in zip(bounds, bounds[1:], boxes, strict=False):
-        emoji, label_class = classes[members[start]]
-        drafts.append((emoji or label_class or UNNAMED, emoji, label_class, *box, members[start:stop]))
-    drafts.sort()
-    return _merged_boxes(drafts, detections, tuple(result_ids), config)
+
+@dataclass(frozen=True, slots=True)
+class _Naming:
+    """What fusing and numbering a selection of voices needs: the canonical detections and their clusters."""
+
+    classes: list[tuple[str, str]]
+    detections: list[Detection]
+    edges: np.ndarray
+    confidences: np.ndarray
+    clusters: np.ndarray
+    result_ids: tuple[int, ...]
+    answered: int
+    config: HarmonyConfig
+
+    def boxes(self, voices: np.ndarray, suffix: str) -> list[MergedBox]:
+        """Fuse every cluster of these voices (grouped by cluster, one per service) at once, then name and number."""
+        if not len(voices):
+            return []
+        starts = np.flatnonzero(np.r_[True, self.clusters[voices][1:] != self.clusters[voices][:-1]])
+        confidences = self.confidences[voices]
+        edges = self.edges[voices]
+        core = agreeing_core(edges, confidences, starts, self.config.iou_threshold) \
+            if self.config.fusion == "weighted" else None
+        boxes = fuse_clusters(edges, confidences, starts, self.config.fusion, core).tolist()
+        scores = fuse_scores(confidences, starts, self.answered).tolist()
+        members = voices.tolist()
+        bounds = [*starts.tolist(), len(members)]
+        drafts = []
+        for start, stop, box, score in zip(bounds, bounds[1:], boxes, scores, strict=False):
+            emoji, label_class = self.classes[members[start]]
+            prefix = (emoji or label_class or UNNAMED) + suffix
+            drafts.append((prefix, emoji, label_class, *box, score, members[start:stop]))
+        drafts.sort()
+        return _merged_boxes(drafts, self.detections, self.result_ids, self.config)
 
 
 def _canonical_order(
@@ -224,7 +284,7 @@ def _merged_boxes(
 ) -> list[MergedBox]:
     merged = []
     numbers: dict[str, int] = {}
-    for prefix, emoji, label_class, x, y, width, height, members in drafts:
+    for prefix, emoji, label_class, x, y, width, height, score, members in drafts:
         number = numbers[prefix] = numbers.get(prefix, 0) + 1
         chosen = tuple(map(detections.__getitem__, members))
         merged.append(
@@ -235,6 +295,7 @@ def _merged_boxes(
                 tuple(sorted(set(map(_LABEL, chosen)))),
                 (x, y, width, height),
                 round(sum(map(_CONFIDENCE, chosen)) / len(chosen), 3),
+                round(score, SCORE_DECIMALS),
                 chosen,
                 result_ids,
                 config,

@@ -4,10 +4,12 @@ skeletons from the postprocessing of person boxes. The template turns them into 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from windmill.label_placement import place_labels
 from windmill.render import MERGED_COLOUR, box_caption, detector_colours, raw_detector_boxes
 
 FACE_COLOUR = "#00e5ff"
@@ -152,21 +154,15 @@ def _pose_joints(landmarks: Any, size: tuple[int, int]) -> dict[str, tuple[float
 
 
 def place_tags(rects: Sequence[Rect], size: tuple[int, int], font: int) -> tuple[Rect, ...]:
-    """Each box's caption above its top edge (inside it when there is no room above), moved down a line at a time
-    while it would cover a caption already placed; widths are estimated (0.6 em a character, 1.3 em the emoji)."""
-    placed: list[tuple[float, float, float, float]] = []
+    """Each box's caption where windmill.label_placement puts it (as `show --png` does), never covering another
+    caption; widths are estimated (0.6 em a character, 1.3 em the emoji). A caption with no free place left
+    is dropped (its box is still drawn)."""
     line = font * 1.25
-    result = []
-    for rect in rects:
-        width = 0.6 * font * (len(rect.caption) + 1) + (1.3 * font if rect.emoji else 0)
-        x = max(0.0, min(rect.x, size[0] - width))
-        top = rect.y - line if rect.y >= line else rect.y
-        for _ in range(8):
-            box = (x, top, x + width, top + line)
-            if not any(box[0] < other[2] and other[0] < box[2] and box[1] < other[3] and other[1] < box[3]
-                       for other in placed):
-                break
-            top += line
-        placed.append((x, top, x + width, top + line))
-        result.append(replace(rect, tag_x=x + 2, tag_y=top + font))
-    return tuple(result)
+    edges = [(math.floor(r.x), math.floor(r.y), math.ceil(r.x + r.width) - 1, math.ceil(r.y + r.height) - 1)
+             for r in rects]
+    sizes = [(math.ceil(0.6 * font * (len(r.caption) + 1) + (1.3 * font if r.emoji else 0)), math.ceil(line))
+             for r in rects]
+    spots = place_labels(edges, sizes, size)
+    return tuple(replace(rect, caption="", emoji="") if spot is None else
+                 replace(rect, tag_x=spot[0] + 2, tag_y=spot[1] + font)
+                 for rect, spot in zip(rects, spots, strict=True))
