@@ -9,7 +9,8 @@
 --                     outside schema windmill.
 --   windmill_monitor  reads: the five monitoring views (psql, Grafana) and, for the dashboard (`windmill-cli web`)
 --                     and `export`, the collection and its answers and products (images, results, merged boxes,
---                     consensus, postprocessing). Not jobs, workers or services (only through the views), no writes.
+--                     consensus, postprocessing) and, for `status`, the RabbitMQ task ledger. Not jobs, workers
+--                     or services (only through the views), no writes.
 --
 -- Run it as a superuser (or, on a managed server, the admin role with CREATEROLE) in Windmill's database, before
 -- the first `init-db` (it creates the roles and the schema, owned by windmill_owner) and again after every
@@ -125,7 +126,7 @@ BEGIN
         ('TABLE',    'jobs',                         'SELECT, INSERT, UPDATE',          NULL),
         ('TABLE',    'backfill_state',               'SELECT, UPDATE',                  NULL),  -- the backfill's position
         ('TABLE',    'workers',                      'SELECT, INSERT, UPDATE',          NULL),  -- presence and heartbeats
-        ('TABLE',    'service_tasks_in_flight',      'SELECT, INSERT, UPDATE, DELETE',  NULL),  -- submit's ledger, dlq replay, tasks forget
+        ('TABLE',    'service_tasks_in_flight',      'SELECT, INSERT, UPDATE, DELETE',  'SELECT'),  -- submit's ledger (status reads it), dlq replay, tasks forget
         ('VIEW',     'service_progress',             'SELECT',                          'SELECT'),
         ('VIEW',     'queue_depths',                 'SELECT',                          'SELECT'),
         ('VIEW',     'image_completeness',           'SELECT',                          'SELECT'),

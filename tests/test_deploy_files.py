@@ -46,7 +46,7 @@ DEPLOY = REPOSITORY / "deploy"
 ROLES = ("windmill_owner", "windmill_worker", "windmill_monitor")
 VIEWS = ("service_progress", "queue_depths", "image_completeness", "recent_failures", "live_workers")
 MONITOR_READS = ("schema_migrations", "images", "results", "merged_boxes", "merged_images", "consensus",
-                 "postprocessing")
+                 "postprocessing", "service_tasks_in_flight")  # the last: status' RabbitMQ tasks in flight
 PERSON = {"label": "person", "emoji": "🧑", "confidence": 0.9, "bbox": {"x": 10, "y": 12, "width": 50, "height": 80}}
 
 
