@@ -13,7 +13,6 @@ from psycopg_pool import ConnectionPool
 from windmill.broker import JobTableBroker, Task
 from windmill.db.connect import Database
 from windmill.jobs import NOTIFY_CHANNEL, JobQueue, JobState, NewJob
-from windmill.jobs.backoff import retry_delay
 from windmill.jobs.queue import claim_query
 
 
@@ -134,12 +133,6 @@ def test_retry_of_a_dead_job_whose_twin_is_waiting_leaves_it_dead(jobs: JobQueue
     jobs.enqueue(NewJob("q", {}, dedupe_key="k"))
     assert jobs.retry_dead() == []
     assert state_of(conn, dead_id)[0] == "dead"
-
-
-@pytest.mark.parametrize(("attempt", "expected_s"), [(1, 1), (2, 2), (3, 4), (6, 32), (20, 300)])
-def test_retry_delay_is_exponential_and_capped(attempt: int, expected_s: float) -> None:
-    assert retry_delay(attempt, jitter=0).total_seconds() == expected_s
-    assert abs(retry_delay(attempt).total_seconds() - expected_s) <= 0.2 * expected_s
 
 
 def _notifications(listener: psycopg.Connection) -> int:

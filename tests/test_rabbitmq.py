@@ -26,13 +26,12 @@ from tests.conftest import wait_until
 from tests.rabbitmq_fixtures import rabbitmqctl
 from windmill.bench.private_rabbitmq import PrivateRabbitMQ
 from windmill.broker.base import Task
-from windmill.broker.consumer import _TASK_FIELDS, MalformedTaskError, RabbitMQConsumer, parse_task, retry_delay_for
+from windmill.broker.consumer import _TASK_FIELDS, MalformedTaskError, RabbitMQConsumer, parse_task
 from windmill.broker.rabbitmq import (
     ATTEMPTS_HEADER,
     LAST_ERROR_HEADER,
     RabbitMQBroker,
     RabbitMQError,
-    backoff_delays,
     declare_queue,
     task_body,
 )
@@ -145,16 +144,6 @@ def close_connections_named(name: str) -> int:
 
 
 # -- pure pieces ------------------------------------------------------------------------------------------------------
-
-
-def test_backoff_doubles_from_half_a_second_up_to_its_cap() -> None:
-    delays = backoff_delays()
-    assert [next(delays) for _ in range(9)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
-
-
-@pytest.mark.parametrize(("attempt", "delay"), [(1, 1.0), (2, 2.0), (3, 4.0), (6, 30.0)])
-def test_retry_delay_doubles_per_attempt_with_a_cap(attempt: int, delay: float) -> None:
-    assert retry_delay_for(attempt, first=1.0, cap=30.0) == delay
 
 
 def test_a_task_body_is_its_message_and_parses_back_to_the_task() -> None:
