@@ -37,9 +37,7 @@ still current: delivery tags belong to a channel, and acking a stale tag on a ne
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import reprlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -53,7 +51,7 @@ import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from windmill.backoff import backoff_delay, backoff_delays
-from windmill.broker.base import Task, TaskHandler
+from windmill.broker.base import MalformedTaskError, Task, TaskHandler
 from windmill.broker.rabbitmq import (
     ATTEMPTS_HEADER,
     FIRST_RETRY_DELAY_S,
@@ -77,39 +75,6 @@ log = logging.getLogger(__name__)
 
 PUMP_INTERVAL_S = 0.25
 _LAST_ERROR_LIMIT = 500
-
-# Task fields and the JSON types each accepts; a test keeps this in step with the Task dataclass.
-_TASK_FIELDS: dict[str, tuple[type, ...]] = {
-    "task_id": (str,),
-    "image_id": (int,),
-    "image_filename": (str,),
-    "image_path": (str, type(None)),
-    "image_url": (str, type(None)),
-    "submitted_at": (str,),
-    "service_name": (str,),
-    "queue_name": (str,),
-}
-
-
-class MalformedTaskError(PermanentJobError):
-    """A message body that is not a task; retrying cannot fix it."""
-
-
-def parse_task(body: bytes) -> Task:
-    """The Task in a message body, or MalformedTaskError naming what is wrong."""
-    try:
-        message = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise MalformedTaskError(f"the body is not JSON: {first_line(error)}") from None
-    if not isinstance(message, dict):
-        raise MalformedTaskError(f"the body is a JSON {type(message).__name__}, not an object")
-    for name, types in _TASK_FIELDS.items():
-        value = message.get(name)
-        if not isinstance(value, types) or isinstance(value, bool) or (name == "task_id" and not value):
-            raise MalformedTaskError(
-                f"the field {name!r} is missing or not a {types[0].__name__}: {reprlib.repr(value)}")
-    return Task.from_message(message)
-
 
 class _Outcome(Enum):
     ACK = "ack"
@@ -396,7 +361,7 @@ class RabbitMQConsumer:
 
     def _handle(self, delivery: _Delivery) -> _Outcome:
         try:
-            task = delivery.task or parse_task(delivery.body)
+            task = delivery.task or Task.from_body(delivery.body)
         except MalformedTaskError as error:
             log.error("dead-lettering a message of %s (message id %s): %s", delivery.queue,
                       delivery.properties.message_id, error, extra={"action": "task_dead_lettered"})
