@@ -12,8 +12,7 @@ from psycopg_pool import ConnectionPool
 
 from windmill.broker import JobTableBroker, Task
 from windmill.db.connect import Database
-from windmill.jobs import NOTIFY_CHANNEL, JobQueue, JobState, NewJob
-from windmill.jobs.backoff import retry_delay
+from windmill.jobs import NOTIFY_CHANNEL, Job, JobQueue, JobState, NewJob, PermanentJobError
 from windmill.jobs.queue import claim_query
 
 
@@ -136,12 +135,6 @@ def test_retry_of_a_dead_job_whose_twin_is_waiting_leaves_it_dead(jobs: JobQueue
     assert state_of(conn, dead_id)[0] == "dead"
 
 
-@pytest.mark.parametrize(("attempt", "expected_s"), [(1, 1), (2, 2), (3, 4), (6, 32), (20, 300)])
-def test_retry_delay_is_exponential_and_capped(attempt: int, expected_s: float) -> None:
-    assert retry_delay(attempt, jitter=0).total_seconds() == expected_s
-    assert abs(retry_delay(attempt).total_seconds() - expected_s) <= 0.2 * expected_s
-
-
 def _notifications(listener: psycopg.Connection) -> int:
     return sum(1 for _ in listener.notifies(timeout=0.3))
 
@@ -215,3 +208,10 @@ def test_complete_and_claim_in_one_round_trip(jobs: JobQueue, conn: psycopg.Conn
 def test_claim_across_queues_takes_the_oldest_first(jobs: JobQueue) -> None:
     ids = [jobs.enqueue(NewJob(queue, {})) for queue in ("a", "b", "a", "c", "b")]
     assert [job.id for job in jobs.claim(["b", "a"], "w", 3)] == [ids[0], ids[1], ids[2]]
+
+
+def test_a_job_names_its_image_by_its_column_else_its_payload() -> None:
+    assert Job(1, "merge", {"image_id": 9}, 3, 1, 5).about_image == 3
+    assert Job(1, "merge", {"image_id": 9}, None, 1, 5).about_image == 9
+    with pytest.raises(PermanentJobError, match="names no image"):
+        _ = Job(1, "merge", {}, None, 1, 5).about_image

@@ -25,14 +25,13 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from tests.conftest import wait_until
 from tests.rabbitmq_fixtures import rabbitmqctl
 from windmill.bench.private_rabbitmq import PrivateRabbitMQ
-from windmill.broker.base import Task
-from windmill.broker.consumer import _TASK_FIELDS, MalformedTaskError, RabbitMQConsumer, parse_task, retry_delay_for
+from windmill.broker.base import _TASK_FIELDS, MalformedTaskError, Task
+from windmill.broker.consumer import RabbitMQConsumer
 from windmill.broker.rabbitmq import (
     ATTEMPTS_HEADER,
     LAST_ERROR_HEADER,
     RabbitMQBroker,
     RabbitMQError,
-    backoff_delays,
     declare_queue,
     task_body,
 )
@@ -147,21 +146,11 @@ def close_connections_named(name: str) -> int:
 # -- pure pieces ------------------------------------------------------------------------------------------------------
 
 
-def test_backoff_doubles_from_half_a_second_up_to_its_cap() -> None:
-    delays = backoff_delays()
-    assert [next(delays) for _ in range(9)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
-
-
-@pytest.mark.parametrize(("attempt", "delay"), [(1, 1.0), (2, 2.0), (3, 4.0), (6, 30.0)])
-def test_retry_delay_doubles_per_attempt_with_a_cap(attempt: int, delay: float) -> None:
-    assert retry_delay_for(attempt, first=1.0, cap=30.0) == delay
-
-
 def test_a_task_body_is_its_message_and_parses_back_to_the_task() -> None:
     assert set(_TASK_FIELDS) == set(Task.__dataclass_fields__)
     task = make_tasks("queue_blip", 1)[0]
     assert json.loads(task_body(task)) == task.to_message()
-    assert parse_task(task_body(task)) == task
+    assert Task.from_body(task_body(task)) == task
 
 
 @pytest.mark.parametrize("body", [
@@ -170,9 +159,9 @@ def test_a_task_body_is_its_message_and_parses_back_to_the_task() -> None:
     json.dumps({**make_tasks("q", 1)[0].to_message(), "image_id": True}).encode(),
     json.dumps({**make_tasks("q", 1)[0].to_message(), "task_id": ""}).encode(),
 ])
-def test_parse_task_refuses_bodies_that_are_not_tasks(body: bytes) -> None:
+def test_a_body_that_is_not_a_task_is_refused(body: bytes) -> None:
     with pytest.raises(MalformedTaskError):
-        parse_task(body)
+        Task.from_body(body)
 
 
 # -- topology and publishing ------------------------------------------------------------------------------------------
@@ -220,7 +209,7 @@ def test_publish_stores_persistent_json_messages_keyed_by_task_id(
         broker.publish(tasks)  # publish declares the queue itself
         assert broker.queue_depths([queue_name]) == {queue_name: 3}
     messages = drain_queue(admin, queue_name)
-    assert [parse_task(body) for _properties, body in messages] == tasks
+    assert [Task.from_body(body) for _properties, body in messages] == tasks
     for (properties, _body), task in zip(messages, tasks, strict=True):
         assert properties.delivery_mode == 2
         assert properties.content_type == "application/json"
@@ -236,7 +225,7 @@ def test_publish_declares_again_a_queue_deleted_since_it_was_declared(
         broker.publish([second])  # returned as unroutable, then published again after declaring the queue
     assert f"no queue {queue_name} for 1 tasks" in caplog.text
     declare_queue(admin, queue_name)  # the queue came back with its dead-letter arguments
-    assert [parse_task(body) for _properties, body in drain_queue(admin, queue_name)] == [second]
+    assert [Task.from_body(body) for _properties, body in drain_queue(admin, queue_name)] == [second]
 
 
 def test_a_consumer_whose_queue_is_deleted_declares_it_again(amqp_url: str, admin: BlockingChannel,
@@ -365,7 +354,7 @@ def test_transient_errors_are_retried_a_bounded_number_of_times(
     assert handler.first_flags(flaky) == [True, False, False]  # a retry is never a first delivery
     assert depth(admin, queue_name) == 0
     [(properties, body)] = drain_queue(admin, queue_name + ".dlq")
-    assert parse_task(body) == broken
+    assert Task.from_body(body) == broken
     assert properties.headers[ATTEMPTS_HEADER] == 3  # the DLQ copy says how many attempts were made, and the last error
     assert properties.headers[LAST_ERROR_HEADER] == "TimeoutError: the service timed out (call 3)"
 
@@ -435,7 +424,7 @@ def test_a_stop_queues_a_retry_that_was_waiting_for_its_delay(amqp_url: str, adm
         with running(consumer_for(amqp_url, queue_name, handler, retry_delay=600)):
             wait_until(lambda: handler.calls, message="the first attempt")
     [(properties, body)] = drain_queue(admin, queue_name)  # the next attempt, queued at once rather than lost
-    assert parse_task(body) == task
+    assert Task.from_body(body) == task
     assert properties.headers[ATTEMPTS_HEADER] == 1
     assert handler.calls == [task.task_id]
 

@@ -20,7 +20,7 @@ from windmill.catalog import Catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database
 from windmill.farm import FarmClient
-from windmill.jobs import JobQueue
+from windmill.jobs import JobQueue, NewJob
 from windmill.producer import submit
 from windmill.roles.service import ServiceTaskHandler
 from windmill.settings import Settings, settings_from_mapping
@@ -117,6 +117,21 @@ def test_a_bad_image_is_recorded_once_without_retries(database: Database, pool: 
     assert [(service, status) for service, status, _ in rows] == [("blip", "error"), ("yolov8", "error")]
     assert all("truncated" in message or "corrupt" in message for *_, message in rows), rows
     assert {row[0] for row in conn.execute("SELECT attempts FROM jobs")} == {1}
+
+
+def test_a_job_whose_payload_is_not_a_task_goes_dead_at_once_naming_the_field(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection, farm_catalog: Catalog) -> None:
+    add_paths(conn, [SAMPLES / "chelsea.jpg"])
+    image = conn.execute("SELECT image_id, image_filename, image_path, image_url FROM images").fetchone()
+    task = Task.for_image(dict(zip(("image_id", "image_filename", "image_path", "image_url"), image, strict=True)),
+                          farm_catalog["yolov8"])
+    job_id = JobQueue(pool).enqueue(NewJob(task.queue_name, {**task.to_message(), "image_id": str(image[0])}))
+    run_service_worker(database, pool, farm_catalog, "yolov8", lambda: unfinished(conn))
+    state, attempts, last_error = conn.execute("SELECT state, attempts, last_error FROM jobs WHERE id = %s",
+                                               (job_id,)).fetchone()
+    assert (state, attempts) == ("dead", 1), "retrying a message that is not a task cannot help"
+    assert "'image_id'" in last_error
+    assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 0
 
 
 def test_a_redelivered_task_writes_nothing_new(pool: ConnectionPool, conn: psycopg.Connection,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import reprlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -9,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from windmill.catalog import Service
+from windmill.errors import first_line
+from windmill.jobs.model import PermanentJobError
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,43 @@ class Task:
         return asdict(self)
 
     @classmethod
-    def from_message(cls, message: dict[str, Any]) -> Task:
-        return cls(**{name: message.get(name) for name in cls.__dataclass_fields__})  # type: ignore[arg-type]
+    def from_message(cls, message: object) -> Task:
+        """The task a message holds (a RabbitMQ body's JSON, a job-table job's payload), or MalformedTaskError
+        naming what is wrong with it: every field present with its JSON type, a non-empty task id."""
+        if not isinstance(message, dict):
+            raise MalformedTaskError(f"the message is a JSON {type(message).__name__}, not an object")
+        for name, types in _TASK_FIELDS.items():
+            value = message.get(name)
+            if not isinstance(value, types) or isinstance(value, bool) or (name == "task_id" and not value):
+                raise MalformedTaskError(
+                    f"the field {name!r} is missing or not a {types[0].__name__}: {reprlib.repr(value)}")
+        return cls(**{name: message[name] for name in _TASK_FIELDS})
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Task:
+        """The task in a RabbitMQ message body (JSON), or MalformedTaskError."""
+        try:
+            message = json.loads(body)
+        except (UnicodeDecodeError, ValueError) as error:
+            raise MalformedTaskError(f"the body is not JSON: {first_line(error)}") from None
+        return cls.from_message(message)
+
+
+class MalformedTaskError(PermanentJobError):
+    """A message that is not a task; retrying cannot fix it."""
+
+
+# Task fields and the JSON types each accepts; a test keeps this in step with the Task dataclass.
+_TASK_FIELDS: dict[str, tuple[type, ...]] = {
+    "task_id": (str,),
+    "image_id": (int,),
+    "image_filename": (str,),
+    "image_path": (str, type(None)),
+    "image_url": (str, type(None)),
+    "submitted_at": (str,),
+    "service_name": (str,),
+    "queue_name": (str,),
+}
 
 
 # handle(task, first_delivery): raises to have the task retried. `first_delivery` is True when the broker knows

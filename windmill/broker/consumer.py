@@ -37,12 +37,10 @@ still current: delivery tags belong to a channel, and acking a stale tag on a ne
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import reprlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -52,14 +50,15 @@ import pika.exceptions
 import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from windmill.broker.base import Task, TaskHandler
+from windmill.backoff import backoff_delay, backoff_delays
+from windmill.broker.base import MalformedTaskError, Task, TaskHandler
 from windmill.broker.rabbitmq import (
     ATTEMPTS_HEADER,
+    FIRST_RETRY_DELAY_S,
     LAST_ERROR_HEADER,
     MAX_RETRY_DELAY_S,
     RECOVERABLE_ERRORS,
     RabbitMQError,
-    backoff_delays,
     connection_parameters,
     dead_letter_queue,
     declare_queue,
@@ -76,44 +75,6 @@ log = logging.getLogger(__name__)
 
 PUMP_INTERVAL_S = 0.25
 _LAST_ERROR_LIMIT = 500
-
-# Task fields and the JSON types each accepts; a test keeps this in step with the Task dataclass.
-_TASK_FIELDS: dict[str, tuple[type, ...]] = {
-    "task_id": (str,),
-    "image_id": (int,),
-    "image_filename": (str,),
-    "image_path": (str, type(None)),
-    "image_url": (str, type(None)),
-    "submitted_at": (str,),
-    "service_name": (str,),
-    "queue_name": (str,),
-}
-
-
-class MalformedTaskError(PermanentJobError):
-    """A message body that is not a task; retrying cannot fix it."""
-
-
-def parse_task(body: bytes) -> Task:
-    """The Task in a message body, or MalformedTaskError naming what is wrong."""
-    try:
-        message = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise MalformedTaskError(f"the body is not JSON: {first_line(error)}") from None
-    if not isinstance(message, dict):
-        raise MalformedTaskError(f"the body is a JSON {type(message).__name__}, not an object")
-    for name, types in _TASK_FIELDS.items():
-        value = message.get(name)
-        if not isinstance(value, types) or isinstance(value, bool) or (name == "task_id" and not value):
-            raise MalformedTaskError(
-                f"the field {name!r} is missing or not a {types[0].__name__}: {reprlib.repr(value)}")
-    return Task.from_message(message)
-
-
-def retry_delay_for(attempt: int, first: float, cap: float = MAX_RETRY_DELAY_S) -> float:
-    """Seconds to hold a message after its `attempt`-th failure: first, doubling, capped."""
-    return min(first * 2 ** max(attempt - 1, 0), cap)
-
 
 class _Outcome(Enum):
     ACK = "ack"
@@ -207,7 +168,7 @@ class RabbitMQConsumer:
     def run(self) -> None:
         """Consume until `stopping` is set, reconnecting after every loss; raises RabbitMQError on fatal errors."""
         self._executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix="windmill-consumer")
-        delays = backoff_delays(cap=self._max_reconnect_delay)
+        delays = self._reconnect_delays()
         lost_at: float | None = None
         try:
             while not self.stopping.is_set():
@@ -232,7 +193,7 @@ class RabbitMQConsumer:
                         raise RabbitMQError(f"cannot consume {self._described} from RabbitMQ at {self._where}: "
                                             f"{describe_error(error)}") from error
                     if self.connections > consumed_before:  # a new outage: back off from the start again
-                        delays, lost_at = backoff_delays(cap=self._max_reconnect_delay), time.monotonic()
+                        delays, lost_at = self._reconnect_delays(), time.monotonic()
                     pause = next(delays)
                     log.warning("lost RabbitMQ at %s while consuming %s (%s); %d unacked tasks will be "
                                 "redelivered; reconnecting in %.1f s", self._where, self._described,
@@ -332,12 +293,12 @@ class RabbitMQConsumer:
             log.debug("not settling a delivery of a closed channel: RabbitMQ redelivers it")
             return
         if outcome is _Outcome.RETRY and not self._draining:
-            delay = retry_delay_for(delivery.attempt, self._retry_delay)
+            delay = self._retry_delay_after(delivery.attempt)
             self._hold(delivery, delay, outcome, functools.partial(self._forward, delivery, delivery.queue))
         elif outcome is _Outcome.RETRY:
             self._forward(delivery, delivery.queue)
         elif outcome is _Outcome.WAIT_FOR_DATABASE and not self._draining:
-            delay = retry_delay_for(delivery.database_waits, self._retry_delay)
+            delay = self._retry_delay_after(delivery.database_waits)
             self._hold(delivery, delay, outcome, functools.partial(self._handle_again, delivery))
         elif outcome is _Outcome.DEAD_LETTER and delivery.task is not None:
             self._forward(delivery, dead_letter_queue(delivery.queue))  # its final row is committed
@@ -349,6 +310,12 @@ class RabbitMQConsumer:
                 delivery.channel.basic_reject(delivery.tag, requeue=False)
             else:  # REQUEUE, and WAIT_FOR_DATABASE while draining: back to the queue for another consumer
                 delivery.channel.basic_nack(delivery.tag, requeue=True)
+
+    def _reconnect_delays(self) -> Iterator[float]:
+        return backoff_delays(first_s=FIRST_RETRY_DELAY_S, cap_s=self._max_reconnect_delay)
+
+    def _retry_delay_after(self, failures: int) -> float:
+        return backoff_delay(failures, first_s=self._retry_delay, cap_s=MAX_RETRY_DELAY_S)
 
     def _hold(self, delivery: _Delivery, delay: float, waiting_for: _Outcome, then: Callable[[], None]) -> None:
         """Keep the delivery unacked for `delay` seconds, then run `then` on this thread."""
@@ -394,7 +361,7 @@ class RabbitMQConsumer:
 
     def _handle(self, delivery: _Delivery) -> _Outcome:
         try:
-            task = delivery.task or parse_task(delivery.body)
+            task = delivery.task or Task.from_body(delivery.body)
         except MalformedTaskError as error:
             log.error("dead-lettering a message of %s (message id %s): %s", delivery.queue,
                       delivery.properties.message_id, error, extra={"action": "task_dead_lettered"})
@@ -413,7 +380,7 @@ class RabbitMQConsumer:
             delivery.error = f"{type(error).__name__}: {first_line(error)}"
             log.warning("task %s of %s failed (attempt %d of %d): %s; retrying in %.1f s", task.task_id,
                         delivery.queue, delivery.attempt, self._max_attempts, delivery.error,
-                        retry_delay_for(delivery.attempt, self._retry_delay), extra={"action": "task_retry"})
+                        self._retry_delay_after(delivery.attempt), extra={"action": "task_retry"})
             return _Outcome.RETRY
         return _Outcome.ACK
 
@@ -437,6 +404,6 @@ class RabbitMQConsumer:
         delivery.database_waits += 1
         log.warning("task %s of %s: the database is unavailable (%s); not an attempt: the task waits, unacked, and "
                     "is handled again in %.1f s", task.task_id, delivery.queue, first_line(error),
-                    retry_delay_for(delivery.database_waits, self._retry_delay),
+                    self._retry_delay_after(delivery.database_waits),
                     extra={"action": "task_waits_for_database"})
         return _Outcome.WAIT_FOR_DATABASE

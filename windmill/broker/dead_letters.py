@@ -23,7 +23,7 @@ import pika.spec
 import psycopg
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from windmill.broker.consumer import MalformedTaskError, parse_task
+from windmill.broker.base import MalformedTaskError, Task
 from windmill.broker.ledger import publish_in_flight
 from windmill.broker.rabbitmq import (
     ATTEMPTS_HEADER,
@@ -98,7 +98,7 @@ def replay_dead_letters(amqp_url: str, conn: psycopg.Connection, queues: Sequenc
                 fresh = []
                 for method, _properties, body in messages:
                     try:
-                        task = parse_task(body)
+                        task = Task.from_body(body)
                     except MalformedTaskError:
                         report.malformed += 1
                         continue
@@ -171,7 +171,7 @@ def _describe(queue: str, properties: pika.BasicProperties, body: bytes) -> Dead
     attempts = attempts if isinstance(attempts, int) else None
     last_error = last_error.decode(errors="replace") if isinstance(last_error, bytes) else last_error
     try:
-        task = parse_task(body)
+        task = Task.from_body(body)
     except MalformedTaskError as malformed:
         return DeadLetter(queue, properties.message_id, None, None, attempts, f"not a task: {malformed}")
     return DeadLetter(queue, task.task_id, task.image_id, task.service_name, attempts, last_error)

@@ -18,6 +18,7 @@ import pika.frame
 import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
+from windmill.backoff import backoff_delays
 from windmill.broker.base import Task
 from windmill.catalog import Service
 from windmill.errors import WindmillError, first_line
@@ -82,14 +83,6 @@ def describe_error(error: BaseException) -> str:
                 return f"{type(error).__name__}: {type(cause).__name__}: {first_line(cause)}"
             cause = inner
     return f"{type(error).__name__}: {first_line(error)}"
-
-
-def backoff_delays(first: float = FIRST_RETRY_DELAY_S, cap: float = MAX_RETRY_DELAY_S) -> Iterator[float]:
-    """Reconnect delays: first, doubling, then cap forever (0.5, 1, 2, 4, … 30, 30, …)."""
-    delay = first
-    while True:
-        yield min(delay, cap)
-        delay = min(delay * 2, cap)
 
 
 def connection_parameters(amqp_url: str, *, heartbeat: int, connection_name: str) -> pika.URLParameters:
@@ -384,7 +377,7 @@ class RabbitMQBroker:
         return depths
 
     def _delays(self) -> Iterator[float]:
-        return backoff_delays(cap=self._max_reconnect_delay)
+        return backoff_delays(first_s=FIRST_RETRY_DELAY_S, cap_s=self._max_reconnect_delay)
 
     def _retrying(self, what: str, operation: Callable[[], T]) -> T:
         delays = self._delays()

@@ -44,5 +44,17 @@ class Job:
         )
 
 
+    @property
+    def about_image(self) -> int:
+        """The image the job is about: its image_id column, else its payload's `image_id` (the job contract writes
+        both; a job queued by hand may carry only the payload's). PermanentJobError when it has neither."""
+        if self.image_id is not None:
+            return self.image_id
+        try:
+            return int(self.payload["image_id"])
+        except (KeyError, TypeError, ValueError):
+            raise PermanentJobError(f"job {self.id} of {self.queue} names no image") from None
+
+
 class PermanentJobError(Exception):
     """Raised by a handler when retrying cannot help (bad input): the job goes dead at once."""

@@ -13,14 +13,16 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from windmill.backoff import backoff_delay
 from windmill.db.queries import query
-from windmill.jobs.backoff import retry_delay
 from windmill.jobs.model import Job, JobState
 
 log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "windmill_jobs"
 DEFAULT_LEASE = timedelta(seconds=30)
 DEFAULT_MAX_ATTEMPTS = 5
+MAX_RETRY_DELAY_S = 300.0
+RETRY_JITTER = 0.2  # spread of a retry's delay: failures of one burst do not come back in lockstep
 _ONE_QUEUE = "queue = %(queue)s"
 
 
@@ -146,7 +148,8 @@ class JobQueue:
                     "error": error[:2000],
                     "permanent": permanent,
                     "counted": counted,
-                    "backoff": retry_delay(job.attempts, base_s=self.retry_base_s),
+                    "backoff": timedelta(seconds=backoff_delay(job.attempts, first_s=self.retry_base_s,
+                                                                  cap_s=MAX_RETRY_DELAY_S, jitter=RETRY_JITTER)),
                     "now": now,
                 },
             ).fetchone()

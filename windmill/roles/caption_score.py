@@ -51,7 +51,7 @@ class CaptionScorer:
 
     def handle(self, job: Job) -> str | None:
         """The stored status; None when there was nothing to score or the caption was superseded meanwhile."""
-        scored = self.score(int(job.payload["image_id"]), str(job.payload["service"]),
+        scored = self.score(job.about_image, str(job.payload["service"]),
                             final_attempt=job.attempts >= job.max_attempts)
         return None if scored is None else self.store(scored)
 

@@ -77,7 +77,7 @@ def consensus_role(context: RoleContext) -> Role:
     service_types = {service.name: service.service_type for service in context.catalog.services}
 
     def handle(job: Job) -> None:
-        image_id = job.image_id if job.image_id is not None else int(job.payload["image_id"])
+        image_id = job.about_image
         with context.pool.connection() as conn:
             recompute_consensus(conn, image_id, service_types, context.worker_id)
 

@@ -92,7 +92,7 @@ def merger_role(context: RoleContext) -> Role:
     config = context.settings.harmony
 
     def handle(job: Job) -> None:
-        image_id = job.image_id if job.image_id is not None else int(job.payload["image_id"])
+        image_id = job.about_image
         with context.pool.connection() as conn:
             outcome = merge_image(conn, image_id, config, context.worker_id)
         log.debug("image %d: %d boxes (%d new, %d kept, %d gone)", image_id, outcome.boxes, len(outcome.inserted),

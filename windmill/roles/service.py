@@ -115,20 +115,13 @@ def serviceable(catalog: Catalog, selection: str | None) -> list[Service]:
     return services
 
 
-def task_from_job(job: Job) -> Task:
-    try:
-        return Task.from_message(job.payload)
-    except (TypeError, ValueError) as bad:
-        raise PermanentJobError(f"malformed task message: {bad}") from None
-
-
 @register_role("service")
 def service_role(context: RoleContext) -> Role:
     services = serviceable(context.catalog, context.service)
     handler = ServiceTaskHandler(context.pool, context.farm, context.catalog, context.settings, context.worker_id)
 
     def handle(job: Job) -> None:
-        handler.handle(task_from_job(job), final_attempt=job.attempts >= job.max_attempts,
+        handler.handle(Task.from_message(job.payload), final_attempt=job.attempts >= job.max_attempts,
                        first_delivery=job.attempts == 1 and job.last_error is None)
 
     def record_dead_letter(task: Task, error: BaseException) -> None:

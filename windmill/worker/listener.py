@@ -7,10 +7,14 @@ import threading
 
 import psycopg
 
+from windmill.backoff import backoff_delay
 from windmill.errors import first_line
 from windmill.jobs import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
+# A worker that loses PostgreSQL tries again after 0.2 s, doubling up to 10 s (its claims and its LISTEN alike).
+RECONNECT_FIRST_S = 0.2
+RECONNECT_CAP_S = 10.0
 
 
 class JobListener:
@@ -24,14 +28,14 @@ class JobListener:
         self.connected = threading.Event()
 
     def run(self) -> None:
-        delay = 0.2
+        failures = 0  # consecutive connections lost or refused
         while not self.stopping.is_set():
             try:
                 with psycopg.connect(self.conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self.connected.set()
                     self.wake.set()
-                    delay = 0.2
+                    failures = 0
                     while not self.stopping.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self.wake.set()
@@ -39,7 +43,8 @@ class JobListener:
                 self.connected.clear()
                 if self.stopping.is_set():
                     return
+                failures += 1
+                delay = backoff_delay(failures, first_s=RECONNECT_FIRST_S, cap_s=RECONNECT_CAP_S)
                 log.warning("listen connection lost (%s); reconnecting in %.1fs", first_line(error), delay,
                             extra={"action": "listener_reconnect"})
                 self.stopping.wait(delay)
-                delay = min(delay * 2, 10.0)

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import psycopg
 
+from windmill.backoff import backoff_delay
 from windmill.db.connect import is_database_unavailable
 from windmill.errors import first_line
 from windmill.jobs import Job, JobQueue, JobState, PermanentJobError
-from windmill.worker.listener import JobListener
+from windmill.worker.listener import RECONNECT_CAP_S, RECONNECT_FIRST_S, JobListener
 from windmill.worker.presence import WorkerPresence
 from windmill.worker.registry import Role
 
@@ -118,7 +119,7 @@ class Worker:
         return 0
 
     def _claim_loop(self, executor: ThreadPoolExecutor) -> None:
-        delay = 0.2
+        failures = 0  # consecutive claims that could not reach the database
         while not self._stopping.is_set():
             self._wake.clear()
             running = len(self._inflight) - len(self._finished)
@@ -126,12 +127,13 @@ class Worker:
             if free >= max(1, self.options.batch_size // 2) or running == 0:
                 try:
                     claimed = self._record_and_claim(free)
-                    delay = 0.2
+                    failures = 0
                 except psycopg.OperationalError as error:
+                    failures += 1
+                    delay = backoff_delay(failures, first_s=RECONNECT_FIRST_S, cap_s=RECONNECT_CAP_S)
                     log.warning("cannot claim jobs (%s); retrying in %.1fs", first_line(error), delay,
                                 extra={"action": "claim_failed"})
                     self._stopping.wait(delay)
-                    delay = min(delay * 2, 10.0)
                     continue
                 for job in claimed:
                     if self.hooks.on_claimed:
