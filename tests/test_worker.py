@@ -98,9 +98,11 @@ def test_sigterm_drains_in_flight_jobs_and_exits_cleanly(probe_table: psycopg.Co
                                                         start_probe_worker) -> None:
     conn = probe_table
     enqueue_probes(conn, 3, {"sleep": 1.5})
-    worker = start_probe_worker("drainer", "--concurrency", "3", "--drain-timeout", "20")
+    # A batch of 3: while its 3 jobs run the worker holds no more, so the 5 below wait for the claim after them,
+    # which the signal (sent long before 1.5 s pass) cancels. With a larger batch a NOTIFY could hand them over early.
+    worker = start_probe_worker("drainer", "--concurrency", "3", "--batch-size", "3", "--drain-timeout", "20")
     wait_until(lambda: count(conn, "SELECT count(*) FROM public.probe_runs") == 3, message="3 jobs to start")
-    enqueue_probes(conn, 5)  # arrive after the signal's decision: must stay queued
+    enqueue_probes(conn, 5)  # must stay queued: the drain finishes what runs and claims nothing new
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
     assert count(conn, "SELECT count(*) FROM public.probe_runs WHERE finished_at IS NOT NULL") == 3
