@@ -101,7 +101,9 @@ def run_worker(
             if role.tasks is not None and rabbitmq:
                 assert settings.amqp_url is not None  # uses_rabbitmq() refused RabbitMQ without a URL
                 worker = BrokerWorker(settings.amqp_url, role, pool, worker_id=settings.worker_id,
-                                      concurrency=options.concurrency, drain_timeout_s=options.drain_timeout_s)
+                                      concurrency=options.concurrency, drain_timeout_s=options.drain_timeout_s,
+                                      max_attempts=settings.amqp_task_attempts,
+                                      retry_delay_s=settings.amqp_retry_delay_s)
             else:
                 worker = Worker(jobs, role, worker_id=settings.worker_id, listen_conninfo=database.conninfo,
                                 options=options, hooks=hooks)
