@@ -114,3 +114,5 @@ def test_the_rabbitmq_retry_budget_is_configurable_and_checked() -> None:
             settings_from_mapping({"WINDMILL_AMQP_TASK_ATTEMPTS": bad})
     with pytest.raises(ConfigError, match=r"^WINDMILL_AMQP_RETRY_DELAY_S must be a number of seconds"):
         settings_from_mapping({"WINDMILL_AMQP_RETRY_DELAY_S": "0"})
+    assert settings_from_mapping({"WINDMILL_DATABASE_WAIT_S": "2.5"}).database_wait_s == 2.5
+    assert settings_from_mapping({}).database_wait_s == 30.0

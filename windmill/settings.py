@@ -48,6 +48,7 @@ class Settings:
     # the hold after the first failure (doubling per attempt, 30 s at most).
     amqp_task_attempts: int = 5
     amqp_retry_delay_s: float = 1.0
+    database_wait_s: float = 30.0  # how long a worker's attempt waits for a database connection before it fails
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -272,6 +273,7 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
         job_retention_s=_seconds(env, "WINDMILL_JOB_RETENTION_S", 3600.0, 30 * 86_400),
         amqp_task_attempts=_count(env, "WINDMILL_AMQP_TASK_ATTEMPTS", 5, 100),
         amqp_retry_delay_s=_seconds(env, "WINDMILL_AMQP_RETRY_DELAY_S", 1.0, 3600),
+        database_wait_s=_seconds(env, "WINDMILL_DATABASE_WAIT_S", 30.0, 3600),
     )
 
 

@@ -27,6 +27,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingConnection
 
+from windmill.bench.processes import wait_gone
 from windmill.errors import WindmillError
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class PrivateRabbitMQ:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         if beam is not None:
-            _wait_gone(beam, STOP_TIMEOUT_S)
+            wait_gone(beam, STOP_TIMEOUT_S)
         self.process = None
         self.crashes += 1
         log.info("private RabbitMQ %s killed", self.node_name, extra={"action": "rabbitmq_killed"})
@@ -146,7 +147,7 @@ class PrivateRabbitMQ:
             self.crash()
             return
         if beam is not None:
-            _wait_gone(beam, timeout_s)
+            wait_gone(beam, timeout_s)
         self.process = None
 
     def restart(self, *, crash: bool, outage_s: float = 0.0) -> float:
@@ -221,17 +222,3 @@ class PrivateRabbitMQ:
             return False
         connection.close()
         return True
-
-
-def _wait_gone(pid: int, timeout_s: float) -> None:
-    """Wait until `pid` has exited (a zombie counts as gone: its parent, killed, no longer reaps it)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return
-        if state in ("Z", "X"):
-            return
-        time.sleep(0.05)
-    raise WindmillError(f"process {pid} of the private RabbitMQ node did not exit within {timeout_s:.0f} s")

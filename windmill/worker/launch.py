@@ -75,7 +75,8 @@ def run_worker(
     options = options or WorkerOptions()
     rabbitmq = uses_rabbitmq(settings, broker)
     with open_migrated(settings, catalog, application_name=f"windmill-{role_name}") as database:
-        pool = database.pool(min_size=1, max_size=options.concurrency + 2, name=f"worker-{role_name}")
+        pool = database.pool(min_size=1, max_size=options.concurrency + 2, name=f"worker-{role_name}",
+                             wait_s=settings.database_wait_s)
         extras = ExitStack()  # the farm client and the metrics endpoint (if asked for): closed before the pool
         farm = extras.enter_context(process_farm_client(settings, catalog, database))
         try:
