@@ -215,6 +215,12 @@ class PrivateRabbitMQ:
         return env
 
     def _accepts_connections(self) -> bool:
+        # A plain TCP connect first: the AMQP listener opens last in the boot, and pika logs every refusal (with
+        # a traceback) at ERROR.
+        try:
+            socket.create_connection((HOST, self.port), timeout=2).close()
+        except OSError:
+            return False
         try:
             connection = BlockingConnection(pika.URLParameters(
                 self.amqp_url + "?connection_attempts=1&socket_timeout=2&blocked_connection_timeout=2"))
