@@ -76,8 +76,8 @@ class ChaosReport:
             f"Chaos run: {a.images} images × {a.pairs // max(a.images, 1)} primary services "
             f"in {self.seconds:.0f} s (every pair answered: {ingest})",
             f"  farm:        {p.error_rate:.0%} HTTP 500, {p.timeout_rate:.0%} timeouts ({p.service_timeout_s:g} s), "
-            f"{p.malformed_rate:.0%} malformed bodies; latency {p.latency_ms:g} ms + up to "
-            f"{p.latency_jitter_ms:g} ms jitter per request",
+            f"{p.malformed_rate:.0%} malformed bodies; {p.latency_mean_ms:g} ms per request on average, lognormal "
+            f"jitter σ {p.latency_jitter:g}",
             f"  kills:       {sum(self.kills.values())} SIGKILLs of workers ({kills}); "
             f"{sum(self.unexpected_exits.values())} exits we did not cause (restarted too)",
             f"  crashes:     SIGKILL of {outages}",

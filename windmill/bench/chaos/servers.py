@@ -60,6 +60,10 @@ def running_farm(catalog: Catalog, catalog_path: Path, env: dict[str, str], plan
                  queue_prefix: str) -> Iterator[Catalog]:
     """`windmill-cli farm serve` with the plan's faults and latency, in its own process (its own GIL), on a free
     port range; yields the catalog that points at it (already written to `catalog_path`)."""
+    profile = catalog_path.with_name("latency_profile.json")
+    profile.write_text(json.dumps({
+        "description": "the chaos run: every service the same lognormal time per request, no capacity limit",
+        "default": {"mean_ms": plan.latency_mean_ms, "jitter": plan.latency_jitter}}))
     highest = max(service.port for service in catalog.services)
     for _ in range(10):
         offset = random.randrange(10_000, 65_000 - highest, 100)  # not the plan's seed: two runs may share it
@@ -72,8 +76,7 @@ def running_farm(catalog: Catalog, catalog_path: Path, env: dict[str, str], plan
             farm = subprocess.Popen(
                 cli_argv("farm", "serve", "--services", "full_catalog", "--error-rate", f"{plan.error_rate:g}",
                          "--timeout-rate", f"{plan.timeout_rate:g}", "--malformed-rate", f"{plan.malformed_rate:g}",
-                         "--latency-ms", f"{plan.latency_ms:g}", "--latency-jitter-ms", f"{plan.latency_jitter_ms:g}",
-                         "--seed", str(plan.seed)),
+                         "--latency-profile", str(profile), "--seed", str(plan.seed)),
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while farm.poll() is None and time.monotonic() < deadline and not _ports_accept(ports):

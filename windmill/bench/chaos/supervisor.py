@@ -14,8 +14,7 @@ from pathlib import Path
 
 from windmill.bench.chaos.plan import ChaosPlan
 from windmill.bench.stage import cli_argv
-
-PRIMARY = "primary"
+from windmill.worker.layout import ANSWER_STAGE, PRODUCT_STAGE
 
 
 @dataclass(frozen=True)
@@ -27,18 +26,15 @@ class WorkerSpec:
 
 
 def worker_specs(plan: ChaosPlan) -> list[WorkerSpec]:
-    """Service tasks through RabbitMQ (the ingest path the broker crash tests); merge, postprocessing, consensus
-    and caption scores through the job table (the path the PostgreSQL crashes and the kills test)."""
+    """The pipeline's workers (windmill/worker/layout.py), the answer stage twice: service tasks through RabbitMQ
+    (the ingest path the broker crash tests); the product stage through the job table (the path the PostgreSQL
+    crashes and the kills test)."""
     lease = ("--lease-seconds", f"{plan.lease_seconds:g}")
-    services = [WorkerSpec(f"service-{n}", ("worker", "--role", "service", "--service", PRIMARY, "--broker",
-                                            "rabbitmq", "--concurrency", str(plan.service_concurrency), *lease))
+    services = [WorkerSpec(f"service-{n}", ("worker", *ANSWER_STAGE.worker_arguments(), "--broker", "rabbitmq",
+                                            "--concurrency", str(plan.service_concurrency), *lease))
                 for n in range(plan.service_workers)]
-    return [*services,
-            WorkerSpec("merger", ("worker", "--role", "merger", "--concurrency", "2", *lease)),
-            WorkerSpec("postprocess", ("worker", "--role", "postprocess", "--service", "colors,face,pose",
-                                       "--concurrency", "4", *lease)),
-            WorkerSpec("consensus", ("worker", "--role", "consensus", "--concurrency", "2", *lease)),
-            WorkerSpec("caption_score", ("worker", "--role", "caption_score", "--concurrency", "2", *lease))]
+    return [*services, *(WorkerSpec(spec.role, ("worker", *spec.worker_arguments(), "--concurrency",
+                                                str(spec.concurrency), *lease)) for spec in PRODUCT_STAGE)]
 
 
 class ChaosSupervisor:
