@@ -18,7 +18,7 @@ from windmill.catalog import Catalog
 
 IMAGES = 30
 PLAN = ChaosPlan(images=IMAGES, kill_interval_s=2.0, min_kills=2,
-                 crashes=(ServerCrash(RABBITMQ, 0.15, 1.0), ServerCrash(POSTGRES, 0.35, 0.0),
+                 crashes=(ServerCrash(RABBITMQ, 0.15, 0.0), ServerCrash(POSTGRES, 0.35, 0.0),
                           ServerCrash(POSTGRES, 0.92, 10.0)),
                  task_attempts=2, task_retry_delay_s=0.25, database_wait_s=1.0, deadline_s=240, stall_s=30)
 

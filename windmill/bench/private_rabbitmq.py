@@ -96,9 +96,15 @@ class PrivateRabbitMQ:
     def start(self, timeout_s: float = START_TIMEOUT_S) -> float:
         """Start the node (on its data, if it ran before) and wait until it takes AMQP connections; returns the
         seconds that took."""
+        started = time.monotonic()
+        self.launch()
+        self.wait_ready(timeout_s)
+        return time.monotonic() - started
+
+    def launch(self) -> None:
+        """Start the node and return at once (wait_ready() waits for it): its boot can overlap other work."""
         if self.running():
             raise WindmillError(f"the private RabbitMQ node {self.node_name} is already running")
-        started = time.monotonic()
         self._write_files()
         self.pid_file.unlink(missing_ok=True)
         with open(self.log_file, "ab") as output:
@@ -107,7 +113,12 @@ class PrivateRabbitMQ:
                                             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                                             start_new_session=True)
         self.starts += 1
-        deadline = started + timeout_s
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Wait until the launched node takes AMQP connections."""
+        if self.process is None:
+            raise WindmillError(f"the private RabbitMQ node {self.node_name} was not launched")
+        deadline = time.monotonic() + timeout_s
         while not self._accepts_connections():
             if self.process.poll() is not None:
                 raise WindmillError(f"the private RabbitMQ node {self.node_name} exited at start-up "
@@ -118,7 +129,6 @@ class PrivateRabbitMQ:
                                     f"{timeout_s:.0f} s; see {self.log_file}")
             time.sleep(0.2)
         log.info("private RabbitMQ %s up on port %d", self.node_name, self.port, extra={"action": "rabbitmq_started"})
-        return time.monotonic() - started
 
     def crash(self) -> None:
         """SIGKILL the node (its Erlang VM and the script that started it) and wait until it is gone: no shutdown
@@ -162,8 +172,8 @@ class PrivateRabbitMQ:
         return time.monotonic() - started
 
     def discard(self) -> None:
-        """Stop the node (crash it if it will not stop) and delete its directory."""
-        self.stop()
+        """Kill the node and delete its directory (nothing in it is kept, so nothing needs a clean shutdown)."""
+        self.crash()
         shutil.rmtree(self.base, ignore_errors=True)
 
     def running(self) -> bool:

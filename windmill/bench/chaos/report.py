@@ -37,7 +37,7 @@ class ChaosReport:
         """Ways the run was kinder than its plan: then a clean audit proves less than it claims."""
         plan, found = self.plan, []
         if not self.settled:
-            found.append("the pipeline did not settle before the deadline")
+            found.append("the pipeline did not settle: answers stopped coming, or the deadline passed")
         if sum(self.kills.values()) < plan.min_kills:
             found.append(f"only {sum(self.kills.values())} SIGKILLs of workers (wanted {plan.min_kills})")
         if len(self.outages) < len(plan.crashes):

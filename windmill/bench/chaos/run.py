@@ -79,8 +79,11 @@ def run(catalog: Catalog, plan: ChaosPlan | None = None, *, log_dir: Path | None
         os.chmod(work, 0o755)  # the server's unprivileged user keeps its data inside, removed with the rest
         logs = log_dir or work / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        rabbitmq = PrivateRabbitMQ(work / "rabbitmq", prefix="windmill-chaos")
+        stack.callback(rabbitmq.discard)
+        rabbitmq.launch()  # it boots while PostgreSQL is initialised
         cluster = stack.enter_context(durable_cluster(work / "home"))
-        rabbitmq = stack.enter_context(PrivateRabbitMQ(work / "rabbitmq", prefix="windmill-chaos"))
+        rabbitmq.wait_ready()
         conninfo = cluster.status().conninfo
         assert conninfo is not None
         env = {key: value for key, value in os.environ.items()
