@@ -11,31 +11,21 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from windmill.bench.chaos.audit import PRIMARY, audit, final_backfill, queue_state
-from windmill.bench.chaos.plan import POSTGRES, ChaosPlan, ServerCrash
+from windmill.bench.chaos.plan import ChaosPlan, ServerCrash
 from windmill.bench.chaos.report import ChaosReport, Outage
-from windmill.bench.chaos.servers import (
-    Probe,
-    crash_postgres,
-    crash_recoveries,
-    durability,
-    durable_cluster,
-    running_farm,
-    start_postgres,
-)
+from windmill.bench.chaos.servers import Probe, Servers, crash_recoveries, durability, durable_cluster, running_farm
 from windmill.bench.chaos.supervisor import ChaosSupervisor, worker_specs
 from windmill.bench.private_rabbitmq import PrivateRabbitMQ
 from windmill.bench.stage import cli_argv, copy_samples
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database, conninfo_to_url
-from windmill.db.embedded import EmbeddedPostgres
 from windmill.db.schema import init_database
 from windmill.errors import WindmillError
 from windmill.settings import settings_from_mapping
@@ -43,29 +33,6 @@ from windmill.worker.group import pipeline_idle
 
 POLL_S = 0.25
 Echo = Callable[[str], object]
-
-
-@dataclass
-class Servers:
-    """The run's two servers and how to crash and start each."""
-
-    cluster: EmbeddedPostgres
-    conninfo: str
-    rabbitmq: PrivateRabbitMQ
-    probe: Probe
-
-    def crash(self, server: str) -> None:
-        if server == POSTGRES:
-            self.probe.close()
-            crash_postgres(self.cluster)
-        else:
-            self.rabbitmq.crash()
-
-    def start(self, server: str) -> None:
-        if server == POSTGRES:
-            start_postgres(self.cluster, self.conninfo)
-        else:
-            self.rabbitmq.start()
 
 
 def run(catalog: Catalog, plan: ChaosPlan | None = None, *, log_dir: Path | None = None,

@@ -14,12 +14,14 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from windmill.bench.chaos.plan import ChaosPlan
+from windmill.bench.chaos.plan import POSTGRES, ChaosPlan
+from windmill.bench.private_rabbitmq import PrivateRabbitMQ
 from windmill.bench.processes import children_of, wait_gone
 from windmill.bench.stage import cli_argv
 from windmill.catalog import Catalog, load_catalog
@@ -191,3 +193,26 @@ class Probe:
             with contextlib.suppress(psycopg.Error):
                 self.conn.close()
             self.conn = None
+
+
+@dataclass
+class Servers:
+    """The run's two servers and how to crash and start each."""
+
+    cluster: EmbeddedPostgres
+    conninfo: str
+    rabbitmq: PrivateRabbitMQ
+    probe: Probe
+
+    def crash(self, server: str) -> None:
+        if server == POSTGRES:
+            self.probe.close()
+            crash_postgres(self.cluster)
+        else:
+            self.rabbitmq.crash()
+
+    def start(self, server: str) -> None:
+        if server == POSTGRES:
+            start_postgres(self.cluster, self.conninfo)
+        else:
+            self.rabbitmq.start()
