@@ -125,3 +125,7 @@ SELECT count(*) FROM results WHERE service = ANY(%(services)s)
 
 -- name: chaos_consensus
 SELECT consensus_data FROM consensus WHERE image_id = %(image_id)s
+
+-- name: group_images
+-- The images of a group (the benchmarks' own), in id order.
+SELECT image_id FROM images WHERE image_group = %(group)s ORDER BY image_id

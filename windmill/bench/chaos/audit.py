@@ -166,8 +166,9 @@ def audit(conn: psycopg.Connection, catalog: Catalog, harmony: HarmonyConfig, *,
     return found
 
 
-def _check_boxes(conn: psycopg.Connection, image_id: int, harmony: HarmonyConfig, check: Check) -> int:
-    """Compare the image's stored boxes with a fresh harmonization; returns how many boxes it stores."""
+def box_difference(conn: psycopg.Connection, image_id: int, harmony: HarmonyConfig) -> tuple[int, str | None]:
+    """How many boxes the image stores, and how they differ from a fresh harmonization of its latest detector
+    answers (every field, the answer ids each box names, and those the merge record names); None: they do not."""
     rows = conn.execute(query("latest_detector_results"), {"image_id": image_id}).fetchall()
     recomputed = harmonize([DetectorResult(*row) for row in rows], harmony)
     wanted = {crop_key(box): (as_stored(box.to_merged_data()), sorted(box.source_result_ids)) for box in recomputed}
@@ -177,12 +178,18 @@ def _check_boxes(conn: psycopg.Connection, image_id: int, harmony: HarmonyConfig
     inputs = sorted(row[0] for row in rows)
     if stored != wanted:
         differing = sorted(key for key in set(stored) | set(wanted) if stored.get(key) != wanted.get(key))
-        check.fail(f"image {image_id}: {len(stored)} boxes stored, {len(wanted)} recomputed, "
-                   f"differing: {', '.join(differing[:3])}")
-    elif record is None or sorted(record[0]) != inputs:
-        check.fail(f"image {image_id}: the merge record names answers {record and sorted(record[0])}, "
-                   f"the latest are {inputs}")
-    return len(stored)
+        return len(stored), (f"{len(stored)} boxes stored, {len(wanted)} recomputed, "
+                             f"differing: {', '.join(differing[:3])}")
+    if record is None or sorted(record[0]) != inputs:
+        return len(stored), f"the merge record names answers {record and sorted(record[0])}, the latest are {inputs}"
+    return len(stored), None
+
+
+def _check_boxes(conn: psycopg.Connection, image_id: int, harmony: HarmonyConfig, check: Check) -> int:
+    boxes, difference = box_difference(conn, image_id, harmony)
+    if difference is not None:
+        check.fail(f"image {image_id}: {difference}")
+    return boxes
 
 
 def _check_consensus(conn: psycopg.Connection, image_id: int, service_types: dict[str, Any], check: Check) -> None:
