@@ -116,7 +116,7 @@ BREAKAGES: dict[str, tuple[str, Callable[[psycopg.Connection], object]]] = {
         """DELETE FROM postprocessing WHERE postprocessing_id =
              (SELECT min(postprocessing_id) FROM postprocessing WHERE service = 'caption_score_blip')""")),
     "the score of another caption": (CAPTION_SCORES, lambda conn: conn.execute(
-        """UPDATE postprocessing SET data = jsonb_set(data, '{source_result_id}', '0')
+        """UPDATE postprocessing SET source_result_id = 0
             WHERE postprocessing_id = (SELECT min(postprocessing_id) FROM postprocessing
                                         WHERE service = 'caption_score_ollama')""")),
     "a caption scored twice": (CAPTION_SCORES, lambda conn: conn.execute(
@@ -133,6 +133,9 @@ BREAKAGES: dict[str, tuple[str, Callable[[psycopg.Connection], object]]] = {
             WHERE id = (SELECT max(id) FROM jobs)""")),
     "a job waiting for its retry": (JOBS, lambda conn: conn.execute(
         "UPDATE jobs SET state = 'failed', last_error = 'HTTP 500' WHERE id = (SELECT max(id) FROM jobs)")),
+    "a task left in the ledger of tasks in flight": (QUEUES, lambda conn: conn.execute(
+        """INSERT INTO service_tasks_in_flight (image_id, service, queue, task_id)
+           SELECT image_id, 'ocr', 'queue_ocr', gen_random_uuid() FROM images LIMIT 1""")),
 }
 
 

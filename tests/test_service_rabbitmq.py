@@ -9,7 +9,9 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pika
 import psycopg
+from pika.adapters.blocking_connection import BlockingConnection
 from psycopg_pool import ConnectionPool
 
 from tests.conftest import PYTHON, wait_until

@@ -44,13 +44,12 @@ SELECT crop_key, merged_data, source_result_ids FROM merged_boxes WHERE image_id
 SELECT source_result_ids FROM merged_images WHERE image_id = %(image_id)s
 
 -- name: chaos_postprocessing_problems
--- Boxes without a postprocessing row they need (colors for every box; face and pose for people, by the rule
--- the merger and the backfill follow), rows a box does not need, and failed rows without a reason.
+-- Boxes without a postprocessing row they need (box_postprocessing: colors for every box, face and pose for
+-- people, the rule the merger and the backfill follow), rows a box does not need, failed rows without a reason.
 WITH needed AS (
     SELECT mb.image_id, mb.merged_id, s.service
       FROM merged_boxes mb
-     CROSS JOIN (VALUES ('colors'), ('face'), ('pose')) AS s(service)
-     WHERE s.service = 'colors' OR is_person_box(mb.merged_data, mb.crop_key)
+     CROSS JOIN LATERAL unnest(box_postprocessing(mb.merged_data, mb.crop_key)) AS s(service)
 ), present AS (
     SELECT image_id, merged_box_id AS merged_id, service, status, coalesce(error_message, '') AS reason
       FROM postprocessing
@@ -76,7 +75,7 @@ WITH latest AS (
      ORDER BY image_id, service, result_created DESC, result_id DESC
 ), scores AS (
     SELECT image_id, substr(service, length('caption_score_') + 1) AS source, count(*) AS rows,
-           array_agg((data->>'source_result_id')::bigint) AS captions,
+           array_agg(source_result_id) AS captions,
            bool_or(status IN ('error', 'timeout') AND coalesce(error_message, '') = '') AS unexplained
       FROM postprocessing
      WHERE merged_box_id IS NULL AND service LIKE 'caption\_score\_%%'
@@ -111,6 +110,10 @@ SELECT id, queue, image_id, state, coalesce(last_error, '')
  WHERE state <> 'done' AND NOT (queue = 'scheduler' AND state = 'queued')
  ORDER BY id
  LIMIT %(limit)s
+
+-- name: chaos_tasks_in_flight
+-- The ledger of RabbitMQ tasks in flight (sql/0020): each entry should have gone with its task's row.
+SELECT image_id, service, task_id::text FROM service_tasks_in_flight ORDER BY image_id, service
 
 -- name: chaos_task_rows
 -- The answer rows of the given task ids, with their status (a dead-lettered task must have its row).

@@ -23,7 +23,7 @@ from windmill.db.queries import query
 from windmill.harmony import DetectorResult, HarmonyConfig, harmonize
 from windmill.roles.consensus import consensus_for_image
 from windmill.roles.merger import crop_key
-from windmill.roles.scheduler import run_backfill
+from windmill.upkeep import run_backfill
 
 PRIMARY = "primary"
 EXAMPLES = 5  # per check, in the report
@@ -45,7 +45,7 @@ CHECKS = {
     CAPTION_SCORES: "each latest caption has exactly one score, of that caption",
     BACKFILL: "the final backfill found nothing to repair",
     JOBS: "no job running, waiting for a retry or dead",
-    QUEUES: "no task left in RabbitMQ; every dead-lettered task has its answer row",
+    QUEUES: "no task left in RabbitMQ or in the ledger of tasks in flight; every dead-lettered task has its row",
 }
 
 
@@ -99,9 +99,16 @@ class Audit:
 
 
 def final_backfill(conn: psycopg.Connection) -> dict[str, int]:
-    """Run the backfill over the whole collection once; what it queued, per queue (nothing, when all is well)."""
-    images = len(conn.execute(query("chaos_images")).fetchall())
-    return run_backfill(conn, limit=max(images, 1))
+    """Run the backfill over the whole collection; what it queued, per queue (nothing, when all is well). It walks
+    the images a page at a time from where it last stopped: one page as large as the collection reaches the end,
+    a second one the images before its starting point (whatever the first queued is waiting by then, so it is not
+    queued twice)."""
+    images = max(len(conn.execute(query("chaos_images")).fetchall()), 1)
+    queued: dict[str, int] = {}
+    for _ in range(2):
+        for queue, count in run_backfill(conn, limit=20 * images, page=images).items():
+            queued[queue] = queued.get(queue, 0) + count
+    return queued
 
 
 def queue_state(amqp_url: str, queues: Sequence[str]) -> QueueState:
@@ -161,6 +168,8 @@ def audit(conn: psycopg.Connection, catalog: Catalog, harmony: HarmonyConfig, *,
         for job_id, queue, image_id, state, reason in conn.execute(query("chaos_unfinished_jobs"), {"limit": 3}):
             found.checks[JOBS].fail(f"job {job_id} {queue} (image {image_id}) {state}" + (f": {reason}" * bool(reason)))
         found.checks[JOBS].failures = running + waiting + dead
+    for image_id, service, task_id in conn.execute(query("chaos_tasks_in_flight")):
+        found.checks[QUEUES].fail(f"image {image_id} {service}: task {task_id} still in the ledger of tasks in flight")
     if queues is not None:
         _check_queues(conn, queues, found)
     return found
