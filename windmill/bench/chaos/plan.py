@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from windmill.broker.consumer import retry_delay_for
+from windmill.backoff import backoff_delay
+from windmill.broker.rabbitmq import MAX_RETRY_DELAY_S
 
 POSTGRES = "postgres"
 RABBITMQ = "rabbitmq"
@@ -67,7 +68,8 @@ class ChaosPlan:
     def retry_budget_s(self) -> float:
         """How long a task whose attempt the database outage broke keeps being retried while the database stays
         away: the holds between its attempts, and each later attempt's wait for a connection."""
-        holds = sum(retry_delay_for(attempt, self.task_retry_delay_s) for attempt in range(1, self.task_attempts))
+        holds = sum(backoff_delay(attempt, first_s=self.task_retry_delay_s, cap_s=MAX_RETRY_DELAY_S)
+                    for attempt in range(1, self.task_attempts))
         return holds + (self.task_attempts - 1) * self.database_wait_s
 
     @property
