@@ -1,10 +1,10 @@
 """The chaos run, small: 30 images through the whole pipeline while the stand-in farm answers 5 % of requests with
-HTTP 500, holds 2 % past the client's timeout and garbles 1 %, worker processes are SIGKILLed at random and
-restarted, PostgreSQL restarts once and RabbitMQ is killed and restarted once. Afterwards every end condition of
-the full run (`windmill-cli bench chaos`, README) holds: one final answer per image × service, boxes and consensus
-equal to a calm recompute, nothing running, nothing twice.
-
-It runs on a private PostgreSQL cluster and a private RabbitMQ node of its own, so it may restart and crash them."""
+HTTP 500, holds 2 % past the client's timeout, garbles 1 % and answers after a jittered latency; worker processes
+are SIGKILLed at random and restarted; the run's own RabbitMQ node is SIGKILLed and restarted, and its own
+PostgreSQL (production durability) is SIGKILLed twice, the second time staying down longer than a task's retry
+budget (shrunk here, so the outage can be short). Afterwards every end condition of the full run (`windmill-cli
+bench chaos`, README) holds: one final answer per image × service, every product equal to a fresh recompute by
+content, nothing for the backfill to repair, nothing running, waiting, dead or queued."""
 
 from __future__ import annotations
 
@@ -12,30 +12,27 @@ from pathlib import Path
 
 import pytest
 
-from windmill.bench.chaos import ChaosPlan, run
+from windmill.bench.chaos import ChaosPlan, ServerCrash, run
+from windmill.bench.chaos.plan import POSTGRES, RABBITMQ
 from windmill.catalog import Catalog
 
 IMAGES = 30
+PLAN = ChaosPlan(images=IMAGES, kill_interval_s=2.0, min_kills=2,
+                 crashes=(ServerCrash(RABBITMQ, 0.15, 0.0), ServerCrash(POSTGRES, 0.35, 0.0),
+                          ServerCrash(POSTGRES, 0.92, 10.0)),
+                 task_attempts=2, task_retry_delay_s=0.25, database_wait_s=1.0, deadline_s=240, stall_s=30)
 
 
 @pytest.mark.timeout(300)
-def test_every_product_is_exact_after_faults_kills_and_server_restarts(catalog: Catalog, tmp_path: Path) -> None:
-    plan = ChaosPlan(images=IMAGES, kill_interval_s=2.0, min_kills=2, deadline_s=180, stall_s=30)
+def test_every_answer_and_product_is_exact_after_faults_kills_and_server_crashes(catalog: Catalog,
+                                                                                tmp_path: Path) -> None:
+    assert PLAN.longest_postgres_outage_s > 5 * PLAN.retry_budget_s  # the outage outlasts the budget, by far
     printed: list[str] = []
-    report = run(catalog, plan, log_dir=tmp_path / "logs", echo=printed.append)
+    report = run(catalog, PLAN, log_dir=tmp_path / "logs", echo=printed.append)
     story = "\n".join(printed) + f"\n(worker logs: {tmp_path / 'logs'})"
 
-    # Every planned fault happened.
-    assert sum(report.kills.values()) >= 2, story
-    assert report.postgres_outage_s is not None and report.rabbitmq_outage_s is not None, story
-    found = report.audit
-    assert found.retries > 0, "the farm's faults made jobs retry\n" + story
-    # One final answer per image × service: success, or error/timeout with its reason; none twice.
-    assert (found.images, found.pairs, found.answers) == (IMAGES, IMAGES * 11, IMAGES * 11), story
-    assert (found.missing_pairs, found.duplicated_pairs, found.failures_without_reason) == (0, 0, 0), story
-    assert sum(found.final.values()) == found.pairs and set(found.final) <= {"success", "error", "timeout"}, story
-    # Products equal a recompute over the final rows; nothing left running or waiting; nothing else wrong.
-    assert found.box_sets_equal == IMAGES, story
-    assert found.consensus_present == found.consensus_equal == IMAGES, story
-    assert (found.jobs_running, found.jobs_waiting) == (0, 0), story
-    assert report.settled and report.problems == [], story
+    assert (report.audit.images, report.audit.pairs) == (IMAGES, IMAGES * 11), story
+    assert report.audit.retries > 0, "the farm's faults made jobs retry\n" + story
+    # The run was as hard as planned (kills, crashes, recoveries, durability, the long outage mid-run) and every
+    # end condition of the audit holds.
+    assert report.problems == [], story

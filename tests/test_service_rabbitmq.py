@@ -5,17 +5,21 @@ ends in error rows after bounded retries."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import threading
 from pathlib import Path
 
+import pika
 import psycopg
+from pika.adapters.blocking_connection import BlockingConnection
 from psycopg_pool import ConnectionPool
 
-from tests.conftest import wait_until
+from tests.conftest import PYTHON, wait_until
 from tests.farm_fixtures import running_farm
 from tests.test_service_role import SAMPLES
-from windmill.bench.private_rabbitmq import PrivateRabbitMQ
-from windmill.broker.rabbitmq import RabbitMQBroker
+from windmill.bench.chaos import write_catalog
+from windmill.bench.private_rabbitmq import PrivateRabbitMQ, free_port
+from windmill.broker.rabbitmq import ATTEMPTS_HEADER, RabbitMQBroker
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database
@@ -113,3 +117,29 @@ def test_a_dead_service_ends_in_error_rows_after_bounded_retries(
     rows = conn.execute("SELECT status, error_message FROM results").fetchall()
     assert len(rows) == published
     assert all(status == "error" and "yolov8" in message for status, message in rows)
+
+
+def test_a_worker_process_takes_its_retry_budget_from_the_environment(
+        amqp_url: str, database: Database, conn: psycopg.Connection, private_queues: Catalog,
+        worker_env: dict[str, str], tmp_path: Path) -> None:
+    # Nothing serves yolov8 on these ports: every attempt fails, and the last one is dead-lettered.
+    yolov8 = private_queues["yolov8"]
+    config = tmp_path / "service_config.json"
+    catalog = write_catalog(private_queues, config, port_offset=free_port() - yolov8.port,
+                            queue_prefix=yolov8.queue_prefix, timeout_s=1.0)
+    published = publish_samples(conn, database, amqp_url, catalog, "yolov8", SAMPLES)
+    env = {**worker_env, "WINDMILL_AMQP_URL": amqp_url, "WINDMILL_SERVICE_CONFIG": str(config),
+           "WINDMILL_AMQP_TASK_ATTEMPTS": "2", "WINDMILL_AMQP_RETRY_DELAY_S": "0.05"}
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = subprocess.Popen([PYTHON, "-m", "windmill", "worker", "--role", "service", "--service", "yolov8",
+                                   "--broker", "rabbitmq"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: results_count(conn) >= published, timeout=60, message="an error row per task")
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    channel = BlockingConnection(pika.URLParameters(amqp_url)).channel()
+    dead = [channel.basic_get(catalog["yolov8"].queue_name + ".dlq", auto_ack=True)[1] for _ in range(published)]
+    channel.connection.close()
+    # Each task was tried twice, as the environment said (the dead letter's header counts the attempts made).
+    assert [properties.headers[ATTEMPTS_HEADER] for properties in dead] == [2] * published

@@ -103,3 +103,16 @@ def test_config_command_reports_a_bad_setting_in_one_line(monkeypatch: pytest.Mo
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == ["Error: LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, "
                                                   "CRITICAL, not 'loud'"]
+
+
+def test_the_rabbitmq_retry_budget_is_configurable_and_checked() -> None:
+    assert (settings_from_mapping({}).amqp_task_attempts, settings_from_mapping({}).amqp_retry_delay_s) == (5, 1.0)
+    custom = settings_from_mapping({"WINDMILL_AMQP_TASK_ATTEMPTS": "2", "WINDMILL_AMQP_RETRY_DELAY_S": "0.1"})
+    assert (custom.amqp_task_attempts, custom.amqp_retry_delay_s) == (2, 0.1)
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(ConfigError, match=r"^WINDMILL_AMQP_TASK_ATTEMPTS must be a whole number"):
+            settings_from_mapping({"WINDMILL_AMQP_TASK_ATTEMPTS": bad})
+    with pytest.raises(ConfigError, match=r"^WINDMILL_AMQP_RETRY_DELAY_S must be a number of seconds"):
+        settings_from_mapping({"WINDMILL_AMQP_RETRY_DELAY_S": "0"})
+    assert settings_from_mapping({"WINDMILL_DATABASE_WAIT_S": "2.5"}).database_wait_s == 2.5
+    assert settings_from_mapping({}).database_wait_s == 30.0

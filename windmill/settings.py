@@ -44,6 +44,11 @@ class Settings:
     job_retention_s: float = 3600.0  # done jobs older than this are pruned
     # Prometheus metrics: a worker serves them on this port; `workers start` gives its workers this port + index.
     metrics_port: int | None = None
+    # The retry budget of a RabbitMQ service task: attempts before its error row and the dead-letter queue, and
+    # the hold after the first failure (doubling per attempt, 30 s at most).
+    amqp_task_attempts: int = 5
+    amqp_retry_delay_s: float = 1.0
+    database_wait_s: float = 30.0  # how long a worker's attempt waits for a database connection before it fails
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -266,6 +271,9 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
         metrics_port=int(_port(env, "WINDMILL_METRICS_PORT", "")) if env.get("WINDMILL_METRICS_PORT") else None,
         backfill_page=_count(env, "WINDMILL_BACKFILL_PAGE", 1000, 1_000_000),
         job_retention_s=_seconds(env, "WINDMILL_JOB_RETENTION_S", 3600.0, 30 * 86_400),
+        amqp_task_attempts=_count(env, "WINDMILL_AMQP_TASK_ATTEMPTS", 5, 100),
+        amqp_retry_delay_s=_seconds(env, "WINDMILL_AMQP_RETRY_DELAY_S", 1.0, 3600),
+        database_wait_s=_seconds(env, "WINDMILL_DATABASE_WAIT_S", 30.0, 3600),
     )
 
 

@@ -27,6 +27,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingConnection
 
+from windmill.bench.processes import wait_gone
 from windmill.errors import WindmillError
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,15 @@ class PrivateRabbitMQ:
     def start(self, timeout_s: float = START_TIMEOUT_S) -> float:
         """Start the node (on its data, if it ran before) and wait until it takes AMQP connections; returns the
         seconds that took."""
+        started = time.monotonic()
+        self.launch()
+        self.wait_ready(timeout_s)
+        return time.monotonic() - started
+
+    def launch(self) -> None:
+        """Start the node and return at once (wait_ready() waits for it): its boot can overlap other work."""
         if self.running():
             raise WindmillError(f"the private RabbitMQ node {self.node_name} is already running")
-        started = time.monotonic()
         self._write_files()
         self.pid_file.unlink(missing_ok=True)
         with open(self.log_file, "ab") as output:
@@ -106,7 +113,12 @@ class PrivateRabbitMQ:
                                             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                                             start_new_session=True)
         self.starts += 1
-        deadline = started + timeout_s
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Wait until the launched node takes AMQP connections."""
+        if self.process is None:
+            raise WindmillError(f"the private RabbitMQ node {self.node_name} was not launched")
+        deadline = time.monotonic() + timeout_s
         while not self._accepts_connections():
             if self.process.poll() is not None:
                 raise WindmillError(f"the private RabbitMQ node {self.node_name} exited at start-up "
@@ -117,7 +129,6 @@ class PrivateRabbitMQ:
                                     f"{timeout_s:.0f} s; see {self.log_file}")
             time.sleep(0.2)
         log.info("private RabbitMQ %s up on port %d", self.node_name, self.port, extra={"action": "rabbitmq_started"})
-        return time.monotonic() - started
 
     def crash(self) -> None:
         """SIGKILL the node (its Erlang VM and the script that started it) and wait until it is gone: no shutdown
@@ -129,7 +140,7 @@ class PrivateRabbitMQ:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         if beam is not None:
-            _wait_gone(beam, STOP_TIMEOUT_S)
+            wait_gone(beam, STOP_TIMEOUT_S)
         self.process = None
         self.crashes += 1
         log.info("private RabbitMQ %s killed", self.node_name, extra={"action": "rabbitmq_killed"})
@@ -146,7 +157,7 @@ class PrivateRabbitMQ:
             self.crash()
             return
         if beam is not None:
-            _wait_gone(beam, timeout_s)
+            wait_gone(beam, timeout_s)
         self.process = None
 
     def restart(self, *, crash: bool, outage_s: float = 0.0) -> float:
@@ -161,8 +172,8 @@ class PrivateRabbitMQ:
         return time.monotonic() - started
 
     def discard(self) -> None:
-        """Stop the node (crash it if it will not stop) and delete its directory."""
-        self.stop()
+        """Kill the node and delete its directory (nothing in it is kept, so nothing needs a clean shutdown)."""
+        self.crash()
         shutil.rmtree(self.base, ignore_errors=True)
 
     def running(self) -> bool:
@@ -214,6 +225,12 @@ class PrivateRabbitMQ:
         return env
 
     def _accepts_connections(self) -> bool:
+        # A plain TCP connect first: the AMQP listener opens last in the boot, and pika logs every refusal (with
+        # a traceback) at ERROR.
+        try:
+            socket.create_connection((HOST, self.port), timeout=2).close()
+        except OSError:
+            return False
         try:
             connection = BlockingConnection(pika.URLParameters(
                 self.amqp_url + "?connection_attempts=1&socket_timeout=2&blocked_connection_timeout=2"))
@@ -221,17 +238,3 @@ class PrivateRabbitMQ:
             return False
         connection.close()
         return True
-
-
-def _wait_gone(pid: int, timeout_s: float) -> None:
-    """Wait until `pid` has exited (a zombie counts as gone: its parent, killed, no longer reaps it)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return
-        if state in ("Z", "X"):
-            return
-        time.sleep(0.05)
-    raise WindmillError(f"process {pid} of the private RabbitMQ node did not exit within {timeout_s:.0f} s")

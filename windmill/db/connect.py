@@ -64,13 +64,15 @@ class Database:
         use_orjson(conn)
         return conn
 
-    def pool(self, *, min_size: int = 1, max_size: int = 4, name: str = "windmill") -> ConnectionPool:
+    def pool(self, *, min_size: int = 1, max_size: int = 4, name: str = "windmill",
+             wait_s: float = 30.0) -> ConnectionPool:
         """A pool of autocommit connections; callers open transactions explicitly where they need one.
         Connections are not checked on checkout (that costs a round trip per use): a connection that died
         raises OperationalError once, the pool drops it, and the caller's retry takes a fresh one.
         While PostgreSQL is away the pool retries each connection 1, 2, 4, … s apart; an attempt gives up after
         RECONNECT_TIMEOUT_S and the next checkout starts a new one from 1 s, so after a long outage the pool is back
-        within seconds, not after a doubling that had grown to minutes."""
+        within seconds, not after a doubling that had grown to minutes. A checkout waits up to `wait_s` for a
+        connection (while PostgreSQL is away, for it to come back), then raises PoolTimeout, an OperationalError."""
         return ConnectionPool(
             self.conninfo,
             min_size=min_size,
@@ -79,6 +81,7 @@ class Database:
             configure=use_orjson,
             name=name,
             reconnect_timeout=RECONNECT_TIMEOUT_S,
+            timeout=wait_s,
             open=True,
         )
 

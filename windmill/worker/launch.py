@@ -75,7 +75,8 @@ def run_worker(
     options = options or WorkerOptions()
     rabbitmq = uses_rabbitmq(settings, broker)
     with open_migrated(settings, catalog, application_name=f"windmill-{role_name}") as database:
-        pool = database.pool(min_size=1, max_size=options.concurrency + 2, name=f"worker-{role_name}")
+        pool = database.pool(min_size=1, max_size=options.concurrency + 2, name=f"worker-{role_name}",
+                             wait_s=settings.database_wait_s)
         extras = ExitStack()  # the farm client and the metrics endpoint (if asked for): closed before the pool
         farm = extras.enter_context(process_farm_client(settings, catalog, database))
         try:
@@ -101,7 +102,9 @@ def run_worker(
             if role.tasks is not None and rabbitmq:
                 assert settings.amqp_url is not None  # uses_rabbitmq() refused RabbitMQ without a URL
                 worker = BrokerWorker(settings.amqp_url, role, pool, worker_id=settings.worker_id,
-                                      concurrency=options.concurrency, drain_timeout_s=options.drain_timeout_s)
+                                      concurrency=options.concurrency, drain_timeout_s=options.drain_timeout_s,
+                                      max_attempts=settings.amqp_task_attempts,
+                                      retry_delay_s=settings.amqp_retry_delay_s)
             else:
                 worker = Worker(jobs, role, worker_id=settings.worker_id, listen_conninfo=database.conninfo,
                                 options=options, hooks=hooks)
