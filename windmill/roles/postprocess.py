@@ -99,7 +99,7 @@ def postprocess_role(context: RoleContext) -> Role:
     if unknown:
         raise WindmillError(
             f"unknown postprocess service {', '.join(unknown)}; valid: {', '.join(POSTPROCESS_QUEUES)}")
-    handler = PostprocessHandler(context, context.farm, ImageSource(context.settings))
+    handler = PostprocessHandler(context, context.farm, context.images)
     by_queue = {POSTPROCESS_QUEUES[service]: service for service in services}
 
     def handle(job: Job) -> None:

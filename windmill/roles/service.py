@@ -1,8 +1,8 @@
 """The service role: one image × service task → one results row (success, or error/timeout with its reason).
 
-One process may serve several services (`--service yolov8` or `--service primary`); its services share one
-HTTP connection pool and one cache of prepared images, so an image is read and validated once per process,
-not once per service.
+One process may serve several services (`--service yolov8` or `--service primary`); its services share the
+process's farm client and cache of prepared images (RoleContext), so an image is read and validated once per
+process, not once per service.
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ from windmill.farm import FarmClient, ServiceCallError
 from windmill.image_cache import ImageSource
 from windmill.images import BadImage, ImageUnavailable
 from windmill.jobs import Job, PermanentJobError
-from windmill.settings import Settings
 from windmill.worker.registry import Role, RoleContext, TaskHandling, register_role
 
 log = logging.getLogger(__name__)
-IMAGE_CACHE_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -42,14 +40,13 @@ class ServiceTaskHandler:
     are raised back to the queue while attempts remain (it retries with backoff) and recorded as error/timeout rows
     on the final attempt. Database errors are raised as they are: the queue does not count them as attempts."""
 
-    def __init__(self, pool: ConnectionPool, farm: FarmClient, catalog: Catalog, settings: Settings,
-                 worker_id: str, *, cache_size: int = IMAGE_CACHE_SIZE) -> None:
+    def __init__(self, pool: ConnectionPool, farm: FarmClient, images: ImageSource, catalog: Catalog,
+                 worker_id: str) -> None:
         self.pool = pool
         self.farm = farm
+        self.images = images
         self.catalog = catalog
-        self.settings = settings
         self.worker_id = worker_id
-        self.images = ImageSource(settings, capacity=cache_size)
 
     def handle(self, task: Task, *, final_attempt: bool, first_delivery: bool = False) -> Outcome:
         """`first_delivery`: the queue guarantees this task was never handed out before, so the check for an
@@ -118,7 +115,7 @@ def serviceable(catalog: Catalog, selection: str | None) -> list[Service]:
 @register_role("service")
 def service_role(context: RoleContext) -> Role:
     services = serviceable(context.catalog, context.service)
-    handler = ServiceTaskHandler(context.pool, context.farm, context.catalog, context.settings, context.worker_id)
+    handler = ServiceTaskHandler(context.pool, context.farm, context.images, context.catalog, context.worker_id)
 
     def handle(job: Job) -> None:
         handler.handle(Task.from_message(job.payload), final_attempt=job.attempts >= job.max_attempts,
