@@ -24,6 +24,7 @@ from windmill.db.connect import Database
 from windmill.db.queries import query
 from windmill.farm import FarmClient
 from windmill.harmony import DetectorResult, harmonize
+from windmill.image_cache import ImageSource
 from windmill.roles.consensus import consensus_for_image
 from windmill.roles.merger import crop_key
 from windmill.roles.service import ServiceTaskHandler
@@ -43,7 +44,7 @@ def answer_every_image(conn: psycopg.Connection, pool: ConnectionPool, catalog: 
         by_photo[filename.split("_", 1)[1]].append(
             {"image_id": image_id, "image_filename": filename, "image_path": path, "image_url": url})
     with running_farm(catalog) as (_, shifted), FarmClient(shifted) as client:
-        handler = ServiceTaskHandler(pool, client, shifted, SETTINGS, "proof")
+        handler = ServiceTaskHandler(pool, client, ImageSource(SETTINGS), shifted, "proof")
         for copies in by_photo.values():
             for service in shifted.select("primary"):
                 handler.handle(Task.for_image(copies[0], service), final_attempt=True)

@@ -25,6 +25,7 @@ from tests.test_service_role import submit_samples
 from windmill.broker.rabbitmq import ATTEMPTS_HEADER, RabbitMQBroker
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
+from windmill.image_cache import ImageSource
 from windmill.jobs import Job, JobQueue
 from windmill.settings import settings_from_mapping
 from windmill.worker.registry import RoleContext, build_role, process_farm_client
@@ -191,7 +192,8 @@ def test_a_job_table_task_that_meets_the_database_away_is_put_back_without_using
         published = submit_samples(conn, pool, shifted, "nsfw2", worker_database)
         jobs = JobQueue(worker_pool, lease=timedelta(seconds=60), retry_base_s=0.05)
         context = RoleContext(settings=settings, database=worker_database, pool=worker_pool, jobs=jobs,
-                              catalog=shifted, worker_id="outage", farm=farm, service="nsfw2")
+                              catalog=shifted, worker_id="outage", farm=farm, images=ImageSource(settings),
+                              service="nsfw2")
         worker = Worker(jobs, build_role("service", context), worker_id="outage",
                         listen_conninfo=worker_database.conninfo,
                         options=WorkerOptions(concurrency=published, batch_size=published, poll_interval_s=0.1),

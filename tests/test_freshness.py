@@ -116,8 +116,8 @@ def test_a_voter_answer_committed_after_the_consensus_job_ran_is_voted_on(
 def scorer(pool: ConnectionPool, database: Database, jobs: JobQueue, catalog: Catalog) -> Iterator[CaptionScorer]:
     with running_farm(catalog) as (_, farm_catalog), FarmClient(farm_catalog) as farm:
         context = RoleContext(settings=SETTINGS, database=database, pool=pool, jobs=jobs, catalog=farm_catalog,
-                              worker_id=WORKER, farm=farm)
-        yield CaptionScorer(context, farm, ImageSource(SETTINGS))
+                              worker_id=WORKER, farm=farm, images=ImageSource(SETTINGS))
+        yield CaptionScorer(context, farm, context.images)
 
 
 def test_a_caption_committed_after_the_caption_score_job_ran_is_scored(

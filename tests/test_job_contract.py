@@ -14,6 +14,7 @@ from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.emoji import PERSON
 from windmill.farm import FarmClient
+from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
 from windmill.jobs.queues import (
     CAPTION_SCORE_QUEUE,
@@ -64,9 +65,10 @@ def test_postprocessing_is_colors_for_every_box_and_face_and_pose_for_people(
 
 
 def test_the_roles_consume_the_queues_sql_fills(database: Database, pool: ConnectionPool, catalog: Catalog) -> None:
+    settings = settings_from_mapping({"WORKER_ID": "contract"})
     with FarmClient(catalog) as farm:
-        context = RoleContext(settings=settings_from_mapping({"WORKER_ID": "contract"}), database=database,
-                              pool=pool, jobs=JobQueue(pool), catalog=catalog, worker_id="contract", farm=farm)
+        context = RoleContext(settings=settings, database=database, pool=pool, jobs=JobQueue(pool), catalog=catalog,
+                              worker_id="contract", farm=farm, images=ImageSource(settings))
         consumed = {name: build_role(name, context).queues for name in ("merger", "consensus", "caption_score",
                                                                          "postprocess", "scheduler")}
     with pool.connection() as conn:

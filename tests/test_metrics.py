@@ -23,11 +23,14 @@ from tests.farm_fixtures import running_farm
 from tests.support.probe_worker import PROBE_QUEUE, PROBE_TABLE
 from windmill.broker.base import Task
 from windmill.catalog import Catalog
+from windmill.db.connect import Database
 from windmill.farm import FarmClient, ServiceCallError
-from windmill.farm.client import observing_calls
 from windmill.images import prepare_image
 from windmill.jobs import Job
 from windmill.metrics import WorkerMetrics, job_service, start_metrics_server
+from windmill.settings import settings_from_mapping
+from windmill.worker.group import WorkerGroup
+from windmill.worker.layout import RoleSpec
 from windmill.worker.registry import Role, TaskHandling
 
 PROBE_SCRIPT = REPOSITORY / "tests" / "support" / "probe_worker.py"
@@ -115,17 +118,32 @@ def test_service_calls_are_timed_by_service_and_outcome(catalog: Catalog) -> Non
     calls = "windmill_service_call_duration_seconds_count"
     seen: list[tuple[str, str]] = []
     with running_farm(catalog, services=["colors"]) as (_, shifted):
-        # Built without an observer, as the roles build theirs: the process-wide observer sees its calls.
-        with observing_calls(metrics.observe_service_call), FarmClient(shifted) as client:
+        with FarmClient(shifted, observer=metrics.observe_service_call) as client:
             client.analyze("colors", image)
             with pytest.raises(ServiceCallError):
                 client.analyze("yolov8", image)  # not served by this stand-in: nothing listens on its port
-        # After the block the process-wide observer sees nothing; a client's own observer sees its calls.
+        # Another client's calls are its own observer's only.
         with FarmClient(shifted, observer=lambda service, _seconds, outcome: seen.append((service, outcome))) as own:
             own.analyze("colors", image)
     assert metrics.registry.get_sample_value(calls, {"service": "colors", "outcome": "success"}) == 1
     assert metrics.registry.get_sample_value(calls, {"service": "yolov8", "outcome": "connect"}) == 1
     assert seen == [("colors", "success")]
+
+
+def test_a_worker_group_builds_its_farm_client_with_the_metrics_observer(
+        catalog: Catalog, database: Database, pool: ConnectionPool) -> None:
+    metrics = WorkerMetrics()
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), "red").save(buffer, "JPEG")
+    with running_farm(catalog, services=["colors"]) as (_, shifted):
+        group = WorkerGroup(settings_from_mapping({"WORKER_ID": "metrics-group"}), database, pool, shifted,
+                            (RoleSpec("postprocess", "colors"),), metrics=metrics)
+        try:
+            group.farm.analyze("colors", prepare_image(buffer.getvalue()))
+        finally:
+            group.farm.close()
+    calls = "windmill_service_call_duration_seconds_count"
+    assert metrics.registry.get_sample_value(calls, {"service": "colors", "outcome": "success"}) == 1
 
 
 def test_a_scrape_answers_when_the_database_cannot() -> None:

@@ -23,6 +23,7 @@ from windmill.db.jsonb import as_stored
 from windmill.emoji import PERSON
 from windmill.farm import FarmClient
 from windmill.harmony import DetectorResult, harmonize
+from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
 from windmill.producer import submit
 from windmill.roles.consensus import consensus_for_image
@@ -61,7 +62,7 @@ def answer(pool: ConnectionPool, catalog: Catalog, conn: psycopg.Connection, ima
     task = Task.for_image(dict(zip(("image_id", "image_filename", "image_path", "image_url"), image, strict=True)),
                           catalog[service])
     with FarmClient(catalog) as client:
-        ServiceTaskHandler(pool, client, catalog, SETTINGS, "test").handle(task, final_attempt=True)
+        ServiceTaskHandler(pool, client, ImageSource(SETTINGS), catalog, "test").handle(task, final_attempt=True)
 
 
 def image_id_of(conn: psycopg.Connection, name: str) -> int:

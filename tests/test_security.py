@@ -38,6 +38,7 @@ from windmill.commands import main
 from windmill.db.connect import Database, DatabaseUnavailable
 from windmill.errors import ConfigError
 from windmill.farm import FarmClient
+from windmill.image_cache import ImageSource
 from windmill.images import BadImage
 from windmill.images.load import load_image_bytes
 from windmill.jobs import JobQueue
@@ -273,7 +274,7 @@ def test_image_paths_outside_the_roots_end_as_error_rows(conn: psycopg.Connectio
             "RETURNING image_id, image_filename, image_path, image_url", (f"{name}.jpg", path, url)).fetchone()
     settings = settings_from_mapping({"WINDMILL_IMAGE_ROOTS": str(root), "WORKER_ID": "security-test"})
     with running_farm(catalog, services=["colors"]) as (_, farm_catalog), FarmClient(farm_catalog) as client:
-        handler = ServiceTaskHandler(pool, client, farm_catalog, settings, "security-test")
+        handler = ServiceTaskHandler(pool, client, ImageSource(settings), farm_catalog, "security-test")
         for row in images.values():
             image = dict(zip(("image_id", "image_filename", "image_path", "image_url"), row, strict=True))
             handler.handle(Task.for_image(image, farm_catalog["colors"]), final_attempt=True)

@@ -23,6 +23,7 @@ from windmill.broker.rabbitmq import ATTEMPTS_HEADER, RabbitMQBroker
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database
+from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
 from windmill.producer import submit
 from windmill.settings import Settings, settings_from_mapping
@@ -36,7 +37,8 @@ def start_worker(amqp_url: str, database: Database, pool: ConnectionPool, catalo
     settings = settings or settings_from_mapping({"WORKER_ID": "rabbit-service-test"})
     farm = process_farm_client(settings, catalog, database)
     context = RoleContext(settings=settings, database=database, pool=pool, jobs=JobQueue(pool), catalog=catalog,
-                          worker_id="rabbit-service-test", farm=farm, service=selection)
+                          worker_id="rabbit-service-test", farm=farm, images=ImageSource(settings),
+                          service=selection)
     worker = BrokerWorker(amqp_url, build_role("service", context), pool, worker_id="rabbit-service-test",
                           concurrency=concurrency, retry_delay_s=0.05, max_attempts=max_attempts)
 

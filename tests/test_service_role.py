@@ -20,6 +20,7 @@ from windmill.catalog import Catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database
 from windmill.farm import FarmClient
+from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue, NewJob
 from windmill.producer import submit
 from windmill.roles.service import ServiceTaskHandler
@@ -44,7 +45,8 @@ def run_service_worker(database: Database, pool: ConnectionPool, catalog: Catalo
     jobs = JobQueue(pool, lease=timedelta(seconds=30), retry_base_s=retry_base_s)
     with process_farm_client(settings, catalog, database) as farm:
         context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=catalog,
-                              worker_id="service-test", farm=farm, service=selection)
+                              worker_id="service-test", farm=farm, images=ImageSource(settings),
+                              service=selection)
         role = build_role("service", context)
         worker = Worker(jobs, role, worker_id="service-test", listen_conninfo=database.conninfo,
                         options=WorkerOptions(concurrency=8, batch_size=32, poll_interval_s=0.1))
@@ -142,7 +144,7 @@ def test_a_redelivered_task_writes_nothing_new(pool: ConnectionPool, conn: psyco
                           farm_catalog["nsfw2"])
     settings = settings_from_mapping({})
     with FarmClient(farm_catalog) as client:
-        handler = ServiceTaskHandler(pool, client, farm_catalog, settings, "w")
+        handler = ServiceTaskHandler(pool, client, ImageSource(settings), farm_catalog, "w")
         first = handler.handle(task, final_attempt=True)
         again = handler.handle(task, final_attempt=True)
         other = handler.handle(replace(task, task_id="00000000-0000-0000-0000-000000000001"), final_attempt=True)
@@ -160,7 +162,8 @@ def test_service_role_refuses_unknown_and_postprocessing_services(catalog: Catal
                                (None, "needs --service")):
         with FarmClient(catalog) as farm, pytest.raises(WindmillError, match=message):
             build_role("service", RoleContext(settings=settings, database=database, pool=pool, jobs=JobQueue(pool),
-                                              catalog=catalog, worker_id="w", farm=farm, service=selection))
+                                              catalog=catalog, worker_id="w", farm=farm, images=ImageSource(settings),
+                                              service=selection))
 
 
 def test_phone_photos_in_heic_and_avif_are_sent_as_jpeg(database: Database, pool: ConnectionPool,

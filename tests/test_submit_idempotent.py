@@ -29,6 +29,7 @@ from windmill.catalog import Catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database
 from windmill.db.migrations import available_migrations
+from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
 from windmill.monitor import format_status, tasks_in_flight
 from windmill.producer import SubmitReport, submit
@@ -67,7 +68,7 @@ def job_table_worker(database: Database, pool: ConnectionPool, catalog: Catalog)
     settings = settings_from_mapping({"WORKER_ID": "idempotent"})
     with process_farm_client(settings, catalog, database) as farm:
         context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=catalog,
-                              worker_id="idempotent", farm=farm, service=SERVICES)
+                              worker_id="idempotent", farm=farm, images=ImageSource(settings), service=SERVICES)
         worker = Worker(jobs, build_role("service", context), worker_id="idempotent",
                         listen_conninfo=database.conninfo,
                         options=WorkerOptions(concurrency=2, batch_size=4, poll_interval_s=0.1))

@@ -28,7 +28,6 @@ from psycopg_pool import ConnectionPool
 from windmill.broker.base import Task
 from windmill.db.queries import query
 from windmill.errors import WindmillError, first_line
-from windmill.farm.client import observing_calls
 from windmill.jobs import Job
 from windmill.worker.registry import Role
 from windmill.worker.runtime import WorkerHooks
@@ -255,13 +254,12 @@ def start_metrics_server(port: int, registry: CollectorRegistry, *, address: str
 @contextmanager
 def serving_worker_metrics(port: int, pool: ConnectionPool, *, address: str = "0.0.0.0",
                            timeout_s: float = SCRAPE_TIMEOUT_S) -> Iterator[WorkerMetrics]:
-    """A worker process's metrics for as long as the block runs: the endpoint, the database collector on the
-    worker's pool, and every Animal Farm call of the process observed."""
+    """A worker process's metrics for as long as the block runs: the endpoint and the database collector on the
+    worker's pool. The process's farm client is built with `observe_service_call` as its observer."""
     metrics = WorkerMetrics()
     metrics.watch_database(pool, timeout_s=timeout_s)
     server = start_metrics_server(port, metrics.registry, address=address)
     try:
-        with observing_calls(metrics.observe_service_call):
-            yield metrics
+        yield metrics
     finally:
         server.close()

@@ -51,9 +51,6 @@ _ERROR_BODY_BYTES = 64 * 1024
 # Told of every analyze/score call: (service, seconds, outcome), outcome "success" or a ServiceCallError kind.
 # A plain callable keeps the client free of any metrics library.
 CallObserver = Callable[[str, float, str], None]
-# Observers of every client in this process: the roles build their own clients, so a process-wide metrics
-# exporter cannot hand each one an observer (see observing_calls).
-_process_observers: list[CallObserver] = []
 # 400 messages of the contract (§2.4) that mean "this image/URL is refused", not "bad request".
 _REJECTION_HINTS = (
     "file too large",
@@ -264,17 +261,17 @@ class FarmClient:
     def _observed(self, service: str) -> Iterator[None]:
         """Time the block and tell the observers its outcome. Only service outcomes count: a refusal before
         any request (e.g. a private image URL) is not a service call."""
-        observers = [*([self.observer] if self.observer else []), *_process_observers]
-        if not observers:
+        observer = self.observer
+        if observer is None:
             yield
             return
         started = time.monotonic()
         try:
             yield
         except ServiceCallError as failure:
-            _tell(observers, service, time.monotonic() - started, failure.kind)
+            observer(service, time.monotonic() - started, failure.kind)
             raise
-        _tell(observers, service, time.monotonic() - started, "success")
+        observer(service, time.monotonic() - started, "success")
 
     def _resolve(self, service: Service | str) -> Service:
         return service if isinstance(service, Service) else self.catalog[service]
@@ -350,21 +347,6 @@ class FarmClient:
                 status_code=status,
                 elapsed=exchange.elapsed,
             ) from None
-
-
-@contextmanager
-def observing_calls(observer: CallObserver) -> Iterator[None]:
-    """Tell `observer` of every analyze/score call of every FarmClient in this process while the block runs."""
-    _process_observers.append(observer)
-    try:
-        yield
-    finally:
-        _process_observers.remove(observer)
-
-
-def _tell(observers: Iterable[CallObserver], service: str, seconds: float, outcome: str) -> None:
-    for observer in observers:
-        observer(service, seconds, outcome)
 
 
 def check_services(

@@ -11,12 +11,12 @@ from psycopg.types.json import Jsonb
 
 from windmill.db.queries import query
 from windmill.errors import WindmillError
-from windmill.farm import FarmClient, ServiceCallError
+from windmill.farm import FarmClient, ServiceAnswer
 from windmill.image_cache import ImageSource
-from windmill.images import BadImage, ImageUnavailable
 from windmill.jobs import Job
 from windmill.jobs.queues import CAPTION_SCORE_QUEUE
 from windmill.locks import Product, lock_image
+from windmill.roles.outcome import Failure, call_service
 from windmill.worker.registry import Role, RoleContext, register_role
 
 SCORING_SERVICE = "caption_score"
@@ -57,7 +57,7 @@ class CaptionScorer:
 
     def score(self, image_id: int, source: str, *, final_attempt: bool = True) -> CaptionScore | None:
         """Score the source's latest caption of the image; None when the image is gone or the source never
-        succeeded. A retryable failure before the final attempt is raised (the job is retried)."""
+        succeeded. A passing failure before the final attempt is raised (the job is retried): roles/outcome.py."""
         with self.context.pool.connection() as conn:
             row = conn.execute(query("latest_caption"), {"image_id": image_id, "service": source}).fetchone()
         if row is None:
@@ -65,21 +65,15 @@ class CaptionScorer:
         result_id, data, image_path, image_url = row
         caption = caption_of(data)
         record: dict[str, Any] = {"caption": caption, "caption_service": source, "source_result_id": result_id}
-        try:
-            image = self.images.prepared(image_id, image_path, image_url)
-            answer = self.farm.score_answer(SCORING_SERVICE, image, caption)
-        except BadImage as bad:
-            return CaptionScore(image_id, source, result_id, "error", {**record, "error": str(bad)}, str(bad))
-        except ImageUnavailable as unavailable:  # a download that may succeed later: retried
-            if not final_attempt:
-                raise
-            return CaptionScore(image_id, source, result_id, "error", {**record, "error": str(unavailable)},
-                                str(unavailable))
-        except ServiceCallError as failure:
-            if failure.retryable and not final_attempt:
-                raise
-            return CaptionScore(image_id, source, result_id, failure.result_status,
-                                {**record, "error": failure.reason}, failure.message, failure.elapsed or 0.0)
+
+        def call() -> ServiceAnswer:
+            return self.farm.score_answer(SCORING_SERVICE, self.images.prepared(image_id, image_path, image_url),
+                                          caption)
+
+        answer = call_service(call, final_attempt=final_attempt)
+        if isinstance(answer, Failure):
+            return CaptionScore(image_id, source, result_id, answer.status, {**record, **answer.data()},
+                                answer.error_message, answer.processing_time)
         return CaptionScore(image_id, source, result_id, "success", {**record, **answer.data}, None,
                             answer.processing_time)
 
@@ -100,5 +94,5 @@ class CaptionScorer:
 def caption_score_role(context: RoleContext) -> Role:
     if SCORING_SERVICE not in context.catalog:
         raise WindmillError(f"the catalog has no {SCORING_SERVICE} service")
-    scorer = CaptionScorer(context, context.farm, ImageSource(context.settings))
+    scorer = CaptionScorer(context, context.farm, context.images)
     return Role(name="caption_score", queues=(CAPTION_SCORE_QUEUE,), handle=scorer.handle)

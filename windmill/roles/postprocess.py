@@ -12,12 +12,12 @@ from psycopg.types.json import Jsonb
 
 from windmill.db.queries import query
 from windmill.errors import WindmillError
-from windmill.farm import FarmClient, ServiceCallError
+from windmill.farm import FarmClient, ServiceAnswer
 from windmill.image_cache import ImageSource
-from windmill.images import BadImage, CropBox, crop_for_service, face_prediction_to_image, pose_prediction_to_image
-from windmill.images.errors import ImageUnavailable
+from windmill.images import CropBox, crop_for_service, face_prediction_to_image, pose_prediction_to_image
 from windmill.jobs import Job
 from windmill.jobs.queues import POSTPROCESS_QUEUES
+from windmill.roles.outcome import Failure, call_service
 from windmill.worker.registry import Role, RoleContext, register_role
 
 log = logging.getLogger(__name__)
@@ -50,27 +50,18 @@ class PostprocessHandler:
             log.debug("box %d: %s", box_id, "replaced before postprocessing" if box is None else "already done",
                       extra={"action": "postprocess_skipped"})
             return None
-        final = job.attempts >= job.max_attempts
-        try:
+
+        def call() -> tuple[ServiceAnswer, CropBox, tuple[int, int]]:
             pixels = self.images.pixels(box["image_id"], box["image_path"], box["image_url"])
             crop_image, crop = crop_for_service(pixels, box["merged_data"]["merged_bbox"])
-            answer = self.farm.analyze(service, crop_image)
-        except BadImage as bad:
-            return self._store(box, service, "error", {"error": {"kind": "bad_image", "message": str(bad)}},
-                               error_message=str(bad))
-        except ImageUnavailable as unavailable:  # a download that may succeed later: retried like the service
-            if not final:
-                raise
-            return self._store(box, service, "error",
-                               {"error": {"kind": "image_unavailable", "message": str(unavailable)}},
-                               error_message=str(unavailable))
-        except ServiceCallError as failure:
-            if failure.retryable and not final:
-                raise
-            return self._store(box, service, failure.result_status,
-                               {"error": {"kind": failure.kind, "message": failure.reason}},
-                               error_message=failure.message, processing_time=failure.elapsed or 0.0)
-        data = to_image_coordinates(service, answer.data, crop, pixels.size)
+            return self.farm.analyze(service, crop_image), crop, pixels.size
+
+        called = call_service(call, final_attempt=job.attempts >= job.max_attempts)
+        if isinstance(called, Failure):
+            return self._store(box, service, called.status, called.data(), error_message=called.error_message,
+                               processing_time=called.processing_time)
+        answer, crop, image_size = called
+        data = to_image_coordinates(service, answer.data, crop, image_size)
         status = "success" if data.get("predictions") else "empty"
         return self._store(box, service, status, data, processing_time=answer.processing_time)
 
@@ -99,7 +90,7 @@ def postprocess_role(context: RoleContext) -> Role:
     if unknown:
         raise WindmillError(
             f"unknown postprocess service {', '.join(unknown)}; valid: {', '.join(POSTPROCESS_QUEUES)}")
-    handler = PostprocessHandler(context, context.farm, ImageSource(context.settings))
+    handler = PostprocessHandler(context, context.farm, context.images)
     by_queue = {POSTPROCESS_QUEUES[service]: service for service in services}
 
     def handle(job: Job) -> None:

@@ -1,8 +1,8 @@
 """The service role: one image × service task → one results row (success, or error/timeout with its reason).
 
-One process may serve several services (`--service yolov8` or `--service primary`); its services share one
-HTTP connection pool and one cache of prepared images, so an image is read and validated once per process,
-not once per service.
+One process may serve several services (`--service yolov8` or `--service primary`); its services share the
+process's farm client and cache of prepared images (RoleContext), so an image is read and validated once per
+process, not once per service.
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ from psycopg_pool import ConnectionPool
 from windmill.broker.base import Task
 from windmill.catalog import Catalog, Service
 from windmill.db.queries import query
-from windmill.errors import WindmillError, first_line
-from windmill.farm import FarmClient, ServiceCallError
+from windmill.errors import WindmillError
+from windmill.farm import FarmClient, ServiceAnswer
 from windmill.image_cache import ImageSource
-from windmill.images import BadImage, ImageUnavailable
 from windmill.jobs import Job, PermanentJobError
-from windmill.settings import Settings
+from windmill.roles.outcome import Failure, call_service
 from windmill.worker.registry import Role, RoleContext, TaskHandling, register_role
 
 log = logging.getLogger(__name__)
-IMAGE_CACHE_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -38,18 +36,15 @@ class Outcome:
 
 
 class ServiceTaskHandler:
-    """Runs tasks; thread-safe. Retryable service failures and image downloads that failed for a passing reason
-    are raised back to the queue while attempts remain (it retries with backoff) and recorded as error/timeout rows
-    on the final attempt. Database errors are raised as they are: the queue does not count them as attempts."""
+    """Runs tasks; thread-safe. What is retried and what is recorded, and the error row's shape: roles/outcome.py."""
 
-    def __init__(self, pool: ConnectionPool, farm: FarmClient, catalog: Catalog, settings: Settings,
-                 worker_id: str, *, cache_size: int = IMAGE_CACHE_SIZE) -> None:
+    def __init__(self, pool: ConnectionPool, farm: FarmClient, images: ImageSource, catalog: Catalog,
+                 worker_id: str) -> None:
         self.pool = pool
         self.farm = farm
+        self.images = images
         self.catalog = catalog
-        self.settings = settings
         self.worker_id = worker_id
-        self.images = ImageSource(settings, capacity=cache_size)
 
     def handle(self, task: Task, *, final_attempt: bool, first_delivery: bool = False) -> Outcome:
         """`first_delivery`: the queue guarantees this task was never handed out before, so the check for an
@@ -60,28 +55,24 @@ class ServiceTaskHandler:
         if not first_delivery and self._answered(task):
             log.info("task %s already answered; nothing to do", task.task_id, extra={"action": "task_duplicate"})
             return Outcome(None)
-        try:
+
+        def call() -> ServiceAnswer:
             image = (None if self._by_url(service, task)
                      else self.images.prepared(task.image_id, task.image_path, task.image_url))
-            answer = self.farm.analyze(service, image, image_url=task.image_url)
-        except BadImage as bad:
-            return self._record(task, "error", {"error": {"kind": "bad_image", "message": str(bad)}},
-                                error_message=str(bad))
-        except (ServiceCallError, ImageUnavailable) as failure:
-            if failure.retryable and not final_attempt:
-                raise
-            return self.record_failure(task, failure)
+            return self.farm.analyze(service, image, image_url=task.image_url)
+
+        answer = call_service(call, final_attempt=final_attempt)
+        if isinstance(answer, Failure):
+            return self._record_failure(task, answer)
         return self._record(task, "success", answer.data, processing_time=answer.processing_time)
 
     def record_failure(self, task: Task, failure: BaseException) -> Outcome:
         """The final attempt failed: store it as the task's error/timeout row (every failure is a row)."""
-        if isinstance(failure, ServiceCallError):
-            detail = {"kind": failure.kind, "message": failure.reason, "status_code": failure.status_code}
-            return self._record(task, failure.result_status, {"error": detail}, error_message=failure.message,
-                                processing_time=failure.elapsed or 0.0)
-        reason = first_line(failure)
-        kind = "image_unavailable" if isinstance(failure, ImageUnavailable) else "worker"
-        return self._record(task, "error", {"error": {"kind": kind, "message": reason}}, error_message=reason)
+        return self._record_failure(task, Failure.of(failure))
+
+    def _record_failure(self, task: Task, failure: Failure) -> Outcome:
+        return self._record(task, failure.status, failure.data(), error_message=failure.error_message,
+                            processing_time=failure.processing_time)
 
     def _by_url(self, service: Service, task: Task) -> bool:
         return service.request_mode == "url" and bool(task.image_url)
@@ -118,7 +109,7 @@ def serviceable(catalog: Catalog, selection: str | None) -> list[Service]:
 @register_role("service")
 def service_role(context: RoleContext) -> Role:
     services = serviceable(context.catalog, context.service)
-    handler = ServiceTaskHandler(context.pool, context.farm, context.catalog, context.settings, context.worker_id)
+    handler = ServiceTaskHandler(context.pool, context.farm, context.images, context.catalog, context.worker_id)
 
     def handle(job: Job) -> None:
         handler.handle(Task.from_message(job.payload), final_attempt=job.attempts >= job.max_attempts,

@@ -1,6 +1,6 @@
 """Several roles in one process (`windmill-cli run`, the demo, pipeline tests): one worker thread per role,
-sharing the process's connection pool and Animal Farm client (so each service's max_concurrency holds across
-the roles); one stop request drains them all."""
+sharing the process's connection pool, Animal Farm client (so each service's max_concurrency holds across the
+roles) and cache of prepared images; one stop request drains them all."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from psycopg_pool import ConnectionPool
 
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
+from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
 from windmill.settings import Settings
 from windmill.worker.layout import SINGLE_MACHINE, RoleSpec
@@ -28,13 +29,15 @@ class WorkerGroup:
                  options: WorkerOptions | None = None, hooks: WorkerHooks | None = None,
                  metrics: WorkerMetrics | None = None) -> None:
         self.jobs = jobs or JobQueue(pool)
-        self.farm = process_farm_client(settings, catalog, database)
+        self.farm = process_farm_client(settings, catalog, database,
+                                        observer=metrics.observe_service_call if metrics else None)
+        self.images = ImageSource(settings)
         base = options or WorkerOptions()
         self.workers: list[Worker] = []
         for spec in specs:
             worker_id = f"{settings.worker_id}-{spec.role}"
             context = RoleContext(settings=settings, database=database, pool=pool, jobs=self.jobs, catalog=catalog,
-                                  worker_id=worker_id, farm=self.farm, service=spec.service)
+                                  worker_id=worker_id, farm=self.farm, images=self.images, service=spec.service)
             role = build_role(spec.role, context)
             opts = WorkerOptions(concurrency=spec.concurrency, batch_size=8 * spec.concurrency,
                                  poll_interval_s=base.poll_interval_s, drain_timeout_s=base.drain_timeout_s,

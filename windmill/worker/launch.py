@@ -16,6 +16,7 @@ from windmill.broker.choice import uses_rabbitmq
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.db.schema import open_migrated
+from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
 from windmill.settings import Settings
 from windmill.worker.broker_worker import BrokerWorker
@@ -77,17 +78,19 @@ def run_worker(
     with open_migrated(settings, catalog, application_name=f"windmill-{role_name}") as database:
         pool = database.pool(min_size=1, max_size=options.concurrency + 2, name=f"worker-{role_name}",
                              wait_s=settings.database_wait_s)
-        extras = ExitStack()  # the farm client and the metrics endpoint (if asked for): closed before the pool
-        farm = extras.enter_context(process_farm_client(settings, catalog, database))
+        extras = ExitStack()  # the metrics endpoint (if asked for) and the farm client: closed before the pool
         try:
             metrics = None
             if metrics_port is not None:
                 from windmill.metrics import serving_worker_metrics
 
                 metrics = extras.enter_context(serving_worker_metrics(metrics_port, pool))
+            farm = extras.enter_context(process_farm_client(
+                settings, catalog, database, observer=metrics.observe_service_call if metrics else None))
             jobs = JobQueue(pool, lease=lease) if lease else JobQueue(pool)
             context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=catalog,
-                                  worker_id=settings.worker_id, farm=farm, service=service or settings.service_name)
+                                  worker_id=settings.worker_id, farm=farm, images=ImageSource(settings),
+                                  service=service or settings.service_name)
             role = build_role(role_name, context)
             hooks = None
             if metrics is not None:

@@ -12,8 +12,10 @@ from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.errors import WindmillError
 from windmill.farm import FarmClient
+from windmill.farm.client import CallObserver
 from windmill.farm.fleet import FleetSlots
 from windmill.farm.limits import ConcurrencyLimits
+from windmill.image_cache import ImageSource
 from windmill.jobs import Job, JobQueue
 from windmill.settings import Settings
 
@@ -31,6 +33,9 @@ class RoleContext:
     # The process's one Animal Farm client, shared by every role it runs: the catalog's per-service
     # max_concurrency holds for the whole process only when every call goes through the same client.
     farm: FarmClient
+    # The process's one cache of prepared images: an image is read and validated once for all its services and
+    # its crops, whichever roles of the process ask for it.
+    images: ImageSource
     service: str | None = None
 
 
@@ -53,13 +58,15 @@ class Role:
     tasks: TaskHandling | None = None
 
 
-def process_farm_client(settings: Settings, catalog: Catalog, database: Database) -> FarmClient:
+def process_farm_client(settings: Settings, catalog: Catalog, database: Database, *,
+                        observer: CallObserver | None = None) -> FarmClient:
     """The Animal Farm client a worker process builds once and hands every role (RoleContext.farm); the process
-    closes it after its roles. Services with a fleet_max_concurrency take their places through the database."""
+    closes it after its roles. Services with a fleet_max_concurrency take their places through the database.
+    `observer` is told of every call (the process's metrics)."""
     fleet = None
     if any(service.fleet_max_concurrency for service in catalog.services):
         fleet = FleetSlots(lambda: database.connect(application_name="windmill-service-slots"))
-    return FarmClient(catalog, allow_private_urls=settings.allow_private_urls,
+    return FarmClient(catalog, allow_private_urls=settings.allow_private_urls, observer=observer,
                       limits=ConcurrencyLimits(catalog.services, fleet=fleet))
 
 
