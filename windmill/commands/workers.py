@@ -13,8 +13,23 @@ from windmill.broker.choice import BROKERS
 from windmill.commands.context import AppContext, echo_json, json_option, pass_app
 
 
+def list_roles(ctx: click.Context, _: click.Parameter, wanted: bool) -> None:
+    """`worker --list-roles`: every role with what it does, then exit (before --role is required)."""
+    if not wanted or ctx.resilient_parsing:
+        return
+    from windmill.worker.registry import role_summaries
+
+    summaries = role_summaries()
+    width = max(map(len, summaries))
+    for name, summary in summaries.items():
+        click.echo(f"{name.ljust(width)}  {summary}")
+    ctx.exit()
+
+
 @click.command()
-@click.option("--role", required=True, help="The worker role (see `windmill-cli worker --list-roles`).")
+@click.option("--role", required=True, help="The worker role (`windmill-cli worker --list-roles` lists them).")
+@click.option("--list-roles", is_flag=True, is_eager=True, expose_value=False, callback=list_roles,
+              help="List the roles with what each does, and exit.")
 @click.option("--service", help="The service of a service or postprocess worker.")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True,
               help="Handler threads.")
@@ -35,7 +50,13 @@ def worker(app: AppContext, role: str, service: str | None, concurrency: int, ba
            lease_seconds: float, drain_timeout: float, broker: str | None, metrics_port: int | None) -> None:
     """Run a worker until SIGTERM/SIGINT (once: drain in-flight jobs; twice: leave now)."""
     from windmill.worker.launch import run_worker
+    from windmill.worker.registry import check_role
     from windmill.worker.runtime import WorkerOptions
+
+    check_role(role)  # a mistyped role or service is refused before any database is opened or started
+    if service:
+        app.catalog.select(service)
+    app.announce_database()
 
     options = WorkerOptions(concurrency=concurrency, batch_size=batch_size or 8 * concurrency,
                             drain_timeout_s=drain_timeout)
@@ -50,9 +71,10 @@ def worker(app: AppContext, role: str, service: str | None, concurrency: int, ba
 @click.command("run")
 @pass_app
 def run_all(app: AppContext) -> None:
-    """Run every role in this process (a single machine): service workers for every primary service, merger,
-    postprocessing, consensus and caption scoring. SIGTERM/SIGINT drains; twice leaves now. WINDMILL_METRICS_PORT
-    serves every role's metrics on that port."""
+    """Run every role in this process (a single machine): a service worker for every primary and spatial_only
+    service, merger, postprocessing (colors, face, pose), consensus, caption scoring and the scheduler — what the
+    named workers of `workers start` run, in one process. SIGTERM/SIGINT drains; twice leaves now.
+    WINDMILL_METRICS_PORT serves every role's metrics on that port."""
     from windmill.worker.launch import run_machine
 
     with app.database("windmill-run") as database, database.pool(min_size=2, max_size=32, name="run") as pool:
@@ -65,7 +87,7 @@ def run_all(app: AppContext) -> None:
 def supervisor_for(app: AppContext) -> Any:
     from windmill.supervisor import Supervisor
 
-    return Supervisor.configured(app.settings, app.catalog_as_configured, env_file=app.env_file)
+    return Supervisor.configured(app.settings, app.catalog_as_configured, env_file=app.source.env_file)
 
 
 def echo_outcomes(outcomes: list[Any]) -> None:

@@ -115,9 +115,11 @@ def run_worker(
 
 
 def run_machine(settings: Settings, catalog: Catalog, database: Database, pool: ConnectionPool) -> int:
-    """Every role in this process (`windmill-cli run`) until a signal stops them; returns the exit code. With
-    WINDMILL_METRICS_PORT, one metrics endpoint serves every role's series, advertised as a file_sd target."""
+    """Every role in this process (`windmill-cli run`: windmill.worker.layout.every_role) until a signal stops them;
+    returns the exit code. With WINDMILL_METRICS_PORT, one metrics endpoint serves every role's series, advertised as
+    a file_sd target."""
     from windmill.worker.group import WorkerGroup
+    from windmill.worker.layout import every_role
 
     with ExitStack() as extras:
         metrics = None
@@ -127,4 +129,4 @@ def run_machine(settings: Settings, catalog: Catalog, database: Database, pool: 
 
             metrics = extras.enter_context(serving_worker_metrics(settings.metrics_port, pool))
             extras.enter_context(advertised(settings.home, settings.worker_id, settings.metrics_port, {"role": "run"}))
-        return run_until_stopped(WorkerGroup(settings, database, pool, catalog, metrics=metrics))
+        return run_until_stopped(WorkerGroup(settings, database, pool, catalog, every_role(catalog), metrics=metrics))
