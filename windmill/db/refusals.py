@@ -42,10 +42,11 @@ _CONNECTION_FAILURES: tuple[tuple[str, str, str], ...] = (
      + ")"),
     (r"timeout expired", "no answer within the connect timeout",
      "check the host and port (" + _SERVER_SETTINGS + ") and any firewall between"),
-    (r"failed to resolve host '([^']*)'|could not translate host name \"([^\"]*)\"",
-     "the host name {0} does not resolve", "check the host (" + _SERVER_SETTINGS + ")"),
+    # Before the host: a bad port fails the name lookup too ("failed to resolve host ...: Servname not supported").
     (r"invalid port number|invalid integer value \"[^\"]*\" for connection option \"port\"|servname not supported",
      "the port is not a port number", "a port is a number between 1 and 65535 (" + _SERVER_SETTINGS + ")"),
+    (r"failed to resolve host '([^']*)'|could not translate host name \"([^\"]*)\"",
+     "the host name {0} does not resolve", "check the host (" + _SERVER_SETTINGS + ")"),
 )
 
 
