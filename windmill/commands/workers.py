@@ -11,6 +11,7 @@ import click
 
 from windmill.broker.choice import BROKERS
 from windmill.commands.context import AppContext, echo_json, json_option, pass_app
+from windmill.keeper import RESTART_POLICIES
 
 
 def list_roles(ctx: click.Context, _: click.Parameter, wanted: bool) -> None:
@@ -113,12 +114,19 @@ def workers() -> None:
     logs are appended to WINDMILL_HOME/logs/NAME.log."""
 
 
+restart_option = click.option(
+    "--restart", type=click.Choice(RESTART_POLICIES), default=None,
+    help="on-failure: run each worker under a keeper that starts it again when it crashes or exits with an error, "
+         "after 1 s, doubling up to 60 s (start's default: no; restart's: as the worker ran).")
+
+
 @workers.command("start")
 @worker_names
+@restart_option
 @pass_app
-def workers_start(app: AppContext, names: tuple[str, ...]) -> None:
+def workers_start(app: AppContext, names: tuple[str, ...], restart: str | None) -> None:
     """Start the named workers (all without NAME) in the background; a running one is left alone."""
-    echo_outcomes(supervisor_for(app).start(names))
+    echo_outcomes(supervisor_for(app).start(names, restart=restart or "no"))
 
 
 @workers.command("stop")
@@ -133,10 +141,11 @@ def workers_stop(app: AppContext, names: tuple[str, ...], drain_timeout: float) 
 @workers.command("restart")
 @worker_names
 @drain_timeout_option
+@restart_option
 @pass_app
-def workers_restart(app: AppContext, names: tuple[str, ...], drain_timeout: float) -> None:
+def workers_restart(app: AppContext, names: tuple[str, ...], drain_timeout: float, restart: str | None) -> None:
     """Stop (draining) and start the named workers; one that was not running is started."""
-    echo_outcomes(supervisor_for(app).restart(names, drain_timeout=drain_timeout))
+    echo_outcomes(supervisor_for(app).restart(names, drain_timeout=drain_timeout, restart=restart))
 
 
 @workers.command("status")
@@ -156,10 +165,30 @@ def workers_status(app: AppContext, names: tuple[str, ...], as_json: bool) -> No
         "pid": row.pid,
         "running": "yes" if row.running else "no (stale pid file)" if row.pid_file == "stale" else "no",
         "heartbeat_age_s": row.heartbeat_age_s,
+        "restarts": "" if row.restarts is None else row.restarts,
+        "last_exit": row.last_exit or "",
         "log": row.log,
     } for row in rows]))
     if note:
         click.echo(note)
+
+
+@workers.command("health")
+@worker_names
+@pass_app
+def workers_health(app: AppContext, names: tuple[str, ...]) -> None:
+    """Exit 0 when each named worker has a heartbeat of the last 30 s in the workers table, else 1 with the reason
+    (a container's health check: `windmill-cli -q workers health merger`)."""
+    from windmill.db.connect import open_database
+
+    app.announce_database()
+    supervisor = supervisor_for(app)
+    with open_database(app.settings, application_name="windmill-health") as database, database.connect() as conn:
+        report = supervisor.health(names, conn)
+    for name, healthy, why in report:
+        click.echo(f"{name}: {'healthy' if healthy else 'UNHEALTHY'}, {why}", err=not healthy)
+    if not all(healthy for _, healthy, _ in report):
+        sys.exit(1)
 
 
 @workers.command("run")
