@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from windmill.broker.choice import BROKERS, JOB_TABLE, RABBITMQ
+from windmill.commands import completion
 from windmill.commands.context import AppContext, echo_json, json_option, pass_app, print_services
 from windmill.errors import WindmillError
 
@@ -52,7 +53,7 @@ def images_add(app: AppContext, paths: tuple[Path, ...], group: str | None, recu
 
 
 @click.command()
-@click.option("--services", "-s", default="all", show_default=True,
+@click.option("--services", "-s", default="all", show_default=True, shell_complete=completion.services,
               help="all, primary, spatial_only, full_catalog, or a comma-separated list of services.")
 @click.option("--limit", "-l", type=click.IntRange(min=1), help="Submit at most this many images.")
 @click.option("--group", "-g", help="Only images of this group.")

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from windmill.broker.choice import BROKERS
+from windmill.commands import completion
 from windmill.commands.context import AppContext, echo_json, json_option, pass_app
 from windmill.keeper import RESTART_POLICIES
 
@@ -28,10 +29,12 @@ def list_roles(ctx: click.Context, _: click.Parameter, wanted: bool) -> None:
 
 
 @click.command()
-@click.option("--role", required=True, help="The worker role (`windmill-cli worker --list-roles` lists them).")
+@click.option("--role", required=True, shell_complete=completion.roles,
+              help="The worker role (`windmill-cli worker --list-roles` lists them).")
 @click.option("--list-roles", is_flag=True, is_eager=True, expose_value=False, callback=list_roles,
               help="List the roles with what each does, and exit.")
-@click.option("--service", help="The service of a service or postprocess worker.")
+@click.option("--service", shell_complete=completion.services,
+              help="The service of a service or postprocess worker.")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True,
               help="Handler threads.")
 @click.option("--batch-size", type=click.IntRange(1, 5000), default=None,
@@ -99,7 +102,7 @@ def echo_outcomes(outcomes: list[Any]) -> None:
         sys.exit(1)
 
 
-worker_names = click.argument("names", nargs=-1, metavar="[NAME]...")
+worker_names = click.argument("names", nargs=-1, metavar="[NAME]...", shell_complete=completion.worker_names)
 drain_timeout_option = click.option(
     "--drain-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
     help="Seconds each worker may take to finish its in-flight jobs after SIGTERM; then it is told to leave now "
@@ -192,7 +195,7 @@ def workers_health(app: AppContext, names: tuple[str, ...]) -> None:
 
 
 @workers.command("run")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.worker_names)
 @pass_app
 def workers_run(app: AppContext, name: str) -> None:
     """Run the named worker in the foreground, as the systemd unit windmill-worker@NAME does: this process becomes
