@@ -52,6 +52,18 @@ def stop_on_signals(worker: Stoppable) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def pool_size(concurrency: int) -> int:
+    """A worker process's pool: a connection per handler thread, and two for heartbeats, leases and metrics."""
+    return concurrency + 2
+
+
+def worker_connections(concurrency: int) -> int:
+    """The most PostgreSQL connections one worker process holds: its pool, its LISTEN connection, and the one that
+    holds fleet-wide service places (windmill/farm/fleet.py). deploy/README.md and the compose file's
+    max_connections are sized with it."""
+    return pool_size(concurrency) + 2
+
+
 def run_until_stopped(worker: Stoppable) -> int:
     """Run a worker (or a group of them) in the foreground until SIGTERM/SIGINT; returns its exit code."""
     with stop_on_signals(worker):
@@ -75,7 +87,7 @@ def run_worker(
     options = options or WorkerOptions()
     rabbitmq = uses_rabbitmq(settings, broker)
     with open_migrated(settings, catalog, application_name=f"windmill-{role_name}") as database:
-        pool = database.pool(min_size=1, max_size=options.concurrency + 2, name=f"worker-{role_name}",
+        pool = database.pool(min_size=1, max_size=pool_size(options.concurrency), name=f"worker-{role_name}",
                              wait_s=settings.database_wait_s)
         extras = ExitStack()  # the farm client and the metrics endpoint (if asked for): closed before the pool
         farm = extras.enter_context(process_farm_client(settings, catalog, database))
