@@ -5,8 +5,8 @@ Why a node of our own: a broker restart or crash is what the chaos run and the r
 machine's shared RabbitMQ serves other people. This node shares nothing with it but the Erlang port mapper
 (epmd), where it registers its own node name: its own AMQP and distribution ports (on 127.0.0.1), its own
 configuration file (so /etc/rabbitmq's listeners and node name do not apply), no plugins but the management API
-when asked for, its own Erlang cookie (HOME points into its directory), its own data and logs. Durable queues and persistent messages live in its data
-directory, so they survive a crash as they would on a production broker.
+when asked for, its own Erlang cookie (HOME points into its directory), its own data and logs. Durable queues and
+persistent messages live in its data directory, so they survive a crash as they would on a production broker.
 """
 
 from __future__ import annotations
