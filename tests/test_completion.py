@@ -11,9 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from windmill.catalog import Catalog
-from windmill.worker.layout import machine_workers
-
 SCRIPT = Path(sys.executable).with_name("windmill-cli")
 
 
@@ -32,24 +29,21 @@ def complete(words: str, tmp_path: Path, shell: str = "bash") -> list[str]:
     return [lines[i + 1] for i in range(0, len(lines), 3)]
 
 
-def test_worker_names_complete_and_are_not_offered_twice(tmp_path: Path, catalog: Catalog) -> None:
+def test_worker_names_complete_and_are_not_offered_twice(tmp_path: Path) -> None:
     assert complete("windmill-cli workers start mer", tmp_path) == ["merger"]
     assert complete("windmill-cli workers stop merger m", tmp_path) == ["metadata"]
     assert complete("windmill-cli workers run post", tmp_path, shell="zsh") == [
         "postprocess_colors", "postprocess_face", "postprocess_pose"]
-    assert complete("windmill-cli workers status ", tmp_path) == list(machine_workers(catalog))
 
 
 def test_services_complete_as_names_selections_and_comma_lists(tmp_path: Path) -> None:
     assert complete("windmill-cli submit --services f", tmp_path) == ["full_catalog", "face"]
     assert complete("windmill-cli submit -s yolov8,r", tmp_path) == ["yolov8,rtdetr"]
-    assert complete("windmill-cli farm check --services spatial", tmp_path) == ["spatial_only"]
     assert complete("windmill-cli worker --role service --service po", tmp_path) == ["pose"]
 
 
-def test_roles_and_commands_complete(tmp_path: Path) -> None:
+def test_roles_complete(tmp_path: Path) -> None:
     assert complete("windmill-cli worker --role m", tmp_path) == ["merger"]
-    assert complete("windmill-cli work", tmp_path) == ["worker", "workers"]
 
 
 @pytest.mark.parametrize(("shell", "marker"), [("bash", "complete -o"), ("zsh", "compdef"), ("fish", "complete")])
