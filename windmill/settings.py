@@ -129,6 +129,9 @@ SETTING_VARIABLES: dict[str, tuple[str, ...]] = {
     "backfill_page": ("WINDMILL_BACKFILL_PAGE",),
     "job_retention_s": ("WINDMILL_JOB_RETENTION_S",),
     "metrics_port": ("WINDMILL_METRICS_PORT",),
+    "amqp_task_attempts": ("WINDMILL_AMQP_TASK_ATTEMPTS",),
+    "amqp_retry_delay_s": ("WINDMILL_AMQP_RETRY_DELAY_S",),
+    "database_wait_s": ("WINDMILL_DATABASE_WAIT_S",),
 }
 
 
