@@ -25,6 +25,22 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 _WRITABLE_TABLES = "images, results, merged_boxes, consensus, postprocessing, jobs, workers, service_tasks_in_flight"
 
 
+# Where the tests' commands look for the system's settings file: nowhere, so a host with an
+# /etc/windmill/windmill.env (a deployed one) does not hand its settings to the tests.
+NO_SYSTEM_ENV_FILE = str(Path(tempfile.gettempdir()) / "windmill-tests-no-system.env")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_system_env_file() -> Iterator[None]:
+    previous = os.environ.get("WINDMILL_SYSTEM_ENV_FILE")
+    os.environ["WINDMILL_SYSTEM_ENV_FILE"] = NO_SYSTEM_ENV_FILE
+    yield
+    if previous is None:
+        os.environ.pop("WINDMILL_SYSTEM_ENV_FILE", None)
+    else:
+        os.environ["WINDMILL_SYSTEM_ENV_FILE"] = previous
+
+
 @pytest.fixture(scope="session")
 def server_conninfo() -> Iterator[str]:
     """A PostgreSQL server for the whole session: configured, or a private cluster we start and stop."""
@@ -101,6 +117,7 @@ def worker_env(database_url: str, tmp_path: Path) -> dict[str, str]:
         "WINDMILL_HOME": str(tmp_path / "home"),
         "PYTHONPATH": os.pathsep.join([str(REPOSITORY), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         "LOG_LEVEL": "INFO",
+        "WINDMILL_SYSTEM_ENV_FILE": NO_SYSTEM_ENV_FILE,
     })
     return env
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,14 @@ from click.testing import CliRunner
 
 from windmill.commands import main
 from windmill.errors import ConfigError
-from windmill.settings import load_settings, mask_url, settings_from_mapping
+from windmill.settings import (
+    SETTING_VARIABLES,
+    Settings,
+    load_configuration,
+    load_settings,
+    mask_url,
+    settings_from_mapping,
+)
 
 SEED = {
     "QUEUE_HOST": "rabbit.local", "QUEUE_USER": "farm", "QUEUE_PASSWORD": "s3cret-q",
@@ -116,3 +125,108 @@ def test_the_rabbitmq_retry_budget_is_configurable_and_checked() -> None:
         settings_from_mapping({"WINDMILL_AMQP_RETRY_DELAY_S": "0"})
     assert settings_from_mapping({"WINDMILL_DATABASE_WAIT_S": "2.5"}).database_wait_s == 2.5
     assert settings_from_mapping({}).database_wait_s == 30.0
+
+
+# -- where the settings come from ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def env_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A settings file in each place the lookup knows, each naming itself as WORKER_ID; the working directory is
+    the one holding ./.env."""
+    files = {}
+    for place in ("option", "variable", "dotenv", "system"):
+        folder = tmp_path / place
+        folder.mkdir()
+        files[place] = folder / (".env" if place == "dotenv" else f"{place}.env")
+        files[place].write_text(f"WORKER_ID=from-{place}\nDB_HOST=db-{place}\nDB_NAME=n\nDB_USER=u\n")
+    monkeypatch.chdir(files["dotenv"].parent)
+    return files
+
+
+def test_the_settings_file_is_the_first_found_of_option_variable_dotenv_and_the_systems(
+        env_files: dict[str, Path]) -> None:
+    system = {"WINDMILL_SYSTEM_ENV_FILE": str(env_files["system"])}
+    with_variable = {**system, "WINDMILL_ENV_FILE": str(env_files["variable"])}
+    assert load_settings(env_files["option"], environ=with_variable).worker_id == "from-option"
+    assert load_settings(None, environ=with_variable).worker_id == "from-variable"
+    assert load_settings(None, environ=system).worker_id == "from-dotenv"
+    env_files["dotenv"].unlink()
+    settings, source = load_configuration(None, environ=system)
+    assert settings.database_url == "postgresql://u@db-system:5432/n"  # a deployed host's status reads its database
+    assert source.env_file == env_files["system"].absolute()
+    env_files["system"].unlink()
+    settings, source = load_configuration(None, environ=system)
+    assert settings.uses_embedded_database and source.env_file is None
+    assert source.searched == (".env", str(env_files["system"]))
+
+
+def test_a_named_settings_file_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^WINDMILL_ENV_FILE names .*nope\.env, which does not exist$"):
+        load_settings(None, environ={"WINDMILL_ENV_FILE": str(tmp_path / "nope.env")})
+
+
+def test_config_says_where_each_setting_came_from(env_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LOG_LEVEL", "WINDMILL_ENV_FILE", "WORKER_ID", "DB_HOST", "WINDMILL_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DB_PORT", "6543")
+    monkeypatch.setenv("WINDMILL_PORT_OFFSET", "100")
+    result = CliRunner().invoke(main, ["config", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["env_file"] == str(env_files["dotenv"].absolute())
+    sources = shown["sources"]
+    dotenv = env_files["dotenv"].absolute()
+    assert sources["database_url"] == f"environment (DB_PORT); {dotenv} (DB_HOST, DB_NAME, DB_USER)"
+    assert sources["worker_id"] == f"{env_files['dotenv'].absolute()} (WORKER_ID)"
+    assert sources["port_offset"] == "environment (WINDMILL_PORT_OFFSET)"
+    assert sources["log_level"] == "default"
+    text = CliRunner().invoke(main, ["config"]).output
+    assert text.splitlines()[0] == f"settings file: {env_files['dotenv'].absolute()}"
+    assert "port_offset          100  [environment (WINDMILL_PORT_OFFSET)]" in text
+
+
+def test_config_json_has_typed_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WINDMILL_PORT_OFFSET", "100")
+    monkeypatch.setenv("WINDMILL_ALLOW_PRIVATE_URLS", "true")
+    monkeypatch.setenv("WINDMILL_IMAGE_ROOTS", f"{tmp_path}/a:{tmp_path}/b")
+    monkeypatch.setenv("WINDMILL_HARMONY", '{"iou_threshold": 0.4}')
+    monkeypatch.setenv("WINDMILL_DATABASE_URL", "postgresql://u:secret@h:5433/d")
+    settings = json.loads(CliRunner().invoke(main, ["config", "--json"]).output)["settings"]
+    assert settings["port_offset"] == 100 and settings["allow_private_urls"] is True
+    assert settings["image_roots"] == [f"{tmp_path}/a", f"{tmp_path}/b"]
+    assert settings["harmony"]["iou_threshold"] == 0.4 and settings["harmony"]["split_crowds"] is True
+    assert settings["backfill_interval_s"] == 60.0 and settings["amqp_url"] is None
+    assert settings["database_url"] == "postgresql://u:****@h:5433/d"
+
+
+def test_every_setting_and_every_variable_has_its_source_listed() -> None:
+    from tests.test_deploy_files import setting_names
+
+    assert set(SETTING_VARIABLES) == {item.name for item in fields(Settings)}
+    listed = {name for names in SETTING_VARIABLES.values() for name in names}
+    assert listed == setting_names() - {"WINDMILL_ENV_FILE", "WINDMILL_SYSTEM_ENV_FILE"}
+
+
+def test_unknown_harmony_keys_are_listed_with_the_valid_ones() -> None:
+    with pytest.raises(ConfigError) as refused:
+        settings_from_mapping({"WINDMILL_HARMONY": '{"iou": 2, "fusion": "union", "crowds": false}'})
+    assert str(refused.value) == ("WINDMILL_HARMONY has unknown keys 'iou', 'crowds'; valid keys: iou_threshold, "
+                                  "containment_threshold, min_services, single_service_min_confidence, fusion, "
+                                  "split_crowds, emoji_from_labels")
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@localhost:abc/d", "postgresql://u@localhost:-1/d",
+                                 "postgresql://u@h:99999/d", "postgresql://u@h1:5432,h2:0/d",
+                                 "postgresql://u@h/d?port=70000"])
+def test_a_database_url_with_a_bad_port_is_refused_naming_the_variable(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"^WINDMILL_DATABASE_URL has port '[^']*'; a port is a number between 1 "
+                                          r"and 65535$"):
+        settings_from_mapping({"WINDMILL_DATABASE_URL": url})
+
+
+def test_a_database_url_libpq_cannot_read_is_refused_without_repeating_it() -> None:
+    with pytest.raises(ConfigError) as refused:
+        settings_from_mapping({"WINDMILL_DATABASE_URL": "postgresql://u:hunter2@h/d?nonsense=1"})
+    assert "hunter2" not in str(refused.value) and str(refused.value).startswith("WINDMILL_DATABASE_URL cannot be")

@@ -25,6 +25,15 @@ class AddReport:
     already_known: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
 
+    def merged(self, other: AddReport) -> AddReport:
+        """Both reports' counts together (files and a URL list added in one command)."""
+        return AddReport(self.added + other.added, self.already_known + other.already_known,
+                         [*self.skipped, *other.skipped])
+
+    def as_dict(self) -> dict[str, object]:
+        return {"added": self.added, "already_known": self.already_known,
+                "skipped": [{"what": what, "why": why} for what, why in self.skipped]}
+
 
 def find_image_files(paths: Iterable[Path], *, recursive: bool, report: AddReport) -> Iterator[Path]:
     """Image files named or found in named directories; anything else is reported, never fatal."""

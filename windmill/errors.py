@@ -15,6 +15,14 @@ class CatalogError(WindmillError):
     """The service catalog is unreadable, or a selection names an unknown service."""
 
 
+class NoSuchImage(WindmillError):
+    """An image id that names no image; every command that takes one (`show`, `status --image`) says it alike."""
+
+    def __init__(self, image_id: int) -> None:
+        super().__init__(f"no image with id {image_id}")
+        self.image_id = image_id
+
+
 class MissingExtra(WindmillError):
     """An optional part of Windmill needs a package that is not installed; the message names the extra to install."""
 

@@ -19,7 +19,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from windmill.db.queries import query
-from windmill.errors import WindmillError
+from windmill.errors import NoSuchImage
 
 CAPTION_SCORE_PREFIX = "caption_score_"
 # Postprocessing rows that belong to no box and are not caption scores are listed under this key.
@@ -27,7 +27,7 @@ WHOLE_IMAGE = "image"
 
 
 def image_record(conn: psycopg.Connection, image_id: int) -> dict[str, Any]:
-    """Everything stored about one image, read from one snapshot; `WindmillError` for an unknown id."""
+    """Everything stored about one image, read from one snapshot; `NoSuchImage` for an unknown id."""
     starts_transaction = conn.info.transaction_status == TransactionStatus.IDLE
     with conn.transaction():
         if starts_transaction:
@@ -35,7 +35,7 @@ def image_record(conn: psycopg.Connection, image_id: int) -> dict[str, Any]:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         image = _rows(conn, "record_image", image_id)
         if not image:
-            raise WindmillError(f"no image with id {image_id}")
+            raise NoSuchImage(image_id)
         results = _rows(conn, "record_results", image_id)
         boxes = _rows(conn, "record_boxes", image_id)
         merge = _rows(conn, "record_merge_state", image_id)

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageStat
 from psycopg.rows import dict_row
 
 from windmill.db.queries import query
-from windmill.errors import WindmillError
+from windmill.errors import NoSuchImage, WindmillError
 from windmill.harmony import DetectorResult
 from windmill.harmony.extract import extract_detections
 from windmill.images import load_image_bytes, prepare_image
@@ -326,7 +326,7 @@ def render_image(conn: psycopg.Connection, settings: Settings, image_id: int, *,
     with conn.cursor(row_factory=dict_row) as cursor:
         image = cursor.execute(query("record_image"), {"image_id": image_id}).fetchone()
         if image is None:
-            raise WindmillError(f"no image with id {image_id}")
+            raise NoSuchImage(image_id)
         boxes = [row["merged_data"] for row in cursor.execute(query("record_boxes"), {"image_ids": [image_id]})]
         answers = cursor.execute(query("latest_detector_results"), {"image_id": image_id}).fetchall() \
             if detectors else []

@@ -1,4 +1,9 @@
-"""Environment and optional .env file → one immutable Settings object; secrets are masked whenever shown."""
+"""Environment and an optional settings file → one immutable Settings object; secrets are masked whenever shown.
+
+The settings file is the first that exists of: `--env-file`, WINDMILL_ENV_FILE, `./.env`, /etc/windmill/windmill.env
+(the systemd units' EnvironmentFile), so a command on a deployed host reads what its workers read. Variables set in
+the environment win over the file. `load_configuration` also says where each setting came from (`windmill-cli
+config`)."""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import psycopg
 from dotenv import dotenv_values
+from psycopg.conninfo import conninfo_to_dict
 
 from windmill.errors import ConfigError
 from windmill.harmony import HarmonyConfig
@@ -21,6 +28,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MASK = "****"
 DEFAULT_HOME = Path("~/.local/share/windmill").expanduser()
 DEFAULT_HARMONY = HarmonyConfig()
+# The systemd units' EnvironmentFile: the last place a settings file is looked for. WINDMILL_SYSTEM_ENV_FILE (in the
+# environment) moves it: another system's layout, or tests that must not read the settings of the host they run on.
+SYSTEM_ENV_FILE = Path("/etc/windmill/windmill.env")
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,50 @@ class Settings:
                 value = "(default)"
             shown[item.name] = str(value)
         return shown
+
+    def as_json(self) -> dict[str, Any]:
+        """The effective settings with their types (numbers, booleans, lists, null), passwords masked
+        (`windmill-cli config --json`)."""
+        typed: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, str) and item.name.endswith("_url"):
+                value = mask_url(value)
+            elif isinstance(value, HarmonyConfig):
+                value = value.params()
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = [str(part) for part in value]
+            typed[item.name] = value
+        return typed
+
+
+# The variables behind each setting, for `config` to say where a value came from. tests/test_settings.py checks
+# that every field and every variable this module reads is listed.
+SETTING_VARIABLES: dict[str, tuple[str, ...]] = {
+    "database_url": ("WINDMILL_DATABASE_URL", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD",
+                     "WINDMILL_DATABASE_PASSWORD_FILE"),
+    "amqp_url": ("WINDMILL_AMQP_URL", "QUEUE_HOST", "QUEUE_PORT", "QUEUE_USER", "QUEUE_PASSWORD", "QUEUE_VHOST",
+                 "WINDMILL_AMQP_PASSWORD_FILE"),
+    "amqp_management_url": ("WINDMILL_AMQP_MANAGEMENT_URL",),
+    "home": ("WINDMILL_HOME",),
+    "service_config": ("WINDMILL_SERVICE_CONFIG",),
+    "service_name": ("SERVICE_NAME",),
+    "worker_id": ("WORKER_ID",),
+    "log_level": ("LOG_LEVEL",),
+    "port_offset": ("WINDMILL_PORT_OFFSET",),
+    "image_roots": ("WINDMILL_IMAGE_ROOTS",),
+    "allow_private_urls": ("WINDMILL_ALLOW_PRIVATE_URLS",),
+    "harmony": ("WINDMILL_HARMONY",),
+    "backfill_interval_s": ("WINDMILL_BACKFILL_INTERVAL_S",),
+    "backfill_page": ("WINDMILL_BACKFILL_PAGE",),
+    "job_retention_s": ("WINDMILL_JOB_RETENTION_S",),
+    "metrics_port": ("WINDMILL_METRICS_PORT",),
+    "amqp_task_attempts": ("WINDMILL_AMQP_TASK_ATTEMPTS",),
+    "amqp_retry_delay_s": ("WINDMILL_AMQP_RETRY_DELAY_S",),
+    "database_wait_s": ("WINDMILL_DATABASE_WAIT_S",),
+}
 
 
 def mask_url(url: str) -> str:
@@ -157,6 +211,7 @@ def _database_url(env: Mapping[str, str]) -> str | None:
     if url := env.get("WINDMILL_DATABASE_URL"):
         if urlsplit(url).scheme not in ("postgres", "postgresql"):
             raise ConfigError("WINDMILL_DATABASE_URL must start with postgresql://")
+        _check_url_ports(url)
         return url
     if not env.get("DB_HOST"):
         return None
@@ -167,6 +222,19 @@ def _database_url(env: Mapping[str, str]) -> str | None:
         "postgresql", env["DB_USER"], env.get("DB_PASSWORD"), env["DB_HOST"],
         _port(env, "DB_PORT", "5432"), env["DB_NAME"],
     )
+
+
+def _check_url_ports(url: str) -> None:
+    """Refuse a port libpq would only stumble over later (`Servname not supported for ai_socktype`): every port of
+    the URL, a multi-host one's and a `?port=` one's too, is a number between 1 and 65535."""
+    try:
+        ports = str(conninfo_to_dict(url).get("port") or "")
+    except psycopg.ProgrammingError:  # libpq's reason may quote the URL, password and all: not repeated here
+        raise ConfigError("WINDMILL_DATABASE_URL cannot be read as a PostgreSQL URL "
+                          "(postgresql://user@host:port/database?option=value)") from None
+    for port in filter(None, ports.split(",")):
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"WINDMILL_DATABASE_URL has port {port!r}; a port is a number between 1 and 65535")
 
 
 def _amqp_url(env: Mapping[str, str]) -> str | None:
@@ -199,8 +267,16 @@ def _harmony(env: Mapping[str, str]) -> HarmonyConfig:
         return DEFAULT_HARMONY
     try:
         options = json.loads(text)
-        if not isinstance(options, dict):
-            raise ValueError("expected a JSON object")
+    except ValueError as bad:
+        raise ConfigError(f"WINDMILL_HARMONY is not JSON: {bad}") from None
+    valid = list(DEFAULT_HARMONY.params())
+    if not isinstance(options, dict):
+        raise ConfigError(f"WINDMILL_HARMONY must be a JSON object of harmony settings ({', '.join(valid)})")
+    unknown = [key for key in options if key not in valid]
+    if unknown:
+        raise ConfigError(f"WINDMILL_HARMONY has unknown key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(map(repr, unknown))}; valid keys: {', '.join(valid)}")
+    try:
         return DEFAULT_HARMONY.with_changes(**options)
     except (ValueError, TypeError) as bad:
         raise ConfigError(f"WINDMILL_HARMONY is not a valid harmony configuration: {bad}") from None
@@ -277,22 +353,74 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
     )
 
 
-def load_settings(env_file: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings from the environment over an optional .env file (default: ./.env when present)."""
+@dataclass(frozen=True)
+class SettingsSource:
+    """Where the settings came from: the settings file read (None: none was found), the places looked at in
+    order, and which variables the file and the environment set."""
+
+    env_file: Path | None
+    searched: tuple[str, ...]
+    from_file: frozenset[str]
+    from_environment: frozenset[str]
+
+    def origin(self, setting: str) -> str:
+        """Where a setting came from: `environment (X)`, the file's path with its variables, or `default`."""
+        variables = SETTING_VARIABLES.get(setting, ())
+        parts = []
+        in_environment = [name for name in variables if name in self.from_environment]
+        in_file = [name for name in variables if name in self.from_file and name not in self.from_environment]
+        if in_environment:
+            parts.append(f"environment ({', '.join(in_environment)})")
+        if in_file:
+            parts.append(f"{self.env_file} ({', '.join(in_file)})")
+        return "; ".join(parts) or "default"
+
+
+def find_env_file(env_file: Path | None, environ: Mapping[str, str]) -> tuple[Path | None, tuple[str, ...]]:
+    """The settings file to read, and what was looked at: `env_file` (--env-file) or WINDMILL_ENV_FILE, which must
+    exist, else ./.env, else the system's file (SYSTEM_ENV_FILE, or WINDMILL_SYSTEM_ENV_FILE) when they exist."""
+    named = [("--env-file", env_file)]
+    if environ.get("WINDMILL_ENV_FILE", "").strip():
+        named.append(("WINDMILL_ENV_FILE", Path(environ["WINDMILL_ENV_FILE"].strip()).expanduser()))
+    for how, path in named:
+        if path is None:
+            continue
+        if not path.is_file():
+            raise ConfigError(f"the env file {path} ({how}) does not exist" if how == "--env-file"
+                              else f"{how} names {path}, which does not exist")
+        return path.absolute(), (f"{how} {path}",)
+    system = Path(environ.get("WINDMILL_SYSTEM_ENV_FILE", "").strip() or SYSTEM_ENV_FILE).expanduser()
+    searched = (str(Path(".env")), str(system))
+    for candidate in (Path(".env"), system):
+        if candidate.is_file():
+            return candidate.absolute(), searched
+    return None, searched
+
+
+def load_configuration(env_file: Path | None = None,
+                       environ: Mapping[str, str] | None = None) -> tuple[Settings, SettingsSource]:
+    """Settings from the environment over the settings file (find_env_file), and where each came from."""
     environ = os.environ if environ is None else environ
-    path = env_file or Path(environ.get("WINDMILL_ENV_FILE", ".env"))
+    path, searched = find_env_file(env_file, environ)
     from_file: dict[str, str] = {}
-    if path.is_file():
+    if path is not None:
         from_file = {k: v for k, v in dotenv_values(path).items() if v is not None}
-    elif env_file is not None:
-        raise ConfigError(f"the env file {path} does not exist")
-    return settings_from_mapping({**from_file, **environ})
+    settings = settings_from_mapping({**from_file, **environ})
+    source = SettingsSource(path, searched, frozenset(from_file), frozenset(k for k, v in environ.items() if v))
+    return settings, source
 
 
-def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def load_settings(env_file: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment over the settings file: --env-file, WINDMILL_ENV_FILE, ./.env or
+    /etc/windmill/windmill.env, the first that exists."""
+    return load_configuration(env_file, environ)[0]
+
+
+def configure_logging(settings: Settings, *, quiet: bool = False) -> None:
+    """Log lines on stderr at LOG_LEVEL; `quiet` (`windmill-cli -q`) keeps only warnings and errors."""
+    level = logging.getLevelName(settings.log_level)
+    if quiet:
+        level = max(level, logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("pika", "httpx"):  # a line per connection, a line per request
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, level))

@@ -5,8 +5,9 @@ What the seed's workers.sh got wrong is what this module exists to get right (re
 worker is stopped by the pid it was started with, never by a `pkill -f` pattern that also hits other people's
 processes; it gets SIGTERM and its drain timeout before anything harsher; a pid file whose process is gone, or
 now belongs to something else, is removed and its pid never signalled; logs are appended, so the evidence of
-the last outage survives a restart; an unknown name is refused with the list of valid ones. Linux only: a pid
-is matched to its worker through /proc/<pid>/cmdline.
+the last outage survives a restart; an unknown name is refused with the list of valid ones. A pid is matched to
+its worker through its command line (psutil: Linux, macOS, the BSDs). With `restart="on-failure"` each worker runs
+under a keeper (windmill/keeper.py) that starts it again when it fails, with backoff.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from psycopg.rows import dict_row
 from windmill.catalog import Catalog
 from windmill.db.queries import query
 from windmill.errors import WindmillError, first_line
+from windmill.keeper import RESTART_POLICIES, KeeperState
 from windmill.metrics_targets import worker_port
+from windmill.processes import last_line, leads_its_group, process_argv, wait_for_exits
 from windmill.settings import Settings
 from windmill.worker.layout import machine_workers
 
@@ -41,7 +44,8 @@ log = logging.getLogger(__name__)
 DEFAULT_DRAIN_TIMEOUT_S = 30.0  # the worker's own --drain-timeout default: stop waits at least that long
 LEAVE_NOW_GRACE_S = 5.0  # after the second SIGTERM ("leave now"), before SIGKILL
 START_SETTLE_S = 2.0  # how long start watches new workers for an immediate exit (a bad setting, no schema)
-_POLL_S = 0.05
+DEFAULT_RESTART_BACKOFF_S = 1.0  # a kept worker's first wait before it is started again; it doubles …
+MAX_RESTART_BACKOFF_S = 60.0  # … up to this
 # A name becomes a file name (pid file, log): no separators, no leading dot.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -83,17 +87,6 @@ def worker_id_for(name: str, hostname: str | None = None) -> str:
     return f"{name}@{hostname or socket.gethostname()}"
 
 
-def process_argv(pid: int) -> list[str] | None:
-    """The command line of a live process, or None when there is none (gone, or a zombie awaiting its parent)."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
-        return None
-    if not raw:
-        return None  # a zombie's command line is empty: it runs nothing any more
-    return [part.decode(errors="replace") for part in raw.rstrip(b"\0").split(b"\0")]
-
-
 def runs_worker(argv: list[str] | None, spec: WorkerSpec) -> bool:
     """Whether a command line is Windmill running this worker; anything else under a recycled pid is not."""
     tail = list(spec.argv_tail)
@@ -106,7 +99,7 @@ class Outcome:
     it had to be killed)."""
 
     name: str
-    action: str  # started, running, exited, stopped, killed, not_running, failed
+    action: str  # started, running, exited, restarting, stopped, killed, not_running, failed
     message: str
     pid: int | None = None
     exit_code: int | None = None  # known when this process is the worker's parent
@@ -123,6 +116,11 @@ class WorkerStatus:
     heartbeat_age_s: float | None  # from the workers table; None when it has no live row
     alive: bool | None  # a heartbeat in the last 30 s (the live_workers view's rule)
     log: str
+    # Under a keeper (`start --restart on-failure`): the pid above is the keeper's; these say how its worker does.
+    kept: bool = False
+    worker_pid: int | None = None  # None while the keeper waits to start it again
+    restarts: int | None = None
+    last_exit: str | None = None  # "status 1 at …: <its last log line>"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -138,9 +136,14 @@ class Supervisor:
     def __init__(self, home: Path, specs: Mapping[str, WorkerSpec], *, env_file: Path | None = None,
                  python: str = sys.executable, environ: Mapping[str, str] | None = None,
                  hostname: str | None = None, leave_now_grace_s: float = LEAVE_NOW_GRACE_S,
-                 metrics_base_port: int | None = None) -> None:
+                 metrics_base_port: int | None = None,
+                 restart_backoff_s: float = DEFAULT_RESTART_BACKOFF_S) -> None:
+        if os.name != "posix":
+            raise WindmillError("`windmill-cli workers` needs a POSIX system (Linux, macOS, a BSD); elsewhere run "
+                                "`windmill-cli run`, or `workers run NAME` under the system's service manager")
         self.home = home
         self.metrics_base_port = metrics_base_port
+        self.restart_backoff_s = restart_backoff_s
         self.specs = dict(specs)
         self.env_file = env_file.resolve() if env_file is not None else None
         self.python = python
@@ -167,6 +170,10 @@ class Supervisor:
     def log_file(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
+    def state_file(self, name: str) -> Path:
+        """Where the keeper of a worker started with `restart="on-failure"` keeps its state."""
+        return self.run_dir / f"{name}.state.json"
+
     def worker_id(self, name: str) -> str:
         return worker_id_for(name, self.hostname)
 
@@ -180,11 +187,24 @@ class Supervisor:
             env["WINDMILL_METRICS_PORT"] = str(worker_port(self.metrics_base_port, list(self.specs), name))
         return argv, env
 
+    def kept_command(self, name: str) -> tuple[list[str], dict[str, str]]:
+        """The worker's command under its keeper: the keeper's options, then the worker's own argv (so the keeper's
+        command line ends as the worker's does, and a pid file naming it is recognised as this worker's)."""
+        argv, env = self.command(name)
+        keeper = [self.python, "-m", "windmill.keeper", "--name", name, "--state", str(self.state_file(name)),
+                  "--log", str(self.log_file(name)), "--backoff", f"{self.restart_backoff_s:g}",
+                  "--max-backoff", f"{max(MAX_RESTART_BACKOFF_S, self.restart_backoff_s):g}", "--"]
+        return [*keeper, *argv], env
+
     # -- the operations --------------------------------------------------------------------------
-    def start(self, names: Iterable[str] = (), *, settle_s: float = START_SETTLE_S) -> list[Outcome]:
+    def start(self, names: Iterable[str] = (), *, settle_s: float = START_SETTLE_S,
+              restart: str = "no") -> list[Outcome]:
         """Start each named worker that does not run, detached (own session, stdin from /dev/null, output
         appended to its log), then watch them for `settle_s` so one that exits at once is reported with the
-        last line it logged rather than announced as started."""
+        last line it logged rather than announced as started. `restart="on-failure"` runs each under a keeper
+        that starts it again after a failure, with backoff (windmill/keeper.py)."""
+        if restart not in RESTART_POLICIES:
+            raise WindmillError(f"unknown restart policy {restart!r}; valid policies: {', '.join(RESTART_POLICIES)}")
         specs = select_workers(self.specs, names)
         outcomes: dict[str, Outcome] = {}
         spawned: dict[str, tuple[int, int]] = {}  # name → pid, log size before the start
@@ -196,16 +216,21 @@ class Supervisor:
                     continue
                 log_file = self.log_file(spec.name)
                 offset = log_file.stat().st_size if log_file.exists() else 0
-                pid = self._spawn(spec)
+                pid = self._spawn(spec, kept=restart == "on-failure")
                 _write_atomically(self.pid_file(spec.name), f"{pid}\n")
                 spawned[spec.name] = (pid, offset)
                 log.debug("started worker %s (pid %d)", spec.name, pid, extra={"action": "worker_started"})
-            exited = _wait_for_exits({name: pid for name, (pid, _) in spawned.items()}, settle_s)
+            exited = self._settle({name: pid for name, (pid, _) in spawned.items()}, settle_s)
             for name, (pid, offset) in spawned.items():
-                if name in exited:
+                kept = KeeperState.read(self.state_file(name)) if name not in exited else None
+                if kept is not None and kept.exits:
+                    outcomes[name] = Outcome(name, "restarting", f"exited at once with {kept.last_exit()}; its keeper "
+                                             f"(pid {pid}) starts it again with backoff (log: {self.log_file(name)})",
+                                             pid, ok=False)
+                elif name in exited:
                     self._remove_pid_file(name, pid)
                     code = exited[name]
-                    last = _last_line(self.log_file(name), offset) or "nothing logged"
+                    last = last_line(self.log_file(name), offset) or "nothing logged"
                     status = f"status {code}" if code is not None else "an unknown status"
                     outcomes[name] = Outcome(name, "exited", f"exited at once with {status}: {last} "
                                              f"(log: {self.log_file(name)})", pid, code, ok=False)
@@ -238,7 +263,7 @@ class Supervisor:
                                                   "worker?)", pid, ok=False)
                     continue
                 signalled[spec.name] = pid
-            exited = _wait_for_exits(signalled, drain_timeout)
+            exited = wait_for_exits(signalled, drain_timeout)
             for name, pid in signalled.items():
                 if name in exited:
                     outcomes[name] = Outcome(name, "stopped", f"stopped (pid {pid}, drained in "
@@ -251,12 +276,19 @@ class Supervisor:
         return [outcomes[spec.name] for spec in specs]
 
     def restart(self, names: Iterable[str] = (), *, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
-                settle_s: float = START_SETTLE_S) -> list[Outcome]:
-        """Stop (draining) then start the named workers; a worker that did not run is simply started."""
-        names = list(names)
-        stopped = [outcome for outcome in self.stop(names, drain_timeout=drain_timeout)
+                settle_s: float = START_SETTLE_S, restart: str | None = None) -> list[Outcome]:
+        """Stop (draining) then start the named workers; a worker that did not run is simply started. Without a
+        `restart` policy, a worker keeps the one it ran with (kept or not)."""
+        specs = select_workers(self.specs, names)
+        plan = {spec.name: restart or ("on-failure" if self._kept(spec.name) else "no") for spec in specs}
+        stopped = [outcome for outcome in self.stop(list(plan), drain_timeout=drain_timeout)
                    if outcome.action != "not_running"]
-        return stopped + self.start(names, settle_s=settle_s)
+        started: dict[str, Outcome] = {}
+        for policy in RESTART_POLICIES:
+            group = [name for name, chosen in plan.items() if chosen == policy]
+            if group:  # (no names would mean every worker)
+                started.update((o.name, o) for o in self.start(group, settle_s=settle_s, restart=policy))
+        return stopped + [started[name] for name in plan]
 
     def status(self, names: Iterable[str] = (), conn: psycopg.Connection | None = None) -> list[WorkerStatus]:
         """Per worker: its pid when it runs, the pid file's state, the age of its last heartbeat in the workers
@@ -271,11 +303,34 @@ class Supervisor:
             recorded = _read_pid(self.pid_file(spec.name))
             running = recorded is not None and runs_worker(process_argv(recorded), spec)
             beat = heartbeats.get(self.worker_id(spec.name))
+            keeper = KeeperState.read(self.state_file(spec.name)) if running else None
+            kept = keeper is not None and keeper.keeper_pid == recorded
             report.append(WorkerStatus(
                 name=spec.name, worker_id=self.worker_id(spec.name), pid=recorded if running else None,
                 running=running, pid_file="ok" if running else "stale" if self.pid_file(spec.name).exists() else "none",
                 heartbeat_age_s=None if beat is None else float(beat["heartbeat_age_s"]),
-                alive=None if beat is None else bool(beat["alive"]), log=str(self.log_file(spec.name))))
+                alive=None if beat is None else bool(beat["alive"]), log=str(self.log_file(spec.name)),
+                kept=kept, worker_pid=keeper.worker_pid if kept and keeper is not None else None,
+                restarts=keeper.restarts if kept and keeper is not None else None,
+                last_exit=keeper.last_exit(when=True) if kept and keeper is not None else None))
+        return report
+
+    def health(self, names: Iterable[str], conn: psycopg.Connection) -> list[tuple[str, bool, str]]:
+        """(name, healthy, why) per named worker, for a container's health check or a probe: healthy when the
+        worker's row in the workers table (`<name>@<hostname>`, whoever started it) has a heartbeat of the last 30 s.
+        Only the database is asked: a worker in a container has no pid file."""
+        specs = select_workers(self.specs, names)
+        with conn.cursor(row_factory=dict_row) as cursor:
+            beats = {row["worker_id"]: row for row in cursor.execute(query("monitor_live_workers"))}
+        report = []
+        for spec in specs:
+            beat = beats.get(self.worker_id(spec.name))
+            if beat is None:
+                report.append((spec.name, False, f"no heartbeat from {self.worker_id(spec.name)} (not started, "
+                                                 "stopped, or not yet connected)"))
+            else:
+                age = float(beat["heartbeat_age_s"])
+                report.append((spec.name, bool(beat["alive"]), f"last heartbeat {age:.1f} s ago"))
         return report
 
     def status_with_heartbeats(self, names: Iterable[str], settings: Settings,
@@ -314,17 +369,36 @@ class Supervisor:
             return pid
         if clean and path.exists():
             path.unlink(missing_ok=True)
+            self.state_file(spec.name).unlink(missing_ok=True)  # a killed keeper's last state
             log.info("removed the stale pid file of %s (pid %s is not this worker)", spec.name, pid,
                      extra={"action": "stale_pid_file"})
         return None
 
-    def _spawn(self, spec: WorkerSpec) -> int:
-        argv, env = self.command(spec.name)
+    def _settle(self, pids: Mapping[str, int], settle_s: float) -> dict[str, int | None]:
+        """Watch new workers for `settle_s`, or until each has exited or (under a keeper) failed once; returns those
+        that exited, with their exit codes when known."""
+        deadline = time.monotonic() + settle_s
+        exited: dict[str, int | None] = {}
+        while True:  # (a child's exit code can be read once: it is reaped then)
+            exited.update(wait_for_exits({name: pid for name, pid in pids.items() if name not in exited}, 0))
+            failed = {name for name in pids if (state := KeeperState.read(self.state_file(name))) and state.exits}
+            if set(pids) <= set(exited) | failed or time.monotonic() >= deadline:
+                return exited
+            time.sleep(0.05)
+
+    def _kept(self, name: str) -> bool:
+        """Whether the worker runs under a keeper (its pid file names the keeper of its state file)."""
+        state = KeeperState.read(self.state_file(name))
+        return state is not None and state.keeper_pid == _read_pid(self.pid_file(name))
+
+    def _spawn(self, spec: WorkerSpec, *, kept: bool) -> int:
+        argv, env = self.kept_command(spec.name) if kept else self.command(spec.name)
         log_file = self.log_file(spec.name)
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        policy = ", restarted on failure" if kept else ""
         with open(log_file, "a", encoding="utf-8") as header:
             header.write(f"--- {stamp} windmill-cli workers start: {' '.join(spec.argv_tail)} "
-                         f"as {self.worker_id(spec.name)}\n")
+                         f"as {self.worker_id(spec.name)}{policy}\n")
         # posix_spawn rather than Popen: the worker outlives this process, and a Popen object dropped while its
         # child runs warns and is reaped behind our back. Our own descriptors are close-on-exec (PEP 446).
         return os.posix_spawn(argv[0], argv, env, setsid=True, file_actions=[
@@ -338,7 +412,7 @@ class Supervisor:
         outcomes: dict[str, Outcome] = {}
         for pid in stubborn.values():
             _signal(pid, signal.SIGTERM)
-        left = _wait_for_exits(stubborn, self.leave_now_grace_s)
+        left = wait_for_exits(stubborn, self.leave_now_grace_s)
         for name, pid in stubborn.items():
             if name in left:
                 outcomes[name] = Outcome(name, "stopped", f"stopped (pid {pid}) without draining: still busy after "
@@ -348,11 +422,15 @@ class Supervisor:
             waited = drain_timeout + self.leave_now_grace_s
             log.warning("worker %s (pid %d) did not stop within %g s; killing it", name, pid, waited,
                         extra={"action": "worker_killed"})
-            _signal(pid, signal.SIGKILL)
+            if leads_its_group(pid):  # started in its own session: its group holds a keeper's worker too
+                with suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            else:
+                _signal(pid, signal.SIGKILL)
             with open(self.log_file(name), "a", encoding="utf-8") as note:
                 note.write(f"--- {datetime.now(UTC).isoformat(timespec='seconds')} windmill-cli workers stop: "
                            f"killed (SIGKILL) after {waited:g} s without exiting\n")
-            killed = _wait_for_exits({name: pid}, LEAVE_NOW_GRACE_S)
+            killed = wait_for_exits({name: pid}, LEAVE_NOW_GRACE_S)
             outcomes[name] = Outcome(name, "killed", f"KILLED (pid {pid}): did not exit within {waited:g} s of "
                                      "SIGTERM; its unfinished jobs return to the queue when their leases expire",
                                      pid, killed.get(name), ok=False)
@@ -384,43 +462,3 @@ def _write_atomically(path: Path, text: str) -> None:
 def _signal(pid: int, signum: int) -> None:
     with suppress(ProcessLookupError):  # it exited meanwhile: what the signal asked for
         os.kill(pid, signum)
-
-
-def _exit_status(pid: int) -> tuple[bool, int | None]:
-    """(exited, exit code). The exit code is known only for our own children, which this also reaps (a worker
-    started by this process, e.g. in tests); for others, exited means /proc no longer shows it running."""
-    try:
-        reaped, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return process_argv(pid) is None, None
-    if reaped == 0:
-        return False, None
-    return True, os.waitstatus_to_exitcode(status)
-
-
-def _wait_for_exits(pids: Mapping[str, int], timeout: float) -> dict[str, int | None]:
-    """Watch the processes for up to `timeout` seconds, returning as soon as all have exited; returns those
-    that exited, with their exit codes when known."""
-    exited: dict[str, int | None] = {}
-    deadline = time.monotonic() + timeout
-    while True:
-        for name, pid in pids.items():
-            if name not in exited:
-                done, code = _exit_status(pid)
-                if done:
-                    exited[name] = code
-        if len(exited) == len(pids) or time.monotonic() >= deadline:
-            return exited
-        time.sleep(_POLL_S)
-
-
-def _last_line(path: Path, offset: int) -> str | None:
-    """The last non-empty line written to a log after `offset` (what a worker that exited at once said)."""
-    try:
-        with open(path, "rb") as log_file:
-            log_file.seek(offset)
-            lines = [line.strip() for line in log_file.read().decode(errors="replace").splitlines()]
-    except FileNotFoundError:
-        return None
-    lines = [line for line in lines if line and not line.startswith("--- ")]
-    return lines[-1] if lines else None

@@ -200,7 +200,7 @@ class Windmill:
     @contextmanager
     def worker_group(self, specs: Sequence[RoleSpec] = SINGLE_MACHINE, *,
                      options: WorkerOptions | None = None) -> Iterator[WorkerGroup]:
-        """The workers of `specs` (every role of a single machine by default) in this process, not started, on a
+        """The workers of `specs` (the pipeline, SINGLE_MACHINE, by default) in this process, not started, on a
         pool of their own that closes after the block (`run` starts them until a signal)."""
         with self.database.pool(min_size=2, max_size=32, name="workers") as pool:
             yield WorkerGroup(self.settings, self.database, pool, self.catalog, specs, options=options)

@@ -4,9 +4,9 @@ stopped cleanly or crashed with SIGKILL, and started again on the same data.
 Why a node of our own: a broker restart or crash is what the chaos run and the restart tests are about, and the
 machine's shared RabbitMQ serves other people. This node shares nothing with it but the Erlang port mapper
 (epmd), where it registers its own node name: its own AMQP and distribution ports (on 127.0.0.1), its own
-configuration file (so /etc/rabbitmq's listeners and node name do not apply), no plugins, its own Erlang cookie
-(HOME points into its directory), its own data and logs. Durable queues and persistent messages live in its data
-directory, so they survive a crash as they would on a production broker.
+configuration file (so /etc/rabbitmq's listeners and node name do not apply), no plugins but the management API
+when asked for, its own Erlang cookie (HOME points into its directory), its own data and logs. Durable queues and
+persistent messages live in its data directory, so they survive a crash as they would on a production broker.
 """
 
 from __future__ import annotations
@@ -69,19 +69,24 @@ class PrivateRabbitMQ:
 
     The ports are chosen once, so a restarted node is where its clients left it."""
 
-    def __init__(self, base: Path, *, prefix: str = "windmill") -> None:
+    def __init__(self, base: Path, *, prefix: str = "windmill", management: bool = False,
+                 admin: tuple[str, str] | None = None) -> None:
         self.base = Path(base).absolute()
         # Unique on the machine: every node registers its name with the one shared epmd.
         self.node_name = f"{prefix}-{uuid.uuid4().hex[:8]}@localhost"
         self.port = free_port()
         self.dist_port = free_port()
+        # The management API (HTTP on 127.0.0.1) and a first user other than guest, as a deployment has them.
+        self.management_port = free_port() if management else None
+        self.admin = admin
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.crashes = 0
 
     @property
     def amqp_url(self) -> str:
-        return f"amqp://guest:guest@{HOST}:{self.port}/%2F"
+        user, password = self.admin or ("guest", "guest")
+        return f"amqp://{user}:{password}@{HOST}:{self.port}/%2F"
 
     @property
     def log_file(self) -> Path:
@@ -200,9 +205,15 @@ class PrivateRabbitMQ:
         self.base.mkdir(parents=True, exist_ok=True)
         (self.base / "home").mkdir(exist_ok=True)
         # Our own configuration file, so the system's (listeners on 5672, its node name) does not apply.
-        (self.base / "rabbitmq.conf").write_text("disk_free_limit.absolute = 50MB\nlog.console = false\n")
+        config = "disk_free_limit.absolute = 50MB\nlog.console = false\n"
+        if self.management_port is not None:
+            config += f"management.tcp.ip = {HOST}\nmanagement.tcp.port = {self.management_port}\n"
+        if self.admin is not None:
+            config += f"default_user = {self.admin[0]}\ndefault_pass = {self.admin[1]}\n"
+        (self.base / "rabbitmq.conf").write_text(config)
         (self.base / "rabbitmq-env.conf").write_text("")
-        (self.base / "enabled_plugins").write_text("[].\n")
+        plugins = "rabbitmq_management" if self.management_port is not None else ""
+        (self.base / "enabled_plugins").write_text(f"[{plugins}].\n")
 
     def _environment(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items()

@@ -212,8 +212,7 @@ class RabbitMQConsumer:
         self._cancelled_by_broker, self._draining = None, False
         self._channels, self._consumer_tags = {}, {}
         for queue, prefetch in self.queues.items():
-            channel = connection.channel()
-            declare_queue(channel, queue)
+            channel = declare_queue(connection.channel(), queue)
             channel.basic_qos(prefetch_count=prefetch)
             channel.add_on_cancel_callback(functools.partial(self._on_cancelled_by_broker, queue))
             self._channels[queue] = channel

@@ -20,14 +20,17 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 
 from windmill.backoff import backoff_delays
 from windmill.broker.base import Task
+from windmill.broker.queues import DEAD_LETTER_SUFFIX as DEAD_LETTER_SUFFIX  # (re-exported)
+from windmill.broker.queues import RabbitMQError as RabbitMQError
+from windmill.broker.queues import dead_letter_queue as dead_letter_queue
+from windmill.broker.queues import declare_queue as declare_queue
 from windmill.catalog import Service
-from windmill.errors import WindmillError, first_line
+from windmill.errors import first_line
 from windmill.settings import describe_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEAD_LETTER_SUFFIX = ".dlq"
 ATTEMPTS_HEADER = "x-windmill-attempts"
 LAST_ERROR_HEADER = "x-windmill-last-error"
 CONTENT_TYPE = "application/json"
@@ -54,13 +57,8 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
     pika.exceptions.ProbableAccessDeniedError,
     pika.exceptions.IncompatibleProtocolError,
 )
-_PRECONDITION_FAILED = 406
 _ACCESS_REFUSED = 403
 _NOT_FOUND = 404
-
-
-class RabbitMQError(WindmillError):
-    """RabbitMQ cannot be used: unreachable after every attempt, refused us, or holds an incompatible queue."""
 
 
 def is_fatal(error: BaseException) -> bool:
@@ -102,29 +100,6 @@ def connection_parameters(amqp_url: str, *, heartbeat: int, connection_name: str
 
 def default_connection_name(role: str) -> str:
     return f"windmill {role} {socket.gethostname()}-{os.getpid()}"
-
-
-def dead_letter_queue(queue_name: str) -> str:
-    return queue_name + DEAD_LETTER_SUFFIX
-
-
-def declare_queue(channel: BlockingChannel, queue_name: str) -> None:
-    """Declare the durable `queue_name` and its durable dead-letter queue `<queue_name>.dlq`.
-
-    Producer and consumer both call this, so whichever starts first creates the queue and no publish is dropped
-    for want of a queue. A rejected message goes, through the default exchange, to the dead-letter queue.
-    """
-    arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter_queue(queue_name)}
-    for name, queue_arguments in ((dead_letter_queue(queue_name), None), (queue_name, arguments)):
-        try:
-            channel.queue_declare(queue=name, durable=True, arguments=queue_arguments)
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if error.reply_code == _PRECONDITION_FAILED:
-                raise RabbitMQError(
-                    f"the queue {name} exists with other settings than Windmill's (durable, dead-lettering to "
-                    f"{dead_letter_queue(queue_name)}): {error.reply_text}; drain and delete it, then start again"
-                ) from None
-            raise
 
 
 def task_body(task: Task) -> bytes:
@@ -361,7 +336,7 @@ class RabbitMQBroker:
     def _declare(self, queue_names: Iterable[str], *, force: bool) -> None:
         for name in sorted(set(queue_names)):
             if force or name not in self._declared:
-                declare_queue(self._ensure_channel(), name)
+                self._channel = declare_queue(self._ensure_channel(), name)
                 self._declared.add(name)
 
     def _depths(self, queue_names: list[str]) -> dict[str, int]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
-from windmill.broker.choice import BROKERS
+from windmill.broker.choice import BROKERS, JOB_TABLE, RABBITMQ
+from windmill.commands import completion
 from windmill.commands.context import AppContext, echo_json, json_option, pass_app, print_services
 from windmill.errors import WindmillError
 
@@ -22,26 +24,36 @@ def images() -> None:
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--group", "-g", help="Group name stored with each image (submit --group selects it).")
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-directories.")
-@click.option("--url-list", type=click.File("r", encoding="utf-8"), help="A file with one image URL per line.")
+@click.option("--url-list", type=click.File("r", encoding="utf-8"),
+              help="A file with one image URL per line (added as well as any PATH).")
+@json_option
 @pass_app
 def images_add(app: AppContext, paths: tuple[Path, ...], group: str | None, recursive: bool,
-               url_list: Any) -> None:
-    """Add image files, directories of images, or a list of URLs. Known images are not added twice."""
+               url_list: Any, as_json: bool) -> None:
+    """Add image files, directories of images, and/or a list of URLs. Known images are not added twice."""
+    from windmill.collection import AddReport
+
     if not paths and url_list is None:
         raise click.UsageError("name image files or directories, or give --url-list FILE")
+    report = AddReport()
     with app.windmill() as windmill:
-        report = windmill.add_urls(url_list, group=group) if url_list else windmill.add_images(
-            paths, group=group, recursive=recursive)
-    for what, why in report.skipped:
-        click.echo(f"skipped {what}: {why}", err=True)
-    click.echo(f"Added {report.added} image(s); {report.already_known} already known; "
-               f"{len(report.skipped)} skipped.")
+        if paths:
+            report = report.merged(windmill.add_images(paths, group=group, recursive=recursive))
+        if url_list is not None:
+            report = report.merged(windmill.add_urls(url_list, group=group))
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        for what, why in report.skipped:
+            click.echo(f"skipped {what}: {why}", err=True)
+        click.echo(f"Added {report.added} image(s); {report.already_known} already known; "
+                   f"{len(report.skipped)} skipped.")
     if report.skipped and not report.added and not report.already_known:
         sys.exit(1)
 
 
 @click.command()
-@click.option("--services", "-s", default="all", show_default=True,
+@click.option("--services", "-s", default="all", show_default=True, shell_complete=completion.services,
               help="all, primary, spatial_only, full_catalog, or a comma-separated list of services.")
 @click.option("--limit", "-l", type=click.IntRange(min=1), help="Submit at most this many images.")
 @click.option("--group", "-g", help="Only images of this group.")
@@ -49,9 +61,10 @@ def images_add(app: AppContext, paths: tuple[Path, ...], group: str | None, recu
 @click.option("--list-services", "list_only", is_flag=True, help="Print the catalog and exit.")
 @click.option("--broker", type=click.Choice(BROKERS),
               help="Where the tasks go (default: RabbitMQ when configured, else the PostgreSQL job table).")
+@json_option
 @pass_app
 def submit(app: AppContext, services: str, limit: int | None, group: str | None, force: bool,
-           list_only: bool, broker: str | None) -> None:
+           list_only: bool, broker: str | None, as_json: bool) -> None:
     """Queue one task per image × service for the service workers."""
     if list_only:
         print_services(app.catalog, as_json=False)
@@ -63,10 +76,15 @@ def submit(app: AppContext, services: str, limit: int | None, group: str | None,
         total = windmill.count_images(group=group, limit=limit)
         if total == 0:
             raise WindmillError("no images to submit; add some with `windmill-cli images add`")
-        with click.progressbar(length=total, label="Submitting", file=sys.stderr) as bar:
+        with click.progressbar(length=total, label="Submitting", file=sys.stderr,
+                               hidden=app.quiet or as_json) as bar:
             submitted = windmill.submit(selected, group=group, limit=limit, force=force, broker=broker,
                                         progress=bar.update)
     report = submitted.report
+    if as_json:
+        echo_json({**asdict(report), "services": list(submitted.services),
+                   "broker": RABBITMQ if submitted.rabbitmq else JOB_TABLE})
+        return
     click.echo(f"Submitted {report.published} task(s) for {report.images} image(s) × {len(selected)} service(s) "
                f"to {describe(submitted.rabbitmq)}; {report.skipped_answered} already answered, "
                f"{report.skipped_in_flight} already in flight.")

@@ -11,14 +11,23 @@ from windmill.commands.context import AppContext, echo_json, json_option, pass_a
 @json_option
 @pass_app
 def config(app: AppContext, as_json: bool) -> None:
-    """Print the effective settings (passwords masked)."""
-    shown = app.settings.shown()
+    """Print the effective settings (passwords masked) and where each came from: the environment, the settings
+    file (--env-file, WINDMILL_ENV_FILE, ./.env or /etc/windmill/windmill.env, the first that exists), or the
+    default."""
+    source = app.source
+    origins = {name: source.origin(name) for name in app.settings.as_json()}
     if as_json:
-        echo_json(shown)
+        echo_json({"settings": app.settings.as_json(), "sources": origins,
+                   "env_file": str(source.env_file) if source.env_file else None, "searched": list(source.searched)})
         return
+    if source.env_file:
+        click.echo(f"settings file: {source.env_file}")
+    else:
+        click.echo(f"settings file: none found (looked at {', '.join(source.searched)})")
+    shown = app.settings.shown()
     width = max(map(len, shown))
     for key, value in shown.items():
-        click.echo(f"{key.ljust(width)}  {value}")
+        click.echo(f"{key.ljust(width)}  {value}  [{origins[key]}]")
 
 
 @click.command("list-services")
@@ -30,18 +39,22 @@ def list_services(app: AppContext, as_json: bool) -> None:
 
 
 @click.command("init-db")
+@json_option
 @pass_app
-def init_db(app: AppContext) -> None:
+def init_db(app: AppContext, as_json: bool) -> None:
     """Create or upgrade the schema (idempotent, never drops data) and sync the services table."""
     from windmill.db.connect import open_database
     from windmill.db.schema import init_database
 
+    app.announce_database()
     with open_database(app.settings, application_name="windmill-cli") as database, database.connect() as conn:
         applied = init_database(conn, app.catalog)
         where = database.location
-    if applied:
-        click.echo(f"Applied {len(applied)} migration(s) on {where}: "
-                   + ", ".join(f"{m.version:04d}_{m.name}" for m in applied))
+    names = [f"{m.version:04d}_{m.name}" for m in applied]
+    if as_json:
+        echo_json({"database": where, "applied": names})
+    elif applied:
+        click.echo(f"Applied {len(applied)} migration(s) on {where}: " + ", ".join(names))
     else:
         click.echo(f"Schema on {where} is up to date.")
 

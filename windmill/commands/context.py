@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from windmill.catalog import SELECTION_KEYWORDS, Catalog, configured_catalog
 from windmill.errors import WindmillError, first_line
-from windmill.settings import Settings, configure_logging, load_settings
+from windmill.settings import Settings, SettingsSource, configure_logging, load_configuration
 
 if TYPE_CHECKING:
     from windmill.api import Windmill
@@ -24,14 +25,29 @@ if TYPE_CHECKING:
 class AppContext:
     """Settings and catalog, loaded on first use so `--help` and `list-services` need no environment."""
 
-    def __init__(self, env_file: Path | None) -> None:
+    def __init__(self, env_file: Path | None, *, quiet: bool = False) -> None:
         self.env_file = env_file
+        self.quiet = quiet  # -q: no INFO lines, no notices, no progress bars on stderr
+        self.command: str | None = None  # the command being run (`images add`), for error messages
+        self._database_announced = False
 
     @cached_property
+    def configuration(self) -> tuple[Settings, SettingsSource]:
+        context = click.get_current_context(silent=True)
+        if context is not None:  # settings are first read inside the command: note which one it is
+            self.command = " ".join(context.command_path.split()[1:]) or None
+        settings, source = load_configuration(self.env_file)
+        configure_logging(settings, quiet=self.quiet)
+        return settings, source
+
+    @property
     def settings(self) -> Settings:
-        settings = load_settings(self.env_file)
-        configure_logging(settings)
-        return settings
+        return self.configuration[0]
+
+    @property
+    def source(self) -> SettingsSource:
+        """Which settings file was read, what was looked at, and where each setting came from."""
+        return self.configuration[1]
 
     @cached_property
     def catalog_as_configured(self) -> Catalog:
@@ -42,11 +58,25 @@ class AppContext:
         """The catalog as clients use it: WINDMILL_PORT_OFFSET points them at a stand-in farm."""
         return self.catalog_as_configured.with_port_offset(self.settings.port_offset)
 
+    def announce_database(self) -> None:
+        """Say once, on stderr, that no database is configured and the embedded one is used: on a host whose
+        settings file was not found, a command would otherwise read an empty database without a word."""
+        if self._database_announced or self.quiet or not self.settings.uses_embedded_database:
+            return
+        self._database_announced = True
+        from windmill.db.embedded import EmbeddedPostgres
+
+        where = EmbeddedPostgres(self.settings.home).status().data_dir
+        read = f"read {self.source.env_file}" if self.source.env_file else "found no settings file"
+        click.echo(f"using the embedded database at {where} (no WINDMILL_DATABASE_URL or DB_HOST is set; "
+                   f"{read}; looked at {', '.join(self.source.searched)})", err=True)
+
     def windmill(self, application_name: str = "windmill-cli", *, reading_only: bool = False) -> Windmill:
         """The Python API over these settings, to use in a `with` block: commands share its code paths.
         `reading_only`: for commands that write nothing, so the read-only monitor role can run them."""
         from windmill.api import Windmill
 
+        self.announce_database()
         return Windmill(self.settings, catalog=self.catalog, application_name=application_name,
                         reading_only=reading_only)
 
@@ -62,6 +92,16 @@ class AppContext:
         with self.windmill(reading_only=reading_only) as windmill, windmill.connection() as conn:
             yield conn
 
+    def refusal(self, error: psycopg.Error) -> str:
+        """A database error as one sentence: what was refused, as which login, and how to fix it."""
+        from windmill.db.connect import describe_conninfo
+        from windmill.db.refusals import refusal
+
+        url = self.settings.database_url
+        login = str(conninfo_to_dict(url).get("user") or "") or None if url else None
+        location = describe_conninfo(url) if url else "the embedded database"
+        return refusal(error, command=self.command, login=login, location=location)
+
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -74,8 +114,11 @@ class WindmillGroup(click.Group):
             return super().invoke(ctx)
         except WindmillError as error:
             raise click.ClickException(str(error)) from None
-        except psycopg.OperationalError as error:
-            raise click.ClickException(f"database unavailable: {first_line(error)}") from None
+        except psycopg.Error as error:  # every database error: windmill/db/refusals.py words it
+            app = ctx.find_object(AppContext)
+            if app is None:
+                raise click.ClickException(f"database error: {first_line(error)}") from None
+            raise click.ClickException(app.refusal(error)) from None
 
 
 def json_option(function: Callable[..., Any]) -> Callable[..., Any]:

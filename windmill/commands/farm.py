@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from windmill.commands import completion
 from windmill.commands.context import AppContext, echo_json, json_option, pass_app
 
 
@@ -18,7 +19,8 @@ def farm() -> None:
 
 
 @farm.command("check")
-@click.option("--services", "-s", default="full_catalog", show_default=True, help="Which services to probe.")
+@click.option("--services", "-s", default="full_catalog", show_default=True, shell_complete=completion.services,
+              help="Which services to probe.")
 @json_option
 @pass_app
 def farm_check(app: AppContext, services: str, as_json: bool) -> None:
@@ -37,7 +39,8 @@ def farm_check(app: AppContext, services: str, as_json: bool) -> None:
 
 
 @farm.command("serve")
-@click.option("--services", "-s", default="full_catalog", show_default=True, help="Which services to serve.")
+@click.option("--services", "-s", default="full_catalog", show_default=True, shell_complete=completion.services,
+              help="Which services to serve.")
 @click.option("--port-offset", type=int, default=0, show_default=True, help="Serve each service on port + N.")
 @click.option("--latency-ms", type=click.FloatRange(0), default=0.0, show_default=True)
 @click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,

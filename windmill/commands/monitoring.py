@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from windmill.commands.context import AppContext, echo_json, json_option, pass_app
-from windmill.errors import WindmillError
+from windmill.errors import NoSuchImage
 
 
 @click.command()
@@ -38,7 +38,7 @@ def status(app: AppContext, as_json: bool, watch: bool, interval: float, image_i
         with app.connection() as conn:
             row = image_status(conn, image_id)
         if row is None:
-            raise WindmillError(f"there is no image {image_id}")
+            raise NoSuchImage(image_id)
         if as_json:
             echo_json(row)
         else:
@@ -113,12 +113,16 @@ def jobs_list(app: AppContext, state: str | None, queue: str | None, limit: int,
 @jobs.command("retry")
 @click.option("--queue", help="Only dead jobs of this queue.")
 @click.option("--id", "ids", type=int, multiple=True, help="Only this job (repeatable).")
+@json_option
 @pass_app
-def jobs_retry(app: AppContext, queue: str | None, ids: tuple[int, ...]) -> None:
+def jobs_retry(app: AppContext, queue: str | None, ids: tuple[int, ...], as_json: bool) -> None:
     """Queue dead jobs again with fresh attempts."""
     with job_queue(app) as queue_:
         retried = queue_.retry_dead(queue=queue, ids=ids or None)
-    click.echo(f"Queued {len(retried)} dead job(s) again.")
+    if as_json:
+        echo_json({"retried": retried})
+    else:
+        click.echo(f"Queued {len(retried)} dead job(s) again.")
 
 
 @jobs.command("prune")

@@ -10,12 +10,31 @@ from typing import Any
 import click
 
 from windmill.broker.choice import BROKERS
+from windmill.commands import completion
 from windmill.commands.context import AppContext, echo_json, json_option, pass_app
+from windmill.keeper import RESTART_POLICIES
+
+
+def list_roles(ctx: click.Context, _: click.Parameter, wanted: bool) -> None:
+    """`worker --list-roles`: every role with what it does, then exit (before --role is required)."""
+    if not wanted or ctx.resilient_parsing:
+        return
+    from windmill.worker.registry import role_summaries
+
+    summaries = role_summaries()
+    width = max(map(len, summaries))
+    for name, summary in summaries.items():
+        click.echo(f"{name.ljust(width)}  {summary}")
+    ctx.exit()
 
 
 @click.command()
-@click.option("--role", required=True, help="The worker role (see `windmill-cli worker --list-roles`).")
-@click.option("--service", help="The service of a service or postprocess worker.")
+@click.option("--role", required=True, shell_complete=completion.roles,
+              help="The worker role (`windmill-cli worker --list-roles` lists them).")
+@click.option("--list-roles", is_flag=True, is_eager=True, expose_value=False, callback=list_roles,
+              help="List the roles with what each does, and exit.")
+@click.option("--service", shell_complete=completion.services,
+              help="The service of a service or postprocess worker.")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True,
               help="Handler threads.")
 @click.option("--batch-size", type=click.IntRange(1, 5000), default=None,
@@ -35,7 +54,13 @@ def worker(app: AppContext, role: str, service: str | None, concurrency: int, ba
            lease_seconds: float, drain_timeout: float, broker: str | None, metrics_port: int | None) -> None:
     """Run a worker until SIGTERM/SIGINT (once: drain in-flight jobs; twice: leave now)."""
     from windmill.worker.launch import run_worker
+    from windmill.worker.registry import check_role
     from windmill.worker.runtime import WorkerOptions
+
+    check_role(role)  # a mistyped role or service is refused before any database is opened or started
+    if service:
+        app.catalog.select(service)
+    app.announce_database()
 
     options = WorkerOptions(concurrency=concurrency, batch_size=batch_size or 8 * concurrency,
                             drain_timeout_s=drain_timeout)
@@ -50,9 +75,10 @@ def worker(app: AppContext, role: str, service: str | None, concurrency: int, ba
 @click.command("run")
 @pass_app
 def run_all(app: AppContext) -> None:
-    """Run every role in this process (a single machine): service workers for every primary service, merger,
-    postprocessing, consensus and caption scoring. SIGTERM/SIGINT drains; twice leaves now. WINDMILL_METRICS_PORT
-    serves every role's metrics on that port."""
+    """Run every role in this process (a single machine): a service worker for every primary and spatial_only
+    service, merger, postprocessing (colors, face, pose), consensus, caption scoring and the scheduler — what the
+    named workers of `workers start` run, in one process. SIGTERM/SIGINT drains; twice leaves now.
+    WINDMILL_METRICS_PORT serves every role's metrics on that port."""
     from windmill.worker.launch import run_machine
 
     with app.database("windmill-run") as database, database.pool(min_size=2, max_size=32, name="run") as pool:
@@ -65,7 +91,7 @@ def run_all(app: AppContext) -> None:
 def supervisor_for(app: AppContext) -> Any:
     from windmill.supervisor import Supervisor
 
-    return Supervisor.configured(app.settings, app.catalog_as_configured, env_file=app.env_file)
+    return Supervisor.configured(app.settings, app.catalog_as_configured, env_file=app.source.env_file)
 
 
 def echo_outcomes(outcomes: list[Any]) -> None:
@@ -76,7 +102,7 @@ def echo_outcomes(outcomes: list[Any]) -> None:
         sys.exit(1)
 
 
-worker_names = click.argument("names", nargs=-1, metavar="[NAME]...")
+worker_names = click.argument("names", nargs=-1, metavar="[NAME]...", shell_complete=completion.worker_names)
 drain_timeout_option = click.option(
     "--drain-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
     help="Seconds each worker may take to finish its in-flight jobs after SIGTERM; then it is told to leave now "
@@ -91,12 +117,19 @@ def workers() -> None:
     logs are appended to WINDMILL_HOME/logs/NAME.log."""
 
 
+restart_option = click.option(
+    "--restart", type=click.Choice(RESTART_POLICIES), default=None,
+    help="on-failure: run each worker under a keeper that starts it again when it crashes or exits with an error, "
+         "after 1 s, doubling up to 60 s (start's default: no; restart's: as the worker ran).")
+
+
 @workers.command("start")
 @worker_names
+@restart_option
 @pass_app
-def workers_start(app: AppContext, names: tuple[str, ...]) -> None:
+def workers_start(app: AppContext, names: tuple[str, ...], restart: str | None) -> None:
     """Start the named workers (all without NAME) in the background; a running one is left alone."""
-    echo_outcomes(supervisor_for(app).start(names))
+    echo_outcomes(supervisor_for(app).start(names, restart=restart or "no"))
 
 
 @workers.command("stop")
@@ -111,10 +144,11 @@ def workers_stop(app: AppContext, names: tuple[str, ...], drain_timeout: float) 
 @workers.command("restart")
 @worker_names
 @drain_timeout_option
+@restart_option
 @pass_app
-def workers_restart(app: AppContext, names: tuple[str, ...], drain_timeout: float) -> None:
+def workers_restart(app: AppContext, names: tuple[str, ...], drain_timeout: float, restart: str | None) -> None:
     """Stop (draining) and start the named workers; one that was not running is started."""
-    echo_outcomes(supervisor_for(app).restart(names, drain_timeout=drain_timeout))
+    echo_outcomes(supervisor_for(app).restart(names, drain_timeout=drain_timeout, restart=restart))
 
 
 @workers.command("status")
@@ -134,14 +168,34 @@ def workers_status(app: AppContext, names: tuple[str, ...], as_json: bool) -> No
         "pid": row.pid,
         "running": "yes" if row.running else "no (stale pid file)" if row.pid_file == "stale" else "no",
         "heartbeat_age_s": row.heartbeat_age_s,
+        "restarts": "" if row.restarts is None else row.restarts,
+        "last_exit": row.last_exit or "",
         "log": row.log,
     } for row in rows]))
     if note:
         click.echo(note)
 
 
+@workers.command("health")
+@worker_names
+@pass_app
+def workers_health(app: AppContext, names: tuple[str, ...]) -> None:
+    """Exit 0 when each named worker has a heartbeat of the last 30 s in the workers table, else 1 with the reason
+    (a container's health check: `windmill-cli -q workers health merger`)."""
+    from windmill.db.connect import open_database
+
+    app.announce_database()
+    supervisor = supervisor_for(app)
+    with open_database(app.settings, application_name="windmill-health") as database, database.connect() as conn:
+        report = supervisor.health(names, conn)
+    for name, healthy, why in report:
+        click.echo(f"{name}: {'healthy' if healthy else 'UNHEALTHY'}, {why}", err=not healthy)
+    if not all(healthy for _, healthy, _ in report):
+        sys.exit(1)
+
+
 @workers.command("run")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.worker_names)
 @pass_app
 def workers_run(app: AppContext, name: str) -> None:
     """Run the named worker in the foreground, as the systemd unit windmill-worker@NAME does: this process becomes

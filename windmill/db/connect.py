@@ -14,6 +14,7 @@ from psycopg_pool import ConnectionPool
 
 from windmill.db.jsonb import use_orjson
 from windmill.db.migrations import SCHEMA
+from windmill.db.refusals import connection_failure
 from windmill.errors import WindmillError
 from windmill.settings import Settings
 
@@ -59,8 +60,7 @@ class Database:
         try:
             conn = psycopg.connect(self.conninfo, autocommit=autocommit, **kwargs)
         except psycopg.OperationalError as error:
-            reason = str(error).strip().splitlines()[-1] if str(error).strip() else "connection refused"
-            raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {self.location}: {reason}") from None
+            raise DatabaseUnavailable(connection_failure(error, self.location)) from None
         use_orjson(conn)
         return conn
 

@@ -90,7 +90,8 @@ class CaptionScorer:
         return scored.status if stored else None
 
 
-@register_role("caption_score")
+@register_role("caption_score", "scores the latest BLIP/Ollama caption of an image with the "
+               "caption_score service (queue caption_score)")
 def caption_score_role(context: RoleContext) -> Role:
     if SCORING_SERVICE not in context.catalog:
         raise WindmillError(f"the catalog has no {SCORING_SERVICE} service")

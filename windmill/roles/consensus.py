@@ -72,7 +72,7 @@ def recompute_consensus(conn: psycopg.Connection, image_id: int, service_types: 
     return data
 
 
-@register_role("consensus")
+@register_role("consensus", "recomputes an image's V3 consensus from its latest answers (queue consensus)")
 def consensus_role(context: RoleContext) -> Role:
     service_types = {service.name: service.service_type for service in context.catalog.services}
 

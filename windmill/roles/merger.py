@@ -87,7 +87,7 @@ def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, 
     return MergeOutcome(len(boxes), inserted, len(kept), len(gone))
 
 
-@register_role("merger")
+@register_role("merger", "harmonizes the detectors' boxes of an image into merged boxes (queue merge)")
 def merger_role(context: RoleContext) -> Role:
     config = context.settings.harmony
 

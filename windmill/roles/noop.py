@@ -12,6 +12,6 @@ def _handle(job: Job) -> None:
     """Nothing to do: the job's whole cost is the queue's."""
 
 
-@register_role("noop")
+@register_role("noop", "does nothing with its jobs (queue noop; the queue benchmark)")
 def noop_role(context: RoleContext) -> Role:
     return Role(name="noop", queues=(NOOP_QUEUE,), handle=_handle)

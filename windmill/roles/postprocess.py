@@ -82,7 +82,8 @@ class PostprocessHandler:
         return status
 
 
-@register_role("postprocess")
+@register_role("postprocess", "sends merged boxes, cropped, to colors, face and pose "
+               "(--service: some of them; queues postprocess_<service>)")
 def postprocess_role(context: RoleContext) -> Role:
     selection = context.service or ",".join(POSTPROCESS_QUEUES)
     services = [name.strip() for name in selection.split(",") if name.strip()]

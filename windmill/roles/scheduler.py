@@ -35,7 +35,8 @@ def schedule_next_tick(conn: psycopg.Connection, interval: timedelta) -> int | N
     return None if row is None else row[0]
 
 
-@register_role("scheduler")
+@register_role("scheduler", "queues the periodic backfill that repairs missing or stale "
+               "products (WINDMILL_BACKFILL_INTERVAL_S)")
 def scheduler_role(context: RoleContext) -> Role:
     interval = timedelta(seconds=context.settings.backfill_interval_s)
     retention = timedelta(seconds=context.settings.job_retention_s)

@@ -14,7 +14,7 @@ from psycopg_pool import ConnectionPool
 
 from windmill.catalog import Catalog
 from windmill.db.queries import query
-from windmill.errors import WindmillError, first_line
+from windmill.errors import NoSuchImage, WindmillError, first_line
 from windmill.jobs import JobQueue
 from windmill.monitor import RabbitMQManagement, collect_status
 from windmill.record import image_record
@@ -97,7 +97,7 @@ class Dashboard:
         except WindmillError as problem:
             return ImagePage(record, None, first_line(problem))
         if picture is None:
-            raise WindmillError(f"no image with id {image_id}")
+            raise NoSuchImage(image_id)
         detectors = [service.name for service in self.catalog.detectors]
         return ImagePage(record, build_overlay(record, (picture.width, picture.height), detectors), None)
 

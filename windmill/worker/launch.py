@@ -53,6 +53,18 @@ def stop_on_signals(worker: Stoppable) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def pool_size(concurrency: int) -> int:
+    """A worker process's pool: a connection per handler thread, and two for heartbeats, leases and metrics."""
+    return concurrency + 2
+
+
+def worker_connections(concurrency: int) -> int:
+    """The most PostgreSQL connections one worker process holds: its pool, its LISTEN connection, and the one that
+    holds fleet-wide service places (windmill/farm/fleet.py). deploy/README.md and the compose file's
+    max_connections are sized with it."""
+    return pool_size(concurrency) + 2
+
+
 def run_until_stopped(worker: Stoppable) -> int:
     """Run a worker (or a group of them) in the foreground until SIGTERM/SIGINT; returns its exit code."""
     with stop_on_signals(worker):
@@ -76,7 +88,7 @@ def run_worker(
     options = options or WorkerOptions()
     rabbitmq = uses_rabbitmq(settings, broker)
     with open_migrated(settings, catalog, application_name=f"windmill-{role_name}") as database:
-        pool = database.pool(min_size=1, max_size=options.concurrency + 2, name=f"worker-{role_name}",
+        pool = database.pool(min_size=1, max_size=pool_size(options.concurrency), name=f"worker-{role_name}",
                              wait_s=settings.database_wait_s)
         extras = ExitStack()  # the metrics endpoint (if asked for) and the farm client: closed before the pool
         try:
@@ -118,9 +130,11 @@ def run_worker(
 
 
 def run_machine(settings: Settings, catalog: Catalog, database: Database, pool: ConnectionPool) -> int:
-    """Every role in this process (`windmill-cli run`) until a signal stops them; returns the exit code. With
-    WINDMILL_METRICS_PORT, one metrics endpoint serves every role's series, advertised as a file_sd target."""
+    """Every role in this process (`windmill-cli run`: windmill.worker.layout.every_role) until a signal stops them;
+    returns the exit code. With WINDMILL_METRICS_PORT, one metrics endpoint serves every role's series, advertised as
+    a file_sd target."""
     from windmill.worker.group import WorkerGroup
+    from windmill.worker.layout import every_role
 
     with ExitStack() as extras:
         metrics = None
@@ -130,4 +144,4 @@ def run_machine(settings: Settings, catalog: Catalog, database: Database, pool: 
 
             metrics = extras.enter_context(serving_worker_metrics(settings.metrics_port, pool))
             extras.enter_context(advertised(settings.home, settings.worker_id, settings.metrics_port, {"role": "run"}))
-        return run_until_stopped(WorkerGroup(settings, database, pool, catalog, metrics=metrics))
+        return run_until_stopped(WorkerGroup(settings, database, pool, catalog, every_role(catalog), metrics=metrics))

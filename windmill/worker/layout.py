@@ -42,8 +42,15 @@ PRODUCT_STAGE = (
 # Periodic upkeep: the scheduler queues the backfill (pg_cron or `windmill-cli backfill` can do it instead).
 UPKEEP = (RoleSpec("scheduler", concurrency=1),)
 
-# Everything a single machine runs in one process (`windmill-cli run`, the demo).
+# The pipeline in one process (the demo, the Python API's `workers()`): answers and products, no upkeep.
 SINGLE_MACHINE = (ANSWER_STAGE, *PRODUCT_STAGE)
+
+
+def every_role(catalog: Catalog) -> tuple[RoleSpec, ...]:
+    """Everything a machine runs, in one process (`windmill-cli run`, windmill-run.service): the services of every
+    named service worker (primary and spatial_only) in one service worker, the product stage, and the upkeep."""
+    services = [service.name for service in catalog.services if service.category in SERVICE_WORKER_CATEGORIES]
+    return (RoleSpec("service", ",".join(services), concurrency=ANSWER_STAGE.concurrency), *PRODUCT_STAGE, *UPKEEP)
 
 
 def machine_workers(catalog: Catalog) -> dict[str, RoleSpec]:

@@ -72,11 +72,15 @@ def process_farm_client(settings: Settings, catalog: Catalog, database: Database
 
 RoleFactory = Callable[[RoleContext], Role]
 _ROLES: dict[str, RoleFactory] = {}
+_SUMMARIES: dict[str, str] = {}
 
 
-def register_role(name: str) -> Callable[[RoleFactory], RoleFactory]:
+def register_role(name: str, summary: str = "") -> Callable[[RoleFactory], RoleFactory]:
+    """Register a role factory under `name`; `summary` is its line in `windmill-cli worker --list-roles`."""
+
     def decorator(factory: RoleFactory) -> RoleFactory:
         _ROLES[name] = factory
+        _SUMMARIES[name] = summary
         return factory
 
     return decorator
@@ -88,8 +92,19 @@ def role_names() -> list[str]:
     return sorted(_ROLES)
 
 
-def build_role(name: str, context: RoleContext) -> Role:
+def role_summaries() -> dict[str, str]:
+    """Every role with its one-line summary, by name."""
+    return {name: _SUMMARIES[name] for name in role_names()}
+
+
+def check_role(name: str) -> None:
+    """Refuse an unknown role name with the valid ones, before anything is started for it."""
     names = role_names()
-    if name not in _ROLES:
-        raise WindmillError(f"unknown role {name!r}; valid roles: {', '.join(names)}")
+    if name not in names:
+        raise WindmillError(f"unknown role {name!r}; valid roles: {', '.join(names)} "
+                            "(`windmill-cli worker --list-roles` says what each does)")
+
+
+def build_role(name: str, context: RoleContext) -> Role:
+    check_role(name)
     return _ROLES[name](context)

@@ -1,0 +1,170 @@
+"""The command line as an operator meets it (issue 16): the settings file a deployed host has, the embedded database
+announced once and silenced by -q, roles checked before anything starts, `run` running every role, files and URLs
+added together, one wording for an unknown image, JSON from the commands that change things."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from PIL import Image
+
+from tests.conftest import PYTHON, wait_until
+from windmill.catalog import Catalog
+from windmill.db.embedded import EmbeddedPostgres
+from windmill.worker.layout import machine_workers
+from windmill.worker.registry import role_names
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png"):
+        Image.new("RGB", (8, 8), "red").save(folder / name)
+    return folder
+
+
+def windmill(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "windmill", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def without_database(worker_env: dict[str, str], home: Path) -> dict[str, str]:
+    env = {key: value for key, value in worker_env.items() if key != "WINDMILL_DATABASE_URL"}
+    return {**env, "WINDMILL_HOME": str(home)}
+
+
+# -- the settings file and the embedded database -------------------------------------------------------------------
+
+
+def test_status_on_a_deployed_host_reads_the_systems_settings_file(worker_env: dict[str, str], tmp_path: Path,
+                                                                    conn: psycopg.Connection, photos: Path) -> None:
+    """No ./.env, nothing in the environment: the systemd units' file names the database, and status reads it."""
+    conn.execute("INSERT INTO images (image_filename, image_path) VALUES ('x.jpg', '/x.jpg'), ('y.jpg', '/y.jpg')")
+    system = tmp_path / "windmill.env"
+    system.write_text(f"WINDMILL_DATABASE_URL={worker_env['WINDMILL_DATABASE_URL']}\n")
+    env = {**without_database(worker_env, tmp_path / "home"), "WINDMILL_SYSTEM_ENV_FILE": str(system)}
+    shown = windmill("status", "--json", env=env, cwd=photos)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["totals"]["images"] == 2
+    assert "embedded" not in shown.stderr
+    assert not (tmp_path / "home" / "postgres").exists()
+
+
+@pytest.fixture
+def embedded_home() -> Iterator[Path]:
+    """A home whose embedded cluster is discarded afterwards (it may live under /var/tmp when run as root)."""
+    with tempfile.TemporaryDirectory(prefix="windmill-notice-") as parent:
+        home = Path(parent) / "home"
+        try:
+            yield home
+        finally:
+            EmbeddedPostgres(home).discard()
+
+
+def test_the_embedded_database_is_announced_once_and_quiet_silences_stderr(
+        worker_env: dict[str, str], embedded_home: Path, tmp_path: Path) -> None:
+    env = without_database(worker_env, embedded_home)
+    first = windmill("status", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    notices = [line for line in first.stderr.splitlines() if line.startswith("using the embedded database at ")]
+    data_dir = EmbeddedPostgres(embedded_home).status().data_dir
+    assert notices == [f"using the embedded database at {data_dir} (no WINDMILL_DATABASE_URL or DB_HOST is set; "
+                       f"found no settings file; looked at .env, {worker_env['WINDMILL_SYSTEM_ENV_FILE']})"]
+    assert " INFO windmill.db.embedded" in first.stderr  # the cluster said what it did
+    quiet = windmill("-q", "status", env=env, cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stdout.startswith("Windmill status at ")
+    assert quiet.stderr == ""
+
+
+def test_a_mistyped_role_or_service_is_refused_before_any_database_starts(worker_env: dict[str, str],
+                                                                           tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = without_database(worker_env, home)
+    for args, said in ((["--role", "mergr"], "Error: unknown role 'mergr'; valid roles: caption_score, consensus, "),
+                       (["--role", "service", "--service", "yolo"], "Error: unknown service 'yolo'")):
+        refused = windmill("worker", *args, env=env, cwd=tmp_path)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith(said) and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert not (home / "postgres").exists()  # no cluster was initialised, started and stopped for nothing
+
+
+def test_worker_list_roles_describes_every_role(worker_env: dict[str, str], tmp_path: Path) -> None:
+    listed = windmill("worker", "--list-roles", env=worker_env, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    described = dict(line.split(None, 1) for line in listed.stdout.strip().splitlines())
+    # (this process may know a test role or two more than the command does)
+    assert {"service", "merger", "consensus", "postprocess", "caption_score", "scheduler"} <= set(described)
+    assert set(described) <= set(role_names()) and all(described.values())
+
+
+# -- run: every role -----------------------------------------------------------------------------------------------
+
+
+def test_run_runs_every_role_and_service_the_named_workers_do(worker_env: dict[str, str], tmp_path: Path,
+                                                              conn: psycopg.Connection, catalog: Catalog) -> None:
+    process = subprocess.Popen([PYTHON, "-m", "windmill", "run"], env={**worker_env, "WORKER_ID": "run-test"},
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wanted = {(spec.role, service) for spec in machine_workers(catalog).values()
+                  for service in (spec.service.split(",") if spec.service else [None])}
+
+        def covered() -> set[tuple[str, str | None]]:
+            rows = conn.execute("SELECT role, service FROM workers WHERE worker_id LIKE 'run-test-%' "
+                                "AND stopped_at IS NULL").fetchall()
+            return {(role, service) for role, services in rows
+                    for service in (services.split(",") if services else [None])}
+
+        wait_until(lambda: wanted <= covered(), timeout=60, interval=0.2,
+                   message=f"`run` to run every named worker's role and services: {sorted(wanted, key=str)}")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=60)
+    assert process.returncode == 0, errors
+
+
+# -- the collection commands -----------------------------------------------------------------------------------------
+
+
+def test_images_add_takes_directories_and_a_url_list_together(run, photos: Path, tmp_path: Path,
+                                                              conn: psycopg.Connection) -> None:
+    urls = tmp_path / "urls.txt"
+    urls.write_text("https://example.org/one.jpg\nftp://example.org/two.jpg\n")
+    added = run("images", "add", str(photos), "--url-list", str(urls), "--json")
+    assert added.exit_code == 0, added.output
+    assert json.loads(added.output) == {"added": 3, "already_known": 0, "skipped": [
+        {"what": "ftp://example.org/two.jpg", "why": "only http:// and https:// URLs can be added"}]}
+    stored = conn.execute("SELECT image_filename, image_url IS NOT NULL FROM images ORDER BY image_filename").fetchall()
+    assert stored == [("a.jpg", False), ("b.png", False), ("one.jpg", True)]
+
+
+def test_submit_jobs_retry_and_init_db_answer_in_json(run, photos: Path, conn: psycopg.Connection) -> None:
+    run("images", "add", str(photos))
+    submitted = run("submit", "--services", "metadata,ocr", "--json")
+    assert submitted.exit_code == 0, submitted.output
+    report = json.loads(submitted.output)  # the progress bar stays off stdout
+    assert (report["published"], report["images"], report["services"], report["broker"]) == (
+        4, 2, ["metadata", "ocr"], "postgres")
+    dead = conn.execute("UPDATE jobs SET state = 'dead' WHERE id IN (SELECT min(id) FROM jobs) RETURNING id").fetchone()
+    assert json.loads(run("jobs", "retry", "--json").output) == {"retried": [dead[0]]}
+    initialised = json.loads(run("init-db", "--json").output)
+    assert initialised["applied"] == [] and initialised["database"].endswith("/windmill_test")
+
+
+def test_an_unknown_image_is_worded_alike_by_show_and_status(run) -> None:
+    said = {run(*args, "99").output.strip() for args in (["show"], ["status", "--image"], ["show", "--png", "x.png"])}
+    assert said == {"Error: no image with id 99"}
+
+
+def test_quiet_hides_the_progress_bar(run, photos: Path) -> None:
+    run("images", "add", str(photos))
+    assert "Submitting" in run("submit", "-s", "metadata").output
+    quiet = run("-q", "submit", "-s", "ocr")
+    assert quiet.exit_code == 0 and "Submitting" not in quiet.output and quiet.output.startswith("Submitted 2 task")

@@ -1,0 +1,131 @@
+"""Database errors at the command line are one sentence, exit status 1, no traceback: what PostgreSQL refused (a
+privilege, a login, a host, a port, a database) and how to fix it — run against a real server with the roles of
+deploy/roles.sql, one case per finding of the operators' report (issue 16, point 2)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tests.conftest import _fresh_database
+from tests.test_deploy_files import apply_roles
+from windmill.catalog import Catalog
+from windmill.commands import main
+from windmill.db.connect import Database, conninfo_to_url
+from windmill.db.refusals import connection_failure
+from windmill.db.schema import init_database
+
+
+@pytest.fixture(scope="module")
+def url_as(server_conninfo: str, catalog: Catalog) -> Iterator[Callable[..., str]]:
+    """A migrated database with roles.sql applied; yields the URL of a role (the test cluster trusts 127.0.0.1, so
+    no password is needed) or of the same server with another port or database."""
+    conninfo = _fresh_database(server_conninfo, "windmill_refusals_test")
+    with Database(conninfo).connect() as admin:
+        init_database(admin, catalog)
+        apply_roles(admin)
+
+    def url(role: str, **changes: object) -> str:
+        return conninfo_to_url(make_conninfo(conninfo, user=role, password="", **changes))  # type: ignore[arg-type]
+
+    yield url
+
+
+def windmill(tmp_path: Path, *args: str, **env: str) -> Result:
+    base = {"WINDMILL_HOME": str(tmp_path / "home"), "WINDMILL_DATABASE_URL": None, "WINDMILL_HARMONY": None,
+            "DB_HOST": None, "WINDMILL_ENV_FILE": None}
+    return CliRunner().invoke(main, list(args), env={**base, **env}, catch_exceptions=False)
+
+
+def one_sentence(result: Result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0].removeprefix("Error: ")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_images_add_as_the_worker_role_names_the_privilege_and_the_role_it_needs(
+        url_as: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    monkeypatch.chdir(tmp_path)
+    said = one_sentence(windmill(tmp_path, "images", "add", str(tmp_path),
+                                 WINDMILL_DATABASE_URL=url_as("windmill_worker")))
+    assert said == ("PostgreSQL refused `images add` as windmill_worker: permission denied for table images; it needs "
+                    "the privileges of windmill_owner: run it with a login that is a member of windmill_owner "
+                    "(deploy/roles.sql; deploy/README.md says which command needs which)")
+
+
+def test_init_db_as_the_worker_role_needs_the_owner(url_as: Callable[..., str], tmp_path: Path) -> None:
+    said = one_sentence(windmill(tmp_path, "init-db", WINDMILL_DATABASE_URL=url_as("windmill_worker")))
+    assert said.startswith("PostgreSQL refused `init-db` as windmill_worker: permission denied for ")
+    assert said.endswith("it needs the privileges of windmill_owner: run it with a login that is a member of "
+                         "windmill_owner (deploy/roles.sql; deploy/README.md says which command needs which)")
+
+
+def test_status_as_the_monitor_role_needs_the_worker_role(url_as: Callable[..., str], tmp_path: Path) -> None:
+    said = one_sentence(windmill(tmp_path, "status", WINDMILL_DATABASE_URL=url_as("windmill_monitor")))
+    assert said.startswith("PostgreSQL refused `status` as windmill_monitor: permission denied for ")
+    assert "it needs the privileges of windmill_worker" in said
+
+
+def test_a_refused_connection_keeps_its_reason_and_says_where_to_look(url_as: Callable[..., str],
+                                                                       tmp_path: Path) -> None:
+    port = free_port()
+    url = url_as("windmill_worker", host="localhost", port=port)
+    said = one_sentence(windmill(tmp_path, "status", WINDMILL_DATABASE_URL=url))
+    assert said == (f"cannot connect to PostgreSQL at localhost:{port}/windmill_refusals_test: connection refused; "
+                    f"is PostgreSQL running there and listening on port {port}? (the host and port come from "
+                    "WINDMILL_DATABASE_URL or DB_HOST and DB_PORT)")
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"dbname": "no_such_database"},
+     'database "no_such_database" does not exist; create it (`createdb no_such_database`, deploy/README.md) or name '
+     "the right one (the URL's path or DB_NAME)"),
+    ({"user": "no_such_login"},
+     'role "no_such_login" does not exist; create the login as a member of a Windmill role (deploy/roles.sql) or '
+     "name the right one (the URL's user or DB_USER)"),
+])
+def test_a_missing_database_or_login_says_what_to_create(url_as: Callable[..., str], tmp_path: Path,
+                                                          change: dict[str, str], expected: str) -> None:
+    url = url_as(change.get("user", "windmill_worker"), **{k: v for k, v in change.items() if k != "user"})
+    location = f"{conninfo_to_dict(url).get('host')}:{conninfo_to_dict(url).get('port')}/"
+    said = one_sentence(windmill(tmp_path, "status", WINDMILL_DATABASE_URL=url))
+    assert said.startswith(f"cannot connect to PostgreSQL at {location}") and said.endswith(expected)
+
+
+@pytest.mark.parametrize("port", ["abc", "-1", "99999"])
+def test_a_bad_port_is_one_sentence_naming_the_setting(url_as: Callable[..., str], tmp_path: Path, port: str) -> None:
+    url = url_as("windmill_worker").replace(f":{conninfo_to_dict(url_as('windmill_worker'))['port']}/", f":{port}/")
+    said = one_sentence(windmill(tmp_path, "status", WINDMILL_DATABASE_URL=url))
+    assert said == f"WINDMILL_DATABASE_URL has port '{port}'; a port is a number between 1 and 65535"
+
+
+def test_libpqs_word_for_a_bad_port_is_translated_too() -> None:
+    """Where a port reaches libpq unchecked (a service file, PGPORT), its error still becomes the sentence."""
+    for conninfo in ("host=localhost port=abc", "host=127.0.0.1 port=99999"):
+        with pytest.raises(psycopg.OperationalError) as failed:
+            psycopg.connect(conninfo, connect_timeout=5)
+        assert connection_failure(failed.value, "localhost:abc/windmill") == (
+            "cannot connect to PostgreSQL at localhost:abc/windmill: the port is not a port number; a port is a "
+            "number between 1 and 65535 (WINDMILL_DATABASE_URL or DB_HOST and DB_PORT)")
+
+
+def test_bad_harmony_keys_are_listed_with_the_valid_ones(tmp_path: Path) -> None:
+    said = one_sentence(windmill(tmp_path, "config", WINDMILL_HARMONY='{"iou": 2}'))
+    assert said == ("WINDMILL_HARMONY has unknown key 'iou'; valid keys: iou_threshold, containment_threshold, "
+                    "min_services, single_service_min_confidence, fusion, split_crowds, emoji_from_labels")
