@@ -18,11 +18,14 @@ RECONNECT_CAP_S = 10.0
 
 
 class JobListener:
-    """Sets `wake` on every notification, and once after every (re)connect: a notification sent while we
-    were disconnected is lost, so the loop must poll after listening again."""
+    """Sets `wake` on every notification on `channel` (the job queue's by default), and once after every
+    (re)connect: a notification sent while we were disconnected is lost, so the loop must poll after listening
+    again."""
 
-    def __init__(self, conninfo: str, wake: threading.Event, stopping: threading.Event) -> None:
+    def __init__(self, conninfo: str, wake: threading.Event, stopping: threading.Event, *,
+                 channel: str = NOTIFY_CHANNEL) -> None:
         self.conninfo = conninfo
+        self.channel = channel
         self.wake = wake
         self.stopping = stopping
         self.connected = threading.Event()
@@ -32,7 +35,7 @@ class JobListener:
         while not self.stopping.is_set():
             try:
                 with psycopg.connect(self.conninfo, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    conn.execute(f"LISTEN {self.channel}")
                     self.connected.set()
                     self.wake.set()
                     failures = 0
