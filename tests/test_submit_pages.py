@@ -26,8 +26,8 @@ SERVICES = "nsfw2,metadata"
 def register(conn: psycopg.Connection, count: int, *, first: int = 1) -> None:
     """`count` image rows (their files need not exist: nothing here fetches them)."""
     conn.execute("INSERT INTO images (image_filename, image_path) "
-                 "SELECT format('p%%s.jpg', n), format('/pages/p%%s.jpg', n) FROM generate_series(%s::int, %s::int) AS n",
-                 (first, first + count - 1))
+                 "SELECT format('p%%s.jpg', n), format('/pages/p%%s.jpg', n) "
+                 "  FROM generate_series(%s::int, %s::int) AS n", (first, first + count - 1))
 
 
 class Interrupted(Exception):

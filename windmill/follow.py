@@ -21,6 +21,7 @@ from windmill.producer import PAGE_SIZE, SubmitReport, Submitter, image_pages
 
 IMAGES_CHANNEL = "windmill_images"
 POLL_INTERVAL_S = 5.0  # a walk at least this often, notified or not
+CATCH_UP_S = 0.5  # the next walk's delay while the position is behind the newest image seen
 
 
 @dataclass
@@ -80,7 +81,10 @@ class Follower:
             report.last_image_id = position.done_id
             if self.on_walk and report.published > published_before:
                 self.on_walk(report)
-            self.wake.wait(self.poll_interval_s)
+            # Until the position has caught up with the newest image seen, walk again soon: the next walk is the
+            # one that can move it (a restart then resumes close behind what was queued).
+            behind = position.done_id < position.newest_seen
+            self.wake.wait(min(self.poll_interval_s, CATCH_UP_S) if behind else self.poll_interval_s)
         return report
 
     def walk(self, position: FollowPosition) -> None:
