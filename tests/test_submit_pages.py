@@ -5,6 +5,8 @@ queues every image × service pair exactly once, in either broker."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
 
@@ -13,6 +15,7 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from tests.conftest import PYTHON, wait_until
 from windmill.broker import Broker, JobTableBroker
 from windmill.broker.rabbitmq import RabbitMQBroker
 from windmill.catalog import Catalog
@@ -131,3 +134,28 @@ def test_submit_after_an_id_takes_only_later_images_and_says_where_it_got(run, c
     assert conn.execute("SELECT array_agg(image_id ORDER BY image_id) FROM jobs").fetchone()[0] == [3, 4, 5]
     nothing = run("submit", "--services", "nsfw2", "--broker", "postgres", "--after-id", "5")
     assert nothing.exit_code == 1 and "no images to submit after id 5" in nothing.output
+
+
+def test_submit_stopped_by_sigterm_names_the_id_to_resume_after_and_the_resumed_one_completes_it(
+        conn: psycopg.Connection, worker_env: dict[str, str]) -> None:
+    register(conn, 5000)
+    argv = [PYTHON, "-m", "windmill", "submit", "--services", "nsfw2", "--broker", "postgres", "--page-size", "1"]
+    process = subprocess.Popen(argv, env=worker_env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: conn.execute("SELECT count(*) FROM jobs").fetchone()[0], timeout=60,
+                   message="the first page queued")
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1 and out == "" and "Traceback" not in err, err
+    resume_after = int(err.rsplit("Resume with --after-id ", 1)[1].rstrip(".\n"))
+    assert 0 < resume_after < 5000
+    assert conn.execute("SELECT max(image_id) FROM jobs").fetchone()[0] == resume_after
+
+    resumed = subprocess.run([*argv[:-1], "2000", "--after-id", str(resume_after)], env=worker_env, text=True,
+                             capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Last image id done: 5000." in resumed.stdout
+    assert conn.execute("SELECT count(*), count(DISTINCT image_id) FROM jobs").fetchone() == (5000, 5000)

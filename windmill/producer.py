@@ -3,6 +3,7 @@ page), skip answered pairs and pairs with a task in flight, publish each page as
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -103,12 +104,13 @@ def submit(
     page_size: int = PAGE_SIZE,
     progress: Callable[[int], None] | None = None,
     report: SubmitReport | None = None,
+    stopping: threading.Event | None = None,
 ) -> SubmitReport:
     """Publish one task per image × service for the images after `after_id`, a page at a time; pairs that already
     have a success are skipped unless force, and pairs that have a task in flight (queued, running or waiting for a
     retry, in either broker) always are. Two connections (autocommit): one reads the pages, the other looks up
     answers and keeps the ledger. `report` (filled page by page) says how far an interrupted submit got:
-    `last_image_id` is where `after_id` resumes."""
+    `last_image_id` is where `after_id` resumes. Once `stopping` is set, the submit ends after the page it is on."""
     submitter = Submitter(lookup_conn, broker, services, force=force, report=report)
     submitter.report.last_image_id = max(submitter.report.last_image_id, after_id)
     for page in image_pages(read_conn, group=group, after_id=after_id, limit=limit, page_size=page_size):
@@ -116,4 +118,6 @@ def submit(
         submitter.report.last_image_id = page[-1]["image_id"]
         if progress:
             progress(len(page))
+        if stopping is not None and stopping.is_set():
+            break
     return submitter.report

@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 
 from windmill.collection import IMAGE_SUFFIXES, AddReport, add_paths, find_image_files
 from windmill.db.queries import query
+from windmill.errors import WindmillError
 from windmill.producer import PAGE_SIZE, Submitter
 
 SETTLE_S = 2.0  # a file is taken when unchanged this long
@@ -83,7 +84,11 @@ class FolderWatch:
     report: WatchReport = field(default_factory=WatchReport)
 
     def run(self) -> WatchReport:
-        from watchdog.observers import Observer
+        try:
+            from watchdog.observers import Observer
+        except ImportError:
+            raise WindmillError("watching a folder needs the watchdog library: "
+                                "pip install 'windmill-pipeline[watch]'") from None
 
         arrivals: queue.SimpleQueue[Path] = queue.SimpleQueue()
         observer = Observer()

@@ -161,7 +161,7 @@ class Windmill:
     def submit(self, services: str | Sequence[Service] = "all", *, group: str | None = None,
                limit: int | None = None, force: bool = False, broker: str | None = None, after_id: int = 0,
                page_size: int | None = None, progress: Callable[[int], None] | None = None,
-               report: SubmitReport | None = None) -> Submission:
+               report: SubmitReport | None = None, stopping: threading.Event | None = None) -> Submission:
         """Queue one task per image × service: `services` is a selection (`all`, `primary`, `spatial_only`,
         `full_catalog`, or a comma list) or catalog services. Pairs that already have a successful answer are
         skipped unless `force`; pairs with a task in flight (queued, running or waiting for a retry) always are.
@@ -169,14 +169,15 @@ class Windmill:
         configured, else the job table). The images after `after_id` are read `page_size` at a time
         (WINDMILL_SUBMIT_PAGE by default), each page in a short transaction of its own; `progress` is called with
         the number of images of each page sent, and `report` (filled page by page) says how far an interrupted
-        submit got (its `last_image_id` is where `after_id` resumes)."""
+        submit got (its `last_image_id` is where `after_id` resumes); once `stopping` is set, it ends after the
+        page it is on."""
         from windmill.producer import submit
 
         with self._submitting(services, broker, force, report) as (submitter, submission), \
                 self.connection() as read_conn:
             submit(read_conn, submitter.conn, submitter.broker, submitter.services, group=group, limit=limit,
                    force=force, after_id=after_id, page_size=page_size or self.settings.submit_page,
-                   progress=progress, report=submitter.report)
+                   progress=progress, report=submitter.report, stopping=stopping)
         return submission
 
     def follow(self, services: str | Sequence[Service] = "all", *, stopping: threading.Event,

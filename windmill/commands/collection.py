@@ -139,6 +139,9 @@ def submit(app: AppContext, services: str, limit: int | None, group: str | None,
         submitted = _follow(app, selected, report, group=group, force=force, broker=broker, page_size=page_size,
                             poll_interval=poll_interval, as_json=as_json)
     else:
+        from windmill.worker.launch import StopRequest, stop_on_signals
+
+        stop = StopRequest()
         with app.windmill("windmill-submit") as windmill:
             total = windmill.count_images(group=group, limit=limit, after_id=after_id)
             if total == 0:
@@ -147,12 +150,15 @@ def submit(app: AppContext, services: str, limit: int | None, group: str | None,
             with click.progressbar(length=total, label="Submitting", file=sys.stderr,
                                    hidden=app.quiet or as_json) as bar:
                 try:
-                    submitted = windmill.submit(selected, group=group, limit=limit, force=force, broker=broker,
-                                                after_id=after_id, page_size=page_size, progress=bar.update,
-                                                report=report)
+                    with stop_on_signals(stop):  # type: ignore[arg-type]
+                        submitted = windmill.submit(selected, group=group, limit=limit, force=force,
+                                                    broker=broker, after_id=after_id, page_size=page_size,
+                                                    progress=bar.update, report=report, stopping=stop.stopping)
                 except KeyboardInterrupt:
-                    raise WindmillError(f"interrupted: {_counts(report)} Resume with --after-id "
-                                        f"{report.last_image_id}.") from None
+                    stop.stopping.set()
+            if stop.stopping.is_set() and report.images < total:
+                raise WindmillError(f"stopped: {_counts(report)} Resume with --after-id "
+                                    f"{report.last_image_id}.")
     if as_json:
         echo_json({**asdict(report), "services": list(submitted.services),
                    "broker": RABBITMQ if submitted.rabbitmq else JOB_TABLE})
@@ -185,7 +191,7 @@ def _follow(app: AppContext, selected: list[Service], report: SubmitReport, *, g
                                    after_id=report.last_image_id, page_size=page_size,
                                    poll_interval_s=poll_interval, on_walk=on_walk, report=report)
     except KeyboardInterrupt:
-        raise WindmillError(f"interrupted: {_counts(report)} Resume with --after-id "
+        raise WindmillError(f"stopped: {_counts(report)} Resume with --after-id "
                             f"{report.last_image_id}.") from None
 
 
