@@ -10,6 +10,7 @@ position that were already submitted are remembered so that the next walks skip 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from windmill.producer import PAGE_SIZE, SubmitReport, Submitter, image_pages
 IMAGES_CHANNEL = "windmill_images"
 POLL_INTERVAL_S = 5.0  # a walk at least this often, notified or not
 CATCH_UP_S = 0.5  # the next walk's delay while the position is behind the newest image seen
+STOP_CHECK_S = 0.2
 
 
 @dataclass
@@ -84,8 +86,15 @@ class Follower:
             # Until the position has caught up with the newest image seen, walk again soon: the next walk is the
             # one that can move it (a restart then resumes close behind what was queued).
             behind = position.done_id < position.newest_seen
-            self.wake.wait(min(self.poll_interval_s, CATCH_UP_S) if behind else self.poll_interval_s)
+            self._wait(min(self.poll_interval_s, CATCH_UP_S) if behind else self.poll_interval_s)
         return report
+
+    def _wait(self, seconds: float) -> None:
+        """Until a notification, `seconds`, or a stop (checked every STOP_CHECK_S: a signal sets `stopping` only)."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            if self.wake.wait(min(left, STOP_CHECK_S)):
+                return
 
     def walk(self, position: FollowPosition) -> None:
         newest_before = position.newest_seen
