@@ -97,16 +97,9 @@ def images_watch(app: AppContext, folder: Path, recursive: bool, group: str | No
                f"{report.already_known} already known.")
 
 
-services_option = click.option(
-    "--services", "-s", default="all", show_default=True, shell_complete=completion.services,
-    help="all, primary, spatial_only, full_catalog, or a comma-separated list of services.")
-broker_option = click.option(
-    "--broker", type=click.Choice(BROKERS),
-    help="Where the tasks go (default: RabbitMQ when configured, else the PostgreSQL job table).")
-
-
 @click.command()
-@services_option
+@click.option("--services", "-s", default="all", show_default=True, shell_complete=completion.services,
+              help="all, primary, spatial_only, full_catalog, or a comma-separated list of services.")
 @click.option("--limit", "-l", type=click.IntRange(min=1), help="Submit at most this many images.")
 @click.option("--group", "-g", help="Only images of this group.")
 @click.option("--force", is_flag=True, help="Submit pairs that already have a successful answer too.")
@@ -119,7 +112,8 @@ broker_option = click.option(
 @click.option("--poll-interval", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True,
               help="With --follow: look for new images at least this often (a notification wakes it sooner).")
 @click.option("--list-services", "list_only", is_flag=True, help="Print the catalog and exit.")
-@broker_option
+@click.option("--broker", type=click.Choice(BROKERS),
+              help="Where the tasks go (default: RabbitMQ when configured, else the PostgreSQL job table).")
 @json_option
 @pass_app
 def submit(app: AppContext, services: str, limit: int | None, group: str | None, force: bool, after_id: int,
