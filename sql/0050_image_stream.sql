@@ -19,3 +19,12 @@ $$;
 CREATE TRIGGER images_registered_notify
     AFTER INSERT ON images REFERENCING NEW TABLE AS registered
     FOR EACH STATEMENT EXECUTE FUNCTION notify_images_registered();
+
+-- Where each `submit --follow` stands, so that a restart (a service manager's, after a crash) resumes there
+-- instead of walking the whole collection again: every image up to after_image_id was submitted. One row per
+-- stream, the follow's selection (services, group, broker).
+CREATE TABLE follow_positions (
+    stream text PRIMARY KEY,
+    after_image_id bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);

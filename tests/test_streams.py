@@ -168,9 +168,19 @@ def test_follow_queues_images_registered_after_it_started_and_resumes_without_du
     last_done = int(out.rsplit("Last image id done: ", 1)[1].rstrip(".\n"))
     assert 1 <= last_done <= 3
 
+    assert conn.execute("SELECT after_image_id FROM follow_positions").fetchone() == (last_done,)
+
     register("fourth.jpg")
-    with command(worker_env, *follow, "--after-id", str(last_done)) as follower:
+    with command(worker_env, *follow) as follower:  # no --after-id: where the last follow stood
         wait_until(lambda: 4 in jobs_per_image(conn), timeout=60, message="the image registered while it was down")
         out, _ = stop(follower)
-    assert "Submitted 1 task(s)" in out
+    assert f"Submitted 1 task(s) for {4 - last_done} image(s)" in out
+    assert jobs_per_image(conn) == {1: 1, 2: 1, 3: 1, 4: 1}
+
+    conn.execute("UPDATE follow_positions SET after_image_id = 0")
+    with command(worker_env, *follow, "--after-id", "0") as follower:  # asked to walk everything again
+        wait_until(lambda: conn.execute("SELECT after_image_id FROM follow_positions").fetchone() == (4,),
+                   timeout=60, message="the walk from the start")
+        out, _ = stop(follower)
+    assert "Submitted 0 task(s) for 4 image(s)" in out and "4 already in flight" in out
     assert jobs_per_image(conn) == {1: 1, 2: 1, 3: 1, 4: 1}

@@ -58,6 +58,17 @@ def images_writers(conn: psycopg.Connection) -> frozenset[str]:
     return frozenset(conn.execute(query("images_writers")).fetchone()[0])
 
 
+def stream_name(services: Sequence[str], group: str | None, broker: str) -> str:
+    """The saved position's key: the same selection followed again resumes where the last follow stood."""
+    return f"{broker}:{','.join(sorted(services))}" + (f":{group}" if group is not None else "")
+
+
+def saved_position(conn: psycopg.Connection, stream: str) -> int:
+    """Where the last follow of this stream stood (0: none ran yet)."""
+    row = conn.execute(query("follow_position"), {"stream": stream}).fetchone()
+    return row[0] if row else 0
+
+
 @dataclass
 class Follower:
     """Walks and waits until `stopping` is set. `on_walk` is called with the report after each walk that queued
@@ -71,6 +82,7 @@ class Follower:
     page_size: int = PAGE_SIZE
     poll_interval_s: float = POLL_INTERVAL_S
     on_walk: Callable[[SubmitReport], None] | None = None
+    stream: str | None = None  # where to save the position (follow_positions); None: nowhere
 
     def run(self, after_id: int = 0) -> SubmitReport:
         position = FollowPosition(done_id=after_id)
@@ -80,6 +92,9 @@ class Follower:
             self.wake.clear()  # before the walk: a registration committed during it wakes the next one
             published_before = report.published
             self.walk(position)
+            if self.stream is not None and position.done_id != report.last_image_id:
+                self.read_conn.execute(query("save_follow_position"),
+                                       {"stream": self.stream, "after_id": position.done_id})
             report.last_image_id = position.done_id
             if self.on_walk and report.published > published_before:
                 self.on_walk(report)

@@ -29,6 +29,13 @@ SELECT coalesce(array_agg(virtualtransaction), '{}')
  WHERE locktype = 'relation' AND relation = 'images'::regclass AND mode = 'RowExclusiveLock' AND granted
    AND pid <> pg_backend_pid()
 
+-- name: follow_position
+SELECT after_image_id FROM follow_positions WHERE stream = %(stream)s
+
+-- name: save_follow_position
+INSERT INTO follow_positions (stream, after_image_id) VALUES (%(stream)s, %(after_id)s)
+ON CONFLICT (stream) DO UPDATE SET after_image_id = excluded.after_image_id, updated_at = now()
+
 -- name: answered_pairs
 -- Which of these image × service pairs already have a successful answer.
 SELECT DISTINCT image_id, service

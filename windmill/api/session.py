@@ -181,14 +181,16 @@ class Windmill:
         return submission
 
     def follow(self, services: str | Sequence[Service] = "all", *, stopping: threading.Event,
-               group: str | None = None, force: bool = False, broker: str | None = None, after_id: int = 0,
+               group: str | None = None, force: bool = False, broker: str | None = None,
+               after_id: int | None = None,
                page_size: int | None = None, poll_interval_s: float | None = None,
                on_walk: Callable[[SubmitReport], None] | None = None,
                report: SubmitReport | None = None) -> Submission:
         """`submit`, then keep queueing images as they are registered (woken by their registration's
-        notification, or every `poll_interval_s` at the latest) until `stopping` is set. The report's
-        `last_image_id` is where `after_id` resumes: every image up to it was submitted."""
-        from windmill.follow import IMAGES_CHANNEL, POLL_INTERVAL_S, Follower
+        notification, or every `poll_interval_s` at the latest) until `stopping` is set. It starts after
+        `after_id`, by default where the last follow of the same services, group and broker stood (saved in
+        `follow_positions`); the report's `last_image_id` is that position: every image up to it was submitted."""
+        from windmill.follow import IMAGES_CHANNEL, POLL_INTERVAL_S, Follower, saved_position, stream_name
         from windmill.worker.listener import JobListener
 
         wake = threading.Event()
@@ -198,10 +200,12 @@ class Windmill:
         try:
             with self._submitting(services, broker, force, report) as (submitter, submission), \
                     self.connection() as read_conn:
+                stream = stream_name(submission.services, group, "rabbitmq" if submission.rabbitmq else "postgres")
+                start = saved_position(read_conn, stream) if after_id is None else after_id
                 Follower(read_conn, submitter, wake, stopping, group=group,
                          page_size=page_size or self.settings.submit_page,
                          poll_interval_s=POLL_INTERVAL_S if poll_interval_s is None else poll_interval_s,
-                         on_walk=on_walk).run(after_id)
+                         on_walk=on_walk, stream=stream).run(start)
         finally:
             stopping.set()
             listening.join()

@@ -103,8 +103,9 @@ def images_watch(app: AppContext, folder: Path, recursive: bool, group: str | No
 @click.option("--limit", "-l", type=click.IntRange(min=1), help="Submit at most this many images.")
 @click.option("--group", "-g", help="Only images of this group.")
 @click.option("--force", is_flag=True, help="Submit pairs that already have a successful answer too.")
-@click.option("--after-id", type=click.IntRange(min=0), default=0,
-              help="Only images after this id (resume an interrupted submit where it said it stopped).")
+@click.option("--after-id", type=click.IntRange(min=0),
+              help="Only images after this id (resume an interrupted submit where it said it stopped). With "
+                   "--follow, by default where the last follow of these services, group and broker stood.")
 @click.option("--page-size", type=click.IntRange(1, 100_000),
               help="Images read, looked up and published per page [default: WINDMILL_SUBMIT_PAGE, 2000].")
 @click.option("--follow", is_flag=True,
@@ -116,7 +117,8 @@ def images_watch(app: AppContext, folder: Path, recursive: bool, group: str | No
               help="Where the tasks go (default: RabbitMQ when configured, else the PostgreSQL job table).")
 @json_option
 @pass_app
-def submit(app: AppContext, services: str, limit: int | None, group: str | None, force: bool, after_id: int,
+def submit(app: AppContext, services: str, limit: int | None, group: str | None, force: bool,
+           after_id: int | None,
            page_size: int | None, follow: bool, poll_interval: float, list_only: bool, broker: str | None,
            as_json: bool) -> None:
     """Queue one task per image × service for the service workers, a page of images at a time (by id)."""
@@ -126,13 +128,14 @@ def submit(app: AppContext, services: str, limit: int | None, group: str | None,
     from windmill.producer import SubmitReport
 
     selected = app.catalog.select(services)  # an unknown name is refused before any connection is made
-    report = SubmitReport(last_image_id=after_id)
+    report = SubmitReport()
     if follow:
         if limit is not None:
             raise click.UsageError("--follow runs until stopped: it takes no --limit")
-        submitted = _follow(app, selected, report, group=group, force=force, broker=broker, page_size=page_size,
-                            poll_interval=poll_interval, as_json=as_json)
+        submitted = _follow(app, selected, report, group=group, force=force, broker=broker, after_id=after_id,
+                            page_size=page_size, poll_interval=poll_interval, as_json=as_json)
     else:
+        after_id = after_id or 0
         from windmill.worker.launch import StopRequest, stop_on_signals
 
         stop = StopRequest()
@@ -170,7 +173,8 @@ def _counts(report: SubmitReport) -> str:
 
 
 def _follow(app: AppContext, selected: list[Service], report: SubmitReport, *, group: str | None, force: bool,
-            broker: str | None, page_size: int | None, poll_interval: float, as_json: bool) -> Submission:
+            broker: str | None, after_id: int | None, page_size: int | None, poll_interval: float,
+            as_json: bool) -> Submission:
     """submit --follow: until a signal, with a line per walk that queued something (not with -q or --json)."""
     from windmill.worker.launch import StopRequest, stop_on_signals
 
@@ -182,7 +186,7 @@ def _follow(app: AppContext, selected: list[Service], report: SubmitReport, *, g
     try:
         with app.windmill("windmill-submit") as windmill, stop_on_signals(stop):  # type: ignore[arg-type]
             return windmill.follow(selected, stopping=stop.stopping, group=group, force=force, broker=broker,
-                                   after_id=report.last_image_id, page_size=page_size,
+                                   after_id=after_id, page_size=page_size,
                                    poll_interval_s=poll_interval, on_walk=on_walk, report=report)
     except KeyboardInterrupt:
         raise WindmillError(f"stopped: {_counts(report)} Resume with --after-id "
