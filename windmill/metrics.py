@@ -162,7 +162,7 @@ class QueueCollector(Collector):
                 try:
                     with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
                         self._bound(cursor)
-                        cursor.execute("SELECT pg_notification_queue_usage() AS usage")
+                        cursor.execute(query("notification_queue_usage"))
                         usage = float(cursor.fetchone()["usage"])  # type: ignore[index]
                 except Exception as error:
                     problems.append(f"pg_notification_queue_usage: {first_line(error)}")
@@ -179,7 +179,7 @@ class QueueCollector(Collector):
         return DatabaseReading(queues, usage, complete=not problems)
 
     def _bound(self, cursor: Any) -> None:
-        cursor.execute("SELECT set_config('statement_timeout', %s, true)", (f"{int(self.timeout_s * 1000)}ms",))
+        cursor.execute(query("bound_statement_time"), {"timeout": f"{int(self.timeout_s * 1000)}ms"})
 
     def _report(self, problems: list[str]) -> None:
         """Warn when reading starts failing and when it recovers, not on every scrape of an outage."""

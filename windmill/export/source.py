@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from windmill.db.queries import query
+from windmill.db.snapshot import read_only_snapshot
 
 PAGE_SIZE = 500  # images per page: a few MB of rows, and few enough round trips at a million images
 
@@ -59,9 +58,8 @@ class ImageExport:
 
 
 def count_images(conn: psycopg.Connection, selection: Selection) -> int:
-    """How many images the export walks through: the page query without its limit, counted."""
-    counted = sql.SQL("SELECT count(*) FROM ({}\n) AS selected").format(sql.SQL(query("export_image_page")))  # type: ignore[arg-type]
-    return int(conn.execute(counted, {**selection.params(), "limit": None}).fetchone()[0])  # type: ignore[index]
+    """How many images the export walks through."""
+    return int(conn.execute(query("export_image_count"), selection.params()).fetchone()[0])  # type: ignore[index]
 
 
 def image_pages(conn: psycopg.Connection, selection: Selection, *, detectors: bool = False,
@@ -70,10 +68,7 @@ def image_pages(conn: psycopg.Connection, selection: Selection, *, detectors: bo
     so an image's boxes and their postprocessing agree) and released before the next page is read."""
     after_id = selection.after_id
     while True:
-        starts_transaction = conn.info.transaction_status == TransactionStatus.IDLE
-        with conn.transaction():
-            if starts_transaction:  # (inside a caller's transaction, its snapshot rules)
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        with read_only_snapshot(conn):
             images = _rows(conn, "export_image_page", {**selection.params(), "after_id": after_id, "limit": page_size})
             if not images:
                 return

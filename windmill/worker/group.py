@@ -12,6 +12,7 @@ from psycopg_pool import ConnectionPool
 
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
+from windmill.db.queries import query
 from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
 from windmill.settings import Settings
@@ -87,8 +88,4 @@ class WorkerGroup:
 def pipeline_idle(pool: ConnectionPool, queues: Sequence[str] | None = None) -> bool:
     """No job (of these queues) waits, runs or awaits a retry: everything submitted has been carried through."""
     with pool.connection() as conn:
-        return not conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM jobs WHERE state IN ('queued', 'running', 'failed')"
-            " AND queue <> 'scheduler'"  # the scheduler's next tick always waits: it is not work
-            " AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s)))",
-            {"queues": list(queues) if queues else None}).fetchone()[0]
+        return not conn.execute(query("work_pending"), {"queues": list(queues) if queues else None}).fetchone()[0]
