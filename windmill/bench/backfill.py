@@ -42,7 +42,7 @@ def seed_history(conn: psycopg.Connection, images: int, *, done_jobs_per_image: 
     while added < images:
         chunk = min(SEED_CHUNK, images - added)
         with conn.transaction():
-            conn.execute("SET LOCAL session_replication_role = replica")
+            conn.execute(query("bench_without_triggers"))
             ids = [row[0] for row in conn.execute(query("bench_history_images"),
                                                    {"prefix": f"{prefix}{added}-", "group": GROUP, "images": chunk})]
             bounds = {"first": min(ids), "last": max(ids), "per_image": done_jobs_per_image}
@@ -54,7 +54,7 @@ def seed_history(conn: psycopg.Connection, images: int, *, done_jobs_per_image: 
         added += chunk
         if progress:
             progress(added)
-    conn.execute("VACUUM ANALYZE images, results, merged_boxes, merged_images, postprocessing, consensus, jobs")
+    conn.execute(query("bench_vacuum_history"))
     return History(first, last)
 
 
@@ -69,7 +69,7 @@ def run(database: Database, *, images: int = 100_000, page: int = 1000, runs: in
     with database.connect() as conn:
         started = time.perf_counter()
         seed_history(conn, images, progress=lambda n: echo(f"  seeded {n:,} images"))
-        total_images = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+        total_images = conn.execute(query("bench_image_count")).fetchone()[0]
         echo(f"backfill bench: {images:,} images seeded in {time.perf_counter() - started:.0f} s "
              f"({total_images:,} in the database), page {page:,}")
 
