@@ -21,7 +21,8 @@ _STATEMENT = re.compile(
       | INSERT\s+INTO\s | UPDATE\s+\w+\s+SET\s | DELETE\s+FROM\s | MERGE\s+INTO\s
       | (CREATE|DROP|ALTER)\s+(OR\s+REPLACE\s+|TEMP\w*\s+|UNLOGGED\s+|UNIQUE\s+)*
             (TABLE|SCHEMA|DATABASE|INDEX|FUNCTION|PROCEDURE|TRIGGER|EXTENSION|VIEW|MATERIALIZED|ROLE|TYPE|SEQUENCE)\b
-      | TRUNCATE\s | VACUUM\b | ANALYZE\s+\w+\s*(,|$) | LOCK\s+TABLE\s | (UN)?LISTEN\s+\S+\s*$ | NOTIFY\s+\S+\s*(,.*)?$ | CALL\s+\w
+      | TRUNCATE\s | VACUUM\b | ANALYZE\s+\w+\s*(,|$) | LOCK\s+TABLE\s | CALL\s+\w
+      | (UN)?LISTEN\s+\S+\s*$ | NOTIFY\s+\S+\s*(,.*)?$
       | SET\s+(LOCAL\s+|SESSION\s+)?(TRANSACTION\b|[\w.]+\s*(TO|=)) | COPY\s+\w | EXPLAIN\s | REFRESH\s+MATERIALIZED\s
     )""",
     re.IGNORECASE | re.VERBOSE,

@@ -29,8 +29,7 @@ from windmill.broker.base import Task
 from windmill.db.queries import query
 from windmill.errors import WindmillError, first_line
 from windmill.jobs import Job
-from windmill.worker.registry import Role
-from windmill.worker.runtime import WorkerHooks
+from windmill.roles.registry import Role
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +85,6 @@ class WorkerMetrics:
         for service in list(services) or [""]:
             for metric in (self.jobs_done, self.jobs_failed, self.job_duration):
                 metric.labels(role, service)
-
-    def hooks(self, role: str, base: WorkerHooks | None = None) -> WorkerHooks:
-        """Worker hooks that count and time every job of `role` (keeping `base`'s other hooks)."""
-
-        def on_handled(job: Job, error: BaseException | None, seconds: float) -> None:
-            self.handled(role, job_service(job), error, seconds)
-            if base is not None and base.on_handled is not None:
-                base.on_handled(job, error, seconds)
-
-        return replace(base or WorkerHooks(), on_handled=on_handled)
 
     def counting_tasks(self, role: Role) -> Role:
         """The role with its broker task handler counted and timed (a RabbitMQ-fed worker has no job hooks)."""

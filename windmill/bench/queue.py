@@ -14,7 +14,7 @@ from windmill.db.connect import Database
 from windmill.db.queries import query
 from windmill.jobs import JobQueue
 from windmill.roles.noop import NOOP_QUEUE
-from windmill.worker.registry import Role
+from windmill.roles.registry import Role
 from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
 
 

@@ -18,7 +18,7 @@ from windmill.harmony.identity import match_boxes
 from windmill.jobs import Job
 from windmill.jobs.queues import MERGE_QUEUE
 from windmill.locks import Product, lock_image
-from windmill.worker.registry import Role, RoleContext, register_role
+from windmill.roles.registry import Role, RoleContext, register_role
 
 log = logging.getLogger(__name__)
 

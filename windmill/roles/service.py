@@ -22,7 +22,7 @@ from windmill.farm import FarmClient, ServiceAnswer
 from windmill.image_cache import ImageSource
 from windmill.jobs import Job, PermanentJobError
 from windmill.roles.outcome import Failure, call_service
-from windmill.worker.registry import Role, RoleContext, TaskHandling, register_role
+from windmill.roles.registry import Role, RoleContext, TaskHandling, register_role
 
 log = logging.getLogger(__name__)
 

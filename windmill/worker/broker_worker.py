@@ -11,8 +11,8 @@ from psycopg_pool import ConnectionPool
 from windmill.broker.base import Task, TaskHandler
 from windmill.broker.consumer import RabbitMQConsumer
 from windmill.errors import first_line
+from windmill.roles.registry import Role
 from windmill.worker.presence import WorkerPresence
-from windmill.worker.registry import Role
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
