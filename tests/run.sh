@@ -63,6 +63,6 @@ python3 -m venv .venv
 .venv/bin/ruff check .
 # The rooms' import contracts ([tool.importlinter] in pyproject.toml) and the type check ([tool.mypy]); mypy keeps its
 # cache in the virtual environment, so a second run checks only what changed.
-.venv/bin/lint-imports --no-cache >/dev/null || .venv/bin/lint-imports --no-cache
+.venv/bin/lint-imports --no-cache --no-logo
 .venv/bin/mypy --cache-dir .venv/.mypy_cache
 exec .venv/bin/python -m pytest "$@"

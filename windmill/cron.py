@@ -80,7 +80,7 @@ def cron_command(*, page: int = DEFAULT_PAGE, retention_s: float = DEFAULT_RETEN
     environment to read them from)."""
     if page == DEFAULT_PAGE and retention_s == DEFAULT_RETENTION.total_seconds():
         return BACKFILL_COMMAND
-    command = sql.SQL(query("cron_pass_with_settings")).format(  # type: ignore[arg-type]  # a named query, not a literal
+    command = sql.SQL(query("cron_pass_with_settings")).format(
         page=sql.Literal(int(page)), retention=sql.Literal(f"{float(retention_s):g} seconds"))
     return command.as_string(None)
 

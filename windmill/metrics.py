@@ -26,7 +26,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from windmill.broker.base import Task
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.errors import WindmillError, first_line
 from windmill.jobs import Job
 from windmill.roles.registry import Role
@@ -149,10 +149,9 @@ class QueueCollector(Collector):
             with self.pool.connection(timeout=self.timeout_s) as conn:
                 # Each read in its own transaction, so a refused view (a role without the right) spares the other.
                 try:
-                    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+                    with conn.transaction(), conn.cursor() as cursor:
                         self._bound(cursor)
-                        cursor.execute(query("notification_queue_usage"))
-                        usage = float(cursor.fetchone()["usage"])  # type: ignore[index]
+                        usage = float(fetch_value(conn, "notification_queue_usage"))
                 except Exception as error:
                     problems.append(f"pg_notification_queue_usage: {first_line(error)}")
                 try:

@@ -12,11 +12,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import psycopg
 
 from windmill.db.connect import Database
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.upkeep import prune_jobs, run_backfill
 
 GROUP = "windmill-bench-backfill"
@@ -58,7 +59,10 @@ def seed_history(conn: psycopg.Connection, images: int, *, done_jobs_per_image: 
     return History(first, last)
 
 
-def _timed(action: Callable[[], object]) -> tuple[float, object]:
+Outcome = TypeVar("Outcome")
+
+
+def _timed(action: Callable[[], Outcome]) -> tuple[float, Outcome]:
     started = time.perf_counter()
     outcome = action()
     return (time.perf_counter() - started) * 1000, outcome
@@ -69,7 +73,7 @@ def run(database: Database, *, images: int = 100_000, page: int = 1000, runs: in
     with database.connect() as conn:
         started = time.perf_counter()
         seed_history(conn, images, progress=lambda n: echo(f"  seeded {n:,} images"))
-        total_images = conn.execute(query("bench_image_count")).fetchone()[0]
+        total_images = fetch_value(conn, "bench_image_count")
         echo(f"backfill bench: {images:,} images seeded in {time.perf_counter() - started:.0f} s "
              f"({total_images:,} in the database), page {page:,}")
 

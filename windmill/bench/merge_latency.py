@@ -14,7 +14,7 @@ import uuid
 from psycopg.types.json import Jsonb
 
 from windmill.db.connect import Database
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 
 DETECTORS = ("yolov8", "rtdetr", "detectron2", "clip", "xception")
 GROUP = "windmill-bench-merge"
@@ -47,16 +47,16 @@ def run(database: Database, database_url: str, *, images: int = 60, boxes: int =
                 latencies = []
                 for _ in range(images):
                     image = {"filename": "bench.jpg", "path": f"/bench/{uuid.uuid4().hex}.jpg", "group": GROUP}
-                    image_id = conn.execute(query("bench_add_image"), image).fetchone()[0]
+                    image_id = fetch_value(conn, "bench_add_image", image)
                     objects = [(*(("person", "🧑") if n % 3 == 0 else ("dog", "🐕")), _box(rng)) for n in range(boxes)]
                     for detector in DETECTORS:
                         time.sleep(0.01)  # idle pipeline: one answer at a time
-                        result_id = conn.execute(query("bench_add_answer"), {
+                        result_id = fetch_value(conn, "bench_add_answer", {
                             "image_id": image_id, "service": detector, "task_id": uuid.uuid4(),
-                            "data": Jsonb(_answer(rng, objects))}).fetchone()[0]
+                            "data": Jsonb(_answer(rng, objects))})
                         committed = time.perf_counter()
                         merged = {"image_id": image_id, "result_id": result_id}
-                        while not conn.execute(query("bench_merged_from"), merged).fetchone()[0]:
+                        while not fetch_value(conn, "bench_merged_from", merged):
                             if time.perf_counter() - committed > 10:
                                 raise RuntimeError("the merger did not recompute within 10 s")
                         latencies.append((time.perf_counter() - committed) * 1000)

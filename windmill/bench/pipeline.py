@@ -31,7 +31,7 @@ from windmill.bench.stage import (
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.db.jsonb import as_stored
-from windmill.db.queries import query
+from windmill.db.queries import fetch_row, fetch_value, query
 from windmill.harmony import HarmonyConfig
 from windmill.roles.consensus import consensus_for_image
 from windmill.settings import settings_from_mapping
@@ -74,7 +74,7 @@ def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, bro
               images: int) -> PipelineRun:
     with database.connect() as conn:
         conn.execute(query("bench_pipeline_watch"))
-        first_postprocessing_id = conn.execute(query("bench_postprocessing_ids_used")).fetchone()[0]
+        first_postprocessing_id = fetch_value(conn, "bench_postprocessing_ids_used")
     processes: list[subprocess.Popen[bytes]] = []
     try:
         remove_bench_rows(database)
@@ -96,14 +96,14 @@ def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, bro
         cpu = (_children_cpu() - cpu_before) / images
         with database.connect() as conn:
             group = {"group": BENCH_GROUP}
-            elapsed = float(conn.execute(query("bench_pipeline_span"), group).fetchone()[0])
+            elapsed = float(fetch_value(conn, "bench_pipeline_span", group))
             latencies = sorted(row[0] for row in conn.execute(query("bench_pipeline_latencies"), group))
             end = dict(zip(("missing_consensus", "stuck_jobs", "postprocessing_rows"),
-                           conn.execute(query("bench_pipeline_end_state"), group).fetchone(), strict=True))
+                           fetch_row(conn, "bench_pipeline_end_state", group), strict=True))
             end["stale_consensus"] = _stale_consensus(conn, catalog)
             end["stale_boxes"] = _stale_boxes(conn, settings_from_mapping(bench.env).harmony)
-            allocated = conn.execute(query("bench_postprocessing_ids_used")).fetchone()[0] - first_postprocessing_id
-            stored, replaced, inserted = conn.execute(query("bench_pipeline_waste")).fetchone()
+            allocated = fetch_value(conn, "bench_postprocessing_ids_used") - first_postprocessing_id
+            stored, replaced, inserted = fetch_row(conn, "bench_pipeline_waste")
     finally:
         for process in processes:
             if process.poll() is None:
@@ -159,8 +159,8 @@ def _wait_until_idle(database: Database, processes: list[subprocess.Popen[bytes]
         while True:
             if any(process.poll() is not None for process in processes):
                 raise RuntimeError("a worker process died during the benchmark")
-            all_answered = all_answered or conn.execute(query("bench_all_answered"), params).fetchone()[0]
-            if not all_answered or conn.execute(query("bench_jobs_unfinished"), params).fetchone()[0]:
+            all_answered = all_answered or fetch_value(conn, "bench_all_answered", params)
+            if not all_answered or fetch_value(conn, "bench_jobs_unfinished", params):
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = time.perf_counter()

@@ -11,7 +11,7 @@ import threading
 import time
 
 from windmill.db.connect import Database
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.jobs import JobQueue
 from windmill.roles.noop import NOOP_QUEUE
 from windmill.roles.registry import Role
@@ -34,15 +34,14 @@ def throughput_run(database: Database, database_url: str, jobs: int, workers: in
         for n in range(workers)
     ]
     # Both probes follow partial indexes, so watching costs the database next to nothing.
-    first_id, unfinished = query("bench_first_waiting_job"), query("bench_queue_unfinished")
     noop = {"queue": NOOP_QUEUE}
     try:
         with database.connect() as conn:
-            oldest = conn.execute(first_id, noop).fetchone()[0]
-            while conn.execute(first_id, noop).fetchone()[0] == oldest:
+            oldest = fetch_value(conn, "bench_first_waiting_job", noop)
+            while fetch_value(conn, "bench_first_waiting_job", noop) == oldest:
                 time.sleep(0.001)
             started = time.perf_counter()
-            while conn.execute(unfinished, noop).fetchone()[0]:
+            while fetch_value(conn, "bench_queue_unfinished", noop):
                 time.sleep(0.02)
             return jobs / (time.perf_counter() - started)
     finally:

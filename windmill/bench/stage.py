@@ -28,7 +28,7 @@ from pika.adapters.blocking_connection import BlockingConnection
 
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
-from windmill.db.queries import query
+from windmill.db.queries import fetch_row, fetch_value, query
 from windmill.simfarm.server import SAMPLES_DIR
 
 BENCH_GROUP = "windmill-bench"
@@ -101,7 +101,7 @@ def submit_run(database: Database, bench: BenchEnvironment, broker: str) -> tupl
     """(tasks/s, peak MiB) of one `windmill-cli submit` of the bench images to every primary service."""
     with database.connect() as conn:
         conn.execute(query("bench_remove_bench_queues"))
-        images = conn.execute(query("bench_group_size"), {"group": BENCH_GROUP}).fetchone()[0]
+        images = fetch_value(conn, "bench_group_size", {"group": BENCH_GROUP})
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
     subprocess.run(cli_argv("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker, "--force"),
@@ -160,7 +160,7 @@ def service_run(database: Database, bench: BenchEnvironment, broker: str, folder
     subprocess.run(cli_argv("images", "add", str(folder), "--group", BENCH_GROUP), env=bench.env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with database.connect() as conn:
-        images = conn.execute(query("bench_group_size"), {"group": BENCH_GROUP}).fetchone()[0]
+        images = fetch_value(conn, "bench_group_size", {"group": BENCH_GROUP})
     processes = [subprocess.Popen(cli_argv("worker", "--role", "service", "--service", "primary", "--concurrency",
                                        str(concurrency), "--broker", broker),
                                   env={**bench.env, "WORKER_ID": f"bench-service-{n}"},
@@ -173,7 +173,7 @@ def service_run(database: Database, bench: BenchEnvironment, broker: str, folder
         expected = images * 11
         with database.connect() as conn:
             group = {"group": BENCH_GROUP}
-            while (row := conn.execute(query("bench_answer_progress"), group).fetchone())[0] < expected:
+            while (row := fetch_row(conn, "bench_answer_progress", group))[0] < expected:
                 if any(process.poll() is not None for process in processes):
                     raise RuntimeError("a service worker died during the benchmark")
                 time.sleep(0.25)  # the rate comes from commit times; polling less leaves PostgreSQL to the stage

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -173,12 +174,13 @@ class JobQueue:
                 conn.execute(query("notify_jobs"))
         return retried
 
-    def list(self, *, state: JobState | None = None, queue: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list(self, *, state: JobState | None = None, queue: str | None = None, limit: int = 50
+             ) -> builtins.list[dict[str, Any]]:
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
             cursor.execute(query("list_jobs"), {"state": state and str(state), "queue": queue, "limit": limit})
             return cursor.fetchall()
 
-    def depths(self) -> list[dict[str, Any]]:
+    def depths(self) -> builtins.list[dict[str, Any]]:
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
             cursor.execute(query("queue_depths"))
             return cursor.fetchall()

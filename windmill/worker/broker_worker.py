@@ -77,6 +77,6 @@ class BrokerWorker:
         thread.join()
         self.presence.stopped(self.jobs_done, self.jobs_failed)
         self.role.close()
-        for error in failures:
-            log.error("consumer stopped: %s", first_line(error), extra={"action": "worker_fatal"})
+        for failure in failures:
+            log.error("consumer stopped: %s", first_line(failure), extra={"action": "worker_fatal"})
         return 1 if failures else 0

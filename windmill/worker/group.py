@@ -12,7 +12,7 @@ from psycopg_pool import ConnectionPool
 
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value
 from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
 from windmill.roles.registry import RoleContext, build_role
@@ -91,4 +91,4 @@ class WorkerGroup:
 def pipeline_idle(pool: ConnectionPool, queues: Sequence[str] | None = None) -> bool:
     """No job (of these queues) waits, runs or awaits a retry: everything submitted has been carried through."""
     with pool.connection() as conn:
-        return not conn.execute(query("work_pending"), {"queues": list(queues) if queues else None}).fetchone()[0]
+        return not fetch_value(conn, "work_pending", {"queues": list(queues) if queues else None})

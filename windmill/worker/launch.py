@@ -27,14 +27,18 @@ from windmill.worker.runtime import Worker, WorkerOptions
 log = logging.getLogger(__name__)
 
 
-class Stoppable(Protocol):
+class StopRequests(Protocol):
+    """What a signal asks of: a worker, or an export (windmill.export.ExportStop)."""
+
     def request_stop(self, *, immediately: bool = False) -> None: ...
 
+
+class Stoppable(StopRequests, Protocol):
     def run(self) -> int: ...
 
 
 @contextmanager
-def stop_on_signals(worker: Stoppable) -> Iterator[None]:
+def stop_on_signals(worker: StopRequests) -> Iterator[None]:
     """SIGTERM/SIGINT once: drain. Twice: leave now. The previous handlers come back afterwards."""
     received = 0
 

@@ -445,8 +445,8 @@ def _ensure_database(port: int) -> None:
         if conn.execute(query("database_exists"), {"name": DATABASE}).fetchone() is None:
             # CREATE DATABASE takes no parameters: the names, which the cluster's conninfo uses too, are composed in
             # as identifiers.
-            create = sql.SQL(query("create_embedded_database")).format(  # type: ignore[arg-type]  # a named query, not a literal
-                database=sql.Identifier(DATABASE), owner=sql.Identifier(USER))
+            create = sql.SQL(query("create_embedded_database")).format(database=sql.Identifier(DATABASE),
+                                                                       owner=sql.Identifier(USER))
             conn.execute(create)
             logger.info("created database %s", DATABASE, extra={"action": "embedded_database_created"})
 
