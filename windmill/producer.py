@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 from windmill.broker import Broker, Task
 from windmill.broker.ledger import publish_in_flight
 from windmill.catalog import Service
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 
 BATCH_SIZE = 2000
 
@@ -28,7 +28,7 @@ class SubmitReport:
 
 
 def count_images(conn: psycopg.Connection, *, group: str | None, limit: int | None) -> int:
-    return conn.execute(query("count_images"), {"group": group, "limit": limit}).fetchone()[0]
+    return fetch_value(conn, "count_images", {"group": group, "limit": limit})
 
 
 def _image_batches(conn: psycopg.Connection, *, group: str | None, limit: int | None) -> Iterator[list[dict[str, Any]]]:

@@ -8,8 +8,8 @@ import threading
 import psycopg
 
 from windmill.backoff import backoff_delay
+from windmill.db.queries import query
 from windmill.errors import first_line
-from windmill.jobs import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
 # A worker that loses PostgreSQL tries again after 0.2 s, doubling up to 10 s (its claims and its LISTEN alike).
@@ -32,7 +32,7 @@ class JobListener:
         while not self.stopping.is_set():
             try:
                 with psycopg.connect(self.conninfo, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    conn.execute(query("listen_jobs"))
                     self.connected.set()
                     self.wake.set()
                     failures = 0
