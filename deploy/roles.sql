@@ -156,6 +156,7 @@ BEGIN
         ('FUNCTION', 'is_person_box(jsonb, text)',   'EXECUTE',                         'EXECUTE'),  -- image_completeness calls it
         ('FUNCTION', 'consensus_delay()',            'EXECUTE',                         NULL),  -- the triggers call it
         ('FUNCTION', 'take_service_slot(text, integer, integer[])', 'EXECUTE',          NULL),  -- fleet_max_concurrency
+        ('FUNCTION', 'export_selection(bigint, text, timestamp with time zone, bigint)', 'EXECUTE', 'EXECUTE'),  -- `export`
         ('FUNCTION', 'give_back_service_slot(text, integer)',       'EXECUTE',          NULL),
         -- Trigger functions: PostgreSQL checks EXECUTE when a trigger is created, not when it fires.
         ('FUNCTION', 'notify_job_queued()',          NULL,                              NULL),

@@ -17,10 +17,9 @@ from typing import Any
 
 import psycopg
 
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.producer import PAGE_SIZE, SubmitReport, Submitter, image_pages
 
-IMAGES_CHANNEL = "windmill_images"
 POLL_INTERVAL_S = 5.0  # a walk at least this often, notified or not
 CATCH_UP_S = 0.5  # the next walk's delay while the position is behind the newest image seen
 STOP_CHECK_S = 0.2
@@ -55,7 +54,7 @@ class FollowPosition:
 
 
 def images_writers(conn: psycopg.Connection) -> frozenset[str]:
-    return frozenset(conn.execute(query("images_writers")).fetchone()[0])
+    return frozenset(fetch_value(conn, "images_writers"))
 
 
 def stream_name(services: Sequence[str], group: str | None, broker: str) -> str:

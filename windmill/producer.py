@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 from windmill.broker import Broker, Task
 from windmill.broker.ledger import publish_in_flight
 from windmill.catalog import Service
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.settings import Settings
 
 PAGE_SIZE = Settings.submit_page  # images per page (WINDMILL_SUBMIT_PAGE, --page-size): a read, a lookup, a publish
@@ -32,7 +32,7 @@ class SubmitReport:
 
 
 def count_images(conn: psycopg.Connection, *, group: str | None, limit: int | None, after_id: int = 0) -> int:
-    return conn.execute(query("count_images"), {"group": group, "limit": limit, "after_id": after_id}).fetchone()[0]
+    return fetch_value(conn, "count_images", {"group": group, "limit": limit, "after_id": after_id})
 
 
 def image_pages(conn: psycopg.Connection, *, group: str | None, after_id: int, limit: int | None,

@@ -6,12 +6,14 @@ restart, which also looks at every file already in the folder, adds each file on
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg.rows import dict_row
@@ -20,6 +22,9 @@ from windmill.collection import IMAGE_SUFFIXES, AddReport, add_paths, find_image
 from windmill.db.queries import query
 from windmill.errors import WindmillError
 from windmill.producer import PAGE_SIZE, Submitter
+
+if TYPE_CHECKING:
+    from watchdog.events import FileSystemEventHandler
 
 SETTLE_S = 2.0  # a file is taken when unchanged this long
 FileSignature = tuple[int, int]  # (size, mtime in ns)
@@ -92,7 +97,7 @@ class FolderWatch:
 
         arrivals: queue.SimpleQueue[Path] = queue.SimpleQueue()
         observer = Observer()
-        observer.schedule(_Arrivals(arrivals), str(self.folder), recursive=self.recursive)
+        observer.schedule(_arrivals_handler(arrivals), str(self.folder), recursive=self.recursive)
         observer.start()  # before the scan: a file landing meanwhile is both scanned and heard of, never missed
         try:
             tracker = SettleTracker(self.settle_s)
@@ -141,18 +146,18 @@ class FolderWatch:
         return self.submitter.report.published - before
 
 
-class _Arrivals:
-    """watchdog's event handler: the paths of image files created, written, closed or renamed into place."""
+def _arrivals_handler(arrivals: queue.SimpleQueue[Path]) -> FileSystemEventHandler:
+    """watchdog's event handler: puts the paths of image files created, written, closed or renamed into place."""
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-    def __init__(self, arrivals: queue.SimpleQueue[Path]) -> None:
-        self.arrivals = arrivals
+    class Arrivals(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            if event.is_directory or event.event_type not in ("created", "modified", "moved", "closed"):
+                return
+            raw = event.dest_path if event.event_type == "moved" else event.src_path
+            if raw:
+                path = Path(os.fsdecode(raw)).resolve()
+                if is_candidate(path):
+                    arrivals.put(path)
 
-    def dispatch(self, event: object) -> None:
-        if getattr(event, "is_directory", True):
-            return
-        kind = getattr(event, "event_type", "")
-        raw = getattr(event, "dest_path", "") if kind == "moved" else getattr(event, "src_path", "")
-        if kind in ("created", "modified", "moved", "closed") and raw:
-            path = Path(raw if isinstance(raw, str) else raw.decode()).resolve()
-            if is_candidate(path):
-                self.arrivals.put(path)
+    return Arrivals()

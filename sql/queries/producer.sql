@@ -29,6 +29,10 @@ SELECT coalesce(array_agg(virtualtransaction), '{}')
  WHERE locktype = 'relation' AND relation = 'images'::regclass AND mode = 'RowExclusiveLock' AND granted
    AND pid <> pg_backend_pid()
 
+-- name: listen_images
+-- `submit --follow`'s wake-up line: the channel the registration trigger of sql/0050 notifies.
+LISTEN windmill_images
+
 -- name: follow_position
 SELECT after_image_id FROM follow_positions WHERE stream = %(stream)s
 

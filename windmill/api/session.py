@@ -190,11 +190,11 @@ class Windmill:
         notification, or every `poll_interval_s` at the latest) until `stopping` is set. It starts after
         `after_id`, by default where the last follow of the same services, group and broker stood (saved in
         `follow_positions`); the report's `last_image_id` is that position: every image up to it was submitted."""
-        from windmill.follow import IMAGES_CHANNEL, POLL_INTERVAL_S, Follower, saved_position, stream_name
+        from windmill.follow import POLL_INTERVAL_S, Follower, saved_position, stream_name
         from windmill.worker.listener import JobListener
 
         wake = threading.Event()
-        listener = JobListener(self.database.conninfo, wake, stopping, channel=IMAGES_CHANNEL)
+        listener = JobListener(self.database.conninfo, wake, stopping, listen="listen_images")
         listening = threading.Thread(target=listener.run, name="follow-listener", daemon=True)
         listening.start()
         try:

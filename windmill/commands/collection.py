@@ -87,7 +87,7 @@ def images_watch(app: AppContext, folder: Path, recursive: bool, group: str | No
 
     stop = StopRequest()
     try:
-        with app.windmill("windmill-watch") as windmill, stop_on_signals(stop):  # type: ignore[arg-type]
+        with app.windmill("windmill-watch") as windmill, stop_on_signals(stop):
             report = windmill.watch(folder, stopping=stop.stopping, recursive=recursive, group=group,
                                     settle_s=settle, submit=selected, broker=broker, on_batch=on_batch)
     except KeyboardInterrupt:
@@ -147,7 +147,7 @@ def submit(app: AppContext, services: str, limit: int | None, group: str | None,
             with click.progressbar(length=total, label="Submitting", file=sys.stderr,
                                    hidden=app.quiet or as_json) as bar:
                 try:
-                    with stop_on_signals(stop):  # type: ignore[arg-type]
+                    with stop_on_signals(stop):
                         submitted = windmill.submit(selected, group=group, limit=limit, force=force,
                                                     broker=broker, after_id=after_id, page_size=page_size,
                                                     progress=bar.update, report=report, stopping=stop.stopping)
@@ -184,7 +184,7 @@ def _follow(app: AppContext, selected: list[Service], report: SubmitReport, *, g
 
     stop = StopRequest()
     try:
-        with app.windmill("windmill-submit") as windmill, stop_on_signals(stop):  # type: ignore[arg-type]
+        with app.windmill("windmill-submit") as windmill, stop_on_signals(stop):
             return windmill.follow(selected, stopping=stop.stopping, group=group, force=force, broker=broker,
                                    after_id=after_id, page_size=page_size,
                                    poll_interval_s=poll_interval, on_walk=on_walk, report=report)
