@@ -163,7 +163,9 @@ BEGIN
         ('FUNCTION', 'enqueue_after_result()',       NULL,                              NULL),
         ('FUNCTION', 'enqueue_consensus_for_image()', NULL,                             NULL),
         ('FUNCTION', 'release_task_in_flight()',     NULL,                              NULL),
-        ('FUNCTION', 'forget_tasks_of_deleted_image()', NULL,                           NULL)
+        ('FUNCTION', 'forget_tasks_of_deleted_image()', NULL,                           NULL),
+        ('FUNCTION', 'notify_images_registered()',   NULL,                              NULL),  -- submit --follow
+        ('TABLE',    'follow_positions',             'SELECT, INSERT, UPDATE',          'SELECT')  -- submit --follow
     ) AS grants (kind, object, worker, monitor)
     LOOP
         found := CASE WHEN entry.kind IN ('FUNCTION', 'PROCEDURE') THEN to_regprocedure('windmill.' || entry.object) IS NOT NULL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
@@ -35,6 +36,19 @@ class StopRequests(Protocol):
 
 class Stoppable(StopRequests, Protocol):
     def run(self) -> int: ...
+
+
+class StopRequest:
+    """For a command that runs until a signal (`submit --follow`, `images watch`): the first SIGTERM/SIGINT sets
+    `stopping` (the loop ends after the batch it is on), a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+
+    def request_stop(self, *, immediately: bool = False) -> None:
+        if immediately:
+            raise KeyboardInterrupt
+        self.stopping.set()
 
 
 @contextmanager

@@ -18,11 +18,14 @@ RECONNECT_CAP_S = 10.0
 
 
 class JobListener:
-    """Sets `wake` on every notification, and once after every (re)connect: a notification sent while we
-    were disconnected is lost, so the loop must poll after listening again."""
+    """Sets `wake` on every notification of the channel the named query `listen` listens on (the job queue's by
+    default), and once after every (re)connect: a notification sent while we were disconnected is lost, so the
+    loop must poll after listening again."""
 
-    def __init__(self, conninfo: str, wake: threading.Event, stopping: threading.Event) -> None:
+    def __init__(self, conninfo: str, wake: threading.Event, stopping: threading.Event, *,
+                 listen: str = "listen_jobs") -> None:
         self.conninfo = conninfo
+        self.listen = listen
         self.wake = wake
         self.stopping = stopping
         self.connected = threading.Event()
@@ -32,7 +35,7 @@ class JobListener:
         while not self.stopping.is_set():
             try:
                 with psycopg.connect(self.conninfo, autocommit=True) as conn:
-                    conn.execute(query("listen_jobs"))
+                    conn.execute(query(self.listen))
                     self.connected.set()
                     self.wake.set()
                     failures = 0
