@@ -227,7 +227,7 @@ def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, bro
             args = ["worker", *spec.worker_arguments(), "--concurrency", str(spec.concurrency), "--broker", broker]
             processes.append(subprocess.Popen(cli_argv(*args), env={**bench.env, "WORKER_ID": f"bench-{spec.role}-{n}"},
                                               stdout=subprocess.DEVNULL))
-        time.sleep(3.0)  # the workers connect and go idle
+        _wait_for_workers(database, processes)
         submitted = feed(database, bench, broker, images, rate)
         _wait_until_idle(database, processes, images * len(catalog.in_category("primary")))
         for process in processes:
@@ -305,6 +305,19 @@ def report(setup: LatencyBench, profile: LatencyProfile, catalog: Catalog, broke
               f"images); target p50 ≤ {target_ms:.0f} ms (2 × {slowest_detector})", flush=True)
     else:
         print("  first boxes          none stored", flush=True)
+
+
+def _wait_for_workers(database: Database, processes: list[subprocess.Popen[bytes]]) -> None:
+    """Until every worker process has announced itself, then a moment more: its listener or consumer connects and
+    it goes idle (submitting while they start would time their start-up, not the pipeline)."""
+    pids = [process.pid for process in processes]
+    with database.connect() as conn:
+        while conn.execute("SELECT count(*) FROM workers WHERE pid = ANY(%s) AND stopped_at IS NULL",
+                           (pids,)).fetchone()[0] < len(pids):
+            if any(process.poll() is not None for process in processes):
+                raise WindmillError("a worker process of the benchmark exited at start")
+            time.sleep(0.2)
+    time.sleep(2.0)
 
 
 def start_farm(document: dict, offset: int, folder: Path) -> subprocess.Popen[bytes]:
