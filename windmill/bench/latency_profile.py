@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from windmill.bench.pipeline import _pct, _wait_until_idle
 from windmill.bench.stage import (
     BENCH_GROUP,
     BenchEnvironment,
@@ -40,7 +41,7 @@ from windmill.broker import JobTableBroker
 from windmill.broker.rabbitmq import RabbitMQBroker
 from windmill.catalog import Catalog, load_catalog
 from windmill.db.connect import Database
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.errors import WindmillError
 from windmill.jobs import JobQueue
 from windmill.producer import submit
@@ -49,49 +50,6 @@ from windmill.simfarm.latency import LatencyProfile, bundled_profiles, parse_pro
 from windmill.worker.layout import ANSWER_STAGE, PRODUCT_STAGE, RoleSpec
 
 FEED_OVER_BOUND = 1.25  # the default feed: a quarter faster than the slowest primary service can serve
-_FIRST_BOXES = """
-CREATE TABLE IF NOT EXISTS bench_first_boxes (image_id bigint PRIMARY KEY,
-                                              committed_at timestamptz DEFAULT clock_timestamp());
-CREATE OR REPLACE FUNCTION bench_note_first_boxes() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO bench_first_boxes (image_id) VALUES (NEW.image_id) ON CONFLICT DO NOTHING;
-    RETURN NULL;
-END $$;
-CREATE OR REPLACE TRIGGER bench_note_first_boxes AFTER INSERT OR UPDATE ON merged_images
-    FOR EACH ROW EXECUTE FUNCTION bench_note_first_boxes();
-"""
-_DROP_FIRST_BOXES = """
-DROP TRIGGER IF EXISTS bench_note_first_boxes ON merged_images;
-DROP FUNCTION IF EXISTS bench_note_first_boxes();
-DROP TABLE IF EXISTS bench_first_boxes;
-"""
-# Calls of the roles after the answers, from the rows they stored (caption scores are postprocessing rows of no box).
-_LATER_CALLS = """
-SELECT CASE WHEN p.merged_box_id IS NULL THEN 'caption_score' ELSE p.service END, count(*)
-  FROM postprocessing p JOIN images i USING (image_id)
- WHERE i.image_group = %(group)s AND (p.merged_box_id IS NOT NULL OR p.service LIKE 'caption\\_score\\_%%')
- GROUP BY 1
-"""
-# Each service's mean call time this run, as its client measured it (the stand-in draws latencies around the
-# profile's mean: over a few dozen calls their mean can stray by a tenth).
-_CALL_TIMES = """
-SELECT r.service, avg(r.processing_time) FROM results r JOIN images i USING (image_id)
- WHERE i.image_group = %(group)s AND r.status = 'success' GROUP BY r.service
-UNION ALL
-SELECT CASE WHEN p.merged_box_id IS NULL THEN 'caption_score' ELSE p.service END, avg(p.processing_time)
-  FROM postprocessing p JOIN images i USING (image_id)
- WHERE i.image_group = %(group)s AND p.status = 'success' GROUP BY 1
-"""
-_LAST_PRODUCT = """
-SELECT greatest(
-    (SELECT max(r.result_created) FROM results r JOIN images i USING (image_id) WHERE i.image_group = %(group)s),
-    (SELECT max(p.result_created) FROM postprocessing p JOIN images i USING (image_id) WHERE i.image_group = %(group)s),
-    (SELECT max(m.merged_at) FROM merged_images m JOIN images i USING (image_id) WHERE i.image_group = %(group)s),
-    (SELECT max(c.consensus_created) FROM consensus c JOIN images i USING (image_id)
-      WHERE i.image_group = %(group)s))
-"""
-
-
 @dataclass(frozen=True)
 class LatencyBench:
     """What `--latency-profile`, `--scale-latency` and `--rate` asked for."""
@@ -227,10 +185,8 @@ def run(database: Database, database_url: str, catalog: Catalog, setup: LatencyB
 
 def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, broker: str, folder: Path,
               images: int, rate: float) -> FedRun:
-    from windmill.bench.pipeline import _wait_until_idle  # the pipeline benchmark imports this module
-
     with database.connect() as conn:
-        conn.execute(_FIRST_BOXES)
+        conn.execute(query("bench_latency_watch"))
     processes: list[subprocess.Popen[bytes]] = []
     try:
         remove_bench_rows(database)
@@ -253,7 +209,7 @@ def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, bro
             if process.poll() is None:
                 process.kill()
         with database.connect() as conn:
-            conn.execute(_DROP_FIRST_BOXES)
+            conn.execute(query("bench_latency_unwatch"))
         remove_bench_rows(database)
 
 
@@ -269,7 +225,7 @@ def feed(database: Database, bench: BenchEnvironment, broker: str, images: int, 
         try:
             for n in range(1, images + 1):
                 time.sleep(max(0.0, started + (n - 1) / rate - time.perf_counter()))
-                submitted.append(lookup.execute("SELECT clock_timestamp()").fetchone()[0])
+                submitted.append(fetch_value(lookup, "bench_latency_clock"))
                 submit(reader, lookup, target, services, group=BENCH_GROUP, limit=n)  # only the n-th is new
         finally:
             if rabbitmq is not None:
@@ -279,11 +235,13 @@ def feed(database: Database, bench: BenchEnvironment, broker: str, images: int, 
 
 def measure(database: Database, catalog: Catalog, submitted: list[datetime]) -> FedRun:
     with database.connect() as conn:
-        ids = [row[0] for row in conn.execute(query("group_images"), {"group": BENCH_GROUP})]
-        boxes = dict(conn.execute("SELECT image_id, committed_at FROM bench_first_boxes").fetchall())
-        last = conn.execute(_LAST_PRODUCT, {"group": BENCH_GROUP}).fetchone()[0]
-        later = dict(conn.execute(_LATER_CALLS, {"group": BENCH_GROUP}).fetchall())
-        call_s = {service: float(seconds) for service, seconds in conn.execute(_CALL_TIMES, {"group": BENCH_GROUP})}
+        group = {"group": BENCH_GROUP}
+        ids = [row[0] for row in conn.execute(query("group_images"), group)]
+        boxes: dict[int, datetime] = dict(conn.execute(query("bench_latency_first_boxes")).fetchall())
+        last: datetime = fetch_value(conn, "bench_latency_last_product", group)
+        later: dict[str, int] = dict(conn.execute(query("bench_latency_later_calls"), group).fetchall())
+        call_s = {service: float(seconds) for service, seconds in conn.execute(query("bench_latency_call_times"),
+                                                                                 group)}
     images = len(submitted)
     first_boxes = sorted((boxes[image] - at).total_seconds() * 1000 for image, at in zip(sorted(ids), submitted,
                                                                                         strict=True) if image in boxes)
@@ -308,15 +266,13 @@ def report(setup: LatencyBench, profile: LatencyProfile, catalog: Catalog, broke
     drawn = service_bounds(profile, run.calls_per_image, run.call_s)[slowest]
     print(f"  with this run's draws {100 * rate_achieved / drawn:.0f} % of {drawn:.3f} images/s ({slowest}'s calls "
           f"took {run.call_s.get(slowest, 0):.3f} s on average; the profile's mean is "
-          f"{profile.timing(slowest).mean_ms / 1000:.3f} s)")  # type: ignore[union-attr]
+          f"{_mean_ms(profile, slowest) / 1000:.3f} s)")
     print("  bounds (images/s)    " + ", ".join(f"{service} {value:.2f} ({run.calls_per_image[service]:.2f} calls)"
                                               for service, value in sorted(bounds.items(), key=lambda item: item[1])))
     detectors = [service.name for service in catalog.services if "spatial" in service.service_type
                  and profile.timing(service.name) is not None]
-    slowest_detector = max(detectors, key=lambda name: profile.timing(name).mean_ms)  # type: ignore[union-attr]
-    target_ms = 2 * profile.timing(slowest_detector).mean_ms  # type: ignore[union-attr]
-    from windmill.bench.pipeline import _pct
-
+    slowest_detector = max(detectors, key=lambda name: _mean_ms(profile, name))
+    target_ms = 2 * _mean_ms(profile, slowest_detector)
     if run.first_boxes_ms:
         p50, p95 = _pct(run.first_boxes_ms, 50), _pct(run.first_boxes_ms, 95)
         print(f"  first boxes          p50 {p50:.0f} ms, p95 {p95:.0f} ms from submit ({len(run.first_boxes_ms)} "
@@ -325,13 +281,17 @@ def report(setup: LatencyBench, profile: LatencyProfile, catalog: Catalog, broke
         print("  first boxes          none stored", flush=True)
 
 
+def _mean_ms(profile: LatencyProfile, service: str) -> float:
+    timing = profile.timing(service)
+    return timing.mean_ms if timing is not None else 0.0
+
+
 def _wait_for_workers(database: Database, processes: list[subprocess.Popen[bytes]]) -> None:
     """Until every worker process has announced itself, then a moment more: its listener or consumer connects and
     it goes idle (submitting while they start would time their start-up, not the pipeline)."""
     pids = [process.pid for process in processes]
     with database.connect() as conn:
-        while conn.execute("SELECT count(*) FROM workers WHERE pid = ANY(%s) AND stopped_at IS NULL",
-                           (pids,)).fetchone()[0] < len(pids):
+        while fetch_value(conn, "bench_latency_workers_up", {"pids": pids}) < len(pids):
             if any(process.poll() is not None for process in processes):
                 raise WindmillError("a worker process of the benchmark exited at start")
             time.sleep(0.2)

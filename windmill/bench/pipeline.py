@@ -16,7 +16,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -38,9 +37,6 @@ from windmill.roles.consensus import consensus_for_image
 from windmill.settings import settings_from_mapping
 from windmill.worker.layout import ANSWER_STAGE, PRODUCT_STAGE
 
-if TYPE_CHECKING:
-    from windmill.bench.latency_profile import LatencyBench
-
 # The single-machine layout, each role in its own process, with two processes for the answer stage.
 ROLES = (ANSWER_STAGE, ANSWER_STAGE, *PRODUCT_STAGE)
 
@@ -57,14 +53,8 @@ class PipelineRun:
 
 
 def run(database: Database, database_url: str, catalog: Catalog, *, images: int, runs: int = 1,
-        amqp_url: str | None, latency: LatencyBench | None = None) -> None:
-    """`runs` runs per broker the service tasks can travel by: RabbitMQ (when configured) and the job table. With
-    `latency`, against a latency profile instead (windmill.bench.latency_profile)."""
-    if latency is not None:
-        from windmill.bench.latency_profile import run as run_with_profile
-
-        run_with_profile(database, database_url, catalog, latency, images=images, runs=runs, amqp_url=amqp_url)
-        return
+        amqp_url: str | None) -> None:
+    """`runs` runs per broker the service tasks can travel by: RabbitMQ (when configured) and the job table."""
     offset = 21_000 + os.getpid() % 1000 * 10
     farm = subprocess.Popen(cli_argv("farm", "serve", "--port-offset", str(offset)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -100,12 +100,17 @@ def bench_pipeline(app: AppContext, images: int | None, runs: int, latency_profi
     """The whole pipeline over N images, workers as separate processes: throughput, CPU, merge latency, waste."""
     from windmill.bench.database import bench_database
     from windmill.bench.latency_profile import latency_setup
+    from windmill.bench.latency_profile import run as run_with_profile
     from windmill.bench.pipeline import run as run_pipeline_bench
 
     latency = latency_setup(latency_profile, scale_latency, rate)
     with bench_database(app.settings, app.catalog) as (database, url):
-        run_pipeline_bench(database, url, app.catalog_as_configured, images=images or (30 if latency else 300),
-                           runs=runs, amqp_url=app.settings.amqp_url, latency=latency)
+        if latency is not None:
+            run_with_profile(database, url, app.catalog_as_configured, latency, images=images or 30, runs=runs,
+                             amqp_url=app.settings.amqp_url)
+        else:
+            run_pipeline_bench(database, url, app.catalog_as_configured, images=images or 300, runs=runs,
+                               amqp_url=app.settings.amqp_url)
 
 
 @bench.command("submit")
