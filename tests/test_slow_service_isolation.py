@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import uuid
 from pathlib import Path
 
 import pika
@@ -22,7 +21,7 @@ from tests.farm_fixtures import running_farm
 from tests.test_service_role import SAMPLES
 from windmill.broker import JobTableBroker
 from windmill.broker.rabbitmq import RabbitMQBroker
-from windmill.catalog import Catalog, bundled_catalog_path, load_catalog
+from windmill.catalog import bundled_catalog_path, load_catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database
 from windmill.jobs import JobQueue
@@ -43,12 +42,11 @@ def profile():
                          name="one slow service", source="test", known_services=PROFILES)
 
 
-def private_catalog(folder: Path) -> Path:
-    """The bundled catalog with queue names of our own (RabbitMQ is shared by every test run)."""
+def catalog_file(folder: Path, queue_prefix: str | None) -> Path:
+    """The bundled catalog, with queue names of our own when given (RabbitMQ is shared by every test run)."""
     document = json.loads(bundled_catalog_path().read_text())
-    prefix = f"test_{uuid.uuid4().hex[:8]}_queue_"
     for entry in document["services"].values():
-        entry["queue_prefix"] = prefix
+        entry["queue_prefix"] = queue_prefix or entry.get("queue_prefix", "queue_")
     path = folder / "service_config.json"
     path.write_text(json.dumps(document))
     return path
@@ -74,26 +72,18 @@ def ready_in_rabbitmq(amqp_url: str, queue: str) -> int:
         connection.close()
 
 
-def delete_queues(amqp_url: str, catalog: Catalog) -> None:
-    connection = BlockingConnection(pika.URLParameters(amqp_url))
-    channel = connection.channel()
-    for service in catalog.services:
-        for queue in (service.queue_name, service.queue_name + ".dlq"):
-            channel.queue_delete(queue)
-    connection.close()
-
-
 @pytest.mark.parametrize("broker", ["postgres", "rabbitmq"])
 def test_detector_tasks_complete_while_every_task_of_a_slow_service_is_still_in_flight(
         request: pytest.FixtureRequest, database: Database, conn: psycopg.Connection, pool: ConnectionPool,
         worker_env: dict[str, str], tmp_path: Path, broker: str) -> None:
-    catalog_path = private_catalog(tmp_path)
+    amqp_url = request.getfixturevalue("amqp_url") if broker == "rabbitmq" else None
+    # With RabbitMQ, queues of our own, deleted afterwards.
+    prefix = request.getfixturevalue("private_queues")[SLOW].queue_prefix if amqp_url else None
+    catalog_path = catalog_file(tmp_path, prefix)
     catalog = load_catalog(catalog_path)
     env = {**worker_env, "WINDMILL_SERVICE_CONFIG": str(catalog_path), "WORKER_ID": "isolation"}
-    amqp_url = request.getfixturevalue("amqp_url") if broker == "rabbitmq" else None
     if amqp_url:
         env["WINDMILL_AMQP_URL"] = amqp_url
-        request.addfinalizer(lambda: delete_queues(amqp_url, catalog))
     images = add_images(conn, tmp_path / "images")
     [slow_lane, _] = plan_lanes((catalog[SLOW].queue_name, catalog[FAST].queue_name),
                                 {catalog[SLOW].queue_name: None, catalog[FAST].queue_name: None}, THREADS)
