@@ -215,3 +215,23 @@ def test_a_job_names_its_image_by_its_column_else_its_payload() -> None:
     assert Job(1, "merge", {"image_id": 9}, None, 1, 5).about_image == 9
     with pytest.raises(PermanentJobError, match="names no image"):
         _ = Job(1, "merge", {}, None, 1, 5).about_image
+
+
+def test_a_claim_by_lanes_takes_no_more_of_each_queue_than_its_lane_asks(jobs: JobQueue,
+                                                                          conn: psycopg.Connection) -> None:
+    for queue in ("queue_yolov8", "queue_ollama", "merge", "consensus"):
+        jobs.enqueue_many([NewJob(queue, {"n": n}) for n in range(5)])
+    yolo, ollama, shared = jobs.complete_and_claim_lanes(
+        (), [(["queue_yolov8"], 3), (["queue_ollama"], 1), (["merge", "consensus"], 4)], "w")
+    assert [job.queue for job in yolo] == ["queue_yolov8"] * 3
+    assert [job.queue for job in ollama] == ["queue_ollama"]
+    assert len(shared) == 4 and {job.queue for job in shared} <= {"merge", "consensus"}
+    assert [job.id for job in yolo] == sorted(job.id for job in yolo), "oldest first"
+    running = dict(conn.execute("SELECT queue, count(*) FROM jobs WHERE state = 'running' GROUP BY queue").fetchall())
+    assert running.get("queue_yolov8") == 3 and running.get("queue_ollama") == 1
+    # What finished is recorded in the same round trip as the next claims.
+    [again_yolo, again_ollama] = jobs.complete_and_claim_lanes(
+        [job.id for job in yolo], [(["queue_yolov8"], 5), (["queue_ollama"], 0)], "w")
+    assert len(again_yolo) == 2 and again_ollama == []
+    assert conn.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()[0] == 3
+

@@ -170,7 +170,7 @@ def test_broker_tasks_are_counted_by_their_service() -> None:
             raise RuntimeError("service down")
 
     role = Role(name="service", queues=("queue_blip",), handle=lambda job: None, tasks=TaskHandling(
-        handle=handle, on_dead_letter=lambda task, error: None, prefetch={"queue_blip": 1}))
+        handle=handle, on_dead_letter=lambda task, error: None))
     counted = metrics.counting_tasks(role)
     assert counted.tasks is not None
     for image_id in (1, 2):

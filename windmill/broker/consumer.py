@@ -1,9 +1,11 @@
-"""Consuming RabbitMQ task queues: one connection, a channel per queue, one shared handler thread pool,
+"""Consuming RabbitMQ task queues: one connection, a channel per queue, handler threads shared or in lanes,
 acks after the handler returns, bounded retries, DLQ.
 
-One process consumes all its queues over one connection with `concurrency` handler threads in total (as the
-job-table worker does): a connection and a thread pool per queue cost a process serving the 11 primary services
-a hundred threads fighting for the GIL. Each queue keeps its own channel, so its prefetch stays its own.
+One process consumes all its queues over one connection (a connection per queue costs a process serving the 11
+primary services a hundred threads fighting for the GIL). Each queue keeps its own channel, so its prefetch stays its
+own. Handler threads are either one pool for every queue (`concurrency` a number) or a lane per queue
+(`concurrency` a mapping, windmill.worker.lanes): a queue's own threads, with its channel's prefetch the same
+number, so a slow service holds only its own threads and RabbitMQ hands it no more tasks than it can start.
 
 Retry and dead-letter policy:
 
@@ -119,12 +121,14 @@ class RabbitMQConsumer:
     no earlier attempt can have answered it (a handler may skip looking for that answer; its write must stay
     idempotent all the same, since a producer may publish a task twice)."""
 
-    def __init__(self, amqp_url: str, queues: Mapping[str, int], handler: TaskHandler, *, concurrency: int,
+    def __init__(self, amqp_url: str, queues: Mapping[str, int], handler: TaskHandler, *,
+                 concurrency: int | Mapping[str, int],
                  max_attempts: int = 5, stopping: threading.Event | None = None, heartbeat: int = 60,
                  retry_delay: float = 1.0, drain_timeout: float = 60.0,
                  on_dead_letter: Callable[[Task, BaseException], object] | None = None,
                  connection_name: str | None = None, max_reconnect_delay: float = MAX_RETRY_DELAY_S) -> None:
-        """`queues`: each queue's prefetch (unacked messages RabbitMQ hands out at once); `retry_delay`: hold
+        """`queues`: each queue's prefetch (unacked messages RabbitMQ hands out at once); `concurrency`: handler
+        threads for all the queues, or by queue (every queue needs its own); `retry_delay`: hold
         after a first failure (doubling per attempt, 30 s cap); `drain_timeout`: how long a stop waits for running
         handlers; `on_dead_letter(task, error)`: called in the handler thread before a parsed task goes to the DLQ
         (to record its error row: the task goes to the DLQ only once the hook returned, and waits while the hook
@@ -138,7 +142,14 @@ class RabbitMQConsumer:
             connection_name=connection_name or default_connection_name(f"consumer {self._described}"))
         self._where = describe_url(amqp_url)
         self._handler = handler
-        self._concurrency = max(1, concurrency)
+        if isinstance(concurrency, Mapping):
+            missing = [queue for queue in self.queues if queue not in concurrency]
+            if missing:
+                raise ValueError(f"no handler threads for {', '.join(missing)}")
+            self._lane_threads: dict[str, int] | None = {queue: max(1, concurrency[queue]) for queue in self.queues}
+            self._concurrency = sum(self._lane_threads.values())
+        else:
+            self._lane_threads, self._concurrency = None, max(1, concurrency)
         self._max_attempts = max(1, max_attempts)
         self._retry_delay = retry_delay
         self._drain_timeout = drain_timeout
@@ -156,7 +167,7 @@ class RabbitMQConsumer:
         self._held: dict[tuple[str, int], tuple[object, _Outcome]] = {}
         self._cancelled_by_broker: str | None = None
         self._draining = False
-        self._executor: ThreadPoolExecutor | None = None
+        self._executors: dict[str, ThreadPoolExecutor] = {}  # by queue; the same pool for all without lanes
 
     def request_stop(self, *, immediately: bool = False) -> None:
         """Stop consuming and drain (running handlers get `drain_timeout` seconds); `immediately`: leave without
@@ -167,7 +178,7 @@ class RabbitMQConsumer:
 
     def run(self) -> None:
         """Consume until `stopping` is set, reconnecting after every loss; raises RabbitMQError on fatal errors."""
-        self._executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix="windmill-consumer")
+        self._executors = self._handler_pools()
         delays = self._reconnect_delays()
         lost_at: float | None = None
         try:
@@ -203,7 +214,15 @@ class RabbitMQConsumer:
                     self._forget(connection)
                 self.stopping.wait(pause)
         finally:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            for executor in set(self._executors.values()):
+                executor.shutdown(wait=False, cancel_futures=True)
+
+    def _handler_pools(self) -> dict[str, ThreadPoolExecutor]:
+        if self._lane_threads is None:
+            shared = ThreadPoolExecutor(self._concurrency, thread_name_prefix="windmill-consumer")
+            return dict.fromkeys(self.queues, shared)
+        return {queue: ThreadPoolExecutor(threads, thread_name_prefix=f"windmill-consumer-{queue}")
+                for queue, threads in self._lane_threads.items()}
 
     # -- the connection's thread -----------------------------------------------------------------------------------
 
@@ -277,12 +296,12 @@ class RabbitMQConsumer:
 
     def _on_message(self, queue: str, channel: BlockingChannel, method: pika.spec.Basic.Deliver,
                     properties: pika.BasicProperties, body: bytes) -> None:
-        assert self._executor is not None and queue in self._channels and self._channels[queue] is channel
+        assert queue in self._channels and self._channels[queue] is channel
         delivery = _Delivery(connection=channel.connection, channel=channel, queue=queue, tag=method.delivery_tag,
                              body=body, properties=properties, attempt=_attempts_made(properties) + 1,
                              redelivered=bool(method.redelivered))
         self._unsettled[queue, delivery.tag] = delivery
-        self._executor.submit(self._work, delivery)
+        self._executors[queue].submit(self._work, delivery)
 
     def _current(self, delivery: _Delivery) -> bool:
         current = self._channels.get(delivery.queue)
@@ -326,8 +345,7 @@ class RabbitMQConsumer:
         self._held.pop((delivery.queue, delivery.tag), None)
         if not self._current(delivery):
             return
-        assert self._executor is not None
-        self._executor.submit(self._work, delivery)
+        self._executors[delivery.queue].submit(self._work, delivery)
 
     def _forward(self, delivery: _Delivery, queue: str) -> None:
         """Publish a copy of the task to `queue` (its own for the next attempt, or its DLQ) with the attempts made

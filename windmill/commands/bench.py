@@ -85,17 +85,32 @@ def bench_backfill(app: AppContext, images: int, page: int, runs: int) -> None:
 
 
 @bench.command("pipeline")
-@click.option("--images", type=click.IntRange(6), default=300, show_default=True)
+@click.option("--images", type=click.IntRange(6), default=None, help="[default: 300; 30 with --latency-profile]")
 @click.option("--runs", type=click.IntRange(1, 10), default=1, show_default=True)
+@click.option("--latency-profile", metavar="NAME|FILE",
+              help="Against the stand-in with this latency profile (gpu, or a file): images/s beside the bound the "
+                   "profile implies, and submit → first merged boxes.")
+@click.option("--scale-latency", multiple=True, metavar="SERVICE=FACTOR",
+              help="With --latency-profile: multiply a service's mean latency (repeatable), e.g. ollama=10.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --latency-profile: images fed per second (default: 1.25 × the profile's primary bound).")
 @pass_app
-def bench_pipeline(app: AppContext, images: int, runs: int) -> None:
+def bench_pipeline(app: AppContext, images: int | None, runs: int, latency_profile: str | None,
+                   scale_latency: tuple[str, ...], rate: float | None) -> None:
     """The whole pipeline over N images, workers as separate processes: throughput, CPU, merge latency, waste."""
     from windmill.bench.database import bench_database
+    from windmill.bench.latency_profile import latency_setup
+    from windmill.bench.latency_profile import run as run_with_profile
     from windmill.bench.pipeline import run as run_pipeline_bench
 
+    latency = latency_setup(latency_profile, scale_latency, rate)
     with bench_database(app.settings, app.catalog) as (database, url):
-        run_pipeline_bench(database, url, app.catalog_as_configured, images=images, runs=runs,
-                           amqp_url=app.settings.amqp_url)
+        if latency is not None:
+            run_with_profile(database, url, app.catalog_as_configured, latency, images=images or 30, runs=runs,
+                             amqp_url=app.settings.amqp_url)
+        else:
+            run_pipeline_bench(database, url, app.catalog_as_configured, images=images or 300, runs=runs,
+                               amqp_url=app.settings.amqp_url)
 
 
 @bench.command("submit")

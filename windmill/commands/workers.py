@@ -36,7 +36,7 @@ def list_roles(ctx: click.Context, _: click.Parameter, wanted: bool) -> None:
 @click.option("--service", shell_complete=completion.services,
               help="The service of a service or postprocess worker.")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True,
-              help="Handler threads.")
+              help="Handler threads, shared out in a lane per service queue (README: Lanes).")
 @click.option("--batch-size", type=click.IntRange(1, 5000), default=None,
               help="Most jobs claimed and held at once (default: 8 × concurrency).")
 @click.option("--lease-seconds", type=click.FloatRange(1, 3600), default=30.0, show_default=True,

@@ -110,14 +110,23 @@ class JobQueue:
     def complete_and_claim(self, done: Iterable[int], queues: Sequence[str], worker_id: str, limit: int, *,
                            now: datetime | None = None) -> list[Job]:
         """Mark `done` jobs done and lease up to `limit` new ones in one round trip (pipeline mode)."""
+        return self.complete_and_claim_lanes(done, [(queues, limit)], worker_id, now=now)[0]
+
+    def complete_and_claim_lanes(self, done: Iterable[int], lanes: Sequence[tuple[Sequence[str], int]],
+                                 worker_id: str, *, now: datetime | None = None) -> list[list[Job]]:
+        """Mark `done` jobs done and lease, for each lane (its queues, the most it may take), up to that many new
+        ones: one claim statement per lane, all in one round trip (pipeline mode). The jobs by lane, in order."""
         done = list(done)
-        params: dict[str, Any] = {"worker": worker_id, "limit": limit, "lease": self.lease, "now": now,
-                                  "queue": queues[0], "queues": list(queues), "ids": done}
-        with self.pool.connection() as conn, conn.pipeline(), conn.cursor(row_factory=dict_row) as cursor:
+        with self.pool.connection() as conn, conn.pipeline():
             if done:
-                cursor.execute(query("complete_jobs"), params)
-            cursor.execute(claim_query(len(queues)), params)
-            return [Job.from_row(row) for row in cursor.fetchall()]
+                conn.execute(query("complete_jobs"), {"ids": done, "worker": worker_id, "now": now})
+            cursors = []
+            for queues, limit in lanes:
+                cursor = conn.cursor(row_factory=dict_row)
+                cursor.execute(claim_query(len(queues)), {"worker": worker_id, "limit": limit, "lease": self.lease,
+                                                          "now": now, "queue": queues[0], "queues": list(queues)})
+                cursors.append(cursor)
+            return [[Job.from_row(row) for row in cursor.fetchall()] for cursor in cursors]
 
     def complete(self, ids: Iterable[int], worker_id: str, *, now: datetime | None = None) -> int:
         ids = list(ids)

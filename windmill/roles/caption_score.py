@@ -96,4 +96,5 @@ def caption_score_role(context: RoleContext) -> Role:
     if SCORING_SERVICE not in context.catalog:
         raise WindmillError(f"the catalog has no {SCORING_SERVICE} service")
     scorer = CaptionScorer(context, context.farm, context.images)
-    return Role(name="caption_score", queues=(CAPTION_SCORE_QUEUE,), handle=scorer.handle)
+    return Role(name="caption_score", queues=(CAPTION_SCORE_QUEUE,), handle=scorer.handle,
+                service_queues={CAPTION_SCORE_QUEUE: context.farm.limits.limit(SCORING_SERVICE)})

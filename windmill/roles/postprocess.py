@@ -97,4 +97,5 @@ def postprocess_role(context: RoleContext) -> Role:
     def handle(job: Job) -> None:
         handler.handle(job, by_queue[job.queue])
 
-    return Role(name="postprocess", queues=tuple(by_queue), handle=handle, service=",".join(services))
+    return Role(name="postprocess", queues=tuple(by_queue), handle=handle, service=",".join(services),
+                service_queues={queue: context.farm.limits.limit(service) for queue, service in by_queue.items()})

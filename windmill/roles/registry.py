@@ -3,7 +3,7 @@ registration (a name, the queues it consumes, a handler). Below the worker: role
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from psycopg_pool import ConnectionPool
@@ -43,7 +43,6 @@ class TaskHandling:
 
     handle: TaskHandler
     on_dead_letter: Callable[[Task, BaseException], object]  # the last attempt failed: record it
-    prefetch: dict[str, int]  # per queue
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,9 @@ class Role:
     close: Callable[[], None] = field(default=lambda: None)
     service: str | None = None
     tasks: TaskHandling | None = None
+    # The queues that each call one service, with that service's per-process limit (None: unlimited): each gets a
+    # lane of threads of its own (windmill.worker.lanes). The role's other queues share one lane.
+    service_queues: Mapping[str, int | None] = field(default_factory=dict)
 
 
 RoleFactory = Callable[[RoleContext], Role]

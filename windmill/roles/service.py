@@ -121,7 +121,7 @@ def service_role(context: RoleContext) -> Role:
             handler.record_failure(task, error)
 
     tasks = TaskHandling(handle=lambda task, first: handler.handle(task, final_attempt=False, first_delivery=first),
-                         on_dead_letter=record_dead_letter,
-                         prefetch={service.queue_name: service.prefetch for service in services})
+                         on_dead_letter=record_dead_letter)
     return Role(name="service", queues=tuple(service.queue_name for service in services), handle=handle,
-                service=",".join(service.name for service in services), tasks=tasks)
+                service=",".join(service.name for service in services), tasks=tasks,
+                service_queues={service.queue_name: context.farm.limits.limit(service.name) for service in services})

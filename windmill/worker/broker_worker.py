@@ -1,5 +1,5 @@
-"""A task role fed by RabbitMQ: one consumer for all the role's queues, plus the same presence in the
-`workers` table as job-table workers."""
+"""A task role fed by RabbitMQ: one consumer for all the role's queues, a lane of threads per queue, plus the same
+presence in the `workers` table as job-table workers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from windmill.broker.base import Task, TaskHandler
 from windmill.broker.consumer import RabbitMQConsumer
 from windmill.errors import first_line
 from windmill.roles.registry import Role
+from windmill.worker.lanes import describe_lanes, plan_lanes
 from windmill.worker.presence import WorkerPresence
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,15 @@ class BrokerWorker:
         self.jobs_failed = 0
         self._counter_lock = threading.Lock()
         tasks = role.tasks
+        # A lane per queue (windmill.worker.lanes), its prefetch its threads: RabbitMQ hands a queue no more tasks
+        # than it can start, and a slow service holds only its own threads.
+        self.lanes = plan_lanes(role.queues, {queue: role.service_queues.get(queue) for queue in role.queues},
+                                concurrency)
+        threads = {queue: lane.threads for lane in self.lanes for queue in lane.queues}
         self.consumer = RabbitMQConsumer(
-            amqp_url, {queue: tasks.prefetch.get(queue, 4) for queue in role.queues}, self._counted(tasks.handle),
-            concurrency=concurrency, max_attempts=max_attempts, stopping=self.stopping, retry_delay=retry_delay_s,
-            drain_timeout=drain_timeout_s, on_dead_letter=tasks.on_dead_letter,
-            connection_name=f"windmill {worker_id}")
+            amqp_url, threads, self._counted(tasks.handle), concurrency=threads, max_attempts=max_attempts,
+            stopping=self.stopping, retry_delay=retry_delay_s, drain_timeout=drain_timeout_s,
+            on_dead_letter=tasks.on_dead_letter, connection_name=f"windmill {worker_id}")
 
     def _counted(self, handle: TaskHandler) -> TaskHandler:
         def counted(task: Task, first_delivery: bool) -> None:
@@ -56,8 +61,8 @@ class BrokerWorker:
 
     def run(self) -> int:
         self.presence.announce()
-        log.info("worker %s consuming %s from RabbitMQ", self.presence.worker_id, ", ".join(self.role.queues),
-                 extra={"action": "worker_started"})
+        log.info("worker %s consuming from RabbitMQ, threads by queue: %s", self.presence.worker_id,
+                 describe_lanes(self.lanes), extra={"action": "worker_started"})
         failures: list[BaseException] = []
 
         def consume() -> None:

@@ -73,7 +73,8 @@ def stop_on_signals(worker: StopRequests) -> Iterator[None]:
 
 
 def pool_size(concurrency: int) -> int:
-    """A worker process's pool: a connection per handler thread, and two for heartbeats, leases and metrics."""
+    """A worker process's pool: a connection per handler thread, and two for heartbeats, leases and metrics. (A
+    worker whose lanes add up to more threads than its --concurrency grows its pool to match them.)"""
     return concurrency + 2
 
 
@@ -133,7 +134,7 @@ def run_worker(
                 metrics.start_role(role.name, role.service.split(",") if role.service else ())
                 hooks = metered_hooks(metrics, role.name)
                 role = metrics.counting_tasks(role)
-            worker: Stoppable
+            worker: Worker | BrokerWorker
             if role.tasks is not None and rabbitmq:
                 assert settings.amqp_url is not None  # uses_rabbitmq() refused RabbitMQ without a URL
                 worker = BrokerWorker(settings.amqp_url, role, pool, worker_id=settings.worker_id,
@@ -143,6 +144,9 @@ def run_worker(
             else:
                 worker = Worker(jobs, role, worker_id=settings.worker_id, listen_conninfo=database.conninfo,
                                 options=options, hooks=hooks)
+            threads = sum(lane.threads for lane in worker.lanes)
+            if pool_size(threads) > pool.max_size:  # lanes of many services: at least a thread each
+                pool.resize(pool.min_size, pool_size(threads))
             return run_until_stopped(worker)
         finally:
             extras.close()

@@ -1,5 +1,10 @@
 """The runtime every role shares: claim → handle → complete or fail, leases renewed, drain on stop.
 
+The handler threads are shared out in lanes (windmill.worker.lanes): each service queue has its own threads and
+claims no more of its jobs than it has threads free, so a slow service never holds the threads of the others. One
+round trip records what finished and claims for every lane with threads free; a lane whose last claim came back
+short waits for a notification or the next poll before it claims again.
+
 A handler that fails because the database is unavailable (`is_database_unavailable`) has not used an attempt: its
 job goes back to the queue uncounted once the database answers again. A stop drains: no new claims, running
 handlers get `drain_timeout_s`; then, or at once on a second stop, the worker leaves without waiting for them (their
@@ -22,6 +27,7 @@ from windmill.db.connect import is_database_unavailable
 from windmill.errors import first_line
 from windmill.jobs import Job, JobQueue, JobState, PermanentJobError
 from windmill.roles.registry import Role
+from windmill.worker.lanes import Lane, describe_lanes, plan_lanes
 from windmill.worker.listener import RECONNECT_CAP_S, RECONNECT_FIRST_S, JobListener
 from windmill.worker.presence import WorkerPresence
 
@@ -32,7 +38,7 @@ FLUSH_AFTER_S = 0.05  # longest a finished job waits to be recorded with others
 @dataclass(frozen=True)
 class WorkerOptions:
     concurrency: int = 4  # handler threads
-    batch_size: int = 32  # most jobs held (claimed, not yet recorded) at once
+    batch_size: int = 32  # most jobs a lane of non-service queues holds (claimed, not yet recorded) at once
     poll_interval_s: float = 1.0  # NOTIFY is a hint; this is the guarantee
     drain_timeout_s: float = 30.0
     heartbeat_interval_s: float = 5.0
@@ -46,6 +52,46 @@ class WorkerHooks:
     on_done: Callable[[Job, BaseException | None], None] | None = None
     # Right after the handler returns or raises, with its wall-clock seconds (before the outcome is stored).
     on_handled: Callable[[Job, BaseException | None, float], None] | None = None
+
+
+class _Wake(threading.Event):
+    """The claim loop's wake-up. `set` is a hint that jobs may wait (a notification, a reconnect, a stop);
+    `nudge` only says a handler finished."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hinted = False
+
+    def set(self) -> None:
+        self._hinted = True
+        super().set()
+
+    def nudge(self) -> None:
+        super().set()
+
+    def take_hint(self) -> bool:
+        hinted, self._hinted = self._hinted, False
+        return hinted
+
+
+class _LaneState:
+    """A lane at run time: its threads, and its jobs claimed whose handler has not finished (`busy`)."""
+
+    def __init__(self, lane: Lane, batch_size: int, role_name: str) -> None:
+        self.lane = lane
+        # A service lane takes only what it can start; a shared lane may hold a batch waiting for its threads.
+        self.holds = lane.threads if lane.per_service else max(lane.threads, batch_size)
+        self.busy = 0
+        self.dry = False  # its last claim came back short: wait for a hint or the poll
+        self.executor = ThreadPoolExecutor(lane.threads, thread_name_prefix=f"{role_name}-{lane.name}")
+
+    @property
+    def free(self) -> int:
+        return self.holds - self.busy
+
+    def wants_claim(self) -> bool:
+        """Worth a round trip: half its places free, or nothing left running."""
+        return not self.dry and self.free > 0 and (self.free >= max(1, self.holds // 2) or self.busy == 0)
 
 
 class Worker:
@@ -64,7 +110,7 @@ class Worker:
         self.worker_id = worker_id
         self.options = options or WorkerOptions()
         self.hooks = hooks or WorkerHooks()
-        self._wake = threading.Event()
+        self._wake = _Wake()
         self._stopping = threading.Event()  # stop claiming, drain
         self._abandon = threading.Event()  # second signal: leave now
         self._side_tasks_done = threading.Event()
@@ -76,6 +122,7 @@ class Worker:
         self.jobs_failed = 0
         self._listener = JobListener(listen_conninfo, self._wake, self._side_tasks_done)
         self.presence = WorkerPresence(jobs.pool, worker_id, role.name, role.service)
+        self.lanes = plan_lanes(role.queues, role.service_queues, self.options.concurrency)
 
     # -- control -------------------------------------------------------------------------------
     def request_stop(self, *, immediately: bool = False) -> None:
@@ -100,15 +147,16 @@ class Worker:
         ]
         for thread in side_tasks:
             thread.start()
-        executor = ThreadPoolExecutor(self.options.concurrency, thread_name_prefix=f"{self.role.name}-handler")
+        lanes = [_LaneState(lane, self.options.batch_size, self.role.name) for lane in self.lanes]
         drained = False
         try:
-            self._claim_loop(executor)
+            self._claim_loop(lanes)
             drained = self._drain()
         finally:
             self._side_tasks_done.set()
-            # Drained: nothing runs, the pool's threads end at once. Otherwise leave the handlers running.
-            executor.shutdown(wait=drained, cancel_futures=True)
+            # Drained: nothing runs, the pools' threads end at once. Otherwise leave the handlers running.
+            for lane in lanes:
+                lane.executor.shutdown(wait=drained, cancel_futures=True)
             if not self._abandon.is_set():
                 self._flush_finished()
             self._mark_stopped()
@@ -118,15 +166,19 @@ class Worker:
             return 1
         return 0
 
-    def _claim_loop(self, executor: ThreadPoolExecutor) -> None:
+    def _claim_loop(self, lanes: list[_LaneState]) -> None:
         failures = 0  # consecutive claims that could not reach the database
+        next_poll = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
-            running = len(self._inflight) - len(self._finished)
-            free = self.options.batch_size - running
-            if free >= max(1, self.options.batch_size // 2) or running == 0:
+            if self._wake.take_hint() or time.monotonic() >= next_poll:
+                for lane in lanes:
+                    lane.dry = False
+                next_poll = time.monotonic() + self.options.poll_interval_s
+            asks = self._claims_wanted(lanes)
+            if asks:
                 try:
-                    claimed = self._record_and_claim(free)
+                    claimed = self._record_and_claim(asks)
                     failures = 0
                 except psycopg.OperationalError as error:
                     failures += 1
@@ -135,17 +187,26 @@ class Worker:
                                 extra={"action": "claim_failed"})
                     self._stopping.wait(delay)
                     continue
-                for job in claimed:
-                    if self.hooks.on_claimed:
-                        self.hooks.on_claimed(job)
-                    executor.submit(self._run_one, job)
-                if claimed and len(claimed) == free:
-                    continue  # a full batch: more are probably waiting
+                for (lane, asked), jobs in zip(asks, claimed, strict=True):
+                    lane.dry = len(jobs) < asked
+                    for job in jobs:
+                        if self.hooks.on_claimed:
+                            self.hooks.on_claimed(job)
+                        lane.executor.submit(self._run_one, job, lane)
+                if any(lane.wants_claim() for lane in lanes):
+                    continue  # a lane took a full claim and still has places: more are probably waiting
             elif self._flush_due():
                 self._flush_finished()
-            self._wake.wait(FLUSH_AFTER_S if self._finished else self.options.poll_interval_s)
+            self._wake.wait(FLUSH_AFTER_S if self._finished else max(0.0, next_poll - time.monotonic()))
 
-    def _run_one(self, job: Job) -> None:
+    @staticmethod
+    def _claims_wanted(lanes: list[_LaneState]) -> list[tuple[_LaneState, int]]:
+        """When a lane is worth a round trip, every lane with places free claims in it: (lane, most to take)."""
+        if not any(lane.wants_claim() for lane in lanes):
+            return []
+        return [(lane, lane.free) for lane in lanes if lane.free > 0 and not lane.dry]
+
+    def _run_one(self, job: Job, lane: _LaneState) -> None:
         error: BaseException | None = None
         started = time.monotonic()
         try:
@@ -158,8 +219,10 @@ class Worker:
                 self.hooks.on_handled(job, error, finished - started)
             except Exception:  # a broken metrics hook must not leave the job in flight forever
                 log.exception("on_handled hook failed", extra={"action": "hook_failed"})
+        with self._lock:
+            lane.busy -= 1
         self._finished.append((job, error, finished))
-        self._wake.set()
+        self._wake.nudge()
 
     def _drain(self) -> bool:
         """Record jobs as their handlers finish, for at most the drain timeout; True when none is left."""
@@ -193,23 +256,27 @@ class Worker:
             batch.append(self._finished.popleft())
         return batch
 
-    def _record_and_claim(self, limit: int) -> list[Job]:
-        """Record finished jobs and lease new ones: successes and the claim share one round trip, failures
-        are recorded one by one. A job stays in flight (its lease renewed) until its outcome is stored."""
+    def _record_and_claim(self, asks: list[tuple[_LaneState, int]]) -> list[list[Job]]:
+        """Record finished jobs and lease new ones for each lane asking: successes and the claims share one round
+        trip, failures are recorded one by one. A job stays in flight (its lease renewed) until its outcome is
+        stored."""
         batch = self._take_finished()
         try:
             for job, error, _ in batch:
                 if error is not None:
                     self._record_failure(job, error)
             done = [job.id for job, error, _ in batch if error is None]
-            claimed = self.jobs.complete_and_claim(done, self.role.queues, self.worker_id, limit)
+            claimed = self.jobs.complete_and_claim_lanes(done, [(lane.lane.queues, asked) for lane, asked in asks],
+                                                         self.worker_id)
         except psycopg.OperationalError:
             self._finished.extendleft(reversed(batch))
             raise
         self._forget(batch)
         with self._lock:
-            for job in claimed:
-                self._inflight[job.id] = job
+            for (lane, _), jobs in zip(asks, claimed, strict=True):
+                lane.busy += len(jobs)
+                for job in jobs:
+                    self._inflight[job.id] = job
         return claimed
 
     def _flush_finished(self) -> None:
@@ -282,8 +349,8 @@ class Worker:
 
     def _register(self) -> None:
         self.presence.announce()
-        log.info("worker %s started: role %s, queues %s", self.worker_id, self.role.name,
-                 ", ".join(self.role.queues), extra={"action": "worker_started"})
+        log.info("worker %s started: role %s, threads by queue: %s", self.worker_id, self.role.name,
+                 describe_lanes(self.lanes), extra={"action": "worker_started"})
 
     def _mark_stopped(self) -> None:
         self.presence.stopped(self.jobs_done, self.jobs_failed)
