@@ -86,11 +86,24 @@ def bench_backfill(app: AppContext, images: int, page: int, runs: int) -> None:
 
 @bench.command("pipeline")
 @click.option("--images", type=click.IntRange(6), default=300, show_default=True)
-@click.option("--runs", type=click.IntRange(1, 10), default=1, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 10), default=None, help="Runs per broker (and side)  [default: 1; 3 "
+              "with --baseline]")
+@click.option("--baseline", metavar="REV", default=None,
+              help="Interleave runs with the workers of another commit (a git worktree and venv under the temporary "
+                   "directory) on distinct synthetic scenes; print medians and ratios.")
 @pass_app
-def bench_pipeline(app: AppContext, images: int, runs: int) -> None:
+def bench_pipeline(app: AppContext, images: int, runs: int | None, baseline: str | None) -> None:
     """The whole pipeline over N images, workers as separate processes: throughput, CPU, merge latency, waste."""
     from windmill.bench.database import bench_database
+
+    if baseline is not None:
+        from windmill.bench.baseline import run as run_baseline_bench
+
+        with bench_database(app.settings, app.catalog) as (_, url):
+            run_baseline_bench(url, app.catalog_as_configured, baseline=baseline, images=images, runs=runs or 3,
+                               amqp_url=app.settings.amqp_url, echo=click.echo)
+        return
+    runs = runs or 1
     from windmill.bench.pipeline import run as run_pipeline_bench
 
     with bench_database(app.settings, app.catalog) as (database, url):
