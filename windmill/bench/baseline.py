@@ -32,7 +32,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import windmill
-from windmill.bench.cpu import postgres_processes, processes_cpu
+from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu
 from windmill.bench.pipeline import ROLES, _wait_until_idle
 from windmill.bench.scenes import write_scenes
 from windmill.bench.stage import BENCH_GROUP, BenchEnvironment, bench_environment
@@ -56,6 +56,12 @@ _PRODUCTS = """
 SELECT (SELECT count(*) FROM images WHERE image_group = %(group)s),
        (SELECT count(*) FROM consensus c JOIN images i USING (image_id) WHERE i.image_group = %(group)s),
        (SELECT count(*) FROM merged_boxes b JOIN images i USING (image_id) WHERE i.image_group = %(group)s)
+"""
+
+# Statements the workers sent (top level), not those that triggers and functions ran for them.
+_STATEMENTS = """
+SELECT coalesce(sum(calls), 0) FROM pg_stat_statements
+ WHERE toplevel AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 
 
@@ -82,6 +88,8 @@ class Run:
     submit_cpu: float
     consensus: int  # images with a consensus at the end
     merged_boxes: int
+    roles_cpu: dict[str, float]  # CPU-seconds of the worker processes by role (the two service workers together)
+    statements: int | None  # top-level statements the run's database executed (None: no pg_stat_statements)
 
     @property
     def rate(self) -> float:
@@ -186,6 +194,18 @@ def _wait_workers_idle(pids: list[int], timeout_s: float = 60.0) -> None:
     raise WindmillError("the workers did not go idle before submit")
 
 
+def _count_statements(conn: psycopg.Connection) -> bool:
+    """Start counting the database's statements when the server has pg_stat_statements loaded
+    (shared_preload_libraries); False when it has not."""
+    loaded = conn.execute("SELECT 'pg_stat_statements' = ANY(string_to_array(current_setting("
+                          "'shared_preload_libraries'), ', '))").fetchone()[0]
+    if not loaded:
+        return False
+    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    conn.execute("SELECT pg_stat_statements_reset()")
+    return True
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -208,6 +228,8 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
         _wait_workers_idle(pids)
         with database.connect() as conn:
             postgres = postgres_processes(conn)
+            counting = _count_statements(conn)
+            roles_before = [process_cpu(pid) for pid in pids]
             before = (processes_cpu(pids), postgres.cpu(), processes_cpu([farm_pid]), _children_cpu())
             submitted = conn.execute("SELECT clock_timestamp()").fetchone()[0]
         subprocess.run(side.argv("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker),
@@ -215,11 +237,15 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
         submit_cpu = _children_cpu() - before[3]
         _wait_until_idle(database, processes, answers_expected)
         workers_cpu = processes_cpu(pids) - before[0]
+        roles_cpu: dict[str, float] = {}
+        for spec, pid, earlier in zip(ROLES, pids, roles_before, strict=True):
+            roles_cpu[spec.role] = roles_cpu.get(spec.role, 0.0) + process_cpu(pid) - earlier
         postgres_after = postgres.cpu()
         farm_cpu = processes_cpu([farm_pid]) - before[2]
         with database.connect() as conn:
             elapsed = float(conn.execute(_LAST_PRODUCT, {"group": BENCH_GROUP, "submitted": submitted}).fetchone()[0])
             images, consensus, boxes = conn.execute(_PRODUCTS, {"group": BENCH_GROUP}).fetchone()
+            statements = conn.execute(_STATEMENTS).fetchone()[0] if counting else None
     finally:
         for process in processes:
             process.terminate()
@@ -229,7 +255,8 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
             except subprocess.TimeoutExpired:
                 process.kill()
     postgres_cpu = None if before[1] is None or postgres_after is None else postgres_after - before[1]
-    return Run(elapsed, images, workers_cpu, postgres_cpu, farm_cpu, submit_cpu, consensus, boxes)
+    return Run(elapsed, images, workers_cpu, postgres_cpu, farm_cpu, submit_cpu, consensus, boxes, roles_cpu,
+               statements)
 
 
 # -- the interleaved session --------------------------------------------------------------------------------------
@@ -243,7 +270,10 @@ def describe(side: Side, broker: str, number: int, run: Run) -> str:
     return (f"  {broker:<8} {side.label:<10} run {number}: {run.rate:6.1f} images/s ({run.elapsed:5.1f} s); CPU ms per "
             f"image: workers {_ms(run.per_image(run.workers_cpu))}, PostgreSQL {_ms(run.per_image(run.postgres_cpu))}"
             f", Windmill {_ms(run.windmill_cpu)} | stand-in {_ms(run.per_image(run.farm_cpu))}, submit "
-            f"{_ms(run.per_image(run.submit_cpu))}; consensus {run.consensus}/{run.images}, {run.merged_boxes} boxes")
+            f"{_ms(run.per_image(run.submit_cpu))}; consensus {run.consensus}/{run.images}, {run.merged_boxes} boxes; "
+            f"statements per image {'n/a' if run.statements is None else f'{run.statements / run.images:.0f}'}\n"
+            f"  {'':<8} {'':<10}        workers by role (CPU ms per image): "
+            + ", ".join(f"{role} {_ms(run.per_image(cpu))}" for role, cpu in run.roles_cpu.items()))
 
 
 def _median(values: list[float | None]) -> float | None:
