@@ -90,6 +90,7 @@ class Run:
     merged_boxes: int
     roles_cpu: dict[str, float]  # CPU-seconds of the worker processes by role (the two service workers together)
     statements: int | None  # top-level statements the run's database executed (None: no pg_stat_statements)
+    load: float = 0.0  # the machine's 1-minute load average at submit: how much else competed for the cores
 
     @property
     def rate(self) -> float:
@@ -232,6 +233,7 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
             roles_before = [process_cpu(pid) for pid in pids]
             before = (processes_cpu(pids), postgres.cpu(), processes_cpu([farm_pid]), _children_cpu())
             submitted = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        load = os.getloadavg()[0]
         subprocess.run(side.argv("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker),
                        env=env, check=True, cwd=side.cwd, **quiet)
         submit_cpu = _children_cpu() - before[3]
@@ -256,7 +258,7 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
                 process.kill()
     postgres_cpu = None if before[1] is None or postgres_after is None else postgres_after - before[1]
     return Run(elapsed, images, workers_cpu, postgres_cpu, farm_cpu, submit_cpu, consensus, boxes, roles_cpu,
-               statements)
+               statements, load)
 
 
 # -- the interleaved session --------------------------------------------------------------------------------------
@@ -271,7 +273,8 @@ def describe(side: Side, broker: str, number: int, run: Run) -> str:
             f"image: workers {_ms(run.per_image(run.workers_cpu))}, PostgreSQL {_ms(run.per_image(run.postgres_cpu))}"
             f", Windmill {_ms(run.windmill_cpu)} | stand-in {_ms(run.per_image(run.farm_cpu))}, submit "
             f"{_ms(run.per_image(run.submit_cpu))}; consensus {run.consensus}/{run.images}, {run.merged_boxes} boxes; "
-            f"statements per image {'n/a' if run.statements is None else f'{run.statements / run.images:.0f}'}\n"
+            f"statements per image {'n/a' if run.statements is None else f'{run.statements / run.images:.0f}'}; "
+            f"load average {run.load:.1f} at submit\n"
             f"  {'':<8} {'':<10}        workers by role (CPU ms per image): "
             + ", ".join(f"{role} {_ms(run.per_image(cpu))}" for role, cpu in run.roles_cpu.items()))
 
