@@ -166,6 +166,33 @@ def test_a_consensus_records_the_answers_boxes_and_face_and_pose_rows_it_read(
     assert recorded == ([latest, ocr], revision, [face]) and old not in recorded[0] and revision == 1
 
 
+def test_a_vote_whose_rows_did_not_change_is_not_run_again(pool: ConnectionPool, conn: psycopg.Connection,
+                                                           image: int, catalog: Catalog) -> None:
+    """A consensus job that finds the stored consensus recording the rows it would read leaves it as it is; any
+    change of those rows (a face row, a newer answer) is voted on."""
+    service_types = {service.name: service.service_type for service in catalog.services}
+
+    def voter() -> str | None:
+        return conn.execute("SELECT worker_id FROM consensus WHERE image_id = %s", (image,)).fetchone()[0]
+
+    insert_answer(conn, image, "yolov8", detection("person", "🧑", 10))
+    insert_answer(conn, image, "ocr", {"predictions": [{"text": "coffee", "confidence": 0.9}]})
+    with pool.connection() as worker_conn:
+        merge_image(worker_conn, image, SETTINGS.harmony, WORKER)
+    assert recompute_consensus(conn, image, service_types, "first") is not None
+    assert recompute_consensus(conn, image, service_types, "second") is None and voter() == "first"
+    box = conn.execute("SELECT merged_id FROM merged_boxes WHERE image_id = %s", (image,)).fetchone()[0]
+    conn.execute("INSERT INTO postprocessing (image_id, merged_box_id, service, data, status) VALUES "
+                 "(%s, %s, 'colors', '{}', 'empty')", (image, box))  # the vote does not read colors
+    assert recompute_consensus(conn, image, service_types, "third") is None and voter() == "first"
+    conn.execute("INSERT INTO postprocessing (image_id, merged_box_id, service, data, status) VALUES "
+                 "(%s, %s, 'face', '{}', 'empty')", (image, box))
+    assert recompute_consensus(conn, image, service_types, "fourth") is not None and voter() == "fourth"
+    newer = insert_answer(conn, image, "ocr", {"predictions": [{"text": "tea", "confidence": 0.9}]})
+    assert recompute_consensus(conn, image, service_types, "fifth") is not None and voter() == "fifth"
+    assert newer in conn.execute("SELECT source_result_ids FROM consensus WHERE image_id = %s", (image,)).fetchone()[0]
+
+
 def test_the_box_revision_moves_only_when_the_box_set_changes(pool: ConnectionPool, conn: psycopg.Connection,
                                                              image: int) -> None:
     def merge() -> int:

@@ -47,6 +47,24 @@ def test_each_enqueue_function_queues_its_job(conn: psycopg.Connection) -> None:
     ]
 
 
+def test_a_transaction_enqueues_a_job_once_and_again_only_when_its_job_is_gone(conn: psycopg.Connection) -> None:
+    """sql/0080: the second enqueue of a key in a transaction takes the short path while the job it covered still
+    waits; once that job is gone (claimed, deleted) the full path queues a new one."""
+    image = add_image(conn, "a.jpg")
+    conn.execute("DELETE FROM jobs")
+    with conn.transaction():
+        first = conn.execute("SELECT enqueue_consensus(%s)", (image,)).fetchone()[0]
+        assert conn.execute("SELECT current_setting('windmill.enqueue_covered', true), "
+                            "current_setting('windmill.enqueue_covered_id', true)").fetchone() == (
+            f"{CONSENSUS_QUEUE} consensus:{image}", str(first))
+        assert conn.execute("SELECT enqueue_consensus(%s)", (image,)).fetchone()[0] is None
+        conn.execute("DELETE FROM jobs WHERE id = %s", (first,))
+        second = conn.execute("SELECT enqueue_consensus(%s)", (image,)).fetchone()[0]
+        assert second is not None and second != first
+    assert [row[3] for row in queued(conn)] == [f"consensus:{image}"]
+    assert conn.execute("SELECT current_setting('windmill.enqueue_covered', true)").fetchone()[0] in ("", None)
+
+
 @pytest.mark.parametrize(("emoji", "crop_key", "services"), [
     (PERSON, f"{PERSON}:0,0,9,9", ["colors", "face", "pose"]),
     ("", "person:0,0,9,9", ["colors", "face", "pose"]),  # no emoji: the class is the label

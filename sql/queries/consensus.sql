@@ -21,6 +21,16 @@ SELECT postprocessing_id, merged_box_id, service, status, data
  WHERE image_id = %(image_id)s AND service IN ('face', 'pose')
  ORDER BY postprocessing_id
 
+-- name: consensus_current
+-- Does the image's stored consensus record the rows a vote would read now? The backfill's rule decides
+-- (stale_products, sql/0014: the latest success answers, the box revision, the face/pose rows). Read after the
+-- image's consensus lock, so a vote that ran meanwhile has committed what it recorded. An image without a
+-- successful answer is always voted on (the rule looks only at images with evidence).
+SELECT EXISTS (SELECT 1 FROM consensus WHERE image_id = %(image_id)s)
+   AND EXISTS (SELECT 1 FROM results WHERE image_id = %(image_id)s AND status = 'success')
+   AND NOT EXISTS (SELECT 1 FROM stale_products(%(image_id)s - 1, %(image_id)s) AS stale
+                    WHERE stale.queue = 'consensus')
+
 -- name: store_consensus
 -- One row per image, replaced by every recompute, with the inputs it was computed from.
 INSERT INTO consensus (image_id, consensus_data, processing_time, worker_id, source_result_ids, boxes_revision,

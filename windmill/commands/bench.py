@@ -86,7 +86,8 @@ def bench_backfill(app: AppContext, images: int, page: int, runs: int) -> None:
 
 @bench.command("pipeline")
 @click.option("--images", type=click.IntRange(6), default=None, help="[default: 300; 30 with --latency-profile]")
-@click.option("--runs", type=click.IntRange(1, 10), default=1, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 10), default=None,
+              help="Runs per broker (and side)  [default: 1; 3 with --baseline]")
 @click.option("--latency-profile", metavar="NAME|FILE",
               help="Against the stand-in with this latency profile (gpu, or a file): images/s beside the bound the "
                    "profile implies, and submit → first merged boxes.")
@@ -94,13 +95,27 @@ def bench_backfill(app: AppContext, images: int, page: int, runs: int) -> None:
               help="With --latency-profile: multiply a service's mean latency (repeatable), e.g. ollama=10.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="With --latency-profile: images fed per second (default: 1.25 × the profile's primary bound).")
+@click.option("--baseline", metavar="REV", default=None,
+              help="Interleave runs with the workers of another commit (a git worktree and venv under the temporary "
+                   "directory) on distinct synthetic scenes; print medians and ratios.")
 @pass_app
-def bench_pipeline(app: AppContext, images: int | None, runs: int, latency_profile: str | None,
-                   scale_latency: tuple[str, ...], rate: float | None) -> None:
+def bench_pipeline(app: AppContext, images: int | None, runs: int | None, latency_profile: str | None,
+                   scale_latency: tuple[str, ...], rate: float | None, baseline: str | None) -> None:
     """The whole pipeline over N images, workers as separate processes: throughput, CPU, merge latency, waste."""
     from windmill.bench.database import bench_database
     from windmill.bench.latency_profile import latency_setup
     from windmill.bench.latency_profile import run as run_with_profile
+
+    if baseline is not None:
+        if latency_profile is not None:
+            raise click.UsageError("--baseline runs at zero latency; leave out --latency-profile")
+        from windmill.bench.baseline import run as run_baseline_bench
+
+        with bench_database(app.settings, app.catalog) as (_, url):
+            run_baseline_bench(url, app.catalog_as_configured, baseline=baseline, images=images or 300,
+                               runs=runs or 3, amqp_url=app.settings.amqp_url, echo=click.echo)
+        return
+    runs = runs or 1
     from windmill.bench.pipeline import run as run_pipeline_bench
 
     latency = latency_setup(latency_profile, scale_latency, rate)

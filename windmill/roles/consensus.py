@@ -60,9 +60,14 @@ def vote(inputs: ConsensusInputs, service_types: Mapping[str, Sequence[str]]) ->
 
 
 def recompute_consensus(conn: psycopg.Connection, image_id: int, service_types: Mapping[str, Sequence[str]],
-                        worker_id: str) -> dict[str, Any]:
+                        worker_id: str) -> dict[str, Any] | None:
+    """Vote again and store the result; None when the stored consensus already records the very rows the vote would
+    read now (a vote over the same rows gives the same consensus), so neither they nor the vote are loaded. Box
+    changes, colors and caption scores queue a vote that often finds nothing it reads changed."""
     with conn.transaction():
         lock_image(conn, Product.CONSENSUS, image_id)
+        if conn.execute(query("consensus_current"), {"image_id": image_id}).fetchone()[0]:
+            return None
         started = time.perf_counter()
         inputs = read_inputs(conn, image_id)
         data = vote(inputs, service_types)

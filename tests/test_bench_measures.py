@@ -1,0 +1,89 @@
+"""What the pipeline benchmark against a baseline measures with: distinct synthetic scenes, CPU read from /proc
+(a server's exited processes included), and the medians and ratios it prints."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from windmill.bench.baseline import Run, Side, summary
+from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu, tree_cpu
+from windmill.bench.scenes import CANVAS, write_scenes
+from windmill.simfarm.annotations import AnnotationIndex, sidecar_path_for
+
+BURN_S = 0.3
+_BURN = f"import time\nwhile time.process_time() < {BURN_S}: pass\n"
+
+
+def test_scenes_are_distinct_with_several_objects_the_stand_in_finds(tmp_path: Path) -> None:
+    paths = write_scenes(tmp_path, 12, seed=3)
+    digests = {hashlib.sha256(path.read_bytes()).hexdigest() for path in paths}
+    assert len(digests) == 12  # no copies
+    index = AnnotationIndex([tmp_path])
+    index.scan()
+    width, height = CANVAS
+    for path in paths:
+        sidecar = index.for_digest(hashlib.sha256(path.read_bytes()).hexdigest())
+        assert sidecar is not None and sidecar.path == sidecar_path_for(path)
+        assert 3 <= len(sidecar.objects) <= 4
+        for obj in sidecar.objects:
+            x, y, w, h = obj.bbox
+            assert obj.coco is not None and x >= 0 and y >= 0 and x + w <= width and y + h <= height
+
+
+def test_the_same_seed_gives_the_same_scenes(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = write_scenes(tmp_path / "a", 3, seed=7), write_scenes(tmp_path / "b", 3, seed=7)
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+
+
+def test_tree_cpu_counts_children_that_have_exited() -> None:
+    """A child's CPU reaches its parent's reaped total when it is waited for; a process's own CPU does not
+    include it."""
+    me = os.getpid()
+    own_before, tree_before = processes_cpu([me]), tree_cpu(me)
+    subprocess.run([sys.executable, "-c", _BURN], check=True)
+    assert tree_cpu(me) - tree_before >= BURN_S
+    assert processes_cpu([me]) - own_before < BURN_S
+
+
+def test_postgres_cpu_includes_backends_that_came_and_went(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        cluster = postgres_processes(conn)
+    if cluster.postmaster is None:
+        pytest.skip("the test server does not run on this machine")
+    before = cluster.cpu()
+    with psycopg.connect(database_url, autocommit=True) as busy:
+        backend = busy.execute("SELECT pg_backend_pid()").fetchone()[0]
+        busy.execute("SELECT count(*) FROM generate_series(1, 3000000)")
+        spent = process_cpu(backend)
+    deadline = time.monotonic() + 30
+    while process_cpu(backend) and time.monotonic() < deadline:  # until the postmaster has reaped it
+        time.sleep(0.05)
+    assert spent > 0
+    assert cluster.cpu() - before >= spent
+
+
+def _run(rate: float, workers: float, postgres: float | None) -> Run:
+    images = 100
+    return Run(images / rate, images, workers * images, None if postgres is None else postgres * images,
+               0.01 * images, 0.001 * images, images, 3 * images, {"service": workers * images}, None)
+
+
+def test_summary_gives_medians_and_ratios_head_over_baseline() -> None:
+    head, base = Side("head", sys.executable), Side("b7f4159", sys.executable)
+    runs = {"head": [_run(20, 0.04, 0.01), _run(18, 0.05, 0.012), _run(30, 0.03, 0.02)],
+            "b7f4159": [_run(10, 0.1, 0.03), _run(9, 0.08, 0.02), _run(11, 0.12, 0.04)]}
+    lines = summary("postgres", head, base, runs)
+    assert "images/s" in lines[1] and "20.0 vs     10.0  ratio 2.00×" in lines[1]
+    assert "Windmill CPU" in lines[2] and "50.0 vs    130.0  ratio 0.38×" in lines[2]
+    runs["head"][0] = _run(20, 0.04, None)  # a run whose server is not on this machine
+    assert summary("postgres", head, base, runs)[2].endswith("n/a")

@@ -1,0 +1,356 @@
+"""`bench pipeline --baseline REV`: the whole pipeline against the workers of another commit, interleaved run by run.
+
+Both sides get the same stand-in (this commit's, every answer computed per request), the same distinct synthetic
+scenes (windmill/bench/scenes.py), the same PostgreSQL server and settings and the same worker layout; each side
+runs its own code for everything that touches the database (`init-db`, `images add`, `submit`, the workers), from
+its own venv: the other commit is checked out as a git worktree under the temporary directory and installed into a
+venv beside it, both kept for the next run. Each side migrates a template database once; every run starts from a
+fresh copy of it, so no run inherits another's dead rows.
+
+A run is timed from the moment before `submit` (the workers connected and idle) to the last product written, and
+its CPU is split by who spent it: the worker processes, the PostgreSQL cluster (all its processes, from /proc) and
+the stand-in, apart. The runs alternate sides (head first, then the baseline first) so a machine whose speed drifts
+favours neither; the summary gives each side's medians and the ratios head ÷ baseline.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+import windmill
+from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu
+from windmill.bench.pipeline import ROLES, _wait_until_idle
+from windmill.bench.scenes import write_scenes
+from windmill.bench.stage import BENCH_GROUP, BenchEnvironment, bench_environment
+from windmill.catalog import Catalog
+from windmill.db.connect import Database, conninfo_to_url
+from windmill.errors import WindmillError
+
+IDLE_WINDOW_S = 0.5
+IDLE_CPU_S = 0.05  # all workers together used less than this in the window: they have connected and wait
+_LAST_PRODUCT = """
+SELECT extract(epoch FROM greatest(
+           (SELECT max(r.result_created) FROM results r JOIN images i USING (image_id) WHERE i.image_group = %(group)s),
+           (SELECT max(p.result_created) FROM postprocessing p JOIN images i USING (image_id)
+             WHERE i.image_group = %(group)s),
+           (SELECT max(m.merged_at) FROM merged_images m JOIN images i USING (image_id)
+             WHERE i.image_group = %(group)s),
+           (SELECT max(c.consensus_created) FROM consensus c JOIN images i USING (image_id)
+             WHERE i.image_group = %(group)s)) - %(submitted)s::timestamptz)
+"""
+_PRODUCTS = """
+SELECT (SELECT count(*) FROM images WHERE image_group = %(group)s),
+       (SELECT count(*) FROM consensus c JOIN images i USING (image_id) WHERE i.image_group = %(group)s),
+       (SELECT count(*) FROM merged_boxes b JOIN images i USING (image_id) WHERE i.image_group = %(group)s)
+"""
+
+# Statements the workers sent (top level), not those that triggers and functions ran for them.
+_STATEMENTS = """
+SELECT coalesce(sum(calls), 0) FROM pg_stat_statements
+ WHERE toplevel AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+@dataclass(frozen=True)
+class Side:
+    """One commit's code: its label and the interpreter of the venv it is installed in."""
+
+    label: str
+    python: str
+    # `python -m` puts the working directory first on sys.path: run where no other checkout's package lies
+    cwd: str = tempfile.gettempdir()
+
+    def argv(self, *args: str) -> list[str]:
+        return [self.python, "-m", "windmill", *args]
+
+
+@dataclass(frozen=True)
+class Run:
+    elapsed: float  # submit → last product, seconds
+    images: int
+    workers_cpu: float  # CPU-seconds, submit → last product
+    postgres_cpu: float | None  # None: the server is not on this machine
+    farm_cpu: float
+    submit_cpu: float
+    consensus: int  # images with a consensus at the end
+    merged_boxes: int
+    roles_cpu: dict[str, float]  # CPU-seconds of the worker processes by role (the two service workers together)
+    statements: int | None  # top-level statements the run's database executed (None: no pg_stat_statements)
+    load: float = 0.0  # the machine's 1-minute load average at submit: how much else competed for the cores
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.elapsed
+
+    def per_image(self, cpu: float | None) -> float | None:
+        return None if cpu is None else cpu / self.images
+
+    @property
+    def windmill_cpu(self) -> float | None:
+        """Workers + PostgreSQL per image: what the issue's CPU target counts (the stand-in is apart)."""
+        return None if self.postgres_cpu is None else (self.workers_cpu + self.postgres_cpu) / self.images
+
+
+# -- the other commit, installed ----------------------------------------------------------------------------------
+
+
+def _git(repo: Path, *args: str) -> str:
+    result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise WindmillError(f"git {' '.join(args)} failed: {result.stderr.strip().splitlines()[-1:]}")
+    return result.stdout.strip()
+
+
+def baseline_side(rev: str, echo: Callable[[str], None]) -> Side:
+    """The commit `rev` of this checkout's repository, checked out and installed under the temporary directory
+    (reused when a previous run left it complete)."""
+    repo = Path(windmill.__file__).resolve().parent.parent
+    try:
+        top = Path(_git(repo, "rev-parse", "--show-toplevel"))
+    except (WindmillError, OSError):
+        raise WindmillError("--baseline needs Windmill run from a git checkout (pip install -e .)") from None
+    sha = _git(top, "rev-parse", "--verify", f"{rev}^{{commit}}")
+    tree = Path(tempfile.gettempdir()) / f"windmill-baseline-{sha[:12]}"
+    venv = Path(f"{tree}.venv")
+    python = venv / "bin" / "python"
+    if not (tree / ".git").exists():
+        echo(f"checking out {rev} ({sha[:12]}) into {tree}")
+        _git(top, "worktree", "add", "--detach", str(tree), sha)
+    if not (python.exists() and (venv / "bin" / "windmill-cli").exists()):
+        echo(f"installing {rev} into {venv}")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        install = subprocess.run([str(python), "-m", "pip", "install", "-q", str(tree)], capture_output=True,
+                                 text=True)
+        if install.returncode != 0:
+            raise WindmillError(f"installing {rev} failed: {install.stderr.strip().splitlines()[-1:]}")
+    return Side(rev, str(python))
+
+
+# -- databases ----------------------------------------------------------------------------------------------------
+
+
+def _database_url(url: str, name: str) -> str:
+    return conninfo_to_url(make_conninfo(url, dbname=name))
+
+
+@contextmanager
+def side_databases(url: str, side: Side, env: dict[str, str], slot: str) -> Iterator[Callable[[], str]]:
+    """A template database the side's own `init-db` migrated, and a function that gives a fresh copy of it for
+    each run (its URL). Both are dropped at the end."""
+    base = conninfo_to_dict(url).get("dbname") or "postgres"
+    template, copy = f"{base}_bench_{slot}_template", f"{base}_bench_{slot}"
+    admin = psycopg.connect(url, autocommit=True)
+
+    def drop(name: str) -> None:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def fresh() -> str:
+        drop(copy)
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(copy), sql.Identifier(template)))
+        return _database_url(url, copy)
+
+    try:
+        drop(template)
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(template)))
+        migrate_env = {**env, "WINDMILL_DATABASE_URL": _database_url(url, template)}
+        migrated = subprocess.run(side.argv("init-db"), env=migrate_env, capture_output=True, text=True,
+                                  cwd=side.cwd)
+        if migrated.returncode != 0:
+            raise WindmillError(f"init-db of {side.label} failed: {migrated.stderr.strip().splitlines()[-1:]}")
+        yield fresh
+    finally:
+        drop(copy)
+        drop(template)
+        admin.close()
+
+
+# -- one run ------------------------------------------------------------------------------------------------------
+
+
+def _wait_workers_idle(pids: list[int], timeout_s: float = 60.0) -> None:
+    """Until the workers have started and gone quiet (imports done, connections open, queues declared)."""
+    deadline = time.monotonic() + timeout_s
+    time.sleep(1.0)
+    last = processes_cpu(pids)
+    while time.monotonic() < deadline:
+        time.sleep(IDLE_WINDOW_S)
+        now = processes_cpu(pids)
+        if now - last < IDLE_CPU_S:
+            return
+        last = now
+    raise WindmillError("the workers did not go idle before submit")
+
+
+def _count_statements(conn: psycopg.Connection) -> bool:
+    """Start counting the database's statements when the server has pg_stat_statements loaded
+    (shared_preload_libraries); False when it has not."""
+    loaded = conn.execute("SELECT 'pg_stat_statements' = ANY(string_to_array(current_setting("
+                          "'shared_preload_libraries'), ', '))").fetchone()[0]
+    if not loaded:
+        return False
+    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    conn.execute("SELECT pg_stat_statements_reset()")
+    return True
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder: Path, answers_expected: int,
+             farm_pid: int) -> Run:
+    env = {**bench.env, "WINDMILL_DATABASE_URL": url}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    subprocess.run(side.argv("images", "add", str(folder), "--group", BENCH_GROUP), env=env, check=True,
+                   cwd=side.cwd, **quiet)
+    database = Database(url, application_name="windmill-bench")
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for n, spec in enumerate(ROLES):
+            args = ["worker", *spec.worker_arguments(), "--concurrency", str(spec.concurrency), "--broker", broker]
+            processes.append(subprocess.Popen(side.argv(*args), env={**env, "WORKER_ID": f"bench-{spec.role}-{n}"},
+                                              stdout=subprocess.DEVNULL, cwd=side.cwd))
+        pids = [process.pid for process in processes]
+        _wait_workers_idle(pids)
+        with database.connect() as conn:
+            postgres = postgres_processes(conn)
+            counting = _count_statements(conn)
+            roles_before = [process_cpu(pid) for pid in pids]
+            before = (processes_cpu(pids), postgres.cpu(), processes_cpu([farm_pid]), _children_cpu())
+            submitted = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        load = os.getloadavg()[0]
+        subprocess.run(side.argv("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker),
+                       env=env, check=True, cwd=side.cwd, **quiet)
+        submit_cpu = _children_cpu() - before[3]
+        _wait_until_idle(database, processes, answers_expected)
+        workers_cpu = processes_cpu(pids) - before[0]
+        roles_cpu: dict[str, float] = {}
+        for spec, pid, earlier in zip(ROLES, pids, roles_before, strict=True):
+            roles_cpu[spec.role] = roles_cpu.get(spec.role, 0.0) + process_cpu(pid) - earlier
+        postgres_after = postgres.cpu()
+        farm_cpu = processes_cpu([farm_pid]) - before[2]
+        with database.connect() as conn:
+            elapsed = float(conn.execute(_LAST_PRODUCT, {"group": BENCH_GROUP, "submitted": submitted}).fetchone()[0])
+            images, consensus, boxes = conn.execute(_PRODUCTS, {"group": BENCH_GROUP}).fetchone()
+            statements = conn.execute(_STATEMENTS).fetchone()[0] if counting else None
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    postgres_cpu = None if before[1] is None or postgres_after is None else postgres_after - before[1]
+    return Run(elapsed, images, workers_cpu, postgres_cpu, farm_cpu, submit_cpu, consensus, boxes, roles_cpu,
+               statements, load)
+
+
+# -- the interleaved session --------------------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1000:.1f}"
+
+
+def describe(side: Side, broker: str, number: int, run: Run) -> str:
+    return (f"  {broker:<8} {side.label:<10} run {number}: {run.rate:6.1f} images/s ({run.elapsed:5.1f} s); CPU ms per "
+            f"image: workers {_ms(run.per_image(run.workers_cpu))}, PostgreSQL {_ms(run.per_image(run.postgres_cpu))}"
+            f", Windmill {_ms(run.windmill_cpu)} | stand-in {_ms(run.per_image(run.farm_cpu))}, submit "
+            f"{_ms(run.per_image(run.submit_cpu))}; consensus {run.consensus}/{run.images}, {run.merged_boxes} boxes; "
+            f"statements per image {'n/a' if run.statements is None else f'{run.statements / run.images:.0f}'}; "
+            f"load average {run.load:.1f} at submit\n"
+            f"  {'':<8} {'':<10}        workers by role (CPU ms per image): "
+            + ", ".join(f"{role} {_ms(run.per_image(cpu))}" for role, cpu in run.roles_cpu.items()))
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if len(present) == len(values) and present else None
+
+
+def summary(broker: str, head: Side, base: Side, runs: dict[str, list[Run]]) -> list[str]:
+    """Medians of each side and the ratios head ÷ baseline, one line per measure."""
+    measures: list[tuple[str, Callable[[Run], float | None], str]] = [
+        ("images/s", lambda run: run.rate, "{:.1f}"),
+        ("Windmill CPU ms/image (workers + PostgreSQL)", lambda run: run.windmill_cpu, "{:.1f}"),
+        ("  workers CPU ms/image", lambda run: run.per_image(run.workers_cpu), "{:.1f}"),
+        ("  PostgreSQL CPU ms/image", lambda run: run.per_image(run.postgres_cpu), "{:.1f}"),
+        ("stand-in CPU ms/image (apart)", lambda run: run.per_image(run.farm_cpu), "{:.1f}"),
+    ]
+    lines = [f"{broker}: medians of {len(runs[head.label])} runs, {head.label} vs {base.label}"]
+    for name, measure, form in measures:
+        scale = 1 if name == "images/s" else 1000
+        medians = [_median([measure(run) for run in runs[side.label]]) for side in (head, base)]
+        if None in medians:
+            lines.append(f"  {name:<46} n/a")
+            continue
+        head_value, base_value = (value * scale for value in medians)
+        ratio = head_value / base_value if base_value else float("nan")
+        lines.append(f"  {name:<46} {form.format(head_value):>8} vs {form.format(base_value):>8}  ratio {ratio:.2f}×")
+    return lines
+
+
+def run(url: str, catalog: Catalog, *, baseline: str, images: int, runs: int, amqp_url: str | None,
+        echo: Callable[[str], None]) -> None:
+    base = baseline_side(baseline, echo)
+    head = Side("head", sys.executable)
+    offset = 22_000 + os.getpid() % 1000 * 10
+    brokers = (["rabbitmq"] if amqp_url else []) + ["postgres"]
+    answers = images * len(catalog.in_category("primary"))
+    with tempfile.TemporaryDirectory(prefix="windmill-bench-scenes-") as folder:
+        write_scenes(Path(folder), images)
+        farm_argv = head.argv("farm", "serve", "--no-cache", "--annotations", folder, "--port-offset", str(offset))
+        farm = subprocess.Popen(farm_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=head.cwd)
+        try:
+            conditions = database_conditions(url)
+            echo(f"pipeline {head.label} vs {base.label}: {images} distinct scenes of 3–4 objects, every primary "
+                 f"service + merge + postprocessing + consensus + caption scoring, {len(ROLES)} worker processes "
+                 f"per side; stand-in with every answer computed per request; PostgreSQL {conditions}; "
+                 f"timed from submit (workers idle) to the last product; {runs} runs per side, interleaved")
+            for broker in brokers:
+                _session(head, base, broker, url, catalog, amqp_url, offset, Path(folder), answers, farm.pid,
+                         runs, echo)
+        finally:
+            farm.terminate()
+            farm.wait(timeout=30)
+
+
+def database_conditions(url: str) -> str:
+    """The server's durability settings, printed with the figures (production: all three on)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        values = [conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0]
+                  for name in ("fsync", "synchronous_commit", "full_page_writes")]
+    return f"fsync={values[0]}, synchronous_commit={values[1]}, full_page_writes={values[2]}"
+
+
+def _session(head: Side, base: Side, broker: str, url: str, catalog: Catalog, amqp_url: str | None, offset: int,
+             folder: Path, answers: int, farm_pid: int, runs: int, echo: Callable[[str], None]) -> None:
+    results: dict[str, list[Run]] = {head.label: [], base.label: []}
+    with (bench_environment(catalog, url, amqp_url, port_offset=offset) as head_bench,
+          bench_environment(catalog, url, amqp_url, port_offset=offset) as base_bench,
+          side_databases(url, head, head_bench.env, "head") as head_fresh,
+          side_databases(url, base, base_bench.env, "base") as base_fresh):
+        sides = [(head, head_bench, head_fresh), (base, base_bench, base_fresh)]
+        for number in range(1, runs + 1):
+            for side, bench, fresh in sides if number % 2 else reversed(sides):
+                result = run_once(side, bench, fresh(), broker, folder, answers, farm_pid)
+                results[side.label].append(result)
+                echo(describe(side, broker, number, result))
+    for line in summary(broker, head, base, results):
+        echo(line)

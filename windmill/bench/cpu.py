@@ -1,0 +1,77 @@
+"""CPU-seconds of processes read from /proc, for benchmarks that split a pipeline's cost by who spent it: the
+worker processes, the PostgreSQL cluster (its postmaster and every backend it started, including the ones that
+exited during the run) and the stand-in farm.
+
+Reading /proc rather than getrusage lets a benchmark count processes that are still running (workers measured
+from submit to the last product, not from start-up to shutdown) and processes that are not its children (the
+cluster's backends).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from windmill.bench.processes import children_of
+
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+# Fields of /proc/<pid>/stat after the command name (index 0 is the state): utime, stime, cutime, cstime.
+_UTIME, _STIME, _CUTIME, _CSTIME = 11, 12, 13, 14
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_cpu(pid: int, *, reaped_children: bool = False) -> float:
+    """CPU-seconds a live process has used (0 once it is gone); with `reaped_children`, plus those of the children
+    it has waited for (a postmaster reaps every backend that exits, so its own and theirs add up)."""
+    fields = _stat(pid)
+    if fields is None:
+        return 0.0
+    fields_used = (_UTIME, _STIME, _CUTIME, _CSTIME) if reaped_children else (_UTIME, _STIME)
+    return sum(int(fields[index]) for index in fields_used) / _TICKS_PER_SECOND
+
+
+def processes_cpu(pids: Iterable[int]) -> float:
+    """CPU-seconds of some live processes (worker processes, the stand-in)."""
+    return sum(process_cpu(pid) for pid in pids)
+
+
+def tree_cpu(root: int) -> float:
+    """CPU-seconds of a server and every process it started: the root with its reaped children, and each live
+    child with its own reaped children. The difference of two readings is what the server spent in between, backends
+    that came and went included."""
+    return process_cpu(root, reaped_children=True) + sum(
+        process_cpu(child, reaped_children=True) for child in children_of(root))
+
+
+@dataclass(frozen=True)
+class PostgresProcesses:
+    """The postmaster of the cluster a connection is served by, when that cluster runs on this machine."""
+
+    postmaster: int | None
+
+    def cpu(self) -> float | None:
+        return None if self.postmaster is None else tree_cpu(self.postmaster)
+
+
+def postgres_processes(conn: psycopg.Connection) -> PostgresProcesses:
+    """Our backend's parent is the postmaster. A server elsewhere (no such process here, or a process that is
+    not PostgreSQL) gives None: its CPU cannot be read from this machine's /proc."""
+    backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    fields = _stat(backend)
+    try:
+        command = Path(f"/proc/{backend}/comm").read_text().strip()
+    except OSError:
+        command = ""
+    if fields is None or not command.startswith("postgres"):
+        return PostgresProcesses(None)
+    return PostgresProcesses(int(fields[1]))
