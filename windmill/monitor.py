@@ -71,6 +71,18 @@ def tasks_in_flight(ledger: list[dict[str, Any]], rabbitmq: dict[str, Any] | Non
             for row in ledger]
 
 
+def recount_answers(conn: psycopg.Connection) -> int:
+    """Rebuild service_progress's counters (done, failed per service) from every answer, in one transaction that
+    holds answer writers back meanwhile; returns how many services have answers."""
+    with conn.transaction():
+        return int(conn.execute(query("recount_answer_counts")).fetchone()[0])
+
+
+def fold_answer_counts(conn: psycopg.Connection) -> int:
+    """Fold the counters' pending deltas (what the periodic pass does); returns how many delta rows were folded."""
+    return int(conn.execute(query("fold_answer_counts")).fetchone()[0])
+
+
 def image_status(conn: psycopg.Connection, image_id: int) -> dict[str, Any] | None:
     """One image's row of image_completeness (None when there is no such image)."""
     rows = _rows(conn, "monitor_image", {"image_id": image_id})
