@@ -125,6 +125,20 @@ def bench_export(app: AppContext, images: int, formats: tuple[str, ...]) -> None
         run_export_bench(database, url, images=images, formats=formats or EXPORT_FORMATS)
 
 
+@bench.command("notify")
+@click.option("--answers", type=click.IntRange(10), default=300, show_default=True, help="Answers per writer and run.")
+@click.option("--runs", type=click.IntRange(1, 10), default=3, show_default=True)
+@pass_app
+def bench_notify(app: AppContext, answers: int, runs: int) -> None:
+    """Commits/s of 16 concurrent answer writers without the wake-up NOTIFY, with it per queue (now) and per job
+    (before), on a throwaway cluster of its own with production durability."""
+    from windmill.bench.notify import run as run_notify_bench
+    from windmill.bench.throwaway import throwaway_database
+
+    with throwaway_database(app.catalog) as throwaway:
+        run_notify_bench(throwaway, answers_per_writer=answers, runs=runs, echo=click.echo)
+
+
 @bench.command("service")
 @click.option("--images", type=click.IntRange(6), default=300, show_default=True)
 @click.option("--runs", type=click.IntRange(1, 10), default=3, show_default=True)
