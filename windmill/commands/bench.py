@@ -125,6 +125,22 @@ def bench_export(app: AppContext, images: int, formats: tuple[str, ...]) -> None
         run_export_bench(database, url, images=images, formats=formats or EXPORT_FORMATS)
 
 
+@bench.command("scale")
+@click.option("--images", type=click.IntRange(1000), default=100_000, show_default=True,
+              help="Images of synthetic history to build first.")
+@click.option("--runs", type=click.IntRange(1, 20), default=5, show_default=True)
+@pass_app
+def bench_scale(app: AppContext, images: int, runs: int) -> None:
+    """status, a backfill run, 1,000 jobs claimed and completed, one image's completeness, a submit of 10,000 new
+    images and bytes per image, on a synthetic history of N images in a throwaway cluster with production
+    durability: compare 100K and 1M."""
+    from windmill.bench.scale import run as run_scale_bench
+    from windmill.bench.throwaway import throwaway_database
+
+    with throwaway_database(app.catalog) as throwaway:
+        run_scale_bench(throwaway, app.catalog, images=images, runs=runs, echo=click.echo)
+
+
 @bench.command("notify")
 @click.option("--answers", type=click.IntRange(10), default=300, show_default=True, help="Answers per writer and run.")
 @click.option("--runs", type=click.IntRange(1, 10), default=3, show_default=True)
