@@ -112,3 +112,12 @@ SELECT c.relname, pg_table_size(c.oid) AS table_bytes, pg_indexes_size(c.oid) AS
 SELECT coalesce(sum(pg_table_size(c.oid)), 0)::bigint, coalesce(sum(pg_indexes_size(c.oid)), 0)::bigint
   FROM pg_class c
  WHERE c.relnamespace = 'windmill'::regnamespace AND c.relkind = 'r'
+
+-- name: bench_queue_history
+-- `bench queue --history N`: the done jobs a busy pipeline leaves, %(jobs)s of them finished evenly over the last
+-- two hours (no image: the queue benchmark's jobs have none either), for the retention to prune the older half.
+INSERT INTO jobs (queue, payload, state, attempts, created_at, updated_at)
+SELECT CASE g %% 3 WHEN 0 THEN 'merge' WHEN 1 THEN 'consensus' ELSE 'postprocess_colors' END, '{}', 'done', 1,
+       now() - make_interval(secs => (g %% 7200)::double precision),
+       now() - make_interval(secs => (g %% 7200)::double precision)
+  FROM generate_series(1, %(jobs)s) AS g

@@ -21,12 +21,21 @@ def bench() -> None:
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 5000), default=500, show_default=True)
 @click.option("--runs", type=click.IntRange(1, 10), default=3, show_default=True)
+@click.option("--history", type=click.IntRange(0), default=0, show_default=True,
+              help="First leave this many done jobs in the table, as the retention does (e.g. 1000000); runs on a "
+                   "throwaway cluster of its own with production durability.")
 @pass_app
-def bench_queue(app: AppContext, job_count: int, workers: int, batch_size: int, runs: int) -> None:
+def bench_queue(app: AppContext, job_count: int, workers: int, batch_size: int, runs: int, history: int) -> None:
     """No-op jobs claimed and completed per second, and NOTIFY wake-up latency."""
     from windmill.bench.database import bench_database
     from windmill.bench.queue import run as run_queue_bench
+    from windmill.bench.throwaway import throwaway_database
 
+    if history:
+        with throwaway_database(app.catalog) as throwaway:
+            run_queue_bench(throwaway.database, throwaway.url, jobs=job_count, workers=workers,
+                            batch_size=batch_size, runs=runs, history=history, conditions=throwaway.conditions())
+        return
     with bench_database(app.settings, app.catalog) as (database, url):
         run_queue_bench(database, url, jobs=job_count, workers=workers, batch_size=batch_size, runs=runs)
 
