@@ -131,6 +131,7 @@ BEGIN
         -- folds them, `status --recount` rebuilds them.
         ('TABLE',    'service_answer_counts',        'SELECT, INSERT, UPDATE, DELETE',  NULL),
         ('TABLE',    'service_answer_count_deltas',  'SELECT, INSERT, DELETE',          NULL),
+        ('TABLE',    'service_answer_minutes',       'SELECT, INSERT, UPDATE, DELETE',  NULL),
         ('VIEW',     'service_progress',             'SELECT',                          'SELECT'),
         ('VIEW',     'queue_depths',                 'SELECT',                          'SELECT'),
         ('VIEW',     'image_completeness',           'SELECT',                          'SELECT'),

@@ -169,24 +169,44 @@ def test_recount_rebuilds_wrong_counters(conn: psycopg.Connection, run: Any) -> 
     assert counted(conn) == recounted(conn)
 
 
-def test_status_reads_no_answer_beyond_the_last_hour(conn: psycopg.Connection, seeded: None) -> None:  # noqa: F811
-    """Only the rates read answers: a range of the last hour of one service's successes, never every answer."""
+def test_status_reads_no_answer_beyond_the_last_minute(conn: psycopg.Connection, seeded: None) -> None:  # noqa: F811
+    """Status reads answers twice per service: the last minute's successes (an index range as long as the rate) and
+    the newest success (one index entry, read backwards under a Limit). Never every answer, nor the last hour's."""
     conn.execute("UPDATE results SET result_created = now() - interval '2 days' WHERE result_id % 10 <> 0")
     conn.execute("ANALYZE results")
     [[plan]] = conn.execute("EXPLAIN (FORMAT JSON) SELECT * FROM service_progress").fetchall()
-    reads: list[dict[str, Any]] = []
+    reads: list[tuple[dict[str, Any], str]] = []
 
-    def walk(node: dict[str, Any]) -> None:
+    def walk(node: dict[str, Any], parent: str) -> None:
         if node.get("Relation Name") == "results":
-            reads.append(node)
+            reads.append((node, parent))
         for child in node.get("Plans", []):
-            walk(child)
+            walk(child, node["Node Type"])
 
-    walk(plan[0]["Plan"])
-    assert reads, "the rates read the answers of the last hour"
-    for node in reads:
-        assert node["Node Type"] in ("Index Scan", "Index Only Scan", "Bitmap Heap Scan"), node["Node Type"]
-        assert "result_created" in node.get("Index Cond", node.get("Recheck Cond", "")), node
+    walk(plan[0]["Plan"], "")
+    assert reads, "the rates read the answers of the last minute"
+    for node, parent in reads:
+        condition = node.get("Index Cond", node.get("Recheck Cond", ""))
+        newest = parent == "Limit" and node.get("Scan Direction") == "Backward"
+        assert newest or "'00:01:00'" in condition, (parent, node)
+
+
+def test_rates_come_from_the_minutes_once_folded(conn: psycopg.Connection) -> None:
+    a, b = add_image(conn, "a.jpg"), add_image(conn, "b.jpg")
+    add_result(conn, a, "blip")
+    add_result(conn, b, "blip", seconds_ago=1800)
+    add_result(conn, a, "ocr", seconds_ago=2 * 3600)  # older than an hour: no rate
+    before = conn.execute("SELECT service, rate_1m, rate_1h, last_success_at FROM service_progress "
+                          "WHERE service IN ('blip', 'ocr') ORDER BY service").fetchall()
+    assert [(rate_1m, float(rate_1h)) for _, rate_1m, rate_1h, _ in before] == [(1, round(2 / 60, 2)), (0, 0.0)]
+    fold_answer_counts(conn)
+    after = conn.execute("SELECT service, rate_1m, rate_1h, last_success_at FROM service_progress "
+                         "WHERE service IN ('blip', 'ocr') ORDER BY service").fetchall()
+    assert after == before
+    assert before[1][3] is not None  # the newest success, however old
+    recount_answers(conn)
+    assert conn.execute("SELECT service, rate_1m, rate_1h, last_success_at FROM service_progress "
+                        "WHERE service IN ('blip', 'ocr') ORDER BY service").fetchall() == before
 
 
 def test_status_totals_count_small_tables(conn: psycopg.Connection) -> None:
