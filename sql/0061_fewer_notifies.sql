@@ -17,15 +17,24 @@
 -- about which answers a recompute reads, which notifications never decided. What can change is latency: a job
 -- queued behind a due job that a transaction holds waits for the workers' poll instead of a notification.
 
--- The check reads the queue's first claimable entries (jobs_claimable_idx, sql/0002) and stops at the first due one.
+-- Once per INSERT statement (a bulk enqueue of thousands of service tasks is one statement, so one check per queue,
+-- not per row). A job this transaction queued does not count as already due: workers cannot see it before the
+-- commit. Such jobs are told apart by created_at, which is the transaction's start (now()) for every job queued
+-- through the job contract or the bulk enqueue; a job of another transaction that started in the same microsecond
+-- is taken for one of ours, which costs one extra notification, never a missing one. The check reads the queue's
+-- claimable entries (jobs_claimable_idx, sql/0002) in id order and stops at the first due one of another
+-- transaction: older jobs come first, so it walks this statement's own rows only when the queue was empty.
 CREATE OR REPLACE FUNCTION notify_job_queued() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM jobs
-                    WHERE queue = NEW.queue AND state = 'queued' AND run_after <= now() AND id <> NEW.id) THEN
+    IF EXISTS (SELECT 1
+                 FROM (SELECT DISTINCT queue FROM queued_jobs WHERE state = 'queued' AND run_after <= now()) q
+                WHERE NOT EXISTS (SELECT 1 FROM jobs j
+                                   WHERE j.queue = q.queue AND j.state = 'queued' AND j.run_after <= now()
+                                     AND j.created_at <> now())) THEN
         PERFORM pg_notify('windmill_jobs', '');
     END IF;
     RETURN NULL;
 END $$;
 
 CREATE OR REPLACE TRIGGER jobs_notify_queued AFTER INSERT ON jobs
-    FOR EACH ROW WHEN (NEW.state = 'queued' AND NEW.run_after <= now()) EXECUTE FUNCTION notify_job_queued();
+    REFERENCING NEW TABLE AS queued_jobs FOR EACH STATEMENT EXECUTE FUNCTION notify_job_queued();

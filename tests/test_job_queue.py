@@ -13,7 +13,7 @@ from psycopg_pool import ConnectionPool
 from windmill.broker import JobTableBroker, Task
 from windmill.db.connect import Database
 from windmill.jobs import NOTIFY_CHANNEL, Job, JobQueue, JobState, NewJob, PermanentJobError
-from windmill.jobs.queue import claim_query, enqueue_on
+from windmill.jobs.queue import claim_query, enqueue_many_on, enqueue_on
 
 
 @pytest.fixture
@@ -169,6 +169,11 @@ def test_notify_only_when_a_queue_gets_its_first_due_job(jobs: JobQueue, databas
         with conn.transaction():
             for _ in range(3):
                 enqueue_on(conn, NewJob("q", {}))
+        assert _notifications(listener) == 1
+        claimed = jobs.claim(["q"], "w", 10)
+        jobs.complete([job.id for job in claimed], "w")
+        # A bulk enqueue into an empty queue: its own rows do not count as already waiting.
+        enqueue_many_on(conn, [NewJob("q", {}) for _ in range(50)])
         assert _notifications(listener) == 1
 
 
