@@ -1,25 +1,24 @@
 -- Status in constant time (issue 13 item 4, DESIGN rule 8). service_progress counted, per service, the distinct
 -- images with a success and the images whose latest answer failed by reading every answer: a full index scan that
--- grows with the collection. Now the answers keep counters as they arrive.
+-- grows with the collection. Now counters are kept as the answers arrive.
 --
--- - No hot row: an answer appends a small delta row (service, done change, failed change) instead of updating a
---   per-service counter that every writer of that service would queue on. The periodic pass (scheduled_pass,
---   pg_cron or the scheduler role) folds the deltas into service_answer_counts; service_progress adds the deltas
---   not folded yet, so it is exact at any moment and reads one row per service plus the deltas of one period.
--- - Exact under concurrency: the change an answer makes depends on the other answers of its (image, service) pair
---   (a second success changes nothing, an error after a success changes `failed` only when it is the latest). A
---   transaction-scoped advisory lock per pair serialises the writers of one pair: the second one's statements run
---   after the first committed and see its row (READ COMMITTED: a fresh snapshot per statement). Different pairs
---   never wait for one another. Every statement takes its pairs' locks in (image_id, service) order, so two
---   statements cannot wait on each other in a cycle.
--- - Statement-level triggers with transition tables: a batched INSERT of several rows of one pair (or an image's
---   DELETE cascading over all its answers) is one change of the pair, seen before and after the statement.
+-- - As little as possible per answer: a row trigger appends the answer's key (id, image, service, status, time)
+--   to service_answer_count_deltas, one small insert. No hot row (nobody updates a per-service counter that every
+--   writer of that service would queue on), no lock, no lookup.
+-- - Everything else in the fold (fold_answer_counts): the periodic pass (scheduled_pass: pg_cron or the scheduler
+--   role) and `windmill-cli status` take the deltas visible to one statement, look up the other answers of the
+--   (image, service) pairs they touch through results_image_service_idx, and add to the counters what each pair
+--   changed: from "before" (the pair's rows without those the batch added, with those it removed) to "after" (its
+--   rows now). Exact under concurrency: an answer and its delta commit together, so a fold sees both or neither;
+--   folds take turns on an advisory lock, each starting from where the previous one ended.
 -- - Rates too: counting the last hour's successes through the index reads as many entries as the pipeline
---   answered in an hour (12M at 300 images/s). The deltas carry each answer's minute; the fold adds them to
---   per-minute totals (service_answer_minutes, two hours kept), and rate_1h sums at most 60 of those per service.
---   rate_1m stays an exact index range of the last minute, last_success_at one index entry (the newest).
--- - `windmill-cli status --recount` (recount_answer_counts) rebuilds the counters from the answers, for a
---   database restored from elsewhere or counters suspected wrong. It blocks answer writers while it counts.
+--   answered in an hour (12M at 300 images/s). The fold also adds successes per minute of result_created to
+--   service_answer_minutes (two hours kept); rate_1h sums at most 60 of those per service. rate_1m stays an exact
+--   index range of the last minute, last_success_at one index entry (the newest).
+-- - service_progress shows the counters as of the last fold: status folds first, psql readers see at most one
+--   period's lag. Answers are never updated (no UPDATE on results for any role), only inserted and deleted.
+-- - `windmill-cli status --recount` (recount_answer_counts) rebuilds the counters from every answer, for a
+--   database restored from elsewhere or counters suspected wrong. It holds answer writers back while it counts.
 
 -- Counters folded so far, one row per service (a service with no row counts zero).
 CREATE TABLE service_answer_counts (
@@ -29,20 +28,19 @@ CREATE TABLE service_answer_counts (
     folded_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE service_answer_counts IS
-    'Per service: images with a success answer (done) and images whose latest answer failed, up to the last fold '
-    '(service_progress adds service_answer_count_deltas).';
+    'Per service: images with a success answer (done) and images whose latest answer failed, as of the last fold.';
 
--- Appended by the answers' triggers, emptied by every fold. No index: it is only ever read whole.
+-- Appended by the answers' trigger, emptied by every fold. No index: a fold reads it whole.
 CREATE TABLE service_answer_count_deltas (
+    result_id bigint NOT NULL,
+    image_id bigint NOT NULL,
     service text NOT NULL,
-    done integer NOT NULL DEFAULT 0,
-    failed integer NOT NULL DEFAULT 0,
-    minute timestamptz NOT NULL,  -- of the answers' result_created, for `successes`
-    successes integer NOT NULL DEFAULT 0
+    status text NOT NULL,
+    result_created timestamptz NOT NULL,
+    change smallint NOT NULL CHECK (change IN (1, -1))  -- 1: the answer was stored, -1: deleted
 );
 COMMENT ON TABLE service_answer_count_deltas IS
-    'Changes of service_answer_counts and service_answer_minutes not folded yet: rows of answer statements that '
-    'changed a count or stored successes.';
+    'Answers stored (change 1) or deleted (-1) since the last fold of service_answer_counts.';
 
 -- Successes per service and minute of result_created, for the rates; the fold keeps the last two hours.
 CREATE TABLE service_answer_minutes (
@@ -66,117 +64,94 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN p_statuses_newest_first[1] IN ('error', 'timeout') THEN 1 ELSE 0 END
 $$;
 
--- The columns of an answer the counters look at.
-CREATE TYPE answer_key AS (
-    result_id bigint,
-    image_id bigint,
-    service text,
-    status text,
-    result_created timestamptz
-);
-
--- Record the change of the counters made by a statement that added and/or removed these answers (already done:
--- `results` holds the added rows and no longer the removed ones).
-CREATE FUNCTION record_answer_count_changes(p_added answer_key[], p_removed answer_key[]) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_advisory_xact_lock(1464028756, hashtext(pairs.service || ':' || pairs.image_id))  -- 'WCNT'
-       FROM (SELECT DISTINCT c.image_id, c.service
-               FROM (SELECT image_id, service FROM unnest(p_added)
-                     UNION ALL SELECT image_id, service FROM unnest(p_removed)) c
-              ORDER BY c.image_id, c.service) pairs;
-    -- A fresh snapshot: the pair's answers committed by whoever held its lock before us are seen. One delta row
-    -- per service and minute (a single answer: one row), with the successes stored in that minute.
-    INSERT INTO service_answer_count_deltas (service, minute, done, failed, successes)
-    SELECT service, minute, sum(done), sum(failed), sum(successes)
-      FROM (SELECT pair.service, date_trunc('minute', now()) AS minute,
-                   pair_done(state.after_rows) - pair_done(state.before_rows) AS done,
-                   pair_failed(state.after_rows) - pair_failed(state.before_rows) AS failed,
-                   0 AS successes
-              FROM (SELECT DISTINCT c.image_id, c.service
-                      FROM (SELECT image_id, service FROM unnest(p_added)
-                            UNION ALL SELECT image_id, service FROM unnest(p_removed)) c) pair
-             CROSS JOIN LATERAL (
-                    SELECT array_agg(a.status ORDER BY a.result_created DESC, a.result_id DESC)
-                               FILTER (WHERE a.present_after) AS after_rows,
-                           array_agg(a.status ORDER BY a.result_created DESC, a.result_id DESC)
-                               FILTER (WHERE a.present_before) AS before_rows
-                      FROM (SELECT r.result_id, r.status, r.result_created, true AS present_after,
-                                   r.result_id NOT IN (SELECT result_id FROM unnest(p_added)) AS present_before
-                              FROM results r
-                             WHERE r.image_id = pair.image_id AND r.service = pair.service
-                            UNION ALL
-                            SELECT o.result_id, o.status, o.result_created, false, true
-                              FROM unnest(p_removed) o
-                             WHERE o.image_id = pair.image_id AND o.service = pair.service) a) state
-            UNION ALL
-            SELECT service, date_trunc('minute', result_created), 0, 0, 1 FROM unnest(p_added) WHERE status = 'success'
-            UNION ALL
-            SELECT service, date_trunc('minute', result_created), 0, 0, -1
-              FROM unnest(p_removed) WHERE status = 'success') changes
-     GROUP BY service, minute
-    HAVING sum(done) <> 0 OR sum(failed) <> 0 OR sum(successes) <> 0;
-END $$;
-
-CREATE FUNCTION count_answers() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION note_answer_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        PERFORM record_answer_count_changes(
-            (SELECT array_agg(ROW(n.result_id, n.image_id, n.service, n.status, n.result_created)::answer_key)
-               FROM added_answers n), '{}');
-    ELSIF TG_OP = 'DELETE' THEN
-        PERFORM record_answer_count_changes(
-            '{}', (SELECT array_agg(ROW(o.result_id, o.image_id, o.service, o.status, o.result_created)::answer_key)
-                     FROM removed_answers o));
+        INSERT INTO service_answer_count_deltas VALUES
+            (NEW.result_id, NEW.image_id, NEW.service, NEW.status, NEW.result_created, 1);
     ELSE
-        PERFORM record_answer_count_changes(
-            (SELECT array_agg(ROW(n.result_id, n.image_id, n.service, n.status, n.result_created)::answer_key)
-               FROM added_answers n),
-            (SELECT array_agg(ROW(o.result_id, o.image_id, o.service, o.status, o.result_created)::answer_key)
-               FROM removed_answers o));
+        INSERT INTO service_answer_count_deltas VALUES
+            (OLD.result_id, OLD.image_id, OLD.service, OLD.status, OLD.result_created, -1);
     END IF;
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER results_count_inserted AFTER INSERT ON results
-    REFERENCING NEW TABLE AS added_answers FOR EACH STATEMENT EXECUTE FUNCTION count_answers();
-CREATE TRIGGER results_count_deleted AFTER DELETE ON results
-    REFERENCING OLD TABLE AS removed_answers FOR EACH STATEMENT EXECUTE FUNCTION count_answers();
-CREATE TRIGGER results_count_updated AFTER UPDATE ON results
-    REFERENCING OLD TABLE AS removed_answers NEW TABLE AS added_answers
-    FOR EACH STATEMENT EXECUTE FUNCTION count_answers();
+CREATE TRIGGER results_note_change AFTER INSERT OR DELETE ON results
+    FOR EACH ROW EXECUTE FUNCTION note_answer_change();
 
--- Folded by every periodic pass (scheduled_pass, below) and by `windmill-cli status`.
-CREATE FUNCTION fold_answer_counts() RETURNS bigint LANGUAGE sql AS $$
+-- Folds take turns (and a recount waits for them) on this transaction-scoped advisory lock: 'WCNT'.
+CREATE FUNCTION answer_counts_lock() RETURNS bigint LANGUAGE sql IMMUTABLE AS $$ SELECT 1464028756::bigint $$;
+
+-- Fold the deltas into the counters and the minutes; returns how many delta rows were folded. SECURITY DEFINER:
+-- `status` folds before it reads, also as the monitor login, which may write nothing else.
+CREATE FUNCTION fold_answer_counts() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = windmill, pg_temp AS $$
+DECLARE
+    folded bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(answer_counts_lock());
     DELETE FROM service_answer_minutes WHERE minute < now() - interval '2 hours';
-    WITH moved AS (
-        DELETE FROM service_answer_count_deltas RETURNING service, done, failed, minute, successes
-    ), summed AS (
-        SELECT service, sum(done) AS done, sum(failed) AS failed, count(*) AS deltas FROM moved GROUP BY service
+    -- A fresh snapshot, taken after the lock: the previous fold's work is seen. One statement: the deltas taken
+    -- and the answers read are of the same moment.
+    WITH batch AS (
+        DELETE FROM service_answer_count_deltas
+        RETURNING result_id, image_id, service, status, result_created, change
+    ), added AS (
+        SELECT DISTINCT result_id FROM batch WHERE change = 1
+    ), pairs AS (
+        SELECT DISTINCT image_id, service FROM batch
+    ), pair_rows AS (
+        -- The pairs' answers now ("after"); "before" too unless this batch added them.
+        SELECT r.image_id, r.service, r.result_id, r.status, r.result_created, true AS after,
+               r.result_id NOT IN (SELECT result_id FROM added) AS before
+          FROM pairs p
+          JOIN results r ON r.image_id = p.image_id AND r.service = p.service
+        UNION ALL
+        -- Answers deleted since the last fold were there before, unless this batch also added them.
+        SELECT b.image_id, b.service, b.result_id, b.status, b.result_created, false, true
+          FROM batch b
+         WHERE b.change = -1 AND b.result_id NOT IN (SELECT result_id FROM added)
+    ), changes AS (
+        SELECT service,
+               pair_done(after_rows) - pair_done(before_rows) AS done,
+               pair_failed(after_rows) - pair_failed(before_rows) AS failed
+          FROM (SELECT image_id, service,
+                       array_agg(status ORDER BY result_created DESC, result_id DESC) FILTER (WHERE after)
+                           AS after_rows,
+                       array_agg(status ORDER BY result_created DESC, result_id DESC) FILTER (WHERE before)
+                           AS before_rows
+                  FROM pair_rows
+                 GROUP BY image_id, service) states
     ), counted AS (
         INSERT INTO service_answer_counts AS c (service, done, failed)
-        SELECT service, done, failed FROM summed
+        SELECT service, sum(done), sum(failed) FROM changes GROUP BY service
         ON CONFLICT (service) DO UPDATE
            SET done = c.done + EXCLUDED.done, failed = c.failed + EXCLUDED.failed, folded_at = now()
         RETURNING 1
     ), per_minute AS (
         INSERT INTO service_answer_minutes AS m (service, minute, successes)
-        SELECT service, minute, sum(successes) FROM moved GROUP BY service, minute HAVING sum(successes) <> 0
+        SELECT service, date_trunc('minute', result_created), sum(change)
+          FROM batch
+         WHERE status = 'success'
+         GROUP BY service, date_trunc('minute', result_created)
+        HAVING sum(change) <> 0
         ON CONFLICT (service, minute) DO UPDATE SET successes = m.successes + EXCLUDED.successes
         RETURNING 1
     )
     -- `counted` and `per_minute` run all the same: a CTE that writes always does.
-    SELECT coalesce(sum(deltas), 0)::bigint FROM summed
-$$;
+    SELECT count(*) INTO folded FROM batch;
+    RETURN folded;
+END $$;
 
--- Rebuild the counters from every answer. The lock waits for the answer writers that have recorded a change and
--- holds back the others until this transaction ends, so each answer is either in the recount's snapshot (taken
--- after the lock) or records its change after it, never both. Reads every answer: an operator's repair, not a
--- periodic query. Returns the services counted.
+-- Rebuild the counters from every answer. The table lock waits for the answer writers that have noted a change
+-- and holds back the others until this transaction ends, so each answer is either in the recount's snapshot (taken
+-- after the lock) or noted after it, never both. Reads every answer: an operator's repair, not a periodic query.
+-- Returns the services counted.
 CREATE FUNCTION recount_answer_counts() RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     counted integer;
 BEGIN
+    PERFORM pg_advisory_xact_lock(answer_counts_lock());
     LOCK TABLE service_answer_count_deltas IN SHARE ROW EXCLUSIVE MODE;
     DELETE FROM service_answer_count_deltas;
     DELETE FROM service_answer_counts;
@@ -220,19 +195,14 @@ SELECT s.name AS service,
        s.category,
        waiting.queued,
        running.running,
-       coalesce(counted.done, 0) + coalesce(pending.done, 0) AS done,
-       coalesce(counted.failed, 0) + coalesce(pending.failed, 0) AS failed,
+       coalesce(counted.done, 0) AS done,
+       coalesce(counted.failed, 0) AS failed,
        last_minute.successes AS rate_1m,
        round(coalesce(last_hour.successes, 0) / 60.0, 2) AS rate_1h,
        newest.last_success_at
   FROM services s
   LEFT JOIN service_answer_counts counted ON counted.service = s.name
-  LEFT JOIN (SELECT service, sum(done) AS done, sum(failed) AS failed
-               FROM service_answer_count_deltas GROUP BY service) pending ON pending.service = s.name
-  LEFT JOIN (SELECT service, sum(successes) AS successes
-               FROM (SELECT service, minute, successes FROM service_answer_minutes
-                     UNION ALL
-                     SELECT service, minute, successes FROM service_answer_count_deltas) m
+  LEFT JOIN (SELECT service, sum(successes) AS successes FROM service_answer_minutes
               WHERE minute >= now() - interval '1 hour'
               GROUP BY service) last_hour ON last_hour.service = s.name
  CROSS JOIN LATERAL (

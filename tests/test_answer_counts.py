@@ -1,6 +1,7 @@
-"""service_progress's counters (sql/0060): kept by the answers' triggers as delta rows, folded by the periodic pass,
-always equal to a count over every answer — under concurrent writers of one pair, batched inserts, re-answers
-replacing errors and deleted images; `status --recount` rebuilds them; status never reads every answer."""
+"""service_progress's counters (sql/0060): the answers' trigger notes each answer, the fold (periodic pass, status)
+turns the notes into counts that equal a count over every answer — under concurrent writers of one pair, batched
+inserts, re-answers replacing errors and deleted images; `status --recount` rebuilds them; status never reads every
+answer."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ SERVICES = ["blip", "ocr", "yolov8"]
 
 
 def counted(conn: psycopg.Connection) -> dict[str, tuple[int, int]]:
-    """(done, failed) per service as service_progress shows them, services with answers only."""
+    """(done, failed) per service as service_progress shows them after a fold, services with answers only."""
+    fold_answer_counts(conn)
     rows = conn.execute("SELECT service, done, failed FROM service_progress").fetchall()
     return {service: (done, failed) for service, done, failed in rows if done or failed}
 
@@ -59,8 +61,8 @@ def test_answers_errors_and_reanswers_are_counted_as_they_arrive(conn: psycopg.C
     add_result(conn, b, "ocr", "error", seconds_ago=60)
     add_result(conn, b, "ocr", "success", seconds_ago=120)  # older than the error: the error stays the latest
     assert counted(conn) == recounted(conn) == {"blip": (1, 1), "ocr": (1, 1)}
-    assert fold_answer_counts(conn) > 0
-    assert conn.execute("SELECT count(*) FROM service_answer_count_deltas").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM service_answer_count_deltas").fetchone()[0] == 0  # folded
+    assert fold_answer_counts(conn) == 0
     assert counted(conn) == recounted(conn)
     conn.execute("DELETE FROM images WHERE image_id = %s", (b,))  # its answers go by cascade
     assert counted(conn) == recounted(conn) == {"blip": (1, 0)}
@@ -73,28 +75,22 @@ def test_a_batched_insert_of_one_pair_counts_the_image_once(conn: psycopg.Connec
     assert counted(conn) == recounted(conn) == {"blip": (1, 0)}
 
 
-def test_two_writers_of_one_pair_wait_for_each_other(database: Database, conn: psycopg.Connection) -> None:
-    """Without the pair's lock, each success would see no other and count the image: done would be 2."""
+def test_concurrent_answers_of_one_pair_count_the_image_once(database: Database, conn: psycopg.Connection) -> None:
+    """Two answers of one pair in flight at once, folds before, between and after their commits: one image done,
+    and the later error is the pair's latest (a fold counting each answer alone would say 2 done)."""
     a = add_image(conn, "a.jpg")
     # Another service's answer queues the image's consensus: the two writers then share that job (FOR SHARE,
-    # sql/0012) instead of waiting on each other's new one, and only the counters' lock orders them.
+    # sql/0012) instead of one waiting for the other's new job.
     add_result(conn, a, "clip")
     with database.connect(autocommit=False) as first, database.connect(autocommit=False) as second:
-        insert_answer(first, a, "ocr", "success")  # uncommitted
-        second_done = threading.Event()
-
-        def write_second() -> None:
-            insert_answer(second, a, "ocr", "success")
-            second_done.set()
-            second.commit()
-
-        writer = threading.Thread(target=write_second)
-        writer.start()
-        assert not second_done.wait(1.0), "the second writer of the pair did not wait for the first"
+        insert_answer(first, a, "ocr", "success")
+        insert_answer(second, a, "ocr", "success")
+        assert counted(conn) == {"clip": (1, 0)}  # nothing of theirs is committed yet
         first.commit()
-        writer.join(30)
-        assert second_done.is_set()
-    assert counted(conn) == recounted(conn) == {"clip": (1, 0), "ocr": (1, 0)}
+        assert counted(conn) == {"clip": (1, 0), "ocr": (1, 0)}
+        insert_answer(second, a, "ocr", "timeout")
+        second.commit()
+    assert counted(conn) == recounted(conn) == {"clip": (1, 0), "ocr": (1, 1)}
 
 
 def answer(conn: psycopg.Connection, sql: str, params: tuple[Any, ...]) -> None:
@@ -191,22 +187,22 @@ def test_status_reads_no_answer_beyond_the_last_minute(conn: psycopg.Connection,
         assert newest or "'00:01:00'" in condition, (parent, node)
 
 
-def test_rates_come_from_the_minutes_once_folded(conn: psycopg.Connection) -> None:
+def test_rates_come_from_the_folded_minutes(conn: psycopg.Connection) -> None:
     a, b = add_image(conn, "a.jpg"), add_image(conn, "b.jpg")
     add_result(conn, a, "blip")
     add_result(conn, b, "blip", seconds_ago=1800)
     add_result(conn, a, "ocr", seconds_ago=2 * 3600)  # older than an hour: no rate
-    before = conn.execute("SELECT service, rate_1m, rate_1h, last_success_at FROM service_progress "
-                          "WHERE service IN ('blip', 'ocr') ORDER BY service").fetchall()
-    assert [(rate_1m, float(rate_1h)) for _, rate_1m, rate_1h, _ in before] == [(1, round(2 / 60, 2)), (0, 0.0)]
-    fold_answer_counts(conn)
-    after = conn.execute("SELECT service, rate_1m, rate_1h, last_success_at FROM service_progress "
-                         "WHERE service IN ('blip', 'ocr') ORDER BY service").fetchall()
-    assert after == before
-    assert before[1][3] is not None  # the newest success, however old
+    rates = ("SELECT service, rate_1m, rate_1h, last_success_at FROM service_progress "
+             "WHERE service IN ('blip', 'ocr') ORDER BY service")
+    assert fold_answer_counts(conn) == 3
+    folded = conn.execute(rates).fetchall()
+    assert [(rate_1m, float(rate_1h)) for _, rate_1m, rate_1h, _ in folded] == [(1, round(2 / 60, 2)), (0, 0.0)]
+    assert folded[1][3] is not None  # the newest success, however old
     recount_answers(conn)
-    assert conn.execute("SELECT service, rate_1m, rate_1h, last_success_at FROM service_progress "
-                        "WHERE service IN ('blip', 'ocr') ORDER BY service").fetchall() == before
+    assert conn.execute(rates).fetchall() == folded
+    conn.execute("DELETE FROM images WHERE image_id = %s", (b,))
+    fold_answer_counts(conn)
+    assert float(conn.execute(rates).fetchone()[2]) == round(1 / 60, 2)
 
 
 def test_status_totals_count_small_tables(conn: psycopg.Connection) -> None:

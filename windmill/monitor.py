@@ -45,7 +45,13 @@ def _rows(conn: psycopg.Connection, name: str, params: dict[str, Any] | None = N
 
 def collect_status(conn: psycopg.Connection, *, rabbitmq: RabbitMQManagement | None = None,
                    failures: int = FAILURES_SHOWN) -> dict[str, Any]:
-    """Everything `windmill-cli status` shows, as plain data (the --json output)."""
+    """Everything `windmill-cli status` shows, as plain data (the --json output). Folds the answer counters first
+    (sql/0060), when the login may: a read-only connection shows them as of the last periodic pass."""
+    try:
+        with conn.transaction():
+            fold_answer_counts(conn)
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction):
+        pass
     totals = _rows(conn, "monitor_totals")[0]
     broker = rabbitmq.queue_depths().as_dict() if rabbitmq is not None else None
     return {
