@@ -167,6 +167,7 @@ BEGIN
         ('FUNCTION', 'is_person_box(jsonb, text)',   'EXECUTE',                         'EXECUTE'),  -- image_completeness calls it
         ('FUNCTION', 'consensus_delay()',            'EXECUTE',                         NULL),  -- the triggers call it
         ('FUNCTION', 'take_service_slot(text, integer, integer[])', 'EXECUTE',          NULL),  -- fleet_max_concurrency
+        ('FUNCTION', 'export_selection(bigint, text, timestamp with time zone, bigint)', 'EXECUTE', 'EXECUTE'),  -- `export`
         ('FUNCTION', 'give_back_service_slot(text, integer)',       'EXECUTE',          NULL),
         -- Trigger functions: PostgreSQL checks EXECUTE when a trigger is created, not when it fires.
         ('FUNCTION', 'notify_job_queued()',          NULL,                              NULL),
@@ -174,7 +175,9 @@ BEGIN
         ('FUNCTION', 'enqueue_consensus_for_image()', NULL,                             NULL),
         ('FUNCTION', 'release_task_in_flight()',     NULL,                              NULL),
         ('FUNCTION', 'forget_tasks_of_deleted_image()', NULL,                           NULL),
-        ('FUNCTION', 'note_answer_change()',         NULL,                              NULL)
+        ('FUNCTION', 'note_answer_change()',         NULL,                              NULL),
+        ('FUNCTION', 'notify_images_registered()',   NULL,                              NULL),  -- submit --follow
+        ('TABLE',    'follow_positions',             'SELECT, INSERT, UPDATE',          'SELECT')  -- submit --follow
     ) AS grants (kind, object, worker, monitor)
     LOOP
         found := CASE WHEN entry.kind IN ('FUNCTION', 'PROCEDURE') THEN to_regprocedure('windmill.' || entry.object) IS NOT NULL

@@ -61,4 +61,8 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q -e '.[test]'
 
 .venv/bin/ruff check .
+# The rooms' import contracts ([tool.importlinter] in pyproject.toml) and the type check ([tool.mypy], its cache in
+# the virtual environment).
+.venv/bin/lint-imports --no-cache --no-logo
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

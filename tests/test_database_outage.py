@@ -27,8 +27,9 @@ from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.image_cache import ImageSource
 from windmill.jobs import Job, JobQueue
+from windmill.roles.registry import RoleContext, build_role
 from windmill.settings import settings_from_mapping
-from windmill.worker.registry import RoleContext, build_role, process_farm_client
+from windmill.worker.farm_client import process_farm_client
 from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
 
 WORKER_APPLICATION = "windmill-outage-worker"

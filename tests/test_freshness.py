@@ -34,8 +34,8 @@ from windmill.jobs import Job, JobQueue
 from windmill.roles.caption_score import CaptionScorer
 from windmill.roles.consensus import recompute_consensus
 from windmill.roles.merger import merge_image
+from windmill.roles.registry import RoleContext
 from windmill.settings import settings_from_mapping
-from windmill.worker.registry import RoleContext
 
 SAMPLES = Path(__file__).resolve().parent.parent / "windmill" / "samples"
 SETTINGS = settings_from_mapping({"WORKER_ID": "wakeup-test"})

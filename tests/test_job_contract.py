@@ -23,8 +23,8 @@ from windmill.jobs.queues import (
     POSTPROCESS_QUEUES,
     SCHEDULER_QUEUE,
 )
+from windmill.roles.registry import RoleContext, build_role
 from windmill.settings import settings_from_mapping
-from windmill.worker.registry import RoleContext, build_role
 
 
 def queued(conn: psycopg.Connection) -> list[tuple[str, object, object, str, bool, int]]:

@@ -28,10 +28,10 @@ from windmill.farm import FarmClient, ServiceCallError
 from windmill.images import prepare_image
 from windmill.jobs import Job
 from windmill.metrics import WorkerMetrics, job_service, start_metrics_server
+from windmill.roles.registry import Role, TaskHandling
 from windmill.settings import settings_from_mapping
 from windmill.worker.group import WorkerGroup
 from windmill.worker.layout import RoleSpec
-from windmill.worker.registry import Role, TaskHandling
 
 PROBE_SCRIPT = REPOSITORY / "tests" / "support" / "probe_worker.py"
 WAITING_QUEUE = "metrics_waiting"  # no worker consumes it: its jobs stay queued

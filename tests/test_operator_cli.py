@@ -18,8 +18,8 @@ from PIL import Image
 from tests.conftest import PYTHON, wait_until
 from windmill.catalog import Catalog
 from windmill.db.embedded import EmbeddedPostgres
+from windmill.roles.registry import role_names
 from windmill.worker.layout import machine_workers
-from windmill.worker.registry import role_names
 
 
 @pytest.fixture

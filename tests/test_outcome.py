@@ -24,9 +24,9 @@ from windmill.roles.caption_score import CaptionScorer
 from windmill.roles.merger import merge_image
 from windmill.roles.outcome import Failure, call_service
 from windmill.roles.postprocess import PostprocessHandler
+from windmill.roles.registry import RoleContext
 from windmill.roles.service import ServiceTaskHandler
 from windmill.settings import settings_from_mapping
-from windmill.worker.registry import RoleContext
 
 SAMPLES = Path(__file__).resolve().parent.parent / "windmill" / "samples"
 SETTINGS = settings_from_mapping({"WORKER_ID": "outcome-test"})

@@ -26,9 +26,10 @@ from windmill.db.connect import Database
 from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
 from windmill.producer import submit
+from windmill.roles.registry import RoleContext, build_role
 from windmill.settings import Settings, settings_from_mapping
 from windmill.worker.broker_worker import BrokerWorker
-from windmill.worker.registry import RoleContext, build_role, process_farm_client
+from windmill.worker.farm_client import process_farm_client
 
 
 def start_worker(amqp_url: str, database: Database, pool: ConnectionPool, catalog: Catalog, selection: str,

@@ -23,9 +23,10 @@ from windmill.farm import FarmClient
 from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue, NewJob
 from windmill.producer import submit
+from windmill.roles.registry import RoleContext, build_role
 from windmill.roles.service import ServiceTaskHandler
 from windmill.settings import Settings, settings_from_mapping
-from windmill.worker.registry import RoleContext, build_role, process_farm_client
+from windmill.worker.farm_client import process_farm_client
 from windmill.worker.runtime import Worker, WorkerOptions
 
 SAMPLES = Path(__file__).resolve().parent.parent / "windmill" / "samples"

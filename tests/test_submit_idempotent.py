@@ -33,8 +33,9 @@ from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
 from windmill.monitor import format_status, tasks_in_flight
 from windmill.producer import SubmitReport, submit
+from windmill.roles.registry import RoleContext, build_role
 from windmill.settings import settings_from_mapping
-from windmill.worker.registry import RoleContext, build_role, process_farm_client
+from windmill.worker.farm_client import process_farm_client
 from windmill.worker.runtime import Worker, WorkerOptions
 
 SERVICES = "nsfw2,metadata,colors"

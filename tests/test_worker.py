@@ -20,7 +20,7 @@ from tests.conftest import PYTHON, REPOSITORY, wait_until
 from tests.support.probe_worker import PROBE_QUEUE, PROBE_TABLE
 from windmill.db.connect import Database
 from windmill.jobs import Job, JobQueue, NewJob
-from windmill.worker.registry import Role
+from windmill.roles.registry import Role
 from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
 
 PROBE_SCRIPT = REPOSITORY / "tests" / "support" / "probe_worker.py"

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import redirect_stdout
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -135,7 +135,7 @@ def _annotation(entry: Any, index: int, where: str, images: Mapping[int, Any],
     }
 
 
-def _finite(value: object) -> bool:
+def _finite(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -281,8 +281,8 @@ def _average_precision(evaluator: Any) -> tuple[float | None, float | None, floa
     if evaluator is None:
         return None, None, None
     # Four decimals: the evaluator's sums leave 0.9999999999999999 where the answer is 1.
-    return tuple(None if value < 0 else round(float(value), AP_DECIMALS)  # type: ignore[return-value]
-                 for value in evaluator.stats[:3])
+    ap, ap50, ap75 = (None if value < 0 else round(float(value), AP_DECIMALS) for value in evaluator.stats[:3])
+    return ap, ap50, ap75
 
 
 def _best_f1(evaluator: Any) -> dict[str, float | None]:

@@ -9,13 +9,10 @@ from urllib.parse import unquote, urlsplit
 
 import psycopg
 
+from windmill.db.queries import query
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif",
                             ".avif"})
-_INSERT = """
-INSERT INTO images (image_filename, image_path, image_url, image_group)
-SELECT * FROM unnest(%(filenames)s::text[], %(paths)s::text[], %(urls)s::text[], %(groups)s::text[])
-ON CONFLICT DO NOTHING
-"""
 BATCH_SIZE = 1000
 
 
@@ -59,7 +56,7 @@ def _insert(conn: psycopg.Connection, rows: list[tuple[str, str | None, str | No
     if not rows:
         return
     added = conn.execute(
-        _INSERT,
+        query("add_images"),
         {
             "filenames": [row[0] for row in rows],
             "paths": [row[1] for row in rows],

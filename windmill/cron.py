@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from windmill.db.migrations import SCHEMA
 from windmill.db.queries import query
 from windmill.errors import WindmillError, first_line
 from windmill.upkeep import DEFAULT_PAGE, DEFAULT_RETENTION
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 JOB_NAME = "windmill-backfill"
 DEFAULT_SCHEDULE = "* * * * *"
 # The periodic pass with its defaults; cron_command() adds the arguments a deployment changed.
-BACKFILL_COMMAND = f"CALL {SCHEMA}.scheduled_pass()"
+BACKFILL_COMMAND = query("cron_pass")
 _INSTEAD = "`windmill-cli worker --role scheduler` runs the same backfill periodically instead"
 
 
@@ -78,12 +78,11 @@ def unavailable_reason(setup: CronSetup) -> str | None:
 def cron_command(*, page: int = DEFAULT_PAGE, retention_s: float = DEFAULT_RETENTION.total_seconds()) -> str:
     """What pg_cron runs: the periodic pass, with the page size and retention of the settings (pg_cron has no
     environment to read them from)."""
-    arguments = []
-    if page != DEFAULT_PAGE:
-        arguments.append(f"p_page => {int(page)}")
-    if retention_s != DEFAULT_RETENTION.total_seconds():
-        arguments.append(f"p_retention => interval '{float(retention_s):g} seconds'")
-    return BACKFILL_COMMAND if not arguments else BACKFILL_COMMAND.replace("()", f"({', '.join(arguments)})")
+    if page == DEFAULT_PAGE and retention_s == DEFAULT_RETENTION.total_seconds():
+        return BACKFILL_COMMAND
+    command = sql.SQL(query("cron_pass_with_settings")).format(
+        page=sql.Literal(int(page)), retention=sql.Literal(f"{float(retention_s):g} seconds"))
+    return command.as_string(None)
 
 
 def install_cron(conn: psycopg.Connection, *, schedule: str = DEFAULT_SCHEDULE, command: str = BACKFILL_COMMAND

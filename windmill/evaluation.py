@@ -54,7 +54,8 @@ def evaluate_collection(conn: psycopg.Connection, truth: GroundTruth, *, group: 
     image's last merge read. Nothing is stored: users and the vote see the stored boxes only.
     """
     require_evaluator()  # before any query: a missing package is the first thing to say
-    matched = dict(conn.execute(query("eval_images"), {"filenames": sorted(truth.by_filename), "group": group}))
+    matched: dict[int, str] = dict(conn.execute(query("eval_images"),
+                                                {"filenames": sorted(truth.by_filename), "group": group}))
     if not matched:
         where = f" of group {group!r}" if group else ""
         raise WindmillError(f"none of the {len(truth.images)} images of the annotations is in the collection{where} "

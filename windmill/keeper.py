@@ -142,9 +142,9 @@ class Keeper:
             if self.stopping or status == 0:
                 return status
             backoff = self.last_backoff = next_backoff(self.last_backoff, ran_s, self.base, self.most)
-            self.state.exits = [*self.state.exits, {"at": _stamp(), "status": status, "ran_s": round(ran_s, 3),
-                                                    "last_line": last_line(self.log_file, offset),
-                                                    "backoff_s": backoff}][-EXITS_KEPT:]
+            exited: dict[str, object] = {"at": _stamp(), "status": status, "ran_s": round(ran_s, 3),
+                                         "last_line": last_line(self.log_file, offset), "backoff_s": backoff}
+            self.state.exits = [*self.state.exits, exited][-EXITS_KEPT:]
             self.state.restarts += 1
             self.state.worker_pid, self.state.state, self.state.backoff_s = None, "backing_off", backoff
             self.state.next_start_at = datetime.fromtimestamp(time.time() + backoff, UTC).isoformat(timespec="seconds")

@@ -6,6 +6,8 @@ from enum import IntEnum
 
 import psycopg
 
+from windmill.db.queries import query
+
 
 class Product(IntEnum):
     MERGED_BOXES = 1
@@ -15,4 +17,4 @@ class Product(IntEnum):
 
 def lock_image(conn: psycopg.Connection, product: Product, image_id: int) -> None:
     """Wait until no other transaction recomputes this product of this image; released at commit."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (image_id * 4 + int(product),))
+    conn.execute(query("lock_image_product"), {"key": image_id * 4 + int(product)})

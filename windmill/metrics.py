@@ -26,11 +26,10 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from windmill.broker.base import Task
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.errors import WindmillError, first_line
 from windmill.jobs import Job
-from windmill.worker.registry import Role
-from windmill.worker.runtime import WorkerHooks
+from windmill.roles.registry import Role
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +85,6 @@ class WorkerMetrics:
         for service in list(services) or [""]:
             for metric in (self.jobs_done, self.jobs_failed, self.job_duration):
                 metric.labels(role, service)
-
-    def hooks(self, role: str, base: WorkerHooks | None = None) -> WorkerHooks:
-        """Worker hooks that count and time every job of `role` (keeping `base`'s other hooks)."""
-
-        def on_handled(job: Job, error: BaseException | None, seconds: float) -> None:
-            self.handled(role, job_service(job), error, seconds)
-            if base is not None and base.on_handled is not None:
-                base.on_handled(job, error, seconds)
-
-        return replace(base or WorkerHooks(), on_handled=on_handled)
 
     def counting_tasks(self, role: Role) -> Role:
         """The role with its broker task handler counted and timed (a RabbitMQ-fed worker has no job hooks)."""
@@ -160,10 +149,9 @@ class QueueCollector(Collector):
             with self.pool.connection(timeout=self.timeout_s) as conn:
                 # Each read in its own transaction, so a refused view (a role without the right) spares the other.
                 try:
-                    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+                    with conn.transaction(), conn.cursor() as cursor:
                         self._bound(cursor)
-                        cursor.execute("SELECT pg_notification_queue_usage() AS usage")
-                        usage = float(cursor.fetchone()["usage"])  # type: ignore[index]
+                        usage = float(fetch_value(conn, "notification_queue_usage"))
                 except Exception as error:
                     problems.append(f"pg_notification_queue_usage: {first_line(error)}")
                 try:
@@ -179,7 +167,7 @@ class QueueCollector(Collector):
         return DatabaseReading(queues, usage, complete=not problems)
 
     def _bound(self, cursor: Any) -> None:
-        cursor.execute("SELECT set_config('statement_timeout', %s, true)", (f"{int(self.timeout_s * 1000)}ms",))
+        cursor.execute(query("bound_statement_time"), {"timeout": f"{int(self.timeout_s * 1000)}ms"})
 
     def _report(self, problems: list[str]) -> None:
         """Warn when reading starts failing and when it recovers, not on every scrape of an outage."""

@@ -132,7 +132,7 @@ class RabbitMQManagement:
             parts = urlsplit(management_url)
             username = unquote(parts.username) if parts.username else None
             password = unquote(parts.password) if parts.password else None
-            if username is None and amqp is not None:
+            if username is None and amqp is not None and amqp_url is not None:
                 username, password = _login(amqp_url)
             netloc = parts.hostname or "localhost"
             if parts.port:

@@ -1,8 +1,9 @@
-"""Submitting image × service tasks: stream the images from PostgreSQL, skip answered pairs and pairs with a task in
-flight, publish in batches."""
+"""Submitting image × service tasks: walk the images a page at a time (keyset on image_id, a short transaction per
+page), skip answered pairs and pairs with a task in flight, publish each page as a batch."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,9 +15,10 @@ from psycopg.rows import dict_row
 from windmill.broker import Broker, Task
 from windmill.broker.ledger import publish_in_flight
 from windmill.catalog import Service
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
+from windmill.settings import Settings
 
-BATCH_SIZE = 2000
+PAGE_SIZE = Settings.submit_page  # images per page (WINDMILL_SUBMIT_PAGE, --page-size): a read, a lookup, a publish
 
 
 @dataclass
@@ -25,19 +27,68 @@ class SubmitReport:
     published: int = 0
     skipped_answered: int = 0  # the pair has a successful answer (and --force was not given)
     skipped_in_flight: int = 0  # the pair has a task queued, running or waiting for a retry
+    # The last image id of the last page done: every image up to it was submitted (`--after-id` resumes there).
+    last_image_id: int = 0
 
 
-def count_images(conn: psycopg.Connection, *, group: str | None, limit: int | None) -> int:
-    return conn.execute(query("count_images"), {"group": group, "limit": limit}).fetchone()[0]
+def count_images(conn: psycopg.Connection, *, group: str | None, limit: int | None, after_id: int = 0) -> int:
+    return fetch_value(conn, "count_images", {"group": group, "limit": limit, "after_id": after_id})
 
 
-def _image_batches(conn: psycopg.Connection, *, group: str | None, limit: int | None) -> Iterator[list[dict[str, Any]]]:
-    # A named cursor needs a transaction; it is read-only and holds no locks.
-    with conn.transaction(), conn.cursor(name="windmill_submit", row_factory=dict_row) as cursor:
-        cursor.itersize = BATCH_SIZE
-        cursor.execute(query("stream_images"), {"group": group, "limit": limit})
-        while batch := cursor.fetchmany(BATCH_SIZE):
-            yield batch
+def image_pages(conn: psycopg.Connection, *, group: str | None, after_id: int, limit: int | None,
+                page_size: int) -> Iterator[list[dict[str, Any]]]:
+    """The images after `after_id` (at most `limit`), a page at a time. Each page is its own statement in its own
+    transaction: no snapshot stays open between pages, so a walk over ten million images holds back no vacuum and
+    sees the images registered while it runs."""
+    remaining = limit
+    while remaining is None or remaining > 0:
+        size = page_size if remaining is None else min(page_size, remaining)
+        with conn.cursor(row_factory=dict_row) as cursor:  # autocommit: the statement is the transaction
+            page = cursor.execute(query("submit_page"),
+                                  {"group": group, "after_id": after_id, "limit": size}).fetchall()
+        if not page:
+            return
+        yield page
+        if len(page) < size:
+            return
+        after_id = page[-1]["image_id"]
+        if remaining is not None:
+            remaining -= len(page)
+
+
+class Submitter:
+    """Publishes pages of images to a broker for some services, counting into one report."""
+
+    def __init__(self, lookup_conn: psycopg.Connection, broker: Broker, services: Sequence[Service], *,
+                 force: bool = False, report: SubmitReport | None = None) -> None:
+        self.conn = lookup_conn
+        self.broker = broker
+        self.services = list(services)
+        self.force = force
+        self.report = report if report is not None else SubmitReport()
+        self.submitted_at = datetime.now(UTC)
+        broker.declare(self.services)
+
+    def submit_page(self, images: Sequence[dict[str, Any]]) -> None:
+        """One task per image × service of the page, except answered pairs (unless force) and pairs in flight."""
+        names = [service.name for service in self.services]
+        answered: set[tuple[int, str]] = set()
+        if not self.force:
+            answered = set(self.conn.execute(
+                query("answered_pairs"), {"image_ids": [image["image_id"] for image in images], "services": names}
+            ).fetchall())
+        tasks = [
+            Task.for_image(image, service, self.submitted_at)
+            for image in images
+            for service in self.services
+            if (image["image_id"], service.name) not in answered
+        ]
+        published = publish_in_flight(self.conn, self.broker, tasks, unless_answered=not self.force)
+        report = self.report
+        report.images += len(images)
+        report.published += len(published)
+        report.skipped_in_flight += len(tasks) - len(published)
+        report.skipped_answered += len(images) * len(self.services) - len(tasks)
 
 
 def submit(
@@ -49,32 +100,24 @@ def submit(
     group: str | None = None,
     limit: int | None = None,
     force: bool = False,
+    after_id: int = 0,
+    page_size: int = PAGE_SIZE,
     progress: Callable[[int], None] | None = None,
+    report: SubmitReport | None = None,
+    stopping: threading.Event | None = None,
 ) -> SubmitReport:
-    """Publish one task per image × service; pairs that already have a success are skipped unless force, and pairs
-    that have a task in flight (queued, running or waiting for a retry, in either broker) always are.
-    Two connections: one streams images inside its transaction, the other looks up answers and keeps the ledger."""
-    broker.declare(services)
-    report = SubmitReport()
-    names = [service.name for service in services]
-    submitted_at = datetime.now(UTC)
-    for images in _image_batches(read_conn, group=group, limit=limit):
-        answered: set[tuple[int, str]] = set()
-        if not force:
-            answered = set(lookup_conn.execute(
-                query("answered_pairs"), {"image_ids": [image["image_id"] for image in images], "services": names}
-            ).fetchall())
-        tasks = [
-            Task.for_image(image, service, submitted_at)
-            for image in images
-            for service in services
-            if (image["image_id"], service.name) not in answered
-        ]
-        published = publish_in_flight(lookup_conn, broker, tasks, unless_answered=not force)
-        report.images += len(images)
-        report.published += len(published)
-        report.skipped_in_flight += len(tasks) - len(published)
-        report.skipped_answered += len(images) * len(services) - len(tasks)
+    """Publish one task per image × service for the images after `after_id`, a page at a time; pairs that already
+    have a success are skipped unless force, and pairs that have a task in flight (queued, running or waiting for a
+    retry, in either broker) always are. Two connections (autocommit): one reads the pages, the other looks up
+    answers and keeps the ledger. `report` (filled page by page) says how far an interrupted submit got:
+    `last_image_id` is where `after_id` resumes. Once `stopping` is set, the submit ends after the page it is on."""
+    submitter = Submitter(lookup_conn, broker, services, force=force, report=report)
+    submitter.report.last_image_id = max(submitter.report.last_image_id, after_id)
+    for page in image_pages(read_conn, group=group, after_id=after_id, limit=limit, page_size=page_size):
+        submitter.submit_page(page)
+        submitter.report.last_image_id = page[-1]["image_id"]
         if progress:
-            progress(len(images))
-    return report
+            progress(len(page))
+        if stopping is not None and stopping.is_set():
+            break
+    return submitter.report

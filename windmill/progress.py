@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import dict_row
 
-from windmill.db.queries import query
+from windmill.db.queries import fetch_row, fetch_value, query
 from windmill.errors import WindmillError
 
 
@@ -43,7 +43,7 @@ def read_progress(conn: psycopg.Connection, group: str | None = None) -> Progres
     """The progress of a group's images, read now (every answer of the group is read: for a large collection
     call it now and then, not in a tight loop)."""
     params = {"group": group}
-    images, answers, pending = conn.execute(query("progress_totals"), params).fetchone()
+    images, answers, pending = fetch_row(conn, "progress_totals", params)
     with conn.cursor(row_factory=dict_row) as cursor:
         services = tuple(ServiceProgress(**row) for row in cursor.execute(query("service_outcomes"), params))
     return Progress(images, answers, pending, services)
@@ -65,7 +65,7 @@ def wait_for(conn: psycopg.Connection, *, group: str | None = None, services: It
             on_progress(progress)
             pending = progress.pending_jobs
         else:
-            pending = conn.execute(query("pending_jobs"), {"group": group}).fetchone()[0]
+            pending = fetch_value(conn, "pending_jobs", {"group": group})
         if pending == 0:
             progress = progress or read_progress(conn, group)
             if progress.answered(services):

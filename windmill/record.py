@@ -15,10 +15,10 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from windmill.db.queries import query
+from windmill.db.snapshot import read_only_snapshot
 from windmill.errors import NoSuchImage
 
 CAPTION_SCORE_PREFIX = "caption_score_"
@@ -28,11 +28,8 @@ WHOLE_IMAGE = "image"
 
 def image_record(conn: psycopg.Connection, image_id: int) -> dict[str, Any]:
     """Everything stored about one image, read from one snapshot; `NoSuchImage` for an unknown id."""
-    starts_transaction = conn.info.transaction_status == TransactionStatus.IDLE
-    with conn.transaction():
-        if starts_transaction:
-            # Workers keep writing while we read: one snapshot keeps boxes and their postprocessing in step.
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    # Workers keep writing while we read: one snapshot keeps boxes and their postprocessing in step.
+    with read_only_snapshot(conn):
         image = _rows(conn, "record_image", image_id)
         if not image:
             raise NoSuchImage(image_id)

@@ -192,7 +192,7 @@ def _edges(bbox: object, size: tuple[int, int]) -> tuple[int, int, int, int] | N
     else:
         return None
     try:
-        x, y, width, height = (float(v) for v in values)  # type: ignore[arg-type]
+        x, y, width, height = (float(v) for v in values)  # type: ignore[arg-type]  # what float() refuses is caught
     except (TypeError, ValueError):
         return None
     x1, y1 = max(0, round(x)), max(0, round(y))
@@ -222,7 +222,8 @@ def _tag(draw: ImageDraw.ImageDraw, box: Mapping[str, Any], style: _Style) -> _T
     text = box_caption(box, times="×" if style.fonts.text is not None else "x")
     emoji = style.emoji(str(box.get("emoji") or "")) if box.get("emoji") else None
     pad = style.pad
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=style.font)
+    # Whole pixels: the fonts drawn here measure in them (Pillow's signature allows fractions).
+    left, top, right, bottom = (int(edge) for edge in draw.textbbox((0, 0), text, font=style.font))
     icon = emoji.width + pad if emoji is not None else 0
     size = (icon + right - left + 2 * pad, max(bottom - top, emoji.height if emoji else 0) + 2 * pad)
     return _Tag(text, emoji, size, (left, top))
@@ -256,7 +257,7 @@ def _legend(canvas: Image.Image, draw: ImageDraw.ImageDraw, entries: list[tuple[
     """Which colour is which source, with its box count, in the bottom-left corner; returns where it is."""
     pad = max(2, style.font_px // 4)
     lines = [f"{name} ({count})" for name, _colour, count in entries]
-    boxes = [draw.textbbox((0, 0), line, font=style.font) for line in lines]
+    boxes = [tuple(int(edge) for edge in draw.textbbox((0, 0), line, font=style.font)) for line in lines]
     row = max(b[3] - b[1] for b in boxes) + pad
     swatch = row - pad
     width = swatch + 3 * pad + max(b[2] - b[0] for b in boxes)

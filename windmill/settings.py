@@ -51,6 +51,7 @@ class Settings:
     harmony: HarmonyConfig = DEFAULT_HARMONY
     backfill_interval_s: float = 60.0  # the scheduler role's period
     backfill_page: int = 1000  # images the backfill looks at per run
+    submit_page: int = 2000  # images submit reads, looks up and publishes per page (one short transaction each)
     job_retention_s: float = 3600.0  # done jobs older than this are pruned
     # Prometheus metrics: a worker serves them on this port; `workers start` gives its workers this port + index.
     metrics_port: int | None = None
@@ -127,6 +128,7 @@ SETTING_VARIABLES: dict[str, tuple[str, ...]] = {
     "harmony": ("WINDMILL_HARMONY",),
     "backfill_interval_s": ("WINDMILL_BACKFILL_INTERVAL_S",),
     "backfill_page": ("WINDMILL_BACKFILL_PAGE",),
+    "submit_page": ("WINDMILL_SUBMIT_PAGE",),
     "job_retention_s": ("WINDMILL_JOB_RETENTION_S",),
     "metrics_port": ("WINDMILL_METRICS_PORT",),
     "amqp_task_attempts": ("WINDMILL_AMQP_TASK_ATTEMPTS",),
@@ -346,6 +348,7 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
         backfill_interval_s=_seconds(env, "WINDMILL_BACKFILL_INTERVAL_S", 60.0, 86_400),
         metrics_port=int(_port(env, "WINDMILL_METRICS_PORT", "")) if env.get("WINDMILL_METRICS_PORT") else None,
         backfill_page=_count(env, "WINDMILL_BACKFILL_PAGE", 1000, 1_000_000),
+        submit_page=_count(env, "WINDMILL_SUBMIT_PAGE", Settings.submit_page, 100_000),
         job_retention_s=_seconds(env, "WINDMILL_JOB_RETENTION_S", 3600.0, 30 * 86_400),
         amqp_task_attempts=_count(env, "WINDMILL_AMQP_TASK_ATTEMPTS", 5, 100),
         amqp_retry_delay_s=_seconds(env, "WINDMILL_AMQP_RETRY_DELAY_S", 1.0, 3600),

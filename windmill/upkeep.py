@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import psycopg
 
-from windmill.db.queries import query
+from windmill.db.queries import fetch_row, fetch_value, query
 
 DEFAULT_LIMIT = 1000  # jobs per queue and run; a large outage is repaired over several runs
 DEFAULT_PAGE = 1000  # images per run
@@ -31,7 +31,7 @@ def run_backfill(conn: psycopg.Connection, *, limit: int = DEFAULT_LIMIT, page: 
 def scheduled_pass(conn: psycopg.Connection, *, page: int = DEFAULT_PAGE,
                    retention: timedelta = DEFAULT_RETENTION) -> PassOutcome:
     """One backfill page, then the retention. Commits as it goes: `conn` must be in autocommit mode."""
-    queued, pruned = conn.execute(query("scheduled_pass"), {"page": page, "retention": retention}).fetchone()
+    queued, pruned = fetch_row(conn, "scheduled_pass", {"page": page, "retention": retention})
     return PassOutcome(dict(queued), int(pruned))
 
 
@@ -39,5 +39,4 @@ def prune_jobs(conn: psycopg.Connection, older_than: timedelta, *, dead: bool = 
                batch: int = PRUNE_BATCH) -> int:
     """Delete done jobs (with `dead`, dead ones too) last changed more than `older_than` ago, `batch` per
     transaction, until none is left; returns how many. `conn` must be in autocommit mode."""
-    return int(conn.execute(query("prune_jobs"), {"older_than": older_than, "dead": dead, "batch": batch}
-                            ).fetchone()[0])
+    return int(fetch_value(conn, "prune_jobs", {"older_than": older_than, "dead": dead, "batch": batch}))

@@ -57,3 +57,12 @@ SELECT runid, status, return_message, start_time, end_time
  WHERE jobid = %(jobid)s
  ORDER BY runid DESC
  LIMIT %(limit)s
+
+-- name: cron_pass
+-- What pg_cron runs: the periodic pass with its defaults (its job has no search_path of ours: schema named).
+CALL windmill.scheduled_pass()
+
+-- name: cron_pass_with_settings
+-- What pg_cron runs when a deployment changed the page size or the retention: pg_cron has no environment to read
+-- them from, and its command takes no parameters, so {page} and {retention} are composed in as literals.
+CALL windmill.scheduled_pass(p_page => {page}, p_retention => interval {retention})

@@ -1,7 +1,6 @@
 -- name: export_image_page
 -- The next page of images to export, in image id order after a position (keyset: a page costs the same at
--- image 10 and at image 1,000,000), of one group, and with `since`: only images with something new since
--- then (added, an answer, a change of its boxes, postprocessing, a consensus). `dimensions` is the metadata
+-- image 10 and at image 1,000,000), of the selection (sql/0040's export_selection). `dimensions` is the metadata
 -- service's latest successful measure of the image as the services saw it (COCO's width and height).
 SELECT i.image_id, i.image_filename, i.image_path, i.image_url, i.image_group, i.image_created,
        (SELECT r.data #> '{predictions,0,dimensions}'
@@ -9,22 +8,12 @@ SELECT i.image_id, i.image_filename, i.image_path, i.image_url, i.image_group, i
          WHERE r.image_id = i.image_id AND r.service = 'metadata' AND r.status = 'success'
          ORDER BY r.result_created DESC, r.result_id DESC
          LIMIT 1) AS dimensions
-  FROM images i
- WHERE i.image_id > %(after_id)s
-   AND (%(group)s::text IS NULL OR i.image_group = %(group)s::text)
-   AND (%(since)s::timestamptz IS NULL
-        OR i.image_created >= %(since)s::timestamptz
-        OR EXISTS (SELECT 1 FROM results r
-                    WHERE r.image_id = i.image_id AND r.result_created >= %(since)s::timestamptz)
-        OR EXISTS (SELECT 1 FROM merged_images m
-                    WHERE m.image_id = i.image_id AND m.changed_at >= %(since)s::timestamptz)
-        OR EXISTS (SELECT 1 FROM postprocessing p
-                    WHERE p.image_id = i.image_id AND p.result_created >= %(since)s::timestamptz)
-        OR EXISTS (SELECT 1 FROM consensus c
-                    WHERE c.image_id = i.image_id AND c.consensus_created >= %(since)s::timestamptz))
+  FROM export_selection(%(after_id)s, %(group)s, %(since)s, %(limit)s) AS i
  ORDER BY i.image_id
--- A NULL limit walks them all (windmill.export.source counts the images to export so).
- LIMIT %(limit)s
+
+-- name: export_image_count
+-- How many images an export of the selection walks through (its progress bar).
+SELECT count(*) FROM export_selection(%(after_id)s, %(group)s, %(since)s, NULL)
 
 -- name: export_latest_answers
 -- Per image and service (of the selection; NULL: all) the answer the products were computed from: the latest

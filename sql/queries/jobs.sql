@@ -1,8 +1,8 @@
 -- name: claim_jobs
 -- Lease up to %(limit)s claimable jobs of one queue, oldest first, plus running jobs whose lease expired
--- (their worker died). An expired job that has used all its attempts goes dead instead. For one queue the
--- scan follows jobs_claimable_idx (queue, id) in order; windmill.jobs.queue derives the several-queues
--- variant (queue = ANY(...), which follows jobs_claimable_order_idx) from this text.
+-- (their worker died). An expired job that has used all its attempts goes dead instead. The scan follows
+-- jobs_claimable_idx (queue, id) in order. claim_jobs_of_queues is the same statement for several queues
+-- (tests/test_sql_home.py keeps the two alike): two texts, because each plans on its own index.
 WITH ready AS (
     SELECT id FROM jobs
      WHERE state IN ('queued', 'failed') AND queue = %(queue)s
@@ -13,6 +13,43 @@ WITH ready AS (
 ), expired AS (
     SELECT id FROM jobs
      WHERE state = 'running' AND queue = %(queue)s
+       AND lease_expires_at < coalesce(%(now)s, now())
+     ORDER BY lease_expires_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE jobs
+       SET state = CASE WHEN jobs.state = 'running' AND jobs.attempts >= jobs.max_attempts
+                        THEN 'dead'::job_state ELSE 'running'::job_state END,
+           attempts = CASE WHEN jobs.state = 'running' AND jobs.attempts >= jobs.max_attempts
+                           THEN jobs.attempts ELSE jobs.attempts + 1 END,
+           last_error = CASE WHEN jobs.state = 'running'
+                             THEN 'lease of worker ' || coalesce(jobs.lease_owner, '?') || ' expired'
+                             ELSE jobs.last_error END,
+           lease_owner = %(worker)s,
+           lease_expires_at = coalesce(%(now)s, now()) + %(lease)s,
+           updated_at = coalesce(%(now)s, now())
+     WHERE jobs.id IN (SELECT id FROM ready UNION SELECT id FROM expired)
+    RETURNING jobs.id, jobs.queue, jobs.payload, jobs.image_id, jobs.state, jobs.attempts,
+              jobs.max_attempts, jobs.dedupe_key, jobs.last_error
+)
+SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_error
+  FROM claimed WHERE state = 'running'
+ ORDER BY id
+
+-- name: claim_jobs_of_queues
+-- claim_jobs for several queues (queue = ANY(...)): the scan follows jobs_claimable_order_idx (id order across
+-- the queues); with one queue, claim_jobs plans better.
+WITH ready AS (
+    SELECT id FROM jobs
+     WHERE state IN ('queued', 'failed') AND queue = ANY(%(queues)s)
+       AND run_after <= coalesce(%(now)s, now())
+     ORDER BY id
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), expired AS (
+    SELECT id FROM jobs
+     WHERE state = 'running' AND queue = ANY(%(queues)s)
        AND lease_expires_at < coalesce(%(now)s, now())
      ORDER BY lease_expires_at
      LIMIT %(limit)s
@@ -129,3 +166,11 @@ SELECT queue, state::text AS state, count(*) AS jobs,
 -- name: analyze_jobs
 -- Refresh the planner's statistics of the job table (after a bulk enqueue).
 ANALYZE jobs
+
+-- name: notify_jobs
+-- Wake the idle workers (the channel the enqueue trigger of sql/0002 notifies).
+SELECT pg_notify('windmill_jobs', '')
+
+-- name: listen_jobs
+-- A worker's wake-up line: the channel the enqueue trigger of sql/0002 notifies.
+LISTEN windmill_jobs

@@ -1,15 +1,44 @@
 -- name: count_images
 SELECT count(*) FROM (
-    SELECT 1 FROM images WHERE (%(group)s::text IS NULL OR image_group = %(group)s)
+    SELECT 1 FROM images
+     WHERE image_id > %(after_id)s AND (%(group)s::text IS NULL OR image_group = %(group)s)
      LIMIT %(limit)s) AS selected
 
--- name: stream_images
--- The images to submit, ascending id (read through a server-side cursor: constant memory).
+-- name: submit_page
+-- One page of the images to submit: those after an id, ascending (keyset paging on the primary key, or on
+-- images_group_idx for a group: each page costs the same however far the walk got).
 SELECT image_id, image_filename, image_path, image_url
   FROM images
- WHERE (%(group)s::text IS NULL OR image_group = %(group)s)
+ WHERE image_id > %(after_id)s AND (%(group)s::text IS NULL OR image_group = %(group)s)
  ORDER BY image_id
  LIMIT %(limit)s
+
+-- name: images_by_path
+-- The registered images of these files (what `images watch --submit` queues), ascending id.
+SELECT image_id, image_filename, image_path, image_url
+  FROM images
+ WHERE image_path = ANY(%(paths)s::text[])
+ ORDER BY image_id
+
+-- name: images_writers
+-- The transactions writing to `images` now (they hold its ROW EXCLUSIVE lock until they end): an image id they
+-- drew may still appear below ids already visible. `submit --follow` moves its position past such ids only once
+-- these transactions have ended.
+SELECT coalesce(array_agg(virtualtransaction), '{}')
+  FROM pg_locks
+ WHERE locktype = 'relation' AND relation = 'images'::regclass AND mode = 'RowExclusiveLock' AND granted
+   AND pid <> pg_backend_pid()
+
+-- name: listen_images
+-- `submit --follow`'s wake-up line: the channel the registration trigger of sql/0050 notifies.
+LISTEN windmill_images
+
+-- name: follow_position
+SELECT after_image_id FROM follow_positions WHERE stream = %(stream)s
+
+-- name: save_follow_position
+INSERT INTO follow_positions (stream, after_image_id) VALUES (%(stream)s, %(after_id)s)
+ON CONFLICT (stream) DO UPDATE SET after_image_id = excluded.after_image_id, updated_at = now()
 
 -- name: answered_pairs
 -- Which of these image × service pairs already have a successful answer.

@@ -15,3 +15,10 @@ UPDATE workers
 UPDATE workers SET stopped_at = now(), heartbeat_at = now(), jobs_done = %(jobs_done)s,
        jobs_failed = %(jobs_failed)s
  WHERE worker_id = %(worker_id)s
+
+-- name: work_pending
+-- Whether a job (of the given queues, NULL for all) waits, runs or awaits a retry. The scheduler's next tick
+-- always waits: it is not work.
+SELECT EXISTS (SELECT 1 FROM jobs
+                WHERE state IN ('queued', 'running', 'failed') AND queue <> 'scheduler'
+                  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s)))

@@ -7,7 +7,7 @@ import sys
 import time
 
 from windmill.jobs import Job, PermanentJobError
-from windmill.worker.registry import Role, RoleContext, register_role
+from windmill.roles.registry import Role, RoleContext, register_role
 
 PROBE_QUEUE = "probe"
 PROBE_TABLE = """CREATE TABLE IF NOT EXISTS public.probe_runs (

@@ -4,6 +4,7 @@ the results. The CLI's commands call these same methods."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ from windmill.db.connect import Database
 from windmill.db.queries import query
 from windmill.errors import WindmillError
 from windmill.jobs import JobQueue
-from windmill.producer import SubmitReport
+from windmill.producer import SubmitReport, Submitter
 from windmill.progress import Progress
 from windmill.settings import Settings, load_settings
+from windmill.watch import WatchReport
 from windmill.worker.group import WorkerGroup
 from windmill.worker.layout import SINGLE_MACHINE, RoleSpec
 from windmill.worker.runtime import WorkerOptions
@@ -129,12 +131,12 @@ class Windmill:
         with self.connection() as conn:
             return add_urls(conn, urls, group=group)
 
-    def count_images(self, *, group: str | None = None, limit: int | None = None) -> int:
-        """How many images `submit` with this group and limit would send."""
+    def count_images(self, *, group: str | None = None, limit: int | None = None, after_id: int = 0) -> int:
+        """How many images `submit` with this group, limit and `after_id` would send."""
         from windmill.producer import count_images
 
         with self.connection() as conn:
-            return count_images(conn, group=group, limit=limit)
+            return count_images(conn, group=group, limit=limit, after_id=after_id)
 
     def iter_images(self, *, group: str | None = None, after_id: int = 0, page_size: int = 1000) -> Iterator[Image]:
         """The collection's images (of a group) by ascending id, read a page at a time."""
@@ -157,26 +159,94 @@ class Windmill:
     # -- the work -----------------------------------------------------------------------------------------------
 
     def submit(self, services: str | Sequence[Service] = "all", *, group: str | None = None,
-               limit: int | None = None, force: bool = False, broker: str | None = None,
-               progress: Callable[[int], None] | None = None) -> Submission:
+               limit: int | None = None, force: bool = False, broker: str | None = None, after_id: int = 0,
+               page_size: int | None = None, progress: Callable[[int], None] | None = None,
+               report: SubmitReport | None = None, stopping: threading.Event | None = None) -> Submission:
         """Queue one task per image × service: `services` is a selection (`all`, `primary`, `spatial_only`,
         `full_catalog`, or a comma list) or catalog services. Pairs that already have a successful answer are
         skipped unless `force`; pairs with a task in flight (queued, running or waiting for a retry) always are.
         The tasks go to `broker` (`rabbitmq` or `postgres`; by default RabbitMQ when it is
-        configured, else the job table). `progress` is called with the number of images of each batch sent."""
-        from windmill.broker.choice import open_task_broker, uses_rabbitmq
+        configured, else the job table). The images after `after_id` are read `page_size` at a time
+        (WINDMILL_SUBMIT_PAGE by default), each page in a short transaction of its own; `progress` is called with
+        the number of images of each page sent, and `report` (filled page by page) says how far an interrupted
+        submit got (its `last_image_id` is where `after_id` resumes); once `stopping` is set, it ends after the
+        page it is on."""
         from windmill.producer import submit
+
+        with self._submitting(services, broker, force, report) as (submitter, submission), \
+                self.connection() as read_conn:
+            submit(read_conn, submitter.conn, submitter.broker, submitter.services, group=group, limit=limit,
+                   force=force, after_id=after_id, page_size=page_size or self.settings.submit_page,
+                   progress=progress, report=submitter.report, stopping=stopping)
+        return submission
+
+    def follow(self, services: str | Sequence[Service] = "all", *, stopping: threading.Event,
+               group: str | None = None, force: bool = False, broker: str | None = None,
+               after_id: int | None = None,
+               page_size: int | None = None, poll_interval_s: float | None = None,
+               on_walk: Callable[[SubmitReport], None] | None = None,
+               report: SubmitReport | None = None) -> Submission:
+        """`submit`, then keep queueing images as they are registered (woken by their registration's
+        notification, or every `poll_interval_s` at the latest) until `stopping` is set. It starts after
+        `after_id`, by default where the last follow of the same services, group and broker stood (saved in
+        `follow_positions`); the report's `last_image_id` is that position: every image up to it was submitted."""
+        from windmill.follow import POLL_INTERVAL_S, Follower, saved_position, stream_name
+        from windmill.worker.listener import JobListener
+
+        wake = threading.Event()
+        listener = JobListener(self.database.conninfo, wake, stopping, listen="listen_images")
+        listening = threading.Thread(target=listener.run, name="follow-listener", daemon=True)
+        listening.start()
+        try:
+            with self._submitting(services, broker, force, report) as (submitter, submission), \
+                    self.connection() as read_conn:
+                stream = stream_name(submission.services, group, "rabbitmq" if submission.rabbitmq else "postgres")
+                start = saved_position(read_conn, stream) if after_id is None else after_id
+                Follower(read_conn, submitter, wake, stopping, group=group,
+                         page_size=page_size or self.settings.submit_page,
+                         poll_interval_s=POLL_INTERVAL_S if poll_interval_s is None else poll_interval_s,
+                         on_walk=on_walk, stream=stream).run(start)
+        finally:
+            stopping.set()
+            listening.join()
+        return submission
+
+    def watch(self, folder: str | Path, *, stopping: threading.Event, recursive: bool = False,
+              group: str | None = None, settle_s: float | None = None,
+              submit: str | Sequence[Service] | None = None, broker: str | None = None,
+              on_batch: Callable[[AddReport, int], None] | None = None) -> WatchReport:
+        """Register the image files that land in `folder` (with `recursive`, its sub-folders too) once each has
+        stopped changing for `settle_s`, until `stopping` is set; files already there are looked at first. With
+        `submit` (a selection or services) their tasks are queued too. `on_batch` hears of each batch: what was
+        registered and how many tasks were queued."""
+        from windmill.watch import SETTLE_S, FolderWatch
+
+        with ExitStack() as stack:
+            submitter = None
+            if submit is not None:
+                submitter, _ = stack.enter_context(self._submitting(submit, broker, False, None))
+            conn = stack.enter_context(self.connection())
+            return FolderWatch(conn, Path(folder), stopping, recursive=recursive, group=group,
+                               settle_s=SETTLE_S if settle_s is None else settle_s, submitter=submitter,
+                               on_batch=on_batch).run()
+
+    @contextmanager
+    def _submitting(self, services: str | Sequence[Service], broker: str | None, force: bool,
+                    report: SubmitReport | None) -> Iterator[tuple[Submitter, Submission]]:
+        """A submitter on a connection and a broker of their own, closed after the block."""
+        from windmill.broker.choice import open_task_broker, uses_rabbitmq
+        from windmill.producer import Submitter
 
         selected = self.catalog.select(services) if isinstance(services, str) else list(services)
         rabbitmq = uses_rabbitmq(self.settings, broker)
-        with self.connection() as read_conn, self.connection() as lookup_conn:
+        report = report if report is not None else SubmitReport()
+        with self.connection() as lookup_conn:
             sink = open_task_broker(self.settings, self.pool, rabbitmq=rabbitmq)
             try:
-                report = submit(read_conn, lookup_conn, sink, selected, group=group, limit=limit, force=force,
-                                progress=progress)
+                yield (Submitter(lookup_conn, sink, selected, force=force, report=report),
+                       Submission(report, rabbitmq, tuple(service.name for service in selected)))
             finally:
                 sink.close()
-        return Submission(report, rabbitmq, tuple(service.name for service in selected))
 
     def progress(self, *, group: str | None = None) -> Progress:
         """How far the work on a group's images (all images without a group) got: per service answered and failed

@@ -12,11 +12,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import psycopg
 
 from windmill.db.connect import Database
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.upkeep import prune_jobs, run_backfill
 
 GROUP = "windmill-bench-backfill"
@@ -44,7 +45,7 @@ def seed_history(conn: psycopg.Connection, images: int, *, done_jobs_per_image: 
     while added < images:
         chunk = min(SEED_CHUNK, images - added)
         with conn.transaction():
-            conn.execute("SET LOCAL session_replication_role = replica")
+            conn.execute(query("bench_without_triggers"))
             ids = [row[0] for row in conn.execute(query("bench_history_images"),
                                                    {"prefix": f"{prefix}{added}-", "group": GROUP, "images": chunk})]
             bounds = {"first": min(ids), "last": max(ids), "per_image": done_jobs_per_image,
@@ -58,11 +59,14 @@ def seed_history(conn: psycopg.Connection, images: int, *, done_jobs_per_image: 
         added += chunk
         if progress:
             progress(added)
-    conn.execute("VACUUM ANALYZE images, results, merged_boxes, merged_images, postprocessing, consensus, jobs")
+    conn.execute(query("bench_vacuum_history"))
     return History(first, last)
 
 
-def _timed(action: Callable[[], object]) -> tuple[float, object]:
+Outcome = TypeVar("Outcome")
+
+
+def _timed(action: Callable[[], Outcome]) -> tuple[float, Outcome]:
     started = time.perf_counter()
     outcome = action()
     return (time.perf_counter() - started) * 1000, outcome
@@ -73,7 +77,7 @@ def run(database: Database, *, images: int = 100_000, page: int = 1000, runs: in
     with database.connect() as conn:
         started = time.perf_counter()
         seed_history(conn, images, progress=lambda n: echo(f"  seeded {n:,} images"))
-        total_images = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+        total_images = fetch_value(conn, "bench_image_count")
         echo(f"backfill bench: {images:,} images seeded in {time.perf_counter() - started:.0f} s "
              f"({total_images:,} in the database), page {page:,}")
 

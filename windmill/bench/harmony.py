@@ -18,7 +18,8 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def wbf_input(results: Sequence[DetectorResult]) -> tuple[WbfInput, list[tuple[s
     boxes, scores, labels = [], [], []
     for result in results:
         service_boxes, service_scores, service_labels = [], [], []
-        for p in result.data["predictions"]:  # type: ignore[index]
+        for p in _predictions(result):
             b = p["bbox"]
             service_boxes.append(
                 [
@@ -137,12 +138,17 @@ def report(name: str, per_image: list[float], run_means: list[float]) -> None:
     )
 
 
+def _predictions(result: DetectorResult) -> list[dict[str, Any]]:
+    """The predictions of a synthetic answer (built by harmony_scenes: a dict with a list)."""
+    return cast(dict[str, list[dict[str, Any]]], result.data)["predictions"]
+
+
 def speed(inputs: Sequence[Sequence[DetectorResult]], runs: int, wbf: Callable[..., Any] | None) -> None:
     configs = {"harmony (weighted, default)": HarmonyConfig(), "harmony (reference, union)": HarmonyConfig.reference()}
     for results in inputs[:20]:  # warm-up: imports, caches, allocator
         harmonize(results)
     for name, config in configs.items():
-        report(name, *timed(lambda results, c=config: harmonize(results, c), inputs, runs))
+        report(name, *timed(partial(harmonize, config=config), inputs, runs))
     if wbf is not None:
         prepared = [wbf_input(results)[0] for results in inputs]
         report("ensemble-boxes WBF (iou_thr 0.55)", *timed(lambda arguments: wbf(*arguments), prepared, runs))
@@ -220,7 +226,7 @@ def load_wbf() -> Callable[..., Any] | None:
         print("ensemble-boxes is not installed: pip install 'windmill-pipeline[bench]' to compare with "
               "weighted_boxes_fusion")
         return None
-    return weighted_boxes_fusion  # type: ignore[no-any-return]
+    return weighted_boxes_fusion
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     scene_rng = np.random.default_rng([args.seed, 1])  # its own stream: the scenes do not depend on --images
     scenes = [synthetic_scene(scene_rng, i) for i in range(args.scenes)]
-    boxes = sum(len(result.data["predictions"]) for scene in scenes for result in scene.results)  # type: ignore[index]
+    boxes = sum(len(_predictions(result)) for scene in scenes for result in scene.results)
     print(f"speed on scenes: {args.scenes} scenes of 2-6 objects, {boxes / max(args.scenes, 1):.1f} boxes each")
     speed([scene.results for scene in scenes], args.runs, wbf)
     try:

@@ -94,7 +94,7 @@ def synthetic_scene(rng: np.random.Generator, image_id: int, profiles: tuple[Det
         for _ in range(rng.poisson(profile.hallucinations)):
             (kind, box), = _objects(rng, count=1)
             predictions.append(jittered_prediction(rng, CLASSES[kind], box, 0.0, _beta(rng, profile.false)))
-        rng.shuffle(predictions)  # type: ignore[arg-type]
+        rng.shuffle(predictions)
         results.append(DetectorResult(image_id * 10 + number, profile.name, {"predictions": predictions}))
     return Scene(results, truth)
 

@@ -14,6 +14,7 @@ import uuid
 from psycopg.types.json import Jsonb
 
 from windmill.db.connect import Database
+from windmill.db.queries import fetch_value, query
 
 DETECTORS = ("yolov8", "rtdetr", "detectron2", "clip", "xception")
 GROUP = "windmill-bench-merge"
@@ -45,19 +46,17 @@ def run(database: Database, database_url: str, *, images: int = 60, boxes: int =
             for run_number in range(runs):
                 latencies = []
                 for _ in range(images):
-                    image_id = conn.execute(
-                        "INSERT INTO images (image_filename, image_path, image_group) VALUES (%s, %s, %s) "
-                        "RETURNING image_id", ("bench.jpg", f"/bench/{uuid.uuid4().hex}.jpg", GROUP)).fetchone()[0]
+                    image = {"filename": "bench.jpg", "path": f"/bench/{uuid.uuid4().hex}.jpg", "group": GROUP}
+                    image_id = fetch_value(conn, "bench_add_image", image)
                     objects = [(*(("person", "🧑") if n % 3 == 0 else ("dog", "🐕")), _box(rng)) for n in range(boxes)]
                     for detector in DETECTORS:
                         time.sleep(0.01)  # idle pipeline: one answer at a time
-                        result_id = conn.execute(
-                            "INSERT INTO results (image_id, service, task_id, data, status) "
-                            "VALUES (%s, %s, %s, %s, 'success') RETURNING result_id",
-                            (image_id, detector, uuid.uuid4(), Jsonb(_answer(rng, objects)))).fetchone()[0]
+                        result_id = fetch_value(conn, "bench_add_answer", {
+                            "image_id": image_id, "service": detector, "task_id": uuid.uuid4(),
+                            "data": Jsonb(_answer(rng, objects))})
                         committed = time.perf_counter()
-                        while not conn.execute("SELECT EXISTS (SELECT 1 FROM merged_images WHERE image_id = %s "
-                                               "AND %s = ANY(source_result_ids))", (image_id, result_id)).fetchone()[0]:
+                        merged = {"image_id": image_id, "result_id": result_id}
+                        while not fetch_value(conn, "bench_merged_from", merged):
                             if time.perf_counter() - committed > 10:
                                 raise RuntimeError("the merger did not recompute within 10 s")
                         latencies.append((time.perf_counter() - committed) * 1000)
@@ -70,7 +69,7 @@ def run(database: Database, database_url: str, *, images: int = 60, boxes: int =
         merger.terminate()
         merger.wait(timeout=30)
         with database.connect() as conn:
-            conn.execute("DELETE FROM images WHERE image_group = %s", (GROUP,))
+            conn.execute(query("bench_remove_group"), {"group": GROUP})
     print(f"merge latency (answer commit → boxes commit), {boxes} boxes × {len(DETECTORS)} detectors: "
           f"median {min(medians):.1f} / {statistics.median(medians):.1f} / {max(medians):.1f} ms, "
           f"p99 {min(p99s):.1f} / {statistics.median(p99s):.1f} / {max(p99s):.1f} ms (min / median / max of runs)")

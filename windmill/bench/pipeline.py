@@ -31,7 +31,7 @@ from windmill.bench.stage import (
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.db.jsonb import as_stored
-from windmill.db.queries import query
+from windmill.db.queries import fetch_row, fetch_value, query
 from windmill.harmony import HarmonyConfig
 from windmill.roles.consensus import consensus_for_image
 from windmill.settings import settings_from_mapping
@@ -39,78 +39,6 @@ from windmill.worker.layout import ANSWER_STAGE, PRODUCT_STAGE
 
 # The single-machine layout, each role in its own process, with two processes for the answer stage.
 ROLES = (ANSWER_STAGE, ANSWER_STAGE, *PRODUCT_STAGE)
-_MERGE_EVENTS = """
-CREATE TABLE IF NOT EXISTS bench_merge_events (
-    image_id bigint, result_ids bigint[], committed_at timestamptz DEFAULT clock_timestamp());
-CREATE OR REPLACE FUNCTION bench_note_merge() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO bench_merge_events (image_id, result_ids) VALUES (NEW.image_id, NEW.source_result_ids);
-    RETURN NULL;
-END $$;
-CREATE OR REPLACE TRIGGER bench_note_merge AFTER INSERT OR UPDATE ON merged_images
-    FOR EACH ROW EXECUTE FUNCTION bench_note_merge();
-CREATE TABLE IF NOT EXISTS bench_postprocessing_events (op text, per_box boolean);
-CREATE OR REPLACE FUNCTION bench_note_postprocessing() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        INSERT INTO bench_postprocessing_events VALUES ('delete', OLD.merged_box_id IS NOT NULL);
-    ELSE
-        INSERT INTO bench_postprocessing_events VALUES ('insert', NEW.merged_box_id IS NOT NULL);
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE OR REPLACE TRIGGER bench_note_postprocessing AFTER INSERT OR DELETE ON postprocessing
-    FOR EACH ROW EXECUTE FUNCTION bench_note_postprocessing();
-"""
-_DROP_MERGE_EVENTS = """
-DROP TRIGGER IF EXISTS bench_note_merge ON merged_images;
-DROP FUNCTION IF EXISTS bench_note_merge();
-DROP TABLE IF EXISTS bench_merge_events;
-DROP TRIGGER IF EXISTS bench_note_postprocessing ON postprocessing;
-DROP FUNCTION IF EXISTS bench_note_postprocessing();
-DROP TABLE IF EXISTS bench_postprocessing_events;
-"""
-# Calls whose answers went nowhere: per-box rows deleted with their replaced box, plus answers that found their
-# box gone when they arrived (their insert failed, but it used an id).
-_WASTE = """
-SELECT count(*) FILTER (WHERE op = 'insert' AND per_box) AS stored,
-       count(*) FILTER (WHERE op = 'delete' AND per_box) AS replaced,
-       count(*) FILTER (WHERE op = 'insert') AS inserted
-  FROM bench_postprocessing_events
-"""
-_LATENCIES = """
-SELECT extract(epoch FROM min(e.committed_at) - r.result_created) * 1000
-  FROM results r
-  JOIN images i USING (image_id)
-  JOIN services s ON s.name = r.service AND s.is_detector
-  JOIN bench_merge_events e ON e.image_id = r.image_id AND r.result_id = ANY(e.result_ids)
- WHERE i.image_group = %s AND r.status = 'success'
- GROUP BY r.result_id, r.result_created
-"""
-# The pipeline's span: from the first answer to the last product written (the tools around it, such as the submit
-# command's start-up and this script's polling, are not the pipeline; tasks may travel by RabbitMQ, unseen here).
-_SPAN = """
-SELECT extract(epoch FROM greatest(
-           (SELECT max(r.result_created) FROM results r JOIN images i USING (image_id) WHERE i.image_group = %(group)s),
-           (SELECT max(p.result_created) FROM postprocessing p JOIN images i USING (image_id)
-             WHERE i.image_group = %(group)s),
-           (SELECT max(m.merged_at) FROM merged_images m JOIN images i USING (image_id)
-             WHERE i.image_group = %(group)s),
-           (SELECT max(c.consensus_created) FROM consensus c JOIN images i USING (image_id)
-             WHERE i.image_group = %(group)s))
-       - (SELECT min(r.result_created) FROM results r JOIN images i USING (image_id) WHERE i.image_group = %(group)s))
-"""
-# Every insert into postprocessing takes an id, whether it is stored or fails (its box was gone).
-_IDS_USED = ("SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('postprocessing', 'postprocessing_id')),"
-             " 0)")
-_END_STATE = """
-SELECT
-  (SELECT count(*) FROM image_completeness WHERE image_group = %(group)s AND NOT consensus) AS missing_consensus,
-  (SELECT count(*) FROM jobs j JOIN images i USING (image_id)
-    WHERE i.image_group = %(group)s AND j.state IN ('running', 'dead')) AS stuck_jobs,
-  (SELECT count(*) FROM postprocessing p JOIN images i USING (image_id)
-    WHERE i.image_group = %(group)s AND p.merged_box_id IS NOT NULL) AS postprocessing_rows
-"""
 
 
 @dataclass(frozen=True)
@@ -145,8 +73,8 @@ def run(database: Database, database_url: str, catalog: Catalog, *, images: int,
 def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, broker: str, folder: str,
               images: int) -> PipelineRun:
     with database.connect() as conn:
-        conn.execute(_MERGE_EVENTS)
-        first_postprocessing_id = conn.execute(_IDS_USED).fetchone()[0]
+        conn.execute(query("bench_pipeline_watch"))
+        first_postprocessing_id = fetch_value(conn, "bench_postprocessing_ids_used")
     processes: list[subprocess.Popen[bytes]] = []
     try:
         remove_bench_rows(database)
@@ -167,20 +95,21 @@ def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, bro
             process.wait(timeout=60)
         cpu = (_children_cpu() - cpu_before) / images
         with database.connect() as conn:
-            elapsed = float(conn.execute(_SPAN, {"group": BENCH_GROUP}).fetchone()[0])
-            latencies = sorted(row[0] for row in conn.execute(_LATENCIES, (BENCH_GROUP,)))
+            group = {"group": BENCH_GROUP}
+            elapsed = float(fetch_value(conn, "bench_pipeline_span", group))
+            latencies = sorted(row[0] for row in conn.execute(query("bench_pipeline_latencies"), group))
             end = dict(zip(("missing_consensus", "stuck_jobs", "postprocessing_rows"),
-                           conn.execute(_END_STATE, {"group": BENCH_GROUP}).fetchone(), strict=True))
+                           fetch_row(conn, "bench_pipeline_end_state", group), strict=True))
             end["stale_consensus"] = _stale_consensus(conn, catalog)
             end["stale_boxes"] = _stale_boxes(conn, settings_from_mapping(bench.env).harmony)
-            allocated = conn.execute(_IDS_USED).fetchone()[0] - first_postprocessing_id
-            stored, replaced, inserted = conn.execute(_WASTE).fetchone()
+            allocated = fetch_value(conn, "bench_postprocessing_ids_used") - first_postprocessing_id
+            stored, replaced, inserted = fetch_row(conn, "bench_pipeline_waste")
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
         with database.connect() as conn:
-            conn.execute(_DROP_MERGE_EVENTS)
+            conn.execute(query("bench_pipeline_unwatch"))
         remove_bench_rows(database)
     return PipelineRun(elapsed, cpu, latencies, end, stored, replaced, max(0, allocated - inserted))
 
@@ -209,8 +138,7 @@ def _stale_consensus(conn: psycopg.Connection, catalog: Catalog) -> int:
     timestamp cannot tell, since a recompute that waited for the image's lock saw rows committed after its
     transaction began."""
     service_types = {service.name: service.service_type for service in catalog.services}
-    stored = conn.execute("SELECT c.image_id, c.consensus_data FROM consensus c JOIN images i USING (image_id) "
-                          "WHERE i.image_group = %s", (BENCH_GROUP,)).fetchall()
+    stored = conn.execute(query("bench_stored_consensus"), {"group": BENCH_GROUP}).fetchall()
     return sum(as_stored(consensus_for_image(conn, image_id, service_types)) != data for image_id, data in stored)
 
 
@@ -224,16 +152,6 @@ def _stale_boxes(conn: psycopg.Connection, harmony: HarmonyConfig) -> int:
 def _wait_until_idle(database: Database, processes: list[subprocess.Popen[bytes]], answers: int) -> None:
     """Until every task has its answer and no job is left (the last job's effects, new jobs, would show within
     half a second)."""
-    answered = """SELECT count(*) >= %(answers)s FROM results r JOIN images i USING (image_id)
-                   WHERE i.image_group = %(group)s"""
-    # Driven by the unfinished jobs, each state set matching a partial index's predicate: scanning the whole
-    # (growing) jobs table 20 times a second took a sixth of PostgreSQL's CPU from the pipeline it measures.
-    unfinished = """SELECT EXISTS (SELECT 1
-                                     FROM (SELECT image_id FROM jobs WHERE state IN ('queued', 'failed')
-                                           UNION ALL
-                                           SELECT image_id FROM jobs WHERE state = 'running') AS unfinished
-                                     JOIN images i USING (image_id)
-                                    WHERE i.image_group = %(group)s)"""
     params = {"group": BENCH_GROUP, "answers": answers}
     all_answered = False  # answers are never taken back: once all are in, stop counting them
     quiet_since = None
@@ -241,8 +159,8 @@ def _wait_until_idle(database: Database, processes: list[subprocess.Popen[bytes]
         while True:
             if any(process.poll() is not None for process in processes):
                 raise RuntimeError("a worker process died during the benchmark")
-            all_answered = all_answered or conn.execute(answered, params).fetchone()[0]
-            if not all_answered or conn.execute(unfinished, params).fetchone()[0]:
+            all_answered = all_answered or fetch_value(conn, "bench_all_answered", params)
+            if not all_answered or fetch_value(conn, "bench_jobs_unfinished", params):
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = time.perf_counter()

@@ -14,21 +14,20 @@ import time
 from datetime import timedelta
 
 from windmill.db.connect import Database
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.jobs import JobQueue
 from windmill.roles.noop import NOOP_QUEUE
+from windmill.roles.registry import Role
 from windmill.upkeep import prune_jobs
-from windmill.worker.registry import Role
 from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
 
 
 def throughput_run(database: Database, database_url: str, jobs: int, workers: int, batch_size: int) -> float:
     """Queue `jobs` no-op jobs, start `workers` processes, return jobs/s from first claim to last completion."""
     with database.connect() as conn:
-        conn.execute("DELETE FROM jobs WHERE queue = %s", (NOOP_QUEUE,))
-        conn.execute("INSERT INTO jobs (queue, payload) SELECT %s, '{}' FROM generate_series(1, %s)",
-                      (NOOP_QUEUE, jobs))
-        conn.execute("VACUUM ANALYZE jobs")
+        conn.execute(query("bench_remove_queue"), {"queue": NOOP_QUEUE})
+        conn.execute(query("bench_queue_jobs"), {"queue": NOOP_QUEUE, "count": jobs})
+        conn.execute(query("bench_vacuum_jobs"))
     env = {**os.environ, "WINDMILL_DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
     processes = [
         subprocess.Popen(
@@ -39,16 +38,14 @@ def throughput_run(database: Database, database_url: str, jobs: int, workers: in
         for n in range(workers)
     ]
     # Both probes follow partial indexes, so watching costs the database next to nothing.
-    first_id = f"SELECT min(id) FROM jobs WHERE queue = '{NOOP_QUEUE}' AND state IN ('queued', 'failed')"
-    unfinished = (f"SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = '{NOOP_QUEUE}' AND state IN ('queued', 'failed'))"
-                  f" OR EXISTS (SELECT 1 FROM jobs WHERE queue = '{NOOP_QUEUE}' AND state = 'running')")
+    noop = {"queue": NOOP_QUEUE}
     try:
         with database.connect() as conn:
-            oldest = conn.execute(first_id).fetchone()[0]
-            while conn.execute(first_id).fetchone()[0] == oldest:
+            oldest = fetch_value(conn, "bench_first_waiting_job", noop)
+            while fetch_value(conn, "bench_first_waiting_job", noop) == oldest:
                 time.sleep(0.001)
             started = time.perf_counter()
-            while conn.execute(unfinished).fetchone()[0]:
+            while fetch_value(conn, "bench_queue_unfinished", noop):
                 time.sleep(0.02)
             return jobs / (time.perf_counter() - started)
     finally:
@@ -57,7 +54,7 @@ def throughput_run(database: Database, database_url: str, jobs: int, workers: in
         for process in processes:
             process.wait(timeout=60)
         with database.connect() as conn:
-            conn.execute("DELETE FROM jobs WHERE queue = %s", (NOOP_QUEUE,))
+            conn.execute(query("bench_remove_queue"), {"queue": NOOP_QUEUE})
 
 
 def wakeup_run(database: Database, samples: int) -> list[float]:
@@ -88,7 +85,7 @@ def wakeup_run(database: Database, samples: int) -> list[float]:
                     # Timed from before the INSERT is sent: the figure includes its round trip (an upper
                     # bound; the handler may start before the client has even seen the commit's reply).
                     committed = time.perf_counter()
-                    conn.execute("SELECT enqueue_job(%s, NULL, '{}', NULL)", (queue_name,))
+                    conn.execute(query("bench_enqueue_empty_job"), {"queue": queue_name})
                     if not handler_started.wait(5):
                         raise RuntimeError("the worker never started the job")
                     latencies.append((started[-1] - committed) * 1000)
@@ -96,7 +93,7 @@ def wakeup_run(database: Database, samples: int) -> list[float]:
             worker.request_stop()
             thread.join()
             with database.connect() as conn:
-                conn.execute("DELETE FROM jobs WHERE queue = %s", (queue_name,))
+                conn.execute(query("bench_remove_queue"), {"queue": queue_name})
     return latencies
 
 

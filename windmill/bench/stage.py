@@ -28,6 +28,7 @@ from pika.adapters.blocking_connection import BlockingConnection
 
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
+from windmill.db.queries import fetch_row, fetch_value, query
 from windmill.simfarm.server import SAMPLES_DIR
 
 BENCH_GROUP = "windmill-bench"
@@ -89,8 +90,8 @@ def cli_argv(*args: str) -> list[str]:
 def remove_bench_rows(database: Database) -> None:
     """Bench images, their answers and every job they caused (cascades), and the bench queues' jobs."""
     with database.connect() as conn:
-        conn.execute("DELETE FROM images WHERE image_group = %s", (BENCH_GROUP,))
-        conn.execute("DELETE FROM jobs WHERE queue LIKE 'bench\\_%%'")
+        conn.execute(query("bench_remove_group"), {"group": BENCH_GROUP})
+        conn.execute(query("bench_remove_bench_queues"))
 
 
 # -- submit -------------------------------------------------------------------------------------------------
@@ -99,8 +100,8 @@ def remove_bench_rows(database: Database) -> None:
 def submit_run(database: Database, bench: BenchEnvironment, broker: str) -> tuple[float, float]:
     """(tasks/s, peak MiB) of one `windmill-cli submit` of the bench images to every primary service."""
     with database.connect() as conn:
-        conn.execute("DELETE FROM jobs WHERE queue LIKE 'bench\\_%%'")
-        images = conn.execute("SELECT count(*) FROM images WHERE image_group = %s", (BENCH_GROUP,)).fetchone()[0]
+        conn.execute(query("bench_remove_bench_queues"))
+        images = fetch_value(conn, "bench_group_size", {"group": BENCH_GROUP})
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
     subprocess.run(cli_argv("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker, "--force"),
@@ -112,17 +113,14 @@ def submit_run(database: Database, bench: BenchEnvironment, broker: str) -> tupl
     if broker == "rabbitmq":
         _delete_queues(bench.env["WINDMILL_AMQP_URL"], bench.queue_names)
         with database.connect() as conn:  # their messages are gone: free the pairs for the next run
-            conn.execute("DELETE FROM service_tasks_in_flight WHERE image_id IN "
-                         "(SELECT image_id FROM images WHERE image_group = %s)", (BENCH_GROUP,))
+            conn.execute(query("bench_forget_tasks_in_flight"), {"group": BENCH_GROUP})
     return images * 11 / elapsed, peak_kib / 1024
 
 
 def seed_images(database: Database, count: int) -> None:
     with database.connect() as conn:
-        conn.execute("DELETE FROM images WHERE image_group = %s", (BENCH_GROUP,))
-        conn.execute("""INSERT INTO images (image_filename, image_path, image_group)
-                        SELECT format('bench_%%s.jpg', n), format('/bench/%%s/bench_%%s.jpg', %s::text, n), %s
-                          FROM generate_series(1, %s) AS n""", (uuid.uuid4().hex, BENCH_GROUP, count))
+        conn.execute(query("bench_remove_group"), {"group": BENCH_GROUP})
+        conn.execute(query("bench_add_images"), {"run": uuid.uuid4().hex, "group": BENCH_GROUP, "count": count})
 
 
 def run_submit(database: Database, database_url: str, catalog: Catalog, amqp_url: str | None, *, images: int,
@@ -162,7 +160,7 @@ def service_run(database: Database, bench: BenchEnvironment, broker: str, folder
     subprocess.run(cli_argv("images", "add", str(folder), "--group", BENCH_GROUP), env=bench.env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with database.connect() as conn:
-        images = conn.execute("SELECT count(*) FROM images WHERE image_group = %s", (BENCH_GROUP,)).fetchone()[0]
+        images = fetch_value(conn, "bench_group_size", {"group": BENCH_GROUP})
     processes = [subprocess.Popen(cli_argv("worker", "--role", "service", "--service", "primary", "--concurrency",
                                        str(concurrency), "--broker", broker),
                                   env={**bench.env, "WORKER_ID": f"bench-service-{n}"},
@@ -173,10 +171,9 @@ def service_run(database: Database, bench: BenchEnvironment, broker: str, folder
         subprocess.run(cli_argv("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker),
                        env=bench.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         expected = images * 11
-        progress = ("SELECT count(*), extract(epoch FROM max(result_created) - min(result_created)) "
-                    "FROM results r JOIN images i USING (image_id) WHERE i.image_group = %s")
         with database.connect() as conn:
-            while (row := conn.execute(progress, (BENCH_GROUP,)).fetchone())[0] < expected:
+            group = {"group": BENCH_GROUP}
+            while (row := fetch_row(conn, "bench_answer_progress", group))[0] < expected:
                 if any(process.poll() is not None for process in processes):
                     raise RuntimeError("a service worker died during the benchmark")
                 time.sleep(0.25)  # the rate comes from commit times; polling less leaves PostgreSQL to the stage

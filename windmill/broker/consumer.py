@@ -122,7 +122,7 @@ class RabbitMQConsumer:
     def __init__(self, amqp_url: str, queues: Mapping[str, int], handler: TaskHandler, *, concurrency: int,
                  max_attempts: int = 5, stopping: threading.Event | None = None, heartbeat: int = 60,
                  retry_delay: float = 1.0, drain_timeout: float = 60.0,
-                 on_dead_letter: Callable[[Task, BaseException], None] | None = None,
+                 on_dead_letter: Callable[[Task, BaseException], object] | None = None,
                  connection_name: str | None = None, max_reconnect_delay: float = MAX_RETRY_DELAY_S) -> None:
         """`queues`: each queue's prefetch (unacked messages RabbitMQ hands out at once); `retry_delay`: hold
         after a first failure (doubling per attempt, 30 s cap); `drain_timeout`: how long a stop waits for running
@@ -245,7 +245,7 @@ class RabbitMQConsumer:
         for queue, channel in self._channels.items():
             channel.basic_cancel(self._consumer_tags[queue])  # pika requeues deliveries not yet handed to us
         for key, (timer, waiting_for) in list(self._held.items()):
-            connection.remove_timeout(timer)  # type: ignore[arg-type]
+            connection.remove_timeout(timer)
             delivery = self._unsettled[key]
             if waiting_for is _Outcome.RETRY:
                 self._forward(delivery, delivery.queue)  # publish the next attempt now: its count is kept
@@ -277,7 +277,7 @@ class RabbitMQConsumer:
 
     def _on_message(self, queue: str, channel: BlockingChannel, method: pika.spec.Basic.Deliver,
                     properties: pika.BasicProperties, body: bytes) -> None:
-        assert self._executor is not None and self._channels.get(queue) is channel
+        assert self._executor is not None and queue in self._channels and self._channels[queue] is channel
         delivery = _Delivery(connection=channel.connection, channel=channel, queue=queue, tag=method.delivery_tag,
                              body=body, properties=properties, attempt=_attempts_made(properties) + 1,
                              redelivered=bool(method.redelivered))
@@ -285,7 +285,8 @@ class RabbitMQConsumer:
         self._executor.submit(self._work, delivery)
 
     def _current(self, delivery: _Delivery) -> bool:
-        return delivery.channel is self._channels.get(delivery.queue) and delivery.channel.is_open
+        current = self._channels.get(delivery.queue)
+        return current is not None and current is delivery.channel and bool(current.is_open)
 
     def _settle(self, delivery: _Delivery, outcome: _Outcome) -> None:
         if not self._current(delivery):

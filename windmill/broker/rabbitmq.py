@@ -172,9 +172,9 @@ class _ConfirmingPublisher:
                 if not acked:
                     self.nacked.append(index)
         else:
-            index = self.unconfirmed.pop(method.delivery_tag, None)
-            if index is not None and not acked:
-                self.nacked.append(index)
+            settled = self.unconfirmed.pop(method.delivery_tag, None)
+            if settled is not None and not acked:
+                self.nacked.append(settled)
 
     def _on_return(self, _channel: pika.channel.Channel, method: pika.spec.Basic.Return,
                    properties: pika.BasicProperties, _body: bytes) -> None:

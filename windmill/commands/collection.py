@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +13,12 @@ from windmill.broker.choice import BROKERS, JOB_TABLE, RABBITMQ
 from windmill.commands import completion
 from windmill.commands.context import AppContext, echo_json, json_option, pass_app, print_services
 from windmill.errors import WindmillError
+
+if TYPE_CHECKING:
+    from windmill.api import Submission
+    from windmill.catalog import Service
+    from windmill.collection import AddReport
+    from windmill.producer import SubmitReport
 
 
 @click.group()
@@ -52,42 +58,139 @@ def images_add(app: AppContext, paths: tuple[Path, ...], group: str | None, recu
         sys.exit(1)
 
 
+@images.command("watch")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--recursive", "-r", is_flag=True, help="Watch sub-directories too.")
+@click.option("--group", "-g", help="Group name stored with each image.")
+@click.option("--submit", "selection", metavar="SERVICES", shell_complete=completion.services,
+              help="Queue each image for these services too (a selection or a comma list, as submit --services).")
+@click.option("--broker", type=click.Choice(BROKERS),
+              help="With --submit: where the tasks go (default: RabbitMQ when configured, else the job table).")
+@click.option("--settle", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
+              help="Seconds a file must stay unchanged (size and time) before it is taken: it is still being "
+                   "written until then.")
+@pass_app
+def images_watch(app: AppContext, folder: Path, recursive: bool, group: str | None, selection: str | None,
+                 broker: str | None, settle: float) -> None:
+    """Register image files as they land in FOLDER (and queue them with --submit), until Ctrl-C or SIGTERM.
+    Files already there are looked at first; a file already known is not added (nor queued) twice."""
+    from windmill.worker.launch import StopRequest, stop_on_signals
+
+    selected = app.catalog.select(selection) if selection else None  # refused before any connection is made
+
+    def on_batch(added: AddReport, published: int) -> None:
+        for what, why in added.skipped:
+            click.echo(f"skipped {what}: {why}", err=True)
+        if not app.quiet and (added.added or published):
+            queued = f"; queued {published} task(s)" if selected is not None else ""
+            click.echo(f"Added {added.added} image(s); {added.already_known} already known{queued}.", err=True)
+
+    stop = StopRequest()
+    try:
+        with app.windmill("windmill-watch") as windmill, stop_on_signals(stop):
+            report = windmill.watch(folder, stopping=stop.stopping, recursive=recursive, group=group,
+                                    settle_s=settle, submit=selected, broker=broker, on_batch=on_batch)
+    except KeyboardInterrupt:
+        raise WindmillError(f"interrupted while watching {folder}") from None
+    queued = f", queued {report.published} task(s)" if selected is not None else ""
+    click.echo(f"Stopped watching {folder}: added {report.added} image(s){queued}; "
+               f"{report.already_known} already known.")
+
+
 @click.command()
 @click.option("--services", "-s", default="all", show_default=True, shell_complete=completion.services,
               help="all, primary, spatial_only, full_catalog, or a comma-separated list of services.")
 @click.option("--limit", "-l", type=click.IntRange(min=1), help="Submit at most this many images.")
 @click.option("--group", "-g", help="Only images of this group.")
 @click.option("--force", is_flag=True, help="Submit pairs that already have a successful answer too.")
+@click.option("--after-id", type=click.IntRange(min=0),
+              help="Only images after this id (resume an interrupted submit where it said it stopped). With "
+                   "--follow, by default where the last follow of these services, group and broker stood.")
+@click.option("--page-size", type=click.IntRange(1, 100_000),
+              help="Images read, looked up and published per page [default: WINDMILL_SUBMIT_PAGE, 2000].")
+@click.option("--follow", is_flag=True,
+              help="Then keep queueing images as they are registered, until Ctrl-C or SIGTERM.")
+@click.option("--poll-interval", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True,
+              help="With --follow: look for new images at least this often (a notification wakes it sooner).")
 @click.option("--list-services", "list_only", is_flag=True, help="Print the catalog and exit.")
 @click.option("--broker", type=click.Choice(BROKERS),
               help="Where the tasks go (default: RabbitMQ when configured, else the PostgreSQL job table).")
 @json_option
 @pass_app
 def submit(app: AppContext, services: str, limit: int | None, group: str | None, force: bool,
-           list_only: bool, broker: str | None, as_json: bool) -> None:
-    """Queue one task per image × service for the service workers."""
+           after_id: int | None,
+           page_size: int | None, follow: bool, poll_interval: float, list_only: bool, broker: str | None,
+           as_json: bool) -> None:
+    """Queue one task per image × service for the service workers, a page of images at a time (by id)."""
     if list_only:
         print_services(app.catalog, as_json=False)
         return
-    from windmill.broker.choice import describe
+    from windmill.producer import SubmitReport
 
     selected = app.catalog.select(services)  # an unknown name is refused before any connection is made
-    with app.windmill("windmill-submit") as windmill:
-        total = windmill.count_images(group=group, limit=limit)
-        if total == 0:
-            raise WindmillError("no images to submit; add some with `windmill-cli images add`")
-        with click.progressbar(length=total, label="Submitting", file=sys.stderr,
-                               hidden=app.quiet or as_json) as bar:
-            submitted = windmill.submit(selected, group=group, limit=limit, force=force, broker=broker,
-                                        progress=bar.update)
-    report = submitted.report
+    report = SubmitReport()
+    if follow:
+        if limit is not None:
+            raise click.UsageError("--follow runs until stopped: it takes no --limit")
+        submitted = _follow(app, selected, report, group=group, force=force, broker=broker, after_id=after_id,
+                            page_size=page_size, poll_interval=poll_interval, as_json=as_json)
+    else:
+        after_id = after_id or 0
+        from windmill.worker.launch import StopRequest, stop_on_signals
+
+        stop = StopRequest()
+        with app.windmill("windmill-submit") as windmill:
+            total = windmill.count_images(group=group, limit=limit, after_id=after_id)
+            if total == 0:
+                raise WindmillError("no images to submit" + (f" after id {after_id}" if after_id else
+                                                             "; add some with `windmill-cli images add`"))
+            with click.progressbar(length=total, label="Submitting", file=sys.stderr,
+                                   hidden=app.quiet or as_json) as bar:
+                try:
+                    with stop_on_signals(stop):
+                        submitted = windmill.submit(selected, group=group, limit=limit, force=force,
+                                                    broker=broker, after_id=after_id, page_size=page_size,
+                                                    progress=bar.update, report=report, stopping=stop.stopping)
+                except KeyboardInterrupt:
+                    stop.stopping.set()
+            if stop.stopping.is_set() and report.images < total:
+                raise WindmillError(f"stopped: {_counts(report)} Resume with --after-id "
+                                    f"{report.last_image_id}.")
     if as_json:
         echo_json({**asdict(report), "services": list(submitted.services),
                    "broker": RABBITMQ if submitted.rabbitmq else JOB_TABLE})
         return
+    from windmill.broker.choice import describe
+
     click.echo(f"Submitted {report.published} task(s) for {report.images} image(s) × {len(selected)} service(s) "
                f"to {describe(submitted.rabbitmq)}; {report.skipped_answered} already answered, "
-               f"{report.skipped_in_flight} already in flight.")
+               f"{report.skipped_in_flight} already in flight. Last image id done: {report.last_image_id}.")
+
+
+def _counts(report: SubmitReport) -> str:
+    return (f"{report.published} task(s) queued for {report.images} image(s); every image up to id "
+            f"{report.last_image_id} was submitted.")
+
+
+def _follow(app: AppContext, selected: list[Service], report: SubmitReport, *, group: str | None, force: bool,
+            broker: str | None, after_id: int | None, page_size: int | None, poll_interval: float,
+            as_json: bool) -> Submission:
+    """submit --follow: until a signal, with a line per walk that queued something (not with -q or --json)."""
+    from windmill.worker.launch import StopRequest, stop_on_signals
+
+    def on_walk(progress: SubmitReport) -> None:
+        if not (app.quiet or as_json):
+            click.echo(f"{_counts(progress)}", err=True)
+
+    stop = StopRequest()
+    try:
+        with app.windmill("windmill-submit") as windmill, stop_on_signals(stop):
+            return windmill.follow(selected, stopping=stop.stopping, group=group, force=force, broker=broker,
+                                   after_id=after_id, page_size=page_size,
+                                   poll_interval_s=poll_interval, on_walk=on_walk, report=report)
+    except KeyboardInterrupt:
+        raise WindmillError(f"stopped: {_counts(report)} Resume with --after-id "
+                            f"{report.last_image_id}.") from None
 
 
 @click.command()

@@ -52,7 +52,7 @@ def services(ctx: click.Context, param: click.Parameter, incomplete: str) -> lis
 
 
 def roles(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-    from windmill.worker.registry import role_summaries
+    from windmill.roles.registry import role_summaries
 
     return [CompletionItem(name, help=summary) for name, summary in role_summaries().items()
             if name.startswith(incomplete)]

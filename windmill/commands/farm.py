@@ -29,7 +29,7 @@ def farm_check(app: AppContext, services: str, as_json: bool) -> None:
 
     selected = app.catalog.select(services)
     with FarmClient(app.catalog) as client:
-        results = check_services(app.catalog, client, services=[service.name for service in selected])
+        results = check_services(app.catalog, client, services=selected)
     if as_json:
         echo_json([vars(result) for result in results])
     else:

@@ -38,7 +38,7 @@ def export_command(app: AppContext, fmt: str, out: Path, group: str | None, sinc
     stop = ExportStop()
     with (
         app.connection(reading_only=True) as conn,
-        stop_on_signals(stop),  # type: ignore[arg-type]
+        stop_on_signals(stop),
         click.progressbar(length=count_images(conn, selection), label="Exporting", file=sys.stderr) as bar,
     ):
         report = export(conn, request, progress=bar.update, stop=stop)

@@ -19,7 +19,7 @@ def list_roles(ctx: click.Context, _: click.Parameter, wanted: bool) -> None:
     """`worker --list-roles`: every role with what it does, then exit (before --role is required)."""
     if not wanted or ctx.resilient_parsing:
         return
-    from windmill.worker.registry import role_summaries
+    from windmill.roles.registry import role_summaries
 
     summaries = role_summaries()
     width = max(map(len, summaries))
@@ -53,8 +53,8 @@ def list_roles(ctx: click.Context, _: click.Parameter, wanted: bool) -> None:
 def worker(app: AppContext, role: str, service: str | None, concurrency: int, batch_size: int | None,
            lease_seconds: float, drain_timeout: float, broker: str | None, metrics_port: int | None) -> None:
     """Run a worker until SIGTERM/SIGINT (once: drain in-flight jobs; twice: leave now)."""
+    from windmill.roles.registry import check_role
     from windmill.worker.launch import run_worker
-    from windmill.worker.registry import check_role
     from windmill.worker.runtime import WorkerOptions
 
     check_role(role)  # a mistyped role or service is refused before any database is opened or started

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import psycopg
 
+from windmill.db.queries import query
 from windmill.packaged import packaged_dir
 
 log = logging.getLogger(__name__)
-SCHEMA = "windmill"
+SCHEMA = "windmill"  # as sql/ names it: the migrations and sql/queries/migrations.sql write it out
 _MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 # Any constant: concurrent `init-db` runs take turns instead of racing on CREATE TABLE.
 _MIGRATION_LOCK = 0x57494E44
@@ -38,10 +39,10 @@ def available_migrations() -> list[Migration]:
 
 
 def applied_versions(conn: psycopg.Connection) -> set[int]:
-    exists = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.schema_migrations",)).fetchone()
-    if not exists or exists[0] is None:
+    exists = conn.execute(query("migration_table_exists")).fetchone()
+    if not exists or not exists[0]:
         return set()
-    return {row[0] for row in conn.execute(f"SELECT version FROM {SCHEMA}.schema_migrations")}
+    return {row[0] for row in conn.execute(query("applied_migrations"))}
 
 
 def migrate(conn: psycopg.Connection) -> list[Migration]:
@@ -49,29 +50,21 @@ def migrate(conn: psycopg.Connection) -> list[Migration]:
     conn.autocommit = True
     applied_now = []
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-        conn.execute(
-            f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (
-                    version integer PRIMARY KEY,
-                    name text NOT NULL,
-                    applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
+        conn.execute(query("migration_lock"), {"key": _MIGRATION_LOCK})
+        conn.execute(query("create_migration_schema"))
+        conn.execute(query("create_migration_table"))
     done = applied_versions(conn)
     for migration in available_migrations():
         if migration.version in done:
             continue
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(query("migration_lock"), {"key": _MIGRATION_LOCK})
             # Another process may have applied it while we waited for the lock.
             if migration.version in applied_versions(conn):
                 continue
-            conn.execute(f"SET LOCAL search_path TO {SCHEMA}")
+            conn.execute(query("migration_search_path"))
             conn.execute(migration.sql)  # no parameters: psycopg sends it as is
-            conn.execute(
-                f"INSERT INTO {SCHEMA}.schema_migrations (version, name) VALUES (%s, %s)",
-                (migration.version, migration.name),
-            )
+            conn.execute(query("record_migration"), {"version": migration.version, "name": migration.name})
         log.info("applied migration %04d_%s", migration.version, migration.name, extra={"action": "migrated"})
         applied_now.append(migration)
     return applied_now

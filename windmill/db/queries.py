@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 from functools import cache
+from typing import Any
+
+import psycopg
 
 from windmill.packaged import packaged_dir
 
@@ -28,6 +31,19 @@ def parse_queries(text: str) -> dict[str, str]:
 def query(name: str) -> str:
     """The SQL text of a named query from any file under sql/queries/."""
     return _all_queries()[name]
+
+
+def fetch_row(conn: psycopg.Connection[Any], name: str, params: Any = None) -> Any:
+    """The first row of a named query, for the queries that always return one (an aggregate, a RETURNING)."""
+    row = conn.execute(query(name), params).fetchone()
+    if row is None:
+        raise LookupError(f"query {name!r} returned no row")
+    return row
+
+
+def fetch_value(conn: psycopg.Connection[Any], name: str, params: Any = None) -> Any:
+    """The first column of the first row of a named query, for the queries that always return one row."""
+    return fetch_row(conn, name, params)[0]
 
 
 @cache

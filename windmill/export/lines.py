@@ -83,7 +83,7 @@ def _open(path: Path, header: bytes, last_image_id: Callable[[bytes], int | None
           resume_after: int | None) -> BinaryIO:
     try:
         if resume_after is None or not path.exists() or path.stat().st_size == 0:
-            handle = open(path, "wb")  # noqa: SIM115  (closed by finish)
+            handle: BinaryIO = open(path, "wb")  # noqa: SIM115  (closed by finish)
             handle.write(header)
             return handle
         end, line = _last_complete_line(path)

@@ -86,7 +86,8 @@ class ParquetWriter:
             self._open(page[0].image_id)
         for table in TABLES:
             self._writers[table].write_table(self._pa.Table.from_pylist(rows[table], schema=self.schemas[table]))
-        first, _last, images = self._part  # type: ignore[misc]
+        assert self._part is not None  # opened above
+        first, _last, images = self._part
         self._part = (first, page[-1].image_id, images + len(page))
         if self._part[2] >= self.part_images:
             self._close_part()

@@ -32,10 +32,10 @@ def box_xywh(merged_data: Mapping[str, Any]) -> tuple[float, float, float, float
     bbox = merged_data.get("merged_bbox")
     if not isinstance(bbox, Mapping):
         return None
-    values = [_number(bbox.get(key)) for key in ("x", "y", "width", "height")]
-    if any(value is None for value in values) or values[2] <= 0 or values[3] <= 0:  # type: ignore[operator]
+    x, y, width, height = (_number(bbox.get(key)) for key in ("x", "y", "width", "height"))
+    if x is None or y is None or width is None or height is None or width <= 0 or height <= 0:
         return None
-    return values[0], values[1], values[2], values[3]  # type: ignore[return-value]
+    return x, y, width, height
 
 
 def box_fields(merged_data: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,14 +7,13 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import psycopg
-from psycopg import sql
-from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
+from windmill.db.snapshot import read_only_snapshot
 
 PAGE_SIZE = 500  # images per page: a few MB of rows, and few enough round trips at a million images
 
@@ -53,15 +52,19 @@ class ImageExport:
         if not isinstance(dimensions, dict):
             return None
         width, height = dimensions.get("width"), dimensions.get("height")
-        if all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in (width, height)):
-            return int(width), int(height)
+        if _is_side(width) and _is_side(height):
+            return width, height
         return None
 
 
+def _is_side(value: object) -> TypeGuard[int]:
+    """A measured side: a positive whole number of pixels."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def count_images(conn: psycopg.Connection, selection: Selection) -> int:
-    """How many images the export walks through: the page query without its limit, counted."""
-    counted = sql.SQL("SELECT count(*) FROM ({}\n) AS selected").format(sql.SQL(query("export_image_page")))  # type: ignore[arg-type]
-    return int(conn.execute(counted, {**selection.params(), "limit": None}).fetchone()[0])  # type: ignore[index]
+    """How many images the export walks through."""
+    return int(fetch_value(conn, "export_image_count", selection.params()))
 
 
 def image_pages(conn: psycopg.Connection, selection: Selection, *, detectors: bool = False,
@@ -70,10 +73,7 @@ def image_pages(conn: psycopg.Connection, selection: Selection, *, detectors: bo
     so an image's boxes and their postprocessing agree) and released before the next page is read."""
     after_id = selection.after_id
     while True:
-        starts_transaction = conn.info.transaction_status == TransactionStatus.IDLE
-        with conn.transaction():
-            if starts_transaction:  # (inside a caller's transaction, its snapshot rules)
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        with read_only_snapshot(conn):
             images = _rows(conn, "export_image_page", {**selection.params(), "after_id": after_id, "limit": page_size})
             if not images:
                 return

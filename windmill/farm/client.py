@@ -301,22 +301,11 @@ class FarmClient:
                 limit = self.max_body_bytes if success else _ERROR_BODY_BYTES
                 declared = response.headers.get("content-length", "")
                 if success and declared.isdigit() and int(declared) > limit:
-                    raise ServiceCallError(
-                        f"malformed answer: body of {int(declared)} bytes is over the {_size(limit)} limit",
-                        kind="malformed",
-                        service=service.name,
-                        status_code=response.status_code,
-                        elapsed=time.monotonic() - started,
-                    )
+                    raise _malformed(f"body of {int(declared)} bytes is over the {_size(limit)} limit", service,
+                                     response, started)
                 body, complete = _read(response, limit, deadline=deadline)
                 if success and not complete:
-                    raise ServiceCallError(
-                        f"malformed answer: body is over the {_size(limit)} limit",
-                        kind="malformed",
-                        service=service.name,
-                        status_code=response.status_code,
-                        elapsed=time.monotonic() - started,
-                    )
+                    raise _malformed(f"body is over the {_size(limit)} limit", service, response, started)
                 return _Exchange(
                     response.status_code, response.headers.get("content-type", ""), body, time.monotonic() - started
                 )
@@ -451,6 +440,12 @@ def _transport_error(
     else:
         kind, message = "network", f"connection to {service.base_url} failed: {detail}"
     return ServiceCallError(message, kind=kind, service=service.name, elapsed=elapsed)
+
+
+def _malformed(problem: str, service: Service, response: httpx.Response, started: float) -> ServiceCallError:
+    """A successful status with an answer that cannot be used."""
+    return ServiceCallError(f"malformed answer: {problem}", kind="malformed", service=service.name,
+                            status_code=response.status_code, elapsed=time.monotonic() - started)
 
 
 def _size(count: int) -> str:

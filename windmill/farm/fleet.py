@@ -17,10 +17,11 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class FleetSlots:
             except psycopg.OperationalError:
                 log.info("lost the fleet-slot connection; PostgreSQL freed its places", extra={"action": "slots_lost"})
 
-    def _execute(self, name: str, params: dict[str, object]) -> object:
+    def _execute(self, name: str, params: dict[str, object]) -> Any:
         """Run a one-value query on the slot connection, opening it if needed. A broken connection is dropped
         with everything it held (its session's locks are gone) and the error raised: the call fails as any
         database error does, and the next call reconnects."""
@@ -83,7 +84,7 @@ class FleetSlots:
             self._conn = self._connect()
             self._held = defaultdict(set)
         try:
-            return self._conn.execute(query(name), params).fetchone()[0]
+            return fetch_value(self._conn, name, params)
         except psycopg.OperationalError:
             self._conn.close()
             self._conn, self._held = None, defaultdict(set)

@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 _LABEL_SEPARATORS = re.compile(r"[\s_\-]+")
 
@@ -148,11 +148,12 @@ def _number(value: object) -> float | None:
     kind = type(value)
     if kind is int:  # the contract's case first: integer pixels
         try:
-            return float(value)  # type: ignore[arg-type]
+            return float(cast(int, value))
         except OverflowError:
             return None
     if kind is float:
-        return value if math.isfinite(value) else None  # type: ignore[arg-type,return-value]
+        number = cast(float, value)
+        return number if math.isfinite(number) else None
     if kind is bool:
         return None
     if isinstance(value, int | float | str):

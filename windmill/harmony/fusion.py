@@ -98,7 +98,7 @@ def agreeing_core(edges: np.ndarray, confidences: np.ndarray, starts: np.ndarray
     order = np.lexsort((np.arange(count), -confidences, -support, cluster))
     anchors = order[np.r_[True, cluster[order][1:] != cluster[order][:-1]]]
     anchor_of = anchors[cluster]
-    core = np.arange(count) == anchor_of
+    core: np.ndarray = np.arange(count) == anchor_of
     core[cols[rows == anchor_of[rows]]] = True
     core[rows[cols == anchor_of[cols]]] = True
     return core

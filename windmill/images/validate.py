@@ -95,8 +95,9 @@ class PreparedImage:
             return image.copy() if image.mode == "RGB" else image.convert("RGB")
 
 
-def prepared_jpeg(data: bytes, width: int, height: int, *, changes: tuple[str, ...] = ()) -> PreparedImage:
-    """Wrap JPEG bytes this process encoded itself (a crop) without decoding them again."""
+def prepared_jpeg(data: bytes, width: int, height: int, *, changes: tuple[str, ...] = (),
+                  source_format: str = "JPEG") -> PreparedImage:
+    """Wrap JPEG bytes this process encoded itself (a crop, a re-encoded image) without decoding them again."""
     return PreparedImage(
         data=data,
         format="JPEG",
@@ -105,7 +106,7 @@ def prepared_jpeg(data: bytes, width: int, height: int, *, changes: tuple[str, .
         mime="image/jpeg",
         filename_ext="jpg",
         sha256=hashlib.sha256(data).hexdigest(),
-        source_format="JPEG",
+        source_format=source_format,
         changes=changes,
     )
 
@@ -182,17 +183,7 @@ def prepare_image(
             f"image is {len(encoded)} bytes even as a JPEG of quality {jpeg_quality},"
             f" over the {max_send_bytes}-byte limit"
         )
-    return PreparedImage(
-        data=encoded,
-        format="JPEG",
-        width=width,
-        height=height,
-        mime="image/jpeg",
-        filename_ext="jpg",
-        sha256=hashlib.sha256(encoded).hexdigest(),
-        source_format=source_format,
-        changes=tuple(changes),
-    )
+    return prepared_jpeg(encoded, width, height, changes=tuple(changes), source_format=source_format)
 
 
 def encode_jpeg(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,18 +19,16 @@ from windmill.db.queries import query
 from windmill.jobs.model import Job, JobState
 
 log = logging.getLogger(__name__)
-NOTIFY_CHANNEL = "windmill_jobs"
+NOTIFY_CHANNEL = "windmill_jobs"  # named by sql/0002's trigger and the queries notify_jobs and listen_jobs
 DEFAULT_LEASE = timedelta(seconds=30)
 DEFAULT_MAX_ATTEMPTS = 5
 MAX_RETRY_DELAY_S = 300.0
 RETRY_JITTER = 0.2  # spread of a retry's delay: failures of one burst do not come back in lockstep
-_ONE_QUEUE = "queue = %(queue)s"
 
 
 def claim_query(queue_count: int) -> str:
-    """The claim statement for one queue, or its variant for several (same text, `queue = ANY(...)`)."""
-    sql = query("claim_jobs")
-    return sql if queue_count == 1 else sql.replace(_ONE_QUEUE, "queue = ANY(%(queues)s)")
+    """The claim statement for one queue, or its variant for several (`queue = ANY(...)`)."""
+    return query("claim_jobs" if queue_count == 1 else "claim_jobs_of_queues")
 
 
 @dataclass(frozen=True)
@@ -172,15 +171,16 @@ class JobQueue:
             rows = conn.execute(query("retry_dead_jobs"), {"queue": queue, "ids": list(ids) if ids else None})
             retried = [row[0] for row in rows.fetchall()]
             if retried:
-                conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+                conn.execute(query("notify_jobs"))
         return retried
 
-    def list(self, *, state: JobState | None = None, queue: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list(self, *, state: JobState | None = None, queue: str | None = None, limit: int = 50
+             ) -> builtins.list[dict[str, Any]]:
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
             cursor.execute(query("list_jobs"), {"state": state and str(state), "queue": queue, "limit": limit})
             return cursor.fetchall()
 
-    def depths(self) -> list[dict[str, Any]]:
+    def depths(self) -> builtins.list[dict[str, Any]]:
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
             cursor.execute(query("queue_depths"))
             return cursor.fetchall()

@@ -17,7 +17,7 @@ from windmill.jobs import Job
 from windmill.jobs.queues import CAPTION_SCORE_QUEUE
 from windmill.locks import Product, lock_image
 from windmill.roles.outcome import Failure, call_service
-from windmill.worker.registry import Role, RoleContext, register_role
+from windmill.roles.registry import Role, RoleContext, register_role
 
 SCORING_SERVICE = "caption_score"
 

@@ -17,8 +17,8 @@ from windmill.db.queries import query
 from windmill.jobs import Job
 from windmill.jobs.queues import CONSENSUS_QUEUE
 from windmill.locks import Product, lock_image
+from windmill.roles.registry import Role, RoleContext, register_role
 from windmill.voting import MergedBoxRow, PostprocessingRow, ServiceResult, compute_consensus, latest_success_rows
-from windmill.worker.registry import Role, RoleContext, register_role
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from windmill.db.jsonb import as_stored
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.harmony import DetectorResult, HarmonyConfig, MergedBox, harmonize
 from windmill.harmony.identity import match_boxes
 from windmill.jobs import Job
 from windmill.jobs.queues import MERGE_QUEUE
 from windmill.locks import Product, lock_image
-from windmill.worker.registry import Role, RoleContext, register_role
+from windmill.roles.registry import Role, RoleContext, register_role
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,8 @@ def box_class(box: MergedBox) -> str:
 
 def postprocessing_of(conn: psycopg.Connection, box: MergedBox) -> tuple[str, ...]:
     """The postprocessing services this box gets, by SQL's rule (what enqueue_postprocessing queues)."""
-    row = conn.execute(query("box_postprocessing"), {"merged_data": Jsonb(box.to_merged_data()),
-                                                     "crop_key": crop_key(box)}).fetchone()
-    return tuple(row[0])
+    return tuple(fetch_value(conn, "box_postprocessing", {"merged_data": Jsonb(box.to_merged_data()),
+                                                          "crop_key": crop_key(box)}))
 
 
 def parse_crop_key(key: str) -> tuple[str, tuple[int, int, int, int]]:
@@ -78,7 +77,7 @@ def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, 
                 if as_stored(merged_data) != stored_data[kept[index]]:
                     updated += conn.execute(query("update_box"), {**params, "merged_id": kept[index]}).rowcount
                 continue
-            inserted.append(conn.execute(query("insert_box"), params).fetchone()[0])
+            inserted.append(fetch_value(conn, "insert_box", params))
         if inserted:
             conn.execute(query("enqueue_postprocessing"), {"merged_ids": inserted})
         conn.execute(query("record_merge"), {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from windmill.jobs import Job
-from windmill.worker.registry import Role, RoleContext, register_role
+from windmill.roles.registry import Role, RoleContext, register_role
 
 NOOP_QUEUE = "noop"
 

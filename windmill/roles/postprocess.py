@@ -18,7 +18,7 @@ from windmill.images import CropBox, crop_for_service, face_prediction_to_image,
 from windmill.jobs import Job
 from windmill.jobs.queues import POSTPROCESS_QUEUES
 from windmill.roles.outcome import Failure, call_service
-from windmill.worker.registry import Role, RoleContext, register_role
+from windmill.roles.registry import Role, RoleContext, register_role
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import psycopg
 from windmill.db.queries import query
 from windmill.jobs import Job
 from windmill.jobs.queues import SCHEDULER_QUEUE
+from windmill.roles.registry import Role, RoleContext, register_role
 from windmill.upkeep import scheduled_pass
-from windmill.worker.registry import Role, RoleContext, register_role
 
 log = logging.getLogger(__name__)
 

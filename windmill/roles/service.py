@@ -16,13 +16,13 @@ from psycopg_pool import ConnectionPool
 
 from windmill.broker.base import Task
 from windmill.catalog import Catalog, Service
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.errors import WindmillError
 from windmill.farm import FarmClient, ServiceAnswer
 from windmill.image_cache import ImageSource
 from windmill.jobs import Job, PermanentJobError
 from windmill.roles.outcome import Failure, call_service
-from windmill.worker.registry import Role, RoleContext, TaskHandling, register_role
+from windmill.roles.registry import Role, RoleContext, TaskHandling, register_role
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class ServiceTaskHandler:
 
     def _answered(self, task: Task) -> bool:
         with self.pool.connection() as conn:
-            return conn.execute(query("task_result_exists"), {"task_id": task.task_id}).fetchone()[0]
+            return fetch_value(conn, "task_result_exists", {"task_id": task.task_id})
 
     def _record(self, task: Task, status: str, data: dict[str, Any], *, error_message: str | None = None,
                 processing_time: float = 0.0) -> Outcome:

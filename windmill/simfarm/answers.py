@@ -92,15 +92,15 @@ class Answerer:
             with self._lock:
                 self.computed += 1
             return body
-        body = self._cache.get(key)
-        if body is None:
-            body = encode(compute())
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = encode(compute())
             with self._lock:
                 while len(self._cache) >= self._max_entries:
                     del self._cache[next(iter(self._cache))]  # oldest first: dicts keep insertion order
-                self._cache[key] = body
+                self._cache[key] = cached
                 self.computed += 1
-        return body
+        return cached
 
     def analyze(self, profile: Profile, picture: Picture, params: dict[str, str]) -> bytes:
         variant: tuple[str, ...] = ()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import colorsys
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image
 
@@ -25,7 +25,9 @@ def color_groups(image: Image.Image) -> list[tuple[int, RGB]]:
     quantized = small.quantize(colors=MAX_COLORS, method=Image.Quantize.MEDIANCUT)
     palette = quantized.getpalette() or []
     counts = quantized.getcolors(MAX_COLORS) or []
-    groups = [(count, (palette[3 * i], palette[3 * i + 1], palette[3 * i + 2])) for count, i in counts]
+    # A palette image's colours are palette indexes.
+    groups = [(count, (palette[3 * i], palette[3 * i + 1], palette[3 * i + 2]))
+              for count, i in cast(list[tuple[int, int]], counts)]
     return sorted(groups, key=lambda group: (-group[0], group[1]))
 
 

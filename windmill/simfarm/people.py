@@ -77,9 +77,9 @@ def face_predictions(sidecar: Sidecar | None, digest: str, width: int, height: i
     if not _looks_like_person(width, height) and rng.random() >= 0.3:
         return []
     side = min(0.42 * width, 0.3 * height)
-    x = (width - side) / 2 + rng.uniform(-0.08, 0.08) * width
-    y = rng.uniform(0.03, 0.12) * height
-    return [_face(x, y, side, side * rng.uniform(1.0, 1.12), rng.uniform(0.6, 0.95))]
+    left = (width - side) / 2 + rng.uniform(-0.08, 0.08) * width
+    top = rng.uniform(0.03, 0.12) * height
+    return [_face(left, top, side, side * rng.uniform(1.0, 1.12), rng.uniform(0.6, 0.95))]
 
 
 def _angle(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]) -> float:

@@ -160,9 +160,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         # Headers and body in one write: one segment per answer instead of two.
-        self._headers_buffer.append(b"\r\n")
+        # _headers_buffer: http.server's own buffer (CPython has it, typeshed does not list it).
+        self._headers_buffer.append(b"\r\n")  # type: ignore[attr-defined]  # see above
         if self.command != "HEAD":
-            self._headers_buffer.append(body)
+            self._headers_buffer.append(body)  # type: ignore[attr-defined]  # see above
         self.flush_headers()
 
     def _send_json(self, status: int, document: Any) -> None:

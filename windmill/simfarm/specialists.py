@@ -28,7 +28,7 @@ def ocr_prediction(sidecar: Sidecar | None, digest: str) -> dict[str, Any]:
             "bbox": {"x": round(x + dx), "y": round(y + dy), "width": max(1, round(w * rng.uniform(0.97, 1.03))),
                      "height": max(1, round(h * rng.uniform(0.95, 1.05)))},
         })
-    text = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", " ".join(region["text"] for region in regions)).strip()
+    text = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", " ".join(str(region["text"]) for region in regions)).strip()
     has_text = len(text) >= 3
     mappings: list[dict[str, str]] = []
     for word in list(dict.fromkeys(lexicon.content_words(text)))[:MAX_OCR_WORDS]:

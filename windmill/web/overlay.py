@@ -74,10 +74,11 @@ def _rect(bbox: Any, caption: str = "", emoji: str = "") -> Rect | None:
         values = list(bbox)
     else:
         return None
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values) or values[2] <= 0 \
-            or values[3] <= 0:
+    numbers = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if len(numbers) != 4 or numbers[2] <= 0 or numbers[3] <= 0:
         return None
-    return Rect(float(values[0]), float(values[1]), float(values[2]), float(values[3]), caption, emoji)
+    x, y, width, height = numbers
+    return Rect(x, y, width, height, caption, emoji)
 
 
 def latest_successes(ml_results: Mapping[str, Sequence[Mapping[str, Any]]], services: Iterable[str]

@@ -1,1 +1,1 @@
-"""The worker runtime shared by every role, and the registry roles plug into."""
+"""The worker runtime shared by every role (roles plug in through windmill.roles.registry)."""

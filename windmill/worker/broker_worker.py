@@ -11,8 +11,8 @@ from psycopg_pool import ConnectionPool
 from windmill.broker.base import Task, TaskHandler
 from windmill.broker.consumer import RabbitMQConsumer
 from windmill.errors import first_line
+from windmill.roles.registry import Role
 from windmill.worker.presence import WorkerPresence
-from windmill.worker.registry import Role
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
@@ -77,6 +77,6 @@ class BrokerWorker:
         thread.join()
         self.presence.stopped(self.jobs_done, self.jobs_failed)
         self.role.close()
-        for error in failures:
-            log.error("consumer stopped: %s", first_line(error), extra={"action": "worker_fatal"})
+        for failure in failures:
+            log.error("consumer stopped: %s", first_line(failure), extra={"action": "worker_fatal"})
         return 1 if failures else 0

@@ -12,11 +12,13 @@ from psycopg_pool import ConnectionPool
 
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
+from windmill.db.queries import fetch_value
 from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
+from windmill.roles.registry import RoleContext, build_role
 from windmill.settings import Settings
+from windmill.worker.farm_client import process_farm_client
 from windmill.worker.layout import SINGLE_MACHINE, RoleSpec
-from windmill.worker.registry import RoleContext, build_role, process_farm_client
 from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
 
 if TYPE_CHECKING:
@@ -44,8 +46,10 @@ class WorkerGroup:
                                  heartbeat_interval_s=base.heartbeat_interval_s)
             role_hooks = hooks
             if metrics is not None:  # one endpoint for the process, series per role
+                from windmill.worker.metered import metered_hooks
+
                 metrics.start_role(role.name, role.service.split(",") if role.service else ())
-                role_hooks = metrics.hooks(role.name, hooks)
+                role_hooks = metered_hooks(metrics, role.name, hooks)
             self.workers.append(Worker(self.jobs, role, worker_id=worker_id, listen_conninfo=database.conninfo,
                                        options=opts, hooks=role_hooks))
         self.threads = [threading.Thread(target=self._run, args=(worker,), name=worker.worker_id)
@@ -87,8 +91,4 @@ class WorkerGroup:
 def pipeline_idle(pool: ConnectionPool, queues: Sequence[str] | None = None) -> bool:
     """No job (of these queues) waits, runs or awaits a retry: everything submitted has been carried through."""
     with pool.connection() as conn:
-        return not conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM jobs WHERE state IN ('queued', 'running', 'failed')"
-            " AND queue <> 'scheduler'"  # the scheduler's next tick always waits: it is not work
-            " AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s)))",
-            {"queues": list(queues) if queues else None}).fetchone()[0]
+        return not fetch_value(conn, "work_pending", {"queues": list(queues) if queues else None})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
@@ -18,22 +19,40 @@ from windmill.db.connect import Database
 from windmill.db.schema import open_migrated
 from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
+from windmill.roles.registry import RoleContext, build_role
 from windmill.settings import Settings
 from windmill.worker.broker_worker import BrokerWorker
-from windmill.worker.registry import RoleContext, build_role, process_farm_client
+from windmill.worker.farm_client import process_farm_client
 from windmill.worker.runtime import Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
 
 
-class Stoppable(Protocol):
+class StopRequests(Protocol):
+    """What a signal asks of: a worker, or an export (windmill.export.ExportStop)."""
+
     def request_stop(self, *, immediately: bool = False) -> None: ...
 
+
+class Stoppable(StopRequests, Protocol):
     def run(self) -> int: ...
 
 
+class StopRequest:
+    """For a command that runs until a signal (`submit --follow`, `images watch`): the first SIGTERM/SIGINT sets
+    `stopping` (the loop ends after the batch it is on), a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+
+    def request_stop(self, *, immediately: bool = False) -> None:
+        if immediately:
+            raise KeyboardInterrupt
+        self.stopping.set()
+
+
 @contextmanager
-def stop_on_signals(worker: Stoppable) -> Iterator[None]:
+def stop_on_signals(worker: StopRequests) -> Iterator[None]:
     """SIGTERM/SIGINT once: drain. Twice: leave now. The previous handlers come back afterwards."""
     received = 0
 
@@ -107,11 +126,12 @@ def run_worker(
             hooks = None
             if metrics is not None:
                 from windmill.metrics_targets import advertised
+                from windmill.worker.metered import metered_hooks
 
                 extras.enter_context(advertised(settings.home, settings.worker_id, metrics_port or 0,
                                                 {"role": role.name, "service": role.service or ""}))
                 metrics.start_role(role.name, role.service.split(",") if role.service else ())
-                hooks = metrics.hooks(role.name)
+                hooks = metered_hooks(metrics, role.name)
                 role = metrics.counting_tasks(role)
             worker: Stoppable
             if role.tasks is not None and rabbitmq:

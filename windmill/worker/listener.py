@@ -8,8 +8,8 @@ import threading
 import psycopg
 
 from windmill.backoff import backoff_delay
+from windmill.db.queries import query
 from windmill.errors import first_line
-from windmill.jobs import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
 # A worker that loses PostgreSQL tries again after 0.2 s, doubling up to 10 s (its claims and its LISTEN alike).
@@ -18,11 +18,14 @@ RECONNECT_CAP_S = 10.0
 
 
 class JobListener:
-    """Sets `wake` on every notification, and once after every (re)connect: a notification sent while we
-    were disconnected is lost, so the loop must poll after listening again."""
+    """Sets `wake` on every notification of the channel the named query `listen` listens on (the job queue's by
+    default), and once after every (re)connect: a notification sent while we were disconnected is lost, so the
+    loop must poll after listening again."""
 
-    def __init__(self, conninfo: str, wake: threading.Event, stopping: threading.Event) -> None:
+    def __init__(self, conninfo: str, wake: threading.Event, stopping: threading.Event, *,
+                 listen: str = "listen_jobs") -> None:
         self.conninfo = conninfo
+        self.listen = listen
         self.wake = wake
         self.stopping = stopping
         self.connected = threading.Event()
@@ -32,7 +35,7 @@ class JobListener:
         while not self.stopping.is_set():
             try:
                 with psycopg.connect(self.conninfo, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    conn.execute(query(self.listen))
                     self.connected.set()
                     self.wake.set()
                     failures = 0

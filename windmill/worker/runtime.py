@@ -21,9 +21,9 @@ from windmill.backoff import backoff_delay
 from windmill.db.connect import is_database_unavailable
 from windmill.errors import first_line
 from windmill.jobs import Job, JobQueue, JobState, PermanentJobError
+from windmill.roles.registry import Role
 from windmill.worker.listener import RECONNECT_CAP_S, RECONNECT_FIRST_S, JobListener
 from windmill.worker.presence import WorkerPresence
-from windmill.worker.registry import Role
 
 log = logging.getLogger(__name__)
 FLUSH_AFTER_S = 0.05  # longest a finished job waits to be recorded with others

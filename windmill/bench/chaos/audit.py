@@ -19,7 +19,7 @@ from pika.adapters.blocking_connection import BlockingConnection
 
 from windmill.catalog import Catalog
 from windmill.db.jsonb import as_stored
-from windmill.db.queries import query
+from windmill.db.queries import fetch_row, fetch_value, query
 from windmill.harmony import DetectorResult, HarmonyConfig, harmonize
 from windmill.roles.consensus import consensus_for_image
 from windmill.roles.merger import crop_key
@@ -142,7 +142,7 @@ def audit(conn: psycopg.Connection, catalog: Catalog, harmony: HarmonyConfig, *,
     services = [service.name for service in catalog.select(PRIMARY)]
     images = [row[0] for row in conn.execute(query("chaos_images"))]
     found.images, found.pairs = len(images), len(images) * len(services)
-    found.answers = conn.execute(query("chaos_answer_rows"), {"services": services}).fetchone()[0]
+    found.answers = fetch_value(conn, "chaos_answer_rows", {"services": services})
     for image_id, service, problem in conn.execute(query("chaos_answer_problems"), {"services": services}):
         found.checks[ANSWERS].fail(f"image {image_id} {service}: {problem}")
     for status, kind, count in conn.execute(query("chaos_final_answers"), {"services": services}):
@@ -162,8 +162,7 @@ def audit(conn: psycopg.Connection, catalog: Catalog, harmony: HarmonyConfig, *,
 
     for queue, count in found.backfill.items():
         found.checks[BACKFILL].fail(f"{count} {queue} jobs")
-    running, waiting, dead, found.jobs, found.retries, found.lease_expiries = conn.execute(
-        query("chaos_job_counts")).fetchone()
+    running, waiting, dead, found.jobs, found.retries, found.lease_expiries = fetch_row(conn, "chaos_job_counts")
     if running or waiting or dead:
         for job_id, queue, image_id, state, reason in conn.execute(query("chaos_unfinished_jobs"), {"limit": 3}):
             found.checks[JOBS].fail(f"job {job_id} {queue} (image {image_id}) {state}" + (f": {reason}" * bool(reason)))
@@ -217,7 +216,7 @@ def _check_queues(conn: psycopg.Connection, queues: QueueState, found: Audit) ->
     found.dead_lettered = len(queues.dead_lettered)
     if queues.left:
         check.fail(f"{queues.left} tasks still queued")
-    stored = dict(conn.execute(query("chaos_task_rows"), {"task_ids": queues.dead_lettered}).fetchall())
+    stored: dict[str, Any] = dict(conn.execute(query("chaos_task_rows"), {"task_ids": queues.dead_lettered}).fetchall())
     for task_id in queues.dead_lettered:
         if task_id not in stored:
             check.fail(f"dead-lettered task {task_id} has no answer row")

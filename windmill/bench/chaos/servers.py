@@ -27,7 +27,7 @@ from windmill.bench.stage import cli_argv
 from windmill.catalog import Catalog, load_catalog
 from windmill.db.connect import Database
 from windmill.db.embedded import EmbeddedPostgres
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.errors import WindmillError
 
 HOST = "127.0.0.1"
@@ -137,7 +137,7 @@ def durable_cluster(home: Path) -> Iterator[EmbeddedPostgres]:
 
 def durability(conn: psycopg.Connection) -> dict[str, str]:
     """The server's durability settings as it reports them."""
-    return {name: conn.execute(query("show_setting"), {"name": name}).fetchone()[0] for name in DURABILITY_SETTINGS}
+    return {name: fetch_value(conn, "show_setting", {"name": name}) for name in DURABILITY_SETTINGS}
 
 
 def crash_postgres(cluster: EmbeddedPostgres) -> None:

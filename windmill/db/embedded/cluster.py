@@ -47,6 +47,7 @@ from windmill.db.embedded.system import (
     server_account,
     traversable_by,
 )
+from windmill.db.queries import query
 from windmill.errors import WindmillError
 
 logger = logging.getLogger(__name__)
@@ -441,8 +442,12 @@ def _conninfo(port: int, dbname: str = DATABASE) -> str:
 
 def _ensure_database(port: int) -> None:
     with psycopg.connect(_conninfo(port, "postgres"), autocommit=True, connect_timeout=30) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone() is None:
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(DATABASE), sql.Identifier(USER)))
+        if conn.execute(query("database_exists"), {"name": DATABASE}).fetchone() is None:
+            # CREATE DATABASE takes no parameters: the names, which the cluster's conninfo uses too, are composed in
+            # as identifiers.
+            create = sql.SQL(query("create_embedded_database")).format(database=sql.Identifier(DATABASE),
+                                                                       owner=sql.Identifier(USER))
+            conn.execute(create)
             logger.info("created database %s", DATABASE, extra={"action": "embedded_database_created"})
 
 

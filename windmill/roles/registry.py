@@ -1,4 +1,5 @@
-"""Roles plug into the worker runtime by registration: a name, the queues it consumes, a handler."""
+"""What a role is and what it may use, and the registry of roles: a role plugs into the worker runtime by
+registration (a name, the queues it consumes, a handler). Below the worker: roles never import the runtime."""
 
 from __future__ import annotations
 
@@ -12,9 +13,6 @@ from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.errors import WindmillError
 from windmill.farm import FarmClient
-from windmill.farm.client import CallObserver
-from windmill.farm.fleet import FleetSlots
-from windmill.farm.limits import ConcurrencyLimits
 from windmill.image_cache import ImageSource
 from windmill.jobs import Job, JobQueue
 from windmill.settings import Settings
@@ -56,18 +54,6 @@ class Role:
     close: Callable[[], None] = field(default=lambda: None)
     service: str | None = None
     tasks: TaskHandling | None = None
-
-
-def process_farm_client(settings: Settings, catalog: Catalog, database: Database, *,
-                        observer: CallObserver | None = None) -> FarmClient:
-    """The Animal Farm client a worker process builds once and hands every role (RoleContext.farm); the process
-    closes it after its roles. Services with a fleet_max_concurrency take their places through the database.
-    `observer` is told of every call (the process's metrics)."""
-    fleet = None
-    if any(service.fleet_max_concurrency for service in catalog.services):
-        fleet = FleetSlots(lambda: database.connect(application_name="windmill-service-slots"))
-    return FarmClient(catalog, allow_private_urls=settings.allow_private_urls, observer=observer,
-                      limits=ConcurrencyLimits(catalog.services, fleet=fleet))
 
 
 RoleFactory = Callable[[RoleContext], Role]

@@ -1,0 +1,186 @@
+"""Streams (issue 13 item 8): `images watch` registers files as they land, never half-written, once each across
+restarts; `submit --follow` queues images as they are registered (woken by NOTIFY), resumes without duplicates,
+and leaves its position behind an image id that may still appear below the ones it saw."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from tests.conftest import PYTHON, wait_until
+from windmill.broker import JobTableBroker
+from windmill.catalog import Catalog
+from windmill.db.connect import Database
+from windmill.follow import Follower, FollowPosition
+from windmill.jobs import JobQueue
+from windmill.producer import Submitter
+from windmill.watch import SettleTracker
+
+SAMPLE = Path(__file__).resolve().parent.parent / "windmill" / "samples" / "chelsea.jpg"
+
+
+def jobs_per_image(conn: psycopg.Connection) -> dict[int, int]:
+    return dict(conn.execute("SELECT image_id, count(*) FROM jobs GROUP BY image_id").fetchall())
+
+
+def registered(conn: psycopg.Connection, path: Path) -> int:
+    return conn.execute("SELECT count(*) FROM images WHERE image_path = %s", (str(path),)).fetchone()[0]
+
+
+@contextmanager
+def command(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[str]]:
+    """`windmill-cli ARGS` as a process of its own; stopped with SIGTERM (if it still runs) on leaving."""
+    process = subprocess.Popen([PYTHON, "-m", "windmill", *args], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGTERM, as a service manager stops it: the process ends by itself, cleanly, with one line."""
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert len(out.splitlines()) == 1, out
+    return out, err
+
+
+# -- settling ---------------------------------------------------------------------------------------------------
+
+
+def test_a_file_is_taken_once_it_has_not_changed_for_the_settle_interval() -> None:
+    tracker = SettleTracker(settle_s=2.0)
+    growing, empty = Path("/up/growing.jpg"), Path("/up/empty.jpg")
+    tracker.observe(growing, (100, 1), now=0.0)
+    tracker.observe(empty, (0, 1), now=0.0)
+    tracker.observe(growing, (200, 2), now=1.5)  # still being written
+    assert tracker.take_settled(now=3.0) == []
+    tracker.observe(growing, (200, 2), now=3.0)  # the same again: the interval runs from its last change
+    assert tracker.take_settled(now=3.6) == [growing]
+    assert tracker.take_settled(now=9.0) == [], "an empty file is never taken; a taken one is not taken again"
+    tracker.observe(empty, None, now=9.0)  # deleted
+    assert tracker.pending == {}
+
+
+# -- the follower's position ------------------------------------------------------------------------------------
+
+
+def test_an_image_committed_below_ids_already_walked_past_is_still_queued(
+        database: Database, conn: psycopg.Connection, pool: ConnectionPool, catalog: Catalog) -> None:
+    insert = "INSERT INTO images (image_filename, image_path) VALUES (%s, %s)"
+    with database.connect() as slow, database.connect() as reader, database.connect() as lookup:
+        submitter = Submitter(lookup, JobTableBroker(JobQueue(pool)), catalog.select("nsfw2"))
+        follower = Follower(reader, submitter, threading.Event(), threading.Event(), page_size=1)
+        position = FollowPosition()
+        with slow.transaction():
+            slow.execute(insert, ("late.jpg", "/stream/late.jpg"))  # draws image id 1, commits last
+            conn.execute(insert, ("early.jpg", "/stream/early.jpg"))  # image id 2, visible at once
+            follower.walk(position)
+            follower.walk(position)
+            assert jobs_per_image(conn) == {2: 1}
+            assert position.done_id == 0, "the position passed an id whose transaction was still writing"
+        follower.walk(position)
+        follower.walk(position)
+    assert jobs_per_image(conn) == {1: 1, 2: 1}
+    assert (position.done_id, position.seen) == (2, set())
+
+
+# -- images watch -----------------------------------------------------------------------------------------------
+
+
+def write_in_parts(path: Path, conn: psycopg.Connection, parts: int = 4, pause_s: float = 0.3) -> None:
+    """Write the sample in parts, each part opened and closed again (an upload in chunks), checking after each
+    part but the last that the watch has not taken the file yet."""
+    data = SAMPLE.read_bytes()
+    size = -(-len(data) // parts)
+    for n in range(parts):
+        with path.open("ab" if n else "wb") as file:
+            file.write(data[n * size:(n + 1) * size])
+        if n < parts - 1:
+            assert registered(conn, path) == 0, f"registered after {n + 1} of {parts} parts"
+            time.sleep(pause_s)
+
+
+def test_watch_registers_and_queues_each_file_once_complete_across_restarts(
+        conn: psycopg.Connection, worker_env: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path.resolve() / "uploads"
+    (folder / "day2").mkdir(parents=True)
+    before = folder / "before.jpg"
+    before.write_bytes(SAMPLE.read_bytes())  # landed while no watch ran
+    args = ("images", "watch", str(folder), "--recursive", "--settle", "2", "--submit", "nsfw2",
+            "--broker", "postgres")
+    with command(worker_env, *args) as watch:
+        wait_until(lambda: registered(conn, before), timeout=60, message="the file already there")
+        slow, nested = folder / "slow.jpg", folder / "day2" / "nested.JPG"
+        write_in_parts(slow, conn)
+        write_in_parts(nested, conn)
+        (folder / "notes.txt").write_text("not an image")
+        wait_until(lambda: registered(conn, slow) and registered(conn, nested), timeout=30,
+                   message="the files written in parts")
+        out, _ = stop(watch)
+    assert "added 3 image(s), queued 3 task(s)" in out
+    assert Path(conn.execute("SELECT image_path FROM images WHERE image_filename = 'slow.jpg'").fetchone()[0]
+                ).read_bytes() == SAMPLE.read_bytes()
+
+    while_down = folder / "while_down.png"
+    while_down.write_bytes(SAMPLE.read_bytes())
+    with command(worker_env, *args) as watch:
+        wait_until(lambda: registered(conn, while_down), timeout=60, message="the file that landed while down")
+        out, _ = stop(watch)
+    assert "added 1 image(s), queued 1 task(s); 3 already known" in out
+    assert conn.execute("SELECT count(*), count(DISTINCT image_path) FROM images").fetchone() == (4, 4)
+    assert sorted(jobs_per_image(conn).values()) == [1, 1, 1, 1]
+
+
+# -- submit --follow --------------------------------------------------------------------------------------------
+
+
+def test_follow_queues_images_registered_after_it_started_and_resumes_without_duplicates(
+        conn: psycopg.Connection, worker_env: dict[str, str]) -> None:
+    def register(*names: str) -> None:
+        for name in names:
+            conn.execute("INSERT INTO images (image_filename, image_path) VALUES (%s, %s)",
+                         (name, f"/stream/{name}"))
+
+    register("first.jpg")
+    # A poll interval far beyond the waits below: only the registration's notification can wake it in time.
+    follow = ("submit", "--follow", "--services", "nsfw2", "--broker", "postgres", "--poll-interval", "600")
+    with command(worker_env, *follow) as follower:
+        wait_until(lambda: jobs_per_image(conn) == {1: 1}, timeout=60, message="the image already there")
+        register("second.jpg", "third.jpg")
+        wait_until(lambda: jobs_per_image(conn) == {1: 1, 2: 1, 3: 1}, timeout=30,
+                   message="the images registered after the follower started")
+        out, _ = stop(follower)
+    assert "Submitted 3 task(s) for 3 image(s)" in out
+    last_done = int(out.rsplit("Last image id done: ", 1)[1].rstrip(".\n"))
+    assert 1 <= last_done <= 3
+
+    assert conn.execute("SELECT after_image_id FROM follow_positions").fetchone() == (last_done,)
+
+    register("fourth.jpg")
+    with command(worker_env, *follow) as follower:  # no --after-id: where the last follow stood
+        wait_until(lambda: 4 in jobs_per_image(conn), timeout=60, message="the image registered while it was down")
+        out, _ = stop(follower)
+    assert f"Submitted 1 task(s) for {4 - last_done} image(s)" in out
+    assert jobs_per_image(conn) == {1: 1, 2: 1, 3: 1, 4: 1}
+
+    conn.execute("UPDATE follow_positions SET after_image_id = 0")
+    with command(worker_env, *follow, "--after-id", "0") as follower:  # asked to walk everything again
+        wait_until(lambda: conn.execute("SELECT after_image_id FROM follow_positions").fetchone() == (4,),
+                   timeout=60, message="the walk from the start")
+        out, _ = stop(follower)
+    assert "Submitted 0 task(s) for 4 image(s)" in out and "4 already in flight" in out
+    assert jobs_per_image(conn) == {1: 1, 2: 1, 3: 1, 4: 1}

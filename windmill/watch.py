@@ -1,0 +1,163 @@
+"""`images watch`: register image files as they land in a folder (a camera trap's card, an upload folder), and
+with a submitter queue them. File-system events come from watchdog (inotify, FSEvents, kqueue, ...); a file is
+taken once its size and modification time have stayed the same for a settle interval, so a file still being
+written (in parts, by a slow upload) is not registered half-done. Registration is idempotent by path, so a
+restart, which also looks at every file already in the folder, adds each file once."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psycopg
+from psycopg.rows import dict_row
+
+from windmill.collection import IMAGE_SUFFIXES, AddReport, add_paths, find_image_files
+from windmill.db.queries import query
+from windmill.errors import WindmillError
+from windmill.producer import PAGE_SIZE, Submitter
+
+if TYPE_CHECKING:
+    from watchdog.events import FileSystemEventHandler
+
+SETTLE_S = 2.0  # a file is taken when unchanged this long
+FileSignature = tuple[int, int]  # (size, mtime in ns)
+
+
+def is_candidate(path: Path) -> bool:
+    """An image file name that is not hidden (upload tools write hidden temporary files, then rename them)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+@dataclass
+class SettleTracker:
+    """Files seen but not taken yet, each with its last signature and since when it has not changed (pure: the
+    caller stats the files and gives the clock)."""
+
+    settle_s: float = SETTLE_S
+    pending: dict[Path, tuple[FileSignature, float]] = field(default_factory=dict)
+
+    def observe(self, path: Path, signature: FileSignature | None, now: float) -> None:
+        """A stat of a pending or new file; None: it is gone (deleted, or renamed away)."""
+        if signature is None:
+            self.pending.pop(path, None)
+        elif path not in self.pending or self.pending[path][0] != signature:
+            self.pending[path] = (signature, now)
+
+    def take_settled(self, now: float) -> list[Path]:
+        """The files unchanged for the settle interval and not empty; they leave the tracker."""
+        settled = [path for path, (signature, since) in self.pending.items()
+                   if signature[0] > 0 and now - since >= self.settle_s]
+        for path in settled:
+            del self.pending[path]
+        return sorted(settled)
+
+
+def signature_of(path: Path) -> FileSignature | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_size, stat.st_mtime_ns) if path.is_file() else None
+
+
+@dataclass
+class WatchReport:
+    added: int = 0
+    already_known: int = 0
+    published: int = 0  # tasks queued (with a submitter)
+
+
+@dataclass
+class FolderWatch:
+    """Registers the settled image files of `folder` until `stopping` is set; `on_batch` hears of each batch."""
+
+    conn: psycopg.Connection
+    folder: Path
+    stopping: threading.Event
+    recursive: bool = False
+    group: str | None = None
+    settle_s: float = SETTLE_S
+    submitter: Submitter | None = None
+    on_batch: Callable[[AddReport, int], None] | None = None  # (what was registered, tasks queued)
+    report: WatchReport = field(default_factory=WatchReport)
+
+    def run(self) -> WatchReport:
+        try:
+            from watchdog.observers import Observer
+        except ImportError:
+            raise WindmillError("watching a folder needs the watchdog library: "
+                                "pip install 'windmill-pipeline[watch]'") from None
+
+        arrivals: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        observer = Observer()
+        observer.schedule(_arrivals_handler(arrivals), str(self.folder), recursive=self.recursive)
+        observer.start()  # before the scan: a file landing meanwhile is both scanned and heard of, never missed
+        try:
+            tracker = SettleTracker(self.settle_s)
+            # The files that landed while no watch ran, as if they had just arrived (one may still be written).
+            for path in find_image_files([self.folder], recursive=self.recursive, report=AddReport()):
+                if is_candidate(path):
+                    tracker.observe(path, signature_of(path), time.monotonic())
+            tick = min(0.25, self.settle_s / 4)
+            while not self.stopping.is_set():
+                self._register(tracker.take_settled(time.monotonic()))
+                self.stopping.wait(tick)
+                while True:
+                    try:
+                        arrived = arrivals.get_nowait()
+                    except queue.Empty:
+                        break
+                    tracker.observe(arrived, signature_of(arrived), time.monotonic())
+                for path in list(tracker.pending):
+                    tracker.observe(path, signature_of(path), time.monotonic())
+        finally:
+            observer.stop()
+            observer.join()
+        return self.report
+
+    def _register(self, files: Sequence[Path]) -> None:
+        for start in range(0, len(files), PAGE_SIZE):
+            batch = files[start:start + PAGE_SIZE]
+            added = add_paths(self.conn, batch, group=self.group)
+            published = self._submit(batch) if self.submitter is not None else 0
+            self.report.added += added.added
+            self.report.already_known += added.already_known
+            self.report.published += published
+            if self.on_batch:
+                self.on_batch(added, published)
+
+    def _submit(self, files: Iterable[Path]) -> int:
+        """Queue the images of these files, new or already known: pairs answered or in flight are skipped, so a
+        restart queues nothing twice."""
+        assert self.submitter is not None
+        with self.conn.cursor(row_factory=dict_row) as cursor:
+            images = cursor.execute(query("images_by_path"), {"paths": [str(path) for path in files]}).fetchall()
+        if not images:
+            return 0
+        before = self.submitter.report.published
+        self.submitter.submit_page(images)
+        return self.submitter.report.published - before
+
+
+def _arrivals_handler(arrivals: queue.SimpleQueue[Path]) -> FileSystemEventHandler:
+    """watchdog's event handler: puts the paths of image files created, written, closed or renamed into place."""
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
+    class Arrivals(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            if event.is_directory or event.event_type not in ("created", "modified", "moved", "closed"):
+                return
+            raw = event.dest_path if event.event_type == "moved" else event.src_path
+            if raw:
+                path = Path(os.fsdecode(raw)).resolve()
+                if is_candidate(path):
+                    arrivals.put(path)
+
+    return Arrivals()
