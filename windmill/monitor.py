@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 
 from windmill.catalog import Catalog
 from windmill.db.connect import DatabaseUnavailable
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.errors import first_line
 from windmill.settings import Settings, mask_url
 
@@ -81,12 +81,12 @@ def recount_answers(conn: psycopg.Connection) -> int:
     """Rebuild service_progress's counters (done, failed per service) from every answer, in one transaction that
     holds answer writers back meanwhile; returns how many services have answers."""
     with conn.transaction():
-        return int(conn.execute(query("recount_answer_counts")).fetchone()[0])
+        return int(fetch_value(conn, "recount_answer_counts"))
 
 
 def fold_answer_counts(conn: psycopg.Connection) -> int:
     """Fold the counters' pending deltas (what the periodic pass does); returns how many delta rows were folded."""
-    return int(conn.execute(query("fold_answer_counts")).fetchone()[0])
+    return int(fetch_value(conn, "fold_answer_counts"))
 
 
 def image_status(conn: psycopg.Connection, image_id: int) -> dict[str, Any] | None:

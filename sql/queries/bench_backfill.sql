@@ -91,35 +91,3 @@ SELECT c.relname, pg_table_size(c.oid) AS table_bytes, pg_indexes_size(c.oid) AS
  WHERE c.relnamespace = 'windmill'::regnamespace AND c.relkind = 'r'
    AND c.relname IN ('images', 'results', 'merged_boxes', 'merged_images', 'postprocessing', 'consensus', 'jobs')
  ORDER BY c.relname
-
--- name: bench_scale_new_images
--- `bench scale`: new images to submit, with nothing answered yet.
-INSERT INTO images (image_filename, image_path, image_group)
-SELECT 'new' || g || '.jpg', %(prefix)s || g || '.jpg', %(group)s
-  FROM generate_series(1, %(images)s) AS g
-
--- name: bench_scale_storage
--- `bench scale`: table and index bytes of each table a history fills, with its rows (the planner's estimate after
--- VACUUM ANALYZE).
-SELECT c.relname, pg_table_size(c.oid) AS table_bytes, pg_indexes_size(c.oid) AS index_bytes,
-       greatest(c.reltuples, 0)::bigint AS rows
-  FROM pg_class c
- WHERE c.relnamespace = 'windmill'::regnamespace AND c.relkind = 'r'
-   AND c.relname IN ('images', 'results', 'merged_boxes', 'merged_images', 'postprocessing', 'consensus', 'jobs',
-                     'service_answer_counts', 'service_answer_count_deltas')
- ORDER BY c.relname
-
--- name: bench_scale_storage_total
--- `bench scale`: table and index bytes of every table of the schema.
-SELECT coalesce(sum(pg_table_size(c.oid)), 0)::bigint, coalesce(sum(pg_indexes_size(c.oid)), 0)::bigint
-  FROM pg_class c
- WHERE c.relnamespace = 'windmill'::regnamespace AND c.relkind = 'r'
-
--- name: bench_queue_history
--- `bench queue --history N`: the done jobs a busy pipeline leaves, %(jobs)s of them finished evenly over the last
--- two hours (no image: the queue benchmark's jobs have none either), for the retention to prune the older half.
-INSERT INTO jobs (queue, payload, state, attempts, created_at, updated_at)
-SELECT CASE g %% 3 WHEN 0 THEN 'merge' WHEN 1 THEN 'consensus' ELSE 'postprocess_colors' END, '{}', 'done', 1,
-       now() - make_interval(secs => (g %% 7200)::double precision),
-       now() - make_interval(secs => (g %% 7200)::double precision)
-  FROM generate_series(1, %(jobs)s) AS g

@@ -19,36 +19,29 @@ from collections.abc import Callable
 import psycopg
 
 from windmill.bench.throwaway import Throwaway
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 
 WRITERS = 16
 SERVICE = "yolov8"  # a detector that votes: its answers queue a merge job (due now) and a consensus job (later)
 WAKE_UPS = ("none", "per queue", "per job")
-# The wake-up as sql/0002 had it, for the comparison only (the throwaway cluster is discarded afterwards).
-NOTIFY_EVERY_JOB = """CREATE OR REPLACE FUNCTION notify_job_queued() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_notify('windmill_jobs', ''); RETURN NULL; END $$"""
-NOTIFY_EVERY_JOB_TRIGGER = """CREATE OR REPLACE TRIGGER jobs_notify_queued AFTER INSERT ON jobs
-    FOR EACH ROW WHEN (NEW.state = 'queued') EXECUTE FUNCTION notify_job_queued()"""
 
 
 def _set_wake_up(conn: psycopg.Connection, wake_up: str, current: Callable[[], tuple[str, str]]) -> None:
     function, trigger = current()
     with conn.transaction():
-        if wake_up == "per job":
-            conn.execute(NOTIFY_EVERY_JOB)
-            conn.execute(NOTIFY_EVERY_JOB_TRIGGER)
-        else:
+        if wake_up == "per job":  # the wake-up as sql/0002 had it, on this throwaway cluster only
+            conn.execute(query("bench_notify_every_job_function"))
+            conn.execute(query("bench_notify_every_job_trigger"))
+        else:  # the definitions the migrations left, as the server printed them
             conn.execute(function)
             conn.execute(trigger)
-        conn.execute(f"ALTER TABLE jobs {'DISABLE' if wake_up == 'none' else 'ENABLE'} TRIGGER jobs_notify_queued")
+        conn.execute(query("bench_notify_disable" if wake_up == "none" else "bench_notify_enable"))
 
 
 def _migrated_definitions(conn: psycopg.Connection) -> tuple[str, str]:
     """The notify function and trigger as the migrations left them."""
-    function = conn.execute("SELECT pg_get_functiondef('notify_job_queued'::regproc)").fetchone()[0]
-    trigger = conn.execute("SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'jobs_notify_queued'"
-                           ).fetchone()[0].replace("CREATE TRIGGER", "CREATE OR REPLACE TRIGGER", 1)
-    return function, trigger
+    return (fetch_value(conn, "bench_notify_function_as_migrated"),
+            fetch_value(conn, "bench_notify_trigger_as_migrated"))
 
 
 def writers_run(throwaway: Throwaway, images: list[int], answers_per_writer: int) -> float:
@@ -60,7 +53,7 @@ def writers_run(throwaway: Throwaway, images: list[int], answers_per_writer: int
         try:
             with throwaway.database.connect() as conn:
                 statement = query("insert_result")
-                conn.execute("SELECT 1")
+                conn.execute(query("bench_image_count"))  # connected and warm before the start
                 ready.wait()
                 for image_id in share:
                     conn.execute(statement, {"image_id": image_id, "service": SERVICE, "task_id": uuid.uuid4(),
@@ -89,11 +82,9 @@ def run(throwaway: Throwaway, *, answers_per_writer: int = 300, runs: int = 3,
     per_run = WRITERS * answers_per_writer
     with throwaway.database.connect() as conn:
         definitions = _migrated_definitions(conn)
-        conn.execute("INSERT INTO images (image_filename, image_path) SELECT 'n' || g || '.jpg', "
-                     "'/bench/notify/' || g || '.jpg' FROM generate_series(1, %s) g",
-                     (per_run * runs * len(WAKE_UPS),))
-        images = [row[0] for row in conn.execute("SELECT image_id FROM images ORDER BY image_id")]
-        conn.execute("VACUUM ANALYZE images")
+        images = sorted(row[0] for row in conn.execute(query("bench_notify_images"),
+                                                        {"images": per_run * runs * len(WAKE_UPS)}))
+        conn.execute(query("bench_vacuum_images"))
     echo(f"NOTIFY cost: {WRITERS} writers × {answers_per_writer} answers ({SERVICE}: a merge and a consensus job "
          f"each, distinct images, one answer per transaction, nobody claims), {runs} interleaved runs; "
          f"{throwaway.conditions()}")
@@ -104,7 +95,7 @@ def run(throwaway: Throwaway, *, answers_per_writer: int = 300, runs: int = 3,
             for n in range(runs):
                 for wake_up in WAKE_UPS:
                     _set_wake_up(conn, wake_up, lambda: definitions)
-                    conn.execute("CHECKPOINT")  # each run starts from the same WAL state
+                    conn.execute(query("bench_checkpoint"))  # each run starts from the same WAL state
                     rate = writers_run(throwaway, images[used:used + per_run], answers_per_writer)
                     used += per_run
                     rates[wake_up].append(rate)

@@ -107,8 +107,8 @@ def seed_done_history(database: Database, kept: int) -> tuple[int, int]:
     with database.connect() as conn:
         conn.execute(query("bench_queue_history"), {"jobs": 2 * kept})
         pruned = prune_jobs(conn, timedelta(hours=1))
-        conn.execute("VACUUM ANALYZE jobs")
-        left = conn.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()[0]
+        conn.execute(query("bench_vacuum_jobs"))
+        left = fetch_value(conn, "bench_done_jobs")
     return left, pruned
 
 

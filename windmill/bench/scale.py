@@ -21,7 +21,7 @@ from windmill.bench.throwaway import Throwaway
 from windmill.broker import JobTableBroker
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
-from windmill.db.queries import query
+from windmill.db.queries import fetch_row, fetch_value, query
 from windmill.jobs import JobQueue
 from windmill.monitor import collect_status, image_status, recount_answers
 from windmill.producer import submit
@@ -47,7 +47,7 @@ def _summary(values: list[float]) -> str:
 
 def claim_and_complete(jobs: JobQueue, conn: psycopg.Connection, count: int) -> float:
     """Queue `count` jobs, then claim and complete them a worker's batch at a time; the milliseconds that took."""
-    conn.execute("INSERT INTO jobs (queue, payload) SELECT %s, '{}' FROM generate_series(1, %s)", (SCALE_QUEUE, count))
+    conn.execute(query("bench_queue_jobs"), {"queue": SCALE_QUEUE, "count": count})
     started = time.perf_counter()
     done: list[int] = []
     handled = 0
@@ -76,10 +76,8 @@ def submit_new_images(throwaway: Throwaway, catalog: Catalog, count: int) -> flo
         report = submit(reader, lookup, broker, catalog.select("primary"), group=NEW_GROUP)
         elapsed = (time.perf_counter() - started) * 1000
     with throwaway.database.connect() as conn:  # the next run starts from the same history
-        conn.execute("DELETE FROM jobs WHERE image_id IN (SELECT image_id FROM images WHERE image_group = %s)",
-                     (NEW_GROUP,))
-        conn.execute("DELETE FROM images WHERE image_group = %s", (NEW_GROUP,))
-        conn.execute("VACUUM ANALYZE images, jobs, service_tasks_in_flight")
+        conn.execute(query("bench_scale_remove_new_images"), {"group": NEW_GROUP})
+        conn.execute(query("bench_scale_vacuum_after_submit"))
     if report.published != count * len(catalog.select("primary")):
         raise RuntimeError(f"submit published {report.published} tasks for {count} images")
     return elapsed
@@ -96,7 +94,7 @@ def run(throwaway: Throwaway, catalog: Catalog, *, images: int, runs: int = 5,
                      progress=lambda n: echo(f"  seeded {n:,} images"))
         pruned = prune_jobs(conn, timedelta(hours=1))
         recount_answers(conn)  # the seed went behind the triggers' back: the counters are built once
-        conn.execute("VACUUM ANALYZE jobs, service_answer_counts")
+        conn.execute(query("bench_scale_vacuum_history"))
         echo(f"scale bench: {images:,} images of synthetic history (answers of 11 primary services over the two days "
              f"before the last hour, 2 boxes with "
              f"their postprocessing, caption scores, consensus, 7 done jobs each, {pruned:,} pruned by the 1 h "
@@ -108,7 +106,7 @@ def run(throwaway: Throwaway, catalog: Catalog, *, images: int, runs: int = 5,
         echo(f"  one backfill run (a page of 1,000 images): "
              f"{_summary([_timed_ms(lambda: run_backfill(conn, page=1000)) for _ in range(runs)])}")
         chooser = random.Random(13)
-        last = conn.execute("SELECT max(image_id) FROM images").fetchone()[0]
+        last = fetch_value(conn, "bench_last_image")
         echo(f"  one image's completeness (random images): "
              f"{_summary([_timed_ms(lambda: image_status(conn, chooser.randint(1, last))) for _ in range(runs)])}")
         with database.pool(max_size=2, name="bench-scale-jobs") as pool:
@@ -124,14 +122,14 @@ def storage_per_image(database: Database, echo: Callable[[str], None]) -> None:
     """Table and index bytes per image of each table the history fills, and per row (the seed's estimate is per
     answer, per merged box and per enrichment)."""
     with database.connect() as conn:
-        conn.execute("VACUUM ANALYZE")
-        total = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+        conn.execute(query("bench_vacuum_all"))
+        total = fetch_value(conn, "bench_image_count")
         echo(f"  storage per image ({total:,} images, after VACUUM; synthetic answers are small: detectors hold "
              f"two predictions, the other services none):")
         for name, table_bytes, index_bytes, rows in conn.execute(query("bench_scale_storage")).fetchall():
             per_row = f", {(table_bytes + index_bytes) / rows:,.0f} B per row" if rows else ""
             echo(f"    {name}: {(table_bytes + index_bytes) / total:,.0f} B per image "
                  f"(table {table_bytes / total:,.0f} + index {index_bytes / total:,.0f}){per_row}")
-        table_bytes, index_bytes = conn.execute(query("bench_scale_storage_total")).fetchone()
+        table_bytes, index_bytes = fetch_row(conn, "bench_scale_storage_total")
         echo(f"    all tables: {(table_bytes + index_bytes) / total:,.0f} B per image "
              f"(table {table_bytes / total:,.0f} + index {index_bytes / total:,.0f})")
