@@ -17,24 +17,29 @@
 -- about which answers a recompute reads, which notifications never decided. What can change is latency: a job
 -- queued behind a due job that a transaction holds waits for the workers' poll instead of a notification.
 
--- Once per INSERT statement (a bulk enqueue of thousands of service tasks is one statement, so one check per queue,
--- not per row). A job this transaction queued does not count as already due: workers cannot see it before the
--- commit. Such jobs are told apart by created_at, which is the transaction's start (now()) for every job queued
--- through the job contract or the bulk enqueue; a job of another transaction that started in the same microsecond
--- is taken for one of ours, which costs one extra notification, never a missing one. The check reads the queue's
--- claimable entries (jobs_claimable_idx, sql/0002) in id order and stops at the first due one of another
--- transaction: older jobs come first, so it walks this statement's own rows only when the queue was empty.
+-- Once per transaction and queue: the first due job a transaction queues in a queue looks for a due job of another
+-- transaction there; the later ones skip the check (a transaction-local setting remembers the queue), so a bulk
+-- enqueue of thousands of service tasks checks each queue once. A job due later never calls the function (the
+-- trigger's WHEN). Jobs this transaction queued do not count as already due (workers cannot see them before the
+-- commit); they are told apart by created_at, which is the transaction's start (now()) for every job queued through
+-- the job contract or the bulk enqueue. A job of another transaction that started in the same microsecond is taken
+-- for one of ours: one extra notification, never a missing one. The check reads the queue's claimable entries
+-- (jobs_claimable_idx, sql/0002) in id order and stops at the first due one of another transaction.
 CREATE OR REPLACE FUNCTION notify_job_queued() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    checked text := 'windmill.woke_' || md5(NEW.queue);
 BEGIN
-    IF EXISTS (SELECT 1
-                 FROM (SELECT DISTINCT queue FROM queued_jobs WHERE state = 'queued' AND run_after <= now()) q
-                WHERE NOT EXISTS (SELECT 1 FROM jobs j
-                                   WHERE j.queue = q.queue AND j.state = 'queued' AND j.run_after <= now()
-                                     AND j.created_at <> now())) THEN
+    IF current_setting(checked, true) = 'y' THEN
+        RETURN NULL;  -- this transaction has already decided for this queue
+    END IF;
+    PERFORM set_config(checked, 'y', true);
+    IF NOT EXISTS (SELECT 1 FROM jobs j
+                    WHERE j.queue = NEW.queue AND j.state = 'queued' AND j.run_after <= now()
+                      AND j.created_at <> now()) THEN
         PERFORM pg_notify('windmill_jobs', '');
     END IF;
     RETURN NULL;
 END $$;
 
 CREATE OR REPLACE TRIGGER jobs_notify_queued AFTER INSERT ON jobs
-    REFERENCING NEW TABLE AS queued_jobs FOR EACH STATEMENT EXECUTE FUNCTION notify_job_queued();
+    FOR EACH ROW WHEN (NEW.state = 'queued' AND NEW.run_after <= now()) EXECUTE FUNCTION notify_job_queued();
