@@ -127,6 +127,11 @@ BEGIN
         ('TABLE',    'backfill_state',               'SELECT, UPDATE',                  NULL),  -- the backfill's position
         ('TABLE',    'workers',                      'SELECT, INSERT, UPDATE',          NULL),  -- presence and heartbeats
         ('TABLE',    'service_tasks_in_flight',      'SELECT, INSERT, UPDATE, DELETE',  'SELECT'),  -- submit's ledger (status reads it), dlq replay, tasks forget
+        -- Status's counters (sql/0060): answers append deltas (their trigger runs as the writer), the fold
+        -- (SECURITY DEFINER) folds them, `status --recount` rebuilds them as the worker login.
+        ('TABLE',    'service_answer_counts',        'SELECT, INSERT, DELETE',          NULL),
+        ('TABLE',    'service_answer_count_deltas',  'SELECT, INSERT, DELETE',          NULL),
+        ('TABLE',    'service_answer_minutes',       'SELECT, INSERT, DELETE',          NULL),
         ('VIEW',     'service_progress',             'SELECT',                          'SELECT'),
         ('VIEW',     'queue_depths',                 'SELECT',                          'SELECT'),
         ('VIEW',     'image_completeness',           'SELECT',                          'SELECT'),
@@ -153,6 +158,12 @@ BEGIN
         ('FUNCTION', 'prune_jobs_batch(interval, boolean, integer)', 'EXECUTE',         NULL),  -- SECURITY DEFINER
         ('PROCEDURE', 'prune_jobs(interval, boolean, integer, integer, bigint)', 'EXECUTE', NULL),
         ('PROCEDURE', 'scheduled_pass(integer, interval, integer, jsonb, bigint)', 'EXECUTE', NULL),
+        ('FUNCTION', 'fold_answer_counts()',         'EXECUTE',                         'EXECUTE'),  -- SECURITY DEFINER; status folds first
+        ('FUNCTION', 'recount_answer_counts()',      'EXECUTE',                         NULL),  -- status --recount
+        ('FUNCTION', 'answer_counts_lock()',         'EXECUTE',                         NULL),
+        ('FUNCTION', 'pair_done(text[])',            'EXECUTE',                         NULL),
+        ('FUNCTION', 'pair_failed(text[])',          'EXECUTE',                         NULL),
+        ('FUNCTION', 'table_rows(regclass)',         'EXECUTE',                         'EXECUTE'),  -- status's totals
         ('FUNCTION', 'is_person_box(jsonb, text)',   'EXECUTE',                         'EXECUTE'),  -- image_completeness calls it
         ('FUNCTION', 'consensus_delay()',            'EXECUTE',                         NULL),  -- the triggers call it
         ('FUNCTION', 'take_service_slot(text, integer, integer[])', 'EXECUTE',          NULL),  -- fleet_max_concurrency
@@ -164,6 +175,7 @@ BEGIN
         ('FUNCTION', 'enqueue_consensus_for_image()', NULL,                             NULL),
         ('FUNCTION', 'release_task_in_flight()',     NULL,                              NULL),
         ('FUNCTION', 'forget_tasks_of_deleted_image()', NULL,                           NULL),
+        ('FUNCTION', 'note_answer_change()',         NULL,                              NULL),
         ('FUNCTION', 'notify_images_registered()',   NULL,                              NULL),  -- submit --follow
         ('TABLE',    'follow_positions',             'SELECT, INSERT, UPDATE',          'SELECT')  -- submit --follow
     ) AS grants (kind, object, worker, monitor)

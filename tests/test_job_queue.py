@@ -13,7 +13,7 @@ from psycopg_pool import ConnectionPool
 from windmill.broker import JobTableBroker, Task
 from windmill.db.connect import Database
 from windmill.jobs import NOTIFY_CHANNEL, Job, JobQueue, JobState, NewJob, PermanentJobError
-from windmill.jobs.queue import claim_query
+from windmill.jobs.queue import claim_query, enqueue_many_on, enqueue_on
 
 
 @pytest.fixture
@@ -149,6 +149,32 @@ def test_notify_only_when_a_job_is_newly_queued(jobs: JobQueue, database: Databa
         [job] = jobs.claim(["q"], "w", 1)
         jobs.complete([job.id], "w")
         assert _notifications(listener) == 0
+
+
+def test_notify_only_when_a_queue_gets_its_first_due_job(jobs: JobQueue, database: Database,
+                                                          conn: psycopg.Connection) -> None:
+    """Issue 13 item 5: a backed-up queue needs no waking, a job due later cannot be claimed yet (polls cover
+    both); one transaction queueing several jobs of an empty queue notifies once."""
+    with database.connect() as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        jobs.enqueue(NewJob("q", {}))
+        assert _notifications(listener) == 1
+        jobs.enqueue(NewJob("q", {}))  # the first is still due: no wake-up
+        jobs.enqueue(NewJob("other", {}))  # another queue's first job
+        assert _notifications(listener) == 1
+        enqueue_on(conn, NewJob("later", {}), run_after=datetime.now(UTC) + timedelta(minutes=5))
+        assert _notifications(listener) == 0
+        claimed = jobs.claim(["q"], "w", 10)
+        jobs.complete([job.id for job in claimed], "w")
+        with conn.transaction():
+            for _ in range(3):
+                enqueue_on(conn, NewJob("q", {}))
+        assert _notifications(listener) == 1
+        claimed = jobs.claim(["q"], "w", 10)
+        jobs.complete([job.id for job in claimed], "w")
+        # A bulk enqueue into an empty queue: its own rows do not count as already waiting.
+        enqueue_many_on(conn, [NewJob("q", {}) for _ in range(50)])
+        assert _notifications(listener) == 1
 
 
 def test_notify_payload_is_constant(jobs: JobQueue, database: Database) -> None:

@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 
 from windmill.catalog import Catalog
 from windmill.db.connect import DatabaseUnavailable
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.errors import first_line
 from windmill.settings import Settings, mask_url
 
@@ -45,7 +45,13 @@ def _rows(conn: psycopg.Connection, name: str, params: dict[str, Any] | None = N
 
 def collect_status(conn: psycopg.Connection, *, rabbitmq: RabbitMQManagement | None = None,
                    failures: int = FAILURES_SHOWN) -> dict[str, Any]:
-    """Everything `windmill-cli status` shows, as plain data (the --json output)."""
+    """Everything `windmill-cli status` shows, as plain data (the --json output). Folds the answer counters first
+    (sql/0060), when the login may: a read-only connection shows them as of the last periodic pass."""
+    try:
+        with conn.transaction():
+            fold_answer_counts(conn)
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction):
+        pass
     totals = _rows(conn, "monitor_totals")[0]
     broker = rabbitmq.queue_depths().as_dict() if rabbitmq is not None else None
     return {
@@ -69,6 +75,18 @@ def tasks_in_flight(ledger: list[dict[str, Any]], rabbitmq: dict[str, Any] | Non
     return [{**row, "in_rabbitmq": None if held is None else held.get(row["queue"], 0),
              "unaccounted": None if held is None else max(0, row["in_flight"] - held.get(row["queue"], 0))}
             for row in ledger]
+
+
+def recount_answers(conn: psycopg.Connection) -> int:
+    """Rebuild service_progress's counters (done, failed per service) from every answer, in one transaction that
+    holds answer writers back meanwhile; returns how many services have answers."""
+    with conn.transaction():
+        return int(fetch_value(conn, "recount_answer_counts"))
+
+
+def fold_answer_counts(conn: psycopg.Connection) -> int:
+    """Fold the counters' pending deltas (what the periodic pass does); returns how many delta rows were folded."""
+    return int(fetch_value(conn, "fold_answer_counts"))
 
 
 def image_status(conn: psycopg.Connection, image_id: int) -> dict[str, Any] | None:

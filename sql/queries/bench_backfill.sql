@@ -7,8 +7,9 @@ SELECT 'h' || g || '.jpg', %(prefix)s || g || '.jpg', %(group)s
 RETURNING image_id
 
 -- name: bench_history_answers
--- One successful answer per primary service and image: detectors with a person and a dog, the others empty.
-INSERT INTO results (image_id, service, task_id, data, status, processing_time)
+-- One successful answer per primary service and image: detectors with a person and a dog, the others empty;
+-- answered %(answered_ago_s)s seconds ago, spread over %(spread_s)s more seconds by image (1: not spread).
+INSERT INTO results (image_id, service, task_id, data, status, processing_time, result_created)
 SELECT i.image_id, s.name, gen_random_uuid(),
        CASE WHEN s.is_detector
             THEN '{"predictions": [{"label": "person", "emoji": "🧑", "confidence": 0.9,
@@ -16,7 +17,8 @@ SELECT i.image_id, s.name, gen_random_uuid(),
                                    {"label": "dog", "emoji": "🐕", "confidence": 0.8,
                                     "bbox": {"x": 100, "y": 40, "width": 60, "height": 40}}]}'::jsonb
             ELSE '{"predictions": []}'::jsonb END,
-       'success', 0.05
+       'success', 0.05,
+       now() - make_interval(secs => (%(answered_ago_s)s + i.image_id %% %(spread_s)s)::double precision)
   FROM images i
  CROSS JOIN services s
  WHERE i.image_id BETWEEN %(first)s AND %(last)s AND s.category = 'primary'

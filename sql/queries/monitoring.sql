@@ -27,13 +27,22 @@ SELECT worker_id, role, service, hostname, pid, alive, heartbeat_age_s, running_
 SELECT * FROM image_completeness WHERE image_id = %(image_id)s
 
 -- name: monitor_totals
--- Row counts of the main tables and the database clock (the status' timestamp).
+-- Rows of the main tables (counted while small, the planner's estimate beyond 100,000: table_rows, sql/0060) and
+-- the database clock (the status' timestamp).
 SELECT now() AS collected_at,
-       (SELECT count(*) FROM images) AS images,
-       (SELECT count(*) FROM results) AS results,
-       (SELECT count(*) FROM merged_boxes) AS merged_boxes,
-       (SELECT count(*) FROM consensus) AS consensus,
-       (SELECT count(*) FROM postprocessing) AS postprocessing
+       table_rows('images') AS images,
+       table_rows('results') AS results,
+       table_rows('merged_boxes') AS merged_boxes,
+       table_rows('consensus') AS consensus,
+       table_rows('postprocessing') AS postprocessing
+
+-- name: fold_answer_counts
+-- Fold the answer counters' deltas (sql/0060); how many delta rows were folded.
+SELECT fold_answer_counts()
+
+-- name: recount_answer_counts
+-- Rebuild the answer counters from every answer (sql/0060); how many services were counted.
+SELECT recount_answer_counts()
 
 -- name: monitor_tasks_in_flight
 -- Per service: RabbitMQ tasks in submit's ledger (published, not yet answered) and the age of the oldest.

@@ -32,11 +32,13 @@ class History:
 
 
 def seed_history(conn: psycopg.Connection, images: int, *, done_jobs_per_image: int = DONE_JOBS_PER_IMAGE,
+                 answered_ago: timedelta = timedelta(0), spread: timedelta = timedelta(0),
                  progress: Callable[[int], None] | None = None) -> History:
     """Add `images` images with an answer per primary service, two boxes each with their postprocessing, caption
-    scores, a consensus and done jobs, all consistent (the backfill finds nothing to do). Behind the triggers'
-    back, as a bulk load is: needs a role allowed to set session_replication_role (a superuser, as the embedded
-    database's is)."""
+    scores, a consensus and done jobs, all consistent (the backfill finds nothing to do). The answers are
+    `answered_ago` old, spread over `spread` more by image (a history answered over days, not in the last minute).
+    Behind the triggers' back, as a bulk load is: needs a role allowed to set session_replication_role (a superuser,
+    as the embedded database's is)."""
     prefix = f"/bench/backfill/{uuid.uuid4().hex}/"
     first = last = 0
     added = 0
@@ -46,7 +48,9 @@ def seed_history(conn: psycopg.Connection, images: int, *, done_jobs_per_image: 
             conn.execute(query("bench_without_triggers"))
             ids = [row[0] for row in conn.execute(query("bench_history_images"),
                                                    {"prefix": f"{prefix}{added}-", "group": GROUP, "images": chunk})]
-            bounds = {"first": min(ids), "last": max(ids), "per_image": done_jobs_per_image}
+            bounds = {"first": min(ids), "last": max(ids), "per_image": done_jobs_per_image,
+                      "answered_ago_s": int(answered_ago.total_seconds()),
+                      "spread_s": max(1, int(spread.total_seconds()))}
             for name in ("bench_history_answers", "bench_history_boxes", "bench_history_postprocessing",
                          "bench_history_consensus", "bench_history_jobs"):
                 conn.execute(query(name), bounds)

@@ -1,5 +1,7 @@
 """Job-queue benchmark: no-op jobs claimed and completed per second by 2 worker processes, and the wake-up
-latency of an idle worker from a job's commit to its handler's start. Prints min/median/max of 3 runs."""
+latency of an idle worker from a job's commit to its handler's start. Prints min/median/max of 3 runs. With a
+history, the job table first holds that many done jobs left by the retention (twice as many finished over two
+hours, the older half pruned): the table production has, not an empty one."""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 
 from windmill.db.connect import Database
 from windmill.db.queries import fetch_value, query
 from windmill.jobs import JobQueue
 from windmill.roles.noop import NOOP_QUEUE
 from windmill.roles.registry import Role
+from windmill.upkeep import prune_jobs
 from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
 
 
@@ -97,8 +101,24 @@ def summary(values: list[float], unit: str) -> str:
     return f"min {min(values):,.1f} / median {statistics.median(values):,.1f} / max {max(values):,.1f} {unit}"
 
 
+def seed_done_history(database: Database, kept: int) -> tuple[int, int]:
+    """Leave `kept` done jobs in the table the way production does: 2 × kept finished over two hours, those older
+    than the 1 h retention pruned, then vacuumed. Returns (kept, pruned)."""
+    with database.connect() as conn:
+        conn.execute(query("bench_queue_history"), {"jobs": 2 * kept})
+        pruned = prune_jobs(conn, timedelta(hours=1))
+        conn.execute(query("bench_vacuum_jobs"))
+        left = fetch_value(conn, "bench_done_jobs")
+    return left, pruned
+
+
 def run(database: Database, database_url: str, *, jobs: int = 100_000, workers: int = 2, batch_size: int = 500,
-        samples: int = 200, runs: int = 3) -> None:
+        samples: int = 200, runs: int = 3, history: int = 0, conditions: str = "") -> None:
+    if history:
+        kept, pruned = seed_done_history(database, history)
+        print(f"Job table history: {kept:,} done jobs kept by the 1 h retention, {pruned:,} pruned before the runs")
+    if conditions:
+        print(f"Database: {conditions}")
     print(f"Job queue throughput: {jobs:,} no-op jobs, {workers} worker processes, batches of {batch_size}")
     rates = []
     for n in range(runs):

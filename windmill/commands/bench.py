@@ -21,12 +21,21 @@ def bench() -> None:
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 5000), default=500, show_default=True)
 @click.option("--runs", type=click.IntRange(1, 10), default=3, show_default=True)
+@click.option("--history", type=click.IntRange(0), default=0, show_default=True,
+              help="First leave this many done jobs in the table, as the retention does (e.g. 1000000); runs on a "
+                   "throwaway cluster of its own with production durability.")
 @pass_app
-def bench_queue(app: AppContext, job_count: int, workers: int, batch_size: int, runs: int) -> None:
+def bench_queue(app: AppContext, job_count: int, workers: int, batch_size: int, runs: int, history: int) -> None:
     """No-op jobs claimed and completed per second, and NOTIFY wake-up latency."""
     from windmill.bench.database import bench_database
     from windmill.bench.queue import run as run_queue_bench
+    from windmill.bench.throwaway import throwaway_database
 
+    if history:
+        with throwaway_database(app.catalog) as throwaway:
+            run_queue_bench(throwaway.database, throwaway.url, jobs=job_count, workers=workers,
+                            batch_size=batch_size, runs=runs, history=history, conditions=throwaway.conditions())
+        return
     with bench_database(app.settings, app.catalog) as (database, url):
         run_queue_bench(database, url, jobs=job_count, workers=workers, batch_size=batch_size, runs=runs)
 
@@ -153,6 +162,36 @@ def bench_export(app: AppContext, images: int, formats: tuple[str, ...]) -> None
 
     with bench_database(app.settings, app.catalog) as (database, url):
         run_export_bench(database, url, images=images, formats=formats or EXPORT_FORMATS)
+
+
+@bench.command("scale")
+@click.option("--images", type=click.IntRange(1000), default=100_000, show_default=True,
+              help="Images of synthetic history to build first.")
+@click.option("--runs", type=click.IntRange(1, 20), default=5, show_default=True)
+@pass_app
+def bench_scale(app: AppContext, images: int, runs: int) -> None:
+    """status, a backfill run, 1,000 jobs claimed and completed, one image's completeness, a submit of 10,000 new
+    images and bytes per image, on a synthetic history of N images in a throwaway cluster with production
+    durability: compare 100K and 1M."""
+    from windmill.bench.scale import run as run_scale_bench
+    from windmill.bench.throwaway import throwaway_database
+
+    with throwaway_database(app.catalog) as throwaway:
+        run_scale_bench(throwaway, app.catalog, images=images, runs=runs, echo=click.echo)
+
+
+@bench.command("notify")
+@click.option("--answers", type=click.IntRange(10), default=300, show_default=True, help="Answers per writer and run.")
+@click.option("--runs", type=click.IntRange(1, 10), default=3, show_default=True)
+@pass_app
+def bench_notify(app: AppContext, answers: int, runs: int) -> None:
+    """Commits/s of 16 concurrent answer writers without the wake-up NOTIFY, with it per queue (now) and per job
+    (before), on a throwaway cluster of its own with production durability."""
+    from windmill.bench.notify import run as run_notify_bench
+    from windmill.bench.throwaway import throwaway_database
+
+    with throwaway_database(app.catalog) as throwaway:
+        run_notify_bench(throwaway, answers_per_writer=answers, runs=runs, echo=click.echo)
 
 
 @bench.command("service")

@@ -19,8 +19,12 @@ from windmill.errors import NoSuchImage
 @click.option("--interval", type=click.FloatRange(0.5, 3600), default=2.0, show_default=True,
               help="Seconds between refreshes with --watch.")
 @click.option("--image", "image_id", type=int, help="Show one image's completeness instead.")
+@click.option("--recount", is_flag=True,
+              help="First rebuild the per-service counters (done, failed) from every answer: reads them all, and "
+                   "answers wait until it is done.")
 @pass_app
-def status(app: AppContext, as_json: bool, watch: bool, interval: float, image_id: int | None) -> None:
+def status(app: AppContext, as_json: bool, watch: bool, interval: float, image_id: int | None,
+           recount: bool) -> None:
     """Per-service progress, job and RabbitMQ queue depths, recent failures, live workers (views in psql:
     service_progress, queue_depths, image_completeness, recent_failures, live_workers)."""
     from windmill.monitor import (
@@ -29,11 +33,15 @@ def status(app: AppContext, as_json: bool, watch: bool, interval: float, image_i
         format_status,
         format_table,
         image_status,
+        recount_answers,
         watch_database_status,
     )
 
     if watch and (as_json or image_id is not None):
         raise click.UsageError("--watch shows the status tables; leave out --json and --image")
+    if recount:
+        with app.connection() as conn:
+            recount_answers(conn)
     if image_id is not None:
         with app.connection() as conn:
             row = image_status(conn, image_id)

@@ -1,0 +1,92 @@
+-- Queries of `bench scale`, `bench notify` and `bench queue --history` (windmill/bench/scale.py, notify.py, queue.py).
+-- name: bench_scale_new_images
+-- `bench scale`: new images to submit, with nothing answered yet.
+INSERT INTO images (image_filename, image_path, image_group)
+SELECT 'new' || g || '.jpg', %(prefix)s || g || '.jpg', %(group)s
+  FROM generate_series(1, %(images)s) AS g
+
+-- name: bench_scale_storage
+-- `bench scale`: table and index bytes of each table a history fills, with its rows (the planner's estimate after
+-- VACUUM ANALYZE).
+SELECT c.relname, pg_table_size(c.oid) AS table_bytes, pg_indexes_size(c.oid) AS index_bytes,
+       greatest(c.reltuples, 0)::bigint AS rows
+  FROM pg_class c
+ WHERE c.relnamespace = 'windmill'::regnamespace AND c.relkind = 'r'
+   AND c.relname IN ('images', 'results', 'merged_boxes', 'merged_images', 'postprocessing', 'consensus', 'jobs',
+                     'service_answer_counts', 'service_answer_count_deltas')
+ ORDER BY c.relname
+
+-- name: bench_scale_storage_total
+-- `bench scale`: table and index bytes of every table of the schema.
+SELECT coalesce(sum(pg_table_size(c.oid)), 0)::bigint, coalesce(sum(pg_indexes_size(c.oid)), 0)::bigint
+  FROM pg_class c
+ WHERE c.relnamespace = 'windmill'::regnamespace AND c.relkind = 'r'
+
+-- name: bench_queue_history
+-- `bench queue --history N`: the done jobs a busy pipeline leaves, %(jobs)s of them finished evenly over the last
+-- two hours (no image: the queue benchmark's jobs have none either), for the retention to prune the older half.
+INSERT INTO jobs (queue, payload, state, attempts, created_at, updated_at)
+SELECT CASE g %% 3 WHEN 0 THEN 'merge' WHEN 1 THEN 'consensus' ELSE 'postprocess_colors' END, '{}', 'done', 1,
+       now() - make_interval(secs => (g %% 7200)::double precision),
+       now() - make_interval(secs => (g %% 7200)::double precision)
+  FROM generate_series(1, %(jobs)s) AS g
+
+-- name: bench_scale_remove_new_images
+-- `bench scale`: the images a submit run added go again, with their jobs (the next run starts from the same history).
+WITH gone_jobs AS (
+    DELETE FROM jobs WHERE image_id IN (SELECT image_id FROM images WHERE image_group = %(group)s)
+)
+DELETE FROM images WHERE image_group = %(group)s
+
+-- name: bench_scale_vacuum_after_submit
+VACUUM ANALYZE images, jobs, service_tasks_in_flight
+
+-- name: bench_scale_vacuum_history
+VACUUM ANALYZE jobs, service_answer_counts
+
+-- name: bench_vacuum_all
+VACUUM ANALYZE
+
+-- name: bench_last_image
+SELECT max(image_id) FROM images
+
+-- name: bench_done_jobs
+SELECT count(*) FROM jobs WHERE state = 'done'
+
+-- name: bench_notify_images
+-- `bench notify`: images for the answer writers, one per answer.
+INSERT INTO images (image_filename, image_path)
+SELECT 'n' || g || '.jpg', '/bench/notify/' || g || '.jpg' FROM generate_series(1, %(images)s) AS g
+RETURNING image_id
+
+-- name: bench_vacuum_images
+VACUUM ANALYZE images
+
+-- name: bench_checkpoint
+CHECKPOINT
+
+-- name: bench_notify_function_as_migrated
+SELECT pg_get_functiondef('notify_job_queued'::regproc)
+
+-- name: bench_notify_trigger_as_migrated
+SELECT replace(pg_get_triggerdef(oid), 'CREATE TRIGGER', 'CREATE OR REPLACE TRIGGER')
+  FROM pg_trigger WHERE tgname = 'jobs_notify_queued'
+
+-- name: bench_notify_every_job_function
+-- The wake-up as sql/0002 had it (a notification for every newly queued job), for `bench notify`'s comparison on
+-- its throwaway cluster only.
+CREATE OR REPLACE FUNCTION notify_job_queued() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('windmill_jobs', '');
+    RETURN NULL;
+END $$
+
+-- name: bench_notify_every_job_trigger
+CREATE OR REPLACE TRIGGER jobs_notify_queued AFTER INSERT ON jobs
+    FOR EACH ROW WHEN (NEW.state = 'queued') EXECUTE FUNCTION notify_job_queued()
+
+-- name: bench_notify_disable
+ALTER TABLE jobs DISABLE TRIGGER jobs_notify_queued
+
+-- name: bench_notify_enable
+ALTER TABLE jobs ENABLE TRIGGER jobs_notify_queued
