@@ -71,3 +71,7 @@ VACUUM ANALYZE images, results, merged_boxes, merged_images, postprocessing, con
 
 -- name: bench_image_count
 SELECT count(*) FROM images
+
+-- name: bench_backend_pid
+-- The process serving this connection (its parent is the postmaster, when the server runs on this machine).
+SELECT pg_backend_pid()

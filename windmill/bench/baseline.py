@@ -38,31 +38,11 @@ from windmill.bench.scenes import write_scenes
 from windmill.bench.stage import BENCH_GROUP, BenchEnvironment, bench_environment
 from windmill.catalog import Catalog
 from windmill.db.connect import Database, conninfo_to_url
+from windmill.db.queries import fetch_row, fetch_value, query
 from windmill.errors import WindmillError
 
 IDLE_WINDOW_S = 0.5
 IDLE_CPU_S = 0.05  # all workers together used less than this in the window: they have connected and wait
-_LAST_PRODUCT = """
-SELECT extract(epoch FROM greatest(
-           (SELECT max(r.result_created) FROM results r JOIN images i USING (image_id) WHERE i.image_group = %(group)s),
-           (SELECT max(p.result_created) FROM postprocessing p JOIN images i USING (image_id)
-             WHERE i.image_group = %(group)s),
-           (SELECT max(m.merged_at) FROM merged_images m JOIN images i USING (image_id)
-             WHERE i.image_group = %(group)s),
-           (SELECT max(c.consensus_created) FROM consensus c JOIN images i USING (image_id)
-             WHERE i.image_group = %(group)s)) - %(submitted)s::timestamptz)
-"""
-_PRODUCTS = """
-SELECT (SELECT count(*) FROM images WHERE image_group = %(group)s),
-       (SELECT count(*) FROM consensus c JOIN images i USING (image_id) WHERE i.image_group = %(group)s),
-       (SELECT count(*) FROM merged_boxes b JOIN images i USING (image_id) WHERE i.image_group = %(group)s)
-"""
-
-# Statements the workers sent (top level), not those that triggers and functions ran for them.
-_STATEMENTS = """
-SELECT coalesce(sum(calls), 0) FROM pg_stat_statements
- WHERE toplevel AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-"""
 
 
 @dataclass(frozen=True)
@@ -154,18 +134,20 @@ def side_databases(url: str, side: Side, env: dict[str, str], slot: str) -> Iter
     base = conninfo_to_dict(url).get("dbname") or "postgres"
     template, copy = f"{base}_bench_{slot}_template", f"{base}_bench_{slot}"
     admin = psycopg.connect(url, autocommit=True)
+    # CREATE and DROP DATABASE take no parameters: the names, ours alone, are composed in as identifiers.
 
     def drop(name: str) -> None:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(sql.SQL(query("bench_baseline_drop_database")).format(database=sql.Identifier(name)))
 
     def fresh() -> str:
         drop(copy)
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(copy), sql.Identifier(template)))
+        admin.execute(sql.SQL(query("bench_baseline_copy_database")).format(database=sql.Identifier(copy),
+                                                                             template=sql.Identifier(template)))
         return _database_url(url, copy)
 
     try:
         drop(template)
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(template)))
+        admin.execute(sql.SQL(query("bench_baseline_create_database")).format(database=sql.Identifier(template)))
         migrate_env = {**env, "WINDMILL_DATABASE_URL": _database_url(url, template)}
         migrated = subprocess.run(side.argv("init-db"), env=migrate_env, capture_output=True, text=True,
                                   cwd=side.cwd)
@@ -198,12 +180,10 @@ def _wait_workers_idle(pids: list[int], timeout_s: float = 60.0) -> None:
 def _count_statements(conn: psycopg.Connection) -> bool:
     """Start counting the database's statements when the server has pg_stat_statements loaded
     (shared_preload_libraries); False when it has not."""
-    loaded = conn.execute("SELECT 'pg_stat_statements' = ANY(string_to_array(current_setting("
-                          "'shared_preload_libraries'), ', '))").fetchone()[0]
-    if not loaded:
+    if not fetch_value(conn, "bench_statements_available"):
         return False
-    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-    conn.execute("SELECT pg_stat_statements_reset()")
+    conn.execute(query("bench_statements_extension"))
+    conn.execute(query("bench_statements_reset"))
     return True
 
 
@@ -212,12 +192,16 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _run_quietly(side: Side, env: dict[str, str], *args: str) -> None:
+    """A command of the side's own code, its output discarded; a failure raises CalledProcessError."""
+    subprocess.run(side.argv(*args), env=env, check=True, cwd=side.cwd, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
 def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder: Path, answers_expected: int,
              farm_pid: int) -> Run:
     env = {**bench.env, "WINDMILL_DATABASE_URL": url}
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    subprocess.run(side.argv("images", "add", str(folder), "--group", BENCH_GROUP), env=env, check=True,
-                   cwd=side.cwd, **quiet)
+    _run_quietly(side, env, "images", "add", str(folder), "--group", BENCH_GROUP)
     database = Database(url, application_name="windmill-bench")
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -232,10 +216,9 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
             counting = _count_statements(conn)
             roles_before = [process_cpu(pid) for pid in pids]
             before = (processes_cpu(pids), postgres.cpu(), processes_cpu([farm_pid]), _children_cpu())
-            submitted = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            submitted = fetch_value(conn, "bench_latency_clock")
         load = os.getloadavg()[0]
-        subprocess.run(side.argv("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker),
-                       env=env, check=True, cwd=side.cwd, **quiet)
+        _run_quietly(side, env, "submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker)
         submit_cpu = _children_cpu() - before[3]
         _wait_until_idle(database, processes, answers_expected)
         workers_cpu = processes_cpu(pids) - before[0]
@@ -245,9 +228,10 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
         postgres_after = postgres.cpu()
         farm_cpu = processes_cpu([farm_pid]) - before[2]
         with database.connect() as conn:
-            elapsed = float(conn.execute(_LAST_PRODUCT, {"group": BENCH_GROUP, "submitted": submitted}).fetchone()[0])
-            images, consensus, boxes = conn.execute(_PRODUCTS, {"group": BENCH_GROUP}).fetchone()
-            statements = conn.execute(_STATEMENTS).fetchone()[0] if counting else None
+            elapsed = float(fetch_value(conn, "bench_baseline_last_product",
+                                        {"group": BENCH_GROUP, "submitted": submitted}))
+            images, consensus, boxes = fetch_row(conn, "bench_baseline_products", {"group": BENCH_GROUP})
+            statements = fetch_value(conn, "bench_statements_count") if counting else None
     finally:
         for process in processes:
             process.terminate()
@@ -296,11 +280,11 @@ def summary(broker: str, head: Side, base: Side, runs: dict[str, list[Run]]) -> 
     lines = [f"{broker}: medians of {len(runs[head.label])} runs, {head.label} vs {base.label}"]
     for name, measure, form in measures:
         scale = 1 if name == "images/s" else 1000
-        medians = [_median([measure(run) for run in runs[side.label]]) for side in (head, base)]
-        if None in medians:
+        head_median, base_median = (_median([measure(run) for run in runs[side.label]]) for side in (head, base))
+        if head_median is None or base_median is None:
             lines.append(f"  {name:<46} n/a")
             continue
-        head_value, base_value = (value * scale for value in medians)
+        head_value, base_value = head_median * scale, base_median * scale
         ratio = head_value / base_value if base_value else float("nan")
         lines.append(f"  {name:<46} {form.format(head_value):>8} vs {form.format(base_value):>8}  ratio {ratio:.2f}×")
     return lines
@@ -334,7 +318,7 @@ def run(url: str, catalog: Catalog, *, baseline: str, images: int, runs: int, am
 def database_conditions(url: str) -> str:
     """The server's durability settings, printed with the figures (production: all three on)."""
     with psycopg.connect(url, autocommit=True) as conn:
-        values = [conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0]
+        values = [fetch_value(conn, "show_setting", {"name": name})
                   for name in ("fsync", "synchronous_commit", "full_page_writes")]
     return f"fsync={values[0]}, synchronous_commit={values[1]}, full_page_writes={values[2]}"
 

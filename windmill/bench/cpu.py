@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 
 from windmill.bench.processes import children_of
+from windmill.db.queries import fetch_value
 
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 # Fields of /proc/<pid>/stat after the command name (index 0 is the state): utime, stime, cutime, cstime.
@@ -66,7 +67,7 @@ class PostgresProcesses:
 def postgres_processes(conn: psycopg.Connection) -> PostgresProcesses:
     """Our backend's parent is the postmaster. A server elsewhere (no such process here, or a process that is
     not PostgreSQL) gives None: its CPU cannot be read from this machine's /proc."""
-    backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    backend = fetch_value(conn, "bench_backend_pid")
     fields = _stat(backend)
     try:
         command = Path(f"/proc/{backend}/comm").read_text().strip()

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.jobs import Job
 from windmill.jobs.queues import CONSENSUS_QUEUE
 from windmill.locks import Product, lock_image
@@ -66,7 +66,7 @@ def recompute_consensus(conn: psycopg.Connection, image_id: int, service_types: 
     changes, colors and caption scores queue a vote that often finds nothing it reads changed."""
     with conn.transaction():
         lock_image(conn, Product.CONSENSUS, image_id)
-        if conn.execute(query("consensus_current"), {"image_id": image_id}).fetchone()[0]:
+        if fetch_value(conn, "consensus_current", {"image_id": image_id}):
             return None
         started = time.perf_counter()
         inputs = read_inputs(conn, image_id)

@@ -1,0 +1,46 @@
+-- The interleaved pipeline benchmark against another commit (windmill.bench.baseline): each side's databases, the
+-- run's figures read from the bench images' rows, and the statement count of pg_stat_statements.
+
+-- name: bench_baseline_drop_database
+-- {database}: an identifier composed in by psycopg.sql (DROP DATABASE takes no parameters).
+DROP DATABASE IF EXISTS {database} WITH (FORCE)
+
+-- name: bench_baseline_create_database
+-- {database}: an identifier composed in by psycopg.sql (CREATE DATABASE takes no parameters).
+CREATE DATABASE {database}
+
+-- name: bench_baseline_copy_database
+-- {database} and {template}: identifiers composed in by psycopg.sql (CREATE DATABASE takes no parameters).
+CREATE DATABASE {database} TEMPLATE {template}
+
+-- name: bench_baseline_last_product
+-- Seconds from submit to the last product of the bench images written.
+SELECT extract(epoch FROM greatest(
+           (SELECT max(r.result_created) FROM results r JOIN images i USING (image_id) WHERE i.image_group = %(group)s),
+           (SELECT max(p.result_created) FROM postprocessing p JOIN images i USING (image_id)
+             WHERE i.image_group = %(group)s),
+           (SELECT max(m.merged_at) FROM merged_images m JOIN images i USING (image_id)
+             WHERE i.image_group = %(group)s),
+           (SELECT max(c.consensus_created) FROM consensus c JOIN images i USING (image_id)
+             WHERE i.image_group = %(group)s)) - %(submitted)s::timestamptz)
+
+-- name: bench_baseline_products
+-- The bench images, those with a consensus, and their merged boxes.
+SELECT (SELECT count(*) FROM images WHERE image_group = %(group)s),
+       (SELECT count(*) FROM consensus c JOIN images i USING (image_id) WHERE i.image_group = %(group)s),
+       (SELECT count(*) FROM merged_boxes b JOIN images i USING (image_id) WHERE i.image_group = %(group)s)
+
+-- name: bench_statements_available
+-- Whether the server has pg_stat_statements loaded (shared_preload_libraries).
+SELECT 'pg_stat_statements' = ANY(string_to_array(current_setting('shared_preload_libraries'), ', '))
+
+-- name: bench_statements_extension
+CREATE EXTENSION IF NOT EXISTS pg_stat_statements
+
+-- name: bench_statements_reset
+SELECT pg_stat_statements_reset()
+
+-- name: bench_statements_count
+-- Statements the workers sent (top level), not those that triggers and functions ran for them.
+SELECT coalesce(sum(calls), 0) FROM pg_stat_statements
+ WHERE toplevel AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
