@@ -13,17 +13,6 @@ CREATE DATABASE {database}
 -- {database} and {template}: identifiers composed in by psycopg.sql (CREATE DATABASE takes no parameters).
 CREATE DATABASE {database} TEMPLATE {template}
 
--- name: bench_baseline_last_product
--- Seconds from submit to the last product of the bench images written.
-SELECT extract(epoch FROM greatest(
-           (SELECT max(r.result_created) FROM results r JOIN images i USING (image_id) WHERE i.image_group = %(group)s),
-           (SELECT max(p.result_created) FROM postprocessing p JOIN images i USING (image_id)
-             WHERE i.image_group = %(group)s),
-           (SELECT max(m.merged_at) FROM merged_images m JOIN images i USING (image_id)
-             WHERE i.image_group = %(group)s),
-           (SELECT max(c.consensus_created) FROM consensus c JOIN images i USING (image_id)
-             WHERE i.image_group = %(group)s)) - %(submitted)s::timestamptz)
-
 -- name: bench_baseline_products
 -- The bench images, those with a consensus, and their merged boxes.
 SELECT (SELECT count(*) FROM images WHERE image_group = %(group)s),

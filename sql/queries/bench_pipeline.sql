@@ -53,8 +53,9 @@ SELECT extract(epoch FROM min(e.committed_at) - r.result_created) * 1000
  GROUP BY r.result_id, r.result_created
 
 -- name: bench_pipeline_span
--- The pipeline's span: from the first answer to the last product written (the tools around it, such as the submit
--- command's start-up and the benchmark's polling, are not the pipeline; tasks may travel by RabbitMQ, unseen here).
+-- The pipeline's span in seconds: from %(since)s (the baseline bench's submit) or, when null, the first answer, to the
+-- last product written (the tools around it, such as the submit command's start-up and the benchmark's polling, are
+-- not the pipeline; tasks may travel by RabbitMQ, unseen here).
 SELECT extract(epoch FROM greatest(
            (SELECT max(r.result_created) FROM results r JOIN images i USING (image_id) WHERE i.image_group = %(group)s),
            (SELECT max(p.result_created) FROM postprocessing p JOIN images i USING (image_id)
@@ -63,7 +64,9 @@ SELECT extract(epoch FROM greatest(
              WHERE i.image_group = %(group)s),
            (SELECT max(c.consensus_created) FROM consensus c JOIN images i USING (image_id)
              WHERE i.image_group = %(group)s))
-       - (SELECT min(r.result_created) FROM results r JOIN images i USING (image_id) WHERE i.image_group = %(group)s))
+       - coalesce(%(since)s::timestamptz,
+                  (SELECT min(r.result_created) FROM results r JOIN images i USING (image_id)
+                    WHERE i.image_group = %(group)s)))
 
 -- name: bench_postprocessing_ids_used
 -- Every insert into postprocessing takes an id, whether it is stored or fails (its box was gone).

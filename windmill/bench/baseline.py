@@ -228,8 +228,8 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
         postgres_after = postgres.cpu()
         farm_cpu = processes_cpu([farm_pid]) - before[2]
         with database.connect() as conn:
-            elapsed = float(fetch_value(conn, "bench_baseline_last_product",
-                                        {"group": BENCH_GROUP, "submitted": submitted}))
+            elapsed = float(fetch_value(conn, "bench_pipeline_span",
+                                        {"group": BENCH_GROUP, "since": submitted}))
             images, consensus, boxes = fetch_row(conn, "bench_baseline_products", {"group": BENCH_GROUP})
             statements = fetch_value(conn, "bench_statements_count") if counting else None
     finally:

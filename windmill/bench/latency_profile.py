@@ -35,7 +35,10 @@ from windmill.bench.stage import (
     bench_environment,
     cli_argv,
     copy_samples,
+    kill_left_over,
     remove_bench_rows,
+    start_workers,
+    stop_workers,
 )
 from windmill.broker import JobTableBroker
 from windmill.broker.rabbitmq import RabbitMQBroker
@@ -192,22 +195,14 @@ def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, bro
         remove_bench_rows(database)
         subprocess.run(cli_argv("images", "add", str(folder), "--group", BENCH_GROUP), env=bench.env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for n, spec in enumerate(operator_layout(catalog)):
-            args = ["worker", *spec.worker_arguments(), "--concurrency", str(spec.concurrency), "--broker", broker]
-            processes.append(subprocess.Popen(cli_argv(*args), env={**bench.env, "WORKER_ID": f"bench-{spec.role}-{n}"},
-                                              stdout=subprocess.DEVNULL))
+        processes = start_workers(operator_layout(catalog), bench.env, broker)
         _wait_for_workers(database, processes)
         submitted = feed(database, bench, broker, images, rate)
         _wait_until_idle(database, processes, images * len(catalog.in_category("primary")))
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=60)
+        stop_workers(processes)
         return measure(database, catalog, submitted)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
+        kill_left_over(processes)
         with database.connect() as conn:
             conn.execute(query("bench_latency_unwatch"))
         remove_bench_rows(database)

@@ -26,7 +26,10 @@ from windmill.bench.stage import (
     bench_environment,
     cli_argv,
     copy_samples,
+    kill_left_over,
     remove_bench_rows,
+    start_workers,
+    stop_workers,
 )
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
@@ -81,22 +84,16 @@ def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, bro
         subprocess.run(cli_argv("images", "add", folder, "--group", BENCH_GROUP), env=bench.env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu_before = _children_cpu()
-        for n, spec in enumerate(ROLES):
-            args = ["worker", *spec.worker_arguments(), "--concurrency", str(spec.concurrency), "--broker", broker]
-            processes.append(subprocess.Popen(cli_argv(*args), env={**bench.env, "WORKER_ID": f"bench-{spec.role}-{n}"},
-                                              stdout=subprocess.DEVNULL))
+        processes = start_workers(ROLES, bench.env, broker)
         time.sleep(2.0)  # the stand-in binds its ports, workers connect
         subprocess.run(cli_argv("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker),
                        env=bench.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_until_idle(database, processes, images * len(catalog.in_category("primary")))
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=60)
+        stop_workers(processes)
         cpu = (_children_cpu() - cpu_before) / images
         with database.connect() as conn:
             group = {"group": BENCH_GROUP}
-            elapsed = float(fetch_value(conn, "bench_pipeline_span", group))
+            elapsed = float(fetch_value(conn, "bench_pipeline_span", {**group, "since": None}))
             latencies = sorted(row[0] for row in conn.execute(query("bench_pipeline_latencies"), group))
             end = dict(zip(("missing_consensus", "stuck_jobs", "postprocessing_rows"),
                            fetch_row(conn, "bench_pipeline_end_state", group), strict=True))
@@ -105,9 +102,7 @@ def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, bro
             allocated = fetch_value(conn, "bench_postprocessing_ids_used") - first_postprocessing_id
             stored, replaced, inserted = fetch_row(conn, "bench_pipeline_waste")
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
+        kill_left_over(processes)
         with database.connect() as conn:
             conn.execute(query("bench_pipeline_unwatch"))
         remove_bench_rows(database)

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.db.queries import fetch_row, fetch_value, query
 from windmill.simfarm.server import SAMPLES_DIR
+from windmill.worker.layout import RoleSpec
 
 BENCH_GROUP = "windmill-bench"
 
@@ -85,6 +86,31 @@ def _delete_queues(amqp_url: str, queues: list[str]) -> None:
 
 def cli_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "windmill", *args]
+
+
+def start_workers(layout: Iterable[RoleSpec], env: Mapping[str, str], broker: str) -> list[subprocess.Popen[bytes]]:
+    """One worker process per spec of `layout`, fed by `broker`, each with a worker id of its own."""
+    processes = []
+    for n, spec in enumerate(layout):
+        args = ["worker", *spec.worker_arguments(), "--concurrency", str(spec.concurrency), "--broker", broker]
+        processes.append(subprocess.Popen(cli_argv(*args), env={**env, "WORKER_ID": f"bench-{spec.role}-{n}"},
+                                          stdout=subprocess.DEVNULL))
+    return processes
+
+
+def stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every worker (they drain), then wait for each."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(timeout=60)
+
+
+def kill_left_over(processes: list[subprocess.Popen[bytes]]) -> None:
+    """After a failed run: SIGKILL whatever is still running."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
 
 
 def remove_bench_rows(database: Database) -> None:
