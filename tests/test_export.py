@@ -202,6 +202,23 @@ def test_group_since_after_id_and_services_select_what_sql_selects(conn, tmp_pat
     assert sum(len(line["boxes"]) for line in lines) == scalar(conn, "SELECT count(*) FROM merged_boxes")
 
 
+def test_parquet_ranges_ids_and_times_but_not_json_documents(conn, tmp_path: Path) -> None:
+    """Min/max statistics where readers filter (ids, instants, numbers, names), none on JSON and messages: the
+    writer holds each row group's statistics until the part closes, and a JSON document's range filters nothing."""
+    import pyarrow.parquet
+
+    out = tmp_path / "windmill.parquet"
+    run_export(conn, "parquet", out)
+    boxes = pyarrow.parquet.ParquetFile(next((out / "boxes").glob("part-*.parquet"))).metadata.row_group(0)
+    ranged = {boxes.column(i).path_in_schema for i in range(boxes.num_columns) if boxes.column(i).is_stats_set}
+    assert {"merged_id", "image_id", "label", "score", "created"} <= ranged
+    assert not {"merged_data"} & ranged
+    answers = pyarrow.parquet.ParquetFile(next((out / "answers").glob("part-*.parquet"))).metadata.row_group(0)
+    assert {answers.column(i).path_in_schema: answers.column(i).is_stats_set for i in range(answers.num_columns)} == {
+        "result_id": True, "image_id": True, "service": True, "status": True, "error_message": False,
+        "processing_time": True, "created": True, "worker_id": True, "data": False}
+
+
 # -- stopping and continuing -----------------------------------------------------------------------------------------
 
 

@@ -108,6 +108,7 @@ def export(conn: psycopg.Connection, request: ExportRequest, *, progress: Callab
                 progress(len(page))
             if stop is not None and stop.requested:
                 raise ExportStopped("on request")
+            del page  # released before the next page is read (the generator lets go of it too)
     except (Exception, KeyboardInterrupt) as error:
         kept = writer.abort()
         raise ExportStopped(_stopped_message(request, report, kept, error)) from error

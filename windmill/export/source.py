@@ -80,6 +80,7 @@ def image_pages(conn: psycopg.Connection, selection: Selection, *, detectors: bo
             page = read_page(conn, images, selection.services, detectors=detectors)
         yield page
         after_id = page[-1].image_id
+        del page, images  # not held while the next page is read: memory holds one page, not two
 
 
 def read_page(conn: psycopg.Connection, images: Sequence[dict[str, Any]], services: Sequence[str] | None, *,
