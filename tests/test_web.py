@@ -69,6 +69,21 @@ def conn(collection: Database) -> Iterator[psycopg.Connection]:
         yield connection
 
 
+def page_text_once_loaded(browser: Any, element_id: str, timeout_s: float = 10.0) -> str:
+    """The text of an element of the page a click navigates to: the click returns before the new page is there."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def loaded(driver: Any) -> str | bool:
+        try:
+            return driver.find_element(By.ID, element_id).text or False
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+
+    return WebDriverWait(browser, timeout_s).until(loaded)
+
+
 def visit(browser: Any, url: str, tmp_path: Path, name: str) -> Any:
     """Load a page, take its screenshot and check it is a picture of the page (not blank); return the driver."""
     browser.get(url)
@@ -243,7 +258,7 @@ def test_dead_jobs_are_retried_only_with_allow_actions_and_only_from_the_own_for
 
         visit(browser, running.url + "/", tmp_path, "overview-actions")
         browser.find_element(By.ID, f"retry-{DEAD_QUEUE}").click()
-        assert browser.find_element(By.ID, "notice").text == f"Queued 1 dead job(s) of {DEAD_QUEUE} again."
+        assert page_text_once_loaded(browser, "notice") == f"Queued 1 dead job(s) of {DEAD_QUEUE} again."
     assert conn.execute(DEAD_JOB_STATE, (DEAD_QUEUE,)).fetchone()[0] == "queued"
     conn.execute("UPDATE jobs SET state = 'dead', last_error = %s WHERE id = (SELECT max(id) FROM jobs "
                  "WHERE queue = %s)", (DEAD_REASON, DEAD_QUEUE))  # as the other tests expect
@@ -285,7 +300,7 @@ def test_every_page_works_as_the_monitor_role_and_shows_no_secret(monitor_url: s
         visit(browser, running.url + "/", tmp_path, "overview-monitor")
         assert "RabbitMQ queues" in browser.find_element(By.ID, "rabbitmq").text  # the broker's section, secret-free
         browser.find_element(By.ID, f"retry-{DEAD_QUEUE}").click()  # the monitor role may not: said so, in a sentence
-        assert "may not retry jobs" in browser.find_element(By.ID, "problem").text
+        assert "may not retry jobs" in page_text_once_loaded(browser, "problem")
         assert SECRET not in browser.page_source
 
 
