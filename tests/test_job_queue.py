@@ -151,30 +151,29 @@ def test_notify_only_when_a_job_is_newly_queued(jobs: JobQueue, database: Databa
         assert _notifications(listener) == 0
 
 
-def test_notify_only_when_a_queue_gets_its_first_due_job(jobs: JobQueue, database: Database,
-                                                          conn: psycopg.Connection) -> None:
-    """Issue 13 item 5: a backed-up queue needs no waking, a job due later cannot be claimed yet (polls cover
-    both); one transaction queueing several jobs of an empty queue notifies once."""
+def test_notify_once_per_transaction_and_never_for_a_job_due_later(jobs: JobQueue, database: Database,
+                                                                   conn: psycopg.Connection) -> None:
+    """Issue 13 item 5: a job due later cannot be claimed yet (the poll covers it); a transaction queueing several
+    due jobs, of one queue or several, notifies once."""
+    with database.connect() as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        enqueue_on(conn, NewJob("later", {}), run_after=datetime.now(UTC) + timedelta(minutes=5))
+        assert _notifications(listener) == 0
+        with conn.transaction():
+            for queue in ("q", "q", "other"):
+                enqueue_on(conn, NewJob(queue, {}))
+        assert _notifications(listener) == 1
+        enqueue_many_on(conn, [NewJob("q", {}) for _ in range(50)])
+        assert _notifications(listener) == 1
+
+
+def test_a_due_job_wakes_the_workers_even_behind_a_backlog(jobs: JobQueue, database: Database) -> None:
+    """The wake-up does not look for other waiting jobs (sql/0085: that look-up read every queue's backlog)."""
     with database.connect() as listener:
         listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
         jobs.enqueue(NewJob("q", {}))
-        assert _notifications(listener) == 1
-        jobs.enqueue(NewJob("q", {}))  # the first is still due: no wake-up
-        jobs.enqueue(NewJob("other", {}))  # another queue's first job
-        assert _notifications(listener) == 1
-        enqueue_on(conn, NewJob("later", {}), run_after=datetime.now(UTC) + timedelta(minutes=5))
-        assert _notifications(listener) == 0
-        claimed = jobs.claim(["q"], "w", 10)
-        jobs.complete([job.id for job in claimed], "w")
-        with conn.transaction():
-            for _ in range(3):
-                enqueue_on(conn, NewJob("q", {}))
-        assert _notifications(listener) == 1
-        claimed = jobs.claim(["q"], "w", 10)
-        jobs.complete([job.id for job in claimed], "w")
-        # A bulk enqueue into an empty queue: its own rows do not count as already waiting.
-        enqueue_many_on(conn, [NewJob("q", {}) for _ in range(50)])
-        assert _notifications(listener) == 1
+        jobs.enqueue(NewJob("q", {}))
+        assert _notifications(listener) == 2
 
 
 def test_notify_payload_is_constant(jobs: JobQueue, database: Database) -> None:

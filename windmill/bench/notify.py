@@ -3,8 +3,9 @@ committing one detector answer per transaction for an image of its own (so every
 and a consensus job, as a backed-up pipeline does), under three wake-ups, interleaved run by run:
 
 - none: the notify trigger disabled (the baseline);
-- per queue (sql/0061): a notification only when a queue gets its first due job;
-- per job (before sql/0061): a notification for every newly queued job, swapped in for the run.
+- due jobs (now, sql/0085): a notification for each job due now, none for a job due later (the consensus job);
+  PostgreSQL folds a transaction's identical notifications into one;
+- every job (sql/0002): a notification for every newly queued job, due later too, swapped in for the run.
 
 Runs on a throwaway cluster with production durability; prints the conditions beside the figures."""
 
@@ -23,13 +24,13 @@ from windmill.db.queries import fetch_value, query
 
 WRITERS = 16
 SERVICE = "yolov8"  # a detector that votes: its answers queue a merge job (due now) and a consensus job (later)
-WAKE_UPS = ("none", "per queue", "per job")
+WAKE_UPS = ("none", "due jobs", "every job")
 
 
 def _set_wake_up(conn: psycopg.Connection, wake_up: str, current: Callable[[], tuple[str, str]]) -> None:
     function, trigger = current()
     with conn.transaction():
-        if wake_up == "per job":  # the wake-up as sql/0002 had it, on this throwaway cluster only
+        if wake_up == "every job":  # the wake-up as sql/0002 had it, on this throwaway cluster only
             conn.execute(query("bench_notify_every_job_function"))
             conn.execute(query("bench_notify_every_job_trigger"))
         else:  # the definitions the migrations left, as the server printed them
@@ -101,7 +102,7 @@ def run(throwaway: Throwaway, *, answers_per_writer: int = 300, runs: int = 3,
                     rates[wake_up].append(rate)
                     echo(f"  run {n + 1}, wake-up {wake_up}: {rate:,.0f} commits/s")
         finally:
-            _set_wake_up(conn, "per queue", lambda: definitions)
+            _set_wake_up(conn, "due jobs", lambda: definitions)
     baseline = statistics.median(rates["none"])
     echo(f"  → wake-up none: median {baseline:,.0f} commits/s (baseline)")
     for wake_up in WAKE_UPS[1:]:
