@@ -12,11 +12,14 @@ and every failure raised as one of two exceptions the client classifies.
 from __future__ import annotations
 
 import http.client
+import logging
 import select
 import socket
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
 
 
 class ConnectFailed(Exception):
@@ -65,6 +68,7 @@ class ServiceConnections:
         try:
             if connection.sock is None:
                 _connect(connection, connect_timeout)
+                log.debug("connected to %s:%d", self.host, self.port, extra={"action": "farm_connected"})
             assert connection.sock is not None
             connection.sock.settimeout(timeout)
             try:
@@ -97,6 +101,8 @@ class ServiceConnections:
                 if _still_open(connection):
                     return connection
                 connection.close()
+                log.debug("%s:%d closed an idle connection", self.host, self.port,
+                          extra={"action": "farm_connection_closed"})
         return http.client.HTTPConnection(self.host, self.port)
 
     def _give_back(self, connection: http.client.HTTPConnection) -> None:
