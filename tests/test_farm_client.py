@@ -21,7 +21,7 @@ from tests.conftest import wait_until
 from tests.farm_fixtures import running_farm
 from windmill.catalog import Catalog, Service, load_catalog
 from windmill.farm import FarmClient, ServiceCallError, check_services, format_health_table
-from windmill.images import BadImage, PreparedImage, prepare_image
+from windmill.images import BadImage, PreparedImage, prepare_image, prepared_jpeg
 
 CATALOG = load_catalog()
 
@@ -77,6 +77,9 @@ class FarmStandIn(http.server.BaseHTTPRequestHandler):
         self._answer("GET", b"")
 
     def do_POST(self) -> None:
+        if self.path == "/early413":  # refused on its headers: the upload is never read, the connection closed
+            self.close_connection = True
+            return self._send(413, b'{"error": "File too large", "status": "error"}')
         length = int(self.headers.get("Content-Length", "0"))
         self._answer("POST", self.rfile.read(length))
 
@@ -492,6 +495,14 @@ def test_failures_are_classified(farm, client, endpoint, kind, retryable, status
     assert (error.kind, error.retryable, error.status_code) == (kind, retryable, status)
     assert message in error.message, error.message
     assert error.message.startswith("yolov8: ") and "\n" not in error.message and len(error.message) < 340
+
+
+def test_an_answer_sent_before_the_upload_was_read_is_still_read(farm, client):
+    big = prepared_jpeg(b"\xff" * (24 * 1024 * 1024), 4000, 3000)  # more than the socket buffers hold
+    with pytest.raises(ServiceCallError) as failure:
+        client.analyze(farm.service(endpoint="/early413"), big)
+    assert (failure.value.kind, failure.value.status_code) == ("rejected", 413)
+    assert "File too large" in failure.value.message
 
 
 def test_a_refused_connection_is_a_retryable_connect_error():

@@ -72,7 +72,7 @@ class ServiceConnections:
             assert connection.sock is not None
             connection.sock.settimeout(timeout)
             try:
-                connection.request(method, target, body=body, headers=dict(headers))
+                _send(connection, method, target, body, headers)
                 response = connection.getresponse()
                 yield response
             except http.client.RemoteDisconnected:
@@ -113,6 +113,17 @@ class ServiceConnections:
         connection.close()
 
 
+def _send(connection: http.client.HTTPConnection, method: str, target: str, body: bytes | None,
+          headers: Mapping[str, str]) -> None:
+    """Send the request. A service may answer before it has read the whole upload (413 for an image over its
+    limit) and close the connection: when the upload breaks off so, its answer is read like any other."""
+    try:
+        connection.request(method, target, body=body, headers=dict(headers))
+    except (BrokenPipeError, ConnectionResetError):
+        if connection.sock is None or not _readable(connection.sock):
+            raise
+
+
 def _connect(connection: http.client.HTTPConnection, timeout: float) -> None:
     connection.timeout = timeout
     try:
@@ -127,12 +138,13 @@ def _connect(connection: http.client.HTTPConnection, timeout: float) -> None:
 
 def _still_open(connection: http.client.HTTPConnection) -> bool:
     """An idle connection has nothing to read: readable means the service closed it (or broke HTTP)."""
-    sock = connection.sock
-    if sock is None:
-        return False
+    return connection.sock is not None and not _readable(connection.sock)
+
+
+def _readable(sock: socket.socket) -> bool:
     poll = select.poll()
     poll.register(sock, select.POLLIN)
-    return not poll.poll(0)
+    return bool(poll.poll(0))
 
 
 def _describe(problem: BaseException) -> str:
