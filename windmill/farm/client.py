@@ -407,7 +407,7 @@ def _read(response: http.client.HTTPResponse, limit: int, *, deadline: float) ->
 
 def multipart_body(boundary: str, fields: Mapping[str, str], data: bytes, *, filename: str, mime: str) -> bytes:
     """A multipart/form-data body (RFC 7578): the form fields, then the image as part `file`; one bytes object, so
-    the request goes out in one write."""
+    the upload is one send after the headers' (no encoder iterating over parts per request)."""
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(name)}"\r\n\r\n'.encode()
              + value.encode() + b"\r\n" for name, value in fields.items()]
     parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{_quoted(filename)}"\r\n'

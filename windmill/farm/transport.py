@@ -127,7 +127,7 @@ def _send(connection: http.client.HTTPConnection, method: str, target: str, body
 def _connect(connection: http.client.HTTPConnection, timeout: float) -> None:
     connection.timeout = timeout
     try:
-        connection.connect()  # sets TCP_NODELAY: a request goes out in one segment train, no Nagle wait
+        connection.connect()  # sets TCP_NODELAY: the body's send does not wait for the ACK of the headers' (Nagle)
     except TimeoutError:
         connection.close()
         raise ConnectFailed("timed out", timed_out=True) from None
