@@ -17,10 +17,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from PIL import Image
 
+from tests.conftest import wait_until
 from tests.farm_fixtures import running_farm
 from windmill.catalog import Catalog, Service, load_catalog
 from windmill.farm import FarmClient, ServiceCallError, check_services, format_health_table
-from windmill.images import BadImage, PreparedImage, prepare_image
+from windmill.images import BadImage, PreparedImage, prepare_image, prepared_jpeg
 
 CATALOG = load_catalog()
 
@@ -76,6 +77,9 @@ class FarmStandIn(http.server.BaseHTTPRequestHandler):
         self._answer("GET", b"")
 
     def do_POST(self) -> None:
+        if self.path == "/early413":  # refused on its headers: the upload is never read, the connection closed
+            self.close_connection = True
+            return self._send(413, b'{"error": "File too large", "status": "error"}')
         length = int(self.headers.get("Content-Length", "0"))
         self._answer("POST", self.rfile.read(length))
 
@@ -154,6 +158,12 @@ class FarmStandIn(http.server.BaseHTTPRequestHandler):
             {"label": "face", "confidence": 0.5, "bbox": {"x": 500, "y": 5, "width": 50, "height": 5}},
         ]
         self._send(200, json.dumps(success(predictions, service="face")).encode())  # allow_nan: a NaN literal
+
+    def route_answer_then_close(self, query, fields, upload):
+        # A keep-alive answer (no "Connection: close"), then the service closes the connection while it is idle,
+        # as a server does at its keep-alive timeout.
+        self.route_v3_analyze(query, fields, upload)
+        self.close_connection = True
 
     def route_html500(self, *_):
         self._send(500, FLASK_500, "text/html; charset=utf-8")
@@ -260,11 +270,23 @@ class FarmStandIn(http.server.BaseHTTPRequestHandler):
         self._json(status, payload)
 
 
+class PeerRecordingServer(http.server.ThreadingHTTPServer):
+    """Records the client address of every connection it has closed (state["closed"])."""
+
+    state: dict
+
+    def process_request_thread(self, request: socket.socket, client_address: tuple[str, int]
+                               ) -> None:  # type: ignore[override]
+        super().process_request_thread(request, client_address)  # ends by closing the connection
+        self.state["closed"].add(client_address)
+
+
 class StandIn:
     def __init__(self, health: tuple[int, object] = (200, {"status": "healthy"})) -> None:
-        self.state = {"requests": [], "release": threading.Event(), "health": health}
+        self.state = {"requests": [], "release": threading.Event(), "health": health, "closed": set()}
         handler = type("Handler", (FarmStandIn,), {"state": self.state})
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server = type("Server", (PeerRecordingServer,), {"state": self.state})
+        self.server = server(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -378,6 +400,37 @@ def test_connections_are_kept_alive_per_service(farm, client):
     assert len(rtdetr_peers) == 1 and rtdetr_peers.isdisjoint({farm.requests[-3]["peer"]})
 
 
+def test_a_connection_the_service_closed_while_idle_is_not_reused(farm, client):
+    client.analyze(farm.service(endpoint="/answer-then-close"), IMAGE)
+    peer = farm.requests[-1]["peer"]
+    wait_until(lambda: peer in farm.state["closed"])  # the service's end of the idle connection is closed
+    answer = client.analyze(farm.service(), IMAGE)  # the same service: its pool holds the closed connection
+    assert answer.status_code == 200
+    assert farm.requests[-1]["peer"] != farm.requests[-2]["peer"]
+
+
+def test_every_upload_carries_its_own_fields_beside_the_same_file_part(farm, client):
+    png = prepare_image(_png_bytes())
+    client.analyze(farm.service("colors"), png, extra={"regions": 4, "note": 'say "cheese"\r\n--windmill-'})
+    client.analyze(farm.service("ollama"), IMAGE, extra={"prompt": "one word: ü"})
+    client.score(farm.service("caption_score"), png, "a dog")
+    colors, ollama, score = farm.requests[-3:]
+    assert colors["fields"] == {"regions": "4", "note": 'say "cheese"\r\n--windmill-'}
+    assert ollama["fields"] == {"prompt": "one word: ü"} and score["fields"] == {"caption": "a dog"}
+    assert [request["upload"]["filename"] for request in (colors, ollama, score)] == ["image.png", "image.jpg",
+                                                                                      "image.png"]
+    assert [request["upload"]["content_type"] for request in (colors, ollama, score)] == [
+        "image/png", "image/jpeg", "image/png"]
+    assert colors["upload"]["value"] == score["upload"]["value"] == png.data
+    assert ollama["upload"]["value"] == IMAGE.data
+
+
+def _png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def test_services_are_found_by_catalog_name(farm):
     catalog = Catalog(tuple(farm.service(service.name) for service in CATALOG.services))
     with FarmClient(catalog) as named:
@@ -442,6 +495,14 @@ def test_failures_are_classified(farm, client, endpoint, kind, retryable, status
     assert (error.kind, error.retryable, error.status_code) == (kind, retryable, status)
     assert message in error.message, error.message
     assert error.message.startswith("yolov8: ") and "\n" not in error.message and len(error.message) < 340
+
+
+def test_an_answer_sent_before_the_upload_was_read_is_still_read(farm, client):
+    big = prepared_jpeg(b"\xff" * (24 * 1024 * 1024), 4000, 3000)  # more than the socket buffers hold
+    with pytest.raises(ServiceCallError) as failure:
+        client.analyze(farm.service(endpoint="/early413"), big)
+    assert (failure.value.kind, failure.value.status_code) == ("rejected", 413)
+    assert "File too large" in failure.value.message
 
 
 def test_a_refused_connection_is_a_retryable_connect_error():

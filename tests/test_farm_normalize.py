@@ -419,6 +419,10 @@ def test_health_details_are_short(body, expected):
 def test_json_parsing_reports_what_is_wrong():
     assert parse_json(b'{"confidence": NaN}')["confidence"] != 0  # Python's json reads NaN; normalisation drops it
     assert math.isnan(parse_json(b"NaN"))
+    # What orjson refuses and Python's json reads, read as before.
+    assert parse_json(b'\xef\xbb\xbf{"a": 1}') == {"a": 1}
+    assert parse_json(b'{"id": 123456789012345678901234567890}')["id"] == 123456789012345678901234567890
+    assert parse_json(b'{"x": 1e400}')["x"] == math.inf
     for body, reason in [(b"<html>", "not JSON"), (b"\xff\xfe", "not UTF-8"), (b"[" * 100_000, "nested too deeply")]:
         with pytest.raises(ValueError, match=reason):
             parse_json(body)

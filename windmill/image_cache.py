@@ -1,5 +1,7 @@
 """Prepared images shared by the services of one process: each image is read and validated once, not once
-per service, and concurrent requests for the same image wait for the one load in progress."""
+per service, and concurrent requests for the same image wait for the one load in progress. The same holds for
+the decoded pixels of an image being cropped, and for each crop: colors, face and pose analyse the same crop of a
+person box, cut and encoded once."""
 
 from __future__ import annotations
 
@@ -7,11 +9,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from PIL import Image
 
-from windmill.images import PreparedImage, load_image_bytes, prepare_image
+from windmill.images import CropBox, PreparedImage, crop_for_service, load_image_bytes, prepare_image
+from windmill.images.crop import box_xywh
 from windmill.settings import Settings
 
 Key = TypeVar("Key")
@@ -85,11 +89,14 @@ class SingleFlightCache(Generic[Key, Value]):
 class ImageSource:
     """Prepared images (and their decoded pixels, for cropping) by image, loaded once per process."""
 
-    def __init__(self, settings: Settings, *, capacity: int = 64, decoded_capacity: int = 8) -> None:
+    def __init__(self, settings: Settings, *, capacity: int = 64, decoded_capacity: int = 8,
+                 crop_capacity: int = 64) -> None:
         self.settings = settings
         self.prepared_images: SingleFlightCache[tuple[Any, ...], PreparedImage] = SingleFlightCache(capacity)
         # Decoded RGB costs width × height × 3 bytes: keep only the few images being cropped right now.
         self.decoded_images: SingleFlightCache[tuple[Any, ...], Image.Image] = SingleFlightCache(decoded_capacity)
+        # An encoded crop is a few tens of KB: enough for the boxes of the images being postprocessed.
+        self.crops: SingleFlightCache[tuple[Any, ...], Crop] = SingleFlightCache(crop_capacity)
 
     def prepared(self, image_id: int, image_path: str | None, image_url: str | None) -> PreparedImage:
         """The image ready to send; BadImage (cached too: a bad image stays bad) when it cannot be, ImageUnavailable
@@ -106,3 +113,30 @@ class ImageSource:
         """Upright RGB pixels of the image, to crop boxes from (do not modify: shared between threads)."""
         key = (image_id, image_path, image_url)
         return self.decoded_images.get(key, lambda: self.prepared(*key).to_rgb())
+
+    def crop(self, image_id: int, image_path: str | None, image_url: str | None, bbox: Any) -> Crop:
+        """The box cut out of the image as a JPEG ready to send (crop_for_service), made once per image and box.
+        Keyed by the image and the box's exact coordinates: equal keys cut equal pixels, whatever box row asked."""
+        key = (image_id, image_path, image_url)
+        try:
+            where = box_xywh(bbox)
+        except ValueError:
+            where = None  # crop_for_service refuses it (BadImage) and says why
+
+        def load() -> Crop:
+            pixels = self.pixels(*key)
+            image, box = crop_for_service(pixels, bbox)
+            return Crop(image, box, pixels.size)
+
+        if where is None:
+            return load()
+        return self.crops.get((*key, where), load)
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A box cut out of an image: what to send, the pixel rectangle it covers, and the whole image's size."""
+
+    image: PreparedImage
+    box: CropBox
+    image_size: tuple[int, int]

@@ -2,7 +2,8 @@
 
 Requests follow the contract (spec/animal-farm-api.md §2, §6): POST multipart `file` with a
 filename carrying the right extension by default, or `GET ?url=` (URL-encoded) for services whose
-catalog `request_mode` is "url". Each service's timeout comes from the catalog, and so does its
+catalog `request_mode` is "url"; they travel over windmill.farm.transport (http.client), whose CPU per
+request is a third of httpx's. Each service's timeout comes from the catalog, and so does its
 `max_concurrency`: requests to a limited service wait for a place (windmill.farm.limits), so a process
 must call every service through one client. Answers are read as a stream and refused beyond a size cap,
 then normalised (windmill.farm.normalize). Every failure is a `ServiceCallError` whose
@@ -11,7 +12,7 @@ then normalised (windmill.farm.normalize). Every failure is a `ServiceCallError`
 
 from __future__ import annotations
 
-import ssl
+import http.client
 import threading
 import time
 import uuid
@@ -21,8 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
-
-import httpx
+from urllib.parse import quote, urlencode
 
 import windmill
 from windmill.catalog import Catalog, Service
@@ -35,13 +35,13 @@ from windmill.farm.normalize import (
     normalize_score_answer,
     parse_json,
 )
+from windmill.farm.transport import ConnectFailed, ExchangeFailed, ServiceConnections
 from windmill.images.load import check_image_url
 from windmill.images.validate import PreparedImage
 
 MIB = 1024 * 1024
-# More connections than a process ever has handler threads: when requests queue for a connection, httpcore
-# 1.0.9's sync pool can close a connection already handed to a waiting request, which then hangs until its
-# read timeout or fails with EBADF (encode/httpcore#1110; seen here with 88 threads and 32 connections).
+# Idle keep-alive connections kept per service: more than a process ever has handler threads, so a burst's
+# connections all stay open for the next one.
 DEFAULT_MAX_CONNECTIONS = 256
 # The largest real answer (metadata with EXIF) is well under 1 MiB; 8 MiB matches the services'
 # own image limit and keeps a runaway body from filling a worker's memory.
@@ -49,6 +49,8 @@ DEFAULT_MAX_BODY_BYTES = 8 * MIB
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_HEALTH_TIMEOUT_S = 10.0
 _ERROR_BODY_BYTES = 64 * 1024
+_READ_BYTES = 64 * 1024
+_HEADERS = {"User-Agent": f"windmill/{windmill.__version__}"}
 # Told of every analyze/score call: (service, seconds, outcome), outcome "success" or a ServiceCallError kind.
 # A plain callable keeps the client free of any metrics library.
 CallObserver = Callable[[str, float, str], None]
@@ -98,9 +100,17 @@ class _Exchange:
     elapsed: float
 
 
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    target: str  # path and query
+    body: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
 class FarmClient:
-    """Calls Animal Farm services; thread-safe. Each service gets its own keep-alive connection pool: one pool
-    for all of them would make every request of every thread scan and lock the same pool. The catalog's
+    """Calls Animal Farm services; thread-safe. Each service gets its own keep-alive connections: one pool
+    for all of them would make every request of every thread lock the same pool. The catalog's
     per-service `max_concurrency` holds across every thread that calls through this client (`limits`)."""
 
     def __init__(
@@ -126,40 +136,29 @@ class FarmClient:
         # One multipart boundary for all uploads of this client rather than one per request: a service's
         # multipart parser may compile a pattern per boundary (Python's email parser does, behind http.server;
         # so does werkzeug's), and a repeated boundary is compiled once. Random, so no image holds it.
-        self._upload_headers = {"Content-Type": f"multipart/form-data; boundary=windmill-{uuid.uuid4().hex}"}
-        self._clients: dict[str, httpx.Client] = {}
-        self._clients_lock = threading.Lock()
-        # One TLS context for every service's pool: building one loads the CA bundle, about 60 ms of CPU, and
-        # httpx builds a new one for each Client it is not handed one.
-        self._tls: ssl.SSLContext | None = None
+        self._boundary = f"windmill-{uuid.uuid4().hex}"
+        self._upload_headers = {"Content-Type": f"multipart/form-data; boundary={self._boundary}", **_HEADERS}
+        self._connections: dict[tuple[str, str, int], ServiceConnections] = {}
+        self._connections_lock = threading.Lock()
 
-    def _http(self, service: Service) -> httpx.Client:
-        client = self._clients.get(service.name)
-        if client is None:
-            with self._clients_lock:
-                client = self._clients.get(service.name)
-                if client is None:
-                    if self._tls is None:
-                        self._tls = httpx.create_ssl_context()
-                    client = self._clients[service.name] = httpx.Client(
-                        verify=self._tls,
-                        limits=httpx.Limits(max_connections=self._max_connections,
-                                            max_keepalive_connections=self._max_connections),
-                        headers={"User-Agent": f"windmill/{windmill.__version__}"},
-                        follow_redirects=False,
-                        # Services live on the cluster network: an HTTP(S)_PROXY meant for the internet must not
-                        # capture them.
-                        trust_env=False,
-                    )
-        return client
+    def _http(self, service: Service) -> ServiceConnections:
+        address = (service.name, service.host, service.port)
+        connections = self._connections.get(address)
+        if connections is None:
+            with self._connections_lock:
+                connections = self._connections.get(address)
+                if connections is None:
+                    connections = self._connections[address] = ServiceConnections(
+                        service.host, service.port, max_idle=self._max_connections)
+        return connections
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        with self._clients_lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
+        with self._connections_lock:
+            pools, self._connections = list(self._connections.values()), {}
+        for pool in pools:
+            pool.close()
         self.limits.close()
 
     def __enter__(self) -> FarmClient:
@@ -191,12 +190,11 @@ class FarmClient:
         with self.limits.place(target.name), self._observed(target.name):
             if use_url:
                 assert image_url is not None
-                exchange = self._call(target, "GET", target.endpoint, params=self._url_params(image_url, extra))
+                exchange = self._call(target, self._url_request(target, image_url, extra))
                 image_size = None
             else:
                 assert image is not None
-                exchange = self._call(target, "POST", target.endpoint, files=_upload(image),
-                                      data=_form_fields(extra), headers=self._upload_headers)
+                exchange = self._call(target, self._upload_request(target, image, _form_fields(extra)))
                 image_size = image.size
             payload = self._payload(target, exchange)
             data = normalize_answer(target.name, payload, image_size=image_size, status_code=exchange.status_code)
@@ -218,12 +216,10 @@ class FarmClient:
         with self.limits.place(target.name), self._observed(target.name):
             if use_url:
                 assert image_url is not None
-                params = self._url_params(image_url, {"caption": caption})
-                exchange = self._call(target, "GET", target.endpoint, params=params)
+                exchange = self._call(target, self._url_request(target, image_url, {"caption": caption}))
             else:
                 assert image is not None
-                exchange = self._call(target, "POST", target.endpoint, files=_upload(image),
-                                      data={"caption": caption}, headers=self._upload_headers)
+                exchange = self._call(target, self._upload_request(target, image, {"caption": caption}))
             payload = self._payload(target, exchange)
             data = normalize_score_answer(target.name, payload, status_code=exchange.status_code)
         return ServiceAnswer(target.name, data, exchange.elapsed, exchange.status_code)
@@ -244,17 +240,18 @@ class FarmClient:
 
     def _health(self, target: Service) -> HealthResult:
         url = f"{target.base_url}/health"
-        timeout = httpx.Timeout(self.health_timeout_s, connect=min(self.health_timeout_s, self.connect_timeout_s))
         started = time.monotonic()
         try:
-            with self._http(target).stream("GET", url, timeout=timeout) as response:
+            with self._http(target).exchange("GET", "/health", body=None, headers=_HEADERS,
+                                             connect_timeout=min(self.health_timeout_s, self.connect_timeout_s),
+                                             timeout=self.health_timeout_s) as response:
                 body, _complete = _read(response, _ERROR_BODY_BYTES, deadline=started + self.health_timeout_s)
-                status = response.status_code
-                content_type = response.headers.get("content-type", "")
-        except httpx.HTTPError as problem:
+                status = response.status
+                content_type = response.getheader("content-type", "")
+        except (ConnectFailed, ExchangeFailed) as problem:
             failure = _transport_error(target, problem, timeout_s=self.health_timeout_s, elapsed=None)
             return HealthResult(target.name, url, False, None, time.monotonic() - started, failure.reason)
-        except httpx.InvalidURL as problem:
+        except (UnicodeError, ValueError) as problem:  # a host name http.client cannot put in a request
             return HealthResult(target.name, url, False, None, 0.0, f"invalid service URL: {problem}")
         except _Overdue:
             detail = f"no complete answer within {self.health_timeout_s:g} s"
@@ -290,33 +287,37 @@ class FarmClient:
             return bool(image_url)
         return image is None
 
-    def _url_params(self, image_url: str, extra: Mapping[str, Any] | None) -> dict[str, str]:
+    def _url_request(self, service: Service, image_url: str, extra: Mapping[str, Any] | None) -> _Request:
         # The service fetches the URL itself: refuse what the image loader would refuse.
         check_image_url(image_url, allow_private_urls=self.allow_private_urls)
         params = {"url": image_url}
         params.update(_form_fields(extra))
-        return params
+        return _Request("GET", f"{service.endpoint}?{urlencode(params, quote_via=quote)}", headers=_HEADERS)
 
-    def _call(self, service: Service, method: str, path: str, **request: Any) -> _Exchange:
-        url = f"{service.base_url}{path}"
-        timeout = httpx.Timeout(service.timeout_s, connect=min(service.timeout_s, self.connect_timeout_s))
+    def _upload_request(self, service: Service, image: PreparedImage, fields: Mapping[str, str]) -> _Request:
+        body = multipart_body(self._boundary, fields, image.data, filename=image.filename, mime=image.mime)
+        return _Request("POST", service.endpoint, body, self._upload_headers)
+
+    def _call(self, service: Service, request: _Request) -> _Exchange:
         started = time.monotonic()
         deadline = started + service.timeout_s
         try:
-            with self._http(service).stream(method, url, timeout=timeout, **request) as response:
-                success = 200 <= response.status_code < 300
+            with self._http(service).exchange(request.method, request.target, body=request.body,
+                                              headers=request.headers, timeout=service.timeout_s,
+                                              connect_timeout=min(service.timeout_s, self.connect_timeout_s)
+                                              ) as response:
+                success = 200 <= response.status < 300
                 limit = self.max_body_bytes if success else _ERROR_BODY_BYTES
-                declared = response.headers.get("content-length", "")
+                declared = response.getheader("content-length", "")
                 if success and declared.isdigit() and int(declared) > limit:
                     raise _malformed(f"body of {int(declared)} bytes is over the {_size(limit)} limit", service,
-                                     response, started)
+                                     response.status, started)
                 body, complete = _read(response, limit, deadline=deadline)
                 if success and not complete:
-                    raise _malformed(f"body is over the {_size(limit)} limit", service, response, started)
-                return _Exchange(
-                    response.status_code, response.headers.get("content-type", ""), body, time.monotonic() - started
-                )
-        except httpx.HTTPError as problem:
+                    raise _malformed(f"body is over the {_size(limit)} limit", service, response.status, started)
+                return _Exchange(response.status, response.getheader("content-type", ""), body,
+                                 time.monotonic() - started)
+        except (ConnectFailed, ExchangeFailed) as problem:
             raise _transport_error(
                 service, problem, timeout_s=service.timeout_s, elapsed=time.monotonic() - started
             ) from None
@@ -388,11 +389,12 @@ class _Overdue(Exception):
     """The body kept trickling past the call's deadline."""
 
 
-def _read(response: httpx.Response, limit: int, *, deadline: float) -> tuple[bytes, bool]:
-    """Up to `limit` bytes of the (decoded) body; complete=False when there was more."""
+def _read(response: http.client.HTTPResponse, limit: int, *, deadline: float) -> tuple[bytes, bool]:
+    """Up to `limit` bytes of the body; complete=False when there was more. Each read returns what has arrived
+    (read1), so a body trickling in is caught at its deadline, not only when a read waits too long."""
     chunks: list[bytes] = []
     received = 0
-    for chunk in response.iter_bytes():
+    while chunk := response.read1(_READ_BYTES):
         received += len(chunk)
         if received > limit:
             chunks.append(chunk[: len(chunk) - (received - limit)])
@@ -403,8 +405,21 @@ def _read(response: httpx.Response, limit: int, *, deadline: float) -> tuple[byt
     return b"".join(chunks), True
 
 
-def _upload(image: PreparedImage) -> dict[str, tuple[str, bytes, str]]:
-    return {"file": (image.filename, image.data, image.mime)}
+def multipart_body(boundary: str, fields: Mapping[str, str], data: bytes, *, filename: str, mime: str) -> bytes:
+    """A multipart/form-data body (RFC 7578): the form fields, then the image as part `file`; one bytes object, so
+    the upload is one send after the headers' (no encoder iterating over parts per request)."""
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(name)}"\r\n\r\n'.encode()
+             + value.encode() + b"\r\n" for name, value in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{_quoted(filename)}"\r\n'
+                 f"Content-Type: {mime}\r\n\r\n".encode())
+    parts.append(data)
+    parts.append(f"\r\n--{boundary}--\r\n".encode())
+    return b"".join(parts)
+
+
+def _quoted(name: str) -> str:
+    """A name inside a quoted header parameter, escaped as browsers do (WHATWG HTML: multipart/form-data)."""
+    return name.replace("\"", "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _form_fields(extra: Mapping[str, Any] | None) -> dict[str, str]:
@@ -431,28 +446,23 @@ def _status_error(service: Service, exchange: _Exchange) -> ServiceCallError:
 
 
 def _transport_error(
-    service: Service, problem: httpx.HTTPError, *, timeout_s: float, elapsed: float | None
+    service: Service, problem: ConnectFailed | ExchangeFailed, *, timeout_s: float, elapsed: float | None
 ) -> ServiceCallError:
-    detail = str(problem) or type(problem).__name__
-    if isinstance(problem, httpx.ConnectTimeout):
+    if isinstance(problem, ConnectFailed) and problem.timed_out:
         kind, message = "connect", f"no connection to {service.base_url} within the connect timeout"
-    elif isinstance(problem, httpx.ConnectError):
-        kind, message = "connect", f"cannot connect to {service.base_url}: {detail}"
-    elif isinstance(problem, httpx.PoolTimeout):
-        kind, message = "timeout", f"no free connection in the client pool within {timeout_s:g} s"
-    elif isinstance(problem, httpx.TimeoutException):
+    elif isinstance(problem, ConnectFailed):
+        kind, message = "connect", f"cannot connect to {service.base_url}: {problem}"
+    elif problem.timed_out:
         kind, message = "timeout", f"no answer within {timeout_s:g} s"
-    elif isinstance(problem, httpx.DecodingError):
-        kind, message = "malformed", f"malformed answer: undecodable body ({detail})"
     else:
-        kind, message = "network", f"connection to {service.base_url} failed: {detail}"
+        kind, message = "network", f"connection to {service.base_url} failed: {problem}"
     return ServiceCallError(message, kind=kind, service=service.name, elapsed=elapsed)
 
 
-def _malformed(problem: str, service: Service, response: httpx.Response, started: float) -> ServiceCallError:
+def _malformed(problem: str, service: Service, status_code: int, started: float) -> ServiceCallError:
     """A successful status with an answer that cannot be used."""
     return ServiceCallError(f"malformed answer: {problem}", kind="malformed", service=service.name,
-                            status_code=response.status_code, elapsed=time.monotonic() - started)
+                            status_code=status_code, elapsed=time.monotonic() - started)
 
 
 def _size(count: int) -> str:

@@ -32,6 +32,8 @@ import math
 import re
 from typing import Any
 
+import orjson
+
 from windmill.farm.errors import ServiceCallError
 from windmill.images.errors import one_line
 
@@ -44,6 +46,7 @@ _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _HEADING = re.compile(r"<h1[^>]*>(.*?)</h1>", re.IGNORECASE | re.DOTALL)
 _PARAGRAPH = re.compile(r"<p[^>]*>(.*?)</p>", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"<[^>]+>")
+_LONG_DIGITS = re.compile(rb"[0-9]{20}")
 
 
 def normalize_answer(
@@ -109,7 +112,15 @@ def error_message(payload: Any) -> str | None:
 
 
 def parse_json(body: bytes) -> Any:
-    """Decode a JSON body; ValueError (with a short reason) when it is not JSON."""
+    """Decode a JSON body; ValueError (with a short reason) when it is not JSON. orjson reads a well-formed answer
+    for a tenth of json's CPU; what it refuses (NaN literals, a byte order mark, integers beyond 64 bits, bad
+    input) goes to json, which reads the first three as before and says what is wrong with the rest. A run of 20
+    digits goes to json too: orjson reads an integer beyond 64 bits as an inexact float."""
+    if not _LONG_DIGITS.search(body):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(body.decode("utf-8-sig"))  # Flask sends UTF-8; no guessing of UTF-16/32
     except RecursionError:

@@ -14,7 +14,7 @@ from windmill.db.queries import query
 from windmill.errors import WindmillError
 from windmill.farm import FarmClient, ServiceAnswer
 from windmill.image_cache import ImageSource
-from windmill.images import CropBox, crop_for_service, face_prediction_to_image, pose_prediction_to_image
+from windmill.images import CropBox, face_prediction_to_image, pose_prediction_to_image
 from windmill.jobs import Job
 from windmill.jobs.queues import POSTPROCESS_QUEUES
 from windmill.roles.outcome import Failure, call_service
@@ -52,9 +52,10 @@ class PostprocessHandler:
             return None
 
         def call() -> tuple[ServiceAnswer, CropBox, tuple[int, int]]:
-            pixels = self.images.pixels(box["image_id"], box["image_path"], box["image_url"])
-            crop_image, crop = crop_for_service(pixels, box["merged_data"]["merged_bbox"])
-            return self.farm.analyze(service, crop_image), crop, pixels.size
+            # The crop is shared with the box's other postprocessing services (a person box: colors, face, pose).
+            crop = self.images.crop(box["image_id"], box["image_path"], box["image_url"],
+                                    box["merged_data"]["merged_bbox"])
+            return self.farm.analyze(service, crop.image), crop.box, crop.image_size
 
         called = call_service(call, final_attempt=job.attempts >= job.max_attempts)
         if isinstance(called, Failure):

@@ -1,0 +1,64 @@
+"""The process's image cache: a crop is cut once per image and box, and never handed out for another."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from windmill.image_cache import ImageSource
+from windmill.images import BadImage, crop_for_service, prepare_image
+from windmill.settings import settings_from_mapping
+
+BOX_A = {"x": 10, "y": 8, "width": 30, "height": 20}
+BOX_B = {"x": 50, "y": 30, "width": 25, "height": 25}
+
+
+def quadrants(path: Path, colours: list[tuple[int, int, int]]) -> Path:
+    """An 80 × 60 JPEG whose quadrants have the given colours, so that every box cuts different pixels."""
+    image = Image.new("RGB", (80, 60))
+    for index, colour in enumerate(colours):
+        left, top = index % 2 * 40, index // 2 * 30
+        image.paste(colour, (left, top, left + 40, top + 30))
+    image.save(path, "JPEG", quality=95)
+    return path
+
+
+@pytest.fixture
+def pictures(tmp_path: Path) -> tuple[Path, Path]:
+    return (quadrants(tmp_path / "one.jpg", [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]),
+            quadrants(tmp_path / "two.jpg", [(10, 10, 10), (250, 250, 250), (120, 60, 200), (0, 120, 120)]))
+
+
+def direct(path: Path, box: dict[str, int]) -> bytes:
+    return crop_for_service(prepare_image(path.read_bytes()).to_rgb(), box)[0].data
+
+
+def test_a_crop_is_cut_once_per_image_and_box_and_is_that_box_of_that_image(pictures: tuple[Path, Path]) -> None:
+    one, two = pictures
+    source = ImageSource(settings_from_mapping({}))
+    first = source.crop(1, str(one), None, BOX_A)
+    assert source.crop(1, str(one), None, BOX_A) is first  # colors, face and pose of one box: one crop
+    assert source.crop(1, str(one), None, [10, 8, 30, 20]) is first  # the same box written as a list
+    assert source.crops.loads == 1
+
+    other_box = source.crop(1, str(one), None, BOX_B)
+    other_image = source.crop(2, str(two), None, BOX_A)
+    assert source.crops.loads == 3
+    assert first.image.data == direct(one, BOX_A)
+    assert other_box.image.data == direct(one, BOX_B)
+    assert other_image.image.data == direct(two, BOX_A)
+    assert len({first.image.data, other_box.image.data, other_image.image.data}) == 3
+    assert first.box.as_bbox() == BOX_A and other_box.box.as_bbox() == BOX_B
+    assert first.image_size == other_image.image_size == (80, 60)
+    assert (first.image.width, first.image.height, first.image.filename) == (30, 20, "image.jpg")
+
+
+def test_a_box_that_cannot_be_cut_is_a_bad_image(pictures: tuple[Path, Path]) -> None:
+    one, _ = pictures
+    source = ImageSource(settings_from_mapping({}))
+    with pytest.raises(BadImage, match="has no area inside"):
+        source.crop(1, str(one), None, {"x": 500, "y": 5, "width": 10, "height": 10})
+    with pytest.raises(BadImage, match="not a box"):
+        source.crop(1, str(one), None, {"x": "left"})
