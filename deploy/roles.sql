@@ -171,9 +171,8 @@ BEGIN
         ('FUNCTION', 'give_back_service_slot(text, integer)',       'EXECUTE',          NULL),
         -- Trigger functions: PostgreSQL checks EXECUTE when a trigger is created, not when it fires.
         ('FUNCTION', 'notify_job_queued()',          NULL,                              NULL),
-        ('FUNCTION', 'enqueue_after_result()',       NULL,                              NULL),
+        ('FUNCTION', 'answer_stored()',              NULL,                              NULL),  -- sql/0090
         ('FUNCTION', 'enqueue_consensus_for_image()', NULL,                             NULL),
-        ('FUNCTION', 'release_task_in_flight()',     NULL,                              NULL),
         ('FUNCTION', 'forget_tasks_of_deleted_image()', NULL,                           NULL),
         ('FUNCTION', 'note_answer_change()',         NULL,                              NULL),
         ('FUNCTION', 'notify_images_registered()',   NULL,                              NULL),  -- submit --follow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -85,3 +86,13 @@ def test_services_table_mirrors_the_catalog(conn: psycopg.Connection, catalog: C
     assert rows == {service.name: service.is_detector for service in catalog.services}
     voters = {row[0] for row in conn.execute("SELECT name FROM services WHERE consensus_enabled")}
     assert voters == {s.name for s in catalog.services if s.category != "postprocessing"}
+
+
+def test_migrations_are_read_from_another_tree_when_given_one(tmp_path: Path) -> None:
+    """A benchmark's baseline side migrates from another tree's sql/ (windmill/bench/answer_cost.py)."""
+    (tmp_path / "0002_second.sql").write_text("SELECT 2;")
+    (tmp_path / "0001_first.sql").write_text("SELECT 1;")
+    (tmp_path / "queries").mkdir()
+    (tmp_path / "notes.txt").write_text("not a migration")
+    assert [(m.version, m.name, m.sql) for m in available_migrations(tmp_path)] == [
+        (1, "first", "SELECT 1;"), (2, "second", "SELECT 2;")]

@@ -1,4 +1,5 @@
-"""The pipeline's triggers: stored answers enqueue merge and consensus jobs, deduplicated per image."""
+"""The pipeline's triggers: stored answers enqueue merge and consensus jobs, deduplicated per image; one trigger per
+answer also notes the counters' delta and frees the task's ledger entry."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import uuid
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
+
+from windmill.catalog import Catalog
 
 
 def add_image(conn: psycopg.Connection, name: str = "a.jpg") -> int:
@@ -46,6 +49,46 @@ def test_a_success_result_enqueues_the_right_follow_up(conn: psycopg.Connection,
     image_id = add_image(conn)
     add_result(conn, image_id, service)
     assert queued(conn) == [(queue, image_id) for queue in expected_queues]
+
+
+def test_every_primary_answer_queues_what_the_catalog_says(conn: psycopg.Connection, catalog: Catalog) -> None:
+    for service in catalog.select("primary"):
+        image_id = add_image(conn, f"{service.name}.jpg")
+        add_result(conn, image_id, service.name)
+        expected = sorted(queue for queue, wanted in (("merge", service.is_detector),
+                                                      ("consensus", service.feeds_consensus),
+                                                      ("caption_score", service.enable_caption_scoring)) if wanted)
+        assert [queue for queue, image in queued(conn) if image == image_id] == expected, service.name
+
+
+def answer_triggers(conn: psycopg.Connection) -> list[str]:
+    """The row triggers an answer's INSERT fires (foreign-key checks aside)."""
+    return [row[0] for row in conn.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = 'results'::regclass AND NOT tgisinternal "
+        "AND tgtype & 1 = 1 AND tgtype & 4 = 4 ORDER BY tgname")]  # FOR EACH ROW, ON INSERT
+
+
+def test_an_answer_fires_one_trigger_that_queues_notes_and_frees_its_task(conn: psycopg.Connection) -> None:
+    """sql/0090: the follow-up jobs, the counters' delta and the ledger entry in one trigger call per answer."""
+    assert answer_triggers(conn) == ["results_answer_stored"]
+    image_id = add_image(conn)
+    task, other = uuid.uuid4(), uuid.uuid4()
+    conn.execute("INSERT INTO service_tasks_in_flight (image_id, service, queue, task_id) VALUES "
+                 "(%s, 'yolov8', 'queue_yolov8', %s), (%s, 'blip', 'queue_blip', %s)",
+                 (image_id, task, image_id, other))
+    result_id = conn.execute("INSERT INTO results (image_id, service, task_id, data, status) "
+                             "VALUES (%s, 'yolov8', %s, '{}', 'success') RETURNING result_id",
+                             (image_id, task)).fetchone()[0]
+    add_result(conn, image_id, "blip", status="error")  # another task's error row: its entry stays
+    assert queued(conn) == [("consensus", image_id), ("merge", image_id)]
+    assert conn.execute("SELECT task_id FROM service_tasks_in_flight").fetchall() == [(other,)]
+    deltas = "SELECT service, status, change FROM service_answer_count_deltas ORDER BY result_id, change"
+    assert conn.execute(deltas).fetchall() == [("yolov8", "success", 1), ("blip", "error", 1)]
+    conn.execute("DELETE FROM jobs")
+    conn.execute("DELETE FROM results WHERE result_id = %s", (result_id,))
+    assert conn.execute(deltas).fetchall() == [("yolov8", "success", -1), ("yolov8", "success", 1),
+                                               ("blip", "error", 1)]
+    assert queued(conn) == [], "a deleted answer queues nothing"
 
 
 def test_failed_results_enqueue_nothing(conn: psycopg.Connection) -> None:

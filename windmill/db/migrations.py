@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 
 import psycopg
 
@@ -25,9 +27,10 @@ class Migration:
     sql: str
 
 
-def available_migrations() -> list[Migration]:
+def available_migrations(directory: Traversable | None = None) -> list[Migration]:
+    """The migrations of sql/, or of another tree's sql/ directory (a benchmark's baseline), in order."""
     found = []
-    for entry in packaged_dir("sql").iterdir():
+    for entry in (directory or packaged_dir("sql")).iterdir():
         match = _MIGRATION_FILE.match(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
@@ -45,8 +48,9 @@ def applied_versions(conn: psycopg.Connection) -> set[int]:
     return {row[0] for row in conn.execute(query("applied_migrations"))}
 
 
-def migrate(conn: psycopg.Connection) -> list[Migration]:
-    """Apply every migration not yet recorded; return those applied now. Never drops anything."""
+def migrate(conn: psycopg.Connection, migrations: Sequence[Migration] | None = None) -> list[Migration]:
+    """Apply every migration not yet recorded (of sql/, or those given); return those applied now. Never drops
+    anything."""
     conn.autocommit = True
     applied_now = []
     with conn.transaction():
@@ -54,7 +58,7 @@ def migrate(conn: psycopg.Connection) -> list[Migration]:
         conn.execute(query("create_migration_schema"))
         conn.execute(query("create_migration_table"))
     done = applied_versions(conn)
-    for migration in available_migrations():
+    for migration in available_migrations() if migrations is None else migrations:
         if migration.version in done:
             continue
         with conn.transaction():
