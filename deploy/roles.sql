@@ -169,6 +169,8 @@ BEGIN
         ('FUNCTION', 'take_service_slot(text, integer, integer[])', 'EXECUTE',          NULL),  -- fleet_max_concurrency
         ('FUNCTION', 'export_selection(bigint, text, timestamp with time zone, bigint)', 'EXECUTE', 'EXECUTE'),  -- `export`
         ('FUNCTION', 'give_back_service_slot(text, integer)',       'EXECUTE',          NULL),
+        ('FUNCTION', 'job_channel(text)',            'EXECUTE',                         NULL),  -- sql/0096: the notify trigger
+        ('FUNCTION', 'listen_job_queues(text[])',    'EXECUTE',                         NULL),  -- a worker's LISTENs
         -- Trigger functions: PostgreSQL checks EXECUTE when a trigger is created, not when it fires.
         ('FUNCTION', 'notify_job_queued()',          NULL,                              NULL),
         ('FUNCTION', 'answer_stored()',              NULL,                              NULL),  -- sql/0090

@@ -3,6 +3,7 @@ NOTIFY only for newly queued jobs, and the claim query's plan. Time is passed in
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -10,10 +11,13 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from tests.conftest import wait_until
 from windmill.broker import JobTableBroker, Task
 from windmill.db.connect import Database
-from windmill.jobs import NOTIFY_CHANNEL, Job, JobQueue, JobState, NewJob, PermanentJobError
+from windmill.db.queries import query
+from windmill.jobs import Job, JobQueue, JobState, NewJob, PermanentJobError
 from windmill.jobs.queue import claim_query, enqueue_many_on, enqueue_on
+from windmill.worker.listener import JobListener
 
 
 @pytest.fixture
@@ -139,9 +143,14 @@ def _notifications(listener: psycopg.Connection) -> int:
     return sum(1 for _ in listener.notifies(timeout=0.3))
 
 
+def _listen(listener: psycopg.Connection, *queues: str) -> None:
+    """LISTEN as a worker of these queues does (sql/0096)."""
+    listener.execute("SELECT * FROM listen_job_queues(%s)", [list(queues)])
+
+
 def test_notify_only_when_a_job_is_newly_queued(jobs: JobQueue, database: Database) -> None:
     with database.connect() as listener:
-        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        _listen(listener, "q")
         jobs.enqueue(NewJob("q", {}, dedupe_key="same"))
         assert _notifications(listener) == 1
         jobs.enqueue(NewJob("q", {}, dedupe_key="same"))
@@ -154,15 +163,15 @@ def test_notify_only_when_a_job_is_newly_queued(jobs: JobQueue, database: Databa
 def test_notify_once_per_transaction_and_never_for_a_job_due_later(jobs: JobQueue, database: Database,
                                                                    conn: psycopg.Connection) -> None:
     """Issue 13 item 5: a job due later cannot be claimed yet (the poll covers it); a transaction queueing several
-    due jobs, of one queue or several, notifies once."""
+    due jobs notifies once per queue."""
     with database.connect() as listener:
-        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        _listen(listener, "q", "other", "later")
         enqueue_on(conn, NewJob("later", {}), run_after=datetime.now(UTC) + timedelta(minutes=5))
         assert _notifications(listener) == 0
         with conn.transaction():
             for queue in ("q", "q", "other"):
                 enqueue_on(conn, NewJob(queue, {}))
-        assert _notifications(listener) == 1
+        assert _notifications(listener) == 2
         enqueue_many_on(conn, [NewJob("q", {}) for _ in range(50)])
         assert _notifications(listener) == 1
 
@@ -170,15 +179,41 @@ def test_notify_once_per_transaction_and_never_for_a_job_due_later(jobs: JobQueu
 def test_a_due_job_wakes_the_workers_even_behind_a_backlog(jobs: JobQueue, database: Database) -> None:
     """The wake-up does not look for other waiting jobs (sql/0085: that look-up read every queue's backlog)."""
     with database.connect() as listener:
-        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        _listen(listener, "q")
         jobs.enqueue(NewJob("q", {}))
         jobs.enqueue(NewJob("q", {}))
         assert _notifications(listener) == 2
 
 
+def test_a_job_wakes_only_the_listeners_of_its_queue(jobs: JobQueue, database: Database) -> None:
+    """sql/0096: a queue of its own per channel, so a merge job does not wake the service workers; the wake-all
+    channel still reaches every worker (`jobs retry`)."""
+    long_queue = "postprocess_" + "a_service_named_at_great_length" * 2
+    heard: list[str] = []
+    woken = threading.Event()
+    stopping = threading.Event()
+    listener = JobListener(database.conninfo, woken, stopping, queues=["merge", long_queue], on_queue=heard.append)
+    thread = threading.Thread(target=listener.run)
+    thread.start()
+    try:
+        assert listener.connected.wait(10)
+        woken.clear()
+        jobs.enqueue(NewJob("queue_yolov8", {}))
+        jobs.enqueue(NewJob("merge", {}))
+        jobs.enqueue(NewJob(long_queue, {}))  # its channel's name would be over 63 bytes: a hash of it instead
+        wait_until(lambda: len(heard) == 2, timeout=10, message="both queues' notifications")
+        assert heard == ["merge", long_queue] and not woken.is_set()
+        with database.connect() as conn:
+            conn.execute(query("notify_jobs"))
+        assert woken.wait(10)
+    finally:
+        stopping.set()
+        thread.join()
+
+
 def test_notify_payload_is_constant(jobs: JobQueue, database: Database) -> None:
     with database.connect() as listener:
-        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        _listen(listener, "q")
         jobs.enqueue(NewJob("q", {"secret": "x"}, image_id=None))
         [note] = list(listener.notifies(timeout=1, stop_after=1))
     assert note.payload == ""

@@ -168,9 +168,9 @@ SELECT queue, state::text AS state, count(*) AS jobs,
 ANALYZE jobs
 
 -- name: notify_jobs
--- Wake the idle workers (the channel the enqueue trigger of sql/0002 notifies).
+-- Wake every idle worker for every queue (the wake-all channel of sql/0096).
 SELECT pg_notify('windmill_jobs', '')
 
--- name: listen_jobs
--- A worker's wake-up line: the channel the enqueue trigger of sql/0002 notifies.
-LISTEN windmill_jobs
+-- name: listen_job_queues
+-- A worker's wake-up lines: the wake-all channel and its queues' own (sql/0096); each queue with its channel.
+SELECT queue, channel FROM listen_job_queues(%(queues)s::text[])

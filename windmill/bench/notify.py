@@ -3,8 +3,8 @@ committing one detector answer per transaction for an image of its own (so every
 and a consensus job, as a backed-up pipeline does), under three wake-ups, interleaved run by run:
 
 - none: the notify trigger disabled (the baseline);
-- due jobs (now, sql/0085): a notification for each job due now, none for a job due later (the consensus job);
-  PostgreSQL folds a transaction's identical notifications into one;
+- due jobs (now, sql/0085 and 0096): a notification on its queue's channel for each job due now, none for a job
+  due later (the consensus job); PostgreSQL folds a transaction's notifications of one channel into one;
 - every job (sql/0002): a notification for every newly queued job, due later too, swapped in for the run.
 
 Runs on a throwaway cluster with production durability; prints the conditions beside the figures."""

@@ -19,7 +19,7 @@ from windmill.db.queries import query
 from windmill.jobs.model import Job, JobState
 
 log = logging.getLogger(__name__)
-NOTIFY_CHANNEL = "windmill_jobs"  # named by sql/0002's trigger and the queries notify_jobs and listen_jobs
+NOTIFY_CHANNEL = "windmill_jobs"  # the wake-all channel (sql/0096; the query notify_jobs); queues have their own
 DEFAULT_LEASE = timedelta(seconds=30)
 DEFAULT_MAX_ATTEMPTS = 5
 MAX_RETRY_DELAY_S = 300.0

@@ -55,23 +55,35 @@ class WorkerHooks:
 
 
 class _Wake(threading.Event):
-    """The claim loop's wake-up. `set` is a hint that jobs may wait (a notification, a reconnect, a stop);
-    `nudge` only says a handler finished."""
+    """The claim loop's wake-up. `set` is a hint that jobs may wait in any queue (the wake-all channel, a reconnect,
+    a stop); `hint_queue` that they may wait in that queue (its own channel, sql/0096); `nudge` only says a handler
+    finished."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._hinted = False
+        self._hint_lock = threading.Lock()
+        self._everything = False
+        self._queues: frozenset[str] = frozenset()
 
     def set(self) -> None:
-        self._hinted = True
+        with self._hint_lock:
+            self._everything = True
+        super().set()
+
+    def hint_queue(self, queue: str) -> None:
+        with self._hint_lock:
+            self._queues |= {queue}
         super().set()
 
     def nudge(self) -> None:
         super().set()
 
-    def take_hint(self) -> bool:
-        hinted, self._hinted = self._hinted, False
-        return hinted
+    def take_hint(self) -> tuple[bool, frozenset[str]]:
+        """(a hint for every queue, the queues hinted) since the last call."""
+        with self._hint_lock:
+            everything, queues = self._everything, self._queues
+            self._everything, self._queues = False, frozenset()
+        return everything, queues
 
 
 class _LaneState:
@@ -120,7 +132,8 @@ class Worker:
         self._fatal: BaseException | None = None
         self.jobs_done = 0
         self.jobs_failed = 0
-        self._listener = JobListener(listen_conninfo, self._wake, self._side_tasks_done)
+        self._listener = JobListener(listen_conninfo, self._wake, self._side_tasks_done, queues=role.queues,
+                                     on_queue=self._wake.hint_queue)
         self.presence = WorkerPresence(jobs.pool, worker_id, role.name, role.service)
         self.lanes = plan_lanes(role.queues, role.service_queues, self.options.concurrency)
 
@@ -171,10 +184,15 @@ class Worker:
         next_poll = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
-            if self._wake.take_hint() or time.monotonic() >= next_poll:
+            everything, hinted = self._wake.take_hint()
+            if everything or time.monotonic() >= next_poll:
                 for lane in lanes:
                     lane.dry = False
                 next_poll = time.monotonic() + self.options.poll_interval_s
+            else:  # a queue's own notification: only its lane claims again (the others stay as they were)
+                for lane in lanes:
+                    if lane.dry and not hinted.isdisjoint(lane.lane.queues):
+                        lane.dry = False
             asks = self._claims_wanted(lanes)
             if asks:
                 try:
