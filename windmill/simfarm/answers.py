@@ -54,11 +54,11 @@ class Scene:
         return self.image.convert("RGB")
 
 
-# How much of the image each simulated model looks at. Metadata's statistics need every pixel, and so does the
-# palette (median cut on a thumbnail resampled from a DCT-scaled decode orders a third of palettes differently);
-# the colour word of a caption needs a small thumbnail, decoded at 1/2–1/8 scale by libjpeg's DCT scaling; answers
-# drawn from the sidecar need only the size, which the header gives.
-_FULL_SIZE = {"metadata", "colors"}
+# How much of the image each simulated model looks at. Metadata's statistics need every pixel; a palette or the
+# colour word of a caption needs a thumbnail, resampled from a JPEG decoded at 1/2–1/8 scale by libjpeg's DCT
+# scaling (at least twice the thumbnail's size, so the resampling still averages); answers drawn from the sidecar
+# need only the size, which the header gives.
+_FULL_SIZE = {"metadata"}
 _DOMINANT_COLOR = {"blip", "ollama"}
 _JPEG_END = b"\xff\xd9"  # EOI: inside the entropy-coded data an 0xFF byte is always followed by 0x00 or RST
 
@@ -124,7 +124,8 @@ class Answerer:
         elif profile.analyzer == "ollama":
             variant = (params.get("prompt", ""), params.get("model", ""))
         key = (profile.key, "analyze", picture.digest, variant)
-        return self._cached(key, lambda: self._analyze(profile, self._scene(picture, profile.analyzer), params))
+        return self._cached(key, lambda: self._analyze(
+            profile, self._scene(picture, profile.analyzer, params.get("regions", "")), params))
 
     def score(self, profile: Profile, picture: Picture, caption: str) -> bytes:
         caption = caption.strip()
@@ -144,9 +145,13 @@ class Answerer:
 
         return self._cached(key, compute)
 
-    def _scene(self, picture: Picture, analyzer: str) -> Scene:
+    def _scene(self, picture: Picture, analyzer: str, regions: str = "") -> Scene:
         if analyzer in _FULL_SIZE:
             image, file_format, (width, height) = decode(picture)
+        elif analyzer == "colors":
+            grid = colors.REGION_GRIDS.get(int(regions), 1) if regions.isdigit() else 1  # a thumbnail per region
+            image, file_format, (width, height) = decode(picture, (2 * grid * colors.THUMBNAIL[0],
+                                                                   2 * grid * colors.THUMBNAIL[1]))
         elif analyzer in _DOMINANT_COLOR:
             image, file_format, (width, height) = decode(picture, colors.DOMINANT_THUMBNAIL)
         else:
