@@ -12,6 +12,7 @@ from windmill.simfarm.answers import Answerer, Undecodable
 from windmill.simfarm.contract import PROFILES
 from windmill.simfarm.inputs import Picture
 from windmill.simfarm.metadata import _mean_saturation
+from windmill.simfarm.metadata import analyze as analyze_metadata
 from windmill.simfarm.server import SAMPLES_DIR
 
 ASTRONAUT = (SAMPLES_DIR / "astronaut.jpg").read_bytes()
@@ -57,3 +58,17 @@ def test_mean_saturation_is_that_of_pillows_hsv_conversion() -> None:
     for rgb in images:
         expected = float(np.asarray(rgb.convert("HSV"), dtype=np.float32)[..., 1].mean())
         assert _mean_saturation(rgb) == expected, rgb.size
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 5), (97, 61), (3000, 2000)])
+def test_metadata_statistics_are_the_exact_figures(size: tuple[int, int]) -> None:
+    pixels = np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    luma = np.asarray(image.convert("L")).astype(np.float64)
+    laplacian = np.zeros_like(luma)
+    laplacian[1:-1, 1:-1] = luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:] - 4 * luma[1:-1, 1:-1]
+    quality = analyze_metadata(image, b"", "png")["image_quality"]
+    assert quality["lighting_analysis"]["mean_brightness"] == round(float(luma.mean()), 2)
+    assert quality["contrast_analysis"]["dynamic_range"] == round(float(luma.std()), 2)
+    assert quality["blur_analysis"]["laplacian_variance"] == round(float(laplacian.var()), 2)
+    assert quality["exposure_analysis"]["bright_pixel_ratio"] == round(float((luma >= 230).mean()), 3)
