@@ -146,16 +146,13 @@ class Answerer:
         return self._cached(key, compute)
 
     def _scene(self, picture: Picture, analyzer: str, regions: str = "") -> Scene:
-        if analyzer in _FULL_SIZE:
-            image, file_format, (width, height) = decode(picture)
-        elif analyzer == "colors":
+        pixels, at_least = analyzer in _FULL_SIZE, None
+        if analyzer == "colors":
             grid = colors.REGION_GRIDS.get(int(regions), 1) if regions.isdigit() else 1  # a thumbnail per region
-            image, file_format, (width, height) = decode(picture, (2 * grid * colors.THUMBNAIL[0],
-                                                                   2 * grid * colors.THUMBNAIL[1]))
+            pixels, at_least = True, (2 * grid * colors.THUMBNAIL[0], 2 * grid * colors.THUMBNAIL[1])
         elif analyzer in _DOMINANT_COLOR:
-            image, file_format, (width, height) = decode(picture, colors.DOMINANT_THUMBNAIL)
-        else:
-            image, file_format, (width, height) = decode(picture, pixels=False)
+            pixels, at_least = True, colors.DOMINANT_THUMBNAIL
+        image, file_format, (width, height) = decode(picture, at_least, pixels=pixels)
         sidecar = None
         if picture.path is not None:
             sidecar = self.index.beside(picture.path)
@@ -163,7 +160,7 @@ class Answerer:
             sidecar = self.index.for_digest(picture.digest)
         if sidecar is None:
             # Look-alikes are compared on thumbnails of the full-size pixels, as the index makes its own.
-            full_size = image if image.size == (width, height) else decode(picture)[0]
+            full_size = image if pixels and image.size == (width, height) else decode(picture)[0]
             sidecar = self.index.for_look_alike(full_size.convert("RGB"))
         if sidecar is not None:
             sidecar = sidecar.fitted(width, height)
