@@ -91,14 +91,20 @@ def _moments(values: np.ndarray) -> tuple[float, float]:
 
 
 def _edge_density(luma: np.ndarray) -> float:
-    """Share of pixels whose central-difference gradient is over 60 (a stand-in for Canny), in integers."""
-    pixels = luma.astype(np.int32)
-    across = pixels[:, 2:] - pixels[:, :-2]
-    down = pixels[2:, :] - pixels[:-2, :]
-    squared = np.zeros(pixels.shape, np.int32)
-    squared[:, 1:-1] = across * across
-    squared[1:-1, :] += down * down
-    return np.count_nonzero(squared > 60 * 60) / squared.size  # |gradient| > 60 ⟺ its square > 3600
+    """Share of pixels whose central-difference gradient is over 60 (a stand-in for Canny), in small integers.
+
+    |gradient| > 60 ⟺ across² + down² > 3600; a difference over 60 decides alone, so each is clipped to 61 and the
+    sum of squares fits 16 bits.
+    """
+    clipped = np.zeros(luma.shape, np.uint16)
+    clipped[:, 1:-1] = np.square(_clipped_difference(luma[:, 2:], luma[:, :-2]), dtype=np.uint16)
+    clipped[1:-1, :] += np.square(_clipped_difference(luma[2:, :], luma[:-2, :]), dtype=np.uint16)
+    return np.count_nonzero(clipped > 60 * 60) / luma.size
+
+
+def _clipped_difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """min(|first - second|, 61) of two uint8 arrays, without leaving uint8."""
+    return np.minimum(np.maximum(first, second) - np.minimum(first, second), 61)
 
 
 def _composition(luma: np.ndarray) -> dict[str, Any]:
