@@ -15,7 +15,7 @@ MAX_COLORS = 8
 REGION_GRIDS = {4: 2, 9: 3, 16: 4}
 # A palette is computed on at most this many pixels. Pillow's median cut costs about 0.7 µs a pixel: at 96×96 it
 # was the stand-in's largest cost (5 ms an answer); at 64×64 it is 2.5× cheaper, and the primary marker stays the
-# same for 7 in 10 images and the same colour family for 8 in 10 (the bundled samples and 100 benchmark scenes).
+# same for 2 in 3 images and the same colour family for 4 in 5 (the bundled samples and 100 benchmark scenes).
 THUMBNAIL = (64, 64)
 # The colour a caption names needs only the largest group: at this size the word is the one a 96×96 thumbnail
 # gives for every bundled sample and each of 100 benchmark scenes.
