@@ -1,9 +1,9 @@
 """From image bytes to a service's answer body: decode, find the sidecar, run the simulated model, cache.
 
 Bodies are cached as bytes per (service, image digest, parameters), so a repeated image costs a
-SHA-256 and a dict lookup; with `cache=False` (`farm serve --no-cache`) every request decodes the image and
-computes its answer, as a real service does. Everything here is deterministic: the same bytes give the same body,
-`processing_time` included (a per-image spread around the service's typical time).
+SHA-256 and a dict lookup; with `cache=False` (`farm serve --no-cache`) every request decodes the image (as far
+as its answer needs) and computes its answer, as a real service does. Everything here is deterministic: the same
+bytes give the same body, `processing_time` included (a per-image spread around the service's typical time).
 """
 
 from __future__ import annotations
