@@ -1,9 +1,9 @@
 """From image bytes to a service's answer body: decode, find the sidecar, run the simulated model, cache.
 
 Bodies are cached as bytes per (service, image digest, parameters), so a repeated image costs a
-SHA-256 and a dict lookup; with `cache=False` (`farm serve --no-cache`) every request decodes the image and
-computes its answer, as a real service does. Everything here is deterministic: the same bytes give the same body,
-`processing_time` included (a per-image spread around the service's typical time).
+SHA-256 and a dict lookup; with `cache=False` (`farm serve --no-cache`) every request decodes the image (as far
+as its answer needs) and computes its answer, as a real service does. Everything here is deterministic: the same
+bytes give the same body, `processing_time` included (a per-image spread around the service's typical time).
 """
 
 from __future__ import annotations
@@ -40,33 +40,48 @@ class Options:
 
 @dataclass
 class Scene:
-    """A decoded image and what is known about it."""
+    """An image as one simulated model needs it, and what is known about it."""
 
     picture: Picture
-    image: Image.Image  # as decoded (EXIF, mode)
-    rgb: Image.Image
+    image: Image.Image  # as decoded (EXIF, mode), at reduced scale or not at all unless the model needs the pixels
     file_format: str
+    width: int  # the image's own size, whatever the scale it was decoded at
+    height: int
     sidecar: Sidecar | None
 
     @property
-    def width(self) -> int:
-        return self.rgb.width
-
-    @property
-    def height(self) -> int:
-        return self.rgb.height
+    def rgb(self) -> Image.Image:
+        return self.image.convert("RGB")
 
 
-def decode(picture: Picture) -> tuple[Image.Image, str]:
+# How much of the image each simulated model looks at. Metadata's statistics need every pixel; a palette or the
+# colour word of a caption needs a thumbnail, resampled from a JPEG decoded at 1/2–1/8 scale by libjpeg's DCT
+# scaling (at least twice the thumbnail's size, so the resampling still averages); answers drawn from the sidecar
+# need only the size, which the header gives.
+_FULL_SIZE = {"metadata"}
+_DOMINANT_COLOR = {"blip", "ollama"}
+_JPEG_END = b"\xff\xd9"  # EOI: inside the entropy-coded data an 0xFF byte is always followed by 0x00 or RST
+
+
+def decode(picture: Picture, at_least: tuple[int, int] | None = None, *, pixels: bool = True
+           ) -> tuple[Image.Image, str, tuple[int, int]]:
+    """The image (at the smallest JPEG scale still `at_least` this size; None: full size), its format, its own size.
+
+    `pixels=False`: a JPEG that ends with its EOI marker is left undecoded (its header has been read); anything
+    else is decoded as with `pixels=True`, so a cut-off or broken file fails with the decoder's own message.
+    """
     try:
         image = Image.open(io.BytesIO(picture.data))
-        image.load()
+        size = image.size
+        if pixels or image.format != "JPEG" or not picture.data.endswith(_JPEG_END):
+            image.draft(None, at_least or size)  # a no-op for formats other than JPEG
+            image.load()
     except UnidentifiedImageError:
         where = f"'{picture.path}'" if picture.path else "<_io.BytesIO object>"
         raise Undecodable(f"cannot identify image file {where}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise Undecodable(str(error) or type(error).__name__) from None
-    return image, (image.format or "unknown").lower()
+    return image, (image.format or "unknown").lower(), size
 
 
 def processing_time(profile: Profile, digest: str) -> float:
@@ -109,14 +124,15 @@ class Answerer:
         elif profile.analyzer == "ollama":
             variant = (params.get("prompt", ""), params.get("model", ""))
         key = (profile.key, "analyze", picture.digest, variant)
-        return self._cached(key, lambda: self._analyze(profile, self._scene(picture), params))
+        return self._cached(key, lambda: self._analyze(
+            profile, self._scene(picture, profile.analyzer, params.get("regions", "")), params))
 
     def score(self, profile: Profile, picture: Picture, caption: str) -> bytes:
         caption = caption.strip()
         key = (profile.key, "score", picture.digest, caption, picture.source)
 
         def compute() -> dict[str, Any]:
-            scene = self._scene(picture)
+            scene = self._scene(picture, "caption_score")
             return {
                 "service": "clip",
                 "status": "success",
@@ -129,19 +145,26 @@ class Answerer:
 
         return self._cached(key, compute)
 
-    def _scene(self, picture: Picture) -> Scene:
-        image, file_format = decode(picture)
-        rgb = image.convert("RGB")
+    def _scene(self, picture: Picture, analyzer: str, regions: str = "") -> Scene:
+        pixels, at_least = analyzer in _FULL_SIZE, None
+        if analyzer == "colors":
+            grid = colors.REGION_GRIDS.get(int(regions), 1) if regions.isdigit() else 1  # a thumbnail per region
+            pixels, at_least = True, (2 * grid * colors.THUMBNAIL[0], 2 * grid * colors.THUMBNAIL[1])
+        elif analyzer in _DOMINANT_COLOR:
+            pixels, at_least = True, colors.DOMINANT_THUMBNAIL
+        image, file_format, (width, height) = decode(picture, at_least, pixels=pixels)
         sidecar = None
         if picture.path is not None:
             sidecar = self.index.beside(picture.path)
         if sidecar is None:
             sidecar = self.index.for_digest(picture.digest)
         if sidecar is None:
-            sidecar = self.index.for_look_alike(rgb)
+            # Look-alikes are compared on thumbnails of the full-size pixels, as the index makes its own.
+            full_size = image if pixels and image.size == (width, height) else decode(picture)[0]
+            sidecar = self.index.for_look_alike(full_size.convert("RGB"))
         if sidecar is not None:
-            sidecar = sidecar.fitted(*rgb.size)
-        return Scene(picture, image, rgb, file_format, sidecar)
+            sidecar = sidecar.fitted(width, height)
+        return Scene(picture, image, file_format, width, height, sidecar)
 
     def _analyze(self, profile: Profile, scene: Scene, params: dict[str, str]) -> dict[str, Any]:
         digest, sidecar, width, height = scene.picture.digest, scene.sidecar, scene.width, scene.height
@@ -162,7 +185,7 @@ class Answerer:
         elif kind == "clip_backend":
             predictions = classification.clip_backend_predictions(sidecar, digest)
         elif kind in ("blip", "ollama"):
-            color_word = colors.color_family(colors.color_groups(scene.rgb)[0][1])
+            color_word = colors.dominant_family(scene.image)
             if kind == "blip":
                 predictions = [captions.blip_prediction(sidecar, color_word)]
             else:

@@ -8,10 +8,11 @@ always "jpeg", the re-encoded size, no EXIF (its temp-file timestamps are left o
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import numpy as np
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, ImageChops
 
 # ExifTool's names for a few tags Pillow names differently.
 _EXIFTOOL_NAMES = {"ISOSpeedRatings": "ISO", "DateTime": "ModifyDate", "ExifImageWidth": "ExifImageWidth"}
@@ -32,8 +33,8 @@ def analyze(image: Image.Image, data: bytes, file_format: str, *, reencode: bool
         file_info = {"file_size": buffer.tell(), "file_type": "jpeg"}
     else:
         file_info = {"file_size": len(data), "file_type": file_format}
-    gray = np.asarray(rgb.convert("L"), dtype=np.float32)
-    saturation = float(np.asarray(rgb.convert("HSV"), dtype=np.float32)[..., 1].mean())
+    luma = np.asarray(rgb.convert("L"))
+    saturation = _mean_saturation(rgb) if image.mode not in ("L", "1") else 0.0  # grey: max == min everywhere
     prediction: dict[str, Any] = {
         "dimensions": {"height": height, "width": width},
         "aspect_ratio": {
@@ -47,8 +48,8 @@ def analyze(image: Image.Image, data: bytes, file_format: str, *, reencode: bool
                 "saturation_level": round(saturation, 1),
             }
         },
-        "composition": _composition(gray),
-        "image_quality": _quality(gray),
+        "composition": _composition(luma),
+        "image_quality": _quality(luma),
     }
     if not reencode:
         exif_data, gps_data = _exif(image)
@@ -59,21 +60,66 @@ def analyze(image: Image.Image, data: bytes, file_format: str, *, reencode: bool
     return prediction
 
 
-def _composition(gray: np.ndarray) -> dict[str, Any]:
-    # Edge density: share of pixels whose central-difference gradient is strong (a stand-in for Canny).
-    gx = np.zeros_like(gray)
-    gy = np.zeros_like(gray)
-    gx[:, 1:-1] = gray[:, 2:] - gray[:, :-2]
-    gy[1:-1, :] = gray[2:, :] - gray[:-2, :]
-    edge_density = float((np.hypot(gx, gy) > 60).mean())
-    height, width = gray.shape
+def _saturation_table() -> np.ndarray:
+    """Pillow's HSV saturation of every (max, min) channel pair as float32, indexed by max * 256 + min."""
+    high, low = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    pairs = Image.fromarray(np.stack([high, low, low], axis=2).astype(np.uint8), "RGB")
+    return np.asarray(pairs.convert("HSV"))[..., 1].reshape(-1).astype(np.float32)
+
+
+_SATURATION = _saturation_table()
+
+
+def _mean_saturation(rgb: Image.Image) -> float:
+    """The mean S of `rgb.convert("HSV")` (a third of metadata's time), from each pixel's max and min channel.
+
+    The same float32 values summed in the same order (numpy reduces a channel view and a flat array alike): the
+    same mean to the last bit.
+    """
+    red, green, blue = rgb.split()
+    high = np.asarray(ImageChops.lighter(ImageChops.lighter(red, green), blue))
+    low = np.asarray(ImageChops.darker(ImageChops.darker(red, green), blue))
+    return float(np.take(_SATURATION, (high.astype(np.uint16) << 8) | low).mean())
+
+
+def _moments(values: np.ndarray) -> tuple[float, float]:
+    """Mean and population variance of integer values, in exact integer arithmetic (no float32 rounding)."""
+    count = values.size
+    total = int(values.sum(dtype=np.int64))
+    squares = int(np.square(values, dtype=np.int64).sum())
+    return total / count, (count * squares - total * total) / (count * count)
+
+
+def _edge_density(luma: np.ndarray) -> float:
+    """Share of pixels whose central-difference gradient is over 60 (a stand-in for Canny), in small integers.
+
+    |gradient| > 60 ⟺ across² + down² > 3600; a difference over 60 decides alone, so each is clipped to 61 and the
+    sum of squares fits 16 bits.
+    """
+    clipped = np.zeros(luma.shape, np.uint16)
+    clipped[:, 1:-1] = np.square(_clipped_difference(luma[:, 2:], luma[:, :-2]), dtype=np.uint16)
+    clipped[1:-1, :] += np.square(_clipped_difference(luma[2:, :], luma[:-2, :]), dtype=np.uint16)
+    return np.count_nonzero(clipped > 60 * 60) / luma.size
+
+
+def _clipped_difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """min(|first - second|, 61) of two uint8 arrays, without leaving uint8."""
+    return np.minimum(np.maximum(first, second) - np.minimum(first, second), 61)
+
+
+def _composition(luma: np.ndarray) -> dict[str, Any]:
+    # Statistics of 0–255 integers, computed exactly: float32 sums of a whole image drift in the 7th digit.
+    edge_density = _edge_density(luma)
+    height, width = luma.shape
     sections = [
-        gray[r * height // 3:(r + 1) * height // 3 or 1, c * width // 3:(c + 1) * width // 3 or 1]
+        luma[r * height // 3:(r + 1) * height // 3 or 1, c * width // 3:(c + 1) * width // 3 or 1]
         for r in range(3) for c in range(3)
     ]
-    brightness = [round(float(s.mean()), 1) if s.size else 0.0 for s in sections]
-    busiest = max(range(9), key=lambda i: float(sections[i].std()) if sections[i].size else 0.0)
-    symmetry = 1.0 - float(np.abs(gray - gray[:, ::-1]).mean()) / 255.0
+    moments = [_moments(s) if s.size else (0.0, 0.0) for s in sections]
+    brightness = [round(mean, 1) for mean, _ in moments]
+    busiest = max(range(9), key=lambda i: moments[i][1])
+    wide = luma.astype(np.int16)
+    symmetry = 1.0 - int(np.abs(wide - wide[:, ::-1]).sum(dtype=np.int64)) / luma.size / 255.0
     return {
         "complexity_analysis": {
             "complexity_level": round(edge_density * 100, 1),
@@ -87,16 +133,15 @@ def _composition(gray: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _quality(gray: np.ndarray) -> dict[str, Any]:
-    laplacian = np.zeros_like(gray)
-    laplacian[1:-1, 1:-1] = (
-        gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:] - 4 * gray[1:-1, 1:-1]
-    )
-    variance = float(laplacian.var())
-    std = float(gray.std())
-    mean = float(gray.mean())
-    bright = float((gray >= 230).mean())
-    dark = float((gray < 25).mean())
+def _quality(luma: np.ndarray) -> dict[str, Any]:
+    wide = luma.astype(np.int16)
+    laplacian = np.zeros(luma.shape, np.int16)  # ±1020 at most
+    laplacian[1:-1, 1:-1] = wide[:-2, 1:-1] + wide[2:, 1:-1] + wide[1:-1, :-2] + wide[1:-1, 2:] - 4 * wide[1:-1, 1:-1]
+    _, variance = _moments(laplacian)
+    mean, gray_variance = _moments(luma)
+    std = math.sqrt(gray_variance)
+    bright = np.count_nonzero(luma >= 230) / luma.size
+    dark = np.count_nonzero(luma < 25) / luma.size
     return {
         "blur_analysis": {
             "laplacian_variance": round(variance, 2),

@@ -126,7 +126,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.untrack(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.server.service.name, format % args)
+        if log.isEnabledFor(logging.DEBUG):  # called for every answer: format only when it will be written
+            log.debug("%s %s", self.server.service.name, format % args)
 
     def do_GET(self) -> None:
         self._dispatch("GET")

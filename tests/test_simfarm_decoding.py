@@ -1,0 +1,74 @@
+"""The stand-in decodes only what each simulated model looks at, yet every answer comes from the request's own
+image: cut-off files are refused by every service, and without the cache each request is computed anew."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from windmill.simfarm.annotations import AnnotationIndex
+from windmill.simfarm.answers import Answerer, Undecodable
+from windmill.simfarm.contract import PROFILES
+from windmill.simfarm.inputs import Picture
+from windmill.simfarm.metadata import _mean_saturation
+from windmill.simfarm.metadata import analyze as analyze_metadata
+from windmill.simfarm.server import SAMPLES_DIR
+
+ASTRONAUT = (SAMPLES_DIR / "astronaut.jpg").read_bytes()
+COFFEE = (SAMPLES_DIR / "coffee.jpg").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def answerer() -> Answerer:
+    index = AnnotationIndex([SAMPLES_DIR])
+    index.scan()
+    return Answerer(index, cache=False)
+
+
+@pytest.mark.parametrize("cut", [len(ASTRONAUT) // 2, len(ASTRONAUT) - 1])
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_every_service_refuses_a_cut_off_jpeg(answerer: Answerer, name: str, cut: int) -> None:
+    # Even the services that answer from the sidecar and need only the size: a real model decodes the file.
+    with pytest.raises(Undecodable, match="truncated"):
+        answerer.analyze(PROFILES[name], Picture(ASTRONAUT[:cut], "upload"), {})
+    if PROFILES[name].scores:
+        with pytest.raises(Undecodable, match="truncated"):
+            answerer.score(PROFILES[name], Picture(ASTRONAUT[:cut], "upload"), "an astronaut")
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_without_cache_each_answer_is_computed_from_its_own_image(answerer: Answerer, name: str) -> None:
+    profile = PROFILES[name]
+    before = answerer.computed
+    first = answerer.analyze(profile, Picture(ASTRONAUT, "upload"), {})
+    again = answerer.analyze(profile, Picture(ASTRONAUT, "upload"), {})
+    other = answerer.analyze(profile, Picture(COFFEE, "upload"), {})
+    assert answerer.computed - before == 3  # nothing taken from a cache
+    assert first == again  # deterministic
+    assert other != first  # and from the bytes of the request
+
+
+def test_mean_saturation_is_that_of_pillows_hsv_conversion() -> None:
+    rng = np.random.default_rng(11)
+    images = [Image.open(path).convert("RGB") for path in sorted(SAMPLES_DIR.glob("*.jpg"))]
+    for _ in range(20):
+        height, width = (int(n) for n in rng.integers(1, 700, 2))
+        images.append(Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB"))
+    for rgb in images:
+        expected = float(np.asarray(rgb.convert("HSV"), dtype=np.float32)[..., 1].mean())
+        assert _mean_saturation(rgb) == expected, rgb.size
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 5), (97, 61), (3000, 2000)])
+def test_metadata_statistics_are_the_exact_figures(size: tuple[int, int]) -> None:
+    pixels = np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    luma = np.asarray(image.convert("L")).astype(np.float64)
+    laplacian = np.zeros_like(luma)
+    laplacian[1:-1, 1:-1] = luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:] - 4 * luma[1:-1, 1:-1]
+    quality = analyze_metadata(image, b"", "png")["image_quality"]
+    assert quality["lighting_analysis"]["mean_brightness"] == round(float(luma.mean()), 2)
+    assert quality["contrast_analysis"]["dynamic_range"] == round(float(luma.std()), 2)
+    assert quality["blur_analysis"]["laplacian_variance"] == round(float(laplacian.var()), 2)
+    assert quality["exposure_analysis"]["bright_pixel_ratio"] == round(float((luma >= 230).mean()), 3)
