@@ -41,3 +41,8 @@ ON CONFLICT (image_id) DO UPDATE
    SET consensus_data = EXCLUDED.consensus_data, processing_time = EXCLUDED.processing_time,
        worker_id = EXCLUDED.worker_id, consensus_created = now(), source_result_ids = EXCLUDED.source_result_ids,
        boxes_revision = EXCLUDED.boxes_revision, postprocessing_ids = EXCLUDED.postprocessing_ids
+
+-- name: defer_consensus
+-- Queue the image's next vote instead of voting now, when its merge or face/pose work is still in flight and the
+-- consensus may still wait (sql/0095); true when it did.
+SELECT defer_consensus(%(image_id)s, coalesce(%(now)s, now()))

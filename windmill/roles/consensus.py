@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -77,6 +78,13 @@ def recompute_consensus(conn: psycopg.Connection, image_id: int, service_types: 
     return data
 
 
+def defer_consensus(conn: psycopg.Connection, image_id: int, *, now: datetime | None = None) -> bool:
+    """Queue the image's next consensus job instead of voting, when its merge or face/pose work is in flight: that
+    work stores rows the vote reads and would soon make this vote stale (sql/0095 bounds the wait). True when it
+    queued; the vote then runs later, reading every row committed before it."""
+    return bool(fetch_value(conn, "defer_consensus", {"image_id": image_id, "now": now}))
+
+
 @register_role("consensus", "recomputes an image's V3 consensus from its latest answers (queue consensus)")
 def consensus_role(context: RoleContext) -> Role:
     service_types = {service.name: service.service_type for service in context.catalog.services}
@@ -84,6 +92,7 @@ def consensus_role(context: RoleContext) -> Role:
     def handle(job: Job) -> None:
         image_id = job.about_image
         with context.pool.connection() as conn:
-            recompute_consensus(conn, image_id, service_types, context.worker_id)
+            if not defer_consensus(conn, image_id):
+                recompute_consensus(conn, image_id, service_types, context.worker_id)
 
     return Role(name="consensus", queues=(CONSENSUS_QUEUE,), handle=handle)
