@@ -13,7 +13,7 @@ from psycopg_pool import ConnectionPool
 from tests.test_freshness import SETTINGS, WORKER, detection, image, insert_answer, jobs, run_queue  # noqa: F401
 from windmill.catalog import Catalog
 from windmill.jobs import Job, JobQueue
-from windmill.roles.consensus import defer_consensus, recompute_consensus
+from windmill.roles.consensus import recompute_consensus
 from windmill.roles.merger import merge_image
 
 LATER = timedelta(minutes=1)  # past the consensus debounce, without waiting
@@ -29,13 +29,13 @@ def answered_at(conn: psycopg.Connection, result_id: int) -> datetime:
 
 @pytest.fixture
 def consensus_job(pool: ConnectionPool, catalog: Catalog) -> Callable[[Job], None]:
-    """What the consensus role does with a job: wait when the image's follow-ups are in flight, else vote."""
+    """What the consensus role does with a job: wait while the image's follow-ups are in flight, else vote."""
     service_types = {service.name: service.service_type for service in catalog.services}
 
     def handle(job: Job) -> None:
         with pool.connection() as conn:
-            if not defer_consensus(conn, job.image_id, now=answered_at(conn, first_answer(conn))):
-                recompute_consensus(conn, job.image_id, service_types, WORKER)
+            recompute_consensus(conn, job.image_id, service_types, WORKER, may_wait=True,
+                                now=answered_at(conn, first_answer(conn)))
 
     return handle
 
@@ -47,6 +47,10 @@ def run_claimable(job_queue: JobQueue, queue: str, handle: Callable[[Job], None]
         handle(job)
     job_queue.complete([job.id for job in claimed], WORKER, now=now)
     return len(claimed)
+
+
+def defer_consensus(conn: psycopg.Connection, image_id: int, now: datetime) -> bool:
+    return conn.execute("SELECT defer_consensus(%s, %s)", (image_id, now)).fetchone()[0]
 
 
 def first_answer(conn: psycopg.Connection) -> int:
@@ -76,14 +80,14 @@ def test_an_image_waits_no_longer_than_consensus_max_lag(conn: psycopg.Connectio
     answer = insert_answer(conn, image, "yolov8", detection("dog", "🐕", 10))
     lag = conn.execute("SELECT consensus_max_lag()").fetchone()[0]
     assert lag > timedelta(0)
-    assert defer_consensus(conn, image, now=answered_at(conn, answer) + lag / 2)
-    assert not defer_consensus(conn, image, now=answered_at(conn, answer) + lag), "past the bound: vote now"
+    assert defer_consensus(conn, image, answered_at(conn, answer) + lag / 2)
+    assert not defer_consensus(conn, image, answered_at(conn, answer) + lag), "past the bound: vote now"
 
 
 def test_an_image_without_follow_ups_in_flight_is_voted_on_at_once(conn: psycopg.Connection,
                                                                    image: int) -> None:  # noqa: F811
     answer = insert_answer(conn, image, "nsfw2", {"predictions": [{"label": "safe", "confidence": 0.9}]})
-    assert not defer_consensus(conn, image, now=answered_at(conn, answer)), "no merge, face or pose job waits"
+    assert not defer_consensus(conn, image, answered_at(conn, answer)), "no merge, face or pose job waits"
     conn.execute("UPDATE jobs SET state = 'done'")
     conn.execute("INSERT INTO jobs (queue, image_id, dedupe_key) VALUES ('postprocess_pose', %s, 'pose:1')", (image,))
-    assert defer_consensus(conn, image, now=answered_at(conn, answer)), "a pose job of the image is in flight"
+    assert defer_consensus(conn, image, answered_at(conn, answer)), "a pose job of the image is in flight"

@@ -61,13 +61,18 @@ def vote(inputs: ConsensusInputs, service_types: Mapping[str, Sequence[str]]) ->
 
 
 def recompute_consensus(conn: psycopg.Connection, image_id: int, service_types: Mapping[str, Sequence[str]],
-                        worker_id: str) -> dict[str, Any] | None:
+                        worker_id: str, *, may_wait: bool = False, now: datetime | None = None
+                        ) -> dict[str, Any] | None:
     """Vote again and store the result; None when the stored consensus already records the very rows the vote would
     read now (a vote over the same rows gives the same consensus), so neither they nor the vote are loaded. Box
-    changes, colors and caption scores queue a vote that often finds nothing it reads changed."""
+    changes, colors and caption scores queue a vote that often finds nothing it reads changed.
+
+    With `may_wait` (the consensus role), None too when the image's merge or face/pose work is still in flight: that
+    work stores rows the vote reads and would soon make this vote stale, so the image's next consensus job is queued
+    instead (sql/0095 bounds the wait by consensus_max_lag(); `now` stands for the clock there)."""
     with conn.transaction():
         lock_image(conn, Product.CONSENSUS, image_id)
-        if fetch_value(conn, "consensus_current", {"image_id": image_id}):
+        if fetch_value(conn, "consensus_plan", {"image_id": image_id, "may_wait": may_wait, "now": now}) != "vote":
             return None
         started = time.perf_counter()
         inputs = read_inputs(conn, image_id)
@@ -78,13 +83,6 @@ def recompute_consensus(conn: psycopg.Connection, image_id: int, service_types: 
     return data
 
 
-def defer_consensus(conn: psycopg.Connection, image_id: int, *, now: datetime | None = None) -> bool:
-    """Queue the image's next consensus job instead of voting, when its merge or face/pose work is in flight: that
-    work stores rows the vote reads and would soon make this vote stale (sql/0095 bounds the wait). True when it
-    queued; the vote then runs later, reading every row committed before it."""
-    return bool(fetch_value(conn, "defer_consensus", {"image_id": image_id, "now": now}))
-
-
 @register_role("consensus", "recomputes an image's V3 consensus from its latest answers (queue consensus)")
 def consensus_role(context: RoleContext) -> Role:
     service_types = {service.name: service.service_type for service in context.catalog.services}
@@ -92,7 +90,6 @@ def consensus_role(context: RoleContext) -> Role:
     def handle(job: Job) -> None:
         image_id = job.about_image
         with context.pool.connection() as conn:
-            if not defer_consensus(conn, image_id):
-                recompute_consensus(conn, image_id, service_types, context.worker_id)
+            recompute_consensus(conn, image_id, service_types, context.worker_id, may_wait=True)
 
     return Role(name="consensus", queues=(CONSENSUS_QUEUE,), handle=handle)
