@@ -24,17 +24,18 @@ SELECT postprocessing_id, merged_box_id, service, status, data
 -- name: consensus_plan
 -- What a consensus job does now, read after the image's consensus lock (so a vote that ran meanwhile has committed
 -- what it recorded):
+-- 'deferred': when the caller may wait, the image's merge or face/pose work is in flight and its next consensus job
+--   is queued instead (defer_consensus, sql/0095); asked first, as it costs two index lookups where the next
+--   question costs the image's whole stale_products;
 -- 'current': the stored consensus records the rows a vote would read now, by the backfill's rule (stale_products,
 --   sql/0014: the latest success answers, the box revision, the face/pose rows); an image without a successful
 --   answer is always voted on (the rule looks only at images with evidence);
--- 'deferred': when the caller may wait, the image's merge or face/pose work is in flight and its next consensus job
---   is queued instead (defer_consensus, sql/0095);
 -- 'vote': vote now.
-SELECT CASE WHEN EXISTS (SELECT 1 FROM consensus WHERE image_id = %(image_id)s)
+SELECT CASE WHEN %(may_wait)s AND defer_consensus(%(image_id)s, coalesce(%(now)s, now())) THEN 'deferred'
+            WHEN EXISTS (SELECT 1 FROM consensus WHERE image_id = %(image_id)s)
                  AND EXISTS (SELECT 1 FROM results WHERE image_id = %(image_id)s AND status = 'success')
                  AND NOT EXISTS (SELECT 1 FROM stale_products(%(image_id)s - 1, %(image_id)s) AS stale
                                   WHERE stale.queue = 'consensus') THEN 'current'
-            WHEN %(may_wait)s AND defer_consensus(%(image_id)s, coalesce(%(now)s, now())) THEN 'deferred'
             ELSE 'vote' END
 
 -- name: store_consensus
