@@ -166,10 +166,6 @@ BEGIN
         ('FUNCTION', 'table_rows(regclass)',         'EXECUTE',                         'EXECUTE'),  -- status's totals
         ('FUNCTION', 'is_person_box(jsonb, text)',   'EXECUTE',                         'EXECUTE'),  -- image_completeness calls it
         ('FUNCTION', 'consensus_delay()',            'EXECUTE',                         NULL),  -- the triggers call it
-        -- A consensus job waits for the image's follow-ups in flight (sql/0095): the consensus role.
-        ('FUNCTION', 'defer_consensus(bigint, timestamp with time zone)', 'EXECUTE',    NULL),
-        ('FUNCTION', 'consensus_inputs_in_flight(bigint)', 'EXECUTE',                   NULL),
-        ('FUNCTION', 'consensus_max_lag()',          'EXECUTE',                         NULL),
         ('FUNCTION', 'take_service_slot(text, integer, integer[])', 'EXECUTE',          NULL),  -- fleet_max_concurrency
         ('FUNCTION', 'export_selection(bigint, text, timestamp with time zone, bigint)', 'EXECUTE', 'EXECUTE'),  -- `export`
         ('FUNCTION', 'give_back_service_slot(text, integer)',       'EXECUTE',          NULL),

@@ -21,22 +21,15 @@ SELECT postprocessing_id, merged_box_id, service, status, data
  WHERE image_id = %(image_id)s AND service IN ('face', 'pose')
  ORDER BY postprocessing_id
 
--- name: consensus_plan
--- What a consensus job does now, read after the image's consensus lock (so a vote that ran meanwhile has committed
--- what it recorded):
--- 'deferred': when the caller may wait, the image's merge or face/pose work is in flight and its next consensus job
---   is queued instead (defer_consensus, sql/0095); asked first, as it costs two index lookups where the next
---   question costs the image's whole stale_products;
--- 'current': the stored consensus records the rows a vote would read now, by the backfill's rule (stale_products,
---   sql/0014: the latest success answers, the box revision, the face/pose rows); an image without a successful
---   answer is always voted on (the rule looks only at images with evidence);
--- 'vote': vote now.
-SELECT CASE WHEN %(may_wait)s AND defer_consensus(%(image_id)s, coalesce(%(now)s, now())) THEN 'deferred'
-            WHEN EXISTS (SELECT 1 FROM consensus WHERE image_id = %(image_id)s)
-                 AND EXISTS (SELECT 1 FROM results WHERE image_id = %(image_id)s AND status = 'success')
-                 AND NOT EXISTS (SELECT 1 FROM stale_products(%(image_id)s - 1, %(image_id)s) AS stale
-                                  WHERE stale.queue = 'consensus') THEN 'current'
-            ELSE 'vote' END
+-- name: consensus_current
+-- Does the image's stored consensus record the rows a vote would read now? The backfill's rule decides
+-- (stale_products, sql/0014: the latest success answers, the box revision, the face/pose rows). Read after the
+-- image's consensus lock, so a vote that ran meanwhile has committed what it recorded. An image without a
+-- successful answer is always voted on (the rule looks only at images with evidence).
+SELECT EXISTS (SELECT 1 FROM consensus WHERE image_id = %(image_id)s)
+   AND EXISTS (SELECT 1 FROM results WHERE image_id = %(image_id)s AND status = 'success')
+   AND NOT EXISTS (SELECT 1 FROM stale_products(%(image_id)s - 1, %(image_id)s) AS stale
+                    WHERE stale.queue = 'consensus')
 
 -- name: store_consensus
 -- One row per image, replaced by every recompute, with the inputs it was computed from.
@@ -48,4 +41,3 @@ ON CONFLICT (image_id) DO UPDATE
    SET consensus_data = EXCLUDED.consensus_data, processing_time = EXCLUDED.processing_time,
        worker_id = EXCLUDED.worker_id, consensus_created = now(), source_result_ids = EXCLUDED.source_result_ids,
        boxes_revision = EXCLUDED.boxes_revision, postprocessing_ids = EXCLUDED.postprocessing_ids
-

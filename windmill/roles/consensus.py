@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -61,18 +60,13 @@ def vote(inputs: ConsensusInputs, service_types: Mapping[str, Sequence[str]]) ->
 
 
 def recompute_consensus(conn: psycopg.Connection, image_id: int, service_types: Mapping[str, Sequence[str]],
-                        worker_id: str, *, may_wait: bool = False, now: datetime | None = None
-                        ) -> dict[str, Any] | None:
+                        worker_id: str) -> dict[str, Any] | None:
     """Vote again and store the result; None when the stored consensus already records the very rows the vote would
     read now (a vote over the same rows gives the same consensus), so neither they nor the vote are loaded. Box
-    changes, colors and caption scores queue a vote that often finds nothing it reads changed.
-
-    With `may_wait` (the consensus role), None too when the image's merge or face/pose work is still in flight: that
-    work stores rows the vote reads and would soon make this vote stale, so the image's next consensus job is queued
-    instead (sql/0095 bounds the wait by consensus_max_lag(); `now` stands for the clock there)."""
+    changes, colors and caption scores queue a vote that often finds nothing it reads changed."""
     with conn.transaction():
         lock_image(conn, Product.CONSENSUS, image_id)
-        if fetch_value(conn, "consensus_plan", {"image_id": image_id, "may_wait": may_wait, "now": now}) != "vote":
+        if fetch_value(conn, "consensus_current", {"image_id": image_id}):
             return None
         started = time.perf_counter()
         inputs = read_inputs(conn, image_id)
@@ -90,6 +84,6 @@ def consensus_role(context: RoleContext) -> Role:
     def handle(job: Job) -> None:
         image_id = job.about_image
         with context.pool.connection() as conn:
-            recompute_consensus(conn, image_id, service_types, context.worker_id, may_wait=True)
+            recompute_consensus(conn, image_id, service_types, context.worker_id)
 
     return Role(name="consensus", queues=(CONSENSUS_QUEUE,), handle=handle)
