@@ -13,16 +13,24 @@ SELECT merged_id, crop_key, merged_data FROM merged_boxes WHERE image_id = %(ima
 -- Boxes gone from the recomputed set; their postprocessing rows go with them (ON DELETE CASCADE).
 DELETE FROM merged_boxes WHERE merged_id = ANY(%(merged_ids)s)
 
--- name: update_box
--- A box seen again keeps its row (and its postprocessing); its position and agreement are refreshed.
-UPDATE merged_boxes
-   SET merged_data = %(merged_data)s, source_result_ids = %(source_result_ids)s, crop_key = %(crop_key)s,
-       created = now(), worker_id = %(worker_id)s
- WHERE merged_id = %(merged_id)s AND merged_data IS DISTINCT FROM %(merged_data)s
+-- name: update_boxes
+-- Boxes seen again keep their rows (and their postprocessing); their position and agreement are refreshed. One
+-- statement for all of them: a jsonb array of {merged_id, merged_data, crop_key, source_result_ids}.
+UPDATE merged_boxes mb
+   SET merged_data = b.box->'merged_data',
+       source_result_ids = ARRAY(SELECT jsonb_array_elements_text(b.box->'source_result_ids'))::bigint[],
+       crop_key = b.box->>'crop_key', created = now(), worker_id = %(worker_id)s
+  FROM jsonb_array_elements(%(boxes)s) AS b(box)
+ WHERE mb.merged_id = (b.box->>'merged_id')::bigint AND mb.merged_data IS DISTINCT FROM b.box->'merged_data'
 
--- name: insert_box
+-- name: insert_boxes
+-- New boxes, in one statement: a jsonb array of {merged_data, crop_key, source_result_ids}. Rows are inserted in
+-- the array's order, so their ids ascend in it (one sequence, one statement).
 INSERT INTO merged_boxes (image_id, source_result_ids, merged_data, crop_key, worker_id)
-VALUES (%(image_id)s, %(source_result_ids)s, %(merged_data)s, %(crop_key)s, %(worker_id)s)
+SELECT %(image_id)s, ARRAY(SELECT jsonb_array_elements_text(b.box->'source_result_ids'))::bigint[],
+       b.box->'merged_data', b.box->>'crop_key', %(worker_id)s
+  FROM jsonb_array_elements(%(boxes)s) WITH ORDINALITY AS b(box, position)
+ ORDER BY b.position
 RETURNING merged_id
 
 -- name: enqueue_postprocessing

@@ -67,17 +67,24 @@ def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, 
         gone = [merged_id for merged_id, _ in stored if merged_id not in kept.values()]
         if gone:
             conn.execute(query("delete_boxes"), {"merged_ids": gone})
-        inserted = []
-        updated = 0
+        changed_boxes, new_boxes = [], []
         for index, box in enumerate(boxes):
             merged_data = box.to_merged_data()
-            params = {"image_id": image_id, "merged_data": Jsonb(merged_data), "crop_key": crop_key(box),
-                      "source_result_ids": list(box.source_result_ids), "worker_id": worker_id}
-            if index in kept:  # an unchanged box costs no statement
-                if as_stored(merged_data) != stored_data[kept[index]]:
-                    updated += conn.execute(query("update_box"), {**params, "merged_id": kept[index]}).rowcount
-                continue
-            inserted.append(fetch_value(conn, "insert_box", params))
+            row = {"merged_data": merged_data, "crop_key": crop_key(box),
+                   "source_result_ids": list(box.source_result_ids)}
+            if index not in kept:
+                new_boxes.append(row)
+            elif as_stored(merged_data) != stored_data[kept[index]]:  # an unchanged box costs no write
+                changed_boxes.append({**row, "merged_id": kept[index]})
+        updated = 0
+        if changed_boxes:
+            updated = conn.execute(query("update_boxes"), {"boxes": Jsonb(changed_boxes),
+                                                           "worker_id": worker_id}).rowcount
+        inserted: list[int] = []
+        if new_boxes:
+            # One statement inserts them in order: ascending ids are the boxes' order.
+            inserted = sorted(row[0] for row in conn.execute(query("insert_boxes"), {
+                "image_id": image_id, "boxes": Jsonb(new_boxes), "worker_id": worker_id}))
         if inserted:
             conn.execute(query("enqueue_postprocessing"), {"merged_ids": inserted})
         conn.execute(query("record_merge"), {
