@@ -63,12 +63,13 @@ class ExportStop:
     """Asked to stop (SIGINT/SIGTERM, see windmill.worker.launch.stop_on_signals): the export ends after the page
     it is writing; asked twice, at once."""
 
+    # Leaving now is a KeyboardInterrupt in the main thread, raised by the signal's handler (stop_on_signals).
+    leave_now_interrupts = True
+
     def __init__(self) -> None:
         self.requested = False
 
     def request_stop(self, *, immediately: bool = False) -> None:
-        if immediately:
-            raise KeyboardInterrupt
         self.requested = True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import signal
 import socket
 import socketserver
@@ -449,15 +450,16 @@ class SimFarm:
     def serve_forever(self) -> None:
         """For the CLI: serve until SIGINT or SIGTERM, then stop (previous signal handlers restored)."""
         self.start()
-        done = threading.Event()
+        # Not an Event: its set() in the handler would wait for the lock that the interrupted wait may hold.
+        # SimpleQueue.put is reentrant (windmill.worker.launch.stop_on_signals).
+        received: queue.SimpleQueue[int] = queue.SimpleQueue()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
-            done.set()
+            received.put(signum)
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while not done.wait(0.5):
-                pass
+            received.get()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -1,0 +1,68 @@
+"""Two-phase stop by signal (windmill.worker.launch.stop_on_signals): a signal stops a worker whatever its main
+thread was doing when it landed, and a second one still interrupts a command that leaves by KeyboardInterrupt.
+
+Each case runs in a process of its own, so a stop that deadlocks fails the test instead of hanging it. The signal
+is raised while the main thread holds the lock of the worker's stop event, as `Event.wait` holds it while it enters
+and leaves a wait: Python runs the handler right there, between two bytecodes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import PYTHON, REPOSITORY
+
+# Stops as every worker does (Worker, BrokerWorker, WorkerGroup): request_stop sets the event its run() waits on.
+HELD_LOCK = """
+import signal, sys, threading
+from windmill.worker.launch import stop_on_signals
+
+class Worker:
+    def __init__(self):
+        self.stopping = threading.Event()
+    def request_stop(self, *, immediately=False):
+        self.stopping.set()
+
+worker = Worker()
+with stop_on_signals(worker):
+    with worker.stopping._cond:
+        signal.raise_signal(signal.SIGTERM)  # the handler runs before this line returns, the lock held
+    stopped = worker.stopping.wait(timeout=30)
+sys.exit(0 if stopped else 1)
+"""
+
+SECOND_SIGNAL = """
+import signal, sys, threading
+from windmill.worker.launch import StopRequest, stop_on_signals
+
+stop = StopRequest()
+try:
+    with stop_on_signals(stop):
+        signal.raise_signal(signal.SIGTERM)
+        if not stop.stopping.wait(timeout=30):
+            sys.exit(2)
+        signal.raise_signal(signal.SIGTERM)
+        threading.Event().wait(timeout=30)  # blocked as a command may be: only an interruption ends this early
+    sys.exit(3)
+except KeyboardInterrupt:
+    sys.exit(0)
+"""
+
+
+def run_child(script: str) -> int:
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+    try:
+        return subprocess.run([PYTHON, "-c", script], env=env, cwd=REPOSITORY, timeout=60,
+                              capture_output=True).returncode
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process never stopped: the signal handler waits for a lock its own thread holds")
+
+
+def test_a_signal_landing_while_the_main_thread_holds_the_stop_events_lock_still_stops_the_worker() -> None:
+    assert run_child(HELD_LOCK) == 0
+
+
+def test_a_second_signal_interrupts_a_command_that_leaves_by_keyboard_interrupt() -> None:
+    assert run_child(SECOND_SIGNAL) == 0
