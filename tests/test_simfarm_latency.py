@@ -73,6 +73,20 @@ def test_a_capacity_of_one_serves_one_request_at_a_time(catalog: Catalog) -> Non
     assert stats.peak_held > 1, "the clients did overlap: the line, not the clients, kept it to one"
 
 
+def test_a_request_answered_no_longer_counts_as_held_while_its_answer_is_written() -> None:
+    """A client honouring a limit of one sends its next request as soon as it has read an answer; the server's
+    thread may not have left the request yet. That next request does not overlap the answered one."""
+    load = ServiceLoad("pose", None)
+    with load.holding() as answered:
+        answered()  # what the server does just before writing the answer's bytes
+        with load.holding():
+            pass
+    with load.holding(), load.holding():  # two requests neither of them answered do overlap
+        pass
+    stats = load.stats()
+    assert stats.peak_held == 2 and stats.held == 0 and stats.requests == 4
+
+
 def test_service_times_follow_the_profile_mean() -> None:
     timing = ServiceTiming(mean_ms=150, jitter=0.3)
     draws = [timing.seconds((n + 0.5) / 20_000) for n in range(20_000)]  # the distribution's quantiles

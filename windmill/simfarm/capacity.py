@@ -1,9 +1,10 @@
 """What one simulated service is doing right now: requests held, a line in front of its capacity, and the peaks.
 
-Every analyze/score request is *held* from its parsed body to its answer; within that it waits in line for one
-of the service's `capacity` places (a GPU server's workers), spends its service time there, and leaves. The
-counters are what tests and benchmarks read afterwards: the most requests a service ever held at once (a client
-honouring a concurrency limit keeps it at that limit), how many had to wait, how many were served.
+Every analyze/score request is *held* from its parsed body until its answer is ready to be written; within that
+it waits in line for one of the service's `capacity` places (a GPU server's workers), spends its service time
+there, and leaves. The counters are what tests and benchmarks read afterwards: the most requests a service ever
+held at once (a client honouring a concurrency limit keeps it at that limit), how many had to wait, how many were
+served.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -43,17 +44,28 @@ class ServiceLoad:
         self._waited = self._requests = 0
 
     @contextmanager
-    def holding(self) -> Iterator[None]:
-        """Count the request as held by the service for the duration of the block."""
+    def holding(self) -> Iterator[Callable[[], None]]:
+        """Count the request as held by the service for the duration of the block, or until the block calls the
+        function it is given: the answer is then complete and only its bytes remain to be written. A client that
+        gives its place back once it has read an answer (a concurrency limit) may send its next request before this
+        thread has left the block; that request must not count as overlapping the one already answered."""
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if not released:
+                    released = True
+                    self._held -= 1
+
         with self._lock:
             self._held += 1
             self._requests += 1
             self._peak_held = max(self._peak_held, self._held)
         try:
-            yield
+            yield release
         finally:
-            with self._lock:
-                self._held -= 1
+            release()
 
     def serve(self, stopping: threading.Event) -> bool:
         """Wait in line for a place, spend the service time in it, leave. False when the farm stops meanwhile."""

@@ -9,7 +9,7 @@ import signal
 import socket
 import socketserver
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
@@ -117,6 +117,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _ServiceServer
 
     def setup(self) -> None:
+        self._answered: Callable[[], None] | None = None  # ends the request's hold (ServiceLoad.holding)
         super().setup()
         self.server.track(self.connection)
 
@@ -166,6 +167,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._headers_buffer.append(b"\r\n")  # type: ignore[attr-defined]  # see above
         if self.command != "HEAD":
             self._headers_buffer.append(body)  # type: ignore[attr-defined]  # see above
+        if self._answered is not None:
+            self._answered()  # the answer is complete: the service no longer holds the request while it is sent
         self.flush_headers()
 
     def _send_json(self, status: int, document: Any) -> None:
@@ -226,8 +229,12 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:  # over MAX_BODY_BYTES
             self._send_json(413, contract.legacy_error("File too large"))
             return
-        with self.server.load.holding():
-            self._call(name, method, split.query, body)
+        with self.server.load.holding() as answered:
+            self._answered = answered
+            try:
+                self._call(name, method, split.query, body)
+            finally:
+                self._answered = None
 
     def _call(self, name: str, method: str, query_string: str, body: bytes) -> None:
         """An analyze or score request: its turn and service time, its fault if one is drawn, else its answer."""
