@@ -3,13 +3,16 @@ answer also notes the counters' delta and frees the task's ledger entry."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from tests.conftest import wait_until
 from windmill.catalog import Catalog
+from windmill.db.connect import Database
 
 
 def add_image(conn: psycopg.Connection, name: str = "a.jpg") -> int:
@@ -151,3 +154,30 @@ def test_an_error_row_must_say_why(conn: psycopg.Connection) -> None:
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute("INSERT INTO results (image_id, service, task_id, data, status) VALUES (%s, 'blip', %s, '{}', "
                      "'error')", (image_id, uuid.uuid4()))
+
+
+def test_two_transactions_answering_one_image_do_not_deadlock(database: Database, conn: psycopg.Connection) -> None:
+    """sql/0097: a voter's answer, then a detector's, in one transaction, against a detector's answer in another.
+    When a detector's answer queued the merge job before the consensus job, each transaction ended up waiting for
+    the job the other had just inserted."""
+    image = add_image(conn)
+    errors: list[BaseException] = []
+    with database.connect() as first, database.connect() as second:
+        def detector_answer() -> None:
+            try:
+                with second.transaction():
+                    add_result(second, image, "yolov8")
+            except psycopg.Error as error:
+                errors.append(error)
+
+        with first.transaction():
+            add_result(first, image, "blip")  # inserts the image's consensus job (and its caption score's)
+            thread = threading.Thread(target=detector_answer)
+            thread.start()
+            wait_until(lambda: conn.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                                            (second.info.backend_pid,)).fetchone()[0],
+                       message="the other answer to wait for the consensus job")
+            add_result(first, image, "yolov8")
+        thread.join(30)
+    assert not errors, errors
+    assert queued(conn) == [("caption_score", image), ("consensus", image), ("merge", image)]
