@@ -32,6 +32,7 @@ class RunningDashboard:
 
     server: Any
     thread: threading.Thread
+    closing: threading.Event
 
     @property
     def url(self) -> str:
@@ -40,6 +41,7 @@ class RunningDashboard:
 
     def close(self) -> None:
         """Stop listening, close open (keep-alive) connections, stop the handler threads."""
+        self.closing.set()
         self.server.close()
         for channel in list(self.server._map.values()):
             channel.close()
@@ -53,6 +55,16 @@ def _require_web() -> None:
         import waitress  # noqa: F401
     except ImportError:
         raise WindmillError(f"the dashboard needs Flask and waitress: {INSTALL_HINT}") from None
+
+
+def _serve(server: Any, closing: threading.Event) -> None:
+    """Run the server's loop. close() shuts its sockets from another thread, and the loop may be inside select()
+    on them at that moment (EBADF): once closing, that is how the loop ends, not a failure."""
+    try:
+        server.run()
+    except OSError:
+        if not closing.is_set():
+            raise
 
 
 @contextmanager
@@ -80,9 +92,10 @@ def running_dashboard(settings: Settings, catalog: Catalog, database: Database, 
             raise WindmillError(f"cannot serve the dashboard on {host}:{port}: {error.strerror or error}") from None
         if hosts is not None:
             hosts.update(loopback_hosts(host, server.effective_port) or ())
-        thread = threading.Thread(target=server.run, name="windmill-web", daemon=True)
+        closing = threading.Event()
+        thread = threading.Thread(target=_serve, args=(server, closing), name="windmill-web", daemon=True)
         thread.start()
-        running = RunningDashboard(server, thread)
+        running = RunningDashboard(server, thread, closing)
         log.info("dashboard on %s%s", running.url, " (actions on)" if allow_actions else "",
                  extra={"action": "web_serving"})
         try:
