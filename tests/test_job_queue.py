@@ -220,7 +220,7 @@ def test_notify_payload_is_constant(jobs: JobQueue, database: Database) -> None:
 
 
 def _plan(conn: psycopg.Connection, queues: list[str]) -> str:
-    params = {"worker": "w", "lease": timedelta(seconds=30), "now": None}
+    params = {"worker": "w", "lease": timedelta(seconds=30)}
     return "\n".join(row[0] for row in conn.execute("EXPLAIN " + claim_query(tuple(queues), 10), params))
 
 
