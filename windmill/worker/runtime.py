@@ -27,7 +27,7 @@ from windmill.db.connect import is_database_unavailable
 from windmill.errors import first_line
 from windmill.jobs import Job, JobQueue, JobState, PermanentJobError
 from windmill.roles.registry import Role
-from windmill.worker.lanes import Lane, describe_lanes, plan_lanes
+from windmill.worker.lanes import Lane, claim_size, describe_lanes, plan_lanes
 from windmill.worker.listener import RECONNECT_CAP_S, RECONNECT_FIRST_S, JobListener
 from windmill.worker.presence import WorkerPresence
 
@@ -102,10 +102,7 @@ class _LaneState:
         return self.holds - self.busy
 
     def claim_size(self) -> int:
-        """How many to ask for: a service lane every free place; a shared lane, which holds a batch waiting for its
-        threads anyway, the largest power of two that fits. Each size is a claim text of its own (claim_query
-        writes the limit in), planned once per connection: powers of two keep a batch of 64 to 7 texts, not 64."""
-        return self.free if self.lane.per_service else 1 << (self.free.bit_length() - 1)
+        return claim_size(self.lane, self.free)
 
     def wants_claim(self) -> bool:
         """Worth a round trip: half its places free, or nothing left running."""
