@@ -220,9 +220,8 @@ def test_notify_payload_is_constant(jobs: JobQueue, database: Database) -> None:
 
 
 def _plan(conn: psycopg.Connection, queues: list[str]) -> str:
-    params = {"worker": "w", "limit": 10, "lease": timedelta(seconds=30), "now": None, "queue": queues[0],
-              "queues": queues}
-    return "\n".join(row[0] for row in conn.execute("EXPLAIN " + claim_query(len(queues)), params))
+    params = {"worker": "w", "lease": timedelta(seconds=30)}
+    return "\n".join(row[0] for row in conn.execute("EXPLAIN " + claim_query(tuple(queues), 10), params))
 
 
 def test_claim_queries_use_the_claimable_partial_indexes(conn: psycopg.Connection) -> None:
@@ -238,6 +237,23 @@ def test_claim_queries_use_the_claimable_partial_indexes(conn: psycopg.Connectio
     assert "jobs_claimable" in several
     for plan in (merge, several):
         assert "Seq Scan on jobs" not in plan
+
+
+def test_a_connection_plans_its_claim_once_and_reuses_the_plan(database: Database) -> None:
+    # Planning each claim anew cost about as much as running it; the plan cache should keep one plan per text.
+    with database.pool(min_size=1, max_size=1, name="one") as single:
+        jobs = JobQueue(single)
+        jobs.enqueue_many([NewJob("merge", {}) for _ in range(40)])
+        with single.connection() as conn:  # a backlog in another queue, as a running pipeline has
+            conn.execute("INSERT INTO jobs (queue, payload) SELECT 'queue_yolov8', '{}' FROM generate_series(1, 20000)")
+            conn.execute("ANALYZE jobs")
+        for _ in range(20):  # psycopg prepares a statement run five times; PostgreSQL plans it five times, then
+            assert len(jobs.claim(["merge"], "w", 2)) == 2  # weighs a generic plan
+        with single.connection() as conn:
+            plans = conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                                 "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%'").fetchall()
+    [(generic, custom)] = plans
+    assert generic > custom
 
 
 def test_a_bulk_submit_refreshes_statistics_so_claims_read_the_oldest_by_index(pool: ConnectionPool,

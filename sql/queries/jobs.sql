@@ -2,7 +2,8 @@
 -- Lease up to %(limit)s claimable jobs of one queue, oldest first, plus running jobs whose lease expired
 -- (their worker died). An expired job that has used all its attempts goes dead instead. The scan follows
 -- jobs_claimable_idx (queue, id) in order. claim_jobs_of_queues is the same statement for several queues
--- (tests/test_sql_home.py keeps the two alike): two texts, because each plans on its own index.
+-- (tests/test_sql_home.py keeps the two alike): two texts, because each plans on its own index. The queue(s)
+-- and the limit are written in as literals (windmill/jobs/queue.py, claim_query, says why).
 WITH ready AS (
     SELECT id FROM jobs
      WHERE state IN ('queued', 'failed') AND queue = %(queue)s

@@ -27,7 +27,7 @@ from windmill.db.connect import is_database_unavailable
 from windmill.errors import first_line
 from windmill.jobs import Job, JobQueue, JobState, PermanentJobError
 from windmill.roles.registry import Role
-from windmill.worker.lanes import Lane, describe_lanes, plan_lanes
+from windmill.worker.lanes import Lane, claim_size, describe_lanes, plan_lanes
 from windmill.worker.listener import RECONNECT_CAP_S, RECONNECT_FIRST_S, JobListener
 from windmill.worker.presence import WorkerPresence
 
@@ -100,6 +100,9 @@ class _LaneState:
     @property
     def free(self) -> int:
         return self.holds - self.busy
+
+    def claim_size(self) -> int:
+        return claim_size(self.lane, self.free)
 
     def wants_claim(self) -> bool:
         """Worth a round trip: half its places free, or nothing left running."""
@@ -222,7 +225,7 @@ class Worker:
         """When a lane is worth a round trip, every lane with places free claims in it: (lane, most to take)."""
         if not any(lane.wants_claim() for lane in lanes):
             return []
-        return [(lane, lane.free) for lane in lanes if lane.free > 0 and not lane.dry]
+        return [(lane, lane.claim_size()) for lane in lanes if lane.free > 0 and not lane.dry]
 
     def _run_one(self, job: Job, lane: _LaneState) -> None:
         error: BaseException | None = None
