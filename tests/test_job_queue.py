@@ -253,7 +253,7 @@ def test_a_connection_plans_its_claim_once_and_reuses_the_plan(database: Databas
             plans = conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
                                  "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%'").fetchall()
     [(generic, custom)] = plans
-    assert generic > custom
+    assert generic > 0 and custom == 0
 
 
 def test_a_bulk_submit_refreshes_statistics_so_claims_read_the_oldest_by_index(pool: ConnectionPool,

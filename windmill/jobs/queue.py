@@ -34,14 +34,14 @@ def claim_query(queues: tuple[str, ...], limit: int, now: datetime | None = None
     and the clock (None: the database's) written into its text as literals; its two parameters, the worker and the
     lease, choose no rows.
 
-    Why literals: a claim is the statement a worker runs most. As parameters, the queue and the LIMIT left
-    PostgreSQL's plan cache one choice: plan each execution anew (a custom plan, about half of a claim's time in
+    Why literals: a claim is the statement a worker runs most. With the queue, the LIMIT and the clock as
+    parameters, PostgreSQL planned each execution anew (a custom plan: about half of a claim's time in
     pg_stat_statements), because its generic plan, blind to the queue, costing LIMIT as a tenth of the table and
-    `run_after <= $now` as a third of it, looked dearer, and would walk every other queue's waiting jobs in id order
-    anyway. With both in the text, the
-    generic plan is the custom plan, made once per connection (after PostgreSQL's five custom plans of a prepared
-    statement) and remade when ANALYZE changes the statistics. A worker has a few lanes, and a lane few sizes of
-    claim (_LaneState.claim_size), so the texts stay few."""
+    `run_after <= $now` as a third of it, looked dearer, and would walk every other queue's waiting jobs in id
+    order anyway. With all three in the text, the generic plan is the custom plan: the claim's round trip runs it
+    from the first execution (complete_and_claim_lanes) and PostgreSQL remakes it when ANALYZE changes the
+    statistics. A worker has a few lanes and a lane few claim sizes (windmill.worker.lanes.claim_size), so the
+    texts stay few."""
     text = query("claim_jobs" if len(queues) == 1 else "claim_jobs_of_queues")
     literals = {"queue": queues[0], "queues": list(queues), "limit": limit, "now": now}
     for name, value in literals.items():
@@ -136,9 +136,13 @@ class JobQueue:
         """Mark `done` jobs done and lease, for each lane (its queues, the most it may take), up to that many new
         ones: one claim statement per lane, all in one round trip (pipeline mode). The jobs by lane, in order."""
         done = list(done)
-        with self.pool.connection() as conn, conn.pipeline():
+        # An explicit transaction (a pipeline's statements share one anyway) for SET LOCAL: the round trip's
+        # statements run their generic plans from the first execution. The claims' texts leave nothing to choose
+        # (claim_query), and the completion's plan (the primary key, for any ids) needs no values.
+        with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+            conn.execute(query("generic_plans_for_this_transaction"))
             if done:
-                conn.execute(query("complete_jobs"), {"ids": done, "worker": worker_id, "now": now})
+                conn.execute(query("complete_jobs"), {"ids": done, "worker": worker_id, "now": now}, prepare=True)
             cursors = []
             for queues, limit in lanes:
                 cursor = conn.cursor(row_factory=dict_row)
