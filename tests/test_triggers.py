@@ -181,3 +181,12 @@ def test_two_transactions_answering_one_image_do_not_deadlock(database: Database
         thread.join(30)
     assert not errors, errors
     assert queued(conn) == [("caption_score", image), ("consensus", image), ("merge", image)]
+
+
+def test_functions_called_per_answer_or_box_keep_their_plans(conn: psycopg.Connection) -> None:
+    # PostgreSQL before 18 plans an SQL function's body anew at each call when it cannot inline it (one that reads
+    # a table): these run for every caption score and every merged box, so they are PL/pgSQL, which keeps plans.
+    hot = ("latest_success_id", "enqueue_postprocessing")
+    languages = dict(conn.execute("SELECT p.proname, l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+                                  "WHERE p.proname = ANY(%s)", [list(hot)]).fetchall())
+    assert languages == {name: "plpgsql" for name in hot}
