@@ -95,8 +95,9 @@ def stop_on_signals(worker: StopRequests) -> Iterator[None]:
 
 
 def pool_size(concurrency: int) -> int:
-    """A worker process's pool: a connection per handler thread, and two for heartbeats, leases and metrics. (A
-    worker whose lanes add up to more threads than its --concurrency grows its pool to match them.)"""
+    """A worker process's pool: a connection per handler thread, one a job-table claim loop keeps
+    (windmill.jobs.queue.Claimer), and one for heartbeats, leases and metrics. (A worker whose lanes add
+    up to more threads than its --concurrency grows its pool to match them.)"""
     return concurrency + 2
 
 
