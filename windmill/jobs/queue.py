@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from windmill.backoff import backoff_delay
+from windmill.db.jsonb import use_orjson
 from windmill.db.queries import query
 from windmill.jobs.model import Job, JobState
 
@@ -233,10 +234,10 @@ def claim_round_trip(conn: psycopg.Connection, done: Iterable[int], lanes: Seque
 
 
 class Claimer:
-    """The connection one claim loop keeps for its round trips, taken from the pool once: its statements are
-    prepared and planned once, not again on each pooled connection in turn, and the whole session runs generic
-    plans (so it runs nothing but claim round trips). One thread at a time. A connection that failed is closed,
-    never handed back with that setting; the next round trip takes a fresh one."""
+    """The connection one claim loop keeps for its round trips, its own (not the pool's: workers of one process
+    share a pool, and each would hold a place of it): its statements are prepared and planned once, not again on
+    each pooled connection in turn, and the whole session runs generic plans, so it runs nothing but claim round
+    trips. One thread at a time. A connection that failed is closed; the next round trip opens a fresh one."""
 
     def __init__(self, jobs: JobQueue) -> None:
         self.jobs = jobs
@@ -247,7 +248,8 @@ class Claimer:
         """JobQueue.complete_and_claim_lanes on this claimer's connection."""
         try:
             if self._conn is None:
-                self._conn = self.jobs.pool.getconn()
+                self._conn = psycopg.connect(self.jobs.pool.conninfo, autocommit=True)
+                use_orjson(self._conn)
                 self._conn.execute(query("generic_plans_for_this_session"))
             return claim_round_trip(self._conn, done, lanes, worker_id, self.jobs.lease, now)
         except psycopg.OperationalError:
@@ -257,5 +259,4 @@ class Claimer:
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.close()  # closed, the pool replaces it: no other user inherits its generic plans
-            self.jobs.pool.putconn(conn)
+            conn.close()

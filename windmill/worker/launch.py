@@ -95,17 +95,16 @@ def stop_on_signals(worker: StopRequests) -> Iterator[None]:
 
 
 def pool_size(concurrency: int) -> int:
-    """A worker process's pool: a connection per handler thread, one a job-table claim loop keeps
-    (windmill.jobs.queue.Claimer), and one for heartbeats, leases and metrics. (A worker whose lanes add
-    up to more threads than its --concurrency grows its pool to match them.)"""
+    """A worker process's pool: a connection per handler thread, and two for heartbeats, leases and metrics. (A
+    worker whose lanes add up to more threads than its --concurrency grows its pool to match them.)"""
     return concurrency + 2
 
 
 def worker_connections(concurrency: int) -> int:
-    """The most PostgreSQL connections one worker process holds: its pool, its LISTEN connection, and the one that
-    holds fleet-wide service places (windmill/farm/fleet.py). deploy/README.md and the compose file's
-    max_connections are sized with it."""
-    return pool_size(concurrency) + 2
+    """The most PostgreSQL connections one worker process holds: its pool, its LISTEN connection, the one its claim
+    loop keeps (windmill.jobs.queue.Claimer) and the one that holds fleet-wide service places
+    (windmill/farm/fleet.py). deploy/README.md and the compose file's max_connections are sized with it."""
+    return pool_size(concurrency) + 3
 
 
 def run_until_stopped(worker: Stoppable) -> int:
