@@ -256,6 +256,25 @@ def test_a_connection_plans_its_claim_once_and_reuses_the_plan(database: Databas
     assert generic > 0 and custom == 0
 
 
+def test_a_claim_loop_keeps_one_connection_whose_plans_are_generic_from_the_start(database: Database) -> None:
+    with database.pool(min_size=1, max_size=1, name="one") as one:
+        jobs = JobQueue(one)
+        jobs.enqueue_many([NewJob("merge", {}) for _ in range(6)])
+        claimer = jobs.claimer()
+        try:
+            with one.connection():  # the pool's one connection busy: the claim loop does not need it
+                for _ in range(6):
+                    assert len(claimer.complete_and_claim_lanes([], [(["merge"], 1)], "w")[0]) == 1
+            assert claimer._conn is not None
+            plans = claimer._conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                                          "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%'").fetchall()
+            assert plans == [(6, 0)]  # one connection ran all six, on the generic plan from the first
+            with one.connection() as conn:
+                assert conn.execute("SHOW plan_cache_mode").fetchone()[0] == "auto"
+        finally:
+            claimer.close()
+
+
 def test_a_bulk_submit_refreshes_statistics_so_claims_read_the_oldest_by_index(pool: ConnectionPool,
                                                                              conn: psycopg.Connection) -> None:
     queues = [f"queue_service_{n}" for n in range(11)]

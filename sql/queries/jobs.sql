@@ -76,10 +76,14 @@ SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_er
  ORDER BY id
 
 -- name: generic_plans_for_this_transaction
--- A worker's claim round trip runs its prepared statements on their generic plan from the first execution, not
--- after five custom ones per statement and pooled connection (windmill/jobs/queue.py says why that is safe there).
--- LOCAL: it ends with the transaction, so no other statement of the connection is planned so.
+-- A claim round trip runs its prepared statements on their generic plan from the first execution, not after
+-- five custom ones per statement and connection (windmill/jobs/queue.py, claim_round_trip, says why that is safe
+-- there). LOCAL: on a pooled connection it ends with the transaction, so no other statement is planned so.
 SET LOCAL plan_cache_mode = force_generic_plan
+
+-- name: generic_plans_for_this_session
+-- The same for a connection that runs nothing but claim round trips (windmill/jobs/queue.py, Claimer).
+SET plan_cache_mode = force_generic_plan
 
 -- name: complete_jobs
 -- Mark jobs done, only those this worker still holds (a job whose lease was lost belongs to another worker now).

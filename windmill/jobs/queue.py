@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from windmill.backoff import backoff_delay
+from windmill.db.jsonb import use_orjson
 from windmill.db.queries import query
 from windmill.jobs.model import Job, JobState
 
@@ -134,22 +135,16 @@ class JobQueue:
     def complete_and_claim_lanes(self, done: Iterable[int], lanes: Sequence[tuple[Sequence[str], int]],
                                  worker_id: str, *, now: datetime | None = None) -> list[list[Job]]:
         """Mark `done` jobs done and lease, for each lane (its queues, the most it may take), up to that many new
-        ones: one claim statement per lane, all in one round trip (pipeline mode). The jobs by lane, in order."""
-        done = list(done)
-        # An explicit transaction (a pipeline's statements share one anyway) for SET LOCAL: the round trip's
-        # statements run their generic plans from the first execution. The claims' texts leave nothing to choose
-        # (claim_query), and the completion's plan (the primary key, for any ids) needs no values.
-        with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+        ones: one claim statement per lane, all in one round trip (pipeline mode). The jobs by lane, in order.
+        On any pooled connection; a worker's claim loop uses its own (claimer())."""
+        # An explicit transaction (a pipeline's statements share one anyway) for SET LOCAL: see claim_round_trip.
+        with self.pool.connection() as conn, conn.transaction():
             conn.execute(query("generic_plans_for_this_transaction"))
-            if done:
-                conn.execute(query("complete_jobs"), {"ids": done, "worker": worker_id, "now": now}, prepare=True)
-            cursors = []
-            for queues, limit in lanes:
-                cursor = conn.cursor(row_factory=dict_row)
-                cursor.execute(claim_query(tuple(queues), limit, now),  # prepared at once: its plan is made to last
-                               {"worker": worker_id, "lease": self.lease}, prepare=True)
-                cursors.append(cursor)
-            return [[Job.from_row(row) for row in cursor.fetchall()] for cursor in cursors]
+            return claim_round_trip(conn, done, lanes, worker_id, self.lease, now)
+
+    def claimer(self) -> Claimer:
+        """A claim loop's own connection for its round trips (close it when the loop ends)."""
+        return Claimer(self)
 
     def complete(self, ids: Iterable[int], worker_id: str, *, now: datetime | None = None) -> int:
         ids = list(ids)
@@ -216,3 +211,52 @@ class JobQueue:
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
             cursor.execute(query("queue_depths"))
             return cursor.fetchall()
+
+
+def claim_round_trip(conn: psycopg.Connection, done: Iterable[int], lanes: Sequence[tuple[Sequence[str], int]],
+                     worker_id: str, lease: timedelta, now: datetime | None) -> list[list[Job]]:
+    """Complete `done` and claim for each lane in one round trip, on a connection whose prepared statements run
+    their generic plans from the first execution: the claims' texts leave the planner nothing to choose
+    (claim_query), and the completion's plan (the primary key, for any ids) needs no values. Left to choose,
+    PostgreSQL makes five custom plans of each statement on each connection first, and kept the completion's,
+    whose array of ids it cannot see, custom for good."""
+    done = list(done)
+    with conn.pipeline():
+        if done:
+            conn.execute(query("complete_jobs"), {"ids": done, "worker": worker_id, "now": now}, prepare=True)
+        cursors = []
+        for queues, limit in lanes:
+            cursor = conn.cursor(row_factory=dict_row)
+            cursor.execute(claim_query(tuple(queues), limit, now), {"worker": worker_id, "lease": lease},
+                           prepare=True)
+            cursors.append(cursor)
+        return [[Job.from_row(row) for row in cursor.fetchall()] for cursor in cursors]
+
+
+class Claimer:
+    """The connection one claim loop keeps for its round trips, its own (not the pool's: workers of one process
+    share a pool, and each would hold a place of it): its statements are prepared and planned once, not again on
+    each pooled connection in turn, and the whole session runs generic plans, so it runs nothing but claim round
+    trips. One thread at a time. A connection that failed is closed; the next round trip opens a fresh one."""
+
+    def __init__(self, jobs: JobQueue) -> None:
+        self.jobs = jobs
+        self._conn: psycopg.Connection | None = None
+
+    def complete_and_claim_lanes(self, done: Iterable[int], lanes: Sequence[tuple[Sequence[str], int]],
+                                 worker_id: str, *, now: datetime | None = None) -> list[list[Job]]:
+        """JobQueue.complete_and_claim_lanes on this claimer's connection."""
+        try:
+            if self._conn is None:
+                self._conn = psycopg.connect(self.jobs.pool.conninfo, autocommit=True)
+                use_orjson(self._conn)
+                self._conn.execute(query("generic_plans_for_this_session"))
+            return claim_round_trip(self._conn, done, lanes, worker_id, self.jobs.lease, now)
+        except psycopg.OperationalError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

@@ -101,10 +101,10 @@ def pool_size(concurrency: int) -> int:
 
 
 def worker_connections(concurrency: int) -> int:
-    """The most PostgreSQL connections one worker process holds: its pool, its LISTEN connection, and the one that
-    holds fleet-wide service places (windmill/farm/fleet.py). deploy/README.md and the compose file's
-    max_connections are sized with it."""
-    return pool_size(concurrency) + 2
+    """The most PostgreSQL connections one worker process holds: its pool, its LISTEN connection, the one its claim
+    loop keeps (windmill.jobs.queue.Claimer) and the one that holds fleet-wide service places
+    (windmill/farm/fleet.py). deploy/README.md and the compose file's max_connections are sized with it."""
+    return pool_size(concurrency) + 3
 
 
 def run_until_stopped(worker: Stoppable) -> int:

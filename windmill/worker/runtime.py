@@ -121,6 +121,7 @@ class Worker:
         hooks: WorkerHooks | None = None,
     ) -> None:
         self.jobs = jobs
+        self._claimer = jobs.claimer()  # the claim loop's own connection
         self.role = role
         self.worker_id = worker_id
         self.options = options or WorkerOptions()
@@ -175,6 +176,7 @@ class Worker:
                 lane.executor.shutdown(wait=drained, cancel_futures=True)
             if not self._abandon.is_set():
                 self._flush_finished()
+            self._claimer.close()
             self._mark_stopped()
             self.role.close()
         if self._fatal is not None:
@@ -287,8 +289,8 @@ class Worker:
                 if error is not None:
                     self._record_failure(job, error)
             done = [job.id for job, error, _ in batch if error is None]
-            claimed = self.jobs.complete_and_claim_lanes(done, [(lane.lane.queues, asked) for lane, asked in asks],
-                                                         self.worker_id)
+            lanes = [(lane.lane.queues, asked) for lane, asked in asks]
+            claimed = self._claimer.complete_and_claim_lanes(done, lanes, self.worker_id)
         except psycopg.OperationalError:
             self._finished.extendleft(reversed(batch))
             raise
