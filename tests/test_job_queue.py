@@ -16,7 +16,7 @@ from windmill.broker import JobTableBroker, Task
 from windmill.db.connect import Database
 from windmill.db.queries import query
 from windmill.jobs import Job, JobQueue, JobState, NewJob, PermanentJobError
-from windmill.jobs.queue import claim_query, enqueue_many_on, enqueue_on
+from windmill.jobs.queue import Claimer, claim_query, enqueue_many_on, enqueue_on
 from windmill.worker.listener import JobListener
 
 
@@ -239,21 +239,38 @@ def test_claim_queries_use_the_claimable_partial_indexes(conn: psycopg.Connectio
         assert "Seq Scan on jobs" not in plan
 
 
-def test_a_connection_plans_its_claim_once_and_reuses_the_plan(database: Database) -> None:
-    # Planning each claim anew cost about as much as running it; the plan cache should keep one plan per text.
-    with database.pool(min_size=1, max_size=1, name="one") as single:
-        jobs = JobQueue(single)
-        jobs.enqueue_many([NewJob("merge", {}) for _ in range(40)])
-        with single.connection() as conn:  # a backlog in another queue, as a running pipeline has
-            conn.execute("INSERT INTO jobs (queue, payload) SELECT 'queue_yolov8', '{}' FROM generate_series(1, 20000)")
-            conn.execute("ANALYZE jobs")
-        for _ in range(20):  # psycopg prepares a statement run five times; PostgreSQL plans it five times, then
-            assert len(jobs.claim(["merge"], "w", 2)) == 2  # weighs a generic plan
-        with single.connection() as conn:
-            plans = conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-                                 "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%'").fetchall()
-    [(generic, custom)] = plans
-    assert generic > 0 and custom == 0
+def _claimer_plan(claimer: Claimer) -> str:
+    """The plan the claimer's prepared claim runs now (its only claim text in these tests)."""
+    assert claimer._conn is not None
+    [name] = claimer._conn.execute("SELECT name FROM pg_prepared_statements "
+                                   "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%'").fetchone()
+    return "\n".join(row[0] for row in claimer._conn.execute(f"EXPLAIN EXECUTE {name}('w', '30 s')"))
+
+
+def test_a_claimer_plans_again_so_a_grown_table_is_read_by_index(database: Database,
+                                                                 conn: psycopg.Connection) -> None:
+    # A generic plan made on a nearly empty job table reads the table whole; kept after a bulk submit, every claim
+    # would read 100,000 tasks until an ANALYZE. No ANALYZE here (autovacuum off for the table), only the replan.
+    conn.execute("ALTER TABLE jobs SET (autovacuum_enabled = false)")
+    try:
+        with database.pool(min_size=1, max_size=1, name="one") as one:
+            jobs = JobQueue(one)
+            claimer = jobs.claimer(replan_after_s=3600)
+            try:
+                for _ in range(6):
+                    jobs.enqueue(NewJob("merge", {}))
+                    claimer.complete_and_claim_lanes([], [(["merge"], 1)], "w")
+                conn.execute("INSERT INTO jobs (queue, payload) "
+                             "SELECT 'queue_yolov8', '{}' FROM generate_series(1, 100000)")
+                jobs.enqueue(NewJob("merge", {}))
+                claimer.replan_after_s = 0.0  # its plans are old now
+                assert len(claimer.complete_and_claim_lanes([], [(["merge"], 1)], "w")[0]) == 1
+                plan = _claimer_plan(claimer)
+            finally:
+                claimer.close()
+    finally:
+        conn.execute("ALTER TABLE jobs RESET (autovacuum_enabled)")
+    assert "jobs_claimable_idx" in plan and "Seq Scan" not in plan
 
 
 def test_a_claim_loop_keeps_one_connection_whose_plans_are_generic_from_the_start(database: Database) -> None:

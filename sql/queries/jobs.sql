@@ -75,15 +75,14 @@ SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_er
   FROM claimed WHERE state = 'running'
  ORDER BY id
 
--- name: generic_plans_for_this_transaction
--- A claim round trip runs its prepared statements on their generic plan from the first execution, not after
--- five custom ones per statement and connection (windmill/jobs/queue.py, claim_round_trip, says why that is safe
--- there). LOCAL: on a pooled connection it ends with the transaction, so no other statement is planned so.
-SET LOCAL plan_cache_mode = force_generic_plan
-
 -- name: generic_plans_for_this_session
--- The same for a connection that runs nothing but claim round trips (windmill/jobs/queue.py, Claimer).
+-- A claimer's connection runs nothing but claim round trips, on their generic plans from the first execution
+-- (windmill/jobs/queue.py, Claimer, says why that is safe there).
 SET plan_cache_mode = force_generic_plan
+
+-- name: discard_plans
+-- Drop the session's plans (its statements stay prepared): the next executions plan from the table as it is now.
+DISCARD PLANS
 
 -- name: complete_jobs
 -- Mark jobs done, only those this worker still holds (a job whose lease was lost belongs to another worker now).

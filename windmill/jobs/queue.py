@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import functools
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ NOTIFY_CHANNEL = "windmill_jobs"  # the wake-all channel (sql/0096; the query no
 DEFAULT_LEASE = timedelta(seconds=30)
 DEFAULT_MAX_ATTEMPTS = 5
 MAX_RETRY_DELAY_S = 300.0
+REPLAN_AFTER_S = 5.0  # how old a claimer's plans may get (Claimer)
 RETRY_JITTER = 0.2  # spread of a retry's delay: failures of one burst do not come back in lockstep
 
 
@@ -39,10 +41,9 @@ def claim_query(queues: tuple[str, ...], limit: int, now: datetime | None = None
     parameters, PostgreSQL planned each execution anew (a custom plan: about half of a claim's time in
     pg_stat_statements), because its generic plan, blind to the queue, costing LIMIT as a tenth of the table and
     `run_after <= $now` as a third of it, looked dearer, and would walk every other queue's waiting jobs in id
-    order anyway. With all three in the text, the generic plan is the custom plan: the claim's round trip runs it
-    from the first execution (complete_and_claim_lanes) and PostgreSQL remakes it when ANALYZE changes the
-    statistics. A worker has a few lanes and a lane few claim sizes (windmill.worker.lanes.claim_size), so the
-    texts stay few."""
+    order anyway. With all three in the text, the generic plan is the custom plan, and a worker's claim loop runs
+    it from the first execution (Claimer). A worker has a few lanes and a lane few claim sizes
+    (windmill.worker.lanes.claim_size), so the texts stay few."""
     text = query("claim_jobs" if len(queues) == 1 else "claim_jobs_of_queues")
     literals = {"queue": queues[0], "queues": list(queues), "limit": limit, "now": now}
     for name, value in literals.items():
@@ -136,15 +137,13 @@ class JobQueue:
                                  worker_id: str, *, now: datetime | None = None) -> list[list[Job]]:
         """Mark `done` jobs done and lease, for each lane (its queues, the most it may take), up to that many new
         ones: one claim statement per lane, all in one round trip (pipeline mode). The jobs by lane, in order.
-        On any pooled connection; a worker's claim loop uses its own (claimer())."""
-        # An explicit transaction (a pipeline's statements share one anyway) for SET LOCAL: see claim_round_trip.
-        with self.pool.connection() as conn, conn.transaction():
-            conn.execute(query("generic_plans_for_this_transaction"))
-            return claim_round_trip(conn, done, lanes, worker_id, self.lease, now)
+        On any pooled connection, planned at each call; a worker's claim loop uses its own (claimer())."""
+        with self.pool.connection() as conn:
+            return claim_round_trip(conn, done, lanes, worker_id, self.lease, now, prepare=False)
 
-    def claimer(self) -> Claimer:
+    def claimer(self, *, replan_after_s: float = REPLAN_AFTER_S) -> Claimer:
         """A claim loop's own connection for its round trips (close it when the loop ends)."""
-        return Claimer(self)
+        return Claimer(self, replan_after_s=replan_after_s)
 
     def complete(self, ids: Iterable[int], worker_id: str, *, now: datetime | None = None) -> int:
         ids = list(ids)
@@ -214,34 +213,41 @@ class JobQueue:
 
 
 def claim_round_trip(conn: psycopg.Connection, done: Iterable[int], lanes: Sequence[tuple[Sequence[str], int]],
-                     worker_id: str, lease: timedelta, now: datetime | None) -> list[list[Job]]:
-    """Complete `done` and claim for each lane in one round trip, on a connection whose prepared statements run
-    their generic plans from the first execution: the claims' texts leave the planner nothing to choose
-    (claim_query), and the completion's plan (the primary key, for any ids) needs no values. Left to choose,
-    PostgreSQL makes five custom plans of each statement on each connection first, and kept the completion's,
-    whose array of ids it cannot see, custom for good."""
+                     worker_id: str, lease: timedelta, now: datetime | None, *, prepare: bool) -> list[list[Job]]:
+    """Complete `done` and claim for each lane in one round trip. `prepare`: as prepared statements (a Claimer's
+    connection), or planned at each execution."""
     done = list(done)
     with conn.pipeline():
         if done:
-            conn.execute(query("complete_jobs"), {"ids": done, "worker": worker_id, "now": now}, prepare=True)
+            conn.execute(query("complete_jobs"), {"ids": done, "worker": worker_id, "now": now}, prepare=prepare)
         cursors = []
         for queues, limit in lanes:
             cursor = conn.cursor(row_factory=dict_row)
             cursor.execute(claim_query(tuple(queues), limit, now), {"worker": worker_id, "lease": lease},
-                           prepare=True)
+                           prepare=prepare)
             cursors.append(cursor)
         return [[Job.from_row(row) for row in cursor.fetchall()] for cursor in cursors]
 
 
 class Claimer:
     """The connection one claim loop keeps for its round trips, its own (not the pool's: workers of one process
-    share a pool, and each would hold a place of it): its statements are prepared and planned once, not again on
-    each pooled connection in turn, and the whole session runs generic plans, so it runs nothing but claim round
-    trips. One thread at a time. A connection that failed is closed; the next round trip opens a fresh one."""
+    share a pool, and each would hold a place of it). Its completions and claims are prepared once and run their
+    generic plans from the first execution (the session asks for them, so it runs nothing else): the claims' texts
+    leave the planner nothing to choose (claim_query), and the completion's plan (the primary key, for any ids)
+    needs no values. Left to choose, PostgreSQL made five custom plans of each statement on each pooled connection
+    first, and kept the completion's, whose array of ids it cannot see, custom for good.
 
-    def __init__(self, jobs: JobQueue) -> None:
+    A generic plan keeps the table's size at the time it was made: one made while the job table was nearly empty
+    reads it whole (a sequential scan), and kept it after 100,000 tasks were queued, 30 ms a claim, until an
+    ANALYZE invalidated it. So the plans are dropped every `replan_after_s` (DISCARD PLANS; the statements stay
+    prepared) and made again from the table as it is then, as each custom plan was. One thread at a time. A
+    connection that failed is closed; the next round trip opens a fresh one."""
+
+    def __init__(self, jobs: JobQueue, *, replan_after_s: float = REPLAN_AFTER_S) -> None:
         self.jobs = jobs
+        self.replan_after_s = replan_after_s
         self._conn: psycopg.Connection | None = None
+        self._planned_at = 0.0
 
     def complete_and_claim_lanes(self, done: Iterable[int], lanes: Sequence[tuple[Sequence[str], int]],
                                  worker_id: str, *, now: datetime | None = None) -> list[list[Job]]:
@@ -251,7 +257,11 @@ class Claimer:
                 self._conn = psycopg.connect(self.jobs.pool.conninfo, autocommit=True)
                 use_orjson(self._conn)
                 self._conn.execute(query("generic_plans_for_this_session"))
-            return claim_round_trip(self._conn, done, lanes, worker_id, self.jobs.lease, now)
+                self._planned_at = time.monotonic()
+            elif time.monotonic() - self._planned_at >= self.replan_after_s:
+                self._conn.execute(query("discard_plans"))
+                self._planned_at = time.monotonic()
+            return claim_round_trip(self._conn, done, lanes, worker_id, self.jobs.lease, now, prepare=True)
         except psycopg.OperationalError:
             self.close()
             raise
