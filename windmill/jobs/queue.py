@@ -254,7 +254,8 @@ class Claimer:
         """JobQueue.complete_and_claim_lanes on this claimer's connection."""
         try:
             if self._conn is None:
-                self._conn = psycopg.connect(self.jobs.pool.conninfo, autocommit=True)
+                conninfo = self.jobs.pool.conninfo  # the pool's may be a function that gives it
+                self._conn = psycopg.connect(conninfo() if callable(conninfo) else conninfo, autocommit=True)
                 use_orjson(self._conn)
                 self._conn.execute(query("generic_plans_for_this_session"))
                 self._planned_at = time.monotonic()
