@@ -67,9 +67,12 @@ def count(conn: psycopg.Connection, sql: str, *params: object) -> int:
 
 def test_no_job_runs_twice_across_worker_processes(probe_table: psycopg.Connection, start_probe_worker) -> None:
     conn = probe_table
-    enqueue_probes(conn, 600)
     for n in range(4):
         start_probe_worker(f"concurrent-{n}", "--concurrency", "4", "--batch-size", "16")
+    # All four running before the jobs arrive: started first, one worker could take all 600 before another is up.
+    wait_until(lambda: count(conn, "SELECT count(*) FROM workers WHERE worker_id LIKE 'concurrent-%%'") == 4,
+               timeout=60, message="four workers registered")
+    enqueue_probes(conn, 600)
     wait_until(lambda: count(conn, "SELECT count(*) FROM jobs WHERE state = 'done'") == 600, timeout=60,
                message="600 jobs done")
     assert count(conn, "SELECT count(*) FROM public.probe_runs") == 600
