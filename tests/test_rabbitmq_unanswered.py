@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pika.exceptions
 import pika.frame
 import pika.spec
+import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
 from tests.conftest import wait_until
@@ -156,6 +157,21 @@ def test_a_broker_that_never_answers_is_given_up_and_tried_again_until_one_answe
         assert front.kinds[:len(PLAN) + 1] == [*PLAN, "relayed"]
         assert consumer.attempts == len(PLAN) and "did not answer" in consumer.last_failure
         assert handler.calls == [task.task_id]
+    finally:
+        for queue in (queue_name, queue_name + ".dlq"):
+            admin.queue_delete(queue)
+
+
+def test_a_producer_gives_up_a_broker_that_never_answers_and_publishes_through_the_next(
+        amqp_url: str, admin: BlockingChannel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("windmill.broker.rabbitmq.ANSWER_TIMEOUT_S", ANSWER_TIMEOUT_S)
+    queue_name = f"queue_windmill_test_{uuid.uuid4().hex[:10]}"
+    tasks = make_tasks(queue_name, 3)
+    try:
+        with unanswering_broker(amqp_url, ["mute"]) as front, RabbitMQBroker(front.url) as producer:
+            producer.publish(tasks)  # its queue declaration goes unanswered on the first connection
+            assert front.kinds == ["mute", "relayed"] and producer.reconnects == 1
+        assert admin.queue_declare(queue_name, passive=True).method.message_count == len(tasks)
     finally:
         for queue in (queue_name, queue_name + ".dlq"):
             admin.queue_delete(queue)

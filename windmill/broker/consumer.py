@@ -252,16 +252,20 @@ class RabbitMQConsumer:
         self._unsettled, self._held = {}, {}
         self._cancelled_by_broker, self._draining = None, False
         self._channels, self._consumer_tags = {}, {}
-        with answer_within(connection, self._answer_timeout, f"setting up consuming {self._described}"):
+        # Each step (a queue's channel, declarations and prefetch; the retry channel; a consumer) gets the answer
+        # timeout: a broker slow to answer many queues is waited for as long as it keeps answering.
+        with answer_within(connection, self._answer_timeout, f"setting up consuming {self._described}") as clock:
             for queue, prefetch in self.queues.items():
                 channel = declare_queue(connection.channel(), queue)
                 channel.basic_qos(prefetch_count=prefetch)
                 channel.add_on_cancel_callback(functools.partial(self._on_cancelled_by_broker, queue))
                 self._channels[queue] = channel
+                clock.answered()
             retry_channel = connection.channel()
             retry_channel.confirm_delivery()
             self._retry_channel = retry_channel
             for queue, channel in self._channels.items():
+                clock.answered()
                 self._consumer_tags[queue] = channel.basic_consume(queue, functools.partial(self._on_message, queue))
         self.connections += 1
         if lost_at is None:

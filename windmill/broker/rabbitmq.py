@@ -82,26 +82,47 @@ class NoAnswerError(pika.exceptions.AMQPConnectionError):
     """RabbitMQ took the connection but did not answer a call in time; the connection was dropped (recoverable)."""
 
 
-@contextlib.contextmanager
-def answer_within(connection: BlockingConnection, seconds: float, what: str) -> Iterator[None]:
-    """Drop `connection` if the calls made inside the block have not returned after `seconds`: the call waiting
-    then raises NoAnswerError, and the connection is closed (so closing it again does not wait either).
+class AnswerClock:
+    """Drops a BlockingConnection whose calls go unanswered for `seconds`: the call waiting then raises
+    NoAnswerError, and the connection is closed (so closing it again does not wait either). `answered()` restarts
+    the clock after a step that RabbitMQ did answer, so a long series of calls on a slow broker is not cut short.
 
     BlockingConnection has no time limit for a channel's calls, and its own timers run only inside
     process_data_events. A timer of the underlying connection's I/O loop runs while any call waits; on expiry it
     ends the stream the way pika's heartbeat checker ends a silent one (`_terminate_stream`), the one way to make
     the waiting call return."""
-    impl = connection._impl
 
-    def expire() -> None:
-        if not impl.is_closed:
-            impl._terminate_stream(NoAnswerError(f"RabbitMQ did not answer within {seconds:g} s ({what})"))
+    def __init__(self, connection: BlockingConnection, seconds: float, what: str) -> None:
+        self._impl = connection._impl
+        self._seconds = seconds
+        self._what = what
+        self._timer: object | None = None
 
-    timer = impl._adapter_call_later(seconds, expire)
+    def answered(self) -> None:
+        self.stop()
+        self._timer = self._impl._adapter_call_later(self._seconds, self._expire)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._impl._adapter_remove_timeout(self._timer)
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self._impl.is_closed:
+            self._impl._terminate_stream(
+                NoAnswerError(f"RabbitMQ did not answer within {self._seconds:g} s ({self._what})"))
+
+
+@contextlib.contextmanager
+def answer_within(connection: BlockingConnection, seconds: float, what: str) -> Iterator[AnswerClock]:
+    """An AnswerClock running for the block: each step of it (up to `answered()`) gets `seconds`."""
+    clock = AnswerClock(connection, seconds, what)
+    clock.answered()
     try:
-        yield
+        yield clock
     finally:
-        impl._adapter_remove_timeout(timer)
+        clock.stop()
 
 
 def is_fatal(error: BaseException) -> bool:
@@ -177,19 +198,20 @@ class _ConfirmingPublisher:
 
     def __init__(self, connection: BlockingConnection) -> None:
         self.connection = connection
-        self.channel = connection.channel()
-        self._impl: pika.channel.Channel = self.channel._impl
         self.unconfirmed: OrderedDict[int, int] = OrderedDict()  # delivery tag → caller's index, ascending
         self.nacked: list[int] = []
         self.returned: list[tuple[str, str]] = []  # (message id, queue) of messages no queue took
         self._published = 0
         self._closed_reason: BaseException | None = None
         selected: list[object] = []
-        self._impl.add_on_close_callback(self._on_close)
-        self._impl.add_on_return_callback(self._on_return)
-        self._impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=selected.append)
-        while not selected:
-            self._process_io()
+        with answer_within(connection, ANSWER_TIMEOUT_S, "opening a publishing channel"):
+            self.channel = connection.channel()
+            self._impl: pika.channel.Channel = self.channel._impl
+            self._impl.add_on_close_callback(self._on_close)
+            self._impl.add_on_return_callback(self._on_return)
+            self._impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=selected.append)
+            while not selected:
+                self._process_io()
 
     def publish(self, index: int, routing_key: str, body: bytes, properties: pika.BasicProperties) -> None:
         """Send one message (mandatory: an unroutable one comes back instead of vanishing); confirmed later."""
@@ -384,7 +406,8 @@ class RabbitMQBroker:
     def _declare(self, queue_names: Iterable[str], *, force: bool) -> None:
         for name in sorted(set(queue_names)):
             if force or name not in self._declared:
-                self._channel = declare_queue(self._ensure_channel(), name)
+                with answer_within(self._ensure_connection(), ANSWER_TIMEOUT_S, f"declaring {name}"):
+                    self._channel = declare_queue(self._ensure_channel(), name)
                 self._declared.add(name)
 
     def _depths(self, queue_names: list[str]) -> dict[str, int]:
