@@ -141,15 +141,16 @@ def run(database: Database, worker_env: dict[str, str], monkeypatch: pytest.Monk
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
-               message: str = "condition") -> object:
-    """Poll a predicate until it is truthy; fail the test with `message` after `timeout` seconds."""
+               message: str | Callable[[], str] = "condition") -> object:
+    """Poll a predicate until it is truthy; fail the test with `message` after `timeout` seconds (a callable
+    message is called then, so it can say how far things got)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+            pytest.fail(f"timed out after {timeout}s waiting for {message() if callable(message) else message}")
         time.sleep(interval)
 
 

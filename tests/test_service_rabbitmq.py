@@ -92,12 +92,25 @@ def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
     with running_farm(queues_on_private_node, latency_ms=50) as (_, catalog):
         published = publish_samples(conn, database, amqp_url, catalog, "primary", tmp_path)
         worker, thread = start_worker(amqp_url, database, pool, catalog, "primary", concurrency=2)
+
+        def how_far() -> str:  # what a timeout reports: where the run and the consumer got to
+            consumer = worker.consumer
+            return (f"{results_count(conn)} of {published} answers; the consumer reached consuming "
+                    f"{consumer.connections} times, {consumer.attempts} attempts failed (last: "
+                    f"{consumer.last_failure or 'none'}); worker {'running' if thread.is_alive() else 'STOPPED'}; "
+                    f"node {'up' if private_rabbitmq.running() else 'down'} (started {private_rabbitmq.starts} "
+                    f"times)")
+
         try:
-            wait_until(lambda: results_count(conn) >= published // 20, message="the run to be under way")
+            wait_until(lambda: results_count(conn) >= published // 20,
+                       message=lambda: f"the run to be under way: {how_far()}")
             private_rabbitmq.crash()  # unacked deliveries and the consumer's connections die with it
             assert results_count(conn) < published, "the crash happened mid-run"
             private_rabbitmq.start()
-            wait_until(lambda: results_count(conn) >= published, timeout=120, message="every answer after restart")
+            # A worker that stopped will answer nothing more: say so at once rather than after the timeout.
+            wait_until(lambda: results_count(conn) >= published or not thread.is_alive(), timeout=120,
+                       message=lambda: f"every answer after restart: {how_far()}")
+            assert results_count(conn) >= published, f"the worker stopped: {how_far()}"
         finally:
             worker.request_stop()
             thread.join(timeout=60)

@@ -55,12 +55,14 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from windmill.backoff import backoff_delay, backoff_delays
 from windmill.broker.base import MalformedTaskError, Task, TaskHandler
 from windmill.broker.rabbitmq import (
+    ANSWER_TIMEOUT_S,
     ATTEMPTS_HEADER,
     FIRST_RETRY_DELAY_S,
     LAST_ERROR_HEADER,
     MAX_RETRY_DELAY_S,
     RECOVERABLE_ERRORS,
     RabbitMQError,
+    answer_within,
     connection_parameters,
     dead_letter_queue,
     declare_queue,
@@ -76,6 +78,10 @@ from windmill.settings import describe_url
 log = logging.getLogger(__name__)
 
 PUMP_INTERVAL_S = 0.25
+# Reconnect delays of a consumer that was consuming before stop doubling here: a broker that restarts is back within
+# seconds to a minute, and a long wait would leave the worker idle that long after it is back; one refused TCP
+# connect every few seconds costs a down broker nothing.
+RECONNECT_CAP_ONCE_CONSUMING_S = 5.0
 _LAST_ERROR_LIMIT = 500
 
 class _Outcome(Enum):
@@ -126,19 +132,23 @@ class RabbitMQConsumer:
                  max_attempts: int = 5, stopping: threading.Event | None = None, heartbeat: int = 60,
                  retry_delay: float = 1.0, drain_timeout: float = 60.0,
                  on_dead_letter: Callable[[Task, BaseException], object] | None = None,
-                 connection_name: str | None = None, max_reconnect_delay: float = MAX_RETRY_DELAY_S) -> None:
+                 connection_name: str | None = None, max_reconnect_delay: float = MAX_RETRY_DELAY_S,
+                 answer_timeout: float = ANSWER_TIMEOUT_S) -> None:
         """`queues`: each queue's prefetch (unacked messages RabbitMQ hands out at once); `concurrency`: handler
         threads for all the queues, or by queue (every queue needs its own); `retry_delay`: hold
         after a first failure (doubling per attempt, 30 s cap); `drain_timeout`: how long a stop waits for running
         handlers; `on_dead_letter(task, error)`: called in the handler thread before a parsed task goes to the DLQ
         (to record its error row: the task goes to the DLQ only once the hook returned, and waits while the hook
-        finds the database away); reconnects wait 0.5 s, doubling up to `max_reconnect_delay`."""
+        finds the database away); reconnects wait 0.5 s, doubling up to `max_reconnect_delay` (up to
+        RECONNECT_CAP_ONCE_CONSUMING_S once it has consumed); `answer_timeout`: how long opening a connection, and
+        then setting up consuming (or closing), may wait for RabbitMQ before the attempt is dropped and another
+        one made."""
         if not queues:
             raise ValueError("a consumer needs at least one queue")
         self.queues = {queue: max(1, prefetch) for queue, prefetch in queues.items()}
         self._described = ", ".join(self.queues)
         self._parameters = connection_parameters(
-            amqp_url, heartbeat=heartbeat,
+            amqp_url, heartbeat=heartbeat, answer_timeout=answer_timeout,
             connection_name=connection_name or default_connection_name(f"consumer {self._described}"))
         self._where = describe_url(amqp_url)
         self._handler = handler
@@ -155,9 +165,12 @@ class RabbitMQConsumer:
         self._drain_timeout = drain_timeout
         self._on_dead_letter = on_dead_letter
         self._max_reconnect_delay = max_reconnect_delay
+        self._answer_timeout = answer_timeout
         self.stopping = stopping if stopping is not None else threading.Event()
         self._leave_now = threading.Event()  # a second stop: do not wait for running handlers
         self.connections = 0  # connections that reached consuming (1 + reconnects)
+        self.attempts = 0  # connection attempts that failed, before or while setting up (for status and tests)
+        self.last_failure = ""  # why the last attempt or connection failed
         # Touched only by run()'s thread:
         self._channels: dict[str, BlockingChannel] = {}
         self._consumer_tags: dict[str, str] = {}
@@ -189,6 +202,8 @@ class RabbitMQConsumer:
                     if is_fatal(error) or not isinstance(error, RECOVERABLE_ERRORS):
                         raise RabbitMQError(f"cannot consume {self._described} from RabbitMQ at {self._where}: "
                                             f"{describe_error(error)}") from None
+                    self.attempts += 1
+                    self.last_failure = describe_error(error)
                     delay = next(delays)
                     log.warning("cannot connect to RabbitMQ at %s (%s); trying again in %.1f s", self._where,
                                 describe_error(error), delay, extra={"action": "rabbitmq_connect_failed"})
@@ -203,13 +218,20 @@ class RabbitMQConsumer:
                     if is_fatal(error):
                         raise RabbitMQError(f"cannot consume {self._described} from RabbitMQ at {self._where}: "
                                             f"{describe_error(error)}") from error
+                    self.last_failure = describe_error(error)
                     if self.connections > consumed_before:  # a new outage: back off from the start again
                         delays, lost_at = self._reconnect_delays(), time.monotonic()
-                    pause = next(delays)
-                    log.warning("lost RabbitMQ at %s while consuming %s (%s); %d unacked tasks will be "
-                                "redelivered; reconnecting in %.1f s", self._where, self._described,
-                                describe_error(error), len(self._unsettled), pause,
-                                extra={"action": "rabbitmq_connection_lost"})
+                        pause = next(delays)
+                        log.warning("lost RabbitMQ at %s while consuming %s (%s); %d unacked tasks will be "
+                                    "redelivered; reconnecting in %.1f s", self._where, self._described,
+                                    describe_error(error), len(self._unsettled), pause,
+                                    extra={"action": "rabbitmq_connection_lost"})
+                    else:  # connected, but setting up consuming failed: another attempt of the same outage
+                        self.attempts += 1
+                        pause = next(delays)
+                        log.warning("could not set up consuming %s from RabbitMQ at %s (%s); trying again in "
+                                    "%.1f s", self._described, self._where, describe_error(error), pause,
+                                    extra={"action": "rabbitmq_connect_failed"})
                 finally:
                     self._forget(connection)
                 self.stopping.wait(pause)
@@ -230,16 +252,21 @@ class RabbitMQConsumer:
         self._unsettled, self._held = {}, {}
         self._cancelled_by_broker, self._draining = None, False
         self._channels, self._consumer_tags = {}, {}
-        for queue, prefetch in self.queues.items():
-            channel = declare_queue(connection.channel(), queue)
-            channel.basic_qos(prefetch_count=prefetch)
-            channel.add_on_cancel_callback(functools.partial(self._on_cancelled_by_broker, queue))
-            self._channels[queue] = channel
-        retry_channel = connection.channel()
-        retry_channel.confirm_delivery()
-        self._retry_channel = retry_channel
-        for queue, channel in self._channels.items():
-            self._consumer_tags[queue] = channel.basic_consume(queue, functools.partial(self._on_message, queue))
+        # Each step (a queue's channel, declarations and prefetch; the retry channel; a consumer) gets the answer
+        # timeout: a broker slow to answer many queues is waited for as long as it keeps answering.
+        with answer_within(connection, self._answer_timeout, f"setting up consuming {self._described}") as clock:
+            for queue, prefetch in self.queues.items():
+                channel = declare_queue(connection.channel(), queue)
+                channel.basic_qos(prefetch_count=prefetch)
+                channel.add_on_cancel_callback(functools.partial(self._on_cancelled_by_broker, queue))
+                self._channels[queue] = channel
+                clock.answered()
+            retry_channel = connection.channel()
+            retry_channel.confirm_delivery()
+            self._retry_channel = retry_channel
+            for queue, channel in self._channels.items():
+                clock.answered()
+                self._consumer_tags[queue] = channel.basic_consume(queue, functools.partial(self._on_message, queue))
         self.connections += 1
         if lost_at is None:
             log.info("consuming %s from RabbitMQ at %s (prefetch %s, %d threads)", self._described, self._where,
@@ -261,8 +288,9 @@ class RabbitMQConsumer:
         """Stop deliveries, let running handlers finish and settle them (for at most `drain_timeout` seconds, or
         not at all when told to leave now), then close: RabbitMQ redelivers whatever is still unacked."""
         self._draining = True
-        for queue, channel in self._channels.items():
-            channel.basic_cancel(self._consumer_tags[queue])  # pika requeues deliveries not yet handed to us
+        with answer_within(connection, self._answer_timeout, f"cancelling the consumers of {self._described}"):
+            for queue, channel in self._channels.items():
+                channel.basic_cancel(self._consumer_tags[queue])  # pika requeues deliveries not yet handed to us
         for key, (timer, waiting_for) in list(self._held.items()):
             connection.remove_timeout(timer)
             delivery = self._unsettled[key]
@@ -279,7 +307,8 @@ class RabbitMQConsumer:
                         self._described, "when told to leave now" if self._leave_now.is_set()
                         else f"after the drain timeout ({self._drain_timeout:g} s)",
                         extra={"action": "rabbitmq_drain_timeout"})
-        connection.close()
+        with answer_within(connection, self._answer_timeout, "closing the connection"):
+            connection.close()
         log.info("stopped consuming %s", self._described, extra={"action": "rabbitmq_stopped"})
 
     def _forget(self, connection: BlockingConnection) -> None:
@@ -287,7 +316,8 @@ class RabbitMQConsumer:
         self._unsettled, self._held = {}, {}
         if connection.is_open:
             try:
-                connection.close()
+                with answer_within(connection, self._answer_timeout, "closing the connection"):
+                    connection.close()
             except RECOVERABLE_ERRORS as error:
                 log.debug("closing the RabbitMQ connection: %s", first_line(error))
 
@@ -331,7 +361,10 @@ class RabbitMQConsumer:
                 delivery.channel.basic_nack(delivery.tag, requeue=True)
 
     def _reconnect_delays(self) -> Iterator[float]:
-        return backoff_delays(first_s=FIRST_RETRY_DELAY_S, cap_s=self._max_reconnect_delay)
+        cap = self._max_reconnect_delay
+        if self.connections:  # it consumed before: the broker is most likely restarting, and back soon
+            cap = min(cap, RECONNECT_CAP_ONCE_CONSUMING_S)
+        return backoff_delays(first_s=FIRST_RETRY_DELAY_S, cap_s=cap)
 
     def _retry_delay_after(self, failures: int) -> float:
         return backoff_delay(failures, first_s=self._retry_delay, cap_s=MAX_RETRY_DELAY_S)

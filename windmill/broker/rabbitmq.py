@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import pika.exceptions
 import pika.frame
 import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from windmill.backoff import backoff_delays
 from windmill.broker.base import Task
@@ -39,15 +41,21 @@ CONTENT_TYPE = "application/json"
 # resource alarm) is given up after 5 minutes, a silent socket after 10 s. Retries are our own loop, with backoff.
 BLOCKED_CONNECTION_TIMEOUT_S = 300.0
 SOCKET_TIMEOUT_S = 10.0
-STACK_TIMEOUT_S = 30.0
+# How long opening a connection (TCP and the AMQP handshake: pika's stack_timeout) may take, and, separately, the
+# calls that set up consuming (answer_within): pika bounds the first only, and a node still booting, or a stuck
+# one, can take the connection, send heartbeats and never answer a queue_declare.
+ANSWER_TIMEOUT_S = 30.0
 MAX_REFUSALS = 3  # nacks or returns of one task before publish gives up
 FIRST_RETRY_DELAY_S = 0.5
 MAX_RETRY_DELAY_S = 30.0
 
-# Errors after which a new connection can succeed: the broker restarted, the network dropped, a channel died.
+# Errors after which a new connection can succeed: the broker restarted, the network dropped, a channel died, or
+# the AMQP handshake did not finish within the stack timeout (pika raises that one, AMQPConnectorStackTimeout, as
+# none of its AMQP errors: a node still booting takes TCP connections before it answers them).
 RECOVERABLE_ERRORS: tuple[type[BaseException], ...] = (
     pika.exceptions.AMQPConnectionError,
     pika.exceptions.AMQPChannelError,
+    AMQPConnectorException,
     OSError,
 )
 # Errors no retry can fix: wrong credentials, a missing vhost or permission, a protocol mismatch.
@@ -57,12 +65,71 @@ FATAL_ERRORS: tuple[type[BaseException], ...] = (
     pika.exceptions.ProbableAccessDeniedError,
     pika.exceptions.IncompatibleProtocolError,
 )
+# pika's guesses at the cause of a connection that ended during the handshake, by the stage it ended in; each holds
+# the repr of what ended it. When that is a lost stream (the broker said nothing: a node being killed or starting
+# resets connections it has just accepted) the guess is wrong and a retry succeeds; when the broker closed the
+# connection it said why (ConnectionClosedByBroker: a wrong password, a missing vhost) and that stays fatal.
+_GUESSED_FROM_HANDSHAKE = (
+    pika.exceptions.ProbableAuthenticationError,
+    pika.exceptions.ProbableAccessDeniedError,
+    pika.exceptions.IncompatibleProtocolError,
+)
 _ACCESS_REFUSED = 403
 _NOT_FOUND = 404
 
 
+class NoAnswerError(pika.exceptions.AMQPConnectionError):
+    """RabbitMQ took the connection but did not answer a call in time; the connection was dropped (recoverable)."""
+
+
+class AnswerClock:
+    """Drops a BlockingConnection whose calls go unanswered for `seconds`: the call waiting then raises
+    NoAnswerError, and the connection is closed (so closing it again does not wait either). `answered()` restarts
+    the clock after a step that RabbitMQ did answer, so a long series of calls on a slow broker is not cut short.
+
+    BlockingConnection has no time limit for a channel's calls, and its own timers run only inside
+    process_data_events. A timer of the underlying connection's I/O loop runs while any call waits; on expiry it
+    ends the stream the way pika's heartbeat checker ends a silent one (`_terminate_stream`), the one way to make
+    the waiting call return."""
+
+    def __init__(self, connection: BlockingConnection, seconds: float, what: str) -> None:
+        self._impl = connection._impl
+        self._seconds = seconds
+        self._what = what
+        self._timer: object | None = None
+
+    def answered(self) -> None:
+        self.stop()
+        self._timer = self._impl._adapter_call_later(self._seconds, self._expire)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._impl._adapter_remove_timeout(self._timer)
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self._impl.is_closed:
+            self._impl._terminate_stream(
+                NoAnswerError(f"RabbitMQ did not answer within {self._seconds:g} s ({self._what})"))
+
+
+@contextlib.contextmanager
+def answer_within(connection: BlockingConnection, seconds: float, what: str) -> Iterator[AnswerClock]:
+    """An AnswerClock running for the block: each step of it (up to `answered()`) gets `seconds`."""
+    clock = AnswerClock(connection, seconds, what)
+    clock.answered()
+    try:
+        yield clock
+    finally:
+        clock.stop()
+
+
 def is_fatal(error: BaseException) -> bool:
     """True when reconnecting cannot help (credentials, permissions, a queue declared with other arguments)."""
+    if isinstance(error, _GUESSED_FROM_HANDSHAKE) and error.args and str(error.args[0]).startswith(
+            pika.exceptions.StreamLostError.__name__):
+        return False
     if isinstance(error, (RabbitMQError, *FATAL_ERRORS)):
         return True
     return isinstance(error, pika.exceptions.ChannelClosedByBroker) and error.reply_code == _ACCESS_REFUSED
@@ -83,16 +150,18 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {first_line(error)}"
 
 
-def connection_parameters(amqp_url: str, *, heartbeat: int, connection_name: str) -> pika.URLParameters:
-    """pika parameters for `amqp_url` with our timeouts; `connection_name` shows in `rabbitmqctl list_connections`."""
+def connection_parameters(amqp_url: str, *, heartbeat: int, connection_name: str,
+                          answer_timeout: float = ANSWER_TIMEOUT_S) -> pika.URLParameters:
+    """pika parameters for `amqp_url` with our timeouts (opening the connection takes at most `answer_timeout`);
+    `connection_name` shows in `rabbitmqctl list_connections`."""
     try:
         parameters = pika.URLParameters(amqp_url)
     except Exception as error:  # pika raises ValueError, TypeError or KeyError for malformed URLs
         raise RabbitMQError(f"the RabbitMQ URL for {describe_url(amqp_url)} is invalid: {first_line(error)}") from None
     parameters.heartbeat = heartbeat
     parameters.blocked_connection_timeout = BLOCKED_CONNECTION_TIMEOUT_S
-    parameters.socket_timeout = SOCKET_TIMEOUT_S
-    parameters.stack_timeout = STACK_TIMEOUT_S
+    parameters.socket_timeout = min(SOCKET_TIMEOUT_S, answer_timeout)
+    parameters.stack_timeout = answer_timeout
     parameters.connection_attempts = 1  # callers retry with backoff and log each loss themselves
     parameters.client_properties = {"connection_name": connection_name}
     return parameters
@@ -129,19 +198,20 @@ class _ConfirmingPublisher:
 
     def __init__(self, connection: BlockingConnection) -> None:
         self.connection = connection
-        self.channel = connection.channel()
-        self._impl: pika.channel.Channel = self.channel._impl
         self.unconfirmed: OrderedDict[int, int] = OrderedDict()  # delivery tag → caller's index, ascending
         self.nacked: list[int] = []
         self.returned: list[tuple[str, str]] = []  # (message id, queue) of messages no queue took
         self._published = 0
         self._closed_reason: BaseException | None = None
         selected: list[object] = []
-        self._impl.add_on_close_callback(self._on_close)
-        self._impl.add_on_return_callback(self._on_return)
-        self._impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=selected.append)
-        while not selected:
-            self._process_io()
+        with answer_within(connection, ANSWER_TIMEOUT_S, "opening a publishing channel"):
+            self.channel = connection.channel()
+            self._impl: pika.channel.Channel = self.channel._impl
+            self._impl.add_on_close_callback(self._on_close)
+            self._impl.add_on_return_callback(self._on_return)
+            self._impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=selected.append)
+            while not selected:
+                self._process_io()
 
     def publish(self, index: int, routing_key: str, body: bytes, properties: pika.BasicProperties) -> None:
         """Send one message (mandatory: an unroutable one comes back instead of vanishing); confirmed later."""
@@ -336,7 +406,8 @@ class RabbitMQBroker:
     def _declare(self, queue_names: Iterable[str], *, force: bool) -> None:
         for name in sorted(set(queue_names)):
             if force or name not in self._declared:
-                self._channel = declare_queue(self._ensure_channel(), name)
+                with answer_within(self._ensure_connection(), ANSWER_TIMEOUT_S, f"declaring {name}"):
+                    self._channel = declare_queue(self._ensure_channel(), name)
                 self._declared.add(name)
 
     def _depths(self, queue_names: list[str]) -> dict[str, int]:
