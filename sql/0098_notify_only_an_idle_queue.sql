@@ -59,9 +59,10 @@ CREATE FUNCTION job_backlog_wait() RETURNS interval LANGUAGE sql IMMUTABLE PARAL
 $$;
 
 -- A job that was due when it was queued (its insert ran the wake-up) and, at p_at, has waited at least p_wait.
--- The trigger asks it with job_backlog_wait(), the claim with half of it.
+-- The trigger asks it with job_backlog_wait(), the claim with half of it. STABLE, as timestamptz - interval is:
+-- labelled IMMUTABLE it would not be inlined, and each row would run it as a query of its own.
 CREATE FUNCTION job_waited(p_run_after timestamptz, p_created_at timestamptz, p_at timestamptz, p_wait interval)
-RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+RETURNS boolean LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT p_run_after <= p_created_at AND p_created_at <= p_at - p_wait
 $$;
 
