@@ -171,6 +171,11 @@ BEGIN
         ('FUNCTION', 'give_back_service_slot(text, integer)',       'EXECUTE',          NULL),
         ('FUNCTION', 'job_channel(text)',            'EXECUTE',                         NULL),  -- sql/0096: the notify trigger
         ('FUNCTION', 'listen_job_queues(text[])',    'EXECUTE',                         NULL),  -- a worker's LISTENs
+        -- sql/0098: the notify trigger's look-up, and the claim's `waited`
+        ('FUNCTION', 'job_queue_backed_up(text)',    'EXECUTE',                         NULL),
+        ('FUNCTION', 'job_backlog_wait()',           'EXECUTE',                         NULL),
+        ('FUNCTION', 'job_waited(timestamp with time zone, timestamp with time zone, timestamp with time zone, interval)',
+                                                     'EXECUTE',                         NULL),
         -- Trigger functions: PostgreSQL checks EXECUTE when a trigger is created, not when it fires.
         ('FUNCTION', 'notify_job_queued()',          NULL,                              NULL),
         ('FUNCTION', 'answer_stored()',              NULL,                              NULL),  -- sql/0090

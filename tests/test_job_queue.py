@@ -165,19 +165,19 @@ def test_notify_once_per_transaction_and_never_for_a_job_due_later(jobs: JobQueu
     """Issue 13 item 5: a job due later cannot be claimed yet (the poll covers it); a transaction queueing several
     due jobs notifies once per queue."""
     with database.connect() as listener:
-        _listen(listener, "q", "other", "later")
+        _listen(listener, "q", "other", "later", "bulk")
         enqueue_on(conn, NewJob("later", {}), run_after=datetime.now(UTC) + timedelta(minutes=5))
         assert _notifications(listener) == 0
         with conn.transaction():
             for queue in ("q", "q", "other"):
                 enqueue_on(conn, NewJob(queue, {}))
         assert _notifications(listener) == 2
-        enqueue_many_on(conn, [NewJob("q", {}) for _ in range(50)])
+        enqueue_many_on(conn, [NewJob("bulk", {}) for _ in range(50)])  # an empty queue (sql/0098)
         assert _notifications(listener) == 1
 
 
-def test_a_due_job_wakes_the_workers_even_behind_a_backlog(jobs: JobQueue, database: Database) -> None:
-    """The wake-up does not look for other waiting jobs (sql/0085: that look-up read every queue's backlog)."""
+def test_a_due_job_wakes_the_workers_behind_a_job_just_queued(jobs: JobQueue, database: Database) -> None:
+    """A job that has not waited yet says nothing about the workers: the queue is not backed up (sql/0098)."""
     with database.connect() as listener:
         _listen(listener, "q")
         jobs.enqueue(NewJob("q", {}))

@@ -85,6 +85,19 @@ END $$
 CREATE OR REPLACE TRIGGER jobs_notify_queued AFTER INSERT ON jobs
     FOR EACH ROW WHEN (NEW.state = 'queued') EXECUTE FUNCTION notify_job_queued()
 
+-- name: bench_notify_every_due_job_function
+-- The wake-up as sql/0096 had it (a notification on its queue's channel for every job due now), for `bench notify`'s
+-- comparison on its throwaway cluster only.
+CREATE OR REPLACE FUNCTION notify_job_queued() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(job_channel(NEW.queue), '');
+    RETURN NULL;
+END $$
+
+-- name: bench_notify_every_due_job_trigger
+CREATE OR REPLACE TRIGGER jobs_notify_queued AFTER INSERT ON jobs
+    FOR EACH ROW WHEN (NEW.state = 'queued' AND NEW.run_after <= now()) EXECUTE FUNCTION notify_job_queued()
+
 -- name: bench_notify_disable
 ALTER TABLE jobs DISABLE TRIGGER jobs_notify_queued
 

@@ -2,8 +2,10 @@
 -- Lease up to %(limit)s claimable jobs of one queue, oldest first, plus running jobs whose lease expired
 -- (their worker died). An expired job that has used all its attempts goes dead instead. The scan follows
 -- jobs_claimable_idx (queue, id) in order. claim_jobs_of_queues is the same statement for several queues
--- (tests/test_sql_home.py keeps the two alike): two texts, because each plans on its own index. The queue(s)
--- and the limit are written in as literals (windmill/jobs/queue.py, claim_query, says why).
+-- (tests/test_sql_home.py keeps the two alike): two texts, because each plans on its own index. The queue(s),
+-- the limit and the clock are written in as literals (windmill/jobs/queue.py, claim_query, says why). `waited`:
+-- the job had waited in a backed-up queue, so an enqueue may have stayed silent counting on it (sql/0098: the
+-- worker then claims once more shortly after).
 WITH ready AS (
     SELECT id FROM jobs
      WHERE state IN ('queued', 'failed') AND queue = %(queue)s
@@ -32,9 +34,10 @@ WITH ready AS (
            updated_at = coalesce(%(now)s, now())
      WHERE jobs.id IN (SELECT id FROM ready UNION SELECT id FROM expired)
     RETURNING jobs.id, jobs.queue, jobs.payload, jobs.image_id, jobs.state, jobs.attempts,
-              jobs.max_attempts, jobs.dedupe_key, jobs.last_error
+              jobs.max_attempts, jobs.dedupe_key, jobs.last_error,
+              job_waited(jobs.run_after, jobs.created_at, coalesce(%(now)s, now()), job_backlog_wait() / 2) AS waited
 )
-SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_error
+SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_error, waited
   FROM claimed WHERE state = 'running'
  ORDER BY id
 
@@ -69,9 +72,10 @@ WITH ready AS (
            updated_at = coalesce(%(now)s, now())
      WHERE jobs.id IN (SELECT id FROM ready UNION SELECT id FROM expired)
     RETURNING jobs.id, jobs.queue, jobs.payload, jobs.image_id, jobs.state, jobs.attempts,
-              jobs.max_attempts, jobs.dedupe_key, jobs.last_error
+              jobs.max_attempts, jobs.dedupe_key, jobs.last_error,
+              job_waited(jobs.run_after, jobs.created_at, coalesce(%(now)s, now()), job_backlog_wait() / 2) AS waited
 )
-SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_error
+SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_error, waited
   FROM claimed WHERE state = 'running'
  ORDER BY id
 

@@ -185,8 +185,9 @@ def bench_scale(app: AppContext, images: int, runs: int) -> None:
 @click.option("--runs", type=click.IntRange(1, 10), default=3, show_default=True)
 @pass_app
 def bench_notify(app: AppContext, answers: int, runs: int) -> None:
-    """Commits/s of 16 concurrent answer writers without the wake-up NOTIFY, with it for due jobs (now) and for
-    every job (sql/0002), on a throwaway cluster of its own with production durability."""
+    """Commits/s of 16 concurrent answer writers without the wake-up NOTIFY, with it as now (silent into a backed-up
+    queue), for every due job (sql/0096) and for every job (sql/0002), on a throwaway cluster of its own with
+    production durability."""
     from windmill.bench.notify import run as run_notify_bench
     from windmill.bench.throwaway import throwaway_database
 

@@ -29,6 +29,9 @@ class Job:
     max_attempts: int
     dedupe_key: str | None = None
     last_error: str | None = None
+    # It had waited in a backed-up queue when claimed: an enqueue may have skipped its wake-up counting on it
+    # (sql/0098), so the worker claims once more shortly after (windmill.worker.runtime).
+    waited: bool = False
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -41,6 +44,7 @@ class Job:
             max_attempts=row["max_attempts"],
             dedupe_key=row["dedupe_key"],
             last_error=row["last_error"],
+            waited=row["waited"],
         )
 
 

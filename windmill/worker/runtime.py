@@ -3,7 +3,8 @@
 The handler threads are shared out in lanes (windmill.worker.lanes): each service queue has its own threads and
 claims no more of its jobs than it has threads free, so a slow service never holds the threads of the others. One
 round trip records what finished and claims for every lane with threads free; a lane whose last claim came back
-short waits for a notification or the next poll before it claims again.
+short waits for a notification or the next poll before it claims again (or, after draining a backlog, for a recheck
+shortly after: sql/0098).
 
 A handler that fails because the database is unavailable (`is_database_unavailable`) has not used an attempt: its
 job goes back to the queue uncounted once the database answers again. A stop drains: no new claims, running
@@ -40,6 +41,9 @@ class WorkerOptions:
     concurrency: int = 4  # handler threads
     batch_size: int = 32  # most jobs a lane of non-service queues holds (claimed, not yet recorded) at once
     poll_interval_s: float = 1.0  # NOTIFY is a hint; this is the guarantee
+    # A lane that took a job of a backed-up queue claims once more this long after it next finds its queues drained:
+    # an enqueue that stayed silent counting on that job (sql/0098) has committed by then.
+    recheck_after_s: float = 0.05
     drain_timeout_s: float = 30.0
     heartbeat_interval_s: float = 5.0
 
@@ -89,12 +93,15 @@ class _Wake(threading.Event):
 class _LaneState:
     """A lane at run time: its threads, and its jobs claimed whose handler has not finished (`busy`)."""
 
-    def __init__(self, lane: Lane, batch_size: int, role_name: str) -> None:
+    def __init__(self, lane: Lane, batch_size: int, role_name: str, recheck_after_s: float) -> None:
         self.lane = lane
+        self.recheck_after_s = recheck_after_s
         # A service lane takes only what it can start; a shared lane may hold a batch waiting for its threads.
         self.holds = lane.threads if lane.per_service else max(lane.threads, batch_size)
         self.busy = 0
         self.dry = False  # its last claim came back short: wait for a hint or the poll
+        self.took_waited = False  # took a job that had waited in a backed-up queue, and has not rechecked since
+        self.recheck_at: float | None = None  # when it claims once more although dry (sql/0098)
         self.executor = ThreadPoolExecutor(lane.threads, thread_name_prefix=f"{role_name}-{lane.name}")
 
     @property
@@ -103,6 +110,23 @@ class _LaneState:
 
     def claim_size(self) -> int:
         return claim_size(self.lane, self.free)
+
+    def claimed(self, jobs: list[Job], asked: int) -> None:
+        """Note a claim's outcome. An enqueue stays silent while its queue is backed up (sql/0098), counting on a
+        waiting job: if this lane took it, then found the queue drained before that enqueue committed, nothing would
+        wake it until the poll. So after taking such a job, its next short claim is followed by one more, shortly
+        after; only lanes that drained a backlog pay that claim."""
+        self.took_waited = self.took_waited or any(job.waited for job in jobs)
+        self.dry = len(jobs) < asked
+        if self.dry and self.took_waited:
+            self.recheck_at = time.monotonic() + self.recheck_after_s
+            self.took_waited = False
+
+    def recheck_due(self, now: float) -> bool:
+        if self.recheck_at is None or now < self.recheck_at:
+            return False
+        self.recheck_at = None
+        return True
 
     def wants_claim(self) -> bool:
         """Worth a round trip: half its places free, or nothing left running."""
@@ -164,7 +188,8 @@ class Worker:
         ]
         for thread in side_tasks:
             thread.start()
-        lanes = [_LaneState(lane, self.options.batch_size, self.role.name) for lane in self.lanes]
+        lanes = [_LaneState(lane, self.options.batch_size, self.role.name, self.options.recheck_after_s)
+                 for lane in self.lanes]
         drained = False
         try:
             self._claim_loop(lanes)
@@ -198,6 +223,10 @@ class Worker:
                 for lane in lanes:
                     if lane.dry and not hinted.isdisjoint(lane.lane.queues):
                         lane.dry = False
+            now = time.monotonic()
+            for lane in lanes:
+                if lane.recheck_due(now):
+                    lane.dry = False
             asks = self._claims_wanted(lanes)
             if asks:
                 try:
@@ -211,7 +240,7 @@ class Worker:
                     self._stopping.wait(delay)
                     continue
                 for (lane, asked), jobs in zip(asks, claimed, strict=True):
-                    lane.dry = len(jobs) < asked
+                    lane.claimed(jobs, asked)
                     for job in jobs:
                         if self.hooks.on_claimed:
                             self.hooks.on_claimed(job)
@@ -220,7 +249,8 @@ class Worker:
                     continue  # a lane took a full claim and still has places: more are probably waiting
             elif self._flush_due():
                 self._flush_finished()
-            self._wake.wait(FLUSH_AFTER_S if self._finished else max(0.0, next_poll - time.monotonic()))
+            wake_at = min([next_poll, *(lane.recheck_at for lane in lanes if lane.recheck_at is not None)])
+            self._wake.wait(FLUSH_AFTER_S if self._finished else max(0.0, wake_at - time.monotonic()))
 
     @staticmethod
     def _claims_wanted(lanes: list[_LaneState]) -> list[tuple[_LaneState, int]]:
