@@ -292,6 +292,18 @@ def test_a_claim_loop_keeps_one_connection_whose_plans_are_generic_from_the_star
             claimer.close()
 
 
+def test_a_one_queue_claim_reads_its_own_queue_beside_a_backlog_and_a_long_history(conn: psycopg.Connection) -> None:
+    # A merge history much longer than the service tasks' backlog: the planner expects merges everywhere, and read in
+    # id order, the claim would skip every waiting service task (they are older) before its first merge.
+    conn.execute("INSERT INTO jobs (queue, payload, state) "
+                 "SELECT 'merge', '{}', 'done' FROM generate_series(1, 100000)")
+    conn.execute("INSERT INTO jobs (queue, payload) SELECT 'queue_yolov8', '{}' FROM generate_series(1, 30000)")
+    conn.execute("INSERT INTO jobs (queue, payload) SELECT 'merge', '{}' FROM generate_series(1, 5)")
+    conn.execute("ANALYZE jobs")
+    plan = _plan(conn, ["merge"])
+    assert "jobs_claimable_idx" in plan.split("CTE expired")[0] and "jobs_claimable_order_idx" not in plan
+
+
 def test_a_bulk_submit_refreshes_statistics_so_claims_read_the_oldest_by_index(pool: ConnectionPool,
                                                                              conn: psycopg.Connection) -> None:
     queues = [f"queue_service_{n}" for n in range(11)]
