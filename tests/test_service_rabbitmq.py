@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pika
 import psycopg
@@ -82,6 +85,52 @@ def test_every_primary_service_answers_every_sample_once_through_rabbitmq(
     assert conn.execute("SELECT count(*) FROM jobs WHERE queue = 'merge'").fetchone()[0] == images
 
 
+_POOL_FILES = ("threading.py", "queue.py", "thread.py")  # a handler thread waiting for work is idle
+
+
+def _handler_threads() -> str:
+    """Where each of the consumer's handler threads is now (its innermost frames of ours): a stalled lane shows."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    busy = []
+    for ident, frame in sys._current_frames().items():
+        name = names.get(ident, "")
+        if not name.startswith("windmill-consumer"):
+            continue
+        frames = [f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}"
+                  for f in _frames(frame) if not f.f_code.co_filename.endswith(_POOL_FILES)][:4]
+        busy.append(f"{name}: {' < '.join(frames) or 'idle'}")
+    return "handler threads: " + ("; ".join(busy) or "none")
+
+
+def _frames(frame: FrameType | None) -> Iterator[FrameType]:
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+
+def _where_the_rest_is(conn: psycopg.Connection, amqp_url: str, catalog: Catalog) -> str:
+    """Per service still unanswered: its answers so far and the tasks ready in its queue (a stalled consumer leaves
+    them there; a broker that lost them does not)."""
+    answered = dict(conn.execute("SELECT service, count(*) FROM results GROUP BY service").fetchall())
+    images = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+    ready: dict[str, int] = {}
+    note = ""
+    try:
+        connection = BlockingConnection(pika.URLParameters(amqp_url))
+        try:
+            channel = connection.channel()
+            for service in catalog.select("primary"):
+                ready[service.name] = channel.queue_declare(service.queue_name, passive=True).method.message_count
+        finally:
+            if connection.is_open:
+                connection.close()
+    except Exception as error:  # only a diagnosis: say it could not be read
+        note = f" (queues unreadable: {type(error).__name__})"
+    behind = [f"{service.name} {answered.get(service.name, 0)}/{images} answered, {ready.get(service.name, '?')} ready"
+              for service in catalog.select("primary") if answered.get(service.name, 0) < images]
+    return "behind: " + (", ".join(behind) or "none") + note
+
+
 def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
         private_rabbitmq: PrivateRabbitMQ, database: Database, pool: ConnectionPool, conn: psycopg.Connection,
         queues_on_private_node: Catalog, tmp_path: Path) -> None:
@@ -99,7 +148,7 @@ def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
                     f"{consumer.connections} times, {consumer.attempts} attempts failed (last: "
                     f"{consumer.last_failure or 'none'}); worker {'running' if thread.is_alive() else 'STOPPED'}; "
                     f"node {'up' if private_rabbitmq.running() else 'down'} (started {private_rabbitmq.starts} "
-                    f"times)")
+                    f"times); {_where_the_rest_is(conn, amqp_url, catalog)}; {_handler_threads()}")
 
         try:
             wait_until(lambda: results_count(conn) >= published // 20,
