@@ -181,6 +181,25 @@ class PrivateRabbitMQ:
         self.crash()
         shutil.rmtree(self.base, ignore_errors=True)
 
+    def ctl(self, *arguments: str, timeout_s: float = 30.0) -> str:
+        """Run `rabbitmqctl` against this node (its name and Erlang cookie); its output, or why it failed."""
+        command = [str(Path(find_server_script()).with_name("rabbitmqctl")), "-n", self.node_name, *arguments]
+        try:
+            done = subprocess.run(command, env=self._environment(), capture_output=True, text=True,
+                                  timeout=timeout_s, check=False)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"rabbitmqctl {arguments[0] if arguments else ''} failed: {error}"
+        return (done.stdout + done.stderr).strip()
+
+    def log_lines(self, *fragments: str) -> list[str]:
+        """The lines of the node's logs that contain any of `fragments` (e.g. what its recovery dropped)."""
+        found = []
+        for path in sorted((self.base / "log").glob("*.log")):
+            with contextlib.suppress(OSError):
+                found += [line.strip() for line in path.read_text(errors="replace").splitlines()
+                          if any(fragment in line for fragment in fragments)]
+        return found
+
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
