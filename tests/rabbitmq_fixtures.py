@@ -111,3 +111,15 @@ def private_queues(catalog: Catalog, amqp_url: str) -> Iterator[Catalog]:
 @pytest.fixture
 def queues_on_private_node(catalog: Catalog, private_rabbitmq: PrivateRabbitMQ) -> Iterator[Catalog]:
     yield from queues_of_our_own(catalog, private_rabbitmq.amqp_url)
+
+
+def broker_view(node: PrivateRabbitMQ) -> str:
+    """What the node itself says: each queue's ready and unacknowledged messages and consumers, each channel's
+    unacknowledged deliveries, and what its recoveries logged (a queue that dropped messages says how many)."""
+    queues = node.ctl("list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers", "-q",
+                      "--no-table-headers")
+    channels = node.ctl("list_channels", "name", "messages_unacknowledged", "consumer_count", "-q",
+                        "--no-table-headers")
+    recovery = node.log_lines("dropped", "unclean shutdown", "Restarting crashed queue", "[error]", "[warning]")
+    return (f"the node's queues (name ready unacked consumers): {' | '.join(queues.splitlines())}; its channels "
+            f"(name unacked consumers): {' | '.join(channels.splitlines())}; its log: {' | '.join(recovery[-40:])}")

@@ -23,7 +23,7 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from tests.conftest import wait_until
-from tests.rabbitmq_fixtures import rabbitmqctl
+from tests.rabbitmq_fixtures import broker_view, rabbitmqctl
 from windmill.bench.private_rabbitmq import PrivateRabbitMQ
 from windmill.broker.base import _TASK_FIELDS, MalformedTaskError, Task
 from windmill.broker.consumer import RabbitMQConsumer
@@ -57,6 +57,18 @@ def make_tasks(queue_name: str, count: int) -> list[Task]:
 
 def depth(channel: BlockingChannel, queue: str) -> int:
     return channel.queue_declare(queue=queue, passive=True).method.message_count
+
+
+def depth_now(amqp_url: str, queue: str) -> str:
+    """Messages ready in `queue` now, read on a connection of its own (for a failure's message: never raises)."""
+    try:
+        connection = BlockingConnection(pika.URLParameters(amqp_url))
+        try:
+            return str(depth(connection.channel(), queue))
+        finally:
+            connection.close()
+    except Exception as error:
+        return f"? ({type(error).__name__})"
 
 
 def drain_queue(channel: BlockingChannel, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
@@ -466,7 +478,9 @@ def test_a_broker_restart_during_a_run_loses_nothing(private_rabbitmq: PrivateRa
             assert not publisher.is_alive() and not publish_errors, publish_errors
             broker.publish(later)  # the producer's connection died with the broker: it reconnects by itself
             expected = {task.task_id for task in [*tasks, *later]}
-            wait_until(lambda: set(handler.calls) >= expected, timeout=60, message="every task handled")
+            wait_until(lambda: set(handler.calls) >= expected, timeout=120, message=lambda: (
+                f"every task handled: {len(expected - set(handler.calls))} of {len(expected)} never handled, "
+                f"{depth_now(amqp_url, queue_name)} ready in the queue; {broker_view(private_rabbitmq)}"))
             assert consumer.connections >= 2, "the consumer did not reconnect by itself"
     finally:
         broker.close()

@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from tests.conftest import PYTHON, wait_until
 from tests.farm_fixtures import running_farm
+from tests.rabbitmq_fixtures import broker_view
 from tests.test_service_role import SAMPLES
 from windmill.bench.chaos import write_catalog
 from windmill.bench.private_rabbitmq import PrivateRabbitMQ, free_port
@@ -109,18 +110,6 @@ def _frames(frame: FrameType | None) -> Iterator[FrameType]:
         frame = frame.f_back
 
 
-def _broker_view(node: PrivateRabbitMQ) -> str:
-    """What the node itself says: each queue's ready and unacknowledged messages and consumers, each channel's
-    unacknowledged deliveries, and what its recoveries logged (a queue that dropped messages says how many)."""
-    queues = node.ctl("list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers", "-q",
-                      "--no-table-headers")
-    channels = node.ctl("list_channels", "name", "messages_unacknowledged", "consumer_count", "-q",
-                        "--no-table-headers")
-    recovery = node.log_lines("dropped", "unclean shutdown", "Restarting crashed queue", "[error]", "[warning]")
-    return (f"the node's queues (name ready unacked consumers): {' | '.join(queues.splitlines())}; its channels "
-            f"(name unacked consumers): {' | '.join(channels.splitlines())}; its log: {' | '.join(recovery[-40:])}")
-
-
 def _missing(conn: psycopg.Connection, amqp_url: str, catalog: Catalog) -> tuple[str, bool]:
     """Per service still unanswered: its answers so far and the tasks ready in its queue (a stalled consumer leaves
     them there; a broker that lost them does not). And whether every such queue was read and found empty."""
@@ -188,7 +177,7 @@ def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
                 # stopped worker, duplicates, error rows) still fails the test.
                 if thread.is_alive() and _missing(conn, amqp_url, catalog)[1]:
                     pytest.xfail(f"tasks gone from RabbitMQ after its crash (open question): {how_far()}; "
-                                 f"{_broker_view(private_rabbitmq)}")
+                                 f"{broker_view(private_rabbitmq)}")
                 raise
             assert results_count(conn) >= published, f"the worker stopped: {how_far()}"
         finally:
