@@ -5,6 +5,7 @@ the first answer's insert waits on its foreign key, and the answers handed in me
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -108,6 +109,9 @@ def test_answers_handed_in_together_are_one_transaction_and_each_returns_after_i
     stored = dict(conn.execute("SELECT task_id::text, result_id FROM results WHERE image_id = %s", (image,)))
     assert {h.answer.task_id: h.result for h in handlers} == stored
     assert len(xmins(conn, handlers)) == 1, "the answers that came together were not one transaction"
+    # Inserted in the one lock order (roles/answers.py): by image, detectors first, then by service.
+    assert [row[0] for row in conn.execute("SELECT service FROM results WHERE image_id = %s ORDER BY result_id",
+                                           (image,))] == ["detectron2", "yolov8", "blip", "colors", "nsfw2", "ollama"]
     # The triggers with several answers of one image in one transaction: each follow-up job once.
     assert sorted(job for job in queued(conn) if job[1] == image) == [
         ("caption_score", image), ("caption_score", image), ("consensus", image), ("merge", image)]
@@ -147,7 +151,9 @@ def test_a_task_answered_before_or_twice_in_one_group_is_one_row(
 
 
 def test_a_database_outage_under_a_group_reaches_each_of_its_handlers_as_unavailable(
-        writer: AnswerWriter, database: Database, conn: psycopg.Connection, database_away) -> None:  # noqa: F811
+        writer: AnswerWriter, database: Database, conn: psycopg.Connection, database_away,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="windmill.roles.answers")
     first_image, image = add_image(conn, "first.jpg"), add_image(conn)
     with image_locked(database, image):
         with image_locked(database, first_image):
@@ -164,5 +170,7 @@ def test_a_database_outage_under_a_group_reaches_each_of_its_handlers_as_unavail
                 [h.error for h in handlers]
     first.join(30)
     assert first.error is None
+    assert not [r for r in caplog.records if getattr(r, "action", None) == "answer_group_failed"], \
+        "the outage was taken for a bad row: the group's rows were tried one by one against a database away"
     assert conn.execute("SELECT count(*) FROM results WHERE image_id = %s", (image,)).fetchone()[0] == 0
     assert writer.write(answer(image, "yolov8")) is not None  # the database back, the next group is written
