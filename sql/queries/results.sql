@@ -10,3 +10,18 @@ VALUES (%(image_id)s, %(service)s, %(task_id)s, %(data)s, %(status)s, %(error_me
         %(worker_id)s)
 ON CONFLICT (task_id) DO NOTHING
 RETURNING result_id
+
+-- name: insert_results
+-- Store a group of service answers in one statement, so one transaction and one commit (windmill/roles/answers.py):
+-- inserted in the order given (that order is the order of the locks their triggers take), a task already answered
+-- skipped. Returns the task and result of each row written.
+INSERT INTO results (image_id, service, task_id, data, status, error_message, processing_time, worker_id)
+SELECT image_id, service, task_id, data, status, error_message, processing_time, worker_id
+  FROM unnest(%(image_ids)s::bigint[], %(services)s::text[], %(task_ids)s::uuid[], %(data)s::jsonb[],
+              %(statuses)s::text[], %(error_messages)s::text[], %(processing_times)s::double precision[],
+              %(worker_ids)s::text[])
+       WITH ORDINALITY AS answer (image_id, service, task_id, data, status, error_message, processing_time,
+                                  worker_id, position)
+ ORDER BY position
+ON CONFLICT (task_id) DO NOTHING
+RETURNING task_id, result_id

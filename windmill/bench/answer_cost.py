@@ -13,6 +13,11 @@ service workers. Nobody claims the follow-up jobs. Each run starts from empty ta
 checkpoint; its figure is the CPU the whole cluster used (the postmaster and every backend, read from /proc as
 windmill/bench/cpu.py does) from the writers' start to their end, per answer, and the WAL it wrote.
 
+With `--group N`, a second side answers on the same schema through a service worker's group commit
+(windmill/roles/answers.py, at most N answers per transaction): the writers hand their answers to one writer, which
+stores those that arrive while a group is being written together in the next one; the two sides alternate as with
+a baseline. `--writers` sets how many threads answer on either side (4), so how many answers can come together.
+
 With `--baseline-sql DIR` (another tree's sql/, e.g. `git archive REV sql | tar -x -C DIR`), a second database
 is migrated from DIR and answered with DIR's queries: the runs alternate sides, and the summary gives each side's
 median and the ratio. A first, untimed run per side and path counts the statements the answers ran, triggers'
@@ -28,13 +33,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
 
 from windmill.bench.chaos.servers import durability
 from windmill.bench.cpu import tree_cpu
@@ -44,9 +50,11 @@ from windmill.catalog import Catalog, Service, load_catalog
 from windmill.db.catalog_sync import sync_services
 from windmill.db.connect import Database
 from windmill.db.embedded import EmbeddedPostgres
+from windmill.db.jsonb import use_orjson
 from windmill.db.migrations import available_migrations, migrate
 from windmill.db.queries import fetch_value, parse_queries, query
 from windmill.jobs.queue import DEFAULT_LEASE
+from windmill.roles.answers import Answer, AnswerWriter
 
 WRITERS = 4
 PATHS = ("rabbitmq", "jobtable")
@@ -69,6 +77,7 @@ class Side:
     label: str
     database: Database
     queries: dict[str, str]
+    group: int | None = None  # answers through the group commit, at most this many per transaction
 
 
 @dataclass(frozen=True)
@@ -134,18 +143,35 @@ def seed(side: Side, services: Sequence[Service], images: int, path: str) -> lis
     return tasks
 
 
-def _answer(conn: psycopg.Connection, side: Side, image_id: int, service: str, task_id: str) -> None:
-    conn.execute(side.queries["insert_result"], {
-        "image_id": image_id, "service": service, "task_id": task_id, "data": Jsonb(ANSWER), "status": "success",
-        "error_message": None, "processing_time": 0.01, "worker_id": WORKER})
+# How a writer stores one answer: on its own connection, one autocommit insert_result, or through the group commit.
+AnswerTask = Callable[[psycopg.Connection, Task], None]
 
 
-def _insert_share(conn: psycopg.Connection, side: Side, share: Sequence[Task], queues: list[str]) -> None:
+def _answer_alone(side: Side) -> AnswerTask:
+    def answer(conn: psycopg.Connection, task: Task) -> None:
+        conn.execute(side.queries["insert_result"], {
+            "image_id": task.image_id, "service": task.service_name, "task_id": task.task_id, "data": Jsonb(ANSWER),
+            "status": "success", "error_message": None, "processing_time": 0.01, "worker_id": WORKER})
+
+    return answer
+
+
+def _answer_in_groups(writer: AnswerWriter) -> AnswerTask:
+    def answer(_conn: psycopg.Connection, task: Task) -> None:
+        writer.write(Answer(image_id=task.image_id, service=task.service_name, task_id=task.task_id, data=ANSWER,
+                            status="success", worker_id=WORKER, processing_time=0.01))
+
+    return answer
+
+
+def _insert_share(conn: psycopg.Connection, side: Side, share: Sequence[Task], queues: list[str],
+                  answer: AnswerTask) -> None:
     for task in share:
-        _answer(conn, side, task.image_id, task.service_name, task.task_id)
+        answer(conn, task)
 
 
-def _claim_answer_complete(conn: psycopg.Connection, side: Side, share: Sequence[Task], queues: list[str]) -> None:
+def _claim_answer_complete(conn: psycopg.Connection, side: Side, share: Sequence[Task], queues: list[str],
+                           answer: AnswerTask) -> None:
     """A service worker's thread on the job table: complete the last job and claim the next in one round trip."""
     done: list[int] = []
     lease = DEFAULT_LEASE
@@ -161,21 +187,46 @@ def _claim_answer_complete(conn: psycopg.Connection, side: Side, share: Sequence
             return
         done = []
         for job in claimed:
-            task = Task.from_message(job["payload"])
-            _answer(conn, side, task.image_id, task.service_name, task.task_id)
+            answer(conn, Task.from_message(job["payload"]))
             done.append(job["id"])
 
 
-def answer_run(side: Side, tasks: Sequence[Task], path: str, postmaster: int, *, track: str = "none") -> Run:
+@contextmanager
+def answering(side: Side, catalog: Catalog, track: str) -> Iterator[AnswerTask]:
+    """How the side's writers store an answer; a group commit's pool is connected before the run's first reading
+    of /proc and kept until after its last, as the writers' own connections are (see answer_run)."""
+    if side.group is None:
+        yield _answer_alone(side)
+        return
+
+    def configure(conn: psycopg.Connection) -> None:
+        use_orjson(conn)
+        conn.execute(query("bench_answer_cost_track"), {"track": track})
+
+    # One connection: the group commit writes one group at a time.
+    with ConnectionPool(side.database.conninfo, min_size=1, max_size=1, kwargs={"autocommit": True},
+                        configure=configure, name="bench-answer-groups", open=True) as pool:
+        pool.wait()
+        yield _answer_in_groups(AnswerWriter(pool, catalog, cap=side.group))
+
+
+def answer_run(side: Side, tasks: Sequence[Task], path: str, postmaster: int, catalog: Catalog, *,
+               track: str = "none", writers: int = WRITERS) -> Run:
     """The writers answer every task; the cluster's CPU and the WAL from their start to the last commit.
 
     The writers connect before the first reading and keep their connections until the last: a backend that exits
     while /proc is read could be reaped between the postmaster's reading and the list of its children, and its CPU
     counted in neither."""
-    work: Callable[[psycopg.Connection, Side, Sequence[Task], list[str]], None] = (
+    with answering(side, catalog, track) as answer:
+        return _answer_run(side, tasks, path, postmaster, answer, track, writers)
+
+
+def _answer_run(side: Side, tasks: Sequence[Task], path: str, postmaster: int, answer: AnswerTask, track: str,
+                writers: int) -> Run:
+    work: Callable[[psycopg.Connection, Side, Sequence[Task], list[str], AnswerTask], None] = (
         _insert_share if path == "rabbitmq" else _claim_answer_complete)
     queues = sorted({task.queue_name for task in tasks})
-    connected, finished = threading.Barrier(WRITERS + 1), threading.Barrier(WRITERS + 1)
+    connected, finished = threading.Barrier(writers + 1), threading.Barrier(writers + 1)
     go, measured = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
@@ -185,7 +236,7 @@ def answer_run(side: Side, tasks: Sequence[Task], path: str, postmaster: int, *,
                 conn.execute(query("bench_answer_cost_track"), {"track": track})
                 connected.wait()
                 go.wait()
-                work(conn, side, share, queues)
+                work(conn, side, share, queues, answer)
                 finished.wait()
                 measured.wait()
         except BaseException as error:  # reported below
@@ -193,8 +244,8 @@ def answer_run(side: Side, tasks: Sequence[Task], path: str, postmaster: int, *,
             connected.abort()
             finished.abort()
 
-    # Task n to writer n % 4: the four answer one image's services at once, as a pipeline's workers do.
-    threads = [threading.Thread(target=write, args=(tasks[n::WRITERS],)) for n in range(WRITERS)]
+    # Task n to writer n % writers: they answer one image's services at once, as a pipeline's workers do.
+    threads = [threading.Thread(target=write, args=(tasks[n::writers],)) for n in range(writers)]
     with side.database.connect() as conn:
         for thread in threads:
             thread.start()
@@ -254,6 +305,7 @@ def bench_cluster(home: Path | None) -> Iterator[tuple[str, int, dict[str, str]]
 
 
 def run(*, images: int, runs: int, baseline_sql: Path | None, home: Path | None, top: int,
+        group: int | None = None, writers: int = WRITERS,
         echo: Callable[[str], None] = print) -> dict[tuple[str, str], list[Run]]:
     catalog = load_catalog()
     services = catalog.select("primary")
@@ -262,16 +314,20 @@ def run(*, images: int, runs: int, baseline_sql: Path | None, home: Path | None,
         sides = [prepare_side(admin, conninfo, "head", catalog, None)]
         if baseline_sql is not None:
             sides.append(prepare_side(admin, conninfo, "baseline", catalog, baseline_sql))
+        if group is not None:  # the same schema and database, its answers in groups
+            sides.append(replace(sides[0], label=f"group{group}", group=group))
         answers = images * len(services)
         echo(f"PostgreSQL per answer: {images} images × {len(services)} primary services = {answers} answers, "
-             f"{WRITERS} connections, one answer per transaction; nobody claims the follow-up jobs; "
+             f"{writers} writers, one answer per transaction"
+             + (f" (group{group}: up to {group} per transaction, through the group commit)" if group else "")
+             + "; nobody claims the follow-up jobs; "
              f"production durability ({', '.join(f'{k}={v}' for k, v in settings.items())}); "
              f"sides: {', '.join(side.label for side in sides)}"
              + (f" (baseline sql: {baseline_sql})" if baseline_sql else ""))
         for side in sides:
             for path in PATHS:
                 tasks = seed(side, services, images, path)
-                counted = answer_run(side, tasks, path, postmaster, track="all")
+                counted = answer_run(side, tasks, path, postmaster, catalog, track="all", writers=writers)
                 echo(f"  {side.label} {path}: counting run (untimed, pg_stat_statements.track = all), "
                      f"{counted.cpu_ms:.3f} ms CPU per answer with the counting")
                 statement_profile(side, counted.answers, echo, top)
@@ -280,7 +336,8 @@ def run(*, images: int, runs: int, baseline_sql: Path | None, home: Path | None,
             order = sides if n % 2 == 0 else sides[::-1]  # neither side always first on a drifting machine
             for path in PATHS:
                 for side in order:
-                    result = answer_run(side, seed(side, services, images, path), path, postmaster)
+                    result = answer_run(side, seed(side, services, images, path), path, postmaster, catalog,
+                                        writers=writers)
                     results[(side.label, path)].append(result)
                     echo(f"  run {n + 1} {side.label} {path}: {result.cpu_ms:.3f} ms CPU per answer, "
                          f"{result.wal:,.0f} B WAL per answer, {result.answers / result.elapsed_s:,.0f} answers/s")
@@ -290,11 +347,12 @@ def run(*, images: int, runs: int, baseline_sql: Path | None, home: Path | None,
             echo(f"  → {side.label} {path}: CPU per answer min {min(cpu):.3f} / median {statistics.median(cpu):.3f}"
                  f" / max {max(cpu):.3f} ms; WAL median "
                  f"{statistics.median(r.wal for r in results[(side.label, path)]):,.0f} B")
-        if len(sides) == 2:
-            head, base = (statistics.median(r.cpu_ms for r in results[(label, path)]) for label in ("head", "baseline"))
-            ratios = [h.cpu_ms / b.cpu_ms for h, b in zip(results[("head", path)], results[("baseline", path)],
-                                                           strict=True)]
-            echo(f"  → {path}: head ÷ baseline {head / base:.2f} (per interleaved pair: "
+        for other in sides[1:]:
+            # The group side against the head's one answer per transaction; the head against a baseline.
+            upper, lower = (other.label, "head") if other.group else ("head", other.label)
+            head, base = (statistics.median(r.cpu_ms for r in results[(label, path)]) for label in (upper, lower))
+            ratios = [u.cpu_ms / b.cpu_ms for u, b in zip(results[(upper, path)], results[(lower, path)], strict=True)]
+            echo(f"  → {path}: {upper} ÷ {lower} {head / base:.2f} (per interleaved pair: "
                  f"{', '.join(f'{r:.2f}' for r in ratios)})")
     return results
 
@@ -308,8 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=None,
                         help="the cluster's home (default: a temporary directory); discarded at the end")
     parser.add_argument("--top", type=int, default=12, help="heaviest statements listed per side and path")
+    parser.add_argument("--group", type=int, default=None, metavar="N",
+                        help="a side whose answers go through the group commit, at most N per transaction")
+    parser.add_argument("--writers", type=int, default=WRITERS, help="threads answering on each side")
     args = parser.parse_args(argv)
-    run(images=args.images, runs=args.runs, baseline_sql=args.baseline_sql, home=args.home, top=args.top)
+    run(images=args.images, runs=args.runs, baseline_sql=args.baseline_sql, home=args.home, top=args.top,
+        group=args.group, writers=args.writers)
     return 0
 
 

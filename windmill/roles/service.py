@@ -11,16 +11,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from windmill.broker.base import Task
 from windmill.catalog import Catalog, Service
-from windmill.db.queries import fetch_value, query
+from windmill.db.queries import fetch_value
 from windmill.errors import WindmillError
 from windmill.farm import FarmClient, ServiceAnswer
 from windmill.image_cache import ImageSource
 from windmill.jobs import Job, PermanentJobError
+from windmill.roles.answers import Answer, AnswerWriter
 from windmill.roles.outcome import Failure, call_service
 from windmill.roles.registry import Role, RoleContext, TaskHandling, register_role
 
@@ -36,15 +36,18 @@ class Outcome:
 
 
 class ServiceTaskHandler:
-    """Runs tasks; thread-safe. What is retried and what is recorded, and the error row's shape: roles/outcome.py."""
+    """Runs tasks; thread-safe. What is retried and what is recorded, and the error row's shape: roles/outcome.py.
+    The rows go through `answers`, which writes those of the process's threads that come together in one
+    transaction (roles/answers.py); one per handler unless given."""
 
     def __init__(self, pool: ConnectionPool, farm: FarmClient, images: ImageSource, catalog: Catalog,
-                 worker_id: str) -> None:
+                 worker_id: str, *, answers: AnswerWriter | None = None) -> None:
         self.pool = pool
         self.farm = farm
         self.images = images
         self.catalog = catalog
         self.worker_id = worker_id
+        self.answers = answers or AnswerWriter(pool, catalog)
 
     def handle(self, task: Task, *, final_attempt: bool, first_delivery: bool = False) -> Outcome:
         """`first_delivery`: the queue guarantees this task was never handed out before, so the check for an
@@ -83,16 +86,13 @@ class ServiceTaskHandler:
 
     def _record(self, task: Task, status: str, data: dict[str, Any], *, error_message: str | None = None,
                 processing_time: float = 0.0) -> Outcome:
-        with self.pool.connection() as conn:
-            row = conn.execute(query("insert_result"), {
-                "image_id": task.image_id, "service": task.service_name, "task_id": task.task_id,
-                "data": Jsonb(data), "status": status, "error_message": error_message,
-                "processing_time": processing_time, "worker_id": self.worker_id,
-            }).fetchone()
+        result_id = self.answers.write(Answer(
+            image_id=task.image_id, service=task.service_name, task_id=task.task_id, data=data, status=status,
+            worker_id=self.worker_id, error_message=error_message, processing_time=processing_time))
         if status != "success":
             log.warning("%s on image %d: %s", task.service_name, task.image_id, error_message,
                         extra={"action": "service_failed"})
-        return Outcome(status, row[0] if row else None)
+        return Outcome(status, result_id)
 
 
 def serviceable(catalog: Catalog, selection: str | None) -> list[Service]:
