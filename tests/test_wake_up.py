@@ -7,13 +7,16 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
 from tests.conftest import wait_until
+from tests.test_backfill import nested_plans
 from windmill.db.connect import Database
 from windmill.jobs import Job, JobQueue, NewJob
 from windmill.jobs.queue import enqueue_many_on, enqueue_on
@@ -124,6 +127,29 @@ def test_the_look_up_reads_the_head_of_its_queue_by_index_beside_a_big_backlog(c
     for plan in empty + _look_up_plans(conn):
         assert "Limit" in plan and "Index Scan using jobs_claimable_idx" in plan, plan
         assert "Seq Scan" not in plan and "Sort" not in plan and "Bitmap" not in plan, plan
+
+
+def _index_conditions(plan: dict[str, Any]) -> Iterator[str]:
+    """The index condition of every scan of jobs_claimable_idx in an executed plan."""
+    if plan.get("Index Name") == "jobs_claimable_idx":
+        yield plan["Index Cond"]
+    for child in plan.get("Plans", []):
+        yield from _index_conditions(child)
+
+
+def test_the_look_up_runs_its_generic_plan_at_every_call_beside_a_backed_up_queue(conn: psycopg.Connection) -> None:
+    """sql/0100: the plan cache judged a plan made for a backed-up queue cheaper than the generic plan (which
+    expects a small share of the table in the queue), so it planned the look-up anew at every call. Every call, the
+    first included, now runs the generic plan: its condition names the parameter, not the queue."""
+    conn.execute("""INSERT INTO jobs (queue, payload, created_at, run_after)
+                    SELECT CASE WHEN n <= 5000 THEN 'merge' ELSE 'consensus' END, '{}',
+                           now() - interval '1 second', now() - interval '1 second'
+                      FROM generate_series(1, 10000) AS n""")
+    conn.execute("ANALYZE jobs")
+    plans = nested_plans(conn, "SELECT job_queue_backed_up('merge') FROM generate_series(1, 8)")
+    conditions = [condition for plan in plans for condition in _index_conditions(plan)]
+    assert len(conditions) == 8, plans
+    assert all("$1" in condition and "merge" not in condition for condition in conditions), conditions
 
 
 def test_a_worker_that_drained_a_backlog_claims_once_more_so_a_silent_job_is_not_left_for_the_poll(

@@ -59,6 +59,10 @@ INSERT INTO images (image_filename, image_path)
 SELECT 'n' || g || '.jpg', '/bench/notify/' || g || '.jpg' FROM generate_series(1, %(images)s) AS g
 RETURNING image_id
 
+-- name: bench_notify_backlog
+-- `bench notify`: a merge and a consensus job per image, as the answers queue them: the backlog the runs start from.
+SELECT count(enqueue_merge(i)) + count(enqueue_consensus(i)) FROM unnest(%(images)s::bigint[]) AS i
+
 -- name: bench_vacuum_images
 VACUUM ANALYZE images
 

@@ -3,13 +3,14 @@ committing one detector answer per transaction for an image of its own (so every
 and a consensus job, as a backed-up pipeline does), under four wake-ups, interleaved run by run:
 
 - none: the notify trigger disabled (the baseline);
-- now (sql/0098): a job due now notifies its queue's channel unless the queue is backed up (a job due when queued
-  has waited 50 ms unclaimed there); nobody claims here, so after the first jobs of the first run the merge queue
-  stays backed up and the answers notify no more: what the rule saves answer writers while workers are busy;
+- now (sql/0098, 0100): a job due now notifies its queue's channel unless the queue is backed up (a job due when
+  queued has waited 50 ms unclaimed there); nobody claims here, so the merge queue stays backed up and the answers
+  notify no more: what the rule saves answer writers while workers are busy;
 - every due job (sql/0085 and 0096): a notification on its queue's channel for each job due now, none for a job
   due later (the consensus job); PostgreSQL folds a transaction's notifications of one channel into one;
 - every job (sql/0002): a notification for every newly queued job, due later too.
-The earlier wake-ups are swapped in for their runs, on the throwaway cluster only.
+The earlier wake-ups are swapped in for their runs, on the throwaway cluster only. The runs start from a backlog of one
+run's jobs, analyzed.
 
 Runs on a throwaway cluster with production durability; prints the conditions beside the figures."""
 
@@ -89,13 +90,19 @@ def run(throwaway: Throwaway, *, answers_per_writer: int = 300, runs: int = 3,
     with throwaway.database.connect() as conn:
         definitions = _migrated_definitions(conn)
         images = sorted(row[0] for row in conn.execute(query("bench_notify_images"),
-                                                        {"images": per_run * runs * len(WAKE_UPS)}))
+                                                        {"images": per_run * (runs * len(WAKE_UPS) + 1)}))
         conn.execute(query("bench_vacuum_images"))
+        # The queues backed up, and the planner told: on a job table it has no statistics of, a writer's session
+        # planned enqueue()'s look-up for a waiting twin by jobs_claimable_idx and walked every waiting job of the
+        # queue for each answer, until autovacuum's first analyze (the erratic first runs of earlier sittings).
+        conn.execute(query("bench_notify_backlog"), {"images": images[:per_run]})
+        conn.execute(query("bench_vacuum_jobs"))
     echo(f"NOTIFY cost: {WRITERS} writers × {answers_per_writer} answers ({SERVICE}: a merge and a consensus job "
-         f"each, distinct images, one answer per transaction, nobody claims), {runs} interleaved runs; "
+         f"each, distinct images, one answer per transaction, nobody claims, {per_run:,} of each waiting before the "
+         f"first run, analyzed), {runs} interleaved runs; "
          f"{throwaway.conditions()}")
     rates: dict[str, list[float]] = {wake_up: [] for wake_up in WAKE_UPS}
-    used = 0
+    used = per_run
     with throwaway.database.connect() as conn:
         try:
             for n in range(runs):

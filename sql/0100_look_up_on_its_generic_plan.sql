@@ -1,0 +1,14 @@
+-- sql/0098's look-up on its generic plan, always (issue 13 item 5). sql/0098 meant the look-up to be planned once per
+-- session: its generic plan and the plan for any one queue are the same index scan. But PostgreSQL's plan cache
+-- chooses between them by estimated cost, and the generic plan, not knowing the queue, expects 0.5 % of the job
+-- table in it (the default selectivity of a range) where the plan for a queue backed up with thousands of jobs
+-- expects them all: LIMIT 4 of those looks several times cheaper than LIMIT 4 of the generic estimate, even with
+-- the planning cost the cache adds to it. So the cache kept planning the statement anew at every call, the costly
+-- part of the wake-up: in `bench notify`'s shape (a merge queue backed up by thousands of analyzed jobs), the look-up
+-- planned at each call cost the backend several times what it costs on its generic plan, and most of what the whole
+-- wake-up added to an answer's transaction.
+--
+-- The generic plan is the one tests/test_wake_up.py asserts (beside a big backlog and on an empty table, with the
+-- function's own settings, enable_sort off included); it reads the head of the queue in jobs_claimable_idx whatever
+-- the queue. plan_cache_mode, like enable_sort, applies inside the function only.
+ALTER FUNCTION job_queue_backed_up(text) SET plan_cache_mode = force_generic_plan;
