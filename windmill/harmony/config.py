@@ -81,5 +81,5 @@ class HarmonyConfig:
 @functools.lru_cache(maxsize=16)
 def _params(config: HarmonyConfig) -> dict[str, Any]:
     """The settings as a dict, made once per configuration: every merged box records them, and `asdict` copies
-    field by field (about a tenth of a merge's CPU)."""
+    field by field (about 7 µs a box)."""
     return asdict(config)
