@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import email.parser
 import email.policy
+import http.client
 import http.server
 import io
 import json
@@ -581,3 +582,73 @@ def test_every_service_of_the_stand_in_answers_through_the_client():
             answer = stand_in_client.analyze(service, IMAGE)
             assert answer.data["service"] == service.name
             assert isinstance(answer.data["predictions"], list)
+
+
+# -- reading an answer's header fields -------------------------------------------------------------------------------
+
+HEADER_BLOCKS = [
+    b"Content-Type: application/json\r\nContent-Length: 12\r\n\r\n",
+    b"content-length:12\r\nCONNECTION: Keep-Alive\r\nX-Spaced:   padded value  \r\n\r\n",
+    b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Folded: first\r\n  second line\r\n\r\n",
+    b"Transfer-Encoding: chunked\r\nServer: \xe9t\xe9\r\n\r\n",
+    b"\r\n",
+]
+
+
+@pytest.mark.parametrize("block", HEADER_BLOCKS, ids=["plain", "odd-case-and-spaces", "repeated-and-folded",
+                                                      "chunked-latin1", "none"])
+def test_header_fields_read_as_the_email_parser_reads_them(block):
+    """The transport reads header fields itself (the email parser cost as much as the rest of an answer); what it
+    gives is what http.client's parser gives."""
+    from windmill.farm.transport import _Headers
+
+    ours = _Headers(http.client._read_headers(io.BytesIO(block)))
+    theirs = http.client.parse_headers(io.BytesIO(block))
+    for name in ("content-type", "Content-Length", "connection", "x-spaced", "set-cookie", "x-folded",
+                 "transfer-encoding", "server", "missing"):
+        assert ours.get(name) == theirs.get(name), name
+        assert ours.get_all(name) == theirs.get_all(name), name
+    assert ours.items() == theirs.items()
+
+
+def test_a_chunked_answer_and_one_without_a_length_are_read_whole():
+    """Both are framed by header fields the transport reads itself: a chunked body, and one that ends when the
+    service closes the connection."""
+    body = json.dumps({"status": "success", "predictions": []}).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if self.path.startswith("/chunked"):
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for part in (body[:5], body[5:]):
+                    self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+            else:
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for endpoint in ("/chunked", "/closing"):
+            service = dataclasses.replace(CATALOG["blip"], host="127.0.0.1", port=server.server_address[1],
+                                          endpoint=endpoint)
+            with FarmClient(Catalog((service,))) as client:
+                for _ in range(2):  # the second call on a reused (chunked) or a new (closed) connection
+                    answer = client.analyze(service, IMAGE)
+                    assert answer.data["predictions"] == [], endpoint
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -32,6 +32,7 @@ from windmill.images import (
     pose_prediction_to_image,
     prepare_image,
 )
+from windmill.images.validate import prepare_image_and_pixels
 
 # ---------------------------------------------------------------------------------------------
 # Generated inputs
@@ -292,6 +293,30 @@ def test_phone_formats_become_a_jpeg_of_the_same_picture(data):
         (width // 2, height // 4), (width // 2, 3 * height // 4))
     assert all(abs(a - e) <= 12 for a, e in zip(pixels.getpixel(red_at), (220, 20, 20), strict=True))
     assert all(abs(a - e) <= 12 for a, e in zip(pixels.getpixel(blue_at), (20, 20, 220), strict=True))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [encoded(photo(), "JPEG"), noisy_jpeg(), encoded(photo().convert("L"), "JPEG"), encoded(photo(), "PNG"),
+     encoded(photo(), "WEBP"), rotated_jpeg(), encoded(Image.new("CMYK", (30, 20), (0, 255, 255, 0)), "JPEG"),
+     encoded(Image.new("RGBA", (30, 20), (0, 0, 255, 128)), "PNG"), animated_gif(), png_48bit(8, 6)],
+    ids=["jpeg", "noisy-jpeg", "grayscale-jpeg", "png", "webp", "exif-rotated-jpeg", "cmyk-jpeg", "rgba-png",
+         "animated-gif", "48-bit-png"],
+)
+def test_preparing_with_the_pixels_gives_what_preparing_then_decoding_gives(data):
+    """The cropping path decodes an image once (prepare_image_and_pixels); its crops must be cut from the very pixels
+    the two steps gave: those of the bytes sent."""
+    prepared, pixels = prepare_image_and_pixels(data)
+    assert prepared == prepare_image(data)
+    expected = prepare_image(data).to_rgb()
+    assert pixels.mode == "RGB" and pixels.size == expected.size == prepared.size
+    assert pixels.tobytes() == expected.tobytes()
+
+
+def test_preparing_with_the_pixels_refuses_what_preparing_refuses():
+    truncated = noisy_jpeg()[: len(noisy_jpeg()) // 2]
+    with pytest.raises(BadImage, match="truncated"):
+        prepare_image_and_pixels(truncated)
 
 
 def test_passthrough_is_byte_identical_and_hashed():

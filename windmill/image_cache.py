@@ -16,6 +16,7 @@ from PIL import Image
 
 from windmill.images import CropBox, PreparedImage, crop_for_service, load_image_bytes, prepare_image
 from windmill.images.crop import box_xywh
+from windmill.images.validate import prepare_image_and_pixels
 from windmill.settings import Settings
 
 Key = TypeVar("Key")
@@ -101,18 +102,31 @@ class ImageSource:
     def prepared(self, image_id: int, image_path: str | None, image_url: str | None) -> PreparedImage:
         """The image ready to send; BadImage (cached too: a bad image stays bad) when it cannot be, ImageUnavailable
         (not cached: the next caller downloads again) when its download failed for a reason that may pass."""
-
-        def load() -> PreparedImage:
-            data = load_image_bytes(image_path, image_url, roots=self.settings.image_roots or None,
-                                    allow_private_urls=self.settings.allow_private_urls)
-            return prepare_image(data)
-
-        return self.prepared_images.get((image_id, image_path, image_url), load)
+        return self.prepared_images.get((image_id, image_path, image_url),
+                                        lambda: prepare_image(self._read(image_path, image_url)))
 
     def pixels(self, image_id: int, image_path: str | None, image_url: str | None) -> Image.Image:
         """Upright RGB pixels of the image, to crop boxes from (do not modify: shared between threads)."""
         key = (image_id, image_path, image_url)
-        return self.decoded_images.get(key, lambda: self.prepared(*key).to_rgb())
+        return self.decoded_images.get(key, lambda: self._decode(key))
+
+    def _decode(self, key: tuple[int, str | None, str | None]) -> Image.Image:
+        """The pixels of the prepared image. When this call prepares it, one full decode both proves it whole and
+        gives them (prepare_image_and_pixels); when it was prepared already (a service of this process sent it),
+        its bytes are decoded."""
+        decoded: list[Image.Image] = []
+
+        def load() -> PreparedImage:
+            prepared, pixels = prepare_image_and_pixels(self._read(key[1], key[2]))
+            decoded.append(pixels)
+            return prepared
+
+        prepared = self.prepared_images.get(key, load)
+        return decoded[0] if decoded else prepared.to_rgb()
+
+    def _read(self, image_path: str | None, image_url: str | None) -> bytes:
+        return load_image_bytes(image_path, image_url, roots=self.settings.image_roots or None,
+                                allow_private_urls=self.settings.allow_private_urls)
 
     def crop(self, image_id: int, image_path: str | None, image_url: str | None, bbox: Any) -> Crop:
         """The box cut out of the image as a JPEG ready to send (crop_for_service), made once per image and box.

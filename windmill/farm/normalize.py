@@ -373,11 +373,37 @@ def _number(value: Any) -> tuple[float, str | None]:
 
 
 def _storable(value: Any, where: str, notes: list[str]) -> Any:
+    """The value fit for jsonb: non-finite floats become null, NUL characters vanish (in a copy). Most answers have
+    neither: checking costs a third of copying (which names every node's path for the notes), so a value that passes
+    the check is kept as it is."""
+    if _fit_for_jsonb(value):
+        return value
+    return _storable_copy(value, where, notes)
+
+
+def _fit_for_jsonb(value: Any) -> bool:
+    """Nothing in `value` needs _storable_copy: only JSON types (str keys), no non-finite float, no NUL."""
+    kind = type(value)
+    if kind is str:
+        return "\x00" not in value
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or "\x00" in key or not _fit_for_jsonb(item):
+                return False
+        return True
+    if kind is list:
+        return all(map(_fit_for_jsonb, value))
+    if kind is float:
+        return math.isfinite(value)
+    return kind is int or kind is bool or value is None
+
+
+def _storable_copy(value: Any, where: str, notes: list[str]) -> Any:
     """A deep copy fit for jsonb: non-finite floats become null, NUL characters vanish."""
     if isinstance(value, dict):
-        return {_strip_nul(str(key)): _storable(item, f"{where}.{key}", notes) for key, item in value.items()}
+        return {_strip_nul(str(key)): _storable_copy(item, f"{where}.{key}", notes) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_storable(item, f"{where}[{index}]", notes) for index, item in enumerate(value)]
+        return [_storable_copy(item, f"{where}[{index}]", notes) for index, item in enumerate(value)]
     if isinstance(value, float) and not math.isfinite(value):
         notes.append(f"{where}: {value} replaced by null")
         return None

@@ -103,7 +103,7 @@ class ServiceConnections:
                 connection.close()
                 log.debug("%s:%d closed an idle connection", self.host, self.port,
                           extra={"action": "farm_connection_closed"})
-        return http.client.HTTPConnection(self.host, self.port)
+        return _Connection(self.host, self.port)
 
     def _give_back(self, connection: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -111,6 +111,88 @@ class ServiceConnections:
                 self._idle.append(connection)
                 return
         connection.close()
+
+
+class _Headers:
+    """An answer's header fields, read without the email parser: what HTTPResponse asks of its message (get, get_all,
+    items), with the values the email parser (policy compat32, http.client's) gives. Parsing a service's few headers
+    through the email package cost about as much CPU as the rest of reading its answer."""
+
+    __slots__ = ("_by_name", "_fields")
+
+    def __init__(self, lines: list[bytes]) -> None:
+        fields: list[tuple[str, str]] = []
+        for raw in lines:
+            line = raw.decode("iso-8859-1")
+            if line in ("\r\n", "\n", ""):
+                break
+            if line[:1] in (" ", "\t") and fields:  # a folded line continues the field before it
+                name, value = fields[-1]
+                fields[-1] = (name, value + line)
+                continue
+            name, colon, value = line.partition(":")
+            if colon:
+                fields.append((name, value.lstrip(" \t")))
+        self._fields = [(name, value.rstrip("\r\n")) for name, value in fields]
+        self._by_name: dict[str, list[str]] = {}
+        for name, value in self._fields:
+            self._by_name.setdefault(name.lower(), []).append(value)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        values = self._by_name.get(name.lower())
+        return values[0] if values else default
+
+    def get_all(self, name: str, failobj: list[str] | None = None) -> list[str] | None:
+        return list(self._by_name.get(name.lower(), ())) or failobj
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._fields)
+
+
+class _Response(http.client.HTTPResponse):
+    """http.client's response with the header fields read by _Headers; the rest of `begin` as http.client's."""
+
+    def begin(self) -> None:
+        if self.headers is not None:
+            return
+        while True:  # skip interim 100 Continue answers
+            version, status, reason = self._read_status()
+            if status != http.client.CONTINUE:
+                break
+            http.client._read_headers(self.fp)
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        self.headers = self.msg = _Headers(http.client._read_headers(self.fp))
+        encoding = self.headers.get("transfer-encoding")
+        self.chunked = bool(encoding and encoding.lower() == "chunked")
+        if self.chunked:
+            self.chunk_left = None
+        self.will_close = self._check_close()
+        self.length = None
+        length = self.headers.get("content-length")
+        if length and not self.chunked:
+            try:
+                self.length = int(length)
+            except ValueError:
+                self.length = None
+            else:
+                if self.length < 0:
+                    self.length = None
+        if status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED) or 100 <= status < 200 or \
+                self._method == "HEAD":
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True
+
+
+class _Connection(http.client.HTTPConnection):
+    response_class = _Response
 
 
 def _send(connection: http.client.HTTPConnection, method: str, target: str, body: bytes | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
@@ -74,4 +75,11 @@ class HarmonyConfig:
         return f"union_find_{self.fusion}_v1"
 
     def params(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(_params(self))  # a copy: the caller may change it
+
+
+@functools.lru_cache(maxsize=16)
+def _params(config: HarmonyConfig) -> dict[str, Any]:
+    """The settings as a dict, made once per configuration: every merged box records them, and `asdict` copies
+    field by field (about 7 µs a box)."""
+    return asdict(config)

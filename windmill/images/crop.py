@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from PIL import Image
 
@@ -173,16 +173,18 @@ def pose_prediction_to_image(
     landmarks = prediction.get("landmarks")
     if isinstance(landmarks, Mapping):
         moved: dict[str, Any] = {}
+        # 33 landmarks per person, each checked and moved: the checks avoid ABC isinstance checks and lists built
+        # only to be checked (a third of the translation's CPU).
         for name, landmark in landmarks.items():
-            if not isinstance(landmark, Mapping) or not _is_point([landmark.get("x"), landmark.get("y")]):
+            if not (type(landmark) is dict or isinstance(landmark, Mapping)) or not (
+                    _finite(x := landmark.get("x")) and _finite(y := landmark.get("y"))):
                 moved[name] = landmark
                 continue
-            px, py = crop_normalized_to_image_coords(landmark["x"], landmark["y"], crop)
+            px, py = crop_normalized_to_image_coords(x, y, crop)
             point = dict(landmark)
             point["x"] = round(px / image_width, 4)
             point["y"] = round(py / image_height, 4)
-            z = landmark.get("z")
-            if isinstance(z, int | float) and not isinstance(z, bool) and math.isfinite(z):
+            if _finite(z := landmark.get("z")):
                 point["z"] = round(z * crop.width / image_width, 4)
             moved[name] = point
         translated["landmarks"] = moved
@@ -190,12 +192,19 @@ def pose_prediction_to_image(
 
 
 def _is_point(value: Any) -> bool:
+    if type(value) is list or type(value) is tuple:  # what JSON gives: spared the ABC check
+        return len(value) == 2 and _finite(value[0]) and _finite(value[1])
     return (
         isinstance(value, Sequence)
         and not isinstance(value, str | bytes)
         and len(value) == 2
-        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        and all(_finite(v) for v in value)
     )
+
+
+def _finite(value: Any) -> TypeGuard[int | float]:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _tidy(value: float) -> Number:

@@ -90,9 +90,13 @@ class PreparedImage:
 
     def to_rgb(self) -> Image.Image:
         """Decode the pixels (RGB, upright) afresh; decode once and reuse it when cropping many boxes."""
-        with _open(self.data, max_pixels=max(self.width * self.height, 1)) as image:
+        image = _open(self.data, max_pixels=max(self.width * self.height, 1))
+        try:
             image.load()
-            return image.copy() if image.mode == "RGB" else image.convert("RGB")
+        except BaseException:
+            image.close()
+            raise
+        return _rgb_pixels(image)
 
 
 def prepared_jpeg(data: bytes, width: int, height: int, *, changes: tuple[str, ...] = (),
@@ -123,6 +127,22 @@ def prepare_image(
     `max_send_bytes`: when the original is larger than this (the services of 2025 refuse uploads
     over 8 MiB), it is re-encoded as JPEG; if even that is too large, the image is refused.
     """
+    return _prepare(data, max_pixels=max_pixels, max_send_bytes=max_send_bytes, jpeg_quality=jpeg_quality,
+                    keep_pixels=False)[0]
+
+
+def prepare_image_and_pixels(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[PreparedImage, Image.Image]:
+    """`prepare_image`, and the pixels its `to_rgb` gives, for cropping. An image sent as it is gets one full decode,
+    which both proves it whole and gives the pixels: preparing it, then decoding it to crop, cost a reduced decode,
+    a full one and a copy of the pixels (about twice the CPU)."""
+    prepared, pixels = _prepare(data, max_pixels=max_pixels, max_send_bytes=None, jpeg_quality=DEFAULT_JPEG_QUALITY,
+                                keep_pixels=True)
+    return prepared, pixels if pixels is not None else prepared.to_rgb()
+
+
+def _prepare(data: bytes, *, max_pixels: int, max_send_bytes: int | None, jpeg_quality: int, keep_pixels: bool
+             ) -> tuple[PreparedImage, Image.Image | None]:
+    """prepare_image; with `keep_pixels`, the image decoded in full and, when it is sent as it is, its RGB pixels."""
     if not data:
         raise BadImage("the image is empty (0 bytes)")
     with _open(data, max_pixels=max_pixels) as probe:
@@ -132,12 +152,14 @@ def prepare_image(
         except Exception as problem:  # Pillow reports corruption with many exception types
             raise _corrupt(source_format, problem) from None
 
-    with _open(data, max_pixels=max_pixels) as opened:
+    opened = _open(data, max_pixels=max_pixels)
+    pixels: Image.Image | None = None
+    try:
         full_size = opened.size
         # An upright RGB JPEG is sent as it is: its pixels are only decoded to prove the stream is whole, and a
         # 1/8-scale decode (libjpeg's DCT scaling) reads every byte of it for an eighth of the work.
-        reduced = (source_format == "JPEG" and opened.mode in _SENT_MODES and _orientation(opened) == 1
-                   and (max_send_bytes is None or len(data) <= max_send_bytes))
+        reduced = (not keep_pixels and source_format == "JPEG" and opened.mode in _SENT_MODES
+                   and _orientation(opened) == 1 and (max_send_bytes is None or len(data) <= max_send_bytes))
         if reduced:
             opened.draft(opened.mode, (max(1, opened.width // 8), max(1, opened.height // 8)))
         try:
@@ -162,7 +184,9 @@ def prepare_image(
         width, height = full_size if reduced else image.size
         if not changes:
             out_format, mime, extension = _PASS_THROUGH[source_format]
-            return PreparedImage(
+            if keep_pixels:  # the bytes sent are the bytes decoded: these are the pixels to_rgb would decode
+                pixels = _rgb_pixels(image)
+            prepared = PreparedImage(
                 data=data,
                 format=out_format,
                 width=width,
@@ -172,18 +196,29 @@ def prepare_image(
                 sha256=hashlib.sha256(data).hexdigest(),
                 source_format=source_format,
             )
+            return prepared, pixels
         # A colour profile stays valid only when the pixels kept their colour space.
         icc_profile = opened.info.get("icc_profile") if opened.mode in _SENT_MODES else None
         encoded = encode_jpeg(
             image, quality=jpeg_quality, icc_profile=icc_profile, exif=_exif_without_orientation(image)
         )
+    finally:
+        # Closing an image makes it unusable: the one handed out as the pixels stays open (it reads from memory).
+        if pixels is not opened:
+            opened.close()
 
     if max_send_bytes is not None and len(encoded) > max_send_bytes:
         raise BadImage(
             f"image is {len(encoded)} bytes even as a JPEG of quality {jpeg_quality},"
             f" over the {max_send_bytes}-byte limit"
         )
-    return prepared_jpeg(encoded, width, height, changes=tuple(changes), source_format=source_format)
+    return prepared_jpeg(encoded, width, height, changes=tuple(changes), source_format=source_format), None
+
+
+def _rgb_pixels(image: Image.Image) -> Image.Image:
+    """Decoded upright pixels (RGB or L) as RGB. An RGB image is handed out as it is, not copied: copying cost as much
+    as half its decode."""
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def encode_jpeg(
