@@ -8,7 +8,8 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -24,6 +25,7 @@ from tests.rabbitmq_fixtures import broker_view
 from tests.test_service_role import SAMPLES
 from windmill.bench.chaos import write_catalog
 from windmill.bench.private_rabbitmq import PrivateRabbitMQ, free_port
+from windmill.broker.ledger import resend_lost
 from windmill.broker.rabbitmq import ATTEMPTS_HEADER, RabbitMQBroker
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
@@ -142,7 +144,7 @@ def _missing(conn: psycopg.Connection, amqp_url: str, catalog: Catalog) -> tuple
 
 def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
         private_rabbitmq: PrivateRabbitMQ, database: Database, pool: ConnectionPool, conn: psycopg.Connection,
-        queues_on_private_node: Catalog, tmp_path: Path) -> None:
+        queues_on_private_node: Catalog, tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
     amqp_url = private_rabbitmq.amqp_url
     for copy in range(12):  # 72 images: enough work to be mid-run when the broker goes
         shutil.copytree(SAMPLES, tmp_path / f"copy{copy}", ignore=shutil.ignore_patterns("*.py", "*.md"))
@@ -170,15 +172,21 @@ def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
                 wait_until(lambda: results_count(conn) >= published or not thread.is_alive(), timeout=120,
                            message=lambda: f"every answer after restart: {how_far()}")
             except pytest.fail.Exception:
-                # Seen twice in full-suite runs, never alone (60-odd runs): after the SIGKILL and restart, one
-                # service's remaining tasks were neither answered nor ready in its queue, its lane idle, nothing
-                # logged. Whether RabbitMQ lost confirmed messages or holds them unacked on a channel is open;
-                # that outcome is recorded as a known failure, and every other one (tasks left in a queue, a
-                # stopped worker, duplicates, error rows) still fails the test.
-                if thread.is_alive() and _missing(conn, amqp_url, catalog)[1]:
-                    pytest.xfail(f"tasks gone from RabbitMQ after its crash (open question): {how_far()}; "
-                                 f"{broker_view(private_rabbitmq)}")
-                raise
+                # Seen in about one run of ten under load: after the SIGKILL and restart, one queue's remaining
+                # tasks were gone. The node itself said the queue held nothing, ready or unacked, and no channel
+                # held a delivery: RabbitMQ (3.10, classic queues) lost confirmed messages in its recovery.
+                # Windmill does not rely on it: the scheduler resends, from submit's ledger, the tasks of a queue
+                # that holds none of them (done here at once rather than after WINDMILL_LOST_TASK_AFTER_S). Every
+                # other outcome (tasks left in a queue, a stopped worker) still fails the test.
+                if not (thread.is_alive() and _missing(conn, amqp_url, catalog)[1]):
+                    raise
+                lost = f"{how_far()}; {broker_view(private_rabbitmq)}"
+                with RabbitMQBroker(amqp_url) as broker:
+                    resent = resend_lost(conn, broker, older_than=timedelta(0)).resent
+                assert resent, f"tasks gone from RabbitMQ and not in the ledger: {lost}"
+                record_property("rabbitmq_lost_tasks", f"resent {resent}; {lost}")
+                wait_until(lambda: results_count(conn) >= published or not thread.is_alive(), timeout=60,
+                           message=lambda: f"every answer after resending {resent}: {how_far()}")
             assert results_count(conn) >= published, f"the worker stopped: {how_far()}"
         finally:
             worker.request_stop()

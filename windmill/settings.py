@@ -28,6 +28,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MASK = "****"
 DEFAULT_HOME = Path("~/.local/share/windmill").expanduser()
 DEFAULT_HARMONY = HarmonyConfig()
+LOST_TASK_AFTER_S = 600.0  # see Settings.lost_task_after_s
 # The systemd units' EnvironmentFile: the last place a settings file is looked for. WINDMILL_SYSTEM_ENV_FILE (in the
 # environment) moves it: another system's layout, or tests that must not read the settings of the host they run on.
 SYSTEM_ENV_FILE = Path("/etc/windmill/windmill.env")
@@ -53,6 +54,8 @@ class Settings:
     backfill_page: int = 1000  # images the backfill looks at per run
     submit_page: int = 2000  # images submit reads, looks up and publishes per page (one short transaction each)
     job_retention_s: float = 3600.0  # done jobs older than this are pruned
+    # The scheduler resends RabbitMQ tasks in flight this old whose queue holds no message ready.
+    lost_task_after_s: float = LOST_TASK_AFTER_S
     # Prometheus metrics: a worker serves them on this port; `workers start` gives its workers this port + index.
     metrics_port: int | None = None
     # The retry budget of a RabbitMQ service task: attempts before its error row and the dead-letter queue, and
@@ -130,6 +133,7 @@ SETTING_VARIABLES: dict[str, tuple[str, ...]] = {
     "backfill_page": ("WINDMILL_BACKFILL_PAGE",),
     "submit_page": ("WINDMILL_SUBMIT_PAGE",),
     "job_retention_s": ("WINDMILL_JOB_RETENTION_S",),
+    "lost_task_after_s": ("WINDMILL_LOST_TASK_AFTER_S",),
     "metrics_port": ("WINDMILL_METRICS_PORT",),
     "amqp_task_attempts": ("WINDMILL_AMQP_TASK_ATTEMPTS",),
     "amqp_retry_delay_s": ("WINDMILL_AMQP_RETRY_DELAY_S",),
@@ -350,6 +354,7 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
         backfill_page=_count(env, "WINDMILL_BACKFILL_PAGE", 1000, 1_000_000),
         submit_page=_count(env, "WINDMILL_SUBMIT_PAGE", Settings.submit_page, 100_000),
         job_retention_s=_seconds(env, "WINDMILL_JOB_RETENTION_S", 3600.0, 30 * 86_400),
+        lost_task_after_s=_seconds(env, "WINDMILL_LOST_TASK_AFTER_S", LOST_TASK_AFTER_S, 30 * 86_400),
         amqp_task_attempts=_count(env, "WINDMILL_AMQP_TASK_ATTEMPTS", 5, 100),
         amqp_retry_delay_s=_seconds(env, "WINDMILL_AMQP_RETRY_DELAY_S", 1.0, 3600),
         database_wait_s=_seconds(env, "WINDMILL_DATABASE_WAIT_S", 30.0, 3600),

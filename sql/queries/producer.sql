@@ -137,3 +137,23 @@ SELECT service, queue, image_id, task_id, submitted_at,
 DELETE FROM service_tasks_in_flight
  WHERE (%(service)s::text IS NULL OR service = %(service)s)
    AND submitted_at <= now() - %(older_than)s::interval
+
+-- name: stale_tasks_in_flight_by_queue
+-- Per queue, the ledger entries submitted at least `older_than` ago: the candidates for a resend.
+SELECT queue, count(*) AS entries
+  FROM service_tasks_in_flight
+ WHERE submitted_at <= now() - %(older_than)s::interval
+   AND (%(service)s::text IS NULL OR service = %(service)s)
+ GROUP BY queue
+ ORDER BY queue
+
+-- name: tasks_in_flight_to_resend
+-- A queue's ledger entries submitted at least `older_than` ago, as the tasks they stand for (their own ids, so a
+-- task that was not lost after all is answered once: its second delivery finds the row).
+SELECT ledger.task_id::text AS task_id, ledger.image_id, i.image_filename, i.image_path, i.image_url,
+       ledger.submitted_at, ledger.service, ledger.queue
+  FROM service_tasks_in_flight ledger
+  JOIN images i ON i.image_id = ledger.image_id
+ WHERE ledger.queue = %(queue)s AND ledger.submitted_at <= now() - %(older_than)s::interval
+ ORDER BY ledger.submitted_at, ledger.image_id
+ LIMIT %(limit)s

@@ -8,9 +8,10 @@ whose message was lost stays until `forget` removes it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
@@ -75,3 +76,47 @@ def forget_in_flight(conn: psycopg.Connection, *, service: str | None = None,
     """Remove ledger entries whose messages were lost (a purged queue): their pairs are free for the next submit.
     Returns how many were removed."""
     return conn.execute(query("forget_tasks_in_flight"), {"service": service, "older_than": older_than}).rowcount
+
+
+class QueueHolder(Protocol):
+    """What a resend needs of a broker: how many messages each queue holds ready, and a confirmed publish."""
+
+    def queue_depths(self, queue_names: Iterable[str]) -> dict[str, int]: ...
+
+    def publish(self, tasks: Sequence[Task], *, unless_answered: bool = False) -> list[Task]: ...
+
+
+@dataclass(frozen=True)
+class Resend:
+    resent: dict[str, int]  # queue → tasks published again
+    waiting: dict[str, int]  # queue → messages it holds ready (its old entries were left alone)
+
+
+def resend_lost(conn: psycopg.Connection, broker: QueueHolder, *, older_than: timedelta,
+                service: str | None = None, limit: int = 10_000) -> Resend:
+    """Publish again, under their own ids, the tasks of ledger entries older than `older_than` whose queue holds no
+    message ready: RabbitMQ lost them (seen after a crash of the node: a queue recovered empty while the ledger
+    still held its tasks), and nothing else would ever answer them. A queue that still holds ready messages is
+    left alone, since its old tasks may be among them. A task that was not lost after all (delivered and still
+    running) is answered once: its second delivery finds the row and writes nothing."""
+    stale: dict[str, int] = dict(conn.execute(query("stale_tasks_in_flight_by_queue"),
+                              {"older_than": older_than, "service": service}).fetchall())
+    if not stale:
+        return Resend({}, {})
+    depths = broker.queue_depths(stale)
+    resent: dict[str, int] = {}
+    waiting = {queue: depth for queue, depth in depths.items() if depth > 0}
+    for queue in stale:
+        if queue in waiting:
+            continue
+        with conn.cursor(row_factory=dict_row) as cursor:
+            rows = cursor.execute(query("tasks_in_flight_to_resend"),
+                                  {"queue": queue, "older_than": older_than, "limit": limit}).fetchall()
+        tasks = [Task(task_id=row["task_id"], image_id=row["image_id"], image_filename=row["image_filename"],
+                      image_path=row["image_path"], image_url=row["image_url"],
+                      submitted_at=row["submitted_at"].isoformat(), service_name=row["service"],
+                      queue_name=row["queue"]) for row in rows]
+        if tasks:
+            broker.publish(tasks)
+            resent[queue] = len(tasks)
+    return Resend(resent, waiting)

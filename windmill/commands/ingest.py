@@ -1,5 +1,5 @@
 """Commands for the RabbitMQ side of ingest: dead-lettered tasks (list, replay) and the ledger of tasks in flight
-that keeps `submit` from sending a pair twice (list, forget)."""
+that keeps `submit` from sending a pair twice (list, resend, forget)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import click
 
 from windmill.commands.context import AppContext, echo_json, json_option, pass_app
 from windmill.errors import WindmillError
+from windmill.settings import LOST_TASK_AFTER_S
 
 
 def amqp_url_or_fail(app: AppContext) -> str:
@@ -103,6 +104,28 @@ def tasks_forget(app: AppContext, service: str | None, every_service: bool, olde
     with app.connection() as conn:
         forgotten = forget_in_flight(conn, service=service, older_than=timedelta(seconds=older_than))
     click.echo(f"Forgot {forgotten} task(s) in flight; `windmill-cli submit` sends their pairs again.")
+
+
+@tasks.command("resend")
+@click.option("--service", help="Only this service's entries.")
+@click.option("--older-than", type=click.FloatRange(0), default=LOST_TASK_AFTER_S, show_default=True,
+              help="Only entries submitted at least this many seconds ago.")
+@pass_app
+def tasks_resend(app: AppContext, service: str | None, older_than: float) -> None:
+    """Publish again, under their own ids, the tasks in flight whose queue holds no message ready (RabbitMQ lost
+    them, e.g. in a crash). A queue with ready messages is left alone. The scheduler role does this by itself
+    (WINDMILL_LOST_TASK_AFTER_S)."""
+    from windmill.broker.ledger import resend_lost
+    from windmill.broker.rabbitmq import RabbitMQBroker
+
+    with app.connection() as conn, RabbitMQBroker(amqp_url_or_fail(app)) as broker:
+        outcome = resend_lost(conn, broker, older_than=timedelta(seconds=older_than), service=service)
+    for queue, count in outcome.resent.items():
+        click.echo(f"{queue}: resent {count} task(s) its queue no longer held")
+    for queue, depth in outcome.waiting.items():
+        click.echo(f"{queue}: left alone, it holds {depth} message(s) ready")
+    if not outcome.resent and not outcome.waiting:
+        click.echo(f"No task in flight older than {older_than:g} s.")
 
 
 COMMANDS = (dlq, tasks)

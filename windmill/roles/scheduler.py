@@ -6,6 +6,10 @@ interval ahead before it runs the pass. Any number of schedulers may run (on sev
 the dedupe key keeps one tick waiting at a time and SKIP LOCKED lets one scheduler claim it, so the pass never
 runs twice per period. A tick is never retried (one attempt): if it fails or its scheduler dies, its successor is
 already queued. The tick itself (queue, key, attempts) is defined in SQL: scheduler_tick_job.
+
+Where tasks travel by RabbitMQ, each tick also resends the tasks RabbitMQ lost: ledger entries older than
+WINDMILL_LOST_TASK_AFTER_S whose queue holds no message ready (windmill.broker.ledger.resend_lost). The pass
+itself is SQL (pg_cron runs it too); this part needs RabbitMQ, so it lives here.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from datetime import timedelta
 
 import psycopg
 
+from windmill.broker.ledger import resend_lost
+from windmill.broker.rabbitmq import RabbitMQBroker, RabbitMQError
 from windmill.db.queries import query
 from windmill.jobs import Job
 from windmill.jobs.queues import SCHEDULER_QUEUE
@@ -40,14 +46,30 @@ def schedule_next_tick(conn: psycopg.Connection, interval: timedelta) -> int | N
 def scheduler_role(context: RoleContext) -> Role:
     interval = timedelta(seconds=context.settings.backfill_interval_s)
     retention = timedelta(seconds=context.settings.job_retention_s)
+    lost_after = timedelta(seconds=context.settings.lost_task_after_s)
+    amqp_url = context.settings.amqp_url if context.settings.uses_rabbitmq else None
+    broker = RabbitMQBroker(amqp_url, connection_attempts=2) if amqp_url else None
     with context.pool.connection() as conn:
         schedule_first_tick(conn)
+
+    def resend(conn: psycopg.Connection) -> None:
+        if broker is None:
+            return
+        try:
+            outcome = resend_lost(conn, broker, older_than=lost_after)
+        except RabbitMQError as error:  # the next tick tries again; the pass itself is done
+            log.warning("could not look for lost RabbitMQ tasks: %s", error, extra={"action": "resend_failed"})
+            return
+        for queue, count in outcome.resent.items():
+            log.warning("%s held none of its %d tasks in flight older than %s: RabbitMQ lost them; resent",
+                        queue, count, lost_after, extra={"action": "lost_tasks_resent"})
 
     def handle(job: Job) -> None:
         with context.pool.connection() as conn:  # autocommit: each statement (and each pass batch) commits
             # Successor first: a pass that fails or a scheduler that dies mid-run does not end the chain.
             schedule_next_tick(conn, interval)
             outcome = scheduled_pass(conn, page=context.settings.backfill_page, retention=retention)
+            resend(conn)
         if outcome.queued:
             log.info("backfill queued %s", ", ".join(f"{count} {queue}" for queue, count in outcome.queued.items()),
                      extra={"action": "backfill_queued"})
@@ -56,4 +78,5 @@ def scheduler_role(context: RoleContext) -> Role:
         if outcome.pruned:
             log.info("pruned %d done jobs", outcome.pruned, extra={"action": "jobs_pruned"})
 
-    return Role(name="scheduler", queues=(SCHEDULER_QUEUE,), handle=handle)
+    return Role(name="scheduler", queues=(SCHEDULER_QUEUE,), handle=handle,
+                close=broker.close if broker is not None else lambda: None)
