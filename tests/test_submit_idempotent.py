@@ -239,7 +239,7 @@ def test_status_shows_entries_without_a_message_and_tasks_forget_frees_their_pai
     broker = {"available": True, "queues": [{"queue": "queue_blip", "ready": 0, "unacked": 1}]}
     compared = tasks_in_flight(ledger, broker)
     assert [(row["in_rabbitmq"], row["unaccounted"]) for row in compared] == [(1, 0), (0, 1)]
-    assert "windmill-cli tasks forget --service S" in format_status({
+    assert "windmill-cli tasks resend --older-than 0" in format_status({
         **json.loads(run("status", "--json").output), "in_flight": compared, "rabbitmq": {**broker, "url": "x"}})
     assert len(json.loads(run("tasks", "list", "--json").output)) == 2
     assert run("tasks", "forget").exit_code == 2, "forgetting everything needs --all"

@@ -252,8 +252,8 @@ def _in_flight_section(rows: list[dict[str, Any]] | None, rabbitmq: dict[str, An
     lines = ["RabbitMQ tasks in flight (submit's ledger; in_rabbitmq = ready + unacked in the queue):",
              format_table(rows or [])]
     if any(row["unaccounted"] for row in rows or []):
-        lines.append("  Entries without a message (a purged queue) keep their pairs from being submitted: "
-                     "`windmill-cli tasks forget --service S`, then `windmill-cli submit`.")
+        lines.append("  Entries without a message (lost by RabbitMQ, or a purged queue): the scheduler resends them "
+                     "once WINDMILL_LOST_TASK_AFTER_S old; at once: `windmill-cli tasks resend --older-than 0`.")
     return [*lines, ""]
 
 
