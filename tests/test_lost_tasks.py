@@ -4,6 +4,7 @@ ledger of tasks in flight, under their own ids: by `tasks resend` and by every s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pika
 import psycopg
@@ -12,13 +13,16 @@ from psycopg_pool import ConnectionPool
 
 import windmill.roles.scheduler  # noqa: F401  (registers the role until windmill.roles imports it)
 from tests.conftest import wait_until
+from tests.test_monitoring import plan_scans
 from tests.test_service_role import SAMPLES
 from tests.test_submit_idempotent import task_for
+from windmill.bench.chaos import write_catalog
 from windmill.broker.ledger import publish_in_flight
 from windmill.broker.rabbitmq import RabbitMQBroker
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database
+from windmill.db.queries import query
 from windmill.jobs import JobQueue
 from windmill.settings import settings_from_mapping
 from windmill.worker.group import WorkerGroup
@@ -56,8 +60,12 @@ def age_ledger(conn: psycopg.Connection, task_ids: list[str], seconds: int) -> N
 
 
 def test_tasks_resend_sends_what_an_empty_queue_lost_and_leaves_a_queue_with_messages_alone(
-        run, monkeypatch, conn: psycopg.Connection, amqp_url: str, private_queues: Catalog) -> None:
+        run, monkeypatch, conn: psycopg.Connection, amqp_url: str, private_queues: Catalog, tmp_path: Path) -> None:
     monkeypatch.setenv("WINDMILL_AMQP_URL", amqp_url)
+    config = tmp_path / "service_config.json"  # the command reads the queues' names from the catalog
+    write_catalog(private_queues, config, queue_prefix=private_queues["blip"].queue_prefix, port_offset=0,
+                  timeout_s=1.0)
+    monkeypatch.setenv("WINDMILL_SERVICE_CONFIG", str(config))
     ids = publish_two_services(conn, amqp_url, private_queues)
     blip, clip = private_queues["blip"].queue_name, private_queues["clip"].queue_name
     assert sorted(lose(amqp_url, clip)) == sorted(ids["clip"])
@@ -91,3 +99,16 @@ def test_a_scheduler_tick_resends_the_tasks_rabbitmq_lost(
         group.request_stop()
         group.join(timeout=30)
     assert sorted(resent) == sorted(ids["clip"])
+
+
+def test_the_resend_look_up_reads_the_ledger_by_queue_and_age(conn: psycopg.Connection) -> None:
+    # A large submit's ledger: 22,000 entries of two queues; the scheduler asks about a third, empty one each tick.
+    conn.execute("INSERT INTO images (image_filename, image_path) "
+                 "SELECT 'i' || g || '.jpg', '/data/i' || g || '.jpg' FROM generate_series(1, 11000) g")
+    conn.execute("INSERT INTO service_tasks_in_flight (image_id, service, queue, task_id) "
+                 "SELECT image_id, s, 'queue_' || s, gen_random_uuid() FROM images, unnest(ARRAY['blip', 'clip']) s")
+    conn.execute("ANALYZE images, service_tasks_in_flight")
+    scans = plan_scans(conn, query("tasks_in_flight_to_resend").replace("%(queue)s", "'queue_yolov8'")
+                       .replace("%(older_than)s", "'600 s'").replace("%(limit)s", "10000"))
+    assert ("Seq Scan", "service_tasks_in_flight") not in scans, scans
+    assert any(relation == "service_tasks_in_flight" for _, relation in scans)

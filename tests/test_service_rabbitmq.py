@@ -182,7 +182,8 @@ def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
                     raise
                 lost = f"{how_far()}; {broker_view(private_rabbitmq)}"
                 with RabbitMQBroker(amqp_url) as broker:
-                    resent = resend_lost(conn, broker, older_than=timedelta(0)).resent
+                    resent = resend_lost(conn, broker, [service.queue_name for service in catalog.services],
+                                         older_than=timedelta(0)).resent
                 assert resent, f"tasks gone from RabbitMQ and not in the ledger: {lost}"
                 record_property("rabbitmq_lost_tasks", f"resent {resent}; {lost}")
                 wait_until(lambda: results_count(conn) >= published or not thread.is_alive(), timeout=60,

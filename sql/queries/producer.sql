@@ -138,18 +138,10 @@ DELETE FROM service_tasks_in_flight
  WHERE (%(service)s::text IS NULL OR service = %(service)s)
    AND submitted_at <= now() - %(older_than)s::interval
 
--- name: stale_tasks_in_flight_by_queue
--- Per queue, the ledger entries submitted at least `older_than` ago: the candidates for a resend.
-SELECT queue, count(*) AS entries
-  FROM service_tasks_in_flight
- WHERE submitted_at <= now() - %(older_than)s::interval
-   AND (%(service)s::text IS NULL OR service = %(service)s)
- GROUP BY queue
- ORDER BY queue
-
 -- name: tasks_in_flight_to_resend
 -- A queue's ledger entries submitted at least `older_than` ago, as the tasks they stand for (their own ids, so a
--- task that was not lost after all is answered once: its second delivery finds the row).
+-- task that was not lost after all is answered once: its second delivery finds the row); by the queue-and-age
+-- index (sql/0101), so a large ledger costs nothing here.
 SELECT ledger.task_id::text AS task_id, ledger.image_id, i.image_filename, i.image_path, i.image_url,
        ledger.submitted_at, ledger.service, ledger.queue
   FROM service_tasks_in_flight ledger

@@ -92,21 +92,19 @@ class Resend:
     waiting: dict[str, int]  # queue → messages it holds ready (its old entries were left alone)
 
 
-def resend_lost(conn: psycopg.Connection, broker: QueueHolder, *, older_than: timedelta,
-                service: str | None = None, limit: int = 10_000) -> Resend:
-    """Publish again, under their own ids, the tasks of ledger entries older than `older_than` whose queue holds no
-    message ready: RabbitMQ lost them (seen after a crash of the node: a queue recovered empty while the ledger
-    still held its tasks), and nothing else would ever answer them. A queue that still holds ready messages is
-    left alone, since its old tasks may be among them. A task that was not lost after all (delivered and still
-    running) is answered once: its second delivery finds the row and writes nothing."""
-    stale: dict[str, int] = dict(conn.execute(query("stale_tasks_in_flight_by_queue"),
-                              {"older_than": older_than, "service": service}).fetchall())
-    if not stale:
-        return Resend({}, {})
-    depths = broker.queue_depths(stale)
+def resend_lost(conn: psycopg.Connection, broker: QueueHolder, queues: Iterable[str], *, older_than: timedelta,
+                limit: int = 10_000) -> Resend:
+    """Publish again, under their own ids, the tasks of ledger entries older than `older_than` whose queue (of
+    `queues`) holds no message ready: RabbitMQ lost them (seen after a crash of the node: a queue recovered empty
+    while the ledger still held its tasks), and nothing else would ever answer them. A queue that still holds ready
+    messages is left alone, since its old tasks may be among them; a queue RabbitMQ does not know (deleted) counts
+    as empty. A task that was not lost after all (delivered and still running) is answered once: its second
+    delivery finds the row and writes nothing. At most `limit` tasks per queue and call."""
+    names = list(dict.fromkeys(queues))
+    depths = broker.queue_depths(names)
     resent: dict[str, int] = {}
     waiting = {queue: depth for queue, depth in depths.items() if depth > 0}
-    for queue in stale:
+    for queue in names:
         if queue in waiting:
             continue
         with conn.cursor(row_factory=dict_row) as cursor:
@@ -119,4 +117,10 @@ def resend_lost(conn: psycopg.Connection, broker: QueueHolder, *, older_than: ti
         if tasks:
             broker.publish(tasks)
             resent[queue] = len(tasks)
-    return Resend(resent, waiting)
+    return Resend(resent, {queue: depth for queue, depth in waiting.items() if _has_old_entries(conn, queue,
+                                                                                                  older_than)})
+
+
+def _has_old_entries(conn: psycopg.Connection, queue: str, older_than: timedelta) -> bool:
+    return conn.execute(query("tasks_in_flight_to_resend"),
+                        {"queue": queue, "older_than": older_than, "limit": 1}).fetchone() is not None

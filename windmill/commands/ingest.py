@@ -118,8 +118,9 @@ def tasks_resend(app: AppContext, service: str | None, older_than: float) -> Non
     from windmill.broker.ledger import resend_lost
     from windmill.broker.rabbitmq import RabbitMQBroker
 
+    queues = [app.catalog[service].queue_name] if service else [s.queue_name for s in app.catalog.services]
     with app.connection() as conn, RabbitMQBroker(amqp_url_or_fail(app)) as broker:
-        outcome = resend_lost(conn, broker, older_than=timedelta(seconds=older_than), service=service)
+        outcome = resend_lost(conn, broker, queues, older_than=timedelta(seconds=older_than))
     for queue, count in outcome.resent.items():
         click.echo(f"{queue}: resent {count} task(s) its queue no longer held")
     for queue, depth in outcome.waiting.items():

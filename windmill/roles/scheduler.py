@@ -49,6 +49,7 @@ def scheduler_role(context: RoleContext) -> Role:
     lost_after = timedelta(seconds=context.settings.lost_task_after_s)
     amqp_url = context.settings.amqp_url if context.settings.uses_rabbitmq else None
     broker = RabbitMQBroker(amqp_url, connection_attempts=2) if amqp_url else None
+    queues = [service.queue_name for service in context.catalog.services]
     with context.pool.connection() as conn:
         schedule_first_tick(conn)
 
@@ -56,7 +57,7 @@ def scheduler_role(context: RoleContext) -> Role:
         if broker is None:
             return
         try:
-            outcome = resend_lost(conn, broker, older_than=lost_after)
+            outcome = resend_lost(conn, broker, queues, older_than=lost_after)
         except RabbitMQError as error:  # the next tick tries again; the pass itself is done
             log.warning("could not look for lost RabbitMQ tasks: %s", error, extra={"action": "resend_failed"})
             return
