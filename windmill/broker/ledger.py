@@ -89,7 +89,7 @@ class QueueHolder(Protocol):
 @dataclass(frozen=True)
 class Resend:
     resent: dict[str, int]  # queue → tasks published again
-    waiting: dict[str, int]  # queue → messages it holds ready (its old entries were left alone)
+    waiting: dict[str, int]  # queue → messages it holds ready (left alone: its old tasks may be among them)
 
 
 def resend_lost(conn: psycopg.Connection, broker: QueueHolder, queues: Iterable[str], *, older_than: timedelta,
@@ -117,10 +117,4 @@ def resend_lost(conn: psycopg.Connection, broker: QueueHolder, queues: Iterable[
         if tasks:
             broker.publish(tasks)
             resent[queue] = len(tasks)
-    return Resend(resent, {queue: depth for queue, depth in waiting.items() if _has_old_entries(conn, queue,
-                                                                                                  older_than)})
-
-
-def _has_old_entries(conn: psycopg.Connection, queue: str, older_than: timedelta) -> bool:
-    return conn.execute(query("tasks_in_flight_to_resend"),
-                        {"queue": queue, "older_than": older_than, "limit": 1}).fetchone() is not None
+    return Resend(resent, waiting)

@@ -123,10 +123,10 @@ def tasks_resend(app: AppContext, service: str | None, older_than: float) -> Non
         outcome = resend_lost(conn, broker, queues, older_than=timedelta(seconds=older_than))
     for queue, count in outcome.resent.items():
         click.echo(f"{queue}: resent {count} task(s) its queue no longer held")
+    if not outcome.resent:
+        click.echo(f"Nothing to resend: no empty queue has tasks in flight older than {older_than:g} s.")
     for queue, depth in outcome.waiting.items():
         click.echo(f"{queue}: left alone, it holds {depth} message(s) ready")
-    if not outcome.resent and not outcome.waiting:
-        click.echo(f"No task in flight older than {older_than:g} s.")
 
 
 COMMANDS = (dlq, tasks)
