@@ -139,11 +139,12 @@ DELETE FROM service_tasks_in_flight
    AND submitted_at <= now() - %(older_than)s::interval
 
 -- name: tasks_in_flight_to_resend
--- A queue's ledger entries submitted at least `older_than` ago, as the tasks they stand for (their own ids, so a
+-- A queue's ledger entries submitted at least `older_than` ago, as the task messages they stand for (their own ids, so a
 -- task that was not lost after all is answered once: its second delivery finds the row); by the queue-and-age
 -- index (sql/0101), so a large ledger costs nothing here.
 SELECT ledger.task_id::text AS task_id, ledger.image_id, i.image_filename, i.image_path, i.image_url,
-       ledger.submitted_at, ledger.service, ledger.queue
+       to_json(ledger.submitted_at) #>> '{}' AS submitted_at, ledger.service AS service_name,
+       ledger.queue AS queue_name
   FROM service_tasks_in_flight ledger
   JOIN images i ON i.image_id = ledger.image_id
  WHERE ledger.queue = %(queue)s AND ledger.submitted_at <= now() - %(older_than)s::interval

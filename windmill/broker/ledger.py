@@ -110,10 +110,7 @@ def resend_lost(conn: psycopg.Connection, broker: QueueHolder, queues: Iterable[
         with conn.cursor(row_factory=dict_row) as cursor:
             rows = cursor.execute(query("tasks_in_flight_to_resend"),
                                   {"queue": queue, "older_than": older_than, "limit": limit}).fetchall()
-        tasks = [Task(task_id=row["task_id"], image_id=row["image_id"], image_filename=row["image_filename"],
-                      image_path=row["image_path"], image_url=row["image_url"],
-                      submitted_at=row["submitted_at"].isoformat(), service_name=row["service"],
-                      queue_name=row["queue"]) for row in rows]
+        tasks = [Task.from_message(row) for row in rows]
         if tasks:
             broker.publish(tasks)
             resent[queue] = len(tasks)

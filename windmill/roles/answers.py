@@ -33,6 +33,11 @@ from windmill.group_commit import DEFAULT_CAP, GroupCommit
 
 log = logging.getLogger(__name__)
 
+# insert_results takes a row's fields (Answer.params, insert_result's parameters) as one array each.
+_GROUP_PARAMETERS = {"image_id": "image_ids", "service": "services", "task_id": "task_ids", "data": "data",
+                     "status": "statuses", "error_message": "error_messages",
+                     "processing_time": "processing_times", "worker_id": "worker_ids"}
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -83,13 +88,10 @@ class AnswerWriter:
 
     def _insert_group(self, answers: Sequence[Answer]) -> list[int | BaseException | None]:
         ordered = sorted(answers, key=self.lock_order)
+        rows_params = [answer.params() for answer in ordered]
+        columns = {plural: [params[name] for params in rows_params] for name, plural in _GROUP_PARAMETERS.items()}
         with self.pool.connection() as conn:  # autocommit: the one statement is the group's transaction
-            rows = conn.execute(query("insert_results"), {
-                "image_ids": [a.image_id for a in ordered], "services": [a.service for a in ordered],
-                "task_ids": [a.task_id for a in ordered], "data": [Jsonb(a.data) for a in ordered],
-                "statuses": [a.status for a in ordered], "error_messages": [a.error_message for a in ordered],
-                "processing_times": [a.processing_time for a in ordered],
-                "worker_ids": [a.worker_id for a in ordered]}).fetchall()
+            rows = conn.execute(query("insert_results"), columns).fetchall()
         written = {task_id: result_id for task_id, result_id in rows}
         outcomes: list[int | BaseException | None] = []
         for answer in answers:
