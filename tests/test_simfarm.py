@@ -28,6 +28,7 @@ from windmill.simfarm.detections import iou
 from windmill.simfarm.faults import Fault, FaultPlan, FaultRates
 from windmill.simfarm.inputs import Picture
 from windmill.simfarm.metadata import analyze as analyze_metadata
+from windmill.simfarm.palettes import SYSTEMS, nearest
 from windmill.simfarm.server import SAMPLES_DIR
 
 ASTRONAUT = SAMPLES_DIR / "astronaut.jpg"
@@ -262,6 +263,16 @@ def test_colors_name_a_palette_computed_from_the_pixels(farm: SimFarm, client: h
     assert regional.json()["metadata"]["regions_analyzed"] == 4
 
 
+def test_a_marker_colour_is_named_by_its_first_marker() -> None:
+    for system, markers in SYSTEMS.items():
+        for marker in markers:
+            first_of_that_colour = next(m for m in markers if m.rgb == marker.rgb)
+            assert nearest(system, marker.rgb) is first_of_that_colour
+    white = nearest("copic", (255, 255, 255))
+    assert all(sum((a - b) ** 2 for a, b in zip(m.rgb, (255, 255, 255), strict=True))
+               >= sum((a - b) ** 2 for a, b in zip(white.rgb, (255, 255, 255), strict=True)) for m in SYSTEMS["copic"])
+
+
 def test_metadata_reports_real_dimensions_format_and_exif(farm: SimFarm, client: httpx.Client) -> None:
     exif = Image.Exif()
     exif[0x010F] = "Windmill Optics"  # Make
@@ -433,6 +444,23 @@ def test_index_rescans_lazily_on_a_miss(tmp_path: Path) -> None:
     now[0] = 6.0
     found = index.for_digest(digest)
     assert found is not None and found.objects[0].label == "cup"
+
+
+def test_a_look_alike_added_by_a_rescan_is_found(tmp_path: Path) -> None:
+    # The look-alike table is kept between searches: a rescan that indexes a new image must reach it.
+    now = [0.0]
+    index = AnnotationIndex([tmp_path], rescan_interval_s=5.0, clock=lambda: now[0])
+    index.scan()
+    with Image.open(COFFEE) as original:
+        look_alike = original.convert("RGB").resize((original.width // 2, original.height // 2))
+    assert index.for_look_alike(look_alike) is None
+    shutil.copy(COFFEE, tmp_path / "late.jpg")
+    shutil.copy(SAMPLES_DIR / "coffee.boxes.json", tmp_path / "late.boxes.json")
+    now[0] = 6.0
+    assert index.for_digest("not an indexed digest") is None  # the miss rescans
+    found = index.for_look_alike(look_alike)
+    assert found is not None and found.objects[0].label == "cup"
+    assert index.for_look_alike(look_alike.crop((0, 0, 40, 90))) is None  # another aspect: no candidate
 
 
 def test_sidecars_scale_to_a_resized_copy() -> None:

@@ -206,6 +206,8 @@ class AnnotationIndex:
         self._last_scan = float("-inf")
         self._lock = threading.Lock()
         self._thumbnails: dict[str, tuple[float, np.ndarray]] = {}  # digest → (aspect ratio, thumbnail)
+        # For look-alike searches: the index it was made from, its digests, aspect ratios and thumbnails.
+        self._look_alikes: tuple[dict[Path, Any], list[str], np.ndarray, list[np.ndarray]] | None = None
 
     def scan(self, *, strict: bool = True) -> None:
         """Index every image with a sidecar. Strict (at start): a bad sidecar is an error; lazy: it is skipped."""
@@ -262,20 +264,31 @@ class AnnotationIndex:
     def for_look_alike(self, image: Image.Image) -> Sidecar | None:
         """The sidecar of an indexed image that looks the same as `image` (same aspect, same thumbnail)."""
         aspect, thumbnail = _signature(image)
-        with self._lock:
-            for image_path, (_, _, digest) in self._seen.items():
-                if digest not in self._thumbnails:
-                    with Image.open(image_path) as indexed:
-                        self._thumbnails[digest] = _signature(indexed)
-            candidates = [(digest, *self._thumbnails[digest]) for _, _, digest in self._seen.values()]
+        digests, aspects, thumbnails = self._look_alike_table()
+        # Every crop a postprocessing service receives is looked up here and matches nothing: the aspect test,
+        # over all indexed images at once, leaves the few whose thumbnails are worth comparing.
+        near = np.flatnonzero(np.abs(aspects - aspect) <= ASPECT_TOLERANCE * aspect)
         best: tuple[float, str] | None = None
-        for digest, other_aspect, other in candidates:
-            if abs(other_aspect - aspect) > ASPECT_TOLERANCE * aspect:
-                continue
-            difference = float(np.abs(other - thumbnail).mean())
+        for position in near:
+            difference = float(np.abs(thumbnails[position] - thumbnail).mean())
             if difference <= LOOK_ALIKE_MAX_DIFFERENCE and (best is None or difference < best[0]):
-                best = (difference, digest)
+                best = (difference, digests[position])
         return self._by_digest.get(best[1]) if best else None
+
+    def _look_alike_table(self) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
+        """The indexed images' digests, aspect ratios and thumbnails in index order, made again only when a scan
+        has replaced the index (a thumbnail is made once per image)."""
+        with self._lock:
+            seen = self._seen
+            if self._look_alikes is None or self._look_alikes[0] is not seen:
+                for image_path, (_, _, digest) in seen.items():
+                    if digest not in self._thumbnails:
+                        with Image.open(image_path) as indexed:
+                            self._thumbnails[digest] = _signature(indexed)
+                digests = [digest for _, _, digest in seen.values()]
+                aspects = np.array([self._thumbnails[digest][0] for digest in digests], dtype=np.float64)
+                self._look_alikes = (seen, digests, aspects, [self._thumbnails[digest][1] for digest in digests])
+            return self._look_alikes[1:]
 
     @staticmethod
     def beside(image: Path) -> Sidecar | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Marker:
@@ -231,11 +233,13 @@ def copic_temperature(code: str) -> str:
     return "neutral"
 
 
-# Each marker with its colour parsed once: `nearest` runs for every palette entry of every answer computed.
-_PARSED = {system: tuple((marker, *marker.rgb) for marker in markers) for system, markers in SYSTEMS.items()}
+# Each system's markers and their colours as one integer array: `nearest` runs for every palette entry of every
+# answer computed, and a vectorised distance costs a quarter of a Python loop over 127 markers.
+_COLOURS = {system: np.array([marker.rgb for marker in markers], dtype=np.int32) for system, markers in SYSTEMS.items()}
 
 
 def nearest(system: str, rgb: tuple[int, int, int]) -> Marker:
-    """The marker with the smallest squared RGB distance (the first of equals), as the service matches."""
-    r, g, b = rgb
-    return min(_PARSED[system], key=lambda m: (m[1] - r) ** 2 + (m[2] - g) ** 2 + (m[3] - b) ** 2)[0]
+    """The marker with the smallest squared RGB distance (the first of equals: argmin's rule), as the service
+    matches. Exact integer arithmetic, so the same marker as comparing one by one."""
+    distances = np.square(_COLOURS[system] - np.asarray(rgb, dtype=np.int32)).sum(axis=1)
+    return SYSTEMS[system][int(np.argmin(distances))]
