@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import io
 import json
@@ -9,7 +10,9 @@ import random
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -138,6 +141,17 @@ def test_service_names_keep_their_quirks(farm: SimFarm, client: httpx.Client) ->
     assert analyze(client, farm, "yolov8", data)["service"] == "yolo"
     assert analyze(client, farm, "clip", data)["service"] == "YOLO-CLIP-Detector"
     assert analyze(client, farm, "xception", data)["service"] == "YOLO11n-Xception-Detector"
+
+
+def test_answers_carry_the_current_date(farm: SimFarm, client: httpx.Client) -> None:
+    def date() -> datetime:
+        return email.utils.parsedate_to_datetime(upload(client, farm, "blip", ASTRONAUT.read_bytes()).headers["Date"])
+
+    before = datetime.now(UTC).replace(microsecond=0)
+    first = date()
+    time.sleep(1.1)  # the header has one-second resolution: the next answer is dated a later second
+    second = date()
+    assert before <= first < second <= datetime.now(UTC)
 
 
 def test_bodies_are_serialized_like_flask(farm: SimFarm, client: httpx.Client) -> None:

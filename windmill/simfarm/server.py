@@ -9,6 +9,7 @@ import signal
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -130,6 +131,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         if log.isEnabledFor(logging.DEBUG):  # called for every answer: format only when it will be written
             log.debug("%s %s", self.server.service.name, format % args)
+
+    _date: tuple[int, str] = (0, "")  # the Date header of the current second, shared by every request
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """http.server formats the Date header anew for each answer (email.utils, a few % of the stand-in's
+        CPU); within one second it is the same text."""
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        second = int(time.time())
+        cached = _Handler._date
+        if cached[0] != second:
+            cached = _Handler._date = (second, super().date_time_string(second))
+        return cached[1]
 
     def do_GET(self) -> None:
         self._dispatch("GET")
