@@ -86,7 +86,7 @@ def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, 
             inserted = sorted(row[0] for row in conn.execute(query("insert_boxes"), {
                 "image_id": image_id, "boxes": Jsonb(new_boxes), "worker_id": worker_id}))
         if inserted:
-            conn.execute(query("enqueue_postprocessing"), {"merged_ids": inserted})
+            conn.execute(query("enqueue_new_boxes_postprocessing"), {"merged_ids": inserted})
         conn.execute(query("record_merge"), {
             "image_id": image_id, "boxes": len(boxes), "source_result_ids": sorted(row[0] for row in rows),
             "worker_id": worker_id, "changed": bool(gone or inserted or updated)})
