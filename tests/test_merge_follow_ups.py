@@ -123,3 +123,13 @@ def test_the_consensus_trigger_queues_again_when_the_job_it_covered_is_gone(conn
         add_box(conn, image, "🐕", "🐕:20,0,9,9")
     assert conn.execute("SELECT dedupe_key FROM jobs WHERE queue = %s", (CONSENSUS_QUEUE,)).fetchall() == [
         (f"consensus:{image}",)]
+
+
+def test_the_backfill_finds_a_merges_postprocessing_queued_and_adds_none(conn: psycopg.Connection) -> None:
+    """The jobs the one INSERT queued are the contract's jobs (queue, key): the backfill's job_pending() sees them."""
+    image = answered_image(conn)
+    merge_image(conn, image, SETTINGS.harmony, "follow-up-test")
+    before = postprocess_jobs(conn)
+    queued = dict(conn.execute("SELECT queue, queued FROM backfill()").fetchall())
+    assert not any(queue.startswith("postprocess_") for queue in queued), queued
+    assert postprocess_jobs(conn) == before and len(before) == 7
