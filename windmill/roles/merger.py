@@ -34,7 +34,7 @@ def box_class(box: MergedBox) -> str:
 
 
 def postprocessing_of(conn: psycopg.Connection, box: MergedBox) -> tuple[str, ...]:
-    """The postprocessing services this box gets, by SQL's rule (what enqueue_postprocessing queues)."""
+    """The postprocessing services this box gets, by SQL's rule (what enqueue_boxes_postprocessing queues)."""
     return tuple(fetch_value(conn, "box_postprocessing", {"merged_data": Jsonb(box.to_merged_data()),
                                                           "crop_key": crop_key(box)}))
 
@@ -55,7 +55,7 @@ class MergeOutcome:
 
 def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, worker_id: str) -> MergeOutcome:
     """Recompute and store one image's boxes; queue postprocessing of the new ones (which services a box gets is
-    SQL's rule, enqueue_postprocessing). One transaction."""
+    SQL's rule, enqueue_boxes_postprocessing). One transaction."""
     with conn.transaction():
         lock_image(conn, Product.MERGED_BOXES, image_id)
         rows = conn.execute(query("latest_detector_results"), {"image_id": image_id}).fetchall()
