@@ -151,6 +151,8 @@ BEGIN
         ('FUNCTION', 'enqueue_consensus(bigint)',    'EXECUTE',                         NULL),
         ('FUNCTION', 'enqueue_caption_score(bigint, text)', 'EXECUTE',                  NULL),
         ('FUNCTION', 'enqueue_postprocessing(bigint)', 'EXECUTE',                       NULL),
+        ('FUNCTION', 'enqueue_boxes_postprocessing(bigint[])', 'EXECUTE',               NULL),  -- sql/0102: the merger
+        ('FUNCTION', 'enqueue_covered(job_spec)',    'EXECUTE',                         NULL),  -- sql/0103: enqueue, triggers
         ('FUNCTION', 'latest_success_id(bigint, text)', 'EXECUTE',                      NULL),  -- caption scores
         -- The periodic pass (sql/0014, 0015): the scheduler role, pg_cron, `backfill` and `jobs prune`.
         ('FUNCTION', 'stale_products(bigint, bigint)', 'EXECUTE',                       NULL),

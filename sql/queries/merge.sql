@@ -33,9 +33,10 @@ SELECT %(image_id)s, ARRAY(SELECT jsonb_array_elements_text(b.box->'source_resul
  ORDER BY b.position
 RETURNING merged_id
 
--- name: enqueue_postprocessing
--- Queue the postprocessing of new boxes, in the order given (sql/0012: which services a box gets, the job contract).
-SELECT coalesce(sum(enqueue_postprocessing(merged_id)), 0) FROM unnest(%(merged_ids)s::bigint[]) AS merged_id
+-- name: enqueue_new_boxes_postprocessing
+-- Queue the postprocessing of the boxes this transaction has just inserted, in the order given, in one INSERT
+-- (sql/0102: why they need no dedupe lock; sql/0012: which services a box gets, the job contract).
+SELECT enqueue_boxes_postprocessing(%(merged_ids)s::bigint[])
 
 -- name: record_merge
 -- Remember this recompute: the results it read, and whether the box set changed (a change is a new revision, which

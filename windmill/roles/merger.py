@@ -34,7 +34,7 @@ def box_class(box: MergedBox) -> str:
 
 
 def postprocessing_of(conn: psycopg.Connection, box: MergedBox) -> tuple[str, ...]:
-    """The postprocessing services this box gets, by SQL's rule (what enqueue_postprocessing queues)."""
+    """The postprocessing services this box gets, by SQL's rule (what enqueue_boxes_postprocessing queues)."""
     return tuple(fetch_value(conn, "box_postprocessing", {"merged_data": Jsonb(box.to_merged_data()),
                                                           "crop_key": crop_key(box)}))
 
@@ -55,7 +55,7 @@ class MergeOutcome:
 
 def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, worker_id: str) -> MergeOutcome:
     """Recompute and store one image's boxes; queue postprocessing of the new ones (which services a box gets is
-    SQL's rule, enqueue_postprocessing). One transaction."""
+    SQL's rule, enqueue_boxes_postprocessing). One transaction."""
     with conn.transaction():
         lock_image(conn, Product.MERGED_BOXES, image_id)
         rows = conn.execute(query("latest_detector_results"), {"image_id": image_id}).fetchall()
@@ -86,7 +86,7 @@ def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, 
             inserted = sorted(row[0] for row in conn.execute(query("insert_boxes"), {
                 "image_id": image_id, "boxes": Jsonb(new_boxes), "worker_id": worker_id}))
         if inserted:
-            conn.execute(query("enqueue_postprocessing"), {"merged_ids": inserted})
+            conn.execute(query("enqueue_new_boxes_postprocessing"), {"merged_ids": inserted})
         conn.execute(query("record_merge"), {
             "image_id": image_id, "boxes": len(boxes), "source_result_ids": sorted(row[0] for row in rows),
             "worker_id": worker_id, "changed": bool(gone or inserted or updated)})
