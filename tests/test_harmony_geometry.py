@@ -12,6 +12,7 @@ from windmill.harmony import overlap
 from windmill.harmony.clustering import connected_components
 from windmill.harmony.fusion import agreeing_core, fuse
 from windmill.harmony.geometry import overlaps
+from windmill.harmony.runs import run_sizes, run_starts
 
 
 @pytest.mark.parametrize(
@@ -172,3 +173,15 @@ def test_connected_components_join_a_long_chain_in_any_node_order():
     rows = np.array([a for a, _ in edges])
     cols = np.array([b for _, b in edges])
     assert connected_components(300, rows, cols).tolist() == [0] * 300
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_runs_start_and_last_as_the_numpy_formulas_they_replace(seed):
+    rng = np.random.default_rng(seed)
+    clusters = np.sort(rng.integers(0, 1 + seed, size=seed * 3))  # 0 elements for seed 0, one run for seed 1
+    starts = run_starts(clusters)
+    expected_starts = np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]])
+    assert starts.tolist() == expected_starts.tolist() and starts.dtype == expected_starts.dtype
+    sizes = run_sizes(starts, len(clusters))
+    expected_sizes = np.diff(np.append(starts, len(clusters)))
+    assert sizes.tolist() == expected_sizes.tolist() and sizes.dtype == expected_sizes.dtype
