@@ -20,6 +20,7 @@ from tests.test_database_outage import database_away  # noqa: F401  (a fixture)
 from tests.test_triggers import add_image, queued
 from windmill.catalog import Catalog
 from windmill.db.connect import Database, is_database_unavailable
+from windmill.db.jsonb import as_stored
 from windmill.roles.answers import Answer, AnswerWriter
 
 WRITER_APPLICATION = "windmill-answer-groups"
@@ -174,3 +175,41 @@ def test_a_database_outage_under_a_group_reaches_each_of_its_handlers_as_unavail
         "the outage was taken for a bad row: the group's rows were tried one by one against a database away"
     assert conn.execute("SELECT count(*) FROM results WHERE image_id = %s", (image,)).fetchone()[0] == 0
     assert writer.write(answer(image, "yolov8")) is not None  # the database back, the next group is written
+
+
+# Values the text form of an array must quote or escape (the group insert, insert_results, sends binary arrays
+# instead): quotes, backslashes, braces, commas, white space, the word NULL, an empty string, non-ASCII, NULLs.
+AWKWARD_TEXTS = ['say "hi", {then} \\ back\\\\slash', "NULL", "", " spaced\tout\n", "é 漢字 🙂 \u2028", "\\u0041"]
+
+
+def awkward_answer(image_id: int, index: int) -> Answer:
+    text = AWKWARD_TEXTS[index % len(AWKWARD_TEXTS)]
+    data = {"caption": text, "nested": {"list": [1, 2.5, None, True, "null", text], text: [text]}, "": ""}
+    failed = index % 2 == 1
+    return Answer(image_id=image_id, service=("yolov8", "blip", "clip")[index % 3], task_id=str(uuid.uuid4()),
+                  data=data, status="error" if failed else "success", worker_id=f"{text}-worker",
+                  error_message=text if failed else None, processing_time=(0.1 + 0.2) * 10 ** -index)
+
+
+def stored_answers(conn: psycopg.Connection, image_id: int) -> list[tuple[object, ...]]:
+    return conn.execute("SELECT service, data, status, error_message, processing_time, worker_id FROM results "
+                        "WHERE image_id = %s ORDER BY result_id", (image_id,)).fetchall()
+
+
+def test_a_group_stores_awkward_values_exactly_as_answers_written_one_at_a_time(
+        writer: AnswerWriter, database: Database, conn: psycopg.Connection) -> None:
+    grouped_image, alone_image = add_image(conn, "grouped.jpg"), add_image(conn, "alone.jpg")
+    count = 2 * len(AWKWARD_TEXTS)
+    handlers = held_group(writer, database, conn, [awkward_answer(grouped_image, index) for index in range(count)])
+    assert [h.error for h in handlers] == [None] * count
+    assert len(xmins(conn, handlers)) == 1, "the answers were not written as one group"
+    for index in range(count):  # alone, each is its own one-row insert (insert_result)
+        writer.write(awkward_answer(alone_image, index))
+    alone = sorted(stored_answers(conn, alone_image), key=repr)
+    assert sorted(stored_answers(conn, grouped_image), key=repr) == alone  # to the bit
+    assert alone == sorted(
+        ((a.service, as_stored(a.data), a.status, a.error_message, a.processing_time, a.worker_id)
+         for a in map(awkward_answer, [alone_image] * count, range(count))), key=repr)
+    stored_tasks = {row[0] for row in conn.execute("SELECT task_id FROM results WHERE image_id = %s",
+                                                   (grouped_image,))}
+    assert stored_tasks == {uuid.UUID(h.answer.task_id) for h in handlers}

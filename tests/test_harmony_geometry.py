@@ -11,6 +11,8 @@ import pytest
 from windmill.harmony import overlap
 from windmill.harmony.clustering import connected_components
 from windmill.harmony.fusion import agreeing_core, fuse
+from windmill.harmony.geometry import overlaps
+from windmill.harmony.runs import run_sizes, run_starts
 
 
 @pytest.mark.parametrize(
@@ -41,6 +43,21 @@ def test_overlap_gives_iou_and_containment(a, b, iou, containment):
     assert overlap(a, b) == pytest.approx((iou, containment))
     assert overlap(b, a) == pytest.approx((iou, containment))
 
+
+
+@pytest.mark.parametrize("integral", [True, False], ids=["pixels", "fractions"])
+def test_overlap_of_one_pair_is_bit_for_bit_the_batch_overlaps(integral):
+    # The merger's box matching uses `overlap`, clustering `overlaps`: one threshold must decide alike in both.
+    rng = random.Random(19)
+    def box():
+        coordinate = (lambda: rng.randint(0, 60)) if integral else (lambda: rng.uniform(0, 60))
+        return (coordinate(), coordinate(), coordinate() + 1, coordinate() + 1)  # width and height > 0
+    pairs = [(box(), box()) for _ in range(3000)]
+    edges = np.array([[x, y, x + w, y + h] for pair in pairs for x, y, w, h in pair], dtype=float)
+    iou, containment = overlaps(edges, np.arange(0, len(edges), 2), np.arange(1, len(edges), 2))
+    expected = list(zip(iou.tolist(), containment.tolist(), strict=True))
+    assert [overlap(a, b) for a, b in pairs] == expected
+    assert sum(0 < pair[0] < 1 for pair in expected) > 500, "too few partly overlapping pairs to tell"
 
 @pytest.mark.parametrize(
     ("edges", "confidences", "weighted", "union"),
@@ -156,3 +173,15 @@ def test_connected_components_join_a_long_chain_in_any_node_order():
     rows = np.array([a for a, _ in edges])
     cols = np.array([b for _, b in edges])
     assert connected_components(300, rows, cols).tolist() == [0] * 300
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_runs_start_and_last_as_the_numpy_formulas_they_replace(seed):
+    rng = np.random.default_rng(seed)
+    clusters = np.sort(rng.integers(0, 1 + seed, size=seed * 3))  # 0 elements for seed 0, one run for seed 1
+    starts = run_starts(clusters)
+    expected_starts = np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]])
+    assert starts.tolist() == expected_starts.tolist() and starts.dtype == expected_starts.dtype
+    sizes = run_sizes(starts, len(clusters))
+    expected_sizes = np.diff(np.append(starts, len(clusters)))
+    assert sizes.tolist() == expected_sizes.tolist() and sizes.dtype == expected_sizes.dtype

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from windmill.image_cache import ImageSource
+from windmill.image_cache import ENTRY_OVERHEAD_BYTES, PREPARED_BYTES, ImageSource, SingleFlightCache
 from windmill.images import BadImage, crop_for_service, prepare_image
 from windmill.settings import settings_from_mapping
 
@@ -62,3 +62,38 @@ def test_a_box_that_cannot_be_cut_is_a_bad_image(pictures: tuple[Path, Path]) ->
         source.crop(1, str(one), None, {"x": 500, "y": 5, "width": 10, "height": 10})
     with pytest.raises(BadImage, match="not a box"):
         source.crop(1, str(one), None, {"x": "left"})
+
+
+def test_prepared_images_are_kept_by_their_bytes_not_by_their_number(tmp_path: Path) -> None:
+    # Each service of a process reads its own queue: an image prepared for the first of them must still be there
+    # when a service a hundred images behind asks for it.
+    paths = [quadrants(tmp_path / f"{n}.jpg", [(n, 0, 0), (0, n, 0), (0, 0, n), (n, n, n)]) for n in range(100)]
+    source = ImageSource(settings_from_mapping({}))
+    first = [source.prepared(n, str(path), None) for n, path in enumerate(paths)]
+    assert [source.prepared(n, str(path), None) for n, path in enumerate(paths)] == first
+    assert (source.prepared_images.loads, source.prepared_images.hits) == (100, 100)
+    assert source.prepared_images.weight == sum(len(prepared.data) + ENTRY_OVERHEAD_BYTES for prepared in first)
+
+
+def test_entries_go_least_recently_used_first_once_their_weight_is_over_the_capacity() -> None:
+    cache: SingleFlightCache[str, str] = SingleFlightCache(10, weigh=lambda value: len(str(value)))
+    for key in ("a", "b", "c"):
+        cache.get(key, lambda key=key: key * 3)
+    assert len(cache) == 3 and cache.weight == 9
+    cache.get("a", lambda: "never loaded")  # a hit: "a" is now the most recently used
+    cache.get("d", lambda: "dddd")  # 13 > 10: "b" goes (the least recently used), then 10 fits
+    assert (len(cache), cache.weight) == (3, 10)
+    assert cache.get("b", lambda: "BBB") == "BBB", "b should have gone"
+    assert cache.get("a", lambda: "reloaded") == "aaa", "a was used after b and c: it stays"
+    cache.get("huge", lambda: "x" * 11)  # heavier than the whole capacity: not kept, nor is anything else
+    assert (len(cache), cache.weight) == (0, 0)
+
+
+def test_a_kept_failure_weighs_as_a_large_image(tmp_path: Path) -> None:
+    source = ImageSource(settings_from_mapping({}), prepared_bytes=3 * PREPARED_BYTES // 64)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image at all")
+    for image_id in range(4):
+        with pytest.raises(BadImage):
+            source.prepared(image_id, str(broken), None)
+    assert len(source.prepared_images) == 3, "a bounded number of failures (and the bytes their tracebacks hold)"

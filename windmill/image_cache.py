@@ -31,14 +31,21 @@ def _passing(error: BaseException) -> bool:
 class SingleFlightCache(Generic[Key, Value]):
     """A bounded LRU of loaded values, or of the exception their load raised when it is permanent (a bad image stays
     bad). A passing failure (an error with `retryable = True`, such as a download answered with HTTP 503) is not
-    kept: the callers that waited for that load try once more themselves, and later callers load afresh."""
+    kept: the callers that waited for that load try once more themselves, and later callers load afresh.
 
-    def __init__(self, capacity: int) -> None:
+    `capacity` bounds the entries' total weight: by default each entry weighs 1 (a count of entries); `weigh` gives
+    the weight of a loaded value or kept failure instead (bytes, say). A load in progress weighs 1 until it ends.
+    The least recently used entries go first, the one just loaded too if it alone outweighs the capacity."""
+
+    def __init__(self, capacity: int, weigh: Callable[[Value | BaseException], int] | None = None) -> None:
         if capacity < 1:
             raise ValueError("the cache needs room for at least one entry")
         self.capacity = capacity
+        self._weigh = weigh or (lambda outcome: 1)
         self._entries: OrderedDict[Key, Future[Value]] = OrderedDict()
+        self._weights: dict[Key, int] = {}
         self._lock = threading.Lock()
+        self.weight = 0
         self.loads = 0
         self.hits = 0
 
@@ -65,8 +72,9 @@ class SingleFlightCache(Generic[Key, Value]):
                 return future, False
             future = Future()
             self._entries[key] = future
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+            self._weights[key] = 1
+            self.weight += 1
+            self._evict()
             self.loads += 1
             return future, True
 
@@ -77,23 +85,61 @@ class SingleFlightCache(Generic[Key, Value]):
             if _passing(error):
                 with self._lock:
                     if self._entries.get(key) is future:
-                        del self._entries[key]
+                        self._drop(key)
+            else:
+                self._weighed(key, future, error)
             future.set_exception(error)
             raise
+        self._weighed(key, future, value)
         future.set_result(value)
         return value
+
+    def _weighed(self, key: Key, future: Future[Value], outcome: Value | BaseException) -> None:
+        """The entry's load ended: it weighs what its outcome weighs (unless it was dropped meanwhile)."""
+        weight = self._weigh(outcome)
+        with self._lock:
+            if self._entries.get(key) is future:
+                self.weight += weight - self._weights[key]
+                self._weights[key] = weight
+                self._evict()
+
+    def _evict(self) -> None:
+        while self.weight > self.capacity and self._entries:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: Key) -> None:
+        del self._entries[key]
+        self.weight -= self._weights.pop(key)
 
     def __len__(self) -> int:
         return len(self._entries)
 
 
+# The prepared images a process keeps, by their bytes: the services of one process each read their own queue, and
+# in a bulk run a slow service's queue is hundreds of images behind a fast one's, so a cache of a fixed number of
+# images (64: a few MB of the bench's images) had let each image go before most of its services had asked for it.
+PREPARED_BYTES = 64 * 1024 * 1024
+# What an entry costs beyond its image's bytes (the object, its digest, the key).
+ENTRY_OVERHEAD_BYTES = 1024
+# A kept failure's traceback holds the bytes it failed on (up to the download limit): each weighs as a large image,
+# so the cache keeps at most 64 of them, as many as it kept of anything when it was bounded by count.
+_FAILURE_BYTES = PREPARED_BYTES // 64
+
+
+def _prepared_weight(outcome: PreparedImage | BaseException) -> int:
+    if isinstance(outcome, BaseException):
+        return _FAILURE_BYTES
+    return len(outcome.data) + ENTRY_OVERHEAD_BYTES
+
+
 class ImageSource:
     """Prepared images (and their decoded pixels, for cropping) by image, loaded once per process."""
 
-    def __init__(self, settings: Settings, *, capacity: int = 64, decoded_capacity: int = 8,
+    def __init__(self, settings: Settings, *, prepared_bytes: int = PREPARED_BYTES, decoded_capacity: int = 8,
                  crop_capacity: int = 64) -> None:
         self.settings = settings
-        self.prepared_images: SingleFlightCache[tuple[Any, ...], PreparedImage] = SingleFlightCache(capacity)
+        self.prepared_images: SingleFlightCache[tuple[Any, ...], PreparedImage] = SingleFlightCache(
+            prepared_bytes, _prepared_weight)
         # Decoded RGB costs width × height × 3 bytes: keep only the few images being cropped right now.
         self.decoded_images: SingleFlightCache[tuple[Any, ...], Image.Image] = SingleFlightCache(decoded_capacity)
         # An encoded crop is a few tens of KB: enough for the boxes of the images being postprocessed.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .runs import run_sizes, run_starts
+
 
 def one_per_service(clusters: np.ndarray, service_ids: np.ndarray, confidences: np.ndarray) -> np.ndarray:
     """Index of the most confident detection of each (cluster, service), ordered by cluster, then service.
@@ -26,8 +28,8 @@ def elected(
     A cluster stays when `min_services` distinct services agree on it, whatever their confidence, or
     else when its best confidence reaches `single_service_min_confidence` (the reference's 0.85).
     """
-    starts = np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]])
-    sizes = np.diff(np.r_[starts, len(clusters)])
+    starts = run_starts(clusters)
+    sizes = run_sizes(starts, len(clusters))
     loudest = np.maximum.reduceat(confidences, starts)
     keep = (sizes >= min_services) | (loudest >= single_service_min_confidence)
     return np.repeat(keep, sizes)

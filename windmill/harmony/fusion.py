@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .geometry import overlaps
+from .runs import run_sizes, run_starts
 
 
 def fuse(edges: np.ndarray, confidences: np.ndarray, fusion: str) -> tuple[int, int, int, int]:
@@ -82,7 +83,7 @@ def agreeing_core(edges: np.ndarray, confidences: np.ndarray, starts: np.ndarray
     confident, then the first), and every box that agrees with it. Most clusters agree throughout: all rows.
     """
     count = len(confidences)
-    sizes = np.diff(np.append(starts, count))
+    sizes = run_sizes(starts, count)
     cluster = np.repeat(np.arange(len(starts)), sizes)
     # Every pair of one cluster, by the gap between its rows: a cluster holds one box per service, a handful.
     firsts = [np.flatnonzero(cluster[gap:] == cluster[:-gap]) for gap in range(1, int(sizes.max()))]
@@ -96,7 +97,7 @@ def agreeing_core(edges: np.ndarray, confidences: np.ndarray, starts: np.ndarray
     rows, cols = rows[agree], cols[agree]
     support = (confidences + np.bincount(rows, confidences[cols], count) + np.bincount(cols, confidences[rows], count))
     order = np.lexsort((np.arange(count), -confidences, -support, cluster))
-    anchors = order[np.r_[True, cluster[order][1:] != cluster[order][:-1]]]
+    anchors = order[run_starts(cluster[order])]
     anchor_of = anchors[cluster]
     core: np.ndarray = np.arange(count) == anchor_of
     core[cols[rows == anchor_of[rows]]] = True
@@ -110,7 +111,7 @@ def fuse_scores(confidences: np.ndarray, starts: np.ndarray, answered: int) -> n
     The clusters' confidences (in [0, 1]) lie back to back, one per service, starting at `starts`; `answered`
     is N, the number of detector services whose answers were read (at least the services of any one cluster).
     """
-    votes = np.diff(np.append(starts, len(confidences)))
+    votes = run_sizes(starts, len(confidences))
     return (votes + np.add.reduceat(confidences, starts)) / (2 * max(answered, 1))
 
 
