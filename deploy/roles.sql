@@ -171,6 +171,8 @@ BEGIN
         ('FUNCTION', 'consensus_deadline_job(bigint)', 'EXECUTE',                       NULL),
         ('FUNCTION', 'enqueue_consensus_deadline(bigint)', 'EXECUTE',                   NULL),
         ('FUNCTION', 'consensus_waits_for_voters(bigint, jsonb)', 'EXECUTE',            NULL),
+        ('FUNCTION', 'consensus_deadline_queued(bigint)', 'EXECUTE',                    NULL),
+        ('FUNCTION', 'drop_consensus_deadline(bigint)', 'EXECUTE',                      NULL),
         ('FUNCTION', 'take_service_slot(text, integer, integer[])', 'EXECUTE',          NULL),  -- fleet_max_concurrency
         ('FUNCTION', 'export_selection(bigint, text, timestamp with time zone, bigint)', 'EXECUTE', 'EXECUTE'),  -- `export`
         ('FUNCTION', 'give_back_service_slot(text, integer)',       'EXECUTE',          NULL),

@@ -54,6 +54,30 @@ CREATE FUNCTION enqueue_consensus_deadline(p_image_id bigint) RETURNS bigint LAN
     SELECT enqueue(consensus_deadline_job(p_image_id))
 $$;
 
+-- The image's deadline job is no longer needed once a vote of the image is not put off (it votes, or finds the
+-- consensus current): under the image's lock, after the votes that were put off, it read everything they waited
+-- for, and every later change queues a vote of its own (which waits, and queues a new deadline job, if voter tasks
+-- are still outstanding). Left queued, the deadline job would only find nothing changed, and keep the image
+-- "pending" (image_completeness, a benchmark's or a test's wait for idle) up to consensus_max_wait(). The worker may
+-- not delete jobs: the job ends 'done' with the reason. One a claim holds is waited for and then left alone (it
+-- runs after this transaction releases the image's lock, and finds nothing changed). True if one was dropped.
+CREATE FUNCTION drop_consensus_deadline(p_image_id bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE jobs SET state = 'done', updated_at = now(),
+                    last_error = 'not needed: a later vote of the image was not put off'
+     WHERE queue = (consensus_deadline_job(p_image_id)).queue
+       AND dedupe_key = (consensus_deadline_job(p_image_id)).dedupe_key AND state = 'queued';
+    RETURN FOUND;
+END $$;
+
+-- Is the image's deadline job waiting? (The vote reads it with its inputs, to drop it when it is not needed.)
+CREATE FUNCTION consensus_deadline_queued(p_image_id bigint) RETURNS boolean LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM jobs
+                    WHERE queue = (consensus_deadline_job(p_image_id)).queue
+                      AND dedupe_key = (consensus_deadline_job(p_image_id)).dedupe_key AND state = 'queued');
+END $$;
+
 -- Does a vote of this job for this image wait for the image's voter tasks? Not a deadline job's; any other's while a
 -- task of a consensus_enabled service has no final row (see the header). PL/pgSQL: it reads tables at every vote, and
 -- PostgreSQL before 18 would plan an SQL function's body at every call (sql/0099).

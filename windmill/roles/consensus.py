@@ -43,11 +43,13 @@ class ConsensusInputs:
 @dataclass(frozen=True)
 class ImageVoteState:
     """What one vote reads, in one statement after the image's lock: the inputs, what the stored consensus records
-    having read (None without a consensus) and whether this job's vote waits for the image's voter tasks."""
+    having read (None without a consensus), whether this job's vote waits for the image's voter tasks and whether
+    the image's deadline job is queued (sql/0102)."""
 
     inputs: ConsensusInputs
     stored: dict[str, Any] | None
     waits_for_voters: bool
+    deadline_queued: bool
 
     def current(self) -> bool:
         """Does the stored consensus record the very rows a vote would read now? The same rule as the backfill's
@@ -60,11 +62,11 @@ def read_state(conn: psycopg.Connection, image_id: int, job_payload: Mapping[str
     results: list[ServiceResult] = []
     boxes: list[MergedBoxRow] = []
     post: list[PostprocessingRow] = []
-    revision, stored, waits = 0, None, False
+    revision, stored, waits, deadline = 0, None, False, False
     rows = conn.execute(query("consensus_inputs"),
                         {"image_id": image_id, "payload": None if job_payload is None else Jsonb(job_payload)})
     for (kind, row_id, service, status, data, processing_time, created, merged_box_id,
-         source_result_ids, boxes_revision, postprocessing_ids, waits_for_voters) in rows:
+         source_result_ids, boxes_revision, postprocessing_ids, waits_for_voters, deadline_queued) in rows:
         if kind == "answer":
             results.append(ServiceResult(row_id, service, status, data, processing_time, created))
         elif kind == "box":
@@ -72,11 +74,11 @@ def read_state(conn: psycopg.Connection, image_id: int, job_payload: Mapping[str
         elif kind == "face_pose":
             post.append(PostprocessingRow(row_id, merged_box_id, service, status, data))
         else:  # the one 'image' row
-            revision, waits = row_id, waits_for_voters
+            revision, waits, deadline = row_id, waits_for_voters, deadline_queued
             if boxes_revision is not None:
                 stored = {"source_result_ids": source_result_ids, "boxes_revision": boxes_revision,
                           "postprocessing_ids": postprocessing_ids}
-    return ImageVoteState(ConsensusInputs(results, boxes, post, revision), stored, waits)
+    return ImageVoteState(ConsensusInputs(results, boxes, post, revision), stored, waits, deadline)
 
 
 def consensus_for_image(conn: psycopg.Connection, image_id: int,
@@ -96,17 +98,21 @@ def recompute_consensus(conn: psycopg.Connection, image_id: int, service_types: 
       the same consensus; box changes, colors and caption scores queue votes that often find nothing changed);
     - or a voter task of the image has no final row yet and the job is not the image's deadline job (sql/0102
       decides from `job_payload`, the consensus job's payload; None counts as a normal job): the vote is put off
-      onto that task's final row, which queues the next vote, and the deadline job bounds the wait."""
+      onto that task's final row, which queues the next vote, and the deadline job bounds the wait.
+    A vote not put off drops the image's queued deadline job: it read everything the put-off votes waited for."""
     with conn.transaction():
         # The lock is its own statement: a statement's snapshot is taken before it waits for the lock, and the read
         # below must see what the vote that held the lock committed.
         lock_image(conn, Product.CONSENSUS, image_id)
         started = time.perf_counter()
         state = read_state(conn, image_id, job_payload)
-        if state.current():
-            return None
-        if state.waits_for_voters:
+        current = state.current()
+        if not current and state.waits_for_voters:
             conn.execute(query("enqueue_consensus_deadline"), {"image_id": image_id})
+            return None
+        if state.deadline_queued:  # a vote not put off reads all that the put-off ones waited for
+            conn.execute(query("drop_consensus_deadline"), {"image_id": image_id})
+        if current:
             return None
         data = vote(state.inputs, service_types)
         conn.execute(query("store_consensus"), {"image_id": image_id, "consensus_data": Jsonb(data),
