@@ -4,11 +4,12 @@
 -- each service queue drains at its own rate, so an image's answers arrive minutes apart and nearly each one caused
 -- its own vote: votes per image came to about answers + box changes, and only the vote after the last voter answer
 -- is the final product. Now a consensus job that finds the consensus not current while a voter task of the image is
--- still outstanding (voter_tasks_outstanding below) stores nothing and makes sure a deadline job exists for the image
--- instead (consensus_deadline_job: the same queue, its own dedupe key, run_after = now() + consensus_max_wait()). A
--- deadline job votes whatever is outstanding: a dead or slow service delays the consensus of the living ones by at
--- most consensus_max_wait() after the first vote put off (an existing deadline job keeps its time: the wait does not
--- slide with later answers).
+-- still outstanding (consensus_waits_for_voters below) stores nothing and makes sure a deadline job exists for the
+-- image instead (consensus_deadline_job: the same queue, its own dedupe key, run_after = now() +
+-- consensus_max_wait()). A deadline job votes whatever is outstanding: a dead or slow service delays the consensus
+-- of the living ones by at most consensus_max_wait() after the first vote put off (an existing deadline job keeps
+-- its time: the wait does not slide with later answers). The first vote that is not put off drops the queued
+-- deadline job (drop_consensus_deadline below).
 --
 -- Outstanding voter task: a task of a consensus_enabled service that has no final row yet. RabbitMQ: its ledger entry
 -- (sql/0020), deleted by the final row's trigger in the row's own transaction. Job table: a service-task job (payload
