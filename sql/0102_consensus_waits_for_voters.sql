@@ -34,7 +34,9 @@
 --   - a task whose final row never comes (a lost message, a killed worker on its last attempt leaves no
 --     running job; a lost RabbitMQ message leaves its ledger entry): the deadline job votes anyway.
 --   - a vote that finds the stored consensus recording the very rows it would read stores nothing (the Python side
---     compares ConsensusInputs.recorded() with the stored record), so successors cost a read, not a vote.
+--     compares ConsensusInputs.recorded() with the stored record), so successors cost a read, not a vote. That
+--     comparison and the backfill's staleness (stale_products, sql/0014) are one rule read twice;
+--     tests/test_consensus_waits.py test_the_vote_and_the_backfill_agree_on_what_is_current pins them together.
 --
 -- The backfill still converges and cannot loop. It queues consensus_job() for an image whose consensus is stale;
 -- with voter tasks outstanding that job puts itself off onto the deadline job (queued at most once: its dedupe key),
