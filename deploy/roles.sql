@@ -168,6 +168,13 @@ BEGIN
         ('FUNCTION', 'table_rows(regclass)',         'EXECUTE',                         'EXECUTE'),  -- status's totals
         ('FUNCTION', 'is_person_box(jsonb, text)',   'EXECUTE',                         'EXECUTE'),  -- image_completeness calls it
         ('FUNCTION', 'consensus_delay()',            'EXECUTE',                         NULL),  -- the triggers call it
+        -- sql/0102: a consensus vote waits for the image's voter tasks, up to its deadline job
+        ('FUNCTION', 'consensus_max_wait()',         'EXECUTE',                         NULL),
+        ('FUNCTION', 'consensus_deadline_job(bigint)', 'EXECUTE',                       NULL),
+        ('FUNCTION', 'enqueue_consensus_deadline(bigint)', 'EXECUTE',                   NULL),
+        ('FUNCTION', 'consensus_waits_for_voters(bigint, jsonb)', 'EXECUTE',            NULL),
+        ('FUNCTION', 'consensus_deadline_queued(bigint)', 'EXECUTE',                    NULL),
+        ('FUNCTION', 'drop_consensus_deadline(bigint)', 'EXECUTE',                      NULL),
         ('FUNCTION', 'take_service_slot(text, integer, integer[])', 'EXECUTE',          NULL),  -- fleet_max_concurrency
         ('FUNCTION', 'export_selection(bigint, text, timestamp with time zone, bigint)', 'EXECUTE', 'EXECUTE'),  -- `export`
         ('FUNCTION', 'give_back_service_slot(text, integer)',       'EXECUTE',          NULL),

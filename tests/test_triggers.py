@@ -94,11 +94,13 @@ def test_an_answer_fires_one_trigger_that_queues_notes_and_frees_its_task(conn: 
     assert queued(conn) == [], "a deleted answer queues nothing"
 
 
-def test_failed_results_enqueue_nothing(conn: psycopg.Connection) -> None:
-    image_id = add_image(conn)
-    add_result(conn, image_id, "yolov8", status="error")
-    add_result(conn, image_id, "blip", status="timeout")
-    assert queued(conn) == []
+def test_a_failed_final_row_queues_only_the_vote(conn: psycopg.Connection) -> None:
+    """An error or timeout ends a voter task: a vote put off for that task must follow it (sql/0102). Nothing to
+    merge or score."""
+    first, second = add_image(conn, "a.jpg"), add_image(conn, "b.jpg")
+    add_result(conn, first, "yolov8", status="error")
+    add_result(conn, second, "blip", status="timeout")
+    assert queued(conn) == [("consensus", first), ("consensus", second)]
 
 
 def test_follow_up_jobs_are_deduplicated_per_image(conn: psycopg.Connection) -> None:

@@ -14,10 +14,13 @@ CREATE DATABASE {database}
 CREATE DATABASE {database} TEMPLATE {template}
 
 -- name: bench_baseline_products
--- The bench images, those with a consensus, and their merged boxes.
+-- The bench images, those with a consensus, their merged boxes, and the consensus jobs run for them (claimed and
+-- done: votes, and jobs that found nothing changed or were put off; the same count on either side of a comparison).
 SELECT (SELECT count(*) FROM images WHERE image_group = %(group)s),
        (SELECT count(*) FROM consensus c JOIN images i USING (image_id) WHERE i.image_group = %(group)s),
-       (SELECT count(*) FROM merged_boxes b JOIN images i USING (image_id) WHERE i.image_group = %(group)s)
+       (SELECT count(*) FROM merged_boxes b JOIN images i USING (image_id) WHERE i.image_group = %(group)s),
+       (SELECT count(*) FROM jobs j JOIN images i USING (image_id)
+         WHERE i.image_group = %(group)s AND j.queue = 'consensus' AND j.state = 'done' AND j.attempts > 0)
 
 -- name: bench_statements_available
 -- Whether the server has pg_stat_statements loaded (shared_preload_libraries).

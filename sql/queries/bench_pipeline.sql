@@ -2,8 +2,8 @@
 -- postprocessing row, and the figures read from them and from the bench images' rows at the end.
 
 -- name: bench_pipeline_watch
--- Note every merge (which answers it was computed from, when it committed) and every per-box postprocessing
--- insert and delete, in tables of the benchmark's own.
+-- Note every merge (which answers it was computed from, when it committed), every per-box postprocessing
+-- insert and delete, and every consensus stored, in tables of the benchmark's own.
 CREATE TABLE IF NOT EXISTS bench_merge_events (
     image_id bigint, result_ids bigint[], committed_at timestamptz DEFAULT clock_timestamp());
 CREATE OR REPLACE FUNCTION bench_note_merge() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -25,6 +25,14 @@ BEGIN
 END $$;
 CREATE OR REPLACE TRIGGER bench_note_postprocessing AFTER INSERT OR DELETE ON postprocessing
     FOR EACH ROW EXECUTE FUNCTION bench_note_postprocessing();
+CREATE TABLE IF NOT EXISTS bench_consensus_events (image_id bigint);
+CREATE OR REPLACE FUNCTION bench_note_consensus() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bench_consensus_events VALUES (NEW.image_id);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER bench_note_consensus AFTER INSERT OR UPDATE ON consensus
+    FOR EACH ROW EXECUTE FUNCTION bench_note_consensus();
 
 -- name: bench_pipeline_unwatch
 DROP TRIGGER IF EXISTS bench_note_merge ON merged_images;
@@ -33,6 +41,9 @@ DROP TABLE IF EXISTS bench_merge_events;
 DROP TRIGGER IF EXISTS bench_note_postprocessing ON postprocessing;
 DROP FUNCTION IF EXISTS bench_note_postprocessing();
 DROP TABLE IF EXISTS bench_postprocessing_events;
+DROP TRIGGER IF EXISTS bench_note_consensus ON consensus;
+DROP FUNCTION IF EXISTS bench_note_consensus();
+DROP TABLE IF EXISTS bench_consensus_events;
 
 -- name: bench_pipeline_waste
 -- Calls whose answers went nowhere: per-box rows deleted with their replaced box, plus answers that found their
@@ -41,6 +52,15 @@ SELECT count(*) FILTER (WHERE op = 'insert' AND per_box) AS stored,
        count(*) FILTER (WHERE op = 'delete' AND per_box) AS replaced,
        count(*) FILTER (WHERE op = 'insert') AS inserted
   FROM bench_postprocessing_events
+
+-- name: bench_pipeline_votes
+-- The consensus work of the bench images: votes stored, and consensus jobs run (claimed at least once and done,
+-- including those that found nothing changed or were put off for outstanding voter tasks; a deadline job dropped
+-- unclaimed is not counted).
+SELECT (SELECT count(*) FROM bench_consensus_events e JOIN images i USING (image_id)
+         WHERE i.image_group = %(group)s) AS stored,
+       (SELECT count(*) FROM jobs j JOIN images i USING (image_id)
+         WHERE i.image_group = %(group)s AND j.queue = 'consensus' AND j.state = 'done' AND j.attempts > 0) AS run
 
 -- name: bench_pipeline_latencies
 -- Per detector answer of the bench images: milliseconds from its commit to the first merge that used it.

@@ -1,35 +1,41 @@
--- name: consensus_results
--- Every successful answer of the image (the vote keeps the latest per service).
-SELECT result_id, service, status, data, processing_time, result_created
-  FROM results
- WHERE image_id = %(image_id)s AND status = 'success'
- ORDER BY result_id
-
--- name: consensus_boxes
--- The image's boxes with the revision of the box set, in one statement (one snapshot): the revision recorded is
--- that of the boxes counted. One row with merged_id NULL when there is no box.
-SELECT coalesce(m.revision, 0) AS revision, mb.merged_id, mb.merged_data
+-- name: consensus_inputs
+-- Everything a vote needs, in one statement (one snapshot, read after the image's consensus lock): one 'image' row
+-- with the box set's revision, what the stored consensus records having read (NULLs when there is none), whether
+-- this job's vote waits for the image's voter tasks and whether the image's deadline job is queued (sql/0102);
+-- then the image's successful answers ('answer', the vote keeps the latest per service), its boxes ('box') and the
+-- face and pose rows on them ('face_pose': evidence that a person box holds a person), each in id order. The
+-- revision recorded is that of the boxes counted.
+SELECT 'image' AS kind, coalesce(m.revision, 0)::bigint AS id, NULL::text AS service, NULL::text AS status,
+       NULL::jsonb AS data, NULL::double precision AS processing_time, NULL::timestamptz AS created,
+       NULL::bigint AS merged_box_id, c.source_result_ids, c.boxes_revision, c.postprocessing_ids,
+       consensus_waits_for_voters(i.image_id, %(payload)s) AS waits_for_voters,
+       consensus_deadline_queued(i.image_id) AS deadline_queued
   FROM (SELECT %(image_id)s::bigint AS image_id) AS i
   LEFT JOIN merged_images m ON m.image_id = i.image_id
-  LEFT JOIN merged_boxes mb ON mb.image_id = i.image_id
- ORDER BY mb.merged_id
-
--- name: consensus_postprocessing
--- Face and pose answers on the image's boxes: evidence that a person box holds a person.
-SELECT postprocessing_id, merged_box_id, service, status, data
+  LEFT JOIN consensus c ON c.image_id = i.image_id
+UNION ALL
+SELECT 'answer', result_id, service, status, data, processing_time, result_created, NULL, NULL, NULL, NULL, NULL,
+       NULL
+  FROM results
+ WHERE image_id = %(image_id)s AND status = 'success'
+UNION ALL
+SELECT 'box', merged_id, NULL, NULL, merged_data, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+  FROM merged_boxes
+ WHERE image_id = %(image_id)s
+UNION ALL
+SELECT 'face_pose', postprocessing_id, service, status, data, NULL, NULL, merged_box_id, NULL, NULL, NULL, NULL,
+       NULL
   FROM postprocessing
  WHERE image_id = %(image_id)s AND service IN ('face', 'pose')
- ORDER BY postprocessing_id
+ ORDER BY kind, id
 
--- name: consensus_current
--- Does the image's stored consensus record the rows a vote would read now? The backfill's rule decides
--- (stale_products, sql/0014: the latest success answers, the box revision, the face/pose rows). Read after the
--- image's consensus lock, so a vote that ran meanwhile has committed what it recorded. An image without a
--- successful answer is always voted on (the rule looks only at images with evidence).
-SELECT EXISTS (SELECT 1 FROM consensus WHERE image_id = %(image_id)s)
-   AND EXISTS (SELECT 1 FROM results WHERE image_id = %(image_id)s AND status = 'success')
-   AND NOT EXISTS (SELECT 1 FROM stale_products(%(image_id)s - 1, %(image_id)s) AS stale
-                    WHERE stale.queue = 'consensus')
+-- name: drop_consensus_deadline
+-- The vote was not put off: the image's deadline job is not needed (sql/0102).
+SELECT drop_consensus_deadline(%(image_id)s)
+
+-- name: enqueue_consensus_deadline
+-- The vote put off: make sure the image's deadline job is waiting (sql/0102); one already waiting keeps its time.
+SELECT enqueue_consensus_deadline(%(image_id)s)
 
 -- name: store_consensus
 -- One row per image, replaced by every recompute, with the inputs it was computed from.

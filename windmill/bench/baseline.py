@@ -71,6 +71,7 @@ class Run:
     roles_cpu: dict[str, float]  # CPU-seconds of the worker processes by role (the two service workers together)
     statements: int | None  # top-level statements the run's database executed (None: no pg_stat_statements)
     load: float = 0.0  # the machine's 1-minute load average at submit: how much else competed for the cores
+    consensus_jobs: int = 0  # consensus jobs run (claimed and done) for the bench images
 
     @property
     def rate(self) -> float:
@@ -230,7 +231,8 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
         with database.connect() as conn:
             elapsed = float(fetch_value(conn, "bench_pipeline_span",
                                         {"group": BENCH_GROUP, "since": submitted}))
-            images, consensus, boxes = fetch_row(conn, "bench_baseline_products", {"group": BENCH_GROUP})
+            images, consensus, boxes, consensus_jobs = fetch_row(conn, "bench_baseline_products",
+                                                                 {"group": BENCH_GROUP})
             statements = fetch_value(conn, "bench_statements_count") if counting else None
     finally:
         for process in processes:
@@ -242,7 +244,7 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
                 process.kill()
     postgres_cpu = None if before[1] is None or postgres_after is None else postgres_after - before[1]
     return Run(elapsed, images, workers_cpu, postgres_cpu, farm_cpu, submit_cpu, consensus, boxes, roles_cpu,
-               statements, load)
+               statements, load, consensus_jobs)
 
 
 # -- the interleaved session --------------------------------------------------------------------------------------
@@ -256,7 +258,8 @@ def describe(side: Side, broker: str, number: int, run: Run) -> str:
     return (f"  {broker:<8} {side.label:<10} run {number}: {run.rate:6.1f} images/s ({run.elapsed:5.1f} s); CPU ms per "
             f"image: workers {_ms(run.per_image(run.workers_cpu))}, PostgreSQL {_ms(run.per_image(run.postgres_cpu))}"
             f", Windmill {_ms(run.windmill_cpu)} | stand-in {_ms(run.per_image(run.farm_cpu))}, submit "
-            f"{_ms(run.per_image(run.submit_cpu))}; consensus {run.consensus}/{run.images}, {run.merged_boxes} boxes; "
+            f"{_ms(run.per_image(run.submit_cpu))}; consensus {run.consensus}/{run.images} "
+            f"({run.consensus_jobs / run.images:.2f} consensus jobs per image), {run.merged_boxes} boxes; "
             f"statements per image {'n/a' if run.statements is None else f'{run.statements / run.images:.0f}'}; "
             f"load average {run.load:.1f} at submit\n"
             f"  {'':<8} {'':<10}        workers by role (CPU ms per image): "

@@ -53,6 +53,8 @@ class PipelineRun:
     stored: int  # per-box postprocessing answers stored
     replaced: int  # ... deleted with a box that a recompute replaced
     dropped: int  # answers that found their box gone (their insert failed)
+    votes_stored: int  # consensus rows written (each a vote)
+    consensus_jobs: int  # consensus jobs run (votes, and those that stored nothing)
 
 
 def run(database: Database, database_url: str, catalog: Catalog, *, images: int, runs: int = 1,
@@ -101,12 +103,14 @@ def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, bro
             end["stale_boxes"] = _stale_boxes(conn, settings_from_mapping(bench.env).harmony)
             allocated = fetch_value(conn, "bench_postprocessing_ids_used") - first_postprocessing_id
             stored, replaced, inserted = fetch_row(conn, "bench_pipeline_waste")
+            votes_stored, consensus_jobs = fetch_row(conn, "bench_pipeline_votes", group)
     finally:
         kill_left_over(processes)
         with database.connect() as conn:
             conn.execute(query("bench_pipeline_unwatch"))
         remove_bench_rows(database)
-    return PipelineRun(elapsed, cpu, latencies, end, stored, replaced, max(0, allocated - inserted))
+    return PipelineRun(elapsed, cpu, latencies, end, stored, replaced, max(0, allocated - inserted), votes_stored,
+                       consensus_jobs)
 
 
 def _report(broker: str, images: int, run: PipelineRun) -> None:
@@ -123,6 +127,8 @@ def _report(broker: str, images: int, run: PipelineRun) -> None:
               f"p99 {_pct(latencies, 99):.0f} ms, max {latencies[-1]:.0f} ms ({len(latencies)} detector answers)")
     print(f"  wasted postprocessing {wasted} of {calls} box answers ({100 * wasted / max(calls, 1):.1f} %): "
           f"{run.replaced} deleted with a replaced box, {run.dropped} for a box already gone")
+    print(f"  consensus            {run.votes_stored / images:.2f} votes stored per image, "
+          f"{run.consensus_jobs / images:.2f} consensus jobs run per image")
     print(f"  at the end           stale consensus {end['stale_consensus']}, missing consensus "
           f"{end['missing_consensus']}, stale boxes {end['stale_boxes']} (both compared by content), running/dead "
           f"jobs {end['stuck_jobs']}", flush=True)

@@ -1,7 +1,8 @@
 """The consensus role: recompute an image's V3 vote from its latest rows and replace its consensus row,
 serialised per image so that the last recompute always sees every answer committed before it. The row records
 what the vote read (the answers, the box set's revision, the face/pose rows), so the backfill can tell a stale
-consensus by content."""
+consensus by content. A vote waits while the image has voter tasks without a final row, up to its deadline job
+(sql/0102), so that an image whose answers arrive minutes apart is voted on about once, not once per answer."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from windmill.db.queries import fetch_value, query
+from windmill.db.queries import query
 from windmill.jobs import Job
 from windmill.jobs.queues import CONSENSUS_QUEUE
 from windmill.locks import Product, lock_image
@@ -39,20 +40,51 @@ class ConsensusInputs:
                 "postprocessing_ids": sorted(row.postprocessing_id for row in self.postprocessing)}
 
 
-def read_inputs(conn: psycopg.Connection, image_id: int) -> ConsensusInputs:
-    results = [ServiceResult(result_id, service, status, data, processing_time, created)
-               for result_id, service, status, data, processing_time, created
-               in conn.execute(query("consensus_results"), {"image_id": image_id})]
-    box_rows = conn.execute(query("consensus_boxes"), {"image_id": image_id}).fetchall()
-    boxes = [MergedBoxRow(merged_id, data) for _, merged_id, data in box_rows if merged_id is not None]
-    post = [PostprocessingRow(*row) for row in conn.execute(query("consensus_postprocessing"), {"image_id": image_id})]
-    return ConsensusInputs(results, boxes, post, box_rows[0][0])
+@dataclass(frozen=True)
+class ImageVoteState:
+    """What one vote reads, in one statement after the image's lock: the inputs, what the stored consensus records
+    having read (None without a consensus), whether this job's vote waits for the image's voter tasks and whether
+    the image's deadline job is queued (sql/0102)."""
+
+    inputs: ConsensusInputs
+    stored: dict[str, Any] | None
+    waits_for_voters: bool
+    deadline_queued: bool
+
+    def current(self) -> bool:
+        """Does the stored consensus record the very rows a vote would read now? The same rule as the backfill's
+        staleness (stale_products, sql/0014), in Python for the vote; tests/test_freshness.py
+        test_the_vote_and_the_backfill_agree_on_what_is_current pins the two together."""
+        return self.stored == self.inputs.recorded()
+
+
+def read_state(conn: psycopg.Connection, image_id: int, job_payload: Mapping[str, Any] | None = None) -> ImageVoteState:
+    results: list[ServiceResult] = []
+    boxes: list[MergedBoxRow] = []
+    post: list[PostprocessingRow] = []
+    revision, stored, waits, deadline = 0, None, False, False
+    rows = conn.execute(query("consensus_inputs"),
+                        {"image_id": image_id, "payload": None if job_payload is None else Jsonb(job_payload)})
+    for (kind, row_id, service, status, data, processing_time, created, merged_box_id,
+         source_result_ids, boxes_revision, postprocessing_ids, waits_for_voters, deadline_queued) in rows:
+        if kind == "answer":
+            results.append(ServiceResult(row_id, service, status, data, processing_time, created))
+        elif kind == "box":
+            boxes.append(MergedBoxRow(row_id, data))
+        elif kind == "face_pose":
+            post.append(PostprocessingRow(row_id, merged_box_id, service, status, data))
+        else:  # the one 'image' row
+            revision, waits, deadline = row_id, waits_for_voters, deadline_queued
+            if boxes_revision is not None:
+                stored = {"source_result_ids": source_result_ids, "boxes_revision": boxes_revision,
+                          "postprocessing_ids": postprocessing_ids}
+    return ImageVoteState(ConsensusInputs(results, boxes, post, revision), stored, waits, deadline)
 
 
 def consensus_for_image(conn: psycopg.Connection, image_id: int,
                         service_types: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     """The consensus of the image's current rows (pure vote over what the database holds now)."""
-    return vote(read_inputs(conn, image_id), service_types)
+    return vote(read_state(conn, image_id).inputs, service_types)
 
 
 def vote(inputs: ConsensusInputs, service_types: Mapping[str, Sequence[str]]) -> dict[str, Any]:
@@ -60,20 +92,32 @@ def vote(inputs: ConsensusInputs, service_types: Mapping[str, Sequence[str]]) ->
 
 
 def recompute_consensus(conn: psycopg.Connection, image_id: int, service_types: Mapping[str, Sequence[str]],
-                        worker_id: str) -> dict[str, Any] | None:
-    """Vote again and store the result; None when the stored consensus already records the very rows the vote would
-    read now (a vote over the same rows gives the same consensus), so neither they nor the vote are loaded. Box
-    changes, colors and caption scores queue a vote that often finds nothing it reads changed."""
+                        worker_id: str, job_payload: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """Vote again and store the result; None when nothing is stored:
+    - the stored consensus already records the very rows the vote would read now (a vote over the same rows gives
+      the same consensus; box changes, colors and caption scores queue votes that often find nothing changed);
+    - or a voter task of the image has no final row yet and the job is not the image's deadline job (sql/0102
+      decides from `job_payload`, the consensus job's payload; None counts as a normal job): the vote is put off
+      onto that task's final row, which queues the next vote, and the deadline job bounds the wait.
+    A vote not put off drops the image's queued deadline job: it read everything the put-off votes waited for."""
     with conn.transaction():
+        # The lock is its own statement: a statement's snapshot is taken before it waits for the lock, and the read
+        # below must see what the vote that held the lock committed.
         lock_image(conn, Product.CONSENSUS, image_id)
-        if fetch_value(conn, "consensus_current", {"image_id": image_id}):
-            return None
         started = time.perf_counter()
-        inputs = read_inputs(conn, image_id)
-        data = vote(inputs, service_types)
+        state = read_state(conn, image_id, job_payload)
+        current = state.current()
+        if not current and state.waits_for_voters:
+            conn.execute(query("enqueue_consensus_deadline"), {"image_id": image_id})
+            return None
+        if state.deadline_queued:  # a vote not put off reads all that the put-off ones waited for
+            conn.execute(query("drop_consensus_deadline"), {"image_id": image_id})
+        if current:
+            return None
+        data = vote(state.inputs, service_types)
         conn.execute(query("store_consensus"), {"image_id": image_id, "consensus_data": Jsonb(data),
                                                 "processing_time": time.perf_counter() - started,
-                                                "worker_id": worker_id, **inputs.recorded()})
+                                                "worker_id": worker_id, **state.inputs.recorded()})
     return data
 
 
@@ -84,6 +128,6 @@ def consensus_role(context: RoleContext) -> Role:
     def handle(job: Job) -> None:
         image_id = job.about_image
         with context.pool.connection() as conn:
-            recompute_consensus(conn, image_id, service_types, context.worker_id)
+            recompute_consensus(conn, image_id, service_types, context.worker_id, job.payload)
 
     return Role(name="consensus", queues=(CONSENSUS_QUEUE,), handle=handle)
