@@ -168,7 +168,7 @@ BEGIN
         ('FUNCTION', 'table_rows(regclass)',         'EXECUTE',                         'EXECUTE'),  -- status's totals
         ('FUNCTION', 'is_person_box(jsonb, text)',   'EXECUTE',                         'EXECUTE'),  -- image_completeness calls it
         ('FUNCTION', 'consensus_delay()',            'EXECUTE',                         NULL),  -- the triggers call it
-        -- sql/0102: a consensus vote waits for the image's voter tasks, up to its deadline job
+        -- sql/0104: a consensus vote waits for the image's voter tasks, up to its deadline job
         ('FUNCTION', 'consensus_max_wait()',         'EXECUTE',                         NULL),
         ('FUNCTION', 'consensus_deadline_job(bigint)', 'EXECUTE',                       NULL),
         ('FUNCTION', 'enqueue_consensus_deadline(bigint)', 'EXECUTE',                   NULL),

@@ -92,7 +92,7 @@ def test_wait_counts_answers_of_the_named_services_not_only_jobs(api_settings, c
             windmill.wait(group="g", services=["blip"], timeout_s=0.3, poll_interval_s=0.05)
         conn.execute("INSERT INTO results (image_id, service, task_id, data, status, error_message) "
                      "VALUES (%s, 'blip', gen_random_uuid(), '{}', 'timeout', 'no answer within 30 s')", (image_id,))
-        # A voter's final row queues the image's vote (sql/0102); no consensus worker runs here: it is done.
+        # A voter's final row queues the image's vote (sql/0104); no consensus worker runs here: it is done.
         conn.execute("UPDATE jobs SET state = 'done' WHERE queue = 'consensus'")
         done = windmill.wait(group="g", services=["blip"], timeout_s=30, poll_interval_s=0.05)
     assert [(row.service, row.done, row.failed) for row in done.services] == [("blip", 0, 1)]

@@ -1,4 +1,4 @@
-"""A consensus vote waits for the image's voter tasks (sql/0102): while a voter task has no final row (a RabbitMQ
+"""A consensus vote waits for the image's voter tasks (sql/0104): while a voter task has no final row (a RabbitMQ
 ledger entry, or a job-table service task whose answer is not stored), a consensus job stores nothing and leaves
 the vote to that task's final row (success or error), bounded by the image's deadline job, which votes whatever is
 outstanding. And the vote's "is the stored consensus current?" agrees with the backfill's staleness rule.

@@ -102,7 +102,7 @@ def test_a_service_that_is_down_ends_in_error_rows_after_bounded_retries(
     rows = conn.execute("SELECT status, error_message FROM results").fetchall()
     assert len(rows) == published
     assert all(status == "error" and "yolov8" in message for status, message in rows)
-    # The service tasks' jobs (their error rows also queued the images' votes: sql/0102).
+    # The service tasks' jobs (their error rows also queued the images' votes: sql/0104).
     attempts = {row[0] for row in conn.execute("SELECT attempts FROM jobs WHERE payload ? 'task_id'")}
     assert attempts == {5}, "every task was retried to its limit, then recorded — no endless loop"
     assert dead_port > 0

@@ -95,7 +95,7 @@ def test_an_answer_fires_one_trigger_that_queues_notes_and_frees_its_task(conn: 
 
 
 def test_a_failed_final_row_queues_only_the_vote(conn: psycopg.Connection) -> None:
-    """An error or timeout ends a voter task: a vote put off for that task must follow it (sql/0102). Nothing to
+    """An error or timeout ends a voter task: a vote put off for that task must follow it (sql/0104). Nothing to
     merge or score."""
     first, second = add_image(conn, "a.jpg"), add_image(conn, "b.jpg")
     add_result(conn, first, "yolov8", status="error")

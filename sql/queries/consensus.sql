@@ -1,7 +1,7 @@
 -- name: consensus_inputs
 -- Everything a vote needs, in one statement (one snapshot, read after the image's consensus lock): one 'image' row
 -- with the box set's revision, what the stored consensus records having read (NULLs when there is none), whether
--- this job's vote waits for the image's voter tasks and whether the image's deadline job is queued (sql/0102);
+-- this job's vote waits for the image's voter tasks and whether the image's deadline job is queued (sql/0104);
 -- then the image's successful answers ('answer', the vote keeps the latest per service), its boxes ('box') and the
 -- face and pose rows on them ('face_pose': evidence that a person box holds a person), each in id order. The
 -- revision recorded is that of the boxes counted.
@@ -30,11 +30,11 @@ SELECT 'face_pose', postprocessing_id, service, status, data, NULL, NULL, merged
  ORDER BY kind, id
 
 -- name: drop_consensus_deadline
--- The vote was not put off: the image's deadline job is not needed (sql/0102).
+-- The vote was not put off: the image's deadline job is not needed (sql/0104).
 SELECT drop_consensus_deadline(%(image_id)s)
 
 -- name: enqueue_consensus_deadline
--- The vote put off: make sure the image's deadline job is waiting (sql/0102); one already waiting keeps its time.
+-- The vote put off: make sure the image's deadline job is waiting (sql/0104); one already waiting keeps its time.
 SELECT enqueue_consensus_deadline(%(image_id)s)
 
 -- name: store_consensus

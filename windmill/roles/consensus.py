@@ -2,7 +2,7 @@
 serialised per image so that the last recompute always sees every answer committed before it. The row records
 what the vote read (the answers, the box set's revision, the face/pose rows), so the backfill can tell a stale
 consensus by content. A vote waits while the image has voter tasks without a final row, up to its deadline job
-(sql/0102), so that an image whose answers arrive minutes apart is voted on about once, not once per answer."""
+(sql/0104), so that an image whose answers arrive minutes apart is voted on about once, not once per answer."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class ConsensusInputs:
 class ImageVoteState:
     """What one vote reads, in one statement after the image's lock: the inputs, what the stored consensus records
     having read (None without a consensus), whether this job's vote waits for the image's voter tasks and whether
-    the image's deadline job is queued (sql/0102)."""
+    the image's deadline job is queued (sql/0104)."""
 
     inputs: ConsensusInputs
     stored: dict[str, Any] | None
@@ -96,7 +96,7 @@ def recompute_consensus(conn: psycopg.Connection, image_id: int, service_types: 
     """Vote again and store the result; None when nothing is stored:
     - the stored consensus already records the very rows the vote would read now (a vote over the same rows gives
       the same consensus; box changes, colors and caption scores queue votes that often find nothing changed);
-    - or a voter task of the image has no final row yet and the job is not the image's deadline job (sql/0102
+    - or a voter task of the image has no final row yet and the job is not the image's deadline job (sql/0104
       decides from `job_payload`, the consensus job's payload; None counts as a normal job): the vote is put off
       onto that task's final row, which queues the next vote, and the deadline job bounds the wait.
     A vote not put off drops the image's queued deadline job: it read everything the put-off votes waited for."""
