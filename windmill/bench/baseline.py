@@ -36,6 +36,7 @@ from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu
 from windmill.bench.pipeline import ROLES, _wait_until_idle
 from windmill.bench.scenes import write_scenes
 from windmill.bench.stage import BENCH_GROUP, BenchEnvironment, bench_environment
+from windmill.bench.stand_in import running_stand_in
 from windmill.catalog import Catalog
 from windmill.db.connect import Database, conninfo_to_url
 from windmill.db.queries import fetch_row, fetch_value, query
@@ -297,14 +298,15 @@ def run(url: str, catalog: Catalog, *, baseline: str, images: int, runs: int, am
         echo: Callable[[str], None]) -> None:
     base = baseline_side(baseline, echo)
     head = Side("head", sys.executable)
-    offset = 22_000 + os.getpid() % 1000 * 10
     brokers = (["rabbitmq"] if amqp_url else []) + ["postgres"]
     answers = images * len(catalog.in_category("primary"))
     with tempfile.TemporaryDirectory(prefix="windmill-bench-scenes-") as folder:
         write_scenes(Path(folder), images)
-        farm_argv = head.argv("farm", "serve", "--no-cache", "--annotations", folder, "--port-offset", str(offset))
-        farm = subprocess.Popen(farm_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=head.cwd)
-        try:
+
+        def farm_argv(offset: int) -> list[str]:
+            return head.argv("farm", "serve", "--no-cache", "--annotations", folder, "--port-offset", str(offset))
+
+        with running_stand_in(farm_argv, cwd=head.cwd) as (farm, offset):
             conditions = database_conditions(url)
             echo(f"pipeline {head.label} vs {base.label}: {images} distinct scenes of 3–4 objects, every primary "
                  f"service + merge + postprocessing + consensus + caption scoring, {len(ROLES)} worker processes "
@@ -313,9 +315,6 @@ def run(url: str, catalog: Catalog, *, baseline: str, images: int, runs: int, am
             for broker in brokers:
                 _session(head, base, broker, url, catalog, amqp_url, offset, Path(folder), answers, farm.pid,
                          runs, echo)
-        finally:
-            farm.terminate()
-            farm.wait(timeout=30)
 
 
 def database_conditions(url: str) -> str:

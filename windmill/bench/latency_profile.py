@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import tempfile
 import time
@@ -40,6 +39,7 @@ from windmill.bench.stage import (
     start_workers,
     stop_workers,
 )
+from windmill.bench.stand_in import running_stand_in
 from windmill.broker import JobTableBroker
 from windmill.broker.rabbitmq import RabbitMQBroker
 from windmill.catalog import Catalog, load_catalog
@@ -166,10 +166,10 @@ def run(database: Database, database_url: str, catalog: Catalog, setup: LatencyB
         amqp_url: str | None) -> None:
     """`runs` runs per broker the service tasks can travel by: RabbitMQ (when configured) and the job table."""
     document, profile = profile_document(setup.profile, setup.scale)
-    offset = 23_000 + os.getpid() % 1000 * 10
     with tempfile.TemporaryDirectory(prefix="windmill-bench-profile-") as folder:
-        farm = start_farm(document, offset, Path(folder))
-        try:
+        path = Path(folder) / "latency_profile.json"
+        path.write_text(json.dumps(document))
+        with running_stand_in(lambda offset: stand_in_argv(path, offset)) as (_, offset):
             pictures = Path(folder) / "images"
             pictures.mkdir()
             copy_samples(pictures, images)
@@ -181,9 +181,6 @@ def run(database: Database, database_url: str, catalog: Catalog, setup: LatencyB
                     for _ in range(runs):
                         fed = _run_once(database, laid_out, bench, broker, pictures, images, rate)
                         report(setup, profile, laid_out, broker, rate, fed)
-        finally:
-            farm.terminate()
-            farm.wait(timeout=30)
 
 
 def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, broker: str, folder: Path,
@@ -293,9 +290,7 @@ def _wait_for_workers(database: Database, processes: list[subprocess.Popen[bytes
     time.sleep(2.0)
 
 
-def start_farm(document: dict, offset: int, folder: Path) -> subprocess.Popen[bytes]:
-    """The stand-in with the (scaled) profile, every answer computed per request, in its own process."""
-    path = folder / "latency_profile.json"
-    path.write_text(json.dumps(document))
-    return subprocess.Popen(cli_argv("farm", "serve", "--port-offset", str(offset), "--latency-profile", str(path),
-                                     "--no-cache"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def stand_in_argv(profile_path: Path, offset: int) -> list[str]:
+    """The stand-in with the (scaled) profile, every answer computed per request."""
+    return cli_argv("farm", "serve", "--port-offset", str(offset), "--latency-profile", str(profile_path),
+                    "--no-cache")

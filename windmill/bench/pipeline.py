@@ -9,7 +9,6 @@ boxes committed and which answers it read; both are dropped at the end.
 
 from __future__ import annotations
 
-import os
 import resource
 import subprocess
 import tempfile
@@ -31,6 +30,7 @@ from windmill.bench.stage import (
     start_workers,
     stop_workers,
 )
+from windmill.bench.stand_in import running_stand_in
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.db.jsonb import as_stored
@@ -60,19 +60,13 @@ class PipelineRun:
 def run(database: Database, database_url: str, catalog: Catalog, *, images: int, runs: int = 1,
         amqp_url: str | None) -> None:
     """`runs` runs per broker the service tasks can travel by: RabbitMQ (when configured) and the job table."""
-    offset = 21_000 + os.getpid() % 1000 * 10
-    farm = subprocess.Popen(cli_argv("farm", "serve", "--port-offset", str(offset)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with tempfile.TemporaryDirectory(prefix="windmill-bench-images-") as folder:
-            copy_samples(Path(folder), images)
-            for broker in (["rabbitmq"] if amqp_url else []) + ["postgres"]:
-                with bench_environment(catalog, database_url, amqp_url, port_offset=offset) as bench:
-                    for _ in range(runs):
-                        _report(broker, images, _run_once(database, catalog, bench, broker, folder, images))
-    finally:
-        farm.terminate()
-        farm.wait(timeout=30)
+    with (running_stand_in(lambda offset: cli_argv("farm", "serve", "--port-offset", str(offset))) as (_, offset),
+          tempfile.TemporaryDirectory(prefix="windmill-bench-images-") as folder):
+        copy_samples(Path(folder), images)
+        for broker in (["rabbitmq"] if amqp_url else []) + ["postgres"]:
+            with bench_environment(catalog, database_url, amqp_url, port_offset=offset) as bench:
+                for _ in range(runs):
+                    _report(broker, images, _run_once(database, catalog, bench, broker, folder, images))
 
 
 def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, broker: str, folder: str,
