@@ -53,7 +53,7 @@ class ImageVoteState:
 
     def current(self) -> bool:
         """Does the stored consensus record the very rows a vote would read now? The same rule as the backfill's
-        staleness (stale_products, sql/0014), in Python for the vote; tests/test_freshness.py
+        staleness (stale_products, sql/0014), in Python for the vote; tests/test_consensus_waits.py
         test_the_vote_and_the_backfill_agree_on_what_is_current pins the two together."""
         return self.stored == self.inputs.recorded()
 
