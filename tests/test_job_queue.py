@@ -16,7 +16,7 @@ from windmill.broker import JobTableBroker, Task
 from windmill.db.connect import Database
 from windmill.db.queries import query
 from windmill.jobs import Job, JobQueue, JobState, NewJob, PermanentJobError
-from windmill.jobs.queue import Claimer, claim_query, enqueue_many_on, enqueue_on
+from windmill.jobs.queue import Claimer, enqueue_many_on, enqueue_on, round_trip_query
 from windmill.worker.listener import JobListener
 
 
@@ -220,8 +220,8 @@ def test_notify_payload_is_constant(jobs: JobQueue, database: Database) -> None:
 
 
 def _plan(conn: psycopg.Connection, queues: list[str]) -> str:
-    params = {"worker": "w", "lease": timedelta(seconds=30)}
-    return "\n".join(row[0] for row in conn.execute("EXPLAIN " + claim_query(tuple(queues), 10), params))
+    params = {"done": [], "worker": "w", "lease": timedelta(seconds=30)}
+    return "\n".join(row[0] for row in conn.execute("EXPLAIN " + round_trip_query(((tuple(queues), 10),)), params))
 
 
 def test_claim_queries_use_the_claimable_partial_indexes(conn: psycopg.Connection) -> None:
@@ -244,7 +244,7 @@ def _claimer_plan(claimer: Claimer) -> str:
     assert claimer._conn is not None
     [name] = claimer._conn.execute("SELECT name FROM pg_prepared_statements "
                                    "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%'").fetchone()
-    return "\n".join(row[0] for row in claimer._conn.execute(f"EXPLAIN EXECUTE {name}('w', '30 s')"))
+    return "\n".join(row[0] for row in claimer._conn.execute(f"EXPLAIN EXECUTE {name}('{{}}', 'w', '30 s')"))
 
 
 def test_a_claimer_plans_again_so_a_grown_table_is_read_by_index(database: Database,
@@ -300,8 +300,8 @@ def test_a_one_queue_claim_reads_its_own_queue_beside_a_backlog_and_a_long_histo
     conn.execute("INSERT INTO jobs (queue, payload) SELECT 'queue_yolov8', '{}' FROM generate_series(1, 30000)")
     conn.execute("INSERT INTO jobs (queue, payload) SELECT 'merge', '{}' FROM generate_series(1, 5)")
     conn.execute("ANALYZE jobs")
-    plan = _plan(conn, ["merge"])
-    assert "jobs_claimable_idx" in plan.split("CTE expired")[0] and "jobs_claimable_order_idx" not in plan
+    ready = _plan(conn, ["merge"]).split("CTE ready_0")[1].split("CTE expired_0")[0]
+    assert "jobs_claimable_idx" in ready and "jobs_claimable_order_idx" not in ready
 
 
 def test_a_bulk_submit_refreshes_statistics_so_claims_read_the_oldest_by_index(pool: ConnectionPool,
@@ -359,3 +359,39 @@ def test_a_claim_by_lanes_takes_no_more_of_each_queue_than_its_lane_asks(jobs: J
     assert len(again_yolo) == 2 and again_ollama == []
     assert conn.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()[0] == 3
 
+
+
+def test_a_claim_loops_round_trip_completes_and_claims_in_one_transaction(jobs: JobQueue,
+                                                                        conn: psycopg.Connection) -> None:
+    """The completion and every lane's claim are one statement on the claim loop's own (autocommit) connection:
+    one commit for the round trip, and a failure of any part leaves all of it undone."""
+    finished = jobs.enqueue(NewJob("q_a", {}))
+    claimer = jobs.claimer()
+    try:
+        [[job]] = claimer.complete_and_claim_lanes([], [(["q_a"], 1)], "w")
+        assert job.id == finished
+        waiting_a, waiting_b = jobs.enqueue(NewJob("q_a", {})), jobs.enqueue(NewJob("q_b", {}))
+        [in_a], [in_b] = claimer.complete_and_claim_lanes([finished], [(["q_a"], 1), (["q_b"], 1)], "w")
+        assert claimer._conn is not None
+        statements = claimer._conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+    finally:
+        claimer.close()
+    # One statement for the completion and both lanes (pipelined, they were three, each with its round of the
+    # client's and the server's per-statement work); the first round trip, without completions, is the other.
+    assert len(statements) == 2, statements
+    assert (in_a.id, in_b.id) == (waiting_a, waiting_b)
+    writers = conn.execute("SELECT state::text, xmin::text FROM jobs WHERE id = ANY(%s) ORDER BY id",
+                           ([finished, waiting_a, waiting_b],)).fetchall()
+    assert [state for state, _ in writers] == ["done", "running", "running"]
+    assert len({xmin for _, xmin in writers}) == 1, "written by one transaction"
+
+
+def test_a_job_completed_in_a_round_trip_is_not_taken_again_for_its_expired_lease(
+        jobs: JobQueue, conn: psycopg.Connection) -> None:
+    job_id = jobs.enqueue(NewJob("q", {}))
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    jobs.claim(["q"], "slow-worker", 1, now=now)
+    # The slow worker finishes after its lease ran out, and claims again in the same round trip.
+    later = now + timedelta(seconds=31)
+    assert jobs.complete_and_claim([job_id], ["q"], "slow-worker", 5, now=later) == []
+    assert state_of(conn, job_id) == ("done", 1, None)

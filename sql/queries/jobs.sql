@@ -1,30 +1,19 @@
--- name: claim_jobs
--- Lease up to %(limit)s claimable jobs of one queue, oldest first, plus running jobs whose lease expired
--- (their worker died). An expired job that has used all its attempts goes dead instead. The scan follows
--- jobs_claimable_idx (queue, id) in order. claim_jobs_of_queues is the same statement for several queues
--- (tests/test_sql_home.py keeps the two alike): two texts, because each plans on its own index. The queue(s),
--- the limit and the clock are written in as literals (windmill/jobs/queue.py, claim_query, says why). `waited`:
--- the job had waited in a backed-up queue, so an enqueue may have stayed silent counting on it (sql/0098: the
--- worker then claims once more shortly after).
--- The queue as a range of one value, in the order of jobs_claimable_idx: with `queue = ... ORDER BY id` the planner
--- could read jobs_claimable_order_idx in id order and skip every other queue's waiting job on the way (a merge claim
--- beside 300,000 waiting service tasks and a long done history of merges: 28 ms). Only jobs_claimable_idx gives
--- this order without sorting every waiting job of the queue (the same form as sql/0098's look-up).
-WITH ready AS (
-    SELECT id FROM jobs
-     WHERE state IN ('queued', 'failed') AND queue >= %(queue)s AND queue <= %(queue)s
-       AND run_after <= coalesce(%(now)s, now())
-     ORDER BY queue, id
-     LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
-), expired AS (
-    SELECT id FROM jobs
-     WHERE state = 'running' AND queue = %(queue)s
-       AND lease_expires_at < coalesce(%(now)s, now())
-     ORDER BY lease_expires_at
-     LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
-), claimed AS (
+-- name: claim_round_trip
+-- A claim loop's round trip, one statement: mark %(done)s done (only the jobs this worker still holds: a job whose
+-- lease was lost belongs to another worker now), and lease, for each of the worker's lanes, up to its limit of
+-- claimable jobs of its queues, oldest first, plus running jobs whose lease expired (their worker died). An expired
+-- job that has used all its attempts goes dead instead. %(lanes)s stands for each lane's claim_lane_* block,
+-- %(claimable)s for their claim_lane_ids joined by UNION (windmill/jobs/queue.py, round_trip_query, writes them in).
+-- One statement, one transaction: pipelined as a completion and a statement per lane it cost a commit and a
+-- statement each, and the claim loop of a worker with three lanes spent two fifths of its CPU there. A job of
+-- %(done)s is never taken as expired in the same statement: a row changed twice by one statement keeps either
+-- change. `waited`: the job had waited in a backed-up queue, so an enqueue may have stayed silent counting on it
+-- (sql/0098: the worker then claims once more shortly after).
+WITH done AS (
+    UPDATE jobs
+       SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = coalesce(%(now)s, now())
+     WHERE id = ANY(%(done)s) AND state = 'running' AND lease_owner = %(worker)s
+), %(lanes)s, claimed AS (
     UPDATE jobs
        SET state = CASE WHEN jobs.state = 'running' AND jobs.attempts >= jobs.max_attempts
                         THEN 'dead'::job_state ELSE 'running'::job_state END,
@@ -36,7 +25,7 @@ WITH ready AS (
            lease_owner = %(worker)s,
            lease_expires_at = coalesce(%(now)s, now()) + %(lease)s,
            updated_at = coalesce(%(now)s, now())
-     WHERE jobs.id IN (SELECT id FROM ready UNION SELECT id FROM expired)
+     WHERE jobs.id IN (%(claimable)s)
     RETURNING jobs.id, jobs.queue, jobs.payload, jobs.image_id, jobs.state, jobs.attempts,
               jobs.max_attempts, jobs.dedupe_key, jobs.last_error,
               job_waited(jobs.run_after, jobs.created_at, coalesce(%(now)s, now()), job_backlog_wait() / 2) AS waited
@@ -45,43 +34,52 @@ SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_er
   FROM claimed WHERE state = 'running'
  ORDER BY id
 
--- name: claim_jobs_of_queues
--- claim_jobs for several queues (queue = ANY(...)): the scan follows jobs_claimable_order_idx (id order across
--- the queues); with one queue, claim_jobs plans better.
-WITH ready AS (
+-- name: claim_lane_one_queue
+-- claim_round_trip's block for a lane of one queue (its %(lane)s-th). The queue as a range of one value, in the
+-- order of jobs_claimable_idx: with `queue = ... ORDER BY id` the planner could read jobs_claimable_order_idx in id
+-- order and skip every other queue's waiting job on the way (a merge claim beside 300,000 waiting service tasks and
+-- a long done history of merges: 28 ms). Only jobs_claimable_idx gives this order without sorting every waiting job
+-- of the queue (the same form as sql/0098's look-up). The queue, the limit and the clock are literals
+-- (windmill/jobs/queue.py, round_trip_query, says why).
+ready_%(lane)s AS (
+    SELECT id FROM jobs
+     WHERE state IN ('queued', 'failed') AND queue >= %(queue)s AND queue <= %(queue)s
+       AND run_after <= coalesce(%(now)s, now())
+     ORDER BY queue, id
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), expired_%(lane)s AS (
+    SELECT id FROM jobs
+     WHERE state = 'running' AND queue = %(queue)s
+       AND lease_expires_at < coalesce(%(now)s, now()) AND NOT id = ANY(%(done)s)
+     ORDER BY lease_expires_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+
+-- name: claim_lane_of_queues
+-- claim_lane_one_queue for a lane of several queues (queue = ANY(...)): the scan follows jobs_claimable_order_idx
+-- (id order across the queues); with one queue, claim_lane_one_queue plans better (tests/test_sql_home.py keeps the
+-- two alike).
+ready_%(lane)s AS (
     SELECT id FROM jobs
      WHERE state IN ('queued', 'failed') AND queue = ANY(%(queues)s)
        AND run_after <= coalesce(%(now)s, now())
      ORDER BY id
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
-), expired AS (
+), expired_%(lane)s AS (
     SELECT id FROM jobs
      WHERE state = 'running' AND queue = ANY(%(queues)s)
-       AND lease_expires_at < coalesce(%(now)s, now())
+       AND lease_expires_at < coalesce(%(now)s, now()) AND NOT id = ANY(%(done)s)
      ORDER BY lease_expires_at
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE jobs
-       SET state = CASE WHEN jobs.state = 'running' AND jobs.attempts >= jobs.max_attempts
-                        THEN 'dead'::job_state ELSE 'running'::job_state END,
-           attempts = CASE WHEN jobs.state = 'running' AND jobs.attempts >= jobs.max_attempts
-                           THEN jobs.attempts ELSE jobs.attempts + 1 END,
-           last_error = CASE WHEN jobs.state = 'running'
-                             THEN 'lease of worker ' || coalesce(jobs.lease_owner, '?') || ' expired'
-                             ELSE jobs.last_error END,
-           lease_owner = %(worker)s,
-           lease_expires_at = coalesce(%(now)s, now()) + %(lease)s,
-           updated_at = coalesce(%(now)s, now())
-     WHERE jobs.id IN (SELECT id FROM ready UNION SELECT id FROM expired)
-    RETURNING jobs.id, jobs.queue, jobs.payload, jobs.image_id, jobs.state, jobs.attempts,
-              jobs.max_attempts, jobs.dedupe_key, jobs.last_error,
-              job_waited(jobs.run_after, jobs.created_at, coalesce(%(now)s, now()), job_backlog_wait() / 2) AS waited
 )
-SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_error, waited
-  FROM claimed WHERE state = 'running'
- ORDER BY id
+
+-- name: claim_lane_ids
+-- A lane's candidates in claim_round_trip.
+SELECT id FROM ready_%(lane)s UNION SELECT id FROM expired_%(lane)s
 
 -- name: generic_plans_for_this_session
 -- A claimer's connection runs nothing but claim round trips, on their generic plans from the first execution

@@ -53,7 +53,7 @@ from windmill.db.embedded import EmbeddedPostgres
 from windmill.db.jsonb import use_orjson
 from windmill.db.migrations import available_migrations, migrate
 from windmill.db.queries import fetch_value, parse_queries, query
-from windmill.jobs.queue import DEFAULT_LEASE
+from windmill.jobs.queue import DEFAULT_LEASE, compose_round_trip
 from windmill.roles.answers import Answer, AnswerWriter
 
 WRITERS = 4
@@ -67,7 +67,11 @@ ANSWER = {"predictions": [{"label": "dog", "emoji": "🐕", "confidence": 0.91,
 SERVER_SETTINGS = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "none",
                    "pg_stat_statements.max": "1000"}
 # What each side answers with: its own text of the statements a service worker sends.
-SIDE_QUERIES = ("insert_result", "claim_jobs_of_queues", "complete_jobs", "enqueue_service_tasks")
+SIDE_QUERIES = ("insert_result", "complete_jobs", "enqueue_service_tasks")
+# How a tree claims: one statement (claim_round_trip and its blocks), or, before it, a completion and a claim
+# pipelined (claim_jobs_of_queues).
+ROUND_TRIP_QUERIES = ("claim_round_trip", "claim_lane_one_queue", "claim_lane_of_queues", "claim_lane_ids")
+PIPELINED_CLAIM = "claim_jobs_of_queues"
 
 
 @dataclass(frozen=True)
@@ -98,11 +102,12 @@ class Run:
 
 def side_queries(sql_dir: Path | None) -> dict[str, str]:
     if sql_dir is None:
-        return {name: query(name) for name in SIDE_QUERIES}
+        return {name: query(name) for name in (*SIDE_QUERIES, *ROUND_TRIP_QUERIES)}
     found: dict[str, str] = {}
     for path in sorted((sql_dir / "queries").glob("*.sql")):
         found.update(parse_queries(path.read_text(encoding="utf-8")))
-    return {name: found[name] for name in SIDE_QUERIES}
+    claims = ROUND_TRIP_QUERIES if ROUND_TRIP_QUERIES[0] in found else (PIPELINED_CLAIM,)
+    return {name: found[name] for name in (*SIDE_QUERIES, *claims)}
 
 
 def prepare_side(admin: psycopg.Connection, conninfo: str, label: str, catalog: Catalog,
@@ -175,14 +180,20 @@ def _claim_answer_complete(conn: psycopg.Connection, side: Side, share: Sequence
     """A service worker's thread on the job table: complete the last job and claim the next in one round trip."""
     done: list[int] = []
     lease = DEFAULT_LEASE
+    one_statement = ROUND_TRIP_QUERIES[0] in side.queries
+    round_trip = compose_round_trip(((tuple(queues), 1),), None, side.queries.__getitem__) if one_statement else ""
     while True:
-        with conn.pipeline():
-            if done:
-                conn.execute(side.queries["complete_jobs"], {"ids": done, "worker": WORKER, "now": None})
-            cursor = conn.cursor(row_factory=dict_row)
-            cursor.execute(side.queries["claim_jobs_of_queues"], {"worker": WORKER, "limit": 1, "lease": lease,
-                                                                  "now": None, "queues": queues})
-            claimed = cursor.fetchall()
+        if one_statement:
+            with conn.cursor(row_factory=dict_row) as cursor:
+                claimed = cursor.execute(round_trip, {"done": done, "worker": WORKER, "lease": lease}).fetchall()
+        else:
+            with conn.pipeline():
+                if done:
+                    conn.execute(side.queries["complete_jobs"], {"ids": done, "worker": WORKER, "now": None})
+                cursor = conn.cursor(row_factory=dict_row)
+                cursor.execute(side.queries[PIPELINED_CLAIM], {"worker": WORKER, "limit": 1, "lease": lease,
+                                                               "now": None, "queues": queues})
+                claimed = cursor.fetchall()
         if not claimed:
             return
         done = []

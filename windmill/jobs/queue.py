@@ -6,7 +6,7 @@ import builtins
 import functools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,11 +31,14 @@ REPLAN_AFTER_S = 5.0  # how old a claimer's plans may get (Claimer)
 RETRY_JITTER = 0.2  # spread of a retry's delay: failures of one burst do not come back in lockstep
 
 
+Lanes = tuple[tuple[tuple[str, ...], int], ...]  # each lane's queues and the most it may take
+
+
 @functools.lru_cache(maxsize=512)
-def claim_query(queues: tuple[str, ...], limit: int, now: datetime | None = None) -> str:
-    """The claim statement for these queues (`claim_jobs`, or its variant for several) with the queues, the limit
-    and the clock (None: the database's) written into its text as literals; its two parameters, the worker and the
-    lease, choose no rows.
+def round_trip_query(lanes: Lanes, now: datetime | None = None) -> str:
+    """The claim loop's statement (`claim_round_trip`): the completion of the jobs in its `done` parameter and a
+    claim per lane, with each lane's queues, its limit and the clock (None: the database's) written into the text
+    as literals; its three parameters, `done`, the worker and the lease, choose no rows.
 
     Why literals: a claim is the statement a worker runs most. With the queue, the LIMIT and the clock as
     parameters, PostgreSQL planned each execution anew (a custom plan: about half of a claim's time in
@@ -44,8 +47,28 @@ def claim_query(queues: tuple[str, ...], limit: int, now: datetime | None = None
     order anyway. With all three in the text, the generic plan is the custom plan, and a worker's claim loop runs
     it from the first execution (Claimer). A worker has a few lanes and a lane few claim sizes
     (windmill.worker.lanes.claim_size), so the texts stay few."""
-    text = query("claim_jobs" if len(queues) == 1 else "claim_jobs_of_queues")
-    literals = {"queue": queues[0], "queues": list(queues), "limit": limit, "now": now}
+    return compose_round_trip(lanes, now, query)
+
+
+def compose_round_trip(lanes: Lanes, now: datetime | None, named: Callable[[str], str]) -> str:
+    """round_trip_query from the named queries `named` gives (a benchmark reads another tree's)."""
+    if not lanes:
+        raise ValueError("a claim needs at least one lane")
+    seen: set[str] = set()
+    blocks, candidates = [], []
+    for index, (queues, limit) in enumerate(lanes):
+        if not queues or seen.intersection(queues):
+            raise ValueError("every lane needs queues of its own")  # a job's queue tells its lane
+        seen.update(queues)
+        literals = {"queue": queues[0], "queues": list(queues), "limit": limit, "now": now}
+        block = named("claim_lane_one_queue" if len(queues) == 1 else "claim_lane_of_queues")
+        blocks.append(_with_literals(block.replace("%(lane)s", str(index)), literals))
+        candidates.append(named("claim_lane_ids").replace("%(lane)s", str(index)))
+    text = named("claim_round_trip").replace("%(lanes)s", ",\n".join(blocks))
+    return _with_literals(text.replace("%(claimable)s", "\n    UNION ".join(candidates)), {"now": now})
+
+
+def _with_literals(text: str, literals: dict[str, Any]) -> str:
     for name, value in literals.items():
         # A '%' in a queue's name would read as a placeholder to psycopg: doubled, it stays a character.
         text = text.replace(f"%({name})s", sql.Literal(value).as_string().replace("%", "%%"))
@@ -130,13 +153,13 @@ class JobQueue:
 
     def complete_and_claim(self, done: Iterable[int], queues: Sequence[str], worker_id: str, limit: int, *,
                            now: datetime | None = None) -> list[Job]:
-        """Mark `done` jobs done and lease up to `limit` new ones in one round trip (pipeline mode)."""
+        """Mark `done` jobs done and lease up to `limit` new ones in one statement."""
         return self.complete_and_claim_lanes(done, [(queues, limit)], worker_id, now=now)[0]
 
     def complete_and_claim_lanes(self, done: Iterable[int], lanes: Sequence[tuple[Sequence[str], int]],
                                  worker_id: str, *, now: datetime | None = None) -> list[list[Job]]:
         """Mark `done` jobs done and lease, for each lane (its queues, the most it may take), up to that many new
-        ones: one claim statement per lane, all in one round trip (pipeline mode). The jobs by lane, in order.
+        ones, all in one statement (claim_round_trip). The jobs by lane, in order.
         On any pooled connection, planned at each call; a worker's claim loop uses its own (claimer())."""
         with self.pool.connection() as conn:
             return claim_round_trip(conn, done, lanes, worker_id, self.lease, now, prepare=False)
@@ -214,26 +237,30 @@ class JobQueue:
 
 def claim_round_trip(conn: psycopg.Connection, done: Iterable[int], lanes: Sequence[tuple[Sequence[str], int]],
                      worker_id: str, lease: timedelta, now: datetime | None, *, prepare: bool) -> list[list[Job]]:
-    """Complete `done` and claim for each lane in one round trip. `prepare`: as prepared statements (a Claimer's
-    connection), or planned at each execution."""
+    """Complete `done` and claim for each lane in one statement (round_trip_query). `prepare`: as a prepared
+    statement (a Claimer's connection), or planned at each execution. The jobs by lane, in order."""
     done = list(done)
-    with conn.pipeline():
+    if not lanes:
         if done:
             conn.execute(query("complete_jobs"), {"ids": done, "worker": worker_id, "now": now}, prepare=prepare)
-        cursors = []
-        for queues, limit in lanes:
-            cursor = conn.cursor(row_factory=dict_row)
-            cursor.execute(claim_query(tuple(queues), limit, now), {"worker": worker_id, "lease": lease},
-                           prepare=prepare)
-            cursors.append(cursor)
-        return [[Job.from_row(row) for row in cursor.fetchall()] for cursor in cursors]
+        return []
+    shape = tuple((tuple(queues), limit) for queues, limit in lanes)
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(round_trip_query(shape, now), {"done": done, "worker": worker_id, "lease": lease},
+                       prepare=prepare)
+        rows = cursor.fetchall()
+    lane_of = {queue: index for index, (queues, _) in enumerate(shape) for queue in queues}
+    claimed: list[list[Job]] = [[] for _ in shape]
+    for row in rows:
+        claimed[lane_of[row["queue"]]].append(Job.from_row(row))
+    return claimed
 
 
 class Claimer:
     """The connection one claim loop keeps for its round trips, its own (not the pool's: workers of one process
     share a pool, and each would hold a place of it). Its completions and claims are prepared once and run their
     generic plans from the first execution (the session asks for them, so it runs nothing else): the claims' texts
-    leave the planner nothing to choose (claim_query), and the completion's plan (the primary key, for any ids)
+    leave the planner nothing to choose (round_trip_query), and the completion's plan (the primary key, for any ids)
     needs no values. Left to choose, PostgreSQL made five custom plans of each statement on each pooled connection
     first, and kept the completion's, whose array of ids it cannot see, custom for good.
 
