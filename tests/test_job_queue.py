@@ -16,7 +16,7 @@ from windmill.broker import JobTableBroker, Task
 from windmill.db.connect import Database
 from windmill.db.queries import query
 from windmill.jobs import Job, JobQueue, JobState, NewJob, PermanentJobError
-from windmill.jobs.queue import Claimer, enqueue_many_on, enqueue_on, round_trip_query
+from windmill.jobs.queue import Claimer, enqueue_many_on, enqueue_on, round_trip_parameters, round_trip_query
 from windmill.worker.listener import JobListener
 
 
@@ -220,8 +220,8 @@ def test_notify_payload_is_constant(jobs: JobQueue, database: Database) -> None:
 
 
 def _plan(conn: psycopg.Connection, queues: list[str]) -> str:
-    params = {"done": [], "worker": "w", "lease": timedelta(seconds=30)}
-    return "\n".join(row[0] for row in conn.execute("EXPLAIN " + round_trip_query(((tuple(queues), 10),)), params))
+    params = round_trip_parameters([], [10], "w", timedelta(seconds=30))
+    return "\n".join(row[0] for row in conn.execute("EXPLAIN " + round_trip_query((tuple(queues),)), params))
 
 
 def test_claim_queries_use_the_claimable_partial_indexes(conn: psycopg.Connection) -> None:
@@ -244,7 +244,7 @@ def _claimer_plan(claimer: Claimer) -> str:
     assert claimer._conn is not None
     [name] = claimer._conn.execute("SELECT name FROM pg_prepared_statements "
                                    "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%'").fetchone()
-    return "\n".join(row[0] for row in claimer._conn.execute(f"EXPLAIN EXECUTE {name}('{{}}', 'w', '30 s')"))
+    return "\n".join(row[0] for row in claimer._conn.execute(f"EXPLAIN EXECUTE {name}('{{}}', 'w', 1, '30 s')"))
 
 
 def test_a_claimer_plans_again_so_a_grown_table_is_read_by_index(database: Database,
@@ -361,24 +361,22 @@ def test_a_claim_by_lanes_takes_no_more_of_each_queue_than_its_lane_asks(jobs: J
 
 
 
-def test_a_claim_loops_round_trip_completes_and_claims_in_one_transaction(jobs: JobQueue,
-                                                                        conn: psycopg.Connection) -> None:
-    """The completion and every lane's claim are one statement on the claim loop's own (autocommit) connection:
-    one commit for the round trip, and a failure of any part leaves all of it undone."""
+def test_a_claim_loops_round_trips_are_one_statement_whatever_the_lanes_ask(jobs: JobQueue,
+                                                                           conn: psycopg.Connection) -> None:
+    """The completion and every lane's claim are one statement, and its text does not change with what each lane
+    asks for: one prepared statement per worker, one commit per round trip."""
     finished = jobs.enqueue(NewJob("q_a", {}))
     claimer = jobs.claimer()
     try:
-        [[job]] = claimer.complete_and_claim_lanes([], [(["q_a"], 1)], "w")
+        [[job], []] = claimer.complete_and_claim_lanes([], [(["q_a"], 1), (["q_b"], 0)], "w")
         assert job.id == finished
         waiting_a, waiting_b = jobs.enqueue(NewJob("q_a", {})), jobs.enqueue(NewJob("q_b", {}))
-        [in_a], [in_b] = claimer.complete_and_claim_lanes([finished], [(["q_a"], 1), (["q_b"], 1)], "w")
+        [in_a], [in_b] = claimer.complete_and_claim_lanes([finished], [(["q_a"], 3), (["q_b"], 1)], "w")
         assert claimer._conn is not None
-        statements = claimer._conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+        statements = claimer._conn.execute("SELECT DISTINCT statement FROM pg_prepared_statements").fetchall()
     finally:
         claimer.close()
-    # One statement for the completion and both lanes (pipelined, they were three, each with its round of the
-    # client's and the server's per-statement work); the first round trip, without completions, is the other.
-    assert len(statements) == 2, statements
+    assert len(statements) == 1, statements  # (prepared twice: psycopg types an empty list of ids apart)
     assert (in_a.id, in_b.id) == (waiting_a, waiting_b)
     writers = conn.execute("SELECT state::text, xmin::text FROM jobs WHERE id = ANY(%s) ORDER BY id",
                            ([finished, waiting_a, waiting_b],)).fetchall()
@@ -395,3 +393,27 @@ def test_a_job_completed_in_a_round_trip_is_not_taken_again_for_its_expired_leas
     later = now + timedelta(seconds=31)
     assert jobs.complete_and_claim([job_id], ["q"], "slow-worker", 5, now=later) == []
     assert state_of(conn, job_id) == ("done", 1, None)
+
+
+def test_a_claim_loops_generic_plan_takes_its_jobs_by_primary_key_beside_a_backlog(database: Database,
+                                                                                   conn: psycopg.Connection) -> None:
+    """Each lane's limit is a parameter (one text per worker, whatever its lanes ask), which the generic plan costs
+    at a tenth of the table: the claimed jobs must still be taken by their ids, not by reading the table."""
+    conn.execute("INSERT INTO jobs (queue, payload, state) "
+                 "SELECT 'merge', '{}', 'done' FROM generate_series(1, 100000)")
+    conn.execute("INSERT INTO jobs (queue, payload) SELECT 'queue_yolov8', '{}' FROM generate_series(1, 30000)")
+    conn.execute("INSERT INTO jobs (queue, payload) SELECT 'merge', '{}' FROM generate_series(1, 5)")
+    conn.execute("ANALYZE jobs")
+    with database.pool(min_size=1, max_size=1, name="one") as one:
+        claimer = JobQueue(one).claimer()
+        try:
+            lanes = [(["queue_yolov8"], 2), (["merge", "consensus"], 3), (["queue_blip"], 1)]
+            assert [len(jobs) for jobs in claimer.complete_and_claim_lanes([], lanes, "w")] == [2, 3, 0]
+            assert claimer._conn is not None
+            [name] = claimer._conn.execute("SELECT name FROM pg_prepared_statements").fetchone()
+            plan = "\n".join(row[0] for row in claimer._conn.execute(
+                f"EXPLAIN EXECUTE {name}('{{}}', 'w', 2, 3, 1, '30 s')"))
+        finally:
+            claimer.close()
+    assert "Seq Scan" not in plan
+    assert "Index Scan using jobs_pkey" in plan.split("CTE claimed")[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from windmill.worker.lanes import Lane, claim_size, plan_lanes
+from windmill.worker.lanes import Lane, plan_lanes
 
 Q = ("queue_yolov8", "queue_ollama", "queue_pose")
 
@@ -39,8 +39,3 @@ def test_queues_that_call_no_one_service_share_one_lane_of_the_whole_budget() ->
     lanes = plan_lanes(("queue_pose", "merge", "consensus"), {"queue_pose": 1}, 4)
     assert lanes == (Lane(("queue_pose",), 1), Lane(("merge", "consensus"), 4, per_service=False))
 
-
-def test_a_service_lane_asks_for_every_free_place_a_shared_lane_for_a_power_of_two() -> None:
-    service, shared = Lane(("queue_yolov8",), 8), Lane(("merge", "consensus"), 4, per_service=False)
-    assert [claim_size(service, free) for free in (1, 3, 5, 8)] == [1, 3, 5, 8]
-    assert [claim_size(shared, free) for free in (1, 2, 3, 7, 8, 33, 64)] == [1, 2, 2, 4, 8, 32, 64]

@@ -7,7 +7,9 @@
 -- One statement, one transaction: pipelined as a completion and a statement per lane it cost a commit and a
 -- statement each, and the claim loop of a worker with three lanes spent two fifths of its CPU there. A job of
 -- %(done)s is never taken as expired in the same statement: a row changed twice by one statement keeps either
--- change. `waited`: the job had waited in a backed-up queue, so an enqueue may have stayed silent counting on it
+-- change. The candidates are read as an array: the planner, which costs each lane's LIMIT parameter at a tenth of
+-- the table, would otherwise join them by reading the whole job table (a hash join); an array of ids it looks up by
+-- the primary key. `waited`: the job had waited in a backed-up queue, so an enqueue may have stayed silent counting on it
 -- (sql/0098: the worker then claims once more shortly after).
 WITH done AS (
     UPDATE jobs
@@ -25,7 +27,7 @@ WITH done AS (
            lease_owner = %(worker)s,
            lease_expires_at = coalesce(%(now)s, now()) + %(lease)s,
            updated_at = coalesce(%(now)s, now())
-     WHERE jobs.id IN (%(claimable)s)
+     WHERE jobs.id = ANY(ARRAY(%(claimable)s))
     RETURNING jobs.id, jobs.queue, jobs.payload, jobs.image_id, jobs.state, jobs.attempts,
               jobs.max_attempts, jobs.dedupe_key, jobs.last_error,
               job_waited(jobs.run_after, jobs.created_at, coalesce(%(now)s, now()), job_backlog_wait() / 2) AS waited
@@ -39,8 +41,8 @@ SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_er
 -- order of jobs_claimable_idx: with `queue = ... ORDER BY id` the planner could read jobs_claimable_order_idx in id
 -- order and skip every other queue's waiting job on the way (a merge claim beside 300,000 waiting service tasks and
 -- a long done history of merges: 28 ms). Only jobs_claimable_idx gives this order without sorting every waiting job
--- of the queue (the same form as sql/0098's look-up). The queue, the limit and the clock are literals
--- (windmill/jobs/queue.py, round_trip_query, says why).
+-- of the queue (the same form as sql/0098's look-up). The queue and the clock are literals, the limit a parameter
+-- of its own per lane (windmill/jobs/queue.py, round_trip_query, says why).
 ready_%(lane)s AS (
     SELECT id FROM jobs
      WHERE state IN ('queued', 'failed') AND queue >= %(queue)s AND queue <= %(queue)s

@@ -53,7 +53,7 @@ from windmill.db.embedded import EmbeddedPostgres
 from windmill.db.jsonb import use_orjson
 from windmill.db.migrations import available_migrations, migrate
 from windmill.db.queries import fetch_value, parse_queries, query
-from windmill.jobs.queue import DEFAULT_LEASE, compose_round_trip
+from windmill.jobs.queue import DEFAULT_LEASE, compose_round_trip, round_trip_parameters
 from windmill.roles.answers import Answer, AnswerWriter
 
 WRITERS = 4
@@ -181,11 +181,11 @@ def _claim_answer_complete(conn: psycopg.Connection, side: Side, share: Sequence
     done: list[int] = []
     lease = DEFAULT_LEASE
     one_statement = ROUND_TRIP_QUERIES[0] in side.queries
-    round_trip = compose_round_trip(((tuple(queues), 1),), None, side.queries.__getitem__) if one_statement else ""
+    round_trip = compose_round_trip((tuple(queues),), None, side.queries.__getitem__) if one_statement else ""
     while True:
         if one_statement:
             with conn.cursor(row_factory=dict_row) as cursor:
-                claimed = cursor.execute(round_trip, {"done": done, "worker": WORKER, "lease": lease}).fetchall()
+                claimed = cursor.execute(round_trip, round_trip_parameters(done, [1], WORKER, lease)).fetchall()
         else:
             with conn.pipeline():
                 if done:

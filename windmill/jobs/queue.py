@@ -31,41 +31,49 @@ REPLAN_AFTER_S = 5.0  # how old a claimer's plans may get (Claimer)
 RETRY_JITTER = 0.2  # spread of a retry's delay: failures of one burst do not come back in lockstep
 
 
-Lanes = tuple[tuple[tuple[str, ...], int], ...]  # each lane's queues and the most it may take
-
-
 @functools.lru_cache(maxsize=512)
-def round_trip_query(lanes: Lanes, now: datetime | None = None) -> str:
-    """The claim loop's statement (`claim_round_trip`): the completion of the jobs in its `done` parameter and a
-    claim per lane, with each lane's queues, its limit and the clock (None: the database's) written into the text
-    as literals; its three parameters, `done`, the worker and the lease, choose no rows.
+def round_trip_query(lanes: tuple[tuple[str, ...], ...], now: datetime | None = None) -> str:
+    """The claim loop's statement (`claim_round_trip`) for lanes of these queues: the completion of the jobs in its
+    `done` parameter and a claim per lane, with each lane's queues and the clock (None: the database's) written
+    into the text as literals; its parameters are `done`, the worker, the lease and each lane's limit (`limit_0`,
+    `limit_1`, ...; 0 for a lane that claims nothing this time).
 
-    Why literals: a claim is the statement a worker runs most. With the queue, the LIMIT and the clock as
-    parameters, PostgreSQL planned each execution anew (a custom plan: about half of a claim's time in
-    pg_stat_statements), because its generic plan, blind to the queue, costing LIMIT as a tenth of the table and
-    `run_after <= $now` as a third of it, looked dearer, and would walk every other queue's waiting jobs in id
-    order anyway. With all three in the text, the generic plan is the custom plan, and a worker's claim loop runs
-    it from the first execution (Claimer). A worker has a few lanes and a lane few claim sizes
-    (windmill.worker.lanes.claim_size), so the texts stay few."""
+    Why literals: a claim is the statement a worker runs most. With the queue and the clock as parameters,
+    PostgreSQL planned each execution anew (a custom plan: about half of a claim's time in pg_stat_statements),
+    because its generic plan, blind to the queue, costing `run_after <= $now` as a third of the table, looked
+    dearer, and would walk every other queue's waiting jobs in id order anyway. With both in the text, the
+    generic plan reads the lane's own queue by jobs_claimable_idx, and a worker's claim loop runs it from the first
+    execution (Claimer). The limits stay parameters: every lane is in every round trip, and its limit changes from
+    one to the next, so limits written in would make a text (a statement to parse, plan and prepare) for every
+    combination of the lanes' limits — a service worker has eleven lanes. A limit does not change the plan: the
+    claim reads its queue's index in order and stops (tests/test_job_queue.py shows the generic plans)."""
     return compose_round_trip(lanes, now, query)
 
 
-def compose_round_trip(lanes: Lanes, now: datetime | None, named: Callable[[str], str]) -> str:
+def compose_round_trip(lanes: tuple[tuple[str, ...], ...], now: datetime | None,
+                       named: Callable[[str], str]) -> str:
     """round_trip_query from the named queries `named` gives (a benchmark reads another tree's)."""
     if not lanes:
         raise ValueError("a claim needs at least one lane")
     seen: set[str] = set()
     blocks, candidates = [], []
-    for index, (queues, limit) in enumerate(lanes):
+    for index, queues in enumerate(lanes):
         if not queues or seen.intersection(queues):
             raise ValueError("every lane needs queues of its own")  # a job's queue tells its lane
         seen.update(queues)
-        literals = {"queue": queues[0], "queues": list(queues), "limit": limit, "now": now}
         block = named("claim_lane_one_queue" if len(queues) == 1 else "claim_lane_of_queues")
-        blocks.append(_with_literals(block.replace("%(lane)s", str(index)), literals))
+        block = block.replace("%(lane)s", str(index)).replace("%(limit)s", f"%(limit_{index})s")
+        blocks.append(_with_literals(block, {"queue": queues[0], "queues": list(queues), "now": now}))
         candidates.append(named("claim_lane_ids").replace("%(lane)s", str(index)))
     text = named("claim_round_trip").replace("%(lanes)s", ",\n".join(blocks))
     return _with_literals(text.replace("%(claimable)s", "\n    UNION ".join(candidates)), {"now": now})
+
+
+def round_trip_parameters(done: Sequence[int], limits: Sequence[int], worker_id: str,
+                          lease: timedelta) -> dict[str, Any]:
+    """The parameters of a round_trip_query."""
+    return {"done": list(done), "worker": worker_id, "lease": lease,
+            **{f"limit_{index}": limit for index, limit in enumerate(limits)}}
 
 
 def _with_literals(text: str, literals: dict[str, Any]) -> str:
@@ -244,12 +252,12 @@ def claim_round_trip(conn: psycopg.Connection, done: Iterable[int], lanes: Seque
         if done:
             conn.execute(query("complete_jobs"), {"ids": done, "worker": worker_id, "now": now}, prepare=prepare)
         return []
-    shape = tuple((tuple(queues), limit) for queues, limit in lanes)
+    shape = tuple(tuple(queues) for queues, _ in lanes)
     with conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(round_trip_query(shape, now), {"done": done, "worker": worker_id, "lease": lease},
-                       prepare=prepare)
+        cursor.execute(round_trip_query(shape, now),
+                       round_trip_parameters(done, [limit for _, limit in lanes], worker_id, lease), prepare=prepare)
         rows = cursor.fetchall()
-    lane_of = {queue: index for index, (queues, _) in enumerate(shape) for queue in queues}
+    lane_of = {queue: index for index, queues in enumerate(shape) for queue in queues}
     claimed: list[list[Job]] = [[] for _ in shape]
     for row in rows:
         claimed[lane_of[row["queue"]]].append(Job.from_row(row))

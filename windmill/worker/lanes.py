@@ -49,14 +49,6 @@ def plan_lanes(queues: Sequence[str], service_queues: Mapping[str, int | None], 
     return tuple(lanes)
 
 
-def claim_size(lane: Lane, free: int) -> int:
-    """How many jobs a lane with `free` places asks for: a service lane every free place; a shared lane, which holds
-    a batch waiting for its threads anyway, the largest power of two that fits. Each size is a claim text of its own
-    (the job queue writes the limit into the statement), planned once per connection: powers of two keep a batch of
-    64 to 7 texts, not 64."""
-    return free if lane.per_service or free < 1 else 1 << (free.bit_length() - 1)
-
-
 def describe_lanes(lanes: Sequence[Lane]) -> str:
     """How a worker's threads are shared out, for its start-up line: `queue_yolov8 4, queue_ollama 1`."""
     return ", ".join(f"{lane.name} {lane.threads}" for lane in lanes)

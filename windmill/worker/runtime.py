@@ -28,7 +28,7 @@ from windmill.db.connect import is_database_unavailable
 from windmill.errors import first_line
 from windmill.jobs import Job, JobQueue, JobState, PermanentJobError
 from windmill.roles.registry import Role
-from windmill.worker.lanes import Lane, claim_size, describe_lanes, plan_lanes
+from windmill.worker.lanes import Lane, describe_lanes, plan_lanes
 from windmill.worker.listener import RECONNECT_CAP_S, RECONNECT_FIRST_S, JobListener
 from windmill.worker.presence import WorkerPresence
 
@@ -107,9 +107,6 @@ class _LaneState:
     @property
     def free(self) -> int:
         return self.holds - self.busy
-
-    def claim_size(self) -> int:
-        return claim_size(self.lane, self.free)
 
     def claimed(self, jobs: list[Job], asked: int) -> None:
         """Note a claim's outcome. An enqueue stays silent while its queue is backed up (sql/0098), counting on a
@@ -240,6 +237,8 @@ class Worker:
                     self._stopping.wait(delay)
                     continue
                 for (lane, asked), jobs in zip(asks, claimed, strict=True):
+                    if not asked:
+                        continue  # it did not claim: a dry lane stays dry
                     lane.claimed(jobs, asked)
                     for job in jobs:
                         if self.hooks.on_claimed:
@@ -254,10 +253,12 @@ class Worker:
 
     @staticmethod
     def _claims_wanted(lanes: list[_LaneState]) -> list[tuple[_LaneState, int]]:
-        """When a lane is worth a round trip, every lane with places free claims in it: (lane, most to take)."""
+        """When a lane is worth a round trip, every lane with places free claims in it: (lane, most to take), each
+        lane in order, 0 for one that claims nothing (a round trip's statement has every lane: one text per worker,
+        windmill.jobs.queue.round_trip_query)."""
         if not any(lane.wants_claim() for lane in lanes):
             return []
-        return [(lane, lane.claim_size()) for lane in lanes if lane.free > 0 and not lane.dry]
+        return [(lane, lane.free if lane.free > 0 and not lane.dry else 0) for lane in lanes]
 
     def _run_one(self, job: Job, lane: _LaneState) -> None:
         error: BaseException | None = None
