@@ -221,7 +221,8 @@ def test_notify_payload_is_constant(jobs: JobQueue, database: Database) -> None:
 
 def _plan(conn: psycopg.Connection, queues: list[str]) -> str:
     params = round_trip_parameters([], [10], "w", timedelta(seconds=30))
-    return "\n".join(row[0] for row in conn.execute("EXPLAIN " + round_trip_query((tuple(queues),)), params))
+    explained = psycopg.RawCursor(conn).execute("EXPLAIN " + round_trip_query((tuple(queues),)), params)
+    return "\n".join(row[0] for row in explained)
 
 
 def test_claim_queries_use_the_claimable_partial_indexes(conn: psycopg.Connection) -> None:
@@ -244,7 +245,7 @@ def _claimer_plan(claimer: Claimer) -> str:
     assert claimer._conn is not None
     [name] = claimer._conn.execute("SELECT name FROM pg_prepared_statements "
                                    "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%'").fetchone()
-    return "\n".join(row[0] for row in claimer._conn.execute(f"EXPLAIN EXECUTE {name}('{{}}', 'w', 1, '30 s')"))
+    return "\n".join(row[0] for row in claimer._conn.execute(f"EXPLAIN EXECUTE {name}('{{}}', 'w', '30 s', 1)"))
 
 
 def test_a_claimer_plans_again_so_a_grown_table_is_read_by_index(database: Database,
@@ -412,8 +413,19 @@ def test_a_claim_loops_generic_plan_takes_its_jobs_by_primary_key_beside_a_backl
             assert claimer._conn is not None
             [name] = claimer._conn.execute("SELECT name FROM pg_prepared_statements").fetchone()
             plan = "\n".join(row[0] for row in claimer._conn.execute(
-                f"EXPLAIN EXECUTE {name}('{{}}', 'w', 2, 3, 1, '30 s')"))
+                f"EXPLAIN EXECUTE {name}('{{}}', 'w', '30 s', 2, 3, 1)"))
         finally:
             claimer.close()
     assert "Seq Scan" not in plan
     assert "Index Scan using jobs_pkey" in plan.split("CTE claimed")[1]
+
+
+def test_a_queue_whose_name_holds_placeholder_characters_is_claimed_as_named(jobs: JobQueue) -> None:
+    wanted = jobs.enqueue(NewJob("odd%(done)s%(queues)s%s$1", {}))
+    jobs.enqueue(NewJob("other", {}))
+    claimer = jobs.claimer()
+    try:
+        [odd, other] = claimer.complete_and_claim_lanes([], [(["odd%(done)s%(queues)s%s$1"], 5), (["other"], 0)], "w")
+    finally:
+        claimer.close()
+    assert [job.id for job in odd] == [wanted] and other == []

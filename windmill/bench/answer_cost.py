@@ -184,7 +184,7 @@ def _claim_answer_complete(conn: psycopg.Connection, side: Side, share: Sequence
     round_trip = compose_round_trip((tuple(queues),), None, side.queries.__getitem__) if one_statement else ""
     while True:
         if one_statement:
-            with conn.cursor(row_factory=dict_row) as cursor:
+            with psycopg.RawCursor(conn, row_factory=dict_row) as cursor:
                 claimed = cursor.execute(round_trip, round_trip_parameters(done, [1], WORKER, lease)).fetchall()
         else:
             with conn.pipeline():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -52,7 +53,12 @@ def round_trip_query(lanes: tuple[tuple[str, ...], ...], now: datetime | None = 
 
 def compose_round_trip(lanes: tuple[tuple[str, ...], ...], now: datetime | None,
                        named: Callable[[str], str]) -> str:
-    """round_trip_query from the named queries `named` gives (a benchmark reads another tree's)."""
+    """round_trip_query from the named queries `named` gives (a benchmark reads another tree's).
+
+    The text comes with PostgreSQL's own placeholders ($1 …, in round_trip_parameters' order), for a RawCursor:
+    psycopg converts a `%(name)s` query with a regular expression and caches the result only for texts up to 4 KiB,
+    and eleven lanes make about 12 KiB, converted again at every round trip (a quarter of a job-table service
+    worker's time)."""
     if not lanes:
         raise ValueError("a claim needs at least one lane")
     seen: set[str] = set()
@@ -62,25 +68,38 @@ def compose_round_trip(lanes: tuple[tuple[str, ...], ...], now: datetime | None,
             raise ValueError("every lane needs queues of its own")  # a job's queue tells its lane
         seen.update(queues)
         block = named("claim_lane_one_queue" if len(queues) == 1 else "claim_lane_of_queues")
-        block = block.replace("%(lane)s", str(index)).replace("%(limit)s", f"%(limit_{index})s")
-        blocks.append(_with_literals(block, {"queue": queues[0], "queues": list(queues), "now": now}))
+        block = _placeholders(block.replace("%(lane)s", str(index)).replace(
+            "%(limit)s", f"${len(_FIXED_PARAMETERS) + index + 1}"))
+        # Literals last: a queue's name is data, whatever placeholder it may look like.
+        blocks.append(_with_literals(block, {"now": now, "queue": queues[0], "queues": list(queues)}))
         candidates.append(named("claim_lane_ids").replace("%(lane)s", str(index)))
-    text = named("claim_round_trip").replace("%(lanes)s", ",\n".join(blocks))
-    return _with_literals(text.replace("%(claimable)s", "\n    UNION ".join(candidates)), {"now": now})
+    text = _with_literals(_placeholders(named("claim_round_trip")), {"now": now})
+    return text.replace("%(claimable)s", "\n    UNION ".join(candidates)).replace("%(lanes)s", ",\n".join(blocks))
+
+
+def _placeholders(text: str) -> str:
+    for position, name in enumerate(_FIXED_PARAMETERS, start=1):
+        text = text.replace(f"%({name})s", f"${position}")
+    return text
+
+
+_FIXED_PARAMETERS = ("done", "worker", "lease")  # $1, $2, $3; each lane's limit follows
 
 
 def round_trip_parameters(done: Sequence[int], limits: Sequence[int], worker_id: str,
-                          lease: timedelta) -> dict[str, Any]:
-    """The parameters of a round_trip_query."""
-    return {"done": list(done), "worker": worker_id, "lease": lease,
-            **{f"limit_{index}": limit for index, limit in enumerate(limits)}}
+                          lease: timedelta) -> list[Any]:
+    """The parameters of a round_trip_query, in its placeholders' order."""
+    return [list(done), worker_id, lease, *limits]
 
 
 def _with_literals(text: str, literals: dict[str, Any]) -> str:
-    for name, value in literals.items():
-        # A '%' in a queue's name would read as a placeholder to psycopg: doubled, it stays a character.
-        text = text.replace(f"%({name})s", sql.Literal(value).as_string().replace("%", "%%"))
-    return text
+    """`%(name)s` of `literals` replaced by the value as an SQL literal, in one pass: what one puts in is never read
+    as a placeholder again."""
+    return _PLACEHOLDER.sub(lambda found: sql.Literal(literals[found[1]]).as_string() if found[1] in literals
+                            else found[0], text)
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
 
 @dataclass(frozen=True)
@@ -253,7 +272,7 @@ def claim_round_trip(conn: psycopg.Connection, done: Iterable[int], lanes: Seque
             conn.execute(query("complete_jobs"), {"ids": done, "worker": worker_id, "now": now}, prepare=prepare)
         return []
     shape = tuple(tuple(queues) for queues, _ in lanes)
-    with conn.cursor(row_factory=dict_row) as cursor:
+    with psycopg.RawCursor(conn, row_factory=dict_row) as cursor:
         cursor.execute(round_trip_query(shape, now),
                        round_trip_parameters(done, [limit for _, limit in lanes], worker_id, lease), prepare=prepare)
         rows = cursor.fetchall()
