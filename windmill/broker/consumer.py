@@ -55,7 +55,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 
 from windmill.backoff import backoff_delay, backoff_delays
 from windmill.broker.base import MalformedTaskError, Task, TaskHandler
-from concurrent.futures import ThreadPoolExecutor
+from windmill.broker.handoff import HandlerThreads
 from windmill.broker.rabbitmq import (
     ANSWER_TIMEOUT_S,
     ATTEMPTS_HEADER,
@@ -242,13 +242,13 @@ class RabbitMQConsumer:
                 self.stopping.wait(pause)
         finally:
             for executor in set(self._executors.values()):
-                executor.shutdown(wait=False, cancel_futures=True)
+                executor.shutdown()
 
     def _handler_pools(self) -> dict[str, HandlerThreads[_Delivery]]:
         if self._lane_threads is None:
-            shared = ThreadPoolExecutor(self._concurrency, thread_name_prefix="windmill-consumer")
+            shared = HandlerThreads(self._concurrency, self._work, "windmill-consumer")
             return dict.fromkeys(self.queues, shared)
-        return {queue: ThreadPoolExecutor(threads, thread_name_prefix=f"windmill-consumer-{queue}")
+        return {queue: HandlerThreads(threads, self._work, f"windmill-consumer-{queue}")
                 for queue, threads in self._lane_threads.items()}
 
     # -- the connection's thread -----------------------------------------------------------------------------------
@@ -338,7 +338,7 @@ class RabbitMQConsumer:
                              tag=method.delivery_tag, body=body, properties=properties,
                              attempt=_attempts_made(properties) + 1, redelivered=bool(method.redelivered))
         self._unsettled[queue, delivery.tag] = delivery
-        self._executors[queue].submit(self._work, delivery)
+        self._executors[queue].put(delivery)
 
     def _current(self, delivery: _Delivery) -> bool:
         current = self._channels.get(delivery.queue)
@@ -409,7 +409,7 @@ class RabbitMQConsumer:
         self._held.pop((delivery.queue, delivery.tag), None)
         if not self._current(delivery):
             return
-        self._executors[delivery.queue].submit(self._work, delivery)
+        self._executors[delivery.queue].put(delivery)
 
     def _forward(self, delivery: _Delivery, queue: str) -> None:
         """Publish a copy of the task to `queue` (its own for the next attempt, or its DLQ) with the attempts made
