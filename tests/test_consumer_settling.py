@@ -111,19 +111,25 @@ def database_error(call: int) -> psycopg.OperationalError:
     return psycopg.OperationalError(f"server closed the connection unexpectedly (call {call})")
 
 
-@pytest.mark.parametrize("held_for", ["retry", "database"])
+@pytest.mark.parametrize("held_for", ["retry", "database", "running"])
 def test_a_multiple_ack_never_covers_a_held_task_which_comes_back_after_a_kill(
         amqp_url: str, admin: BlockingChannel, queue_name: str, monkeypatch: pytest.MonkeyPatch,
         held_for: str) -> None:
-    """A task in the middle of the queue fails once (a retry, or the database away) and is held (30 s, the cap)
-    while the tasks before and after it succeed and are acked, those before it with multiple acks; then the broker
-    kills the consumer's connection. The held task was never acked, so RabbitMQ delivers it again."""
+    """A task in the middle of the queue fails once (a retry, or the database away) and is held (30 s, the cap),
+    or its handler is still running, while the tasks before and after it succeed and are acked, those before it
+    with multiple acks; then the broker kills the consumer's connection. The held task was never acked, so
+    RabbitMQ delivers it again."""
     tasks = make_tasks(queue_name, 61)
     held = tasks[30]
+    release = threading.Event()
 
     def behave(task: Task, call: int) -> None:
-        if task.task_id == held.task_id and call == 1:
-            raise database_error(call) if held_for == "database" else TimeoutError("the service timed out")
+        if task.task_id != held.task_id or call > 1:
+            return
+        if held_for == "running":
+            assert release.wait(timeout=30)  # its outcome comes after the kill: stale, never applied
+            return
+        raise database_error(call) if held_for == "database" else TimeoutError("the service timed out")
 
     acks = AckRecorder(monkeypatch)
     handler = Recorder(behave)
@@ -137,6 +143,7 @@ def test_a_multiple_ack_never_covers_a_held_task_which_comes_back_after_a_kill(
             assert any(multiple for _tag, multiple in acks.frames), "no multiple ack: the test proved nothing"
             assert handler.counts()[held.task_id] == 1
             assert close_connections_named(name) == 1  # as a crash of the worker would
+            release.set()
             wait_until(lambda: consumer.connections == 2, timeout=15, message="the consumer to reconnect")
             wait_until(lambda: handler.counts()[held.task_id] == 2, timeout=15,
                        message="the held task delivered again after the kill")
