@@ -1,10 +1,11 @@
 """Consumer CPU benchmark: process CPU (user + system, getrusage) that `RabbitMQConsumer` spends per task when its
 handler does nothing, so what is measured is receiving, handing out and settling deliveries. The tasks are
-published first (by a connection of their own, before the clock starts); the consumer then runs with a lane of
-`threads` handler threads and the same prefetch, as a service worker's lane does, until every task is handled and
-it has drained. Broker: WINDMILL_AMQP_URL, else guest@127.0.0.1:5672.
+published first (by a connection of their own, before the clock starts), spread evenly over `queues` queues; the
+consumer then runs with a lane of `threads` handler threads and the same prefetch per queue, as a service worker's
+lanes do (a primary service worker with 8 threads has 11 lanes of 1), until every task is handled and it has
+drained. Broker: WINDMILL_AMQP_URL, else guest@127.0.0.1:5672.
 
-    python -m windmill.bench.consumer_cpu [tasks] [threads]
+    python -m windmill.bench.consumer_cpu [tasks] [threads] [queues]
 
 prints one line: tasks, threads, CPU µs per task (the process's, and of it the connection thread's), wall
 seconds. Compare two trees by running a copy of this file (outside the package, so that PYTHONPATH decides which
@@ -41,12 +42,13 @@ def _tasks(queue: str, count: int) -> list[Task]:
                  service_name="bench", queue_name=queue) for n in range(count)]
 
 
-def measure(amqp_url: str, tasks: int, threads: int) -> tuple[float, float, float]:
+def measure(amqp_url: str, tasks: int, threads: int, queues: int = 1) -> tuple[float, float, float]:
     """(process CPU µs per task, the connection thread's CPU µs per task, wall seconds) of consuming `tasks`
-    no-op tasks with `threads` handler threads."""
-    queue = f"queue_bench_consumer_{uuid.uuid4().hex[:8]}"
+    no-op tasks from `queues` queues with a lane of `threads` handler threads each."""
+    names = [f"queue_bench_consumer_{uuid.uuid4().hex[:8]}" for _ in range(max(1, queues))]
     with RabbitMQBroker(amqp_url) as broker:
-        broker.publish(_tasks(queue, tasks))
+        for n, queue in enumerate(names):
+            broker.publish(_tasks(queue, tasks // len(names) + (n < tasks % len(names))))
     handled = 0
     lock, done = threading.Lock(), threading.Event()
 
@@ -57,7 +59,8 @@ def measure(amqp_url: str, tasks: int, threads: int) -> tuple[float, float, floa
             if handled >= tasks:
                 done.set()
 
-    consumer = RabbitMQConsumer(amqp_url, {queue: threads}, handle, concurrency={queue: threads})
+    lanes = dict.fromkeys(names, threads)
+    consumer = RabbitMQConsumer(amqp_url, lanes, handle, concurrency=lanes)
     connection_thread_cpu_s = 0.0
 
     def run() -> None:
@@ -80,9 +83,10 @@ def measure(amqp_url: str, tasks: int, threads: int) -> tuple[float, float, floa
         consumer.request_stop(immediately=True)
         connection = BlockingConnection(pika.URLParameters(amqp_url))
         channel = connection.channel()
-        left = channel.queue_declare(queue=queue, passive=True).method.message_count
-        for name in (queue, dead_letter_queue(queue)):
-            channel.queue_delete(name)
+        left = sum(channel.queue_declare(queue=queue, passive=True).method.message_count for queue in names)
+        for queue in names:
+            for name in (queue, dead_letter_queue(queue)):
+                channel.queue_delete(name)
         connection.close()
     if left:
         raise SystemExit(f"{left} tasks left in the queue after the consumer stopped")
@@ -92,9 +96,10 @@ def measure(amqp_url: str, tasks: int, threads: int) -> tuple[float, float, floa
 def main(argv: list[str]) -> int:
     tasks = int(argv[0]) if argv else 20_000
     threads = int(argv[1]) if len(argv) > 1 else 8
+    queues = int(argv[2]) if len(argv) > 2 else 1
     per_task_us, connection_thread_us, wall = measure(os.environ.get("WINDMILL_AMQP_URL", DEFAULT_URL), tasks,
-                                                      threads)
-    print(f"tasks {tasks} threads {threads} cpu_us_per_task {per_task_us:.1f} "
+                                                      threads, queues)
+    print(f"tasks {tasks} queues {queues} threads {threads} cpu_us_per_task {per_task_us:.1f} "
           f"connection_thread_us_per_task {connection_thread_us:.1f} wall_s {wall:.2f}")
     return 0
 
