@@ -11,6 +11,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 
+import pika.channel
 import psycopg
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
@@ -88,20 +89,21 @@ def test_a_mailbox_loses_no_item_posted_from_many_threads_while_it_settles() -> 
 
 
 class AckRecorder:
-    """pika's BlockingChannel.basic_ack, wrapped: every ack frame sent, and the tags it settles by channel."""
+    """pika's Channel.basic_ack (which BlockingChannel's calls too), wrapped: every ack frame sent, and the tags it
+    settles by channel."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.frames: list[tuple[int, bool]] = []
         self.settled: dict[int, set[int]] = {}  # id of the channel → tags its acks settled
-        original = BlockingChannel.basic_ack
+        original = pika.channel.Channel.basic_ack
 
-        def basic_ack(channel: BlockingChannel, delivery_tag: int = 0, multiple: bool = False) -> None:
+        def basic_ack(channel: pika.channel.Channel, delivery_tag: int = 0, multiple: bool = False) -> None:
             original(channel, delivery_tag, multiple)
             self.frames.append((delivery_tag, multiple))
             tags = self.settled.setdefault(id(channel), set())
             tags.update(range(1, delivery_tag + 1) if multiple else (delivery_tag,))
 
-        monkeypatch.setattr(BlockingChannel, "basic_ack", basic_ack)
+        monkeypatch.setattr(pika.channel.Channel, "basic_ack", basic_ack)
 
     def tags_settled(self) -> int:
         return sum(len(tags) for tags in list(self.settled.values()))

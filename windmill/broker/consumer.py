@@ -361,7 +361,9 @@ class RabbitMQConsumer:
             if queue in acks and tag < lowest_open.get(queue, tag + 1):
                 lowest_open[queue] = tag
         for queue, tags in acks.items():
-            channel = self._channels[queue]
+            # The channel's asynchronous side buffers the frame, and the I/O loop this batch runs in sends the
+            # batch's frames together once it returns; BlockingChannel.basic_ack would run the loop once per frame.
+            channel = self._channels[queue]._impl
             multiple, singles = plan_acks(tags, lowest_open.get(queue))
             if multiple is not None:
                 channel.basic_ack(multiple, multiple=True)
