@@ -92,7 +92,7 @@ def test_every_primary_service_answers_every_sample_once_through_rabbitmq(
     assert conn.execute("SELECT count(*) FROM jobs WHERE queue = 'merge'").fetchone()[0] == images
 
 
-_POOL_FILES = ("threading.py", "queue.py", "thread.py")  # a handler thread waiting for work is idle
+_POOL_FILES = ("threading.py", "queue.py", "thread.py", "handoff.py")  # a handler thread waiting for work is idle
 
 
 def _handler_threads() -> str:

@@ -31,9 +31,11 @@ A stop drains: no new deliveries, held retries are published at once, messages w
 the queue, running handlers get `drain_timeout` seconds; then (or at once when told to leave now) the connection
 closes and RabbitMQ redelivers whatever is still unacked.
 
-pika's BlockingConnection is not thread-safe: only `run()`'s thread touches it. Handler threads hand their outcome
-back with `add_callback_threadsafe`, and an outcome is applied only if its delivery came on the channel that is
-still current: delivery tags belong to a channel, and acking a stale tag on a new channel acks the wrong message.
+pika's BlockingConnection is not thread-safe: only `run()`'s thread touches it. Handler threads post their outcome
+to the connection's mailbox (windmill.broker.settling), which wakes that thread once per batch, and an outcome is
+applied only if its delivery came on the channel that is still current: delivery tags belong to a channel, and
+acking a stale tag on a new channel acks the wrong message. A batch's acks below the lowest tag still unsettled on
+their channel go out as one ack with `multiple`, so it never covers a running, held or waiting delivery.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 
@@ -54,6 +55,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 
 from windmill.backoff import backoff_delay, backoff_delays
 from windmill.broker.base import MalformedTaskError, Task, TaskHandler
+from windmill.broker.handoff import HandlerThreads
 from windmill.broker.rabbitmq import (
     ANSWER_TIMEOUT_S,
     ATTEMPTS_HEADER,
@@ -70,6 +72,7 @@ from windmill.broker.rabbitmq import (
     describe_error,
     is_fatal,
 )
+from windmill.broker.settling import Mailbox, plan_acks
 from windmill.db.connect import is_database_unavailable
 from windmill.errors import first_line
 from windmill.jobs.model import PermanentJobError
@@ -97,6 +100,7 @@ class _Delivery:
     """One message as delivered on one channel; its tag means nothing on any other channel."""
 
     connection: BlockingConnection
+    mailbox: Mailbox[tuple[_Delivery, _Outcome]]  # its connection's: where its outcome goes
     channel: BlockingChannel
     queue: str
     tag: int
@@ -175,12 +179,13 @@ class RabbitMQConsumer:
         self._channels: dict[str, BlockingChannel] = {}
         self._consumer_tags: dict[str, str] = {}
         self._retry_channel: BlockingChannel | None = None
+        self._mailbox: Mailbox[tuple[_Delivery, _Outcome]] | None = None
         self._unsettled: dict[tuple[str, int], _Delivery] = {}
         # (queue, delivery tag) → the timer of a delivery waiting, and what for (RETRY or WAIT_FOR_DATABASE)
         self._held: dict[tuple[str, int], tuple[object, _Outcome]] = {}
         self._cancelled_by_broker: str | None = None
         self._draining = False
-        self._executors: dict[str, ThreadPoolExecutor] = {}  # by queue; the same pool for all without lanes
+        self._executors: dict[str, HandlerThreads[_Delivery]] = {}  # by queue; the same threads for all without lanes
 
     def request_stop(self, *, immediately: bool = False) -> None:
         """Stop consuming and drain (running handlers get `drain_timeout` seconds); `immediately`: leave without
@@ -237,13 +242,13 @@ class RabbitMQConsumer:
                 self.stopping.wait(pause)
         finally:
             for executor in set(self._executors.values()):
-                executor.shutdown(wait=False, cancel_futures=True)
+                executor.shutdown()
 
-    def _handler_pools(self) -> dict[str, ThreadPoolExecutor]:
+    def _handler_pools(self) -> dict[str, HandlerThreads[_Delivery]]:
         if self._lane_threads is None:
-            shared = ThreadPoolExecutor(self._concurrency, thread_name_prefix="windmill-consumer")
+            shared = HandlerThreads(self._concurrency, self._work, "windmill-consumer")
             return dict.fromkeys(self.queues, shared)
-        return {queue: ThreadPoolExecutor(threads, thread_name_prefix=f"windmill-consumer-{queue}")
+        return {queue: HandlerThreads(threads, self._work, f"windmill-consumer-{queue}")
                 for queue, threads in self._lane_threads.items()}
 
     # -- the connection's thread -----------------------------------------------------------------------------------
@@ -252,6 +257,8 @@ class RabbitMQConsumer:
         self._unsettled, self._held = {}, {}
         self._cancelled_by_broker, self._draining = None, False
         self._channels, self._consumer_tags = {}, {}
+        # A mailbox per connection: one whose connection died with a wake-up pending would never wake again.
+        self._mailbox = Mailbox(connection.add_callback_threadsafe, self._settle_batch)
         # Each step (a queue's channel, declarations and prefetch; the retry channel; a consumer) gets the answer
         # timeout: a broker slow to answer many queues is waited for as long as it keeps answering.
         with answer_within(connection, self._answer_timeout, f"setting up consuming {self._described}") as clock:
@@ -312,7 +319,7 @@ class RabbitMQConsumer:
         log.info("stopped consuming %s", self._described, extra={"action": "rabbitmq_stopped"})
 
     def _forget(self, connection: BlockingConnection) -> None:
-        self._channels, self._consumer_tags, self._retry_channel = {}, {}, None
+        self._channels, self._consumer_tags, self._retry_channel, self._mailbox = {}, {}, None, None
         self._unsettled, self._held = {}, {}
         if connection.is_open:
             try:
@@ -326,16 +333,42 @@ class RabbitMQConsumer:
 
     def _on_message(self, queue: str, channel: BlockingChannel, method: pika.spec.Basic.Deliver,
                     properties: pika.BasicProperties, body: bytes) -> None:
-        assert queue in self._channels and self._channels[queue] is channel
-        delivery = _Delivery(connection=channel.connection, channel=channel, queue=queue, tag=method.delivery_tag,
-                             body=body, properties=properties, attempt=_attempts_made(properties) + 1,
-                             redelivered=bool(method.redelivered))
+        assert queue in self._channels and self._channels[queue] is channel and self._mailbox is not None
+        delivery = _Delivery(connection=channel.connection, mailbox=self._mailbox, channel=channel, queue=queue,
+                             tag=method.delivery_tag, body=body, properties=properties,
+                             attempt=_attempts_made(properties) + 1, redelivered=bool(method.redelivered))
         self._unsettled[queue, delivery.tag] = delivery
-        self._executors[queue].submit(self._work, delivery)
+        self._executors[queue].put(delivery)
 
     def _current(self, delivery: _Delivery) -> bool:
         current = self._channels.get(delivery.queue)
         return current is not None and current is delivery.channel and bool(current.is_open)
+
+    def _settle_batch(self, outcomes: list[tuple[_Delivery, _Outcome]]) -> None:
+        """Apply the outcomes handler threads posted since the last batch: all but the acks one by one, then the
+        acks, by channel, in as few frames as the tags still unsettled there allow (plan_acks)."""
+        acks: dict[str, list[int]] = {}
+        for delivery, outcome in outcomes:
+            if outcome is _Outcome.ACK and self._current(delivery):
+                del self._unsettled[delivery.queue, delivery.tag]
+                acks.setdefault(delivery.queue, []).append(delivery.tag)
+            else:
+                self._settle(delivery, outcome)
+        if not acks:
+            return
+        lowest_open: dict[str, int] = {}
+        for queue, tag in self._unsettled:
+            if queue in acks and tag < lowest_open.get(queue, tag + 1):
+                lowest_open[queue] = tag
+        for queue, tags in acks.items():
+            # The channel's asynchronous side buffers the frame, and the I/O loop this batch runs in sends the
+            # batch's frames together once it returns; BlockingChannel.basic_ack would run the loop once per frame.
+            channel = self._channels[queue]._impl
+            multiple, singles = plan_acks(tags, lowest_open.get(queue))
+            if multiple is not None:
+                channel.basic_ack(multiple, multiple=True)
+            for tag in singles:
+                channel.basic_ack(tag)
 
     def _settle(self, delivery: _Delivery, outcome: _Outcome) -> None:
         if not self._current(delivery):
@@ -378,7 +411,7 @@ class RabbitMQConsumer:
         self._held.pop((delivery.queue, delivery.tag), None)
         if not self._current(delivery):
             return
-        self._executors[delivery.queue].submit(self._work, delivery)
+        self._executors[delivery.queue].put(delivery)
 
     def _forward(self, delivery: _Delivery, queue: str) -> None:
         """Publish a copy of the task to `queue` (its own for the next attempt, or its DLQ) with the attempts made
@@ -406,7 +439,7 @@ class RabbitMQConsumer:
     def _work(self, delivery: _Delivery) -> None:
         outcome = _Outcome.REQUEUE if self._draining else self._handle(delivery)
         try:
-            delivery.connection.add_callback_threadsafe(functools.partial(self._settle, delivery, outcome))
+            delivery.mailbox.post((delivery, outcome))
         except pika.exceptions.ConnectionWrongStateError:
             log.debug("the connection of a finished task closed: RabbitMQ redelivers it")
 

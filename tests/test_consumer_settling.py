@@ -1,0 +1,172 @@
+"""The consumer settles deliveries in batches (windmill.broker.settling): one wake-up of the connection's thread per
+batch, one ack with `multiple` for the tags below the lowest one still open on their channel. A multiple ack never
+covers a delivery that is running, held for a retry or waiting for the database: after the consumer's connection
+is killed such a task comes back. Against the broker of WINDMILL_TEST_AMQP_URL (see tests/test_rabbitmq.py)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable
+
+import pika.channel
+import psycopg
+import pytest
+from pika.adapters.blocking_connection import BlockingChannel
+
+from tests.conftest import wait_until
+from tests.test_rabbitmq import Recorder, close_connections_named, consumer_for, depth, make_tasks, running
+from windmill.broker.base import Task
+from windmill.broker.rabbitmq import RabbitMQBroker
+from windmill.broker.settling import Mailbox, plan_acks
+
+# -- pure pieces ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("tags", "lowest_open", "multiple", "singles"), [
+    ([], None, None, []),
+    ([5], None, None, [5]),  # one tag: an ordinary ack
+    ([3, 1, 2], None, 3, []),  # nothing open: one ack covers the batch
+    ([1, 2, 3], 4, 3, []),
+    ([1, 2, 5, 6], 4, 2, [5, 6]),  # the open tag 4 stays outside the multiple ack
+    ([5, 6], 4, None, [5, 6]),  # everything above the open tag: one by one
+    ([2, 6], 4, None, [2, 6]),  # a single tag below: no gain in a multiple ack
+    ([2, 3], 1, None, [2, 3]),  # the lowest tag open: nothing below it to cover
+])
+def test_a_multiple_ack_covers_only_the_tags_below_the_lowest_open_one(
+        tags: list[int], lowest_open: int | None, multiple: int | None, singles: list[int]) -> None:
+    assert plan_acks(tags, lowest_open) == (multiple, singles)
+
+
+def test_a_mailbox_wakes_once_per_batch_and_hands_over_each_item_once() -> None:
+    wakes: list[Callable[[], None]] = []
+    batches: list[list[int]] = []
+    mailbox: Mailbox[int] = Mailbox(wakes.append, batches.append)
+    for item in (1, 2, 3):
+        mailbox.post(item)
+    assert len(wakes) == 1 and batches == []
+    wakes.pop()()
+    assert batches == [[1, 2, 3]]
+    mailbox.post(4)  # the batch was taken: the next post wakes again
+    assert len(wakes) == 1
+    wakes.pop()()
+    assert batches == [[1, 2, 3], [4]]
+
+
+def test_a_mailbox_loses_no_item_posted_from_many_threads_while_it_settles() -> None:
+    callbacks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+    settled: list[int] = []
+    wakes = Counter[str]()
+
+    def wake(callback: Callable[[], None]) -> None:
+        wakes["wake"] += 1
+        callbacks.put(callback)
+
+    mailbox: Mailbox[int] = Mailbox(wake, settled.extend)
+
+    def settler() -> None:
+        while (callback := callbacks.get()) is not None:
+            callback()
+
+    settling = threading.Thread(target=settler)
+    settling.start()
+    posters = [threading.Thread(target=lambda n=n: [mailbox.post(n * 10_000 + i) for i in range(10_000)])
+               for n in range(8)]
+    for poster in posters:
+        poster.start()
+    for poster in posters:
+        poster.join()
+    wait_until(lambda: len(settled) >= 80_000, message="every item settled")
+    callbacks.put(None)
+    settling.join()
+    assert sorted(settled) == [n * 10_000 + i for n in range(8) for i in range(10_000)]
+    assert wakes["wake"] < 80_000
+
+
+# -- against RabbitMQ -------------------------------------------------------------------------------------------------
+
+
+class AckRecorder:
+    """pika's Channel.basic_ack (which BlockingChannel's calls too), wrapped: every ack frame sent, and the tags it
+    settles by channel."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.frames: list[tuple[int, bool]] = []
+        self.settled: dict[int, set[int]] = {}  # id of the channel → tags its acks settled
+        original = pika.channel.Channel.basic_ack
+
+        def basic_ack(channel: pika.channel.Channel, delivery_tag: int = 0, multiple: bool = False) -> None:
+            original(channel, delivery_tag, multiple)
+            self.frames.append((delivery_tag, multiple))
+            tags = self.settled.setdefault(id(channel), set())
+            tags.update(range(1, delivery_tag + 1) if multiple else (delivery_tag,))
+
+        monkeypatch.setattr(pika.channel.Channel, "basic_ack", basic_ack)
+
+    def tags_settled(self) -> int:
+        return sum(len(tags) for tags in list(self.settled.values()))
+
+
+def database_error(call: int) -> psycopg.OperationalError:
+    return psycopg.OperationalError(f"server closed the connection unexpectedly (call {call})")
+
+
+@pytest.mark.parametrize("held_for", ["retry", "database", "running"])
+def test_a_multiple_ack_never_covers_a_held_task_which_comes_back_after_a_kill(
+        amqp_url: str, admin: BlockingChannel, queue_name: str, monkeypatch: pytest.MonkeyPatch,
+        held_for: str) -> None:
+    """A task in the middle of the queue fails once (a retry, or the database away) and is held (30 s, the cap),
+    or its handler is still running, while the tasks before and after it succeed and are acked, those before it
+    with multiple acks; then the broker kills the consumer's connection. The held task was never acked, so
+    RabbitMQ delivers it again."""
+    tasks = make_tasks(queue_name, 61)
+    held = tasks[30]
+    release = threading.Event()
+
+    def behave(task: Task, call: int) -> None:
+        if task.task_id != held.task_id or call > 1:
+            return
+        if held_for == "running":
+            assert release.wait(timeout=30)  # its outcome comes after the kill: stale, never applied
+            return
+        raise database_error(call) if held_for == "database" else TimeoutError("the service timed out")
+
+    acks = AckRecorder(monkeypatch)
+    handler = Recorder(behave)
+    name = f"windmill-test-{uuid.uuid4().hex[:8]}"
+    with RabbitMQBroker(amqp_url) as broker:
+        broker.publish(tasks)
+        with running(consumer_for(amqp_url, queue_name, handler, concurrency=8, prefetch=8, retry_delay=600,
+                                  connection_name=name)) as consumer:
+            wait_until(lambda: acks.tags_settled() >= len(tasks) - 1, message=lambda: (
+                f"the acks of every task but the held one ({acks.tags_settled()} of {len(tasks) - 1})"))
+            assert any(multiple for _tag, multiple in acks.frames), "no multiple ack: the test proved nothing"
+            assert handler.counts()[held.task_id] == 1
+            assert close_connections_named(name) == 1  # as a crash of the worker would
+            release.set()
+            wait_until(lambda: consumer.connections == 2, timeout=15, message="the consumer to reconnect")
+            wait_until(lambda: handler.counts()[held.task_id] == 2, timeout=15,
+                       message="the held task delivered again after the kill")
+    assert handler.counts() == Counter({**{task.task_id: 1 for task in tasks}, held.task_id: 2})
+    assert depth(admin, queue_name) == 0
+    assert depth(admin, queue_name + ".dlq") == 0
+
+
+def test_many_deliveries_are_each_acked_once_in_fewer_frames_than_deliveries(
+        amqp_url: str, admin: BlockingChannel, queue_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    tasks = make_tasks(queue_name, 500)
+    acks = AckRecorder(monkeypatch)
+    handler = Recorder()
+    with RabbitMQBroker(amqp_url) as broker:
+        broker.publish(tasks)
+        with running(consumer_for(amqp_url, queue_name, handler, concurrency=8, prefetch=8)):
+            wait_until(lambda: acks.tags_settled() >= len(tasks), message=lambda: (
+                f"every task acked ({acks.tags_settled()} of {len(tasks)})"))
+    # Stopped, so anything unacked would be back in the queue: nothing is, and nothing came twice.
+    assert depth(admin, queue_name) == 0
+    assert handler.counts() == Counter(task.task_id for task in tasks)
+    assert all(handler.first_deliveries)
+    assert acks.tags_settled() == len(tasks)
+    assert len(acks.frames) < len(tasks), f"{len(acks.frames)} ack frames for {len(tasks)} deliveries"

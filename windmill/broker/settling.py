@@ -1,0 +1,68 @@
+"""Settling RabbitMQ deliveries in batches: handler threads post their outcomes to a mailbox that wakes the
+connection's thread once per batch, and the acks of a batch go out as few frames as the tags still open allow.
+
+Waking the connection's thread (pika's `add_callback_threadsafe`) and sending each ack (a frame, then a flush of
+the connection's output) cost more CPU than a no-op handler: done once per delivery they were most of a service
+worker's time. A batch costs one wake-up and, for the tags below every tag still open on a channel, one ack.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Mailbox(Generic[T]):
+    """Items posted from any thread, handed in batches to `settle` on the thread that `wake` schedules.
+
+    `wake(callback)` must run `callback` later on that thread (a connection's `add_callback_threadsafe`); it is
+    called only when no wake-up is pending, so a burst of posts costs one. A mailbox belongs to one connection: if
+    that connection dies with a wake-up pending, the mailbox is left behind with it, never reused."""
+
+    def __init__(self, wake: Callable[[Callable[[], None]], None], settle: Callable[[list[T]], None]) -> None:
+        self._wake = wake
+        self._settle = settle
+        self._items: deque[T] = deque()  # append and popleft are atomic: no lock between posters and the settler
+        self._woken = False
+
+    def post(self, item: T) -> None:
+        """Queue `item`, and wake the settling thread unless a wake-up is already pending (raises what `wake`
+        raises, e.g. when the connection closed)."""
+        self._items.append(item)
+        # Two posters may both see no wake-up pending and both wake: a second, empty batch costs little. What must
+        # not happen is an item left behind, and cannot: the settler clears the flag before it takes the items, so
+        # a poster that saw the flag set appended before that batch was taken.
+        if not self._woken:
+            self._woken = True
+            self._wake(self._deliver)
+
+    def _deliver(self) -> None:
+        self._woken = False
+        items: list[T] = []
+        while True:
+            try:
+                items.append(self._items.popleft())
+            except IndexError:
+                break
+        if items:
+            self._settle(items)
+
+
+def plan_acks(tags: Iterable[int], lowest_open: int | None) -> tuple[int | None, list[int]]:
+    """How to ack `tags` of one channel when `lowest_open` is the smallest tag still unsettled there (running,
+    held for a retry, waiting for the database; None when none is): (the tag of one ack with `multiple=True`
+    covering every tag below `lowest_open`, or None; the tags to ack one by one).
+
+    A multiple ack settles every outstanding tag up to its own, so it may reach no further than the tags below the
+    lowest open one: those are all either in `tags` or settled already (a tag is settled once, and delivery tags
+    grow by one per delivery of the channel, so every smaller tag was delivered, and handed to us, earlier)."""
+    below: list[int] = []
+    singles: list[int] = []
+    for tag in tags:
+        (below if lowest_open is None or tag < lowest_open else singles).append(tag)
+    if len(below) < 2:
+        return None, below + singles
+    return max(below), singles
