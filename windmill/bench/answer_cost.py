@@ -184,8 +184,8 @@ def _claim_answer_complete(conn: psycopg.Connection, side: Side, share: Sequence
     round_trip = compose_round_trip((tuple(queues),), None, side.queries.__getitem__) if one_statement else ""
     while True:
         if one_statement:
-            with psycopg.RawCursor(conn, row_factory=dict_row) as cursor:
-                claimed = cursor.execute(round_trip, round_trip_parameters(done, [1], WORKER, lease)).fetchall()
+            with psycopg.RawCursor(conn, row_factory=dict_row) as raw:
+                claimed = raw.execute(round_trip, round_trip_parameters(done, [1], WORKER, lease)).fetchall()
         else:
             with conn.pipeline():
                 if done:
