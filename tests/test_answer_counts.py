@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from tests.conftest import wait_until
 from tests.test_monitoring import add_image, add_result, seeded  # noqa: F401 (a fixture)
 from windmill.db.connect import Database
 from windmill.monitor import fold_answer_counts, recount_answers
@@ -79,14 +80,20 @@ def test_concurrent_answers_of_one_pair_count_the_image_once(database: Database,
     """Two answers of one pair in flight at once, folds before, between and after their commits: one image done,
     and the later error is the pair's latest (a fold counting each answer alone would say 2 done)."""
     a = add_image(conn, "a.jpg")
-    # Another service's answer queues the image's consensus: the two writers then share that job (FOR SHARE,
-    # sql/0012) instead of one waiting for the other's new job.
     add_result(conn, a, "clip")
     with database.connect(autocommit=False) as first, database.connect(autocommit=False) as second:
         insert_answer(first, a, "ocr", "success")
-        insert_answer(second, a, "ocr", "success")
+        # The second voter answer of the image waits in its trigger, at the image's vote gate (sql/0105), until the
+        # first commits: its row is written, its count's delta and its follow-up jobs come after the gate.
+        storing = threading.Thread(target=insert_answer, args=(second, a, "ocr", "success"))
+        storing.start()
+        wait_until(lambda: conn.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                                        (second.info.backend_pid,)).fetchone()[0],
+                   message="the second answer to wait at the gate")
         assert counted(conn) == {"clip": (1, 0)}  # nothing of theirs is committed yet
         first.commit()
+        storing.join(30)
+        assert not storing.is_alive()
         assert counted(conn) == {"clip": (1, 0), "ocr": (1, 0)}
         insert_answer(second, a, "ocr", "timeout")
         second.commit()

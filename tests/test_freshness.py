@@ -252,14 +252,15 @@ def test_an_answer_that_raced_another_to_queue_the_job_holds_the_job_that_won(
     assert [job.queue for job in jobs.claim(["merge"], WORKER, 10)] == ["merge"]
 
 
-def test_answers_for_one_image_do_not_wait_for_each_other(database: Database, conn: psycopg.Connection,
-                                                         image: int) -> None:
-    """The lock an answer takes on the waiting job is shared: a second answer's enqueue passes through it."""
+def test_enqueues_of_one_waiting_job_do_not_wait_for_each_other(database: Database, conn: psycopg.Connection,
+                                                                image: int) -> None:
+    """The lock an enqueue takes on the waiting job is shared: a second enqueue passes through it. (Voter answers of
+    one image also pass the image's vote gate one at a time, sql/0105: tests/test_vote_gate.py.)"""
     insert_answer(conn, image, "yolov8", detection("person", "🧑", 10))  # the merge job waits
     with database.connect() as first, first.transaction(), database.connect() as second, second.transaction():
-        insert_answer(first, image, "rtdetr", detection("dog", "🐕", 300))
+        first.execute("SELECT enqueue_merge(%s)", (image,))
         second.execute("SET LOCAL lock_timeout = '10s'")  # a guard: a wait would fail the test, not hang it
-        insert_answer(second, image, "detectron2", detection("dog", "🐕", 300))
+        second.execute("SELECT enqueue_merge(%s)", (image,))
     assert conn.execute("SELECT count(*) FROM jobs WHERE queue = 'merge'").fetchone() == (1,)
 
 

@@ -10,6 +10,8 @@ from windmill.db.queries import query
 
 
 class Product(IntEnum):
+    """A product's namespace of image_lock_key (sql/0105), which derives the keys; 0 is the triggers' vote gate."""
+
     MERGED_BOXES = 1
     CONSENSUS = 2
     CAPTION_SCORE = 3
@@ -17,4 +19,4 @@ class Product(IntEnum):
 
 def lock_image(conn: psycopg.Connection, product: Product, image_id: int) -> None:
     """Wait until no other transaction recomputes this product of this image; released at commit."""
-    conn.execute(query("lock_image_product"), {"key": image_id * 4 + int(product)})
+    conn.execute(query("lock_image_product"), {"image_id": image_id, "product": int(product)})

@@ -11,5 +11,5 @@ SELECT set_config('statement_timeout', %(timeout)s, true)
 SELECT pg_notification_queue_usage() AS usage
 
 -- name: lock_image_product
--- Serialise recomputes of one product of one image; released at commit (windmill.locks builds the key).
-SELECT pg_advisory_xact_lock(%(key)s)
+-- Serialise recomputes of one product of one image; released at commit (the key: image_lock_key, sql/0105).
+SELECT pg_advisory_xact_lock(image_lock_key(%(image_id)s, %(product)s))

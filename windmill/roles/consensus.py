@@ -2,7 +2,9 @@
 serialised per image so that the last recompute always sees every answer committed before it. The row records
 what the vote read (the answers, the box set's revision, the face/pose rows), so the backfill can tell a stale
 consensus by content. A vote waits while the image has voter tasks without a final row, up to its deadline job
-(sql/0104), so that an image whose answers arrive minutes apart is voted on about once, not once per answer."""
+(sql/0104), so that an image whose answers arrive minutes apart is voted on about once, not once per answer. The
+triggers already queue no vote while such a task is outstanding (sql/0105); the vote's own check is the safety net
+for tasks added after a vote was queued (a resubmit)."""
 
 from __future__ import annotations
 
