@@ -11,7 +11,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -38,6 +38,7 @@ from windmill.simfarm.inputs import (
     undecodable,
 )
 from windmill.simfarm.latency import LatencyProfile
+from windmill.simfarm.request_head import LeanHeadHandler
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class _ServiceServer(ThreadingHTTPServer):
         log.debug("connection error from %s", client_address, exc_info=True, extra={"action": "simfarm_conn_error"})
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LeanHeadHandler):  # the head read without the email package (request_head)
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections, as httpx does
     disable_nagle_algorithm = True  # headers and body go out in separate writes
     server_version = "Werkzeug/3.1.3"
