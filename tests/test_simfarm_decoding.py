@@ -10,6 +10,7 @@ from PIL import Image
 from windmill.simfarm.annotations import AnnotationIndex
 from windmill.simfarm.answers import Answerer, Undecodable
 from windmill.simfarm.contract import PROFILES
+from windmill.simfarm.decoding import DecodedImages
 from windmill.simfarm.inputs import Picture
 from windmill.simfarm.metadata import _mean_saturation
 from windmill.simfarm.metadata import analyze as analyze_metadata
@@ -72,3 +73,32 @@ def test_metadata_statistics_are_the_exact_figures(size: tuple[int, int]) -> Non
     assert quality["contrast_analysis"]["dynamic_range"] == round(float(luma.std()), 2)
     assert quality["blur_analysis"]["laplacian_variance"] == round(float(laplacian.var()), 2)
     assert quality["exposure_analysis"]["bright_pixel_ratio"] == round(float((luma >= 230).mean()), 3)
+
+
+def test_services_share_a_decoding_but_compute_each_answer() -> None:
+    answerer = Answerer(AnnotationIndex([SAMPLES_DIR]), cache=False)
+    picture = Picture(COFFEE, "upload")
+    decoded, computed = answerer.decoded.decoded, answerer.computed
+    first = answerer.analyze(PROFILES["blip"], picture, {})
+    answerer.analyze(PROFILES["ollama"], Picture(COFFEE, "upload"), {})  # the same scale as blip's
+    assert answerer.decoded.decoded - decoded == 1
+    assert answerer.computed - computed == 2
+    assert answerer.analyze(PROFILES["blip"], Picture(COFFEE, "upload"), {}) == first
+
+
+def test_the_decoding_cache_is_bounded_and_keeps_no_failure() -> None:
+    images = DecodedImages(max_entries=2, max_pixels=10**9)
+    pictures = [Picture(path.read_bytes(), "upload") for path in sorted(SAMPLES_DIR.glob("*.jpg"))[:3]]
+    for picture in pictures:
+        images.decode(picture)
+    images.decode(pictures[0])  # dropped when the third came
+    assert images.decoded == 4
+    small = DecodedImages(max_pixels=300_000)
+    small.decode(Picture(COFFEE, "upload"))  # 600 × 400 pixels: fits
+    small.decode(Picture(ASTRONAUT, "upload"))  # 512 × 512: the coffee is dropped to make room
+    small.decode(Picture(COFFEE, "upload"))
+    assert small.decoded == 3
+    cut = Picture(ASTRONAUT[: len(ASTRONAUT) // 2], "upload")
+    for _ in range(2):
+        with pytest.raises(Undecodable, match="truncated"):
+            small.decode(cut)

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageChops
 
+from windmill.simfarm.decoding import EXIF_LOCK
+
 # ExifTool's names for a few tags Pillow names differently.
 _EXIFTOOL_NAMES = {"ISOSpeedRatings": "ISO", "DateTime": "ModifyDate", "ExifImageWidth": "ExifImageWidth"}
 _BUCKETS = (
@@ -52,7 +54,8 @@ def analyze(image: Image.Image, data: bytes, file_format: str, *, reencode: bool
         "image_quality": _quality(luma),
     }
     if not reencode:
-        exif_data, gps_data = _exif(image)
+        with EXIF_LOCK:  # the image may be shared with other requests (decoding.DecodedImages)
+            exif_data, gps_data = _exif(image)
         if exif_data:
             prediction["exif_data"] = exif_data
         if gps_data:

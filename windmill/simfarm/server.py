@@ -21,9 +21,10 @@ from windmill.catalog import Catalog, Service
 from windmill.errors import WindmillError
 from windmill.simfarm import contract
 from windmill.simfarm.annotations import AnnotationIndex
-from windmill.simfarm.answers import Answerer, Options, Undecodable
+from windmill.simfarm.answers import Answerer, Options
 from windmill.simfarm.capacity import LoadStats, ServiceLoad
 from windmill.simfarm.contract import MAX_IMAGE_BYTES, Profile, encode, profile_for
+from windmill.simfarm.decoding import Undecodable
 from windmill.simfarm.faults import Decision, Fault, FaultPlan, FaultRates
 from windmill.simfarm.inputs import (
     ContractError,
