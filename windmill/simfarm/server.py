@@ -39,6 +39,7 @@ from windmill.simfarm.inputs import (
     undecodable,
 )
 from windmill.simfarm.latency import LatencyProfile
+from windmill.simfarm.memory import keep_freed_memory
 from windmill.simfarm.request_head import LeanHeadHandler
 
 log = logging.getLogger(__name__)
@@ -423,6 +424,7 @@ class SimFarm:
         if self._servers:
             return
         self.index.scan(strict=True)
+        keep_freed_memory()  # process-wide: answers reuse freed heap instead of faulting fresh pages in (memory.py)
         self.stopping.clear()
         servers: dict[str, _ServiceServer] = {}
         for name, service in self.services.items():
