@@ -14,12 +14,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import BinaryIO
+from typing import Protocol
 
 MAX_LINE = 65536  # http.client's limit on one header line
 MAX_HEADERS = 100  # http.client's limit on the number of header lines
 _END = (b"\r\n", b"\n", b"")
 _NAME = re.compile(r"[\x21-\x39\x3b-\x7e]*")  # a header name as the email parser takes it: printable, no colon
+
+
+class LineReader(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
 
 
 class HeadError(Exception):
@@ -112,7 +116,7 @@ def _version_numbers(version: str) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
-def read_headers(stream: BinaryIO) -> RequestHeaders:
+def read_headers(stream: LineReader) -> RequestHeaders:
     """Header lines up to the blank line, kept as the `email` parser behind http.server keeps them.
 
     A value keeps its trailing blanks; a folded line continues the value before it (after a CRLF); a line that
@@ -156,7 +160,8 @@ class LeanHeadHandler(BaseHTTPRequestHandler):
         self.command = None  # type: ignore[assignment]  # http.server's marker for "no request line yet"
         self.request_version = self.default_request_version
         self.close_connection = True
-        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        raw: bytes = self.raw_requestline  # type: ignore[attr-defined]  # set by handle_one_request, not in typeshed
+        self.requestline = str(raw, "iso-8859-1").rstrip("\r\n")
         try:
             line = parse_request_line(self.requestline, default_version=self.default_request_version,
                                       protocol_version=self.protocol_version)
