@@ -13,7 +13,8 @@ machine) it answers 2,400–2,650 cached uploads/s across all ports, well above 
 A bare aiohttp prototype reached ~3,000–3,800/s where a bare stdlib one reached ~2,700/s: not worth
 seven more dependencies and a second concurrency model, and with threads a held "timeout" request
 costs only a sleeping thread. Two details matter: TCP_NODELAY and one write per answer (headers and
-body in separate writes meet delayed ACKs: ~180 requests/s).
+body in separate writes meet delayed ACKs: ~180 requests/s). Request heads are read without the `email`
+package (request_head), and one upload's decodings are shared by the services it reaches (decoding).
 
     from windmill.catalog import load_catalog
     from windmill.simfarm import SimFarm

@@ -1,32 +1,31 @@
 """From image bytes to a service's answer body: decode, find the sidecar, run the simulated model, cache.
 
 Bodies are cached as bytes per (service, image digest, parameters), so a repeated image costs a
-SHA-256 and a dict lookup; with `cache=False` (`farm serve --no-cache`) every request decodes the image (as far
-as its answer needs) and computes its answer, as a real service does. Everything here is deterministic: the same
-bytes give the same body, `processing_time` included (a per-image spread around the service's typical time).
+SHA-256 and a dict lookup; with `cache=False` (`farm serve --no-cache`) every request computes its answer, as a
+real service does, from the image decoded as far as its answer needs (the decoding itself, an input shared by
+the services that receive the same upload, may come from `decoding.DecodedImages`). Everything here is
+deterministic: the same bytes give the same body, `processing_time` included (a per-image spread around the
+service's typical time).
 """
 
 from __future__ import annotations
 
-import io
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from windmill.simfarm import captions, classification, colors, detections, metadata, people, specialists
 from windmill.simfarm.annotations import AnnotationIndex, Sidecar
 from windmill.simfarm.contract import SCORE_MODEL_INFO, Profile, encode, success
+from windmill.simfarm.decoding import DecodedImages
+from windmill.simfarm.decoding import Undecodable as Undecodable  # where the server and tests expect it
 from windmill.simfarm.determinism import unit
 from windmill.simfarm.inputs import Picture
 
 DEFAULT_CACHE_ENTRIES = 20_000
 SHINY_KEY = "shiny"
-
-
-class Undecodable(Exception):
-    """The bytes are not an image Pillow can decode."""
 
 
 @dataclass(frozen=True)
@@ -60,30 +59,6 @@ class Scene:
 # need only the size, which the header gives.
 _FULL_SIZE = {"metadata"}
 _DOMINANT_COLOR = {"blip", "ollama"}
-_JPEG_END = b"\xff\xd9"  # EOI: inside the entropy-coded data an 0xFF byte is always followed by 0x00 or RST
-
-
-def decode(picture: Picture, at_least: tuple[int, int] | None = None, *, pixels: bool = True
-           ) -> tuple[Image.Image, str, tuple[int, int]]:
-    """The image (at the smallest JPEG scale still `at_least` this size; None: full size), its format, its own size.
-
-    `pixels=False`: a JPEG that ends with its EOI marker is left undecoded (its header has been read); anything
-    else is decoded as with `pixels=True`, so a cut-off or broken file fails with the decoder's own message.
-    """
-    try:
-        image = Image.open(io.BytesIO(picture.data))
-        size = image.size
-        if pixels or image.format != "JPEG" or not picture.data.endswith(_JPEG_END):
-            image.draft(None, at_least or size)  # a no-op for formats other than JPEG
-            image.load()
-    except UnidentifiedImageError:
-        where = f"'{picture.path}'" if picture.path else "<_io.BytesIO object>"
-        raise Undecodable(f"cannot identify image file {where}") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise Undecodable(str(error) or type(error).__name__) from None
-    return image, (image.format or "unknown").lower(), size
-
-
 def processing_time(profile: Profile, digest: str) -> float:
     return max(0.001, round(profile.nominal_time_s * (0.8 + 0.4 * unit(digest, profile.key, "time")), 3))
 
@@ -100,6 +75,7 @@ class Answerer:
         self._cache: dict[tuple[Any, ...], bytes] = {}
         self._max_entries = max_entries
         self._lock = threading.Lock()
+        self.decoded = DecodedImages()  # decodings (inputs, not answers) shared by the services: see decoding.py
 
     def _cached(self, key: tuple[Any, ...], compute: Any) -> bytes:
         if not self.cache:
@@ -152,7 +128,7 @@ class Answerer:
             pixels, at_least = True, (2 * grid * colors.THUMBNAIL[0], 2 * grid * colors.THUMBNAIL[1])
         elif analyzer in _DOMINANT_COLOR:
             pixels, at_least = True, colors.DOMINANT_THUMBNAIL
-        image, file_format, (width, height) = decode(picture, at_least, pixels=pixels)
+        image, file_format, (width, height) = self.decoded.decode(picture, at_least, pixels=pixels)
         sidecar = None
         if picture.path is not None:
             sidecar = self.index.beside(picture.path)
@@ -160,7 +136,7 @@ class Answerer:
             sidecar = self.index.for_digest(picture.digest)
         if sidecar is None:
             # Look-alikes are compared on thumbnails of the full-size pixels, as the index makes its own.
-            full_size = image if pixels and image.size == (width, height) else decode(picture)[0]
+            full_size = image if pixels and image.size == (width, height) else self.decoded.decode(picture)[0]
             sidecar = self.index.for_look_alike(full_size.convert("RGB"))
         if sidecar is not None:
             sidecar = sidecar.fitted(width, height)

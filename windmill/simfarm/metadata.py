@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageChops
 
+from windmill.simfarm.decoding import EXIF_LOCK
+
 # ExifTool's names for a few tags Pillow names differently.
 _EXIFTOOL_NAMES = {"ISOSpeedRatings": "ISO", "DateTime": "ModifyDate", "ExifImageWidth": "ExifImageWidth"}
 _BUCKETS = (
@@ -34,6 +36,8 @@ def analyze(image: Image.Image, data: bytes, file_format: str, *, reencode: bool
     else:
         file_info = {"file_size": len(data), "file_type": file_format}
     luma = np.asarray(rgb.convert("L"))
+    wide = luma.astype(np.int16)  # differences of pixels, for the symmetry and the Laplacian
+    sections = [_sums(section) if section.size else (0, 0, 0) for section in _thirds(luma)]
     saturation = _mean_saturation(rgb) if image.mode not in ("L", "1") else 0.0  # grey: max == min everywhere
     prediction: dict[str, Any] = {
         "dimensions": {"height": height, "width": width},
@@ -48,11 +52,12 @@ def analyze(image: Image.Image, data: bytes, file_format: str, *, reencode: bool
                 "saturation_level": round(saturation, 1),
             }
         },
-        "composition": _composition(luma),
-        "image_quality": _quality(luma),
+        "composition": _composition(luma, wide, sections),
+        "image_quality": _quality(luma, wide, sections),
     }
     if not reencode:
-        exif_data, gps_data = _exif(image)
+        with EXIF_LOCK:  # the image may be shared with other requests (decoding.DecodedImages)
+            exif_data, gps_data = _exif(image)
         if exif_data:
             prediction["exif_data"] = exif_data
         if gps_data:
@@ -84,9 +89,18 @@ def _mean_saturation(rgb: Image.Image) -> float:
 
 def _moments(values: np.ndarray) -> tuple[float, float]:
     """Mean and population variance of integer values, in exact integer arithmetic (no float32 rounding)."""
-    count = values.size
-    total = int(values.sum(dtype=np.int64))
-    squares = int(np.square(values, dtype=np.int64).sum())
+    return _finish(*_sums(values))
+
+
+def _sums(values: np.ndarray) -> tuple[int, int, int]:
+    """Count, sum and sum of squares of 8- or 16-bit integers, exactly. Squares are made in the narrowest type that
+    holds them (uint8² fits 16 bits, the Laplacian's ±1020² fits 32): the widest pass is summed in 64 bits."""
+    square_type = np.uint16 if values.dtype == np.uint8 else np.int32
+    return (values.size, int(values.sum(dtype=np.int64)),
+            int(np.square(values, dtype=square_type).sum(dtype=np.int64)))
+
+
+def _finish(count: int, total: int, squares: int) -> tuple[float, float]:
     return total / count, (count * squares - total * total) / (count * count)
 
 
@@ -107,18 +121,18 @@ def _clipped_difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return np.minimum(np.maximum(first, second) - np.minimum(first, second), 61)
 
 
-def _composition(luma: np.ndarray) -> dict[str, Any]:
+def _thirds(luma: np.ndarray) -> list[np.ndarray]:
+    height, width = luma.shape
+    return [luma[r * height // 3:(r + 1) * height // 3 or 1, c * width // 3:(c + 1) * width // 3 or 1]
+            for r in range(3) for c in range(3)]
+
+
+def _composition(luma: np.ndarray, wide: np.ndarray, sections: list[tuple[int, int, int]]) -> dict[str, Any]:
     # Statistics of 0–255 integers, computed exactly: float32 sums of a whole image drift in the 7th digit.
     edge_density = _edge_density(luma)
-    height, width = luma.shape
-    sections = [
-        luma[r * height // 3:(r + 1) * height // 3 or 1, c * width // 3:(c + 1) * width // 3 or 1]
-        for r in range(3) for c in range(3)
-    ]
-    moments = [_moments(s) if s.size else (0.0, 0.0) for s in sections]
+    moments = [_finish(*sums) if sums[0] else (0.0, 0.0) for sums in sections]
     brightness = [round(mean, 1) for mean, _ in moments]
     busiest = max(range(9), key=lambda i: moments[i][1])
-    wide = luma.astype(np.int16)
     symmetry = 1.0 - int(np.abs(wide - wide[:, ::-1]).sum(dtype=np.int64)) / luma.size / 255.0
     return {
         "complexity_analysis": {
@@ -133,12 +147,14 @@ def _composition(luma: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _quality(luma: np.ndarray) -> dict[str, Any]:
-    wide = luma.astype(np.int16)
+def _quality(luma: np.ndarray, wide: np.ndarray, sections: list[tuple[int, int, int]]) -> dict[str, Any]:
     laplacian = np.zeros(luma.shape, np.int16)  # ±1020 at most
     laplacian[1:-1, 1:-1] = wide[:-2, 1:-1] + wide[2:, 1:-1] + wide[1:-1, :-2] + wide[1:-1, 2:] - 4 * wide[1:-1, 1:-1]
     _, variance = _moments(laplacian)
-    mean, gray_variance = _moments(luma)
+    if min(luma.shape) >= 3:  # the thirds tile the image: its sums are theirs
+        mean, gray_variance = _finish(*(sum(column) for column in zip(*sections, strict=True)))
+    else:  # a thin image's thirds overlap (`or 1` above)
+        mean, gray_variance = _moments(luma)
     std = math.sqrt(gray_variance)
     bright = np.count_nonzero(luma >= 230) / luma.size
     dark = np.count_nonzero(luma < 25) / luma.size

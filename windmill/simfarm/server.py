@@ -11,7 +11,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -21,9 +21,10 @@ from windmill.catalog import Catalog, Service
 from windmill.errors import WindmillError
 from windmill.simfarm import contract
 from windmill.simfarm.annotations import AnnotationIndex
-from windmill.simfarm.answers import Answerer, Options, Undecodable
+from windmill.simfarm.answers import Answerer, Options
 from windmill.simfarm.capacity import LoadStats, ServiceLoad
 from windmill.simfarm.contract import MAX_IMAGE_BYTES, Profile, encode, profile_for
+from windmill.simfarm.decoding import Undecodable
 from windmill.simfarm.faults import Decision, Fault, FaultPlan, FaultRates
 from windmill.simfarm.inputs import (
     ContractError,
@@ -38,6 +39,8 @@ from windmill.simfarm.inputs import (
     undecodable,
 )
 from windmill.simfarm.latency import LatencyProfile
+from windmill.simfarm.memory import keep_freed_memory
+from windmill.simfarm.request_head import LeanHeadHandler
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +112,7 @@ class _ServiceServer(ThreadingHTTPServer):
         log.debug("connection error from %s", client_address, exc_info=True, extra={"action": "simfarm_conn_error"})
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LeanHeadHandler):  # the head read without the email package (request_head)
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections, as httpx does
     disable_nagle_algorithm = True  # headers and body go out in separate writes
     server_version = "Werkzeug/3.1.3"
@@ -421,6 +424,7 @@ class SimFarm:
         if self._servers:
             return
         self.index.scan(strict=True)
+        keep_freed_memory()  # process-wide: answers reuse freed heap instead of faulting fresh pages in (memory.py)
         self.stopping.clear()
         servers: dict[str, _ServiceServer] = {}
         for name, service in self.services.items():
