@@ -175,6 +175,11 @@ BEGIN
         ('FUNCTION', 'consensus_waits_for_voters(bigint, jsonb)', 'EXECUTE',            NULL),
         ('FUNCTION', 'consensus_deadline_queued(bigint)', 'EXECUTE',                    NULL),
         ('FUNCTION', 'drop_consensus_deadline(bigint)', 'EXECUTE',                      NULL),
+        -- sql/0105: the triggers' vote gate, and the one rule for the image locks' keys (windmill/locks.py)
+        ('FUNCTION', 'image_lock_key(bigint, integer)', 'EXECUTE',                      NULL),
+        ('FUNCTION', 'vote_gate_key(bigint)',        'EXECUTE',                         NULL),
+        ('FUNCTION', 'voter_tasks_outstanding(bigint, uuid)', 'EXECUTE',                NULL),
+        ('FUNCTION', 'queue_vote(bigint, uuid)',     'EXECUTE',                         NULL),
         ('FUNCTION', 'take_service_slot(text, integer, integer[])', 'EXECUTE',          NULL),  -- fleet_max_concurrency
         ('FUNCTION', 'export_selection(bigint, text, timestamp with time zone, bigint)', 'EXECUTE', 'EXECUTE'),  -- `export`
         ('FUNCTION', 'give_back_service_slot(text, integer)',       'EXECUTE',          NULL),
