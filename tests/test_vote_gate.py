@@ -142,12 +142,13 @@ def test_a_merge_decides_once_while_a_voter_task_is_outstanding(conn: psycopg.Co
     conn.execute("SET track_functions = 'pl'")
     with conn.transaction():
         merge_image(conn, image, SETTINGS.harmony, "gate")
-        before = {name: calls(conn, name) for name in ("enqueue", "queue_vote", "enqueue_consensus_for_image")}
+        before = {name: calls(conn, name) for name in ("enqueue", "enqueue_consensus_deadline", "queue_vote",
+                                                       "enqueue_consensus_for_image")}
         conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
         boxes = conn.execute("SELECT count(*) FROM merged_boxes").fetchone()[0]
         assert boxes == 2
         assert {name: calls(conn, name) - count for name, count in before.items()} == {
-            "enqueue": 1, "queue_vote": 1, "enqueue_consensus_for_image": boxes}
+            "enqueue": 0, "enqueue_consensus_deadline": 1, "queue_vote": 1, "enqueue_consensus_for_image": boxes}
     assert keys(conn, image) == [(f"consensus-deadline:{image}", "queued")]
 
 
@@ -171,3 +172,19 @@ def test_the_gate_and_the_products_locks_are_keys_of_one_rule_that_never_meet(
     assert len({conn.execute("SELECT image_lock_key(%s, %s)", (i, n)).fetchone()[0]
                 for i in (image, image + 1) for n in range(4)}) == 8
 
+
+
+def test_a_voter_answer_that_waits_for_another_does_not_lock_the_deadline_job(database: Database,
+                                                                              conn: psycopg.Connection,
+                                                                              image: int) -> None:
+    """The deadline job is a timer: an answer that leaves the vote to another voter's final row makes sure it
+    exists without holding it (sql/0106), so neither a claim nor a vote's drop of it waits for that answer."""
+    in_ledger(conn, image, "ocr")
+    answer(conn, image, "blip", in_ledger(conn, image, "blip"), {"predictions": []})  # queues the deadline job
+    with database.connect(autocommit=False) as writer:
+        answer(writer, image, "clip", in_ledger(writer, image, "clip"), {"predictions": []})  # open: finds it waiting
+        assert keys(writer, image) == [(f"consensus-deadline:{image}", "queued")]
+        locked = conn.execute("SELECT id FROM jobs WHERE dedupe_key = %s FOR UPDATE NOWAIT",
+                              (f"consensus-deadline:{image}",)).fetchall()
+        writer.rollback()
+    assert len(locked) == 1
