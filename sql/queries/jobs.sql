@@ -4,8 +4,9 @@
 -- claimable jobs of its queues, oldest first, plus running jobs whose lease expired (their worker died). An expired
 -- job that has used all its attempts goes dead instead. %(lanes)s stands for each lane's claim_lane_* block,
 -- %(claimable)s for their claim_lane_ids joined by UNION (windmill/jobs/queue.py, round_trip_query, writes them in).
--- One statement, one transaction: pipelined as a completion and a statement per lane it cost a commit and a
--- statement each, and the claim loop of a worker with three lanes spent two fifths of its CPU there. A job of
+-- One statement: pipelined as a completion and a statement per lane (one implicit transaction already), each
+-- statement cost the client and the server their fixed work, and the claim loop of a worker with three lanes spent
+-- two fifths of its CPU there. A job of
 -- %(done)s is never taken as expired in the same statement: a row changed twice by one statement keeps either
 -- change. The candidates are read as an array: the planner, which costs each lane's LIMIT parameter at a tenth of
 -- the table, would otherwise join them by reading the whole job table (a hash join); an array of ids it looks up by
