@@ -180,6 +180,8 @@ BEGIN
         ('FUNCTION', 'vote_gate_key(bigint)',        'EXECUTE',                         NULL),
         ('FUNCTION', 'voter_tasks_outstanding(bigint, uuid)', 'EXECUTE',                NULL),
         ('FUNCTION', 'queue_vote(bigint, uuid)',     'EXECUTE',                         NULL),
+        ('FUNCTION', 'store_caption_score(bigint, integer, text, text, bigint, jsonb, text, text, double precision, text)',
+                                                     'EXECUTE',                         NULL),  -- sql/0107
         ('FUNCTION', 'take_service_slot(text, integer, integer[])', 'EXECUTE',          NULL),  -- fleet_max_concurrency
         ('FUNCTION', 'export_selection(bigint, text, timestamp with time zone, bigint)', 'EXECUTE', 'EXECUTE'),  -- `export`
         ('FUNCTION', 'give_back_service_slot(text, integer)',       'EXECUTE',          NULL),

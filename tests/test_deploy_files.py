@@ -34,6 +34,7 @@ from windmill.db.embedded import DATABASE, EmbeddedPostgres, find_server_binarie
 from windmill.db.queries import query
 from windmill.db.schema import ensure_schema, init_database
 from windmill.jobs import JobQueue
+from windmill.locks import Product
 from windmill.monitor import collect_status
 from windmill.settings import settings_from_mapping
 from windmill.supervisor import DEFAULT_DRAIN_TIMEOUT_S, worker_specs
@@ -178,7 +179,8 @@ def test_the_worker_role_does_what_workers_do(roles_database: Callable[[str], st
         caption = conn.execute("SELECT latest_success_id(%s, 'blip')", (image_id,)).fetchone()[0]
         for _ in range(2):  # the second replaces the first
             assert conn.execute(query("store_caption_score"), {
-                **row, "service": "caption_score_blip", "source": "blip", "source_result_id": caption}).fetchone()
+                **row, "service": "caption_score_blip", "source": "blip", "source_result_id": caption,
+                "lock_namespace": int(Product.CAPTION_SCORE)}).fetchone()[0]
         conn.execute(BACKFILL_COMMAND)  # what pg_cron runs as windmill_worker: a backfill page and the retention
         conn.execute("UPDATE jobs SET updated_at = now() - interval '2 hours' WHERE state = 'done'")
         assert prune_jobs(conn, timedelta(hours=1)) > 0  # `jobs prune`, through prune_jobs_batch

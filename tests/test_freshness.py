@@ -31,6 +31,7 @@ from windmill.db.connect import Database
 from windmill.farm import FarmClient
 from windmill.image_cache import ImageSource
 from windmill.jobs import Job, JobQueue
+from windmill.locks import Product, lock_image
 from windmill.roles.caption_score import CaptionScorer
 from windmill.roles.consensus import recompute_consensus
 from windmill.roles.merger import merge_image
@@ -146,6 +147,30 @@ def test_the_score_of_an_older_caption_that_finishes_last_is_not_stored(
     assert scorer.store(slow) is None, "a superseded caption's score is not stored"
     assert conn.execute("SELECT source_result_id, data->>'caption' FROM postprocessing WHERE image_id = %s "
                         "AND service = 'caption_score_blip'", (image,)).fetchall() == [(newer, "a cup of coffee")]
+
+
+def test_a_score_stored_while_another_holds_the_lock_replaces_what_the_holder_committed(
+        database: Database, conn: psycopg.Connection, image: int, scorer: CaptionScorer) -> None:
+    """The store waits for the image's caption-score lock and only then looks for the previous score: the score
+    the lock's holder commits meanwhile is replaced, not kept beside the new one."""
+    insert_answer(conn, image, "blip", {"predictions": [{"text": "a dog on a lawn"}]})
+    scored = scorer.score(image, "blip")
+    assert scored is not None
+    stored: list[str | None] = []
+    with database.connect() as holder:
+        with holder.transaction():
+            lock_image(holder, Product.CAPTION_SCORE, image)
+            storing = threading.Thread(target=lambda: stored.append(scorer.store(scored)))
+            storing.start()
+            storing.join(0.5)
+            assert storing.is_alive(), "the store waits for the image's caption-score lock"
+            holder.execute("INSERT INTO postprocessing (image_id, service, data, status, source_result_id) "
+                           "VALUES (%s, 'caption_score_blip', '{}', 'success', %s)",
+                           (image, scored.source_result_id))
+        storing.join(10)
+    assert stored == ["success"]
+    assert conn.execute("SELECT count(*) FROM postprocessing WHERE image_id = %s AND service = 'caption_score_blip'",
+                        (image,)).fetchone()[0] == 1
 
 
 def test_a_consensus_records_the_answers_boxes_and_face_and_pose_rows_it_read(

@@ -7,18 +7,7 @@ SELECT r.result_id, r.data, i.image_path, i.image_url
 
 -- name: store_caption_score
 -- A caption source has one score per image: the previous one is replaced, not piled up; and only by the score of
--- the source's latest caption (run under the image's caption-score lock: a slow score of an older caption that
--- finishes last stores nothing). Returns the new row's id, nothing when the caption was superseded.
-WITH current_caption AS (
-    SELECT 1 WHERE latest_success_id(%(image_id)s, %(source)s) = %(source_result_id)s
-), previous AS (
-    DELETE FROM postprocessing
-     WHERE image_id = %(image_id)s AND service = %(service)s AND merged_box_id IS NULL
-       AND EXISTS (SELECT 1 FROM current_caption)
-)
-INSERT INTO postprocessing (image_id, service, data, status, error_message, processing_time, worker_id,
-                            source_result_id)
-SELECT %(image_id)s, %(service)s, %(data)s, %(status)s, %(error_message)s, %(processing_time)s, %(worker_id)s,
-       %(source_result_id)s
-  FROM current_caption
-RETURNING postprocessing_id
+-- the source's latest caption, under the image's caption-score lock (sql/0107: one call, its own transaction).
+-- The new row's id; NULL when the caption was superseded.
+SELECT store_caption_score(%(image_id)s, %(lock_namespace)s, %(source)s, %(service)s, %(source_result_id)s, %(data)s,
+                           %(status)s, %(error_message)s, %(processing_time)s, %(worker_id)s)

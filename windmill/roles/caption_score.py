@@ -9,13 +9,13 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.errors import WindmillError
 from windmill.farm import FarmClient, ServiceAnswer
 from windmill.image_cache import ImageSource
 from windmill.jobs import Job
 from windmill.jobs.queues import CAPTION_SCORE_QUEUE
-from windmill.locks import Product, lock_image
+from windmill.locks import Product
 from windmill.roles.outcome import Failure, call_service
 from windmill.roles.registry import Role, RoleContext, register_role
 
@@ -78,15 +78,15 @@ class CaptionScorer:
                             answer.processing_time)
 
     def store(self, scored: CaptionScore) -> str | None:
-        """Replace the image's score of this source, if the scored caption is still the source's latest; returns
-        the stored status, or None when a newer caption superseded it (that caption's own job scores it)."""
-        with self.context.pool.connection() as conn, conn.transaction():
-            lock_image(conn, Product.CAPTION_SCORE, scored.image_id)
-            stored = conn.execute(query("store_caption_score"), {
-                "image_id": scored.image_id, "source": scored.source, "service": f"caption_score_{scored.source}",
-                "source_result_id": scored.source_result_id, "data": Jsonb(scored.data), "status": scored.status,
-                "error_message": scored.error_message, "processing_time": scored.processing_time,
-                "worker_id": self.context.worker_id}).fetchone()
+        """Replace the image's score of this source, if the scored caption is still the source's latest (under the
+        image's caption-score lock); returns the stored status, or None when a newer caption superseded it (that
+        caption's own job scores it)."""
+        with self.context.pool.connection() as conn:  # autocommit: the call is its transaction (sql/0107)
+            stored = fetch_value(conn, "store_caption_score", {
+                "image_id": scored.image_id, "lock_namespace": int(Product.CAPTION_SCORE), "source": scored.source,
+                "service": f"caption_score_{scored.source}", "source_result_id": scored.source_result_id,
+                "data": Jsonb(scored.data), "status": scored.status, "error_message": scored.error_message,
+                "processing_time": scored.processing_time, "worker_id": self.context.worker_id})
         return scored.status if stored else None
 
 
