@@ -180,7 +180,7 @@ BEGIN
         ('FUNCTION', 'vote_gate_key(bigint)',        'EXECUTE',                         NULL),
         ('FUNCTION', 'voter_tasks_outstanding(bigint, uuid)', 'EXECUTE',                NULL),
         ('FUNCTION', 'queue_vote(bigint, uuid)',     'EXECUTE',                         NULL),
-        -- sql/0107: the merge's two statements; render and the chaos audit read the detectors' latest answers too
+        -- sql/0108: the merge's two statements; render and the chaos audit read the detectors' latest answers too
         ('FUNCTION', 'merge_inputs(bigint, integer)', 'EXECUTE',                        NULL),
         ('FUNCTION', 'store_merge(bigint, text, bigint[], jsonb, jsonb, integer, bigint[])', 'EXECUTE', NULL),
         ('FUNCTION', 'latest_detector_results(bigint)', 'EXECUTE',                      'EXECUTE'),

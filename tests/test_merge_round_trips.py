@@ -1,4 +1,4 @@
-"""A merge in two statements (sql/0107): the lock and both reads in one round trip, every write in another, between
+"""A merge in two statements (sql/0108): the lock and both reads in one round trip, every write in another, between
 BEGIN and COMMIT; a merge that waited for the image's lock reads what the lock's holder committed (the reads take
 their snapshots after the lock was granted); enqueue_boxes_postprocessing runs on its generic plans.
 
@@ -137,7 +137,7 @@ def generic_plan(conn: psycopg.Connection, statement: str, types: str) -> str:
 
 
 def test_enqueue_boxes_postprocessing_runs_on_its_generic_plans(conn: psycopg.Connection) -> None:
-    """sql/0107 tells the function to use its generic plans; they read merged_boxes by id, never the whole table
+    """sql/0108 tells the function to use its generic plans; they read merged_boxes by id, never the whole table
     (a big one, analyzed, and the empty one a session may first plan on)."""
     assert conn.execute("SELECT proconfig FROM pg_proc WHERE proname = 'enqueue_boxes_postprocessing'").fetchone()[0] \
         == ["plan_cache_mode=force_generic_plan"]

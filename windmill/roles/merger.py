@@ -85,7 +85,7 @@ def plan_writes(boxes: list[MergedBox], stored_rows: list[tuple[int, str, Any]])
 
 def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, worker_id: str) -> MergeOutcome:
     """Recompute and store one image's boxes; queue postprocessing of the new ones (which services a box gets is
-    SQL's rule, enqueue_boxes_postprocessing). One transaction of two statements (sql/0107): the lock and the reads,
+    SQL's rule, enqueue_boxes_postprocessing). One transaction of two statements (sql/0108): the lock and the reads,
     then every write."""
     with conn.transaction():
         answers, stored_rows = [], []
