@@ -182,6 +182,10 @@ BEGIN
         ('FUNCTION', 'queue_vote(bigint, uuid)',     'EXECUTE',                         NULL),
         ('FUNCTION', 'store_caption_score(bigint, integer, text, text, bigint, jsonb, text, text, double precision, text)',
                                                      'EXECUTE',                         NULL),  -- sql/0107
+        -- sql/0108: the merge's two statements; render and the chaos audit read the detectors' latest answers too
+        ('FUNCTION', 'merge_inputs(bigint, integer)', 'EXECUTE',                        NULL),
+        ('FUNCTION', 'store_merge(bigint, text, bigint[], jsonb, jsonb, integer, bigint[])', 'EXECUTE', NULL),
+        ('FUNCTION', 'latest_detector_results(bigint)', 'EXECUTE',                      'EXECUTE'),
         ('FUNCTION', 'take_service_slot(text, integer, integer[])', 'EXECUTE',          NULL),  -- fleet_max_concurrency
         ('FUNCTION', 'export_selection(bigint, text, timestamp with time zone, bigint)', 'EXECUTE', 'EXECUTE'),  -- `export`
         ('FUNCTION', 'give_back_service_slot(text, integer)',       'EXECUTE',          NULL),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -17,7 +18,7 @@ from windmill.harmony import DetectorResult, HarmonyConfig, MergedBox, harmonize
 from windmill.harmony.identity import match_boxes
 from windmill.jobs import Job
 from windmill.jobs.queues import MERGE_QUEUE
-from windmill.locks import Product, lock_image
+from windmill.locks import Product
 from windmill.roles.registry import Role, RoleContext, register_role
 
 log = logging.getLogger(__name__)
@@ -53,44 +54,54 @@ class MergeOutcome:
     deleted: int
 
 
+@dataclass(frozen=True)
+class MergeWrites:
+    """What a merge changes in the stored boxes: the ids of the boxes gone, the boxes seen again whose data changed
+    (with their merged_id), and the new boxes, in the recomputed set's order."""
+
+    gone: list[int]
+    changed: list[dict[str, Any]]
+    new: list[dict[str, Any]]
+    kept: int
+
+
+def plan_writes(boxes: list[MergedBox], stored_rows: list[tuple[int, str, Any]]) -> MergeWrites:
+    """Match the recomputed boxes against the stored ones (merged_id, crop_key, merged_data): a box that is a stored
+    one again keeps its row, and is written only when its data changed."""
+    stored = [(merged_id, parse_crop_key(key)) for merged_id, key, _ in stored_rows]
+    stored_data = {merged_id: data for merged_id, _, data in stored_rows}
+    kept = match_boxes(stored, [(box_class(box), box.bbox) for box in boxes])
+    gone = [merged_id for merged_id, _ in stored if merged_id not in kept.values()]
+    changed, new = [], []
+    for index, box in enumerate(boxes):
+        merged_data = box.to_merged_data()
+        row = {"merged_data": merged_data, "crop_key": crop_key(box), "source_result_ids": list(box.source_result_ids)}
+        if index not in kept:
+            new.append(row)
+        elif as_stored(merged_data) != stored_data[kept[index]]:  # an unchanged box costs no write
+            changed.append({**row, "merged_id": kept[index]})
+    return MergeWrites(gone, changed, new, len(kept))
+
+
 def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, worker_id: str) -> MergeOutcome:
     """Recompute and store one image's boxes; queue postprocessing of the new ones (which services a box gets is
-    SQL's rule, enqueue_boxes_postprocessing). One transaction."""
+    SQL's rule, enqueue_boxes_postprocessing). One transaction of two statements (sql/0108): the lock and the reads,
+    then every write."""
     with conn.transaction():
-        lock_image(conn, Product.MERGED_BOXES, image_id)
-        rows = conn.execute(query("latest_detector_results"), {"image_id": image_id}).fetchall()
-        boxes = harmonize([DetectorResult(result_id, service, data) for result_id, service, data in rows], config)
-        stored_rows = conn.execute(query("image_boxes"), {"image_id": image_id}).fetchall()
-        stored = [(merged_id, parse_crop_key(key)) for merged_id, key, _ in stored_rows]
-        stored_data = {merged_id: data for merged_id, _, data in stored_rows}
-        kept = match_boxes(stored, [(box_class(box), box.bbox) for box in boxes])
-        gone = [merged_id for merged_id, _ in stored if merged_id not in kept.values()]
-        if gone:
-            conn.execute(query("delete_boxes"), {"merged_ids": gone})
-        changed_boxes, new_boxes = [], []
-        for index, box in enumerate(boxes):
-            merged_data = box.to_merged_data()
-            row = {"merged_data": merged_data, "crop_key": crop_key(box),
-                   "source_result_ids": list(box.source_result_ids)}
-            if index not in kept:
-                new_boxes.append(row)
-            elif as_stored(merged_data) != stored_data[kept[index]]:  # an unchanged box costs no write
-                changed_boxes.append({**row, "merged_id": kept[index]})
-        updated = 0
-        if changed_boxes:
-            updated = conn.execute(query("update_boxes"), {"boxes": Jsonb(changed_boxes),
-                                                           "worker_id": worker_id}).rowcount
-        inserted: list[int] = []
-        if new_boxes:
-            # One statement inserts them in order: ascending ids are the boxes' order.
-            inserted = sorted(row[0] for row in conn.execute(query("insert_boxes"), {
-                "image_id": image_id, "boxes": Jsonb(new_boxes), "worker_id": worker_id}))
-        if inserted:
-            conn.execute(query("enqueue_new_boxes_postprocessing"), {"merged_ids": inserted})
-        conn.execute(query("record_merge"), {
-            "image_id": image_id, "boxes": len(boxes), "source_result_ids": sorted(row[0] for row in rows),
-            "worker_id": worker_id, "changed": bool(gone or inserted or updated)})
-    return MergeOutcome(len(boxes), inserted, len(kept), len(gone))
+        answers, stored_rows = [], []
+        for result_id, service, merged_id, key, data in conn.execute(query("merge_inputs"), {
+                "image_id": image_id, "lock_namespace": int(Product.MERGED_BOXES)}):
+            if merged_id is None:
+                answers.append(DetectorResult(result_id, service, data))
+            else:
+                stored_rows.append((merged_id, key, data))
+        boxes = harmonize(answers, config)
+        writes = plan_writes(boxes, stored_rows)
+        inserted: list[int] = fetch_value(conn, "store_merge", {
+            "image_id": image_id, "worker_id": worker_id, "gone": writes.gone, "changed": Jsonb(writes.changed),
+            "new": Jsonb(writes.new), "boxes": len(boxes),
+            "source_result_ids": sorted(answer.result_id for answer in answers)})
+    return MergeOutcome(len(boxes), inserted, writes.kept, len(writes.gone))
 
 
 @register_role("merger", "harmonizes the detectors' boxes of an image into merged boxes (queue merge)")
