@@ -102,9 +102,7 @@ def recompute_consensus(conn: psycopg.Connection, image_id: int, service_types: 
       decides from `job_payload`, the consensus job's payload; None counts as a normal job): the vote is put off
       onto that task's final row, which queues the next vote, and the deadline job bounds the wait.
     A vote not put off drops the image's queued deadline job: it read everything the put-off votes waited for."""
-    # Pipelined: BEGIN, the lock and the read go out together, and the writes with COMMIT, two round trips instead
-    # of five or six. The server still runs them one after another, each statement with its own snapshot.
-    with conn.pipeline(), conn.transaction():
+    with conn.transaction():
         # The lock is its own statement: a statement's snapshot is taken before it waits for the lock, and the read
         # below must see what the vote that held the lock committed.
         lock_image(conn, Product.CONSENSUS, image_id)
