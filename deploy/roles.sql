@@ -186,6 +186,9 @@ BEGIN
         ('FUNCTION', 'merge_inputs(bigint, integer)', 'EXECUTE',                        NULL),
         ('FUNCTION', 'store_merge(bigint, text, bigint[], jsonb, jsonb, integer, bigint[])', 'EXECUTE', NULL),
         ('FUNCTION', 'latest_detector_results(bigint)', 'EXECUTE',                      'EXECUTE'),
+        -- sql/0109: the vote's lock and read in one call
+        ('FUNCTION', 'consensus_inputs(bigint, jsonb)', 'EXECUTE',                     NULL),
+        ('FUNCTION', 'lock_and_read_consensus_inputs(bigint, integer, jsonb)', 'EXECUTE', NULL),
         ('FUNCTION', 'take_service_slot(text, integer, integer[])', 'EXECUTE',          NULL),  -- fleet_max_concurrency
         ('FUNCTION', 'export_selection(bigint, text, timestamp with time zone, bigint)', 'EXECUTE', 'EXECUTE'),  -- `export`
         ('FUNCTION', 'give_back_service_slot(text, integer)',       'EXECUTE',          NULL),

@@ -296,3 +296,28 @@ def test_an_answer_finding_the_job_running_queues_another(conn: psycopg.Connecti
     insert_answer(conn, image, "rtdetr", detection("dog", "🐕", 300))
     [again] = jobs.claim(["merge"], WORKER, 10)
     assert again.id != running.id
+
+
+def test_a_vote_that_waited_for_the_lock_reads_what_its_holder_committed(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection, image: int, catalog: Catalog) -> None:
+    """The vote takes the image's consensus lock and reads its inputs in one call; the read's snapshot follows the
+    lock, so an answer committed by the lock's holder while the vote waited is voted on."""
+    service_types = {service.name: service.service_type for service in catalog.services}
+    insert_answer(conn, image, "ocr", {"predictions": [{"text": "coffee", "confidence": 0.9}]})
+    voted: list[dict[str, Any] | None] = []
+    with database.connect() as holder:
+        with holder.transaction():
+            lock_image(holder, Product.CONSENSUS, image)
+
+            def vote() -> None:
+                with pool.connection() as worker_conn:
+                    voted.append(recompute_consensus(worker_conn, image, service_types, WORKER))
+
+            voting = threading.Thread(target=vote)
+            voting.start()
+            voting.join(0.5)
+            assert voting.is_alive(), "the vote waits for the image's consensus lock"
+            late = insert_answer(holder, image, "nsfw2", {"predictions": [{"label": "safe", "confidence": 0.9}]})
+        voting.join(10)
+    assert voted and voted[0] is not None
+    assert late in conn.execute("SELECT source_result_ids FROM consensus WHERE image_id = %s", (image,)).fetchone()[0]

@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from windmill.db.queries import query
 from windmill.jobs import Job
 from windmill.jobs.queues import CONSENSUS_QUEUE
-from windmill.locks import Product, lock_image
+from windmill.locks import Product
 from windmill.roles.registry import Role, RoleContext, register_role
 from windmill.voting import MergedBoxRow, PostprocessingRow, ServiceResult, compute_consensus, latest_success_rows
 
@@ -60,13 +60,20 @@ class ImageVoteState:
         return self.stored == self.inputs.recorded()
 
 
-def read_state(conn: psycopg.Connection, image_id: int, job_payload: Mapping[str, Any] | None = None) -> ImageVoteState:
+def read_state(conn: psycopg.Connection, image_id: int, job_payload: Mapping[str, Any] | None = None, *,
+               lock: bool = False) -> ImageVoteState:
+    """`lock`: first take the image's consensus lock (held to the transaction's end), then read, in one call whose
+    read sees what the lock's previous holder committed (sql/0109)."""
     results: list[ServiceResult] = []
     boxes: list[MergedBoxRow] = []
     post: list[PostprocessingRow] = []
     revision, stored, waits, deadline = 0, None, False, False
-    rows = conn.execute(query("consensus_inputs"),
-                        {"image_id": image_id, "payload": None if job_payload is None else Jsonb(job_payload)})
+    params = {"image_id": image_id, "payload": None if job_payload is None else Jsonb(job_payload)}
+    if lock:
+        rows = conn.execute(query("lock_and_read_consensus_inputs"),
+                            {**params, "lock_namespace": int(Product.CONSENSUS)})
+    else:
+        rows = conn.execute(query("consensus_inputs"), params)
     for (kind, row_id, service, status, data, processing_time, created, merged_box_id,
          source_result_ids, boxes_revision, postprocessing_ids, waits_for_voters, deadline_queued) in rows:
         if kind == "answer":
@@ -103,11 +110,9 @@ def recompute_consensus(conn: psycopg.Connection, image_id: int, service_types: 
       onto that task's final row, which queues the next vote, and the deadline job bounds the wait.
     A vote not put off drops the image's queued deadline job: it read everything the put-off votes waited for."""
     with conn.transaction():
-        # The lock is its own statement: a statement's snapshot is taken before it waits for the lock, and the read
-        # below must see what the vote that held the lock committed.
-        lock_image(conn, Product.CONSENSUS, image_id)
         started = time.perf_counter()
-        state = read_state(conn, image_id, job_payload)
+        # The lock, then the read on a snapshot of its own, which sees what the vote that held the lock committed.
+        state = read_state(conn, image_id, job_payload, lock=True)
         current = state.current()
         if not current and state.waits_for_voters:
             conn.execute(query("enqueue_consensus_deadline"), {"image_id": image_id})
