@@ -7,8 +7,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from windmill.image_cache import ENTRY_OVERHEAD_BYTES, PREPARED_BYTES, ImageSource, SingleFlightCache
-from windmill.images import BadImage, crop_for_service, prepare_image
+from windmill.image_cache import (
+    DECODED_BYTES,
+    ENTRY_OVERHEAD_BYTES,
+    PREPARED_BYTES,
+    ImageSource,
+    SingleFlightCache,
+)
+from windmill.images import DEFAULT_MAX_PIXELS, BadImage, crop_for_service, prepare_image
 from windmill.settings import settings_from_mapping
 
 BOX_A = {"x": 10, "y": 8, "width": 30, "height": 20}
@@ -97,3 +103,42 @@ def test_a_kept_failure_weighs_as_a_large_image(tmp_path: Path) -> None:
         with pytest.raises(BadImage):
             source.prepared(image_id, str(broken), None)
     assert len(source.prepared_images) == 3, "a bounded number of failures (and the bytes their tracebacks hold)"
+
+
+def test_decoded_pixels_are_kept_by_their_bytes_until_an_images_later_boxes_come(tmp_path: Path) -> None:
+    # An image's boxes come in waves, one per merge, the later ones after the boxes of a couple of hundred other
+    # images in a bulk run: the pixels of small images must still be there (not decoded again), by the hundred.
+    paths = [quadrants(tmp_path / f"{n}.jpg", [(n, 0, 0), (0, n, 0), (0, 0, n), (n, n, n)]) for n in range(100)]
+    source = ImageSource(settings_from_mapping({}))
+    first_wave = [source.crop(n, str(path), None, BOX_A) for n, path in enumerate(paths)]
+    second_wave = [source.crop(n, str(path), None, BOX_B) for n, path in enumerate(paths)]
+    assert source.decoded_images.loads == 100, "each image decoded once, its second box cut from the kept pixels"
+    assert source.decoded_images.weight == 100 * (80 * 60 * 3 + ENTRY_OVERHEAD_BYTES)
+    assert [crop.image.data for crop in second_wave[:2]] == [direct(paths[0], BOX_B), direct(paths[1], BOX_B)]
+    assert first_wave[0].image.data == direct(paths[0], BOX_A)
+
+
+def test_decoded_pixels_of_large_images_are_bounded_by_bytes_not_by_count(tmp_path: Path) -> None:
+    paths = [quadrants(tmp_path / f"{n}.jpg", [(n, 0, 0), (0, n, 0), (0, 0, n), (n, n, n)]) for n in range(5)]
+    one_image = 80 * 60 * 3 + ENTRY_OVERHEAD_BYTES
+    source = ImageSource(settings_from_mapping({}), decoded_bytes=2 * one_image)  # room for two images' pixels
+    for n, path in enumerate(paths):
+        source.pixels(n, str(path), None)
+    assert (len(source.decoded_images), source.decoded_images.weight) == (2, 2 * one_image)
+    source.pixels(4, str(paths[4]), None)
+    source.pixels(0, str(paths[0]), None)
+    assert source.decoded_images.loads == 6, "the last image was kept, the first had gone"
+    # The default budget holds the largest image accepted, so that its boxes too are cut from one decode.
+    assert DECODED_BYTES == DEFAULT_MAX_PIXELS * 3 + ENTRY_OVERHEAD_BYTES
+
+
+def test_crops_are_kept_by_their_bytes_until_a_later_merge_asks_for_the_same_box(tmp_path: Path) -> None:
+    # A merge that leaves a box where it was asks for the same crop again, a wave of boxes later: kept, by the
+    # hundred (64 by count had cut a quarter of the bench's crops twice).
+    paths = [quadrants(tmp_path / f"{n}.jpg", [(n, 0, 0), (0, n, 0), (0, 0, n), (n, n, n)]) for n in range(50)]
+    source = ImageSource(settings_from_mapping({}))
+    boxes = (BOX_A, BOX_B)
+    crops = [source.crop(n, str(path), None, box) for n, path in enumerate(paths) for box in boxes]
+    assert [source.crop(n, str(path), None, box) for n, path in enumerate(paths) for box in boxes] == crops
+    assert (source.crops.loads, source.crops.hits) == (100, 100)
+    assert source.crops.weight == sum(len(crop.image.data) + ENTRY_OVERHEAD_BYTES for crop in crops)

@@ -14,7 +14,14 @@ from typing import Any, Generic, TypeVar
 
 from PIL import Image
 
-from windmill.images import CropBox, PreparedImage, crop_for_service, load_image_bytes, prepare_image
+from windmill.images import (
+    DEFAULT_MAX_PIXELS,
+    CropBox,
+    PreparedImage,
+    crop_for_service,
+    load_image_bytes,
+    prepare_image,
+)
 from windmill.images.crop import box_xywh
 from windmill.images.validate import prepare_image_and_pixels
 from windmill.settings import Settings
@@ -132,18 +139,51 @@ def _prepared_weight(outcome: PreparedImage | BaseException) -> int:
     return len(outcome.data) + ENTRY_OVERHEAD_BYTES
 
 
+# The decoded pixels the postprocess worker keeps, by their bytes (width × height × 3). An image's boxes come in
+# waves, one per merge: the first when the fast detectors have answered, the next when a slower one has, and in a
+# bulk run the slow detector's queue lags the fast ones' by a share of the backlog, so an image's later boxes come
+# after those of a couple of hundred other images (measured in the 300-image pipeline bench: about 220 images
+# decoded between an image's first and second decode, about 0.7 × the images submitted). Eight images by count kept
+# none of them (1.8 decodes per image) and let eight 12 MP photos hold 290 MB. The budget is the largest image
+# accepted (DEFAULT_MAX_PIXELS, 256 MB decoded), so that even its boxes are cut from one decode; it keeps about 280
+# images of 640 × 480 (the bench's whole lag) and 7 photos of 12 MP, no more memory for large photos than before.
+# No budget covers a bulk run of thousands of images, whose later waves decode again (1.5 ms per 640 × 480 image).
+DECODED_BYTES = DEFAULT_MAX_PIXELS * 3 + ENTRY_OVERHEAD_BYTES
+# A kept failure (an image that cannot be decoded) weighs as a 640 × 480 image: a bounded number of them.
+_DECODE_FAILURE_BYTES = 640 * 480 * 3
+
+
+def _pixels_weight(outcome: Image.Image | BaseException) -> int:
+    if isinstance(outcome, BaseException):
+        return _DECODE_FAILURE_BYTES
+    return outcome.width * outcome.height * len(outcome.getbands()) + ENTRY_OVERHEAD_BYTES
+
+
+# The encoded crops kept, by their bytes: a crop is cut anew when a merge keeps a box where it was (same
+# coordinates) after the crop left the cache, in the next wave of the image's boxes (see DECODED_BYTES), so the
+# crops are kept over the same span. A crop of the pipeline bench's scenes is 5-20 KB (8 on average) and an image
+# has about 4 boxes: 16 MB holds some 1,800 crops, the boxes of the last 450 images or so. With 64 crops kept by
+# count, a quarter of the crops cut in the 300-image bench were a box cut before (1,532 cuts for 1,160 crops).
+CROP_BYTES = 16 * 1024 * 1024
+
+
+def _crop_weight(outcome: Crop | BaseException) -> int:
+    if isinstance(outcome, BaseException):
+        return ENTRY_OVERHEAD_BYTES
+    return len(outcome.image.data) + ENTRY_OVERHEAD_BYTES
+
+
 class ImageSource:
     """Prepared images (and their decoded pixels, for cropping) by image, loaded once per process."""
 
-    def __init__(self, settings: Settings, *, prepared_bytes: int = PREPARED_BYTES, decoded_capacity: int = 8,
-                 crop_capacity: int = 64) -> None:
+    def __init__(self, settings: Settings, *, prepared_bytes: int = PREPARED_BYTES, decoded_bytes: int = DECODED_BYTES,
+                 crop_bytes: int = CROP_BYTES) -> None:
         self.settings = settings
         self.prepared_images: SingleFlightCache[tuple[Any, ...], PreparedImage] = SingleFlightCache(
             prepared_bytes, _prepared_weight)
-        # Decoded RGB costs width × height × 3 bytes: keep only the few images being cropped right now.
-        self.decoded_images: SingleFlightCache[tuple[Any, ...], Image.Image] = SingleFlightCache(decoded_capacity)
-        # An encoded crop is a few tens of KB: enough for the boxes of the images being postprocessed.
-        self.crops: SingleFlightCache[tuple[Any, ...], Crop] = SingleFlightCache(crop_capacity)
+        self.decoded_images: SingleFlightCache[tuple[Any, ...], Image.Image] = SingleFlightCache(
+            decoded_bytes, _pixels_weight)
+        self.crops: SingleFlightCache[tuple[Any, ...], Crop] = SingleFlightCache(crop_bytes, _crop_weight)
 
     def prepared(self, image_id: int, image_path: str | None, image_url: str | None) -> PreparedImage:
         """The image ready to send; BadImage (cached too: a bad image stays bad) when it cannot be, ImageUnavailable
