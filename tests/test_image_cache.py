@@ -105,9 +105,9 @@ def test_a_kept_failure_weighs_as_a_large_image(tmp_path: Path) -> None:
     assert len(source.prepared_images) == 3, "a bounded number of failures (and the bytes their tracebacks hold)"
 
 
-def test_decoded_pixels_are_kept_by_their_bytes_until_an_images_later_boxes_come(tmp_path: Path) -> None:
-    # An image's boxes come in waves, one per merge, the later ones after the boxes of a couple of hundred other
-    # images in a bulk run: the pixels of small images must still be there (not decoded again), by the hundred.
+def test_decoded_pixels_are_kept_by_their_bytes_until_colors_asks_for_the_images_boxes(tmp_path: Path) -> None:
+    # Face and pose ask for an image's person boxes, and colors, whose queue lags behind in a bulk run, for its other
+    # boxes after a couple of hundred other images: the pixels of small images are still there, by the hundred.
     paths = [quadrants(tmp_path / f"{n}.jpg", [(n, 0, 0), (0, n, 0), (0, 0, n), (n, n, n)]) for n in range(100)]
     source = ImageSource(settings_from_mapping({}))
     first_wave = [source.crop(n, str(path), None, BOX_A) for n, path in enumerate(paths)]
@@ -132,9 +132,9 @@ def test_decoded_pixels_of_large_images_are_bounded_by_bytes_not_by_count(tmp_pa
     assert DECODED_BYTES == DEFAULT_MAX_PIXELS * 3 + ENTRY_OVERHEAD_BYTES
 
 
-def test_crops_are_kept_by_their_bytes_until_a_later_merge_asks_for_the_same_box(tmp_path: Path) -> None:
-    # A merge that leaves a box where it was asks for the same crop again, a wave of boxes later: kept, by the
-    # hundred (64 by count had cut a quarter of the bench's crops twice).
+def test_crops_are_kept_by_their_bytes_until_colors_asks_for_a_person_box(tmp_path: Path) -> None:
+    # Colors asks for a person box's crop long after face and pose did: kept, by the hundred (64 by count had cut a
+    # quarter of the bench's crops twice).
     paths = [quadrants(tmp_path / f"{n}.jpg", [(n, 0, 0), (0, n, 0), (0, 0, n), (n, n, n)]) for n in range(50)]
     source = ImageSource(settings_from_mapping({}))
     boxes = (BOX_A, BOX_B)

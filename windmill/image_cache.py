@@ -139,15 +139,15 @@ def _prepared_weight(outcome: PreparedImage | BaseException) -> int:
     return len(outcome.data) + ENTRY_OVERHEAD_BYTES
 
 
-# The decoded pixels the postprocess worker keeps, by their bytes (width × height × 3). An image's boxes come in
-# waves, one per merge: the first when the fast detectors have answered, the next when a slower one has, and in a
-# bulk run the slow detector's queue lags the fast ones' by a share of the backlog, so an image's later boxes come
-# after those of a couple of hundred other images (measured in the 300-image pipeline bench: about 220 images
-# decoded between an image's first and second decode, about 0.7 × the images submitted). Eight images by count kept
-# none of them (1.8 decodes per image) and let eight 12 MP photos hold 290 MB. The budget is the largest image
-# accepted (DEFAULT_MAX_PIXELS, 256 MB decoded), so that even its boxes are cut from one decode; it keeps about 280
-# images of 640 × 480 (the bench's whole lag) and 7 photos of 12 MP, no more memory for large photos than before.
-# No budget covers a bulk run of thousands of images, whose later waves decode again (1.5 ms per 640 × 480 image).
+# The decoded pixels the postprocess worker keeps, by their bytes (width × height × 3). The boxes of an image are
+# asked for by colors, face and pose, each from its own queue, and in a bulk run colors (every box, where face and
+# pose take person boxes only) lags behind by a share of the backlog: in the pipeline bench an image's boxes for
+# colors came 2.5 s (150 images) and 6.5 s (300 images) after its person boxes for face and pose, after those of
+# about 0.7 × the images submitted. Eight images by count kept none of them (1.8 decodes per image) and let eight
+# 12 MP photos hold 290 MB. The budget is the largest image accepted (DEFAULT_MAX_PIXELS, 256 MB decoded), so that
+# even its boxes are cut from one decode; it keeps about 280 images of 640 × 480 (the 300-image bench's whole lag)
+# and 7 photos of 12 MP, no more memory for large photos than before. No budget covers a bulk run of thousands of
+# images, whose boxes for colors are cut from a second decode (1.5 ms per 640 × 480 image).
 DECODED_BYTES = DEFAULT_MAX_PIXELS * 3 + ENTRY_OVERHEAD_BYTES
 # A kept failure (an image that cannot be decoded) weighs as a 640 × 480 image: a bounded number of them.
 _DECODE_FAILURE_BYTES = 640 * 480 * 3
@@ -159,11 +159,10 @@ def _pixels_weight(outcome: Image.Image | BaseException) -> int:
     return outcome.width * outcome.height * len(outcome.getbands()) + ENTRY_OVERHEAD_BYTES
 
 
-# The encoded crops kept, by their bytes: a crop is cut anew when a merge keeps a box where it was (same
-# coordinates) after the crop left the cache, in the next wave of the image's boxes (see DECODED_BYTES), so the
-# crops are kept over the same span. A crop of the pipeline bench's scenes is 5-20 KB (8 on average) and an image
-# has about 4 boxes: 16 MB holds some 1,800 crops, the boxes of the last 450 images or so. With 64 crops kept by
-# count, a quarter of the crops cut in the 300-image bench were a box cut before (1,532 cuts for 1,160 crops).
+# The encoded crops kept, by their bytes, over the same span: colors asks for a person box's crop seconds after face
+# and pose did (see DECODED_BYTES). A crop of the pipeline bench's scenes is 5-20 KB (8 on average) and an image has
+# about 4 boxes: 16 MB holds some 1,800 crops, the boxes of the last 450 images or so. With 64 crops kept by count,
+# a quarter of the crops cut in the 300-image bench were a box cut before (1,532 cuts for 1,160 crops).
 CROP_BYTES = 16 * 1024 * 1024
 
 
