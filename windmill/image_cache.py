@@ -147,7 +147,7 @@ def _prepared_weight(outcome: PreparedImage | BaseException) -> int:
 # 12 MP photos hold 290 MB. The budget is the largest image accepted (DEFAULT_MAX_PIXELS, 256 MB decoded), so that
 # even its boxes are cut from one decode; it keeps about 280 images of 640 × 480 (the 300-image bench's whole lag)
 # and 7 photos of 12 MP, no more memory for large photos than before. No budget covers a bulk run of thousands of
-# images, whose boxes for colors are cut from a second decode (1.5 ms per 640 × 480 image).
+# images, whose boxes for colors are cut from a second decode (about 1 ms per 640 × 480 image).
 DECODED_BYTES = DEFAULT_MAX_PIXELS * 3 + ENTRY_OVERHEAD_BYTES
 # A kept failure (an image that cannot be decoded) weighs as a 640 × 480 image: a bounded number of them.
 _DECODE_FAILURE_BYTES = 640 * 480 * 3
