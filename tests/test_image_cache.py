@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from windmill.image_cache import (
-    DECODED_BYTES,
-    ENTRY_OVERHEAD_BYTES,
-    PREPARED_BYTES,
-    ImageSource,
-    SingleFlightCache,
-)
-from windmill.images import DEFAULT_MAX_PIXELS, BadImage, crop_for_service, prepare_image
+from windmill.image_cache import ENTRY_OVERHEAD_BYTES, PREPARED_BYTES, ImageSource, SingleFlightCache
+from windmill.images import BadImage, crop_for_service, prepare_image
 from windmill.settings import settings_from_mapping
 
 BOX_A = {"x": 10, "y": 8, "width": 30, "height": 20}
@@ -105,9 +100,8 @@ def test_a_kept_failure_weighs_as_a_large_image(tmp_path: Path) -> None:
     assert len(source.prepared_images) == 3, "a bounded number of failures (and the bytes their tracebacks hold)"
 
 
-def test_decoded_pixels_are_kept_by_their_bytes_until_colors_asks_for_the_images_boxes(tmp_path: Path) -> None:
-    # Face and pose ask for an image's person boxes, and colors, whose queue lags behind in a bulk run, for its other
-    # boxes after a couple of hundred other images: the pixels of small images are still there, by the hundred.
+def test_decoded_pixels_are_kept_by_their_bytes_not_by_their_number(tmp_path: Path) -> None:
+    # Kept for the boxes a later merge moves: the pixels of small images are still there, by the hundred.
     paths = [quadrants(tmp_path / f"{n}.jpg", [(n, 0, 0), (0, n, 0), (0, 0, n), (n, n, n)]) for n in range(100)]
     source = ImageSource(settings_from_mapping({}))
     first_wave = [source.crop(n, str(path), None, BOX_A) for n, path in enumerate(paths)]
@@ -128,8 +122,6 @@ def test_decoded_pixels_of_large_images_are_bounded_by_bytes_not_by_count(tmp_pa
     source.pixels(4, str(paths[4]), None)
     source.pixels(0, str(paths[0]), None)
     assert source.decoded_images.loads == 6, "the last image was kept, the first had gone"
-    # The default budget holds the largest image accepted, so that its boxes too are cut from one decode.
-    assert DECODED_BYTES == DEFAULT_MAX_PIXELS * 3 + ENTRY_OVERHEAD_BYTES
 
 
 def test_crops_are_kept_by_their_bytes_until_colors_asks_for_a_person_box(tmp_path: Path) -> None:
@@ -142,3 +134,57 @@ def test_crops_are_kept_by_their_bytes_until_colors_asks_for_a_person_box(tmp_pa
     assert [source.crop(n, str(path), None, box) for n, path in enumerate(paths) for box in boxes] == crops
     assert (source.crops.loads, source.crops.hits) == (100, 100)
     assert source.crops.weight == sum(len(crop.image.data) + ENTRY_OVERHEAD_BYTES for crop in crops)
+
+
+def test_the_first_box_cut_from_an_image_has_the_images_other_boxes_cut_with_it(pictures: tuple[Path, Path]) -> None:
+    # Face and pose ask for an image's person box; colors asks for its other boxes long after, when its pixels
+    # have gone (here: room for one image's pixels, and another image decoded in between).
+    one, two = pictures
+    source = ImageSource(settings_from_mapping({}), decoded_bytes=80 * 60 * 3 + ENTRY_OVERHEAD_BYTES)
+    asked: list[int] = []
+
+    def boxes_still_to_come() -> list[object]:
+        asked.append(1)
+        return [BOX_A, [50, 30, 25, 25], {"x": "not a box"}]  # itself, the other box (as a list), a broken one
+
+    person = source.crop(1, str(one), None, BOX_A, other_boxes=boxes_still_to_come)
+    assert source.crop(1, str(one), None, BOX_A, other_boxes=boxes_still_to_come) is person
+    assert len(asked) == 1, "only the call that cut the box asks for the others"
+    source.crop(2, str(two), None, BOX_A)
+    other = source.crop(1, str(one), None, BOX_B)
+    assert source.decoded_images.loads == 2, "the other box was cut from the first decode"
+    assert (source.crops.loads, other.image.data) == (3, direct(one, BOX_B))
+
+
+def test_the_other_boxes_failing_is_never_kept_as_the_crops_failure(pictures: tuple[Path, Path]) -> None:
+    one, _ = pictures
+    source = ImageSource(settings_from_mapping({}))
+
+    def database_away() -> list[object]:
+        raise RuntimeError("the database went away")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        source.crop(1, str(one), None, BOX_A, other_boxes=database_away)
+    assert source.crop(1, str(one), None, BOX_A).image.data == direct(one, BOX_A)
+
+
+def test_an_offer_never_waits_for_a_load_in_progress() -> None:
+    cache: SingleFlightCache[str, str] = SingleFlightCache(10)
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(5)
+        return "loaded"
+
+    loader = threading.Thread(target=cache.get, args=("a", slow))
+    loader.start()
+    assert started.wait(5)
+    cache.offer("a", lambda: "offered")  # returns at once: another caller is loading "a"
+    cache.offer("b", lambda: "offered")
+    release.set()
+    loader.join(5)
+    assert (cache.get("a", lambda: "never"), cache.get("b", lambda: "never"), cache.loads) == ("loaded", "offered", 2)
+    cache.offer("c", lambda: int("not a number"))  # nobody asked: not raised, kept as get keeps a failure
+    with pytest.raises(ValueError):
+        cache.get("c", lambda: "never")
