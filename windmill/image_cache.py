@@ -150,9 +150,11 @@ def _prepared_weight(outcome: PreparedImage | BaseException) -> int:
 # decodes per image), and pixels kept over that span cost 0.9 MB per 640 × 480 image (330 MB more at the peak for
 # the 300-image bench). So the first box cut from an image has the image's other boxes cut with it (ImageSource.crop)
 # and the crops, a hundredth of the pixels' bytes, are what is kept over the span (CROP_BYTES). The pixels are kept
-# by their bytes (width × height × 3) for the boxes a later merge moves: 64 MB, about 70 images of 640 × 480 or one
-# photo of 12 MP, where eight 12 MP photos by count held 290 MB.
-DECODED_BYTES = 64 * 1024 * 1024
+# by their bytes (width × height × 3), for the boxes a quick re-merge moves: 32 MB, about 35 images of 640 × 480 and
+# no photo of 12 MP (its boxes are all cut from the one decode), where eight 12 MP photos by count held 290 MB. (The
+# handler's peak RSS in the 300-image bench: 117 MB with 8 MB of pixels, 153 with 32, 200 with 64; 1 decode per
+# image with each.)
+DECODED_BYTES = 32 * 1024 * 1024
 # A kept failure (an image that cannot be decoded) weighs as a 640 × 480 image: a bounded number of them.
 _DECODE_FAILURE_BYTES = 640 * 480 * 3
 
