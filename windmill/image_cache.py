@@ -1,7 +1,7 @@
 """Prepared images shared by the services of one process: each image is read and validated once, not once
 per service, and concurrent requests for the same image wait for the one load in progress. The same holds for
 the decoded pixels of an image being cropped, and for each crop: colors, face and pose analyse the same crop of a
-person box, cut and encoded once."""
+person box, cut and encoded once, and an image's boxes are all cut from one decode."""
 
 from __future__ import annotations
 
@@ -65,9 +65,9 @@ class SingleFlightCache(Generic[Key, Value]):
         raise AssertionError("unreachable")
 
     def offer(self, key: Key, load: Callable[[], Value]) -> None:
-        """Load the key's value when no caller has it or is loading it; never wait for another caller's load (so
-        that loads may offer each other's keys without waiting on one another). A failure is kept as `get` keeps
-        it, and not raised: nobody asked."""
+        """Load the key's value when no caller has it or is loading it, for callers to come; never wait for another
+        caller's load (this caller needs nothing from it). A failure is kept as `get` keeps it, and not raised:
+        nobody asked."""
         future, owner = self._entry(key)
         if owner:
             with contextlib.suppress(Exception):
