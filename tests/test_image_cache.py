@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,93 @@ def test_a_kept_failure_weighs_as_a_large_image(tmp_path: Path) -> None:
         with pytest.raises(BadImage):
             source.prepared(image_id, str(broken), None)
     assert len(source.prepared_images) == 3, "a bounded number of failures (and the bytes their tracebacks hold)"
+
+
+def test_decoded_pixels_are_kept_by_their_bytes_not_by_their_number(tmp_path: Path) -> None:
+    # Kept for the boxes a later merge moves: the pixels of small images are still there, by the hundred.
+    paths = [quadrants(tmp_path / f"{n}.jpg", [(n, 0, 0), (0, n, 0), (0, 0, n), (n, n, n)]) for n in range(100)]
+    source = ImageSource(settings_from_mapping({}))
+    first_wave = [source.crop(n, str(path), None, BOX_A) for n, path in enumerate(paths)]
+    second_wave = [source.crop(n, str(path), None, BOX_B) for n, path in enumerate(paths)]
+    assert source.decoded_images.loads == 100, "each image decoded once, its second box cut from the kept pixels"
+    assert source.decoded_images.weight == 100 * (80 * 60 * 3 + ENTRY_OVERHEAD_BYTES)
+    assert [crop.image.data for crop in second_wave[:2]] == [direct(paths[0], BOX_B), direct(paths[1], BOX_B)]
+    assert first_wave[0].image.data == direct(paths[0], BOX_A)
+
+
+def test_decoded_pixels_of_large_images_are_bounded_by_bytes_not_by_count(tmp_path: Path) -> None:
+    paths = [quadrants(tmp_path / f"{n}.jpg", [(n, 0, 0), (0, n, 0), (0, 0, n), (n, n, n)]) for n in range(5)]
+    one_image = 80 * 60 * 3 + ENTRY_OVERHEAD_BYTES
+    source = ImageSource(settings_from_mapping({}), decoded_bytes=2 * one_image)  # room for two images' pixels
+    for n, path in enumerate(paths):
+        source.pixels(n, str(path), None)
+    assert (len(source.decoded_images), source.decoded_images.weight) == (2, 2 * one_image)
+    source.pixels(4, str(paths[4]), None)
+    source.pixels(0, str(paths[0]), None)
+    assert source.decoded_images.loads == 6, "the last image was kept, the first had gone"
+
+
+def test_crops_are_kept_by_their_bytes_until_colors_asks_for_a_person_box(tmp_path: Path) -> None:
+    # Colors asks for a person box's crop long after face and pose did: kept, by the hundred (64 by count had cut a
+    # quarter of the bench's crops twice).
+    paths = [quadrants(tmp_path / f"{n}.jpg", [(n, 0, 0), (0, n, 0), (0, 0, n), (n, n, n)]) for n in range(50)]
+    source = ImageSource(settings_from_mapping({}))
+    boxes = (BOX_A, BOX_B)
+    crops = [source.crop(n, str(path), None, box) for n, path in enumerate(paths) for box in boxes]
+    assert [source.crop(n, str(path), None, box) for n, path in enumerate(paths) for box in boxes] == crops
+    assert (source.crops.loads, source.crops.hits) == (100, 100)
+    assert source.crops.weight == sum(len(crop.image.data) + ENTRY_OVERHEAD_BYTES for crop in crops)
+
+
+def test_the_first_box_cut_from_an_image_has_the_images_other_boxes_cut_with_it(pictures: tuple[Path, Path]) -> None:
+    # Face and pose ask for an image's person box; colors asks for its other boxes long after, when its pixels
+    # have gone (here: room for one image's pixels, and another image decoded in between).
+    one, two = pictures
+    source = ImageSource(settings_from_mapping({}), decoded_bytes=80 * 60 * 3 + ENTRY_OVERHEAD_BYTES)
+    asked: list[int] = []
+
+    def boxes_still_to_come() -> list[object]:
+        asked.append(1)
+        return [BOX_A, [50, 30, 25, 25], {"x": "not a box"}]  # itself, the other box (as a list), a broken one
+
+    person = source.crop(1, str(one), None, BOX_A, other_boxes=boxes_still_to_come)
+    assert source.crop(1, str(one), None, BOX_A, other_boxes=boxes_still_to_come) is person
+    assert len(asked) == 1, "only the call that cut the box asks for the others"
+    source.crop(2, str(two), None, BOX_A)
+    other = source.crop(1, str(one), None, BOX_B)
+    assert source.decoded_images.loads == 2, "the other box was cut from the first decode"
+    assert (source.crops.loads, other.image.data) == (3, direct(one, BOX_B))
+
+
+def test_the_other_boxes_failing_is_never_kept_as_the_crops_failure(pictures: tuple[Path, Path]) -> None:
+    one, _ = pictures
+    source = ImageSource(settings_from_mapping({}))
+
+    def database_away() -> list[object]:
+        raise RuntimeError("the database went away")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        source.crop(1, str(one), None, BOX_A, other_boxes=database_away)
+    assert source.crop(1, str(one), None, BOX_A).image.data == direct(one, BOX_A)
+
+
+def test_an_offer_never_waits_for_a_load_in_progress() -> None:
+    cache: SingleFlightCache[str, str] = SingleFlightCache(10)
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(5)
+        return "loaded"
+
+    loader = threading.Thread(target=cache.get, args=("a", slow))
+    loader.start()
+    assert started.wait(5)
+    cache.offer("a", lambda: "offered")  # returns at once: another caller is loading "a"
+    cache.offer("b", lambda: "offered")
+    release.set()
+    loader.join(5)
+    assert (cache.get("a", lambda: "never"), cache.get("b", lambda: "never"), cache.loads) == ("loaded", "offered", 2)
+    cache.offer("c", lambda: int("not a number"))  # nobody asked: not raised, kept as get keeps a failure
+    with pytest.raises(ValueError):
+        cache.get("c", lambda: "never")

@@ -1,13 +1,15 @@
 """Prepared images shared by the services of one process: each image is read and validated once, not once
 per service, and concurrent requests for the same image wait for the one load in progress. The same holds for
 the decoded pixels of an image being cropped, and for each crop: colors, face and pose analyse the same crop of a
-person box, cut and encoded once."""
+person box, cut and encoded once, and an image's boxes are all cut from one decode."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -61,6 +63,15 @@ class SingleFlightCache(Generic[Key, Value]):
                 if last_try or not _passing(error):
                     raise
         raise AssertionError("unreachable")
+
+    def offer(self, key: Key, load: Callable[[], Value]) -> None:
+        """Load the key's value when no caller has it or is loading it, for callers to come; never wait for another
+        caller's load (this caller needs nothing from it). A failure is kept as `get` keeps it, and not raised:
+        nobody asked."""
+        future, owner = self._entry(key)
+        if owner:
+            with contextlib.suppress(Exception):
+                self._load(key, future, load)
 
     def _entry(self, key: Key) -> tuple[Future[Value], bool]:
         """The key's future, and whether this caller created it (and so must load it)."""
@@ -132,18 +143,53 @@ def _prepared_weight(outcome: PreparedImage | BaseException) -> int:
     return len(outcome.data) + ENTRY_OVERHEAD_BYTES
 
 
+# The boxes of an image are asked for by colors, face and pose, each from its own queue, and in a bulk run colors
+# (every box, where face and pose take person boxes only) lags behind by a share of the backlog: in the pipeline
+# bench an image's boxes for colors came 2.5 s (150 images) and 6.5 s (300 images) after its person boxes for face
+# and pose, after those of about 0.7 × the images submitted. Eight decoded images by count kept none of them (1.8
+# decodes per image), and pixels kept over that span cost 0.9 MB per 640 × 480 image (330 MB more at the peak for
+# the 300-image bench). So the first box cut from an image has the image's other boxes cut with it (ImageSource.crop)
+# and the crops, a hundredth of the pixels' bytes, are what is kept over the span (CROP_BYTES). The pixels are kept
+# by their bytes (width × height × 3), for the boxes a quick re-merge moves: 32 MB, about 35 images of 640 × 480 and
+# no photo of 12 MP (its boxes are all cut from the one decode), where eight 12 MP photos by count held 290 MB. (The
+# handler's peak RSS in the 300-image bench: 117 MB with 8 MB of pixels, 153 with 32, 200 with 64; 1 decode per
+# image with each.)
+DECODED_BYTES = 32 * 1024 * 1024
+# A kept failure (an image that cannot be decoded) weighs as a 640 × 480 image: a bounded number of them.
+_DECODE_FAILURE_BYTES = 640 * 480 * 3
+
+
+def _pixels_weight(outcome: Image.Image | BaseException) -> int:
+    if isinstance(outcome, BaseException):
+        return _DECODE_FAILURE_BYTES
+    return outcome.width * outcome.height * len(outcome.getbands()) + ENTRY_OVERHEAD_BYTES
+
+
+# The encoded crops kept, by their bytes, over colors' lag (see DECODED_BYTES). A crop of the pipeline bench's scenes
+# is 5-20 KB (8 on average) and an image has about 4 boxes: 64 MB holds some 7,000 crops, the boxes of the last
+# 1,800 images or so, the lag of a bulk run of about 2,500 images; beyond it, boxes are cut from a second decode
+# (about 1 ms per 640 × 480 image, 0.2 ms per crop). With 64 crops kept by count, a quarter of the crops cut in the
+# 300-image bench were a box cut before (1,532 cuts for 1,160 crops).
+CROP_BYTES = 64 * 1024 * 1024
+
+
+def _crop_weight(outcome: Crop | BaseException) -> int:
+    if isinstance(outcome, BaseException):
+        return ENTRY_OVERHEAD_BYTES
+    return len(outcome.image.data) + ENTRY_OVERHEAD_BYTES
+
+
 class ImageSource:
     """Prepared images (and their decoded pixels, for cropping) by image, loaded once per process."""
 
-    def __init__(self, settings: Settings, *, prepared_bytes: int = PREPARED_BYTES, decoded_capacity: int = 8,
-                 crop_capacity: int = 64) -> None:
+    def __init__(self, settings: Settings, *, prepared_bytes: int = PREPARED_BYTES, decoded_bytes: int = DECODED_BYTES,
+                 crop_bytes: int = CROP_BYTES) -> None:
         self.settings = settings
         self.prepared_images: SingleFlightCache[tuple[Any, ...], PreparedImage] = SingleFlightCache(
             prepared_bytes, _prepared_weight)
-        # Decoded RGB costs width × height × 3 bytes: keep only the few images being cropped right now.
-        self.decoded_images: SingleFlightCache[tuple[Any, ...], Image.Image] = SingleFlightCache(decoded_capacity)
-        # An encoded crop is a few tens of KB: enough for the boxes of the images being postprocessed.
-        self.crops: SingleFlightCache[tuple[Any, ...], Crop] = SingleFlightCache(crop_capacity)
+        self.decoded_images: SingleFlightCache[tuple[Any, ...], Image.Image] = SingleFlightCache(
+            decoded_bytes, _pixels_weight)
+        self.crops: SingleFlightCache[tuple[Any, ...], Crop] = SingleFlightCache(crop_bytes, _crop_weight)
 
     def prepared(self, image_id: int, image_path: str | None, image_url: str | None) -> PreparedImage:
         """The image ready to send; BadImage (cached too: a bad image stays bad) when it cannot be, ImageUnavailable
@@ -174,23 +220,44 @@ class ImageSource:
         return load_image_bytes(image_path, image_url, roots=self.settings.image_roots or None,
                                 allow_private_urls=self.settings.allow_private_urls)
 
-    def crop(self, image_id: int, image_path: str | None, image_url: str | None, bbox: Any) -> Crop:
+    def crop(self, image_id: int, image_path: str | None, image_url: str | None, bbox: Any, *,
+             other_boxes: Callable[[], Iterable[Any]] | None = None) -> Crop:
         """The box cut out of the image as a JPEG ready to send (crop_for_service), made once per image and box.
-        Keyed by the image and the box's exact coordinates: equal keys cut equal pixels, whatever box row asked."""
+        Keyed by the image and the box's exact coordinates: equal keys cut equal pixels, whatever box row asked.
+
+        When this call cuts the box, it cuts `other_boxes()` (the image's boxes still to be asked for) from the same
+        pixels: colors asks for an image's boxes long after face and pose asked for its person boxes in a bulk run
+        (see DECODED_BYTES), and a crop is about a hundredth of the pixels' bytes, so crops outlast pixels."""
         key = (image_id, image_path, image_url)
-        try:
-            where = box_xywh(bbox)
-        except ValueError:
-            where = None  # crop_for_service refuses it (BadImage) and says why
+        where = _where(bbox)
+        decoded: list[Image.Image] = []
 
         def load() -> Crop:
-            pixels = self.pixels(*key)
-            image, box = crop_for_service(pixels, bbox)
-            return Crop(image, box, pixels.size)
+            decoded.append(self.pixels(*key))
+            return _cut(decoded[0], bbox)
 
-        if where is None:
-            return load()
-        return self.crops.get((*key, where), load)
+        crop = load() if where is None else self.crops.get((*key, where), load)
+        # After the box's own crop is out of its load: a failure here (the database away) is this call's alone, and
+        # never kept as the crop's.
+        if decoded and other_boxes is not None:
+            for other in other_boxes():
+                other_where = _where(other)
+                if other_where is not None and other_where != where:
+                    self.crops.offer((*key, other_where), functools.partial(_cut, decoded[0], other))
+        return crop
+
+
+def _where(bbox: Any) -> tuple[float, float, float, float] | None:
+    """The box's coordinates, the key of its crop; None when it is no box (crop_for_service refuses it and says why)."""
+    try:
+        return box_xywh(bbox)
+    except ValueError:
+        return None
+
+
+def _cut(pixels: Image.Image, bbox: Any) -> Crop:
+    image, box = crop_for_service(pixels, bbox)
+    return Crop(image, box, pixels.size)
 
 
 @dataclass(frozen=True)

@@ -52,9 +52,13 @@ class PostprocessHandler:
             return None
 
         def call() -> tuple[ServiceAnswer, CropBox, tuple[int, int]]:
-            # The crop is shared with the box's other postprocessing services (a person box: colors, face, pose).
+            # The crop is shared with the box's other postprocessing services (a person box: colors, face, pose), and
+            # the image's other boxes are cut with it, from the same pixels: colors asks for them much later. (With
+            # several postprocess processes, some of those crops are cut where no job asks for them: 0.2 ms each,
+            # where the image's second decode would cost about 1 ms.)
             crop = self.images.crop(box["image_id"], box["image_path"], box["image_url"],
-                                    box["merged_data"]["merged_bbox"])
+                                    box["merged_data"]["merged_bbox"],
+                                    other_boxes=lambda: self._boxes_to_crop(box["image_id"]))
             return self.farm.analyze(service, crop.image), crop.box, crop.image_size
 
         called = call_service(call, final_attempt=job.attempts >= job.max_attempts)
@@ -65,6 +69,10 @@ class PostprocessHandler:
         data = to_image_coordinates(service, answer.data, crop, image_size)
         status = "success" if data.get("predictions") else "empty"
         return self._store(box, service, status, data, processing_time=answer.processing_time)
+
+    def _boxes_to_crop(self, image_id: int) -> list[Any]:
+        with self.context.pool.connection() as conn:
+            return [row[0] for row in conn.execute(query("image_boxes_to_crop"), {"image_id": image_id})]
 
     def _store(self, box: dict[str, Any], service: str, status: str, data: dict[str, Any], *,
                error_message: str | None = None, processing_time: float = 0.0) -> str | None:
