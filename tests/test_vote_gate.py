@@ -239,3 +239,26 @@ def test_the_check_probes_the_images_tasks_in_flight_by_index(conn: psycopg.Conn
         assert "Index Scan using jobs_service_task_in_flight_image_idx on jobs" in plan, plan
         assert "jobs_image_idx" not in plan and "Seq Scan" not in plan and "Bitmap" not in plan, plan
         assert "using results_task_id_key on results" in plan, plan
+
+
+def test_an_answer_that_finds_the_deadline_job_waiting_inserts_nothing(conn: psycopg.Connection, image: int) -> None:
+    """Nine answers in ten of an image find its deadline job waiting: they look it up and try no INSERT, which
+    would store nothing (sql/0108). A BEFORE trigger sees every attempt, those that yield to a conflict included;
+    it lives in a transaction rolled back at the end."""
+    in_ledger(conn, image, "ocr")
+    insert_answer(conn, image, "nsfw2", SAFE)  # the first answer queues the deadline job
+    with conn.transaction(force_rollback=True):
+        conn.execute("CREATE FUNCTION job_insert_attempted() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "PERFORM set_config('test.job_inserts', (job_insert_attempts() + 1)::text, true); "
+                     "RETURN NEW; END $$")
+        conn.execute("CREATE FUNCTION job_insert_attempts() RETURNS integer LANGUAGE sql "
+                     "AS $$ SELECT coalesce(nullif(current_setting('test.job_inserts', true), ''), '0')::integer $$")
+        conn.execute("CREATE TRIGGER jobs_insert_attempted BEFORE INSERT ON jobs "
+                     "FOR EACH ROW EXECUTE FUNCTION job_insert_attempted()")
+        insert_answer(conn, image, "colors", {"predictions": []})  # ocr still outstanding: finds it waiting
+        assert conn.execute("SELECT job_insert_attempts()").fetchone() == (0,)
+        assert keys(conn, image) == [(f"consensus-deadline:{image}", "queued")]
+        conn.execute("UPDATE jobs SET state = 'done' WHERE dedupe_key = %s", (f"consensus-deadline:{image}",))
+        insert_answer(conn, image, "metadata", {"predictions": []})  # none waiting: queues a new one
+        assert conn.execute("SELECT job_insert_attempts()").fetchone() == (1,)
+        assert keys(conn, image) == [(f"consensus-deadline:{image}", "done"), (f"consensus-deadline:{image}", "queued")]
