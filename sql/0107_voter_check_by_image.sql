@@ -21,11 +21,11 @@
 -- Now a partial index of the tasks in flight by image (its predicate is the unique index's of sql/0020) answers the
 -- check: it reads only that image's tasks in flight. It costs one index entry more when a service task is queued,
 -- claimed or put back after a failed attempt (a job marked done leaves the predicate: no entry): in answer_cost's
--- job-table path, the same CPU per answer and 2-7% more WAL than without it. The other ways: leading the unique
--- index with the image costs no entry more (the same CPU, no more WAL), but replacing an index drops one, which a
--- migration never does (tests/test_migrations.py); probing the unique index once per voter queue would be thirteen
--- probes per check, and the queue names (service_config.json's queue_prefix) are not known to SQL. While the table
--- holds nothing but tasks in flight (a submit's backlog, nothing done yet), jobs_image_idx holds the same entries
+-- job-table path, the same CPU per answer and 1-7% more WAL than without it (most sittings 1-2%). The other ways:
+-- leading the unique index with the image costs no entry more (the same CPU, no more WAL), but replacing an index drops
+-- one, which a migration never does (tests/test_migrations.py); probing the unique index once per voter queue would be
+-- thirteen probes per check, and the queue names (service_config.json's queue_prefix) are not known to SQL. While the
+-- table holds nothing but tasks in flight (a submit's backlog, nothing done yet), jobs_image_idx holds the same entries
 -- and the planner may take it: the same reads. tests/test_vote_gate.py reads the check's plans (the plan test).
 CREATE INDEX jobs_service_task_in_flight_image_idx ON jobs (image_id)
     WHERE state IN ('queued', 'running', 'failed') AND payload ? 'task_id';
