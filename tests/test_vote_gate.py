@@ -214,7 +214,7 @@ def _check_plans(conn: psycopg.Connection, image: int) -> list[str]:
 
 
 def test_the_check_probes_the_images_tasks_in_flight_by_index(conn: psycopg.Connection, image: int) -> None:
-    """The check runs at every voter answer (sql/0107). Its job-table half reads the image's tasks in flight by
+    """The check runs at every voter answer (sql/0110). Its job-table half reads the image's tasks in flight by
     jobs_service_task_in_flight_image_idx: not every version of the image's jobs (jobs_image_idx: its done
     history), not every task in flight of every image (sql/0020's unique index, led by the queue). Each task's
     results row is looked up by its id, even in a plan made while results is empty (a fresh database: PL/pgSQL
@@ -243,7 +243,7 @@ def test_the_check_probes_the_images_tasks_in_flight_by_index(conn: psycopg.Conn
 
 def test_an_answer_that_finds_the_deadline_job_waiting_inserts_nothing(conn: psycopg.Connection, image: int) -> None:
     """Nine answers in ten of an image find its deadline job waiting: they look it up and try no INSERT, which
-    would store nothing (sql/0108). A BEFORE trigger sees every attempt, those that yield to a conflict included;
+    would store nothing (sql/0111). A BEFORE trigger sees every attempt, those that yield to a conflict included;
     it lives in a transaction rolled back at the end."""
     in_ledger(conn, image, "ocr")
     insert_answer(conn, image, "nsfw2", SAFE)  # the first answer queues the deadline job
