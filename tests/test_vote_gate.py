@@ -6,6 +6,7 @@ wait on PostgreSQL's own report that the second one waits for a lock, never on a
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -188,3 +189,76 @@ def test_a_voter_answer_that_waits_for_another_does_not_lock_the_deadline_job(da
                               (f"consensus-deadline:{image}",)).fetchall()
         writer.rollback()
     assert len(locked) == 1
+
+
+def _check_plans(conn: psycopg.Connection, image: int) -> list[str]:
+    """EXPLAIN of the check voter_tasks_outstanding runs (its statement, as written there, under the function's own
+    settings), planned for the image as a value and as the generic plan PL/pgSQL keeps for every image."""
+    source, settings = conn.execute("SELECT prosrc, proconfig FROM pg_proc WHERE proname = 'voter_tasks_outstanding'"
+                                    ).fetchone()
+    statement = "SELECT " + re.search(r"RETURN (EXISTS .*);", source, re.S).group(1)
+    for setting in settings or ():
+        name, value = setting.split("=")
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    plans = [conn.execute("EXPLAIN " + statement.replace("p_image_id", str(image))
+                          .replace("p_except_task", "NULL::uuid")).fetchall()]
+    conn.execute("PREPARE check_voters (bigint, uuid) AS "
+                 + statement.replace("p_image_id", "$1").replace("p_except_task", "$2"))
+    try:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        plans.append(conn.execute(f"EXPLAIN EXECUTE check_voters({image}, NULL)").fetchall())
+    finally:
+        conn.execute("RESET ALL")
+        conn.execute("DEALLOCATE check_voters")
+    return ["\n".join(row[0] for row in plan) for plan in plans]
+
+
+def test_the_check_probes_the_images_tasks_in_flight_by_index(conn: psycopg.Connection, image: int) -> None:
+    """The check runs at every voter answer (sql/0110). Its job-table half reads the image's tasks in flight by
+    jobs_service_task_in_flight_image_idx: not every version of the image's jobs (jobs_image_idx: its done
+    history), not every task in flight of every image (sql/0020's unique index, led by the queue). Each task's
+    results row is looked up by its id, even in a plan made while results is empty (a fresh database: PL/pgSQL
+    keeps the plan for the session while the table grows)."""
+    conn.execute("""INSERT INTO images (image_filename, image_path)
+                    SELECT 'plan' || n || '.jpg', '/plan/' || n || '.jpg' FROM generate_series(1, 400) AS n""")
+    # Every other image's eleven tasks in flight; every image's done history (a task's versions, its follow-ups).
+    conn.execute("""INSERT INTO jobs (queue, image_id, payload, state)
+                    SELECT 'queue_' || s.name, i.image_id,
+                           jsonb_build_object('task_id', gen_random_uuid(), 'service_name', s.name), 'queued'
+                      FROM images i CROSS JOIN services s
+                     WHERE i.image_id <> %(image)s AND s.category = 'primary'""", {"image": image})
+    conn.execute("""INSERT INTO jobs (queue, image_id, payload, state)
+                    SELECT 'queue_' || s.name, i.image_id,
+                           jsonb_build_object('task_id', gen_random_uuid(), 'service_name', s.name), 'done'
+                      FROM images i CROSS JOIN services s CROSS JOIN generate_series(1, 3)
+                     WHERE s.category = 'primary'""")
+    conn.execute("""INSERT INTO jobs (queue, image_id, payload, state)
+                    SELECT 'consensus', image_id, '{}', 'done' FROM images CROSS JOIN generate_series(1, 5)""")
+    conn.execute("ANALYZE jobs, results, service_tasks_in_flight")
+    for plan in _check_plans(conn, image):
+        assert "Index Scan using jobs_service_task_in_flight_image_idx on jobs" in plan, plan
+        assert "jobs_image_idx" not in plan and "Seq Scan" not in plan and "Bitmap" not in plan, plan
+        assert "using results_task_id_key on results" in plan, plan
+
+
+def test_an_answer_that_finds_the_deadline_job_waiting_inserts_nothing(conn: psycopg.Connection, image: int) -> None:
+    """Nine answers in ten of an image find its deadline job waiting: they look it up and try no INSERT, which
+    would store nothing (sql/0111). A BEFORE trigger sees every attempt, those that yield to a conflict included;
+    it lives in a transaction rolled back at the end."""
+    in_ledger(conn, image, "ocr")
+    insert_answer(conn, image, "nsfw2", SAFE)  # the first answer queues the deadline job
+    with conn.transaction(force_rollback=True):
+        conn.execute("CREATE FUNCTION job_insert_attempted() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "PERFORM set_config('test.job_inserts', (job_insert_attempts() + 1)::text, true); "
+                     "RETURN NEW; END $$")
+        conn.execute("CREATE FUNCTION job_insert_attempts() RETURNS integer LANGUAGE sql "
+                     "AS $$ SELECT coalesce(nullif(current_setting('test.job_inserts', true), ''), '0')::integer $$")
+        conn.execute("CREATE TRIGGER jobs_insert_attempted BEFORE INSERT ON jobs "
+                     "FOR EACH ROW EXECUTE FUNCTION job_insert_attempted()")
+        insert_answer(conn, image, "colors", {"predictions": []})  # ocr still outstanding: finds it waiting
+        assert conn.execute("SELECT job_insert_attempts()").fetchone() == (0,)
+        assert keys(conn, image) == [(f"consensus-deadline:{image}", "queued")]
+        conn.execute("UPDATE jobs SET state = 'done' WHERE dedupe_key = %s", (f"consensus-deadline:{image}",))
+        insert_answer(conn, image, "metadata", {"predictions": []})  # none waiting: queues a new one
+        assert conn.execute("SELECT job_insert_attempts()").fetchone() == (1,)
+        assert keys(conn, image) == [(f"consensus-deadline:{image}", "done"), (f"consensus-deadline:{image}", "queued")]
