@@ -77,11 +77,11 @@ def counting_loop_passes() -> Iterator[Callable[[], int]]:
         if threading.current_thread().name == RUNNER_NAME:
             passes += 1
 
-    IOLoop.poll = poll  # type: ignore[method-assign]
+    IOLoop.poll = poll
     try:
         yield lambda: passes
     finally:
-        IOLoop.poll = original  # type: ignore[method-assign]
+        IOLoop.poll = original
 
 
 def measure(amqp_url: str, tasks: int, threads: int, queues: int = 1,
