@@ -283,13 +283,28 @@ class RabbitMQConsumer:
             log.info("reconnected to RabbitMQ at %s after %.1f s; consuming %s again", self._where,
                      time.monotonic() - lost_at, self._described, extra={"action": "rabbitmq_reconnected"})
         channels = [*self._channels.values(), retry_channel]
+        # One timer that fires every PUMP_INTERVAL_S and re-arms itself bounds each wait of the loop below, so that a
+        # stop is seen: a time limit per call of process_data_events would add and cancel a timer on every pass, and
+        # a trickle of tasks makes a few passes per task.
+        self._pump_every(connection, PUMP_INTERVAL_S)
+        checked = time.monotonic()
         while not self.stopping.is_set():
-            connection.process_data_events(time_limit=PUMP_INTERVAL_S)
+            connection.process_data_events(time_limit=None)
             if (cancelled := self._cancelled_by_broker) is not None:
                 raise pika.exceptions.ConsumerCancelled(f"RabbitMQ cancelled the consumer of {cancelled}")
-            if not all(channel.is_open for channel in channels):
-                raise pika.exceptions.ChannelWrongStateError(f"RabbitMQ closed a channel of {self._described}")
+            if (now := time.monotonic()) - checked >= PUMP_INTERVAL_S:  # a closed channel only stops deliveries
+                checked = now
+                if not all(channel.is_open for channel in channels):
+                    raise pika.exceptions.ChannelWrongStateError(f"RabbitMQ closed a channel of {self._described}")
         self._drain(connection)
+
+    def _pump_every(self, connection: BlockingConnection, interval: float) -> None:
+        """Make process_data_events return at least every `interval` seconds while the connection lives."""
+        def pump() -> None:
+            if connection.is_open:
+                connection.call_later(interval, pump)
+
+        connection.call_later(interval, pump)
 
     def _drain(self, connection: BlockingConnection) -> None:
         """Stop deliveries, let running handlers finish and settle them (for at most `drain_timeout` seconds, or
