@@ -1,9 +1,9 @@
 """Consumer CPU benchmark: process CPU (user + system, getrusage) that `RabbitMQConsumer` spends per task, so what
 is measured is receiving, handing out and settling deliveries. The tasks are published first (by a connection of
 their own, before the clock starts), spread evenly over `queues` queues; the consumer then runs with a lane of
-`threads` handler threads and the same prefetch per queue, as a service worker's lanes do (a primary service worker
-with 8 threads has 11 lanes of 1), until every task is handled and it has drained. Broker: WINDMILL_AMQP_URL, else
-guest@127.0.0.1:5672.
+`threads` handler threads and a lane's prefetch per queue (windmill.worker.lanes.broker_prefetch), as a service
+worker's lanes do (a primary service worker with 8 threads has 11 lanes of 1), until every task is handled and it
+has drained. Broker: WINDMILL_AMQP_URL, else guest@127.0.0.1:5672.
 
     python -m windmill.bench.consumer_cpu [tasks] [threads] [queues] [sleep_ms]
 
@@ -37,6 +37,7 @@ from pika.adapters.select_connection import IOLoop
 from windmill.broker.base import Task
 from windmill.broker.consumer import RabbitMQConsumer
 from windmill.broker.rabbitmq import RabbitMQBroker, dead_letter_queue
+from windmill.worker.lanes import broker_prefetch
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 RUNNER_NAME = "bench-consumer"
@@ -110,8 +111,8 @@ def measure(amqp_url: str, tasks: int, threads: int, queues: int = 1,
             if handled >= tasks:
                 done.set()
 
-    lanes = dict.fromkeys(names, threads)
-    consumer = RabbitMQConsumer(amqp_url, lanes, handle, concurrency=lanes)
+    consumer = RabbitMQConsumer(amqp_url, dict.fromkeys(names, broker_prefetch(threads)), handle,
+                                concurrency=dict.fromkeys(names, threads))
     connection_thread_cpu_s = 0.0
 
     def run() -> None:
