@@ -37,8 +37,8 @@ each pass of its I/O loop, and a handler thread that finds no task waiting wakes
 deliveries), so a lane whose prefetch exceeds its threads costs fewer wake-ups than tasks; the pump timer bounds how
 long a posted outcome waits (PUMP_INTERVAL_S). An outcome is applied only if its delivery came on the channel that
 is still current: delivery tags belong to a channel, and acking a stale tag on a new channel acks the wrong
-message. A batch's acks below the lowest tag still unsettled on
-their channel go out as one ack with `multiple`, so it never covers a running, held or waiting delivery.
+message. A batch's acks below the lowest tag still unsettled on their channel (a posted outcome counts as unsettled
+until it is applied) go out as one ack with `multiple`, so it never covers a running, held or waiting delivery.
 """
 
 from __future__ import annotations
