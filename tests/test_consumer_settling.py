@@ -19,7 +19,15 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from tests.conftest import wait_until
-from tests.test_rabbitmq import Recorder, close_connections_named, consumer_for, depth, make_tasks, running
+from tests.test_rabbitmq import (
+    Recorder,
+    close_connections_named,
+    consumer_for,
+    depth,
+    depth_now,
+    make_tasks,
+    running,
+)
 from windmill.broker.base import Task
 from windmill.broker.rabbitmq import RabbitMQBroker
 from windmill.broker.settling import Mailbox, plan_acks
@@ -229,8 +237,8 @@ def test_a_task_done_is_acked_while_its_thread_runs_the_next_one(
     acks = AckRecorder(monkeypatch)
 
     def behave(task: Task, _call: int) -> None:
-        if task.task_id == first.task_id:
-            time.sleep(0.05)  # the second is delivered meanwhile, and waits for this thread
+        if task.task_id == first.task_id:  # returns once the second is delivered too, to wait for this thread
+            wait_until(lambda: depth_now(amqp_url, queue_name) == "0", message="the second task delivered")
         else:
             assert release.wait(timeout=30)
 
