@@ -1,5 +1,6 @@
-"""The consumer settles deliveries in batches (windmill.broker.settling): one wake-up of the connection's thread per
-batch, one ack with `multiple` for the tags below the lowest one still open on their channel. A multiple ack never
+"""The consumer settles deliveries in batches (windmill.broker.settling): at most one wake-up of the connection's
+thread per batch, none while the handler thread has another task to run (the next pass settles it, whatever brings
+it), one ack with `multiple` for the tags below the lowest one still open on their channel. A multiple ack never
 covers a delivery that is running, held for a retry or waiting for the database: after the consumer's connection
 is killed such a task comes back. Against the broker of WINDMILL_TEST_AMQP_URL (see tests/test_rabbitmq.py)."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -14,10 +16,18 @@ from collections.abc import Callable
 import pika.channel
 import psycopg
 import pytest
-from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from tests.conftest import wait_until
-from tests.test_rabbitmq import Recorder, close_connections_named, consumer_for, depth, make_tasks, running
+from tests.test_rabbitmq import (
+    Recorder,
+    close_connections_named,
+    consumer_for,
+    depth,
+    depth_now,
+    make_tasks,
+    running,
+)
 from windmill.broker.base import Task
 from windmill.broker.rabbitmq import RabbitMQBroker
 from windmill.broker.settling import Mailbox, plan_acks
@@ -53,6 +63,26 @@ def test_a_mailbox_wakes_once_per_batch_and_hands_over_each_item_once() -> None:
     assert len(wakes) == 1
     wakes.pop()()
     assert batches == [[1, 2, 3], [4]]
+
+
+def test_a_mailbox_posted_to_without_a_wake_up_settles_on_the_next_pass_or_a_later_wake_up() -> None:
+    wakes: list[Callable[[], None]] = []
+    batches: list[list[int]] = []
+    mailbox: Mailbox[int] = Mailbox(wakes.append, batches.append)
+    mailbox.post(1, wake=False)
+    mailbox.post(2, wake=False)
+    assert wakes == [] and batches == []
+    mailbox.settle_posted()  # the settling thread's pass, which came anyway
+    assert batches == [[1, 2]]
+    mailbox.settle_posted()
+    mailbox.wake()  # nothing posted: no wake-up
+    assert wakes == [] and batches == [[1, 2]]
+    mailbox.post(3, wake=False)
+    mailbox.wake()
+    mailbox.wake()  # one pending already
+    assert len(wakes) == 1
+    wakes.pop()()
+    assert batches == [[1, 2], [3]]
 
 
 def test_a_mailbox_loses_no_item_posted_from_many_threads_while_it_settles() -> None:
@@ -170,3 +200,58 @@ def test_many_deliveries_are_each_acked_once_in_fewer_frames_than_deliveries(
     assert all(handler.first_deliveries)
     assert acks.tags_settled() == len(tasks)
     assert len(acks.frames) < len(tasks), f"{len(acks.frames)} ack frames for {len(tasks)} deliveries"
+
+
+def test_a_lane_with_a_task_waiting_wakes_the_connection_thread_for_fewer_tasks_than_it_runs(
+        amqp_url: str, admin: BlockingChannel, queue_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One thread, a prefetch of two (a lane's, windmill.worker.lanes): a thread that finishes with the next task
+    already waiting starts it without waking the connection's thread, so tasks of a few milliseconds each (a
+    trickle: each ack brings the next delivery) cost fewer wake-ups than tasks. Each is still acked once."""
+    tasks = make_tasks(queue_name, 60)
+    wake_ups = Counter[str]()
+    original = BlockingConnection.add_callback_threadsafe
+
+    def add_callback_threadsafe(connection: BlockingConnection, callback: Callable[[], None]) -> None:
+        wake_ups["wake"] += 1
+        original(connection, callback)
+
+    monkeypatch.setattr(BlockingConnection, "add_callback_threadsafe", add_callback_threadsafe)
+    acks = AckRecorder(monkeypatch)
+    handler = Recorder(lambda _task, _call: time.sleep(0.005))
+    with RabbitMQBroker(amqp_url) as broker:
+        broker.publish(tasks)
+        with running(consumer_for(amqp_url, queue_name, handler, concurrency={queue_name: 1}, prefetch=2)):
+            wait_until(lambda: acks.tags_settled() >= len(tasks), message=lambda: (
+                f"every task acked ({acks.tags_settled()} of {len(tasks)})"))
+    assert depth(admin, queue_name) == 0
+    assert handler.counts() == Counter(task.task_id for task in tasks)
+    assert wake_ups["wake"] <= 0.75 * len(tasks), f"{wake_ups['wake']} wake-ups for {len(tasks)} tasks"
+
+
+def test_a_task_done_is_acked_while_its_thread_runs_the_next_one(
+        amqp_url: str, admin: BlockingChannel, queue_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its outcome woke no one (another task was waiting for the thread): the connection thread's next pass, at the
+    latest the pump timer's, acks it all the same, however long the next task runs."""
+    first, second = make_tasks(queue_name, 2)
+    release = threading.Event()
+    acks = AckRecorder(monkeypatch)
+
+    def behave(task: Task, _call: int) -> None:
+        if task.task_id == first.task_id:  # returns once the second is delivered too, to wait for this thread
+            wait_until(lambda: depth_now(amqp_url, queue_name) == "0", message="the second task delivered")
+        else:
+            assert release.wait(timeout=30)
+
+    handler = Recorder(behave)
+    try:
+        with RabbitMQBroker(amqp_url) as broker:
+            broker.publish([first, second])
+            with running(consumer_for(amqp_url, queue_name, handler, concurrency={queue_name: 1}, prefetch=2)):
+                wait_until(lambda: handler.counts()[second.task_id] == 1, message="the second task running")
+                wait_until(lambda: acks.tags_settled() == 1, timeout=5, message="the first task acked")
+                assert handler.counts()[second.task_id] == 1 and not release.is_set()
+                release.set()
+    finally:
+        release.set()
+    assert depth(admin, queue_name) == 0
+    assert handler.counts() == Counter([first.task_id, second.task_id])

@@ -63,3 +63,23 @@ def test_a_shutdown_lets_running_items_finish_and_drops_the_others() -> None:
     wait_until(lambda: not any(thread.is_alive() for thread in threading.enumerate()
                                if thread.name.startswith("test-handler")), message="the thread to end")
     assert ran == [1]
+
+
+def test_a_thread_calls_idle_only_when_no_item_waits_for_it() -> None:
+    """The consumer wakes its connection's thread from `idle`: a thread with another item to run does not."""
+    release = threading.Event()
+    idle: list[int] = []
+
+    def work(item: int) -> None:
+        if item == 1:
+            assert release.wait(timeout=10)
+
+    threads = HandlerThreads(1, work, "test-handler", idle.append)
+    threads.put(1)
+    threads.put(2)  # waiting while 1 runs
+    threads.put(3)
+    release.set()
+    wait_until(lambda: idle == [3], message="idle after the last item")
+    threads.put(4)
+    wait_until(lambda: idle == [3, 4], message="idle after the next item")
+    threads.shutdown()

@@ -39,3 +39,9 @@ def test_queues_that_call_no_one_service_share_one_lane_of_the_whole_budget() ->
     lanes = plan_lanes(("queue_pose", "merge", "consensus"), {"queue_pose": 1}, 4)
     assert lanes == (Lane(("queue_pose",), 1), Lane(("merge", "consensus"), 4, per_service=False))
 
+
+
+@pytest.mark.parametrize(("threads", "prefetch"), [(1, 2), (4, 5), (8, 9)])
+def test_a_lane_holds_one_rabbitmq_task_waiting_besides_those_its_threads_run(threads: int, prefetch: int) -> None:
+    """So a thread that finishes starts the next task at once, and its ack need not wake the connection's thread."""
+    assert Lane(("queue_yolov8",), threads).prefetch == prefetch

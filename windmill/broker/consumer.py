@@ -32,10 +32,13 @@ the queue, running handlers get `drain_timeout` seconds; then (or at once when t
 closes and RabbitMQ redelivers whatever is still unacked.
 
 pika's BlockingConnection is not thread-safe: only `run()`'s thread touches it. Handler threads post their outcome
-to the connection's mailbox (windmill.broker.settling), which wakes that thread once per batch, and an outcome is
-applied only if its delivery came on the channel that is still current: delivery tags belong to a channel, and
-acking a stale tag on a new channel acks the wrong message. A batch's acks below the lowest tag still unsettled on
-their channel go out as one ack with `multiple`, so it never covers a running, held or waiting delivery.
+to the connection's mailbox (windmill.broker.settling) without waking that thread: it settles what was posted after
+each pass of its I/O loop, and a handler thread that finds no task waiting wakes it (the acks bring the next
+deliveries), so a lane whose prefetch exceeds its threads costs fewer wake-ups than tasks; the pump timer bounds how
+long a posted outcome waits (PUMP_INTERVAL_S). An outcome is applied only if its delivery came on the channel that
+is still current: delivery tags belong to a channel, and acking a stale tag on a new channel acks the wrong
+message. A batch's acks below the lowest tag still unsettled on their channel (a posted outcome counts as unsettled
+until it is applied) go out as one ack with `multiple`, so it never covers a running, held or waiting delivery.
 """
 
 from __future__ import annotations
@@ -45,8 +48,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from enum import Enum
 
 import pika
 import pika.exceptions
@@ -55,6 +56,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 
 from windmill.backoff import backoff_delay, backoff_delays
 from windmill.broker.base import MalformedTaskError, Task, TaskHandler
+from windmill.broker.deliveries import Delivery, Outcome, attempts_made
 from windmill.broker.handoff import HandlerThreads
 from windmill.broker.rabbitmq import (
     ANSWER_TIMEOUT_S,
@@ -86,43 +88,6 @@ PUMP_INTERVAL_S = 0.25
 # connect every few seconds costs a down broker nothing.
 RECONNECT_CAP_ONCE_CONSUMING_S = 5.0
 _LAST_ERROR_LIMIT = 500
-
-class _Outcome(Enum):
-    ACK = "ack"
-    DEAD_LETTER = "dead-letter"
-    RETRY = "retry"
-    REQUEUE = "requeue"
-    WAIT_FOR_DATABASE = "wait for the database"
-
-
-@dataclass(eq=False)
-class _Delivery:
-    """One message as delivered on one channel; its tag means nothing on any other channel."""
-
-    connection: BlockingConnection
-    mailbox: Mailbox[tuple[_Delivery, _Outcome]]  # its connection's: where its outcome goes
-    channel: BlockingChannel
-    queue: str
-    tag: int
-    body: bytes
-    properties: pika.BasicProperties
-    attempt: int
-    redelivered: bool
-    error: str = ""
-    task: Task | None = None  # None until parsed, and for a body that is not a task
-    database_waits: int = 0  # times this delivery was handled while the database was away
-
-    @property
-    def first(self) -> bool:
-        """Never handed to any handler before: neither redelivered by RabbitMQ, nor a retry of ours, nor handled
-        already by this consumer (a run that lost the database may have committed its row before it failed)."""
-        return self.attempt == 1 and not self.redelivered and self.database_waits == 0
-
-
-def _attempts_made(properties: pika.BasicProperties) -> int:
-    value = (properties.headers or {}).get(ATTEMPTS_HEADER, 0)
-    return value if isinstance(value, int) and value > 0 else 0
-
 
 class RabbitMQConsumer:
     """Consumes task queues with `concurrency` handler threads in all until `stopping` is set; then drains.
@@ -179,13 +144,13 @@ class RabbitMQConsumer:
         self._channels: dict[str, BlockingChannel] = {}
         self._consumer_tags: dict[str, str] = {}
         self._retry_channel: BlockingChannel | None = None
-        self._mailbox: Mailbox[tuple[_Delivery, _Outcome]] | None = None
-        self._unsettled: dict[tuple[str, int], _Delivery] = {}
+        self._mailbox: Mailbox[tuple[Delivery, Outcome]] | None = None
+        self._unsettled: dict[tuple[str, int], Delivery] = {}
         # (queue, delivery tag) → the timer of a delivery waiting, and what for (RETRY or WAIT_FOR_DATABASE)
-        self._held: dict[tuple[str, int], tuple[object, _Outcome]] = {}
+        self._held: dict[tuple[str, int], tuple[object, Outcome]] = {}
         self._cancelled_by_broker: str | None = None
         self._draining = False
-        self._executors: dict[str, HandlerThreads[_Delivery]] = {}  # by queue; the same threads for all without lanes
+        self._executors: dict[str, HandlerThreads[Delivery]] = {}  # by queue; the same threads for all without lanes
 
     def request_stop(self, *, immediately: bool = False) -> None:
         """Stop consuming and drain (running handlers get `drain_timeout` seconds); `immediately`: leave without
@@ -244,11 +209,11 @@ class RabbitMQConsumer:
             for executor in set(self._executors.values()):
                 executor.shutdown()
 
-    def _handler_pools(self) -> dict[str, HandlerThreads[_Delivery]]:
+    def _handler_pools(self) -> dict[str, HandlerThreads[Delivery]]:
         if self._lane_threads is None:
-            shared = HandlerThreads(self._concurrency, self._work, "windmill-consumer")
+            shared = HandlerThreads(self._concurrency, self._work, "windmill-consumer", self._idle)
             return dict.fromkeys(self.queues, shared)
-        return {queue: HandlerThreads(threads, self._work, f"windmill-consumer-{queue}")
+        return {queue: HandlerThreads(threads, self._work, f"windmill-consumer-{queue}", self._idle)
                 for queue, threads in self._lane_threads.items()}
 
     # -- the connection's thread -----------------------------------------------------------------------------------
@@ -258,7 +223,7 @@ class RabbitMQConsumer:
         self._cancelled_by_broker, self._draining = None, False
         self._channels, self._consumer_tags = {}, {}
         # A mailbox per connection: one whose connection died with a wake-up pending would never wake again.
-        self._mailbox = Mailbox(connection.add_callback_threadsafe, self._settle_batch)
+        mailbox = self._mailbox = Mailbox(connection.add_callback_threadsafe, self._settle_batch)
         # Each step (a queue's channel, declarations and prefetch; the retry channel; a consumer) gets the answer
         # timeout: a broker slow to answer many queues is waited for as long as it keeps answering.
         with answer_within(connection, self._answer_timeout, f"setting up consuming {self._described}") as clock:
@@ -283,13 +248,29 @@ class RabbitMQConsumer:
             log.info("reconnected to RabbitMQ at %s after %.1f s; consuming %s again", self._where,
                      time.monotonic() - lost_at, self._described, extra={"action": "rabbitmq_reconnected"})
         channels = [*self._channels.values(), retry_channel]
+        # One timer that fires every PUMP_INTERVAL_S and re-arms itself bounds each wait of the loop below, so that a
+        # stop is seen: a time limit per call of process_data_events would add and cancel a timer on every pass, and
+        # a trickle of tasks makes a few passes per task.
+        self._pump_every(connection, PUMP_INTERVAL_S)
+        checked = time.monotonic()
         while not self.stopping.is_set():
-            connection.process_data_events(time_limit=PUMP_INTERVAL_S)
+            connection.process_data_events(time_limit=None)
+            mailbox.settle_posted()
             if (cancelled := self._cancelled_by_broker) is not None:
                 raise pika.exceptions.ConsumerCancelled(f"RabbitMQ cancelled the consumer of {cancelled}")
-            if not all(channel.is_open for channel in channels):
-                raise pika.exceptions.ChannelWrongStateError(f"RabbitMQ closed a channel of {self._described}")
+            if (now := time.monotonic()) - checked >= PUMP_INTERVAL_S:  # a closed channel only stops deliveries
+                checked = now
+                if not all(channel.is_open for channel in channels):
+                    raise pika.exceptions.ChannelWrongStateError(f"RabbitMQ closed a channel of {self._described}")
         self._drain(connection)
+
+    def _pump_every(self, connection: BlockingConnection, interval: float) -> None:
+        """Make process_data_events return at least every `interval` seconds while the connection lives."""
+        def pump() -> None:
+            if connection.is_open:
+                connection.call_later(interval, pump)
+
+        connection.call_later(interval, pump)
 
     def _drain(self, connection: BlockingConnection) -> None:
         """Stop deliveries, let running handlers finish and settle them (for at most `drain_timeout` seconds, or
@@ -301,14 +282,16 @@ class RabbitMQConsumer:
         for key, (timer, waiting_for) in list(self._held.items()):
             connection.remove_timeout(timer)
             delivery = self._unsettled[key]
-            if waiting_for is _Outcome.RETRY:
+            if waiting_for is Outcome.RETRY:
                 self._forward(delivery, delivery.queue)  # publish the next attempt now: its count is kept
             else:
-                self._settle(delivery, _Outcome.REQUEUE)
+                self._settle(delivery, Outcome.REQUEUE)
         self._held.clear()
         deadline = time.monotonic() + self._drain_timeout
         while self._unsettled and time.monotonic() < deadline and not self._leave_now.is_set():
             connection.process_data_events(time_limit=0.05)
+            if self._mailbox is not None:
+                self._mailbox.settle_posted()
         if self._unsettled:
             log.warning("%d tasks of %s still running %s; RabbitMQ will redeliver them", len(self._unsettled),
                         self._described, "when told to leave now" if self._leave_now.is_set()
@@ -334,22 +317,22 @@ class RabbitMQConsumer:
     def _on_message(self, queue: str, channel: BlockingChannel, method: pika.spec.Basic.Deliver,
                     properties: pika.BasicProperties, body: bytes) -> None:
         assert queue in self._channels and self._channels[queue] is channel and self._mailbox is not None
-        delivery = _Delivery(connection=channel.connection, mailbox=self._mailbox, channel=channel, queue=queue,
+        delivery = Delivery(connection=channel.connection, mailbox=self._mailbox, channel=channel, queue=queue,
                              tag=method.delivery_tag, body=body, properties=properties,
-                             attempt=_attempts_made(properties) + 1, redelivered=bool(method.redelivered))
+                             attempt=attempts_made(properties) + 1, redelivered=bool(method.redelivered))
         self._unsettled[queue, delivery.tag] = delivery
         self._executors[queue].put(delivery)
 
-    def _current(self, delivery: _Delivery) -> bool:
+    def _current(self, delivery: Delivery) -> bool:
         current = self._channels.get(delivery.queue)
         return current is not None and current is delivery.channel and bool(current.is_open)
 
-    def _settle_batch(self, outcomes: list[tuple[_Delivery, _Outcome]]) -> None:
+    def _settle_batch(self, outcomes: list[tuple[Delivery, Outcome]]) -> None:
         """Apply the outcomes handler threads posted since the last batch: all but the acks one by one, then the
         acks, by channel, in as few frames as the tags still unsettled there allow (plan_acks)."""
         acks: dict[str, list[int]] = {}
         for delivery, outcome in outcomes:
-            if outcome is _Outcome.ACK and self._current(delivery):
+            if outcome is Outcome.ACK and self._current(delivery):
                 del self._unsettled[delivery.queue, delivery.tag]
                 acks.setdefault(delivery.queue, []).append(delivery.tag)
             else:
@@ -370,25 +353,25 @@ class RabbitMQConsumer:
             for tag in singles:
                 channel.basic_ack(tag)
 
-    def _settle(self, delivery: _Delivery, outcome: _Outcome) -> None:
+    def _settle(self, delivery: Delivery, outcome: Outcome) -> None:
         if not self._current(delivery):
             log.debug("not settling a delivery of a closed channel: RabbitMQ redelivers it")
             return
-        if outcome is _Outcome.RETRY and not self._draining:
+        if outcome is Outcome.RETRY and not self._draining:
             delay = self._retry_delay_after(delivery.attempt)
             self._hold(delivery, delay, outcome, functools.partial(self._forward, delivery, delivery.queue))
-        elif outcome is _Outcome.RETRY:
+        elif outcome is Outcome.RETRY:
             self._forward(delivery, delivery.queue)
-        elif outcome is _Outcome.WAIT_FOR_DATABASE and not self._draining:
+        elif outcome is Outcome.WAIT_FOR_DATABASE and not self._draining:
             delay = self._retry_delay_after(delivery.database_waits)
             self._hold(delivery, delay, outcome, functools.partial(self._handle_again, delivery))
-        elif outcome is _Outcome.DEAD_LETTER and delivery.task is not None:
+        elif outcome is Outcome.DEAD_LETTER and delivery.task is not None:
             self._forward(delivery, dead_letter_queue(delivery.queue))  # its final row is committed
         else:
             del self._unsettled[delivery.queue, delivery.tag]
-            if outcome is _Outcome.ACK:
+            if outcome is Outcome.ACK:
                 delivery.channel.basic_ack(delivery.tag)
-            elif outcome is _Outcome.DEAD_LETTER:  # not a task: RabbitMQ dead-letters the body as it came
+            elif outcome is Outcome.DEAD_LETTER:  # not a task: RabbitMQ dead-letters the body as it came
                 delivery.channel.basic_reject(delivery.tag, requeue=False)
             else:  # REQUEUE, and WAIT_FOR_DATABASE while draining: back to the queue for another consumer
                 delivery.channel.basic_nack(delivery.tag, requeue=True)
@@ -402,18 +385,18 @@ class RabbitMQConsumer:
     def _retry_delay_after(self, failures: int) -> float:
         return backoff_delay(failures, first_s=self._retry_delay, cap_s=MAX_RETRY_DELAY_S)
 
-    def _hold(self, delivery: _Delivery, delay: float, waiting_for: _Outcome, then: Callable[[], None]) -> None:
+    def _hold(self, delivery: Delivery, delay: float, waiting_for: Outcome, then: Callable[[], None]) -> None:
         """Keep the delivery unacked for `delay` seconds, then run `then` on this thread."""
         self._held[delivery.queue, delivery.tag] = (delivery.connection.call_later(delay, then), waiting_for)
 
-    def _handle_again(self, delivery: _Delivery) -> None:
+    def _handle_again(self, delivery: Delivery) -> None:
         """A delivery that waited for the database goes to a handler thread again (same attempt)."""
         self._held.pop((delivery.queue, delivery.tag), None)
         if not self._current(delivery):
             return
         self._executors[delivery.queue].put(delivery)
 
-    def _forward(self, delivery: _Delivery, queue: str) -> None:
+    def _forward(self, delivery: Delivery, queue: str) -> None:
         """Publish a copy of the task to `queue` (its own for the next attempt, or its DLQ) with the attempts made
         and the last error in its headers, confirmed; then ack this delivery."""
         self._held.pop((delivery.queue, delivery.tag), None)
@@ -436,20 +419,26 @@ class RabbitMQConsumer:
 
     # -- handler threads -------------------------------------------------------------------------------------------
 
-    def _work(self, delivery: _Delivery) -> None:
-        outcome = _Outcome.REQUEUE if self._draining else self._handle(delivery)
+    def _work(self, delivery: Delivery) -> None:
+        outcome = Outcome.REQUEUE if self._draining else self._handle(delivery)
+        delivery.mailbox.post((delivery, outcome), wake=False)  # settled on the next pass, or woken by _idle
+
+    @staticmethod
+    def _idle(delivery: Delivery) -> None:
+        """A handler thread with no task waiting: wake the connection's thread for the outcomes posted, whose acks
+        bring the next deliveries."""
         try:
-            delivery.mailbox.post((delivery, outcome))
+            delivery.mailbox.wake()
         except pika.exceptions.ConnectionWrongStateError:
             log.debug("the connection of a finished task closed: RabbitMQ redelivers it")
 
-    def _handle(self, delivery: _Delivery) -> _Outcome:
+    def _handle(self, delivery: Delivery) -> Outcome:
         try:
             task = delivery.task or Task.from_body(delivery.body)
         except MalformedTaskError as error:
             log.error("dead-lettering a message of %s (message id %s): %s", delivery.queue,
                       delivery.properties.message_id, error, extra={"action": "task_dead_lettered"})
-            return _Outcome.DEAD_LETTER
+            return Outcome.DEAD_LETTER
         delivery.task = task
         try:
             self._handler(task, delivery.first)
@@ -465,10 +454,10 @@ class RabbitMQConsumer:
             log.warning("task %s of %s failed (attempt %d of %d): %s; retrying in %.1f s", task.task_id,
                         delivery.queue, delivery.attempt, self._max_attempts, delivery.error,
                         self._retry_delay_after(delivery.attempt), extra={"action": "task_retry"})
-            return _Outcome.RETRY
-        return _Outcome.ACK
+            return Outcome.RETRY
+        return Outcome.ACK
 
-    def _dead_letter(self, delivery: _Delivery, task: Task, error: BaseException, after: str) -> _Outcome:
+    def _dead_letter(self, delivery: Delivery, task: Task, error: BaseException, after: str) -> Outcome:
         """Record the task's final failure through `on_dead_letter`, then dead-letter it. While the database is
         away the record cannot be written: the task waits instead, so it never reaches the DLQ without its row."""
         if self._on_dead_letter is not None:
@@ -482,12 +471,12 @@ class RabbitMQConsumer:
         delivery.error = f"{type(error).__name__}: {first_line(error)}"
         log.error("dead-lettering task %s of %s%s: %s", task.task_id, delivery.queue, after, delivery.error,
                   extra={"action": "task_dead_lettered"})
-        return _Outcome.DEAD_LETTER
+        return Outcome.DEAD_LETTER
 
-    def _wait_for_database(self, delivery: _Delivery, task: Task, error: BaseException) -> _Outcome:
+    def _wait_for_database(self, delivery: Delivery, task: Task, error: BaseException) -> Outcome:
         delivery.database_waits += 1
         log.warning("task %s of %s: the database is unavailable (%s); not an attempt: the task waits, unacked, and "
                     "is handled again in %.1f s", task.task_id, delivery.queue, first_line(error),
                     self._retry_delay_after(delivery.database_waits),
                     extra={"action": "task_waits_for_database"})
-        return _Outcome.WAIT_FOR_DATABASE
+        return Outcome.WAIT_FOR_DATABASE

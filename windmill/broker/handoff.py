@@ -18,10 +18,13 @@ T = TypeVar("T")
 
 
 class HandlerThreads(Generic[T]):
-    """`threads` threads, started at once, that each take the next item put and run `work(item)` on it."""
+    """`threads` threads, started at once, that each take the next item put and run `work(item)` on it; a thread
+    that finds no item waiting when it is done calls `idle(item)` (with the item it just did) before it waits."""
 
-    def __init__(self, threads: int, work: Callable[[T], object], name: str) -> None:
+    def __init__(self, threads: int, work: Callable[[T], object], name: str,
+                 idle: Callable[[T], object] | None = None) -> None:
         self._work = work
+        self._idle = idle
         self._items: queue.SimpleQueue[T | None] = queue.SimpleQueue()
         self._closed = False
         # Not daemons, as a ThreadPoolExecutor's are not: the interpreter waits at exit for a handler that runs.
@@ -41,10 +44,25 @@ class HandlerThreads(Generic[T]):
             self._items.put(None)
 
     def _serve(self) -> None:
-        while (item := self._items.get()) is not None and not self._closed:
+        item = self._items.get()
+        while item is not None and not self._closed:
             try:
                 self._work(item)
             except Exception:
                 # `work` settles its item whatever the handler did; an error here is a bug of ours, and the thread
                 # stays for the next item (the item's message is redelivered once its connection closes).
                 log.exception("a handler thread's work failed", extra={"action": "handler_thread_error"})
+            try:
+                following = self._items.get_nowait()
+            except queue.Empty:
+                self._call_idle(item)
+                following = self._items.get()
+            item = following
+
+    def _call_idle(self, item: T) -> None:
+        if self._idle is None:
+            return
+        try:
+            self._idle(item)
+        except Exception:
+            log.exception("a handler thread's idle call failed", extra={"action": "handler_thread_error"})

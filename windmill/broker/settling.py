@@ -4,6 +4,11 @@ connection's thread once per batch, and the acks of a batch go out as few frames
 Waking the connection's thread (pika's `add_callback_threadsafe`) and sending each ack (a frame, then a flush of
 the connection's output) cost more CPU than a no-op handler: done once per delivery they were most of a service
 worker's time. A batch costs one wake-up and, for the tags below every tag still open on a channel, one ack.
+
+When tasks trickle (handlers of milliseconds, a prefetch of a few per lane) batches stay small, so an outcome need
+not wake that thread at all while the handler thread that posted it has another task to run: it is settled on the
+connection thread's next pass, which comes anyway (a delivery, a heartbeat, the consumer's pump timer, or a handler
+thread that runs out of tasks and wakes it, since the acks bring the next deliveries).
 """
 
 from __future__ import annotations
@@ -28,19 +33,33 @@ class Mailbox(Generic[T]):
         self._items: deque[T] = deque()  # append and popleft are atomic: no lock between posters and the settler
         self._woken = False
 
-    def post(self, item: T) -> None:
+    def post(self, item: T, *, wake: bool = True) -> None:
         """Queue `item`, and wake the settling thread unless a wake-up is already pending (raises what `wake`
-        raises, e.g. when the connection closed)."""
+        raises, e.g. when the connection closed). `wake=False`: leave it to the settling thread's next pass
+        (`settle_posted`) or to a later `wake()`; the caller makes sure one comes."""
         self._items.append(item)
+        if wake:
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake the settling thread for the items posted, unless none are or a wake-up is already pending."""
         # Two posters may both see no wake-up pending and both wake: a second, empty batch costs little. What must
         # not happen is an item left behind, and cannot: the settler clears the flag before it takes the items, so
         # a poster that saw the flag set appended before that batch was taken.
-        if not self._woken:
+        if not self._woken and self._items:
             self._woken = True
             self._wake(self._deliver)
 
+    def settle_posted(self) -> None:
+        """On the settling thread: settle the items posted so far, without waiting for a wake-up."""
+        if self._items:
+            self._take_and_settle()
+
     def _deliver(self) -> None:
         self._woken = False
+        self._take_and_settle()
+
+    def _take_and_settle(self) -> None:
         items: list[T] = []
         while True:
             try:

@@ -31,13 +31,14 @@ class BrokerWorker:
         self.jobs_failed = 0
         self._counter_lock = threading.Lock()
         tasks = role.tasks
-        # A lane per queue (windmill.worker.lanes), its prefetch its threads: RabbitMQ hands a queue no more tasks
-        # than it can start, and a slow service holds only its own threads.
+        # A lane per queue (windmill.worker.lanes), its prefetch its threads and one task waiting: RabbitMQ hands a
+        # queue one task more than it can start, and a slow service holds only its own threads.
         self.lanes = plan_lanes(role.queues, {queue: role.service_queues.get(queue) for queue in role.queues},
                                 concurrency)
         threads = {queue: lane.threads for lane in self.lanes for queue in lane.queues}
+        prefetch = {queue: lane.prefetch for lane in self.lanes for queue in lane.queues}
         self.consumer = RabbitMQConsumer(
-            amqp_url, threads, self._counted(tasks.handle), concurrency=threads, max_attempts=max_attempts,
+            amqp_url, prefetch, self._counted(tasks.handle), concurrency=threads, max_attempts=max_attempts,
             stopping=self.stopping, retry_delay=retry_delay_s, drain_timeout=drain_timeout_s,
             on_dead_letter=tasks.on_dead_letter, connection_name=f"windmill {worker_id}")
 

@@ -8,8 +8,11 @@ other service queues share what is left of the budget evenly, at least one threa
 service (merge, consensus, …) share one lane of the whole budget. The threads may therefore add up to more than the
 budget: a worker for many services has at least one thread per service, and a service's limit is its own.
 
-Claims follow the lanes: a lane never takes more of its queues' tasks than it has threads free (the job table's
-claim limit, RabbitMQ's prefetch), so no task of a busy service is held where another worker could start it.
+Claims follow the lanes: a lane never runs more of its queues' tasks than it has threads. From the job table it
+claims no more than it has threads free, so no task of a busy service is held where another worker could start
+it. From RabbitMQ it holds one task more (`Lane.prefetch`): that task waits in the process, so a thread that
+finishes starts it at once and the finished task's ack rides on the connection thread's next pass instead of
+waking it (windmill.broker.settling); without it each task of a trickle costs that thread two wake-ups.
 Pure: the worker runtimes apply the plan.
 """
 
@@ -28,8 +31,18 @@ class Lane:
     per_service: bool = True
 
     @property
+    def prefetch(self) -> int:
+        """How many of its queues' tasks a RabbitMQ channel hands it at once: its threads and one waiting."""
+        return broker_prefetch(self.threads)
+
+    @property
     def name(self) -> str:
         return ",".join(self.queues)
+
+
+def broker_prefetch(threads: int) -> int:
+    """The prefetch of a RabbitMQ channel feeding `threads` handler threads: one task waits besides those running."""
+    return max(1, threads) + 1
 
 
 def plan_lanes(queues: Sequence[str], service_queues: Mapping[str, int | None], budget: int) -> tuple[Lane, ...]:
