@@ -189,6 +189,8 @@ BEGIN
         -- sql/0109: the vote's lock and read in one call
         ('FUNCTION', 'consensus_inputs(bigint, jsonb)', 'EXECUTE',                     NULL),
         ('FUNCTION', 'lock_and_read_consensus_inputs(bigint, integer, jsonb)', 'EXECUTE', NULL),
+        ('FUNCTION', 'store_vote(bigint, jsonb, double precision, text, bigint[], bigint, bigint[], boolean)',
+                                                     'EXECUTE',                         NULL),  -- sql/0112
         ('FUNCTION', 'take_service_slot(text, integer, integer[])', 'EXECUTE',          NULL),  -- fleet_max_concurrency
         ('FUNCTION', 'export_selection(bigint, text, timestamp with time zone, bigint)', 'EXECUTE', 'EXECUTE'),  -- `export`
         ('FUNCTION', 'give_back_service_slot(text, integer)',       'EXECUTE',          NULL),

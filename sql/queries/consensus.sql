@@ -14,13 +14,8 @@ SELECT drop_consensus_deadline(%(image_id)s)
 -- The vote put off: make sure the image's deadline job is waiting (sql/0104); one already waiting keeps its time.
 SELECT enqueue_consensus_deadline(%(image_id)s)
 
--- name: store_consensus
--- One row per image, replaced by every recompute, with the inputs it was computed from.
-INSERT INTO consensus (image_id, consensus_data, processing_time, worker_id, source_result_ids, boxes_revision,
-                       postprocessing_ids)
-VALUES (%(image_id)s, %(consensus_data)s, %(processing_time)s, %(worker_id)s, %(source_result_ids)s,
-        %(boxes_revision)s, %(postprocessing_ids)s)
-ON CONFLICT (image_id) DO UPDATE
-   SET consensus_data = EXCLUDED.consensus_data, processing_time = EXCLUDED.processing_time,
-       worker_id = EXCLUDED.worker_id, consensus_created = now(), source_result_ids = EXCLUDED.source_result_ids,
-       boxes_revision = EXCLUDED.boxes_revision, postprocessing_ids = EXCLUDED.postprocessing_ids
+-- name: store_vote
+-- The consensus stored (one row per image, replaced by every recompute, with the inputs it was computed from) and,
+-- when asked, the image's deadline job dropped first: sql/0112.
+SELECT store_vote(%(image_id)s, %(consensus_data)s, %(processing_time)s, %(worker_id)s, %(source_result_ids)s,
+                  %(boxes_revision)s, %(postprocessing_ids)s, %(drop_deadline)s)

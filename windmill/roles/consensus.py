@@ -117,14 +117,16 @@ def recompute_consensus(conn: psycopg.Connection, image_id: int, service_types: 
         if not current and state.waits_for_voters:
             conn.execute(query("enqueue_consensus_deadline"), {"image_id": image_id})
             return None
-        if state.deadline_queued:  # a vote not put off reads all that the put-off ones waited for
-            conn.execute(query("drop_consensus_deadline"), {"image_id": image_id})
+        # A vote not put off reads all that the put-off ones waited for: the deadline job goes, with the store when
+        # there is one (sql/0112).
         if current:
+            if state.deadline_queued:
+                conn.execute(query("drop_consensus_deadline"), {"image_id": image_id})
             return None
         data = vote(state.inputs, service_types)
-        conn.execute(query("store_consensus"), {"image_id": image_id, "consensus_data": Jsonb(data),
-                                                "processing_time": time.perf_counter() - started,
-                                                "worker_id": worker_id, **state.inputs.recorded()})
+        conn.execute(query("store_vote"), {"image_id": image_id, "consensus_data": Jsonb(data),
+                                           "processing_time": time.perf_counter() - started, "worker_id": worker_id,
+                                           "drop_deadline": state.deadline_queued, **state.inputs.recorded()})
     return data
 
 
