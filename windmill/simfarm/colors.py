@@ -5,10 +5,11 @@ from __future__ import annotations
 import colorsys
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from PIL import Image
 
+from windmill.simfarm.median_cut import median_cut_groups
 from windmill.simfarm.palettes import copic_temperature, nearest
 
 MAX_COLORS = 8
@@ -28,13 +29,8 @@ def color_groups(image: Image.Image, size: tuple[int, int] = THUMBNAIL) -> list[
     """Up to eight colour groups as (pixel count, mean colour), most frequent first (what Haishoku yields)."""
     small = image.convert("RGB")
     small.thumbnail(size, Image.Resampling.BILINEAR)
-    quantized = small.quantize(colors=MAX_COLORS, method=Image.Quantize.MEDIANCUT)
-    palette = quantized.getpalette() or []
-    counts = quantized.getcolors(MAX_COLORS) or []
-    # A palette image's colours are palette indexes.
-    groups = [(count, (palette[3 * i], palette[3 * i + 1], palette[3 * i + 2]))
-              for count, i in cast(list[tuple[int, int]], counts)]
-    return sorted(groups, key=lambda group: (-group[0], group[1]))
+    # Pillow's median cut (Image.quantize), the same groups computed on the distinct colours (median_cut.py).
+    return sorted(median_cut_groups(small, MAX_COLORS), key=lambda group: (-group[0], group[1]))
 
 
 def _names(rgb: RGB, systems: Sequence[str]) -> tuple[dict[str, str], list[str], str]:
