@@ -38,6 +38,7 @@ from windmill.images.validate import PreparedImage, prepare_image_and_pixels
 from windmill.simfarm.annotations import SIDECAR_SUFFIX
 
 THREADS = 4
+THIS_TREE = Path(__file__).resolve().parents[2]  # the checkout this module runs from
 CROP_SERVICES_PERSON = ("colors", "face", "pose")
 SCORED_CAPTIONS = ("blip", "ollama")
 
@@ -110,12 +111,13 @@ class _Farm:
     offset: int
 
 
-def _start_side(stack: ExitStack, argv: Callable[[int], list[str]], env: dict[str, str] | None, seed: int) -> _Farm:
+def _start_side(stack: ExitStack, argv: Callable[[int], list[str]], tree: Path, seed: int) -> _Farm:
+    """The farm of `tree`'s code: `python -m` puts the working directory first on the path, so the farm runs in the
+    tree (and with it on PYTHONPATH, which the tree's own subprocesses inherit)."""
     previous = dict(os.environ)
-    if env is not None:
-        os.environ.update(env)
+    os.environ["PYTHONPATH"] = str(tree)
     try:
-        process, offset = stack.enter_context(running_stand_in(argv, offsets=offsets_to_try(seed)))
+        process, offset = stack.enter_context(running_stand_in(argv, offsets=offsets_to_try(seed), cwd=tree))
     finally:
         os.environ.clear()
         os.environ.update(previous)
@@ -146,12 +148,12 @@ def main(argv: list[str] | None = None) -> None:
         scenes = Path(folder)
         paths = write_scenes(scenes, args.images)
         calls = [call for path in paths for call in image_calls(catalog, path)]
-        requested = [("this tree", None)]
+        requested = [("this tree", THIS_TREE)]
         if args.baseline_tree is not None:
-            requested.append(("baseline", {"PYTHONPATH": str(args.baseline_tree.resolve())}))
+            requested.append(("baseline", args.baseline_tree.resolve()))
         sides = []
-        for seed, (label, env) in enumerate(requested):
-            farm = _start_side(stack, lambda offset: _farm_argv(offset, scenes, cached=args.cached_answers), env,
+        for seed, (label, tree) in enumerate(requested):
+            farm = _start_side(stack, lambda offset: _farm_argv(offset, scenes, cached=args.cached_answers), tree,
                                seed)
             client = stack.enter_context(_client(catalog, farm.offset))
             send_all(client, calls, args.threads)  # warm-up: imports, connections, first decodings' allocations
