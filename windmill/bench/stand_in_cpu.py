@@ -25,10 +25,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from windmill.bench.cpu import process_cpu
 from windmill.bench.scenes import write_scenes
 from windmill.bench.stand_in import offsets_to_try, running_stand_in
 from windmill.catalog import Catalog, load_catalog
@@ -98,6 +97,14 @@ class Side:
     pid: int
     client: FarmClient
     cpu_per_request: list[float]
+    system_share: list[float] = field(default_factory=list)  # of the CPU, the kernel's (sockets, thread wake-ups)
+
+
+def user_and_system_cpu(pid: int) -> tuple[float, float]:
+    """CPU-seconds a live process has spent in user space and in the kernel (/proc/<pid>/stat utime, stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def _farm_argv(offset: int, scenes: Path, *, cached: bool) -> list[str]:
@@ -162,18 +169,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"stand-in CPU: {args.images} scenes, {len(calls)} requests ({len(calls) / args.images:.1f} per image), "
               f"{args.threads} client threads, farm serve{'' if args.cached_answers else ' --no-cache'}, zero latency")
         for side in _runs(sides, args.runs):
-            before, started = process_cpu(side.pid), time.perf_counter()
+            (user, system), started = user_and_system_cpu(side.pid), time.perf_counter()
             failed = send_all(side.client, calls, args.threads)
-            cpu, wall = process_cpu(side.pid) - before, time.perf_counter() - started
+            user_after, system_after = user_and_system_cpu(side.pid)
+            wall = time.perf_counter() - started
+            cpu = user_after - user + system_after - system
             side.cpu_per_request.append(cpu / len(calls))
-            print(f"  {side.label:<10} {1000 * cpu / len(calls):6.2f} ms CPU per request, "
-                  f"{1000 * cpu / args.images:6.1f} ms per image, {len(calls) / wall:6.0f} requests/s"
-                  f"{f', {failed} failed' if failed else ''}")
+            side.system_share.append((system_after - system) / cpu if cpu else 0.0)
+            print(f"  {side.label:<10} {1000 * cpu / len(calls):6.2f} ms CPU per request "
+                  f"({100 * side.system_share[-1]:.0f} % kernel), {1000 * cpu / args.images:6.1f} ms per image, "
+                  f"{len(calls) / wall:6.0f} requests/s{f', {failed} failed' if failed else ''}")
         per_image = len(calls) / args.images
         for side in sides:
             median = statistics.median(side.cpu_per_request)
             print(f"{side.label:<10} median {1000 * median:.2f} ms CPU per request, {1000 * median * per_image:.1f} "
-                  "ms per image")
+                  f"ms per image, {100 * statistics.median(side.system_share):.0f} % of it in the kernel")
         if len(sides) == 2:
             ratio = statistics.median(sides[0].cpu_per_request) / statistics.median(sides[1].cpu_per_request)
             print(f"this tree / baseline: {ratio:.2f} × the CPU per request")
