@@ -171,8 +171,10 @@ def _nearest_entries(channels: np.ndarray, box_of: np.ndarray, palette: np.ndarr
     Any entry strictly nearer than the box's own is within that radius (triangle inequality), so the search ends
     at the nearest of all entries; among equally near ones, at the first in the own entry's order.
     """
-    distances = sum(np.square(channel.astype(np.int32)[:, None] - row[None, :])
-                    for channel, row in zip(channels, palette, strict=True))
+    # Squared distances less the colour's own |u|², which no comparison within a row needs: |p|² - 2 u·p. Every
+    # term is an integer below 2²⁴ in magnitude, so float32 holds them exactly and one matrix product makes them.
+    entries_f = palette.astype(np.float32)
+    distances = channels.T.astype(np.float32) @ (-2 * entries_f) + np.square(entries_f).sum(axis=0)
     own = distances[np.arange(len(box_of)), box_of]
     nearest = distances.min(axis=1)
     moved = np.flatnonzero(nearest < own)
