@@ -34,9 +34,8 @@ _AXIS_WEIGHTS = (77, 150, 29)  # luminance weights Pillow gives the channels' ra
 
 @dataclass
 class _Box:
-    channels: np.ndarray  # (3, n): the box's distinct colours, a row per channel
-    counts: np.ndarray  # pixels of each of those colours
-    members: np.ndarray  # their indexes among the image's distinct colours
+    channels: np.ndarray  # (3, n) uint8: the box's distinct colours, a row per channel
+    counts: np.ndarray  # (2, n) float64: pixels of each of those colours, and their indexes among all distinct ones
     pixels: int  # how many pixels the box holds
     children: tuple[_Box, _Box] | None = field(default=None)
 
@@ -44,20 +43,23 @@ class _Box:
 def median_cut_groups(image: Image.Image, colors: int) -> list[tuple[int, RGB]]:
     """(pixel count, palette colour) of every palette entry that some pixel maps to, in palette order: what
     `image.quantize(colors, Image.Quantize.MEDIANCUT)` gives with `getcolors` and `getpalette`. `image` is RGB."""
-    pixels = np.asarray(image, dtype=np.uint8).reshape(-1, 3)
-    packed = (pixels[:, 0].astype(np.int32) << 16) | (pixels[:, 1].astype(np.int32) << 8) | pixels[:, 2]
+    # Few numpy calls on whole arrays: each lets the GIL go, and with the server's threads all answering, each
+    # release costs a thread switch. A pixel as one 32-bit word (RGBX) is one conversion; the order of the distinct
+    # colours does not matter to the result.
+    packed = np.frombuffer(image.convert("RGBX").tobytes(), dtype=np.uint32)
     distinct, counts = np.unique(packed, return_counts=True)
     if len(distinct) > _MAX_DISTINCT:
         return _pillow_groups(image, colors)
-    channels = np.stack([distinct >> 16, (distinct >> 8) & 255, distinct & 255]).astype(np.uint8)
-    counts = counts.astype(np.float64)  # bincount's weights are doubles; the counts stay exact
-    leaves = _leaves(_split_boxes(channels, counts, colors))
+    channels = np.ascontiguousarray(distinct.view(np.uint8).reshape(-1, 4)[:, :3].T)
+    # bincount's weights are doubles (the counts stay exact); the indexes travel in the same table.
+    table = np.stack([counts, np.arange(len(distinct))]).astype(np.float64)
+    leaves = _leaves(_split_boxes(channels, table, len(packed), colors))
     box_of = np.empty(len(distinct), dtype=np.intp)
     for index, leaf in enumerate(leaves):
-        box_of[leaf.members] = index
-    palette = _palette(channels, counts, box_of, len(leaves))
+        box_of[leaf.counts[1].astype(np.intp)] = index
+    palette = _palette(leaves)
     mapped = _nearest_entries(channels, box_of, palette)
-    used = np.bincount(mapped, weights=counts, minlength=len(leaves))
+    used = np.bincount(mapped, weights=table[0], minlength=len(leaves))
     return [(int(used[index]), cast(RGB, tuple(int(channel) for channel in palette[:, index])))
             for index in range(len(leaves)) if used[index] > 0]
 
@@ -70,9 +72,9 @@ def _pillow_groups(image: Image.Image, colors: int) -> list[tuple[int, RGB]]:
             for count, i in sorted(counts, key=lambda pair: pair[1])]
 
 
-def _split_boxes(channels: np.ndarray, counts: np.ndarray, colors: int) -> _Box:
+def _split_boxes(channels: np.ndarray, table: np.ndarray, pixels: int, colors: int) -> _Box:
     """The tree of boxes after Pillow's `colors - 1` rounds of taking the most populous box out and cutting it."""
-    root = _Box(channels, counts, np.arange(channels.shape[1]), int(counts.sum()))
+    root = _Box(channels, table, pixels)
     heap: list[_Box | None] = [None]  # 1-based, as QuantHeap.c
     _heap_add(heap, root)
     for _ in range(colors - 1):
@@ -97,7 +99,7 @@ def _cut(box: _Box, spans: np.ndarray) -> tuple[_Box, _Box]:
             axis = candidate
     values = box.channels[axis]
     # Pixels per channel value, from 255 down: the cut is at the value where the running count passes half.
-    running = np.cumsum(np.bincount(values, weights=box.counts, minlength=256)[::-1])
+    running = np.cumsum(np.bincount(values, weights=box.counts[0], minlength=256)[::-1])
     crossing = int(np.argmax(running * 2 > box.pixels))
     upper = values >= 255 - crossing
     upper_pixels = int(running[crossing])
@@ -107,9 +109,8 @@ def _cut(box: _Box, spans: np.ndarray) -> tuple[_Box, _Box]:
         upper_pixels = int(running[254 - lowest]) if lowest < 255 else 0
     # Index arrays and take: boolean indexing of a 2-D array costs several times as much.
     above, below = np.flatnonzero(upper), np.flatnonzero(~upper)
-    return (_Box(box.channels.take(above, axis=1), box.counts.take(above), box.members.take(above), upper_pixels),
-            _Box(box.channels.take(below, axis=1), box.counts.take(below), box.members.take(below),
-                 box.pixels - upper_pixels))
+    return (_Box(box.channels.take(above, axis=1), box.counts.take(above, axis=1), upper_pixels),
+            _Box(box.channels.take(below, axis=1), box.counts.take(below, axis=1), box.pixels - upper_pixels))
 
 
 def _heap_add(heap: list[_Box | None], box: _Box) -> None:
@@ -151,17 +152,16 @@ def _leaves(root: _Box) -> list[_Box]:
         box = stack.pop()
         if box.children is not None:
             stack.extend(reversed(box.children))
-        elif len(box.members):
+        elif box.pixels:
             leaves.append(box)
     return leaves
 
 
-def _palette(channels: np.ndarray, counts: np.ndarray, box_of: np.ndarray, entries: int) -> np.ndarray:
+def _palette(leaves: list[_Box]) -> np.ndarray:
     """(3, entries): each box's mean colour over its pixels, as Pillow rounds it: (int)(.5 + sum / count) in
     doubles (the sums are exact in a double)."""
-    pixels = np.bincount(box_of, weights=counts, minlength=entries)
-    means = [np.bincount(box_of, weights=channel * counts, minlength=entries) / pixels for channel in channels]
-    return np.trunc(0.5 + np.stack(means)).astype(np.int32)
+    sums = np.stack([leaf.channels @ leaf.counts[0] for leaf in leaves], axis=1)
+    return np.trunc(0.5 + sums / np.array([leaf.pixels for leaf in leaves], dtype=np.float64)).astype(np.int32)
 
 
 def _nearest_entries(channels: np.ndarray, box_of: np.ndarray, palette: np.ndarray) -> np.ndarray:
