@@ -5,11 +5,10 @@ from __future__ import annotations
 import colorsys
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image
 
-from windmill.simfarm.median_cut import median_cut_groups
 from windmill.simfarm.palettes import copic_temperature, nearest_markers
 
 MAX_COLORS = 8
@@ -29,8 +28,16 @@ def color_groups(image: Image.Image, size: tuple[int, int] = THUMBNAIL) -> list[
     """Up to eight colour groups as (pixel count, mean colour), most frequent first (what Haishoku yields)."""
     small = image.convert("RGB")
     small.thumbnail(size, Image.Resampling.BILINEAR)
-    # Pillow's median cut (Image.quantize), the same groups computed on the distinct colours (median_cut.py).
-    return sorted(median_cut_groups(small, MAX_COLORS), key=lambda group: (-group[0], group[1]))
+    # Pillow's median cut in one C call that lets the GIL go once. The same groups computed with numpy on the distinct
+    # colours took 2.5x less CPU alone, but its hundred-odd array calls each let the GIL go: with the server's
+    # threads answering at once, the thread switches cost more than it saved (kernel time; see the README).
+    quantized = small.quantize(colors=MAX_COLORS, method=Image.Quantize.MEDIANCUT)
+    palette = quantized.getpalette() or []
+    counts = quantized.getcolors(MAX_COLORS) or []
+    # A palette image's colours are palette indexes.
+    groups = [(count, (palette[3 * i], palette[3 * i + 1], palette[3 * i + 2]))
+              for count, i in cast(list[tuple[int, int]], counts)]
+    return sorted(groups, key=lambda group: (-group[0], group[1]))
 
 
 Names = tuple[dict[str, str], list[str], str]  # system → marker label, the matched hexes, the temperature
