@@ -90,3 +90,25 @@ def test_summary_gives_medians_and_ratios_head_over_baseline() -> None:
     assert "Windmill CPU" in lines[2] and "50.0 vs    130.0  ratio 0.38×" in lines[2]
     runs["head"][0] = _run(20, 0.04, None)  # a run whose server is not on this machine
     assert summary("postgres", head, base, runs)[2].endswith("n/a")
+
+
+def test_the_stand_in_load_is_a_pipelines_requests_per_image(tmp_path: Path) -> None:
+    """bench stand_in_cpu: per scene the 11 primary services with the image, each object's crop to colors (a person's
+    to face and pose too), the two captions scored; and the farm's user and kernel CPU from /proc."""
+    from windmill.bench.stand_in_cpu import image_calls, user_and_system_cpu
+    from windmill.catalog import load_catalog
+    from windmill.simfarm.annotations import load_sidecar
+
+    catalog = load_catalog()
+    path = write_scenes(tmp_path, 1, seed=5)[0]
+    objects = load_sidecar(sidecar_path_for(path)).objects
+    people = sum(1 for item in objects if item.label == "person")
+    calls = image_calls(catalog, path)
+    primary = {service.name for service in catalog.in_category("primary")}
+    assert sorted(call.service for call in calls if call.service in primary and call.caption is None
+                  and call.image.size == calls[0].image.size) == sorted(primary)
+    assert sum(1 for call in calls if call.service == "face") == people
+    assert sum(1 for call in calls if call.service == "colors") == 1 + len(objects)
+    assert [call.service for call in calls if call.caption] == ["caption_score", "caption_score"]
+    user, system = user_and_system_cpu(os.getpid())
+    assert user > 0 and system >= 0

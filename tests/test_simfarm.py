@@ -31,7 +31,7 @@ from windmill.simfarm.detections import iou
 from windmill.simfarm.faults import Fault, FaultPlan, FaultRates
 from windmill.simfarm.inputs import Picture
 from windmill.simfarm.metadata import analyze as analyze_metadata
-from windmill.simfarm.palettes import SYSTEMS, nearest
+from windmill.simfarm.palettes import SYSTEMS, nearest, nearest_markers
 from windmill.simfarm.server import SAMPLES_DIR
 
 ASTRONAUT = SAMPLES_DIR / "astronaut.jpg"
@@ -285,6 +285,18 @@ def test_a_marker_colour_is_named_by_its_first_marker() -> None:
     white = nearest("copic", (255, 255, 255))
     assert all(sum((a - b) ** 2 for a, b in zip(m.rgb, (255, 255, 255), strict=True))
                >= sum((a - b) ** 2 for a, b in zip(white.rgb, (255, 255, 255), strict=True)) for m in SYSTEMS["copic"])
+
+
+def test_a_palette_is_named_at_once_as_colour_by_colour() -> None:
+    rng = random.Random(11)
+    for system, markers in SYSTEMS.items():
+        # Marker colours (ties between markers of one colour), midpoints of two markers (ties in distance), others.
+        colours = [marker.rgb for marker in markers]
+        colours += [tuple((a + b) // 2 for a, b in zip(rng.choice(markers).rgb, rng.choice(markers).rgb,
+                                                       strict=True)) for _ in range(300)]
+        colours += [(rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(300)]
+        assert nearest_markers(system, colours) == [nearest(system, colour) for colour in colours]
+    assert nearest_markers("copic", []) == []
 
 
 def test_metadata_reports_real_dimensions_format_and_exif(farm: SimFarm, client: httpx.Client) -> None:

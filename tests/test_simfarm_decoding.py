@@ -3,6 +3,7 @@ image: cut-off files are refused by every service, and without the cache each re
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 import subprocess
@@ -90,6 +91,21 @@ def test_services_share_a_decoding_but_compute_each_answer() -> None:
     assert answerer.decoded.decoded - decoded == 1
     assert answerer.computed - computed == 2
     assert answerer.analyze(PROFILES["blip"], Picture(COFFEE, "upload"), {}) == first
+
+
+@pytest.mark.parametrize("name", ["colors", "metadata"])
+def test_answers_from_pixels_alone_look_for_no_sidecar(name: str) -> None:
+    """A crop nobody annotated: colors (at reduced scale) and metadata (full size) decode it once, for their own
+    answer; looking for a look-alike would decode it at full size too (colors) and compare it with the index."""
+    index = AnnotationIndex([SAMPLES_DIR])
+    index.scan()
+    answerer = Answerer(index, cache=False)
+    crop = io.BytesIO()
+    Image.open(io.BytesIO(ASTRONAUT)).crop((100, 50, 400, 450)).save(crop, format="JPEG", quality=90)
+    decoded = answerer.decoded.decoded
+    answerer.analyze(PROFILES[name], Picture(crop.getvalue(), "upload"), {})
+    assert answerer.decoded.decoded - decoded == 1
+    assert index._look_alikes is None  # the look-alike table is made on the first search
 
 
 def test_the_decoding_cache_is_bounded_and_keeps_no_failure() -> None:

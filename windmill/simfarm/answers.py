@@ -59,6 +59,11 @@ class Scene:
 # need only the size, which the header gives.
 _FULL_SIZE = {"metadata"}
 _DOMINANT_COLOR = {"blip", "ollama"}
+# Answers computed from the pixels alone: no sidecar is looked for. An image nobody annotated (every crop the
+# postprocessing sends) would otherwise be decoded at full size and compared with every indexed image for nothing.
+_PIXELS_ONLY = {"colors", "metadata"}
+
+
 def processing_time(profile: Profile, digest: str) -> float:
     return max(0.001, round(profile.nominal_time_s * (0.8 + 0.4 * unit(digest, profile.key, "time")), 3))
 
@@ -129,6 +134,8 @@ class Answerer:
         elif analyzer in _DOMINANT_COLOR:
             pixels, at_least = True, colors.DOMINANT_THUMBNAIL
         image, file_format, (width, height) = self.decoded.decode(picture, at_least, pixels=pixels)
+        if analyzer in _PIXELS_ONLY:
+            return Scene(picture, image, file_format, width, height, None)
         sidecar = None
         if picture.path is not None:
             sidecar = self.index.beside(picture.path)

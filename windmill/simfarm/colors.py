@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import colorsys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from PIL import Image
 
-from windmill.simfarm.palettes import copic_temperature, nearest
+from windmill.simfarm.palettes import copic_temperature, nearest_markers
 
 MAX_COLORS = 8
 REGION_GRIDS = {4: 2, 9: 3, 16: 4}
@@ -28,6 +28,9 @@ def color_groups(image: Image.Image, size: tuple[int, int] = THUMBNAIL) -> list[
     """Up to eight colour groups as (pixel count, mean colour), most frequent first (what Haishoku yields)."""
     small = image.convert("RGB")
     small.thumbnail(size, Image.Resampling.BILINEAR)
+    # Pillow's median cut in one C call that lets the GIL go once. The same groups computed with numpy on the distinct
+    # colours took 2.5x less CPU alone, but its hundred-odd array calls each let the GIL go: with the server's
+    # threads answering at once, the thread switches cost more than it saved (kernel time; see the README).
     quantized = small.quantize(colors=MAX_COLORS, method=Image.Quantize.MEDIANCUT)
     palette = quantized.getpalette() or []
     counts = quantized.getcolors(MAX_COLORS) or []
@@ -37,21 +40,31 @@ def color_groups(image: Image.Image, size: tuple[int, int] = THUMBNAIL) -> list[
     return sorted(groups, key=lambda group: (-group[0], group[1]))
 
 
-def _names(rgb: RGB, systems: Sequence[str]) -> tuple[dict[str, str], list[str], str]:
-    """System → marker label, the matched hexes in system order, and the temperature (Copic only)."""
-    matches = {system: nearest(system, rgb) for system in systems}
-    temperature = copic_temperature(matches["copic"].code) if "copic" in matches else "neutral"
-    return {system: marker.label for system, marker in matches.items()}, [m.hex for m in matches.values()], temperature
+Names = tuple[dict[str, str], list[str], str]  # system → marker label, the matched hexes, the temperature
 
 
-def _primary(rgb: RGB, systems: Sequence[str]) -> dict[str, Any]:
-    names, hexes, temperature = _names(rgb, systems)
-    return {"hex": hexes[-1], "temperature": temperature, **names}  # primary: the last system's hex
+def _names(colours: Iterable[RGB], systems: Sequence[str]) -> dict[RGB, Names]:
+    """Each colour's marker per system, the matched hexes in system order, and the temperature (Copic only); the
+    markers of all colours found at once (nearest_markers)."""
+    distinct = list(dict.fromkeys(colours))
+    matches = {system: nearest_markers(system, distinct) for system in systems}
+    named: dict[RGB, Names] = {}
+    for position, rgb in enumerate(distinct):
+        markers = {system: matches[system][position] for system in systems}
+        temperature = copic_temperature(markers["copic"].code) if "copic" in markers else "neutral"
+        named[rgb] = ({system: marker.label for system, marker in markers.items()},
+                      [marker.hex for marker in markers.values()], temperature)
+    return named
 
 
-def _entry(rgb: RGB, systems: Sequence[str]) -> dict[str, Any]:
-    names, hexes, temperature = _names(rgb, systems)
-    return {"hex": hexes[0], "temperature": temperature, **names}  # palette: the first system's hex
+def _primary(names: Names) -> dict[str, Any]:
+    labels, hexes, temperature = names
+    return {"hex": hexes[-1], "temperature": temperature, **labels}  # primary: the last system's hex
+
+
+def _entry(names: Names) -> dict[str, Any]:
+    labels, hexes, temperature = names
+    return {"hex": hexes[0], "temperature": temperature, **labels}  # palette: the first system's hex
 
 
 def _palette_temperature(colors: list[dict[str, Any]]) -> str:
@@ -72,9 +85,10 @@ def analyze(image: Image.Image, systems: Sequence[str], regions: int | None = No
     if regions in REGION_GRIDS:
         return _analyze_regions(image, systems, REGION_GRIDS[regions], regions)
     groups = color_groups(image)
-    colors = _dedupe([_entry(rgb, systems) for _, rgb in groups])[:MAX_COLORS]
+    named = _names((rgb for _, rgb in groups), systems)
+    colors = _dedupe([_entry(named[rgb]) for _, rgb in groups])[:MAX_COLORS]
     prediction = {
-        "primary": _primary(groups[0][1], systems),
+        "primary": _primary(named[groups[0][1]]),
         "palette": {"temperature": _palette_temperature(colors), "colors": colors},
     }
     return prediction, {}
@@ -85,23 +99,23 @@ def _analyze_regions(image: Image.Image, systems: Sequence[str], grid: int, regi
     weights: Counter[str] = Counter()
     entries: dict[str, dict[str, Any]] = {}
     dominants: list[tuple[str, RGB]] = []
-    for row in range(grid):
-        for column in range(grid):
-            box = (column * width // grid, row * height // grid,
-                   max((column + 1) * width // grid, column * width // grid + 1),
-                   max((row + 1) * height // grid, row * height // grid + 1))
-            groups = color_groups(image.crop(box))
-            for count, rgb in groups:
-                entry = _entry(rgb, systems)
-                entries.setdefault(entry["hex"], entry)
-                weights[entry["hex"]] += count
-            dominants.append((_entry(groups[0][1], systems)["hex"], groups[0][1]))
+    cells = [color_groups(image.crop((column * width // grid, row * height // grid,
+                                      max((column + 1) * width // grid, column * width // grid + 1),
+                                      max((row + 1) * height // grid, row * height // grid + 1))))
+             for row in range(grid) for column in range(grid)]
+    named = _names((rgb for groups in cells for _, rgb in groups), systems)
+    for groups in cells:
+        for count, rgb in groups:
+            entry = _entry(named[rgb])
+            entries.setdefault(entry["hex"], entry)
+            weights[entry["hex"]] += count
+        dominants.append((_entry(named[groups[0][1]])["hex"], groups[0][1]))
     ranked = sorted(entries, key=lambda hex_value: (-weights[hex_value], hex_value))
     colors = [entries[hex_value] for hex_value in ranked[:MAX_COLORS]]
     common_hex = Counter(hex_value for hex_value, _ in dominants).most_common(1)[0][0]
     primary_rgb = next(rgb for hex_value, rgb in dominants if hex_value == common_hex)
     prediction = {
-        "primary": _primary(primary_rgb, systems),
+        "primary": _primary(named[primary_rgb]),
         "palette": {"temperature": _palette_temperature(colors), "colors": colors},
     }
     return prediction, {"regions_analyzed": regions, "unique_colors_found": len(entries)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,7 @@ def parse_body(content_type: str, body: bytes) -> RequestData:
         boundary = options.get(b"boundary")
         if not boundary:
             raise MalformedRequest("multipart body without a boundary")
-        data.fields, data.files = _parse_multipart(boundary, body)
+        data.fields, data.files = _parse_plain_multipart(boundary, body) or _parse_multipart(boundary, body)
     elif media_type == b"application/x-www-form-urlencoded":
         data.fields = first_values(body.decode("utf-8", "replace"))
     elif media_type == b"application/json":
@@ -108,7 +109,62 @@ def parse_body(content_type: str, body: bytes) -> RequestData:
     return data
 
 
+# A multipart body as clients send it (FarmClient, httpx, curl) is taken apart with bytes.find: python-multipart's
+# parser runs its state machine in Python and calls back per header and chunk, a quarter of the stand-in's cost of
+# serving an answer. Anything unusual (a preamble, an epilogue, an odd header line, a boundary-like line inside a
+# part) goes to python-multipart, which decides: the plain parse gives what python-multipart gives, or nothing.
+_PLAIN_HEADER_NAME = re.compile(rb"[A-Za-z-]+")  # letters and hyphens: names python-multipart takes as they are
+_PLAIN_HEADERS = 4  # python-multipart allows 8 header lines per part
+_PLAIN_HEADER_LINE = 1024  # ... of up to 4,224 bytes
+_PLAIN_BOUNDARY = 70  # RFC 2046's longest boundary; python-multipart refuses some longer ones
+
+
+def _parse_plain_multipart(boundary: bytes, body: bytes) -> tuple[dict[str, str], dict[str, Upload]] | None:
+    """Fields and files of a body of plain parts (`--boundary CRLF`, at most four `Name: value` header lines, a blank
+    line, the data, ... `--boundary--` and an optional CRLF), or None for any other body."""
+    opening = b"--" + boundary + b"\r\n"
+    if len(boundary) > _PLAIN_BOUNDARY or not body.startswith(opening):
+        return None
+    delimiter = b"\r\n--" + boundary
+    fields: dict[str, str] = {}
+    files: dict[str, Upload] = {}
+    position = len(opening)
+    while True:
+        end = body.find(delimiter, position)
+        headers_end = body.find(b"\r\n\r\n", position, end)
+        if end < 0 or headers_end <= position:
+            return None
+        headers: dict[bytes, bytes] = {}
+        lines = body[position:headers_end].split(b"\r\n")
+        if len(lines) > _PLAIN_HEADERS:
+            return None
+        for line in lines:
+            name, colon, value = line.partition(b": ")
+            if (not colon or len(line) > _PLAIN_HEADER_LINE or not _PLAIN_HEADER_NAME.fullmatch(name)
+                    or value[:1] == b" " or b"\r" in value or b"\n" in value):
+                return None
+            headers[name.lower()] = value
+        _add_part(headers, body[headers_end + 4:end], fields, files)
+        position = end + len(delimiter) + 2
+        after = body[end + len(delimiter):position]
+        if after == b"--" and body[position:] in (b"", b"\r\n"):
+            return fields, files
+        if after != b"\r\n":
+            return None
+
+
+def _add_part(headers: dict[bytes, bytes], content: bytes, fields: dict[str, str], files: dict[str, Upload]) -> None:
+    """A part's value under its name, the first of a name kept: a file (it has a filename) or a text field."""
+    _, disposition = _options_header(headers.get(b"content-disposition", b"").decode("latin-1"))
+    name = disposition.get(b"name", b"").decode("utf-8", "replace")
+    if b"filename" in disposition:
+        files.setdefault(name, Upload(disposition[b"filename"].decode("utf-8", "replace"), content))
+    else:
+        fields.setdefault(name, content.decode("utf-8", "replace"))
+
+
 def _parse_multipart(boundary: bytes, body: bytes) -> tuple[dict[str, str], dict[str, Upload]]:
+    """Any multipart body, by python-multipart's parser."""
     fields: dict[str, str] = {}
     files: dict[str, Upload] = {}
     headers: dict[bytes, bytes] = {}
@@ -135,13 +191,7 @@ def _parse_multipart(boundary: bytes, body: bytes) -> tuple[dict[str, str], dict
         chunks.append(data[start:end])
 
     def on_part_end() -> None:
-        _, disposition = _options_header(headers.get(b"content-disposition", b"").decode("latin-1"))
-        name = disposition.get(b"name", b"").decode("utf-8", "replace")
-        content = b"".join(chunks)
-        if b"filename" in disposition:
-            files.setdefault(name, Upload(disposition[b"filename"].decode("utf-8", "replace"), content))
-        else:
-            fields.setdefault(name, content.decode("utf-8", "replace"))
+        _add_part(headers, b"".join(chunks), fields, files)
 
     parser = MultipartParser(
         boundary,

@@ -243,3 +243,12 @@ def nearest(system: str, rgb: tuple[int, int, int]) -> Marker:
     matches. Exact integer arithmetic, so the same marker as comparing one by one."""
     distances = np.square(_COLOURS[system] - np.asarray(rgb, dtype=np.int32)).sum(axis=1)
     return SYSTEMS[system][int(np.argmin(distances))]
+
+
+def nearest_markers(system: str, colours: list[tuple[int, int, int]]) -> list[Marker]:
+    """`nearest` of each colour, in one distance table: a palette's colours are named at once."""
+    if not colours:
+        return []
+    distances = np.square(_COLOURS[system][None, :, :] - np.asarray(colours, dtype=np.int32)[:, None, :]).sum(axis=2)
+    markers = SYSTEMS[system]
+    return [markers[index] for index in np.argmin(distances, axis=1).tolist()]
