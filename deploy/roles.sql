@@ -170,6 +170,7 @@ BEGIN
         ('FUNCTION', 'consensus_delay()',            'EXECUTE',                         NULL),  -- the triggers call it
         -- sql/0104: a consensus vote waits for the image's voter tasks, up to its deadline job
         ('FUNCTION', 'consensus_max_wait()',         'EXECUTE',                         NULL),
+        ('FUNCTION', 'merge_delay()',                'EXECUTE',                         NULL),  -- sql/0113
         ('FUNCTION', 'consensus_deadline_job(bigint)', 'EXECUTE',                       NULL),
         ('FUNCTION', 'enqueue_consensus_deadline(bigint)', 'EXECUTE',                   NULL),
         ('FUNCTION', 'consensus_waits_for_voters(bigint, jsonb)', 'EXECUTE',            NULL),

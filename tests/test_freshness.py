@@ -83,11 +83,12 @@ def test_a_detector_answer_committed_after_the_merge_job_ran_is_merged(
         with pool.connection() as worker_conn:
             merge_image(worker_conn, job.image_id, SETTINGS.harmony, WORKER)
 
+    later = datetime.now().astimezone() + timedelta(minutes=1)  # past the merge window, without waiting
     first = insert_answer(conn, image, "yolov8", detection("person", "🧑", 10))  # queues the image's merge job
     with database.connect() as answering, answering.transaction():
         second = insert_answer(answering, image, "rtdetr", detection("dog", "🐕", 300))  # finds that job waiting
-        run_queue(jobs, "merge", merge)  # a merger runs while the answer is not committed yet
-    run_queue(jobs, "merge", merge)
+        run_queue(jobs, "merge", merge, now=later)  # a merger runs while the answer is not committed yet
+    run_queue(jobs, "merge", merge, now=later)
     read = conn.execute("SELECT source_result_ids FROM merged_images WHERE image_id = %s", (image,)).fetchone()
     assert read == ([first, second],), "the merge after the commit read the late answer"
     assert sorted(row[0] for row in conn.execute("SELECT merged_data->>'emoji' FROM merged_boxes")) == ["🐕", "🧑"]
@@ -245,6 +246,7 @@ def test_an_answer_that_raced_another_to_queue_the_job_holds_the_job_that_won(
         database: Database, conn: psycopg.Connection, jobs: JobQueue, image: int) -> None:
     """Both answers find no job waiting and insert one; the second waits for the first (unique key), meets its job
     when it commits, and must hold that one until its own commit, as if it had found it waiting."""
+    later = datetime.now().astimezone() + timedelta(minutes=1)  # past the merge window, without waiting
     inserted, commit = threading.Event(), threading.Event()
     failures: list[BaseException] = []
     with database.connect() as first:
@@ -269,12 +271,13 @@ def test_an_answer_that_raced_another_to_queue_the_job_holds_the_job_that_won(
             wait_until(lambda: waiting_for_a_lock(conn, second_pid), message="the second answer to wait for the first")
             first.execute("COMMIT")
             assert inserted.wait(timeout=30) and not failures, failures
-            assert jobs.claim(["merge"], WORKER, 10) == [], "the job is held while the second answer is uncommitted"
+            assert jobs.claim(["merge"], WORKER, 10, now=later) == [], \
+                "the job is held while the second answer is uncommitted"
         finally:
             commit.set()
             thread.join(timeout=30)
     assert not failures, failures
-    assert [job.queue for job in jobs.claim(["merge"], WORKER, 10)] == ["merge"]
+    assert [job.queue for job in jobs.claim(["merge"], WORKER, 10, now=later)] == ["merge"]
 
 
 def test_enqueues_of_one_waiting_job_do_not_wait_for_each_other(database: Database, conn: psycopg.Connection,
@@ -291,10 +294,11 @@ def test_enqueues_of_one_waiting_job_do_not_wait_for_each_other(database: Databa
 
 def test_an_answer_finding_the_job_running_queues_another(conn: psycopg.Connection, jobs: JobQueue,
                                                           image: int) -> None:
+    later = datetime.now().astimezone() + timedelta(minutes=1)  # past the merge window, without waiting
     insert_answer(conn, image, "yolov8", detection("person", "🧑", 10))
-    [running] = jobs.claim(["merge"], WORKER, 10)
+    [running] = jobs.claim(["merge"], WORKER, 10, now=later)
     insert_answer(conn, image, "rtdetr", detection("dog", "🐕", 300))
-    [again] = jobs.claim(["merge"], WORKER, 10)
+    [again] = jobs.claim(["merge"], WORKER, 10, now=later)
     assert again.id != running.id
 
 

@@ -39,7 +39,7 @@ def test_each_enqueue_function_queues_its_job(conn: psycopg.Connection) -> None:
                  (image, image, image))
     conn.execute("SELECT enqueue(scheduler_tick_job(interval '1 minute'))")
     assert queued(conn) == [
-        (MERGE_QUEUE, image, {"image_id": image}, f"merge:{image}", False, 5),
+        (MERGE_QUEUE, image, {"image_id": image}, f"merge:{image}", True, 5),  # the coalescing window
         (CONSENSUS_QUEUE, image, {"image_id": image}, f"consensus:{image}", True, 5),  # the debounce
         (CAPTION_SCORE_QUEUE, image, {"image_id": image, "service": "ollama"}, f"caption_score:ollama:{image}",
          False, 5),

@@ -16,3 +16,8 @@ SELECT store_merge(%(image_id)s, %(worker_id)s, %(gone)s::bigint[], %(changed)s,
 -- name: box_postprocessing
 -- The postprocessing services a box gets (sql/0012 box_postprocessing: colors, and face and pose for people).
 SELECT box_postprocessing(%(merged_data)s, %(crop_key)s)
+
+-- name: merge_delay_s
+-- How long after it is queued a merge job falls due (sql/0113), in seconds: the merger claims that long after a
+-- notification of its queue.
+SELECT extract(epoch FROM merge_delay())::float8

@@ -115,4 +115,6 @@ def merger_role(context: RoleContext) -> Role:
         log.debug("image %d: %d boxes (%d new, %d kept, %d gone)", image_id, outcome.boxes, len(outcome.inserted),
                   outcome.kept, outcome.deleted, extra={"action": "merged"})
 
-    return Role(name="merger", queues=(MERGE_QUEUE,), handle=handle)
+    with context.pool.connection() as conn:
+        delay_s = float(fetch_value(conn, "merge_delay_s"))
+    return Role(name="merger", queues=(MERGE_QUEUE,), handle=handle, claim_delay_s=delay_s)

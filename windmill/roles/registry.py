@@ -56,6 +56,9 @@ class Role:
     # The queues that each call one service, with that service's per-process limit (None: unlimited): each gets a
     # lane of threads of its own (windmill.worker.lanes). The role's other queues share one lane.
     service_queues: Mapping[str, int | None] = field(default_factory=dict)
+    # Its jobs fall due this long after they are queued (the merge's coalescing window, sql/0113): a notification
+    # of its queues is answered by a claim that much later rather than at once.
+    claim_delay_s: float = 0.0
 
 
 RoleFactory = Callable[[RoleContext], Role]

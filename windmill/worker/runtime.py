@@ -34,6 +34,7 @@ from windmill.worker.presence import WorkerPresence
 
 log = logging.getLogger(__name__)
 FLUSH_AFTER_S = 0.05  # longest a finished job waits to be recorded with others
+DUE_TOGETHER_S = 0.005  # a delayed lane's notifications this close share one claim
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,12 @@ class _Wake(threading.Event):
 class _LaneState:
     """A lane at run time: its threads, and its jobs claimed whose handler has not finished (`busy`)."""
 
-    def __init__(self, lane: Lane, batch_size: int, role_name: str, recheck_after_s: float) -> None:
+    def __init__(self, lane: Lane, batch_size: int, role_name: str, recheck_after_s: float,
+                 claim_delay_s: float = 0.0) -> None:
         self.lane = lane
         self.recheck_after_s = recheck_after_s
+        self.claim_delay_s = claim_delay_s  # its jobs fall due this long after they are queued (Role.claim_delay_s)
+        self.due: deque[float] = deque()  # when the jobs it was notified of fall due, oldest first
         # A service lane takes only what it can start; a shared lane may hold a batch waiting for its threads.
         self.holds = lane.threads if lane.per_service else max(lane.threads, batch_size)
         self.busy = 0
@@ -124,6 +128,29 @@ class _LaneState:
             return False
         self.recheck_at = None
         return True
+
+    def notified(self, now: float) -> None:
+        """Its queue's notification arrived: a job was queued. Claim now, or, for a lane whose jobs fall due later,
+        when that job is due (the notification's transaction began before `now`, so its job is due by then).
+        Notifications a few milliseconds apart share one claim."""
+        if self.claim_delay_s <= 0:
+            self.dry = False
+            return
+        due = now + self.claim_delay_s
+        if not self.due or due - self.due[-1] > DUE_TOGETHER_S:
+            self.due.append(due)
+
+    def fell_due(self, now: float) -> bool:
+        """Whether a job it was notified of has fallen due since it last looked."""
+        fell = False
+        while self.due and self.due[0] <= now:
+            self.due.popleft()
+            fell = True
+        return fell
+
+    @property
+    def next_due(self) -> float | None:
+        return self.due[0] if self.due else None
 
     def wants_claim(self) -> bool:
         """Worth a round trip: half its places free, or nothing left running."""
@@ -185,8 +212,8 @@ class Worker:
         ]
         for thread in side_tasks:
             thread.start()
-        lanes = [_LaneState(lane, self.options.batch_size, self.role.name, self.options.recheck_after_s)
-                 for lane in self.lanes]
+        lanes = [_LaneState(lane, self.options.batch_size, self.role.name, self.options.recheck_after_s,
+                            self.role.claim_delay_s) for lane in self.lanes]
         drained = False
         try:
             self._claim_loop(lanes)
@@ -217,12 +244,13 @@ class Worker:
                     lane.dry = False
                 next_poll = time.monotonic() + self.options.poll_interval_s
             else:  # a queue's own notification: only its lane claims again (the others stay as they were)
+                now = time.monotonic()
                 for lane in lanes:
-                    if lane.dry and not hinted.isdisjoint(lane.lane.queues):
-                        lane.dry = False
+                    if not hinted.isdisjoint(lane.lane.queues):
+                        lane.notified(now)
             now = time.monotonic()
             for lane in lanes:
-                if lane.recheck_due(now):
+                if lane.recheck_due(now) or lane.fell_due(now):
                     lane.dry = False
             asks = self._claims_wanted(lanes)
             if asks:
@@ -248,7 +276,8 @@ class Worker:
                     continue  # a lane took a full claim and still has places: more are probably waiting
             elif self._flush_due():
                 self._flush_finished()
-            wake_at = min([next_poll, *(lane.recheck_at for lane in lanes if lane.recheck_at is not None)])
+            wake_at = min([next_poll, *(lane.recheck_at for lane in lanes if lane.recheck_at is not None),
+                           *(lane.next_due for lane in lanes if lane.next_due is not None)])
             self._wake.wait(FLUSH_AFTER_S if self._finished else max(0.0, wake_at - time.monotonic()))
 
     @staticmethod

@@ -1,0 +1,87 @@
+"""The merge's coalescing window (sql/0113): a merge job falls due merge_delay() after it is queued, so an image's
+detector answers that arrive within it are merged once; its notification makes the merger claim when it is due, not
+at the poll. Consensus jobs, due consensus_delay() later, still wait for the poll."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from tests.conftest import wait_until
+from tests.test_freshness import SAMPLES, SETTINGS, WORKER, detection, insert_answer
+from windmill.collection import add_paths
+from windmill.db.connect import Database
+from windmill.db.queries import fetch_value
+from windmill.jobs import Job, JobQueue, NewJob
+from windmill.jobs.queue import enqueue_on
+from windmill.roles.merger import merge_image
+from windmill.roles.registry import Role
+from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
+
+
+@pytest.fixture
+def image(conn: psycopg.Connection) -> int:
+    add_paths(conn, [SAMPLES / "coffee.jpg"])
+    return conn.execute("SELECT image_id FROM images").fetchone()[0]
+
+
+def test_detector_answers_within_the_window_are_merged_once(conn: psycopg.Connection, pool: ConnectionPool,
+                                                             image: int) -> None:
+    jobs = JobQueue(pool)
+    first = insert_answer(conn, image, "yolov8", detection("person", "🧑", 10))
+    assert jobs.claim(["merge"], WORKER, 10) == [], "the merge waits for the image's other detectors"
+    second = insert_answer(conn, image, "rtdetr", detection("dog", "🐕", 300))  # finds that job waiting
+    due = conn.execute("SELECT now() + merge_delay()").fetchone()[0]
+    [job] = jobs.claim(["merge"], WORKER, 10, now=due)
+    with pool.connection() as worker_conn:
+        merge_image(worker_conn, job.image_id, SETTINGS.harmony, WORKER)
+    jobs.complete([job.id], WORKER, now=due)
+    read = conn.execute("SELECT source_result_ids FROM merged_images WHERE image_id = %s", (image,)).fetchone()
+    assert read == ([first, second],), "one merge read both answers"
+
+
+def test_the_merger_claims_a_merge_job_when_it_falls_due_not_at_the_poll(
+        conn: psycopg.Connection, database: Database, pool: ConnectionPool, image: int) -> None:
+    """The notification of a merge job due later makes the lane claim when it is due; without that, the claim the
+    notification asks for finds nothing due and the job waits for the poll (60 s here)."""
+    claimed: list[Job] = []
+    got_it = threading.Event()
+
+    def on_claimed(job: Job) -> None:
+        claimed.append(job)
+        got_it.set()
+
+    delay_s = float(fetch_value(conn, "merge_delay_s"))
+    assert delay_s > 0
+    role = Role(name="merge-window", queues=("merge",), handle=lambda job: None, claim_delay_s=delay_s)
+    worker = Worker(JobQueue(pool), role, worker_id="merge-window", listen_conninfo=database.conninfo,
+                    options=WorkerOptions(poll_interval_s=60), hooks=WorkerHooks(on_claimed=on_claimed))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        assert worker.listening.wait(10)
+        time.sleep(0.3)  # the claims the start and the LISTEN asked for are over: the lane is dry
+        insert_answer(conn, image, "yolov8", detection("person", "🧑", 10))  # autocommit: queued and notified
+        committed = time.monotonic()
+        wait_until(got_it.is_set, timeout=20, message="the merge job to be claimed before the poll")
+        assert time.monotonic() - committed < 30
+        assert [job.queue for job in claimed] == ["merge"]
+    finally:
+        worker.request_stop()
+        thread.join(timeout=20)
+
+
+def test_a_consensus_job_due_later_still_wakes_no_one(conn: psycopg.Connection, database: Database,
+                                                      image: int) -> None:
+    """A second's votes are claimed at once by the poll; only jobs due within 100 ms notify."""
+    with database.connect() as listener:
+        listener.execute("SELECT * FROM listen_job_queues(%s)", [["consensus", "merge"]])
+        spec = conn.execute("SELECT (consensus_job(%s)).*", (image,)).fetchone()
+        enqueue_on(conn, NewJob(spec[0], spec[2], image_id=image, dedupe_key=spec[3]), run_after=spec[4])
+        assert sum(1 for _ in listener.notifies(timeout=0.3)) == 0
+        insert_answer(conn, image, "yolov8", detection("person", "🧑", 10))  # queues a merge: due within 100 ms
+        assert sum(1 for _ in listener.notifies(timeout=0.3)) == 1
