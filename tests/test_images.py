@@ -15,7 +15,7 @@ from urllib.parse import quote
 import numpy as np
 import pillow_heif  # test dependency: encodes HEIC (Windmill itself only decodes, with pi-heif)
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from windmill.images import (
     BadImage,
@@ -325,6 +325,49 @@ def test_passthrough_is_byte_identical_and_hashed():
     assert prepared.data is original
     assert prepared.mime == "image/png" and prepared.filename == "image.png"
     assert len(prepared.sha256) == 64
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The formats of the images whose pixels Pillow decodes from now on (ImageFile.load, which every decode
+    goes through)."""
+    seen: list[str] = []
+    original = ImageFile.ImageFile.load
+
+    def load(image: ImageFile.ImageFile):  # type: ignore[no-untyped-def]
+        seen.append(str(image.format))
+        return original(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return seen
+
+
+def test_a_jpeg_decoded_before_is_sent_as_it_would_be_without_a_decode(decodes: list[str]) -> None:
+    original = noisy_jpeg()
+    prepared = prepare_image(original)
+    assert decodes == ["JPEG"]
+    again = prepare_image(original, decoded_before=True)
+    assert decodes == ["JPEG"], "a JPEG sent as it is whose pixels were decoded before is not decoded again"
+    assert again == prepared and again.data is original
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    (noisy_jpeg() + b"trailer", "a stream that ends after its EOI marker"),
+    (rotated_jpeg(), "an EXIF rotation to apply: re-encoded"),
+    (encoded(photo(), "PNG"), "not a JPEG"),
+])
+def test_an_image_decoded_before_is_decoded_when_it_is_not_a_jpeg_sent_as_it_ends(
+        decodes: list[str], data: bytes, why: str) -> None:
+    trusted = prepare_image(data, decoded_before=True)
+    decoded_then = len(decodes)
+    assert trusted == prepare_image(data), why
+    assert decoded_then > 0 and len(decodes) == 2 * decoded_then, why
+
+
+def test_a_jpeg_cut_short_since_its_decode_is_still_refused() -> None:
+    truncated = noisy_jpeg()[: len(noisy_jpeg()) // 2]
+    with pytest.raises(BadImage, match="truncated"):
+        prepare_image(truncated, decoded_before=True)
 
 
 def test_an_original_over_the_send_limit_is_reencoded_then_refused_if_still_too_big():
