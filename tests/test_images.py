@@ -364,6 +364,17 @@ def test_an_image_decoded_before_is_decoded_when_it_is_not_a_jpeg_sent_as_it_end
     assert decoded_then > 0 and len(decodes) == 2 * decoded_then, why
 
 
+@pytest.mark.parametrize(("data", "opens"), [(noisy_jpeg(), 1), (encoded(photo(), "PNG"), 2)])
+def test_a_jpeg_is_opened_once_as_its_verify_checks_nothing(
+        monkeypatch: pytest.MonkeyPatch, data: bytes, opens: int) -> None:
+    """A PNG is verified (its CRCs), which spends the opened image, and opened again; a JPEG is opened once."""
+    opened: list[str] = []
+    image_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append("open") or image_open(*args, **kwargs))
+    assert prepare_image(data).data is data
+    assert len(opened) == opens
+
+
 def test_a_jpeg_cut_short_since_its_decode_is_still_refused() -> None:
     truncated = noisy_jpeg()[: len(noisy_jpeg()) // 2]
     with pytest.raises(BadImage, match="truncated"):
