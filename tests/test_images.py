@@ -7,6 +7,7 @@ import io
 import os
 import struct
 import threading
+import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from windmill.images import (
     load_image_bytes,
     pose_prediction_to_image,
     prepare_image,
+    read_image_file,
 )
 from windmill.images.validate import prepare_image_and_pixels
 
@@ -434,6 +436,26 @@ def test_image_paths_stay_inside_the_roots(rooted, relative, expected):
 def test_without_roots_any_readable_path_is_allowed(rooted):
     _root, outside = rooted
     assert load_image_bytes(outside / "out.jpg", None, roots=None).startswith(b"\xff\xd8")
+
+
+def test_reading_a_small_image_does_not_allocate_the_size_limit(tmp_path: Path) -> None:
+    """Every image of the pipeline is read so: a read asked for the limit (32 MiB) allocated it first."""
+    path = tmp_path / "small.jpg"
+    path.write_bytes(noisy_jpeg())
+    tracemalloc.start()
+    try:
+        data = read_image_file(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert data == path.read_bytes()
+    assert peak < 4 * len(data), f"reading {len(data)} bytes allocated {peak} at the peak"
+
+
+def test_a_file_that_reports_no_size_is_read_to_its_end() -> None:
+    """A file whose size fstat does not know (procfs; or one that grew since) is still read on to its end."""
+    data = read_image_file("/proc/self/mountinfo")
+    assert len(data) > 0 and data.endswith(b"\n")
 
 
 def test_neither_path_nor_url_is_a_bad_image():
