@@ -11,6 +11,7 @@ import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -336,7 +337,7 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     original = ImageFile.ImageFile.load
 
-    def load(image: ImageFile.ImageFile):  # type: ignore[no-untyped-def]
+    def load(image: ImageFile.ImageFile) -> Any:
         seen.append(str(image.format))
         return original(image)
 
