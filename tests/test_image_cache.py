@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from windmill.image_cache import ENTRY_OVERHEAD_BYTES, PREPARED_BYTES, ImageSource, SingleFlightCache
 from windmill.images import BadImage, crop_for_service, prepare_image
@@ -188,3 +188,27 @@ def test_an_offer_never_waits_for_a_load_in_progress() -> None:
     cache.offer("c", lambda: int("not a number"))  # nobody asked: not raised, kept as get keeps a failure
     with pytest.raises(ValueError):
         cache.get("c", lambda: "never")
+
+
+def test_an_image_decoded_before_is_prepared_without_a_decode_and_kept_apart(
+        pictures: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caption scorer's image (a service answered on it) is sent undecoded; the entry it leaves is not the one
+    that crops rely on having been decoded in full."""
+    one, _ = pictures
+    decodes: list[str] = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decodes.append("decode") or load(image))
+    source = ImageSource(settings_from_mapping({}))
+    trusted = source.prepared(1, str(one), None, decoded_before=True)
+    assert decodes == [] and trusted == prepare_image(one.read_bytes(), decoded_before=True)
+    decodes.clear()
+    assert source.prepared(1, str(one), None) == trusted  # validated in full: its own entry, decoded
+    assert decodes == ["decode"] and source.prepared_images.loads == 2
+
+
+def test_an_image_decoded_before_uses_the_fully_validated_entry_this_process_has(pictures: tuple[Path, Path]) -> None:
+    one, _ = pictures
+    source = ImageSource(settings_from_mapping({}))
+    validated = source.prepared(1, str(one), None)
+    assert source.prepared(1, str(one), None, decoded_before=True) is validated
+    assert source.prepared_images.loads == 1

@@ -7,15 +7,17 @@ import io
 import os
 import struct
 import threading
+import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 import pillow_heif  # test dependency: encodes HEIC (Windmill itself only decodes, with pi-heif)
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from windmill.images import (
     BadImage,
@@ -31,6 +33,7 @@ from windmill.images import (
     load_image_bytes,
     pose_prediction_to_image,
     prepare_image,
+    read_image_file,
 )
 from windmill.images.validate import prepare_image_and_pixels
 
@@ -327,6 +330,60 @@ def test_passthrough_is_byte_identical_and_hashed():
     assert len(prepared.sha256) == 64
 
 
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The formats of the images whose pixels Pillow decodes from now on (ImageFile.load, which every decode
+    goes through)."""
+    seen: list[str] = []
+    original = ImageFile.ImageFile.load
+
+    def load(image: ImageFile.ImageFile) -> Any:
+        seen.append(str(image.format))
+        return original(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return seen
+
+
+def test_a_jpeg_decoded_before_is_sent_as_it_would_be_without_a_decode(decodes: list[str]) -> None:
+    original = noisy_jpeg()
+    prepared = prepare_image(original)
+    assert decodes == ["JPEG"]
+    again = prepare_image(original, decoded_before=True)
+    assert decodes == ["JPEG"], "a JPEG sent as it is whose pixels were decoded before is not decoded again"
+    assert again == prepared and again.data is original
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    (noisy_jpeg() + b"trailer", "a stream that ends after its EOI marker"),
+    (rotated_jpeg(), "an EXIF rotation to apply: re-encoded"),
+    (encoded(photo(), "PNG"), "not a JPEG"),
+])
+def test_an_image_decoded_before_is_decoded_when_it_is_not_a_jpeg_sent_as_it_ends(
+        decodes: list[str], data: bytes, why: str) -> None:
+    trusted = prepare_image(data, decoded_before=True)
+    decoded_then = len(decodes)
+    assert trusted == prepare_image(data), why
+    assert decoded_then > 0 and len(decodes) == 2 * decoded_then, why
+
+
+@pytest.mark.parametrize(("data", "opens"), [(noisy_jpeg(), 1), (encoded(photo(), "PNG"), 2)])
+def test_a_jpeg_is_opened_once_as_its_verify_checks_nothing(
+        monkeypatch: pytest.MonkeyPatch, data: bytes, opens: int) -> None:
+    """A PNG is verified (its CRCs), which spends the opened image, and opened again; a JPEG is opened once."""
+    opened: list[str] = []
+    image_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append("open") or image_open(*args, **kwargs))
+    assert prepare_image(data).data is data
+    assert len(opened) == opens
+
+
+def test_a_jpeg_cut_short_since_its_decode_is_still_refused() -> None:
+    truncated = noisy_jpeg()[: len(noisy_jpeg()) // 2]
+    with pytest.raises(BadImage, match="truncated"):
+        prepare_image(truncated, decoded_before=True)
+
+
 def test_an_original_over_the_send_limit_is_reencoded_then_refused_if_still_too_big():
     png = encoded(Image.effect_noise((128, 128), 40).convert("RGB"), "PNG")
     smaller = prepare_image(png, max_send_bytes=len(png) - 1)
@@ -380,6 +437,26 @@ def test_image_paths_stay_inside_the_roots(rooted, relative, expected):
 def test_without_roots_any_readable_path_is_allowed(rooted):
     _root, outside = rooted
     assert load_image_bytes(outside / "out.jpg", None, roots=None).startswith(b"\xff\xd8")
+
+
+def test_reading_a_small_image_does_not_allocate_the_size_limit(tmp_path: Path) -> None:
+    """Every image of the pipeline is read so: a read asked for the limit (32 MiB) allocated it first."""
+    path = tmp_path / "small.jpg"
+    path.write_bytes(noisy_jpeg())
+    tracemalloc.start()
+    try:
+        data = read_image_file(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert data == path.read_bytes()
+    assert peak < 4 * len(data), f"reading {len(data)} bytes allocated {peak} at the peak"
+
+
+def test_a_file_that_reports_no_size_is_read_to_its_end() -> None:
+    """A file whose size fstat does not know (procfs; or one that grew since) is still read on to its end."""
+    data = read_image_file("/proc/self/mountinfo")
+    assert len(data) > 0 and data.endswith(b"\n")
 
 
 def test_neither_path_nor_url_is_a_bad_image():

@@ -64,6 +64,16 @@ class SingleFlightCache(Generic[Key, Value]):
                     raise
         raise AssertionError("unreachable")
 
+    def peek(self, key: Key) -> Value | None:
+        """The key's value when it is loaded already; None when it is not (or is loading, or failed): no waiting."""
+        with self._lock:
+            future = self._entries.get(key)
+            if future is None or not future.done() or future.exception() is not None:
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+        return future.result()
+
     def offer(self, key: Key, load: Callable[[], Value]) -> None:
         """Load the key's value when no caller has it or is loading it, for callers to come; never wait for another
         caller's load (this caller needs nothing from it). A failure is kept as `get` keeps it, and not raised:
@@ -191,11 +201,19 @@ class ImageSource:
             decoded_bytes, _pixels_weight)
         self.crops: SingleFlightCache[tuple[Any, ...], Crop] = SingleFlightCache(crop_bytes, _crop_weight)
 
-    def prepared(self, image_id: int, image_path: str | None, image_url: str | None) -> PreparedImage:
+    def prepared(self, image_id: int, image_path: str | None, image_url: str | None, *,
+                 decoded_before: bool = False) -> PreparedImage:
         """The image ready to send; BadImage (cached too: a bad image stays bad) when it cannot be, ImageUnavailable
-        (not cached: the next caller downloads again) when its download failed for a reason that may pass."""
-        return self.prepared_images.get((image_id, image_path, image_url),
-                                        lambda: prepare_image(self._read(image_path, image_url)))
+        (not cached: the next caller downloads again) when its download failed for a reason that may pass.
+
+        `decoded_before`: a service has answered on the image, so its pixels were decoded (by the process that sent
+        it): a JPEG sent as it is is not decoded again (prepare_image). Kept apart from the fully validated entry,
+        which callers that decode the pixels rely on (pixels, crop), and which it uses when this process has it."""
+        key = (image_id, image_path, image_url)
+        if not decoded_before:
+            return self.prepared_images.get(key, lambda: prepare_image(self._read(image_path, image_url)))
+        return self.prepared_images.peek(key) or self.prepared_images.get(
+            (*key, "decoded before"), lambda: prepare_image(self._read(image_path, image_url), decoded_before=True))
 
     def pixels(self, image_id: int, image_path: str | None, image_url: str | None) -> Image.Image:
         """Upright RGB pixels of the image, to crop boxes from (do not modify: shared between threads)."""

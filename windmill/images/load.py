@@ -128,7 +128,12 @@ def read_image_file(
         if info.st_size > max_bytes:
             raise BadImage(f"image file {shown} is {_size(info.st_size)}, over the {_size(max_bytes)} limit")
         with os.fdopen(descriptor, "rb", closefd=False) as handle:
-            data = handle.read(max_bytes + 1)
+            # Asked for max_bytes + 1, a read allocated it (32 MiB) before it shrank to the file: 0.045 ms of
+            # CPU per 50 KB image where asking for its size + 1 costs 0.012. A file that grew after fstat (or
+            # reports no size) is read on up to the limit, as before.
+            data = handle.read(info.st_size + 1)
+            if len(data) > info.st_size:
+                data += handle.read(max_bytes + 1 - len(data))
     except OSError as problem:
         raise BadImage(f"cannot read image file {shown}: {_os_reason(problem)}") from None
     finally:

@@ -67,8 +67,9 @@ class CaptionScorer:
         record: dict[str, Any] = {"caption": caption, "caption_service": source, "source_result_id": result_id}
 
         def call() -> ServiceAnswer:
-            return self.farm.score_answer(SCORING_SERVICE, self.images.prepared(image_id, image_path, image_url),
-                                          caption)
+            # The caption is a service's answer on this image: its pixels were decoded when it was sent for it.
+            image = self.images.prepared(image_id, image_path, image_url, decoded_before=True)
+            return self.farm.score_answer(SCORING_SERVICE, image, caption)
 
         answer = call_service(call, final_attempt=final_attempt)
         if isinstance(answer, Failure):
