@@ -220,7 +220,7 @@ def test_notify_payload_is_constant(jobs: JobQueue, database: Database) -> None:
 
 
 def _plan(conn: psycopg.Connection, queues: list[str]) -> str:
-    params = round_trip_parameters([], [10], "w", timedelta(seconds=30))
+    params = round_trip_parameters((tuple(queues),), [], [10], "w", timedelta(seconds=30))
     explained = psycopg.RawCursor(conn).execute("EXPLAIN " + round_trip_query((tuple(queues),)), params)
     return "\n".join(row[0] for row in explained)
 
@@ -245,7 +245,8 @@ def _claimer_plan(claimer: Claimer) -> str:
     assert claimer._conn is not None
     [name] = claimer._conn.execute("SELECT name FROM pg_prepared_statements "
                                    "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%'").fetchone()
-    return "\n".join(row[0] for row in claimer._conn.execute(f"EXPLAIN EXECUTE {name}('{{}}', 'w', '30 s', 1)"))
+    return "\n".join(row[0] for row in claimer._conn.execute(
+        f"EXPLAIN EXECUTE {name}('{{}}', 'w', '30 s', '{{merge}}', '{{1}}')"))
 
 
 def test_a_claimer_plans_again_so_a_grown_table_is_read_by_index(database: Database,
@@ -301,7 +302,7 @@ def test_a_one_queue_claim_reads_its_own_queue_beside_a_backlog_and_a_long_histo
     conn.execute("INSERT INTO jobs (queue, payload) SELECT 'queue_yolov8', '{}' FROM generate_series(1, 30000)")
     conn.execute("INSERT INTO jobs (queue, payload) SELECT 'merge', '{}' FROM generate_series(1, 5)")
     conn.execute("ANALYZE jobs")
-    ready = _plan(conn, ["merge"]).split("CTE ready_0")[1].split("CTE expired_0")[0]
+    ready = _plan(conn, ["merge"]).split("Subquery Scan on ready")[1].split("Subquery Scan on expired")[0]
     assert "jobs_claimable_idx" in ready and "jobs_claimable_order_idx" not in ready
 
 
@@ -413,7 +414,7 @@ def test_a_claim_loops_generic_plan_takes_its_jobs_by_primary_key_beside_a_backl
             assert claimer._conn is not None
             [name] = claimer._conn.execute("SELECT name FROM pg_prepared_statements").fetchone()
             plan = "\n".join(row[0] for row in claimer._conn.execute(
-                f"EXPLAIN EXECUTE {name}('{{}}', 'w', '30 s', 2, 3, 1)"))
+                f"EXPLAIN EXECUTE {name}('{{}}', 'w', '30 s', '{{queue_yolov8,queue_blip}}', '{{2,1}}', 3)"))
         finally:
             claimer.close()
     assert "Seq Scan" not in plan

@@ -108,10 +108,13 @@ def test_every_allowed_module_still_needs_its_exception() -> None:
 
 
 def test_the_several_queues_claim_is_the_one_queue_claim_but_for_its_queue_test() -> None:
-    """Two named blocks because each plans on its own index; they must not drift apart."""
-    one, several = query("claim_lane_one_queue"), query("claim_lane_of_queues")
-    assert "queue = %(queue)s" in one and "%(queues)s" not in one
+    """Two named forms because each plans on its own index; their claims must not drift apart."""
+    one, several = query("claim_one_queue_lane_ids"), query("claim_lane_of_queues")
+    assert "lane.queue" in one and "%(queues)s" not in one
     # One queue is read as a range of one value, in (queue, id) order; several in id order.
-    ready = one.replace("queue >= %(queue)s AND queue <= %(queue)s", "queue = %(queue)s").replace(
-        "ORDER BY queue, id", "ORDER BY id", 1)
-    assert several == ready.replace("queue = %(queue)s", "queue = ANY(%(queues)s)")
+    claims = [part.split(") AS ")[0].strip() for part in one.split("CROSS JOIN LATERAL (")[1:]]
+    as_several = [claim.replace("queue >= lane.queue AND queue <= lane.queue", "queue = lane.queue").replace(
+        "ORDER BY queue, id", "ORDER BY id").replace("queue = lane.queue", "queue = ANY(%(queues)s)").replace(
+        "LIMIT lane.wanted", "LIMIT %(limit)s") for claim in claims]
+    assert len(as_several) == 2
+    assert several == (f"ready_%(lane)s AS (\n    {as_several[0]}\n), expired_%(lane)s AS (\n    {as_several[1]}\n)")
