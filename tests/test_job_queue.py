@@ -430,3 +430,22 @@ def test_a_queue_whose_name_holds_placeholder_characters_is_claimed_as_named(job
     finally:
         claimer.close()
     assert [job.id for job in odd] == [wanted] and other == []
+
+
+def test_a_claim_of_many_one_queue_lanes_is_set_up_as_two_claims_whatever_its_lanes(jobs: JobQueue) -> None:
+    """A service worker's eleven lanes: the executor sets up every claim of a statement at each execution, asking or
+    not, so the lanes of one queue are two claims (ready, expired) read once per asking lane, not two per lane."""
+    queues = [f"queue_service_{n}" for n in range(11)]
+    jobs.enqueue_many([NewJob(queue, {}) for queue in queues])
+    claimer = jobs.claimer()
+    try:
+        lanes = [([queue], 1 if queue == queues[4] else 0) for queue in queues]
+        taken = claimer.complete_and_claim_lanes([], lanes, "w")
+        assert [len(lane) for lane in taken] == [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+        assert claimer._conn is not None
+        [name] = claimer._conn.execute("SELECT name FROM pg_prepared_statements").fetchone()
+        arguments = ", ".join(["'{}'", "'w'", "'30 s'", f"'{{{queues[4]}}}'", "'{1}'"])
+        plan = "\n".join(row[0] for row in claimer._conn.execute(f"EXPLAIN EXECUTE {name}({arguments})"))
+    finally:
+        claimer.close()
+    assert plan.count("LockRows") == 2, plan
