@@ -42,7 +42,7 @@ SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_er
 -- claim_round_trip's lanes of one queue each (a service worker's: one per service), those asking only: each lane's
 -- queue and the most it takes, as arrays (%(lane_queues)s, %(lane_limits)s), read by claim_one_queue_lane_ids. As
 -- parameters, not a block per lane with its queue written in: the executor sets up every block of a statement at
--- each execution, asking or not, and eleven lanes' blocks were a tenth of PostgreSQL's CPU in the service stage;
+-- each execution, asking or not, and eleven lanes' blocks were 9 % of PostgreSQL's CPU samples in the service stage;
 -- a text per set of asking lanes would be hundreds of texts (windmill/jobs/queue.py, round_trip_query, says more).
 one_queue_lanes AS (
     SELECT queue, wanted FROM unnest(%(lane_queues)s::text[], %(lane_limits)s::integer[]) AS lane (queue, wanted)

@@ -43,7 +43,7 @@ def round_trip_query(lanes: tuple[tuple[str, ...], ...], now: datetime | None = 
     (claim_one_queue_lanes) are read from two arrays, the asking lanes' queues and limits, by one plan that reads
     the index once per lane asking: a lane that asks nothing costs nothing. Written in as a block of its own per
     lane, with its limit 0 when it asked nothing, each of the eleven lanes cost the executor's set-up of its two
-    claims at every round trip (a tenth of PostgreSQL's CPU in the service stage, perf).
+    claims at every round trip (9 % of PostgreSQL's CPU samples in the service stage, perf).
 
     A lane of several queues keeps a block of its own with its queues written in as literals, its limit a parameter:
     with them as parameters, PostgreSQL's generic plan, blind to the queues, costed `run_after <= $now` as a third of
