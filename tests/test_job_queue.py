@@ -449,3 +449,15 @@ def test_a_claim_of_many_one_queue_lanes_is_set_up_as_two_claims_whatever_its_la
     finally:
         claimer.close()
     assert plan.count("LockRows") == 2, plan
+
+
+def test_queues_whose_names_hold_an_arrays_syntax_are_claimed_as_named(jobs: JobQueue) -> None:
+    names = ['a "quoted", {braced} name', "back\\slash\\", "NULL", "", " spaced "]
+    wanted = {name: jobs.enqueue(NewJob(name, {})) for name in names}
+    jobs.enqueue(NewJob("other", {}))
+    claimer = jobs.claimer()
+    try:
+        taken = claimer.complete_and_claim_lanes([], [*[([name], 1) for name in names], (["other"], 0)], "w")
+    finally:
+        claimer.close()
+    assert [[job.id for job in lane] for lane in taken] == [*[[wanted[name]] for name in names], []]

@@ -69,13 +69,13 @@ def compose_round_trip(lanes: tuple[tuple[str, ...], ...], now: datetime | None,
         if not queues or seen.intersection(queues):
             raise ValueError("every lane needs queues of its own")  # a job's queue tells its lane
         seen.update(queues)
-    by_arrays = _has(named, "claim_one_queue_lanes")
-    fixed = _fixed_parameters(lanes, by_arrays)
+    singles, own_blocks = _layout(lanes, _has(named, "claim_one_queue_lanes"))
+    fixed = ("done", "worker", "lease", *(("lane_queues", "lane_limits") if singles else ()))  # $1, $2, ...
     blocks, candidates = [], []
-    if by_arrays and any(len(queues) == 1 for queues in lanes):
+    if singles:
         blocks.append(_placeholders(named("claim_one_queue_lanes"), fixed))
         candidates.append(_with_literals(_placeholders(named("claim_one_queue_lane_ids"), fixed), {"now": now}))
-    for index, queues in enumerate(_blocks(lanes, by_arrays)):
+    for index, queues in enumerate(lanes[lane] for lane in own_blocks):
         block = named("claim_lane_one_queue" if len(queues) == 1 else "claim_lane_of_queues")
         block = _placeholders(block.replace("%(lane)s", str(index)).replace(
             "%(limit)s", f"${len(fixed) + index + 1}"), fixed)
@@ -94,34 +94,38 @@ def _has(named: Callable[[str], str], name: str) -> bool:
     return True
 
 
-def _blocks(lanes: Sequence[Sequence[str]], by_arrays: bool) -> list[Sequence[str]]:
-    """The lanes that have a block of their own in the statement, in order."""
-    return [queues for queues in lanes if not (by_arrays and len(queues) == 1)]
-
-
-def _fixed_parameters(lanes: Sequence[Sequence[str]], by_arrays: bool) -> tuple[str, ...]:
-    """The named parameters before the blocks' limits: $1, $2, ... in this order."""
-    arrays = by_arrays and any(len(queues) == 1 for queues in lanes)
-    return ("done", "worker", "lease", *(("lane_queues", "lane_limits") if arrays else ()))
-
-
 def _placeholders(text: str, fixed: Sequence[str]) -> str:
     for position, name in enumerate(fixed, start=1):
         text = text.replace(f"%({name})s", f"${position}")
     return text
 
 
-def round_trip_parameters(lanes: Sequence[Sequence[str]], done: Sequence[int], limits: Sequence[int],
+def round_trip_parameters(lanes: tuple[tuple[str, ...], ...], done: Sequence[int], limits: Sequence[int],
                           worker_id: str, lease: timedelta, *, by_arrays: bool = True) -> list[Any]:
     """The parameters of a round_trip_query for these lanes (their queues) and limits (0: the lane asks nothing),
     in its placeholders' order. `by_arrays`: the text reads lanes of one queue from arrays (compose_round_trip)."""
+    singles, blocks = _layout(lanes, by_arrays)
     parameters: list[Any] = [list(done), worker_id, lease]
-    if by_arrays and any(len(queues) == 1 for queues in lanes):
-        asking = [(queues[0], limit) for queues, limit in zip(lanes, limits, strict=True)
-                  if len(queues) == 1 and limit > 0]
-        parameters += [[queue for queue, _ in asking], [limit for _, limit in asking]]
-    return parameters + [limit for queues, limit in zip(lanes, limits, strict=True)
-                         if not (by_arrays and len(queues) == 1)]
+    if singles:
+        asking = [index for index in singles if limits[index] > 0]
+        parameters += [_array_literal([lanes[index][0] for index in asking]),
+                       _array_literal([limits[index] for index in asking])]
+    return parameters + [limits[index] for index in blocks]
+
+
+@functools.lru_cache(maxsize=512)
+def _layout(lanes: tuple[tuple[str, ...], ...], by_arrays: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Which lanes are read from the arrays, and which have a block of their own, by their index."""
+    singles = tuple(index for index, queues in enumerate(lanes) if by_arrays and len(queues) == 1)
+    return singles, tuple(index for index in range(len(lanes)) if index not in singles)
+
+
+def _array_literal(values: Sequence[object]) -> str:
+    """PostgreSQL's text form of an array of these values, each quoted (the statement casts it): psycopg dumps a
+    list by finding its elements' type first, at every round trip, which cost a worker's claim loop more than
+    the whole text it now writes."""
+    quoted = (str(value).replace("\\", "\\\\").replace('"', '\\"') for value in values)
+    return "{" + ",".join(f'"{value}"' for value in quoted) + "}"
 
 
 def _with_literals(text: str, literals: dict[str, Any]) -> str:
