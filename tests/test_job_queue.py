@@ -419,6 +419,9 @@ def test_a_claim_loops_generic_plan_takes_its_jobs_by_primary_key_beside_a_backl
             claimer.close()
     assert "Seq Scan" not in plan
     assert "Index Scan using jobs_pkey" in plan.split("CTE claimed")[1]
+    # The lanes of one queue, whichever queue: the range of their own queue, not every queue's jobs in id order.
+    ready = plan.split("Subquery Scan on ready")[1].split("Subquery Scan on expired")[0]
+    assert "jobs_claimable_idx" in ready and "jobs_claimable_order_idx" not in ready
 
 
 def test_a_queue_whose_name_holds_placeholder_characters_is_claimed_as_named(jobs: JobQueue) -> None:

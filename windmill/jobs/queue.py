@@ -323,9 +323,10 @@ def claim_round_trip(conn: psycopg.Connection, done: Iterable[int], lanes: Seque
 class Claimer:
     """The connection one claim loop keeps for its round trips, its own (not the pool's: workers of one process
     share a pool, and each would hold a place of it). Its completions and claims are prepared once and run their
-    generic plans from the first execution (the session asks for them, so it runs nothing else): the claims' texts
-    leave the planner nothing to choose (round_trip_query), and the completion's plan (the primary key, for any ids)
-    needs no values. Left to choose, PostgreSQL made five custom plans of each statement on each pooled connection
+    generic plans from the first execution (the session asks for them, so it runs nothing else): a claim needs no
+    values to be planned well (a lane of several queues has them written in, a lane of one queue reads its queue's
+    range of jobs_claimable_idx whichever it is: round_trip_query), nor does the completion (the primary key, for
+    any ids). Left to choose, PostgreSQL made five custom plans of each statement on each pooled connection
     first, and kept the completion's, whose array of ids it cannot see, custom for good.
 
     A generic plan keeps the table's size at the time it was made: one made while the job table was nearly empty
