@@ -108,7 +108,17 @@ def test_every_allowed_module_still_needs_its_exception() -> None:
 
 
 def test_the_several_queues_claim_is_the_one_queue_claim_but_for_its_queue_test() -> None:
-    """Two named forms because each plans on its own index; their claims must not drift apart."""
+    """Two named blocks because each plans on its own index; they must not drift apart."""
+    one, several = query("claim_lane_one_queue"), query("claim_lane_of_queues")
+    assert "queue = %(queue)s" in one and "%(queues)s" not in one
+    # One queue is read as a range of one value, in (queue, id) order; several in id order.
+    ready = one.replace("queue >= %(queue)s AND queue <= %(queue)s", "queue = %(queue)s").replace(
+        "ORDER BY queue, id", "ORDER BY id", 1)
+    assert several == ready.replace("queue = %(queue)s", "queue = ANY(%(queues)s)")
+
+
+def test_the_several_queues_claim_is_the_claim_of_one_queue_lanes_but_for_its_queue() -> None:
+    """The lanes of one queue read from arrays claim as a lane of several queues does, but for the queue."""
     one, several = query("claim_one_queue_lane_ids"), query("claim_lane_of_queues")
     assert "lane.queue" in one and "%(queues)s" not in one
     # One queue is read as a range of one value, in (queue, id) order; several in id order.

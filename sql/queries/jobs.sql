@@ -39,11 +39,12 @@ SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_er
  ORDER BY id
 
 -- name: claim_one_queue_lanes
--- claim_round_trip's lanes of one queue each (a service worker's: one per service), those asking only: each lane's
--- queue and the most it takes, as arrays (%(lane_queues)s, %(lane_limits)s), read by claim_one_queue_lane_ids. As
--- parameters, not a block per lane with its queue written in: the executor sets up every block of a statement at
--- each execution, asking or not, and eleven lanes' blocks were 9 % of PostgreSQL's CPU samples in the service stage;
--- a text per set of asking lanes would be hundreds of texts (windmill/jobs/queue.py, round_trip_query, says more).
+-- claim_round_trip's lanes of one queue each, when a worker has several (a service worker's: one per service), those
+-- asking only: each lane's queue and the most it takes, as arrays (%(lane_queues)s, %(lane_limits)s), read by
+-- claim_one_queue_lane_ids. As parameters, not a block per lane with its queue written in: the executor sets up
+-- every block of a statement at each execution, asking or not, and eleven lanes' blocks were 9 % of PostgreSQL's CPU
+-- samples in the service stage; a text per set of asking lanes would be hundreds of texts (windmill/jobs/queue.py,
+-- round_trip_query, says more).
 one_queue_lanes AS (
     SELECT queue, wanted FROM unnest(%(lane_queues)s::text[], %(lane_limits)s::integer[]) AS lane (queue, wanted)
 )
@@ -72,6 +73,27 @@ SELECT expired.id FROM one_queue_lanes AS lane CROSS JOIN LATERAL (
      LIMIT lane.wanted
        FOR UPDATE SKIP LOCKED
 ) AS expired
+
+-- name: claim_lane_one_queue
+-- claim_round_trip's block for the lane of one queue of a worker that has no other (its %(lane)s-th): its queue and
+-- the clock written in as literals, the limit a parameter; a block costs less than claim_one_queue_lanes' arrays
+-- when it is the only one. The queue as a range of one value, as claim_one_queue_lane_ids reads it and says why
+-- (tests/test_sql_home.py keeps the two alike).
+ready_%(lane)s AS (
+    SELECT id FROM jobs
+     WHERE state IN ('queued', 'failed') AND queue >= %(queue)s AND queue <= %(queue)s
+       AND run_after <= coalesce(%(now)s, now())
+     ORDER BY queue, id
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), expired_%(lane)s AS (
+    SELECT id FROM jobs
+     WHERE state = 'running' AND queue = %(queue)s
+       AND lease_expires_at < coalesce(%(now)s, now()) AND NOT id = ANY(%(done)s)
+     ORDER BY lease_expires_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
 
 -- name: claim_lane_of_queues
 -- claim_round_trip's block for a lane of several queues (its %(lane)s-th; queue = ANY(...), written in as literals

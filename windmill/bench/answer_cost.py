@@ -70,9 +70,7 @@ SERVER_SETTINGS = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_st
 SIDE_QUERIES = ("insert_result", "complete_jobs", "enqueue_service_tasks")
 # How a tree claims: one statement (claim_round_trip and its blocks), or, before it, a completion and a claim
 # pipelined (claim_jobs_of_queues).
-ROUND_TRIP_QUERIES = ("claim_round_trip", "claim_lane_of_queues", "claim_lane_ids")
-# A lane of one queue: a block of its own (before), or read from arrays with the other such lanes (now).
-ONE_QUEUE_LANES = ("claim_lane_one_queue", "claim_one_queue_lanes", "claim_one_queue_lane_ids")
+ROUND_TRIP_QUERIES = ("claim_round_trip", "claim_lane_one_queue", "claim_lane_of_queues", "claim_lane_ids")
 PIPELINED_CLAIM = "claim_jobs_of_queues"
 
 
@@ -104,12 +102,11 @@ class Run:
 
 def side_queries(sql_dir: Path | None) -> dict[str, str]:
     if sql_dir is None:
-        return {name: query(name) for name in (*SIDE_QUERIES, *ROUND_TRIP_QUERIES, *ONE_QUEUE_LANES[1:])}
+        return {name: query(name) for name in (*SIDE_QUERIES, *ROUND_TRIP_QUERIES)}
     found: dict[str, str] = {}
     for path in sorted((sql_dir / "queries").glob("*.sql")):
         found.update(parse_queries(path.read_text(encoding="utf-8")))
-    claims = ((*ROUND_TRIP_QUERIES, *(name for name in ONE_QUEUE_LANES if name in found))
-              if ROUND_TRIP_QUERIES[0] in found else (PIPELINED_CLAIM,))
+    claims = ROUND_TRIP_QUERIES if ROUND_TRIP_QUERIES[0] in found else (PIPELINED_CLAIM,)
     return {name: found[name] for name in (*SIDE_QUERIES, *claims)}
 
 
@@ -188,8 +185,7 @@ def _claim_answer_complete(conn: psycopg.Connection, side: Side, share: Sequence
     while True:
         if one_statement:
             with psycopg.RawCursor(conn, row_factory=dict_row) as raw:
-                parameters = round_trip_parameters((tuple(queues),), done, [1], WORKER, lease,
-                                                   by_arrays=ONE_QUEUE_LANES[1] in side.queries)
+                parameters = round_trip_parameters((tuple(queues),), done, [1], WORKER, lease)
                 claimed = raw.execute(round_trip, parameters).fetchall()
         else:
             with conn.pipeline():
