@@ -220,7 +220,7 @@ def test_notify_payload_is_constant(jobs: JobQueue, database: Database) -> None:
 
 
 def _plan(conn: psycopg.Connection, queues: list[str]) -> str:
-    params = round_trip_parameters([], [10], "w", timedelta(seconds=30))
+    params = round_trip_parameters((tuple(queues),), [], [10], "w", timedelta(seconds=30))
     explained = psycopg.RawCursor(conn).execute("EXPLAIN " + round_trip_query((tuple(queues),)), params)
     return "\n".join(row[0] for row in explained)
 
@@ -413,19 +413,55 @@ def test_a_claim_loops_generic_plan_takes_its_jobs_by_primary_key_beside_a_backl
             assert claimer._conn is not None
             [name] = claimer._conn.execute("SELECT name FROM pg_prepared_statements").fetchone()
             plan = "\n".join(row[0] for row in claimer._conn.execute(
-                f"EXPLAIN EXECUTE {name}('{{}}', 'w', '30 s', 2, 3, 1)"))
+                f"EXPLAIN EXECUTE {name}('{{}}', 'w', '30 s', '{{queue_yolov8,queue_blip}}', '{{2,1}}', 3)"))
         finally:
             claimer.close()
     assert "Seq Scan" not in plan
     assert "Index Scan using jobs_pkey" in plan.split("CTE claimed")[1]
+    # The lanes of one queue, whichever queue: the range of their own queue, not every queue's jobs in id order.
+    ready = plan.split("Subquery Scan on ready")[1].split("Subquery Scan on expired")[0]
+    assert "jobs_claimable_idx" in ready and "jobs_claimable_order_idx" not in ready
 
 
 def test_a_queue_whose_name_holds_placeholder_characters_is_claimed_as_named(jobs: JobQueue) -> None:
-    wanted = jobs.enqueue(NewJob("odd%(done)s%(queues)s%s$1", {}))
+    odd_name = "odd%(done)s%(queues)s%s$1"
+    wanted = [jobs.enqueue(NewJob(odd_name, {"n": n})) for n in range(2)]
     jobs.enqueue(NewJob("other", {}))
     claimer = jobs.claimer()
     try:
-        [odd, other] = claimer.complete_and_claim_lanes([], [(["odd%(done)s%(queues)s%s$1"], 5), (["other"], 0)], "w")
+        [odd, other] = claimer.complete_and_claim_lanes([], [([odd_name], 1), (["other"], 0)], "w")
+        [alone] = claimer.complete_and_claim_lanes([], [([odd_name], 5)], "w")  # a lane of its own, written in
     finally:
         claimer.close()
-    assert [job.id for job in odd] == [wanted] and other == []
+    assert [job.id for job in odd] == wanted[:1] and other == [] and [job.id for job in alone] == wanted[1:]
+
+
+def test_a_claim_of_many_one_queue_lanes_is_set_up_as_two_claims_whatever_its_lanes(jobs: JobQueue) -> None:
+    """A service worker's eleven lanes: the executor sets up every claim of a statement at each execution, asking or
+    not, so the lanes of one queue are two claims (ready, expired) read once per asking lane, not two per lane."""
+    queues = [f"queue_service_{n}" for n in range(11)]
+    jobs.enqueue_many([NewJob(queue, {}) for queue in queues])
+    claimer = jobs.claimer()
+    try:
+        lanes = [([queue], 1 if queue == queues[4] else 0) for queue in queues]
+        taken = claimer.complete_and_claim_lanes([], lanes, "w")
+        assert [len(lane) for lane in taken] == [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+        assert claimer._conn is not None
+        [name] = claimer._conn.execute("SELECT name FROM pg_prepared_statements").fetchone()
+        arguments = ", ".join(["'{}'", "'w'", "'30 s'", f"'{{{queues[4]}}}'", "'{1}'"])
+        plan = "\n".join(row[0] for row in claimer._conn.execute(f"EXPLAIN EXECUTE {name}({arguments})"))
+    finally:
+        claimer.close()
+    assert plan.count("LockRows") == 2, plan
+
+
+def test_queues_whose_names_hold_an_arrays_syntax_are_claimed_as_named(jobs: JobQueue) -> None:
+    names = ['a "quoted", {braced} name', "back\\slash\\", "NULL", "", " spaced "]
+    wanted = {name: jobs.enqueue(NewJob(name, {})) for name in names}
+    jobs.enqueue(NewJob("other", {}))
+    claimer = jobs.claimer()
+    try:
+        taken = claimer.complete_and_claim_lanes([], [*[([name], 1) for name in names], (["other"], 0)], "w")
+    finally:
+        claimer.close()
+    assert [[job.id for job in lane] for lane in taken] == [*[[wanted[name]] for name in names], []]

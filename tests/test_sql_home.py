@@ -115,3 +115,16 @@ def test_the_several_queues_claim_is_the_one_queue_claim_but_for_its_queue_test(
     ready = one.replace("queue >= %(queue)s AND queue <= %(queue)s", "queue = %(queue)s").replace(
         "ORDER BY queue, id", "ORDER BY id", 1)
     assert several == ready.replace("queue = %(queue)s", "queue = ANY(%(queues)s)")
+
+
+def test_the_several_queues_claim_is_the_claim_of_one_queue_lanes_but_for_its_queue() -> None:
+    """The lanes of one queue read from arrays claim as a lane of several queues does, but for the queue."""
+    one, several = query("claim_one_queue_lane_ids"), query("claim_lane_of_queues")
+    assert "lane.queue" in one and "%(queues)s" not in one
+    # One queue is read as a range of one value, in (queue, id) order; several in id order.
+    claims = [part.split(") AS ")[0].strip() for part in one.split("CROSS JOIN LATERAL (")[1:]]
+    as_several = [claim.replace("queue >= lane.queue AND queue <= lane.queue", "queue = lane.queue").replace(
+        "ORDER BY queue, id", "ORDER BY id").replace("queue = lane.queue", "queue = ANY(%(queues)s)").replace(
+        "LIMIT lane.wanted", "LIMIT %(limit)s") for claim in claims]
+    assert len(as_several) == 2
+    assert several == (f"ready_%(lane)s AS (\n    {as_several[0]}\n), expired_%(lane)s AS (\n    {as_several[1]}\n)")

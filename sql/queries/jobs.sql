@@ -2,8 +2,9 @@
 -- A claim loop's round trip, one statement: mark %(done)s done (only the jobs this worker still holds: a job whose
 -- lease was lost belongs to another worker now), and lease, for each of the worker's lanes, up to its limit of
 -- claimable jobs of its queues, oldest first, plus running jobs whose lease expired (their worker died). An expired
--- job that has used all its attempts goes dead instead. %(lanes)s stands for each lane's claim_lane_* block,
--- %(claimable)s for their claim_lane_ids joined by UNION (windmill/jobs/queue.py, round_trip_query, writes them in).
+-- job that has used all its attempts goes dead instead. %(lanes)s stands for claim_one_queue_lanes and each lane of
+-- several queues' claim_lane_of_queues, %(claimable)s for their candidates joined by UNION (windmill/jobs/queue.py,
+-- round_trip_query, writes them in).
 -- One statement: pipelined as a completion and a statement per lane (one implicit transaction already), each
 -- statement cost the client and the server their fixed work, and the claim loop of a worker with three lanes spent
 -- two fifths of its CPU there. A job of
@@ -37,13 +38,47 @@ SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_er
   FROM claimed WHERE state = 'running'
  ORDER BY id
 
+-- name: claim_one_queue_lanes
+-- claim_round_trip's lanes of one queue each, when a worker has several (a service worker's: one per service), those
+-- asking only: each lane's queue and the most it takes, as arrays (%(lane_queues)s, %(lane_limits)s), read by
+-- claim_one_queue_lane_ids. As parameters, not a block per lane with its queue written in: the executor sets up
+-- every block of a statement at each execution, asking or not, and eleven lanes' blocks were 9 % of PostgreSQL's CPU
+-- samples in the service stage; a text per set of asking lanes would be hundreds of texts (windmill/jobs/queue.py,
+-- round_trip_query, says more).
+one_queue_lanes AS (
+    SELECT queue, wanted FROM unnest(%(lane_queues)s::text[], %(lane_limits)s::integer[]) AS lane (queue, wanted)
+)
+
+-- name: claim_one_queue_lane_ids
+-- The candidates of claim_one_queue_lanes, each lane's own. The queue as a range of one value, in the order of
+-- jobs_claimable_idx: with `queue = ... ORDER BY id` the planner could read jobs_claimable_order_idx in id order and
+-- skip every other queue's waiting job on the way (a merge claim beside 300,000 waiting service tasks and a long
+-- done history of merges: 28 ms). Only jobs_claimable_idx gives this order without sorting every waiting job of the
+-- queue (the same form as sql/0098's look-up); as the inner side of a nested loop, it is read once per lane, from
+-- the lane's queue on, and stops at the lane's limit (tests/test_job_queue.py shows the generic plans).
+SELECT ready.id FROM one_queue_lanes AS lane CROSS JOIN LATERAL (
+    SELECT id FROM jobs
+     WHERE state IN ('queued', 'failed') AND queue >= lane.queue AND queue <= lane.queue
+       AND run_after <= coalesce(%(now)s, now())
+     ORDER BY queue, id
+     LIMIT lane.wanted
+       FOR UPDATE SKIP LOCKED
+) AS ready
+UNION
+SELECT expired.id FROM one_queue_lanes AS lane CROSS JOIN LATERAL (
+    SELECT id FROM jobs
+     WHERE state = 'running' AND queue = lane.queue
+       AND lease_expires_at < coalesce(%(now)s, now()) AND NOT id = ANY(%(done)s)
+     ORDER BY lease_expires_at
+     LIMIT lane.wanted
+       FOR UPDATE SKIP LOCKED
+) AS expired
+
 -- name: claim_lane_one_queue
--- claim_round_trip's block for a lane of one queue (its %(lane)s-th). The queue as a range of one value, in the
--- order of jobs_claimable_idx: with `queue = ... ORDER BY id` the planner could read jobs_claimable_order_idx in id
--- order and skip every other queue's waiting job on the way (a merge claim beside 300,000 waiting service tasks and
--- a long done history of merges: 28 ms). Only jobs_claimable_idx gives this order without sorting every waiting job
--- of the queue (the same form as sql/0098's look-up). The queue and the clock are literals, the limit a parameter
--- of its own per lane (windmill/jobs/queue.py, round_trip_query, says why).
+-- claim_round_trip's block for the lane of one queue of a worker that has no other (its %(lane)s-th): its queue and
+-- the clock written in as literals, the limit a parameter; a block costs less than claim_one_queue_lanes' arrays
+-- when it is the only one. The queue as a range of one value, as claim_one_queue_lane_ids reads it and says why
+-- (tests/test_sql_home.py keeps the two alike).
 ready_%(lane)s AS (
     SELECT id FROM jobs
      WHERE state IN ('queued', 'failed') AND queue >= %(queue)s AND queue <= %(queue)s
@@ -61,9 +96,9 @@ ready_%(lane)s AS (
 )
 
 -- name: claim_lane_of_queues
--- claim_lane_one_queue for a lane of several queues (queue = ANY(...)): the scan follows jobs_claimable_order_idx
--- (id order across the queues); with one queue, claim_lane_one_queue plans better (tests/test_sql_home.py keeps the
--- two alike).
+-- claim_round_trip's block for a lane of several queues (its %(lane)s-th; queue = ANY(...), written in as literals
+-- with the clock, its limit a parameter): the scan follows jobs_claimable_order_idx (id order across the queues);
+-- claim_one_queue_lane_ids reads a lane of one queue (tests/test_sql_home.py keeps the two alike).
 ready_%(lane)s AS (
     SELECT id FROM jobs
      WHERE state IN ('queued', 'failed') AND queue = ANY(%(queues)s)
@@ -81,7 +116,7 @@ ready_%(lane)s AS (
 )
 
 -- name: claim_lane_ids
--- A lane's candidates in claim_round_trip.
+-- The candidates of a lane of several queues in claim_round_trip.
 SELECT id FROM ready_%(lane)s UNION SELECT id FROM expired_%(lane)s
 
 -- name: generic_plans_for_this_session

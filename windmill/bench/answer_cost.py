@@ -185,7 +185,8 @@ def _claim_answer_complete(conn: psycopg.Connection, side: Side, share: Sequence
     while True:
         if one_statement:
             with psycopg.RawCursor(conn, row_factory=dict_row) as raw:
-                claimed = raw.execute(round_trip, round_trip_parameters(done, [1], WORKER, lease)).fetchall()
+                parameters = round_trip_parameters((tuple(queues),), done, [1], WORKER, lease)
+                claimed = raw.execute(round_trip, parameters).fetchall()
         else:
             with conn.pipeline():
                 if done:

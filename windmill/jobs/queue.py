@@ -35,19 +35,23 @@ RETRY_JITTER = 0.2  # spread of a retry's delay: failures of one burst do not co
 @functools.lru_cache(maxsize=512)
 def round_trip_query(lanes: tuple[tuple[str, ...], ...], now: datetime | None = None) -> str:
     """The claim loop's statement (`claim_round_trip`) for lanes of these queues: the completion of the jobs in its
-    `done` parameter and a claim per lane, with each lane's queues and the clock (None: the database's) written
-    into the text as literals; its parameters are `done`, the worker, the lease and each lane's limit (`limit_0`,
-    `limit_1`, ...; 0 for a lane that claims nothing this time).
+    `done` parameter and a claim per lane; parameters in round_trip_parameters' order.
 
-    Why literals: a claim is the statement a worker runs most. With the queue and the clock as parameters,
-    PostgreSQL planned each execution anew (a custom plan: about half of a claim's time in pg_stat_statements),
-    because its generic plan, blind to the queue, costing `run_after <= $now` as a third of the table, looked
-    dearer, and would walk every other queue's waiting jobs in id order anyway. With both in the text, the
-    generic plan reads the lane's own queue by jobs_claimable_idx, and a worker's claim loop runs it from the first
-    execution (Claimer). The limits stay parameters: every lane is in every round trip, and its limit changes from
-    one to the next, so limits written in would make a text (a statement to parse, plan and prepare) for every
-    combination of the lanes' limits — a service worker has eleven lanes. A limit does not change the plan: the
-    claim reads its queue's index in order and stops (tests/test_job_queue.py shows the generic plans)."""
+    One text per worker, whatever its lanes ask: a service worker has eleven lanes, and in a run of the service stage
+    (300 images, two workers) their round trips asked for 443 different sets of lanes, 45 % of them one lane only,
+    so a text per set would be hundreds of statements to parse, plan and keep prepared. The lanes of one queue
+    (claim_one_queue_lanes) are read from two arrays, the asking lanes' queues and limits, by one plan that reads
+    the index once per lane asking: a lane that asks nothing costs nothing. Written in as a block of its own per
+    lane, with its limit 0 when it asked nothing, each of the eleven lanes cost the executor's set-up of its two
+    claims at every round trip (9 % of PostgreSQL's CPU samples in the service stage, perf). A worker with one lane
+    of one queue only (a merger) keeps that lane's block (claim_lane_one_queue): alone, it costs the server less
+    than the arrays' plan (about 8 µs of 120 per round trip).
+
+    A lane of several queues keeps a block of its own with its queues written in as literals, its limit a parameter:
+    with them as parameters, PostgreSQL's generic plan, blind to the queues, costed `run_after <= $now` as a third of
+    the table and walked every other queue's waiting jobs in id order. The clock (None: the database's) is written
+    in too. A limit does not change a plan: the claim reads its queue's index in order and stops
+    (tests/test_job_queue.py shows the generic plans)."""
     return compose_round_trip(lanes, now, query)
 
 
@@ -57,39 +61,66 @@ def compose_round_trip(lanes: tuple[tuple[str, ...], ...], now: datetime | None,
 
     The text comes with PostgreSQL's own placeholders ($1 …, in round_trip_parameters' order), for a RawCursor:
     psycopg converts a `%(name)s` query with a regular expression and caches the result only for texts up to 4 KiB,
-    and eleven lanes make about 12 KiB, converted again at every round trip (a quarter of a job-table service
+    and eleven lanes made about 12 KiB, converted again at every round trip (a quarter of a job-table service
     worker's time)."""
     if not lanes:
         raise ValueError("a claim needs at least one lane")
     seen: set[str] = set()
-    blocks, candidates = [], []
-    for index, queues in enumerate(lanes):
+    for queues in lanes:
         if not queues or seen.intersection(queues):
             raise ValueError("every lane needs queues of its own")  # a job's queue tells its lane
         seen.update(queues)
+    singles, own_blocks = _layout(lanes)
+    fixed = ("done", "worker", "lease", *(("lane_queues", "lane_limits") if singles else ()))  # $1, $2, ...
+    blocks, candidates = [], []
+    if singles:
+        blocks.append(_placeholders(named("claim_one_queue_lanes"), fixed))
+        candidates.append(_with_literals(_placeholders(named("claim_one_queue_lane_ids"), fixed), {"now": now}))
+    for index, queues in enumerate(lanes[lane] for lane in own_blocks):
         block = named("claim_lane_one_queue" if len(queues) == 1 else "claim_lane_of_queues")
         block = _placeholders(block.replace("%(lane)s", str(index)).replace(
-            "%(limit)s", f"${len(_FIXED_PARAMETERS) + index + 1}"))
+            "%(limit)s", f"${len(fixed) + index + 1}"), fixed)
         # Literals last: a queue's name is data, whatever placeholder it may look like.
         blocks.append(_with_literals(block, {"now": now, "queue": queues[0], "queues": list(queues)}))
         candidates.append(named("claim_lane_ids").replace("%(lane)s", str(index)))
-    text = _with_literals(_placeholders(named("claim_round_trip")), {"now": now})
+    text = _with_literals(_placeholders(named("claim_round_trip"), fixed), {"now": now})
     return text.replace("%(claimable)s", "\n    UNION ".join(candidates)).replace("%(lanes)s", ",\n".join(blocks))
 
 
-def _placeholders(text: str) -> str:
-    for position, name in enumerate(_FIXED_PARAMETERS, start=1):
+def _placeholders(text: str, fixed: Sequence[str]) -> str:
+    for position, name in enumerate(fixed, start=1):
         text = text.replace(f"%({name})s", f"${position}")
     return text
 
 
-_FIXED_PARAMETERS = ("done", "worker", "lease")  # $1, $2, $3; each lane's limit follows
+def round_trip_parameters(lanes: tuple[tuple[str, ...], ...], done: Sequence[int], limits: Sequence[int],
+                          worker_id: str, lease: timedelta) -> list[Any]:
+    """The parameters of a round_trip_query for these lanes (their queues) and limits (0: the lane asks nothing),
+    in its placeholders' order."""
+    singles, blocks = _layout(lanes)
+    parameters: list[Any] = [list(done), worker_id, lease]
+    if singles:
+        asking = [index for index in singles if limits[index] > 0]
+        parameters += [_array_literal([lanes[index][0] for index in asking]),
+                       _array_literal([limits[index] for index in asking])]
+    return parameters + [limits[index] for index in blocks]
 
 
-def round_trip_parameters(done: Sequence[int], limits: Sequence[int], worker_id: str,
-                          lease: timedelta) -> list[Any]:
-    """The parameters of a round_trip_query, in its placeholders' order."""
-    return [list(done), worker_id, lease, *limits]
+@functools.lru_cache(maxsize=512)
+def _layout(lanes: tuple[tuple[str, ...], ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Which lanes are read from the arrays, and which have a block of their own, by their index."""
+    singles = tuple(index for index, queues in enumerate(lanes) if len(queues) == 1)
+    if len(singles) < 2:  # one lane's own block costs less than the arrays (round_trip_query)
+        singles = ()
+    return singles, tuple(index for index in range(len(lanes)) if index not in singles)
+
+
+def _array_literal(values: Sequence[object]) -> str:
+    """PostgreSQL's text form of an array of these values, each quoted (the statement casts it): psycopg dumps a
+    list by finding its elements' type first, at every round trip, which cost a worker's claim loop more than
+    the whole text it now writes."""
+    quoted = (str(value).replace("\\", "\\\\").replace('"', '\\"') for value in values)
+    return "{" + ",".join(f'"{value}"' for value in quoted) + "}"
 
 
 def _with_literals(text: str, literals: dict[str, Any]) -> str:
@@ -274,7 +305,8 @@ def claim_round_trip(conn: psycopg.Connection, done: Iterable[int], lanes: Seque
     shape = tuple(tuple(queues) for queues, _ in lanes)
     with psycopg.RawCursor(conn, row_factory=dict_row) as cursor:
         cursor.execute(round_trip_query(shape, now),
-                       round_trip_parameters(done, [limit for _, limit in lanes], worker_id, lease), prepare=prepare)
+                       round_trip_parameters(shape, done, [limit for _, limit in lanes], worker_id, lease),
+                       prepare=prepare)
         rows = cursor.fetchall()
     lane_of = {queue: index for index, queues in enumerate(shape) for queue in queues}
     claimed: list[list[Job]] = [[] for _ in shape]
@@ -286,9 +318,10 @@ def claim_round_trip(conn: psycopg.Connection, done: Iterable[int], lanes: Seque
 class Claimer:
     """The connection one claim loop keeps for its round trips, its own (not the pool's: workers of one process
     share a pool, and each would hold a place of it). Its completions and claims are prepared once and run their
-    generic plans from the first execution (the session asks for them, so it runs nothing else): the claims' texts
-    leave the planner nothing to choose (round_trip_query), and the completion's plan (the primary key, for any ids)
-    needs no values. Left to choose, PostgreSQL made five custom plans of each statement on each pooled connection
+    generic plans from the first execution (the session asks for them, so it runs nothing else): a claim needs no
+    values to be planned well (a lane of several queues has them written in, a lane of one queue reads its queue's
+    range of jobs_claimable_idx whichever it is: round_trip_query), nor does the completion (the primary key, for
+    any ids). Left to choose, PostgreSQL made five custom plans of each statement on each pooled connection
     first, and kept the completion's, whose array of ids it cannot see, custom for good.
 
     A generic plan keeps the table's size at the time it was made: one made while the job table was nearly empty

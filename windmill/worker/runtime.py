@@ -283,8 +283,8 @@ class Worker:
     @staticmethod
     def _claims_wanted(lanes: list[_LaneState]) -> list[tuple[_LaneState, int]]:
         """When a lane is worth a round trip, every lane with places free claims in it: (lane, most to take), each
-        lane in order, 0 for one that claims nothing (a round trip's statement has every lane: one text per worker,
-        windmill.jobs.queue.round_trip_query)."""
+        lane in order, 0 for one that claims nothing (one text per worker whatever its lanes ask, and a lane of one
+        queue that asks nothing is left out of its arrays: windmill.jobs.queue.round_trip_query)."""
         if not any(lane.wants_claim() for lane in lanes):
             return []
         return [(lane, lane.free if lane.free > 0 and not lane.dry else 0) for lane in lanes]
