@@ -250,7 +250,8 @@ class Worker:
                         lane.notified(now)
             now = time.monotonic()
             for lane in lanes:
-                if lane.recheck_due(now) or lane.fell_due(now):
+                rechecking, fell_due = lane.recheck_due(now), lane.fell_due(now)  # both consume what is due
+                if rechecking or fell_due:
                     lane.dry = False
             asks = self._claims_wanted(lanes)
             if asks:
