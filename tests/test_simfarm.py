@@ -489,6 +489,20 @@ def test_a_look_alike_added_by_a_rescan_is_found(tmp_path: Path) -> None:
     assert index.for_look_alike(look_alike.crop((0, 0, 40, 90))) is None  # another aspect: no candidate
 
 
+def test_the_start_up_scan_makes_the_look_alike_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first crop's search must not make thumbnails of the whole index: it held every other search behind the
+    lock, past the crops' timeout on a slow machine."""
+    index = AnnotationIndex([SAMPLES_DIR])
+    index.scan()
+
+    def no_opening(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a search opened an indexed image")
+
+    monkeypatch.setattr("windmill.simfarm.annotations.Image.open", no_opening)
+    crop = Image.new("RGB", (60, 140), "gray")
+    assert index.for_look_alike(crop) is None
+
+
 def test_sidecars_scale_to_a_resized_copy() -> None:
     index = AnnotationIndex([SAMPLES_DIR])
     sidecar = index.beside(COFFEE)

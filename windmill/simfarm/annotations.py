@@ -210,9 +210,13 @@ class AnnotationIndex:
         self._look_alikes: tuple[dict[Path, Any], list[str], np.ndarray, list[np.ndarray]] | None = None
 
     def scan(self, *, strict: bool = True) -> None:
-        """Index every image with a sidecar. Strict (at start): a bad sidecar is an error; lazy: it is skipped."""
+        """Index every image with a sidecar, and make the look-alike table. Strict (at start): a bad sidecar is an
+        error; lazy: it is skipped. Made on the first search instead, the table held that search and every other
+        behind the lock for as long as thumbnails of the whole index took: on a slow machine, 300 scenes' outlasted
+        the first crops' 30 s timeout, in the first timed run of every benchmark."""
         with self._lock:
             self._scan(strict)
+            self._refresh_look_alikes()
 
     def _scan(self, strict: bool) -> None:
         by_digest: dict[str, Sidecar] = {}
@@ -279,16 +283,20 @@ class AnnotationIndex:
         """The indexed images' digests, aspect ratios and thumbnails in index order, made again only when a scan
         has replaced the index (a thumbnail is made once per image)."""
         with self._lock:
-            seen = self._seen
-            if self._look_alikes is None or self._look_alikes[0] is not seen:
-                for image_path, (_, _, digest) in seen.items():
-                    if digest not in self._thumbnails:
-                        with Image.open(image_path) as indexed:
-                            self._thumbnails[digest] = _signature(indexed)
-                digests = [digest for _, _, digest in seen.values()]
-                aspects = np.array([self._thumbnails[digest][0] for digest in digests], dtype=np.float64)
-                self._look_alikes = (seen, digests, aspects, [self._thumbnails[digest][1] for digest in digests])
-            return self._look_alikes[1:]
+            return self._refresh_look_alikes()
+
+    def _refresh_look_alikes(self) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
+        """The look-alike table of the current index (the lock held): thumbnails of the images it has not seen."""
+        seen = self._seen
+        if self._look_alikes is None or self._look_alikes[0] is not seen:
+            for image_path, (_, _, digest) in seen.items():
+                if digest not in self._thumbnails:
+                    with Image.open(image_path) as indexed:
+                        self._thumbnails[digest] = _signature(indexed)
+            digests = [digest for _, _, digest in seen.values()]
+            aspects = np.array([self._thumbnails[digest][0] for digest in digests], dtype=np.float64)
+            self._look_alikes = (seen, digests, aspects, [self._thumbnails[digest][1] for digest in digests])
+        return self._look_alikes[1:]
 
     @staticmethod
     def beside(image: Path) -> Sidecar | None:
