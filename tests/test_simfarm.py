@@ -472,6 +472,19 @@ def test_index_rescans_lazily_on_a_miss(tmp_path: Path) -> None:
     assert found is not None and found.objects[0].label == "cup"
 
 
+def test_the_index_finds_images_in_sub_folders_by_any_suffix_case_and_skips_broken_links(tmp_path: Path) -> None:
+    (tmp_path / "deep" / "deeper").mkdir(parents=True)
+    shutil.copy(COFFEE, tmp_path / "deep" / "deeper" / "mug.JPG")
+    shutil.copy(SAMPLES_DIR / "coffee.boxes.json", tmp_path / "deep" / "deeper" / "mug.boxes.json")
+    shutil.copy(SAMPLES_DIR / "chelsea.boxes.json", tmp_path / "gone.boxes.json")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")  # a link to nothing is not an image
+    index = AnnotationIndex([tmp_path])
+    index.scan()
+    found = index.for_digest(Picture(COFFEE.read_bytes(), "upload").digest)
+    assert found is not None and found.objects[0].label == "cup"
+    assert len(index._by_digest) == 1
+
+
 def test_a_look_alike_added_by_a_rescan_is_found(tmp_path: Path) -> None:
     # The look-alike table is kept between searches: a rescan that indexes a new image must reach it.
     now = [0.0]

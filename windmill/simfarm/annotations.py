@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -177,12 +178,25 @@ def load_sidecar(path: Path) -> Sidecar:
     return parse_sidecar(document, path)
 
 
-def _images_beside(sidecar: Path) -> Iterable[Path]:
+def _sidecars_under(directory: Path) -> tuple[list[Path], dict[Path, set[str]]]:
+    """Every sidecar under `directory` in path order, and the names of the files in each folder holding one. A rescan
+    runs every few seconds while crops (which no sidecar describes) arrive: one listing per folder, where looking
+    for each image beside each sidecar took a dozen file-system calls per sidecar, a tenth of the stand-in's CPU."""
+    sidecars: list[Path] = []
+    files: dict[Path, set[str]] = {}
+    for folder, _, names in os.walk(directory):
+        found = [name for name in names if name.endswith(SIDECAR_SUFFIX)]
+        if found:
+            files[Path(folder)] = set(names)
+            sidecars.extend(Path(folder, name) for name in found)
+    return sorted(sidecars), files
+
+
+def _images_beside(sidecar: Path, files: set[str]) -> Iterable[Path]:
     stem = sidecar.name[: -len(SIDECAR_SUFFIX)]
     for suffix in IMAGE_SUFFIXES:
         for name in (stem + suffix, stem + suffix.upper()):
-            candidate = sidecar.with_name(name)
-            if candidate.is_file():
+            if name in files and (candidate := sidecar.with_name(name)).is_file():  # not a broken link
                 yield candidate
 
 
@@ -227,7 +241,8 @@ class AnnotationIndex:
                 if strict:
                     raise AnnotationError(f"annotation directory {directory} does not exist")
                 continue
-            for sidecar_path in sorted(directory.rglob("*" + SIDECAR_SUFFIX)):
+            sidecar_paths, files = _sidecars_under(directory)
+            for sidecar_path in sidecar_paths:
                 try:
                     sidecar_mtime = sidecar_path.stat().st_mtime_ns
                     known_sidecar = self._sidecars.get(sidecar_path)
@@ -236,7 +251,7 @@ class AnnotationIndex:
                     else:
                         sidecar = load_sidecar(sidecar_path)
                     sidecars[sidecar_path] = (sidecar_mtime, sidecar)
-                    for image in _images_beside(sidecar_path):
+                    for image in _images_beside(sidecar_path, files[sidecar_path.parent]):
                         stat = image.stat()
                         known = self._seen.get(image)
                         if known and known[:2] == (stat.st_mtime_ns, stat.st_size):
