@@ -412,6 +412,14 @@ def nested_plans(conn: psycopg.Connection, statement: str) -> list[dict[str, Any
     return [json.loads(notice.split("plan:", 1)[1])["Plan"] for notice in notices if "plan:" in notice]
 
 
+def index_conditions(plan: dict[str, Any], index: str) -> Iterator[str]:
+    """The index condition of every scan of `index` in an executed plan (a generic plan's name its parameters)."""
+    if plan.get("Index Name") == index:
+        yield plan["Index Cond"]
+    for child in plan.get("Plans", []):
+        yield from index_conditions(child, index)
+
+
 def table_reads(plan: dict[str, Any]) -> Iterator[tuple[str, str, float]]:
     """(node type, table, rows the node read, over all its loops) of every scan of a table."""
     if "Relation Name" in plan:

@@ -516,6 +516,19 @@ def test_the_start_up_scan_makes_the_look_alike_table(monkeypatch: pytest.Monkey
     assert index.for_look_alike(crop) is None
 
 
+def test_an_unreadable_image_beside_a_sidecar_is_left_out_of_the_look_alikes(tmp_path: Path) -> None:
+    shutil.copy(COFFEE, tmp_path / "mug.jpg")
+    shutil.copy(SAMPLES_DIR / "coffee.boxes.json", tmp_path / "mug.boxes.json")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image at all")
+    shutil.copy(SAMPLES_DIR / "chelsea.boxes.json", tmp_path / "broken.boxes.json")
+    index = AnnotationIndex([tmp_path])
+    index.scan()  # starts; the broken file is indexed by its digest but has no thumbnail
+    with Image.open(COFFEE) as original:
+        look_alike = original.convert("RGB").resize((original.width // 2, original.height // 2))
+    found = index.for_look_alike(look_alike)
+    assert found is not None and found.objects[0].label == "cup"
+
+
 def test_sidecars_scale_to_a_resized_copy() -> None:
     index = AnnotationIndex([SAMPLES_DIR])
     sidecar = index.beside(COFFEE)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -18,7 +17,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from tests.conftest import wait_until
-from tests.test_backfill import nested_plans
+from tests.test_backfill import index_conditions, nested_plans
 from tests.test_consensus_waits import SAFE, TEXT, answer, consensus_jobs, due, in_ledger, merge_with
 from tests.test_freshness import SAMPLES, detection, insert_answer
 from tests.test_merge_follow_ups import calls
@@ -243,14 +242,6 @@ def test_the_check_probes_the_images_tasks_in_flight_by_index(conn: psycopg.Conn
         assert "using results_task_id_key on results" in plan, plan
 
 
-def _conditions_on(plan: dict[str, Any], index: str) -> Iterator[str]:
-    """The index condition of every scan of `index` in an executed plan."""
-    if plan.get("Index Name") == index:
-        yield plan["Index Cond"]
-    for child in plan.get("Plans", []):
-        yield from _conditions_on(child, index)
-
-
 def test_the_check_runs_its_generic_plan_at_every_call(conn: psycopg.Connection, image: int) -> None:
     """The plan cache judged a plan made for one image cheaper than the generic plan, so it planned the check anew at
     every call, about sixteen times per image (sql/0114). Every call, the first included, now runs the generic plan:
@@ -259,7 +250,7 @@ def test_the_check_runs_its_generic_plan_at_every_call(conn: psycopg.Connection,
     conn.execute("ANALYZE jobs, results, service_tasks_in_flight")
     plans = nested_plans(conn, f"SELECT voter_tasks_outstanding({image}, NULL) FROM generate_series(1, 8)")
     conditions = [condition for plan in plans
-                  for condition in _conditions_on(plan, "jobs_service_task_in_flight_image_idx")]
+                  for condition in index_conditions(plan, "jobs_service_task_in_flight_image_idx")]
     assert len(conditions) == 8, plans
     assert all(condition == "(image_id = $1)" for condition in conditions), conditions
 

@@ -7,16 +7,14 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
 from tests.conftest import wait_until
-from tests.test_backfill import nested_plans
+from tests.test_backfill import index_conditions, nested_plans
 from windmill.db.connect import Database
 from windmill.jobs import Job, JobQueue, NewJob
 from windmill.jobs.queue import enqueue_many_on, enqueue_on
@@ -129,14 +127,6 @@ def test_the_look_up_reads_the_head_of_its_queue_by_index_beside_a_big_backlog(c
         assert "Seq Scan" not in plan and "Sort" not in plan and "Bitmap" not in plan, plan
 
 
-def _index_conditions(plan: dict[str, Any]) -> Iterator[str]:
-    """The index condition of every scan of jobs_claimable_idx in an executed plan."""
-    if plan.get("Index Name") == "jobs_claimable_idx":
-        yield plan["Index Cond"]
-    for child in plan.get("Plans", []):
-        yield from _index_conditions(child)
-
-
 def test_the_look_up_runs_its_generic_plan_at_every_call_beside_a_backed_up_queue(conn: psycopg.Connection) -> None:
     """sql/0100: the plan cache judged a plan made for a backed-up queue cheaper than the generic plan (which
     expects a small share of the table in the queue), so it planned the look-up anew at every call. Every call, the
@@ -147,7 +137,7 @@ def test_the_look_up_runs_its_generic_plan_at_every_call_beside_a_backed_up_queu
                       FROM generate_series(1, 10000) AS n""")
     conn.execute("ANALYZE jobs")
     plans = nested_plans(conn, "SELECT job_queue_backed_up('merge') FROM generate_series(1, 8)")
-    conditions = [condition for plan in plans for condition in _index_conditions(plan)]
+    conditions = [condition for plan in plans for condition in index_conditions(plan, "jobs_claimable_idx")]
     assert len(conditions) == 8, plans
     assert all("$1" in condition and "merge" not in condition for condition in conditions), conditions
 

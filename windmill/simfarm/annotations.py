@@ -220,14 +220,15 @@ class AnnotationIndex:
         self._last_scan = float("-inf")
         self._lock = threading.Lock()
         self._thumbnails: dict[str, tuple[float, np.ndarray]] = {}  # digest → (aspect ratio, thumbnail)
+        self._unreadable: set[str] = set()  # digests of indexed images Pillow could not read for a thumbnail
         # For look-alike searches: the index it was made from, its digests, aspect ratios and thumbnails.
         self._look_alikes: tuple[dict[Path, Any], list[str], np.ndarray, list[np.ndarray]] | None = None
 
     def scan(self, *, strict: bool = True) -> None:
         """Index every image with a sidecar, and make the look-alike table. Strict (at start): a bad sidecar is an
         error; lazy: it is skipped. Made on the first search instead, the table held that search and every other
-        behind the lock for as long as thumbnails of the whole index took: on a slow machine, 300 scenes' outlasted
-        the first crops' 30 s timeout, in the first timed run of every benchmark."""
+        behind the lock for as long as thumbnails of the whole index took: on a slow machine, for 300 scenes, longer
+        than the first crops' 30 s timeout, in the first timed run of every benchmark."""
         with self._lock:
             self._scan(strict)
             self._refresh_look_alikes()
@@ -301,14 +302,19 @@ class AnnotationIndex:
             return self._refresh_look_alikes()
 
     def _refresh_look_alikes(self) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
-        """The look-alike table of the current index (the lock held): thumbnails of the images it has not seen."""
+        """The look-alike table of the current index (the lock held): thumbnails of the images it has not seen. An
+        indexed image Pillow cannot read is left out of the table (its digest still finds its sidecar)."""
         seen = self._seen
         if self._look_alikes is None or self._look_alikes[0] is not seen:
             for image_path, (_, _, digest) in seen.items():
-                if digest not in self._thumbnails:
-                    with Image.open(image_path) as indexed:
-                        self._thumbnails[digest] = _signature(indexed)
-            digests = [digest for _, _, digest in seen.values()]
+                if digest not in self._thumbnails and digest not in self._unreadable:
+                    try:
+                        with Image.open(image_path) as indexed:
+                            self._thumbnails[digest] = _signature(indexed)
+                    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+                        self._unreadable.add(digest)
+                        log.warning("no look-alike of %s: %s", image_path, error, extra={"action": "sidecar_skipped"})
+            digests = [digest for _, _, digest in seen.values() if digest in self._thumbnails]
             aspects = np.array([self._thumbnails[digest][0] for digest in digests], dtype=np.float64)
             self._look_alikes = (seen, digests, aspects, [self._thumbnails[digest][1] for digest in digests])
         return self._look_alikes[1:]
