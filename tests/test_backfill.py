@@ -413,7 +413,7 @@ def nested_plans(conn: psycopg.Connection, statement: str) -> list[dict[str, Any
 
 
 def index_conditions(plan: dict[str, Any], index: str) -> Iterator[str]:
-    """The index condition of every scan of `index` in an executed plan (a generic plan's name its parameters)."""
+    """The index condition of every scan of `index` in an executed plan (generic: it names the parameters)."""
     if plan.get("Index Name") == index:
         yield plan["Index Cond"]
     for child in plan.get("Plans", []):
