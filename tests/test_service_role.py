@@ -195,19 +195,3 @@ def test_phone_photos_in_heic_and_avif_are_sent_as_jpeg(database: Database, pool
         received = data["predictions"][0]
         assert received["file"]["file_type"] == "jpeg"
         assert received["dimensions"] == {"width": 80, "height": 60}
-
-
-def test_a_role_whose_task_handling_its_registration_does_not_announce_is_refused(
-        catalog: Catalog, pool: ConnectionPool, database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker chooses whether its commits wait for the disk before it builds its role, from the registration
-    (windmill/worker/launch.py, commits_wait_for_disk): a role that takes tasks unannounced would ack RabbitMQ
-    messages after commits that did not wait."""
-    from windmill.errors import WindmillError
-    from windmill.roles import registry
-
-    monkeypatch.setattr(registry, "_TAKING_TASKS", set())
-    settings = settings_from_mapping({})
-    with FarmClient(catalog) as farm, pytest.raises(WindmillError, match="takes_tasks=False"):
-        build_role("service", RoleContext(settings=settings, database=database, pool=pool, jobs=JobQueue(pool),
-                                          catalog=catalog, worker_id="w", farm=farm, images=ImageSource(settings),
-                                          service="primary"))

@@ -272,9 +272,7 @@ class Windmill:
                      options: WorkerOptions | None = None) -> Iterator[WorkerGroup]:
         """The workers of `specs` (the pipeline, SINGLE_MACHINE, by default) in this process, not started, on a
         pool of their own that closes after the block (`run` starts them until a signal)."""
-        # Job-table workers only: their commits need not wait for the disk (windmill/worker/launch.py,
-        # commits_wait_for_disk).
-        with self.database.pool(min_size=2, max_size=32, name="workers", wait_for_disk=False) as pool:
+        with self.database.pool(min_size=2, max_size=32, name="workers") as pool:
             yield WorkerGroup(self.settings, self.database, pool, self.catalog, specs, options=options)
 
     @contextmanager

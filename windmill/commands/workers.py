@@ -81,9 +81,7 @@ def run_all(app: AppContext) -> None:
     WINDMILL_METRICS_PORT serves every role's metrics on that port."""
     from windmill.worker.launch import run_machine
 
-    # Job-table workers only: their commits need not wait for the disk (launch.commits_wait_for_disk).
-    with (app.database("windmill-run") as database,
-          database.pool(min_size=2, max_size=32, name="run", wait_for_disk=False) as pool):
+    with app.database("windmill-run") as database, database.pool(min_size=2, max_size=32, name="run") as pool:
         code = run_machine(app.settings, app.catalog, database, pool)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -39,12 +39,14 @@ def describe_conninfo(conninfo: str) -> str:
     return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
 
 
-def windmill_conninfo(conninfo: str, application_name: str = "windmill", *, wait_for_disk: bool = True) -> str:
-    """The conninfo plus Windmill's session settings: its schema first on the search path, and with
-    `wait_for_disk=False` commits that return before the WAL reaches the disk (windmill/worker/launch.py,
-    commits_wait_for_disk, says for whom that is safe)."""
-    options = f"-c search_path={SCHEMA},public" + ("" if wait_for_disk else " -c synchronous_commit=off")
-    return make_conninfo(conninfo, options=options, application_name=application_name, connect_timeout=10)
+def windmill_conninfo(conninfo: str, application_name: str = "windmill") -> str:
+    """The conninfo plus Windmill's session settings: its schema first on the search path."""
+    return make_conninfo(
+        conninfo,
+        options=f"-c search_path={SCHEMA},public",
+        application_name=application_name,
+        connect_timeout=10,
+    )
 
 
 class Database:
@@ -52,7 +54,6 @@ class Database:
 
     def __init__(self, conninfo: str, *, application_name: str = "windmill") -> None:
         self.conninfo = windmill_conninfo(conninfo, application_name)
-        self._given = conninfo, application_name
         self.location = describe_conninfo(conninfo)
 
     def connect(self, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection:
@@ -64,17 +65,16 @@ class Database:
         return conn
 
     def pool(self, *, min_size: int = 1, max_size: int = 4, name: str = "windmill",
-             wait_s: float = 30.0, wait_for_disk: bool = True) -> ConnectionPool:
+             wait_s: float = 30.0) -> ConnectionPool:
         """A pool of autocommit connections; callers open transactions explicitly where they need one.
         Connections are not checked on checkout (that costs a round trip per use): a connection that died
         raises OperationalError once, the pool drops it, and the caller's retry takes a fresh one.
         While PostgreSQL is away the pool retries each connection 1, 2, 4, … s apart; an attempt gives up after
         RECONNECT_TIMEOUT_S and the next checkout starts a new one from 1 s, so after a long outage the pool is back
         within seconds, not after a doubling that had grown to minutes. A checkout waits up to `wait_s` for a
-        connection (while PostgreSQL is away, for it to come back), then raises PoolTimeout, an OperationalError.
-        `wait_for_disk=False`: its commits return before the WAL is on disk (windmill_conninfo)."""
+        connection (while PostgreSQL is away, for it to come back), then raises PoolTimeout, an OperationalError."""
         return ConnectionPool(
-            self.conninfo if wait_for_disk else windmill_conninfo(*self._given, wait_for_disk=False),
+            self.conninfo,
             min_size=min_size,
             max_size=max_size,
             kwargs={"autocommit": True},

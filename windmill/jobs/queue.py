@@ -331,11 +331,14 @@ class Claimer:
     connection that failed is closed; the next round trip opens a fresh one.
 
     Its round trips commit without waiting for the WAL to reach the disk (synchronous_commit off, this session
-    only, whatever its pool's commits do): a claim or a completion is bookkeeping that may be done again
-    (windmill/worker/launch.py, commits_wait_for_disk, says why a lost one costs nothing), and waiting cost an fsync
-    per round trip, 12 of the 28 per image in `bench pipeline` via the job table. A lost claim leaves the job as it
-    was (queued, the attempt not counted), and it runs again at once; a lost completion leaves it running until its
-    lease expires, and it runs again, as after a worker's crash (tests/test_claim_durability.py)."""
+    only): waiting cost an fsync per round trip, 12 of the 28 per image in `bench pipeline` via the job table. A
+    claim or a completion is bookkeeping that may be done again, so a server crash may lose the last of them
+    (PostgreSQL flushes within 3 × wal_writer_delay) and nothing else. The WAL is written in order: a later commit
+    that waits for the disk (an answer, a merged box, a vote) makes every round trip before it durable too, so a
+    job's effects never outlive its claim. A lost claim leaves the job as it was (queued, the attempt not counted),
+    and it runs again; a lost completion leaves it running until its lease expires, and it runs again, as after a
+    worker's crash. Handlers already take both: an answer is stored once per task, products are recomputed, and a
+    second run beside the first is what an expired lease gives too (tests/test_claim_durability.py)."""
 
     def __init__(self, jobs: JobQueue, *, replan_after_s: float = REPLAN_AFTER_S) -> None:
         self.jobs = jobs

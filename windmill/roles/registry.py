@@ -64,29 +64,17 @@ class Role:
 RoleFactory = Callable[[RoleContext], Role]
 _ROLES: dict[str, RoleFactory] = {}
 _SUMMARIES: dict[str, str] = {}
-_TAKING_TASKS: set[str] = set()
 
 
-def register_role(name: str, summary: str = "", *, takes_tasks: bool = False
-                  ) -> Callable[[RoleFactory], RoleFactory]:
-    """Register a role factory under `name`; `summary` is its line in `windmill-cli worker --list-roles`.
-    `takes_tasks`: its Role can take image × service tasks straight from RabbitMQ (it has `tasks`), known before a
-    worker builds it (windmill/worker/launch.py, commits_wait_for_disk)."""
+def register_role(name: str, summary: str = "") -> Callable[[RoleFactory], RoleFactory]:
+    """Register a role factory under `name`; `summary` is its line in `windmill-cli worker --list-roles`."""
 
     def decorator(factory: RoleFactory) -> RoleFactory:
         _ROLES[name] = factory
         _SUMMARIES[name] = summary
-        if takes_tasks:
-            _TAKING_TASKS.add(name)
         return factory
 
     return decorator
-
-
-def takes_tasks(name: str) -> bool:
-    """Whether the role `name` can take image × service tasks from RabbitMQ (register_role)."""
-    role_names()  # the built-in roles registered
-    return name in _TAKING_TASKS
 
 
 def role_names() -> list[str]:
@@ -110,8 +98,4 @@ def check_role(name: str) -> None:
 
 def build_role(name: str, context: RoleContext) -> Role:
     check_role(name)
-    role = _ROLES[name](context)
-    if (role.tasks is not None) != takes_tasks(name):
-        raise WindmillError(f"role {name!r} was registered with takes_tasks={takes_tasks(name)}, "
-                            f"yet its Role {'has' if role.tasks else 'has no'} task handling")
-    return role
+    return _ROLES[name](context)

@@ -107,7 +107,7 @@ def serviceable(catalog: Catalog, selection: str | None) -> list[Service]:
 
 
 @register_role("service", "calls an Animal Farm service for each image task of "
-               "queue_<service> (--service: a name, list or selection)", takes_tasks=True)
+               "queue_<service> (--service: a name, list or selection)")
 def service_role(context: RoleContext) -> Role:
     services = serviceable(context.catalog, context.service)
     handler = ServiceTaskHandler(context.pool, context.farm, context.images, context.catalog, context.worker_id)

@@ -20,7 +20,7 @@ from windmill.db.connect import Database
 from windmill.db.schema import open_migrated
 from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
-from windmill.roles.registry import RoleContext, build_role, takes_tasks
+from windmill.roles.registry import RoleContext, build_role
 from windmill.settings import Settings
 from windmill.worker.broker_worker import BrokerWorker
 from windmill.worker.farm_client import process_farm_client
@@ -94,24 +94,6 @@ def stop_on_signals(worker: StopRequests) -> Iterator[None]:
         requester.join()
 
 
-def commits_wait_for_disk(role_name: str, *, rabbitmq: bool) -> bool:
-    """Whether a worker process's commits wait for the WAL to reach the disk (PostgreSQL's synchronous_commit): only
-    when it takes tasks from RabbitMQ. Every other worker commits without waiting, and so do all claim loops
-    (windmill/jobs/queue.py, Claimer): about 16 fsyncs per image fewer via the job table, a tenth less of
-    PostgreSQL's CPU.
-
-    Why that loses nothing. Without the wait, a server crash can lose the last commits (PostgreSQL writes them out
-    within 3 × wal_writer_delay), and only the last: the WAL is in order, so a commit that did wait makes every one
-    before it durable too. Losing them is then the crash coming that much earlier, which the pipeline survives,
-    with one exception: what was done outside PostgreSQL in between, on the strength of a lost commit. A job-table
-    worker's commits are its jobs' work and their bookkeeping, and the job's completion comes after its work: a
-    job whose work is lost is not done either, and it runs again (its claim lost: at once; else when its lease
-    expires). What it does outside PostgreSQL is calling a service, which a second run does again. A RabbitMQ
-    consumer, by contrast, acknowledges a task once its answer is committed, and RabbitMQ then forgets it: that
-    answer must be on disk first. Submit, `images add` and every other command wait as well."""
-    return rabbitmq and takes_tasks(role_name)
-
-
 def pool_size(concurrency: int) -> int:
     """A worker process's pool: a connection per handler thread, and two for heartbeats, leases and metrics. (A
     worker whose lanes add up to more threads than its --concurrency grows its pool to match them.)"""
@@ -149,8 +131,7 @@ def run_worker(
     rabbitmq = uses_rabbitmq(settings, broker)
     with open_migrated(settings, catalog, application_name=f"windmill-{role_name}") as database:
         pool = database.pool(min_size=1, max_size=pool_size(options.concurrency), name=f"worker-{role_name}",
-                             wait_s=settings.database_wait_s,
-                             wait_for_disk=commits_wait_for_disk(role_name, rabbitmq=rabbitmq))
+                             wait_s=settings.database_wait_s)
         extras = ExitStack()  # the metrics endpoint (if asked for) and the farm client: closed before the pool
         try:
             metrics = None
