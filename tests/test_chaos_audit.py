@@ -183,3 +183,10 @@ def test_rabbitmq_tasks_left_or_dead_lettered_without_their_row_are_reported(
     assert QUEUES not in with_its_row.failed and with_its_row.dead_lettered == 1, with_its_row.problems
     assert one_lost.checks[QUEUES].failures == 1 and one_lost.dead_lettered == 2, one_lost.problems
     assert one_left.checks[QUEUES].failures == 2, one_left.problems  # looking left the dead letters in place
+
+
+def test_queues_never_declared_hold_nothing_as_after_a_run_via_the_job_table(amqp_url: str) -> None:
+    """`bench chaos --broker postgres` declares no task queue: each queue and its DLQ are absent, and count as empty."""
+    missing = [f"queue_windmill_test_{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    state = queue_state(amqp_url, missing)
+    assert (state.left, state.dead_lettered) == (0, [])

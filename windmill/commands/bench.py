@@ -49,9 +49,11 @@ def bench_queue(app: AppContext, job_count: int, workers: int, batch_size: int, 
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the farm's faults and of the kills.")
 @click.option("--logs", "log_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep the worker and farm logs in this directory (default: removed with the run).")
+@click.option("--broker", type=click.Choice(["rabbitmq", "postgres"]), default="rabbitmq", show_default=True,
+              help="How the service tasks travel (the RabbitMQ node is crashed either way).")
 @pass_app
 def bench_chaos(app: AppContext, images: int, kill_interval: float, outage: float, seed: int,
-                log_dir: Path | None) -> None:
+                log_dir: Path | None, broker: str) -> None:
     """The whole pipeline under faults (farm 5 % HTTP 500, 2 % timeouts, 1 % malformed, jittered latency; random
     SIGKILLs of workers; SIGKILL of RabbitMQ and twice of PostgreSQL, once for --outage seconds), then an audit of
     every answer and product; exit status 1 when a condition fails. Runs on a PostgreSQL cluster (production
@@ -59,7 +61,7 @@ def bench_chaos(app: AppContext, images: int, kill_interval: float, outage: floa
     from windmill.bench.chaos import ChaosPlan
     from windmill.bench.chaos import run as run_chaos
 
-    plan = ChaosPlan(images=images, kill_interval_s=kill_interval, seed=seed).with_long_outage(outage)
+    plan = ChaosPlan(images=images, kill_interval_s=kill_interval, seed=seed, broker=broker).with_long_outage(outage)
     report = run_chaos(app.catalog_as_configured, plan, log_dir=log_dir, echo=click.echo)
     if report.problems:
         sys.exit(1)

@@ -126,7 +126,8 @@ def queue_state(amqp_url: str, queues: Sequence[str]) -> QueueState:
                 while (message := channel.basic_get(queue + ".dlq", auto_ack=False))[0] is not None:
                     state.dead_lettered.append(str(message[1].message_id))
             except pika.exceptions.ChannelClosedByBroker:
-                pass
+                channel = connection.channel()  # no dead-letter queue (tasks via the job table): nothing there
+                continue
             channel.close()  # unacknowledged, every dead letter goes back where it was
             channel = connection.channel()
     finally:

@@ -60,6 +60,9 @@ class ChaosPlan:
     database_wait_s: float = 1.0
     service_workers: int = 2
     service_concurrency: int = 4
+    # How the service tasks travel: RabbitMQ (the ingest path its crash tests), or the job table, whose claims the
+    # PostgreSQL crashes may roll back (windmill/jobs/queue.py, Claimer).
+    broker: str = RABBITMQ
     seed: int = 7
     deadline_s: float = 3600.0  # the whole run gives up after this
     stall_s: float = 90.0  # settling gives up when nothing moved for this long

@@ -78,7 +78,7 @@ def run(catalog: Catalog, plan: ChaosPlan | None = None, *, log_dir: Path | None
         supervisor = ChaosSupervisor(worker_specs(plan), env, logs, random.Random(plan.seed))
         stack.callback(supervisor.stop)
         supervisor.revive()
-        submitted = subprocess.run(cli_argv("submit", "--services", PRIMARY, "--broker", "rabbitmq"), env=env,
+        submitted = subprocess.run(cli_argv("submit", "--services", PRIMARY, "--broker", plan.broker), env=env,
                                    stdin=subprocess.DEVNULL, capture_output=True, text=True)
         if submitted.returncode != 0:
             raise WindmillError(f"submit failed: {submitted.stderr.strip().splitlines()[-1:]}")

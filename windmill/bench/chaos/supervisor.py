@@ -26,11 +26,11 @@ class WorkerSpec:
 
 
 def worker_specs(plan: ChaosPlan) -> list[WorkerSpec]:
-    """The pipeline's workers (windmill/worker/layout.py), the answer stage twice: service tasks through RabbitMQ
-    (the ingest path the broker crash tests); the product stage through the job table (the path the PostgreSQL
-    crashes and the kills test)."""
+    """The pipeline's workers (windmill/worker/layout.py), the answer stage twice: service tasks through the plan's
+    broker (RabbitMQ by default: the ingest path the broker crash tests); the product stage through the job table
+    (the path the PostgreSQL crashes and the kills test)."""
     lease = ("--lease-seconds", f"{plan.lease_seconds:g}")
-    services = [WorkerSpec(f"service-{n}", ("worker", *ANSWER_STAGE.worker_arguments(), "--broker", "rabbitmq",
+    services = [WorkerSpec(f"service-{n}", ("worker", *ANSWER_STAGE.worker_arguments(), "--broker", plan.broker,
                                             "--concurrency", str(plan.service_concurrency), *lease))
                 for n in range(plan.service_workers)]
     return [*services, *(WorkerSpec(spec.role, ("worker", *spec.worker_arguments(), "--concurrency",
