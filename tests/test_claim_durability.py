@@ -1,6 +1,6 @@
 """A claim loop's round trips commit without waiting for the disk (windmill/jobs/queue.py, Claimer): a server crash
-may lose the last claims, and the job runs again at once; it never loses a job's effects, nor keeps an effect
-whose claim it lost."""
+may lose the last claims, and the job runs again at once. A job's work waits for the disk, and with it the claim
+before it: a worker that outlives the crash completes only work that is there."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from psycopg_pool import ConnectionPool
 
 from windmill.bench.chaos.servers import crash_postgres, start_postgres
 from windmill.catalog import Catalog
+from windmill.db.connect import Database
 from windmill.db.embedded import EmbeddedPostgres
 from windmill.db.schema import init_database
 from windmill.jobs import JobQueue, NewJob
@@ -81,17 +82,18 @@ def test_a_claim_lost_in_a_crash_leaves_its_job_claimable_at_once(crashable: tup
 
 
 @pytest.mark.timeout(120)
-def test_an_effect_committed_after_a_claim_keeps_the_claim_through_a_crash(
+def test_work_committed_after_a_claim_keeps_the_claim_through_a_crash(
         crashable: tuple[EmbeddedPostgres, str]) -> None:
     cluster, conninfo = crashable
-    with ConnectionPool(conninfo, min_size=1, max_size=2, open=True) as pool:
+    with Database(conninfo).pool(max_size=2) as pool:  # the pool a worker's handlers write through
         jobs = JobQueue(pool)
         job_id = jobs.enqueue(NewJob(QUEUE, {}))
         assert claim_one(jobs, "worker-a") == [job_id]
-        # What a handler commits (here a follow-up job, through the pool as every handler writes) waits for the
-        # disk, and the WAL before it, the claim's, goes with it.
-        effect = jobs.enqueue(NewJob("consensus", {}))
+        # The job's work (here a follow-up job) waits for the disk, and the WAL before it, the claim's, goes with
+        # it: had the work been rolled back, worker-a, believing it done, would complete the job once the server is
+        # back (the chaos run via the job table lost an answer so).
+        work = jobs.enqueue(NewJob("consensus", {}))
     crash_and_restart(cluster, conninfo)
 
     assert job_state(conninfo, job_id) == ("running", "worker-a", 1)
-    assert effect is not None and job_state(conninfo, effect)[0] == "queued"
+    assert work is not None and job_state(conninfo, work)[0] == "queued"

@@ -332,13 +332,16 @@ class Claimer:
 
     Its round trips commit without waiting for the WAL to reach the disk (synchronous_commit off, this session
     only): waiting cost an fsync per round trip, 12 of the 28 per image in `bench pipeline` via the job table. A
-    claim or a completion is bookkeeping that may be done again, so a server crash may lose the last of them
-    (PostgreSQL flushes within 3 × wal_writer_delay) and nothing else. The WAL is written in order: a later commit
-    that waits for the disk (an answer, a merged box, a vote) makes every round trip before it durable too, so a
-    job's effects never outlive its claim. A lost claim leaves the job as it was (queued, the attempt not counted),
-    and it runs again; a lost completion leaves it running until its lease expires, and it runs again, as after a
-    worker's crash. Handlers already take both: an answer is stored once per task, products are recomputed, and a
-    second run beside the first is what an expired lease gives too (tests/test_claim_durability.py)."""
+    server crash may then roll back the last of them (PostgreSQL writes them out within 3 × wal_writer_delay), and
+    only the last: the WAL is in order, so a later commit that waits (an answer, a merged box, a vote) makes every
+    round trip before it durable too. The worker outlives the crash, and what it believes is what matters. After a
+    lost claim it runs a job it does not hold: its work is stored once (an answer once per task, products
+    recomputed), its completion finds the job not running under its lease and changes nothing, and the job, queued
+    as before with its attempt not counted, runs again. After a lost completion the job runs again when its lease
+    expires, as after a worker's crash. A job's work, by contrast, must wait for the disk: a worker that believed
+    its work committed would complete the job after a crash that rolled the work back (the chaos run via the job
+    table lost an answer so while every commit of its workers was asynchronous). tests/test_claim_durability.py
+    crashes a server after a claim, and after a commit that waited."""
 
     def __init__(self, jobs: JobQueue, *, replan_after_s: float = REPLAN_AFTER_S) -> None:
         self.jobs = jobs
