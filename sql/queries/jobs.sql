@@ -119,12 +119,10 @@ ready_%(lane)s AS (
 -- The candidates of a lane of several queues in claim_round_trip.
 SELECT id FROM ready_%(lane)s UNION SELECT id FROM expired_%(lane)s
 
--- name: claimer_session
--- A claimer's connection runs nothing but claim round trips: on their generic plans from the first execution, and
--- committed without waiting for the WAL to reach the disk (windmill/jobs/queue.py, Claimer, says why both are safe
--- there).
-SELECT set_config('plan_cache_mode', 'force_generic_plan', false),
-       set_config('synchronous_commit', 'off', false)
+-- name: generic_plans_for_this_session
+-- A claimer's connection runs nothing but claim round trips, on their generic plans from the first execution
+-- (windmill/jobs/queue.py, Claimer, says why that is safe there).
+SET plan_cache_mode = force_generic_plan
 
 -- name: discard_plans
 -- Drop the session's plans (its statements stay prepared): the next executions plan from the table as it is now.

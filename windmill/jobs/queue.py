@@ -328,20 +328,7 @@ class Claimer:
     reads it whole (a sequential scan), and kept it after 100,000 tasks were queued, 30 ms a claim, until an
     ANALYZE invalidated it. So the plans are dropped every `replan_after_s` (DISCARD PLANS; the statements stay
     prepared) and made again from the table as it is then, as each custom plan was. One thread at a time. A
-    connection that failed is closed; the next round trip opens a fresh one.
-
-    Its round trips commit without waiting for the WAL to reach the disk (synchronous_commit off, this session
-    only): waiting cost an fsync per round trip, 12 of the 28 per image in `bench pipeline` via the job table. A
-    server crash may then roll back the last of them (PostgreSQL writes them out within 3 × wal_writer_delay), and
-    only the last: the WAL is in order, so a later commit that waits (an answer, a merged box, a vote) makes every
-    round trip before it durable too. The worker outlives the crash, and what it believes is what matters. After a
-    lost claim it runs a job it does not hold: its work is stored once (an answer once per task, products
-    recomputed), its completion finds the job not running under its lease and changes nothing, and the job, queued
-    as before with its attempt not counted, runs again. After a lost completion the job runs again when its lease
-    expires, as after a worker's crash. A job's work, by contrast, must wait for the disk: a worker that believed
-    its work committed would complete the job after a crash that rolled the work back (the chaos run via the job
-    table lost an answer so while every commit of its workers was asynchronous). tests/test_claim_durability.py
-    crashes a server after a claim, and after a commit that waited."""
+    connection that failed is closed; the next round trip opens a fresh one."""
 
     def __init__(self, jobs: JobQueue, *, replan_after_s: float = REPLAN_AFTER_S) -> None:
         self.jobs = jobs
@@ -357,7 +344,7 @@ class Claimer:
                 conninfo = self.jobs.pool.conninfo  # the pool's may be a function that gives it
                 self._conn = psycopg.connect(conninfo() if callable(conninfo) else conninfo, autocommit=True)
                 use_orjson(self._conn)
-                self._conn.execute(query("claimer_session"))
+                self._conn.execute(query("generic_plans_for_this_session"))
                 self._planned_at = time.monotonic()
             elif time.monotonic() - self._planned_at >= self.replan_after_s:
                 self._conn.execute(query("discard_plans"))
