@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from windmill.broker.choice import BROKERS, RABBITMQ
 from windmill.commands.context import AppContext, pass_app
 from windmill.export import FORMATS as EXPORT_FORMATS
 
@@ -49,7 +50,7 @@ def bench_queue(app: AppContext, job_count: int, workers: int, batch_size: int, 
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the farm's faults and of the kills.")
 @click.option("--logs", "log_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep the worker and farm logs in this directory (default: removed with the run).")
-@click.option("--broker", type=click.Choice(["rabbitmq", "postgres"]), default="rabbitmq", show_default=True,
+@click.option("--broker", type=click.Choice(BROKERS), default=RABBITMQ, show_default=True,
               help="How the service tasks travel (the RabbitMQ node is crashed either way).")
 @pass_app
 def bench_chaos(app: AppContext, images: int, kill_interval: float, outage: float, seed: int,

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from windmill.backoff import backoff_delay
+from windmill.broker.choice import JOB_TABLE
+from windmill.broker.choice import RABBITMQ as BROKER_RABBITMQ
 from windmill.broker.rabbitmq import MAX_RETRY_DELAY_S
 
 POSTGRES = "postgres"
@@ -60,12 +62,16 @@ class ChaosPlan:
     database_wait_s: float = 1.0
     service_workers: int = 2
     service_concurrency: int = 4
-    # How the service tasks travel: RabbitMQ (the ingest path its crash tests), or the job table, whose claims the
-    # PostgreSQL crashes may roll back (windmill/jobs/queue.py, Claimer).
-    broker: str = RABBITMQ
+    # How the service tasks travel (windmill.broker.choice): RabbitMQ, the ingest path its crash tests, or the job
+    # table, where the service workers' jobs meet the PostgreSQL crashes too.
+    broker: str = BROKER_RABBITMQ
     seed: int = 7
     deadline_s: float = 3600.0  # the whole run gives up after this
     stall_s: float = 90.0  # settling gives up when nothing moved for this long
+
+    @property
+    def via_job_table(self) -> bool:
+        return self.broker == JOB_TABLE
 
     @property
     def retry_budget_s(self) -> float:

@@ -81,7 +81,7 @@ class ChaosReport:
             f"  kills:       {sum(self.kills.values())} SIGKILLs of workers ({kills}); "
             f"{sum(self.unexpected_exits.values())} exits we did not cause (restarted too)",
             f"  crashes:     SIGKILL of {outages}",
-            f"  tasks via:   {'the job table' if p.broker == 'postgres' else 'RabbitMQ'}",
+            f"  tasks via:   {'the job table' if p.via_job_table else 'RabbitMQ'}",
             f"  PostgreSQL:  {self._durability()}; {self.crash_recoveries} crash recoveries; a task's retry budget "
             f"{p.retry_budget_s:.1f} s ({p.task_attempts} attempts, each waiting {p.database_wait_s:g} s for a "
             f"connection)",
