@@ -145,6 +145,7 @@ BEGIN
         ('FUNCTION', 'consensus_job(bigint)',        'EXECUTE',                         NULL),
         ('FUNCTION', 'caption_score_job(bigint, text)', 'EXECUTE',                      NULL),
         ('FUNCTION', 'postprocess_job(bigint, bigint, text)', 'EXECUTE',                NULL),
+        ('FUNCTION', 'postprocess_job(bigint, text)', 'EXECUTE',                        NULL),  -- sql/0115: per image
         ('FUNCTION', 'scheduler_tick_job(interval)', 'EXECUTE',                         NULL),
         ('FUNCTION', 'box_postprocessing(jsonb, text)', 'EXECUTE',                      NULL),
         ('FUNCTION', 'enqueue_merge(bigint)',        'EXECUTE',                         NULL),

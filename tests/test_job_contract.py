@@ -77,9 +77,14 @@ def test_postprocessing_is_colors_for_every_box_and_face_and_pose_for_people(
     conn.execute("DELETE FROM jobs")
     assert conn.execute("SELECT enqueue_postprocessing(%s)", (box,)).fetchone() == (len(services),)
     assert [row[:4] for row in queued(conn)] == [
-        (POSTPROCESS_QUEUES[service], image, {"merged_box_id": box, "image_id": image}, f"{service}:{box}")
+        (POSTPROCESS_QUEUES[service], image, {"image_id": image}, f"{service}:image:{image}")
         for service in services]
     assert conn.execute("SELECT enqueue_postprocessing(%s)", (box,)).fetchone() == (0,)  # waiting already
+    # A second box of the image is covered by the image's jobs (sql/0115): it adds only what it needs and they lack.
+    other = add_box(conn, image, PERSON, f"{PERSON}:20,0,9,9")
+    assert conn.execute("SELECT enqueue_postprocessing(%s)", (other,)).fetchone() == (3 - len(services),)
+    assert [row[3] for row in queued(conn) if row[0].startswith("postprocess_")] == [
+        f"{service}:image:{image}" for service in ("colors", "face", "pose")]
 
 
 def test_the_roles_consume_the_queues_sql_fills(database: Database, pool: ConnectionPool, catalog: Catalog) -> None:

@@ -72,10 +72,11 @@ def test_a_merge_queues_the_postprocessing_of_its_new_boxes_in_one_insert(counte
                                                 "enqueue_consensus_for_image": 0}
     boxes = counted.execute("SELECT merged_id, merged_data->>'emoji' FROM merged_boxes ORDER BY merged_id").fetchall()
     assert [box for box, _ in boxes] == outcome.inserted and len(boxes) == 3
-    # Colors for every box, face and pose for the people; box by box, in box_postprocessing()'s order.
+    # A job per image and service (sql/0115): colors for every box, face and pose for the people.
+    assert sum(emoji == PERSON for _, emoji in boxes) == 2
     assert postprocess_jobs(counted) == [
-        (POSTPROCESS_QUEUES[service], image, {"merged_box_id": box, "image_id": image}, f"{service}:{box}")
-        for box, emoji in boxes for service in (("colors", "face", "pose") if emoji == PERSON else ("colors",))]
+        (POSTPROCESS_QUEUES[service], image, {"image_id": image}, f"{service}:image:{image}")
+        for service in ("colors", "face", "pose")]
 
 
 def test_the_postprocessing_of_an_old_box_locks_the_job_already_waiting(
@@ -88,11 +89,12 @@ def test_the_postprocessing_of_an_old_box_locks_the_job_already_waiting(
     conn.execute("SELECT enqueue(postprocess_job(%s, %s, 'colors'))", (box, image))
     claim = "SELECT dedupe_key FROM jobs WHERE state = 'queued' FOR UPDATE SKIP LOCKED"
     with database.connect() as claimer:
-        assert claimer.execute(claim).fetchall() == [(f"colors:{box}",)]
+        assert claimer.execute(claim).fetchall() == [(f"colors:image:{image}",)]
         with conn.transaction():
             assert conn.execute("SELECT enqueue_postprocessing(%s)", (box,)).fetchone() == (2,)  # face and pose
             assert claimer.execute(claim).fetchall() == [], "the waiting colors job is locked until we commit"
-        assert sorted(row[0] for row in claimer.execute(claim)) == [f"colors:{box}", f"face:{box}", f"pose:{box}"]
+        assert sorted(row[0] for row in claimer.execute(claim)) == [
+            f"colors:image:{image}", f"face:image:{image}", f"pose:image:{image}"]
     assert conn.execute("SELECT enqueue_postprocessing(%s)", (box,)).fetchone() == (0,)
     assert len(postprocess_jobs(conn)) == 3
 
@@ -132,4 +134,4 @@ def test_the_backfill_finds_a_merges_postprocessing_queued_and_adds_none(conn: p
     before = postprocess_jobs(conn)
     queued = dict(conn.execute("SELECT queue, queued FROM backfill()").fetchall())
     assert not any(queue.startswith("postprocess_") for queue in queued), queued
-    assert postprocess_jobs(conn) == before and len(before) == 7
+    assert postprocess_jobs(conn) == before and len(before) == 3

@@ -24,10 +24,12 @@ from windmill.emoji import PERSON
 from windmill.farm import FarmClient
 from windmill.harmony import DetectorResult, harmonize
 from windmill.image_cache import ImageSource
-from windmill.jobs import JobQueue
+from windmill.jobs import Job, JobQueue
 from windmill.producer import submit
 from windmill.roles.consensus import consensus_for_image
 from windmill.roles.merger import crop_key, merge_image
+from windmill.roles.postprocess import PostprocessHandler
+from windmill.roles.registry import RoleContext
 from windmill.roles.service import ServiceTaskHandler
 from windmill.settings import settings_from_mapping
 from windmill.worker.group import WorkerGroup, pipeline_idle
@@ -124,22 +126,27 @@ def test_boxes_are_right_after_each_detector_and_only_new_boxes_are_postprocesse
         database: Database, pool: ConnectionPool, conn: psycopg.Connection, farm_catalog: Catalog) -> None:
     add_paths(conn, [SAMPLES / "ascent.jpg"])
     image_id = image_id_of(conn, "ascent.jpg")
-    seen_jobs: set[int] = set()
     previous: dict[str, int] = {}
-    for detector in ("yolov8", "rtdetr", "detectron2", "clip", "xception"):
-        answer(pool, farm_catalog, conn, image_id, detector)
-        merge_image(conn, image_id, SETTINGS.harmony, "test")
-        boxes = stored_boxes(conn, image_id)
-        assert set(boxes) == expected_keys(conn, image_id), f"after {detector}"
-        # A box whose crop did not change keeps its row; only new rows get postprocessing jobs.
-        for key in set(boxes) & set(previous):
-            assert boxes[key] == previous[key]
-        jobs = dict(conn.execute("SELECT id, (payload->>'merged_box_id')::bigint FROM jobs "
-                                 "WHERE queue LIKE 'postprocess\\_%%'").fetchall())
-        new_jobs = {job_id: box for job_id, box in jobs.items() if job_id not in seen_jobs}
-        assert set(new_jobs.values()) == set(boxes.values()) - set(previous.values())
-        seen_jobs |= set(jobs)
-        previous = boxes
+    with FarmClient(farm_catalog) as farm:
+        images = ImageSource(SETTINGS)
+        context = RoleContext(settings=SETTINGS, database=database, pool=pool, jobs=JobQueue(pool),
+                              catalog=farm_catalog, worker_id="test", farm=farm, images=images)
+        colors = PostprocessHandler(context, farm, images)
+        for detector in ("yolov8", "rtdetr", "detectron2", "clip", "xception"):
+            answer(pool, farm_catalog, conn, image_id, detector)
+            merge_image(conn, image_id, SETTINGS.harmony, "test")
+            boxes = stored_boxes(conn, image_id)
+            assert set(boxes) == expected_keys(conn, image_id), f"after {detector}"
+            # A box whose crop did not change keeps its row; only new boxes get their image's colors job queued,
+            # and the job sends only them.
+            for key in set(boxes) & set(previous):
+                assert boxes[key] == previous[key]
+            new_boxes = set(boxes.values()) - set(previous.values())
+            queued = conn.execute("DELETE FROM jobs WHERE queue = 'postprocess_colors' RETURNING id").fetchall()
+            assert len(queued) == (1 if new_boxes else 0), f"after {detector}"
+            sent = colors.handle(Job(1, "postprocess_colors", {"image_id": image_id}, image_id, 1, 5), "colors")
+            assert len(sent) == len(new_boxes), f"after {detector}"
+            previous = boxes
     assert len(previous) >= 2, "two people on the stairs"
 
 

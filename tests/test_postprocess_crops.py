@@ -1,5 +1,6 @@
-"""The postprocess worker cuts an image's boxes from one decode: the first box cut has the image's other boxes
-with postprocessing still to come cut with it, for colors, which asks for them long after face and pose."""
+"""The postprocess worker: a job per image and service (sql/0115) sends the image's boxes still to see the service,
+one after the other, and cuts them from one decode: the first box cut has the image's other boxes with
+postprocessing still to come cut with it, for colors, which asks for them long after face and pose."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+import pytest
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -15,7 +17,7 @@ from windmill.catalog import Catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database
 from windmill.db.queries import query
-from windmill.farm import FarmClient
+from windmill.farm import FarmClient, ServiceAnswer, ServiceCallError
 from windmill.image_cache import ImageSource
 from windmill.jobs import Job, JobQueue
 from windmill.roles.merger import merge_image
@@ -44,12 +46,12 @@ def test_a_person_box_cut_for_face_has_the_images_other_boxes_cut_with_it(
                  "'success')", (image_id, uuid.uuid4(), Jsonb({"predictions": detections})))
     with pool.connection() as worker_conn:
         merge_image(worker_conn, image_id, SETTINGS.harmony, "crops-test")
-    jobs = {(queue, payload["merged_box_id"]) for queue, payload in conn.execute(
-        "SELECT queue, payload FROM jobs WHERE queue LIKE 'postprocess%%'")}
+    jobs = {(queue, dedupe_key, tuple(payload.items())) for queue, dedupe_key, payload in conn.execute(
+        "SELECT queue, dedupe_key, payload FROM jobs WHERE queue LIKE 'postprocess%%'")}
     person_id, cat_id = (conn.execute("SELECT merged_id FROM merged_boxes WHERE merged_data->>'emoji' = %s",
                                       (emoji,)).fetchone()[0] for emoji in ("🧑", "🐈"))
-    assert jobs == {("postprocess_colors", person_id), ("postprocess_face", person_id),
-                    ("postprocess_pose", person_id), ("postprocess_colors", cat_id)}
+    assert jobs == {(f"postprocess_{service}", f"{service}:image:{image_id}", (("image_id", image_id),))
+                    for service in ("colors", "face", "pose")}, "one job per image and service"
     merged_bboxes = boxes_to_crop(conn, image_id)
     assert len(merged_bboxes) == 2, "both boxes have postprocessing to come"
 
@@ -58,10 +60,56 @@ def test_a_person_box_cut_for_face_has_the_images_other_boxes_cut_with_it(
         context = RoleContext(settings=SETTINGS, database=database, pool=pool, jobs=JobQueue(pool), catalog=shifted,
                               worker_id="crops-test", farm=farm, images=images)
         handler = PostprocessHandler(context, farm, images)
-        assert handler.handle(Job(1, "postprocess_face", {"merged_box_id": person_id}, image_id, 1, 5), "face")
+        assert handler.handle(Job(1, "postprocess_face", {"image_id": image_id}, image_id, 1, 5), "face")
         assert (images.decoded_images.loads, images.crops.loads) == (1, 2), "the cat was cut with the person"
-        assert handler.handle(Job(2, "postprocess_colors", {"merged_box_id": cat_id}, image_id, 1, 5), "colors")
+        # A job queued per box by an earlier release does its one box: the cat, not the person.
+        assert handler.handle(Job(2, "postprocess_colors", {"merged_box_id": cat_id, "image_id": image_id},
+                                  image_id, 1, 5), "colors") == ["success"]
         assert (images.decoded_images.loads, images.crops.loads, images.crops.hits) == (1, 2, 1)
+        # The cat has all its postprocessing (colors): only the person's boxes are still to be cut.
+        assert boxes_to_crop(conn, image_id) == [bbox for bbox in merged_bboxes if bbox["x"] < 200]
+        # The image's colors job does the box still without colors, and a second run finds nothing left.
+        assert len(handler.handle(Job(3, "postprocess_colors", {"image_id": image_id}, image_id, 1, 5), "colors")) == 1
+        assert handler.handle(Job(4, "postprocess_colors", {"image_id": image_id}, image_id, 1, 5), "colors") == []
+    stored = conn.execute("SELECT merged_box_id, service FROM postprocessing ORDER BY service, merged_box_id")
+    assert stored.fetchall() == sorted([(cat_id, "colors"), (person_id, "colors"), (person_id, "face")],
+                                       key=lambda row: (row[1], row[0]))
 
-    # The cat has all its postprocessing (colors): only the person's boxes are still to be cut.
-    assert boxes_to_crop(conn, image_id) == [bbox for bbox in merged_bboxes if bbox["x"] < 200]
+
+class FlakyColors:
+    """A colors service whose second call answers HTTP 503 once: the farm client's outcome, without the HTTP."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def analyze(self, service: str, image: object) -> ServiceAnswer:
+        self.calls += 1
+        if self.calls == 2:
+            raise ServiceCallError("HTTP 503: busy", kind="http_5xx", service=service, status_code=503)
+        return ServiceAnswer(service, {"predictions": [{"color": "red"}]}, 0.01, 200)
+
+
+def test_a_passing_failure_keeps_the_boxes_before_it_and_the_retry_starts_at_its_box(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection) -> None:
+    add_paths(conn, [SAMPLES / "coffee.jpg"])
+    image_id = conn.execute("SELECT image_id FROM images").fetchone()[0]
+    detections = [{"label": "dog", "emoji": "🐕", "confidence": 0.95, "bbox": PERSON},
+                  {"label": "cat", "emoji": "🐈", "confidence": 0.9, "bbox": CAT}]
+    conn.execute("INSERT INTO results (image_id, service, task_id, data, status) VALUES (%s, 'yolov8', %s, %s, "
+                 "'success')", (image_id, uuid.uuid4(), Jsonb({"predictions": detections})))
+    with pool.connection() as worker_conn:
+        merge_image(worker_conn, image_id, SETTINGS.harmony, "crops-test")
+    first, second = (row[0] for row in conn.execute("SELECT merged_id FROM merged_boxes ORDER BY merged_id"))
+    farm = FlakyColors()
+    images = ImageSource(SETTINGS)
+    context = RoleContext(settings=SETTINGS, database=database, pool=pool, jobs=JobQueue(pool), catalog=None,
+                          worker_id="crops-test", farm=farm, images=images)  # type: ignore[arg-type]
+    handler = PostprocessHandler(context, farm, images)  # type: ignore[arg-type]
+    colors = "SELECT merged_box_id FROM postprocessing WHERE service = 'colors' ORDER BY merged_box_id"
+    with pytest.raises(ServiceCallError):
+        handler.handle(Job(1, "postprocess_colors", {"image_id": image_id}, image_id, 1, 5), "colors")
+    assert conn.execute(colors).fetchall() == [(first,)], "the box before the failure keeps its answer"
+    assert handler.handle(Job(1, "postprocess_colors", {"image_id": image_id}, image_id, 2, 5), "colors") == [
+        "success"]
+    assert conn.execute(colors).fetchall() == [(first,), (second,)]
+    assert farm.calls == 3, "the retry sent only the box that failed"

@@ -1,11 +1,15 @@
--- name: box_to_postprocess
--- The box a postprocessing job is for, with its image; no row when the box was replaced meanwhile.
-SELECT mb.merged_id, mb.image_id, mb.merged_data, i.image_path, i.image_url,
-       EXISTS (SELECT 1 FROM postprocessing p
-                WHERE p.merged_box_id = mb.merged_id AND p.service = %(service)s) AS already_done
+-- name: boxes_to_postprocess
+-- The boxes of a job's image that the service is still to see (sql/0115): box_postprocessing() gives them the
+-- service and they have no row of it, in merged_id order, with their image. A job queued per box by an earlier
+-- release passes its box (otherwise NULL).
+SELECT mb.merged_id, mb.image_id, mb.merged_data, i.image_path, i.image_url
   FROM merged_boxes mb
   JOIN images i ON i.image_id = mb.image_id
- WHERE mb.merged_id = %(merged_box_id)s
+ WHERE mb.image_id = %(image_id)s
+   AND (%(merged_box_id)s::bigint IS NULL OR mb.merged_id = %(merged_box_id)s::bigint)
+   AND %(service)s::text = ANY (box_postprocessing(mb.merged_data, mb.crop_key))
+   AND NOT EXISTS (SELECT 1 FROM postprocessing p WHERE p.merged_box_id = mb.merged_id AND p.service = %(service)s)
+ ORDER BY mb.merged_id
 
 -- name: image_boxes_to_crop
 -- The boxes of an image with postprocessing still to come (fewer rows than box_postprocessing asks for): their

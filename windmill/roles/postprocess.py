@@ -1,5 +1,6 @@
-"""The postprocess roles: crop a merged box in memory and send it to colors, face or pose; store the answer
-with face boxes, keypoints and pose landmarks translated from the crop to the whole image."""
+"""The postprocess roles: crop an image's merged boxes in memory and send them to colors, face or pose, a job per
+image and service (sql/0115); store each answer with face boxes, keypoints and pose landmarks translated from the
+crop to the whole image."""
 
 from __future__ import annotations
 
@@ -41,15 +42,24 @@ class PostprocessHandler:
         self.farm = farm
         self.images = images
 
-    def handle(self, job: Job, service: str) -> str | None:
-        """Returns the stored status, or None when there was nothing (left) to do."""
-        box_id = int(job.payload["merged_box_id"])
+    def handle(self, job: Job, service: str) -> list[str]:
+        """Sends the job's image's boxes that are still to see `service` to it, one after the other, each answer
+        stored as it comes (sql/0115: a job per image and service); returns the statuses stored. A passing failure
+        is raised after the boxes before it are stored, so the retry starts at its box."""
+        image_id = job.image_id if job.image_id is not None else int(job.payload["image_id"])
+        only_box = job.payload.get("merged_box_id")  # a job queued per box by an earlier release
         with self.context.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-            box = cursor.execute(query("box_to_postprocess"), {"merged_box_id": box_id, "service": service}).fetchone()
-        if box is None or box["already_done"]:
-            log.debug("box %d: %s", box_id, "replaced before postprocessing" if box is None else "already done",
-                      extra={"action": "postprocess_skipped"})
-            return None
+            boxes = cursor.execute(query("boxes_to_postprocess"), {
+                "image_id": image_id, "merged_box_id": None if only_box is None else int(only_box),
+                "service": service}).fetchall()
+        if not boxes:
+            log.debug("image %d: no box left for %s", image_id, service, extra={"action": "postprocess_skipped"})
+        final_attempt = job.attempts >= job.max_attempts
+        stored = [self._postprocess(box, service, final_attempt) for box in boxes]
+        return [status for status in stored if status is not None]
+
+    def _postprocess(self, box: dict[str, Any], service: str, final_attempt: bool) -> str | None:
+        """One box: crop it, call the service, store the row; None when the box was replaced meanwhile."""
 
         def call() -> tuple[ServiceAnswer, CropBox, tuple[int, int]]:
             # The crop is shared with the box's other postprocessing services (a person box: colors, face, pose), and
@@ -61,7 +71,7 @@ class PostprocessHandler:
                                     other_boxes=lambda: self._boxes_to_crop(box["image_id"]))
             return self.farm.analyze(service, crop.image), crop.box, crop.image_size
 
-        called = call_service(call, final_attempt=job.attempts >= job.max_attempts)
+        called = call_service(call, final_attempt=final_attempt)
         if isinstance(called, Failure):
             return self._store(box, service, called.status, called.data(), error_message=called.error_message,
                                processing_time=called.processing_time)
