@@ -36,16 +36,22 @@ def boxes_to_crop(conn: psycopg.Connection, image_id: int) -> list[dict[str, int
                   key=lambda bbox: bbox["x"])
 
 
-def test_a_person_box_cut_for_face_has_the_images_other_boxes_cut_with_it(
-        database: Database, pool: ConnectionPool, conn: psycopg.Connection, catalog: Catalog) -> None:
+def merged_image(conn: psycopg.Connection, pool: ConnectionPool, first: tuple[str, str]) -> int:
+    """coffee.jpg with two merged boxes, apart: `first` (label, emoji) at PERSON and a cat; its id."""
     add_paths(conn, [SAMPLES / "coffee.jpg"])
     image_id = conn.execute("SELECT image_id FROM images").fetchone()[0]
-    detections = [{"label": "person", "emoji": "🧑", "confidence": 0.95, "bbox": PERSON},
+    detections = [{"label": first[0], "emoji": first[1], "confidence": 0.95, "bbox": PERSON},
                   {"label": "cat", "emoji": "🐈", "confidence": 0.9, "bbox": CAT}]
     conn.execute("INSERT INTO results (image_id, service, task_id, data, status) VALUES (%s, 'yolov8', %s, %s, "
                  "'success')", (image_id, uuid.uuid4(), Jsonb({"predictions": detections})))
     with pool.connection() as worker_conn:
         merge_image(worker_conn, image_id, SETTINGS.harmony, "crops-test")
+    return image_id
+
+
+def test_a_person_box_cut_for_face_has_the_images_other_boxes_cut_with_it(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection, catalog: Catalog) -> None:
+    image_id = merged_image(conn, pool, ("person", "🧑"))
     jobs = {(queue, dedupe_key, tuple(payload.items())) for queue, dedupe_key, payload in conn.execute(
         "SELECT queue, dedupe_key, payload FROM jobs WHERE queue LIKE 'postprocess%%'")}
     person_id, cat_id = (conn.execute("SELECT merged_id FROM merged_boxes WHERE merged_data->>'emoji' = %s",
@@ -91,14 +97,7 @@ class FlakyColors:
 
 def test_a_passing_failure_keeps_the_boxes_before_it_and_the_retry_starts_at_its_box(
         database: Database, pool: ConnectionPool, conn: psycopg.Connection) -> None:
-    add_paths(conn, [SAMPLES / "coffee.jpg"])
-    image_id = conn.execute("SELECT image_id FROM images").fetchone()[0]
-    detections = [{"label": "dog", "emoji": "🐕", "confidence": 0.95, "bbox": PERSON},
-                  {"label": "cat", "emoji": "🐈", "confidence": 0.9, "bbox": CAT}]
-    conn.execute("INSERT INTO results (image_id, service, task_id, data, status) VALUES (%s, 'yolov8', %s, %s, "
-                 "'success')", (image_id, uuid.uuid4(), Jsonb({"predictions": detections})))
-    with pool.connection() as worker_conn:
-        merge_image(worker_conn, image_id, SETTINGS.harmony, "crops-test")
+    image_id = merged_image(conn, pool, ("dog", "🐕"))
     first, second = (row[0] for row in conn.execute("SELECT merged_id FROM merged_boxes ORDER BY merged_id"))
     farm = FlakyColors()
     images = ImageSource(SETTINGS)
