@@ -19,6 +19,7 @@ from windmill.db.connect import Database
 from windmill.db.queries import query
 from windmill.farm import FarmClient, ServiceAnswer, ServiceCallError
 from windmill.image_cache import ImageSource
+from windmill.images import PreparedImage
 from windmill.jobs import Job, JobQueue
 from windmill.roles.merger import merge_image
 from windmill.roles.postprocess import PostprocessHandler
@@ -112,3 +113,36 @@ def test_a_passing_failure_keeps_the_boxes_before_it_and_the_retry_starts_at_its
         "success"]
     assert conn.execute(colors).fetchall() == [(first,), (second,)]
     assert farm.calls == 3, "the retry sent only the box that failed"
+
+
+class BrokenOnFirstBox:
+    """A colors call that fails unexpectedly (a bug, not the service) for the image's first box only."""
+
+    def __init__(self, first_box_width: int) -> None:
+        self.first_box_width = first_box_width
+
+    def analyze(self, service: str, image: PreparedImage) -> ServiceAnswer:
+        if image.width == self.first_box_width:
+            raise RuntimeError("cannot read this crop\nTraceback ...")
+        return ServiceAnswer(service, {"predictions": [{"color": "red"}]}, 0.01, 200)
+
+
+def test_a_box_that_fails_otherwise_holds_up_no_other_box_and_is_recorded_on_the_last_attempt(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection) -> None:
+    image_id = merged_image(conn, pool, ("dog", "🐕"))
+    first, second = (row[0] for row in conn.execute("SELECT merged_id FROM merged_boxes ORDER BY merged_id"))
+    first_x = conn.execute("SELECT (merged_data->'merged_bbox'->>'x')::numeric FROM merged_boxes WHERE merged_id = %s",
+                           (first,)).fetchone()[0]
+    farm = BrokenOnFirstBox(PERSON["width"] if round(first_x) == PERSON["x"] else CAT["width"])
+    images = ImageSource(SETTINGS)
+    context = RoleContext(settings=SETTINGS, database=database, pool=pool, jobs=JobQueue(pool), catalog=None,
+                          worker_id="crops-test", farm=farm, images=images)  # type: ignore[arg-type]
+    handler = PostprocessHandler(context, farm, images)  # type: ignore[arg-type]
+    rows = "SELECT merged_box_id, status, error_message, data->'error'->>'kind' FROM postprocessing ORDER BY 1"
+    with pytest.raises(RuntimeError):
+        handler.handle(Job(1, "postprocess_colors", {"image_id": image_id}, image_id, 1, 5), "colors")
+    assert conn.execute(rows).fetchall() == [(second, "success", None, None)], "the other box went on"
+    assert handler.handle(Job(1, "postprocess_colors", {"image_id": image_id}, image_id, 5, 5), "colors") == [
+        "error"]
+    assert conn.execute(rows).fetchall() == [(first, "error", "cannot read this crop", "worker"),
+                                             (second, "success", None, None)]

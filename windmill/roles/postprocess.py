@@ -13,9 +13,9 @@ from psycopg.types.json import Jsonb
 
 from windmill.db.queries import query
 from windmill.errors import WindmillError
-from windmill.farm import FarmClient, ServiceAnswer
+from windmill.farm import FarmClient, ServiceAnswer, ServiceCallError
 from windmill.image_cache import ImageSource
-from windmill.images import CropBox, face_prediction_to_image, pose_prediction_to_image
+from windmill.images import CropBox, ImageUnavailable, face_prediction_to_image, pose_prediction_to_image
 from windmill.jobs import Job
 from windmill.jobs.queues import POSTPROCESS_QUEUES
 from windmill.roles.outcome import Failure, call_service
@@ -44,8 +44,12 @@ class PostprocessHandler:
 
     def handle(self, job: Job, service: str) -> list[str]:
         """Sends the job's image's boxes that are still to see `service` to it, one after the other, each answer
-        stored as it comes (sql/0115: a job per image and service); returns the statuses stored. A passing failure
-        is raised after the boxes before it are stored, so the retry starts at its box."""
+        stored as it comes (sql/0115: a job per image and service); returns the statuses stored.
+
+        A passing failure (the service, the image's download) or the database away is raised at once, the boxes
+        before it stored, so the retry starts at its box. Anything else is that box's alone: the image's other boxes
+        go on, and the job is retried for it afterwards; on the final attempt it is the box's row (kind `worker`),
+        as a service task's is."""
         image_id = job.image_id if job.image_id is not None else int(job.payload["image_id"])
         only_box = job.payload.get("merged_box_id")  # a job queued per box by an earlier release
         with self.context.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
@@ -55,8 +59,24 @@ class PostprocessHandler:
         if not boxes:
             log.debug("image %d: no box left for %s", image_id, service, extra={"action": "postprocess_skipped"})
         final_attempt = job.attempts >= job.max_attempts
-        stored = [self._postprocess(box, service, final_attempt) for box in boxes]
-        return [status for status in stored if status is not None]
+        stored: list[str] = []
+        broken: Exception | None = None  # the first box that failed otherwise, raised once the others are done
+        for box in boxes:
+            try:
+                status = self._postprocess(box, service, final_attempt)
+            except (ServiceCallError, ImageUnavailable, psycopg.Error):
+                raise
+            except Exception as error:
+                if not final_attempt:
+                    broken = broken or error
+                    continue
+                failure = Failure.of(error)
+                status = self._store(box, service, failure.status, failure.data(), error_message=failure.error_message)
+            if status is not None:
+                stored.append(status)
+        if broken is not None:
+            raise broken
+        return stored
 
     def _postprocess(self, box: dict[str, Any], service: str, final_attempt: bool) -> str | None:
         """One box: crop it, call the service, store the row; None when the box was replaced meanwhile."""
