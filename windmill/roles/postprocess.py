@@ -65,7 +65,7 @@ class PostprocessHandler:
             try:
                 status = self._postprocess(box, service, final_attempt)
             except (ServiceCallError, ImageUnavailable, psycopg.Error):
-                raise
+                raise  # passing (call_service raises only those) or the database's: the retry starts at this box
             except Exception as error:
                 if not final_attempt:
                     broken = broken or error
