@@ -83,6 +83,14 @@ def test_a_person_box_cut_for_face_has_the_images_other_boxes_cut_with_it(
                                        key=lambda row: (row[1], row[0]))
 
 
+def stub_handler(database: Database, pool: ConnectionPool, farm: object) -> PostprocessHandler:
+    """A postprocess handler whose service calls go to `farm` (anything with FarmClient's `analyze`)."""
+    images = ImageSource(SETTINGS)
+    context = RoleContext(settings=SETTINGS, database=database, pool=pool, jobs=JobQueue(pool), catalog=None,
+                          worker_id="crops-test", farm=farm, images=images)  # type: ignore[arg-type]
+    return PostprocessHandler(context, farm, images)  # type: ignore[arg-type]
+
+
 class FlakyColors:
     """A colors service whose second call answers HTTP 503 once: the farm client's outcome, without the HTTP."""
 
@@ -101,10 +109,7 @@ def test_a_passing_failure_keeps_the_boxes_before_it_and_the_retry_starts_at_its
     image_id = merged_image(conn, pool, ("dog", "🐕"))
     first, second = (row[0] for row in conn.execute("SELECT merged_id FROM merged_boxes ORDER BY merged_id"))
     farm = FlakyColors()
-    images = ImageSource(SETTINGS)
-    context = RoleContext(settings=SETTINGS, database=database, pool=pool, jobs=JobQueue(pool), catalog=None,
-                          worker_id="crops-test", farm=farm, images=images)  # type: ignore[arg-type]
-    handler = PostprocessHandler(context, farm, images)  # type: ignore[arg-type]
+    handler = stub_handler(database, pool, farm)
     colors = "SELECT merged_box_id FROM postprocessing WHERE service = 'colors' ORDER BY merged_box_id"
     with pytest.raises(ServiceCallError):
         handler.handle(Job(1, "postprocess_colors", {"image_id": image_id}, image_id, 1, 5), "colors")
@@ -134,10 +139,7 @@ def test_a_box_that_fails_otherwise_holds_up_no_other_box_and_is_recorded_on_the
     first_x = conn.execute("SELECT (merged_data->'merged_bbox'->>'x')::numeric FROM merged_boxes WHERE merged_id = %s",
                            (first,)).fetchone()[0]
     farm = BrokenOnFirstBox(PERSON["width"] if round(first_x) == PERSON["x"] else CAT["width"])
-    images = ImageSource(SETTINGS)
-    context = RoleContext(settings=SETTINGS, database=database, pool=pool, jobs=JobQueue(pool), catalog=None,
-                          worker_id="crops-test", farm=farm, images=images)  # type: ignore[arg-type]
-    handler = PostprocessHandler(context, farm, images)  # type: ignore[arg-type]
+    handler = stub_handler(database, pool, farm)
     rows = "SELECT merged_box_id, status, error_message, data->'error'->>'kind' FROM postprocessing ORDER BY 1"
     with pytest.raises(RuntimeError):
         handler.handle(Job(1, "postprocess_colors", {"image_id": image_id}, image_id, 1, 5), "colors")
