@@ -142,22 +142,14 @@ def held_by_node(node: PrivateRabbitMQ, queue_name: str) -> int:
     raise AssertionError(f"the node does not list {queue_name}: {node.ctl('list_queues', 'name', 'messages')}")
 
 
-def connection_pid(node: PrivateRabbitMQ, name: str) -> str:
-    """The node's id of our connection called `name`."""
-    for line in node.ctl("list_connections", "pid", "client_properties", "-q", "--no-table-headers").splitlines():
-        pid, _, properties = line.partition("\t")
-        if f'"{name}"' in properties:
-            return pid
+def connection_on_node(node: PrivateRabbitMQ, name: str) -> tuple[str, str]:
+    """The node's id and state (running, blocking, blocked, …) of our connection called `name`."""
+    for line in node.ctl("list_connections", "pid", "state", "client_properties", "-q",
+                         "--no-table-headers").splitlines():
+        pid, state, properties = [*line.split("\t", 2), "", ""][:3]
+        if f'{{"connection_name","{name}"}}' in properties:
+            return pid, state
     raise AssertionError(f"the node has no connection called {name}")
-
-
-def connection_state(node: PrivateRabbitMQ, name: str) -> str:
-    """The state of our connection called `name` on `node` (running, blocking, blocked, …)."""
-    pid = connection_pid(node, name)
-    for line in node.ctl("list_connections", "pid", "state", "-q", "--no-table-headers").splitlines():
-        if line.startswith(pid + "\t"):
-            return line.partition("\t")[2].strip()
-    return ""
 
 
 def consumer_for(amqp_url: str, queue_name: str, handler: Callable[[Task, bool], None], *, prefetch: int = 8,
@@ -336,11 +328,11 @@ def test_a_publish_whose_connection_is_killed_sends_again_what_was_not_confirmed
         wait_until(lambda: depth(looking.channel(), queue_name) >= 1, message="tasks arriving in the queue")
         private_rabbitmq.ctl("set_vm_memory_high_watermark", "0")
         try:
-            wait_until(lambda: connection_state(private_rabbitmq, name) == "blocked",
+            wait_until(lambda: connection_on_node(private_rabbitmq, name)[1] == "blocked",
                        message="the node blocking the publisher")
             publishing_when_killed = publisher.is_alive()
             assert "Closing connection" in private_rabbitmq.ctl(
-                "close_connection", connection_pid(private_rabbitmq, name), "windmill test: connection killed")
+                "close_connection", connection_on_node(private_rabbitmq, name)[0], "windmill test: connection killed")
         finally:
             private_rabbitmq.ctl("set_vm_memory_high_watermark", "0.4")
         publisher.join(timeout=120)
