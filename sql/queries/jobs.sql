@@ -124,6 +124,16 @@ SELECT id FROM ready_%(lane)s UNION SELECT id FROM expired_%(lane)s
 -- (windmill/jobs/queue.py, Claimer, says why that is safe there).
 SET plan_cache_mode = force_generic_plan
 
+-- name: generic_plans_for_this_transaction
+-- A hand-off's claim on its generic plan, as a claimer's own connection runs it (Claimer.write_and_hand_off); the
+-- write before it, and its triggers, keep the server's own choice (default_plans_for_this_transaction).
+SET LOCAL plan_cache_mode = force_generic_plan
+
+-- name: default_plans_for_this_transaction
+-- Back to the server's own choice of plans for the rest of a hand-off's transaction (its deferred triggers run at
+-- its commit).
+SET LOCAL plan_cache_mode TO DEFAULT
+
 -- name: discard_plans
 -- Drop the session's plans (its statements stay prepared): the next executions plan from the table as it is now.
 DISCARD PLANS

@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool
 from windmill.backoff import backoff_delay
 from windmill.db.jsonb import use_orjson
 from windmill.db.queries import query
+from windmill.jobs.handoff import Handoff, deal_claims
 from windmill.jobs.model import Job, JobState
 
 log = logging.getLogger(__name__)
@@ -222,9 +223,10 @@ class JobQueue:
         with self.pool.connection() as conn:
             return claim_round_trip(conn, done, lanes, worker_id, self.lease, now, prepare=False)
 
-    def claimer(self, *, replan_after_s: float = REPLAN_AFTER_S) -> Claimer:
-        """A claim loop's own connection for its round trips (close it when the loop ends)."""
-        return Claimer(self, replan_after_s=replan_after_s)
+    def claimer(self, *, replan_after_s: float = REPLAN_AFTER_S, only_claims: bool = True) -> Claimer:
+        """A claim loop's own connection for its round trips (close it when the loop ends); `only_claims=False`
+        for one that also writes (Claimer.write_and_hand_off)."""
+        return Claimer(self, replan_after_s=replan_after_s, only_claims=only_claims)
 
     def complete(self, ids: Iterable[int], worker_id: str, *, now: datetime | None = None) -> int:
         ids = list(ids)
@@ -303,11 +305,22 @@ def claim_round_trip(conn: psycopg.Connection, done: Iterable[int], lanes: Seque
             conn.execute(query("complete_jobs"), {"ids": done, "worker": worker_id, "now": now}, prepare=prepare)
         return []
     shape = tuple(tuple(queues) for queues, _ in lanes)
-    with psycopg.RawCursor(conn, row_factory=dict_row) as cursor:
-        cursor.execute(round_trip_query(shape, now),
-                       round_trip_parameters(shape, done, [limit for _, limit in lanes], worker_id, lease),
-                       prepare=prepare)
-        rows = cursor.fetchall()
+    cursor = _execute_round_trip(conn, done, shape, [limit for _, limit in lanes], worker_id, lease, now,
+                                 prepare=prepare)
+    return _jobs_by_lane(shape, cursor.fetchall())
+
+
+def _execute_round_trip(conn: psycopg.Connection, done: Sequence[int], shape: tuple[tuple[str, ...], ...],
+                        limits: Sequence[int], worker_id: str, lease: timedelta, now: datetime | None, *,
+                        prepare: bool) -> psycopg.RawCursor[dict[str, Any]]:
+    """The round trip executed, its rows not fetched (in a pipeline they come at its end)."""
+    cursor = psycopg.RawCursor(conn, row_factory=dict_row)
+    cursor.execute(round_trip_query(shape, now), round_trip_parameters(shape, done, limits, worker_id, lease),
+                   prepare=prepare)
+    return cursor
+
+
+def _jobs_by_lane(shape: tuple[tuple[str, ...], ...], rows: Sequence[dict[str, Any]]) -> list[list[Job]]:
     lane_of = {queue: index for index, queues in enumerate(shape) for queue in queues}
     claimed: list[list[Job]] = [[] for _ in shape]
     for row in rows:
@@ -330,9 +343,11 @@ class Claimer:
     prepared) and made again from the table as it is then, as each custom plan was. One thread at a time. A
     connection that failed is closed; the next round trip opens a fresh one."""
 
-    def __init__(self, jobs: JobQueue, *, replan_after_s: float = REPLAN_AFTER_S) -> None:
+    def __init__(self, jobs: JobQueue, *, replan_after_s: float = REPLAN_AFTER_S, only_claims: bool = True) -> None:
         self.jobs = jobs
         self.replan_after_s = replan_after_s
+        # A connection that runs other writes too (write_and_hand_off) keeps the server's plan choice for them.
+        self.only_claims = only_claims
         self._conn: psycopg.Connection | None = None
         self._planned_at = 0.0
 
@@ -340,19 +355,53 @@ class Claimer:
                                  worker_id: str, *, now: datetime | None = None) -> list[list[Job]]:
         """JobQueue.complete_and_claim_lanes on this claimer's connection."""
         try:
-            if self._conn is None:
-                conninfo = self.jobs.pool.conninfo  # the pool's may be a function that gives it
-                self._conn = psycopg.connect(conninfo() if callable(conninfo) else conninfo, autocommit=True)
-                use_orjson(self._conn)
-                self._conn.execute(query("generic_plans_for_this_session"))
-                self._planned_at = time.monotonic()
-            elif time.monotonic() - self._planned_at >= self.replan_after_s:
-                self._conn.execute(query("discard_plans"))
-                self._planned_at = time.monotonic()
-            return claim_round_trip(self._conn, done, lanes, worker_id, self.jobs.lease, now, prepare=True)
+            return claim_round_trip(self._connection(), done, lanes, worker_id, self.jobs.lease, now, prepare=True)
         except psycopg.OperationalError:
             self.close()
             raise
+
+    def write_and_hand_off(self, write: Callable[[psycopg.Connection], psycopg.Cursor[Any]],
+                           handoffs: Sequence[Handoff]) -> list[Any]:
+        """Run `write` (it executes its statement on the connection given and returns the cursor, rows not yet
+        fetched), complete the handoffs' jobs and claim what they want of their lanes, in one transaction and one
+        round trip (a pipeline); then deal the jobs claimed to the handoffs (windmill.jobs.handoff). Returns the
+        write's rows. The handoffs are one worker's, with the same lanes. On an error the handoffs stay untaken:
+        nothing was committed, or, for an OperationalError, perhaps all of it (the jobs it claimed then wait for
+        their lease to expire, as a dead worker's do)."""
+        if not handoffs:
+            raise ValueError("a hand-off needs handoffs")
+        shape, worker_id = handoffs[0].lanes, handoffs[0].worker_id
+        if any(handoff.lanes != shape or handoff.worker_id != worker_id for handoff in handoffs):
+            raise ValueError("the handoffs of one write must be one worker's")
+        limits = [sum(handoff.wants for handoff in handoffs if handoff.lane == lane) for lane in range(len(shape))]
+        try:
+            conn = self._connection()
+            with conn.pipeline(), conn.transaction():
+                written = write(conn)
+                # The claim on its generic plan (the class doc says why), the write's triggers as the server chooses.
+                conn.execute(query("generic_plans_for_this_transaction"))
+                claims = _execute_round_trip(conn, [handoff.job_id for handoff in handoffs], shape, limits,
+                                             worker_id, self.jobs.lease, None, prepare=True)
+                conn.execute(query("default_plans_for_this_transaction"))
+            rows, claimed = written.fetchall(), _jobs_by_lane(shape, claims.fetchall())
+        except psycopg.OperationalError:
+            self.close()
+            raise
+        deal_claims(handoffs, claimed)
+        return rows
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None:
+            conninfo = self.jobs.pool.conninfo  # the pool's may be a function that gives it
+            self._conn = psycopg.connect(conninfo() if callable(conninfo) else conninfo, autocommit=True)
+            use_orjson(self._conn)
+            if self.only_claims:
+                self._conn.execute(query("generic_plans_for_this_session"))
+            self._planned_at = time.monotonic()
+        elif time.monotonic() - self._planned_at >= self.replan_after_s:
+            self._conn.execute(query("discard_plans"))
+            self._planned_at = time.monotonic()
+        return self._conn
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -15,6 +15,7 @@ from windmill.errors import WindmillError
 from windmill.farm import FarmClient
 from windmill.image_cache import ImageSource
 from windmill.jobs import Job, JobQueue
+from windmill.jobs.handoff import Handoff
 from windmill.settings import Settings
 
 
@@ -51,6 +52,9 @@ class Role:
     queues: tuple[str, ...]
     handle: Callable[[Job], object]
     close: Callable[[], None] = field(default=lambda: None)
+    # `handle` for a job whose completion, and its lane's next claim, may ride on the write that stores its outcome
+    # (windmill.jobs.handoff); None: the claim loop completes every job.
+    hand_off: Callable[[Job, Handoff], object] | None = None
     service: str | None = None
     tasks: TaskHandling | None = None
     # The queues that each call one service, with that service's per-process limit (None: unlimited): each gets a

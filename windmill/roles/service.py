@@ -20,6 +20,7 @@ from windmill.errors import WindmillError
 from windmill.farm import FarmClient, ServiceAnswer
 from windmill.image_cache import ImageSource
 from windmill.jobs import Job, PermanentJobError
+from windmill.jobs.handoff import Handoff
 from windmill.roles.answers import Answer, AnswerWriter
 from windmill.roles.outcome import Failure, call_service
 from windmill.roles.registry import Role, RoleContext, TaskHandling, register_role
@@ -49,9 +50,11 @@ class ServiceTaskHandler:
         self.worker_id = worker_id
         self.answers = answers or AnswerWriter(pool, catalog)
 
-    def handle(self, task: Task, *, final_attempt: bool, first_delivery: bool = False) -> Outcome:
+    def handle(self, task: Task, *, final_attempt: bool, first_delivery: bool = False,
+               handoff: Handoff | None = None) -> Outcome:
         """`first_delivery`: the queue guarantees this task was never handed out before, so the check for an
-        earlier answer (a round trip per task) is skipped; the insert stays idempotent either way."""
+        earlier answer (a round trip per task) is skipped; the insert stays idempotent either way. `handoff`: the
+        task's job, to complete with the answer's write (windmill.jobs.handoff)."""
         if task.service_name not in self.catalog:
             raise PermanentJobError(f"task for unknown service {task.service_name!r}")
         service = self.catalog[task.service_name]
@@ -66,16 +69,16 @@ class ServiceTaskHandler:
 
         answer = call_service(call, final_attempt=final_attempt)
         if isinstance(answer, Failure):
-            return self._record_failure(task, answer)
-        return self._record(task, "success", answer.data, processing_time=answer.processing_time)
+            return self._record_failure(task, answer, handoff)
+        return self._record(task, "success", answer.data, processing_time=answer.processing_time, handoff=handoff)
 
     def record_failure(self, task: Task, failure: BaseException) -> Outcome:
         """The final attempt failed: store it as the task's error/timeout row (every failure is a row)."""
         return self._record_failure(task, Failure.of(failure))
 
-    def _record_failure(self, task: Task, failure: Failure) -> Outcome:
+    def _record_failure(self, task: Task, failure: Failure, handoff: Handoff | None = None) -> Outcome:
         return self._record(task, failure.status, failure.data(), error_message=failure.error_message,
-                            processing_time=failure.processing_time)
+                            processing_time=failure.processing_time, handoff=handoff)
 
     def _by_url(self, service: Service, task: Task) -> bool:
         return service.request_mode == "url" and bool(task.image_url)
@@ -85,10 +88,10 @@ class ServiceTaskHandler:
             return fetch_value(conn, "task_result_exists", {"task_id": task.task_id})
 
     def _record(self, task: Task, status: str, data: dict[str, Any], *, error_message: str | None = None,
-                processing_time: float = 0.0) -> Outcome:
+                processing_time: float = 0.0, handoff: Handoff | None = None) -> Outcome:
         result_id = self.answers.write(Answer(
             image_id=task.image_id, service=task.service_name, task_id=task.task_id, data=data, status=status,
-            worker_id=self.worker_id, error_message=error_message, processing_time=processing_time))
+            worker_id=self.worker_id, error_message=error_message, processing_time=processing_time, handoff=handoff))
         if status != "success":
             log.warning("%s on image %d: %s", task.service_name, task.image_id, error_message,
                         extra={"action": "service_failed"})
@@ -110,11 +113,13 @@ def serviceable(catalog: Catalog, selection: str | None) -> list[Service]:
                "queue_<service> (--service: a name, list or selection)")
 def service_role(context: RoleContext) -> Role:
     services = serviceable(context.catalog, context.service)
-    handler = ServiceTaskHandler(context.pool, context.farm, context.images, context.catalog, context.worker_id)
+    answers = AnswerWriter(context.pool, context.catalog, jobs=context.jobs)
+    handler = ServiceTaskHandler(context.pool, context.farm, context.images, context.catalog, context.worker_id,
+                                 answers=answers)
 
-    def handle(job: Job) -> None:
+    def handle(job: Job, handoff: Handoff | None = None) -> None:
         handler.handle(Task.from_message(job.payload), final_attempt=job.attempts >= job.max_attempts,
-                       first_delivery=job.attempts == 1 and job.last_error is None)
+                       first_delivery=job.attempts == 1 and job.last_error is None, handoff=handoff)
 
     def record_dead_letter(task: Task, error: BaseException) -> None:
         if task.service_name in context.catalog:  # an unknown service has no row to hold the failure
@@ -123,5 +128,6 @@ def service_role(context: RoleContext) -> Role:
     tasks = TaskHandling(handle=lambda task, first: handler.handle(task, final_attempt=False, first_delivery=first),
                          on_dead_letter=record_dead_letter)
     return Role(name="service", queues=tuple(service.queue_name for service in services), handle=handle,
-                service=",".join(service.name for service in services), tasks=tasks,
+                hand_off=handle, close=answers.close, service=",".join(service.name for service in services),
+                tasks=tasks,
                 service_queues={service.queue_name: context.farm.limits.limit(service.name) for service in services})

@@ -6,6 +6,10 @@ round trip records what finished and claims for every lane with threads free; a 
 short waits for a notification or the next poll before it claims again (or, after draining a backlog, for a recheck
 shortly after: sql/0098).
 
+A service lane's handler hands its job off (windmill.jobs.handoff): the write that stores the answer also completes
+the job and claims the lane's next task, which the same thread then runs; the claim loop claims only for lanes with
+threads idle, and records only the jobs that were not handed off.
+
 A handler that fails because the database is unavailable (`is_database_unavailable`) has not used an attempt: its
 job goes back to the queue uncounted once the database answers again. A stop drains: no new claims, running
 handlers get `drain_timeout_s`; then, or at once on a second stop, the worker leaves without waiting for them (their
@@ -27,6 +31,7 @@ from windmill.backoff import backoff_delay
 from windmill.db.connect import is_database_unavailable
 from windmill.errors import first_line
 from windmill.jobs import Job, JobQueue, JobState, PermanentJobError
+from windmill.jobs.handoff import Handoff
 from windmill.roles.registry import Role
 from windmill.worker.lanes import Lane, describe_lanes, plan_lanes
 from windmill.worker.listener import RECONNECT_CAP_S, RECONNECT_FIRST_S, JobListener
@@ -95,8 +100,9 @@ class _LaneState:
     """A lane at run time: its threads, and its jobs claimed whose handler has not finished (`busy`)."""
 
     def __init__(self, lane: Lane, batch_size: int, role_name: str, recheck_after_s: float,
-                 claim_delay_s: float = 0.0) -> None:
+                 claim_delay_s: float = 0.0, handoff_lane: int | None = None) -> None:
         self.lane = lane
+        self.handoff_lane = handoff_lane  # its place among the worker's lanes that hand off, if it does
         self.recheck_after_s = recheck_after_s
         self.claim_delay_s = claim_delay_s  # its jobs fall due this long after they are queued (Role.claim_delay_s)
         self.due: deque[float] = deque()  # when the jobs it was notified of fall due, oldest first
@@ -181,6 +187,8 @@ class Worker:
         self._lock = threading.Lock()
         self._inflight: dict[int, Job] = {}
         self._finished: deque[tuple[Job, BaseException | None, float]] = deque()  # job, error, when
+        # Claims that handoffs made for a lane, for the claim loop to note: the lane, the jobs, how many were asked.
+        self._handed_claims: deque[tuple[_LaneState, list[Job], int]] = deque()
         self._fatal: BaseException | None = None
         self.jobs_done = 0
         self.jobs_failed = 0
@@ -188,6 +196,9 @@ class Worker:
                                      on_queue=self._wake.hint_queue)
         self.presence = WorkerPresence(jobs.pool, worker_id, role.name, role.service)
         self.lanes = plan_lanes(role.queues, role.service_queues, self.options.concurrency)
+        # The lanes whose jobs are handed off: one service queue each, of a role that can (Role.hand_off).
+        self._handoff_lanes = tuple(lane.queues for lane in self.lanes if lane.per_service and len(lane.queues) == 1
+                                    ) if role.hand_off is not None else ()
 
     # -- control -------------------------------------------------------------------------------
     def request_stop(self, *, immediately: bool = False) -> None:
@@ -213,7 +224,9 @@ class Worker:
         for thread in side_tasks:
             thread.start()
         lanes = [_LaneState(lane, self.options.batch_size, self.role.name, self.options.recheck_after_s,
-                            self.role.claim_delay_s) for lane in self.lanes]
+                            self.role.claim_delay_s,
+                            self._handoff_lanes.index(lane.queues) if lane.queues in self._handoff_lanes else None)
+                 for lane in self.lanes]
         drained = False
         try:
             self._claim_loop(lanes)
@@ -238,6 +251,7 @@ class Worker:
         next_poll = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
+            self._note_handed_claims()  # before the hints: a notification after a hand-off's claim still counts
             everything, hinted = self._wake.take_hint()
             if everything or time.monotonic() >= next_poll:
                 for lane in lanes:
@@ -290,11 +304,20 @@ class Worker:
             return []
         return [(lane, lane.free if lane.free > 0 and not lane.dry else 0) for lane in lanes]
 
-    def _run_one(self, job: Job, lane: _LaneState) -> None:
+    def _run_one(self, job: Job | None, lane: _LaneState) -> None:
+        while job is not None:  # then each job its hand-off claimed, on this thread
+            job = self._run_handing_off(job, lane)
+
+    def _run_handing_off(self, job: Job, lane: _LaneState) -> Job | None:
+        """Run one job; the lane's next one when the job's hand-off was taken and claimed one."""
+        handoff = self._offer_handoff(job, lane)
         error: BaseException | None = None
         started = time.monotonic()
         try:
-            self.role.handle(job)
+            if handoff is not None and self.role.hand_off is not None:
+                self.role.hand_off(job, handoff)
+            else:
+                self.role.handle(job)
         except BaseException as raised:  # a handler's failure is the job's, never the worker's
             error = raised
         finished = time.monotonic()
@@ -303,10 +326,45 @@ class Worker:
                 self.hooks.on_handled(job, error, finished - started)
             except Exception:  # a broken metrics hook must not leave the job in flight forever
                 log.exception("on_handled hook failed", extra={"action": "hook_failed"})
+        if handoff is not None and handoff.taken:
+            if error is not None:  # after its outcome was committed: the job is done whatever came next
+                log.warning("job %d (%s) raised after its outcome was stored: %s", job.id, job.queue,
+                            first_line(error), extra={"action": "job_raised_after_done"})
+            return self._take_handoff(job, lane, handoff)
         with self._lock:
             lane.busy -= 1
         self._finished.append((job, error, finished))
         self._wake.nudge()
+        return None
+
+    def _offer_handoff(self, job: Job, lane: _LaneState) -> Handoff | None:
+        if lane.handoff_lane is None:
+            return None
+        return Handoff(job.id, self.worker_id, self._handoff_lanes, lane.handoff_lane,
+                       wants=0 if self._stopping.is_set() else 1)
+
+    def _take_handoff(self, job: Job, lane: _LaneState, handoff: Handoff) -> Job | None:
+        """The job is done and recorded; the first job its write claimed (if any) is this thread's next, the others
+        (a claim may bring expired leases beside what it asked for) go to the lane's other threads."""
+        with self._lock:
+            self._inflight.update((claimed.id, claimed) for claimed in handoff.next_jobs)
+            lane.busy += len(handoff.next_jobs) - 1  # the job done gives its place to the first of them
+        self._forget([(job, None, 0.0)])
+        if handoff.wants:
+            self._handed_claims.append((lane, handoff.next_jobs, handoff.wants))
+        for claimed in handoff.next_jobs:
+            if self.hooks.on_claimed:
+                self.hooks.on_claimed(claimed)
+        for extra in handoff.next_jobs[1:]:
+            lane.executor.submit(self._run_one, extra, lane)
+        if not handoff.next_jobs:
+            self._wake.nudge()  # a thread of the lane is free
+        return handoff.next_jobs[0] if handoff.next_jobs else None
+
+    def _note_handed_claims(self) -> None:
+        while self._handed_claims:
+            lane, jobs, asked = self._handed_claims.popleft()
+            lane.claimed(jobs, asked)
 
     def _drain(self) -> bool:
         """Record jobs as their handlers finish, for at most the drain timeout; True when none is left."""
@@ -382,14 +440,14 @@ class Worker:
         self._forget(batch)
 
     def _forget(self, batch: list[tuple[Job, BaseException | None, float]]) -> None:
-        with self._lock:
-            for job, _, _ in batch:
+        with self._lock:  # handler threads that hand off forget their jobs too
+            for job, error, _ in batch:
                 self._inflight.pop(job.id, None)
+                if error is None:
+                    self.jobs_done += 1
+                else:
+                    self.jobs_failed += 1
         for job, error, _ in batch:
-            if error is None:
-                self.jobs_done += 1
-            else:
-                self.jobs_failed += 1
             if self.hooks.on_done:
                 self.hooks.on_done(job, error)
 
