@@ -16,6 +16,7 @@ import pytest
 from windmill.bench.baseline import Run, Side, summary
 from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu, tree_cpu
 from windmill.bench.scenes import CANVAS, write_scenes
+from windmill.db.queries import fetch_value
 from windmill.simfarm.annotations import AnnotationIndex, sidecar_path_for
 
 BURN_S = 0.3
@@ -73,6 +74,23 @@ def test_postgres_cpu_includes_backends_that_came_and_went(database_url: str) ->
         time.sleep(0.05)
     assert spent > 0
     assert cluster.cpu() - before >= spent
+
+
+def test_write_transactions_are_counted_whoever_ran_them_and_only_those_that_wrote(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE counted_writes (n int)")
+        try:
+            first = fetch_value(conn, "bench_next_transaction_id")
+            with psycopg.connect(database_url, autocommit=True) as other:
+                for _ in range(3):
+                    other.execute("SELECT count(*) FROM counted_writes")  # reads: no commit to wait for
+                with other.transaction():
+                    other.execute("INSERT INTO counted_writes VALUES (1)")
+                    other.execute("INSERT INTO counted_writes VALUES (2)")  # one transaction, one commit
+            conn.execute("INSERT INTO counted_writes VALUES (3)")
+            assert fetch_value(conn, "bench_next_transaction_id") - first == 2
+        finally:
+            conn.execute("DROP TABLE counted_writes")
 
 
 def _run(rate: float, workers: float, postgres: float | None) -> Run:

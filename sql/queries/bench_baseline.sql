@@ -36,3 +36,9 @@ SELECT pg_stat_statements_reset()
 -- Statements the workers sent (top level), not those that triggers and functions ran for them.
 SELECT coalesce(sum(calls), 0) FROM pg_stat_statements
  WHERE toplevel AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+
+-- name: bench_next_transaction_id
+-- The next transaction id PostgreSQL will assign; reading it assigns none. Between two readings: the transactions
+-- that wrote, whoever ran them (a read-only transaction gets no id), so with production durability each a commit
+-- that waited for the disk.
+SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint

@@ -72,6 +72,8 @@ class Run:
     roles_cpu: dict[str, float]  # CPU-seconds of the worker processes by role (the two service workers together)
     statements: int | None  # top-level statements the run's database executed (None: no pg_stat_statements)
     load: float = 0.0  # the machine's 1-minute load average at submit: how much else competed for the cores
+    # Transactions that wrote, submit's included: with production durability each commit waits for the disk.
+    write_transactions: int = 0
     consensus_jobs: int = 0  # consensus jobs run (claimed and done) for the bench images
 
     @property
@@ -219,6 +221,7 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
             roles_before = [process_cpu(pid) for pid in pids]
             before = (processes_cpu(pids), postgres.cpu(), processes_cpu([farm_pid]), _children_cpu())
             submitted = fetch_value(conn, "bench_latency_clock")
+            first_transaction = fetch_value(conn, "bench_next_transaction_id")
         load = os.getloadavg()[0]
         _run_quietly(side, env, "submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker)
         submit_cpu = _children_cpu() - before[3]
@@ -235,6 +238,7 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
             images, consensus, boxes, consensus_jobs = fetch_row(conn, "bench_baseline_products",
                                                                  {"group": BENCH_GROUP})
             statements = fetch_value(conn, "bench_statements_count") if counting else None
+            write_transactions = fetch_value(conn, "bench_next_transaction_id") - first_transaction
     finally:
         for process in processes:
             process.terminate()
@@ -245,7 +249,7 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
                 process.kill()
     postgres_cpu = None if before[1] is None or postgres_after is None else postgres_after - before[1]
     return Run(elapsed, images, workers_cpu, postgres_cpu, farm_cpu, submit_cpu, consensus, boxes, roles_cpu,
-               statements, load, consensus_jobs)
+               statements, load, consensus_jobs, write_transactions)
 
 
 # -- the interleaved session --------------------------------------------------------------------------------------
@@ -261,7 +265,8 @@ def describe(side: Side, broker: str, number: int, run: Run) -> str:
             f", Windmill {_ms(run.windmill_cpu)} | stand-in {_ms(run.per_image(run.farm_cpu))}, submit "
             f"{_ms(run.per_image(run.submit_cpu))}; consensus {run.consensus}/{run.images} "
             f"({run.consensus_jobs / run.images:.2f} consensus jobs per image), {run.merged_boxes} boxes; "
-            f"statements per image {'n/a' if run.statements is None else f'{run.statements / run.images:.0f}'}; "
+            f"statements per image {'n/a' if run.statements is None else f'{run.statements / run.images:.0f}'}, "
+            f"write transactions per image {run.write_transactions / run.images:.1f}; "
             f"load average {run.load:.1f} at submit\n"
             f"  {'':<8} {'':<10}        workers by role (CPU ms per image): "
             + ", ".join(f"{role} {_ms(run.per_image(cpu))}" for role, cpu in run.roles_cpu.items()))
@@ -280,10 +285,11 @@ def summary(broker: str, head: Side, base: Side, runs: dict[str, list[Run]]) -> 
         ("  workers CPU ms/image", lambda run: run.per_image(run.workers_cpu), "{:.1f}"),
         ("  PostgreSQL CPU ms/image", lambda run: run.per_image(run.postgres_cpu), "{:.1f}"),
         ("stand-in CPU ms/image (apart)", lambda run: run.per_image(run.farm_cpu), "{:.1f}"),
+        ("write transactions/image (commits)", lambda run: run.write_transactions / run.images, "{:.1f}"),
     ]
     lines = [f"{broker}: medians of {len(runs[head.label])} runs, {head.label} vs {base.label}"]
     for name, measure, form in measures:
-        scale = 1 if name == "images/s" else 1000
+        scale = 1 if name in ("images/s", "write transactions/image (commits)") else 1000
         head_median, base_median = (_median([measure(run) for run in runs[side.label]]) for side in (head, base))
         if head_median is None or base_median is None:
             lines.append(f"  {name:<46} n/a")
