@@ -249,7 +249,7 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
                 process.kill()
     postgres_cpu = None if before[1] is None or postgres_after is None else postgres_after - before[1]
     return Run(elapsed, images, workers_cpu, postgres_cpu, farm_cpu, submit_cpu, consensus, boxes, roles_cpu,
-               statements, load, consensus_jobs, write_transactions)
+               statements, load, consensus_jobs=consensus_jobs, write_transactions=write_transactions)
 
 
 # -- the interleaved session --------------------------------------------------------------------------------------
