@@ -34,7 +34,9 @@ def scorer(pool: ConnectionPool, database: Database, catalog: Catalog) -> Iterat
         context = RoleContext(settings=SETTINGS, database=database, pool=pool, jobs=JobQueue(pool),
                               catalog=farm_catalog, worker_id="caption-score-test", farm=farm,
                               images=ImageSource(SETTINGS))
-        yield CaptionScorer(context, farm, context.images)
+        scorer = CaptionScorer(context, farm, context.images)
+        yield scorer
+        scorer.writes.close()
 
 
 def test_a_captioned_jpeg_is_scored_without_decoding_its_pixels_again(

@@ -15,14 +15,18 @@ from psycopg_pool import ConnectionPool
 
 from tests.conftest import wait_until
 from tests.test_answer_groups import answer, held_group, writer_pool  # noqa: F401  (a fixture)
+from tests.test_caption_score import scorer  # noqa: F401  (a fixture)
+from tests.test_postprocess_crops import merged_image, stub_handler
 from tests.test_service_role import farm_catalog, submit_samples  # noqa: F401  (a fixture)
-from tests.test_triggers import add_image
+from tests.test_triggers import add_image, add_result
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
+from windmill.farm import ServiceAnswer, ServiceCallError
 from windmill.image_cache import ImageSource
 from windmill.jobs import Job, JobQueue, NewJob
 from windmill.jobs.handoff import Handoff
 from windmill.roles.answers import AnswerWriter
+from windmill.roles.caption_score import CaptionScore, CaptionScorer
 from windmill.roles.registry import RoleContext, build_role
 from windmill.settings import settings_from_mapping
 from windmill.worker.farm_client import process_farm_client
@@ -199,3 +203,62 @@ def test_a_stopping_worker_hands_off_its_last_job_without_claiming_more(
                started=running.append)
     assert len(claimed) == 1
     assert yolo_states(conn) == [("done", 1)] + [("queued", 0)] * (tasks - 1)
+
+
+def one_xmin(conn: psycopg.Connection, sql: str, *params: object) -> str:
+    [(xmin,)] = conn.execute(sql, params).fetchall()
+    return xmin
+
+
+def test_a_caption_score_hands_its_job_off_with_the_scores_write(
+        scorer: CaptionScorer, pool: ConnectionPool, conn: psycopg.Connection) -> None:  # noqa: F811
+    jobs_of_pool = JobQueue(pool)
+    image = add_image(conn)
+    caption = add_result(conn, image, "blip")
+    jobs_of_pool.enqueue_many([NewJob("caption_score", {"image_id": image, "service": "blip"}, image, f"k{n}")
+                               for n in range(2)])
+    [job] = jobs_of_pool.claim(["caption_score"], WORKER, 1)
+    given = Handoff(job.id, WORKER, (("caption_score",),), 0, 1)
+    assert scorer.store(CaptionScore(image, "blip", caption, "success", {"similarity_score": 0.5}), given)
+    assert given.taken and len(given.next_jobs) == 1
+    stored = one_xmin(conn, "SELECT xmin::text FROM postprocessing WHERE service = 'caption_score_blip'")
+    assert one_xmin(conn, "SELECT xmin::text FROM jobs WHERE id = %s AND state = 'done'", job.id) == stored
+    assert one_xmin(conn, "SELECT xmin::text FROM jobs WHERE id = %s AND state = 'running'",
+                    given.next_jobs[0].id) == stored
+
+
+class Colors:
+    """A colors service that answers every box, or fails the `failing`-th call as a busy service does."""
+
+    def __init__(self, failing: int = 0) -> None:
+        self.calls, self.failing = 0, failing
+
+    def analyze(self, service: str, image: object) -> ServiceAnswer:
+        self.calls += 1
+        if self.calls == self.failing:
+            raise ServiceCallError("HTTP 503: busy", kind="http_5xx", service=service, status_code=503)
+        return ServiceAnswer(service, {"predictions": [{"color": "red"}]}, 0.01, 200)
+
+
+@pytest.mark.parametrize("failing", [0, 2])
+def test_a_postprocess_job_hands_off_with_its_last_box_and_only_once_every_box_is_stored(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection, failing: int) -> None:
+    image = merged_image(conn, pool, ("dog", "🐕"))  # two boxes, and their image's colors job
+    queue = JobQueue(pool)
+    queue.enqueue(NewJob("postprocess_colors", {"image_id": image}, image, "another"))
+    [job] = queue.claim(["postprocess_colors"], WORKER, 1)
+    handler = stub_handler(database, pool, Colors(failing))
+    given = Handoff(job.id, WORKER, (("postprocess_colors",),), 0, 1)
+    try:
+        if failing:  # the second box's call fails: the first box is stored, the job is retried for the second
+            with pytest.raises(ServiceCallError):
+                handler.handle(job, "colors", given)
+            assert not given.taken
+            assert conn.execute("SELECT state::text FROM jobs WHERE id = %s", (job.id,)).fetchone() == ("running",)
+            return
+        assert handler.handle(job, "colors", given) == ["success", "success"]
+    finally:
+        handler.writes.close()
+    assert given.taken and len(given.next_jobs) == 1
+    first, last = (row[0] for row in conn.execute("SELECT xmin::text FROM postprocessing ORDER BY merged_box_id"))
+    assert one_xmin(conn, "SELECT xmin::text FROM jobs WHERE id = %s AND state = 'done'", job.id) == last != first

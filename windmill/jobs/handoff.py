@@ -1,10 +1,11 @@
 """A job's completion handed to the write that stores its outcome (issue 19 item 5, issue 13 item 6).
 
-Without it, a service task costs two transactions: its handler stores the answer (one commit), then the claim loop
-completes the job and claims the lane's next task (another commit and round trip). A lane takes no more tasks than
-it has threads, so nearly every task finished meant a claim of its own. Handed off, the write that stores the answer
-also completes the job and claims its lane's next task, in one transaction (Claimer.write_and_hand_off), and the
-handler's thread goes straight on with that task: the claim loop claims only for lanes whose threads went idle.
+Without it, a job of a service's lane (a service task, a caption score, an image's postprocessing for one service)
+costs two transactions: its handler stores the outcome (one commit), then the claim loop completes the job and claims
+the lane's next one (another commit and round trip). Such a lane takes no more jobs than it has threads, so nearly
+every job finished meant a claim of its own. Handed off, the write that stores the outcome also completes the job
+and claims its lane's next one, in one transaction (Claimer.write_and_hand_off), and the handler's thread goes
+straight on with it: the claim loop claims only for lanes whose threads went idle.
 
 The runtime offers a Handoff with each job of a lane that may take one (windmill.worker.runtime); the role passes it
 to the write that stores the job's outcome. A job whose outcome is not stored that way (an answer stored before, a

@@ -6,6 +6,7 @@ import builtins
 import functools
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -407,3 +408,30 @@ class Claimer:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+class HandOffWriter:
+    """A role's final writes, each with its job's Handoff when it has one: those run one at a time on a connection
+    of their own (Claimer.write_and_hand_off), the others on the pool. For roles whose threads write now and then
+    (a caption score, an image's last postprocessing row): a service worker's answers, which come together, are
+    written in groups instead (windmill.roles.answers)."""
+
+    def __init__(self, jobs: JobQueue) -> None:
+        self.jobs = jobs
+        self._claimer = jobs.claimer(only_claims=False)
+        self._lock = threading.Lock()
+
+    def write(self, write: Callable[[psycopg.Connection], psycopg.Cursor[Any]], handoff: Handoff | None
+              ) -> list[Any]:
+        """Run `write` (it executes one statement on the connection given and returns its cursor, rows not yet
+        fetched); with a handoff, in one transaction with the job's completion and its lane's next claim. Returns
+        the statement's rows."""
+        if handoff is None:
+            with self.jobs.pool.connection() as conn:
+                return write(conn).fetchall()
+        with self._lock:
+            return self._claimer.write_and_hand_off(write, [handoff])
+
+    def close(self) -> None:
+        with self._lock:
+            self._claimer.close()

@@ -9,11 +9,13 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from windmill.db.queries import fetch_value, query
+from windmill.db.queries import query
 from windmill.errors import WindmillError
 from windmill.farm import FarmClient, ServiceAnswer
 from windmill.image_cache import ImageSource
 from windmill.jobs import Job
+from windmill.jobs.handoff import Handoff
+from windmill.jobs.queue import HandOffWriter
 from windmill.jobs.queues import CAPTION_SCORE_QUEUE
 from windmill.locks import Product
 from windmill.roles.outcome import Failure, call_service
@@ -48,12 +50,14 @@ class CaptionScorer:
         self.context = context
         self.farm = farm
         self.images = images
+        self.writes = HandOffWriter(context.jobs)
 
-    def handle(self, job: Job) -> str | None:
-        """The stored status; None when there was nothing to score or the caption was superseded meanwhile."""
+    def handle(self, job: Job, handoff: Handoff | None = None) -> str | None:
+        """The stored status; None when there was nothing to score or the caption was superseded meanwhile.
+        `handoff`: the job's, to complete with the score's write (windmill.jobs.handoff)."""
         scored = self.score(job.about_image, str(job.payload["service"]),
                             final_attempt=job.attempts >= job.max_attempts)
-        return None if scored is None else self.store(scored)
+        return None if scored is None else self.store(scored, handoff)
 
     def score(self, image_id: int, source: str, *, final_attempt: bool = True) -> CaptionScore | None:
         """Score the source's latest caption of the image; None when the image is gone or the source never
@@ -78,16 +82,16 @@ class CaptionScorer:
         return CaptionScore(image_id, source, result_id, "success", {**record, **answer.data}, None,
                             answer.processing_time)
 
-    def store(self, scored: CaptionScore) -> str | None:
+    def store(self, scored: CaptionScore, handoff: Handoff | None = None) -> str | None:
         """Replace the image's score of this source, if the scored caption is still the source's latest (under the
         image's caption-score lock); returns the stored status, or None when a newer caption superseded it (that
-        caption's own job scores it)."""
-        with self.context.pool.connection() as conn:  # autocommit: the call is its transaction (sql/0107)
-            stored = fetch_value(conn, "store_caption_score", {
-                "image_id": scored.image_id, "lock_namespace": int(Product.CAPTION_SCORE), "source": scored.source,
-                "service": f"caption_score_{scored.source}", "source_result_id": scored.source_result_id,
-                "data": Jsonb(scored.data), "status": scored.status, "error_message": scored.error_message,
-                "processing_time": scored.processing_time, "worker_id": self.context.worker_id})
+        caption's own job scores it). One call, its own transaction (sql/0107), with the job's hand-off if any."""
+        params = {
+            "image_id": scored.image_id, "lock_namespace": int(Product.CAPTION_SCORE), "source": scored.source,
+            "service": f"caption_score_{scored.source}", "source_result_id": scored.source_result_id,
+            "data": Jsonb(scored.data), "status": scored.status, "error_message": scored.error_message,
+            "processing_time": scored.processing_time, "worker_id": self.context.worker_id}
+        [(stored,)] = self.writes.write(lambda conn: conn.execute(query("store_caption_score"), params), handoff)
         return scored.status if stored else None
 
 
@@ -97,5 +101,6 @@ def caption_score_role(context: RoleContext) -> Role:
     if SCORING_SERVICE not in context.catalog:
         raise WindmillError(f"the catalog has no {SCORING_SERVICE} service")
     scorer = CaptionScorer(context, context.farm, context.images)
-    return Role(name="caption_score", queues=(CAPTION_SCORE_QUEUE,), handle=scorer.handle,
+    return Role(name="caption_score", queues=(CAPTION_SCORE_QUEUE,), handle=scorer.handle, hand_off=scorer.handle,
+                close=scorer.writes.close,
                 service_queues={CAPTION_SCORE_QUEUE: context.farm.limits.limit(SCORING_SERVICE)})

@@ -17,6 +17,8 @@ from windmill.farm import FarmClient, ServiceAnswer, ServiceCallError
 from windmill.image_cache import ImageSource
 from windmill.images import CropBox, ImageUnavailable, face_prediction_to_image, pose_prediction_to_image
 from windmill.jobs import Job
+from windmill.jobs.handoff import Handoff
+from windmill.jobs.queue import HandOffWriter
 from windmill.jobs.queues import POSTPROCESS_QUEUES
 from windmill.roles.outcome import Failure, call_service
 from windmill.roles.registry import Role, RoleContext, register_role
@@ -41,15 +43,17 @@ class PostprocessHandler:
         self.context = context
         self.farm = farm
         self.images = images
+        self.writes = HandOffWriter(context.jobs)
 
-    def handle(self, job: Job, service: str) -> list[str]:
+    def handle(self, job: Job, service: str, handoff: Handoff | None = None) -> list[str]:
         """Sends the job's image's boxes that are still to see `service` to it, one after the other, each answer
         stored as it comes (sql/0115: a job per image and service); returns the statuses stored.
 
         A passing failure (the service, the image's download) or the database away is raised at once, the boxes
         before it stored, so the retry starts at its box. Anything else is that box's alone: the image's other boxes
         go on, and the job is retried for it afterwards; on the final attempt it is the box's row (kind `worker`),
-        as a service task's is."""
+        as a service task's is. `handoff`: the job's, to complete with its last box's row (windmill.jobs.handoff)
+        when every box before it was stored."""
         image_id = job.image_id if job.image_id is not None else int(job.payload["image_id"])
         only_box = job.payload.get("merged_box_id")  # a job queued per box by an earlier release
         with self.context.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
@@ -61,9 +65,10 @@ class PostprocessHandler:
         final_attempt = job.attempts >= job.max_attempts
         stored: list[str] = []
         broken: Exception | None = None  # the first box that failed otherwise, raised once the others are done
-        for box in boxes:
+        for index, box in enumerate(boxes):
+            last = handoff if index == len(boxes) - 1 and broken is None else None
             try:
-                status = self._postprocess(box, service, final_attempt)
+                status = self._postprocess(box, service, final_attempt, last)
             except (ServiceCallError, ImageUnavailable, psycopg.Error):
                 raise  # passing (call_service raises only those) or the database's: the retry starts at this box
             except Exception as error:
@@ -71,14 +76,16 @@ class PostprocessHandler:
                     broken = broken or error
                     continue
                 failure = Failure.of(error)
-                status = self._store(box, service, failure.status, failure.data(), error_message=failure.error_message)
+                status = self._store(box, service, failure.status, failure.data(), error_message=failure.error_message,
+                                     handoff=last)
             if status is not None:
                 stored.append(status)
         if broken is not None:
             raise broken
         return stored
 
-    def _postprocess(self, box: dict[str, Any], service: str, final_attempt: bool) -> str | None:
+    def _postprocess(self, box: dict[str, Any], service: str, final_attempt: bool, handoff: Handoff | None
+                     ) -> str | None:
         """One box: crop it, call the service, store the row; None when the box was replaced meanwhile."""
 
         def call() -> tuple[ServiceAnswer, CropBox, tuple[int, int]]:
@@ -94,25 +101,24 @@ class PostprocessHandler:
         called = call_service(call, final_attempt=final_attempt)
         if isinstance(called, Failure):
             return self._store(box, service, called.status, called.data(), error_message=called.error_message,
-                               processing_time=called.processing_time)
+                               processing_time=called.processing_time, handoff=handoff)
         answer, crop, image_size = called
         data = to_image_coordinates(service, answer.data, crop, image_size)
         status = "success" if data.get("predictions") else "empty"
-        return self._store(box, service, status, data, processing_time=answer.processing_time)
+        return self._store(box, service, status, data, processing_time=answer.processing_time, handoff=handoff)
 
     def _boxes_to_crop(self, image_id: int) -> list[Any]:
         with self.context.pool.connection() as conn:
             return [row[0] for row in conn.execute(query("image_boxes_to_crop"), {"image_id": image_id})]
 
     def _store(self, box: dict[str, Any], service: str, status: str, data: dict[str, Any], *,
-               error_message: str | None = None, processing_time: float = 0.0) -> str | None:
+               error_message: str | None = None, processing_time: float = 0.0, handoff: Handoff | None = None
+               ) -> str | None:
+        params = {"image_id": box["image_id"], "merged_box_id": box["merged_id"], "service": service,
+                  "data": Jsonb(data), "status": status, "error_message": error_message,
+                  "processing_time": processing_time, "worker_id": self.context.worker_id}
         try:
-            with self.context.pool.connection() as conn:
-                conn.execute(query("insert_postprocessing"), {
-                    "image_id": box["image_id"], "merged_box_id": box["merged_id"], "service": service,
-                    "data": Jsonb(data), "status": status, "error_message": error_message,
-                    "processing_time": processing_time, "worker_id": self.context.worker_id,
-                })
+            self.writes.write(lambda conn: conn.execute(query("insert_postprocessing"), params), handoff)
         except psycopg.errors.ForeignKeyViolation:
             # The box was replaced while its crop was analysed: the answer belongs to no box any more.
             log.info("box %d was replaced during %s; answer dropped", box["merged_id"], service,
@@ -133,8 +139,9 @@ def postprocess_role(context: RoleContext) -> Role:
     handler = PostprocessHandler(context, context.farm, context.images)
     by_queue = {POSTPROCESS_QUEUES[service]: service for service in services}
 
-    def handle(job: Job) -> None:
-        handler.handle(job, by_queue[job.queue])
+    def handle(job: Job, handoff: Handoff | None = None) -> None:
+        handler.handle(job, by_queue[job.queue], handoff)
 
-    return Role(name="postprocess", queues=tuple(by_queue), handle=handle, service=",".join(services),
+    return Role(name="postprocess", queues=tuple(by_queue), handle=handle, hand_off=handle,
+                close=handler.writes.close, service=",".join(services),
                 service_queues={queue: context.farm.limits.limit(service) for queue, service in by_queue.items()})

@@ -6,9 +6,9 @@ round trip records what finished and claims for every lane with threads free; a 
 short waits for a notification or the next poll before it claims again (or, after draining a backlog, for a recheck
 shortly after: sql/0098).
 
-A service lane's handler hands its job off (windmill.jobs.handoff): the write that stores the answer also completes
-the job and claims the lane's next task, which the same thread then runs; the claim loop claims only for lanes with
-threads idle, and records only the jobs that were not handed off.
+A service lane's handler hands its job off when its role can (windmill.jobs.handoff): the write that stores the
+outcome also completes the job and claims the lane's next one, which the same thread then runs; the claim loop claims
+only for lanes with threads idle, and records only the jobs that were not handed off.
 
 A handler that fails because the database is unavailable (`is_database_unavailable`) has not used an attempt: its
 job goes back to the queue uncounted once the database answers again. A stop drains: no new claims, running
