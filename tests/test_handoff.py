@@ -82,6 +82,23 @@ def test_an_answer_its_job_done_and_the_lanes_next_task_claimed_are_one_transact
     assert {xmin for *_, xmin in rows} == {answer_xmin}, "the answers, their jobs and the claim were not one commit"
 
 
+def test_a_hand_offs_claim_runs_on_its_generic_plan_from_the_first_while_the_write_keeps_the_servers_choice(
+        writer: AnswerWriter, jobs: JobQueue, conn: psycopg.Connection) -> None:
+    image = add_image(conn)
+    [job] = running_jobs(jobs, "queue_yolov8", queued=12, running=1)
+    for _ in range(10):
+        given = handoff(job)
+        writer.write(replace(answer(image, "yolov8"), handoff=given))
+        [job] = given.next_jobs
+    assert writer._handing_off is not None and writer._handing_off._conn is not None
+    plans = dict(((statement.split()[0], statement.split()[1]), (generic, custom)) for statement, generic, custom in
+                 writer._handing_off._conn.execute("SELECT statement, generic_plans, custom_plans "
+                                                   "FROM pg_prepared_statements"))
+    # Left to choose, the server plans the claim anew at every execution (its array of ids it cannot see).
+    assert plans[("WITH", "done")] == (10, 0)
+    assert plans[("INSERT", "INTO")][1] == 5  # its five custom plans first, as on any connection
+
+
 def test_a_hand_off_claims_only_from_its_own_lane_and_not_once_its_worker_stops(
         writer: AnswerWriter, jobs: JobQueue, conn: psycopg.Connection) -> None:
     image = add_image(conn)
