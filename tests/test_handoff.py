@@ -8,9 +8,11 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 from tests.conftest import wait_until
@@ -91,12 +93,35 @@ def test_a_hand_offs_claim_runs_on_its_generic_plan_from_the_first_while_the_wri
         writer.write(replace(answer(image, "yolov8"), handoff=given))
         [job] = given.next_jobs
     assert writer._handing_off is not None and writer._handing_off._conn is not None
-    plans = dict(((statement.split()[0], statement.split()[1]), (generic, custom)) for statement, generic, custom in
+    plans = dict((tuple(statement.split()[:2]), (generic, custom)) for statement, generic, custom in
                  writer._handing_off._conn.execute("SELECT statement, generic_plans, custom_plans "
                                                    "FROM pg_prepared_statements"))
     # Left to choose, the server plans the claim anew at every execution (its array of ids it cannot see).
     assert plans[("WITH", "done")] == (10, 0)
     assert plans[("INSERT", "INTO")][1] == 5  # its five custom plans first, as on any connection
+
+
+def test_a_hand_off_is_one_round_trip_to_the_server(
+        writer: AnswerWriter, jobs: JobQueue, conn: psycopg.Connection, tmp_path: Path) -> None:
+    image = add_image(conn)
+    [job] = running_jobs(jobs, "queue_yolov8", queued=3, running=1)
+    first = handoff(job)
+    writer.write(replace(answer(image, "yolov8"), handoff=first))  # opens the hand-off's connection
+    assert writer._handing_off is not None and writer._handing_off._conn is not None
+    pgconn = writer._handing_off._conn.pgconn
+    trace = tmp_path / "protocol.trace"
+    with trace.open("w") as sink:
+        pgconn.trace(sink.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            second = handoff(first.next_jobs[0])
+            writer.write(replace(answer(image, "yolov8"), handoff=second))
+        finally:
+            pgconn.untrace()
+    assert second.taken and len(second.next_jobs) == 1
+    # libpq's trace: a line per protocol message, "F" those the client sent. One Sync: one wait for the server.
+    sent = [line.split() for line in trace.read_text().splitlines() if line.startswith("F")]
+    assert [fields[2] for fields in sent if fields[2] in ("Sync", "Query")] == ["Sync"]
 
 
 def test_a_hand_off_claims_only_from_its_own_lane_and_not_once_its_worker_stops(
@@ -140,6 +165,10 @@ def test_a_group_that_cannot_hand_off_is_stored_without_and_its_jobs_stay_with_t
     assert [(state, owner) for _, state, owner, _ in job_rows(conn, "queue_yolov8")] == [
         ("running", WORKER), ("running", WORKER), ("queued", None)]
     assert conn.execute("SELECT service FROM results WHERE image_id = %s", (image,)).fetchall() == [("yolov8",)]
+    # The failed hand-off left its connection clean: the next answer hands its job off on it.
+    again = handoff(first)
+    writer.write(replace(answer(image, "yolov8"), handoff=again))
+    assert again.taken and len(again.next_jobs) == 1
 
 
 def run_worker(database: Database, pool: ConnectionPool, catalog: Catalog, hooks: WorkerHooks,
