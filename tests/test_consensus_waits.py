@@ -7,9 +7,11 @@ The jobs are claimed at the instants the database gave them (`run_after`), never
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -17,6 +19,7 @@ import pytest
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from tests.protocol_trace import traced_requests
 from tests.test_freshness import SAMPLES, detection, insert_answer
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
@@ -163,6 +166,17 @@ def test_the_vote_put_off_runs_after_the_last_voter_answer(
     assert conn.execute("SELECT state::text, last_error FROM jobs WHERE dedupe_key = %s",
                         (f"consensus-deadline:{image}",)).fetchone() == (
         "done", "not needed: a later vote of the image was not put off")
+
+
+def test_a_vote_is_two_round_trips_begin_with_its_read_and_its_store_with_commit(
+        conn: psycopg.Connection, image: int, catalog: Catalog, tmp_path: Path) -> None:
+    nsfw2 = insert_answer(conn, image, "nsfw2", SAFE)
+    requests = traced_requests(conn, tmp_path / "trace", lambda: recompute_consensus(
+        conn, image, service_types(catalog), WORKER, {"image_id": image}))
+    assert len(requests) == 2, requests
+    assert re.search(r"BEGIN.*lock_and_read_consensus_inputs", requests[0]), requests
+    assert re.search(r"store_vote.*COMMIT", requests[1]), requests
+    assert voted_on(conn, image) == [nsfw2]
 
 
 def test_the_deadline_job_votes_with_a_task_still_outstanding(

@@ -4,6 +4,7 @@ PostgreSQL, with the service role against the stand-in for the worker's side."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -12,10 +13,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 from tests.conftest import wait_until
+from tests.protocol_trace import traced_requests
 from tests.test_answer_groups import answer, held_group, writer_pool  # noqa: F401  (a fixture)
 from tests.test_caption_score import scorer  # noqa: F401  (a fixture)
 from tests.test_postprocess_crops import merged_image, stub_handler
@@ -108,20 +109,11 @@ def test_a_hand_off_is_one_round_trip_to_the_server(
     first = handoff(job)
     writer.write(replace(answer(image, "yolov8"), handoff=first))  # opens the hand-off's connection
     assert writer._handing_off is not None and writer._handing_off._conn is not None
-    pgconn = writer._handing_off._conn.pgconn
-    trace = tmp_path / "protocol.trace"
-    with trace.open("w") as sink:
-        pgconn.trace(sink.fileno())
-        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
-        try:
-            second = handoff(first.next_jobs[0])
-            writer.write(replace(answer(image, "yolov8"), handoff=second))
-        finally:
-            pgconn.untrace()
+    second = handoff(first.next_jobs[0])
+    requests = traced_requests(writer._handing_off._conn, tmp_path / "trace",
+                               lambda: writer.write(replace(answer(image, "yolov8"), handoff=second)))
     assert second.taken and len(second.next_jobs) == 1
-    # libpq's trace: a line per protocol message, "F" those the client sent. One Sync: one wait for the server.
-    sent = [line.split() for line in trace.read_text().splitlines() if line.startswith("F")]
-    assert [fields[2] for fields in sent if fields[2] in ("Sync", "Query")] == ["Sync"]
+    assert len(requests) == 1 and re.search(r"BEGIN.*INSERT INTO results.*COMMIT", requests[0]), requests
 
 
 def test_a_hand_off_claims_only_from_its_own_lane_and_not_once_its_worker_stops(

@@ -124,14 +124,6 @@ SELECT id FROM ready_%(lane)s UNION SELECT id FROM expired_%(lane)s
 -- (windmill/jobs/queue.py, Claimer, says why that is safe there).
 SET plan_cache_mode = force_generic_plan
 
--- name: begin_hand_off
--- A hand-off's transaction, opened as a statement of its pipeline (Claimer.write_and_hand_off): psycopg's own
--- transaction block syncs with the server after BEGIN and after COMMIT, two more round trips.
-BEGIN
-
--- name: commit_hand_off
-COMMIT
-
 -- name: generic_plans_for_this_transaction
 -- A hand-off's claim on its generic plan, as a claimer's own connection runs it (Claimer.write_and_hand_off); the
 -- write before it, and its triggers, keep the server's own choice (default_plans_for_this_transaction).

@@ -13,3 +13,10 @@ SELECT pg_notification_queue_usage() AS usage
 -- name: lock_image_product
 -- Serialise recomputes of one product of one image; released at commit (the key: image_lock_key, sql/0105).
 SELECT pg_advisory_xact_lock(image_lock_key(%(image_id)s, %(product)s))
+
+-- name: begin_pipelined
+-- A transaction opened as a statement of its pipeline (windmill/db/pipelined.py says why).
+BEGIN
+
+-- name: commit_pipelined
+COMMIT

@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool
 
 from windmill.backoff import backoff_delay
 from windmill.db.jsonb import use_orjson
+from windmill.db.pipelined import pipelined_transaction
 from windmill.db.queries import query
 from windmill.jobs.handoff import Handoff, deal_claims
 from windmill.jobs.model import Job, JobState
@@ -377,42 +378,22 @@ class Claimer:
         limits = [sum(handoff.wants for handoff in handoffs if handoff.lane == lane) for lane in range(len(shape))]
         try:
             conn = self._connection()
-        except psycopg.OperationalError:
-            self.close()
-            raise
-        try:
-            # BEGIN and COMMIT as statements of the pipeline: conn.transaction() would sync after each (three round
-            # trips, and twice the client's CPU of the statements themselves).
-            with conn.pipeline():
-                conn.execute(query("begin_hand_off"))
+            with pipelined_transaction(conn):  # one round trip
                 written = write(conn)
                 # The claim on its generic plan (the class doc says why), the write's triggers as the server chooses.
                 conn.execute(query("generic_plans_for_this_transaction"))
                 claims = _execute_round_trip(conn, [handoff.job_id for handoff in handoffs], shape, limits,
                                              worker_id, self.jobs.lease, None, prepare=True)
                 conn.execute(query("default_plans_for_this_transaction"))
-                conn.execute(query("commit_hand_off"))
             rows, claimed = written.fetchall(), _jobs_by_lane(shape, claims.fetchall())
         except psycopg.OperationalError:
             self.close()
             raise
-        except BaseException:
-            self._roll_back(conn)
-            raise
         deal_claims(handoffs, claimed)
         return rows
 
-    def _roll_back(self, conn: psycopg.Connection) -> None:
-        """After a failed hand-off: a statement that failed leaves its transaction block open and aborted (the
-        pipeline skipped the COMMIT), which the connection's next statement would meet."""
-        try:
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                conn.rollback()
-        except psycopg.Error:
-            self.close()
-
     def _connection(self) -> psycopg.Connection:
-        if self._conn is None:
+        if self._conn is None or self._conn.closed:  # closed: a failed hand-off that could not roll back
             conninfo = self.jobs.pool.conninfo  # the pool's may be a function that gives it
             self._conn = psycopg.connect(conninfo() if callable(conninfo) else conninfo, autocommit=True)
             use_orjson(self._conn)

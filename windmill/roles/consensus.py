@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from windmill.db.pipelined import pipelined_transaction
 from windmill.db.queries import query
 from windmill.jobs import Job
 from windmill.jobs.queues import CONSENSUS_QUEUE
@@ -108,8 +109,9 @@ def recompute_consensus(conn: psycopg.Connection, image_id: int, service_types: 
     - or a voter task of the image has no final row yet and the job is not the image's deadline job (sql/0104
       decides from `job_payload`, the consensus job's payload; None counts as a normal job): the vote is put off
       onto that task's final row, which queues the next vote, and the deadline job bounds the wait.
-    A vote not put off drops the image's queued deadline job: it read everything the put-off votes waited for."""
-    with conn.transaction():
+    A vote not put off drops the image's queued deadline job: it read everything the put-off votes waited for.
+    Two round trips (windmill/db/pipelined.py): BEGIN with the lock and the read, the write (if any) with COMMIT."""
+    with pipelined_transaction(conn):
         started = time.perf_counter()
         # The lock, then the read on a snapshot of its own, which sees what the vote that held the lock committed.
         state = read_state(conn, image_id, job_payload, lock=True)

@@ -13,6 +13,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from windmill.db.jsonb import as_stored
+from windmill.db.pipelined import pipelined_transaction
 from windmill.db.queries import fetch_value, query
 from windmill.harmony import DetectorResult, HarmonyConfig, MergedBox, harmonize
 from windmill.harmony.identity import match_boxes
@@ -86,21 +87,22 @@ def plan_writes(boxes: list[MergedBox], stored_rows: list[tuple[int, str, Any]])
 def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, worker_id: str) -> MergeOutcome:
     """Recompute and store one image's boxes; queue postprocessing of the new ones (which services a box gets is
     SQL's rule, enqueue_boxes_postprocessing). One transaction of two statements (sql/0108): the lock and the reads,
-    then every write."""
-    with conn.transaction():
+    then every write; two round trips (windmill/db/pipelined.py): BEGIN with the reads, the writes with COMMIT."""
+    with pipelined_transaction(conn):
         answers, stored_rows = [], []
         for result_id, service, merged_id, key, data in conn.execute(query("merge_inputs"), {
-                "image_id": image_id, "lock_namespace": int(Product.MERGED_BOXES)}):
+                "image_id": image_id, "lock_namespace": int(Product.MERGED_BOXES)}).fetchall():
             if merged_id is None:
                 answers.append(DetectorResult(result_id, service, data))
             else:
                 stored_rows.append((merged_id, key, data))
         boxes = harmonize(answers, config)
         writes = plan_writes(boxes, stored_rows)
-        inserted: list[int] = fetch_value(conn, "store_merge", {
+        stored = conn.execute(query("store_merge"), {
             "image_id": image_id, "worker_id": worker_id, "gone": writes.gone, "changed": Jsonb(writes.changed),
             "new": Jsonb(writes.new), "boxes": len(boxes),
             "source_result_ids": sorted(answer.result_id for answer in answers)})
+    [inserted] = stored.fetchone() or ([],)  # its row came with the COMMIT's answer
     return MergeOutcome(len(boxes), inserted, writes.kept, len(writes.gone))
 
 
