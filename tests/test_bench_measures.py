@@ -93,10 +93,12 @@ def test_write_transactions_are_counted_whoever_ran_them_and_only_those_that_wro
             conn.execute("DROP TABLE counted_writes")
 
 
-def _run(rate: float, workers: float, postgres: float | None) -> Run:
+def _run(rate: float, workers: float, postgres: float | None, slower: float = 1.0) -> Run:
+    """A run's figures; `slower`: the machine's drift during it, which stretches every CPU figure alike."""
     images = 100
-    return Run(images / rate, images, workers * images, None if postgres is None else postgres * images,
-               0.01 * images, 0.001 * images, images, 3 * images, {"service": workers * images}, None)
+    return Run(images / rate / slower, images, workers * images * slower,
+               None if postgres is None else postgres * images * slower, 0.01 * images * slower, 0.001 * images, images,
+               3 * images, {"service": workers * images * slower}, None)
 
 
 def test_summary_gives_medians_and_ratios_head_over_baseline() -> None:
@@ -108,6 +110,16 @@ def test_summary_gives_medians_and_ratios_head_over_baseline() -> None:
     assert "Windmill CPU" in lines[2] and "50.0 vs    130.0  ratio 0.38×" in lines[2]
     runs["head"][0] = _run(20, 0.04, None)  # a run whose server is not on this machine
     assert summary("postgres", head, base, runs)[2].endswith("n/a")
+
+
+def test_windmill_cpu_in_units_of_the_stand_ins_leaves_the_machines_drift_out() -> None:
+    head, base = Side("head", sys.executable), Side("b7f4159", sys.executable)
+    # Each side half of the other's cost, but head's runs met a machine 1.5× slower.
+    runs = {"head": [_run(20, 0.02, 0.01, slower=1.5) for _ in range(3)],
+            "b7f4159": [_run(10, 0.04, 0.02) for _ in range(3)]}
+    lines = {line.split("  ")[1].strip(): line for line in summary("postgres", head, base, runs)[1:]}
+    assert lines["Windmill CPU ms/image (workers + PostgreSQL)"].endswith("ratio 0.75×")
+    assert lines["Windmill CPU ÷ stand-in CPU (drift left out)"].endswith("3.00 vs     6.00  ratio 0.50×")
 
 
 def test_the_stand_in_load_is_a_pipelines_requests_per_image(tmp_path: Path) -> None:

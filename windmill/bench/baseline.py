@@ -88,6 +88,15 @@ class Run:
         """Workers + PostgreSQL per image: what the issue's CPU target counts (the stand-in is apart)."""
         return None if self.postgres_cpu is None else (self.workers_cpu + self.postgres_cpu) / self.images
 
+    @property
+    def windmill_per_stand_in(self) -> float | None:
+        """Windmill's CPU in units of the stand-in's, run by run: the machine's speed drifts by up to 1.5× within an
+        hour, and the stand-in answers the same requests for either side, so its CPU is a yardstick of the speed
+        during that run. (The seed's side makes a few more requests per image: the yardstick is, if anything,
+        longer there, which favours the seed.)"""
+        windmill = self.windmill_cpu
+        return None if windmill is None or not self.farm_cpu else windmill * self.images / self.farm_cpu
+
 
 # -- the other commit, installed ----------------------------------------------------------------------------------
 
@@ -277,6 +286,9 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(present) if len(present) == len(values) and present else None
 
 
+_PER_STAND_IN = "Windmill CPU ÷ stand-in CPU (drift left out)"
+
+
 def summary(broker: str, head: Side, base: Side, runs: dict[str, list[Run]]) -> list[str]:
     """Medians of each side and the ratios head ÷ baseline, one line per measure."""
     measures: list[tuple[str, Callable[[Run], float | None], str]] = [
@@ -285,11 +297,12 @@ def summary(broker: str, head: Side, base: Side, runs: dict[str, list[Run]]) -> 
         ("  workers CPU ms/image", lambda run: run.per_image(run.workers_cpu), "{:.1f}"),
         ("  PostgreSQL CPU ms/image", lambda run: run.per_image(run.postgres_cpu), "{:.1f}"),
         ("stand-in CPU ms/image (apart)", lambda run: run.per_image(run.farm_cpu), "{:.1f}"),
+        (_PER_STAND_IN, lambda run: run.windmill_per_stand_in, "{:.2f}"),
         ("write transactions/image (commits)", lambda run: run.write_transactions / run.images, "{:.1f}"),
     ]
     lines = [f"{broker}: medians of {len(runs[head.label])} runs, {head.label} vs {base.label}"]
     for name, measure, form in measures:
-        scale = 1 if name in ("images/s", "write transactions/image (commits)") else 1000
+        scale = 1 if name in ("images/s", _PER_STAND_IN, "write transactions/image (commits)") else 1000
         head_median, base_median = (_median([measure(run) for run in runs[side.label]]) for side in (head, base))
         if head_median is None or base_median is None:
             lines.append(f"  {name:<46} n/a")
