@@ -35,7 +35,12 @@ def query(name: str) -> str:
 
 def fetch_row(conn: psycopg.Connection[Any], name: str, params: Any = None) -> Any:
     """The first row of a named query, for the queries that always return one (an aggregate, a RETURNING)."""
-    row = conn.execute(query(name), params).fetchone()
+    return first_row(conn.execute(query(name), params), name)
+
+
+def first_row(cursor: psycopg.Cursor[Any], name: str) -> Any:
+    """The first row of the named query executed on `cursor` (in a pipeline, read once its results came)."""
+    row = cursor.fetchone()
     if row is None:
         raise LookupError(f"query {name!r} returned no row")
     return row

@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 
 from windmill.db.jsonb import as_stored
 from windmill.db.pipelined import pipelined_transaction
-from windmill.db.queries import fetch_value, query
+from windmill.db.queries import fetch_value, first_row, query
 from windmill.harmony import DetectorResult, HarmonyConfig, MergedBox, harmonize
 from windmill.harmony.identity import match_boxes
 from windmill.jobs import Job
@@ -102,7 +102,7 @@ def merge_image(conn: psycopg.Connection, image_id: int, config: HarmonyConfig, 
             "image_id": image_id, "worker_id": worker_id, "gone": writes.gone, "changed": Jsonb(writes.changed),
             "new": Jsonb(writes.new), "boxes": len(boxes),
             "source_result_ids": sorted(answer.result_id for answer in answers)})
-    [inserted] = stored.fetchone() or ([],)  # its row came with the COMMIT's answer
+    inserted: list[int] = first_row(stored, "store_merge")[0]  # its row came with the COMMIT's answer
     return MergeOutcome(len(boxes), inserted, writes.kept, len(writes.gone))
 
 
