@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -14,6 +15,7 @@ from windmill.db.queries import query
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif",
                             ".avif"})
 BATCH_SIZE = 1000
+Progress = Callable[["AddReport"], None]  # called after each batch with the report so far
 
 
 @dataclass
@@ -36,10 +38,7 @@ def find_image_files(paths: Iterable[Path], *, recursive: bool, report: AddRepor
     """Image files named or found in named directories; anything else is reported, never fatal."""
     for path in paths:
         if path.is_dir():
-            found = path.rglob("*") if recursive else path.iterdir()
-            for child in sorted(found):
-                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
-                    yield child.resolve()
+            yield from _files_in(path.resolve(), recursive=recursive, report=report)
         elif path.is_file():
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 yield path.resolve()
@@ -51,8 +50,34 @@ def find_image_files(paths: Iterable[Path], *, recursive: bool, report: AddRepor
             report.skipped.append((str(path), "no such file or directory"))
 
 
+def _files_in(directory: Path, *, recursive: bool, report: AddReport) -> Iterator[Path]:
+    """The image files of a resolved directory (and with `recursive` of its sub-directories), depth first, each
+    directory's entries in name order: the order of the whole listing sorted, with one directory's listing in
+    memory at a time, so ten million files start registering at once and in flat memory. The entries' types come
+    with the listing (no stat per file), and only a symbolic link is resolved, file by file. A sub-directory that
+    is a symbolic link is not entered (it may lead back up); one that cannot be listed is reported and skipped."""
+    try:
+        with os.scandir(directory) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+    except OSError as error:
+        report.skipped.append((str(directory), f"cannot list the directory: {error.strerror or error}"))
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if recursive:
+                    yield from _files_in(directory / entry.name, recursive=True, report=report)
+                continue
+            wanted = os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file()
+        except OSError:  # gone since the listing
+            continue
+        if wanted:
+            path = directory / entry.name
+            yield path.resolve() if entry.is_symlink() else path
+
+
 def _insert(conn: psycopg.Connection, rows: list[tuple[str, str | None, str | None]], group: str | None,
-            report: AddReport) -> None:
+            report: AddReport, progress: Progress | None) -> None:
     if not rows:
         return
     added = conn.execute(
@@ -66,22 +91,27 @@ def _insert(conn: psycopg.Connection, rows: list[tuple[str, str | None, str | No
     ).rowcount
     report.added += added
     report.already_known += len(rows) - added
+    if progress is not None:
+        progress(report)
 
 
 def add_paths(conn: psycopg.Connection, paths: Iterable[Path], *, group: str | None = None,
-              recursive: bool = False) -> AddReport:
+              recursive: bool = False, progress: Progress | None = None) -> AddReport:
+    """Register files and the image files of directories, a batch at a time as they are found (each batch its own
+    statement: with an autocommit connection, registered for good)."""
     report = AddReport()
     batch: list[tuple[str, str | None, str | None]] = []
     for file in find_image_files(paths, recursive=recursive, report=report):
         batch.append((file.name, str(file), None))
         if len(batch) >= BATCH_SIZE:
-            _insert(conn, batch, group, report)
+            _insert(conn, batch, group, report, progress)
             batch = []
-    _insert(conn, batch, group, report)
+    _insert(conn, batch, group, report, progress)
     return report
 
 
-def add_urls(conn: psycopg.Connection, urls: Iterable[str], *, group: str | None = None) -> AddReport:
+def add_urls(conn: psycopg.Connection, urls: Iterable[str], *, group: str | None = None,
+             progress: Progress | None = None) -> AddReport:
     """Register http(s) URLs (one per line of a list file; blank lines and # comments ignored)."""
     report = AddReport()
     batch: list[tuple[str, str | None, str | None]] = []
@@ -96,7 +126,7 @@ def add_urls(conn: psycopg.Connection, urls: Iterable[str], *, group: str | None
         filename = unquote(parts.path.rsplit("/", 1)[-1]) or parts.netloc
         batch.append((filename, None, url))
         if len(batch) >= BATCH_SIZE:
-            _insert(conn, batch, group, report)
+            _insert(conn, batch, group, report, progress)
             batch = []
-    _insert(conn, batch, group, report)
+    _insert(conn, batch, group, report, progress)
     return report

@@ -115,21 +115,25 @@ class Windmill:
 
     # -- the collection -----------------------------------------------------------------------------------------
 
-    def add_images(self, paths: Iterable[str | Path], *, group: str | None = None,
-                   recursive: bool = False) -> AddReport:
-        """Register image files and directories of images (with `recursive`, their sub-directories too). A file
-        already known is not added twice; anything that is not an image file is skipped with its reason."""
+    def add_images(self, paths: Iterable[str | Path], *, group: str | None = None, recursive: bool = False,
+                   progress: Callable[[AddReport], None] | None = None) -> AddReport:
+        """Register image files and directories of images (with `recursive`, their sub-directories too), a batch
+        of 1,000 at a time as the walk finds them; `progress` gets the report after each batch. A file already
+        known is not added twice; anything that is not an image file is skipped with its reason."""
         from windmill.collection import add_paths
 
         with self.connection() as conn:
-            return add_paths(conn, [Path(path) for path in paths], group=group, recursive=recursive)
+            return add_paths(conn, [Path(path) for path in paths], group=group, recursive=recursive,
+                             progress=progress)
 
-    def add_urls(self, urls: Iterable[str], *, group: str | None = None) -> AddReport:
-        """Register http(s) image URLs (blank lines and `#` comments are ignored, so a list file's lines do)."""
+    def add_urls(self, urls: Iterable[str], *, group: str | None = None,
+                 progress: Callable[[AddReport], None] | None = None) -> AddReport:
+        """Register http(s) image URLs (blank lines and `#` comments are ignored, so a list file's lines do);
+        `progress` as for `add_images`."""
         from windmill.collection import add_urls
 
         with self.connection() as conn:
-            return add_urls(conn, urls, group=group)
+            return add_urls(conn, urls, group=group, progress=progress)
 
     def count_images(self, *, group: str | None = None, limit: int | None = None, after_id: int = 0) -> int:
         """How many images `submit` with this group, limit and `after_id` would send."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,11 +43,16 @@ def images_add(app: AppContext, paths: tuple[Path, ...], group: str | None, recu
     if not paths and url_list is None:
         raise click.UsageError("name image files or directories, or give --url-list FILE")
     report = AddReport()
-    with app.windmill() as windmill:
-        if paths:
-            report = report.merged(windmill.add_images(paths, group=group, recursive=recursive))
-        if url_list is not None:
-            report = report.merged(windmill.add_urls(url_list, group=group))
+    count = RunningCount() if sys.stderr.isatty() and not (app.quiet or as_json) else None
+    try:
+        with app.windmill() as windmill:
+            if paths:
+                report = report.merged(windmill.add_images(paths, group=group, recursive=recursive, progress=count))
+            if url_list is not None:
+                report = report.merged(windmill.add_urls(url_list, group=group, progress=count))
+    finally:
+        if count is not None:
+            count.close()
     if as_json:
         echo_json(report.as_dict())
     else:
@@ -56,6 +62,30 @@ def images_add(app: AppContext, paths: tuple[Path, ...], group: str | None, recu
                    f"{len(report.skipped)} skipped.")
     if report.skipped and not report.added and not report.already_known:
         sys.exit(1)
+
+
+class RunningCount:
+    """`images add`'s running count on stderr, rewritten in place at most twice a second: a walk of millions of
+    files registers for minutes. Only on a terminal (a log gets the summary line alone)."""
+
+    INTERVAL_S = 0.5
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.shown_at: float | None = None
+
+    def __call__(self, report: AddReport) -> None:
+        now = time.monotonic()
+        if self.shown_at is not None and now - self.shown_at < self.INTERVAL_S:
+            return
+        self.shown_at = now
+        seen = report.added + report.already_known
+        click.echo(f"\rRegistering: {seen:,} file(s), {report.added:,} added, {report.already_known:,} already known "
+                   f"({seen / max(now - self.started, 1e-3):,.0f}/s)", nl=False, err=True)
+
+    def close(self) -> None:
+        if self.shown_at is not None:
+            click.echo(err=True)  # the summary goes on a line of its own
 
 
 @images.command("watch")

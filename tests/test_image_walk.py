@@ -1,0 +1,116 @@
+"""`images add` at scale: the walk lists one directory at a time in the order of the whole listing sorted, goes on
+past a directory it cannot list, and registers a batch at a time as it goes (issue 13: ten million images)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from windmill import Windmill
+from windmill.collection import BATCH_SIZE, AddReport, find_image_files
+from windmill.commands.collection import RunningCount
+from windmill.db.connect import Database
+from windmill.settings import Settings, settings_from_mapping
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")  # registering reads no pixels: a name is enough
+    return path
+
+
+def walk(*paths: Path, recursive: bool = True, report: AddReport | None = None) -> Iterator[Path]:
+    return find_image_files(list(paths), recursive=recursive, report=report or AddReport())
+
+
+def test_the_walk_keeps_the_order_of_the_sorted_listing(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    for name in ("b.jpg", "a.jpg", "a/z.png", "a/b/y.PNG", "a/notes.txt", "A/1.jpeg", "dir.jpg/in.jpg", ".jpg",
+                 "z/deep/er/q.webp", "z/deep/r.tif"):
+        touch(root / name)
+    outside = touch(tmp_path / "elsewhere" / "t.jpg")
+    (root / "link.jpg").symlink_to(outside)  # a file's link: registered as what it points to
+    (root / "linked").symlink_to(outside.parent)  # a directory's link: not entered (it may lead back up)
+    (root / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+
+    found = [str(path.relative_to(tmp_path)) for path in walk(root)]
+
+    # "a" sorts before "a.jpg": a directory's files come where its name puts it, as sorting whole paths does.
+    assert found == ["photos/A/1.jpeg", "photos/a/b/y.PNG", "photos/a/z.png", "photos/a.jpg", "photos/b.jpg",
+                     "photos/dir.jpg/in.jpg", "elsewhere/t.jpg", "photos/z/deep/er/q.webp", "photos/z/deep/r.tif"]
+    assert [str(path.relative_to(tmp_path)) for path in walk(root, recursive=False)] == [
+        "photos/a.jpg", "photos/b.jpg", "elsewhere/t.jpg"]
+    assert [path.name for path in walk(root / "linked")] == ["t.jpg"]  # a named link is followed
+
+
+def test_the_walk_lists_one_directory_at_a_time(tmp_path: Path) -> None:
+    """Files are found while later directories are still unlisted: nothing holds the whole tree in memory."""
+    touch(tmp_path / "cam1" / "0001.jpg")
+    (tmp_path / "cam2").mkdir()
+    files = walk(tmp_path)
+    assert next(files).name == "0001.jpg"
+    touch(tmp_path / "cam2" / "0002.jpg")  # lands after the walk began, in a directory it has not listed yet
+    assert [path.name for path in files] == ["0002.jpg"]
+
+
+def test_a_directory_that_cannot_be_listed_is_reported_and_the_walk_goes_on(tmp_path: Path) -> None:
+    touch(tmp_path / "cam1" / "0001.jpg")
+    touch(tmp_path / "cam2" / "0002.jpg")
+    touch(tmp_path / "cam3" / "0003.jpg")
+    report = AddReport()
+    files = walk(tmp_path, report=report)
+    assert next(files).name == "0001.jpg"
+    for leftover in (tmp_path / "cam2").iterdir():
+        leftover.unlink()
+    (tmp_path / "cam2").rmdir()  # gone between its parent's listing and its own
+    assert [path.name for path in files] == ["0003.jpg"]
+    assert report.skipped == [(str(tmp_path / "cam2"), "cannot list the directory: No such file or directory")]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists every directory")
+def test_an_unreadable_directory_is_reported_and_the_walk_goes_on(tmp_path: Path) -> None:
+    touch(tmp_path / "cam1" / "0001.jpg")
+    touch(tmp_path / "cam2" / "0002.jpg")
+    (tmp_path / "cam1").chmod(0)
+    report = AddReport()
+    try:
+        assert [path.name for path in walk(tmp_path, report=report)] == ["0002.jpg"]
+    finally:
+        (tmp_path / "cam1").chmod(0o755)
+    assert report.skipped == [(str(tmp_path / "cam1"), "cannot list the directory: Permission denied")]
+
+
+@pytest.fixture
+def settings(database: Database, database_url: str) -> Settings:
+    return settings_from_mapping({"WINDMILL_DATABASE_URL": database_url})
+
+
+def test_images_are_registered_a_batch_at_a_time_as_the_walk_finds_them(settings: Settings, tmp_path: Path,
+                                                                        conn: psycopg.Connection) -> None:
+    for n in range(2 * BATCH_SIZE + 500):
+        touch(tmp_path / f"cam{n // 700}" / f"{n:05d}.jpg")
+    seen: list[tuple[int, int]] = []
+
+    def progress(report: AddReport) -> None:  # what the report says, and what another connection sees committed
+        seen.append((report.added, conn.execute("SELECT count(*) FROM images").fetchone()[0]))
+
+    with Windmill(settings) as windmill:
+        report = windmill.add_images([tmp_path], recursive=True, progress=progress)
+        assert report.added == 2 * BATCH_SIZE + 500
+        assert seen == [(1000, 1000), (2000, 2000), (2500, 2500)]
+        again = windmill.add_images([tmp_path], recursive=True, progress=lambda report: None)
+    assert (again.added, again.already_known) == (0, 2 * BATCH_SIZE + 500)
+
+
+def test_the_running_count_is_rewritten_in_place_and_ended_with_a_line(capsys: pytest.CaptureFixture[str]) -> None:
+    count = RunningCount()
+    count(AddReport(added=700, already_known=300))
+    count(AddReport(added=1700, already_known=300))  # within the interval: not shown
+    count.close()
+    err = capsys.readouterr().err
+    assert err.startswith("\rRegistering: 1,000 file(s), 700 added, 300 already known (")
+    assert "2,000" not in err and err.endswith("/s)\n")
