@@ -15,6 +15,7 @@ import pytest
 
 from windmill.bench.baseline import Run, Side, summary
 from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu, tree_cpu
+from windmill.bench.processes import watched_run
 from windmill.bench.scenes import CANVAS, write_scenes
 from windmill.db.queries import fetch_value
 from windmill.simfarm.annotations import AnnotationIndex, sidecar_path_for
@@ -57,6 +58,15 @@ def test_tree_cpu_counts_children_that_have_exited() -> None:
     subprocess.run([sys.executable, "-c", _BURN], check=True)
     assert tree_cpu(me) - tree_before >= BURN_S - _ROUNDING_S
     assert processes_cpu([me]) - own_before < BURN_S
+
+
+def test_a_watched_commands_peak_is_its_own_memory_not_the_benchmarks() -> None:
+    held = b"x" * (400 * 2**20)  # the benchmark's own pages, touched: a fork starts with them counted
+    seconds, peak_mib, status = watched_run(
+        [sys.executable, "-c", "import time; block = b'x' * (100 * 2**20); time.sleep(0.5); raise SystemExit(3)"],
+        os.environ)
+    assert 100 <= peak_mib < 300 and seconds >= 0.5 and status == 3
+    del held
 
 
 def test_postgres_cpu_includes_backends_that_came_and_went(database_url: str) -> None:

@@ -75,3 +75,7 @@ SELECT count(*) FROM images
 -- name: bench_backend_pid
 -- The process serving this connection (its parent is the postmaster, when the server runs on this machine).
 SELECT pg_backend_pid()
+
+-- name: bench_add_forget_images
+-- bench add, between runs, in its throwaway cluster only: every image and what hangs off it, gone at once.
+TRUNCATE images CASCADE

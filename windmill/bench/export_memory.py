@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 
+from windmill.bench.processes import watched_run
 from windmill.bench.stage import BENCH_GROUP, cli_argv, remove_bench_rows, seed_images
 from windmill.db.connect import Database
 from windmill.db.queries import query
@@ -43,31 +43,12 @@ def seed(database: Database, images: int) -> None:
 
 
 def export_run(env: dict[str, str], fmt: str, out: Path) -> tuple[float, float]:
-    """(seconds, peak MiB) of one `windmill-cli export` process: the high-water mark of its own resident memory
-    (VmHWM), read while it runs. Not wait4's ru_maxrss: on Linux that also carries the memory of the process that
-    forked it (the exec keeps the larger of the two marks), so it would report this benchmark's own size."""
-    started = time.perf_counter()
-    process = subprocess.Popen(cli_argv("export", "--format", fmt, "--out", str(out), "--group", BENCH_GROUP),
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak_kib = 0
-    while process.poll() is None:
-        peak_kib = max(peak_kib, _high_water_kib(process.pid))
-        time.sleep(0.05)
-    elapsed = time.perf_counter() - started
-    if process.returncode != 0:
-        raise RuntimeError(f"export --format {fmt} exited with status {process.returncode}")
-    return elapsed, peak_kib / 1024
-
-
-def _high_water_kib(pid: int) -> int:
-    """VmHWM of a running process, in KiB (0 once it has exited)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+    """(seconds, peak MiB) of one `windmill-cli export` process."""
+    seconds, peak_mib, returncode = watched_run(
+        cli_argv("export", "--format", fmt, "--out", str(out), "--group", BENCH_GROUP), env)
+    if returncode != 0:
+        raise RuntimeError(f"export --format {fmt} exited with status {returncode}")
+    return seconds, peak_mib
 
 
 def run(database: Database, database_url: str, *, images: int, formats: tuple[str, ...] = FORMATS) -> None:

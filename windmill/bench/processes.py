@@ -1,9 +1,11 @@
-"""Processes of servers the benchmarks start and crash: who a process's children are, and waiting for a process
-that is not our child (so cannot be reaped by us) to die."""
+"""Processes the benchmarks start, measure and crash: who a process's children are, waiting for a process that is
+not our child (so cannot be reaped by us) to die, and a command's time and peak memory."""
 
 from __future__ import annotations
 
+import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from windmill.errors import WindmillError
@@ -37,3 +39,28 @@ def wait_gone(pid: int, timeout_s: float = 30.0) -> None:
             return
         time.sleep(0.02)
     raise WindmillError(f"process {pid} did not exit within {timeout_s:.0f} s")
+
+
+def watched_run(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, float, int]:
+    """(seconds, peak MiB, exit status) of one command run to its end, its output discarded. The peak is the
+    high-water mark of the process's own resident memory (VmHWM), read while it runs. Not wait4's ru_maxrss: on
+    Linux that also carries the memory of the process that forked it (the exec keeps the larger of the two marks),
+    so it would report the benchmark's own size."""
+    started = time.perf_counter()
+    process = subprocess.Popen(list(argv), env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak_kib = 0
+    while process.poll() is None:
+        peak_kib = max(peak_kib, _high_water_kib(process.pid))
+        time.sleep(0.05)
+    return time.perf_counter() - started, peak_kib / 1024, process.returncode
+
+
+def _high_water_kib(pid: int) -> int:
+    """VmHWM of a running process, in KiB (0 once it has exited)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0

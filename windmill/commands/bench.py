@@ -167,6 +167,24 @@ def bench_export(app: AppContext, images: int, formats: tuple[str, ...]) -> None
         run_export_bench(database, url, images=images, formats=formats or EXPORT_FORMATS)
 
 
+@bench.command("add")
+@click.option("--files", type=click.IntRange(1000), default=1_000_000, show_default=True)
+@click.option("--per-directory", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 10), default=3, show_default=True)
+@click.option("--baseline-tree", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Alternate the runs with another checkout's command (e.g. a git worktree of an earlier commit).")
+@pass_app
+def bench_add(app: AppContext, files: int, per_directory: int, runs: int, baseline_tree: Path | None) -> None:
+    """`images add --recursive` over a tree of N empty image files: files/s and peak memory, new and already known,
+    in a throwaway cluster with production durability."""
+    from windmill.bench.add_files import run as run_add_bench
+    from windmill.bench.throwaway import throwaway_database
+
+    with throwaway_database(app.catalog) as throwaway:
+        run_add_bench(throwaway, files=files, per_directory=per_directory, runs=runs, baseline_tree=baseline_tree,
+                      echo=click.echo)
+
+
 @bench.command("scale")
 @click.option("--images", type=click.IntRange(1000), default=100_000, show_default=True,
               help="Images of synthetic history to build first.")
