@@ -4,6 +4,7 @@ and leaves its position behind an image id that may still appear below the ones 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -22,7 +23,7 @@ from windmill.db.connect import Database
 from windmill.follow import Follower, FollowPosition
 from windmill.jobs import JobQueue
 from windmill.producer import Submitter
-from windmill.watch import SettleTracker
+from windmill.watch import FolderWatch, SettleTracker, settled_by_its_time
 
 SAMPLE = Path(__file__).resolve().parent.parent / "windmill" / "samples" / "chelsea.jpg"
 
@@ -112,6 +113,42 @@ def write_in_parts(path: Path, conn: psycopg.Connection, parts: int = 4, pause_s
         if n < parts - 1:
             assert registered(conn, path) == 0, f"registered after {n + 1} of {parts} parts"
             time.sleep(pause_s)
+
+
+def test_a_file_found_on_start_is_complete_once_unwritten_for_the_settle_interval() -> None:
+    now = 10**18
+    assert settled_by_its_time((100, now - 3 * 10**9), now, settle_s=2.0)
+    assert not settled_by_its_time((100, now - 10**9), now, settle_s=2.0), "written a second ago"
+    assert not settled_by_its_time((0, now - 3 * 10**9), now, settle_s=2.0), "empty"
+    assert not settled_by_its_time((100, now + 3 * 10**9), now, settle_s=0.0), "dated ahead of this clock"
+
+
+def test_files_long_complete_are_taken_on_start_without_waiting_and_one_being_written_is_not(
+        database: Database, conn: psycopg.Connection, tmp_path: Path) -> None:
+    """A folder of millions must not wait to be watched file by file: files unwritten for the settle interval are
+    registered by the walk itself (here the interval is an hour, so only the walk can have taken them)."""
+    folder = tmp_path.resolve() / "card"
+    folder.mkdir()
+    old = [folder / f"IMG_{n:04d}.jpg" for n in range(3)]
+    for path in old:
+        path.write_bytes(b"jpeg")
+        os.utime(path, (time.time() - 7200, time.time() - 7200))  # a camera card keeps the time of the shot
+    being_written = folder / "IMG_9999.jpg"
+    being_written.write_bytes(b"jp")
+    stopping = threading.Event()
+    with database.connect() as watch_conn:
+        watch = FolderWatch(watch_conn, folder, stopping, settle_s=3600)
+        runner = threading.Thread(target=watch.run)
+        runner.start()
+        try:
+            wait_until(lambda: all(registered(conn, path) for path in old), timeout=30,
+                       message="the files already complete")
+            time.sleep(0.5)
+            assert not registered(conn, being_written)
+        finally:
+            stopping.set()
+            runner.join(timeout=30)
+    assert watch.report.added == 3
 
 
 def test_watch_registers_and_queues_each_file_once_complete_across_restarts(

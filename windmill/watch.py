@@ -67,6 +67,13 @@ def signature_of(path: Path) -> FileSignature | None:
     return (stat.st_size, stat.st_mtime_ns) if path.is_file() else None
 
 
+def settled_by_its_time(signature: FileSignature, now_ns: int, settle_s: float) -> bool:
+    """Whether a file found on start is complete: not empty, and last written at least the settle interval ago (a
+    write moves the modification time, so this is the tracker's rule read off the file)."""
+    size, mtime_ns = signature
+    return size > 0 and now_ns - mtime_ns >= settle_s * 1e9  # a time ahead of this clock: not yet
+
+
 @dataclass
 class WatchReport:
     added: int = 0
@@ -101,10 +108,7 @@ class FolderWatch:
         observer.start()  # before the scan: a file landing meanwhile is both scanned and heard of, never missed
         try:
             tracker = SettleTracker(self.settle_s)
-            # The files that landed while no watch ran, as if they had just arrived (one may still be written).
-            for path in find_image_files([self.folder], recursive=self.recursive, report=AddReport()):
-                if is_candidate(path):
-                    tracker.observe(path, signature_of(path), time.monotonic())
+            self._take_files_already_there(tracker)
             tick = min(0.25, self.settle_s / 4)
             while not self.stopping.is_set():
                 self._register(tracker.take_settled(time.monotonic()))
@@ -121,6 +125,25 @@ class FolderWatch:
             observer.stop()
             observer.join()
         return self.report
+
+    def _take_files_already_there(self, tracker: SettleTracker) -> None:
+        """The files that landed while no watch ran. One not written for the settle interval (its modification
+        time says so) is complete, as if watched that long: it is registered at once, a page at a time as the walk
+        finds them, so a folder of millions starts in flat memory. The others (still being written, empty, or
+        dated ahead of this clock) are tracked as if they had just arrived."""
+        settled: list[Path] = []
+        for path in find_image_files([self.folder], recursive=self.recursive, report=AddReport()):
+            if not is_candidate(path):
+                continue
+            signature = signature_of(path)
+            if signature is not None and settled_by_its_time(signature, time.time_ns(), self.settle_s):
+                settled.append(path)
+                if len(settled) >= PAGE_SIZE:
+                    self._register(settled)
+                    settled = []
+            else:
+                tracker.observe(path, signature, time.monotonic())
+        self._register(settled)
 
     def _register(self, files: Sequence[Path]) -> None:
         for start in range(0, len(files), PAGE_SIZE):
