@@ -114,3 +114,30 @@ def test_the_running_count_is_rewritten_in_place_and_ended_with_a_line(capsys: p
     err = capsys.readouterr().err
     assert err.startswith("\rRegistering: 1,000 file(s), 700 added, 300 already known (")
     assert "2,000" not in err and err.endswith("/s)\n")
+
+
+def test_a_name_that_is_not_utf8_is_skipped_with_its_reason_and_the_rest_is_registered(
+        run, tmp_path: Path, conn: psycopg.Connection) -> None:
+    """Latin-1 names from an old camera or archive: PostgreSQL's text cannot hold them, so each is reported (once
+    for a whole directory), printably, and everything else goes in."""
+    root = os.fsencode(tmp_path / "card")
+    os.makedirs(root + b"/caf\xe9")
+    for name in (b"/ok.jpg", b"/caf\xe9.jpg", b"/caf\xe9/inside.jpg", b"/caf\xe9/too.jpg"):
+        Path(os.fsdecode(root + name)).write_bytes(b"")
+    result = run("images", "add", str(tmp_path / "card"), "--recursive")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert f"skipped {tmp_path}/card/caf\\xe9: the name is not valid UTF-8" in result.output  # the directory, once
+    assert f"skipped {tmp_path}/card/caf\\xe9.jpg: the name is not valid UTF-8" in result.output
+    assert "Added 1 image(s); 0 already known; 2 skipped." in result.output
+    assert conn.execute("SELECT image_filename FROM images").fetchall() == [("ok.jpg",)]
+
+
+def test_a_url_list_line_that_is_not_utf8_is_skipped_with_its_reason(run, tmp_path: Path,
+                                                                     conn: psycopg.Connection) -> None:
+    urls = tmp_path / "urls.txt"
+    urls.write_bytes(b"https://example.org/a.jpg\nhttps://example.org/caf\xe9.jpg\nhttps://example.org/b.jpg\n")
+    result = run("images", "add", "--url-list", str(urls))
+    assert result.exit_code == 0, result.output
+    assert "skipped https://example.org/caf\\xe9.jpg: the line is not valid UTF-8" in result.output
+    assert "Added 2 image(s); 0 already known; 1 skipped." in result.output

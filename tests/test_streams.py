@@ -221,3 +221,38 @@ def test_follow_queues_images_registered_after_it_started_and_resumes_without_du
         out, _ = stop(follower)
     assert "Submitted 0 task(s) for 4 image(s)" in out and "4 already in flight" in out
     assert jobs_per_image(conn) == {1: 1, 2: 1, 3: 1, 4: 1}
+
+
+def test_a_watched_name_that_is_not_utf8_is_skipped_with_a_warning_and_the_watch_goes_on(
+        database: Database, conn: psycopg.Connection, tmp_path: Path, caplog) -> None:
+    folder = tmp_path.resolve() / "card"
+    folder.mkdir()
+    raw = os.fsencode(folder)
+
+    def land(name: bytes, *, old: bool = False) -> Path:
+        path = Path(os.fsdecode(raw + b"/" + name))
+        path.write_bytes(b"jpeg")
+        if old:
+            os.utime(path, (time.time() - 7200, time.time() - 7200))
+        return path
+
+    land(b"caf\xe9_before.jpg", old=True)
+    before = land(b"before.jpg", old=True)
+    stopping = threading.Event()
+    with database.connect() as watch_conn:
+        watch = FolderWatch(watch_conn, folder, stopping, settle_s=0.3)
+        runner = threading.Thread(target=watch.run)
+        runner.start()
+        try:
+            wait_until(lambda: registered(conn, before), timeout=30, message="the file already there")
+            land(b"caf\xe9_after.jpg")
+            after = land(b"after.jpg")
+            wait_until(lambda: registered(conn, after), timeout=30, message="the file that arrived")
+            assert runner.is_alive()
+        finally:
+            stopping.set()
+            runner.join(timeout=30)
+    skipped = [record.getMessage() for record in caplog.records if "not valid UTF-8" in record.getMessage()]
+    assert any("caf\\xe9_before.jpg" in message for message in skipped)
+    assert any("caf\\xe9_after.jpg" in message for message in skipped)
+    assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == 2

@@ -34,20 +34,41 @@ class AddReport:
                 "skipped": [{"what": what, "why": why} for what, why in self.skipped]}
 
 
+NOT_UTF8 = "the name is not valid UTF-8, which the collection stores (rename it, e.g. with convmv)"
+
+
+def printable(path: Path | str) -> str:
+    """A path as it can be printed: bytes of a name that is not UTF-8 shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def storable(path: Path | str) -> bool:
+    """Whether the path can be registered: a name in another encoding (Latin-1 from an old camera or archive)
+    reaches Python with surrogates that PostgreSQL's text cannot hold."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def find_image_files(paths: Iterable[Path], *, recursive: bool, report: AddReport) -> Iterator[Path]:
     """Image files named or found in named directories; anything else is reported, never fatal."""
     for path in paths:
         if path.is_dir():
             yield from _files_in(path.resolve(), recursive=recursive, report=report)
         elif path.is_file():
-            if path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                report.skipped.append((printable(path),
+                                       f"not an image file name ({', '.join(sorted(IMAGE_SUFFIXES))})"))
+            elif storable(path.resolve()):
                 yield path.resolve()
             else:
-                report.skipped.append((str(path), f"not an image file name ({', '.join(sorted(IMAGE_SUFFIXES))})"))
+                report.skipped.append((printable(path.resolve()), NOT_UTF8))
         elif path.is_symlink():
-            report.skipped.append((str(path), "dangling symbolic link"))
+            report.skipped.append((printable(path), "dangling symbolic link"))
         else:
-            report.skipped.append((str(path), "no such file or directory"))
+            report.skipped.append((printable(path), "no such file or directory"))
 
 
 def _files_in(directory: Path, *, recursive: bool, report: AddReport) -> Iterator[Path]:
@@ -55,7 +76,11 @@ def _files_in(directory: Path, *, recursive: bool, report: AddReport) -> Iterato
     directory's entries in name order: the order of the whole listing sorted, with one directory's listing in
     memory at a time, so ten million files start registering at once and in flat memory. The entries' types come
     with the listing (no stat per file), and only a symbolic link is resolved, file by file. A sub-directory that
-    is a symbolic link is not entered (it may lead back up); one that cannot be listed is reported and skipped."""
+    is a symbolic link is not entered (it may lead back up); one that cannot be listed, or whose name is not
+    UTF-8, is reported once and skipped, and so is each such file."""
+    if not storable(directory):
+        report.skipped.append((printable(directory), NOT_UTF8))
+        return
     try:
         with os.scandir(directory) as listing:
             entries = sorted(listing, key=lambda entry: entry.name)
@@ -73,7 +98,12 @@ def _files_in(directory: Path, *, recursive: bool, report: AddReport) -> Iterato
             continue
         if wanted:
             path = directory / entry.name
-            yield path.resolve() if entry.is_symlink() else path
+            if entry.is_symlink():
+                path = path.resolve()
+            if storable(path):
+                yield path
+            else:
+                report.skipped.append((printable(path), NOT_UTF8))
 
 
 def _insert(conn: psycopg.Connection, rows: list[tuple[str, str | None, str | None]], group: str | None,
@@ -118,6 +148,9 @@ def add_urls(conn: psycopg.Connection, urls: Iterable[str], *, group: str | None
     for raw in urls:
         url = raw.strip()
         if not url or url.startswith("#"):
+            continue
+        if not storable(url):  # a list file's line in another encoding (read with surrogateescape)
+            report.skipped.append((printable(url), "the line is not valid UTF-8"))
             continue
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:

@@ -6,6 +6,7 @@ restart, which also looks at every file already in the folder, adds each file on
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -18,13 +19,15 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg.rows import dict_row
 
-from windmill.collection import IMAGE_SUFFIXES, AddReport, add_paths, find_image_files
+from windmill.collection import IMAGE_SUFFIXES, NOT_UTF8, AddReport, add_paths, find_image_files, printable, storable
 from windmill.db.queries import query
 from windmill.errors import WindmillError
 from windmill.producer import PAGE_SIZE, Submitter
 
 if TYPE_CHECKING:
     from watchdog.events import FileSystemEventHandler
+
+log = logging.getLogger(__name__)
 
 SETTLE_S = 2.0  # a file is taken when unchanged this long
 FileSignature = tuple[int, int]  # (size, mtime in ns)
@@ -132,7 +135,8 @@ class FolderWatch:
         finds them, so a folder of millions starts in flat memory. The others (still being written, empty, or
         dated ahead of this clock) are tracked as if they had just arrived."""
         settled: list[Path] = []
-        for path in find_image_files([self.folder], recursive=self.recursive, report=AddReport()):
+        walked = AddReport()
+        for path in find_image_files([self.folder], recursive=self.recursive, report=walked):
             if not is_candidate(path):
                 continue
             signature = signature_of(path)
@@ -144,8 +148,14 @@ class FolderWatch:
             else:
                 tracker.observe(path, signature, time.monotonic())
         self._register(settled)
+        for what, why in walked.skipped:
+            log.warning("skipped %s: %s", what, why, extra={"action": "watch_skipped"})
 
     def _register(self, files: Sequence[Path]) -> None:
+        for path in files:
+            if not storable(path):  # an arrival; the start-up walk left such files out
+                log.warning("skipped %s: %s", printable(path), NOT_UTF8, extra={"action": "watch_skipped"})
+        files = [path for path in files if storable(path)]
         for start in range(0, len(files), PAGE_SIZE):
             batch = files[start:start + PAGE_SIZE]
             added = add_paths(self.conn, batch, group=self.group)

@@ -31,7 +31,7 @@ def images() -> None:
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--group", "-g", help="Group name stored with each image (submit --group selects it).")
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-directories.")
-@click.option("--url-list", type=click.File("r", encoding="utf-8"),
+@click.option("--url-list", type=click.File("r", encoding="utf-8", errors="surrogateescape"),
               help="A file with one image URL per line (added as well as any PATH).")
 @json_option
 @pass_app
