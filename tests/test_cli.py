@@ -40,6 +40,12 @@ def test_images_add_reports_what_it_skipped(run, photos: Path) -> None:
     assert "skipped" in result.output and "no such file or directory" in result.output
 
 
+def test_images_add_says_a_device_is_not_a_file_it_can_add(run) -> None:
+    result = run("images", "add", "/dev/null")
+    assert result.exit_code == 1
+    assert "skipped /dev/null: not a regular file or a directory" in result.output
+
+
 def test_images_add_url_list(run, tmp_path: Path, conn: psycopg.Connection) -> None:
     urls = tmp_path / "urls.txt"
     urls.write_text("# photos\nhttps://example.org/img/one.jpg\n\nftp://example.org/two.jpg\nhttp://h/x%20y.png\n")

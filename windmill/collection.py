@@ -67,6 +67,8 @@ def find_image_files(paths: Iterable[Path], *, recursive: bool, report: AddRepor
                 report.skipped.append((printable(path.resolve()), NOT_UTF8))
         elif path.is_symlink():
             report.skipped.append((printable(path), "dangling symbolic link"))
+        elif path.exists():
+            report.skipped.append((printable(path), "not a regular file or a directory (a device, socket or FIFO)"))
         else:
             report.skipped.append((printable(path), "no such file or directory"))
 
