@@ -132,8 +132,18 @@ def add_paths(conn: psycopg.Connection, paths: Iterable[Path], *, group: str | N
     """Register files and the image files of directories, a batch at a time as they are found (each batch its own
     statement: with an autocommit connection, registered for good)."""
     report = AddReport()
+    register_files(conn, find_image_files(paths, recursive=recursive, report=report), group=group, report=report,
+                   progress=progress)
+    return report
+
+
+def register_files(conn: psycopg.Connection, files: Iterable[Path], *, group: str | None = None,
+                   report: AddReport | None = None, progress: Progress | None = None) -> AddReport:
+    """Register image files already found (resolved and storable, as find_image_files yields them), a batch at a
+    time; into `report` when given."""
+    report = report if report is not None else AddReport()
     batch: list[tuple[str, str | None, str | None]] = []
-    for file in find_image_files(paths, recursive=recursive, report=report):
+    for file in files:
         batch.append((file.name, str(file), None))
         if len(batch) >= BATCH_SIZE:
             _insert(conn, batch, group, report, progress)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +20,15 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg.rows import dict_row
 
-from windmill.collection import IMAGE_SUFFIXES, NOT_UTF8, AddReport, add_paths, find_image_files, printable, storable
+from windmill.collection import (
+    IMAGE_SUFFIXES,
+    NOT_UTF8,
+    AddReport,
+    find_image_files,
+    printable,
+    register_files,
+    storable,
+)
 from windmill.db.queries import query
 from windmill.errors import WindmillError
 from windmill.producer import PAGE_SIZE, Submitter
@@ -63,11 +72,12 @@ class SettleTracker:
 
 
 def signature_of(path: Path) -> FileSignature | None:
+    """(size, mtime) of a regular file (one stat); None for anything else, or a file gone."""
     try:
-        stat = path.stat()
+        status = path.stat()
     except OSError:
         return None
-    return (stat.st_size, stat.st_mtime_ns) if path.is_file() else None
+    return (status.st_size, status.st_mtime_ns) if stat.S_ISREG(status.st_mode) else None
 
 
 def settled_by_its_time(signature: FileSignature, now_ns: int, settle_s: float) -> bool:
@@ -158,7 +168,7 @@ class FolderWatch:
         files = [path for path in files if storable(path)]
         for start in range(0, len(files), PAGE_SIZE):
             batch = files[start:start + PAGE_SIZE]
-            added = add_paths(self.conn, batch, group=self.group)
+            added = register_files(self.conn, batch, group=self.group)  # found by the walk or an event, resolved
             published = self._submit(batch) if self.submitter is not None else 0
             self.report.added += added.added
             self.report.already_known += added.already_known
