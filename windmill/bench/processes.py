@@ -3,9 +3,10 @@ not our child (so cannot be reaped by us) to die, and a command's time and peak 
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from windmill.errors import WindmillError
@@ -41,18 +42,24 @@ def wait_gone(pid: int, timeout_s: float = 30.0) -> None:
     raise WindmillError(f"process {pid} did not exit within {timeout_s:.0f} s")
 
 
-def watched_run(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, float, int]:
-    """(seconds, peak MiB, exit status) of one command run to its end, its output discarded. The peak is the
-    high-water mark of the process's own resident memory (VmHWM), read while it runs. Not wait4's ru_maxrss: on
-    Linux that also carries the memory of the process that forked it (the exec keeps the larger of the two marks),
-    so it would report the benchmark's own size."""
+def watched_run(argv: Sequence[str], env: Mapping[str, str], *,
+                until: Callable[[], bool] | None = None) -> tuple[float, float, int]:
+    """(seconds, peak MiB, exit status) of one command run to its end, its output discarded; with `until`, a
+    command that runs until stopped (a watch): the seconds until `until()` held, when it is sent SIGTERM. The peak
+    is the high-water mark of the process's own resident memory (VmHWM), read while it runs. Not wait4's
+    ru_maxrss: on Linux that also carries the memory of the process that forked it (the exec keeps the larger of
+    the two marks), so it would report the benchmark's own size."""
     started = time.perf_counter()
     process = subprocess.Popen(list(argv), env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak_kib = 0
+    seconds: float | None = None
     while process.poll() is None:
         peak_kib = max(peak_kib, _high_water_kib(process.pid))
+        if seconds is None and until is not None and until():
+            seconds = time.perf_counter() - started
+            process.send_signal(signal.SIGTERM)
         time.sleep(0.05)
-    return time.perf_counter() - started, peak_kib / 1024, process.returncode
+    return seconds if seconds is not None else time.perf_counter() - started, peak_kib / 1024, process.returncode
 
 
 def _high_water_kib(pid: int) -> int:

@@ -173,16 +173,18 @@ def bench_export(app: AppContext, images: int, formats: tuple[str, ...]) -> None
 @click.option("--runs", type=click.IntRange(1, 10), default=3, show_default=True)
 @click.option("--baseline-tree", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Alternate the runs with another checkout's command (e.g. a git worktree of an earlier commit).")
+@click.option("--watch", is_flag=True, help="Measure the start of `images watch` on the tree instead.")
 @pass_app
-def bench_add(app: AppContext, files: int, per_directory: int, runs: int, baseline_tree: Path | None) -> None:
-    """`images add --recursive` over a tree of N empty image files: files/s and peak memory, new and already known,
-    in a throwaway cluster with production durability."""
+def bench_add(app: AppContext, files: int, per_directory: int, runs: int, baseline_tree: Path | None,
+              watch: bool) -> None:
+    """`images add --recursive` (or the start of `images watch --recursive`) over a tree of N image files: files/s
+    and peak memory, new and already known, in a throwaway cluster with production durability."""
     from windmill.bench.add_files import run as run_add_bench
     from windmill.bench.throwaway import throwaway_database
 
     with throwaway_database(app.catalog) as throwaway:
         run_add_bench(throwaway, files=files, per_directory=per_directory, runs=runs, baseline_tree=baseline_tree,
-                      echo=click.echo)
+                      watch=watch, echo=click.echo)
 
 
 @bench.command("scale")
