@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -67,6 +68,13 @@ def test_a_watched_commands_peak_is_its_own_memory_not_the_benchmarks() -> None:
         os.environ)
     assert 100 <= peak_mib < 300 and seconds >= 0.5 and status == 3
     del held
+
+
+def test_a_watched_command_that_runs_until_stopped_is_timed_until_its_work_is_done() -> None:
+    started = time.monotonic()
+    seconds, _, status = watched_run([sys.executable, "-c", "import time; time.sleep(60)"], os.environ,
+                                     until=lambda: time.monotonic() - started > 0.5)
+    assert 0.5 < seconds < 5 and status == -signal.SIGTERM
 
 
 def test_postgres_cpu_includes_backends_that_came_and_went(database_url: str) -> None:
