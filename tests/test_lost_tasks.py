@@ -112,3 +112,28 @@ def test_the_resend_look_up_reads_the_ledger_by_queue_and_age(conn: psycopg.Conn
                        .replace("%(older_than)s", "'600 s'").replace("%(limit)s", "10000"))
     assert ("Seq Scan", "service_tasks_in_flight") not in scans, scans
     assert any(relation == "service_tasks_in_flight" for _, relation in scans)
+
+
+def test_tasks_list_reads_each_queues_oldest_entries_not_the_whole_ledger(conn: psycopg.Connection) -> None:
+    # Ten million images in flight are a hundred million entries: `tasks list` must not sort them all.
+    conn.execute("INSERT INTO images (image_filename, image_path) "
+                 "SELECT 'i' || g || '.jpg', '/data/i' || g || '.jpg' FROM generate_series(1, 11000) g")
+    conn.execute("INSERT INTO service_tasks_in_flight (image_id, service, queue, task_id, submitted_at) "
+                 "SELECT image_id, s, 'queue_' || s, gen_random_uuid(), "
+                 "       now() - interval '2 hours' + ((image_id * 7919) % 11000) * interval '1 s' "
+                 "  FROM images, unnest(ARRAY['blip', 'clip', 'ocr']) s")
+    conn.execute("ANALYZE images, service_tasks_in_flight")
+    listing = query("list_tasks_in_flight")
+    scans = plan_scans(conn, listing.replace("%(service)s", "NULL").replace("%(older_than)s", "'600 s'")
+                       .replace("%(limit)s", "50"))
+    assert ("Seq Scan", "service_tasks_in_flight") not in scans, scans
+
+    every_entry = ("SELECT service, queue, image_id, task_id, submitted_at FROM service_tasks_in_flight "
+                   "WHERE (%(service)s::text IS NULL OR service = %(service)s) "
+                   "AND submitted_at <= now() - %(older_than)s::interval "
+                   "ORDER BY submitted_at, image_id, service LIMIT %(limit)s")
+    for params in ({"service": None, "older_than": "600 s", "limit": 50},
+                   {"service": "clip", "older_than": "3600 s", "limit": 7}):
+        listed = [row[:5] for row in conn.execute(listing, params).fetchall()]
+        assert listed == conn.execute(every_entry, params).fetchall()
+        assert len(listed) == params["limit"]

@@ -123,13 +123,29 @@ RETURNING jobs.payload ->> 'task_id'
 DELETE FROM service_tasks_in_flight WHERE task_id = ANY(%(task_ids)s::uuid[])
 
 -- name: list_tasks_in_flight
--- Ledger entries, oldest first: what `tasks list` shows and `tasks forget` would remove.
-SELECT service, queue, image_id, task_id, submitted_at,
-       round(extract(epoch FROM now() - submitted_at)::numeric, 1) AS age_s
-  FROM service_tasks_in_flight
- WHERE (%(service)s::text IS NULL OR service = %(service)s)
-   AND submitted_at <= now() - %(older_than)s::interval
- ORDER BY submitted_at, image_id, service
+-- Ledger entries, oldest first: what `tasks list` shows and `tasks forget` would remove. Each queue's oldest from
+-- the queue-and-age index, the queues found by a loose index scan (one probe per queue), then the oldest of those:
+-- sorting every entry instead took 0.7 s at 3.3M entries in flight, so tens of seconds at ten million images.
+WITH RECURSIVE queues AS (
+    (SELECT queue FROM service_tasks_in_flight ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.queue FROM service_tasks_in_flight t WHERE t.queue > q.queue ORDER BY t.queue LIMIT 1)
+      FROM queues q
+     WHERE q.queue IS NOT NULL
+)
+SELECT oldest.service, oldest.queue, oldest.image_id, oldest.task_id, oldest.submitted_at,
+       round(extract(epoch FROM now() - oldest.submitted_at)::numeric, 1) AS age_s
+  FROM queues q
+ CROSS JOIN LATERAL (
+       SELECT t.service, t.queue, t.image_id, t.task_id, t.submitted_at
+         FROM service_tasks_in_flight t
+        WHERE t.queue = q.queue
+          AND (%(service)s::text IS NULL OR t.service = %(service)s)
+          AND t.submitted_at <= now() - %(older_than)s::interval
+        ORDER BY t.submitted_at, t.image_id, t.service
+        LIMIT %(limit)s) oldest
+ WHERE q.queue IS NOT NULL
+ ORDER BY oldest.submitted_at, oldest.image_id, oldest.service
  LIMIT %(limit)s
 
 -- name: forget_tasks_in_flight
