@@ -167,6 +167,8 @@ BEGIN
         ('FUNCTION', 'pair_done(text[])',            'EXECUTE',                         NULL),
         ('FUNCTION', 'pair_failed(text[])',          'EXECUTE',                         NULL),
         ('FUNCTION', 'table_rows(regclass)',         'EXECUTE',                         'EXECUTE'),  -- status's totals
+        ('FUNCTION', 'queue_depth_rows()',           'EXECUTE',                         'EXECUTE'),  -- sql/0116: view queue_depths
+        ('FUNCTION', 'tasks_in_flight_counts()',     'EXECUTE',                         'EXECUTE'),  -- sql/0116: status' ledger counts
         ('FUNCTION', 'is_person_box(jsonb, text)',   'EXECUTE',                         'EXECUTE'),  -- image_completeness calls it
         ('FUNCTION', 'consensus_delay()',            'EXECUTE',                         NULL),  -- the triggers call it
         -- sql/0104: a consensus vote waits for the image's voter tasks, up to its deadline job

@@ -186,7 +186,8 @@ class QueueCollector(Collector):
     @staticmethod
     def _families(reading: DatabaseReading) -> Iterator[Metric]:
         depth = GaugeMetricFamily("windmill_queue_jobs", "Jobs per job-table queue and state (view queue_depths; "
-                                  "queued = due now).", labels=["queue", "state"])
+                                  "queued = due now; past 1,000 a count is estimated from a sample).",
+                                  labels=["queue", "state"])
         oldest = GaugeMetricFamily("windmill_queue_oldest_age_seconds",
                                    "Age of the oldest job of the queue that could run now (0 when none).",
                                    labels=["queue"])

@@ -107,3 +107,29 @@ ALTER TABLE jobs DISABLE TRIGGER jobs_notify_queued
 
 -- name: bench_notify_enable
 ALTER TABLE jobs ENABLE TRIGGER jobs_notify_queued
+
+-- name: bench_scale_backlog_add
+-- bench scale --backlog: the first %(images)s images of the history waiting for the 11 primary services twice over,
+-- as jobs queued in the job table and as entries of submit's ledger (both brokers' backlogs at once), loaded behind
+-- the triggers' back.
+WITH waiting AS (
+    SELECT i.image_id, s.name AS service, gen_random_uuid() AS task_id
+      FROM (SELECT image_id FROM images ORDER BY image_id LIMIT %(images)s) i
+     CROSS JOIN services s WHERE s.category = 'primary'),
+queued AS (
+    INSERT INTO jobs (queue, image_id, payload)
+    SELECT 'queue_' || w.service, w.image_id,
+           jsonb_build_object('task_id', w.task_id, 'image_id', w.image_id, 'service_name', w.service)
+      FROM waiting w)
+INSERT INTO service_tasks_in_flight (image_id, service, queue, task_id)
+SELECT w.image_id, w.service, 'queue_' || w.service, gen_random_uuid() FROM waiting w
+
+-- name: bench_scale_backlog_every_task
+-- What status read of a backlog before sql/0116: every waiting job and ledger entry, counted.
+SELECT (SELECT count(*) FROM (SELECT queue, count(*) FROM jobs WHERE state IN ('queued', 'failed') GROUP BY queue) j),
+       (SELECT count(*) FROM (SELECT queue, count(*) FROM service_tasks_in_flight GROUP BY queue) t)
+
+-- name: bench_scale_backlog_remove
+-- The backlog gone again (service tasks are the only jobs with a task id in the history's retention).
+WITH gone AS (DELETE FROM jobs WHERE state = 'queued' AND payload ? 'task_id' RETURNING 1)
+DELETE FROM service_tasks_in_flight

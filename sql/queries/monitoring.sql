@@ -6,7 +6,7 @@ SELECT service, category, queued, running, done, failed, rate_1m, rate_1h, last_
 
 -- name: monitor_queue_depths
 -- Per job queue: due, scheduled, retrying, running, expired leases, dead, oldest due job (view queue_depths).
-SELECT queue, queued, scheduled, retrying, running, expired_leases, dead, oldest_age_s
+SELECT queue, queued, scheduled, retrying, running, expired_leases, dead, oldest_age_s, estimated
   FROM queue_depths
  ORDER BY queue
 
@@ -45,9 +45,8 @@ SELECT fold_answer_counts()
 SELECT recount_answer_counts()
 
 -- name: monitor_tasks_in_flight
--- Per service: RabbitMQ tasks in submit's ledger (published, not yet answered) and the age of the oldest.
-SELECT service, queue, count(*) AS in_flight,
-       round(extract(epoch FROM now() - min(submitted_at))::numeric, 1) AS oldest_age_s
-  FROM service_tasks_in_flight
- GROUP BY service, queue
+-- Per service: RabbitMQ tasks in submit's ledger (published, not yet answered) and the age of the oldest; past
+-- 10,000 a queue's count is estimated (sql/0116).
+SELECT service, queue, in_flight, oldest_age_s, estimated
+  FROM tasks_in_flight_counts()
  ORDER BY service

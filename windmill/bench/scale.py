@@ -83,7 +83,25 @@ def submit_new_images(throwaway: Throwaway, catalog: Catalog, count: int) -> flo
     return elapsed
 
 
-def run(throwaway: Throwaway, catalog: Catalog, *, images: int, runs: int = 5,
+def status_with_backlog(conn: psycopg.Connection, images: int, runs: int, echo: Callable[[str], None]) -> None:
+    """`status` while `images` images wait for every primary service in both brokers' backlogs, beside what reading
+    every waiting task (as status did before sql/0116) costs on the same rows."""
+    started = time.perf_counter()
+    with conn.transaction():
+        conn.execute(query("bench_without_triggers"))
+        conn.execute(query("bench_scale_backlog_add"), {"images": images})
+    conn.execute(query("bench_scale_vacuum_history"))
+    every_task = query("bench_scale_backlog_every_task")
+    try:
+        echo(f"  status with a backlog of {images:,} images × 11 primary services waiting (jobs queued and ledger "
+             f"entries, loaded in {time.perf_counter() - started:.0f} s): "
+             f"{_summary([_timed_ms(lambda: collect_status(conn)) for _ in range(runs)])}; reading every waiting "
+             f"task as before sql/0116: {_summary([_timed_ms(lambda: conn.execute(every_task)) for _ in range(runs)])}")
+    finally:
+        conn.execute(query("bench_scale_backlog_remove"))
+
+
+def run(throwaway: Throwaway, catalog: Catalog, *, images: int, runs: int = 5, backlog: int = 0,
         echo: Callable[[str], None] = print) -> None:
     database = throwaway.database
     with database.connect() as conn:
@@ -116,6 +134,9 @@ def run(throwaway: Throwaway, catalog: Catalog, *, images: int, runs: int = 5,
     storage_per_image(database, echo)
     submits = [submit_new_images(throwaway, catalog, SUBMITTED_IMAGES) for _ in range(min(runs, 3))]
     echo(f"  submit {SUBMITTED_IMAGES:,} new images × 11 primary services into the job table: {_summary(submits)}")
+    if backlog:  # last: the backlog's dead rows would weigh in the storage figures
+        with database.connect() as conn:
+            status_with_backlog(conn, min(backlog, images), runs, echo)
 
 
 def storage_per_image(database: Database, echo: Callable[[str], None]) -> None:

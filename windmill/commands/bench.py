@@ -191,16 +191,18 @@ def bench_add(app: AppContext, files: int, per_directory: int, runs: int, baseli
 @click.option("--images", type=click.IntRange(1000), default=100_000, show_default=True,
               help="Images of synthetic history to build first.")
 @click.option("--runs", type=click.IntRange(1, 20), default=5, show_default=True)
+@click.option("--backlog", type=click.IntRange(0), default=0, show_default=True,
+              help="Also time status while this many of the images wait for every primary service (both brokers).")
 @pass_app
-def bench_scale(app: AppContext, images: int, runs: int) -> None:
+def bench_scale(app: AppContext, images: int, runs: int, backlog: int) -> None:
     """status, a backfill run, 1,000 jobs claimed and completed, one image's completeness, a submit of 10,000 new
     images and bytes per image, on a synthetic history of N images in a throwaway cluster with production
-    durability: compare 100K and 1M."""
+    durability: compare 100K and 1M. With --backlog N, status while N images wait for every primary service."""
     from windmill.bench.scale import run as run_scale_bench
     from windmill.bench.throwaway import throwaway_database
 
     with throwaway_database(app.catalog) as throwaway:
-        run_scale_bench(throwaway, app.catalog, images=images, runs=runs, echo=click.echo)
+        run_scale_bench(throwaway, app.catalog, images=images, runs=runs, backlog=backlog, echo=click.echo)
 
 
 @bench.command("notify")
