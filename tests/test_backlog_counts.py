@@ -60,3 +60,18 @@ def test_service_progress_and_the_ledger_counts_are_bounded_the_same_way(conn: p
     assert ledger["blip"]["estimated"] and near(ledger["blip"]["in_flight"], BIG), ledger["blip"]
     assert (ledger["clip"]["in_flight"], ledger["clip"]["estimated"]) == (10, False)
     assert ledger["blip"]["oldest_age_s"] is not None
+
+
+def test_a_small_queue_behind_a_big_backlog_is_counted_from_its_own_index_range(conn: psycopg.Connection,
+                                                                                backlog: None) -> None:
+    """Five merge jobs queued behind 80,000 service tasks: each look-up reads the merge queue's own range, never
+    the whole claimable index from its start (as an order by id alone or a generic plan of the loose scan did)."""
+    conn.execute("INSERT INTO jobs (queue, payload) SELECT 'merge', '{}' FROM generate_series(1, 5)")
+    with conn.transaction():
+        for _ in range(4):  # past the five custom plans a session's cached statement gets before a generic one
+            merge = rows(conn, "SELECT * FROM queue_depths", "queue")["merge"]
+        entries_read = conn.execute("SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index "
+                                    "WHERE indrelid = 'jobs'::regclass").fetchone()[0]
+    assert (merge["queued"], merge["estimated"]) == (5, False)
+    # Four passes over 5 queues, each at most the cap's 1,001 entries per look-up, and a loose scan's probes.
+    assert entries_read < 4 * 5 * 3 * 1001, entries_read
