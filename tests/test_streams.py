@@ -115,6 +115,26 @@ def write_in_parts(path: Path, conn: psycopg.Connection, parts: int = 4, pause_s
             time.sleep(pause_s)
 
 
+@contextmanager
+def watching(database: Database, folder: Path, settle_s: float) -> Iterator[tuple[FolderWatch, threading.Thread]]:
+    """A FolderWatch of `folder` running on a thread of its own, stopped on leaving."""
+    stopping = threading.Event()
+    with database.connect() as watch_conn:
+        watch = FolderWatch(watch_conn, folder, stopping, settle_s=settle_s)
+        runner = threading.Thread(target=watch.run)
+        runner.start()
+        try:
+            yield watch, runner
+        finally:
+            stopping.set()
+            runner.join(timeout=30)
+
+
+def landed_long_ago(path: Path) -> Path:
+    os.utime(path, (time.time() - 7200, time.time() - 7200))  # a camera card keeps the time of the shot
+    return path
+
+
 def test_a_file_found_on_start_is_complete_once_unwritten_for_the_settle_interval() -> None:
     now = 10**18
     assert settled_by_its_time((100, now - 3 * 10**9), now, settle_s=2.0)
@@ -132,22 +152,14 @@ def test_files_long_complete_are_taken_on_start_without_waiting_and_one_being_wr
     old = [folder / f"IMG_{n:04d}.jpg" for n in range(3)]
     for path in old:
         path.write_bytes(b"jpeg")
-        os.utime(path, (time.time() - 7200, time.time() - 7200))  # a camera card keeps the time of the shot
+        landed_long_ago(path)
     being_written = folder / "IMG_9999.jpg"
     being_written.write_bytes(b"jp")
-    stopping = threading.Event()
-    with database.connect() as watch_conn:
-        watch = FolderWatch(watch_conn, folder, stopping, settle_s=3600)
-        runner = threading.Thread(target=watch.run)
-        runner.start()
-        try:
-            wait_until(lambda: all(registered(conn, path) for path in old), timeout=30,
-                       message="the files already complete")
-            time.sleep(0.5)
-            assert not registered(conn, being_written)
-        finally:
-            stopping.set()
-            runner.join(timeout=30)
+    with watching(database, folder, settle_s=3600) as (watch, _):
+        wait_until(lambda: all(registered(conn, path) for path in old), timeout=30,
+                   message="the files already complete")
+        time.sleep(0.5)
+        assert not registered(conn, being_written)
     assert watch.report.added == 3
 
 
@@ -229,29 +241,19 @@ def test_a_watched_name_that_is_not_utf8_is_skipped_with_a_warning_and_the_watch
     folder.mkdir()
     raw = os.fsencode(folder)
 
-    def land(name: bytes, *, old: bool = False) -> Path:
+    def land(name: bytes) -> Path:
         path = Path(os.fsdecode(raw + b"/" + name))
         path.write_bytes(b"jpeg")
-        if old:
-            os.utime(path, (time.time() - 7200, time.time() - 7200))
         return path
 
-    land(b"caf\xe9_before.jpg", old=True)
-    before = land(b"before.jpg", old=True)
-    stopping = threading.Event()
-    with database.connect() as watch_conn:
-        watch = FolderWatch(watch_conn, folder, stopping, settle_s=0.3)
-        runner = threading.Thread(target=watch.run)
-        runner.start()
-        try:
-            wait_until(lambda: registered(conn, before), timeout=30, message="the file already there")
-            land(b"caf\xe9_after.jpg")
-            after = land(b"after.jpg")
-            wait_until(lambda: registered(conn, after), timeout=30, message="the file that arrived")
-            assert runner.is_alive()
-        finally:
-            stopping.set()
-            runner.join(timeout=30)
+    landed_long_ago(land(b"caf\xe9_before.jpg"))
+    before = landed_long_ago(land(b"before.jpg"))
+    with watching(database, folder, settle_s=0.3) as (_, runner):
+        wait_until(lambda: registered(conn, before), timeout=30, message="the file already there")
+        land(b"caf\xe9_after.jpg")
+        after = land(b"after.jpg")
+        wait_until(lambda: registered(conn, after), timeout=30, message="the file that arrived")
+        assert runner.is_alive()
     skipped = [record.getMessage() for record in caplog.records if "not valid UTF-8" in record.getMessage()]
     assert any("caf\\xe9_before.jpg" in message for message in skipped)
     assert any("caf\\xe9_after.jpg" in message for message in skipped)
