@@ -168,6 +168,8 @@ BEGIN
         ('FUNCTION', 'pair_failed(text[])',          'EXECUTE',                         NULL),
         ('FUNCTION', 'table_rows(regclass)',         'EXECUTE',                         'EXECUTE'),  -- status's totals
         ('FUNCTION', 'queue_depth_rows()',           'EXECUTE',                         'EXECUTE'),  -- sql/0116: view queue_depths
+        ('FUNCTION', 'backlog_exact_cap()',          NULL,                              NULL),  -- sql/0116: inside the two above
+        ('FUNCTION', 'backlog_sample_percent(regclass)', NULL,                          NULL),
         ('FUNCTION', 'tasks_in_flight_counts()',     'EXECUTE',                         'EXECUTE'),  -- sql/0116: status' ledger counts
         ('FUNCTION', 'is_person_box(jsonb, text)',   'EXECUTE',                         'EXECUTE'),  -- image_completeness calls it
         ('FUNCTION', 'consensus_delay()',            'EXECUTE',                         NULL),  -- the triggers call it

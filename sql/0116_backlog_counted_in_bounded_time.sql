@@ -14,9 +14,10 @@
 -- as the claim does (sql/queries/jobs.sql): with `queue = ... ORDER BY id` the planner reads
 -- jobs_claimable_order_idx from the start and skips every other queue's jobs, eleven entries read for each counted
 -- one, and all of them for a small queue behind a backlog (five merge jobs behind 3.3M service tasks: 0.65 s). And custom plans only (plan_cache_mode): on a generic plan the loose scan's
--- `queue > $1` reads as a third of the table, and from the second call on the function took 0.5 s. No bitmap scans:
--- before autovacuum has analyzed a bulk submit the planner takes a queue's range for a few rows and reads all of it
--- into a bitmap to sort, where the index's own order stops at the cap. SECURITY DEFINER: the monitor login reads them through the views, without SELECT on the job table.
+-- `queue > $1` reads as a third of the table, and from the second call on the function took 0.5 s. No bitmap scans,
+-- sorts or sequential scans: with statistics a bulk submit has outrun (or a table emptied since they were taken)
+-- the planner takes a queue's range for a few rows and reads all of it to sort, where the index's own order stops
+-- at the cap (a test counts the index entries read). SECURITY DEFINER: the monitor login reads them through the views, without SELECT on the job table.
 --
 -- recent_failures' job branches (jobs waiting for a retry with their last error, dead jobs, of the last 24 hours)
 -- read every waiting job to find the few with an error (0.3 s at 3.3M queued): two partial indexes hold only those
@@ -37,7 +38,7 @@ CREATE FUNCTION queue_depth_rows()
 RETURNS TABLE (queue text, queued bigint, scheduled bigint, retrying bigint, running bigint, expired_leases bigint,
                dead bigint, oldest_age_s numeric, estimated boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = windmill, pg_temp SET plan_cache_mode = force_custom_plan
-    SET enable_bitmapscan = off AS $$
+    SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off AS $$
 DECLARE
     cap constant integer := backlog_exact_cap();
     queues text[];
@@ -117,7 +118,7 @@ COMMENT ON VIEW queue_depths IS
 CREATE FUNCTION tasks_in_flight_counts()
 RETURNS TABLE (service text, queue text, in_flight bigint, oldest_age_s numeric, estimated boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = windmill, pg_temp SET plan_cache_mode = force_custom_plan
-    SET enable_bitmapscan = off AS $$
+    SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off AS $$
 DECLARE
     cap constant integer := backlog_exact_cap();
     sample jsonb;  -- entries per queue in the sample, scaled to the table; drawn once
