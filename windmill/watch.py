@@ -162,10 +162,13 @@ class FolderWatch:
             log.warning("skipped %s: %s", what, why, extra={"action": "watch_skipped"})
 
     def _register(self, files: Sequence[Path]) -> None:
+        kept: list[Path] = []
         for path in files:
-            if not storable(path):  # an arrival; the start-up walk left such files out
+            if storable(path):
+                kept.append(path)
+            else:  # an arrival; the start-up walk left such files out
                 log.warning("skipped %s: %s", printable(path), NOT_UTF8, extra={"action": "watch_skipped"})
-        files = [path for path in files if storable(path)]
+        files = kept
         for start in range(0, len(files), PAGE_SIZE):
             batch = files[start:start + PAGE_SIZE]
             added = register_files(self.conn, batch, group=self.group)  # found by the walk or an event, resolved
