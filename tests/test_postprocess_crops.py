@@ -4,6 +4,7 @@ postprocessing still to come cut with it, for colors, which asks for them long a
 
 from __future__ import annotations
 
+import threading
 import uuid
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from tests.conftest import wait_until
 from tests.farm_fixtures import running_farm
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
@@ -148,3 +150,67 @@ def test_a_box_that_fails_otherwise_holds_up_no_other_box_and_is_recorded_on_the
         "error"]
     assert conn.execute(rows).fetchall() == [(first, "error", "cannot read this crop", "worker"),
                                              (second, "success", None, None)]
+
+
+class Colors:
+    """A colors service that answers every crop; `during_call(n)` runs inside the n-th call (1-based)."""
+
+    def __init__(self, during_call: dict[int, object] | None = None) -> None:
+        self.calls = 0
+        self.during_call = during_call or {}
+
+    def analyze(self, service: str, image: object) -> ServiceAnswer:
+        self.calls += 1
+        action = self.during_call.get(self.calls)
+        if callable(action):
+            action()
+        return ServiceAnswer(service, {"predictions": [{"color": "red"}]}, 0.01, 200)
+
+
+def test_a_jobs_rows_are_stored_together_in_one_transaction(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection) -> None:
+    image_id = merged_image(conn, pool, ("dog", "🐕"))
+    handler = stub_handler(database, pool, Colors())
+    assert handler.handle(Job(1, "postprocess_colors", {"image_id": image_id}, image_id, 1, 5), "colors") == [
+        "success", "success"]
+    rows, transactions = conn.execute("SELECT count(*), count(DISTINCT xmin::text) FROM postprocessing "
+                                      "WHERE service = 'colors'").fetchone()
+    assert (rows, transactions) == (2, 1), "the image's two boxes: one commit"
+
+
+def test_a_box_replaced_while_its_crop_was_analysed_drops_its_answer_and_the_others_are_stored(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection) -> None:
+    image_id = merged_image(conn, pool, ("dog", "🐕"))
+    first, second = (row[0] for row in conn.execute("SELECT merged_id FROM merged_boxes ORDER BY merged_id"))
+    # A merge replaces the first box while the second is being analysed: the first's answer is in hand.
+    farm = Colors({2: lambda: conn.execute("DELETE FROM merged_boxes WHERE merged_id = %s", (first,))})
+    handler = stub_handler(database, pool, farm)
+    assert handler.handle(Job(1, "postprocess_colors", {"image_id": image_id}, image_id, 1, 5), "colors") == [
+        "success"]
+    assert conn.execute("SELECT merged_box_id FROM postprocessing").fetchall() == [(second,)]
+
+
+def test_a_box_deleted_by_a_merge_committing_during_the_store_drops_only_its_row(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection) -> None:
+    """The statement's snapshot still sees the box; its foreign-key check waits for the merge, then finds the box
+    gone: the rows are written one at a time, that one dropped."""
+    image_id = merged_image(conn, pool, ("dog", "🐕"))
+    first, second = (row[0] for row in conn.execute("SELECT merged_id FROM merged_boxes ORDER BY merged_id"))
+    merge = database.connect()
+    merge.autocommit = False
+    stored: list[list[str]] = []
+    try:
+        merge.execute("DELETE FROM merged_boxes WHERE merged_id = %s", (first,))
+        handler = stub_handler(database, pool, Colors())
+        writer = threading.Thread(target=lambda: stored.append(handler.handle(
+            Job(1, "postprocess_colors", {"image_id": image_id}, image_id, 1, 5), "colors")))
+        writer.start()
+        wait_until(lambda: conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                        "AND query LIKE 'INSERT INTO postprocessing%%'").fetchone()[0],
+                   message="the store waiting for the merge's deletion")
+        merge.commit()
+        writer.join(timeout=30)
+    finally:
+        merge.close()
+    assert stored == [["success"]]
+    assert conn.execute("SELECT merged_box_id FROM postprocessing").fetchall() == [(second,)]

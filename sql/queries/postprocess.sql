@@ -28,3 +28,21 @@ VALUES (%(image_id)s, %(merged_box_id)s, %(service)s, %(data)s, %(status)s, %(er
         %(processing_time)s, %(worker_id)s)
 ON CONFLICT (merged_box_id, service) WHERE merged_box_id IS NOT NULL DO NOTHING
 RETURNING postprocessing_id
+
+-- name: insert_postprocessing_rows
+-- A job's rows (one image, one service) in one statement, so one transaction and one commit: a row per box, in the
+-- order given; a box gone meanwhile (replaced by a merge while its crop was analysed) gets no row, nor one already
+-- stored. Returns the boxes whose rows were written. The arrays go as binary parameters (insert_results says why).
+-- A box deleted by a merge that commits between this statement's snapshot and its foreign-key check still fails it
+-- (ForeignKeyViolation): the caller then writes the rows one at a time.
+INSERT INTO postprocessing (image_id, merged_box_id, service, data, status, error_message, processing_time,
+                            worker_id)
+SELECT %(image_id)s, box.merged_box_id, %(service)s, box.data, box.status, box.error_message, box.processing_time,
+       %(worker_id)s
+  FROM unnest(%(merged_box_ids)b::bigint[], %(data)b::jsonb[], %(statuses)b::text[], %(error_messages)b::text[],
+              %(processing_times)b::double precision[])
+       WITH ORDINALITY AS box (merged_box_id, data, status, error_message, processing_time, position)
+ WHERE EXISTS (SELECT 1 FROM merged_boxes mb WHERE mb.merged_id = box.merged_box_id)
+ ORDER BY box.position
+ON CONFLICT (merged_box_id, service) WHERE merged_box_id IS NOT NULL DO NOTHING
+RETURNING merged_box_id

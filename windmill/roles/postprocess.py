@@ -1,10 +1,11 @@
 """The postprocess roles: crop an image's merged boxes in memory and send them to colors, face or pose, a job per
-image and service (sql/0115); store each answer with face boxes, keypoints and pose landmarks translated from the
-crop to the whole image."""
+image and service (sql/0115); store the job's answers together, in one transaction, with face boxes, keypoints and
+pose landmarks translated from the crop to the whole image."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -12,7 +13,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from windmill.db.queries import query
-from windmill.errors import WindmillError
+from windmill.errors import WindmillError, first_line
 from windmill.farm import FarmClient, ServiceAnswer, ServiceCallError
 from windmill.image_cache import ImageSource
 from windmill.images import CropBox, ImageUnavailable, face_prediction_to_image, pose_prediction_to_image
@@ -38,6 +39,17 @@ def to_image_coordinates(service: str, data: dict[str, Any], crop: CropBox, imag
     return {**data, "predictions": predictions, "crop": crop.as_bbox(), "raw": data}
 
 
+@dataclass(frozen=True)
+class BoxRow:
+    """A box's postprocessing row, to store: the service's answer, or the failure recorded."""
+
+    box: dict[str, Any]  # boxes_to_postprocess's row
+    status: str
+    data: dict[str, Any]
+    error_message: str | None = None
+    processing_time: float = 0.0
+
+
 class PostprocessHandler:
     def __init__(self, context: RoleContext, farm: FarmClient, images: ImageSource) -> None:
         self.context = context
@@ -46,14 +58,15 @@ class PostprocessHandler:
         self.writes = HandOffWriter(context.jobs)
 
     def handle(self, job: Job, service: str, handoff: Handoff | None = None) -> list[str]:
-        """Sends the job's image's boxes that are still to see `service` to it, one after the other, each answer
-        stored as it comes (sql/0115: a job per image and service); returns the statuses stored.
+        """Sends the job's image's boxes that are still to see `service` to it, one after the other, and stores
+        their rows together, in one transaction (sql/0115: a job per image and service); returns the statuses
+        stored.
 
-        A passing failure (the service, the image's download) or the database away is raised at once, the boxes
-        before it stored, so the retry starts at its box. Anything else is that box's alone: the image's other boxes
-        go on, and the job is retried for it afterwards; on the final attempt it is the box's row (kind `worker`),
-        as a service task's is. `handoff`: the job's, to complete with its last box's row (windmill.jobs.handoff)
-        when every box before it was stored."""
+        A passing failure (the service, the image's download) or the database away is raised at once, the rows of
+        the boxes before it stored first, so the retry starts at its box. Anything else is that box's alone: the
+        image's other boxes go on, and the job is retried for it afterwards; on the final attempt it is the box's
+        row (kind `worker`), as a service task's is. `handoff`: the job's, to complete with the rows
+        (windmill.jobs.handoff) when no box failed."""
         image_id = job.image_id if job.image_id is not None else int(job.payload["image_id"])
         only_box = job.payload.get("merged_box_id")  # a job queued per box by an earlier release
         with self.context.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
@@ -63,30 +76,30 @@ class PostprocessHandler:
         if not boxes:
             log.debug("image %d: no box left for %s", image_id, service, extra={"action": "postprocess_skipped"})
         final_attempt = job.attempts >= job.max_attempts
-        stored: list[str] = []
+        rows: list[BoxRow] = []
         broken: Exception | None = None  # the first box that failed otherwise, raised once the others are done
-        for index, box in enumerate(boxes):
-            last = handoff if index == len(boxes) - 1 and broken is None else None
+        for box in boxes:
             try:
-                status = self._postprocess(box, service, final_attempt, last)
-            except (ServiceCallError, ImageUnavailable, psycopg.Error):
-                raise  # passing (call_service raises only those) or the database's: the retry starts at this box
+                rows.append(self._postprocess(box, service, final_attempt))
+            except psycopg.Error:
+                raise  # the database's: the rows before it would not be stored either
+            except (ServiceCallError, ImageUnavailable):
+                # Passing (call_service raises only those): the retry starts at this box.
+                self._keep_before_raising(rows, image_id, service)
+                raise
             except Exception as error:
                 if not final_attempt:
                     broken = broken or error
                     continue
                 failure = Failure.of(error)
-                status = self._store(box, service, failure.status, failure.data(), error_message=failure.error_message,
-                                     handoff=last)
-            if status is not None:
-                stored.append(status)
+                rows.append(BoxRow(box, failure.status, failure.data(), failure.error_message))
+        stored = self._store(rows, image_id, service, handoff if broken is None else None)
         if broken is not None:
             raise broken
         return stored
 
-    def _postprocess(self, box: dict[str, Any], service: str, final_attempt: bool, handoff: Handoff | None
-                     ) -> str | None:
-        """One box: crop it, call the service, store the row; None when the box was replaced meanwhile."""
+    def _postprocess(self, box: dict[str, Any], service: str, final_attempt: bool) -> BoxRow:
+        """One box: crop it and call the service; its row, to store."""
 
         def call() -> tuple[ServiceAnswer, CropBox, tuple[int, int]]:
             # The crop is shared with the box's other postprocessing services (a person box: colors, face, pose), and
@@ -100,31 +113,57 @@ class PostprocessHandler:
 
         called = call_service(call, final_attempt=final_attempt)
         if isinstance(called, Failure):
-            return self._store(box, service, called.status, called.data(), error_message=called.error_message,
-                               processing_time=called.processing_time, handoff=handoff)
+            return BoxRow(box, called.status, called.data(), called.error_message, called.processing_time)
         answer, crop, image_size = called
         data = to_image_coordinates(service, answer.data, crop, image_size)
-        status = "success" if data.get("predictions") else "empty"
-        return self._store(box, service, status, data, processing_time=answer.processing_time, handoff=handoff)
+        return BoxRow(box, "success" if data.get("predictions") else "empty", data, None, answer.processing_time)
 
     def _boxes_to_crop(self, image_id: int) -> list[Any]:
         with self.context.pool.connection() as conn:
             return [row[0] for row in conn.execute(query("image_boxes_to_crop"), {"image_id": image_id})]
 
-    def _store(self, box: dict[str, Any], service: str, status: str, data: dict[str, Any], *,
-               error_message: str | None = None, processing_time: float = 0.0, handoff: Handoff | None = None
-               ) -> str | None:
-        params = {"image_id": box["image_id"], "merged_box_id": box["merged_id"], "service": service,
-                  "data": Jsonb(data), "status": status, "error_message": error_message,
-                  "processing_time": processing_time, "worker_id": self.context.worker_id}
+    def _keep_before_raising(self, rows: list[BoxRow], image_id: int, service: str) -> None:
+        """The rows of the boxes answered before a passing failure, stored if the database lets us: otherwise the
+        retry asks for them again."""
         try:
-            self.writes.write(lambda conn: conn.execute(query("insert_postprocessing"), params), handoff)
+            self._store(rows, image_id, service, None)
+        except psycopg.Error as error:
+            log.warning("image %d: %d %s answers not stored before the retry (%s)", image_id, len(rows), service,
+                        first_line(error), extra={"action": "postprocess_rows_lost"})
+
+    def _store(self, rows: list[BoxRow], image_id: int, service: str, handoff: Handoff | None) -> list[str]:
+        """The rows in one statement (with the handoff's completion and claim, when given); the statuses of those
+        written. A box replaced while it was analysed gets no row: its answer belongs to no box any more."""
+        if not rows:
+            return []
+        params = {"image_id": image_id, "service": service, "worker_id": self.context.worker_id,
+                  "merged_box_ids": [row.box["merged_id"] for row in rows],
+                  "data": [Jsonb(row.data) for row in rows], "statuses": [row.status for row in rows],
+                  "error_messages": [row.error_message for row in rows],
+                  "processing_times": [row.processing_time for row in rows]}
+        try:
+            written = {merged_id for merged_id, in self.writes.write(
+                lambda conn: conn.execute(query("insert_postprocessing_rows"), params), handoff)}
         except psycopg.errors.ForeignKeyViolation:
-            # The box was replaced while its crop was analysed: the answer belongs to no box any more.
-            log.info("box %d was replaced during %s; answer dropped", box["merged_id"], service,
+            # A merge deleted a box after the statement looked (its header): one at a time, that box's row dropped.
+            return [status for row in rows if (status := self._store_one(row, image_id, service)) is not None]
+        for row in rows:
+            if row.box["merged_id"] not in written:
+                log.info("box %d was replaced during %s (or had its row already); answer dropped",
+                         row.box["merged_id"], service, extra={"action": "postprocess_orphan_dropped"})
+        return [row.status for row in rows if row.box["merged_id"] in written]
+
+    def _store_one(self, row: BoxRow, image_id: int, service: str) -> str | None:
+        params = {"image_id": image_id, "merged_box_id": row.box["merged_id"], "service": service,
+                  "data": Jsonb(row.data), "status": row.status, "error_message": row.error_message,
+                  "processing_time": row.processing_time, "worker_id": self.context.worker_id}
+        try:
+            self.writes.write(lambda conn: conn.execute(query("insert_postprocessing"), params), None)
+        except psycopg.errors.ForeignKeyViolation:
+            log.info("box %d was replaced during %s; answer dropped", row.box["merged_id"], service,
                      extra={"action": "postprocess_orphan_dropped"})
             return None
-        return status
+        return row.status
 
 
 @register_role("postprocess", "sends merged boxes, cropped, to colors, face and pose "
