@@ -78,3 +78,44 @@ def test_a_small_queue_behind_a_big_backlog_is_counted_from_its_own_index_range(
     assert (merge["queued"], merge["estimated"]) == (5, False)
     # Four passes over 5 queues, each at most the cap's 1,001 entries per look-up, and a loose scan's probes.
     assert entries_read < 4 * 5 * 3 * 1001, entries_read
+
+
+def index_entries_read(conn: psycopg.Connection, table: str) -> int:
+    """Index entries this transaction's scans of `table` returned so far."""
+    return conn.execute("SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index "
+                        "WHERE indrelid = %s::regclass", (table,)).fetchone()[0]
+
+
+def test_dead_jobs_are_counted_through_their_queues_index_whatever_the_statistics_say(
+        conn: psycopg.Connection) -> None:
+    """Statistics taken before the jobs died describe no dead job: the planner then held jobs_dead_by_time_idx (every
+    dead job, by time) as good as jobs_dead_idx (by queue), and each probe and count read every dead job."""
+    conn.execute("INSERT INTO jobs (queue, payload) SELECT 'queue_clip', '{}' FROM generate_series(1, 50)")
+    conn.execute("ANALYZE jobs")
+    conn.execute("INSERT INTO jobs (queue, payload, state) SELECT 'queue_ocr', '{}', 'dead' "
+                 "FROM generate_series(1, 30000)")
+    conn.execute("INSERT INTO jobs (queue, payload, state) VALUES ('queue_clip', '{}', 'dead')")
+    with conn.transaction():
+        depths = rows(conn, "SELECT * FROM queue_depths", "queue")
+        entries_read = index_entries_read(conn, "jobs")
+    assert (depths["queue_clip"]["queued"], depths["queue_clip"]["dead"]) == (50, 1)
+    assert depths["queue_ocr"]["estimated"] and depths["queue_ocr"]["dead"] > 1000
+    # Two queues, each at most the cap's 1,001 entries per look-up, and the loose scans' probes.
+    assert entries_read < 4 * 1001 + 100, entries_read
+
+
+def test_the_ledger_is_counted_through_its_queue_index_whatever_the_statistics_say(
+        conn: psycopg.Connection) -> None:
+    conn.execute("INSERT INTO images (image_filename, image_path) "
+                 "SELECT 'i' || g || '.jpg', '/data/i' || g || '.jpg' FROM generate_series(1, 30000) g")
+    conn.execute("INSERT INTO service_tasks_in_flight (image_id, service, queue, task_id) "
+                 "SELECT image_id, 'clip', 'queue_clip', gen_random_uuid() FROM images WHERE image_id <= 10")
+    conn.execute("ANALYZE service_tasks_in_flight")
+    conn.execute("INSERT INTO service_tasks_in_flight (image_id, service, queue, task_id) "
+                 "SELECT image_id, 'blip', 'queue_blip', gen_random_uuid() FROM images")
+    with conn.transaction():
+        ledger = rows(conn, "SELECT * FROM tasks_in_flight_counts()", "service")
+        entries_read = index_entries_read(conn, "service_tasks_in_flight")
+    assert (ledger["clip"]["in_flight"], ledger["clip"]["estimated"]) == (10, False)
+    assert ledger["blip"]["estimated"] and near(ledger["blip"]["in_flight"], 30000)
+    assert entries_read < 2 * 1001 + 100, entries_read
