@@ -414,7 +414,7 @@ class Claimer:
 class HandOffWriter:
     """A role's final writes, each with its job's Handoff when it has one: those run one at a time on a connection
     of their own (Claimer.write_and_hand_off), the others on the pool. For roles whose threads write now and then
-    (a caption score, an image's last postprocessing row): a service worker's answers, which come together, are
+    (a caption score, a postprocess job's rows): a service worker's answers, which come together, are
     written in groups instead (windmill.roles.answers)."""
 
     def __init__(self, jobs: JobQueue) -> None:
