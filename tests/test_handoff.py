@@ -279,7 +279,7 @@ class Colors:
 
 
 @pytest.mark.parametrize("failing", [0, 2])
-def test_a_postprocess_job_hands_off_with_its_last_box_and_only_once_every_box_is_stored(
+def test_a_postprocess_job_hands_off_with_its_rows_and_only_once_every_box_is_answered(
         database: Database, pool: ConnectionPool, conn: psycopg.Connection, failing: int) -> None:
     image = merged_image(conn, pool, ("dog", "🐕"))  # two boxes, and their image's colors job
     queue = JobQueue(pool)
@@ -298,5 +298,6 @@ def test_a_postprocess_job_hands_off_with_its_last_box_and_only_once_every_box_i
     finally:
         handler.writes.close()
     assert given.taken and len(given.next_jobs) == 1
+    # The image's two rows and the job's completion: one transaction.
     first, last = (row[0] for row in conn.execute("SELECT xmin::text FROM postprocessing ORDER BY merged_box_id"))
-    assert one_xmin(conn, "SELECT xmin::text FROM jobs WHERE id = %s AND state = 'done'", job.id) == last != first
+    assert one_xmin(conn, "SELECT xmin::text FROM jobs WHERE id = %s AND state = 'done'", job.id) == last == first
