@@ -22,7 +22,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import psycopg
@@ -33,13 +32,13 @@ from windmill.errors import first_line
 from windmill.jobs import Job, JobQueue, JobState, PermanentJobError
 from windmill.jobs.handoff import Handoff
 from windmill.roles.registry import Role
-from windmill.worker.lanes import Lane, describe_lanes, plan_lanes
+from windmill.worker.claim_state import ClaimWake, LaneState
+from windmill.worker.lanes import describe_lanes, plan_lanes
 from windmill.worker.listener import RECONNECT_CAP_S, RECONNECT_FIRST_S, JobListener
 from windmill.worker.presence import WorkerPresence
 
 log = logging.getLogger(__name__)
 FLUSH_AFTER_S = 0.05  # longest a finished job waits to be recorded with others
-DUE_TOGETHER_S = 0.005  # a delayed lane's notifications this close share one claim
 
 
 @dataclass(frozen=True)
@@ -64,105 +63,6 @@ class WorkerHooks:
     on_handled: Callable[[Job, BaseException | None, float], None] | None = None
 
 
-class _Wake(threading.Event):
-    """The claim loop's wake-up. `set` is a hint that jobs may wait in any queue (the wake-all channel, a reconnect,
-    a stop); `hint_queue` that they may wait in that queue (its own channel, sql/0096); `nudge` only says a handler
-    finished."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._hint_lock = threading.Lock()
-        self._everything = False
-        self._queues: frozenset[str] = frozenset()
-
-    def set(self) -> None:
-        with self._hint_lock:
-            self._everything = True
-        super().set()
-
-    def hint_queue(self, queue: str) -> None:
-        with self._hint_lock:
-            self._queues |= {queue}
-        super().set()
-
-    def nudge(self) -> None:
-        super().set()
-
-    def take_hint(self) -> tuple[bool, frozenset[str]]:
-        """(a hint for every queue, the queues hinted) since the last call."""
-        with self._hint_lock:
-            everything, queues = self._everything, self._queues
-            self._everything, self._queues = False, frozenset()
-        return everything, queues
-
-
-class _LaneState:
-    """A lane at run time: its threads, and its jobs claimed whose handler has not finished (`busy`)."""
-
-    def __init__(self, lane: Lane, batch_size: int, role_name: str, recheck_after_s: float,
-                 claim_delay_s: float = 0.0, handoff_lane: int | None = None) -> None:
-        self.lane = lane
-        self.handoff_lane = handoff_lane  # its place among the worker's lanes that hand off, if it does
-        self.recheck_after_s = recheck_after_s
-        self.claim_delay_s = claim_delay_s  # its jobs fall due this long after they are queued (Role.claim_delay_s)
-        self.due: deque[float] = deque()  # when the jobs it was notified of fall due, oldest first
-        # A service lane takes only what it can start; a shared lane may hold a batch waiting for its threads.
-        self.holds = lane.threads if lane.per_service else max(lane.threads, batch_size)
-        self.busy = 0
-        self.dry = False  # its last claim came back short: wait for a hint or the poll
-        self.took_waited = False  # took a job that had waited in a backed-up queue, and has not rechecked since
-        self.recheck_at: float | None = None  # when it claims once more although dry (sql/0098)
-        self.executor = ThreadPoolExecutor(lane.threads, thread_name_prefix=f"{role_name}-{lane.name}")
-
-    @property
-    def free(self) -> int:
-        return self.holds - self.busy
-
-    def claimed(self, jobs: list[Job], asked: int) -> None:
-        """Note a claim's outcome. An enqueue stays silent while its queue is backed up (sql/0098), counting on a
-        waiting job: if this lane took it, then found the queue drained before that enqueue committed, nothing would
-        wake it until the poll. So after taking such a job, its next short claim is followed by one more, shortly
-        after; only lanes that drained a backlog pay that claim."""
-        self.took_waited = self.took_waited or any(job.waited for job in jobs)
-        self.dry = len(jobs) < asked
-        if self.dry and self.took_waited:
-            self.recheck_at = time.monotonic() + self.recheck_after_s
-            self.took_waited = False
-
-    def recheck_due(self, now: float) -> bool:
-        if self.recheck_at is None or now < self.recheck_at:
-            return False
-        self.recheck_at = None
-        return True
-
-    def notified(self, now: float) -> None:
-        """Its queue's notification arrived: a job was queued. Claim now, or, for a lane whose jobs fall due later,
-        when that job is due (the notification's transaction began before `now`, so its job is due by then).
-        Notifications a few milliseconds apart share one claim."""
-        if self.claim_delay_s <= 0:
-            self.dry = False
-            return
-        due = now + self.claim_delay_s
-        if not self.due or due - self.due[-1] > DUE_TOGETHER_S:
-            self.due.append(due)
-
-    def fell_due(self, now: float) -> bool:
-        """Whether a job it was notified of has fallen due since it last looked."""
-        fell = False
-        while self.due and self.due[0] <= now:
-            self.due.popleft()
-            fell = True
-        return fell
-
-    @property
-    def next_due(self) -> float | None:
-        return self.due[0] if self.due else None
-
-    def wants_claim(self) -> bool:
-        """Worth a round trip: half its places free, or nothing left running."""
-        return not self.dry and self.free > 0 and (self.free >= max(1, self.holds // 2) or self.busy == 0)
-
-
 class Worker:
     def __init__(
         self,
@@ -180,7 +80,7 @@ class Worker:
         self.worker_id = worker_id
         self.options = options or WorkerOptions()
         self.hooks = hooks or WorkerHooks()
-        self._wake = _Wake()
+        self._wake = ClaimWake()
         self._stopping = threading.Event()  # stop claiming, drain
         self._abandon = threading.Event()  # second signal: leave now
         self._side_tasks_done = threading.Event()
@@ -188,7 +88,7 @@ class Worker:
         self._inflight: dict[int, Job] = {}
         self._finished: deque[tuple[Job, BaseException | None, float]] = deque()  # job, error, when
         # Claims that handoffs made for a lane, for the claim loop to note: the lane, the jobs, how many were asked.
-        self._handed_claims: deque[tuple[_LaneState, list[Job], int]] = deque()
+        self._handed_claims: deque[tuple[LaneState, list[Job], int]] = deque()
         self._fatal: BaseException | None = None
         self.jobs_done = 0
         self.jobs_failed = 0
@@ -223,7 +123,7 @@ class Worker:
         ]
         for thread in side_tasks:
             thread.start()
-        lanes = [_LaneState(lane, self.options.batch_size, self.role.name, self.options.recheck_after_s,
+        lanes = [LaneState(lane, self.options.batch_size, self.role.name, self.options.recheck_after_s,
                             self.role.claim_delay_s,
                             self._handoff_lanes.index(lane.queues) if lane.queues in self._handoff_lanes else None)
                  for lane in self.lanes]
@@ -246,7 +146,7 @@ class Worker:
             return 1
         return 0
 
-    def _claim_loop(self, lanes: list[_LaneState]) -> None:
+    def _claim_loop(self, lanes: list[LaneState]) -> None:
         failures = 0  # consecutive claims that could not reach the database
         next_poll = 0.0
         while not self._stopping.is_set():
@@ -296,7 +196,7 @@ class Worker:
             self._wake.wait(FLUSH_AFTER_S if self._finished else max(0.0, wake_at - time.monotonic()))
 
     @staticmethod
-    def _claims_wanted(lanes: list[_LaneState]) -> list[tuple[_LaneState, int]]:
+    def _claims_wanted(lanes: list[LaneState]) -> list[tuple[LaneState, int]]:
         """When a lane is worth a round trip, every lane with places free claims in it: (lane, most to take), each
         lane in order, 0 for one that claims nothing (one text per worker whatever its lanes ask, and a lane of one
         queue that asks nothing is left out of its arrays: windmill.jobs.queue.round_trip_query)."""
@@ -304,11 +204,11 @@ class Worker:
             return []
         return [(lane, lane.free if lane.free > 0 and not lane.dry else 0) for lane in lanes]
 
-    def _run_one(self, job: Job | None, lane: _LaneState) -> None:
+    def _run_one(self, job: Job | None, lane: LaneState) -> None:
         while job is not None:  # then each job its hand-off claimed, on this thread
             job = self._run_handing_off(job, lane)
 
-    def _run_handing_off(self, job: Job, lane: _LaneState) -> Job | None:
+    def _run_handing_off(self, job: Job, lane: LaneState) -> Job | None:
         """Run one job; the lane's next one when the job's hand-off was taken and claimed one."""
         handoff = self._offer_handoff(job, lane)
         error: BaseException | None = None
@@ -337,13 +237,13 @@ class Worker:
         self._wake.nudge()
         return None
 
-    def _offer_handoff(self, job: Job, lane: _LaneState) -> Handoff | None:
+    def _offer_handoff(self, job: Job, lane: LaneState) -> Handoff | None:
         if lane.handoff_lane is None:
             return None
         return Handoff(job.id, self.worker_id, self._handoff_lanes, lane.handoff_lane,
                        wants=0 if self._stopping.is_set() else 1)
 
-    def _take_handoff(self, job: Job, lane: _LaneState, handoff: Handoff) -> Job | None:
+    def _take_handoff(self, job: Job, lane: LaneState, handoff: Handoff) -> Job | None:
         """The job is done and recorded; the first job its write claimed (if any) is this thread's next, the others
         (a claim may bring expired leases beside what it asked for) go to the lane's other threads."""
         with self._lock:
@@ -398,7 +298,7 @@ class Worker:
             batch.append(self._finished.popleft())
         return batch
 
-    def _record_and_claim(self, asks: list[tuple[_LaneState, int]]) -> list[list[Job]]:
+    def _record_and_claim(self, asks: list[tuple[LaneState, int]]) -> list[list[Job]]:
         """Record finished jobs and lease new ones for each lane asking: successes and the claims share one round
         trip, failures are recorded one by one. A job stays in flight (its lease renewed) until its outcome is
         stored."""

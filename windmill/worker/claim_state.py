@@ -1,0 +1,114 @@
+"""What a worker's claim loop knows between round trips: its wake-up, with the queues hinted since it last looked, and
+each lane's state (its places free, whether its last claim came back short, when the jobs it was notified of fall
+due). Kept apart from the loop itself (windmill.worker.runtime), which applies them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from windmill.jobs import Job
+from windmill.worker.lanes import Lane
+
+DUE_TOGETHER_S = 0.005  # a delayed lane's notifications this close share one claim
+
+
+class ClaimWake(threading.Event):
+    """The claim loop's wake-up. `set` is a hint that jobs may wait in any queue (the wake-all channel, a reconnect,
+    a stop); `hint_queue` that they may wait in that queue (its own channel, sql/0096); `nudge` only says a handler
+    finished."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hint_lock = threading.Lock()
+        self._everything = False
+        self._queues: frozenset[str] = frozenset()
+
+    def set(self) -> None:
+        with self._hint_lock:
+            self._everything = True
+        super().set()
+
+    def hint_queue(self, queue: str) -> None:
+        with self._hint_lock:
+            self._queues |= {queue}
+        super().set()
+
+    def nudge(self) -> None:
+        super().set()
+
+    def take_hint(self) -> tuple[bool, frozenset[str]]:
+        """(a hint for every queue, the queues hinted) since the last call."""
+        with self._hint_lock:
+            everything, queues = self._everything, self._queues
+            self._everything, self._queues = False, frozenset()
+        return everything, queues
+
+
+class LaneState:
+    """A lane at run time: its threads, and its jobs claimed whose handler has not finished (`busy`)."""
+
+    def __init__(self, lane: Lane, batch_size: int, role_name: str, recheck_after_s: float,
+                 claim_delay_s: float = 0.0, handoff_lane: int | None = None) -> None:
+        self.lane = lane
+        self.handoff_lane = handoff_lane  # its place among the worker's lanes that hand off, if it does
+        self.recheck_after_s = recheck_after_s
+        self.claim_delay_s = claim_delay_s  # its jobs fall due this long after they are queued (Role.claim_delay_s)
+        self.due: deque[float] = deque()  # when the jobs it was notified of fall due, oldest first
+        # A service lane takes only what it can start; a shared lane may hold a batch waiting for its threads.
+        self.holds = lane.threads if lane.per_service else max(lane.threads, batch_size)
+        self.busy = 0
+        self.dry = False  # its last claim came back short: wait for a hint or the poll
+        self.took_waited = False  # took a job that had waited in a backed-up queue, and has not rechecked since
+        self.recheck_at: float | None = None  # when it claims once more although dry (sql/0098)
+        self.executor = ThreadPoolExecutor(lane.threads, thread_name_prefix=f"{role_name}-{lane.name}")
+
+    @property
+    def free(self) -> int:
+        return self.holds - self.busy
+
+    def claimed(self, jobs: list[Job], asked: int) -> None:
+        """Note a claim's outcome. An enqueue stays silent while its queue is backed up (sql/0098), counting on a
+        waiting job: if this lane took it, then found the queue drained before that enqueue committed, nothing would
+        wake it until the poll. So after taking such a job, its next short claim is followed by one more, shortly
+        after; only lanes that drained a backlog pay that claim."""
+        self.took_waited = self.took_waited or any(job.waited for job in jobs)
+        self.dry = len(jobs) < asked
+        if self.dry and self.took_waited:
+            self.recheck_at = time.monotonic() + self.recheck_after_s
+            self.took_waited = False
+
+    def recheck_due(self, now: float) -> bool:
+        if self.recheck_at is None or now < self.recheck_at:
+            return False
+        self.recheck_at = None
+        return True
+
+    def notified(self, now: float) -> None:
+        """Its queue's notification arrived: a job was queued. Claim now, or, for a lane whose jobs fall due later,
+        when that job is due (the notification's transaction began before `now`, so its job is due by then).
+        Notifications a few milliseconds apart share one claim."""
+        if self.claim_delay_s <= 0:
+            self.dry = False
+            return
+        due = now + self.claim_delay_s
+        if not self.due or due - self.due[-1] > DUE_TOGETHER_S:
+            self.due.append(due)
+
+    def fell_due(self, now: float) -> bool:
+        """Whether a job it was notified of has fallen due since it last looked."""
+        fell = False
+        while self.due and self.due[0] <= now:
+            self.due.popleft()
+            fell = True
+        return fell
+
+    @property
+    def next_due(self) -> float | None:
+        return self.due[0] if self.due else None
+
+    def wants_claim(self) -> bool:
+        """Worth a round trip: half its places free, or nothing left running."""
+        return not self.dry and self.free > 0 and (self.free >= max(1, self.holds // 2) or self.busy == 0)
