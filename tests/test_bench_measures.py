@@ -126,8 +126,10 @@ def test_summary_gives_medians_and_ratios_head_over_baseline() -> None:
     lines = summary("postgres", head, base, runs)
     assert "images/s" in lines[1] and "20.0 vs     10.0  ratio 2.00×" in lines[1]
     assert "Windmill CPU" in lines[2] and "50.0 vs    130.0  ratio 0.38×" in lines[2]
+    assert lines[-1] == "  run by run, head ÷ baseline: images/s 2.00×, 2.00×, 2.73×; Windmill CPU 0.38×, 0.62×, 0.31×"
     runs["head"][0] = _run(20, 0.04, None)  # a run whose server is not on this machine
-    assert summary("postgres", head, base, runs)[2].endswith("n/a")
+    lines = summary("postgres", head, base, runs)
+    assert lines[2].endswith("n/a") and "Windmill CPU n/a, 0.62×" in lines[-1]
 
 
 def test_windmill_cpu_in_units_of_the_stand_ins_leaves_the_machines_drift_out() -> None:

@@ -310,6 +310,16 @@ def summary(broker: str, head: Side, base: Side, runs: dict[str, list[Run]]) -> 
         head_value, base_value = head_median * scale, base_median * scale
         ratio = head_value / base_value if base_value else float("nan")
         lines.append(f"  {name:<46} {form.format(head_value):>8} vs {form.format(base_value):>8}  ratio {ratio:.2f}×")
+    # Each side's run n ran next to the other's (the sides alternate who goes first): the pairs show the spread that
+    # the medians hide, a machine that drifted during the sitting included.
+    pairs = list(zip(runs[head.label], runs[base.label], strict=False))
+
+    def ratios(measure: Callable[[Run], float | None]) -> str:
+        return ", ".join("n/a" if (h := measure(one)) is None or not (b := measure(other)) else f"{h / b:.2f}×"
+                         for one, other in pairs)
+
+    lines.append(f"  run by run, head ÷ baseline: images/s {ratios(lambda run: run.rate)}; "
+                 f"Windmill CPU {ratios(lambda run: run.windmill_cpu)}")
     return lines
 
 
