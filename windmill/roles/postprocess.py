@@ -62,10 +62,10 @@ class PostprocessHandler:
         their rows together, in one transaction (sql/0115: a job per image and service); returns the statuses
         stored.
 
-        A passing failure (the service, the image's download) or the database away is raised at once, the rows of
-        the boxes before it stored first, so the retry starts at its box. Anything else is that box's alone: the
-        image's other boxes go on, and the job is retried for it afterwards; on the final attempt it is the box's
-        row (kind `worker`), as a service task's is. `handoff`: the job's, to complete with the rows
+        A passing failure (the service, the image's download) is raised once the rows of the boxes before it are
+        stored, so the retry starts at its box; the database away is raised at once. Anything else is that box's
+        alone: the image's other boxes go on, and the job is retried for it afterwards; on the final attempt it is
+        the box's row (kind `worker`), as a service task's is. `handoff`: the job's, to complete with the rows
         (windmill.jobs.handoff) when no box failed."""
         image_id = job.image_id if job.image_id is not None else int(job.payload["image_id"])
         only_box = job.payload.get("merged_box_id")  # a job queued per box by an earlier release
