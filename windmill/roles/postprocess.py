@@ -136,11 +136,7 @@ class PostprocessHandler:
         written. A box replaced while it was analysed gets no row: its answer belongs to no box any more."""
         if not rows:
             return []
-        params = {"image_id": image_id, "service": service, "worker_id": self.context.worker_id,
-                  "merged_box_ids": [row.box["merged_id"] for row in rows],
-                  "data": [Jsonb(row.data) for row in rows], "statuses": [row.status for row in rows],
-                  "error_messages": [row.error_message for row in rows],
-                  "processing_times": [row.processing_time for row in rows]}
+        params = self._rows_parameters(rows, image_id, service)
         try:
             written = {merged_id for merged_id, in self.writes.write(
                 lambda conn: conn.execute(query("insert_postprocessing_rows"), params), handoff)}
@@ -154,16 +150,24 @@ class PostprocessHandler:
         return [row.status for row in rows if row.box["merged_id"] in written]
 
     def _store_one(self, row: BoxRow, image_id: int, service: str) -> str | None:
-        params = {"image_id": image_id, "merged_box_id": row.box["merged_id"], "service": service,
-                  "data": Jsonb(row.data), "status": row.status, "error_message": row.error_message,
-                  "processing_time": row.processing_time, "worker_id": self.context.worker_id}
+        params = self._rows_parameters([row], image_id, service)
         try:
-            self.writes.write(lambda conn: conn.execute(query("insert_postprocessing"), params), None)
+            written = self.writes.write(lambda conn: conn.execute(query("insert_postprocessing_rows"), params), None)
         except psycopg.errors.ForeignKeyViolation:
-            log.info("box %d was replaced during %s; answer dropped", row.box["merged_id"], service,
-                     extra={"action": "postprocess_orphan_dropped"})
+            written = []
+        if not written:
+            log.info("box %d was replaced during %s (or had its row already); answer dropped", row.box["merged_id"],
+                     service, extra={"action": "postprocess_orphan_dropped"})
             return None
         return row.status
+
+    def _rows_parameters(self, rows: list[BoxRow], image_id: int, service: str) -> dict[str, Any]:
+        """insert_postprocessing_rows' parameters: a field of every row per array."""
+        return {"image_id": image_id, "service": service, "worker_id": self.context.worker_id,
+                "merged_box_ids": [row.box["merged_id"] for row in rows],
+                "data": [Jsonb(row.data) for row in rows], "statuses": [row.status for row in rows],
+                "error_messages": [row.error_message for row in rows],
+                "processing_times": [row.processing_time for row in rows]}
 
 
 @register_role("postprocess", "sends merged boxes, cropped, to colors, face and pose "
