@@ -13,6 +13,7 @@ from windmill.jobs import Job
 from windmill.worker.lanes import Lane
 
 DUE_TOGETHER_S = 0.005  # a delayed lane's notifications this close share one claim
+DUE_RECHECKS = 3  # a delayed lane's empty claim at a due time is followed by this many more, each twice as late
 
 
 class ClaimWake(threading.Event):
@@ -63,6 +64,9 @@ class LaneState:
         self.dry = False  # its last claim came back short: wait for a hint or the poll
         self.took_waited = False  # took a job that had waited in a backed-up queue, and has not rechecked since
         self.recheck_at: float | None = None  # when it claims once more although dry (sql/0098)
+        self.awaiting_due = False  # a job it was notified of fell due, and no claim has answered since
+        self.due_misses = 0  # its claims in a row at or after a due time that came back empty
+        self.rechecking_due = False  # recheck_at is one of those claims
         self.executor = ThreadPoolExecutor(lane.threads, thread_name_prefix=f"{role_name}-{lane.name}")
 
     @property
@@ -77,13 +81,35 @@ class LaneState:
         self.took_waited = self.took_waited or any(job.waited for job in jobs)
         self.dry = len(jobs) < asked
         if self.dry and self.took_waited:
-            self.recheck_at = time.monotonic() + self.recheck_after_s
+            self._recheck_in(self.recheck_after_s)
             self.took_waited = False
+        if self.awaiting_due:
+            self._answer_due(found=bool(jobs))
+
+    def _answer_due(self, found: bool) -> None:
+        """A claim after a due time came back. Empty, the job may be there but locked: an enqueue holds a waiting
+        job FOR SHARE until its transaction commits (sql/0012), SKIP LOCKED passes it by, and that commit notifies
+        nobody, for the job was already queued. So claim again shortly, twice as late each time, a few times; the
+        poll covers a lock held longer. (The job may as well be gone, to a hand-off or another worker: then these
+        claims are spent for nothing, which is why they are few.)"""
+        self.awaiting_due = False
+        if found:
+            self.due_misses = 0
+        elif self.due_misses < DUE_RECHECKS:
+            self._recheck_in(self.recheck_after_s * 2 ** self.due_misses)
+            self.due_misses += 1
+            self.rechecking_due = True
+
+    def _recheck_in(self, delay_s: float) -> None:
+        at = time.monotonic() + delay_s
+        self.recheck_at = at if self.recheck_at is None else min(self.recheck_at, at)
 
     def recheck_due(self, now: float) -> bool:
         if self.recheck_at is None or now < self.recheck_at:
             return False
         self.recheck_at = None
+        if self.rechecking_due:
+            self.rechecking_due, self.awaiting_due = False, True
         return True
 
     def notified(self, now: float) -> None:
@@ -103,6 +129,8 @@ class LaneState:
         while self.due and self.due[0] <= now:
             self.due.popleft()
             fell = True
+        if fell:
+            self.awaiting_due, self.due_misses = True, 0
         return fell
 
     @property

@@ -1,0 +1,67 @@
+"""A delayed lane's claims after a due time (windmill.worker.claim_state): pure state, no database. The case these
+rechecks exist for, a job locked by an enqueue when it falls due, runs against PostgreSQL in test_merge_window."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from windmill.jobs import Job
+from windmill.worker.claim_state import DUE_RECHECKS, LaneState
+from windmill.worker.lanes import Lane
+
+RECHECK_S = 0.05
+DELAY_S = 0.05
+
+
+@pytest.fixture
+def lane() -> LaneState:
+    state = LaneState(Lane(queues=("merge",), threads=2), batch_size=4, role_name="merge-test",
+                      recheck_after_s=RECHECK_S, claim_delay_s=DELAY_S)
+    yield state
+    state.executor.shutdown()
+
+
+def a_job() -> Job:
+    return Job(id=1, queue="merge", payload={}, image_id=7, attempts=1, max_attempts=5)
+
+
+def fall_due(lane: LaneState) -> None:
+    lane.notified(time.monotonic() - DELAY_S)
+    assert lane.fell_due(time.monotonic())
+
+
+def recheck_delays(lane: LaneState) -> list[float]:
+    """Answer every claim with nothing, and note how long after each the lane asks to claim again."""
+    delays: list[float] = []
+    while len(delays) <= DUE_RECHECKS:  # one more than it should ask for
+        asked_at = time.monotonic()
+        lane.claimed([], asked=2)
+        if lane.recheck_at is None:
+            return delays
+        delays.append(lane.recheck_at - asked_at)
+        assert lane.recheck_due(lane.recheck_at)  # the loop comes back at that time and claims
+    return delays
+
+
+def test_an_empty_claim_at_a_due_time_is_followed_by_a_few_more_each_twice_as_late(lane: LaneState) -> None:
+    fall_due(lane)
+    delays = recheck_delays(lane)
+    assert len(delays) == DUE_RECHECKS
+    assert delays == pytest.approx([RECHECK_S * 2 ** n for n in range(DUE_RECHECKS)], abs=0.01)
+
+
+def test_a_claim_that_finds_the_job_ends_the_rechecks(lane: LaneState) -> None:
+    fall_due(lane)
+    lane.claimed([], asked=2)
+    assert lane.recheck_due(lane.recheck_at)
+    lane.claimed([a_job()], asked=2)
+    assert lane.recheck_at is None
+    fall_due(lane)  # the next job's due time starts the count again
+    assert len(recheck_delays(lane)) == DUE_RECHECKS
+
+
+def test_an_empty_claim_that_no_due_time_prompted_waits_for_a_hint(lane: LaneState) -> None:
+    lane.claimed([], asked=2)
+    assert lane.recheck_at is None and lane.dry
