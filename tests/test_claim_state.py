@@ -13,12 +13,13 @@ from windmill.worker.lanes import Lane
 
 RECHECK_S = 0.05
 DELAY_S = 0.05
+TOGETHER_S = 0.005
 
 
 @pytest.fixture
 def lane() -> LaneState:
     state = LaneState(Lane(queues=("merge",), threads=2), batch_size=4, role_name="merge-test",
-                      recheck_after_s=RECHECK_S, claim_delay_s=DELAY_S)
+                      recheck_after_s=RECHECK_S, claim_delay_s=DELAY_S, claim_together_s=TOGETHER_S)
     yield state
     state.executor.shutdown()
 
@@ -65,3 +66,16 @@ def test_a_claim_that_finds_the_job_ends_the_rechecks(lane: LaneState) -> None:
 def test_an_empty_claim_that_no_due_time_prompted_waits_for_a_hint(lane: LaneState) -> None:
     lane.claimed([], asked=2)
     assert lane.recheck_at is None and lane.dry
+
+
+def test_notifications_close_together_share_one_claim_when_the_last_is_due(lane: LaneState) -> None:
+    """Made when the first is due, the claim would find the later jobs not due yet and leave them for the poll."""
+    window = TOGETHER_S
+    lane.notified(100.0)
+    lane.notified(100.0 + window * 0.6)
+    lane.notified(100.0 + window * 0.9)
+    assert lane.next_due == pytest.approx(100.0 + window * 0.9 + DELAY_S)
+    lane.notified(100.0 + window * 1.5)  # past the group's window: a claim of its own
+    assert not lane.fell_due(100.0 + DELAY_S + window * 0.5)
+    assert lane.fell_due(100.0 + DELAY_S + window)
+    assert lane.next_due == pytest.approx(100.0 + window * 1.5 + DELAY_S)

@@ -1,6 +1,6 @@
 """The merge's coalescing window (sql/0113): a merge job falls due merge_delay() after it is queued, so an image's
 detector answers that arrive within it are merged once; its notification makes the merger claim when it is due, not
-at the poll. Consensus jobs, due consensus_delay() later, still wait for the poll."""
+at the poll. Consensus jobs, due consensus_delay() later, are claimed the same way (sql/0118)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,16 @@ from psycopg_pool import ConnectionPool
 
 from tests.conftest import wait_until
 from tests.test_freshness import SAMPLES, SETTINGS, WORKER, detection, insert_answer
+from windmill.catalog import Catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database
 from windmill.db.queries import fetch_value
+from windmill.farm import FarmClient
+from windmill.image_cache import ImageSource
 from windmill.jobs import Job, JobQueue, NewJob
 from windmill.jobs.queue import enqueue_on
 from windmill.roles.merger import merge_image
-from windmill.roles.registry import Role
+from windmill.roles.registry import Role, RoleContext, build_role
 from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
 
 
@@ -75,16 +78,44 @@ def test_the_merger_claims_a_merge_job_when_it_falls_due_not_at_the_poll(
         thread.join(timeout=20)
 
 
-def test_a_consensus_job_due_later_still_wakes_no_one(conn: psycopg.Connection, database: Database,
-                                                      image: int) -> None:
-    """A second's votes are claimed at once by the poll; only jobs due within 100 ms notify."""
+def test_a_job_due_within_a_second_notifies_and_one_due_later_does_not(conn: psycopg.Connection,
+                                                                         database: Database, image: int) -> None:
+    """A consensus job (due consensus_delay() later) notifies as a merge job does (sql/0118); a deadline job (due
+    30 s later) waits for the poll."""
     with database.connect() as listener:
-        listener.execute("SELECT * FROM listen_job_queues(%s)", [["consensus", "merge"]])
-        spec = conn.execute("SELECT (consensus_job(%s)).*", (image,)).fetchone()
-        enqueue_on(conn, NewJob(spec[0], spec[2], image_id=image, dedupe_key=spec[3]), run_after=spec[4])
-        assert sum(1 for _ in listener.notifies(timeout=0.3)) == 0
-        insert_answer(conn, image, "yolov8", detection("person", "🧑", 10))  # queues a merge: due within 100 ms
-        assert sum(1 for _ in listener.notifies(timeout=0.3)) == 1
+        listener.execute("SELECT * FROM listen_job_queues(%s)", [["consensus"]])
+        for job in ("consensus_deadline_job", "consensus_job"):
+            spec = conn.execute(f"SELECT ({job}(%s)).*", (image,)).fetchone()
+            enqueue_on(conn, NewJob(spec[0], spec[2], image_id=image, dedupe_key=spec[3]), run_after=spec[4])
+            expected = 0 if job == "consensus_deadline_job" else 1
+            assert sum(1 for _ in listener.notifies(timeout=0.3)) == expected, job
+
+
+def test_the_consensus_worker_claims_a_vote_when_it_falls_due_not_at_the_poll(
+        conn: psycopg.Connection, database: Database, pool: ConnectionPool, catalog: Catalog, image: int) -> None:
+    """The consensus role delays its queue by the debounce, so a vote is claimed when due: before sql/0118 it waited
+    for the poll (up to a second; 60 s here), and a batch's last votes kept it from ending."""
+    claimed_at: list[float] = []
+    with FarmClient(catalog) as farm:
+        context = RoleContext(settings=SETTINGS, database=database, pool=pool, jobs=JobQueue(pool),
+                              catalog=catalog, worker_id=WORKER, farm=farm, images=ImageSource(SETTINGS))
+        role = build_role("consensus", context)
+        worker = Worker(JobQueue(pool), role, worker_id=WORKER, listen_conninfo=database.conninfo,
+                        options=WorkerOptions(poll_interval_s=60),
+                        hooks=WorkerHooks(on_claimed=lambda job: claimed_at.append(time.monotonic())))
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            assert worker.listening.wait(10)
+            time.sleep(0.3)  # the claims the start and the LISTEN asked for are over: the lane is dry
+            spec = conn.execute("SELECT (consensus_job(%s)).*", (image,)).fetchone()
+            queued = time.monotonic()
+            enqueue_on(conn, NewJob(spec[0], spec[2], image_id=image, dedupe_key=spec[3]), run_after=spec[4])
+            wait_until(lambda: bool(claimed_at), timeout=20, message="the vote to be claimed before the poll")
+            assert claimed_at[0] - queued >= role.claim_delay_s - 0.05, "claimed before it was due"
+        finally:
+            worker.request_stop()
+            thread.join(timeout=20)
 
 
 def test_a_merge_job_locked_by_an_answer_when_it_falls_due_is_claimed_once_that_answer_commits(

@@ -19,3 +19,8 @@ SELECT enqueue_consensus_deadline(%(image_id)s)
 -- when asked, the image's deadline job dropped first: sql/0112.
 SELECT store_vote(%(image_id)s, %(consensus_data)s, %(processing_time)s, %(worker_id)s, %(source_result_ids)s,
                   %(boxes_revision)s, %(postprocessing_ids)s, %(drop_deadline)s)
+
+-- name: consensus_delay_s
+-- How long after it is queued a consensus job falls due (sql/0010's debounce), in seconds: the consensus worker
+-- claims that long after a notification of its queue (sql/0118).
+SELECT extract(epoch FROM consensus_delay())::float8

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from windmill.db.pipelined import pipelined_transaction
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.jobs import Job
 from windmill.jobs.queues import CONSENSUS_QUEUE
 from windmill.locks import Product
@@ -141,4 +141,9 @@ def consensus_role(context: RoleContext) -> Role:
         with context.pool.connection() as conn:
             recompute_consensus(conn, image_id, service_types, context.worker_id, job.payload)
 
-    return Role(name="consensus", queues=(CONSENSUS_QUEUE,), handle=handle)
+    with context.pool.connection() as conn:
+        delay_s = float(fetch_value(conn, "consensus_delay_s"))
+    # The votes queued within half the debounce share one claim: a vote waits at most that much longer, and a busy
+    # pipeline's consensus worker claims a few times a second rather than at every image (sql/0118).
+    return Role(name="consensus", queues=(CONSENSUS_QUEUE,), handle=handle, claim_delay_s=delay_s,
+                claim_together_s=delay_s / 2)

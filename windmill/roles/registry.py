@@ -63,6 +63,9 @@ class Role:
     # Its jobs fall due this long after they are queued (the merge's coalescing window, sql/0113): a notification
     # of its queues is answered by a claim that much later rather than at once.
     claim_delay_s: float = 0.0
+    # With a delay: notifications within this long of a claim's first share that claim, made when the last of them
+    # is due (windmill.worker.claim_state): fewer claims, each job waiting at most this much longer.
+    claim_together_s: float = 0.0
 
 
 RoleFactory = Callable[[RoleContext], Role]

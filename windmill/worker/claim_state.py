@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from windmill.jobs import Job
 from windmill.worker.lanes import Lane
 
-DUE_TOGETHER_S = 0.005  # a delayed lane's notifications this close share one claim
 DUE_RECHECKS = 3  # a delayed lane's empty claim at a due time is followed by this many more, each twice as late
 
 
@@ -52,12 +51,15 @@ class LaneState:
     """A lane at run time: its threads, and its jobs claimed whose handler has not finished (`busy`)."""
 
     def __init__(self, lane: Lane, batch_size: int, role_name: str, recheck_after_s: float,
-                 claim_delay_s: float = 0.0, handoff_lane: int | None = None) -> None:
+                 claim_delay_s: float = 0.0, claim_together_s: float = 0.0,
+                 handoff_lane: int | None = None) -> None:
         self.lane = lane
         self.handoff_lane = handoff_lane  # its place among the worker's lanes that hand off, if it does
         self.recheck_after_s = recheck_after_s
         self.claim_delay_s = claim_delay_s  # its jobs fall due this long after they are queued (Role.claim_delay_s)
-        self.due: deque[float] = deque()  # when the jobs it was notified of fall due, oldest first
+        self.claim_together_s = claim_together_s  # notifications this close share a claim (Role.claim_together_s)
+        self.due: deque[float] = deque()  # when it claims the jobs it was notified of, oldest first
+        self._group_first_due = 0.0  # when the first job of the last entry of `due` falls due
         # A service lane takes only what it can start; a shared lane may hold a batch waiting for its threads.
         self.holds = lane.threads if lane.per_service else max(lane.threads, batch_size)
         self.busy = 0
@@ -115,13 +117,17 @@ class LaneState:
     def notified(self, now: float) -> None:
         """Its queue's notification arrived: a job was queued. Claim now, or, for a lane whose jobs fall due later,
         when that job is due (the notification's transaction began before `now`, so its job is due by then).
-        Notifications a few milliseconds apart share one claim."""
+        Notifications within claim_together_s of a group's first share one claim, made when the group's last job
+        is due: made at the first's due time, it would leave the later ones for the poll."""
         if self.claim_delay_s <= 0:
             self.dry = False
             return
         due = now + self.claim_delay_s
-        if not self.due or due - self.due[-1] > DUE_TOGETHER_S:
+        if self.due and due - self._group_first_due <= self.claim_together_s:
+            self.due[-1] = max(self.due[-1], due)
+        else:
             self.due.append(due)
+            self._group_first_due = due
 
     def fell_due(self, now: float) -> bool:
         """Whether a job it was notified of has fallen due since it last looked."""

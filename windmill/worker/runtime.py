@@ -124,7 +124,7 @@ class Worker:
         for thread in side_tasks:
             thread.start()
         lanes = [LaneState(lane, self.options.batch_size, self.role.name, self.options.recheck_after_s,
-                            self.role.claim_delay_s,
+                            self.role.claim_delay_s, self.role.claim_together_s,
                             self._handoff_lanes.index(lane.queues) if lane.queues in self._handoff_lanes else None)
                  for lane in self.lanes]
         drained = False
