@@ -13,7 +13,6 @@ pi-heif's Pillow plugin (decode-only); no service reads them, so they always go 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import threading
 import warnings
@@ -74,7 +73,6 @@ class PreparedImage:
     height: int
     mime: str
     filename_ext: str
-    sha256: str
     source_format: str = ""
     # What was done to the original, e.g. ("EXIF orientation 6 applied", "CMYK → RGB"); empty = passed through.
     changes: tuple[str, ...] = ()
@@ -113,7 +111,6 @@ def prepared_jpeg(data: bytes, width: int, height: int, *, changes: tuple[str, .
         height=height,
         mime="image/jpeg",
         filename_ext="jpg",
-        sha256=hashlib.sha256(data).hexdigest(),
         source_format=source_format,
         changes=changes,
     )
@@ -209,8 +206,7 @@ def _prepare(data: bytes, *, max_pixels: int, max_send_bytes: int | None, jpeg_q
                 height=height,
                 mime=mime,
                 filename_ext=extension,
-                sha256=hashlib.sha256(data).hexdigest(),
-                source_format=source_format,
+                        source_format=source_format,
             )
             return prepared, pixels
         # A colour profile stays valid only when the pixels kept their colour space.
