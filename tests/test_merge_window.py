@@ -139,7 +139,7 @@ def test_a_merge_job_locked_by_an_answer_when_it_falls_due_is_claimed_once_that_
             answering.autocommit = False
             insert_answer(conn, image, "yolov8", detection("person", "🧑", 10))  # queued and notified
             insert_answer(answering, image, "rtdetr", detection("dog", "🐕", 300))  # finds it waiting: FOR SHARE
-            time.sleep(delay_s + 0.15)  # the lane's claim at the job's due time has passed it by
+            time.sleep(delay_s + 0.08)  # the lane's claim at the job's due time has passed it by
             assert not got_it.is_set()
             answering.commit()
         assert got_it.wait(3), "the merge job was not claimed after the answer holding it committed"
