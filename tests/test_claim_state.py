@@ -8,7 +8,7 @@ import time
 import pytest
 
 from windmill.jobs import Job
-from windmill.worker.claim_state import DUE_RECHECKS, LaneState
+from windmill.worker.claim_state import DUE_RECHECKS, LaneState, apply_wake
 from windmill.worker.lanes import Lane
 
 RECHECK_S = 0.05
@@ -79,3 +79,18 @@ def test_notifications_close_together_share_one_claim_when_the_last_is_due(lane:
     assert not lane.fell_due(100.0 + DELAY_S + window * 0.5)
     assert lane.fell_due(100.0 + DELAY_S + window)
     assert lane.next_due == pytest.approx(100.0 + window * 1.5 + DELAY_S)
+
+
+def test_a_notification_that_comes_with_the_poll_still_sets_its_due_time(lane: LaneState) -> None:
+    """The poll's claim comes before the notified job is due; without the due time the job waited for the next poll,
+    about a second (which fits one image's first boxes a second late in `bench pipeline --latency-profile gpu`)."""
+    lane.dry = True
+    apply_wake([lane], everything=True, hinted=frozenset({"merge"}), now=100.0)
+    assert not lane.dry, "the poll claims now"
+    assert lane.next_due == pytest.approx(100.0 + DELAY_S), "and again when the notified job is due"
+
+
+def test_a_notification_of_another_queue_leaves_the_lane_as_it_was(lane: LaneState) -> None:
+    lane.dry = True
+    apply_wake([lane], everything=False, hinted=frozenset({"consensus"}), now=100.0)
+    assert lane.dry and lane.next_due is None

@@ -1,12 +1,14 @@
-"""What a worker's claim loop knows between round trips: its wake-up, with the queues hinted since it last looked, and
+"""What a worker's claim loop knows between round trips: its wake-up, with the queues hinted since it last looked,
 each lane's state (its places free, whether its last claim came back short, when the jobs it was notified of fall
-due). Kept apart from the loop itself (windmill.worker.runtime), which applies them."""
+due), and what a wake-up tells the lanes (apply_wake). Kept apart from the loop itself (windmill.worker.runtime),
+which applies them."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from windmill.jobs import Job
@@ -146,3 +148,16 @@ class LaneState:
     def wants_claim(self) -> bool:
         """Worth a round trip: half its places free, or nothing left running."""
         return not self.dry and self.free > 0 and (self.free >= max(1, self.holds // 2) or self.busy == 0)
+
+
+def apply_wake(lanes: Iterable[LaneState], *, everything: bool, hinted: frozenset[str], now: float) -> None:
+    """What a wake-up tells the lanes: `everything` (the poll, the wake-all channel, a reconnect) makes every lane
+    claim again; a queue's own notification makes its lane claim again, or, for a delayed lane, claim when the job
+    falls due. A notification registers that due time also when it comes with a wake for everything: the claim that
+    wake makes comes before the job is due, and without the due time the lane left that job for the next poll
+    (about a second). That fits the one image in a run whose first boxes came a second late, now and then."""
+    for lane in lanes:
+        if not hinted.isdisjoint(lane.lane.queues):
+            lane.notified(now)
+        if everything:
+            lane.dry = False

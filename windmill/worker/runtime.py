@@ -32,7 +32,7 @@ from windmill.errors import first_line
 from windmill.jobs import Job, JobQueue, JobState, PermanentJobError
 from windmill.jobs.handoff import Handoff
 from windmill.roles.registry import Role
-from windmill.worker.claim_state import ClaimWake, LaneState
+from windmill.worker.claim_state import ClaimWake, LaneState, apply_wake
 from windmill.worker.lanes import describe_lanes, plan_lanes
 from windmill.worker.listener import RECONNECT_CAP_S, RECONNECT_FIRST_S, JobListener
 from windmill.worker.presence import WorkerPresence
@@ -153,16 +153,11 @@ class Worker:
             self._wake.clear()
             self._note_handed_claims()  # before the hints: a notification after a hand-off's claim still counts
             everything, hinted = self._wake.take_hint()
-            if everything or time.monotonic() >= next_poll:
-                for lane in lanes:
-                    lane.dry = False
-                next_poll = time.monotonic() + self.options.poll_interval_s
-            else:  # a queue's own notification: only its lane claims again (the others stay as they were)
-                now = time.monotonic()
-                for lane in lanes:
-                    if not hinted.isdisjoint(lane.lane.queues):
-                        lane.notified(now)
             now = time.monotonic()
+            polling = now >= next_poll
+            if polling:
+                next_poll = now + self.options.poll_interval_s
+            apply_wake(lanes, everything=everything or polling, hinted=hinted, now=now)
             for lane in lanes:
                 rechecking, fell_due = lane.recheck_due(now), lane.fell_due(now)  # both consume what is due
                 if rechecking or fell_due:
