@@ -206,7 +206,7 @@ def _prepare(data: bytes, *, max_pixels: int, max_send_bytes: int | None, jpeg_q
                 height=height,
                 mime=mime,
                 filename_ext=extension,
-                        source_format=source_format,
+                source_format=source_format,
             )
             return prepared, pixels
         # A colour profile stays valid only when the pixels kept their colour space.
