@@ -1,4 +1,4 @@
-"""Two-phase stop by signal (windmill.worker.launch.stop_on_signals): a signal stops a worker whatever its main
+"""Two-phase stop by signal (windmill.stopping.stop_on_signals): a signal stops a worker whatever its main
 thread was doing when it landed, and a second one still interrupts a command that leaves by KeyboardInterrupt.
 
 Each case runs in a process of its own, so a stop that deadlocks fails the test instead of hanging it. The signal
@@ -17,7 +17,7 @@ from tests.conftest import PYTHON, REPOSITORY
 # Stops as every worker does (Worker, BrokerWorker, WorkerGroup): request_stop sets the event its run() waits on.
 HELD_LOCK = """
 import signal, sys, threading
-from windmill.worker.launch import stop_on_signals
+from windmill.stopping import stop_on_signals
 
 class Worker:
     def __init__(self):
@@ -35,7 +35,7 @@ sys.exit(0 if stopped else 1)
 
 SECOND_SIGNAL = """
 import signal, sys, threading
-from windmill.worker.launch import StopRequest, stop_on_signals
+from windmill.stopping import StopRequest, stop_on_signals
 
 stop = StopRequest()
 try:

@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg.rows import dict_row
@@ -26,9 +27,11 @@ from windmill.producer import SubmitReport, Submitter
 from windmill.progress import Progress
 from windmill.settings import Settings, load_settings
 from windmill.watch import WatchReport
-from windmill.worker.group import WorkerGroup
 from windmill.worker.layout import SINGLE_MACHINE, RoleSpec
-from windmill.worker.runtime import WorkerOptions
+
+if TYPE_CHECKING:  # the workers load on first use: a session that only submits or reads needs none of them
+    from windmill.worker.group import WorkerGroup
+    from windmill.worker.runtime import WorkerOptions
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,8 @@ class Windmill:
                      options: WorkerOptions | None = None) -> Iterator[WorkerGroup]:
         """The workers of `specs` (the pipeline, SINGLE_MACHINE, by default) in this process, not started, on a
         pool of their own that closes after the block (`run` starts them until a signal)."""
+        from windmill.worker.group import WorkerGroup
+
         with self.database.pool(min_size=2, max_size=32, name="workers") as pool:
             yield WorkerGroup(self.settings, self.database, pool, self.catalog, specs, options=options)
 

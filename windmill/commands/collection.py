@@ -104,7 +104,7 @@ def images_watch(app: AppContext, folder: Path, recursive: bool, group: str | No
                  broker: str | None, settle: float) -> None:
     """Register image files as they land in FOLDER (and queue them with --submit), until Ctrl-C or SIGTERM.
     Files already there are looked at first; a file already known is not added (nor queued) twice."""
-    from windmill.worker.launch import StopRequest, stop_on_signals
+    from windmill.stopping import StopRequest, stop_on_signals
 
     selected = app.catalog.select(selection) if selection else None  # refused before any connection is made
 
@@ -166,7 +166,7 @@ def submit(app: AppContext, services: str, limit: int | None, group: str | None,
                             page_size=page_size, poll_interval=poll_interval, as_json=as_json)
     else:
         after_id = after_id or 0
-        from windmill.worker.launch import StopRequest, stop_on_signals
+        from windmill.stopping import StopRequest, stop_on_signals
 
         stop = StopRequest()
         with app.windmill("windmill-submit") as windmill:
@@ -206,7 +206,7 @@ def _follow(app: AppContext, selected: list[Service], report: SubmitReport, *, g
             broker: str | None, after_id: int | None, page_size: int | None, poll_interval: float,
             as_json: bool) -> Submission:
     """submit --follow: until a signal, with a line per walk that queued something (not with -q or --json)."""
-    from windmill.worker.launch import StopRequest, stop_on_signals
+    from windmill.stopping import StopRequest, stop_on_signals
 
     def on_walk(progress: SubmitReport) -> None:
         if not (app.quiet or as_json):

@@ -29,7 +29,7 @@ def export_command(app: AppContext, fmt: str, out: Path, group: str | None, sinc
                    services: str | None, detectors: bool) -> None:
     """Write the collection's answers and products to files for COCO tools, pandas, DuckDB, FiftyOne."""
     from windmill.export import ExportRequest, ExportStop, Selection, count_images, export, parse_since
-    from windmill.worker.launch import stop_on_signals
+    from windmill.stopping import stop_on_signals
 
     selection = Selection(group=group, since=parse_since(since), after_id=after_id,
                           services=tuple(s.name for s in app.catalog.select(services)) if services else None)

@@ -60,7 +60,7 @@ class ExportStopped(WindmillError):
 
 
 class ExportStop:
-    """Asked to stop (SIGINT/SIGTERM, see windmill.worker.launch.stop_on_signals): the export ends after the page
+    """Asked to stop (SIGINT/SIGTERM, see windmill.stopping.stop_on_signals): the export ends after the page
     it is writing; asked twice, at once."""
 
     # Leaving now is a KeyboardInterrupt in the main thread, raised by the signal's handler (stop_on_signals).

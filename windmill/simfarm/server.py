@@ -476,7 +476,7 @@ class SimFarm:
         """For the CLI: serve until SIGINT or SIGTERM, then stop (previous signal handlers restored)."""
         self.start()
         # Not an Event: its set() in the handler would wait for the lock that the interrupted wait may hold.
-        # SimpleQueue.put is reentrant (windmill.worker.launch.stop_on_signals).
+        # SimpleQueue.put is reentrant (windmill.stopping.stop_on_signals).
         received: queue.SimpleQueue[int] = queue.SimpleQueue()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:

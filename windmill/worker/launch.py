@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import logging
-import queue
-import signal
-import threading
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import timedelta
-from types import FrameType
 from typing import Protocol
 
 from psycopg_pool import ConnectionPool
@@ -22,6 +17,7 @@ from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
 from windmill.roles.registry import RoleContext, build_role
 from windmill.settings import Settings
+from windmill.stopping import StopRequests, stop_on_signals
 from windmill.worker.broker_worker import BrokerWorker
 from windmill.worker.farm_client import process_farm_client
 from windmill.worker.runtime import Worker, WorkerOptions
@@ -29,69 +25,8 @@ from windmill.worker.runtime import Worker, WorkerOptions
 log = logging.getLogger(__name__)
 
 
-class StopRequests(Protocol):
-    """What a signal asks of: a worker, or an export (windmill.export.ExportStop)."""
-
-    def request_stop(self, *, immediately: bool = False) -> None: ...
-
-
 class Stoppable(StopRequests, Protocol):
     def run(self) -> int: ...
-
-
-class StopRequest:
-    """For a command that runs until a signal (`submit --follow`, `images watch`): the first SIGTERM/SIGINT sets
-    `stopping` (the loop ends after the batch it is on), a second one interrupts at once."""
-
-    # Leaving now is a KeyboardInterrupt in the main thread, raised by the signal's handler (stop_on_signals).
-    leave_now_interrupts = True
-
-    def __init__(self) -> None:
-        self.stopping = threading.Event()
-
-    def request_stop(self, *, immediately: bool = False) -> None:
-        self.stopping.set()
-
-
-@contextmanager
-def stop_on_signals(worker: StopRequests) -> Iterator[None]:
-    """SIGTERM/SIGINT once: drain. Twice: leave now. The previous handlers come back afterwards.
-
-    The handler only counts and hands the request on; a thread of ours makes it. Python runs a handler in the main
-    thread between two bytecodes, maybe while that thread holds the lock of the very Event a stop sets
-    (`Event.wait` holds its Condition's lock as it enters and leaves, and a worker's main loop waits on its stop
-    event): setting the event there waits forever for the thread it interrupted, and the worker never stops.
-    `SimpleQueue.put` is reentrant, so the handler takes no lock. A command with `leave_now_interrupts` (StopRequest,
-    ExportStop) leaves at the second signal by a KeyboardInterrupt its handler raises in the main thread, which
-    ends even a blocked wait at once."""
-    requests: queue.SimpleQueue[tuple[int, bool] | None] = queue.SimpleQueue()
-    interrupts = bool(getattr(worker, "leave_now_interrupts", False))
-    received = 0
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        nonlocal received
-        received += 1
-        requests.put((signum, received > 1))
-        if received > 1 and interrupts:
-            raise KeyboardInterrupt
-
-    def make_requests() -> None:
-        while (request := requests.get()) is not None:
-            signum, immediately = request
-            log.info("received %s: %s", signal.Signals(signum).name,
-                     "leaving now" if immediately else "draining in-flight jobs", extra={"action": "signal"})
-            worker.request_stop(immediately=immediately)
-
-    requester = threading.Thread(target=make_requests, name="stop-requests", daemon=True)
-    requester.start()
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        requests.put(None)
-        requester.join()
 
 
 def pool_size(concurrency: int) -> int:
