@@ -21,7 +21,7 @@ from windmill.broker.rabbitmq import RabbitMQBroker
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.jobs import JobQueue
-from windmill.producer import SubmitReport, submit
+from windmill.producer import FIRST_PAGE, SubmitReport, page_sizes, submit
 
 SERVICES = "nsfw2,metadata"
 
@@ -122,6 +122,33 @@ def test_no_transaction_stays_open_between_pages_and_later_images_are_seen(
     assert between_pages and all(state == "idle" and started is None for state, started in between_pages), \
         between_pages
     assert (report.images, report.published, report.last_image_id) == (4, 4, 4)
+
+
+def test_pages_start_small_and_double_up_to_the_page_size() -> None:
+    sizes = page_sizes(2000)
+    assert [next(sizes) for _ in range(9)] == [16, 32, 64, 128, 256, 512, 1024, 2000, 2000]
+    smaller = page_sizes(5)
+    assert [next(smaller) for _ in range(3)] == [5, 5, 5]
+
+
+def test_the_first_pages_tasks_are_queued_before_the_rest_is_read(
+        database: Database, conn: psycopg.Connection, pool: ConnectionPool, catalog: Catalog) -> None:
+    """A submit of thousands of images used to queue nothing until its first page of 2,000 was published: the
+    workers sat idle for the first second. Now they can start on the first FIRST_PAGE images at once."""
+    register(conn, 100)
+    pages: list[int] = []
+    queued_after_the_first_page: list[int] = []
+
+    def progress(images: int) -> None:
+        pages.append(images)
+        if len(pages) == 1:
+            queued_after_the_first_page.append(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+
+    with database.connect() as reader, database.connect() as lookup:
+        report = submit(reader, lookup, JobTableBroker(JobQueue(pool)), catalog.select("nsfw2"), progress=progress)
+    assert pages == [FIRST_PAGE, 2 * FIRST_PAGE, 100 - 3 * FIRST_PAGE]
+    assert queued_after_the_first_page == [FIRST_PAGE]
+    assert report.published == 100
 
 
 def test_submit_after_an_id_takes_only_later_images_and_says_where_it_got(run, conn: psycopg.Connection) -> None:
