@@ -39,6 +39,8 @@ def recheck_delays(lane: LaneState) -> list[float]:
     while len(delays) <= DUE_RECHECKS:  # one more than it should ask for
         asked_at = time.monotonic()
         lane.claimed([], asked=2)
+        if lane.looking_behind:
+            lane.left_behind(True)  # the claim loop's read: the due job is still queued (locked)
         if lane.recheck_at is None:
             return delays
         delays.append(lane.recheck_at - asked_at)
@@ -56,6 +58,7 @@ def test_an_empty_claim_at_a_due_time_is_followed_by_a_few_more_each_twice_as_la
 def test_a_claim_that_finds_the_job_ends_the_rechecks(lane: LaneState) -> None:
     fall_due(lane)
     lane.claimed([], asked=2)
+    lane.left_behind(True)
     assert lane.recheck_due(lane.recheck_at)
     lane.claimed([a_job()], asked=2)
     assert lane.recheck_at is None
@@ -63,9 +66,20 @@ def test_a_claim_that_finds_the_job_ends_the_rechecks(lane: LaneState) -> None:
     assert len(recheck_delays(lane)) == DUE_RECHECKS
 
 
+def test_an_empty_claim_at_a_due_time_looks_before_it_claims_again(lane: LaneState) -> None:
+    """In a fleet every worker of the queue is notified and one takes the job: the others' claims come back empty,
+    and claiming again three times each would be 3 (N - 1) claims per job for nothing."""
+    fall_due(lane)
+    lane.claimed([], asked=2)
+    assert lane.looking_behind and lane.recheck_at is None
+    lane.left_behind(False)  # nothing due is queued: another worker took it
+    assert not lane.looking_behind and lane.recheck_at is None and lane.dry
+    assert lane.due_misses == 0
+
+
 def test_an_empty_claim_that_no_due_time_prompted_waits_for_a_hint(lane: LaneState) -> None:
     lane.claimed([], asked=2)
-    assert lane.recheck_at is None and lane.dry
+    assert lane.recheck_at is None and lane.dry and not lane.looking_behind
 
 
 def test_notifications_close_together_share_one_claim_when_the_last_is_due(lane: LaneState) -> None:

@@ -66,6 +66,27 @@ def test_claim_takes_oldest_first_in_batches_and_skips_locked_rows(jobs: JobQueu
     assert jobs.claim(["q"], "w3", 10) == []
 
 
+def test_a_due_job_a_claim_passed_by_is_seen_waiting_and_one_another_worker_took_is_not(
+        jobs: JobQueue, database: Database) -> None:
+    """What a delayed lane reads after an empty claim at a due time (windmill.worker.claim_state, left_behind):
+    a job locked by an enqueue still waits, so the lane claims again; a job another worker took does not."""
+    claimer = jobs.claimer()
+    try:
+        assert not claimer.due_job_waiting(["q"])
+        job_id = jobs.enqueue(NewJob("q", {}))
+        jobs.enqueue(NewJob("q", {}), run_after=datetime.now(UTC) + timedelta(minutes=5))  # not due: not waiting
+        with database.connect(autocommit=False) as enqueuing:
+            enqueuing.execute("SELECT id FROM jobs WHERE id = %s FOR SHARE", (job_id,))
+            assert claimer.complete_and_claim_lanes([], [(["q"], 5)], "w1") == [[]]  # passed by
+            assert claimer.due_job_waiting(["q"])
+            assert not claimer.due_job_waiting(["other"])
+            enqueuing.rollback()
+        assert [job.id for job in jobs.claim(["q"], "w2", 5)] == [job_id]  # another worker takes it
+        assert not claimer.due_job_waiting(["q"])
+    finally:
+        claimer.close()
+
+
 def test_claim_only_reads_the_named_queues(jobs: JobQueue) -> None:
     jobs.enqueue(NewJob("a", {}))
     wanted = jobs.enqueue(NewJob("b", {}))

@@ -119,6 +119,12 @@ ready_%(lane)s AS (
 -- The candidates of a lane of several queues in claim_round_trip.
 SELECT id FROM ready_%(lane)s UNION SELECT id FROM expired_%(lane)s
 
+-- name: due_job_waiting
+-- Is a job of %(queues)s due and still waiting? A plain read: it sees a job whose row a claim's SKIP LOCKED passed by
+-- (windmill/worker/claim_state.py, LaneState.left_behind). The form of claim_lane_of_queues' scan.
+SELECT EXISTS (SELECT 1 FROM jobs
+                WHERE state IN ('queued', 'failed') AND queue = ANY(%(queues)s::text[]) AND run_after <= now())
+
 -- name: generic_plans_for_this_session
 -- A claimer's connection runs nothing but claim round trips, on their generic plans from the first execution
 -- (windmill/jobs/queue.py, Claimer, says why that is safe there).

@@ -22,7 +22,7 @@ from psycopg_pool import ConnectionPool
 from windmill.backoff import backoff_delay
 from windmill.db.jsonb import use_orjson
 from windmill.db.pipelined import pipelined_transaction
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 from windmill.jobs.handoff import Handoff, deal_claims
 from windmill.jobs.model import Job, JobState
 
@@ -358,6 +358,15 @@ class Claimer:
         """JobQueue.complete_and_claim_lanes on this claimer's connection."""
         try:
             return claim_round_trip(self._connection(), done, lanes, worker_id, self.jobs.lease, now, prepare=True)
+        except psycopg.OperationalError:
+            self.close()
+            raise
+
+    def due_job_waiting(self, queues: Sequence[str]) -> bool:
+        """Whether a job of `queues` is due and still queued, read without claiming: a job whose row another
+        transaction holds counts (an enqueue's FOR SHARE, another worker's claim not committed yet)."""
+        try:
+            return bool(fetch_value(self._connection(), "due_job_waiting", {"queues": list(queues)}))
         except psycopg.OperationalError:
             self.close()
             raise

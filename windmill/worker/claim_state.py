@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from windmill.jobs import Job
 from windmill.worker.lanes import Lane
 
-DUE_RECHECKS = 3  # a delayed lane's empty claim at a due time is followed by this many more, each twice as late
+DUE_RECHECKS = 3  # a delayed lane's empty claim at a due time may be followed by this many more, each twice as late
 
 
 class ClaimWake(threading.Event):
@@ -70,6 +70,7 @@ class LaneState:
         self.recheck_at: float | None = None  # when it claims once more although dry (sql/0098)
         self.awaiting_due = False  # a job it was notified of fell due, and no claim has answered since
         self.due_misses = 0  # its claims in a row at or after a due time that came back empty
+        self.looking_behind = False  # one came back empty: is a due job of its queues still queued? (left_behind)
         self.rechecking_due = False  # recheck_at is one of those claims
         self.executor = ThreadPoolExecutor(lane.threads, thread_name_prefix=f"{role_name}-{lane.name}")
 
@@ -93,16 +94,27 @@ class LaneState:
     def _answer_due(self, found: bool) -> None:
         """A claim after a due time came back. Empty, the job may be there but locked: an enqueue holds a waiting
         job FOR SHARE until its transaction commits (sql/0012), SKIP LOCKED passes it by, and that commit notifies
-        nobody, for the job was already queued. So claim again shortly, twice as late each time, a few times; the
-        poll covers a lock held longer. (The job may as well be gone, to a hand-off or another worker: then these
-        claims are spent for nothing, which is why they are few.)"""
+        nobody, for the job was already queued. Or it is gone, to a hand-off or to another worker of the fleet (each
+        notification wakes every worker of the queue, and one takes the job). The claim loop tells the two apart
+        with a plain read (left_behind) before it claims again."""
         self.awaiting_due = False
         if found:
             self.due_misses = 0
         elif self.due_misses < DUE_RECHECKS:
-            self._recheck_in(self.recheck_after_s * 2 ** self.due_misses)
-            self.due_misses += 1
-            self.rechecking_due = True
+            self.looking_behind = True
+
+    def left_behind(self, waiting: bool) -> None:
+        """The read's answer: a due job of the lane's queues is still queued (`waiting`, locked when the claim
+        passed it by), so claim again shortly, twice as late each time, a few times (the poll covers a lock held
+        longer); or none is, and the lane waits for a hint or the poll. Blind rechecks cost a fleet of N workers of
+        a queue 3 (N - 1) empty claims per notification."""
+        self.looking_behind = False
+        if not waiting:
+            self.due_misses = 0
+            return
+        self._recheck_in(self.recheck_after_s * 2 ** self.due_misses)
+        self.due_misses += 1
+        self.rechecking_due = True
 
     def _recheck_in(self, delay_s: float) -> None:
         at = time.monotonic() + delay_s

@@ -186,9 +186,22 @@ class Worker:
                     continue  # a lane took a full claim and still has places: more are probably waiting
             elif self._flush_due():
                 self._flush_finished()
+            self._look_behind(lanes)
             wake_at = min([next_poll, *(lane.recheck_at for lane in lanes if lane.recheck_at is not None),
                            *(lane.next_due for lane in lanes if lane.next_due is not None)])
             self._wake.wait(FLUSH_AFTER_S if self._finished else max(0.0, wake_at - time.monotonic()))
+
+    def _look_behind(self, lanes: list[LaneState]) -> None:
+        """For each lane whose claim at a due time came back empty: is a due job of its queues still queued (then
+        locked when the claim passed it by: claim again shortly), or did someone else take it? An unreachable
+        database counts as the first: the claims that follow find out."""
+        for lane in lanes:
+            if lane.looking_behind:
+                try:
+                    waiting = self._claimer.due_job_waiting(lane.lane.queues)
+                except psycopg.OperationalError:
+                    waiting = True
+                lane.left_behind(waiting)
 
     @staticmethod
     def _claims_wanted(lanes: list[LaneState]) -> list[tuple[LaneState, int]]:
