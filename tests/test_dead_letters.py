@@ -5,11 +5,14 @@ PostgreSQL; the end-to-end test dead-letters a task against a service that is do
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import uuid
 from dataclasses import replace
 
 import pika
 import psycopg
+import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 from psycopg_pool import ConnectionPool
 
@@ -21,7 +24,8 @@ from tests.test_service_role import SAMPLES
 from windmill.broker import Task
 from windmill.broker.dead_letters import DeadLetter, list_dead_letters, replay_dead_letters
 from windmill.broker.ledger import enter_in_flight
-from windmill.broker.rabbitmq import ATTEMPTS_HEADER, LAST_ERROR_HEADER, declare_queue, task_body
+from windmill.broker.queues import refusal_answered
+from windmill.broker.rabbitmq import ATTEMPTS_HEADER, LAST_ERROR_HEADER, RabbitMQBroker, declare_queue, task_body
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database
@@ -124,3 +128,33 @@ def test_a_task_dead_lettered_while_its_service_was_down_is_replayed_from_the_co
     statuses = [row[0] for row in conn.execute("SELECT status FROM results ORDER BY result_id")]
     assert statuses == ["error", "success"]
     assert conn.execute("SELECT count(*) FROM service_tasks_in_flight").fetchone()[0] == 0
+
+
+def test_queues_never_declared_read_as_empty_without_a_warning(amqp_url: str, queue_name: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A service whose queues nobody declared yet is no fault: `dlq list` and `tasks resend` read it as empty, and
+    pika's warning about the channel the broker closed is not printed (it was, a line per queue)."""
+    caplog.set_level(logging.WARNING)
+    assert list_dead_letters(amqp_url, [queue_name, queue_name + "_too"]) == []
+    with RabbitMQBroker(amqp_url) as broker:
+        assert broker.queue_depths([queue_name, queue_name + "_too"]) == {}
+        declare_queue(broker._ensure_channel(), queue_name)
+        assert broker.queue_depths([queue_name + "_too", queue_name]) == {queue_name: 0}
+    assert [record.getMessage() for record in caplog.records if record.name.startswith("pika")] == []
+
+
+def test_a_refusal_is_silenced_only_in_the_thread_that_answers_it(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    channel_log = logging.getLogger("pika.channel")
+
+    def close_warning(code: int) -> None:
+        channel_log.warning("Received remote Channel.Close (%s): %r on %s", code, "NOT_FOUND - no queue", "channel")
+
+    with refusal_answered(404):
+        close_warning(404)  # answered here
+        close_warning(406)  # not this one
+        elsewhere = threading.Thread(target=close_warning, args=(404,))
+        elsewhere.start()
+        elsewhere.join()
+    close_warning(404)  # after the block
+    assert [record.args[0] for record in caplog.records if record.name == "pika.channel"] == [406, 404, 404]

@@ -25,6 +25,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 
 from windmill.broker.base import MalformedTaskError, Task
 from windmill.broker.ledger import publish_in_flight
+from windmill.broker.queues import queue_depth
 from windmill.broker.rabbitmq import (
     ATTEMPTS_HEADER,
     DEAD_LETTER_SUFFIX,
@@ -39,7 +40,6 @@ from windmill.catalog import Catalog
 from windmill.errors import WindmillError
 from windmill.settings import describe_url
 
-_NOT_FOUND = 404
 Message = tuple[pika.spec.Basic.GetOk, pika.BasicProperties, bytes]
 
 
@@ -145,12 +145,9 @@ def _reading(connection: BlockingConnection, queue: str, limit: int | None) -> I
     channel = connection.channel()
     batch = _Batch(channel)
     try:
-        try:
-            waiting = channel.queue_declare(dead_letter_queue(queue), passive=True).method.message_count
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if error.reply_code != _NOT_FOUND:
-                raise
-            waiting = 0  # never declared: nothing was dead-lettered
+        waiting, channel = queue_depth(channel, dead_letter_queue(queue))
+        batch.channel = channel
+        waiting = waiting or 0  # never declared: nothing was dead-lettered
         while len(batch) < (waiting if limit is None else min(waiting, limit)):
             method, properties, body = channel.basic_get(dead_letter_queue(queue), auto_ack=False)
             if method is None:

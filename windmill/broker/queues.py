@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pika.exceptions
@@ -28,6 +32,7 @@ from windmill.errors import WindmillError
 
 DEAD_LETTER_SUFFIX = ".dlq"
 QUEUE_TYPES = ("classic", "quorum")
+NOT_FOUND = 404
 _PRECONDITION_FAILED = 406
 # RabbitMQ's refusal of a declaration without the existing queue's type: "inequivalent arg 'x-queue-type' for
 # queue 'q' in vhost '/': received none but current is the value 'quorum' of type 'longstr'".
@@ -40,6 +45,50 @@ class RabbitMQError(WindmillError):
 
 def dead_letter_queue(queue_name: str) -> str:
     return queue_name + DEAD_LETTER_SUFFIX
+
+
+class _AnsweredRefusals(logging.Filter):
+    """Drops pika's warning that the broker closed a channel when the thread that asked expects that very refusal
+    and answers it itself: a queue that does not exist yet (404), a declaration in another type (406). Without
+    it, `dlq list` on a broker where a service's queues were never declared printed a warning per queue, with
+    pika's internal objects in it, for a state that is no fault."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expected = threading.local()  # pika reports the close in the thread that waits for the answer
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        codes: frozenset[int] = getattr(self.expected, "codes", frozenset())
+        return not (codes and record.msg == _CHANNEL_CLOSE_WARNING and isinstance(record.args, tuple)
+                    and record.args[:1] and record.args[0] in codes)
+
+
+_CHANNEL_CLOSE_WARNING = "Received remote Channel.Close (%s): %r on %s"  # pika.channel's own text
+_answered_refusals = _AnsweredRefusals()
+logging.getLogger("pika.channel").addFilter(_answered_refusals)
+
+
+@contextmanager
+def refusal_answered(*reply_codes: int) -> Iterator[None]:
+    """Within the block, this thread answers the broker's refusals of these codes itself: pika does not log them."""
+    before: frozenset[int] = getattr(_answered_refusals.expected, "codes", frozenset())
+    _answered_refusals.expected.codes = before | frozenset(reply_codes)
+    try:
+        yield
+    finally:
+        _answered_refusals.expected.codes = before
+
+
+def queue_depth(channel: BlockingChannel, queue_name: str) -> tuple[int | None, BlockingChannel]:
+    """The messages ready in the queue, None when RabbitMQ has no such queue; with the channel to go on with (the
+    broker closes the channel that asked about a missing queue: then a new one of the same connection)."""
+    try:
+        with refusal_answered(NOT_FOUND):
+            return channel.queue_declare(queue=queue_name, passive=True).method.message_count, channel
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code != NOT_FOUND:
+            raise
+        return None, channel.connection.channel()
 
 
 def queue_arguments(queue_name: str, queue_type: str | None = None) -> dict[str, Any]:
@@ -63,7 +112,8 @@ def declare_queue(channel: BlockingChannel, queue_name: str) -> BlockingChannel:
     for name, arguments in ((dead_letter_queue(queue_name), dead_letter_arguments()),
                             (queue_name, queue_arguments(queue_name))):
         try:
-            channel.queue_declare(queue=name, durable=True, arguments=arguments or None)
+            with refusal_answered(_PRECONDITION_FAILED):
+                channel.queue_declare(queue=name, durable=True, arguments=arguments or None)
             continue
         except pika.exceptions.ChannelClosedByBroker as error:
             if error.reply_code != _PRECONDITION_FAILED:
@@ -73,7 +123,9 @@ def declare_queue(channel: BlockingChannel, queue_name: str) -> BlockingChannel:
                 raise _refused(name, queue_name, error) from None
         channel = channel.connection.channel()
         try:
-            channel.queue_declare(queue=name, durable=True, arguments={**arguments, "x-queue-type": existing[1]})
+            with refusal_answered(_PRECONDITION_FAILED):
+                channel.queue_declare(queue=name, durable=True,
+                                      arguments={**arguments, "x-queue-type": existing[1]})
         except pika.exceptions.ChannelClosedByBroker as error:
             if error.reply_code != _PRECONDITION_FAILED:
                 raise

@@ -26,6 +26,7 @@ from windmill.broker.queues import DEAD_LETTER_SUFFIX as DEAD_LETTER_SUFFIX  # (
 from windmill.broker.queues import RabbitMQError as RabbitMQError
 from windmill.broker.queues import dead_letter_queue as dead_letter_queue
 from windmill.broker.queues import declare_queue as declare_queue
+from windmill.broker.queues import queue_depth
 from windmill.catalog import Service
 from windmill.errors import first_line
 from windmill.settings import describe_url
@@ -75,7 +76,6 @@ _GUESSED_FROM_HANDSHAKE = (
     pika.exceptions.IncompatibleProtocolError,
 )
 _ACCESS_REFUSED = 403
-_NOT_FOUND = 404
 
 
 class NoAnswerError(pika.exceptions.AMQPConnectionError):
@@ -413,13 +413,9 @@ class RabbitMQBroker:
     def _depths(self, queue_names: list[str]) -> dict[str, int]:
         depths: dict[str, int] = {}
         for name in queue_names:
-            try:
-                frame = self._ensure_channel().queue_declare(queue=name, passive=True)
-            except pika.exceptions.ChannelClosedByBroker as error:
-                if error.reply_code != _NOT_FOUND:
-                    raise
-                continue  # the broker closed the channel; the next name opens another
-            depths[name] = frame.method.message_count
+            depth, self._channel = queue_depth(self._ensure_channel(), name)
+            if depth is not None:
+                depths[name] = depth
         return depths
 
     def _delays(self) -> Iterator[float]:

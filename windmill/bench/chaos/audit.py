@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pika
-import pika.exceptions
 import psycopg
 from pika.adapters.blocking_connection import BlockingConnection
 
+from windmill.broker.queues import dead_letter_queue, queue_depth
 from windmill.catalog import Catalog
 from windmill.db.jsonb import as_stored
 from windmill.db.queries import fetch_row, fetch_value, query
@@ -118,16 +118,13 @@ def queue_state(amqp_url: str, queues: Sequence[str]) -> QueueState:
     try:
         channel = connection.channel()
         for queue in queues:
-            try:
-                state.left += channel.queue_declare(queue, passive=True).method.message_count
-            except pika.exceptions.ChannelClosedByBroker:
-                channel = connection.channel()  # never declared: nothing there
-            try:
-                while (message := channel.basic_get(queue + ".dlq", auto_ack=False))[0] is not None:
-                    state.dead_lettered.append(str(message[1].message_id))
-            except pika.exceptions.ChannelClosedByBroker:
-                channel = connection.channel()  # no dead-letter queue (tasks via the job table): nothing there
+            ready, channel = queue_depth(channel, queue)
+            state.left += ready or 0  # never declared (tasks via the job table): nothing there
+            dead, channel = queue_depth(channel, dead_letter_queue(queue))
+            if not dead:
                 continue
+            while (message := channel.basic_get(dead_letter_queue(queue), auto_ack=False))[0] is not None:
+                state.dead_lettered.append(str(message[1].message_id))
             channel.close()  # unacknowledged, every dead letter goes back where it was
             channel = connection.channel()
     finally:
