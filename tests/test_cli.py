@@ -128,6 +128,21 @@ def test_user_errors_print_one_line_without_traceback(worker_env: dict[str, str]
     assert "pw@" not in process.stderr
 
 
+def test_a_refused_rabbitmq_login_is_one_sentence(run, photos: Path, worker_env: dict[str, str], tmp_path: Path,
+                                                  amqp_url: str) -> None:
+    run("images", "add", str(photos))
+    scheme, rest = amqp_url.split("://", 1)
+    refused = f"{scheme}://windmill-test:not-the-password@{rest.rpartition('@')[2]}"
+    process = subprocess.run([PYTHON, "-m", "windmill", "submit"], env={**worker_env, "WINDMILL_AMQP_URL": refused},
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 1
+    lines = process.stderr.strip().splitlines()
+    assert "Traceback" not in process.stderr
+    assert [line for line in lines if "pika" in line] == []
+    assert lines[-1].startswith("Error: could not declare queues: RabbitMQ at ")
+    assert "refused" in lines[-1] and "not-the-password" not in process.stderr
+
+
 def test_every_command_has_help() -> None:
     def walk(group, path):
         yield path

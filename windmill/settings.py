@@ -430,5 +430,7 @@ def configure_logging(settings: Settings, *, quiet: bool = False) -> None:
     if quiet:
         level = max(level, logging.WARNING)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for chatty in ("pika", "httpx"):  # a line per connection, a line per request
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, level))
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, level))  # a line per request
+    # pika logs each broker failure again, in several ERROR lines with a traceback, where Windmill's own line says
+    # what failed and what it does next (a refused login: one sentence): its lines are a developer's, at DEBUG.
+    logging.getLogger("pika").setLevel(level if level <= logging.DEBUG else logging.CRITICAL)
