@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,8 +17,11 @@ import pytest
 
 from windmill.bench.baseline import Run, Side, summary
 from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu, tree_cpu
+from windmill.bench.pipeline import _wait_until_idle
 from windmill.bench.processes import watched_run
 from windmill.bench.scenes import CANVAS, write_scenes
+from windmill.bench.stage import BENCH_GROUP
+from windmill.db.connect import Database
 from windmill.db.queries import fetch_value
 from windmill.simfarm.annotations import AnnotationIndex, sidecar_path_for
 
@@ -162,3 +166,35 @@ def test_the_stand_in_load_is_a_pipelines_requests_per_image(tmp_path: Path) -> 
     assert [call.service for call in calls if call.caption] == ["caption_score", "caption_score"]
     user, system = user_and_system_cpu(os.getpid())
     assert user > 0 and system >= 0
+
+
+def test_the_watch_for_a_runs_end_hands_back_its_own_backends_cpu(database: Database,
+                                                                   conn: psycopg.Connection) -> None:
+    """Counting the answers five times a second is the benchmark's work, not the pipeline's: the watch returns its
+    backend's CPU, which a run leaves out of PostgreSQL's figure."""
+    cluster = postgres_processes(conn)
+    if cluster.postmaster is None:
+        pytest.skip("the test server does not run on this machine")
+    image_id = conn.execute("INSERT INTO images (image_filename, image_path, image_group) VALUES ('a.jpg', '/a.jpg', "
+                            "%s) RETURNING image_id", (BENCH_GROUP,)).fetchone()[0]
+    conn.execute("SET session_replication_role = replica")  # no follow-up jobs: the pipeline is idle once answered
+    conn.execute("INSERT INTO results (image_id, service, task_id, data, status) SELECT %s, 'blip', "
+                 "gen_random_uuid(), '{}', 'success' FROM generate_series(1, 100000)", (image_id,))
+    conn.execute("VACUUM ANALYZE results")  # nothing left for autovacuum to do while the cluster's CPU is read
+
+    def last_answer() -> None:  # until it comes, the watch counts the 100,000 answers again every 0.2 s
+        time.sleep(1.5)
+        conn.execute("INSERT INTO results (image_id, service, task_id, data, status) "
+                     "VALUES (%s, 'blip', gen_random_uuid(), '{}', 'success')", (image_id,))
+
+    before = cluster.cpu()
+    answering = threading.Thread(target=last_answer)
+    answering.start()
+    watching = _wait_until_idle(database, [], 100_001)
+    answering.join()
+    deadline = time.monotonic() + 10
+    while cluster.cpu() - before < watching and time.monotonic() < deadline:  # its backend, gone, is reaped
+        time.sleep(0.05)
+    spent = cluster.cpu() - before
+    assert watching > 0.02
+    assert spent * 0.5 <= watching <= spent + _ROUNDING_S

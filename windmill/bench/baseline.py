@@ -234,7 +234,7 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
         load = os.getloadavg()[0]
         _run_quietly(side, env, "submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker)
         submit_cpu = _children_cpu() - before[3]
-        _wait_until_idle(database, processes, answers_expected)
+        watching_cpu = _wait_until_idle(database, processes, answers_expected)
         workers_cpu = processes_cpu(pids) - before[0]
         roles_cpu: dict[str, float] = {}
         for spec, pid, earlier in zip(ROLES, pids, roles_before, strict=True):
@@ -256,7 +256,7 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
-    postgres_cpu = None if before[1] is None or postgres_after is None else postgres_after - before[1]
+    postgres_cpu = None if before[1] is None or postgres_after is None else postgres_after - before[1] - watching_cpu
     return Run(elapsed, images, workers_cpu, postgres_cpu, farm_cpu, submit_cpu, consensus, boxes, roles_cpu,
                statements, load, consensus_jobs=consensus_jobs, write_transactions=write_transactions)
 
