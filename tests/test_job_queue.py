@@ -326,6 +326,23 @@ def test_a_one_queue_claim_reads_its_own_queue_beside_a_backlog_and_a_long_histo
     assert "jobs_claimable_idx" in ready and "jobs_claimable_order_idx" not in ready
 
 
+def test_the_read_for_a_due_job_left_behind_reads_its_own_queue_by_index(conn: psycopg.Connection) -> None:
+    conn.execute("INSERT INTO jobs (queue, payload, state) "
+                 "SELECT 'merge', '{}', 'done' FROM generate_series(1, 100000)")
+    conn.execute("INSERT INTO jobs (queue, payload) SELECT 'queue_yolov8', '{}' FROM generate_series(1, 30000)")
+    conn.execute("INSERT INTO jobs (queue, payload, run_after) "
+                 "SELECT 'merge', '{}', now() + interval '1 minute' FROM generate_series(1, 5)")
+    conn.execute("ANALYZE jobs")
+    conn.execute("SET plan_cache_mode = force_generic_plan")  # as the claim loop's connection reads it
+    conn.execute("PREPARE due_job_waiting(text[]) AS " + query("due_job_waiting").replace("%(queues)s", "$1"))
+    plan = "\n".join(row[0] for row in conn.execute("EXPLAIN EXECUTE due_job_waiting('{merge}')"))
+    assert "jobs_claimable_idx" in plan and "Seq Scan" not in plan and "jobs_claimable_order_idx" not in plan
+    assert conn.execute("EXECUTE due_job_waiting('{merge}')").fetchone()[0] is False
+    assert conn.execute("EXECUTE due_job_waiting('{merge,queue_yolov8}')").fetchone()[0] is True
+    conn.execute("DEALLOCATE due_job_waiting")
+    conn.execute("RESET plan_cache_mode")
+
+
 def test_a_bulk_submit_refreshes_statistics_so_claims_read_the_oldest_by_index(pool: ConnectionPool,
                                                                              conn: psycopg.Connection) -> None:
     queues = [f"queue_service_{n}" for n in range(11)]
