@@ -134,7 +134,7 @@ def test_queues_never_declared_read_as_empty_without_a_warning(amqp_url: str, qu
                                                                caplog: pytest.LogCaptureFixture) -> None:
     """A service whose queues nobody declared yet is no fault: `dlq list` and `tasks resend` read it as empty, and
     pika's warning about the channel the broker closed is not printed (it was, a line per queue)."""
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.WARNING, logger="pika")  # the command line shows pika's lines at DEBUG only
     assert list_dead_letters(amqp_url, [queue_name, queue_name + "_too"]) == []
     with RabbitMQBroker(amqp_url) as broker:
         assert broker.queue_depths([queue_name, queue_name + "_too"]) == {}
@@ -144,7 +144,7 @@ def test_queues_never_declared_read_as_empty_without_a_warning(amqp_url: str, qu
 
 
 def test_a_refusal_is_silenced_only_in_the_thread_that_answers_it(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.WARNING, logger="pika")  # the command line shows pika's lines at DEBUG only
     channel_log = logging.getLogger("pika.channel")
 
     def close_warning(code: int) -> None:
