@@ -17,7 +17,7 @@ import pytest
 
 from windmill.bench.baseline import Run, Side, summary
 from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu, tree_cpu
-from windmill.bench.pipeline import _wait_until_idle
+from windmill.bench.pipeline import wait_until_idle
 from windmill.bench.processes import watched_run
 from windmill.bench.scenes import CANVAS, write_scenes
 from windmill.bench.stage import BENCH_GROUP
@@ -190,7 +190,7 @@ def test_the_watch_for_a_runs_end_hands_back_its_own_backends_cpu(database: Data
     before = cluster.cpu()
     answering = threading.Thread(target=last_answer)
     answering.start()
-    watching = _wait_until_idle(database, [], 100_001)
+    watching = wait_until_idle(database, [], 100_001)
     answering.join()
     deadline = time.monotonic() + 10
     while cluster.cpu() - before < watching and time.monotonic() < deadline:  # its backend, gone, is reaped

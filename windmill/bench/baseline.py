@@ -33,7 +33,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import windmill
 from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu
-from windmill.bench.pipeline import ROLES, _wait_until_idle
+from windmill.bench.pipeline import ROLES, wait_until_idle
 from windmill.bench.scenes import write_scenes
 from windmill.bench.stage import BENCH_GROUP, BenchEnvironment, bench_environment
 from windmill.bench.stand_in import running_stand_in
@@ -234,7 +234,7 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
         load = os.getloadavg()[0]
         _run_quietly(side, env, "submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker)
         submit_cpu = _children_cpu() - before[3]
-        watching_cpu = _wait_until_idle(database, processes, answers_expected)
+        watching_cpu = wait_until_idle(database, processes, answers_expected)
         workers_cpu = processes_cpu(pids) - before[0]
         roles_cpu: dict[str, float] = {}
         for spec, pid, earlier in zip(ROLES, pids, roles_before, strict=True):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from windmill.bench.pipeline import _pct, _wait_until_idle
+from windmill.bench.pipeline import percentile, wait_until_idle
 from windmill.bench.stage import (
     BENCH_GROUP,
     BenchEnvironment,
@@ -195,7 +195,7 @@ def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, bro
         processes = start_workers(operator_layout(catalog), bench.env, broker)
         _wait_for_workers(database, processes)
         submitted = feed(database, bench, broker, images, rate)
-        _wait_until_idle(database, processes, images * len(catalog.in_category("primary")))
+        wait_until_idle(database, processes, images * len(catalog.in_category("primary")))
         stop_workers(processes)
         return measure(database, catalog, submitted)
     finally:
@@ -266,7 +266,7 @@ def report(setup: LatencyBench, profile: LatencyProfile, catalog: Catalog, broke
     slowest_detector = max(detectors, key=lambda name: _mean_ms(profile, name))
     target_ms = 2 * _mean_ms(profile, slowest_detector)
     if run.first_boxes_ms:
-        p50, p95 = _pct(run.first_boxes_ms, 50), _pct(run.first_boxes_ms, 95)
+        p50, p95 = percentile(run.first_boxes_ms, 50), percentile(run.first_boxes_ms, 95)
         print(f"  first boxes          p50 {p50:.0f} ms, p95 {p95:.0f} ms from submit ({len(run.first_boxes_ms)} "
               f"images); target p50 ≤ {target_ms:.0f} ms (2 × {slowest_detector})", flush=True)
     else:

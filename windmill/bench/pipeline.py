@@ -85,7 +85,7 @@ def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, bro
         time.sleep(2.0)  # the stand-in binds its ports, workers connect
         subprocess.run(cli_argv("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker),
                        env=bench.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_until_idle(database, processes, images * len(catalog.in_category("primary")))
+        wait_until_idle(database, processes, images * len(catalog.in_category("primary")))
         stop_workers(processes)
         cpu = (_children_cpu() - cpu_before) / images
         with database.connect() as conn:
@@ -118,8 +118,8 @@ def _report(broker: str, images: int, run: PipelineRun) -> None:
           f"to the last product)")
     print(f"  worker CPU           {run.cpu_per_image:.3f} CPU-s per image (all worker processes)")
     if latencies:
-        print(f"  answer → boxes       p50 {_pct(latencies, 50):.0f} ms, p90 {_pct(latencies, 90):.0f} ms, "
-              f"p99 {_pct(latencies, 99):.0f} ms, max {latencies[-1]:.0f} ms ({len(latencies)} detector answers)")
+        print(f"  answer → boxes       p50 {percentile(latencies, 50):.0f} ms, p90 {percentile(latencies, 90):.0f} ms, "
+              f"p99 {percentile(latencies, 99):.0f} ms, max {latencies[-1]:.0f} ms ({len(latencies)} detector answers)")
     print(f"  wasted postprocessing {wasted} of {calls} box answers ({100 * wasted / max(calls, 1):.1f} %): "
           f"{run.replaced} deleted with a replaced box, {run.dropped} for a box already gone")
     print(f"  consensus            {run.votes_stored / images:.2f} votes stored per image, "
@@ -145,7 +145,7 @@ def _stale_boxes(conn: psycopg.Connection, harmony: HarmonyConfig) -> int:
     return sum(box_difference(conn, image_id, harmony)[1] is not None for image_id in images)
 
 
-def _wait_until_idle(database: Database, processes: list[subprocess.Popen[bytes]], answers: int) -> float:
+def wait_until_idle(database: Database, processes: list[subprocess.Popen[bytes]], answers: int) -> float:
     """Until every task has its answer and no job is left (the last job's effects, new jobs, would show within
     half a second). Returns the CPU-seconds its own database backend spent on watching: the benchmark's, not the
     pipeline's, so the caller leaves it out of PostgreSQL's figure (counting the answers five times a second cost
@@ -173,5 +173,5 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _pct(values: list[float], percent: int) -> float:
+def percentile(values: list[float], percent: int) -> float:
     return values[min(len(values) - 1, max(0, round(len(values) * percent / 100) - 1))]
