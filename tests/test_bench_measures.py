@@ -18,7 +18,7 @@ import pytest
 from windmill.bench.baseline import Run, Side, summary
 from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu, tree_cpu
 from windmill.bench.pipeline import wait_until_idle
-from windmill.bench.processes import watched_run
+from windmill.bench.processes import peak_memory_mib, watched_run
 from windmill.bench.scenes import CANVAS, write_scenes
 from windmill.bench.stage import BENCH_GROUP
 from windmill.db.connect import Database
@@ -72,6 +72,19 @@ def test_a_watched_commands_peak_is_its_own_memory_not_the_benchmarks() -> None:
         os.environ)
     assert 100 <= peak_mib < 300 and seconds >= 0.5 and status == 3
     del held
+
+
+def test_a_workers_peak_memory_is_its_high_water_mark_while_it_runs() -> None:
+    """What `bench pipeline` prints per worker process at a run's end: the peak of the run, not the memory now."""
+    with subprocess.Popen([sys.executable, "-c", "import time; block = b'x' * (100 * 2**20); del block; "
+                           "print('freed', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True) as worker:
+        try:
+            assert worker.stdout is not None and worker.stdout.readline() == "freed\n"
+            assert 100 <= peak_memory_mib(worker.pid) < 300
+        finally:
+            worker.kill()
+            worker.wait()
+    assert peak_memory_mib(worker.pid) == 0
 
 
 def test_a_watched_command_that_runs_until_stopped_is_timed_until_its_work_is_done() -> None:

@@ -20,6 +20,7 @@ import psycopg
 
 from windmill.bench.chaos.audit import box_difference
 from windmill.bench.cpu import process_cpu
+from windmill.bench.processes import peak_memory_mib
 from windmill.bench.stage import (
     BENCH_GROUP,
     BenchEnvironment,
@@ -56,6 +57,7 @@ class PipelineRun:
     dropped: int  # answers that found their box gone (their insert failed)
     votes_stored: int  # consensus rows written (each a vote)
     consensus_jobs: int  # consensus jobs run (votes, and those that stored nothing)
+    peak_memory_mib: list[tuple[str, float]]  # each worker process's role and resident high-water mark
 
 
 def run(database: Database, database_url: str, catalog: Catalog, *, images: int, runs: int = 1,
@@ -86,6 +88,7 @@ def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, bro
         subprocess.run(cli_argv("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker),
                        env=bench.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until_idle(database, processes, images * len(catalog.in_category("primary")))
+        peaks = [(spec.role, peak_memory_mib(process.pid)) for spec, process in zip(ROLES, processes, strict=True)]
         stop_workers(processes)
         cpu = (_children_cpu() - cpu_before) / images
         with database.connect() as conn:
@@ -105,7 +108,7 @@ def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, bro
             conn.execute(query("bench_pipeline_unwatch"))
         remove_bench_rows(database)
     return PipelineRun(elapsed, cpu, latencies, end, stored, replaced, max(0, allocated - inserted), votes_stored,
-                       consensus_jobs)
+                       consensus_jobs, peaks)
 
 
 def _report(broker: str, images: int, run: PipelineRun) -> None:
@@ -117,6 +120,10 @@ def _report(broker: str, images: int, run: PipelineRun) -> None:
     print(f"  throughput           {images / run.elapsed:.1f} images/s ({run.elapsed:.1f} s from the first answer "
           f"to the last product)")
     print(f"  worker CPU           {run.cpu_per_image:.3f} CPU-s per image (all worker processes)")
+    # Each process's high-water mark over the whole run: a worker whose memory grew with the images would show it
+    # as a peak that grows with --images; bounded caches give the same peak for any longer run.
+    print("  peak memory          " + ", ".join(f"{role} {mib:.0f}" for role, mib in run.peak_memory_mib)
+          + " MiB (resident, each worker process)")
     if latencies:
         print(f"  answer → boxes       p50 {percentile(latencies, 50):.0f} ms, p90 {percentile(latencies, 90):.0f} ms, "
               f"p99 {percentile(latencies, 99):.0f} ms, max {latencies[-1]:.0f} ms ({len(latencies)} detector answers)")

@@ -62,6 +62,11 @@ def watched_run(argv: Sequence[str], env: Mapping[str, str], *,
     return seconds if seconds is not None else time.perf_counter() - started, peak_kib / 1024, process.returncode
 
 
+def peak_memory_mib(pid: int) -> float:
+    """The high-water mark of a running process's own resident memory (VmHWM), in MiB (0 once it has exited)."""
+    return _high_water_kib(pid) / 1024
+
+
 def _high_water_kib(pid: int) -> int:
     """VmHWM of a running process, in KiB (0 once it has exited)."""
     try:
