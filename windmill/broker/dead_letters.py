@@ -145,9 +145,9 @@ def _reading(connection: BlockingConnection, queue: str, limit: int | None) -> I
     channel = connection.channel()
     batch = _Batch(channel)
     try:
-        waiting, channel = queue_depth(channel, dead_letter_queue(queue))
+        depth, channel = queue_depth(channel, dead_letter_queue(queue))
         batch.channel = channel
-        waiting = waiting or 0  # never declared: nothing was dead-lettered
+        waiting = depth or 0  # None: never declared, so nothing was dead-lettered
         while len(batch) < (waiting if limit is None else min(waiting, limit)):
             method, properties, body = channel.basic_get(dead_letter_queue(queue), auto_ack=False)
             if method is None:
