@@ -8,11 +8,14 @@ and leaves a wait: Python runs the handler right there, between two bytecodes.""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
 import pytest
 
 from tests.conftest import PYTHON, REPOSITORY
+from windmill.export import ExportStop
+from windmill.stopping import StopRequest, stop_on_signals
 
 # Stops as every worker does (Worker, BrokerWorker, WorkerGroup): request_stop sets the event its run() waits on.
 HELD_LOCK = """
@@ -66,3 +69,20 @@ def test_a_signal_landing_while_the_main_thread_holds_the_stop_events_lock_still
 
 def test_a_second_signal_interrupts_a_command_that_leaves_by_keyboard_interrupt() -> None:
     assert run_child(SECOND_SIGNAL) == 0
+
+
+def test_the_first_signal_is_logged_with_what_the_stopping_command_does(caplog: pytest.LogCaptureFixture) -> None:
+    """A worker drains its jobs; a command that runs until a signal finishes its batch, an export its page."""
+    class Worker:
+        def request_stop(self, *, immediately: bool = False) -> None:
+            pass
+
+    caplog.set_level("INFO", logger="windmill.stopping")
+    for stoppable in (Worker(), StopRequest(), ExportStop()):
+        with stop_on_signals(stoppable):
+            signal.raise_signal(signal.SIGTERM)
+    assert [record.getMessage() for record in caplog.records] == [
+        "received SIGTERM: draining in-flight jobs",
+        "received SIGTERM: finishing the batch under way",
+        "received SIGTERM: finishing the page being written",
+    ]

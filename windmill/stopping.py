@@ -28,6 +28,7 @@ class StopRequest:
 
     # Leaving now is a KeyboardInterrupt in the main thread, raised by the signal's handler (stop_on_signals).
     leave_now_interrupts = True
+    first_signal_does = "finishing the batch under way"  # what stop_on_signals logs at the first signal
 
     def __init__(self) -> None:
         self.stopping = threading.Event()
@@ -49,6 +50,7 @@ def stop_on_signals(worker: StopRequests) -> Iterator[None]:
     ends even a blocked wait at once."""
     requests: queue.SimpleQueue[tuple[int, bool] | None] = queue.SimpleQueue()
     interrupts = bool(getattr(worker, "leave_now_interrupts", False))
+    draining = str(getattr(worker, "first_signal_does", "draining in-flight jobs"))  # a worker's, by default
     received = 0
 
     def handle(signum: int, frame: FrameType | None) -> None:
@@ -62,7 +64,7 @@ def stop_on_signals(worker: StopRequests) -> Iterator[None]:
         while (request := requests.get()) is not None:
             signum, immediately = request
             log.info("received %s: %s", signal.Signals(signum).name,
-                     "leaving now" if immediately else "draining in-flight jobs", extra={"action": "signal"})
+                     "leaving now" if immediately else draining, extra={"action": "signal"})
             worker.request_stop(immediately=immediately)
 
     requester = threading.Thread(target=make_requests, name="stop-requests", daemon=True)

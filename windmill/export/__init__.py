@@ -65,6 +65,7 @@ class ExportStop:
 
     # Leaving now is a KeyboardInterrupt in the main thread, raised by the signal's handler (stop_on_signals).
     leave_now_interrupts = True
+    first_signal_does = "finishing the page being written"  # what stop_on_signals logs at the first signal
 
     def __init__(self) -> None:
         self.requested = False
