@@ -56,6 +56,16 @@ def test_images_add_url_list(run, tmp_path: Path, conn: psycopg.Connection) -> N
     assert names == ["one.jpg", "x y.png"]
 
 
+def test_images_add_takes_urls_as_arguments_beside_files(run, photos: Path, conn: psycopg.Connection) -> None:
+    # Read as paths, the URLs were collapsed to 'https:/example.org/...' and skipped as missing files.
+    result = run("images", "add", "https://example.org/img/one.jpg", str(photos / "a.jpg"), "ftp://example.org/two.jpg",
+                 "HTTP://h/x%20y.png")
+    assert "Added 3 image(s)" in result.output, result.output
+    assert "skipped ftp://example.org/two.jpg: only http:// and https:// URLs can be added" in result.output
+    stored = conn.execute("SELECT image_filename, image_url FROM images ORDER BY image_filename").fetchall()
+    assert stored == [("a.jpg", None), ("one.jpg", "https://example.org/img/one.jpg"), ("x y.png", "HTTP://h/x%20y.png")]
+
+
 def test_submit_queues_one_task_per_image_and_service_and_skips_answered_pairs(
         run, photos: Path, conn: psycopg.Connection) -> None:
     run("images", "add", str(photos), "-r")

@@ -152,6 +152,14 @@ def register_files(conn: psycopg.Connection, files: Iterable[Path], *, group: st
     return report
 
 
+def is_url(text: str) -> bool:
+    """Whether a command-line argument names a URL ('scheme://…') rather than a file: add_urls then says which
+    schemes it takes, instead of a path that does not exist."""
+    scheme, separator, _ = text.partition("://")
+    return bool(separator) and scheme[:1].isascii() and scheme[:1].isalpha() and all(
+        char.isascii() and (char.isalnum() or char in "+-.") for char in scheme)
+
+
 def add_urls(conn: psycopg.Connection, urls: Iterable[str], *, group: str | None = None,
              progress: Progress | None = None) -> AddReport:
     """Register http(s) URLs (one per line of a list file; blank lines and # comments ignored)."""

@@ -28,26 +28,32 @@ def images() -> None:
 
 
 @images.command("add")
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path())  # str: a URL among them stays as typed
 @click.option("--group", "-g", help="Group name stored with each image (submit --group selects it).")
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-directories.")
 @click.option("--url-list", type=click.File("r", encoding="utf-8", errors="surrogateescape"),
               help="A file with one image URL per line (added as well as any PATH).")
 @json_option
 @pass_app
-def images_add(app: AppContext, paths: tuple[Path, ...], group: str | None, recursive: bool,
+def images_add(app: AppContext, paths: tuple[str, ...], group: str | None, recursive: bool,
                url_list: Any, as_json: bool) -> None:
-    """Add image files, directories of images, and/or a list of URLs. Known images are not added twice."""
-    from windmill.collection import AddReport
+    """Add image files, directories of images, http(s) URLs and/or a list of URLs. Known images are not added
+    twice."""
+    from windmill.collection import AddReport, is_url
 
     if not paths and url_list is None:
-        raise click.UsageError("name image files or directories, or give --url-list FILE")
+        raise click.UsageError("name image files, directories or URLs, or give --url-list FILE")
+    # A URL as an argument is a URL: read as a path, it was collapsed to 'http:/host/...' and skipped as missing.
+    urls = [path for path in paths if is_url(path)]
+    files = [Path(path) for path in paths if not is_url(path)]
     report = AddReport()
     count = RunningCount() if sys.stderr.isatty() and not (app.quiet or as_json) else None
     try:
         with app.windmill() as windmill:
-            if paths:
-                report = report.merged(windmill.add_images(paths, group=group, recursive=recursive, progress=count))
+            if files:
+                report = report.merged(windmill.add_images(files, group=group, recursive=recursive, progress=count))
+            if urls:
+                report = report.merged(windmill.add_urls(urls, group=group, progress=count))
             if url_list is not None:
                 report = report.merged(windmill.add_urls(url_list, group=group, progress=count))
     finally:
