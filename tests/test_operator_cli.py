@@ -163,8 +163,11 @@ def test_an_unknown_image_is_worded_alike_by_show_and_status(run) -> None:
     assert said == {"Error: no image with id 99"}
 
 
-def test_quiet_hides_the_progress_bar(run, photos: Path) -> None:
+def test_quiet_hides_the_progress_bars(run, photos: Path) -> None:
     run("images", "add", str(photos))
     assert "Submitting" in run("submit", "-s", "metadata").output
     quiet = run("-q", "submit", "-s", "ocr")
     assert quiet.exit_code == 0 and "Submitting" not in quiet.output and quiet.output.startswith("Submitted 2 task")
+    assert "Exporting" in run("export", "--format", "jsonl", "--out", "all.jsonl").output
+    quiet = run("-q", "export", "--format", "jsonl", "--out", "quiet.jsonl")
+    assert quiet.exit_code == 0 and quiet.output.startswith("Exported 2 image(s)"), quiet.output

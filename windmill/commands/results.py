@@ -39,7 +39,8 @@ def export_command(app: AppContext, fmt: str, out: Path, group: str | None, sinc
     with (
         app.connection(reading_only=True) as conn,
         stop_on_signals(stop),
-        click.progressbar(length=count_images(conn, selection), label="Exporting", file=sys.stderr) as bar,
+        click.progressbar(length=count_images(conn, selection), label="Exporting", file=sys.stderr,
+                          hidden=app.quiet) as bar,
     ):
         report = export(conn, request, progress=bar.update, stop=stop)
     last = f", ids up to {report.last_image_id}" if report.last_image_id is not None else ""
