@@ -351,9 +351,7 @@ def test_the_worker_unit_runs_the_named_worker_through_the_cli(catalog: Catalog)
     assert unit("windmill-worker@.service")["Service"]["ExecStart"].endswith(" workers run %i")
     from windmill.commands import main
 
-    workers = main.commands.get("workers")
-    if workers is None:
-        pytest.skip("cli.py has no `workers` group yet (its code is waiting to be pasted into cli.py)")
+    workers = main.commands["workers"]
     assert "run" in workers.commands  # type: ignore[attr-defined]
     assert worker_specs(catalog)  # the instance names the unit accepts
 
