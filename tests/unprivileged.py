@@ -4,7 +4,8 @@ and lists every directory, so a test of an unreadable one could only be skipped)
 `as_nobody()` sets the process's effective user and group to nobody's for the block and back to root's after: the
 kernel checks file access by the effective ids, and root may take its own back (the real and saved ids stay 0).
 Keep the block short and let it touch only what it tests: the ids are the whole process's, every thread's.
-`open_folder()` is a folder nobody can reach (pytest's tmp_path lies under root's own 0700 directory).
+`open_folder()` is a folder that the user nobody can reach (pytest's tmp_path lies under root's own 0700
+directory).
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def open_folder() -> Iterator[Path]:
     try:
         yield folder
     finally:
-        for path in folder.rglob("*"):  # a mode of 0 stops a walk as an ordinary user; root's rmtree is not one
-            if path.is_dir() and not path.is_symlink():
-                path.chmod(0o755)
+        # Opened up again first: an ordinary user's rmtree cannot enter a directory of mode 0. Top-down, each
+        # directory is opened before the walk goes into it.
+        for parent, directories, _files in os.walk(folder):
+            for name in directories:
+                os.chmod(os.path.join(parent, name), 0o755)
         shutil.rmtree(folder)
