@@ -43,7 +43,7 @@ def images_add(app: AppContext, paths: tuple[str, ...], group: str | None, recur
 
     if not paths and url_list is None:
         raise click.UsageError("name image files, directories or URLs, or give --url-list FILE")
-    # A URL as an argument is a URL: read as a path, it was collapsed to 'http:/host/...' and skipped as missing.
+    # URLs go to add_urls: as a Path, 'https://host/a.jpg' collapses to 'https:/host/a.jpg', a file that is not there.
     urls = [path for path in paths if is_url(path)]
     files = [Path(path) for path in paths if not is_url(path)]
     report = AddReport()
