@@ -145,6 +145,20 @@ def test_images_add_takes_directories_and_a_url_list_together(run, photos: Path,
     assert stored == [("a.jpg", False), ("b.png", False), ("one.jpg", True)]
 
 
+def test_a_mistyped_job_queue_is_named_as_such_and_a_queue_outside_the_catalog_still_answers(
+        run, conn: psycopg.Connection) -> None:
+    for command in ("list", "retry"):
+        mistyped = run("jobs", command, "--queue", "mrege")  # once an empty list, or "Queued 0 dead job(s) again."
+        assert mistyped.exit_code == 1, mistyped.output
+        assert mistyped.output.startswith("Error: there is no job queue 'mrege'; the job queues are caption_score, "
+                                          "consensus, merge, "), mistyped.output
+    assert run("jobs", "list", "--queue", "merge").output.strip() == "(none)"  # known, and at rest
+    # Dead jobs of a queue no role or service has any more (a service since removed from the catalog).
+    conn.execute("INSERT INTO jobs (queue, state) VALUES ('queue_retired', 'dead')")
+    assert "queue_retired" in run("jobs", "list", "--queue", "queue_retired").output
+    assert run("jobs", "retry", "--queue", "queue_retired").output == "Queued 1 dead job(s) again.\n"
+
+
 def test_submit_jobs_retry_and_init_db_answer_in_json(run, photos: Path, conn: psycopg.Connection) -> None:
     run("images", "add", str(photos))
     submitted = run("submit", "--services", "metadata,ocr", "--json")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -140,3 +140,12 @@ def print_services(catalog: Catalog, as_json: bool) -> None:
             click.echo(f"  {service.name:<14} {service.host}:{service.port:<6} {kind:<24} {service.description}")
     click.echo("Selections: " + "; ".join(f"{k} = {v}" for k, v in SELECTION_KEYWORDS.items())
                + "; or a comma-separated list of names")
+
+
+def refuse_unknown_queue(queue: str | None, known: Iterable[str], kind: str) -> None:
+    """After `--queue` matched nothing: a name that is none of the known queues is most likely mistyped, so it gets
+    one sentence naming them instead of an empty answer. Only then: a queue outside the catalog that still holds
+    something (a service's since removed from it) is listed, retried or replayed as any other."""
+    names = sorted(set(known))
+    if queue is not None and queue not in names:
+        raise WindmillError(f"there is no {kind} {queue!r}; the {kind}s are {', '.join(names)}")

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import click
 
-from windmill.commands.context import AppContext, echo_json, json_option, pass_app
+from windmill.commands.context import AppContext, echo_json, json_option, pass_app, refuse_unknown_queue
 from windmill.errors import WindmillError
 from windmill.settings import LOST_TASK_AFTER_S
 
@@ -36,8 +36,10 @@ def dlq_list(app: AppContext, queue: str | None, limit: int, as_json: bool) -> N
     from windmill.broker.dead_letters import list_dead_letters, work_queues
     from windmill.monitor import format_table
 
-    letters = [letter.as_dict() for letter in list_dead_letters(
-        amqp_url_or_fail(app), work_queues(app.catalog, queue), limit=limit)]
+    queues = work_queues(app.catalog, queue)
+    letters = [letter.as_dict() for letter in list_dead_letters(amqp_url_or_fail(app), queues, limit=limit)]
+    if not letters:
+        refuse_unknown_queue(queues[0] if queue else None, work_queues(app.catalog, None), "task queue")
     if as_json:
         echo_json(letters)
     else:
@@ -53,8 +55,11 @@ def dlq_replay(app: AppContext, queue: str | None, limit: int | None) -> None:
     from the DLQ."""
     from windmill.broker.dead_letters import replay_dead_letters, work_queues
 
+    queues = work_queues(app.catalog, queue)
     with app.connection() as conn:
-        report = replay_dead_letters(amqp_url_or_fail(app), conn, work_queues(app.catalog, queue), limit=limit)
+        report = replay_dead_letters(amqp_url_or_fail(app), conn, queues, limit=limit)
+    if not (report.replayed or report.skipped or report.malformed):
+        refuse_unknown_queue(queues[0] if queue else None, work_queues(app.catalog, None), "task queue")
     click.echo(f"Replayed {report.replayed} dead-lettered task(s) with fresh attempts; left in the DLQ: "
                f"{report.skipped} whose image and service has another task in flight (or whose image is gone), "
                f"{report.malformed} that are not tasks.")

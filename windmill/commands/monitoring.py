@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from windmill.commands.context import AppContext, echo_json, json_option, pass_app
+from windmill.commands.context import AppContext, echo_json, json_option, pass_app, refuse_unknown_queue
 from windmill.errors import NoSuchImage
 
 
@@ -92,6 +92,12 @@ def jobs() -> None:
     """Inspect, retry and prune jobs of the PostgreSQL job queue."""
 
 
+def job_table_queues(app: AppContext) -> list[str]:
+    from windmill.jobs.queues import ROLE_QUEUES
+
+    return [service.queue_name for service in app.catalog.services] + list(ROLE_QUEUES)
+
+
 @contextmanager
 def job_queue(app: AppContext) -> Iterator[Any]:
     with app.windmill() as windmill:
@@ -111,6 +117,8 @@ def jobs_list(app: AppContext, state: str | None, queue: str | None, limit: int,
 
     with job_queue(app) as queue_:
         rows = queue_.list(state=JobState(state) if state else None, queue=queue, limit=limit)
+    if not rows:
+        refuse_unknown_queue(queue, job_table_queues(app), "job queue")
     if as_json:
         echo_json(rows)
     else:
@@ -127,6 +135,8 @@ def jobs_retry(app: AppContext, queue: str | None, ids: tuple[int, ...], as_json
     """Queue dead jobs again with fresh attempts."""
     with job_queue(app) as queue_:
         retried = queue_.retry_dead(queue=queue, ids=ids or None)
+    if not retried:
+        refuse_unknown_queue(queue, job_table_queues(app), "job queue")
     if as_json:
         echo_json({"retried": retried})
     else:

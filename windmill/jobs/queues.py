@@ -18,3 +18,6 @@ POSTPROCESS_POSE_QUEUE = "postprocess_pose"
 # The postprocessing services a box can get, and the queue of each.
 POSTPROCESS_QUEUES = {"colors": POSTPROCESS_COLORS_QUEUE, "face": POSTPROCESS_FACE_QUEUE,
                       "pose": POSTPROCESS_POSE_QUEUE}
+
+# Every queue a role of the pipeline consumes; with the services' task queues (the catalog's), the job table's queues.
+ROLE_QUEUES = (MERGE_QUEUE, CONSENSUS_QUEUE, CAPTION_SCORE_QUEUE, SCHEDULER_QUEUE, *POSTPROCESS_QUEUES.values())
