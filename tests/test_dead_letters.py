@@ -110,7 +110,7 @@ def test_a_task_dead_lettered_while_its_service_was_down_is_replayed_from_the_co
         [listed] = json.loads(run("dlq", "list", "--queue", queue + ".dlq", "--json").output)
         assert (listed["service"], listed["attempts"]) == ("yolov8", 2) and "yolov8" in listed["last_error"]
         mistyped = run("dlq", "list", "--queue", queue + "8")  # once it was an empty listing, as for a queue at rest
-        assert mistyped.exit_code == 1 and f"Error: there is no task queue '{queue}8'; the task queues are " in (
+        assert mistyped.exit_code == 1 and f"Error: unknown task queue '{queue}8'; valid task queues: " in (
             mistyped.output), mistyped.output
 
         offset = catalog["yolov8"].port - private_queues["yolov8"].port

@@ -150,7 +150,7 @@ def test_a_mistyped_job_queue_is_named_as_such_and_a_queue_outside_the_catalog_s
     for command in ("list", "retry"):
         mistyped = run("jobs", command, "--queue", "mrege")  # once an empty list, or "Queued 0 dead job(s) again."
         assert mistyped.exit_code == 1, mistyped.output
-        assert mistyped.output.startswith("Error: there is no job queue 'mrege'; the job queues are caption_score, "
+        assert mistyped.output.startswith("Error: unknown job queue 'mrege'; valid job queues: caption_score, "
                                           "consensus, merge, "), mistyped.output
     assert run("jobs", "list", "--queue", "merge").output.strip() == "(none)"  # known, and at rest
     # Dead jobs of a queue no role or service has any more (a service since removed from the catalog).

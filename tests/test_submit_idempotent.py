@@ -246,3 +246,9 @@ def test_status_shows_entries_without_a_message_and_tasks_forget_frees_their_pai
     assert "Forgot 0 task(s)" in run("tasks", "forget", "--all", "--older-than", "3600").output
     assert "Forgot 1 task(s)" in run("tasks", "forget", "--service", "clip").output
     assert [row["service"] for row in json.loads(run("tasks", "list", "--json").output)] == ["blip"]
+    # A mistyped service is said to be one (once an empty list, or "Forgot 0"); a known one at rest answers empty.
+    for command in ("list", "forget"):
+        mistyped = run("tasks", command, "--service", "bilp")
+        assert mistyped.exit_code == 1 and mistyped.output.startswith(
+            "Error: unknown service 'bilp'; valid services: blip, caption_score, clip, "), mistyped.output
+    assert json.loads(run("tasks", "list", "--service", "clip", "--json").output) == []

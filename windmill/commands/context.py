@@ -142,10 +142,11 @@ def print_services(catalog: Catalog, as_json: bool) -> None:
                + "; or a comma-separated list of names")
 
 
-def refuse_unknown_queue(queue: str | None, known: Iterable[str], kind: str) -> None:
-    """After `--queue` matched nothing: a name that is none of the known queues is most likely mistyped, so it gets
-    one sentence naming them instead of an empty answer. Only then: a queue outside the catalog that still holds
-    something (a service's since removed from it) is listed, retried or replayed as any other."""
+def refuse_unknown(name: str | None, known: Iterable[str], kind: str) -> None:
+    """After an option naming a queue or a service (`--queue`, `--service`) matched nothing: a name that is none of
+    the known ones is most likely mistyped, so it gets one sentence naming them instead of an empty answer. Only
+    then: a name outside the catalog that still has something (a service since removed from it, its queue) is
+    listed, retried or replayed as any other."""
     names = sorted(set(known))
-    if queue is not None and queue not in names:
-        raise WindmillError(f"there is no {kind} {queue!r}; the {kind}s are {', '.join(names)}")
+    if name is not None and name not in names:
+        raise WindmillError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(names)}")  # the catalog's words

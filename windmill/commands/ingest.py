@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import click
 
-from windmill.commands.context import AppContext, echo_json, json_option, pass_app, refuse_unknown_queue
+from windmill.commands.context import AppContext, echo_json, json_option, pass_app, refuse_unknown
 from windmill.errors import WindmillError
 from windmill.settings import LOST_TASK_AFTER_S
 
@@ -39,7 +39,7 @@ def dlq_list(app: AppContext, queue: str | None, limit: int, as_json: bool) -> N
     queues = work_queues(app.catalog, queue)
     letters = [letter.as_dict() for letter in list_dead_letters(amqp_url_or_fail(app), queues, limit=limit)]
     if not letters:
-        refuse_unknown_queue(queues[0] if queue else None, work_queues(app.catalog, None), "task queue")
+        refuse_unknown(queues[0] if queue else None, work_queues(app.catalog, None), "task queue")
     if as_json:
         echo_json(letters)
     else:
@@ -59,7 +59,7 @@ def dlq_replay(app: AppContext, queue: str | None, limit: int | None) -> None:
     with app.connection() as conn:
         report = replay_dead_letters(amqp_url_or_fail(app), conn, queues, limit=limit)
     if not (report.replayed or report.skipped or report.malformed):
-        refuse_unknown_queue(queues[0] if queue else None, work_queues(app.catalog, None), "task queue")
+        refuse_unknown(queues[0] if queue else None, work_queues(app.catalog, None), "task queue")
     click.echo(f"Replayed {report.replayed} dead-lettered task(s) with fresh attempts; left in the DLQ: "
                f"{report.skipped} whose image and service has another task in flight (or whose image is gone), "
                f"{report.malformed} that are not tasks.")
@@ -88,6 +88,8 @@ def tasks_list(app: AppContext, service: str | None, older_than: float, limit: i
 
     with app.connection() as conn:
         rows = list_in_flight(conn, service=service, older_than=timedelta(seconds=older_than), limit=limit)
+    if not rows:
+        refuse_unknown(service, app.catalog.names, "service")
     if as_json:
         echo_json(rows)
     else:
@@ -108,6 +110,8 @@ def tasks_forget(app: AppContext, service: str | None, every_service: bool, olde
         raise click.UsageError("name a --service, or say --all")
     with app.connection() as conn:
         forgotten = forget_in_flight(conn, service=service, older_than=timedelta(seconds=older_than))
+    if not forgotten:
+        refuse_unknown(service, app.catalog.names, "service")
     click.echo(f"Forgot {forgotten} task(s) in flight; `windmill-cli submit` sends their pairs again.")
 
 

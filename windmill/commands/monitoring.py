@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from windmill.commands.context import AppContext, echo_json, json_option, pass_app, refuse_unknown_queue
+from windmill.commands.context import AppContext, echo_json, json_option, pass_app, refuse_unknown
 from windmill.errors import NoSuchImage
 
 
@@ -118,7 +118,7 @@ def jobs_list(app: AppContext, state: str | None, queue: str | None, limit: int,
     with job_queue(app) as queue_:
         rows = queue_.list(state=JobState(state) if state else None, queue=queue, limit=limit)
     if not rows:
-        refuse_unknown_queue(queue, job_table_queues(app), "job queue")
+        refuse_unknown(queue, job_table_queues(app), "job queue")
     if as_json:
         echo_json(rows)
     else:
@@ -136,7 +136,7 @@ def jobs_retry(app: AppContext, queue: str | None, ids: tuple[int, ...], as_json
     with job_queue(app) as queue_:
         retried = queue_.retry_dead(queue=queue, ids=ids or None)
     if not retried:
-        refuse_unknown_queue(queue, job_table_queues(app), "job queue")
+        refuse_unknown(queue, job_table_queues(app), "job queue")
     if as_json:
         echo_json({"retried": retried})
     else:
