@@ -92,10 +92,15 @@ def test_submit_queues_one_task_per_image_and_service_and_skips_answered_pairs(
                                                        "--force").output
 
 
-def test_submit_with_no_images_says_so(run) -> None:
+def test_submit_with_no_images_says_so(run, photos: Path) -> None:
     result = run("submit")
     assert result.exit_code == 1
-    assert "no images to submit" in result.output
+    assert "no images to submit; add some with `windmill-cli images add`" in result.output
+    run("images", "add", str(photos), "--group", "field cams")
+    mistyped = run("submit", "--group", "field cam")  # once the same words, as if no image were registered at all
+    assert mistyped.exit_code == 1
+    assert ("Error: no images to submit in group 'field cam'; add some with `windmill-cli images add --group "
+            "'field cam'`") in mistyped.output, mistyped.output
 
 
 def test_status_and_jobs_commands(run, photos: Path, conn: psycopg.Connection) -> None:

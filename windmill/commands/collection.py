@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -68,6 +69,15 @@ def images_add(app: AppContext, paths: tuple[str, ...], group: str | None, recur
                    f"{len(report.skipped)} skipped.")
     if report.skipped and not report.added and not report.already_known:
         sys.exit(1)
+
+
+def _nothing_to_submit(group: str | None, after_id: int) -> str:
+    """Why a submit found no image, naming what it selected by (a group's name may be mistyped)."""
+    where = (f" in group {group!r}" if group is not None else "") + (f" after id {after_id}" if after_id else "")
+    if after_id:
+        return f"no images to submit{where}"
+    return f"no images to submit{where}; add some with `windmill-cli images add" + (
+        f" --group {shlex.quote(group)}`" if group is not None else "`")
 
 
 class RunningCount:
@@ -178,8 +188,7 @@ def submit(app: AppContext, services: str, limit: int | None, group: str | None,
         with app.windmill("windmill-submit") as windmill:
             total = windmill.count_images(group=group, limit=limit, after_id=after_id)
             if total == 0:
-                raise WindmillError("no images to submit" + (f" after id {after_id}" if after_id else
-                                                             "; add some with `windmill-cli images add`"))
+                raise WindmillError(_nothing_to_submit(group, after_id))
             with click.progressbar(length=total, label="Submitting", file=sys.stderr,
                                    hidden=app.quiet or as_json) as bar:
                 try:
