@@ -57,7 +57,7 @@ def worker(app: AppContext, role: str, service: str | None, concurrency: int, ba
     from windmill.worker.launch import run_worker
     from windmill.worker.runtime import WorkerOptions
 
-    check_role(role)  # a mistyped role or service is refused before any database is opened or started
+    check_role(role, service)  # a mistyped role or service is refused before any database is opened or started
     if service:
         app.catalog.select(service)
     app.announce_database()

@@ -171,7 +171,7 @@ class PostprocessHandler:
 
 
 @register_role("postprocess", "sends merged boxes, cropped, to colors, face and pose "
-               "(--service: some of them; queues postprocess_<service>)")
+               "(--service: some of them; queues postprocess_<service>)", takes_service=True)
 def postprocess_role(context: RoleContext) -> Role:
     selection = context.service or ",".join(POSTPROCESS_QUEUES)
     services = [name.strip() for name in selection.split(",") if name.strip()]

@@ -71,14 +71,19 @@ class Role:
 RoleFactory = Callable[[RoleContext], Role]
 _ROLES: dict[str, RoleFactory] = {}
 _SUMMARIES: dict[str, str] = {}
+_TAKING_A_SERVICE: set[str] = set()  # roles that read RoleContext.service (`worker --service`)
 
 
-def register_role(name: str, summary: str = "") -> Callable[[RoleFactory], RoleFactory]:
-    """Register a role factory under `name`; `summary` is its line in `windmill-cli worker --list-roles`."""
+def register_role(name: str, summary: str = "", *, takes_service: bool = False
+                  ) -> Callable[[RoleFactory], RoleFactory]:
+    """Register a role factory under `name`; `summary` is its line in `windmill-cli worker --list-roles`;
+    `takes_service`: the role works for the service(s) `worker --service` names."""
 
     def decorator(factory: RoleFactory) -> RoleFactory:
         _ROLES[name] = factory
         _SUMMARIES[name] = summary
+        if takes_service:
+            _TAKING_A_SERVICE.add(name)
         return factory
 
     return decorator
@@ -95,12 +100,16 @@ def role_summaries() -> dict[str, str]:
     return {name: _SUMMARIES[name] for name in role_names()}
 
 
-def check_role(name: str) -> None:
-    """Refuse an unknown role name with the valid ones, before anything is started for it."""
+def check_role(name: str, service: str | None = None) -> None:
+    """Refuse an unknown role name with the valid ones, and a `service` for a role that works for none, before
+    anything is started for it (a merger given --service would run and ignore it)."""
     names = role_names()
     if name not in names:
         raise WindmillError(f"unknown role {name!r}; valid roles: {', '.join(names)} "
                             "(`windmill-cli worker --list-roles` says what each does)")
+    if service is not None and name not in _TAKING_A_SERVICE:
+        raise WindmillError(f"the {name} role takes no --service; only the {' and '.join(sorted(_TAKING_A_SERVICE))} "
+                            "roles do")
 
 
 def build_role(name: str, context: RoleContext) -> Role:

@@ -110,7 +110,7 @@ def serviceable(catalog: Catalog, selection: str | None) -> list[Service]:
 
 
 @register_role("service", "calls an Animal Farm service for each image task of "
-               "queue_<service> (--service: a name, list or selection)")
+               "queue_<service> (--service: a name, list or selection)", takes_service=True)
 def service_role(context: RoleContext) -> Role:
     services = serviceable(context.catalog, context.service)
     answers = AnswerWriter(context.pool, context.catalog, jobs=context.jobs)
