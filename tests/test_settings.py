@@ -183,6 +183,12 @@ def test_config_says_where_each_setting_came_from(env_files: dict[str, Path], mo
     assert sources["log_level"] == "default"
     text = CliRunner().invoke(main, ["config"]).output
     assert text.splitlines()[0] == f"settings file: {env_files['dotenv'].absolute()}"
+    # With the URL set, the seed's variables are not read: they are named as ignored, not as the URL's source.
+    monkeypatch.setenv("WINDMILL_DATABASE_URL", "postgresql://u@h/d")
+    shown = json.loads(CliRunner().invoke(main, ["config", "--json"]).output)
+    assert shown["sources"]["database_url"] == (
+        "environment (WINDMILL_DATABASE_URL); ignored: DB_HOST, DB_PORT, DB_NAME, DB_USER "
+        "(WINDMILL_DATABASE_URL is set)")
     assert "port_offset          100  [environment (WINDMILL_PORT_OFFSET)]" in text
 
 

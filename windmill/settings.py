@@ -361,6 +361,14 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
     )
 
 
+# A URL setting and the seed's variables it replaces: with the URL set, those are not read (_database_url,
+# _amqp_url), so `config` names them as ignored rather than as where the value came from.
+REPLACED_BY_URL: dict[str, tuple[str, tuple[str, ...]]] = {
+    "database_url": ("WINDMILL_DATABASE_URL", ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD")),
+    "amqp_url": ("WINDMILL_AMQP_URL", ("QUEUE_HOST", "QUEUE_PORT", "QUEUE_USER", "QUEUE_PASSWORD", "QUEUE_VHOST")),
+}
+
+
 @dataclass(frozen=True)
 class SettingsSource:
     """Where the settings came from: the settings file read (None: none was found), the places looked at in
@@ -372,8 +380,12 @@ class SettingsSource:
     from_environment: frozenset[str]
 
     def origin(self, setting: str) -> str:
-        """Where a setting came from: `environment (X)`, the file's path with its variables, or `default`."""
-        variables = SETTING_VARIABLES.get(setting, ())
+        """Where a setting came from: `environment (X)`, the file's path with its variables, or `default`; then the
+        seed's variables that its URL made ignored, if any were set."""
+        url, replaced = REPLACED_BY_URL.get(setting, ("", ()))
+        given = self.from_environment | self.from_file
+        ignored = [name for name in replaced if name in given] if url in given else []
+        variables = [name for name in SETTING_VARIABLES.get(setting, ()) if name not in ignored]
         parts = []
         in_environment = [name for name in variables if name in self.from_environment]
         in_file = [name for name in variables if name in self.from_file and name not in self.from_environment]
@@ -381,6 +393,8 @@ class SettingsSource:
             parts.append(f"environment ({', '.join(in_environment)})")
         if in_file:
             parts.append(f"{self.env_file} ({', '.join(in_file)})")
+        if ignored:
+            parts.append(f"ignored: {', '.join(ignored)} ({url} is set)")
         return "; ".join(parts) or "default"
 
 
