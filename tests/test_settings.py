@@ -236,3 +236,11 @@ def test_a_database_url_libpq_cannot_read_is_refused_without_repeating_it() -> N
     with pytest.raises(ConfigError) as refused:
         settings_from_mapping({"WINDMILL_DATABASE_URL": "postgresql://u:hunter2@h/d?nonsense=1"})
     assert "hunter2" not in str(refused.value) and str(refused.value).startswith("WINDMILL_DATABASE_URL cannot be")
+
+
+def test_an_empty_url_in_the_file_leaves_the_seeds_variables_in_effect_and_named_so(tmp_path: Path) -> None:
+    env_file = tmp_path / "windmill.env"
+    env_file.write_text("WINDMILL_DATABASE_URL=\nDB_HOST=h\nDB_NAME=n\nDB_USER=u\n")
+    settings, source = load_configuration(env_file, environ={})
+    assert settings.database_url == "postgresql://u@h:5432/n"  # `KEY=` sets nothing
+    assert source.origin("database_url") == f"{env_file.absolute()} (DB_HOST, DB_NAME, DB_USER)"

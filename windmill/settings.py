@@ -428,7 +428,9 @@ def load_configuration(env_file: Path | None = None,
     if path is not None:
         from_file = {k: v for k, v in dotenv_values(path).items() if v is not None}
     settings = settings_from_mapping({**from_file, **environ})
-    source = SettingsSource(path, searched, frozenset(from_file), frozenset(k for k, v in environ.items() if v))
+    # An empty value sets nothing (the readers take `KEY=` as unset), in the file as in the environment.
+    source = SettingsSource(path, searched, frozenset(k for k, v in from_file.items() if v),
+                            frozenset(k for k, v in environ.items() if v))
     return settings, source
 
 
