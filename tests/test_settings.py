@@ -77,6 +77,17 @@ def test_env_file_is_read_and_environment_overrides_it(tmp_path: Path) -> None:
     assert settings.worker_id == "from-env"
 
 
+def test_a_line_the_settings_file_cannot_parse_is_named_with_the_file_and_the_rest_is_read(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    env_file = tmp_path / "windmill.env"
+    env_file.write_text("WORKER_ID=w7\nthis line is not a setting\nLOG_LEVEL=warning\n")
+    with caplog.at_level("WARNING"):
+        settings = load_settings(env_file, environ={})
+    assert (settings.worker_id, settings.log_level) == ("w7", "WARNING")
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{env_file}: could not parse line 2; it is ignored"]
+
+
 def test_missing_explicit_env_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.env", environ={})

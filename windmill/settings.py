@@ -24,6 +24,8 @@ from psycopg.conninfo import conninfo_to_dict
 from windmill.errors import ConfigError
 from windmill.harmony import HarmonyConfig
 
+log = logging.getLogger(__name__)
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MASK = "****"
 DEFAULT_HOME = Path("~/.local/share/windmill").expanduser()
@@ -419,14 +421,43 @@ def find_env_file(env_file: Path | None, environ: Mapping[str, str]) -> tuple[Pa
     return None, searched
 
 
+class _UnparsedLines(logging.Filter):
+    """Takes python-dotenv's warning of a line it could not parse (which names no file) and keeps its line number."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "could not parse" not in record.getMessage():
+            return True
+        self.lines.extend(str(arg) for arg in record.args or ())
+        return False
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The settings file's variables; a line python-dotenv cannot parse sets nothing and is named in a warning
+    with the file it is in."""
+    unparsed = _UnparsedLines()
+    dotenv_log = logging.getLogger("dotenv.main")
+    dotenv_log.addFilter(unparsed)
+    try:
+        values = dotenv_values(path)
+    finally:
+        dotenv_log.removeFilter(unparsed)
+    if unparsed.lines:
+        one = len(unparsed.lines) == 1
+        log.warning("%s: could not parse %s %s; %s ignored", path, "line" if one else "lines",
+                    ", ".join(unparsed.lines), "it is" if one else "they are")
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def load_configuration(env_file: Path | None = None,
                        environ: Mapping[str, str] | None = None) -> tuple[Settings, SettingsSource]:
     """Settings from the environment over the settings file (find_env_file), and where each came from."""
     environ = os.environ if environ is None else environ
     path, searched = find_env_file(env_file, environ)
-    from_file: dict[str, str] = {}
-    if path is not None:
-        from_file = {k: v for k, v in dotenv_values(path).items() if v is not None}
+    from_file = read_env_file(path) if path is not None else {}
     settings = settings_from_mapping({**from_file, **environ})
     # An empty value sets nothing (the readers take `KEY=` as unset), in the file as in the environment.
     source = SettingsSource(path, searched, frozenset(k for k, v in from_file.items() if v),
