@@ -37,12 +37,19 @@ def test_the_walk_keeps_the_order_of_the_sorted_listing(tmp_path: Path) -> None:
     (root / "link.jpg").symlink_to(outside)  # a file's link: registered as what it points to
     (root / "linked").symlink_to(outside.parent)  # a directory's link: not entered (it may lead back up)
     (root / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    os.mkfifo(root / "a" / "pipe.png")
+    report = AddReport()
 
-    found = [str(path.relative_to(tmp_path)) for path in walk(root)]
+    found = [str(path.relative_to(tmp_path)) for path in walk(root, report=report)]
 
     # "a" sorts before "a.jpg": a directory's files come where its name puts it, as sorting whole paths does.
     assert found == ["photos/A/1.jpeg", "photos/a/b/y.PNG", "photos/a/z.png", "photos/a.jpg", "photos/b.jpg",
                      "photos/dir.jpg/in.jpg", "elsewhere/t.jpg", "photos/z/deep/er/q.webp", "photos/z/deep/r.tif"]
+    # What bears an image's name and is no file is reported, as when named on the command line; a directory so
+    # named, or any other name, is not.
+    assert report.skipped == [
+        (str(root / "a" / "pipe.png"), "not a regular file or a directory (a device, socket or FIFO)"),
+        (str(root / "dangling.jpg"), "dangling symbolic link")]
     assert [str(path.relative_to(tmp_path)) for path in walk(root, recursive=False)] == [
         "photos/a.jpg", "photos/b.jpg", "elsewhere/t.jpg"]
     assert [path.name for path in walk(root / "linked")] == ["t.jpg"]  # a named link is followed

@@ -95,9 +95,16 @@ def _files_in(directory: Path, *, recursive: bool, report: AddReport) -> Iterato
                 if recursive:
                     yield from _files_in(directory / entry.name, recursive=True, report=report)
                 continue
-            wanted = os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file()
+            named_as_image = os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES
+            wanted = named_as_image and entry.is_file()
+            # An image's name on what is no file is reported, as it is when named on the command line; a link to a
+            # directory is not (sub-directory links are never entered).
+            odd = named_as_image and not wanted and not entry.is_dir()
         except OSError:  # gone since the listing
             continue
+        if odd:
+            report.skipped.append((printable(directory / entry.name), "dangling symbolic link" if entry.is_symlink()
+                                   else "not a regular file or a directory (a device, socket or FIFO)"))
         if wanted:
             path = directory / entry.name
             if entry.is_symlink():
