@@ -301,3 +301,16 @@ def test_the_command_exports_with_a_progress_bar_and_refuses_bad_requests_in_one
         result = cli("export", "--out", "x.out", *args)
         assert result.exit_code == 1 and message in result.output, (args, result.output)
         assert "Traceback" not in result.output
+    # An --out of the wrong kind is refused before anything is written; coco wrote its parts beside it and failed
+    # with a traceback at the end, leaving them there.
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    (folder / "boxes.csv").write_text("")
+    for args, message in [
+        (("--format", "coco", "--out", str(folder)), f"{folder} is a directory: give the coco file to write, "
+                                                     f"e.g. {folder / 'collection.json'}"),
+        (("--format", "parquet", "--out", str(folder / "boxes.csv")), "is a file, and parquet writes a directory"),
+    ]:
+        result = cli("export", *args)
+        assert result.exit_code == 1 and message in result.output, (args, result.output)
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".exports")]

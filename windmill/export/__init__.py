@@ -16,6 +16,7 @@ from windmill.errors import WindmillError
 from windmill.export.source import PAGE_SIZE, ImageExport, Selection, count_images, image_pages
 
 FORMATS = ("coco", "jsonl", "parquet", "csv")
+SUFFIXES = {"coco": "json", "jsonl": "jsonl", "csv": "csv"}  # the file formats' usual suffixes, for a hint
 
 __all__ = ["FORMATS", "ExportReport", "ExportRequest", "ExportStop", "ExportStopped", "Selection", "count_images",
            "export", "parse_since"]
@@ -46,6 +47,11 @@ class ExportRequest:
             raise WindmillError("--services selects answers, and the csv format holds merged boxes only")
         if self.selection.services is not None and self.format == "coco" and not self.detectors:
             raise WindmillError("--services with --format coco selects the detectors of --detectors; add it")
+        if self.format == "parquet" and self.out.exists() and not self.out.is_dir():
+            raise WindmillError(f"{self.out} is a file, and parquet writes a directory of tables: give a directory")
+        if self.format != "parquet" and self.out.is_dir():
+            raise WindmillError(f"{self.out} is a directory: give the {self.format} file to write, e.g. "
+                                f"{self.out / ('collection.' + SUFFIXES[self.format])}")
 
 
 @dataclass
