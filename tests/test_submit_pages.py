@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -186,3 +187,26 @@ def test_submit_stopped_by_sigterm_names_the_id_to_resume_after_and_the_resumed_
     assert resumed.returncode == 0, resumed.stderr
     assert "Last image id done: 5000." in resumed.stdout
     assert conn.execute("SELECT count(*), count(DISTINCT image_id) FROM jobs").fetchone() == (5000, 5000)
+
+
+def test_submit_asked_to_stop_while_rabbitmq_is_away_stops_at_once_instead_of_waiting_out_its_retries(
+        conn: psycopg.Connection, worker_env: dict[str, str]) -> None:
+    register(conn, 3)
+    with socket.socket() as unused:  # a port nothing listens on: every connection is refused
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    env = {**worker_env, "WINDMILL_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{port}/%2F"}
+    process = subprocess.Popen([PYTHON, "-m", "windmill", "submit", "--services", "nsfw2"], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.stderr is not None
+        while "will try to declare queues again" not in (line := process.stderr.readline()):
+            assert line, "submit ended before it retried"
+        process.send_signal(signal.SIGTERM)
+        # Its retries would go on for about two minutes (10 attempts, up to 30 s apart).
+        out, err = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1 and out == "" and "Traceback" not in err, err
+    assert f"Error: could not declare queues: stopped while RabbitMQ at 127.0.0.1:{port}/%2F was away" in err, err

@@ -180,7 +180,7 @@ class Windmill:
         page it is on."""
         from windmill.producer import submit
 
-        with self._submitting(services, broker, force, report) as (submitter, submission), \
+        with self._submitting(services, broker, force, report, stopping) as (submitter, submission), \
                 self.connection() as read_conn:
             submit(read_conn, submitter.conn, submitter.broker, submitter.services, group=group, limit=limit,
                    force=force, after_id=after_id, page_size=page_size or self.settings.submit_page,
@@ -205,7 +205,7 @@ class Windmill:
         listening = threading.Thread(target=listener.run, name="follow-listener", daemon=True)
         listening.start()
         try:
-            with self._submitting(services, broker, force, report) as (submitter, submission), \
+            with self._submitting(services, broker, force, report, stopping) as (submitter, submission), \
                     self.connection() as read_conn:
                 stream = stream_name(submission.services, group, "rabbitmq" if submission.rabbitmq else "postgres")
                 start = saved_position(read_conn, stream) if after_id is None else after_id
@@ -231,7 +231,7 @@ class Windmill:
         with ExitStack() as stack:
             submitter = None
             if submit is not None:
-                submitter, _ = stack.enter_context(self._submitting(submit, broker, False, None))
+                submitter, _ = stack.enter_context(self._submitting(submit, broker, False, None, stopping))
             conn = stack.enter_context(self.connection())
             return FolderWatch(conn, Path(folder), stopping, recursive=recursive, group=group,
                                settle_s=SETTLE_S if settle_s is None else settle_s, submitter=submitter,
@@ -239,8 +239,10 @@ class Windmill:
 
     @contextmanager
     def _submitting(self, services: str | Sequence[Service], broker: str | None, force: bool,
-                    report: SubmitReport | None) -> Iterator[tuple[Submitter, Submission]]:
-        """A submitter on a connection and a broker of their own, closed after the block."""
+                    report: SubmitReport | None, stopping: threading.Event | None
+                    ) -> Iterator[tuple[Submitter, Submission]]:
+        """A submitter on a connection and a broker of their own, closed after the block; once `stopping` is set,
+        the broker no longer waits to try again."""
         from windmill.broker.choice import open_task_broker, uses_rabbitmq
         from windmill.producer import Submitter
 
@@ -248,7 +250,7 @@ class Windmill:
         rabbitmq = uses_rabbitmq(self.settings, broker)
         report = report if report is not None else SubmitReport()
         with self.connection() as lookup_conn:
-            sink = open_task_broker(self.settings, self.pool, rabbitmq=rabbitmq)
+            sink = open_task_broker(self.settings, self.pool, rabbitmq=rabbitmq, stopping=stopping)
             try:
                 yield (Submitter(lookup_conn, sink, selected, force=force, report=report),
                        Submission(report, rabbitmq, tuple(service.name for service in selected)))

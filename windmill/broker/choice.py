@@ -3,6 +3,8 @@ RabbitMQ when it is configured, else the PostgreSQL job table; `--broker` overri
 
 from __future__ import annotations
 
+import threading
+
 from psycopg_pool import ConnectionPool
 
 from windmill.broker.base import Broker
@@ -26,13 +28,15 @@ def uses_rabbitmq(settings: Settings, broker: str | None = None) -> bool:
     return broker == RABBITMQ
 
 
-def open_task_broker(settings: Settings, pool: ConnectionPool, *, rabbitmq: bool) -> Broker:
-    """The publisher of image × service tasks: RabbitMQ (connected now) or the job table through `pool`."""
+def open_task_broker(settings: Settings, pool: ConnectionPool, *, rabbitmq: bool,
+                     stopping: threading.Event | None = None) -> Broker:
+    """The publisher of image × service tasks: RabbitMQ (connected now) or the job table through `pool`. Once
+    `stopping` is set, RabbitMQ gives up instead of waiting to try again."""
     if rabbitmq:
         from windmill.broker.rabbitmq import RabbitMQBroker
 
         assert settings.amqp_url is not None  # uses_rabbitmq() refused RabbitMQ without a URL
-        return RabbitMQBroker(settings.amqp_url)
+        return RabbitMQBroker(settings.amqp_url, stopping=stopping)
     from windmill.broker.jobtable import JobTableBroker
     from windmill.jobs import JobQueue
 

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import socket
-import time
+import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -265,15 +265,18 @@ class RabbitMQBroker:
 
     def __init__(self, amqp_url: str, *, heartbeat: int = 60, connection_attempts: int = 10,
                  confirm_window: int = 10_000, connection_name: str | None = None,
-                 max_reconnect_delay: float = MAX_RETRY_DELAY_S) -> None:
+                 max_reconnect_delay: float = MAX_RETRY_DELAY_S, stopping: threading.Event | None = None) -> None:
         """`connection_attempts`: consecutive failed attempts (0.5 s, doubling up to `max_reconnect_delay` apart)
-        before an operation gives up; `confirm_window`: most messages awaiting their confirm at once."""
+        before an operation gives up; `confirm_window`: most messages awaiting their confirm at once; `stopping`:
+        once set, an operation waiting to try again gives up at once (a command asked to stop does not wait minutes
+        for a broker that is away)."""
         self._parameters = connection_parameters(
             amqp_url, heartbeat=heartbeat, connection_name=connection_name or default_connection_name("producer"))
         self._where = describe_url(amqp_url)
         self._connection_attempts = max(1, connection_attempts)
         self._confirm_window = max(1, confirm_window)
         self._max_reconnect_delay = max_reconnect_delay
+        self._stopping = stopping if stopping is not None else threading.Event()
         self._connection: BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._publisher: _ConfirmingPublisher | None = None
@@ -449,4 +452,6 @@ class RabbitMQBroker:
         if failures >= self._connection_attempts:
             raise RabbitMQError(f"could not {what}: RabbitMQ at {self._where} failed {failures} times in a row, "
                                 f"last with {describe_error(error)}") from None
-        time.sleep(delay)
+        if self._stopping.wait(delay):
+            raise RabbitMQError(f"could not {what}: stopped while RabbitMQ at {self._where} was away (failed "
+                                f"{failures} time(s), last with {describe_error(error)})") from None
