@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import psycopg
 
@@ -167,6 +167,20 @@ def is_url(text: str) -> bool:
         char.isascii() and (char.isalnum() or char in "+-.") for char in scheme)
 
 
+def _host_problem(parts: SplitResult) -> str | None:
+    """Why the URL's host or port cannot be fetched, found now rather than as each service's failed download."""
+    try:
+        parts.port  # noqa: B018  (raises for a port that is not a number in range)
+    except ValueError:
+        return "the port is not a number from 0 to 65535"
+    host = parts.hostname
+    if not host:
+        return "the URL names no host"
+    if any(char.isspace() or char in "<>\\\"{}|^`" for char in host):
+        return f"{host!r} is not a host name"
+    return None
+
+
 def add_urls(conn: psycopg.Connection, urls: Iterable[str], *, group: str | None = None,
              progress: Progress | None = None) -> AddReport:
     """Register http(s) URLs (one per line of a list file; blank lines and # comments ignored)."""
@@ -182,6 +196,9 @@ def add_urls(conn: psycopg.Connection, urls: Iterable[str], *, group: str | None
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             report.skipped.append((url, "only http:// and https:// URLs can be added"))
+            continue
+        if problem := _host_problem(parts):
+            report.skipped.append((url, problem))
             continue
         filename = unquote(parts.path.rsplit("/", 1)[-1]) or parts.netloc
         batch.append((filename, None, url))
