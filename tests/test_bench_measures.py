@@ -17,6 +17,7 @@ import pytest
 
 from windmill.bench.baseline import Run, Side, summary
 from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu, tree_cpu
+from windmill.bench.database import settle_disk
 from windmill.bench.pipeline import wait_until_idle
 from windmill.bench.processes import peak_memory_mib, watched_run
 from windmill.bench.scenes import CANVAS, write_scenes
@@ -92,6 +93,27 @@ def test_a_watched_command_that_runs_until_stopped_is_timed_until_its_work_is_do
     seconds, _, status = watched_run([sys.executable, "-c", "import time; time.sleep(60)"], os.environ,
                                      until=lambda: time.monotonic() - started > 0.5)
     assert 0.5 < seconds < 5 and status == -signal.SIGTERM
+
+
+def test_a_timed_run_starts_after_a_checkpoint_and_with_a_login_that_may_not_after_the_sync_alone(
+        database_url: str) -> None:
+    """What earlier runs wrote is on disk before the clock starts (settle_disk); a login without the right to
+    checkpoint still benchmarks."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        def requested() -> int:
+            return conn.execute("SELECT checkpoints_req FROM pg_stat_bgwriter").fetchone()[0]
+
+        before = requested()
+        assert settle_disk(conn) is True
+        assert requested() == before + 1
+        conn.execute("DROP ROLE IF EXISTS windmill_bench_plain")
+        conn.execute("CREATE ROLE windmill_bench_plain LOGIN")
+        try:
+            with psycopg.connect(database_url, user="windmill_bench_plain", autocommit=True) as plain:
+                assert settle_disk(plain) is False
+            assert requested() == before + 1
+        finally:
+            conn.execute("DROP ROLE windmill_bench_plain")
 
 
 def test_postgres_cpu_includes_backends_that_came_and_went(database_url: str) -> None:

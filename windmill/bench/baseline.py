@@ -33,6 +33,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import windmill
 from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu
+from windmill.bench.database import settle_disk
 from windmill.bench.pipeline import ROLES, wait_until_idle
 from windmill.bench.scenes import write_scenes
 from windmill.bench.stage import BENCH_GROUP, BenchEnvironment, bench_environment
@@ -225,6 +226,7 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
         pids = [process.pid for process in processes]
         _wait_workers_idle(pids)
         with database.connect() as conn:
+            settle_disk(conn)
             postgres = postgres_processes(conn)
             counting = _count_statements(conn)
             roles_before = [process_cpu(pid) for pid in pids]
@@ -340,7 +342,8 @@ def run(url: str, catalog: Catalog, *, baseline: str, images: int, runs: int, am
             echo(f"pipeline {head.label} vs {base.label}: {images} distinct scenes of 3–4 objects, every primary "
                  f"service + merge + postprocessing + consensus + caption scoring, {len(ROLES)} worker processes "
                  f"per side; stand-in with every answer computed per request; PostgreSQL {conditions}; "
-                 f"timed from submit (workers idle) to the last product; {runs} runs per side, interleaved")
+                 f"timed from submit (workers idle, after a CHECKPOINT and sync) to the last product; {runs} runs "
+                 "per side, interleaved")
             for broker in brokers:
                 _session(head, base, broker, url, catalog, amqp_url, offset, Path(folder), answers, farm.pid,
                          runs, echo)

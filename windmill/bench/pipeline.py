@@ -20,6 +20,7 @@ import psycopg
 
 from windmill.bench.chaos.audit import box_difference
 from windmill.bench.cpu import process_cpu
+from windmill.bench.database import settle_disk
 from windmill.bench.processes import peak_memory_mib
 from windmill.bench.stage import (
     BENCH_GROUP,
@@ -85,6 +86,8 @@ def _run_once(database: Database, catalog: Catalog, bench: BenchEnvironment, bro
         cpu_before = _children_cpu()
         processes = start_workers(ROLES, bench.env, broker)
         time.sleep(2.0)  # the stand-in binds its ports, workers connect
+        with database.connect() as conn:
+            settle_disk(conn)
         subprocess.run(cli_argv("submit", "--group", BENCH_GROUP, "--services", "primary", "--broker", broker),
                        env=bench.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until_idle(database, processes, images * len(catalog.in_category("primary")))
