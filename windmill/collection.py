@@ -100,10 +100,11 @@ def _files_in(directory: Path, *, recursive: bool, report: AddReport) -> Iterato
             # An image's name on what is no file is reported, as it is when named on the command line; a link to a
             # directory is not (sub-directory links are never entered).
             odd = named_as_image and not wanted and not entry.is_dir()
+            dangling = odd and entry.is_symlink()
         except OSError:  # gone since the listing
             continue
         if odd:
-            report.skipped.append((printable(directory / entry.name), "dangling symbolic link" if entry.is_symlink()
+            report.skipped.append((printable(directory / entry.name), "dangling symbolic link" if dangling
                                    else "not a regular file or a directory (a device, socket or FIFO)"))
         if wanted:
             path = directory / entry.name
