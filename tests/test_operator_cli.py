@@ -161,6 +161,28 @@ def test_a_mistyped_job_queue_is_named_as_such_and_a_queue_outside_the_catalog_s
     assert run("jobs", "retry", "--queue", "queue_retired").output == "Queued 1 dead job(s) again.\n"
 
 
+def test_jobs_retry_by_id_says_why_a_job_was_not_retried(run, conn: psycopg.Connection) -> None:
+    def job(queue: str, state: str, key: str | None = None) -> int:
+        return conn.execute("INSERT INTO jobs (queue, state, dedupe_key) VALUES (%s, %s, %s) RETURNING id",
+                            (queue, state, key)).fetchone()[0]
+
+    done, dead, twin = job("merge", "done"), job("merge", "dead"), job("consensus", "dead", "image-7")
+    job("consensus", "queued", "image-7")  # the twin's work, already waiting again
+    missing = dead + 1000
+    for args, said in [  # each once "Queued 0 dead job(s) again."
+        (("--id", str(missing)), f"Error: no job {missing}"),
+        (("--id", str(done)), f"Error: job {done} is done, not dead (only dead jobs are retried)"),
+        (("--id", str(twin)), f"Error: job {twin} stays dead: the same work is already queued again"),
+        (("--queue", "consensus", "--id", str(dead)), f"Error: job {dead} is in queue 'merge', not 'consensus'"),
+    ]:
+        result = run("jobs", "retry", *args)
+        assert (result.exit_code, result.output.strip()) == (1, said), args
+    partly = run("jobs", "retry", "--id", str(dead), "--id", str(done))
+    assert partly.exit_code == 0
+    assert partly.stdout == "Queued 1 dead job(s) again.\n"
+    assert partly.stderr == f"Not retried: job {done} is done, not dead (only dead jobs are retried)\n"
+
+
 def test_submit_jobs_retry_and_init_db_answer_in_json(run, photos: Path, conn: psycopg.Connection) -> None:
     run("images", "add", str(photos))
     submitted = run("submit", "--services", "metadata,ocr", "--json")

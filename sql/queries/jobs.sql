@@ -221,6 +221,10 @@ UPDATE jobs
  WHERE jobs.id = picked.id
 RETURNING jobs.id
 
+-- name: job_states
+-- The state and queue of each of these jobs that exists (why `jobs retry --id` did not retry them).
+SELECT id, state::text, queue FROM jobs WHERE id = ANY(%(ids)s)
+
 -- name: list_jobs
 -- Jobs by state and queue, newest first.
 SELECT id, queue, state::text AS state, image_id, attempts, max_attempts, run_after, lease_owner,

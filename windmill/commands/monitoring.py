@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from windmill.commands.context import AppContext, echo_json, json_option, pass_app, refuse_unknown
-from windmill.errors import NoSuchImage
+from windmill.errors import NoSuchImage, WindmillError
 
 
 @click.command()
@@ -135,12 +135,30 @@ def jobs_retry(app: AppContext, queue: str | None, ids: tuple[int, ...], as_json
     """Queue dead jobs again with fresh attempts."""
     with job_queue(app) as queue_:
         retried = queue_.retry_dead(queue=queue, ids=ids or None)
+        left = [job_id for job_id in dict.fromkeys(ids) if job_id not in retried]
+        states = queue_.states(left) if left else {}
+    reasons = [_not_retried(job_id, states.get(job_id), queue) for job_id in left]
     if not retried:
         refuse_unknown(queue, job_table_queues(app), "job queue")
+        if reasons:  # an --id that retried nothing says why, rather than "Queued 0"
+            raise WindmillError("; ".join(reasons))
     if as_json:
         echo_json({"retried": retried})
     else:
         click.echo(f"Queued {len(retried)} dead job(s) again.")
+    for reason in reasons:
+        click.echo(f"Not retried: {reason}", err=True)
+
+
+def _not_retried(job_id: int, found: tuple[str, str] | None, queue: str | None) -> str:
+    if found is None:
+        return f"no job {job_id}"
+    state, its_queue = found
+    if queue is not None and its_queue != queue:
+        return f"job {job_id} is in queue {its_queue!r}, not {queue!r}"
+    if state != "dead":
+        return f"job {job_id} is {state}, not dead (only dead jobs are retried)"
+    return f"job {job_id} stays dead: the same work is already queued again"
 
 
 @jobs.command("prune")

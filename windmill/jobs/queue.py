@@ -285,6 +285,12 @@ class JobQueue:
                 conn.execute(query("notify_jobs"))
         return retried
 
+    def states(self, ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+        """The state and queue of each of these jobs that exists."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(query("job_states"), {"ids": list(ids)}).fetchall()
+        return {job_id: (state, queue) for job_id, state, queue in rows}
+
     def list(self, *, state: JobState | None = None, queue: str | None = None, limit: int = 50
              ) -> builtins.list[dict[str, Any]]:
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
