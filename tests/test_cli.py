@@ -32,6 +32,14 @@ def test_images_add_registers_each_file_once(run, photos: Path, conn: psycopg.Co
     again = run("images", "add", str(photos), "--recursive", "--group", "g1")
     assert "Added 1 image(s); 2 already known" in again.output
     assert conn.execute("SELECT count(*) FROM images WHERE image_group = 'g1'").fetchone()[0] == 3
+    # Known files given with another group stay in theirs, and the summary says so (a submit of that group would
+    # otherwise find none of them, right after they were "added" to it).
+    (photos / "c.jpg").write_bytes((photos / "a.jpg").read_bytes())
+    other = run("images", "add", str(photos), "--group", "g2")
+    assert ("Added 1 image(s); 2 already known (2 of them in another group or none, where they stay: an image "
+            "belongs to one group); 0 skipped.") in other.output, other.output
+    assert "in another group" not in run("images", "add", str(photos / "c.jpg"), "--group", "g2").output
+    assert conn.execute("SELECT count(*) FROM images WHERE image_group = 'g1'").fetchone()[0] == 3
 
 
 def test_images_add_reports_what_it_skipped(run, photos: Path) -> None:

@@ -141,7 +141,7 @@ def test_images_add_takes_directories_and_a_url_list_together(run, photos: Path,
     urls.write_text("https://example.org/one.jpg\nftp://example.org/two.jpg\n")
     added = run("images", "add", str(photos), "--url-list", str(urls), "--json")
     assert added.exit_code == 0, added.output
-    assert json.loads(added.output) == {"added": 3, "already_known": 0, "skipped": [
+    assert json.loads(added.output) == {"added": 3, "already_known": 0, "known_in_another_group": 0, "skipped": [
         {"what": "ftp://example.org/two.jpg", "why": "only http:// and https:// URLs can be added"}]}
     stored = conn.execute("SELECT image_filename, image_url IS NOT NULL FROM images ORDER BY image_filename").fetchall()
     assert stored == [("a.jpg", False), ("b.png", False), ("one.jpg", True)]

@@ -10,7 +10,7 @@ from urllib.parse import SplitResult, unquote, urlsplit
 
 import psycopg
 
-from windmill.db.queries import query
+from windmill.db.queries import fetch_value, query
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif",
                             ".avif"})
@@ -23,14 +23,18 @@ class AddReport:
     added: int = 0
     already_known: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
+    # Of the already known, with a group given: those in another group (or none), where they stay.
+    known_in_another_group: int = 0
 
     def merged(self, other: AddReport) -> AddReport:
         """Both reports' counts together (files and a URL list added in one command)."""
         return AddReport(self.added + other.added, self.already_known + other.already_known,
-                         [*self.skipped, *other.skipped])
+                         [*self.skipped, *other.skipped],
+                         self.known_in_another_group + other.known_in_another_group)
 
     def as_dict(self) -> dict[str, object]:
         return {"added": self.added, "already_known": self.already_known,
+                "known_in_another_group": self.known_in_another_group,
                 "skipped": [{"what": what, "why": why} for what, why in self.skipped]}
 
 
@@ -131,6 +135,9 @@ def _insert(conn: psycopg.Connection, rows: list[tuple[str, str | None, str | No
     ).rowcount
     report.added += added
     report.already_known += len(rows) - added
+    if group is not None and added < len(rows):
+        report.known_in_another_group += fetch_value(conn, "known_images_in_another_group", {
+            "group": group, "paths": [row[1] for row in rows if row[1]], "urls": [row[2] for row in rows if row[2]]})
     if progress is not None:
         progress(report)
 

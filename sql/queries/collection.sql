@@ -11,3 +11,10 @@ SELECT image_id, image_filename, image_path, image_url, image_group, image_creat
 INSERT INTO images (image_filename, image_path, image_url, image_group)
 SELECT * FROM unnest(%(filenames)s::text[], %(paths)s::text[], %(urls)s::text[], %(groups)s::text[])
 ON CONFLICT DO NOTHING
+
+-- name: known_images_in_another_group
+-- Of a batch's files or URLs, those registered before in another group (or in none) than %(group)s: an image
+-- belongs to one group, and `images add --group` leaves a known one where it is.
+SELECT count(*) FROM images
+ WHERE image_group IS DISTINCT FROM %(group)s
+   AND (image_path = ANY(%(paths)s::text[]) OR (image_path IS NULL AND image_url = ANY(%(urls)s::text[])))

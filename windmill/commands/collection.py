@@ -65,7 +65,9 @@ def images_add(app: AppContext, paths: tuple[str, ...], group: str | None, recur
     else:
         for what, why in report.skipped:
             click.echo(f"skipped {what}: {why}", err=True)
-        click.echo(f"Added {report.added} image(s); {report.already_known} already known; "
+        elsewhere = (f" ({report.known_in_another_group} of them in another group or none, where they stay: an "
+                     f"image belongs to one group)" if report.known_in_another_group else "")
+        click.echo(f"Added {report.added} image(s); {report.already_known} already known{elsewhere}; "
                    f"{len(report.skipped)} skipped.")
     if report.skipped and not report.added and not report.already_known:
         sys.exit(1)
