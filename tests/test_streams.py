@@ -186,10 +186,14 @@ def test_watch_registers_and_queues_each_file_once_complete_across_restarts(
 
     while_down = folder / "while_down.png"
     while_down.write_bytes(SAMPLE.read_bytes())
-    with command(worker_env, *args) as watch:
+    with command(worker_env, *args, "--group", "day3") as watch:
         wait_until(lambda: registered(conn, while_down), timeout=60, message="the file that landed while down")
         out, _ = stop(watch)
-    assert "added 1 image(s), queued 1 task(s); 3 already known" in out
+    # The known files stay in their group (none): the summary says so, as `images add --group` does.
+    assert ("added 1 image(s), queued 1 task(s); 3 already known (3 of them in another group or none, where they "
+            "stay: an image belongs to one group)") in out
+    assert conn.execute("SELECT image_group, count(*) FROM images GROUP BY 1 ORDER BY 1").fetchall() == [
+        ("day3", 1), (None, 3)]
     assert conn.execute("SELECT count(*), count(DISTINCT image_path) FROM images").fetchone() == (4, 4)
     assert sorted(jobs_per_image(conn).values()) == [1, 1, 1, 1]
 

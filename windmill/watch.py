@@ -91,6 +91,7 @@ def settled_by_its_time(signature: FileSignature, now_ns: int, settle_s: float) 
 class WatchReport:
     added: int = 0
     already_known: int = 0
+    known_in_another_group: int = 0  # of the already known, those registered in another group or none
     published: int = 0  # tasks queued (with a submitter)
 
 
@@ -175,6 +176,7 @@ class FolderWatch:
             published = self._submit(batch) if self.submitter is not None else 0
             self.report.added += added.added
             self.report.already_known += added.already_known
+            self.report.known_in_another_group += added.known_in_another_group
             self.report.published += published
             if self.on_batch:
                 self.on_batch(added, published)

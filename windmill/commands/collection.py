@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from windmill.catalog import Service
     from windmill.collection import AddReport
     from windmill.producer import SubmitReport
+    from windmill.watch import WatchReport
 
 
 @click.group()
@@ -65,12 +66,17 @@ def images_add(app: AppContext, paths: tuple[str, ...], group: str | None, recur
     else:
         for what, why in report.skipped:
             click.echo(f"skipped {what}: {why}", err=True)
-        elsewhere = (f" ({report.known_in_another_group} of them in another group or none, where they stay: an "
-                     f"image belongs to one group)" if report.known_in_another_group else "")
-        click.echo(f"Added {report.added} image(s); {report.already_known} already known{elsewhere}; "
-                   f"{len(report.skipped)} skipped.")
+        click.echo(f"Added {report.added} image(s); {_already_known(report)}; {len(report.skipped)} skipped.")
     if report.skipped and not report.added and not report.already_known:
         sys.exit(1)
+
+
+def _already_known(report: AddReport | WatchReport) -> str:
+    """'N already known', and how many of those stay in another group (or none) than the one asked for: an image
+    belongs to one group, so a submit of that group will not find them."""
+    elsewhere = (f" ({report.known_in_another_group} of them in another group or none, where they stay: an "
+                 f"image belongs to one group)" if report.known_in_another_group else "")
+    return f"{report.already_known} already known{elsewhere}"
 
 
 def _nothing_to_submit(group: str | None, after_id: int) -> str:
@@ -131,7 +137,7 @@ def images_watch(app: AppContext, folder: Path, recursive: bool, group: str | No
             click.echo(f"skipped {what}: {why}", err=True)
         if not app.quiet and (added.added or published):
             queued = f"; queued {published} task(s)" if selected is not None else ""
-            click.echo(f"Added {added.added} image(s); {added.already_known} already known{queued}.", err=True)
+            click.echo(f"Added {added.added} image(s); {_already_known(added)}{queued}.", err=True)
 
     stop = StopRequest()
     try:
@@ -141,8 +147,7 @@ def images_watch(app: AppContext, folder: Path, recursive: bool, group: str | No
     except KeyboardInterrupt:
         raise WindmillError(f"interrupted while watching {folder}") from None
     queued = f", queued {report.published} task(s)" if selected is not None else ""
-    click.echo(f"Stopped watching {folder}: added {report.added} image(s){queued}; "
-               f"{report.already_known} already known.")
+    click.echo(f"Stopped watching {folder}: added {report.added} image(s){queued}; {_already_known(report)}.")
 
 
 @click.command()
