@@ -116,6 +116,22 @@ def test_submit_queues_one_task_per_image_and_service_and_skips_answered_pairs(
                                                        "--force").output
 
 
+def test_submit_queues_no_task_that_no_worker_would_take(run, photos: Path, conn: psycopg.Connection) -> None:
+    """Caption scoring scores the captions other services answered: a task of its own would wait forever in a
+    queue nobody consumes, and keep its image from ever being complete (the reference's bug with full_catalog)."""
+    run("images", "add", str(photos), "-r")
+    named = run("submit", "--services", "blip,caption_score")
+    assert named.exit_code == 1
+    assert ("Error: caption_score takes no image task: it scores the captions of blip, ollama as they are "
+            "answered") in named.output, named.output
+    assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
+    everything = run("submit", "--services", "full_catalog", "--json")
+    assert everything.exit_code == 0, everything.output
+    assert "caption_score" not in json.loads(everything.output)["services"]
+    queues = [row[0] for row in conn.execute("SELECT DISTINCT queue FROM jobs ORDER BY 1")]
+    assert len(queues) == 13 and "queue_face" in queues and "queue_caption_score" not in queues
+
+
 def test_submit_with_no_images_says_so(run, photos: Path) -> None:
     result = run("submit")
     assert result.exit_code == 1

@@ -162,7 +162,7 @@ def test_service_role_refuses_unknown_and_postprocessing_services(catalog: Catal
     from windmill.errors import WindmillError
 
     settings = settings_from_mapping({})
-    for selection, message in (("yolo9", "unknown service"), ("caption_score", "not run by the service role"),
+    for selection, message in (("yolo9", "unknown service"), ("caption_score", "caption_score takes no image task"),
                                (None, "needs --service")):
         with FarmClient(catalog) as farm, pytest.raises(WindmillError, match=message):
             build_role("service", RoleContext(settings=settings, database=database, pool=pool, jobs=JobQueue(pool),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,12 @@ class Service:
         """Every answer the vote reads must recompute it: the vote lists every answering service with its time.
         (The reference's `enable_consensus_triggers` left colors and metadata out, so an image whose last answer
         came from one of them kept a stale consensus; the flag is read but no longer decides.)"""
+        return self.category != "postprocessing"
+
+    @property
+    def takes_image_tasks(self) -> bool:
+        """An image can be sent to it as a task of its own. A postprocessing service (caption scoring) cannot: it
+        scores what other services answered, and its jobs follow those answers."""
         return self.category != "postprocessing"
 
     @property
@@ -144,8 +151,26 @@ class Catalog:
         return Catalog(tuple(replace(service, port=service.port + offset) for service in self.services))
 
     @property
+    def caption_sources(self) -> list[str]:
+        """The services whose captions are scored as they are answered."""
+        return [service.name for service in self.services if service.enable_caption_scoring]
+
+    @property
     def detectors(self) -> list[Service]:
         return [service for service in self.services if service.is_detector]
+
+    def select_for_tasks(self, selection: str | Sequence[Service]) -> list[Service]:
+        """The services of a selection that image tasks are queued for (submit) or a service worker runs.
+        `full_catalog` leaves out those that take none; naming one is an error that says where its work comes from
+        (the reference queued such tasks, which nothing ever consumed)."""
+        services = self.select(selection) if isinstance(selection, str) else list(selection)
+        refused = [service.name for service in services if not service.takes_image_tasks]
+        if refused and not (isinstance(selection, str) and selection.strip() == "full_catalog"):
+            raise CatalogError(
+                f"{', '.join(refused)} takes no image task: it scores the captions of "
+                f"{', '.join(self.caption_sources) or 'the captioning services'} as they are answered (the "
+                f"caption_score role runs it; `windmill-cli backfill` queues the scores that are missing)")
+        return [service for service in services if service.takes_image_tasks]
 
     def select(self, selection: str) -> list[Service]:
         """Resolve `all`/`primary`, `spatial_only`, `full_catalog` or a comma list; unknown names are an error."""

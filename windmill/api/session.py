@@ -246,7 +246,7 @@ class Windmill:
         from windmill.broker.choice import open_task_broker, uses_rabbitmq
         from windmill.producer import Submitter
 
-        selected = self.catalog.select(services) if isinstance(services, str) else list(services)
+        selected = self.catalog.select_for_tasks(services)
         rabbitmq = uses_rabbitmq(self.settings, broker)
         report = report if report is not None else SubmitReport()
         with self.connection() as lookup_conn:

@@ -130,7 +130,7 @@ def images_watch(app: AppContext, folder: Path, recursive: bool, group: str | No
     Files already there are looked at first; a file already known is not added (nor queued) twice."""
     from windmill.stopping import StopRequest, stop_on_signals
 
-    selected = app.catalog.select(selection) if selection else None  # refused before any connection is made
+    selected = app.catalog.select_for_tasks(selection) if selection else None  # refused before any connection
 
     def on_batch(added: AddReport, published: int) -> None:
         for what, why in added.skipped:
@@ -180,7 +180,7 @@ def submit(app: AppContext, services: str, limit: int | None, group: str | None,
         return
     from windmill.producer import SubmitReport
 
-    selected = app.catalog.select(services)  # an unknown name is refused before any connection is made
+    selected = app.catalog.select_for_tasks(services)  # an unknown name is refused before any connection is made
     report = SubmitReport()
     if follow:
         if limit is not None:

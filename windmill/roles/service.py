@@ -102,11 +102,7 @@ def serviceable(catalog: Catalog, selection: str | None) -> list[Service]:
     """The services a service worker may run: any image-analysing service (caption_score needs a caption)."""
     if not selection:
         raise WindmillError("the service role needs --service NAME (or a selection such as primary)")
-    services = catalog.select(selection)
-    postprocessing = [service.name for service in services if service.category == "postprocessing"]
-    if postprocessing:
-        raise WindmillError(f"{', '.join(postprocessing)} is not run by the service role (see the caption_score role)")
-    return services
+    return catalog.select_for_tasks(selection)
 
 
 @register_role("service", "calls an Animal Farm service for each image task of "
