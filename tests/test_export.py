@@ -314,3 +314,25 @@ def test_the_command_exports_with_a_progress_bar_and_refuses_bad_requests_in_one
         result = cli("export", *args)
         assert result.exit_code == 1 and message in result.output, (args, result.output)
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".exports")]
+
+
+def test_out_dash_writes_to_standard_output_for_a_pipe(cli, conn, tmp_path: Path) -> None:
+    """`export --out - | jq`: the line formats and COCO go to standard output and the summary to stderr; a file
+    named '-' was written before. Formats that write several files are refused."""
+    images = scalar(conn, "SELECT count(*) FROM images")
+    lines = cli("export", "--format", "jsonl", "--out", "-")
+    assert lines.exit_code == 0, lines.output
+    assert [json.loads(line)["image_id"] for line in lines.stdout.splitlines()] == [
+        row[0] for row in conn.execute("SELECT image_id FROM images ORDER BY image_id")]
+    assert f"Exported {images} image(s)" in lines.stderr and "to standard output" in lines.stderr
+    rows = cli("export", "--format", "csv", "--out", "-", "--after-id", "1").stdout.splitlines()
+    assert rows[0].startswith("image_id,") and len(rows) - 1 == scalar(
+        conn, "SELECT count(*) FROM merged_boxes WHERE image_id > 1")
+    document = json.loads(cli("export", "--format", "coco", "--out", "-").stdout)
+    assert len(document["images"]) == images
+    assert len(document["annotations"]) == scalar(conn, "SELECT count(*) FROM merged_boxes")
+    for args, message in [(("--format", "parquet"), "parquet writes a directory of tables, which standard output"),
+                          (("--format", "coco", "--detectors"), "--detectors writes a results file per detector")]:
+        refused = cli("export", "--out", "-", *args)
+        assert refused.exit_code == 1 and message in refused.output, (args, refused.output)
+    assert not (tmp_path / "-").exists()

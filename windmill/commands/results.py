@@ -15,7 +15,8 @@ from windmill.export import FORMATS
 @click.option("--format", "fmt", required=True, type=click.Choice(FORMATS),
               help="coco: a COCO detection file of the merged boxes; jsonl: one line per image; parquet: a "
                    "directory of tables (images, answers, boxes, postprocessing, consensus); csv: one row per box.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="The file (a directory for parquet).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="The file (a directory for parquet); - for standard output (jsonl, csv, coco).")
 @click.option("--group", "-g", help="Only images of this group.")
 @click.option("--since", help="Only images with something new since this instant (ISO 8601, e.g. 2026-11-29T05:00Z): "
                               "added, an answer, a change of boxes, postprocessing, a consensus.")
@@ -44,7 +45,10 @@ def export_command(app: AppContext, fmt: str, out: Path, group: str | None, sinc
     ):
         report = export(conn, request, progress=bar.update, stop=stop)
     last = f", ids up to {report.last_image_id}" if report.last_image_id is not None else ""
-    click.echo(f"Exported {report.images} image(s){last} as {fmt}: " + ", ".join(map(str, report.files)))
+    if request.to_stdout:  # the data holds standard output: the summary goes beside the progress bar
+        click.echo(f"Exported {report.images} image(s){last} as {fmt} to standard output.", err=True)
+    else:
+        click.echo(f"Exported {report.images} image(s){last} as {fmt}: " + ", ".join(map(str, report.files)))
 
 
 @click.command("web")

@@ -13,6 +13,7 @@ from typing import Protocol
 import psycopg
 
 from windmill.errors import WindmillError
+from windmill.export.output import STDOUT
 from windmill.export.source import PAGE_SIZE, ImageExport, Selection, count_images, image_pages
 
 FORMATS = ("coco", "jsonl", "parquet", "csv")
@@ -37,6 +38,11 @@ class ExportRequest:
     selection: Selection = field(default_factory=Selection)
     detectors: bool = False  # coco: each detector's raw boxes as a results file too
 
+    @property
+    def to_stdout(self) -> bool:
+        """`--out -`: the export goes to standard output (jsonl, csv, coco)."""
+        return self.out == STDOUT
+
     def check(self) -> None:
         """Refuse combinations that would silently do nothing, in one sentence."""
         if self.format not in FORMATS:
@@ -47,6 +53,14 @@ class ExportRequest:
             raise WindmillError("--services selects answers, and the csv format holds merged boxes only")
         if self.selection.services is not None and self.format == "coco" and not self.detectors:
             raise WindmillError("--services with --format coco selects the detectors of --detectors; add it")
+        if self.to_stdout and self.format == "parquet":
+            raise WindmillError("parquet writes a directory of tables, which standard output (-) cannot hold: give "
+                                "a directory")
+        if self.to_stdout and self.detectors:
+            raise WindmillError("--detectors writes a results file per detector beside the COCO file, which standard "
+                                "output (-) cannot hold: give a file name")
+        if self.to_stdout:
+            return
         if self.format == "parquet" and self.out.exists() and not self.out.is_dir():
             raise WindmillError(f"{self.out} is a file, and parquet writes a directory of tables: give a directory")
         if self.format != "parquet" and self.out.is_dir():
@@ -117,19 +131,28 @@ def export(conn: psycopg.Connection, request: ExportRequest, *, progress: Callab
             if stop is not None and stop.requested:
                 raise ExportStopped("on request")
             del page  # released before the next page is read (the generator lets go of it too)
+    except BrokenPipeError:
+        writer.abort()
+        raise  # the reader of standard output went away (`| head`): the command ends quietly, as a pipe's writer does
     except (Exception, KeyboardInterrupt) as error:
         kept = writer.abort()
         raise ExportStopped(_stopped_message(request, report, kept, error)) from error
-    report.files = writer.finish()
+    try:
+        report.files = writer.finish()
+    except BrokenPipeError:
+        writer.abort()
+        raise
     return report
 
 
 def _stopped_message(request: ExportRequest, report: ExportReport, kept: list[Path], error: BaseException) -> str:
     cause = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error).strip().splitlines()[0] \
         if str(error).strip() else type(error).__name__
+    where = "standard output" if request.to_stdout else str(request.out)
     if not kept or report.last_image_id is None:
-        return f"export stopped ({cause}); nothing was written to {request.out}"
-    return (f"export stopped ({cause}) after {report.images} image(s): {request.out} holds every image up to id "
+        return f"export stopped ({cause}); nothing was written to {where}"
+    return (f"export stopped ({cause}) after {report.images} image(s): {where} "
+            f"{'got' if request.to_stdout else 'holds'} every image up to id "
             f"{report.last_image_id}; continue with --after-id {report.last_image_id}")
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from windmill import __version__
 from windmill.errors import WindmillError
 from windmill.evaluation import detector_predictions
+from windmill.export.output import STDOUT, standard_output
 from windmill.export.shapes import coco_box, coco_image, dumps
 from windmill.export.source import ImageExport
 from windmill.render import box_label
@@ -47,6 +49,8 @@ class CocoWriter:
         self.out = out
         self.detectors = detectors
         self.categories: dict[str, dict[str, Any]] = {}  # label → category
+        # Standard output gets the document once it is whole; its parts wait in a directory of their own.
+        self._parts = Path(tempfile.mkdtemp(prefix="windmill-coco-")) if out == STDOUT else None
         try:
             self._images = _JsonArray(self._hidden(out, "images"))
             self._annotations = _JsonArray(self._hidden(out, "annotations"))
@@ -54,8 +58,9 @@ class CocoWriter:
             raise WindmillError(f"cannot write {out}: {error.strerror or error}") from None
         self._results: dict[str, _JsonArray] = {}
 
-    @staticmethod
-    def _hidden(out: Path, part: str) -> Path:
+    def _hidden(self, out: Path, part: str) -> Path:
+        if self._parts is not None:
+            return self._parts / f"{part}.tmp"
         return out.with_name(f".{out.name}.{part}.tmp")
 
     def category(self, label: str, emoji: str) -> int:
@@ -94,13 +99,13 @@ class CocoWriter:
         header = {"info": {"description": "Windmill export: harmonized boxes", "version": __version__,
                            "date_created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
                   "licenses": []}
+        if self._parts is not None:
+            self._write_document(header, standard_output())
+            shutil.rmtree(self._parts, ignore_errors=True)
+            return [self.out]
         hidden = self._hidden(self.out, "document")
         with open(hidden, "wb") as document:
-            document.write(dumps(header)[:-1] + b',\n"images": [\n')
-            _copy(self._images.path, document)
-            document.write(b'\n],\n"annotations": [\n')
-            _copy(self._annotations.path, document)
-            document.write(b'\n],\n"categories": ' + dumps(list(self.categories.values())) + b"}\n")
+            self._write_document(header, document)
         hidden.rename(self.out)
         written = [self.out]
         for service, results in sorted(self._results.items()):
@@ -115,12 +120,22 @@ class CocoWriter:
         self._annotations.path.unlink()
         return written
 
+    def _write_document(self, header: dict[str, Any], document: BinaryIO) -> None:
+        document.write(dumps(header)[:-1] + b',\n"images": [\n')
+        _copy(self._images.path, document)
+        document.write(b'\n],\n"annotations": [\n')
+        _copy(self._annotations.path, document)
+        document.write(b'\n],\n"categories": ' + dumps(list(self.categories.values())) + b"}\n")
+        document.flush()
+
     def abort(self) -> list[Path]:
         """A COCO document is written whole or not at all."""
         for part in (self._images, self._annotations, *self._results.values()):
             part.close()
             part.path.unlink(missing_ok=True)
         self._hidden(self.out, "document").unlink(missing_ok=True)
+        if self._parts is not None:
+            shutil.rmtree(self._parts, ignore_errors=True)
         return []
 
 

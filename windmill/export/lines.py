@@ -3,6 +3,7 @@ resumable: `--after-id N` appends to a file that ends at image N, after cutting 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -13,6 +14,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from windmill.errors import WindmillError
+from windmill.export.output import STDOUT, standard_output
 from windmill.export.shapes import CSV_COLUMNS, csv_rows, dumps, jsonl_line
 from windmill.export.source import ImageExport
 
@@ -33,10 +35,17 @@ class LineWriter:
         self._file.flush()  # a page is in the file before the next one is read
 
     def finish(self) -> list[Path]:
-        self._file.close()
+        if self.path == STDOUT:
+            self._file.flush()  # standard output stays open for whoever prints after
+        else:
+            self._file.close()
         return [self.path]
 
     def abort(self) -> list[Path]:
+        if self.path == STDOUT:
+            with contextlib.suppress(OSError):  # its reader may be gone
+                self._file.flush()
+            return [self.path]
         return self.finish()  # every page written so far is complete: keep them
 
 
@@ -81,6 +90,10 @@ def _csv_image_id(line: bytes) -> int | None:
 
 def _open(path: Path, header: bytes, last_image_id: Callable[[bytes], int | None],
           resume_after: int | None) -> BinaryIO:
+    if path == STDOUT:  # a stream holds no earlier export to continue: --after-id only selects
+        stream = standard_output()
+        stream.write(header)
+        return stream
     try:
         if resume_after is None or not path.exists() or path.stat().st_size == 0:
             handle: BinaryIO = open(path, "wb")  # noqa: SIM115  (closed by finish)
