@@ -325,6 +325,7 @@ def test_out_dash_writes_to_standard_output_for_a_pipe(cli, conn, tmp_path: Path
     assert [json.loads(line)["image_id"] for line in lines.stdout.splitlines()] == [
         row[0] for row in conn.execute("SELECT image_id FROM images ORDER BY image_id")]
     assert f"Exported {images} image(s)" in lines.stderr and "to standard output" in lines.stderr
+    assert cli("-q", "export", "--format", "jsonl", "--out", "-").stderr == "", "-q: stderr for warnings and errors"
     rows = cli("export", "--format", "csv", "--out", "-", "--after-id", "1").stdout.splitlines()
     assert rows[0].startswith("image_id,") and len(rows) - 1 == scalar(
         conn, "SELECT count(*) FROM merged_boxes WHERE image_id > 1")

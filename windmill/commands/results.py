@@ -46,7 +46,8 @@ def export_command(app: AppContext, fmt: str, out: Path, group: str | None, sinc
         report = export(conn, request, progress=bar.update, stop=stop)
     last = f", ids up to {report.last_image_id}" if report.last_image_id is not None else ""
     if request.to_stdout:  # the data holds standard output: the summary goes beside the progress bar
-        click.echo(f"Exported {report.images} image(s){last} as {fmt} to standard output.", err=True)
+        if not app.quiet:
+                click.echo(f"Exported {report.images} image(s){last} as {fmt} to standard output.", err=True)
     else:
         click.echo(f"Exported {report.images} image(s){last} as {fmt}: " + ", ".join(map(str, report.files)))
 
