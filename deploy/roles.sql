@@ -1,7 +1,7 @@
 -- Least-privilege PostgreSQL roles for Windmill.
 --
 --   windmill_owner    owns schema windmill and everything in it: runs `windmill-cli init-db` (migrations) and
---                     the commands that change the collection itself (`images add`).
+--                     the commands that change the collection itself (`images add`, `images remove`).
 --   windmill_worker   what workers do and nothing more: read the collection, write answers, merged boxes,
 --                     consensus, postprocessing, jobs and its own row in `workers`, run the backfill and delete old
 --                     finished jobs (through prune_jobs, not DELETE). It also serves `submit`, `status`,
@@ -25,6 +25,10 @@
 -- Every table, view, function and procedure of schema windmill is listed below, with what each role may do on it
 -- (an empty entry is a decision too); tests/test_deploy_files.py fails when a migration adds an object this file
 -- does not name, and runs each role's statements as that role.
+
+-- The signatures below name Windmill's own types (job_spec): they are found in schema windmill whatever the
+-- administrator's search path (an admin named postgres has "$user", public, where they are not).
+SET search_path = windmill, public;
 
 DO $$
 BEGIN

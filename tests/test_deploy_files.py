@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import secrets
 import shutil
@@ -99,7 +100,12 @@ def roles_database(server_conninfo: str, catalog: Catalog) -> Iterator[Callable[
     conninfo = _fresh_database(server_conninfo, "windmill_roles_test")
     with Database(conninfo).connect() as admin:
         init_database(admin, catalog)
-        apply_roles(admin)
+        # As the file's header says to run it: psql, as an administrator whose search path is the default one
+        # ("$user", public; the test cluster's superuser is named windmill, which would put the schema on it).
+        applied = subprocess.run([psql(), "-1", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f",
+                                  str(DEPLOY / "roles.sql")], capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, "PGOPTIONS": "-c search_path=public"})
+        assert applied.returncode == 0, applied.stderr
         apply_roles(admin)  # idempotent
         passwords = {role: f"pw-{secrets.token_hex(8)}" for role in ROLES}
         for role, password in passwords.items():
