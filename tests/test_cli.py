@@ -132,6 +132,39 @@ def test_submit_queues_no_task_that_no_worker_would_take(run, photos: Path, conn
     assert len(queues) == 13 and "queue_face" in queues and "queue_caption_score" not in queues
 
 
+def test_images_remove_takes_everything_stored_for_the_images_it_names(run, photos: Path, tmp_path: Path,
+                                                                       conn: psycopg.Connection) -> None:
+    (photos / "nested2").mkdir()
+    Image.new("RGB", (8, 8), "blue").save(photos / "nested2" / "d.png")  # beside nested/, not under it
+    run("images", "add", str(photos), "-r", "--group", "cams")
+    run("images", "add", "https://example.org/x.jpg")
+    assert run("submit", "-s", "nsfw2").exit_code == 0
+    ids = dict(conn.execute("SELECT image_filename, image_id FROM images").fetchall())
+    conn.execute("""INSERT INTO results (image_id, service, task_id, data, status)
+                    SELECT image_id, 'blip', gen_random_uuid(), '{}', 'success' FROM images""")
+
+    def left() -> list[str]:
+        return [row[0] for row in conn.execute("SELECT image_filename FROM images ORDER BY image_filename")]
+
+    # Nothing is removed without --yes when no terminal can ask, nor when nothing matches (a mistyped group).
+    asked = run("images", "remove", "--group", "cams")
+    assert asked.exit_code == 1 and "removing 4 image(s) needs --yes" in asked.output, asked.output
+    assert run("images", "remove", "--group", "cam", "--yes").exit_code == 1
+    assert run("images", "remove", "--yes").exit_code == 2, "nothing named"
+    assert left() == ["a.jpg", "b.png", "c.webp", "d.png", "x.jpg"]
+    # A folder takes every image under it, a file or URL itself (a file already gone from disk too), --id its
+    # image; the images' answers and queued jobs go with them.
+    (photos / "a.jpg").unlink()
+    assert "Removed 1 image(s)" in run("images", "remove", str(photos / "a.jpg"), "--yes").output
+    assert run("images", "remove", str(photos / "nested"), "--yes", "--json").output.count('"removed": 1') == 1
+    assert left() == ["b.png", "d.png", "x.jpg"]
+    assert "Removed 3 image(s)" in run("images", "remove", "--id", str(ids["b.png"]), "https://example.org/x.jpg",
+                                       str(photos / "nested2" / "d.png"), "-y").output
+    assert left() == []
+    assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM jobs WHERE queue = 'queue_nsfw2'").fetchone()[0] == 0
+
+
 def test_submit_with_no_images_says_so(run, photos: Path) -> None:
     result = run("submit")
     assert result.exit_code == 1

@@ -69,6 +69,21 @@ def test_images_add_as_the_worker_role_names_the_privilege_and_the_role_it_needs
                     "(deploy/roles.sql; deploy/README.md says which command needs which)")
 
 
+def test_images_remove_as_the_worker_role_needs_the_owner(url_as: Callable[..., str], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.jpg")
+    monkeypatch.chdir(tmp_path)
+    added = windmill(tmp_path, "images", "add", "b.jpg", WINDMILL_DATABASE_URL=url_as("windmill_owner"))
+    assert added.exit_code == 0, added.output
+    said = one_sentence(windmill(tmp_path, "images", "remove", "b.jpg", "--yes",
+                                 WINDMILL_DATABASE_URL=url_as("windmill_worker")))
+    assert said == ("PostgreSQL refused `images remove` as windmill_worker: permission denied for table images; it "
+                    "needs the privileges of windmill_owner: run it with a login that is a member of windmill_owner "
+                    "(deploy/roles.sql; deploy/README.md says which command needs which)")
+    removed = windmill(tmp_path, "images", "remove", "b.jpg", "--yes", WINDMILL_DATABASE_URL=url_as("windmill_owner"))
+    assert removed.exit_code == 0 and "Removed 1 image(s)" in removed.output, removed.output
+
+
 def test_init_db_as_the_worker_role_needs_the_owner(url_as: Callable[..., str], tmp_path: Path) -> None:
     said = one_sentence(windmill(tmp_path, "init-db", WINDMILL_DATABASE_URL=url_as("windmill_worker")))
     assert said.startswith("PostgreSQL refused `init-db` as windmill_worker: permission denied for ")

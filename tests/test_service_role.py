@@ -23,6 +23,7 @@ from windmill.farm import FarmClient
 from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue, NewJob
 from windmill.producer import submit
+from windmill.removal import Removal, remove_images
 from windmill.roles.registry import RoleContext, build_role
 from windmill.roles.service import ServiceTaskHandler
 from windmill.settings import Settings, settings_from_mapping
@@ -155,6 +156,23 @@ def test_a_redelivered_task_writes_nothing_new(pool: ConnectionPool, conn: psyco
     assert first.status == "success" and again.status is None and other.status == "success"
     assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 2
     assert handler.images.prepared_images.loads == 1, "the image was read and validated once for all three"
+
+
+def test_the_answer_of_an_image_removed_meanwhile_is_dropped_not_retried(pool: ConnectionPool,
+                                                                         conn: psycopg.Connection,
+                                                                         farm_catalog: Catalog) -> None:
+    """`images remove` while a task is on the way: its answer has no image to belong to. Raising would retry it
+    in vain (via RabbitMQ into the dead-letter queue) and fail the answer group it came with."""
+    add_paths(conn, [SAMPLES / "chelsea.jpg"])
+    image = conn.execute("SELECT image_id, image_filename, image_path, image_url FROM images").fetchone()
+    task = Task.for_image(dict(zip(("image_id", "image_filename", "image_path", "image_url"), image, strict=True)),
+                          farm_catalog["nsfw2"])
+    assert remove_images(conn, Removal(ids=(image[0],))).removed == 1
+    with FarmClient(farm_catalog) as client:
+        handler = ServiceTaskHandler(pool, client, ImageSource(settings_from_mapping({})), farm_catalog, "w")
+        outcome = handler.handle(task, final_attempt=False, first_delivery=True)
+    assert outcome.status is None
+    assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 0
 
 
 def test_service_role_refuses_unknown_and_postprocessing_services(catalog: Catalog, pool: ConnectionPool,

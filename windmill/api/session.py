@@ -30,6 +30,7 @@ from windmill.watch import WatchReport
 from windmill.worker.layout import SINGLE_MACHINE, RoleSpec
 
 if TYPE_CHECKING:  # the workers load on first use: a session that only submits or reads needs none of them
+    from windmill.removal import RemoveReport
     from windmill.worker.group import WorkerGroup
     from windmill.worker.runtime import WorkerOptions
 
@@ -137,6 +138,28 @@ class Windmill:
 
         with self.connection() as conn:
             return add_urls(conn, urls, group=group, progress=progress)
+
+    def images_to_remove(self, targets: Iterable[str] = (), *, ids: Iterable[int] = (),
+                         group: str | None = None) -> int:
+        """How many images `remove_images` with the same arguments would remove now."""
+        from windmill.removal import Removal, count_selected
+
+        with self.connection() as conn:
+            return count_selected(conn, Removal.of(targets, ids=ids, group=group))
+
+    def remove_images(self, targets: Iterable[str] = (), *, ids: Iterable[int] = (), group: str | None = None,
+                      progress: Callable[[int], None] | None = None) -> RemoveReport:
+        """Remove images with everything stored for them (answers, boxes, postprocessing, consensus, jobs); the
+        files are not touched. `targets`: files as registered (on disk or not), folders (the images under them)
+        or URLs; with `ids` and `group`, the images any of them selects. A page of images per transaction;
+        `progress` gets each page's count."""
+        from windmill.removal import Removal, remove_images
+
+        removal = Removal.of(targets, ids=ids, group=group)
+        if removal.empty:
+            raise WindmillError("name the images to remove: files, folders or URLs, ids or a group")
+        with self.connection() as conn:
+            return remove_images(conn, removal, progress=progress)
 
     def count_images(self, *, group: str | None = None, limit: int | None = None, after_id: int = 0) -> int:
         """How many images `submit` with this group, limit and `after_id` would send."""

@@ -150,6 +150,39 @@ def images_watch(app: AppContext, folder: Path, recursive: bool, group: str | No
     click.echo(f"Stopped watching {folder}: added {report.added} image(s){queued}; {_already_known(report)}.")
 
 
+@images.command("remove")
+@click.argument("targets", nargs=-1, metavar="[PATH|URL]...")
+@click.option("--id", "ids", type=click.IntRange(1), multiple=True, help="An image id (repeatable).")
+@click.option("--group", "-g", help="Every image of this group.")
+@click.option("--yes", "-y", is_flag=True, help="Remove without asking (needed when not run at a terminal).")
+@json_option
+@pass_app
+def images_remove(app: AppContext, targets: tuple[str, ...], ids: tuple[int, ...], group: str | None, yes: bool,
+                  as_json: bool) -> None:
+    """Remove images from the collection with everything Windmill stored for them: answers, boxes,
+    postprocessing, consensus, queued jobs. The files themselves are not touched. PATH: a file as registered (on
+    disk or not) or a folder (every image under it); URL: as registered; with --id and --group, the images any of
+    them names."""
+    if not (targets or ids or group is not None):
+        raise click.UsageError("name the images to remove: PATH or URL, --id N or --group G")
+    with app.windmill() as windmill:
+        selected = windmill.images_to_remove(targets, ids=ids, group=group)
+        if not selected:
+            raise WindmillError("no registered image matches; nothing removed")
+        if not yes:
+            if not sys.stdin.isatty():
+                raise WindmillError(f"removing {selected:,} image(s) needs --yes when no terminal can ask; "
+                                    "nothing removed")
+            click.confirm(f"Remove {selected:,} image(s) and everything Windmill stored for them?", abort=True,
+                          err=True)
+        report = windmill.remove_images(targets, ids=ids, group=group)
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        click.echo(f"Removed {report.removed:,} image(s) with their answers, boxes, postprocessing, consensus and "
+                   "jobs.")
+
+
 @click.command()
 @click.option("--services", "-s", default="all", show_default=True, shell_complete=completion.services,
               help="all, primary, spatial_only, full_catalog, or a comma-separated list of services.")

@@ -12,7 +12,7 @@ import re
 import psycopg
 from psycopg import errors
 
-OWNER_COMMANDS = frozenset({"init-db", "images add", "cron install", "cron uninstall"})
+OWNER_COMMANDS = frozenset({"init-db", "images add", "images remove", "cron install", "cron uninstall"})
 WORKER_ROLE = "windmill_worker"
 OWNER_ROLE = "windmill_owner"
 # Where the host, port, login and database come from, for the fixes the sentences suggest.

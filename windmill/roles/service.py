@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from windmill.broker.base import Task
@@ -89,9 +90,17 @@ class ServiceTaskHandler:
 
     def _record(self, task: Task, status: str, data: dict[str, Any], *, error_message: str | None = None,
                 processing_time: float = 0.0, handoff: Handoff | None = None) -> Outcome:
-        result_id = self.answers.write(Answer(
-            image_id=task.image_id, service=task.service_name, task_id=task.task_id, data=data, status=status,
-            worker_id=self.worker_id, error_message=error_message, processing_time=processing_time, handoff=handoff))
+        try:
+            result_id = self.answers.write(Answer(
+                image_id=task.image_id, service=task.service_name, task_id=task.task_id, data=data, status=status,
+                worker_id=self.worker_id, error_message=error_message, processing_time=processing_time,
+                handoff=handoff))
+        except psycopg.errors.ForeignKeyViolation:
+            # The image was removed while its task was on the way (`images remove`): the answer belongs to nothing,
+            # and trying again would only fail again (via RabbitMQ, into the dead-letter queue).
+            log.info("image %d was removed; its %s answer dropped", task.image_id, task.service_name,
+                     extra={"action": "answer_of_removed_image_dropped"})
+            return Outcome(None)
         if status != "success":
             log.warning("%s on image %d: %s", task.service_name, task.image_id, error_message,
                         extra={"action": "service_failed"})
