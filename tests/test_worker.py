@@ -3,6 +3,7 @@ back after its lease, SIGTERM drains, NOTIFY wakes an idle worker, and a lost co
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import threading
@@ -216,6 +217,36 @@ def test_lease_of_a_long_job_is_renewed_while_it_runs(database: Database, pool: 
             release.set()
             worker.request_stop()
             thread.join(timeout=20)
+
+
+def test_a_job_whose_image_was_removed_while_it_ran_fails_without_a_warning(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection, caplog: pytest.LogCaptureFixture) -> None:
+    """`images remove` takes the image's jobs with it: a handler that then fails on the missing image has nothing
+    to retry and nothing lost, which is no reason for a warning per job."""
+    caplog.set_level(logging.INFO, logger="windmill.worker.runtime")
+    image_id = conn.execute("INSERT INTO images (image_filename, image_path) VALUES ('gone.jpg', '/nowhere/gone.jpg') "
+                            "RETURNING image_id").fetchone()[0]
+
+    def handle(job: Job) -> None:
+        with database.connect() as other:
+            other.execute("DELETE FROM images WHERE image_id = %s", (job.image_id,))
+            other.execute("INSERT INTO consensus (image_id, consensus_data) VALUES (%s, '{}')", (job.image_id,))
+
+    role = Role(name="voter", queues=("voter",), handle=handle)
+    worker = Worker(JobQueue(pool), role, worker_id="voter-1", listen_conninfo=database.conninfo,
+                    options=WorkerOptions(poll_interval_s=0.1))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        JobQueue(pool).enqueue(NewJob("voter", {}, image_id=image_id))
+        wait_until(lambda: worker.jobs_failed == 1, message="the failed attempt recorded")
+    finally:
+        worker.request_stop()
+        thread.join(timeout=20)
+    said = [(record.levelname, record.getMessage()) for record in caplog.records
+            if record.name == "windmill.worker.runtime"]
+    assert [level for level, message in said if message.startswith("job ")] == ["INFO"], said
+    assert any("no longer this worker's" in message for _, message in said), said
 
 
 def test_a_dying_side_task_stops_the_worker_with_a_failure_code(database: Database, pool: ConnectionPool) -> None:

@@ -368,6 +368,10 @@ class Worker:
             return
         permanent = isinstance(error, PermanentJobError)
         state = self.jobs.fail(job, self.worker_id, reason, permanent=permanent)
+        if state is None:  # nothing to retry, and nothing is lost: another worker holds it, or it is gone
+            log.info("job %d (%s) failed (%s) once it was no longer this worker's: its lease had run out, or its "
+                     "image was removed", job.id, job.queue, reason, extra={"action": "job_failed_unheld"})
+            return
         level = logging.ERROR if state is JobState.DEAD else logging.WARNING
         log.log(level, "job %d (%s) attempt %d/%d failed: %s → %s", job.id, job.queue, job.attempts,
                 job.max_attempts, reason, state, extra={"action": "job_failed"})
