@@ -170,10 +170,19 @@ def test_submit_with_no_images_says_so(run, photos: Path) -> None:
     assert result.exit_code == 1
     assert "no images to submit; add some with `windmill-cli images add`" in result.output
     run("images", "add", str(photos), "--group", "field cams")
-    mistyped = run("submit", "--group", "field cam")  # once the same words, as if no image were registered at all
+    mistyped = run("submit", "--group", "field cam")  # a name close to a group's is most likely that group
     assert mistyped.exit_code == 1
-    assert ("Error: no images to submit in group 'field cam'; add some with `windmill-cli images add --group "
-            "'field cam'`") in mistyped.output, mistyped.output
+    assert "Error: no images to submit in group 'field cam'; did you mean 'field cams'?" in mistyped.output
+    new = run("submit", "--group", "roof")
+    assert new.exit_code == 1
+    assert ("Error: no images to submit in group 'roof'; add some with `windmill-cli images add --group roof`"
+            in new.output), new.output
+    # The groups there are, and how many images each holds.
+    run("images", "add", str(photos / "nested"))
+    assert json.loads(run("images", "groups", "--json").output) == [{"group": None, "images": 1},
+                                                                    {"group": "field cams", "images": 2}]
+    assert run("images", "remove", "--group", "lab", "--yes").output.strip() == (
+        "Error: no registered image matches (none is in group 'lab'; the groups are 'field cams'); nothing removed")
 
 
 def test_status_and_jobs_commands(run, photos: Path, conn: psycopg.Connection) -> None:
@@ -258,3 +267,13 @@ def test_the_command_line_and_a_submit_session_load_no_worker_code() -> None:
         capture_output=True, text=True, check=True, cwd=REPOSITORY).stdout.split()
     heavy = {"numpy", "httpx", "PIL", "pika", "windmill.roles", "windmill.image_cache", "windmill.worker.runtime"}
     assert heavy.isdisjoint(loaded), sorted(heavy.intersection(loaded))
+
+
+def test_a_group_that_selects_nothing_is_answered_with_the_groups_it_may_have_meant() -> None:
+    from windmill.collection import group_hint
+
+    assert group_hint("cams", []) == "; no image is in any group"
+    assert group_hint("feild cams", ["field cams", "roof"]) == "; did you mean 'field cams'?"
+    assert group_hint("lab", ["field cams", "roof"]) == "; the groups are 'field cams', 'roof'"
+    many = [f"camera {index:02d}" for index in range(12)]
+    assert group_hint("lab", many) == "; `windmill-cli images groups` lists them"

@@ -292,6 +292,12 @@ def test_the_command_exports_with_a_progress_bar_and_refuses_bad_requests_in_one
     assert result.exit_code == 0, result.output
     images = scalar(conn, "SELECT count(*) FROM images WHERE image_group = %s", SAMPLE_GROUP)
     assert f"Exported {images} image(s)" in result.stdout and "Exporting" in result.stderr
+    # A group no image is in exports an empty file, as asked, and says the name may be mistyped.
+    mistyped = cli("export", "--format", "csv", "--out", "none.csv", "--group", SAMPLE_GROUP[:-1])
+    assert mistyped.exit_code == 0 and "Exported 0 image(s)" in mistyped.stdout
+    assert f"Warning: no image is in group {SAMPLE_GROUP[:-1]!r}; did you mean {SAMPLE_GROUP!r}?" in mistyped.stderr
+    assert "Warning" not in cli("export", "--format", "csv", "--out", "none.csv", "--group", SAMPLE_GROUP,
+                                "--since", "2999-01-01T00:00Z").stderr, "a group with nothing new is no typo"
     for args, message in [
         (("--format", "jsonl", "--detectors"), "--detectors adds COCO results files: use it with --format coco"),
         (("--format", "csv", "--services", "blip"), "the csv format holds merged boxes only"),

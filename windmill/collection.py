@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -215,3 +216,29 @@ def add_urls(conn: psycopg.Connection, urls: Iterable[str], *, group: str | None
             batch = []
     _insert(conn, batch, group, report, progress)
     return report
+
+
+GROUP_NAMES_LIMIT = 10_000  # enough to find a mistyped name among; a collection with more is listed by `images groups`
+
+
+def group_names(conn: psycopg.Connection, limit: int = GROUP_NAMES_LIMIT) -> list[str]:
+    """The collection's group names in order (the first `limit`)."""
+    return [row[0] for row in conn.execute(query("image_group_names"), {"limit": limit})]
+
+
+def close_groups(group: str, names: list[str]) -> list[str]:
+    """The group names a mistyped one may have meant, closest first."""
+    return difflib.get_close_matches(group, names, n=3, cutoff=0.6)
+
+
+def group_hint(group: str, names: list[str]) -> str:
+    """For a group that selects no image, given the collection's group names: the names it may have meant, or the
+    groups there are when few, as a clause to end a message with."""
+    if not names:
+        return "; no image is in any group"
+    close = close_groups(group, names)
+    if close:
+        return "; did you mean " + " or ".join(repr(name) for name in close) + "?"
+    if len(names) <= 5:
+        return "; the groups are " + ", ".join(repr(name) for name in names)
+    return "; `windmill-cli images groups` lists them"

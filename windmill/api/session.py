@@ -139,6 +139,18 @@ class Windmill:
         with self.connection() as conn:
             return add_urls(conn, urls, group=group, progress=progress)
 
+    def groups(self) -> dict[str | None, int]:
+        """Each group's number of images (None: the images in no group). It reads every image's index entry."""
+        with self.connection() as conn:
+            return dict(conn.execute(query("image_groups")).fetchall())
+
+    def group_names(self) -> list[str]:
+        """The collection's group names in order, found by one index probe each."""
+        from windmill.collection import group_names
+
+        with self.connection() as conn:
+            return group_names(conn)
+
     def images_to_remove(self, targets: Iterable[str] = (), *, ids: Iterable[int] = (),
                          group: str | None = None) -> int:
         """How many images `remove_images` with the same arguments would remove now."""

@@ -79,11 +79,17 @@ def _already_known(report: AddReport | WatchReport) -> str:
     return f"{report.already_known} already known{elsewhere}"
 
 
-def _nothing_to_submit(group: str | None, after_id: int) -> str:
-    """Why a submit found no image, naming what it selected by (a group's name may be mistyped)."""
+def _nothing_to_submit(group: str | None, after_id: int, names: list[str]) -> str:
+    """Why a submit found no image, naming what it selected by; a group's name may be mistyped (`names`: the
+    collection's groups)."""
+    from windmill.collection import close_groups
+
     where = (f" in group {group!r}" if group is not None else "") + (f" after id {after_id}" if after_id else "")
     if after_id:
         return f"no images to submit{where}"
+    close = close_groups(group, names) if group is not None else []
+    if close:
+        return f"no images to submit{where}; did you mean " + " or ".join(map(repr, close)) + "?"
     return f"no images to submit{where}; add some with `windmill-cli images add" + (
         f" --group {shlex.quote(group)}`" if group is not None else "`")
 
@@ -150,6 +156,25 @@ def images_watch(app: AppContext, folder: Path, recursive: bool, group: str | No
     click.echo(f"Stopped watching {folder}: added {report.added} image(s){queued}; {_already_known(report)}.")
 
 
+@images.command("groups")
+@json_option
+@pass_app
+def images_groups(app: AppContext, as_json: bool) -> None:
+    """The collection's groups with their number of images (reads every image's index entry)."""
+    from windmill.monitor import format_table
+
+    with app.windmill() as windmill:
+        counts = windmill.groups()
+    rows = [{"group": group, "images": images} for group, images in counts.items()]
+    if as_json:
+        echo_json(rows)
+    elif not rows:
+        click.echo("No images yet; add some with `windmill-cli images add`.")
+    else:
+        click.echo(format_table([{**row, "group": "(none)" if row["group"] is None else row["group"]}
+                                 for row in rows], ["group", "images"]))
+
+
 @images.command("remove")
 @click.argument("targets", nargs=-1, metavar="[PATH|URL]...")
 @click.option("--id", "ids", type=click.IntRange(1), multiple=True, help="An image id (repeatable).")
@@ -168,7 +193,12 @@ def images_remove(app: AppContext, targets: tuple[str, ...], ids: tuple[int, ...
     with app.windmill() as windmill:
         selected = windmill.images_to_remove(targets, ids=ids, group=group)
         if not selected:
-            raise WindmillError("no registered image matches; nothing removed")
+            hint = ""
+            if group is not None:
+                from windmill.collection import group_hint
+
+                hint = f" (none is in group {group!r}{group_hint(group, windmill.group_names())})"
+            raise WindmillError(f"no registered image matches{hint}; nothing removed")
         if not yes:
             if not sys.stdin.isatty():
                 raise WindmillError(f"removing {selected:,} image(s) needs --yes when no terminal can ask; "
@@ -228,7 +258,8 @@ def submit(app: AppContext, services: str, limit: int | None, group: str | None,
         with app.windmill("windmill-submit") as windmill:
             total = windmill.count_images(group=group, limit=limit, after_id=after_id)
             if total == 0:
-                raise WindmillError(_nothing_to_submit(group, after_id))
+                names = windmill.group_names() if group is not None and not after_id else []
+                raise WindmillError(_nothing_to_submit(group, after_id, names))
             with click.progressbar(length=total, label="Submitting", file=sys.stderr,
                                    hidden=app.quiet or as_json) as bar:
                 try:

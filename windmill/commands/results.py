@@ -29,6 +29,7 @@ from windmill.export import FORMATS
 def export_command(app: AppContext, fmt: str, out: Path, group: str | None, since: str | None, after_id: int,
                    services: str | None, detectors: bool) -> None:
     """Write the collection's answers and products to files for COCO tools, pandas, DuckDB, FiftyOne."""
+    from windmill.collection import group_hint, group_names
     from windmill.export import ExportRequest, ExportStop, Selection, count_images, export, parse_since
     from windmill.stopping import stop_on_signals
 
@@ -44,6 +45,10 @@ def export_command(app: AppContext, fmt: str, out: Path, group: str | None, sinc
                           hidden=app.quiet) as bar,
     ):
         report = export(conn, request, progress=bar.update, stop=stop)
+        unknown_group = not report.images and group is not None and group not in (names := group_names(conn))
+    if unknown_group:  # an empty file is what was asked for, but the name may be mistyped
+        assert group is not None
+        click.echo(f"Warning: no image is in group {group!r}{group_hint(group, names)}", err=True)
     last = f", ids up to {report.last_image_id}" if report.last_image_id is not None else ""
     if request.to_stdout:  # the data holds standard output: the summary goes beside the progress bar
         if not app.quiet:
