@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,6 @@ class Removal:
 class RemoveReport:
     removed: int = 0
     last_image_id: int | None = None  # the highest id removed so far
-    pages: list[int] = field(default_factory=list)  # images removed per transaction
 
     def as_dict(self) -> dict[str, Any]:
         return {"removed": self.removed, "last_image_id": self.last_image_id}
@@ -87,7 +86,6 @@ def remove_images(conn: psycopg.Connection, removal: Removal, *, page_size: int 
             return report
         removed = _remove_page(conn, ids)
         report.removed += removed
-        report.pages.append(removed)
         report.last_image_id = after_id = ids[-1]
         if progress is not None:
             progress(removed)
