@@ -163,6 +163,13 @@ def test_images_remove_takes_everything_stored_for_the_images_it_names(run, phot
     assert left() == []
     assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM jobs WHERE queue = 'queue_nsfw2'").fetchone()[0] == 0
+    # A stream's old images: those registered before an instant.
+    run("images", "add", "https://example.org/old.jpg", "https://example.org/new.jpg")
+    conn.execute("UPDATE images SET image_created = '2026-01-01T00:00Z' WHERE image_url LIKE '%%old.jpg'")
+    assert "Removed 1 image(s)" in run("images", "remove", "--added-before", "2026-06-01T00:00Z", "--yes").output
+    assert left() == ["new.jpg"]
+    assert "--added-before takes an ISO 8601 instant" in run("images", "remove", "--added-before", "june",
+                                                             "--yes").output
 
 
 def test_submit_with_no_images_says_so(run, photos: Path) -> None:

@@ -5,6 +5,7 @@ its locks briefly and an interrupted one has removed whole pages. Workers meetin
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,9 +32,11 @@ class Removal:
     paths: tuple[str, ...] = ()
     urls: tuple[str, ...] = ()
     folders: tuple[str, ...] = ()  # each ends with '/': the images registered under it, at any depth
+    added_before: dt.datetime | None = None  # the images registered before this instant
 
     @classmethod
-    def of(cls, targets: Iterable[str] = (), *, ids: Iterable[int] = (), group: str | None = None) -> Removal:
+    def of(cls, targets: Iterable[str] = (), *, ids: Iterable[int] = (), group: str | None = None,
+           added_before: dt.datetime | None = None) -> Removal:
         """From command-line words: a URL as registered; a folder (one that exists) for the images under it;
         any other path as the file registered there, whether or not it is still on disk."""
         paths: list[str] = []
@@ -48,15 +51,16 @@ class Removal:
                 folders.append(str(resolved).rstrip("/") + "/")
             else:
                 paths.append(str(resolved))
-        return cls(tuple(ids), group, tuple(paths), tuple(urls), tuple(folders))
+        return cls(tuple(ids), group, tuple(paths), tuple(urls), tuple(folders), added_before)
 
     @property
     def empty(self) -> bool:
-        return not (self.ids or self.group is not None or self.paths or self.urls or self.folders)
+        return not (self.ids or self.group is not None or self.paths or self.urls or self.folders
+                    or self.added_before is not None)
 
     def params(self) -> dict[str, Any]:
         return {"ids": list(self.ids), "group": self.group, "paths": list(self.paths), "urls": list(self.urls),
-                "folders": list(self.folders)}
+                "folders": list(self.folders), "added_before": self.added_before}
 
 
 @dataclass

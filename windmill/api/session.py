@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -151,23 +152,24 @@ class Windmill:
         with self.connection() as conn:
             return group_names(conn)
 
-    def images_to_remove(self, targets: Iterable[str] = (), *, ids: Iterable[int] = (),
-                         group: str | None = None) -> int:
+    def images_to_remove(self, targets: Iterable[str] = (), *, ids: Iterable[int] = (), group: str | None = None,
+                         added_before: datetime | None = None) -> int:
         """How many images `remove_images` with the same arguments would remove now."""
         from windmill.removal import Removal, count_selected
 
         with self.connection() as conn:
-            return count_selected(conn, Removal.of(targets, ids=ids, group=group))
+            return count_selected(conn, Removal.of(targets, ids=ids, group=group, added_before=added_before))
 
     def remove_images(self, targets: Iterable[str] = (), *, ids: Iterable[int] = (), group: str | None = None,
+                      added_before: datetime | None = None,
                       progress: Callable[[int], None] | None = None) -> RemoveReport:
         """Remove images with everything stored for them (answers, boxes, postprocessing, consensus, jobs); the
         files are not touched. `targets`: files as registered (on disk or not), folders (the images under them)
-        or URLs; with `ids` and `group`, the images any of them selects. A page of images per transaction;
-        `progress` gets each page's count."""
+        or URLs; with `ids`, `group` and `added_before` (registered before that instant), the images any of them
+        selects. A page of images per transaction; `progress` gets each page's count."""
         from windmill.removal import Removal, remove_images
 
-        removal = Removal.of(targets, ids=ids, group=group)
+        removal = Removal.of(targets, ids=ids, group=group, added_before=added_before)
         if removal.empty:
             raise WindmillError("name the images to remove: files, folders or URLs, ids or a group")
         with self.connection() as conn:

@@ -179,19 +179,24 @@ def images_groups(app: AppContext, as_json: bool) -> None:
 @click.argument("targets", nargs=-1, metavar="[PATH|URL]...")
 @click.option("--id", "ids", type=click.IntRange(1), multiple=True, help="An image id (repeatable).")
 @click.option("--group", "-g", help="Every image of this group.")
+@click.option("--added-before", metavar="INSTANT", help="Every image registered before this instant (ISO 8601, e.g. "
+                                                       "2026-11-01T00:00Z): a stream's old images.")
 @click.option("--yes", "-y", is_flag=True, help="Remove without asking (needed when not run at a terminal).")
 @json_option
 @pass_app
-def images_remove(app: AppContext, targets: tuple[str, ...], ids: tuple[int, ...], group: str | None, yes: bool,
-                  as_json: bool) -> None:
+def images_remove(app: AppContext, targets: tuple[str, ...], ids: tuple[int, ...], group: str | None,
+                  added_before: str | None, yes: bool, as_json: bool) -> None:
     """Remove images from the collection with everything Windmill stored for them: answers, boxes,
     postprocessing, consensus, queued jobs. The files themselves are not touched. PATH: a file as registered (on
-    disk or not) or a folder (every image under it); URL: as registered; with --id and --group, the images any of
-    them names."""
-    if not (targets or ids or group is not None):
-        raise click.UsageError("name the images to remove: PATH or URL, --id N or --group G")
+    disk or not) or a folder (every image under it); URL: as registered; with --id, --group and --added-before,
+    the images any of them names."""
+    from windmill.instants import parse_instant
+
+    if not (targets or ids or group is not None or added_before is not None):
+        raise click.UsageError("name the images to remove: PATH or URL, --id N, --group G or --added-before T")
+    before = parse_instant(added_before, "--added-before") if added_before is not None else None
     with app.windmill() as windmill:
-        selected = windmill.images_to_remove(targets, ids=ids, group=group)
+        selected = windmill.images_to_remove(targets, ids=ids, group=group, added_before=before)
         if not selected:
             hint = ""
             if group is not None:
@@ -205,7 +210,7 @@ def images_remove(app: AppContext, targets: tuple[str, ...], ids: tuple[int, ...
                                     "nothing removed")
             click.confirm(f"Remove {selected:,} image(s) and everything Windmill stored for them?", abort=True,
                           err=True)
-        report = windmill.remove_images(targets, ids=ids, group=group)
+        report = windmill.remove_images(targets, ids=ids, group=group, added_before=before)
     if as_json:
         echo_json(report.as_dict())
     else:

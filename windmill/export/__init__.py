@@ -15,6 +15,7 @@ import psycopg
 from windmill.errors import WindmillError
 from windmill.export.output import STDOUT
 from windmill.export.source import PAGE_SIZE, ImageExport, Selection, count_images, image_pages
+from windmill.instants import parse_instant
 
 FORMATS = ("coco", "jsonl", "parquet", "csv")
 SUFFIXES = {"coco": "json", "jsonl": "jsonl", "csv": "csv"}  # the file formats' usual suffixes, for a hint
@@ -158,10 +159,4 @@ def _stopped_message(request: ExportRequest, report: ExportReport, kept: list[Pa
 
 def parse_since(text: str | None) -> dt.datetime | None:
     """`--since`: an ISO 8601 instant; without a zone, local time."""
-    if text is None:
-        return None
-    try:
-        instant = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise WindmillError(f"--since takes an ISO 8601 instant such as 2026-11-29T05:00:00Z, not {text!r}") from None
-    return instant if instant.tzinfo is not None else instant.astimezone()
+    return None if text is None else parse_instant(text, "--since")
