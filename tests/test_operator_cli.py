@@ -128,7 +128,12 @@ def test_run_runs_every_role_and_service_the_named_workers_do(worker_env: dict[s
                    message=f"`run` to run every named worker's role and services: {sorted(wanted, key=str)}")
     finally:
         process.send_signal(signal.SIGTERM)
-        _, errors = process.communicate(timeout=60)
+        try:
+            _, errors = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()  # a run left behind would take the jobs of every test after this one
+            _, errors = process.communicate()
+            pytest.fail(f"`run` did not stop within 60 s of SIGTERM; its last lines: {errors[-2000:]}")
     assert process.returncode == 0, errors
 
 
