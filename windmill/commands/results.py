@@ -45,14 +45,16 @@ def export_command(app: AppContext, fmt: str, out: Path, group: str | None, sinc
                           hidden=app.quiet) as bar,
     ):
         report = export(conn, request, progress=bar.update, stop=stop)
-        unknown_group = not report.images and group is not None and group not in (names := group_names(conn))
-    if unknown_group:  # an empty file is what was asked for, but the name may be mistyped
-        assert group is not None
-        click.echo(f"Warning: no image is in group {group!r}{group_hint(group, names)}", err=True)
+        warning = None
+        if not report.images and group is not None and group not in (names := group_names(conn)):
+            # An empty file is what was asked for, but the name may be mistyped.
+            warning = f"Warning: no image is in group {group!r}{group_hint(group, names)}"
+    if warning:
+        click.echo(warning, err=True)
     last = f", ids up to {report.last_image_id}" if report.last_image_id is not None else ""
     if request.to_stdout:  # the data holds standard output: the summary goes beside the progress bar
         if not app.quiet:
-                click.echo(f"Exported {report.images} image(s){last} as {fmt} to standard output.", err=True)
+            click.echo(f"Exported {report.images} image(s){last} as {fmt} to standard output.", err=True)
     else:
         click.echo(f"Exported {report.images} image(s){last} as {fmt}: " + ", ".join(map(str, report.files)))
 
