@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,9 +132,11 @@ def test_run_runs_every_role_and_service_the_named_workers_do(worker_env: dict[s
         try:
             _, errors = process.communicate(timeout=60)
         except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGUSR1)  # its threads' stacks, on stderr
+            time.sleep(1)
             process.kill()  # a run left behind would take the jobs of every test after this one
             _, errors = process.communicate()
-            pytest.fail(f"`run` did not stop within 60 s of SIGTERM; its last lines: {errors[-2000:]}")
+            pytest.fail(f"`run` did not stop within 60 s of SIGTERM; its last lines: {errors[-6000:]}")
     assert process.returncode == 0, errors
 
 

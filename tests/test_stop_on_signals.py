@@ -54,6 +54,25 @@ except KeyboardInterrupt:
 """
 
 
+STACKS_ON_SIGUSR1 = """
+import os, signal, sys, threading
+from windmill.stopping import StopRequest, stop_on_signals
+
+def waiting_for_the_stop(stop):
+    stop.stopping.wait(timeout=30)
+
+stop = StopRequest()
+with stop_on_signals(stop):
+    helper = threading.Thread(target=waiting_for_the_stop, args=(stop,), name="helper")
+    helper.start()
+    signal.raise_signal(signal.SIGUSR1)  # the stacks, and the command goes on
+    print("still running", flush=True)
+    signal.raise_signal(signal.SIGTERM)
+    helper.join(timeout=30)
+sys.exit(0 if stop.stopping.is_set() else 1)
+"""
+
+
 def run_child(script: str) -> int:
     env = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
     try:
@@ -86,3 +105,13 @@ def test_the_first_signal_is_logged_with_what_the_stopping_command_does(caplog: 
         "received SIGTERM: finishing the batch under way",
         "received SIGTERM: finishing the page being written",
     ]
+
+
+def test_sigusr1_writes_every_threads_stack_and_the_command_goes_on() -> None:
+    """What an operator (or a test) asks of a process that does not stop: where each thread waits."""
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+    child = subprocess.run([PYTHON, "-c", STACKS_ON_SIGUSR1], env=env, cwd=REPOSITORY, timeout=60,
+                           capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout == "still running\n"
+    assert "waiting_for_the_stop" in child.stderr and "Current thread" in child.stderr, child.stderr

@@ -4,6 +4,7 @@ client and no image library only to catch SIGTERM."""
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import queue
 import signal
@@ -70,9 +71,13 @@ def stop_on_signals(worker: StopRequests) -> Iterator[None]:
     requester = threading.Thread(target=make_requests, name="stop-requests", daemon=True)
     requester.start()
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGUSR1 writes every thread's stack to stderr, from C, whatever the threads are doing: what a process that
+    # does not stop is waiting for.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         yield
     finally:
+        faulthandler.unregister(signal.SIGUSR1)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         requests.put(None)
