@@ -8,6 +8,7 @@ import faulthandler
 import logging
 import queue
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,14 +72,24 @@ def stop_on_signals(worker: StopRequests) -> Iterator[None]:
     requester = threading.Thread(target=make_requests, name="stop-requests", daemon=True)
     requester.start()
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    # SIGUSR1 writes every thread's stack to stderr, from C, whatever the threads are doing: what a process that
-    # does not stop is waiting for.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    dumps_stacks = _dump_stacks_on_sigusr1()
     try:
         yield
     finally:
-        faulthandler.unregister(signal.SIGUSR1)
+        if dumps_stacks:
+            faulthandler.unregister(signal.SIGUSR1)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         requests.put(None)
         requester.join()
+
+
+def _dump_stacks_on_sigusr1() -> bool:
+    """SIGUSR1 writes every thread's stack to the process's stderr, from C, whatever the threads are doing: what a
+    process that does not stop is waiting for. Not where there is no such file (stderr closed, or a test runner's
+    buffer in its place)."""
+    try:
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+    except (AttributeError, ValueError, OSError):  # no file descriptor to write to
+        return False
+    return True
