@@ -88,8 +88,11 @@ def _dump_stacks_on_sigusr1() -> bool:
     """SIGUSR1 writes every thread's stack to the process's stderr, from C, whatever the threads are doing: what a
     process that does not stop is waiting for. Not where there is no such file (stderr closed, or a test runner's
     buffer in its place)."""
+    stderr = sys.__stderr__
+    if stderr is None:
+        return False
     try:
-        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
-    except (AttributeError, ValueError, OSError):  # no file descriptor to write to
+        faulthandler.register(signal.SIGUSR1, file=stderr, all_threads=True)
+    except (ValueError, OSError):  # closed, or no file descriptor to write to
         return False
     return True
