@@ -155,3 +155,17 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
 
 
 PYTHON = sys.executable
+
+
+def signal_a_thread_not_main(pid: int, signum: int) -> None:
+    """Send `signum` to one of process `pid`'s threads other than its main thread (tgkill), as the kernel sometimes
+    hands a process's signal to whichever thread it finds ready: Python's handler still has to run in the main one."""
+    import ctypes
+
+    tgkill = ctypes.CDLL(None, use_errno=True).tgkill  # glibc 2.30 and newer
+    for _ in range(50):  # a thread may end between the listing and the signal
+        others = sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid)
+        if others and tgkill(pid, others[-1], signum) == 0:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"process {pid} has no thread besides its main one to signal")

@@ -3,12 +3,15 @@ one-sentence error when it cannot start at all (it used to exit unseen and leave
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import sys
 
 import httpx
 import pytest
 
+from tests.conftest import signal_a_thread_not_main
 from windmill.bench.stage import cli_argv
 from windmill.bench.stand_in import HIGHEST_SERVICE_PORT, LOCAL_PORTS_START, offsets_to_try, running_stand_in
 from windmill.catalog import load_catalog
@@ -31,6 +34,16 @@ def test_a_taken_port_moves_the_stand_in_to_the_next_offset() -> None:
             answer = httpx.get(f"http://127.0.0.1:{yolov8.port + offset}/health", timeout=10)
             assert answer.status_code == 200
     assert process.poll() is not None  # stopped on leaving
+
+
+def test_the_stand_in_stops_on_a_signal_that_a_thread_other_than_main_takes() -> None:
+    with running_stand_in(farm_argv, offsets=offsets_to_try(seed=11)) as (process, _):
+        signal_a_thread_not_main(process.pid, signal.SIGTERM)  # a service's server thread: the main one must wake
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("`farm serve` did not stop within 15 s of a SIGTERM that one of its threads took")
+    assert process.returncode == 0
 
 
 def test_a_stand_in_that_cannot_start_is_one_sentence() -> None:

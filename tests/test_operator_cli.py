@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from PIL import Image
 
-from tests.conftest import PYTHON, wait_until
+from tests.conftest import PYTHON, signal_a_thread_not_main, wait_until
 from windmill.catalog import Catalog
 from windmill.db.embedded import EmbeddedPostgres
 from windmill.roles.registry import role_names
@@ -128,7 +128,9 @@ def test_run_runs_every_role_and_service_the_named_workers_do(worker_env: dict[s
         wait_until(lambda: wanted <= covered(), timeout=60, interval=0.2,
                    message=f"`run` to run every named worker's role and services: {sorted(wanted, key=str)}")
     finally:
-        process.send_signal(signal.SIGTERM)
+        # To a thread other than the main one, as the kernel may deliver it: the main thread, joining the roles'
+        # threads, must still wake to run the handler (it once waited forever).
+        signal_a_thread_not_main(process.pid, signal.SIGTERM)
         try:
             _, errors = process.communicate(timeout=60)
         except subprocess.TimeoutExpired:

@@ -10,12 +10,35 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Protocol
 
 log = logging.getLogger(__name__)
+
+# Python runs a signal's handler in the main thread only, while the kernel hands a process's signal to whichever of
+# its threads it finds ready: the C-level handler then runs in that thread and the main thread is not woken. A main
+# thread blocked without a timeout (a join, a queue's get, an event's wait) would never run the handler, and the
+# process would not stop. Main threads that wait for a stop wait in slices of this length instead.
+SIGNAL_SLICE_S = 0.5
+
+
+def join_in_slices(thread: threading.Thread, timeout: float | None = None) -> None:
+    """`thread.join(timeout)` from a main thread that must still answer a signal taken by another thread."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while thread.is_alive():
+        left = SIGNAL_SLICE_S if deadline is None else min(SIGNAL_SLICE_S, deadline - time.monotonic())
+        if left <= 0:
+            return
+        thread.join(left)
+
+
+def sleep_until_interrupted() -> None:
+    """Block the main thread until a signal's handler raises in it (KeyboardInterrupt at Ctrl-C)."""
+    while True:
+        time.sleep(SIGNAL_SLICE_S)
 
 
 class StopRequests(Protocol):

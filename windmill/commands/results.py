@@ -68,8 +68,7 @@ def export_command(app: AppContext, fmt: str, out: Path, group: str | None, sinc
 @pass_app
 def web(app: AppContext, host: str, port: int, allow_actions: bool) -> None:
     """Serve the dashboard: overview (refreshing itself), gallery, each image with its boxes; read-only by default."""
-    import threading
-
+    from windmill.stopping import sleep_until_interrupted
     from windmill.web import running_dashboard
 
     with (
@@ -80,7 +79,7 @@ def web(app: AppContext, host: str, port: int, allow_actions: bool) -> None:
         click.echo(f"Windmill dashboard on {running.url}/ ({'actions on' if allow_actions else 'read-only'}); "
                    "Ctrl-C to stop.")
         try:
-            threading.Event().wait()
+            sleep_until_interrupted()
         except KeyboardInterrupt:
             click.echo("Stopped.")
 

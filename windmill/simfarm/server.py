@@ -41,6 +41,7 @@ from windmill.simfarm.inputs import (
 from windmill.simfarm.latency import LatencyProfile
 from windmill.simfarm.memory import keep_freed_memory
 from windmill.simfarm.request_head import LeanHeadHandler
+from windmill.stopping import SIGNAL_SLICE_S
 
 log = logging.getLogger(__name__)
 
@@ -484,7 +485,10 @@ class SimFarm:
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            received.get()
+            while True:  # in slices, for a signal another thread takes (windmill.stopping.SIGNAL_SLICE_S)
+                with contextlib.suppress(queue.Empty):
+                    received.get(timeout=SIGNAL_SLICE_S)
+                    break
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -12,6 +12,7 @@ from windmill.broker.base import Task, TaskHandler
 from windmill.broker.consumer import RabbitMQConsumer
 from windmill.errors import first_line
 from windmill.roles.registry import Role
+from windmill.stopping import join_in_slices
 from windmill.worker.lanes import describe_lanes, plan_lanes
 from windmill.worker.presence import WorkerPresence
 
@@ -80,7 +81,7 @@ class BrokerWorker:
                 self.presence.beat(self.jobs_done, self.jobs_failed)
             except Exception as error:
                 log.warning("heartbeat failed (%s)", first_line(error), extra={"action": "heartbeat_failed"})
-        thread.join()
+        join_in_slices(thread)  # a second signal (leave now) must still reach this main thread (windmill.stopping)
         self.presence.stopped(self.jobs_done, self.jobs_failed)
         self.role.close()
         for failure in failures:

@@ -17,6 +17,7 @@ from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
 from windmill.roles.registry import RoleContext, build_role
 from windmill.settings import Settings
+from windmill.stopping import join_in_slices
 from windmill.worker.farm_client import process_farm_client
 from windmill.worker.layout import SINGLE_MACHINE, RoleSpec
 from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
@@ -73,8 +74,8 @@ class WorkerGroup:
             worker.request_stop(immediately=immediately)
 
     def join(self, timeout: float | None = None) -> int:
-        for thread in self.threads:
-            thread.join(timeout)
+        for thread in self.threads:  # in slices: `run`'s main thread must still answer a signal (windmill.stopping)
+            join_in_slices(thread, timeout)
         if not any(thread.is_alive() for thread in self.threads):
             self.farm.close()  # after the last role that could call it
         return max(self.exit_codes, default=0)
