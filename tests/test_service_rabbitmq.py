@@ -240,3 +240,30 @@ def test_a_worker_process_takes_its_retry_budget_from_the_environment(
     channel.connection.close()
     # Each task was tried twice, as the environment said (the dead letter's header counts the attempts made).
     assert [properties.headers[ATTEMPTS_HEADER] for properties in dead] == [2] * published
+
+
+def test_run_takes_the_service_tasks_from_rabbitmq_when_it_is_configured(
+        amqp_url: str, database: Database, conn: psycopg.Connection, private_queues: Catalog,
+        worker_env: dict[str, str], tmp_path: Path) -> None:
+    # `submit` sends the tasks to RabbitMQ when it is configured; `run` once claimed them from the job table only,
+    # and every task waited in its queue with no consumer.
+    with running_farm(private_queues, services=["metadata"]) as (_, shifted):
+        config = tmp_path / "service_config.json"
+        catalog = write_catalog(shifted, config, port_offset=0, queue_prefix=shifted["metadata"].queue_prefix,
+                                timeout_s=10.0)
+        published = publish_samples(conn, database, amqp_url, catalog, "metadata")
+        env = {**worker_env, "WINDMILL_AMQP_URL": amqp_url, "WINDMILL_SERVICE_CONFIG": str(config),
+               "WORKER_ID": "run-rabbitmq-test"}
+        with open(tmp_path / "run.log", "wb") as log_file:
+            machine = subprocess.Popen([PYTHON, "-m", "windmill", "run"], env=env, stdout=log_file,
+                                       stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: results_count(conn) >= published, timeout=60,
+                       message=lambda: f"`run` to answer the {published} RabbitMQ tasks; its log: "
+                                       f"{(tmp_path / 'run.log').read_text()[-3000:]}")
+        finally:
+            machine.terminate()
+            machine.wait(60)
+    rows = conn.execute("SELECT service, status, count(*) FROM results GROUP BY service, status").fetchall()
+    assert rows == [("metadata", "success", published)]
+    assert machine.returncode == 0

@@ -13,6 +13,7 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from windmill.broker import JobTableBroker
+from windmill.broker.choice import JOB_TABLE
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database
@@ -77,7 +78,7 @@ def run_demo(settings: Settings, database: Database, catalog: Catalog, out_dir: 
                     progress(line)
                     last_line[0] = line
 
-            with WorkerGroup(settings, database, pool, shifted, SINGLE_MACHINE,
+            with WorkerGroup(settings, database, pool, shifted, SINGLE_MACHINE, broker=JOB_TABLE,  # as submitted
                              options=WorkerOptions(poll_interval_s=0.2)):
                 outcome = wait_for(conn, group=DEMO_GROUP, timeout_s=timeout_s, on_progress=show_progress)
             seconds = time.perf_counter() - started

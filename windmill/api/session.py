@@ -314,18 +314,20 @@ class Windmill:
                             poll_interval_s=poll_interval_s, on_progress=on_progress)
 
     @contextmanager
-    def worker_group(self, specs: Sequence[RoleSpec] = SINGLE_MACHINE, *,
-                     options: WorkerOptions | None = None) -> Iterator[WorkerGroup]:
+    def worker_group(self, specs: Sequence[RoleSpec] = SINGLE_MACHINE, *, options: WorkerOptions | None = None,
+                     broker: str | None = None) -> Iterator[WorkerGroup]:
         """The workers of `specs` (the pipeline, SINGLE_MACHINE, by default) in this process, not started, on a
-        pool of their own that closes after the block (`run` starts them until a signal)."""
+        pool of their own that closes after the block (`run` starts them until a signal). The service tasks come
+        from `broker`, as `submit` sends them: by default RabbitMQ when it is configured, else the job table."""
         from windmill.worker.group import WorkerGroup
 
         with self.database.pool(min_size=2, max_size=32, name="workers") as pool:
-            yield WorkerGroup(self.settings, self.database, pool, self.catalog, specs, options=options)
+            yield WorkerGroup(self.settings, self.database, pool, self.catalog, specs, options=options, broker=broker)
 
     @contextmanager
-    def workers(self, specs: Sequence[RoleSpec] = SINGLE_MACHINE, *,
-                options: WorkerOptions | None = None) -> Iterator[WorkerGroup]:
-        """Run the workers of `specs` in this process while the block runs; leaving drains them."""
-        with self.worker_group(specs, options=options) as group, group:
+    def workers(self, specs: Sequence[RoleSpec] = SINGLE_MACHINE, *, options: WorkerOptions | None = None,
+                broker: str | None = None) -> Iterator[WorkerGroup]:
+        """Run the workers of `specs` in this process while the block runs (the service tasks from `broker`, as
+        in `worker_group`); leaving drains them."""
+        with self.worker_group(specs, options=options, broker=broker) as group, group:
             yield group

@@ -28,6 +28,11 @@ def list_roles(ctx: click.Context, _: click.Parameter, wanted: bool) -> None:
     ctx.exit()
 
 
+service_tasks_broker = click.option(
+    "--broker", type=click.Choice(BROKERS),
+    help="Where the service tasks are taken from (default: RabbitMQ when configured, else the job table).")
+
+
 @click.command()
 @click.option("--role", required=True, shell_complete=completion.roles,
               help="The worker role (`windmill-cli worker --list-roles` lists them).")
@@ -43,8 +48,7 @@ def list_roles(ctx: click.Context, _: click.Parameter, wanted: bool) -> None:
               help="Lease per claimed job; renewed while it runs.")
 @click.option("--drain-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
               help="Seconds to finish in-flight jobs after SIGTERM.")
-@click.option("--broker", type=click.Choice(BROKERS),
-              help="Where a service worker takes its tasks (default: RabbitMQ when configured, else the job table).")
+@service_tasks_broker
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Serve Prometheus metrics on this port (http://HOST:PORT/metrics): jobs done and failed, "
                    "handler and service-call latency, queue depths, NOTIFY queue usage (default: "
@@ -73,16 +77,21 @@ def worker(app: AppContext, role: str, service: str | None, concurrency: int, ba
 
 
 @click.command("run")
+@service_tasks_broker
 @pass_app
-def run_all(app: AppContext) -> None:
+def run_all(app: AppContext, broker: str | None) -> None:
     """Run every role in this process (a single machine): a service worker for every primary and spatial_only
     service, merger, postprocessing (colors, face, pose), consensus, caption scoring and the scheduler — what the
     named workers of `workers start` run, in one process. SIGTERM/SIGINT drains; twice leaves now.
-    WINDMILL_METRICS_PORT serves every role's metrics on that port."""
+    WINDMILL_METRICS_PORT serves every role's metrics on that port. The service tasks come from RabbitMQ when it
+    is configured, as `submit` sends them, else from the job table."""
+    from windmill.broker.choice import uses_rabbitmq
     from windmill.worker.launch import run_machine
 
+    uses_rabbitmq(app.settings, broker)  # --broker rabbitmq without a URL is refused before the database starts
+
     with app.database("windmill-run") as database, database.pool(min_size=2, max_size=32, name="run") as pool:
-        code = run_machine(app.settings, app.catalog, database, pool)
+        code = run_machine(app.settings, app.catalog, database, pool, broker=broker)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # handler threads left running after the drain timeout must not keep the process alive

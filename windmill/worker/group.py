@@ -1,6 +1,7 @@
 """Several roles in one process (`windmill-cli run`, the demo, pipeline tests): one worker thread per role,
 sharing the process's connection pool, Animal Farm client (so each service's max_concurrency holds across the
-roles) and cache of prepared images; one stop request drains them all."""
+roles) and cache of prepared images; one stop request drains them all. The service tasks come from where `submit`
+sends them: RabbitMQ when it is configured, else the job table (windmill.worker.feed)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from psycopg_pool import ConnectionPool
 
+from windmill.broker.choice import uses_rabbitmq
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.db.queries import fetch_value
@@ -18,7 +20,9 @@ from windmill.jobs import JobQueue
 from windmill.roles.registry import RoleContext, build_role
 from windmill.settings import Settings
 from windmill.stopping import join_in_slices
+from windmill.worker.broker_worker import BrokerWorker
 from windmill.worker.farm_client import process_farm_client
+from windmill.worker.feed import fed_worker
 from windmill.worker.layout import SINGLE_MACHINE, RoleSpec
 from windmill.worker.runtime import Worker, WorkerHooks, WorkerOptions
 
@@ -30,13 +34,15 @@ class WorkerGroup:
     def __init__(self, settings: Settings, database: Database, pool: ConnectionPool, catalog: Catalog,
                  specs: Sequence[RoleSpec] = SINGLE_MACHINE, *, jobs: JobQueue | None = None,
                  options: WorkerOptions | None = None, hooks: WorkerHooks | None = None,
-                 metrics: WorkerMetrics | None = None) -> None:
+                 metrics: WorkerMetrics | None = None, broker: str | None = None) -> None:
+        rabbitmq = uses_rabbitmq(settings, broker)
         self.jobs = jobs or JobQueue(pool)
         self.farm = process_farm_client(settings, catalog, database,
                                         observer=metrics.observe_service_call if metrics else None)
         self.images = ImageSource(settings)
         base = options or WorkerOptions()
-        self.workers: list[Worker] = []
+        self.workers: list[Worker | BrokerWorker] = []
+        self.threads: list[threading.Thread] = []
         for spec in specs:
             worker_id = f"{settings.worker_id}-{spec.role}"
             context = RoleContext(settings=settings, database=database, pool=pool, jobs=self.jobs, catalog=catalog,
@@ -51,13 +57,14 @@ class WorkerGroup:
 
                 metrics.start_role(role.name, role.service.split(",") if role.service else ())
                 role_hooks = metered_hooks(metrics, role.name, hooks)
-            self.workers.append(Worker(self.jobs, role, worker_id=worker_id, listen_conninfo=database.conninfo,
-                                       options=opts, hooks=role_hooks))
-        self.threads = [threading.Thread(target=self._run, args=(worker,), name=worker.worker_id)
-                        for worker in self.workers]
+                role = metrics.counting_tasks(role)
+            worker = fed_worker(settings, role, pool, self.jobs, worker_id=worker_id,
+                                listen_conninfo=database.conninfo, options=opts, rabbitmq=rabbitmq, hooks=role_hooks)
+            self.workers.append(worker)
+            self.threads.append(threading.Thread(target=self._run, args=(worker,), name=worker_id))
         self.exit_codes: list[int] = []
 
-    def _run(self, worker: Worker) -> None:
+    def _run(self, worker: Worker | BrokerWorker) -> None:
         self.exit_codes.append(worker.run())
 
     def start(self) -> None:

@@ -18,9 +18,9 @@ from windmill.jobs import JobQueue
 from windmill.roles.registry import RoleContext, build_role
 from windmill.settings import Settings
 from windmill.stopping import StopRequests, stop_on_signals
-from windmill.worker.broker_worker import BrokerWorker
 from windmill.worker.farm_client import process_farm_client
-from windmill.worker.runtime import Worker, WorkerOptions
+from windmill.worker.feed import fed_worker
+from windmill.worker.runtime import WorkerOptions
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +91,8 @@ def run_worker(
                 metrics.start_role(role.name, role.service.split(",") if role.service else ())
                 hooks = metered_hooks(metrics, role.name)
                 role = metrics.counting_tasks(role)
-            worker: Worker | BrokerWorker
-            if role.tasks is not None and rabbitmq:
-                assert settings.amqp_url is not None  # uses_rabbitmq() refused RabbitMQ without a URL
-                worker = BrokerWorker(settings.amqp_url, role, pool, worker_id=settings.worker_id,
-                                      concurrency=options.concurrency, drain_timeout_s=options.drain_timeout_s,
-                                      max_attempts=settings.amqp_task_attempts,
-                                      retry_delay_s=settings.amqp_retry_delay_s)
-            else:
-                worker = Worker(jobs, role, worker_id=settings.worker_id, listen_conninfo=database.conninfo,
-                                options=options, hooks=hooks)
+            worker = fed_worker(settings, role, pool, jobs, worker_id=settings.worker_id,
+                                listen_conninfo=database.conninfo, options=options, rabbitmq=rabbitmq, hooks=hooks)
             threads = sum(lane.threads for lane in worker.lanes)
             if pool_size(threads) > pool.max_size:  # lanes of many services: at least a thread each
                 pool.resize(pool.min_size, pool_size(threads))
@@ -110,10 +102,11 @@ def run_worker(
             pool.close()
 
 
-def run_machine(settings: Settings, catalog: Catalog, database: Database, pool: ConnectionPool) -> int:
+def run_machine(settings: Settings, catalog: Catalog, database: Database, pool: ConnectionPool, *,
+                broker: str | None = None) -> int:
     """Every role in this process (`windmill-cli run`: windmill.worker.layout.every_role) until a signal stops them;
-    returns the exit code. With WINDMILL_METRICS_PORT, one metrics endpoint serves every role's series, advertised as
-    a file_sd target."""
+    returns the exit code. The service tasks come from `broker` (RabbitMQ when configured, else the job table). With
+    WINDMILL_METRICS_PORT, one metrics endpoint serves every role's series, advertised as a file_sd target."""
     from windmill.worker.group import WorkerGroup
     from windmill.worker.layout import every_role
 
@@ -125,4 +118,5 @@ def run_machine(settings: Settings, catalog: Catalog, database: Database, pool: 
 
             metrics = extras.enter_context(serving_worker_metrics(settings.metrics_port, pool))
             extras.enter_context(advertised(settings.home, settings.worker_id, settings.metrics_port, {"role": "run"}))
-        return run_until_stopped(WorkerGroup(settings, database, pool, catalog, every_role(catalog), metrics=metrics))
+        return run_until_stopped(WorkerGroup(settings, database, pool, catalog, every_role(catalog), broker=broker,
+                                             metrics=metrics))
