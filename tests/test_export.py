@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import PYTHON, REPOSITORY
 from tests.results_fixtures import SAMPLE_GROUP, URL_GROUP, processed_collection
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
@@ -267,6 +270,62 @@ def test_a_stopped_coco_export_writes_nothing(conn, tmp_path: Path) -> None:
         export(conn, ExportRequest("coco", out, Selection(), detectors=True), progress=stop.progress, stop=stop,
                page_size=2)
     assert list(tmp_path.iterdir()) == []
+
+
+# A file may grow only so far (RLIMIT_FSIZE, with SIGXFSZ ignored: the write fails with EFBIG, as on a full disk),
+# in a process of its own, exporting a page of 2 images at a time. It prints the ExportStopped message.
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+fmt, out, url, limit = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+from windmill.db.connect import Database
+from windmill.export import ExportRequest, ExportStopped, Selection, export
+with Database(url).connect() as conn:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        export(conn, ExportRequest(fmt, out, Selection()), page_size=2)
+    except ExportStopped as stopped:
+        print(stopped)
+"""
+
+
+def export_until_the_disk_is_full(database_url: str, fmt: str, out: Path, limit: int) -> str:
+    done = subprocess.run([PYTHON, "-c", FULL_DISK, fmt, str(out), database_url, str(limit)], capture_output=True,
+                          text=True, timeout=120, cwd=REPOSITORY)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_full_disk_leaves_the_line_formats_ending_at_the_last_whole_page(conn, database_url: str, tmp_path: Path,
+                                                                          fmt: str) -> None:
+    whole, cut = tmp_path / f"whole.{fmt}", tmp_path / f"cut.{fmt}"
+    run_export(conn, fmt, whole, page_size=2)
+    said = export_until_the_disk_is_full(database_url, fmt, cut, whole.stat().st_size - 1)  # in the last page
+    found = re.fullmatch(rf"export stopped \(File too large\): {re.escape(str(cut))} holds every image up to id "
+                         r"(\d+); continue with --after-id (\d+)", said)
+    assert found and found.group(1) == found.group(2), said
+    kept = cut.read_bytes()
+    assert whole.read_bytes().startswith(kept) and kept.endswith(b"\n")  # whole lines of whole pages, nothing more
+    run_export(conn, fmt, cut, after_id=int(found.group(1)), page_size=2)
+    assert cut.read_bytes() == whole.read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "coco"])
+def test_a_full_disk_leaves_no_parquet_part_or_coco_file_cut_short(conn, database_url: str, tmp_path: Path,
+                                                                   fmt: str) -> None:
+    # Parquet: the only part is cut in the middle of a page (its tables are written one after another); COCO: the
+    # document is never whole. Neither can be trimmed to whole pages, so nothing is left, hidden files included.
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    run_export(conn, fmt, whole, page_size=2)
+    largest = max(path.stat().st_size for path in ([whole] if whole.is_file() else whole.rglob("*.parquet")))
+    said = export_until_the_disk_is_full(database_url, fmt, cut, largest // 2)
+    assert said.startswith("export stopped (") and "File too large" in said, said
+    assert said.endswith(f"); nothing was written to {cut}"), said
+    left = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*") if path.is_file()
+                  and not path.is_relative_to(whole))
+    assert left == []
 
 
 # -- the command -----------------------------------------------------------------------------------------------------

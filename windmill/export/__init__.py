@@ -29,7 +29,11 @@ class Writer(Protocol):
 
     def finish(self) -> list[Path]: ...
 
-    def abort(self) -> list[Path]: ...
+    def abort(self, whole_through: int | None) -> int | None:
+        """After a failure or a stop: keep what the format can of the pages written whole (the last of them ends
+        at image `whole_through`), remove the rest, and say up to which image id the output now holds every
+        image (None: nothing). Never raises: it runs while another error is on its way out."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,9 @@ def _writer(request: ExportRequest) -> Writer:
 def export(conn: psycopg.Connection, request: ExportRequest, *, progress: Callable[[int], None] | None = None,
            stop: ExportStop | None = None, page_size: int = PAGE_SIZE) -> ExportReport:
     """Write the selected images to `request.out` in `request.format`; `progress` gets the number of images of
-    each page written. Stopping (or a failure) keeps every complete page of the line and Parquet formats and
-    raises ExportStopped naming the id to continue after; a COCO file is written whole or not at all."""
+    each page written. Stopping (or a failure: a full disk, a lost connection) keeps every complete page of the line
+    formats and every complete part of Parquet, and raises ExportStopped naming the id to continue after; a COCO
+    file is written whole or not at all."""
     request.check()
     writer = _writer(request)
     report = ExportReport()
@@ -132,29 +137,28 @@ def export(conn: psycopg.Connection, request: ExportRequest, *, progress: Callab
             if stop is not None and stop.requested:
                 raise ExportStopped("on request")
             del page  # released before the next page is read (the generator lets go of it too)
-    except BrokenPipeError:
-        writer.abort()
-        raise  # the reader of standard output went away (`| head`): the command ends quietly, as a pipe's writer does
-    except (Exception, KeyboardInterrupt) as error:
-        kept = writer.abort()
-        raise ExportStopped(_stopped_message(request, report, kept, error)) from error
-    try:
         report.files = writer.finish()
     except BrokenPipeError:
-        writer.abort()
-        raise
+        writer.abort(report.last_image_id)
+        raise  # the reader of standard output went away (`| head`): the command ends quietly, as a pipe's writer does
+    except (Exception, KeyboardInterrupt) as error:
+        kept_through = writer.abort(report.last_image_id)
+        raise ExportStopped(_stopped_message(request, kept_through, error)) from error
     return report
 
 
-def _stopped_message(request: ExportRequest, report: ExportReport, kept: list[Path], error: BaseException) -> str:
-    cause = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error).strip().splitlines()[0] \
-        if str(error).strip() else type(error).__name__
+def _stopped_message(request: ExportRequest, kept_through: int | None, error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        cause = "interrupted"
+    elif isinstance(error, OSError) and error.strerror:
+        cause = error.strerror  # "No space left on device", without the errno and the file's name
+    else:
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     where = "standard output" if request.to_stdout else str(request.out)
-    if not kept or report.last_image_id is None:
+    if kept_through is None:
         return f"export stopped ({cause}); nothing was written to {where}"
-    return (f"export stopped ({cause}) after {report.images} image(s): {where} "
-            f"{'got' if request.to_stdout else 'holds'} every image up to id "
-            f"{report.last_image_id}; continue with --after-id {report.last_image_id}")
+    return (f"export stopped ({cause}): {where} {'got' if request.to_stdout else 'holds'} every image up to id "
+            f"{kept_through}; continue with --after-id {kept_through}")
 
 
 def parse_since(text: str | None) -> dt.datetime | None:

@@ -8,6 +8,7 @@ joined at the end; only the categories stay in memory. Files appear under their 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 import tempfile
@@ -103,22 +104,24 @@ class CocoWriter:
             self._write_document(header, standard_output())
             shutil.rmtree(self._parts, ignore_errors=True)
             return [self.out]
+        # Every file whole under a hidden name first, then each renamed into place: a full disk or a Ctrl-C on the
+        # way leaves nothing under the names asked for (abort removes the hidden files).
         hidden = self._hidden(self.out, "document")
         with open(hidden, "wb") as document:
             self._write_document(header, document)
-        hidden.rename(self.out)
-        written = [self.out]
+        listings = []
         for service, results in sorted(self._results.items()):
             with open(results.path, "rb") as elements, open(results.path.with_suffix(".list"), "wb") as listing:
                 listing.write(b"[\n")
                 shutil.copyfileobj(elements, listing)
                 listing.write(b"\n]\n")
-            results.path.with_suffix(".list").rename(results_path(self.out, service))
-            results.path.unlink()
-            written.append(results_path(self.out, service))
-        self._images.path.unlink()
-        self._annotations.path.unlink()
-        return written
+            listings.append((results.path.with_suffix(".list"), results_path(self.out, service)))
+        for listing_path, final in listings:
+            listing_path.rename(final)
+        hidden.rename(self.out)
+        for part in (self._images, self._annotations, *self._results.values()):
+            part.path.unlink()
+        return [self.out, *(final for _, final in listings)]
 
     def _write_document(self, header: dict[str, Any], document: BinaryIO) -> None:
         document.write(dumps(header)[:-1] + b',\n"images": [\n')
@@ -128,15 +131,20 @@ class CocoWriter:
         document.write(b'\n],\n"categories": ' + dumps(list(self.categories.values())) + b"}\n")
         document.flush()
 
-    def abort(self) -> list[Path]:
-        """A COCO document is written whole or not at all."""
+    def abort(self, whole_through: int | None) -> int | None:
+        """A COCO document is written whole or not at all: every part goes, whatever the disk says on closing."""
         for part in (self._images, self._annotations, *self._results.values()):
-            part.close()
-            part.path.unlink(missing_ok=True)
-        self._hidden(self.out, "document").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # its last flush fails on a full disk; the file is closed anyway
+                part.close()
+            with contextlib.suppress(OSError):
+                part.path.unlink(missing_ok=True)
+        for leftover in (self._hidden(self.out, "document"),
+                         *(results.path.with_suffix(".list") for results in self._results.values())):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
         if self._parts is not None:
             shutil.rmtree(self._parts, ignore_errors=True)
-        return []
+        return None
 
 
 def _copy(path: Path, into: BinaryIO) -> None:

@@ -29,10 +29,13 @@ class LineWriter:
         self.path = path
         self.render = render
         self._file = _open(path, header, last_image_id, resume_after)
+        self._whole = None if path == STDOUT else self._file.tell()  # where the last page written whole ends
 
     def write_page(self, page: list[ImageExport]) -> None:
         self._file.write(self.render(page))
         self._file.flush()  # a page is in the file before the next one is read
+        if self._whole is not None:
+            self._whole = self._file.tell()
 
     def finish(self) -> list[Path]:
         if self.path == STDOUT:
@@ -41,12 +44,19 @@ class LineWriter:
             self._file.close()
         return [self.path]
 
-    def abort(self) -> list[Path]:
-        if self.path == STDOUT:
+    def abort(self, whole_through: int | None) -> int | None:
+        """Keep the pages written whole; a page cut off by the failure (a full disk, a second Ctrl-C) is cut from
+        the file, so it ends at image `whole_through`. What went to standard output has gone."""
+        if self._whole is None:
             with contextlib.suppress(OSError):  # its reader may be gone
                 self._file.flush()
-            return [self.path]
-        return self.finish()  # every page written so far is complete: keep them
+            return whole_through
+        with contextlib.suppress(OSError):  # closed even when its last flush fails (a full disk)
+            self._file.close()
+        with contextlib.suppress(OSError):
+            if self.path.stat().st_size > self._whole:  # (a header that never reached the disk is not padded)
+                os.truncate(self.path, self._whole)
+        return whole_through
 
 
 def jsonl_writer(path: Path, resume_after: int | None) -> LineWriter:

@@ -7,6 +7,7 @@ most the part being written; `--after-id` adds parts after the last complete one
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -68,6 +69,8 @@ class ParquetWriter:
         self.written: list[Path] = []
         self._writers: dict[str, Any] = {}
         self._part: tuple[int, int, int] | None = None  # first image id, last image id, images
+        self._kept_through = resume_after  # the last image id of the parts closed so far (a resumed export's too)
+        self._writing = False  # a page's tables are being written: the open part holds part of a page
         self._prepare(resume_after)
 
     def _prepare(self, resume_after: int | None) -> None:
@@ -94,9 +97,11 @@ class ParquetWriter:
                 rows[table].extend(found)
         if self._part is None:
             self._open(page[0].image_id)
+        self._writing = True
         for table in TABLES:
             self._writers[table].write_table(self._arrow_table(rows[table], self.schemas[table]))
             rows[table] = []  # the dicts go before the next table's arrays are built
+        self._writing = False
         assert self._part is not None  # opened above
         first, _last, images = self._part
         self._part = (first, page[-1].image_id, images + len(page))
@@ -112,7 +117,7 @@ class ParquetWriter:
     def _open(self, first: int) -> None:
         self._part = (first, first, 0)
         for table in TABLES:
-            hidden = self.directory / table / f".part-{first:012d}.parquet.tmp"
+            hidden = self._hidden(table, first)
             schema = self.schemas[table]
             ranged = [name for name in schema.names if name not in UNRANGED]
             self._writers[table] = self._pq.ParquetWriter(hidden, schema, compression="zstd", write_statistics=ranged,
@@ -122,17 +127,38 @@ class ParquetWriter:
         if self._part is None:
             return
         first, last, _images = self._part
-        for table, writer in self._writers.items():
+        for writer in self._writers.values():  # every table whole before any is published
             writer.close()
+        for table in self._writers:
             final = self.directory / table / f"part-{first:012d}-{last:012d}.parquet"
-            (self.directory / table / f".part-{first:012d}.parquet.tmp").rename(final)
+            self._hidden(table, first).rename(final)
             self.written.append(final)
         self._writers = {}
         self._part = None
+        self._kept_through = last
+
+    def _hidden(self, table: str, first: int) -> Path:
+        return self.directory / table / f".part-{first:012d}.parquet.tmp"
 
     def finish(self) -> list[Path]:
         self._close_part()
         return [self.directory]
 
-    def abort(self) -> list[Path]:
-        return self.finish()  # pages are written whole: the part so far is complete
+    def abort(self, whole_through: int | None) -> int | None:
+        """The open part is kept when it holds whole pages and closes cleanly; one cut in the middle of a page (a
+        full disk, a second Ctrl-C between two tables) cannot be trimmed, and goes with its pages."""
+        if self._part is not None and not self._writing:
+            try:
+                self._close_part()
+                return self._kept_through
+            except (OSError, self._pa.ArrowException):
+                pass
+        if self._part is not None:
+            first = self._part[0]
+            for writer in self._writers.values():
+                with contextlib.suppress(Exception):
+                    writer.close()
+            for table in TABLES:
+                self._hidden(table, first).unlink(missing_ok=True)
+            self._writers, self._part = {}, None
+        return self._kept_through
