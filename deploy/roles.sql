@@ -141,6 +141,7 @@ BEGIN
         ('VIEW',     'image_completeness',           'SELECT',                          'SELECT'),
         ('VIEW',     'recent_failures',              'SELECT',                          'SELECT'),
         ('VIEW',     'live_workers',                 'SELECT',                          'SELECT'),
+        ('VIEW',     'detector_services',            'SELECT',                          'SELECT'),  -- `export --detectors`, `eval`
         ('FUNCTION', 'enqueue_job(text, bigint, jsonb, text, integer, timestamp with time zone)', 'EXECUTE', NULL),
         -- The job contract (sql/0012): triggers, the merger, the scheduler and the backfill call these.
         ('FUNCTION', 'enqueue(job_spec)',            'EXECUTE',                         NULL),

@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from tests.conftest import PYTHON, REPOSITORY
 from tests.results_fixtures import SAMPLE_GROUP, URL_GROUP, processed_collection
@@ -270,6 +272,36 @@ def test_a_stopped_coco_export_writes_nothing(conn, tmp_path: Path) -> None:
         export(conn, ExportRequest("coco", out, Selection(), detectors=True), progress=stop.progress, stop=stop,
                page_size=2)
     assert list(tmp_path.iterdir()) == []
+
+
+READER = "windmill_export_reader"
+
+
+@pytest.fixture
+def monitor_conn(collection: Database, database_url: str) -> Iterator[psycopg.Connection]:
+    """A connection as a login that is a member of windmill_monitor (deploy/roles.sql), the dashboard's and the
+    exporter's least privilege."""
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute((REPOSITORY / "deploy" / "roles.sql").read_text(encoding="utf-8"))
+        if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (READER,)).fetchone() is None:
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(READER)))
+        admin.execute(sql.SQL("GRANT windmill_monitor TO {}").format(sql.Identifier(READER)))
+        try:
+            with Database(make_conninfo(database_url, user=READER)).connect() as conn:
+                yield conn
+        finally:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(READER)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(READER)))
+
+
+def test_the_monitor_login_exports_the_detectors_answers_too(conn, monitor_conn, tmp_path: Path) -> None:
+    # It reads no `services` table: the detectors are named by a view (sql/0119); it once failed with "permission
+    # denied for table services".
+    out = tmp_path / "windmill.json"
+    run_export(monitor_conn, "coco", out, detectors=True)
+    written = sorted(path.name for path in tmp_path.glob("windmill.*.results.json"))
+    assert written == [f"windmill.{name}.results.json" for name in DETECTORS]
+    assert json.loads(results_path(out, "yolov8").read_text())  # with the detections
 
 
 # A file may grow only so far (RLIMIT_FSIZE, with SIGXFSZ ignored: the write fails with EFBIG, as on a full disk),

@@ -11,8 +11,8 @@ SELECT DISTINCT ON (image_filename) image_id, image_filename
 -- The latest successful answer of every detector for each of the images.
 SELECT DISTINCT ON (r.image_id, r.service) r.image_id, r.result_id, r.service, r.data
   FROM results r
-  JOIN services s ON s.name = r.service
- WHERE r.image_id = ANY(%(image_ids)s) AND r.status = 'success' AND s.is_detector
+  JOIN detector_services d ON d.name = r.service
+ WHERE r.image_id = ANY(%(image_ids)s) AND r.status = 'success'
  ORDER BY r.image_id, r.service, r.result_created DESC, r.result_id DESC
 
 -- name: eval_merged_boxes
