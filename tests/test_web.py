@@ -27,6 +27,7 @@ from tests.conftest import PYTHON, REPOSITORY, signal_a_thread_not_main
 from tests.results_fixtures import SAMPLE_GROUP, SAMPLES, URL_GROUP, processed_collection
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
+from windmill.errors import WindmillError
 from windmill.settings import settings_from_mapping
 from windmill.web import running_dashboard
 from windmill.web.app import create_app
@@ -324,3 +325,12 @@ def test_thumbnails_are_jpeg_pictures_of_the_image(site: str) -> None:
     response = httpx.get(f"{site}/images/1/thumbnail.jpg")
     with Image.open(io.BytesIO(response.content)) as thumbnail:
         assert thumbnail.format == "JPEG" and max(thumbnail.size) == 320
+
+
+def test_a_host_name_that_does_not_resolve_is_one_sentence(collection: Database, database_url: str,
+                                                           catalog: Catalog) -> None:
+    with pytest.raises(WindmillError) as refused, running_dashboard(settings_for(database_url), catalog, collection,
+                                                                    host="nosuchhost.invalid", port=0):
+        pass
+    assert str(refused.value) == ("cannot serve the dashboard on nosuchhost.invalid:0: the host name does not "
+                                  "resolve to an address")

@@ -90,6 +90,9 @@ def running_dashboard(settings: Settings, catalog: Catalog, database: Database, 
             server = create_server(app, host=host, port=port, threads=THREADS, ident="windmill")
         except OSError as error:
             raise WindmillError(f"cannot serve the dashboard on {host}:{port}: {error.strerror or error}") from None
+        except ValueError:  # waitress: the name did not resolve ("Invalid host/port specified.")
+            raise WindmillError(f"cannot serve the dashboard on {host}:{port}: the host name does not resolve to an "
+                                "address") from None
         if hosts is not None:
             hosts.update(loopback_hosts(host, server.effective_port) or ())
         closing = threading.Event()
