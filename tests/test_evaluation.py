@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 from tests.farm_fixtures import running_farm
 from tests.test_pipeline import SETTINGS, answer
 from windmill.catalog import Catalog
+from windmill.coco_classes import COCO_CATEGORY_IDS
 from windmill.coco_eval import CategoryMatcher, Prediction, SourcePredictions, parse_ground_truth, score_sources
 from windmill.collection import add_paths
 from windmill.db.connect import Database
@@ -27,7 +28,7 @@ from windmill.errors import WindmillError
 from windmill.evaluation import evaluate_collection, format_eval_table, load_coco_annotations
 from windmill.harmony import stored_score
 from windmill.roles.merger import merge_image
-from windmill.samples.coco import COCO_CATEGORY_IDS, samples_to_coco
+from windmill.samples.coco import samples_to_coco
 
 SAMPLES = Path(__file__).resolve().parent.parent / "windmill" / "samples"
 COCO_NAMES = {"coffee.jpg": {"cup": "cup", "spoon": "spoon", "saucer": "bowl", "dining table": "dining table"}}

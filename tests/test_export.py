@@ -22,10 +22,11 @@ from psycopg.conninfo import make_conninfo
 from tests.conftest import PYTHON, REPOSITORY
 from tests.results_fixtures import SAMPLE_GROUP, URL_GROUP, processed_collection
 from windmill.catalog import Catalog
+from windmill.coco_classes import COCO_CATEGORY_IDS
 from windmill.db.connect import Database
 from windmill.errors import WindmillError
 from windmill.export import ExportRequest, ExportStop, ExportStopped, Selection, export
-from windmill.export.coco import results_path
+from windmill.export.coco import results_path, stable_category_id
 
 DETECTORS = ("clip", "detectron2", "rtdetr", "xception", "yolov8")
 
@@ -63,7 +64,17 @@ def test_coco_loads_in_pycocotools_and_faster_coco_eval_with_every_box_and_detec
     out = tmp_path / "windmill.json"
     report = run_export(conn, "coco", out, detectors=True)
     truth = COCO(str(out))
-    assert sorted(truth.getImgIds()) == [row[0] for row in conn.execute("SELECT image_id FROM images ORDER BY 1")]
+    # Every image whose size the metadata service measured, under its path (unique: two folders may hold one name);
+    # the others are left out (FiftyOne's importer needs every image's size) and the report says so.
+    widths = dict(conn.execute("SELECT image_id, (data #>> '{predictions,0,dimensions,width}')::int FROM results "
+                               "WHERE service = 'metadata' AND status = 'success'"))
+    assert {image["id"]: image["width"] for image in truth.dataset["images"]} == widths
+    paths = dict(conn.execute("SELECT image_id, coalesce(image_path, image_filename) FROM images"))
+    assert all(image["file_name"] == paths[image["id"]] for image in truth.dataset["images"])
+    unmeasured = scalar(conn, "SELECT count(*) FROM images") - len(widths)
+    assert unmeasured > 0 and report.notes == [f"{unmeasured} image(s) left out of the COCO file: their size is not "
+                                               "known yet (the metadata service has not measured them: not processed, "
+                                               "failed, or not an image)"]
     boxes = conn.execute("SELECT merged_id, merged_data FROM merged_boxes ORDER BY merged_id").fetchall()
     assert sorted(truth.getAnnIds()) == [merged_id for merged_id, _ in boxes]
     for merged_id, data in boxes:
@@ -72,9 +83,6 @@ def test_coco_loads_in_pycocotools_and_faster_coco_eval_with_every_box_and_detec
         assert annotation["bbox"] == [data["merged_bbox"][key] for key in ("x", "y", "width", "height")]
         assert annotation["contributing_services"] == data["contributing_services"]
         assert truth.loadCats([annotation["category_id"]])[0]["name"] in data["labels"]
-    widths = dict(conn.execute("SELECT image_id, (data #>> '{predictions,0,dimensions,width}')::int FROM results "
-                               "WHERE service = 'metadata' AND status = 'success'"))
-    assert {image["id"]: image.get("width") for image in truth.dataset["images"] if image["id"] in widths} == widths
 
     # One results file per detector, with every box of its latest successful answers; loadable as results.
     assert report.files == [out, *(results_path(out, service) for service in DETECTORS)]
@@ -89,6 +97,23 @@ def test_coco_loads_in_pycocotools_and_faster_coco_eval_with_every_box_and_detec
         evaluation = COCOeval_faster(faster, faster.loadRes(str(results_path(out, service))), "bbox")
         evaluation.evaluate()
         evaluation.accumulate()
+
+
+def test_coco_category_ids_are_the_same_in_every_export(conn, tmp_path: Path) -> None:
+    # A stream's incremental exports, or two groups', are read together: a label keeps its id. COCO's classes keep
+    # COCO's own ids, as in COCO's files.
+    ids = []
+    for name, after_id in (("whole", 0), ("later", 3)):
+        run_export(conn, "coco", tmp_path / f"{name}.json", after_id=after_id, detectors=True)
+        ids.append({category["name"]: category["id"]
+                    for category in json.loads((tmp_path / f"{name}.json").read_text())["categories"]})
+    whole, later = ids
+    assert later and all(whole[name] == category_id for name, category_id in later.items())
+    assert whole["person"] == 1 and len(set(whole.values())) == len(whole)
+    assert stable_category_id("dining_table") == stable_category_id("dining table") == COCO_CATEGORY_IDS["dining table"]
+    assert stable_category_id("space_shuttle") >= 1000
+    assert stable_category_id("space_shuttle", {stable_category_id("space_shuttle")}) != stable_category_id(
+        "space_shuttle")
 
 
 def test_jsonl_has_one_line_per_image_with_its_latest_answers_boxes_and_consensus(conn, tmp_path: Path) -> None:
@@ -427,7 +452,8 @@ def test_out_dash_writes_to_standard_output_for_a_pipe(cli, conn, tmp_path: Path
     assert rows[0].startswith("image_id,") and len(rows) - 1 == scalar(
         conn, "SELECT count(*) FROM merged_boxes WHERE image_id > 1")
     document = json.loads(cli("export", "--format", "coco", "--out", "-").stdout)
-    assert len(document["images"]) == images
+    assert len(document["images"]) == scalar(conn, "SELECT count(*) FROM results WHERE service = 'metadata' "
+                                                   "AND status = 'success'")
     assert len(document["annotations"]) == scalar(conn, "SELECT count(*) FROM merged_boxes")
     for args, message in [(("--format", "parquet"), "parquet writes a directory of tables, which standard output"),
                           (("--format", "coco", "--detectors"), "--detectors writes a results file per detector")]:

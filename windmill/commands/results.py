@@ -51,6 +51,8 @@ def export_command(app: AppContext, fmt: str, out: Path, group: str | None, sinc
             warning = f"Warning: no image is in group {group!r}{group_hint(group, names)}"
     if warning:
         click.echo(warning, err=True)
+    for note in report.notes:
+        click.echo(f"Note: {note}", err=True)
     last = f", ids up to {report.last_image_id}" if report.last_image_id is not None else ""
     if request.to_stdout:  # the data holds standard output: the summary goes beside the progress bar
         if not app.quiet:

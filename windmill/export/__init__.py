@@ -29,6 +29,10 @@ class Writer(Protocol):
 
     def finish(self) -> list[Path]: ...
 
+    def notes(self) -> list[str]:
+        """What a reader of the output should know that the output cannot say (a sentence each)."""
+        ...
+
     def abort(self, whole_through: int | None) -> int | None:
         """After a failure or a stop: keep what the format can of the pages written whole (the last of them ends
         at image `whole_through`), remove the rest, and say up to which image id the output now holds every
@@ -78,6 +82,7 @@ class ExportReport:
     images: int = 0
     last_image_id: int | None = None
     files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the writer's (Writer.notes), for the summary
 
 
 class ExportStopped(WindmillError):
@@ -138,6 +143,7 @@ def export(conn: psycopg.Connection, request: ExportRequest, *, progress: Callab
                 raise ExportStopped("on request")
             del page  # released before the next page is read (the generator lets go of it too)
         report.files = writer.finish()
+        report.notes = writer.notes()
     except BrokenPipeError:
         writer.abort(report.last_image_id)
         raise  # the reader of standard output went away (`| head`): the command ends quietly, as a pipe's writer does

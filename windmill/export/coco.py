@@ -12,16 +12,35 @@ import contextlib
 import datetime as dt
 import shutil
 import tempfile
+import zlib
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from windmill import __version__
+from windmill.coco_classes import COCO_CATEGORY_IDS
 from windmill.errors import WindmillError
 from windmill.evaluation import detector_predictions
 from windmill.export.output import STDOUT, standard_output
 from windmill.export.shapes import coco_box, coco_image, dumps
 from windmill.export.source import ImageExport
 from windmill.render import box_label
+
+NAMED_IDS_FROM = 1000  # above COCO's 1…90, so a label that is no COCO class never takes a class's id
+NAMED_IDS_SPAN = 1_000_000
+
+
+def stable_category_id(label: str, taken: AbstractSet[int] = frozenset()) -> int:
+    """A COCO class (`dining table`, or `dining_table` as classifiers write it) has COCO's own id (1…90), as in COCO's
+    files; any other label an id of 1000 or more drawn from its name (CRC-32), the next free one in the rare export
+    where two names draw the same."""
+    coco = COCO_CATEGORY_IDS.get(label.replace("_", " ").strip().lower())
+    if coco is not None and coco not in taken:
+        return coco
+    drawn = NAMED_IDS_FROM + zlib.crc32(label.encode("utf-8")) % NAMED_IDS_SPAN
+    while drawn in taken:
+        drawn = NAMED_IDS_FROM + (drawn - NAMED_IDS_FROM + 1) % NAMED_IDS_SPAN
+    return drawn
 
 
 def results_path(out: Path, service: str) -> Path:
@@ -58,6 +77,8 @@ class CocoWriter:
         except OSError as error:
             raise WindmillError(f"cannot write {out}: {error.strerror or error}") from None
         self._results: dict[str, _JsonArray] = {}
+        self.left_out = 0  # images of no known size yet (no metadata answer): not in the file
+        self.boxes_left_out = 0
 
     def _hidden(self, out: Path, part: str) -> Path:
         if self._parts is not None:
@@ -65,15 +86,22 @@ class CocoWriter:
         return out.with_name(f".{out.name}.{part}.tmp")
 
     def category(self, label: str, emoji: str) -> int:
-        """The category id of a label, assigned in order of first appearance."""
+        """The category id of a label: the same in every export (stable_category_id), so the files of a stream's
+        incremental exports, or of two groups, can be read together."""
         if label not in self.categories:
-            self.categories[label] = {"id": len(self.categories) + 1, "name": label, "supercategory": "object",
-                                      "emoji": emoji}
+            taken = {int(category["id"]) for category in self.categories.values()}
+            self.categories[label] = {"id": stable_category_id(label, taken), "name": label,
+                                      "supercategory": "object", "emoji": emoji}
         return int(self.categories[label]["id"])
 
     def write_page(self, page: list[ImageExport]) -> None:
         for item in page:
-            self._images.append(coco_image(item))
+            entry = coco_image(item)
+            if entry is None:
+                self.left_out += 1
+                self.boxes_left_out += len(item.boxes)
+                continue
+            self._images.append(entry)
             for row in item.boxes:
                 data = row["merged_data"]
                 annotation = coco_box(item.image_id, row["merged_id"], data,
@@ -130,6 +158,13 @@ class CocoWriter:
         _copy(self._annotations.path, document)
         document.write(b'\n],\n"categories": ' + dumps(list(self.categories.values())) + b"}\n")
         document.flush()
+
+    def notes(self) -> list[str]:
+        if not self.left_out:
+            return []
+        boxes = f", with {self.boxes_left_out} merged box(es)," if self.boxes_left_out else ""
+        return [f"{self.left_out} image(s){boxes} left out of the COCO file: their size is not known yet (the "
+                "metadata service has not measured them: not processed, failed, or not an image)"]
 
     def abort(self, whole_through: int | None) -> int | None:
         """A COCO document is written whole or not at all: every part goes, whatever the disk says on closing."""

@@ -44,6 +44,9 @@ class LineWriter:
             self._file.close()
         return [self.path]
 
+    def notes(self) -> list[str]:
+        return []
+
     def abort(self, whole_through: int | None) -> int | None:
         """Keep the pages written whole; a page cut off by the failure (a full disk, a second Ctrl-C) is cut from
         the file, so it ends at image `whole_through`. What went to standard output has gone."""

@@ -144,6 +144,9 @@ class ParquetWriter:
         self._close_part()
         return [self.directory]
 
+    def notes(self) -> list[str]:
+        return []
+
     def abort(self, whole_through: int | None) -> int | None:
         """The open part is kept when it holds whole pages and closes cleanly; one cut in the middle of a page (a
         full disk, a second Ctrl-C between two tables) cannot be trimmed, and goes with its pages."""

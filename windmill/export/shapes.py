@@ -188,12 +188,15 @@ def _json_text(value: Any) -> str:
 # -- COCO ------------------------------------------------------------------------------------------------------------
 
 
-def coco_image(item: ImageExport) -> dict[str, Any]:
-    """The image entry; width and height when the metadata service measured them."""
+def coco_image(item: ImageExport) -> dict[str, Any] | None:
+    """The image entry, None while its size is unknown (COCO readers need it: FiftyOne's importer fails without
+    it). Its file as registered (a path, unique in the collection: the images of several folders, or two files of
+    one name, stay apart), or for a URL the URL's file name."""
     fields = image_fields(item)
-    entry: dict[str, Any] = {"id": item.image_id, "file_name": fields["file_name"]}
-    if fields["width"] is not None:
-        entry.update(width=fields["width"], height=fields["height"])
+    if fields["width"] is None:
+        return None
+    entry: dict[str, Any] = {"id": item.image_id, "file_name": fields["path"] or fields["file_name"],
+                             "width": fields["width"], "height": fields["height"]}
     if fields["url"]:
         entry["coco_url"] = fields["url"]
     entry.update({key: fields[key] for key in ("path", "group") if fields[key]})

@@ -14,14 +14,10 @@ from typing import Any
 
 from PIL import Image
 
+from windmill.coco_classes import COCO_CATEGORY_IDS
 from windmill.simfarm.annotations import IMAGE_SUFFIXES, SIDECAR_SUFFIX, load_sidecar, sidecar_path_for
-from windmill.simfarm.lexicon import COCO_CLASSES
 
 SAMPLES = Path(__file__).resolve().parent
-# COCO's category ids run 1…90 with ten unused: these are the gaps, so ids match real COCO files.
-_UNUSED_IDS = frozenset({12, 26, 29, 30, 45, 66, 68, 69, 71, 83})
-COCO_CATEGORY_IDS: dict[str, int] = dict(
-    zip(COCO_CLASSES, (i for i in range(1, 91) if i not in _UNUSED_IDS), strict=True))
 
 
 def samples_to_coco(directory: Path = SAMPLES) -> dict[str, Any]:
