@@ -419,6 +419,8 @@ def test_the_command_exports_with_a_progress_bar_and_refuses_bad_requests_in_one
         (("--format", "csv", "--services", "blip"), "the csv format holds merged boxes only"),
         (("--format", "jsonl", "--services", "nonsense"), "unknown service"),
         (("--format", "jsonl", "--since", "yesterday"), "--since takes an ISO 8601 instant"),
+        (("--format", "coco", "--detectors", "--services", "metadata"),  # once wrote no results file, saying nothing
+         "--services metadata names no detector, so --detectors would add no results file; the detectors are "),
     ]:
         result = cli("export", "--out", "x.out", *args)
         assert result.exit_code == 1 and message in result.output, (args, result.output)
@@ -436,6 +438,10 @@ def test_the_command_exports_with_a_progress_bar_and_refuses_bad_requests_in_one
         result = cli("export", *args)
         assert result.exit_code == 1 and message in result.output, (args, result.output)
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".exports")]
+    # An id past PostgreSQL's bigint is an option's bad value (it once reached the server, whose answer advised
+    # running init-db).
+    beyond = cli("export", "--format", "jsonl", "--out", "x.out", "--after-id", str(2**63))
+    assert beyond.exit_code == 2 and "is not in the range 0<=x<=9223372036854775807" in beyond.output
 
 
 def test_out_dash_writes_to_standard_output_for_a_pipe(cli, conn, tmp_path: Path) -> None:

@@ -13,7 +13,16 @@ import click
 
 from windmill.broker.choice import BROKERS, JOB_TABLE, RABBITMQ
 from windmill.commands import completion
-from windmill.commands.context import AppContext, echo_json, json_option, pass_app, print_services
+from windmill.commands.context import (
+    AN_ID,
+    BIGINT,
+    ID_OR_ZERO,
+    AppContext,
+    echo_json,
+    json_option,
+    pass_app,
+    print_services,
+)
 from windmill.errors import WindmillError
 
 if TYPE_CHECKING:
@@ -177,7 +186,7 @@ def images_groups(app: AppContext, as_json: bool) -> None:
 
 @images.command("remove")
 @click.argument("targets", nargs=-1, metavar="[PATH|URL]...")
-@click.option("--id", "ids", type=click.IntRange(1), multiple=True, help="An image id (repeatable).")
+@click.option("--id", "ids", type=AN_ID, multiple=True, help="An image id (repeatable).")
 @click.option("--group", "-g", help="Every image of this group.")
 @click.option("--added-before", metavar="INSTANT", help="Every image registered before this instant (ISO 8601, e.g. "
                                                        "2026-11-01T00:00Z): a stream's old images.")
@@ -224,7 +233,7 @@ def images_remove(app: AppContext, targets: tuple[str, ...], ids: tuple[int, ...
 @click.option("--limit", "-l", type=click.IntRange(min=1), help="Submit at most this many images.")
 @click.option("--group", "-g", help="Only images of this group.")
 @click.option("--force", is_flag=True, help="Submit pairs that already have a successful answer too.")
-@click.option("--after-id", type=click.IntRange(min=0),
+@click.option("--after-id", type=ID_OR_ZERO,
               help="Only images after this id (resume an interrupted submit where it said it stopped). With "
                    "--follow, by default where the last follow of these services, group and broker stood.")
 @click.option("--page-size", type=click.IntRange(1, 100_000),
@@ -315,7 +324,7 @@ def _follow(app: AppContext, selected: list[Service], report: SubmitReport, *, g
 
 
 @click.command()
-@click.argument("image_id", type=int)
+@click.argument("image_id", type=BIGINT)
 @click.option("--png", "png_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw the image with its merged boxes into this PNG file instead of printing the record.")
 @click.option("--detectors", is_flag=True, help="With --png: also draw each detector's raw boxes in its own colour.")

@@ -105,6 +105,13 @@ class AppContext:
 
 pass_app = click.make_pass_decorator(AppContext)
 
+# Image and job ids are PostgreSQL bigints: a larger number is refused as an option's value, not sent to the server
+# (which answered with a function signature that does not exist, and advice to run init-db).
+BIGINT_MAX = 2**63 - 1
+ID_OR_ZERO = click.IntRange(0, BIGINT_MAX)
+AN_ID = click.IntRange(1, BIGINT_MAX)
+BIGINT = click.IntRange(-BIGINT_MAX - 1, BIGINT_MAX)  # an id looked up, where no such id is the answer
+
 
 class WindmillGroup(click.Group):
     """User errors become one sentence on stderr and exit status 1, never a traceback."""

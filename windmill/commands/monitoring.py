@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from windmill.commands.context import AppContext, echo_json, json_option, pass_app, refuse_unknown
+from windmill.commands.context import BIGINT, AppContext, echo_json, json_option, pass_app, refuse_unknown
 from windmill.errors import NoSuchImage, WindmillError
 
 
@@ -18,7 +18,7 @@ from windmill.errors import NoSuchImage, WindmillError
 @click.option("--watch", is_flag=True, help="Redraw every --interval seconds until Ctrl-C.")
 @click.option("--interval", type=click.FloatRange(0.5, 3600), default=2.0, show_default=True,
               help="Seconds between refreshes with --watch.")
-@click.option("--image", "image_id", type=int, help="Show one image's completeness instead.")
+@click.option("--image", "image_id", type=BIGINT, help="Show one image's completeness instead.")
 @click.option("--recount", is_flag=True,
               help="First rebuild the per-service counters (done, failed) from every answer: reads them all, and "
                    "answers wait until it is done.")
@@ -128,7 +128,7 @@ def jobs_list(app: AppContext, state: str | None, queue: str | None, limit: int,
 
 @jobs.command("retry")
 @click.option("--queue", help="Only dead jobs of this queue.")
-@click.option("--id", "ids", type=int, multiple=True, help="Only this job (repeatable).")
+@click.option("--id", "ids", type=BIGINT, multiple=True, help="Only this job (repeatable).")
 @json_option
 @pass_app
 def jobs_retry(app: AppContext, queue: str | None, ids: tuple[int, ...], as_json: bool) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from windmill.commands.context import AppContext, pass_app
+from windmill.commands.context import ID_OR_ZERO, AppContext, pass_app
+from windmill.errors import WindmillError
 from windmill.export import FORMATS
 
 
@@ -20,7 +21,7 @@ from windmill.export import FORMATS
 @click.option("--group", "-g", help="Only images of this group.")
 @click.option("--since", help="Only images with something new since this instant (ISO 8601, e.g. 2026-11-29T05:00Z): "
                               "added, an answer, a change of boxes, postprocessing, a consensus.")
-@click.option("--after-id", type=click.IntRange(0), default=0, help="Only images after this id; continues an "
+@click.option("--after-id", type=ID_OR_ZERO, default=0, help="Only images after this id; continues an "
               "interrupted jsonl, csv or parquet export in place.")
 @click.option("--services", "-s", help="Only these services' answers (jsonl, parquet; coco with --detectors: which "
                                        "detectors): all, primary, … or a comma-separated list.")
@@ -37,6 +38,9 @@ def export_command(app: AppContext, fmt: str, out: Path, group: str | None, sinc
                           services=tuple(s.name for s in app.catalog.select(services)) if services else None)
     request = ExportRequest(fmt, out, selection, detectors=detectors)
     request.check()
+    if detectors and services and not any(service.is_detector for service in app.catalog.select(services)):
+        raise WindmillError(f"--services {services} names no detector, so --detectors would add no results file; "
+                            f"the detectors are {', '.join(service.name for service in app.catalog.detectors)}")
     stop = ExportStop()
     with (
         app.connection(reading_only=True) as conn,
