@@ -256,6 +256,13 @@ def test_dead_jobs_are_retried_only_with_allow_actions_and_only_from_the_own_for
                               ({}, {"queue": DEAD_QUEUE})):
             assert httpx.post(f"{running.url}/actions/retry", data=form, headers=headers).status_code == 403
         assert conn.execute(DEAD_JOB_STATE, (DEAD_QUEUE,)).fetchone()[0] == "dead"
+        # A queue without dead jobs is said to be one, not answered "0 retried" as if it were a queue at rest.
+        nothing = httpx.post(f"{running.url}/actions/retry", data={"queue": "mrege", "csrf_token": token},
+                             follow_redirects=True)
+        assert "that queue has no dead job to retry" in nothing.text
+        # A problem is named by a code: words in a link are not shown as the dashboard's own (once they were).
+        spoofed = httpx.get(running.url + "/", params={"problem": "Session expired: log in at http://evil.example"})
+        assert "evil.example" not in spoofed.text and 'id="problem"' not in spoofed.text
 
         visit(browser, running.url + "/", tmp_path, "overview-actions")
         browser.find_element(By.ID, f"retry-{DEAD_QUEUE}").click()

@@ -20,8 +20,15 @@ from flask import Flask, Response, abort, redirect, render_template, request, ur
 
 from windmill.db.connect import DatabaseUnavailable
 from windmill.errors import WindmillError, first_line
-from windmill.web.data import STATUSES, Dashboard, GalleryFilter
+from windmill.web.data import STATUSES, Dashboard, GalleryFilter, MayNotRetry
 from windmill.web.pictures import PICTURE_PX, THUMBNAIL_PX
+
+# What the overview says after an action went wrong, by the code its redirect carries: the sentence is the
+# dashboard's own, so a link cannot put words of its choosing on the page as if the dashboard said them.
+ACTION_PROBLEMS = {
+    "may_not_retry": MayNotRetry.MESSAGE,
+    "no_dead_jobs": "that queue has no dead job to retry (any there were have been retried)",
+}
 
 CONTENT_SECURITY_POLICY = ("default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; "
                            "frame-ancestors 'none'; base-uri 'none'")
@@ -77,7 +84,7 @@ def create_app(dashboard: Dashboard, *, allow_actions: bool = False, allowed_hos
         dead = [row for row in status["queues"] if row.get("dead")]
         return render_template("overview.html", status=status, dead=dead, csrf_token=app.config["CSRF_TOKEN"],
                                retried=request.args.get("retried"), retried_queue=request.args.get("queue"),
-                               problem=request.args.get("problem"))
+                               problem=ACTION_PROBLEMS.get(request.args.get("problem", "")))
 
     @app.get("/gallery")
     def gallery() -> str:
@@ -116,10 +123,12 @@ def create_app(dashboard: Dashboard, *, allow_actions: bool = False, allowed_hos
                                                          app.config["CSRF_TOKEN"]):
             abort(403, "the request did not come from this dashboard's own form")
         queue = request.form.get("queue", "")
+        if queue not in {row["queue"] for row in dashboard.status()["queues"] if row.get("dead")}:
+            return redirect(url_for("overview", problem="no_dead_jobs"), code=303)
         try:
             retried = dashboard.retry_dead(queue)
-        except WindmillError as problem:
-            return redirect(url_for("overview", problem=first_line(problem)), code=303)
+        except MayNotRetry:
+            return redirect(url_for("overview", problem="may_not_retry"), code=303)
         return redirect(url_for("overview", retried=retried, queue=queue), code=303)
 
     return app

@@ -50,6 +50,11 @@ class ImagePage:
     picture_problem: str | None  # why the picture cannot be shown (the record still is)
 
 
+class MayNotRetry(WindmillError):
+    MESSAGE = ("this database login may not retry jobs (the monitor role only reads); start the dashboard with a "
+               "worker login to retry")
+
+
 class Dashboard:
     """The pages' data, read through a small pool (as the monitor role can: views and SELECTs only)."""
 
@@ -109,5 +114,4 @@ class Dashboard:
         try:
             return len(JobQueue(self.pool).retry_dead(queue=queue))
         except psycopg.errors.InsufficientPrivilege:
-            raise WindmillError("this database login may not retry jobs (the monitor role only reads); start the "
-                                "dashboard with a worker login to retry") from None
+            raise MayNotRetry(MayNotRetry.MESSAGE) from None
