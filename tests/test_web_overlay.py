@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from windmill.web.overlay import Rect, build_overlay, place_tags
+from windmill.web.overlay import SHOWN_PX, Rect, build_overlay, caption_font, dot_radius, place_tags
 
 
-def overlapping(rects: tuple[Rect, ...], font: int) -> list[tuple[int, int]]:
+def overlapping(rects: tuple[Rect, ...], font: float) -> list[tuple[int, int]]:
     line = font * 1.25
     boxes = [(r.tag_x, r.tag_y - font, r.tag_x + 0.6 * font * (len(r.caption) + 1), r.tag_y - font + line)
              for r in rects]
@@ -55,3 +55,12 @@ def test_faces_and_poses_land_on_the_image_pixels() -> None:
     assert overlay.faces.count == 1 and overlay.faces.points == ((50.0, 44.0),)
     assert sorted(overlay.poses.points) == [(40.0, 50.0), (80.0, 100.0)]  # the wrist is not visible enough
     assert overlay.poses.lines == ((40.0, 50.0, 80.0, 100.0),)
+
+
+@pytest.mark.parametrize("size", [(128, 128), (3000, 200), (640, 480), (4000, 3000), (6000, 4000)])
+def test_captions_and_dots_keep_their_size_on_the_screen_whatever_the_image_size(size: tuple[int, int]) -> None:
+    # The viewer shows the picture about SHOWN_PX wide: a caption of 12 image pixels on a 128-pixel image was drawn
+    # 94 pixels tall and covered it.
+    on_screen = SHOWN_PX / max(size)
+    assert 12 <= caption_font(size) * on_screen <= 24.1
+    assert 2 <= dot_radius(size) * on_screen <= 8

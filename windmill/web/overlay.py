@@ -60,8 +60,9 @@ class Layer:
 class Overlay:
     width: int
     height: int
-    font: int  # caption size in image pixels: readable whatever the picture's size
+    font: float  # caption size in image pixels: readable whatever the picture's size (caption_font)
     merged: Layer
+    dot: float = 2.0  # a face landmark's or a pose joint's radius, in image pixels (dot_radius)
     detectors: tuple[Layer, ...] = ()
     faces: Layer = field(default_factory=lambda: Layer("faces", FACE_COLOUR))
     poses: Layer = field(default_factory=lambda: Layer("poses", POSE_COLOUR))
@@ -119,10 +120,11 @@ def build_overlay(record: Mapping[str, Any], size: tuple[int, int], detectors: I
             joints = _pose_joints(prediction.get("landmarks"), size)
             pose_points.extend(joints.values())
             pose_lines.extend((*joints[a], *joints[b]) for a, b in POSE_BONES if a in joints and b in joints)
-    font = max(12, round(min(size) / 32))
+    font = caption_font(size)
     merged = place_tags(merged, size, font)
     return Overlay(
-        width=size[0], height=size[1], font=font, merged=Layer("merged", hex_colour(MERGED_COLOUR), merged),
+        width=size[0], height=size[1], font=font, dot=dot_radius(size),
+        merged=Layer("merged", hex_colour(MERGED_COLOUR), merged),
         detectors=layers,
         faces=Layer("faces", FACE_COLOUR, tuple(face_rects), tuple(face_points)),
         poses=Layer("poses", POSE_COLOUR, (), tuple(pose_points), tuple(pose_lines)))
@@ -154,7 +156,24 @@ def _pose_joints(landmarks: Any, size: tuple[int, int]) -> dict[str, tuple[float
     return joints
 
 
-def place_tags(rects: Sequence[Rect], size: tuple[int, int], font: int) -> tuple[Rect, ...]:
+# The picture is drawn in image pixels and shown about this wide (the viewer fills the page's width): sizes meant
+# for the eye are set for it, so a 128-pixel image drawn eight times its size does not get captions eight times as
+# tall, and a 6,000-pixel one does not get dots too small to see.
+SHOWN_PX = 1000
+
+
+def caption_font(size: tuple[int, int]) -> float:
+    """A caption's size in image pixels: a 32nd of the image's shorter side, held to 12–24 pixels on the screen."""
+    scale = max(size) / SHOWN_PX  # image pixels per screen pixel
+    return round(min(max(min(size) / 32, 12 * scale), 24 * scale), 2)
+
+
+def dot_radius(size: tuple[int, int]) -> float:
+    """A landmark's radius in image pixels: a 200th of the shorter side, at least 2 pixels on the screen."""
+    return round(max(min(size) / 200, 2 * max(size) / SHOWN_PX), 2)
+
+
+def place_tags(rects: Sequence[Rect], size: tuple[int, int], font: float) -> tuple[Rect, ...]:
     """Each box's caption where windmill.label_placement puts it (as `show --png` does), never covering another
     caption; widths are estimated (0.6 em a character, 1.3 em the emoji). A caption with no free place left
     is dropped (its box is still drawn)."""
