@@ -144,3 +144,12 @@ def test_bad_harmony_keys_are_listed_with_the_valid_ones(tmp_path: Path) -> None
     said = one_sentence(windmill(tmp_path, "config", WINDMILL_HARMONY='{"iou": 2}'))
     assert said == ("WINDMILL_HARMONY has unknown key 'iou'; valid keys: iou_threshold, containment_threshold, "
                     "min_services, single_service_min_confidence, fusion, split_crowds, emoji_from_labels")
+
+
+def test_a_server_at_max_connections_is_told_as_such() -> None:
+    # What PostgreSQL answers when max_connections is reached (once passed on as it was).
+    full = psycopg.OperationalError('connection to server at "127.0.0.1", port 5432 failed: FATAL:  sorry, too many '
+                                    'clients already')
+    assert connection_failure(full, "127.0.0.1:5432/windmill").startswith(
+        "cannot connect to PostgreSQL at 127.0.0.1:5432/windmill: the server has no free connection; raise its "
+        "max_connections")

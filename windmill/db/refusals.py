@@ -32,7 +32,7 @@ _CONNECTION_FAILURES: tuple[tuple[str, str, str], ...] = (
      'in from {0}', "add a line for this host and user to the server's pg_hba.conf (deploy/README.md)"),
     (r"permission denied for database \"?([^\"\s]*)\"?", 'the login may not connect to database "{0}"',
      "grant it CONNECT (deploy/roles.sql does for its roles)"),
-    (r"too many connections|remaining connection slots are reserved", "the server has no free connection",
+    (r"too many (connections|clients)|remaining connection slots are reserved", "the server has no free connection",
      "raise its max_connections, or run fewer workers or fewer --concurrency threads (a worker holds "
      "--concurrency + 3 connections)"),
     (r"the database system is (starting up|shutting down|in recovery mode|not yet accepting connections)",
