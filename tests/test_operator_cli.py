@@ -92,7 +92,9 @@ def test_a_mistyped_role_or_service_is_refused_before_any_database_starts(worker
     for args, said in ((["--role", "mergr"], "Error: unknown role 'mergr'; valid roles: caption_score, consensus, "),
                        (["--role", "service", "--service", "yolo"], "Error: unknown service 'yolo'"),
                        (["--role", "merger", "--service", "yolov8"],  # once it ran, the option ignored
-                        "Error: the merger role takes no --service; only the postprocess and service roles do")):
+                        "Error: the merger role takes no --service; only the postprocess and service roles do"),
+                       (["--role", "postprocess", "--service", "blip"],  # once only after the database was up
+                        "Error: unknown postprocess service blip; valid: colors, face, pose")):
         refused = windmill("worker", *args, env=env, cwd=tmp_path)
         assert refused.returncode == 1
         assert refused.stderr.startswith(said) and len(refused.stderr.strip().splitlines()) == 1, refused.stderr

@@ -170,15 +170,21 @@ class PostprocessHandler:
                 "processing_times": [row.processing_time for row in rows]}
 
 
-@register_role("postprocess", "sends merged boxes, cropped, to colors, face and pose "
-               "(--service: some of them; queues postprocess_<service>)", takes_service=True)
-def postprocess_role(context: RoleContext) -> Role:
-    selection = context.service or ",".join(POSTPROCESS_QUEUES)
+def postprocess_services(selection: str) -> list[str]:
+    """The postprocessing services a --service selection names; one that is none of them is refused."""
     services = [name.strip() for name in selection.split(",") if name.strip()]
     unknown = [name for name in services if name not in POSTPROCESS_QUEUES]
     if unknown:
         raise WindmillError(
             f"unknown postprocess service {', '.join(unknown)}; valid: {', '.join(POSTPROCESS_QUEUES)}")
+    return services
+
+
+@register_role("postprocess", "sends merged boxes, cropped, to colors, face and pose "
+               "(--service: some of them; queues postprocess_<service>)", takes_service=True,
+               check_service=postprocess_services)
+def postprocess_role(context: RoleContext) -> Role:
+    services = postprocess_services(context.service or ",".join(POSTPROCESS_QUEUES))
     handler = PostprocessHandler(context, context.farm, context.images)
     by_queue = {POSTPROCESS_QUEUES[service]: service for service in services}
 

@@ -72,18 +72,23 @@ RoleFactory = Callable[[RoleContext], Role]
 _ROLES: dict[str, RoleFactory] = {}
 _SUMMARIES: dict[str, str] = {}
 _TAKING_A_SERVICE: set[str] = set()  # roles that read RoleContext.service (`worker --service`)
+ServiceCheck = Callable[[str], object]  # raises WindmillError for a --service the role cannot work for
+_SERVICE_CHECKS: dict[str, ServiceCheck] = {}
 
 
-def register_role(name: str, summary: str = "", *, takes_service: bool = False
-                  ) -> Callable[[RoleFactory], RoleFactory]:
+def register_role(name: str, summary: str = "", *, takes_service: bool = False,
+                  check_service: ServiceCheck | None = None) -> Callable[[RoleFactory], RoleFactory]:
     """Register a role factory under `name`; `summary` is its line in `windmill-cli worker --list-roles`;
-    `takes_service`: the role works for the service(s) `worker --service` names."""
+    `takes_service`: the role works for the service(s) `worker --service` names; `check_service` refuses a
+    selection it cannot work for, before anything is started (check_role)."""
 
     def decorator(factory: RoleFactory) -> RoleFactory:
         _ROLES[name] = factory
         _SUMMARIES[name] = summary
         if takes_service:
             _TAKING_A_SERVICE.add(name)
+        if check_service is not None:
+            _SERVICE_CHECKS[name] = check_service
         return factory
 
     return decorator
@@ -110,6 +115,8 @@ def check_role(name: str, service: str | None = None) -> None:
     if service is not None and name not in _TAKING_A_SERVICE:
         raise WindmillError(f"the {name} role takes no --service; only the {' and '.join(sorted(_TAKING_A_SERVICE))} "
                             "roles do")
+    if service is not None and name in _SERVICE_CHECKS:
+        _SERVICE_CHECKS[name](service)
 
 
 def build_role(name: str, context: RoleContext) -> Role:
