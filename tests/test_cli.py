@@ -281,6 +281,9 @@ def test_a_group_that_selects_nothing_is_answered_with_the_groups_it_may_have_me
 
     assert group_hint("cams", []) == "; no image is in any group"
     assert group_hint("feild cams", ["field cams", "roof"]) == "; did you mean 'field cams'?"
+    # A short name in other letter case: too far by the letters alone, and `images add --group G1` was the advice.
+    assert group_hint("G1", ["g1", "roof"]) == "; did you mean 'g1'?"
+    assert group_hint("FEILD CAMS", ["field cams", "roof"]) == "; did you mean 'field cams'?"
     assert group_hint("lab", ["field cams", "roof"]) == "; the groups are 'field cams', 'roof'"
     many = [f"camera {index:02d}" for index in range(12)]
     assert group_hint("lab", many) == "; `windmill-cli images groups` lists them"

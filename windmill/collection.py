@@ -227,8 +227,12 @@ def group_names(conn: psycopg.Connection, limit: int = GROUP_NAMES_LIMIT) -> lis
 
 
 def close_groups(group: str, names: list[str]) -> list[str]:
-    """The group names a mistyped one may have meant, closest first."""
-    return difflib.get_close_matches(group, names, n=3, cutoff=0.6)
+    """The group names a mistyped one may have meant, closest first: the same name in other letter case first (a
+    short name like `G1` is too far from `g1` for the closeness of the letters alone), then the close ones."""
+    same_but_case = [name for name in names if name.casefold() == group.casefold() and name != group]
+    by_case = {name.casefold(): name for name in names}
+    close = [by_case[found] for found in difflib.get_close_matches(group.casefold(), list(by_case), n=3, cutoff=0.6)]
+    return list(dict.fromkeys([*same_but_case, *close]))[:3]
 
 
 def group_hint(group: str, names: list[str]) -> str:
