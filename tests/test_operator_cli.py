@@ -85,6 +85,29 @@ def test_the_embedded_database_is_announced_once_and_quiet_silences_stderr(
     assert quiet.stderr == ""
 
 
+@pytest.mark.parametrize("command, ready", [(["status", "--watch", "--interval", "0.5"], "refreshing every"),
+                                            (["web", "--port", "0"], "Windmill dashboard on")])
+def test_sigterm_ends_a_command_that_runs_until_ctrl_c_and_the_embedded_database_with_it(
+        worker_env: dict[str, str], embedded_home: Path, tmp_path: Path, command: list[str], ready: str) -> None:
+    # SIGTERM (a service manager, a closed terminal) once killed them where they stood: their registration with the
+    # embedded database stayed, and the cluster ran on with no client.
+    env = without_database(worker_env, embedded_home)
+    process = subprocess.Popen([PYTHON, "-m", "windmill", "-q", *command], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while ready not in (line := process.stdout.readline()):
+            assert line, f"`{' '.join(command)}` ended before it was ready: {process.stderr.read()[-2000:]}"
+        assert EmbeddedPostgres(embedded_home).status().running
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+        process.communicate()
+    assert process.returncode == 0
+    wait_until(lambda: not EmbeddedPostgres(embedded_home).status().running, timeout=30,
+               message="the embedded cluster to stop once its last client left")
+
+
 def test_a_mistyped_role_or_service_is_refused_before_any_database_starts(worker_env: dict[str, str],
                                                                            tmp_path: Path) -> None:
     home = tmp_path / "home"

@@ -107,6 +107,22 @@ def stop_on_signals(worker: StopRequests) -> Iterator[None]:
         requester.join()
 
 
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """For a command that runs until Ctrl-C (`status --watch`, `web`): SIGTERM ends it the same way, by a
+    KeyboardInterrupt in the main thread, so it lets go of what it holds (the embedded database's registration: the
+    last client to leave stops the cluster) instead of dying where it stands."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _dump_stacks_on_sigusr1() -> bool:
     """SIGUSR1 writes every thread's stack to the process's stderr, from C, whatever the threads are doing: what a
     process that does not stop is waiting for. Not where there is no such file (stderr closed, or a test runner's

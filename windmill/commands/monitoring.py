@@ -61,7 +61,9 @@ def status(app: AppContext, as_json: bool, watch: bool, interval: float, image_i
         else:
             click.echo(format_status(report))
         return
-    with app.database("windmill-status") as database:
+    from windmill.stopping import sigterm_as_ctrl_c
+
+    with sigterm_as_ctrl_c(), app.database("windmill-status") as database:
         watch_database_status(database.connect, rabbitmq=rabbitmq, interval=interval)
 
 

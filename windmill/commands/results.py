@@ -74,10 +74,11 @@ def export_command(app: AppContext, fmt: str, out: Path, group: str | None, sinc
 @pass_app
 def web(app: AppContext, host: str, port: int, allow_actions: bool) -> None:
     """Serve the dashboard: overview (refreshing itself), gallery, each image with its boxes; read-only by default."""
-    from windmill.stopping import sleep_until_interrupted
+    from windmill.stopping import sigterm_as_ctrl_c, sleep_until_interrupted
     from windmill.web import running_dashboard
 
     with (
+        sigterm_as_ctrl_c(),
         app.database("windmill-web", reading_only=True) as database,
         running_dashboard(app.settings, app.catalog, database, host=host, port=port,
                           allow_actions=allow_actions) as running,
