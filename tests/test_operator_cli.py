@@ -85,6 +85,14 @@ def test_the_embedded_database_is_announced_once_and_quiet_silences_stderr(
     assert quiet.stderr == ""
 
 
+def test_db_stop_with_nothing_running_says_so_and_creates_nothing(worker_env: dict[str, str], embedded_home: Path,
+                                                                  tmp_path: Path) -> None:
+    stopped = windmill("db", "stop", env=without_database(worker_env, embedded_home), cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout == f"The embedded PostgreSQL of {embedded_home} was not running; nothing to stop.\n"
+    assert not embedded_home.exists()  # it once said "stopped." and made the home
+
+
 @pytest.mark.parametrize("command, ready", [(["status", "--watch", "--interval", "0.5"], "refreshing every"),
                                             (["web", "--port", "0"], "Windmill dashboard on")])
 def test_sigterm_ends_a_command_that_runs_until_ctrl_c_and_the_embedded_database_with_it(

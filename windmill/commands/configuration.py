@@ -93,8 +93,10 @@ def db_stop(app: AppContext) -> None:
     """Stop the embedded cluster now, even if workers still use it."""
     from windmill.db.embedded import EmbeddedPostgres
 
-    EmbeddedPostgres(app.settings.home).stop()
-    click.echo("Embedded PostgreSQL stopped.")
+    if EmbeddedPostgres(app.settings.home).stop():
+        click.echo("Embedded PostgreSQL stopped.")
+    else:
+        click.echo(f"The embedded PostgreSQL of {app.settings.home} was not running; nothing to stop.")
 
 
 COMMANDS = (config, list_services, init_db, db)

@@ -83,9 +83,9 @@ def web(app: AppContext, host: str, port: int, allow_actions: bool) -> None:
         running_dashboard(app.settings, app.catalog, database, host=host, port=port,
                           allow_actions=allow_actions) as running,
     ):
-        click.echo(f"Windmill dashboard on {running.url}/ ({'actions on' if allow_actions else 'read-only'}); "
-                   "Ctrl-C to stop.")
-        try:
+        try:  # the line too: a signal may come as soon as it is read
+            click.echo(f"Windmill dashboard on {running.url}/ ({'actions on' if allow_actions else 'read-only'}); "
+                       "Ctrl-C to stop.")
             sleep_until_interrupted()
         except KeyboardInterrupt:
             click.echo("Stopped.")

@@ -159,14 +159,20 @@ class EmbeddedPostgres:
                 extra={"action": "embedded_release_failed"},
             )
 
-    def stop(self) -> None:
-        """Stop the server now, whoever still uses it (`windmill-cli db stop`)."""
+    def stop(self) -> bool:
+        """Stop the server now, whoever still uses it (`windmill-cli db stop`); whether it was running. A home
+        with no cluster is left as it is (not created)."""
+        if not self._run_dir.exists():
+            return False
         with self._locked():
             state = self._load_state()
-            if state is not None and self._running_port(state) is not None:
+            running = state is not None and self._running_port(state) is not None
+            if running:
+                assert state is not None  # (for the type checker: running says so)
                 self._stop(state)
             # The registered processes lost their server; a later acquire registers afresh.
             self._clients.clear()
+        return running
 
     def discard(self) -> None:
         """Stop the server, release it now and delete its data: a throwaway cluster (a test session, the chaos
