@@ -378,6 +378,18 @@ def fake_bin(directory: Path, names: tuple[str, ...] = binaries.SERVER_BINARIES)
     return directory
 
 
+@pytest.mark.skipif(not AS_ROOT, reason="only root's cluster may live outside its home")
+def test_status_before_first_use_names_the_data_directory_the_cluster_will_get() -> None:
+    # A home not made yet, in a directory anyone may enter: the cluster goes in the home. Before, status (and the
+    # first command's notice) named a directory under /var/tmp, as the home could not be entered while missing.
+    with tempfile.TemporaryDirectory(prefix="windmill-open-") as parent:
+        Path(parent).chmod(0o755)
+        home = Path(parent) / "home"
+        predicted = EmbeddedPostgres(home).status().data_dir
+        (home / "postgres").mkdir(parents=True)  # what the first start makes before it chooses
+        assert predicted == EmbeddedPostgres(home).status().data_dir == home / "postgres" / "server" / "data"
+
+
 def test_missing_binaries_raise_a_windmill_error_that_says_how_to_fix_it(search_nowhere: Path) -> None:
     home = search_nowhere / "home"
 

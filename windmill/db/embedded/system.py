@@ -25,6 +25,17 @@ class ServerAccount:
     gids: frozenset[int] = field(default_factory=frozenset)
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (/proc; 022, the usual one, where there is none)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def server_account() -> ServerAccount | None:
     """The account the server runs as when we are root; None otherwise (it runs as us)."""
     if os.geteuid() != 0:
@@ -42,11 +53,17 @@ def server_account() -> ServerAccount | None:
 
 
 def traversable_by(path: Path, account: ServerAccount) -> bool:
-    """Whether ``account`` can enter ``path`` and every directory above it (mode bits; ACLs ignored)."""
+    """Whether ``account`` can enter ``path`` and every directory above it (mode bits; ACLs ignored). A directory
+    not there yet counts as we would create it (ours, the mode our umask leaves), so the answer is the same before
+    the home is made as after."""
     path = path.resolve()
     for directory in (path, *path.parents):
         try:
             info = directory.stat()
+        except FileNotFoundError:
+            if not (0o777 & ~_umask()) & (stat.S_IXGRP if os.getegid() in account.gids else stat.S_IXOTH):
+                return False
+            continue
         except OSError:
             return False
         if info.st_uid == account.uid:
