@@ -288,6 +288,17 @@ def test_publish_to_an_unreachable_broker_fails_with_a_clear_message(caplog: pyt
     assert "secret" not in str(failed.value) + caplog.text
 
 
+def test_a_broker_never_reached_is_given_up_after_a_few_attempts_not_minutes(caplog: pytest.LogCaptureFixture) -> None:
+    # Nothing listens there: submit once retried for about two minutes (ten attempts, 30 s apart at the end), where a
+    # PostgreSQL port with nothing behind it is an answer at once. A broker that was reached and went away is still
+    # waited for (test_a_broker_restart_during_a_run_loses_nothing).
+    broker = RabbitMQBroker("amqp://guest:secret@127.0.0.1:1/%2F")
+    with pytest.raises(RabbitMQError, match=r"could not declare queues: RabbitMQ at 127\.0\.0\.1:1/.* could not be "
+                                            r"reached \(.*ConnectionRefusedError.*\); is it running there\?"):
+        broker.declare([service_for("queue_nowhere")])
+    assert len([record for record in caplog.records if "will try to declare queues again" in record.getMessage()]) == 3
+
+
 def test_wrong_credentials_fail_at_once_on_both_sides_without_showing_the_password(
         amqp_url: str, caplog: pytest.LogCaptureFixture) -> None:
     parts = urlsplit(amqp_url)

@@ -49,6 +49,9 @@ ANSWER_TIMEOUT_S = 30.0
 MAX_REFUSALS = 3  # nacks or returns of one task before publish gives up
 FIRST_RETRY_DELAY_S = 0.5
 MAX_RETRY_DELAY_S = 30.0
+# A broker never reached is given up sooner than one that went away (about 1.5 s, not minutes): the command was
+# most likely pointed at the wrong place, or RabbitMQ is not running, and a person is waiting for the answer.
+FIRST_CONNECTION_ATTEMPTS = 3
 
 # Errors after which a new connection can succeed: the broker restarted, the network dropped, a channel died, or
 # the AMQP handshake did not finish within the stack timeout (pika raises that one, AMQPConnectorStackTimeout, as
@@ -449,6 +452,10 @@ class RabbitMQBroker:
                     extra={"action": "rabbitmq_connection_lost"})
 
     def _give_up_or_wait(self, failures: int, delay: float, what: str, error: BaseException) -> None:
+        if not self._connected_before and failures >= min(FIRST_CONNECTION_ATTEMPTS, self._connection_attempts):
+            raise RabbitMQError(f"could not {what}: RabbitMQ at {self._where} could not be reached "
+                                f"({describe_error(error)}); is it running there? (WINDMILL_AMQP_URL, or QUEUE_HOST "
+                                "and QUEUE_PORT)") from None
         if failures >= self._connection_attempts:
             raise RabbitMQError(f"could not {what}: RabbitMQ at {self._where} failed {failures} times in a row, "
                                 f"last with {describe_error(error)}") from None
