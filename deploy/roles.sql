@@ -222,8 +222,15 @@ BEGIN
         ('TABLE',    'follow_positions',             'SELECT, INSERT, UPDATE',          'SELECT')  -- submit --follow
     ) AS grants (kind, object, worker, monitor)
     LOOP
-        found := CASE WHEN entry.kind IN ('FUNCTION', 'PROCEDURE') THEN to_regprocedure('windmill.' || entry.object) IS NOT NULL
-                      ELSE to_regclass('windmill.' || entry.object) IS NOT NULL END;
+        IF entry.kind IN ('FUNCTION', 'PROCEDURE') THEN
+            BEGIN
+                found := to_regprocedure('windmill.' || entry.object) IS NOT NULL;
+            EXCEPTION WHEN undefined_object THEN  -- before PostgreSQL 16, an argument type not created yet (job_spec)
+                found := false;                   -- is an error rather than NULL: the first run, before init-db
+            END;
+        ELSE
+            found := to_regclass('windmill.' || entry.object) IS NOT NULL;
+        END IF;
         IF NOT found THEN
             RAISE NOTICE 'windmill.% does not exist yet: run this file again after `windmill-cli init-db`',
                 entry.object;

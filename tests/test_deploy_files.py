@@ -260,6 +260,28 @@ def test_the_monitor_role_reads_the_views_and_the_collection_and_nothing_else(
         conn.execute("SELECT * FROM live_workers")
 
 
+def test_roles_sql_runs_first_on_a_new_database_then_init_db_as_the_owner(server_conninfo: str,
+                                                                          catalog: Catalog) -> None:
+    # The order deploy/README.md gives: roles.sql before the first init-db, then again after it. On PostgreSQL 15
+    # the first run once failed ("type job_spec does not exist") and created no role.
+    conninfo = _fresh_database(server_conninfo, "windmill_roles_first")
+    for run in ("before init-db", "after init-db"):
+        applied = subprocess.run([psql(), "-1", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f",
+                                  str(DEPLOY / "roles.sql")], capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, "PGOPTIONS": "-c search_path=public"})
+        assert applied.returncode == 0, (run, applied.stderr)
+        if run == "before init-db":
+            assert "does not exist yet: run this file again after `windmill-cli init-db`" in applied.stderr
+            password = f"pw-{secrets.token_hex(8)}"
+            with psycopg.connect(conninfo, autocommit=True) as admin:
+                admin.execute(sql.SQL("ALTER ROLE windmill_owner PASSWORD {}").format(sql.Literal(password)))
+            with Database(make_conninfo(conninfo, user="windmill_owner", password=password)).connect() as owner:
+                init_database(owner, catalog)
+    with psycopg.connect(conninfo) as admin:
+        assert admin.execute("SELECT has_function_privilege('windmill_worker', 'windmill.enqueue(windmill.job_spec)', "
+                             "'EXECUTE')").fetchone() == (True,)
+
+
 def test_the_owner_role_runs_the_migrations(roles_database: Callable[[str], str], catalog: Catalog) -> None:
     with Database(roles_database("windmill_owner")).connect() as conn:
         init_database(conn, catalog)  # up to date: CREATE SCHEMA IF NOT EXISTS still needs its privileges

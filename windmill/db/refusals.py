@@ -33,8 +33,8 @@ _CONNECTION_FAILURES: tuple[tuple[str, str, str], ...] = (
     (r"permission denied for database \"?([^\"\s]*)\"?", 'the login may not connect to database "{0}"',
      "grant it CONNECT (deploy/roles.sql does for its roles)"),
     (r"too many (connections|clients)|remaining connection slots are reserved", "the server has no free connection",
-     "raise its max_connections, or run fewer workers or fewer --concurrency threads (a worker holds "
-     "--concurrency + 3 connections)"),
+     "raise its max_connections, or run fewer workers or fewer --concurrency threads (a worker holds a few "
+     "connections more than its threads; deploy/README.md sizes max_connections)"),
     (r"the database system is (starting up|shutting down|in recovery mode|not yet accepting connections)",
      "the server is {0}", "try again in a moment"),
     (r"connection refused", "connection refused",
