@@ -73,8 +73,12 @@ def test_start_status_and_stop_manage_real_worker_processes(supervisor: Supervis
     started = supervisor.start(names, settle_s=0.2)
     assert [(o.name, o.action) for o in started] == [("merger", "started"), ("consensus", "started")]
     pids = {o.name: o.pid for o in started}
+    # Each says it runs, as `start` waits for (here it waited 0.2 s only): its ready file names it.
+    wait_until(lambda: all(supervisor.ready_file(name).exists() for name in names), timeout=30,
+               message="the workers' ready files")
     for name, pid in pids.items():
         assert supervisor.pid_file(name).read_text() == f"{pid}\n"
+        assert supervisor.ready_file(name).read_text() == f"{pid}\n"
         argv = process_argv(pid)
         assert argv is not None and argv[-2:] == ["--role", name] and "windmill" in argv
         assert os.getsid(pid) == pid  # its own session: a Ctrl-C or a closed terminal of the caller spares it
@@ -147,6 +151,30 @@ def test_a_worker_that_exits_at_once_is_reported_with_its_last_words(supervisor:
     assert (outcome.action, outcome.exit_code, outcome.ok) == ("exited", 1, False)
     assert "LOG_LEVEL must be one of" in outcome.message
     assert not supervisor.pid_file("merger").exists()
+
+
+def test_start_waits_for_a_worker_to_say_it_runs_or_to_fail_however_long_its_start_takes(tmp_path: Path) -> None:
+    # Stand-in 'python's for workers slow to start: one fails after 3 s (twenty real workers starting at once on two
+    # cores took about that long to fail on a missing schema, and were announced "started" after two seconds), the
+    # other writes its ready file after 1 s, as a real worker does once it runs, and is reported started then.
+    slow_failure = tmp_path / "slow-failure"
+    slow_failure.write_text("#!/bin/sh\nsleep 3\necho 'Error: the database schema is not up to date'\nexit 1\n")
+    slow_start = tmp_path / "slow-start"
+    slow_start.write_text('#!/bin/sh\nsleep 1\necho $$ > "$WINDMILL_READY_FILE"\nexec sleep 60\n')
+    spec = WorkerSpec("merger", ("worker", "--role", "merger"))
+    for python, expected in ((slow_failure, "exited"), (slow_start, "started")):
+        python.chmod(0o755)
+        chosen = Supervisor(tmp_path / f"home-{python.name}", {"merger": spec}, python=str(python),
+                            environ=dict(os.environ))
+        outcome = chosen.start()[0]
+        try:
+            assert outcome.action == expected, outcome.message
+            if expected == "exited":
+                assert "the database schema is not up to date" in outcome.message
+            else:
+                assert chosen.ready_file("merger").read_text() == f"{outcome.pid}\n"
+        finally:
+            chosen.stop(drain_timeout=1)
 
 
 def test_a_worker_that_does_not_drain_is_told_to_leave_then_killed(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ through psutil, so they have the same answers on Linux, macOS and the BSDs (no /
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -74,3 +75,16 @@ def last_line(path: Path, offset: int) -> str | None:
         return None
     lines = [line for line in lines if line and not line.startswith("--- ")]
     return lines[-1] if lines else None
+
+
+# A process started by `workers start` finds here the file to write once it is running (past its settings, its
+# database and its role: what fails at once), so the start can report it ready instead of guessing from the time.
+READY_FILE_VARIABLE = "WINDMILL_READY_FILE"
+
+
+def announce_ready() -> None:
+    """Write this process's ready file, if whoever started it asked for one."""
+    path = os.environ.get(READY_FILE_VARIABLE)
+    if path:
+        with contextlib.suppress(OSError):  # the start then waits its full time: nothing worse
+            Path(path).write_text(f"{os.getpid()}\n")

@@ -35,7 +35,7 @@ from windmill.db.queries import query
 from windmill.errors import WindmillError, first_line
 from windmill.keeper import RESTART_POLICIES, KeeperState
 from windmill.metrics_targets import worker_port
-from windmill.processes import last_line, leads_its_group, process_argv, wait_for_exits
+from windmill.processes import READY_FILE_VARIABLE, last_line, leads_its_group, process_argv, wait_for_exits
 from windmill.settings import Settings
 from windmill.worker.layout import machine_workers
 
@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DRAIN_TIMEOUT_S = 30.0  # the worker's own --drain-timeout default: stop waits at least that long
 LEAVE_NOW_GRACE_S = 5.0  # after the second SIGTERM ("leave now"), before SIGKILL
-START_SETTLE_S = 2.0  # how long start watches new workers for an immediate exit (a bad setting, no schema)
+# How long start waits at most for new workers to be ready (READY_FILE_VARIABLE) or to fail (a bad setting, no
+# schema): twenty starting at once on two cores take several seconds before any of them can fail.
+START_SETTLE_S = 30.0
 DEFAULT_RESTART_BACKOFF_S = 1.0  # a kept worker's first wait before it is started again; it doubles …
 MAX_RESTART_BACKOFF_S = 60.0  # … up to this
 # A name becomes a file name (pid file, log): no separators, no leading dot.
@@ -170,6 +172,10 @@ class Supervisor:
     def log_file(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
+    def ready_file(self, name: str) -> Path:
+        """What a worker started here writes once it is running (windmill.worker.launch.announce_ready)."""
+        return self.run_dir / f"{name}.ready"
+
     def state_file(self, name: str) -> Path:
         """Where the keeper of a worker started with `restart="on-failure"` keeps its state."""
         return self.run_dir / f"{name}.state.json"
@@ -182,7 +188,7 @@ class Supervisor:
         spec = select_workers(self.specs, [name])[0]
         global_options = ["--env-file", str(self.env_file)] if self.env_file is not None else []
         argv = [self.python, "-m", "windmill", *global_options, *spec.argv_tail]
-        env = {**self.environ, "WORKER_ID": self.worker_id(name)}
+        env = {**self.environ, "WORKER_ID": self.worker_id(name), READY_FILE_VARIABLE: str(self.ready_file(name))}
         if self.metrics_base_port is not None:  # each worker its own port (they may share one host, or one netns)
             env["WINDMILL_METRICS_PORT"] = str(worker_port(self.metrics_base_port, list(self.specs), name))
         return argv, env
@@ -216,6 +222,7 @@ class Supervisor:
                     continue
                 log_file = self.log_file(spec.name)
                 offset = log_file.stat().st_size if log_file.exists() else 0
+                self.ready_file(spec.name).unlink(missing_ok=True)
                 pid = self._spawn(spec, kept=restart == "on-failure")
                 _write_atomically(self.pid_file(spec.name), f"{pid}\n")
                 spawned[spec.name] = (pid, offset)
@@ -375,14 +382,15 @@ class Supervisor:
         return None
 
     def _settle(self, pids: Mapping[str, int], settle_s: float) -> dict[str, int | None]:
-        """Watch new workers for `settle_s`, or until each has exited or (under a keeper) failed once; returns those
-        that exited, with their exit codes when known."""
+        """Watch new workers until each is ready, has exited or (under a keeper) failed once, for `settle_s` at
+        most; returns those that exited, with their exit codes when known."""
         deadline = time.monotonic() + settle_s
         exited: dict[str, int | None] = {}
         while True:  # (a child's exit code can be read once: it is reaped then)
             exited.update(wait_for_exits({name: pid for name, pid in pids.items() if name not in exited}, 0))
             failed = {name for name in pids if (state := KeeperState.read(self.state_file(name))) and state.exits}
-            if set(pids) <= set(exited) | failed or time.monotonic() >= deadline:
+            ready = {name for name in pids if self.ready_file(name).exists()}
+            if set(pids) <= set(exited) | failed | ready or time.monotonic() >= deadline:
                 return exited
             time.sleep(0.05)
 

@@ -15,6 +15,7 @@ from windmill.db.connect import Database
 from windmill.db.schema import open_migrated
 from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
+from windmill.processes import announce_ready
 from windmill.roles.registry import RoleContext, build_role
 from windmill.settings import Settings
 from windmill.stopping import StopRequests, stop_on_signals
@@ -96,6 +97,7 @@ def run_worker(
             threads = sum(lane.threads for lane in worker.lanes)
             if pool_size(threads) > pool.max_size:  # lanes of many services: at least a thread each
                 pool.resize(pool.min_size, pool_size(threads))
+            announce_ready()
             return run_until_stopped(worker)
         finally:
             extras.close()
