@@ -4,6 +4,7 @@ real pipeline run; plan guards keep the views on their indexes; RabbitMQ's manag
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -403,3 +404,23 @@ def test_watch_redraws_until_interrupted_and_survives_a_lost_database() -> None:
     assert screens[1] == "first" and screens[10] == "fourth"
     assert screens[4].startswith("database unavailable: server closed the connection")
     assert screens[7].startswith("database unavailable: cannot connect to PostgreSQL at db:5432/windmill")
+
+
+def test_a_twin_of_the_same_worker_id_neither_stops_nor_hides_the_live_worker(pool: ConnectionPool,
+                                                                              conn: psycopg.Connection) -> None:
+    # Two processes with one WORKER_ID (a `workers run NAME` beside the same name from `workers start`) share a row,
+    # the last to register naming itself in it. When one left, it marked the row stopped while the other beat on,
+    # and `workers health` called the live one unhealthy.
+    from windmill.worker.presence import WorkerPresence
+
+    this = WorkerPresence(pool, "twin@test", "merger", None)
+    this.announce()
+    twin = os.getpid() + 1  # the pid of the twin, which registered after this process
+    conn.execute("UPDATE workers SET pid = %s WHERE worker_id = 'twin@test'", (twin,))
+    this.stopped(0, 0)  # this process leaves: the twin, named in the row, stays alive
+    assert conn.execute("SELECT stopped_at FROM workers WHERE worker_id = 'twin@test'").fetchone() == (None,)
+    conn.execute("UPDATE workers SET stopped_at = now() WHERE worker_id = 'twin@test'")  # the twin left
+    this.beat(3, 0)  # this process beats on: the row says it lives
+    assert conn.execute("SELECT stopped_at, pid FROM workers WHERE worker_id = 'twin@test'").fetchone() == (
+        None, os.getpid())
+    assert "twin@test" in {worker_id for (worker_id,) in conn.execute("SELECT worker_id FROM live_workers")}

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import PYTHON, wait_until
 from windmill.catalog import Catalog, load_catalog
 from windmill.errors import WindmillError
 from windmill.supervisor import Supervisor, WorkerSpec, process_argv, worker_id_for, worker_specs
@@ -82,6 +82,12 @@ def test_start_status_and_stop_manage_real_worker_processes(supervisor: Supervis
         argv = process_argv(pid)
         assert argv is not None and argv[-2:] == ["--role", name] and "windmill" in argv
         assert os.getsid(pid) == pid  # its own session: a Ctrl-C or a closed terminal of the caller spares it
+    # A second process of one name (`workers run`, as a unit runs it) would share its WORKER_ID: refused.
+    twin = subprocess.run([PYTHON, "-m", "windmill", "workers", "run", "merger"], env=supervisor.environ,
+                          capture_output=True, text=True, timeout=60)
+    assert (twin.returncode, twin.stderr) == (1, f"Error: merger already runs on this machine (pid {pids['merger']}, "
+                                                 "from `windmill-cli workers start`); stop it first: windmill-cli "
+                                                 "workers stop merger\n")
 
     ids = [worker_id_for(name) for name in names]
     wait_until(lambda: len(heartbeats(conn, *ids)) == 2, timeout=60, interval=0.2,

@@ -7,14 +7,17 @@ ON CONFLICT (worker_id) DO UPDATE
        started_at = now(), heartbeat_at = now(), stopped_at = NULL, jobs_done = 0, jobs_failed = 0
 
 -- name: worker_heartbeat
+-- A beat says this process is alive, whatever a twin of the same id (started by mistake, now gone) left in the row.
 UPDATE workers
-   SET heartbeat_at = now(), jobs_done = %(jobs_done)s, jobs_failed = %(jobs_failed)s
+   SET heartbeat_at = now(), jobs_done = %(jobs_done)s, jobs_failed = %(jobs_failed)s, stopped_at = NULL,
+       pid = %(pid)s, hostname = %(hostname)s
  WHERE worker_id = %(worker_id)s
 
 -- name: worker_stopped
+-- Only the row's own process marks it stopped: a twin of the same id that leaves does not stop the one still there.
 UPDATE workers SET stopped_at = now(), heartbeat_at = now(), jobs_done = %(jobs_done)s,
        jobs_failed = %(jobs_failed)s
- WHERE worker_id = %(worker_id)s
+ WHERE worker_id = %(worker_id)s AND pid = %(pid)s AND hostname = %(hostname)s
 
 -- name: work_pending
 -- Whether a job (of the given queues, NULL for all) waits, runs or awaits a retry. The scheduler's next tick

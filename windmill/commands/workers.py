@@ -12,6 +12,7 @@ import click
 from windmill.broker.choice import BROKERS
 from windmill.commands import completion
 from windmill.commands.context import AppContext, echo_json, json_option, pass_app
+from windmill.errors import WindmillError
 from windmill.keeper import RESTART_POLICIES
 
 
@@ -209,7 +210,12 @@ def workers_health(app: AppContext, names: tuple[str, ...]) -> None:
 def workers_run(app: AppContext, name: str) -> None:
     """Run the named worker in the foreground, as the systemd unit windmill-worker@NAME does: this process becomes
     `python -m windmill worker --role …` with WORKER_ID=NAME@HOSTNAME (the id `workers status` looks for)."""
-    argv, env = supervisor_for(app).command(name)
+    supervisor = supervisor_for(app)
+    [started] = supervisor.status([name])
+    if started.running:  # two processes of one name would share one WORKER_ID, its heartbeat and its metrics port
+        raise WindmillError(f"{name} already runs on this machine (pid {started.pid}, from `windmill-cli workers "
+                            f"start`); stop it first: windmill-cli workers stop {name}")
+    argv, env = supervisor.command(name)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, env)

@@ -41,4 +41,5 @@ class WorkerPresence:
             log.warning("could not record the stop of %s (%s)", self.worker_id, first_line(error))
 
     def _counters(self, jobs_done: int, jobs_failed: int) -> dict[str, object]:
-        return {"worker_id": self.worker_id, "jobs_done": jobs_done, "jobs_failed": jobs_failed}
+        return {"worker_id": self.worker_id, "jobs_done": jobs_done, "jobs_failed": jobs_failed, "pid": os.getpid(),
+                "hostname": socket.gethostname()}
