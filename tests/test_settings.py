@@ -59,6 +59,11 @@ def test_nothing_configured_means_embedded_database_and_job_table_queues() -> No
         ({"WINDMILL_AMQP_URL": "http://x"}, "WINDMILL_AMQP_URL"),
         ({"WINDMILL_SERVICE_CONFIG": "/nonexistent/catalog.json"}, "WINDMILL_SERVICE_CONFIG"),
         ({"WINDMILL_ALLOW_PRIVATE_URLS": "perhaps"}, "WINDMILL_ALLOW_PRIVATE_URLS"),
+        # Each of these once passed, then failed later with a traceback (a port) or read as "anywhere" (roots).
+        ({"WINDMILL_AMQP_URL": "amqp://u:p@h:abc/v"}, "WINDMILL_AMQP_URL"),
+        ({"WINDMILL_AMQP_URL": "amqp://u:p@h:99999/v"}, "WINDMILL_AMQP_URL"),
+        ({"WINDMILL_AMQP_MANAGEMENT_URL": "http://admin:x@h:abc"}, "WINDMILL_AMQP_MANAGEMENT_URL"),
+        ({"WINDMILL_IMAGE_ROOTS": ":"}, "WINDMILL_IMAGE_ROOTS"),
     ],
 )
 def test_invalid_setting_is_one_sentence_naming_the_variable(env: dict[str, str], variable: str) -> None:
@@ -88,6 +93,13 @@ def test_a_line_the_settings_file_cannot_parse_is_named_with_the_file_and_the_re
         f"{env_file}: could not parse line 2; it is ignored"]
 
 
+def test_a_settings_file_that_is_not_utf8_text_is_one_sentence(tmp_path: Path) -> None:
+    env_file = tmp_path / "windmill.env"
+    env_file.write_bytes(b"\xff\xfe\x00garbage\n")  # once a UnicodeDecodeError's traceback, for every command
+    with pytest.raises(ConfigError, match=rf"^{env_file} is not a text file in UTF-8 \(byte 0 is not\)"):
+        load_settings(env_file, environ={})
+
+
 def test_missing_explicit_env_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.env", environ={})
@@ -99,6 +111,9 @@ def test_missing_explicit_env_file_is_an_error(tmp_path: Path) -> None:
         ("postgresql://farm:s3cret@db:5432/x", "postgresql://farm:****@db:5432/x"),
         ("amqp://guest:guest@localhost:5672/%2F", "amqp://guest:****@localhost:5672/%2F"),
         ("postgresql://farm@db/x", "postgresql://farm@db/x"),
+        # libpq's other place for it (once printed as it was by `config`)
+        ("postgresql://farm@db/x?password=s3cret&sslmode=require", "postgresql://farm@db/x?password=****&sslmode=require"),
+        ("postgresql://farm:a@db/x?sslmode=require&PASSWORD=b", "postgresql://farm:****@db/x?sslmode=require&PASSWORD=****"),
     ],
 )
 def test_mask_url_hides_only_the_password(url: str, masked: str) -> None:

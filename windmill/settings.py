@@ -15,19 +15,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import psycopg
 from dotenv import dotenv_values
-from psycopg.conninfo import conninfo_to_dict
 
+from windmill.connection_urls import MASK as MASK  # where config's callers look for them
+from windmill.connection_urls import amqp_url_of, database_url_of, password_from_file, port_setting, with_a_port
+from windmill.connection_urls import describe_url as describe_url
+from windmill.connection_urls import mask_url as mask_url
 from windmill.errors import ConfigError
 from windmill.harmony import HarmonyConfig
 
 log = logging.getLogger(__name__)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-MASK = "****"
 DEFAULT_HOME = Path("~/.local/share/windmill").expanduser()
 DEFAULT_HARMONY = HarmonyConfig()
 LOST_TASK_AFTER_S = 600.0  # see Settings.lost_task_after_s
@@ -143,121 +143,16 @@ SETTING_VARIABLES: dict[str, tuple[str, ...]] = {
 }
 
 
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ****; safe to print or log."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{netloc}"))
-
-
-def describe_url(url: str) -> str:
-    """Host, port and database/vhost only: what a log line may say about a connection."""
-    parts = urlsplit(url)
-    return f"{parts.hostname or 'localhost'}:{parts.port or ''}{parts.path or ''}"
-
-
-def _url(scheme: str, user: str, password: str | None, host: str, port: str, path: str) -> str:
-    credentials = quote(user, safe="")
-    if password:
-        credentials += ":" + quote(password, safe="")
-    return f"{scheme}://{credentials}@{host}:{port}/{quote(path, safe='')}"
-
-
-def _secret_file(env: Mapping[str, str], name: str) -> str | None:
-    """The secret in the file `name` points to (a Docker or systemd credential), so a password need not sit in
-    the environment or on a command line. One trailing line break is dropped; the secret never appears in an
-    error message."""
-    path_text = env.get(name)
-    if not path_text:
-        return None
-    path = Path(path_text).expanduser()
-    try:
-        secret = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as problem:
-        reason = getattr(problem, "strerror", None) or type(problem).__name__
-        raise ConfigError(f"{name} names {path}, which cannot be read ({reason})") from None
-    secret = secret.removesuffix("\n").removesuffix("\r")
-    if not secret:
-        raise ConfigError(f"{name} names {path}, which is empty")
-    return secret
-
-
-def _with_password(url: str, password: str) -> str:
-    """`url` with its password set to `password` (its user, host and the rest kept)."""
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    user = quote(unquote(parts.username), safe="") if parts.username else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
-
-
-def _password_from_file(url: str | None, env: Mapping[str, str], name: str, *, url_variable: str,
-                        host_variable: str, inline: str) -> str | None:
-    """Apply the password file `name` (when set) to the server URL built from the environment: it replaces the
-    password of `url_variable`'s URL, or fills in the one of the URL built from the host variables, where a
-    password also given inline (`inline`, e.g. DB_PASSWORD) is a conflict: which one wins would be a guess."""
-    secret = _secret_file(env, name)
-    if secret is None:
-        return url
-    if url is None:
-        raise ConfigError(f"{name} is set but no server is configured ({url_variable} or {host_variable})")
-    if not env.get(url_variable) and env.get(inline):
-        raise ConfigError(f"{inline} and {name} are both set; keep one")
-    return _with_password(url, secret)
-
-
-def _port(env: Mapping[str, str], name: str, default: str) -> str:
-    value = env.get(name, default)
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise ConfigError(f"{name} must be a port number between 1 and 65535, not {value!r}")
-    return value
-
-
-def _database_url(env: Mapping[str, str]) -> str | None:
-    if url := env.get("WINDMILL_DATABASE_URL"):
-        if urlsplit(url).scheme not in ("postgres", "postgresql"):
-            raise ConfigError("WINDMILL_DATABASE_URL must start with postgresql://")
-        _check_url_ports(url)
-        return url
-    if not env.get("DB_HOST"):
-        return None
-    for required in ("DB_NAME", "DB_USER"):
-        if not env.get(required):
-            raise ConfigError(f"{required} is required when DB_HOST is set")
-    return _url(
-        "postgresql", env["DB_USER"], env.get("DB_PASSWORD"), env["DB_HOST"],
-        _port(env, "DB_PORT", "5432"), env["DB_NAME"],
-    )
-
-
-def _check_url_ports(url: str) -> None:
-    """Refuse a port libpq would only stumble over later (`Servname not supported for ai_socktype`): every port of
-    the URL, a multi-host one's and a `?port=` one's too, is a number between 1 and 65535."""
-    try:
-        ports = str(conninfo_to_dict(url).get("port") or "")
-    except psycopg.ProgrammingError:  # libpq's reason may quote the URL, password and all: not repeated here
-        raise ConfigError("WINDMILL_DATABASE_URL cannot be read as a PostgreSQL URL "
-                          "(postgresql://user@host:port/database?option=value)") from None
-    for port in filter(None, ports.split(",")):
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"WINDMILL_DATABASE_URL has port {port!r}; a port is a number between 1 and 65535")
-
-
-def _amqp_url(env: Mapping[str, str]) -> str | None:
-    if url := env.get("WINDMILL_AMQP_URL"):
-        if urlsplit(url).scheme not in ("amqp", "amqps"):
-            raise ConfigError("WINDMILL_AMQP_URL must start with amqp:// or amqps://")
-        return url
-    if not env.get("QUEUE_HOST"):
-        return None
-    if not env.get("QUEUE_USER"):
-        raise ConfigError("QUEUE_USER is required when QUEUE_HOST is set")
-    return _url(
-        "amqp", env["QUEUE_USER"], env.get("QUEUE_PASSWORD"), env["QUEUE_HOST"],
-        _port(env, "QUEUE_PORT", "5672"), env.get("QUEUE_VHOST", "/"),
-    )
+def _image_roots(value: str) -> tuple[Path, ...]:
+    """WINDMILL_IMAGE_ROOTS: the folders images may be read from (none: anywhere). A value that names no folder at
+    all (`:`) is refused rather than read as "anywhere": it was meant to confine."""
+    if not value:
+        return ()
+    roots = tuple(Path(p).expanduser().resolve() for p in value.split(os.pathsep) if p.strip())
+    if not roots:
+        raise ConfigError(f"WINDMILL_IMAGE_ROOTS is {value!r}, which names no folder; give folders separated by "
+                          f"{os.pathsep!r}, or leave it unset to allow every path")
+    return roots
 
 
 def _offset(env: Mapping[str, str]) -> int:
@@ -333,12 +228,12 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
     service_config = Path(env["WINDMILL_SERVICE_CONFIG"]).expanduser() if env.get("WINDMILL_SERVICE_CONFIG") else None
     if service_config is not None and not service_config.is_file():
         raise ConfigError(f"WINDMILL_SERVICE_CONFIG points to {service_config}, which is not a file")
-    roots = tuple(Path(p).expanduser().resolve() for p in env.get("WINDMILL_IMAGE_ROOTS", "").split(os.pathsep) if p)
+    roots = _image_roots(env.get("WINDMILL_IMAGE_ROOTS", ""))
     return Settings(
-        database_url=_password_from_file(_database_url(env), env, "WINDMILL_DATABASE_PASSWORD_FILE",
+        database_url=password_from_file(database_url_of(env), env, "WINDMILL_DATABASE_PASSWORD_FILE",
                                          url_variable="WINDMILL_DATABASE_URL", host_variable="DB_HOST",
                                          inline="DB_PASSWORD"),
-        amqp_url=_password_from_file(_amqp_url(env), env, "WINDMILL_AMQP_PASSWORD_FILE",
+        amqp_url=password_from_file(amqp_url_of(env), env, "WINDMILL_AMQP_PASSWORD_FILE",
                                      url_variable="WINDMILL_AMQP_URL", host_variable="QUEUE_HOST",
                                      inline="QUEUE_PASSWORD"),
         home=Path(env["WINDMILL_HOME"]).expanduser() if env.get("WINDMILL_HOME") else DEFAULT_HOME,
@@ -350,9 +245,10 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
         image_roots=roots,
         allow_private_urls=_flag(env, "WINDMILL_ALLOW_PRIVATE_URLS"),
         harmony=_harmony(env),
-        amqp_management_url=env.get("WINDMILL_AMQP_MANAGEMENT_URL") or None,
+        amqp_management_url=with_a_port(management, "WINDMILL_AMQP_MANAGEMENT_URL")
+        if (management := env.get("WINDMILL_AMQP_MANAGEMENT_URL")) else None,
         backfill_interval_s=_seconds(env, "WINDMILL_BACKFILL_INTERVAL_S", 60.0, 86_400),
-        metrics_port=int(_port(env, "WINDMILL_METRICS_PORT", "")) if env.get("WINDMILL_METRICS_PORT") else None,
+        metrics_port=int(port_setting(env, "WINDMILL_METRICS_PORT", "")) if env.get("WINDMILL_METRICS_PORT") else None,
         backfill_page=_count(env, "WINDMILL_BACKFILL_PAGE", 1000, 1_000_000),
         submit_page=_count(env, "WINDMILL_SUBMIT_PAGE", Settings.submit_page, 100_000),
         job_retention_s=_seconds(env, "WINDMILL_JOB_RETENTION_S", 3600.0, 30 * 86_400),
@@ -443,6 +339,9 @@ def read_env_file(path: Path) -> dict[str, str]:
     dotenv_log.addFilter(unparsed)
     try:
         values = dotenv_values(path)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not a text file in UTF-8 (byte {error.start} is not): a settings file holds "
+                          "lines of NAME=value") from None
     finally:
         dotenv_log.removeFilter(unparsed)
     if unparsed.lines:
