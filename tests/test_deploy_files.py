@@ -333,8 +333,10 @@ def test_pg_cron_sql_schedules_the_job_cron_py_manages_to_run_as_the_worker_role
 
 
 def setting_names() -> set[str]:
-    """Every variable windmill/settings.py reads (env.get("X"), env["X"], a helper's (..., env, "X"))."""
-    source = (REPOSITORY / "windmill" / "settings.py").read_text(encoding="utf-8")
+    """Every variable windmill/settings.py and its connection URLs read (env.get("X"), env["X"], a helper's
+    (..., env, "X"))."""
+    source = "".join((REPOSITORY / "windmill" / name).read_text(encoding="utf-8")
+                     for name in ("settings.py", "connection_urls.py"))
     return set(re.findall(r"""(?:env(?:iron)?\.get\(|env\[|\benv,\s*)["']([A-Z][A-Z0-9_]+)["']""", source))
 
 
