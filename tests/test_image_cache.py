@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,30 @@ def test_an_image_decoded_before_uses_the_fully_validated_entry_this_process_has
     validated = source.prepared(1, str(one), None)
     assert source.prepared(1, str(one), None, decoded_before=True) is validated
     assert source.prepared_images.loads == 1
+
+
+def test_a_permanent_failure_is_kept_for_a_while_then_loaded_again() -> None:
+    now = [0.0]
+    cache: SingleFlightCache[str, str] = SingleFlightCache(10, failure_ttl_s=30, clock=lambda: now[0])
+    outcome: list[Callable[[], str]] = [lambda: int("missing")]  # a file not there yet: a permanent failure
+    with pytest.raises(ValueError):
+        cache.get("a", lambda: outcome[0]())
+    outcome[0] = lambda: "restored"
+    now[0] = 29.0  # the tasks of one image, coming together, share the failure
+    with pytest.raises(ValueError):
+        cache.get("a", lambda: outcome[0]())
+    now[0] = 30.0  # later (the image submitted again once put right) it is read afresh; it was kept for good
+    assert cache.get("a", lambda: outcome[0]()) == "restored"
+    assert cache.loads == 2
+
+
+def test_an_image_file_put_right_is_read_again(tmp_path: Path) -> None:
+    # A file missing when its tasks ran, restored, and its image submitted again: it once failed with "image file
+    # not found" until the worker restarted.
+    source = ImageSource(settings_from_mapping({}))
+    source.prepared_images.failure_ttl_s = 0  # (30 s in a worker)
+    path = tmp_path / "late.jpg"
+    with pytest.raises(BadImage, match="image file not found"):
+        source.prepared(1, str(path), None)
+    Image.new("RGB", (64, 48), "teal").save(path)
+    assert source.prepared(1, str(path), None).data == path.read_bytes()

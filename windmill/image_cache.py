@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -25,6 +26,11 @@ Key = TypeVar("Key")
 Value = TypeVar("Value")
 
 
+# How long a permanent failure of a load is kept: longer than the tasks of one image take to come together, short
+# enough that an image put right and submitted again is read again.
+FAILURE_TTL_S = 30.0
+
+
 def _passing(error: BaseException) -> bool:
     """A failure that may not happen again (ImageUnavailable and other errors marked `retryable`)."""
     return bool(getattr(error, "retryable", False))
@@ -32,17 +38,23 @@ def _passing(error: BaseException) -> bool:
 
 class SingleFlightCache(Generic[Key, Value]):
     """A bounded LRU of loaded values, or of the exception their load raised when it is permanent (a bad image stays
-    bad). A passing failure (an error with `retryable = True`, such as a download answered with HTTP 503) is not
-    kept: the callers that waited for that load try once more themselves, and later callers load afresh.
+    bad), for `failure_ttl_s`: the tasks of one image that come together share it, and a file put right (restored,
+    replaced, its URL answering again) is read afresh when it is submitted again. A passing failure (an error with
+    `retryable = True`, such as a download answered with HTTP 503) is not kept: the callers that waited for that
+    load try once more themselves, and later callers load afresh.
 
     `capacity` bounds the entries' total weight: by default each entry weighs 1 (a count of entries); `weigh` gives
     the weight of a loaded value or kept failure instead (bytes, say). A load in progress weighs 1 until it ends.
     The least recently used entries go first, the one just loaded too if it alone outweighs the capacity."""
 
-    def __init__(self, capacity: int, weigh: Callable[[Value | BaseException], int] | None = None) -> None:
+    def __init__(self, capacity: int, weigh: Callable[[Value | BaseException], int] | None = None, *,
+                 failure_ttl_s: float = FAILURE_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
         if capacity < 1:
             raise ValueError("the cache needs room for at least one entry")
         self.capacity = capacity
+        self.failure_ttl_s = failure_ttl_s
+        self._clock = clock
+        self._failed_at: dict[Key, float] = {}
         self._weigh = weigh or (lambda outcome: 1)
         self._entries: OrderedDict[Key, Future[Value]] = OrderedDict()
         self._weights: dict[Key, int] = {}
@@ -87,6 +99,10 @@ class SingleFlightCache(Generic[Key, Value]):
         """The key's future, and whether this caller created it (and so must load it)."""
         with self._lock:
             future = self._entries.get(key)
+            failed_at = self._failed_at.get(key)
+            if future is not None and failed_at is not None and self._clock() - failed_at >= self.failure_ttl_s:
+                self._drop(key)  # a failure kept long enough: whatever was wrong may have been put right
+                future = None
             if future is not None:
                 self._entries.move_to_end(key)
                 self.hits += 1
@@ -109,6 +125,9 @@ class SingleFlightCache(Generic[Key, Value]):
                         self._drop(key)
             else:
                 self._weighed(key, future, error)
+                with self._lock:
+                    if self._entries.get(key) is future:
+                        self._failed_at[key] = self._clock()
             future.set_exception(error)
             raise
         self._weighed(key, future, value)
@@ -131,6 +150,7 @@ class SingleFlightCache(Generic[Key, Value]):
     def _drop(self, key: Key) -> None:
         del self._entries[key]
         self.weight -= self._weights.pop(key)
+        self._failed_at.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._entries)
