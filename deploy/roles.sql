@@ -165,6 +165,7 @@ BEGIN
         ('FUNCTION', 'backfill(integer, integer)',   'EXECUTE',                         NULL),
         ('FUNCTION', 'prune_jobs_batch(interval, boolean, integer)', 'EXECUTE',         NULL),  -- SECURITY DEFINER
         ('PROCEDURE', 'prune_jobs(interval, boolean, integer, integer, bigint)', 'EXECUTE', NULL),
+        ('FUNCTION', 'retry_failed_products(integer)', 'EXECUTE',                      NULL),  -- backfill --failed
         ('PROCEDURE', 'scheduled_pass(integer, interval, integer, jsonb, bigint)', 'EXECUTE', NULL),
         ('FUNCTION', 'fold_answer_counts()',         'EXECUTE',                         'EXECUTE'),  -- SECURITY DEFINER; status folds first
         ('FUNCTION', 'recount_answer_counts()',      'EXECUTE',                         NULL),  -- status --recount

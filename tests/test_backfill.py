@@ -26,7 +26,7 @@ from windmill.emoji import PERSON
 from windmill.jobs import JobQueue
 from windmill.producer import submit
 from windmill.settings import settings_from_mapping
-from windmill.upkeep import run_backfill
+from windmill.upkeep import retry_failed_products, run_backfill
 from windmill.worker.group import WorkerGroup, pipeline_idle
 from windmill.worker.layout import SINGLE_MACHINE
 from windmill.worker.runtime import WorkerOptions
@@ -447,3 +447,26 @@ def test_a_run_reads_its_page_by_index_whatever_the_collection_holds(conn: psyco
     assert [read for read in reads if read[2] > 20 * page] == []  # results: 11 rows an image; postprocessing: 6
     assert conn.execute("SELECT queue, count(*) FROM jobs WHERE state = 'queued' GROUP BY 1").fetchall() == [
         ("consensus", lost)]
+
+
+def test_postprocessing_that_failed_for_good_is_asked_again_with_failed(database: Database, pool: ConnectionPool,
+                                                                         conn: psycopg.Connection,
+                                                                         catalog: Catalog) -> None:
+    # The face service is down through every attempt: the person boxes get error rows, which the backfill counts as
+    # answers. Once face is back, `backfill --failed` asks again (before, nothing did, short of deleting rows by hand).
+    add_paths(conn, [SAMPLES / "ascent.jpg"])
+    everything_but_face = [service.name for service in catalog.services if service.name != "face"]
+    with running_farm(catalog, services=everything_but_face) as (_, farm_catalog):
+        with database.connect() as reader:
+            submit(reader, conn, JobTableBroker(JobQueue(pool)), farm_catalog.select("primary"))
+        run_until_idle(database, pool, farm_catalog)
+    faces = "SELECT status, count(*) FROM postprocessing WHERE service = 'face' GROUP BY 1 ORDER BY 1"
+    failed = conn.execute(faces).fetchall()
+    assert [status for status, _ in failed] == ["error"]
+    with running_farm(catalog) as (_, farm_catalog):
+        assert run_backfill(conn) == {}, "an error row is an answer: nothing is missing"
+        assert retry_failed_products(conn) == {"postprocess_face": 1}  # one job for the image's person boxes
+        assert retry_failed_products(conn) == {}, "each failure is asked again once"
+        run_until_idle(database, pool, farm_catalog)
+    assert conn.execute(faces).fetchall() == [("success", failed[0][1])]
+    assert run_backfill(conn) == {}, "the consensus took the new face rows in"

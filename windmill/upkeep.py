@@ -28,6 +28,12 @@ def run_backfill(conn: psycopg.Connection, *, limit: int = DEFAULT_LIMIT, page: 
     return {queue: queued for queue, queued in conn.execute(query("run_backfill"), {"limit": limit, "page": page})}
 
 
+def retry_failed_products(conn: psycopg.Connection, *, limit: int = DEFAULT_LIMIT) -> dict[str, int]:
+    """Postprocessing and caption scores that ended in an error: up to `limit` rows removed and their jobs queued
+    again (windmill.retry_failed_products(), sql/0120); the jobs queued per queue."""
+    return {queue: queued for queue, queued in conn.execute(query("retry_failed_products"), {"limit": limit})}
+
+
 def scheduled_pass(conn: psycopg.Connection, *, page: int = DEFAULT_PAGE,
                    retention: timedelta = DEFAULT_RETENTION) -> PassOutcome:
     """One backfill page, then the retention. Commits as it goes: `conn` must be in autocommit mode."""

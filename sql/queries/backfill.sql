@@ -66,3 +66,7 @@ CALL windmill.scheduled_pass()
 -- What pg_cron runs when a deployment changed the page size or the retention: pg_cron has no environment to read
 -- them from, and its command takes no parameters, so {page} and {retention} are composed in as literals.
 CALL windmill.scheduled_pass(p_page => {page}, p_retention => interval {retention})
+
+-- name: retry_failed_products
+-- Postprocessing and caption scores that failed for good, asked again (sql/0120): one row per queue that got jobs.
+SELECT queue, queued FROM retry_failed_products(%(limit)s)

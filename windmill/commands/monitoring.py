@@ -72,15 +72,21 @@ def status(app: AppContext, as_json: bool, watch: bool, interval: float, image_i
               help="Most jobs queued per queue (merge, consensus, each postprocessing, caption score).")
 @click.option("--page", type=click.IntRange(1), default=None,
               help="Images looked at, from where the last run stopped [default: WINDMILL_BACKFILL_PAGE, 1000].")
+@click.option("--failed", is_flag=True,
+              help="Also ask again for the postprocessing and caption scores that ended in an error (a service that "
+                   "was down, an image put right since): up to --limit of them, their error rows replaced.")
 @json_option
 @pass_app
-def backfill(app: AppContext, limit: int, page: int | None, as_json: bool) -> None:
+def backfill(app: AppContext, limit: int, page: int | None, failed: bool, as_json: bool) -> None:
     """Queue the jobs that repair missing or stale products of the next page of images, once (what cron and the
     scheduler run every period)."""
-    from windmill.upkeep import run_backfill
+    from windmill.upkeep import retry_failed_products, run_backfill
 
     with app.connection() as conn:
         queued = run_backfill(conn, limit=limit, page=page or app.settings.backfill_page)
+        if failed:
+            for queue, count in retry_failed_products(conn, limit=limit).items():
+                queued[queue] = queued.get(queue, 0) + count
     if as_json:
         echo_json(queued)
     elif queued:
