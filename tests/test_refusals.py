@@ -153,3 +153,13 @@ def test_a_server_at_max_connections_is_told_as_such() -> None:
     assert connection_failure(full, "127.0.0.1:5432/windmill").startswith(
         "cannot connect to PostgreSQL at 127.0.0.1:5432/windmill: the server has no free connection; raise its "
         "max_connections")
+
+
+def test_libpq_options_in_the_database_url_pass_through(database_url: str) -> None:
+    # A statement_timeout given as the URL's `options` once gave way to Windmill's search path without a word.
+    separator = "&" if "?" in database_url else "?"
+    url = f"{database_url}{separator}options=-c%20statement_timeout%3D1234ms&application_name=nightly-export"
+    with Database(url, application_name="windmill-tests").connect() as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("1234ms",)
+        assert conn.execute("SHOW search_path").fetchone()[0].startswith("windmill")
+        assert conn.execute("SHOW application_name").fetchone() == ("nightly-export",)

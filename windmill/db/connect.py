@@ -40,12 +40,16 @@ def describe_conninfo(conninfo: str) -> str:
 
 
 def windmill_conninfo(conninfo: str, application_name: str = "windmill") -> str:
-    """The conninfo plus Windmill's session settings: its schema first on the search path."""
+    """The conninfo plus Windmill's session settings: its schema first on the search path, after the `options` the
+    URL gives (a statement_timeout, say: they pass through, as libpq's own options), and its application name and
+    a connect timeout unless the URL sets them."""
+    given = conninfo_to_dict(conninfo)
+    options = " ".join(filter(None, [str(given.get("options") or ""), f"-c search_path={SCHEMA},public"]))
     return make_conninfo(
         conninfo,
-        options=f"-c search_path={SCHEMA},public",
-        application_name=application_name,
-        connect_timeout=10,
+        options=options,
+        application_name=given.get("application_name") or application_name,
+        connect_timeout=given.get("connect_timeout") or 10,
     )
 
 
