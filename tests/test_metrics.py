@@ -92,6 +92,14 @@ def test_metrics_endpoint_serves_the_counters(conn: psycopg.Connection, metrics_
                  (PROBE_QUEUE, Jsonb({"sleep": 0.05})))
     conn.execute("INSERT INTO jobs (queue, payload) VALUES (%s, %s)",
                  (PROBE_QUEUE, Jsonb({"fail": "broken on purpose", "permanent": True})))
+    # Two RabbitMQ tasks of yolov8 without an answer, one published 20 minutes ago (submit's ledger).
+    image_id = conn.execute("INSERT INTO images (image_filename, image_path) VALUES ('m.jpg', '/m.jpg') "
+                            "RETURNING image_id").fetchone()[0]
+    other = conn.execute("INSERT INTO images (image_filename, image_path) VALUES ('n.jpg', '/n.jpg') "
+                         "RETURNING image_id").fetchone()[0]
+    conn.execute("INSERT INTO service_tasks_in_flight (image_id, service, queue, task_id, submitted_at) VALUES "
+                 "(%s, 'yolov8', 'queue_yolov8', gen_random_uuid(), now() - interval '20 minutes'), "
+                 "(%s, 'yolov8', 'queue_yolov8', gen_random_uuid(), now())", (image_id, other))
     wait_until(lambda: conn.execute("SELECT count(*) FROM jobs WHERE queue = %s AND state IN ('done', 'dead')",
                                     (PROBE_QUEUE,)).fetchone()[0] == 4, timeout=30, message="the probe jobs to end")
 
@@ -105,6 +113,10 @@ def test_metrics_endpoint_serves_the_counters(conn: psycopg.Connection, metrics_
     assert sample(samples, "windmill_queue_jobs", queue=WAITING_QUEUE, state="queued") == 2
     assert sample(samples, "windmill_queue_jobs", queue=PROBE_QUEUE, state="dead") == 1
     assert sample(samples, "windmill_queue_oldest_age_seconds", queue=WAITING_QUEUE) >= 0
+    # What waits in RabbitMQ, which the job table's figures do not hold (a RabbitMQ deployment's alerts need it).
+    assert sample(samples, "windmill_tasks_in_flight", service="yolov8", queue="queue_yolov8") == 2
+    assert sample(samples, "windmill_tasks_in_flight_oldest_age_seconds", service="yolov8",
+                  queue="queue_yolov8") >= 20 * 60
     usage = sample(samples, "windmill_pg_notification_queue_usage")
     assert usage is not None and 0 <= usage < 1
     assert sample(samples, "windmill_metrics_database_up") == 1

@@ -41,7 +41,7 @@ def promtool(*args: str) -> str:
 
 
 def test_promtool_checks_the_rules_their_unit_tests_and_both_configurations() -> None:
-    assert "SUCCESS: 8 rules found" in promtool("check", "rules", "alerts.yml")
+    assert "SUCCESS: 9 rules found" in promtool("check", "rules", "alerts.yml")
     assert "SUCCESS" in promtool("test", "rules", "alerts.test.yml")
     for config in ("prometheus.yml", "compose.yml"):
         promtool("check", "config", config)

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -119,10 +119,12 @@ class DatabaseReading:
     queues: list[dict[str, Any]]
     notification_queue_usage: float | None
     complete: bool  # False when a part could not be read (the exported figures are then partial)
+    tasks_in_flight: list[dict[str, Any]] = field(default_factory=list)  # submit's RabbitMQ ledger, per service
 
 
 class QueueCollector(Collector):
-    """Reads the queue_depths view and pg_notification_queue_usage() at scrape time, bounded by a short timeout.
+    """Reads the queue_depths view, submit's ledger of RabbitMQ tasks (tasks_in_flight_counts) and
+    pg_notification_queue_usage() at scrape time, bounded by a short timeout.
 
     Never raises: a scrape during a database outage still answers, with windmill_metrics_database_up 0, so the
     outage is itself visible in Prometheus rather than as a failed scrape.
@@ -144,6 +146,7 @@ class QueueCollector(Collector):
     def read(self) -> DatabaseReading:
         problems: list[str] = []
         queues: list[dict[str, Any]] = []
+        in_flight: list[dict[str, Any]] = []
         usage: float | None = None
         try:
             with self.pool.connection(timeout=self.timeout_s) as conn:
@@ -161,10 +164,17 @@ class QueueCollector(Collector):
                         queues = cursor.fetchall()
                 except Exception as error:
                     problems.append(f"queue_depths: {first_line(error)}")
+                try:  # what waits in RabbitMQ, which the job table's figures do not show
+                    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+                        self._bound(cursor)
+                        cursor.execute(query("monitor_tasks_in_flight"))
+                        in_flight = cursor.fetchall()
+                except Exception as error:
+                    problems.append(f"tasks_in_flight_counts: {first_line(error)}")
         except Exception as error:  # no connection within the timeout, or the pool is closing
             problems.append(f"no connection: {first_line(error) or type(error).__name__}")
         self._report(problems)
-        return DatabaseReading(queues, usage, complete=not problems)
+        return DatabaseReading(queues, usage, complete=not problems, tasks_in_flight=in_flight)
 
     def _bound(self, cursor: Any) -> None:
         cursor.execute(query("bound_statement_time"), {"timeout": f"{int(self.timeout_s * 1000)}ms"})
@@ -197,6 +207,17 @@ class QueueCollector(Collector):
             oldest.add_metric([row["queue"]], float(row["oldest_age_s"] or 0))
         yield depth
         yield oldest
+        tasks = GaugeMetricFamily("windmill_tasks_in_flight", "RabbitMQ tasks per service that submit published and "
+                                  "no answer has come for yet (submit's ledger; past 10,000 an estimate).",
+                                  labels=["service", "queue"])
+        tasks_oldest = GaugeMetricFamily("windmill_tasks_in_flight_oldest_age_seconds",
+                                         "Age of the service's oldest RabbitMQ task without an answer (0 when none).",
+                                         labels=["service", "queue"])
+        for row in reading.tasks_in_flight:
+            tasks.add_metric([row["service"], row["queue"]], float(row["in_flight"] or 0))
+            tasks_oldest.add_metric([row["service"], row["queue"]], float(row["oldest_age_s"] or 0))
+        yield tasks
+        yield tasks_oldest
         usage = GaugeMetricFamily("windmill_pg_notification_queue_usage",
                                   "Fraction of PostgreSQL's NOTIFY queue in use (pg_notification_queue_usage()); "
                                   "near 1, NOTIFY fails and so do the inserts that queue jobs.")
