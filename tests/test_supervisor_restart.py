@@ -99,6 +99,12 @@ def test_a_worker_that_always_exits_at_once_backs_off_and_is_reported(supervisor
     [row] = json.loads(shown.output)["workers"]
     assert row["kept"] and row["restarts"] >= 4
     assert row["last_exit"].startswith("status 1 at ") and "LOG_LEVEL must be one of" in row["last_exit"]
+    # While the keeper waits to start it again the worker does not run, and the table says so (it said "yes").
+    wait_until(lambda: (now := keeper_state(supervisor, "consensus")) and now.worker_pid is None
+               and (now.backoff_s or 0) >= 1, timeout=60, interval=0.05, message="a backoff of a second or more")
+    table = CliRunner().invoke(main, ["workers", "status", "consensus"], env={**worker_env, "LOG_LEVEL": "INFO"},
+                               catch_exceptions=False)
+    assert "no: backing off, started again at " in table.output, table.output
 
     [stopped] = supervisor.stop(["consensus"], drain_timeout=10)  # mid-backoff: the keeper gives up at once
     assert (stopped.action, stopped.ok) == ("stopped", True)

@@ -46,6 +46,9 @@ LEAVE_NOW_GRACE_S = 5.0  # after the second SIGTERM ("leave now"), before SIGKIL
 # How long start waits at most for new workers to be ready (READY_FILE_VARIABLE) or to fail (a bad setting, no
 # schema): twenty starting at once on two cores take several seconds before any of them can fail.
 START_SETTLE_S = 30.0
+# What becomes of a worker's work when it leaves without draining.
+UNFINISHED = ("its unfinished work goes back to the queue: a job when its lease expires, a RabbitMQ task at once "
+              "(redelivered)")
 DEFAULT_RESTART_BACKOFF_S = 1.0  # a kept worker's first wait before it is started again; it doubles …
 MAX_RESTART_BACKOFF_S = 60.0  # … up to this
 # A name becomes a file name (pid file, log): no separators, no leading dot.
@@ -123,6 +126,7 @@ class WorkerStatus:
     worker_pid: int | None = None  # None while the keeper waits to start it again
     restarts: int | None = None
     last_exit: str | None = None  # "status 1 at …: <its last log line>"
+    next_start_at: str | None = None  # while the keeper backs off: when it starts the worker again
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -319,7 +323,9 @@ class Supervisor:
                 alive=None if beat is None else bool(beat["alive"]), log=str(self.log_file(spec.name)),
                 kept=kept, worker_pid=keeper.worker_pid if kept and keeper is not None else None,
                 restarts=keeper.restarts if kept and keeper is not None else None,
-                last_exit=keeper.last_exit(when=True) if kept and keeper is not None else None))
+                last_exit=keeper.last_exit(when=True) if kept and keeper is not None else None,
+                next_start_at=keeper.next_start_at if kept and keeper is not None and keeper.worker_pid is None
+                else None))
         return report
 
     def health(self, names: Iterable[str], conn: psycopg.Connection) -> list[tuple[str, bool, str]]:
@@ -377,7 +383,8 @@ class Supervisor:
         if clean and path.exists():
             path.unlink(missing_ok=True)
             self.state_file(spec.name).unlink(missing_ok=True)  # a killed keeper's last state
-            log.info("removed the stale pid file of %s (pid %s is not this worker)", spec.name, pid,
+            why = "is not this worker" if pid is not None and process_argv(pid) is not None else "has exited"
+            log.info("removed the stale pid file of %s (pid %s %s)", spec.name, pid, why,
                      extra={"action": "stale_pid_file"})
         return None
 
@@ -424,8 +431,8 @@ class Supervisor:
         for name, pid in stubborn.items():
             if name in left:
                 outcomes[name] = Outcome(name, "stopped", f"stopped (pid {pid}) without draining: still busy after "
-                                         f"{drain_timeout:g} s, told to leave now; its unfinished jobs return to "
-                                         "the queue when their leases expire", pid, left[name], ok=False)
+                                         f"{drain_timeout:g} s, told to leave now; {UNFINISHED}", pid, left[name],
+                                         ok=False)
                 continue
             waited = drain_timeout + self.leave_now_grace_s
             log.warning("worker %s (pid %d) did not stop within %g s; killing it", name, pid, waited,
@@ -440,8 +447,7 @@ class Supervisor:
                            f"killed (SIGKILL) after {waited:g} s without exiting\n")
             killed = wait_for_exits({name: pid}, LEAVE_NOW_GRACE_S)
             outcomes[name] = Outcome(name, "killed", f"KILLED (pid {pid}): did not exit within {waited:g} s of "
-                                     "SIGTERM; its unfinished jobs return to the queue when their leases expire",
-                                     pid, killed.get(name), ok=False)
+                                     f"SIGTERM; {UNFINISHED}", pid, killed.get(name), ok=False)
         return outcomes
 
     def _remove_pid_file(self, name: str, pid: int) -> None:

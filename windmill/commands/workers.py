@@ -176,7 +176,7 @@ def workers_status(app: AppContext, names: tuple[str, ...], as_json: bool) -> No
     click.echo(format_table([{
         "name": row.name,
         "pid": row.pid,
-        "running": "yes" if row.running else "no (stale pid file)" if row.pid_file == "stale" else "no",
+        "running": _running(row),
         "heartbeat_age_s": row.heartbeat_age_s,
         "restarts": "" if row.restarts is None else row.restarts,
         "last_exit": row.last_exit or "",
@@ -184,6 +184,15 @@ def workers_status(app: AppContext, names: tuple[str, ...], as_json: bool) -> No
     } for row in rows]))
     if note:
         click.echo(note)
+
+
+def _running(row: Any) -> str:
+    """The status table's word for a worker: a kept one that crashed is backing off, not running."""
+    if row.next_start_at is not None:
+        return f"no: backing off, started again at {row.next_start_at}"
+    if row.running:
+        return "yes"
+    return "no (stale pid file)" if row.pid_file == "stale" else "no"
 
 
 @workers.command("health")
