@@ -163,3 +163,14 @@ def test_libpq_options_in_the_database_url_pass_through(database_url: str) -> No
         assert conn.execute("SHOW statement_timeout").fetchone() == ("1234ms",)
         assert conn.execute("SHOW search_path").fetchone()[0].startswith("windmill")
         assert conn.execute("SHOW application_name").fetchone() == ("nightly-export",)
+
+
+def test_a_read_only_command_refused_names_the_monitor_role(url_as: Callable[..., str], server_conninfo: str,
+                                                            tmp_path: Path) -> None:
+    # `show` and `export` need only windmill_monitor; the refusal once asked for windmill_worker.
+    with psycopg.connect(server_conninfo, autocommit=True) as admin:
+        if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = 'windmill_no_grants'").fetchone() is None:
+            admin.execute("CREATE ROLE windmill_no_grants LOGIN")
+    said = one_sentence(windmill(tmp_path, "show", "1", WINDMILL_DATABASE_URL=url_as("windmill_no_grants")))
+    assert said.startswith("PostgreSQL refused `show` as windmill_no_grants: permission denied for ")
+    assert "it needs the privileges of windmill_monitor" in said

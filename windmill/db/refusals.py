@@ -14,6 +14,10 @@ from psycopg import errors
 
 OWNER_COMMANDS = frozenset({"init-db", "images add", "images remove", "cron install", "cron uninstall"})
 WORKER_ROLE = "windmill_worker"
+MONITOR_ROLE = "windmill_monitor"
+# The commands that read only, which the monitor role may run (deploy/roles.sql: the collection, its products, the
+# views); a refusal names the least role that suffices.
+MONITOR_COMMANDS = frozenset({"export", "show", "eval", "web", "images groups"})
 OWNER_ROLE = "windmill_owner"
 # Where the host, port, login and database come from, for the fixes the sentences suggest.
 _SERVER_SETTINGS = "WINDMILL_DATABASE_URL or DB_HOST and DB_PORT"
@@ -80,8 +84,10 @@ def connection_failure(error: psycopg.Error, location: str) -> str:
 
 
 def required_role(command: str | None) -> str:
-    """The deploy/roles.sql role whose privileges a command needs."""
-    return OWNER_ROLE if command in OWNER_COMMANDS else WORKER_ROLE
+    """The deploy/roles.sql role whose privileges a command needs: the least one that runs it."""
+    if command in OWNER_COMMANDS:
+        return OWNER_ROLE
+    return MONITOR_ROLE if command in MONITOR_COMMANDS else WORKER_ROLE
 
 
 def refusal(error: psycopg.Error, *, command: str | None, login: str | None, location: str) -> str:
