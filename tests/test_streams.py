@@ -216,8 +216,11 @@ def test_follow_queues_images_registered_after_it_started_and_resumes_without_du
         register("second.jpg", "third.jpg")
         wait_until(lambda: jobs_per_image(conn) == {1: 1, 2: 1, 3: 1}, timeout=30,
                    message="the images registered after the follower started")
-        out, _ = stop(follower)
+        out, err = stop(follower)
     assert "Submitted 3 task(s) for 3 image(s)" in out
+    # A line per walk that queued something; the position it names lags a walk behind (it once said "every image
+    # up to id 0 was submitted" right after queueing the first image).
+    assert "1 task(s) queued for 1 image(s) so far; a restart resumes after image " in err, err
     last_done = int(out.rsplit("Last image id done: ", 1)[1].rstrip(".\n"))
     assert 1 <= last_done <= 3
 

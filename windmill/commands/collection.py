@@ -309,8 +309,11 @@ def _follow(app: AppContext, selected: list[Service], report: SubmitReport, *, g
     from windmill.stopping import StopRequest, stop_on_signals
 
     def on_walk(progress: SubmitReport) -> None:
+        # Not _counts: the saved position moves a walk behind what was queued (an image still being registered
+        # is walked again), so "every image up to id 0 was submitted" followed 1,500 tasks queued.
         if not (app.quiet or as_json):
-            click.echo(f"{_counts(progress)}", err=True)
+            click.echo(f"{progress.published} task(s) queued for {progress.images} image(s) so far; a restart "
+                       f"resumes after image {progress.last_image_id}.", err=True)
 
     stop = StopRequest()
     try:
