@@ -64,6 +64,10 @@ def test_detectors_are_the_services_whose_type_lists_spatial(catalog: Catalog) -
           for bad in (0, -2, 1.5, "1", True)],
         ({"services": {"x": {"host": "h", "port": 1, "endpoint": "/", "category": "primary",
                              "fleet_max_concurrency": 0}}}, "fleet_max_concurrency 0; expected a whole number"),
+        # Once taken as they were: every call then failed at once (0, -1), or none ever timed out (NaN).
+        *[({"services": {"x": {"host": "h", "port": 1, "endpoint": "/", "category": "primary",
+                               "timeout_s": bad}}}, rf"timeout_s {bad!r}; expected the seconds a call may take")
+          for bad in (0, -1, "nan", "inf")],
     ],
 )
 def test_malformed_catalog_is_a_clear_error(tmp_path: Path, document: object, fragment: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -103,7 +104,7 @@ class Service:
                 enable_triggers=bool(entry.get("enable_triggers", False)),
                 enable_caption_scoring=bool(entry.get("enable_caption_scoring", False)),
                 enable_consensus_triggers=bool(entry.get("enable_consensus_triggers", False)),
-                timeout_s=float(entry.get("timeout_s", DEFAULT_TIMEOUT_S)),
+                timeout_s=_timeout(name, entry.get("timeout_s", DEFAULT_TIMEOUT_S)),
                 request_mode=mode,
                 prefetch=int(entry.get("prefetch", 4)),
                 max_concurrency=_concurrency(name, "max_concurrency", entry.get("max_concurrency")),
@@ -113,6 +114,16 @@ class Service:
             raise CatalogError(f"service {name!r} lacks the required field {missing.args[0]!r}") from None
         except (TypeError, ValueError) as bad:
             raise CatalogError(f"service {name!r} has an invalid field: {bad}") from None
+
+
+def _timeout(name: str, value: Any) -> float:
+    """timeout_s: seconds a call may take, a finite number above 0 (0, -1 or NaN passed, then every call failed or
+    none ever timed out)."""
+    seconds = float(value)  # a string that is no number: the ValueError below names the field
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
+        raise CatalogError(f"service {name!r} has timeout_s {value!r}; expected the seconds a call may take, a "
+                           "number above 0")
+    return seconds
 
 
 def _concurrency(name: str, field: str, value: Any) -> int | None:
