@@ -68,13 +68,14 @@ def test_a_url_whose_host_or_port_cannot_be_fetched_is_skipped_with_the_reason(
         run, tmp_path: Path, conn: psycopg.Connection) -> None:
     urls = tmp_path / "urls.txt"
     urls.write_text("http://exa mple.org/a.jpg\nhttp://h:99999/b.jpg\nhttp://h:web/c.jpg\nhttp://:80/d.jpg\n"
-                    "https://example.org/my photo.jpg\nhttp://[::1]:8080/e.jpg\n")
+                    "https://example.org/my photo.jpg\nhttp://[::1]:8080/e.jpg\nhttp:///f.jpg\n")
     result = run("images", "add", "--url-list", str(urls))
-    assert "Added 2 image(s); 0 already known; 4 skipped." in result.output, result.output
+    assert "Added 2 image(s); 0 already known; 5 skipped." in result.output, result.output
     for skipped in ["http://exa mple.org/a.jpg: 'exa mple.org' is not a host name",
                     "http://h:99999/b.jpg: the port is not a number from 0 to 65535",
                     "http://h:web/c.jpg: the port is not a number from 0 to 65535",
-                    "http://:80/d.jpg: the URL names no host"]:
+                    "http://:80/d.jpg: the URL names no host",
+                    "http:///f.jpg: the URL names no host"]:  # (once: only http:// and https:// URLs can be added)
         assert f"skipped {skipped}" in result.output
     assert [row[0] for row in conn.execute("SELECT image_filename FROM images ORDER BY image_id")] == [
         "my photo.jpg", "e.jpg"]

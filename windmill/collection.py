@@ -203,8 +203,11 @@ def add_urls(conn: psycopg.Connection, urls: Iterable[str], *, group: str | None
             report.skipped.append((printable(url), "the line is not valid UTF-8"))
             continue
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if parts.scheme not in ("http", "https"):
             report.skipped.append((url, "only http:// and https:// URLs can be added"))
+            continue
+        if not parts.netloc:  # http:///a.jpg, https:a.jpg
+            report.skipped.append((url, "the URL names no host"))
             continue
         if problem := _host_problem(parts):
             report.skipped.append((url, problem))
