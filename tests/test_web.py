@@ -219,6 +219,11 @@ def test_unknown_images_and_pictures_outside_the_roots_are_refused(collection: D
                            port=0) as running:
         picture = httpx.get(f"{running.url}/images/1/picture.jpg")
         assert picture.status_code == 404 and "outside the allowed image roots" in picture.text
+        # In the gallery a tile, not a broken picture (the thumbnail was the same 404 text)
+        tile = httpx.get(f"{running.url}/images/1/thumbnail.jpg")
+        assert (tile.status_code, tile.headers["content-type"]) == (200, "image/jpeg")
+        with Image.open(io.BytesIO(tile.content)) as shown:
+            assert shown.size == (320, 240)
         visit(browser, f"{running.url}/images/1", tmp_path, "outside")
         assert "outside the allowed image roots" in browser.find_element(By.ID, "picture-problem").text
         assert browser.find_elements(By.CSS_SELECTOR, "#boxes tr.box")  # the record is still shown

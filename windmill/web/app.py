@@ -21,7 +21,7 @@ from flask import Flask, Response, abort, redirect, render_template, request, ur
 from windmill.db.connect import DatabaseUnavailable
 from windmill.errors import WindmillError, first_line
 from windmill.web.data import STATUSES, Dashboard, GalleryFilter, MayNotRetry
-from windmill.web.pictures import PICTURE_PX, THUMBNAIL_PX
+from windmill.web.pictures import PICTURE_PX, THUMBNAIL_PX, placeholder_thumbnail
 
 # What the overview says after an action went wrong, by the code its redirect carries: the sentence is the
 # dashboard's own, so a link cannot put words of its choosing on the page as if the dashboard said them.
@@ -108,6 +108,8 @@ def create_app(dashboard: Dashboard, *, allow_actions: bool = False, allowed_hos
         try:
             found = dashboard.picture(image_id, THUMBNAIL_PX if kind == "thumbnail" else PICTURE_PX)
         except WindmillError as problem:
+            if kind == "thumbnail":  # in the gallery: a tile rather than a broken picture (the page says why)
+                return Response(placeholder_thumbnail(), mimetype="image/jpeg", headers={"Cache-Control": "no-store"})
             return Response(first_line(problem), status=404, mimetype="text/plain")
         if found is None:
             abort(404)

@@ -4,13 +4,14 @@ validation, scaled down and kept in a small cache."""
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from windmill.images import load_image_bytes, prepare_image
 from windmill.settings import Settings
@@ -18,6 +19,18 @@ from windmill.settings import Settings
 THUMBNAIL_PX = 320
 PICTURE_PX = 1600  # the image page's picture: sharp on a large screen, not the 40-megapixel original
 CACHE_ENTRIES = 512
+
+
+@functools.cache
+def placeholder_thumbnail() -> bytes:
+    """The gallery's thumbnail of an image that cannot be shown (missing, not an image): a grey tile, so the
+    gallery has no broken picture; the image's page says why."""
+    tile = Image.new("RGB", (THUMBNAIL_PX, THUMBNAIL_PX * 3 // 4), (128, 128, 128))
+    ImageDraw.Draw(tile).text((THUMBNAIL_PX // 2, THUMBNAIL_PX * 3 // 8), "cannot be shown", fill=(235, 235, 235),
+                              anchor="mm")
+    buffer = io.BytesIO()
+    tile.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
 
 
 @dataclass(frozen=True)
