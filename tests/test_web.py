@@ -163,6 +163,10 @@ def test_gallery_pages_newest_first_with_thumbnails_and_filters(browser, site: s
         "SELECT image_id FROM consensus WHERE consensus_data->'votes'->'consensus' @> jsonb_build_array("
         "jsonb_build_object('emoji', %s::text)) ORDER BY image_id DESC", (top,))]
     assert gallery_ids(browser)[:3] == holding[:3] and first in holding
+    # The same emoji typed with (or without) its presentation selector finds the same images (it found none).
+    variant = top.replace("\ufe0f", "") if "\ufe0f" in top else top + "\ufe0f"
+    browser.get(f"{site}/gallery?emoji={quote(variant)}")
+    assert gallery_ids(browser)[:3] == holding[:3]
 
     browser.get(f"{site}/gallery?status=failed")
     assert gallery_ids(browser) == [row[0] for row in conn.execute(

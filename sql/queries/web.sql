@@ -1,7 +1,8 @@
 -- name: web_gallery_page
 -- A page of the gallery, newest first, before a position (keyset): each image's completeness (view
 -- image_completeness) and its consensus' three best emoji. Filters: group, an emoji of the consensus, and status
--- 'failed' (a service's latest answer failed) or 'incomplete' (something is missing or pending).
+-- 'failed' (a service's latest answer failed) or 'incomplete' (something is missing or pending). An emoji matches
+-- with or without its presentation selectors (🍽 and 🍽️ are one: typed, pasted or followed from a link).
 SELECT ic.image_id, ic.image_filename, ic.image_group, ic.complete, ic.failed, ic.missing, ic.boxes,
        ic.pending_jobs,
        (SELECT coalesce(array_agg(item->>'emoji' ORDER BY ordinality), '{}')
@@ -12,7 +13,10 @@ SELECT ic.image_id, ic.image_filename, ic.image_group, ic.complete, ic.failed, i
  WHERE (%(before)s::bigint IS NULL OR ic.image_id < %(before)s::bigint)
    AND (%(group)s::text IS NULL OR ic.image_group = %(group)s::text)
    AND (%(emoji)s::text IS NULL
-        OR c.consensus_data->'votes'->'consensus' @> jsonb_build_array(jsonb_build_object('emoji', %(emoji)s::text)))
+        OR EXISTS (SELECT 1
+                     FROM jsonb_array_elements(c.consensus_data->'votes'->'consensus') AS vote(item)
+                    WHERE translate(vote.item->>'emoji', U&'\FE0E\FE0F', '')
+                          = translate(%(emoji)s::text, U&'\FE0E\FE0F', '')))
    AND (%(status)s::text IS NULL
         OR (%(status)s::text = 'failed' AND cardinality(ic.failed) > 0)
         OR (%(status)s::text = 'incomplete' AND NOT ic.complete))
