@@ -164,6 +164,10 @@ CORPUS = [
     case("truncated-jpeg", write(noisy_jpeg()[: len(noisy_jpeg()) // 2]), BAD, "truncated"),
     case("zero-byte", write(b""), BAD, "empty (0 bytes)"),
     case("text-named-jpg", write(b"just some notes, not a picture\n"), BAD, "text, not an image"),
+    # The first bytes of a JPEG or PNG and nothing readable after them (once called text)
+    case("jpeg-two-bytes", write(b"\xff\xd8"), BAD,
+         "JPEG image is truncated or corrupt: its header cannot be read (2 bytes)"),
+    case("png-signature-only", write(b"\x89PNG\r\n\x1a\n", "stub.png"), BAD, "PNG image is truncated or corrupt"),
     case("html-named-png", write(b"<!DOCTYPE html><html><body>404</body></html>", "x.png"), BAD, "HTML page"),
     case("bomb-png-huge", write(png_header_only(50_000, 50_000), "bomb.png"), BAD, "decompression bomb"),
     case("bomb-png-over-limit", write(png_header_only(10_000, 10_000), "bomb.png"), BAD, "decompression bomb"),

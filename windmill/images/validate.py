@@ -279,6 +279,12 @@ def _corrupt(source_format: str, problem: BaseException) -> BadImage:
     return BadImage(f"{source_format} image is corrupt: {text}")
 
 
+# The first bytes of the formats people hand us most, for a file Pillow cannot open: named as that format cut short
+# or corrupt, rather than guessed to be text (a JPEG cut after its two first bytes once was).
+_SIGNATURES = ((b"\xff\xd8", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
 def _unidentified(data: bytes) -> str:
     head = data[:_SNIFF_BYTES]
     stripped = head.lstrip().lower()
@@ -297,6 +303,9 @@ def _unidentified(data: bytes) -> str:
             kind = "HEIC" if brand in _HEIF_BRANDS else "AVIF"
             return f"{kind} image is truncated or corrupt: its header cannot be read"
         return f"unsupported ISO media file (brand {brand.decode('ascii', 'replace')!r}; expected {supported})"
+    for signature, kind in _SIGNATURES:  # an image's first bytes, and too little or broken after them
+        if head.startswith(signature):
+            return f"{kind} image is truncated or corrupt: its header cannot be read ({len(data)} bytes)"
     if b"\x00" not in head:
         try:
             head.decode("utf-8")
