@@ -385,6 +385,16 @@ def test_a_full_disk_leaves_no_parquet_part_or_coco_file_cut_short(conn, databas
     assert left == []
 
 
+def test_a_disk_full_before_a_parquet_part_has_its_first_bytes_leaves_nothing(database_url: str,
+                                                                              tmp_path: Path) -> None:
+    # Opening a part's files writes their first bytes: failing there once published empty parts and named an
+    # --after-id past an image no part held.
+    cut = tmp_path / "cut"
+    said = export_until_the_disk_is_full(database_url, "parquet", cut, 2)
+    assert said.startswith("export stopped (") and said.endswith(f"); nothing was written to {cut}"), said
+    assert [path for path in cut.rglob("*") if path.is_file()] == []
+
+
 # -- the command -----------------------------------------------------------------------------------------------------
 
 

@@ -96,7 +96,7 @@ def test_a_line_the_settings_file_cannot_parse_is_named_with_the_file_and_the_re
 def test_a_settings_file_that_is_not_utf8_text_is_one_sentence(tmp_path: Path) -> None:
     env_file = tmp_path / "windmill.env"
     env_file.write_bytes(b"\xff\xfe\x00garbage\n")  # once a UnicodeDecodeError's traceback, for every command
-    with pytest.raises(ConfigError, match=rf"^{env_file} is not a text file in UTF-8 \(byte 0 is not\)"):
+    with pytest.raises(ConfigError, match=rf"^{env_file} is not a text file in UTF-8 \(the byte at offset 0 is not"):
         load_settings(env_file, environ={})
 
 

@@ -104,7 +104,7 @@ def test_a_worker_that_always_exits_at_once_backs_off_and_is_reported(supervisor
                and (now.backoff_s or 0) >= 1, timeout=60, interval=0.05, message="a backoff of a second or more")
     table = CliRunner().invoke(main, ["workers", "status", "consensus"], env={**worker_env, "LOG_LEVEL": "INFO"},
                                catch_exceptions=False)
-    assert "no: backing off, started again at " in table.output, table.output
+    assert "no: backing off, starts again at " in table.output, table.output
 
     [stopped] = supervisor.stop(["consensus"], drain_timeout=10)  # mid-backoff: the keeper gives up at once
     assert (stopped.action, stopped.ok) == ("stopped", True)

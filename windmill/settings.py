@@ -340,8 +340,8 @@ def read_env_file(path: Path) -> dict[str, str]:
     try:
         values = dotenv_values(path)
     except UnicodeDecodeError as error:
-        raise ConfigError(f"{path} is not a text file in UTF-8 (byte {error.start} is not): a settings file holds "
-                          "lines of NAME=value") from None
+        raise ConfigError(f"{path} is not a text file in UTF-8 (the byte at offset {error.start} is not UTF-8): a "
+                          "settings file holds lines of NAME=value") from None
     finally:
         dotenv_log.removeFilter(unparsed)
     if unparsed.lines:

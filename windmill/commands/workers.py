@@ -189,7 +189,7 @@ def workers_status(app: AppContext, names: tuple[str, ...], as_json: bool) -> No
 def _running(row: Any) -> str:
     """The status table's word for a worker: a kept one that crashed is backing off, not running."""
     if row.next_start_at is not None:
-        return f"no: backing off, started again at {row.next_start_at}"
+        return f"no: backing off, starts again at {row.next_start_at}"
     if row.running:
         return "yes"
     return "no (stale pid file)" if row.pid_file == "stale" else "no"

@@ -95,9 +95,9 @@ class ParquetWriter:
         for item in page:
             for table, found in table_rows(item).items():
                 rows[table].extend(found)
+        self._writing = True  # from here until every table has the page: opening a part's files can fail too
         if self._part is None:
             self._open(page[0].image_id)
-        self._writing = True
         for table in TABLES:
             self._writers[table].write_table(self._arrow_table(rows[table], self.schemas[table]))
             rows[table] = []  # the dicts go before the next table's arrays are built
