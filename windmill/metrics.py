@@ -211,7 +211,8 @@ class QueueCollector(Collector):
                                   "no answer has come for yet (submit's ledger; past 10,000 an estimate).",
                                   labels=["service", "queue"])
         tasks_oldest = GaugeMetricFamily("windmill_tasks_in_flight_oldest_age_seconds",
-                                         "Age of the service's oldest RabbitMQ task without an answer (0 when none).",
+                                         "Age of the service's oldest RabbitMQ task without an answer (a service "
+                                         "with none has no series).",
                                          labels=["service", "queue"])
         for row in reading.tasks_in_flight:
             tasks.add_metric([row["service"], row["queue"]], float(row["in_flight"] or 0))
