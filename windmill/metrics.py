@@ -157,24 +157,25 @@ class QueueCollector(Collector):
                         usage = float(fetch_value(conn, "notification_queue_usage"))
                 except Exception as error:
                     problems.append(f"pg_notification_queue_usage: {first_line(error)}")
-                try:
-                    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
-                        self._bound(cursor)
-                        cursor.execute(query("monitor_queue_depths"))
-                        queues = cursor.fetchall()
-                except Exception as error:
-                    problems.append(f"queue_depths: {first_line(error)}")
-                try:  # what waits in RabbitMQ, which the job table's figures do not show
-                    with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
-                        self._bound(cursor)
-                        cursor.execute(query("monitor_tasks_in_flight"))
-                        in_flight = cursor.fetchall()
-                except Exception as error:
-                    problems.append(f"tasks_in_flight_counts: {first_line(error)}")
+                queues = self._rows(conn, "monitor_queue_depths", "queue_depths", problems)
+                # What waits in RabbitMQ, which the job table's figures do not show.
+                in_flight = self._rows(conn, "monitor_tasks_in_flight", "tasks_in_flight_counts", problems)
         except Exception as error:  # no connection within the timeout, or the pool is closing
             problems.append(f"no connection: {first_line(error) or type(error).__name__}")
         self._report(problems)
         return DatabaseReading(queues, usage, complete=not problems, tasks_in_flight=in_flight)
+
+    def _rows(self, conn: Any, name: str, what: str, problems: list[str]) -> list[dict[str, Any]]:
+        """The named query's rows, read in a transaction of their own and bounded in time; none, with the problem
+        noted, when it fails."""
+        try:
+            with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+                self._bound(cursor)
+                cursor.execute(query(name))
+                return list(cursor.fetchall())
+        except Exception as error:
+            problems.append(f"{what}: {first_line(error)}")
+            return []
 
     def _bound(self, cursor: Any) -> None:
         cursor.execute(query("bound_statement_time"), {"timeout": f"{int(self.timeout_s * 1000)}ms"})
