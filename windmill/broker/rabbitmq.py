@@ -434,7 +434,7 @@ class RabbitMQBroker:
                 return operation()
             except Exception as error:
                 self._raise_unless_recoverable(error, what)
-                self._lost(error, f"will try to {what} again")
+                self._lost(error, "giving up" if self._last_attempt(failures) else f"will try to {what} again")
                 self._give_up_or_wait(failures, next(delays), what, error)
         raise AssertionError("unreachable")
 
@@ -451,12 +451,18 @@ class RabbitMQBroker:
         log.warning("RabbitMQ at %s: %s; %s", self._where, describe_error(error), consequence,
                     extra={"action": "rabbitmq_connection_lost"})
 
+    def _last_attempt(self, failures: int) -> bool:
+        """Whether `failures` consecutive failures end the operation (a broker never reached is given up sooner)."""
+        if not self._connected_before:
+            return failures >= min(FIRST_CONNECTION_ATTEMPTS, self._connection_attempts)
+        return failures >= self._connection_attempts
+
     def _give_up_or_wait(self, failures: int, delay: float, what: str, error: BaseException) -> None:
-        if not self._connected_before and failures >= min(FIRST_CONNECTION_ATTEMPTS, self._connection_attempts):
+        if self._last_attempt(failures) and not self._connected_before:
             raise RabbitMQError(f"could not {what}: RabbitMQ at {self._where} could not be reached "
                                 f"({describe_error(error)}); is it running there? (WINDMILL_AMQP_URL, or QUEUE_HOST "
                                 "and QUEUE_PORT)") from None
-        if failures >= self._connection_attempts:
+        if self._last_attempt(failures):
             raise RabbitMQError(f"could not {what}: RabbitMQ at {self._where} failed {failures} times in a row, "
                                 f"last with {describe_error(error)}") from None
         if self._stopping.wait(delay):
