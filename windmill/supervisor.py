@@ -177,7 +177,7 @@ class Supervisor:
         return self.log_dir / f"{name}.log"
 
     def ready_file(self, name: str) -> Path:
-        """What a worker started here writes once it is running (windmill.worker.launch.announce_ready)."""
+        """What a worker started here writes once it is running (windmill.processes.announce_ready)."""
         return self.run_dir / f"{name}.ready"
 
     def state_file(self, name: str) -> Path:
