@@ -235,9 +235,9 @@ def test_a_worker_process_takes_its_retry_budget_from_the_environment(
     finally:
         worker.terminate()
         worker.wait(60)
-    channel = BlockingConnection(pika.URLParameters(amqp_url)).channel()
-    dead = [channel.basic_get(catalog["yolov8"].queue_name + ".dlq", auto_ack=True)[1] for _ in range(published)]
-    channel.connection.close()
+    with BlockingConnection(pika.URLParameters(amqp_url)) as connection:
+        channel = connection.channel()
+        dead = [channel.basic_get(catalog["yolov8"].queue_name + ".dlq", auto_ack=True)[1] for _ in range(published)]
     # Each task was tried twice, as the environment said (the dead letter's header counts the attempts made).
     assert [properties.headers[ATTEMPTS_HEADER] for properties in dead] == [2] * published
 
