@@ -123,6 +123,25 @@ def test_a_refused_connection_is_image_unavailable() -> None:
         load_image_bytes(None, f"http://127.0.0.1:{a_closed_port()}/a.jpg", allow_private_urls=True, timeout=2)
 
 
+@pytest.mark.parametrize("allow_private_urls", [False, True])
+@pytest.mark.parametrize(("dns_error", "verdict"),
+                         [(socket.EAI_NONAME, BadImage), (socket.EAI_AGAIN, ImageUnavailable)])
+def test_a_host_name_that_does_not_exist_is_a_bad_image_and_a_silent_dns_server_a_passing_failure(
+        monkeypatch: pytest.MonkeyPatch, allow_private_urls: bool, dns_error: int, verdict: type[Exception]) -> None:
+    # The verdict is the name's, not the setting's: with private URLs allowed, a name that did not exist was retried.
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: object, *arguments: object, **options: object) -> object:
+        if host == "images.example.invalid":
+            raise socket.gaierror(dns_error, "the name does not resolve")
+        return real_getaddrinfo(host, *arguments, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(verdict) as failed:
+        load_image_bytes(None, "http://images.example.invalid/a.jpg", allow_private_urls=allow_private_urls, timeout=2)
+    assert type(failed.value) is verdict and "cannot resolve image URL host images.example.invalid" in str(failed.value)
+
+
 @pytest.mark.parametrize("path", ["/nope.jpg", "/fail/1/403/a.jpg", "/fail/1/410/a.jpg"])
 def test_a_url_answering_4xx_stays_a_bad_image(flaky: FlakyServer, path: str) -> None:
     with pytest.raises(BadImage, match="answered HTTP 4"):

@@ -187,21 +187,27 @@ def parse_image_url(image_url: str) -> httpx.URL:
     return url
 
 
-def public_addresses(host: str, port: int) -> list[IPAddress]:
-    """Every address `host` resolves to, refusing the lot if any is not public.
-
-    Refused: loopback, private, link-local, carrier-grade NAT, multicast, reserved and
-    unspecified addresses, also when written as IPv4-mapped IPv6.
-    """
+def resolve_host(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to, as getaddrinfo gives them. A name that does not exist is a `BadImage` and a
+    DNS server that does not answer now an `ImageUnavailable`, whether private URLs are allowed or not."""
     try:
         answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as problem:
         if getattr(problem, "errno", None) == getattr(socket, "EAI_AGAIN", errno.EAGAIN):
             raise ImageUnavailable(f"cannot resolve image URL host {host} now: {_os_reason(problem)}") from None
         raise BadImage(f"cannot resolve image URL host {host}: {_os_reason(problem)}") from None
+    return [str(sockaddr[0]) for _family, _type, _proto, _canonical, sockaddr in answers]
+
+
+def public_addresses(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to, refusing the lot if any is not public.
+
+    Refused: loopback, private, link-local, carrier-grade NAT, multicast, reserved and
+    unspecified addresses, also when written as IPv4-mapped IPv6.
+    """
     addresses: list[IPAddress] = []
-    for _family, _type, _proto, _canonical, sockaddr in answers:
-        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+    for resolved in resolve_host(host, port):
+        address = ipaddress.ip_address(resolved.split("%", 1)[0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         if not address.is_global or address.is_multicast:
@@ -327,6 +333,7 @@ def _download(
 def _pinned(url: httpx.URL, allow_private_urls: bool) -> tuple[httpx.URL, dict[str, str], dict[str, str]]:
     """The request that connects to the checked address while naming the real host (Host header, TLS SNI)."""
     if allow_private_urls:
+        resolve_host(url.host, _port(url))  # httpx resolves again; this only gives the name its verdict
         return url, {}, {}
     address = public_addresses(url.host, _port(url))[0]
     headers = {"Host": url.netloc.decode("ascii")}
