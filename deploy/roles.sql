@@ -136,6 +136,10 @@ BEGIN
         ('TABLE',    'service_answer_counts',        'SELECT, INSERT, DELETE',          NULL),
         ('TABLE',    'service_answer_count_deltas',  'SELECT, INSERT, DELETE',          NULL),
         ('TABLE',    'service_answer_minutes',       'SELECT, INSERT, DELETE',          NULL),
+        -- sql/0121: the postprocessing's counters, kept the same way
+        ('TABLE',    'postprocessing_counts',        'SELECT, INSERT, DELETE',          NULL),
+        ('TABLE',    'postprocessing_count_deltas',  'SELECT, INSERT, DELETE',          NULL),
+        ('VIEW',     'postprocessing_progress',      'SELECT',                          'SELECT'),
         ('VIEW',     'service_progress',             'SELECT',                          'SELECT'),
         ('VIEW',     'queue_depths',                 'SELECT',                          'SELECT'),
         ('VIEW',     'image_completeness',           'SELECT',                          'SELECT'),
@@ -169,6 +173,11 @@ BEGIN
         ('PROCEDURE', 'scheduled_pass(integer, interval, integer, jsonb, bigint)', 'EXECUTE', NULL),
         ('FUNCTION', 'fold_answer_counts()',         'EXECUTE',                         'EXECUTE'),  -- SECURITY DEFINER; status folds first
         ('FUNCTION', 'recount_answer_counts()',      'EXECUTE',                         NULL),  -- status --recount
+        ('FUNCTION', 'recount_service_answer_counts()', 'EXECUTE',                      NULL),  -- sql/0121: inside it
+        ('FUNCTION', 'recount_postprocessing_counts()', 'EXECUTE',                      NULL),
+        ('FUNCTION', 'fold_service_answer_counts()', NULL,                              NULL),  -- inside the fold (its owner)
+        ('FUNCTION', 'fold_postprocessing_counts()', NULL,                              NULL),
+        ('FUNCTION', 'postprocessing_counted_service(text)', 'EXECUTE',                 NULL),  -- the trigger, as the writer
         ('FUNCTION', 'answer_counts_lock()',         'EXECUTE',                         NULL),
         ('FUNCTION', 'pair_done(text[])',            'EXECUTE',                         NULL),
         ('FUNCTION', 'pair_failed(text[])',          'EXECUTE',                         NULL),
@@ -219,6 +228,7 @@ BEGIN
         ('FUNCTION', 'enqueue_consensus_for_image()', NULL,                             NULL),
         ('FUNCTION', 'forget_tasks_of_deleted_image()', NULL,                           NULL),
         ('FUNCTION', 'note_answer_change()',         NULL,                              NULL),
+        ('FUNCTION', 'note_postprocessing_change()', NULL,                              NULL),  -- sql/0121
         ('FUNCTION', 'notify_images_registered()',   NULL,                              NULL),  -- submit --follow
         ('TABLE',    'follow_positions',             'SELECT, INSERT, UPDATE',          'SELECT')  -- submit --follow
     ) AS grants (kind, object, worker, monitor)

@@ -298,6 +298,12 @@ def test_the_views_after_a_real_run_of_two_images(database: Database, pool: Conn
         assert image["boxes"] == boxes[0] and image["colors"] == boxes[0]
     ascent = images[0]
     assert ascent["person_boxes"] >= 2 and ascent["face"] == ascent["pose"] == ascent["person_boxes"]
+    postprocessing = {row["service"]: (row["done"], row["failed"], row["queued"], row["running"])
+                      for row in view(conn, "SELECT * FROM postprocessing_progress")}
+    boxes = sum(image["boxes"] for image in images)
+    persons = sum(image["person_boxes"] for image in images)
+    assert postprocessing == {"colors": (boxes, 0, 0, 0), "face": (persons, 0, 0, 0), "pose": (persons, 0, 0, 0),
+                              "caption_score": (4, 0, 0, 0)}  # two captions of each image scored
 
 
 # -- RabbitMQ's management API ---------------------------------------------------------------------------------------

@@ -117,10 +117,16 @@ def test_overview_shows_progress_queues_failures_and_workers(browser, site: str,
 
     visit(browser, site + "/", tmp_path, "overview")
     assert browser.find_element(By.CSS_SELECTOR, 'meta[http-equiv="refresh"]').get_attribute("content") == "5"
-    for service, done, failed in conn.execute("SELECT service, done, failed FROM service_progress"):
+    for service, done, failed in conn.execute("SELECT service, done, failed FROM service_progress "
+                                              "WHERE category NOT IN ('spatial_only', 'postprocessing')"):
         row = browser.find_element(By.ID, f"service-{service}")
         assert row.find_element(By.CSS_SELECTOR, "td.done").text == str(done)
         assert row.find_elements(By.TAG_NAME, "td")[4].text == str(failed)
+    postprocessing = conn.execute("SELECT service, done, failed FROM postprocessing_progress").fetchall()
+    assert {service for service, _done, _failed in postprocessing} >= {"face", "pose", "caption_score"}
+    for service, done, failed in postprocessing:
+        row = browser.find_element(By.ID, f"postprocessing-{service}")
+        assert [cell.text for cell in row.find_elements(By.TAG_NAME, "td")[1:3]] == [str(done), str(failed)]
     images = conn.execute("SELECT count(*) FROM images").fetchone()[0]
     assert browser.find_element(By.ID, "total-images").text == f"images {images}"
     queues = dict(conn.execute("SELECT queue, dead FROM queue_depths"))

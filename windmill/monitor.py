@@ -58,6 +58,7 @@ def collect_status(conn: psycopg.Connection, *, rabbitmq: RabbitMQManagement | N
         "collected_at": totals.pop("collected_at"),
         "totals": totals,
         "services": _rows(conn, "monitor_service_progress"),
+        "postprocessing": _rows(conn, "monitor_postprocessing_progress"),
         "queues": _rows(conn, "monitor_queue_depths"),
         "rabbitmq": broker,
         "in_flight": tasks_in_flight(_rows(conn, "monitor_tasks_in_flight"), broker),
@@ -78,8 +79,8 @@ def tasks_in_flight(ledger: list[dict[str, Any]], rabbitmq: dict[str, Any] | Non
 
 
 def recount_answers(conn: psycopg.Connection) -> int:
-    """Rebuild service_progress's counters (done, failed per service) from every answer, in one transaction that
-    holds answer writers back meanwhile; returns how many services have answers."""
+    """Rebuild service_progress's and postprocessing_progress's counters (done, failed per service) from every
+    answer, in one transaction that holds answer writers back meanwhile; returns how many services have answers."""
     with conn.transaction():
         return int(fetch_value(conn, "recount_answer_counts"))
 
@@ -267,6 +268,9 @@ def format_status(status: dict[str, Any]) -> str:
         "",
         "Services (job-table tasks; done/failed = images; rate = successes per minute, last minute / last hour):",
         format_table(status["services"]),
+        "",
+        "Postprocessing (job-table tasks; done/failed = boxes answered; caption_score: captions scored):",
+        format_table(status["postprocessing"]),
         "",
         "Job queues (queued = due now; oldest_age_s = age of the oldest job due now):",
         format_table(status["queues"]),

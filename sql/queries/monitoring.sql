@@ -1,8 +1,17 @@
 -- name: monitor_service_progress
--- Per service: job-table tasks, images answered and failed, successes per minute (view service_progress).
+-- Per service an image is sent to: job-table tasks, images answered and failed, successes per minute (view
+-- service_progress). The services that see only boxes or captions are monitor_postprocessing_progress's.
 SELECT service, category, queued, running, done, failed, rate_1m, rate_1h, last_success_at
   FROM service_progress
- ORDER BY CASE category WHEN 'primary' THEN 0 WHEN 'spatial_only' THEN 1 ELSE 2 END, service
+ WHERE category NOT IN ('spatial_only', 'postprocessing')
+ ORDER BY CASE category WHEN 'primary' THEN 0 ELSE 1 END, service
+
+-- name: monitor_postprocessing_progress
+-- Per postprocessing service: job-table tasks, boxes (caption scores: captions) answered and failed, the newest
+-- answer (view postprocessing_progress, sql/0121).
+SELECT service, queued, running, done, failed, last_answer_at
+  FROM postprocessing_progress
+ ORDER BY service
 
 -- name: monitor_queue_depths
 -- Per job queue: due, scheduled, retrying, running, expired leases, dead, oldest due job (view queue_depths).
