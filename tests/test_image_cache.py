@@ -240,3 +240,27 @@ def test_an_image_file_put_right_is_read_again(tmp_path: Path) -> None:
         source.prepared(1, str(path), None)
     Image.new("RGB", (64, 48), "teal").save(path)
     assert source.prepared(1, str(path), None).data == path.read_bytes()
+
+
+def test_an_image_over_the_services_request_limit_is_sent_re_encoded_with_its_pixels_kept(tmp_path: Path) -> None:
+    # The services of df57b25 refuse a request over 8 MiB (spec §2.7), so a large phone photo sent as it is came
+    # back HTTP 413 from every service. Lower JPEG qualities are tried in turn; the pixels stay (boxes are in them).
+    import io
+
+    original = tmp_path / "big.jpg"
+    noise = Image.effect_noise((512, 512), 60).convert("RGB")
+    buffer = io.BytesIO()
+    noise.save(buffer, "JPEG", quality=100)
+    original.write_bytes(buffer.getvalue())  # about 390 KB; at quality 90 about 190 KB, at 80 about 150 KB
+    limit = 160_000
+    settings = settings_from_mapping({"WINDMILL_SERVICE_MAX_BYTES": str(limit + 64 * 1024)})
+    for first_use in ("prepared", "pixels"):  # a service sends it, or the postprocess role cuts crops from it first
+        source = ImageSource(settings)
+        if first_use == "pixels":
+            assert source.pixels(1, str(original), None).size == (512, 512)
+        sent = source.prepared(1, str(original), None)
+        assert len(sent.data) <= limit < original.stat().st_size, first_use
+        assert (sent.width, sent.height) == (512, 512) and sent.format == "JPEG"
+    too_small = ImageSource(settings_from_mapping({"WINDMILL_SERVICE_MAX_BYTES": str(100_000 + 64 * 1024)}))
+    with pytest.raises(BadImage, match=r"even as a JPEG of quality 70, over the 98 KiB the services take"):
+        too_small.prepared(1, str(original), None)

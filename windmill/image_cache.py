@@ -230,10 +230,13 @@ class ImageSource:
         it): a JPEG sent as it is is not decoded again (prepare_image). Kept apart from the fully validated entry,
         which callers that decode the pixels rely on (pixels, crop), and which it uses when this process has it."""
         key = (image_id, image_path, image_url)
+        most = self.settings.max_upload_image_bytes
         if not decoded_before:
-            return self.prepared_images.get(key, lambda: prepare_image(self._read(image_path, image_url)))
+            return self.prepared_images.get(
+                key, lambda: prepare_image(self._read(image_path, image_url), max_send_bytes=most))
         return self.prepared_images.peek(key) or self.prepared_images.get(
-            (*key, "decoded before"), lambda: prepare_image(self._read(image_path, image_url), decoded_before=True))
+            (*key, "decoded before"),
+            lambda: prepare_image(self._read(image_path, image_url), max_send_bytes=most, decoded_before=True))
 
     def pixels(self, image_id: int, image_path: str | None, image_url: str | None) -> Image.Image:
         """Upright RGB pixels of the image, to crop boxes from (do not modify: shared between threads)."""
@@ -247,7 +250,8 @@ class ImageSource:
         decoded: list[Image.Image] = []
 
         def load() -> PreparedImage:
-            prepared, pixels = prepare_image_and_pixels(self._read(key[1], key[2]))
+            prepared, pixels = prepare_image_and_pixels(self._read(key[1], key[2]),
+                                                        max_send_bytes=self.settings.max_upload_image_bytes)
             decoded.append(pixels)
             return prepared
 

@@ -31,6 +31,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_HOME = Path("~/.local/share/windmill").expanduser()
 DEFAULT_HARMONY = HarmonyConfig()
 LOST_TASK_AFTER_S = 600.0  # see Settings.lost_task_after_s
+# The services' limit on a request's body (spec §2.7: 8 MiB at df57b25, raised to 32 MiB in 2026-07).
+SERVICE_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+# What an upload's request holds besides the image: the multipart envelope and its form fields (a caption, a prompt).
+UPLOAD_ENVELOPE_BYTES = 64 * 1024
 # The systemd units' EnvironmentFile: the last place a settings file is looked for. WINDMILL_SYSTEM_ENV_FILE (in the
 # environment) moves it: another system's layout, or tests that must not read the settings of the host they run on.
 SYSTEM_ENV_FILE = Path("/etc/windmill/windmill.env")
@@ -65,6 +69,8 @@ class Settings:
     amqp_task_attempts: int = 5
     amqp_retry_delay_s: float = 1.0
     database_wait_s: float = 30.0  # how long a worker's attempt waits for a database connection before it fails
+    # An image whose upload would not fit the services' request limit is re-encoded (windmill/image_cache.py).
+    service_max_bytes: int = SERVICE_MAX_REQUEST_BYTES
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -73,6 +79,11 @@ class Settings:
     @property
     def uses_rabbitmq(self) -> bool:
         return self.amqp_url is not None
+
+    @property
+    def max_upload_image_bytes(self) -> int:
+        """The largest image an upload may carry and still fit the services' request limit."""
+        return max(1, self.service_max_bytes - UPLOAD_ENVELOPE_BYTES)
 
     def shown(self) -> dict[str, str]:
         """The effective settings as text, passwords masked (for `windmill-cli config`)."""
@@ -140,6 +151,7 @@ SETTING_VARIABLES: dict[str, tuple[str, ...]] = {
     "amqp_task_attempts": ("WINDMILL_AMQP_TASK_ATTEMPTS",),
     "amqp_retry_delay_s": ("WINDMILL_AMQP_RETRY_DELAY_S",),
     "database_wait_s": ("WINDMILL_DATABASE_WAIT_S",),
+    "service_max_bytes": ("WINDMILL_SERVICE_MAX_BYTES",),
 }
 
 
@@ -256,6 +268,7 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
         amqp_task_attempts=_count(env, "WINDMILL_AMQP_TASK_ATTEMPTS", 5, 100),
         amqp_retry_delay_s=_seconds(env, "WINDMILL_AMQP_RETRY_DELAY_S", 1.0, 3600),
         database_wait_s=_seconds(env, "WINDMILL_DATABASE_WAIT_S", 30.0, 3600),
+        service_max_bytes=_count(env, "WINDMILL_SERVICE_MAX_BYTES", SERVICE_MAX_REQUEST_BYTES, 1 << 40),
     )
 
 

@@ -16,6 +16,15 @@ def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
+def describe_size(count: int) -> str:
+    """A byte count as a reason shows it: `40 MiB`, `12 KiB`, `900 bytes`."""
+    if count >= 1024 * 1024:
+        return f"{round(count / (1024 * 1024), 1):g} MiB"
+    if count >= 1024:
+        return f"{round(count / 1024):d} KiB"
+    return f"{count} bytes"
+
+
 class BadImage(WindmillError):
     """The image cannot be loaded, decoded or sent: retrying the same input cannot help."""
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from windmill.images.errors import BadImage, ImageUnavailable
+from windmill.images.errors import BadImage, ImageUnavailable, describe_size
 
 MIB = 1024 * 1024
 DEFAULT_MAX_BYTES = 32 * MIB
@@ -126,7 +126,8 @@ def read_image_file(
         if not stat.S_ISREG(info.st_mode):
             raise BadImage(f"image path {shown} is not a regular file ({_file_kind(info.st_mode)})")
         if info.st_size > max_bytes:
-            raise BadImage(f"image file {shown} is {_size(info.st_size)}, over the {_size(max_bytes)} limit")
+            raise BadImage(f"image file {shown} is {describe_size(info.st_size)},"
+                           f" over the {describe_size(max_bytes)} limit")
         with os.fdopen(descriptor, "rb", closefd=False) as handle:
             # Asked for max_bytes + 1, a read allocated it (32 MiB) before it shrank to the file: 0.045 ms of
             # CPU per 50 KB image where asking for its size + 1 costs 0.012. A file that grew after fstat (or
@@ -139,7 +140,7 @@ def read_image_file(
     finally:
         os.close(descriptor)
     if len(data) > max_bytes:  # the file grew after fstat
-        raise BadImage(f"image file {shown} is over the {_size(max_bytes)} limit")
+        raise BadImage(f"image file {shown} is over the {describe_size(max_bytes)} limit")
     if not data:
         raise BadImage(f"image file {shown} is empty (0 bytes)")
     return data
@@ -157,14 +158,6 @@ def _file_kind(mode: int) -> str:
 
 def _os_reason(problem: BaseException) -> str:
     return getattr(problem, "strerror", None) or str(problem) or type(problem).__name__
-
-
-def _size(count: int) -> str:
-    if count >= MIB:
-        return f"{round(count / MIB, 1):g} MiB"
-    if count >= 1024:
-        return f"{round(count / 1024):d} KiB"
-    return f"{count} bytes"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,13 +337,14 @@ def _pinned(url: httpx.URL, allow_private_urls: bool) -> tuple[httpx.URL, dict[s
 def _read_capped(response: httpx.Response, url: httpx.URL, *, max_bytes: int, deadline: float, timeout: float) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise BadImage(f"image URL {_shown(url)} sends {_size(int(declared))}, over the {_size(max_bytes)} limit")
+        raise BadImage(f"image URL {_shown(url)} sends {describe_size(int(declared))},"
+                       f" over the {describe_size(max_bytes)} limit")
     chunks: list[bytes] = []
     received = 0
     for chunk in response.iter_bytes():  # decoded bytes: a compressed bomb hits the cap too
         received += len(chunk)
         if received > max_bytes:
-            raise BadImage(f"image URL {_shown(url)} sends more than the {_size(max_bytes)} limit")
+            raise BadImage(f"image URL {_shown(url)} sends more than the {describe_size(max_bytes)} limit")
         chunks.append(chunk)
         if time.monotonic() > deadline:
             raise ImageUnavailable(f"image URL {_shown(url)} took longer than {timeout:g} s to download")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from windmill.images.errors import BadImage
+from windmill.images.errors import BadImage, describe_size
 
 try:  # HEIC/HEIF: pi-heif registers its decoder with Pillow (absent only where it has no wheel, e.g. 32-bit ARM)
     from pi_heif import register_heif_opener
@@ -34,6 +34,7 @@ else:
 # Pillow's own default limit (Image.MAX_IMAGE_PIXELS): about 0.25 GiB of decoded RGB.
 DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_JPEG_QUALITY = 90
+_SMALLER_QUALITIES = (80, 70)  # tried in turn when an image re-encoded at the quality asked for is still too large
 # Pillow reports camera multi-picture JPEGs as MPO through its JPEG opener.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", *(("HEIF",) if HEIF_READABLE else ()))
 _SUPPORTED = "JPEG, PNG, GIF, WebP, BMP, TIFF, AVIF or HEIC"
@@ -135,12 +136,13 @@ def prepare_image(
                     keep_pixels=False, decoded_before=decoded_before)[0]
 
 
-def prepare_image_and_pixels(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[PreparedImage, Image.Image]:
+def prepare_image_and_pixels(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                             max_send_bytes: int | None = None) -> tuple[PreparedImage, Image.Image]:
     """`prepare_image`, and the pixels its `to_rgb` gives, for cropping. An image sent as it is gets one full decode,
     which both proves it whole and gives the pixels: preparing it, then decoding it to crop, cost a reduced decode,
     a full one and a copy of the pixels (about twice the CPU)."""
-    prepared, pixels = _prepare(data, max_pixels=max_pixels, max_send_bytes=None, jpeg_quality=DEFAULT_JPEG_QUALITY,
-                                keep_pixels=True)
+    prepared, pixels = _prepare(data, max_pixels=max_pixels, max_send_bytes=max_send_bytes,
+                                jpeg_quality=DEFAULT_JPEG_QUALITY, keep_pixels=True)
     return prepared, pixels if pixels is not None else prepared.to_rgb()
 
 
@@ -211,9 +213,13 @@ def _prepare(data: bytes, *, max_pixels: int, max_send_bytes: int | None, jpeg_q
             return prepared, pixels
         # A colour profile stays valid only when the pixels kept their colour space.
         icc_profile = opened.info.get("icc_profile") if opened.mode in _SENT_MODES else None
-        encoded = encode_jpeg(
-            image, quality=jpeg_quality, icc_profile=icc_profile, exif=_exif_without_orientation(image)
-        )
+        # Too large for the services at the quality asked for: lower qualities, never fewer pixels (the boxes the
+        # services answer are in the pixels they were sent, which crops are cut from).
+        for quality in (jpeg_quality, *(step for step in _SMALLER_QUALITIES if step < jpeg_quality)):
+            encoded = encode_jpeg(image, quality=quality, icc_profile=icc_profile,
+                                  exif=_exif_without_orientation(image))
+            if max_send_bytes is None or len(encoded) <= max_send_bytes:
+                break
     finally:
         # Closing an image makes it unusable: the one handed out as the pixels stays open (it reads from memory).
         if pixels is not opened:
@@ -221,8 +227,8 @@ def _prepare(data: bytes, *, max_pixels: int, max_send_bytes: int | None, jpeg_q
 
     if max_send_bytes is not None and len(encoded) > max_send_bytes:
         raise BadImage(
-            f"image is {len(encoded)} bytes even as a JPEG of quality {jpeg_quality},"
-            f" over the {max_send_bytes}-byte limit"
+            f"image is {describe_size(len(encoded))} even as a JPEG of quality {quality},"
+            f" over the {describe_size(max_send_bytes)} the services take (WINDMILL_SERVICE_MAX_BYTES)"
         )
     return prepared_jpeg(encoded, width, height, changes=tuple(changes), source_format=source_format), None
 
