@@ -13,11 +13,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from PIL import Image
 
+import windmill
 from tests.conftest import wait_until
 from tests.farm_fixtures import running_farm
 from windmill.catalog import Catalog, Service, load_catalog
@@ -34,6 +36,7 @@ def jpeg(width: int = 80, height: int = 60) -> PreparedImage:
 
 
 IMAGE = jpeg()
+SAMPLE_FILE = Path(windmill.__file__).parent / "samples" / "chelsea.jpg"
 FLASK_500 = (
     b"<!doctype html>\n<html lang=en>\n<title>500 Internal Server Error</title>\n<h1>Internal Server Error</h1>\n"
     b"<p>The server encountered an internal error and was unable to complete your request.</p>\n"
@@ -123,7 +126,7 @@ class FarmStandIn(http.server.BaseHTTPRequestHandler):
     # -- routes ---------------------------------------------------------------------------------
 
     def route_v3_analyze(self, query, fields, upload):
-        if upload is None and "url" not in query:
+        if upload is None and "url" not in query and "file" not in query:
             return self._json(
                 400,
                 {
@@ -381,6 +384,18 @@ def test_each_mode_falls_back_to_the_input_it_has(farm, client):
         client.analyze(farm.service())
 
 
+def test_file_mode_gives_the_service_the_path_and_falls_back_without_one(farm, client):
+    path = "/images/a b/ü&1.jpg"
+    client.analyze(farm.service(request_mode="file"), IMAGE, image_path=path, extra={"regions": 4})
+    request = farm.requests[-1]
+    assert request["method"] == "GET" and request["query"] == {"file": path, "regions": "4"}
+    assert request["upload"] is None
+    client.score(farm.service("caption_score", request_mode="file"), None, "a dog", image_path=path)
+    assert farm.requests[-1]["query"] == {"file": path, "caption": "a dog"}
+    client.analyze(farm.service(request_mode="file"), IMAGE, image_url="http://images.test/x.jpg")  # no path
+    assert farm.requests[-1]["method"] == "POST"
+
+
 def test_private_image_urls_are_refused_before_any_request(farm):
     before = len(farm.requests)
     with FarmClient(CATALOG) as strict, pytest.raises(BadImage, match="loopback address"):
@@ -576,8 +591,10 @@ def test_every_service_of_the_stand_in_answers_through_the_client():
     with running_farm(CATALOG) as (_, catalog), FarmClient(catalog) as stand_in_client:
         assert all(result.ok for result in check_services(catalog, stand_in_client))
         for service in catalog.services:
-            if service.name == "caption_score":
-                assert -1.0 <= stand_in_client.score(service, IMAGE, "a dog on a couch") <= 1.0
+            if service.name == "caption_score":  # the shipped catalog gives it the image's file (spec §3.4)
+                assert service.request_mode == "file"
+                score = stand_in_client.score(service, None, "a dog on a couch", image_path=str(SAMPLE_FILE))
+                assert -1.0 <= score <= 1.0
                 continue
             answer = stand_in_client.analyze(service, IMAGE)
             assert answer.data["service"] == service.name

@@ -117,8 +117,11 @@ def test_every_catalog_service_has_a_simulation(catalog: Catalog) -> None:
 def test_upload_gets_the_services_success_envelope(
     farm: SimFarm, client: httpx.Client, service: str
 ) -> None:
-    fields = {"caption": "an astronaut in an orange suit"} if service == "caption_score" else None
-    response = upload(client, farm, service, ASTRONAUT.read_bytes(), "astronaut.jpg", fields)
+    if service == "caption_score":  # no upload at df57b25 (test_caption_score_takes_no_upload): its file
+        response = client.get(farm.base_url(service) + "/score",
+                              params={"file": str(ASTRONAUT), "caption": "an astronaut in an orange suit"})
+    else:
+        response = upload(client, farm, service, ASTRONAUT.read_bytes(), "astronaut.jpg")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/json"
     body = response.json()
@@ -326,6 +329,15 @@ def test_caption_score_prefers_a_caption_that_names_the_image(farm: SimFarm, cli
     assert missing.status_code == 400
     assert missing.json()["similarity_score"] is None
     assert missing.json()["error"]["message"] == "Must provide non-empty caption string"
+
+
+def test_caption_score_takes_no_upload_as_the_clip_of_df57b25(farm: SimFarm, client: httpx.Client) -> None:
+    # Spec §3.4: a multipart image upload is not supported, only `url` or `file`. The stand-in once took one, and
+    # hid that every caption score sent to the real service came back 400.
+    response = upload(client, farm, "caption_score", ASTRONAUT.read_bytes(), "astronaut.jpg",
+                      {"caption": "an astronaut in an orange suit"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "Must provide either url or file parameter"
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,9 @@ SELECTION_KEYWORDS = {
     "full_catalog": "every service in the catalog",
 }
 DEFAULT_TIMEOUT_S = 30.0
-REQUEST_MODES = ("upload", "url")
+# How a service is given an image (spec §2.2): the bytes Windmill read, as a multipart upload; `?url=`, the service
+# downloading the image itself; `?file=`, the service reading the image's path on its own disk (a shared one).
+REQUEST_MODES = ("upload", "url", "file")
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,15 @@ class Service:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def input_for(self, image_path: str | None, image_url: str | None) -> str:
+        """How this service is given an image: its request_mode when the image has what that mode needs (a path
+        for "file", a URL for "url"), else "upload", the bytes Windmill read."""
+        if self.request_mode == "file" and image_path:
+            return "file"
+        if self.request_mode == "url" and image_url:
+            return "url"
+        return "upload"
 
     @classmethod
     def from_config(cls, name: str, entry: dict[str, Any]) -> Service:

@@ -17,8 +17,10 @@ from typing import Any, Generic, TypeVar
 
 from PIL import Image
 
+from windmill.catalog import Service
 from windmill.images import CropBox, PreparedImage, crop_for_service, load_image_bytes, prepare_image
 from windmill.images.crop import box_xywh
+from windmill.images.load import resolve_image_path
 from windmill.images.validate import prepare_image_and_pixels
 from windmill.settings import Settings
 
@@ -237,6 +239,18 @@ class ImageSource:
         return self.prepared_images.peek(key) or self.prepared_images.get(
             (*key, "decoded before"),
             lambda: prepare_image(self._read(image_path, image_url), max_send_bytes=most, decoded_before=True))
+
+    def inputs_for(self, service: Service, image_id: int, image_path: str | None, image_url: str | None, *,
+                   decoded_before: bool = False) -> tuple[PreparedImage | None, str | None]:
+        """What `service` is given the image as (Service.input_for): the prepared bytes to upload, or the path it
+        reads from a shared disk (request_mode "file": absolute, and inside the image roots as a path Windmill
+        reads itself must be, BadImage otherwise), or neither (it downloads the URL)."""
+        given = service.input_for(image_path, image_url)
+        if given == "upload":
+            return self.prepared(image_id, image_path, image_url, decoded_before=decoded_before), None
+        if given == "file" and image_path:
+            return None, str(resolve_image_path(image_path, self.settings.image_roots or None))
+        return None, None
 
     def pixels(self, image_id: int, image_path: str | None, image_url: str | None) -> Image.Image:
         """Upright RGB pixels of the image, to crop boxes from (do not modify: shared between threads)."""

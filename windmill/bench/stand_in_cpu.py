@@ -5,8 +5,9 @@ Run: python -m windmill.bench.stand_in_cpu [--images 24] [--threads 4] [--runs 3
 
 Per image of distinct synthetic scenes (windmill/bench/scenes.py, served with their sidecars via --annotations):
 every primary service with the image uploaded as multipart, each object's crop to colors (a person's also to face
-and pose), the BLIP and Ollama captions scored. Threads take the requests image by image, as a pipeline's workers
-do. The farm's CPU from the first request to the last answer, divided by requests and by images, is the figure.
+and pose), the BLIP and Ollama captions scored (given the image's file, as the shipped catalog says). Threads take
+the requests image by image, as a pipeline's workers do. The farm's CPU from the first request to the last answer,
+divided by requests and by images, is the figure.
 
 With `--baseline-tree DIR` (another checkout, e.g. `git worktree add DIR main`), a second farm runs that tree's
 code (PYTHONPATH=DIR); the runs alternate sides in one sitting and the summary gives medians and the ratio.
@@ -47,6 +48,7 @@ class Call:
     service: str
     image: PreparedImage
     caption: str | None = None  # a /score request when set
+    path: str | None = None  # the image's file, for a service the catalog gives it by path (caption_score)
 
 
 def image_calls(catalog: Catalog, path: Path) -> list[Call]:
@@ -58,7 +60,7 @@ def image_calls(catalog: Catalog, path: Path) -> list[Call]:
         crop, _ = crop_for_service(pixels, item["bbox"])
         services = CROP_SERVICES_PERSON if item["label"] == "person" else ("colors",)
         calls += [Call(service, crop) for service in services]
-    calls += [Call("caption_score", image, sidecar["captions"][name]) for name in SCORED_CAPTIONS
+    calls += [Call("caption_score", image, sidecar["captions"][name], str(path)) for name in SCORED_CAPTIONS
               if sidecar.get("captions", {}).get(name)]
     return calls
 
@@ -74,7 +76,7 @@ def send_all(client: FarmClient, calls: list[Call], threads: int) -> int:
         while (call := pending.get()) is not None:
             try:
                 if call.caption is not None:
-                    client.score_answer(call.service, call.image, call.caption)
+                    client.score_answer(call.service, call.image, call.caption, image_path=call.path)
                 else:
                     client.analyze(call.service, call.image)
             except Exception as error:  # counted, not fatal: the figure says how many failed

@@ -1,8 +1,8 @@
 """The Animal Farm HTTP client: one pooled keep-alive connection set for every service.
 
 Requests follow the contract (spec/animal-farm-api.md §2, §6): POST multipart `file` with a
-filename carrying the right extension by default, or `GET ?url=` (URL-encoded) for services whose
-catalog `request_mode` is "url"; they travel over windmill.farm.transport (http.client), whose CPU per
+filename carrying the right extension by default, or `GET ?url=` / `GET ?file=` (URL-encoded) for services whose
+catalog `request_mode` is "url" / "file"; they travel over windmill.farm.transport (http.client), whose CPU per
 request is a third of httpx's. Each service's timeout comes from the catalog, and so does its
 `max_concurrency`: requests to a limited service wait for a place (windmill.farm.limits), so a process
 must call every service through one client. Answers are read as a stream and refused beyond a size cap,
@@ -177,26 +177,22 @@ class FarmClient:
         image: PreparedImage | None = None,
         *,
         image_url: str | None = None,
+        image_path: str | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> ServiceAnswer:
         """Run one service on one image and return its normalised answer.
 
-        The service's `request_mode` picks the input: "upload" sends `image`, "url" sends
-        `image_url`; when the preferred input is missing the other is used. `extra` adds form
-        fields (upload) or query parameters (url), e.g. colors `regions`, ollama `prompt`.
+        The service's `request_mode` picks the input (Service.input_for): "upload" sends `image`, "url" sends
+        `image_url`, "file" sends `image_path` (which the service reads on its own disk); an image without what
+        the mode needs is uploaded, or without bytes given, sent by its URL. `extra` adds form fields (upload) or
+        query parameters, e.g. colors `regions`, ollama `prompt`.
         """
         target = self._resolve(service)
-        use_url = self._use_url(target, image, image_url)
+        request, uploaded = self._image_request(target, image, image_url, image_path, _form_fields(extra))
         with self.limits.place(target.name), self._observed(target.name):
-            if use_url:
-                assert image_url is not None
-                exchange = self._call(target, self._url_request(target, image_url, extra))
-                image_size = None
-            else:
-                assert image is not None
-                exchange = self._call(target, self._upload_request(target, image, _form_fields(extra)))
-                image_size = image.size
+            exchange = self._call(target, request)
             payload = self._payload(target, exchange)
+            image_size = image.size if uploaded and image is not None else None
             data = normalize_answer(target.name, payload, image_size=image_size, status_code=exchange.status_code)
         return ServiceAnswer(target.name, data, exchange.elapsed, exchange.status_code)
 
@@ -207,28 +203,24 @@ class FarmClient:
         caption: str,
         *,
         image_url: str | None = None,
+        image_path: str | None = None,
     ) -> ServiceAnswer:
-        """Caption scoring (CLIP `/score`): multipart `file` + `caption` form field, or GET `?url=&caption=`."""
+        """Caption scoring (CLIP `/score`, spec §3.4): the caption beside the image as `analyze` gives it. The CLIP
+        of df57b25 takes only `?file=` and `?url=`; the clip-score service of 2026 takes uploads too."""
         target = self._resolve(service)
         if not caption or not caption.strip():
             raise ServiceCallError("cannot score an empty caption", kind="rejected", service=target.name)
-        use_url = self._use_url(target, image, image_url)
+        request, _ = self._image_request(target, image, image_url, image_path, {"caption": caption})
         with self.limits.place(target.name), self._observed(target.name):
-            if use_url:
-                assert image_url is not None
-                exchange = self._call(target, self._url_request(target, image_url, {"caption": caption}))
-            else:
-                assert image is not None
-                exchange = self._call(target, self._upload_request(target, image, {"caption": caption}))
+            exchange = self._call(target, request)
             payload = self._payload(target, exchange)
             data = normalize_score_answer(target.name, payload, status_code=exchange.status_code)
         return ServiceAnswer(target.name, data, exchange.elapsed, exchange.status_code)
 
-    def score(
-        self, service: Service | str, image: PreparedImage | None, caption: str, *, image_url: str | None = None
-    ) -> float:
+    def score(self, service: Service | str, image: PreparedImage | None, caption: str, *,
+              image_url: str | None = None, image_path: str | None = None) -> float:
         """The CLIP similarity of `caption` to the image (cosine, typically 0.15–0.35)."""
-        answer = self.score_answer(service, image, caption, image_url=image_url)
+        answer = self.score_answer(service, image, caption, image_url=image_url, image_path=image_path)
         return float(answer.data["similarity_score"])
 
     def health(self, service: Service | str) -> HealthResult:
@@ -280,19 +272,25 @@ class FarmClient:
     def _resolve(self, service: Service | str) -> Service:
         return service if isinstance(service, Service) else self.catalog[service]
 
-    def _use_url(self, service: Service, image: PreparedImage | None, image_url: str | None) -> bool:
-        if image is None and not image_url:
-            raise ValueError(f"calling {service.name} needs an image or an image_url")
-        if service.request_mode == "url":
-            return bool(image_url)
-        return image is None
-
-    def _url_request(self, service: Service, image_url: str, extra: Mapping[str, Any] | None) -> _Request:
-        # The service fetches the URL itself: refuse what the image loader would refuse.
-        check_image_url(image_url, allow_private_urls=self.allow_private_urls)
-        params = {"url": image_url}
-        params.update(_form_fields(extra))
-        return _Request("GET", f"{service.endpoint}?{urlencode(params, quote_via=quote)}", headers=_HEADERS)
+    def _image_request(self, service: Service, image: PreparedImage | None, image_url: str | None,
+                       image_path: str | None, fields: Mapping[str, str]) -> tuple[_Request, bool]:
+        """The request that gives `service` the image as its request_mode asks, and whether it is an upload."""
+        mode = service.input_for(image_path, image_url)
+        if mode == "upload" and image is None:
+            if not image_url:
+                raise ValueError(f"calling {service.name} needs an image or an image_url")
+            mode = "url"
+        if mode == "upload":
+            assert image is not None
+            return self._upload_request(service, image, fields), True
+        if mode == "url":
+            assert image_url is not None
+            # The service fetches the URL itself: refuse what the image loader would refuse.
+            check_image_url(image_url, allow_private_urls=self.allow_private_urls)
+            params = {"url": image_url, **fields}
+        else:
+            params = {"file": str(image_path), **fields}
+        return _Request("GET", f"{service.endpoint}?{urlencode(params, quote_via=quote)}", headers=_HEADERS), False
 
     def _upload_request(self, service: Service, image: PreparedImage, fields: Mapping[str, str]) -> _Request:
         body = multipart_body(self._boundary, fields, image.data, filename=image.filename, mime=image.mime)

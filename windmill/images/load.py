@@ -80,6 +80,27 @@ def load_image_bytes(
 # Files
 
 
+def resolve_image_path(image_path: str | os.PathLike[str], roots: Sequence[Path] | None = None) -> Path:
+    """The absolute path of an image file, `..` and symlinks resolved (a relative one taken from the current
+    directory); a `BadImage` when it cannot be resolved or, with roots, lands outside all of them. Whether the file
+    exists is not judged here: a refusal must not reveal whether a file outside the roots exists."""
+    shown = os.fspath(image_path)
+    if "\x00" in shown:
+        raise BadImage("the image path contains a NUL character")
+    candidate = Path(shown)
+    if not candidate.is_absolute():
+        candidate = Path.cwd() / candidate
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError) as problem:  # symlink loops: RuntimeError before 3.13
+        raise BadImage(f"cannot resolve image path {shown}: {_os_reason(problem)}") from None
+    if roots:
+        allowed = [Path(root).resolve() for root in roots]
+        if not any(resolved.is_relative_to(root) for root in allowed):
+            raise BadImage(f"image path {shown} is outside the allowed image roots")
+    return resolved
+
+
 def read_image_file(
     image_path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES, roots: Sequence[Path] | None = None
 ) -> bytes:
@@ -89,21 +110,8 @@ def read_image_file(
     (`..` and every symlink followed) and must land inside one of them.
     """
     shown = os.fspath(image_path)
-    if "\x00" in shown:
-        raise BadImage("the image path contains a NUL character")
-    candidate = Path(shown)
-    if not candidate.is_absolute():
-        candidate = Path.cwd() / candidate
-    try:
-        # Lenient resolution first: confinement is judged before existence, so a refusal does
-        # not reveal whether a file outside the roots exists.
-        resolved = candidate.resolve()
-    except (OSError, RuntimeError) as problem:  # symlink loops: RuntimeError before 3.13
-        raise BadImage(f"cannot resolve image path {shown}: {_os_reason(problem)}") from None
-    if roots:
-        allowed = [Path(root).resolve() for root in roots]
-        if not any(resolved.is_relative_to(root) for root in allowed):
-            raise BadImage(f"image path {shown} is outside the allowed image roots")
+    resolved = resolve_image_path(image_path, roots)
+    candidate = Path(shown) if Path(shown).is_absolute() else Path.cwd() / shown
 
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:

@@ -71,9 +71,11 @@ class CaptionScorer:
         record: dict[str, Any] = {"caption": caption, "caption_service": source, "source_result_id": result_id}
 
         def call() -> ServiceAnswer:
-            # The caption is a service's answer on this image: its pixels were decoded when it was sent for it.
-            image = self.images.prepared(image_id, image_path, image_url, decoded_before=True)
-            return self.farm.score_answer(SCORING_SERVICE, image, caption)
+            # The CLIP of df57b25 takes no upload on /score (spec §3.4): the shipped catalog gives it the file. The
+            # caption is a service's answer on this image: its pixels were decoded when it was sent for it.
+            image, path = self.images.inputs_for(self.farm.catalog[SCORING_SERVICE], image_id, image_path, image_url,
+                                                 decoded_before=True)
+            return self.farm.score_answer(SCORING_SERVICE, image, caption, image_url=image_url, image_path=path)
 
         answer = call_service(call, final_attempt=final_attempt)
         if isinstance(answer, Failure):

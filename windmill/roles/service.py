@@ -64,9 +64,8 @@ class ServiceTaskHandler:
             return Outcome(None)
 
         def call() -> ServiceAnswer:
-            image = (None if self._by_url(service, task)
-                     else self.images.prepared(task.image_id, task.image_path, task.image_url))
-            return self.farm.analyze(service, image, image_url=task.image_url)
+            image, path = self.images.inputs_for(service, task.image_id, task.image_path, task.image_url)
+            return self.farm.analyze(service, image, image_url=task.image_url, image_path=path)
 
         answer = call_service(call, final_attempt=final_attempt)
         if isinstance(answer, Failure):
@@ -80,9 +79,6 @@ class ServiceTaskHandler:
     def _record_failure(self, task: Task, failure: Failure, handoff: Handoff | None = None) -> Outcome:
         return self._record(task, failure.status, failure.data(), error_message=failure.error_message,
                             processing_time=failure.processing_time, handoff=handoff)
-
-    def _by_url(self, service: Service, task: Task) -> bool:
-        return service.request_mode == "url" and bool(task.image_url)
 
     def _answered(self, task: Task) -> bool:
         with self.pool.connection() as conn:

@@ -304,18 +304,12 @@ def resolve(profile: Profile, method: str, request: RequestData, downloader: Dow
 
 
 def resolve_for_score(profile: Profile, method: str, request: RequestData, downloader: Downloader) -> Picture:
-    """/score (§3.4): `url` or `file` from query, form or JSON; a multipart `file` upload is our extension."""
-    upload = request.files.get("file") if method == "POST" else None
+    """/score (§3.4): `url` or `file` from query, form or JSON. A multipart upload is not supported at df57b25: its
+    image part is not read, so without `url` or `file` the request is the 400 of neither."""
     url = request.param("url")
-    file = request.param("file") if upload is None else None
-    if sum(1 for given in (upload, url, file) if given) > 1:
+    file = request.param("file")
+    if url and file:
         raise ContractError(400, "Cannot provide both url and file parameters")
-    if upload is not None:
-        if not upload.filename or not _allowed(upload.filename):
-            raise ContractError(400, "File type not allowed")
-        if len(upload.data) > MAX_IMAGE_BYTES:
-            raise ContractError(400, "File too large")
-        return Picture(upload.data, "upload")
     if url:
         data = downloader.fetch(profile, url, failure=(400, "Failed to process image URL: "))
         return Picture(data, "url")
