@@ -393,6 +393,8 @@ def test_file_mode_gives_the_service_the_path_and_falls_back_without_one(farm, c
     client.score(farm.service("caption_score", request_mode="file"), None, "a dog", image_path=path)
     assert farm.requests[-1]["query"] == {"file": path, "caption": "a dog"}
     client.analyze(farm.service(request_mode="file"), IMAGE, image_url="http://images.test/x.jpg")  # no path
+    assert farm.requests[-1]["query"] == {"url": "http://images.test/x.jpg"}
+    client.analyze(farm.service(request_mode="file"), IMAGE)  # neither: the bytes
     assert farm.requests[-1]["method"] == "POST"
 
 

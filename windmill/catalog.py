@@ -81,10 +81,11 @@ class Service:
 
     def input_for(self, image_path: str | None, image_url: str | None) -> str:
         """How this service is given an image: its request_mode when the image has what that mode needs (a path
-        for "file", a URL for "url"), else "upload", the bytes Windmill read."""
+        for "file", a URL for "url"); a service that reads images itself downloads one known only by its URL;
+        else "upload", the bytes Windmill read."""
         if self.request_mode == "file" and image_path:
             return "file"
-        if self.request_mode == "url" and image_url:
+        if self.request_mode in ("url", "file") and image_url:
             return "url"
         return "upload"
 
