@@ -4,6 +4,7 @@ postprocess worker with 8 threads; the same run without the limit does send it s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import threading
@@ -225,3 +226,23 @@ def test_pose_never_gets_two_requests_at_once_from_three_worker_processes(
         assert held_after == 0
     else:
         assert pose.peak_held > 1, "three processes with one place each overlap: the test can see a violation"
+
+
+def test_farm_check_probes_pose_only_in_a_fleet_wide_place(database: Database, catalog: Catalog,
+                                                            worker_env: dict[str, str]) -> None:
+    """Pose's /health runs an inference on the one model its requests share (spec §2.7): `farm check` probed it
+    whatever the workers were sending. With the database configured, it waits for one of pose's places."""
+    assert catalog["pose"].fleet_max_concurrency == 1
+    holder = FleetSlots(database.connect)
+    with running_farm(catalog, services=["pose"]) as (_, shifted):
+        env = {**worker_env, "WINDMILL_PORT_OFFSET": str(shifted["pose"].port - catalog["pose"].port)}
+        with holder.place("pose", 1):  # a worker's call to pose in flight
+            check = subprocess.Popen([PYTHON, "-m", "windmill", "farm", "check", "--services", "pose"], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                check.wait(timeout=6)
+            waited = check.poll() is None
+        output, _ = check.communicate(timeout=60)
+        holder.close()
+    assert waited, f"farm check probed pose while its one place was held:\n{output}"
+    assert check.returncode == 0 and "1 of 1 services healthy" in output, output
