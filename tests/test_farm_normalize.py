@@ -168,6 +168,21 @@ def test_each_service_shape_normalises(service, answer, check):
     assert check(normalize_answer(service, answer))
 
 
+@pytest.mark.parametrize("service", ["nsfw2", "blip"])
+def test_a_one_prediction_answer_whose_prediction_is_unusable_is_malformed_not_nothing_found(service):
+    # NSFW, OCR, colors, metadata and captions always answer one prediction (spec §2.3): stored as a success with
+    # none, a bad confidence read as "no NSFW detected" or "no caption".
+    answer = {"service": service, "status": "success", "metadata": META,
+              "predictions": [{"confidence": True, "emoji": "", "nsfw": False}]}
+    with pytest.raises(ServiceCallError, match=r"its one prediction is unusable \(prediction 0 dropped: confidence"
+                       ) as failure:
+        normalize_answer(service, answer)
+    assert failure.value.kind == "malformed"
+    # A detector finding nothing usable did find nothing: still a success.
+    assert normalize_answer("yolov8", with_prediction(YOLO, 0, confidence=True) | {
+        "predictions": [with_prediction(YOLO, 0, confidence=True)["predictions"][0]]})["predictions"] == []
+
+
 @pytest.mark.parametrize(
     ("confidence", "kept", "note"),
     [

@@ -38,6 +38,8 @@ from windmill.farm.errors import ServiceCallError
 from windmill.images.errors import one_line
 
 MAX_NOTES = 20
+# The services whose answer is always exactly one prediction (spec §2.3): captioning, colors, OCR, NSFW, metadata.
+ONE_PREDICTION_SERVICES = frozenset({"blip", "ollama", "colors", "ocr", "nsfw2", "metadata"})
 DESCRIBE_CHARS = 200
 _SNIPPET_BYTES = 64 * 1024
 _CONFIDENCE_SLACK = 1e-6
@@ -65,6 +67,10 @@ def normalize_answer(
             status_code=status_code,
         )
     body["predictions"] = _clean_items(predictions, "prediction", notes, image_size)
+    if predictions and not body["predictions"] and service in ONE_PREDICTION_SERVICES:
+        # Stored as a success with no prediction, it read as "nothing found" (no NSFW, no text, no caption).
+        raise ServiceCallError(f"malformed answer: its one prediction is unusable ({notes[-1]})", kind="malformed",
+                               service=service, status_code=status_code)
     if "full_image" in body:
         if isinstance(body["full_image"], list):
             body["full_image"] = _clean_items(body["full_image"], "full_image entry", notes, image_size)
