@@ -216,6 +216,12 @@ def test_caption_scores_are_replaced_not_piled_up(database: Database, pool: Conn
     latest = conn.execute("SELECT max(result_id) FROM results WHERE service = 'blip'").fetchone()[0]
     assert status == "success" and data["source_result_id"] == latest
     assert -1 <= data["similarity_score"] <= 1 and data["caption"]
+    # The first Windmill's shape (reference-behaviour.md §9) is kept beside ours.
+    assert data["caption_score"] == {"service": "blip", "caption": data["caption"], "original_confidence": 1.0,
+                                     "similarity_score": data["similarity_score"],
+                                     "scored_at": data["caption_score"]["scored_at"]}
+    assert data["processing_algorithm"] == "clip_similarity_v1"
+    assert data["processed_at"] == data["caption_score"]["scored_at"]
 
 
 def test_concurrent_mergers_with_duplicated_jobs_leave_one_box_set(

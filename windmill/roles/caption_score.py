@@ -5,6 +5,7 @@ source's newest caption (a score of an older caption that finishes later is not 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -30,6 +31,18 @@ def caption_of(data: Any) -> str:
     if predictions and isinstance(predictions[0], dict):
         return str(predictions[0].get("text") or "").strip()
     return ""
+
+
+def reference_shape(source: str, caption: str, caption_data: Any, answer: dict[str, Any]) -> dict[str, Any]:
+    """The keys the first Windmill stored a score under (spec/reference-behaviour.md §9), kept beside ours so that
+    what read its rows reads ours: the `caption_score` object, `processing_algorithm`, `processed_at`."""
+    predictions = caption_data.get("predictions") if isinstance(caption_data, dict) else None
+    first = predictions[0] if predictions and isinstance(predictions[0], dict) else {}
+    scored_at = datetime.now(UTC).isoformat()
+    return {"caption_score": {"service": source, "caption": caption,
+                              "original_confidence": first.get("confidence") or 1.0,
+                              "similarity_score": answer.get("similarity_score"), "scored_at": scored_at},
+            "processing_algorithm": "clip_similarity_v1", "processed_at": scored_at}
 
 
 @dataclass(frozen=True)
@@ -81,7 +94,8 @@ class CaptionScorer:
         if isinstance(answer, Failure):
             return CaptionScore(image_id, source, result_id, answer.status, {**record, **answer.data()},
                                 answer.error_message, answer.processing_time)
-        return CaptionScore(image_id, source, result_id, "success", {**record, **answer.data}, None,
+        return CaptionScore(image_id, source, result_id, "success",
+                            {**record, **answer.data, **reference_shape(source, caption, data, answer.data)}, None,
                             answer.processing_time)
 
     def store(self, scored: CaptionScore, handoff: Handoff | None = None) -> str | None:
