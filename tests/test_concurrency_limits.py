@@ -137,7 +137,8 @@ def test_every_caller_of_one_client_shares_the_services_places(catalog: Catalog)
     image = prepare_image((SAMPLES_DIR / "coffee.jpg").read_bytes())
     with running_farm(limited, services=["caption_score"], latency_profile=slow({"caption_score": 40})) as (
             farm, shifted), FarmClient(shifted) as client, ThreadPoolExecutor(9) as pool:
-        calls = [pool.submit(client.score, "caption_score", image, "a cup of coffee") for _ in range(12)]
+        calls = [pool.submit(client.score, "caption_score", image, "a cup of coffee",
+                             image_path=str(SAMPLES_DIR / "coffee.jpg")) for _ in range(12)]
         probes = [pool.submit(client.health, "caption_score") for _ in range(3)]
         assert [call.result() > 0 for call in calls] == [True] * 12
         assert all(probe.result().ok for probe in probes)
