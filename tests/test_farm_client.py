@@ -480,6 +480,11 @@ def test_messy_boxes_are_clamped_to_the_uploaded_image(farm, client):
     assert data["predictions"][1]["confidence"] == 0.4 and data["predictions"][0]["emoji"] == "🙂"
     notes = " | ".join(data["normalization_notes"])
     assert "prediction 1 dropped: confidence is NaN" in notes and "prediction 3 dropped" in notes
+    # A crop's answer: its boxes are clamped once moved into the whole image, not to the crop.
+    kept = client.analyze(farm.service("face", endpoint="/messy"), IMAGE, clamp_to_image=False).data
+    assert [p["bbox"] for p in kept["predictions"]] == [{"x": -10, "y": 50, "width": 40, "height": 40},
+                                                        {"x": 70, "y": 5, "width": 50, "height": 5},
+                                                        {"x": 500, "y": 5, "width": 50, "height": 5}]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -727,6 +727,16 @@ def test_face_predictions_translate_box_and_keypoints():
     assert moved["confidence"] == 0.91 and face["bbox"]["x"] == 81  # the input is untouched
 
 
+def test_a_face_the_crop_cut_through_keeps_its_whole_box_inside_the_image():
+    # The box reaches 20 px left of the crop and 10 px above it, where its keypoint lies; the image goes on there.
+    face = {"label": "face", "bbox": [-20, -10, 60, 60], "keypoints": {"right_eye": [-5, -1]}}
+    moved = face_prediction_to_image(face, CROP, (640, 480))
+    assert moved["bbox"] == {"x": 80, "y": 40, "width": 60, "height": 60}
+    assert moved["keypoints"]["right_eye"] == [95, 49]
+    at_the_edge = face_prediction_to_image({"bbox": [-150, -60, 60, 60]}, CROP, (640, 480))
+    assert at_the_edge["bbox"] == {"x": 0, "y": 0, "width": 10, "height": 50}
+
+
 def test_pose_landmarks_become_normalised_to_the_whole_image():
     pose = {
         "landmarks": {

@@ -4,8 +4,11 @@ postprocessing still to come cut with it, for colors, which asks for them long a
 
 from __future__ import annotations
 
+import http.server
+import json
 import threading
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -99,7 +102,7 @@ class FlakyColors:
     def __init__(self) -> None:
         self.calls = 0
 
-    def analyze(self, service: str, image: object) -> ServiceAnswer:
+    def analyze(self, service: str, image: object, **_options: object) -> ServiceAnswer:
         self.calls += 1
         if self.calls == 2:
             raise ServiceCallError("HTTP 503: busy", kind="http_5xx", service=service, status_code=503)
@@ -128,7 +131,7 @@ class BrokenOnFirstBox:
     def __init__(self, first_box_width: int) -> None:
         self.first_box_width = first_box_width
 
-    def analyze(self, service: str, image: PreparedImage) -> ServiceAnswer:
+    def analyze(self, service: str, image: PreparedImage, **_options: object) -> ServiceAnswer:
         if image.width == self.first_box_width:
             raise RuntimeError("cannot read this crop\nTraceback ...")
         return ServiceAnswer(service, {"predictions": [{"color": "red"}]}, 0.01, 200)
@@ -159,7 +162,7 @@ class Colors:
         self.calls = 0
         self.during_call = during_call or {}
 
-    def analyze(self, service: str, image: object) -> ServiceAnswer:
+    def analyze(self, service: str, image: object, **_options: object) -> ServiceAnswer:
         self.calls += 1
         action = self.during_call.get(self.calls)
         if callable(action):
@@ -214,3 +217,47 @@ def test_a_box_deleted_by_a_merge_committing_during_the_store_drops_only_its_row
         merge.close()
     assert stored == [["success"]]
     assert conn.execute("SELECT merged_box_id FROM postprocessing").fetchall() == [(second,)]
+
+
+class _FaceBeyondTheCrop(http.server.BaseHTTPRequestHandler):
+    """A face service that finds a face the crop cut through: its box starts 20 px left of the crop and 10 px above
+    it, with an eye out there too (crop pixels; spec §3.11's answer)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"service": "face", "status": "success", "metadata": {"processing_time": 0.01},
+                           "predictions": [{"label": "face", "emoji": "🙂", "confidence": 0.9,
+                                            "bbox": [-20, -10, 60, 60], "keypoints": {"right_eye": [-5, -1]}}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body.encode())))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_a_face_the_crop_cut_through_is_stored_whole_in_image_coordinates(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection, catalog: Catalog) -> None:
+    # The box was clamped to the crop before it was moved into the image: part of the face was lost, and its eye
+    # lay outside the box stored.
+    image_id = merged_image(conn, pool, ("person", "🧑"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FaceBeyondTheCrop)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        faced = Catalog(tuple(replace(service, host="127.0.0.1", port=server.server_address[1])
+                              if service.name == "face" else service for service in catalog.services))
+        with FarmClient(faced) as farm:
+            images = ImageSource(SETTINGS)
+            context = RoleContext(settings=SETTINGS, database=database, pool=pool, jobs=JobQueue(pool),
+                                  catalog=faced, worker_id="crops-test", farm=farm, images=images)
+            assert PostprocessHandler(context, farm, images).handle(
+                Job(1, "postprocess_face", {"image_id": image_id}, image_id, 1, 5), "face") == ["success"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    face = conn.execute("SELECT data FROM postprocessing WHERE service = 'face'").fetchone()[0]["predictions"][0]
+    left, top = PERSON["x"], PERSON["y"]  # the crop's corner in the image (coffee.jpg is 400 × 400 and more)
+    assert face["bbox"] == {"x": left - 20, "y": top - 10, "width": 60, "height": 60}
+    assert face["keypoints"]["right_eye"] == [left - 5, top - 1]

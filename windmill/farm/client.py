@@ -179,13 +179,15 @@ class FarmClient:
         image_url: str | None = None,
         image_path: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        clamp_to_image: bool = True,
     ) -> ServiceAnswer:
         """Run one service on one image and return its normalised answer.
 
         The service's `request_mode` picks the input (Service.input_for): "upload" sends `image`, "url" sends
         `image_url`, "file" sends `image_path` (which the service reads on its own disk); an image without what
         the mode needs is uploaded, or without bytes given, sent by its URL. `extra` adds form fields (upload) or
-        query parameters, e.g. colors `regions`, ollama `prompt`.
+        query parameters, e.g. colors `regions`, ollama `prompt`. Boxes are clamped to the uploaded image unless
+        `clamp_to_image` is false (a crop's answer, clamped once moved into the whole image).
         """
         target = self._resolve(service)
         request, uploaded = self._image_request(target, image, image_url, image_path, _form_fields(extra))
@@ -193,7 +195,8 @@ class FarmClient:
             exchange = self._call(target, request)
             payload = self._payload(target, exchange)
             image_size = image.size if uploaded and image is not None else None
-            data = normalize_answer(target.name, payload, image_size=image_size, status_code=exchange.status_code)
+            data = normalize_answer(target.name, payload, image_size=image_size, status_code=exchange.status_code,
+                                    clamp=clamp_to_image)
         return ServiceAnswer(target.name, data, exchange.elapsed, exchange.status_code)
 
     def score_answer(

@@ -52,9 +52,11 @@ _LONG_DIGITS = re.compile(rb"[0-9]{20}")
 
 
 def normalize_answer(
-    service: str, payload: Any, *, image_size: tuple[int, int] | None = None, status_code: int | None = 200
+    service: str, payload: Any, *, image_size: tuple[int, int] | None = None, status_code: int | None = 200,
+    clamp: bool = True,
 ) -> dict[str, Any]:
-    """A 2xx `/analyze` answer in canonical form; `image_size` is what the service received (w, h)."""
+    """A 2xx `/analyze` answer in canonical form; `image_size` is what the service received (w, h). Boxes are cut
+    to it (and to x, y ≥ 0) unless `clamp` is false: a crop's boxes, cut once moved into the whole image."""
     body = _success_body(service, payload, status_code)
     notes: list[str] = []
     predictions = body.get("predictions")
@@ -66,14 +68,14 @@ def normalize_answer(
             service=service,
             status_code=status_code,
         )
-    body["predictions"] = _clean_items(predictions, "prediction", notes, image_size)
+    body["predictions"] = _clean_items(predictions, "prediction", notes, image_size, clamp)
     if predictions and not body["predictions"] and service in ONE_PREDICTION_SERVICES:
         # Stored as a success with no prediction, it read as "nothing found" (no NSFW, no text, no caption).
         raise ServiceCallError(f"malformed answer: its one prediction is unusable ({notes[-1]})", kind="malformed",
                                service=service, status_code=status_code)
     if "full_image" in body:
         if isinstance(body["full_image"], list):
-            body["full_image"] = _clean_items(body["full_image"], "full_image entry", notes, image_size)
+            body["full_image"] = _clean_items(body["full_image"], "full_image entry", notes, image_size, clamp)
         else:
             notes.append(f"full_image removed: a {_json_type(body['full_image'])}, not a list")
             del body["full_image"]
@@ -261,18 +263,18 @@ def _finish(service: str, body: dict[str, Any], notes: list[str], status_code: i
 
 
 def _clean_items(
-    items: list[Any], label: str, notes: list[str], image_size: tuple[int, int] | None
+    items: list[Any], label: str, notes: list[str], image_size: tuple[int, int] | None, clamp: bool
 ) -> list[dict[str, Any]]:
     kept = []
     for index, item in enumerate(items):
-        cleaned = _clean_item(item, f"{label} {index}", notes, image_size, with_emoji=True)
+        cleaned = _clean_item(item, f"{label} {index}", notes, image_size, with_emoji=True, clamp=clamp)
         if cleaned is not None:
             kept.append(cleaned)
     return kept
 
 
 def _clean_item(
-    item: Any, where: str, notes: list[str], image_size: tuple[int, int] | None, *, with_emoji: bool
+    item: Any, where: str, notes: list[str], image_size: tuple[int, int] | None, *, with_emoji: bool, clamp: bool
 ) -> dict[str, Any] | None:
     if not isinstance(item, dict):
         notes.append(f"{where} dropped: a {_json_type(item)}, not an object")
@@ -302,7 +304,7 @@ def _clean_item(
             if box is None:
                 notes.append(f"{where} dropped: bbox {problem}")
                 return None
-            clamped = clamp_bbox(box, image_size)
+            clamped = clamp_bbox(box, image_size) if clamp else box
             if clamped is None:
                 notes.append(f"{where} dropped: bbox {_box_text(box)} lies outside the image")
                 return None
@@ -317,7 +319,7 @@ def _clean_item(
         regions = out["text_regions"]
         if isinstance(regions, list):
             cleaned = (
-                _clean_item(region, f"{where} text_region {index}", notes, image_size, with_emoji=False)
+                _clean_item(region, f"{where} text_region {index}", notes, image_size, with_emoji=False, clamp=clamp)
                 for index, region in enumerate(regions)
             )
             out["text_regions"] = [region for region in cleaned if region is not None]

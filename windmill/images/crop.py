@@ -137,16 +137,18 @@ def crop_box_to_image_coords(
     return {"x": _tidy(left), "y": _tidy(top), "width": _tidy(right - left), "height": _tidy(bottom - top)}
 
 
-def face_prediction_to_image(prediction: Mapping[str, Any], crop: CropBox) -> dict[str, Any]:
+def face_prediction_to_image(prediction: Mapping[str, Any], crop: CropBox,
+                             image_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """A face prediction from a crop with its bbox and keypoints in image pixels; other keys kept.
 
-    The original crop-relative box is kept as `bbox_in_crop`. Keypoints that are not `[x, y]`
-    pairs are left as they are.
+    The original crop-relative box is kept as `bbox_in_crop`. The box is clamped to the image (`image_size`), not to
+    the crop: a face the box cut through reaches beyond it, and its keypoints may lie there. Keypoints that are not
+    `[x, y]` pairs are left as they are.
     """
     translated = dict(prediction)
     if "bbox" in prediction:
         translated["bbox_in_crop"] = prediction["bbox"]
-        translated["bbox"] = crop_box_to_image_coords(prediction["bbox"], crop)
+        translated["bbox"] = crop_box_to_image_coords(prediction["bbox"], crop, clamp_to=image_size)
     keypoints = prediction.get("keypoints")
     if isinstance(keypoints, Mapping):
         moved: dict[str, Any] = {}

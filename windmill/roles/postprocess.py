@@ -31,7 +31,7 @@ def to_image_coordinates(service: str, data: dict[str, Any], crop: CropBox, imag
                          ) -> dict[str, Any]:
     """The answer with predictions in full-image coordinates; the crop's own answer kept under `raw`."""
     if service == "face":
-        predictions = [face_prediction_to_image(p, crop) for p in data.get("predictions", [])]
+        predictions = [face_prediction_to_image(p, crop, image_size) for p in data.get("predictions", [])]
     elif service == "pose":
         predictions = [pose_prediction_to_image(p, crop, image_size) for p in data.get("predictions", [])]
     else:
@@ -109,7 +109,8 @@ class PostprocessHandler:
             crop = self.images.crop(box["image_id"], box["image_path"], box["image_url"],
                                     box["merged_data"]["merged_bbox"],
                                     other_boxes=lambda: self._boxes_to_crop(box["image_id"]))
-            return self.farm.analyze(service, crop.image), crop.box, crop.image_size
+            # Boxes are clamped once in image coordinates (to_image_coordinates), not to the crop first.
+            return self.farm.analyze(service, crop.image, clamp_to_image=False), crop.box, crop.image_size
 
         called = call_service(call, final_attempt=final_attempt)
         if isinstance(called, Failure):
