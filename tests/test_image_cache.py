@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -264,3 +265,36 @@ def test_an_image_over_the_services_request_limit_is_sent_re_encoded_with_its_pi
     too_small = ImageSource(settings_from_mapping({"WINDMILL_SERVICE_MAX_BYTES": str(100_000 + 64 * 1024)}))
     with pytest.raises(BadImage, match=r"even as a JPEG of quality 70, over the 98 KiB the services take"):
         too_small.prepared(1, str(original), None)
+
+
+def test_a_file_replaced_under_its_name_is_read_afresh_not_served_from_the_cache(tmp_path: Path) -> None:
+    # Its entry was keyed by the image's row alone: a blue file copied over a red one kept the red bytes (and their
+    # colors) for as long as the process ran.
+    source = ImageSource(settings_from_mapping({}))
+    path = tmp_path / "x.jpg"
+    Image.new("RGB", (64, 48), "red").save(path)
+    red = source.prepared(1, str(path), None).data
+    assert source.pixels(1, str(path), None).getpixel((5, 5))[0] > 200
+    Image.new("RGB", (64, 48), "blue").save(path)
+    later = path.stat().st_mtime_ns + 1_000_000_000  # a file's clock ticks coarsely: a replacement comes later
+    os.utime(path, ns=(later, later))
+    assert source.prepared(1, str(path), None).data == path.read_bytes() != red
+    assert source.pixels(1, str(path), None).getpixel((5, 5))[2] > 200
+    crop = source.crop(1, str(path), None, {"x": 0, "y": 0, "width": 32, "height": 24})
+    assert crop.image.to_rgb().getpixel((5, 5))[2] > 200
+
+
+def test_a_file_registered_while_it_was_written_is_read_again_once_complete(tmp_path: Path) -> None:
+    # `images watch` can take a file before its writer is done: its truncation was kept 30 s as the image's failure,
+    # and the tasks queued again once it settled failed the same way.
+    whole = tmp_path / "whole.jpg"
+    Image.effect_noise((128, 96), 40).convert("RGB").save(whole, quality=90)
+    data = whole.read_bytes()
+    path = tmp_path / "arriving.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    source = ImageSource(settings_from_mapping({}))
+    with pytest.raises(BadImage, match="truncated"):
+        source.prepared(1, str(path), None)
+    with path.open("ab") as rest:
+        rest.write(data[len(data) // 2:])
+    assert source.prepared(1, str(path), None).data == data

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -231,7 +232,7 @@ class ImageSource:
         `decoded_before`: a service has answered on the image, so its pixels were decoded (by the process that sent
         it): a JPEG sent as it is is not decoded again (prepare_image). Kept apart from the fully validated entry,
         which callers that decode the pixels rely on (pixels, crop), and which it uses when this process has it."""
-        key = (image_id, image_path, image_url)
+        key = _image_key(image_id, image_path, image_url)
         most = self.settings.max_upload_image_bytes
         if not decoded_before:
             return self.prepared_images.get(
@@ -254,10 +255,12 @@ class ImageSource:
 
     def pixels(self, image_id: int, image_path: str | None, image_url: str | None) -> Image.Image:
         """Upright RGB pixels of the image, to crop boxes from (do not modify: shared between threads)."""
-        key = (image_id, image_path, image_url)
+        return self._pixels(_image_key(image_id, image_path, image_url))
+
+    def _pixels(self, key: ImageKey) -> Image.Image:
         return self.decoded_images.get(key, lambda: self._decode(key))
 
-    def _decode(self, key: tuple[int, str | None, str | None]) -> Image.Image:
+    def _decode(self, key: ImageKey) -> Image.Image:
         """The pixels of the prepared image. When this call prepares it, one full decode both proves it whole and
         gives them (prepare_image_and_pixels); when it was prepared already (a service of this process sent it),
         its bytes are decoded."""
@@ -284,12 +287,12 @@ class ImageSource:
         When this call cuts the box, it cuts `other_boxes()` (the image's boxes still to be asked for) from the same
         pixels: colors asks for an image's boxes long after face and pose asked for its person boxes in a bulk run
         (see DECODED_BYTES), and a crop is about a hundredth of the pixels' bytes, so crops outlast pixels."""
-        key = (image_id, image_path, image_url)
+        key = _image_key(image_id, image_path, image_url)
         where = _where(bbox)
         decoded: list[Image.Image] = []
 
         def load() -> Crop:
-            decoded.append(self.pixels(*key))
+            decoded.append(self._pixels(key))
             return _cut(decoded[0], bbox)
 
         crop = load() if where is None else self.crops.get((*key, where), load)
@@ -301,6 +304,23 @@ class ImageSource:
                 if other_where is not None and other_where != where:
                     self.crops.offer((*key, other_where), functools.partial(_cut, decoded[0], other))
         return crop
+
+
+# An image's entries are keyed by its row and, for a file, the file's size, modification time and inode: a file replaced
+# since (new pixels under the same name) or completed since (registered while it was being written, its truncation
+# kept as a failure) is another entry, read afresh.
+ImageKey = tuple[int, str | None, str | None, tuple[int, int, int] | None]
+
+
+def _image_key(image_id: int, image_path: str | None, image_url: str | None) -> ImageKey:
+    version = None
+    if image_path:
+        try:
+            info = os.stat(image_path)
+            version = (info.st_size, info.st_mtime_ns, info.st_ino)
+        except (OSError, ValueError):  # missing (the loader says so, or takes the URL), or a NUL in the name
+            pass
+    return image_id, image_path, image_url, version
 
 
 def _where(bbox: Any) -> tuple[float, float, float, float] | None:
