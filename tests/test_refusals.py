@@ -69,6 +69,17 @@ def test_images_add_as_the_worker_role_names_the_privilege_and_the_role_it_needs
                     "(deploy/roles.sql; deploy/README.md says which command needs which)")
 
 
+def test_images_watch_as_the_worker_role_names_the_owner(url_as: Callable[..., str], tmp_path: Path) -> None:
+    # It registers images as `images add` does; its refusal asked for windmill_worker, the login it was run as.
+    folder = tmp_path / "arrivals"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "a.jpg")
+    said = one_sentence(windmill(tmp_path, "images", "watch", str(folder),
+                                 WINDMILL_DATABASE_URL=url_as("windmill_worker")))
+    assert said.startswith("PostgreSQL refused `images watch` as windmill_worker: permission denied for table")
+    assert "it needs the privileges of windmill_owner" in said
+
+
 def test_images_remove_as_the_worker_role_needs_the_owner(url_as: Callable[..., str], tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "b.jpg")
@@ -174,3 +185,31 @@ def test_a_read_only_command_refused_names_the_monitor_role(url_as: Callable[...
     said = one_sentence(windmill(tmp_path, "show", "1", WINDMILL_DATABASE_URL=url_as("windmill_no_grants")))
     assert said.startswith("PostgreSQL refused `show` as windmill_no_grants: permission denied for ")
     assert "it needs the privileges of windmill_monitor" in said
+
+
+def test_the_monitor_runs_its_read_only_commands_and_the_worker_asks_again_for_failed_products(
+        url_as: Callable[..., str], server_conninfo: str, tmp_path: Path) -> None:
+    # `show`, `images groups` and `eval` synced the catalog (an INSERT) and were refused to windmill_monitor;
+    # `backfill --failed` locked rows FOR UPDATE, which windmill_worker may not.
+    admin = url_as(conninfo_to_dict(server_conninfo).get("user") or "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        image_id = conn.execute("INSERT INTO windmill.images (image_filename, image_path) VALUES ('a.jpg', "
+                                "'/data/a.jpg') RETURNING image_id").fetchone()[0]
+        box = conn.execute("""INSERT INTO windmill.merged_boxes (image_id, source_result_ids, merged_data, crop_key)
+                              VALUES (%s, '{1}', '{"emoji": "🧑", "labels": ["person"],
+                                      "merged_bbox": {"x": 0, "y": 0, "width": 9, "height": 9}}', 'person:0')
+                              RETURNING merged_id""", (image_id,)).fetchone()[0]
+        conn.execute("INSERT INTO windmill.postprocessing (image_id, merged_box_id, service, data, status, "
+                     "error_message) VALUES (%s, %s, 'face', '{}', 'error', 'face: HTTP 503')", (image_id, box))
+    coco = tmp_path / "truth.json"
+    coco.write_text('{"images": [{"id": 1, "file_name": "a.jpg", "width": 9, "height": 9}], "annotations": [], '
+                    '"categories": [{"id": 1, "name": "person"}]}')
+    monitor = url_as("windmill_monitor")
+    for args in (("show", str(image_id)), ("images", "groups"), ("eval", "--coco", str(coco))):
+        result = windmill(tmp_path, *args, WINDMILL_DATABASE_URL=monitor)
+        assert result.exit_code == 0, f"{args}: {result.output}"
+    result = windmill(tmp_path, "backfill", "--failed", WINDMILL_DATABASE_URL=url_as("windmill_worker"))
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(admin) as conn:
+        assert conn.execute("SELECT count(*) FROM windmill.postprocessing").fetchone()[0] == 0  # asked again
+        assert conn.execute("SELECT count(*) FROM windmill.jobs WHERE queue = 'postprocess_face'").fetchone()[0] == 1

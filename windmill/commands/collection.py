@@ -172,7 +172,7 @@ def images_groups(app: AppContext, as_json: bool) -> None:
     """The collection's groups with their number of images (reads every image's index entry)."""
     from windmill.monitor import format_table
 
-    with app.windmill() as windmill:
+    with app.windmill(reading_only=True) as windmill:
         counts = windmill.groups()
     rows = [{"group": group, "images": images} for group, images in counts.items()]
     if as_json:
@@ -337,12 +337,12 @@ def show(app: AppContext, image_id: int, png_path: Path | None, detectors: bool)
     if png_path is None:
         if detectors:
             raise click.UsageError("--detectors draws boxes: give --png FILE too")
-        with app.windmill() as windmill:
+        with app.windmill(reading_only=True) as windmill:
             echo_json(windmill.image(image_id).as_dict())
         return
     from windmill.render import render_image, save_png
 
-    with app.connection() as conn:
+    with app.connection(reading_only=True) as conn:
         picture = render_image(conn, app.settings, image_id, detectors=detectors)
     save_png(picture, png_path)
     click.echo(f"Wrote {png_path} ({picture.width}×{picture.height}).")
@@ -362,7 +362,7 @@ def evaluate(app: AppContext, coco_path: Path, group: str | None, include_reject
     from windmill.evaluation import evaluate_collection, format_eval_table, load_coco_annotations
 
     truth = load_coco_annotations(coco_path)
-    with app.connection() as conn:
+    with app.connection(reading_only=True) as conn:
         rows = evaluate_collection(conn, truth, group=group,
                                    rejected_by=app.settings.harmony if include_rejected else None)
     if as_json:

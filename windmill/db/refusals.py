@@ -12,7 +12,8 @@ import re
 import psycopg
 from psycopg import errors
 
-OWNER_COMMANDS = frozenset({"init-db", "images add", "images remove", "cron install", "cron uninstall"})
+OWNER_COMMANDS = frozenset({"init-db", "images add", "images watch", "images remove", "cron install",
+                            "cron uninstall"})
 WORKER_ROLE = "windmill_worker"
 MONITOR_ROLE = "windmill_monitor"
 # The commands that read only, which the monitor role may run (deploy/roles.sql: the collection, its products, the
