@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from tests.conftest import PYTHON
 from windmill.catalog import Catalog
-from windmill.db.connect import Database
+from windmill.db.connect import Database, conninfo_to_url
 from windmill.db.migrations import available_migrations, migrate
 from windmill.db.schema import init_database
 from windmill.jobs import JobState
@@ -96,3 +98,21 @@ def test_migrations_are_read_from_another_tree_when_given_one(tmp_path: Path) ->
     (tmp_path / "notes.txt").write_text("not a migration")
     assert [(m.version, m.name, m.sql) for m in available_migrations(tmp_path)] == [
         (1, "first", "SELECT 1;"), (2, "second", "SELECT 2;")]
+
+
+def test_an_older_windmill_refuses_a_database_a_newer_one_migrated(empty_database: str, catalog: Catalog,
+                                                                    worker_env: dict[str, str]) -> None:
+    # Workers of the previous version failed every postprocess job of the new payload (sql/0115), and a rolled-back
+    # `init-db` said the schema was up to date.
+    with Database(empty_database).connect() as conn:
+        init_database(conn, catalog)
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9998, 'from_the_future'), "
+                     "(9999, 'further_still')")
+    env = {**worker_env, "WINDMILL_DATABASE_URL": conninfo_to_url(Database(empty_database).conninfo)}
+    for command in (["init-db"], ["worker", "--role", "merger"], ["status"]):
+        done = subprocess.run([PYTHON, "-m", "windmill", *command], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 1, (command, done.stdout, done.stderr)
+        assert ("a newer Windmill migrated this database (migration 9999 and 1 more, which this one does not "
+                "have); upgrade Windmill here") in done.stderr, (command, done.stderr)
+        assert "Traceback" not in done.stderr

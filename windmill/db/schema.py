@@ -16,15 +16,30 @@ from windmill.settings import Settings
 
 
 def init_database(conn: psycopg.Connection, catalog: Catalog) -> list[Migration]:
+    refuse_a_newer_schema(applied_versions(conn))
     applied = migrate(conn)
     sync_services(conn, catalog)
     return applied
 
 
+def refuse_a_newer_schema(applied: set[int]) -> None:
+    """Fail with a clear sentence when a newer Windmill migrated the database: this version does not know what its
+    migrations changed (a job's payload, say: sql/0115), and its workers would fail or misread such rows. Said at
+    once rather than by each job failing, and by `init-db` too, which said "up to date" after a rollback."""
+    unknown = sorted(applied - {m.version for m in available_migrations()})
+    if unknown:
+        more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+        raise WindmillError(f"a newer Windmill migrated this database (migration {unknown[-1]:04d}{more}, which "
+                            f"this one does not have); upgrade Windmill here to the version that ran `init-db`")
+
+
 def ensure_schema(conn: psycopg.Connection, catalog: Catalog, *, may_migrate: bool, sync_catalog: bool = True) -> None:
     """Fail with a clear sentence when migrations are pending and this process may not apply them
-    (a configured database is migrated by `init-db`; the embedded one is migrated on first use)."""
-    pending = {m.version for m in available_migrations()} - applied_versions(conn)
+    (a configured database is migrated by `init-db`; the embedded one is migrated on first use), or when a newer
+    Windmill migrated the database."""
+    applied = applied_versions(conn)
+    refuse_a_newer_schema(applied)
+    pending = {m.version for m in available_migrations()} - applied
     if pending and not may_migrate:
         raise WindmillError("the database schema is not up to date; run `windmill-cli init-db` first")
     if pending:
