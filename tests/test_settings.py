@@ -100,6 +100,28 @@ def test_a_settings_file_that_is_not_utf8_text_is_one_sentence(tmp_path: Path) -
         load_settings(env_file, environ={})
 
 
+def test_a_settings_file_that_cannot_be_read_is_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # /etc/windmill/windmill.env is mode 600 (it holds passwords): another user than its owner got a traceback.
+    import windmill.settings
+
+    def refused(path: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    env_file = tmp_path / "windmill.env"
+    env_file.write_text("LOG_LEVEL=INFO\n")
+    monkeypatch.setattr(windmill.settings, "dotenv_values", refused)  # the test runs as root, who reads it all
+    with pytest.raises(ConfigError, match=rf"^cannot read the settings file {env_file}: Permission denied$"):
+        load_settings(env_file, environ={})
+
+
+@pytest.mark.parametrize("variable", ["WINDMILL_DATABASE_URL", "WINDMILL_AMQP_URL"])
+def test_a_url_that_cannot_be_split_is_one_sentence_without_its_password(variable: str) -> None:
+    scheme = "postgresql" if variable == "WINDMILL_DATABASE_URL" else "amqp"
+    with pytest.raises(ConfigError) as refused:
+        settings_from_mapping({variable: f"{scheme}://user:hunter2@[::1/db"})
+    assert str(refused.value) == f"{variable} cannot be read as a URL (Invalid IPv6 URL)"
+
+
 def test_missing_explicit_env_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.env", environ={})

@@ -356,3 +356,16 @@ def test_a_host_name_that_does_not_resolve_is_one_sentence(collection: Database,
         pass
     assert str(refused.value) == ("cannot serve the dashboard on nosuchhost.invalid:0: the host name does not "
                                   "resolve to an address")
+
+
+def test_a_parameter_postgresql_cannot_take_is_a_400_not_a_server_error(
+        collection: Database, database_url: str, catalog: Catalog) -> None:
+    # A gallery page past the last bigint, or a group with a NUL byte, reached PostgreSQL and came back as HTTP 500
+    # with a traceback in the log.
+    with collection.pool(max_size=1, name="web-test") as pool:
+        client = create_app(Dashboard(settings_for(database_url), catalog, pool)).test_client()
+        for query in ("before=99999999999999999999999", "before=-1", "group=%00", "emoji=a%00b"):
+            assert client.get(f"/gallery?{query}").status_code == 400, query
+        assert client.get("/images/99999999999999999999999").status_code == 404
+        assert client.get("/images/99999999999999999999999/thumbnail.jpg").status_code == 404
+        assert client.get("/gallery?before=5").status_code == 200

@@ -105,10 +105,19 @@ def port_setting(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+def _scheme(url: str, name: str) -> str:
+    """The URL's scheme; a URL that cannot be split at all (an unclosed `[` of an IPv6 host) is one sentence that
+    does not repeat it (it may hold a password)."""
+    try:
+        return urlsplit(url).scheme
+    except ValueError as problem:
+        raise ConfigError(f"{name} cannot be read as a URL ({problem})") from None
+
+
 def database_url_of(env: Mapping[str, str]) -> str | None:
     if url := env.get("WINDMILL_DATABASE_URL"):
-        if urlsplit(url).scheme not in ("postgres", "postgresql"):
-            raise ConfigError("WINDMILL_DATABASE_URL must start with postgresql://")
+        if _scheme(url, "WINDMILL_DATABASE_URL") not in ("postgres", "postgresql"):
+            raise ConfigError("WINDMILL_DATABASE_URL must start with postgresql:// (or postgres://)")
         _check_url_ports(url)
         return url
     if not env.get("DB_HOST"):
@@ -137,7 +146,7 @@ def _check_url_ports(url: str) -> None:
 
 def amqp_url_of(env: Mapping[str, str]) -> str | None:
     if url := env.get("WINDMILL_AMQP_URL"):
-        if urlsplit(url).scheme not in ("amqp", "amqps"):
+        if _scheme(url, "WINDMILL_AMQP_URL") not in ("amqp", "amqps"):
             raise ConfigError("WINDMILL_AMQP_URL must start with amqp:// or amqps://")
         return with_a_port(url, "WINDMILL_AMQP_URL")
     if not env.get("QUEUE_HOST"):

@@ -355,6 +355,8 @@ def read_env_file(path: Path) -> dict[str, str]:
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path} is not a text file in UTF-8 (the byte at offset {error.start} is not UTF-8): a "
                           "settings file holds lines of NAME=value") from None
+    except OSError as error:  # e.g. /etc/windmill/windmill.env, mode 600, read by another user than its owner
+        raise ConfigError(f"cannot read the settings file {path}: {error.strerror or error}") from None
     finally:
         dotenv_log.removeFilter(unparsed)
     if unparsed.lines:

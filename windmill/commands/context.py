@@ -14,6 +14,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from windmill.catalog import SELECTION_KEYWORDS, Catalog, configured_catalog
+from windmill.db import BIGINT_MAX
 from windmill.errors import WindmillError, first_line
 from windmill.settings import Settings, SettingsSource, configure_logging, load_configuration
 
@@ -107,7 +108,6 @@ pass_app = click.make_pass_decorator(AppContext)
 
 # Image and job ids are PostgreSQL bigints: a larger number is refused as an option's value, not sent to the server
 # (which answered with a function signature that does not exist, and advice to run init-db).
-BIGINT_MAX = 2**63 - 1
 ID_OR_ZERO = click.IntRange(0, BIGINT_MAX)
 AN_ID = click.IntRange(1, BIGINT_MAX)
 BIGINT = click.IntRange(-BIGINT_MAX - 1, BIGINT_MAX)  # an id looked up, where no such id is the answer

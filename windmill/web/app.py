@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from flask import Flask, Response, abort, redirect, render_template, request, url_for
 
+from windmill.db import BIGINT_MAX
 from windmill.db.connect import DatabaseUnavailable
 from windmill.errors import WindmillError, first_line
 from windmill.web.data import STATUSES, Dashboard, GalleryFilter, MayNotRetry
@@ -92,19 +93,27 @@ def create_app(dashboard: Dashboard, *, allow_actions: bool = False, allowed_hos
         if status is not None and status not in STATUSES:
             abort(400, f"status is one of {', '.join(STATUSES)}")
         before = request.args.get("before", type=int)
-        selected = GalleryFilter(group=request.args.get("group") or None, emoji=request.args.get("emoji") or None,
-                                 status=status, before=before)
+        if before is not None and not 0 < before <= BIGINT_MAX:
+            abort(400, "before is an image id")
+        group, emoji = request.args.get("group") or None, request.args.get("emoji") or None
+        if "\x00" in (group or "") + (emoji or ""):
+            abort(400, "a group or emoji holds no NUL character")
+        selected = GalleryFilter(group=group, emoji=emoji, status=status, before=before)
         images, next_before = dashboard.gallery(selected)
         return render_template("gallery.html", images=images, next_before=next_before, selected=selected,
                                groups=dashboard.groups(), statuses=STATUSES)
 
     @app.get("/images/<int:image_id>")
     def image(image_id: int) -> str:
+        if image_id > BIGINT_MAX:
+            abort(404)
         page = dashboard.image(image_id)
         return render_template("image.html", page=page, record=page.record, overlay=page.overlay)
 
     @app.get("/images/<int:image_id>/<any(picture, thumbnail):kind>.jpg")
     def picture(image_id: int, kind: str) -> Response:
+        if image_id > BIGINT_MAX:
+            abort(404)
         try:
             found = dashboard.picture(image_id, THUMBNAIL_PX if kind == "thumbnail" else PICTURE_PX)
         except WindmillError as problem:
