@@ -5,8 +5,9 @@
 --   windmill_worker   what workers do and nothing more: read the collection, write answers, merged boxes,
 --                     consensus, postprocessing, jobs and its own row in `workers`, run the backfill and delete old
 --                     finished jobs (through prune_jobs, not DELETE). It also serves `submit`, `status`,
---                     `backfill`, `jobs` and `cron status`. No DDL, no TRUNCATE, no temporary tables, nothing
---                     outside schema windmill.
+--                     `backfill`, `jobs` and `cron status`. No DDL, no TRUNCATE, no temporary tables in this
+--                     database, nothing outside schema windmill. (PostgreSQL grants every role TEMPORARY on a new
+--                     database: revoke it on the server's others, `postgres` included, to keep that out there too.)
 --   windmill_monitor  reads: the five monitoring views (psql, Grafana) and, for the dashboard (`windmill-cli web`)
 --                     and `export`, the collection and its answers and products (images, results, merged boxes,
 --                     consensus, postprocessing) and, for `status`, the RabbitMQ task ledger. Not jobs, workers

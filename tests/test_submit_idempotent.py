@@ -241,7 +241,8 @@ def test_status_shows_entries_without_a_message_and_tasks_forget_frees_their_pai
     assert [(row["in_rabbitmq"], row["unaccounted"]) for row in compared] == [(1, 0), (0, 1)]
     assert "windmill-cli tasks resend --older-than 0" in format_status({
         **json.loads(run("status", "--json").output), "in_flight": compared, "rabbitmq": {**broker, "url": "x"}})
-    assert len(json.loads(run("tasks", "list", "--json").output)) == 2
+    listed = json.loads(run("tasks", "list", "--json").output)
+    assert len(listed) == 2 and all(isinstance(row["age_s"], float) for row in listed)  # a number, as in status
     assert run("tasks", "forget").exit_code == 2, "forgetting everything needs --all"
     assert "Forgot 0 task(s)" in run("tasks", "forget", "--all", "--older-than", "3600").output
     assert "Forgot 1 task(s)" in run("tasks", "forget", "--service", "clip").output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,7 +134,13 @@ def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+    click.echo(json.dumps(value, indent=2, default=_json_value, ensure_ascii=False))
+
+
+def _json_value(value: Any) -> Any:
+    """What JSON cannot hold as it is: a PostgreSQL numeric (an age, a rate) as a number, anything else (a time, a
+    path) as its text."""
+    return float(value) if isinstance(value, Decimal) else str(value)
 
 
 def print_services(catalog: Catalog, as_json: bool) -> None:

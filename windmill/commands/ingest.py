@@ -44,6 +44,8 @@ def dlq_list(app: AppContext, queue: str | None, limit: int, as_json: bool) -> N
         echo_json(letters)
     else:
         click.echo(format_table(letters))
+    if len(letters) == limit:
+        click.echo(f"(the first {limit}; there may be more: --limit N shows more)", err=True)
 
 
 @dlq.command("replay")
@@ -94,6 +96,8 @@ def tasks_list(app: AppContext, service: str | None, older_than: float, limit: i
         echo_json(rows)
     else:
         click.echo(format_table(rows))
+    if len(rows) == limit:
+        click.echo(f"(the first {limit}; there may be more: --limit N shows more)", err=True)
 
 
 @tasks.command("forget")
