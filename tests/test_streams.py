@@ -5,6 +5,7 @@ and leaves its position behind an image id that may still appear below the ones 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -265,3 +266,48 @@ def test_a_watched_name_that_is_not_utf8_is_skipped_with_a_warning_and_the_watch
     assert any("caf\\xe9_before.jpg" in message for message in skipped)
     assert any("caf\\xe9_after.jpg" in message for message in skipped)
     assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == 2
+
+
+def test_follow_and_watch_outlive_their_database_sessions_being_killed(
+        conn: psycopg.Connection, worker_env: dict[str, str], tmp_path: Path) -> None:
+    # A PostgreSQL restart, a failover or an admin's pg_terminate_backend ended both streams with "PostgreSQL
+    # refused `submit`": the workers came back, the stream did not.
+    folder = tmp_path.resolve() / "uploads"
+    folder.mkdir()
+    follow = ("submit", "--follow", "--services", "nsfw2", "--broker", "postgres", "--poll-interval", "1")
+    watch = ("images", "watch", str(folder), "--settle", "0.5")
+    with command(worker_env, *follow) as follower, command(worker_env, *watch) as watcher:
+        first = folder / "first.jpg"
+        first.write_bytes(SAMPLE.read_bytes())
+        wait_until(lambda: registered(conn, first) and jobs_per_image(conn), timeout=60,
+                   message="the first file registered and queued")
+        killed = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+                              "current_database() AND pid <> pg_backend_pid() AND application_name IN "
+                              "('windmill-submit', 'windmill-watch')").fetchone()[0]
+        assert killed >= 2, "the streams' sessions were there to kill"
+        second = folder / "second.jpg"
+        second.write_bytes(SAMPLE.read_bytes())
+        wait_until(lambda: registered(conn, second) and len(jobs_per_image(conn)) == 2, timeout=60,
+                   message="the file landed after the kill registered and queued",
+                   interval=0.2)
+        assert follower.poll() is None and watcher.poll() is None, "a stream ended"
+        _, follow_err = stop(follower)
+        _, watch_err = stop(watcher)
+    assert "lost the database" in follow_err + watch_err
+    assert sorted(jobs_per_image(conn).values()) == [1, 1]
+
+
+def test_a_watched_folder_that_goes_away_ends_the_watch_with_one_sentence(
+        conn: psycopg.Connection, worker_env: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path.resolve() / "card"
+    folder.mkdir()
+    with command(worker_env, "images", "watch", str(folder), "--settle", "0.5") as watcher:
+        photo = folder / "photo.jpg"
+        photo.write_bytes(SAMPLE.read_bytes())
+        wait_until(lambda: registered(conn, photo), timeout=60, message="the watch to take a file")
+        shutil.rmtree(folder)  # the card taken out; one made again under its name would not be watched
+        _, err = watcher.communicate(timeout=30)
+    assert watcher.returncode == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (f"Error: the watched folder {folder} is gone (deleted, renamed or "
+                                            "unmounted) after 1 image(s) added; start the watch again once it is "
+                                            "back")

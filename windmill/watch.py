@@ -118,8 +118,11 @@ class FolderWatch:
 
         arrivals: queue.SimpleQueue[Path] = queue.SimpleQueue()
         observer = Observer()
-        observer.schedule(_arrivals_handler(arrivals), str(self.folder), recursive=self.recursive)
-        observer.start()  # before the scan: a file landing meanwhile is both scanned and heard of, never missed
+        try:
+            observer.schedule(_arrivals_handler(arrivals), str(self.folder), recursive=self.recursive)
+            observer.start()  # before the scan: a file landing meanwhile is both scanned and heard of, never missed
+        except OSError as problem:  # gone since the command looked, or a limit of inotify's (max_user_watches)
+            raise WindmillError(f"cannot watch {self.folder}: {problem.strerror or problem}") from None
         try:
             tracker = SettleTracker(self.settle_s)
             self._take_files_already_there(tracker)
@@ -127,6 +130,10 @@ class FolderWatch:
             while not self.stopping.is_set():
                 self._register(tracker.take_settled(time.monotonic()))
                 self.stopping.wait(tick)
+                if not self.folder.is_dir():  # no event says so: a folder made again under its name is not watched
+                    raise WindmillError(f"the watched folder {self.folder} is gone (deleted, renamed or unmounted) "
+                                        f"after {self.report.added} image(s) added; start the watch again once it "
+                                        f"is back")
                 while True:
                     try:
                         arrived = arrivals.get_nowait()

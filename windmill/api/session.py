@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool
 from windmill.api.records import Image, ImageRecord, from_row
 from windmill.catalog import Catalog, Service, configured_catalog
 from windmill.collection import AddReport
-from windmill.db.connect import Database
+from windmill.db.connect import Database, outliving_connection_loss
 from windmill.db.queries import query
 from windmill.errors import WindmillError
 from windmill.jobs import JobQueue
@@ -241,19 +241,29 @@ class Windmill:
         listener = JobListener(self.database.conninfo, wake, stopping, listen="listen_images")
         listening = threading.Thread(target=listener.run, name="follow-listener", daemon=True)
         listening.start()
-        try:
+        report = report if report is not None else SubmitReport()
+        submissions: list[Submission] = []
+
+        def follow_until_stopped() -> None:
             with self._submitting(services, broker, force, report, stopping) as (submitter, submission), \
                     self.connection() as read_conn:
                 stream = stream_name(submission.services, group, "rabbitmq" if submission.rabbitmq else "postgres")
-                start = saved_position(read_conn, stream) if after_id is None else after_id
+                if submissions:  # again, after the database came back: from where the last walk got
+                    start = report.last_image_id
+                else:
+                    start = saved_position(read_conn, stream) if after_id is None else after_id
+                submissions.append(submission)
                 Follower(read_conn, submitter, wake, stopping, group=group,
                          page_size=page_size or self.settings.submit_page,
                          poll_interval_s=POLL_INTERVAL_S if poll_interval_s is None else poll_interval_s,
                          on_walk=on_walk, stream=stream).run(start)
+
+        try:
+            outliving_connection_loss("submit --follow", stopping, follow_until_stopped)
         finally:
             stopping.set()
             listening.join()
-        return submission
+        return submissions[-1] if submissions else Submission(report, False, ())
 
     def watch(self, folder: str | Path, *, stopping: threading.Event, recursive: bool = False,
               group: str | None = None, settle_s: float | None = None,
@@ -265,14 +275,22 @@ class Windmill:
         registered and how many tasks were queued."""
         from windmill.watch import SETTLE_S, FolderWatch
 
-        with ExitStack() as stack:
-            submitter = None
-            if submit is not None:
-                submitter, _ = stack.enter_context(self._submitting(submit, broker, False, None, stopping))
-            conn = stack.enter_context(self.connection())
-            return FolderWatch(conn, Path(folder), stopping, recursive=recursive, group=group,
-                               settle_s=SETTLE_S if settle_s is None else settle_s, submitter=submitter,
-                               on_batch=on_batch).run()
+        report = WatchReport()
+
+        def watch_until_stopped() -> None:
+            with ExitStack() as stack:
+                submitter = None
+                if submit is not None:
+                    submitter, _ = stack.enter_context(self._submitting(submit, broker, False, None, stopping))
+                conn = stack.enter_context(self.connection())
+                # Again after the database came back: the folder is looked at afresh, and what was registered
+                # meanwhile is known already (registration is idempotent by path).
+                FolderWatch(conn, Path(folder), stopping, recursive=recursive, group=group,
+                            settle_s=SETTLE_S if settle_s is None else settle_s, submitter=submitter,
+                            on_batch=on_batch, report=report).run()
+
+        outliving_connection_loss("images watch", stopping, watch_until_stopped)
+        return report
 
     @contextmanager
     def _submitting(self, services: str | Sequence[Service], broker: str | None, force: bool,

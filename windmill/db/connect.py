@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import psycopg
@@ -15,10 +16,11 @@ from psycopg_pool import ConnectionPool
 from windmill.db.jsonb import use_orjson
 from windmill.db.migrations import SCHEMA
 from windmill.db.refusals import connection_failure
-from windmill.errors import WindmillError
+from windmill.errors import WindmillError, first_line
 from windmill.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 RECONNECT_TIMEOUT_S = 30.0  # longest a pool keeps doubling the wait between attempts to reconnect
 
 
@@ -31,6 +33,29 @@ def is_database_unavailable(error: BaseException) -> bool:
     lost or shut down by an admin, no pooled connection in time (psycopg's OperationalError family, which includes
     psycopg_pool.PoolTimeout). Work that failed so is not an attempt: it waits and runs again."""
     return isinstance(error, psycopg.OperationalError | DatabaseUnavailable)
+
+
+RECONNECT_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # then 30 s apart, for as long as it takes
+
+
+def outliving_connection_loss(what: str, stopping: threading.Event, attempt: Callable[[], T]) -> T | None:
+    """Run `attempt` (a stream's loop: `submit --follow`, `images watch`) until it returns. When the database goes
+    away under it (PostgreSQL restarted or failed over, the session killed by an admin), a warning says so and the
+    attempt runs again once the delay has passed, as a worker's loop does, rather than the stream ending with the
+    first lost connection; the attempt resumes from what its report reached. None when stopped meanwhile."""
+    waits = 0
+    while True:
+        try:
+            return attempt()
+        except Exception as error:
+            if not is_database_unavailable(error) or stopping.is_set():
+                raise
+            delay = RECONNECT_DELAYS_S[min(waits, len(RECONNECT_DELAYS_S) - 1)]
+            waits += 1
+            log.warning("%s lost the database (%s); connecting again in %g s", what, first_line(error), delay,
+                        extra={"action": "reconnecting"})
+        if stopping.wait(delay):
+            return None
 
 
 def describe_conninfo(conninfo: str) -> str:
