@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import PYTHON
+from tests.conftest import PYTHON, wait_until
 from windmill.catalog import Catalog
 from windmill.db.connect import Database, conninfo_to_url
 from windmill.db.migrations import available_migrations, migrate
@@ -116,3 +116,40 @@ def test_an_older_windmill_refuses_a_database_a_newer_one_migrated(empty_databas
         assert ("a newer Windmill migrated this database (migration 9999 and 1 more, which this one does not "
                 "have); upgrade Windmill here") in done.stderr, (command, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_a_migration_waiting_for_a_lock_gives_way_to_the_workers_and_names_who_holds_it(
+        empty_database: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # An analyst's forgotten transaction held a lock: init-db said nothing for minutes, and every worker that
+    # wanted the table queued behind its waiting DDL statement.
+    import logging
+    import threading
+
+    import windmill.db.migrations as migrations
+
+    monkeypatch.setattr(migrations, "LOCK_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(migrations, "LOCK_RETRY_S", 0.1)
+    everything = available_migrations()
+    last = everything[-1]
+    assert "CREATE OR REPLACE VIEW recent_failures" in last.sql  # it needs the view to itself
+    database = Database(empty_database)
+    with database.connect() as conn:
+        migrate(conn, everything[:-1])
+    caplog.set_level(logging.WARNING, logger="windmill.db.migrations")
+    with psycopg.connect(database.conninfo, application_name="an-analysts-psql") as holder:
+        holder.execute("SELECT count(*) FROM windmill.recent_failures")  # and the transaction left open
+        def migrate_the_rest() -> None:
+            with database.connect() as conn:
+                migrate(conn)
+
+        migrating = threading.Thread(target=migrate_the_rest)
+        migrating.start()
+        wait_until(lambda: "an-analysts-psql" in caplog.text, timeout=20, message="the warning naming the holder")
+        with psycopg.connect(database.conninfo, options="-c statement_timeout=5s") as worker:
+            worker.execute("SELECT count(*) FROM windmill.recent_failures")  # not queued for good behind init-db
+        holder.rollback()
+        migrating.join(timeout=30)
+    assert not migrating.is_alive()
+    assert f"migration {last.version:04d}_{last.name} waited 0.3 s for a lock" in caplog.text
+    with database.connect() as conn:
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (last.version,)

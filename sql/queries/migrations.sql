@@ -27,3 +27,22 @@ SET LOCAL search_path TO windmill
 
 -- name: record_migration
 INSERT INTO windmill.schema_migrations (version, name) VALUES (%(version)s, %(name)s)
+
+-- name: migration_lock_timeout
+-- How long a migration's statement waits for a table lock before it gives up and the migration is tried again: a
+-- DDL statement waiting in a lock's queue holds back every worker that wants that table after it.
+SELECT set_config('lock_timeout', %(timeout)s, true)
+
+-- name: lock_holders
+-- The oldest transactions holding a lock on one of Windmill's tables or views, as a migration that waited names
+-- them (no user, no query text: what an operator needs to find the session).
+SELECT a.pid, coalesce(nullif(a.application_name, ''), '(no application name)') AS application, a.state,
+       round(extract(epoch FROM now() - a.xact_start)) AS for_s
+  FROM pg_stat_activity a
+ WHERE a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL
+   AND a.pid IN (SELECT l.pid FROM pg_locks l
+                   JOIN pg_class c ON c.oid = l.relation
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = 'windmill' AND l.granted)
+ ORDER BY a.xact_start
+ LIMIT 3

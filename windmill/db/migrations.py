@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
@@ -18,6 +19,9 @@ SCHEMA = "windmill"  # as sql/ names it: the migrations and sql/queries/migratio
 _MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 # Any constant: concurrent `init-db` runs take turns instead of racing on CREATE TABLE.
 _MIGRATION_LOCK = 0x57494E44
+# A migration's statement waits this long for a table lock, then the migration is tried again LOCK_RETRY_S later.
+LOCK_TIMEOUT_S = 5.0
+LOCK_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -61,14 +65,37 @@ def migrate(conn: psycopg.Connection, migrations: Sequence[Migration] | None = N
     for migration in available_migrations() if migrations is None else migrations:
         if migration.version in done:
             continue
-        with conn.transaction():
-            conn.execute(query("migration_lock"), {"key": _MIGRATION_LOCK})
-            # Another process may have applied it while we waited for the lock.
-            if migration.version in applied_versions(conn):
-                continue
-            conn.execute(query("migration_search_path"))
-            conn.execute(migration.sql)  # no parameters: psycopg sends it as is
-            conn.execute(query("record_migration"), {"version": migration.version, "name": migration.name})
-        log.info("applied migration %04d_%s", migration.version, migration.name, extra={"action": "migrated"})
-        applied_now.append(migration)
+        while True:
+            try:
+                applied = _apply(conn, migration)
+                break
+            except psycopg.errors.LockNotAvailable:
+                _say_who_holds_the_lock(conn, migration)
+                time.sleep(LOCK_RETRY_S)
+        if applied:
+            log.info("applied migration %04d_%s", migration.version, migration.name, extra={"action": "migrated"})
+            applied_now.append(migration)
     return applied_now
+
+
+def _apply(conn: psycopg.Connection, migration: Migration) -> bool:
+    """Apply one migration in its own transaction; False when another process applied it meanwhile."""
+    with conn.transaction():
+        conn.execute(query("migration_lock"), {"key": _MIGRATION_LOCK})
+        # Another process may have applied it while we waited for the lock.
+        if migration.version in applied_versions(conn):
+            return False
+        conn.execute(query("migration_search_path"))
+        conn.execute(query("migration_lock_timeout"), {"timeout": f"{int(LOCK_TIMEOUT_S * 1000)}ms"})
+        conn.execute(migration.sql)  # no parameters: psycopg sends it as is
+        conn.execute(query("record_migration"), {"version": migration.version, "name": migration.name})
+    return True
+
+
+def _say_who_holds_the_lock(conn: psycopg.Connection, migration: Migration) -> None:
+    holders = conn.execute(query("lock_holders")).fetchall()
+    named = "; ".join(f"pid {pid} ({application}, {state}, in a transaction for {for_s:.0f} s)"
+                      for pid, application, state, for_s in holders) or "a session that has ended since"
+    log.warning("migration %04d_%s waited %g s for a lock on a table others hold, and gave up so as not to hold up "
+                "the workers queued behind it; trying again in %g s. The oldest holders: %s", migration.version,
+                migration.name, LOCK_TIMEOUT_S, LOCK_RETRY_S, named, extra={"action": "migration_waits"})
