@@ -26,8 +26,9 @@
 --    See it and its runs, as a superuser in that database:
 --        SELECT jobid, schedule, database, username, active FROM cron.job WHERE jobname = 'windmill-backfill';
 --        SELECT status, start_time, return_message FROM cron.job_run_details ORDER BY runid DESC LIMIT 5;
---    (`windmill-cli cron status` lists the jobs of the login it uses, and reading pg_cron's settings takes a
---    superuser or pg_read_all_settings.) Remove it with:
+--    (`windmill-cli cron status` lists the jobs of the login it uses: as windmill_worker, this one, which the
+--    GRANT at the end lets it see. Where pg_cron keeps its jobs is a superuser's setting: a login that may not
+--    read it looks in Windmill's database, then in postgres, pg_cron's default.) Remove it with:
 --        SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = 'windmill-backfill';
 
 \if :{?windmill_database}
@@ -52,3 +53,7 @@ SELECT cron.schedule_in_database(
     :'windmill_database',
     'windmill_worker'
 ) AS jobid;
+
+-- `windmill-cli cron status` as windmill_worker: pg_cron shows a login the jobs it runs as (row security), once the
+-- login may use schema cron.
+GRANT USAGE ON SCHEMA cron TO windmill_worker;

@@ -155,3 +155,33 @@ def test_a_server_without_pg_cron_says_so() -> None:
                                            "periodically instead")
     loaded = CronSetup(installed=True, cron_database="postgres", database="windmill", username="windmill")
     assert unavailable_reason(loaded) is None
+
+
+def test_cron_status_works_for_a_login_that_may_not_read_pg_crons_settings(
+        cron_server: str, cron_conn: psycopg.Connection) -> None:
+    # cron.database_name is a superuser's setting: `cron status` refused windmill_worker and windmill_owner alike
+    # (and told them to run it as the owner).
+    with psycopg.connect(cron_server, autocommit=True) as admin:
+        if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = 'cron_status_reader'").fetchone() is None:
+            admin.execute("CREATE ROLE cron_status_reader LOGIN")
+        admin.execute(f'GRANT CONNECT ON DATABASE "{WINDMILL_DATABASE}", "{DATABASE}", postgres TO cron_status_reader')
+    install_cron(cron_conn)  # the extension created in pg_cron's database, and a job
+    uninstall_cron(cron_conn)
+    reader = make_conninfo(cron_server, user="cron_status_reader")
+    with psycopg.connect(make_conninfo(reader, dbname=DATABASE), autocommit=True) as before_the_grant:
+        refused = cron_status(before_the_grant)
+    assert refused.reason == ("login cron_status_reader may not read pg_cron's jobs in database windmill: "
+                              "deploy/pg_cron.sql grants windmill_worker USAGE on schema cron there")
+    with psycopg.connect(make_conninfo(cron_server, dbname=DATABASE), autocommit=True) as admin:
+        admin.execute("GRANT USAGE ON SCHEMA cron TO cron_status_reader")  # as deploy/pg_cron.sql does the worker
+    with psycopg.connect(make_conninfo(reader, dbname=DATABASE), autocommit=True) as in_pg_crons_database:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            in_pg_crons_database.execute("SELECT current_setting('cron.database_name', true)")
+        status = cron_status(in_pg_crons_database)  # the extension is here: this is where pg_cron keeps its jobs
+    assert status.available and status.cron_database == DATABASE and status.version
+    # Elsewhere, pg_cron's default database (postgres) is looked at; this server keeps its jobs in another one.
+    with psycopg.connect(reader, autocommit=True) as elsewhere:
+        status = cron_status(elsewhere)
+    assert not status.available and status.reason == (
+        "pg_cron's extension is neither in this database nor in postgres, pg_cron's default; where it keeps its jobs "
+        "(cron.database_name) only a superuser or a member of pg_read_all_settings may read")

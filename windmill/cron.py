@@ -31,6 +31,7 @@ DEFAULT_SCHEDULE = "* * * * *"
 # The periodic pass with its defaults; cron_command() adds the arguments a deployment changed.
 BACKFILL_COMMAND = query("cron_pass")
 _INSTEAD = "`windmill-cli worker --role scheduler` runs the same backfill periodically instead"
+PG_CRON_DEFAULT_DATABASE = "postgres"  # cron.database_name's default
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class CronSetup:
     cron_database: str | None  # None: pg_cron is not loaded (not in shared_preload_libraries)
     database: str
     username: str
+    assumed: bool = False  # cron_database could not be read (a superuser's setting): where pg_cron would be
 
 
 @dataclass(frozen=True)
@@ -55,12 +57,18 @@ class CronStatus:
 
 def cron_setup(conn: psycopg.Connection) -> CronSetup:
     try:
-        with conn.cursor(row_factory=dict_row) as cursor:
+        with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
             row = cursor.execute(query("pg_cron_setup")).fetchone()
     except psycopg.errors.InsufficientPrivilege:
-        # cron.database_name is readable by superusers and pg_read_all_settings members only.
-        raise WindmillError("reading the pg_cron settings needs a superuser or a member of pg_read_all_settings; "
-                            "run `windmill-cli cron` as the database owner") from None
+        # cron.database_name is readable by superusers and pg_read_all_settings members only, and pg_cron's
+        # launcher is hidden from others in pg_stat_activity: the worker login (`cron status`) looks for the
+        # extension here, else in pg_cron's default database.
+        with conn.cursor(row_factory=dict_row) as cursor:
+            found = cursor.execute(query("pg_cron_setup_unprivileged")).fetchone()
+        assert found is not None
+        here = found.pop("here")
+        return CronSetup(**found, cron_database=found["database"] if here else PG_CRON_DEFAULT_DATABASE,
+                         assumed=True)
     assert row is not None
     return CronSetup(**row)
 
@@ -140,7 +148,17 @@ def cron_status(conn: psycopg.Connection, *, runs: int = 5) -> CronStatus:
         return CronStatus(available=False, reason=reason)
     with _cron_connection(conn, setup) as cron:
         version = _extension_version(cron)
-        job = _job(cron) if version is not None else None
+        if version is None and setup.assumed:
+            return CronStatus(available=False, reason=(
+                f"pg_cron's extension is neither in this database nor in {setup.cron_database}, pg_cron's default; "
+                f"where it keeps its jobs (cron.database_name) only a superuser or a member of "
+                f"pg_read_all_settings may read"))
+        try:
+            job = _job(cron) if version is not None else None
+        except psycopg.errors.InsufficientPrivilege:
+            return CronStatus(available=False, cron_database=setup.cron_database, version=version, reason=(
+                f"login {setup.username} may not read pg_cron's jobs in database {setup.cron_database}: "
+                f"deploy/pg_cron.sql grants windmill_worker USAGE on schema cron there"))
         if job is not None and job["database"] != setup.database:
             job = None
         history: list[dict[str, Any]] = []

@@ -32,6 +32,14 @@ SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron') AS 
        current_database() AS database,
        current_user AS username
 
+-- name: pg_cron_setup_unprivileged
+-- The same for a login that may not read cron.database_name (a superuser's setting): whether pg_cron's extension
+-- is in this database, which then is where it keeps its jobs.
+SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron') AS installed,
+       EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') AS here,
+       current_database() AS database,
+       current_user AS username
+
 -- name: pg_cron_version
 SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'
 
