@@ -271,7 +271,7 @@ class Colors:
     def __init__(self, failing: int = 0) -> None:
         self.calls, self.failing = 0, failing
 
-    def analyze(self, service: str, image: object) -> ServiceAnswer:
+    def analyze(self, service: str, image: object, **_options: object) -> ServiceAnswer:
         self.calls += 1
         if self.calls == self.failing:
             raise ServiceCallError("HTTP 503: busy", kind="http_5xx", service=service, status_code=503)
