@@ -331,13 +331,22 @@ def test_caption_score_prefers_a_caption_that_names_the_image(farm: SimFarm, cli
     assert missing.json()["error"]["message"] == "Must provide non-empty caption string"
 
 
-def test_caption_score_takes_no_upload_as_the_clip_of_df57b25(farm: SimFarm, client: httpx.Client) -> None:
+def test_caption_score_takes_no_upload_as_the_clip_of_df57b25(farm: SimFarm, client: httpx.Client,
+                                                              catalog: Catalog) -> None:
     # Spec §3.4: a multipart image upload is not supported, only `url` or `file`. The stand-in once took one, and
     # hid that every caption score sent to the real service came back 400.
     response = upload(client, farm, "caption_score", ASTRONAUT.read_bytes(), "astronaut.jpg",
                       {"caption": "an astronaut in an orange suit"})
     assert response.status_code == 400
     assert response.json()["error"]["message"] == "Must provide either url or file parameter"
+    # `farm serve --score-uploads`: as the clip-score service of 2026, which the benchmarks' baseline needs.
+    taking = start_farm(catalog, services=["caption_score"], score_uploads=True)
+    try:
+        response = upload(client, taking, "caption_score", ASTRONAUT.read_bytes(), "astronaut.jpg",
+                          {"caption": "an astronaut in an orange suit"})
+        assert response.status_code == 200 and response.json()["image_source"] == "upload"
+    finally:
+        taking.stop()
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg
@@ -329,13 +329,19 @@ def run(url: str, catalog: Catalog, *, baseline: str, images: int, runs: int, am
         echo: Callable[[str], None]) -> None:
     base = baseline_side(baseline, echo)
     head = Side("head", sys.executable)
+    # Both sides score captions by upload, as the seed did and every sitting before the shipped catalog gave
+    # caption_score its file: the stand-in takes an upload on /score (the clip-score service's way), the catalog
+    # says so for both, and the yardstick stays the one the README's earlier figures used.
+    catalog = Catalog(tuple(replace(service, request_mode="upload") if service.name == "caption_score" else service
+                            for service in catalog.services))
     brokers = (["rabbitmq"] if amqp_url else []) + ["postgres"]
     answers = images * len(catalog.in_category("primary"))
     with tempfile.TemporaryDirectory(prefix="windmill-bench-scenes-") as folder:
         write_scenes(Path(folder), images)
 
         def farm_argv(offset: int) -> list[str]:
-            return head.argv("farm", "serve", "--no-cache", "--annotations", folder, "--port-offset", str(offset))
+            return head.argv("farm", "serve", "--no-cache", "--score-uploads", "--annotations", folder,
+                             "--port-offset", str(offset))
 
         with running_stand_in(farm_argv, cwd=head.cwd) as (farm, offset):
             conditions = database_conditions(url)

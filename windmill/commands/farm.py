@@ -82,16 +82,20 @@ def _probe_limits(app: AppContext, selected: list[Any]) -> Any:
 @click.option("--latency-profile", metavar="NAME|FILE",
               help="Per-service latency and capacity: a bundled profile (gpu) or a JSON file (README).")
 @click.option("--no-cache", is_flag=True, help="Compute every answer per request (no per-image answer cache).")
+@click.option("--score-uploads", is_flag=True,
+              help="caption_score's /score takes an uploaded image too, as the clip-score service of 2026 does "
+                   "(the CLIP of df57b25 takes only url or file).")
 @pass_app
 def farm_serve(app: AppContext, services: str, port_offset: int, latency_ms: float, error_rate: float,
                timeout_rate: float, malformed_rate: float, seed: int, annotation_dirs: tuple[Path, ...],
-               latency_profile: str | None, no_cache: bool) -> None:
+               latency_profile: str | None, no_cache: bool, score_uploads: bool) -> None:
     """Serve a contract-faithful stand-in of every selected service until Ctrl-C."""
     from windmill.simfarm import serve_command
 
     serve_command(app.catalog_as_configured, services, port_offset, latency_ms, error_rate,
                   timeout_rate, malformed_rate, seed, list(annotation_dirs) or None,
-                  latency_profile=latency_profile, cache=not no_cache, echo=click.echo)
+                  latency_profile=latency_profile, cache=not no_cache, score_uploads=score_uploads,
+                  echo=click.echo)
 
 
 @click.command()

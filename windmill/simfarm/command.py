@@ -26,6 +26,7 @@ def serve_command(
     *,
     latency_profile: str | None = None,
     cache: bool = True,
+    score_uploads: bool = False,
     host: str = "127.0.0.1",
     echo: Callable[[str], None] | None = None,
 ) -> None:
@@ -36,7 +37,8 @@ def serve_command(
     profile = load_profile(latency_profile, PROFILES) if latency_profile else None
     farm = SimFarm(catalog, services=services, host=host, port_offset=port_offset, latency_ms=latency_ms,
                    error_rate=error_rate, timeout_rate=timeout_rate, malformed_rate=malformed_rate, seed=seed,
-                   annotation_dirs=annotation_dirs, latency_profile=profile, cache=cache)
+                   annotation_dirs=annotation_dirs, latency_profile=profile, cache=cache,
+                   score_uploads=score_uploads)
     farm.start()
     for name in services:
         echo(f"{name:<14} {farm.base_url(name)}{farm.services[name].endpoint}")

@@ -303,13 +303,22 @@ def resolve(profile: Profile, method: str, request: RequestData, downloader: Dow
     raise ContractError(400, profile.missing_input_message)
 
 
-def resolve_for_score(profile: Profile, method: str, request: RequestData, downloader: Downloader) -> Picture:
+def resolve_for_score(profile: Profile, method: str, request: RequestData, downloader: Downloader, *,
+                      uploads: bool = False) -> Picture:
     """/score (§3.4): `url` or `file` from query, form or JSON. A multipart upload is not supported at df57b25: its
-    image part is not read, so without `url` or `file` the request is the 400 of neither."""
+    image part is not read, so without `url` or `file` the request is the 400 of neither. With `uploads`, as the
+    clip-score service of 2026 (spec §8), a multipart `file` is taken too."""
+    upload = request.files.get("file") if uploads and method == "POST" else None
     url = request.param("url")
-    file = request.param("file")
-    if url and file:
+    file = request.param("file") if upload is None else None
+    if sum(1 for given in (upload, url, file) if given) > 1:
         raise ContractError(400, "Cannot provide both url and file parameters")
+    if upload is not None:
+        if not upload.filename or not _allowed(upload.filename):
+            raise ContractError(400, "File type not allowed")
+        if len(upload.data) > MAX_IMAGE_BYTES:
+            raise ContractError(400, "File too large")
+        return Picture(upload.data, "upload")
     if url:
         data = downloader.fetch(profile, url, failure=(400, "Failed to process image URL: "))
         return Picture(data, "url")

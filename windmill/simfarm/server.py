@@ -319,7 +319,7 @@ class _Handler(LeanHeadHandler):  # the head read without the email package (req
             self._send_json(400, contract.score_error("Must provide non-empty caption string"))
             return
         try:
-            picture = resolve_for_score(profile, method, request, farm.downloader)
+            picture = resolve_for_score(profile, method, request, farm.downloader, uploads=farm.score_uploads)
             self._send(200, JSON_TYPE, farm.answerer.score(profile, picture, caption))
         except ContractError as failure:
             self._send_json(failure.status, contract.score_error(failure.message))
@@ -380,6 +380,7 @@ class SimFarm:
         shiny_rate: float = 0.0,
         latency_profile: LatencyProfile | None = None,
         cache: bool = True,
+        score_uploads: bool = False,  # /score takes an upload too, as the clip-score service of 2026 does
     ) -> None:
         names = list(dict.fromkeys(services if services is not None else catalog.names))
         self.services: dict[str, Service] = {name: catalog[name] for name in names}
@@ -404,7 +405,7 @@ class SimFarm:
         self.rates = FaultRates(error_rate, timeout_rate, malformed_rate)
         self.plan = FaultPlan(self.rates, seed)
         self.timeout_hold_s = timeout_hold_s
-        self.broken_blip_health = broken_blip_health
+        self.broken_blip_health, self.score_uploads = broken_blip_health, score_uploads
         self.index = AnnotationIndex(annotation_dirs if annotation_dirs is not None else [SAMPLES_DIR])
         self.answerer = Answerer(self.index, Options(tuple(color_systems), metadata_reencode, shiny_rate), cache=cache)
         self.downloader = Downloader()
