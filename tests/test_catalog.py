@@ -98,3 +98,12 @@ def test_pose_ships_with_one_request_at_a_time(catalog: Catalog) -> None:
     # The real pose service shares one MediaPipe graph across its threads without a lock (contract §2.7).
     assert (catalog["pose"].max_concurrency, catalog["pose"].fleet_max_concurrency) == (1, 1)
     assert catalog["yolov8"].max_concurrency is None and catalog["yolov8"].fleet_max_concurrency is None
+
+
+def test_a_port_offset_that_takes_a_port_out_of_range_is_one_sentence() -> None:
+    # WINDMILL_PORT_OFFSET=-99999 was taken, and every call then failed as "the host name does not resolve".
+    catalog = load_catalog()
+    with pytest.raises(CatalogError, match=r"^service \w+'s port \d+ \+ WINDMILL_PORT_OFFSET -99999 is -\d+, not a "
+                                           r"port \(1–65535\)$"):
+        catalog.with_port_offset(-99999)
+    assert catalog.with_port_offset(-570)["yolov8"].port == catalog["yolov8"].port - 570

@@ -136,6 +136,8 @@ def test_missing_explicit_env_file_is_an_error(tmp_path: Path) -> None:
         # libpq's other place for it (once printed as it was by `config`)
         ("postgresql://farm@db/x?password=s3cret&sslmode=require", "postgresql://farm@db/x?password=****&sslmode=require"),
         ("postgresql://farm:a@db/x?sslmode=require&PASSWORD=b", "postgresql://farm:****@db/x?sslmode=require&PASSWORD=****"),
+        # a Unix socket: no host, which `config` once showed as `postgresql:/windmill?host=…`
+        ("postgresql:///windmill?host=/run/postgresql", "postgresql:///windmill?host=/run/postgresql"),
     ],
 )
 def test_mask_url_hides_only_the_password(url: str, masked: str) -> None:

@@ -170,7 +170,12 @@ class Catalog:
         return [service for service in self.services if service.category == category]
 
     def with_port_offset(self, offset: int) -> Catalog:
-        """The same services on port + offset (a stand-in farm started with --port-offset)."""
+        """The same services on port + offset (a stand-in farm started with --port-offset); a CatalogError when a
+        port falls outside 1–65535 (every call would then fail as a name that does not resolve)."""
+        for service in self.services:
+            if not 0 < service.port + offset < 65536:
+                raise CatalogError(f"service {service.name}'s port {service.port} + WINDMILL_PORT_OFFSET {offset} is "
+                                   f"{service.port + offset}, not a port (1–65535)")
         return Catalog(tuple(replace(service, port=service.port + offset) for service in self.services))
 
     @property

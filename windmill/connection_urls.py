@@ -27,7 +27,12 @@ def mask_url(url: str) -> str:
     if parts.password is not None:
         netloc = parts.netloc.rsplit("@", 1)[1]
         parts = parts._replace(netloc=f"{parts.username or ''}:{MASK}@{netloc}")
-    return urlunsplit(parts)
+    masked = urlunsplit(parts)
+    # urlunsplit drops the `//` of an empty host (`postgresql:///db?host=/run/postgresql`, a Unix socket): the URL
+    # shown must be the one given.
+    if not parts.netloc and url.startswith(f"{parts.scheme}://") and not masked.startswith(f"{parts.scheme}://"):
+        masked = f"{parts.scheme}://{masked[len(parts.scheme) + 1:]}"
+    return masked
 
 
 def describe_url(url: str) -> str:
