@@ -580,7 +580,7 @@ def test_check_services_probes_every_service_and_formats_a_table(farm):
     assert [r.service for r in results] == ["yolov8", "blip", "rtdetr", "ollama"]
     assert [r.ok for r in results] == [True, False, False, False]
     assert [r.status_code for r in results] == [200, 500, 503, None]
-    assert results[0].detail == "healthy" and results[1].detail == "Internal server error"
+    assert results[0].detail == "healthy" and results[1].detail.endswith("; Internal server error")
     assert results[2].detail == "unhealthy: model not loaded" and "cannot connect" in results[3].detail
     table = format_health_table(results)
     lines = table.splitlines()
@@ -676,3 +676,13 @@ def test_a_chunked_answer_and_one_without_a_length_are_read_whole():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_farm_check_says_blips_health_is_known_broken_at_df57b25():
+    # Spec §2.8: BLIP's /health answers 500 whatever its state; the table said only "DOWN 500 Internal server error".
+    with running_farm(CATALOG, services=["blip"], broken_blip_health=True) as (_, catalog), \
+            FarmClient(catalog) as client:
+        [result] = check_services(catalog, client, services=[catalog["blip"]])
+    assert not result.ok and result.status_code == 500
+    assert result.detail == "broken at df57b25, 500 always (spec §2.8): try an analyze; Internal server error"
+    assert "broken at df57b25, 500 always (spec §2.8): try an analyze" in format_health_table([result])

@@ -252,7 +252,10 @@ class FarmClient:
             detail = f"no complete answer within {self.health_timeout_s:g} s"
             return HealthResult(target.name, url, False, None, time.monotonic() - started, detail)
         latency = time.monotonic() - started
-        return HealthResult(target.name, url, status == 200, status, latency, health_detail(body, content_type))
+        detail = health_detail(body, content_type)
+        if target.name == "blip" and status == 500:  # its /health is broken at df57b25, fixed the next day
+            detail = f"broken at df57b25, 500 always (spec §2.8): try an analyze; {detail}"
+        return HealthResult(target.name, url, status == 200, status, latency, detail)
 
     # -- internals ------------------------------------------------------------------------------
 
