@@ -476,3 +476,15 @@ def test_out_dash_writes_to_standard_output_for_a_pipe(cli, conn, tmp_path: Path
         refused = cli("export", "--out", "-", *args)
         assert refused.exit_code == 1 and message in refused.output, (args, refused.output)
     assert not (tmp_path / "-").exists()
+
+
+def test_a_coco_category_carries_its_emoji_without_presentation_selectors(tmp_path: Path) -> None:
+    from windmill.export.coco import CocoWriter
+
+    writer = CocoWriter(tmp_path / "out.json", detectors=False)
+    try:
+        writer.category("plate", "\U0001f37d\ufe0f")  # 🍽️, as one detector writes it
+        writer.category("dining table", "\U0001f37d")  # 🍽
+    finally:
+        writer.finish()
+    assert {category["emoji"] for category in writer.categories.values()} == {"\U0001f37d"}

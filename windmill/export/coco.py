@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 from windmill import __version__
 from windmill.coco_classes import COCO_CATEGORY_IDS
+from windmill.emoji import normalize_emoji
 from windmill.errors import WindmillError
 from windmill.evaluation import detector_predictions
 from windmill.export.output import STDOUT, standard_output
@@ -90,8 +91,10 @@ class CocoWriter:
         incremental exports, or of two groups, can be read together."""
         if label not in self.categories:
             taken = {int(category["id"]) for category in self.categories.values()}
+            # Normalised (windmill.emoji): the first box of a label gave its emoji as it came, 🍽️ in one export
+            # and 🍽 in the next.
             self.categories[label] = {"id": stable_category_id(label, taken), "name": label,
-                                      "supercategory": "object", "emoji": emoji}
+                                      "supercategory": "object", "emoji": normalize_emoji(emoji)}
         return int(self.categories[label]["id"])
 
     def write_page(self, page: list[ImageExport]) -> None:
