@@ -28,10 +28,10 @@ def farm_check(app: AppContext, services: str, as_json: bool) -> None:
     """Probe /health of every selected service; exit status 1 when any is down. A service with a
     fleet_max_concurrency (pose) is probed in one of its fleet-wide places when a database is configured: its
     /health runs an inference on the model its requests share (spec §2.7)."""
-    from windmill.farm import FarmClient, check_services, format_health_table
+    from windmill.farm import check_services, format_health_table
 
     selected = app.catalog.select(services)
-    with FarmClient(app.catalog, limits=_probe_limits(app, selected)) as client:
+    with _probing_client(app, selected) as client:
         results = check_services(app.catalog, client, services=selected)
     if as_json:
         echo_json([vars(result) for result in results])
@@ -41,28 +41,28 @@ def farm_check(app: AppContext, services: str, as_json: bool) -> None:
         sys.exit(1)
 
 
-def _probe_limits(app: AppContext, selected: list[Any]) -> Any:
-    """The places a probe takes: the catalog's, with the fleet-wide ones in the configured database (None: the
-    client's own limits, when no selected service has a fleet limit or no database is configured or reached)."""
+def _probing_client(app: AppContext, selected: list[Any]) -> Any:
+    """The client a probe uses: a worker process's (process_farm_client: the fleet-wide places in the configured
+    database) when a selected service has a fleet limit and the database answers; else one with the catalog's
+    per-process limits only."""
     import psycopg
 
     from windmill.db.connect import Database
     from windmill.errors import first_line
-    from windmill.farm.fleet import FleetSlots
-    from windmill.farm.limits import ConcurrencyLimits
+    from windmill.farm import FarmClient
+    from windmill.worker.farm_client import process_farm_client
 
     limited = [service.name for service in selected if service.fleet_max_concurrency]
     url = app.settings.database_url
-    if not limited or url is None:
-        return None
-    database = Database(url, application_name="windmill-farm-check")
-    try:
-        database.connect().close()
-    except psycopg.Error as error:
-        click.echo(f"warning: probing {', '.join(limited)} without a fleet-wide place: the database cannot be "
-                   f"reached ({first_line(error)})", err=True)
-        return None
-    return ConcurrencyLimits(app.catalog.services, fleet=FleetSlots(database.connect))
+    if limited and url is not None:
+        database = Database(url, application_name="windmill-farm-check")
+        try:
+            database.connect().close()
+            return process_farm_client(app.settings, app.catalog, database)
+        except psycopg.Error as error:
+            click.echo(f"warning: probing {', '.join(limited)} without a fleet-wide place: the database cannot be "
+                       f"reached ({first_line(error)})", err=True)
+    return FarmClient(app.catalog, allow_private_urls=app.settings.allow_private_urls)
 
 
 @farm.command("serve")

@@ -25,22 +25,23 @@ from windmill.roles.registry import Role, RoleContext, register_role
 SCORING_SERVICE = "caption_score"
 
 
+def _first_prediction(data: Any) -> dict[str, Any]:
+    """A BLIP/Ollama answer's one prediction ({} when it has none)."""
+    predictions = data.get("predictions") if isinstance(data, dict) else None
+    return predictions[0] if predictions and isinstance(predictions[0], dict) else {}
+
+
 def caption_of(data: Any) -> str:
     """The caption text of a BLIP/Ollama answer ('' when there is none)."""
-    predictions = data.get("predictions") if isinstance(data, dict) else None
-    if predictions and isinstance(predictions[0], dict):
-        return str(predictions[0].get("text") or "").strip()
-    return ""
+    return str(_first_prediction(data).get("text") or "").strip()
 
 
 def reference_shape(source: str, caption: str, caption_data: Any, answer: dict[str, Any]) -> dict[str, Any]:
     """The keys the first Windmill stored a score under (spec/reference-behaviour.md §9), kept beside ours so that
     what read its rows reads ours: the `caption_score` object, `processing_algorithm`, `processed_at`."""
-    predictions = caption_data.get("predictions") if isinstance(caption_data, dict) else None
-    first = predictions[0] if predictions and isinstance(predictions[0], dict) else {}
     scored_at = datetime.now(UTC).isoformat()
     return {"caption_score": {"service": source, "caption": caption,
-                              "original_confidence": first.get("confidence") or 1.0,
+                              "original_confidence": _first_prediction(caption_data).get("confidence") or 1.0,
                               "similarity_score": answer.get("similarity_score"), "scored_at": scored_at},
             "processing_algorithm": "clip_similarity_v1", "processed_at": scored_at}
 
