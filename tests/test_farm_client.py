@@ -520,6 +520,21 @@ def test_failures_are_classified(farm, client, endpoint, kind, retryable, status
     assert error.message.startswith("yolov8: ") and "\n" not in error.message and len(error.message) < 340
 
 
+def test_colors_and_faces_http_500_for_an_undecodable_upload_is_named_as_such(farm, client):
+    """Spec §2.7: colors and face answer an upload they cannot decode with HTTP 500, as the stand-in does."""
+    junk = prepared_jpeg(b"these bytes are no image", 80, 60)
+    with running_farm(CATALOG, services=["colors", "face"]) as (_, catalog), FarmClient(catalog) as stand_in:
+        for service in ("colors", "face"):
+            with pytest.raises(ServiceCallError) as refused:
+                stand_in.analyze(catalog[service], junk)
+            assert (refused.value.kind, refused.value.retryable, refused.value.refuses_the_upload) == (
+                "http_5xx", True, True), refused.value
+    for endpoint in ("/html500", "/legacy500"):  # a 500 for another reason stays merely passing
+        with pytest.raises(ServiceCallError) as failure:
+            client.analyze(farm.service(endpoint=endpoint), IMAGE)
+        assert not failure.value.refuses_the_upload
+
+
 def test_an_answer_sent_before_the_upload_was_read_is_still_read(farm, client):
     big = prepared_jpeg(b"\xff" * (24 * 1024 * 1024), 4000, 3000)  # more than the socket buffers hold
     with pytest.raises(ServiceCallError) as failure:

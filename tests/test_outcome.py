@@ -58,6 +58,22 @@ def test_a_permanent_failure_is_recorded_at_once(error: BaseException) -> None:
     assert isinstance(call_service(failing(error), final_attempt=False), Failure)
 
 
+REFUSED_UPLOAD = ServiceCallError("HTTP 500: Failed to process uploaded image: cannot identify image file",
+                                  kind="http_5xx", service="colors", status_code=500)
+
+
+def test_a_service_that_still_cannot_decode_windmills_own_pixels_on_a_retry_is_recorded() -> None:
+    """Spec §2.7: after one retry, colors' and face's 500 for an upload they cannot decode is permanent."""
+    with pytest.raises(ServiceCallError):
+        call_service(failing(REFUSED_UPLOAD), final_attempt=False)  # the first try: it may have been passing
+    failure = call_service(failing(REFUSED_UPLOAD), final_attempt=False, retrying_own_pixels=True)
+    assert isinstance(failure, Failure) and failure.kind == "http_5xx"
+    with pytest.raises(ServiceCallError):  # the image is not Windmill's own: the service may be right to refuse
+        call_service(failing(REFUSED_UPLOAD), final_attempt=False)
+    with pytest.raises(ServiceCallError):  # another 500 stays passing on a retry
+        call_service(failing(PASSING[1]), final_attempt=False, retrying_own_pixels=True)
+
+
 @pytest.mark.parametrize("final_attempt", [False, True])
 def test_the_database_away_is_left_to_the_queue_which_does_not_count_it(final_attempt: bool) -> None:
     with pytest.raises(psycopg.OperationalError):

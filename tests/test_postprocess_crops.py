@@ -125,6 +125,30 @@ def test_a_passing_failure_keeps_the_boxes_before_it_and_the_retry_starts_at_its
     assert farm.calls == 3, "the retry sent only the box that failed"
 
 
+class UndecodingColors:
+    """colors answering every crop as the real one answers an upload it cannot decode (spec §2.7)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def analyze(self, service: str, image: object, **_options: object) -> ServiceAnswer:
+        self.calls += 1
+        raise ServiceCallError("HTTP 500: Failed to process uploaded image: cannot identify image file",
+                               kind="http_5xx", service=service, status_code=500)
+
+
+def test_a_crop_colors_cannot_decode_is_recorded_after_one_retry_not_the_whole_budget(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection) -> None:
+    image_id = merged_image(conn, pool, ("dog", "🐕"))
+    handler = stub_handler(database, pool, UndecodingColors())
+    with pytest.raises(ServiceCallError):
+        handler.handle(Job(1, "postprocess_colors", {"image_id": image_id}, image_id, 1, 5), "colors")
+    assert handler.handle(Job(1, "postprocess_colors", {"image_id": image_id}, image_id, 2, 5), "colors") == [
+        "error", "error"]
+    assert conn.execute("SELECT DISTINCT error_message FROM postprocessing").fetchall() == [
+        ("colors: HTTP 500: Failed to process uploaded image: cannot identify image file",)]
+
+
 class BrokenOnFirstBox:
     """A colors call that fails unexpectedly (a bug, not the service) for the image's first box only."""
 

@@ -5,7 +5,7 @@
 | `connect`    | yes       | connection refused, DNS failure, no connection within the timeout  |
 | `timeout`    | yes       | connected, but no (complete) answer in time; HTTP 408              |
 | `network`    | yes       | the connection broke mid-exchange                                  |
-| `http_5xx`   | yes       | HTTP 500–599                                                       |
+| `http_5xx`   | yes       | HTTP 500–599 (but see `refuses_the_upload`)                        |
 | `http_429`   | yes       | HTTP 429 (too many requests)                                       |
 | `http_4xx`   | no        | any other HTTP 400–499                                             |
 | `rejected`   | no        | the service refused the image or the request: HTTP 413, a 400 whose |
@@ -14,6 +14,10 @@
 | `http_other` | no        | an unexpected status (1xx, 3xx)                                    |
 
 The worker runtime does the bounded retries; the client only classifies.
+
+colors and face answer an upload they cannot decode with HTTP 500 "Failed to process uploaded image: …" (spec
+§2.7), which reads as passing. It is not when Windmill encoded the image itself: `refuses_the_upload` names that
+answer, and a role that sent its own pixels (a crop) takes it as permanent after one retry (roles/outcome.py).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ RETRYABLE_KINDS = frozenset({"connect", "timeout", "network", "http_5xx", "http_
 PERMANENT_KINDS = frozenset({"http_4xx", "rejected", "malformed", "http_other"})
 KINDS = RETRYABLE_KINDS | PERMANENT_KINDS
 MAX_MESSAGE_CHARS = 300
+_UNDECODABLE_UPLOAD = "Failed to process uploaded image"
 
 
 class ServiceCallError(WindmillError):
@@ -54,6 +59,11 @@ class ServiceCallError(WindmillError):
     def result_status(self) -> str:
         """The `results.status` this failure records once retries are exhausted: `timeout` or `error`."""
         return "timeout" if self.kind == "timeout" else "error"
+
+    @property
+    def refuses_the_upload(self) -> bool:
+        """The service answered that it could not decode the uploaded image (colors' and face's HTTP 500)."""
+        return self.status_code == 500 and _UNDECODABLE_UPLOAD in self.reason
 
     def __repr__(self) -> str:
         return f"ServiceCallError({self.message!r}, kind={self.kind!r}, status_code={self.status_code!r})"

@@ -7,6 +7,9 @@ Retry or record (DESIGN rule 4, every failure is a row):
 * a passing failure (a retryable `ServiceCallError`: connect, timeout, network, HTTP 5xx or 429; an
   `ImageUnavailable` download) is raised while attempts remain: the queue retries it with backoff; on the final
   attempt it is recorded;
+* the service's answer that it cannot decode an image Windmill encoded itself (a crop), on a retry: recorded, as
+  the same pixels will not decode on a third try (`ServiceCallError.refuses_the_upload`, spec §2.7); the one retry
+  covers a service that failed for a passing reason and said so in those words;
 * a permanent failure (any other `ServiceCallError`; a `BadImage`) is recorded at once: the same input fails again;
 * the database unavailable is never caught here: it reaches the queue, which does not count it as an attempt
   (worker/runtime.py, broker/consumer.py), and the row is written once the database is back;
@@ -64,12 +67,14 @@ class Failure:
         return {"error": {"kind": self.kind, "message": self.reason, "status_code": self.status_code}}
 
 
-def call_service(call: Callable[[], T], *, final_attempt: bool) -> T | Failure:
+def call_service(call: Callable[[], T], *, final_attempt: bool, retrying_own_pixels: bool = False) -> T | Failure:
     """Run `call` (load the image, call the service); its answer, or the Failure to record. A passing failure is
-    raised instead while attempts remain, so the queue retries it."""
+    raised instead while attempts remain, so the queue retries it. `retrying_own_pixels`: the call sends an image
+    Windmill encoded itself, and this is a retry."""
     try:
         return call()
     except (ServiceCallError, BadImage, ImageUnavailable) as error:
-        if error.retryable and not final_attempt:
+        refused_again = retrying_own_pixels and isinstance(error, ServiceCallError) and error.refuses_the_upload
+        if error.retryable and not final_attempt and not refused_again:
             raise
         return Failure.of(error)

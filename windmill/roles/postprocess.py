@@ -80,7 +80,7 @@ class PostprocessHandler:
         broken: Exception | None = None  # the first box that failed otherwise, raised once the others are done
         for box in boxes:
             try:
-                rows.append(self._postprocess(box, service, final_attempt))
+                rows.append(self._postprocess(box, service, final_attempt, retried=job.attempts > 1))
             except psycopg.Error:
                 raise  # the database's: the rows before it would not be stored either
             except (ServiceCallError, ImageUnavailable):
@@ -98,7 +98,7 @@ class PostprocessHandler:
             raise broken
         return stored
 
-    def _postprocess(self, box: dict[str, Any], service: str, final_attempt: bool) -> BoxRow:
+    def _postprocess(self, box: dict[str, Any], service: str, final_attempt: bool, *, retried: bool) -> BoxRow:
         """One box: crop it and call the service; its row, to store."""
 
         def call() -> tuple[ServiceAnswer, CropBox, tuple[int, int]]:
@@ -112,7 +112,8 @@ class PostprocessHandler:
             # Boxes are clamped once in image coordinates (to_image_coordinates), not to the crop first.
             return self.farm.analyze(service, crop.image, clamp_to_image=False), crop.box, crop.image_size
 
-        called = call_service(call, final_attempt=final_attempt)
+        # A crop is pixels Windmill decoded and encoded itself: a service that cannot decode it on a retry never will.
+        called = call_service(call, final_attempt=final_attempt, retrying_own_pixels=retried)
         if isinstance(called, Failure):
             return BoxRow(box, called.status, called.data(), called.error_message, called.processing_time)
         answer, crop, image_size = called
