@@ -106,6 +106,14 @@ def test_max_connections_holds_every_worker_at_once(compose: dict[str, Any], cat
     assert needed + reserved <= allowed, f"{len(workers)} workers need {needed} connections of {allowed}"
 
 
+def test_a_scheduler_runs_by_default_where_rabbitmq_carries_the_tasks(compose: dict[str, Any]) -> None:
+    """pg_cron runs the periodic pass in SQL, but only a scheduler's tick publishes again the tasks RabbitMQ lost
+    (deploy/README.md): with no scheduler, a lost task's image would wait for its answer for ever."""
+    scheduler = compose["services"]["scheduler"]
+    assert "WINDMILL_AMQP_URL" in scheduler["environment"], "the compose workers take their tasks from RabbitMQ"
+    assert not scheduler.get("profiles"), "the scheduler must start with `docker compose up`, not a profile"
+
+
 # -- the build context -----------------------------------------------------------------------------------------------
 
 
