@@ -290,6 +290,19 @@ def test_the_owner_role_runs_the_migrations(roles_database: Callable[[str], str]
             conn.execute("ALTER TABLE windmill.jobs ADD COLUMN next_migration text")
 
 
+def test_the_owner_is_told_who_holds_a_lock_even_in_another_logins_session(
+        roles_database: Callable[[str], str]) -> None:
+    # init-db as windmill_owner, waiting for a worker login's open transaction, said "a session that has ended
+    # since" every 6 s: the owner may not read another login's transaction start, and the query wanted it.
+    from windmill.db.migrations import lock_holders
+
+    with psycopg.connect(roles_database("windmill_worker"), application_name="an-analysts-psql") as holder, \
+            connect_as(roles_database, "windmill_owner") as owner:
+        holder.execute("LOCK TABLE windmill.jobs IN ROW EXCLUSIVE MODE")  # and the transaction left open
+        named = lock_holders(owner)
+        assert named.startswith(f"pid {holder.info.backend_pid} (an-analysts-psql, another login's session"), named
+
+
 # -- pg_cron.sql -------------------------------------------------------------------------------------------------
 
 

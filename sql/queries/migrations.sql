@@ -35,14 +35,16 @@ SELECT set_config('lock_timeout', %(timeout)s, true)
 
 -- name: lock_holders
 -- The oldest transactions holding a lock on one of Windmill's tables or views, as a migration that waited names
--- them (no user, no query text: what an operator needs to find the session).
+-- them (no user, no query text: what an operator needs to find the session). A login that is neither a superuser
+-- nor a member of pg_read_all_stats (windmill_owner) sees another login's session without its state or start
+-- (NULL): such a holder is still named, by pid and application, after those whose age is known.
 SELECT a.pid, coalesce(nullif(a.application_name, ''), '(no application name)') AS application, a.state,
        round(extract(epoch FROM now() - a.xact_start)) AS for_s
   FROM pg_stat_activity a
- WHERE a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL
+ WHERE a.pid <> pg_backend_pid()
    AND a.pid IN (SELECT l.pid FROM pg_locks l
                    JOIN pg_class c ON c.oid = l.relation
                    JOIN pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname = 'windmill' AND l.granted)
- ORDER BY a.xact_start
+ ORDER BY a.xact_start NULLS LAST, a.pid
  LIMIT 3

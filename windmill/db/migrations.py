@@ -93,9 +93,19 @@ def _apply(conn: psycopg.Connection, migration: Migration) -> bool:
 
 
 def _say_who_holds_the_lock(conn: psycopg.Connection, migration: Migration) -> None:
-    holders = conn.execute(query("lock_holders")).fetchall()
-    named = "; ".join(f"pid {pid} ({application}, {state}, in a transaction for {for_s:.0f} s)"
-                      for pid, application, state, for_s in holders) or "a session that has ended since"
+    named = lock_holders(conn)
     log.warning("migration %04d_%s waited %g s for a lock on a table others hold, and gave up so as not to hold up "
                 "the workers queued behind it; trying again in %g s. The oldest holders: %s", migration.version,
                 migration.name, LOCK_TIMEOUT_S, LOCK_RETRY_S, named, extra={"action": "migration_waits"})
+
+
+def lock_holders(conn: psycopg.Connection) -> str:
+    """The oldest sessions holding a lock on Windmill's tables, as an operator finds them: pid, application, state."""
+    holders = conn.execute(query("lock_holders")).fetchall()
+    return "; ".join(_holder(*holder) for holder in holders) or "a session that has ended since"
+
+
+def _holder(pid: int, application: str, state: str | None, for_s: float | None) -> str:
+    if state is None or for_s is None:  # another login's session, whose state this login may not read
+        return f"pid {pid} ({application}, another login's session: its state is not shown to this login)"
+    return f"pid {pid} ({application}, {state}, in a transaction for {for_s:.0f} s)"
