@@ -108,6 +108,21 @@ def test_status_as_the_monitor_role_needs_the_worker_role(url_as: Callable[..., 
     assert "it needs the privileges of windmill_worker" in said
 
 
+def test_the_right_role_refused_after_an_upgrade_is_told_to_run_roles_sql_again(
+        url_as: Callable[..., str], server_conninfo: str, tmp_path: Path) -> None:
+    # An upgrade's init-db added a view (sql/0121) and roles.sql was not run again: `status` as windmill_worker was
+    # told to use a login that is a member of windmill_worker.
+    with psycopg.connect(make_conninfo(server_conninfo, dbname="windmill_refusals_test"), autocommit=True) as admin:
+        admin.execute("REVOKE SELECT ON windmill.postprocessing_progress FROM windmill_worker")
+        try:
+            said = one_sentence(windmill(tmp_path, "status", WINDMILL_DATABASE_URL=url_as("windmill_worker")))
+        finally:
+            admin.execute("GRANT SELECT ON windmill.postprocessing_progress TO windmill_worker")
+    assert said == ("PostgreSQL refused `status` as windmill_worker: permission denied for view postprocessing_progress; "
+                    "windmill_worker has not been granted what this Windmill's schema added: run deploy/roles.sql "
+                    "again, as after every `init-db` that upgrades (deploy/README.md)")
+
+
 def test_a_refused_connection_keeps_its_reason_and_says_where_to_look(url_as: Callable[..., str],
                                                                        tmp_path: Path) -> None:
     port = free_port()

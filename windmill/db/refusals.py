@@ -104,6 +104,10 @@ def refusal(error: psycopg.Error, *, command: str | None, login: str | None, loc
     primary = (diag.message_primary or _reason(str(error))).rstrip(".")
     if isinstance(error, errors.InsufficientPrivilege):
         role = required_role(command)
+        if login == role:  # the very role: what it lacks is a grant on something an upgrade's init-db added
+            return f"PostgreSQL refused {doing}{as_whom}: {primary}; {role} has not been granted what this " \
+                   f"Windmill's schema added: run deploy/roles.sql again, as after every `init-db` that upgrades " \
+                   f"(deploy/README.md)"
         return f"PostgreSQL refused {doing}{as_whom}: {primary}; it needs the privileges of {role}: run it with a " \
                f"login that is a member of {role} (deploy/roles.sql; deploy/README.md says which command needs which)"
     if isinstance(error, _SCHEMA_MISSING):
