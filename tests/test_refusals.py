@@ -118,9 +118,9 @@ def test_the_right_role_refused_after_an_upgrade_is_told_to_run_roles_sql_again(
             said = one_sentence(windmill(tmp_path, "status", WINDMILL_DATABASE_URL=url_as("windmill_worker")))
         finally:
             admin.execute("GRANT SELECT ON windmill.postprocessing_progress TO windmill_worker")
-    assert said == ("PostgreSQL refused `status` as windmill_worker: permission denied for view postprocessing_progress; "
-                    "windmill_worker has not been granted what this Windmill's schema added: run deploy/roles.sql "
-                    "again, as after every `init-db` that upgrades (deploy/README.md)")
+    assert said == ("PostgreSQL refused `status` as windmill_worker: permission denied for view "
+                    "postprocessing_progress; windmill_worker has not been granted what this Windmill's schema "
+                    "added: run deploy/roles.sql again, as after every `init-db` that upgrades (deploy/README.md)")
 
 
 def test_a_refused_connection_keeps_its_reason_and_says_where_to_look(url_as: Callable[..., str],
