@@ -29,7 +29,7 @@ from windmill.broker import JobTableBroker, Task
 from windmill.broker.ledger import enter_in_flight, forget_in_flight
 from windmill.broker.rabbitmq import declare_queue
 from windmill.catalog import Catalog
-from windmill.cron import BACKFILL_COMMAND, DEFAULT_SCHEDULE, JOB_NAME
+from windmill.cron import BACKFILL_COMMAND, DEFAULT_SCHEDULE, JOB_NAME, cron_status, install_cron, uninstall_cron
 from windmill.db.connect import Database
 from windmill.db.embedded import DATABASE, EmbeddedPostgres, find_server_binaries
 from windmill.db.queries import query
@@ -340,6 +340,28 @@ def test_pg_cron_sql_schedules_the_job_cron_py_manages_to_run_as_the_worker_role
     # The job runs as windmill_worker in Windmill's database: that role may run its command there.
     with Database(make_conninfo(cron_server, user="windmill_worker")).connect() as worker:
         worker.execute(BACKFILL_COMMAND)
+
+
+def test_cron_as_a_superuser_manages_the_job_pg_cron_sql_scheduled_for_the_worker(cron_server: str) -> None:
+    # `cron install` as the superuser scheduled a second job beside pg_cron.sql's (windmill_worker's), so the pass
+    # ran twice a minute; `cron status` then said there was none, and `cron uninstall` left it running.
+    cron_database = make_conninfo(cron_server, dbname=DATABASE)
+    subprocess.run([psql(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "windmill_database=windmill_deploy_cron",
+                    "-d", cron_database, "-f", str(DEPLOY / "pg_cron.sql")], check=True, capture_output=True)
+
+    def jobs() -> list[tuple[str, str, str]]:
+        with psycopg.connect(cron_database) as conn:
+            return conn.execute("SELECT schedule, database, username FROM cron.job WHERE jobname = %s",
+                                (JOB_NAME,)).fetchall()
+
+    with Database(cron_server).connect() as admin:
+        said = install_cron(admin, schedule="*/5 * * * *")
+        assert "of user windmill_worker" in said, said
+        assert jobs() == [("*/5 * * * *", "windmill_deploy_cron", "windmill_worker")]
+        shown = cron_status(admin).job
+        assert shown is not None and shown["username"] == "windmill_worker"
+        assert "Removed pg_cron job" in uninstall_cron(admin)
+        assert jobs() == []
 
 
 # -- .env.example, systemd, compose ------------------------------------------------------------------------------

@@ -56,10 +56,10 @@ class CronStatus:
 
 
 def cron_setup(conn: psycopg.Connection) -> CronSetup:
-    try:
-        with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
-            row = cursor.execute(query("pg_cron_setup")).fetchone()
-    except psycopg.errors.InsufficientPrivilege:
+    with conn.cursor(row_factory=dict_row) as cursor:
+        row = cursor.execute(query("pg_cron_setup")).fetchone()
+    assert row is not None
+    if not row.pop("may_read_settings"):
         # cron.database_name is readable by superusers and pg_read_all_settings members only, and pg_cron's
         # launcher is hidden from others in pg_stat_activity: the worker login (`cron status`) looks for the
         # extension here, else in pg_cron's default database.
@@ -69,7 +69,6 @@ def cron_setup(conn: psycopg.Connection) -> CronSetup:
         here = found.pop("here")
         return CronSetup(**found, cron_database=found["database"] if here else PG_CRON_DEFAULT_DATABASE,
                          assumed=True)
-    assert row is not None
     return CronSetup(**row)
 
 
@@ -103,15 +102,19 @@ def install_cron(conn: psycopg.Connection, *, schedule: str = DEFAULT_SCHEDULE, 
     setup = _usable_setup(conn)
     with _cron_connection(conn, setup) as cron:
         version = _ensure_extension(cron, setup)
-        other = _job(cron)
+        other = _job(cron, setup.database)
         if other is not None and other["database"] != setup.database:
             raise WindmillError(
                 f"the pg_cron job {JOB_NAME} of user {setup.username} already runs the backfill of database "
                 f"{other['database']}; uninstall it there first (`windmill-cli cron uninstall` against that database)")
+        scheduled = {"job_name": JOB_NAME, "schedule": schedule, "command": command, "database": setup.database}
         try:
-            row = cron.execute(query("cron_schedule"), {"job_name": JOB_NAME, "schedule": schedule,
-                                                        "command": command, "database": setup.database},
-                               ).fetchone()
+            if other is not None and other["username"] != setup.username:
+                # deploy/pg_cron.sql's job (windmill_worker's), seen by a superuser: rescheduled, not doubled.
+                cron.execute(query("cron_alter"), {**scheduled, "jobid": other["jobid"]})
+                row: tuple[Any, ...] | None = (other["jobid"],)
+            else:
+                row = cron.execute(query("cron_schedule"), scheduled).fetchone()
         except psycopg.errors.InsufficientPrivilege:
             raise WindmillError(
                 f"user {setup.username} may not schedule pg_cron jobs in other databases (ask an administrator "
@@ -122,8 +125,9 @@ def install_cron(conn: psycopg.Connection, *, schedule: str = DEFAULT_SCHEDULE, 
     assert row is not None
     log.info("pg_cron job %s (%s) runs the backfill of %s", JOB_NAME, schedule, setup.database,
              extra={"action": "cron_installed"})
+    owner = f" of user {other['username']}" if other is not None and other["username"] != setup.username else ""
     return (f"pg_cron {version} runs `{command}` in database {setup.database} on schedule "
-            f"'{schedule}' (job {JOB_NAME}, id {row[0]}).")
+            f"'{schedule}' (job {JOB_NAME}{owner}, id {row[0]}).")
 
 
 def uninstall_cron(conn: psycopg.Connection) -> str:
@@ -132,7 +136,7 @@ def uninstall_cron(conn: psycopg.Connection) -> str:
     with _cron_connection(conn, setup) as cron:
         if _extension_version(cron) is None:
             return "pg_cron has no windmill-backfill job here (the extension is not created)."
-        job = _job(cron)
+        job = _job(cron, setup.database)
         if job is None or job["database"] != setup.database:
             return f"No pg_cron job {JOB_NAME} runs the backfill of database {setup.database}."
         cron.execute(query("cron_unschedule"), {"jobid": job["jobid"]})
@@ -154,7 +158,7 @@ def cron_status(conn: psycopg.Connection, *, runs: int = 5) -> CronStatus:
                 f"where it keeps its jobs (cron.database_name) only a superuser or a member of "
                 f"pg_read_all_settings may read"))
         try:
-            job = _job(cron) if version is not None else None
+            job = _job(cron, setup.database) if version is not None else None
         except psycopg.errors.InsufficientPrivilege:
             return CronStatus(available=False, cron_database=setup.cron_database, version=version, reason=(
                 f"login {setup.username} may not read pg_cron's jobs in database {setup.cron_database}: "
@@ -213,6 +217,8 @@ def _ensure_extension(cron: psycopg.Connection, setup: CronSetup) -> str:
     return version
 
 
-def _job(cron: psycopg.Connection) -> dict[str, Any] | None:
+def _job(cron: psycopg.Connection, database: str) -> dict[str, Any] | None:
+    """The job that runs `database`'s pass, whoever scheduled it (as far as this login may see), else this login's
+    job of that name for another database."""
     with cron.cursor(row_factory=dict_row) as cursor:
-        return cursor.execute(query("cron_job"), {"job_name": JOB_NAME}).fetchone()
+        return cursor.execute(query("cron_job"), {"job_name": JOB_NAME, "database": database}).fetchone()

@@ -27,8 +27,12 @@ SELECT enqueue(scheduler_tick_job(%(interval)s)) AS id
 
 -- name: pg_cron_setup
 -- Whether pg_cron is installed on the server, loaded (its settings exist only then), and where it keeps its jobs.
+-- cron.database_name is readable by superusers and pg_read_all_settings members only: for another login, asking
+-- is an error (in the server's log too, at every `cron status`), so it is asked only when it may be read.
 SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron') AS installed,
-       current_setting('cron.database_name', true) AS cron_database,
+       pg_has_role('pg_read_all_settings', 'USAGE') AS may_read_settings,
+       CASE WHEN pg_has_role('pg_read_all_settings', 'USAGE')
+            THEN current_setting('cron.database_name', true) END AS cron_database,
        current_database() AS database,
        current_user AS username
 
@@ -51,9 +55,18 @@ CREATE EXTENSION IF NOT EXISTS pg_cron
 SELECT cron.schedule_in_database(%(job_name)s, %(schedule)s, %(command)s, %(database)s) AS jobid
 
 -- name: cron_job
+-- The job that runs this database's pass (by whichever user: deploy/pg_cron.sql schedules it as windmill_worker,
+-- `cron install` as its own login), else this login's job of that name for another database. pg_cron shows a login
+-- only its own jobs unless it is a superuser.
 SELECT jobid, jobname, schedule, command, database, username, active
   FROM cron.job
- WHERE jobname = %(job_name)s AND username = current_user
+ WHERE jobname = %(job_name)s AND (username = current_user OR database = %(database)s)
+ ORDER BY database = %(database)s DESC, username = current_user DESC, jobid
+ LIMIT 1
+
+-- name: cron_alter
+-- Reschedule another user's job for this database (a superuser may; pg_cron ≥ 1.4 names the database).
+SELECT cron.alter_job(%(jobid)s, schedule => %(schedule)s, command => %(command)s, database => %(database)s)
 
 -- name: cron_unschedule
 SELECT cron.unschedule(%(jobid)s)
