@@ -221,6 +221,9 @@ def test_unknown_role_is_one_sentence(run) -> None:
         (["status"], {"WINDMILL_DATABASE_URL": "postgresql://nobody:pw@127.0.0.1:1/none"},
          "Error: cannot connect to PostgreSQL at 127.0.0.1:1/none"),
         (["config"], {"DB_HOST": "x", "WINDMILL_DATABASE_URL": ""}, "Error: DB_NAME is required when DB_HOST is set"),
+        # Refused before anything is opened or started (it was reported as a metrics port taken, or a database away).
+        (["worker", "--role", "service"], {"WINDMILL_DATABASE_URL": "postgresql://nobody:pw@127.0.0.1:1/none"},
+         "Error: the service role needs --service NAME"),
     ],
 )
 def test_user_errors_print_one_line_without_traceback(worker_env: dict[str, str], tmp_path: Path,

@@ -125,6 +125,34 @@ def test_started_workers_serve_metrics_on_their_own_ports_with_targets_and_what_
     assert target_path(supervisor.home, supervisor.worker_id("caption_score")).exists()
 
 
+def test_a_worker_whose_configured_metrics_port_is_taken_serves_on_another_and_names_it(
+        worker_env: dict[str, str], tmp_path: Path) -> None:
+    # WINDMILL_METRICS_PORT is blip's port on a machine whose named workers run (`workers start`: base + index):
+    # a worker started by hand with the same settings failed at once with "cannot serve metrics ... in use".
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**worker_env, "WINDMILL_METRICS_PORT": str(port), "WORKER_ID": "by-hand"}
+        with subprocess.Popen([PYTHON, "-m", "windmill", "worker", "--role", "merger"], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as process:
+            target = target_path(tmp_path / "home", "by-hand")
+            try:
+                wait_until(lambda: target.exists() or process.poll() is not None, timeout=60,
+                           message="the worker's target file")
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                moved = int(json.loads(target.read_text(encoding="utf-8"))[0]["targets"][0].rsplit(":", 1)[1])
+                assert moved != port and answering(moved)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                _, stderr = process.communicate(timeout=60)
+        assert f"metrics port {port} (WINDMILL_METRICS_PORT) is taken" in stderr
+        # Asked for by --metrics-port, the port is what Prometheus was told: taken, it is an error.
+        refused = subprocess.run([PYTHON, "-m", "windmill", "worker", "--role", "merger", "--metrics-port", str(port)],
+                                 env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and f"cannot serve metrics on 0.0.0.0:{port}" in refused.stderr, refused.stderr
+
+
 def test_run_serves_every_roles_series_on_the_configured_port(database: Database, worker_env: dict[str, str],
                                                               tmp_path: Path) -> None:
     port = free_ports(1)

@@ -10,6 +10,7 @@ or a process can hold several.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -57,6 +58,7 @@ class WorkerMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.port: int | None = None  # where the endpoint listens, once it does
         labels = ("role", "service")
         self.jobs_done = Counter("windmill_jobs_done", "Handler runs that succeeded.", labels,
                                  registry=self.registry)
@@ -251,13 +253,21 @@ class MetricsServer:
         self.thread.join(timeout=5)
 
 
-def start_metrics_server(port: int, registry: CollectorRegistry, *, address: str = "0.0.0.0") -> MetricsServer:
+def start_metrics_server(port: int, registry: CollectorRegistry, *, address: str = "0.0.0.0",
+                         or_any_free: bool = False) -> MetricsServer:
     """Serve `registry` at http://address:port/metrics from a daemon thread (every interface by default: the
-    Prometheus server scrapes from another machine)."""
+    Prometheus server scrapes from another machine). `or_any_free`: a port that is taken gives way to one the
+    system picks (the worker's target file names it), with a warning."""
     try:
         server, thread = start_http_server(port, addr=address, registry=registry)
     except OSError as error:
-        raise WindmillError(f"cannot serve metrics on {address}:{port}: {error.strerror or error}") from None
+        if not (or_any_free and error.errno == errno.EADDRINUSE):
+            raise WindmillError(f"cannot serve metrics on {address}:{port}: {error.strerror or error}") from None
+        server, thread = start_http_server(0, addr=address, registry=registry)
+        log.warning("metrics port %d (WINDMILL_METRICS_PORT) is taken, by a named worker of this machine perhaps "
+                    "(`workers start` gives them that port and the next ones); serving on %d instead, which this "
+                    "worker's target file names for Prometheus", port, server.server_address[1],
+                    extra={"action": "metrics_port_moved"})
     log.info("serving Prometheus metrics on %s:%d", address, server.server_address[1],
              extra={"action": "metrics_serving"})
     return MetricsServer(server, thread)
@@ -265,12 +275,14 @@ def start_metrics_server(port: int, registry: CollectorRegistry, *, address: str
 
 @contextmanager
 def serving_worker_metrics(port: int, pool: ConnectionPool, *, address: str = "0.0.0.0",
-                           timeout_s: float = SCRAPE_TIMEOUT_S) -> Iterator[WorkerMetrics]:
+                           timeout_s: float = SCRAPE_TIMEOUT_S, or_any_free: bool = False) -> Iterator[WorkerMetrics]:
     """A worker process's metrics for as long as the block runs: the endpoint and the database collector on the
-    worker's pool. The process's farm client is built with `observe_service_call` as its observer."""
+    worker's pool; `port` is set to the one bound (see start_metrics_server for `or_any_free`). The process's farm
+    client is built with `observe_service_call` as its observer."""
     metrics = WorkerMetrics()
     metrics.watch_database(pool, timeout_s=timeout_s)
-    server = start_metrics_server(port, metrics.registry, address=address)
+    server = start_metrics_server(port, metrics.registry, address=address, or_any_free=or_any_free)
+    metrics.port = server.port
     try:
         yield metrics
     finally:

@@ -65,13 +65,20 @@ def worker(app: AppContext, role: str, service: str | None, concurrency: int, ba
     check_role(role, service)  # a mistyped role or service is refused before any database is opened or started
     if service:
         app.catalog.select(service)
+    if role == "service":
+        from windmill.roles.service import serviceable
+
+        serviceable(app.catalog, service or app.settings.service_name)  # a service worker without one
     app.announce_database()
 
     options = WorkerOptions(concurrency=concurrency, batch_size=batch_size or 8 * concurrency,
                             drain_timeout_s=drain_timeout)
     code = run_worker(app.settings, app.catalog, role, service=service, options=options,
                       lease=timedelta(seconds=lease_seconds), broker=broker,
-                      metrics_port=metrics_port or app.settings.metrics_port)
+                      metrics_port=metrics_port or app.settings.metrics_port,
+                      # The setting's port is the base of the named workers' (workers start): blip's, on a machine
+                      # that runs them; an explicit --metrics-port is what Prometheus was told, and stays.
+                      metrics_port_may_move=metrics_port is None)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # handler threads abandoned by a second signal must not keep the process alive

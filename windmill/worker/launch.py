@@ -59,10 +59,12 @@ def run_worker(
     lease: timedelta | None = None,
     broker: str | None = None,
     metrics_port: int | None = None,
+    metrics_port_may_move: bool = False,
 ) -> int:
     """Run one worker in this process until a signal stops it; returns the exit code. A role that takes
     image × service tasks consumes them from `broker` (windmill.broker.choice: RabbitMQ when configured, else the
-    job table). With `metrics_port`, Prometheus metrics are served on that port for as long as the worker runs."""
+    job table). With `metrics_port`, Prometheus metrics are served on that port for as long as the worker runs
+    (`metrics_port_may_move`: on another one if it is taken)."""
     options = options or WorkerOptions()
     rabbitmq = uses_rabbitmq(settings, broker)
     with open_migrated(settings, catalog, application_name=f"windmill-{role_name}") as database:
@@ -74,7 +76,8 @@ def run_worker(
             if metrics_port is not None:
                 from windmill.metrics import serving_worker_metrics
 
-                metrics = extras.enter_context(serving_worker_metrics(metrics_port, pool))
+                metrics = extras.enter_context(serving_worker_metrics(metrics_port, pool,
+                                                                      or_any_free=metrics_port_may_move))
             farm = extras.enter_context(process_farm_client(
                 settings, catalog, database, observer=metrics.observe_service_call if metrics else None))
             jobs = JobQueue(pool, lease=lease) if lease else JobQueue(pool)
@@ -87,7 +90,7 @@ def run_worker(
                 from windmill.metrics_targets import advertised
                 from windmill.worker.metered import metered_hooks
 
-                extras.enter_context(advertised(settings.home, settings.worker_id, metrics_port or 0,
+                extras.enter_context(advertised(settings.home, settings.worker_id, metrics.port or 0,
                                                 {"role": role.name, "service": role.service or ""}))
                 metrics.start_role(role.name, role.service.split(",") if role.service else ())
                 hooks = metered_hooks(metrics, role.name)
@@ -118,7 +121,8 @@ def run_machine(settings: Settings, catalog: Catalog, database: Database, pool: 
             from windmill.metrics import serving_worker_metrics
             from windmill.metrics_targets import advertised
 
-            metrics = extras.enter_context(serving_worker_metrics(settings.metrics_port, pool))
-            extras.enter_context(advertised(settings.home, settings.worker_id, settings.metrics_port, {"role": "run"}))
+            # The setting's port, or another if a named worker of this machine holds it.
+            metrics = extras.enter_context(serving_worker_metrics(settings.metrics_port, pool, or_any_free=True))
+            extras.enter_context(advertised(settings.home, settings.worker_id, metrics.port or 0, {"role": "run"}))
         return run_until_stopped(WorkerGroup(settings, database, pool, catalog, every_role(catalog), broker=broker,
                                              metrics=metrics))
