@@ -248,7 +248,24 @@ def test_a_refused_rabbitmq_login_is_one_sentence(run, photos: Path, worker_env:
     assert "Traceback" not in process.stderr
     assert [line for line in lines if "pika" in line] == []
     assert lines[-1].startswith("Error: could not declare queues: RabbitMQ at ")
-    assert "refused" in lines[-1] and "not-the-password" not in process.stderr
+    assert "refused: the user name or password is wrong (403 ACCESS_REFUSED; they come from WINDMILL_AMQP_URL" in \
+        lines[-1] and "not-the-password" not in process.stderr
+
+
+@pytest.mark.parametrize(("broker_said", "explained"), [
+    ("ProbableAccessDeniedError: ConnectionClosedByBroker: (530) 'NOT_ALLOWED - vhost nosuchvh not found'",
+     "virtual host 'nosuchvh' does not exist (530 NOT_ALLOWED): create it (`rabbitmqctl add_vhost nosuchvh`) or "
+     "correct the URL's path (`/%2F` is the default virtual host)"),
+    ("ProbableAccessDeniedError: ConnectionClosedByBroker: (530) \"NOT_ALLOWED - access to vhost 'h1' refused for "
+     "user 'probe'\"", "user 'probe' may not use virtual host 'h1' (530 NOT_ALLOWED): grant it (`rabbitmqctl "
+     "set_permissions -p h1 probe '.*' '.*' '.*'`)"),
+    ("StreamLostError: Transport indicated EOF", None),
+])
+def test_rabbitmqs_refusals_are_said_with_their_fix(broker_said: str, explained: str | None) -> None:
+    # As RabbitMQ 3.x words them; pika passed them on raw (`(530) 'NOT_ALLOWED - vhost nosuchvh not found'`).
+    from windmill.broker.refusals import explain_refusal
+
+    assert explain_refusal(broker_said) == explained
 
 
 def test_every_command_has_help() -> None:

@@ -27,6 +27,7 @@ from windmill.broker.queues import RabbitMQError as RabbitMQError
 from windmill.broker.queues import dead_letter_queue as dead_letter_queue
 from windmill.broker.queues import declare_queue as declare_queue
 from windmill.broker.queues import queue_depth
+from windmill.broker.refusals import explain_refusal
 from windmill.catalog import Service
 from windmill.errors import first_line
 from windmill.settings import describe_url
@@ -140,7 +141,13 @@ def is_fatal(error: BaseException) -> bool:
 
 def describe_error(error: BaseException) -> str:
     """`Type: first line` of an error, looking inside pika's connection-error wrappers (which print only their
-    class name); never holds credentials, since pika's errors name sockets and reply codes, not URLs."""
+    class name), or for a refusal whose cause is known (a wrong password, a missing virtual host) that cause and its
+    fix; never holds credentials, since pika's errors name sockets and reply codes, not URLs."""
+    described = _described(error)
+    return explain_refusal(described) or described
+
+
+def _described(error: BaseException) -> str:
     if isinstance(error, pika.exceptions.AMQPConnectionError) and len(error.args) == 1:
         if isinstance(error.args[0], str):
             return f"{type(error).__name__}: {first_line(Exception(error.args[0]))}"
