@@ -181,6 +181,23 @@ def test_a_server_at_max_connections_is_told_as_such() -> None:
         "max_connections")
 
 
+@pytest.mark.parametrize(("libpq_said", "sentence"), [
+    # A server that asks for a password, a login without one (no ~/.pgpass, no password file).
+    ('connection to server at "127.0.0.1", port 5432 failed: fe_sendauth: no password supplied',
+     "the server asks for a password and none was given; give it (WINDMILL_DATABASE_PASSWORD_FILE, DB_PASSWORD, "
+     "the URL's, or ~/.pgpass)"),
+    # A `reject` line in pg_hba.conf.
+    ('connection to server at "127.0.0.1", port 5432 failed: FATAL:  pg_hba.conf rejects connection for host '
+     '"127.0.0.1", user "analyst", database "windmill", no encryption',
+     "the server's pg_hba.conf turns user \"analyst\" away from 127.0.0.1 (a reject line); change the server's "
+     "pg_hba.conf: a line above the reject one that lets this host and user in (deploy/README.md)"),
+])
+def test_a_login_the_server_turns_away_is_said_with_the_fix(libpq_said: str, sentence: str) -> None:
+    # Passed on as libpq wrote them, with no fix.
+    said = connection_failure(psycopg.OperationalError(libpq_said), "127.0.0.1:5432/windmill")
+    assert said == f"cannot connect to PostgreSQL at 127.0.0.1:5432/windmill: {sentence}"
+
+
 def test_libpq_options_in_the_database_url_pass_through(database_url: str) -> None:
     # A statement_timeout given as the URL's `options` once gave way to Windmill's search path without a word.
     separator = "&" if "?" in database_url else "?"

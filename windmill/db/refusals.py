@@ -35,6 +35,11 @@ _CONNECTION_FAILURES: tuple[tuple[str, str, str], ...] = (
      "or DB_USER)"),
     (r"no pg_hba\.conf entry for host \"([^\"]*)\", user \"([^\"]*)\"", 'the server lets no login of user "{1}" '
      'in from {0}', "add a line for this host and user to the server's pg_hba.conf (deploy/README.md)"),
+    (r"pg_hba\.conf rejects connection for host \"([^\"]*)\", user \"([^\"]*)\"",
+     'the server\'s pg_hba.conf turns user "{1}" away from {0} (a reject line)',
+     "change the server's pg_hba.conf: a line above the reject one that lets this host and user in (deploy/README.md)"),
+    (r"fe_sendauth: no password supplied", "the server asks for a password and none was given",
+     "give it (WINDMILL_DATABASE_PASSWORD_FILE, DB_PASSWORD, the URL's, or ~/.pgpass)"),
     (r"permission denied for database \"?([^\"\s]*)\"?", 'the login may not connect to database "{0}"',
      "grant it CONNECT (deploy/roles.sql does for its roles)"),
     (r"too many (connections|clients)|remaining connection slots are reserved", "the server has no free connection",
