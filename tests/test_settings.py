@@ -242,6 +242,18 @@ def test_config_says_where_each_setting_came_from(env_files: dict[str, Path], mo
     assert "port_offset          100  [environment (WINDMILL_PORT_OFFSET)]" in text
 
 
+def test_an_empty_variable_in_the_environment_unsets_the_files_and_config_says_so(tmp_path: Path) -> None:
+    # `WINDMILL_PORT_OFFSET= windmill-cli config` showed 0 with the file named as its source; an empty LOG_LEVEL was
+    # an error where every other empty setting is unset.
+    path = tmp_path / "windmill.env"
+    path.write_text("WINDMILL_PORT_OFFSET=-440\nLOG_LEVEL=DEBUG\n", encoding="utf-8")
+    settings, source = load_configuration(None, environ={"WINDMILL_ENV_FILE": str(path), "WINDMILL_PORT_OFFSET": "",
+                                                         "LOG_LEVEL": "", "WINDMILL_SYSTEM_ENV_FILE": "/nonexistent"})
+    assert (settings.port_offset, settings.log_level) == (0, "INFO")
+    assert source.origin("port_offset") == f"unset by the environment (WINDMILL_PORT_OFFSET empty there, over {path})"
+    assert source.origin("log_level") == f"unset by the environment (LOG_LEVEL empty there, over {path})"
+
+
 def test_config_json_has_typed_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WINDMILL_PORT_OFFSET", "100")

@@ -234,7 +234,7 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 def settings_from_mapping(env: Mapping[str, str]) -> Settings:
     """Build Settings from variables; each problem is one sentence naming the variable."""
     env = {key: value.strip() for key, value in env.items() if value is not None}
-    level = env.get("LOG_LEVEL", "INFO").upper()
+    level = (env.get("LOG_LEVEL") or "INFO").upper()  # empty is unset, as for every setting
     if level not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {env['LOG_LEVEL']!r}")
     service_config = Path(env["WINDMILL_SERVICE_CONFIG"]).expanduser() if env.get("WINDMILL_SERVICE_CONFIG") else None
@@ -289,6 +289,7 @@ class SettingsSource:
     searched: tuple[str, ...]
     from_file: frozenset[str]
     from_environment: frozenset[str]
+    emptied_in_environment: frozenset[str] = frozenset()  # set in the file, but empty (so unset) in the environment
 
     def origin(self, setting: str) -> str:
         """Where a setting came from: `environment (X)`, the file's path with its variables, or `default`; then the
@@ -299,11 +300,15 @@ class SettingsSource:
         variables = [name for name in SETTING_VARIABLES.get(setting, ()) if name not in ignored]
         parts = []
         in_environment = [name for name in variables if name in self.from_environment]
-        in_file = [name for name in variables if name in self.from_file and name not in self.from_environment]
+        in_file = [name for name in variables if name in self.from_file and name not in self.from_environment
+                   and name not in self.emptied_in_environment]
+        emptied = [name for name in variables if name in self.emptied_in_environment]
         if in_environment:
             parts.append(f"environment ({', '.join(in_environment)})")
         if in_file:
             parts.append(f"{self.env_file} ({', '.join(in_file)})")
+        if emptied:
+            parts.append(f"unset by the environment ({', '.join(emptied)} empty there, over {self.env_file})")
         if ignored:
             parts.append(f"ignored: {', '.join(ignored)} ({url} is set)")
         return "; ".join(parts) or "default"
@@ -375,7 +380,8 @@ def load_configuration(env_file: Path | None = None,
     settings = settings_from_mapping({**from_file, **environ})
     # An empty value sets nothing (the readers take `KEY=` as unset), in the file as in the environment.
     source = SettingsSource(path, searched, frozenset(k for k, v in from_file.items() if v),
-                            frozenset(k for k, v in environ.items() if v))
+                            frozenset(k for k, v in environ.items() if v),
+                            frozenset(k for k, v in environ.items() if not v and from_file.get(k)))
     return settings, source
 
 
