@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,17 +60,27 @@ class KeeperState:
             return None
 
     def last_exit(self, *, when: bool = False) -> str | None:
-        """The worker's last failure: `status 1: <its last log line>` (with `when`, `status 1 at <time>: …`)."""
+        """The worker's last failure: `status 1: <its last log line>` (with `when`, `status 1 at <time>: …`). A
+        worker killed by a signal said nothing of it: its last line is whatever it logged before (`worker started`),
+        so only the signal is given."""
         if not self.exits:
             return None
         last = self.exits[-1]
+        status = int(str(last["status"]))
         at = f" at {last['at']}" if when else ""
-        return f"{describe_exit(int(str(last['status'])))}{at}: {last['last_line'] or 'nothing logged'}"
+        if status < 0:
+            return f"{describe_exit(status)}{at}"
+        said = _LOG_STAMP.sub("", str(last["last_line"] or "")) or "nothing logged"
+        return f"{describe_exit(status)}{at}: {said}"
 
     def write(self, path: Path) -> None:
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         temporary.write_text(json.dumps(asdict(self)) + "\n", encoding="utf-8")
         os.replace(temporary, path)  # readers see the old state or the new one, never half of one
+
+
+# A log line's time (windmill.settings.configure_logging), which the exit's own time makes redundant.
+_LOG_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 
 
 def describe_exit(status: int) -> str:
