@@ -8,7 +8,7 @@
 --                     `backfill`, `jobs` and `cron status`. No DDL, no TRUNCATE, no temporary tables in this
 --                     database, nothing outside schema windmill. (PostgreSQL grants every role TEMPORARY on a new
 --                     database: revoke it on the server's others, `postgres` included, to keep that out there too.)
---   windmill_monitor  reads: the five monitoring views (psql, Grafana) and, for the dashboard (`windmill-cli web`)
+--   windmill_monitor  reads: the six monitoring views (psql, Grafana) and, for the dashboard (`windmill-cli web`)
 --                     and `export`, the collection and its answers and products (images, results, merged boxes,
 --                     consensus, postprocessing) and, for `status`, the RabbitMQ task ledger. Not jobs, workers
 --                     or services (only through the views), no writes.

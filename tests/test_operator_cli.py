@@ -197,6 +197,7 @@ def test_a_mistyped_job_queue_is_named_as_such_and_a_queue_outside_the_catalog_s
         assert mistyped.exit_code == 1, mistyped.output
         assert mistyped.output.startswith("Error: unknown job queue 'mrege'; valid job queues: caption_score, "
                                           "consensus, merge, "), mistyped.output
+        assert "queue_caption_score" not in mistyped.output  # caption scores go to caption_score, never there
     assert run("jobs", "list", "--queue", "merge").output.strip() == "(none)"  # known, and at rest
     # Dead jobs of a queue no role or service has any more (a service since removed from the catalog).
     conn.execute("INSERT INTO jobs (queue, state) VALUES ('queue_retired', 'dead')")

@@ -81,7 +81,8 @@ def test_status_shows_postprocessing_and_leaves_it_out_of_the_services(conn: psy
     report = collect_status(conn)
     rows = {row["service"]: row for row in report["postprocessing"]}
     assert {service: (row["done"], row["failed"], row["queued"]) for service, row in rows.items()} == {
-        "face": (1, 1, 1), "pose": (2, 0, 0), "caption_score": (0, 0, 0)}
+        "face": (1, 1, 1), "pose": (2, 0, 0), "caption_score": (0, 0, 0),
+        "colors": (0, 0, 0)}  # before its first crop's colours too (a primary service besides: sql/0125)
     assert rows["pose"]["last_answer_at"] is not None
     assert not {"face", "pose", "caption_score"} & {row["service"] for row in report["services"]}
     text = format_status(report)

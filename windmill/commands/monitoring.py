@@ -103,7 +103,8 @@ def jobs() -> None:
 def job_table_queues(app: AppContext) -> list[str]:
     from windmill.jobs.queues import ROLE_QUEUES
 
-    return [service.queue_name for service in app.catalog.services] + list(ROLE_QUEUES)
+    # A service that takes no image task (caption_score: its work is the caption_score role's queue) has none.
+    return [service.queue_name for service in app.catalog.services if service.takes_image_tasks] + list(ROLE_QUEUES)
 
 
 @contextmanager
