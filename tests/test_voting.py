@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from windmill.box_names import box_label
 from windmill.catalog import load_catalog
 from windmill.emoji import normalize_emoji
 from windmill.voting import (
@@ -225,6 +226,17 @@ def test_worked_example_person_item_in_the_reference_shape() -> None:
             }
         ],
     }
+
+
+def test_a_boxs_label_in_the_consensus_is_the_one_its_picture_tag_and_export_give() -> None:
+    # The consensus named a box by its first listed label ("man"), the tag, CSV and COCO by the label most of its
+    # detections gave ("person").
+    row = merged(1, "🧑_1", (95, 40, 210, 420), {"detectron2": 0.99, "rtdetr": 0.95, "yolov8": 0.92},
+                 ["man", "person"])
+    for detection, label in zip(row.merged_data["detections"], ("person", "person", "man"), strict=True):
+        detection["label"] = label
+    (box,) = item(consensus(WORKED_RESULTS, [row]), "🧑")["bounding_boxes"]
+    assert box["label"] == box_label(row.merged_data) == "person"
 
 
 def test_bounding_boxes_lose_their_cluster_in_reference_mode() -> None:

@@ -10,7 +10,6 @@ glue that reads the boxes from PostgreSQL and the pixels from the image's path o
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -21,6 +20,7 @@ import psycopg
 from PIL import Image, ImageDraw, ImageFont, ImageStat
 from psycopg.rows import dict_row
 
+from windmill.box_names import box_label
 from windmill.db.queries import query
 from windmill.errors import NoSuchImage, WindmillError
 from windmill.harmony import DetectorResult
@@ -159,17 +159,6 @@ def _luminance(colour: Colour) -> float:
 def detector_colours(detector_boxes: Mapping[str, object]) -> dict[str, Colour]:
     """One colour per service, in service name order: the same set of detectors is coloured alike on every image."""
     return {service: DETECTOR_COLOURS[i % len(DETECTOR_COLOURS)] for i, service in enumerate(sorted(detector_boxes))}
-
-
-def box_label(box: Mapping[str, Any]) -> str:
-    """The name of a merged box (merged_data): the label most of its detections gave (the tag, the COCO category
-    of `export`); else its first listed label, else its cluster's class."""
-    labels = [str(d.get("label")) for d in box.get("detections") or [] if isinstance(d, dict) and d.get("label")]
-    label = Counter(labels).most_common(1)[0][0] if labels else ""
-    if not label:
-        listed = [str(item) for item in box.get("labels") or [] if item]
-        label = listed[0] if listed else str(box.get("cluster_id") or "object").rsplit("_", 1)[0]
-    return label
 
 
 def box_caption(box: Mapping[str, Any], *, times: str = "×") -> str:

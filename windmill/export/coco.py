@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from windmill import __version__
+from windmill.box_names import box_label
 from windmill.coco_classes import COCO_CATEGORY_IDS
 from windmill.emoji import normalize_emoji
 from windmill.errors import WindmillError
@@ -25,7 +26,6 @@ from windmill.evaluation import detector_predictions
 from windmill.export.output import STDOUT, standard_output
 from windmill.export.shapes import coco_box, coco_image, dumps
 from windmill.export.source import ImageExport
-from windmill.render import box_label
 
 NAMED_IDS_FROM = 1000  # above COCO's 1…90, so a label that is no COCO class never takes a class's id
 NAMED_IDS_SPAN = 1_000_000

@@ -10,9 +10,9 @@ from typing import Any
 
 import orjson
 
+from windmill.box_names import box_label
 from windmill.export.source import ImageExport, latest_postprocessing
 from windmill.harmony import stored_score
-from windmill.render import box_label
 
 BOX_SERVICES = ("colors", "face", "pose")  # postprocessing of a merged box
 CSV_COLUMNS = ("image_id", "file_name", "path", "url", "group", "merged_id", "label", "emoji", "x", "y", "width",

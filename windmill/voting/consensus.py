@@ -127,7 +127,7 @@ def _bounding_box(box: MergedBox, config: VotingConfig) -> dict[str, Any]:
         "merged_id": box.merged_id,
         "merged_bbox": dict(box.merged_bbox),
         "emoji": box.emoji,
-        "label": box.labels[0] if box.labels else box.emoji,
+        "label": box.label or box.emoji,
         "detection_count": box.detection_count,
         "avg_confidence": box.avg_confidence,
         "detections": [dict(detection) for detection in box.detections],

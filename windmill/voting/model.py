@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from windmill.box_names import box_label
+
 # Turns an emoji field (any JSON value) into the string votes are grouped by; "" means no emoji.
 EmojiKey = Callable[[Any], str]
 
@@ -56,6 +58,7 @@ class MergedBox:
     labels: tuple[str, ...]
     contributing_services: tuple[str, ...]
     detections: tuple[Mapping[str, Any], ...]
+    label: str = ""  # its name (windmill.box_names): what the picture's tag, export and the consensus call it
 
     @classmethod
     def from_row(cls, row: MergedBoxRow, emoji_key: EmojiKey) -> MergedBox:
@@ -71,6 +74,7 @@ class MergedBox:
             labels=tuple(str(label) for label in as_list(data.get("labels"))),
             contributing_services=tuple(str(name) for name in as_list(data.get("contributing_services"))),
             detections=tuple(item for item in as_list(data.get("detections")) if isinstance(item, Mapping)),
+            label=box_label(data),
         )
 
 
