@@ -358,6 +358,21 @@ def test_a_host_name_that_does_not_resolve_is_one_sentence(collection: Database,
                                   "resolve to an address")
 
 
+def test_pages_answer_at_once_after_the_servers_connections_were_closed(
+        collection: Database, database_url: str, catalog: Catalog, conn: psycopg.Connection) -> None:
+    # After PostgreSQL closed the dashboard's connections (a restart, a terminated backend), the next pages were
+    # 503 "Database unavailable", one per dead connection, until the pool had dropped them all.
+    database = Database(database_url, application_name="windmill-web-outage-test")
+    with running_dashboard(settings_for(database_url), catalog, database, port=0) as running:
+        for _ in range(3):
+            assert httpx.get(f"{running.url}/", timeout=30).status_code == 200
+        closed = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                              "WHERE application_name = 'windmill-web-outage-test'").fetchone()[0]
+        assert closed >= 1
+        for _ in range(3):
+            assert httpx.get(f"{running.url}/", timeout=30).status_code == 200
+
+
 def test_a_parameter_postgresql_cannot_take_is_a_400_not_a_server_error(
         collection: Database, database_url: str, catalog: Catalog) -> None:
     # A gallery page past the last bigint, or a group with a NUL byte, reached PostgreSQL and came back as HTTP 500

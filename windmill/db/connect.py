@@ -94,10 +94,10 @@ class Database:
         return conn
 
     def pool(self, *, min_size: int = 1, max_size: int = 4, name: str = "windmill",
-             wait_s: float = 30.0) -> ConnectionPool:
+             wait_s: float = 30.0, checked: bool = False) -> ConnectionPool:
         """A pool of autocommit connections; callers open transactions explicitly where they need one.
-        Connections are not checked on checkout (that costs a round trip per use): a connection that died
-        raises OperationalError once, the pool drops it, and the caller's retry takes a fresh one.
+        Connections are not checked on checkout unless `checked` (that costs a round trip per use): a connection
+        that died raises OperationalError once, the pool drops it, and the caller's retry takes a fresh one.
         While PostgreSQL is away the pool retries each connection 1, 2, 4, … s apart; an attempt gives up after
         RECONNECT_TIMEOUT_S and the next checkout starts a new one from 1 s, so after a long outage the pool is back
         within seconds, not after a doubling that had grown to minutes. A checkout waits up to `wait_s` for a
@@ -111,6 +111,7 @@ class Database:
             name=name,
             reconnect_timeout=RECONNECT_TIMEOUT_S,
             timeout=wait_s,
+            check=ConnectionPool.check_connection if checked else None,
             open=True,
         )
 

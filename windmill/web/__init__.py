@@ -80,7 +80,9 @@ def running_dashboard(settings: Settings, catalog: Catalog, database: Database, 
 
     rabbitmq = RabbitMQManagement.configured(settings.amqp_url, settings.amqp_management_url,
                                              [service.queue_name for service in catalog.services])
-    with database.pool(min_size=1, max_size=THREADS, name="web") as pool:
+    # Checked on checkout: a page has no retry, so a connection the server closed (a restart, a terminated
+    # backend) would be a 503 for the person looking; a round trip is nothing beside a page.
+    with database.pool(min_size=1, max_size=THREADS, name="web", checked=True) as pool:
         dashboard = Dashboard(settings, catalog, pool, rabbitmq=rabbitmq,
                               **({"gallery_page": gallery_page} if gallery_page else {}))
         # On a loopback address the Host header must name this server (DNS rebinding); filled in once bound.
