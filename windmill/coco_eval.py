@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import redirect_stdout
@@ -17,11 +16,11 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
+from windmill.coco_classes import category_name
 from windmill.emoji import normalize_emoji
 from windmill.errors import MissingExtra, WindmillError
 
 AP_DECIMALS = 4
-_SEPARATORS = re.compile(r"[\s_\-]+")
 
 # Names detectors and classifiers commonly give COCO's objects. Applied only when the target is one of
 # the annotation file's categories, and only after an exact (case- and separator-insensitive) match failed.
@@ -42,8 +41,9 @@ SYNONYMS: dict[str, str] = {
 
 
 def name_key(name: str) -> str:
-    """Matching key of a label or category name: "Dining_Table" and "dining table" are one name."""
-    return _SEPARATORS.sub(" ", name.strip().lower()).strip()
+    """Matching key of a label or category name: "Dining_Table" and "dining table" are one name (the export's
+    category name), and so is "dining-table" when matched against ground truth."""
+    return category_name(name.replace("-", " "))
 
 
 def image_basename(file_name: str) -> str:
