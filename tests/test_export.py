@@ -71,7 +71,7 @@ def test_coco_loads_in_pycocotools_and_faster_coco_eval_with_every_box_and_detec
     widths = dict(conn.execute("SELECT image_id, (data #>> '{predictions,0,dimensions,width}')::int FROM results "
                                "WHERE service = 'metadata' AND status = 'success'"))
     assert {image["id"]: image["width"] for image in truth.dataset["images"]} == widths
-    paths = dict(conn.execute("SELECT image_id, coalesce(image_path, image_filename) FROM images"))
+    paths = dict(conn.execute("SELECT image_id, coalesce(image_path, image_url) FROM images"))
     assert all(image["file_name"] == paths[image["id"]] for image in truth.dataset["images"])
     unmeasured = scalar(conn, "SELECT count(*) FROM images") - len(widths)
     assert unmeasured > 0 and report.notes == [f"{unmeasured} image(s) left out of the COCO file: their size is not "
@@ -172,6 +172,25 @@ def test_a_detector_writing_dining_table_scores_against_cocos_dining_table(conn,
     assert truth.loadCats([COCO_CATEGORY_IDS["dining table"]])[0]["name"] == "dining table"
     names = [category["name"] for category in truth.dataset["categories"]]
     assert len(names) == len(set(names)) and "dining_table" not in names
+
+
+def test_two_url_images_of_one_file_name_are_two_file_names(conn, tmp_path: Path) -> None:
+    # Both were `ascent.jpg`: FiftyOne's COCO importer indexes images by file_name, and gave both samples one image's
+    # boxes or stopped with a KeyError.
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "windmill.json"
+    urls = ["http://h.example.invalid/a/ascent.jpg", "http://h.example.invalid/b/ascent.jpg"]
+    measured = Jsonb({"predictions": [{"dimensions": {"width": 640, "height": 480}}]})
+    with conn.transaction(force_rollback=True):
+        ids = [conn.execute("INSERT INTO images (image_filename, image_url, image_group) VALUES ('ascent.jpg', %s, "
+                            "'urls') RETURNING image_id", (url,)).fetchone()[0] for url in urls]
+        for image_id in ids:
+            conn.execute("INSERT INTO results (image_id, service, task_id, data, status) "
+                         "VALUES (%s, 'metadata', gen_random_uuid(), %s, 'success')", (image_id, measured))
+        run_export(conn, "coco", out, group="urls")
+    images = COCO(str(out)).loadImgs(ids)
+    assert [(image["file_name"], image["coco_url"]) for image in images] == [(url, url) for url in urls]
 
 
 def test_jsonl_has_one_line_per_image_with_its_latest_answers_boxes_and_consensus(conn, tmp_path: Path) -> None:

@@ -190,12 +190,14 @@ def _json_text(value: Any) -> str:
 
 def coco_image(item: ImageExport) -> dict[str, Any] | None:
     """The image entry, None while its size is unknown (COCO readers need it: FiftyOne's importer fails without
-    it). Its file as registered (a path, unique in the collection: the images of several folders, or two files of
-    one name, stay apart), or for a URL the URL's file name."""
+    it). Its file as registered, unique in the collection: a path (the images of several folders, or two files of
+    one name, stay apart), or an image known only by its URL the URL (`http://h/a/ascent.jpg` and
+    `http://h/b/ascent.jpg`: FiftyOne's importer indexes images by file_name, and gave two of one bare name one
+    image's boxes)."""
     fields = image_fields(item)
     if fields["width"] is None:
         return None
-    entry: dict[str, Any] = {"id": item.image_id, "file_name": fields["path"] or fields["file_name"],
+    entry: dict[str, Any] = {"id": item.image_id, "file_name": fields["path"] or fields["url"] or fields["file_name"],
                              "width": fields["width"], "height": fields["height"]}
     if fields["url"]:
         entry["coco_url"] = fields["url"]
