@@ -367,6 +367,55 @@ def test_a_stopped_export_continues_with_after_id_into_the_same_output(conn, tmp
         assert parts.read_bytes() == whole.read_bytes()
 
 
+def put_a_newline_in_a_path(conn: psycopg.Connection) -> tuple[int, int]:
+    """(J, K), in the caller's transaction: image K, of two boxes or more, has a newline and quotes in its path, so its
+    CSV records hold a quoted field across two lines, its quotes doubled; J is the image with boxes before it."""
+    image_id = scalar(conn, "SELECT max(image_id) FROM (SELECT image_id FROM merged_boxes GROUP BY image_id "
+                            "HAVING count(*) >= 2) many")
+    before = scalar(conn, "SELECT max(image_id) FROM merged_boxes WHERE image_id < %s", image_id)
+    assert before > 1  # (--after-id 0 is no continuation)
+    conn.execute("""UPDATE images SET image_path = image_path || E'\\n"second" line' WHERE image_id = %s""",
+                 (image_id,))
+    return before, image_id
+
+
+def test_a_csv_export_continues_after_a_page_whose_last_record_holds_a_newline(conn, tmp_path: Path) -> None:
+    # The file's tail was read line by line: the last record's second line is no record, and the export refused to
+    # continue ("does not end with a line of this format").
+    whole, parts = tmp_path / "whole.csv", tmp_path / "parts.csv"
+    with conn.transaction(force_rollback=True):
+        _, image_id = put_a_newline_in_a_path(conn)
+        run_export(conn, "csv", whole)
+        stop = StopAfterPages(1)
+        with pytest.raises(ExportStopped, match=rf"continue with --after-id {image_id}$"):
+            export(conn, ExportRequest("csv", parts, Selection()), progress=stop.progress, stop=stop,
+                   page_size=image_id)
+        assert parts.read_bytes().splitlines()[-1].startswith(b'""second"" line')  # the last record's second line
+        run_export(conn, "csv", parts, after_id=image_id)
+    assert parts.read_bytes() == whole.read_bytes()
+
+
+def test_a_csv_file_cut_after_a_newline_in_a_quoted_field_goes_back_to_the_last_whole_record(conn,
+                                                                                            tmp_path: Path) -> None:
+    # Cut after the newline inside image K's quoted path, the file's last "line" was the start of K's record: K was
+    # named the last image, and the continued file held a broken record.
+    whole, kept = tmp_path / "whole.csv", tmp_path / "kept.csv"
+    with conn.transaction(force_rollback=True):
+        before, image_id = put_a_newline_in_a_path(conn)
+        run_export(conn, "csv", whole)
+        data = whole.read_bytes()
+        first_row = data.index(b"\n%d," % image_id) + 1
+        end = data.index(b"\n", first_row) + 1
+        path = scalar(conn, "SELECT image_path FROM images WHERE image_id = %s", image_id)
+        assert data[first_row:end].endswith(b'"' + path.split("\n")[0].encode() + b"\n")
+        kept.write_bytes(data[:end])
+        with pytest.raises(WindmillError, match=rf"already holds image(s up to)? {before}, after --after-id "
+                                                rf"{before - 1}; continue with --after-id {before}$"):
+            run_export(conn, "csv", kept, after_id=before - 1)
+        run_export(conn, "csv", kept, after_id=before)
+    assert kept.read_bytes() == data
+
+
 def test_a_stopped_coco_export_writes_nothing(conn, tmp_path: Path) -> None:
     out = tmp_path / "windmill.json"
     stop = StopAfterPages(1)

@@ -1,5 +1,6 @@
 """Line formats (JSON Lines: one line per image; CSV: one row per merged box), written a page at a time and
-resumable: `--after-id N` appends to a file that ends at image N, after cutting off a line a crash left half-written."""
+resumable: `--after-id N` appends to a file that ends at image N, after cutting off a line (a CSV record) a crash left
+half-written."""
 
 from __future__ import annotations
 
@@ -19,16 +20,18 @@ from windmill.export.shapes import CSV_COLUMNS, csv_rows, dumps, jsonl_line
 from windmill.export.source import ImageExport
 
 TAIL_CHUNK = 1 << 16
+COUNT_CHUNK = 1 << 20  # bytes read at a time to count a CSV file's quotes: memory stays flat at any size
 
 
 class LineWriter:
     """Writes `render(page)` bytes to `path`; with `resume_after`, continues a file that ends at that image."""
 
     def __init__(self, path: Path, *, render: Callable[[list[ImageExport]], bytes], header: bytes,
-                 last_image_id: Callable[[bytes], int | None], resume_after: int | None) -> None:
+                 last_record: Callable[[Path], tuple[int, bytes]], last_image_id: Callable[[bytes], int | None],
+                 resume_after: int | None) -> None:
         self.path = path
         self.render = render
-        self._file = _open(path, header, last_image_id, resume_after)
+        self._file = _open(path, header, last_record, last_image_id, resume_after)
         self._whole = None if path == STDOUT else self._file.tell()  # where the last page written whole ends
 
     def write_page(self, page: list[ImageExport]) -> None:
@@ -63,12 +66,13 @@ class LineWriter:
 
 
 def jsonl_writer(path: Path, resume_after: int | None) -> LineWriter:
-    return LineWriter(path, render=_jsonl_page, header=b"", last_image_id=_jsonl_image_id, resume_after=resume_after)
+    return LineWriter(path, render=_jsonl_page, header=b"", last_record=_last_complete_line,
+                      last_image_id=_jsonl_image_id, resume_after=resume_after)
 
 
 def csv_writer(path: Path, resume_after: int | None) -> LineWriter:
-    return LineWriter(path, render=_csv_page, header=_csv_bytes([list(CSV_COLUMNS)]), last_image_id=_csv_image_id,
-                      resume_after=resume_after)
+    return LineWriter(path, render=_csv_page, header=_csv_bytes([list(CSV_COLUMNS)]), last_record=_last_complete_record,
+                      last_image_id=_csv_image_id, resume_after=resume_after)
 
 
 def _jsonl_page(page: list[ImageExport]) -> bytes:
@@ -93,16 +97,16 @@ def _jsonl_image_id(line: bytes) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _csv_image_id(line: bytes) -> int | None:
-    try:
-        first = next(csv.reader([line.decode("utf-8")]))[0]
+def _csv_image_id(record: bytes) -> int | None:
+    try:  # a record may hold a newline in a quoted field: read as a file's text, which keeps it
+        first = next(csv.reader(io.StringIO(record.decode("utf-8"), newline="")))[0]
     except (UnicodeDecodeError, StopIteration, IndexError, csv.Error):
         return None
     return int(first) if first.isdigit() else None
 
 
-def _open(path: Path, header: bytes, last_image_id: Callable[[bytes], int | None],
-          resume_after: int | None) -> BinaryIO:
+def _open(path: Path, header: bytes, last_record: Callable[[Path], tuple[int, bytes]],
+          last_image_id: Callable[[bytes], int | None], resume_after: int | None) -> BinaryIO:
     if path == STDOUT:  # a stream holds no earlier export to continue: --after-id only selects
         stream = standard_output()
         stream.write(header)
@@ -112,7 +116,7 @@ def _open(path: Path, header: bytes, last_image_id: Callable[[bytes], int | None
             handle: BinaryIO = open(path, "wb")  # noqa: SIM115  (closed by finish)
             handle.write(header)
             return handle
-        end, line = _last_complete_line(path)
+        end, line = last_record(path)
         found = last_image_id(line) if line else None
         if line and line != header.rstrip(b"\n") and found is None:
             raise WindmillError(f"{path} does not end with a line of this format; export to a new file instead")
@@ -147,3 +151,52 @@ def _last_complete_line(path: Path) -> tuple[int, bytes]:
             if previous >= 0 or position == 0:
                 return position + last_break + 1, tail[previous + 1:last_break]
         return 0, b""
+
+
+def _last_complete_record(path: Path) -> tuple[int, bytes]:
+    """A CSV file's _last_complete_line: (where its last complete record ends, that record without its line break);
+    (0, b"") for none.
+
+    A newline ends a record only outside quotes (a path, a file name or a label may hold one), and with RFC 4180's
+    quoting, a quote inside a field doubled as the csv module writes it, a position is outside quotes exactly when an
+    even number of `"` come before it. So the file's quotes are counted, a chunk at a time, and the records are found
+    in a window at its end, grown until it holds a whole one."""
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        quotes = _count(handle, b'"')
+        window = TAIL_CHUNK
+        while True:
+            start = max(0, size - window)
+            handle.seek(start)
+            tail = handle.read(size - start)
+            ends = _record_ends(tail, quoted=(quotes - tail.count(b'"')) % 2 == 1)
+            bounds = [0, *ends] if start == 0 else ends  # the window's first bytes end a record begun before it
+            if len(bounds) >= 2:
+                return start + bounds[-1], tail[bounds[-2]:bounds[-1] - 1]
+            if start == 0:
+                return 0, b""
+            window *= 2
+
+
+def _count(handle: BinaryIO, byte: bytes) -> int:
+    """How many times `byte` occurs in the file."""
+    handle.seek(0)
+    total = 0
+    while chunk := handle.read(COUNT_CHUNK):
+        total += chunk.count(byte)
+    return total
+
+
+def _record_ends(data: bytes, *, quoted: bool) -> list[int]:
+    """Where the CSV records of `data` end (just after their newline): at a newline outside quotes; `quoted`: its
+    first byte is inside a quoted field."""
+    ends = []
+    position = 0
+    newline = data.find(b"\n")
+    while newline >= 0:
+        quoted ^= data.count(b'"', position, newline) % 2 == 1
+        position = newline
+        if not quoted:
+            ends.append(newline + 1)
+        newline = data.find(b"\n", newline + 1)
+    return ends
