@@ -193,6 +193,26 @@ def test_two_url_images_of_one_file_name_are_two_file_names(conn, tmp_path: Path
     assert [(image["file_name"], image["coco_url"]) for image in images] == [(url, url) for url in urls]
 
 
+def test_a_coco_export_removes_the_results_files_an_earlier_one_left_beside_it(conn, tmp_path: Path) -> None:
+    # They stayed: loaded against the new file they passed for its detectors' boxes, or pycocotools refused them
+    # ("Results do not correspond to current coco set").
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "windmill.json"
+    run_export(conn, "coco", out, detectors=True)
+    assert sorted(tmp_path.iterdir()) == sorted([out, *(results_path(out, service) for service in DETECTORS)])
+    report = run_export(conn, "coco", out, detectors=True, services=("yolov8",), group=SAMPLE_GROUP, after_id=3)
+    assert sorted(tmp_path.iterdir()) == [out, results_path(out, "yolov8")]
+    earlier = ", ".join(results_path(out, service).name for service in DETECTORS if service != "yolov8")
+    assert report.notes[-1] == (f"removed {earlier}: an earlier export's results files beside windmill.json, which "
+                                "this export did not write (they would not match it)")
+    COCO(str(out)).loadRes(str(results_path(out, "yolov8")))
+    report = run_export(conn, "coco", out)  # without --detectors: no results file belongs to it
+    assert sorted(tmp_path.iterdir()) == [out]
+    assert report.notes[-1].startswith(f"removed {results_path(out, 'yolov8').name}: ")
+    assert "removed" not in " ".join(run_export(conn, "coco", out).notes)
+
+
 def test_jsonl_has_one_line_per_image_with_its_latest_answers_boxes_and_consensus(conn, tmp_path: Path) -> None:
     out = tmp_path / "windmill.jsonl"
     run_export(conn, "jsonl", out)

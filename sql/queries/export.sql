@@ -15,6 +15,11 @@ SELECT i.image_id, i.image_filename, i.image_path, i.image_url, i.image_group, i
 -- How many images an export of the selection walks through (its progress bar).
 SELECT count(*) FROM export_selection(%(after_id)s, %(group)s, %(since)s, NULL)
 
+-- name: export_detector_names
+-- Every detector the database knows (sql/0119's view: the catalog's, and those it held before): whose results file
+-- an earlier COCO export may have left beside the file, for the export to remove.
+SELECT name FROM detector_services ORDER BY name
+
 -- name: export_latest_answers
 -- Per image and service (of the selection; NULL: all) the answer the products were computed from: the latest
 -- success, or the latest failure when the service never succeeded on the image.

@@ -14,7 +14,7 @@ import psycopg
 
 from windmill.errors import WindmillError
 from windmill.export.output import STDOUT
-from windmill.export.source import PAGE_SIZE, ImageExport, Selection, count_images, image_pages
+from windmill.export.source import PAGE_SIZE, ImageExport, Selection, count_images, detector_names, image_pages
 from windmill.instants import parse_instant
 
 FORMATS = ("coco", "jsonl", "parquet", "csv")
@@ -104,7 +104,7 @@ class ExportStop:
         self.requested = True
 
 
-def _writer(request: ExportRequest) -> Writer:
+def _writer(conn: psycopg.Connection, request: ExportRequest) -> Writer:
     resume_after = request.selection.after_id or None
     if request.format == "jsonl":
         from windmill.export.lines import jsonl_writer
@@ -120,7 +120,8 @@ def _writer(request: ExportRequest) -> Writer:
         return ParquetWriter(request.out, resume_after)
     from windmill.export.coco import CocoWriter
 
-    return CocoWriter(request.out, detectors=request.detectors)
+    # Every detector's, not only those this export writes: an earlier export's results files go (CocoWriter.finish).
+    return CocoWriter(request.out, detectors=request.detectors, known_detectors=detector_names(conn))
 
 
 def export(conn: psycopg.Connection, request: ExportRequest, *, progress: Callable[[int], None] | None = None,
@@ -130,7 +131,7 @@ def export(conn: psycopg.Connection, request: ExportRequest, *, progress: Callab
     formats and every complete part of Parquet, and raises ExportStopped naming the id to continue after; a COCO
     file is written whole or not at all."""
     request.check()
-    writer = _writer(request)
+    writer = _writer(conn, request)
     report = ExportReport()
     try:
         for page in image_pages(conn, request.selection, detectors=request.detectors, page_size=page_size):

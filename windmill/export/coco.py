@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import shutil
 import tempfile
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -71,9 +72,12 @@ class _JsonArray:
 
 
 class CocoWriter:
-    def __init__(self, out: Path, *, detectors: bool) -> None:
+    def __init__(self, out: Path, *, detectors: bool, known_detectors: Iterable[str] = ()) -> None:
         self.out = out
         self.detectors = detectors
+        self.known_detectors = tuple(known_detectors)  # whose results files an earlier export may have written
+        self.removed: list[Path] = []  # results files of an earlier export, removed by finish
+        self.not_removed: list[str] = []  # … or that could not be: "<file> (<why>)"
         self.categories: dict[str, dict[str, Any]] = {}  # category name (category_name) → category
         self._taken: set[int] = set()  # the categories' ids
         # Standard output gets the document once it is whole; its parts wait in a directory of their own.
@@ -161,7 +165,26 @@ class CocoWriter:
         hidden.rename(self.out)
         for part in (self._images, self._annotations, *self._results.values()):
             part.path.unlink()
+        self._remove_earlier_results()
         return [self.out, *(final for _, final in listings)]
+
+    def _remove_earlier_results(self) -> None:
+        """The results files beside the COCO file that this export did not write are an earlier export's, of its
+        images, not this file's: read beside it they pass for its detectors' boxes, and pycocotools' loadRes refuses
+        one that holds an image this file does not ("Results do not correspond to current coco set"). They go once
+        the new file is in place; one that cannot go is named in the notes."""
+        for service in self.known_detectors:
+            if service in self._results:
+                continue
+            earlier = results_path(self.out, service)
+            try:
+                earlier.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                self.not_removed.append(f"{earlier} ({error.strerror or error})")
+                continue
+            self.removed.append(earlier)
 
     def _write_document(self, header: dict[str, Any], document: BinaryIO) -> None:
         document.write(dumps(header)[:-1] + b',\n"images": [\n')
@@ -172,11 +195,18 @@ class CocoWriter:
         document.flush()
 
     def notes(self) -> list[str]:
-        if not self.left_out:
-            return []
-        boxes = f", with {self.boxes_left_out} merged box(es)," if self.boxes_left_out else ""
-        return [f"{self.left_out} image(s){boxes} left out of the COCO file: their size is not known yet (the "
-                "metadata service has not measured them: not processed, failed, or not an image)"]
+        notes = []
+        if self.left_out:
+            boxes = f", with {self.boxes_left_out} merged box(es)," if self.boxes_left_out else ""
+            notes.append(f"{self.left_out} image(s){boxes} left out of the COCO file: their size is not known yet (the "
+                         "metadata service has not measured them: not processed, failed, or not an image)")
+        if self.removed:
+            notes.append(f"removed {', '.join(path.name for path in self.removed)}: an earlier export's results "
+                         f"files beside {self.out.name}, which this export did not write (they would not match it)")
+        if self.not_removed:
+            notes.append(f"could not remove {', '.join(self.not_removed)}: an earlier export's results files beside "
+                         f"{self.out.name}, which this export did not write (they would not match it)")
+        return notes
 
     def abort(self, whole_through: int | None) -> int | None:
         """A COCO document is written whole or not at all: every part goes, whatever the disk says on closing."""

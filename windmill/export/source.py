@@ -67,6 +67,11 @@ def count_images(conn: psycopg.Connection, selection: Selection) -> int:
     return int(fetch_value(conn, "export_image_count", selection.params()))
 
 
+def detector_names(conn: psycopg.Connection) -> list[str]:
+    """Every detector the database knows, those of the catalog and any it held before."""
+    return [str(row["name"]) for row in _rows(conn, "export_detector_names", {})]
+
+
 def image_pages(conn: psycopg.Connection, selection: Selection, *, detectors: bool = False,
                 page_size: int = PAGE_SIZE) -> Iterator[list[ImageExport]]:
     """Pages of images after `selection.after_id`, each page read in one snapshot (a REPEATABLE READ transaction,
