@@ -374,6 +374,13 @@ def test_a_stopped_export_continues_with_after_id_into_the_same_output(conn, tmp
                                             r"--after-id 4"):
         run_export(conn, fmt, parts, after_id=3, page_size=2)
     run_export(conn, fmt, parts, after_id=4, page_size=2)
+    assert_same_output(fmt, whole, parts)
+    if fmt == "parquet":
+        assert len(list((parts / "images").glob("part-*.parquet"))) == 2
+
+
+def assert_same_output(fmt: str, whole: Path, parts: Path) -> None:
+    """An export continued into `parts` holds what the uninterrupted one, `whole`, does."""
     if fmt == "parquet":
         import pyarrow.dataset
 
@@ -382,9 +389,36 @@ def test_a_stopped_export_continues_with_after_id_into_the_same_output(conn, tmp
                 [(pyarrow.dataset.dataset(folder / table).schema.names[0], "ascending")]).to_pylist()
                 for folder in (whole, parts)]
             assert read[0] == read[1], table
-        assert len(list((parts / "images").glob("part-*.parquet"))) == 2
     else:
         assert parts.read_bytes() == whole.read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_after_id_past_the_end_of_the_output_is_refused_with_the_id_to_use(conn, tmp_path: Path, fmt: str) -> None:
+    # `head -500 big.jsonl > gap.jsonl; export --out gap.jsonl --after-id 1000` left images 501…1000 out without a
+    # word. A csv file has rows for boxes only: it ends at the last image with a box, and images without one after it
+    # are no gap.
+    whole, parts = tmp_path / f"whole.{fmt}", tmp_path / f"parts.{fmt}"
+    run_export(conn, fmt, whole, page_size=2)
+    stop = StopAfterPages(1)
+    with pytest.raises(ExportStopped, match=r"continue with --after-id 2$"):
+        export(conn, ExportRequest(fmt, parts, Selection()), progress=stop.progress, stop=stop, page_size=2)
+    boxes = "EXISTS (SELECT 1 FROM merged_boxes b WHERE b.image_id = i.image_id)" if fmt == "csv" else "true"
+    ends_at = scalar(conn, f"SELECT max(image_id) FROM images i WHERE image_id <= 2 AND {boxes}")
+    missing = scalar(conn, f"SELECT min(image_id) FROM images i WHERE image_id > %s AND {boxes}", ends_at)
+    last = scalar(conn, "SELECT max(image_id) FROM images")
+    for after_id in (missing, last):
+        with pytest.raises(WindmillError, match=rf"ends at image {ends_at}: --after-id {after_id} would leave out "
+                                                rf"image {missing} \(.*\); continue with --after-id {ends_at}$"):
+            run_export(conn, fmt, parts, after_id=after_id, page_size=2)
+    run_export(conn, fmt, parts, after_id=ends_at, page_size=2)
+    assert_same_output(fmt, whole, parts)
+    # Whole now: after its last image (for csv the last with a box; the URL image after it has none) nothing is left
+    # out, and nothing is written.
+    if fmt == "csv":
+        assert scalar(conn, "SELECT NOT EXISTS (SELECT 1 FROM merged_boxes WHERE image_id = %s)", last)
+    run_export(conn, fmt, parts, after_id=last, page_size=2)
+    assert_same_output(fmt, whole, parts)
 
 
 def put_a_newline_in_a_path(conn: psycopg.Connection) -> tuple[int, int]:

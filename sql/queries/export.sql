@@ -15,6 +15,17 @@ SELECT i.image_id, i.image_filename, i.image_path, i.image_url, i.image_group, i
 -- How many images an export of the selection walks through (its progress bar).
 SELECT count(*) FROM export_selection(%(after_id)s, %(group)s, %(since)s, NULL)
 
+-- name: export_first_image_between
+-- The first image of the selection after one id up to another (with a merged box, when asked): what `--after-id N`
+-- into an output that ends at an earlier image would leave out. Image ids are distinct, so the selection's limit of
+-- N − L keeps the walk to the ids between, however far the rest of the collection goes.
+SELECT i.image_id
+  FROM export_selection(%(after_id)s, %(group)s, %(since)s, %(through)s - %(after_id)s) AS i
+ WHERE i.image_id <= %(through)s
+   AND (NOT %(with_boxes)s OR EXISTS (SELECT 1 FROM merged_boxes b WHERE b.image_id = i.image_id))
+ ORDER BY i.image_id
+ LIMIT 1
+
 -- name: export_detector_names
 -- Every detector the database knows (sql/0119's view: the catalog's, and those it held before): whose results file
 -- an earlier COCO export may have left beside the file, for the export to remove.

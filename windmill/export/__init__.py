@@ -5,6 +5,7 @@ in image id order, so memory stays flat at any size and an interrupted export co
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,16 @@ import psycopg
 
 from windmill.errors import WindmillError
 from windmill.export.output import STDOUT
-from windmill.export.source import PAGE_SIZE, ImageExport, Selection, count_images, detector_names, image_pages
+from windmill.export.resume import Continuation
+from windmill.export.source import (
+    PAGE_SIZE,
+    ImageExport,
+    Selection,
+    count_images,
+    detector_names,
+    first_image_between,
+    image_pages,
+)
 from windmill.instants import parse_instant
 
 FORMATS = ("coco", "jsonl", "parquet", "csv")
@@ -105,19 +115,22 @@ class ExportStop:
 
 
 def _writer(conn: psycopg.Connection, request: ExportRequest) -> Writer:
-    resume_after = request.selection.after_id or None
+    selection = request.selection
+    resume = None
+    if selection.after_id:  # into an output that holds images already, it continues there (or is refused)
+        resume = Continuation(selection.after_id, functools.partial(first_image_between, conn, selection))
     if request.format == "jsonl":
         from windmill.export.lines import jsonl_writer
 
-        return jsonl_writer(request.out, resume_after)
+        return jsonl_writer(request.out, resume)
     if request.format == "csv":
         from windmill.export.lines import csv_writer
 
-        return csv_writer(request.out, resume_after)
+        return csv_writer(request.out, resume)
     if request.format == "parquet":
         from windmill.export.parquet import ParquetWriter
 
-        return ParquetWriter(request.out, resume_after)
+        return ParquetWriter(request.out, resume)
     from windmill.export.coco import CocoWriter
 
     # Every detector's, not only those this export writes: an earlier export's results files go (CocoWriter.finish).

@@ -16,6 +16,7 @@ import orjson
 
 from windmill.errors import WindmillError
 from windmill.export.output import STDOUT, standard_output
+from windmill.export.resume import Continuation
 from windmill.export.shapes import CSV_COLUMNS, csv_rows, dumps, jsonl_line
 from windmill.export.source import ImageExport
 
@@ -24,14 +25,14 @@ COUNT_CHUNK = 1 << 20  # bytes read at a time to count a CSV file's quotes: memo
 
 
 class LineWriter:
-    """Writes `render(page)` bytes to `path`; with `resume_after`, continues a file that ends at that image."""
+    """Writes `render(page)` bytes to `path`; with `resume`, continues a file that ends at its image."""
 
     def __init__(self, path: Path, *, render: Callable[[list[ImageExport]], bytes], header: bytes,
                  last_record: Callable[[Path], tuple[int, bytes]], last_image_id: Callable[[bytes], int | None],
-                 resume_after: int | None) -> None:
+                 resume: Continuation | None, rows_are_boxes: bool = False) -> None:
         self.path = path
         self.render = render
-        self._file = _open(path, header, last_record, last_image_id, resume_after)
+        self._file = _open(path, header, last_record, last_image_id, resume, rows_are_boxes)
         self._whole = None if path == STDOUT else self._file.tell()  # where the last page written whole ends
 
     def write_page(self, page: list[ImageExport]) -> None:
@@ -65,14 +66,14 @@ class LineWriter:
         return whole_through
 
 
-def jsonl_writer(path: Path, resume_after: int | None) -> LineWriter:
+def jsonl_writer(path: Path, resume: Continuation | None) -> LineWriter:
     return LineWriter(path, render=_jsonl_page, header=b"", last_record=_last_complete_line,
-                      last_image_id=_jsonl_image_id, resume_after=resume_after)
+                      last_image_id=_jsonl_image_id, resume=resume)
 
 
-def csv_writer(path: Path, resume_after: int | None) -> LineWriter:
+def csv_writer(path: Path, resume: Continuation | None) -> LineWriter:
     return LineWriter(path, render=_csv_page, header=_csv_bytes([list(CSV_COLUMNS)]), last_record=_last_complete_record,
-                      last_image_id=_csv_image_id, resume_after=resume_after)
+                      last_image_id=_csv_image_id, resume=resume, rows_are_boxes=True)
 
 
 def _jsonl_page(page: list[ImageExport]) -> bytes:
@@ -106,13 +107,13 @@ def _csv_image_id(record: bytes) -> int | None:
 
 
 def _open(path: Path, header: bytes, last_record: Callable[[Path], tuple[int, bytes]],
-          last_image_id: Callable[[bytes], int | None], resume_after: int | None) -> BinaryIO:
+          last_image_id: Callable[[bytes], int | None], resume: Continuation | None, rows_are_boxes: bool) -> BinaryIO:
     if path == STDOUT:  # a stream holds no earlier export to continue: --after-id only selects
         stream = standard_output()
         stream.write(header)
         return stream
     try:
-        if resume_after is None or not path.exists() or path.stat().st_size == 0:
+        if resume is None or not path.exists() or path.stat().st_size == 0:
             handle: BinaryIO = open(path, "wb")  # noqa: SIM115  (closed by finish)
             handle.write(header)
             return handle
@@ -120,9 +121,8 @@ def _open(path: Path, header: bytes, last_record: Callable[[Path], tuple[int, by
         found = last_image_id(line) if line else None
         if line and line != header.rstrip(b"\n") and found is None:
             raise WindmillError(f"{path} does not end with a line of this format; export to a new file instead")
-        if found is not None and found > resume_after:
-            raise WindmillError(f"{path} already holds image {found}, after --after-id {resume_after}; continue with "
-                                f"--after-id {found}")
+        if found is not None:
+            resume.check(str(path), found, rows_are_boxes=rows_are_boxes)
         handle = open(path, "r+b")  # noqa: SIM115
         handle.truncate(end)  # a line a crash left half-written goes; the images it held follow again
         handle.seek(end)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from windmill.errors import WindmillError
+from windmill.export.resume import Continuation
 from windmill.export.shapes import table_rows
 from windmill.export.source import ImageExport
 
@@ -50,7 +51,7 @@ def _schemas() -> dict[str, Any]:
 
 
 class ParquetWriter:
-    def __init__(self, directory: Path, resume_after: int | None, *, part_images: int = PART_IMAGES) -> None:
+    def __init__(self, directory: Path, resume: Continuation | None, *, part_images: int = PART_IMAGES) -> None:
         # malloc's heap rather than pyarrow's default (mimalloc): a page's arrays are a few hundred KB, made and freed
         # at once, and mimalloc's arenas kept ~15 MB more resident for no speed the export notices. The variable
         # reaches Arrow's own allocations when pyarrow is first used here (as in `windmill-cli export`), and an
@@ -69,11 +70,13 @@ class ParquetWriter:
         self.written: list[Path] = []
         self._writers: dict[str, Any] = {}
         self._part: tuple[int, int, int] | None = None  # first image id, last image id, images
-        self._kept_through = resume_after  # the last image id of the parts closed so far (a resumed export's too)
+        # The last image id of the parts closed so far; a resumed export's: of the selection, every image up to it.
+        self._kept_through = resume.after_id if resume is not None else None
         self._writing = False  # a page's tables are being written: the open part holds part of a page
-        self._prepare(resume_after)
+        self._prepare(resume)
 
-    def _prepare(self, resume_after: int | None) -> None:
+    def _prepare(self, resume: Continuation | None) -> None:
+        holds_through = None  # the last image of the parts already there (resuming)
         try:
             for table in TABLES:
                 folder = self.directory / table
@@ -81,14 +84,14 @@ class ParquetWriter:
                 for entry in folder.iterdir():
                     if entry.name.startswith(".part-") and entry.name.endswith(".tmp"):
                         entry.unlink()  # a part a crash left unfinished
-                    elif (match := _PART.match(entry.name)) and resume_after is None:
+                    elif (match := _PART.match(entry.name)) and resume is None:
                         entry.unlink()  # a new export replaces the old one
-                    elif match and resume_after is not None and int(match.group(2)) > resume_after:
-                        raise WindmillError(f"{folder} already holds images up to {int(match.group(2))}, after "
-                                            f"--after-id {resume_after}; continue with --after-id "
-                                            f"{int(match.group(2))}")
+                    elif match:
+                        holds_through = max(holds_through or 0, int(match.group(2)))
         except OSError as error:
             raise WindmillError(f"cannot write {self.directory}: {error.strerror or error}") from None
+        if resume is not None and holds_through is not None:
+            resume.check(str(self.directory), holds_through)
 
     def write_page(self, page: list[ImageExport]) -> None:
         rows: dict[str, list[dict[str, Any]]] = {table: [] for table in TABLES}

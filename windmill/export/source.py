@@ -67,6 +67,14 @@ def count_images(conn: psycopg.Connection, selection: Selection) -> int:
     return int(fetch_value(conn, "export_image_count", selection.params()))
 
 
+def first_image_between(conn: psycopg.Connection, selection: Selection, after_id: int, through: int,
+                        with_boxes: bool) -> int | None:
+    """The first image of the selection after `after_id` up to `through` (with a merged box, when `with_boxes`)."""
+    rows = _rows(conn, "export_first_image_between", {**selection.params(), "after_id": after_id, "through": through,
+                                                      "with_boxes": with_boxes})
+    return int(rows[0]["image_id"]) if rows else None
+
+
 def detector_names(conn: psycopg.Connection) -> list[str]:
     """Every detector the database knows, those of the catalog and any it held before."""
     return [str(row["name"]) for row in _rows(conn, "export_detector_names", {})]
