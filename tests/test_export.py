@@ -470,6 +470,24 @@ def test_a_csv_file_cut_after_a_newline_in_a_quoted_field_goes_back_to_the_last_
     assert kept.read_bytes() == data
 
 
+def test_a_csv_file_cut_in_an_images_second_row_goes_back_to_the_image_before(conn, tmp_path: Path) -> None:
+    # An image has a row per box: cut in image K's second row, K's first row was taken for the whole image, --after-id
+    # K was the id to use, and K's other rows never came.
+    whole, kept = tmp_path / "whole.csv", tmp_path / "kept.csv"
+    image_id = scalar(conn, "SELECT max(image_id) FROM (SELECT image_id FROM merged_boxes GROUP BY image_id "
+                            "HAVING count(*) >= 2) many")
+    before = scalar(conn, "SELECT max(image_id) FROM merged_boxes WHERE image_id < %s", image_id)
+    run_export(conn, "csv", whole)
+    data = whole.read_bytes()
+    second_row = data.index(b"\n%d," % image_id, data.index(b"\n%d," % image_id) + 1) + 1
+    kept.write_bytes(data[:data.index(b",", second_row) + 4])  # the image id whole, and a little more
+    with pytest.raises(WindmillError, match=rf"ends at image {before}: --after-id {image_id} would leave out image "
+                                            rf"{image_id} \(.*\); continue with --after-id {before}$"):
+        run_export(conn, "csv", kept, after_id=image_id)
+    run_export(conn, "csv", kept, after_id=before)
+    assert kept.read_bytes() == data
+
+
 def test_a_stopped_coco_export_writes_nothing(conn, tmp_path: Path) -> None:
     out = tmp_path / "windmill.json"
     stop = StopAfterPages(1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -72,7 +73,7 @@ def jsonl_writer(path: Path, resume: Continuation | None) -> LineWriter:
 
 
 def csv_writer(path: Path, resume: Continuation | None) -> LineWriter:
-    return LineWriter(path, render=_csv_page, header=_csv_bytes([list(CSV_COLUMNS)]), last_record=_last_complete_record,
+    return LineWriter(path, render=_csv_page, header=_csv_bytes([list(CSV_COLUMNS)]), last_record=_last_whole_image,
                       last_image_id=_csv_image_id, resume=resume, rows_are_boxes=True)
 
 
@@ -153,14 +154,16 @@ def _last_complete_line(path: Path) -> tuple[int, bytes]:
         return 0, b""
 
 
-def _last_complete_record(path: Path) -> tuple[int, bytes]:
-    """A CSV file's _last_complete_line: (where its last complete record ends, that record without its line break);
-    (0, b"") for none.
+def _last_whole_image(path: Path) -> tuple[int, bytes]:
+    """A CSV file's _last_complete_line: (where its last whole image ends, that image's last record without its line
+    break); (0, b"") for none.
 
     A newline ends a record only outside quotes (a path, a file name or a label may hold one), and with RFC 4180's
     quoting, a quote inside a field doubled as the csv module writes it, a position is outside quotes exactly when an
     even number of `"` come before it. So the file's quotes are counted, a chunk at a time, and the records are found
-    in a window at its end, grown until it holds a whole one."""
+    in a window at its end, grown until it holds what is needed. An image has a row per box: when the record a crash
+    cut short is of the last complete record's image, that image is cut too, and goes back to before its first row
+    (continued after the last complete record, its other rows never came)."""
     with open(path, "rb") as handle:
         size = handle.seek(0, os.SEEK_END)
         quotes = _count(handle, b'"')
@@ -171,8 +174,15 @@ def _last_complete_record(path: Path) -> tuple[int, bytes]:
             tail = handle.read(size - start)
             ends = _record_ends(tail, quoted=(quotes - tail.count(b'"')) % 2 == 1)
             bounds = [0, *ends] if start == 0 else ends  # the window's first bytes end a record begun before it
-            if len(bounds) >= 2:
-                return start + bounds[-1], tail[bounds[-2]:bounds[-1] - 1]
+            records = [tail[begin:end - 1] for begin, end in itertools.pairwise(bounds)]
+            kept = len(records) - 1  # the last record the file keeps
+            if records and (cut := tail[bounds[-1]:]):
+                last_image = _csv_image_id(records[-1])
+                if last_image is not None and _leading_image_id(cut) == last_image:
+                    while kept >= 0 and _csv_image_id(records[kept]) == last_image:
+                        kept -= 1
+            if kept >= 0:
+                return start + bounds[kept + 1], records[kept]
             if start == 0:
                 return 0, b""
             window *= 2
@@ -200,3 +210,9 @@ def _record_ends(data: bytes, *, quoted: bool) -> list[int]:
             ends.append(newline + 1)
         newline = data.find(b"\n", newline + 1)
     return ends
+
+
+def _leading_image_id(cut: bytes) -> int | None:
+    """The image id a record cut short begins with, once its first field is whole (the id, which is never quoted)."""
+    first, comma, _rest = cut.partition(b",")
+    return int(first) if comma and first.isdigit() else None
