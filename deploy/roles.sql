@@ -223,6 +223,9 @@ BEGIN
         ('FUNCTION', 'job_backlog_wait()',           'EXECUTE',                         NULL),
         ('FUNCTION', 'job_waited(timestamp with time zone, timestamp with time zone, timestamp with time zone, interval)',
                                                      'EXECUTE',                         NULL),
+        -- sql/0126: the claim's (and the backfill's) rule for an expired lease
+        ('FUNCTION', 'expired_lease_gives_up(integer, integer, text)', 'EXECUTE',       NULL),
+        ('FUNCTION', 'expired_lease_error(text, integer, integer, text)', 'EXECUTE',    NULL),
         -- Trigger functions: PostgreSQL checks EXECUTE when a trigger is created, not when it fires.
         ('FUNCTION', 'notify_job_queued()',          NULL,                              NULL),
         ('FUNCTION', 'answer_stored()',              NULL,                              NULL),  -- sql/0090

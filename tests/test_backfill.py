@@ -174,18 +174,27 @@ def test_caption_score_when_it_scored_another_caption_than_the_latest(conn: psyc
                                   f"caption_score:blip:{image}")]
 
 
-def test_expired_leases_go_back_to_the_queue_or_die_on_their_last_attempt(conn: psycopg.Connection) -> None:
+def test_expired_leases_go_back_to_the_queue_and_a_last_attempt_runs_once_more(conn: psycopg.Connection) -> None:
     image = add_image(conn, "a.jpg")
     expired = add_job(conn, "noop", "running", owner="gone", lease_s=-10)
     last = add_job(conn, "noop", "running", owner="gone", lease_s=-10)
     conn.execute("UPDATE jobs SET attempts = max_attempts WHERE id = %s", (last,))
     alive = add_job(conn, "noop", "running", image_id=image, owner="here", lease_s=30)
-    assert run_backfill(conn) == {"expired_leases": 1}
+    assert run_backfill(conn) == {"expired_leases": 2}
     rows = {row[0]: row[1:] for row in conn.execute(
         "SELECT id, state::text, last_error, lease_owner, run_after <= now() FROM jobs")}
-    assert rows[expired] == ("failed", "lease expired; requeued by backfill", None, True)
-    assert rows[last] == ("dead", "lease expired on the last attempt; given up by backfill", None, True)
+    assert rows[expired] == ("failed", "lease of worker gone expired", None, True)
+    # The last attempt runs once more (the claim counts it again: it stays the last), to record its outcome.
+    assert rows[last] == ("failed", "lease of worker gone expired on its last attempt; run once more to record its "
+                                    "outcome", None, True)
+    assert conn.execute("SELECT max_attempts - attempts FROM jobs WHERE id = %s", (last,)).fetchone() == (1,)
     assert rows[alive][0] == "running"
+    # Expired on that last attempt again: given up.
+    conn.execute("UPDATE jobs SET state = 'running', attempts = max_attempts, lease_owner = 'gone too', "
+                 "lease_expires_at = now() - interval '10 seconds' WHERE id = %s", (last,))
+    run_backfill(conn)
+    state, reason = conn.execute("SELECT state::text, last_error FROM jobs WHERE id = %s", (last,)).fetchone()
+    assert state == "dead" and reason.startswith("lease of worker gone too expired on its last attempt twice")
 
 
 def add_merge_job(conn: psycopg.Connection, image_id: int, state: str) -> int:
@@ -377,7 +386,7 @@ def test_backfill_repairs_a_deliberately_broken_run(database: Database, pool: Co
             ("postprocess_face", ascent, {"image_id": ascent}, f"face:image:{ascent}"),
         ], key=lambda job: (job[0], job[1], job[3]))
         assert conn.execute("SELECT state::text, last_error FROM jobs WHERE id = %s", (lease_job,)).fetchone() == (
-            "failed", "lease expired; requeued by backfill")
+            "failed", "lease of worker killed-worker expired")
 
         run_until_idle(database, pool, farm_catalog)
     assert conn.execute("SELECT state::text FROM jobs WHERE id = %s", (lease_job,)).fetchone() == ("done",)

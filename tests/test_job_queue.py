@@ -132,14 +132,39 @@ def test_failed_attempts_back_off_then_go_dead_with_the_reason(jobs: JobQueue, c
     assert jobs.claim(["q"], "w", 1, now=moment + timedelta(days=1)) == []
 
 
-def test_expired_lease_on_the_last_attempt_goes_dead(jobs: JobQueue, conn: psycopg.Connection) -> None:
-    job_id = jobs.enqueue(NewJob("q", {}, max_attempts=1))
+def test_an_expired_last_attempt_runs_once_more_to_record_its_outcome_and_twice_is_given_up(
+        jobs: JobQueue, conn: psycopg.Connection) -> None:
+    # It went dead with no outcome recorded: only a handler on the final attempt writes a failure's error row, and
+    # this one's worker had died (or lost the database longer than the lease) while running it.
+    job_id = jobs.enqueue(NewJob("q", {}, max_attempts=2))
     now = datetime.now(UTC) + timedelta(seconds=1)  # after the enqueue: its run_after is the DB clock
-    jobs.claim(["q"], "w1", 1, now=now)
-    assert jobs.claim(["q"], "w2", 1, now=now + timedelta(minutes=5)) == []
+    [first] = jobs.claim(["q"], "w1", 1, now=now)
+    assert jobs.fail(first, "w1", "pose: cannot connect", now=now) is JobState.FAILED
+    now += timedelta(minutes=10)
+    [last] = jobs.claim(["q"], "w1", 1, now=now)
+    assert (last.attempts, last.max_attempts) == (2, 2)
+    now += timedelta(minutes=5)  # w1 died on its last attempt: its lease expired
+    [again] = jobs.claim(["q"], "w2", 1, now=now)
+    assert (again.id, again.attempts, again.max_attempts) == (job_id, 2, 2), "the last attempt, run once more"
+    assert again.last_error == ("lease of worker w1 expired on its last attempt; run once more to record its outcome "
+                                "(before: pose: cannot connect)")
+    now += timedelta(minutes=5)  # w2 died on it too: a poison input
+    assert jobs.claim(["q"], "w3", 1, now=now) == []
     state, attempts, reason = state_of(conn, job_id)
-    assert (state, attempts) == ("dead", 1)
-    assert "lease of worker w1 expired" in reason
+    assert (state, attempts) == ("dead", 2)
+    assert reason == ("lease of worker w2 expired on its last attempt twice: its workers died or lost the database "
+                      "each time, and no outcome is recorded (`jobs retry` runs it again) (before: pose: cannot "
+                      "connect)")
+
+
+def test_a_scheduler_tick_whose_scheduler_died_runs_once_more(jobs: JobQueue, conn: psycopg.Connection) -> None:
+    # A tick (one attempt) whose scheduler died before queueing its successor went dead, and the periodic pass
+    # stopped for good: nothing queued a tick again until a scheduler process started.
+    job_id = jobs.enqueue(NewJob("scheduler", {}, max_attempts=1))
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    jobs.claim(["scheduler"], "sched-a", 1, now=now)
+    [again] = jobs.claim(["scheduler"], "sched-b", 1, now=now + timedelta(minutes=5))
+    assert (again.id, again.attempts) == (job_id, 1)
 
 
 def test_permanent_error_goes_dead_at_once_and_retry_requeues(jobs: JobQueue, conn: psycopg.Connection) -> None:

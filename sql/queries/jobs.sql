@@ -2,7 +2,8 @@
 -- A claim loop's round trip, one statement: mark %(done)s done (only the jobs this worker still holds: a job whose
 -- lease was lost belongs to another worker now), and lease, for each of the worker's lanes, up to its limit of
 -- claimable jobs of its queues, oldest first, plus running jobs whose lease expired (their worker died). An expired
--- job that has used all its attempts goes dead instead. %(lanes)s stands for claim_one_queue_lanes and each lane of
+-- job that was on its last attempt runs it once more, so that its outcome is recorded; one whose last attempt had
+-- expired already goes dead (sql/0126: expired_lease_gives_up, expired_lease_error). %(lanes)s stands for claim_one_queue_lanes and each lane of
 -- several queues' claim_lane_of_queues, %(claimable)s for their candidates joined by UNION (windmill/jobs/queue.py,
 -- round_trip_query, writes them in).
 -- One statement: pipelined as a completion and a statement per lane (one implicit transaction already), each
@@ -19,12 +20,14 @@ WITH done AS (
      WHERE id = ANY(%(done)s) AND state = 'running' AND lease_owner = %(worker)s
 ), %(lanes)s, claimed AS (
     UPDATE jobs
-       SET state = CASE WHEN jobs.state = 'running' AND jobs.attempts >= jobs.max_attempts
+       SET state = CASE WHEN jobs.state = 'running'
+                             AND expired_lease_gives_up(jobs.attempts, jobs.max_attempts, jobs.last_error)
                         THEN 'dead'::job_state ELSE 'running'::job_state END,
            attempts = CASE WHEN jobs.state = 'running' AND jobs.attempts >= jobs.max_attempts
                            THEN jobs.attempts ELSE jobs.attempts + 1 END,
            last_error = CASE WHEN jobs.state = 'running'
-                             THEN 'lease of worker ' || coalesce(jobs.lease_owner, '?') || ' expired'
+                             THEN expired_lease_error(jobs.lease_owner, jobs.attempts, jobs.max_attempts,
+                                                      jobs.last_error)
                              ELSE jobs.last_error END,
            lease_owner = %(worker)s,
            lease_expires_at = coalesce(%(now)s, now()) + %(lease)s,
