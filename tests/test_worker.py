@@ -255,3 +255,20 @@ def test_a_dying_side_task_stops_the_worker_with_a_failure_code(database: Databa
                     options=WorkerOptions(poll_interval_s=0.1))
     worker._listener.run = lambda: (_ for _ in ()).throw(RuntimeError("listener bug"))  # type: ignore[method-assign]
     assert worker.run() == 1
+
+
+def test_a_job_that_lost_the_database_and_its_lease_is_not_said_to_be_back_in_the_queue(
+        database: Database, pool: ConnectionPool, caplog: pytest.LogCaptureFixture) -> None:
+    # A worker logged "back in the queue, not counted as an attempt" for a job another worker's claim had taken back
+    # (or given up) while the database was away: jobs.fail() changed nothing, as the job was no longer its own.
+    caplog.set_level(logging.INFO, logger="windmill.worker.runtime")
+    jobs = JobQueue(pool, lease=timedelta(seconds=30))
+    jobs.enqueue(NewJob("lost", {}))
+    [job] = jobs.claim(["lost"], "lost-1", 1)
+    with database.connect() as conn:  # its lease ran out, and another worker took it back
+        conn.execute("UPDATE jobs SET lease_owner = 'lost-2' WHERE id = %s", (job.id,))
+    worker = Worker(jobs, Role(name="lost", queues=("lost",), handle=lambda job: None), worker_id="lost-1",
+                    listen_conninfo=database.conninfo)
+    worker._record_failure(job, psycopg.OperationalError("server closed the connection unexpectedly"))
+    said = [record.getMessage() for record in caplog.records if record.name == "windmill.worker.runtime"]
+    assert said and "no longer this worker's" in said[-1] and "back in the queue" not in said[-1], said

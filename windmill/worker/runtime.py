@@ -362,13 +362,17 @@ class Worker:
     def _record_failure(self, job: Job, error: BaseException) -> None:
         reason = first_line(error) or type(error).__name__
         if is_database_unavailable(error):
-            self.jobs.fail(job, self.worker_id, f"database unavailable: {reason}", counted=False)
+            released = self.jobs.fail(job, self.worker_id, f"database unavailable: {reason}", counted=False)
+            if released is None:  # meanwhile its lease ran out: the claim that took it back decided what follows
+                log.info("job %d (%s) could not reach the database (%s), and was no longer this worker's: its lease "
+                         "had run out", job.id, job.queue, reason, extra={"action": "job_failed_unheld"})
+                return
             log.warning("job %d (%s) could not reach the database (%s); back in the queue, not counted as an attempt",
                         job.id, job.queue, reason, extra={"action": "job_released"})
             return
         permanent = isinstance(error, PermanentJobError)
         state = self.jobs.fail(job, self.worker_id, reason, permanent=permanent)
-        if state is None:  # nothing to retry, and nothing is lost: another worker holds it, or it is gone
+        if state is None:  # another worker holds it now (a lease run out is run again: sql/0126), or it is gone
             log.info("job %d (%s) failed (%s) once it was no longer this worker's: its lease had run out, or its "
                      "image was removed", job.id, job.queue, reason, extra={"action": "job_failed_unheld"})
             return
