@@ -77,6 +77,7 @@ def test_coco_loads_in_pycocotools_and_faster_coco_eval_with_every_box_and_detec
     assert unmeasured > 0 and report.notes == [f"{unmeasured} image(s) left out of the COCO file: their size is not "
                                                "known yet (the metadata service has not measured them: not processed, "
                                                "failed, or not an image)"]
+    assert report.images == len(widths), "the summary's count is of the images in the file"
     boxes = conn.execute("SELECT merged_id, merged_data FROM merged_boxes ORDER BY merged_id").fetchall()
     assert sorted(truth.getAnnIds()) == [merged_id for merged_id, _ in boxes]
     for merged_id, data in boxes:

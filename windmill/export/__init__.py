@@ -35,7 +35,9 @@ __all__ = ["FORMATS", "ExportReport", "ExportRequest", "ExportStop", "ExportStop
 
 
 class Writer(Protocol):
-    def write_page(self, page: list[ImageExport]) -> None: ...
+    def write_page(self, page: list[ImageExport]) -> int:
+        """Write a page; returns how many of its images the output holds (COCO leaves out an image of no known size)."""
+        ...
 
     def finish(self) -> list[Path]: ...
 
@@ -148,8 +150,7 @@ def export(conn: psycopg.Connection, request: ExportRequest, *, progress: Callab
     report = ExportReport()
     try:
         for page in image_pages(conn, request.selection, detectors=request.detectors, page_size=page_size):
-            writer.write_page(page)
-            report.images += len(page)
+            report.images += writer.write_page(page)
             report.last_image_id = page[-1].image_id
             if progress is not None:
                 progress(len(page))

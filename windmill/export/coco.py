@@ -110,7 +110,8 @@ class CocoWriter:
                                      "emoji": normalize_emoji(emoji)}
         return int(self.categories[name]["id"])
 
-    def write_page(self, page: list[ImageExport]) -> None:
+    def write_page(self, page: list[ImageExport]) -> int:
+        left_out_before = self.left_out
         for item in page:
             entry = coco_image(item)
             if entry is None:
@@ -126,6 +127,7 @@ class CocoWriter:
                     self._annotations.append(annotation)
             if self.detectors:
                 self._write_detections(item)
+        return len(page) - (self.left_out - left_out_before)
 
     def _write_detections(self, item: ImageExport) -> None:
         rows = [(item.image_id, row["result_id"], row["service"], row["data"]) for row in item.detector_answers]

@@ -36,11 +36,12 @@ class LineWriter:
         self._file = _open(path, header, last_record, last_image_id, resume, rows_are_boxes)
         self._whole = None if path == STDOUT else self._file.tell()  # where the last page written whole ends
 
-    def write_page(self, page: list[ImageExport]) -> None:
+    def write_page(self, page: list[ImageExport]) -> int:
         self._file.write(self.render(page))
         self._file.flush()  # a page is in the file before the next one is read
         if self._whole is not None:
             self._whole = self._file.tell()
+        return len(page)
 
     def finish(self) -> list[Path]:
         if self.path == STDOUT:

@@ -93,7 +93,7 @@ class ParquetWriter:
         if resume is not None and holds_through is not None:
             resume.check(str(self.directory), holds_through)
 
-    def write_page(self, page: list[ImageExport]) -> None:
+    def write_page(self, page: list[ImageExport]) -> int:
         rows: dict[str, list[dict[str, Any]]] = {table: [] for table in TABLES}
         for item in page:
             for table, found in table_rows(item).items():
@@ -110,6 +110,7 @@ class ParquetWriter:
         self._part = (first, page[-1].image_id, images + len(page))
         if self._part[2] >= self.part_images:
             self._close_part()
+        return len(page)
 
     def _arrow_table(self, rows: list[dict[str, Any]], schema: Any) -> Any:
         """Table.from_pylist, in our memory pool (it takes none): one array per column of the rows' values."""
