@@ -330,6 +330,24 @@ def test_group_since_after_id_and_services_select_what_sql_selects(conn, tmp_pat
     assert sum(len(line["boxes"]) for line in lines) == scalar(conn, "SELECT count(*) FROM merged_boxes")
 
 
+def test_a_change_committing_during_an_export_is_in_the_next_one_from_the_since_it_names(
+        conn, collection: Database, tmp_path: Path) -> None:
+    # A change is dated by when its transaction began: one begun before an export and committed after the export
+    # had read its image was in neither that export nor a next one `--since` its start.
+    out = tmp_path / "stream.jsonl"
+    with collection.connect() as writer:
+        writer.autocommit = False
+        writer.execute("INSERT INTO results (image_id, service, task_id, data, status) "
+                       "VALUES (2, 'ocr', gen_random_uuid(), '{\"predictions\": []}', 'success')")
+        report = run_export(conn, "jsonl", out, since=scalar(conn, "SELECT now()"))
+        writer.commit()
+    assert 2 not in exported_ids(out) and report.next_since is not None
+    run_export(conn, "jsonl", out, since=report.next_since)
+    assert 2 in exported_ids(out), "the change committed during the export"
+    scalar(conn, "DELETE FROM results WHERE image_id = 2 AND service = 'ocr' AND result_created > %s RETURNING 1",
+           report.next_since)
+
+
 def test_parquet_ranges_ids_and_times_but_not_json_documents(conn, tmp_path: Path) -> None:
     """Min/max statistics where readers filter (ids, instants, numbers, names), none on JSON and messages: the
     writer holds each row group's statistics until the part closes, and a JSON document's range filters nothing."""

@@ -41,3 +41,7 @@ SELECT DISTINCT ON (r.image_id, r.service)
  WHERE r.image_id = ANY(%(image_ids)s)
    AND (%(services)s::text[] IS NULL OR r.service = ANY(%(services)s::text[]))
  ORDER BY r.image_id, r.service, r.status = 'success' DESC, r.result_created DESC, r.result_id DESC
+
+-- name: server_clock
+-- The clock that dates the rows `--since` compares with: the server's, not this machine's.
+SELECT now()

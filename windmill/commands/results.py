@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 
@@ -58,11 +59,16 @@ def export_command(app: AppContext, fmt: str, out: Path, group: str | None, sinc
     for note in report.notes:
         click.echo(f"Note: {note}", err=True)
     last = f", ids up to {report.last_image_id}" if report.last_image_id is not None else ""
+    # What a stream's next export takes (windmill.export.NEXT_SINCE_OVERLAP says why it is a minute early).
+    following = "" if report.next_since is None else (
+        f" The next incremental export: --since "
+        f"{report.next_since.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace('+00:00', 'Z')}")
     if request.to_stdout:  # the data holds standard output: the summary goes beside the progress bar
         if not app.quiet:
-            click.echo(f"Exported {report.images} image(s){last} as {fmt} to standard output.", err=True)
+            click.echo(f"Exported {report.images} image(s){last} as {fmt} to standard output.{following}", err=True)
     else:
-        click.echo(f"Exported {report.images} image(s){last} as {fmt}: " + ", ".join(map(str, report.files)))
+        click.echo(f"Exported {report.images} image(s){last} as {fmt}: " + ", ".join(map(str, report.files))
+                   + f".{following}")
 
 
 @click.command("web")

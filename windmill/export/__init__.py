@@ -13,6 +13,7 @@ from typing import Protocol
 
 import psycopg
 
+from windmill.db.queries import query
 from windmill.errors import WindmillError
 from windmill.export.output import STDOUT
 from windmill.export.resume import Continuation
@@ -95,6 +96,7 @@ class ExportReport:
     last_image_id: int | None = None
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # the writer's (Writer.notes), for the summary
+    next_since: dt.datetime | None = None  # the --since of the next incremental export (_next_since)
 
 
 class ExportStopped(WindmillError):
@@ -147,7 +149,7 @@ def export(conn: psycopg.Connection, request: ExportRequest, *, progress: Callab
     file is written whole or not at all."""
     request.check()
     writer = _writer(conn, request)
-    report = ExportReport()
+    report = ExportReport(next_since=_next_since(conn))
     try:
         for page in image_pages(conn, request.selection, detectors=request.detectors, page_size=page_size):
             report.images += writer.write_page(page)
@@ -166,6 +168,21 @@ def export(conn: psycopg.Connection, request: ExportRequest, *, progress: Callab
         kept_through = writer.abort(report.last_image_id)
         raise ExportStopped(_stopped_message(request, kept_through, error)) from error
     return report
+
+
+# A change is dated by when its transaction began (`now()`), so one that commits while an export reads can carry a
+# time before the export's start and be in neither this export nor a next one given that start. Windmill's
+# transactions that date rows last milliseconds (a lock wait, seconds); a minute's overlap covers them, at the price
+# of exporting again the few images changed in the minute before (an image exported twice is the same image, newer).
+NEXT_SINCE_OVERLAP = dt.timedelta(minutes=1)
+
+
+def _next_since(conn: psycopg.Connection) -> dt.datetime:
+    """The --since that continues this export in a next incremental one: the server's clock (the one that dates the
+    rows) at the start, less the overlap."""
+    row = conn.execute(query("server_clock")).fetchone()
+    assert row is not None
+    return row[0] - NEXT_SINCE_OVERLAP
 
 
 def _stopped_message(request: ExportRequest, kept_through: int | None, error: BaseException) -> str:
