@@ -214,6 +214,16 @@ def test_a_login_the_server_turns_away_is_said_with_the_fix(libpq_said: str, sen
     assert said == f"cannot connect to PostgreSQL at 127.0.0.1:5432/windmill: {sentence}"
 
 
+def test_the_embedded_database_not_running_is_said_as_such() -> None:
+    # `status --watch` after `db stop` said to check WINDMILL_DATABASE_URL or DB_HOST and DB_PORT, which the
+    # embedded cluster does not come from.
+    refused = psycopg.OperationalError('connection to server at "127.0.0.1", port 44067 failed: Connection refused')
+    said = connection_failure(refused, "127.0.0.1:44067/windmill", embedded=True)
+    assert said == ("cannot connect to PostgreSQL at 127.0.0.1:44067/windmill: connection refused; the embedded "
+                    "database is not running (`windmill-cli db stop` stopped it, or its server died); a command that "
+                    "needs it starts it again")
+
+
 def test_libpq_options_in_the_database_url_pass_through(database_url: str) -> None:
     # A statement_timeout given as the URL's `options` once gave way to Windmill's search path without a word.
     separator = "&" if "?" in database_url else "?"

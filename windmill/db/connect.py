@@ -81,15 +81,16 @@ def windmill_conninfo(conninfo: str, application_name: str = "windmill") -> str:
 class Database:
     """A resolved PostgreSQL location. Hands out connections and pools bound to Windmill's schema."""
 
-    def __init__(self, conninfo: str, *, application_name: str = "windmill") -> None:
+    def __init__(self, conninfo: str, *, application_name: str = "windmill", embedded: bool = False) -> None:
         self.conninfo = windmill_conninfo(conninfo, application_name)
         self.location = describe_conninfo(conninfo)
+        self.embedded = embedded  # the embedded cluster: a failure's fix is not a setting's
 
     def connect(self, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection:
         try:
             conn = psycopg.connect(self.conninfo, autocommit=autocommit, **kwargs)
         except psycopg.OperationalError as error:
-            raise DatabaseUnavailable(connection_failure(error, self.location)) from None
+            raise DatabaseUnavailable(connection_failure(error, self.location, embedded=self.embedded)) from None
         use_orjson(conn)
         return conn
 
@@ -127,7 +128,7 @@ def open_database(settings: Settings, *, application_name: str = "windmill") -> 
     embedded = EmbeddedPostgres(settings.home)
     conninfo = embedded.acquire()
     try:
-        yield Database(conninfo, application_name=application_name)
+        yield Database(conninfo, application_name=application_name, embedded=True)
     finally:
         embedded.release()
 

@@ -76,14 +76,22 @@ def _reason(message: str) -> str:
     return "no reason given"
 
 
-def connection_failure(error: psycopg.Error, location: str) -> str:
-    """One sentence for a connection to `location` (host:port/database) that failed: the reason and the fix."""
+# The embedded cluster's settings are Windmill's own: a refused connection means it is not running.
+_EMBEDDED_NOT_RUNNING = ("the embedded database is not running (`windmill-cli db stop` stopped it, or its server "
+                         "died); a command that needs it starts it again")
+
+
+def connection_failure(error: psycopg.Error, location: str, *, embedded: bool = False) -> str:
+    """One sentence for a connection to `location` (host:port/database) that failed: the reason and the fix.
+    `embedded`: the location is the embedded cluster's, whose host and port come from no setting."""
     message = str(error)
     port = location.rsplit("/", 1)[0].rsplit(":", 1)[-1]
     for pattern, refused, fix in _CONNECTION_FAILURES:
         found = re.search(pattern, message, flags=re.IGNORECASE)
         if found:
             groups = [group for group in found.groups() if group is not None]
+            if embedded and refused == "connection refused":
+                fix = _EMBEDDED_NOT_RUNNING
             return f"cannot connect to PostgreSQL at {location}: {refused.format(*groups)}; " \
                    f"{fix.format(*groups, port=port)}"
     return f"cannot connect to PostgreSQL at {location}: {_reason(message)}"
