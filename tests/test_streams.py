@@ -268,6 +268,24 @@ def test_a_watched_name_that_is_not_utf8_is_skipped_with_a_warning_and_the_watch
     assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == 2
 
 
+def test_a_dangling_link_landing_in_a_watched_folder_is_skipped_with_a_line(
+        database: Database, conn: psycopg.Connection, tmp_path: Path, caplog) -> None:
+    # `images add` names such a link; a watch dropped it without a word (resolved, it was a file not there).
+    folder = tmp_path.resolve() / "uploads"
+    folder.mkdir()
+    (folder / "before.jpg").write_bytes(b"jpeg")
+    before = landed_long_ago(folder / "before.jpg")
+    with watching(database, folder, settle_s=0.3) as (_, runner):
+        wait_until(lambda: registered(conn, before), timeout=30, message="the watch to have looked at the folder")
+        (folder / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+        after = folder / "after.jpg"
+        after.write_bytes(b"jpeg")
+        wait_until(lambda: registered(conn, after), timeout=30, message="the file that arrived after the link")
+        assert runner.is_alive()
+    assert any(record.getMessage() == f"skipped {folder / 'broken.jpg'}: dangling symbolic link"
+               for record in caplog.records), [record.getMessage() for record in caplog.records]
+
+
 def test_follow_and_watch_outlive_their_database_sessions_being_killed(
         conn: psycopg.Connection, worker_env: dict[str, str], tmp_path: Path) -> None:
     # A PostgreSQL restart, a failover or an admin's pg_terminate_backend ended both streams with "PostgreSQL

@@ -210,9 +210,15 @@ def _arrivals_handler(arrivals: queue.SimpleQueue[Path]) -> FileSystemEventHandl
             if event.is_directory or event.event_type not in ("created", "modified", "moved", "closed"):
                 return
             raw = event.dest_path if event.event_type == "moved" else event.src_path
-            if raw:
-                path = Path(os.fsdecode(raw)).resolve()
-                if is_candidate(path):
-                    arrivals.put(path)
+            if not raw:
+                return
+            landed = Path(os.fsdecode(raw))
+            if is_candidate(landed) and landed.is_symlink() and not landed.exists():
+                # Said as `images add` says it: resolved, it would only be a file that is not there, dropped unseen.
+                log.warning("skipped %s: dangling symbolic link", printable(landed), extra={"action": "watch_skipped"})
+                return
+            path = landed.resolve()
+            if is_candidate(path):
+                arrivals.put(path)
 
     return Arrivals()
