@@ -111,3 +111,18 @@ def test_a_worker_that_always_exits_at_once_backs_off_and_is_reported(supervisor
     [stopped] = supervisor.stop(["consensus"], drain_timeout=10)  # mid-backoff: the keeper gives up at once
     assert (stopped.action, stopped.ok) == ("stopped", True)
     assert not supervisor.pid_file("consensus").exists() and not supervisor.state_file("consensus").exists()
+
+
+def test_a_worker_stopped_by_someone_elses_sigterm_is_not_restarted_and_its_log_says_why(
+        supervisor: Supervisor, conn: psycopg.Connection) -> None:
+    # It drained and exited 0, its keeper left with it, and `workers status` showed a stale pid file: nothing said
+    # that a signal from elsewhere (an operator's kill, a container runtime) had stopped it.
+    started = supervisor.start(["merger"], settle_s=0.2, restart="on-failure")[0]
+    assert started.ok, started.message
+    state = wait_until(lambda: (now := keeper_state(supervisor, "merger")) and now.worker_pid and now,
+                       timeout=60, message="the keeper to start its worker")
+    wait_until(lambda: started_at(conn, supervisor.worker_id("merger")), timeout=60, message="the worker to run")
+    os.kill(state.worker_pid, signal.SIGTERM)
+    wait_until(lambda: process_argv(state.keeper_pid) is None, timeout=60, message="the keeper to leave")
+    assert ("stopped by a signal that did not come through its keeper (not `workers stop`); not started again"
+            in supervisor.log_file("merger").read_text())

@@ -150,7 +150,12 @@ class Keeper:
             self.state.write(self.state_file)
             status = self.child.wait()
             ran_s = time.monotonic() - started
-            if self.stopping or status == 0:
+            if self.stopping:
+                return status
+            if status == 0:  # a worker leaves with status 0 only when told to: a signal not from `workers stop`
+                self._note(f"the worker exited with status 0 after {ran_s:.1f} s, stopped by a signal that did not "
+                           "come through its keeper (not `workers stop`); not started again: --restart on-failure "
+                           "restarts failures")
                 return status
             backoff = self.last_backoff = next_backoff(self.last_backoff, ran_s, self.base, self.most)
             exited: dict[str, object] = {"at": _stamp(), "status": status, "ran_s": round(ran_s, 3),
