@@ -321,6 +321,9 @@ def test_a_taken_port_is_replaced_at_start(clusters: Clusters) -> None:
     db.stop()
 
     with socket.socket() as squatter:
+        # The stopped server's closed connections may hold the port in TIME_WAIT a while: a listener may still take
+        # it (as PostgreSQL's own would), and then no other can.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", old_port))
         squatter.listen()
         conninfo = db.acquire()
