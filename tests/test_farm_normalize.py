@@ -339,6 +339,34 @@ def test_nothing_non_finite_or_nul_survives():
     assert data["predictions"][0]["label"] == "person"
 
 
+def test_what_jsonb_cannot_hold_is_made_storable_not_left_to_fail_every_attempt():
+    # Each ended as a dead job with no row: the answer's write failed five times (orjson refuses an integer beyond
+    # 64 bits and a lone surrogate; float() refused a 400-digit confidence).
+    import orjson
+
+    answer = json.loads('{"status": "success", "predictions": [{"label": "do\\ud800g", "emoji": "", '
+                        '"confidence": 0.5}, {"label": "cat", "emoji": "", "confidence": 1' + "0" * 400 + '}], '
+                        '"metadata": {"processing_time": 123456789012345678901234567890}}')
+    data = normalize_answer("yolov8", answer)
+    orjson.dumps(data)  # what writes the jsonb
+    assert [prediction["label"] for prediction in data["predictions"]] == ["do\ufffdg"]
+    assert data["metadata"]["processing_time"] is None
+    assert any("is too large" in note for note in data["normalization_notes"]), data["normalization_notes"]
+
+
+def test_an_answer_keeps_its_thousand_most_confident_predictions():
+    # One answer of 60,000 boxes took a worker to 23 GB in harmonization, which compares a class's boxes pairwise.
+    answer = {"status": "success", "predictions": [
+        {"label": "dog", "emoji": "🐕", "confidence": (index % 997) / 997,
+         "bbox": {"x": index % 500, "y": 1, "width": 5, "height": 5}} for index in range(5000)]}
+    data = normalize_answer("yolov8", answer)
+    kept = data["predictions"]
+    assert len(kept) == 1000
+    assert min(prediction["confidence"] for prediction in kept) >= max(
+        prediction["confidence"] for prediction in answer["predictions"]) * 0.79
+    assert "4000 of 5000 predictions dropped: over 1000, the least confident" in data["normalization_notes"]
+
+
 def test_notes_are_capped():
     answer = copy.deepcopy(YOLO)
     answer["predictions"] = [{"label": "x", "confidence": "bad"}] * 50

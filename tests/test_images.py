@@ -279,6 +279,14 @@ def test_exif_rotation_swaps_dimensions_and_keeps_pixels_upright():
     assert 0x0112 not in reencoded and reencoded.get(0x010F) == "Canon"
 
 
+def test_a_tiff_whose_description_is_too_long_for_a_jpegs_exif_is_still_sent():
+    # OME-TIFF and ImageJ keep their XML in ImageDescription: over the 64 KiB a JPEG's EXIF holds, every encode
+    # failed ("EXIF data is too long"), and every service's job of the image went dead with no row.
+    prepared = prepare_image(encoded(Image.new("RGB", (64, 64), (10, 200, 30)), "TIFF", description="C" * 300_000))
+    with Image.open(io.BytesIO(prepared.data)) as sent:
+        assert sent.format == "JPEG" and sent.size == (64, 64) and 0x010E not in sent.getexif()
+
+
 @pytest.mark.parametrize(
     ("data", "pixel", "expected"),
     [

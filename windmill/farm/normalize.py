@@ -35,9 +35,14 @@ from typing import Any
 import orjson
 
 from windmill.farm.errors import ServiceCallError
+from windmill.farm.storable import storable
 from windmill.images.errors import one_line
 
 MAX_NOTES = 20
+# The most predictions an answer keeps (the most confident): real detectors answer with at most a few hundred boxes
+# (YOLOv8 300, Detectron2 100), and harmonization compares every pair of one class's boxes: one answer of 60,000 boxes
+# took a worker's memory to 23 GB.
+MAX_PREDICTIONS = 1000
 # The services whose answer is always exactly one prediction (spec §2.3): captioning, colors, OCR, NSFW, metadata.
 ONE_PREDICTION_SERVICES = frozenset({"blip", "ollama", "colors", "ocr", "nsfw2", "metadata"})
 DESCRIBE_CHARS = 200
@@ -68,7 +73,7 @@ def normalize_answer(
             service=service,
             status_code=status_code,
         )
-    body["predictions"] = _clean_items(predictions, "prediction", notes, image_size, clamp)
+    body["predictions"] = _most_confident(_clean_items(predictions, "prediction", notes, image_size, clamp), notes)
     if predictions and not body["predictions"] and service in ONE_PREDICTION_SERVICES:
         # Stored as a success with no prediction, it read as "nothing found" (no NSFW, no text, no caption).
         raise ServiceCallError(f"malformed answer: its one prediction is unusable ({notes[-1]})", kind="malformed",
@@ -249,7 +254,7 @@ def _finish(service: str, body: dict[str, Any], notes: list[str], status_code: i
             notes.append(f"metadata replaced: a {_json_type(body['metadata'])}, not an object")
         body["metadata"] = {}
     try:
-        clean = _storable(body, "answer", notes)
+        clean = storable(body, "answer", notes)
     except RecursionError:
         raise ServiceCallError(
             "malformed answer: JSON nested too deeply", kind="malformed", service=service, status_code=status_code
@@ -260,6 +265,17 @@ def _finish(service: str, body: dict[str, Any], notes: list[str], status_code: i
             kept.append(f"… and {len(notes) - MAX_NOTES} more")
         clean["normalization_notes"] = kept
     return clean
+
+
+def _most_confident(items: list[dict[str, Any]], notes: list[str]) -> list[dict[str, Any]]:
+    """At most MAX_PREDICTIONS of an answer's predictions, the most confident, in the order they came."""
+    if len(items) <= MAX_PREDICTIONS:
+        return items
+    ranked = sorted(range(len(items)), key=lambda index: -float(items[index].get("confidence") or 0.0))
+    kept = sorted(ranked[:MAX_PREDICTIONS])
+    notes.append(f"{len(items) - MAX_PREDICTIONS} of {len(items)} predictions dropped: over {MAX_PREDICTIONS}, the "
+                 f"least confident")
+    return [items[index] for index in kept]
 
 
 def _clean_items(
@@ -365,7 +381,10 @@ def _number(value: Any) -> tuple[float, str | None]:
     if isinstance(value, bool):
         return 0.0, f"{json.dumps(value)} is not a number"
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            return 0.0, f"{_short(value)} is too large"
     elif isinstance(value, str):
         try:
             number = float(value.strip())
@@ -378,50 +397,6 @@ def _number(value: Any) -> tuple[float, str | None]:
     if math.isinf(number):
         return 0.0, "is infinite"
     return number, None
-
-
-def _storable(value: Any, where: str, notes: list[str]) -> Any:
-    """The value fit for jsonb: non-finite floats become null, NUL characters vanish (in a copy). Most answers have
-    neither: checking costs a third of copying (which names every node's path for the notes), so a value that passes
-    the check is kept as it is."""
-    if _fit_for_jsonb(value):
-        return value
-    return _storable_copy(value, where, notes)
-
-
-def _fit_for_jsonb(value: Any) -> bool:
-    """Nothing in `value` needs _storable_copy: only JSON types (str keys), no non-finite float, no NUL."""
-    kind = type(value)
-    if kind is str:
-        return "\x00" not in value
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or "\x00" in key or not _fit_for_jsonb(item):
-                return False
-        return True
-    if kind is list:
-        return all(map(_fit_for_jsonb, value))
-    if kind is float:
-        return math.isfinite(value)
-    return kind is int or kind is bool or value is None
-
-
-def _storable_copy(value: Any, where: str, notes: list[str]) -> Any:
-    """A deep copy fit for jsonb: non-finite floats become null, NUL characters vanish."""
-    if isinstance(value, dict):
-        return {_strip_nul(str(key)): _storable_copy(item, f"{where}.{key}", notes) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_storable_copy(item, f"{where}[{index}]", notes) for index, item in enumerate(value)]
-    if isinstance(value, float) and not math.isfinite(value):
-        notes.append(f"{where}: {value} replaced by null")
-        return None
-    if isinstance(value, str):
-        return _strip_nul(value)
-    return value
-
-
-def _strip_nul(text: str) -> str:
-    return text.replace("\x00", "") if "\x00" in text else text
 
 
 def _html_summary(text: str) -> str:

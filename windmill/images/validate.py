@@ -49,6 +49,8 @@ _PASS_THROUGH = {
 _SENT_MODES = ("RGB", "L")
 _WHITE = (255, 255, 255)
 _ORIENTATION_TAG = 0x0112
+_DESCRIPTION_TAG = 0x010E  # ImageDescription
+_JPEG_EXIF_BYTES = 65_527  # an APP1 segment (65,533 bytes) less its "Exif\0\0" header
 _JPEG_EOI = b"\xff\xd9"  # the marker that ends a JPEG stream
 # Formats whose Pillow verify() checks nothing (ImageFile.verify only closes the file; JpegImageFile and its MPO
 # subclass add no check): they are opened once, not probed and opened again (a header parse, 0.015 ms each).
@@ -376,12 +378,19 @@ def _high_depth_to_gray(image: Image.Image) -> Image.Image:
 
 
 def _exif_without_orientation(image: Image.Image) -> bytes:
-    """The EXIF block to keep in a re-encoded JPEG (camera data matters to the metadata service)."""
+    """The EXIF block to keep in a re-encoded JPEG (camera data matters to the metadata service). A JPEG holds at
+    most _JPEG_EXIF_BYTES of it: a TIFF's long ImageDescription (OME-TIFF and ImageJ keep their XML there) made
+    every encode fail ("EXIF data is too long"), so the description goes, and the whole block if that is not
+    enough."""
     try:
         exif = image.getexif()
         if _ORIENTATION_TAG in exif:
             del exif[_ORIENTATION_TAG]
-        return exif.tobytes() if len(exif) else b""
+        block = exif.tobytes() if len(exif) else b""
+        if len(block) > _JPEG_EXIF_BYTES and _DESCRIPTION_TAG in exif:
+            del exif[_DESCRIPTION_TAG]
+            block = exif.tobytes() if len(exif) else b""
+        return block if len(block) <= _JPEG_EXIF_BYTES else b""
     except Exception:
         return b""
 
