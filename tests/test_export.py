@@ -295,6 +295,24 @@ def test_csv_has_one_row_per_merged_box(conn, tmp_path: Path) -> None:
         assert row["primary_color"].startswith("#")
 
 
+def test_a_csv_cell_that_would_be_a_spreadsheet_formula_is_written_as_text(conn, tmp_path: Path) -> None:
+    # A label an ML service gave, or a file name someone chose, reached the CSV as it was: `=HYPERLINK(…)` opened
+    # in a spreadsheet runs as a formula (OWASP's CSV injection).
+    out = tmp_path / "boxes.csv"
+    with conn.transaction(force_rollback=True):
+        merged_id = scalar(conn, "SELECT min(merged_id) FROM merged_boxes")
+        image_id = scalar(conn, "SELECT image_id FROM merged_boxes WHERE merged_id = %s", merged_id)
+        conn.execute("UPDATE merged_boxes SET merged_data = jsonb_set(merged_data, '{detections}', "
+                     "(SELECT jsonb_agg(d || '{\"label\": \"=HYPERLINK(\\\"http://evil\\\")\"}') "
+                     "FROM jsonb_array_elements(merged_data->'detections') d)) WHERE merged_id = %s", (merged_id,))
+        conn.execute("UPDATE images SET image_filename = '@SUM(1+1).jpg' WHERE image_id = %s", (image_id,))
+        run_export(conn, "csv", out)
+    with open(out, newline="", encoding="utf-8") as handle:
+        row = next(row for row in csv.DictReader(handle) if int(row["merged_id"]) == merged_id)
+    assert (row["label"], row["file_name"]) == ("'=HYPERLINK(\"http://evil\")", "'@SUM(1+1).jpg")
+    assert all(not value.startswith(("=", "+", "-", "@")) for value in row.values())
+
+
 # -- what is selected ------------------------------------------------------------------------------------------------
 
 

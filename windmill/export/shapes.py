@@ -123,8 +123,19 @@ def _plain(value: Any) -> Any:
 # -- CSV -------------------------------------------------------------------------------------------------------------
 
 
+# A spreadsheet runs a cell that begins so as a formula (`=HYPERLINK(…)`, `=cmd|…`): a label an ML service gave, or
+# a file name someone chose, would be one (OWASP's "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    """A text cell of the CSV export: as it is, or after an apostrophe when it would begin a formula (a spreadsheet
+    shows the text, and hides the apostrophe)."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
 def csv_rows(item: ImageExport) -> list[list[Any]]:
-    """One row per merged box (CSV_COLUMNS)."""
+    """One row per merged box (CSV_COLUMNS); text cells through csv_text."""
     image = image_fields(item)
     per_box, _ = latest_postprocessing(item.postprocessing)
     rows = []
@@ -132,11 +143,14 @@ def csv_rows(item: ImageExport) -> list[list[Any]]:
         fields = box_fields(row["merged_data"])
         x, y, width, height = fields["bbox"] or (None, None, None, None)
         post = per_box.get(row["merged_id"], {})
-        rows.append([image["image_id"], image["file_name"], image["path"] or "", image["url"] or "",
-                     image["group"] or "", row["merged_id"], fields["label"], fields["emoji"], x, y, width, height,
-                     fields["score"], fields["avg_confidence"], fields["detection_count"],
-                     ";".join(fields["contributing_services"]), primary_color(post.get("colors")),
-                     (post.get("face") or {}).get("status", ""), (post.get("pose") or {}).get("status", "")])
+        text = [csv_text(str(value)) for value in (
+            image["file_name"], image["path"] or "", image["url"] or "", image["group"] or "", fields["label"],
+            fields["emoji"], ";".join(fields["contributing_services"]), primary_color(post.get("colors")),
+            (post.get("face") or {}).get("status", ""), (post.get("pose") or {}).get("status", ""))]
+        file_name, path, url, group, label, emoji, services, colour, face, pose = text
+        rows.append([image["image_id"], file_name, path, url, group, row["merged_id"], label, emoji, x, y, width,
+                     height, fields["score"], fields["avg_confidence"], fields["detection_count"], services, colour,
+                     face, pose])
     return rows
 
 
