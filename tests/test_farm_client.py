@@ -245,6 +245,18 @@ class FarmStandIn(http.server.BaseHTTPRequestHandler):
         self.state["release"].wait(10)
         self.close_connection = True
 
+    def route_slow_head(self, *_):
+        """The head a byte at a time, each within the read timeout: no read ever waits long enough to time out."""
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n":
+                if self.state["release"].wait(0.15):
+                    break
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+        except OSError:
+            pass
+        self.close_connection = True
+
     def route_drip(self, *_):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -553,7 +565,9 @@ def test_a_refused_connection_is_a_retryable_connect_error():
 
 @pytest.mark.parametrize(
     ("endpoint", "message"),
-    [("/slow", "no answer within 0.4 s"), ("/drip", "no complete answer within 0.4 s")],
+    [("/slow", "no answer within 0.4 s"), ("/drip", "no complete answer within 0.4 s"),
+     # It held a worker's thread for good: each byte of the head came within the timeout (a slow-loris answer).
+     ("/slow-head", "no answer within 0.4 s")],
 )
 def test_a_silent_or_dripping_service_times_out(farm, client, endpoint, message):
     started = time.monotonic()

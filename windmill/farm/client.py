@@ -398,14 +398,17 @@ def _read(response: http.client.HTTPResponse, limit: int, *, deadline: float) ->
     (read1), so a body trickling in is caught at its deadline, not only when a read waits too long."""
     chunks: list[bytes] = []
     received = 0
-    while chunk := response.read1(_READ_BYTES):
-        received += len(chunk)
-        if received > limit:
-            chunks.append(chunk[: len(chunk) - (received - limit)])
-            return b"".join(chunks), False
-        chunks.append(chunk)
-        if time.monotonic() > deadline:
-            raise _Overdue
+    try:
+        while chunk := response.read1(_READ_BYTES):
+            received += len(chunk)
+            if received > limit:
+                chunks.append(chunk[: len(chunk) - (received - limit)])
+                return b"".join(chunks), False
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise _Overdue
+    except TimeoutError:  # the transport's deadline, met waiting for the next bytes (farm/transport.py)
+        raise _Overdue from None
     return b"".join(chunks), True
 
 

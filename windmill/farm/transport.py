@@ -6,18 +6,23 @@ besides (redirects, cookies, proxies, TLS, content decoding) the services do not
 cluster network, never redirect a request that should be followed, and answer uncompressed JSON (requests say
 `Accept-Encoding: identity`). What stays is what the client needs: connections reused most recent first, a stale
 one (closed by the service while idle) dropped before it is used, a connect timeout apart from the read timeout,
-and every failure raised as one of two exceptions the client classifies.
+and every failure raised as one of two exceptions the client classifies. The answer must come whole within the
+timeout, not only each read: a service that sent its head a byte every two seconds held a worker's thread for good.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
+import io
 import logging
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,9 @@ class ServiceConnections:
             connection.sock.settimeout(timeout)
             try:
                 _send(connection, method, target, body, headers)
+                # The whole answer, head and body, within `timeout` of the request sent (_DeadlineReader).
+                connection.response_class = functools.partial(  # type: ignore[assignment]
+                    _Response, deadline=time.monotonic() + timeout)
                 response = connection.getresponse()
                 yield response
             except http.client.RemoteDisconnected:
@@ -149,8 +157,39 @@ class _Headers:
         return list(self._fields)
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A socket's bytes for as long as a deadline allows: each read waits at most what is left, so an answer that
+    trickles in (its head included, which http.client reads line by line) times out at the deadline."""
+
+    def __init__(self, raw: io.RawIOBase, sock: socket.socket, deadline: float) -> None:
+        self._raw = raw  # http.client's reader of the socket: closing it lets the socket close (makefile's count)
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        self._sock.settimeout(left)
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 class _Response(http.client.HTTPResponse):
-    """http.client's response with the header fields read by _Headers; the rest of `begin` as http.client's."""
+    """http.client's response with the header fields read by _Headers, read from the socket within `deadline`
+    (time.monotonic()); the rest of `begin` as http.client's."""
+
+    def __init__(self, sock: socket.socket, debuglevel: int = 0, method: str | None = None, url: str | None = None,
+                 *, deadline: float | None = None) -> None:
+        super().__init__(sock, debuglevel, method, url)
+        if deadline is not None:
+            self.fp = io.BufferedReader(_DeadlineReader(self.fp.detach(), sock, deadline))
 
     def begin(self) -> None:
         if self.headers is not None:
