@@ -155,6 +155,52 @@ def test_config_command_masks_passwords(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert "farm:****@rabbit.local" in result.output
 
 
+# A password whose characters end a URL's user part early for a naive reader: its head and its tail must both stay
+# hidden (`config` once printed the whole of it, and errors named its tail as the host or its head as the port).
+HEAD, TAIL = "Head7", "S3cretTail"
+
+
+@pytest.mark.parametrize("character", ["#", "?", "@", "/"])
+@pytest.mark.parametrize("scheme", ["postgresql", "amqp"])
+def test_no_part_of_a_password_shows_whatever_characters_it_holds(
+        character: str, scheme: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from windmill.connection_urls import describe_url
+    from windmill.db.connect import describe_conninfo
+
+    variable = "WINDMILL_DATABASE_URL" if scheme == "postgresql" else "WINDMILL_AMQP_URL"
+    url = f"{scheme}://windmill:{HEAD}{character}{TAIL}@127.0.0.1:5432/db?sslpassword=K3yPhrase&sslmode=require"
+    shown = [mask_url(url), describe_url(url)] + ([describe_conninfo(url)] if scheme == "postgresql" else [])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(variable, url)
+    for command in (["config"], ["config", "--json"]):
+        result = CliRunner().invoke(main, command)
+        shown.append(result.output)
+    try:
+        settings_from_mapping({variable: url})
+    except ConfigError as refused:  # a reader would take the password's head for the host or port: said so
+        shown.append(str(refused))
+    for text in shown:
+        for secret in (HEAD, TAIL, "K3yPhrase"):
+            assert secret not in text, f"{secret!r} of {url!r} shows in {text!r}"
+    assert mask_url(url).startswith(f"{scheme}://windmill:****@127.0.0.1:5432/db?sslpassword=****&")
+    assert describe_url(url) == "127.0.0.1:5432/db"
+
+
+@pytest.mark.parametrize(("url", "accepted"), [
+    ("postgresql://windmill:a#b@db/x", True), ("postgresql://windmill:a?b@db/x", True),  # libpq reads them right
+    ("postgresql://windmill:a@b@db/x", False), ("postgresql://windmill:a/b@db/x", False),
+    ("amqp://windmill:a@b@mq/%2F", True),  # urllib (pika) ends the user part at the last @ of the host part
+    ("amqp://windmill:a#b@mq/%2F", False), ("amqp://windmill:a?b@mq/%2F", False), ("amqp://windmill:a/b@mq/%2F", False),
+])
+def test_a_password_its_reader_would_cut_short_is_refused_as_such(url: str, accepted: bool) -> None:
+    variable = "WINDMILL_DATABASE_URL" if url.startswith("postgresql") else "WINDMILL_AMQP_URL"
+    if accepted:
+        settings_from_mapping({variable: url})
+        return
+    with pytest.raises(ConfigError, match=rf"^{variable}'s user or password holds an? '.*not percent-encoded"):
+        settings_from_mapping({variable: url})
+
+
 def test_config_command_reports_a_bad_setting_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LOG_LEVEL", "loud")

@@ -13,6 +13,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
+from windmill.connection_urls import describe_url, misread_by_libpq
 from windmill.db.jsonb import use_orjson
 from windmill.db.migrations import SCHEMA
 from windmill.db.refusals import connection_failure
@@ -59,8 +60,11 @@ def outliving_connection_loss(what: str, stopping: threading.Event, attempt: Cal
 
 
 def describe_conninfo(conninfo: str) -> str:
-    """host:port/dbname of a conninfo, for messages and logs (no user, no password)."""
+    """host:port/dbname of a conninfo, for messages and logs (no user, no password). A URL libpq misreads (an
+    unencoded `@` or `/` in its password) is described by the part after its last `@`, which holds no password."""
     params = conninfo_to_dict(conninfo)
+    if misread_by_libpq(params):
+        return describe_url(conninfo)
     return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
 
 
