@@ -27,6 +27,7 @@ from windmill.collection import add_urls
 from windmill.db.connect import Database
 from windmill.image_cache import ImageSource, SingleFlightCache
 from windmill.images import BadImage, ImageUnavailable, load_image_bytes
+from windmill.images.load import public_addresses
 from windmill.jobs import JobQueue
 from windmill.producer import submit
 from windmill.settings import settings_from_mapping
@@ -254,3 +255,13 @@ def test_through_rabbitmq_a_passing_failure_is_retried_and_a_404_is_recorded_at_
     assert flaky.hits("/missing.jpg") == 1
     assert conn.execute("SELECT count(*) FROM service_tasks_in_flight").fetchone()[0] == 0
 
+
+
+
+def test_an_ipv6_address_is_judged_by_the_ipv4_address_it_embeds() -> None:
+    # NAT64 and 6to4 of 8.8.8.8 pass, as a plain public IPv6 address does; NAT64 of 169.254.169.254 is refused and
+    # the refusal names the address it leads to.
+    for address in ("64:ff9b::808:808", "2002:808:808::1", "2606:4700:4700::1111"):
+        assert [str(found) for found in public_addresses(address, 80)] == [address]
+    with pytest.raises(BadImage, match=r"resolves to 64:ff9b::a9fe:a9fe \(169\.254\.169\.254\), a link-local "):
+        public_addresses("64:ff9b::a9fe:a9fe", 80)

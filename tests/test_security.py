@@ -345,6 +345,12 @@ def connections(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     ("http://192.168.1.1/photo.jpg", "private"),
     ("http://169.254.169.254/latest/meta-data/photo.jpg", "link-local"),
     ("http://[fe80::1]/photo.jpg", "link-local"),
+    # IPv6 forms that embed an IPv4 address, which Python calls global: judged by the IPv4 one
+    ("http://[64:ff9b::a9fe:a9fe]/photo.jpg", "link-local"),  # NAT64 of the metadata service
+    ("http://[64:ff9b::7f00:1]:{port}/photo.jpg", "loopback"),
+    ("http://[64:ff9b:1::a00:1]/photo.jpg", "private"),  # local-use NAT64 of 10.0.0.1
+    ("http://[2002:7f00:1::]:{port}/photo.jpg", "loopback"),  # 6to4
+    ("http://[::127.0.0.1]:{port}/photo.jpg", "loopback"),  # IPv4-compatible
 ])
 def test_private_image_urls_are_refused_before_connecting(url: str, kind: str, image_server: _ImageServer,
                                                           connections: list[object]) -> None:

@@ -200,20 +200,47 @@ def resolve_host(host: str, port: int) -> list[str]:
     return [str(sockaddr[0]) for _family, _type, _proto, _canonical, sockaddr in answers]
 
 
+# IPv6 prefixes whose addresses carry an IPv4 one in their last 32 bits, which a translator or the host reaches:
+# NAT64's well-known and local-use prefixes (RFC 6052, RFC 8215) and the deprecated IPv4-compatible form.
+_IPV4_IN_LAST_32_BITS = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"),
+                         ipaddress.ip_network("::/96"))
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one leads to, when it embeds one: IPv4-mapped, 6to4 (2002::/16), Teredo's client,
+    NAT64 and IPv4-compatible. Such an address is only as public as the IPv4 one: `[64:ff9b::a9fe:a9fe]` is the
+    metadata service's 169.254.169.254 through a NAT64 gateway, though Python calls it global."""
+    if address.is_loopback or address.is_unspecified:  # ::1 and ::, in ::/96 but no IPv4 address
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if any(address in prefix for prefix in _IPV4_IN_LAST_32_BITS):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def public_addresses(host: str, port: int) -> list[IPAddress]:
     """Every address `host` resolves to, refusing the lot if any is not public.
 
     Refused: loopback, private, link-local, carrier-grade NAT, multicast, reserved and
-    unspecified addresses, also when written as IPv4-mapped IPv6.
+    unspecified addresses, also when embedded in an IPv6 one (embedded_ipv4).
     """
     addresses: list[IPAddress] = []
     for resolved in resolve_host(host, port):
         address = ipaddress.ip_address(resolved.split("%", 1)[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if not address.is_global or address.is_multicast:
+        judged: IPAddress = address
+        if isinstance(address, ipaddress.IPv6Address) and (embedded := embedded_ipv4(address)) is not None:
+            judged = embedded
+            if address.ipv4_mapped is not None:  # the IPv4 address itself is connected to
+                address = embedded
+        if not judged.is_global or judged.is_multicast:
+            shown = str(address) if judged == address else f"{address} ({judged})"
             raise BadImage(
-                f"image URL host {host} resolves to {address}, a {_address_kind(address)} address;"
+                f"image URL host {host} resolves to {shown}, a {_address_kind(judged)} address;"
                 " refused (private URLs are not allowed)"
             )
         if address not in addresses:
