@@ -94,11 +94,51 @@ def resolve_image_path(image_path: str | os.PathLike[str], roots: Sequence[Path]
         resolved = candidate.resolve()
     except (OSError, RuntimeError) as problem:  # symlink loops: RuntimeError before 3.13
         raise BadImage(f"cannot resolve image path {shown}: {_os_reason(problem)}") from None
-    if roots:
-        allowed = [Path(root).resolve() for root in roots]
-        if not any(resolved.is_relative_to(root) for root in allowed):
-            raise BadImage(f"image path {shown} is outside the allowed image roots")
+    if roots and not _inside(resolved, roots):
+        raise BadImage(f"image path {shown} is outside the allowed image roots")
     return resolved
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path.is_relative_to(Path(root).resolve()) for root in roots)
+
+
+def _opened_inside(descriptor: int, resolved: Path, roots: Sequence[Path]) -> bool:
+    """Whether the file open on `descriptor` lies inside the roots. The path was judged before it was opened, and
+    O_NOFOLLOW guards its last component only: a directory on the way swapped for a symlink in between opens a
+    file outside. So what was opened is judged: its path as the kernel knows it (Linux), else whether it is the
+    file the judged path leads to when opened a component at a time, none of them followed as a symlink."""
+    try:
+        opened = os.readlink(f"/proc/self/fd/{descriptor}")
+    except OSError:
+        opened = ""
+    if opened.startswith("/"):
+        return _inside(Path(opened.removesuffix(" (deleted)")), roots)
+    try:
+        again = _open_without_symlinks(resolved)
+    except OSError:  # a symlink on the way now: swapped since the check
+        return False
+    try:
+        now, info = os.fstat(again), os.fstat(descriptor)
+    finally:
+        os.close(again)
+    return (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino)
+
+
+def _open_without_symlinks(path: Path) -> int:
+    """Open the absolute `path` (one with no symlink left: resolved) from `/` one component at a time, each with
+    O_NOFOLLOW, so a symlink anywhere on it fails the opening instead of being followed (comparing stat of the path
+    after the fact would follow one swapped in meanwhile)."""
+    no_follow = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    directory = os.open("/", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        for part in path.parts[1:-1]:
+            inner = os.open(part, no_follow | getattr(os, "O_DIRECTORY", 0), dir_fd=directory)
+            os.close(directory)
+            directory = inner
+        return os.open(path.name, no_follow | getattr(os, "O_NONBLOCK", 0), dir_fd=directory)
+    finally:
+        os.close(directory)
 
 
 def read_image_file(
@@ -128,6 +168,8 @@ def read_image_file(
         raise BadImage(f"cannot open image file {shown}: {_os_reason(problem)}") from None
 
     try:
+        if roots and not _opened_inside(descriptor, resolved, roots):
+            raise BadImage(f"image path {shown} is outside the allowed image roots")
         info = os.fstat(descriptor)
         if stat.S_ISDIR(info.st_mode):
             raise BadImage(f"image path {shown} is a directory, not a file")
