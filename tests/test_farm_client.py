@@ -275,6 +275,18 @@ class FarmStandIn(http.server.BaseHTTPRequestHandler):
     def route_hang_up(self, *_):
         self.close_connection = True  # no answer at all
 
+    def route_cut_body(self, *_):  # 200 and a Content-Length, then the connection closes 10 bytes into the body
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "120")
+        self.end_headers()
+        self.wfile.write(b'{"service":')
+        self.close_connection = True
+
+    def route_cut_headers(self, *_):  # the connection closes before the blank line that ends the headers
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        self.close_connection = True
+
     def route_moved(self, *_):
         self.send_response(302)
         self.send_header("Location", "/v3/analyze")
@@ -520,6 +532,9 @@ def test_messy_boxes_are_clamped_to_the_uploaded_image(farm, client):
         ("/huge", "malformed", False, 200, "over the 8 MiB limit"),
         ("/huge-stream", "malformed", False, 200, "body is over the 8 MiB limit"),
         ("/hang-up", "network", True, None, "Server disconnected"),
+        # cut short: the connection closed mid-answer, which may pass (once recorded as malformed: not JSON)
+        ("/cut-body", "network", True, None, "the connection closed after 11 of 120 bytes"),
+        ("/cut-headers", "network", True, None, "the connection closed in the answer's headers"),
         ("/moved", "http_other", False, 302, "HTTP 302"),
     ],
 )

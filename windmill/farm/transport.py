@@ -183,13 +183,25 @@ class _DeadlineReader(io.RawIOBase):
 
 class _Response(http.client.HTTPResponse):
     """http.client's response with the header fields read by _Headers, read from the socket within `deadline`
-    (time.monotonic()); the rest of `begin` as http.client's."""
+    (time.monotonic()); the rest of `begin` as http.client's. An answer cut short by the connection closing, in its
+    headers or before its Content-Length, is an ExchangeFailed (retried as a network failure): http.client takes the
+    end of the stream for the end of the headers, and its read1 for the end of the body, so the cut answer read as a
+    whole one (and as JSON that is malformed)."""
+
+    _declared: int | None = None  # the body's Content-Length
 
     def __init__(self, sock: socket.socket, debuglevel: int = 0, method: str | None = None, url: str | None = None,
                  *, deadline: float | None = None) -> None:
         super().__init__(sock, debuglevel, method, url)
         if deadline is not None:
             self.fp = io.BufferedReader(_DeadlineReader(self.fp.detach(), sock, deadline))
+
+    def read1(self, n: int = -1) -> bytes:
+        data = super().read1(n)
+        if not data and n and self.length and self._declared is not None:
+            raise ExchangeFailed(f"the connection closed after {self._declared - self.length} of {self._declared} "
+                                 "bytes", timed_out=False)
+        return data
 
     def begin(self) -> None:
         if self.headers is not None:
@@ -207,7 +219,10 @@ class _Response(http.client.HTTPResponse):
             self.version = 11
         else:
             raise http.client.UnknownProtocol(version)
-        self.headers = self.msg = _Headers(http.client._read_headers(self.fp))
+        lines = http.client._read_headers(self.fp)
+        if lines[-1] == b"":  # the stream ended, not a blank line
+            raise ExchangeFailed("the connection closed in the answer's headers", timed_out=False)
+        self.headers = self.msg = _Headers(lines)
         encoding = self.headers.get("transfer-encoding")
         self.chunked = bool(encoding and encoding.lower() == "chunked")
         if self.chunked:
@@ -228,6 +243,7 @@ class _Response(http.client.HTTPResponse):
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True
+        self._declared = self.length
 
 
 class _Connection(http.client.HTTPConnection):
