@@ -57,6 +57,22 @@ def test_faces_and_poses_land_on_the_image_pixels() -> None:
     assert overlay.poses.lines == ((40.0, 50.0, 80.0, 100.0),)
 
 
+def test_odd_shapes_of_a_stored_answer_draw_what_they_can_and_never_fail() -> None:
+    # An answer is stored as it came: a face's keypoints as a list once made the image page answer 500.
+    face = {"bbox": {"x": 40, "y": 30, "width": 20, "height": 24}}
+    answers = [
+        {"predictions": [{**face, "keypoints": [[50, 44], {"x": 52, "y": 46}, "nose", [1, 2, 3]]}]},
+        {"predictions": [{**face, "keypoints": "nose_tip"}, {**face, "keypoints": 7}, "a face", None]},
+        {"predictions": 5}, {"predictions": {"bbox": [1, 2, 3, 4]}}, {"predictions": "face"},
+    ]
+    record = {"postprocessing_results": {
+        str(box): {"face": {"status": "success", "data": data}, "pose": {"status": "success", "data": data}}
+        for box, data in enumerate(answers)} | {"9": ["not", "a", "row"], "10": {"face": "success"}}}
+    overlay = build_overlay(record, (400, 200), [])
+    assert overlay.faces.points == ((50.0, 44.0), (52.0, 46.0))
+    assert overlay.faces.count == 3 and overlay.poses.points == ()
+
+
 @pytest.mark.parametrize("size", [(128, 128), (3000, 200), (640, 480), (4000, 3000), (6000, 4000)])
 def test_captions_and_dots_keep_their_size_on_the_screen_whatever_the_image_size(size: tuple[int, int]) -> None:
     # The viewer shows the picture about SHOWN_PX wide: a caption of 12 image pixels on a 128-pixel image was drawn

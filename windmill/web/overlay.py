@@ -110,12 +110,12 @@ def build_overlay(record: Mapping[str, Any], size: tuple[int, int], detectors: I
     pose_points: list[tuple[float, float]] = []
     pose_lines: list[tuple[float, float, float, float]] = []
     for services in record.get("postprocessing_results", {}).values():
+        if not isinstance(services, Mapping):
+            continue
         for prediction in _predictions(services.get("face")):
             if rect := _rect(prediction.get("bbox"), "face"):
                 face_rects.append(rect)
-            for point in (prediction.get("keypoints") or {}).values():
-                if _is_xy(point):
-                    face_points.append((float(point[0]), float(point[1])))
+            face_points.extend(_keypoints(prediction.get("keypoints")))
         for prediction in _predictions(services.get("pose")):
             joints = _pose_joints(prediction.get("landmarks"), size)
             pose_points.extend(joints.values())
@@ -130,10 +130,29 @@ def build_overlay(record: Mapping[str, Any], size: tuple[int, int], detectors: I
         poses=Layer("poses", POSE_COLOUR, (), tuple(pose_points), tuple(pose_lines)))
 
 
-def _predictions(row: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
-    if not row or row.get("status") != "success" or not isinstance(row.get("data"), Mapping):
+# An answer is stored as it came, so any part of it may have any shape: what cannot be drawn is skipped, and the
+# page shows the rest (a face's keypoints as a list once made the page answer 500).
+
+
+def _predictions(row: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(row, Mapping) or row.get("status") != "success" or not isinstance(row.get("data"), Mapping):
         return []
-    return [p for p in row["data"].get("predictions") or [] if isinstance(p, Mapping)]
+    predictions = row["data"].get("predictions")
+    return [p for p in predictions if isinstance(p, Mapping)] if isinstance(predictions, list | tuple) else []
+
+
+def _keypoints(keypoints: Any) -> list[tuple[float, float]]:
+    """A face's landmarks in pixels: {name: [x, y]} as the contract gives them, or a list of [x, y] or {x, y}."""
+    marks = keypoints.values() if isinstance(keypoints, Mapping) else keypoints
+    if not isinstance(marks, Iterable) or isinstance(marks, str | bytes):
+        return []
+    points = []
+    for mark in marks:
+        if isinstance(mark, Mapping):
+            mark = [mark.get("x"), mark.get("y")]
+        if _is_xy(mark):
+            points.append((float(mark[0]), float(mark[1])))
+    return points
 
 
 def _is_xy(point: Any) -> bool:
