@@ -287,6 +287,23 @@ def test_dead_jobs_are_retried_only_with_allow_actions_and_only_from_the_own_for
                  "WHERE queue = %s)", (DEAD_REASON, DEAD_QUEUE))  # as the other tests expect
 
 
+def test_a_retry_notice_comes_only_from_the_retry_not_from_a_link(
+        collection: Database, database_url: str, catalog: Catalog, conn) -> None:
+    with collection.pool(max_size=1, name="web-test") as pool:
+        client = create_app(Dashboard(settings_for(database_url), catalog, pool), allow_actions=True,
+                            csrf_token="known").test_client()
+        # Words of the link's choosing, once shown (escaped) as "Queued 9999 dead job(s) of everything - …"
+        spoofed = client.get("/", query_string={"retried": "9999", "queue": "everything - your database was wiped"})
+        assert spoofed.status_code == 200
+        assert "wiped" not in spoofed.text and 'id="notice"' not in spoofed.text
+        done = client.post("/actions/retry", data={"queue": DEAD_QUEUE, "csrf_token": "known"}, follow_redirects=True)
+        assert f"Queued 1 dead job(s) of {DEAD_QUEUE} again." in done.text
+        altered = client.get("/", query_string={**done.request.args, "retried": "9999"})
+        assert 'id="notice"' not in altered.text  # the signature covers the count and the queue
+    conn.execute("UPDATE jobs SET state = 'dead', last_error = %s WHERE id = (SELECT max(id) FROM jobs "
+                 "WHERE queue = %s)", (DEAD_REASON, DEAD_QUEUE))  # as the other tests expect
+
+
 # -- least privilege, secrets, the command -----------------------------------------------------------------------------
 
 

@@ -25,7 +25,9 @@ from windmill.web.data import STATUSES, Dashboard, GalleryFilter, MayNotRetry
 from windmill.web.pictures import PICTURE_PX, THUMBNAIL_PX, placeholder_thumbnail
 
 # What the overview says after an action went wrong, by the code its redirect carries: the sentence is the
-# dashboard's own, so a link cannot put words of its choosing on the page as if the dashboard said them.
+# dashboard's own, so a link cannot put words of its choosing on the page as if the dashboard said them. What it
+# says after a retry names a count and a queue, which come from the link too: they are shown only with the
+# signature the retry's redirect put beside them (notice_signature), which no one without this process's key makes.
 ACTION_PROBLEMS = {
     "may_not_retry": MayNotRetry.MESSAGE,
     "no_dead_jobs": "that queue has no dead job to retry (any there were have been retried)",
@@ -52,7 +54,7 @@ def create_app(dashboard: Dashboard, *, allow_actions: bool = False, allowed_hos
                csrf_token: str | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(ALLOW_ACTIONS=allow_actions, CSRF_TOKEN=csrf_token or secrets.token_urlsafe(32),
-                      MAX_CONTENT_LENGTH=16 * 1024)
+                      NOTICE_KEY=secrets.token_bytes(32), MAX_CONTENT_LENGTH=16 * 1024)
     app.jinja_env.filters["pretty_json"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False, default=str)
     app.jinja_env.globals.update(allow_actions=allow_actions, refresh_s=REFRESH_S)
 
@@ -83,8 +85,11 @@ def create_app(dashboard: Dashboard, *, allow_actions: bool = False, allowed_hos
     def overview() -> str:
         status = dashboard.status()
         dead = [row for row in status["queues"] if row.get("dead")]
+        retried, queue = request.args.get("retried", ""), request.args.get("queue", "")
+        signed = hmac.compare_digest(request.args.get("signature", ""),
+                                     notice_signature(app.config["NOTICE_KEY"], retried, queue))
         return render_template("overview.html", status=status, dead=dead, csrf_token=app.config["CSRF_TOKEN"],
-                               retried=request.args.get("retried"), retried_queue=request.args.get("queue"),
+                               retried=retried if signed else None, retried_queue=queue,
                                problem=ACTION_PROBLEMS.get(request.args.get("problem", "")))
 
     @app.get("/gallery")
@@ -140,9 +145,16 @@ def create_app(dashboard: Dashboard, *, allow_actions: bool = False, allowed_hos
             retried = dashboard.retry_dead(queue)
         except MayNotRetry:
             return redirect(url_for("overview", problem="may_not_retry"), code=303)
-        return redirect(url_for("overview", retried=retried, queue=queue), code=303)
+        signature = notice_signature(app.config["NOTICE_KEY"], str(retried), queue)
+        return redirect(url_for("overview", retried=retried, queue=queue, signature=signature), code=303)
 
     return app
+
+
+def notice_signature(key: bytes, retried: str, queue: str) -> str:
+    """The signature of the retry notice `retried` dead job(s) of `queue` again: what the overview's link must carry
+    for the page to show that notice (HMAC-SHA256 under the process's key)."""
+    return hmac.new(key, f"{retried}\x00{queue}".encode(), "sha256").hexdigest()
 
 
 def _same_origin() -> bool:
