@@ -5,9 +5,11 @@ then serves."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -62,6 +64,14 @@ class _FlakyHandler(_ImageHandler):
             self._send(200, JPEG, "image/jpeg")
         elif parts[0] == "silent":
             self.release.wait(10)
+        elif parts[0] == "slow-head":  # a byte of the head at a time, each within the read timeout (slow loris)
+            with contextlib.suppress(OSError):
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Padding: " + b"x" * 100:
+                    if self.release.wait(0.1):
+                        break
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+            self.close_connection = True
         else:
             self._send(404, b"not found", "text/plain")
 
@@ -110,12 +120,16 @@ def a_closed_port() -> int:
     ("/fail/1/408/a.jpg", "answered HTTP 408"),
     ("/cut/1/a.jpg", "cannot download image URL"),
     ("/silent", "did not answer within 0.5 s"),
+    # It held the thread for good: each byte came within the wait httpx bounds.
+    ("/slow-head", "did not answer within 0.5 s"),
 ])
 def test_passing_download_failures_are_image_unavailable_and_the_next_try_succeeds(
         flaky: FlakyServer, path: str, reason: str) -> None:
+    started = time.monotonic()
     with pytest.raises(ImageUnavailable, match=reason):
         load_image_bytes(None, flaky.url + path, allow_private_urls=True, timeout=0.5)
-    if path != "/silent":
+    assert time.monotonic() - started < 3
+    if path not in ("/silent", "/slow-head"):
         assert load_image_bytes(None, flaky.url + path, allow_private_urls=True, timeout=2) == JPEG
 
 

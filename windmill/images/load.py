@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from windmill.images.deadline import ConnectionDeadline
 from windmill.images.errors import BadImage, ImageUnavailable, describe_size
 
 MIB = 1024 * 1024
@@ -365,6 +366,21 @@ def _download(
     allow_private_urls: bool,
 ) -> bytes:
     deadline = time.monotonic() + timeout
+    watch = ConnectionDeadline(deadline)  # the whole download, head included, within `timeout`
+    try:
+        return _download_watched(client, url, max_bytes=max_bytes, timeout=timeout, max_redirects=max_redirects,
+                                 allow_private_urls=allow_private_urls, watch=watch)
+    except (httpx.HTTPError, ImageUnavailable, BadImage):
+        if watch.expired:
+            raise ImageUnavailable(f"image URL {_shown(url)} did not answer within {timeout:g} s") from None
+        raise
+    finally:
+        watch.cancel()
+
+
+def _download_watched(client: httpx.Client, url: httpx.URL, *, max_bytes: int, timeout: float, max_redirects: int,
+                      allow_private_urls: bool, watch: ConnectionDeadline) -> bytes:
+    deadline = watch.deadline
     seen: set[str] = set()
     for _hop in range(max_redirects + 1):
         seen.add(str(url))
@@ -373,8 +389,8 @@ def _download(
             with client.stream(
                 "GET",
                 target,
-                headers=headers,
-                extensions=extensions,
+                headers={**headers, "Connection": "close"},  # a pooled connection would escape the watch
+                extensions={**extensions, "trace": watch.trace},
                 follow_redirects=False,
                 timeout=httpx.Timeout(timeout),
             ) as response:
