@@ -79,7 +79,7 @@ class ServiceConnections:
             try:
                 _send(connection, method, target, body, headers)
                 # The whole answer, head and body, within `timeout` of the request sent (_DeadlineReader).
-                connection.response_class = functools.partial(  # type: ignore[assignment]
+                connection.response_class = functools.partial(  # type: ignore[assignment]  # a class's call
                     _Response, deadline=time.monotonic() + timeout)
                 response = connection.getresponse()
                 yield response
