@@ -247,6 +247,7 @@ def test_a_foreign_host_header_is_refused_and_pages_forbid_scripts(site: str) ->
     assert "script-src" not in response.headers["content-security-policy"]  # default-src 'none': no script runs
     assert "default-src 'none'" in response.headers["content-security-policy"]
     assert "<script" not in response.text
+    assert response.headers["cache-control"] == "no-store"  # live numbers, and with --allow-actions a form token
 
 
 # -- the action ------------------------------------------------------------------------------------------------------

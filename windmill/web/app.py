@@ -69,6 +69,8 @@ def create_app(dashboard: Dashboard, *, allow_actions: bool = False, allowed_hos
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Referrer-Policy"] = "same-origin"
+        if response.mimetype == "text/html":  # pages hold live numbers and, with --allow-actions, the form's token
+            response.headers.setdefault("Cache-Control", "no-store")
         return response
 
     @app.errorhandler(DatabaseUnavailable)
