@@ -587,6 +587,14 @@ def test_url_failures_are_bad_images_with_a_reason(image_server, path, options, 
     assert reason in failure.value.reason
 
 
+def test_sizes_past_a_gigabyte_read_as_such() -> None:
+    # A lying Content-Length of 10**20 bytes read "sends 9.53674e+13 MiB".
+    from windmill.images.errors import describe_size
+
+    assert [describe_size(count) for count in (10**20, 3 * 1024**3, 40 * 1024**2, 5000)] == [
+        "90,949,470 TiB", "3 GiB", "40 MiB", "5 KiB"]
+
+
 def test_an_html_page_at_an_image_url_fails_validation(image_server):
     with pytest.raises(BadImage, match="HTML page"):
         prepare_image(fetch(f"{image_server}/page.html"))

@@ -17,7 +17,12 @@ def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
 
 
 def describe_size(count: int) -> str:
-    """A byte count as a reason shows it: `40 MiB`, `12 KiB`, `900 bytes`."""
+    """A byte count as a reason shows it: `40 MiB`, `12 KiB`, `900 bytes`; a count past a GiB, as a lying
+    Content-Length declares, `90,949,470 TiB` (it read `9.53674e+13 MiB`)."""
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3)):
+        if count >= size:
+            value = count / size
+            return f"{value:,.0f} {unit}" if value >= 1000 else f"{round(value, 1):g} {unit}"
     if count >= 1024 * 1024:
         return f"{round(count / (1024 * 1024), 1):g} MiB"
     if count >= 1024:
