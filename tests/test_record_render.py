@@ -145,6 +145,15 @@ def test_a_box_is_captioned_by_its_most_common_label_and_its_agreement(box: dict
     assert box_caption(box) == caption
 
 
+def test_a_label_of_a_million_characters_is_drawn_cut_short() -> None:
+    # `show --png` ended in a traceback: Pillow refuses such a text ("too many characters in string").
+    image = Image.new("RGB", (200, 120), (90, 90, 90))
+    box = {"merged_bbox": {"x": 40, "y": 40, "width": 100, "height": 60}, "detection_count": 1,
+           "detections": [{"label": "x" * 1_000_000}]}
+    assert box_caption(box) == "x" * 59 + "… ×1"
+    assert render_boxes(image, [box], fonts=FontChoice()).size == (200, 120)
+
+
 def test_unreadable_boxes_are_skipped_not_fatal() -> None:
     image = Image.new("RGB", (50, 50))
     boxes = [{"merged_bbox": {"x": "a"}}, {"merged_bbox": None}, {"merged_bbox": {"x": 60, "y": 60, "width": 5,

@@ -161,10 +161,17 @@ def detector_colours(detector_boxes: Mapping[str, object]) -> dict[str, Colour]:
     return {service: DETECTOR_COLOURS[i % len(DETECTOR_COLOURS)] for i, service in enumerate(sorted(detector_boxes))}
 
 
+CAPTION_LABEL_CHARS = 60  # a tag's label at most: a service's label of a million characters broke Pillow's text
+
+
 def box_caption(box: Mapping[str, Any], *, times: str = "×") -> str:
-    """The tag text, e.g. "person ×3": the label most detections gave, and how many detectors agree."""
+    """The tag text, e.g. "person ×3": the label most detections gave (cut to CAPTION_LABEL_CHARS), and how many
+    detectors agree."""
     count = box.get("detection_count") or len(box.get("detections") or []) or 1
-    return f"{box_label(box)} {times}{count}"
+    label = box_label(box)
+    if len(label) > CAPTION_LABEL_CHARS:
+        label = label[:CAPTION_LABEL_CHARS - 1] + "…"
+    return f"{label} {times}{count}"
 
 
 # ------------------------------------------------------------------------------------------------
