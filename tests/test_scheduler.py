@@ -70,6 +70,23 @@ def test_two_schedulers_run_one_backfill_per_interval(database: Database, pool: 
     assert conn.execute("SELECT count(*) FROM jobs WHERE queue = 'consensus'").fetchone()[0] == 1
 
 
+def test_a_running_scheduler_starts_the_chain_again_when_no_tick_is_left(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection, catalog: Catalog) -> None:
+    # A tick given up (its last attempt's lease expired twice: its schedulers were killed before each queued the
+    # next) ended the chain, and the periodic pass stopped for good while a scheduler kept running.
+    group = scheduler_group(database, pool, catalog, "scheduler-alone")
+    group.start()
+    try:
+        wait_until(lambda: len(ticks(conn, "done")) >= 1, timeout=15, message="a first tick")
+        conn.execute("UPDATE jobs SET state = 'dead' WHERE queue = %s AND state IN ('queued', 'running')",
+                     (SCHEDULER_QUEUE,))
+        done = len(ticks(conn, "done"))
+        wait_until(lambda: len(ticks(conn, "done")) > done, timeout=15, message="the chain to start again")
+    finally:
+        group.request_stop()
+        group.join(timeout=30)
+
+
 def test_a_starting_scheduler_leaves_a_waiting_or_running_tick_alone(conn: psycopg.Connection) -> None:
     first = schedule_first_tick(conn)
     assert first is not None and schedule_first_tick(conn) is None

@@ -2,10 +2,11 @@
 every WINDMILL_BACKFILL_INTERVAL_S seconds where pg_cron is not available.
 
 The period lives in the job table itself: one tick job on the `scheduler` queue, which queues its successor one
-interval ahead before it runs the pass. Any number of schedulers may run (on several machines, for availability):
-the dedupe key keeps one tick waiting at a time and SKIP LOCKED lets one scheduler claim it, so the pass never
-runs twice per period. A tick is never retried (one attempt): if it fails or its scheduler dies, its successor is
-already queued. The tick itself (queue, key, attempts) is defined in SQL: scheduler_tick_job.
+interval ahead before it runs the pass; each scheduler also queues a tick once an interval when none waits or runs,
+so a chain broken (a tick given up, or deleted) starts again. Any number of schedulers may run (on several
+machines, for availability): the dedupe key keeps one tick waiting at a time and SKIP LOCKED lets one scheduler claim
+it, so the pass never runs twice per period. A failing tick is not retried (one attempt): its successor is already
+queued; one whose scheduler died runs once more (sql/0126). The tick itself (queue, key, attempts) is defined in SQL: scheduler_tick_job.
 
 Where tasks travel by RabbitMQ, each tick also resends the tasks RabbitMQ lost: ledger entries older than
 WINDMILL_LOST_TASK_AFTER_S whose queue holds no message ready (windmill.broker.ledger.resend_lost). The pass
@@ -15,6 +16,7 @@ itself is SQL (pg_cron runs it too); this part needs RabbitMQ, so it lives here.
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 
 import psycopg
@@ -79,5 +81,28 @@ def scheduler_role(context: RoleContext) -> Role:
         if outcome.pruned:
             log.info("pruned %d done jobs", outcome.pruned, extra={"action": "jobs_pruned"})
 
-    return Role(name="scheduler", queues=(SCHEDULER_QUEUE,), handle=handle,
-                close=broker.close if broker is not None else lambda: None)
+    stopping = threading.Event()
+
+    def keep_the_clock() -> None:
+        """Queue a tick whenever none waits or runs, once an interval: a tick given up (its last attempt's lease
+        expired twice, sql/0126: its schedulers killed before each queued the next) or deleted by hand ended the
+        chain, and the pass stopped for good while schedulers kept running. Normally a tick waits: nothing is done."""
+        while not stopping.wait(interval.total_seconds()):
+            try:
+                with context.pool.connection() as conn:
+                    queued = schedule_first_tick(conn)
+            except psycopg.Error as error:  # the database away: the next round tries again
+                log.debug("could not look for the scheduler's tick: %s", error, extra={"action": "tick_check_failed"})
+                continue
+            if queued is not None:
+                log.warning("no scheduler tick was waiting or running: queued one (job %d)", queued,
+                            extra={"action": "tick_requeued"})
+
+    threading.Thread(target=keep_the_clock, name="scheduler-clock", daemon=True).start()
+
+    def close() -> None:
+        stopping.set()
+        if broker is not None:
+            broker.close()
+
+    return Role(name="scheduler", queues=(SCHEDULER_QUEUE,), handle=handle, close=close)
