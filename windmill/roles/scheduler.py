@@ -6,7 +6,8 @@ interval ahead before it runs the pass; each scheduler also queues a tick once a
 so a chain broken (a tick given up, or deleted) starts again. Any number of schedulers may run (on several
 machines, for availability): the dedupe key keeps one tick waiting at a time and SKIP LOCKED lets one scheduler claim
 it, so the pass never runs twice per period. A failing tick is not retried (one attempt): its successor is already
-queued; one whose scheduler died runs once more (sql/0126). The tick itself (queue, key, attempts) is defined in SQL: scheduler_tick_job.
+queued; one whose scheduler died runs once more (sql/0126). The tick itself (queue, key, attempts) is defined in
+SQL: scheduler_tick_job.
 
 Where tasks travel by RabbitMQ, each tick also resends the tasks RabbitMQ lost: ledger entries older than
 WINDMILL_LOST_TASK_AFTER_S whose queue holds no message ready (windmill.broker.ledger.resend_lost). The pass
