@@ -367,6 +367,15 @@ def test_an_answer_keeps_its_thousand_most_confident_predictions():
     assert "4000 of 5000 predictions dropped: over 1000, the least confident" in data["normalization_notes"]
 
 
+def test_an_emoji_of_thousands_of_characters_is_no_emoji():
+    # It became the box's class, and the merge's write overflowed an index row on every attempt.
+    answer = {"status": "success", "predictions": [{"label": "cat", "emoji": "x" * 6000, "confidence": 0.9,
+                                                    "bbox": {"x": 1, "y": 1, "width": 5, "height": 5}}]}
+    data = normalize_answer("yolov8", answer)
+    assert data["predictions"][0]["emoji"] == ""
+    assert "prediction 0: an emoji of 6000 characters is no emoji, treated as none" in data["normalization_notes"]
+
+
 def test_notes_are_capped():
     answer = copy.deepcopy(YOLO)
     answer["predictions"] = [{"label": "x", "confidence": "bad"}] * 50

@@ -272,3 +272,27 @@ def test_a_job_that_lost_the_database_and_its_lease_is_not_said_to_be_back_in_th
     worker._record_failure(job, psycopg.OperationalError("server closed the connection unexpectedly"))
     said = [record.getMessage() for record in caplog.records if record.name == "windmill.worker.runtime"]
     assert said and "no longer this worker's" in said[-1] and "back in the queue" not in said[-1], said
+
+
+def test_an_error_of_the_work_is_an_attempt_and_the_database_away_is_not(
+        database: Database, conn: psycopg.Connection) -> None:
+    # Every OperationalError was taken for the database away: a merge whose box overflowed an index row (54000)
+    # was given its attempt back every two seconds for ever, never dead.
+    from psycopg_pool import PoolTimeout
+
+    from windmill.db.connect import is_database_unavailable
+
+    with database.connect() as session:
+        session.execute("CREATE TEMPORARY TABLE wide (t text)")
+        session.execute("CREATE INDEX ON wide (t)")
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded) as too_wide:
+            session.execute("INSERT INTO wide SELECT string_agg(md5(i::text), '') FROM generate_series(1, 400) i")
+        session.execute("SET statement_timeout = '20ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled) as cancelled:
+            session.execute("SELECT pg_sleep(1)")
+        session.execute("SET statement_timeout = 0")
+        conn.execute("SELECT pg_terminate_backend(%s)", (session.info.backend_pid,))
+        with pytest.raises(psycopg.OperationalError) as terminated:
+            session.execute("SELECT 1")
+    assert not is_database_unavailable(too_wide.value) and not is_database_unavailable(cancelled.value)
+    assert is_database_unavailable(terminated.value) and is_database_unavailable(PoolTimeout("no connection"))

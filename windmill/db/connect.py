@@ -29,11 +29,25 @@ class DatabaseUnavailable(WindmillError):
     """PostgreSQL could not be reached; the message says where, never with credentials."""
 
 
+# What the server answers when it is going or not there yet (admin_shutdown, crash_shutdown, cannot_connect_now), and
+# the class of what it lacks (insufficient resources: too many connections, disk full, out of memory).
+_SERVER_GOING = frozenset({"57P01", "57P02", "57P03"})
+_SERVER_SHORT = "53"
+
+
 def is_database_unavailable(error: BaseException) -> bool:
     """True for a failure of the database rather than of the work: the server away or restarting, a connection
-    lost or shut down by an admin, no pooled connection in time (psycopg's OperationalError family, which includes
-    psycopg_pool.PoolTimeout). Work that failed so is not an attempt: it waits and runs again."""
-    return isinstance(error, psycopg.OperationalError | DatabaseUnavailable)
+    lost or shut down by an admin, the server out of connections or disk, no pooled connection in time (PoolTimeout).
+    Work that failed so is not an attempt: it waits and runs again. Judged by the SQLSTATE, not by psycopg's class:
+    OperationalError holds errors of the work too, which fail again each time (an index row over its size limit,
+    a statement timeout, a lock not available): taken for the database away, a job was given its attempt back for
+    ever, never dead."""
+    if isinstance(error, DatabaseUnavailable):
+        return True
+    if not isinstance(error, psycopg.OperationalError):
+        return False
+    state = error.sqlstate
+    return state is None or state.startswith(("08", _SERVER_SHORT)) or state in _SERVER_GOING
 
 
 RECONNECT_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # then 30 s apart, for as long as it takes

@@ -43,6 +43,7 @@ MAX_NOTES = 20
 # (YOLOv8 300, Detectron2 100), and harmonization compares every pair of one class's boxes: one answer of 60,000 boxes
 # took a worker's memory to 23 GB.
 MAX_PREDICTIONS = 1000
+MAX_EMOJI_CHARS = 32  # the longest emoji sequences (families, flags with tags) have about a dozen code points
 # The services whose answer is always exactly one prediction (spec §2.3): captioning, colors, OCR, NSFW, metadata.
 ONE_PREDICTION_SERVICES = frozenset({"blip", "ollama", "colors", "ocr", "nsfw2", "metadata"})
 DESCRIBE_CHARS = 200
@@ -310,6 +311,9 @@ def _clean_item(
             out["emoji"] = ""
         elif not isinstance(emoji, str):
             notes.append(f"{where}: emoji {_short(emoji)} is not a string, treated as none")
+            out["emoji"] = ""
+        elif len(emoji) > MAX_EMOJI_CHARS:  # a box's class: one of 6,000 characters overflowed its index row
+            notes.append(f"{where}: an emoji of {len(emoji)} characters is no emoji, treated as none")
             out["emoji"] = ""
     if "bbox" in out:
         if out["bbox"] is None:
