@@ -311,7 +311,9 @@ def test_a_page_with_more_work_than_the_limit_is_finished_before_moving_on(
 
 
 def run_until_idle(database: Database, pool: ConnectionPool, catalog: Catalog) -> None:
-    group = WorkerGroup(settings_from_mapping({"WORKER_ID": "backfill-test"}), database, pool, catalog, SINGLE_MACHINE,
+    # A service left out of the stand-in is down: its calls wait a second for it, then take their retries.
+    settings = settings_from_mapping({"WORKER_ID": "backfill-test", "WINDMILL_OUTAGE_WAIT_S": "1"})
+    group = WorkerGroup(settings, database, pool, catalog, SINGLE_MACHINE,
                         jobs=JobQueue(pool, retry_base_s=0.05), options=WorkerOptions(poll_interval_s=0.1))
     with group:
         wait_until(lambda: pipeline_idle(pool), timeout=120, interval=0.1, message="the pipeline to go idle")

@@ -29,9 +29,12 @@ from windmill.broker.rabbitmq import ATTEMPTS_HEADER, LAST_ERROR_HEADER, RabbitM
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
 from windmill.db.connect import Database
+from windmill.settings import settings_from_mapping
 from windmill.simfarm import SimFarm
 
 MALFORMED = b"not a task"
+# A service that is down is waited for a second, then its task's attempts go (windmill.farm.outages).
+QUICK_TO_GIVE_UP = settings_from_mapping({"WORKER_ID": "rabbit-service-test", "WINDMILL_OUTAGE_WAIT_S": "1"})
 
 
 def tasks_for_images(conn: psycopg.Connection, queue: str) -> list[Task]:
@@ -100,7 +103,8 @@ def test_a_task_dead_lettered_while_its_service_was_down_is_replayed_from_the_co
     with running_farm(private_queues, services=["blip"]) as (_, catalog):  # nothing serves yolov8
         queue = catalog["yolov8"].queue_name
         published = publish_samples(conn, database, amqp_url, catalog, "yolov8", SAMPLES / "chelsea.jpg")
-        worker, thread = start_worker(amqp_url, database, pool, catalog, "yolov8", max_attempts=2)
+        worker, thread = start_worker(amqp_url, database, pool, catalog, "yolov8", max_attempts=2,
+                                      settings=QUICK_TO_GIVE_UP)
         try:
             wait_until(lambda: depth(admin, queue + ".dlq") == published, timeout=30, message="the task in the DLQ")
         finally:

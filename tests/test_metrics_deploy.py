@@ -41,7 +41,7 @@ def promtool(*args: str) -> str:
 
 
 def test_promtool_checks_the_rules_their_unit_tests_and_both_configurations() -> None:
-    assert "SUCCESS: 9 rules found" in promtool("check", "rules", "alerts.yml")
+    assert "SUCCESS: 10 rules found" in promtool("check", "rules", "alerts.yml")
     assert "SUCCESS" in promtool("test", "rules", "alerts.test.yml")
     for config in ("prometheus.yml", "compose.yml"):
         promtool("check", "config", config)
@@ -57,7 +57,10 @@ def queried_metrics() -> set[str]:
 
 def exported(port: int) -> set[str]:
     """Every series name a worker's /metrics offers: its samples, and what its declared families will show."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return series_names(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+
+
+def series_names(text: str) -> set[str]:
     names = set()
     for family in text_string_to_metric_families(text):
         names |= {sample.name for sample in family.samples}
@@ -174,6 +177,8 @@ def test_run_serves_every_roles_series_on_the_configured_port(database: Database
     roles = {sample.labels["role"] for family in text_string_to_metric_families(text)
              if family.name == "windmill_jobs_done" for sample in family.samples}
     assert {"service", "merger", "postprocess", "consensus", "caption_score"} <= roles
+    missing = sorted(queried_metrics() - series_names(text))
+    assert not missing, f"the alerts or the dashboard read series `run` does not export: {missing}"
 
 
 def test_compose_and_systemd_switch_metrics_on_and_compose_prometheus_scrapes_every_worker(catalog: Catalog) -> None:

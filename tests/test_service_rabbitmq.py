@@ -25,7 +25,7 @@ from tests.farm_fixtures import running_farm
 from tests.rabbitmq_fixtures import broker_view
 from tests.test_service_role import SAMPLES
 from windmill.bench.chaos import write_catalog
-from windmill.bench.private_rabbitmq import PrivateRabbitMQ, free_port
+from windmill.bench.private_rabbitmq import PrivateRabbitMQ
 from windmill.broker.ledger import resend_lost
 from windmill.broker.rabbitmq import ATTEMPTS_HEADER, RabbitMQBroker
 from windmill.catalog import Catalog
@@ -200,12 +200,13 @@ def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
     assert conn.execute("SELECT count(*) FROM results WHERE status <> 'success'").fetchone()[0] == 0
 
 
-def test_a_dead_service_ends_in_error_rows_after_bounded_retries(
+def test_a_dead_service_ends_in_error_rows_once_its_outage_wait_is_over(
         amqp_url: str, database: Database, pool: ConnectionPool, conn: psycopg.Connection,
         private_queues: Catalog) -> None:
+    settings = settings_from_mapping({"WORKER_ID": "rabbit-service-test", "WINDMILL_OUTAGE_WAIT_S": "1"})
     with running_farm(private_queues, services=["blip"]) as (_, catalog):  # nothing serves yolov8
         published = publish_samples(conn, database, amqp_url, catalog, "yolov8")
-        worker, thread = start_worker(amqp_url, database, pool, catalog, "yolov8")
+        worker, thread = start_worker(amqp_url, database, pool, catalog, "yolov8", settings=settings)
         try:
             wait_until(lambda: results_count(conn) >= published, timeout=60, message="an error row per task")
         finally:
@@ -213,28 +214,28 @@ def test_a_dead_service_ends_in_error_rows_after_bounded_retries(
             thread.join(timeout=60)
     rows = conn.execute("SELECT status, error_message FROM results").fetchall()
     assert len(rows) == published
-    assert all(status == "error" and "yolov8" in message for status, message in rows)
+    assert all(status == "error" and "yolov8" in message and "(down for " in message for status, message in rows)
 
 
 def test_a_worker_process_takes_its_retry_budget_from_the_environment(
         amqp_url: str, database: Database, conn: psycopg.Connection, private_queues: Catalog,
         worker_env: dict[str, str], tmp_path: Path) -> None:
-    # Nothing serves yolov8 on these ports: every attempt fails, and the last one is dead-lettered.
+    # yolov8 answers every request with HTTP 500: every attempt fails, and the last one is dead-lettered.
     yolov8 = private_queues["yolov8"]
     config = tmp_path / "service_config.json"
-    catalog = write_catalog(private_queues, config, port_offset=free_port() - yolov8.port,
-                            queue_prefix=yolov8.queue_prefix, timeout_s=1.0)
-    published = publish_samples(conn, database, amqp_url, catalog, "yolov8", SAMPLES)
-    env = {**worker_env, "WINDMILL_AMQP_URL": amqp_url, "WINDMILL_SERVICE_CONFIG": str(config),
-           "WINDMILL_AMQP_TASK_ATTEMPTS": "2", "WINDMILL_AMQP_RETRY_DELAY_S": "0.05"}
-    with open(tmp_path / "worker.log", "wb") as log:
-        worker = subprocess.Popen([PYTHON, "-m", "windmill", "worker", "--role", "service", "--service", "yolov8",
-                                   "--broker", "rabbitmq"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_until(lambda: results_count(conn) >= published, timeout=60, message="an error row per task")
-    finally:
-        worker.terminate()
-        worker.wait(60)
+    with running_farm(private_queues, services=["yolov8"], error_rate=1.0) as (_, shifted):
+        catalog = write_catalog(shifted, config, port_offset=0, queue_prefix=yolov8.queue_prefix, timeout_s=1.0)
+        published = publish_samples(conn, database, amqp_url, catalog, "yolov8", SAMPLES)
+        env = {**worker_env, "WINDMILL_AMQP_URL": amqp_url, "WINDMILL_SERVICE_CONFIG": str(config),
+               "WINDMILL_AMQP_TASK_ATTEMPTS": "2", "WINDMILL_AMQP_RETRY_DELAY_S": "0.05"}
+        with open(tmp_path / "worker.log", "wb") as log:
+            worker = subprocess.Popen([PYTHON, "-m", "windmill", "worker", "--role", "service", "--service", "yolov8",
+                                       "--broker", "rabbitmq"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: results_count(conn) >= published, timeout=60, message="an error row per task")
+        finally:
+            worker.terminate()
+            worker.wait(60)
     with BlockingConnection(pika.URLParameters(amqp_url)) as connection:
         channel = connection.channel()
         dead = [channel.basic_get(catalog["yolov8"].queue_name + ".dlq", auto_ack=True)[1] for _ in range(published)]

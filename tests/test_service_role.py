@@ -96,19 +96,32 @@ def test_every_primary_service_answers_every_sample(database: Database, pool: Co
     assert follow_up == {"merge": images, "consensus": images}
 
 
-def test_a_service_that_is_down_ends_in_error_rows_after_bounded_retries(
+def test_a_service_that_stays_down_ends_in_error_rows_once_its_outage_wait_is_over(
         database: Database, pool: ConnectionPool, conn: psycopg.Connection, catalog: Catalog) -> None:
-    with running_farm(catalog, services=["blip"]) as (_, shifted):
-        dead_port = shifted["yolov8"].port  # nothing listens there
+    settings = settings_from_mapping({"WORKER_ID": "service-test", "WINDMILL_OUTAGE_WAIT_S": "1"})
+    with running_farm(catalog, services=["blip"]) as (_, shifted):  # nothing listens on yolov8's port
+        published = submit_samples(conn, pool, shifted, "yolov8", database)
+        run_service_worker(database, pool, shifted, "yolov8", lambda: unfinished(conn), settings=settings)
+    rows = conn.execute("SELECT status, error_message FROM results").fetchall()
+    assert len(rows) == published
+    assert all(status == "error" and message.startswith("yolov8: ") and "(down for " in message
+               for status, message in rows), rows
+    # The service tasks' jobs (their error rows also queued the images' votes: sql/0104): the calls waited for the
+    # service, and once it had been down for the wait, took their retries.
+    attempts = {row[0] for row in conn.execute("SELECT attempts FROM jobs WHERE payload ? 'task_id'")}
+    assert attempts == {5}, "every task was retried to its limit, then recorded — no endless loop"
+
+
+def test_a_service_failing_otherwise_ends_in_error_rows_after_bounded_retries(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection, catalog: Catalog) -> None:
+    with running_farm(catalog, services=["yolov8"], error_rate=1.0) as (_, shifted):  # HTTP 500 every time
         published = submit_samples(conn, pool, shifted, "yolov8", database)
         run_service_worker(database, pool, shifted, "yolov8", lambda: unfinished(conn))
     rows = conn.execute("SELECT status, error_message FROM results").fetchall()
     assert len(rows) == published
     assert all(status == "error" and "yolov8" in message for status, message in rows)
-    # The service tasks' jobs (their error rows also queued the images' votes: sql/0104).
     attempts = {row[0] for row in conn.execute("SELECT attempts FROM jobs WHERE payload ? 'task_id'")}
     assert attempts == {5}, "every task was retried to its limit, then recorded — no endless loop"
-    assert dead_port > 0
 
 
 def test_a_bad_image_is_recorded_once_without_retries(database: Database, pool: ConnectionPool,

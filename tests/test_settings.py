@@ -221,6 +221,10 @@ def test_the_rabbitmq_retry_budget_is_configurable_and_checked() -> None:
         settings_from_mapping({"WINDMILL_AMQP_RETRY_DELAY_S": "0"})
     assert settings_from_mapping({"WINDMILL_DATABASE_WAIT_S": "2.5"}).database_wait_s == 2.5
     assert settings_from_mapping({}).database_wait_s == 30.0
+    assert settings_from_mapping({}).outage_wait_s == 300.0
+    assert settings_from_mapping({"WINDMILL_OUTAGE_WAIT_S": "90"}).outage_wait_s == 90.0
+    with pytest.raises(ConfigError, match=r"^WINDMILL_OUTAGE_WAIT_S must be a number of seconds between 0 and 1800"):
+        settings_from_mapping({"WINDMILL_OUTAGE_WAIT_S": "3600"})  # past RabbitMQ's consumer_timeout
 
 
 # -- where the settings come from ----------------------------------------------------------------------------------

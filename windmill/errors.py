@@ -15,6 +15,12 @@ class CatalogError(WindmillError):
     """The service catalog is unreadable, or a selection names an unknown service."""
 
 
+class AttemptGivenBack(WindmillError):
+    """Work cut short before its outcome was known, through no fault of its input: the queue does not count it as an
+    attempt and the task goes back to its queue (a worker stopping while its call waited for a service that is
+    down: windmill/farm/outages.py)."""
+
+
 class NoSuchImage(WindmillError):
     """An image id that names no image; every command that takes one (`show`, `status --image`) says it alike."""
 

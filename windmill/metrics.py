@@ -14,7 +14,7 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -106,11 +106,33 @@ class WorkerMetrics:
 
         return replace(role, tasks=replace(role.tasks, handle=counted))
 
+    def watch_outages(self, down: Callable[[], Mapping[str, float]]) -> None:
+        """Export, on every scrape, how long each service this process finds down has been down (`down`: the
+        process's ServiceOutages.down)."""
+        self.registry.register(OutageCollector(down))
+
     def watch_database(self, pool: ConnectionPool, *, timeout_s: float = SCRAPE_TIMEOUT_S) -> QueueCollector:
         """Read queue depths and the NOTIFY queue's fill from PostgreSQL on every scrape."""
         collector = QueueCollector(pool, timeout_s=timeout_s)
         self.registry.register(collector)
         return collector
+
+
+class OutageCollector(Collector):
+    """windmill_service_down_seconds: a series per service this process finds down, none while it answers."""
+
+    def __init__(self, down: Callable[[], Mapping[str, float]]) -> None:
+        self._down = down
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("windmill_service_down_seconds",
+                                   "Seconds since this worker process found the service down (refusing connections, "
+                                   "or answering 502, 503, 504 or 429); no series while it answers. Calls wait for "
+                                   "it up to WINDMILL_OUTAGE_WAIT_S, then take their retries.",
+                                   labels=["service"])
+        for service, seconds in sorted(self._down().items()):
+            family.add_metric([service], seconds)
+        yield family
 
 
 # -- the database side, read per scrape -------------------------------------------------------------------------

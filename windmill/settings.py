@@ -31,6 +31,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_HOME = Path("~/.local/share/windmill").expanduser()
 DEFAULT_HARMONY = HarmonyConfig()
 LOST_TASK_AFTER_S = 600.0  # see Settings.lost_task_after_s
+DEFAULT_OUTAGE_WAIT_S = 300.0  # see Settings.outage_wait_s
 # The services' limit on a request's body (spec §2.7: 8 MiB at df57b25, raised to 32 MiB in 2026-07).
 SERVICE_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 # What an upload's request holds besides the image: the multipart envelope and its form fields (a caption, a prompt).
@@ -69,6 +70,8 @@ class Settings:
     amqp_task_attempts: int = 5
     amqp_retry_delay_s: float = 1.0
     database_wait_s: float = 30.0  # how long a worker's attempt waits for a database connection before it fails
+    # How long a worker's calls wait for a service that is down before they take their retries (farm/outages.py).
+    outage_wait_s: float = DEFAULT_OUTAGE_WAIT_S
     # An image whose upload would not fit the services' request limit is re-encoded (windmill/image_cache.py).
     service_max_bytes: int = SERVICE_MAX_REQUEST_BYTES
 
@@ -151,6 +154,7 @@ SETTING_VARIABLES: dict[str, tuple[str, ...]] = {
     "amqp_task_attempts": ("WINDMILL_AMQP_TASK_ATTEMPTS",),
     "amqp_retry_delay_s": ("WINDMILL_AMQP_RETRY_DELAY_S",),
     "database_wait_s": ("WINDMILL_DATABASE_WAIT_S",),
+    "outage_wait_s": ("WINDMILL_OUTAGE_WAIT_S",),
     "service_max_bytes": ("WINDMILL_SERVICE_MAX_BYTES",),
 }
 
@@ -268,6 +272,8 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
         amqp_task_attempts=_count(env, "WINDMILL_AMQP_TASK_ATTEMPTS", 5, 100),
         amqp_retry_delay_s=_seconds(env, "WINDMILL_AMQP_RETRY_DELAY_S", 1.0, 3600),
         database_wait_s=_seconds(env, "WINDMILL_DATABASE_WAIT_S", 30.0, 3600),
+        # At most RabbitMQ's default consumer_timeout (30 min), past which it takes a held delivery back.
+        outage_wait_s=_seconds(env, "WINDMILL_OUTAGE_WAIT_S", DEFAULT_OUTAGE_WAIT_S, 1800),
         service_max_bytes=_count(env, "WINDMILL_SERVICE_MAX_BYTES", SERVICE_MAX_REQUEST_BYTES, 1 << 40),
     )
 

@@ -15,6 +15,8 @@ Retry and dead-letter policy:
   after retry_delay · 2^(k-1) seconds (k: the times it waited so, capped), however long the outage lasts. The row
   cannot be written, so the message is neither acked nor dead-lettered; a stop meanwhile leaves it to RabbitMQ,
   which redelivers it;
+* the handler gave its attempt back (`AttemptGivenBack`: the worker stops while the call waits for a service that
+  is down) → requeue, the attempt not counted;
 * the body is not a task → reject without requeue: RabbitMQ moves the message, body intact, to `<queue>.dlq`;
 * the handler raised `PermanentJobError`, or any other exception on the last attempt → `on_dead_letter` records
   the task's final row, and only once it is committed is a copy (body intact, headers `x-windmill-attempts` and
@@ -76,7 +78,7 @@ from windmill.broker.rabbitmq import (
 )
 from windmill.broker.settling import Mailbox, plan_acks
 from windmill.db.connect import is_database_unavailable
-from windmill.errors import first_line
+from windmill.errors import AttemptGivenBack, first_line
 from windmill.jobs.model import PermanentJobError
 from windmill.settings import describe_url
 
@@ -444,6 +446,10 @@ class RabbitMQConsumer:
             self._handler(task, delivery.first)
         except PermanentJobError as error:
             return self._dead_letter(delivery, task, error, "")
+        except AttemptGivenBack as error:  # e.g. the worker stops while its call waits for a service that is down
+            log.info("task %s of %s given back: %s", task.task_id, delivery.queue, first_line(error),
+                     extra={"action": "task_given_back"})
+            return Outcome.REQUEUE
         except Exception as error:
             if is_database_unavailable(error):
                 return self._wait_for_database(delivery, task, error)

@@ -7,7 +7,8 @@ request is a third of httpx's. Each service's timeout comes from the catalog, an
 `max_concurrency`: requests to a limited service wait for a place (windmill.farm.limits), so a process
 must call every service through one client. Answers are read as a stream and refused beyond a size cap,
 then normalised (windmill.farm.normalize). Every failure is a `ServiceCallError` whose
-`kind`/`retryable` say what happened; retries are the worker runtime's business, never done here.
+`kind`/`retryable` say what happened; retries are the worker runtime's business, except that a worker's client
+waits for a service that is down (windmill.farm.outages).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from windmill.farm.normalize import (
     normalize_score_answer,
     parse_json,
 )
+from windmill.farm.outages import ServiceOutages
 from windmill.farm.transport import ConnectFailed, ExchangeFailed, ServiceConnections
 from windmill.images.load import check_image_url
 from windmill.images.validate import PreparedImage
@@ -124,9 +126,11 @@ class FarmClient:
         health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
         observer: CallObserver | None = None,
         limits: ConcurrencyLimits | None = None,
+        outages: ServiceOutages | None = None,
     ) -> None:
         self.catalog = catalog
         self.limits = limits or ConcurrencyLimits(catalog.services)
+        self.outages = outages  # None: a call to a service that is down fails at once (a command, not a worker)
         self.observer = observer
         self.allow_private_urls = allow_private_urls
         self.max_body_bytes = max_body_bytes
@@ -191,34 +195,35 @@ class FarmClient:
         """
         target = self._resolve(service)
         request, uploaded = self._image_request(target, image, image_url, image_path, _form_fields(extra))
-        with self.limits.place(target.name), self._observed(target.name):
-            exchange = self._call(target, request)
-            payload = self._payload(target, exchange)
-            image_size = image.size if uploaded and image is not None else None
-            data = normalize_answer(target.name, payload, image_size=image_size, status_code=exchange.status_code,
-                                    clamp=clamp_to_image)
-        return ServiceAnswer(target.name, data, exchange.elapsed, exchange.status_code)
+        image_size = image.size if uploaded and image is not None else None
 
-    def score_answer(
-        self,
-        service: Service | str,
-        image: PreparedImage | None,
-        caption: str,
-        *,
-        image_url: str | None = None,
-        image_path: str | None = None,
-    ) -> ServiceAnswer:
+        def attempt() -> ServiceAnswer:
+            with self.limits.place(target.name), self._observed(target.name):
+                exchange = self._call(target, request)
+                payload = self._payload(target, exchange)
+                data = normalize_answer(target.name, payload, image_size=image_size,
+                                        status_code=exchange.status_code, clamp=clamp_to_image)
+            return ServiceAnswer(target.name, data, exchange.elapsed, exchange.status_code)
+
+        return self._when_up(target, attempt)
+
+    def score_answer(self, service: Service | str, image: PreparedImage | None, caption: str, *,
+                     image_url: str | None = None, image_path: str | None = None) -> ServiceAnswer:
         """Caption scoring (CLIP `/score`, spec §3.4): the caption beside the image as `analyze` gives it. The CLIP
         of df57b25 takes only `?file=` and `?url=`; the clip-score service of 2026 takes uploads too."""
         target = self._resolve(service)
         if not caption or not caption.strip():
             raise ServiceCallError("cannot score an empty caption", kind="rejected", service=target.name)
         request, _ = self._image_request(target, image, image_url, image_path, {"caption": caption})
-        with self.limits.place(target.name), self._observed(target.name):
-            exchange = self._call(target, request)
-            payload = self._payload(target, exchange)
-            data = normalize_score_answer(target.name, payload, status_code=exchange.status_code)
-        return ServiceAnswer(target.name, data, exchange.elapsed, exchange.status_code)
+
+        def attempt() -> ServiceAnswer:
+            with self.limits.place(target.name), self._observed(target.name):
+                exchange = self._call(target, request)
+                payload = self._payload(target, exchange)
+                data = normalize_score_answer(target.name, payload, status_code=exchange.status_code)
+            return ServiceAnswer(target.name, data, exchange.elapsed, exchange.status_code)
+
+        return self._when_up(target, attempt)
 
     def score(self, service: Service | str, image: PreparedImage | None, caption: str, *,
               image_url: str | None = None, image_path: str | None = None) -> float:
@@ -258,6 +263,15 @@ class FarmClient:
         return HealthResult(target.name, url, status == 200, status, latency, detail)
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _when_up(self, service: Service, attempt: Callable[[], ServiceAnswer]) -> ServiceAnswer:
+        """`attempt`, through the process's outages when it has them: a call to a service that is down waits."""
+        return attempt() if self.outages is None else self.outages.call(service.name, attempt)
+
+    def stop_waiting(self) -> None:
+        """End the waits of calls for services that are down (the worker stops): each gives its attempt back."""
+        if self.outages is not None:
+            self.outages.stop()
 
     @contextmanager
     def _observed(self, service: str) -> Iterator[None]:

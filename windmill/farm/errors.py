@@ -13,7 +13,9 @@
 | `malformed`  | no        | not JSON, not an object, no predictions, body over the size cap    |
 | `http_other` | no        | an unexpected status (1xx, 3xx)                                    |
 
-The worker runtime does the bounded retries; the client only classifies.
+The worker runtime does the bounded retries; the client only classifies. A worker's calls to a service that is
+down (`connect`, HTTP 502/503/504/429) wait for it first, and take their retries only once it has been down too
+long (windmill/farm/outages.py).
 
 colors and face answer an upload they cannot decode with HTTP 500 "Failed to process uploaded image: …" (spec
 §2.7), which reads as passing. It is not when Windmill encoded the image itself: `refuses_the_upload` names that
@@ -54,6 +56,11 @@ class ServiceCallError(WindmillError):
         self.reason = one_line(message, MAX_MESSAGE_CHARS)
         self.message = f"{service}: {self.reason}" if service else self.reason
         super().__init__(self.message)
+
+    def restated(self, reason: str) -> ServiceCallError:
+        """The same failure with this reason (how long its service has been down: windmill/farm/outages.py)."""
+        return ServiceCallError(reason, kind=self.kind, service=self.service, status_code=self.status_code,
+                                elapsed=self.elapsed)
 
     @property
     def result_status(self) -> str:

@@ -39,6 +39,8 @@ class WorkerGroup:
         self.jobs = jobs or JobQueue(pool)
         self.farm = process_farm_client(settings, catalog, database,
                                         observer=metrics.observe_service_call if metrics else None)
+        if metrics is not None and self.farm.outages is not None:
+            metrics.watch_outages(self.farm.outages.down)
         self.images = ImageSource(settings)
         base = options or WorkerOptions()
         self.workers: list[Worker | BrokerWorker] = []
@@ -79,6 +81,7 @@ class WorkerGroup:
     def request_stop(self, *, immediately: bool = False) -> None:
         for worker in self.workers:
             worker.request_stop(immediately=immediately)
+        self.farm.stop_waiting()  # calls waiting for a service that is down give their attempts back
 
     def join(self, timeout: float | None = None) -> int:
         for thread in self.threads:  # in slices: `run`'s main thread must still answer a signal (windmill.stopping)

@@ -13,6 +13,7 @@ from windmill.broker.choice import uses_rabbitmq
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.db.schema import open_migrated
+from windmill.farm import FarmClient
 from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
 from windmill.processes import announce_ready
@@ -41,6 +42,21 @@ def worker_connections(concurrency: int) -> int:
     loop keeps (windmill.jobs.queue.Claimer) and the one that holds fleet-wide service places
     (windmill/farm/fleet.py). deploy/README.md and the compose file's max_connections are sized with it."""
     return pool_size(concurrency) + 3
+
+
+class StoppingCalls:
+    """A worker whose stop also ends its calls' waits for services that are down (windmill.farm.outages): their
+    tasks go back to the queue at once, uncounted, instead of keeping the drain waiting."""
+
+    def __init__(self, worker: Stoppable, farm: FarmClient) -> None:
+        self.worker, self.farm = worker, farm
+
+    def request_stop(self, *, immediately: bool = False) -> None:
+        self.worker.request_stop(immediately=immediately)  # first: the tasks given back meet a draining worker
+        self.farm.stop_waiting()
+
+    def run(self) -> int:
+        return self.worker.run()
 
 
 def run_until_stopped(worker: Stoppable) -> int:
@@ -93,6 +109,8 @@ def run_worker(
                 extras.enter_context(advertised(settings.home, settings.worker_id, metrics.port or 0,
                                                 {"role": role.name, "service": role.service or ""}))
                 metrics.start_role(role.name, role.service.split(",") if role.service else ())
+                if farm.outages is not None:
+                    metrics.watch_outages(farm.outages.down)
                 hooks = metered_hooks(metrics, role.name)
                 role = metrics.counting_tasks(role)
             worker = fed_worker(settings, role, pool, jobs, worker_id=settings.worker_id,
@@ -101,7 +119,7 @@ def run_worker(
             if pool_size(threads) > pool.max_size:  # lanes of many services: at least a thread each
                 pool.resize(pool.min_size, pool_size(threads))
             announce_ready()
-            return run_until_stopped(worker)
+            return run_until_stopped(StoppingCalls(worker, farm))
         finally:
             extras.close()
             pool.close()

@@ -11,9 +11,10 @@ outcome also completes the job and claims the lane's next one, which the same th
 only for lanes with threads idle, and records only the jobs that were not handed off.
 
 A handler that fails because the database is unavailable (`is_database_unavailable`) has not used an attempt: its
-job goes back to the queue uncounted once the database answers again. A stop drains: no new claims, running
-handlers get `drain_timeout_s`; then, or at once on a second stop, the worker leaves without waiting for them (their
-jobs keep their lease until it expires, then another worker runs them)."""
+job goes back to the queue uncounted once the database answers again; so does one whose handler gave its attempt
+back (AttemptGivenBack: the worker stopped while its call waited for a service that is down). A stop drains: no
+new claims, running handlers get `drain_timeout_s`; then, or at once on a second stop, the worker leaves without
+waiting for them (their jobs keep their lease until it expires, then another worker runs them)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import psycopg
 
 from windmill.backoff import backoff_delay
 from windmill.db.connect import is_database_unavailable
-from windmill.errors import first_line
+from windmill.errors import AttemptGivenBack, first_line
 from windmill.jobs import Job, JobQueue, JobState, PermanentJobError
 from windmill.jobs.handoff import Handoff
 from windmill.roles.registry import Role
@@ -369,6 +370,10 @@ class Worker:
                 return
             log.warning("job %d (%s) could not reach the database (%s); back in the queue, not counted as an attempt",
                         job.id, job.queue, reason, extra={"action": "job_released"})
+            return
+        if isinstance(error, AttemptGivenBack):
+            if self.jobs.fail(job, self.worker_id, reason, counted=False) is not None:
+                log.info("job %d (%s) given back: %s", job.id, job.queue, reason, extra={"action": "job_released"})
             return
         permanent = isinstance(error, PermanentJobError)
         state = self.jobs.fail(job, self.worker_id, reason, permanent=permanent)
