@@ -18,10 +18,10 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from windmill.images.errors import BadImage, describe_size
+from windmill.images.upright import orientation, upright_rgb
 
 try:  # HEIC/HEIF: pi-heif registers its decoder with Pillow (absent only where it has no wheel, e.g. 32-bit ARM)
     from pi_heif import register_heif_opener
@@ -47,7 +47,6 @@ _PASS_THROUGH = {
 }
 # Pixel modes sent as they are; every other mode is converted to RGB.
 _SENT_MODES = ("RGB", "L")
-_WHITE = (255, 255, 255)
 _ORIENTATION_TAG = 0x0112
 _DESCRIPTION_TAG = 0x010E  # ImageDescription
 _JPEG_EXIF_BYTES = 65_527  # an APP1 segment (65,533 bytes) less its "Exif\0\0" header
@@ -170,7 +169,7 @@ def _prepare(data: bytes, *, max_pixels: int, max_send_bytes: int | None, jpeg_q
         # An upright RGB JPEG is sent as it is: its pixels are only decoded to prove the stream is whole, and a
         # 1/8-scale decode (libjpeg's DCT scaling) reads every byte of it for an eighth of the work.
         reduced = (not keep_pixels and source_format == "JPEG" and opened.mode in _SENT_MODES
-                   and _orientation(opened) == 1 and (max_send_bytes is None or len(data) <= max_send_bytes))
+                   and orientation(opened) == 1 and (max_send_bytes is None or len(data) <= max_send_bytes))
         # Even at 1/8 scale the decode reads every entropy-coded byte: about 0.35 ms of a 640 × 480 scene, most of
         # the caption scorer's CPU per image. When a service has answered on the image (its caption), its pixels
         # were decoded already; a file cut short since is still caught (its stream no longer ends with EOI), and
@@ -183,7 +182,7 @@ def _prepare(data: bytes, *, max_pixels: int, max_send_bytes: int | None, jpeg_q
                 opened.load()  # the decode: truncated files fail here
             # MPO is a camera JPEG whose first picture is the photo: Pillow calls it animated.
             frames = 1 if source_format == "MPO" else _frame_count(opened)
-            image, changes = _upright_rgb(opened)
+            image, changes = upright_rgb(opened)  # closes `opened` when it returns another image
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as problem:
             # The warning arrives as an exception only when warnings are errors (tests).
             raise BadImage(f"image refused as a decompression bomb: {problem}") from None
@@ -330,51 +329,6 @@ def _frame_count(image: Image.Image) -> int:
     frames = int(getattr(image, "n_frames", 1))
     image.seek(0)
     return frames
-
-
-def _orientation(image: Image.Image) -> int:
-    try:
-        value = image.getexif().get(_ORIENTATION_TAG, 1)
-    except Exception:  # an unreadable EXIF block must not cost us the image
-        return 1
-    return value if isinstance(value, int) and 2 <= value <= 8 else 1
-
-
-def _upright_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
-    """Apply the EXIF rotation and convert to 8-bit RGB (8-bit grayscale stays), naming each change made."""
-    changes: list[str] = []
-    orientation = _orientation(image)
-    if orientation != 1:
-        image = ImageOps.exif_transpose(image)
-        changes.append(f"EXIF orientation {orientation} applied")
-    mode = image.mode
-    if mode == "RGB" or (mode == "L" and "transparency" not in image.info):
-        return image, changes
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        flattened = Image.new("RGB", rgba.size, _WHITE)
-        flattened.paste(rgba, mask=rgba.getchannel("A"))
-        changes.append(f"{mode} alpha flattened over white")
-        return flattened, changes
-    if mode.startswith("I") or mode == "F":
-        changes.append(f"{mode} → 8-bit RGB")
-        return _high_depth_to_gray(image).convert("RGB"), changes
-    changes.append(f"{mode} → RGB")
-    return image.convert("RGB"), changes
-
-
-def _high_depth_to_gray(image: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer and float grayscale scaled into 8 bits (Pillow's convert clips instead)."""
-    pixels = np.asarray(image)
-    if image.mode.startswith("I;16"):
-        scaled = pixels.astype(np.uint16) >> 8
-    elif image.mode == "F":
-        peak = float(np.nanmax(pixels)) if pixels.size else 0.0
-        scaled = np.nan_to_num(pixels) * (255.0 if peak <= 1.0 else 1.0)
-    else:
-        peak = int(pixels.max()) if pixels.size else 0
-        scaled = pixels >> 8 if peak > 255 else pixels
-    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
 
 
 def _exif_without_orientation(image: Image.Image) -> bytes:
