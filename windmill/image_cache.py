@@ -20,6 +20,7 @@ from PIL import Image
 
 from windmill.catalog import Service
 from windmill.images import CropBox, PreparedImage, crop_for_service, load_image_bytes, prepare_image
+from windmill.images.budget import DecodeBudget, give_back_share
 from windmill.images.crop import box_xywh
 from windmill.images.load import resolve_image_path
 from windmill.images.validate import prepare_image_and_pixels
@@ -218,10 +219,12 @@ class ImageSource:
     def __init__(self, settings: Settings, *, prepared_bytes: int = PREPARED_BYTES, decoded_bytes: int = DECODED_BYTES,
                  crop_bytes: int = CROP_BYTES) -> None:
         self.settings = settings
+        # The memory the process's decodes share (one ImageSource per process: RoleContext.images).
+        self.budget = DecodeBudget(settings.decode_budget_bytes)
         self.prepared_images: SingleFlightCache[tuple[Any, ...], PreparedImage] = SingleFlightCache(
             prepared_bytes, _prepared_weight)
         self.decoded_images: SingleFlightCache[tuple[Any, ...], Image.Image] = SingleFlightCache(
-            decoded_bytes, _pixels_weight)
+            decoded_bytes, self._pixels_weight)
         self.crops: SingleFlightCache[tuple[Any, ...], Crop] = SingleFlightCache(crop_bytes, _crop_weight)
 
     def prepared(self, image_id: int, image_path: str | None, image_url: str | None, *,
@@ -236,10 +239,11 @@ class ImageSource:
         most = self.settings.max_upload_image_bytes
         if not decoded_before:
             return self.prepared_images.get(
-                key, lambda: prepare_image(self._read(image_path, image_url), max_send_bytes=most))
+                key, lambda: prepare_image(self._read(image_path, image_url), max_send_bytes=most, budget=self.budget))
         return self.prepared_images.peek(key) or self.prepared_images.get(
             (*key, "decoded before"),
-            lambda: prepare_image(self._read(image_path, image_url), max_send_bytes=most, decoded_before=True))
+            lambda: prepare_image(self._read(image_path, image_url), max_send_bytes=most, decoded_before=True,
+                                  budget=self.budget))
 
     def inputs_for(self, service: Service, image_id: int, image_path: str | None, image_url: str | None, *,
                    decoded_before: bool = False) -> tuple[PreparedImage | None, str | None]:
@@ -268,12 +272,23 @@ class ImageSource:
 
         def load() -> PreparedImage:
             prepared, pixels = prepare_image_and_pixels(self._read(key[1], key[2]),
-                                                        max_send_bytes=self.settings.max_upload_image_bytes)
+                                                        max_send_bytes=self.settings.max_upload_image_bytes,
+                                                        budget=self.budget)
             decoded.append(pixels)
             return prepared
 
         prepared = self.prepared_images.get(key, load)
-        return decoded[0] if decoded else prepared.to_rgb()
+        return decoded[0] if decoded else prepared.to_rgb(self.budget)
+
+    def _pixels_weight(self, outcome: Image.Image | BaseException) -> int:
+        """The cache's weight of decoded pixels. Pixels the cache keeps give their share of the decode budget back:
+        the cache bounds them itself (DECODED_BYTES), and a decode waiting for the share of pixels that only a
+        later decode would evict would wait for ever. Pixels too heavy to be kept keep their share while callers
+        hold them."""
+        weight = _pixels_weight(outcome)
+        if isinstance(outcome, Image.Image) and weight <= self.decoded_images.capacity:
+            give_back_share(outcome)
+        return weight
 
     def _read(self, image_path: str | None, image_url: str | None) -> bytes:
         return load_image_bytes(image_path, image_url, roots=self.settings.image_roots or None,

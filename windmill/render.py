@@ -26,6 +26,7 @@ from windmill.errors import NoSuchImage, WindmillError
 from windmill.harmony import DetectorResult
 from windmill.harmony.extract import extract_detections
 from windmill.images import load_image_bytes, prepare_image
+from windmill.images.budget import DecodeBudget
 from windmill.label_placement import Rect, place_labels
 from windmill.settings import Settings
 
@@ -329,7 +330,8 @@ def render_image(conn: psycopg.Connection, settings: Settings, image_id: int, *,
             if detectors else []
     data = load_image_bytes(image["image_path"], image["image_url"], roots=settings.image_roots or None,
                             allow_private_urls=settings.allow_private_urls)
-    pixels = prepare_image(data).to_rgb()
+    budget = DecodeBudget(settings.decode_budget_bytes)
+    pixels = prepare_image(data, budget=budget).to_rgb(budget)
     raw = raw_detector_boxes(answers, pixels.size) if detectors else None
     return render_boxes(pixels, boxes, raw)
 

@@ -36,6 +36,11 @@ DEFAULT_OUTAGE_WAIT_S = 300.0  # see Settings.outage_wait_s
 SERVICE_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 # What an upload's request holds besides the image: the multipart envelope and its form fields (a caption, a prompt).
 UPLOAD_ENVELOPE_BYTES = 64 * 1024
+# The memory a process's image decodes may hold at once (windmill/images/budget.py): an image at the pixel limit
+# takes up to 684 MiB to prepare (an RGBA PNG), so one fits with room for the ordinary photos of the other threads;
+# below the least, a 12 MP photo turned upright (96 MB) would be refused.
+DECODE_BUDGET_BYTES = 1024 * 1024 * 1024
+MIN_DECODE_BUDGET_BYTES = 128 * 1024 * 1024
 # The systemd units' EnvironmentFile: the last place a settings file is looked for. WINDMILL_SYSTEM_ENV_FILE (in the
 # environment) moves it: another system's layout, or tests that must not read the settings of the host they run on.
 SYSTEM_ENV_FILE = Path("/etc/windmill/windmill.env")
@@ -74,6 +79,9 @@ class Settings:
     outage_wait_s: float = DEFAULT_OUTAGE_WAIT_S
     # An image whose upload would not fit the services' request limit is re-encoded (windmill/image_cache.py).
     service_max_bytes: int = SERVICE_MAX_REQUEST_BYTES
+    # The bytes of decoded pixels a process's threads may hold at once; an image whose decode alone takes more is
+    # refused (windmill/images/budget.py).
+    decode_budget_bytes: int = DECODE_BUDGET_BYTES
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -156,6 +164,7 @@ SETTING_VARIABLES: dict[str, tuple[str, ...]] = {
     "database_wait_s": ("WINDMILL_DATABASE_WAIT_S",),
     "outage_wait_s": ("WINDMILL_OUTAGE_WAIT_S",),
     "service_max_bytes": ("WINDMILL_SERVICE_MAX_BYTES",),
+    "decode_budget_bytes": ("WINDMILL_DECODE_BUDGET_BYTES",),
 }
 
 
@@ -208,8 +217,12 @@ def _seconds(env: Mapping[str, str], name: str, default: float, most: float) -> 
     return _positive(env, name, default, most, float, f"a number of seconds between 0 and {most:g}")
 
 
-def _count(env: Mapping[str, str], name: str, default: int, most: int) -> int:
-    return _positive(env, name, default, most, int, f"a whole number between 1 and {most:,}")
+def _count(env: Mapping[str, str], name: str, default: int, most: int, *, least: int = 1) -> int:
+    what = f"a whole number between {least:,} and {most:,}"
+    value = _positive(env, name, default, most, int, what)
+    if value < least:
+        raise ConfigError(f"{name} must be {what}, not {env[name].strip()!r}")
+    return value
 
 
 def _positive(env: Mapping[str, str], name: str, default: _Number, most: _Number, parse: type[_Number],
@@ -275,6 +288,8 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
         # At most RabbitMQ's default consumer_timeout (30 min), past which it takes a held delivery back.
         outage_wait_s=_seconds(env, "WINDMILL_OUTAGE_WAIT_S", DEFAULT_OUTAGE_WAIT_S, 1800),
         service_max_bytes=_count(env, "WINDMILL_SERVICE_MAX_BYTES", SERVICE_MAX_REQUEST_BYTES, 1 << 40),
+        decode_budget_bytes=_count(env, "WINDMILL_DECODE_BUDGET_BYTES", DECODE_BUDGET_BYTES, 1 << 40,
+                                   least=MIN_DECODE_BUDGET_BYTES),
     )
 
 

@@ -77,12 +77,47 @@ def run_path(path: str, data: bytes) -> dict[str, Any]:
     return outcome
 
 
-def measure(path: str, file: Path, *, address_space: int | None = None, timeout: float = 600) -> dict[str, Any]:
-    """run_path in a fresh interpreter (one image per process, so no peak hides another's)."""
-    command = [sys.executable, "-m", "tests.support.image_memory", path, str(file)]
+def run_concurrently(file: Path, threads: int) -> dict[str, Any]:
+    """`threads` service lanes of one process preparing the image (each as an image of its own) at once, through
+    the process's ImageSource and the settings of the environment (WINDMILL_DECODE_BUDGET_BYTES)."""
+    import gc
+    import os
+    import threading
+
+    from windmill.image_cache import ImageSource
+    from windmill.settings import settings_from_mapping
+
+    images = ImageSource(settings_from_mapping({key: value for key, value in os.environ.items()
+                                                if key.startswith("WINDMILL_DECODE")}))
+    start = threading.Barrier(threads)
+    outcomes: list[str] = []
+
+    def lane(image_id: int) -> None:
+        start.wait()
+        outcomes.append(" ".join(images.prepared(image_id, str(file), None).changes))
+
+    gc.collect()
+    before = _status("VmRSS")
+    _reset_peak()
+    lanes = [threading.Thread(target=lane, args=(number,)) for number in range(threads)]
+    for running in lanes:
+        running.start()
+    for running in lanes:
+        running.join()
+    return {"peak_growth": _status("VmHWM") - before, "outcomes": outcomes}
+
+
+def measure(path: str, file: Path, *, address_space: int | None = None, timeout: float = 600,
+            threads: int = 0, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """run_path in a fresh interpreter (one image per process, so no peak hides another's); with `threads`,
+    run_concurrently."""
+    import os
+
+    command = [sys.executable, "-m", "tests.support.image_memory", path, str(file), str(threads)]
     if address_space is not None:
         command = ["prlimit", f"--as={address_space}", *command]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+                          env={**os.environ, **(env or {})})
     if done.returncode != 0:
         return {"exit": done.returncode, "stderr": done.stderr[-2000:]}
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -170,5 +205,7 @@ PATHS = ("prepare", "prepare_decoded_before", "pixels", "to_rgb")
 if __name__ == "__main__":
     if sys.argv[1] == "generate":  # generate KIND WIDTH HEIGHT OUT
         Path(sys.argv[5]).write_bytes(generate(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    elif sys.argv[1] == "concurrent":  # concurrent FILE THREADS
+        print(json.dumps(run_concurrently(Path(sys.argv[2]), int(sys.argv[3]))))
     else:
         print(json.dumps(run_path(sys.argv[1], Path(sys.argv[2]).read_bytes())))

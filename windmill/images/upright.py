@@ -42,6 +42,20 @@ def orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 2 <= value <= 8 else 1
 
 
+def orientation_in_header(image: Image.Image) -> int | None:
+    """The EXIF orientation as the image's header gives it, before its pixels are decoded; None when only they
+    would tell: Pillow looks for a PNG's eXIf chunk after the pixels, decoding them all to get there."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return None
+    return orientation(image)
+
+
+def kept_as_is(image: Image.Image) -> bool:
+    """Whether the image's pixels are sent as they are decoded (8-bit RGB, or 8-bit grayscale without transparency),
+    but for a rotation."""
+    return image.mode == "RGB" or (image.mode == "L" and "transparency" not in image.info)
+
+
 def upright_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
     """Apply the EXIF rotation and convert to 8-bit RGB (8-bit grayscale stays), naming each change made.
 
@@ -52,7 +66,7 @@ def upright_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
     if turn != 1:
         changes.append(f"EXIF orientation {turn} applied")
     mode = image.mode
-    if mode == "RGB" or (mode == "L" and "transparency" not in image.info):
+    if kept_as_is(image):
         converted = image
     elif mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
         converted = _flattened(image)

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
 
+from windmill.images.budget import PROCESS_BUDGET, DecodeBudget, Reservation, decode_cost
 from windmill.images.errors import BadImage, describe_size
-from windmill.images.upright import orientation, upright_rgb
+from windmill.images.upright import kept_as_is, orientation_in_header, upright_rgb
 
 try:  # HEIC/HEIF: pi-heif registers its decoder with Pillow (absent only where it has no wheel, e.g. 32-bit ARM)
     from pi_heif import register_heif_opener
@@ -92,15 +93,27 @@ class PreparedImage:
     def passed_through(self) -> bool:
         return not self.changes
 
-    def to_rgb(self) -> Image.Image:
-        """Decode the pixels (RGB, upright) afresh; decode once and reuse it when cropping many boxes."""
+    def to_rgb(self, budget: DecodeBudget | None = None) -> Image.Image:
+        """Decode the pixels (RGB, upright) afresh; decode once and reuse it when cropping many boxes. The decode
+        takes its share of `budget` (the process's by default), which the pixels keep until they are dropped."""
         image = _open(self.data, max_pixels=max(self.width * self.height, 1))
         try:
-            image.load()
+            share = (budget or PROCESS_BUDGET).reserve(
+                decode_cost(image.mode, image.size, image_format=str(image.format), to_rgb=True), _named(image))
         except BaseException:
             image.close()
             raise
-        return _rgb_pixels(image)
+        try:
+            image.load()
+            pixels = _rgb_pixels(image)
+        except BaseException:
+            image.close()
+            share.release()
+            raise
+        if pixels is not image:
+            image.close()
+        share.keep_for(pixels)
+        return pixels
 
 
 def prepared_jpeg(data: bytes, width: int, height: int, *, changes: tuple[str, ...] = (),
@@ -125,6 +138,7 @@ def prepare_image(
     max_send_bytes: int | None = None,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     decoded_before: bool = False,
+    budget: DecodeBudget | None = None,
 ) -> PreparedImage:
     """Validate `data` and return what to send; any problem is a `BadImage` with a one-line reason.
 
@@ -132,23 +146,26 @@ def prepare_image(
     over 8 MiB), it is re-encoded as JPEG; if even that is too large, the image is refused.
     `decoded_before`: a service already answered on this image (so its pixels were decoded, by another process
     perhaps): a JPEG sent as it is is not decoded again (see _prepare).
+    `budget`: the memory the process's decodes share (the process's by default): the decode waits for its share, and
+    an image whose decode alone would take more than all of it is refused before a pixel is decoded.
     """
     return _prepare(data, max_pixels=max_pixels, max_send_bytes=max_send_bytes, jpeg_quality=jpeg_quality,
-                    keep_pixels=False, decoded_before=decoded_before)[0]
+                    keep_pixels=False, decoded_before=decoded_before, budget=budget)[0]
 
 
-def prepare_image_and_pixels(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                             max_send_bytes: int | None = None) -> tuple[PreparedImage, Image.Image]:
+def prepare_image_and_pixels(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_send_bytes: int | None = None,
+                             budget: DecodeBudget | None = None) -> tuple[PreparedImage, Image.Image]:
     """`prepare_image`, and the pixels its `to_rgb` gives, for cropping. An image sent as it is gets one full decode,
     which both proves it whole and gives the pixels: preparing it, then decoding it to crop, cost a reduced decode,
     a full one and a copy of the pixels (about twice the CPU)."""
     prepared, pixels = _prepare(data, max_pixels=max_pixels, max_send_bytes=max_send_bytes,
-                                jpeg_quality=DEFAULT_JPEG_QUALITY, keep_pixels=True)
-    return prepared, pixels if pixels is not None else prepared.to_rgb()
+                                jpeg_quality=DEFAULT_JPEG_QUALITY, keep_pixels=True, budget=budget)
+    return prepared, pixels if pixels is not None else prepared.to_rgb(budget)
 
 
 def _prepare(data: bytes, *, max_pixels: int, max_send_bytes: int | None, jpeg_quality: int, keep_pixels: bool,
-             decoded_before: bool = False) -> tuple[PreparedImage, Image.Image | None]:
+             decoded_before: bool = False, budget: DecodeBudget | None = None
+             ) -> tuple[PreparedImage, Image.Image | None]:
     """prepare_image; with `keep_pixels`, the image decoded in full and, when it is sent as it is, its RGB pixels."""
     if not data:
         raise BadImage("the image is empty (0 bytes)")
@@ -164,12 +181,16 @@ def _prepare(data: bytes, *, max_pixels: int, max_send_bytes: int | None, jpeg_q
                 raise _corrupt(source_format, problem) from None
         opened = _open(data, max_pixels=max_pixels)  # a verified image cannot be loaded: opened again
     pixels: Image.Image | None = None
+    share: Reservation | None = None
     try:
         full_size = opened.size
+        # Read from the header: a PNG's EXIF may follow its pixels, and reading it there decodes them all (before the
+        # decode's share is reserved), so such a PNG is reckoned as one that will be turned.
+        upright = orientation_in_header(opened) == 1
         # An upright RGB JPEG is sent as it is: its pixels are only decoded to prove the stream is whole, and a
         # 1/8-scale decode (libjpeg's DCT scaling) reads every byte of it for an eighth of the work.
         reduced = (not keep_pixels and source_format == "JPEG" and opened.mode in _SENT_MODES
-                   and orientation(opened) == 1 and (max_send_bytes is None or len(data) <= max_send_bytes))
+                   and upright and (max_send_bytes is None or len(data) <= max_send_bytes))
         # Even at 1/8 scale the decode reads every entropy-coded byte: about 0.35 ms of a 640 × 480 scene, most of
         # the caption scorer's CPU per image. When a service has answered on the image (its caption), its pixels
         # were decoded already; a file cut short since is still caught (its stream no longer ends with EOI), and
@@ -177,6 +198,12 @@ def _prepare(data: bytes, *, max_pixels: int, max_send_bytes: int | None, jpeg_q
         decode = not (reduced and decoded_before and data.endswith(_JPEG_EOI))
         if reduced and decode:
             opened.draft(opened.mode, (max(1, opened.width // 8), max(1, opened.height // 8)))
+        if decode:
+            # Reserved from the header, before a pixel is decoded: waits while the process's other decodes hold
+            # the budget; refused (BadImage) when this decode alone would take more than all of it.
+            cost = decode_cost(opened.mode, full_size, image_format=source_format, reduced=reduced,
+                               converted=not (upright and kept_as_is(opened)), to_rgb=keep_pixels)
+            share = (budget or PROCESS_BUDGET).reserve(cost, _named(opened))
         try:
             if decode:
                 opened.load()  # the decode: truncated files fail here
@@ -225,6 +252,11 @@ def _prepare(data: bytes, *, max_pixels: int, max_send_bytes: int | None, jpeg_q
         # Closing an image makes it unusable: the one handed out as the pixels stays open (it reads from memory).
         if pixels is not opened:
             opened.close()
+        if share is not None:
+            if pixels is not None:
+                share.keep_for(pixels)  # until the caller drops them
+            else:
+                share.release()
 
     if max_send_bytes is not None and len(encoded) > max_send_bytes:
         raise BadImage(
@@ -277,6 +309,11 @@ def _open(data: bytes, *, max_pixels: int) -> Image.Image:
             " (possible decompression bomb)"
         )
     return image
+
+
+def _named(image: Image.Image) -> str:
+    """An image as a refusal names it: `9459×9459 RGBA PNG`."""
+    return f"{image.width}×{image.height} {image.mode} {image.format or ''}".rstrip()
 
 
 def _corrupt(source_format: str, problem: BaseException) -> BadImage:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 
 from windmill.images import load_image_bytes, prepare_image
+from windmill.images.budget import DecodeBudget
 from windmill.settings import Settings
 
 THUMBNAIL_PX = 320
@@ -50,6 +51,7 @@ class Pictures:
         self.entries = entries
         self._cache: OrderedDict[tuple[int, int], Picture] = OrderedDict()
         self._lock = threading.Lock()
+        self.budget = DecodeBudget(settings.decode_budget_bytes)  # the dashboard's decodes share it
 
     def get(self, image_id: int, longest_side: int) -> Picture | None:
         """The picture scaled to fit `longest_side`; None for an unknown image. A file that cannot be read or is
@@ -64,8 +66,8 @@ class Pictures:
             return None
         data = load_image_bytes(where[0], where[1], roots=self.settings.image_roots or None,
                                 allow_private_urls=self.settings.allow_private_urls)
-        prepared = prepare_image(data)
-        pixels = prepared.to_rgb()
+        prepared = prepare_image(data, budget=self.budget)
+        pixels = prepared.to_rgb(self.budget)
         pixels.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
         pixels.save(buffer, format="JPEG", quality=85)
