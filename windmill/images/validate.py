@@ -99,7 +99,7 @@ class PreparedImage:
         image = _open(self.data, max_pixels=max(self.width * self.height, 1))
         try:
             share = (budget or PROCESS_BUDGET).reserve(
-                decode_cost(image.mode, image.size, image_format=str(image.format), to_rgb=True), _named(image))
+                decode_cost(image.mode, image.size, image_format=str(image.format), to_rgb=True), lambda: _named(image))
         except BaseException:
             image.close()
             raise
@@ -203,7 +203,7 @@ def _prepare(data: bytes, *, max_pixels: int, max_send_bytes: int | None, jpeg_q
             # the budget; refused (BadImage) when this decode alone would take more than all of it.
             cost = decode_cost(opened.mode, full_size, image_format=source_format, reduced=reduced,
                                converted=not (upright and kept_as_is(opened)), to_rgb=keep_pixels)
-            share = (budget or PROCESS_BUDGET).reserve(cost, _named(opened))
+            share = (budget or PROCESS_BUDGET).reserve(cost, lambda: _named(opened))
         try:
             if decode:
                 opened.load()  # the decode: truncated files fail here
