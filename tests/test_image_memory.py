@@ -5,6 +5,7 @@ small enough to take about a second each."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.support.image_memory import generate, measure
+from windmill.images import BadImage, prepare_image
 from windmill.images.upright import upright_rgb
 
 SIDE = 4000
@@ -116,3 +118,35 @@ def test_the_leaner_conversions_give_the_very_pixels_the_chain_of_copies_gave(ma
     actual, _changes = upright_rgb(make())
     assert actual.mode == expected.mode and actual.size == expected.size
     assert actual.tobytes() == expected.tobytes()
+
+
+_CORE = type(Image.new("L", (1, 1)).im)  # Pillow's pixels; a closed image holds none (a DeferredError instead)
+
+
+def _live_images(error: BaseException) -> list[str]:
+    """Images with their pixels still in memory that the exception's tracebacks (its own and its context's) keep
+    alive through their frames' locals."""
+    found: list[str] = []
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        trace = error.__traceback__
+        while trace is not None:
+            windmills = "/windmill/" in trace.tb_frame.f_code.co_filename  # not the test's own frame
+            for name, value in trace.tb_frame.f_locals.items() if windmills else ():
+                if isinstance(value, Image.Image) and isinstance(getattr(value, "_im", None), _CORE):
+                    found.append(f"{trace.tb_frame.f_code.co_name}: {name} {value.mode} {value.size}")
+            trace = trace.tb_next
+        error = error.__context__  # type: ignore[assignment]
+    return found
+
+
+def test_a_bad_image_kept_as_a_failure_holds_none_of_its_pixels() -> None:
+    """The image cache keeps a bad image's failure for 30 s, its traceback with it: the frames of the preparation
+    kept the flattened pixels alive (340 MiB for an image at the limit refused as too large to send) until then."""
+    noise = Image.effect_noise((600, 600), 80).convert("RGBA")
+    buffer = io.BytesIO()
+    noise.save(buffer, "PNG")
+    with pytest.raises(BadImage, match="even as a JPEG of quality 70") as refused:
+        prepare_image(buffer.getvalue(), max_send_bytes=1000)
+    assert _live_images(refused.value) == []

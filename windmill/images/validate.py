@@ -181,6 +181,7 @@ def _prepare(data: bytes, *, max_pixels: int, max_send_bytes: int | None, jpeg_q
                 raise _corrupt(source_format, problem) from None
         opened = _open(data, max_pixels=max_pixels)  # a verified image cannot be loaded: opened again
     pixels: Image.Image | None = None
+    image: Image.Image | None = None
     share: Reservation | None = None
     try:
         full_size = opened.size
@@ -252,6 +253,11 @@ def _prepare(data: bytes, *, max_pixels: int, max_send_bytes: int | None, jpeg_q
         # Closing an image makes it unusable: the one handed out as the pixels stays open (it reads from memory).
         if pixels is not opened:
             opened.close()
+        # Nor the upright copy: a failure raised from here (too large even as JPEG, an encoder's error) keeps this
+        # frame in its traceback, and the image cache keeps a bad image's failure for 30 s. Closed first, its
+        # memory goes before its share of the budget does.
+        if image is not None and image is not pixels and image is not opened:
+            image.close()
         if share is not None:
             if pixels is not None:
                 share.keep_for(pixels)  # until the caller drops them
