@@ -150,3 +150,14 @@ def test_a_bad_image_kept_as_a_failure_holds_none_of_its_pixels() -> None:
     with pytest.raises(BadImage, match="even as a JPEG of quality 70") as refused:
         prepare_image(buffer.getvalue(), max_send_bytes=1000)
     assert _live_images(refused.value) == []
+
+
+def test_the_dashboards_picture_of_a_large_jpeg_is_decoded_at_the_scale_it_is_shown(tmp_path: Path) -> None:
+    """The image page shows a picture at most 1600 pixels wide: a 4000 × 4000 JPEG is decoded at half scale (the
+    decoder's DCT scaling, the smallest scale at least the size shown): 16 MB decoded and the resize's 23 MB, where
+    the full decode and its resize took 105 MB."""
+    file = tmp_path / "photo.jpg"
+    file.write_bytes(generate("rgb_jpeg", SIDE, SIDE))
+    measured = measure("picture", file)
+    assert measured.get("changes") == [f"{SIDE}×{SIDE}"], measured
+    assert measured["peak_growth"] <= 3 * PIXELS, f"{measured['peak_growth'] / PIXELS:.1f} bytes a pixel"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -62,6 +63,18 @@ def run_path(path: str, data: bytes) -> dict[str, Any]:
             outcome["changes"] = list(got.changes)
             crop_for_service(pixels, {"x": 10, "y": 10, "width": 500, "height": 500})
             del pixels
+        elif path == "picture":  # the dashboard's picture of an image (its image page)
+            from windmill.settings import settings_from_mapping
+            from windmill.web.pictures import PICTURE_PX, Pictures
+
+            file = Path("/dev/shm" if Path("/dev/shm").is_dir() else "/tmp") / f"picture-{os.getpid()}"
+            file.write_bytes(data)
+            try:
+                shown = Pictures(settings_from_mapping({}), lambda _image_id: (str(file), None)).get(1, PICTURE_PX)
+            finally:
+                file.unlink()
+            assert shown is not None
+            outcome["changes"] = [f"{shown.width}×{shown.height}"]
         elif path == "to_rgb":
             assert prepared is not None
             pixels = prepared.to_rgb()
@@ -199,7 +212,7 @@ def generate(kind: str, width: int, height: int, *, frames: int = 4) -> bytes:
 
 KINDS = ("rgba_png", "rgb48_png", "gray16_png", "cmyk_jpeg", "rgb_jpeg", "rotated_jpeg", "rotated_cmyk_jpeg",
          "palette_png", "rgb_tiff", "rgba_tiff", "animated_gif", "animated_png")
-PATHS = ("prepare", "prepare_decoded_before", "pixels", "to_rgb")
+PATHS = ("prepare", "prepare_decoded_before", "pixels", "to_rgb", "picture")
 
 
 if __name__ == "__main__":

@@ -67,8 +67,7 @@ class Pictures:
         data = load_image_bytes(where[0], where[1], roots=self.settings.image_roots or None,
                                 allow_private_urls=self.settings.allow_private_urls)
         prepared = prepare_image(data, budget=self.budget)
-        pixels = prepared.to_rgb(self.budget)
-        pixels.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
+        pixels = prepared.to_rgb(self.budget, longest_side=longest_side)
         buffer = io.BytesIO()
         pixels.save(buffer, format="JPEG", quality=85)
         picture = Picture(buffer.getvalue(), prepared.width, prepared.height)
