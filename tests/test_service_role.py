@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from tests.conftest import wait_until
 from tests.farm_fixtures import running_farm
+from tests.support.image_memory import generate
 from windmill.broker import JobTableBroker, Task
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
@@ -136,6 +137,26 @@ def test_a_bad_image_is_recorded_once_without_retries(database: Database, pool: 
     rows = conn.execute("SELECT service, status, error_message FROM results ORDER BY service").fetchall()
     assert [(service, status) for service, status, _ in rows] == [("blip", "error"), ("yolov8", "error")]
     assert all("truncated" in message or "corrupt" in message for *_, message in rows), rows
+    assert {row[0] for row in conn.execute("SELECT attempts FROM jobs WHERE payload ? 'task_id'")} == {1}
+
+
+def test_an_image_whose_decode_would_take_more_than_a_worker_may_hold_is_a_bad_image_row(
+        database: Database, pool: ConnectionPool, conn: psycopg.Connection, farm_catalog: Catalog,
+        tmp_path: Path) -> None:
+    """4200 × 4200 RGBA takes 135 MiB to prepare, over a budget of 128 MiB: refused from its header, once (no
+    retry: the next attempt would refuse it the same way), with the reason; the worker goes on with the others."""
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(generate("rgba_png", 4200, 4200))
+    add_paths(conn, [huge, SAMPLES / "chelsea.jpg"])
+    with database.connect() as reader:
+        submit(reader, conn, JobTableBroker(JobQueue(pool)), farm_catalog.select("blip"))
+    settings = settings_from_mapping({"WORKER_ID": "service-test", "WINDMILL_DECODE_BUDGET_BYTES": str(128 << 20)})
+    run_service_worker(database, pool, farm_catalog, "blip", lambda: unfinished(conn), settings=settings)
+    rows = dict(conn.execute("SELECT i.image_filename, (r.status, r.data -> 'error' ->> 'kind', r.error_message) "
+                             "FROM results r JOIN images i USING (image_id)").fetchall())
+    assert rows["chelsea.jpg"][0] == "success"
+    assert rows["huge.png"] == ("error", "bad_image", "image 4200×4200 RGBA PNG takes about 134.6 MiB to decode, over"
+                                " the 128 MiB a worker may hold for decoding (WINDMILL_DECODE_BUDGET_BYTES)")
     assert {row[0] for row in conn.execute("SELECT attempts FROM jobs WHERE payload ? 'task_id'")} == {1}
 
 
