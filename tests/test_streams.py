@@ -117,11 +117,12 @@ def write_in_parts(path: Path, conn: psycopg.Connection, parts: int = 4, pause_s
 
 
 @contextmanager
-def watching(database: Database, folder: Path, settle_s: float) -> Iterator[tuple[FolderWatch, threading.Thread]]:
+def watching(database: Database, folder: Path, settle_s: float, *,
+             recursive: bool = False) -> Iterator[tuple[FolderWatch, threading.Thread]]:
     """A FolderWatch of `folder` running on a thread of its own, stopped on leaving."""
     stopping = threading.Event()
     with database.connect() as watch_conn:
-        watch = FolderWatch(watch_conn, folder, stopping, settle_s=settle_s)
+        watch = FolderWatch(watch_conn, folder, stopping, recursive=recursive, settle_s=settle_s)
         runner = threading.Thread(target=watch.run)
         runner.start()
         try:

@@ -2,7 +2,8 @@
 with a submitter queue them. File-system events come from watchdog (inotify, FSEvents, kqueue, ...); a file is
 taken once its size and modification time have stayed the same for a settle interval, so a file still being
 written (in parts, by a slow upload) is not registered half-done. Registration is idempotent by path, so a
-restart, which also looks at every file already in the folder, adds each file once."""
+restart, which also looks at every file already in the folder, adds each file once; a file renamed inside the
+folder keeps its image (watch_moves)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from windmill.collection import (
 from windmill.db.queries import query
 from windmill.errors import WindmillError
 from windmill.producer import PAGE_SIZE, Submitter
+from windmill.watch_moves import Move, follow_moves
 
 if TYPE_CHECKING:
     from watchdog.events import FileSystemEventHandler
@@ -93,6 +95,7 @@ class WatchReport:
     already_known: int = 0
     known_in_another_group: int = 0  # of the already known, those registered in another group or none
     published: int = 0  # tasks queued (with a submitter)
+    moved: int = 0  # registered files renamed inside the folder, their images following them
 
 
 @dataclass
@@ -116,7 +119,7 @@ class FolderWatch:
             raise WindmillError("watching a folder needs the watchdog library: "
                                 "pip install 'windmill-pipeline[watch]'") from None
 
-        arrivals: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        arrivals: queue.SimpleQueue[Path | Move] = queue.SimpleQueue()
         observer = Observer()
         try:
             observer.schedule(_arrivals_handler(arrivals), str(self.folder), recursive=self.recursive)
@@ -134,12 +137,17 @@ class FolderWatch:
                     raise WindmillError(f"the watched folder {self.folder} is gone (deleted, renamed or unmounted) "
                                         f"after {self.report.added} image(s) added; start the watch again once it "
                                         f"is back")
+                moves: list[Move] = []
                 while True:
                     try:
                         arrived = arrivals.get_nowait()
                     except queue.Empty:
                         break
-                    tracker.observe(arrived, signature_of(arrived), time.monotonic())
+                    if isinstance(arrived, Path):
+                        tracker.observe(arrived, signature_of(arrived), time.monotonic())
+                    else:
+                        moves.append(arrived)
+                self._follow(moves, tracker)
                 for path in list(tracker.pending):
                     tracker.observe(path, signature_of(path), time.monotonic())
         finally:
@@ -188,6 +196,24 @@ class FolderWatch:
             if self.on_batch:
                 self.on_batch(added, published)
 
+    def _follow(self, moves: Sequence[Move], tracker: SettleTracker) -> None:
+        """Registered files renamed: their images follow them (and with a submitter are offered as a known file
+        is). A move of no registered file (an upload's temporary name renamed into place) is an arrival."""
+        if not moves:
+            return
+        outcomes = follow_moves(self.conn, moves)
+        followed = [outcome.move.destination for outcome in outcomes if outcome.image_id is not None]
+        for outcome in outcomes:
+            destination = outcome.move.destination
+            if outcome.image_id is None and is_candidate(destination):
+                tracker.observe(destination, signature_of(destination), time.monotonic())
+        if followed:
+            log.info("%d registered file(s) renamed: their images follow them", len(followed),
+                     extra={"action": "watch_moved"})
+            self.report.moved += len(followed)
+            if self.submitter is not None:
+                self.report.published += self._submit(followed)
+
     def _submit(self, files: Iterable[Path]) -> int:
         """Queue the images of these files, new or already known: pairs answered or in flight are skipped, so a
         restart queues nothing twice."""
@@ -201,8 +227,10 @@ class FolderWatch:
         return self.submitter.report.published - before
 
 
-def _arrivals_handler(arrivals: queue.SimpleQueue[Path]) -> FileSystemEventHandler:
-    """watchdog's event handler: puts the paths of image files created, written, closed or renamed into place."""
+def _arrivals_handler(arrivals: queue.SimpleQueue[Path | Move]) -> FileSystemEventHandler:
+    """watchdog's event handler: puts the paths of image files created, written, closed or renamed into place, and
+    every file renamed inside the watched tree (with a folder renamed, each file in it) as a Move: whether its
+    source is a registered image only the database knows."""
     from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
     class Arrivals(FileSystemEventHandler):
@@ -216,6 +244,10 @@ def _arrivals_handler(arrivals: queue.SimpleQueue[Path]) -> FileSystemEventHandl
             if is_candidate(landed) and landed.is_symlink() and not landed.exists():
                 # Said as `images add` says it: resolved, it would only be a file that is not there, dropped unseen.
                 log.warning("skipped %s: dangling symbolic link", printable(landed), extra={"action": "watch_skipped"})
+                return
+            if event.event_type == "moved" and event.src_path:
+                # Resolved as registered paths are; the source is gone, so only the folders above it resolve.
+                arrivals.put(Move(Path(os.fsdecode(event.src_path)).resolve(), landed.resolve()))
                 return
             path = landed.resolve()
             if is_candidate(path):

@@ -34,3 +34,20 @@ SELECT image_group FROM names WHERE image_group IS NOT NULL LIMIT %(limit)s
 -- name: image_groups
 -- Each group's images (NULL: those in no group); it reads every image's index entry.
 SELECT image_group, count(*) AS images FROM images GROUP BY image_group ORDER BY image_group NULLS FIRST
+
+-- name: remove_image_replaced_by_move
+-- A registered file moved (`images watch`) onto the path of another registered image: that image's file was
+-- replaced and is gone for good, so it is removed with everything stored for it (ON DELETE CASCADE and the ledger's
+-- trigger, as `images remove`), leaving its path to the image that moved there. Nothing when the source is no
+-- registered image (an upload's temporary name renamed into place: an arrival).
+DELETE FROM images
+ WHERE image_path = %(destination)s::text AND %(destination)s::text <> %(source)s::text
+   AND EXISTS (SELECT 1 FROM images WHERE image_path = %(source)s::text)
+RETURNING image_id
+
+-- name: move_image
+-- A registered file renamed or moved inside a watched folder: the image keeps its id, group and answers, its path
+-- and file name follow the file.
+UPDATE images SET image_path = %(destination)s::text, image_filename = %(filename)s::text
+ WHERE image_path = %(source)s::text
+RETURNING image_id

@@ -162,7 +162,8 @@ def images_watch(app: AppContext, folder: Path, recursive: bool, group: str | No
     except KeyboardInterrupt:
         raise WindmillError(f"interrupted while watching {folder}") from None
     queued = f", queued {report.published} task(s)" if selected is not None else ""
-    click.echo(f"Stopped watching {folder}: added {report.added} image(s){queued}; {_already_known(report)}.")
+    moved = f"; {report.moved} moved" if report.moved else ""
+    click.echo(f"Stopped watching {folder}: added {report.added} image(s){queued}; {_already_known(report)}{moved}.")
 
 
 @images.command("groups")

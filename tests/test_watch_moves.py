@@ -1,0 +1,94 @@
+"""A file renamed or moved inside a watched folder is the same picture: its image keeps its id, group and answers,
+and its recorded path follows the file (it was registered a second time, and processed twice)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psycopg
+
+from tests.conftest import wait_until
+from tests.test_streams import SAMPLE, command, jobs_per_image, landed_long_ago, registered, stop, watching
+from windmill.db.connect import Database
+
+
+def images(conn: psycopg.Connection) -> list[tuple[int, str, str]]:
+    return conn.execute("SELECT image_id, image_path, image_filename FROM images ORDER BY image_id").fetchall()
+
+
+def quiet_for(seconds: float) -> None:
+    """Long enough for a watch of settle 0.3 s to have taken whatever it would take."""
+    time.sleep(seconds)
+
+
+def test_a_file_renamed_in_a_watched_folder_keeps_its_image_and_its_path_follows(
+        database: Database, conn: psycopg.Connection, tmp_path: Path) -> None:
+    folder = tmp_path.resolve() / "card"
+    (folder / "day1").mkdir(parents=True)
+    first = folder / "IMG_0001.jpg"
+    first.write_bytes(b"jpeg")
+    landed_long_ago(first)
+    nested = folder / "day1" / "IMG_0002.jpg"
+    nested.write_bytes(b"jpeg")
+    landed_long_ago(nested)
+    with watching(database, folder, settle_s=0.3, recursive=True) as (watch, runner):
+        wait_until(lambda: registered(conn, first) and registered(conn, nested), timeout=30,
+                   message="the files already there")
+        renamed = folder / "fox.jpg"
+        first.rename(renamed)
+        (folder / "day1").rename(folder / "day1-sorted")  # a folder renamed: each file in it moved
+        wait_until(lambda: registered(conn, renamed), timeout=30, message="the renamed file's path")
+        quiet_for(1.5)
+        assert images(conn) == [(1, str(renamed), "fox.jpg"),
+                                (2, str(folder / "day1-sorted" / "IMG_0002.jpg"), "IMG_0002.jpg")]
+
+        # Moved out of the watched tree: where it went is not known (inotify says only that it left), so the image
+        # stays as it was, as a deleted file's does.
+        renamed.rename(tmp_path / "elsewhere.jpg")
+        quiet_for(1.0)
+        assert images(conn)[0] == (1, str(renamed), "fox.jpg")
+        assert runner.is_alive()
+    assert (watch.report.added, watch.report.moved) == (2, 2)
+
+
+def test_a_file_moved_onto_a_registered_one_keeps_its_image_and_the_replaced_one_goes(
+        database: Database, conn: psycopg.Connection, tmp_path: Path, caplog) -> None:
+    folder = tmp_path.resolve() / "card"
+    folder.mkdir()
+    kept, replaced = folder / "a.jpg", folder / "b.jpg"
+    for path in (kept, replaced):
+        path.write_bytes(path.name.encode())
+        landed_long_ago(path)
+    with watching(database, folder, settle_s=0.3) as (watch, _):
+        wait_until(lambda: registered(conn, kept) and registered(conn, replaced), timeout=30,
+                   message="the files already there")
+        os.replace(kept, replaced)
+        wait_until(lambda: len(images(conn)) == 1, timeout=30, message="the replaced image removed")
+        quiet_for(1.0)
+    # The picture that was b.jpg is gone for good: its answers described nothing there is any more.
+    assert images(conn) == [(1, str(replaced), "b.jpg")]
+    assert watch.report.moved == 1
+    assert any(record.getMessage() == f"{kept} was moved onto {replaced}: image 2, the file it replaced, is removed "
+               f"with what was stored for it; image 1 is now at {replaced}" for record in caplog.records), \
+        [record.getMessage() for record in caplog.records]
+
+
+def test_a_watch_that_queues_does_not_queue_a_renamed_file_again(
+        conn: psycopg.Connection, worker_env: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path.resolve() / "uploads"
+    folder.mkdir()
+    args = ("images", "watch", str(folder), "--settle", "0.5", "--submit", "nsfw2", "--broker", "postgres")
+    with command(worker_env, *args) as watch:
+        photo = folder / "photo.jpg"
+        photo.write_bytes(SAMPLE.read_bytes())
+        wait_until(lambda: jobs_per_image(conn) == {1: 1}, timeout=60, message="the file registered and queued")
+        renamed = folder / "cat.jpg"
+        photo.rename(renamed)
+        wait_until(lambda: registered(conn, renamed), timeout=30, message="the path following the file")
+        quiet_for(1.5)
+        out, _ = stop(watch)
+    assert "added 1 image(s), queued 1 task(s); 0 already known; 1 moved" in out, out
+    assert jobs_per_image(conn) == {1: 1}
+    assert images(conn) == [(1, str(renamed), "cat.jpg")]
