@@ -330,3 +330,43 @@ def test_a_watched_folder_that_goes_away_ends_the_watch_with_one_sentence(
     assert err.strip().splitlines()[-1] == (f"Error: the watched folder {folder} is gone (deleted, renamed or "
                                             "unmounted) after 1 image(s) added; start the watch again once it is "
                                             "back")
+
+
+def test_a_file_its_writer_holds_open_through_pauses_longer_than_the_settle_interval_waits_for_its_close(
+        database: Database, conn: psycopg.Connection, tmp_path: Path) -> None:
+    """An upload over a slow link stalls for longer than the settle interval, its file still open: it was taken a
+    quarter written. inotify says when a writer closes a file; one still open waits for it."""
+    folder = tmp_path.resolve() / "uploads"
+    folder.mkdir()
+    data = SAMPLE.read_bytes()
+    before = folder / "before.jpg"
+    before.write_bytes(data)
+    landed_long_ago(before)
+    with watching(database, folder, settle_s=0.3) as (watch, runner):
+        # Once the files already there are taken, the watch hears of every write (a file already being written when
+        # it started is judged by the settle interval alone).
+        wait_until(lambda: registered(conn, before), timeout=30, message="the file already there")
+        slow = folder / "slow.jpg"
+        with slow.open("wb") as upload:
+            for n in range(4):
+                upload.write(data[n * len(data) // 4:(n + 1) * len(data) // 4])
+                upload.flush()
+                time.sleep(1.0)  # stalled, more than three settle intervals
+                assert not registered(conn, slow), f"taken with {n + 1} of 4 parts written, its writer still there"
+        wait_until(lambda: registered(conn, slow), timeout=30, message="the file once its writer closed it")
+        assert runner.is_alive()
+    assert watch.report.added == 2
+
+
+def test_a_file_held_open_is_waited_for_only_so_long() -> None:
+    """A writer that never closes its file, or a close the watch did not hear of (events lost), must not keep it
+    from being taken for ever."""
+    tracker = SettleTracker(settle_s=2.0, open_wait_s=60.0)
+    held, closed = Path("/up/held.jpg"), Path("/up/closed.jpg")
+    tracker.observe(held, (100, 1), now=0.0, writer=True)
+    tracker.observe(closed, (100, 1), now=0.0, writer=True)
+    tracker.observe(closed, (100, 1), now=1.0, writer=False)  # closed after its last write: settles from that write
+    assert tracker.take_settled(now=2.0) == [closed]
+    assert tracker.take_settled(now=59.0) == [], "unchanged, but its writer still holds it"
+    assert tracker.take_settled(now=60.0) == [held]
+    assert tracker.writing == set()

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SETTLE_S = 2.0  # a file is taken when unchanged this long
+# A file its writer still holds open is taken once closed, or once unchanged this long: a writer that never closes
+# it (or a close not heard of, events lost) must not hold it back for ever; an upload stalled longer is taken.
+OPEN_WAIT_S = 300.0
 FileSignature = tuple[int, int]  # (size, mtime in ns)
 
 
@@ -51,26 +54,47 @@ def is_candidate(path: Path) -> bool:
 
 @dataclass
 class SettleTracker:
-    """Files seen but not taken yet, each with its last signature and since when it has not changed (pure: the
-    caller stats the files and gives the clock)."""
+    """Files seen but not taken yet, each with its last signature and since when it has not changed, and those a
+    writer holds open (pure: the caller stats the files, hears the events and gives the clock)."""
 
     settle_s: float = SETTLE_S
+    open_wait_s: float = OPEN_WAIT_S
     pending: dict[Path, tuple[FileSignature, float]] = field(default_factory=dict)
+    writing: set[Path] = field(default_factory=set)  # written to and not closed since (an upload stalled)
 
-    def observe(self, path: Path, signature: FileSignature | None, now: float) -> None:
-        """A stat of a pending or new file; None: it is gone (deleted, or renamed away)."""
+    def observe(self, path: Path, signature: FileSignature | None, now: float, writer: bool | None = None) -> None:
+        """A stat of a pending or new file; None: it is gone (deleted, or renamed away). `writer`: an event said it
+        was written to (True) or that a writer closed it (False)."""
         if signature is None:
             self.pending.pop(path, None)
-        elif path not in self.pending or self.pending[path][0] != signature:
+            self.writing.discard(path)
+            return
+        if path not in self.pending or self.pending[path][0] != signature:
             self.pending[path] = (signature, now)
+        if writer:
+            self.writing.add(path)
+        elif writer is False:
+            self.writing.discard(path)
 
     def take_settled(self, now: float) -> list[Path]:
-        """The files unchanged for the settle interval and not empty; they leave the tracker."""
+        """The files unchanged for the settle interval, not empty and not held open by their writer (or unchanged
+        for `open_wait_s`); they leave the tracker."""
         settled = [path for path, (signature, since) in self.pending.items()
-                   if signature[0] > 0 and now - since >= self.settle_s]
+                   if signature[0] > 0 and now - since >= self.settle_s
+                   and (path not in self.writing or now - since >= self.open_wait_s)]
         for path in settled:
             del self.pending[path]
+            self.writing.discard(path)
         return sorted(settled)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """An event of an image file: `writer` True when it was written to (its writer may still hold it open), False
+    when a writer closed it, None when the event says neither (created, renamed into place)."""
+
+    path: Path
+    writer: bool | None = None
 
 
 def signature_of(path: Path) -> FileSignature | None:
@@ -108,6 +132,7 @@ class FolderWatch:
     recursive: bool = False
     group: str | None = None
     settle_s: float = SETTLE_S
+    open_wait_s: float = OPEN_WAIT_S
     submitter: Submitter | None = None
     on_batch: Callable[[AddReport, int], None] | None = None  # (what was registered, tasks queued)
     report: WatchReport = field(default_factory=WatchReport)
@@ -119,15 +144,16 @@ class FolderWatch:
             raise WindmillError("watching a folder needs the watchdog library: "
                                 "pip install 'windmill-pipeline[watch]'") from None
 
-        arrivals: queue.SimpleQueue[Path | Move] = queue.SimpleQueue()
+        arrivals: queue.SimpleQueue[Arrival | Move] = queue.SimpleQueue()
         observer = Observer()
         try:
-            observer.schedule(_arrivals_handler(arrivals), str(self.folder), recursive=self.recursive)
+            observer.schedule(_arrivals_handler(arrivals, closes_heard=_hears_closes(observer)), str(self.folder),
+                              recursive=self.recursive)
             observer.start()  # before the scan: a file landing meanwhile is both scanned and heard of, never missed
         except OSError as problem:  # gone since the command looked, or a limit of inotify's (max_user_watches)
             raise WindmillError(f"cannot watch {self.folder}: {problem.strerror or problem}") from None
         try:
-            tracker = SettleTracker(self.settle_s)
+            tracker = SettleTracker(self.settle_s, self.open_wait_s)
             self._take_files_already_there(tracker)
             tick = min(0.25, self.settle_s / 4)
             while not self.stopping.is_set():
@@ -143,8 +169,8 @@ class FolderWatch:
                         arrived = arrivals.get_nowait()
                     except queue.Empty:
                         break
-                    if isinstance(arrived, Path):
-                        tracker.observe(arrived, signature_of(arrived), time.monotonic())
+                    if isinstance(arrived, Arrival):
+                        tracker.observe(arrived.path, signature_of(arrived.path), time.monotonic(), arrived.writer)
                     else:
                         moves.append(arrived)
                 self._follow(moves, tracker)
@@ -227,10 +253,21 @@ class FolderWatch:
         return self.submitter.report.published - before
 
 
-def _arrivals_handler(arrivals: queue.SimpleQueue[Path | Move]) -> FileSystemEventHandler:
-    """watchdog's event handler: puts the paths of image files created, written, closed or renamed into place, and
-    every file renamed inside the watched tree (with a folder renamed, each file in it) as a Move: whether its
-    source is a registered image only the database knows."""
+def _hears_closes(observer: object) -> bool:
+    """Whether the observer reports a writer closing a file (inotify's IN_CLOSE_WRITE): elsewhere (FSEvents,
+    kqueue, polling) a file written to would wait for a close that is never heard of."""
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+    except (ImportError, OSError):  # not Linux
+        return False
+    return isinstance(observer, InotifyObserver)
+
+
+def _arrivals_handler(arrivals: queue.SimpleQueue[Arrival | Move], *, closes_heard: bool) -> FileSystemEventHandler:
+    """watchdog's event handler: puts the image files created, written, closed or renamed into place, and every
+    file renamed inside the watched tree (with a folder renamed, each file in it) as a Move: whether its source is
+    a registered image only the database knows. With `closes_heard`, an arrival says whether its file was written
+    to or closed."""
     from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
     class Arrivals(FileSystemEventHandler):
@@ -251,6 +288,7 @@ def _arrivals_handler(arrivals: queue.SimpleQueue[Path | Move]) -> FileSystemEve
                 return
             path = landed.resolve()
             if is_candidate(path):
-                arrivals.put(path)
+                writer = {"modified": True, "closed": False}.get(event.event_type) if closes_heard else None
+                arrivals.put(Arrival(path, writer))
 
     return Arrivals()
