@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -106,7 +107,9 @@ def _files_in(directory: Path, *, recursive: bool, report: AddReport) -> Iterato
             # directory is not (sub-directory links are never entered).
             odd = named_as_image and not wanted and not entry.is_dir()
             dangling = odd and entry.is_symlink()
-        except OSError:  # gone since the listing
+        except OSError as error:  # gone since the listing, or a symbolic link loop (said, as a dangling link is)
+            if error.errno == errno.ELOOP and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                report.skipped.append((printable(directory / entry.name), "symbolic link loop"))
             continue
         if odd:
             report.skipped.append((printable(directory / entry.name), "dangling symbolic link" if dangling

@@ -7,6 +7,7 @@ folder keeps its image (watch_moves)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -272,15 +273,23 @@ def _arrivals_handler(arrivals: queue.SimpleQueue[Arrival | Move], *, closes_hea
 
     class Arrivals(FileSystemEventHandler):
         def on_any_event(self, event: FileSystemEvent) -> None:
+            try:
+                self.hear(event)
+            except Exception as problem:
+                # Raised here, it would end watchdog's thread: the watch would go on running and hear of no file.
+                log.warning("skipped %s: %s", printable(os.fsdecode(event.src_path)), problem,
+                            extra={"action": "watch_skipped"})
+
+        def hear(self, event: FileSystemEvent) -> None:
             if event.is_directory or event.event_type not in ("created", "modified", "moved", "closed"):
                 return
             raw = event.dest_path if event.event_type == "moved" else event.src_path
             if not raw:
                 return
             landed = Path(os.fsdecode(raw))
-            if is_candidate(landed) and landed.is_symlink() and not landed.exists():
-                # Said as `images add` says it: resolved, it would only be a file that is not there, dropped unseen.
-                log.warning("skipped %s: dangling symbolic link", printable(landed), extra={"action": "watch_skipped"})
+            if problem := _link_problem(landed):
+                if is_candidate(landed):  # said as `images add` says it, rather than dropped unseen
+                    log.warning("skipped %s: %s", printable(landed), problem, extra={"action": "watch_skipped"})
                 return
             if event.event_type == "moved" and event.src_path:
                 # Resolved as registered paths are; the source is gone, so only the folders above it resolve.
@@ -292,3 +301,15 @@ def _arrivals_handler(arrivals: queue.SimpleQueue[Arrival | Move], *, closes_hea
                 arrivals.put(Arrival(path, writer))
 
     return Arrivals()
+
+
+def _link_problem(path: Path) -> str | None:
+    """Why a symbolic link leads to no file (None for a link that does, and for anything else): resolved, a
+    dangling one would be a file that is not there, and a loop raises."""
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except OSError as error:
+        return "symbolic link loop" if error.errno == errno.ELOOP else "dangling symbolic link"
+    return None
