@@ -98,6 +98,12 @@ class Arrival:
     writer: bool | None = None
 
 
+@dataclass(frozen=True)
+class EventsLost:
+    """The observer says events were lost (a burst beyond inotify's queue, fs.inotify.max_queued_events): files
+    that landed meanwhile are known only to the folder."""
+
+
 def signature_of(path: Path) -> FileSignature | None:
     """(size, mtime) of a regular file (one stat); None for anything else, or a file gone."""
     try:
@@ -145,7 +151,7 @@ class FolderWatch:
             raise WindmillError("watching a folder needs the watchdog library: "
                                 "pip install 'windmill-pipeline[watch]'") from None
 
-        arrivals: queue.SimpleQueue[Arrival | Move] = queue.SimpleQueue()
+        arrivals: queue.SimpleQueue[Arrival | Move | EventsLost] = queue.SimpleQueue()
         observer = Observer()
         try:
             observer.schedule(_arrivals_handler(arrivals, closes_heard=_hears_closes(observer)), str(self.folder),
@@ -165,6 +171,7 @@ class FolderWatch:
                                         f"after {self.report.added} image(s) added; start the watch again once it "
                                         f"is back")
                 moves: list[Move] = []
+                lost = False
                 while True:
                     try:
                         arrived = arrivals.get_nowait()
@@ -172,9 +179,13 @@ class FolderWatch:
                         break
                     if isinstance(arrived, Arrival):
                         tracker.observe(arrived.path, signature_of(arrived.path), time.monotonic(), arrived.writer)
-                    else:
+                    elif isinstance(arrived, Move):
                         moves.append(arrived)
+                    else:
+                        lost = True
                 self._follow(moves, tracker)
+                if lost:
+                    self._look_again(tracker)
                 for path in list(tracker.pending):
                     tracker.observe(path, signature_of(path), time.monotonic())
         finally:
@@ -183,17 +194,19 @@ class FolderWatch:
         return self.report
 
     def _take_files_already_there(self, tracker: SettleTracker) -> None:
-        """The files that landed while no watch ran. One not written for the settle interval (its modification
-        time says so) is complete, as if watched that long: it is registered at once, a page at a time as the walk
-        finds them, so a folder of millions starts in flat memory. The others (still being written, empty, or
-        dated ahead of this clock) are tracked as if they had just arrived."""
+        """The files that landed while no watch ran (or whose events were lost). One not written for the settle
+        interval (its modification time says so) is complete, as if watched that long: it is registered at once, a
+        page at a time as the walk finds them, so a folder of millions starts in flat memory. The others (still
+        being written, empty, or dated ahead of this clock) are tracked as if they had just arrived."""
         settled: list[Path] = []
         walked = AddReport()
         for path in find_image_files([self.folder], recursive=self.recursive, report=walked):
             if not is_candidate(path):
                 continue
             signature = signature_of(path)
-            if signature is not None and settled_by_its_time(signature, time.time_ns(), self.settle_s):
+            if path in tracker.pending:  # looked at again (events lost): heard of already, and settling
+                tracker.observe(path, signature, time.monotonic())
+            elif signature is not None and settled_by_its_time(signature, time.time_ns(), self.settle_s):
                 settled.append(path)
                 if len(settled) >= PAGE_SIZE:
                     self._register(settled)
@@ -203,6 +216,16 @@ class FolderWatch:
         self._register(settled)
         for what, why in walked.skipped:
             log.warning("skipped %s: %s", what, why, extra={"action": "watch_skipped"})
+
+    def _look_again(self, tracker: SettleTracker) -> None:
+        """Events were lost: the folder is walked again, as on start, so that the files they would have told of are
+        taken. The files already known that the walk meets again are not counted again."""
+        log.warning("events were lost (a burst of files beyond the kernel's queue of events, "
+                    "fs.inotify.max_queued_events): looking at %s again", printable(self.folder),
+                    extra={"action": "watch_events_lost"})
+        counted = (self.report.already_known, self.report.known_in_another_group)
+        self._take_files_already_there(tracker)
+        self.report.already_known, self.report.known_in_another_group = counted
 
     def _register(self, files: Sequence[Path]) -> None:
         kept: list[Path] = []
@@ -264,11 +287,12 @@ def _hears_closes(observer: object) -> bool:
     return isinstance(observer, InotifyObserver)
 
 
-def _arrivals_handler(arrivals: queue.SimpleQueue[Arrival | Move], *, closes_heard: bool) -> FileSystemEventHandler:
+def _arrivals_handler(arrivals: queue.SimpleQueue[Arrival | Move | EventsLost], *,
+                      closes_heard: bool) -> FileSystemEventHandler:
     """watchdog's event handler: puts the image files created, written, closed or renamed into place, and every
     file renamed inside the watched tree (with a folder renamed, each file in it) as a Move: whether its source is
     a registered image only the database knows. With `closes_heard`, an arrival says whether its file was written
-    to or closed."""
+    to or closed. A report that events were lost (watchdog's EventsLostEvent) is passed on."""
     from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
     class Arrivals(FileSystemEventHandler):
@@ -281,6 +305,9 @@ def _arrivals_handler(arrivals: queue.SimpleQueue[Arrival | Move], *, closes_hea
                             extra={"action": "watch_skipped"})
 
         def hear(self, event: FileSystemEvent) -> None:
+            if event.event_type == "events_lost":
+                arrivals.put(EventsLost())
+                return
             if event.is_directory or event.event_type not in ("created", "modified", "moved", "closed"):
                 return
             raw = event.dest_path if event.event_type == "moved" else event.src_path
