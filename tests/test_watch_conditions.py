@@ -1,15 +1,20 @@
 """`images watch` under the conditions of a real folder: what lands in it that is no image file to take (a
-symbolic link loop, ...) is said once and skipped, and the watch goes on hearing of the files after it."""
+symbolic link loop) is said once and skipped, and the watch goes on hearing of the files after it; a burst that
+loses events, and a file it cannot read yet, do not keep files from being taken."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
-from tests.conftest import wait_until
-from tests.test_streams import SAMPLE, landed_long_ago, registered, watching
+from tests.conftest import PYTHON, wait_until
+from tests.test_streams import SAMPLE, jobs_per_image, landed_long_ago, registered, stop, watching
 from windmill.db.connect import Database
 
 
@@ -83,3 +88,50 @@ def test_files_whose_events_were_lost_in_a_burst_are_found_by_looking_at_the_fol
         assert runner.is_alive()
     assert (watch.report.added, watch.report.already_known) == (4, 0), "a file looked at again is not counted again"
     assert any("events were lost" in record.getMessage() for record in caplog.records)
+
+
+def as_a_user(args: list[str]) -> list[str]:
+    """The command as a login that file permissions apply to: root reads a file of mode 000, so as root the
+    command runs without the capabilities that let it (setpriv, util-linux)."""
+    if os.geteuid() != 0:
+        return args
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions would not apply")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *args]
+
+
+def test_a_file_the_watch_cannot_read_waits_with_a_line_until_it_can(
+        conn: psycopg.Connection, worker_env: dict[str, str], tmp_path: Path) -> None:
+    # It was registered and queued, every service then recording `not readable (permission denied)`, and once its
+    # permissions were put right (an upload tool's chmod at the end, an administrator) nothing took it again.
+    folder = tmp_path.resolve() / "uploads"
+    folder.mkdir()
+    readable, locked = folder / "readable.jpg", folder / "locked.jpg"
+    for path in (readable, locked):
+        path.write_bytes(SAMPLE.read_bytes())
+        landed_long_ago(path)
+    locked.chmod(0)
+    args = [PYTHON, "-m", "windmill", "images", "watch", str(folder), "--settle", "0.3", "--submit", "nsfw2",
+            "--broker", "postgres"]
+    watch = subprocess.Popen(as_a_user(args), env=worker_env, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: registered(conn, readable), timeout=60, message="the readable file")
+        arrived = folder / "arrived.jpg"
+        arrived.write_bytes(SAMPLE.read_bytes())
+        arrived.chmod(0)
+        time.sleep(1.5)
+        assert not registered(conn, locked) and not registered(conn, arrived)
+        locked.chmod(0o644)
+        arrived.chmod(0o644)
+        wait_until(lambda: registered(conn, locked) and registered(conn, arrived), timeout=30,
+                   message="the files once readable")
+        out, err = stop(watch)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.communicate()
+    for path in (locked, arrived):
+        assert f"skipped {path}: cannot be read (permission denied); it is taken once it can be" in err, err
+    assert "added 3 image(s), queued 3 task(s)" in out
+    assert jobs_per_image(conn) == {1: 1, 2: 1, 3: 1}

@@ -45,6 +45,7 @@ SETTLE_S = 2.0  # a file is taken when unchanged this long
 # A file its writer still holds open is taken once closed, or once unchanged this long: a writer that never closes
 # it (or a close not heard of, events lost) must not hold it back for ever; an upload stalled longer is taken.
 OPEN_WAIT_S = 300.0
+READ_RETRY_S = 2.0  # how often a file that could not be read is looked at again
 FileSignature = tuple[int, int]  # (size, mtime in ns)
 
 
@@ -143,6 +144,9 @@ class FolderWatch:
     submitter: Submitter | None = None
     on_batch: Callable[[AddReport, int], None] | None = None  # (what was registered, tasks queued)
     report: WatchReport = field(default_factory=WatchReport)
+    # Files this login cannot read (yet): taken once it can, when a chmod at the end of an upload or an administrator
+    # puts them right (their services would only record `permission denied`, and nothing would take them again).
+    unreadable: set[Path] = field(default_factory=set)
 
     def run(self) -> WatchReport:
         try:
@@ -163,6 +167,7 @@ class FolderWatch:
             tracker = SettleTracker(self.settle_s, self.open_wait_s)
             self._take_files_already_there(tracker)
             tick = min(0.25, self.settle_s / 4)
+            read_again = time.monotonic() + READ_RETRY_S
             while not self.stopping.is_set():
                 self._register(tracker.take_settled(time.monotonic()))
                 self.stopping.wait(tick)
@@ -188,6 +193,9 @@ class FolderWatch:
                     self._look_again(tracker)
                 for path in list(tracker.pending):
                     tracker.observe(path, signature_of(path), time.monotonic())
+                if self.unreadable and time.monotonic() >= read_again:
+                    self._readable_again(tracker)
+                    read_again = time.monotonic() + READ_RETRY_S
         finally:
             observer.stop()
             observer.join()
@@ -230,10 +238,15 @@ class FolderWatch:
     def _register(self, files: Sequence[Path]) -> None:
         kept: list[Path] = []
         for path in files:
-            if storable(path):
-                kept.append(path)
-            else:  # an arrival; the start-up walk left such files out
+            if not storable(path):  # an arrival; the start-up walk left such files out
                 log.warning("skipped %s: %s", printable(path), NOT_UTF8, extra={"action": "watch_skipped"})
+            elif not os.access(path, os.R_OK):
+                if path not in self.unreadable:  # a line once, not at each look
+                    log.warning("skipped %s: cannot be read (permission denied); it is taken once it can be",
+                                printable(path), extra={"action": "watch_unreadable"})
+                    self.unreadable.add(path)
+            else:
+                kept.append(path)
         files = kept
         for start in range(0, len(files), PAGE_SIZE):
             batch = files[start:start + PAGE_SIZE]
@@ -245,6 +258,15 @@ class FolderWatch:
             self.report.published += published
             if self.on_batch:
                 self.on_batch(added, published)
+
+    def _readable_again(self, tracker: SettleTracker) -> None:
+        """The files that could not be read and now can settle again (a chmod changes neither size nor time, so no
+        event and no stat would tell); those gone are forgotten."""
+        for path in list(self.unreadable):
+            signature = signature_of(path)
+            if signature is None or os.access(path, os.R_OK):
+                self.unreadable.discard(path)
+                tracker.observe(path, signature, time.monotonic())
 
     def _follow(self, moves: Sequence[Move], tracker: SettleTracker) -> None:
         """Registered files renamed: their images follow them (and with a submitter are offered as a known file
