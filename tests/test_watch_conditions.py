@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from tests.conftest import PYTHON, wait_until
 from tests.test_streams import SAMPLE, jobs_per_image, landed_long_ago, registered, stop, watching
 from windmill.db.connect import Database
+from windmill.watch import FolderWatch
 
 
 def test_a_symbolic_link_loop_landing_is_skipped_and_the_watch_goes_on_hearing(
@@ -135,3 +137,26 @@ def test_a_file_the_watch_cannot_read_waits_with_a_line_until_it_can(
         assert f"skipped {path}: cannot be read (permission denied); it is taken once it can be" in err, err
     assert "added 3 image(s), queued 3 task(s)" in out
     assert jobs_per_image(conn) == {1: 1, 2: 1, 3: 1}
+
+
+def test_a_stop_asked_for_during_the_walk_of_the_files_already_there_ends_it(
+        database: Database, conn: psycopg.Connection, tmp_path: Path, monkeypatch) -> None:
+    # SIGTERM during the start of a watch of a card of millions of files went on to the end of the walk: minutes,
+    # while a service manager waits 90 s before it kills.
+    import windmill.watch
+
+    monkeypatch.setattr(windmill.watch, "PAGE_SIZE", 2)  # a page of two files: the walk of ten is five pages
+    folder = tmp_path.resolve() / "card"
+    folder.mkdir()
+    for n in range(10):
+        (folder / f"IMG_{n:04d}.jpg").write_bytes(b"jpeg")
+        landed_long_ago(folder / f"IMG_{n:04d}.jpg")
+    stopping = threading.Event()
+    with database.connect() as watch_conn:
+        watch = FolderWatch(watch_conn, folder, stopping, settle_s=0.3,
+                            on_batch=lambda added, published: stopping.set())  # SIGTERM after the first page
+        runner = threading.Thread(target=watch.run)
+        runner.start()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
+    assert watch.report.added == 2, "the page under way is finished, no other begun"

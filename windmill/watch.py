@@ -189,7 +189,7 @@ class FolderWatch:
                     else:
                         lost = True
                 self._follow(moves, tracker)
-                if lost:
+                if lost and not self.stopping.is_set():
                     self._look_again(tracker)
                 for path in list(tracker.pending):
                     tracker.observe(path, signature_of(path), time.monotonic())
@@ -209,6 +209,8 @@ class FolderWatch:
         settled: list[Path] = []
         walked = AddReport()
         for path in find_image_files([self.folder], recursive=self.recursive, report=walked):
+            if self.stopping.is_set():  # a card of millions takes minutes to walk; a stop ends it after its page
+                break
             if not is_candidate(path):
                 continue
             signature = signature_of(path)
