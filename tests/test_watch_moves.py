@@ -8,10 +8,20 @@ import time
 from pathlib import Path
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
 from tests.conftest import wait_until
 from tests.test_streams import SAMPLE, command, jobs_per_image, landed_long_ago, registered, stop, watching
+from windmill.broker import Task
+from windmill.catalog import Catalog
+from windmill.collection import add_paths
 from windmill.db.connect import Database
+from windmill.farm import FarmClient
+from windmill.image_cache import ImageSource
+from windmill.roles.service import ServiceTaskHandler
+from windmill.settings import settings_from_mapping
+from windmill.simfarm.server import SimFarm
+from windmill.watch_moves import Move, follow_moves
 
 
 def images(conn: psycopg.Connection) -> list[tuple[int, str, str]]:
@@ -92,3 +102,40 @@ def test_a_watch_that_queues_does_not_queue_a_renamed_file_again(
     assert "added 1 image(s), queued 1 task(s); 0 already known; 1 moved" in out, out
     assert jobs_per_image(conn) == {1: 1}
     assert images(conn) == [(1, str(renamed), "cat.jpg")]
+
+
+def test_a_task_queued_before_its_file_was_renamed_reads_the_file_where_it_is_now(
+        pool: ConnectionPool, conn: psycopg.Connection, catalog: Catalog, tmp_path: Path) -> None:
+    # A task carries the path its image had when it was queued: a file renamed (and followed by the watch) while
+    # its tasks waited had each of them recorded as `image file not found`.
+    with SimFarm(catalog, services=["nsfw2"], port_offset=-600):  # 7174: the port range of this checkout
+        shifted = catalog.with_port_offset(-600)
+        photo = tmp_path.resolve() / "photo.jpg"
+        photo.write_bytes(SAMPLE.read_bytes())
+        add_paths(conn, [photo])
+        image = conn.execute("SELECT image_id, image_filename, image_path, image_url FROM images").fetchone()
+        task = Task.for_image(dict(zip(("image_id", "image_filename", "image_path", "image_url"), image,
+                                       strict=True)), shifted["nsfw2"])
+        renamed = photo.with_name("cat.jpg")
+        photo.rename(renamed)
+        follow_moves(conn, [Move(photo, renamed)])
+        with FarmClient(shifted) as client:
+            handler = ServiceTaskHandler(pool, client, ImageSource(settings_from_mapping({})), shifted, "w")
+            outcome = handler.handle(task, final_attempt=True, first_delivery=True)
+    assert outcome.status == "success", conn.execute("SELECT error_message FROM results").fetchall()
+
+    # A file gone for good is still said to be gone, by its path as the task had it.
+    gone = tmp_path.resolve() / "gone.jpg"
+    gone.write_bytes(SAMPLE.read_bytes())
+    add_paths(conn, [gone])
+    image = conn.execute("SELECT image_id, image_filename, image_path, image_url FROM images WHERE image_path = %s",
+                         (str(gone),)).fetchone()
+    gone.unlink()
+    with FarmClient(shifted) as client:
+        handler = ServiceTaskHandler(pool, client, ImageSource(settings_from_mapping({})), shifted, "w")
+        task = Task.for_image(dict(zip(("image_id", "image_filename", "image_path", "image_url"), image,
+                                       strict=True)), shifted["nsfw2"])
+        outcome = handler.handle(task, final_attempt=True, first_delivery=True)
+    assert outcome.status == "error"
+    assert conn.execute("SELECT error_message FROM results WHERE image_id = %s", (image[0],)).fetchone() == (
+        f"image file not found: {gone}",)

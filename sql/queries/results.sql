@@ -28,3 +28,8 @@ SELECT image_id, service, task_id, data, status, error_message, processing_time,
  ORDER BY position
 ON CONFLICT (task_id) DO NOTHING
 RETURNING task_id, result_id
+
+-- name: current_image_path
+-- The path an image has now: a file renamed inside a watched folder since its task was queued (the task carries the
+-- path of then). No row: the image was removed.
+SELECT image_path FROM images WHERE image_id = %(image_id)s

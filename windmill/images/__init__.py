@@ -14,6 +14,7 @@ from windmill.images.crop import (
 from windmill.images.errors import BadImage, ImageUnavailable
 from windmill.images.load import (
     DEFAULT_MAX_BYTES,
+    FileMissing,
     check_image_url,
     download_image,
     load_image_bytes,
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "BadImage",
     "CropBox",
+    "FileMissing",
     "ImageUnavailable",
     "PreparedImage",
     "check_image_url",

@@ -39,8 +39,9 @@ _USER_AGENT = "windmill-image-loader"
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class _FileMissing(BadImage):
-    """The path names nothing: the one path failure after which the image URL may still be tried."""
+class FileMissing(BadImage):
+    """The path names nothing: the one path failure after which the image URL may still be tried (and the image's
+    current path, a task's file having been renamed since it was queued)."""
 
 
 def load_image_bytes(
@@ -62,7 +63,7 @@ def load_image_bytes(
     if image_path is not None and str(image_path) != "":
         try:
             return read_image_file(image_path, max_bytes=max_bytes, roots=roots)
-        except _FileMissing:
+        except FileMissing:
             if not image_url:
                 raise
     if not image_url:
@@ -161,8 +162,8 @@ def read_image_file(
         descriptor = os.open(resolved, flags)
     except FileNotFoundError:
         if candidate.is_symlink():
-            raise _FileMissing(f"image path {shown} is a dangling symlink") from None
-        raise _FileMissing(f"image file not found: {shown}") from None
+            raise FileMissing(f"image path {shown} is a dangling symlink") from None
+        raise FileMissing(f"image file not found: {shown}") from None
     except PermissionError:
         raise BadImage(f"image file {shown} is not readable (permission denied)") from None
     except OSError as problem:

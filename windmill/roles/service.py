@@ -16,10 +16,11 @@ from psycopg_pool import ConnectionPool
 
 from windmill.broker.base import Task
 from windmill.catalog import Catalog, Service
-from windmill.db.queries import fetch_value
+from windmill.db.queries import fetch_value, query
 from windmill.errors import WindmillError
 from windmill.farm import FarmClient, ServiceAnswer
 from windmill.image_cache import ImageSource
+from windmill.images import FileMissing, PreparedImage
 from windmill.jobs import Job, PermanentJobError
 from windmill.jobs.handoff import Handoff
 from windmill.roles.answers import Answer, AnswerWriter
@@ -64,13 +65,26 @@ class ServiceTaskHandler:
             return Outcome(None)
 
         def call() -> ServiceAnswer:
-            image, path = self.images.inputs_for(service, task.image_id, task.image_path, task.image_url)
+            image, path = self._inputs(service, task)
             return self.farm.analyze(service, image, image_url=task.image_url, image_path=path)
 
         answer = call_service(call, final_attempt=final_attempt)
         if isinstance(answer, Failure):
             return self._record_failure(task, answer, handoff)
         return self._record(task, "success", answer.data, processing_time=answer.processing_time, handoff=handoff)
+
+    def _inputs(self, service: Service, task: Task) -> tuple[PreparedImage | None, str | None]:
+        """The image as `service` is given it, read from the path the task carries; when no file is there any more,
+        from the image's path now if it has another (`images watch` follows a file renamed while its tasks waited).
+        A round trip only then: a file found costs nothing more."""
+        try:
+            return self.images.inputs_for(service, task.image_id, task.image_path, task.image_url)
+        except FileMissing:
+            with self.pool.connection() as conn:
+                row = conn.execute(query("current_image_path"), {"image_id": task.image_id}).fetchone()
+            if row is None or row[0] is None or row[0] == task.image_path:
+                raise
+            return self.images.inputs_for(service, task.image_id, row[0], task.image_url)
 
     def record_failure(self, task: Task, failure: BaseException) -> Outcome:
         """The final attempt failed: store it as the task's error/timeout row (every failure is a row)."""
