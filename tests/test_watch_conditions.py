@@ -160,3 +160,21 @@ def test_a_stop_asked_for_during_the_walk_of_the_files_already_there_ends_it(
         runner.join(timeout=30)
     assert not runner.is_alive()
     assert watch.report.added == 2, "the page under way is finished, no other begun"
+
+
+def test_a_file_deleted_between_settling_and_its_registration_is_not_registered(
+        database: Database, conn: psycopg.Connection, tmp_path: Path, caplog) -> None:
+    # A file deleted right after landing: once it had settled, the page it was on was registered without another
+    # look, and each of its services then recorded `image file not found`.
+    folder = tmp_path.resolve() / "uploads"
+    folder.mkdir()
+    kept, deleted = folder / "kept.jpg", folder / "deleted.jpg"
+    for path in (kept, deleted):
+        path.write_bytes(b"jpeg")
+    with database.connect() as watch_conn:
+        watch = FolderWatch(watch_conn, folder, threading.Event())
+        deleted.unlink()  # after the tracker took both as settled, before the page is registered
+        watch._register([deleted, kept])
+    assert watch.report.added == 1
+    assert [row[0] for row in conn.execute("SELECT image_path FROM images")] == [str(kept)]
+    assert not [record for record in caplog.records if "deleted.jpg" in record.getMessage()], "gone, not unreadable"

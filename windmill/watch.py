@@ -242,7 +242,9 @@ class FolderWatch:
         for path in files:
             if not storable(path):  # an arrival; the start-up walk left such files out
                 log.warning("skipped %s: %s", printable(path), NOT_UTF8, extra={"action": "watch_skipped"})
-            elif not os.access(path, os.R_OK):
+            elif not os.access(path, os.R_OK):  # one call per file; the stat only for those it refuses
+                if signature_of(path) is None:  # deleted (or renamed away) since it settled: nothing to register
+                    continue
                 if path not in self.unreadable:  # a line once, not at each look
                     log.warning("skipped %s: cannot be read (permission denied); it is taken once it can be",
                                 printable(path), extra={"action": "watch_unreadable"})
