@@ -162,6 +162,19 @@ def test_a_stop_ends_the_waits_and_gives_the_attempts_back() -> None:
     assert all(isinstance(outcome, AttemptGivenBack) for outcome in outcomes)
 
 
+def test_a_stopping_worker_still_calls_a_service_that_answers() -> None:
+    outages, down, up = fast(), Service(), Service()
+    up.up.set()
+    threads, outcomes = in_threads(1, lambda: outages.call("yolov8", down.call))
+    wait_until(lambda: "yolov8" in outages.down(), message="yolov8 found down")
+    outages.stop()  # a handler that had not reached its call when the stop came finishes it (the drain)
+    assert outages.call("rtdetr", up.call) == "answer"
+    threads[0].join(5)
+    assert len(outcomes) == 1 and isinstance(outcomes[0], OutageWaitStopped)
+    with pytest.raises(OutageWaitStopped):
+        outages.call("yolov8", down.call)
+
+
 def test_other_services_do_not_wait_for_one_that_is_down() -> None:
     outages, down, up = fast(), Service(), Service()
     up.up.set()

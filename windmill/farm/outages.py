@@ -87,7 +87,7 @@ class ServiceOutages:
         while True:
             # Read without the lock: a service found down a moment ago is found by the next call, and what this
             # call meets is judged under the lock all the same.
-            probe = self._turn(service) if self._down or self._stopped else False
+            probe = self._turn(service) if self._down else False
             try:
                 result = attempt()
             except ServiceCallError as error:
@@ -111,7 +111,8 @@ class ServiceOutages:
             return {service: now - down.since for service, down in self._down.items()}
 
     def stop(self) -> None:
-        """End every wait, now and later, with OutageWaitStopped."""
+        """End every wait for a service that is down, now and later, with OutageWaitStopped; a call to a service
+        that answers still goes out (a stopping worker's handlers finish what they run)."""
         with self._changed:
             self._stopped = True
             self._changed.notify_all()
@@ -120,16 +121,16 @@ class ServiceOutages:
         """Wait until a call to `service` may go out; True when it goes out as the service's probe."""
         with self._changed:
             while True:
-                if self._stopped:
-                    raise OutageWaitStopped(f"the worker stopped while {service} was down; the task goes back to its "
-                                            "queue, not counted as an attempt")
                 down = self._down.get(service)
                 if down is None:
-                    return False
+                    return False  # a stopping worker's handlers finish their calls (the drain)
                 now = self._clock()
                 left = down.since + self.wait_s - now
                 if left <= 0:
                     return False
+                if self._stopped:
+                    raise OutageWaitStopped(f"the worker stopped while {service} was down; the task goes back to its "
+                                            "queue, not counted as an attempt")
                 if not down.probing and now >= down.next_probe:
                     down.probing = True
                     return True
