@@ -23,6 +23,7 @@ from windmill.bench.chaos.audit import (
     JOBS,
     POSTPROCESSING,
     QUEUES,
+    SERVICES_DOWN,
     Audit,
     audit,
     final_backfill,
@@ -133,6 +134,14 @@ BREAKAGES: dict[str, tuple[str, Callable[[psycopg.Connection], object]]] = {
             WHERE id = (SELECT max(id) FROM jobs)""")),
     "a job waiting for its retry": (JOBS, lambda conn: conn.execute(
         "UPDATE jobs SET state = 'failed', last_error = 'HTTP 500' WHERE id = (SELECT max(id) FROM jobs)")),
+    "an answer failed for want of a connection": (SERVICES_DOWN, lambda conn: conn.execute(
+        """UPDATE results SET status = 'error', error_message = 'ocr: cannot connect to http://127.0.0.1:1',
+                  data = '{"error": {"kind": "connect", "message": "cannot connect"}}'
+            WHERE result_id = (SELECT min(result_id) FROM results WHERE service = 'ocr')""")),
+    "a crop's colors failed for want of a connection": (SERVICES_DOWN, lambda conn: conn.execute(
+        """UPDATE postprocessing SET status = 'error', error_message = 'colors: cannot connect',
+                  data = '{"error": {"kind": "connect", "message": "cannot connect"}}'
+            WHERE postprocessing_id = (SELECT min(postprocessing_id) FROM postprocessing WHERE service = 'colors')""")),
     "a task left in the ledger of tasks in flight": (QUEUES, lambda conn: conn.execute(
         """INSERT INTO service_tasks_in_flight (image_id, service, queue, task_id)
            SELECT image_id, 'ocr', 'queue_ocr', gen_random_uuid() FROM images LIMIT 1""")),

@@ -132,3 +132,14 @@ SELECT consensus_data FROM consensus WHERE image_id = %(image_id)s
 -- name: group_images
 -- The images of a group (the benchmarks' own), in id order.
 SELECT image_id FROM images WHERE image_group = %(group)s ORDER BY image_id
+
+-- name: chaos_outage_failures
+-- Rows that failed for want of a connection to their service (the client's kind `connect`): a worker's calls wait
+-- for a service that is down (windmill/farm/outages.py), so the farm's outage, shorter than that wait, leaves none.
+SELECT 'answer', image_id, service, error_message
+  FROM results
+ WHERE status <> 'success' AND data->'error'->>'kind' = 'connect'
+UNION ALL
+SELECT 'postprocessing', image_id, service, error_message
+  FROM postprocessing
+ WHERE status <> 'success' AND data->'error'->>'kind' = 'connect'

@@ -36,6 +36,7 @@ CAPTION_SCORES = "caption scores"
 BACKFILL = "final backfill"
 JOBS = "jobs"
 QUEUES = "queues"
+SERVICES_DOWN = "services down"
 CHECKS = {
     ANSWERS: "one answer row per image × service: success, or the service's error/timeout with its reason",
     BOXES: "each image's boxes (every field, and the answer ids they and the merge record name) equal a fresh "
@@ -46,6 +47,8 @@ CHECKS = {
     BACKFILL: "the final backfill found nothing to repair",
     JOBS: "no job running, waiting for a retry or dead",
     QUEUES: "no task left in RabbitMQ or in the ledger of tasks in flight; every dead-lettered task has its row",
+    SERVICES_DOWN: "no answer, postprocessing row or caption score failed for want of a connection: the calls "
+                   "waited out the farm's outage",
 }
 
 
@@ -165,6 +168,8 @@ def audit(conn: psycopg.Connection, catalog: Catalog, harmony: HarmonyConfig, *,
         for job_id, queue, image_id, state, reason in conn.execute(query("chaos_unfinished_jobs"), {"limit": 3}):
             found.checks[JOBS].fail(f"job {job_id} {queue} (image {image_id}) {state}" + (f": {reason}" * bool(reason)))
         found.checks[JOBS].failures = running + waiting + dead
+    for what, image_id, service, reason in conn.execute(query("chaos_outage_failures")):
+        found.checks[SERVICES_DOWN].fail(f"image {image_id} {service} {what}: {reason}")
     for image_id, service, task_id in conn.execute(query("chaos_tasks_in_flight")):
         found.checks[QUEUES].fail(f"image {image_id} {service}: task {task_id} still in the ledger of tasks in flight")
     if queues is not None:

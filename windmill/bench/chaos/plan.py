@@ -12,6 +12,7 @@ from windmill.broker.rabbitmq import MAX_RETRY_DELAY_S
 
 POSTGRES = "postgres"
 RABBITMQ = "rabbitmq"
+FARM = "farm"  # the stand-in: every Animal Farm service at once
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class ServerCrash:
     """SIGKILL of a server once `at` (a share) of the image × service pairs have their answer; it is started
     again `outage_s` seconds later, on the same data."""
 
-    server: str  # POSTGRES or RABBITMQ
+    server: str  # POSTGRES, RABBITMQ or FARM
     at: float
     outage_s: float
 
@@ -28,7 +29,8 @@ class ServerCrash:
 class ChaosPlan:
     """What goes wrong, and how often. The faults are issue 7's: 5 % HTTP 500, 2 % timeouts, 1 % malformed; the
     crashes issue 11's: the RabbitMQ node, the PostgreSQL postmaster with an immediate restart (crash recovery
-    under load), and PostgreSQL once more, down for longer than a task's retry budget."""
+    under load), and PostgreSQL once more, down for longer than a task's retry budget; and the farm, every service
+    down at once for longer than that budget too."""
 
     images: int = 500
     error_rate: float = 0.05
@@ -48,8 +50,11 @@ class ChaosPlan:
     # The long outage comes near the end of the ingest: a retried task goes to the back of its queue, so only
     # when few tasks are left does each come round again and again while the database is away, and exhaust its
     # attempts within the outage (with thousands queued, each would be tried once or twice).
+    # The farm goes down for longer than a task's retry budget (1 + 2 + 4 + 8 s of holds): the services' calls
+    # wait for it (windmill/farm/outages.py), so its outage must leave no failed row.
     crashes: tuple[ServerCrash, ...] = (
         ServerCrash(RABBITMQ, 0.2, 2.0),
+        ServerCrash(FARM, 0.35, 30.0),
         ServerCrash(POSTGRES, 0.5, 0.0),
         ServerCrash(POSTGRES, 0.98, 90.0),
     )
@@ -77,9 +82,18 @@ class ChaosPlan:
     def retry_budget_s(self) -> float:
         """How long a task whose attempt the database outage broke keeps being retried while the database stays
         away: the holds between its attempts, and each later attempt's wait for a connection."""
-        holds = sum(backoff_delay(attempt, first_s=self.task_retry_delay_s, cap_s=MAX_RETRY_DELAY_S)
-                    for attempt in range(1, self.task_attempts))
-        return holds + (self.task_attempts - 1) * self.database_wait_s
+        return self.service_retry_budget_s + (self.task_attempts - 1) * self.database_wait_s
+
+    @property
+    def service_retry_budget_s(self) -> float:
+        """How long a task's attempts last when each fails at once (a service refusing connections): the holds
+        between them."""
+        return sum(backoff_delay(attempt, first_s=self.task_retry_delay_s, cap_s=MAX_RETRY_DELAY_S)
+                   for attempt in range(1, self.task_attempts))
+
+    @property
+    def longest_farm_outage_s(self) -> float:
+        return max((crash.outage_s for crash in self.crashes if crash.server == FARM), default=0.0)
 
     @property
     def longest_postgres_outage_s(self) -> float:

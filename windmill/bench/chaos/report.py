@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from windmill.bench.chaos.audit import CHECKS, Audit
-from windmill.bench.chaos.plan import POSTGRES, ChaosPlan
+from windmill.bench.chaos.plan import FARM, POSTGRES, ChaosPlan
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,13 @@ class ChaosReport:
                 found.append("no PostgreSQL outage outlasted a task's retry budget")
             elif not longest.unanswered:
                 found.append("the long PostgreSQL outage began after every pair was answered")
+        farm = max((outage for outage in self.outages if outage.server == FARM), key=lambda outage: outage.seconds,
+                   default=None)
+        if plan.longest_farm_outage_s > plan.service_retry_budget_s:
+            if farm is None or farm.seconds <= plan.service_retry_budget_s:
+                found.append("no farm outage outlasted a task's retry budget")
+            elif not farm.unanswered:
+                found.append("the farm outage began after every pair was answered")
         return found
 
     @property

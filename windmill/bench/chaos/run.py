@@ -61,8 +61,8 @@ def run(catalog: Catalog, plan: ChaosPlan | None = None, *, log_dir: Path | None
                     "WINDMILL_AMQP_TASK_ATTEMPTS": str(plan.task_attempts),
                     "WINDMILL_AMQP_RETRY_DELAY_S": f"{plan.task_retry_delay_s:g}",
                     "WINDMILL_DATABASE_WAIT_S": f"{plan.database_wait_s:g}"})
-        shifted = stack.enter_context(running_farm(catalog, work / "service_config.json", env, plan, logs,
-                                                   queue_prefix=f"chaos_{uuid.uuid4().hex[:8]}_queue_"))
+        shifted, farm = stack.enter_context(running_farm(catalog, work / "service_config.json", env, plan, logs,
+                                                         queue_prefix=f"chaos_{uuid.uuid4().hex[:8]}_queue_"))
         queues = [service.queue_name for service in shifted.select(PRIMARY)]
         database = Database(conninfo, application_name="windmill-chaos")
         photos = work / "images"
@@ -84,7 +84,7 @@ def run(catalog: Catalog, plan: ChaosPlan | None = None, *, log_dir: Path | None
             raise WindmillError(f"submit failed: {submitted.stderr.strip().splitlines()[-1:]}")
         probe = Probe(database)
         stack.callback(probe.close)
-        servers = Servers(cluster, conninfo, rabbitmq, probe)
+        servers = Servers(cluster, conninfo, rabbitmq, farm, probe)
         _rampage(plan, report, supervisor, servers, pairs, started, echo)
         report.kills = dict(supervisor.kills)
 

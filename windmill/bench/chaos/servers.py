@@ -1,6 +1,6 @@
 """The chaos run's servers, all its own: a PostgreSQL cluster with production durability that it crashes with
 SIGKILL, a RabbitMQ node it crashes the same way (windmill/bench/private_rabbitmq.py), the stand-in farm on free
-ports, and a probe connection that outlives the crashes."""
+ports, crashed the same way (every service down at once), and a probe connection that outlives the crashes."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from windmill.bench.chaos.plan import POSTGRES, ChaosPlan
+from windmill.bench.chaos.plan import FARM, POSTGRES, ChaosPlan
 from windmill.bench.private_rabbitmq import PrivateRabbitMQ
 from windmill.bench.processes import children_of, wait_gone
 from windmill.bench.stage import cli_argv
@@ -57,11 +57,53 @@ def write_catalog(catalog: Catalog, path: Path, *, queue_prefix: str, port_offse
     return load_catalog(path)
 
 
+class StandIn:
+    """`windmill-cli farm serve` with the plan's faults and latency, in its own process (its own GIL), on the ports
+    of `catalog`; crashed with SIGKILL and started again on the same ports (a service restarting)."""
+
+    def __init__(self, catalog: Catalog, env: dict[str, str], plan: ChaosPlan, profile: Path, log: Path) -> None:
+        self.ports = [service.port for service in catalog.services]
+        self.env, self.log = env, log
+        self.argv = cli_argv("farm", "serve", "--services", "full_catalog", "--error-rate", f"{plan.error_rate:g}",
+                             "--timeout-rate", f"{plan.timeout_rate:g}", "--malformed-rate", f"{plan.malformed_rate:g}",
+                             "--latency-profile", str(profile), "--seed", str(plan.seed))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> bool:
+        """Serve, and wait until every port takes connections; False when a port was taken (it exited)."""
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while self.process.poll() is None and time.monotonic() < deadline and not _ports_accept(self.ports):
+            time.sleep(0.2)
+        if self.process.poll() is not None:
+            return False
+        if not _ports_accept(self.ports):
+            self.crash()
+            raise WindmillError(f"the stand-in farm did not open its ports within a minute; see {self.log}")
+        return True
+
+    def crash(self) -> None:
+        """SIGKILL: every service gone at once, its requests in flight cut off."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.crash()
+
+
 @contextmanager
 def running_farm(catalog: Catalog, catalog_path: Path, env: dict[str, str], plan: ChaosPlan, log_dir: Path, *,
-                 queue_prefix: str) -> Iterator[Catalog]:
-    """`windmill-cli farm serve` with the plan's faults and latency, in its own process (its own GIL), on a free
-    port range; yields the catalog that points at it (already written to `catalog_path`)."""
+                 queue_prefix: str) -> Iterator[tuple[Catalog, StandIn]]:
+    """The stand-in on a free port range; yields the catalog that points at it (already written to
+    `catalog_path`) and the stand-in."""
     profile = catalog_path.with_name("latency_profile.json")
     profile.write_text(json.dumps({
         "description": "the chaos run: every service the same lognormal time per request, no capacity limit",
@@ -71,33 +113,13 @@ def running_farm(catalog: Catalog, catalog_path: Path, env: dict[str, str], plan
         offset = random.randrange(10_000, 65_000 - highest, 100)  # not the plan's seed: two runs may share it
         shifted = write_catalog(catalog, catalog_path, queue_prefix=queue_prefix,
                                 port_offset=offset, timeout_s=plan.service_timeout_s)
-        ports = [service.port for service in shifted.services]
-        if not all(_port_free(port) for port in ports):
-            continue
-        with open(log_dir / "farm.log", "ab") as log:
-            farm = subprocess.Popen(
-                cli_argv("farm", "serve", "--services", "full_catalog", "--error-rate", f"{plan.error_rate:g}",
-                         "--timeout-rate", f"{plan.timeout_rate:g}", "--malformed-rate", f"{plan.malformed_rate:g}",
-                         "--latency-profile", str(profile), "--seed", str(plan.seed)),
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while farm.poll() is None and time.monotonic() < deadline and not _ports_accept(ports):
-            time.sleep(0.2)
-        if farm.poll() is not None:
-            continue  # lost a port to someone between our check and its bind: another range
-        if not _ports_accept(ports):
-            farm.kill()
-            farm.wait()
-            raise WindmillError(f"the stand-in farm did not open its ports within a minute; see {log_dir / 'farm.log'}")
+        farm = StandIn(shifted, env, plan, profile, log_dir / "farm.log")
+        if not all(_port_free(port) for port in farm.ports) or not farm.start():
+            continue  # taken, or lost a port to someone between our check and its bind: another range
         try:
-            yield shifted
+            yield shifted, farm
         finally:
-            farm.terminate()
-            try:
-                farm.wait(30)
-            except subprocess.TimeoutExpired:
-                farm.kill()
-                farm.wait()
+            farm.stop()
         return
     raise WindmillError("no free port range for the stand-in farm")
 
@@ -197,22 +219,28 @@ class Probe:
 
 @dataclass
 class Servers:
-    """The run's two servers and how to crash and start each."""
+    """The run's servers and how to crash and start each."""
 
     cluster: EmbeddedPostgres
     conninfo: str
     rabbitmq: PrivateRabbitMQ
+    farm: StandIn
     probe: Probe
 
     def crash(self, server: str) -> None:
         if server == POSTGRES:
             self.probe.close()
             crash_postgres(self.cluster)
+        elif server == FARM:
+            self.farm.crash()
         else:
             self.rabbitmq.crash()
 
     def start(self, server: str) -> None:
         if server == POSTGRES:
             start_postgres(self.cluster, self.conninfo)
+        elif server == FARM:
+            if not self.farm.start():
+                raise WindmillError(f"the stand-in farm could not take its ports again; see {self.farm.log}")
         else:
             self.rabbitmq.start()
