@@ -155,6 +155,19 @@ def test_the_final_state_of_a_calm_run_passes_every_check(healthy: tuple[Databas
     assert found.backfill == {}
 
 
+def test_an_image_whose_detectors_all_failed_needs_no_merge_record(healthy: tuple[Database, Catalog]) -> None:
+    def every_detector_failed(conn: psycopg.Connection) -> None:
+        image = one(conn, "SELECT min(image_id) FROM merged_boxes")
+        conn.execute("""UPDATE results SET status = 'error', error_message = 'HTTP 500',
+                                            data = '{"error": {"kind": "http_5xx", "message": "HTTP 500"}}'
+                         WHERE image_id = %s AND service IN (SELECT name FROM services WHERE is_detector)""",
+                     (image,))
+        conn.execute("DELETE FROM merged_boxes WHERE image_id = %s", (image,))
+        conn.execute("DELETE FROM merged_images WHERE image_id = %s", (image,))
+
+    assert BOXES not in audit_of(*healthy, every_detector_failed).failed
+
+
 @pytest.mark.parametrize("breakage", BREAKAGES)
 def test_each_broken_end_condition_is_reported_by_its_check(healthy: tuple[Database, Catalog],
                                                             breakage: str) -> None:

@@ -191,7 +191,8 @@ def box_difference(conn: psycopg.Connection, image_id: int, harmony: HarmonyConf
         differing = sorted(key for key in set(stored) | set(wanted) if stored.get(key) != wanted.get(key))
         return len(stored), (f"{len(stored)} boxes stored, {len(wanted)} recomputed, "
                              f"differing: {', '.join(differing[:3])}")
-    if record is None or sorted(record[0]) != inputs:
+    # An image no detector answered with success needs no merge (the backfill's rule, sql/0115): no record is right.
+    if (record is None and inputs) or (record is not None and sorted(record[0]) != inputs):
         return len(stored), f"the merge record names answers {record and sorted(record[0])}, the latest are {inputs}"
     return len(stored), None
 
