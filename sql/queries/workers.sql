@@ -8,10 +8,13 @@ ON CONFLICT (worker_id) DO UPDATE
 
 -- name: worker_heartbeat
 -- A beat says this process is alive, whatever a twin of the same id (started by mistake, now gone) left in the row.
-UPDATE workers
-   SET heartbeat_at = now(), jobs_done = %(jobs_done)s, jobs_failed = %(jobs_failed)s, stopped_at = NULL,
-       pid = %(pid)s, hostname = %(hostname)s
- WHERE worker_id = %(worker_id)s
+-- In the same round trip: the migrations newer than this process knows (a newer Windmill's `init-db` ran meanwhile).
+WITH beat AS (
+    UPDATE workers
+       SET heartbeat_at = now(), jobs_done = %(jobs_done)s, jobs_failed = %(jobs_failed)s, stopped_at = NULL,
+           pid = %(pid)s, hostname = %(hostname)s
+     WHERE worker_id = %(worker_id)s)
+SELECT coalesce(array_agg(version ORDER BY version), '{}') FROM schema_migrations WHERE version > %(newest_known)s
 
 -- name: worker_stopped
 -- Only the row's own process marks it stopped: a twin of the same id that leaves does not stop the one still there.

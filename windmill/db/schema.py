@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 
 import psycopg
 
@@ -22,15 +23,37 @@ def init_database(conn: psycopg.Connection, catalog: Catalog) -> list[Migration]
     return applied
 
 
+class SchemaOvertaken(WindmillError):
+    """A newer Windmill migrated the database while this process was using it."""
+
+
 def refuse_a_newer_schema(applied: set[int]) -> None:
     """Fail with a clear sentence when a newer Windmill migrated the database: this version does not know what its
     migrations changed (a job's payload, say: sql/0115), and its workers would fail or misread such rows. Said at
     once rather than by each job failing, and by `init-db` too, which said "up to date" after a rollback."""
     unknown = sorted(applied - {m.version for m in available_migrations()})
     if unknown:
-        more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
-        raise WindmillError(f"a newer Windmill migrated this database (migration {unknown[-1]:04d}{more}, which "
-                            f"this one does not have); upgrade Windmill here to the version that ran `init-db`")
+        raise WindmillError(f"a newer Windmill migrated this database ({_named(unknown)}, which this one does not "
+                            f"have); upgrade Windmill here to the version that ran `init-db`")
+
+
+@cache
+def newest_known_migration() -> int:
+    """The highest migration this version has: a running worker asks the database for any above it."""
+    return max(m.version for m in available_migrations())
+
+
+def overtaken(unknown: list[int]) -> SchemaOvertaken:
+    """What a worker says when its heartbeat finds migrations it does not have: it was started before `init-db` of a
+    newer version ran (its pool found the schema up to date then), and goes on no further."""
+    return SchemaOvertaken(f"a newer Windmill migrated this database while this worker ran ({_named(unknown)}, "
+                           f"which this one does not have); it stopped taking work: upgrade Windmill here to the "
+                           f"version that ran `init-db`")
+
+
+def _named(unknown: list[int]) -> str:
+    more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+    return f"migration {max(unknown):04d}{more}"
 
 
 def ensure_schema(conn: psycopg.Connection, catalog: Catalog, *, may_migrate: bool, sync_catalog: bool = True) -> None:

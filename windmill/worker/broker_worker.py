@@ -10,6 +10,7 @@ from psycopg_pool import ConnectionPool
 
 from windmill.broker.base import Task, TaskHandler
 from windmill.broker.consumer import RabbitMQConsumer
+from windmill.db.schema import SchemaOvertaken
 from windmill.errors import first_line
 from windmill.roles.registry import Role
 from windmill.stopping import join_in_slices
@@ -76,9 +77,14 @@ class BrokerWorker:
 
         thread = threading.Thread(target=consume, name="rabbitmq-consumer")
         thread.start()
+        overtaken = False
         while not self.stopping.wait(HEARTBEAT_S):
             try:
                 self.presence.beat(self.jobs_done, self.jobs_failed)
+            except SchemaOvertaken as error:  # the tasks in hand drain; RabbitMQ keeps the rest for a newer worker
+                overtaken = True
+                log.error("%s", error, extra={"action": "schema_overtaken"})
+                self.request_stop()
             except Exception as error:
                 log.warning("heartbeat failed (%s)", first_line(error), extra={"action": "heartbeat_failed"})
         join_in_slices(thread)  # a second signal (leave now) must still reach this main thread (windmill.stopping)
@@ -86,4 +92,4 @@ class BrokerWorker:
         self.role.close()
         for failure in failures:
             log.error("consumer stopped: %s", first_line(failure), extra={"action": "worker_fatal"})
-        return 1 if failures else 0
+        return 1 if failures or overtaken else 0

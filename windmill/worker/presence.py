@@ -10,6 +10,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from windmill.db.queries import query
+from windmill.db.schema import newest_known_migration, overtaken
 from windmill.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,14 @@ class WorkerPresence:
                                                     "pid": os.getpid()})
 
     def beat(self, jobs_done: int, jobs_failed: int) -> None:
+        """Raises SchemaOvertaken when a newer Windmill migrated the database since this process checked it: the
+        schema is checked once at start, and a worker left running through an upgrade would go on with a contract
+        it no longer knows (each job of a changed payload failing until it is dead)."""
         with self.pool.connection() as conn:
-            conn.execute(query("worker_heartbeat"), self._counters(jobs_done, jobs_failed))
+            row = conn.execute(query("worker_heartbeat"), {**self._counters(jobs_done, jobs_failed),
+                                                           "newest_known": newest_known_migration()}).fetchone()
+        if row and row[0]:
+            raise overtaken(list(row[0]))
 
     def stopped(self, jobs_done: int, jobs_failed: int) -> None:
         """Best effort: a worker stopping because the database is gone cannot say so."""

@@ -29,6 +29,7 @@ import psycopg
 
 from windmill.backoff import backoff_delay
 from windmill.db.connect import is_database_unavailable
+from windmill.db.schema import SchemaOvertaken
 from windmill.errors import AttemptGivenBack, first_line
 from windmill.jobs import Job, JobQueue, JobState, PermanentJobError
 from windmill.jobs.handoff import Handoff
@@ -91,6 +92,7 @@ class Worker:
         # Claims that handoffs made for a lane, for the claim loop to note: the lane, the jobs, how many were asked.
         self._handed_claims: deque[tuple[LaneState, list[Job], int]] = deque()
         self._fatal: BaseException | None = None
+        self._overtaken: SchemaOvertaken | None = None  # a newer Windmill migrated the database meanwhile
         self.jobs_done = 0
         self.jobs_failed = 0
         self._listener = JobListener(listen_conninfo, self._wake, self._side_tasks_done, queues=role.queues,
@@ -145,7 +147,7 @@ class Worker:
         if self._fatal is not None:
             log.error("worker stopped because a helper thread died: %r", self._fatal, extra={"action": "worker_fatal"})
             return 1
-        return 0
+        return 1 if self._overtaken is not None else 0
 
     def _claim_loop(self, lanes: list[LaneState]) -> None:
         failures = 0  # consecutive claims that could not reach the database
@@ -407,6 +409,11 @@ class Worker:
         while not self._side_tasks_done.wait(interval):
             try:
                 self.heartbeat_once()
+            except SchemaOvertaken as error:  # leases were renewed first: the jobs in hand drain as on any stop
+                if self._overtaken is None:
+                    self._overtaken = error
+                    log.error("%s", error, extra={"action": "schema_overtaken"})
+                    self.request_stop()
             except psycopg.OperationalError as error:
                 log.warning("heartbeat failed (%s)", first_line(error), extra={"action": "heartbeat_failed"})
 

@@ -1,0 +1,62 @@
+"""A worker that is running when a newer Windmill migrates its database stops with one sentence, instead of going on
+with a contract it no longer knows (an upgrade's workers of the previous version failed every postprocess job of
+the new payload, sql/0115, until each went dead with the error `'merged_box_id'`)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import psycopg
+
+from tests.conftest import PYTHON, wait_until
+from windmill.bench.chaos import write_catalog
+from windmill.catalog import Catalog
+from windmill.db.connect import Database
+
+SENTENCE = ("a newer Windmill migrated this database while this worker ran (migration 9999, which this one does not "
+            "have); it stopped taking work: upgrade Windmill here to the version that ran `init-db`")
+
+
+def _worker_overtaken(conn: psycopg.Connection, command: list[str], env: dict[str, str], log_path: Path) -> str:
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen([PYTHON, "-m", "windmill", *command], env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: conn.execute("SELECT count(*) FROM workers WHERE worker_id = %s AND heartbeat_at > "
+                                        "started_at", (env["WORKER_ID"],)).fetchone()[0],
+                   timeout=60, message="the worker's first heartbeat")
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'from_the_future')")
+        try:
+            status: int | None = worker.wait(30)  # a heartbeat (5 s) notices, then the worker drains
+        except subprocess.TimeoutExpired:
+            status = None  # it went on taking work
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        conn.execute("DELETE FROM schema_migrations WHERE version = 9999")
+    output = log_path.read_text()
+    assert status == 1, output
+    assert "Traceback" not in output
+    return output
+
+
+def test_a_job_table_worker_stops_when_a_newer_windmill_migrates_its_database(
+        database: Database, conn: psycopg.Connection, worker_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**worker_env, "WORKER_ID": "overtaken-merger"}
+    output = _worker_overtaken(conn, ["worker", "--role", "merger"], env, tmp_path / "merger.log")
+    assert SENTENCE in output
+
+
+def test_a_rabbitmq_worker_stops_when_a_newer_windmill_migrates_its_database(
+        amqp_url: str, database: Database, conn: psycopg.Connection, private_queues: Catalog,
+        worker_env: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "service_config.json"
+    write_catalog(private_queues, config, port_offset=0, queue_prefix=private_queues["metadata"].queue_prefix,
+                  timeout_s=1.0)
+    env = {**worker_env, "WORKER_ID": "overtaken-metadata", "WINDMILL_AMQP_URL": amqp_url,
+           "WINDMILL_SERVICE_CONFIG": str(config)}
+    output = _worker_overtaken(conn, ["worker", "--role", "service", "--service", "metadata", "--broker", "rabbitmq"],
+                               env, tmp_path / "metadata.log")
+    assert SENTENCE in output
