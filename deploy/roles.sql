@@ -120,6 +120,7 @@ BEGIN
     FOR entry IN SELECT * FROM (VALUES
         -- kind,      object,                         windmill_worker,                  windmill_monitor
         ('TABLE',    'schema_migrations',            'SELECT',                          'SELECT'),  -- is the schema up to date?
+        ('TABLE',    'roles_granted',                'SELECT',                          'SELECT'),  -- sql/0129: and granted on?
         ('TABLE',    'services',                     'SELECT, INSERT, UPDATE',          NULL),  -- every worker syncs the catalog at start
         ('TABLE',    'images',                       'SELECT',                          'SELECT'),  -- monitor: `web`, `export`
         ('TABLE',    'results',                      'SELECT, INSERT',                  'SELECT'),  -- service workers
@@ -260,4 +261,15 @@ BEGIN
                            CASE entry.kind WHEN 'VIEW' THEN 'TABLE' ELSE entry.kind END, entry.object);
         END IF;
     END LOOP;
+END $$;
+
+-- What this run granted on: the schema as of its newest migration (sql/0129). A login that depends on these grants
+-- refuses a schema migrated since (windmill/db/schema.py) rather than failing each job that touches a new object.
+DO $$
+BEGIN
+    IF to_regclass('windmill.roles_granted') IS NOT NULL THEN
+        INSERT INTO windmill.roles_granted (through_migration)
+        SELECT max(version) FROM windmill.schema_migrations
+        ON CONFLICT (one_row) DO UPDATE SET through_migration = EXCLUDED.through_migration, granted_at = now();
+    END IF;
 END $$;

@@ -48,3 +48,15 @@ SELECT a.pid, coalesce(nullif(a.application_name, ''), '(no application name)') 
                   WHERE n.nspname = 'windmill' AND l.granted)
  ORDER BY a.xact_start NULLS LAST, a.pid
  LIMIT 3
+
+-- name: login_needs_roles_sql
+-- Whether this login depends on deploy/roles.sql's grants (neither a superuser nor a member of the schema's owner),
+-- and whether it may read what roles.sql last granted on (it may not when roles.sql has not run since sql/0129).
+SELECT current_user::text,
+       NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+       AND NOT pg_has_role((SELECT nspowner FROM pg_namespace WHERE nspname = 'windmill'), 'USAGE'),
+       has_table_privilege('windmill.roles_granted', 'SELECT')
+
+-- name: roles_granted_through
+-- The newest migration deploy/roles.sql granted on when it last ran (no row: it never ran since sql/0129).
+SELECT through_migration FROM windmill.roles_granted

@@ -12,6 +12,7 @@ from windmill.catalog import Catalog
 from windmill.db.catalog_sync import sync_services
 from windmill.db.connect import Database, open_database
 from windmill.db.migrations import Migration, applied_versions, available_migrations, migrate
+from windmill.db.queries import fetch_value, query
 from windmill.errors import WindmillError
 from windmill.settings import Settings
 
@@ -35,6 +36,24 @@ def refuse_a_newer_schema(applied: set[int]) -> None:
     if unknown:
         raise WindmillError(f"a newer Windmill migrated this database ({_named(unknown)}, which this one does not "
                             f"have); upgrade Windmill here to the version that ran `init-db`")
+
+
+def refuse_missing_grants(conn: psycopg.Connection, newest: int) -> None:
+    """Fail with a clear sentence when deploy/roles.sql has not run since `init-db` applied the newest migration and
+    this login depends on its grants: it would be refused each new object, one job after another until each is dead
+    (sql/0129). A login with the owner's privileges, or a deployment whose roles.sql never ran since sql/0129, is
+    not asked."""
+    login, depends, may_read = conn.execute(query("login_needs_roles_sql")).fetchone() or ("", False, False)
+    if not depends:
+        return
+    if may_read:
+        through = fetch_value(conn, "roles_granted_through")
+        if through is None or through >= newest:
+            return
+    raise WindmillError(f"deploy/roles.sql has not been run since `init-db` applied migration {newest:04d}: {login} "
+                        f"lacks the grants on what that upgrade added, and its work would be refused; run "
+                        f"deploy/roles.sql again (as the superuser), as after every `init-db` that upgrades "
+                        f"(deploy/README.md)")
 
 
 @cache
@@ -67,6 +86,7 @@ def ensure_schema(conn: psycopg.Connection, catalog: Catalog, *, may_migrate: bo
         raise WindmillError("the database schema is not up to date; run `windmill-cli init-db` first")
     if pending:
         migrate(conn)
+    refuse_missing_grants(conn, max(applied | pending))
     if sync_catalog:  # readers that write nothing (`export`, `web`: the read-only monitor role) leave it alone
         sync_services(conn, catalog)
 
