@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import pytest
 from psycopg.rows import dict_row
@@ -429,3 +431,35 @@ def test_a_twin_of_the_same_worker_id_neither_stops_nor_hides_the_live_worker(po
     assert conn.execute("SELECT stopped_at, pid FROM workers WHERE worker_id = 'twin@test'").fetchone() == (
         None, os.getpid())
     assert "twin@test" in {worker_id for (worker_id,) in conn.execute("SELECT worker_id FROM live_workers")}
+
+
+def test_a_worker_that_starts_beside_a_live_twin_of_its_id_says_so(pool: ConnectionPool, conn: psycopg.Connection,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    # Two machines of one host name (Raspberry Pi OS names every Pi `raspberrypi`) each ran `workers start yolov8`:
+    # both were yolov8@raspberrypi, one row, and `workers health` on either said healthy while the other beat.
+    import logging
+
+    from windmill.worker.presence import WorkerPresence
+
+    conn.execute("INSERT INTO workers (worker_id, role, hostname, pid) VALUES ('yolov8@pi', 'service', 'other-pi', 7)")
+    caplog.set_level(logging.WARNING, logger="windmill.worker.presence")
+    WorkerPresence(pool, "yolov8@pi", "service", "yolov8").announce()
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 1 and said[0].startswith(
+        "another worker with the id yolov8@pi is alive (pid 7 on other-pi, its last heartbeat 0"), said
+    assert said[0].endswith("s ago): the two share one row of the workers table, so `status` and `workers health` "
+                            "show one of them and either may hide the other's death; give each its own WORKER_ID")
+    caplog.clear()
+    conn.execute("UPDATE workers SET pid = %s, hostname = %s WHERE worker_id = 'yolov8@pi'",
+                 (_a_pid_no_process_has(), socket.gethostname()))  # this host's worker that died: restarted
+    WorkerPresence(pool, "yolov8@pi", "service", "yolov8").announce()
+    conn.execute("UPDATE workers SET stopped_at = now(), hostname = 'other-pi' WHERE worker_id = 'yolov8@pi'")
+    WorkerPresence(pool, "yolov8@pi", "service", "yolov8").announce()  # the twin stopped
+    assert caplog.records == []
+
+
+def _a_pid_no_process_has() -> int:
+    pid = 4_000_000
+    while psutil.pid_exists(pid):
+        pid -= 1
+    return pid

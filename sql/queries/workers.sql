@@ -1,10 +1,19 @@
 -- name: register_worker
--- A worker announces itself at start (a restarted worker with the same id starts a new life).
-INSERT INTO workers (worker_id, role, service, hostname, pid)
-VALUES (%(worker_id)s, %(role)s, %(service)s, %(hostname)s, %(pid)s)
-ON CONFLICT (worker_id) DO UPDATE
-   SET role = EXCLUDED.role, service = EXCLUDED.service, hostname = EXCLUDED.hostname, pid = EXCLUDED.pid,
-       started_at = now(), heartbeat_at = now(), stopped_at = NULL, jobs_done = 0, jobs_failed = 0
+-- A worker announces itself at start (a restarted worker with the same id starts a new life). Returns who held the
+-- row before, when that one was alive (not stopped, a heartbeat within live_workers' 30 s) and is another process:
+-- a twin of the same id, or this host's worker that died a moment ago (windmill.worker.presence tells which).
+WITH before AS (
+    SELECT hostname, pid, extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_s
+      FROM workers
+     WHERE worker_id = %(worker_id)s AND stopped_at IS NULL AND heartbeat_at > now() - interval '30 seconds'
+       AND (hostname, pid) IS DISTINCT FROM (%(hostname)s, %(pid)s)),
+registered AS (
+    INSERT INTO workers (worker_id, role, service, hostname, pid)
+    VALUES (%(worker_id)s, %(role)s, %(service)s, %(hostname)s, %(pid)s)
+    ON CONFLICT (worker_id) DO UPDATE
+       SET role = EXCLUDED.role, service = EXCLUDED.service, hostname = EXCLUDED.hostname, pid = EXCLUDED.pid,
+           started_at = now(), heartbeat_at = now(), stopped_at = NULL, jobs_done = 0, jobs_failed = 0)
+SELECT hostname, pid, heartbeat_age_s FROM before
 
 -- name: worker_heartbeat
 -- A beat says this process is alive, whatever a twin of the same id (started by mistake, now gone) left in the row.

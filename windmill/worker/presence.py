@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 
+import psutil
 import psycopg
 from psycopg_pool import ConnectionPool
 
@@ -24,10 +25,22 @@ class WorkerPresence:
         self.service = service
 
     def announce(self) -> None:
+        """Register this process; say so when another one of the same id is alive (two machines of one host name,
+        or `workers run NAME` beside `workers start NAME`): the two share one row, so either's heartbeat makes the
+        other look alive. Said, not refused: their jobs' leases stay right, one worker's work is done twice at most."""
         with self.pool.connection() as conn:
-            conn.execute(query("register_worker"), {"worker_id": self.worker_id, "role": self.role,
-                                                    "service": self.service, "hostname": socket.gethostname(),
-                                                    "pid": os.getpid()})
+            before = conn.execute(query("register_worker"), {
+                "worker_id": self.worker_id, "role": self.role, "service": self.service,
+                "hostname": socket.gethostname(), "pid": os.getpid()}).fetchone()
+        if before is None:
+            return
+        hostname, pid, age_s = before
+        if hostname == socket.gethostname() and pid is not None and not psutil.pid_exists(pid):
+            return  # this host's worker of that id died a moment ago, and this one takes its place
+        log.warning("another worker with the id %s is alive (pid %s on %s, its last heartbeat %.1f s ago): the two "
+                    "share one row of the workers table, so `status` and `workers health` show one of them and "
+                    "either may hide the other's death; give each its own WORKER_ID", self.worker_id, pid, hostname,
+                    age_s, extra={"action": "worker_id_twin"})
 
     def beat(self, jobs_done: int, jobs_failed: int) -> None:
         """Raises SchemaOvertaken when a newer Windmill migrated the database since this process checked it: the
