@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import psycopg
 import pytest
@@ -22,8 +23,8 @@ def synced_back(conn: psycopg.Connection, catalog: Catalog) -> Iterator[None]:
     ensure_schema(conn, catalog, may_migrate=False)  # the session's database keeps the shipped catalog
 
 
-def _edited(catalog: Catalog, name: str, **changes: object) -> Catalog:
-    return Catalog(tuple(replace(s, **changes) if s.name == name else s for s in catalog.services))  # type: ignore[arg-type]
+def _edited(catalog: Catalog, name: str, **changes: Any) -> Catalog:
+    return Catalog(tuple(replace(s, **changes) if s.name == name else s for s in catalog.services))
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
