@@ -5,6 +5,7 @@ and caption score job of an operator who upgraded from before sql/0121)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 from psycopg.conninfo import make_conninfo
 
 from tests.conftest import PYTHON, _fresh_database
-from tests.test_deploy_files import apply_roles
+from tests.test_deploy_files import DEPLOY, apply_roles
 from windmill.catalog import Catalog
 from windmill.commands import main
 from windmill.db.catalog_sync import sync_services
@@ -50,7 +51,8 @@ def _said(url: str, tmp_path: Path, *command: str) -> str:
 def _sentence(login: str) -> str:
     return (f"Error: deploy/roles.sql has not been run since `init-db` applied migration {NEWEST:04d}: {login} "
             f"lacks the grants on what that upgrade added, and its work would be refused; run deploy/roles.sql "
-            f"again (as the superuser), as after every `init-db` that upgrades (deploy/README.md)")
+            f"again (as the superuser, the copy of the release that ran `init-db`), as after every `init-db` that "
+            f"upgrades (deploy/README.md)")
 
 
 def test_a_worker_refuses_a_schema_roles_sql_has_not_granted_on_since_init_db(
@@ -83,3 +85,16 @@ def test_roles_sql_run_again_lets_them_work_and_the_owner_never_waits_for_it(
         "WINDMILL_DATABASE_URL": upgraded_without_roles_sql("windmill_worker"), "WINDMILL_HOME": str(tmp_path / "h"),
         "DB_HOST": None, "WINDMILL_ENV_FILE": None})
     assert worker.exit_code == 0, worker.output
+
+
+def test_roles_sql_records_no_further_than_the_newest_migration_it_knows(
+        upgraded_without_roles_sql: Callable[[str], str], tmp_path: Path) -> None:
+    # The copy of roles.sql installed with the previous release (/opt/windmill/deploy), run after this release's
+    # `init-db`, granted nothing on what this one added: had it recorded the schema's newest migration, the workers
+    # would have started and failed those jobs as before.
+    text = (DEPLOY / "roles.sql").read_text(encoding="utf-8")
+    with Database(upgraded_without_roles_sql("admin")).connect() as admin:
+        admin.execute(text.replace(f"least({NEWEST},", f"least({NEWEST - 1},"))  # the previous release's copy
+    assert _said(upgraded_without_roles_sql("windmill_worker"), tmp_path, "status") == _sentence("windmill_worker")
+    known = re.findall(r"least\((\d+), max\(version\)\)", text)
+    assert known == [str(NEWEST)], "raise roles.sql's newest known migration with each migration"

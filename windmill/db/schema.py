@@ -52,8 +52,8 @@ def refuse_missing_grants(conn: psycopg.Connection, newest: int) -> None:
             return
     raise WindmillError(f"deploy/roles.sql has not been run since `init-db` applied migration {newest:04d}: {login} "
                         f"lacks the grants on what that upgrade added, and its work would be refused; run "
-                        f"deploy/roles.sql again (as the superuser), as after every `init-db` that upgrades "
-                        f"(deploy/README.md)")
+                        f"deploy/roles.sql again (as the superuser, the copy of the release that ran `init-db`), as "
+                        f"after every `init-db` that upgrades (deploy/README.md)")
 
 
 @cache
