@@ -187,6 +187,11 @@ ERRORS = [
      "rejected"),
     ("spec2.4-not-an-image-url", "yolov8", 400, JSON, flask_bytes(v3_error("yolo", "URL does not point to an image")),
      "rejected"),
+    # The two-stage detectors answer a missing ?file= with a 500: the same refusal as everyone's 400, not a fault.
+    ("spec3.5-two-stage-file-not-found-500", "clip", 500, JSON, flask_bytes(v3_error(
+        "YOLO-CLIP-Detector", "Failed to load image file: File not found: /data/img/123.jpg")), "rejected"),
+    ("spec3.7-two-stage-file-not-found-500", "xception", 500, JSON, flask_bytes(v3_error(
+        "YOLO11n-Xception-Detector", "Failed to load image file: File not found: /data/img/123.jpg")), "rejected"),
     ("spec3.5-two-stage-model-failure-500", "clip", 500, JSON,
      flask_bytes(v3_error("YOLO-CLIP-Detector", "Detection failed: CUDA out of memory")), "http_5xx"),
     ("spec3.3-clip-download-500", "caption_score", 500, JSON,

@@ -70,6 +70,9 @@ _REJECTION_HINTS = (
     "file not found",
     "cannot identify image",
 )
+# clip and xception (two-stage) answer a `?file=` that does not exist with HTTP 500 "Failed to load image file: File
+# not found: …" where the others answer 400 "File not found" (§2.4, §3.5): a refusal no retry changes, not a fault.
+_MISSING_FILE_500 = "File not found: "
 
 
 @dataclass(frozen=True)
@@ -455,6 +458,8 @@ def _status_error(service: Service, exchange: _Exchange) -> ServiceCallError:
         kind = "http_429"
     elif status == 408:
         kind = "timeout"
+    elif status == 500 and _MISSING_FILE_500 in described:
+        kind = "rejected"
     elif status >= 500:
         kind = "http_5xx"
     elif status == 413 or (status == 400 and any(hint in described.lower() for hint in _REJECTION_HINTS)):

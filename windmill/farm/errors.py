@@ -5,11 +5,12 @@
 | `connect`    | yes       | connection refused, DNS failure, no connection within the timeout  |
 | `timeout`    | yes       | connected, but no (complete) answer in time; HTTP 408              |
 | `network`    | yes       | the connection broke mid-exchange                                  |
-| `http_5xx`   | yes       | HTTP 500–599 (but see `refuses_the_upload`)                        |
+| `http_5xx`   | yes       | HTTP 500–599 (but see `refuses_the_upload`, and `rejected`)        |
 | `http_429`   | yes       | HTTP 429 (too many requests)                                       |
 | `http_4xx`   | no        | any other HTTP 400–499                                             |
 | `rejected`   | no        | the service refused the image or the request: HTTP 413, a 400 whose |
-|              |           | message is about the image, `status: "error"` in a 2xx answer      |
+|              |           | message is about the image, clip's and xception's 500 "File not    |
+|              |           | found" (spec §3.5), `status: "error"` in a 2xx answer              |
 | `malformed`  | no        | not JSON, not an object, no predictions, body over the size cap    |
 | `http_other` | no        | an unexpected status (1xx, 3xx)                                    |
 
