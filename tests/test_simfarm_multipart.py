@@ -8,7 +8,7 @@ import random
 import httpx
 import pytest
 
-from windmill.farm.client import multipart_body
+from windmill.farm.multipart import multipart_body
 from windmill.simfarm.inputs import MalformedRequest, _parse_multipart, _parse_plain_multipart, parse_body
 
 BOUNDARY = "windmill-0123456789abcdef"
