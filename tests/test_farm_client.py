@@ -381,9 +381,10 @@ def test_uploads_of_one_client_share_a_multipart_boundary_other_clients_do_not(f
     assert farm.requests[-1]["content_type"] != first["content_type"]
 
 
-def test_extra_parameters_travel_as_form_fields_or_query(farm, client):
+def test_extra_parameters_travel_in_the_query_string(farm, client):
+    # An upload's too: colors reads `?regions=` from the query string only (spec §3.13), ollama either.
     client.analyze(farm.service("colors"), IMAGE, extra={"regions": 4})
-    assert farm.requests[-1]["fields"] == {"regions": "4"}
+    assert farm.requests[-1]["query"] == {"regions": "4"} and farm.requests[-1]["fields"] == {}
     client.analyze(
         farm.service("ollama", request_mode="url"),
         image_url="http://img.test/a.jpg",
@@ -451,14 +452,15 @@ def test_a_connection_the_service_closed_while_idle_is_not_reused(farm, client):
     assert farm.requests[-1]["peer"] != farm.requests[-2]["peer"]
 
 
-def test_every_upload_carries_its_own_fields_beside_the_same_file_part(farm, client):
+def test_every_upload_carries_its_own_parameters_beside_the_same_file_part(farm, client):
     png = prepare_image(_png_bytes())
     client.analyze(farm.service("colors"), png, extra={"regions": 4, "note": 'say "cheese"\r\n--windmill-'})
     client.analyze(farm.service("ollama"), IMAGE, extra={"prompt": "one word: ü"})
     client.score(farm.service("caption_score"), png, "a dog")
     colors, ollama, score = farm.requests[-3:]
-    assert colors["fields"] == {"regions": "4", "note": 'say "cheese"\r\n--windmill-'}
-    assert ollama["fields"] == {"prompt": "one word: ü"} and score["fields"] == {"caption": "a dog"}
+    assert colors["query"] == {"regions": "4", "note": 'say "cheese"\r\n--windmill-'} and colors["fields"] == {}
+    assert ollama["query"] == {"prompt": "one word: ü"} and ollama["fields"] == {}
+    assert score["fields"] == {"caption": "a dog"}
     assert [request["upload"]["filename"] for request in (colors, ollama, score)] == ["image.png", "image.jpg",
                                                                                       "image.png"]
     assert [request["upload"]["content_type"] for request in (colors, ollama, score)] == [

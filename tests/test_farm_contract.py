@@ -226,3 +226,22 @@ def test_section_2_7_an_undecodable_upload_500_is_named_but_stays_passing(servic
     with pytest.raises(ServiceCallError) as failure:
         client.analyze(service.service("colors"), SCENE)
     assert (failure.value.kind, failure.value.retryable, failure.value.refuses_the_upload) == ("http_5xx", True, True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# §2.2, §3.13: the extra parameters travel where every service reads them
+
+
+def test_section_3_13_colors_regions_travel_in_the_query_string_of_an_upload(service, client):
+    service.answer = (200, JSON, flask_bytes(EXAMPLES["colors"]))
+    client.analyze(service.service("colors"), SCENE, extra={"regions": 4})
+    request = service.requests[-1]
+    assert request["method"] == "POST" and request["path"] == "/v3/analyze"
+    assert request["query"] == {"regions": "4"}  # colors reads `?regions=` (§3.13), not a form field
+    assert b'name="regions"' not in request["body"]
+
+
+def test_section_2_2_ollama_parameters_travel_in_the_query_string_too(service, client):
+    service.answer = (200, JSON, flask_bytes(EXAMPLES["ollama"]))
+    client.analyze(service.service("ollama"), SCENE, extra={"prompt": "one word & no more", "temperature": 0.1})
+    assert service.requests[-1]["query"] == {"prompt": "one word & no more", "temperature": "0.1"}

@@ -193,12 +193,13 @@ class FarmClient:
 
         The service's `request_mode` picks the input (Service.input_for): "upload" sends `image`, "url" sends
         `image_url`, "file" sends `image_path` (which the service reads on its own disk); an image without what
-        the mode needs is uploaded, or without bytes given, sent by its URL. `extra` adds form fields (upload) or
-        query parameters, e.g. colors `regions`, ollama `prompt`. Boxes are clamped to the uploaded image unless
-        `clamp_to_image` is false (a crop's answer, clamped once moved into the whole image).
+        the mode needs is uploaded, or without bytes given, sent by its URL. `extra` adds query parameters in every
+        mode, e.g. colors `regions` (which it reads from the query string only, spec §3.13), ollama `prompt`. Boxes
+        are clamped to the uploaded image unless `clamp_to_image` is false (a crop's answer, clamped once moved into
+        the whole image).
         """
         target = self._resolve(service)
-        request, uploaded = self._image_request(target, image, image_url, image_path, _form_fields(extra))
+        request, uploaded = self._image_request(target, image, image_url, image_path, _parameters(extra))
         image_size = image.size if uploaded and image is not None else None
 
         def attempt() -> ServiceAnswer:
@@ -218,7 +219,7 @@ class FarmClient:
         target = self._resolve(service)
         if not caption or not caption.strip():
             raise ServiceCallError("cannot score an empty caption", kind="rejected", service=target.name)
-        request, _ = self._image_request(target, image, image_url, image_path, {"caption": caption})
+        request, _ = self._image_request(target, image, image_url, image_path, {}, form={"caption": caption})
 
         def attempt() -> ServiceAnswer:
             with self.limits.place(target.name), self._observed(target.name):
@@ -297,8 +298,10 @@ class FarmClient:
         return service if isinstance(service, Service) else self.catalog[service]
 
     def _image_request(self, service: Service, image: PreparedImage | None, image_url: str | None,
-                       image_path: str | None, fields: Mapping[str, str]) -> tuple[_Request, bool]:
-        """The request that gives `service` the image as its request_mode asks, and whether it is an upload."""
+                       image_path: str | None, params: Mapping[str, str], *, form: Mapping[str, str] | None = None
+                       ) -> tuple[_Request, bool]:
+        """The request that gives `service` the image as its request_mode asks, and whether it is an upload. `params`
+        travel in the query string; `form` in an upload's form, else in the query string too (the score's caption)."""
         mode = service.input_for(image_path, image_url)
         if mode == "upload" and image is None:
             if not image_url:
@@ -306,19 +309,20 @@ class FarmClient:
             mode = "url"
         if mode == "upload":
             assert image is not None
-            return self._upload_request(service, image, fields), True
+            return self._upload_request(service, image, params, form or {}), True
         if mode == "url":
             assert image_url is not None
             # The service fetches the URL itself: refuse what the image loader would refuse.
             check_image_url(image_url, allow_private_urls=self.allow_private_urls)
-            params = {"url": image_url, **fields}
+            query = {"url": image_url, **params, **(form or {})}
         else:
-            params = {"file": str(image_path), **fields}
-        return _Request("GET", f"{service.endpoint}?{urlencode(params, quote_via=quote)}", headers=_HEADERS), False
+            query = {"file": str(image_path), **params, **(form or {})}
+        return _Request("GET", _with_query(service.endpoint, query), headers=_HEADERS), False
 
-    def _upload_request(self, service: Service, image: PreparedImage, fields: Mapping[str, str]) -> _Request:
-        body = multipart_body(self._boundary, fields, image.data, filename=image.filename, mime=image.mime)
-        return _Request("POST", service.endpoint, body, self._upload_headers)
+    def _upload_request(self, service: Service, image: PreparedImage, params: Mapping[str, str],
+                        form: Mapping[str, str]) -> _Request:
+        body = multipart_body(self._boundary, form, image.data, filename=image.filename, mime=image.mime)
+        return _Request("POST", _with_query(service.endpoint, params), body, self._upload_headers)
 
     def _call(self, service: Service, request: _Request) -> _Exchange:
         started = time.monotonic()
@@ -430,7 +434,11 @@ def _read(response: http.client.HTTPResponse, limit: int, *, deadline: float) ->
     return b"".join(chunks), True
 
 
-def _form_fields(extra: Mapping[str, Any] | None) -> dict[str, str]:
+def _with_query(endpoint: str, query: Mapping[str, str]) -> str:
+    return f"{endpoint}?{urlencode(query, quote_via=quote)}" if query else endpoint
+
+
+def _parameters(extra: Mapping[str, Any] | None) -> dict[str, str]:
     return {str(key): str(value) for key, value in (extra or {}).items() if value is not None}
 
 
