@@ -14,18 +14,21 @@ import dataclasses
 import http.server
 import io
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 from PIL import Image
 
 from windmill.catalog import Service, load_catalog
 from windmill.farm import FarmClient, ServiceCallError
 from windmill.images import PreparedImage, prepare_image
+from windmill.simfarm import SimFarm
 
 CATALOG = load_catalog()
 EXAMPLES: dict[str, dict[str, Any]] = json.loads(
@@ -62,6 +65,15 @@ def _bound(make: Any) -> Any:
         except OSError:
             continue
     raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class ScriptedService:
@@ -245,3 +257,23 @@ def test_section_2_2_ollama_parameters_travel_in_the_query_string_too(service, c
     service.answer = (200, JSON, flask_bytes(EXAMPLES["ollama"]))
     client.analyze(service.service("ollama"), SCENE, extra={"prompt": "one word & no more", "temperature": 0.1})
     assert service.requests[-1]["query"] == {"prompt": "one word & no more", "temperature": "0.1"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stand-in reads the parameters where the real services read them
+
+
+def test_section_3_13_the_stand_in_colors_reads_regions_from_the_query_string_only():
+    upload = {"file": ("crop.jpg", SCENE.data, "image/jpeg")}
+    # colors' port 7770 moved into PORTS
+    offset = next(offset for offset in range(PORTS.start - 7770, PORTS.stop - 7770) if _free(7770 + offset))
+    with SimFarm(CATALOG, services=["colors"], port_offset=offset):
+        catalog = CATALOG.with_port_offset(offset)
+        url = catalog["colors"].base_url + "/v3/analyze"
+        as_field = httpx.post(url, files=upload, data={"regions": "4"}).json()
+        in_query = httpx.post(url + "?regions=4", files=upload).json()
+        with FarmClient(catalog) as farm_client:
+            through_client = farm_client.analyze(catalog["colors"], SCENE, extra={"regions": 9}).data
+    assert "regions_analyzed" not in as_field["metadata"]  # a form field is not read: single-region answer
+    assert in_query["metadata"]["regions_analyzed"] == 4
+    assert through_client["metadata"]["regions_analyzed"] == 9

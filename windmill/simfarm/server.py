@@ -53,7 +53,10 @@ IDLE_TIMEOUT_S = 75.0  # an idle keep-alive connection is closed after this
 HOLD_FACTOR = 10.0  # a "timeout" fault holds the request for 10× the service's client timeout
 _GET = frozenset({"GET", "HEAD"})
 _GET_POST = frozenset({"GET", "HEAD", "POST"})
-_PARAMS = ("regions", "prompt", "model", "temperature")
+# Where the services read their extra parameters: colors `?regions=` from the query string only (spec §3.13); ollama
+# its prompt, model and temperature from the query string or a form field (§2.2).
+_QUERY_PARAMS = ("regions",)
+_PARAMS = ("prompt", "model", "temperature")
 
 
 def routes_for(profile: Profile) -> dict[str, tuple[str, frozenset[str]]]:
@@ -298,6 +301,7 @@ class _Handler(LeanHeadHandler):  # the head read without the email package (req
         try:
             picture = resolve(profile, method, request, farm.downloader)
             params = {name: value for name in _PARAMS if (value := request.param(name)) is not None}
+            params.update((name, value) for name in _QUERY_PARAMS if (value := request.query.get(name)))
             self._send(200, JSON_TYPE, farm.answerer.analyze(profile, picture, params))
         except ContractError as failure:
             self._send_json(failure.status, contract.error(profile, failure.message))
