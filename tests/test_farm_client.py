@@ -684,7 +684,7 @@ def test_header_fields_read_as_the_email_parser_reads_them(block):
 def test_a_chunked_answer_and_one_without_a_length_are_read_whole():
     """Both are framed by header fields the transport reads itself: a chunked body, and one that ends when the
     service closes the connection."""
-    body = json.dumps({"status": "success", "predictions": []}).encode()
+    body = json.dumps({"status": "success", "predictions": [{"text": "a cat", "confidence": 0.9}]}).encode()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -718,7 +718,7 @@ def test_a_chunked_answer_and_one_without_a_length_are_read_whole():
             with FarmClient(Catalog((service,))) as client:
                 for _ in range(2):  # the second call on a reused (chunked) or a new (closed) connection
                     answer = client.analyze(service, IMAGE)
-                    assert answer.data["predictions"] == [], endpoint
+                    assert answer.data["predictions"][0]["text"] == "a cat", endpoint
     finally:
         server.shutdown()
         server.server_close()

@@ -169,7 +169,7 @@ def test_each_service_shape_normalises(service, answer, check):
 
 
 @pytest.mark.parametrize("service", ["nsfw2", "blip"])
-def test_a_one_prediction_answer_whose_prediction_is_unusable_is_malformed_not_nothing_found(service):
+def test_a_one_prediction_answer_without_a_usable_prediction_is_malformed_not_nothing_found(service):
     # NSFW, OCR, colors, metadata and captions always answer one prediction (spec §2.3): stored as a success with
     # none, a bad confidence read as "no NSFW detected" or "no caption".
     answer = {"service": service, "status": "success", "metadata": META,
@@ -178,6 +178,11 @@ def test_a_one_prediction_answer_whose_prediction_is_unusable_is_malformed_not_n
                        ) as failure:
         normalize_answer(service, answer)
     assert failure.value.kind == "malformed"
+    empty = {"service": service, "status": "success", "metadata": META, "predictions": []}
+    with pytest.raises(ServiceCallError, match=r"no prediction, where this service always answers one") as failure:
+        normalize_answer(service, empty)
+    assert failure.value.kind == "malformed"
+    assert normalize_answer("face", empty | {"service": "face"})["predictions"] == []  # no face: nothing found
     # A detector finding nothing usable did find nothing: still a success.
     assert normalize_answer("yolov8", with_prediction(YOLO, 0, confidence=True) | {
         "predictions": [with_prediction(YOLO, 0, confidence=True)["predictions"][0]]})["predictions"] == []

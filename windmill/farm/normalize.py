@@ -74,8 +74,11 @@ def normalize_answer(
             service=service,
             status_code=status_code,
         )
+    if not predictions and service in ONE_PREDICTION_SERVICES:
+        raise ServiceCallError("malformed answer: no prediction, where this service always answers one (spec §2.3)",
+                               kind="malformed", service=service, status_code=status_code)
     body["predictions"] = _most_confident(_clean_items(predictions, "prediction", notes, image_size, clamp), notes)
-    if predictions and not body["predictions"] and service in ONE_PREDICTION_SERVICES:
+    if not body["predictions"] and service in ONE_PREDICTION_SERVICES:
         # Stored as a success with no prediction, it read as "nothing found" (no NSFW, no text, no caption).
         raise ServiceCallError(f"malformed answer: its one prediction is unusable ({notes[-1]})", kind="malformed",
                                service=service, status_code=status_code)
