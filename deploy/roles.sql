@@ -272,7 +272,7 @@ DO $$
 BEGIN
     IF to_regclass('windmill.roles_granted') IS NOT NULL THEN
         INSERT INTO windmill.roles_granted (through_migration)
-        SELECT least(129, max(version)) FROM windmill.schema_migrations
+        SELECT least(132, max(version)) FROM windmill.schema_migrations
         ON CONFLICT (one_row) DO UPDATE SET through_migration = EXCLUDED.through_migration, granted_at = now();
     END IF;
 END $$;

@@ -37,6 +37,7 @@ from windmill.farm.outages import OutageWaitStopped, ServiceOutages
 from windmill.image_cache import ImageSource
 from windmill.jobs import JobQueue
 from windmill.metrics import WorkerMetrics
+from windmill.monitor import collect_status, format_status
 from windmill.roles.registry import RoleContext, build_role
 from windmill.settings import settings_from_mapping
 from windmill.worker.runtime import Worker, WorkerOptions
@@ -321,3 +322,34 @@ def test_a_worker_exports_how_long_each_service_it_finds_down_has_been_down() ->
     service.up.set()
     threads[0].join(5)
     assert "windmill_service_down_seconds{" not in generate_latest(metrics.registry).decode()
+
+
+def test_status_names_the_services_live_workers_find_down_and_why(
+        conn: psycopg.Connection, database: Database, pool: ConnectionPool, catalog: Catalog) -> None:
+    settings = settings_from_mapping({"WORKER_ID": "service-outage"})
+    with running_farm(catalog) as (farm, shifted), FarmClient(shifted, outages=fast()) as client:
+        farm.stop()
+        submit_samples(conn, pool, shifted, "nsfw2", database)
+        jobs = JobQueue(pool, lease=timedelta(seconds=60))
+        context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=shifted,
+                              worker_id="service-outage", farm=client, images=ImageSource(settings), service="nsfw2")
+        worker = Worker(jobs, build_role("service", context), worker_id="service-outage",
+                        listen_conninfo=database.conninfo,
+                        options=WorkerOptions(concurrency=2, poll_interval_s=0.1, heartbeat_interval_s=0.2))
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            wait_until(lambda: collect_status(conn)["services_down"], message="a heartbeat saying nsfw2 is down")
+            [down] = collect_status(conn)["services_down"]
+            text = format_status(collect_status(conn))
+            farm.start()
+            wait_until(lambda: not collect_status(conn)["services_down"], timeout=30,
+                       message="a heartbeat saying nsfw2 answers again")
+        finally:
+            worker.request_stop()
+            client.stop_waiting()
+            thread.join(timeout=60)
+    assert (down["service"], down["workers"]) == ("nsfw2", 1)
+    assert "nsfw2: cannot connect to" in down["reason"] and down["down_for_s"] >= 0
+    assert "Services down, as live workers find them" in text and "nsfw2: cannot connect to" in text
+    assert "Services down" not in format_status(collect_status(conn))

@@ -64,6 +64,7 @@ def collect_status(conn: psycopg.Connection, *, rabbitmq: RabbitMQManagement | N
         "in_flight": tasks_in_flight(_rows(conn, "monitor_tasks_in_flight"), broker),
         "failures": _rows(conn, "monitor_recent_failures", {"limit": failures}),
         "workers": _rows(conn, "monitor_live_workers"),
+        "services_down": _rows(conn, "monitor_services_down"),
     }
 
 
@@ -258,6 +259,16 @@ def _in_flight_section(rows: list[dict[str, Any]] | None, rabbitmq: dict[str, An
     return [*lines, ""]
 
 
+def _down_section(rows: list[dict[str, Any]] | None) -> list[str]:
+    """The services that live workers find down: their calls wait for them (windmill.farm.outages); nothing while
+    every service answers."""
+    if not rows:
+        return []
+    return ["Services down, as live workers find them (refusing connections, or HTTP 502/503/504/429): their calls "
+            "wait up to WINDMILL_OUTAGE_WAIT_S, then take their retries; `windmill-cli farm check` probes them:",
+            format_table(rows), ""]
+
+
 def format_status(status: dict[str, Any]) -> str:
     totals = status["totals"]
     workers = status["workers"]
@@ -269,6 +280,7 @@ def format_status(status: dict[str, Any]) -> str:
         "Services (job-table tasks; done/failed = images; rate = successes per minute, last minute / last hour):",
         format_table(status["services"]),
         "",
+        *_down_section(status.get("services_down")),
         "Postprocessing (job-table tasks; done/failed = boxes answered; caption_score: captions scored):",
         format_table(status["postprocessing"]),
         "",

@@ -31,6 +31,19 @@ SELECT worker_id, role, service, hostname, pid, alive, heartbeat_age_s, running_
   FROM live_workers
  ORDER BY role, worker_id
 
+-- name: monitor_services_down
+-- The services live workers find down (their heartbeats' services_down, sql/0132): for how long (the longest any
+-- worker has seen, to now), by how many workers, and the last failure one of them met.
+SELECT d.key AS service,
+       round(max((d.value->>'seconds')::numeric + l.heartbeat_age_s::numeric)) AS down_for_s,
+       count(*) AS workers,
+       min(d.value->>'reason') AS reason
+  FROM live_workers l
+ CROSS JOIN LATERAL jsonb_each(l.services_down) AS d
+ WHERE l.alive
+ GROUP BY d.key
+ ORDER BY d.key
+
 -- name: monitor_image
 -- One image's completeness (view image_completeness).
 SELECT * FROM image_completeness WHERE image_id = %(image_id)s

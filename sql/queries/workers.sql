@@ -21,7 +21,7 @@ SELECT hostname, pid, heartbeat_age_s FROM before
 WITH beat AS (
     UPDATE workers
        SET heartbeat_at = now(), jobs_done = %(jobs_done)s, jobs_failed = %(jobs_failed)s, stopped_at = NULL,
-           pid = %(pid)s, hostname = %(hostname)s
+           pid = %(pid)s, hostname = %(hostname)s, services_down = %(services_down)s
      WHERE worker_id = %(worker_id)s)
 SELECT coalesce(array_agg(version ORDER BY version), '{}') FROM schema_migrations WHERE version > %(newest_known)s
 

@@ -60,6 +60,7 @@ class OutageWaitStopped(AttemptGivenBack):
 class _Down:
     since: float
     next_probe: float
+    reason: str = ""  # the last failure that found it down
     probes: int = 0  # probes that failed so, for the backoff
     probing: bool = False
     past_wait: bool = False  # the allowance ran out (logged once)
@@ -106,9 +107,13 @@ class ServiceOutages:
 
     def down(self) -> dict[str, float]:
         """Seconds each service found down has been down."""
+        return {service: seconds for service, (seconds, _) in self.described().items()}
+
+    def described(self) -> dict[str, tuple[float, str]]:
+        """Each service found down: how long it has been down, and the failure that last found it so."""
         now = self._clock()
         with self._changed:
-            return {service: now - down.since for service, down in self._down.items()}
+            return {service: (now - down.since, down.reason) for service, down in self._down.items()}
 
     def stop(self) -> None:
         """End every wait for a service that is down, now and later, with OutageWaitStopped; a call to a service
@@ -146,6 +151,7 @@ class ServiceOutages:
                 down = self._down[service] = _Down(since=now, next_probe=now)
                 log.warning("%s is down (%s): its calls wait for it, up to %g s, trying it again every few seconds",
                             service, error.reason, self.wait_s, extra={"action": "service_down"})
+            down.reason = error.message
             if probe or down.probes == 0:  # calls sent before it was found down do not push the probes back
                 down.probes += 1
                 down.next_probe = now + backoff_delay(down.probes, first_s=self._first_probe_s,

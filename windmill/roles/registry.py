@@ -4,7 +4,7 @@ registration (a name, the queues it consumes, a handler). Below the worker: role
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from psycopg_pool import ConnectionPool
 
@@ -60,6 +60,9 @@ class Role:
     # The queues that each call one service, with that service's per-process limit (None: unlimited): each gets a
     # lane of threads of its own (windmill.worker.lanes). The role's other queues share one lane.
     service_queues: Mapping[str, int | None] = field(default_factory=dict)
+    # The services its process finds down, each with how long and why (windmill.farm.outages): its heartbeat says
+    # them, so that `status` does. Set by build_role from the process's farm client.
+    services_down: Callable[[], Mapping[str, tuple[float, str]]] | None = None
     # Its jobs fall due this long after they are queued (the merge's coalescing window, sql/0113): a notification
     # of its queues is answered by a claim that much later rather than at once.
     claim_delay_s: float = 0.0
@@ -121,4 +124,6 @@ def check_role(name: str, service: str | None = None) -> None:
 
 def build_role(name: str, context: RoleContext) -> Role:
     check_role(name)
-    return _ROLES[name](context)
+    role = _ROLES[name](context)
+    outages = context.farm.outages if context.farm is not None else None
+    return role if outages is None else replace(role, services_down=outages.described)

@@ -27,7 +27,7 @@ class BrokerWorker:
         if role.tasks is None:
             raise ValueError(f"role {role.name} does not take tasks from a broker")
         self.role = role
-        self.presence = WorkerPresence(pool, worker_id, role.name, role.service)
+        self.presence = WorkerPresence(pool, worker_id, role.name, role.service, services_down=role.services_down)
         self.stopping = threading.Event()
         self.jobs_done = 0
         self.jobs_failed = 0

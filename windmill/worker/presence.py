@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable, Mapping
 
 import psutil
 import psycopg
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from windmill.db.queries import query
@@ -18,11 +20,13 @@ log = logging.getLogger(__name__)
 
 
 class WorkerPresence:
-    def __init__(self, pool: ConnectionPool, worker_id: str, role: str, service: str | None) -> None:
+    def __init__(self, pool: ConnectionPool, worker_id: str, role: str, service: str | None, *,
+                 services_down: Callable[[], Mapping[str, tuple[float, str]]] | None = None) -> None:
         self.pool = pool
         self.worker_id = worker_id
         self.role = role
         self.service = service
+        self.services_down = services_down  # what each beat says of the services this process finds down
 
     def announce(self) -> None:
         """Register this process; say so when another one of the same id is alive (two machines of one host name,
@@ -48,7 +52,8 @@ class WorkerPresence:
         it no longer knows (each job of a changed payload failing until it is dead)."""
         with self.pool.connection() as conn:
             row = conn.execute(query("worker_heartbeat"), {**self._counters(jobs_done, jobs_failed),
-                                                           "newest_known": newest_known_migration()}).fetchone()
+                                                           "newest_known": newest_known_migration(),
+                                                           "services_down": self._services_down()}).fetchone()
         if row and row[0]:
             raise overtaken(list(row[0]))
 
@@ -59,6 +64,13 @@ class WorkerPresence:
                 conn.execute(query("worker_stopped"), self._counters(jobs_done, jobs_failed))
         except (psycopg.OperationalError, TimeoutError) as error:
             log.warning("could not record the stop of %s (%s)", self.worker_id, first_line(error))
+
+    def _services_down(self) -> Jsonb | None:
+        """{service: {seconds, reason}} at this beat (`status` adds the beat's age); None while every service
+        answers."""
+        down = self.services_down() if self.services_down is not None else {}
+        return Jsonb({service: {"seconds": round(seconds, 1), "reason": reason}
+                      for service, (seconds, reason) in down.items()}) if down else None
 
     def _counters(self, jobs_done: int, jobs_failed: int) -> dict[str, object]:
         return {"worker_id": self.worker_id, "jobs_done": jobs_done, "jobs_failed": jobs_failed, "pid": os.getpid(),

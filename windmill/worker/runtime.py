@@ -97,7 +97,7 @@ class Worker:
         self.jobs_failed = 0
         self._listener = JobListener(listen_conninfo, self._wake, self._side_tasks_done, queues=role.queues,
                                      on_queue=self._wake.hint_queue)
-        self.presence = WorkerPresence(jobs.pool, worker_id, role.name, role.service)
+        self.presence = WorkerPresence(jobs.pool, worker_id, role.name, role.service, services_down=role.services_down)
         self.lanes = plan_lanes(role.queues, role.service_queues, self.options.concurrency)
         # The lanes whose jobs are handed off: one service queue each, of a role that can (Role.hand_off).
         self._handoff_lanes = tuple(lane.queues for lane in self.lanes if lane.per_service and len(lane.queues) == 1
