@@ -21,6 +21,17 @@ class AttemptGivenBack(WindmillError):
     down: windmill/farm/outages.py)."""
 
 
+class PoisonInput(WindmillError):
+    """A task whose handling killed its worker process each time it ran (a decoder's crash, more memory than the worker
+    has): the queue records its failure instead of running it again (DESIGN rule 4; windmill/broker/poison.py).
+    `deaths`: the deaths counted; `how`: how they were seen."""
+
+    def __init__(self, deaths: int, how: str) -> None:
+        times = {1: "once", 2: "twice"}.get(deaths, f"{deaths} times")
+        super().__init__(f"the worker died handling it {times} ({how}): a poison input, not run again")
+        self.deaths = deaths
+
+
 class NoSuchImage(WindmillError):
     """An image id that names no image; every command that takes one (`show`, `status --image`) says it alike."""
 

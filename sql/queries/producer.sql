@@ -65,14 +65,15 @@ RETURNING id, payload ->> 'task_id'
 -- Enter RabbitMQ tasks in the ledger before they are published; returns the ids of those entered (only these are
 -- published). A pair already in flight (in the ledger, or as a job-table task queued, running or failed) is
 -- skipped, unless the entry belongs to the task named in `replaces` (a dead-lettered task being replayed under a
--- new id takes over its entry); so is a task whose image is gone (a replay of an old task).
+-- new id takes over its entry, its count of deaths started afresh: sql/0130); so is a task whose image is gone (a
+-- replay of an old task).
 WITH batch AS (
     SELECT * FROM unnest(%(image_ids)s::bigint[], %(services)s::text[], %(queues)s::text[], %(task_ids)s::uuid[],
                          %(replaces)s::uuid[])
                   AS batch (image_id, service, queue, task_id, replaces)
 ), taken_over AS (
     UPDATE service_tasks_in_flight ledger
-       SET task_id = batch.task_id, queue = batch.queue, submitted_at = now()
+       SET task_id = batch.task_id, queue = batch.queue, submitted_at = now(), deaths = 0, running_since = NULL
       FROM batch
      WHERE ledger.image_id = batch.image_id AND ledger.service = batch.service AND ledger.task_id = batch.replaces
     RETURNING ledger.task_id
@@ -166,3 +167,23 @@ SELECT ledger.task_id::text AS task_id, ledger.image_id, i.image_filename, i.ima
  WHERE ledger.queue = %(queue)s AND ledger.submitted_at <= now() - %(older_than)s::interval
  ORDER BY ledger.submitted_at, ledger.image_id
  LIMIT %(limit)s
+
+-- name: delivery_starts
+-- A redelivered RabbitMQ task is about to run (windmill/broker/poison.py, sql/0130): returns how many of its
+-- deliveries died while they ran, counting the one before if it started and never finished, and marks this one as
+-- running. A task with no entry (from a producer other than submit, or forgotten) is entered, unless its row is
+-- written already (the row removed its entry), its image is gone, or another task holds its pair: then no row, and
+-- the delivery is not counted.
+INSERT INTO service_tasks_in_flight AS entry (image_id, service, queue, task_id, running_since)
+SELECT %(image_id)s, %(service)s, %(queue)s, %(task_id)s::uuid, now()
+ WHERE NOT EXISTS (SELECT 1 FROM results WHERE task_id = %(task_id)s::uuid)
+   AND EXISTS (SELECT 1 FROM images WHERE image_id = %(image_id)s)
+ON CONFLICT (image_id, service) DO UPDATE
+   SET deaths = entry.deaths + CASE WHEN entry.running_since IS NULL THEN 0 ELSE 1 END, running_since = now()
+ WHERE entry.task_id = excluded.task_id
+RETURNING deaths
+
+-- name: delivery_hands_on
+-- A redelivered RabbitMQ task's handler handed it on without its final row (a retry, a task given back): it did not
+-- die running (sql/0130).
+UPDATE service_tasks_in_flight SET running_since = NULL WHERE task_id = %(task_id)s::uuid

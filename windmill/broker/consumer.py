@@ -27,7 +27,8 @@ Retry and dead-letter policy:
   line in `x-windmill-last-error` is published to the same queue with a publisher confirm, and only then is the
   original acked. A crash in between leaves both, which task ids make harmless.
   The count travels with the message, so it holds across workers and restarts; a redelivery after a lost
-  connection is not counted (nothing failed).
+  connection is not counted (nothing failed), but one that died while it ran is, outside (windmill.broker.poison):
+  after `max_attempts` such deaths the task is recorded and dead-lettered as a poison input, not run again.
 
 A stop drains: no new deliveries, held retries are published at once, messages waiting for the database go back to
 the queue, running handlers get `drain_timeout` seconds; then (or at once when told to leave now) the connection
@@ -60,6 +61,7 @@ from windmill.backoff import backoff_delay, backoff_delays
 from windmill.broker.base import MalformedTaskError, Task, TaskHandler
 from windmill.broker.deliveries import Delivery, Outcome, attempts_made
 from windmill.broker.handoff import HandlerThreads
+from windmill.broker.poison import DeliveryDeaths, PoisonWatch
 from windmill.broker.rabbitmq import (
     ANSWER_TIMEOUT_S,
     ATTEMPTS_HEADER,
@@ -76,9 +78,9 @@ from windmill.broker.rabbitmq import (
     describe_error,
     is_fatal,
 )
-from windmill.broker.settling import Mailbox, plan_acks
+from windmill.broker.settling import Mailbox, plan_channel_acks
 from windmill.db.connect import is_database_unavailable
-from windmill.errors import AttemptGivenBack, first_line
+from windmill.errors import AttemptGivenBack, PoisonInput, first_line
 from windmill.jobs.model import PermanentJobError
 from windmill.settings import describe_url
 
@@ -104,7 +106,7 @@ class RabbitMQConsumer:
                  retry_delay: float = 1.0, drain_timeout: float = 60.0,
                  on_dead_letter: Callable[[Task, BaseException], object] | None = None,
                  connection_name: str | None = None, max_reconnect_delay: float = MAX_RETRY_DELAY_S,
-                 answer_timeout: float = ANSWER_TIMEOUT_S) -> None:
+                 answer_timeout: float = ANSWER_TIMEOUT_S, deaths: DeliveryDeaths | None = None) -> None:
         """`queues`: each queue's prefetch (unacked messages RabbitMQ hands out at once); `concurrency`: handler
         threads for all the queues, or by queue (every queue needs its own); `retry_delay`: hold
         after a first failure (doubling per attempt, 30 s cap); `drain_timeout`: how long a stop waits for running
@@ -113,7 +115,8 @@ class RabbitMQConsumer:
         finds the database away); reconnects wait 0.5 s, doubling up to `max_reconnect_delay` (up to
         RECONNECT_CAP_ONCE_CONSUMING_S once it has consumed); `answer_timeout`: how long opening a connection, and
         then setting up consuming (or closing), may wait for RabbitMQ before the attempt is dropped and another
-        one made."""
+        one made; `deaths`: where the deaths of redelivered deliveries are counted (broker.poison: a task that killed
+        its worker `max_attempts` times is recorded through `on_dead_letter` and dead-lettered, not run again)."""
         if not queues:
             raise ValueError("a consumer needs at least one queue")
         self.queues = {queue: max(1, prefetch) for queue, prefetch in queues.items()}
@@ -138,6 +141,7 @@ class RabbitMQConsumer:
         self._max_reconnect_delay = max_reconnect_delay
         self._answer_timeout = answer_timeout
         self.stopping = stopping if stopping is not None else threading.Event()
+        self._poison = None if deaths is None else PoisonWatch(deaths, self._max_attempts, self.stopping)
         self._leave_now = threading.Event()  # a second stop: do not wait for running handlers
         self.connections = 0  # connections that reached consuming (1 + reconnects)
         self.attempts = 0  # connection attempts that failed, before or while setting up (for status and tests)
@@ -331,7 +335,7 @@ class RabbitMQConsumer:
 
     def _settle_batch(self, outcomes: list[tuple[Delivery, Outcome]]) -> None:
         """Apply the outcomes handler threads posted since the last batch: all but the acks one by one, then the
-        acks, by channel, in as few frames as the tags still unsettled there allow (plan_acks)."""
+        acks, by channel, in as few frames as the tags still unsettled there allow (plan_channel_acks)."""
         acks: dict[str, list[int]] = {}
         for delivery, outcome in outcomes:
             if outcome is Outcome.ACK and self._current(delivery):
@@ -339,17 +343,10 @@ class RabbitMQConsumer:
                 acks.setdefault(delivery.queue, []).append(delivery.tag)
             else:
                 self._settle(delivery, outcome)
-        if not acks:
-            return
-        lowest_open: dict[str, int] = {}
-        for queue, tag in self._unsettled:
-            if queue in acks and tag < lowest_open.get(queue, tag + 1):
-                lowest_open[queue] = tag
-        for queue, tags in acks.items():
+        for queue, (multiple, singles) in plan_channel_acks(acks, self._unsettled).items():
             # The channel's asynchronous side buffers the frame, and the I/O loop this batch runs in sends the
             # batch's frames together once it returns; BlockingChannel.basic_ack would run the loop once per frame.
             channel = self._channels[queue]._impl
-            multiple, singles = plan_acks(tags, lowest_open.get(queue))
             if multiple is not None:
                 channel.basic_ack(multiple, multiple=True)
             for tag in singles:
@@ -442,6 +439,18 @@ class RabbitMQConsumer:
                       delivery.properties.message_id, error, extra={"action": "task_dead_lettered"})
             return Outcome.DEAD_LETTER
         delivery.task = task
+        if self._poison is None or not delivery.redelivered:
+            return self._outcome(delivery, task)
+        try:  # run as broker.poison says: it may have killed its worker before
+            return self._poison.run(delivery, task, functools.partial(self._outcome, delivery, task))
+        except PoisonInput as error:
+            return self._dead_letter(delivery, task, error, "")
+        except Exception as error:  # recording its start needs the database
+            if is_database_unavailable(error):
+                return self._wait_for_database(delivery, task, error)
+            raise
+
+    def _outcome(self, delivery: Delivery, task: Task) -> Outcome:
         try:
             self._handler(task, delivery.first)
         except PermanentJobError as error:

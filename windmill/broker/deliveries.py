@@ -37,6 +37,7 @@ class Delivery:
     error: str = ""
     task: Task | None = None  # None until parsed, and for a body that is not a task
     database_waits: int = 0  # times this delivery was handled while the database was away
+    deaths: int | None = None  # a redelivered one: its task's deaths, once its start is recorded (broker.poison)
 
     @property
     def first(self) -> bool:

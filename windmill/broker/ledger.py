@@ -3,7 +3,8 @@
 RabbitMQ cannot say whether it holds a message for an image × service pair, so PostgreSQL keeps one entry per pair
 whose task is published and not yet answered. A task is entered (committed) before it is published, and only the
 tasks entered are published; its final results row removes the entry in the same transaction (a trigger). An entry
-whose message was lost stays until `forget` removes it.
+whose message was lost stays until `forget` removes it. The entry also counts the task's deliveries that died while
+they ran (DeathsInLedger, sql/0130: a poison input is bounded).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 
 from windmill.broker.base import Broker, Task
 from windmill.db.queries import query
@@ -115,3 +117,26 @@ def resend_lost(conn: psycopg.Connection, broker: QueueHolder, queues: Iterable[
             broker.publish(tasks)
             resent[queue] = len(tasks)
     return Resend(resent, waiting)
+
+
+class DeathsInLedger:
+    """The deaths of RabbitMQ tasks' deliveries, in their ledger entries (windmill.broker.poison.DeliveryDeaths); only
+    for tasks of `services` (another service's task gets no row, and its entry would stay)."""
+
+    def __init__(self, pool: ConnectionPool, services: Iterable[str]) -> None:
+        self.pool = pool
+        self.services = frozenset(services)
+
+    def starts(self, task: Task) -> int | None:
+        if task.service_name not in self.services:
+            return None
+        with self.pool.connection() as conn:
+            row = conn.execute(query("delivery_starts"), {
+                "image_id": task.image_id, "service": task.service_name, "queue": task.queue_name,
+                "task_id": task.task_id}).fetchone()
+        return None if row is None else int(row[0])
+
+    def hands_on(self, task: Task) -> None:
+        if task.service_name in self.services:
+            with self.pool.connection() as conn:
+                conn.execute(query("delivery_hands_on"), {"task_id": task.task_id})

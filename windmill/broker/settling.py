@@ -14,7 +14,7 @@ thread that runs out of tasks and wakes it, since the acks bring the next delive
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -85,3 +85,13 @@ def plan_acks(tags: Iterable[int], lowest_open: int | None) -> tuple[int | None,
     if len(below) < 2:
         return None, below + singles
     return max(below), singles
+
+
+def plan_channel_acks(acks: Mapping[str, list[int]], unsettled: Iterable[tuple[str, int]]
+                      ) -> dict[str, tuple[int | None, list[int]]]:
+    """plan_acks for each channel (by its queue) of `acks`, given every (queue, tag) still `unsettled`."""
+    lowest_open: dict[str, int] = {}
+    for queue, tag in unsettled:
+        if queue in acks and tag < lowest_open.get(queue, tag + 1):
+            lowest_open[queue] = tag
+    return {queue: plan_acks(tags, lowest_open.get(queue)) for queue, tags in acks.items()}

@@ -14,7 +14,9 @@ Retry or record (DESIGN rule 4, every failure is a row):
 * the database unavailable is never caught here: it reaches the queue, which does not count it as an attempt
   (worker/runtime.py, broker/consumer.py), and the row is written once the database is back;
 * anything else is a counted attempt; a RabbitMQ task whose last attempt failed so is recorded through
-  `Failure.of` as kind `worker`.
+  `Failure.of` as kind `worker`;
+* a poison input (`PoisonInput`: its worker died handling it, as many times as the queue allows) is recorded without
+  being run again, as kind `worker_died`.
 
 The error row: `status` is `timeout` for a timeout and `error` otherwise, `error_message` the one-line reason (a
 service failure names the service), `processing_time` the seconds the failed call took, and `data` holds
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from windmill.errors import first_line
+from windmill.errors import PoisonInput, first_line
 from windmill.farm import ServiceCallError
 from windmill.images import BadImage, ImageUnavailable
 
@@ -38,6 +40,7 @@ T = TypeVar("T")
 BAD_IMAGE = "bad_image"
 IMAGE_UNAVAILABLE = "image_unavailable"
 WORKER = "worker"  # the handler itself failed on the last attempt
+WORKER_DIED = "worker_died"  # its worker process died handling it, each time it ran (PoisonInput)
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class Failure:
     """A failure to store as the task's (or box's, or caption's) final row."""
 
     status: str  # results/postprocessing status: error or timeout
-    kind: str  # a ServiceCallError kind, bad_image, image_unavailable or worker
+    kind: str  # a ServiceCallError kind, bad_image, image_unavailable, worker or worker_died
     reason: str  # one line, without the service's name
     error_message: str  # the row's error_message column
     status_code: int | None = None  # the service's HTTP status, when it answered
@@ -60,7 +63,7 @@ class Failure:
             kind = BAD_IMAGE if isinstance(error, BadImage) else IMAGE_UNAVAILABLE
             return cls("error", kind, error.reason, error.reason)
         reason = first_line(error)
-        return cls("error", WORKER, reason, reason)
+        return cls("error", WORKER_DIED if isinstance(error, PoisonInput) else WORKER, reason, reason)
 
     def data(self) -> dict[str, Any]:
         """The row's `data`: the one error shape of results and postprocessing rows."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from psycopg_pool import ConnectionPool
 
 from windmill.broker.base import Task, TaskHandler
+from windmill.broker.poison import DeliveryDeaths
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
 from windmill.errors import WindmillError
@@ -44,6 +45,8 @@ class TaskHandling:
 
     handle: TaskHandler
     on_dead_letter: Callable[[Task, BaseException], object]  # the last attempt failed: record it
+    # Where the deaths of redelivered deliveries are counted (a poison input is bounded: windmill.broker.poison).
+    deaths: DeliveryDeaths | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from windmill.broker.base import Task
+from windmill.broker.ledger import DeathsInLedger
 from windmill.catalog import Catalog, Service
 from windmill.db.queries import fetch_value, query
 from windmill.errors import WindmillError
@@ -87,7 +88,8 @@ class ServiceTaskHandler:
             return self.images.inputs_for(service, task.image_id, row[0], task.image_url)
 
     def record_failure(self, task: Task, failure: BaseException) -> Outcome:
-        """The final attempt failed: store it as the task's error/timeout row (every failure is a row)."""
+        """The final attempt failed (or its workers died on it: a PoisonInput): store it as the task's error/timeout
+        row (every failure is a row)."""
         return self._record_failure(task, Failure.of(failure))
 
     def _record_failure(self, task: Task, failure: Failure, handoff: Handoff | None = None) -> Outcome:
@@ -141,7 +143,8 @@ def service_role(context: RoleContext) -> Role:
             handler.record_failure(task, error)
 
     tasks = TaskHandling(handle=lambda task, first: handler.handle(task, final_attempt=False, first_delivery=first),
-                         on_dead_letter=record_dead_letter)
+                         on_dead_letter=record_dead_letter,
+                         deaths=DeathsInLedger(context.pool, (service.name for service in services)))
     return Role(name="service", queues=tuple(service.queue_name for service in services), handle=handle,
                 hand_off=handle, close=answers.close, service=",".join(service.name for service in services),
                 tasks=tasks,

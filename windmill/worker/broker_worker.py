@@ -42,7 +42,7 @@ class BrokerWorker:
         self.consumer = RabbitMQConsumer(
             amqp_url, prefetch, self._counted(tasks.handle), concurrency=threads, max_attempts=max_attempts,
             stopping=self.stopping, retry_delay=retry_delay_s, drain_timeout=drain_timeout_s,
-            on_dead_letter=tasks.on_dead_letter, connection_name=f"windmill {worker_id}")
+            on_dead_letter=tasks.on_dead_letter, connection_name=f"windmill {worker_id}", deaths=tasks.deaths)
 
     def _counted(self, handle: TaskHandler) -> TaskHandler:
         def counted(task: Task, first_delivery: bool) -> None:
