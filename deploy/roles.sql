@@ -227,6 +227,8 @@ BEGIN
         -- sql/0126: the claim's (and the backfill's) rule for an expired lease
         ('FUNCTION', 'expired_lease_gives_up(integer, integer, text)', 'EXECUTE',       NULL),
         ('FUNCTION', 'expired_lease_error(text, integer, integer, text)', 'EXECUTE',    NULL),
+        ('FUNCTION', 'expired_lease_poisons(integer, integer, text)', 'EXECUTE',        NULL),  -- sql/0131
+        ('FUNCTION', 'job_is_poison(integer, integer, text)',        'EXECUTE',         NULL),  -- the claim's poison
         -- Trigger functions: PostgreSQL checks EXECUTE when a trigger is created, not when it fires.
         ('FUNCTION', 'notify_job_queued()',          NULL,                              NULL),
         ('FUNCTION', 'answer_stored()',              NULL,                              NULL),  -- sql/0090

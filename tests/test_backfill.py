@@ -189,12 +189,18 @@ def test_expired_leases_go_back_to_the_queue_and_a_last_attempt_runs_once_more(c
                                     "outcome", None, True)
     assert conn.execute("SELECT max_attempts - attempts FROM jobs WHERE id = %s", (last,)).fetchone() == (1,)
     assert rows[alive][0] == "running"
-    # Expired on that last attempt again: given up.
-    conn.execute("UPDATE jobs SET state = 'running', attempts = max_attempts, lease_owner = 'gone too', "
-                 "lease_expires_at = now() - interval '10 seconds' WHERE id = %s", (last,))
+    # Expired on that last attempt again: a poison input, whose failure the claim has its role record (sql/0131).
+    expire_again = ("UPDATE jobs SET state = 'running', attempts = max_attempts, lease_owner = %s, "
+                    "lease_expires_at = now() - interval '10 seconds' WHERE id = %s")
+    conn.execute(expire_again, ("gone too", last))
     run_backfill(conn)
     state, reason = conn.execute("SELECT state::text, last_error FROM jobs WHERE id = %s", (last,)).fetchone()
-    assert state == "dead" and reason.startswith("lease of worker gone too expired on its last attempt twice")
+    assert state == "failed" and reason.startswith("lease of worker gone too expired on its last attempt twice")
+    # Its recording expired too: given up.
+    conn.execute(expire_again, ("gone as well", last))
+    run_backfill(conn)
+    state, reason = conn.execute("SELECT state::text, last_error FROM jobs WHERE id = %s", (last,)).fetchone()
+    assert state == "dead" and reason.startswith("lease of worker gone as well expired while the failure of a poison")
 
 
 def add_merge_job(conn: psycopg.Connection, image_id: int, state: str) -> int:

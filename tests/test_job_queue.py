@@ -132,7 +132,7 @@ def test_failed_attempts_back_off_then_go_dead_with_the_reason(jobs: JobQueue, c
     assert jobs.claim(["q"], "w", 1, now=moment + timedelta(days=1)) == []
 
 
-def test_an_expired_last_attempt_runs_once_more_to_record_its_outcome_and_twice_is_given_up(
+def test_an_expired_last_attempt_runs_once_more_to_record_its_outcome_and_twice_is_recorded_as_a_poison(
         jobs: JobQueue, conn: psycopg.Connection) -> None:
     # It went dead with no outcome recorded: only a handler on the final attempt writes a failure's error row, and
     # this one's worker had died (or lost the database longer than the lease) while running it.
@@ -148,13 +148,18 @@ def test_an_expired_last_attempt_runs_once_more_to_record_its_outcome_and_twice_
     assert (again.id, again.attempts, again.max_attempts) == (job_id, 2, 2), "the last attempt, run once more"
     assert again.last_error == ("lease of worker w1 expired on its last attempt; run once more to record its outcome "
                                 "(before: pose: cannot connect)")
-    now += timedelta(minutes=5)  # w2 died on it too: a poison input
-    assert jobs.claim(["q"], "w3", 1, now=now) == []
+    now += timedelta(minutes=5)  # w2 died on it too: a poison input, whose failure its role records (sql/0131)
+    [poison] = jobs.claim(["q"], "w3", 1, now=now)
+    assert (poison.id, poison.attempts, poison.poison) == (job_id, 2, True)
+    assert poison.last_error == ("lease of worker w2 expired on its last attempt twice: its workers died handling it "
+                                 "each time (a poison input); its failure is recorded without running it (before: "
+                                 "pose: cannot connect)")
+    now += timedelta(minutes=5)  # the recording's lease expired too: given up
+    assert jobs.claim(["q"], "w4", 1, now=now) == []
     state, attempts, reason = state_of(conn, job_id)
     assert (state, attempts) == ("dead", 2)
-    assert reason == ("lease of worker w2 expired on its last attempt twice: its workers died or lost the database "
-                      "each time, and no outcome is recorded (`jobs retry` runs it again) (before: pose: cannot "
-                      "connect)")
+    assert reason == ("lease of worker w3 expired while the failure of a poison input was recorded: no outcome is "
+                      "recorded (`jobs retry` runs it again) (before: pose: cannot connect)")
 
 
 def test_a_scheduler_tick_whose_scheduler_died_runs_once_more(jobs: JobQueue, conn: psycopg.Connection) -> None:

@@ -23,7 +23,8 @@ class AttemptGivenBack(WindmillError):
 
 class PoisonInput(WindmillError):
     """A task whose handling killed its worker process each time it ran (a decoder's crash, more memory than the worker
-    has): the queue records its failure instead of running it again (DESIGN rule 4; windmill/broker/poison.py).
+    has): the queue records its failure instead of running it again (DESIGN rule 4; windmill/broker/poison.py via
+    RabbitMQ, sql/0131 and windmill/worker/runtime.py in the job table).
     `deaths`: the deaths counted; `how`: how they were seen."""
 
     def __init__(self, deaths: int, how: str) -> None:

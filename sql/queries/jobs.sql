@@ -3,7 +3,9 @@
 -- lease was lost belongs to another worker now), and lease, for each of the worker's lanes, up to its limit of
 -- claimable jobs of its queues, oldest first, plus running jobs whose lease expired (their worker died). An expired
 -- job that was on its last attempt runs it once more, so that its outcome is recorded; one whose last attempt had
--- expired already goes dead (sql/0126: expired_lease_gives_up, expired_lease_error). %(lanes)s stands for claim_one_queue_lanes and each lane of
+-- expired already is a poison input, `poison`: its role records its failure without running it; one whose recording
+-- expired goes dead (sql/0126, sql/0131: expired_lease_gives_up, expired_lease_poisons, expired_lease_error,
+-- job_is_poison). %(lanes)s stands for claim_one_queue_lanes and each lane of
 -- several queues' claim_lane_of_queues, %(claimable)s for their candidates joined by UNION (windmill/jobs/queue.py,
 -- round_trip_query, writes them in).
 -- One statement: pipelined as a completion and a statement per lane (one implicit transaction already), each
@@ -35,9 +37,10 @@ WITH done AS (
      WHERE jobs.id = ANY(ARRAY(%(claimable)s))
     RETURNING jobs.id, jobs.queue, jobs.payload, jobs.image_id, jobs.state, jobs.attempts,
               jobs.max_attempts, jobs.dedupe_key, jobs.last_error,
-              job_waited(jobs.run_after, jobs.created_at, coalesce(%(now)s, now()), job_backlog_wait() / 2) AS waited
+              job_waited(jobs.run_after, jobs.created_at, coalesce(%(now)s, now()), job_backlog_wait() / 2) AS waited,
+              job_is_poison(jobs.attempts, jobs.max_attempts, jobs.last_error) AS poison
 )
-SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_error, waited
+SELECT id, queue, payload, image_id, attempts, max_attempts, dedupe_key, last_error, waited, poison
   FROM claimed WHERE state = 'running'
  ORDER BY id
 

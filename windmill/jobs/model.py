@@ -32,6 +32,9 @@ class Job:
     # It had waited in a backed-up queue when claimed: an enqueue may have skipped its wake-up counting on it
     # (sql/0098), so the worker claims once more shortly after (windmill.worker.runtime).
     waited: bool = False
+    # Its last attempt's lease expired twice, its workers dying on it each time (sql/0131): its role records its
+    # failure without running it (windmill.worker.runtime).
+    poison: bool = False
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -45,6 +48,7 @@ class Job:
             dedupe_key=row["dedupe_key"],
             last_error=row["last_error"],
             waited=row["waited"],
+            poison=bool(row.get("poison")),
         )
 
 

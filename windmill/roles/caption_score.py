@@ -11,7 +11,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from windmill.db.queries import query
-from windmill.errors import WindmillError
+from windmill.errors import PoisonInput, WindmillError
 from windmill.farm import FarmClient, ServiceAnswer
 from windmill.image_cache import ImageSource
 from windmill.jobs import Job
@@ -76,13 +76,12 @@ class CaptionScorer:
     def score(self, image_id: int, source: str, *, final_attempt: bool = True) -> CaptionScore | None:
         """Score the source's latest caption of the image; None when the image is gone or the source never
         succeeded. A passing failure before the final attempt is raised (the job is retried): roles/outcome.py."""
-        with self.context.pool.connection() as conn:
-            row = conn.execute(query("latest_caption"), {"image_id": image_id, "service": source}).fetchone()
-        if row is None:
+        latest = self._latest_caption(image_id, source)
+        if latest is None:
             return None
-        result_id, data, image_path, image_url = row
+        result_id, data, image_path, image_url = latest
         caption = caption_of(data)
-        record: dict[str, Any] = {"caption": caption, "caption_service": source, "source_result_id": result_id}
+        record = self._record(source, result_id, caption)
 
         def call() -> ServiceAnswer:
             # The CLIP of df57b25 takes no upload on /score (spec §3.4): the shipped catalog gives it the file. The
@@ -98,6 +97,30 @@ class CaptionScorer:
         return CaptionScore(image_id, source, result_id, "success",
                             {**record, **answer.data, **reference_shape(source, caption, data, answer.data)}, None,
                             answer.processing_time)
+
+    def record_poison(self, job: Job, poison: PoisonInput, handoff: Handoff | None = None) -> str | None:
+        """A job whose workers died on it (Job.poison): the latest caption's score is its error row, without reading
+        the image or calling the scorer; None when there is no caption to score (or it was superseded)."""
+        image_id, source = job.about_image, str(job.payload["service"])
+        latest = self._latest_caption(image_id, source)
+        if latest is None:
+            return None
+        result_id, data = latest[0], latest[1]
+        failure = Failure.of(poison)
+        return self.store(CaptionScore(image_id, source, result_id, failure.status,
+                                       {**self._record(source, result_id, caption_of(data)), **failure.data()},
+                                       failure.error_message), handoff)
+
+    def _latest_caption(self, image_id: int, source: str) -> tuple[Any, ...] | None:
+        """The source's latest caption of the image: its result id, data, the image's path and URL (None: none)."""
+        with self.context.pool.connection() as conn:
+            row = conn.execute(query("latest_caption"), {"image_id": image_id, "service": source}).fetchone()
+        return None if row is None else tuple(row)
+
+    @staticmethod
+    def _record(source: str, result_id: int, caption: str) -> dict[str, Any]:
+        """What a score keeps of the caption it scored, beside the answer or the error."""
+        return {"caption": caption, "caption_service": source, "source_result_id": result_id}
 
     def store(self, scored: CaptionScore, handoff: Handoff | None = None) -> str | None:
         """Replace the image's score of this source, if the scored caption is still the source's latest (under the
@@ -119,5 +142,5 @@ def caption_score_role(context: RoleContext) -> Role:
         raise WindmillError(f"the catalog has no {SCORING_SERVICE} service")
     scorer = CaptionScorer(context, context.farm, context.images)
     return Role(name="caption_score", queues=(CAPTION_SCORE_QUEUE,), handle=scorer.handle, hand_off=scorer.handle,
-                close=scorer.writes.close,
+                record_poison=scorer.record_poison, close=scorer.writes.close,
                 service_queues={CAPTION_SCORE_QUEUE: context.farm.limits.limit(SCORING_SERVICE)})

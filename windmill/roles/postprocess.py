@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from windmill.db.queries import query
-from windmill.errors import WindmillError, first_line
+from windmill.errors import PoisonInput, WindmillError, first_line
 from windmill.farm import FarmClient, ServiceAnswer, ServiceCallError
 from windmill.image_cache import ImageSource
 from windmill.images import CropBox, ImageUnavailable, face_prediction_to_image, pose_prediction_to_image
@@ -67,12 +67,7 @@ class PostprocessHandler:
         alone: the image's other boxes go on, and the job is retried for it afterwards; on the final attempt it is
         the box's row (kind `worker`), as a service task's is. `handoff`: the job's, to complete with the rows
         (windmill.jobs.handoff) when no box failed."""
-        image_id = job.image_id if job.image_id is not None else int(job.payload["image_id"])
-        only_box = job.payload.get("merged_box_id")  # a job queued per box by an earlier release
-        with self.context.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-            boxes = cursor.execute(query("boxes_to_postprocess"), {
-                "image_id": image_id, "merged_box_id": None if only_box is None else int(only_box),
-                "service": service}).fetchall()
+        image_id, boxes = self._boxes(job, service)
         if not boxes:
             log.debug("image %d: no box left for %s", image_id, service, extra={"action": "postprocess_skipped"})
         final_attempt = job.attempts >= job.max_attempts
@@ -97,6 +92,23 @@ class PostprocessHandler:
         if broken is not None:
             raise broken
         return stored
+
+    def record_poison(self, job: Job, service: str, poison: PoisonInput, handoff: Handoff | None = None) -> list[str]:
+        """A job whose workers died on it (Job.poison): each of its boxes still to see `service` gets its error row,
+        without a crop or a call; returns the statuses stored."""
+        image_id, boxes = self._boxes(job, service)
+        failure = Failure.of(poison)
+        return self._store([BoxRow(box, failure.status, failure.data(), failure.error_message) for box in boxes],
+                           image_id, service, handoff)
+
+    def _boxes(self, job: Job, service: str) -> tuple[int, list[dict[str, Any]]]:
+        """The job's image, and its boxes still to see `service`."""
+        image_id = job.image_id if job.image_id is not None else int(job.payload["image_id"])
+        only_box = job.payload.get("merged_box_id")  # a job queued per box by an earlier release
+        with self.context.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            return image_id, cursor.execute(query("boxes_to_postprocess"), {
+                "image_id": image_id, "merged_box_id": None if only_box is None else int(only_box),
+                "service": service}).fetchall()
 
     def _postprocess(self, box: dict[str, Any], service: str, final_attempt: bool, *, retried: bool) -> BoxRow:
         """One box: crop it and call the service; its row, to store."""
@@ -193,6 +205,9 @@ def postprocess_role(context: RoleContext) -> Role:
     def handle(job: Job, handoff: Handoff | None = None) -> None:
         handler.handle(job, by_queue[job.queue], handoff)
 
-    return Role(name="postprocess", queues=tuple(by_queue), handle=handle, hand_off=handle,
+    def record_poison(job: Job, poison: PoisonInput, handoff: Handoff | None) -> None:
+        handler.record_poison(job, by_queue[job.queue], poison, handoff)
+
+    return Role(name="postprocess", queues=tuple(by_queue), handle=handle, hand_off=handle, record_poison=record_poison,
                 close=handler.writes.close, service=",".join(services),
                 service_queues={queue: context.farm.limits.limit(service) for queue, service in by_queue.items()})

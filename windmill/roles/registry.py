@@ -12,7 +12,7 @@ from windmill.broker.base import Task, TaskHandler
 from windmill.broker.poison import DeliveryDeaths
 from windmill.catalog import Catalog
 from windmill.db.connect import Database
-from windmill.errors import WindmillError
+from windmill.errors import PoisonInput, WindmillError
 from windmill.farm import FarmClient
 from windmill.image_cache import ImageSource
 from windmill.jobs import Job, JobQueue
@@ -60,6 +60,10 @@ class Role:
     hand_off: Callable[[Job, Handoff], object] | None = None
     service: str | None = None
     tasks: TaskHandling | None = None
+    # Record the failure of a job that is a poison input (Job.poison: its workers died on it) without running it: the
+    # role's error row, with the job's handoff when it has one. None: the role has no row for it; the job ends dead
+    # with the reason.
+    record_poison: Callable[[Job, PoisonInput, Handoff | None], object] | None = None
     # The queues that each call one service, with that service's per-process limit (None: unlimited): each gets a
     # lane of threads of its own (windmill.worker.lanes). The role's other queues share one lane.
     service_queues: Mapping[str, int | None] = field(default_factory=dict)

@@ -18,7 +18,7 @@ from windmill.broker.base import Task
 from windmill.broker.ledger import DeathsInLedger
 from windmill.catalog import Catalog, Service
 from windmill.db.queries import fetch_value, query
-from windmill.errors import WindmillError
+from windmill.errors import PoisonInput, WindmillError
 from windmill.farm import FarmClient, ServiceAnswer
 from windmill.image_cache import ImageSource
 from windmill.images import FileMissing, PreparedImage
@@ -87,10 +87,10 @@ class ServiceTaskHandler:
                 raise
             return self.images.inputs_for(service, task.image_id, row[0], task.image_url)
 
-    def record_failure(self, task: Task, failure: BaseException) -> Outcome:
+    def record_failure(self, task: Task, failure: BaseException, handoff: Handoff | None = None) -> Outcome:
         """The final attempt failed (or its workers died on it: a PoisonInput): store it as the task's error/timeout
-        row (every failure is a row)."""
-        return self._record_failure(task, Failure.of(failure))
+        row (every failure is a row), with the job's `handoff` when it has one."""
+        return self._record_failure(task, Failure.of(failure), handoff)
 
     def _record_failure(self, task: Task, failure: Failure, handoff: Handoff | None = None) -> Outcome:
         return self._record(task, failure.status, failure.data(), error_message=failure.error_message,
@@ -142,10 +142,16 @@ def service_role(context: RoleContext) -> Role:
         if task.service_name in context.catalog:  # an unknown service has no row to hold the failure
             handler.record_failure(task, error)
 
+    def record_poison(job: Job, poison: PoisonInput, handoff: Handoff | None) -> None:
+        task = Task.from_message(job.payload)
+        if task.service_name not in context.catalog:
+            raise PermanentJobError(f"task for unknown service {task.service_name!r}: {poison}")
+        handler.record_failure(task, poison, handoff)
+
     tasks = TaskHandling(handle=lambda task, first: handler.handle(task, final_attempt=False, first_delivery=first),
                          on_dead_letter=record_dead_letter,
                          deaths=DeathsInLedger(context.pool, (service.name for service in services)))
     return Role(name="service", queues=tuple(service.queue_name for service in services), handle=handle,
                 hand_off=handle, close=answers.close, service=",".join(service.name for service in services),
-                tasks=tasks,
+                tasks=tasks, record_poison=record_poison,
                 service_queues={service.queue_name: context.farm.limits.limit(service.name) for service in services})

@@ -12,7 +12,9 @@ only for lanes with threads idle, and records only the jobs that were not handed
 
 A handler that fails because the database is unavailable (`is_database_unavailable`) has not used an attempt: its
 job goes back to the queue uncounted once the database answers again; so does one whose handler gave its attempt
-back (AttemptGivenBack: the worker stopped while its call waited for a service that is down). A stop drains: no
+back (AttemptGivenBack: the worker stopped while its call waited for a service that is down). A job whose workers
+died on it (Job.poison, sql/0131) is not run: its role records its failure (Role.record_poison); a job one expiry away
+from that runs only while no other such job runs in the process (windmill.worker.suspects). A stop drains: no
 new claims, running handlers get `drain_timeout_s`; then, or at once on a second stop, the worker leaves without
 waiting for them (their jobs keep their lease until it expires, then another worker runs them)."""
 
@@ -30,7 +32,7 @@ import psycopg
 from windmill.backoff import backoff_delay
 from windmill.db.connect import is_database_unavailable
 from windmill.db.schema import SchemaOvertaken
-from windmill.errors import AttemptGivenBack, first_line
+from windmill.errors import AttemptGivenBack, PoisonInput, first_line
 from windmill.jobs import Job, JobQueue, JobState, PermanentJobError
 from windmill.jobs.handoff import Handoff
 from windmill.roles.registry import Role
@@ -38,9 +40,11 @@ from windmill.worker.claim_state import ClaimWake, LaneState, apply_wake
 from windmill.worker.lanes import describe_lanes, plan_lanes
 from windmill.worker.listener import RECONNECT_CAP_S, RECONNECT_FIRST_S, JobListener
 from windmill.worker.presence import WorkerPresence
+from windmill.worker.suspects import SuspectPlace, died_before
 
 log = logging.getLogger(__name__)
 FLUSH_AFTER_S = 0.05  # longest a finished job waits to be recorded with others
+POISON_HOW = "its lease expired on its last attempt each time"
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Worker:
         self._handed_claims: deque[tuple[LaneState, list[Job], int]] = deque()
         self._fatal: BaseException | None = None
         self._overtaken: SchemaOvertaken | None = None  # a newer Windmill migrated the database meanwhile
+        self._suspects = SuspectPlace(self._give_back_unstarted)  # jobs near a poison's verdict run one at a time
         self.jobs_done = 0
         self.jobs_failed = 0
         self._listener = JobListener(listen_conninfo, self._wake, self._side_tasks_done, queues=role.queues,
@@ -225,13 +230,16 @@ class Worker:
         error: BaseException | None = None
         started = time.monotonic()
         try:
-            if handoff is not None and self.role.hand_off is not None:
+            if job.poison:
+                self._record_poison(job, handoff)
+            elif handoff is not None and self.role.hand_off is not None:
                 self.role.hand_off(job, handoff)
             else:
                 self.role.handle(job)
         except BaseException as raised:  # a handler's failure is the job's, never the worker's
             error = raised
         finished = time.monotonic()
+        self._suspects.leave(job)
         if self.hooks.on_handled:
             try:
                 self.hooks.on_handled(job, error, finished - started)
@@ -248,6 +256,15 @@ class Worker:
         self._wake.nudge()
         return None
 
+    def _record_poison(self, job: Job, handoff: Handoff | None) -> None:
+        """A job whose workers died on it (sql/0131) is not run: its role records the failure, or, with no row to
+        record it in (a merge, a vote), it ends dead with the reason."""
+        poison = PoisonInput(2, POISON_HOW)
+        log.error("job %d (%s): %s", job.id, job.queue, poison, extra={"action": "job_poison_input"})
+        if self.role.record_poison is None:
+            raise PermanentJobError(str(poison))
+        self.role.record_poison(job, poison, handoff)
+
     def _offer_handoff(self, job: Job, lane: LaneState) -> Handoff | None:
         if lane.handoff_lane is None:
             return None
@@ -257,6 +274,7 @@ class Worker:
     def _take_handoff(self, job: Job, lane: LaneState, handoff: Handoff) -> Job | None:
         """The job is done and recorded; the first job its write claimed (if any) is this thread's next, the others
         (a claim may bring expired leases beside what it asked for) go to the lane's other threads."""
+        handoff.next_jobs = self._suspects.admit(handoff.next_jobs)
         with self._lock:
             self._inflight.update((claimed.id, claimed) for claimed in handoff.next_jobs)
             lane.busy += len(handoff.next_jobs) - 1  # the job done gives its place to the first of them
@@ -324,6 +342,7 @@ class Worker:
         except psycopg.OperationalError:
             self._finished.extendleft(reversed(batch))
             raise
+        claimed = [self._suspects.admit(jobs) for jobs in claimed]
         self._forget(batch)
         with self._lock:
             for (lane, _), jobs in zip(asks, claimed, strict=True):
@@ -365,7 +384,8 @@ class Worker:
     def _record_failure(self, job: Job, error: BaseException) -> None:
         reason = first_line(error) or type(error).__name__
         if is_database_unavailable(error):
-            released = self.jobs.fail(job, self.worker_id, f"database unavailable: {reason}", counted=False)
+            released = self.jobs.fail(job, self.worker_id, self._mark(job, f"database unavailable: {reason}"),
+                                      counted=False)
             if released is None:  # meanwhile its lease ran out: the claim that took it back decided what follows
                 log.info("job %d (%s) could not reach the database (%s), and was no longer this worker's: its lease "
                          "had run out", job.id, job.queue, reason, extra={"action": "job_failed_unheld"})
@@ -374,7 +394,7 @@ class Worker:
                         job.id, job.queue, reason, extra={"action": "job_released"})
             return
         if isinstance(error, AttemptGivenBack):
-            if self.jobs.fail(job, self.worker_id, reason, counted=False) is not None:
+            if self.jobs.fail(job, self.worker_id, self._mark(job, reason), counted=False) is not None:
                 log.info("job %d (%s) given back: %s", job.id, job.queue, reason, extra={"action": "job_released"})
             return
         permanent = isinstance(error, PermanentJobError)
@@ -386,6 +406,16 @@ class Worker:
         level = logging.ERROR if state is JobState.DEAD else logging.WARNING
         log.log(level, "job %d (%s) attempt %d/%d failed: %s → %s", job.id, job.queue, job.attempts,
                 job.max_attempts, reason, state, extra={"action": "job_failed"})
+
+    @staticmethod
+    def _mark(job: Job, reason: str) -> str:
+        """The last_error of a job given back uncounted: a job whose worker died keeps the claim's mark (sql/0126,
+        sql/0131), so that an expiry still counts as the one it is, and a poison is recorded, not run, when it is
+        claimed again."""
+        return job.last_error if (job.poison or died_before(job)) and job.last_error else reason
+
+    def _give_back_unstarted(self, job: Job) -> None:
+        self.jobs.fail(job, self.worker_id, self._mark(job, "given back"), counted=False)
 
     # -- side tasks ----------------------------------------------------------------------------
     def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
