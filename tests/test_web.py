@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from PIL import Image
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from tests.browser_fixtures import WINDOW
 from tests.conftest import PYTHON, REPOSITORY, signal_a_thread_not_main
@@ -47,8 +48,9 @@ def collection(database_url: str, catalog: Catalog) -> Iterator[Database]:
     with processed_collection(database_url, catalog) as database, database.connect() as conn:
         conn.execute("INSERT INTO jobs (queue, image_id, state, attempts, last_error) "
                      "VALUES (%s, 2, 'dead', 5, %s)", (DEAD_QUEUE, DEAD_REASON))
-        conn.execute("INSERT INTO workers (worker_id, role, service, hostname, pid) "
-                     "VALUES ('web-test@host', 'merger', NULL, 'host', 4242)")
+        conn.execute("INSERT INTO workers (worker_id, role, service, hostname, pid, services_down) "
+                     "VALUES ('web-test@host', 'merger', NULL, 'host', 4242, %s)",
+                     (Jsonb({"rtdetr": {"seconds": 12.5, "reason": "rtdetr: cannot connect to <host>"}}),))
         yield database
 
 
@@ -137,6 +139,8 @@ def test_overview_shows_progress_queues_failures_and_workers(browser, site: str,
     assert "blip: the image answered HTTP 404" in reasons and "colors: HTTP 500 five times" in reasons
     assert len(reasons) == conn.execute("SELECT count(*) FROM (SELECT 1 FROM recent_failures LIMIT 10) f").fetchone()[0]
     assert texts(browser, "#workers tr.alive td:first-child") == ["web-test@host"]
+    down = browser.find_element(By.ID, "services-down").text  # what the live worker's heartbeat says is down
+    assert "rtdetr for " in down and "(1 worker: rtdetr: cannot connect to <host>)" in down, down
     assert browser.find_elements(By.CSS_SELECTOR, "#queues button") == []  # read-only: no action offered
 
 
