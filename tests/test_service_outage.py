@@ -10,7 +10,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -189,6 +190,27 @@ def test_other_services_do_not_wait_for_one_that_is_down() -> None:
 # -- workers, the stand-in's ports closed for longer than the retry budget ----------------------------------------
 
 
+@contextmanager
+def service_worker(database: Database, pool: ConnectionPool, catalog: Catalog, client: FarmClient, jobs: JobQueue,
+                   **options: float) -> Iterator[Worker]:
+    """A job-table worker of nsfw2's tasks in this process, calling through `client`; stopped when the block ends,
+    its calls' waits for a service that is down ended as a worker process's stop ends them."""
+    settings = settings_from_mapping({"WORKER_ID": "service-outage"})
+    context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=catalog,
+                          worker_id="service-outage", farm=client, images=ImageSource(settings), service="nsfw2")
+    worker = Worker(jobs, build_role("service", context), worker_id="service-outage",
+                    listen_conninfo=database.conninfo, options=WorkerOptions(concurrency=2, poll_interval_s=0.1,
+                                                                             **options))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.request_stop()
+        client.stop_waiting()
+        thread.join(timeout=60)
+
+
 def test_a_job_table_task_waits_out_its_service_being_down_longer_than_its_retry_budget(
         conn: psycopg.Connection, database: Database, pool: ConnectionPool, catalog: Catalog) -> None:
     refusals: list[str] = []
@@ -197,27 +219,17 @@ def test_a_job_table_task_waits_out_its_service_being_down_longer_than_its_retry
         if outcome == "connect":
             refusals.append(service)
 
-    settings = settings_from_mapping({"WORKER_ID": "service-outage"})
     with running_farm(catalog) as (farm, shifted), \
             FarmClient(shifted, observer=observe, outages=fast()) as client:
         farm.stop()
         published = submit_samples(conn, pool, shifted, "nsfw2", database)
         # Its retry budget, unless the calls wait: 0.05 + 0.1 + 0.2 + 0.4 s
-        jobs = JobQueue(pool, lease=timedelta(seconds=60), retry_base_s=0.05)
-        context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=shifted,
-                              worker_id="service-outage", farm=client, images=ImageSource(settings), service="nsfw2")
-        worker = Worker(jobs, build_role("service", context), worker_id="service-outage",
-                        listen_conninfo=database.conninfo, options=WorkerOptions(concurrency=2, poll_interval_s=0.1))
-        thread = threading.Thread(target=worker.run)
-        thread.start()
-        try:
+        with service_worker(database, pool, shifted, client, JobQueue(pool, lease=timedelta(seconds=60),
+                                                                      retry_base_s=0.05)):
             wait_until(lambda: len(refusals) >= 3, message="the service refused")
             time.sleep(1.5)  # twice the retry budget
             farm.start()
             wait_until(lambda: results_count(conn) == published, timeout=30, message="a row per task")
-        finally:
-            worker.request_stop()
-            thread.join(timeout=60)
     rows = conn.execute("SELECT status, count(*) FROM results GROUP BY status").fetchall()
     assert rows == [("success", published)], "the outage turned tasks into error rows"
     attempts = conn.execute("SELECT array_agg(DISTINCT attempts) FROM jobs WHERE queue = %s",
@@ -227,26 +239,14 @@ def test_a_job_table_task_waits_out_its_service_being_down_longer_than_its_retry
 
 def test_a_worker_stopped_while_its_service_is_down_gives_the_jobs_back_at_once(
         conn: psycopg.Connection, database: Database, pool: ConnectionPool, catalog: Catalog) -> None:
-    settings = settings_from_mapping({"WORKER_ID": "service-outage"})
     with running_farm(catalog) as (farm, shifted), FarmClient(shifted, outages=fast()) as client:
         farm.stop()
         submit_samples(conn, pool, shifted, "nsfw2", database)
-        jobs = JobQueue(pool, lease=timedelta(seconds=60))
-        context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=shifted,
-                              worker_id="service-outage", farm=client, images=ImageSource(settings), service="nsfw2")
-        worker = Worker(jobs, build_role("service", context), worker_id="service-outage",
-                        listen_conninfo=database.conninfo,
-                        options=WorkerOptions(concurrency=2, poll_interval_s=0.1, drain_timeout_s=30))
-        thread = threading.Thread(target=worker.run)
-        thread.start()
-        try:
+        with service_worker(database, pool, shifted, client, JobQueue(pool, lease=timedelta(seconds=60)),
+                            drain_timeout_s=30):
             wait_until(lambda: "nsfw2" in client.outages.down(), message="the service found down")  # type: ignore[union-attr]  # given
             time.sleep(0.3)
-        finally:
             stopped = time.monotonic()
-            worker.request_stop()
-            client.stop_waiting()
-            thread.join(timeout=60)
     assert time.monotonic() - stopped < 10, "the stop waited for the drain timeout"
     states = conn.execute("SELECT state, attempts, count(*) FROM jobs WHERE queue = %s GROUP BY 1, 2",
                           (shifted["nsfw2"].queue_name,)).fetchall()
@@ -326,29 +326,17 @@ def test_a_worker_exports_how_long_each_service_it_finds_down_has_been_down() ->
 
 def test_status_names_the_services_live_workers_find_down_and_why(
         conn: psycopg.Connection, database: Database, pool: ConnectionPool, catalog: Catalog) -> None:
-    settings = settings_from_mapping({"WORKER_ID": "service-outage"})
     with running_farm(catalog) as (farm, shifted), FarmClient(shifted, outages=fast()) as client:
         farm.stop()
         submit_samples(conn, pool, shifted, "nsfw2", database)
-        jobs = JobQueue(pool, lease=timedelta(seconds=60))
-        context = RoleContext(settings=settings, database=database, pool=pool, jobs=jobs, catalog=shifted,
-                              worker_id="service-outage", farm=client, images=ImageSource(settings), service="nsfw2")
-        worker = Worker(jobs, build_role("service", context), worker_id="service-outage",
-                        listen_conninfo=database.conninfo,
-                        options=WorkerOptions(concurrency=2, poll_interval_s=0.1, heartbeat_interval_s=0.2))
-        thread = threading.Thread(target=worker.run)
-        thread.start()
-        try:
+        with service_worker(database, pool, shifted, client, JobQueue(pool, lease=timedelta(seconds=60)),
+                            heartbeat_interval_s=0.2):
             wait_until(lambda: collect_status(conn)["services_down"], message="a heartbeat saying nsfw2 is down")
             [down] = collect_status(conn)["services_down"]
             text = format_status(collect_status(conn))
             farm.start()
             wait_until(lambda: not collect_status(conn)["services_down"], timeout=30,
                        message="a heartbeat saying nsfw2 answers again")
-        finally:
-            worker.request_stop()
-            client.stop_waiting()
-            thread.join(timeout=60)
     assert (down["service"], down["workers"]) == ("nsfw2", 1)
     assert "nsfw2: cannot connect to" in down["reason"] and down["down_for_s"] >= 0
     assert "Services down, as live workers find them" in text and "nsfw2: cannot connect to" in text
