@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from windmill.catalog import Catalog
 from windmill.errors import WindmillError
 from windmill.simfarm import SimFarm
+from windmill.simfarm.ports import restartable_offset
 
 
 @contextmanager
 def running_farm(catalog: Catalog, **options: object) -> Iterator[tuple[SimFarm, Catalog]]:
     """Start a SimFarm on a random port offset; yields it and the catalog pointing at it."""
+    highest = max(service.port for service in catalog.services)
     for _ in range(20):
-        offset = random.randrange(10_000, 50_000, 100)
+        offset = restartable_offset(highest)  # tests stop and start it again: no outgoing connection takes a port
         farm = SimFarm(catalog, port_offset=offset, **options)
         try:
             farm.start()

@@ -643,3 +643,13 @@ def test_a_re_encoded_sample_still_finds_its_sidecar(farm: SimFarm, client: http
     assert "person" in labels
     # A different picture of the same size does not borrow them.
     assert analyze(client, farm, "yolov8", jpeg((90, 90, 90), size=(512, 512)))["predictions"] == []
+
+
+def test_a_stand_in_that_is_restarted_listens_below_the_ports_outgoing_connections_take() -> None:
+    # Stopped, its ports are free for the machine's outgoing connections to take, and the restart failed with
+    # "Address already in use" (seen in CI): tests and the chaos run keep it below the ephemeral range.
+    from windmill.simfarm.ports import ephemeral_floor, restartable_offset
+
+    rng = random.Random(7)
+    offsets = {restartable_offset(7799, rng) for _ in range(500)}
+    assert all(offset + 7799 < ephemeral_floor() for offset in offsets) and len(offsets) > 50

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -29,6 +28,7 @@ from windmill.db.connect import Database
 from windmill.db.embedded import EmbeddedPostgres
 from windmill.db.queries import fetch_value, query
 from windmill.errors import WindmillError
+from windmill.simfarm.ports import restartable_offset
 
 HOST = "127.0.0.1"
 # What PostgreSQL's log says when it starts on the data of a server that did not shut down.
@@ -110,7 +110,7 @@ def running_farm(catalog: Catalog, catalog_path: Path, env: dict[str, str], plan
         "default": {"mean_ms": plan.latency_mean_ms, "jitter": plan.latency_jitter}}))
     highest = max(service.port for service in catalog.services)
     for _ in range(10):
-        offset = random.randrange(10_000, 65_000 - highest, 100)  # not the plan's seed: two runs may share it
+        offset = restartable_offset(highest)  # not the plan's seed: two runs may share it; it crashes the farm
         shifted = write_catalog(catalog, catalog_path, queue_prefix=queue_prefix,
                                 port_offset=offset, timeout_s=plan.service_timeout_s)
         farm = StandIn(shifted, env, plan, profile, log_dir / "farm.log")
