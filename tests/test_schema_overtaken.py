@@ -60,3 +60,37 @@ def test_a_rabbitmq_worker_stops_when_a_newer_windmill_migrates_its_database(
     output = _worker_overtaken(conn, ["worker", "--role", "service", "--service", "metadata", "--broker", "rabbitmq"],
                                env, tmp_path / "metadata.log")
     assert SENTENCE in output
+
+
+def test_submit_follow_stops_queueing_when_a_newer_windmill_migrates_its_database(
+        conn: psycopg.Connection, worker_env: dict[str, str]) -> None:
+    """A follow left running through an upgrade would queue jobs of the payload the new workers no longer read."""
+    def register(name: str) -> None:
+        conn.execute("INSERT INTO images (image_filename, image_path) VALUES (%s, %s)", (name, f"/stream/{name}"))
+
+    def queued() -> set[int]:
+        return {row[0] for row in conn.execute("SELECT image_id FROM jobs WHERE queue = 'queue_nsfw2'")}
+
+    register("before.jpg")
+    follower = subprocess.Popen([PYTHON, "-m", "windmill", "submit", "--follow", "--services", "nsfw2", "--broker",
+                                 "postgres", "--poll-interval", "1"], env=worker_env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: queued() == {1}, timeout=60, message="the image registered before the follow")
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'from_the_future')")
+        register("after.jpg")
+        try:
+            _, err = follower.communicate(timeout=30)  # the next walk (1 s, or the registration's notification)
+        except subprocess.TimeoutExpired:
+            follower.kill()
+            _, err = follower.communicate()
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
+        conn.execute("DELETE FROM schema_migrations WHERE version = 9999")
+    assert follower.returncode == 1, err
+    assert "Traceback" not in err, err
+    assert ("a newer Windmill migrated this database while submit --follow ran (migration 9999, which this one does "
+            "not have); it stopped queueing: upgrade Windmill here to the version that ran `init-db`") in err, err
+    assert queued() == {1}, "the image registered after the upgrade was queued by the old version"

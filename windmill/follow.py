@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 
 from windmill.db.queries import fetch_value, query
+from windmill.db.schema import refuse_if_overtaken
 from windmill.producer import PAGE_SIZE, SubmitReport, Submitter, image_pages
 
 POLL_INTERVAL_S = 5.0  # a walk at least this often, notified or not
@@ -117,6 +118,7 @@ class Follower:
                                 page_size=self.page_size):
             fresh = position.unseen(page)
             if fresh:
+                refuse_if_overtaken(self.read_conn, "submit --follow", "it stopped queueing")
                 self.submitter.submit_page(fresh)
             if self.stopping.is_set():
                 return  # the position stays where it was: nothing above it is taken for done

@@ -25,6 +25,10 @@ WITH beat AS (
      WHERE worker_id = %(worker_id)s)
 SELECT coalesce(array_agg(version ORDER BY version), '{}') FROM schema_migrations WHERE version > %(newest_known)s
 
+-- name: migrations_newer_than
+-- The migrations a process does not have (sql/ of a newer Windmill), for a stream's SchemaWatch.
+SELECT coalesce(array_agg(version ORDER BY version), '{}') FROM schema_migrations WHERE version > %(newest_known)s
+
 -- name: worker_stopped
 -- Only the row's own process marks it stopped: a twin of the same id that leaves does not stop the one still there.
 UPDATE workers SET stopped_at = now(), heartbeat_at = now(), jobs_done = %(jobs_done)s,

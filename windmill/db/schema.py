@@ -62,12 +62,22 @@ def newest_known_migration() -> int:
     return max(m.version for m in available_migrations())
 
 
-def overtaken(unknown: list[int]) -> SchemaOvertaken:
-    """What a worker says when its heartbeat finds migrations it does not have: it was started before `init-db` of a
-    newer version ran (its pool found the schema up to date then), and goes on no further."""
-    return SchemaOvertaken(f"a newer Windmill migrated this database while this worker ran ({_named(unknown)}, "
-                           f"which this one does not have); it stopped taking work: upgrade Windmill here to the "
-                           f"version that ran `init-db`")
+def overtaken(unknown: list[int], who: str = "this worker", stopped: str = "it stopped taking work"
+              ) -> SchemaOvertaken:
+    """What a worker (or a stream: `who`, what it `stopped` doing) says when it finds migrations it does not have: it
+    was started before `init-db` of a newer version ran (the schema was up to date then), and goes on no further."""
+    return SchemaOvertaken(f"a newer Windmill migrated this database while {who} ran ({_named(unknown)}, which this "
+                           f"one does not have); {stopped}: upgrade Windmill here to the version that ran `init-db`")
+
+
+def refuse_if_overtaken(conn: psycopg.Connection, who: str, stopped: str) -> None:
+    """For a command that writes for as long as it runs (`submit --follow`, `images watch`), before each page it
+    writes: raises SchemaOvertaken when a newer Windmill migrated the database since the command checked it at start.
+    Its writes would otherwise follow a contract the new workers no longer read (a job's payload, sql/0115); a worker
+    asks the same at each heartbeat (windmill.worker.presence). One indexed look-up per page."""
+    unknown = fetch_value(conn, "migrations_newer_than", {"newest_known": newest_known_migration()})
+    if unknown:
+        raise overtaken(list(unknown), who, stopped)
 
 
 def _named(unknown: list[int]) -> str:
