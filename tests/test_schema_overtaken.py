@@ -94,3 +94,27 @@ def test_submit_follow_stops_queueing_when_a_newer_windmill_migrates_its_databas
     assert ("a newer Windmill migrated this database while submit --follow ran (migration 9999, which this one does "
             "not have); it stopped queueing: upgrade Windmill here to the version that ran `init-db`") in err, err
     assert queued() == {1}, "the image registered after the upgrade was queued by the old version"
+
+
+def test_run_says_once_that_a_newer_windmill_migrated_its_database(
+        conn: psycopg.Connection, worker_env: dict[str, str], tmp_path: Path) -> None:
+    """`run` holds every role in one process; each role's heartbeat finds the migration, and the sentence was said
+    once per role (six times, within milliseconds)."""
+    env = {**worker_env, "WORKER_ID": "overtaken-run"}
+    with open(tmp_path / "run.log", "wb") as log:
+        machine = subprocess.Popen([PYTHON, "-m", "windmill", "run", "--broker", "postgres"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: conn.execute("SELECT count(*) FROM workers WHERE worker_id LIKE 'overtaken-run-%%' AND "
+                                        "heartbeat_at > started_at").fetchone()[0] >= 2,
+                   timeout=60, message="the roles' first heartbeats")
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'from_the_future')")
+        status = machine.wait(30)
+    finally:
+        if machine.poll() is None:
+            machine.kill()
+            machine.wait()
+        conn.execute("DELETE FROM schema_migrations WHERE version = 9999")
+    output = (tmp_path / "run.log").read_text()
+    assert status == 1, output
+    assert output.count(SENTENCE) == 1, output

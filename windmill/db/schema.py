@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -26,6 +28,18 @@ def init_database(conn: psycopg.Connection, catalog: Catalog) -> list[Migration]
 
 class SchemaOvertaken(WindmillError):
     """A newer Windmill migrated the database while this process was using it."""
+
+    _said = False
+    _saying = threading.Lock()
+
+    def say(self, log: logging.Logger) -> None:
+        """Log the sentence once per process: `run` holds every role, and each role's heartbeat finds the same
+        migration within a few milliseconds of the others."""
+        with SchemaOvertaken._saying:
+            if SchemaOvertaken._said:
+                return
+            SchemaOvertaken._said = True
+        log.error("%s", self, extra={"action": "schema_overtaken"})
 
 
 def refuse_a_newer_schema(applied: set[int]) -> None:

@@ -83,7 +83,7 @@ class BrokerWorker:
                 self.presence.beat(self.jobs_done, self.jobs_failed)
             except SchemaOvertaken as error:  # the tasks in hand drain; RabbitMQ keeps the rest for a newer worker
                 overtaken = True
-                log.error("%s", error, extra={"action": "schema_overtaken"})
+                error.say(log)
                 self.request_stop()
             except Exception as error:
                 log.warning("heartbeat failed (%s)", first_line(error), extra={"action": "heartbeat_failed"})

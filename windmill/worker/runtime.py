@@ -442,7 +442,7 @@ class Worker:
             except SchemaOvertaken as error:  # leases were renewed first: the jobs in hand drain as on any stop
                 if self._overtaken is None:
                     self._overtaken = error
-                    log.error("%s", error, extra={"action": "schema_overtaken"})
+                    error.say(log)
                     self.request_stop()
             except psycopg.OperationalError as error:
                 log.warning("heartbeat failed (%s)", first_line(error), extra={"action": "heartbeat_failed"})
