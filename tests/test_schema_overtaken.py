@@ -118,3 +118,31 @@ def test_run_says_once_that_a_newer_windmill_migrated_its_database(
     output = (tmp_path / "run.log").read_text()
     assert status == 1, output
     assert output.count(SENTENCE) == 1, output
+
+
+def test_a_long_submit_stops_queueing_when_a_newer_windmill_migrates_its_database(
+        conn: psycopg.Connection, worker_env: dict[str, str]) -> None:
+    """A submit of millions of images runs for hours; an upgrade in its middle stops it before the next page."""
+    images = 5000
+    conn.execute("INSERT INTO images (image_filename, image_path) SELECT 'i' || n || '.jpg', '/many/i' || n || '.jpg' "
+                 "FROM generate_series(1, %s) AS n", (images,))
+
+    def queued() -> int:
+        return conn.execute("SELECT count(*) FROM jobs WHERE queue = 'queue_nsfw2'").fetchone()[0]
+
+    submitting = subprocess.Popen([PYTHON, "-m", "windmill", "submit", "--services", "nsfw2", "--broker", "postgres",
+                                   "--page-size", "1"], env=worker_env, text=True, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: queued() > 0, timeout=60, message="the submit's first pages")
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'from_the_future')")
+        _, err = submitting.communicate(timeout=60)
+    finally:
+        if submitting.poll() is None:
+            submitting.kill()
+            submitting.communicate()
+        conn.execute("DELETE FROM schema_migrations WHERE version = 9999")
+    assert submitting.returncode == 1, err
+    assert "Traceback" not in err, err
+    assert "while submit ran (migration 9999, which this one does not have); it stopped queueing" in err, err
+    assert queued() < images

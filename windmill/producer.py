@@ -16,6 +16,7 @@ from windmill.broker import Broker, Task
 from windmill.broker.ledger import publish_in_flight
 from windmill.catalog import Service
 from windmill.db.queries import fetch_value, query
+from windmill.db.schema import refuse_if_overtaken
 from windmill.settings import Settings
 
 PAGE_SIZE = Settings.submit_page  # images per page (WINDMILL_SUBMIT_PAGE, --page-size): a read, a lookup, a publish
@@ -127,6 +128,8 @@ def submit(
     submitter = Submitter(lookup_conn, broker, services, force=force, report=report)
     submitter.report.last_image_id = max(submitter.report.last_image_id, after_id)
     for page in image_pages(read_conn, group=group, after_id=after_id, limit=limit, page_size=page_size):
+        # A submit of millions of images runs for hours: an upgrade may come in the middle (windmill.db.schema).
+        refuse_if_overtaken(read_conn, "submit", "it stopped queueing")
         submitter.submit_page(page)
         submitter.report.last_image_id = page[-1]["image_id"]
         if progress:
