@@ -406,3 +406,17 @@ def test_a_parameter_postgresql_cannot_take_is_a_400_not_a_server_error(
         assert client.get("/images/99999999999999999999999").status_code == 404
         assert client.get("/images/99999999999999999999999/thumbnail.jpg").status_code == 404
         assert client.get("/gallery?before=5").status_code == 200
+
+
+def test_the_overview_says_when_a_newer_windmill_migrated_the_database_under_it(site: str, conn) -> None:
+    """Migrations only add, so an old dashboard still reads; it says that it leaves out what the newer one records."""
+    assert 'id="overtaken"' not in httpx.get(site + "/").text
+    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'from_the_future')")
+    try:
+        page = httpx.get(site + "/")
+    finally:
+        conn.execute("DELETE FROM schema_migrations WHERE version = 9999")
+    assert page.status_code == 200
+    assert ('<p class="problem" id="overtaken">a newer Windmill migrated this database while this dashboard ran '
+            '(migration 9999, which this one does not have); its pages leave out what that version records: upgrade '
+            'Windmill here to the version that ran `init-db`.</p>') in page.text, page.text

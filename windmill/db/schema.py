@@ -89,9 +89,14 @@ def refuse_if_overtaken(conn: psycopg.Connection, who: str, stopped: str) -> Non
     writes: raises SchemaOvertaken when a newer Windmill migrated the database since the command checked it at start.
     Its writes would otherwise follow a contract the new workers no longer read (a job's payload, sql/0115); a worker
     asks the same at each heartbeat (windmill.worker.presence). One indexed look-up per page."""
-    unknown = fetch_value(conn, "migrations_newer_than", {"newest_known": newest_known_migration()})
+    unknown = newer_migrations(conn)
     if unknown:
-        raise overtaken(list(unknown), who, stopped)
+        raise overtaken(unknown, who, stopped)
+
+
+def newer_migrations(conn: psycopg.Connection) -> list[int]:
+    """The migrations the database has and this version does not (a newer Windmill's `init-db` ran since)."""
+    return list(fetch_value(conn, "migrations_newer_than", {"newest_known": newest_known_migration()}))
 
 
 def _named(unknown: list[int]) -> str:

@@ -14,6 +14,7 @@ from psycopg_pool import ConnectionPool
 
 from windmill.catalog import Catalog
 from windmill.db.queries import query
+from windmill.db.schema import newer_migrations, overtaken
 from windmill.errors import NoSuchImage, WindmillError, first_line
 from windmill.jobs import JobQueue
 from windmill.monitor import RabbitMQManagement, collect_status
@@ -78,8 +79,13 @@ class Dashboard:
         return None if row is None else (row["image_path"], row["image_url"])
 
     def status(self) -> dict[str, Any]:
+        """What `status` prints, and whether a newer Windmill migrated the database since this dashboard started:
+        migrations only add, so its pages still read, but they leave out whatever the newer version records."""
         with self._connection() as conn:
-            return collect_status(conn, rabbitmq=self.rabbitmq)
+            unknown = newer_migrations(conn)
+            return {**collect_status(conn, rabbitmq=self.rabbitmq),
+                    "overtaken": str(overtaken(unknown, "this dashboard", "its pages leave out what that version "
+                                                                          "records")) if unknown else None}
 
     def gallery(self, selected: GalleryFilter) -> tuple[list[dict[str, Any]], int | None]:
         """A page of images and the position of the next (older) page, None on the last one."""
