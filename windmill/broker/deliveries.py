@@ -9,7 +9,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from windmill.broker.base import Task
-from windmill.broker.rabbitmq import ATTEMPTS_HEADER
+from windmill.broker.rabbitmq import ATTEMPTS_HEADER, RESENT_HEADER
 from windmill.broker.settling import Mailbox
 
 
@@ -41,9 +41,11 @@ class Delivery:
 
     @property
     def first(self) -> bool:
-        """Never handed to any handler before: neither redelivered by RabbitMQ, nor a retry of ours, nor handled
-        already by this consumer (a run that lost the database may have committed its row before it failed)."""
-        return self.attempt == 1 and not self.redelivered and self.database_waits == 0
+        """Never handed to any handler before: neither redelivered by RabbitMQ, nor a retry of ours, nor published
+        again from submit's ledger (an earlier copy may have been answered), nor handled already by this consumer (a
+        run that lost the database may have committed its row before it failed)."""
+        return (self.attempt == 1 and not self.redelivered and self.database_waits == 0
+                and not (self.properties.headers or {}).get(RESENT_HEADER))
 
 
 def attempts_made(properties: pika.BasicProperties) -> int:

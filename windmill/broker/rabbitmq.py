@@ -37,6 +37,9 @@ T = TypeVar("T")
 
 ATTEMPTS_HEADER = "x-windmill-attempts"
 LAST_ERROR_HEADER = "x-windmill-last-error"
+# On a task published again from submit's ledger (windmill.broker.ledger.resend_lost): an earlier copy may have been
+# answered, so its worker looks for the task's row before it calls the service (a first delivery otherwise skips that).
+RESENT_HEADER = "x-windmill-resent"
 CONTENT_TYPE = "application/json"
 
 # Connection settings from upstream's experience (§12): heartbeats find dead peers, a blocked connection (broker
@@ -301,15 +304,17 @@ class RabbitMQBroker:
         names = [service.queue_name for service in services]
         self._retrying("declare queues", lambda: self._declare(names, force=True))
 
-    def publish(self, tasks: Sequence[Task], *, unless_answered: bool = False) -> list[Task]:
+    def publish(self, tasks: Sequence[Task], *, unless_answered: bool = False, resent: bool = False) -> list[Task]:
         """Return (the tasks) once RabbitMQ confirmed every one (persisted to its durable queue).
 
         On a connection loss, reconnect and publish again every task not yet confirmed: a few may arrive twice,
         which their task ids make harmless. A task no queue took (its queue was deleted since we declared it) is
         published again after declaring the queue again. Raises RabbitMQError when RabbitMQ stays unreachable or
         refuses a task repeatedly; `unconfirmed()` then names the tasks RabbitMQ did not confirm. `unless_answered`
-        is for brokers that dedupe (see Broker.publish): RabbitMQ publishes what it is given.
+        is for brokers that dedupe (see Broker.publish): RabbitMQ publishes what it is given. `resent`: the tasks
+        were published before (RESENT_HEADER).
         """
+        headers = {RESENT_HEADER: True} if resent else None
         pending = deque(range(len(tasks)))
         refusals: Counter[int] = Counter()
         failures = 0
@@ -319,7 +324,7 @@ class RabbitMQBroker:
                 before = len(pending)
                 try:
                     self._declare({tasks[index].queue_name for index in pending}, force=False)
-                    self._publish_pending(tasks, pending, refusals)
+                    self._publish_pending(tasks, pending, refusals, headers)
                 except Exception as error:
                     self._raise_unless_recoverable(error, "publish tasks")
                     if len(pending) < before:
@@ -356,14 +361,15 @@ class RabbitMQBroker:
 
     # -- internals --------------------------------------------------------------------------------------------------
 
-    def _publish_pending(self, tasks: Sequence[Task], pending: deque[int], refusals: Counter[int]) -> None:
+    def _publish_pending(self, tasks: Sequence[Task], pending: deque[int], refusals: Counter[int],
+                         headers: dict[str, Any] | None) -> None:
         publisher = self._ensure_publisher()
         low_water = self._confirm_window // 2
         try:
             while pending or publisher.unconfirmed:
                 while pending and len(publisher.unconfirmed) < self._confirm_window:
                     task = tasks[pending[0]]
-                    publisher.publish(pending[0], task.queue_name, task_body(task), task_properties(task))
+                    publisher.publish(pending[0], task.queue_name, task_body(task), task_properties(task, headers))
                     pending.popleft()  # only now: a publish that raised leaves its task pending
                 publisher.wait_for_confirms(low_water if pending else 0)
                 self._publish_refused_again(publisher, tasks, pending, refusals)
