@@ -133,6 +133,11 @@ BEGIN
         ('TABLE',    'backfill_state',               'SELECT, UPDATE',                  NULL),  -- the backfill's position
         ('TABLE',    'workers',                      'SELECT, INSERT, UPDATE',          NULL),  -- presence and heartbeats
         ('TABLE',    'service_tasks_in_flight',      'SELECT, INSERT, UPDATE, DELETE',  'SELECT'),  -- submit's ledger (status reads it), dlq replay, tasks forget
+        -- sql/0133: submit's pages not yet confirmed by RabbitMQ (status counts a dead submit's), and who entered
+        -- them (the default, as the submitter); the scheduler and `tasks resend` resend a dead submit's pages
+        ('TABLE',    'service_tasks_unconfirmed',    'SELECT, INSERT, DELETE',          'SELECT'),
+        ('FUNCTION', 'session_started_at()',         'EXECUTE',                         NULL),
+        ('FUNCTION', 'submitter_gone(integer, timestamp with time zone)', 'EXECUTE',    'EXECUTE'),
         -- Status's counters (sql/0060): answers append deltas (their trigger runs as the writer), the fold
         -- (SECURITY DEFINER) folds them, `status --recount` rebuilds them as the worker login.
         ('TABLE',    'service_answer_counts',        'SELECT, INSERT, DELETE',          NULL),
@@ -274,7 +279,7 @@ DO $$
 BEGIN
     IF to_regclass('windmill.roles_granted') IS NOT NULL THEN
         INSERT INTO windmill.roles_granted (through_migration)
-        SELECT least(132, max(version)) FROM windmill.schema_migrations
+        SELECT least(133, max(version)) FROM windmill.schema_migrations
         ON CONFLICT (one_row) DO UPDATE SET through_migration = EXCLUDED.through_migration, granted_at = now();
     END IF;
 END $$;

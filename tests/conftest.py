@@ -23,8 +23,8 @@ TEST_DATABASE = "windmill_test"
 REPOSITORY = Path(__file__).resolve().parent.parent
 # Everything a test writes and commits lives in these tables; services stay (synced from the catalog).
 _WRITABLE_TABLES = ("images, results, merged_boxes, consensus, postprocessing, jobs, workers, service_tasks_in_flight, "
-                    "service_answer_counts, service_answer_count_deltas, service_answer_minutes, follow_positions, "
-                    "postprocessing_counts, postprocessing_count_deltas")
+                    "service_tasks_unconfirmed, service_answer_counts, service_answer_count_deltas, "
+                    "service_answer_minutes, follow_positions, postprocessing_counts, postprocessing_count_deltas")
 
 
 # Where the tests' commands look for the system's settings file: nowhere, so a host with an

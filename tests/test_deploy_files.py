@@ -199,12 +199,12 @@ def test_the_worker_role_does_what_workers_do(roles_database: Callable[[str], st
             assert JobTableBroker(JobQueue(pool)).publish([Task.for_image(image, catalog["blip"])],
                                                           unless_answered=True) == []
         dead, replayed = Task.for_image(image, catalog["ocr"]), Task.for_image(image, catalog["ocr"])
-        assert enter_in_flight(conn, [dead]) == [dead]
-        assert enter_in_flight(conn, [replayed], replaces=[dead.task_id]) == [replayed]
+        assert enter_in_flight(conn, [dead]).tasks == [dead]
+        assert enter_in_flight(conn, [replayed], replaces=[dead.task_id]).tasks == [replayed]
         conn.execute(query("insert_result"), {**row, "status": "success", "service": "ocr",
                                               "task_id": replayed.task_id})
         blip = Task.for_image(image, catalog["blip"])
-        assert enter_in_flight(conn, [blip]) == [blip]
+        assert enter_in_flight(conn, [blip]).tasks == [blip]
         assert len(conn.execute(query("drop_answered_tasks_in_flight"), {"task_ids": [blip.task_id]}).fetchall()) == 1
         assert forget_in_flight(conn, service="ocr") == 0
 

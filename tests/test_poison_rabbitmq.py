@@ -116,7 +116,7 @@ def test_only_a_redelivered_start_that_never_finished_counts_as_a_death(conn: ps
     image = conn.execute("SELECT image_id, image_filename, image_path, image_url FROM images").fetchone()
     columns = ("image_id", "image_filename", "image_path", "image_url")
     task, other = (Task.for_image(dict(zip(columns, image, strict=True)), catalog[name]) for name in ("yolov8", "ocr"))
-    assert enter_in_flight(conn, [task]) == [task]
+    assert enter_in_flight(conn, [task]).tasks == [task]
     deaths = DeathsInLedger(pool, ["yolov8", "ocr"])
     assert deaths.starts(task) == 0, "a first delivery writes nothing: its loss is not counted"
     assert deaths.starts(task) == 1, "the redelivery before started and never finished: it died running"

@@ -141,13 +141,13 @@ def test_a_second_submit_while_workers_process_adds_nothing_and_each_pair_gets_o
 def test_a_task_leaves_the_ledger_with_its_own_final_row_only(conn: psycopg.Connection, catalog: Catalog) -> None:
     add_paths(conn, [SAMPLES / "chelsea.jpg"])
     task = task_for(conn, 1, "blip", catalog)
-    assert enter_in_flight(conn, [task]) == [task]
-    assert enter_in_flight(conn, [task_for(conn, 1, "blip", catalog)]) == [], "a second task for the pair"
+    assert enter_in_flight(conn, [task]).tasks == [task]
+    assert enter_in_flight(conn, [task_for(conn, 1, "blip", catalog)]).tasks == [], "a second task for the pair"
     answer(conn, task_for(conn, 1, "blip", catalog))  # a row of another task (an older duplicate)
     assert count(conn, "SELECT count(*) FROM service_tasks_in_flight") == 1
     answer(conn, task, status="error")  # its final row, even an error, frees the pair
     assert count(conn, "SELECT count(*) FROM service_tasks_in_flight") == 0
-    assert enter_in_flight(conn, [task_for(conn, 1, "clip", catalog)])
+    assert enter_in_flight(conn, [task_for(conn, 1, "clip", catalog)]).tasks
     conn.execute("DELETE FROM images")  # the entries of a deleted image go with it
     assert count(conn, "SELECT count(*) FROM service_tasks_in_flight") == 0
 
@@ -199,12 +199,12 @@ def test_the_job_table_refuses_a_second_task_in_flight_and_jobs_retry_leaves_it_
 def test_the_job_table_skips_a_pair_whose_rabbitmq_task_is_in_flight(
         conn: psycopg.Connection, pool: ConnectionPool, catalog: Catalog) -> None:
     add_paths(conn, [SAMPLES / "chelsea.jpg"])
-    assert enter_in_flight(conn, [task_for(conn, 1, "blip", catalog)])
+    assert enter_in_flight(conn, [task_for(conn, 1, "blip", catalog)]).tasks
     assert JobTableBroker(JobQueue(pool)).publish([task_for(conn, 1, "blip", catalog)]) == []
     conn.execute("DELETE FROM service_tasks_in_flight")
     job = task_for(conn, 1, "blip", catalog)
     assert JobTableBroker(JobQueue(pool)).publish([job]) == [job]
-    assert enter_in_flight(conn, [task_for(conn, 1, "blip", catalog)]) == [], "the job-table task is in flight"
+    assert enter_in_flight(conn, [task_for(conn, 1, "blip", catalog)]).tasks == [], "the job-table task is in flight"
 
 
 def test_migration_0020_keeps_one_in_flight_task_per_pair(empty_database: str) -> None:

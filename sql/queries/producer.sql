@@ -63,10 +63,12 @@ RETURNING id, payload ->> 'task_id'
 
 -- name: register_tasks_in_flight
 -- Enter RabbitMQ tasks in the ledger before they are published; returns the ids of those entered (only these are
--- published). A pair already in flight (in the ledger, or as a job-table task queued, running or failed) is
--- skipped, unless the entry belongs to the task named in `replaces` (a dead-lettered task being replayed under a
--- new id takes over its entry, its count of deaths started afresh: sql/0130); so is a task whose image is gone (a
--- replay of an old task).
+-- published), each with the id of the page that names them as unconfirmed. A pair already in flight (in the ledger,
+-- or as a job-table task queued, running or failed) is skipped, unless the entry belongs to the task named in
+-- `replaces` (a dead-lettered task being replayed under a new id takes over its entry, its count of deaths started
+-- afresh: sql/0130); so is a task whose image is gone (a replay of an old task). The page (sql/0133) is written in
+-- the same statement, so no entry is ever committed without it: until confirm_tasks_in_flight deletes it, a
+-- scheduler that finds this session gone publishes its tasks again.
 WITH batch AS (
     SELECT * FROM unnest(%(image_ids)s::bigint[], %(services)s::text[], %(queues)s::text[], %(task_ids)s::uuid[],
                          %(replaces)s::uuid[])
@@ -88,10 +90,16 @@ WITH batch AS (
                           AND jobs.state IN ('queued', 'running', 'failed') AND jobs.payload ? 'task_id')
     ON CONFLICT DO NOTHING
     RETURNING task_id
+), unconfirmed AS (
+    INSERT INTO service_tasks_unconfirmed (task_ids)
+    SELECT array_agg(made.task_id)
+      FROM (SELECT task_id FROM taken_over UNION ALL SELECT task_id FROM entered) AS made
+    HAVING count(*) > 0
+    RETURNING id
 )
-SELECT task_id FROM taken_over
+SELECT task_id, (SELECT id FROM unconfirmed) AS unconfirmed FROM taken_over
 UNION ALL
-SELECT task_id FROM entered
+SELECT task_id, (SELECT id FROM unconfirmed) FROM entered
 
 -- name: drop_answered_tasks_in_flight
 -- Of the ledger entries just made, remove those whose pair has a successful answer by now, and return their task
@@ -122,6 +130,11 @@ RETURNING jobs.payload ->> 'task_id'
 -- Remove ledger entries of tasks that were never published (submit failed or was interrupted before RabbitMQ
 -- confirmed them), so the next submit sends them.
 DELETE FROM service_tasks_in_flight WHERE task_id = ANY(%(task_ids)s::uuid[])
+
+-- name: confirm_tasks_in_flight
+-- Every task of a page that register_tasks_in_flight entered is confirmed by RabbitMQ, or released: its entries
+-- stand for messages that exist, and the page no longer names them as unconfirmed (sql/0133).
+DELETE FROM service_tasks_unconfirmed WHERE id = %(page)s
 
 -- name: list_tasks_in_flight
 -- Ledger entries, oldest first: what `tasks list` shows and `tasks forget` would remove. Each queue's oldest from
@@ -158,15 +171,39 @@ DELETE FROM service_tasks_in_flight
 -- name: tasks_in_flight_to_resend
 -- A queue's ledger entries submitted at least `older_than` ago, as the task messages they stand for (their own ids, so a
 -- task that was not lost after all is answered once: its second delivery finds the row); by the queue-and-age
--- index (sql/0101), so a large ledger costs nothing here.
+-- index (sql/0101), so a large ledger costs nothing here. Entries of a page not yet confirmed are left out
+-- (sql/0133): a live submit is still publishing them, a dead one's are resent by unconfirmed_tasks_to_resend.
+-- Those pages hold a page of ids per submit publishing now, hashed once.
 SELECT ledger.task_id::text AS task_id, ledger.image_id, i.image_filename, i.image_path, i.image_url,
        to_json(ledger.submitted_at) #>> '{}' AS submitted_at, ledger.service AS service_name,
        ledger.queue AS queue_name
   FROM service_tasks_in_flight ledger
   JOIN images i ON i.image_id = ledger.image_id
  WHERE ledger.queue = %(queue)s AND ledger.submitted_at <= now() - %(older_than)s::interval
+   AND ledger.task_id NOT IN (SELECT unnest(page.task_ids) FROM service_tasks_unconfirmed page)
  ORDER BY ledger.submitted_at, ledger.image_id
  LIMIT %(limit)s
+
+-- name: orphaned_unconfirmed_pages
+-- Pages of ledger entries that RabbitMQ had not confirmed when the session that entered them ended (sql/0133):
+-- their tasks may never have been published. Oldest first.
+SELECT id FROM service_tasks_unconfirmed
+ WHERE submitter_gone(submitter_pid, submitter_started_at)
+ ORDER BY id
+ LIMIT %(limit)s
+
+-- name: unconfirmed_tasks_to_resend
+-- The tasks of a page (orphaned_unconfirmed_pages) still in the ledger, as the messages they stand for, under their
+-- own ids: one that RabbitMQ did confirm arrives twice and is answered once. By the ledger's task id index.
+SELECT ledger.task_id::text AS task_id, ledger.image_id, i.image_filename, i.image_path, i.image_url,
+       to_json(ledger.submitted_at) #>> '{}' AS submitted_at, ledger.service AS service_name,
+       ledger.queue AS queue_name
+  FROM service_tasks_unconfirmed page
+ CROSS JOIN LATERAL unnest(page.task_ids) AS named (task_id)
+  JOIN service_tasks_in_flight ledger ON ledger.task_id = named.task_id
+  JOIN images i ON i.image_id = ledger.image_id
+ WHERE page.id = %(page)s
+ ORDER BY ledger.image_id, ledger.service
 
 -- name: delivery_starts
 -- A redelivered RabbitMQ task is about to run (windmill/broker/poison.py, sql/0130): returns how many of its

@@ -2,15 +2,18 @@
 
 RabbitMQ cannot say whether it holds a message for an image × service pair, so PostgreSQL keeps one entry per pair
 whose task is published and not yet answered. A task is entered (committed) before it is published, and only the
-tasks entered are published; its final results row removes the entry in the same transaction (a trigger). An entry
-whose message was lost stays until `forget` removes it. The entry also counts the task's deliveries that died while
-they ran (DeathsInLedger, sql/0130: a poison input is bounded).
+tasks entered are published; its final results row removes the entry in the same transaction (a trigger). The
+statement that enters a page of tasks also names them as unconfirmed, with the session entering them, until RabbitMQ
+confirms them (sql/0133): a submit killed in between leaves a page whose session is gone, and `resend_lost` publishes
+its tasks again at once. An entry whose message RabbitMQ lost is resent once its queue is empty; `forget` removes
+entries. The entry also counts the task's deliveries that died while they ran (DeathsInLedger, sql/0130: a poison
+input is bounded).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -22,20 +25,37 @@ from windmill.broker.base import Broker, Task
 from windmill.db.queries import query
 
 
+@dataclass(frozen=True)
+class Entered:
+    """Tasks just entered in the ledger, and the page that names them as unconfirmed until `confirm_in_flight`
+    (None when none was entered)."""
+
+    tasks: list[Task]
+    page: int | None
+
+
 def enter_in_flight(conn: psycopg.Connection, tasks: Sequence[Task],
-                    replaces: Sequence[str | None] | None = None) -> list[Task]:
-    """Enter the tasks whose pair has no task in flight; returns those entered, in the order given. `replaces[i]`:
-    the id of a task whose entry tasks[i] may take over (a dead-lettered task replayed under a new id)."""
+                    replaces: Sequence[str | None] | None = None) -> Entered:
+    """Enter the tasks whose pair has no task in flight, unconfirmed; returns those entered, in the order given.
+    `replaces[i]`: the id of a task whose entry tasks[i] may take over (a dead-lettered task replayed under a new
+    id)."""
     if not tasks:
-        return []
-    entered = {str(row[0]) for row in conn.execute(query("register_tasks_in_flight"), {
+        return Entered([], None)
+    rows = conn.execute(query("register_tasks_in_flight"), {
         "image_ids": [task.image_id for task in tasks],
         "services": [task.service_name for task in tasks],
         "queues": [task.queue_name for task in tasks],
         "task_ids": [task.task_id for task in tasks],
         "replaces": list(replaces) if replaces is not None else [None] * len(tasks),
-    })}
-    return [task for task in tasks if task.task_id in entered]
+    }).fetchall()
+    entered = {str(row[0]) for row in rows}
+    return Entered([task for task in tasks if task.task_id in entered], rows[0][1] if rows else None)
+
+
+def confirm_in_flight(conn: psycopg.Connection, entered: Entered) -> None:
+    """RabbitMQ confirmed every task of the page, or those it did not are released: nothing is left to resend."""
+    if entered.page is not None:
+        conn.execute(query("confirm_tasks_in_flight"), {"page": entered.page})
 
 
 def release_in_flight(conn: psycopg.Connection, task_ids: Sequence[str]) -> None:
@@ -48,21 +68,25 @@ def publish_in_flight(conn: psycopg.Connection, broker: Broker, tasks: Sequence[
                       replaces: Sequence[str | None] | None = None) -> list[Task]:
     """Publish the tasks whose pair has no task in flight (and, with `unless_answered`, no successful answer when
     they are entered) and return them. With a broker that keeps no ledger of its own, they are entered in
-    PostgreSQL's first; when publishing fails or is interrupted, the entries of the tasks RabbitMQ did not confirm
-    are removed again before the error goes on."""
+    PostgreSQL's first, unconfirmed, and confirmed once RabbitMQ has confirmed them all; when publishing fails or is
+    interrupted, the entries of the tasks RabbitMQ did not confirm are removed again before the error goes on. A
+    process killed before either leaves the page unconfirmed, for the scheduler to publish again."""
     if broker.dedupes_in_flight:
         return broker.publish(tasks, unless_answered=unless_answered)
     entered = enter_in_flight(conn, tasks, replaces)
-    if unless_answered and entered:
+    published = entered.tasks
+    if unless_answered and published:
         answered = {str(row[0]) for row in conn.execute(
-            query("drop_answered_tasks_in_flight"), {"task_ids": [task.task_id for task in entered]})}
-        entered = [task for task in entered if task.task_id not in answered]
+            query("drop_answered_tasks_in_flight"), {"task_ids": [task.task_id for task in published]})}
+        published = [task for task in published if task.task_id not in answered]
     try:
-        broker.publish(entered)
+        broker.publish(published)
     except BaseException:
         release_in_flight(conn, broker.unconfirmed())
+        confirm_in_flight(conn, entered)
         raise
-    return entered
+    confirm_in_flight(conn, entered)
+    return published
 
 
 def list_in_flight(conn: psycopg.Connection, *, service: str | None = None, older_than: timedelta = timedelta(0),
@@ -85,23 +109,32 @@ class QueueHolder(Protocol):
 
     def queue_depths(self, queue_names: Iterable[str]) -> dict[str, int]: ...
 
-    def publish(self, tasks: Sequence[Task], *, unless_answered: bool = False) -> list[Task]: ...
+    def publish(self, tasks: Sequence[Task], *, unless_answered: bool = False, resent: bool = False) -> list[Task]: ...
 
 
 @dataclass(frozen=True)
 class Resend:
-    resent: dict[str, int]  # queue → tasks published again
+    resent: dict[str, int]  # queue → tasks published again (RabbitMQ lost them: their queue held none)
     waiting: dict[str, int]  # queue → messages it holds ready (left alone: its old tasks may be among them)
+    # queue → tasks published again because the submit that entered them died before RabbitMQ confirmed them
+    unconfirmed: dict[str, int] = field(default_factory=dict)
 
 
 def resend_lost(conn: psycopg.Connection, broker: QueueHolder, queues: Iterable[str], *, older_than: timedelta,
-                limit: int = 10_000) -> Resend:
-    """Publish again, under their own ids, the tasks of ledger entries older than `older_than` whose queue (of
-    `queues`) holds no message ready: RabbitMQ lost them (seen after a crash of the node: a queue recovered empty
-    while the ledger still held its tasks), and nothing else would ever answer them. A queue that still holds ready
-    messages is left alone, since its old tasks may be among them; a queue RabbitMQ does not know (deleted) counts
-    as empty. A task that was not lost after all (delivered and still running) is answered once: its second
-    delivery finds the row and writes nothing. At most `limit` tasks per queue and call."""
+                limit: int = 10_000, pages: int = 100) -> Resend:
+    """Publish again, under their own ids, the tasks no message may stand for, and say how many per queue:
+
+    * the tasks of ledger entries older than `older_than` whose queue (of `queues`) holds no message ready: RabbitMQ
+      lost them (seen after a crash of the node: a queue recovered empty while the ledger still held its tasks), and
+      nothing else would ever answer them. A queue that still holds ready messages is left alone, since its old
+      tasks may be among them; a queue RabbitMQ does not know (deleted) counts as empty. At most `limit` tasks per
+      queue and call.
+    * at once, whatever their queue holds, the tasks of up to `pages` unconfirmed pages whose submitting session is
+      gone (`resend_unconfirmed`), of every queue.
+
+    A task that was not lost after all (delivered and still running, or confirmed by RabbitMQ just before its
+    submit died) is answered once: its row is written once (results.task_id is unique, and the insert skips a
+    second), and a resent copy looks for that row before it calls the service."""
     names = list(dict.fromkeys(queues))
     depths = broker.queue_depths(names)
     resent: dict[str, int] = {}
@@ -114,9 +147,28 @@ def resend_lost(conn: psycopg.Connection, broker: QueueHolder, queues: Iterable[
                                   {"queue": queue, "older_than": older_than, "limit": limit}).fetchall()
         tasks = [Task.from_message(row) for row in rows]
         if tasks:
-            broker.publish(tasks)
+            broker.publish(tasks, resent=True)
             resent[queue] = len(tasks)
-    return Resend(resent, waiting)
+    # After the empty queues' look-up, which leaves unconfirmed entries out: a page resent here is confirmed then,
+    # and would otherwise go out twice in one call.
+    return Resend(resent, waiting, resend_unconfirmed(conn, broker, pages=pages))
+
+
+def resend_unconfirmed(conn: psycopg.Connection, broker: QueueHolder, *, pages: int = 100) -> dict[str, int]:
+    """Publish again the tasks of up to `pages` unconfirmed pages whose submitting session has ended (killed with
+    its process, or its connection lost) and confirm each page; returns the tasks resent per queue. A page of a
+    live session is never touched. Two resends at once may both publish a page: its tasks are answered once."""
+    resent: dict[str, int] = {}
+    for (page,) in conn.execute(query("orphaned_unconfirmed_pages"), {"limit": pages}).fetchall():
+        with conn.cursor(row_factory=dict_row) as cursor:
+            rows = cursor.execute(query("unconfirmed_tasks_to_resend"), {"page": page}).fetchall()
+        tasks = [Task.from_message(row) for row in rows]
+        if tasks:
+            broker.publish(tasks, resent=True)
+        confirm_in_flight(conn, Entered(tasks, page))
+        for task in tasks:
+            resent[task.queue_name] = resent.get(task.queue_name, 0) + 1
+    return resent
 
 
 class DeathsInLedger:

@@ -120,14 +120,16 @@ def tasks_forget(app: AppContext, service: str | None, every_service: bool, olde
 
 
 @tasks.command("resend")
-@click.option("--service", help="Only this service's entries.")
+@click.option("--service", help="Only this service's entries that RabbitMQ lost (a dead submit's unconfirmed tasks "
+                                "go out for every service: a page holds them all).")
 @click.option("--older-than", type=click.FloatRange(0), default=LOST_TASK_AFTER_S, show_default=True,
-              help="Only entries submitted at least this many seconds ago.")
+              help="Only entries RabbitMQ lost submitted at least this many seconds ago.")
 @pass_app
 def tasks_resend(app: AppContext, service: str | None, older_than: float) -> None:
     """Publish again, under their own ids, the tasks in flight whose queue holds no message ready (RabbitMQ lost
-    them, e.g. in a crash). A queue with ready messages is left alone. The scheduler role does this by itself
-    (WINDMILL_LOST_TASK_AFTER_S)."""
+    them, e.g. in a crash), and those a submit entered and ended before RabbitMQ confirmed (killed, or its
+    database connection lost; of every service, whatever their queue holds). A queue with ready messages is
+    otherwise left alone. The scheduler role does this by itself (WINDMILL_LOST_TASK_AFTER_S)."""
     from windmill.broker.ledger import resend_lost
     from windmill.broker.rabbitmq import RabbitMQBroker
 
@@ -136,8 +138,11 @@ def tasks_resend(app: AppContext, service: str | None, older_than: float) -> Non
         outcome = resend_lost(conn, broker, queues, older_than=timedelta(seconds=older_than))
     for queue, count in outcome.resent.items():
         click.echo(f"{queue}: resent {count} task(s) its queue no longer held")
-    if not outcome.resent:
-        click.echo(f"Nothing to resend: no empty queue has tasks in flight older than {older_than:g} s.")
+    for queue, count in outcome.unconfirmed.items():
+        click.echo(f"{queue}: resent {count} task(s) of a submit that ended before RabbitMQ confirmed them")
+    if not (outcome.resent or outcome.unconfirmed):
+        click.echo(f"Nothing to resend: no empty queue has tasks in flight older than {older_than:g} s, and no "
+                   "submit ended before RabbitMQ confirmed its tasks.")
     for queue, depth in outcome.waiting.items():
         click.echo(f"{queue}: left alone, it holds {depth} message(s) ready")
 

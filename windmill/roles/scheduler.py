@@ -9,9 +9,10 @@ it, so the pass never runs twice per period. A failing tick is not retried (one 
 queued; one whose scheduler died runs once more (sql/0126). The tick itself (queue, key, attempts) is defined in
 SQL: scheduler_tick_job.
 
-Where tasks travel by RabbitMQ, each tick also resends the tasks RabbitMQ lost: ledger entries older than
-WINDMILL_LOST_TASK_AFTER_S whose queue holds no message ready (windmill.broker.ledger.resend_lost). The pass
-itself is SQL (pg_cron runs it too); this part needs RabbitMQ, so it lives here.
+Where tasks travel by RabbitMQ, each tick also resends the tasks no message may stand for
+(windmill.broker.ledger.resend_lost): those RabbitMQ lost (ledger entries older than WINDMILL_LOST_TASK_AFTER_S whose
+queue holds no message ready) and, at once, those a submit entered and died before RabbitMQ confirmed (its session
+gone). The pass itself is SQL (pg_cron runs it too); this part needs RabbitMQ, so it lives here.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def scheduler_role(context: RoleContext) -> Role:
         for queue, count in outcome.resent.items():
             log.warning("%s held none of its %d tasks in flight older than %s: RabbitMQ lost them; resent",
                         queue, count, lost_after, extra={"action": "lost_tasks_resent"})
+        for queue, count in outcome.unconfirmed.items():
+            log.warning("%s: %d tasks entered by a submit that ended before RabbitMQ confirmed them; resent",
+                        queue, count, extra={"action": "unconfirmed_tasks_resent"})
 
     def handle(job: Job) -> None:
         with context.pool.connection() as conn:  # autocommit: each statement (and each pass batch) commits
