@@ -62,6 +62,7 @@ def collect_status(conn: psycopg.Connection, *, rabbitmq: RabbitMQManagement | N
         "queues": _rows(conn, "monitor_queue_depths"),
         "rabbitmq": broker,
         "in_flight": tasks_in_flight(_rows(conn, "monitor_tasks_in_flight"), broker),
+        "orphaned_in_flight": int(fetch_value(conn, "monitor_orphaned_in_flight")),
         "failures": _rows(conn, "monitor_recent_failures", {"limit": failures}),
         "workers": _rows(conn, "monitor_live_workers"),
         "services_down": _rows(conn, "monitor_services_down"),
@@ -248,11 +249,15 @@ def _rabbitmq_section(report: dict[str, Any] | None) -> list[str]:
     return [f"RabbitMQ queues ({report['url']}):", format_table(report["queues"])]
 
 
-def _in_flight_section(rows: list[dict[str, Any]] | None, rabbitmq: dict[str, Any] | None) -> list[str]:
+def _in_flight_section(rows: list[dict[str, Any]] | None, rabbitmq: dict[str, Any] | None,
+                       orphaned: int | None = None) -> list[str]:
     if not rows and rabbitmq is None:
         return []  # no broker, no ledger: nothing to say
     lines = ["RabbitMQ tasks in flight (submit's ledger; in_rabbitmq = ready + unacked in the queue):",
              format_table(rows or [])]
+    if orphaned:
+        lines.append(f"  {orphaned} of them entered by a submit that ended before RabbitMQ confirmed them: the "
+                     "scheduler's next tick resends them; at once: `windmill-cli tasks resend`.")
     if any(row["unaccounted"] for row in rows or []):
         lines.append("  Entries without a message (lost by RabbitMQ, or a purged queue): the scheduler resends them "
                      "once WINDMILL_LOST_TASK_AFTER_S old; at once: `windmill-cli tasks resend --older-than 0`.")
@@ -289,7 +294,7 @@ def format_status(status: dict[str, Any]) -> str:
         "",
         *_rabbitmq_section(status.get("rabbitmq")),
         "",
-        *_in_flight_section(status.get("in_flight"), status.get("rabbitmq")),
+        *_in_flight_section(status.get("in_flight"), status.get("rabbitmq"), status.get("orphaned_in_flight")),
         f"Recent failures (last 24 h, newest {len(status['failures'])}):",
         format_table(status["failures"]),
         "",

@@ -72,3 +72,13 @@ SELECT recount_answer_counts()
 SELECT service, queue, in_flight, oldest_age_s, estimated
   FROM tasks_in_flight_counts()
  ORDER BY service
+
+-- name: monitor_orphaned_in_flight
+-- Of those, the tasks entered by a submit that ended before RabbitMQ confirmed them (sql/0133): the scheduler's next
+-- tick publishes them again. Reads only the pages not yet confirmed (one per submit publishing now, and the dead
+-- ones'). A login that may not see the submit's session start (windmill_monitor) counts only pages whose pid is gone.
+SELECT count(*)
+  FROM service_tasks_unconfirmed page
+ CROSS JOIN LATERAL unnest(page.task_ids) AS named (task_id)
+  JOIN service_tasks_in_flight ledger ON ledger.task_id = named.task_id
+ WHERE submitter_gone(page.submitter_pid, page.submitter_started_at)
