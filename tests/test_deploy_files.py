@@ -48,7 +48,8 @@ DEPLOY = REPOSITORY / "deploy"
 ROLES = ("windmill_owner", "windmill_worker", "windmill_monitor")
 VIEWS = ("service_progress", "queue_depths", "image_completeness", "recent_failures", "live_workers")
 MONITOR_READS = ("schema_migrations", "images", "results", "merged_boxes", "merged_images", "consensus",
-                 "postprocessing", "service_tasks_in_flight")  # the last: status' RabbitMQ tasks in flight
+                 "postprocessing",
+                 "service_tasks_in_flight", "service_tasks_unconfirmed")  # status' RabbitMQ tasks in flight
 PERSON = {"label": "person", "emoji": "🧑", "confidence": 0.9, "bbox": {"x": 10, "y": 12, "width": 50, "height": 80}}
 
 
@@ -207,6 +208,36 @@ def test_the_worker_role_does_what_workers_do(roles_database: Callable[[str], st
         assert enter_in_flight(conn, [blip]).tasks == [blip]
         assert len(conn.execute(query("drop_answered_tasks_in_flight"), {"task_ids": [blip.task_id]}).fetchall()) == 1
         assert forget_in_flight(conn, service="ocr") == 0
+
+
+def test_the_worker_login_tells_a_dead_submits_unconfirmed_page_from_a_live_ones(
+        roles_database: Callable[[str], str], catalog: Catalog) -> None:
+    """A page of RabbitMQ tasks not yet confirmed is resent once the session that entered it is gone, told by its
+    backend's pid and start (sql/0133). PostgreSQL shows a session's start only to its own login (or
+    pg_read_all_stats): submit and the scheduler share windmill_worker, so each sees the other's. The monitor login
+    sees the pid alone, and takes a session it cannot see the start of for the submit's, alive."""
+    with Database(roles_database("windmill_owner")).connect() as owner:
+        image_id = owner.execute("INSERT INTO images (image_filename, image_path) VALUES ('u.jpg', '/data/u.jpg') "
+                                 "RETURNING image_id").fetchone()[0]
+    image = {"image_id": image_id, "image_filename": "u.jpg", "image_path": "/data/u.jpg", "image_url": None}
+    task = Task.for_image(image, catalog["ocr"])
+    orphaned = query("orphaned_unconfirmed_pages")
+    worker = Database(roles_database("windmill_worker"))
+    with worker.connect() as scheduler, connect_as(roles_database, "windmill_monitor") as monitor:
+        with worker.connect() as submitter:
+            page = enter_in_flight(submitter, [task]).page
+            pid = submitter.info.backend_pid
+            seen = "SELECT backend_start IS NOT NULL FROM pg_stat_activity WHERE pid = %s"
+            assert scheduler.execute(seen, (pid,)).fetchone() == (True,)
+            assert monitor.execute(seen, (pid,)).fetchone() == (False,)
+            assert (page,) not in scheduler.execute(orphaned, {"limit": 100}).fetchall()
+            assert monitor.execute(query("monitor_orphaned_in_flight")).fetchone() == (0,)
+        wait_until(lambda: scheduler.execute("SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)",
+                                             (pid,)).fetchone()[0], message="the submit's backend to end")
+        assert (page,) in scheduler.execute(orphaned, {"limit": 100}).fetchall()
+        assert monitor.execute(query("monitor_orphaned_in_flight")).fetchone() == (1,)
+        scheduler.execute(query("confirm_tasks_in_flight"), {"page": page})  # as a resend does, once published
+        assert forget_in_flight(scheduler, service="ocr") == 1
 
 
 def test_the_worker_role_cannot_change_the_schema_or_read_outside_it(roles_database: Callable[[str], str]) -> None:
