@@ -279,7 +279,7 @@ DO $$
 BEGIN
     IF to_regclass('windmill.roles_granted') IS NOT NULL THEN
         INSERT INTO windmill.roles_granted (through_migration)
-        SELECT least(133, max(version)) FROM windmill.schema_migrations
+        SELECT least(134, max(version)) FROM windmill.schema_migrations
         ON CONFLICT (one_row) DO UPDATE SET through_migration = EXCLUDED.through_migration, granted_at = now();
     END IF;
 END $$;

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import errno
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit
@@ -18,6 +18,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".
                             ".avif"})
 BATCH_SIZE = 1000
 Progress = Callable[["AddReport"], None]  # called after each batch with the report so far
+# (file name, path, URL, size, modification time in ns): size and time only where the caller stat'ed the file.
+Row = tuple[str, str | None, str | None, int | None, int | None]
 
 
 @dataclass
@@ -124,8 +126,8 @@ def _files_in(directory: Path, *, recursive: bool, report: AddReport) -> Iterato
                 report.skipped.append((printable(path), NOT_UTF8))
 
 
-def _insert(conn: psycopg.Connection, rows: list[tuple[str, str | None, str | None]], group: str | None,
-            report: AddReport, progress: Progress | None) -> None:
+def _insert(conn: psycopg.Connection, rows: list[Row], group: str | None, report: AddReport,
+            progress: Progress | None) -> None:
     if not rows:
         return
     added = conn.execute(
@@ -135,6 +137,8 @@ def _insert(conn: psycopg.Connection, rows: list[tuple[str, str | None, str | No
             "paths": [row[1] for row in rows],
             "urls": [row[2] for row in rows],
             "groups": [group] * len(rows),
+            "sizes": [row[3] for row in rows],
+            "mtimes": [row[4] for row in rows],
         },
     ).rowcount
     report.added += added
@@ -157,13 +161,17 @@ def add_paths(conn: psycopg.Connection, paths: Iterable[Path], *, group: str | N
 
 
 def register_files(conn: psycopg.Connection, files: Iterable[Path], *, group: str | None = None,
-                   report: AddReport | None = None, progress: Progress | None = None) -> AddReport:
+                   report: AddReport | None = None, progress: Progress | None = None,
+                   signatures: Mapping[Path, tuple[int, int]] | None = None) -> AddReport:
     """Register image files already found (resolved and storable, as find_image_files yields them), a batch at a
-    time; into `report` when given."""
+    time; into `report` when given. `signatures`: the (size, mtime in ns) of files the caller stat'ed, recorded
+    with them (`images watch` compares them later, to tell a file written again)."""
     report = report if report is not None else AddReport()
-    batch: list[tuple[str, str | None, str | None]] = []
+    signatures = signatures or {}
+    batch: list[Row] = []
     for file in files:
-        batch.append((file.name, str(file), None))
+        size, mtime_ns = signatures.get(file, (None, None))
+        batch.append((file.name, str(file), None, size, mtime_ns))
         if len(batch) >= BATCH_SIZE:
             _insert(conn, batch, group, report, progress)
             batch = []
@@ -197,7 +205,7 @@ def add_urls(conn: psycopg.Connection, urls: Iterable[str], *, group: str | None
              progress: Progress | None = None) -> AddReport:
     """Register http(s) URLs (one per line of a list file; blank lines and # comments ignored)."""
     report = AddReport()
-    batch: list[tuple[str, str | None, str | None]] = []
+    batch: list[Row] = []
     for raw in urls:
         url = raw.strip()
         if not url or url.startswith("#"):
@@ -216,7 +224,7 @@ def add_urls(conn: psycopg.Connection, urls: Iterable[str], *, group: str | None
             report.skipped.append((url, problem))
             continue
         filename = unquote(parts.path.rsplit("/", 1)[-1]) or parts.netloc
-        batch.append((filename, None, url))
+        batch.append((filename, None, url, None, None))
         if len(batch) >= BATCH_SIZE:
             _insert(conn, batch, group, report, progress)
             batch = []

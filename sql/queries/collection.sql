@@ -7,9 +7,11 @@ SELECT image_id, image_filename, image_path, image_url, image_group, image_creat
  LIMIT %(limit)s
 
 -- name: add_images
--- Register a batch of files or URLs as images; one already known is skipped.
-INSERT INTO images (image_filename, image_path, image_url, image_group)
-SELECT * FROM unnest(%(filenames)s::text[], %(paths)s::text[], %(urls)s::text[], %(groups)s::text[])
+-- Register a batch of files or URLs as images; one already known is skipped. A file's size and modification time
+-- (ns) are recorded when the caller has them (`images watch`), NULL otherwise (`images add` does not stat files).
+INSERT INTO images (image_filename, image_path, image_url, image_group, image_size, image_mtime_ns)
+SELECT * FROM unnest(%(filenames)s::text[], %(paths)s::text[], %(urls)s::text[], %(groups)s::text[],
+                     %(sizes)s::bigint[], %(mtimes)s::bigint[])
 ON CONFLICT DO NOTHING
 
 -- name: known_images_in_another_group
