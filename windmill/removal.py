@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 500
 DEADLOCK_TRIES = 3  # a page that meets a worker's locks in the other order is tried again
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -96,13 +97,19 @@ def remove_images(conn: psycopg.Connection, removal: Removal, *, page_size: int 
 
 
 def _remove_page(conn: psycopg.Connection, ids: list[int]) -> int:
+    return retried_on_deadlock(conn, lambda: len(conn.execute(query("remove_images"), {"ids": ids}).fetchall()),
+                               f"removing images {ids[0]}–{ids[-1]}")
+
+
+def retried_on_deadlock(conn: psycopg.Connection, work: Callable[[], T], what: str) -> T:
+    """`work` in a transaction of its own (`conn` in autocommit), tried again when a removal in it meets a worker's
+    locks taken in the other order (PostgreSQL ends one of the two: here, the removal)."""
     for attempt in range(1, DEADLOCK_TRIES + 1):
         try:
             with conn.transaction():
-                return len(conn.execute(query("remove_images"), {"ids": ids}).fetchall())
+                return work()
         except psycopg.errors.DeadlockDetected:
             if attempt == DEADLOCK_TRIES:
                 raise
-            log.info("removing images %d–%d met a worker's locks; trying again", ids[0], ids[-1],
-                     extra={"action": "remove_images_retried"})
+            log.info("%s met a worker's locks; trying again", what, extra={"action": "remove_images_retried"})
     raise AssertionError("unreachable")  # pragma: no cover
