@@ -63,6 +63,10 @@ def stop(process: subprocess.Popen[str]) -> tuple[str, str]:
 # -- settling ---------------------------------------------------------------------------------------------------
 
 
+def taken(tracker: SettleTracker, now: float) -> list[Path]:
+    return [settled.path for settled in tracker.take_settled(now)]
+
+
 def test_a_file_is_taken_once_it_has_not_changed_for_the_settle_interval() -> None:
     tracker = SettleTracker(settle_s=2.0)
     growing, empty = Path("/up/growing.jpg"), Path("/up/empty.jpg")
@@ -71,7 +75,7 @@ def test_a_file_is_taken_once_it_has_not_changed_for_the_settle_interval() -> No
     tracker.observe(growing, (200, 2), now=1.5)  # still being written
     assert tracker.take_settled(now=3.0) == []
     tracker.observe(growing, (200, 2), now=3.0)  # the same again: the interval runs from its last change
-    assert tracker.take_settled(now=3.6) == [growing]
+    assert taken(tracker, now=3.6) == [growing]
     assert tracker.take_settled(now=9.0) == [], "an empty file is never taken; a taken one is not taken again"
     tracker.observe(empty, None, now=9.0)  # deleted
     assert tracker.pending == {}
@@ -366,7 +370,7 @@ def test_a_file_held_open_is_waited_for_only_so_long() -> None:
     tracker.observe(held, (100, 1), now=0.0, writer=True)
     tracker.observe(closed, (100, 1), now=0.0, writer=True)
     tracker.observe(closed, (100, 1), now=1.0, writer=False)  # closed after its last write: settles from that write
-    assert tracker.take_settled(now=2.0) == [closed]
+    assert taken(tracker, now=2.0) == [closed]
     assert tracker.take_settled(now=59.0) == [], "unchanged, but its writer still holds it"
-    assert tracker.take_settled(now=60.0) == [held]
+    assert taken(tracker, now=60.0) == [held]
     assert tracker.writing == set()

@@ -18,6 +18,7 @@ from tests.conftest import PYTHON, wait_until
 from tests.test_streams import SAMPLE, jobs_per_image, landed_long_ago, registered, stop, watching
 from windmill.db.connect import Database
 from windmill.watch import FolderWatch
+from windmill.watch_rewrites import Settled
 
 
 def test_a_symbolic_link_loop_landing_is_skipped_and_the_watch_goes_on_hearing(
@@ -174,7 +175,7 @@ def test_a_file_deleted_between_settling_and_its_registration_is_not_registered(
     with database.connect() as watch_conn:
         watch = FolderWatch(watch_conn, folder, threading.Event())
         deleted.unlink()  # after the tracker took both as settled, before the page is registered
-        watch._register([deleted, kept])
+        watch._register([Settled(deleted, (4, 0), True), Settled(kept, (4, 0), True)])
     assert watch.report.added == 1
     assert [row[0] for row in conn.execute("SELECT image_path FROM images")] == [str(kept)]
     assert not [record for record in caplog.records if "deleted.jpg" in record.getMessage()], "gone, not unreadable"

@@ -3,7 +3,7 @@ with a submitter queue them. File-system events come from watchdog (inotify, FSE
 taken once its size and modification time have stayed the same for a settle interval, so a file still being
 written (in parts, by a slow upload) is not registered half-done. Registration is idempotent by path, so a
 restart, which also looks at every file already in the folder, adds each file once; a file renamed inside the
-folder keeps its image (watch_moves)."""
+folder keeps its image (watch_moves); a file written again is new content (watch_rewrites)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,16 @@ from windmill.db.queries import query
 from windmill.errors import WindmillError
 from windmill.producer import PAGE_SIZE, Submitter
 from windmill.watch_moves import Move, follow_moves
+from windmill.watch_rewrites import (
+    FileSignature,
+    Recorded,
+    Settled,
+    Verdict,
+    judge,
+    record_signatures,
+    recorded_files,
+    replace_content,
+)
 
 if TYPE_CHECKING:
     from watchdog.events import FileSystemEventHandler
@@ -46,7 +56,6 @@ SETTLE_S = 2.0  # a file is taken when unchanged this long
 # it (or a close not heard of, events lost) must not hold it back for ever; an upload stalled longer is taken.
 OPEN_WAIT_S = 300.0
 READ_RETRY_S = 2.0  # how often a file that could not be read is looked at again
-FileSignature = tuple[int, int]  # (size, mtime in ns)
 
 
 def is_candidate(path: Path) -> bool:
@@ -56,20 +65,25 @@ def is_candidate(path: Path) -> bool:
 
 @dataclass
 class SettleTracker:
-    """Files seen but not taken yet, each with its last signature and since when it has not changed, and those a
-    writer holds open (pure: the caller stats the files, hears the events and gives the clock)."""
+    """Files seen but not taken yet, each with its last signature and since when it has not changed, those a
+    writer holds open, and those data was written to (pure: the caller stats the files, hears the events and gives
+    the clock)."""
 
     settle_s: float = SETTLE_S
     open_wait_s: float = OPEN_WAIT_S
     pending: dict[Path, tuple[FileSignature, float]] = field(default_factory=dict)
     writing: set[Path] = field(default_factory=set)  # written to and not closed since (an upload stalled)
+    # Data written to them since they were seen (a registered one has new content: watch_rewrites.judge).
+    written: set[Path] = field(default_factory=set)
+    walked: set[Path] = field(default_factory=set)  # found by a walk of the folder: no event said what happened
 
-    def observe(self, path: Path, signature: FileSignature | None, now: float, writer: bool | None = None) -> None:
+    def observe(self, path: Path, signature: FileSignature | None, now: float, writer: bool | None = None, *,
+                wrote: bool = False, walked: bool = False) -> None:
         """A stat of a pending or new file; None: it is gone (deleted, or renamed away). `writer`: an event said it
-        was written to (True) or that a writer closed it (False)."""
+        was written to (True) or that a writer closed it (False). `wrote`: an event said data was written to it
+        (or a file created or renamed onto its path). `walked`: found by a walk of the folder, not by an event."""
         if signature is None:
-            self.pending.pop(path, None)
-            self.writing.discard(path)
+            self.forget(path)
             return
         if path not in self.pending or self.pending[path][0] != signature:
             self.pending[path] = (signature, now)
@@ -77,26 +91,38 @@ class SettleTracker:
             self.writing.add(path)
         elif writer is False:
             self.writing.discard(path)
+        if wrote:
+            self.written.add(path)
+        if walked:
+            self.walked.add(path)
 
-    def take_settled(self, now: float) -> list[Path]:
+    def forget(self, path: Path) -> None:
+        self.pending.pop(path, None)
+        self.writing.discard(path)
+        self.written.discard(path)
+        self.walked.discard(path)
+
+    def take_settled(self, now: float) -> list[Settled]:
         """The files unchanged for the settle interval, not empty and not held open by their writer (or unchanged
-        for `open_wait_s`); they leave the tracker."""
-        settled = [path for path, (signature, since) in self.pending.items()
+        for `open_wait_s`), with what was heard of them; they leave the tracker."""
+        settled = [Settled(path, signature, True if path in self.written else None if path in self.walked else False)
+                   for path, (signature, since) in self.pending.items()
                    if signature[0] > 0 and now - since >= self.settle_s
                    and (path not in self.writing or now - since >= self.open_wait_s)]
-        for path in settled:
-            del self.pending[path]
-            self.writing.discard(path)
-        return sorted(settled)
+        for file in settled:
+            self.forget(file.path)
+        return sorted(settled, key=lambda file: file.path)
 
 
 @dataclass(frozen=True)
 class Arrival:
     """An event of an image file: `writer` True when it was written to (its writer may still hold it open), False
-    when a writer closed it, None when the event says neither (created, renamed into place)."""
+    when a writer closed it, None when the event says neither (created, renamed into place, attributes changed);
+    `wrote` when data was written to it (written, created: new content if it was registered)."""
 
     path: Path
     writer: bool | None = None
+    wrote: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +154,7 @@ class WatchReport:
     known_in_another_group: int = 0  # of the already known, those registered in another group or none
     published: int = 0  # tasks queued (with a submitter)
     moved: int = 0  # registered files renamed inside the folder, their images following them
+    replaced: int = 0  # registered files written again: the images of their old content removed, new ones added
 
 
 @dataclass
@@ -145,8 +172,9 @@ class FolderWatch:
     on_batch: Callable[[AddReport, int], None] | None = None  # (what was registered, tasks queued)
     report: WatchReport = field(default_factory=WatchReport)
     # Files this login cannot read (yet): taken once it can, when a chmod at the end of an upload or an administrator
-    # puts them right (their services would only record `permission denied`, and nothing would take them again).
-    unreadable: set[Path] = field(default_factory=set)
+    # puts them right (their services would only record `permission denied`, and nothing would take them again);
+    # with what was heard of them (a registered file written again and unreadable for a while is still new content).
+    unreadable: dict[Path, bool | None] = field(default_factory=dict)
 
     def run(self) -> WatchReport:
         try:
@@ -183,7 +211,8 @@ class FolderWatch:
                     except queue.Empty:
                         break
                     if isinstance(arrived, Arrival):
-                        tracker.observe(arrived.path, signature_of(arrived.path), time.monotonic(), arrived.writer)
+                        tracker.observe(arrived.path, signature_of(arrived.path), time.monotonic(), arrived.writer,
+                                        wrote=arrived.wrote)
                     elif isinstance(arrived, Move):
                         moves.append(arrived)
                     else:
@@ -205,8 +234,9 @@ class FolderWatch:
         """The files that landed while no watch ran (or whose events were lost). One not written for the settle
         interval (its modification time says so) is complete, as if watched that long: it is registered at once, a
         page at a time as the walk finds them, so a folder of millions starts in flat memory. The others (still
-        being written, empty, or dated ahead of this clock) are tracked as if they had just arrived."""
-        settled: list[Path] = []
+        being written, empty, or dated ahead of this clock) are tracked as if they had just arrived. A registered
+        file whose size or time is not what was recorded was written again while no watch ran (watch_rewrites)."""
+        settled: list[Settled] = []
         walked = AddReport()
         for path in find_image_files([self.folder], recursive=self.recursive, report=walked):
             if self.stopping.is_set():  # a card of millions takes minutes to walk; a stop ends it after its page
@@ -217,12 +247,12 @@ class FolderWatch:
             if path in tracker.pending:  # looked at again (events lost): heard of already, and settling
                 tracker.observe(path, signature, time.monotonic())
             elif signature is not None and settled_by_its_time(signature, time.time_ns(), self.settle_s):
-                settled.append(path)
+                settled.append(Settled(path, signature, wrote=None))  # no event said what happened
                 if len(settled) >= PAGE_SIZE:
                     self._register(settled)
                     settled = []
             else:
-                tracker.observe(path, signature, time.monotonic())
+                tracker.observe(path, signature, time.monotonic(), walked=True)
         self._register(settled)
         for what, why in walked.skipped:
             log.warning("skipped %s: %s", what, why, extra={"action": "watch_skipped"})
@@ -237,9 +267,10 @@ class FolderWatch:
         self._take_files_already_there(tracker)
         self.report.already_known, self.report.known_in_another_group = counted
 
-    def _register(self, files: Sequence[Path]) -> None:
-        kept: list[Path] = []
-        for path in files:
+    def _register(self, files: Sequence[Settled]) -> None:
+        kept: list[Settled] = []
+        for file in files:
+            path = file.path
             if not storable(path):  # an arrival; the start-up walk left such files out
                 log.warning("skipped %s: %s", printable(path), NOT_UTF8, extra={"action": "watch_skipped"})
             elif not os.access(path, os.R_OK):  # one call per file; the stat only for those it refuses
@@ -248,29 +279,47 @@ class FolderWatch:
                 if path not in self.unreadable:  # a line once, not at each look
                     log.warning("skipped %s: cannot be read (permission denied); it is taken once it can be",
                                 printable(path), extra={"action": "watch_unreadable"})
-                    self.unreadable.add(path)
+                heard = (self.unreadable.get(path, False), file.wrote)  # a write heard, or a walk's doubt, stays
+                self.unreadable[path] = True if True in heard else None if None in heard else False
             else:
-                kept.append(path)
-        files = kept
-        for start in range(0, len(files), PAGE_SIZE):
-            batch = files[start:start + PAGE_SIZE]
-            added = register_files(self.conn, batch, group=self.group)  # found by the walk or an event, resolved
-            published = self._submit(batch) if self.submitter is not None else 0
-            self.report.added += added.added
-            self.report.already_known += added.already_known
-            self.report.known_in_another_group += added.known_in_another_group
-            self.report.published += published
-            if self.on_batch:
-                self.on_batch(added, published)
+                kept.append(file)
+        for start in range(0, len(kept), PAGE_SIZE):
+            self._register_page(kept[start:start + PAGE_SIZE])
+
+    def _register_page(self, page: Sequence[Settled]) -> None:
+        """Register a page of settled files, each with its size and time. Those registered before are judged
+        (watch_rewrites): new content replaces the image of the old, a touch is recorded. Queued with a
+        submitter: the new and the replaced, and every file a walk found (a restart queues what was not queued)."""
+        paths = [file.path for file in page]
+        known = recorded_files(self.conn, paths)  # before registering: the files new here are not among them
+        added = register_files(self.conn, paths, group=self.group,  # found by the walk or an event, resolved
+                               signatures={file.path: file.signature for file in page})
+        verdicts = {file.path: judge(known[file.path].signature, file) for file in page if file.path in known}
+        judged: dict[Verdict, list[tuple[Recorded, Settled]]] = {verdict: [] for verdict in Verdict}
+        for file in page:
+            if file.path in verdicts:
+                judged[verdicts[file.path]].append((known[file.path], file))
+        replaced = replace_content(self.conn, judged[Verdict.REPLACED])
+        record_signatures(self.conn, judged[Verdict.RECORD])
+        self.report.replaced += len(replaced)
+        queued = [file.path for file in page
+                  if file.wrote is None or verdicts.get(file.path, Verdict.REPLACED) is Verdict.REPLACED]
+        published = self._submit(queued) if self.submitter is not None and queued else 0
+        self.report.added += added.added
+        self.report.already_known += added.already_known
+        self.report.known_in_another_group += added.known_in_another_group
+        self.report.published += published
+        if self.on_batch:
+            self.on_batch(added, published)
 
     def _readable_again(self, tracker: SettleTracker) -> None:
         """The files that could not be read and now can settle again (a chmod changes neither size nor time, so no
-        event and no stat would tell); those gone are forgotten."""
-        for path in list(self.unreadable):
+        stat would tell, and only inotify's IN_ATTRIB says so); those gone are forgotten."""
+        for path, wrote in list(self.unreadable.items()):
             signature = signature_of(path)
             if signature is None or os.access(path, os.R_OK):
-                self.unreadable.discard(path)
-                tracker.observe(path, signature, time.monotonic())
+                del self.unreadable[path]
+                tracker.observe(path, signature, time.monotonic(), wrote=bool(wrote), walked=wrote is None)
 
     def _follow(self, moves: Sequence[Move], tracker: SettleTracker) -> None:
         """Registered files renamed: their images follow them (and with a submitter are offered as a known file
@@ -282,7 +331,9 @@ class FolderWatch:
         for outcome in outcomes:
             destination = outcome.move.destination
             if outcome.image_id is None and is_candidate(destination):
-                tracker.observe(destination, signature_of(destination), time.monotonic())
+                # A file renamed onto a registered one's path (an upload tool's or exiftool's temporary file put in
+                # place) is new content there.
+                tracker.observe(destination, signature_of(destination), time.monotonic(), wrote=True)
         if followed:
             log.info("%d registered file(s) renamed: their images follow them", len(followed),
                      extra={"action": "watch_moved"})
@@ -315,10 +366,11 @@ def _hears_closes(observer: object) -> bool:
 
 def _arrivals_handler(arrivals: queue.SimpleQueue[Arrival | Move | EventsLost], *,
                       closes_heard: bool) -> FileSystemEventHandler:
-    """watchdog's event handler: puts the image files created, written, closed or renamed into place, and every
-    file renamed inside the watched tree (with a folder renamed, each file in it) as a Move: whether its source is
-    a registered image only the database knows. With `closes_heard`, an arrival says whether its file was written
-    to or closed. A report that events were lost (watchdog's EventsLostEvent) is passed on."""
+    """watchdog's event handler: puts the image files created, written, closed, renamed into place or whose
+    attributes changed (a touch's new time is recorded: watch_rewrites), and every file renamed inside the watched
+    tree (with a folder renamed, each file in it) as a Move: whether its source is a registered image only the
+    database knows. Each arrival says whether data was written to its file; with `closes_heard`, also whether it
+    was written to or closed. A report that events were lost (watchdog's EventsLostEvent) is passed on."""
     from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
     class Arrivals(FileSystemEventHandler):
@@ -334,7 +386,7 @@ def _arrivals_handler(arrivals: queue.SimpleQueue[Arrival | Move | EventsLost], 
             if event.event_type == "events_lost":
                 arrivals.put(EventsLost())
                 return
-            if event.is_directory or event.event_type not in ("created", "modified", "moved", "closed"):
+            if event.is_directory or event.event_type not in ("created", "modified", "moved", "closed", "attrib"):
                 return
             raw = event.dest_path if event.event_type == "moved" else event.src_path
             if not raw:
@@ -351,7 +403,10 @@ def _arrivals_handler(arrivals: queue.SimpleQueue[Arrival | Move | EventsLost], 
             path = landed.resolve()
             if is_candidate(path):
                 writer = {"modified": True, "closed": False}.get(event.event_type) if closes_heard else None
-                arrivals.put(Arrival(path, writer))
+                # inotify tells a write (IN_MODIFY) from a change of attributes (IN_ATTRIB: touch, chmod), which is
+                # heard too, so that a touched file's new time is recorded as no new content; elsewhere (FSEvents,
+                # kqueue, polling) a touch may come as `modified`, and is taken as a write.
+                arrivals.put(Arrival(path, writer, wrote=event.event_type in ("created", "modified")))
 
     return Arrivals()
 

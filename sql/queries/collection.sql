@@ -53,3 +53,17 @@ RETURNING image_id
 UPDATE images SET image_path = %(destination)s::text, image_filename = %(filename)s::text
  WHERE image_path = %(source)s::text
 RETURNING image_id
+
+-- name: recorded_files
+-- The registered images of these files (`images watch`, a page of files that settled) with the size and
+-- modification time recorded of each (NULL: none recorded), to tell a file written again since.
+SELECT image_id, image_path, image_size, image_mtime_ns, image_group
+  FROM images
+ WHERE image_path = ANY(%(paths)s::text[])
+
+-- name: record_file_signatures
+-- A registered file changed in time but not in content (a touch) or had nothing recorded (`images add`): what the
+-- watch sees now is recorded, so that a watch started later compares with it.
+UPDATE images SET image_size = recorded.size, image_mtime_ns = recorded.mtime_ns
+  FROM unnest(%(ids)s::bigint[], %(sizes)s::bigint[], %(mtimes)s::bigint[]) AS recorded (image_id, size, mtime_ns)
+ WHERE images.image_id = recorded.image_id

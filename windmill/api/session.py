@@ -271,8 +271,9 @@ class Windmill:
               on_batch: Callable[[AddReport, int], None] | None = None) -> WatchReport:
         """Register the image files that land in `folder` (with `recursive`, its sub-folders too) once each has
         stopped changing for `settle_s`, until `stopping` is set; files already there are looked at first. With
-        `submit` (a selection or services) their tasks are queued too. `on_batch` hears of each batch: what was
-        registered and how many tasks were queued."""
+        `submit` (a selection or services) their tasks are queued too. A registered file written again is new
+        content: the image of the old is removed with what was stored for it and the file registered (and queued)
+        as a new image. `on_batch` hears of each batch: what was registered and how many tasks were queued."""
         from windmill.watch import SETTLE_S, FolderWatch
 
         report = WatchReport()

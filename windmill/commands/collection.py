@@ -142,7 +142,8 @@ class RunningCount:
 def images_watch(app: AppContext, folder: Path, recursive: bool, group: str | None, selection: str | None,
                  broker: str | None, settle: float) -> None:
     """Register image files as they land in FOLDER (and queue them with --submit), until Ctrl-C or SIGTERM.
-    Files already there are looked at first; a file already known is not added (nor queued) twice."""
+    Files already there are looked at first; a file already known is not added (nor queued) twice, unless it was
+    written again: new content replaces the image of the old, with what was stored for it."""
     from windmill.stopping import StopRequest, stop_on_signals
 
     selected = app.catalog.select_for_tasks(selection) if selection else None  # refused before any connection
@@ -163,7 +164,9 @@ def images_watch(app: AppContext, folder: Path, recursive: bool, group: str | No
         raise WindmillError(f"interrupted while watching {folder}") from None
     queued = f", queued {report.published} task(s)" if selected is not None else ""
     moved = f"; {report.moved} moved" if report.moved else ""
-    click.echo(f"Stopped watching {folder}: added {report.added} image(s){queued}; {_already_known(report)}{moved}.")
+    replaced = f"; {report.replaced} written again (new content, new image)" if report.replaced else ""
+    click.echo(f"Stopped watching {folder}: added {report.added} image(s){queued}; {_already_known(report)}{moved}"
+               f"{replaced}.")
 
 
 @images.command("groups")
