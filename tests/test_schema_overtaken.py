@@ -146,3 +146,36 @@ def test_a_long_submit_stops_queueing_when_a_newer_windmill_migrates_its_databas
     assert "Traceback" not in err, err
     assert "while submit ran (migration 9999, which this one does not have); it stopped queueing" in err, err
     assert queued() < images
+
+
+def test_images_watch_stops_registering_when_a_newer_windmill_migrates_its_database(
+        conn: psycopg.Connection, worker_env: dict[str, str], tmp_path: Path) -> None:
+    sample = Path(__file__).resolve().parent.parent / "windmill" / "samples" / "chelsea.jpg"
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+
+    def registered() -> set[str]:
+        return {row[0] for row in conn.execute("SELECT image_filename FROM images")}
+
+    watcher = subprocess.Popen([PYTHON, "-m", "windmill", "images", "watch", str(folder), "--settle", "0.2"],
+                               env=worker_env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        (folder / "before.jpg").write_bytes(sample.read_bytes())
+        wait_until(lambda: registered() == {"before.jpg"}, timeout=60, message="the file landed before the upgrade")
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'from_the_future')")
+        (folder / "after.jpg").write_bytes(sample.read_bytes())
+        try:
+            _, err = watcher.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            watcher.kill()
+            _, err = watcher.communicate()
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.communicate()
+        conn.execute("DELETE FROM schema_migrations WHERE version = 9999")
+    assert watcher.returncode == 1, err
+    assert "Traceback" not in err, err
+    assert ("a newer Windmill migrated this database while images watch ran (migration 9999, which this one does not "
+            "have); it stopped registering") in err, err
+    assert registered() == {"before.jpg"}

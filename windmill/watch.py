@@ -32,6 +32,7 @@ from windmill.collection import (
     storable,
 )
 from windmill.db.queries import query
+from windmill.db.schema import refuse_if_overtaken
 from windmill.errors import WindmillError
 from windmill.producer import PAGE_SIZE, Submitter
 from windmill.watch_moves import Move, follow_moves
@@ -290,6 +291,7 @@ class FolderWatch:
         """Register a page of settled files, each with its size and time. Those registered before are judged
         (watch_rewrites): new content replaces the image of the old, a touch is recorded. Queued with a
         submitter: the new and the replaced, and every file a walk found (a restart queues what was not queued)."""
+        refuse_if_overtaken(self.conn, "images watch", "it stopped registering")  # windmill.db.schema
         paths = [file.path for file in page]
         known = recorded_files(self.conn, paths)  # before registering: the files new here are not among them
         added = register_files(self.conn, paths, group=self.group,  # found by the walk or an event, resolved
