@@ -132,10 +132,16 @@ def test_only_a_redelivered_start_that_never_finished_counts_as_a_death(conn: ps
 
 
 class CountedDeaths:
-    """DeliveryDeaths in memory, as the ledger counts them."""
+    """DeliveryDeaths in memory, as the ledger counts them (one task's record; `clean` as clean_delivery_starts)."""
 
-    def __init__(self) -> None:
-        self.deaths, self.running, self.starts_recorded = 0, False, 0
+    def __init__(self, deaths: int = 0) -> None:
+        self.deaths, self.running, self.starts_recorded = deaths, False, 0
+
+    def starts_clean(self, task: Task) -> int | None:
+        if self.deaths or self.running:
+            return None
+        self.running, self.starts_recorded = True, self.starts_recorded + 1
+        return 0
 
     def starts(self, task: Task) -> int | None:
         self.deaths += self.running
@@ -169,7 +175,7 @@ def test_a_redelivered_task_given_back_or_retried_is_no_death_and_at_the_bound_i
 
 def test_a_redelivered_task_waiting_for_another_to_run_alone_is_given_back_unstarted_when_the_worker_stops() -> None:
     task = Task("7c6f1bde-1f5a-4b8e-9f67-0d4f0b7f5a12", 1, "a.jpg", "/a.jpg", None, "now", "yolov8", "queue_yolov8")
-    deaths, stopping = CountedDeaths(), threading.Event()
+    deaths, stopping = CountedDeaths(deaths=1), threading.Event()  # a suspect: it runs alone
     watch = PoisonWatch(deaths, 5, stopping)
     running, release = threading.Event(), threading.Event()
 
@@ -186,3 +192,68 @@ def test_a_redelivered_task_waiting_for_another_to_run_alone_is_given_back_unsta
     assert deaths.starts_recorded == 1, "the second waited, was not started, and is not counted"
     release.set()
     thread.join(10)
+
+
+def test_redelivered_tasks_with_a_clean_record_run_side_by_side_and_suspects_alone() -> None:
+    """A crash of the RabbitMQ node flags every message it recovers as redelivered; run one at a time, a whole
+    backlog went at one task per worker process (the chaos run via RabbitMQ took twice as long and more)."""
+    tasks = [Task(f"7c6f1bde-1f5a-4b8e-9f67-0d4f0b7f5a2{n}", n, "a.jpg", "/a.jpg", None, "now", "yolov8",
+                  "queue_yolov8") for n in range(4)]
+    records = {task.task_id: CountedDeaths() for task in tasks}
+
+    class PerTask:
+        def starts_clean(self, task: Task) -> int | None:
+            return records[task.task_id].starts_clean(task)
+
+        def starts(self, task: Task) -> int | None:
+            return records[task.task_id].starts(task)
+
+        def hands_on(self, task: Task) -> None:
+            records[task.task_id].hands_on(task)
+
+    watch = PoisonWatch(PerTask(), 5, threading.Event())
+
+    def together(chosen: list[Task]) -> list[bool]:
+        """Each task's handler waits up to 3 s for all of them to be running at once."""
+        barrier = threading.Barrier(len(chosen), timeout=3)
+        met: list[bool] = []
+
+        def handle() -> Outcome:
+            try:
+                barrier.wait()
+                met.append(True)
+            except threading.BrokenBarrierError:
+                met.append(False)
+            return Outcome.ACK
+
+        threads = [threading.Thread(target=watch.run, args=(redelivered(task), task, handle)) for task in chosen]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(40)
+        return met
+
+    assert together(tasks[:3]) == [True, True, True], "clean records wait for one another"
+    suspect = records[tasks[3].task_id]
+    suspect.deaths = 1  # one of its deliveries died running
+    # tasks[0] is marked running from above, as a delivery the worker died under leaves it: both are suspects
+    assert together([tasks[0], tasks[3]]) == [False, False], "two suspects ran side by side"
+    assert suspect.deaths == 1 and suspect.starts_recorded == 1
+
+
+def test_only_a_task_with_a_clean_record_starts_as_clean(conn: psycopg.Connection, pool: ConnectionPool,
+                                                         catalog: Catalog) -> None:
+    add_paths(conn, [SAMPLES / "chelsea.jpg"])
+    image = conn.execute("SELECT image_id, image_filename, image_path, image_url FROM images").fetchone()
+    columns = ("image_id", "image_filename", "image_path", "image_url")
+    task, other = (Task.for_image(dict(zip(columns, image, strict=True)), catalog[name]) for name in ("yolov8", "ocr"))
+    enter_in_flight(conn, [task])
+    deaths = DeathsInLedger(pool, ["yolov8", "ocr"])
+    assert deaths.starts_clean(task) == 0, "a clean record: marked running"
+    assert deaths.starts_clean(task) is None, "the mark of a delivery that never finished: a suspect"
+    assert deaths.starts(task) == 1
+    deaths.hands_on(task)
+    assert deaths.starts_clean(task) is None, "a death on record: a suspect"
+    assert conn.execute("SELECT deaths, running_since IS NULL FROM service_tasks_in_flight WHERE task_id = %s",
+                        (task.task_id,)).fetchone() == (1, True), "a suspect's look marks nothing"
+    assert deaths.starts_clean(other) == 0, "a task without an entry (another producer's) is entered"

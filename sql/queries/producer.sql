@@ -220,6 +220,20 @@ ON CONFLICT (image_id, service) DO UPDATE
  WHERE entry.task_id = excluded.task_id
 RETURNING deaths
 
+-- name: clean_delivery_starts
+-- A redelivered RabbitMQ task about to run whose entry shows no death (none counted, and no delivery of it marked
+-- running: windmill/broker/poison.py): marks it running and returns its deaths, 0; it runs beside the others. A crash
+-- of the RabbitMQ node flags every message it recovers as redelivered, so after one nearly every task of a backlog
+-- comes here. A task with no entry is entered, as delivery_starts does. No row: a death on record, a mark left by a
+-- delivery that never finished, or a task delivery_starts would not count; it runs alone, through delivery_starts.
+INSERT INTO service_tasks_in_flight AS entry (image_id, service, queue, task_id, running_since)
+SELECT %(image_id)s, %(service)s, %(queue)s, %(task_id)s::uuid, now()
+ WHERE NOT EXISTS (SELECT 1 FROM results WHERE task_id = %(task_id)s::uuid)
+   AND EXISTS (SELECT 1 FROM images WHERE image_id = %(image_id)s)
+ON CONFLICT (image_id, service) DO UPDATE SET running_since = now()
+ WHERE entry.task_id = excluded.task_id AND entry.running_since IS NULL AND entry.deaths = 0
+RETURNING deaths
+
 -- name: delivery_hands_on
 -- A redelivered RabbitMQ task's handler handed it on without its final row (a retry, a task given back): it did not
 -- die running (sql/0130).

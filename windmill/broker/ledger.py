@@ -179,11 +179,17 @@ class DeathsInLedger:
         self.pool = pool
         self.services = frozenset(services)
 
+    def starts_clean(self, task: Task) -> int | None:
+        return self._start(task, "clean_delivery_starts")
+
     def starts(self, task: Task) -> int | None:
+        return self._start(task, "delivery_starts")
+
+    def _start(self, task: Task, name: str) -> int | None:
         if task.service_name not in self.services:
             return None
         with self.pool.connection() as conn:
-            row = conn.execute(query("delivery_starts"), {
+            row = conn.execute(query(name), {
                 "image_id": task.image_id, "service": task.service_name, "queue": task.queue_name,
                 "task_id": task.task_id}).fetchone()
         return None if row is None else int(row[0])
