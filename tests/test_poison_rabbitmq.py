@@ -23,6 +23,7 @@ from tests.conftest import PYTHON, REPOSITORY, wait_until
 from tests.farm_fixtures import running_farm
 from tests.test_rabbitmq import depth
 from tests.test_service_role import SAMPLES
+from windmill.bench.private_rabbitmq import PrivateRabbitMQ
 from windmill.bench.stage import bench_environment
 from windmill.broker import Task
 from windmill.broker.deliveries import Delivery, Outcome
@@ -257,3 +258,44 @@ def test_only_a_task_with_a_clean_record_starts_as_clean(conn: psycopg.Connectio
     assert conn.execute("SELECT deaths, running_since IS NULL FROM service_tasks_in_flight WHERE task_id = %s",
                         (task.task_id,)).fetchone() == (1, True), "a suspect's look marks nothing"
     assert deaths.starts_clean(other) == 0, "a task without an entry (another producer's) is entered"
+
+
+def test_after_a_crash_of_the_rabbitmq_node_its_backlog_runs_side_by_side(
+        private_rabbitmq: PrivateRabbitMQ, database_url: str, conn: psycopg.Connection, catalog: Catalog,
+        tmp_path: Path) -> None:
+    """The node flags every message it recovers after a crash as redelivered (not only those delivered before): run
+    one at a time as suspects, a backlog went at one task per worker process (the chaos run took twice as long)."""
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for number in range(8):
+        shutil.copy(SAMPLES / "chelsea.jpg", pictures / f"backlog-{number}.jpg")
+    add_paths(conn, [pictures])
+    columns = ("image_id", "image_filename", "image_path", "image_url")
+    images = conn.execute("SELECT image_id, image_filename, image_path, image_url FROM images ORDER BY image_id")
+    amqp_url = private_rabbitmq.amqp_url
+    with running_farm(catalog, services=[SERVICE], latency_ms=300) as (farm, shifted), \
+            bench_environment(shifted, database_url, amqp_url) as environment:
+        queue = next(name for name in environment.queue_names if name.endswith(SERVICE))
+        tasks = [Task(**{**Task.for_image(dict(zip(columns, image, strict=True)), shifted[SERVICE]).to_message(),
+                         "queue_name": queue}) for image in images.fetchall()]
+        with RabbitMQBroker(amqp_url) as broker:
+            assert publish_in_flight(conn, broker, tasks, unless_answered=False) == tasks
+        private_rabbitmq.restart(crash=True)  # SIGKILL, then a start on the same data: nothing was ever delivered
+        with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
+            method, _, _ = connection.channel().basic_get(queue, auto_ack=False)
+            assert method is not None and method.redelivered, "the node no longer flags what it recovers"
+        log = tmp_path / "worker.log"
+        with log.open("ab") as output:
+            worker = subprocess.Popen([PYTHON, "-m", "windmill", "worker", "--role", "service", "--service", SERVICE,
+                                       "--broker", "rabbitmq", "--concurrency", "4"],
+                                      env={**environment.env, "PYTHONPATH": str(REPOSITORY),
+                                           "WORKER_ID": "after-the-crash", "LOG_LEVEL": "INFO"},
+                                      stdout=output, stderr=output)
+        try:
+            wait_until(lambda: all(task_rows(conn, tasks).values()), timeout=60,
+                       message=lambda: f"every task answered\n{log.read_text()}")
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=30)
+        peak = farm.load_stats()[SERVICE].peak_held
+    assert peak >= 2, f"the service held at most {peak} of the backlog's requests at once (4 handler threads)"
