@@ -5,6 +5,7 @@ the new payload, sql/0115, until each went dead with the error `'merged_box_id'`
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -42,6 +43,31 @@ def _worker_overtaken(conn: psycopg.Connection, command: list[str], env: dict[st
     return output
 
 
+def _command_overtaken(conn: psycopg.Connection, command: list[str], env: dict[str, str],
+                       started: Callable[[], bool], then: Callable[[], None] = lambda: None) -> str:
+    """Run `windmill-cli COMMAND` until `started()`, migrate a newer Windmill's migration 9999 in, call `then` (give
+    it something to write), and return its stderr once it has stopped by itself: status 1, no traceback."""
+    process = subprocess.Popen([PYTHON, "-m", "windmill", *command], env=env, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        wait_until(started, timeout=60, message=f"{' '.join(command[:2])} at work before the upgrade")
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'from_the_future')")
+        then()
+        try:
+            _, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, err = process.communicate()  # it went on: returncode -9
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        conn.execute("DELETE FROM schema_migrations WHERE version = 9999")
+    assert process.returncode == 1, err
+    assert "Traceback" not in err, err
+    return err
+
+
 def test_a_job_table_worker_stops_when_a_newer_windmill_migrates_its_database(
         database: Database, conn: psycopg.Connection, worker_env: dict[str, str], tmp_path: Path) -> None:
     env = {**worker_env, "WORKER_ID": "overtaken-merger"}
@@ -72,25 +98,9 @@ def test_submit_follow_stops_queueing_when_a_newer_windmill_migrates_its_databas
         return {row[0] for row in conn.execute("SELECT image_id FROM jobs WHERE queue = 'queue_nsfw2'")}
 
     register("before.jpg")
-    follower = subprocess.Popen([PYTHON, "-m", "windmill", "submit", "--follow", "--services", "nsfw2", "--broker",
-                                 "postgres", "--poll-interval", "1"], env=worker_env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        wait_until(lambda: queued() == {1}, timeout=60, message="the image registered before the follow")
-        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'from_the_future')")
-        register("after.jpg")
-        try:
-            _, err = follower.communicate(timeout=30)  # the next walk (1 s, or the registration's notification)
-        except subprocess.TimeoutExpired:
-            follower.kill()
-            _, err = follower.communicate()
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.communicate()
-        conn.execute("DELETE FROM schema_migrations WHERE version = 9999")
-    assert follower.returncode == 1, err
-    assert "Traceback" not in err, err
+    err = _command_overtaken(conn, ["submit", "--follow", "--services", "nsfw2", "--broker", "postgres",
+                                    "--poll-interval", "1"], worker_env, lambda: queued() == {1},
+                             then=lambda: register("after.jpg"))  # queued at the next walk, or its notification
     assert ("a newer Windmill migrated this database while submit --follow ran (migration 9999, which this one does "
             "not have); it stopped queueing: upgrade Windmill here to the version that ran `init-db`") in err, err
     assert queued() == {1}, "the image registered after the upgrade was queued by the old version"
@@ -130,20 +140,8 @@ def test_a_long_submit_stops_queueing_when_a_newer_windmill_migrates_its_databas
     def queued() -> int:
         return conn.execute("SELECT count(*) FROM jobs WHERE queue = 'queue_nsfw2'").fetchone()[0]
 
-    submitting = subprocess.Popen([PYTHON, "-m", "windmill", "submit", "--services", "nsfw2", "--broker", "postgres",
-                                   "--page-size", "1"], env=worker_env, text=True, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
-    try:
-        wait_until(lambda: queued() > 0, timeout=60, message="the submit's first pages")
-        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'from_the_future')")
-        _, err = submitting.communicate(timeout=60)
-    finally:
-        if submitting.poll() is None:
-            submitting.kill()
-            submitting.communicate()
-        conn.execute("DELETE FROM schema_migrations WHERE version = 9999")
-    assert submitting.returncode == 1, err
-    assert "Traceback" not in err, err
+    err = _command_overtaken(conn, ["submit", "--services", "nsfw2", "--broker", "postgres", "--page-size", "1"],
+                             worker_env, lambda: queued() > 0)
     assert "while submit ran (migration 9999, which this one does not have); it stopped queueing" in err, err
     assert queued() < images
 
@@ -157,25 +155,10 @@ def test_images_watch_stops_registering_when_a_newer_windmill_migrates_its_datab
     def registered() -> set[str]:
         return {row[0] for row in conn.execute("SELECT image_filename FROM images")}
 
-    watcher = subprocess.Popen([PYTHON, "-m", "windmill", "images", "watch", str(folder), "--settle", "0.2"],
-                               env=worker_env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        (folder / "before.jpg").write_bytes(sample.read_bytes())
-        wait_until(lambda: registered() == {"before.jpg"}, timeout=60, message="the file landed before the upgrade")
-        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'from_the_future')")
-        (folder / "after.jpg").write_bytes(sample.read_bytes())
-        try:
-            _, err = watcher.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            watcher.kill()
-            _, err = watcher.communicate()
-    finally:
-        if watcher.poll() is None:
-            watcher.kill()
-            watcher.communicate()
-        conn.execute("DELETE FROM schema_migrations WHERE version = 9999")
-    assert watcher.returncode == 1, err
-    assert "Traceback" not in err, err
+    (folder / "before.jpg").write_bytes(sample.read_bytes())
+    err = _command_overtaken(conn, ["images", "watch", str(folder), "--settle", "0.2"], worker_env,
+                             lambda: registered() == {"before.jpg"},
+                             then=lambda: (folder / "after.jpg").write_bytes(sample.read_bytes()))
     assert ("a newer Windmill migrated this database while images watch ran (migration 9999, which this one does not "
             "have); it stopped registering") in err, err
     assert registered() == {"before.jpg"}

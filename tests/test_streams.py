@@ -121,12 +121,12 @@ def write_in_parts(path: Path, conn: psycopg.Connection, parts: int = 4, pause_s
 
 
 @contextmanager
-def watching(database: Database, folder: Path, settle_s: float, *,
-             recursive: bool = False) -> Iterator[tuple[FolderWatch, threading.Thread]]:
-    """A FolderWatch of `folder` running on a thread of its own, stopped on leaving."""
+def watching(database: Database, folder: Path, settle_s: float, *, recursive: bool = False,
+             submitter: Submitter | None = None) -> Iterator[tuple[FolderWatch, threading.Thread]]:
+    """A FolderWatch of `folder` (queuing with `submitter`) running on a thread of its own, stopped on leaving."""
     stopping = threading.Event()
     with database.connect() as watch_conn:
-        watch = FolderWatch(watch_conn, folder, stopping, recursive=recursive, settle_s=settle_s)
+        watch = FolderWatch(watch_conn, folder, stopping, recursive=recursive, settle_s=settle_s, submitter=submitter)
         runner = threading.Thread(target=watch.run)
         runner.start()
         try:
@@ -134,6 +134,7 @@ def watching(database: Database, folder: Path, settle_s: float, *,
         finally:
             stopping.set()
             runner.join(timeout=30)
+    assert not runner.is_alive(), "the watch did not stop"
 
 
 def landed_long_ago(path: Path) -> Path:

@@ -8,10 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -21,7 +18,7 @@ from psycopg_pool import ConnectionPool
 from tests.conftest import wait_until
 from tests.farm_fixtures import running_farm
 from tests.test_pipeline import PRODUCTS, SETTINGS, expected_keys, run_group
-from tests.test_streams import SAMPLE, jobs_per_image, landed_long_ago
+from tests.test_streams import SAMPLE, jobs_per_image, landed_long_ago, watching
 from windmill.broker import JobTableBroker, Task
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
@@ -32,7 +29,7 @@ from windmill.jobs import JobQueue
 from windmill.producer import Submitter
 from windmill.roles.consensus import consensus_for_image
 from windmill.roles.service import ServiceTaskHandler
-from windmill.watch import FolderWatch, SettleTracker
+from windmill.watch import SettleTracker
 from windmill.watch_rewrites import Settled, Verdict, judge
 from windmill.worker.layout import RoleSpec
 
@@ -63,23 +60,6 @@ def stored_for(conn: psycopg.Connection, image_id: int) -> dict[str, int]:
                                   f" FROM {table} WHERE image_id = %s", (image_id,)).fetchone()[0]
               for table in tables}
     return {table: count for table, count in counts.items() if count}
-
-
-@contextmanager
-def watching(database: Database, folder: Path, *, submitter: Submitter | None = None,
-             settle_s: float = 0.3) -> Iterator[FolderWatch]:
-    """A FolderWatch of `folder` (queuing with `submitter`) on a thread of its own, stopped on leaving."""
-    stopping = threading.Event()
-    with database.connect() as watch_conn:
-        watch = FolderWatch(watch_conn, folder, stopping, settle_s=settle_s, submitter=submitter)
-        runner = threading.Thread(target=watch.run)
-        runner.start()
-        try:
-            yield watch
-        finally:
-            stopping.set()
-            runner.join(timeout=30)
-    assert not runner.is_alive()
 
 
 def quiet_for(seconds: float) -> None:
@@ -134,7 +114,7 @@ def test_content_written_again_while_watched_drops_what_was_stored_and_is_answer
     photo = folder / "photo.jpg"
     with running_farm(catalog) as (_, farm_catalog), database.connect() as lookup:
         submitter = Submitter(lookup, JobTableBroker(JobQueue(pool)), farm_catalog.select("primary"))
-        with watching(database, folder, submitter=submitter) as watch:
+        with watching(database, folder, 0.3, submitter=submitter) as (watch, _):
             photo.write_bytes(SAMPLE.read_bytes())
             wait_until(lambda: jobs_per_image(conn).get(1), timeout=30, message="the photo registered and queued")
             run_group(database, pool, farm_catalog, SERVICES_AND_PRODUCTS)
@@ -177,7 +157,7 @@ def test_an_answer_of_the_old_content_still_on_its_way_is_not_stored_on_the_new_
     photo.write_bytes(SAMPLE.read_bytes())
     landed_long_ago(photo)
     with running_farm(catalog, services=["metadata"]) as (_, farm_catalog):
-        with watching(database, folder):
+        with watching(database, folder, 0.3):
             wait_until(lambda: image_at(conn, photo) == 1, timeout=30, message="the photo registered")
             image = conn.execute("SELECT image_id, image_filename, image_path, image_url FROM images").fetchone()
             task = Task.for_image(dict(zip(("image_id", "image_filename", "image_path", "image_url"), image,
@@ -200,7 +180,7 @@ def test_a_touch_or_a_chmod_reprocesses_nothing_and_a_write_of_the_same_size_doe
     photo = folder / "photo.jpg"
     with database.connect() as lookup:
         submitter = Submitter(lookup, JobTableBroker(JobQueue(pool)), catalog.select("nsfw2"))
-        with watching(database, folder, submitter=submitter):
+        with watching(database, folder, 0.3, submitter=submitter):
             photo.write_bytes(SAMPLE.read_bytes())
             wait_until(lambda: jobs_per_image(conn) == {1: 1}, timeout=30, message="the photo registered and queued")
             conn.execute("DELETE FROM jobs")  # as if answered: what is queued from here on is queued again
@@ -214,7 +194,7 @@ def test_a_touch_or_a_chmod_reprocesses_nothing_and_a_write_of_the_same_size_doe
             assert (image_at(conn, photo), jobs_per_image(conn)) == (1, {}), "a touch or a chmod reprocessed"
             assert recorded(conn, photo) == (SAMPLE.stat().st_size, later), "the touched time not recorded"
         # The touched time was recorded: a watch started again does not take the touch for new content either.
-        with watching(database, folder, submitter=submitter):
+        with watching(database, folder, 0.3, submitter=submitter):
             quiet_for(1.0)
             assert (image_at(conn, photo), jobs_per_image(conn)) == (1, {1: 1}), \
                 "a restart queues what was not answered, nothing else"
@@ -239,7 +219,7 @@ def test_a_file_renamed_onto_a_registered_one_by_an_upload_tool_is_new_content(
     photo = folder / "photo.jpg"
     photo.write_bytes(SAMPLE.read_bytes())
     landed_long_ago(photo)
-    with watching(database, folder) as watch:
+    with watching(database, folder, 0.3) as (watch, _):
         wait_until(lambda: image_at(conn, photo) == 1, timeout=30, message="the photo registered")
         temporary = folder / ".photo.jpg.XXXXXX"  # hidden: not an image to take
         shutil.copyfile(OTHER, temporary)
@@ -262,7 +242,7 @@ def test_a_file_written_again_while_no_watch_ran_is_new_content_on_start(
         landed_long_ago(path)
     add_paths(conn, [added])  # `images add` records no size or time
     assert recorded(conn, added) == (None, None)
-    with watching(database, folder) as watch:
+    with watching(database, folder, 0.3) as (watch, _):
         wait_until(lambda: (watch.report.added, watch.report.already_known) == (2, 1), timeout=30,
                    message="the files already there")
     before = {path: image_at(conn, path) for path in (rewritten, kept, added)}
@@ -271,7 +251,7 @@ def test_a_file_written_again_while_no_watch_ran_is_new_content_on_start(
         shutil.copyfile(OTHER, path)
         landed_long_ago(path)
     # c.jpg too: what `images add` did not record, the first walk did (with nothing recorded, a walk cannot tell).
-    with watching(database, folder) as watch:
+    with watching(database, folder, 0.3) as (watch, _):
         wait_until(lambda: image_at(conn, rewritten) not in (None, before[rewritten])
                    and image_at(conn, added) not in (None, before[added]), timeout=30,
                    message="both taken as new content")
