@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool
 
 from tests.conftest import PYTHON, REPOSITORY, wait_until
 from tests.farm_fixtures import running_farm
+from tests.rabbitmq_fixtures import declared_for_good
 from tests.test_rabbitmq import depth
 from tests.test_service_role import SAMPLES
 from windmill.bench.private_rabbitmq import PrivateRabbitMQ
@@ -261,8 +262,7 @@ def test_only_a_task_with_a_clean_record_starts_as_clean(conn: psycopg.Connectio
 
 
 def recovered(amqp_url: str, queue: str) -> bool:
-    """Whether the node has recovered `queue` after a crash: a busy node may take AMQP connections before it has
-    restarted every durable queue, and answers NOT_FOUND for those until then (seen once in a CI run)."""
+    """Whether the node has `queue` again after a crash (NOT_FOUND until it recovered it)."""
     with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
         try:
             connection.channel().queue_declare(queue, passive=True)
@@ -291,6 +291,7 @@ def test_after_a_crash_of_the_rabbitmq_node_its_backlog_runs_side_by_side(
         queue = next(name for name in environment.queue_names if name.endswith(SERVICE))
         tasks = [Task(**{**Task.for_image(dict(zip(columns, image, strict=True)), shifted[SERVICE]).to_message(),
                          "queue_name": queue}) for image in images.fetchall()]
+        declared_for_good(private_rabbitmq, [queue])
         with RabbitMQBroker(amqp_url) as broker:
             assert publish_in_flight(conn, broker, tasks, unless_answered=False) == tasks
         private_rabbitmq.restart(crash=True)  # SIGKILL, then a start on the same data: nothing was ever delivered
