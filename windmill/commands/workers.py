@@ -94,11 +94,15 @@ def run_all(app: AppContext, broker: str | None) -> None:
     WINDMILL_METRICS_PORT serves every role's metrics on that port. The service tasks come from RabbitMQ when it
     is configured, as `submit` sends them, else from the job table."""
     from windmill.broker.choice import uses_rabbitmq
+    from windmill.db.schema import open_migrated
     from windmill.worker.launch import run_machine
 
     uses_rabbitmq(app.settings, broker)  # --broker rabbitmq without a URL is refused before the database starts
-
-    with app.database("windmill-run") as database, database.pool(min_size=2, max_size=32, name="run") as pool:
+    app.announce_database()
+    # As a worker: a database away (restarting, or not up yet on the machine's boot) is waited for.
+    with open_migrated(app.settings, app.catalog, application_name="windmill-run",
+                       waiting="run cannot start yet") as database, \
+            database.pool(min_size=2, max_size=32, name="run") as pool:
         code = run_machine(app.settings, app.catalog, database, pool, broker=broker)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ from psycopg_pool import ConnectionPool
 from windmill.connection_urls import describe_url, misread_by_libpq
 from windmill.db.jsonb import use_orjson
 from windmill.db.migrations import SCHEMA
-from windmill.db.refusals import connection_failure
+from windmill.db.refusals import connection_failure, server_away
 from windmill.errors import WindmillError, first_line
 from windmill.settings import Settings
 
@@ -26,7 +27,12 @@ RECONNECT_TIMEOUT_S = 30.0  # longest a pool keeps doubling the wait between att
 
 
 class DatabaseUnavailable(WindmillError):
-    """PostgreSQL could not be reached; the message says where, never with credentials."""
+    """PostgreSQL could not be reached; the message says where, never with credentials. `away`: the server is away
+    or busy (refused, starting, out of connections), not refusing this login or database (db/refusals.py)."""
+
+    def __init__(self, message: str, *, away: bool = False) -> None:
+        super().__init__(message)
+        self.away = away
 
 
 # What the server answers when it is going or not there yet (admin_shutdown, crash_shutdown, cannot_connect_now), and
@@ -108,9 +114,26 @@ class Database:
         try:
             conn = psycopg.connect(self.conninfo, autocommit=autocommit, **kwargs)
         except psycopg.OperationalError as error:
-            raise DatabaseUnavailable(connection_failure(error, self.location, embedded=self.embedded)) from None
+            raise DatabaseUnavailable(connection_failure(error, self.location, embedded=self.embedded),
+                                      away=server_away(error)) from None
         use_orjson(conn)
         return conn
+
+    def connect_when_up(self, what: str) -> psycopg.Connection:
+        """A connection, waiting for the server while it is away (refused, starting, out of connections: a worker
+        started while its database restarts, or before it on a machine's boot), with a warning 1, 2, 4 … up to 30 s
+        apart; a refused login or a missing database raises at once, as `connect` does."""
+        waits = 0
+        while True:
+            try:
+                return self.connect()
+            except DatabaseUnavailable as error:
+                if not error.away:
+                    raise
+                delay = RECONNECT_DELAYS_S[min(waits, len(RECONNECT_DELAYS_S) - 1)]
+                waits += 1
+                log.warning("%s: %s; trying again in %g s", what, error, delay, extra={"action": "reconnecting"})
+            time.sleep(delay)
 
     def pool(self, *, min_size: int = 1, max_size: int = 4, name: str = "windmill",
              wait_s: float = 30.0, checked: bool = False) -> ConnectionPool:

@@ -81,6 +81,21 @@ _EMBEDDED_NOT_RUNNING = ("the embedded database is not running (`windmill-cli db
                          "died); a command that needs it starts it again")
 
 
+# The failures that say the server is away or busy rather than that the settings are wrong: PostgreSQL not (yet)
+# running or listening, starting up, shutting down, recovering, or out of connections. A worker that starts meets
+# them while its database restarts or boots after it (a machine's reboot, a compose file's start order), and waits.
+_SERVER_AWAY = re.compile(r"connection refused|timeout expired|the database system is (starting up|shutting down|"
+                          r"in recovery mode|not yet accepting connections)|too many (connections|clients)|"
+                          r"remaining connection slots are reserved|server closed the connection unexpectedly",
+                          flags=re.IGNORECASE)
+
+
+def server_away(error: psycopg.Error) -> bool:
+    """Whether a failed connection says the server is away or busy (worth waiting for), not a refused login, a
+    missing database or role, or a host or port that cannot be right (worth saying at once)."""
+    return bool(_SERVER_AWAY.search(str(error)))
+
+
 def connection_failure(error: psycopg.Error, location: str, *, embedded: bool = False) -> str:
     """One sentence for a connection to `location` (host:port/database) that failed: the reason and the fix.
     `embedded`: the location is the embedded cluster's, whose host and port come from no setting."""

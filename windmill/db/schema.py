@@ -122,10 +122,11 @@ def ensure_schema(conn: psycopg.Connection, catalog: Catalog, *, may_migrate: bo
 
 @contextmanager
 def open_migrated(settings: Settings, catalog: Catalog, *, application_name: str = "windmill",
-                  sync_catalog: bool = True) -> Iterator[Database]:
+                  sync_catalog: bool = True, waiting: str | None = None) -> Iterator[Database]:
     """The database (the configured one, or the embedded cluster while the block runs) with its schema checked
-    up to date and its services table synced: what every command and worker opens before its work."""
+    up to date and its services table synced: what every command and worker opens before its work. `waiting`
+    (a worker's name for its log lines): wait for a server that is away rather than fail (Database.connect_when_up)."""
     with open_database(settings, application_name=application_name) as database:
-        with database.connect() as conn:
+        with (database.connect_when_up(waiting) if waiting else database.connect()) as conn:
             ensure_schema(conn, catalog, may_migrate=settings.uses_embedded_database, sync_catalog=sync_catalog)
         yield database

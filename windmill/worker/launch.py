@@ -83,7 +83,8 @@ def run_worker(
     (`metrics_port_may_move`: on another one if it is taken)."""
     options = options or WorkerOptions()
     rabbitmq = uses_rabbitmq(settings, broker)
-    with open_migrated(settings, catalog, application_name=f"windmill-{role_name}") as database:
+    with open_migrated(settings, catalog, application_name=f"windmill-{role_name}",
+                       waiting=f"the {role_name} worker cannot start yet") as database:
         pool = database.pool(min_size=1, max_size=pool_size(options.concurrency), name=f"worker-{role_name}",
                              wait_s=settings.database_wait_s)
         extras = ExitStack()  # the metrics endpoint (if asked for) and the farm client: closed before the pool
