@@ -41,7 +41,7 @@ class ChaosSupervisor:
     """Keeps one process per spec alive and kills one at random on request. Each incarnation gets its own
     WORKER_ID, as a restarted host's worker would: a new process must never complete its predecessor's leases."""
 
-    RESTART_DELAY_S = 1.0  # after an exit we did not cause (e.g. the database was down at start-up)
+    RESTART_DELAY_S = 1.0  # after an exit we did not cause (a worker that failed at start-up)
 
     def __init__(self, specs: Sequence[WorkerSpec], env: dict[str, str], log_dir: Path, rng: random.Random) -> None:
         self.specs = list(specs)
