@@ -30,6 +30,7 @@ from windmill.broker import Task
 from windmill.broker.deliveries import Delivery, Outcome
 from windmill.broker.ledger import DeathsInLedger, enter_in_flight, publish_in_flight
 from windmill.broker.poison import PoisonWatch
+from windmill.broker.queues import queue_depth
 from windmill.broker.rabbitmq import RabbitMQBroker
 from windmill.catalog import Catalog
 from windmill.collection import add_paths
@@ -264,13 +265,7 @@ def test_only_a_task_with_a_clean_record_starts_as_clean(conn: psycopg.Connectio
 def recovered(amqp_url: str, queue: str) -> bool:
     """Whether the node has `queue` again after a crash (NOT_FOUND until it recovered it)."""
     with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
-        try:
-            connection.channel().queue_declare(queue, passive=True)
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if error.reply_code != 404:
-                raise
-            return False
-    return True
+        return queue_depth(connection.channel(), queue)[0] is not None
 
 
 def test_after_a_crash_of_the_rabbitmq_node_its_backlog_runs_side_by_side(

@@ -23,6 +23,12 @@ OWNER_ROLE = "windmill_owner"
 # Where the host, port, login and database come from, for the fixes the sentences suggest.
 _SERVER_SETTINGS = "WINDMILL_DATABASE_URL or DB_HOST and DB_PORT"
 
+# libpq's messages for a server that is away or busy rather than settings that are wrong (server_away, below).
+_NO_FREE_CONNECTION = r"too many (connections|clients)|remaining connection slots are reserved"
+_SERVER_NOT_READY = r"the database system is (starting up|shutting down|in recovery mode|not yet accepting connections)"
+_REFUSED = r"connection refused"
+_NO_ANSWER = r"timeout expired"
+
 # (pattern in libpq's message, what was refused, how to fix it); the first that matches wins. Groups of the
 # pattern fill {0}, {1}… of the texts; {port} is the port the location names.
 _CONNECTION_FAILURES: tuple[tuple[str, str, str], ...] = (
@@ -42,15 +48,15 @@ _CONNECTION_FAILURES: tuple[tuple[str, str, str], ...] = (
      "give it (WINDMILL_DATABASE_PASSWORD_FILE, DB_PASSWORD, the URL's, or ~/.pgpass)"),
     (r"permission denied for database \"?([^\"\s]*)\"?", 'the login may not connect to database "{0}"',
      "grant it CONNECT (deploy/roles.sql does for its roles)"),
-    (r"too many (connections|clients)|remaining connection slots are reserved", "the server has no free connection",
+    (_NO_FREE_CONNECTION, "the server has no free connection",
      "raise its max_connections, or run fewer workers or fewer --concurrency threads (a worker holds a few "
      "connections more than its threads; deploy/README.md sizes max_connections)"),
-    (r"the database system is (starting up|shutting down|in recovery mode|not yet accepting connections)",
+    (_SERVER_NOT_READY,
      "the server is {0}", "try again in a moment"),
-    (r"connection refused", "connection refused",
+    (_REFUSED, "connection refused",
      "is PostgreSQL running there and listening on port {port}? (the host and port come from " + _SERVER_SETTINGS
      + ")"),
-    (r"timeout expired", "no answer within the connect timeout",
+    (_NO_ANSWER, "no answer within the connect timeout",
      "check the host and port (" + _SERVER_SETTINGS + ") and any firewall between"),
     # Before the host: a bad port fails the name lookup too ("failed to resolve host ...: Servname not supported").
     (r"invalid port number|invalid integer value \"[^\"]*\" for connection option \"port\"|servname not supported",
@@ -82,12 +88,11 @@ _EMBEDDED_NOT_RUNNING = ("the embedded database is not running (`windmill-cli db
 
 
 # The failures that say the server is away or busy rather than that the settings are wrong: PostgreSQL not (yet)
-# running or listening, starting up, shutting down, recovering, or out of connections. A worker that starts meets
-# them while its database restarts or boots after it (a machine's reboot, a compose file's start order), and waits.
-_SERVER_AWAY = re.compile(r"connection refused|timeout expired|the database system is (starting up|shutting down|"
-                          r"in recovery mode|not yet accepting connections)|too many (connections|clients)|"
-                          r"remaining connection slots are reserved|server closed the connection unexpectedly",
-                          flags=re.IGNORECASE)
+# running or listening, starting up, shutting down, recovering, or out of connections, or a connection it dropped.
+# A worker that starts meets them while its database restarts or boots after it (a machine's reboot, a compose
+# file's start order), and waits.
+_SERVER_AWAY = re.compile("|".join((_NO_FREE_CONNECTION, _SERVER_NOT_READY, _REFUSED, _NO_ANSWER,
+                                    r"server closed the connection unexpectedly")), flags=re.IGNORECASE)
 
 
 def server_away(error: psycopg.Error) -> bool:
