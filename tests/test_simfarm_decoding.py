@@ -4,18 +4,20 @@ image: cut-off files are refused by every service, and without the cache each re
 from __future__ import annotations
 
 import io
+import json
 import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from windmill.simfarm.annotations import AnnotationIndex
-from windmill.simfarm.answers import Answerer, Undecodable
+from windmill.simfarm.answers import Answerer, Options, Undecodable
 from windmill.simfarm.contract import PROFILES
 from windmill.simfarm.decoding import DecodedImages
 from windmill.simfarm.inputs import Picture
@@ -82,6 +84,34 @@ def test_metadata_statistics_are_the_exact_figures(size: tuple[int, int]) -> Non
     assert quality["exposure_analysis"]["bright_pixel_ratio"] == round(float((luma >= 230).mean()), 3)
 
 
+@pytest.mark.parametrize("reencode", [False, True])
+def test_metadata_reads_a_jpeg_at_half_size_and_reports_its_own(reencode: bool) -> None:
+    """Its statistics come from a quarter of the pixels (libjpeg's DCT scaling), its dimensions and file from the
+    image as sent, odd sides included; the re-encoding mode's file size is the full image's re-encoded."""
+    odd = io.BytesIO()
+    Image.open(io.BytesIO(COFFEE)).crop((0, 0, 441, 297)).save(odd, format="JPEG", quality=90)
+    answerer = Answerer(AnnotationIndex([SAMPLES_DIR]), Options(metadata_reencode=reencode), cache=False)
+    seen: list[tuple[int, int]] = []
+    decode = answerer.decoded.decode
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        result = decode(*args, **kwargs)
+        seen.append(result[0].size)
+        return result
+
+    answerer.decoded.decode = recording  # type: ignore[method-assign]
+    body = json.loads(answerer.analyze(PROFILES["metadata"], Picture(odd.getvalue(), "upload"), {}))
+    prediction = body["predictions"][0]
+    assert prediction["dimensions"] == {"width": 441, "height": 297}
+    assert seen == ([(441, 297)] if reencode else [(221, 149)])
+    if not reencode:
+        assert prediction["file"] == {"file_size": len(odd.getvalue()), "file_type": "jpeg"}
+    else:
+        full = io.BytesIO()
+        Image.open(io.BytesIO(odd.getvalue())).convert("RGB").save(full, "JPEG", quality=95)
+        assert prediction["file"] == {"file_size": full.tell(), "file_type": "jpeg"}
+
+
 def test_services_share_a_decoding_but_compute_each_answer() -> None:
     answerer = Answerer(AnnotationIndex([SAMPLES_DIR]), cache=False)
     picture = Picture(COFFEE, "upload")
@@ -95,7 +125,7 @@ def test_services_share_a_decoding_but_compute_each_answer() -> None:
 
 @pytest.mark.parametrize("name", ["colors", "metadata"])
 def test_answers_from_pixels_alone_look_for_no_sidecar(name: str) -> None:
-    """A crop nobody annotated: colors (at reduced scale) and metadata (full size) decode it once, for their own
+    """A crop nobody annotated: colors and metadata (each at its reduced scale) decode it once, for their own
     answer; looking for a look-alike would decode it at full size too (colors) and compare it with the index."""
     index = AnnotationIndex([SAMPLES_DIR])
     index.scan()

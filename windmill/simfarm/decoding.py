@@ -1,6 +1,6 @@
 """Image bytes → a decoded image, and a small cache of decoded images shared by the services of one process.
 
-One upload reaches every service: its header is read by each, and several decode its pixels (metadata at full
+One upload reaches every service: its header is read by each, and several decode its pixels (metadata at half
 size, colors and the captioners at a reduced JPEG scale). Decoding is the services' input, not their answer,
 so `DecodedImages` keeps the last few decodings by (image digest, scale): every answer is still computed per
 request from those pixels (with `farm serve --no-cache` too); only the decoding is shared. The cache is bounded
@@ -31,8 +31,10 @@ class Undecodable(Exception):
     """The bytes are not an image Pillow can decode."""
 
 
-def decode(picture: Picture, at_least: tuple[int, int] | None = None, *, pixels: bool = True) -> Decoded:
-    """The image (at the smallest JPEG scale still `at_least` this size; None: full size), its format, its own size.
+def decode(picture: Picture, at_least: tuple[int, int] | None = None, *, pixels: bool = True,
+           shrink: int = 1) -> Decoded:
+    """The image (at the smallest JPEG scale still `at_least` this size, or else 1/`shrink` of its own; None and 1:
+    full size), its format, its own size.
 
     `pixels=False`: a JPEG that ends with its EOI marker is left undecoded (its header has been read); anything
     else is decoded as with `pixels=True`, so a cut-off or broken file fails with the decoder's own message.
@@ -41,7 +43,8 @@ def decode(picture: Picture, at_least: tuple[int, int] | None = None, *, pixels:
         image = Image.open(io.BytesIO(picture.data))
         size = image.size
         if pixels or image.format != "JPEG" or not picture.data.endswith(_JPEG_END):
-            image.draft(None, at_least or size)  # a no-op for formats other than JPEG
+            wanted = at_least or (max(1, size[0] // shrink), max(1, size[1] // shrink))
+            image.draft(None, wanted)  # a no-op for formats other than JPEG
             image.load()
     except UnidentifiedImageError:
         where = f"'{picture.path}'" if picture.path else "<_io.BytesIO object>"
@@ -62,17 +65,19 @@ class DecodedImages:
         self._pixels = 0
         self._lock = threading.Lock()
 
-    def decode(self, picture: Picture, at_least: tuple[int, int] | None = None, *, pixels: bool = True) -> Decoded:
+    def decode(self, picture: Picture, at_least: tuple[int, int] | None = None, *, pixels: bool = True,
+               shrink: int = 1) -> Decoded:
         """As `decode`; a picture with a file path (`?file=`) is always decoded anew (its errors name the path)."""
         if picture.path is not None or self.max_entries <= 0:
-            return decode(picture, at_least, pixels=pixels)
-        key = (picture.digest, len(picture.data), at_least, pixels)
+            return decode(picture, at_least, pixels=pixels, shrink=shrink)
+        key = (picture.digest, len(picture.data), at_least, pixels, shrink)
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
                 self._entries.move_to_end(key)
                 return found[0]
-        decoded = decode(picture, at_least, pixels=pixels)  # outside the lock: two threads may both decode once
+        # Outside the lock: two threads may both decode once.
+        decoded = decode(picture, at_least, pixels=pixels, shrink=shrink)
         image = decoded[0]
         loaded = pixels or image.format != "JPEG" or not picture.data.endswith(_JPEG_END)  # as `decode` decides
         cost = image.width * image.height if loaded else 0

@@ -26,9 +26,12 @@ _BUCKETS = (
 )
 
 
-def analyze(image: Image.Image, data: bytes, file_format: str, *, reencode: bool = False) -> dict[str, Any]:
+def analyze(image: Image.Image, data: bytes, file_format: str, size: tuple[int, int] | None = None, *,
+            reencode: bool = False) -> dict[str, Any]:
+    """The prediction; `size` is the image's own when `image` was decoded at a reduced scale (the statistics are
+    the reduced image's)."""
     rgb = image.convert("RGB")
-    width, height = rgb.size
+    width, height = size or rgb.size
     if reencode:
         buffer = io.BytesIO()
         rgb.save(buffer, "JPEG", quality=95)
