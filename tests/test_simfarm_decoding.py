@@ -140,6 +140,37 @@ def test_answers_from_pixels_alone_look_for_no_sidecar(name: str) -> None:
     assert searched == []
 
 
+@pytest.mark.parametrize("name", ["face", "pose", "yolov8"])
+def test_a_look_alike_is_searched_only_among_images_of_its_aspect(name: str) -> None:
+    """An unannotated image whose aspect no indexed image has (a person's crop, mostly) is answered from its
+    header: decoding it to compare thumbnails could find nothing. A resized copy of an annotated image is still
+    decoded, compared and given that image's sidecar."""
+    index = AnnotationIndex([SAMPLES_DIR])
+    index.scan()
+    searched: list[tuple[int, int]] = []
+    search = index.for_look_alike
+
+    def recording(image: Image.Image) -> Any:
+        searched.append(image.size)
+        return search(image)
+
+    index.for_look_alike = recording  # type: ignore[method-assign]
+    answerer = Answerer(index, cache=False)
+    tall = io.BytesIO()
+    Image.open(io.BytesIO(ASTRONAUT)).crop((100, 50, 250, 450)).save(tall, format="JPEG", quality=90)
+    decoded = answerer.decoded.decoded
+    answerer.analyze(PROFILES[name], Picture(tall.getvalue(), "upload"), {})
+    assert searched == []
+    assert answerer.decoded.decoded - decoded == 1  # its header
+    half = io.BytesIO()
+    with Image.open(io.BytesIO(COFFEE)) as coffee:
+        coffee.resize((coffee.width // 2, coffee.height // 2)).save(half, format="JPEG", quality=90)
+    body = json.loads(answerer.analyze(PROFILES[name], Picture(half.getvalue(), "upload"), {}))
+    assert searched == [(300, 200)]
+    if name == "yolov8":
+        assert "cup" in {prediction["label"] for prediction in body["predictions"]}
+
+
 def test_the_decoding_cache_is_bounded_and_keeps_no_failure() -> None:
     images = DecodedImages(max_entries=2, max_pixels=10**9)
     pictures = [Picture(path.read_bytes(), "upload") for path in sorted(SAMPLES_DIR.glob("*.jpg"))[:3]]

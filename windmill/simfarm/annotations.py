@@ -281,13 +281,19 @@ class AnnotationIndex:
                 self._lock.release()
         return self._by_digest.get(digest)
 
+    def may_look_alike(self, width: int, height: int) -> bool:
+        """Whether an indexed image has the aspect of an image of this size: when none has, no look-alike search
+        can find one, and the image need not be decoded to look (the crops face and pose receive, mostly)."""
+        _, aspects, _ = self._look_alike_table()
+        return _near(aspects, width / height).size > 0
+
     def for_look_alike(self, image: Image.Image) -> Sidecar | None:
         """The sidecar of an indexed image that looks the same as `image` (same aspect, same thumbnail)."""
         aspect, thumbnail = _signature(image)
         digests, aspects, thumbnails = self._look_alike_table()
         # Every crop a postprocessing service receives is looked up here and matches nothing: the aspect test,
         # over all indexed images at once, leaves the few whose thumbnails are worth comparing.
-        near = np.flatnonzero(np.abs(aspects - aspect) <= ASPECT_TOLERANCE * aspect)
+        near = _near(aspects, aspect)
         best: tuple[float, str] | None = None
         for position in near:
             difference = float(np.abs(thumbnails[position] - thumbnail).mean())
@@ -333,6 +339,11 @@ class AnnotationIndex:
 
     def __len__(self) -> int:
         return len(self._by_digest)
+
+
+def _near(aspects: np.ndarray, aspect: float) -> np.ndarray:
+    """The positions of the aspects within the tolerance of `aspect`."""
+    return np.flatnonzero(np.abs(aspects - aspect) <= ASPECT_TOLERANCE * aspect)
 
 
 def _signature(image: Image.Image) -> tuple[float, np.ndarray]:

@@ -145,7 +145,7 @@ class Answerer:
             sidecar = self.index.beside(picture.path)
         if sidecar is None:
             sidecar = self.index.for_digest(picture.digest)
-        if sidecar is None:
+        if sidecar is None and self.index.may_look_alike(width, height):
             # Look-alikes are compared on thumbnails of the full-size pixels, as the index makes its own.
             full_size = image if pixels and image.size == (width, height) else self.decoded.decode(picture)[0]
             sidecar = self.index.for_look_alike(full_size.convert("RGB"))
