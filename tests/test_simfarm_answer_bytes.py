@@ -3,8 +3,9 @@ every service, with its parameters, on the bundled samples, synthetic scenes, th
 few colours, computed per request. tests/data/simfarm/answer_digests.json holds the SHA-256 of each answer body
 as the code before that work gave it; a change of any answer is a failure here, not a new fixture. Recorded anew
 once, on purpose (2026-12-07): the palettes of colors (and with them the colour word of BLIP's and Ollama's
-captions) by Pillow's fast octree instead of its median cut, and metadata's statistics on a JPEG decoded at half
-size; every other service's answers were unchanged by that commit.
+captions) by Pillow's fast octree instead of its median cut, from a JPEG decoded at the thumbnail's size rather
+than twice it, and metadata's statistics on a JPEG decoded at half size; every other service's answers were
+unchanged by those commits.
 
 To see what changed: `python -m tests.test_simfarm_answer_bytes` prints the digests of this tree.
 """
