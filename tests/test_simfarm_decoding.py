@@ -9,8 +9,6 @@ import os
 import platform
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -171,36 +169,6 @@ def test_a_look_alike_is_searched_only_among_images_of_its_aspect(name: str) -> 
     assert searched == [(300, 200)]
     if name == "yolov8":
         assert "cup" in {prediction["label"] for prediction in body["predictions"]}
-
-
-@pytest.mark.parametrize("cache", [False, True])
-def test_answers_are_computed_on_at_most_the_bounded_threads_at_once(cache: bool) -> None:
-    """However many requests the server's threads hold, no more than `computing_threads` compute an answer at once
-    (the rest wait their turn rather than fight for the GIL)."""
-    answerer = Answerer(AnnotationIndex([SAMPLES_DIR]), cache=cache, computing_threads=2)
-    lock = threading.Lock()
-    running, most = [0], [0]
-    compute = answerer._analyze
-
-    def slow(*args: Any) -> Any:
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.05)
-        with lock:
-            running[0] -= 1
-        return compute(*args)
-
-    answerer._analyze = slow  # type: ignore[method-assign]
-    pictures = [Picture(data, "upload") for data in (ASTRONAUT, COFFEE)]
-    threads = [threading.Thread(target=answerer.analyze, args=(PROFILES[name], pictures[n % 2], {}))
-               for n, name in enumerate(["yolov8", "rtdetr", "detectron2"] * 2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert most[0] == 2
-    assert answerer.computed == 6
 
 
 def test_the_decoding_cache_is_bounded_and_keeps_no_failure() -> None:

@@ -10,7 +10,6 @@ service's typical time).
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -76,8 +75,7 @@ class Answerer:
     """Computes and caches success bodies; raises Undecodable for bytes that are no image."""
 
     def __init__(self, index: AnnotationIndex, options: Options | None = None, *,
-                 max_entries: int = DEFAULT_CACHE_ENTRIES, cache: bool = True,
-                 computing_threads: int | None = None) -> None:
+                 max_entries: int = DEFAULT_CACHE_ENTRIES, cache: bool = True) -> None:
         self.index = index
         self.options = options or Options()
         self.cache = cache  # False: every answer computed per request, as a real service does (benchmarks)
@@ -85,26 +83,17 @@ class Answerer:
         self._cache: dict[tuple[Any, ...], bytes] = {}
         self._max_entries = max_entries
         self._lock = threading.Lock()
-        # Answers are computed on at most this many threads at once (default: one per core), however many requests
-        # the server's threads hold: the others would only wait for the GIL, and each decode, resize or palette
-        # lets it go, so every thread more adds switches. With 16 clients at once the farm spent 0.89x of its CPU
-        # per request with the bound (with 4 clients the same). Sleeps of a latency profile are not computing.
-        self._computing = threading.BoundedSemaphore(computing_threads or os.cpu_count() or 1)
         self.decoded = DecodedImages()  # decodings (inputs, not answers) shared by the services: see decoding.py
-
-    def _compute(self, compute: Any) -> bytes:
-        with self._computing:
-            return encode(compute())
 
     def _cached(self, key: tuple[Any, ...], compute: Any) -> bytes:
         if not self.cache:
-            body = self._compute(compute)
+            body = encode(compute())
             with self._lock:
                 self.computed += 1
             return body
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._compute(compute)
+            cached = encode(compute())
             with self._lock:
                 while len(self._cache) >= self._max_entries:
                     del self._cache[next(iter(self._cache))]  # oldest first: dicts keep insertion order
