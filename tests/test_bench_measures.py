@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,8 @@ from windmill.bench.pipeline import wait_until_idle
 from windmill.bench.processes import peak_memory_mib, watched_run
 from windmill.bench.scenes import CANVAS, write_scenes
 from windmill.bench.stage import BENCH_GROUP
+from windmill.bench.stand_in_cpu import by_kind, image_calls
+from windmill.catalog import load_catalog
 from windmill.db.connect import Database
 from windmill.db.queries import fetch_value
 from windmill.simfarm.annotations import AnnotationIndex, sidecar_path_for
@@ -47,6 +50,19 @@ def test_scenes_are_distinct_with_several_objects_the_stand_in_finds(tmp_path: P
         for obj in sidecar.objects:
             x, y, w, h = obj.bbox
             assert obj.coco is not None and x >= 0 and y >= 0 and x + w <= width and y + h <= height
+
+
+def test_the_stand_in_requests_of_a_scene_are_grouped_whole_images_and_crops_apart(tmp_path: Path) -> None:
+    """`stand_in_cpu --by-service` measures a box's palette apart from the whole image's: they cost differently."""
+    catalog = load_catalog()
+    (path,) = write_scenes(tmp_path, 1)
+    objects = json.loads(sidecar_path_for(path).read_text())["objects"]
+    people = sum(1 for item in objects if item["label"] == "person")
+    groups = by_kind(image_calls(catalog, path))
+    assert len(groups["colors (image)"]) == 1
+    assert len(groups["colors (crop)"]) == len(objects)
+    assert len(groups.get("face (crop)", [])) == len(groups.get("pose (crop)", [])) == people
+    assert len(groups["yolov8 (image)"]) == 1 and "yolov8 (crop)" not in groups  # a detector sees the whole image
 
 
 def test_the_same_seed_gives_the_same_scenes(tmp_path: Path) -> None:

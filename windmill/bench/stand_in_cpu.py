@@ -1,7 +1,7 @@
 """The stand-in's CPU per request and per image (issue 19 item 5): `farm serve --no-cache` in its own process, fed a
 pipeline's mix of requests by FarmClient threads, its CPU read from /proc.
 
-Run: python -m windmill.bench.stand_in_cpu [--images 24] [--threads 4] [--runs 3] [--baseline-tree DIR]
+Run: python -m windmill.bench.stand_in_cpu [--images 24] [--threads 4] [--runs 3] [--baseline-tree DIR] [--by-service]
 
 Per image of distinct synthetic scenes (windmill/bench/scenes.py, served with their sidecars via --annotations):
 every primary service with the image uploaded as multipart, each object's crop to colors (a person's also to face
@@ -36,6 +36,7 @@ from windmill.farm import FarmClient
 from windmill.images import crop_for_service
 from windmill.images.validate import PreparedImage, prepare_image_and_pixels
 from windmill.simfarm.annotations import SIDECAR_SUFFIX
+from windmill.simfarm.decoding import MAX_ENTRIES
 
 THREADS = 4
 THIS_TREE = Path(__file__).resolve().parents[2]  # the checkout this module runs from
@@ -49,6 +50,20 @@ class Call:
     image: PreparedImage
     caption: str | None = None  # a /score request when set
     path: str | None = None  # the image's file, for a service the catalog gives it by path (caption_score)
+    crop: bool = False  # an object's crop (postprocessing), not the whole image
+
+    @property
+    def kind(self) -> str:
+        """The service and what it is sent, as `--by-service` groups the requests."""
+        return f"{self.service} ({'crop' if self.crop else 'image'})"
+
+
+def by_kind(calls: list[Call]) -> dict[str, list[Call]]:
+    """The requests grouped by `Call.kind`, in the order each kind first comes."""
+    groups: dict[str, list[Call]] = {}
+    for call in calls:
+        groups.setdefault(call.kind, []).append(call)
+    return groups
 
 
 def image_calls(catalog: Catalog, path: Path) -> list[Call]:
@@ -59,7 +74,7 @@ def image_calls(catalog: Catalog, path: Path) -> list[Call]:
     for item in sidecar["objects"]:
         crop, _ = crop_for_service(pixels, item["bbox"])
         services = CROP_SERVICES_PERSON if item["label"] == "person" else ("colors",)
-        calls += [Call(service, crop) for service in services]
+        calls += [Call(service, crop, crop=True) for service in services]
     calls += [Call("caption_score", image, sidecar["captions"][name], str(path)) for name in SCORED_CAPTIONS
               if sidecar.get("captions", {}).get(name)]
     return calls
@@ -151,7 +166,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cached-answers", action="store_true",
                         help="serve cached answers (filled by the warm-up): the cost of everything but the answers")
     parser.add_argument("--baseline-tree", type=Path, help="another checkout to compare against, run alternately")
+    parser.add_argument("--by-service", action="store_true",
+                        help="also each service's requests on their own (whole images and crops apart): CPU per "
+                             "request and per image, medians of --runs")
     args = parser.parse_args(argv)
+    if args.by_service and args.images <= MAX_ENTRIES:
+        parser.error(f"--by-service needs more than {MAX_ENTRIES} images (the farm keeps its last {MAX_ENTRIES} "
+                     "decodings: a kind's requests sent again would find theirs)")
     catalog = load_catalog()
     with tempfile.TemporaryDirectory(prefix="windmill-stand-in-cpu-") as folder, ExitStack() as stack:
         scenes = Path(folder)
@@ -189,6 +210,34 @@ def main(argv: list[str] | None = None) -> None:
         if len(sides) == 2:
             ratio = statistics.median(sides[0].cpu_per_request) / statistics.median(sides[1].cpu_per_request)
             print(f"this tree / baseline: {ratio:.2f} × the CPU per request")
+        if args.by_service:
+            _print_by_service(sides, calls, args.images, args.threads, args.runs)
+
+
+BY_SERVICE_REQUESTS = 1_000  # per measurement of a kind (its requests sent again as often as it takes): /proc counts
+# CPU in ticks of 10 ms, and a kind's 100 requests of 0.3 ms would be three ticks. Sent again, an image must have
+# left the farm's cache of decodings (its last MAX_ENTRIES, least recently used first): hence more images than that.
+
+
+def _cpu_per_request(side: Side, calls: list[Call], threads: int) -> float:
+    repeated = calls * -(-BY_SERVICE_REQUESTS // len(calls))
+    user, system = user_and_system_cpu(side.pid)
+    send_all(side.client, repeated, threads)
+    user_after, system_after = user_and_system_cpu(side.pid)
+    return (user_after - user + system_after - system) / len(repeated)
+
+
+def _print_by_service(sides: list[Side], calls: list[Call], images: int, threads: int, runs: int) -> None:
+    """Each kind of request sent on its own, `runs` times a side (alternating): where the stand-in's CPU goes."""
+    print(f"by service ({threads} client threads, each kind's requests alone, at least {BY_SERVICE_REQUESTS:,} a "
+          f"measurement; median of {runs}):")
+    for kind, group in by_kind(calls).items():
+        cells = []
+        for side in sides:  # a side's runs together: a kind's cost, not a ratio, is this table's figure
+            median = statistics.median(_cpu_per_request(side, group, threads) for _ in range(runs))
+            cells.append(f"{side.label} {1000 * median:5.2f} ms per request, {1000 * median * len(group) / images:5.2f}"
+                         f" per image")
+        print(f"  {kind:<24} {len(group) / images:4.2f} per image   " + "   ".join(cells))
 
 
 if __name__ == "__main__":
