@@ -42,6 +42,10 @@ THREADS = 4
 THIS_TREE = Path(__file__).resolve().parents[2]  # the checkout this module runs from
 CROP_SERVICES_PERSON = ("colors", "face", "pose")
 SCORED_CAPTIONS = ("blip", "ollama")
+# Requests per measurement of a kind with --by-service (its requests sent again as often as it takes): /proc counts
+# CPU in ticks of 10 ms, and a kind's 100 requests of 0.3 ms would be three ticks. Sent again, an image must have
+# left the farm's cache of decodings (its last MAX_ENTRIES, least recently used first): hence more images than that.
+BY_SERVICE_REQUESTS = 1_000
 
 
 @dataclass(frozen=True)
@@ -214,11 +218,6 @@ def main(argv: list[str] | None = None) -> None:
             _print_by_service(sides, calls, args.images, args.threads, args.runs)
 
 
-BY_SERVICE_REQUESTS = 1_000  # per measurement of a kind (its requests sent again as often as it takes): /proc counts
-# CPU in ticks of 10 ms, and a kind's 100 requests of 0.3 ms would be three ticks. Sent again, an image must have
-# left the farm's cache of decodings (its last MAX_ENTRIES, least recently used first): hence more images than that.
-
-
 def _cpu_per_request(side: Side, calls: list[Call], threads: int) -> float:
     repeated = calls * -(-BY_SERVICE_REQUESTS // len(calls))
     user, system = user_and_system_cpu(side.pid)
@@ -228,12 +227,12 @@ def _cpu_per_request(side: Side, calls: list[Call], threads: int) -> float:
 
 
 def _print_by_service(sides: list[Side], calls: list[Call], images: int, threads: int, runs: int) -> None:
-    """Each kind of request sent on its own, `runs` times a side (alternating): where the stand-in's CPU goes."""
+    """Each kind of request sent on its own, `runs` times a side: where the stand-in's CPU goes."""
     print(f"by service ({threads} client threads, each kind's requests alone, at least {BY_SERVICE_REQUESTS:,} a "
           f"measurement; median of {runs}):")
     for kind, group in by_kind(calls).items():
         cells = []
-        for side in sides:  # a side's runs together: a kind's cost, not a ratio, is this table's figure
+        for side in sides:  # a side's runs one after the other: a kind's cost, not a ratio, is this table's figure
             median = statistics.median(_cpu_per_request(side, group, threads) for _ in range(runs))
             cells.append(f"{side.label} {1000 * median:5.2f} ms per request, {1000 * median * len(group) / images:5.2f}"
                          f" per image")
