@@ -15,7 +15,7 @@ from windmill.db.connect import Database
 @pytest.mark.parametrize("path", ["rabbitmq", "jobtable"])
 def test_the_group_side_answers_every_task_once(database: Database, conn: psycopg.Connection, catalog: Catalog,
                                                 path: str) -> None:
-    postmaster = postgres_processes(conn).postmaster
+    postmaster = postgres_processes(conn).root
     if postmaster is None:
         pytest.skip("the test server does not run on this machine")
     side = Side("group8", database, side_queries(None), group=8)

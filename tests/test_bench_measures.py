@@ -12,14 +12,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
 from windmill.bench.baseline import Run, Side, summary
-from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu, tree_cpu
+from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu, rabbitmq_processes, tree_cpu
 from windmill.bench.database import settle_disk
 from windmill.bench.pipeline import wait_until_idle
+from windmill.bench.private_rabbitmq import PrivateRabbitMQ, free_port
 from windmill.bench.processes import peak_memory_mib, watched_run
 from windmill.bench.scenes import CANVAS, write_scenes
 from windmill.bench.stage import BENCH_GROUP
@@ -132,10 +134,25 @@ def test_a_timed_run_starts_after_a_checkpoint_and_with_a_login_that_may_not_aft
             conn.execute("DROP ROLE windmill_bench_plain")
 
 
+def test_the_rabbitmq_node_measured_is_the_one_listening_on_the_urls_port(
+        amqp_url: str, private_rabbitmq: PrivateRabbitMQ) -> None:
+    """Two nodes on this machine (the tests' broker and a private one): each URL finds its own node's VM, and a URL
+    of another host or of a port nobody listens on finds none."""
+    if urlsplit(amqp_url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        pytest.skip("the test broker does not run on this machine")
+    shared, private = rabbitmq_processes(amqp_url), rabbitmq_processes(private_rabbitmq.amqp_url)
+    assert shared.root is not None and private.root is not None and shared.root != private.root
+    for node in (shared, private):
+        assert Path(f"/proc/{node.root}/comm").read_text().strip() == "beam.smp"
+    assert rabbitmq_processes(amqp_url.replace("127.0.0.1", "rabbit.example")).root is None
+    assert rabbitmq_processes(f"amqp://guest:guest@127.0.0.1:{free_port()}/").root is None
+    assert rabbitmq_processes(None).root is None
+
+
 def test_postgres_cpu_includes_backends_that_came_and_went(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         cluster = postgres_processes(conn)
-    if cluster.postmaster is None:
+    if cluster.root is None:
         pytest.skip("the test server does not run on this machine")
     before = cluster.cpu()
     with psycopg.connect(database_url, autocommit=True) as busy:
@@ -223,7 +240,7 @@ def test_the_watch_for_a_runs_end_hands_back_its_own_backends_cpu(database: Data
                                                                    conn: psycopg.Connection) -> None:
     """Counting the answers five times a second is the benchmark's work, not the pipeline's: the watch returns its
     backend's CPU, which a run leaves out of PostgreSQL's figure."""
-    if postgres_processes(conn).postmaster is None:
+    if postgres_processes(conn).root is None:
         pytest.skip("the test server does not run on this machine")
     image_id = conn.execute("INSERT INTO images (image_filename, image_path, image_group) VALUES ('a.jpg', '/a.jpg', "
                             "%s) RETURNING image_id", (BENCH_GROUP,)).fetchone()[0]

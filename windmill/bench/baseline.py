@@ -32,7 +32,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import windmill
-from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu
+from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu, rabbitmq_processes
 from windmill.bench.database import settle_disk
 from windmill.bench.pipeline import ROLES, wait_until_idle
 from windmill.bench.scenes import write_scenes
@@ -76,6 +76,9 @@ class Run:
     # Transactions that wrote, submit's included: with production durability each commit waits for the disk.
     write_transactions: int = 0
     consensus_jobs: int = 0  # consensus jobs run (claimed and done) for the bench images
+    # The local RabbitMQ node's CPU-seconds (None: no URL, or a node elsewhere), apart like the stand-in's: it shares
+    # the cores with both sides, and neither counts it.
+    broker_cpu: float | None = None
 
     @property
     def rate(self) -> float:
@@ -215,6 +218,7 @@ def _run_quietly(side: Side, env: dict[str, str], *args: str) -> None:
 def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder: Path, answers_expected: int,
              farm_pid: int) -> Run:
     env = {**bench.env, "WINDMILL_DATABASE_URL": url}
+    rabbitmq = rabbitmq_processes(env.get("WINDMILL_AMQP_URL"))
     _run_quietly(side, env, "images", "add", str(folder), "--group", BENCH_GROUP)
     database = Database(url, application_name="windmill-bench")
     processes: list[subprocess.Popen[bytes]] = []
@@ -230,7 +234,7 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
             postgres = postgres_processes(conn)
             counting = _count_statements(conn)
             roles_before = [process_cpu(pid) for pid in pids]
-            before = (processes_cpu(pids), postgres.cpu(), processes_cpu([farm_pid]), _children_cpu())
+            before = (processes_cpu(pids), postgres.cpu(), processes_cpu([farm_pid]), _children_cpu(), rabbitmq.cpu())
             submitted = fetch_value(conn, "bench_latency_clock")
             first_transaction = fetch_value(conn, "bench_next_transaction_id")
         load = os.getloadavg()[0]
@@ -243,6 +247,7 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
             roles_cpu[spec.role] = roles_cpu.get(spec.role, 0.0) + process_cpu(pid) - earlier
         postgres_after = postgres.cpu()
         farm_cpu = processes_cpu([farm_pid]) - before[2]
+        broker_after = rabbitmq.cpu()
         with database.connect() as conn:
             elapsed = float(fetch_value(conn, "bench_pipeline_span",
                                         {"group": BENCH_GROUP, "since": submitted}))
@@ -259,8 +264,10 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
             except subprocess.TimeoutExpired:
                 process.kill()
     postgres_cpu = None if before[1] is None or postgres_after is None else postgres_after - before[1] - watching_cpu
+    broker_cpu = None if before[4] is None or broker_after is None else broker_after - before[4]
     return Run(elapsed, images, workers_cpu, postgres_cpu, farm_cpu, submit_cpu, consensus, boxes, roles_cpu,
-               statements, load, consensus_jobs=consensus_jobs, write_transactions=write_transactions)
+               statements, load, consensus_jobs=consensus_jobs, write_transactions=write_transactions,
+               broker_cpu=broker_cpu)
 
 
 # -- the interleaved session --------------------------------------------------------------------------------------
@@ -273,7 +280,8 @@ def _ms(value: float | None) -> str:
 def describe(side: Side, broker: str, number: int, run: Run) -> str:
     return (f"  {broker:<8} {side.label:<10} run {number}: {run.rate:6.1f} images/s ({run.elapsed:5.1f} s); CPU ms per "
             f"image: workers {_ms(run.per_image(run.workers_cpu))}, PostgreSQL {_ms(run.per_image(run.postgres_cpu))}"
-            f", Windmill {_ms(run.windmill_cpu)} | stand-in {_ms(run.per_image(run.farm_cpu))}, submit "
+            f", Windmill {_ms(run.windmill_cpu)} | stand-in {_ms(run.per_image(run.farm_cpu))}, RabbitMQ "
+            f"{_ms(run.per_image(run.broker_cpu))}, submit "
             f"{_ms(run.per_image(run.submit_cpu))}; consensus {run.consensus}/{run.images} "
             f"({run.consensus_jobs / run.images:.2f} consensus jobs per image), {run.merged_boxes} boxes; "
             f"statements per image {'n/a' if run.statements is None else f'{run.statements / run.images:.0f}'}, "
@@ -299,6 +307,7 @@ def summary(broker: str, head: Side, base: Side, runs: dict[str, list[Run]]) -> 
         ("  workers CPU ms/image", lambda run: run.per_image(run.workers_cpu), "{:.1f}"),
         ("  PostgreSQL CPU ms/image", lambda run: run.per_image(run.postgres_cpu), "{:.1f}"),
         ("stand-in CPU ms/image (apart)", lambda run: run.per_image(run.farm_cpu), "{:.1f}"),
+        ("RabbitMQ node CPU ms/image (apart)", lambda run: run.per_image(run.broker_cpu), "{:.1f}"),
         (_PER_STAND_IN, lambda run: run.windmill_per_stand_in, "{:.2f}"),
         ("write transactions/image (commits)", lambda run: run.write_transactions / run.images, "{:.1f}"),
     ]

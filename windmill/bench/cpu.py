@@ -1,6 +1,6 @@
 """CPU-seconds of processes read from /proc, for benchmarks that split a pipeline's cost by who spent it: the
 worker processes, the PostgreSQL cluster (its postmaster and every backend it started, including the ones that
-exited during the run) and the stand-in farm.
+exited during the run), the stand-in farm and the RabbitMQ broker.
 
 Reading /proc rather than getrusage lets a benchmark count processes that are still running (workers measured
 from submit to the last product, not from start-up to shutdown) and processes that are not its children (the
@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 
@@ -55,16 +56,17 @@ def tree_cpu(root: int) -> float:
 
 
 @dataclass(frozen=True)
-class PostgresProcesses:
-    """The postmaster of the cluster a connection is served by, when that cluster runs on this machine."""
+class ServerProcesses:
+    """A server running on this machine, by the process that started the others (a cluster's postmaster, a RabbitMQ
+    node's Erlang VM); None as `root` when it runs elsewhere."""
 
-    postmaster: int | None
+    root: int | None
 
     def cpu(self) -> float | None:
-        return None if self.postmaster is None else tree_cpu(self.postmaster)
+        return None if self.root is None else tree_cpu(self.root)
 
 
-def postgres_processes(conn: psycopg.Connection) -> PostgresProcesses:
+def postgres_processes(conn: psycopg.Connection) -> ServerProcesses:
     """Our backend's parent is the postmaster. A server elsewhere (no such process here, or a process that is
     not PostgreSQL) gives None: its CPU cannot be read from this machine's /proc."""
     backend = fetch_value(conn, "bench_backend_pid")
@@ -74,5 +76,43 @@ def postgres_processes(conn: psycopg.Connection) -> PostgresProcesses:
     except OSError:
         command = ""
     if fields is None or not command.startswith("postgres"):
-        return PostgresProcesses(None)
-    return PostgresProcesses(int(fields[1]))
+        return ServerProcesses(None)
+    return ServerProcesses(int(fields[1]))
+
+
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_LISTEN = "0A"  # the state of a listening socket in /proc/net/tcp
+
+
+def rabbitmq_processes(amqp_url: str | None) -> ServerProcesses:
+    """The RabbitMQ node a URL names when it runs on this machine: the process listening on its port (the node's
+    Erlang VM, whose children are counted with it), so that another node here (a test's private one) is not taken
+    for it. No root for another host, a port nobody here listens on, or no URL (the job table's runs)."""
+    if not amqp_url:
+        return ServerProcesses(None)
+    parts = urlsplit(amqp_url)
+    if (parts.hostname or "localhost") not in _LOCAL_HOSTS:
+        return ServerProcesses(None)
+    return ServerProcesses(_listening_process(parts.port or 5672))
+
+
+def _listening_process(port: int) -> int | None:
+    sockets = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == _LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                sockets.add(f"socket:[{fields[9]}]")
+    for entry in Path("/proc").iterdir() if sockets else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in sockets for fd in (entry / "fd").iterdir()):
+                return int(entry.name)
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return None
