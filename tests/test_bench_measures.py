@@ -21,13 +21,14 @@ from windmill.bench.baseline import Run, Side, summary
 from windmill.bench.cpu import postgres_processes, process_cpu, processes_cpu, rabbitmq_processes, tree_cpu
 from windmill.bench.database import settle_disk
 from windmill.bench.pipeline import wait_until_idle
-from windmill.bench.private_rabbitmq import PrivateRabbitMQ, free_port
+from windmill.bench.private_rabbitmq import PrivateRabbitMQ
 from windmill.bench.processes import peak_memory_mib, watched_run
 from windmill.bench.scenes import CANVAS, write_scenes
 from windmill.bench.stage import BENCH_GROUP
 from windmill.bench.stand_in_cpu import by_kind, image_calls
 from windmill.catalog import load_catalog
 from windmill.db.connect import Database
+from windmill.db.embedded.system import free_port
 from windmill.db.queries import fetch_value
 from windmill.simfarm.annotations import AnnotationIndex, sidecar_path_for
 

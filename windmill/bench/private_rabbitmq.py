@@ -28,6 +28,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingConnection
 
 from windmill.bench.processes import wait_gone
+from windmill.db.embedded.system import free_port
 from windmill.errors import WindmillError
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,6 @@ def find_server_script() -> Path:
     if on_path is None:
         raise WindmillError(MISSING_SERVER)
     return Path(on_path)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 class PrivateRabbitMQ:
