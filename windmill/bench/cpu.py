@@ -87,7 +87,8 @@ _LISTEN = "0A"  # the state of a listening socket in /proc/net/tcp
 def rabbitmq_processes(amqp_url: str | None) -> ServerProcesses:
     """The RabbitMQ node a URL names when it runs on this machine: the process listening on its port (the node's
     Erlang VM, whose children are counted with it), so that another node here (a test's private one) is not taken
-    for it. No root for another host, a port nobody here listens on, or no URL (the job table's runs)."""
+    for it. No root for another host, a port nobody here listens on, or no URL. (The job table's runs read it too:
+    the node idles then, and what it spends is its own upkeep.)"""
     if not amqp_url:
         return ServerProcesses(None)
     parts = urlsplit(amqp_url)
