@@ -59,6 +59,11 @@ def is_database_unavailable(error: BaseException) -> bool:
 RECONNECT_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # then 30 s apart, for as long as it takes
 
 
+def _reconnect_delay(waits: int) -> float:
+    """The wait before the next try, after `waits` waits already."""
+    return RECONNECT_DELAYS_S[min(waits, len(RECONNECT_DELAYS_S) - 1)]
+
+
 def outliving_connection_loss(what: str, stopping: threading.Event, attempt: Callable[[], T]) -> T | None:
     """Run `attempt` (a stream's loop: `submit --follow`, `images watch`) until it returns. When the database goes
     away under it (PostgreSQL restarted or failed over, the session killed by an admin), a warning says so and the
@@ -71,7 +76,7 @@ def outliving_connection_loss(what: str, stopping: threading.Event, attempt: Cal
         except Exception as error:
             if not is_database_unavailable(error) or stopping.is_set():
                 raise
-            delay = RECONNECT_DELAYS_S[min(waits, len(RECONNECT_DELAYS_S) - 1)]
+            delay = _reconnect_delay(waits)
             waits += 1
             log.warning("%s lost the database (%s); connecting again in %g s", what, first_line(error), delay,
                         extra={"action": "reconnecting"})
@@ -130,7 +135,7 @@ class Database:
             except DatabaseUnavailable as error:
                 if not error.away:
                     raise
-                delay = RECONNECT_DELAYS_S[min(waits, len(RECONNECT_DELAYS_S) - 1)]
+                delay = _reconnect_delay(waits)
                 waits += 1
                 log.warning("%s: %s; trying again in %g s", what, error, delay, extra={"action": "reconnecting"})
             time.sleep(delay)
