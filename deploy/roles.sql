@@ -234,6 +234,8 @@ BEGIN
         ('FUNCTION', 'expired_lease_error(text, integer, integer, text)', 'EXECUTE',    NULL),
         ('FUNCTION', 'expired_lease_poisons(integer, integer, text)', 'EXECUTE',        NULL),  -- sql/0131
         ('FUNCTION', 'job_is_poison(integer, integer, text)',        'EXECUTE',         NULL),  -- the claim's poison
+        ('FUNCTION', 'lease_lapsed(timestamp with time zone, timestamp with time zone, timestamp with time zone)',
+                                                     'EXECUTE',                         NULL),  -- sql/0135
         -- Trigger functions: PostgreSQL checks EXECUTE when a trigger is created, not when it fires.
         ('FUNCTION', 'notify_job_queued()',          NULL,                              NULL),
         ('FUNCTION', 'answer_stored()',              NULL,                              NULL),  -- sql/0090
@@ -279,7 +281,7 @@ DO $$
 BEGIN
     IF to_regclass('windmill.roles_granted') IS NOT NULL THEN
         INSERT INTO windmill.roles_granted (through_migration)
-        SELECT least(134, max(version)) FROM windmill.schema_migrations
+        SELECT least(135, max(version)) FROM windmill.schema_migrations
         ON CONFLICT (one_row) DO UPDATE SET through_migration = EXCLUDED.through_migration, granted_at = now();
     END IF;
 END $$;

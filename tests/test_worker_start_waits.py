@@ -14,21 +14,8 @@ import pytest
 
 from tests.conftest import PYTHON, wait_until
 from windmill.bench.chaos.servers import crash_postgres, start_postgres
-from windmill.catalog import Catalog
-from windmill.db.connect import Database, conninfo_to_url
+from windmill.db.connect import conninfo_to_url
 from windmill.db.embedded import EmbeddedPostgres
-from windmill.db.schema import init_database
-
-
-@pytest.fixture
-def away_cluster(tmp_path: Path, catalog: Catalog):
-    """A migrated cluster of the test's own, and its conninfo; the test crashes and starts it."""
-    cluster = EmbeddedPostgres(tmp_path / "pg", fast=True)
-    conninfo = cluster.acquire()
-    with Database(conninfo).connect() as conn:
-        init_database(conn, catalog)
-    yield cluster, conninfo
-    cluster.discard()
 
 
 @pytest.mark.parametrize(("command", "says"), [
