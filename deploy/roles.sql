@@ -234,8 +234,8 @@ BEGIN
         ('FUNCTION', 'expired_lease_error(text, integer, integer, text)', 'EXECUTE',    NULL),
         ('FUNCTION', 'expired_lease_poisons(integer, integer, text)', 'EXECUTE',        NULL),  -- sql/0131
         ('FUNCTION', 'job_is_poison(integer, integer, text)',        'EXECUTE',         NULL),  -- the claim's poison
-        ('FUNCTION', 'lease_lapsed(timestamp with time zone, timestamp with time zone, timestamp with time zone)',
-                                                     'EXECUTE',                         NULL),  -- sql/0135
+        -- sql/0135: the claim's (and the backfill's) rule for a lease granted before the server started
+        ('FUNCTION', 'lease_lapsed(timestamp with time zone, timestamp with time zone, timestamp with time zone, interval)', 'EXECUTE', NULL),
         -- Trigger functions: PostgreSQL checks EXECUTE when a trigger is created, not when it fires.
         ('FUNCTION', 'notify_job_queued()',          NULL,                              NULL),
         ('FUNCTION', 'answer_stored()',              NULL,                              NULL),  -- sql/0090

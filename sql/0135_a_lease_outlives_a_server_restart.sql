@@ -3,23 +3,23 @@
 -- an outage longer than the lease (30 s by default) every job in flight had an expired lease when the server came
 -- back: the first claim took them all to run again, beside the live workers that were still running them and
 -- reconnecting, and counted an attempt against each (two such outages on a job's last attempt made it a poison,
--- its failure recorded without running it). Now a lease granted before the server started (the job's updated_at,
--- which its claim sets and a renewal leaves alone, before pg_postmaster_start_time()) lapses only once the server
--- has been up for a minute: time for a live worker's pool to reconnect (its attempts give up after 30 s and start
--- again at 1 s, windmill/db/connect.py) and for its next heartbeat to renew the lease. A worker that died before or
--- with the outage has its jobs taken back a minute after the start at the latest. A lease granted since the start
--- lapses when it expires, as before. One rule for the claim (sql/queries/jobs.sql) and the backfill's sweep below.
--- What this cannot tell apart is the same as before when the server stays up: a worker that lost the database (a
+-- its failure recorded without running it). Now the server's start renews every lease once: a lease granted before
+-- it (the job's updated_at, which its claim sets and a renewal leaves alone, before pg_postmaster_start_time())
+-- lapses no earlier than one lease after the start, the claiming worker's (time for a live worker's pool to
+-- reconnect, at most 16 s after the server is back (windmill/db/connect.py), and for its next heartbeat to renew
+-- the lease), and the periodic pass's sweep below waits a minute. A worker that died before or with the outage has
+-- its jobs taken back that much later. A lease granted since the start lapses when it expires, as before. What
+-- this cannot tell apart is the same as before when the server stays up: a worker that lost the database (a
 -- network cut) for longer than its lease is taken for dead.
 
 -- Whether a running job's lease has lapsed at p_now: expired, and granted since the server started or the server
--- up for a minute. SQL, so that it is inlined: the expiry stays an index condition (jobs_running_lease_idx).
-CREATE FUNCTION lease_lapsed(p_expires timestamptz, p_leased_at timestamptz, p_now timestamptz)
+-- up for p_grace. SQL, so that it is inlined: the expiry stays an index condition (jobs_running_lease_idx).
+CREATE FUNCTION lease_lapsed(p_expires timestamptz, p_leased_at timestamptz, p_now timestamptz, p_grace interval)
 RETURNS boolean
 LANGUAGE sql STABLE
 AS $$
     SELECT p_expires < p_now
-       AND (p_leased_at >= pg_postmaster_start_time() OR p_now >= pg_postmaster_start_time() + interval '1 minute')
+       AND (p_leased_at >= pg_postmaster_start_time() OR p_now >= pg_postmaster_start_time() + p_grace)
 $$;
 
 -- Queue the jobs that repair stale products of the next page of images, and return jobs with expired leases to the
@@ -57,7 +57,7 @@ BEGIN
     -- its outcome.
     WITH expired AS (
         SELECT j.id FROM jobs j
-         WHERE j.state = 'running' AND lease_lapsed(j.lease_expires_at, j.updated_at, now())
+         WHERE j.state = 'running' AND lease_lapsed(j.lease_expires_at, j.updated_at, now(), interval '1 minute')
          ORDER BY j.lease_expires_at
          LIMIT p_limit
            FOR UPDATE SKIP LOCKED

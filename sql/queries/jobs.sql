@@ -1,8 +1,8 @@
 -- name: claim_round_trip
 -- A claim loop's round trip, one statement: mark %(done)s done (only the jobs this worker still holds: a job whose
 -- lease was lost belongs to another worker now), and lease, for each of the worker's lanes, up to its limit of
--- claimable jobs of its queues, oldest first, plus running jobs whose lease lapsed (their worker died; a lease that
--- ran out while the server was down lapses a minute after its start, sql/0135: lease_lapsed). An expired
+-- claimable jobs of its queues, oldest first, plus running jobs whose lease lapsed (their worker died; one granted
+-- before the server started lapses no earlier than one lease, this worker's, after the start: sql/0135). An expired
 -- job that was on its last attempt runs it once more, so that its outcome is recorded; one whose last attempt had
 -- expired already is a poison input, `poison`: its role records its failure without running it; one whose recording
 -- expired goes dead (sql/0126, sql/0131: expired_lease_gives_up, expired_lease_poisons, expired_lease_error,
@@ -75,7 +75,7 @@ UNION
 SELECT expired.id FROM one_queue_lanes AS lane CROSS JOIN LATERAL (
     SELECT id FROM jobs
      WHERE state = 'running' AND queue = lane.queue
-       AND lease_lapsed(lease_expires_at, updated_at, coalesce(%(now)s, now())) AND NOT id = ANY(%(done)s)
+       AND lease_lapsed(lease_expires_at, updated_at, coalesce(%(now)s, now()), %(lease)s) AND NOT id = ANY(%(done)s)
      ORDER BY lease_expires_at
      LIMIT lane.wanted
        FOR UPDATE SKIP LOCKED
@@ -96,7 +96,7 @@ ready_%(lane)s AS (
 ), expired_%(lane)s AS (
     SELECT id FROM jobs
      WHERE state = 'running' AND queue = %(queue)s
-       AND lease_lapsed(lease_expires_at, updated_at, coalesce(%(now)s, now())) AND NOT id = ANY(%(done)s)
+       AND lease_lapsed(lease_expires_at, updated_at, coalesce(%(now)s, now()), %(lease)s) AND NOT id = ANY(%(done)s)
      ORDER BY lease_expires_at
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
@@ -116,7 +116,7 @@ ready_%(lane)s AS (
 ), expired_%(lane)s AS (
     SELECT id FROM jobs
      WHERE state = 'running' AND queue = ANY(%(queues)s)
-       AND lease_lapsed(lease_expires_at, updated_at, coalesce(%(now)s, now())) AND NOT id = ANY(%(done)s)
+       AND lease_lapsed(lease_expires_at, updated_at, coalesce(%(now)s, now()), %(lease)s) AND NOT id = ANY(%(done)s)
      ORDER BY lease_expires_at
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
