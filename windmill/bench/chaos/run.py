@@ -173,8 +173,8 @@ def _settle(pool: ConnectionPool, probe: Probe, supervisor: ChaosSupervisor, pai
             return True
         if idle and answered < pairs and time.monotonic() - last_change > plan.stall_s:
             # The job table is idle, answers are missing and none came for a long time: some will never come. (Every
-            # answer in, a job that ran long, e.g. one whose lease is left for a minute after a restart, sql/0135, is
-            # no stall: the next look, a second later, finds the pipeline quiet.)
+            # answer in, a job that ran long, e.g. one whose lease was left to its dead worker for a lease after the
+            # server's restart, sql/0135, is no stall: the next look, a second later, finds the pipeline quiet.)
             return False
         time.sleep(1.0)
     return False
