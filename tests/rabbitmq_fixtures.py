@@ -18,7 +18,6 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from windmill.bench.private_rabbitmq import PrivateRabbitMQ
-from windmill.broker.queues import declare_queue
 from windmill.broker.rabbitmq import describe_error
 from windmill.catalog import Catalog
 from windmill.errors import WindmillError
@@ -112,28 +111,3 @@ def private_queues(catalog: Catalog, amqp_url: str) -> Iterator[Catalog]:
 @pytest.fixture
 def queues_on_private_node(catalog: Catalog, private_rabbitmq: PrivateRabbitMQ) -> Iterator[Catalog]:
     yield from queues_of_our_own(catalog, private_rabbitmq.amqp_url)
-
-
-def declared_for_good(node: PrivateRabbitMQ, queue_names: list[str]) -> None:
-    """Declare the queues on the private node, then stop and start it cleanly: a queue declared moments before a
-    SIGKILL was sometimes gone after it with its messages (RabbitMQ 3.10, about one run in ten after other tests:
-    the declaration was not yet written for good). A test of what a crash does to delivered or recovered messages
-    declares its queues so first; Windmill itself does not rely on it (the scheduler resends from submit's ledger
-    what a queue lost)."""
-    with BlockingConnection(pika.URLParameters(node.amqp_url)) as connection:
-        channel = connection.channel()
-        for name in queue_names:
-            channel = declare_queue(channel, name)
-    node.restart(crash=False)
-
-
-def broker_view(node: PrivateRabbitMQ) -> str:
-    """What the node itself says: each queue's ready and unacknowledged messages and consumers, each channel's
-    unacknowledged deliveries, and what its recoveries logged (a queue that dropped messages says how many)."""
-    queues = node.ctl("list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers", "-q",
-                      "--no-table-headers")
-    channels = node.ctl("list_channels", "name", "messages_unacknowledged", "consumer_count", "-q",
-                        "--no-table-headers")
-    recovery = node.log_lines("dropped", "unclean shutdown", "Restarting crashed queue", "[error]", "[warning]")
-    return (f"the node's queues (name ready unacked consumers): {' | '.join(queues.splitlines())}; its channels "
-            f"(name unacked consumers): {' | '.join(channels.splitlines())}; its log: {' | '.join(recovery[-40:])}")

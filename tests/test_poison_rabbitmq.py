@@ -21,7 +21,6 @@ from psycopg_pool import ConnectionPool
 
 from tests.conftest import PYTHON, REPOSITORY, wait_until
 from tests.farm_fixtures import running_farm
-from tests.rabbitmq_fixtures import declared_for_good
 from tests.test_rabbitmq import depth
 from tests.test_service_role import SAMPLES
 from windmill.bench.private_rabbitmq import PrivateRabbitMQ
@@ -286,7 +285,7 @@ def test_after_a_crash_of_the_rabbitmq_node_its_backlog_runs_side_by_side(
         queue = next(name for name in environment.queue_names if name.endswith(SERVICE))
         tasks = [Task(**{**Task.for_image(dict(zip(columns, image, strict=True)), shifted[SERVICE]).to_message(),
                          "queue_name": queue}) for image in images.fetchall()]
-        declared_for_good(private_rabbitmq, [queue])
+        private_rabbitmq.declare_for_good([queue])
         with RabbitMQBroker(amqp_url) as broker:
             assert publish_in_flight(conn, broker, tasks, unless_answered=False) == tasks
         private_rabbitmq.restart(crash=True)  # SIGKILL, then a start on the same data: nothing was ever delivered

@@ -24,7 +24,7 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from tests.conftest import wait_until
-from tests.rabbitmq_fixtures import broker_view, declared_for_good, rabbitmqctl
+from tests.rabbitmq_fixtures import rabbitmqctl
 from windmill.bench.private_rabbitmq import PrivateRabbitMQ
 from windmill.broker.base import _TASK_FIELDS, MalformedTaskError, Task
 from windmill.broker.consumer import RabbitMQConsumer
@@ -548,7 +548,7 @@ def test_a_broker_restart_during_a_run_loses_nothing(private_rabbitmq: PrivateRa
         except BaseException as error:
             publish_errors.append(error)
 
-    declared_for_good(private_rabbitmq, [queue_name])
+    private_rabbitmq.declare_for_good([queue_name])
     publisher = threading.Thread(target=publish, name="test-publisher")
     consumer = consumer_for(amqp_url, queue_name, handler, prefetch=50)
     try:
@@ -568,7 +568,7 @@ def test_a_broker_restart_during_a_run_loses_nothing(private_rabbitmq: PrivateRa
 
             def how_far() -> str:
                 return (f"{len(expected - set(handler.calls))} of {len(expected)} never handled, "
-                        f"{depth_now(amqp_url, queue_name)} ready in the queue; {broker_view(private_rabbitmq)}")
+                        f"{depth_now(amqp_url, queue_name)} ready in the queue; {private_rabbitmq.describe()}")
 
             try:
                 wait_until(lambda: set(handler.calls) >= expected, timeout=120,

@@ -22,7 +22,6 @@ from psycopg_pool import ConnectionPool
 
 from tests.conftest import PYTHON, wait_until
 from tests.farm_fixtures import running_farm
-from tests.rabbitmq_fixtures import broker_view, declared_for_good
 from tests.test_service_role import SAMPLES
 from windmill.bench.chaos import write_catalog
 from windmill.bench.private_rabbitmq import PrivateRabbitMQ
@@ -153,7 +152,7 @@ def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
         shutil.copytree(SAMPLES, tmp_path / f"copy{copy}", ignore=shutil.ignore_patterns("*.py", "*.md"))
     # Slow services keep the run going while the broker restarts.
     with running_farm(queues_on_private_node, latency_ms=50) as (_, catalog):
-        declared_for_good(private_rabbitmq, [service.queue_name for service in catalog.select("primary")])
+        private_rabbitmq.declare_for_good([service.queue_name for service in catalog.select("primary")])
         published = publish_samples(conn, database, amqp_url, catalog, "primary", tmp_path)
         worker, thread = start_worker(amqp_url, database, pool, catalog, "primary", concurrency=2)
 
@@ -185,7 +184,7 @@ def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
                 # other outcome (tasks left in a queue, a stopped worker) still fails the test.
                 if not (thread.is_alive() and _missing(conn, amqp_url, catalog)[1]):
                     raise
-                lost = f"{how_far()}; {broker_view(private_rabbitmq)}"
+                lost = f"{how_far()}; {private_rabbitmq.describe()}"
                 with RabbitMQBroker(amqp_url) as broker:
                     resent = resend_lost(conn, broker, [service.queue_name for service in catalog.services],
                                          older_than=timedelta(0)).resent

@@ -46,7 +46,7 @@ def run(catalog: Catalog, plan: ChaosPlan | None = None, *, log_dir: Path | None
         os.chmod(work, 0o755)  # the server's unprivileged user keeps its data inside, removed with the rest
         logs = log_dir or work / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        rabbitmq = PrivateRabbitMQ(work / "rabbitmq", prefix="windmill-chaos")
+        rabbitmq = PrivateRabbitMQ(work / "rabbitmq", prefix="windmill-chaos", log_dir=logs / "rabbitmq")
         stack.callback(rabbitmq.discard)
         rabbitmq.launch()  # it boots while PostgreSQL is initialised
         cluster = stack.enter_context(durable_cluster(work / "home"))
@@ -75,6 +75,10 @@ def run(catalog: Catalog, plan: ChaosPlan | None = None, *, log_dir: Path | None
         pairs = plan.images * len(queues)
         echo(f"Chaos run: {plan.images} images × {len(queues)} services = {pairs} tasks; logs in {logs}")
 
+        # As a deployment's queues were, long before any crash: a queue declared seconds before the node's SIGKILL
+        # sometimes came back without its messages (*Ingest* in the README; the scheduler's resend, which the run does
+        # not start, would send them again only after WINDMILL_LOST_TASK_AFTER_S).
+        rabbitmq.declare_for_good(queues)
         supervisor = ChaosSupervisor(worker_specs(plan), env, logs, random.Random(plan.seed))
         stack.callback(supervisor.stop)
         supervisor.revive()
@@ -90,6 +94,8 @@ def run(catalog: Catalog, plan: ChaosPlan | None = None, *, log_dir: Path | None
 
         with database.pool(max_size=2, name="chaos") as pool:
             report.settled = _settle(pool, probe, supervisor, pairs, plan, started, report)
+            if not report.settled:
+                echo(f"RabbitMQ: {rabbitmq.describe()}")
             # What production's backfill (every minute) would do now. It must find nothing: whatever it queues is
             # work the pipeline lost. Let it run, so the audit shows whether the repair at least worked.
             with pool.connection() as conn:
