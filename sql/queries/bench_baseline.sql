@@ -22,6 +22,14 @@ SELECT (SELECT count(*) FROM images WHERE image_group = %(group)s),
        (SELECT count(*) FROM jobs j JOIN images i USING (image_id)
          WHERE i.image_group = %(group)s AND j.queue = 'consensus' AND j.state = 'done' AND j.attempts > 0)
 
+-- name: bench_baseline_jobs_by_queue
+-- The jobs run (claimed and done) for the bench images, by queue, the service tasks' queues (queue_<service>) as one:
+-- how many merges, postprocessing jobs and votes an image cost. Either side's schema has these columns.
+SELECT CASE WHEN j.queue LIKE 'queue\_%%' THEN 'service tasks' ELSE j.queue END AS kind, count(*)
+  FROM jobs j JOIN images i USING (image_id)
+ WHERE i.image_group = %(group)s AND j.state = 'done' AND j.attempts > 0
+ GROUP BY 1 ORDER BY 1
+
 -- name: bench_statements_available
 -- Whether the server has pg_stat_statements loaded (shared_preload_libraries).
 SELECT 'pg_stat_statements' = ANY(string_to_array(current_setting('shared_preload_libraries'), ', '))

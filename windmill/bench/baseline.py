@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psycopg
@@ -79,6 +79,9 @@ class Run:
     # The local RabbitMQ node's CPU-seconds (None: no URL, or a node elsewhere), apart like the stand-in's: it shares
     # the cores with both sides, and neither counts it.
     broker_cpu: float | None = None
+    # Jobs run (claimed and done) for the bench images by queue, the service tasks' queues as one: what an image
+    # cost in merges, postprocessing jobs and votes (a deeper backlog changes these, not the answers).
+    jobs_by_queue: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -253,6 +256,8 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
                                         {"group": BENCH_GROUP, "since": submitted}))
             images, consensus, boxes, consensus_jobs = fetch_row(conn, "bench_baseline_products",
                                                                  {"group": BENCH_GROUP})
+            jobs_by_queue: dict[str, int] = dict(conn.execute(query("bench_baseline_jobs_by_queue"),
+                                                              {"group": BENCH_GROUP}))
             statements = fetch_value(conn, "bench_statements_count") if counting else None
             write_transactions = fetch_value(conn, "bench_next_transaction_id") - first_transaction
     finally:
@@ -267,7 +272,7 @@ def run_once(side: Side, bench: BenchEnvironment, url: str, broker: str, folder:
     broker_cpu = None if before[4] is None or broker_after is None else broker_after - before[4]
     return Run(elapsed, images, workers_cpu, postgres_cpu, farm_cpu, submit_cpu, consensus, boxes, roles_cpu,
                statements, load, consensus_jobs=consensus_jobs, write_transactions=write_transactions,
-               broker_cpu=broker_cpu)
+               broker_cpu=broker_cpu, jobs_by_queue=jobs_by_queue)
 
 
 # -- the interleaved session --------------------------------------------------------------------------------------
@@ -288,7 +293,9 @@ def describe(side: Side, broker: str, number: int, run: Run) -> str:
             f"write transactions per image {run.write_transactions / run.images:.1f}; "
             f"load average {run.load:.1f} at submit\n"
             f"  {'':<8} {'':<10}        workers by role (CPU ms per image): "
-            + ", ".join(f"{role} {_ms(run.per_image(cpu))}" for role, cpu in run.roles_cpu.items()))
+            + ", ".join(f"{role} {_ms(run.per_image(cpu))}" for role, cpu in run.roles_cpu.items())
+            + f"\n  {'':<8} {'':<10}        jobs run per image: "
+            + ", ".join(f"{kind} {count / run.images:.2f}" for kind, count in run.jobs_by_queue.items()))
 
 
 def _median(values: list[float | None]) -> float | None:
