@@ -47,12 +47,27 @@ def processes_cpu(pids: Iterable[int]) -> float:
     return sum(process_cpu(pid) for pid in pids)
 
 
-def tree_cpu(root: int) -> float:
+def tree_cpu(root: int, attempts: int = 5) -> float:
     """CPU-seconds of a server and every process it started: the root with its reaped children, and each live
     child with its own reaped children. The difference of two readings is what the server spent in between, backends
-    that came and went included."""
-    return process_cpu(root, reaped_children=True) + sum(
-        process_cpu(child, reaped_children=True) for child in children_of(root))
+    that came and went included.
+
+    A child reaped while its siblings are read would be in neither part (gone from /proc, and not yet in the root's
+    reading, taken first): the root's count of reaped CPU is read again afterwards, and a reading it changed is
+    taken again."""
+    for _ in range(attempts):
+        reaped = _reaped_cpu(root)
+        total = process_cpu(root, reaped_children=True) + sum(
+            process_cpu(child, reaped_children=True) for child in children_of(root))
+        if _reaped_cpu(root) == reaped:
+            break
+    return total
+
+
+def _reaped_cpu(pid: int) -> int:
+    """The clock ticks of the children `pid` has waited for (0 once it is gone)."""
+    fields = _stat(pid)
+    return 0 if fields is None else int(fields[_CUTIME]) + int(fields[_CSTIME])
 
 
 @dataclass(frozen=True)
