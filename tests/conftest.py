@@ -49,6 +49,11 @@ def server_conninfo() -> Iterator[str]:
     """A PostgreSQL server for the whole session: configured, or a private cluster we start and stop."""
     configured = os.environ.get("WINDMILL_TEST_DATABASE_URL")
     if configured:
+        if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+            # The tests' databases and roles have fixed names: on one server, test processes would take each
+            # other's. Each process's own private cluster is what lets them run side by side.
+            pytest.fail("WINDMILL_TEST_DATABASE_URL is one server for every test process; run the tests in one "
+                        "process (-n 0)", pytrace=False)
         yield configured
         return
     from windmill.db.embedded import EmbeddedPostgres
