@@ -23,9 +23,10 @@ SELECT (SELECT count(*) FROM images WHERE image_group = %(group)s),
          WHERE i.image_group = %(group)s AND j.queue = 'consensus' AND j.state = 'done' AND j.attempts > 0)
 
 -- name: bench_baseline_jobs_by_queue
--- The jobs run (claimed and done) for the bench images, by queue, the service tasks' queues (queue_<service>) as one:
--- how many merges, postprocessing jobs and votes an image cost. Either side's schema has these columns.
-SELECT CASE WHEN j.queue LIKE 'queue\_%%' THEN 'service tasks' ELSE j.queue END AS kind, count(*)
+-- The jobs run (claimed and done) for the bench images, by queue, the service tasks' queues as one (each named
+-- <prefix>queue_<service>, the bench giving its catalog a prefix of its own): how many merges, postprocessing jobs
+-- and votes an image cost. Either side's schema has these columns.
+SELECT CASE WHEN j.queue LIKE '%%queue\_%%' THEN 'service tasks' ELSE j.queue END AS kind, count(*)
   FROM jobs j JOIN images i USING (image_id)
  WHERE i.image_group = %(group)s AND j.state = 'done' AND j.attempts > 0
  GROUP BY 1 ORDER BY 1
