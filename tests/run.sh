@@ -67,8 +67,8 @@ python3 -m venv .venv
 .venv/bin/mypy
 # Two test processes (pytest-xdist) by default: most of the suite's time is spent waiting on real servers and
 # worker processes, which a second process overlaps (README: the figures).
-# Each process starts its own PostgreSQL cluster and RabbitMQ node, so with WINDMILL_TEST_DATABASE_URL (one
-# server for all) the tests run in one. WINDMILL_TEST_PROCESSES sets the number; 0 runs them in this process, and
+# Each process starts its own PostgreSQL cluster (and, for the tests that crash one, RabbitMQ node), so with
+# WINDMILL_TEST_DATABASE_URL (one server for all) the tests run in one. WINDMILL_TEST_PROCESSES sets the number; 0 runs them in this process, and
 # an -n of the caller's own comes after this one and wins.
 if [ -n "${WINDMILL_TEST_DATABASE_URL:-}" ]; then
     processes="${WINDMILL_TEST_PROCESSES:-0}"
