@@ -23,6 +23,7 @@ import windmill
 from tests.conftest import wait_until
 from tests.farm_fixtures import running_farm
 from windmill.catalog import Catalog, Service, load_catalog
+from windmill.db.jsonb import dumps as jsonb_text
 from windmill.farm import FarmClient, ServiceCallError, check_services, format_health_table
 from windmill.images import BadImage, PreparedImage, prepare_image, prepared_jpeg
 
@@ -162,6 +163,11 @@ class FarmStandIn(http.server.BaseHTTPRequestHandler):
             {"label": "face", "confidence": 0.5, "bbox": {"x": 500, "y": 5, "width": 50, "height": 5}},
         ]
         self._send(200, json.dumps(success(predictions, service="face")).encode())  # allow_nan: a NaN literal
+
+    def route_nul(self, query, fields, upload):
+        # A NUL character, which jsonb cannot hold, comes in JSON text only as the escape.
+        box = {"x": 5, "y": 6, "width": 20, "height": 10}
+        self._send(200, json.dumps(success([{"label": "d\x00og", "confidence": 0.874, "bbox": box}])).encode())
 
     def route_answer_then_close(self, query, fields, upload):
         # A keep-alive answer (no "Connection: close"), then the service closes the connection while it is idle,
@@ -495,6 +501,12 @@ def test_score_posts_file_and_caption(farm, client):
     with pytest.raises(ServiceCallError, match="empty caption") as failure:
         client.score(farm.service("caption_score"), IMAGE, "  ")
     assert failure.value.kind == "rejected"
+
+
+def test_a_nul_character_in_an_answer_is_removed_before_it_is_stored(farm, client):
+    data = client.analyze(farm.service("yolov8", endpoint="/nul"), IMAGE).data
+    assert data["predictions"][0]["label"] == "dog"
+    assert "\\u0000" not in jsonb_text(data).decode()
 
 
 def test_messy_boxes_are_clamped_to_the_uploaded_image(farm, client):

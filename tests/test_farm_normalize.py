@@ -6,10 +6,18 @@ import copy
 import json
 import math
 
+import orjson
 import pytest
 
 from windmill.farm import ServiceCallError, error_message, normalize_answer, normalize_score_answer
-from windmill.farm.normalize import canonical_bbox, clamp_bbox, describe_body, health_detail, parse_json
+from windmill.farm.normalize import (
+    canonical_bbox,
+    clamp_bbox,
+    describe_body,
+    health_detail,
+    parse_answer_json,
+    parse_json,
+)
 
 META = {"processing_time": 0.046, "model_info": {"framework": "Ultralytics YOLOv8"}}
 
@@ -357,6 +365,62 @@ def test_what_jsonb_cannot_hold_is_made_storable_not_left_to_fail_every_attempt(
     assert [prediction["label"] for prediction in data["predictions"]] == ["do\ufffdg"]
     assert data["metadata"]["processing_time"] is None
     assert any("is too large" in note for note in data["normalization_notes"]), data["normalization_notes"]
+
+
+def _read(body: bytes) -> dict:
+    """As the farm client reads an answer: parsed, and normalised with what the parse said of it."""
+    payload, fit_as_read = parse_answer_json(body)
+    return normalize_answer("pose", payload, fit_as_read=fit_as_read)
+
+
+def _framework(data: dict) -> str:
+    return data["metadata"]["model_info"]["framework"]
+
+
+POSE_TEXT = json.dumps(POSE)
+
+
+@pytest.mark.parametrize(("body", "fit", "check"), [
+    # What orjson reads is fit for jsonb but for NUL characters, which only the escape can bring.
+    (POSE_TEXT.encode(), True, lambda data: data == normalize_answer("pose", copy.deepcopy(POSE))),
+    (POSE_TEXT.replace("MediaPipe", "Media\\u0000Pipe").encode(), False,
+     lambda data: _framework(data) == "MediaPipe Pose"),
+    # What orjson refuses goes to json, and what json reads is walked.
+    (POSE_TEXT.replace("-0.223", "NaN").encode(), False,
+     lambda data: data["predictions"][0]["landmarks"]["nose"]["z"] is None),
+    (POSE_TEXT.replace("MediaPipe", "Media\\ud800Pipe").encode(), False,
+     lambda data: _framework(data) == "Media\ufffdPipe Pose"),
+    (POSE_TEXT.replace("0.212", "1" + "0" * 30).encode(), False,
+     lambda data: data["metadata"]["processing_time"] is None),
+], ids=["plain", "nul", "nan", "lone-surrogate", "long-integer"])
+def test_an_answer_read_by_orjson_is_walked_for_what_jsonb_refuses_only_when_it_could_hold_it(body, fit, check):
+    assert parse_answer_json(body)[1] is fit
+    data = _read(body)
+    assert check(data), data
+    orjson.dumps(data)  # what writes the jsonb
+    assert "\\u0000" not in json.dumps(data, allow_nan=False)
+
+
+def test_an_answer_nested_deeper_than_jsonb_is_written_is_malformed_not_a_write_failing_every_attempt():
+    # orjson reads 1,024 levels and the walk reaches about a thousand, but orjson writes 255 at most: such an answer
+    # passed normalisation and its write failed on every attempt.
+    deep: dict = {}
+    for _ in range(300):
+        deep = {"a": deep}
+    for read in (lambda: _read(json.dumps({**POSE, "metadata": deep}).encode()),
+                 lambda: normalize_answer("pose", {**copy.deepcopy(POSE), "metadata": deep})):
+        with pytest.raises(ServiceCallError, match="not storable as jsonb: nested too deeply") as failure:
+            read()
+        assert failure.value.kind == "malformed" and not failure.value.retryable
+
+
+def test_a_box_whose_far_edge_overflows_is_dropped():
+    assert canonical_bbox({"x": 1e308, "y": 0, "width": 1e308, "height": 5}) == (
+        None, "reaches past the largest number (its far edge is infinite)")
+    answer = copy.deepcopy(YOLO)
+    answer["predictions"][0]["bbox"] = {"x": 1e308, "y": 1, "width": 1e308, "height": 5}
+    data = normalize_answer("yolov8", answer)  # no image size: nothing would have cut it
+    assert [prediction["label"] for prediction in data["predictions"]] == ["dog", "dining table"]
 
 
 def test_an_answer_keeps_its_thousand_most_confident_predictions():

@@ -35,7 +35,7 @@ from windmill.farm.normalize import (
     health_detail,
     normalize_answer,
     normalize_score_answer,
-    parse_json,
+    parse_answer_json,
 )
 from windmill.farm.outages import ServiceOutages
 from windmill.farm.transport import ConnectFailed, ExchangeFailed, ServiceConnections
@@ -205,9 +205,10 @@ class FarmClient:
         def attempt() -> ServiceAnswer:
             with self.limits.place(target.name), self._observed(target.name):
                 exchange = self._call(target, request)
-                payload = self._payload(target, exchange)
+                payload, fit_as_read = self._payload(target, exchange)
                 data = normalize_answer(target.name, payload, image_size=image_size,
-                                        status_code=exchange.status_code, clamp=clamp_to_image)
+                                        status_code=exchange.status_code, clamp=clamp_to_image,
+                                        fit_as_read=fit_as_read)
             return ServiceAnswer(target.name, data, exchange.elapsed, exchange.status_code)
 
         return self._when_up(target, attempt)
@@ -224,8 +225,9 @@ class FarmClient:
         def attempt() -> ServiceAnswer:
             with self.limits.place(target.name), self._observed(target.name):
                 exchange = self._call(target, request)
-                payload = self._payload(target, exchange)
-                data = normalize_score_answer(target.name, payload, status_code=exchange.status_code)
+                payload, fit_as_read = self._payload(target, exchange)
+                data = normalize_score_answer(target.name, payload, status_code=exchange.status_code,
+                                              fit_as_read=fit_as_read)
             return ServiceAnswer(target.name, data, exchange.elapsed, exchange.status_code)
 
         return self._when_up(target, attempt)
@@ -355,12 +357,13 @@ class FarmClient:
                 elapsed=time.monotonic() - started,
             ) from None
 
-    def _payload(self, service: Service, exchange: _Exchange) -> Any:
+    def _payload(self, service: Service, exchange: _Exchange) -> tuple[Any, bool]:
+        """The answer's JSON, and whether it is fit for jsonb as read (parse_answer_json)."""
         status = exchange.status_code
         if not 200 <= status < 300:
             raise _status_error(service, exchange)
         try:
-            return parse_json(exchange.body)
+            return parse_answer_json(exchange.body)
         except ValueError as problem:
             described = describe_body(exchange.body, exchange.content_type)
             raise ServiceCallError(

@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from windmill.farm.errors import ServiceCallError
-from windmill.farm.storable import storable
+from windmill.farm.storable import NotWritable, check_writable, fit_as_read_by_orjson, storable
 from windmill.images.errors import one_line
 
 MAX_NOTES = 20
@@ -59,10 +59,11 @@ _LONG_DIGITS = re.compile(rb"[0-9]{20}")
 
 def normalize_answer(
     service: str, payload: Any, *, image_size: tuple[int, int] | None = None, status_code: int | None = 200,
-    clamp: bool = True,
+    clamp: bool = True, fit_as_read: bool = False,
 ) -> dict[str, Any]:
     """A 2xx `/analyze` answer in canonical form; `image_size` is what the service received (w, h). Boxes are cut
-    to it (and to x, y ≥ 0) unless `clamp` is false: a crop's boxes, cut once moved into the whole image."""
+    to it (and to x, y ≥ 0) unless `clamp` is false: a crop's boxes, cut once moved into the whole image.
+    `fit_as_read`: parse_answer_json said the payload holds nothing jsonb refuses, so it is not walked for it."""
     body = _success_body(service, payload, status_code)
     notes: list[str] = []
     predictions = body.get("predictions")
@@ -88,11 +89,13 @@ def normalize_answer(
         else:
             notes.append(f"full_image removed: a {_json_type(body['full_image'])}, not a list")
             del body["full_image"]
-    return _finish(service, body, notes, status_code)
+    return _finish(service, body, notes, status_code, fit_as_read)
 
 
-def normalize_score_answer(service: str, payload: Any, *, status_code: int | None = 200) -> dict[str, Any]:
-    """A 2xx caption-score answer: `similarity_score` must be a finite number in [-1, 1] (cosine)."""
+def normalize_score_answer(service: str, payload: Any, *, status_code: int | None = 200,
+                           fit_as_read: bool = False) -> dict[str, Any]:
+    """A 2xx caption-score answer: `similarity_score` must be a finite number in [-1, 1] (cosine). `fit_as_read`:
+    as normalize_answer's."""
     body = _success_body(service, payload, status_code)
     score, problem = _number(body.get("similarity_score"))
     if problem is None and not -1.0 - _CONFIDENCE_SLACK <= score <= 1.0 + _CONFIDENCE_SLACK:
@@ -105,7 +108,7 @@ def normalize_score_answer(service: str, payload: Any, *, status_code: int | Non
             status_code=status_code,
         )
     body["similarity_score"] = max(-1.0, min(1.0, score))
-    return _finish(service, body, [], status_code)
+    return _finish(service, body, [], status_code, fit_as_read)
 
 
 def error_message(payload: Any) -> str | None:
@@ -129,17 +132,22 @@ def error_message(payload: Any) -> str | None:
 
 
 def parse_json(body: bytes) -> Any:
-    """Decode a JSON body; ValueError (with a short reason) when it is not JSON. orjson reads a well-formed answer
-    for a tenth of json's CPU; what it refuses (NaN literals, a byte order mark, integers beyond 64 bits, bad
-    input) goes to json, which reads the first three as before and says what is wrong with the rest. A run of 20
-    digits goes to json too: orjson reads an integer beyond 64 bits as an inexact float."""
+    """Decode a JSON body; ValueError (with a short reason) when it is not JSON."""
+    return parse_answer_json(body)[0]
+
+
+def parse_answer_json(body: bytes) -> tuple[Any, bool]:
+    """parse_json, and whether what it read is fit for jsonb as it is (storable.fit_as_read_by_orjson). orjson
+    reads a well-formed answer for a tenth of json's CPU; what it refuses (NaN literals, a byte order mark, integers
+    beyond 64 bits, bad input) goes to json, which reads the first three as before and says what is wrong with the
+    rest. A run of 20 digits goes to json too: orjson reads an integer beyond 64 bits as an inexact float."""
     if not _LONG_DIGITS.search(body):
         try:
-            return orjson.loads(body)
+            return orjson.loads(body), fit_as_read_by_orjson(body)
         except orjson.JSONDecodeError:
             pass
     try:
-        return json.loads(body.decode("utf-8-sig"))  # Flask sends UTF-8; no guessing of UTF-16/32
+        return json.loads(body.decode("utf-8-sig")), False  # Flask sends UTF-8; no guessing of UTF-16/32
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     except UnicodeDecodeError:
@@ -204,6 +212,8 @@ def canonical_bbox(value: Any) -> tuple[dict[str, int | float] | None, str | Non
     width, height = numbers[2], numbers[3]
     if width <= 0 or height <= 0:
         return None, f"has no area (width {width:g}, height {height:g})"
+    if not (math.isfinite(numbers[0] + width) and math.isfinite(numbers[1] + height)):
+        return None, "reaches past the largest number (its far edge is infinite)"
     return {key: _tidy(number) for key, number in zip(_BOX_KEYS, numbers, strict=True)}, None
 
 
@@ -248,7 +258,8 @@ def _success_body(service: str, payload: Any, status_code: int | None) -> dict[s
     return dict(payload)
 
 
-def _finish(service: str, body: dict[str, Any], notes: list[str], status_code: int | None) -> dict[str, Any]:
+def _finish(service: str, body: dict[str, Any], notes: list[str], status_code: int | None,
+            fit_as_read: bool) -> dict[str, Any]:
     reported = body.get("service")
     body["service"] = service
     if reported is not None and reported != service:
@@ -258,11 +269,15 @@ def _finish(service: str, body: dict[str, Any], notes: list[str], status_code: i
             notes.append(f"metadata replaced: a {_json_type(body['metadata'])}, not an object")
         body["metadata"] = {}
     try:
-        clean = storable(body, "answer", notes)
+        clean = body if fit_as_read else storable(body, "answer", notes)
+        check_writable(clean)
     except RecursionError:
         raise ServiceCallError(
             "malformed answer: JSON nested too deeply", kind="malformed", service=service, status_code=status_code
         ) from None
+    except NotWritable as problem:
+        raise ServiceCallError(f"malformed answer: {problem}", kind="malformed", service=service,
+                               status_code=status_code) from None
     if notes:
         kept = notes[:MAX_NOTES]
         if len(notes) > MAX_NOTES:
