@@ -232,6 +232,14 @@ def test_a_cut_off_worker_host_loses_its_jobs_to_another_host_and_rejoins_when_t
 
         # 2. Cut the link while it holds leased jobs: they finish on this host once the leases expire.
         worker_host.cut()
+        # A statement that reached the server before the cut still runs to its end: a completion on the wire then
+        # commits after the cut (once seen as a job taken for held, done with no expired lease). Held are the jobs
+        # still running once no backend of the remote worker runs a statement (one done but for sending its
+        # answer waits in ClientWrite: its work is committed).
+        wait_until(lambda: conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE client_addr = %s AND state = 'active' "
+            "AND wait_event IS DISTINCT FROM 'ClientWrite'", (worker_host.worker_address,)).fetchone()[0] == 0,
+            timeout=30, interval=0.05, message="the remote worker's statements that reached the server to end")
         held = [row[0] for row in conn.execute(
             "SELECT id FROM jobs WHERE state = 'running' AND lease_owner = 'remote-worker'")]
         assert held
