@@ -4,6 +4,8 @@ past a directory it cannot list, and registers a batch at a time as it goes (iss
 from __future__ import annotations
 
 import os
+import random
+import string
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 from tests.unprivileged import as_nobody, open_folder
 from windmill import Windmill
-from windmill.collection import BATCH_SIZE, AddReport, find_image_files
+from windmill.collection import BATCH_SIZE, MAX_NAME_BYTES, AddReport, find_image_files
 from windmill.commands.collection import RunningCount
 from windmill.db.connect import Database
 from windmill.settings import Settings, settings_from_mapping
@@ -138,6 +140,48 @@ def test_a_name_that_is_not_utf8_is_skipped_with_its_reason_and_the_rest_is_regi
     assert f"skipped {tmp_path}/card/caf\\xe9.jpg: the name is not valid UTF-8" in result.output
     assert "Added 1 image(s); 0 already known; 2 skipped." in result.output
     assert conn.execute("SELECT image_filename FROM images").fetchall() == [("ok.jpg",)]
+
+
+def random_letters(count: int, seed: int) -> str:
+    """Letters PostgreSQL cannot compress much: a repetitive long key is compressed before it is indexed, and fits."""
+    rng = random.Random(seed)
+    return "".join(rng.choice(string.ascii_letters) for _ in range(count))
+
+
+def deep_folder(root: Path, at_least: int) -> Path:
+    """A folder under `root` whose path is at least `at_least` bytes long, in names of 200 letters."""
+    folder, seed = root, 0
+    while len(os.fsencode(folder)) < at_least:
+        seed += 1
+        folder = folder / random_letters(200, seed)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def test_a_path_or_url_too_long_to_index_is_skipped_with_its_reason_and_the_rest_is_registered(
+        run, tmp_path: Path, conn: psycopg.Connection) -> None:
+    """Each path and URL is the key of a unique index, whose B-tree entries hold at most 2,704 bytes: a longer one
+    failed the insert of its whole batch, and `images add` ended with PostgreSQL's error, registering none of it."""
+    card = tmp_path / "card"
+    folder = deep_folder(card, MAX_NAME_BYTES - 200)  # under the bound, its files' paths over it
+    far = folder / f"{random_letters(200, 99)}.jpg"
+    for path in (far, card / "ok.jpg", folder / "near.jpg"):
+        path.write_bytes(b"")
+    too_deep = deep_folder(card / "deeper", MAX_NAME_BYTES + 1)
+    (too_deep / "inside.jpg").write_bytes(b"")
+    long_url = f"https://example.org/{random_letters(MAX_NAME_BYTES, 7)}.jpg"
+    result = run("images", "add", str(card), "--recursive")
+    assert result.exit_code == 0, result.output
+    size = len(os.fsencode(far))
+    assert f"skipped {far}: the path is {size:,} bytes long, over the 2,600 the collection can index" in result.output
+    assert f"skipped {too_deep}: the folder's path is" in result.output
+    assert "Added 2 image(s); 0 already known; 2 skipped." in result.output, result.output
+    result = run("images", "add", long_url, "https://example.org/b.jpg")
+    assert result.exit_code == 0, result.output
+    assert f"the URL is {len(long_url):,} bytes long, over the 2,600 the collection can index" in result.output
+    assert "Added 1 image(s); 0 already known; 1 skipped." in result.output, result.output
+    assert sorted(row[0] for row in conn.execute("SELECT image_filename FROM images")) == [
+        "b.jpg", "near.jpg", "ok.jpg"]
 
 
 def test_a_url_list_line_that_is_not_utf8_is_skipped_with_its_reason(run, tmp_path: Path,

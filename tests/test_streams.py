@@ -274,6 +274,24 @@ def test_a_watched_name_that_is_not_utf8_is_skipped_with_a_warning_and_the_watch
     assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == 2
 
 
+def test_a_file_landing_with_a_path_too_long_to_index_is_skipped_with_a_warning_and_the_watch_goes_on(
+        database: Database, conn: psycopg.Connection, tmp_path: Path, caplog) -> None:
+    from tests.test_image_walk import deep_folder, random_letters
+    from windmill.collection import MAX_NAME_BYTES
+
+    folder = deep_folder(tmp_path.resolve() / "card", MAX_NAME_BYTES - 200)
+    with watching(database, folder, settle_s=0.3) as (_, runner):
+        far = folder / f"{random_letters(200, 5)}.jpg"
+        far.write_bytes(b"jpeg")
+        near = folder / "near.jpg"
+        near.write_bytes(b"jpeg")
+        wait_until(lambda: registered(conn, near), timeout=30, message="the file that fits")
+        wait_until(lambda: any("bytes long, over the 2,600" in record.getMessage() for record in caplog.records),
+                   timeout=30, message="the warning for the file too long to index")
+        assert runner.is_alive()
+    assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == 1
+
+
 def test_a_dangling_link_landing_in_a_watched_folder_is_skipped_with_a_line(
         database: Database, conn: psycopg.Connection, tmp_path: Path, caplog) -> None:
     # `images add` names such a link; a watch dropped it without a word (resolved, it was a file not there).

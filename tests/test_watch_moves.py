@@ -11,10 +11,11 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from tests.conftest import wait_until
+from tests.test_image_walk import deep_folder, random_letters
 from tests.test_streams import SAMPLE, command, jobs_per_image, landed_long_ago, registered, stop, watching
 from windmill.broker import Task
 from windmill.catalog import Catalog
-from windmill.collection import add_paths
+from windmill.collection import MAX_NAME_BYTES, add_paths
 from windmill.db.connect import Database
 from windmill.farm import FarmClient
 from windmill.image_cache import ImageSource
@@ -61,6 +62,26 @@ def test_a_file_renamed_in_a_watched_folder_keeps_its_image_and_its_path_follows
         assert images(conn)[0] == (1, str(renamed), "fox.jpg")
         assert runner.is_alive()
     assert (watch.report.added, watch.report.moved) == (2, 2)
+
+
+def test_a_file_renamed_to_a_path_too_long_to_index_keeps_its_image_where_it_was_with_a_warning(
+        database: Database, conn: psycopg.Connection, tmp_path: Path, caplog) -> None:
+    # Its new path would not fit the collection's index (windmill/collection.py MAX_NAME_BYTES): the rename failed
+    # the statement that follows every move of the page.
+    folder = deep_folder(tmp_path.resolve() / "card", MAX_NAME_BYTES - 200)
+    first = folder / "a.jpg"
+    first.write_bytes(b"jpeg")
+    landed_long_ago(first)
+    with watching(database, folder, settle_s=0.3) as (_, runner):
+        wait_until(lambda: registered(conn, first), timeout=30, message="the file already there")
+        renamed = folder / f"{random_letters(200, 11)}.jpg"
+        first.rename(renamed)
+        later = folder / "b.jpg"
+        later.write_bytes(b"jpeg")
+        wait_until(lambda: registered(conn, later), timeout=30, message="the file that landed after")
+        assert runner.is_alive()
+    assert images(conn)[0] == (1, str(first), "a.jpg")
+    assert any(f"was renamed to {renamed}: the path is" in record.getMessage() for record in caplog.records)
 
 
 def test_a_file_moved_onto_a_registered_one_keeps_its_image_and_the_replaced_one_goes(

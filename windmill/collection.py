@@ -43,6 +43,12 @@ class AddReport:
 
 
 NOT_UTF8 = "the name is not valid UTF-8, which the collection stores (rename it, e.g. with convmv)"
+# The longest path or URL the collection registers, in UTF-8 bytes. Each is the key of a unique index
+# (images_path_key, images_url_key), and a B-tree entry holds at most 2,704 bytes: a longer one failed the insert
+# of its whole batch, and `images add` ended there. PostgreSQL compresses a long key before it indexes it, so some
+# longer ones would fit, but which depends on their characters; one bound says it the same way for every name
+# (Linux allows paths of 4,096 bytes; real paths and URLs are far shorter).
+MAX_NAME_BYTES = 2_600
 
 
 def printable(path: Path | str) -> str:
@@ -51,13 +57,21 @@ def printable(path: Path | str) -> str:
 
 
 def storable(path: Path | str) -> bool:
-    """Whether the path can be registered: a name in another encoding (Latin-1 from an old camera or archive)
-    reaches Python with surrogates that PostgreSQL's text cannot hold."""
+    """Whether the path (or URL) can be registered: unstorable_reason has nothing to say of it."""
+    return unstorable_reason(path) is None
+
+
+def unstorable_reason(path: Path | str, *, what: str = "path") -> str | None:
+    """Why the path (or URL: `what`) cannot be registered, or None: a name in another encoding (Latin-1 from an
+    old camera or archive) reaches Python with surrogates that PostgreSQL's text cannot hold, and a key longer than
+    MAX_NAME_BYTES does not fit the collection's index."""
     try:
-        str(path).encode("utf-8")
+        size = len(str(path).encode("utf-8"))
     except UnicodeEncodeError:
-        return False
-    return True
+        return NOT_UTF8
+    if size > MAX_NAME_BYTES:
+        return f"the {what} is {size:,} bytes long, over the {MAX_NAME_BYTES:,} the collection can index"
+    return None
 
 
 def find_image_files(paths: Iterable[Path], *, recursive: bool, report: AddReport) -> Iterator[Path]:
@@ -69,10 +83,10 @@ def find_image_files(paths: Iterable[Path], *, recursive: bool, report: AddRepor
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 report.skipped.append((printable(path),
                                        f"not an image file name ({', '.join(sorted(IMAGE_SUFFIXES))})"))
-            elif storable(path.resolve()):
+            elif (problem := unstorable_reason(path.resolve())) is None:
                 yield path.resolve()
             else:
-                report.skipped.append((printable(path.resolve()), NOT_UTF8))
+                report.skipped.append((printable(path.resolve()), problem))
         elif path.is_symlink():
             report.skipped.append((printable(path), "dangling symbolic link"))
         elif path.exists():
@@ -88,8 +102,8 @@ def _files_in(directory: Path, *, recursive: bool, report: AddReport) -> Iterato
     with the listing (no stat per file), and only a symbolic link is resolved, file by file. A sub-directory that
     is a symbolic link is not entered (it may lead back up); one that cannot be listed, or whose name is not
     UTF-8, is reported once and skipped, and so is each such file."""
-    if not storable(directory):
-        report.skipped.append((printable(directory), NOT_UTF8))
+    if (problem := unstorable_reason(directory, what="folder's path")) is not None:
+        report.skipped.append((printable(directory), problem))
         return
     try:
         with os.scandir(directory) as listing:
@@ -120,10 +134,10 @@ def _files_in(directory: Path, *, recursive: bool, report: AddReport) -> Iterato
             path = directory / entry.name
             if entry.is_symlink():
                 path = path.resolve()
-            if storable(path):
+            if (problem := unstorable_reason(path)) is None:
                 yield path
             else:
-                report.skipped.append((printable(path), NOT_UTF8))
+                report.skipped.append((printable(path), problem))
 
 
 def _insert(conn: psycopg.Connection, rows: list[Row], group: str | None, report: AddReport,
@@ -210,8 +224,9 @@ def add_urls(conn: psycopg.Connection, urls: Iterable[str], *, group: str | None
         url = raw.strip()
         if not url or url.startswith("#"):
             continue
-        if not storable(url):  # a list file's line in another encoding (read with surrogateescape)
-            report.skipped.append((printable(url), "the line is not valid UTF-8"))
+        if (problem := unstorable_reason(url, what="URL")) is not None:
+            # NOT_UTF8: a list file's line in another encoding (read with surrogateescape)
+            report.skipped.append((printable(url), "the line is not valid UTF-8" if problem == NOT_UTF8 else problem))
             continue
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):

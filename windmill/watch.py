@@ -24,12 +24,11 @@ from psycopg.rows import dict_row
 
 from windmill.collection import (
     IMAGE_SUFFIXES,
-    NOT_UTF8,
     AddReport,
     find_image_files,
     printable,
     register_files,
-    storable,
+    unstorable_reason,
 )
 from windmill.db.queries import query
 from windmill.db.schema import refuse_if_overtaken
@@ -272,8 +271,8 @@ class FolderWatch:
         kept: list[Settled] = []
         for file in files:
             path = file.path
-            if not storable(path):  # an arrival; the start-up walk left such files out
-                log.warning("skipped %s: %s", printable(path), NOT_UTF8, extra={"action": "watch_skipped"})
+            if (problem := unstorable_reason(path)) is not None:  # an arrival; the start-up walk left such out
+                log.warning("skipped %s: %s", printable(path), problem, extra={"action": "watch_skipped"})
             elif not os.access(path, os.R_OK):  # one call per file; the stat only for those it refuses
                 if signature_of(path) is None:  # deleted (or renamed away) since it settled: nothing to register
                     continue

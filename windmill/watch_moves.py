@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from windmill.collection import NOT_UTF8, printable, storable
+from windmill.collection import printable, storable, unstorable_reason
 from windmill.db.pipelined import pipelined_transaction
 from windmill.db.queries import query
 
@@ -53,9 +53,10 @@ def follow_moves(conn: psycopg.Connection, moves: Sequence[Move]) -> list[Moved]
             if not storable(move.source):  # never registered: the destination is an arrival
                 followed.append((move, None, None))
                 continue
-            if not storable(move.destination):  # the image stays at its old path, as if moved out of the tree
+            if (problem := unstorable_reason(move.destination)) is not None:
+                # The image stays at its old path, as if moved out of the tree.
                 log.warning("%s was renamed to %s: %s", printable(move.source), printable(move.destination),
-                            NOT_UTF8, extra={"action": "watch_skipped"})
+                            problem, extra={"action": "watch_skipped"})
                 continue
             params = {"source": str(move.source), "destination": str(move.destination),
                       "filename": move.destination.name}
