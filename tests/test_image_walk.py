@@ -184,6 +184,25 @@ def test_a_path_or_url_too_long_to_index_is_skipped_with_its_reason_and_the_rest
         "b.jpg", "near.jpg", "ok.jpg"]
 
 
+@pytest.mark.parametrize("command", [
+    ("images", "add", "{sample}", "--group", "caf\udce9"),
+    ("submit", "--group", "caf\udce9", "--services", "primary", "--broker", "postgres"),
+    ("images", "remove", "{folder}/caf\udce9.jpg", "--yes"),
+    ("export", "--group", "caf\udce9", "--format", "jsonl", "--out", "{folder}/out.jsonl"),
+], ids=["images-add-group", "submit-group", "images-remove-path", "export-group"])
+def test_text_that_is_not_utf8_given_to_a_command_is_one_sentence_not_a_traceback(
+        run, tmp_path: Path, command: tuple[str, ...]) -> None:
+    """A Latin-1 name typed or pasted (a group, a path to remove) reaches Python as surrogates, which the database
+    driver cannot send: it ended in a UnicodeEncodeError's traceback."""
+    sample = Path(__file__).resolve().parents[1] / "windmill" / "samples" / "coffee.jpg"
+    result = run(*(part.format(sample=sample, folder=tmp_path) for part in command))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "UnicodeEncodeError" not in result.output
+    assert f"`{' '.join(command[:2]) if command[0] == 'images' else command[0]}` was given text that is not valid " \
+           "UTF-8, which the database cannot hold or look up: '" in result.output, result.output
+    assert "caf\\xe9" in result.output
+
+
 def test_a_url_list_line_that_is_not_utf8_is_skipped_with_its_reason(run, tmp_path: Path,
                                                                      conn: psycopg.Connection) -> None:
     urls = tmp_path / "urls.txt"

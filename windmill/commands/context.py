@@ -127,6 +127,22 @@ class WindmillGroup(click.Group):
             if app is None:
                 raise click.ClickException(f"database error: {first_line(error)}") from None
             raise click.ClickException(app.refusal(error)) from None
+        except UnicodeEncodeError as error:
+            if error.reason != "surrogates not allowed":
+                raise
+            raise click.ClickException(not_utf8_sentence(ctx, error)) from None
+
+
+def not_utf8_sentence(ctx: click.Context, error: UnicodeEncodeError) -> str:
+    """A command given text in another encoding (a Latin-1 name from an old camera, typed or pasted as a group, a
+    path, a service): Python reads its bytes as surrogates, which PostgreSQL's UTF-8 text cannot hold, and the
+    database driver refused to send it. Said as the rest of the collection says such names (`printable`)."""
+    app = ctx.find_object(AppContext)
+    command = app.command if app is not None else ctx.command_path
+    text = error.object if isinstance(error.object, str) else str(error.object)
+    shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return (f"`{command}` was given text that is not valid UTF-8, which the database cannot hold or look up: "
+            f"'{shown}' (a name in another encoding: give it in UTF-8, e.g. after renaming with convmv)")
 
 
 def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
