@@ -206,8 +206,12 @@ def test_text_that_is_not_utf8_given_to_a_command_is_one_sentence_not_a_tracebac
 def test_a_url_list_line_that_is_not_utf8_is_skipped_with_its_reason(run, tmp_path: Path,
                                                                      conn: psycopg.Connection) -> None:
     urls = tmp_path / "urls.txt"
-    urls.write_bytes(b"https://example.org/a.jpg\nhttps://example.org/caf\xe9.jpg\nhttps://example.org/b.jpg\n")
+    urls.write_bytes(b"https://example.org/a.jpg\nhttps://example.org/caf\xe9.jpg\nhttps://example.org/b.jpg\n"
+                     b"https://example.org/n\x00ul.jpg\n")
     result = run("images", "add", "--url-list", str(urls))
     assert result.exit_code == 0, result.output
     assert "skipped https://example.org/caf\\xe9.jpg: the line is not valid UTF-8" in result.output
-    assert "Added 2 image(s); 0 already known; 1 skipped." in result.output
+    # A NUL character failed the insert of the whole batch: the command ended with PostgreSQL's error.
+    assert "skipped https://example.org/n\\x00ul.jpg: the URL holds a NUL character, which the database's text " \
+           "cannot" in result.output
+    assert "Added 2 image(s); 0 already known; 2 skipped." in result.output

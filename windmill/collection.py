@@ -52,8 +52,9 @@ MAX_NAME_BYTES = 2_600
 
 
 def printable(path: Path | str) -> str:
-    """A path as it can be printed: bytes of a name that is not UTF-8 shown as \\xNN."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A path (or URL) as it can be printed: bytes of a name that is not UTF-8 shown as \\xNN, and a NUL character
+    (a URL list's line can hold one) as \\x00."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
 
 
 def storable(path: Path | str) -> bool:
@@ -63,12 +64,15 @@ def storable(path: Path | str) -> bool:
 
 def unstorable_reason(path: Path | str, *, what: str = "path") -> str | None:
     """Why the path (or URL: `what`) cannot be registered, or None: a name in another encoding (Latin-1 from an
-    old camera or archive) reaches Python with surrogates that PostgreSQL's text cannot hold, and a key longer than
-    MAX_NAME_BYTES does not fit the collection's index."""
+    old camera or archive) reaches Python with surrogates that PostgreSQL's text cannot hold, as it cannot a NUL
+    character, and a key longer than MAX_NAME_BYTES does not fit the collection's index."""
+    text = str(path)
     try:
-        size = len(str(path).encode("utf-8"))
+        size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
         return NOT_UTF8
+    if "\x00" in text:  # a URL list's line (a path cannot hold one)
+        return f"the {what} holds a NUL character, which the database's text cannot"
     if size > MAX_NAME_BYTES:
         return f"the {what} is {size:,} bytes long, over the {MAX_NAME_BYTES:,} the collection can index"
     return None
