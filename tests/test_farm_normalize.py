@@ -436,6 +436,15 @@ def test_an_answer_keeps_its_thousand_most_confident_predictions():
     assert "4000 of 5000 predictions dropped: over 1000, the least confident" in data["normalization_notes"]
 
 
+def test_a_label_of_thousands_of_characters_is_cut():
+    # Without an emoji it became the box's class, and the merge's write overflowed an index row on every attempt.
+    answer = {"status": "success", "predictions": [{"label": "cat" * 2000, "emoji": "", "confidence": 0.9,
+                                                    "bbox": {"x": 1, "y": 1, "width": 5, "height": 5}}]}
+    data = normalize_answer("yolov8", answer)
+    assert data["predictions"][0]["label"] == ("cat" * 2000)[:200]
+    assert "prediction 0: a label of 6000 characters cut to its first 200" in data["normalization_notes"]
+
+
 def test_an_emoji_of_thousands_of_characters_is_no_emoji():
     # It became the box's class, and the merge's write overflowed an index row on every attempt.
     answer = {"status": "success", "predictions": [{"label": "cat", "emoji": "x" * 6000, "confidence": 0.9,

@@ -11,6 +11,9 @@ transaction of its own."""
 
 from __future__ import annotations
 
+import random
+import string
+
 import psycopg
 import pytest
 
@@ -135,3 +138,24 @@ def test_the_backfill_finds_a_merges_postprocessing_queued_and_adds_none(conn: p
     queued = dict(conn.execute("SELECT queue, queued FROM backfill()").fetchall())
     assert not any(queue.startswith("postprocess_") for queue in queued), queued
     assert postprocess_jobs(conn) == before and len(before) == 3
+
+
+def test_a_class_too_long_for_the_key_index_merges_and_merges_again_the_same(conn: psycopg.Connection) -> None:
+    """A label of thousands of characters without an emoji is the box's class (answers stored before normalisation cut
+    labels to 200 characters): spelt out in the crop key, it overflowed the key's index row on every attempt."""
+    rng = random.Random(4)  # letters PostgreSQL cannot compress much: a repetitive key would fit
+    label = "".join(rng.choice(string.ascii_letters) for _ in range(3000))
+    image = add_image(conn, "odd.jpg")
+    for detector in ("yolov8", "rtdetr"):
+        insert_answer(conn, image, detector, {"predictions": [
+            {"label": label, "emoji": "", "confidence": 0.9, "bbox": {"x": 10, "y": 10, "width": 100, "height": 90}},
+            {"label": label[:-1] + "!", "emoji": "", "confidence": 0.8,
+             "bbox": {"x": 10, "y": 10, "width": 100, "height": 90}}]})
+    conn.execute("DELETE FROM jobs")
+    merge_image(conn, image, SETTINGS.harmony, "follow-up-test")
+    keys = conn.execute("SELECT merged_id, crop_key FROM merged_boxes ORDER BY merged_id").fetchall()
+    assert len(keys) == 2 and len({key for _, key in keys}) == 2, keys  # two classes alike but for the last letter
+    assert all(len(key) < 300 and key.startswith(label.lower()[:100]) for _, key in keys), keys  # a label class
+    outcome = merge_image(conn, image, SETTINGS.harmony, "follow-up-test")
+    assert (outcome.kept, outcome.inserted, outcome.deleted) == (2, [], 0)
+    assert conn.execute("SELECT merged_id, crop_key FROM merged_boxes ORDER BY merged_id").fetchall() == keys

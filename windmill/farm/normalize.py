@@ -44,6 +44,9 @@ MAX_NOTES = 20
 # took a worker's memory to 23 GB.
 MAX_PREDICTIONS = 1000
 MAX_EMOJI_CHARS = 32  # the longest emoji sequences (families, flags with tags) have about a dozen code points
+# A label (a class name) is a word or a short phrase: one of thousands of characters, without an emoji, became a box's
+# class and overflowed the merge's index row on every attempt (windmill/roles/merger.py crop_key).
+MAX_LABEL_CHARS = 200
 # The services whose answer is always exactly one prediction (spec §2.3): captioning, colors, OCR, NSFW, metadata.
 ONE_PREDICTION_SERVICES = frozenset({"blip", "ollama", "colors", "ocr", "nsfw2", "metadata"})
 DESCRIBE_CHARS = 200
@@ -333,6 +336,10 @@ def _clean_item(
         elif len(emoji) > MAX_EMOJI_CHARS:  # a box's class: one of 6,000 characters overflowed its index row
             notes.append(f"{where}: an emoji of {len(emoji)} characters is no emoji, treated as none")
             out["emoji"] = ""
+    label = out.get("label")
+    if isinstance(label, str) and len(label) > MAX_LABEL_CHARS:
+        notes.append(f"{where}: a label of {len(label)} characters cut to its first {MAX_LABEL_CHARS}")
+        out["label"] = label[:MAX_LABEL_CHARS]
     if "bbox" in out:
         if out["bbox"] is None:
             del out["bbox"]

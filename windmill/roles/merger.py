@@ -5,6 +5,7 @@ postprocessing; only new boxes are analysed, and boxes that disappeared take the
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +26,25 @@ from windmill.roles.registry import Role, RoleContext, register_role
 log = logging.getLogger(__name__)
 
 
+# The longest class a crop key spells out. The key is indexed (merged_boxes_image_crop_key), and a B-tree entry holds
+# at most 2,704 bytes: a class longer than this (a label of thousands of characters without an emoji, stored before
+# normalisation cut labels to 200 characters) is written as its first characters and a digest of the whole.
+KEY_CLASS_CHARS = 200
+
+
 def crop_key(box: MergedBox) -> str:
     """The box's class and integer box: what it crops, and what tells it from the image's other boxes."""
     x, y, width, height = box.bbox
-    return f"{box_class(box)}:{x},{y},{width},{height}"
+    return f"{key_class(box)}:{x},{y},{width},{height}"
+
+
+def key_class(box: MergedBox) -> str:
+    """The box's class as its crop key spells it (parse_crop_key gives it back)."""
+    cls = box_class(box)
+    if len(cls) <= KEY_CLASS_CHARS:
+        return cls
+    digest = hashlib.sha256(cls.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{cls[:KEY_CLASS_CHARS - len(digest) - 1]}#{digest}"
 
 
 def box_class(box: MergedBox) -> str:
@@ -71,7 +87,7 @@ def plan_writes(boxes: list[MergedBox], stored_rows: list[tuple[int, str, Any]])
     one again keeps its row, and is written only when its data changed."""
     stored = [(merged_id, parse_crop_key(key)) for merged_id, key, _ in stored_rows]
     stored_data = {merged_id: data for merged_id, _, data in stored_rows}
-    kept = match_boxes(stored, [(box_class(box), box.bbox) for box in boxes])
+    kept = match_boxes(stored, [(key_class(box), box.bbox) for box in boxes])
     gone = [merged_id for merged_id, _ in stored if merged_id not in kept.values()]
     changed, new = [], []
     for index, box in enumerate(boxes):
