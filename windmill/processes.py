@@ -83,8 +83,17 @@ READY_FILE_VARIABLE = "WINDMILL_READY_FILE"
 
 
 def announce_ready() -> None:
-    """Write this process's ready file, if whoever started it asked for one."""
+    """Write this process's ready file, if whoever started it asked for one: whole, since whoever waits for it may
+    read it the moment it exists (a file created, then written, was once read empty)."""
     path = os.environ.get(READY_FILE_VARIABLE)
     if path:
         with contextlib.suppress(OSError):  # the start then waits its full time: nothing worse
-            Path(path).write_text(f"{os.getpid()}\n")
+            write_atomically(Path(path), f"{os.getpid()}\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename it over: a reader sees the old content or the new,
+    never a half-written file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="ascii")
+    os.replace(temporary, path)

@@ -35,7 +35,14 @@ from windmill.db.queries import query
 from windmill.errors import WindmillError, first_line
 from windmill.keeper import RESTART_POLICIES, KeeperState
 from windmill.metrics_targets import worker_port
-from windmill.processes import READY_FILE_VARIABLE, last_line, leads_its_group, process_argv, wait_for_exits
+from windmill.processes import (
+    READY_FILE_VARIABLE,
+    last_line,
+    leads_its_group,
+    process_argv,
+    wait_for_exits,
+    write_atomically,
+)
 from windmill.settings import Settings
 from windmill.worker.layout import machine_workers
 
@@ -228,7 +235,7 @@ class Supervisor:
                 offset = log_file.stat().st_size if log_file.exists() else 0
                 self.ready_file(spec.name).unlink(missing_ok=True)
                 pid = self._spawn(spec, kept=restart == "on-failure")
-                _write_atomically(self.pid_file(spec.name), f"{pid}\n")
+                write_atomically(self.pid_file(spec.name), f"{pid}\n")
                 spawned[spec.name] = (pid, offset)
                 log.debug("started worker %s (pid %d)", spec.name, pid, extra={"action": "worker_started"})
             exited = self._settle({name: pid for name, (pid, _) in spawned.items()}, settle_s)
@@ -463,14 +470,6 @@ def _read_pid(path: Path) -> int | None:
     except (FileNotFoundError, UnicodeDecodeError):
         return None
     return int(text) if text.isdigit() and int(text) > 0 else None
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename it over: a reader sees the old pid or the new one,
-    never a half-written file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="ascii")
-    os.replace(temporary, path)
 
 
 def _signal(pid: int, signum: int) -> None:
