@@ -139,10 +139,11 @@ def not_utf8_sentence(ctx: click.Context, error: UnicodeEncodeError) -> str:
     database driver refused to send it. Said as the rest of the collection says such names (`printable`)."""
     app = ctx.find_object(AppContext)
     command = app.command if app is not None else ctx.command_path
+    from windmill.collection import printable
+
     text = error.object if isinstance(error.object, str) else str(error.object)
-    shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return (f"`{command}` was given text that is not valid UTF-8, which the database cannot hold or look up: "
-            f"'{shown}' (a name in another encoding: give it in UTF-8, e.g. after renaming with convmv)")
+            f"'{printable(text)}' (a name in another encoding: give it in UTF-8, e.g. after renaming with convmv)")
 
 
 def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
