@@ -13,6 +13,7 @@ from urllib.parse import SplitResult, unquote, urlsplit
 import psycopg
 
 from windmill.db.queries import fetch_value, query
+from windmill.errors import WindmillError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif",
                             ".avif"})
@@ -148,6 +149,11 @@ def _insert(conn: psycopg.Connection, rows: list[Row], group: str | None, report
             progress: Progress | None) -> None:
     if not rows:
         return
+    if group is not None and (problem := unstorable_reason(group, what="group name")) is not None:
+        # Its index (images_group_idx) would refuse the batch, PostgreSQL saying why in its own words.
+        shown = printable(group)
+        raise WindmillError(f"cannot register images in the group {shown[:60]}{'…' if len(shown) > 60 else ''}: "
+                            f"{problem}")
     added = conn.execute(
         query("add_images"),
         {
