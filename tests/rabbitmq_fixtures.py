@@ -60,9 +60,13 @@ def private_rabbitmq(private_node: PrivateRabbitMQ) -> PrivateRabbitMQ:
 
 @pytest.fixture
 def admin(amqp_url: str) -> Iterator[BlockingChannel]:
-    """A channel of our own for looking into queues and for injecting raw messages."""
+    """A channel of our own for looking into queues and for injecting raw messages, in confirm mode: a message it
+    publishes is in its queue when the publish returns (without, a listing on another connection once read the DLQ
+    before two of the three messages a test had just published had arrived)."""
     connection = BlockingConnection(pika.URLParameters(amqp_url))
-    yield connection.channel()
+    channel = connection.channel()
+    channel.confirm_delivery()
+    yield channel
     if connection.is_open:
         connection.close()
 
