@@ -182,6 +182,7 @@ def test_rabbitmq_tasks_left_or_dead_lettered_without_their_row_are_reported(
     queue = f"queue_windmill_test_{uuid.uuid4().hex[:10]}"
     connection = BlockingConnection(pika.URLParameters(amqp_url))
     channel = connection.channel()
+    channel.confirm_delivery()  # each message in its queue before the audit reads it on a connection of its own
 
     def audited() -> Audit:
         with database.connect() as conn:
