@@ -7,7 +7,6 @@ accord; a worker that was killed leaves it, and Prometheus sees that target down
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 from collections.abc import Iterator, Mapping, Sequence
@@ -15,6 +14,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from windmill.errors import ConfigError
+from windmill.processes import write_atomically
 
 TARGETS = Path("prometheus") / "targets"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
@@ -44,10 +44,7 @@ def advertised(home: Path, worker_id: str, port: int, labels: Mapping[str, str])
     """The worker's target file for as long as the block runs (written whole: Prometheus never reads half a file)."""
     path = target_path(home, worker_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(target_document(port, {"worker": worker_id, **labels}), indent=2) + "\n",
-                         encoding="utf-8")
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(target_document(port, {"worker": worker_id, **labels}), indent=2) + "\n")
     try:
         yield path
     finally:

@@ -95,5 +95,5 @@ def write_atomically(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename it over: a reader sees the old content or the new,
     never a half-written file."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="ascii")
+    temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
